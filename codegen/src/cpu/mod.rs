@@ -1,0 +1,1 @@
+//! CPU backend. PLACEHOLDER: to be replaced by the CPU-backend helper.

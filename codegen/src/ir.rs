@@ -1,0 +1,381 @@
+//! The fused IR: one closed SSA enum ([`Op`]) for the body of a **row kernel**.
+//!
+//! A row kernel runs over a `[rows, width]` problem. Every value is typed ([`Ty`]): a
+//! [`DType`] and a [`Shape`]:
+//! - [`Shape::Elem`]: one value per column of the current row (a vector of `width` values);
+//! - [`Shape::Uniform`]: one value for the whole row (a reduction result, a per-row scalar
+//!   such as a token position, a constant or a comptime argument).
+//!
+//! Invariants (checked by [`crate::verify`]):
+//! - nodes are in SSA order: an operand always names an earlier node;
+//! - node `i` has id `ValueId(i)`;
+//! - binary ops take operands of the same dtype; an `Elem` op a `Uniform` broadcasts to `Elem`;
+//! - reductions take an `Elem` float operand and produce a `Uniform` value;
+//! - `Rope` reads its operand straight from a `Row` parameter (it needs the partner column);
+//! - outputs name existing nodes; `Row` outputs are `Elem`, `PerRow` outputs are `Uniform`.
+//!
+//! Adding an op is a checklist the compiler enforces: a variant here, then every `match` on
+//! `Op` (verifier, passes, CPU backend, CUDA emitter) fails to build until it is handled.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Element types. Arithmetic runs in `F32`/`I32`; `F16`/`BF16` are storage types that the
+/// `promote_halves` pass widens on load and narrows on store.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    I32,
+    Bool,
+}
+
+impl DType {
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16)
+    }
+    /// Bytes per element in memory (`Bool` is never stored).
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::Bool => 1,
+        }
+    }
+    /// Lower-case name used in kernel names, file names and the text form.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::I32 => "i32",
+            DType::Bool => "bool",
+        }
+    }
+    /// The storage dtypes a kernel can be specialised for.
+    pub const STORAGE: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a value varies across the columns of one row.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Shape {
+    /// One value per column of the row.
+    Elem,
+    /// One value for the whole row.
+    Uniform,
+}
+
+impl Shape {
+    /// The shape of an elementwise op over operands of these shapes (broadcasting).
+    pub fn join(self, other: Shape) -> Shape {
+        if self == Shape::Elem || other == Shape::Elem {
+            Shape::Elem
+        } else {
+            Shape::Uniform
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ty {
+    pub dtype: DType,
+    pub shape: Shape,
+}
+
+impl Ty {
+    pub fn new(dtype: DType, shape: Shape) -> Ty {
+        Ty { dtype, shape }
+    }
+}
+
+impl fmt::Display for Ty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.shape {
+            Shape::Elem => write!(f, "{}[w]", self.dtype),
+            Shape::Uniform => write!(f, "{}", self.dtype),
+        }
+    }
+}
+
+/// What a kernel parameter is, and therefore how it is indexed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ParamKind {
+    /// A `[rows, width]` tensor (row stride given at launch); loads give `Elem` values.
+    Row(DType),
+    /// A `[width]` vector shared by all rows; loads give `Elem` values.
+    Bcast(DType),
+    /// A `[rows]` vector, one value per row (e.g. token positions); loads give `Uniform` values.
+    PerRow(DType),
+    /// A scalar fixed for the whole launch (e.g. `eps`); a `Uniform` value.
+    Comptime(DType),
+}
+
+impl ParamKind {
+    pub fn dtype(self) -> DType {
+        match self {
+            ParamKind::Row(d) | ParamKind::Bcast(d) | ParamKind::PerRow(d) | ParamKind::Comptime(d) => d,
+        }
+    }
+    pub fn ty(self) -> Ty {
+        match self {
+            ParamKind::Row(d) | ParamKind::Bcast(d) => Ty::new(d, Shape::Elem),
+            ParamKind::PerRow(d) | ParamKind::Comptime(d) => Ty::new(d, Shape::Uniform),
+        }
+    }
+    /// True for parameters that are device memory (tensors), false for launch scalars.
+    pub fn is_tensor(self) -> bool {
+        !matches!(self, ParamKind::Comptime(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Param {
+    pub name: String,
+    pub kind: ParamKind,
+}
+
+/// What a kernel output is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OutputKind {
+    /// A `[rows, width]` tensor of this dtype, written from an `Elem` value.
+    Row(DType),
+    /// A `[rows]` vector of this dtype, written from a `Uniform` value.
+    PerRow(DType),
+}
+
+impl OutputKind {
+    pub fn dtype(self) -> DType {
+        match self {
+            OutputKind::Row(d) | OutputKind::PerRow(d) => d,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub name: String,
+    pub kind: OutputKind,
+    pub value: ValueId,
+}
+
+/// An SSA value: the index of the node that defines it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Erf,
+    Sin,
+    Cos,
+    /// Logical not (Bool only).
+    Not,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Min,
+    Max,
+    Pow,
+    /// Logical and / or (Bool only).
+    And,
+    Or,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+}
+
+/// How RoPE pairs the columns of one head.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RopeStyle {
+    /// HF checkpoints ("rotate_half"): column `j` pairs with `j ± head_dim/2`.
+    HalfSplit,
+    /// GPT-J / llama.cpp style: column `2i` pairs with `2i+1`.
+    Interleaved,
+}
+
+/// Operands of Llama-3 style frequency scaling (all `Uniform` F32 values).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Llama3Scaling {
+    pub factor: ValueId,
+    pub low_freq_factor: ValueId,
+    pub high_freq_factor: ValueId,
+    pub original_max_position: ValueId,
+}
+
+/// A literal constant.
+#[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Const {
+    F32(f32),
+    I32(i32),
+    Bool(bool),
+}
+
+impl Const {
+    pub fn dtype(self) -> DType {
+        match self {
+            Const::F32(_) => DType::F32,
+            Const::I32(_) => DType::I32,
+            Const::Bool(_) => DType::Bool,
+        }
+    }
+}
+
+/// One IR operation. Operands are earlier [`ValueId`]s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// Load parameter `n` (index into [`Kernel::params`]).
+    Param(u32),
+    Const(Const),
+    Unary(UnaryOp, ValueId),
+    Binary(BinaryOp, ValueId, ValueId),
+    Cmp(CmpOp, ValueId, ValueId),
+    /// `select(cond, if_true, if_false)`.
+    Select(ValueId, ValueId, ValueId),
+    Cast(ValueId, DType),
+    /// A row reduction: `Elem` → `Uniform`. A stage boundary.
+    Reduce(ReduceOp, ValueId),
+    /// Rotate the columns of Row parameter `x` (a row of `n_heads * head_dim` columns) by
+    /// position `pos` (`Uniform` I32), base `theta` (`Uniform` F32), head size `head_dim`
+    /// (`Uniform` I32), with optional Llama-3 frequency scaling. Result: `Elem` F32.
+    Rope {
+        x: u32,
+        pos: ValueId,
+        theta: ValueId,
+        head_dim: ValueId,
+        style: RopeStyle,
+        scaling: Option<Llama3Scaling>,
+    },
+    /// Row softmax; the `lower_softmax` pass expands it into max / exp / sum / div.
+    Softmax(ValueId),
+}
+
+impl Op {
+    /// The operands of this op, in order.
+    pub fn operands(&self) -> Vec<ValueId> {
+        match self {
+            Op::Param(_) | Op::Const(_) => vec![],
+            Op::Unary(_, a) | Op::Cast(a, _) | Op::Reduce(_, a) | Op::Softmax(a) => vec![*a],
+            Op::Binary(_, a, b) | Op::Cmp(_, a, b) => vec![*a, *b],
+            Op::Select(c, a, b) => vec![*c, *a, *b],
+            Op::Rope { pos, theta, head_dim, scaling, .. } => {
+                let mut v = vec![*pos, *theta, *head_dim];
+                if let Some(s) = scaling {
+                    v.extend([s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position]);
+                }
+                v
+            }
+        }
+    }
+
+    /// Rewrite every operand through `f` (used by passes that renumber nodes).
+    pub fn map_operands(&self, mut f: impl FnMut(ValueId) -> ValueId) -> Op {
+        match self {
+            Op::Param(p) => Op::Param(*p),
+            Op::Const(c) => Op::Const(*c),
+            Op::Unary(u, a) => Op::Unary(*u, f(*a)),
+            Op::Cast(a, d) => Op::Cast(f(*a), *d),
+            Op::Reduce(r, a) => Op::Reduce(*r, f(*a)),
+            Op::Softmax(a) => Op::Softmax(f(*a)),
+            Op::Binary(b, x, y) => Op::Binary(*b, f(*x), f(*y)),
+            Op::Cmp(c, x, y) => Op::Cmp(*c, f(*x), f(*y)),
+            Op::Select(c, x, y) => Op::Select(f(*c), f(*x), f(*y)),
+            Op::Rope { x, pos, theta, head_dim, style, scaling } => Op::Rope {
+                x: *x,
+                pos: f(*pos),
+                theta: f(*theta),
+                head_dim: f(*head_dim),
+                style: *style,
+                scaling: scaling.map(|s| Llama3Scaling {
+                    factor: f(s.factor),
+                    low_freq_factor: f(s.low_freq_factor),
+                    high_freq_factor: f(s.high_freq_factor),
+                    original_max_position: f(s.original_max_position),
+                }),
+            },
+        }
+    }
+}
+
+/// One SSA node: the op, its result type, and the source-level name it was bound to, if any
+/// (`let h = ...` gives `h`), used for stable variable names in emitted code.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub op: Op,
+    pub ty: Ty,
+    pub name: Option<String>,
+}
+
+/// A row kernel: the unit the macro builds, passes transform, and backends run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kernel {
+    /// The source function's name (`add_rms_norm`).
+    pub name: String,
+    /// Where the source function lives (`models/src/kernels.rs:12`), for generated headers.
+    pub source: String,
+    /// The storage dtype this specialisation was built for (`Row`/`Bcast` tensors, `Row` outputs).
+    pub dtype: DType,
+    pub params: Vec<Param>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<Output>,
+}
+
+impl Kernel {
+    pub fn node(&self, v: ValueId) -> &Node {
+        &self.nodes[v.index()]
+    }
+    pub fn ty(&self, v: ValueId) -> Ty {
+        self.nodes[v.index()].ty
+    }
+    /// `name_dtype`, e.g. `add_rms_norm_bf16`: the specialisation's stable name.
+    pub fn spec_name(&self) -> String {
+        format!("{}_{}", self.name, self.dtype)
+    }
+}

@@ -1,0 +1,2 @@
+//! kiln-runtime: devices, tensors, fused-kernel launch, GEMMs, the paged KV cache, the
+//! scheduler, sampling and the engine loop.
