@@ -12,6 +12,7 @@ pub mod compile;
 pub mod cpu;
 pub mod cuda;
 pub mod display;
+pub mod fused;
 pub mod ir;
 pub mod passes;
 pub mod schedule;
