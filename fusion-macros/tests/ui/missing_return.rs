@@ -1,0 +1,8 @@
+use kiln_fusion_macros::fused;
+
+#[fused]
+pub fn act(x: Row) -> Row {
+    let y = x * sigmoid(x);
+}
+
+fn main() {}
