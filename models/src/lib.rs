@@ -7,3 +7,4 @@ pub mod fetch;
 pub mod gguf;
 pub mod safetensors_io;
 pub mod weights;
+pub mod tokenizer;
