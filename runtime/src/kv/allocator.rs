@@ -72,7 +72,11 @@ pub(crate) struct PrefixIndex {
 impl BlockAllocator {
     /// A pool of `num_blocks` free blocks of `block_size` slots; `prefix_caching` turns on the
     /// hash index (it costs `num_blocks * block_size` token ids of host memory).
-    pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Result<Self, KvError> {
+    pub fn new(
+        num_blocks: usize,
+        block_size: usize,
+        prefix_caching: bool,
+    ) -> Result<Self, KvError> {
         if num_blocks == 0 || num_blocks > MAX_BLOCKS {
             return Err(KvError::InvalidConfig(format!(
                 "num_blocks is {num_blocks}; it must be between 1 and {MAX_BLOCKS}"
@@ -175,7 +179,9 @@ impl BlockAllocator {
             return 0;
         }
         let end = table.num_tokens.saturating_add(n);
-        self.blocks_for_tokens(end).saturating_sub(table.blocks.len()) + self.needs_cow(table) as usize
+        self.blocks_for_tokens(end)
+            .saturating_sub(table.blocks.len())
+            + self.needs_cow(table) as usize
     }
 
     /// The most tokens that can be appended to `table` right now without evicting anything that
@@ -217,7 +223,9 @@ impl BlockAllocator {
     pub(crate) fn acquire(&mut self, b: BlockId) {
         // Ids outside the pool (a table from another allocator) are ignored rather than
         // indexed; check_invariants reports such a table.
-        let Some(r) = self.refs.get_mut(b.index()) else { return };
+        let Some(r) = self.refs.get_mut(b.index()) else {
+            return;
+        };
         if *r == 0 {
             self.lru.remove(b.0);
             self.used += 1;
@@ -227,7 +235,9 @@ impl BlockAllocator {
 
     /// Drops one reference; an unreferenced block becomes evictable if cached, else free.
     fn release(&mut self, b: BlockId) {
-        let Some(r) = self.refs.get_mut(b.index()) else { return };
+        let Some(r) = self.refs.get_mut(b.index()) else {
+            return;
+        };
         match *r {
             // Unreachable for tables of this allocator (tables are not Clone, free empties them).
             0 => {}
@@ -265,7 +275,11 @@ impl BlockAllocator {
 
     /// [`Self::append_slots`] without writing slot mappings (read them later with
     /// [`BlockTable::slot`]).
-    pub fn reserve_slots(&mut self, table: &mut BlockTable, n: usize) -> Result<Option<CopyBlock>, KvError> {
+    pub fn reserve_slots(
+        &mut self,
+        table: &mut BlockTable,
+        n: usize,
+    ) -> Result<Option<CopyBlock>, KvError> {
         if n == 0 {
             return Ok(None);
         }

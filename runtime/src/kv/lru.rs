@@ -41,7 +41,9 @@ impl Lru {
 
     /// Appends `i` as the most recently used. No-op if already linked or out of range.
     pub(crate) fn push_back(&mut self, i: u32) {
-        let Some(&linked) = self.linked.get(i as usize) else { return };
+        let Some(&linked) = self.linked.get(i as usize) else {
+            return;
+        };
         if linked {
             return;
         }
@@ -100,7 +102,10 @@ impl Lru {
         let mut prev = NIL;
         while cur != NIL {
             if out.len() > self.len {
-                return Err(format!("LRU list longer than its length {} (cycle?)", self.len));
+                return Err(format!(
+                    "LRU list longer than its length {} (cycle?)",
+                    self.len
+                ));
             }
             let cu = cur as usize;
             if cu >= self.linked.len() || !self.linked[cu] {
@@ -117,11 +122,18 @@ impl Lru {
             return Err("LRU tail does not end the list".into());
         }
         if out.len() != self.len {
-            return Err(format!("LRU holds {} blocks but counts {}", out.len(), self.len));
+            return Err(format!(
+                "LRU holds {} blocks but counts {}",
+                out.len(),
+                self.len
+            ));
         }
         let flagged = self.linked.iter().filter(|&&l| l).count();
         if flagged != self.len {
-            return Err(format!("{flagged} blocks flagged as linked, list has {}", self.len));
+            return Err(format!(
+                "{flagged} blocks flagged as linked, list has {}",
+                self.len
+            ));
         }
         Ok(out)
     }
