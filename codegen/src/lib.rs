@@ -17,5 +17,6 @@ pub mod ir;
 pub mod passes;
 pub mod schedule;
 pub mod typeck;
+pub mod verify;
 
 pub use compile::{compile, Compiled, CompileError};
