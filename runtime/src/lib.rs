@@ -1,3 +1,4 @@
 //! kiln-runtime: devices, tensors, fused-kernel launch, GEMMs, the paged KV cache, the
 //! scheduler, sampling and the engine loop.
 pub mod kv;
+pub mod sample;
