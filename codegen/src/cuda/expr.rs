@@ -1,0 +1,155 @@
+//! The C expression that computes one node, given how to spell its operands.
+//!
+//! Invariants:
+//! - operands are spelled by the caller as atoms (an identifier, possibly indexed), so the
+//!   expressions here need no extra parentheses around them;
+//! - semantics follow the CPU backend: f32 math uses the precise CUDA functions (`expf`,
+//!   never `__expf`), `sigmoid(x) = 1/(1+exp(-x))`, `rsqrt` is `rsqrtf`, min/max ignore a NaN
+//!   operand (`fminf`/`fmaxf`, like `f32::min`/`max`), f32→i32 truncates and saturates with
+//!   NaN→0 (`__float2int_rz`, like Rust's `as`), narrowing to f16/bf16 rounds to nearest even,
+//!   i32 arithmetic is C `int` arithmetic;
+//! - only a lowered kernel reaches here (checked before emission): arithmetic is on f32, i32
+//!   or bool; halves appear only as params and cast operands/results.
+
+use super::names::{f32_lit, i32_lit};
+use crate::ir::{BinaryOp, CmpOp, Const, DType, Op, RopeStyle, UnaryOp};
+
+/// What the caller provides to spell a node's expression.
+pub struct Operands<'a> {
+    /// The spelling of each operand, in `Op::operands` order.
+    pub args: &'a [String],
+    /// For `Rope`: this block's row of the rotated param, and the current column.
+    pub rope_row: Option<&'a str>,
+    pub column: &'a str,
+}
+
+/// The expression of `op`, whose operands have dtypes `arg_dtypes` (same order as `args`).
+/// `Param` and `Reduce` are not expressions (loads and accumulations are emitted by the
+/// caller), nor is `Softmax` (lowered before emission); they return `None`.
+pub fn op_expr(op: &Op, arg_dtypes: &[DType], o: &Operands<'_>) -> Option<String> {
+    let a = |i: usize| o.args[i].as_str();
+    Some(match op {
+        Op::Param(_) | Op::Reduce(..) | Op::Softmax(_) => return None,
+        Op::Const(Const::F32(x)) => f32_lit(*x),
+        Op::Const(Const::I32(x)) => i32_lit(*x),
+        Op::Const(Const::Bool(x)) => x.to_string(),
+        Op::Unary(u, _) => unary(*u, arg_dtypes[0], a(0)),
+        Op::Binary(b, _, _) => binary(*b, arg_dtypes[0], a(0), a(1)),
+        Op::Cmp(c, _, _) => format!("{} {} {}", a(0), cmp_op(*c), a(1)),
+        Op::Select(..) => format!("{} ? {} : {}", a(0), a(1), a(2)),
+        Op::Cast(_, to) => cast(arg_dtypes[0], *to, a(0)),
+        Op::Rope { style, scaling, .. } => {
+            let f = match style {
+                RopeStyle::HalfSplit => "kiln_rope_half_split",
+                RopeStyle::Interleaved => "kiln_rope_interleaved",
+            };
+            // operands: pos, theta, head_dim, then the four scaling values if present
+            let sc = if scaling.is_some() {
+                format!("kiln_llama3_on({}, {}, {}, {})", a(3), a(4), a(5), a(6))
+            } else {
+                "kiln_llama3_off()".to_string()
+            };
+            format!("{f}({}, {}, {}, {}, {}, {sc})", o.rope_row?, o.column, a(0), a(1), a(2))
+        }
+    })
+}
+
+fn unary(u: UnaryOp, d: DType, a: &str) -> String {
+    let int = d == DType::I32;
+    match u {
+        UnaryOp::Neg => format!("-{a}"),
+        UnaryOp::Abs if int => format!("abs({a})"),
+        UnaryOp::Abs => format!("fabsf({a})"),
+        UnaryOp::Exp => format!("expf({a})"),
+        UnaryOp::Log => format!("logf({a})"),
+        UnaryOp::Sqrt => format!("sqrtf({a})"),
+        UnaryOp::Rsqrt => format!("rsqrtf({a})"),
+        UnaryOp::Tanh => format!("tanhf({a})"),
+        UnaryOp::Sigmoid => format!("1.0f / (1.0f + expf(-{a}))"),
+        UnaryOp::Erf => format!("erff({a})"),
+        UnaryOp::Sin => format!("sinf({a})"),
+        UnaryOp::Cos => format!("cosf({a})"),
+        UnaryOp::Not => format!("!{a}"),
+    }
+}
+
+fn binary(b: BinaryOp, d: DType, x: &str, y: &str) -> String {
+    let int = d == DType::I32;
+    match b {
+        BinaryOp::Add => format!("{x} + {y}"),
+        BinaryOp::Sub => format!("{x} - {y}"),
+        BinaryOp::Mul => format!("{x} * {y}"),
+        BinaryOp::Div => format!("{x} / {y}"),
+        BinaryOp::Min if int => format!("min({x}, {y})"),
+        BinaryOp::Max if int => format!("max({x}, {y})"),
+        BinaryOp::Min => format!("fminf({x}, {y})"),
+        BinaryOp::Max => format!("fmaxf({x}, {y})"),
+        BinaryOp::Pow => format!("powf({x}, {y})"),
+        BinaryOp::And => format!("{x} && {y}"),
+        BinaryOp::Or => format!("{x} || {y}"),
+    }
+}
+
+fn cmp_op(c: CmpOp) -> &'static str {
+    match c {
+        CmpOp::Lt => "<",
+        CmpOp::Le => "<=",
+        CmpOp::Gt => ">",
+        CmpOp::Ge => ">=",
+        CmpOp::Eq => "==",
+        CmpOp::Ne => "!=",
+    }
+}
+
+/// A cast; conversions that are not single steps go through f32 (exact for every source a
+/// half or bool can come from, and how the CPU backend converts).
+fn cast(from: DType, to: DType, a: &str) -> String {
+    if from == to {
+        return a.to_string();
+    }
+    let to_f32 = match from {
+        DType::F32 => a.to_string(),
+        DType::F16 | DType::BF16 => format!("kiln_to_f32({a})"),
+        DType::I32 => format!("(float){a}"),
+        DType::Bool => format!("({a} ? 1.0f : 0.0f)"),
+    };
+    match to {
+        DType::F32 => to_f32,
+        DType::F16 => format!("kiln_f32_to_f16({to_f32})"),
+        DType::BF16 => format!("kiln_f32_to_bf16({to_f32})"),
+        DType::I32 => match from {
+            DType::Bool => format!("(int){a}"),
+            _ => format!("__float2int_rz({to_f32})"),
+        },
+        // Casting to bool is rejected by the type rules; compare instead.
+        DType::Bool => format!("{a} != 0"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::ValueId;
+
+    fn ex(op: Op, d: &[DType]) -> String {
+        let args: Vec<String> = (0..op.operands().len()).map(|i| format!("a{i}")).collect();
+        op_expr(&op, d, &Operands { args: &args, rope_row: Some("row"), column: "c" }).unwrap()
+    }
+
+    #[test]
+    fn casts() {
+        let v = ValueId(0);
+        assert_eq!(ex(Op::Cast(v, DType::F32), &[DType::BF16]), "kiln_to_f32(a0)");
+        assert_eq!(ex(Op::Cast(v, DType::BF16), &[DType::F16]), "kiln_f32_to_bf16(kiln_to_f32(a0))");
+        assert_eq!(ex(Op::Cast(v, DType::I32), &[DType::F32]), "__float2int_rz(a0)");
+        assert_eq!(ex(Op::Cast(v, DType::F16), &[DType::I32]), "kiln_f32_to_f16((float)a0)");
+        assert_eq!(ex(Op::Cast(v, DType::F32), &[DType::Bool]), "(a0 ? 1.0f : 0.0f)");
+    }
+
+    #[test]
+    fn int_and_float_min_differ() {
+        let (x, y) = (ValueId(0), ValueId(1));
+        assert_eq!(ex(Op::Binary(BinaryOp::Min, x, y), &[DType::F32, DType::F32]), "fminf(a0, a1)");
+        assert_eq!(ex(Op::Binary(BinaryOp::Min, x, y), &[DType::I32, DType::I32]), "min(a0, a1)");
+    }
+}

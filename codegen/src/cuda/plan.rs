@@ -1,0 +1,286 @@
+//! What the emitter needs to know before writing a line: the input checks, which nodes are
+//! live, which values are cached across stages, and what each stage contains.
+//!
+//! Invariants of a [`Plan`] (the emitter relies on them):
+//! - the kernel is lowered (no `Softmax`; unary/binary/compare/select/reduce never see a half;
+//!   reductions are f32), no tensor is `Bool`, and every output's value has its dtype;
+//! - only live nodes (reachable from an output) are emitted: a dead node would become an unused
+//!   variable, which NVRTC warns about;
+//! - a kernel runs the fixed loop exactly when the schedule's live cached values are not
+//!   empty (`fixed_loop`), so the launch rules (which size the block from the schedule) always
+//!   cover the loop the emitter writes;
+//! - `cached` holds what is actually kept in registers: the live `Elem` values that a live
+//!   node of a later stage reads, except that an exact widening of a half param
+//!   (`cast %p to f32`) is recomputed in each stage that reads it (`remat`) and the param is
+//!   cached instead, as packed raw bits: half the registers of f32 values for f16/bf16, which
+//!   keeps norms over bf16 rows from spilling;
+//! - within a stage every list is in SSA order, and every operand is computed in the same or
+//!   an earlier stage.
+
+use super::prelude::Sections;
+use crate::ir::{DType, Kernel, Op, OutputKind, ParamKind, ReduceOp, Shape, ValueId};
+use crate::schedule::Schedule;
+
+#[derive(Clone, Debug, Default)]
+pub struct StagePlan {
+    /// Live `Uniform` nodes of the prologue.
+    pub uniform: Vec<ValueId>,
+    /// Live `Elem` param nodes: vector loads at the top of the loop body.
+    pub loads: Vec<ValueId>,
+    /// Live `Elem` nodes computed element by element.
+    pub elem: Vec<ValueId>,
+    /// Live reductions accumulated in this stage's loop, with their op and operand.
+    pub reductions: Vec<(ValueId, ReduceOp, ValueId)>,
+    pub row_outputs: Vec<usize>,
+    pub per_row_outputs: Vec<usize>,
+}
+
+impl StagePlan {
+    pub fn has_loop(&self) -> bool {
+        !self.loads.is_empty() || !self.elem.is_empty() || !self.reductions.is_empty() || !self.row_outputs.is_empty()
+    }
+    pub fn is_empty(&self) -> bool {
+        !self.has_loop() && self.uniform.is_empty() && self.per_row_outputs.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub cached: Vec<ValueId>,
+    pub is_cached: Vec<bool>,
+    /// Whether the schedule's cached values are live (the fixed loop is needed).
+    fixed: bool,
+    pub stages: Vec<StagePlan>,
+    /// `Row` params whose row of this block is read (by a load or a rope).
+    pub row_params: Vec<usize>,
+    pub sections: Sections,
+}
+
+impl Plan {
+    /// Kernels with cached values run the fixed `KILN_MAX_ITERS` loop in every stage.
+    pub fn fixed_loop(&self) -> bool {
+        self.fixed
+    }
+    pub fn any_loop(&self) -> bool {
+        self.stages.iter().any(|s| s.has_loop())
+    }
+    pub fn any_reduction(&self) -> bool {
+        self.stages.iter().any(|s| !s.reductions.is_empty())
+    }
+}
+
+/// Check the kernel and schedule, and plan the emission. Errors are messages for
+/// `CompileError::Emit`.
+pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
+    check_lowered(k)?;
+    let n = k.nodes.len();
+    if s.stage_of.len() != n {
+        return Err(format!("schedule covers {} nodes, the kernel has {n}", s.stage_of.len()));
+    }
+    // Liveness: outputs, then operands of live nodes (reverse SSA order).
+    let mut live = vec![false; n];
+    for o in &k.outputs {
+        live[o.value.index()] = true;
+    }
+    for i in (0..n).rev() {
+        if live[i] {
+            for o in k.nodes[i].op.operands() {
+                live[o.index()] = true;
+            }
+        }
+    }
+    // Cached values, and operands that would be read before they exist.
+    let mut is_cached = vec![false; n];
+    for (i, node) in k.nodes.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        for o in node.op.operands() {
+            let (su, so) = (s.stage_of[i], s.stage_of[o.index()]);
+            let is_reduce = matches!(node.op, Op::Reduce(..));
+            if so > su || (is_reduce && so != su) {
+                return Err(format!("schedule computes {o} in stage {so}, but its user %{i} needs it in stage {su}"));
+            }
+            // A reduction's result exists only after its stage's loop.
+            if matches!(k.node(o).op, Op::Reduce(..)) && su <= so {
+                return Err(format!("%{i} reads reduction {o} in stage {su}, before the reduction is finished"));
+            }
+            if k.ty(o).shape == Shape::Elem && su > so && !matches!(node.op, Op::Reduce(..)) {
+                is_cached[o.index()] = true;
+            }
+        }
+    }
+    if let Some(i) = (0..n).find(|&i| is_cached[i] && !s.is_cached(ValueId(i as u32))) {
+        return Err(format!("%{i} is read in a later stage but the schedule does not cache it"));
+    }
+    let fixed = is_cached.iter().any(|c| *c);
+    // Cache a half param's bits rather than its f32 widening; recompute the widening.
+    let mut remat = vec![false; n];
+    for i in 0..n {
+        if let Op::Cast(p, DType::F32) = k.nodes[i].op {
+            let half_param = matches!(k.node(p).op, Op::Param(_)) && k.ty(p).dtype.is_half();
+            if is_cached[i] && half_param {
+                is_cached[i] = false;
+                remat[i] = true;
+                is_cached[p.index()] = true;
+            }
+        }
+    }
+    let cached: Vec<ValueId> = (0..n).filter(|&i| is_cached[i]).map(|i| ValueId(i as u32)).collect();
+    // Stage contents, from the schedule's lists, keeping live nodes.
+    let mut stages = vec![StagePlan::default(); s.stages.len()];
+    let mut placed = vec![false; n];
+    for (si, st) in s.stages.iter().enumerate() {
+        let p = &mut stages[si];
+        for &v in st.uniform.iter().chain(&st.elem).chain(&st.reductions) {
+            if v.index() >= n || placed[v.index()] || s.stage_of[v.index()] != si {
+                return Err(format!("schedule places {v} twice or outside its stage"));
+            }
+            placed[v.index()] = true;
+        }
+        let keep = |l: &[ValueId]| -> Vec<ValueId> { l.iter().copied().filter(|v| live[v.index()]).collect() };
+        p.uniform = keep(&st.uniform);
+        let elem = keep(&st.elem);
+        p.loads = elem.iter().copied().filter(|v| matches!(k.node(*v).op, Op::Param(_))).collect();
+        p.elem = elem.iter().copied().filter(|v| !matches!(k.node(*v).op, Op::Param(_))).collect();
+        for &v in st.reductions.iter().filter(|v| live[v.index()]) {
+            match k.node(v).op {
+                Op::Reduce(r, a) => p.reductions.push((v, r, a)),
+                _ => return Err(format!("schedule lists {v} as a reduction")),
+            }
+        }
+        let shape_ok = |l: &[ValueId], sh: Shape| {
+            l.iter().all(|v| k.ty(*v).shape == sh && !matches!(k.node(*v).op, Op::Reduce(..)))
+        };
+        if !shape_ok(&p.uniform, Shape::Uniform) || !shape_ok(&elem, Shape::Elem) {
+            return Err(format!("schedule stage {si} mixes up per-row and per-column nodes"));
+        }
+        if let Some(&oi) = st.row_outputs.iter().chain(&st.per_row_outputs).find(|&&oi| oi >= k.outputs.len()) {
+            return Err(format!("schedule stores output {oi}, which does not exist"));
+        }
+        p.row_outputs = st.row_outputs.clone();
+        p.per_row_outputs = st.per_row_outputs.clone();
+        for l in [&mut p.uniform, &mut p.loads, &mut p.elem] {
+            l.sort();
+        }
+        p.reductions.sort_by_key(|r| r.0);
+    }
+    if let Some(i) = (0..n).find(|&i| live[i] && !placed[i]) {
+        return Err(format!("schedule does not place live node %{i}"));
+    }
+    // A recomputed widening also appears in each later stage that reads it.
+    for (u, node) in k.nodes.iter().enumerate() {
+        if !live[u] || matches!(node.op, Op::Reduce(..)) {
+            continue;
+        }
+        for o in node.op.operands() {
+            let su = s.stage_of[u];
+            if remat[o.index()] && su > s.stage_of[o.index()] && !stages[su].elem.contains(&o) {
+                stages[su].elem.push(o);
+                stages[su].elem.sort();
+            }
+        }
+    }
+    for (oi, o) in k.outputs.iter().enumerate() {
+        let at: Vec<usize> = (0..stages.len())
+            .filter(|&si| stages[si].row_outputs.contains(&oi) || stages[si].per_row_outputs.contains(&oi))
+            .collect();
+        if at.len() != 1 {
+            return Err(format!("schedule stores output `{}` {} times", o.name, at.len()));
+        }
+        // A Row output is stored in the loop that computes its value; a PerRow output after
+        // the prologue that has it (a reduction's result exists from the next stage on).
+        let in_row_list = stages[at[0]].row_outputs.contains(&oi);
+        if in_row_list != matches!(o.kind, OutputKind::Row(_)) {
+            return Err(format!("schedule stores output `{}` as the wrong kind", o.name));
+        }
+        let v = o.value.index();
+        let ready = match (o.kind, &k.nodes[v].op) {
+            (OutputKind::Row(_), _) => at[0] == s.stage_of[v],
+            (OutputKind::PerRow(_), Op::Reduce(..)) => at[0] > s.stage_of[v],
+            (OutputKind::PerRow(_), _) => at[0] >= s.stage_of[v],
+        };
+        if !ready {
+            return Err(format!(
+                "schedule stores output `{}` in stage {} where {} is not at hand",
+                o.name, at[0], o.value
+            ));
+        }
+    }
+    // Row params whose row pointer is needed.
+    let mut row_params = vec![];
+    let mut rope = false;
+    for (i, node) in k.nodes.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        let p = match node.op {
+            Op::Param(p) => p,
+            Op::Rope { x, .. } => {
+                rope = true;
+                x
+            }
+            _ => continue,
+        };
+        if matches!(k.params[p as usize].kind, ParamKind::Row(_)) && !row_params.contains(&(p as usize)) {
+            row_params.push(p as usize);
+        }
+    }
+    row_params.sort();
+    let sections = Sections { reduce: stages.iter().any(|s| !s.reductions.is_empty()), rope };
+    Ok(Plan { cached, is_cached, fixed, stages, row_params, sections })
+}
+
+/// The input contract: a lowered kernel whose tensors the ABI can pass.
+fn check_lowered(k: &Kernel) -> Result<(), String> {
+    for p in &k.params {
+        if p.kind.is_tensor() && p.kind.dtype() == DType::Bool {
+            return Err(format!("param `{}` is a bool tensor; bools are never stored (pass an i32)", p.name));
+        }
+    }
+    for o in &k.outputs {
+        if o.kind.dtype() == DType::Bool {
+            return Err(format!("output `{}` is bool; bools are never stored (cast to i32)", o.name));
+        }
+        if o.value.index() >= k.nodes.len() {
+            return Err(format!("output `{}` names {} which does not exist", o.name, o.value));
+        }
+        let t = k.ty(o.value);
+        let (want_shape, d) = match o.kind {
+            OutputKind::Row(d) => (Shape::Elem, d),
+            OutputKind::PerRow(d) => (Shape::Uniform, d),
+        };
+        if t.dtype != d || t.shape != want_shape {
+            return Err(format!("output `{}` stores {} of type {t}, which does not match its kind", o.name, o.value));
+        }
+    }
+    for (i, node) in k.nodes.iter().enumerate() {
+        let ops = node.op.operands();
+        if ops.iter().any(|o| o.index() >= i) {
+            return Err(format!("%{i} uses a value that is not defined before it"));
+        }
+        let half_in = ops.iter().any(|o| k.ty(*o).dtype.is_half());
+        let what = match &node.op {
+            Op::Softmax(_) => return Err(format!("%{i}: softmax must be lowered before CUDA emission")),
+            Op::Unary(..) | Op::Binary(..) | Op::Cmp(..) | Op::Select(..) => "arithmetic",
+            Op::Reduce(r, a) => {
+                if k.ty(*a).dtype != DType::F32 {
+                    return Err(format!("%{i}: reduce.{r:?} of {} (reductions run in f32; widen first)", k.ty(*a)));
+                }
+                continue;
+            }
+            Op::Param(p) if *p as usize >= k.params.len() => return Err(format!("%{i}: no param {p}")),
+            Op::Rope { x, .. } if !matches!(k.params.get(*x as usize).map(|p| p.kind), Some(ParamKind::Row(_))) => {
+                return Err(format!("%{i}: rope must read a Row param"))
+            }
+            _ => continue,
+        };
+        if half_in || node.ty.dtype.is_half() {
+            return Err(format!(
+                "%{i}: {what} on a half type ({}); lowering widens halves to f32",
+                k.op_text(&node.op)
+            ));
+        }
+    }
+    Ok(())
+}

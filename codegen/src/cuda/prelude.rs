@@ -1,0 +1,210 @@
+//! The self-contained prelude of every generated `.cu` file.
+//!
+//! Invariants:
+//! - no `#include`: NVRTC ships no toolkit headers, and a user's machine may have a driver but
+//!   no toolkit. Only what NVRTC provides built in is used: the vector types (`uint2`, `uint4`),
+//!   warp shuffles, barriers, `__trap`, bit casts and the precise CUDA math functions;
+//! - f16/bf16 are storage types (structs of their IEEE bits); arithmetic runs in f32. Narrowing
+//!   rounds to nearest even like the CPU backend (`half::{f16,bf16}::from_f32`);
+//! - every section sits behind an include guard, so several kernels' sources can be joined
+//!   into one module without redefinitions;
+//! - block reductions give every thread the same bits (each warp reduces the same partials in
+//!   the same order, and the butterfly's `a+b` / `b+a` pairs are equal), so values derived from
+//!   them are uniform across the block. They need `blockDim.x` to be a multiple of 32 (the ABI's
+//!   launch rule) and reuse one `__shared__ float[32]`, guarded by a barrier before each write.
+//!
+//! Sections are included only when a kernel uses them ([`Sections`]); each compiles on its
+//! own on top of [`CORE`] (checked by the NVRTC test through [`full`]).
+
+use crate::abi::MAX_ITERS;
+
+/// Which optional sections a kernel needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sections {
+    pub reduce: bool,
+    pub rope: bool,
+}
+
+/// Storage types, conversions, vector memory access and the fixed-loop bound.
+pub const CORE: &str = r#"#ifndef KILN_PRELUDE_CORE
+#define KILN_PRELUDE_CORE
+// f16 / bf16 are storage types: their IEEE bits. Distinct structs (not typedefs of one
+// integer type) so that the conversion overloads below are chosen by type.
+struct __align__(2) kiln_f16 { unsigned short bits; };
+struct __align__(2) kiln_bf16 { unsigned short bits; };
+
+__device__ __forceinline__ float kiln_to_f32(float x) { return x; }
+__device__ __forceinline__ float kiln_to_f32(kiln_f16 x) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+  return f;
+}
+// bf16 is the upper half of an f32, so widening is an exact shift on every arch
+// (cvt.f32.bf16 exists only from sm_90; the shift gives the same bits there too).
+__device__ __forceinline__ float kiln_to_f32(kiln_bf16 x) {
+  return __uint_as_float(((unsigned int)x.bits) << 16);
+}
+// Narrowing rounds to nearest even (cvt.rn; bf16 needs sm_80+).
+__device__ __forceinline__ kiln_f16 kiln_f32_to_f16(float x) {
+  kiln_f16 h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(x));
+  return h;
+}
+__device__ __forceinline__ kiln_bf16 kiln_f32_to_bf16(float x) {
+  kiln_bf16 h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(x));
+  return h;
+}
+__device__ __forceinline__ float kiln_inf() { return __int_as_float(0x7f800000); }
+
+// One memory access moves 2, 4, 8 or 16 bytes: N elements of T seen as one raw word.
+template <int BYTES> struct kiln_raw;
+template <> struct kiln_raw<2> { typedef unsigned short type; };
+template <> struct kiln_raw<4> { typedef unsigned int type; };
+template <> struct kiln_raw<8> { typedef uint2 type; };
+template <> struct kiln_raw<16> { typedef uint4 type; };
+template <typename T, int N> union kiln_pack {
+  typename kiln_raw<sizeof(T) * N>::type raw;
+  T e[N];
+};
+// dst[0..N) = src[0..N) in one access; src must be aligned to N * sizeof(T) bytes.
+template <typename T, int N>
+__device__ __forceinline__ void kiln_load(T (&dst)[N], const T* __restrict__ src) {
+  kiln_pack<T, N> p;
+  p.raw = *reinterpret_cast<const typename kiln_raw<sizeof(T) * N>::type*>(src);
+#pragma unroll
+  for (int i = 0; i < N; ++i) dst[i] = p.e[i];
+}
+// The N elements at src kept as one packed word (a cached row costs N * sizeof(T) bytes of
+// registers, not N floats); src must be aligned to N * sizeof(T) bytes.
+template <typename T, int N>
+__device__ __forceinline__ void kiln_load_pack(kiln_pack<T, N>& dst, const T* __restrict__ src) {
+  dst.raw = *reinterpret_cast<const typename kiln_raw<sizeof(T) * N>::type*>(src);
+}
+// dst[0..N) = src[0..N) in one access; dst must be aligned to N * sizeof(T) bytes.
+template <typename T, int N>
+__device__ __forceinline__ void kiln_store(T* __restrict__ dst, const T (&src)[N]) {
+  kiln_pack<T, N> p;
+#pragma unroll
+  for (int i = 0; i < N; ++i) p.e[i] = src[i];
+  *reinterpret_cast<typename kiln_raw<sizeof(T) * N>::type*>(dst) = p.raw;
+}
+#endif  // KILN_PRELUDE_CORE
+"#;
+
+/// Warp and block reductions.
+pub const REDUCE: &str = r#"#ifndef KILN_PRELUDE_REDUCE
+#define KILN_PRELUDE_REDUCE
+// Butterfly over the warp: every lane ends with the same bits (a+b == b+a at each step).
+__device__ __forceinline__ float kiln_warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float kiln_warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+// Block-wide reductions; `red` is a __shared__ float[32] reused by every reduction of the
+// kernel. The first barrier keeps this write from racing the previous reduction's reads;
+// after the second, every warp reduces all partials, so no broadcast barrier is needed.
+// blockDim.x must be a multiple of 32.
+__device__ __forceinline__ float kiln_block_sum(float x, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  x = kiln_warp_sum(x);
+  __syncthreads();
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  return kiln_warp_sum(lane < nwarps ? red[lane] : 0.0f);
+}
+__device__ __forceinline__ float kiln_block_max(float x, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  x = kiln_warp_max(x);
+  __syncthreads();
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  return kiln_warp_max(lane < nwarps ? red[lane] : -kiln_inf());
+}
+#endif  // KILN_PRELUDE_REDUCE
+"#;
+
+/// RoPE: the CPU backend's formulas, element by element.
+pub const ROPE: &str = r#"#ifndef KILN_PRELUDE_ROPE
+#define KILN_PRELUDE_ROPE
+// Llama-3 frequency scaling; `on == false` leaves inv_freq unchanged.
+struct kiln_llama3 { bool on; float factor, low, high, orig; };
+__device__ __forceinline__ kiln_llama3 kiln_llama3_off() {
+  kiln_llama3 s = {false, 1.0f, 1.0f, 1.0f, 1.0f};
+  return s;
+}
+__device__ __forceinline__ kiln_llama3 kiln_llama3_on(float factor, float low, float high, float orig) {
+  kiln_llama3 s = {true, factor, low, high, orig};
+  return s;
+}
+// Inverse frequency of rotation pair i of a head of head_dim columns.
+__device__ __forceinline__ float kiln_rope_inv_freq(int i, float theta, int head_dim, kiln_llama3 s) {
+  float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+  if (s.on) {
+    const float wavelen = 2.0f * 3.14159265358979323846f / inv_freq;
+    if (wavelen < s.orig / s.high) {
+      // high frequency: unchanged
+    } else if (wavelen > s.orig / s.low) {
+      inv_freq = inv_freq / s.factor;
+    } else {
+      const float smooth = (s.orig / wavelen - s.low) / (s.high - s.low);
+      inv_freq = (1.0f - smooth) * inv_freq / s.factor + smooth * inv_freq;
+    }
+  }
+  return inv_freq;
+}
+// x[c] rotated against x[partner]; `first`: c is the first column of its pair.
+// Both columns are read from memory (scalar loads): the partner may belong to another
+// thread's vector.
+template <typename T>
+__device__ __forceinline__ float kiln_rope_rotate(const T* __restrict__ x, int c, int partner, bool first, int pos, float inv_freq) {
+  const float angle = (float)pos * inv_freq;
+  const float cs = cosf(angle), sn = sinf(angle);
+  const float a = kiln_to_f32(x[c]), b = kiln_to_f32(x[partner]);
+  return first ? a * cs - b * sn : a * cs + b * sn;
+}
+// HF "rotate_half" layout: column j of a head pairs with j +- head_dim/2.
+template <typename T>
+__device__ __forceinline__ float kiln_rope_half_split(const T* __restrict__ x, int c, int pos, float theta, int head_dim, kiln_llama3 s) {
+  const int j = c % head_dim, half = head_dim / 2;
+  const bool first = j < half;
+  const float inv_freq = kiln_rope_inv_freq(j % half, theta, head_dim, s);
+  return kiln_rope_rotate(x, c, first ? c + half : c - half, first, pos, inv_freq);
+}
+// GPT-J / llama.cpp layout: column 2i pairs with 2i+1.
+template <typename T>
+__device__ __forceinline__ float kiln_rope_interleaved(const T* __restrict__ x, int c, int pos, float theta, int head_dim, kiln_llama3 s) {
+  const int j = c % head_dim;
+  const float inv_freq = kiln_rope_inv_freq(j / 2, theta, head_dim, s);
+  return kiln_rope_rotate(x, c, c ^ 1, (c & 1) == 0, pos, inv_freq);
+}
+#endif  // KILN_PRELUDE_ROPE
+"#;
+
+/// The fixed-loop bound of kernels with cached values (a macro: an unused constant would
+/// draw a warning in kernels without cached values).
+pub fn max_iters_define() -> String {
+    format!("#ifndef KILN_MAX_ITERS\n#define KILN_MAX_ITERS {MAX_ITERS}\n#endif\n")
+}
+
+/// The prelude sections a kernel needs, in order.
+pub fn parts(s: Sections) -> Vec<String> {
+    let mut v = vec![CORE.to_string(), max_iters_define()];
+    if s.reduce {
+        v.push(REDUCE.to_string());
+    }
+    if s.rope {
+        v.push(ROPE.to_string());
+    }
+    v
+}
+
+/// Every section: what the NVRTC test compiles to prove the whole prelude is clean.
+pub fn full() -> String {
+    parts(Sections { reduce: true, rope: true }).concat()
+}

@@ -1,0 +1,193 @@
+//! Every reference kernel's CUDA (`kiln_codegen::cuda::samples` in all storage dtypes, emitted
+//! directly and through the whole `kiln_codegen::compile` pipeline) compiles with NVRTC for
+//! sm_80 and sm_90 with an empty log: no error and no warning. NVRTC needs no GPU, so this runs
+//! wherever the library is.
+//!
+//! NVRTC is loaded by cudarc by name: put `libnvrtc.so.13` and `libnvrtc-builtins.so.13.0`
+//! on the library path (see [`HOWTO`]). Without it the tests fail with that advice, unless
+//! `KILN_SKIP_NVRTC=1`. `KILN_NVRTC_VERBOSE=1` also prints ptxas's register and spill counts.
+//!
+//! cudarc's `compile_ptx_with_opts` returns the log only on failure, so warnings would go
+//! unseen; the tests call the `nvrtc::result` layer to read the log after a successful compile
+//! as well.
+
+use cudarc::nvrtc::{result, sys};
+use kiln_codegen::abi;
+use kiln_codegen::builder::Builder;
+use kiln_codegen::compile;
+use kiln_codegen::cuda::{self, prelude, samples};
+use kiln_codegen::ir::{DType, Kernel, Op, OutputKind, ParamKind, UnaryOp};
+use kiln_codegen::schedule::schedule;
+use std::ffi::{CStr, CString};
+
+const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+
+const HOWTO: &str = "NVRTC (libnvrtc.so.13) was not found. Get it from the PyPI wheel \
+nvidia-cuda-nvrtc==13.0.88: `python3 -m pip download --no-deps nvidia-cuda-nvrtc==13.0.88`, unzip \
+the wheel into ~/.cache/kiln/nvrtc, then run with \
+LD_LIBRARY_PATH=$HOME/.cache/kiln/nvrtc/nvidia/cu13/lib (libnvrtc.so.13 loads \
+libnvrtc-builtins.so.13.0 from the same path). Set KILN_SKIP_NVRTC=1 to skip these tests.";
+
+/// Whether NVRTC can be used; panics with [`HOWTO`] when it is missing and skipping was not
+/// asked for (cudarc itself would panic without advice).
+fn nvrtc_ready() -> bool {
+    // SAFETY: only probes whether the library can be opened.
+    if unsafe { sys::is_culib_present() } {
+        return true;
+    }
+    if std::env::var("KILN_SKIP_NVRTC").as_deref() == Ok("1") {
+        eprintln!("KILN_SKIP_NVRTC=1: skipping NVRTC compile checks");
+        return false;
+    }
+    panic!("{HOWTO}");
+}
+
+/// What one compile gave: the log (always) and the PTX (when it compiled).
+struct Outcome {
+    log: String,
+    ptx: Option<String>,
+}
+
+/// Compile `src` with NVRTC for `arch`, keeping the log whatever the result.
+fn nvrtc(file: &str, src: &str, arch: &str, extra: &[&str]) -> Outcome {
+    let src_c = CString::new(src).expect("generated CUDA has no NUL bytes");
+    let name_c = CString::new(file).expect("file name has no NUL bytes");
+    let prog = result::create_program(&src_c, Some(&name_c)).expect("nvrtcCreateProgram");
+    let mut opts = vec![format!("--gpu-architecture={arch}")];
+    opts.extend(extra.iter().map(|s| s.to_string()));
+    // SAFETY: `prog` was just created and is destroyed once, below; `src_c`/`name_c` outlive it.
+    let ok = unsafe { result::compile_program(prog, &opts) }.is_ok();
+    let log =
+        unsafe { result::get_program_log(prog) }.map(|raw| c_text(&raw)).unwrap_or_else(|e| format!("<no log: {e:?}>"));
+    let ptx = if ok { unsafe { result::get_ptx(prog) }.ok().map(|raw| c_text(&raw)) } else { None };
+    unsafe { result::destroy_program(prog) }.expect("nvrtcDestroyProgram");
+    Outcome { log, ptx }
+}
+
+fn c_text(raw: &[std::ffi::c_char]) -> String {
+    if raw.is_empty() {
+        return String::new();
+    }
+    // SAFETY: NVRTC returns NUL-terminated text in a buffer of the size it reported.
+    unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// Every sample as emitted directly and as the whole pipeline (`kiln_codegen::compile`) emits
+/// it (identical texts once), plus a frontend-level softmax that only the pipeline can lower.
+fn kernels() -> Vec<(Kernel, String)> {
+    let mut out: Vec<(Kernel, String)> = vec![];
+    let mut push = |k: Kernel, src: String| {
+        if !out.iter().any(|(_, s)| *s == src) {
+            out.push((k, src));
+        }
+    };
+    let mut frontend = samples::all().expect("sample kernels build");
+    for d in DType::STORAGE {
+        let mut b = Builder::new("softmax_op", "nvrtc_compile", d);
+        let x = b.param("x", ParamKind::Row(d)).expect("param");
+        let xf = b.widen(x).expect("widen");
+        let y = b.softmax(xf).expect("softmax");
+        b.output("y", OutputKind::Row(d), y).expect("output");
+        frontend.push(b.finish().expect("softmax kernel builds"));
+    }
+    for k in frontend {
+        if !k.nodes.iter().any(|n| matches!(n.op, Op::Softmax(_))) {
+            let src = cuda::emit(&k, &schedule(&k)).unwrap_or_else(|e| panic!("{e}"));
+            push(k.clone(), src);
+        }
+        let c = compile(k).unwrap_or_else(|e| panic!("{e}"));
+        push(c.kernel, c.cuda);
+    }
+    out
+}
+
+/// The PTX of one entry point (from its `.entry` line to the next one).
+fn entry_ptx<'a>(ptx: &'a str, entry: &str) -> &'a str {
+    let start = ptx.find(&format!(".entry {entry}(")).unwrap_or_else(|| panic!("no entry {entry} in PTX"));
+    let rest = &ptx[start + 1..];
+    let end = rest.find(".entry ").map(|e| start + 1 + e).unwrap_or(ptx.len());
+    &ptx[start..end]
+}
+
+#[test]
+fn every_sample_compiles_cleanly_for_sm80_and_sm90() {
+    if !nvrtc_ready() {
+        return;
+    }
+    let verbose = std::env::var("KILN_NVRTC_VERBOSE").as_deref() == Ok("1");
+    let mut failures = vec![];
+    for (k, src) in kernels() {
+        for arch in ARCHS {
+            let out = nvrtc(&format!("{}.cu", k.spec_name()), &src, arch, &[]);
+            if out.ptx.is_none() || !out.log.trim().is_empty() {
+                let hint = if out.log.contains("libnvrtc-builtins") { format!("\n{HOWTO}") } else { String::new() };
+                failures.push(format!("{} for {arch}:\n{}{hint}", k.spec_name(), out.log));
+                continue;
+            }
+            let ptx = out.ptx.unwrap_or_default();
+            let (ve, se) = abi::entry_names(&k);
+            for e in [&ve, &se] {
+                entry_ptx(&ptx, e);
+            }
+            if verbose {
+                let v = nvrtc(&format!("{}.cu", k.spec_name()), &src, arch, &["--ptxas-options=-v"]);
+                for l in
+                    v.log.lines().filter(|l| l.contains("Compiling entry") || l.contains("spill") || l.contains("Used"))
+                {
+                    eprintln!("{arch} {}", l.trim());
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "NVRTC rejected or warned about generated CUDA:\n\n{}", failures.join("\n\n"));
+}
+
+/// The vectorised entry really issues 16-byte accesses (`.v4` of 32-bit words), and the
+/// scalar entry none; kernels without sin/cos keep every array in registers (no `.local` in
+/// the PTX; precise sinf/cosf use a local buffer for large-argument reduction).
+#[test]
+fn ptx_has_vector_accesses_and_no_local_arrays() {
+    if !nvrtc_ready() {
+        return;
+    }
+    for (k, src) in kernels() {
+        let has_row_tensor = k.params.iter().any(|p| matches!(p.kind, ParamKind::Row(_) | ParamKind::Bcast(_)));
+        if !has_row_tensor {
+            continue;
+        }
+        let out = nvrtc("k.cu", &src, "sm_90", &[]);
+        let ptx = out.ptx.unwrap_or_else(|| panic!("{}: {}", k.spec_name(), out.log));
+        let (ve, se) = abi::entry_names(&k);
+        let (vp, sp) = (entry_ptx(&ptx, &ve), entry_ptx(&ptx, &se));
+        let v4 = |p: &str| p.lines().any(|l| l.contains("ld.global.nc.v4.") || l.contains("st.global.v4."));
+        assert!(v4(vp), "{ve}: no 16-byte access in its PTX");
+        assert!(!v4(sp), "{se}: the scalar entry must not assume alignment");
+        let trig = k.nodes.iter().any(|n| matches!(n.op, Op::Rope { .. } | Op::Unary(UnaryOp::Sin | UnaryOp::Cos, _)));
+        if !trig {
+            assert!(!ptx.contains(".local"), "{}: an array was not promoted to registers", k.spec_name());
+        }
+    }
+}
+
+/// Prelude sections are guarded, so several kernels can share one module; and the whole
+/// prelude compiles on its own.
+#[test]
+fn sources_join_into_one_module_and_the_prelude_stands_alone() {
+    if !nvrtc_ready() {
+        return;
+    }
+    // One source per specialisation name: two texts of one name define the same entry points.
+    let mut names = std::collections::BTreeSet::new();
+    let joined: String = kernels()
+        .into_iter()
+        .filter(|(k, _)| k.dtype == DType::BF16 && names.insert(k.spec_name()))
+        .map(|(_, s)| s)
+        .collect();
+    let probe = format!("{}\nextern \"C\" __global__ void kiln_prelude_probe(float* o) {{ o[0] = kiln_to_f32(kiln_f32_to_bf16(1.5f)); }}\n", prelude::full());
+    for arch in ARCHS {
+        for (what, src) in [("joined bf16 kernels", &joined), ("prelude", &probe)] {
+            let out = nvrtc("joined.cu", src, arch, &[]);
+            assert!(out.ptx.is_some() && out.log.trim().is_empty(), "{what} for {arch}:\n{}", out.log);
+        }
+    }
+}
