@@ -1,5 +1,30 @@
 //! kiln-runtime: devices, tensors, fused-kernel launch, GEMMs, the paged KV cache, the
 //! scheduler, sampling and the engine loop.
 pub mod kv;
-pub mod sched;
 pub mod sample;
+
+// Devices, tensors, fused-kernel launch, GEMM.
+pub mod cuda_backend;
+pub mod cuda_error;
+pub mod cuda_libs;
+pub mod device;
+pub mod element;
+pub mod fused;
+mod fused_bind;
+pub mod fused_def;
+mod fused_cpu;
+mod fused_cuda;
+pub mod gemm;
+mod gemm_cpu;
+pub mod gpu_check;
+mod gemm_cuda;
+pub mod host_buf;
+pub mod kernel_cache;
+pub mod tensor;
+mod tensor_io;
+
+pub use device::{Device, DeviceError};
+pub use element::Element;
+pub use fused::{launch, Arg, FusedError};
+pub use gemm::{matmul, GemmError};
+pub use tensor::{HostView, HostViewMut, Storage, Tensor, TensorError};

@@ -1,0 +1,72 @@
+//! [`Element`]: the Rust types a tensor's elements can be read and written as, one per storage
+//! [`DType`] (`f32`, `half::f16`, `half::bf16`, `i32`). `Bool` is never stored.
+
+use kiln_codegen::ir::DType;
+
+/// A storable element type. Sealed: exactly the four storage dtypes.
+pub trait Element: bytemuck::Pod + Send + Sync + 'static + sealed::Sealed {
+    const DTYPE: DType;
+    /// Widen to f32 (`i32` converts by value).
+    fn to_f32(self) -> f32;
+    /// Narrow from f32 (round to nearest even for halves; `i32` truncates toward zero).
+    fn from_f32(x: f32) -> Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for i32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+}
+
+impl Element for i32 {
+    const DTYPE: DType = DType::I32;
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    fn from_f32(x: f32) -> i32 {
+        x as i32
+    }
+}
+
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> half::f16 {
+        half::f16::from_f32(x)
+    }
+}
+
+impl Element for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> half::bf16 {
+        half::bf16::from_f32(x)
+    }
+}
+
+/// Convert raw little-endian element bytes of `dtype` to f32 (for `to_host_f32`).
+pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
+    match dtype {
+        DType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        DType::I32 => out.extend(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)),
+        DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::Bool => out.extend(bytes.iter().map(|&b| (b != 0) as u8 as f32)),
+    }
+}

@@ -1,0 +1,59 @@
+//! Timing GPU work with CUDA events: warm-up launches first (module load, first-touch and
+//! clock ramp stay out of the numbers), then one event pair around each timed launch, all
+//! queued back to back; the median of the per-launch times is the result.
+
+use super::CheckError;
+use crate::cuda_backend::CudaBackend;
+use crate::cuda_error::drv;
+use cudarc::driver::sys::CUevent_flags;
+
+/// Median microseconds of `f(i)` over `reps` launches after `warmup` untimed ones. `i` counts
+/// all calls, so callers can rotate buffer sets with `i % sets`.
+pub(crate) fn median_us(
+    b: &CudaBackend,
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut(usize) -> Result<(), CheckError>,
+) -> Result<f64, CheckError> {
+    for i in 0..warmup {
+        f(i)?;
+    }
+    let ctx = b.context();
+    let mut events = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = drv("creating a timing event", ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))?;
+        let end = drv("creating a timing event", ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))?;
+        events.push((start, end));
+    }
+    for (i, (start, end)) in events.iter().enumerate() {
+        drv("recording an event", start.record(b.stream()))?;
+        f(warmup + i)?;
+        drv("recording an event", end.record(b.stream()))?;
+    }
+    b.synchronize()?;
+    let mut us = Vec::with_capacity(events.len());
+    for (start, end) in &events {
+        us.push(drv("reading an event pair", start.elapsed_ms(end))? as f64 * 1e3);
+    }
+    Ok(median(&mut us))
+}
+
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// How many copies of a `bytes`-sized working set to rotate through so that consecutive
+/// launches don't find their data in L2: enough to exceed 3× L2, at least 2, at most 64.
+pub(crate) fn rotation_sets(bytes: usize, l2: usize) -> usize {
+    let bytes = bytes.max(1);
+    (3 * l2.max(1)).div_ceil(bytes).clamp(2, 64)
+}
