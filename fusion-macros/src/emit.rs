@@ -79,6 +79,20 @@ pub fn module(f: &syn::ItemFn, sig: &Sig, source: &str, specs: &[(DType, Compile
                 cache: &CACHE,
             };
 
+            /// Run the `dtype` specialisation on the CPU backend: params in the fn's parameter
+            /// order, outputs in its output order (see `kiln_codegen::cpu` for the views).
+            pub fn cpu(
+                dtype: ::kiln_codegen::ir::DType,
+                params: &[::kiln_codegen::cpu::CpuParam<'_>],
+                outputs: &mut [::kiln_codegen::cpu::CpuOutArg<'_>],
+                rows: usize,
+                width: usize,
+            ) -> ::std::result::Result<(), ::kiln_runtime::fused::FusedError> {
+                let kernel = &DEF.compiled(dtype)?.kernel;
+                ::kiln_codegen::cpu::run(kernel, params, outputs, rows, width)
+                    .map_err(|source| ::kiln_runtime::fused::FusedError::Cpu { kernel: NAME, source })
+            }
+
             #run
         }
     }

@@ -102,6 +102,9 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
     if let Some(v) = &s.variadic {
         return err(v, "a #[fused] fn cannot be variadic");
     }
+    if let Some(a) = f.attrs.iter().find(|a| !a.path().is_ident("doc")) {
+        return err(a, "only doc comments are allowed on a #[fused] fn (they document the generated module)");
+    }
     let mut params: Vec<SigParam> = vec![];
     for arg in &s.inputs {
         let p = parse_param(arg)?;

@@ -8,3 +8,4 @@ pub mod gguf;
 pub mod safetensors_io;
 pub mod weights;
 pub mod tokenizer;
+pub mod kernels;

@@ -1,0 +1,33 @@
+//! The row kernels every Llama-family model needs, written with `#[fused]`, one file per
+//! family. Each `#[fused] fn k` becomes a module `k` (constants, `DEF`, `cpu`, `run`); each has
+//! an obviously-correct `k_ref` beside it that the tests hold the CPU backend to.
+//!
+//! Invariant: [`ALL`] lists every kernel defined here exactly once; `kernels-generated/` holds
+//! one `.cu` file per specialisation of these (written by `cargo run -p kiln-models --bin
+//! write-kernels`, checked fresh by a test).
+
+pub mod activation;
+pub mod epilogue;
+pub mod generated;
+pub mod norm;
+pub mod rope;
+pub mod softmax;
+
+use kiln_codegen::fused::FusedDef;
+
+/// Every kernel of this crate, in a stable order (by family, then as written).
+pub static ALL: &[&FusedDef] = &[
+    &norm::rms_norm::DEF,
+    &norm::add_rms_norm::DEF,
+    &norm::layer_norm::DEF,
+    &activation::silu_mul::DEF,
+    &activation::gelu_tanh_mul::DEF,
+    &rope::rope_half::DEF,
+    &rope::rope_interleaved::DEF,
+    &rope::rope_half_llama3::DEF,
+    &softmax::softmax::DEF,
+    &epilogue::bias_add::DEF,
+    &epilogue::residual_add::DEF,
+    &epilogue::cast_to_f32::DEF,
+    &epilogue::cast_from_f32::DEF,
+];

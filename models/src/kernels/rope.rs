@@ -1,0 +1,94 @@
+//! Rotary position embeddings on rows of `n_heads * head_dim` columns (rows = tokens, or
+//! tokens × heads). Three pairings/frequency schedules cover the Llama family:
+//! `rope_half` (HF "rotate_half": column `j` pairs with `j + head_dim/2`), `rope_interleaved`
+//! (GPT-J / GGUF: `2i` pairs with `2i+1`) and `rope_half_llama3` (rotate_half with Llama-3.1
+//! frequency scaling). `pos` is each row's token position; `theta`, `head_dim` and the
+//! scaling factors come from the model config at launch.
+//!
+//! The `*_ref` functions are the obviously-correct definitions (one row, f64), written from
+//! the published formulas (RoFormer; Llama-3.1's `rope_scaling`).
+
+use kiln_fusion_macros::fused;
+
+#[fused]
+pub fn rope_half(x: Row, pos: PerRow<i32>, #[comptime] theta: f32, #[comptime] head_dim: i32) -> Row {
+    let y = rope_half(x, pos, theta, head_dim);
+    y
+}
+
+#[fused]
+pub fn rope_interleaved(x: Row, pos: PerRow<i32>, #[comptime] theta: f32, #[comptime] head_dim: i32) -> Row {
+    let y = rope_interleaved(x, pos, theta, head_dim);
+    y
+}
+
+#[fused]
+pub fn rope_half_llama3(
+    x: Row,
+    pos: PerRow<i32>,
+    #[comptime] theta: f32,
+    #[comptime] head_dim: i32,
+    #[comptime] factor: f32,
+    #[comptime] low_freq_factor: f32,
+    #[comptime] high_freq_factor: f32,
+    #[comptime] original_max_position: f32,
+) -> Row {
+    let y = rope_half_llama3(x, pos, theta, head_dim, factor, low_freq_factor, high_freq_factor, original_max_position);
+    y
+}
+
+/// Llama-3.1 frequency scaling, as published with the model.
+#[derive(Clone, Copy, Debug)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position: f64,
+}
+
+/// The rotation frequency of pair `i` of a head: `theta^(-2i/head_dim)`, scaled for Llama-3:
+/// long wavelengths are divided by `factor`, short ones kept, and the band between blended.
+pub fn inv_freq_ref(theta: f64, i: usize, head_dim: usize, scaling: Option<Llama3Scaling>) -> f64 {
+    let f = theta.powf(-((2 * i) as f64) / head_dim as f64);
+    let Some(s) = scaling else { return f };
+    let wavelen = 2.0 * std::f64::consts::PI / f;
+    let low_freq_wavelen = s.original_max_position / s.low_freq_factor;
+    let high_freq_wavelen = s.original_max_position / s.high_freq_factor;
+    if wavelen < high_freq_wavelen {
+        f
+    } else if wavelen > low_freq_wavelen {
+        f / s.factor
+    } else {
+        let smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        (1.0 - smooth) * f / s.factor + smooth * f
+    }
+}
+
+/// Rotate every head of `x` by `pos`; `pairs(i)` gives the two columns (within a head) of
+/// pair `i`, which turn by angle `pos * inv_freq(i)`.
+fn rotate(x: &[f64], pos: i32, head_dim: usize, inv_freq: impl Fn(usize) -> f64, pairs: impl Fn(usize) -> (usize, usize)) -> Vec<f64> {
+    assert!(head_dim % 2 == 0 && x.len() % head_dim == 0, "row of {} columns, head_dim {head_dim}", x.len());
+    let mut out = vec![0.0; x.len()];
+    for head in x.chunks(head_dim).enumerate() {
+        let (h, xs) = head;
+        for i in 0..head_dim / 2 {
+            let (a, b) = pairs(i);
+            let (sin, cos) = (pos as f64 * inv_freq(i)).sin_cos();
+            out[h * head_dim + a] = xs[a] * cos - xs[b] * sin;
+            out[h * head_dim + b] = xs[b] * cos + xs[a] * sin;
+        }
+    }
+    out
+}
+
+pub fn rope_half_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize) -> Vec<f64> {
+    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, None), |i| (i, i + head_dim / 2))
+}
+
+pub fn rope_interleaved_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize) -> Vec<f64> {
+    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, None), |i| (2 * i, 2 * i + 1))
+}
+
+pub fn rope_half_llama3_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize, s: Llama3Scaling) -> Vec<f64> {
+    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, Some(s)), |i| (i, i + head_dim / 2))
+}

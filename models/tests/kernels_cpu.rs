@@ -1,0 +1,391 @@
+//! Every kernel of `kiln_models::kernels` on the CPU backend (through its generated `cpu` fn)
+//! against its naive `*_ref` (f64), for f32, f16 and bf16, on random non-zero inputs, over
+//! widths that are small, odd, vector-unaligned and model-sized (576 = SmolLM2's hidden size),
+//! with strided rows in some cases (DESIGN.md, "Checks that every kernel gets", 2).
+//!
+//! Tolerances: `|got - want| <= tol * (|want| + rms(want row))`, tol = 1e-5 for f32 and 1e-2
+//! for halves (inputs are rounded to the dtype first, so the reference sees exactly what the
+//! kernel reads; the remaining error is f32 arithmetic and the output's rounding).
+//! Outputs start poisoned (NaN) and the padding of strided rows must stay poisoned.
+
+use half::{bf16, f16};
+use kiln_codegen::cpu::{CpuIn, CpuOut, CpuOutArg, CpuParam, CpuScalar};
+use kiln_codegen::ir::DType;
+use kiln_models::kernels::{activation, epilogue, norm, rope, softmax};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A host tensor of one storage dtype.
+enum Data {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    I32(Vec<i32>),
+}
+
+impl Data {
+    /// `n` values of magnitude in `[lo, hi]` with random signs, rounded to `dtype`.
+    fn random(rng: &mut StdRng, dtype: DType, n: usize, lo: f32, hi: f32) -> Data {
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                let m = rng.random_range(lo..=hi);
+                if rng.random_bool(0.5) { m } else { -m }
+            })
+            .collect();
+        Data::from_f32(dtype, &v)
+    }
+    fn from_f32(dtype: DType, v: &[f32]) -> Data {
+        match dtype {
+            DType::F32 => Data::F32(v.to_vec()),
+            DType::F16 => Data::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+            DType::BF16 => Data::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            other => panic!("no float data of {other}"),
+        }
+    }
+    fn poisoned(dtype: DType, n: usize) -> Data {
+        Data::from_f32(dtype, &vec![f32::NAN; n])
+    }
+    fn as_in(&self) -> CpuIn<'_> {
+        match self {
+            Data::F32(v) => CpuIn::F32(v),
+            Data::F16(v) => CpuIn::F16(v),
+            Data::BF16(v) => CpuIn::BF16(v),
+            Data::I32(v) => CpuIn::I32(v),
+        }
+    }
+    fn as_out(&mut self) -> CpuOut<'_> {
+        match self {
+            Data::F32(v) => CpuOut::F32(v),
+            Data::F16(v) => CpuOut::F16(v),
+            Data::BF16(v) => CpuOut::BF16(v),
+            Data::I32(v) => CpuOut::I32(v),
+        }
+    }
+    fn to_f64(&self) -> Vec<f64> {
+        match self {
+            Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::F16(v) => v.iter().map(|&x| x.to_f64()).collect(),
+            Data::BF16(v) => v.iter().map(|&x| x.to_f64()).collect(),
+            Data::I32(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+}
+
+/// One problem shape: `rows` rows of `width` columns, `stride` elements apart.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    rows: usize,
+    width: usize,
+    stride: usize,
+}
+
+impl Shape {
+    fn len(&self) -> usize {
+        (self.rows - 1) * self.stride + self.width
+    }
+    /// The rows of a strided buffer, without padding.
+    fn rows<'a>(&self, v: &'a [f64]) -> impl Iterator<Item = &'a [f64]> + 'a {
+        let s = *self;
+        (0..s.rows).map(move |r| &v[r * s.stride..r * s.stride + s.width])
+    }
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// Widths: 1, odd, below and above a vector, 576 (SmolLM2 hidden), 1025 and 4099 (odd, long).
+const SHAPES: [Shape; 8] = [
+    Shape { rows: 3, width: 1, stride: 1 },
+    Shape { rows: 4, width: 7, stride: 7 },
+    Shape { rows: 2, width: 64, stride: 64 },
+    Shape { rows: 3, width: 333, stride: 340 },
+    Shape { rows: 5, width: 576, stride: 576 },
+    Shape { rows: 2, width: 576, stride: 600 },
+    Shape { rows: 2, width: 1025, stride: 1025 },
+    Shape { rows: 2, width: 4099, stride: 4099 },
+];
+
+fn tol(dtype: DType) -> f64 {
+    if dtype == DType::F32 { 1e-5 } else { 1e-2 }
+}
+
+/// Compare a kernel output (strided, poisoned padding) with the reference rows.
+fn check(what: &str, dtype: DType, shape: Shape, got: &Data, want: &[Vec<f64>], tol: f64) {
+    let got = got.to_f64();
+    for (r, (g, w)) in shape.rows(&got).zip(want).enumerate() {
+        let rms = (w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64).sqrt();
+        for (c, (g, w)) in g.iter().zip(w).enumerate() {
+            let bound = tol * (w.abs() + rms);
+            assert!((g - w).abs() <= bound, "{what} {dtype} {shape:?}: row {r} col {c}: got {g}, want {w} (bound {bound})");
+        }
+        if r + 1 < shape.rows {
+            let pad = &got[r * shape.stride + shape.width..(r + 1) * shape.stride];
+            assert!(pad.iter().all(|v| v.is_nan()), "{what} {dtype} {shape:?}: padding after row {r} was written");
+        }
+    }
+}
+
+/// Run `f` over every dtype × shape with a fixed seed per case.
+fn for_each_case(f: impl Fn(&mut StdRng, DType, Shape)) {
+    for (di, &dtype) in DTYPES.iter().enumerate() {
+        for (si, &shape) in SHAPES.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 1);
+            f(&mut rng, dtype, shape);
+        }
+    }
+}
+
+fn row<'a>(d: &'a Data, s: Shape) -> CpuParam<'a> {
+    CpuParam::row(d.as_in(), s.stride)
+}
+fn out<'a>(d: &'a mut Data, s: Shape) -> CpuOutArg<'a> {
+    CpuOutArg::row(d.as_out(), s.stride)
+}
+
+#[test]
+fn rms_norm_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let (x, w) = (Data::random(rng, dt, s.len(), 0.1, 2.0), Data::random(rng, dt, s.width, 0.5, 1.5));
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let mut y = Data::poisoned(dt, s.len());
+        let params = [row(&x, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
+        norm::rms_norm::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let (xs, ws) = (x.to_f64(), w.to_f64());
+        let want: Vec<_> = s.rows(&xs).map(|r| norm::rms_norm_ref(r, &ws, eps as f64)).collect();
+        check("rms_norm", dt, s, &y, &want, tol(dt));
+    });
+}
+
+#[test]
+fn add_rms_norm_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let x = Data::random(rng, dt, s.len(), 0.1, 2.0);
+        let res = Data::random(rng, dt, s.len(), 0.1, 2.0);
+        let w = Data::random(rng, dt, s.width, 0.5, 1.5);
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let (mut h, mut y) = (Data::poisoned(dt, s.len()), Data::poisoned(dt, s.len()));
+        let params = [row(&x, s), row(&res, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
+        norm::add_rms_norm::cpu(dt, &params, &mut [out(&mut h, s), out(&mut y, s)], s.rows, s.width).unwrap();
+        let (xs, rs, ws) = (x.to_f64(), res.to_f64(), w.to_f64());
+        let (want_h, want_y): (Vec<_>, Vec<_>) =
+            s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| norm::add_rms_norm_ref(x, r, &ws, eps as f64)).unzip();
+        check("add_rms_norm.h", dt, s, &h, &want_h, tol(dt));
+        check("add_rms_norm.y", dt, s, &y, &want_y, tol(dt));
+    });
+}
+
+#[test]
+fn layer_norm_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let x = Data::random(rng, dt, s.len(), 0.1, 2.0);
+        let (w, b) = (Data::random(rng, dt, s.width, 0.5, 1.5), Data::random(rng, dt, s.width, 0.1, 1.0));
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let mut y = Data::poisoned(dt, s.len());
+        let params = [row(&x, s), CpuParam::bcast(w.as_in()), CpuParam::bcast(b.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
+        norm::layer_norm::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let (xs, ws, bs) = (x.to_f64(), w.to_f64(), b.to_f64());
+        let want: Vec<_> = s.rows(&xs).map(|r| norm::layer_norm_ref(r, &ws, &bs, eps as f64)).collect();
+        check("layer_norm", dt, s, &y, &want, tol(dt));
+    });
+}
+
+/// The two gated activations share their harness.
+fn gated(name: &str, cpu: GatedCpu, reference: fn(&[f64], &[f64]) -> Vec<f64>) {
+    for_each_case(|rng, dt, s| {
+        let (g, u) = (Data::random(rng, dt, s.len(), 0.05, 6.0), Data::random(rng, dt, s.len(), 0.1, 2.0));
+        let mut y = Data::poisoned(dt, s.len());
+        cpu(dt, &[row(&g, s), row(&u, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let (gs, us) = (g.to_f64(), u.to_f64());
+        let want: Vec<_> = s.rows(&gs).zip(s.rows(&us)).map(|(g, u)| reference(g, u)).collect();
+        check(name, dt, s, &y, &want, tol(dt));
+    });
+}
+
+type GatedCpu = fn(DType, &[CpuParam<'_>], &mut [CpuOutArg<'_>], usize, usize) -> Result<(), kiln_runtime::fused::FusedError>;
+
+#[test]
+fn silu_mul_matches_ref() {
+    gated("silu_mul", activation::silu_mul::cpu, activation::silu_mul_ref);
+}
+
+#[test]
+fn gelu_tanh_mul_matches_ref() {
+    gated("gelu_tanh_mul", activation::gelu_tanh_mul::cpu, activation::gelu_tanh_mul_ref);
+}
+
+#[test]
+fn softmax_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let x = Data::random(rng, dt, s.len(), 0.1, 8.0);
+        let mut y = Data::poisoned(DType::F32, s.len());
+        softmax::softmax::cpu(dt, &[row(&x, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let xs = x.to_f64();
+        let want: Vec<_> = s.rows(&xs).map(softmax::softmax_ref).collect();
+        // The output is f32 whatever the input dtype, and the reference reads the rounded input.
+        check("softmax", dt, s, &y, &want, 1e-5);
+    });
+}
+
+#[test]
+fn bias_add_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let (x, b) = (Data::random(rng, dt, s.len(), 0.1, 4.0), Data::random(rng, dt, s.width, 0.1, 4.0));
+        let mut y = Data::poisoned(dt, s.len());
+        epilogue::bias_add::cpu(dt, &[row(&x, s), CpuParam::bcast(b.as_in())], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let (xs, bs) = (x.to_f64(), b.to_f64());
+        let want: Vec<_> = s.rows(&xs).map(|r| epilogue::bias_add_ref(r, &bs)).collect();
+        check("bias_add", dt, s, &y, &want, tol(dt));
+    });
+}
+
+#[test]
+fn residual_add_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let (x, r) = (Data::random(rng, dt, s.len(), 0.1, 4.0), Data::random(rng, dt, s.len(), 0.1, 4.0));
+        let mut y = Data::poisoned(dt, s.len());
+        epilogue::residual_add::cpu(dt, &[row(&x, s), row(&r, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let (xs, rs) = (x.to_f64(), r.to_f64());
+        let want: Vec<_> = s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| epilogue::residual_add_ref(x, r)).collect();
+        check("residual_add", dt, s, &y, &want, tol(dt));
+    });
+}
+
+/// Widening is exact, so `cast_to_f32` must reproduce its input bit for bit.
+#[test]
+fn cast_to_f32_is_exact() {
+    for_each_case(|rng, dt, s| {
+        let x = Data::random(rng, dt, s.len(), 1e-3, 1e3);
+        let mut y = Data::poisoned(DType::F32, s.len());
+        epilogue::cast_to_f32::cpu(dt, &[row(&x, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let xs = x.to_f64();
+        let want: Vec<_> = s.rows(&xs).map(epilogue::cast_ref).collect();
+        check("cast_to_f32", dt, s, &y, &want, 0.0);
+    });
+}
+
+/// Narrowing rounds to nearest-even: the result must equal `half`'s conversion exactly, and
+/// be within the dtype's tolerance of the reference.
+#[test]
+fn cast_from_f32_rounds_to_nearest_even() {
+    for_each_case(|rng, dt, s| {
+        let x = Data::random(rng, DType::F32, s.len(), 1e-3, 1e3);
+        let mut y = Data::poisoned(dt, s.len());
+        epilogue::cast_from_f32::cpu(dt, &[row(&x, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let Data::F32(xv) = &x else { unreachable!() };
+        let rounded: Vec<f64> = Data::from_f32(dt, xv).to_f64();
+        let want_exact: Vec<_> = s.rows(&rounded).map(|r| r.to_vec()).collect();
+        check("cast_from_f32 (exact rounding)", dt, s, &y, &want_exact, 0.0);
+        let xs = x.to_f64();
+        let want: Vec<_> = s.rows(&xs).map(epilogue::cast_ref).collect();
+        check("cast_from_f32", dt, s, &y, &want, tol(dt));
+    });
+}
+
+/// RoPE shapes: `(head_dim, n_heads, stride padding)`; SmolLM2 has head_dim 64 and 9 query
+/// heads (576 columns); head_dim 10 and 2 are small unaligned cases.
+const ROPE_SHAPES: [(usize, usize, usize); 5] = [(64, 9, 0), (64, 1, 8), (128, 2, 0), (10, 5, 3), (2, 3, 0)];
+
+/// Run a rope kernel over every dtype × shape with positions below `max_pos`.
+fn rope_cases(
+    name: &str,
+    max_pos: i32,
+    tol_f32: f64,
+    run: impl Fn(DType, &[CpuParam<'_>], &mut [CpuOutArg<'_>], usize, usize),
+    comptime: &[CpuScalar],
+    reference: impl Fn(&[f64], i32, usize) -> Vec<f64>,
+) {
+    for (di, &dt) in DTYPES.iter().enumerate() {
+        for (si, &(head_dim, heads, pad)) in ROPE_SHAPES.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 7);
+            let width = head_dim * heads;
+            let s = Shape { rows: 6, width, stride: width + pad };
+            let x = Data::random(&mut rng, dt, s.len(), 0.1, 2.0);
+            let pos: Vec<i32> = (0..s.rows).map(|_| rng.random_range(1..max_pos)).collect();
+            let pos_data = Data::I32(pos.clone());
+            let mut y = Data::poisoned(dt, s.len());
+            let mut params = vec![row(&x, s), CpuParam::per_row(pos_data.as_in())];
+            params.push(CpuParam::Comptime(comptime[0]));
+            params.push(CpuParam::Comptime(CpuScalar::I32(head_dim as i32)));
+            params.extend(comptime[1..].iter().map(|&c| CpuParam::Comptime(c)));
+            run(dt, &params, &mut [out(&mut y, s)], s.rows, s.width);
+            let xs = x.to_f64();
+            let want: Vec<_> = s.rows(&xs).zip(&pos).map(|(r, &p)| reference(r, p, head_dim)).collect();
+            let t = if dt == DType::F32 { tol_f32 } else { tol(dt) };
+            check(name, dt, s, &y, &want, t);
+        }
+    }
+}
+
+const THETA: f32 = 10000.0;
+
+/// Positions below 48 keep the f32 angle `pos * inv_freq` within 1e-5 of exact.
+#[test]
+fn rope_half_matches_ref() {
+    rope_cases(
+        "rope_half",
+        48,
+        1e-5,
+        |dt, p, o, r, w| rope::rope_half::cpu(dt, p, o, r, w).unwrap(),
+        &[CpuScalar::F32(THETA)],
+        |x, pos, hd| rope::rope_half_ref(x, pos, THETA as f64, hd),
+    );
+}
+
+#[test]
+fn rope_interleaved_matches_ref() {
+    rope_cases(
+        "rope_interleaved",
+        48,
+        1e-5,
+        |dt, p, o, r, w| rope::rope_interleaved::cpu(dt, p, o, r, w).unwrap(),
+        &[CpuScalar::F32(THETA)],
+        |x, pos, hd| rope::rope_interleaved_ref(x, pos, THETA as f64, hd),
+    );
+}
+
+/// Llama-3.1's published scaling (theta 500000, factor 8, low 1, high 4, original 8192).
+const LLAMA3: rope::Llama3Scaling =
+    rope::Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192.0 };
+
+fn llama3_scalars() -> [CpuScalar; 5] {
+    [
+        CpuScalar::F32(500000.0),
+        CpuScalar::F32(LLAMA3.factor as f32),
+        CpuScalar::F32(LLAMA3.low_freq_factor as f32),
+        CpuScalar::F32(LLAMA3.high_freq_factor as f32),
+        CpuScalar::F32(LLAMA3.original_max_position as f32),
+    ]
+}
+
+#[test]
+fn rope_half_llama3_matches_ref() {
+    rope_cases(
+        "rope_half_llama3",
+        48,
+        1e-5,
+        |dt, p, o, r, w| rope::rope_half_llama3::cpu(dt, p, o, r, w).unwrap(),
+        &llama3_scalars(),
+        |x, pos, hd| rope::rope_half_llama3_ref(x, pos, 500000.0, hd, LLAMA3),
+    );
+}
+
+/// At long-context positions the f32 angle `pos * inv_freq` is off by up to half an ulp of
+/// `pos` radians (2.4e-4 at 4096), so f32 is held to 1e-3 there; halves keep 1e-2.
+#[test]
+fn rope_at_long_context_positions() {
+    rope_cases(
+        "rope_half (long context)",
+        8192,
+        1e-3,
+        |dt, p, o, r, w| rope::rope_half::cpu(dt, p, o, r, w).unwrap(),
+        &[CpuScalar::F32(THETA)],
+        |x, pos, hd| rope::rope_half_ref(x, pos, THETA as f64, hd),
+    );
+    rope_cases(
+        "rope_half_llama3 (long context)",
+        8192,
+        1e-3,
+        |dt, p, o, r, w| rope::rope_half_llama3::cpu(dt, p, o, r, w).unwrap(),
+        &llama3_scalars(),
+        |x, pos, hd| rope::rope_half_llama3_ref(x, pos, 500000.0, hd, LLAMA3),
+    );
+}
