@@ -10,7 +10,7 @@
 //! 2. for each output, in order: `Row(d)`: a pointer then an `int` row stride; `PerRow(d)`: a pointer;
 //! 3. `int rows, int width`.
 //!
-//! Launch: one thread block per row (`grid.x = rows`), `block.x` from [`launch_config`], no
+//! Launch: one thread block per row (`grid.x = rows`), `block.x` (at most [`MAX_THREADS`]) from [`launch_config`], no
 //! dynamic shared memory. Each kernel has two entry points: a vectorised one (`_v{N}`,
 //! 16-byte accesses: every row stride and `width` divisible by N and every pointer 16-byte
 //! aligned) and a scalar one (`_v1`) that takes any layout.
@@ -65,8 +65,13 @@ pub fn vec_width(d: DType) -> usize {
 }
 
 /// Loop iterations per thread in kernels that cache values across stages (the register
-/// arrays are sized by it). The widest row such a kernel takes is `1024 * MAX_ITERS * vec`.
+/// arrays are sized by it). The widest row such a kernel takes is `MAX_THREADS * MAX_ITERS * vec`.
 pub const MAX_ITERS: usize = 8;
+
+/// Threads per block, at most (`__launch_bounds__`). 256 rather than 1024 so the compiler may
+/// give a thread up to 255 registers: a cached f32 value of a bf16 row is `MAX_ITERS * 8`
+/// registers, and with a 1024-thread bound (64 registers) such kernels spilled.
+pub const MAX_THREADS: usize = 256;
 
 /// The vector width of a kernel's vectorised entry: the narrowest tensor dtype it touches
 /// decides (16 bytes of it), so every access of the entry is at most 16 bytes.
@@ -117,13 +122,13 @@ pub fn launch_config(k: &Kernel, s: &Schedule, rows: usize, width: usize, vec: u
     let nvec = width.div_ceil(vec);
     let round32 = |t: usize| t.div_ceil(32) * 32;
     let block = if s.cached.is_empty() {
-        round32(nvec.div_ceil(2)).clamp(32, 1024)
+        round32(nvec.div_ceil(2)).clamp(32, MAX_THREADS)
     } else {
-        let max = 1024 * MAX_ITERS * vec;
+        let max = MAX_THREADS * MAX_ITERS * vec;
         if width > max {
             return Err(LaunchError::TooWide { kernel: k.spec_name(), width, max });
         }
-        round32(nvec.div_ceil(MAX_ITERS)).clamp(128.min(round32(nvec)), 1024)
+        round32(nvec.div_ceil(MAX_ITERS)).clamp(128.min(round32(nvec)), MAX_THREADS)
     };
     Ok(LaunchConfig { grid: rows as u32, block: block as u32 })
 }

@@ -47,7 +47,7 @@ mod cuda {
             let vec = abi::kernel_vec(&k);
             let body = format!("{}_body", k.spec_name());
             for (entry, n) in [(&ve, vec), (&se, 1)] {
-                let head = format!("extern \"C\" __global__ void __launch_bounds__(1024) {entry}(");
+                let head = format!("extern \"C\" __global__ void __launch_bounds__({}) {entry}(", abi::MAX_THREADS);
                 assert_eq!(text.matches(&head).count(), 1, "{entry}");
                 assert!(text.contains(&format!("  {body}<{n}>(")), "{entry} must run the body with VEC={n}");
             }

@@ -67,7 +67,7 @@ fn header(w: &mut CWriter, k: &Kernel, plan: &Plan) {
     w.comment(&format!("  {ve}: {vec} columns per access (at most 16 bytes); needs width and every row stride"));
     w.comment(&format!("    divisible by {vec} and 16-byte aligned pointers"));
     w.comment(&format!("  {se}: one column per access; any layout"));
-    w.comment("Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 1024;");
+    w.comment(&format!("Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most {};", abi::MAX_THREADS));
     w.comment("no dynamic shared memory. Outputs must not alias inputs.");
     let stages = plan.stages.len();
     if plan.fixed_loop() {
@@ -127,7 +127,7 @@ fn arg_names(k: &Kernel) -> Vec<String> {
 }
 
 fn entry(w: &mut CWriter, k: &Kernel, name: &str, vec: usize) {
-    w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__(1024) {name}"), &signature(k));
+    w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__({}) {name}", abi::MAX_THREADS), &signature(k));
     w.line(&format!("{}<{vec}>({});", names::body_fn(k), arg_names(k).join(", ")));
     w.close();
 }
