@@ -1,11 +1,17 @@
 //! kiln-models: model architectures written with `#[fused]` blocks, and everything needed to
 //! load them: configs, weights (GGUF, safetensors), tokenizers and chat templates.
 
-pub mod config;
-pub mod convert;
-pub mod fetch;
-pub mod gguf;
-pub mod safetensors_io;
-pub mod weights;
 pub mod tokenizer;
+pub mod gguf;
+pub mod config;
+pub mod weights;
+pub mod safetensors_io;
+pub mod fetch;
+pub mod convert;
 pub mod kernels;
+pub mod generate;
+pub mod gguf_tokenizer;
+pub mod llama;
+pub mod loader;
+pub mod model;
+pub mod registry;

@@ -1,8 +1,10 @@
 //! kiln-runtime: devices, tensors, fused-kernel launch, GEMMs, the paged KV cache, the
 //! scheduler, sampling and the engine loop.
+pub mod attention;
+pub mod gather;
+pub mod sample;
 pub mod kv;
 pub mod sched;
-pub mod sample;
 
 // Devices, tensors, fused-kernel launch, GEMM.
 pub mod cuda_backend;
@@ -21,6 +23,7 @@ pub mod gpu_check;
 mod gemm_cuda;
 pub mod host_buf;
 pub mod kernel_cache;
+pub mod ptx_cache;
 pub mod tensor;
 mod tensor_io;
 

@@ -1,0 +1,201 @@
+//! The Llama architecture (Llama 2/3, SmolLM/SmolLM2, TinyLlama, Mistral without sliding
+//! window), written with the `#[fused]` kernels in [`crate::kernels`] plus GEMMs and paged
+//! attention from the runtime.
+//!
+//! One forward step takes a flat batch of new tokens from any number of sequences (prefill
+//! chunks and decode tokens mixed, see [`ForwardBatch`]) and returns logits for the rows asked
+//! for. The residual stream is carried in the storage dtype; every norm is fused with the
+//! residual add that precedes it (`add_rms_norm`), and q/k/v come from one fused projection
+//! whose column views feed RoPE directly.
+
+use crate::config::{LlamaConfig, RopeScalingKind};
+use crate::kernels::{activation, norm, rope};
+use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError};
+use crate::weights::{HostTensor, Weights};
+use kiln_codegen::ir::DType;
+use kiln_runtime::attention::{paged_attention, write_kv, AttnShape};
+use kiln_runtime::{matmul, Device, Tensor};
+
+struct Layer {
+    attn_norm: Tensor,
+    /// `[(n_heads + 2 * n_kv_heads) * head_dim, hidden]`: q, k and v projections stacked.
+    wqkv: Tensor,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    /// `[2 * intermediate, hidden]`: gate then up.
+    w_gate_up: Tensor,
+    w_down: Tensor,
+}
+
+pub struct Llama {
+    cfg: LlamaConfig,
+    dev: Device,
+    dtype: DType,
+    embed: Tensor,
+    lm_head: Tensor,
+    final_norm: Tensor,
+    layers: Vec<Layer>,
+}
+
+fn upload(dev: &Device, dtype: DType, t: &HostTensor) -> Result<Tensor, ModelError> {
+    let (rows, cols) = match t.shape.as_slice() {
+        [n] => (1, *n),
+        [r, c] => (*r, *c),
+        s => return Err(ModelError::Load(format!("expected a 1-D or 2-D tensor, got shape {s:?}"))),
+    };
+    Ok(Tensor::from_f32_as(dev, dtype, &t.data, rows, cols)?)
+}
+
+/// Stack 2-D host tensors along rows (they share their column count).
+fn stack_rows(parts: &[&HostTensor]) -> Result<HostTensor, ModelError> {
+    let cols = parts[0].shape[1];
+    let mut data = Vec::with_capacity(parts.iter().map(|p| p.numel()).sum());
+    let mut rows = 0;
+    for p in parts {
+        if p.shape.len() != 2 || p.shape[1] != cols {
+            return Err(ModelError::Load(format!("cannot stack shapes {:?} and {:?}", parts[0].shape, p.shape)));
+        }
+        rows += p.shape[0];
+        data.extend_from_slice(&p.data);
+    }
+    Ok(HostTensor { shape: vec![rows, cols], data })
+}
+
+impl Llama {
+    /// Build the model on `dev`, converting weights to `dtype` (f32 on the CPU).
+    pub fn new(cfg: LlamaConfig, mut w: Weights, dev: &Device, dtype: DType) -> Result<Llama, ModelError> {
+        w.validate_llama(&cfg).map_err(|e| ModelError::Load(e.to_string()))?;
+        if let Some(s) = &cfg.rope_scaling {
+            if s.kind == RopeScalingKind::Linear {
+                return Err(ModelError::Unsupported("linear RoPE scaling".into()));
+            }
+        }
+        let untied_head = w.contains("lm_head.weight") && !cfg.tie_word_embeddings;
+        let mut take = |name: &str| w.take(name).map_err(|e| ModelError::Load(e.to_string()));
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let q = take(&format!("{p}.self_attn.q_proj.weight"))?;
+            let k = take(&format!("{p}.self_attn.k_proj.weight"))?;
+            let v = take(&format!("{p}.self_attn.v_proj.weight"))?;
+            let gate = take(&format!("{p}.mlp.gate_proj.weight"))?;
+            let up = take(&format!("{p}.mlp.up_proj.weight"))?;
+            layers.push(Layer {
+                attn_norm: upload(dev, dtype, &take(&format!("{p}.input_layernorm.weight"))?)?,
+                wqkv: upload(dev, dtype, &stack_rows(&[&q, &k, &v])?)?,
+                wo: upload(dev, dtype, &take(&format!("{p}.self_attn.o_proj.weight"))?)?,
+                ffn_norm: upload(dev, dtype, &take(&format!("{p}.post_attention_layernorm.weight"))?)?,
+                w_gate_up: upload(dev, dtype, &stack_rows(&[&gate, &up])?)?,
+                w_down: upload(dev, dtype, &take(&format!("{p}.mlp.down_proj.weight"))?)?,
+            });
+        }
+        let embed = upload(dev, dtype, &take("model.embed_tokens.weight")?)?;
+        let lm_head = if untied_head {
+            upload(dev, dtype, &take("lm_head.weight")?)?
+        } else {
+            embed.clone() // tied: the same storage
+        };
+        let final_norm = upload(dev, dtype, &take("model.norm.weight")?)?;
+        Ok(Llama { cfg, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers })
+    }
+
+    fn rope(&self, x: &Tensor, pos: &Tensor, out: &mut Tensor) -> Result<(), ModelError> {
+        let theta = self.cfg.rope_theta;
+        let hd = self.cfg.head_dim as i32;
+        match &self.cfg.rope_scaling {
+            Some(s) if s.kind == RopeScalingKind::Llama3 => rope::rope_half_llama3::run(
+                &self.dev,
+                x,
+                pos,
+                theta,
+                hd,
+                s.factor,
+                s.low_freq_factor,
+                s.high_freq_factor,
+                s.original_max_position_embeddings as f32,
+                out,
+            )?,
+            _ => rope::rope_half::run(&self.dev, x, pos, theta, hd, out)?,
+        }
+        Ok(())
+    }
+
+    fn empty(&self, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
+        Ok(Tensor::uninit(&self.dev, self.dtype, rows, cols)?)
+    }
+}
+
+impl CausalLm for Llama {
+    fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError> {
+        let width = self.cfg.num_key_value_heads * self.cfg.head_dim;
+        let slots = num_blocks * block_size;
+        let mut k = Vec::with_capacity(self.layers.len());
+        let mut v = Vec::with_capacity(self.layers.len());
+        for _ in &self.layers {
+            k.push(Tensor::zeros(&self.dev, DType::F32, slots, width)?);
+            v.push(Tensor::zeros(&self.dev, DType::F32, slots, width)?);
+        }
+        Ok(KvCache { k, v, block_size, num_blocks })
+    }
+
+    fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
+        batch.validate(self.cfg.vocab_size)?;
+        let c = &self.cfg;
+        let n = batch.tokens.len();
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let eps = c.rms_norm_eps;
+        let pos = Tensor::vector(&self.dev, batch.positions)?;
+        let shape = AttnShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            block_size: kv.block_size,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+
+        let mut residual = kiln_runtime::gather::gather_rows(&self.embed, batch.tokens)?;
+        let mut h = self.empty(n, c.hidden_size)?;
+        norm::rms_norm::run(&self.dev, &residual, &self.layers[0].attn_norm, eps, &mut h)?;
+        let mut qkv = self.empty(n, (nh + 2 * nkv) * hd)?;
+        let mut q = self.empty(n, nh * hd)?;
+        let mut k = self.empty(n, nkv * hd)?;
+        let mut attn = self.empty(n, nh * hd)?;
+        let mut proj = self.empty(n, c.hidden_size)?;
+        let mut gate_up = self.empty(n, 2 * c.intermediate_size)?;
+        let mut act = self.empty(n, c.intermediate_size)?;
+        let mut next_residual = self.empty(n, c.hidden_size)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            matmul(&self.dev, &h, &layer.wqkv, &mut qkv)?;
+            self.rope(&qkv.view_cols(0, nh * hd)?, &pos, &mut q)?;
+            self.rope(&qkv.view_cols(nh * hd, nkv * hd)?, &pos, &mut k)?;
+            let v = qkv.view_cols((nh + nkv) * hd, nkv * hd)?;
+            write_kv(&k, &v, batch.slots, &mut kv.k[l], &mut kv.v[l])?;
+            paged_attention(&q, &kv.k[l], &kv.v[l], batch.seqs, &shape, &mut attn)?;
+            matmul(&self.dev, &attn, &layer.wo, &mut proj)?;
+            norm::add_rms_norm::run(&self.dev, &proj, &residual, &layer.ffn_norm, eps, &mut next_residual, &mut h)?;
+            std::mem::swap(&mut residual, &mut next_residual);
+
+            matmul(&self.dev, &h, &layer.w_gate_up, &mut gate_up)?;
+            let inter = c.intermediate_size;
+            activation::silu_mul::run(&self.dev, &gate_up.view_cols(0, inter)?, &gate_up.view_cols(inter, inter)?, &mut act)?;
+            matmul(&self.dev, &act, &layer.w_down, &mut proj)?;
+            let next_norm = self.layers.get(l + 1).map_or(&self.final_norm, |nl| &nl.attn_norm);
+            norm::add_rms_norm::run(&self.dev, &proj, &residual, next_norm, eps, &mut next_residual, &mut h)?;
+            std::mem::swap(&mut residual, &mut next_residual);
+        }
+        // `h` now holds the final-normed hidden states; only the asked-for rows reach lm_head.
+        let rows: Vec<u32> = batch.logits_rows.iter().map(|&r| r as u32).collect();
+        let picked = kiln_runtime::gather::gather_rows(&h, &rows)?;
+        let mut logits = Tensor::uninit(&self.dev, self.dtype, rows.len(), c.vocab_size)?;
+        matmul(&self.dev, &picked, &self.lm_head, &mut logits)?;
+        Ok(logits)
+    }
+}
