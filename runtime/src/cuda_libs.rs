@@ -8,7 +8,8 @@
 //! A machine often has the toolkit libraries in a folder that is not on the loader's search
 //! path (`/usr/local/cuda/lib64`, a Python wheel's `nvidia/cu13/lib`). [`probe`] therefore
 //! first opens, by full path, the libraries it finds in the folders of `$KILN_CUDA_LIB_DIRS`
-//! (`:`-separated) and a few standard places, and keeps them open for the life of the process.
+//! (`:`-separated), a few standard places and `~/.cache/kiln/nvrtc/nvidia/cu13/lib` (where the
+//! project unpacks the NVRTC wheel), and keeps them open for the life of the process.
 //! The dynamic loader then satisfies cudarc's later open-by-name from the already loaded
 //! object (a loaded library matches its soname, e.g. `libnvrtc.so.13`).
 //!
@@ -95,6 +96,10 @@ fn search_dirs() -> Vec<PathBuf> {
         .map(|v| v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
         .unwrap_or_default();
     dirs.extend(STANDARD_DIRS.iter().map(PathBuf::from));
+    // Where the project's docs unpack the NVRTC wheel (nvidia-cuda-nvrtc) on a GPU-less machine.
+    if let Some(c) = dirs::cache_dir() {
+        dirs.push(c.join("kiln/nvrtc/nvidia/cu13/lib"));
+    }
     dirs
 }
 
@@ -131,4 +136,41 @@ fn find_in(dir: &Path, want: &str) -> Option<PathBuf> {
         .collect();
     hits.sort();
     hits.pop()
+}
+
+/// `(major, minor)` of the CUDA version the driver supports, if libcuda loads.
+pub fn driver_version() -> Option<(i32, i32)> {
+    if !probe().driver {
+        return None;
+    }
+    let mut v = 0i32;
+    // SAFETY: the library is present (probed); the call only writes the out-parameter.
+    let ok = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) } == cudarc::driver::sys::CUresult::CUDA_SUCCESS;
+    ok.then_some((v / 1000, (v % 1000) / 10))
+}
+
+/// `(major, minor)` of the loaded NVRTC, if it loads. PTX from an NVRTC newer than the
+/// driver's CUDA version is rejected at module load (CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    if !probe().nvrtc {
+        return None;
+    }
+    let (mut major, mut minor) = (0i32, 0i32);
+    // SAFETY: the library is present (probed); the call only writes the out-parameters.
+    let ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) } == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS;
+    ok.then_some((major, minor))
+}
+
+/// One line for reports: driver and NVRTC versions and what was preloaded from where.
+pub fn summary() -> String {
+    let v = |x: Option<(i32, i32)>| x.map_or("-".to_string(), |(a, b)| format!("{a}.{b}"));
+    let p = probe();
+    let pre: Vec<String> = p.preloaded.iter().map(|x| x.display().to_string()).collect();
+    format!(
+        "driver CUDA {}, NVRTC {}, cuBLAS {}; preloaded: {}",
+        v(driver_version()),
+        v(nvrtc_version()),
+        if p.cublas { "found" } else { "missing" },
+        if pre.is_empty() { "none".into() } else { pre.join(", ") }
+    )
 }

@@ -24,6 +24,7 @@ mod gemm_cuda;
 pub mod host_buf;
 pub mod kernel_cache;
 pub mod ptx_cache;
+pub mod ptx_cache;
 pub mod tensor;
 mod tensor_io;
 

@@ -83,7 +83,7 @@ fn run(defs: &[&'static FusedDef], args: &[String]) -> Result<bool, String> {
         }
         None => defs.to_vec(),
     };
-    let dev = Device::cuda(gpu).map_err(|e| format!("cannot open GPU {gpu}: {e}"))?;
+    let dev = Device::cuda(gpu).map_err(|e| format!("cannot open GPU {gpu}: {e}\n({})", crate::cuda_libs::summary()))?;
     eprintln!("kiln-gpu-check: {} — {} kernel(s), seed {}", dev.describe(), chosen.len(), cfg.seed);
     let report = run_all(&dev, &chosen, &cfg).map_err(|e| e.to_string())?;
     let md = report.markdown();

@@ -77,8 +77,6 @@ impl Default for CheckConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("the GPU check needs a CUDA device, got {0}")]
-    NotCuda(String),
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
@@ -151,6 +149,8 @@ impl GemmCheck {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub device: String,
+    /// Driver / NVRTC versions and preloaded libraries.
+    pub libraries: String,
     pub seed: u64,
     pub peak_gbps: f64,
     pub cases: Vec<CaseResult>,
@@ -173,9 +173,11 @@ impl Report {
     }
 }
 
-/// Check every def × dtype × shape on `gpu` (which must be a CUDA device).
+/// Check every def × dtype × shape on `gpu`. On a CUDA device: compare with the CPU, time,
+/// measure the baselines. On the CPU device: the CPU against itself with no timing or
+/// baselines — a self-test of the harness that needs no GPU.
 pub fn run_all(gpu: &Device, defs: &[&'static FusedDef], cfg: &CheckConfig) -> Result<Report, CheckError> {
-    let backend = gpu.cuda_backend().ok_or_else(|| CheckError::NotCuda(gpu.label()))?.clone();
+    let backend = gpu.cuda_backend().cloned();
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut cases = vec![];
     for def in defs {
@@ -194,28 +196,31 @@ pub fn run_all(gpu: &Device, defs: &[&'static FusedDef], cfg: &CheckConfig) -> R
             }
             for (rows, width, layout) in shapes {
                 let case = case::Case { def, dtype, rows, width, layout, cfg };
-                cases.push(case.run(gpu, &backend, &mut rng));
+                cases.push(case.run(gpu, &mut rng));
             }
         }
     }
-    let copy = cfg.copy_shape.map(|(r, c)| baselines::copy(gpu, &backend, cfg, r, c).map_err(|e| e.to_string()));
-    let gemm_speed = cfg.gemm_n.map(|n| baselines::gemm_speed(gpu, &backend, cfg, n, &mut rng).map_err(|e| e.to_string()));
-    let mut gemm_checks = vec![];
-    for &shape in &cfg.gemm_checks {
-        for &dtype in &cfg.dtypes {
-            for offset in [false, true] {
-                gemm_checks.push(baselines::gemm_check(gpu, dtype, shape, offset, &mut rng));
+    let (mut copy, mut gemm_speed, mut gemm_checks) = (None, None, vec![]);
+    if let Some(b) = &backend {
+        copy = cfg.copy_shape.map(|(r, c)| baselines::copy(gpu, b, cfg, r, c).map_err(|e| e.to_string()));
+        gemm_speed = cfg.gemm_n.map(|n| baselines::gemm_speed(gpu, b, cfg, n, &mut rng).map_err(|e| e.to_string()));
+        for &shape in &cfg.gemm_checks {
+            for &dtype in &cfg.dtypes {
+                for offset in [false, true] {
+                    gemm_checks.push(baselines::gemm_check(gpu, dtype, shape, offset, &mut rng));
+                }
             }
         }
     }
     Ok(Report {
         device: gpu.describe(),
+        libraries: crate::cuda_libs::summary(),
         seed: cfg.seed,
         peak_gbps: cfg.peak_gbps,
         cases,
         copy,
         gemm_speed,
         gemm_checks,
-        cache: backend.kernel_cache_stats(),
+        cache: backend.map(|b| b.kernel_cache_stats()).unwrap_or_default(),
     })
 }

@@ -9,6 +9,7 @@ pub(crate) fn markdown(r: &Report) -> String {
     let failed = r.cases.iter().filter(|c| !c.pass).count();
     let _ = writeln!(s, "## kiln GPU check\n");
     let _ = writeln!(s, "device: {}  ", r.device);
+    let _ = writeln!(s, "libraries: {}  ", r.libraries);
     let _ = writeln!(s, "seed: {} (repeat with --seed {})  ", r.seed, r.seed);
     let _ = writeln!(
         s,
