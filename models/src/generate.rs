@@ -66,13 +66,13 @@ pub fn generate(
     if prompt_ids.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
-    let cfg = model.config();
+    let cfg = model.info();
     let total = prompt_ids.len() + params.max_tokens;
-    if total > cfg.max_position_embeddings {
+    if total > cfg.max_model_len {
         return Err(GenerateError::TooLong {
             prompt: prompt_ids.len(),
             max_tokens: params.max_tokens,
-            context: cfg.max_position_embeddings,
+            context: cfg.max_model_len,
         });
     }
     let mut sampler = Sampler::new(params)?;

@@ -10,7 +10,7 @@
 
 use crate::config::{LlamaConfig, RopeScalingKind};
 use crate::kernels::{activation, norm, rope};
-use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError};
+use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
 use crate::weights::{HostTensor, Weights};
 use kiln_codegen::ir::DType;
 use kiln_runtime::attention::{paged_attention, write_kv, AttnShape};
@@ -29,6 +29,7 @@ struct Layer {
 
 pub struct Llama {
     cfg: LlamaConfig,
+    info: ModelInfo,
     dev: Device,
     dtype: DType,
     embed: Tensor,
@@ -96,7 +97,17 @@ impl Llama {
             embed.clone() // tied: the same storage
         };
         let final_norm = upload(dev, dtype, &take("model.norm.weight")?)?;
-        Ok(Llama { cfg, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers })
+        let info = ModelInfo {
+            architecture: cfg.architecture.clone(),
+            vocab_size: cfg.vocab_size,
+            max_model_len: cfg.max_position_embeddings,
+            eos_token_ids: cfg.eos_token_ids.clone(),
+            num_layers: cfg.num_hidden_layers,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            kv_dtype: DType::F32,
+        };
+        Ok(Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers })
     }
 
     fn rope(&self, x: &Tensor, pos: &Tensor, out: &mut Tensor) -> Result<(), ModelError> {
@@ -126,8 +137,8 @@ impl Llama {
 }
 
 impl CausalLm for Llama {
-    fn config(&self) -> &LlamaConfig {
-        &self.cfg
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
 
     fn device(&self) -> &Device {
