@@ -2,6 +2,7 @@
 //! scheduler, sampling and the engine loop.
 pub mod attention;
 pub mod gather;
+pub mod model;
 pub mod sample;
 pub mod kv;
 pub mod sched;
@@ -23,7 +24,6 @@ pub mod gpu_check;
 mod gemm_cuda;
 pub mod host_buf;
 pub mod kernel_cache;
-pub mod ptx_cache;
 pub mod ptx_cache;
 pub mod tensor;
 mod tensor_io;
