@@ -4,7 +4,7 @@
 //   rope_interleaved_f16_v8: 8 columns per access (at most 16 bytes); needs width and every row stride
 //     divisible by 8 and 16-byte aligned pointers
 //   rope_interleaved_f16_v1: one column per access; any layout
-// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 1024;
+// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 256;
 // no dynamic shared memory. Outputs must not alias inputs.
 // 1 stage(s); nothing cached across stages (block-strided loops).
 //
@@ -180,7 +180,7 @@ __device__ __forceinline__ void rope_interleaved_f16_body(
   }
 }
 
-extern "C" __global__ void __launch_bounds__(1024) rope_interleaved_f16_v8(
+extern "C" __global__ void __launch_bounds__(256) rope_interleaved_f16_v8(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     const int* __restrict__ p1_pos,
@@ -193,7 +193,7 @@ extern "C" __global__ void __launch_bounds__(1024) rope_interleaved_f16_v8(
   rope_interleaved_f16_body<8>(p0_x, p0_x_stride, p1_pos, p2_theta, p3_head_dim, o0_y, o0_y_stride, rows, width);
 }
 
-extern "C" __global__ void __launch_bounds__(1024) rope_interleaved_f16_v1(
+extern "C" __global__ void __launch_bounds__(256) rope_interleaved_f16_v1(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     const int* __restrict__ p1_pos,

@@ -194,6 +194,18 @@ impl Cx<'_> {
         Ok((self.value(a, ha, ea)?, self.value(b, hb, eb)?))
     }
 
+    /// Halves are storage only (codegen's lowered verifier rejects arithmetic on them); say so
+    /// at the expression rather than at the fn.
+    pub fn no_half(&self, ids: &[ValueId], at: impl ToTokens) -> syn::Result<()> {
+        match ids.iter().map(|&v| self.b.ty(v).dtype).find(|d| d.is_half()) {
+            Some(d) => Err(err(
+                at,
+                format!("this operates on a {d} value, but halves are storage only and arithmetic runs in f32: `as {d}` rounds, so follow it with `as f32` to compute with the rounded value"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn lookup(&self, name: &syn::Ident) -> syn::Result<Val> {
         let s = name.to_string();
         if let Some((_, v)) = self.env.iter().rev().find(|(n, _)| *n == s) {
@@ -275,6 +287,7 @@ impl Cx<'_> {
             _ => return Err(err(u, "references are not needed in #[fused]: values are rows, use them directly")),
         };
         let a = self.value(v, None, &u.expr)?;
+        self.no_half(&[a], u)?;
         Ok(Val::Node(self.b.unary(op, a).map_err(|e| build_err(u, e))?))
     }
 
@@ -305,6 +318,7 @@ impl Cx<'_> {
         let l = self.expr(&b.left)?;
         let r = self.expr(&b.right)?;
         let (x, y) = self.pair(l, r, &b.left, &b.right)?;
+        self.no_half(&[x, y], b)?;
         let v = match k {
             K::Bin(op) => self.b.binary(op, x, y),
             K::Cmp(op) => self.b.cmp(op, x, y),

@@ -115,6 +115,7 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
             let c0 = operand(cx, args[0], Some(DType::Bool))?;
             let (t, f) = (cx.expr(args[1])?, cx.expr(args[2])?);
             let (t, f) = cx.pair(t, f, args[1], args[2])?;
+            cx.no_half(&[t, f], e)?;
             cx.b.select(c0, t, f)
         }
         Prim::Softmax => {
@@ -130,14 +131,18 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
     Ok(Val::Node(id.map_err(|be| build_err(e, be))?))
 }
 
+/// An operand of an arithmetic prelude function (never a half: see `Cx::no_half`).
 fn operand(cx: &mut Cx, a: &Expr, hint: Option<DType>) -> syn::Result<ValueId> {
     let v = cx.expr(a)?;
-    cx.value(v, hint, a)
+    let id = cx.value(v, hint, a)?;
+    cx.no_half(&[id], a)?;
+    Ok(id)
 }
 
 fn binary(cx: &mut Cx, op: BinaryOp, a: &Expr, b: &Expr) -> syn::Result<Built> {
     let (va, vb) = (cx.expr(a)?, cx.expr(b)?);
     let (x, y) = cx.pair(va, vb, a, b)?;
+    cx.no_half(&[x, y], quote::quote!(#a, #b))?;
     Ok(cx.b.binary(op, x, y))
 }
 

@@ -94,3 +94,79 @@ fn errors_name_the_problem() {
         assert!(e.contains(want), "{src}\n  gave: {e}\n  want: {want}");
     }
 }
+
+#[test]
+fn logic_comparisons_and_elementwise_calls_build() {
+    let k = build(
+        "fn f(x: Row, y: Row<f32>, #[comptime] on: bool, #[comptime] lim: f32) -> (Row, PerRow<f32>) {
+            let keep = (x > 0.0 && !(y <= -1.0)) || !on;
+            let z = select(keep, min(abs(x), lim), pow(max(x, y), 2.0));
+            let s = -sum(exp(z) * 0.5) / max(z);
+            (z, s)
+        }",
+        DType::F16,
+    )
+    .unwrap();
+    let text = k.to_string();
+    for op in ["cmp.gt", "cmp.le", "and", "or", "not", "select", "min", "abs", "pow", "max", "reduce.sum", "reduce.max", "neg", "exp"] {
+        assert!(text.contains(op), "missing {op}:\n{text}");
+    }
+    assert!(text.contains("output s: per_row<f32>"), "{text}");
+}
+
+#[test]
+fn half_arithmetic_is_rejected_at_the_expression() {
+    let e = error("fn f(x: Row) -> Row { let r = x as bf16; r * 2.0 }");
+    assert!(e.contains("halves are storage only"), "{e}");
+    // rounding through a half and back is fine
+    build("fn f(x: Row) -> Row { let r = (x as bf16) as f32; r * 2.0 }", DType::F32).unwrap();
+}
+
+#[test]
+fn more_errors_name_the_problem() {
+    for (src, want) in [
+        ("fn f(x: Row) -> Row { let mut y = x; y }", "drop `mut`"),
+        ("fn f(x: Row) -> Row { let y: Row = x; y }", "no type annotations"),
+        ("fn f(x: Row) -> Row { return x; }", "no `return`"),
+        ("fn f(x: Row) -> Row { let g = |v| v; x }", "closures"),
+        ("fn f(x: Row) -> Row { &x }", "references"),
+        ("fn f(x: Row) -> Row { x[0] }", "indexing"),
+        ("fn f(x: Row) -> Row { x as u8 }", "`as` converts to"),
+        ("fn f(p: PerRow<i32>) -> PerRow<i32> { p + 3000000000 }", "does not fit in i32"),
+        ("fn f(x: Row) -> (Row, Row) { (x, x, x) }", "has 2 outputs but this tuple has 3"),
+        ("fn f(x: Row) -> (Row, Row) { x }", "end the body with a tuple"),
+        ("fn f(x: Row) -> Row { (x, x) }", "returns one output"),
+        ("fn f(dev: Row) -> Row { dev }", "`dev` is the device argument"),
+        ("fn f<T>(x: Row) -> Row { x }", "no generics"),
+        ("#[inline] fn f(x: Row) -> Row { x }", "only doc comments"),
+        ("fn f(x: Row, eps: f32) -> Row { x }", "must be marked `#[comptime]`"),
+        ("fn f(x: Row, #[comptime] eps: f64) -> Row { x }", "`f32`, `i32` or `bool`"),
+        ("fn f(x: Row<f64>) -> Row { x }", "`f32`, `f16` or `bf16`"),
+        ("fn f(p: PerRow) -> Row { p }", "say what a `PerRow` holds"),
+        ("fn f(x: Row) -> Row { x % 2.0 }", "`%` is not in"),
+        ("fn f(x: Row) -> Row { max(x, x, x) }", "`max` takes 1 argument (row maximum) or 2"),
+        ("fn f(x: Row) -> Row { sum(mean(x)) }", "one value per row"),
+        ("fn f(x: Row, p: PerRow<i32>) -> Row { rope_half(x, p, 1.0, 64.0) }", "head_dim"),
+        ("fn f(x: Row, p: PerRow<i32>) -> Row { std::f32::exp(x) }", "plain name"),
+        ("fn f(x: Row) -> Row { exp }", "is a prelude function: call it"),
+        ("fn f(x: Row) -> Row { x; x }", "has no effect"),
+    ] {
+        let e = error(src);
+        assert!(e.contains(want), "{src}\n  gave: {e}\n  want: {want}");
+    }
+}
+
+#[test]
+fn expansion_is_a_module_with_the_fns_visibility_and_docs() {
+    let item: proc_macro2::TokenStream =
+        "/// Doubles.\npub(crate) fn twice(x: Row) -> Row { let y = x * 2.0; y }".parse().unwrap();
+    let out = crate::expand(proc_macro2::TokenStream::new(), item, "here.rs:3").unwrap().to_string();
+    assert!(out.contains("pub (crate) mod twice"), "{out}");
+    assert!(out.contains("\" Doubles.\""), "{out}");
+    for item in ["NAME", "SOURCE", "IR_F32", "IR_F16", "IR_BF16", "CUDA_F32", "CUDA_F16", "CUDA_BF16", "static DEF", "fn cpu", "fn run"] {
+        assert!(out.contains(item), "no {item} in the expansion");
+    }
+    assert!(out.contains("\"here.rs:3\""), "{out}");
+    let e = crate::expand("oops".parse().unwrap(), "fn f(x: Row) -> Row { x }".parse().unwrap(), "").unwrap_err();
+    assert!(e.to_string().contains("takes no arguments"), "{e}");
+}

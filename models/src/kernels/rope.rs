@@ -67,10 +67,9 @@ pub fn inv_freq_ref(theta: f64, i: usize, head_dim: usize, scaling: Option<Llama
 /// Rotate every head of `x` by `pos`; `pairs(i)` gives the two columns (within a head) of
 /// pair `i`, which turn by angle `pos * inv_freq(i)`.
 fn rotate(x: &[f64], pos: i32, head_dim: usize, inv_freq: impl Fn(usize) -> f64, pairs: impl Fn(usize) -> (usize, usize)) -> Vec<f64> {
-    assert!(head_dim % 2 == 0 && x.len() % head_dim == 0, "row of {} columns, head_dim {head_dim}", x.len());
+    assert!(head_dim.is_multiple_of(2) && x.len().is_multiple_of(head_dim), "row of {} columns, head_dim {head_dim}", x.len());
     let mut out = vec![0.0; x.len()];
-    for head in x.chunks(head_dim).enumerate() {
-        let (h, xs) = head;
+    for (h, xs) in x.chunks(head_dim).enumerate() {
         for i in 0..head_dim / 2 {
             let (a, b) = pairs(i);
             let (sin, cos) = (pos as f64 * inv_freq(i)).sin_cos();
