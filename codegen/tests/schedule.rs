@@ -30,16 +30,29 @@ fn check_invariants(k: &Kernel, s: &Schedule) {
     assert_eq!(s.stage_of.len(), k.nodes.len());
     for (i, n) in k.nodes.iter().enumerate() {
         for o in n.op.operands() {
-            assert!(s.stage_of[o.index()] <= s.stage_of[i], "{}: %{i} reads %{} from a later stage", k.spec_name(), o.0);
+            assert!(
+                s.stage_of[o.index()] <= s.stage_of[i],
+                "{}: %{i} reads %{} from a later stage",
+                k.spec_name(),
+                o.0
+            );
             // a reduction's result exists only after its stage's loop
             if matches!(k.node(o).op, Op::Reduce(..)) {
-                assert!(s.stage_of[o.index()] < s.stage_of[i], "{}: %{i} reads %{} in its own stage", k.spec_name(), o.0);
+                assert!(
+                    s.stage_of[o.index()] < s.stage_of[i],
+                    "{}: %{i} reads %{} in its own stage",
+                    k.spec_name(),
+                    o.0
+                );
             }
         }
     }
     for st in &s.stages {
         for list in [&st.uniform, &st.elem, &st.reductions] {
-            assert!(list.windows(2).all(|w| w[0] < w[1]), "stage lists are in SSA order");
+            assert!(
+                list.windows(2).all(|w| w[0] < w[1]),
+                "stage lists are in SSA order"
+            );
         }
     }
     for &c in &s.cached {
@@ -55,9 +68,19 @@ fn rms_norm_has_two_stages_caches_the_input_and_loads_the_weight_late() {
         check_invariants(&k, &s);
         assert_eq!(s.stages.len(), 2, "{}", k.spec_name());
         let (_, x) = loaded(&k, "x");
-        assert_eq!(s.cached, vec![x], "{}: the (widened) input is cached", k.spec_name());
+        assert_eq!(
+            s.cached,
+            vec![x],
+            "{}: the (widened) input is cached",
+            k.spec_name()
+        );
         let (w_load, w) = loaded(&k, "w");
-        assert_eq!(s.stage_of[w_load.index()], 1, "{}: weight load in stage 1", k.spec_name());
+        assert_eq!(
+            s.stage_of[w_load.index()],
+            1,
+            "{}: weight load in stage 1",
+            k.spec_name()
+        );
         assert_eq!(s.stage_of[w.index()], 1);
         assert!(s.stages[1].elem.contains(&w_load));
         assert!(!s.stages[0].elem.contains(&w_load));
@@ -130,7 +153,11 @@ fn rope_is_one_stage() {
     assert_eq!(s.stages.len(), 1);
     assert!(s.cached.is_empty());
     // the position is a per-row value, read in the prologue
-    let pos = k.params.iter().position(|p| matches!(p.kind, ParamKind::PerRow(_))).unwrap() as u32;
+    let pos = k
+        .params
+        .iter()
+        .position(|p| matches!(p.kind, ParamKind::PerRow(_)))
+        .unwrap() as u32;
     let pos_node = k.nodes.iter().position(|n| n.op == Op::Param(pos)).unwrap();
     assert!(s.stages[0].uniform.contains(&ValueId(pos_node as u32)));
 }

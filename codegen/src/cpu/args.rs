@@ -77,7 +77,10 @@ pub enum CpuScalar {
 #[derive(Copy, Clone, Debug)]
 pub enum CpuParam<'a> {
     /// `[rows, width]`, row `r` starting at `r * row_stride`.
-    Row { data: CpuIn<'a>, row_stride: usize },
+    Row {
+        data: CpuIn<'a>,
+        row_stride: usize,
+    },
     /// `[width]`, shared by all rows.
     Bcast(CpuIn<'a>),
     /// `[rows]`, one value per row.
@@ -87,7 +90,10 @@ pub enum CpuParam<'a> {
 
 impl<'a> CpuParam<'a> {
     pub fn row(data: impl Into<CpuIn<'a>>, row_stride: usize) -> Self {
-        CpuParam::Row { data: data.into(), row_stride }
+        CpuParam::Row {
+            data: data.into(),
+            row_stride,
+        }
     }
     pub fn bcast(data: impl Into<CpuIn<'a>>) -> Self {
         CpuParam::Bcast(data.into())
@@ -176,7 +182,10 @@ pub enum CpuOutArg<'a> {
 
 impl<'a> CpuOutArg<'a> {
     pub fn row(data: impl Into<CpuOut<'a>>, row_stride: usize) -> Self {
-        CpuOutArg::Row { data: data.into(), row_stride }
+        CpuOutArg::Row {
+            data: data.into(),
+            row_stride,
+        }
     }
     pub fn per_row(data: impl Into<CpuOut<'a>>) -> Self {
         CpuOutArg::PerRow(data.into())
@@ -206,15 +215,32 @@ pub(crate) fn validate(
         });
     }
     for (p, arg) in k.params.iter().zip(params) {
-        let bad = |got: String| CpuError::ParamKind { name: p.name.clone(), want: kind_text(p.kind), got };
-        let len_err = |len: usize, want: String| CpuError::Length { name: p.name.clone(), len, want };
+        let bad = |got: String| CpuError::ParamKind {
+            name: p.name.clone(),
+            want: kind_text(p.kind),
+            got,
+        };
+        let len_err = |len: usize, want: String| CpuError::Length {
+            name: p.name.clone(),
+            len,
+            want,
+        };
         match (p.kind, arg) {
             (ParamKind::Row(d), CpuParam::Row { data, row_stride }) if data.dtype() == d => {
                 if *row_stride < width {
-                    return Err(CpuError::Stride { name: p.name.clone(), stride: *row_stride, width });
+                    return Err(CpuError::Stride {
+                        name: p.name.clone(),
+                        stride: *row_stride,
+                        width,
+                    });
                 }
                 if row_len_ok(data.len(), *row_stride, rows, width).is_none() {
-                    let want = format!("at least (rows-1)*stride+width = {}*{}+{}", rows - 1, row_stride, width);
+                    let want = format!(
+                        "at least (rows-1)*stride+width = {}*{}+{}",
+                        rows - 1,
+                        row_stride,
+                        width
+                    );
                     return Err(len_err(data.len(), want));
                 }
             }
@@ -233,14 +259,27 @@ pub(crate) fn validate(
         }
     }
     for (o, arg) in k.outputs.iter().zip(outputs) {
-        let len_err = |len: usize, want: String| CpuError::Length { name: o.name.clone(), len, want };
+        let len_err = |len: usize, want: String| CpuError::Length {
+            name: o.name.clone(),
+            len,
+            want,
+        };
         match (o.kind, arg) {
             (OutputKind::Row(d), CpuOutArg::Row { data, row_stride }) if data.dtype() == d => {
                 if *row_stride < width {
-                    return Err(CpuError::Stride { name: o.name.clone(), stride: *row_stride, width });
+                    return Err(CpuError::Stride {
+                        name: o.name.clone(),
+                        stride: *row_stride,
+                        width,
+                    });
                 }
                 if row_len_ok(data.len(), *row_stride, rows, width).is_none() {
-                    let want = format!("at least (rows-1)*stride+width = {}*{}+{}", rows - 1, row_stride, width);
+                    let want = format!(
+                        "at least (rows-1)*stride+width = {}*{}+{}",
+                        rows - 1,
+                        row_stride,
+                        width
+                    );
                     return Err(len_err(data.len(), want));
                 }
             }
@@ -258,7 +297,11 @@ pub(crate) fn validate(
                     CpuOutArg::Row { data, .. } => format!("a row<{}> tensor", data.dtype()),
                     CpuOutArg::PerRow(data) => format!("a per_row<{}> tensor", data.dtype()),
                 };
-                return Err(CpuError::ParamKind { name: o.name.clone(), want, got });
+                return Err(CpuError::ParamKind {
+                    name: o.name.clone(),
+                    want,
+                    got,
+                });
             }
         }
     }
@@ -268,7 +311,9 @@ pub(crate) fn validate(
 fn scalar_fits(d: DType, s: CpuScalar) -> bool {
     matches!(
         (d, s),
-        (DType::F32 | DType::F16 | DType::BF16, CpuScalar::F32(_)) | (DType::I32, CpuScalar::I32(_)) | (DType::Bool, CpuScalar::Bool(_))
+        (DType::F32 | DType::F16 | DType::BF16, CpuScalar::F32(_))
+            | (DType::I32, CpuScalar::I32(_))
+            | (DType::Bool, CpuScalar::Bool(_))
     )
 }
 

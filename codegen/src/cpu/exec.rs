@@ -13,7 +13,6 @@ use super::rope::{self, Llama3, RopeArgs, RopeCache};
 use super::vector::{self, Src};
 use super::{math, CpuError};
 use crate::ir::{Const, DType, Kernel, Op, ValueId};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 /// A parameter as the row loop reads it.
@@ -46,10 +45,28 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(k: &'a Kernel, plan: &'a Plan, ins: Vec<In<'a>>, width: usize) -> Result<Ctx<'a>, CpuError> {
-        let mut ctx = Ctx { k, plan, ins, width, uni0: vec![CpuScalar::F32(0.0); k.nodes.len()] };
+    pub fn new(
+        k: &'a Kernel,
+        plan: &'a Plan,
+        ins: Vec<In<'a>>,
+        width: usize,
+    ) -> Result<Ctx<'a>, CpuError> {
+        let mut ctx = Ctx {
+            k,
+            plan,
+            ins,
+            width,
+            uni0: vec![CpuScalar::F32(0.0); k.nodes.len()],
+        };
         for &i in &plan.invariant {
-            let env = Env { ctx: &ctx, f: &[], i: &[], b: &[], uni: &ctx.uni0, row: 0 };
+            let env = Env {
+                ctx: &ctx,
+                f: &[],
+                i: &[],
+                b: &[],
+                uni: &ctx.uni0,
+                row: 0,
+            };
             let v = env.scalar_op(i)?;
             ctx.uni0[i] = v;
         }
@@ -68,12 +85,18 @@ struct Env<'s> {
 }
 
 fn internal(node: usize, what: &str) -> CpuError {
-    CpuError::Internal { node: ValueId(node as u32), what: what.to_string() }
+    CpuError::Internal {
+        node: ValueId(node as u32),
+        what: what.to_string(),
+    }
 }
 
 impl<'s> Env<'s> {
     fn scalar(&self, v: ValueId) -> Result<CpuScalar, CpuError> {
-        self.uni.get(v.index()).copied().ok_or_else(|| internal(v.index(), "scalar out of range"))
+        self.uni
+            .get(v.index())
+            .copied()
+            .ok_or_else(|| internal(v.index(), "scalar out of range"))
     }
 
     fn fsrc(&self, v: ValueId) -> Result<Src<'s, f32>, CpuError> {
@@ -151,9 +174,15 @@ impl<'s> Env<'s> {
                 _ => return Err(bad()),
             },
             Op::Unary(u, a) => math::unary(u, self.scalar(a)?).ok_or_else(bad)?,
-            Op::Binary(b, x, y) => math::binary(b, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?,
-            Op::Cmp(c, x, y) => CpuScalar::Bool(math::cmp(c, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?),
-            Op::Select(c, a, b) => math::select(self.scalar(c)?, self.scalar(a)?, self.scalar(b)?).ok_or_else(bad)?,
+            Op::Binary(b, x, y) => {
+                math::binary(b, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?
+            }
+            Op::Cmp(c, x, y) => {
+                CpuScalar::Bool(math::cmp(c, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?)
+            }
+            Op::Select(c, a, b) => {
+                math::select(self.scalar(c)?, self.scalar(a)?, self.scalar(b)?).ok_or_else(bad)?
+            }
             Op::Cast(a, to) => math::cast(self.scalar(a)?, self.dtype(a), to).ok_or_else(bad)?,
             Op::Reduce(r, a) => CpuScalar::F32(vector::reduce(r, self.fsrc(a)?, self.ctx.width)),
             Op::Rope { .. } | Op::Softmax(_) => return Err(bad()),
@@ -179,7 +208,6 @@ impl<'s> Env<'s> {
 /// Scratch space a step may need besides its destination.
 struct Scratch<'w> {
     h16: &'w mut Vec<f16>,
-    hb16: &'w mut Vec<bf16>,
     rope: &'w mut RopeCache,
     rope_x: &'w mut Vec<f32>,
 }
@@ -191,7 +219,6 @@ pub(crate) struct Worker {
     b: Vec<Vec<bool>>,
     uni: Vec<CpuScalar>,
     h16: Vec<f16>,
-    hb16: Vec<bf16>,
     rope: RopeCache,
     rope_x: Vec<f32>,
 }
@@ -206,7 +233,6 @@ impl Worker {
             b: vec![vec![false; w]; nb],
             uni: ctx.uni0.clone(),
             h16: Vec::with_capacity(w),
-            hb16: Vec::with_capacity(w),
             rope: RopeCache::default(),
             rope_x: vec![0.0; w],
         }
@@ -221,29 +247,79 @@ impl Worker {
     }
 
     fn step(&mut self, ctx: &Ctx<'_>, r: usize, i: usize) -> Result<(), CpuError> {
-        let Worker { f, i: iv, b, uni, h16, hb16, rope, rope_x } = self;
-        let scratch = Scratch { h16, hb16, rope, rope_x };
+        let Worker {
+            f,
+            i: iv,
+            b,
+            uni,
+            h16,
+            rope,
+            rope_x,
+        } = self;
+        let scratch = Scratch { h16, rope, rope_x };
         match ctx.plan.loc[i] {
             Loc::Uniform => {
-                let v = Env { ctx, f, i: iv, b, uni, row: r }.scalar_op(i)?;
+                let v = Env {
+                    ctx,
+                    f,
+                    i: iv,
+                    b,
+                    uni,
+                    row: r,
+                }
+                .scalar_op(i)?;
                 uni[i] = v;
                 Ok(())
             }
             Loc::F(s) => {
                 let mut dst = std::mem::take(&mut f[s]);
-                let res = eval_f(&Env { ctx, f, i: iv, b, uni, row: r }, i, &mut dst, scratch);
+                let res = eval_f(
+                    &Env {
+                        ctx,
+                        f,
+                        i: iv,
+                        b,
+                        uni,
+                        row: r,
+                    },
+                    i,
+                    &mut dst,
+                    scratch,
+                );
                 f[s] = dst;
                 res
             }
             Loc::I(s) => {
                 let mut dst = std::mem::take(&mut iv[s]);
-                let res = eval_i(&Env { ctx, f, i: iv, b, uni, row: r }, i, &mut dst);
+                let res = eval_i(
+                    &Env {
+                        ctx,
+                        f,
+                        i: iv,
+                        b,
+                        uni,
+                        row: r,
+                    },
+                    i,
+                    &mut dst,
+                );
                 iv[s] = dst;
                 res
             }
             Loc::B(s) => {
                 let mut dst = std::mem::take(&mut b[s]);
-                let res = eval_b(&Env { ctx, f, i: iv, b, uni, row: r }, i, &mut dst);
+                let res = eval_b(
+                    &Env {
+                        ctx,
+                        f,
+                        i: iv,
+                        b,
+                        uni,
+                        row: r,
+                    },
+                    i,
+                    &mut dst,
+                );
                 b[s] = dst;
                 res
             }
@@ -252,11 +328,29 @@ impl Worker {
     }
 
     /// Store row `r`'s outputs at local row `lr` of this block's output views.
-    pub fn store(&self, ctx: &Ctx<'_>, r: usize, lr: usize, outs: &mut [OutView<'_>]) -> Result<(), CpuError> {
-        let env = Env { ctx, f: &self.f, i: &self.i, b: &self.b, uni: &self.uni, row: r };
+    pub fn store(
+        &self,
+        ctx: &Ctx<'_>,
+        r: usize,
+        lr: usize,
+        outs: &mut [OutView<'_>],
+    ) -> Result<(), CpuError> {
+        let env = Env {
+            ctx,
+            f: &self.f,
+            i: &self.i,
+            b: &self.b,
+            uni: &self.uni,
+            row: r,
+        };
         let w = ctx.width;
         for (oi, (o, view)) in ctx.k.outputs.iter().zip(outs.iter_mut()).enumerate() {
-            let bad = || internal(o.value.index(), &format!("output {oi} does not fit its value"));
+            let bad = || {
+                internal(
+                    o.value.index(),
+                    &format!("output {oi} does not fit its value"),
+                )
+            };
             if view.row {
                 let start = lr * view.stride;
                 let range = start..start + w;
@@ -266,11 +360,17 @@ impl Worker {
                         Src::S(x) => d.get_mut(range).ok_or_else(bad)?.fill(x),
                     },
                     data => {
-                        let Src::V(v) = env.fsrc(o.value)? else { return Err(bad()) };
+                        let Src::V(v) = env.fsrc(o.value)? else {
+                            return Err(bad());
+                        };
                         match data {
                             CpuOut::F32(d) => d.get_mut(range).ok_or_else(bad)?.copy_from_slice(v),
-                            CpuOut::F16(d) => d.get_mut(range).ok_or_else(bad)?.convert_from_f32_slice(v),
-                            CpuOut::BF16(d) => d.get_mut(range).ok_or_else(bad)?.convert_from_f32_slice(v),
+                            CpuOut::F16(d) => {
+                                vector::narrow_f16(d.get_mut(range).ok_or_else(bad)?, v)
+                            }
+                            CpuOut::BF16(d) => {
+                                vector::narrow_bf16(d.get_mut(range).ok_or_else(bad)?, v)
+                            }
                             CpuOut::I32(_) => return Err(bad()),
                         }
                     }
@@ -278,8 +378,12 @@ impl Worker {
             } else {
                 match (&mut view.data, env.scalar(o.value)?) {
                     (CpuOut::F32(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = x,
-                    (CpuOut::F16(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = f16::from_f32(x),
-                    (CpuOut::BF16(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = bf16::from_f32(x),
+                    (CpuOut::F16(d), CpuScalar::F32(x)) => {
+                        *d.get_mut(lr).ok_or_else(bad)? = f16::from_f32(x)
+                    }
+                    (CpuOut::BF16(d), CpuScalar::F32(x)) => {
+                        *d.get_mut(lr).ok_or_else(bad)? = bf16::from_f32(x)
+                    }
                     (CpuOut::I32(d), CpuScalar::I32(x)) => *d.get_mut(lr).ok_or_else(bad)? = x,
                     _ => return Err(bad()),
                 }
@@ -304,8 +408,12 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
     let bad = || internal(i, "op does not fit its operand types");
     match k.nodes[i].op {
         Op::Param(p) => match env.ctx.ins.get(p as usize) {
-            Some(In::RowF16(d, st)) => vector::widen_f16(dst, row_of(d, *st, env.row, w).ok_or_else(bad)?),
-            Some(In::RowBF16(d, st)) => vector::widen_bf16(dst, row_of(d, *st, env.row, w).ok_or_else(bad)?),
+            Some(In::RowF16(d, st)) => {
+                vector::widen_f16(dst, row_of(d, *st, env.row, w).ok_or_else(bad)?)
+            }
+            Some(In::RowBF16(d, st)) => {
+                vector::widen_bf16(dst, row_of(d, *st, env.row, w).ok_or_else(bad)?)
+            }
             _ => return Err(bad()),
         },
         Op::Unary(u, a) => vector::unary_f32(u, dst, env.fsrc(a)?),
@@ -314,19 +422,28 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
         Op::Cast(a, to) => {
             let from = env.dtype(a);
             match from {
-                DType::F32 | DType::F16 | DType::BF16 => vector::cast_into_f32(dst, env.fsrc(a)?, |x| x),
+                DType::F32 | DType::F16 | DType::BF16 => {
+                    vector::cast_into_f32(dst, env.fsrc(a)?, |x| x)
+                }
                 DType::I32 => vector::cast_into_f32(dst, env.isrc(a)?, |x| x as f32),
                 DType::Bool => vector::cast_into_f32(dst, env.bsrc(a)?, |x| x as u8 as f32),
             }
             if from != to {
                 match to {
                     DType::F16 => vector::round_f16_in_place(dst, s.h16),
-                    DType::BF16 => vector::round_bf16_in_place(dst, s.hb16),
+                    DType::BF16 => vector::round_bf16_in_place(dst),
                     _ => {}
                 }
             }
         }
-        Op::Rope { x, pos, theta, head_dim, style, scaling } => {
+        Op::Rope {
+            x,
+            pos,
+            theta,
+            head_dim,
+            style,
+            scaling,
+        } => {
             let scaling = match scaling {
                 Some(sc) => Some(Llama3 {
                     factor: env.f32_of(sc.factor)?,
@@ -336,10 +453,19 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                 }),
                 None => None,
             };
-            let args =
-                RopeArgs { pos: env.i32_of(pos)?, theta: env.f32_of(theta)?, head_dim: env.i32_of(head_dim)?, scaling, style };
+            let args = RopeArgs {
+                pos: env.i32_of(pos)?,
+                theta: env.f32_of(theta)?,
+                head_dim: env.i32_of(head_dim)?,
+                scaling,
+                style,
+            };
             let Some(hd) = args.head_dim_for(w) else {
-                return Err(CpuError::RopeHeadDim { node: ValueId(i as u32), head_dim: args.head_dim, width: w });
+                return Err(CpuError::RopeHeadDim {
+                    node: ValueId(i as u32),
+                    head_dim: args.head_dim,
+                    width: w,
+                });
             };
             let xrow: &[f32] = match env.ctx.ins.get(x as usize) {
                 Some(In::RowF32(d, st)) => row_of(d, *st, env.row, w).ok_or_else(bad)?,
@@ -368,7 +494,9 @@ fn eval_i(env: &Env<'_>, i: usize, dst: &mut [i32]) -> Result<(), CpuError> {
         Op::Binary(b, x, y) => vector::binary_i32(b, dst, env.isrc(x)?, env.isrc(y)?),
         Op::Select(c, a, b) => vector::select(dst, env.bsrc(c)?, env.isrc(a)?, env.isrc(b)?),
         Op::Cast(a, _) => match env.dtype(a) {
-            DType::F32 | DType::F16 | DType::BF16 => vector::cast_into_i32(dst, env.fsrc(a)?, math::f32_to_i32),
+            DType::F32 | DType::F16 | DType::BF16 => {
+                vector::cast_into_i32(dst, env.fsrc(a)?, math::f32_to_i32)
+            }
             DType::I32 => vector::cast_into_i32(dst, env.isrc(a)?, |x| x),
             DType::Bool => vector::cast_into_i32(dst, env.bsrc(a)?, |x| x as i32),
         },
@@ -384,7 +512,9 @@ fn eval_b(env: &Env<'_>, i: usize, dst: &mut [bool]) -> Result<(), CpuError> {
         Op::Unary(crate::ir::UnaryOp::Not, a) => vector::not(dst, env.bsrc(a)?),
         Op::Binary(b, x, y) => vector::binary_bool(b, dst, env.bsrc(x)?, env.bsrc(y)?),
         Op::Cmp(c, x, y) => match env.dtype(x) {
-            DType::F32 | DType::F16 | DType::BF16 => vector::cmp(c, dst, env.fsrc(x)?, env.fsrc(y)?),
+            DType::F32 | DType::F16 | DType::BF16 => {
+                vector::cmp(c, dst, env.fsrc(x)?, env.fsrc(y)?)
+            }
             DType::I32 => vector::cmp(c, dst, env.isrc(x)?, env.isrc(y)?),
             DType::Bool => vector::cmp(c, dst, env.bsrc(x)?, env.bsrc(y)?),
         },

@@ -56,7 +56,7 @@ pub(crate) fn unary_f32(u: UnaryOp, dst: &mut [f32], a: Src<'_, f32>) {
     match u {
         UnaryOp::Neg => map1(dst, a, |x| -x),
         UnaryOp::Abs => map1(dst, a, f32::abs),
-        UnaryOp::Exp => map1(dst, a, f32::exp),
+        UnaryOp::Exp => map1(dst, a, math::exp),
         UnaryOp::Log => map1(dst, a, f32::ln),
         UnaryOp::Sqrt => map1(dst, a, f32::sqrt),
         UnaryOp::Rsqrt => map1(dst, a, math::rsqrt),
@@ -155,16 +155,46 @@ pub(crate) fn select<T: Copy>(dst: &mut [T], c: Src<'_, bool>, a: Src<'_, T>, b:
     }
 }
 
-/// Widen a row of any float storage dtype to f32 (exact).
+/// Widen an f16 row to f32 (exact; the half crate uses the CPU's conversion instructions
+/// where it has them).
 pub(crate) fn widen_f16(dst: &mut [f32], src: &[f16]) {
     src.convert_to_f32_slice(dst);
 }
+
+/// Widen a bf16 row to f32: a bf16 is the top half of an f32 (exact).
 pub(crate) fn widen_bf16(dst: &mut [f32], src: &[bf16]) {
-    src.convert_to_f32_slice(dst);
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((s.to_bits() as u32) << 16);
+    }
 }
 
-/// Round a row to f16 (nearest-even) in place, through `scratch` (the half crate's slice
-/// conversions use the CPU's conversion instructions where it has them).
+/// The bits of the bf16 nearest to `x` (ties to even), as a 32-bit pattern with the low half
+/// zero. NaN stays NaN (quiet). Same results as `half::bf16::from_f32`, written with plain
+/// integer ops so a loop over it vectorises.
+#[inline(always)]
+fn bf16_rne_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
+    if x.is_nan() {
+        (b | 0x0040_0000) & 0xFFFF_0000
+    } else {
+        rounded
+    }
+}
+
+/// Narrow an f32 row to bf16 (nearest-even).
+pub(crate) fn narrow_bf16(dst: &mut [bf16], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16::from_bits((bf16_rne_bits(s) >> 16) as u16);
+    }
+}
+
+/// Narrow an f32 row to f16 (nearest-even).
+pub(crate) fn narrow_f16(dst: &mut [f16], src: &[f32]) {
+    dst.convert_from_f32_slice(src);
+}
+
+/// Round a row to f16 (nearest-even) in place, through `scratch`.
 pub(crate) fn round_f16_in_place(row: &mut [f32], scratch: &mut Vec<f16>) {
     scratch.resize(row.len(), f16::ZERO);
     scratch.convert_from_f32_slice(row);
@@ -172,10 +202,10 @@ pub(crate) fn round_f16_in_place(row: &mut [f32], scratch: &mut Vec<f16>) {
 }
 
 /// Round a row to bf16 (nearest-even) in place.
-pub(crate) fn round_bf16_in_place(row: &mut [f32], scratch: &mut Vec<bf16>) {
-    scratch.resize(row.len(), bf16::ZERO);
-    scratch.convert_from_f32_slice(row);
-    scratch.convert_to_f32_slice(row);
+pub(crate) fn round_bf16_in_place(row: &mut [f32]) {
+    for v in row.iter_mut() {
+        *v = f32::from_bits(bf16_rne_bits(*v));
+    }
 }
 
 pub(crate) fn cast_into_f32<T: Copy>(dst: &mut [f32], a: Src<'_, T>, f: impl Fn(T) -> f32) {
@@ -200,7 +230,12 @@ fn sum(x: &[f32]) -> f32 {
         acc[l] += v;
     }
     // pairwise combine of the lanes
-    let a = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let a = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
     (a[0] + a[2]) + (a[1] + a[3])
 }
 
@@ -246,6 +281,48 @@ mod tests {
             assert_eq!(max(&x), want, "max n={n}");
         }
         assert_eq!(max(&[f32::NAN, 1.0, f32::NAN]), 1.0);
+    }
+
+    #[test]
+    fn bf16_conversions_match_the_half_crate() {
+        let mut xs: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-40,
+            -1e-45,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            3.389e38,
+            -3.4e38,
+        ];
+        // a spread of bit patterns over the whole f32 range (NaNs included)
+        xs.extend((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9))));
+        let mut got = vec![bf16::ZERO; xs.len()];
+        narrow_bf16(&mut got, &xs);
+        let mut wide = vec![0.0f32; xs.len()];
+        widen_bf16(&mut wide, &got);
+        let mut rounded = xs.clone();
+        round_bf16_in_place(&mut rounded);
+        for (i, &x) in xs.iter().enumerate() {
+            let want = bf16::from_f32(x);
+            if x.is_nan() {
+                assert!(
+                    got[i].is_nan() && wide[i].is_nan() && rounded[i].is_nan(),
+                    "{x}"
+                );
+            } else {
+                assert_eq!(got[i].to_bits(), want.to_bits(), "narrow {x:e}");
+                assert_eq!(wide[i].to_bits(), want.to_f32().to_bits(), "widen {x:e}");
+                assert_eq!(rounded[i].to_bits(), want.to_f32().to_bits(), "round {x:e}");
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub fn cse(k: Kernel) -> Kernel {
                 first
             }
             None => {
-                let id = r.push(Node { op, ty: node.ty, name: node.name.clone() });
+                let id = r.push(Node {
+                    op,
+                    ty: node.ty,
+                    name: node.name.clone(),
+                });
                 seen.insert(key, id);
                 id
             }

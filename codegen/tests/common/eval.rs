@@ -1,7 +1,8 @@
 //! A direct, recursive evaluator of *unlowered* IR (softmax included, no planning, no slots),
 //! written from the semantics list in `cpu/mod.rs`, to check that the passes plus the CPU
 //! backend compute what the frontend's DAG means. Values are whole rows (`Uniform` values are
-//! rows of one element, broadcast on use). Float math is f32, op by op.
+//! rows of one element, broadcast on use). Float math is f32, op by op; `exp` and `erf` are
+//! the backend's own f32 functions (its "math library", accuracy-tested on their own).
 //!
 //! Row reductions use the CPU backend's documented-as-unspecified order (8 interleaved lanes,
 //! combined pairwise), mirrored here on purpose: the passes never reassociate, so with the
@@ -10,7 +11,7 @@
 //! accuracy itself is checked by the kernel tests against f64 references.)
 
 use half::{bf16, f16};
-use kiln_codegen::cpu::math::erf;
+use kiln_codegen::cpu::math::{erf, exp};
 use kiln_codegen::ir::{
     BinaryOp, CmpOp, Const, DType, Kernel, Op, ParamKind, ReduceOp, RopeStyle, UnaryOp, ValueId,
 };
@@ -55,7 +56,11 @@ pub struct Eval<'k> {
 
 impl<'k> Eval<'k> {
     pub fn new(k: &'k Kernel, ins: Vec<RowIn>) -> Self {
-        Eval { k, ins, memo: HashMap::new() }
+        Eval {
+            k,
+            ins,
+            memo: HashMap::new(),
+        }
     }
 
     pub fn value(&mut self, v: ValueId) -> Val {
@@ -111,7 +116,15 @@ impl<'k> Eval<'k> {
             Op::Unary(u, a) => match self.value(a) {
                 Val::F(x) => Val::F(x.iter().map(|&x| unary_f(u, x)).collect()),
                 Val::I(x) => Val::I(
-                    x.iter().map(|&x| if u == UnaryOp::Neg { x.wrapping_neg() } else { x.wrapping_abs() }).collect(),
+                    x.iter()
+                        .map(|&x| {
+                            if u == UnaryOp::Neg {
+                                x.wrapping_neg()
+                            } else {
+                                x.wrapping_abs()
+                            }
+                        })
+                        .collect(),
                 ),
                 Val::B(x) => Val::B(x.iter().map(|&x| !x).collect()),
             },
@@ -134,21 +147,23 @@ impl<'k> Eval<'k> {
             Op::Cmp(c, x, y) => {
                 let (x, y) = (self.value(x), self.value(y));
                 let r = match (&x, &y) {
-                    (Val::F(x), Val::F(y)) => {
-                        (0..len2(x.len(), y.len())).map(|j| cmp(c, at(x, j), at(y, j))).collect()
-                    }
-                    (Val::I(x), Val::I(y)) => {
-                        (0..len2(x.len(), y.len())).map(|j| cmp(c, at(x, j), at(y, j))).collect()
-                    }
-                    (Val::B(x), Val::B(y)) => {
-                        (0..len2(x.len(), y.len())).map(|j| cmp(c, at(x, j), at(y, j))).collect()
-                    }
+                    (Val::F(x), Val::F(y)) => (0..len2(x.len(), y.len()))
+                        .map(|j| cmp(c, at(x, j), at(y, j)))
+                        .collect(),
+                    (Val::I(x), Val::I(y)) => (0..len2(x.len(), y.len()))
+                        .map(|j| cmp(c, at(x, j), at(y, j)))
+                        .collect(),
+                    (Val::B(x), Val::B(y)) => (0..len2(x.len(), y.len()))
+                        .map(|j| cmp(c, at(x, j), at(y, j)))
+                        .collect(),
                     other => panic!("cmp on {other:?}"),
                 };
                 Val::B(r)
             }
             Op::Select(c, a, b) => {
-                let Val::B(c) = self.value(c) else { panic!("select condition") };
+                let Val::B(c) = self.value(c) else {
+                    panic!("select condition")
+                };
                 let (a, b) = (self.value(a), self.value(b));
                 match (a, b) {
                     (Val::F(a), Val::F(b)) => Val::F(pick(&c, &a, &b)),
@@ -191,16 +206,29 @@ impl<'k> Eval<'k> {
             Op::Softmax(a) => {
                 let x = self.f(a);
                 let m = self.max(&x);
-                let e: Vec<f32> = x.iter().map(|&v| (v - m).exp()).collect();
+                let e: Vec<f32> = x.iter().map(|&v| exp(v - m)).collect();
                 let s = self.sum(&e);
                 Val::F(e.iter().map(|&v| v / s).collect())
             }
-            Op::Rope { x, pos, theta, head_dim, style, scaling } => {
-                let RowIn::F(xs) = &self.ins[x as usize] else { panic!("rope operand") };
+            Op::Rope {
+                x,
+                pos,
+                theta,
+                head_dim,
+                style,
+                scaling,
+            } => {
+                let RowIn::F(xs) = &self.ins[x as usize] else {
+                    panic!("rope operand")
+                };
                 let xs = xs.clone();
                 let scalar_f = |e: &mut Self, v: ValueId| e.f(v)[0];
-                let Val::I(p) = self.value(pos) else { panic!("pos") };
-                let Val::I(hd) = self.value(head_dim) else { panic!("head_dim") };
+                let Val::I(p) = self.value(pos) else {
+                    panic!("pos")
+                };
+                let Val::I(hd) = self.value(head_dim) else {
+                    panic!("head_dim")
+                };
                 let th = scalar_f(self, theta);
                 let sc = scaling.map(|s| {
                     [
@@ -218,7 +246,9 @@ impl<'k> Eval<'k> {
 
 fn pick<T: Copy>(c: &[bool], a: &[T], b: &[T]) -> Vec<T> {
     let n = c.len().max(a.len()).max(b.len());
-    (0..n).map(|j| if at(c, j) { at(a, j) } else { at(b, j) }).collect()
+    (0..n)
+        .map(|j| if at(c, j) { at(a, j) } else { at(b, j) })
+        .collect()
 }
 
 fn trunc_sat(x: f32) -> i32 {
@@ -237,12 +267,12 @@ fn unary_f(u: UnaryOp, x: f32) -> f32 {
     match u {
         UnaryOp::Neg => -x,
         UnaryOp::Abs => x.abs(),
-        UnaryOp::Exp => x.exp(),
+        UnaryOp::Exp => exp(x),
         UnaryOp::Log => x.ln(),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Rsqrt => 1.0 / x.sqrt(),
         UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + exp(-x)),
         UnaryOp::Erf => erf(x),
         UnaryOp::Sin => x.sin(),
         UnaryOp::Cos => x.cos(),
@@ -293,7 +323,14 @@ fn cmp<T: PartialOrd>(c: CmpOp, x: T, y: T) -> bool {
 }
 
 /// The RoPE rules of `cpu/mod.rs`, column by column, frequencies and angles in f32.
-pub fn rope_row(x: &[f32], pos: i32, theta: f32, hd: usize, style: RopeStyle, scaling: Option<[f32; 4]>) -> Vec<f32> {
+pub fn rope_row(
+    x: &[f32],
+    pos: i32,
+    theta: f32,
+    hd: usize,
+    style: RopeStyle,
+    scaling: Option<[f32; 4]>,
+) -> Vec<f32> {
     (0..x.len())
         .map(|c| {
             let j = c % hd;
