@@ -42,8 +42,13 @@
 //!
 //! # Arguments
 //!
-//! See [`args`]: parameters in `Kernel::params` order, outputs in `Kernel::outputs` order,
-//! every length, stride and dtype checked before any work ([`CpuError`] names the argument).
+//! Parameters ([`CpuParam`]) in `Kernel::params` order and outputs ([`CpuOutArg`]) in
+//! `Kernel::outputs` order, each in the variant of its kind and of its exact dtype. For
+//! `rows` x `width` (both non-zero): `Row` tensors need `row_stride >= width` and at least
+//! `(rows-1)*row_stride + width` elements (a longer view is fine); `Bcast` tensors exactly
+//! `width`; `PerRow` tensors and outputs exactly `rows`. Everything is checked before any work,
+//! so a rejected call writes nothing ([`CpuError`] names the argument). Padding between rows
+//! of an output is never written.
 
 mod args;
 mod exec;
