@@ -121,3 +121,11 @@ fn host_storage_is_16_byte_aligned() {
     let addr = t.with_host::<bf16, _>(|h| h.data.as_ptr() as usize).unwrap();
     assert_eq!(addr % 16, 0);
 }
+
+#[test]
+fn tensors_and_devices_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tensor>();
+    send_sync::<Device>();
+    send_sync::<kiln_runtime::Storage>();
+}

@@ -39,27 +39,26 @@ pub(crate) fn markdown(r: &Report) -> String {
         );
     }
 
-    let _ = writeln!(s, "\n### baselines\n");
     match &r.copy {
         Some(Ok(c)) => {
             let g = c.bytes as f64 / (c.median_us * 1e-6) / 1e9;
             let _ = writeln!(
                 s,
-                "- copy (device to device, {}×{} bf16, read+write {} MB): {:.2} µs, {:.0} GB/s, {:.0}% of {:.0} GB/s",
+                "| copy (device-to-device memcpy, read+write) | bf16 | {}×{} | - | - | - | - | {:.2} | {:.0} | {:.0}% |",
                 c.rows,
                 c.cols,
-                c.bytes / 1_000_000,
                 c.median_us,
                 g,
-                100.0 * g / r.peak_gbps,
-                r.peak_gbps
+                100.0 * g / r.peak_gbps
             );
         }
         Some(Err(e)) => {
-            let _ = writeln!(s, "- copy: ERROR: {}", one_line(e));
+            let _ = writeln!(s, "| copy (device-to-device memcpy) | bf16 | - | - | - | - | ERROR: {} | - | - | - |", one_line(e));
         }
         None => {}
     }
+
+    let _ = writeln!(s, "\n### baselines\n");
     match &r.gemm_speed {
         Some(Ok(g)) => {
             let _ = writeln!(s, "- cuBLAS {} GEMM {}³: {:.1} µs, {:.1} TFLOP/s", g.dtype, g.n, g.median_us, g.tflops);
@@ -86,6 +85,22 @@ pub(crate) fn markdown(r: &Report) -> String {
     }
     let mut errors: Vec<String> = r.cases.iter().filter_map(|c| c.error.as_ref().map(|e| format!("{} {} {}x{}: {e}", c.kernel, c.dtype, c.rows, c.width))).collect();
     errors.extend(r.gemm_checks.iter().filter_map(|g| g.error.as_ref().map(|e| format!("GEMM {} {}x{}x{}: {e}", g.dtype, g.m, g.k, g.n))));
+    // Failures again at the end, where a truncated log still shows them.
+    let failed: Vec<String> = r
+        .cases
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| {
+            let why = c.error.as_deref().map(one_line).unwrap_or_else(|| format!("{:?}", c.diff));
+            format!("- {} {} {}×{} {:?}: {}", c.kernel, c.dtype, c.rows, c.width, c.layout, why)
+        })
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(s, "\n### failed cases ({}; first 40)\n", failed.len());
+        for f in failed.iter().take(40) {
+            let _ = writeln!(s, "{f}");
+        }
+    }
     // The same failure (an NVRTC log, say) repeats for every shape: show each text once.
     let mut seen = std::collections::HashSet::new();
     errors.retain(|e| seen.insert(e.split_once(": ").map_or(e.clone(), |(_, t)| t.to_string())));
