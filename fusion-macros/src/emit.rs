@@ -22,7 +22,12 @@ fn dtype_tokens(d: DType) -> TokenStream {
     }
 }
 
-pub fn module(f: &syn::ItemFn, sig: &Sig, source: &str, specs: &[(DType, Compiled)]) -> TokenStream {
+pub fn module(
+    f: &syn::ItemFn,
+    sig: &Sig,
+    source: &str,
+    specs: &[(DType, Compiled)],
+) -> TokenStream {
     let vis = &f.vis;
     let name = &f.sig.ident;
     let name_str = name.to_string();
@@ -125,7 +130,13 @@ fn run_fn(sig: &Sig, specs: &[(DType, Compiled)]) -> TokenStream {
         }
     }
     // Output names are the same in every specialisation.
-    let outs: Vec<_> = specs[0].1.kernel.outputs.iter().map(|o| format_ident!("{}", o.name)).collect();
+    let outs: Vec<_> = specs[0]
+        .1
+        .kernel
+        .outputs
+        .iter()
+        .map(|o| format_ident!("{}", o.name))
+        .collect();
     quote! {
         /// Launch the kernel on `dev` (the dtype comes from the tensors). Arguments in the
         /// order of the fn's parameters, then its outputs.

@@ -5,7 +5,8 @@
 //! Layout (each file does one thing; every algorithm lives in codegen):
 //! - [`sig`]: the signature: parameter kinds (`Row`, `Bcast`, `PerRow<..>`, `#[comptime]`) and
 //!   the returned output kinds;
-//! - [`lower`]: the body (`let`s and a final expression) into Builder calls;
+//! - [`lower`]: the body (`let`s and a final expression) into Builder calls, and [`expr`] its
+//!   expressions;
 //! - [`prelude`]: the functions a body may call, and their lowering;
 //! - [`emit`]: the generated module.
 //!
@@ -15,6 +16,7 @@
 //!   verdict on a kernel the DSL accepted become `compile_error!`.
 
 mod emit;
+mod expr;
 mod lower;
 mod prelude;
 mod sig;
@@ -46,8 +48,12 @@ fn expand(
     let mut specs = vec![];
     for dtype in kiln_codegen::ir::DType::STORAGE {
         let kernel = lower::build(&f, &sig, source, dtype)?;
-        let compiled = kiln_codegen::compile(kernel)
-            .map_err(|e| syn::Error::new_spanned(&f.sig.ident, format!("kiln codegen rejected `{}` for {dtype}: {e}", f.sig.ident)))?;
+        let compiled = kiln_codegen::compile(kernel).map_err(|e| {
+            syn::Error::new_spanned(
+                &f.sig.ident,
+                format!("kiln codegen rejected `{}` for {dtype}: {e}", f.sig.ident),
+            )
+        })?;
         specs.push((dtype, compiled));
     }
     Ok(emit::module(&f, &sig, source, &specs))

@@ -1,8 +1,9 @@
 //! The body of a `#[fused]` fn, lowered into [`Builder`] calls for one storage dtype.
 //!
 //! A body is `let name = expr;` bindings and a final expression (the outputs, a tuple when the
-//! return type is one). Expressions: `+ - * /`, unary `-`, comparisons (→ bool), `&& || !`,
-//! literals, parentheses, `as f32|i32|f16|bf16`, and calls of the [`crate::prelude`].
+//! return type is one). Expressions ([`crate::expr`]): `+ - * /`, unary `-`, comparisons
+//! (→ bool), `&& || !`, literals, parentheses, `as f32|i32|f16|bf16`, and calls of the
+//! [`crate::prelude`].
 //!
 //! Typing rules the frontend adds on top of codegen's:
 //! - loads of f16/bf16 tensors are widened to f32 on first use, so arithmetic runs in f32, and
@@ -16,17 +17,20 @@
 
 use crate::sig::{PKind, Sig};
 use kiln_codegen::builder::{BuildError, Builder};
-use kiln_codegen::ir::{BinaryOp, CmpOp, Const, DType, Kernel, Shape, UnaryOp, ValueId};
+use kiln_codegen::ir::{Const, DType, Kernel, Shape, ValueId};
 use kiln_codegen::typeck::TypeError;
 use quote::ToTokens;
-use syn::{BinOp, Expr, Lit, Pat, Stmt, UnOp};
+use syn::{Expr, Pat, Stmt};
 
 /// The value of an expression: a node, or a literal not yet given a dtype.
 #[derive(Clone, Copy, Debug)]
 pub enum Val {
     Node(ValueId),
     /// A parameter, loaded but not yet widened (`rope` needs the parameter itself).
-    Param { index: u32, load: ValueId },
+    Param {
+        index: u32,
+        load: ValueId,
+    },
     Float(f64),
     Int(i64),
     Bool(bool),
@@ -41,16 +45,29 @@ pub struct Cx<'s> {
     widened: Vec<Option<ValueId>>,
 }
 
-fn err(tokens: impl ToTokens, msg: impl std::fmt::Display) -> syn::Error {
+pub(crate) fn err(tokens: impl ToTokens, msg: impl std::fmt::Display) -> syn::Error {
     syn::Error::new_spanned(tokens, msg)
 }
 
 /// Build the kernel of `f` for storage dtype `dtype`.
 pub fn build(f: &syn::ItemFn, sig: &Sig, source: &str, dtype: DType) -> syn::Result<Kernel> {
-    let mut cx = Cx { b: Builder::new(&f.sig.ident.to_string(), source, dtype), sig, env: vec![], widened: vec![] };
+    let mut cx = Cx {
+        b: Builder::new(&f.sig.ident.to_string(), source, dtype),
+        sig,
+        env: vec![],
+        widened: vec![],
+    };
     for (i, p) in sig.params.iter().enumerate() {
-        let load = cx.b.param(&p.name.to_string(), p.param_kind(dtype)).map_err(|e| build_err(&p.name, e))?;
-        cx.env.push((p.name.to_string(), Val::Param { index: i as u32, load }));
+        let load =
+            cx.b.param(&p.name.to_string(), p.param_kind(dtype))
+                .map_err(|e| build_err(&p.name, e))?;
+        cx.env.push((
+            p.name.to_string(),
+            Val::Param {
+                index: i as u32,
+                load,
+            },
+        ));
         cx.widened.push(None);
     }
     let stmts = &f.block.stmts;
@@ -76,7 +93,10 @@ pub fn build(f: &syn::ItemFn, sig: &Sig, source: &str, dtype: DType) -> syn::Res
 }
 
 fn missing_return(tokens: impl ToTokens) -> syn::Error {
-    err(tokens, "the body must end with the value(s) it returns, e.g. `x * w` or `(h, y)` without a `;`")
+    err(
+        tokens,
+        "the body must end with the value(s) it returns, e.g. `x * w` or `(h, y)` without a `;`",
+    )
 }
 
 impl Cx<'_> {
@@ -127,7 +147,14 @@ impl Cx<'_> {
             (false, _) => vec![ret],
         };
         if elems.len() != self.sig.outputs.len() {
-            return Err(err(ret, format!("the return type has {} outputs but this tuple has {}", self.sig.outputs.len(), elems.len())));
+            return Err(err(
+                ret,
+                format!(
+                    "the return type has {} outputs but this tuple has {}",
+                    self.sig.outputs.len(),
+                    elems.len()
+                ),
+            ));
         }
         let outputs = self.sig.outputs.clone();
         for (i, (e, kind)) in elems.into_iter().zip(outputs).enumerate() {
@@ -166,7 +193,8 @@ impl Cx<'_> {
             Val::Float(x) => self.b.f32(x as f32),
             Val::Int(i) if hint == Some(DType::F32) => self.b.f32(i as f32),
             Val::Int(i) => {
-                let i = i32::try_from(i).map_err(|_| err(at, "integer literal does not fit in i32"))?;
+                let i =
+                    i32::try_from(i).map_err(|_| err(at, "integer literal does not fit in i32"))?;
                 self.b.constant(Const::I32(i))
             }
             Val::Bool(x) => self.b.constant(Const::Bool(x)),
@@ -189,7 +217,13 @@ impl Cx<'_> {
     }
 
     /// Two operands as nodes, literals typed after each other.
-    pub fn pair(&mut self, a: Val, b: Val, ea: &Expr, eb: &Expr) -> syn::Result<(ValueId, ValueId)> {
+    pub fn pair(
+        &mut self,
+        a: Val,
+        b: Val,
+        ea: &Expr,
+        eb: &Expr,
+    ) -> syn::Result<(ValueId, ValueId)> {
         let (ha, hb) = (self.hint(b), self.hint(a));
         Ok((self.value(a, ha, ea)?, self.value(b, hb, eb)?))
     }
@@ -218,129 +252,21 @@ impl Cx<'_> {
         } else {
             String::new()
         };
-        Err(err(name, format!("unknown name `{s}`{hint}; in scope: {}", names.join(", "))))
+        Err(err(
+            name,
+            format!("unknown name `{s}`{hint}; in scope: {}", names.join(", ")),
+        ))
     }
 
     /// Whether `v` is a `#[comptime]` parameter (for prelude arguments that must be uniform
     /// across the launch).
     pub fn is_comptime(&self, v: Val) -> bool {
         match v {
-            Val::Param { index, .. } => matches!(self.sig.params[index as usize].kind, PKind::Comptime(_)),
+            Val::Param { index, .. } => {
+                matches!(self.sig.params[index as usize].kind, PKind::Comptime(_))
+            }
             _ => false,
         }
-    }
-
-    pub fn expr(&mut self, e: &Expr) -> syn::Result<Val> {
-        match e {
-            Expr::Paren(p) => self.expr(&p.expr),
-            Expr::Group(g) => self.expr(&g.expr),
-            Expr::Lit(l) => literal(&l.lit),
-            Expr::Path(p) => match p.path.get_ident() {
-                Some(id) if p.qself.is_none() => self.lookup(id),
-                _ => Err(err(p, "only plain names of parameters and `let` bindings can be used here")),
-            },
-            Expr::Unary(u) => self.unary(u),
-            Expr::Binary(b) => self.binary(b),
-            Expr::Cast(c) => self.cast(c),
-            Expr::Call(c) => crate::prelude::call(self, c, e),
-            Expr::MethodCall(m) => {
-                let name = m.method.to_string();
-                let advice = if crate::prelude::is_prelude(&name) {
-                    format!("write `{name}(...)` with the receiver as the first argument")
-                } else {
-                    format!("use the #[fused] prelude: {}", crate::prelude::NAMES)
-                };
-                Err(err(e, format!("method calls are not supported in #[fused]; {advice}")))
-            }
-            Expr::If(_) | Expr::Match(_) => Err(err(
-                e,
-                "branches are not supported in #[fused]: every column runs the same code; use `select(cond, if_true, if_false)`",
-            )),
-            Expr::ForLoop(_) | Expr::While(_) | Expr::Loop(_) | Expr::Break(_) | Expr::Continue(_) => Err(err(
-                e,
-                "loops are not supported in #[fused]: the body describes one row at a time; use the row reductions `sum`, `mean` and `max(x)`",
-            )),
-            Expr::Closure(_) => Err(err(e, "closures are not supported in #[fused]; bind intermediate values with `let`")),
-            Expr::Reference(_) => Err(err(e, "references are not needed in #[fused]: values are rows, use them directly")),
-            Expr::Index(_) => Err(err(e, "indexing is not supported in #[fused]: a value is a whole row, and arithmetic applies per column")),
-            Expr::Field(_) => Err(err(e, "field access is not supported in #[fused]")),
-            Expr::Assign(_) => Err(err(e, "values are immutable in #[fused]; bind a new name with `let`")),
-            Expr::Tuple(_) => Err(err(e, "tuples only appear as the final expression, to return several outputs")),
-            Expr::Return(_) => Err(err(e, "no `return` in #[fused]: end the body with the outputs")),
-            Expr::Macro(_) => Err(err(e, "macros are not supported in #[fused] bodies")),
-            Expr::Block(_) | Expr::Unsafe(_) => Err(err(e, "nested blocks are not supported in #[fused]; bind intermediate values with `let`")),
-            _ => Err(err(
-                e,
-                format!("this expression is not part of the #[fused] DSL; use arithmetic, comparisons, `as` casts and the prelude: {}", crate::prelude::NAMES),
-            )),
-        }
-    }
-
-    fn unary(&mut self, u: &syn::ExprUnary) -> syn::Result<Val> {
-        let v = self.expr(&u.expr)?;
-        let op = match (u.op, v) {
-            (UnOp::Neg(_), Val::Float(x)) => return Ok(Val::Float(-x)),
-            (UnOp::Neg(_), Val::Int(i)) => return Ok(Val::Int(-i)),
-            (UnOp::Not(_), Val::Bool(x)) => return Ok(Val::Bool(!x)),
-            (UnOp::Neg(_), _) => UnaryOp::Neg,
-            (UnOp::Not(_), _) => UnaryOp::Not,
-            _ => return Err(err(u, "references are not needed in #[fused]: values are rows, use them directly")),
-        };
-        let a = self.value(v, None, &u.expr)?;
-        self.no_half(&[a], u)?;
-        Ok(Val::Node(self.b.unary(op, a).map_err(|e| build_err(u, e))?))
-    }
-
-    fn binary(&mut self, b: &syn::ExprBinary) -> syn::Result<Val> {
-        enum K {
-            Bin(BinaryOp),
-            Cmp(CmpOp),
-        }
-        let k = match b.op {
-            BinOp::Add(_) => K::Bin(BinaryOp::Add),
-            BinOp::Sub(_) => K::Bin(BinaryOp::Sub),
-            BinOp::Mul(_) => K::Bin(BinaryOp::Mul),
-            BinOp::Div(_) => K::Bin(BinaryOp::Div),
-            BinOp::And(_) => K::Bin(BinaryOp::And),
-            BinOp::Or(_) => K::Bin(BinaryOp::Or),
-            BinOp::Lt(_) => K::Cmp(CmpOp::Lt),
-            BinOp::Le(_) => K::Cmp(CmpOp::Le),
-            BinOp::Gt(_) => K::Cmp(CmpOp::Gt),
-            BinOp::Ge(_) => K::Cmp(CmpOp::Ge),
-            BinOp::Eq(_) => K::Cmp(CmpOp::Eq),
-            BinOp::Ne(_) => K::Cmp(CmpOp::Ne),
-            BinOp::Rem(_) => return Err(err(b, "`%` is not in the #[fused] DSL")),
-            BinOp::BitAnd(_) | BinOp::BitOr(_) | BinOp::BitXor(_) | BinOp::Shl(_) | BinOp::Shr(_) => {
-                return Err(err(b, "bitwise operators are not in the #[fused] DSL; use `&&`, `||` and `!` on bools"))
-            }
-            _ => return Err(err(b, "values are immutable in #[fused]; write `let y = x + 1.0;` instead of compound assignment")),
-        };
-        let l = self.expr(&b.left)?;
-        let r = self.expr(&b.right)?;
-        let (x, y) = self.pair(l, r, &b.left, &b.right)?;
-        self.no_half(&[x, y], b)?;
-        let v = match k {
-            K::Bin(op) => self.b.binary(op, x, y),
-            K::Cmp(op) => self.b.cmp(op, x, y),
-        };
-        Ok(Val::Node(v.map_err(|e| build_err(b, e))?))
-    }
-
-    fn cast(&mut self, c: &syn::ExprCast) -> syn::Result<Val> {
-        let to = match &*c.ty {
-            syn::Type::Path(tp) if tp.qself.is_none() => match tp.path.get_ident().map(|i| i.to_string()).as_deref() {
-                Some("f32") => DType::F32,
-                Some("i32") => DType::I32,
-                Some("f16") => DType::F16,
-                Some("bf16") => DType::BF16,
-                Some("bool") => DType::Bool,
-                _ => return Err(err(&c.ty, "`as` converts to `f32`, `i32`, `f16` or `bf16`")),
-            },
-            other => return Err(err(other, "`as` converts to `f32`, `i32`, `f16` or `bf16`")),
-        };
-        let v = self.expr(&c.expr)?;
-        let a = self.value(v, Some(to), &c.expr)?;
-        Ok(Val::Node(self.b.cast(a, to).map_err(|e| build_err(c, e))?))
     }
 }
 
@@ -350,22 +276,6 @@ fn strip(e: &Expr) -> &Expr {
         Expr::Paren(p) => strip(&p.expr),
         Expr::Group(g) => strip(&g.expr),
         other => other,
-    }
-}
-
-fn literal(l: &Lit) -> syn::Result<Val> {
-    match l {
-        Lit::Float(f) => match f.suffix() {
-            "" | "f32" => Ok(Val::Float(f.base10_parse::<f64>()?)),
-            _ => Err(err(f, "float literals are f32 in #[fused]; drop the suffix")),
-        },
-        Lit::Int(i) => match i.suffix() {
-            "" | "i32" => Ok(Val::Int(i.base10_parse::<i64>()?)),
-            "f32" => Ok(Val::Float(i.base10_parse::<f64>()?)),
-            _ => Err(err(i, "integer literals are i32 (or f32 next to floats) in #[fused]; drop the suffix")),
-        },
-        Lit::Bool(b) => Ok(Val::Bool(b.value)),
-        other => Err(err(other, "only number and bool literals are allowed in #[fused]")),
     }
 }
 

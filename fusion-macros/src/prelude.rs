@@ -14,8 +14,8 @@
 
 use crate::lower::{build_err, Cx, Val};
 use kiln_codegen::builder::BuildError;
-use kiln_codegen::typeck::TypeError;
 use kiln_codegen::ir::{BinaryOp, DType, Llama3Scaling, ReduceOp, RopeStyle, UnaryOp, ValueId};
+use kiln_codegen::typeck::TypeError;
 use syn::{Expr, ExprCall};
 
 #[derive(Clone, Copy)]
@@ -74,17 +74,30 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
         _ => None,
     };
     let Some(name) = name else {
-        return Err(err(&c.func, format!("only #[fused] prelude functions can be called, by their plain name: {NAMES}")));
+        return Err(err(
+            &c.func,
+            format!("only #[fused] prelude functions can be called, by their plain name: {NAMES}"),
+        ));
     };
     let Some(&(_, prim, usage)) = TABLE.iter().find(|(n, ..)| *n == name) else {
-        return Err(err(&c.func, format!("`{name}` is not in the #[fused] prelude; available: {NAMES}")));
+        return Err(err(
+            &c.func,
+            format!("`{name}` is not in the #[fused] prelude; available: {NAMES}"),
+        ));
     };
     let args: Vec<&Expr> = c.args.iter().collect();
     let arity = |n: usize| -> syn::Result<()> {
         if args.len() == n {
             Ok(())
         } else {
-            Err(err(e, format!("`{name}` takes {n} argument{}: {usage}; got {}", if n == 1 { "" } else { "s" }, args.len())))
+            Err(err(
+                e,
+                format!(
+                    "`{name}` takes {n} argument{}: {usage}; got {}",
+                    if n == 1 { "" } else { "s" },
+                    args.len()
+                ),
+            ))
         }
     };
     let id = match prim {
@@ -100,7 +113,13 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
         Prim::Max if args.len() == 2 => binary(cx, BinaryOp::Max, args[0], args[1])?,
         Prim::Max => {
             if args.len() != 1 {
-                return Err(err(e, format!("`max` takes 1 argument (row maximum) or 2 (elementwise): {usage}; got {}", args.len())));
+                return Err(err(
+                    e,
+                    format!(
+                        "`max` takes 1 argument (row maximum) or 2 (elementwise): {usage}; got {}",
+                        args.len()
+                    ),
+                ));
             }
             let a = operand(cx, args[0], Some(DType::F32))?;
             cx.b.reduce(ReduceOp::Max, a)
@@ -148,7 +167,14 @@ fn binary(cx: &mut Cx, op: BinaryOp, a: &Expr, b: &Expr) -> syn::Result<Built> {
 
 type Built = Result<ValueId, BuildError>;
 
-fn rope(cx: &mut Cx, args: &[&Expr], style: RopeStyle, llama3: bool, name: &str, call: &Expr) -> syn::Result<ValueId> {
+fn rope(
+    cx: &mut Cx,
+    args: &[&Expr],
+    style: RopeStyle,
+    llama3: bool,
+    name: &str,
+    call: &Expr,
+) -> syn::Result<ValueId> {
     let x = match cx.expr(args[0])? {
         Val::Param { index, .. } => index,
         _ => {
@@ -181,9 +207,10 @@ fn rope(cx: &mut Cx, args: &[&Expr], style: RopeStyle, llama3: bool, name: &str,
     } else {
         None
     };
-    cx.b.rope(x, pos, theta, head_dim, style, scaling).map_err(|be| match be {
-        // Point at the tensor operand, the part the user has to change.
-        BuildError::Type(TypeError::RopeOperand(_)) => build_err(args[0], be),
-        other => build_err(call, other),
-    })
+    cx.b.rope(x, pos, theta, head_dim, style, scaling)
+        .map_err(|be| match be {
+            // Point at the tensor operand, the part the user has to change.
+            BuildError::Type(TypeError::RopeOperand(_)) => build_err(args[0], be),
+            other => build_err(call, other),
+        })
 }

@@ -76,7 +76,8 @@ pub struct Sig {
 }
 
 const PARAM_TYPES: &str = "`Row`, `Bcast`, `Row<f32|f16|bf16>`, `Bcast<f32|f16|bf16>`, `PerRow<i32|f32>`, or `#[comptime] name: f32|i32|bool`";
-const OUTPUT_TYPES: &str = "`Row`, `Row<f32|f16|bf16>`, `PerRow<f32|i32>`, or a tuple of them such as `(Row, Row)`";
+const OUTPUT_TYPES: &str =
+    "`Row`, `Row<f32|f16|bf16>`, `PerRow<f32|i32>`, or a tuple of them such as `(Row, Row)`";
 
 fn err<T>(tokens: impl quote::ToTokens, msg: impl std::fmt::Display) -> syn::Result<T> {
     Err(syn::Error::new_spanned(tokens, msg))
@@ -88,10 +89,16 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
         return err(t, "a #[fused] fn cannot be `const`");
     }
     if let Some(t) = &s.asyncness {
-        return err(t, "a #[fused] fn cannot be `async`: it describes a GPU kernel, not a future");
+        return err(
+            t,
+            "a #[fused] fn cannot be `async`: it describes a GPU kernel, not a future",
+        );
     }
     if let Some(t) = &s.unsafety {
-        return err(t, "a #[fused] fn cannot be `unsafe`; the generated `run` checks every launch");
+        return err(
+            t,
+            "a #[fused] fn cannot be `unsafe`; the generated `run` checks every launch",
+        );
     }
     if let Some(t) = &s.abi {
         return err(t, "a #[fused] fn takes no `extern` ABI");
@@ -103,13 +110,19 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
         return err(v, "a #[fused] fn cannot be variadic");
     }
     if let Some(a) = f.attrs.iter().find(|a| !a.path().is_ident("doc")) {
-        return err(a, "only doc comments are allowed on a #[fused] fn (they document the generated module)");
+        return err(
+            a,
+            "only doc comments are allowed on a #[fused] fn (they document the generated module)",
+        );
     }
     let mut params: Vec<SigParam> = vec![];
     for arg in &s.inputs {
         let p = parse_param(arg)?;
         if p.name == "dev" {
-            return err(&p.name, "`dev` is the device argument of the generated `run`; rename this parameter");
+            return err(
+                &p.name,
+                "`dev` is the device argument of the generated `run`; rename this parameter",
+            );
         }
         if params.iter().any(|q| q.name == p.name) {
             return err(&p.name, format!("parameter `{}` is declared twice", p.name));
@@ -133,17 +146,30 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
             other => (vec![parse_output(other)?], false),
         },
     };
-    Ok(Sig { params, outputs, tuple })
+    Ok(Sig {
+        params,
+        outputs,
+        tuple,
+    })
 }
 
 fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
     let pt = match arg {
-        FnArg::Receiver(r) => return err(r, "a #[fused] fn is a free function; it takes no `self`"),
+        FnArg::Receiver(r) => {
+            return err(r, "a #[fused] fn is a free function; it takes no `self`")
+        }
         FnArg::Typed(pt) => pt,
     };
     let name = match &*pt.pat {
-        Pat::Ident(pi) if pi.by_ref.is_none() && pi.mutability.is_none() && pi.subpat.is_none() => pi.ident.clone(),
-        other => return err(other, "parameters must be plain names (`x: Row`): no patterns, `mut` or `ref`"),
+        Pat::Ident(pi) if pi.by_ref.is_none() && pi.mutability.is_none() && pi.subpat.is_none() => {
+            pi.ident.clone()
+        }
+        other => {
+            return err(
+                other,
+                "parameters must be plain names (`x: Row`): no patterns, `mut` or `ref`",
+            )
+        }
     };
     let mut comptime = false;
     for a in &pt.attrs {
@@ -162,9 +188,17 @@ fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
             Some(("f32", None)) => DType::F32,
             Some(("i32", None)) => DType::I32,
             Some(("bool", None)) => DType::Bool,
-            _ => return err(ty, "a #[comptime] parameter is a launch scalar: `f32`, `i32` or `bool`"),
+            _ => {
+                return err(
+                    ty,
+                    "a #[comptime] parameter is a launch scalar: `f32`, `i32` or `bool`",
+                )
+            }
         };
-        return Ok(SigParam { name, kind: PKind::Comptime(d) });
+        return Ok(SigParam {
+            name,
+            kind: PKind::Comptime(d),
+        });
     }
     let kind = match type_name(ty) {
         Some(("Row", g)) => PKind::Row(storage_or(g, ty)?),
@@ -191,7 +225,10 @@ fn parse_output(ty: &Type) -> syn::Result<OKind> {
             "i32" => Ok(OKind::PerRow(DType::I32)),
             _ => err(ty, "a `PerRow` output holds `f32` or `i32`"),
         },
-        _ => err(ty, format!("unsupported #[fused] output type; use {OUTPUT_TYPES}")),
+        _ => err(
+            ty,
+            format!("unsupported #[fused] output type; use {OUTPUT_TYPES}"),
+        ),
     }
 }
 
@@ -214,7 +251,9 @@ fn type_name(ty: &Type) -> Option<(&'static str, Option<String>)> {
         return None;
     }
     let seg = &tp.path.segments[0];
-    let name = ["Row", "Bcast", "PerRow", "f32", "i32", "bool"].into_iter().find(|n| seg.ident == n)?;
+    let name = ["Row", "Bcast", "PerRow", "f32", "i32", "bool"]
+        .into_iter()
+        .find(|n| seg.ident == n)?;
     let generic = match &seg.arguments {
         PathArguments::None => None,
         PathArguments::AngleBracketed(ab) if ab.args.len() == 1 => match &ab.args[0] {

@@ -11,13 +11,23 @@
 use kiln_fusion_macros::fused;
 
 #[fused]
-pub fn rope_half(x: Row, pos: PerRow<i32>, #[comptime] theta: f32, #[comptime] head_dim: i32) -> Row {
+pub fn rope_half(
+    x: Row,
+    pos: PerRow<i32>,
+    #[comptime] theta: f32,
+    #[comptime] head_dim: i32,
+) -> Row {
     let y = rope_half(x, pos, theta, head_dim);
     y
 }
 
 #[fused]
-pub fn rope_interleaved(x: Row, pos: PerRow<i32>, #[comptime] theta: f32, #[comptime] head_dim: i32) -> Row {
+pub fn rope_interleaved(
+    x: Row,
+    pos: PerRow<i32>,
+    #[comptime] theta: f32,
+    #[comptime] head_dim: i32,
+) -> Row {
     let y = rope_interleaved(x, pos, theta, head_dim);
     y
 }
@@ -33,7 +43,16 @@ pub fn rope_half_llama3(
     #[comptime] high_freq_factor: f32,
     #[comptime] original_max_position: f32,
 ) -> Row {
-    let y = rope_half_llama3(x, pos, theta, head_dim, factor, low_freq_factor, high_freq_factor, original_max_position);
+    let y = rope_half_llama3(
+        x,
+        pos,
+        theta,
+        head_dim,
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position,
+    );
     y
 }
 
@@ -59,15 +78,26 @@ pub fn inv_freq_ref(theta: f64, i: usize, head_dim: usize, scaling: Option<Llama
     } else if wavelen > low_freq_wavelen {
         f / s.factor
     } else {
-        let smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        let smooth = (s.original_max_position / wavelen - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor);
         (1.0 - smooth) * f / s.factor + smooth * f
     }
 }
 
 /// Rotate every head of `x` by `pos`; `pairs(i)` gives the two columns (within a head) of
 /// pair `i`, which turn by angle `pos * inv_freq(i)`.
-fn rotate(x: &[f64], pos: i32, head_dim: usize, inv_freq: impl Fn(usize) -> f64, pairs: impl Fn(usize) -> (usize, usize)) -> Vec<f64> {
-    assert!(head_dim.is_multiple_of(2) && x.len().is_multiple_of(head_dim), "row of {} columns, head_dim {head_dim}", x.len());
+fn rotate(
+    x: &[f64],
+    pos: i32,
+    head_dim: usize,
+    inv_freq: impl Fn(usize) -> f64,
+    pairs: impl Fn(usize) -> (usize, usize),
+) -> Vec<f64> {
+    assert!(
+        head_dim.is_multiple_of(2) && x.len().is_multiple_of(head_dim),
+        "row of {} columns, head_dim {head_dim}",
+        x.len()
+    );
     let mut out = vec![0.0; x.len()];
     for (h, xs) in x.chunks(head_dim).enumerate() {
         for i in 0..head_dim / 2 {
@@ -81,13 +111,37 @@ fn rotate(x: &[f64], pos: i32, head_dim: usize, inv_freq: impl Fn(usize) -> f64,
 }
 
 pub fn rope_half_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize) -> Vec<f64> {
-    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, None), |i| (i, i + head_dim / 2))
+    rotate(
+        x,
+        pos,
+        head_dim,
+        |i| inv_freq_ref(theta, i, head_dim, None),
+        |i| (i, i + head_dim / 2),
+    )
 }
 
 pub fn rope_interleaved_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize) -> Vec<f64> {
-    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, None), |i| (2 * i, 2 * i + 1))
+    rotate(
+        x,
+        pos,
+        head_dim,
+        |i| inv_freq_ref(theta, i, head_dim, None),
+        |i| (2 * i, 2 * i + 1),
+    )
 }
 
-pub fn rope_half_llama3_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize, s: Llama3Scaling) -> Vec<f64> {
-    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, Some(s)), |i| (i, i + head_dim / 2))
+pub fn rope_half_llama3_ref(
+    x: &[f64],
+    pos: i32,
+    theta: f64,
+    head_dim: usize,
+    s: Llama3Scaling,
+) -> Vec<f64> {
+    rotate(
+        x,
+        pos,
+        head_dim,
+        |i| inv_freq_ref(theta, i, head_dim, Some(s)),
+        |i| (i, i + head_dim / 2),
+    )
 }
