@@ -10,10 +10,11 @@ use kiln_codegen::fused::FusedDef;
 use kiln_codegen::ir::DType;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: kiln-gpu-check [--rows 1,7,512,4096] [--widths 576,4096,5120] [--dtypes f32,f16,bf16]
-                      [--only kernel,...] [--reps 50] [--warmup 10] [--seed N] [--gpu N]
-                      [--peak-gbps 2980] [--tolerance X] [--no-offset] [--no-baselines] [--quick]
-                      [--out report.md] [--list]
+const USAGE: &str = "options: [--rows 1,7,512,4096] [--widths 576,4096,5120] [--dtypes f32,f16,bf16]
+         [--only kernel,...] [--reps 50] [--warmup 10] [--seed N] [--gpu N]
+         [--peak-gbps 2980] [--tolerance X] [--no-offset] [--no-baselines] [--quick]
+         [--out report.md] [--list] [--cpu]
+--cpu: run the harness with the CPU on both sides (a self-test without a GPU; no timing)
 env: KILN_CUDA_LIB_DIRS (folders holding libnvrtc.so.13 / libcublas.so.13), KILN_CACHE_DIR";
 
 pub fn main(defs: &[&'static FusedDef]) -> ExitCode {
@@ -22,7 +23,7 @@ pub fn main(defs: &[&'static FusedDef]) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(msg) => {
-            eprintln!("kiln-gpu-check: {msg}");
+            eprintln!("{}: {msg}", program());
             ExitCode::from(2)
         }
     }
@@ -33,6 +34,7 @@ fn run(defs: &[&'static FusedDef], args: &[String]) -> Result<bool, String> {
     let mut only: Option<Vec<String>> = None;
     let mut out: Option<String> = None;
     let mut gpu = 0usize;
+    let mut cpu = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
@@ -49,6 +51,7 @@ fn run(defs: &[&'static FusedDef], args: &[String]) -> Result<bool, String> {
             "--tolerance" => cfg.tolerance = Some(num(&val()?)?),
             "--out" => out = Some(val()?),
             "--no-offset" => cfg.offset_case = None,
+            "--cpu" => cpu = true,
             "--no-baselines" => {
                 cfg.copy_shape = None;
                 cfg.gemm_n = None;
@@ -67,7 +70,7 @@ fn run(defs: &[&'static FusedDef], args: &[String]) -> Result<bool, String> {
                 return Ok(true);
             }
             "-h" | "--help" => {
-                println!("{USAGE}");
+                println!("usage: {} ...\n{USAGE}", program());
                 return Ok(true);
             }
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -83,8 +86,12 @@ fn run(defs: &[&'static FusedDef], args: &[String]) -> Result<bool, String> {
         }
         None => defs.to_vec(),
     };
-    let dev = Device::cuda(gpu).map_err(|e| format!("cannot open GPU {gpu}: {e}\n({})", crate::cuda_libs::summary()))?;
-    eprintln!("kiln-gpu-check: {} — {} kernel(s), seed {}", dev.describe(), chosen.len(), cfg.seed);
+    let dev = if cpu {
+        Device::Cpu
+    } else {
+        Device::cuda(gpu).map_err(|e| format!("cannot open GPU {gpu}: {e}\n({})", crate::cuda_libs::summary()))?
+    };
+    eprintln!("{}: {} — {} kernel(s), seed {}", program(), dev.describe(), chosen.len(), cfg.seed);
     let report = run_all(&dev, &chosen, &cfg).map_err(|e| e.to_string())?;
     let md = report.markdown();
     println!("{md}");
@@ -92,6 +99,14 @@ fn run(defs: &[&'static FusedDef], args: &[String]) -> Result<bool, String> {
         std::fs::write(&path, &md).map_err(|e| format!("writing {path}: {e}"))?;
     }
     Ok(report.all_passed())
+}
+
+/// The binary's file name, for messages.
+fn program() -> String {
+    std::env::args()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "kiln-gpu-check".into())
 }
 
 fn list(s: &str) -> Result<Vec<usize>, String> {
