@@ -137,12 +137,26 @@ fn backend(t: &Tensor) -> Result<&CudaBackend, TensorError> {
 }
 
 fn copy2d(width_bytes: usize, height: usize) -> CUDA_MEMCPY2D {
-    // SAFETY: CUDA_MEMCPY2D is a plain C struct; all-zero is its documented "unused" state
-    // for the fields we do not set (x/y offsets, arrays).
-    let mut p: CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
-    p.WidthInBytes = width_bytes;
-    p.Height = height;
-    p
+    // Every field spelled out: the memory-type enums have no zero variant, so
+    // `mem::zeroed` is undefined behaviour here (and Rust aborts on it at run time).
+    CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: CUmemorytype::CU_MEMORYTYPE_HOST,
+        srcHost: std::ptr::null(),
+        srcDevice: 0,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: 0,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: CUmemorytype::CU_MEMORYTYPE_HOST,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: 0,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: 0,
+        WidthInBytes: width_bytes,
+        Height: height,
+    }
 }
 
 fn run2d(b: &CudaBackend, p: &CUDA_MEMCPY2D, op: &str) -> Result<(), CudaError> {
