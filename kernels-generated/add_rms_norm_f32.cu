@@ -4,7 +4,7 @@
 //   add_rms_norm_f32_v4: 4 columns per access (at most 16 bytes); needs width and every row stride
 //     divisible by 4 and 16-byte aligned pointers
 //   add_rms_norm_f32_v1: one column per access; any layout
-// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 256;
+// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
 // 2 stage(s); cached in registers across stages: %4 (h).
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
@@ -95,7 +95,7 @@ __device__ __forceinline__ void kiln_store(T* __restrict__ dst, const T (&src)[N
 #endif  // KILN_PRELUDE_CORE
 
 #ifndef KILN_MAX_ITERS
-#define KILN_MAX_ITERS 8
+#define KILN_MAX_ITERS 4
 #endif
 
 #ifndef KILN_PRELUDE_REDUCE
@@ -206,7 +206,7 @@ __device__ __forceinline__ void add_rms_norm_f32_body(
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256) add_rms_norm_f32_v4(
+extern "C" __global__ void __launch_bounds__(512) add_rms_norm_f32_v4(
     const float* __restrict__ p0_x,
     int p0_x_stride,
     const float* __restrict__ p1_residual,
@@ -222,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(256) add_rms_norm_f32_v4(
   add_rms_norm_f32_body<4>(p0_x, p0_x_stride, p1_residual, p1_residual_stride, p2_w, p3_eps, o0_h, o0_h_stride, o1_y, o1_y_stride, rows, width);
 }
 
-extern "C" __global__ void __launch_bounds__(256) add_rms_norm_f32_v1(
+extern "C" __global__ void __launch_bounds__(512) add_rms_norm_f32_v1(
     const float* __restrict__ p0_x,
     int p0_x_stride,
     const float* __restrict__ p1_residual,

@@ -4,7 +4,7 @@
 //   bias_add_f16_v8: 8 columns per access (at most 16 bytes); needs width and every row stride
 //     divisible by 8 and 16-byte aligned pointers
 //   bias_add_f16_v1: one column per access; any layout
-// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 256;
+// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
 // 1 stage(s); nothing cached across stages (block-strided loops).
 //
@@ -86,7 +86,7 @@ __device__ __forceinline__ void kiln_store(T* __restrict__ dst, const T (&src)[N
 #endif  // KILN_PRELUDE_CORE
 
 #ifndef KILN_MAX_ITERS
-#define KILN_MAX_ITERS 8
+#define KILN_MAX_ITERS 4
 #endif
 
 template <int VEC>
@@ -125,7 +125,7 @@ __device__ __forceinline__ void bias_add_f16_body(
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256) bias_add_f16_v8(
+extern "C" __global__ void __launch_bounds__(512) bias_add_f16_v8(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     const kiln_f16* __restrict__ p1_b,
@@ -136,7 +136,7 @@ extern "C" __global__ void __launch_bounds__(256) bias_add_f16_v8(
   bias_add_f16_body<8>(p0_x, p0_x_stride, p1_b, o0_y, o0_y_stride, rows, width);
 }
 
-extern "C" __global__ void __launch_bounds__(256) bias_add_f16_v1(
+extern "C" __global__ void __launch_bounds__(512) bias_add_f16_v1(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     const kiln_f16* __restrict__ p1_b,

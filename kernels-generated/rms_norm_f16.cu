@@ -4,7 +4,7 @@
 //   rms_norm_f16_v8: 8 columns per access (at most 16 bytes); needs width and every row stride
 //     divisible by 8 and 16-byte aligned pointers
 //   rms_norm_f16_v1: one column per access; any layout
-// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 256;
+// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
 // 2 stage(s); cached in registers across stages: %0 (x).
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
@@ -94,7 +94,7 @@ __device__ __forceinline__ void kiln_store(T* __restrict__ dst, const T (&src)[N
 #endif  // KILN_PRELUDE_CORE
 
 #ifndef KILN_MAX_ITERS
-#define KILN_MAX_ITERS 8
+#define KILN_MAX_ITERS 4
 #endif
 
 #ifndef KILN_PRELUDE_REDUCE
@@ -196,7 +196,7 @@ __device__ __forceinline__ void rms_norm_f16_body(
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256) rms_norm_f16_v8(
+extern "C" __global__ void __launch_bounds__(512) rms_norm_f16_v8(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     const kiln_f16* __restrict__ p1_w,
@@ -208,7 +208,7 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_f16_v8(
   rms_norm_f16_body<8>(p0_x, p0_x_stride, p1_w, p2_eps, o0_y, o0_y_stride, rows, width);
 }
 
-extern "C" __global__ void __launch_bounds__(256) rms_norm_f16_v1(
+extern "C" __global__ void __launch_bounds__(512) rms_norm_f16_v1(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     const kiln_f16* __restrict__ p1_w,

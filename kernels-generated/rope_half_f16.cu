@@ -4,7 +4,7 @@
 //   rope_half_f16_v8: 8 columns per access (at most 16 bytes); needs width and every row stride
 //     divisible by 8 and 16-byte aligned pointers
 //   rope_half_f16_v1: one column per access; any layout
-// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 256;
+// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
 // 1 stage(s); nothing cached across stages (block-strided loops).
 //
@@ -87,7 +87,7 @@ __device__ __forceinline__ void kiln_store(T* __restrict__ dst, const T (&src)[N
 #endif  // KILN_PRELUDE_CORE
 
 #ifndef KILN_MAX_ITERS
-#define KILN_MAX_ITERS 8
+#define KILN_MAX_ITERS 4
 #endif
 
 #ifndef KILN_PRELUDE_ROPE
@@ -118,30 +118,39 @@ __device__ __forceinline__ float kiln_rope_inv_freq(int i, float theta, int head
   }
   return inv_freq;
 }
-// x[c] rotated against x[partner]; `first`: c is the first column of its pair.
-// Both columns are read from memory (scalar loads): the partner may belong to another
-// thread's vector.
+// Rotation pairs per head a block can tabulate (head_dim <= 2 * KILN_ROPE_MAX_PAIRS).
+#define KILN_ROPE_MAX_PAIRS 256
+// This row's cos/sin of every rotation pair: the angle depends on (position, pair) only, so
+// all heads of the row share one table and each pair's cosf/sinf is computed once per row
+// instead of once per column. Ends with a barrier: call it where the whole block is present.
+__device__ __forceinline__ void kiln_rope_table(float* __restrict__ cs, float* __restrict__ sn, int pos, float theta, int head_dim, kiln_llama3 s) {
+  if (head_dim <= 0 || (head_dim & 1) || head_dim / 2 > KILN_ROPE_MAX_PAIRS) __trap();
+  for (int i = (int)threadIdx.x; i < head_dim / 2; i += (int)blockDim.x) {
+    const float angle = (float)pos * kiln_rope_inv_freq(i, theta, head_dim, s);
+    cs[i] = cosf(angle);
+    sn[i] = sinf(angle);
+  }
+  __syncthreads();
+}
+// x[c] rotated against x[partner] by pair i of the table; `first`: c is the first column of
+// its pair. The partner is read from memory (it may belong to another thread's vector).
 template <typename T>
-__device__ __forceinline__ float kiln_rope_rotate(const T* __restrict__ x, int c, int partner, bool first, int pos, float inv_freq) {
-  const float angle = (float)pos * inv_freq;
-  const float cs = cosf(angle), sn = sinf(angle);
+__device__ __forceinline__ float kiln_rope_apply(const T* __restrict__ x, int c, int partner, bool first, const float* __restrict__ cs, const float* __restrict__ sn, int i) {
   const float a = kiln_to_f32(x[c]), b = kiln_to_f32(x[partner]);
-  return first ? a * cs - b * sn : a * cs + b * sn;
+  return first ? a * cs[i] - b * sn[i] : a * cs[i] + b * sn[i];
 }
 // HF "rotate_half" layout: column j of a head pairs with j +- head_dim/2.
 template <typename T>
-__device__ __forceinline__ float kiln_rope_half_split(const T* __restrict__ x, int c, int pos, float theta, int head_dim, kiln_llama3 s) {
+__device__ __forceinline__ float kiln_rope_half_split(const T* __restrict__ x, int c, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
   const int j = c % head_dim, half = head_dim / 2;
   const bool first = j < half;
-  const float inv_freq = kiln_rope_inv_freq(j % half, theta, head_dim, s);
-  return kiln_rope_rotate(x, c, first ? c + half : c - half, first, pos, inv_freq);
+  return kiln_rope_apply(x, c, first ? c + half : c - half, first, cs, sn, first ? j : j - half);
 }
 // GPT-J / llama.cpp layout: column 2i pairs with 2i+1.
 template <typename T>
-__device__ __forceinline__ float kiln_rope_interleaved(const T* __restrict__ x, int c, int pos, float theta, int head_dim, kiln_llama3 s) {
+__device__ __forceinline__ float kiln_rope_interleaved(const T* __restrict__ x, int c, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
   const int j = c % head_dim;
-  const float inv_freq = kiln_rope_inv_freq(j / 2, theta, head_dim, s);
-  return kiln_rope_rotate(x, c, c ^ 1, (c & 1) == 0, pos, inv_freq);
+  return kiln_rope_apply(x, c, c ^ 1, (c & 1) == 0, cs, sn, j / 2);
 }
 #endif  // KILN_PRELUDE_ROPE
 
@@ -167,12 +176,14 @@ __device__ __forceinline__ void rope_half_f16_body(
   const int v0_pos = p1_pos[row];  // %0 = param pos
   const float v1_theta = p2_theta;  // %1 = param theta
   const int v2_head_dim = p3_head_dim;  // %2 = param head_dim
+  __shared__ float kiln_rope3_cos[KILN_ROPE_MAX_PAIRS], kiln_rope3_sin[KILN_ROPE_MAX_PAIRS];  // %3 = rope.half_split x, pos=%0, theta=%1, head_dim=%2: this row's cos/sin per rotation pair
+  kiln_rope_table(kiln_rope3_cos, kiln_rope3_sin, v0_pos, v1_theta, v2_head_dim, kiln_llama3_off());  // %3 = rope.half_split x, pos=%0, theta=%1, head_dim=%2: this row's cos/sin per rotation pair
   for (int v = (int)threadIdx.x; v < nvec; v += (int)blockDim.x) {
     const int c0 = v * VEC;  // first column of this vector
     kiln_f16 o0_y_vec[VEC];
     #pragma unroll
     for (int e = 0; e < VEC; ++e) {
-      const float v3_y = kiln_rope_half_split(p0_x_row, c0 + e, v0_pos, v1_theta, v2_head_dim, kiln_llama3_off());  // %3 = rope.half_split x, pos=%0, theta=%1, head_dim=%2
+      const float v3_y = kiln_rope_half_split(p0_x_row, c0 + e, v2_head_dim, kiln_rope3_cos, kiln_rope3_sin);  // %3 = rope.half_split x, pos=%0, theta=%1, head_dim=%2
       const kiln_f16 v4 = kiln_f32_to_f16(v3_y);  // %4 = cast %3 to f16
       o0_y_vec[e] = v4;  // output y = %4
     }
@@ -180,7 +191,7 @@ __device__ __forceinline__ void rope_half_f16_body(
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256) rope_half_f16_v8(
+extern "C" __global__ void __launch_bounds__(512) rope_half_f16_v8(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     const int* __restrict__ p1_pos,
@@ -193,7 +204,7 @@ extern "C" __global__ void __launch_bounds__(256) rope_half_f16_v8(
   rope_half_f16_body<8>(p0_x, p0_x_stride, p1_pos, p2_theta, p3_head_dim, o0_y, o0_y_stride, rows, width);
 }
 
-extern "C" __global__ void __launch_bounds__(256) rope_half_f16_v1(
+extern "C" __global__ void __launch_bounds__(512) rope_half_f16_v1(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     const int* __restrict__ p1_pos,

@@ -4,7 +4,7 @@
 //   softmax_f16_v4: 4 columns per access (at most 16 bytes); needs width and every row stride
 //     divisible by 4 and 16-byte aligned pointers
 //   softmax_f16_v1: one column per access; any layout
-// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 256;
+// Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
 // 3 stage(s); cached in registers across stages: %0 (x), %4.
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
@@ -87,7 +87,7 @@ __device__ __forceinline__ void kiln_store(T* __restrict__ dst, const T (&src)[N
 #endif  // KILN_PRELUDE_CORE
 
 #ifndef KILN_MAX_ITERS
-#define KILN_MAX_ITERS 8
+#define KILN_MAX_ITERS 4
 #endif
 
 #ifndef KILN_PRELUDE_REDUCE
@@ -195,7 +195,7 @@ __device__ __forceinline__ void softmax_f16_body(
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256) softmax_f16_v4(
+extern "C" __global__ void __launch_bounds__(512) softmax_f16_v4(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     float* __restrict__ o0_y,
@@ -205,7 +205,7 @@ extern "C" __global__ void __launch_bounds__(256) softmax_f16_v4(
   softmax_f16_body<4>(p0_x, p0_x_stride, o0_y, o0_y_stride, rows, width);
 }
 
-extern "C" __global__ void __launch_bounds__(256) softmax_f16_v1(
+extern "C" __global__ void __launch_bounds__(512) softmax_f16_v1(
     const kiln_f16* __restrict__ p0_x,
     int p0_x_stride,
     float* __restrict__ o0_y,

@@ -1,8 +1,8 @@
-//! The `kiln` binary: one CLI over the engine (`generate`, `convert`, `fetch`, `gpu-check`).
+//! The `kiln` binary: one CLI over the engine (`generate`, `convert`, `fetch`, ...). The GPU
+//! kernel check is a separate binary, `kiln-check-kernels` (kiln-models).
 
 mod cmd_convert;
 mod cmd_generate;
-mod cmd_gpu_check;
 mod device_arg;
 
 use clap::{Parser, Subcommand};
@@ -27,8 +27,6 @@ enum Command {
     },
     /// Fetch the default model into the cache (if it is not there) and print its path.
     Fetch,
-    /// Compile every generated kernel for the local GPU, check it against the CPU and time it.
-    GpuCheck(cmd_gpu_check::GpuCheckArgs),
 }
 
 fn main() {
@@ -37,7 +35,6 @@ fn main() {
         Command::Generate(args) => cmd_generate::run(args),
         Command::Convert { gguf, out_dir } => cmd_convert::run(&gguf, &out_dir),
         Command::Fetch => kiln_models::fetch::default_model_path().map(|p| println!("{}", p.display())).map_err(Into::into),
-        Command::GpuCheck(args) => cmd_gpu_check::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

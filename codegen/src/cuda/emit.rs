@@ -21,7 +21,7 @@
 //! - outputs must not alias inputs (pointers are `__restrict__`, and RoPE reads other
 //!   columns of its input).
 
-use super::expr::{op_expr, Operands};
+use super::expr::{op_expr, rope_table_fill, Operands};
 use super::names::{self, c_type};
 use super::plan::{Plan, StagePlan};
 use super::prelude;
@@ -132,6 +132,11 @@ fn entry(w: &mut CWriter, k: &Kernel, name: &str, vec: usize) {
     w.close();
 }
 
+/// Name prefix of a `Rope` node's shared cos/sin table.
+fn rope_table_name(v: ValueId) -> String {
+    format!("kiln_rope{}", v.0)
+}
+
 struct Body<'a> {
     k: &'a Kernel,
     plan: &'a Plan,
@@ -235,7 +240,8 @@ impl Body<'_> {
             Op::Rope { x, .. } => Some(names::param_row(k, x as usize)),
             _ => None,
         };
-        let o = Operands { args: &args, rope_row: rope_row.as_deref(), column: "c0 + e" };
+        let table = rope_table_name(v);
+        let o = Operands { args: &args, rope_row: rope_row.as_deref(), rope_table: Some(&table), column: "c0 + e" };
         op_expr(&node.op, &dts, &o).ok_or_else(|| CompileError::Emit {
             kernel: k.spec_name(),
             msg: format!("{v} ({}) has no expression form", k.op_text(&node.op)),
@@ -269,6 +275,15 @@ impl Body<'_> {
         }
         if !st.has_loop() {
             return Ok(());
+        }
+        for &v in &st.elem {
+            let node = k.node(v);
+            let args: Vec<String> = node.op.operands().iter().map(|o| self.operand(*o)).collect();
+            if let Some(lines) = rope_table_fill(&node.op, &args, &rope_table_name(v)) {
+                for l in lines {
+                    w.line_c(&l, &format!("{}: this row's cos/sin per rotation pair", self.node_comment(v)));
+                }
+            }
         }
         for &(r, op, _) in &st.reductions {
             let init = match op {

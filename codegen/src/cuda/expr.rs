@@ -20,6 +20,8 @@ pub struct Operands<'a> {
     pub args: &'a [String],
     /// For `Rope`: this block's row of the rotated param, and the current column.
     pub rope_row: Option<&'a str>,
+    /// For `Rope`: the name prefix of this node's cos/sin table (see [`rope_table_fill`]).
+    pub rope_table: Option<&'a str>,
     pub column: &'a str,
 }
 
@@ -38,20 +40,32 @@ pub fn op_expr(op: &Op, arg_dtypes: &[DType], o: &Operands<'_>) -> Option<String
         Op::Cmp(c, _, _) => format!("{} {} {}", a(0), cmp_op(*c), a(1)),
         Op::Select(..) => format!("{} ? {} : {}", a(0), a(1), a(2)),
         Op::Cast(_, to) => cast(arg_dtypes[0], *to, a(0)),
-        Op::Rope { style, scaling, .. } => {
+        Op::Rope { style, .. } => {
             let f = match style {
                 RopeStyle::HalfSplit => "kiln_rope_half_split",
                 RopeStyle::Interleaved => "kiln_rope_interleaved",
             };
             // operands: pos, theta, head_dim, then the four scaling values if present
-            let sc = if scaling.is_some() {
-                format!("kiln_llama3_on({}, {}, {}, {})", a(3), a(4), a(5), a(6))
-            } else {
-                "kiln_llama3_off()".to_string()
-            };
-            format!("{f}({}, {}, {}, {}, {}, {sc})", o.rope_row?, o.column, a(0), a(1), a(2))
+            let t = o.rope_table?;
+            format!("{f}({}, {}, {}, {t}_cos, {t}_sin)", o.rope_row?, o.column, a(2))
         }
     })
+}
+
+/// The statements that declare and fill a `Rope` node's per-row cos/sin table named `table`
+/// (`{table}_cos`, `{table}_sin`); `args` spell the node's operands. `None` for other ops.
+pub fn rope_table_fill(op: &Op, args: &[String], table: &str) -> Option<[String; 2]> {
+    let Op::Rope { scaling, .. } = op else { return None };
+    let a = |i: usize| args[i].as_str();
+    let sc = if scaling.is_some() {
+        format!("kiln_llama3_on({}, {}, {}, {})", a(3), a(4), a(5), a(6))
+    } else {
+        "kiln_llama3_off()".to_string()
+    };
+    Some([
+        format!("__shared__ float {table}_cos[KILN_ROPE_MAX_PAIRS], {table}_sin[KILN_ROPE_MAX_PAIRS];"),
+        format!("kiln_rope_table({table}_cos, {table}_sin, {}, {}, {}, {sc});", a(0), a(1), a(2)),
+    ])
 }
 
 fn unary(u: UnaryOp, d: DType, a: &str) -> String {
@@ -133,7 +147,7 @@ mod tests {
 
     fn ex(op: Op, d: &[DType]) -> String {
         let args: Vec<String> = (0..op.operands().len()).map(|i| format!("a{i}")).collect();
-        op_expr(&op, d, &Operands { args: &args, rope_row: Some("row"), column: "c" }).unwrap()
+        op_expr(&op, d, &Operands { args: &args, rope_row: Some("row"), rope_table: Some("t"), column: "c" }).unwrap()
     }
 
     #[test]

@@ -129,7 +129,7 @@ __device__ __forceinline__ float kiln_block_max(float x, float* red) {
 #endif  // KILN_PRELUDE_REDUCE
 "#;
 
-/// RoPE: the CPU backend's formulas, element by element.
+/// RoPE: the CPU backend's formulas, with each row's cos/sin tabulated once per pair.
 pub const ROPE: &str = r#"#ifndef KILN_PRELUDE_ROPE
 #define KILN_PRELUDE_ROPE
 // Llama-3 frequency scaling; `on == false` leaves inv_freq unchanged.
@@ -158,30 +158,39 @@ __device__ __forceinline__ float kiln_rope_inv_freq(int i, float theta, int head
   }
   return inv_freq;
 }
-// x[c] rotated against x[partner]; `first`: c is the first column of its pair.
-// Both columns are read from memory (scalar loads): the partner may belong to another
-// thread's vector.
+// Rotation pairs per head a block can tabulate (head_dim <= 2 * KILN_ROPE_MAX_PAIRS).
+#define KILN_ROPE_MAX_PAIRS 256
+// This row's cos/sin of every rotation pair: the angle depends on (position, pair) only, so
+// all heads of the row share one table and each pair's cosf/sinf is computed once per row
+// instead of once per column. Ends with a barrier: call it where the whole block is present.
+__device__ __forceinline__ void kiln_rope_table(float* __restrict__ cs, float* __restrict__ sn, int pos, float theta, int head_dim, kiln_llama3 s) {
+  if (head_dim <= 0 || (head_dim & 1) || head_dim / 2 > KILN_ROPE_MAX_PAIRS) __trap();
+  for (int i = (int)threadIdx.x; i < head_dim / 2; i += (int)blockDim.x) {
+    const float angle = (float)pos * kiln_rope_inv_freq(i, theta, head_dim, s);
+    cs[i] = cosf(angle);
+    sn[i] = sinf(angle);
+  }
+  __syncthreads();
+}
+// x[c] rotated against x[partner] by pair i of the table; `first`: c is the first column of
+// its pair. The partner is read from memory (it may belong to another thread's vector).
 template <typename T>
-__device__ __forceinline__ float kiln_rope_rotate(const T* __restrict__ x, int c, int partner, bool first, int pos, float inv_freq) {
-  const float angle = (float)pos * inv_freq;
-  const float cs = cosf(angle), sn = sinf(angle);
+__device__ __forceinline__ float kiln_rope_apply(const T* __restrict__ x, int c, int partner, bool first, const float* __restrict__ cs, const float* __restrict__ sn, int i) {
   const float a = kiln_to_f32(x[c]), b = kiln_to_f32(x[partner]);
-  return first ? a * cs - b * sn : a * cs + b * sn;
+  return first ? a * cs[i] - b * sn[i] : a * cs[i] + b * sn[i];
 }
 // HF "rotate_half" layout: column j of a head pairs with j +- head_dim/2.
 template <typename T>
-__device__ __forceinline__ float kiln_rope_half_split(const T* __restrict__ x, int c, int pos, float theta, int head_dim, kiln_llama3 s) {
+__device__ __forceinline__ float kiln_rope_half_split(const T* __restrict__ x, int c, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
   const int j = c % head_dim, half = head_dim / 2;
   const bool first = j < half;
-  const float inv_freq = kiln_rope_inv_freq(j % half, theta, head_dim, s);
-  return kiln_rope_rotate(x, c, first ? c + half : c - half, first, pos, inv_freq);
+  return kiln_rope_apply(x, c, first ? c + half : c - half, first, cs, sn, first ? j : j - half);
 }
 // GPT-J / llama.cpp layout: column 2i pairs with 2i+1.
 template <typename T>
-__device__ __forceinline__ float kiln_rope_interleaved(const T* __restrict__ x, int c, int pos, float theta, int head_dim, kiln_llama3 s) {
+__device__ __forceinline__ float kiln_rope_interleaved(const T* __restrict__ x, int c, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
   const int j = c % head_dim;
-  const float inv_freq = kiln_rope_inv_freq(j / 2, theta, head_dim, s);
-  return kiln_rope_rotate(x, c, c ^ 1, (c & 1) == 0, pos, inv_freq);
+  return kiln_rope_apply(x, c, c ^ 1, (c & 1) == 0, cs, sn, j / 2);
 }
 #endif  // KILN_PRELUDE_ROPE
 "#;
