@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod convert;
 pub mod kernels;
 pub mod generate;
+pub mod detok_adapter;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod loader;

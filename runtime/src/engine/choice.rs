@@ -1,0 +1,95 @@
+//! One sampled choice of a request: its sampler, stop checker, token history and text stream,
+//! and the one operation the engine needs — turn a logits row into the next token and its
+//! event.
+//!
+//! Invariants: all per-choice state lives here and only changes in [`Choice::advance`], so a
+//! preempted sequence (whose KV is recomputed) resumes with exactly the state it had and its
+//! output is unchanged; a finished choice takes no more tokens.
+//!
+//! Seeds: choice `i` of a request with `seed: Some(s)` samples with seed `s + i` (wrapping), so
+//! `n` choices differ from one another and each is reproducible; without a seed every choice
+//! draws its own from the OS.
+
+use super::api::{EngineEvent, TextStream, TokenLogprob};
+use crate::sample::{FinishReason, Sampler, SamplingParams, StopChecker, TokenHistory};
+use crate::sched::SeqId;
+
+pub(crate) struct Choice {
+    pub index: usize,
+    /// The scheduler sequence computing it (`None` until forked from choice 0).
+    pub seq: Option<SeqId>,
+    sampler: Sampler,
+    stop: StopChecker,
+    history: TokenHistory,
+    text: Box<dyn TextStream>,
+    logprobs: bool,
+    pub finished: Option<FinishReason>,
+}
+
+/// What one token did to a choice.
+pub(crate) struct Advance {
+    pub token: u32,
+    pub event: EngineEvent,
+    pub finished: Option<FinishReason>,
+}
+
+impl Choice {
+    pub fn new(
+        index: usize,
+        params: &SamplingParams,
+        eos: &[u32],
+        prompt: &[u32],
+        text: Box<dyn TextStream>,
+    ) -> Result<Self, String> {
+        let mut p = params.clone();
+        p.seed = params.seed.map(|s| s.wrapping_add(index as u64));
+        Ok(Choice {
+            index,
+            seq: None,
+            sampler: Sampler::new(&p).map_err(|e| e.to_string())?,
+            stop: StopChecker::new(&p, eos).map_err(|e| e.to_string())?,
+            history: TokenHistory::new(prompt),
+            text,
+            logprobs: p.logprobs.is_some(),
+            finished: None,
+        })
+    }
+
+    pub fn output(&self) -> &[u32] {
+        self.history.output()
+    }
+
+    /// Samples the next token from `logits`, detokenizes it and checks the stop conditions.
+    pub fn advance(&mut self, logits: &[f32]) -> Result<Advance, String> {
+        let s = self.sampler.sample(logits, &self.history).map_err(|e| e.to_string())?;
+        self.history.push_output(s.token);
+        let delta = self.text.step(s.token)?;
+        let mut out = self.stop.step(s.token, &delta).map_err(|e| e.to_string())?;
+        if out.finish == Some(FinishReason::Length) {
+            // Bytes the detokenizer still holds (an incomplete character at the very end).
+            out.text.push_str(&self.text.finish()?);
+        }
+        self.finished = out.finish;
+        let logprob = self.logprobs.then_some(TokenLogprob { logprob: s.logprob, top: s.top_logprobs });
+        Ok(Advance {
+            token: s.token,
+            event: EngineEvent::Token { index: self.index, token: s.token, text: out.text, logprob },
+            finished: out.finish,
+        })
+    }
+
+    /// Ends the choice for an outside reason; returns the held-back text to release.
+    pub fn end(&mut self, reason: FinishReason) -> String {
+        self.finished = Some(reason);
+        self.stop.finish(reason).map(|o| o.text).unwrap_or_default()
+    }
+
+    pub fn finished_event(&self, text: String) -> EngineEvent {
+        EngineEvent::Finished {
+            index: self.index,
+            reason: self.finished.unwrap_or(FinishReason::Abort),
+            text,
+            token_ids: self.output().to_vec(),
+        }
+    }
+}
