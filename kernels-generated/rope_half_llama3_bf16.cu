@@ -140,25 +140,48 @@ __device__ __forceinline__ void kiln_rope_table(float* __restrict__ cs, float* _
   }
   __syncthreads();
 }
-// x[c] rotated against x[partner] by pair i of the table; `first`: c is the first column of
-// its pair. The partner is read from memory (it may belong to another thread's vector).
-template <typename T>
-__device__ __forceinline__ float kiln_rope_apply(const T* __restrict__ x, int c, int partner, bool first, const float* __restrict__ cs, const float* __restrict__ sn, int i) {
-  const float a = kiln_to_f32(x[c]), b = kiln_to_f32(x[partner]);
-  return first ? a * cs[i] - b * sn[i] : a * cs[i] + b * sn[i];
-}
-// HF "rotate_half" layout: column j of a head pairs with j +- head_dim/2.
-template <typename T>
-__device__ __forceinline__ float kiln_rope_half_split(const T* __restrict__ x, int c, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
-  const int j = c % head_dim, half = head_dim / 2;
-  const bool first = j < half;
-  return kiln_rope_apply(x, c, first ? c + half : c - half, first, cs, sn, first ? j : j - half);
+// The VEC columns c0 .. c0+VEC-1 of this thread (c0 % VEC == 0), rotated by this row's table.
+// Column and partner are read with vector loads when the layout allows (the partner vector
+// of a half-split pair is VEC-aligned when (head_dim/2) % VEC == 0; an interleaved partner
+// sits in the same vector when VEC is even), else element by element.
+template <int VEC, typename T>
+__device__ __forceinline__ void kiln_rope_half_split(float (&out)[VEC], const T* __restrict__ x, int c0, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
+  const int half = head_dim / 2;
+  if (half % VEC == 0) {
+    const int j0 = c0 % head_dim;
+    const bool first = j0 < half;
+    const int i0 = first ? j0 : j0 - half;
+    T a[VEC], b[VEC];
+    kiln_load(a, x + c0);
+    kiln_load(b, x + (first ? c0 + half : c0 - half));
+    #pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const float xa = kiln_to_f32(a[e]), xb = kiln_to_f32(b[e]);
+      out[e] = first ? xa * cs[i0 + e] - xb * sn[i0 + e] : xa * cs[i0 + e] + xb * sn[i0 + e];
+    }
+  } else {
+    #pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const int c = c0 + e, j = c % head_dim;
+      const bool first = j < half;
+      const int i = first ? j : j - half;
+      const float xa = kiln_to_f32(x[c]), xb = kiln_to_f32(x[first ? c + half : c - half]);
+      out[e] = first ? xa * cs[i] - xb * sn[i] : xa * cs[i] + xb * sn[i];
+    }
+  }
 }
 // GPT-J / llama.cpp layout: column 2i pairs with 2i+1.
-template <typename T>
-__device__ __forceinline__ float kiln_rope_interleaved(const T* __restrict__ x, int c, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
-  const int j = c % head_dim;
-  return kiln_rope_apply(x, c, c ^ 1, (c & 1) == 0, cs, sn, j / 2);
+template <int VEC, typename T>
+__device__ __forceinline__ void kiln_rope_interleaved(float (&out)[VEC], const T* __restrict__ x, int c0, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
+  T a[VEC];
+  kiln_load(a, x + c0);
+  #pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const int c = c0 + e, i = (c % head_dim) / 2;
+    const float xa = kiln_to_f32(a[e]);
+    const float xb = (VEC % 2 == 0) ? kiln_to_f32(a[e ^ 1]) : kiln_to_f32(x[c ^ 1]);
+    out[e] = (c & 1) == 0 ? xa * cs[i] - xb * sn[i] : xa * cs[i] + xb * sn[i];
+  }
 }
 #endif  // KILN_PRELUDE_ROPE
 
@@ -196,10 +219,12 @@ __device__ __forceinline__ void rope_half_llama3_bf16_body(
   kiln_rope_table(kiln_rope7_cos, kiln_rope7_sin, v0_pos, v1_theta, v2_head_dim, kiln_llama3_on(v3_factor, v4_low_freq_factor, v5_high_freq_factor, v6_original_max_position));  // %7 = rope.half_split x, pos=%0, theta=%1, head_dim=%2, llama3(factor=%3, low=%4, high=%5, orig_max=%6): this row's cos/sin per rotation pair
   for (int v = (int)threadIdx.x; v < nvec; v += (int)blockDim.x) {
     const int c0 = v * VEC;  // first column of this vector
+    float kiln_rope7[VEC];  // %7 = rope.half_split x, pos=%0, theta=%1, head_dim=%2, llama3(factor=%3, low=%4, high=%5, orig_max=%6): this thread's columns
+    kiln_rope_half_split<VEC>(kiln_rope7, p0_x_row, c0, v2_head_dim, kiln_rope7_cos, kiln_rope7_sin);  // %7 = rope.half_split x, pos=%0, theta=%1, head_dim=%2, llama3(factor=%3, low=%4, high=%5, orig_max=%6): this thread's columns
     kiln_bf16 o0_y_vec[VEC];
     #pragma unroll
     for (int e = 0; e < VEC; ++e) {
-      const float v7_y = kiln_rope_half_split(p0_x_row, c0 + e, v2_head_dim, kiln_rope7_cos, kiln_rope7_sin);  // %7 = rope.half_split x, pos=%0, theta=%1, head_dim=%2, llama3(factor=%3, low=%4, high=%5, orig_max=%6)
+      const float v7_y = kiln_rope7[e];  // %7 = rope.half_split x, pos=%0, theta=%1, head_dim=%2, llama3(factor=%3, low=%4, high=%5, orig_max=%6)
       const kiln_bf16 v8 = kiln_f32_to_bf16(v7_y);  // %8 = cast %7 to bf16
       o0_y_vec[e] = v8;  // output y = %8
     }

@@ -21,7 +21,7 @@
 //! - outputs must not alias inputs (pointers are `__restrict__`, and RoPE reads other
 //!   columns of its input).
 
-use super::expr::{op_expr, rope_table_fill, Operands};
+use super::expr::{op_expr, rope_table_fill, rope_vector_call, Operands};
 use super::names::{self, c_type};
 use super::plan::{Plan, StagePlan};
 use super::prelude;
@@ -236,12 +236,8 @@ impl Body<'_> {
         let ops = node.op.operands();
         let args: Vec<String> = ops.iter().map(|o| self.operand(*o)).collect();
         let dts: Vec<_> = ops.iter().map(|o| k.ty(*o).dtype).collect();
-        let rope_row = match node.op {
-            Op::Rope { x, .. } => Some(names::param_row(k, x as usize)),
-            _ => None,
-        };
         let table = rope_table_name(v);
-        let o = Operands { args: &args, rope_row: rope_row.as_deref(), rope_table: Some(&table), column: "c0 + e" };
+        let o = Operands { args: &args, rope_table: Some(&table) };
         op_expr(&node.op, &dts, &o).ok_or_else(|| CompileError::Emit {
             kernel: k.spec_name(),
             msg: format!("{v} ({}) has no expression form", k.op_text(&node.op)),
@@ -339,6 +335,17 @@ impl Body<'_> {
             } else {
                 w.line(&format!("{} {}[VEC];", c_type(k.ty(v).dtype), names::var(k, v)));
                 w.line_c(&format!("kiln_load({}, {src} + c0);", names::var(k, v)), &self.node_comment(v));
+            }
+        }
+        for &v in &st.elem {
+            let node = k.node(v);
+            let Op::Rope { x, .. } = node.op else { continue };
+            let args: Vec<String> = node.op.operands().iter().map(|o| self.operand(*o)).collect();
+            let row = names::param_row(k, x as usize);
+            if let Some(lines) = rope_vector_call(&node.op, &args, &row, &rope_table_name(v)) {
+                for l in lines {
+                    w.line_c(&l, &format!("{}: this thread's columns", self.node_comment(v)));
+                }
             }
         }
         for &oi in &st.row_outputs {

@@ -18,11 +18,9 @@ use crate::ir::{BinaryOp, CmpOp, Const, DType, Op, RopeStyle, UnaryOp};
 pub struct Operands<'a> {
     /// The spelling of each operand, in `Op::operands` order.
     pub args: &'a [String],
-    /// For `Rope`: this block's row of the rotated param, and the current column.
-    pub rope_row: Option<&'a str>,
-    /// For `Rope`: the name prefix of this node's cos/sin table (see [`rope_table_fill`]).
+    /// For `Rope`: the name of this node's rotated vector and cos/sin tables (see
+    /// [`rope_table_fill`] and [`rope_vector_call`]).
     pub rope_table: Option<&'a str>,
-    pub column: &'a str,
 }
 
 /// The expression of `op`, whose operands have dtypes `arg_dtypes` (same order as `args`).
@@ -40,16 +38,20 @@ pub fn op_expr(op: &Op, arg_dtypes: &[DType], o: &Operands<'_>) -> Option<String
         Op::Cmp(c, _, _) => format!("{} {} {}", a(0), cmp_op(*c), a(1)),
         Op::Select(..) => format!("{} ? {} : {}", a(0), a(1), a(2)),
         Op::Cast(_, to) => cast(arg_dtypes[0], *to, a(0)),
-        Op::Rope { style, .. } => {
-            let f = match style {
-                RopeStyle::HalfSplit => "kiln_rope_half_split",
-                RopeStyle::Interleaved => "kiln_rope_interleaved",
-            };
-            // operands: pos, theta, head_dim, then the four scaling values if present
-            let t = o.rope_table?;
-            format!("{f}({}, {}, {}, {t}_cos, {t}_sin)", o.rope_row?, o.column, a(2))
-        }
+        // Rotated before the element loop by `rope_vector_call`; here, this element of it.
+        Op::Rope { .. } => format!("{}[e]", o.rope_table?),
     })
+}
+
+/// The statements that rotate this thread's vector of a `Rope` node (before the element loop)
+/// into `{table}` (`float {table}[VEC]`); `row` is the block's row of the rotated param.
+pub fn rope_vector_call(op: &Op, args: &[String], row: &str, table: &str) -> Option<[String; 2]> {
+    let Op::Rope { style, .. } = op else { return None };
+    let f = match style {
+        RopeStyle::HalfSplit => "kiln_rope_half_split",
+        RopeStyle::Interleaved => "kiln_rope_interleaved",
+    };
+    Some([format!("float {table}[VEC];"), format!("{f}<VEC>({table}, {row}, c0, {}, {table}_cos, {table}_sin);", args[2])])
 }
 
 /// The statements that declare and fill a `Rope` node's per-row cos/sin table named `table`
@@ -147,7 +149,7 @@ mod tests {
 
     fn ex(op: Op, d: &[DType]) -> String {
         let args: Vec<String> = (0..op.operands().len()).map(|i| format!("a{i}")).collect();
-        op_expr(&op, d, &Operands { args: &args, rope_row: Some("row"), rope_table: Some("t"), column: "c" }).unwrap()
+        op_expr(&op, d, &Operands { args: &args, rope_table: Some("t") }).unwrap()
     }
 
     #[test]
