@@ -3,6 +3,7 @@
 
 mod cmd_convert;
 mod cmd_generate;
+mod cmd_serve;
 mod device_arg;
 
 use clap::{Parser, Subcommand};
@@ -27,12 +28,15 @@ enum Command {
     },
     /// Fetch the default model into the cache (if it is not there) and print its path.
     Fetch,
+    /// Serve the OpenAI-compatible HTTP API (completions, chat, models, tokenize, health, metrics).
+    Serve(cmd_serve::ServeArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => cmd_generate::run(args),
+        Command::Serve(args) => cmd_serve::run(args),
         Command::Convert { gguf, out_dir } => cmd_convert::run(&gguf, &out_dir),
         Command::Fetch => kiln_models::fetch::default_model_path().map(|p| println!("{}", p.display())).map_err(Into::into),
     };

@@ -1,0 +1,134 @@
+//! The real model behind the HTTP layer: the engine's handles as [`Backend`] and
+//! [`RequestStream`], [`ModelCodec`] over the model's tokenizer and chat template, and
+//! [`load`], which reads a model and starts its engine.
+
+use crate::backend::{Backend, BoxFuture, RequestStream};
+use crate::codec::{Codec, CodecError};
+use crate::engine_api::{
+    Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, EngineStats, GenerateRequest,
+    Heartbeat, RequestHandle, SubmitError,
+};
+use crate::state::Loaded;
+use kiln_codegen::ir::DType;
+use kiln_models::detok_adapter::TokenizerDetokenizer;
+use kiln_models::loader::LoadError;
+use kiln_models::model::CausalLm;
+use kiln_models::tokenizer::{ChatMessage, ChatTemplate, ChatTemplateError, Tokenizer};
+use kiln_runtime::Device;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+impl Backend for EngineHandle {
+    fn submit(&self, req: GenerateRequest) -> Result<Box<dyn RequestStream>, SubmitError> {
+        Ok(Box::new(EngineHandle::submit(self, req)?))
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineHandle::stats(self)
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        EngineHandle::heartbeat(self)
+    }
+
+    fn max_model_len(&self) -> usize {
+        EngineHandle::max_model_len(self)
+    }
+
+    fn abort_all(&self) {
+        EngineHandle::abort_all(self)
+    }
+
+    fn shutdown(&self) {
+        EngineHandle::shutdown(self)
+    }
+}
+
+impl RequestStream for RequestHandle {
+    fn recv(&mut self) -> BoxFuture<'_, Option<EngineEvent>> {
+        Box::pin(RequestHandle::recv(self))
+    }
+}
+
+pub struct ModelCodec {
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+}
+
+impl Codec for ModelCodec {
+    fn encode(&self, text: &str, with_bos: bool) -> Result<Vec<u32>, CodecError> {
+        self.tokenizer
+            .encode(text, with_bos)
+            .map_err(|e| CodecError::Invalid(e.to_string()))
+    }
+
+    fn default_bos(&self) -> bool {
+        self.tokenizer.add_bos_by_default()
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, CodecError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| CodecError::Invalid(e.to_string()))
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        self.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+
+    fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, CodecError> {
+        self.template
+            .render_for(&self.tokenizer, messages, add_generation_prompt)
+            .map_err(|e| match e {
+                // The template refused the conversation, or the messages don't fit its logic:
+                // the client's input, so 400.
+                ChatTemplateError::Raised { .. } | ChatTemplateError::Render { .. } => {
+                    CodecError::Invalid(format!(
+                        "the chat template could not render the messages: {e}"
+                    ))
+                }
+                other => CodecError::Internal(other.to_string()),
+            })
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+}
+
+/// What to load and how to run it.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    pub path: PathBuf,
+    pub device: Device,
+    pub dtype: DType,
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadModelError {
+    #[error("loading the model: {0}")]
+    Load(#[from] LoadError),
+    #[error("starting the engine: {0}")]
+    Engine(#[from] EngineError),
+}
+
+/// Reads the model (weights, tokenizer, chat template) and starts its engine thread. Blocking:
+/// call it from a blocking thread, not the reactor.
+pub fn load(spec: &ModelSpec) -> Result<Loaded, LoadModelError> {
+    let m = kiln_models::loader::load(&spec.path, &spec.device, spec.dtype)?;
+    let detok = Arc::new(TokenizerDetokenizer::new(m.tokenizer.clone()));
+    let model: Arc<dyn CausalLm> = Arc::from(m.model);
+    let handle = Engine::start(model, detok, spec.engine.clone())?;
+    Ok(Loaded {
+        backend: Arc::new(handle),
+        codec: Arc::new(ModelCodec {
+            tokenizer: m.tokenizer,
+            template: m.chat_template,
+        }),
+    })
+}

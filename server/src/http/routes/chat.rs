@@ -1,0 +1,92 @@
+//! `POST /v1/chat/completions`: messages rendered with the model's chat template.
+
+use super::Arrived;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use crate::generation::flight::Flight;
+use crate::generation::{self, Flavor, Job};
+use crate::protocol::chat::{ChatCompletionRequest, ChatCompletionResponse};
+use crate::state::{unix_now, AppState};
+use crate::{prompt, validate};
+use axum::extract::State;
+use axum::response::Response;
+use axum::Extension;
+use std::sync::Arc;
+
+/// Chat completion, streamed (SSE) or not.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion (JSON), or with `stream` an SSE stream of `chat.completion.chunk` objects ending with `data: [DONE]`", body = ChatCompletionResponse),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Overloaded; retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 500, description = "The engine failed the request", body = ErrorBody),
+        (status = 503, description = "Loading or shutting down", body = ErrorBody),
+    )
+)]
+pub async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    arrived: Option<Extension<Arrived>>,
+    body: ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let arrived = super::arrived(arrived);
+    st.warn_unknown_fields("/v1/chat/completions", &body.unknown_fields);
+    let req = body.value;
+    st.check_model(req.model.as_deref())?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_value(
+            "tools",
+            "tool calling is not supported by this server",
+        ));
+    }
+    if let Some(rf) = &req.response_format {
+        if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(ApiError::bad_value(
+                "response_format",
+                "only {\"type\": \"text\"} is supported",
+            ));
+        }
+    }
+    let (permit, loaded) = st.admit()?;
+    let plan = validate::plan(&req.sampling(), &st.cfg, loaded.codec.vocab_size())?;
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let messages = prompt::chat_messages(req.messages)?;
+    let p = prompt::chat_prompt(
+        messages,
+        req.add_generation_prompt.unwrap_or(true),
+        &st.cfg,
+        &loaded.codec,
+    )
+    .await?;
+    let reqs = generation::requests(
+        &plan,
+        std::slice::from_ref(&p),
+        loaded.backend.max_model_len(),
+        "messages",
+    )?;
+    let subs = generation::submit_all(loaded.backend.as_ref(), reqs)?;
+    let job = Job {
+        flavor: Flavor::Chat,
+        id: st.next_id("chatcmpl"),
+        created: unix_now(),
+        model: st.cfg.served_model_name.clone(),
+        n: plan.n,
+        logprobs: plan.logprobs,
+        include_usage,
+        echo: vec![None],
+        codec: Arc::clone(&loaded.codec),
+        flight: Flight::new(permit, Arc::clone(&st.metrics), arrived),
+    };
+    generation::respond(job, subs, stream, st.cfg.sse_keep_alive).await
+}
