@@ -4,7 +4,10 @@ use crate::device_arg::{pick, DeviceArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::generate::generate;
 use kiln_models::tokenizer::ChatMessage;
+use kiln_models::loader::LoadedModel;
+use kiln_runtime::engine::{BeamParams, Engine, EngineConfig, EngineEvent, GenerateRequest};
 use kiln_runtime::sample::SamplingParams;
+use std::sync::Arc;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -51,6 +54,20 @@ pub struct GenerateArgs {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Independent samples of the prompt, each printed in full (they share the prompt's KV);
+    /// with --beam-width, how many of the best beams to print.
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Beam search with this many beams instead of sampling (HF semantics; sampling flags other
+    /// than --max-tokens, --ignore-eos and --seed do not apply).
+    #[arg(long)]
+    beam_width: Option<usize>,
+    /// Beam scores are `sum logprob / length^length_penalty`.
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f32,
+    /// Beam search goes on until no live beam can beat the kept ones (HF early_stopping=False).
+    #[arg(long)]
+    no_early_stopping: bool,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -87,6 +104,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
         logprobs: None,
     };
+    if a.n > 1 || a.beam_width.is_some() {
+        let beam = a.beam_width.map(|width| BeamParams { width, length_penalty: a.length_penalty, early_stopping: !a.no_early_stopping });
+        return run_engine(loaded, prompt_ids, params, a.n, beam, a.json);
+    }
     let mut stdout = std::io::stdout().lock();
     let json = a.json;
     let out = generate(loaded.model.as_ref(), &loaded.tokenizer, &prompt_ids, &params, |delta| {
@@ -117,5 +138,63 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             out.finish_reason.as_str()
         );
     }
+    Ok(())
+}
+
+/// `--n` / `--beam-width`: the request goes through the engine (forked choices or beams) and
+/// each choice is printed in full at the end.
+fn run_engine(loaded: LoadedModel, prompt_ids: Vec<u32>, params: SamplingParams, n: usize, beam: Option<BeamParams>, json: bool) -> Result<()> {
+    let width = beam.as_ref().map_or(1, |b| b.width);
+    let what = if beam.is_some() { "beam" } else { "choice" };
+    let cfg = EngineConfig { max_num_seqs: EngineConfig::default().max_num_seqs.max(n).max(width), ..EngineConfig::default() };
+    let LoadedModel { model, tokenizer, .. } = loaded;
+    let detok = Arc::new(kiln_models::detok_adapter::TokenizerDetokenizer::new(tokenizer));
+    let engine = Engine::start(Arc::from(model), detok, cfg)?;
+    let t0 = std::time::Instant::now();
+    let mut h = engine.submit(GenerateRequest { prompt_ids: prompt_ids.clone(), params, n, beam })?;
+    // (text, token ids, finish reason) per choice.
+    let mut choices: Vec<(String, Vec<u32>, Option<&'static str>)> = vec![Default::default(); n];
+    let usage = loop {
+        match h.blocking_recv() {
+            Some(EngineEvent::Token { index, token, text, .. }) => {
+                if let Some(c) = choices.get_mut(index) {
+                    c.0.push_str(&text);
+                    c.1.push(token);
+                }
+            }
+            Some(EngineEvent::Finished { index, reason, text, token_ids }) => {
+                if let Some(c) = choices.get_mut(index) {
+                    c.0.push_str(&text);
+                    c.1 = token_ids;
+                    c.2 = Some(reason.as_str());
+                }
+            }
+            Some(EngineEvent::Done { usage }) => break usage,
+            Some(EngineEvent::Error { message }) => bail!("generation failed: {message}"),
+            None => bail!("the engine stopped"),
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    engine.shutdown();
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "choices": choices.iter().enumerate().map(|(i, c)| serde_json::json!({
+                "index": i, "text": c.0, "token_ids": c.1, "finish_reason": c.2,
+            })).collect::<Vec<_>>(),
+            "usage": usage,
+        });
+        writeln!(stdout, "{v}")?;
+        return Ok(());
+    }
+    for (i, c) in choices.iter().enumerate() {
+        writeln!(stdout, "--- {what} {i} ({} tokens, finish: {}) ---", c.1.len(), c.2.unwrap_or("?"))?;
+        writeln!(stdout, "{}", c.0)?;
+    }
+    eprintln!(
+        "[{} prompt tokens; {} generated over {n} {what}s in {secs:.2} s]",
+        usage.prompt_tokens, usage.completion_tokens
+    );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `kiln` binary: one CLI over the engine (`generate`, `convert`, `fetch`, ...). The GPU
 //! kernel check is a separate binary, `kiln-check-kernels` (kiln-models).
 
+mod cmd_bench;
 mod cmd_convert;
 mod cmd_generate;
 mod cmd_serve;
@@ -30,6 +31,8 @@ enum Command {
     Fetch,
     /// Serve the OpenAI-compatible HTTP API (completions, chat, models, tokenize, health, metrics).
     Serve(cmd_serve::ServeArgs),
+    /// Run synthetic requests through the engine; report throughput and latency percentiles.
+    Bench(cmd_bench::BenchArgs),
 }
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
         Command::Serve(args) => cmd_serve::run(args),
         Command::Convert { gguf, out_dir } => cmd_convert::run(&gguf, &out_dir),
         Command::Fetch => kiln_models::fetch::default_model_path().map(|p| println!("{}", p.display())).map_err(Into::into),
+        Command::Bench(args) => cmd_bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
