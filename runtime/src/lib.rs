@@ -4,6 +4,7 @@ pub mod attention;
 pub mod engine;
 pub mod gather;
 pub mod model;
+pub mod nvrtc_check;
 pub mod sample;
 pub mod kv;
 pub mod sched;

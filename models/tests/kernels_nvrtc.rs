@@ -1,0 +1,42 @@
+//! Every specialisation of every kernel the models use (`kernels::ALL`, the files in
+//! kernels-generated/) compiles with NVRTC for sm_80 and sm_90 with an empty log. NVRTC needs
+//! no GPU: scripts/test.sh fetches it from the PyPI wheel nvidia-cuda-nvrtc==13.0.88 and puts
+//! it on LD_LIBRARY_PATH. Set KILN_SKIP_NVRTC=1 to skip where it cannot be had.
+
+use kiln_models::kernels::ALL;
+use kiln_runtime::nvrtc_check::{compile_strict, nvrtc_present};
+
+#[test]
+fn every_model_kernel_compiles_for_sm80_and_sm90_without_warnings() {
+    if !nvrtc_present() {
+        if std::env::var("KILN_SKIP_NVRTC").as_deref() == Ok("1") {
+            eprintln!("KILN_SKIP_NVRTC=1: skipped");
+            return;
+        }
+        panic!("libnvrtc.so.13 not found: run scripts/test.sh (it fetches the nvidia-cuda-nvrtc wheel) or set KILN_SKIP_NVRTC=1");
+    }
+    let mut failures = vec![];
+    let mut compiled = 0;
+    for def in ALL {
+        for spec in def.specs {
+            let file = format!("{}_{}.cu", def.name, spec.dtype);
+            for arch in ["sm_80", "sm_90"] {
+                match compile_strict(&file, spec.cuda, arch) {
+                    Ok(ptx) => {
+                        compiled += 1;
+                        let k = &def.compiled(spec.dtype).expect("embedded IR").kernel;
+                        let (vec_entry, scalar_entry) = kiln_codegen::abi::entry_names(k);
+                        for entry in [vec_entry, scalar_entry] {
+                            if !ptx.contains(&format!(".entry {entry}(")) {
+                                failures.push(format!("{file} ({arch}): no entry point {entry} in the PTX"));
+                            }
+                        }
+                    }
+                    Err(log) => failures.push(format!("{file} ({arch}): {log}")),
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(compiled, ALL.iter().map(|d| d.specs.len() * 2).sum::<usize>());
+}
