@@ -72,6 +72,9 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     pub retry_after_s: Option<u64>,
     pub failure: Failure,
+    /// Answered before the request body was read: the connection can't be reused, so say
+    /// `Connection: close` (a keep-alive client would otherwise race the close).
+    pub close: bool,
 }
 
 /// The JSON body (also the SSE error event's payload).
@@ -104,6 +107,7 @@ impl ApiError {
             code: None,
             retry_after_s: None,
             failure,
+            close: false,
         }
     }
 
@@ -133,6 +137,7 @@ impl ApiError {
             "missing or invalid API key: send `Authorization: Bearer <key>`",
         );
         e.code = Some("invalid_api_key");
+        e.close = true;
         e
     }
 
@@ -144,6 +149,13 @@ impl ApiError {
             message,
         );
         e.code = Some("not_found");
+        e
+    }
+
+    /// 404 for a path with no route (its body is never read).
+    pub fn no_route(message: impl Into<String>) -> Self {
+        let mut e = Self::not_found(message);
+        e.close = true;
         e
     }
 
@@ -164,6 +176,7 @@ impl ApiError {
             "method not allowed on this route",
         );
         e.code = Some("method_not_allowed");
+        e.close = true;
         e
     }
 
@@ -175,6 +188,7 @@ impl ApiError {
             format!("the request body is larger than the limit of {limit} bytes"),
         );
         e.code = Some("body_too_large");
+        e.close = true;
         e
     }
 
@@ -295,6 +309,12 @@ impl IntoResponse for ApiError {
         }
         if self.status.is_server_error() && self.retry_after_s.is_none() {
             h.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if self.close {
+            h.insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
         }
         resp.extensions_mut().insert(self.failure);
         resp

@@ -23,12 +23,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("(not ASCII)");
-            if !is_json(ct) {
-                return Err(ApiError::unsupported_media_type(ct));
-            }
-        }
+        // The Content-Type is checked after the body is read: a refused request whose body
+        // stayed unread would force the connection closed, and a keep-alive client racing a
+        // close sees a transport error instead of our 415.
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|ct| ct.to_str().unwrap_or("(not ASCII)").to_string());
         let limit = state.cfg.max_body_bytes;
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -41,6 +42,11 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
                 )
             }
         })?;
+        if let Some(ct) = content_type {
+            if !is_json(&ct) {
+                return Err(ApiError::unsupported_media_type(&ct));
+            }
+        }
         let (value, unknown_fields) = parse(&bytes)?;
         Ok(ApiJson {
             value,

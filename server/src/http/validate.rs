@@ -22,6 +22,9 @@ pub struct GenPlan {
     pub params: SamplingParams,
     pub max_tokens: Option<u64>,
     pub max_tokens_param: &'static str,
+    /// `max_tokens` when the request gives none: `Some(16)` for completions (the OpenAI
+    /// default), `None` for chat (whatever the context leaves).
+    pub default_max_tokens: Option<usize>,
     pub n: usize,
     pub beam: Option<BeamParams>,
     pub logprobs: bool,
@@ -122,6 +125,7 @@ pub fn plan(f: &SamplingFields, cfg: &ServerConfig, vocab: usize) -> Result<GenP
         params,
         max_tokens: f.max_tokens,
         max_tokens_param: f.max_tokens_param,
+        default_max_tokens: f.default_max_tokens,
         n,
         beam,
         logprobs: f.logprobs.is_some(),
@@ -189,8 +193,8 @@ fn sampling_error(e: SamplingError, f: &SamplingFields) -> ApiError {
     }
 }
 
-/// The plan's parameters for a prompt of `prompt_len` tokens: `max_tokens` defaults to what
-/// the context leaves; a prompt or request over the context is refused with both numbers.
+/// The plan's parameters for a prompt of `prompt_len` tokens: `max_tokens` defaults to the
+/// route's default, capped by what the context leaves (or to all of it when none); a prompt or request over the context is refused with both numbers.
 pub fn for_prompt(
     plan: &GenPlan,
     prompt_len: usize,
@@ -215,7 +219,7 @@ pub fn for_prompt(
     }
     let room = max_model_len - prompt_len;
     let max_tokens = match plan.max_tokens {
-        None => room,
+        None => plan.default_max_tokens.map_or(room, |d| d.min(room)),
         Some(m) if m <= room as u64 => m as usize,
         Some(m) => {
             return Err(ApiError::invalid(

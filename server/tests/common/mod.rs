@@ -109,3 +109,98 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         (n == name).then(|| v.parse().ok()).flatten()
     })
 }
+
+/// A server over the real default model (CPU, f32), shared by every test of one test binary:
+/// it runs on its own thread and runtime so each `#[tokio::test]` can use it.
+pub struct RealServer {
+    pub base: String,
+    pub state: Arc<AppState>,
+}
+
+pub const REAL_MODEL_NAME: &str = "smollm2";
+
+pub fn real_server() -> &'static RealServer {
+    static SERVER: std::sync::OnceLock<RealServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        start_real(
+            ServerConfig {
+                served_model_name: REAL_MODEL_NAME.into(),
+                ..ServerConfig::default()
+            },
+            kiln_runtime::engine::EngineConfig::default(),
+        )
+    })
+}
+
+/// Starts a real-model server that lives until the test process exits.
+pub fn start_real(cfg: ServerConfig, engine: kiln_runtime::engine::EngineConfig) -> RealServer {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let path = kiln_models::fetch::default_model_path()
+                .expect("the default model (run `kiln fetch`)");
+            let spec = kiln_server::engine_backend::ModelSpec {
+                path,
+                device: kiln_runtime::Device::Cpu,
+                dtype: kiln_codegen::ir::DType::F32,
+                engine,
+            };
+            let loaded =
+                tokio::task::spawn_blocking(move || kiln_server::engine_backend::load(&spec))
+                    .await
+                    .expect("load thread")
+                    .expect("load the model");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind loopback");
+            let state = AppState::new(cfg);
+            state.set_ready(loaded);
+            let server = start(state.clone(), listener).expect("start");
+            let _ = tx.send(RealServer {
+                base: format!("http://{}", server.addr),
+                state,
+            });
+            // Serve until the test process exits.
+            std::future::pending::<()>().await;
+            drop(server);
+        });
+    });
+    rx.recv().expect("the real server did not start")
+}
+
+/// Polls `/metrics` until the engine holds no KV blocks and runs nothing.
+pub async fn wait_kv_drained(c: &reqwest::Client, base: &str, limit: Duration) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let text = c
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        let used = metric(&text, "llm_kv_blocks_used");
+        let drained = used == Some(0.0)
+            && metric(&text, "llm_requests_running") == Some(0.0)
+            && metric(&text, "llm_requests_waiting") == Some(0.0)
+            && metric(&text, "llm_http_requests_in_flight") == Some(0.0);
+        if drained {
+            assert_eq!(
+                metric(&text, "llm_kv_blocks_free"),
+                metric(&text, "llm_kv_blocks_total")
+            );
+            return text;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "KV not drained within {limit:?}: used {used:?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

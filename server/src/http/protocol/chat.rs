@@ -83,6 +83,7 @@ impl ChatCompletionRequest {
         SamplingFields {
             max_tokens,
             max_tokens_param,
+            default_max_tokens: None,
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,

@@ -32,6 +32,8 @@ pub struct SamplingFields {
     pub max_tokens: Option<u64>,
     /// Which field `max_tokens` came from (for error `param`s).
     pub max_tokens_param: &'static str,
+    /// Used when `max_tokens` is absent (`None`: what the context leaves).
+    pub default_max_tokens: Option<usize>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i64>,

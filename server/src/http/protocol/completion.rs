@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
+/// `max_tokens` of a completions request that gives none (OpenAI's default).
+pub const DEFAULT_MAX_TOKENS: usize = 16;
+
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of such lists.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -20,7 +23,7 @@ pub struct CompletionRequest {
     /// The served model name (optional here; the server serves one model).
     pub model: Option<String>,
     pub prompt: Option<PromptInput>,
-    /// Most tokens to generate; default: what the context leaves after the prompt.
+    /// Most tokens to generate; default 16 (as OpenAI's completions API).
     pub max_tokens: Option<u64>,
     /// 0 means greedy; at most 100.
     pub temperature: Option<f32>,
@@ -60,6 +63,7 @@ impl CompletionRequest {
         SamplingFields {
             max_tokens: self.max_tokens,
             max_tokens_param: "max_tokens",
+            default_max_tokens: Some(DEFAULT_MAX_TOKENS),
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
