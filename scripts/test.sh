@@ -25,3 +25,29 @@ cargo run --quiet -p kiln-server -- fetch
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast "$@"
+
+echo "== OpenAI client conformance (tests/python/openai_conformance.py against kiln serve on loopback)"
+OPENAI_VENV="$CACHE/venv-openai"
+if ! "$OPENAI_VENV/bin/python" -c 'import openai' 2>/dev/null; then
+  python3 -m venv "$OPENAI_VENV"
+  "$OPENAI_VENV/bin/pip" install --quiet openai
+fi
+cargo build --quiet -p kiln-server --bin kiln
+KILN_BIN="${CARGO_TARGET_DIR:-target}/debug/kiln"
+SERVE_LOG="$(mktemp)"
+"$KILN_BIN" serve --host 127.0.0.1 --port 0 --device cpu --served-model-name kiln-conformance >"$SERVE_LOG" 2>&1 &
+SERVE_PID=$!
+stop_serve() { kill -TERM "$SERVE_PID" 2>/dev/null || true; wait "$SERVE_PID" 2>/dev/null || true; }
+trap stop_serve EXIT
+for _ in $(seq 1 240); do
+  grep -q "ready in" "$SERVE_LOG" && break
+  if ! kill -0 "$SERVE_PID" 2>/dev/null; then cat "$SERVE_LOG"; echo "kiln serve exited early"; exit 1; fi
+  sleep 0.5
+done
+grep -q "ready in" "$SERVE_LOG" || { cat "$SERVE_LOG"; echo "kiln serve did not become ready"; exit 1; }
+SERVE_URL="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$SERVE_LOG" | head -n 1)"
+"$OPENAI_VENV/bin/python" tests/python/openai_conformance.py --base-url "$SERVE_URL/v1"
+kill -TERM "$SERVE_PID"
+wait "$SERVE_PID" || { cat "$SERVE_LOG"; echo "kiln serve did not exit cleanly after SIGTERM"; exit 1; }
+trap - EXIT
+rm -f "$SERVE_LOG"
