@@ -6,7 +6,7 @@
 //   add_rms_norm_f16_v1: one column per access; any layout
 // Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
-// 2 stage(s); cached in registers across stages: %6 (h).
+// 2 stage(s); cached in registers across stages: %0 (x), %1 (residual).
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
 //
 // IR:
@@ -162,7 +162,8 @@ __device__ __forceinline__ void add_rms_norm_f16_body(
   kiln_f16* __restrict__ o0_h_row = o0_h + (long long)row * o0_h_stride;
   kiln_f16* __restrict__ o1_y_row = o1_y + (long long)row * o1_y_stride;
   __shared__ float kiln_red[32];  // one partial per warp, reused by every reduction
-  float c_v6_h[KILN_MAX_ITERS][VEC];  // %6 (h), kept in registers for later stages
+  kiln_pack<kiln_f16, VEC> c_v0_x[KILN_MAX_ITERS];  // %0 (x): its bits, kept in registers for later stages
+  kiln_pack<kiln_f16, VEC> c_v1_residual[KILN_MAX_ITERS];  // %1 (residual): its bits, kept in registers for later stages
 
   // ---- stage 0 ----
   const float v3_eps = p3_eps;  // %3 = param eps
@@ -172,19 +173,17 @@ __device__ __forceinline__ void add_rms_norm_f16_body(
     const int v = it * (int)blockDim.x + (int)threadIdx.x;
     if (v < nvec) {
       const int c0 = v * VEC;  // first column of this vector
-      kiln_f16 v0_x[VEC];
-      kiln_load(v0_x, p0_x_row + c0);  // %0 = param x
-      kiln_f16 v1_residual[VEC];
-      kiln_load(v1_residual, p1_residual_row + c0);  // %1 = param residual
+      kiln_load_pack(c_v0_x[it], p0_x_row + c0);  // %0 = param x
+      kiln_load_pack(c_v1_residual[it], p1_residual_row + c0);  // %1 = param residual
       kiln_f16 o0_h_vec[VEC];
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float v4 = kiln_to_f32(v0_x[e]);  // %4 = cast %0 to f32
-        const float v5 = kiln_to_f32(v1_residual[e]);  // %5 = cast %1 to f32
-        c_v6_h[it][e] = v4 + v5;  // %6 = add %4, %5
-        const float v7 = c_v6_h[it][e] * c_v6_h[it][e];  // %7 = mul %6, %6
+        const float v4 = kiln_to_f32(c_v0_x[it].e[e]);  // %4 = cast %0 to f32
+        const float v5 = kiln_to_f32(c_v1_residual[it].e[e]);  // %5 = cast %1 to f32
+        const float v6_h = v4 + v5;  // %6 = add %4, %5
+        const float v7 = v6_h * v6_h;  // %7 = mul %6, %6
         acc_v8 += v7;  // %8 = reduce.mean %7 (accumulate)
-        const kiln_f16 v14 = kiln_f32_to_f16(c_v6_h[it][e]);  // %14 = cast %6 to f16
+        const kiln_f16 v14 = kiln_f32_to_f16(v6_h);  // %14 = cast %6 to f16
         o0_h_vec[e] = v14;  // output h = %14
       }
       kiln_store(o0_h_row + c0, o0_h_vec);  // output h
@@ -205,7 +204,10 @@ __device__ __forceinline__ void add_rms_norm_f16_body(
       kiln_f16 o1_y_vec[VEC];
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float v11 = c_v6_h[it][e] * v10_inv;  // %11 = mul %6, %10
+        const float v4 = kiln_to_f32(c_v0_x[it].e[e]);  // %4 = cast %0 to f32
+        const float v5 = kiln_to_f32(c_v1_residual[it].e[e]);  // %5 = cast %1 to f32
+        const float v6_h = v4 + v5;  // %6 = add %4, %5
+        const float v11 = v6_h * v10_inv;  // %11 = mul %6, %10
         const float v12 = kiln_to_f32(v2_w[e]);  // %12 = cast %2 to f32
         const float v13_y = v11 * v12;  // %13 = mul %11, %12
         const kiln_f16 v15 = kiln_f32_to_f16(v13_y);  // %15 = cast %13 to f16

@@ -6,7 +6,7 @@
 //   add_rms_norm_f32_v1: one column per access; any layout
 // Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
-// 2 stage(s); cached in registers across stages: %4 (h).
+// 2 stage(s); cached in registers across stages: %0 (x), %1 (residual).
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
 //
 // IR:
@@ -157,7 +157,8 @@ __device__ __forceinline__ void add_rms_norm_f32_body(
   float* __restrict__ o0_h_row = o0_h + (long long)row * o0_h_stride;
   float* __restrict__ o1_y_row = o1_y + (long long)row * o1_y_stride;
   __shared__ float kiln_red[32];  // one partial per warp, reused by every reduction
-  float c_v4_h[KILN_MAX_ITERS][VEC];  // %4 (h), kept in registers for later stages
+  kiln_pack<float, VEC> c_v0_x[KILN_MAX_ITERS];  // %0 (x): its bits, kept in registers for later stages
+  kiln_pack<float, VEC> c_v1_residual[KILN_MAX_ITERS];  // %1 (residual): its bits, kept in registers for later stages
 
   // ---- stage 0 ----
   const float v3_eps = p3_eps;  // %3 = param eps
@@ -167,17 +168,15 @@ __device__ __forceinline__ void add_rms_norm_f32_body(
     const int v = it * (int)blockDim.x + (int)threadIdx.x;
     if (v < nvec) {
       const int c0 = v * VEC;  // first column of this vector
-      float v0_x[VEC];
-      kiln_load(v0_x, p0_x_row + c0);  // %0 = param x
-      float v1_residual[VEC];
-      kiln_load(v1_residual, p1_residual_row + c0);  // %1 = param residual
+      kiln_load_pack(c_v0_x[it], p0_x_row + c0);  // %0 = param x
+      kiln_load_pack(c_v1_residual[it], p1_residual_row + c0);  // %1 = param residual
       float o0_h_vec[VEC];
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        c_v4_h[it][e] = v0_x[e] + v1_residual[e];  // %4 = add %0, %1
-        const float v5 = c_v4_h[it][e] * c_v4_h[it][e];  // %5 = mul %4, %4
+        const float v4_h = c_v0_x[it].e[e] + c_v1_residual[it].e[e];  // %4 = add %0, %1
+        const float v5 = v4_h * v4_h;  // %5 = mul %4, %4
         acc_v6 += v5;  // %6 = reduce.mean %5 (accumulate)
-        o0_h_vec[e] = c_v4_h[it][e];  // output h = %4
+        o0_h_vec[e] = v4_h;  // output h = %4
       }
       kiln_store(o0_h_row + c0, o0_h_vec);  // output h
     }
@@ -197,7 +196,8 @@ __device__ __forceinline__ void add_rms_norm_f32_body(
       float o1_y_vec[VEC];
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float v9 = c_v4_h[it][e] * v8_inv;  // %9 = mul %4, %8
+        const float v4_h = c_v0_x[it].e[e] + c_v1_residual[it].e[e];  // %4 = add %0, %1
+        const float v9 = v4_h * v8_inv;  // %9 = mul %4, %8
         const float v10_y = v9 * v2_w[e];  // %10 = mul %9, %2
         o1_y_vec[e] = v10_y;  // output y = %10
       }

@@ -6,7 +6,7 @@
 //   layer_norm_f16_v1: one column per access; any layout
 // Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
-// 3 stage(s); cached in registers across stages: %0 (x), %6 (d).
+// 3 stage(s); cached in registers across stages: %0 (x).
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
 //
 // IR:
@@ -158,7 +158,6 @@ __device__ __forceinline__ void layer_norm_f16_body(
   kiln_f16* __restrict__ o0_y_row = o0_y + (long long)row * o0_y_stride;
   __shared__ float kiln_red[32];  // one partial per warp, reused by every reduction
   kiln_pack<kiln_f16, VEC> c_v0_x[KILN_MAX_ITERS];  // %0 (x): its bits, kept in registers for later stages
-  float c_v6_d[KILN_MAX_ITERS][VEC];  // %6 (d), kept in registers for later stages
 
   // ---- stage 0 ----
   const float v3_eps = p3_eps;  // %3 = param eps
@@ -187,8 +186,8 @@ __device__ __forceinline__ void layer_norm_f16_body(
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const float v4 = kiln_to_f32(c_v0_x[it].e[e]);  // %4 = cast %0 to f32
-        c_v6_d[it][e] = v4 - v5_mu;  // %6 = sub %4, %5
-        const float v7 = c_v6_d[it][e] * c_v6_d[it][e];  // %7 = mul %6, %6
+        const float v6_d = v4 - v5_mu;  // %6 = sub %4, %5
+        const float v7 = v6_d * v6_d;  // %7 = mul %6, %6
         acc_v8 += v7;  // %8 = reduce.mean %7 (accumulate)
       }
     }
@@ -210,7 +209,9 @@ __device__ __forceinline__ void layer_norm_f16_body(
       kiln_f16 o0_y_vec[VEC];
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float v11 = c_v6_d[it][e] * v10_inv;  // %11 = mul %6, %10
+        const float v4 = kiln_to_f32(c_v0_x[it].e[e]);  // %4 = cast %0 to f32
+        const float v6_d = v4 - v5_mu;  // %6 = sub %4, %5
+        const float v11 = v6_d * v10_inv;  // %11 = mul %6, %10
         const float v12 = kiln_to_f32(v1_w[e]);  // %12 = cast %1 to f32
         const float v13 = v11 * v12;  // %13 = mul %11, %12
         const float v14 = kiln_to_f32(v2_b[e]);  // %14 = cast %2 to f32

@@ -6,7 +6,7 @@
 //   layer_norm_f32_v1: one column per access; any layout
 // Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
-// 3 stage(s); cached in registers across stages: %0 (x), %5 (d).
+// 3 stage(s); cached in registers across stages: %0 (x).
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
 //
 // IR:
@@ -154,7 +154,6 @@ __device__ __forceinline__ void layer_norm_f32_body(
   float* __restrict__ o0_y_row = o0_y + (long long)row * o0_y_stride;
   __shared__ float kiln_red[32];  // one partial per warp, reused by every reduction
   kiln_pack<float, VEC> c_v0_x[KILN_MAX_ITERS];  // %0 (x): its bits, kept in registers for later stages
-  float c_v5_d[KILN_MAX_ITERS][VEC];  // %5 (d), kept in registers for later stages
 
   // ---- stage 0 ----
   const float v3_eps = p3_eps;  // %3 = param eps
@@ -181,8 +180,8 @@ __device__ __forceinline__ void layer_norm_f32_body(
     if (v < nvec) {
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        c_v5_d[it][e] = c_v0_x[it].e[e] - v4_mu;  // %5 = sub %0, %4
-        const float v6 = c_v5_d[it][e] * c_v5_d[it][e];  // %6 = mul %5, %5
+        const float v5_d = c_v0_x[it].e[e] - v4_mu;  // %5 = sub %0, %4
+        const float v6 = v5_d * v5_d;  // %6 = mul %5, %5
         acc_v7 += v6;  // %7 = reduce.mean %6 (accumulate)
       }
     }
@@ -204,7 +203,8 @@ __device__ __forceinline__ void layer_norm_f32_body(
       float o0_y_vec[VEC];
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float v10 = c_v5_d[it][e] * v9_inv;  // %10 = mul %5, %9
+        const float v5_d = c_v0_x[it].e[e] - v4_mu;  // %5 = sub %0, %4
+        const float v10 = v5_d * v9_inv;  // %10 = mul %5, %9
         const float v11 = v10 * v1_w[e];  // %11 = mul %10, %1
         const float v12_y = v11 + v2_b[e];  // %12 = add %11, %2
         o0_y_vec[e] = v12_y;  // output y = %12

@@ -6,7 +6,7 @@
 //   softmax_bf16_v1: one column per access; any layout
 // Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
-// 3 stage(s); cached in registers across stages: %0 (x), %4.
+// 3 stage(s); cached in registers across stages: %0 (x).
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
 //
 // IR:
@@ -142,7 +142,6 @@ __device__ __forceinline__ void softmax_bf16_body(
   float* __restrict__ o0_y_row = o0_y + (long long)row * o0_y_stride;
   __shared__ float kiln_red[32];  // one partial per warp, reused by every reduction
   kiln_pack<kiln_bf16, VEC> c_v0_x[KILN_MAX_ITERS];  // %0 (x): its bits, kept in registers for later stages
-  float c_v4[KILN_MAX_ITERS][VEC];  // %4, kept in registers for later stages
 
   // ---- stage 0 ----
   float acc_v2 = -kiln_inf();  // %2 = reduce.max %1: this thread's part
@@ -171,8 +170,8 @@ __device__ __forceinline__ void softmax_bf16_body(
       for (int e = 0; e < VEC; ++e) {
         const float v1 = kiln_to_f32(c_v0_x[it].e[e]);  // %1 = cast %0 to f32
         const float v3 = v1 - v2;  // %3 = sub %1, %2
-        c_v4[it][e] = expf(v3);  // %4 = exp %3
-        acc_v5 += c_v4[it][e];  // %5 = reduce.sum %4 (accumulate)
+        const float v4 = expf(v3);  // %4 = exp %3
+        acc_v5 += v4;  // %5 = reduce.sum %4 (accumulate)
       }
     }
   }
@@ -187,7 +186,10 @@ __device__ __forceinline__ void softmax_bf16_body(
       float o0_y_vec[VEC];
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float v6_y = c_v4[it][e] / v5;  // %6 = div %4, %5
+        const float v1 = kiln_to_f32(c_v0_x[it].e[e]);  // %1 = cast %0 to f32
+        const float v3 = v1 - v2;  // %3 = sub %1, %2
+        const float v4 = expf(v3);  // %4 = exp %3
+        const float v6_y = v4 / v5;  // %6 = div %4, %5
         o0_y_vec[e] = v6_y;  // output y = %6
       }
       kiln_store(o0_y_row + c0, o0_y_vec);  // output y

@@ -6,7 +6,7 @@
 //   softmax_f32_v1: one column per access; any layout
 // Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most 512;
 // no dynamic shared memory. Outputs must not alias inputs.
-// 3 stage(s); cached in registers across stages: %0 (x), %3.
+// 3 stage(s); cached in registers across stages: %0 (x).
 // Fixed loop: needs blockDim.x * KILN_MAX_ITERS * VEC >= width (abi::launch_config).
 //
 // IR:
@@ -141,7 +141,6 @@ __device__ __forceinline__ void softmax_f32_body(
   float* __restrict__ o0_y_row = o0_y + (long long)row * o0_y_stride;
   __shared__ float kiln_red[32];  // one partial per warp, reused by every reduction
   kiln_pack<float, VEC> c_v0_x[KILN_MAX_ITERS];  // %0 (x): its bits, kept in registers for later stages
-  float c_v3[KILN_MAX_ITERS][VEC];  // %3, kept in registers for later stages
 
   // ---- stage 0 ----
   float acc_v1 = -kiln_inf();  // %1 = reduce.max %0: this thread's part
@@ -168,8 +167,8 @@ __device__ __forceinline__ void softmax_f32_body(
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const float v2 = c_v0_x[it].e[e] - v1;  // %2 = sub %0, %1
-        c_v3[it][e] = expf(v2);  // %3 = exp %2
-        acc_v4 += c_v3[it][e];  // %4 = reduce.sum %3 (accumulate)
+        const float v3 = expf(v2);  // %3 = exp %2
+        acc_v4 += v3;  // %4 = reduce.sum %3 (accumulate)
       }
     }
   }
@@ -184,7 +183,9 @@ __device__ __forceinline__ void softmax_f32_body(
       float o0_y_vec[VEC];
       #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float v5_y = c_v3[it][e] / v4;  // %5 = div %3, %4
+        const float v2 = c_v0_x[it].e[e] - v1;  // %2 = sub %0, %1
+        const float v3 = expf(v2);  // %3 = exp %2
+        const float v5_y = v3 / v4;  // %5 = div %3, %4
         o0_y_vec[e] = v5_y;  // output y = %5
       }
       kiln_store(o0_y_row + c0, o0_y_vec);  // output y

@@ -10,10 +10,10 @@
 //!   empty (`fixed_loop`), so the launch rules (which size the block from the schedule) always
 //!   cover the loop the emitter writes;
 //! - `cached` holds what is actually kept in registers: the live `Elem` values that a live
-//!   node of a later stage reads, except that an exact widening of a half param
-//!   (`cast %p to f32`) is recomputed in each stage that reads it (`remat`) and the param is
-//!   cached instead, as packed raw bits: half the registers of f32 values for f16/bf16, which
-//!   keeps norms over bf16 rows from spilling;
+//!   node of a later stage reads, except that elementwise arithmetic built from uniforms and
+//!   params (`remat`) is recomputed in each stage that reads it and the params it needs are
+//!   cached instead, as packed raw bits: the registers hold the row's inputs once, not every
+//!   intermediate (half the bytes of f32 values for f16/bf16);
 //! - within a stage every list is in SSA order, and every operand is computed in the same or
 //!   an earlier stage.
 
@@ -114,16 +114,43 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
         return Err(format!("%{i} is read in a later stage but the schedule does not cache it"));
     }
     let fixed = is_cached.iter().any(|c| *c);
-    // Cache a half param's bits rather than its f32 widening; recompute the widening.
+    // Recompute rather than cache: an elementwise node whose operands are uniform, params or
+    // themselves recomputed is redone in each later stage that reads it, and the params it
+    // needs are cached instead, as packed raw bits. Registers then hold the row's inputs once
+    // (half the bytes of f32 values for f16/bf16) rather than every intermediate, which keeps
+    // norms over bf16 rows from spilling and their occupancy up; the arithmetic is free next
+    // to the memory traffic. RoPE is never recomputed (it reads memory).
     let mut remat = vec![false; n];
     for i in 0..n {
-        if let Op::Cast(p, DType::F32) = k.nodes[i].op {
-            let half_param = matches!(k.node(p).op, Op::Param(_)) && k.ty(p).dtype.is_half();
-            if is_cached[i] && half_param {
-                is_cached[i] = false;
-                remat[i] = true;
-                is_cached[p.index()] = true;
+        let node = &k.nodes[i];
+        let cheap = matches!(node.op, Op::Unary(..) | Op::Binary(..) | Op::Cmp(..) | Op::Select(..) | Op::Cast(..));
+        if !live[i] || node.ty.shape != Shape::Elem || !cheap {
+            continue;
+        }
+        remat[i] = node.op.operands().iter().all(|o| {
+            k.ty(*o).shape == Shape::Uniform || remat[o.index()] || matches!(k.node(*o).op, Op::Param(_))
+        });
+    }
+    // Which values later stages read, once recomputation is followed down to params.
+    let mut needed_later = vec![false; n];
+    for i in (0..n).rev() {
+        if !live[i] {
+            continue;
+        }
+        let read_later = is_cached[i] || needed_later[i];
+        if read_later && remat[i] {
+            for o in k.nodes[i].op.operands() {
+                if k.ty(o).shape == Shape::Elem {
+                    needed_later[o.index()] = true;
+                }
             }
+        }
+    }
+    for i in 0..n {
+        if remat[i] {
+            is_cached[i] = false;
+        } else if needed_later[i] && matches!(k.nodes[i].op, Op::Param(_)) {
+            is_cached[i] = true;
         }
     }
     let cached: Vec<ValueId> = (0..n).filter(|&i| is_cached[i]).map(|i| ValueId(i as u32)).collect();
@@ -168,18 +195,34 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
     if let Some(i) = (0..n).find(|&i| live[i] && !placed[i]) {
         return Err(format!("schedule does not place live node %{i}"));
     }
-    // A recomputed widening also appears in each later stage that reads it.
-    for (u, node) in k.nodes.iter().enumerate() {
+    // A recomputed value also appears in each later stage that reads it, with the recomputed
+    // values it is made from (walk users in reverse SSA order so operands follow their users).
+    let mut extra: Vec<Vec<bool>> = vec![vec![false; n]; stages.len()];
+    for u in (0..n).rev() {
+        let node = &k.nodes[u];
         if !live[u] || matches!(node.op, Op::Reduce(..)) {
             continue;
         }
-        for o in node.op.operands() {
-            let su = s.stage_of[u];
-            if remat[o.index()] && su > s.stage_of[o.index()] && !stages[su].elem.contains(&o) {
-                stages[su].elem.push(o);
-                stages[su].elem.sort();
+        for (si, row) in extra.iter_mut().enumerate() {
+            let here = s.stage_of[u] == si || row[u];
+            if !here {
+                continue;
+            }
+            for o in node.op.operands() {
+                if remat[o.index()] && si > s.stage_of[o.index()] {
+                    row[o.index()] = true;
+                }
             }
         }
+    }
+    for (si, row) in extra.iter().enumerate() {
+        for (v, &add) in row.iter().enumerate() {
+            let v = ValueId(v as u32);
+            if add && !stages[si].elem.contains(&v) {
+                stages[si].elem.push(v);
+            }
+        }
+        stages[si].elem.sort();
     }
     for (oi, o) in k.outputs.iter().enumerate() {
         let at: Vec<usize> = (0..stages.len())
