@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Element types. Arithmetic runs in `F32`/`I32`; `F16`/`BF16` are storage types that the
-/// `promote_halves` pass widens on load and narrows on store.
+/// frontend widens on load (`Builder::widen`) and `Builder::output` narrows on store.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DType {
     F32,
