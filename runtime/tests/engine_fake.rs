@@ -5,7 +5,7 @@
 
 mod engine_support;
 
-use engine_support::{collect, logits_for, run, start, Collected, EOS, FAIL, PANIC, VOCAB};
+use engine_support::{collect, logits_for, run, start, Collected, EOS, FAIL, PANIC, SLOW, VOCAB};
 use kiln_runtime::engine::beam::{log_softmax, BeamConfig, BeamSearch};
 use kiln_runtime::engine::{BeamParams, EngineConfig, EngineEvent, GenerateRequest, SubmitError};
 use kiln_runtime::sample::{FinishReason, SamplingParams};
@@ -178,26 +178,39 @@ fn a_panic_errors_every_request_and_kills_the_heartbeat() {
 fn dropping_or_aborting_frees_everything() {
     let e = start(EngineConfig { max_batched_tokens: 8, max_num_seqs: 8, ..EngineConfig::default() });
     // Mid-decode: a few tokens, then drop (an n = 3 request, so forks are freed too).
-    let mut h = e.submit(GenerateRequest { n: 3, ..greedy(prompt(1, 40), 400) }).unwrap();
+    let mut slow = prompt(1, 40);
+    slow[0] = SLOW;
+    let mut h = e.submit(GenerateRequest { n: 3, ..greedy(slow, 400) }).unwrap();
     for _ in 0..5 {
-        assert!(matches!(h.blocking_recv(), Some(EngineEvent::Token { .. })));
+        let ev = h.blocking_recv();
+        assert!(matches!(ev, Some(EngineEvent::Token { .. })), "{ev:?}");
     }
-    assert!(e.stats().kv_blocks_used > 0);
+    assert!(e.stats().kv_blocks_used > 0, "{:?}", e.stats());
     drop(h);
     assert!(e.wait_idle(IDLE));
     assert_eq!(e.stats().kv_blocks_used, 0);
     // Mid-prefill: 200 prompt tokens in chunks of 8; abort after a couple of steps.
-    let h = e.submit(greedy(prompt(2, 200), 4)).unwrap();
+    let mut long = prompt(2, 200);
+    long[0] = SLOW;
     let steps = e.stats().steps;
-    while e.stats().steps < steps + 3 {
+    let mut h = e.submit(greedy(long, 4)).unwrap();
+    let t0 = std::time::Instant::now();
+    while e.stats().steps < steps + 3 && t0.elapsed() < IDLE {
         std::thread::sleep(Duration::from_millis(1));
     }
+    assert!(h.try_recv().is_none(), "still in prefill: no token yet");
     h.abort();
     assert!(e.wait_idle(IDLE));
     let s = e.stats();
     assert_eq!((s.kv_blocks_used, s.running, s.waiting), (0, 0, 0));
     // abort_all: every request ends with Finished(abort) + Done.
-    let hs: Vec<_> = (0..3).map(|i| e.submit(greedy(prompt(i, 10), 400)).unwrap()).collect();
+    let hs: Vec<_> = (0..3)
+        .map(|i| {
+            let mut p = prompt(i, 10);
+            p[0] = SLOW;
+            e.submit(greedy(p, 400)).unwrap()
+        })
+        .collect();
     e.abort_all();
     for h in hs {
         let c = collect(h);
@@ -263,4 +276,17 @@ fn a_full_queue_overloads_and_shutdown_lets_accepted_requests_finish() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!e.heartbeat().alive);
+}
+
+#[test]
+fn handles_are_thread_safe_and_an_idle_engine_keeps_beating() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<kiln_runtime::engine::EngineHandle>();
+    send_sync::<kiln_runtime::engine::RequestHandle>();
+    let e = start(EngineConfig::default());
+    std::thread::sleep(Duration::from_millis(700));
+    let hb = e.heartbeat();
+    assert!(hb.alive);
+    assert!(hb.last_progress.elapsed() < Duration::from_millis(500), "an idle engine still reports progress");
+    assert_eq!(e.stats().steps, 0, "an idle engine runs no steps");
 }

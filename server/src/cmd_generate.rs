@@ -58,8 +58,8 @@ pub struct GenerateArgs {
     /// with --beam-width, how many of the best beams to print.
     #[arg(long, default_value_t = 1)]
     n: usize,
-    /// Beam search with this many beams instead of sampling (HF semantics; sampling flags other
-    /// than --max-tokens, --ignore-eos and --seed do not apply).
+    /// Beam search with this many beams instead of sampling (HF semantics, deterministic:
+    /// temperature/top-k/top-p/min-p are ignored; penalties and --stop are refused).
     #[arg(long)]
     beam_width: Option<usize>,
     /// Beam scores are `sum logprob / length^length_penalty`.

@@ -213,11 +213,13 @@ fn aborts_mid_prefill_and_mid_decode_free_everything() {
     let e = start(EngineConfig { max_batched_tokens: 16, max_num_seqs: 16, ..EngineConfig::default() });
     let f = fixture_prompts();
     let long = [f[2].as_slice(), &f[3], &f[4]].concat(); // 132 tokens: 9 chunks of 16
-    let h = e.submit(greedy(long, 50)).unwrap();
     let steps = e.stats().steps;
-    while e.stats().steps < steps + 2 {
+    let mut h = e.submit(greedy(long, 50)).unwrap();
+    let t0 = std::time::Instant::now();
+    while e.stats().steps < steps + 2 && t0.elapsed() < IDLE {
         std::thread::sleep(Duration::from_millis(2));
     }
+    assert!(h.try_recv().is_none(), "still in prefill: no token yet");
     drop(h); // mid-prefill
     assert!(e.wait_idle(IDLE));
     let s = e.stats();

@@ -3,7 +3,7 @@
 //! context read back through the block table. So a wrong slot, a missed copy-on-write copy or a
 //! bad recompute after preemption changes the output, and the output of a sequence does not
 //! depend on what else is in the batch. Token `PANIC` makes `forward` panic, token `FAIL` makes
-//! it return an error.
+//! it return an error, token `SLOW` in a sequence's context makes the step 2 ms slower.
 
 #![allow(dead_code)]
 
@@ -20,6 +20,9 @@ pub const VOCAB: usize = 64;
 pub const EOS: u32 = 1;
 pub const PANIC: u32 = 63;
 pub const FAIL: u32 = 62;
+/// A step with a sequence whose context holds this token takes 2 ms more (a request that stays
+/// running, or in prefill, while a test looks at it).
+pub const SLOW: u32 = 61;
 
 pub struct FakeLm {
     info: ModelInfo,
@@ -61,7 +64,7 @@ pub fn logits_for(context: &[u32]) -> Vec<f32> {
             let x = (r >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0;
             match v as u32 {
                 EOS => x - 2.0,
-                PANIC | FAIL => f32::NEG_INFINITY,
+                PANIC | FAIL | SLOW => f32::NEG_INFINITY,
                 _ => x,
             }
         })
@@ -94,6 +97,12 @@ impl CausalLm for FakeLm {
             }
         })?;
         let bs = kv.block_size;
+        let slow = kv.k[0].with_host::<f32, _>(|p| {
+            batch.seqs.iter().any(|s| (0..s.ctx_len).any(|t| p.row(s.block_table[t / bs] as usize * bs + t % bs)[0] as u32 == SLOW + 1))
+        })?;
+        if slow {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         let mut out = Vec::with_capacity(batch.logits_rows.len() * VOCAB);
         for &row in batch.logits_rows {
             let s = batch.seqs.iter().find(|s| row >= s.q_start && row < s.q_start + s.q_len).ok_or_else(|| ModelError::Batch("row".into()))?;
