@@ -371,9 +371,7 @@ impl Core {
     pub fn flush(&mut self) {
         for (mut st, close) in self.closing.drain(..) {
             match close {
-                Close::Done(reason) => {
-                    st.close(reason, self.detok.as_ref());
-                }
+                Close::Done(reason) => st.close(reason, self.detok.as_ref()),
                 Close::Error(m) => st.fail(m),
             }
         }

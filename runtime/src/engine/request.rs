@@ -9,9 +9,9 @@ use super::api::{EngineEvent, Usage};
 use super::beam_group::BeamGroup;
 use super::choice::Choice;
 use super::shared::Ticket;
+use super::api::Detokenizer;
 use crate::sample::FinishReason;
 use crate::sched::SeqId;
-use super::api::Detokenizer;
 
 pub(crate) struct SampleGroup {
     pub choices: Vec<Choice>,
@@ -55,7 +55,7 @@ impl RequestState {
 
     /// The closing events of a complete (or aborted) request: beam results if any, then `Done`.
     /// Unfinished sampled choices end with `reason`.
-    pub fn close(&mut self, reason: FinishReason, detok: &dyn Detokenizer) -> u64 {
+    pub fn close(&mut self, reason: FinishReason, detok: &dyn Detokenizer) {
         let mut completion = 0;
         let mut events = Vec::new();
         match &mut self.kind {
@@ -91,7 +91,6 @@ impl RequestState {
         }
         let usage = self.usage(completion);
         self.ticket.end(EngineEvent::Done { usage });
-        completion as u64
     }
 
     pub fn fail(&mut self, message: String) {
