@@ -51,8 +51,22 @@ impl RequestStream for RequestHandle {
 }
 
 pub struct ModelCodec {
-    pub tokenizer: Tokenizer,
-    pub template: ChatTemplate,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    /// Cached: `Tokenizer::vocab_size` builds the whole vocabulary map on every call
+    /// (milliseconds for 49k tokens), and every request needs the number.
+    vocab_size: usize,
+}
+
+impl ModelCodec {
+    pub fn new(tokenizer: Tokenizer, template: ChatTemplate) -> Self {
+        let vocab_size = tokenizer.vocab_size();
+        ModelCodec {
+            tokenizer,
+            template,
+            vocab_size,
+        }
+    }
 }
 
 impl Codec for ModelCodec {
@@ -96,7 +110,7 @@ impl Codec for ModelCodec {
     }
 
     fn vocab_size(&self) -> usize {
-        self.tokenizer.vocab_size()
+        self.vocab_size
     }
 }
 
@@ -126,9 +140,6 @@ pub fn load(spec: &ModelSpec) -> Result<Loaded, LoadModelError> {
     let handle = Engine::start(model, detok, spec.engine.clone())?;
     Ok(Loaded {
         backend: Arc::new(handle),
-        codec: Arc::new(ModelCodec {
-            tokenizer: m.tokenizer,
-            template: m.chat_template,
-        }),
+        codec: Arc::new(ModelCodec::new(m.tokenizer, m.chat_template)),
     })
 }
