@@ -3,7 +3,8 @@
 //! Order of events: bind the port first (so a port conflict fails at once and `/health` can
 //! say "loading" while the weights load), load the model on a blocking thread, open for
 //! requests, then run until SIGTERM or Ctrl-C and drain (see `kiln_server::server`). Exit
-//! status 0 after a clean drain; non-zero if binding or loading fails.
+//! status 0 after a clean drain; non-zero if binding or loading fails, or if the engine loop
+//! dies (the server drains what it can and exits instead of serving a red `/health` forever).
 
 use crate::device_arg::{pick, DeviceArg};
 use anyhow::{bail, Context, Result};
@@ -170,7 +171,16 @@ async fn serve(host: String, port: u16, cfg: ServerConfig, spec: ModelSpec) -> R
             return Ok(());
         }
     }
-    shutdown_signal().await;
+    let engine_died = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = engine_dead(&state) => true,
+    };
+    if engine_died {
+        // Fail fast: a process whose engine is gone must not linger behind a red /health.
+        eprintln!("kiln: the engine loop stopped; shutting down");
+        server.shutdown().await?;
+        bail!("the engine loop stopped (see the log above)");
+    }
     eprintln!(
         "kiln: shutting down: {} requests in flight (up to {:.0} s to finish)",
         state.admission.in_flight(),
@@ -185,6 +195,17 @@ async fn serve(host: String, port: u16, cfg: ServerConfig, spec: ModelSpec) -> R
     }
     eprintln!("kiln: stopped");
     Ok(())
+}
+
+/// Resolves once the engine reports itself dead (a panic in its loop); polled, since the
+/// heartbeat is a value, not an event.
+async fn engine_dead(state: &AppState) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if state.loaded().is_some_and(|l| !l.backend.heartbeat().alive) {
+            return;
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -28,12 +28,12 @@ const PROMPTS: &[&str] = &[
 fn body(i: usize, k: usize, stream: bool) -> (String, Value) {
     let prompt = PROMPTS[(i + k) % PROMPTS.len()];
     let max_tokens = 1 + (i * 7 + k * 3) % 12;
-    let sampling = if (i + k) % 3 == 0 {
+    let sampling = if (i + k).is_multiple_of(3) {
         json!({"temperature": 0})
     } else {
         json!({"temperature": 0.8, "seed": (i * 1000 + k) as u64})
     };
-    let mut b = if (i + k) % 2 == 0 {
+    let mut b = if (i + k).is_multiple_of(2) {
         json!({"model": REAL_MODEL_NAME, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "stream": stream})
     } else {
         json!({"model": REAL_MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "stream": stream, "n": 1 + (k % 2)})

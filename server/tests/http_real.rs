@@ -408,7 +408,7 @@ fn fuzz_request(r: &mut Rng) -> (&'static str, Vec<u8>, &'static str) {
         }
         2 => {
             let at = r.below(bytes.len());
-            bytes[at] = *r.pick(&[b'{', b'}', b'"', b',', b'\\', b':']);
+            bytes[at] = *r.pick(b"{}\",\\:");
         }
         _ => {}
     }

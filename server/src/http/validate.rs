@@ -254,8 +254,7 @@ mod tests {
 
     fn param_of(f: SamplingFields) -> String {
         plan(&f, &ServerConfig::default(), 1000)
-            .err()
-            .expect("should be refused")
+            .expect_err("should be refused")
             .param
             .unwrap_or_default()
     }
