@@ -1030,3 +1030,38 @@ async fn drain_timeout_aborts_streams_with_done() {
         assert_eq!(fins[0].as_deref(), Some("abort"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = fake_server(
+        ServerConfig {
+            header_read_timeout: Duration::from_millis(500),
+            ..cfg()
+        },
+        FakeConfig::default(),
+    )
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    // Meanwhile everyone else is served.
+    let r = post(
+        &client(),
+        &format!("{}/v1/completions", s.base),
+        &json!({"prompt": "x", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the slow connection was not closed");
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+}

@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// `/health` turns 503 when the engine loop has not advanced for this long.
     pub heartbeat_timeout: Duration,
+    /// A connection must deliver a request's headers within this time (slowloris guard).
+    pub header_read_timeout: Duration,
     /// Interval of SSE keep-alive comments (also how soon a silent stream notices a gone
     /// client by a failed write).
     pub sse_keep_alive: Duration,
@@ -44,6 +46,7 @@ impl Default for ServerConfig {
             max_in_flight: 64 + 256,
             shutdown_timeout: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             sse_keep_alive: Duration::from_secs(5),
             max_n: 16,
             max_prompts: 16,

@@ -7,9 +7,14 @@
 //! 3. whatever still runs is aborted in the engine, so each stream ends with an `abort`
 //!    finish (or an error event) and `[DONE]`, and non-streamed requests answer;
 //! 4. the listener closes and idle connections are shut (bounded), then the engine stops.
+//!
+//! Every connection must send its request headers within `header_read_timeout`.
 
 use crate::routes::router;
 use crate::state::AppState;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,21 +56,59 @@ pub struct RunningServer {
 pub fn start(state: Arc<AppState>, listener: TcpListener) -> Result<RunningServer, ServeError> {
     let addr = listener.local_addr()?;
     let app = router(Arc::clone(&state));
+    let header_timeout = state.cfg.header_read_timeout;
     let (close, closed) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                // A dropped sender means the handle is gone: shut down as well.
-                let _ = closed.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(accept_loop(listener, app, header_timeout, closed));
     Ok(RunningServer {
         addr,
         state,
         close: Some(close),
         task,
     })
+}
+
+/// Accepts connections until `closed` fires (or its sender is dropped), then closes the
+/// listener and lets the open connections finish their current response (bounded by the
+/// caller). Our own loop rather than `axum::serve`: that one sets no header-read timeout, so
+/// a client trickling its headers (slowloris) would hold a connection forever.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    mut closed: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut closed => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: transient; don't spin, don't die.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small SSE events must leave at once, not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let svc = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), svc));
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timeout); nothing to answer.
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 impl RunningServer {
