@@ -203,3 +203,15 @@ pub async fn encode_text(
     let c = Arc::clone(codec);
     on_pool(big, "prompt", move || c.encode(&text, with_bos)).await
 }
+
+/// Ids past which decoding leaves the reactor for the blocking pool.
+const INLINE_DECODE_IDS: usize = 4096;
+
+/// Text of token ids (for `/detokenize`); the body limit bounds how many there can be.
+pub async fn decode_ids(ids: Vec<u32>, codec: &Arc<dyn Codec>) -> Result<String, ApiError> {
+    let c = Arc::clone(codec);
+    on_pool(ids.len() > INLINE_DECODE_IDS, "tokens", move || {
+        c.decode(&ids)
+    })
+    .await
+}

@@ -82,13 +82,7 @@ pub async fn detokenize(
     let tokens = req.tokens.ok_or_else(|| {
         ApiError::invalid(Some("tokens"), "missing_field", "`tokens` is required")
     })?;
-    if tokens.len() > st.cfg.max_body_bytes / 2 {
-        return Err(ApiError::bad_value("tokens", "too many tokens"));
-    }
     prompt::check_ids(&tokens, loaded.codec.vocab_size(), "tokens")?;
-    let text = loaded
-        .codec
-        .decode(&tokens)
-        .map_err(|e| ApiError::invalid(Some("tokens"), "invalid_input", e.to_string()))?;
+    let text = prompt::decode_ids(tokens, &loaded.codec).await?;
     Ok(Json(DetokenizeResponse { prompt: text }))
 }
