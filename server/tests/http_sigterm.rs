@@ -177,7 +177,7 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
     k.sigterm();
     let took = health_goes_503(&c, &k.base).await;
     assert!(
-        took < Duration::from_millis(500),
+        took < Duration::from_secs(1),
         "health took {took:?} to turn 503"
     );
     match c
