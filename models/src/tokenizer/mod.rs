@@ -47,6 +47,8 @@ const END_OF_TURN_TOKENS: &[&str] = &[
 pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
     specials: SpecialTokens,
+    /// Cached: `tokenizers` rebuilds its whole vocabulary map to count it (milliseconds).
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -172,7 +174,7 @@ impl Tokenizer {
 
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Whether `id` is a special added token (dropped by `decode(.., true)`).
