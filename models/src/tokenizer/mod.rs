@@ -82,9 +82,11 @@ impl Tokenizer {
                 }
             }
         }
+        let vocab_size = inner.get_vocab_size(true);
         Ok(Self {
             inner: Arc::new(inner),
             specials,
+            vocab_size,
         })
     }
 
