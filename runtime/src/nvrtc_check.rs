@@ -13,26 +13,44 @@ pub fn nvrtc_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// Compile `source` (named `file` in messages) for `arch` (`sm_80`, `sm_90`, ...).
-/// `Err` holds the log (or the failure) when the compile failed or printed anything.
-pub fn compile_strict(file: &str, source: &str, arch: &str) -> Result<String, String> {
+/// What one compile gave: the log (always) and the PTX (when it compiled).
+#[derive(Debug, Clone)]
+pub struct NvrtcOutcome {
+    pub log: String,
+    pub ptx: Option<String>,
+}
+
+/// Compile `source` (named `file` in messages) for `arch` (`sm_80`, `sm_90`, ...) with extra
+/// NVRTC options, keeping the log whatever the result. `Err` only when NVRTC itself could not
+/// be used (library missing, NUL bytes, program creation failed).
+pub fn compile_with_log(file: &str, source: &str, arch: &str, extra: &[&str]) -> Result<NvrtcOutcome, String> {
     if !nvrtc_present() {
         return Err("libnvrtc.so.13 could not be loaded".into());
     }
     let src = CString::new(source).map_err(|_| "source has a NUL byte".to_string())?;
     let name = CString::new(file).map_err(|_| "file name has a NUL byte".to_string())?;
     let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
-    let opts = [format!("--gpu-architecture={arch}")];
+    let mut opts = vec![format!("--gpu-architecture={arch}")];
+    opts.extend(extra.iter().map(|s| s.to_string()));
     // SAFETY: `prog` was just created and is destroyed once, below; `src`/`name` outlive it.
     let ok = unsafe { result::compile_program(prog, &opts) }.is_ok();
-    let log = unsafe { result::get_program_log(prog) }.map(|raw| c_text(&raw)).unwrap_or_default();
+    let log = unsafe { result::get_program_log(prog) }
+        .map(|raw| c_text(&raw))
+        .unwrap_or_else(|e| format!("<no log: {e:?}>"));
     let ptx = if ok { unsafe { result::get_ptx(prog) }.ok().map(|raw| c_text(&raw)) } else { None };
     // SAFETY: destroyed exactly once.
     let _ = unsafe { result::destroy_program(prog) };
-    match ptx {
-        Some(ptx) if log.trim().is_empty() => Ok(ptx),
-        Some(_) => Err(format!("compiled with warnings:\n{log}")),
-        None => Err(format!("failed:\n{log}")),
+    Ok(NvrtcOutcome { log, ptx })
+}
+
+/// Compile `source` for `arch`. `Err` holds the log (or the failure) when the compile failed or
+/// printed anything.
+pub fn compile_strict(file: &str, source: &str, arch: &str) -> Result<String, String> {
+    let out = compile_with_log(file, source, arch, &[])?;
+    match out.ptx {
+        Some(ptx) if out.log.trim().is_empty() => Ok(ptx),
+        Some(_) => Err(format!("compiled with warnings:\n{}", out.log)),
+        None => Err(format!("failed:\n{}", out.log)),
     }
 }
 

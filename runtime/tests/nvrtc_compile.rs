@@ -8,17 +8,17 @@
 //! `KILN_SKIP_NVRTC=1`. `KILN_NVRTC_VERBOSE=1` also prints ptxas's register and spill counts.
 //!
 //! cudarc's `compile_ptx_with_opts` returns the log only on failure, so warnings would go
-//! unseen; the tests call the `nvrtc::result` layer to read the log after a successful compile
-//! as well.
+//! unseen; the tests compile through `kiln_runtime::nvrtc_check`, which reads the log after a
+//! successful compile as well.
 
-use cudarc::nvrtc::{result, sys};
+use cudarc::nvrtc::sys;
+use kiln_runtime::nvrtc_check::{compile_with_log, NvrtcOutcome};
 use kiln_codegen::abi;
 use kiln_codegen::builder::Builder;
 use kiln_codegen::compile;
 use kiln_codegen::cuda::{self, prelude, samples};
 use kiln_codegen::ir::{DType, Kernel, Op, OutputKind, ParamKind, UnaryOp};
 use kiln_codegen::schedule::schedule;
-use std::ffi::{CStr, CString};
 
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 
@@ -42,34 +42,9 @@ fn nvrtc_ready() -> bool {
     panic!("{HOWTO}");
 }
 
-/// What one compile gave: the log (always) and the PTX (when it compiled).
-struct Outcome {
-    log: String,
-    ptx: Option<String>,
-}
-
 /// Compile `src` with NVRTC for `arch`, keeping the log whatever the result.
-fn nvrtc(file: &str, src: &str, arch: &str, extra: &[&str]) -> Outcome {
-    let src_c = CString::new(src).expect("generated CUDA has no NUL bytes");
-    let name_c = CString::new(file).expect("file name has no NUL bytes");
-    let prog = result::create_program(&src_c, Some(&name_c)).expect("nvrtcCreateProgram");
-    let mut opts = vec![format!("--gpu-architecture={arch}")];
-    opts.extend(extra.iter().map(|s| s.to_string()));
-    // SAFETY: `prog` was just created and is destroyed once, below; `src_c`/`name_c` outlive it.
-    let ok = unsafe { result::compile_program(prog, &opts) }.is_ok();
-    let log =
-        unsafe { result::get_program_log(prog) }.map(|raw| c_text(&raw)).unwrap_or_else(|e| format!("<no log: {e:?}>"));
-    let ptx = if ok { unsafe { result::get_ptx(prog) }.ok().map(|raw| c_text(&raw)) } else { None };
-    unsafe { result::destroy_program(prog) }.expect("nvrtcDestroyProgram");
-    Outcome { log, ptx }
-}
-
-fn c_text(raw: &[std::ffi::c_char]) -> String {
-    if raw.is_empty() {
-        return String::new();
-    }
-    // SAFETY: NVRTC returns NUL-terminated text in a buffer of the size it reported.
-    unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned()
+fn nvrtc(file: &str, src: &str, arch: &str, extra: &[&str]) -> NvrtcOutcome {
+    compile_with_log(file, src, arch, extra).expect("NVRTC could be used")
 }
 
 /// Every sample as emitted directly and as the whole pipeline (`kiln_codegen::compile`) emits

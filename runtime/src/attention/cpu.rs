@@ -6,12 +6,15 @@ use crate::Tensor;
 use rayon::prelude::*;
 
 pub(super) fn write_kv(src: &Tensor, slots: &[u32], pool: &mut Tensor) -> Result<(), AttnError> {
-    let rows: Vec<Vec<f32>> = src.with_host::<f32, _>(|v| (0..v.rows).map(|r| v.row(r).to_vec()).collect())?;
-    pool.with_host_mut::<f32, _>(|mut p| {
-        for (row, &slot) in rows.iter().zip(slots) {
-            p.row_mut(slot as usize).copy_from_slice(row);
-        }
-    })?;
+    // `src` (a column view of the fused projection) and the pool are separate storages, so the
+    // read and write locks nest; each row is copied once, straight into its slot.
+    src.with_host::<f32, _>(|s| {
+        pool.with_host_mut::<f32, _>(|mut p| {
+            for (r, &slot) in slots.iter().enumerate() {
+                p.row_mut(slot as usize).copy_from_slice(s.row(r));
+            }
+        })
+    })??;
     Ok(())
 }
 

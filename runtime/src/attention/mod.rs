@@ -78,6 +78,9 @@ pub fn write_kv(k: &Tensor, v: &Tensor, slots: &[u32], k_pool: &mut Tensor, v_po
     check(k.cols() == k_pool.cols() && v.cols() == v_pool.cols(), || {
         format!("K/V width {}/{} differs from the pools' {}/{}", k.cols(), v.cols(), k_pool.cols(), v_pool.cols())
     })?;
+    if k.shares_storage(k_pool) || v.shares_storage(v_pool) {
+        return Err(AttnError::Shape("new K/V rows must not live in the pool they are written to".into()));
+    }
     if let Some(&bad) = slots.iter().find(|&&s| s as usize >= k_pool.rows().min(v_pool.rows())) {
         return Err(AttnError::Shape(format!("slot {bad} is outside the pool of {} slots", k_pool.rows())));
     }

@@ -53,19 +53,11 @@ impl RequestStream for RequestHandle {
 pub struct ModelCodec {
     tokenizer: Tokenizer,
     template: ChatTemplate,
-    /// Cached: `Tokenizer::vocab_size` builds the whole vocabulary map on every call
-    /// (milliseconds for 49k tokens), and every request needs the number.
-    vocab_size: usize,
 }
 
 impl ModelCodec {
     pub fn new(tokenizer: Tokenizer, template: ChatTemplate) -> Self {
-        let vocab_size = tokenizer.vocab_size();
-        ModelCodec {
-            tokenizer,
-            template,
-            vocab_size,
-        }
+        ModelCodec { tokenizer, template }
     }
 }
 
@@ -110,7 +102,7 @@ impl Codec for ModelCodec {
     }
 
     fn vocab_size(&self) -> usize {
-        self.vocab_size
+        self.tokenizer.vocab_size()
     }
 }
 
