@@ -18,6 +18,8 @@ pub enum BuildError {
     OutputShape { name: String, kind: &'static str, got: Ty, want: &'static str },
     #[error("kernel has no outputs")]
     NoOutputs,
+    #[error("parameter index {0} is out of range")]
+    NoSuchParam(u32),
 }
 
 /// Builds one specialisation (one storage dtype) of a row kernel.
@@ -54,11 +56,19 @@ impl Builder {
         if self.k.params.iter().any(|p| p.name == name) {
             return Err(BuildError::Duplicate(name.to_string()));
         }
-        self.k.params.push(Param { name: name.to_string(), kind });
+        self.k.params.push(Param { name: name.to_string(), kind, index: None });
         let idx = (self.k.params.len() - 1) as u32;
         let v = self.push(Op::Param(idx))?;
         self.name(v, name);
         Ok(v)
+    }
+
+    /// Make `Row` param `param` a gather: problem row `r` reads tensor row `index[r]`, where
+    /// `index` is an earlier declared `PerRow(I32)` parameter (checked by the verifier).
+    pub fn gather(&mut self, param: u32, index: u32) -> Result<(), BuildError> {
+        let p = self.k.params.get_mut(param as usize).ok_or(BuildError::NoSuchParam(param))?;
+        p.index = Some(index);
+        Ok(())
     }
 
     /// Index of a declared parameter (for `rope`, which names its tensor operand).
@@ -160,7 +170,17 @@ impl Builder {
             _ => {}
         }
         let v = self.cast(v, kind.dtype())?;
-        self.k.outputs.push(Output { name: name.to_string(), kind, value: v });
+        self.k.outputs.push(Output { name: name.to_string(), kind, value: v, index: None });
+        Ok(())
+    }
+
+    /// Declare a scattered `Row` output: problem row `r` is written to tensor row `index[r]`
+    /// (`index` a `PerRow(I32)` parameter; a negative value skips the row).
+    pub fn output_at(&mut self, name: &str, kind: OutputKind, v: ValueId, index: u32) -> Result<(), BuildError> {
+        self.output(name, kind, v)?;
+        if let Some(o) = self.k.outputs.last_mut() {
+            o.index = Some(index);
+        }
         Ok(())
     }
 

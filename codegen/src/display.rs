@@ -74,6 +74,11 @@ fn param_kind(k: ParamKind) -> String {
 }
 
 impl Kernel {
+    /// A parameter's name, or `#N` when the index points nowhere (display never panics).
+    fn param_name(&self, i: u32) -> String {
+        self.params.get(i as usize).map_or_else(|| format!("#{i}"), |p| p.name.clone())
+    }
+
     /// The text of one op, operands as `%N` (used by the CUDA emitter's line comments too).
     pub fn op_text(&self, op: &Op) -> String {
         match op {
@@ -111,7 +116,11 @@ impl fmt::Display for Kernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "kernel {} (from {})", self.spec_name(), self.source)?;
         for p in &self.params {
-            writeln!(f, "  param {}: {}", p.name, param_kind(p.kind))?;
+            write!(f, "  param {}: {}", p.name, param_kind(p.kind))?;
+            if let Some(i) = p.index {
+                write!(f, " gathered by {}", self.param_name(i))?;
+            }
+            writeln!(f)?;
         }
         for (i, n) in self.nodes.iter().enumerate() {
             write!(f, "  %{i}: {} = {}", n.ty, self.op_text(&n.op))?;
@@ -125,7 +134,11 @@ impl fmt::Display for Kernel {
                 OutputKind::Row(d) => format!("row<{d}>"),
                 OutputKind::PerRow(d) => format!("per_row<{d}>"),
             };
-            writeln!(f, "  output {}: {kind} = {}", o.name, o.value)?;
+            write!(f, "  output {}: {kind}", o.name)?;
+            if let Some(i) = o.index {
+                write!(f, " scattered by {}", self.param_name(i))?;
+            }
+            writeln!(f, " = {}", o.value)?;
         }
         Ok(())
     }

@@ -12,7 +12,10 @@
 //! - binary ops take operands of the same dtype; an `Elem` op a `Uniform` broadcasts to `Elem`;
 //! - reductions take an `Elem` float operand and produce a `Uniform` value;
 //! - `Rope` reads its operand straight from a `Row` parameter (it needs the partner column);
-//! - outputs name existing nodes; `Row` outputs are `Elem`, `PerRow` outputs are `Uniform`.
+//! - outputs name existing nodes; `Row` outputs are `Elem`, `PerRow` outputs are `Uniform`;
+//! - a row index ([`Param::index`], [`Output::index`]) appears only on `Row` params and outputs
+//!   and names a `PerRow(I32)` parameter: row `r` of the problem reads (gather) or writes
+//!   (scatter) row `index[r]` of that tensor; a negative scatter index skips the row.
 //!
 //! Adding an op is a checklist the compiler enforces: a variant here, then every `match` on
 //! `Op` (verifier, passes, CPU backend, CUDA emitter) fails to build until it is handled.
@@ -142,6 +145,10 @@ impl ParamKind {
 pub struct Param {
     pub name: String,
     pub kind: ParamKind,
+    /// For a `Row` param: the `PerRow(I32)` parameter whose value at row `r` is the tensor row
+    /// that problem row `r` reads (a gather, e.g. an embedding lookup). `None`: row `r`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
 }
 
 /// What a kernel output is.
@@ -166,6 +173,11 @@ pub struct Output {
     pub name: String,
     pub kind: OutputKind,
     pub value: ValueId,
+    /// For a `Row` output: the `PerRow(I32)` parameter whose value at row `r` is the tensor row
+    /// that problem row `r` is written to (a scatter, e.g. a KV-cache slot); a negative index
+    /// skips the row. Distinct rows must name distinct tensor rows. `None`: row `r`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
 }
 
 /// An SSA value: the index of the node that defines it.
@@ -253,9 +265,45 @@ pub struct Llama3Scaling {
 /// A literal constant.
 #[derive(Copy, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Const {
-    F32(f32),
+    /// Serialised through [`f32_serde`] so that infinities (attention masks) survive JSON.
+    F32(#[serde(with = "f32_serde")] f32),
     I32(i32),
     Bool(bool),
+}
+
+/// JSON has no infinities or NaN: finite values are plain numbers, the others the strings
+/// `"inf"`, `"-inf"` and `"nan"` (the embedded IR of a kernel must read back bit-exact).
+mod f32_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f32),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+        match *x {
+            x if x.is_finite() => Repr::Num(x),
+            x if x.is_nan() => Repr::Text("nan".into()),
+            x if x > 0.0 => Repr::Text("inf".into()),
+            _ => Repr::Text("-inf".into()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Num(x) => Ok(x),
+            Repr::Text(t) => match t.as_str() {
+                "inf" => Ok(f32::INFINITY),
+                "-inf" => Ok(f32::NEG_INFINITY),
+                "nan" => Ok(f32::NAN),
+                other => Err(serde::de::Error::custom(format!("`{other}` is not an f32"))),
+            },
+        }
+    }
 }
 
 impl Const {

@@ -10,7 +10,9 @@
 //!   kind's dtype (the frontend casts; nothing downstream does);
 //! - tensors (params other than `Comptime`, and outputs) are never `Bool`: bool is not a storage type;
 //! - parameter names are unique, output names are unique and differ from parameter names
-//!   (they become argument names in generated code). Node names may repeat (Rust shadowing).
+//!   (they become argument names in generated code). Node names may repeat (Rust shadowing);
+//! - a row index (gather on a param, scatter on an output) is only on a `Row` param / output
+//!   and names a `PerRow(I32)` parameter.
 //!
 //! Extra rules for lowered kernels ([`verify_lowered`], what the backends accept):
 //! - no `Softmax` (the `lower_softmax` pass expands it);
@@ -21,7 +23,7 @@
 //! Every node error names the node (`%N`) and shows its text. The verifier never panics, even
 //! on kernels whose indices point nowhere (the text falls back to the op's debug form).
 
-use crate::ir::{DType, Kernel, Op, OutputKind, Shape, Ty, ValueId};
+use crate::ir::{DType, Kernel, Op, OutputKind, ParamKind, Shape, Ty, ValueId};
 use crate::typeck::{infer, TypeError};
 use std::collections::HashSet;
 use thiserror::Error;
@@ -104,6 +106,8 @@ pub enum VerifyError {
     BoolStorage { name: String },
     #[error("duplicate name `{0}` among parameters and outputs")]
     DuplicateName(String),
+    #[error("`{name}`: {what}")]
+    RowIndex { name: String, what: String },
 }
 
 impl VerifyError {
@@ -219,6 +223,23 @@ fn check_names(k: &Kernel) -> Result<(), VerifyError> {
             return Err(VerifyError::BoolStorage {
                 name: p.name.clone(),
             });
+        }
+    }
+    let indexed = k
+        .params
+        .iter()
+        .map(|p| (&p.name, matches!(p.kind, ParamKind::Row(_)), p.index, "gathered"))
+        .chain(k.outputs.iter().map(|o| (&o.name, matches!(o.kind, OutputKind::Row(_)), o.index, "scattered")));
+    for (name, is_row, index, how) in indexed {
+        let Some(i) = index else { continue };
+        let bad = |what: String| Err(VerifyError::RowIndex { name: name.clone(), what });
+        if !is_row {
+            return bad(format!("only Row tensors can be {how}"));
+        }
+        match k.params.get(i as usize) {
+            Some(ip) if ip.kind == ParamKind::PerRow(DType::I32) => {}
+            Some(ip) => return bad(format!("{how} by `{}`, which is not a PerRow<i32> parameter", ip.name)),
+            None => return bad(format!("{how} by parameter #{i}, which does not exist")),
         }
     }
     Ok(())

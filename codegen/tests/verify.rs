@@ -142,6 +142,7 @@ fn bad_outputs_are_rejected() {
         name: "y".into(),
         kind: OutputKind::PerRow(DType::F32),
         value: x,
+        index: None,
     };
     assert!(matches!(
         verify(&k),
@@ -152,6 +153,7 @@ fn bad_outputs_are_rejected() {
         name: "y".into(),
         kind: OutputKind::Row(DType::BF16),
         value: x,
+        index: None,
     };
     assert!(matches!(
         verify(&k),
@@ -166,6 +168,7 @@ fn bad_outputs_are_rejected() {
         name: "y".into(),
         kind: OutputKind::Row(DType::F32),
         value: ValueId(99),
+        index: None,
     };
     assert!(matches!(verify(&k), Err(VerifyError::OutputMissing { .. })));
     // bool storage
@@ -179,6 +182,7 @@ fn bad_outputs_are_rejected() {
         name: "y".into(),
         kind: OutputKind::Row(DType::Bool),
         value: ValueId(c),
+        index: None,
     };
     assert!(matches!(verify(&k), Err(VerifyError::BoolStorage { .. })));
     // none at all
@@ -192,6 +196,7 @@ fn duplicate_names_are_rejected() {
     k.params.push(Param {
         name: "x".into(),
         kind: ParamKind::Bcast(DType::F32),
+        index: None,
     });
     assert_eq!(verify(&k), Err(VerifyError::DuplicateName("x".into())));
     let mut k = small();
@@ -314,4 +319,48 @@ fn an_invalid_input_kernel_fails_lower_at_the_input_check() {
         }) => assert!(msg.contains("stored type"), "{msg}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn row_indices_must_name_a_per_row_i32_param() {
+    use kiln_codegen::builder::Builder;
+    let build = |index_kind: ParamKind, on_output: bool| {
+        let mut b = Builder::new("t", "test", DType::F32);
+        b.param("x", ParamKind::Row(DType::F32)).unwrap();
+        b.param("idx", index_kind).unwrap();
+        let x = kiln_codegen::ir::ValueId(0);
+        if on_output {
+            b.output_at("y", OutputKind::Row(DType::F32), x, 1).unwrap();
+        } else {
+            b.gather(0, 1).unwrap();
+            b.output("y", OutputKind::Row(DType::F32), x).unwrap();
+        }
+        b.finish().unwrap()
+    };
+    for on_output in [false, true] {
+        assert_eq!(verify(&build(ParamKind::PerRow(DType::I32), on_output)), Ok(()));
+        assert!(matches!(verify(&build(ParamKind::PerRow(DType::F32), on_output)), Err(VerifyError::RowIndex { .. })));
+        assert!(matches!(verify(&build(ParamKind::Row(DType::I32), on_output)), Err(VerifyError::RowIndex { .. })));
+    }
+    // Only Row tensors are indexed; an index that points nowhere is an error, not a panic.
+    let mut k = build(ParamKind::PerRow(DType::I32), false);
+    k.params[0].index = Some(9);
+    assert!(matches!(verify(&k), Err(VerifyError::RowIndex { .. })));
+    let mut k = build(ParamKind::PerRow(DType::I32), false);
+    k.params[1].index = Some(1);
+    assert!(matches!(verify(&k), Err(VerifyError::RowIndex { .. })));
+    let text = build(ParamKind::PerRow(DType::I32), true).to_string();
+    assert!(text.contains("output y: row<f32> scattered by idx"), "{text}");
+}
+
+#[test]
+fn infinite_constants_survive_the_embedded_json() {
+    use kiln_codegen::ir::Const;
+    for c in [Const::F32(f32::NEG_INFINITY), Const::F32(f32::INFINITY), Const::F32(1.5), Const::I32(-3)] {
+        let json = serde_json::to_string(&c).unwrap();
+        let back: Const = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c, "{json}");
+    }
+    let nan: Const = serde_json::from_str(&serde_json::to_string(&Const::F32(f32::NAN)).unwrap()).unwrap();
+    assert!(matches!(nan, Const::F32(x) if x.is_nan()));
 }

@@ -15,7 +15,7 @@
 //! Invariant: every error is spanned on the expression or statement that caused it, including
 //! type errors that codegen's [`Builder`] reports.
 
-use crate::sig::{PKind, Sig};
+use crate::sig::{OKind, PKind, Sig};
 use kiln_codegen::builder::{BuildError, Builder};
 use kiln_codegen::ir::{Const, DType, Kernel, Shape, ValueId};
 use kiln_codegen::typeck::TypeError;
@@ -69,6 +69,12 @@ pub fn build(f: &syn::ItemFn, sig: &Sig, source: &str, dtype: DType) -> syn::Res
             },
         ));
         cx.widened.push(None);
+    }
+    for (i, p) in sig.params.iter().enumerate() {
+        if let Some(g) = &p.gather {
+            let gi = cx.b.param_index(&g.to_string()).ok_or_else(|| err(g, format!("`{g}` is not a parameter")))?;
+            cx.b.gather(i as u32, gi).map_err(|e| build_err(&p.name, e))?;
+        }
     }
     let stmts = &f.block.stmts;
     let Some((last, init)) = stmts.split_last() else {
@@ -161,7 +167,15 @@ impl Cx<'_> {
             let name = self.output_name(e).unwrap_or_else(|| format!("out{i}"));
             let v = self.expr(e)?;
             let id = self.value(v, None, e)?;
-            self.b.output(&name, kind.output_kind(self.b.dtype()), id).map_err(|be| match be {
+            let out_kind = kind.output_kind(self.b.dtype());
+            let added = match &kind {
+                OKind::Scatter(g) => {
+                    let gi = self.b.param_index(&g.to_string()).ok_or_else(|| err(g, format!("`{g}` is not a parameter")))?;
+                    self.b.output_at(&name, out_kind, id, gi)
+                }
+                _ => self.b.output(&name, out_kind, id),
+            };
+            added.map_err(|be| match be {
                 BuildError::Duplicate(n) => err(e, format!("output `{n}` is returned twice (or clashes with a parameter); return each value once")),
                 other => build_err(e, other),
             })?;

@@ -1,9 +1,11 @@
 //! The signature of a `#[fused]` fn: what each parameter and output is.
 //!
 //! Parameters: `Row`, `Bcast` (the specialisation's storage dtype T), `Row<f32|f16|bf16>`,
-//! `Bcast<f32|f16|bf16>` (a fixed dtype), `PerRow<i32|f32>` (one value per row) and
-//! `#[comptime] name: f32|i32|bool` (a launch-uniform scalar). Outputs: `Row`,
-//! `Row<f32|f16|bf16>`, `PerRow<f32|i32>`, or a tuple of them.
+//! `Bcast<f32|f16|bf16>` (a fixed dtype), `PerRow<i32|f32>` (one value per row),
+//! `Gather<idx>` (a storage-dtype Row whose row `r` is tensor row `idx[r]`, `idx` a
+//! `PerRow<i32>` parameter) and `#[comptime] name: f32|i32|bool` (a launch-uniform scalar).
+//! Outputs: `Row`, `Row<f32|f16|bf16>`, `PerRow<f32|i32>`, `Scatter<idx>` (row `r` written to
+//! tensor row `idx[r]`; negative skips), or a tuple of them.
 //!
 //! Invariant: a parsed [`Sig`] has at least one output, unique parameter names, and no name
 //! that the generated `run` fn uses itself (`dev`).
@@ -40,6 +42,8 @@ pub enum PKind {
 pub struct SigParam {
     pub name: Ident,
     pub kind: PKind,
+    /// `Gather<idx>`: the index parameter's name.
+    pub gather: Option<Ident>,
 }
 
 impl SigParam {
@@ -53,17 +57,20 @@ impl SigParam {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum OKind {
     Row(Dt),
     PerRow(DType),
+    /// A storage-dtype Row written to the rows named by this `PerRow<i32>` parameter.
+    Scatter(Ident),
 }
 
 impl OKind {
-    pub fn output_kind(self, t: DType) -> OutputKind {
+    pub fn output_kind(&self, t: DType) -> OutputKind {
         match self {
             OKind::Row(d) => OutputKind::Row(d.resolve(t)),
-            OKind::PerRow(d) => OutputKind::PerRow(d),
+            OKind::PerRow(d) => OutputKind::PerRow(*d),
+            OKind::Scatter(_) => OutputKind::Row(t),
         }
     }
 }
@@ -75,9 +82,9 @@ pub struct Sig {
     pub tuple: bool,
 }
 
-const PARAM_TYPES: &str = "`Row`, `Bcast`, `Row<f32|f16|bf16>`, `Bcast<f32|f16|bf16>`, `PerRow<i32|f32>`, or `#[comptime] name: f32|i32|bool`";
+const PARAM_TYPES: &str = "`Row`, `Bcast`, `Row<f32|f16|bf16>`, `Bcast<f32|f16|bf16>`, `PerRow<i32|f32>`, `Gather<index_param>`, or `#[comptime] name: f32|i32|bool`";
 const OUTPUT_TYPES: &str =
-    "`Row`, `Row<f32|f16|bf16>`, `PerRow<f32|i32>`, or a tuple of them such as `(Row, Row)`";
+    "`Row`, `Row<f32|f16|bf16>`, `PerRow<f32|i32>`, `Scatter<index_param>`, or a tuple of them such as `(Row, Row)`";
 
 fn err<T>(tokens: impl quote::ToTokens, msg: impl std::fmt::Display) -> syn::Result<T> {
     Err(syn::Error::new_spanned(tokens, msg))
@@ -129,6 +136,11 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
         }
         params.push(p);
     }
+    for p in &params {
+        if let Some(g) = &p.gather {
+            check_index(&params, g)?;
+        }
+    }
     let (outputs, tuple) = match &s.output {
         ReturnType::Default => {
             return err(
@@ -146,11 +158,25 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
             other => (vec![parse_output(other)?], false),
         },
     };
+    for o in &outputs {
+        if let OKind::Scatter(g) = o {
+            check_index(&params, g)?;
+        }
+    }
     Ok(Sig {
         params,
         outputs,
         tuple,
     })
+}
+
+/// The index of a `Gather<idx>` / `Scatter<idx>` must be a declared `PerRow<i32>` parameter.
+fn check_index(params: &[SigParam], idx: &Ident) -> syn::Result<()> {
+    match params.iter().find(|p| p.name == *idx) {
+        Some(p) if p.kind == PKind::PerRow(DType::I32) => Ok(()),
+        Some(_) => err(idx, format!("`{idx}` must be a `PerRow<i32>` parameter to index rows")),
+        None => err(idx, format!("`{idx}` is not a parameter; declare `{idx}: PerRow<i32>` to index rows with it")),
+    }
 }
 
 fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
@@ -198,7 +224,14 @@ fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
         return Ok(SigParam {
             name,
             kind: PKind::Comptime(d),
+            gather: None,
         });
+    }
+    if let Some(("Gather", g)) = type_name(ty) {
+        let Some(g) = g else {
+            return err(ty, "name the index: `Gather<ids>` reads row `ids[r]` (`ids: PerRow<i32>`)");
+        };
+        return Ok(SigParam { name, kind: PKind::Row(Dt::Storage), gather: Some(Ident::new(&g, index_span(ty))) });
     }
     let kind = match type_name(ty) {
         Some(("Row", g)) => PKind::Row(storage_or(g, ty)?),
@@ -214,12 +247,27 @@ fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
         }
         _ => return err(ty, format!("unsupported #[fused] parameter type; use {PARAM_TYPES}")),
     };
-    Ok(SigParam { name, kind })
+    Ok(SigParam { name, kind, gather: None })
+}
+
+/// The span of the generic argument of `Gather<idx>` / `Scatter<idx>` (errors point at it).
+fn index_span(ty: &Type) -> proc_macro2::Span {
+    use syn::spanned::Spanned;
+    if let Type::Path(tp) = ty {
+        if let Some(PathArguments::AngleBracketed(ab)) = tp.path.segments.last().map(|s| &s.arguments) {
+            if let Some(a) = ab.args.first() {
+                return a.span();
+            }
+        }
+    }
+    ty.span()
 }
 
 fn parse_output(ty: &Type) -> syn::Result<OKind> {
     match type_name(ty) {
         Some(("Row", g)) => Ok(OKind::Row(storage_or(g, ty)?)),
+        Some(("Scatter", Some(g))) => Ok(OKind::Scatter(Ident::new(&g, index_span(ty)))),
+        Some(("Scatter", None)) => err(ty, "name the index: `Scatter<slot>` writes row `r` to row `slot[r]` (`slot: PerRow<i32>`)"),
         Some(("PerRow", Some(g))) => match g.as_str() {
             "f32" => Ok(OKind::PerRow(DType::F32)),
             "i32" => Ok(OKind::PerRow(DType::I32)),
@@ -251,7 +299,7 @@ fn type_name(ty: &Type) -> Option<(&'static str, Option<String>)> {
         return None;
     }
     let seg = &tp.path.segments[0];
-    let name = ["Row", "Bcast", "PerRow", "f32", "i32", "bool"]
+    let name = ["Row", "Bcast", "PerRow", "Gather", "Scatter", "f32", "i32", "bool"]
         .into_iter()
         .find(|n| seg.ident == n)?;
     let generic = match &seg.arguments {

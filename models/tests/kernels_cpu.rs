@@ -11,7 +11,7 @@
 use half::{bf16, f16};
 use kiln_codegen::cpu::{CpuIn, CpuOut, CpuOutArg, CpuParam, CpuScalar};
 use kiln_codegen::ir::DType;
-use kiln_models::kernels::{activation, epilogue, norm, rope, softmax};
+use kiln_models::kernels::{activation, epilogue, gather, norm, rope, softmax};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -547,4 +547,117 @@ fn rope_at_long_context_positions() {
         &llama3_scalars(),
         |x, pos, hd| rope::rope_half_llama3_ref(x, pos, 500000.0, hd, LLAMA3),
     );
+}
+
+/// `rope_kv_write(_llama3)`: K rotated and V copied into the cache rows named by `slot`, in a
+/// shuffled order with one negative slot (skipped); every untouched cache row stays poisoned.
+fn kv_write_cases(
+    name: &str,
+    run: impl Fn(DType, &[CpuParam<'_>], &mut [CpuOutArg<'_>], usize, usize),
+    comptime: &[CpuScalar],
+    reference: impl Fn(&[f64], i32, usize) -> Vec<f64>,
+) {
+    for (di, &dt) in DTYPES.iter().enumerate() {
+        for (si, &(head_dim, heads, pad)) in ROPE_SHAPES.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 11);
+            let width = head_dim * heads;
+            let s = Shape { rows: 5, width, stride: width + pad };
+            let cache_rows = 9;
+            let cache = Shape { rows: cache_rows, width, stride: width };
+            let k = Data::random(&mut rng, dt, s.len(), 0.1, 2.0);
+            let v = Data::random(&mut rng, dt, s.len(), 0.1, 2.0);
+            let pos: Vec<i32> = (0..s.rows).map(|_| rng.random_range(1..48)).collect();
+            let slot = vec![7, 2, -1, 0, 5];
+            let (pos_d, slot_d) = (Data::I32(pos.clone()), Data::I32(slot.clone()));
+            let mut kc = Data::poisoned(dt, cache.len());
+            let mut vc = Data::poisoned(dt, cache.len());
+            let mut params = vec![row(&k, s), row(&v, s), CpuParam::per_row(pos_d.as_in()), CpuParam::per_row(slot_d.as_in())];
+            params.push(CpuParam::Comptime(comptime[0]));
+            params.push(CpuParam::Comptime(CpuScalar::I32(head_dim as i32)));
+            params.extend(comptime[1..].iter().map(|&c| CpuParam::Comptime(c)));
+            run(dt, &params, &mut [out(&mut kc, cache), out(&mut vc, cache)], s.rows, s.width);
+            let (ks, vs) = (k.to_f64(), v.to_f64());
+            let (kc, vc) = (kc.to_f64(), vc.to_f64());
+            let krows: Vec<&[f64]> = s.rows(&ks).collect();
+            let vrows: Vec<&[f64]> = s.rows(&vs).collect();
+            for c in 0..cache_rows {
+                let (kg, vg) = (&kc[c * width..(c + 1) * width], &vc[c * width..(c + 1) * width]);
+                match slot.iter().position(|&x| x == c as i32) {
+                    None => assert!(kg.iter().chain(vg).all(|x| x.is_nan()), "{name} {dt}: cache row {c} was written"),
+                    Some(r) => {
+                        let one = Shape { rows: 1, width, stride: width };
+                        let want_k = reference(krows[r], pos[r], head_dim);
+                        check(name, dt, one, &Data::from_f32(DType::F32, &kg.iter().map(|&x| x as f32).collect::<Vec<_>>()), &[want_k], tol(dt));
+                        assert_eq!(vg, vrows[r], "{name} {dt}: V of token {r} is not copied exactly");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rope_kv_write_matches_ref() {
+    kv_write_cases(
+        "rope_kv_write",
+        |dt, p, o, r, w| rope::rope_kv_write::cpu(dt, p, o, r, w).unwrap(),
+        &[CpuScalar::F32(THETA)],
+        |x, pos, hd| rope::rope_half_ref(x, pos, THETA as f64, hd),
+    );
+}
+
+#[test]
+fn rope_kv_write_llama3_matches_ref() {
+    kv_write_cases(
+        "rope_kv_write_llama3",
+        |dt, p, o, r, w| rope::rope_kv_write_llama3::cpu(dt, p, o, r, w).unwrap(),
+        &llama3_scalars(),
+        |x, pos, hd| rope::rope_half_llama3_ref(x, pos, 500000.0, hd, LLAMA3),
+    );
+}
+
+#[test]
+fn rope_kv_write_rejects_a_slot_outside_the_cache() {
+    let dt = DType::F32;
+    let s = Shape { rows: 2, width: 8, stride: 8 };
+    let k = Data::from_f32(dt, &[1.0; 16]);
+    let (pos, slot) = (Data::I32(vec![1, 2]), Data::I32(vec![0, 3]));
+    let mut kc = Data::poisoned(dt, 3 * 8);
+    let mut vc = Data::poisoned(dt, 3 * 8);
+    let params = [
+        row(&k, s),
+        row(&k, s),
+        CpuParam::per_row(pos.as_in()),
+        CpuParam::per_row(slot.as_in()),
+        CpuParam::Comptime(CpuScalar::F32(THETA)),
+        CpuParam::Comptime(CpuScalar::I32(8)),
+    ];
+    let cache = Shape { rows: 3, width: 8, stride: 8 };
+    let e = rope::rope_kv_write::cpu(dt, &params, &mut [out(&mut kc, cache), out(&mut vc, cache)], 2, 8).unwrap_err();
+    assert!(e.to_string().contains("row 3"), "{e}");
+    assert!(kc.to_f64().iter().chain(&vc.to_f64()).all(|x| x.is_nan()), "a rejected call wrote");
+}
+
+#[test]
+fn gather_rows_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let table_rows = 11;
+        let table = Shape { rows: table_rows, width: s.width, stride: s.stride };
+        let t = Data::random(rng, dt, table.len(), 0.1, 2.0);
+        let ids: Vec<i32> = (0..s.rows).map(|_| rng.random_range(0..table_rows as i32)).collect();
+        let ids_d = Data::I32(ids.clone());
+        let mut y = Data::poisoned(dt, s.len());
+        let params = [CpuParam::row(t.as_in(), table.stride), CpuParam::per_row(ids_d.as_in())];
+        gather::gather_rows::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let flat: Vec<f64> = table.rows(&t.to_f64()).flatten().copied().collect();
+        let want = gather::gather_rows_ref(&flat, s.width, &ids);
+        check("gather_rows", dt, s, &y, &want, 0.0);
+    });
+    // An id past the table is an error, not a read out of bounds.
+    let t = Data::from_f32(DType::F32, &[1.0; 8]);
+    let ids = Data::I32(vec![0, 2]);
+    let mut y = Data::poisoned(DType::F32, 8);
+    let s = Shape { rows: 2, width: 4, stride: 4 };
+    let params = [CpuParam::row(t.as_in(), 4), CpuParam::per_row(ids.as_in())];
+    assert!(gather::gather_rows::cpu(DType::F32, &params, &mut [out(&mut y, s)], 2, 4).is_err());
 }

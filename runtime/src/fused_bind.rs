@@ -139,16 +139,28 @@ fn check_devices(dev: &Device, name: &'static str, k: &Kernel, args: &[Arg<'_>],
     Ok(())
 }
 
-/// `(rows, width)` from the first Row tensor, inputs first.
+/// `(rows, width)`: rows from the first Row tensor that is not gathered or scattered (inputs
+/// first), else from the first row index; width from the first Row tensor.
 fn problem_size(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Result<(usize, usize), FusedError> {
-    let from_params = k.params.iter().zip(args).find_map(|(p, a)| match (p.kind, a) {
-        (ParamKind::Row(_), Arg::Tensor(t)) => Some((t.rows(), t.cols())),
+    let row_params = k.params.iter().zip(args).filter_map(|(p, a)| match (p.kind, a) {
+        (ParamKind::Row(_), Arg::Tensor(t)) => Some((p.index, *t)),
         _ => None,
     });
-    let from_outputs = || {
-        k.outputs.iter().zip(outs).find_map(|(o, t)| matches!(o.kind, OutputKind::Row(_)).then(|| (t.rows(), t.cols())))
+    let row_outputs = k.outputs.iter().zip(outs).filter(|(o, _)| matches!(o.kind, OutputKind::Row(_))).map(|(o, t)| (o.index, &**t));
+    let rows_tensors: Vec<(Option<u32>, &Tensor)> = row_params.chain(row_outputs).collect();
+    let width = rows_tensors.first().map(|(_, t)| t.cols()).ok_or(FusedError::NoRowTensor { kernel: name })?;
+    let rows = match rows_tensors.iter().find(|(index, _)| index.is_none()) {
+        Some((_, t)) => t.rows(),
+        None => {
+            // Every Row tensor is indexed: the index vector has one entry per row.
+            let index = rows_tensors[0].0.unwrap_or(0) as usize;
+            match args.get(index) {
+                Some(Arg::Tensor(t)) => t.vector_len().unwrap_or(0),
+                _ => 0,
+            }
+        }
     };
-    from_params.or_else(from_outputs).ok_or(FusedError::NoRowTensor { kernel: name })
+    Ok((rows, width))
 }
 
 fn check_shapes(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor], rows: usize, width: usize) -> Result<(), FusedError> {
@@ -164,9 +176,18 @@ fn check_shapes(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut T
         Some(n) => Err(shape_err(param, format!("has {n} elements, expected {want} ({what})"))),
         None => Err(shape_err(param, format!("is {}x{}, expected a vector of {want} ({what})", t.rows(), t.cols()))),
     };
+    // A gathered or scattered tensor has any number of rows; its indices are the caller's
+    // contract on the GPU (the CPU backend checks each one).
+    let indexed = |param: &str, t: &Tensor| {
+        if t.cols() != width || t.rows() == 0 {
+            return Err(shape_err(param, format!("is {}x{}, expected some rows of width {width}", t.rows(), t.cols())));
+        }
+        Ok(())
+    };
     for (p, a) in k.params.iter().zip(args) {
         if let Arg::Tensor(t) = a {
             match p.kind {
+                ParamKind::Row(_) if p.index.is_some() => indexed(&p.name, t)?,
                 ParamKind::Row(_) => row(&p.name, t)?,
                 ParamKind::Bcast(_) => vector(&p.name, t, width, "width")?,
                 ParamKind::PerRow(_) => vector(&p.name, t, rows, "rows")?,
@@ -176,6 +197,7 @@ fn check_shapes(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut T
     }
     for (o, t) in k.outputs.iter().zip(outs) {
         match o.kind {
+            OutputKind::Row(_) if o.index.is_some() => indexed(&o.name, t)?,
             OutputKind::Row(_) => row(&o.name, t)?,
             OutputKind::PerRow(_) => vector(&o.name, t, rows, "rows")?,
         }

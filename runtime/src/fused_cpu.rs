@@ -89,6 +89,15 @@ pub(crate) fn run(b: &Bound, args: &[Arg<'_>], outs: &mut [&mut Tensor]) -> Resu
         return planned.run(&params, &mut out_args, b.rows, b.width).map_err(run_err);
     }
 
+    // A scattered output writes only some rows of its tensor, so it cannot go through scratch.
+    if let Some(o) = k.outputs.iter().find(|o| o.index.is_some()) {
+        return Err(FusedError::Shape {
+            kernel: name,
+            param: o.name.clone(),
+            what: "a scattered output must not share storage with an input or another output".into(),
+        });
+    }
+
     // Aliased: compute into contiguous scratch, then copy back once the inputs are unlocked.
     let scratch: Vec<HostBuf> = k
         .outputs

@@ -234,7 +234,10 @@ pub(crate) fn validate(
                         width,
                     });
                 }
-                if row_len_ok(data.len(), *row_stride, rows, width).is_none() {
+                if let Some(i) = p.index {
+                    let idx = index_data(k, params, i, rows)?;
+                    check_indices(&p.name, idx, data.len(), *row_stride, width, false)?;
+                } else if row_len_ok(data.len(), *row_stride, rows, width).is_none() {
                     let want = format!(
                         "at least (rows-1)*stride+width = {}*{}+{}",
                         rows - 1,
@@ -273,7 +276,10 @@ pub(crate) fn validate(
                         width,
                     });
                 }
-                if row_len_ok(data.len(), *row_stride, rows, width).is_none() {
+                if let Some(i) = o.index {
+                    let idx = index_data(k, params, i, rows)?;
+                    check_indices(&o.name, idx, data.len(), *row_stride, width, true)?;
+                } else if row_len_ok(data.len(), *row_stride, rows, width).is_none() {
                     let want = format!(
                         "at least (rows-1)*stride+width = {}*{}+{}",
                         rows - 1,
@@ -303,6 +309,32 @@ pub(crate) fn validate(
                     got,
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// The i32 data of index parameter `i` (the verifier made it a `PerRow(I32)`).
+fn index_data<'a>(k: &Kernel, params: &[CpuParam<'a>], i: u32, rows: usize) -> Result<&'a [i32], CpuError> {
+    let name = k.params.get(i as usize).map_or_else(|| format!("#{i}"), |p| p.name.clone());
+    match params.get(i as usize) {
+        Some(CpuParam::PerRow(CpuIn::I32(d))) if d.len() == rows => Ok(d),
+        Some(got) => Err(CpuError::ParamKind { name, want: format!("a per_row<i32> tensor of {rows} rows"), got: param_text(got) }),
+        None => Err(CpuError::ParamKind { name, want: "a per_row<i32> tensor".into(), got: "nothing".into() }),
+    }
+}
+
+/// Every index names a row inside the tensor (`len` elements, rows `stride` apart); a negative
+/// index is allowed only for a scatter (`skip_negative`), which then skips the row.
+fn check_indices(name: &str, idx: &[i32], len: usize, stride: usize, width: usize, skip_negative: bool) -> Result<(), CpuError> {
+    let rows_in = if len < width { 0 } else { (len - width) / stride + 1 };
+    for &i in idx {
+        if (i < 0 && !skip_negative) || (i >= 0 && i as usize >= rows_in) {
+            return Err(CpuError::Length {
+                name: name.to_string(),
+                len,
+                want: format!("row {i} (the tensor has {rows_in} rows{})", if skip_negative { "; negative skips" } else { "" }),
+            });
         }
     }
     Ok(())

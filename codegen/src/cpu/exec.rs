@@ -39,6 +39,10 @@ pub(crate) struct Ctx<'a> {
     pub k: &'a Kernel,
     pub plan: &'a Plan,
     pub ins: Vec<In<'a>>,
+    /// Per param: the gather index (`PerRow<i32>` data) of a gathered `Row` param.
+    pub gathers: Vec<Option<&'a [i32]>>,
+    /// Per output: the scatter index of a scattered `Row` output.
+    pub scatters: Vec<Option<&'a [i32]>>,
     pub width: usize,
     /// The scalar table with every invariant node already computed.
     pub uni0: Vec<CpuScalar>,
@@ -51,10 +55,18 @@ impl<'a> Ctx<'a> {
         ins: Vec<In<'a>>,
         width: usize,
     ) -> Result<Ctx<'a>, CpuError> {
+        let index_data = |i: Option<u32>| match i.and_then(|i| ins.get(i as usize)) {
+            Some(In::PerRow(CpuIn::I32(d))) => Some(*d),
+            _ => None,
+        };
+        let gathers = k.params.iter().map(|p| index_data(p.index)).collect();
+        let scatters = k.outputs.iter().map(|o| index_data(o.index)).collect();
         let mut ctx = Ctx {
             k,
             plan,
             ins,
+            gathers,
+            scatters,
             width,
             uni0: vec![CpuScalar::F32(0.0); k.nodes.len()],
         };
@@ -71,6 +83,17 @@ impl<'a> Ctx<'a> {
             ctx.uni0[i] = v;
         }
         Ok(ctx)
+    }
+}
+
+impl Ctx<'_> {
+    /// The tensor row of param `p` that problem row `r` reads (its gather index, if any;
+    /// `validate` checked every index against the tensor).
+    pub fn src_row(&self, p: usize, r: usize) -> usize {
+        match self.gathers.get(p).copied().flatten() {
+            Some(idx) => idx.get(r).map_or(usize::MAX, |&i| i as usize),
+            None => r,
+        }
     }
 }
 
@@ -109,7 +132,7 @@ impl<'s> Env<'s> {
             },
             Loc::F(s) => Src::V(self.f.get(s).ok_or_else(bad)?),
             Loc::Input(p) => match self.ctx.ins.get(p) {
-                Some(In::RowF32(d, st)) => Src::V(row_of(d, *st, self.row, w).ok_or_else(bad)?),
+                Some(In::RowF32(d, st)) => Src::V(row_of(d, *st, self.ctx.src_row(p, self.row), w).ok_or_else(bad)?),
                 Some(In::BcastF32(d)) => Src::V(d),
                 _ => return Err(bad()),
             },
@@ -127,7 +150,7 @@ impl<'s> Env<'s> {
             },
             Loc::I(s) => Src::V(self.i.get(s).ok_or_else(bad)?),
             Loc::Input(p) => match self.ctx.ins.get(p) {
-                Some(In::RowI32(d, st)) => Src::V(row_of(d, *st, self.row, w).ok_or_else(bad)?),
+                Some(In::RowI32(d, st)) => Src::V(row_of(d, *st, self.ctx.src_row(p, self.row), w).ok_or_else(bad)?),
                 Some(In::BcastI32(d)) => Src::V(d),
                 _ => return Err(bad()),
             },
@@ -352,7 +375,16 @@ impl Worker {
                 )
             };
             if view.row {
-                let start = lr * view.stride;
+                // A scattered output's view is the whole tensor (the call runs as one block).
+                let dst_row = match ctx.scatters.get(oi).copied().flatten() {
+                    Some(idx) => match idx.get(r) {
+                        Some(&i) if i < 0 => continue,
+                        Some(&i) => i as usize,
+                        None => return Err(bad()),
+                    },
+                    None => lr,
+                };
+                let start = dst_row * view.stride;
                 let range = start..start + w;
                 match &mut view.data {
                     CpuOut::I32(d) => match env.isrc(o.value)? {
@@ -409,10 +441,12 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
     match k.nodes[i].op {
         Op::Param(p) => match env.ctx.ins.get(p as usize) {
             Some(In::RowF16(d, st)) => {
-                vector::widen_f16(dst, row_of(d, *st, env.row, w).ok_or_else(bad)?)
+                let r = env.ctx.src_row(p as usize, env.row);
+                vector::widen_f16(dst, row_of(d, *st, r, w).ok_or_else(bad)?)
             }
             Some(In::RowBF16(d, st)) => {
-                vector::widen_bf16(dst, row_of(d, *st, env.row, w).ok_or_else(bad)?)
+                let r = env.ctx.src_row(p as usize, env.row);
+                vector::widen_bf16(dst, row_of(d, *st, r, w).ok_or_else(bad)?)
             }
             _ => return Err(bad()),
         },
@@ -467,14 +501,15 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                     width: w,
                 });
             };
+            let xr = env.ctx.src_row(x as usize, env.row);
             let xrow: &[f32] = match env.ctx.ins.get(x as usize) {
-                Some(In::RowF32(d, st)) => row_of(d, *st, env.row, w).ok_or_else(bad)?,
+                Some(In::RowF32(d, st)) => row_of(d, *st, xr, w).ok_or_else(bad)?,
                 Some(In::RowF16(d, st)) => {
-                    vector::widen_f16(s.rope_x, row_of(d, *st, env.row, w).ok_or_else(bad)?);
+                    vector::widen_f16(s.rope_x, row_of(d, *st, xr, w).ok_or_else(bad)?);
                     s.rope_x
                 }
                 Some(In::RowBF16(d, st)) => {
-                    vector::widen_bf16(s.rope_x, row_of(d, *st, env.row, w).ok_or_else(bad)?);
+                    vector::widen_bf16(s.rope_x, row_of(d, *st, xr, w).ok_or_else(bad)?);
                     s.rope_x
                 }
                 _ => return Err(bad()),

@@ -163,7 +163,10 @@ impl CpuKernel {
             .collect::<Result<Vec<_>, _>>()?;
         let ctx = Ctx::new(k, &self.plan, ins, width)?;
 
+        // A scattered output's rows are not block-local: such kernels run as one block.
+        let scatter = k.outputs.iter().any(|o| o.index.is_some());
         let parallel = rows > 1
+            && !scatter
             && rows.saturating_mul(width) > PARALLEL_MIN_ELEMS
             && rayon::current_num_threads() > 1;
         let block_rows = if parallel {
@@ -261,6 +264,11 @@ fn split_outputs<'o>(
             CpuOutArg::Row { data, row_stride } => (data.reborrow(), *row_stride, true),
             CpuOutArg::PerRow(data) => (data.reborrow(), 1, false),
         };
+        if n_blocks == 1 {
+            // One block sees the whole tensor (a scattered output writes anywhere in it).
+            blocks[0].push(OutView { data, stride, row });
+            continue;
+        }
         // validate() guarantees every block's first row lies inside the slice.
         for (b, chunk) in data
             .chunks(block_rows.saturating_mul(stride))

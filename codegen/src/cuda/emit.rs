@@ -161,17 +161,32 @@ impl Body<'_> {
         }
         for &i in &plan.row_params {
             let d = c_type(k.params[i].kind.dtype());
-            w.line(&format!(
-                "const {d}* __restrict__ {} = {} + (long long)row * {};",
+            let line = format!(
+                "const {d}* __restrict__ {} = {} + (long long){} * {};",
                 names::param_row(k, i),
                 names::param(k, i),
+                self.row_index(k.params[i].index),
                 names::param_stride(k, i)
-            ));
+            );
+            match k.params[i].index {
+                Some(g) => w.line_c(&line, &format!("gathered: row {}[row] of the tensor", k.params[g as usize].name)),
+                None => w.line(&line),
+            }
         }
         for (i, o) in k.outputs.iter().enumerate() {
             if let OutputKind::Row(d) = o.kind {
+                if let Some(g) = o.index {
+                    w.line_c(
+                        &format!("const int {} = {}[row];", names::output_slot(k, i), names::param(k, g as usize)),
+                        &format!("scattered: written to row {}[row]; a negative index skips it", k.params[g as usize].name),
+                    );
+                }
+                let row = match o.index {
+                    Some(_) => names::output_slot(k, i),
+                    None => "row".to_string(),
+                };
                 w.line(&format!(
-                    "{}* __restrict__ {} = {} + (long long)row * {};",
+                    "{}* __restrict__ {} = {} + (long long){row} * {};",
                     c_type(d),
                     names::output_row(k, i),
                     names::output(k, i),
@@ -206,6 +221,14 @@ impl Body<'_> {
         }
         w.close();
         Ok(())
+    }
+
+    /// The tensor row a gathered param reads (`row` when it is not gathered).
+    fn row_index(&self, index: Option<u32>) -> String {
+        match index {
+            Some(g) => format!("{}[row]", names::param(self.k, g as usize)),
+            None => "row".to_string(),
+        }
     }
 
     /// How an operand is spelled: uniform values and element-loop scalars by name, loaded
@@ -384,10 +407,12 @@ impl Body<'_> {
             w.close();
         }
         for &oi in &st.row_outputs {
-            w.line_c(
-                &format!("kiln_store({} + c0, {});", names::output_row(k, oi), names::output_vec(k, oi)),
-                &format!("output {}", k.outputs[oi].name),
-            );
+            let store = format!("kiln_store({} + c0, {});", names::output_row(k, oi), names::output_vec(k, oi));
+            let store = match k.outputs[oi].index {
+                Some(_) => format!("if ({} >= 0) {store}", names::output_slot(k, oi)),
+                None => store,
+            };
+            w.line_c(&store, &format!("output {}", k.outputs[oi].name));
         }
         Ok(())
     }

@@ -66,6 +66,11 @@ pub fn output_row(k: &Kernel, i: usize) -> String {
     format!("{}_row", output(k, i))
 }
 
+/// The tensor row a scattered `Row` output `i` writes this block's row to.
+pub fn output_slot(k: &Kernel, i: usize) -> String {
+    format!("{}_slot", output(k, i))
+}
+
 /// The values of `Row` output `i` for the current vector, gathered for one store.
 pub fn output_vec(k: &Kernel, i: usize) -> String {
     format!("{}_vec", output(k, i))

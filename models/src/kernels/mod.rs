@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod epilogue;
+pub mod gather;
 pub mod generated;
 pub mod norm;
 pub mod rope;
@@ -25,9 +26,12 @@ pub static ALL: &[&FusedDef] = &[
     &rope::rope_half::DEF,
     &rope::rope_interleaved::DEF,
     &rope::rope_half_llama3::DEF,
+    &rope::rope_kv_write::DEF,
+    &rope::rope_kv_write_llama3::DEF,
     &softmax::softmax::DEF,
     &epilogue::bias_add::DEF,
     &epilogue::residual_add::DEF,
     &epilogue::cast_to_f32::DEF,
     &epilogue::cast_from_f32::DEF,
+    &gather::gather_rows::DEF,
 ];

@@ -145,3 +145,48 @@ pub fn rope_half_llama3_ref(
         |i| (i, i + head_dim / 2),
     )
 }
+
+/// The KV-cache write of one layer, fused with the RoPE of K: `k` rotated (rotate_half) and
+/// `v` as is are written to cache row `slot[r]` (a negative slot skips the token: padding in
+/// a captured batch). `k`, `v`: the K and V column views of the fused QKV projection.
+#[fused]
+pub fn rope_kv_write(
+    k: Row,
+    v: Row,
+    pos: PerRow<i32>,
+    slot: PerRow<i32>,
+    #[comptime] theta: f32,
+    #[comptime] head_dim: i32,
+) -> (Scatter<slot>, Scatter<slot>) {
+    let k_cache = rope_half(k, pos, theta, head_dim);
+    let v_cache = v;
+    (k_cache, v_cache)
+}
+
+/// [`rope_kv_write`] with Llama-3.1 frequency scaling.
+#[fused]
+pub fn rope_kv_write_llama3(
+    k: Row,
+    v: Row,
+    pos: PerRow<i32>,
+    slot: PerRow<i32>,
+    #[comptime] theta: f32,
+    #[comptime] head_dim: i32,
+    #[comptime] factor: f32,
+    #[comptime] low_freq_factor: f32,
+    #[comptime] high_freq_factor: f32,
+    #[comptime] original_max_position: f32,
+) -> (Scatter<slot>, Scatter<slot>) {
+    let k_cache = rope_half_llama3(
+        k,
+        pos,
+        theta,
+        head_dim,
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position,
+    );
+    let v_cache = v;
+    (k_cache, v_cache)
+}

@@ -3,6 +3,9 @@
 //! - float tensors: uniform in ±[0.1, 1) (random sign), so no element is zero and nothing
 //!   cancels to exactly zero by construction;
 //! - i32 tensors (positions): uniform in [0, 4096);
+//! - row indices: a gather index takes rows of a table [`EXTRA_ROWS`] rows taller than the
+//!   problem, in random order with repeats; a scatter index names distinct rows of an output
+//!   that much taller, every fifth entry -1 (skipped);
 //! - comptime values by parameter name ([`comptime_value`]), e.g. `eps` 1e-5, `theta` 10000,
 //!   `head_dim` 64 (every checked width is a multiple of it).
 //!
@@ -73,6 +76,18 @@ pub fn comptime_value(name: &str) -> Option<f64> {
     })
 }
 
+/// Rows a gathered table or a scattered output has beyond the problem's rows.
+pub(crate) const EXTRA_ROWS: usize = 3;
+
+/// Rows of the tensor behind a Row param or output: more when it is indexed.
+pub(crate) fn tensor_rows(rows: usize, indexed: bool) -> usize {
+    if indexed {
+        rows + EXTRA_ROWS
+    } else {
+        rows
+    }
+}
+
 /// Random inputs for every parameter of `k` over `rows × width`.
 pub(crate) fn make_inputs(
     k: &Kernel,
@@ -83,10 +98,16 @@ pub(crate) fn make_inputs(
     rng: &mut StdRng,
 ) -> Result<Vec<Input>, TensorError> {
     let mut out = vec![];
-    for p in &k.params {
+    for (i, p) in k.params.iter().enumerate() {
         let value = overrides.iter().find(|(n, _)| *n == p.name).map(|(_, v)| *v).or_else(|| comptime_value(&p.name));
+        let scatters = k.outputs.iter().any(|o| o.index == Some(i as u32));
+        let gathers = k.params.iter().any(|q| q.index == Some(i as u32));
+        if scatters || gathers {
+            out.push(index_tensor(rows, scatters, gpu, rng)?);
+            continue;
+        }
         out.push(match p.kind {
-            ParamKind::Row(d) => tensor(d, rows, width, gpu, rng)?,
+            ParamKind::Row(d) => tensor(d, tensor_rows(rows, p.index.is_some()), width, gpu, rng)?,
             ParamKind::Bcast(d) => tensor(d, 1, width, gpu, rng)?,
             ParamKind::PerRow(d) => tensor(d, 1, rows, gpu, rng)?,
             ParamKind::Comptime(DType::I32) => Input::I32(value.unwrap_or(1.0) as i32),
@@ -95,6 +116,29 @@ pub(crate) fn make_inputs(
         });
     }
     Ok(out)
+}
+
+/// A row index over a tensor of `rows + EXTRA_ROWS` rows (see the module docs).
+fn index_tensor(rows: usize, distinct: bool, gpu: &Device, rng: &mut StdRng) -> Result<Input, TensorError> {
+    let n = rows + EXTRA_ROWS;
+    let idx: Vec<i32> = if distinct {
+        let mut perm: Vec<i32> = (0..n as i32).collect();
+        for i in (1..n).rev() {
+            perm.swap(i, rng.random_range(0..=i));
+        }
+        perm.truncate(rows);
+        for (j, x) in perm.iter_mut().enumerate() {
+            if j % 5 == 4 {
+                *x = -1;
+            }
+        }
+        perm
+    } else {
+        (0..rows).map(|_| rng.random_range(0..n as i32)).collect()
+    };
+    let cpu = Tensor::vector(&Device::Cpu, &idx)?;
+    let gpu = cpu.to_device(gpu)?;
+    Ok(Input::Tensor { cpu, gpu })
 }
 
 fn tensor(d: DType, rows: usize, cols: usize, gpu: &Device, rng: &mut StdRng) -> Result<Input, TensorError> {
@@ -126,7 +170,7 @@ pub(crate) fn poisoned_outputs(k: &Kernel, dev: &Device, rows: usize, width: usi
         .iter()
         .map(|o| {
             let (r, c) = match o.kind {
-                OutputKind::Row(_) => (rows, width + pad),
+                OutputKind::Row(_) => (tensor_rows(rows, o.index.is_some()), width + pad),
                 OutputKind::PerRow(_) => (1, rows + pad),
             };
             let d = o.kind.dtype();
