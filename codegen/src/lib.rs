@@ -7,6 +7,7 @@
 //! whole pipeline. Nothing here touches a GPU.
 
 pub mod abi;
+pub mod attention;
 pub mod builder;
 pub mod compile;
 pub mod cpu;

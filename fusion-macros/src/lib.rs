@@ -15,6 +15,7 @@
 //! - a missing backend is never reported as a user error: only DSL errors and codegen's
 //!   verdict on a kernel the DSL accepted become `compile_error!`.
 
+mod attention;
 mod emit;
 mod expr;
 mod lower;
@@ -44,6 +45,9 @@ fn expand(
         return Err(syn::Error::new_spanned(attr, "#[fused] takes no arguments; mark launch scalars with #[comptime] on the parameter instead"));
     }
     let f: syn::ItemFn = syn::parse2(item)?;
+    if attention::is_attention(&f) {
+        return expand_attention(&f, source);
+    }
     let sig = sig::parse(&f)?;
     let mut specs = vec![];
     for dtype in kiln_codegen::ir::DType::STORAGE {
@@ -57,6 +61,20 @@ fn expand(
         specs.push((dtype, compiled));
     }
     Ok(emit::module(&f, &sig, source, &specs))
+}
+
+/// An attention fn: one template instance per storage dtype.
+fn expand_attention(f: &syn::ItemFn, source: &str) -> syn::Result<proc_macro2::TokenStream> {
+    let a = attention::parse(f)?;
+    let mut specs = vec![];
+    for dtype in kiln_codegen::ir::DType::STORAGE {
+        let kernel = attention::build(f, &a, source, dtype)?;
+        let compiled = kiln_codegen::attention::compile_attention(kernel).map_err(|e| {
+            syn::Error::new_spanned(&f.sig.ident, format!("kiln codegen rejected attention `{}` for {dtype}: {e}", f.sig.ident))
+        })?;
+        specs.push((dtype, compiled));
+    }
+    Ok(emit::attention_module(f, &a, source, &specs))
 }
 
 /// `file:line` of the fn's name, for headers of generated code. `Span::file`/`line` are stable

@@ -51,8 +51,21 @@ pub(crate) fn err(tokens: impl ToTokens, msg: impl std::fmt::Display) -> syn::Er
 
 /// Build the kernel of `f` for storage dtype `dtype`.
 pub fn build(f: &syn::ItemFn, sig: &Sig, source: &str, dtype: DType) -> syn::Result<Kernel> {
+    build_body(&f.sig.ident, &f.block, &f.block.stmts, sig, source, dtype)
+}
+
+/// Build a kernel named `name` from `stmts` (`let`s and a final expression) over the
+/// parameters and outputs of `sig`; `block` is where errors about the whole body point.
+pub fn build_body(
+    name: &syn::Ident,
+    block: &dyn ToTokens,
+    stmts: &[Stmt],
+    sig: &Sig,
+    source: &str,
+    dtype: DType,
+) -> syn::Result<Kernel> {
     let mut cx = Cx {
-        b: Builder::new(&f.sig.ident.to_string(), source, dtype),
+        b: Builder::new(&name.to_string(), source, dtype),
         sig,
         env: vec![],
         widened: vec![],
@@ -76,9 +89,8 @@ pub fn build(f: &syn::ItemFn, sig: &Sig, source: &str, dtype: DType) -> syn::Res
             cx.b.gather(i as u32, gi).map_err(|e| build_err(&p.name, e))?;
         }
     }
-    let stmts = &f.block.stmts;
     let Some((last, init)) = stmts.split_last() else {
-        return Err(missing_return(&f.block));
+        return Err(missing_return(block));
     };
     for s in init {
         cx.stmt(s)?;
@@ -95,7 +107,7 @@ pub fn build(f: &syn::ItemFn, sig: &Sig, source: &str, dtype: DType) -> syn::Res
         }
     };
     cx.outputs(ret)?;
-    cx.b.finish().map_err(|e| build_err(&f.sig.ident, e))
+    cx.b.finish().map_err(|e| build_err(name, e))
 }
 
 fn missing_return(tokens: impl ToTokens) -> syn::Error {

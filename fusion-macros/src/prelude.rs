@@ -4,6 +4,7 @@
 //! - elementwise, two arguments: `pow(a, b)`, `min(a, b)`, `max(a, b)`;
 //! - row reductions (one value per row): `sum(x)`, `mean(x)`, `max(x)`;
 //! - `select(cond, if_true, if_false)`, `softmax(x)`;
+//! - `neg_inf()`: the f32 `-inf` (an attention score modifier returns it to mask a key);
 //! - RoPE: `rope_half(x, pos, theta, head_dim)`, `rope_interleaved(x, pos, theta, head_dim)`,
 //!   `rope_half_llama3(x, pos, theta, head_dim, factor, low_freq_factor, high_freq_factor,
 //!   original_max_position)`. `x` must be a `Row` parameter (RoPE reads the partner column from
@@ -27,6 +28,7 @@ enum Prim {
     Max,
     Select,
     Softmax,
+    NegInf,
     Rope(RopeStyle, bool),
 }
 
@@ -48,6 +50,7 @@ const TABLE: &[(&str, Prim, &str)] = &[
     ("mean", Prim::Reduce(ReduceOp::Mean), "mean(x)"),
     ("select", Prim::Select, "select(cond, if_true, if_false)"),
     ("softmax", Prim::Softmax, "softmax(x)"),
+    ("neg_inf", Prim::NegInf, "neg_inf()"),
     ("rope_half", Prim::Rope(RopeStyle::HalfSplit, false), "rope_half(x, pos, theta, head_dim)"),
     ("rope_interleaved", Prim::Rope(RopeStyle::Interleaved, false), "rope_interleaved(x, pos, theta, head_dim)"),
     (
@@ -57,7 +60,7 @@ const TABLE: &[(&str, Prim, &str)] = &[
     ),
 ];
 
-pub const NAMES: &str = "exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, abs, pow, min, max, sum, mean, select, softmax, rope_half, rope_interleaved, rope_half_llama3";
+pub const NAMES: &str = "exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, abs, pow, min, max, sum, mean, select, softmax, neg_inf, rope_half, rope_interleaved, rope_half_llama3";
 
 pub fn is_prelude(name: &str) -> bool {
     TABLE.iter().any(|(n, ..)| *n == name)
@@ -136,6 +139,10 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
             let (t, f) = cx.pair(t, f, args[1], args[2])?;
             cx.no_half(&[t, f], e)?;
             cx.b.select(c0, t, f)
+        }
+        Prim::NegInf => {
+            arity(0)?;
+            Ok(cx.b.f32(f32::NEG_INFINITY))
         }
         Prim::Softmax => {
             arity(1)?;

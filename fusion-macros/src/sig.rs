@@ -179,7 +179,7 @@ fn check_index(params: &[SigParam], idx: &Ident) -> syn::Result<()> {
     }
 }
 
-fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
+pub(crate) fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
     let pt = match arg {
         FnArg::Receiver(r) => {
             return err(r, "a #[fused] fn is a free function; it takes no `self`")

@@ -16,3 +16,4 @@ pub mod llama;
 pub mod loader;
 pub mod model;
 pub mod registry;
+pub mod step;

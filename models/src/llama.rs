@@ -9,12 +9,14 @@
 //! whose column views feed RoPE directly.
 
 use crate::config::{LlamaConfig, RopeScalingKind};
-use crate::kernels::{activation, norm, rope};
+use crate::kernels::{activation, attention, gather, norm, rope};
 use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
+use crate::step::{Heads, StepInputs};
 use crate::weights::{HostTensor, Weights};
 use kiln_codegen::ir::DType;
-use kiln_runtime::attention::{paged_attention, write_kv, AttnShape};
+use kiln_runtime::attention::PagedKv;
 use kiln_runtime::{matmul, Device, Tensor};
+use std::sync::Mutex;
 
 struct Layer {
     attn_norm: Tensor,
@@ -36,6 +38,22 @@ pub struct Llama {
     lm_head: Tensor,
     final_norm: Tensor,
     layers: Vec<Layer>,
+    /// Activation buffers of the last step, reused while a step fits in them.
+    workspace: Mutex<Option<Workspace>>,
+}
+
+/// The activations of one step, `capacity` token rows each; a step of `n <= capacity` tokens
+/// uses the first `n` rows.
+struct Workspace {
+    capacity: usize,
+    residual: [Tensor; 2],
+    h: Tensor,
+    qkv: Tensor,
+    q: Tensor,
+    attn: Tensor,
+    proj: Tensor,
+    gate_up: Tensor,
+    act: Tensor,
 }
 
 fn upload(dev: &Device, dtype: DType, t: &HostTensor) -> Result<Tensor, ModelError> {
@@ -105,12 +123,34 @@ impl Llama {
             num_layers: cfg.num_hidden_layers,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
-            kv_dtype: DType::F32,
+            kv_dtype: dtype,
         };
-        Ok(Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers })
+        Ok(Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, workspace: Mutex::new(None) })
     }
 
-    fn rope(&self, x: &Tensor, pos: &Tensor, out: &mut Tensor) -> Result<(), ModelError> {
+    fn heads(&self) -> Heads {
+        Heads { n_heads: self.cfg.num_attention_heads, n_kv_heads: self.cfg.num_key_value_heads, head_dim: self.cfg.head_dim }
+    }
+
+    fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let t = |cols: usize| Tensor::uninit(&self.dev, self.dtype, capacity, cols);
+        Ok(Workspace {
+            capacity,
+            residual: [t(c.hidden_size)?, t(c.hidden_size)?],
+            h: t(c.hidden_size)?,
+            qkv: t((nh + 2 * nkv) * hd)?,
+            q: t(nh * hd)?,
+            attn: t(nh * hd)?,
+            proj: t(c.hidden_size)?,
+            gate_up: t(2 * c.intermediate_size)?,
+            act: t(c.intermediate_size)?,
+        })
+    }
+
+    /// RoPE of q (`x`) into `out`, with the model's frequency schedule.
+    fn rope_q(&self, x: &Tensor, pos: &Tensor, out: &mut Tensor) -> Result<(), ModelError> {
         let theta = self.cfg.rope_theta;
         let hd = self.cfg.head_dim as i32;
         match &self.cfg.rope_scaling {
@@ -131,8 +171,76 @@ impl Llama {
         Ok(())
     }
 
-    fn empty(&self, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
-        Ok(Tensor::uninit(&self.dev, self.dtype, rows, cols)?)
+    /// RoPE of the new keys and the KV-cache write of one layer, fused.
+    fn store_kv(&self, k: &Tensor, v: &Tensor, inp: &StepInputs, k_pool: &mut Tensor, v_pool: &mut Tensor) -> Result<(), ModelError> {
+        let theta = self.cfg.rope_theta;
+        let hd = self.cfg.head_dim as i32;
+        match &self.cfg.rope_scaling {
+            Some(s) if s.kind == RopeScalingKind::Llama3 => rope::rope_kv_write_llama3::run(
+                &self.dev,
+                k,
+                v,
+                &inp.pos,
+                &inp.slots,
+                theta,
+                hd,
+                s.factor,
+                s.low_freq_factor,
+                s.high_freq_factor,
+                s.original_max_position_embeddings as f32,
+                k_pool,
+                v_pool,
+            )?,
+            _ => rope::rope_kv_write::run(&self.dev, k, v, &inp.pos, &inp.slots, theta, hd, k_pool, v_pool)?,
+        }
+        Ok(())
+    }
+
+    /// The step on device-resident inputs: kernels and GEMMs only, no host copies (so it can
+    /// be captured). Returns `[logits rows, vocab]` logits in the model dtype.
+    fn forward_inputs(&self, inp: &StepInputs, kv: &mut KvCache, ws: &mut Workspace) -> Result<Tensor, ModelError> {
+        let c = &self.cfg;
+        let n = inp.tokens();
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let eps = c.rms_norm_eps;
+        let inter = c.intermediate_size;
+        let rows = |t: &Tensor| t.view_rows(0, n);
+        let [r0, r1] = &ws.residual;
+        let (mut residual, mut next_residual) = (rows(r0)?, rows(r1)?);
+        let (mut h, mut qkv, mut q, mut attn) = (rows(&ws.h)?, rows(&ws.qkv)?, rows(&ws.q)?, rows(&ws.attn)?);
+        let (mut proj, mut gate_up, mut act) = (rows(&ws.proj)?, rows(&ws.gate_up)?, rows(&ws.act)?);
+
+        gather::gather_rows::run(&self.dev, &self.embed, &inp.ids, &mut residual)?;
+        norm::rms_norm::run(&self.dev, &residual, &self.layers[0].attn_norm, eps, &mut h)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            matmul(&self.dev, &h, &layer.wqkv, &mut qkv)?;
+            self.rope_q(&qkv.view_cols(0, nh * hd)?, &inp.pos, &mut q)?;
+            let (k_new, v_new) = (qkv.view_cols(nh * hd, nkv * hd)?, qkv.view_cols((nh + nkv) * hd, nkv * hd)?);
+            self.store_kv(&k_new, &v_new, inp, &mut kv.k[l], &mut kv.v[l])?;
+            let cache = PagedKv { k: &kv.k[l], v: &kv.v[l], head_dim: hd };
+            attention::attn_causal::run(&self.dev, &q, &cache, &inp.plan, scale, &mut attn)?;
+            matmul(&self.dev, &attn, &layer.wo, &mut proj)?;
+            norm::add_rms_norm::run(&self.dev, &proj, &residual, &layer.ffn_norm, eps, &mut next_residual, &mut h)?;
+            std::mem::swap(&mut residual, &mut next_residual);
+
+            matmul(&self.dev, &h, &layer.w_gate_up, &mut gate_up)?;
+            activation::silu_mul::run(&self.dev, &gate_up.view_cols(0, inter)?, &gate_up.view_cols(inter, inter)?, &mut act)?;
+            matmul(&self.dev, &act, &layer.w_down, &mut proj)?;
+            let next_norm = self.layers.get(l + 1).map_or(&self.final_norm, |nl| &nl.attn_norm);
+            norm::add_rms_norm::run(&self.dev, &proj, &residual, next_norm, eps, &mut next_residual, &mut h)?;
+            std::mem::swap(&mut residual, &mut next_residual);
+        }
+        // `h` now holds the final-normed hidden states; only the asked-for rows reach lm_head.
+        let m = inp.logits_rows.cols();
+        let mut logits = Tensor::uninit(&self.dev, self.dtype, m, c.vocab_size)?;
+        if m == 0 {
+            return Ok(logits);
+        }
+        let mut picked = Tensor::uninit(&self.dev, self.dtype, m, c.hidden_size)?;
+        gather::gather_rows::run(&self.dev, &h, &inp.logits_rows, &mut picked)?;
+        matmul(&self.dev, &picked, &self.lm_head, &mut logits)?;
+        Ok(logits)
     }
 }
 
@@ -151,62 +259,23 @@ impl CausalLm for Llama {
         let mut k = Vec::with_capacity(self.layers.len());
         let mut v = Vec::with_capacity(self.layers.len());
         for _ in &self.layers {
-            k.push(Tensor::zeros(&self.dev, DType::F32, slots, width)?);
-            v.push(Tensor::zeros(&self.dev, DType::F32, slots, width)?);
+            k.push(Tensor::zeros(&self.dev, self.dtype, slots, width)?);
+            v.push(Tensor::zeros(&self.dev, self.dtype, slots, width)?);
         }
         Ok(KvCache { k, v, block_size, num_blocks })
     }
 
     fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
         batch.validate(self.cfg.vocab_size)?;
-        let c = &self.cfg;
-        let n = batch.tokens.len();
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let eps = c.rms_norm_eps;
-        let pos = Tensor::vector(&self.dev, batch.positions)?;
-        let shape = AttnShape {
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            block_size: kv.block_size,
-            scale: 1.0 / (hd as f32).sqrt(),
-        };
-
-        let mut residual = kiln_runtime::gather::gather_rows(&self.embed, batch.tokens)?;
-        let mut h = self.empty(n, c.hidden_size)?;
-        norm::rms_norm::run(&self.dev, &residual, &self.layers[0].attn_norm, eps, &mut h)?;
-        let mut qkv = self.empty(n, (nh + 2 * nkv) * hd)?;
-        let mut q = self.empty(n, nh * hd)?;
-        let mut k = self.empty(n, nkv * hd)?;
-        let mut attn = self.empty(n, nh * hd)?;
-        let mut proj = self.empty(n, c.hidden_size)?;
-        let mut gate_up = self.empty(n, 2 * c.intermediate_size)?;
-        let mut act = self.empty(n, c.intermediate_size)?;
-        let mut next_residual = self.empty(n, c.hidden_size)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            matmul(&self.dev, &h, &layer.wqkv, &mut qkv)?;
-            self.rope(&qkv.view_cols(0, nh * hd)?, &pos, &mut q)?;
-            self.rope(&qkv.view_cols(nh * hd, nkv * hd)?, &pos, &mut k)?;
-            let v = qkv.view_cols((nh + nkv) * hd, nkv * hd)?;
-            write_kv(&k, &v, batch.slots, &mut kv.k[l], &mut kv.v[l])?;
-            paged_attention(&q, &kv.k[l], &kv.v[l], batch.seqs, &shape, &mut attn)?;
-            matmul(&self.dev, &attn, &layer.wo, &mut proj)?;
-            norm::add_rms_norm::run(&self.dev, &proj, &residual, &layer.ffn_norm, eps, &mut next_residual, &mut h)?;
-            std::mem::swap(&mut residual, &mut next_residual);
-
-            matmul(&self.dev, &h, &layer.w_gate_up, &mut gate_up)?;
-            let inter = c.intermediate_size;
-            activation::silu_mul::run(&self.dev, &gate_up.view_cols(0, inter)?, &gate_up.view_cols(inter, inter)?, &mut act)?;
-            matmul(&self.dev, &act, &layer.w_down, &mut proj)?;
-            let next_norm = self.layers.get(l + 1).map_or(&self.final_norm, |nl| &nl.attn_norm);
-            norm::add_rms_norm::run(&self.dev, &proj, &residual, next_norm, eps, &mut next_residual, &mut h)?;
-            std::mem::swap(&mut residual, &mut next_residual);
+        let inp = StepInputs::new(&self.dev, batch, kv, self.heads())?;
+        let n = inp.tokens();
+        let mut slot = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|w| w.capacity < n) {
+            // Grow to the next power of two so a run of growing prefills allocates rarely.
+            *slot = None;
+            *slot = Some(self.workspace(n.next_power_of_two())?);
         }
-        // `h` now holds the final-normed hidden states; only the asked-for rows reach lm_head.
-        let rows: Vec<u32> = batch.logits_rows.iter().map(|&r| r as u32).collect();
-        let picked = kiln_runtime::gather::gather_rows(&h, &rows)?;
-        let mut logits = Tensor::uninit(&self.dev, self.dtype, rows.len(), c.vocab_size)?;
-        matmul(&self.dev, &picked, &self.lm_head, &mut logits)?;
-        Ok(logits)
+        let ws = slot.as_mut().ok_or_else(|| ModelError::Batch("no workspace".into()))?;
+        self.forward_inputs(&inp, kv, ws)
     }
 }

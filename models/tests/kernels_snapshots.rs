@@ -11,3 +11,12 @@ fn lowered_ir_bf16() {
         insta::assert_snapshot!(format!("{}_bf16", def.name), k.to_string());
     }
 }
+
+/// Every attention instance's score modifier after lowering, with its scale, as text.
+#[test]
+fn attention_score_modifiers_bf16() {
+    for def in kiln_models::kernels::ATTENTION {
+        let a = &def.compiled(DType::BF16).unwrap().kernel;
+        insta::assert_snapshot!(format!("{}_bf16", def.name), format!("scale: {:?}\n{}", a.scale, a.score_mod));
+    }
+}

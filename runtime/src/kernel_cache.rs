@@ -38,12 +38,14 @@ pub struct KernelCacheStats {
 
 pub(crate) struct KernelCache {
     loaded: Mutex<HashMap<usize, Arc<LoadedKernel>>>,
+    /// Modules of other generated sources (attention templates), with their entries.
+    modules: Mutex<HashMap<usize, Arc<LoadedModule>>>,
     stats: Mutex<KernelCacheStats>,
 }
 
 impl KernelCache {
     pub fn new() -> KernelCache {
-        KernelCache { loaded: Mutex::new(HashMap::new()), stats: Mutex::new(KernelCacheStats::default()) }
+        KernelCache { loaded: Mutex::new(HashMap::new()), modules: Mutex::new(HashMap::new()), stats: Mutex::new(KernelCacheStats::default()) }
     }
 
     pub fn stats(&self) -> KernelCacheStats {
@@ -113,6 +115,62 @@ impl CudaBackend {
             let vec_fn = drv(format!("finding entry `{vec_name}`"), module.load_function(&vec_name))?;
             let scalar_fn = drv(format!("finding entry `{scalar_name}`"), module.load_function(&scalar_name))?;
             Ok(LoadedKernel { vec: abi::kernel_vec(kernel), vec_fn, scalar_fn, _module: module })
+        })
+    }
+}
+
+/// A loaded module and the entry points asked for when it was loaded, by name.
+pub(crate) struct LoadedModule {
+    pub funcs: HashMap<String, CudaFunction>,
+    _module: Arc<CudaModule>,
+}
+
+impl LoadedModule {
+    pub fn func(&self, name: &str) -> Result<&CudaFunction, CudaError> {
+        self.funcs.get(name).ok_or_else(|| CudaError::Nvrtc {
+            kernel: name.to_string(),
+            arch: String::new(),
+            msg: "entry point was not loaded with its module".into(),
+        })
+    }
+}
+
+impl CudaBackend {
+    /// The module of a `'static` CUDA source with the named entry points, compiled or read from
+    /// the disk cache on first use (keyed, like the row kernels, by the source's address).
+    pub(crate) fn module_with(&self, source: &'static str, name: &str, entries: &[String]) -> Result<Arc<LoadedModule>, CudaError> {
+        let key = source.as_ptr() as usize;
+        if let Some(m) = self.kernels.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(m.clone());
+        }
+        let cc = self.compute_capability();
+        let (ptx, origin) = ptx_for(source, name, cc, false)?;
+        self.count_origin(origin);
+        let loaded = match self.load_entries(ptx, name, entries) {
+            Ok(m) => m,
+            Err(_) if origin == PtxOrigin::Disk => {
+                let (ptx, origin) = ptx_for(source, name, cc, true)?;
+                self.count_origin(origin);
+                self.load_entries(ptx, name, entries)?
+            }
+            Err(e) => return Err(e),
+        };
+        let loaded = Arc::new(loaded);
+        let mut map = self.kernels.modules.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(map.entry(key).or_insert(loaded).clone())
+    }
+
+    fn load_entries(&self, ptx: String, name: &str, entries: &[String]) -> Result<LoadedModule, CudaError> {
+        guarded("loading a kernel module", || {
+            if ptx.contains('\0') {
+                return Err(CudaError::Nvrtc { kernel: name.to_string(), arch: String::new(), msg: "PTX text contains a NUL byte".into() });
+            }
+            let module = drv(format!("loading the PTX module of `{name}`"), self.context().load_module(Ptx::from_src(ptx)))?;
+            let mut funcs = HashMap::new();
+            for e in entries {
+                funcs.insert(e.clone(), drv(format!("finding entry `{e}`"), module.load_function(e))?);
+            }
+            Ok(LoadedModule { funcs, _module: module })
         })
     }
 }

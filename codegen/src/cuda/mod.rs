@@ -14,6 +14,8 @@
 //!   narrowing), so they agree within f32 rounding; the reduction order differs (tree vs
 //!   sequential) and NVRTC contracts `a*b+c` into FMA unless compiled with `--fmad=false`.
 
+pub mod attention;
+mod attention_template;
 mod emit;
 mod expr;
 mod names;

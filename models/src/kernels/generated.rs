@@ -1,4 +1,5 @@
-//! `kernels-generated/`: one `{name}_{dtype}.cu` per specialisation in [`super::ALL`], the
+//! `kernels-generated/`: one `{name}_{dtype}.cu` per specialisation in [`super::ALL`] and
+//! [`super::ATTENTION`], the
 //! place a reader goes to see what runs on the GPU. Written by `cargo run -p kiln-models --bin
 //! write-kernels`; [`check`] (run by a test) reports what is missing, stale or changed.
 //!
@@ -6,7 +7,7 @@
 //! CUDA source embedded in its kernel (`FusedSpec::cuda`); that source equals what codegen
 //! emits for the embedded IR today (else the build that embedded it is stale).
 
-use super::ALL;
+use super::{ALL, ATTENTION};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,21 @@ pub fn expected() -> Result<BTreeMap<String, &'static str>, String> {
             if compiled.cuda != spec.cuda {
                 return Err(format!(
                     "{} ({}): the embedded CUDA differs from what codegen emits for its IR; rebuild (cargo clean -p kiln-models)",
+                    def.name, spec.dtype
+                ));
+            }
+            let file = format!("{}_{}.cu", def.name, spec.dtype);
+            if files.insert(file.clone(), spec.cuda).is_some() {
+                return Err(format!("two specialisations write {file}"));
+            }
+        }
+    }
+    for def in ATTENTION {
+        for spec in def.specs {
+            let compiled = def.compiled(spec.dtype).map_err(|e| e.to_string())?;
+            if compiled.cuda != spec.cuda {
+                return Err(format!(
+                    "{} ({}): the embedded CUDA differs from what codegen emits for its kernel; rebuild (cargo clean -p kiln-models)",
                     def.name, spec.dtype
                 ));
             }

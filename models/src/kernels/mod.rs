@@ -7,6 +7,8 @@
 //! write-kernels`, checked fresh by a test).
 
 pub mod activation;
+pub mod attention;
+pub mod attention_check;
 pub mod epilogue;
 pub mod gather;
 pub mod generated;
@@ -14,6 +16,7 @@ pub mod norm;
 pub mod rope;
 pub mod softmax;
 
+use kiln_codegen::attention::def::AttnDef;
 use kiln_codegen::fused::FusedDef;
 
 /// Every kernel of this crate, in a stable order (by family, then as written).
@@ -34,4 +37,13 @@ pub static ALL: &[&FusedDef] = &[
     &epilogue::cast_to_f32::DEF,
     &epilogue::cast_from_f32::DEF,
     &gather::gather_rows::DEF,
+];
+
+/// Every attention template instance of this crate (`kernels-generated/` holds one `.cu` per
+/// specialisation of these too).
+pub static ATTENTION: &[&AttnDef] = &[
+    &attention::attn_causal::DEF,
+    &attention::attn_sliding_window::DEF,
+    &attention::attn_softcap::DEF,
+    &attention::attn_alibi::DEF,
 ];

@@ -1,80 +1,155 @@
-//! CPU attention: f32, one pass per (sequence, query token, head) with a numerically stable
-//! softmax; (sequence, head) pairs run in parallel. Inputs are validated by the caller.
+//! The attention template on the CPU, in f32: per (sequence, query head) — run in parallel —
+//! each chunk of query rows is scored against its causal keys, the score modifier runs over
+//! those rows through the codegen CPU backend (skipped when it is the identity), then a
+//! numerically stable softmax and the weighted sum of values. The causal mask is applied after
+//! the modifier, so a modifier never un-masks a future key.
 
-use super::{AttnError, AttnShape, SeqAttn};
+use super::plan::AttnPlan;
+use super::{AttnError, Bound, PagedKv};
+use crate::fused::Arg;
 use crate::Tensor;
+use kiln_codegen::attention::def::AttnDef;
+use kiln_codegen::cpu::{CpuIn, CpuKernel, CpuOutArg, CpuParam, CpuScalar};
+use kiln_codegen::ir::DType;
 use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-pub(super) fn write_kv(src: &Tensor, slots: &[u32], pool: &mut Tensor) -> Result<(), AttnError> {
-    // `src` (a column view of the fused projection) and the pool are separate storages, so the
-    // read and write locks nest; each row is copied once, straight into its slot.
-    src.with_host::<f32, _>(|s| {
-        pool.with_host_mut::<f32, _>(|mut p| {
-            for (r, &slot) in slots.iter().enumerate() {
-                p.row_mut(slot as usize).copy_from_slice(s.row(r));
-            }
-        })
-    })??;
-    Ok(())
+/// Query rows scored together (one modifier call).
+const CHUNK: usize = 16;
+
+/// The planned modifier of a specialisation, keyed like the GPU module cache by the address of
+/// the spec's CUDA source.
+fn planned_mod(def: &'static AttnDef, b: &Bound<'_>) -> Result<Arc<CpuKernel>, AttnError> {
+    static CACHE: OnceLock<Mutex<HashMap<usize, Arc<CpuKernel>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = def.spec(b.kernel.dtype).map_or(0, |(_, s)| s.cuda.as_ptr() as usize);
+    if let Some(k) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(k.clone());
+    }
+    let k = Arc::new(CpuKernel::new(&b.kernel.score_mod).map_err(|source| AttnError::Cpu { kernel: def.name, source })?);
+    Ok(cache.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(k).clone())
 }
 
-pub(super) fn paged_attention(
+fn scalar(a: &Arg<'_>) -> CpuScalar {
+    match a {
+        Arg::F32(x) => CpuScalar::F32(*x),
+        Arg::I32(x) => CpuScalar::I32(*x),
+        Arg::Bool(x) => CpuScalar::Bool(*x),
+        Arg::Tensor(_) => CpuScalar::F32(0.0), // refused by `bind`
+    }
+}
+
+pub(super) fn run(
+    def: &'static AttnDef,
+    b: &Bound<'_>,
     q: &Tensor,
-    k_pool: &Tensor,
-    v_pool: &Tensor,
-    seqs: &[SeqAttn<'_>],
-    s: &AttnShape,
+    kv: &PagedKv<'_>,
+    plan: &AttnPlan,
+    comptimes: &[Arg<'_>],
     out: &mut Tensor,
 ) -> Result<(), AttnError> {
-    let hd = s.head_dim;
-    let group = s.n_heads / s.n_kv_heads;
-    // Each task computes one (sequence, head): its q_len output rows of head_dim.
-    let tasks: Vec<(usize, usize)> = (0..seqs.len()).flat_map(|i| (0..s.n_heads).map(move |h| (i, h))).collect();
-    let results: Vec<Vec<f32>> = q.with_host::<f32, _>(|qv| {
-        k_pool.with_host::<f32, _>(|kv| {
-            v_pool.with_host::<f32, _>(|vv| {
+    for (what, t) in [("q", q), ("the K pool", kv.k), ("the V pool", kv.v), ("out", &*out)] {
+        if t.dtype() != DType::F32 {
+            return Err(AttnError::Arg { kernel: def.name, what: format!("the CPU path runs in f32; {what} is {}", t.dtype()) });
+        }
+    }
+    let modifier = if b.kernel.mod_is_identity() { None } else { Some(planned_mod(def, b)?) };
+    let comptimes: Vec<CpuScalar> = comptimes.iter().map(scalar).collect();
+    let (hd, group, bs) = (b.head_dim, b.n_heads / b.n_kv_heads, plan.block_size);
+    let tasks: Vec<(usize, usize)> = (0..plan.seqs.len()).flat_map(|i| (0..b.n_heads).map(move |h| (i, h))).collect();
+    let results: Vec<Result<Vec<f32>, AttnError>> = q.with_host::<f32, _>(|qv| {
+        kv.k.with_host::<f32, _>(|kp| {
+            kv.v.with_host::<f32, _>(|vp| {
                 tasks
                     .par_iter()
                     .map(|&(i, h)| {
-                        let seq = &seqs[i];
+                        let seq = plan.seqs[i];
                         let kvh = h / group;
-                        let slot = |t: usize| seq.block_table[t / s.block_size] as usize * s.block_size + t % s.block_size;
+                        let slot = |t: usize| plan.block(i, t) * bs + t % bs;
+                        let key = |t: usize| &kp.row(slot(t))[kvh * hd..(kvh + 1) * hd];
+                        let val = |t: usize| &vp.row(slot(t))[kvh * hd..(kvh + 1) * hd];
                         let mut res = vec![0f32; seq.q_len * hd];
-                        let mut scores = Vec::with_capacity(seq.ctx_len);
-                        for j in 0..seq.q_len {
-                            let qrow = &qv.row(seq.q_start + j)[h * hd..(h + 1) * hd];
-                            let last = seq.ctx_len - seq.q_len + j; // causal: attend to 0..=last
+                        let first = seq.ctx_len - seq.q_len; // position of query row 0
+                        let mut scores = vec![];
+                        let mut modded = vec![];
+                        for c0 in (0..seq.q_len).step_by(CHUNK) {
+                            let rows = CHUNK.min(seq.q_len - c0);
+                            let width = first + c0 + rows; // keys the chunk's last row sees
                             scores.clear();
-                            let mut max = f32::NEG_INFINITY;
-                            for t in 0..=last {
-                                let krow = &kv.row(slot(t))[kvh * hd..(kvh + 1) * hd];
-                                let dot: f32 = qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f32>() * s.scale;
-                                max = max.max(dot);
-                                scores.push(dot);
+                            scores.resize(rows * width, 0f32);
+                            for r in 0..rows {
+                                let qrow = &qv.row(seq.q_start + c0 + r)[h * hd..(h + 1) * hd];
+                                for t in 0..width {
+                                    let dot: f32 = qrow.iter().zip(key(t)).map(|(a, b)| a * b).sum();
+                                    scores[r * width + t] = dot * b.scale;
+                                }
                             }
-                            let mut denom = 0f32;
-                            for x in scores.iter_mut() {
-                                *x = (*x - max).exp();
-                                denom += *x;
-                            }
-                            let o = &mut res[j * hd..(j + 1) * hd];
-                            for (t, &p) in scores.iter().enumerate() {
-                                let vrow = &vv.row(slot(t))[kvh * hd..(kvh + 1) * hd];
-                                let w = p / denom;
-                                for (acc, &x) in o.iter_mut().zip(vrow) {
-                                    *acc += w * x;
+                            let s: &mut [f32] = match &modifier {
+                                None => &mut scores,
+                                Some(m) => {
+                                    modded.clear();
+                                    modded.resize(rows * width, 0f32);
+                                    let q_pos: Vec<i32> = (0..rows).map(|r| (first + c0 + r) as i32).collect();
+                                    let k_pos: Vec<i32> = (0..width as i32).collect();
+                                    let head = vec![h as i32; rows];
+                                    let mut params = vec![
+                                        CpuParam::Row { data: CpuIn::F32(&scores), row_stride: width },
+                                        CpuParam::PerRow(CpuIn::I32(&q_pos)),
+                                        CpuParam::Bcast(CpuIn::I32(&k_pos)),
+                                        CpuParam::PerRow(CpuIn::I32(&head)),
+                                    ];
+                                    params.extend(comptimes.iter().map(|&c| CpuParam::Comptime(c)));
+                                    m.run(&params, &mut [CpuOutArg::row(&mut modded[..], width)], rows, width)
+                                        .map_err(|source| AttnError::Cpu { kernel: def.name, source })?;
+                                    &mut modded
+                                }
+                            };
+                            for r in 0..rows {
+                                let last = first + c0 + r; // causal: keys 0 ..= last
+                                let row = &mut s[r * width..(r + 1) * width];
+                                let mut max = f32::NEG_INFINITY;
+                                for x in row[last + 1..].iter_mut() {
+                                    *x = f32::NEG_INFINITY;
+                                }
+                                for &x in row[..=last].iter() {
+                                    max = max.max(x);
+                                }
+                                if max == f32::NEG_INFINITY {
+                                    continue; // every key masked: zeros
+                                }
+                                let mut denom = 0f32;
+                                for x in row[..=last].iter_mut() {
+                                    *x = (*x - max).exp();
+                                    denom += *x;
+                                }
+                                let o = &mut res[(c0 + r) * hd..(c0 + r + 1) * hd];
+                                for (t, &p) in row[..=last].iter().enumerate() {
+                                    if p == 0.0 {
+                                        continue;
+                                    }
+                                    let w = p / denom;
+                                    for (acc, &x) in o.iter_mut().zip(val(t)) {
+                                        *acc += w * x;
+                                    }
                                 }
                             }
                         }
-                        res
+                        Ok(res)
                     })
                     .collect()
             })
         })
     })???;
+    let results: Vec<Vec<f32>> = results.into_iter().collect::<Result<_, _>>()?;
+    // Padding rows (past the sequences) are zeros, as on the GPU.
     out.with_host_mut::<f32, _>(|mut ov| {
+        let covered = plan.seqs.last().map_or(0, |s| s.q_start + s.q_len);
+        for r in covered..ov.rows {
+            ov.row_mut(r).fill(0.0);
+        }
         for (&(i, h), res) in tasks.iter().zip(&results) {
-            let seq = &seqs[i];
+            let seq = plan.seqs[i];
             for j in 0..seq.q_len {
                 ov.row_mut(seq.q_start + j)[h * hd..(h + 1) * hd].copy_from_slice(&res[j * hd..(j + 1) * hd]);
             }

@@ -1,6 +1,8 @@
-//! Attention over a paged KV cache.
+//! Attention over a paged KV cache, through the `#[fused]` attention template
+//! (`kiln_codegen::attention`): [`run`] takes the template instance (an [`AttnDef`]), the
+//! queries, the cache and the step's [`AttnPlan`].
 //!
-//! Layout (shared with the CUDA kernels to come):
+//! Layout (shared by the CPU path and the CUDA kernels):
 //! - per layer, a K pool and a V pool, each a `[num_blocks * block_size, n_kv_heads * head_dim]`
 //!   tensor: one row per *slot*; slot `s` is token `s % block_size` of physical block
 //!   `s / block_size`;
@@ -9,15 +11,24 @@
 //!   sequences by [`SeqAttn`]: the sequence's new tokens are rows `q_start .. q_start + q_len`,
 //!   and its context after this step is `ctx_len` tokens (cached prefix + the new ones), so new
 //!   token `j` sits at position `ctx_len - q_len + j` and attends, causally, to positions
-//!   `0 ..= ctx_len - q_len + j` (decode is the case `q_len == 1`).
+//!   `0 ..= ctx_len - q_len + j` (decode is the case `q_len == 1`); the score modifier may mask
+//!   more (a sliding window) or change scores (ALiBi, softcap).
 //!
-//! The new tokens' K and V must be written ([`write_kv`]) before attention runs.
-//! GQA/MQA: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+//! The new tokens' K and V must be in the cache (the `rope_kv_write` kernel) before attention
+//! runs. GQA/MQA: query head `h` reads KV head `h / (n_heads / n_kv_heads)`. A query whose
+//! every key is masked gets zeros.
 
 mod cpu;
+mod cuda;
+mod plan;
 
+pub use plan::AttnPlan;
+
+use crate::fused::Arg;
 use crate::{Device, Tensor, TensorError};
-use kiln_codegen::ir::DType;
+use kiln_codegen::attention::def::{AttnDef, AttnDefError};
+use kiln_codegen::attention::{AttnKernel, Scale, MOD_PARAMS};
+use kiln_codegen::ir::{DType, ParamKind};
 
 /// One sequence of a batch, as attention sees it.
 #[derive(Clone, Debug)]
@@ -28,108 +39,125 @@ pub struct SeqAttn<'a> {
     pub block_table: &'a [u32],
 }
 
+/// One layer's K and V pools.
 #[derive(Clone, Copy, Debug)]
-pub struct AttnShape {
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
+pub struct PagedKv<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
     pub head_dim: usize,
-    pub block_size: usize,
-    /// Multiplies q·k (usually `1/sqrt(head_dim)`).
-    pub scale: f32,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttnError {
     #[error("attention: {0}")]
     Shape(String),
-    #[error("attention on {0} is not implemented yet (CPU only for now)")]
-    Device(String),
+    #[error("attention `{kernel}`: {what}")]
+    Arg { kernel: &'static str, what: String },
+    #[error("attention on {device}: {what}")]
+    Device { device: String, what: String },
+    #[error(transparent)]
+    Def(#[from] AttnDefError),
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    #[error("attention `{kernel}` on the CPU: {source}")]
+    Cpu { kernel: &'static str, source: kiln_codegen::cpu::CpuError },
+    #[error("attention `{kernel}` on {device}: {source}")]
+    Cuda { kernel: &'static str, device: String, source: crate::cuda_error::CudaError },
 }
 
-fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), AttnError> {
-    if cond {
-        Ok(())
-    } else {
-        Err(AttnError::Shape(msg()))
-    }
+/// What both backends get once the arguments are checked.
+pub(crate) struct Bound<'a> {
+    pub kernel: &'a AttnKernel,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
 }
 
-impl AttnShape {
-    fn validate(&self) -> Result<(), AttnError> {
-        check(self.n_heads > 0 && self.n_kv_heads > 0 && self.head_dim > 0 && self.block_size > 0, || {
-            format!("zero-sized shape {self:?}")
-        })?;
-        check(self.n_heads % self.n_kv_heads == 0, || {
-            format!("{} query heads is not a multiple of {} KV heads", self.n_heads, self.n_kv_heads)
-        })
-    }
-    fn kv_width(&self) -> usize {
-        self.n_kv_heads * self.head_dim
-    }
-}
-
-/// Write the new tokens' K and V rows (`[tokens, n_kv_heads * head_dim]`) into their slots.
-pub fn write_kv(k: &Tensor, v: &Tensor, slots: &[u32], k_pool: &mut Tensor, v_pool: &mut Tensor) -> Result<(), AttnError> {
-    check(k.rows() == slots.len() && v.rows() == slots.len(), || {
-        format!("{} slots for {} K rows and {} V rows", slots.len(), k.rows(), v.rows())
-    })?;
-    check(k.cols() == k_pool.cols() && v.cols() == v_pool.cols(), || {
-        format!("K/V width {}/{} differs from the pools' {}/{}", k.cols(), v.cols(), k_pool.cols(), v_pool.cols())
-    })?;
-    if k.shares_storage(k_pool) || v.shares_storage(v_pool) {
-        return Err(AttnError::Shape("new K/V rows must not live in the pool they are written to".into()));
-    }
-    if let Some(&bad) = slots.iter().find(|&&s| s as usize >= k_pool.rows().min(v_pool.rows())) {
-        return Err(AttnError::Shape(format!("slot {bad} is outside the pool of {} slots", k_pool.rows())));
-    }
-    match k.device() {
-        Device::Cpu => {
-            cpu::write_kv(k, slots, k_pool)?;
-            cpu::write_kv(v, slots, v_pool)?;
-            Ok(())
-        }
-        d => Err(AttnError::Device(d.label())),
-    }
-}
-
-/// Causal attention of the batch's new tokens over their sequences' paged context.
-/// `out`: `[tokens, n_heads * head_dim]`.
-pub fn paged_attention(
+/// Attention of `q` over `kv` as laid out by `plan`, into `out` (`q`'s shape and dtype), with
+/// the template instance `def` and its comptime arguments in declaration order.
+pub fn run(
+    dev: &Device,
+    def: &'static AttnDef,
     q: &Tensor,
-    k_pool: &Tensor,
-    v_pool: &Tensor,
-    seqs: &[SeqAttn<'_>],
-    shape: &AttnShape,
+    kv: &PagedKv<'_>,
+    plan: &AttnPlan,
+    comptimes: &[Arg<'_>],
     out: &mut Tensor,
 ) -> Result<(), AttnError> {
-    shape.validate()?;
-    let qw = shape.n_heads * shape.head_dim;
-    check(q.cols() == qw && out.cols() == qw && out.rows() == q.rows(), || {
-        format!("q is {}x{}, out {}x{}, expected width {qw}", q.rows(), q.cols(), out.rows(), out.cols())
-    })?;
-    check(k_pool.cols() == shape.kv_width() && v_pool.cols() == shape.kv_width(), || {
-        format!("KV pools are {} / {} wide, expected {}", k_pool.cols(), v_pool.cols(), shape.kv_width())
-    })?;
-    for (i, s) in seqs.iter().enumerate() {
-        check(s.q_len >= 1 && s.q_len <= s.ctx_len, || format!("sequence {i}: q_len {} ctx_len {}", s.q_len, s.ctx_len))?;
-        check(s.q_start + s.q_len <= q.rows(), || format!("sequence {i}: rows {}..{} past {} tokens", s.q_start, s.q_start + s.q_len, q.rows()))?;
-        check(s.ctx_len <= s.block_table.len() * shape.block_size, || {
-            format!("sequence {i}: {} tokens but {} blocks of {}", s.ctx_len, s.block_table.len(), shape.block_size)
-        })?;
-        let slots = k_pool.rows().min(v_pool.rows());
-        if let Some(&b) = s.block_table.iter().find(|&&b| (b as usize + 1) * shape.block_size > slots) {
-            return Err(AttnError::Shape(format!("sequence {i}: block {b} is outside the pool")));
+    let compiled = def.compiled(q.dtype())?;
+    let (_, spec) = def.spec(q.dtype()).ok_or(AttnDefError::NoSpec { name: def.name, dtype: q.dtype() })?;
+    let b = bind(def, &compiled.kernel, q, kv, plan, comptimes, out)?;
+    for (what, t) in [("q", q), ("the K pool", kv.k), ("the V pool", kv.v), ("out", &*out)] {
+        if t.device() != dev {
+            return Err(AttnError::Arg { kernel: def.name, what: format!("{what} is on {}, the call is on {}", t.device().label(), dev.label()) });
         }
     }
-    for t in [q, k_pool, v_pool, &*out] {
-        if t.dtype() != DType::F32 {
-            return Err(AttnError::Shape(format!("CPU attention runs in f32, got a {} tensor", t.dtype())));
+    match dev {
+        Device::Cpu => cpu::run(def, &b, q, kv, plan, comptimes, out),
+        Device::Cuda(backend) => cuda::run(backend, def, spec, &b, q, kv, plan, comptimes, out),
+    }
+}
+
+fn bind<'a>(
+    def: &'static AttnDef,
+    k: &'a AttnKernel,
+    q: &Tensor,
+    kv: &PagedKv<'_>,
+    plan: &AttnPlan,
+    comptimes: &[Arg<'_>],
+    out: &Tensor,
+) -> Result<Bound<'a>, AttnError> {
+    let bad = |what: String| Err(AttnError::Arg { kernel: def.name, what });
+    let hd = kv.head_dim;
+    if hd == 0 || q.cols() % hd != 0 || kv.k.cols() % hd != 0 || kv.k.cols() == 0 {
+        return bad(format!("head_dim {hd} does not divide q ({} columns) and the pools ({} columns)", q.cols(), kv.k.cols()));
+    }
+    let (n_heads, n_kv_heads) = (q.cols() / hd, kv.k.cols() / hd);
+    if n_heads % n_kv_heads != 0 {
+        return bad(format!("{n_heads} query heads is not a multiple of {n_kv_heads} KV heads"));
+    }
+    if kv.v.cols() != kv.k.cols() || kv.v.rows() != kv.k.rows() {
+        return bad(format!("K pool is {}x{}, V pool {}x{}", kv.k.rows(), kv.k.cols(), kv.v.rows(), kv.v.cols()));
+    }
+    if (out.rows(), out.cols()) != (q.rows(), q.cols()) {
+        return bad(format!("out is {}x{}, q {}x{}", out.rows(), out.cols(), q.rows(), q.cols()));
+    }
+    if q.rows() != plan.n_tokens() {
+        return bad(format!("q has {} rows, the plan {} tokens", q.rows(), plan.n_tokens()));
+    }
+    if kv.k.rows() < plan.pool_blocks * plan.block_size {
+        return bad(format!("the pools hold {} slots, the plan was checked against {} blocks of {}", kv.k.rows(), plan.pool_blocks, plan.block_size));
+    }
+    for (what, t) in [("the K pool", kv.k), ("the V pool", kv.v), ("out", out)] {
+        if t.dtype() != q.dtype() {
+            return bad(format!("{what} is {}, q is {}", t.dtype(), q.dtype()));
         }
     }
-    match q.device() {
-        Device::Cpu => cpu::paged_attention(q, k_pool, v_pool, seqs, shape, out),
-        d => Err(AttnError::Device(d.label())),
+    if out.shares_storage(q) || out.shares_storage(kv.k) || out.shares_storage(kv.v) {
+        return bad("out must not share storage with q or the pools".into());
     }
+    let want = k.comptimes();
+    if comptimes.len() != want.len() {
+        return bad(format!("takes {} comptime arguments, {} given", want.len(), comptimes.len()));
+    }
+    for (p, a) in want.iter().zip(comptimes) {
+        let ok = matches!(
+            (p.kind, a),
+            (ParamKind::Comptime(DType::F32 | DType::F16 | DType::BF16), Arg::F32(_))
+                | (ParamKind::Comptime(DType::I32), Arg::I32(_))
+                | (ParamKind::Comptime(DType::Bool), Arg::Bool(_))
+        );
+        if !ok {
+            return bad(format!("`{}` is a {:?}, got {}", p.name, p.kind, a.describe()));
+        }
+    }
+    let scale = match k.scale {
+        Scale::Const(x) => x,
+        Scale::Param(i) => match comptimes.get(i as usize - MOD_PARAMS.len()) {
+            Some(Arg::F32(x)) => *x,
+            _ => return bad("the scale argument is not an f32".into()),
+        },
+    };
+    Ok(Bound { kernel: k, n_heads, n_kv_heads, head_dim: hd, scale })
 }

@@ -1,0 +1,86 @@
+//! The calling convention of the generated attention kernels, shared by the emitter (which
+//! writes the signatures) and the runtime (which marshals the arguments and builds the plan).
+//!
+//! **The plan** is one `int32` array per forward step, shared by every layer, built on the host
+//! and copied to the device once ([`plan_len`], [`PlanLayout`]):
+//! - `plan[0]`: keys per split (`part`), a multiple of [`TILE`] (or `>=` every context);
+//! - `tok_seq[n_tokens]`: each query token's sequence (`-1`: a padding token, whose output is
+//!   zeros);
+//! - `tok_pos[n_tokens]`: each query token's position; it attends to keys `0 ..= tok_pos`;
+//! - `seq_ctx[n_seqs]`: each sequence's context length (unused by the kernels; checks and tools);
+//! - `block_tables[n_seqs * bt_stride]`: sequence `s`'s physical block of its key `t` is
+//!   `block_tables[s * bt_stride + t / block_size]`; the key's cache row (slot) is that block
+//!   times `block_size` plus `t % block_size`.
+//!
+//! **The split kernel** `{spec}_split_hd{HD}_g{G}` (one per head dim in [`HEAD_DIMS`] and group
+//! cap in [`GROUP_CAPS`]): `grid = (n_tokens, n_kv_heads * ceil(group / G), n_splits)`,
+//! [`THREADS`] threads, static shared memory only. Block `(t, y, s)` serves query heads
+//! `kvh * group + g0 .. + min(G, group - g0)` of token `t` (`kvh = y / chunks`,
+//! `g0 = (y % chunks) * G`) over keys `[s * part, min((s + 1) * part, tok_pos + 1))`. With one
+//! split it writes the normalised output; with more it writes unnormalised partials
+//! (`part_o[((t * n_heads + h) * n_splits + s) * HD ..]`, f32) and their running max and sum
+//! (`part_ml[2 * (..)]`), which `{spec}_combine_hd{HD}` (`grid = (n_tokens, n_heads)`, `HD`
+//! threads) merges into the output.
+//!
+//! Arguments of the split kernel, in order: `q, q_stride, k_pool, v_pool, kv_stride, plan,
+//! n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride,
+//! part_o, part_ml, n_splits`, then the comptime parameters (f32 as `float`, i32 and bool as
+//! `int`). Of the combine kernel: `part_o, part_ml, n_splits, n_heads, out, out_stride`.
+//! Pointers are device addresses of the storage dtype (`plan` int32, partials f32); strides
+//! are in elements; the K/V pools and `kv_stride * sizeof(T)` must be 16-byte aligned.
+
+use super::AttnKernel;
+
+/// Head dims the CUDA template is instantiated for. 256 (Gemma) is left out until a model
+/// needs it: its 8-head instance alone takes NVRTC about 7 s to compile.
+pub const HEAD_DIMS: [usize; 2] = [64, 128];
+/// Query heads per block (group caps) the split kernel is instantiated for.
+pub const GROUP_CAPS: [usize; 2] = [4, 8];
+/// Threads per block of the split kernel; also the keys per tile.
+pub const THREADS: usize = 128;
+/// Keys per tile (one per thread in the score phase); `part` is a multiple of it.
+pub const TILE: usize = 128;
+
+pub fn split_entry(a: &AttnKernel, head_dim: usize, group_cap: usize) -> String {
+    format!("{}_split_hd{head_dim}_g{group_cap}", a.spec_name())
+}
+
+pub fn combine_entry(a: &AttnKernel, head_dim: usize) -> String {
+    format!("{}_combine_hd{head_dim}", a.spec_name())
+}
+
+/// The smallest group cap that covers `group` query heads per KV head (the largest cap when
+/// none does: the heads are then split over several blocks).
+pub fn group_cap(group: usize) -> usize {
+    GROUP_CAPS.iter().copied().find(|&g| g >= group).unwrap_or(GROUP_CAPS[GROUP_CAPS.len() - 1])
+}
+
+/// Offsets of the plan's parts (in `i32` elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanLayout {
+    pub n_tokens: usize,
+    pub n_seqs: usize,
+    pub bt_stride: usize,
+}
+
+impl PlanLayout {
+    pub fn tok_seq(&self) -> usize {
+        1
+    }
+    pub fn tok_pos(&self) -> usize {
+        1 + self.n_tokens
+    }
+    pub fn seq_ctx(&self) -> usize {
+        1 + 2 * self.n_tokens
+    }
+    pub fn block_tables(&self) -> usize {
+        1 + 2 * self.n_tokens + self.n_seqs
+    }
+    /// Elements of the whole plan.
+    pub fn len(&self) -> usize {
+        self.block_tables() + self.n_seqs * self.bt_stride
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
