@@ -38,3 +38,21 @@ impl TextStream for Stream {
         self.0.finish().map_err(|e| e.to_string())
     }
 }
+
+/// A detokenizer for models without a tokenizer (synthetic benchmark models): no text.
+pub struct NoText;
+
+impl Detokenizer for NoText {
+    fn stream(&self, _prompt_ids: &[u32]) -> Box<dyn TextStream> {
+        Box::new(NoText)
+    }
+}
+
+impl TextStream for NoText {
+    fn step(&mut self, _token: u32) -> Result<String, String> {
+        Ok(String::new())
+    }
+    fn finish(&mut self) -> Result<String, String> {
+        Ok(String::new())
+    }
+}

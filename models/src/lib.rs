@@ -15,5 +15,7 @@ pub mod gguf_tokenizer;
 pub mod llama;
 pub mod loader;
 pub mod model;
+pub mod model_check;
 pub mod registry;
 pub mod step;
+pub mod synth;

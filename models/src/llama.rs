@@ -128,6 +128,44 @@ impl Llama {
         Ok(Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, workspace: Mutex::new(None) })
     }
 
+    /// A model of `cfg`'s shapes with seeded random weights made on `dev` itself (see
+    /// [`crate::synth`]): for speed work without the real weights.
+    pub fn random(cfg: LlamaConfig, dev: &Device, dtype: DType, seed: u64) -> Result<Llama, ModelError> {
+        use crate::synth::{random_tensor, Init};
+        let c = &cfg;
+        let (h, nh, nkv, hd, inter) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
+        let mut n = 0u64;
+        let mut t = |rows: usize, cols: usize, init: Init| {
+            n += 1;
+            random_tensor(dev, dtype, rows, cols, init, seed.wrapping_mul(0x9E37_79B9).wrapping_add(n << 32))
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for _ in 0..c.num_hidden_layers {
+            layers.push(Layer {
+                attn_norm: t(1, h, Init::Norm)?,
+                wqkv: t((nh + 2 * nkv) * hd, h, Init::Linear { fan_in: h })?,
+                wo: t(h, nh * hd, Init::Linear { fan_in: nh * hd })?,
+                ffn_norm: t(1, h, Init::Norm)?,
+                w_gate_up: t(2 * inter, h, Init::Linear { fan_in: h })?,
+                w_down: t(h, inter, Init::Linear { fan_in: inter })?,
+            });
+        }
+        let embed = t(c.vocab_size, h, Init::Embedding)?;
+        let lm_head = if c.tie_word_embeddings { embed.clone() } else { t(c.vocab_size, h, Init::Linear { fan_in: h })? };
+        let final_norm = t(1, h, Init::Norm)?;
+        let info = ModelInfo {
+            architecture: c.architecture.clone(),
+            vocab_size: c.vocab_size,
+            max_model_len: c.max_position_embeddings,
+            eos_token_ids: c.eos_token_ids.clone(),
+            num_layers: c.num_hidden_layers,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            kv_dtype: dtype,
+        };
+        Ok(Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, workspace: Mutex::new(None) })
+    }
+
     fn heads(&self) -> Heads {
         Heads { n_heads: self.cfg.num_attention_heads, n_kv_heads: self.cfg.num_key_value_heads, head_dim: self.cfg.head_dim }
     }

@@ -52,9 +52,8 @@ impl StepInputs {
         let all = Tensor::vector(dev, &packed)?;
         let bt_stride = batch.seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(0).max(1);
         let mut plan = AttnPlan::new(batch.seqs, n, batch.seqs.len(), bt_stride, kv.block_size, kv.num_blocks)?;
-        if let Some(b) = dev.cuda_backend() {
-            let chunks = (heads.n_heads / heads.n_kv_heads).div_ceil(kiln_codegen::attention::abi::group_cap(heads.n_heads / heads.n_kv_heads));
-            plan.choose_splits(b.sm_count() as usize, n * heads.n_kv_heads * chunks);
+        if !dev.is_cpu() {
+            plan.split_default();
         }
         plan.upload(dev, heads.n_heads, heads.head_dim)?;
         Ok(StepInputs {

@@ -90,6 +90,10 @@ impl CudaBackend {
     pub fn total_mem(&self) -> usize {
         self.total_mem
     }
+    /// Device memory free right now, in bytes.
+    pub fn free_mem(&self) -> Result<usize, CudaError> {
+        drv("reading the free device memory", self.ctx.mem_get_info()).map(|(free, _)| free)
+    }
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

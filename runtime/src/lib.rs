@@ -14,6 +14,7 @@ pub mod cuda_backend;
 pub mod cuda_error;
 pub mod cuda_libs;
 pub mod device;
+pub mod device_kernels;
 pub mod element;
 pub mod fused;
 mod fused_bind;
@@ -28,6 +29,7 @@ pub mod host_buf;
 pub mod kernel_cache;
 pub mod ptx_cache;
 pub mod tensor;
+pub mod timing;
 mod tensor_io;
 
 pub use device::{Device, DeviceError};

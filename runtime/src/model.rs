@@ -25,6 +25,8 @@ pub enum ModelError {
     Gemm(#[from] crate::GemmError),
     #[error(transparent)]
     Attention(#[from] AttnError),
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda_error::CudaError),
 }
 
 /// Per-layer K and V pools (`[num_blocks * block_size, n_kv_heads * head_dim]` each).

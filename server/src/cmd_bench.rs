@@ -11,7 +11,8 @@
 use crate::device_arg::{pick, DeviceArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::detok_adapter::TokenizerDetokenizer;
-use kiln_runtime::engine::{Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest};
+use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest};
+use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::SamplingParams;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +23,9 @@ pub struct BenchArgs {
     /// Drive an in-process engine directly (no HTTP server); the only mode for now.
     #[arg(long)]
     offline: bool,
-    /// A GGUF file or an HF directory; default: the default model.
+    /// A GGUF file, an HF directory, or `synth:PRESET` (random weights of a real model's
+    /// shapes made on the device: `synth:llama3-8b`, `synth:smollm2-135m`); default: the
+    /// default model.
     #[arg(long)]
     model: Option<PathBuf>,
     #[arg(long, default_value_t = 48)]
@@ -113,6 +116,20 @@ fn spread((lo, hi): (usize, usize), i: usize, n: usize) -> usize {
     }
 }
 
+/// The model and its detokenizer: loaded from `path`, or made from a preset (`synth:NAME`)
+/// with random weights on `dev` (no tokenizer: the bench needs no text).
+fn load_model(path: &std::path::Path, dev: &kiln_runtime::Device, dtype: kiln_codegen::ir::DType) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
+    if let Some(name) = path.to_str().and_then(|p| p.strip_prefix("synth:")) {
+        let cfg = kiln_models::synth::preset(name)
+            .with_context(|| format!("unknown preset `{name}` (presets: {})", kiln_models::synth::PRESETS.join(", ")))?;
+        let model = kiln_models::llama::Llama::random(cfg, dev, dtype, 0)?;
+        dev.synchronize()?;
+        return Ok((Arc::new(model), Arc::new(kiln_models::detok_adapter::NoText)));
+    }
+    let loaded = kiln_models::loader::load(path, dev, dtype)?;
+    Ok((Arc::from(loaded.model), Arc::new(TokenizerDetokenizer::new(loaded.tokenizer))))
+}
+
 /// One request's timeline.
 struct Trace {
     prompt_tokens: usize,
@@ -193,9 +210,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let (dev, dtype) = pick(a.device)?;
     let t_load = Instant::now();
-    let loaded = kiln_models::loader::load(&path, &dev, dtype)?;
+    let (model, detok) = load_model(&path, &dev, dtype)?;
     let load_s = t_load.elapsed().as_secs_f64();
-    let vocab = loaded.model.info().vocab_size as u64;
+    let vocab = model.info().vocab_size as u64;
     let cfg = EngineConfig {
         max_num_seqs: a.max_num_seqs,
         max_batched_tokens: a.max_batched_tokens,
@@ -205,8 +222,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         max_model_len: None,
         enable_prefix_caching: !a.no_prefix_caching,
     };
-    let detok = Arc::new(TokenizerDetokenizer::new(loaded.tokenizer.clone()));
-    let engine = Engine::start(Arc::from(loaded.model), detok, cfg)?;
+    let engine = Engine::start(model, detok, cfg)?;
 
     // Requests: lengths spread over the ranges (shuffled pairings), random non-special tokens.
     let mut rng = Rng(a.seed ^ 0x6b696c6e);

@@ -11,27 +11,38 @@ pub enum DeviceArg {
     Auto,
 }
 
-/// The device a whole model runs on. The CUDA model path (attention, sampling on the GPU) is
-/// not complete yet, so `auto` stays on the CPU and says why; `cuda` is accepted for the parts
-/// that run there and fails with a clear error where a part is missing.
+/// The device a whole model runs on, and its compute dtype: f32 on the CPU, bf16 on a GPU
+/// (`KILN_DTYPE=f32|f16|bf16` overrides, e.g. to compare a GPU run with the CPU bit for bit).
+/// `auto` takes the first GPU when the driver, NVRTC and cuBLAS are all there, and says which
+/// it took and why.
 pub fn pick(arg: DeviceArg) -> Result<(Device, DType)> {
-    match arg {
-        DeviceArg::Cpu => Ok((Device::Cpu, DType::F32)),
+    let dev = match arg {
+        DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Cuda => match Device::cuda(0) {
             Ok(d) => {
                 eprintln!("device: {}", d.describe());
-                Ok((d, DType::F32))
+                d
             }
             Err(e) => bail!("--device cuda: {e}"),
         },
         DeviceArg::Auto => {
             let (d, why) = Device::auto();
-            if d.is_cpu() {
-                eprintln!("device: cpu ({why})");
-            } else {
-                eprintln!("device: cpu (a GPU is present: {why}; whole models on CUDA are not complete yet)");
-            }
-            Ok((Device::Cpu, DType::F32))
+            eprintln!("device: {why}");
+            d
         }
-    }
+    };
+    let dtype = match std::env::var("KILN_DTYPE").ok().as_deref() {
+        None | Some("") => {
+            if dev.is_cpu() {
+                DType::F32
+            } else {
+                DType::BF16
+            }
+        }
+        Some("f32") => DType::F32,
+        Some("f16") if !dev.is_cpu() => DType::F16,
+        Some("bf16") if !dev.is_cpu() => DType::BF16,
+        Some(other) => bail!("KILN_DTYPE={other}: expected f32 (any device), or f16 / bf16 on a GPU"),
+    };
+    Ok((dev, dtype))
 }

@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod attention;
 pub mod attention_check;
+pub mod attention_gpu;
 pub mod epilogue;
 pub mod gather;
 pub mod generated;

@@ -22,7 +22,7 @@ mod cpu;
 mod cuda;
 mod plan;
 
-pub use plan::AttnPlan;
+pub use plan::{AttnPlan, SPLIT_TOKENS};
 
 use crate::fused::Arg;
 use crate::{Device, Tensor, TensorError};

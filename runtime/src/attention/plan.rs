@@ -12,6 +12,10 @@
 use super::{AttnError, SeqAttn};
 use crate::{Device, Tensor};
 use kiln_codegen::attention::abi::{PlanLayout, TILE};
+
+/// Keys per split of the default split (two tiles): short enough that one long sequence
+/// spreads over many blocks, long enough that the combine stays cheap.
+pub const SPLIT_TOKENS: usize = 2 * TILE;
 use kiln_codegen::ir::DType;
 
 /// A sequence as the CPU path walks it.
@@ -130,19 +134,30 @@ impl AttnPlan {
     }
 
     /// Split every context into `n` parts of equal length (a multiple of the tile), each
-    /// scored by its own thread block and merged by the combine kernel (flash-decoding).
+    /// scored by its own thread block and merged by the combine kernel (flash-decoding). The
+    /// boundaries depend on the longest context of the batch: for tests; steps use
+    /// [`AttnPlan::split_default`].
     pub fn set_splits(&mut self, n: usize) {
         let n = n.max(1);
         self.n_splits = n;
         self.host[0] = if n == 1 { i32::MAX } else { (self.max_ctx.div_ceil(n).div_ceil(TILE) * TILE).max(TILE) as i32 };
     }
 
-    /// A split count that gives the GPU about two waves of blocks: `sms` multiprocessors,
-    /// `blocks_per_split` blocks for one split of every token (tokens × KV-head chunks).
-    pub fn choose_splits(&mut self, sms: usize, blocks_per_split: usize) {
-        let target = (2 * sms).div_ceil(blocks_per_split.max(1));
-        let useful = self.max_ctx.div_ceil(TILE).max(1);
-        self.set_splits(target.clamp(1, useful.min(64)));
+    /// The default split: every [`SPLIT_TOKENS`] keys of a context form one split (as many
+    /// splits as the longest context needs). The split boundaries of a sequence depend on
+    /// nothing else in the batch, and empty splits add exact zeros in the combine, so a
+    /// token's output is the same bits whatever it is batched with (batching invariance).
+    pub fn split_default(&mut self) {
+        self.split_fixed(self.max_ctx.div_ceil(SPLIT_TOKENS).max(1));
+    }
+
+    /// `n` splits of [`SPLIT_TOKENS`] keys (`n` at least what the longest context needs): a
+    /// grid fixed ahead of the step, as a captured CUDA graph has; splits past a context end
+    /// at once.
+    pub fn split_fixed(&mut self, n: usize) {
+        let n = n.max(self.max_ctx.div_ceil(SPLIT_TOKENS)).max(1);
+        self.n_splits = n;
+        self.host[0] = if n == 1 { i32::MAX } else { SPLIT_TOKENS as i32 };
     }
 
     /// Copy the plan to `dev` (a no-op on the CPU), reusing earlier device buffers when the
@@ -177,7 +192,7 @@ impl AttnPlan {
         let splits = self.n_splits;
         let device = self.device.take();
         *self = AttnPlan { device, ..other };
-        self.set_splits(splits);
+        self.split_fixed(splits);
         self.upload(dev, n_heads, head_dim)
     }
 

@@ -3,8 +3,8 @@
 //! freed in a pass may be the `dst` of a later copy of the same plan), before the step writes
 //! any new K/V.
 //!
-//! CPU pools are copied in place; CUDA pools are not supported yet (the engine reports the
-//! error to the affected requests instead of computing with stale KV).
+//! CPU pools are copied in place; CUDA pools block by block with device-to-device copies on
+//! the stream (ordered before the step's kernels).
 
 use crate::kv::CopyBlock;
 use crate::model::KvCache;
@@ -35,7 +35,11 @@ pub(crate) fn copy_blocks(kv: &mut KvCache, copies: &[CopyBlock]) -> Result<(), 
     }
     for pool in kv.k.iter_mut().chain(kv.v.iter_mut()) {
         if !matches!(pool.device(), Device::Cpu) {
-            return Err(KvCopyError::Device(pool.device().label()));
+            for c in copies {
+                let src = pool.view_rows(c.src.index() * bs, bs)?;
+                pool.view_rows(c.dst.index() * bs, bs)?.copy_from(&src)?;
+            }
+            continue;
         }
         match pool.dtype() {
             DType::F32 => copy_rows::<f32>(pool, copies, bs)?,

@@ -15,8 +15,22 @@ use crate::Device;
 
 /// Default KV budget on the CPU.
 pub const DEFAULT_KV_BYTES_CPU: usize = 256 << 20;
-/// Default KV budget on a GPU until the budget comes from free device memory.
+/// Default KV budget on a GPU when its free memory cannot be read.
 pub const DEFAULT_KV_BYTES_GPU: usize = 4 << 30;
+/// Of the GPU memory free once the weights are loaded, the share the KV pool takes by default.
+pub const GPU_KV_FRACTION: f64 = 0.85;
+/// Left free on the GPU besides that share: activations, cuBLAS workspace, graphs.
+pub const GPU_HEADROOM_BYTES: usize = 2 << 30;
+
+/// The default KV budget on `device`: a fixed size on the CPU; on a GPU a share of its free
+/// memory (measured now, after the weights are loaded) minus headroom.
+fn default_budget(device: &Device) -> usize {
+    match device.cuda_backend().map(|b| b.free_mem()) {
+        None => DEFAULT_KV_BYTES_CPU,
+        Some(Ok(free)) => ((free as f64 * GPU_KV_FRACTION) as usize).saturating_sub(GPU_HEADROOM_BYTES).max(64 << 20),
+        Some(Err(_)) => DEFAULT_KV_BYTES_GPU,
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sizing {
@@ -44,7 +58,7 @@ pub(crate) fn size(info: &ModelInfo, device: &Device, cfg: &EngineConfig) -> Res
         dtype_bytes: info.kv_dtype.size_bytes(),
         block_size: cfg.block_size,
     };
-    let budget = cfg.kv_cache_bytes.unwrap_or(if device.is_cpu() { DEFAULT_KV_BYTES_CPU } else { DEFAULT_KV_BYTES_GPU });
+    let budget = cfg.kv_cache_bytes.unwrap_or_else(|| default_budget(device));
     let mut num_blocks = layout.blocks_for_budget(budget as u64)?;
     if cfg.kv_cache_bytes.is_none() {
         let most = cfg.max_num_seqs.max(1).saturating_mul(max_len.div_ceil(cfg.block_size));

@@ -1,0 +1,51 @@
+//! `kiln-check-attention [--quick] [--cpu] [--no-speed] [--out FILE]`: the attention template
+//! on the GPU against the dense reference, then its decode speed next to a copy (see
+//! `kiln_models::kernels::attention_gpu`). `--cpu` runs the checks with the CPU as the device
+//! (a self-test of the harness). Exit status 1 when a case fails.
+
+use kiln_models::kernels::attention_gpu::{check_all, copy_speed, decode_speed, markdown};
+use kiln_runtime::Device;
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |f: &str| args.iter().any(|a| a == f);
+    let out = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).cloned();
+    let dev = if has("--cpu") {
+        Device::Cpu
+    } else {
+        match Device::cuda(0) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("kiln-check-attention: {e} (use --cpu for the harness self-test)");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    };
+    println!("device: {}", dev.describe());
+    let checks = check_all(&dev, has("--quick"), 1000);
+    let mut speeds = vec![];
+    let mut copy = None;
+    if !dev.is_cpu() && !has("--no-speed") {
+        for (seqs, ctx) in [(64, 4096), (1, 4096), (1, 32768), (256, 1024), (8, 8192)] {
+            match decode_speed(&dev, seqs, ctx, 20) {
+                Ok(r) => speeds.push(r),
+                Err(e) => eprintln!("decode speed {seqs}x{ctx}: {e}"),
+            }
+        }
+        copy = copy_speed(&dev, 1 << 30, 20).map_err(|e| eprintln!("copy: {e}")).ok();
+    }
+    let md = markdown(&checks, &speeds, copy);
+    println!("{md}");
+    if let Some(path) = out {
+        if let Err(e) = std::fs::write(&path, &md) {
+            eprintln!("writing {path}: {e}");
+        }
+    }
+    let failed = checks.iter().filter(|r| !r.pass).count();
+    println!("result: {}", if failed == 0 { "ALL PASSED".to_string() } else { format!("{failed} FAILED") });
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}

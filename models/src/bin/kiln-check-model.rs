@@ -1,0 +1,153 @@
+//! `kiln-check-model`: the whole model on the GPU against the CPU (see
+//! `kiln_models::model_check`).
+//!
+//! - `kiln-check-model truncate IN.gguf OUT.gguf N`: keep the first N layers (to carry a model
+//!   too large for the GPU machine's file transfer);
+//! - `kiln-check-model [--model PATH] [--fixtures reference.json] [--tokens 16] [--dtypes bf16,f32]`:
+//!   per fixture prompt, last-position logits (max_rel vs the CPU's f32) and greedy tokens,
+//!   then batching invariance of the engine on the GPU (16 mixed requests alone vs together).
+
+use kiln_codegen::ir::DType;
+use kiln_models::detok_adapter::TokenizerDetokenizer;
+use kiln_models::loader::load;
+use kiln_models::model_check::{common_prefix, compare_logits, greedy, truncate_gguf};
+use kiln_runtime::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest};
+use kiln_runtime::model::CausalLm;
+use kiln_runtime::sample::SamplingParams;
+use kiln_runtime::Device;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("truncate") {
+        let (Some(i), Some(o), Some(n)) = (args.get(1), args.get(2), args.get(3).and_then(|n| n.parse().ok())) else {
+            eprintln!("usage: kiln-check-model truncate IN.gguf OUT.gguf LAYERS");
+            return ExitCode::FAILURE;
+        };
+        return match truncate_gguf(i.as_ref(), o.as_ref(), n) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("truncate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("kiln-check-model: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn prompts(fixtures: &PathBuf) -> Result<Vec<Vec<u32>>, String> {
+    let text = std::fs::read_to_string(fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let list = v["prompts"].as_array().ok_or("no prompts in the fixtures")?;
+    Ok(list.iter().filter_map(|p| p["ids"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect())).collect())
+}
+
+fn run(args: &[String]) -> Result<bool, String> {
+    let path = match arg(args, "--model") {
+        Some(p) => PathBuf::from(p),
+        None => kiln_models::fetch::default_model_path().map_err(|e| e.to_string())?,
+    };
+    let fixtures = PathBuf::from(arg(args, "--fixtures").unwrap_or_else(|| "tests/fixtures/reference.json".into()));
+    let n_tokens: usize = arg(args, "--tokens").and_then(|n| n.parse().ok()).unwrap_or(16);
+    let dtypes: Vec<DType> = arg(args, "--dtypes")
+        .unwrap_or_else(|| "bf16,f32".into())
+        .split(',')
+        .map(|d| match d {
+            "f32" => Ok(DType::F32),
+            "f16" => Ok(DType::F16),
+            "bf16" => Ok(DType::BF16),
+            o => Err(format!("unknown dtype {o}")),
+        })
+        .collect::<Result<_, _>>()?;
+    let gpu = Device::cuda(0).map_err(|e| e.to_string())?;
+    println!("device: {}\nmodel: {}", gpu.describe(), path.display());
+    let prompts = prompts(&fixtures)?;
+    let t = Instant::now();
+    let cpu = load(&path, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
+    println!("layers: {} (CPU f32 reference loaded in {:.1} s)", cpu.model.info().num_layers, t.elapsed().as_secs_f64());
+    let refs: Vec<(Vec<f32>, Vec<u32>)> = prompts.iter().map(|p| greedy(cpu.model.as_ref(), p, n_tokens)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let mut ok = true;
+    println!("\n| dtype | prompt | tokens | logits max_rel | argmax same | greedy tokens same (of {n_tokens}) |\n|---|---|---|---|---|---|");
+    for &dtype in &dtypes {
+        let g = load(&path, &gpu, dtype).map_err(|e| e.to_string())?;
+        let tol = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
+        for (i, (p, (want_logits, want_tokens))) in prompts.iter().zip(&refs).enumerate() {
+            let (logits, tokens) = greedy(g.model.as_ref(), p, n_tokens).map_err(|e| e.to_string())?;
+            let (err, same) = compare_logits(&logits, want_logits);
+            let prefix = common_prefix(&tokens, want_tokens);
+            let pass = err <= tol && same && (dtype != DType::F32 || prefix == n_tokens);
+            ok &= pass;
+            println!("| {dtype} | {i} | {} | {err:.2e} | {same} | {prefix}{} |", p.len(), if pass { "" } else { " FAIL" });
+        }
+        if dtype == DType::BF16 {
+            ok &= invariance(Arc::from(g.model), g.tokenizer, &prompts, n_tokens)?;
+        }
+    }
+    println!("\nresult: {}", if ok { "ALL PASSED" } else { "FAILED" });
+    Ok(ok)
+}
+
+/// 16 requests (fixture prompts, their halves, pairs joined) through the engine on the GPU,
+/// each alone, then all at once: the greedy tokens must be the same.
+fn invariance(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::Tokenizer, fixture: &[Vec<u32>], n: usize) -> Result<bool, String> {
+    let mut reqs: Vec<Vec<u32>> = fixture.to_vec();
+    for p in fixture {
+        reqs.push(p[..p.len().div_ceil(2)].to_vec());
+    }
+    for i in 0..fixture.len() {
+        if reqs.len() >= 16 {
+            break;
+        }
+        reqs.push([fixture[i].as_slice(), &fixture[(i + 1) % fixture.len()]].concat());
+    }
+    reqs.truncate(16);
+    let engine = Engine::start(model, Arc::new(TokenizerDetokenizer::new(tok)), EngineConfig::default()).map_err(|e| e.to_string())?;
+    let one = |p: &Vec<u32>| -> Result<kiln_runtime::engine::RequestHandle, String> {
+        engine
+            .submit(GenerateRequest { prompt_ids: p.clone(), params: SamplingParams { max_tokens: n, ignore_eos: true, ..SamplingParams::greedy() }, n: 1, beam: None })
+            .map_err(|e| e.to_string())
+    };
+    let collect = |mut h: kiln_runtime::engine::RequestHandle| -> Result<Vec<u32>, String> {
+        let mut toks = vec![];
+        while let Some(ev) = h.blocking_recv() {
+            match ev {
+                EngineEvent::Token { token, .. } => toks.push(token),
+                EngineEvent::Done { .. } => return Ok(toks),
+                EngineEvent::Error { message } => return Err(message),
+                EngineEvent::Finished { .. } => {}
+            }
+        }
+        Err("stream ended early".into())
+    };
+    let t = Instant::now();
+    let alone: Vec<Vec<u32>> = reqs.iter().map(|p| one(p).and_then(collect)).collect::<Result<_, _>>()?;
+    let t_alone = t.elapsed();
+    let t = Instant::now();
+    let handles: Vec<_> = reqs.iter().map(one).collect::<Result<_, _>>()?;
+    let together: Vec<Vec<u32>> = handles.into_iter().map(collect).collect::<Result<_, _>>()?;
+    let t_together = t.elapsed();
+    let same = alone.iter().zip(&together).filter(|(a, b)| a == b).count();
+    let prefixes: Vec<usize> = alone.iter().zip(&together).map(|(a, b)| common_prefix(a, b)).collect();
+    println!(
+        "\nbatching invariance (engine, GPU bf16, {} requests × {n} greedy tokens): {same}/{} identical alone vs together (common prefixes {prefixes:?}); alone {:.2} s, together {:.2} s",
+        reqs.len(),
+        reqs.len(),
+        t_alone.as_secs_f64(),
+        t_together.as_secs_f64()
+    );
+    Ok(same == reqs.len())
+}
