@@ -134,6 +134,7 @@ __device__ __forceinline__ void kiln_attn_split(
   constexpr int NCH = HD / VEC;                // 16-byte chunks per head row
   constexpr int TL = KILN_ATTN_THREADS / NCH;  // token lanes of the value phase
   constexpr int KB = NCH < 8 ? NCH : 8;        // chunks of a key loaded before they are used
+  constexpr int VPF = KILN_ATTN_TILE / TL < 16 ? KILN_ATTN_TILE / TL : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && KILN_ATTN_THREADS % NCH == 0 && NCH % KB == 0, "head dim does not tile the block");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tok = blockIdx.x;
@@ -179,13 +180,23 @@ __device__ __forceinline__ void kiln_attn_split(
   __syncthreads();
 
   for (int t0 = k_begin; t0 < k_end; t0 += KILN_ATTN_TILE) {
-    // ---- score phase: thread tid scores key t0 + tid against every served head ----
     const int key = t0 + tid;
+    const int n = min(KILN_ATTN_TILE, k_end - t0);  // keys in this tile
+    if (key < k_end) slot_s[tid] = table[key / block_size] * block_size + key % block_size;
+    __syncthreads();
+    // ---- this lane's values of the tile, loaded now: they do not depend on the scores, so
+    // the K and V reads of the tile are in flight together ----
+    uint4 vraw[VPF];
+#pragma unroll
+    for (int jj = 0; jj < VPF; ++jj) {
+      const int j = tl + jj * TL;
+      if (j < n) vraw[jj] = *reinterpret_cast<const uint4*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
+    }
+
+    // ---- score phase: thread tid scores key t0 + tid against every served head ----
     float s[G];
     if (key < k_end) {
-      const int slot = table[key / block_size] * block_size + key % block_size;
-      slot_s[tid] = slot;
-      const uint4* __restrict__ kr = reinterpret_cast<const uint4*>(k_pool + (long long)slot * kv_stride + kvh * HD);
+      const uint4* __restrict__ kr = reinterpret_cast<const uint4*>(k_pool + (long long)slot_s[tid] * kv_stride + kvh * HD);
       float dot[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) dot[g] = 0.0f;
@@ -245,20 +256,23 @@ __device__ __forceinline__ void kiln_attn_split(
 #pragma unroll
       for (int e = 0; e < VEC; ++e) acc[g][e] *= alpha;
     }
-    const int n = min(KILN_ATTN_TILE, k_end - t0);
-#pragma unroll 4
-    for (int j = tl; j < n; j += TL) {
-      const uint4 vraw = *reinterpret_cast<const uint4*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
-      float vf[VEC];
-      kiln_widen16<T>(vraw, vf);
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const float p = g < ng ? p_s[g][j] : 0.0f;
+    for (int jj = 0; jj < KILN_ATTN_TILE / TL; ++jj) {
+      const int j = tl + jj * TL;
+      if (j < n) {
+        const uint4 vr = jj < VPF ? vraw[jj < VPF ? jj : 0]
+                                  : *reinterpret_cast<const uint4*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
+        float vf[VEC];
+        kiln_widen16<T>(vr, vf);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+        for (int g = 0; g < G; ++g) {
+          const float p = g < ng ? p_s[g][j] : 0.0f;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+        }
       }
     }
-    __syncthreads();  // the next tile overwrites p_s and slot_s
+    __syncthreads();  // the next tile overwrites slot_s and p_s
   }
 
   // ---- merge the token lanes, then write ----

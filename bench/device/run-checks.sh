@@ -11,7 +11,7 @@ chmod +x .device/kiln .device/kiln-check-* 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 step() { local name="$1"; shift; echo "=== $name"; local t=$(date +%s); timeout "$@" 2>&1 | tee "$OUT/$name.txt" | tail -${TAIL:-25}; echo "=== $name: rc ${PIPESTATUS[0]}, $(( $(date +%s) - t )) s"; }
 if [ "$what" = checks ] || [ "$what" = all ]; then
-  TAIL=12 step attention 240 .device/kiln-check-attention --out "$OUT/attention.md"
+  TAIL=12 step attention 240 .device/kiln-check-attention ${ATTN_FLAGS:-} --out "$OUT/attention.md"
   TAIL=30 step model 200 .device/kiln-check-model --model .device/smollm2-10l.gguf --fixtures tests/fixtures/reference.json
   TAIL=8 step kernels 120 .device/kiln-check-kernels --quick --only rope_kv_write,rope_kv_write_llama3,gather_rows,rope_half,add_rms_norm --out "$OUT/kernels.md"
 fi
@@ -21,4 +21,10 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   TAIL=14 step bench-smol-b64 120 "${b[@]}" --model synth:smollm2-135m --num-requests 64 --prompt-len 128 --output-len 128 --max-num-seqs 64
   TAIL=14 step bench-8b-b1 150 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 128 --output-len 128
   TAIL=14 step bench-8b-b64 150 "${b[@]}" --model synth:llama3-8b --num-requests 64 --prompt-len 128 --output-len 128 --max-num-seqs 64 --max-batched-tokens 8192
+fi
+if [ "$what" = bench2 ] || [ "$what" = all ]; then
+  b=(.device/kiln bench --offline --device cuda)
+  KILN_CUDA_GRAPHS=0 TAIL=6 step bench-8b-b1-eager 150 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 128 --output-len 128
+  TAIL=6 step bench-8b-ttft2048 150 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 2048 --output-len 2 --max-batched-tokens 2048
+  TAIL=14 step bench-8b-128x128-max 240 "${b[@]}" --model synth:llama3-8b --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
 fi

@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod generate;
 pub mod detok_adapter;
 pub mod gguf_tokenizer;
+pub mod graphs;
 pub mod llama;
 pub mod loader;
 pub mod model;

@@ -11,6 +11,7 @@
 use crate::config::{LlamaConfig, RopeScalingKind};
 use crate::kernels::{activation, attention, gather, norm, rope};
 use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
+use crate::graphs::{DecodeGraphs, StepModel};
 use crate::step::{Heads, StepInputs};
 use crate::weights::{HostTensor, Weights};
 use kiln_codegen::ir::DType;
@@ -38,13 +39,15 @@ pub struct Llama {
     lm_head: Tensor,
     final_norm: Tensor,
     layers: Vec<Layer>,
-    /// Activation buffers of the last step, reused while a step fits in them.
+    /// Activation buffers of the last eager step, reused while a step fits in them.
     workspace: Mutex<Option<Workspace>>,
+    /// Decode steps on a GPU, replayed from CUDA graphs.
+    graphs: DecodeGraphs<Workspace>,
 }
 
 /// The activations of one step, `capacity` token rows each; a step of `n <= capacity` tokens
 /// uses the first `n` rows.
-struct Workspace {
+pub struct Workspace {
     capacity: usize,
     residual: [Tensor; 2],
     h: Tensor,
@@ -54,6 +57,8 @@ struct Workspace {
     proj: Tensor,
     gate_up: Tensor,
     act: Tensor,
+    /// The rows that need logits, gathered (when they are not all rows in order).
+    picked: Tensor,
 }
 
 fn upload(dev: &Device, dtype: DType, t: &HostTensor) -> Result<Tensor, ModelError> {
@@ -115,6 +120,10 @@ impl Llama {
             embed.clone() // tied: the same storage
         };
         let final_norm = upload(dev, dtype, &take("model.norm.weight")?)?;
+        Ok(Llama::assemble(cfg, dev, dtype, embed, lm_head, final_norm, layers))
+    }
+
+    fn assemble(cfg: LlamaConfig, dev: &Device, dtype: DType, embed: Tensor, lm_head: Tensor, final_norm: Tensor, layers: Vec<Layer>) -> Llama {
         let info = ModelInfo {
             architecture: cfg.architecture.clone(),
             vocab_size: cfg.vocab_size,
@@ -125,7 +134,7 @@ impl Llama {
             head_dim: cfg.head_dim,
             kv_dtype: dtype,
         };
-        Ok(Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, workspace: Mutex::new(None) })
+        Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, workspace: Mutex::new(None), graphs: DecodeGraphs::default() }
     }
 
     /// A model of `cfg`'s shapes with seeded random weights made on `dev` itself (see
@@ -153,38 +162,7 @@ impl Llama {
         let embed = t(c.vocab_size, h, Init::Embedding)?;
         let lm_head = if c.tie_word_embeddings { embed.clone() } else { t(c.vocab_size, h, Init::Linear { fan_in: h })? };
         let final_norm = t(1, h, Init::Norm)?;
-        let info = ModelInfo {
-            architecture: c.architecture.clone(),
-            vocab_size: c.vocab_size,
-            max_model_len: c.max_position_embeddings,
-            eos_token_ids: c.eos_token_ids.clone(),
-            num_layers: c.num_hidden_layers,
-            num_kv_heads: nkv,
-            head_dim: hd,
-            kv_dtype: dtype,
-        };
-        Ok(Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, workspace: Mutex::new(None) })
-    }
-
-    fn heads(&self) -> Heads {
-        Heads { n_heads: self.cfg.num_attention_heads, n_kv_heads: self.cfg.num_key_value_heads, head_dim: self.cfg.head_dim }
-    }
-
-    fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
-        let c = &self.cfg;
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let t = |cols: usize| Tensor::uninit(&self.dev, self.dtype, capacity, cols);
-        Ok(Workspace {
-            capacity,
-            residual: [t(c.hidden_size)?, t(c.hidden_size)?],
-            h: t(c.hidden_size)?,
-            qkv: t((nh + 2 * nkv) * hd)?,
-            q: t(nh * hd)?,
-            attn: t(nh * hd)?,
-            proj: t(c.hidden_size)?,
-            gate_up: t(2 * c.intermediate_size)?,
-            act: t(c.intermediate_size)?,
-        })
+        Ok(Llama::assemble(cfg, dev, dtype, embed, lm_head, final_norm, layers))
     }
 
     /// RoPE of q (`x`) into `out`, with the model's frequency schedule.
@@ -234,9 +212,43 @@ impl Llama {
         Ok(())
     }
 
-    /// The step on device-resident inputs: kernels and GEMMs only, no host copies (so it can
-    /// be captured). Returns `[logits rows, vocab]` logits in the model dtype.
-    fn forward_inputs(&self, inp: &StepInputs, kv: &mut KvCache, ws: &mut Workspace) -> Result<Tensor, ModelError> {
+}
+
+impl StepModel for Llama {
+    type Workspace = Workspace;
+
+    fn device(&self) -> &Device {
+        &self.dev
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn vocab(&self) -> usize {
+        self.cfg.vocab_size
+    }
+    fn heads(&self) -> Heads {
+        Heads { n_heads: self.cfg.num_attention_heads, n_kv_heads: self.cfg.num_key_value_heads, head_dim: self.cfg.head_dim }
+    }
+
+    fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let t = |cols: usize| Tensor::uninit(&self.dev, self.dtype, capacity, cols);
+        Ok(Workspace {
+            capacity,
+            residual: [t(c.hidden_size)?, t(c.hidden_size)?],
+            h: t(c.hidden_size)?,
+            qkv: t((nh + 2 * nkv) * hd)?,
+            q: t(nh * hd)?,
+            attn: t(nh * hd)?,
+            proj: t(c.hidden_size)?,
+            gate_up: t(2 * c.intermediate_size)?,
+            act: t(c.intermediate_size)?,
+            picked: t(c.hidden_size)?,
+        })
+    }
+
+    fn step(&self, inp: &StepInputs, kv: &mut KvCache, ws: &mut Workspace, logits: &mut Tensor) -> Result<(), ModelError> {
         let c = &self.cfg;
         let n = inp.tokens();
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -271,16 +283,20 @@ impl Llama {
         }
         // `h` now holds the final-normed hidden states; only the asked-for rows reach lm_head.
         let m = inp.logits_rows.cols();
-        let mut logits = Tensor::uninit(&self.dev, self.dtype, m, c.vocab_size)?;
         if m == 0 {
-            return Ok(logits);
+            return Ok(());
         }
-        let mut picked = Tensor::uninit(&self.dev, self.dtype, m, c.hidden_size)?;
-        gather::gather_rows::run(&self.dev, &h, &inp.logits_rows, &mut picked)?;
-        matmul(&self.dev, &picked, &self.lm_head, &mut logits)?;
-        Ok(logits)
+        if inp.all_rows {
+            matmul(&self.dev, &h, &self.lm_head, logits)?;
+        } else {
+            let mut picked = ws.picked.view_rows(0, m)?;
+            gather::gather_rows::run(&self.dev, &h, &inp.logits_rows, &mut picked)?;
+            matmul(&self.dev, &picked, &self.lm_head, logits)?;
+        }
+        Ok(())
     }
 }
+
 
 impl CausalLm for Llama {
     fn info(&self) -> &ModelInfo {
@@ -305,15 +321,20 @@ impl CausalLm for Llama {
 
     fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
         batch.validate(self.cfg.vocab_size)?;
-        let inp = StepInputs::new(&self.dev, batch, kv, self.heads())?;
+        if let Some(logits) = self.graphs.forward(self, batch, kv)? {
+            return Ok(logits);
+        }
+        let inp = StepInputs::new(&self.dev, batch, kv, StepModel::heads(self))?;
         let n = inp.tokens();
         let mut slot = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_none_or(|w| w.capacity < n) {
             // Grow to the next power of two so a run of growing prefills allocates rarely.
             *slot = None;
-            *slot = Some(self.workspace(n.next_power_of_two())?);
+            *slot = Some(StepModel::workspace(self, n.next_power_of_two())?);
         }
         let ws = slot.as_mut().ok_or_else(|| ModelError::Batch("no workspace".into()))?;
-        self.forward_inputs(&inp, kv, ws)
+        let mut logits = Tensor::uninit(&self.dev, self.dtype, inp.logits_rows.cols(), self.cfg.vocab_size)?;
+        self.step(&inp, kv, ws, &mut logits)?;
+        Ok(logits)
     }
 }

@@ -4,9 +4,15 @@
 //! architecture builds these the same way, so the kernels of a step read only device memory:
 //! nothing is copied between launches, which is what lets a decode step be captured in a
 //! CUDA graph.
+//!
+//! Two forms: [`StepInputs::new`] sizes the buffers for one batch (eager steps);
+//! [`StepInputs::for_decode`] makes fixed buffers for `bucket` one-token sequences that
+//! [`StepInputs::refresh_decode`] rewrites in place every step (a captured graph reads them).
+//! Rows past the batch are padding: token 0 at position 0, slot -1 (its K/V is not written),
+//! no sequence (its attention output is zeros); their logits are computed and ignored.
 
 use crate::model::{ForwardBatch, KvCache, ModelError};
-use kiln_runtime::attention::AttnPlan;
+use kiln_runtime::attention::{AttnPlan, SPLIT_TOKENS};
 use kiln_runtime::{Device, Tensor};
 
 pub struct StepInputs {
@@ -18,7 +24,12 @@ pub struct StepInputs {
     pub slots: Tensor,
     /// `1 × rows` i32: the token rows whose logits are wanted, in output order.
     pub logits_rows: Tensor,
+    /// Whether `logits_rows` is every row in order (the logits need no gather).
+    pub all_rows: bool,
     pub plan: AttnPlan,
+    /// The packed buffer the four vectors view.
+    packed: Tensor,
+    heads: Heads,
 }
 
 /// The attention heads of a model, as the plan needs them.
@@ -33,36 +44,77 @@ fn to_i32(what: &str, x: u64) -> Result<i32, ModelError> {
     i32::try_from(x).map_err(|_| ModelError::Batch(format!("{what} {x} does not fit an i32")))
 }
 
+/// `[ids | positions | slots | logits rows]` of `batch`, each padded to `rows` entries.
+fn pack(batch: &ForwardBatch<'_>, rows: usize, logit_rows: usize) -> Result<Vec<i32>, ModelError> {
+    let mut packed = Vec::with_capacity(3 * rows + logit_rows);
+    for &t in batch.tokens {
+        packed.push(to_i32("token id", t as u64)?);
+    }
+    packed.resize(rows, 0);
+    packed.extend_from_slice(batch.positions);
+    packed.resize(2 * rows, 0);
+    for &s in batch.slots {
+        packed.push(to_i32("slot", s as u64)?);
+    }
+    packed.resize(3 * rows, -1);
+    for &r in batch.logits_rows {
+        packed.push(to_i32("logits row", r as u64)?);
+    }
+    let next = packed.len() - 3 * rows;
+    packed.extend((next..logit_rows).map(|r| r as i32));
+    Ok(packed)
+}
+
 impl StepInputs {
+    fn views(packed: Tensor, n: usize, m: usize, all_rows: bool, plan: AttnPlan, heads: Heads) -> Result<StepInputs, ModelError> {
+        Ok(StepInputs {
+            ids: packed.view_cols(0, n)?,
+            pos: packed.view_cols(n, n)?,
+            slots: packed.view_cols(2 * n, n)?,
+            logits_rows: packed.view_cols(3 * n, m)?,
+            all_rows,
+            plan,
+            packed,
+            heads,
+        })
+    }
+
     /// Build and upload the inputs of `batch` (already validated) for a cache `kv`.
     pub fn new(dev: &Device, batch: &ForwardBatch<'_>, kv: &KvCache, heads: Heads) -> Result<StepInputs, ModelError> {
         let n = batch.tokens.len();
         let m = batch.logits_rows.len();
-        let mut packed = Vec::with_capacity(3 * n + m);
-        for &t in batch.tokens {
-            packed.push(to_i32("token id", t as u64)?);
-        }
-        packed.extend_from_slice(batch.positions);
-        for &s in batch.slots {
-            packed.push(to_i32("slot", s as u64)?);
-        }
-        for &r in batch.logits_rows {
-            packed.push(to_i32("logits row", r as u64)?);
-        }
-        let all = Tensor::vector(dev, &packed)?;
+        let packed = Tensor::vector(dev, &pack(batch, n, m)?)?;
         let bt_stride = batch.seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(0).max(1);
         let mut plan = AttnPlan::new(batch.seqs, n, batch.seqs.len(), bt_stride, kv.block_size, kv.num_blocks)?;
         if !dev.is_cpu() {
             plan.split_default();
         }
         plan.upload(dev, heads.n_heads, heads.head_dim)?;
-        Ok(StepInputs {
-            ids: all.view_cols(0, n)?,
-            pos: all.view_cols(n, n)?,
-            slots: all.view_cols(2 * n, n)?,
-            logits_rows: all.view_cols(3 * n, m)?,
-            plan,
-        })
+        let all_rows = m == n && batch.logits_rows.iter().enumerate().all(|(i, &r)| i == r);
+        Self::views(packed, n, m, all_rows, plan, heads)
+    }
+
+    /// Fixed buffers for `bucket` one-token sequences with block tables of `bt_stride` entries
+    /// (all padding until [`StepInputs::refresh_decode`]).
+    pub fn for_decode(dev: &Device, bucket: usize, bt_stride: usize, kv: &KvCache, heads: Heads) -> Result<StepInputs, ModelError> {
+        let packed = Tensor::zeros(dev, kiln_codegen::ir::DType::I32, 1, 4 * bucket)?;
+        let mut plan = AttnPlan::new(&[], bucket, bucket, bt_stride, kv.block_size, kv.num_blocks)?;
+        plan.split_fixed((bt_stride * kv.block_size).div_ceil(SPLIT_TOKENS));
+        plan.upload(dev, heads.n_heads, heads.head_dim)?;
+        Self::views(packed, bucket, bucket, true, plan, heads)
+    }
+
+    /// Rewrite fixed decode buffers with `batch` (every sequence one token with logits, at
+    /// most `tokens()` of them, tables within the buffers' stride), in place.
+    pub fn refresh_decode(&mut self, dev: &Device, batch: &ForwardBatch<'_>, kv: &KvCache) -> Result<(), ModelError> {
+        let b = self.tokens();
+        if batch.tokens.len() > b || batch.seqs.iter().any(|s| s.q_len != 1) {
+            return Err(ModelError::Batch(format!("a decode step of {} tokens does not fit buffers for {b}", batch.tokens.len())));
+        }
+        self.packed.copy_from_host(&pack(batch, b, b)?)?;
+        let plan = AttnPlan::new(batch.seqs, b, b, self.plan.bt_stride(), kv.block_size, kv.num_blocks)?;
+        self.plan.refresh_from(plan, dev, self.heads.n_heads, self.heads.head_dim)?;
+        Ok(())
     }
 
     pub fn tokens(&self) -> usize {

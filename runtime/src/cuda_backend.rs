@@ -19,10 +19,16 @@ use cudarc::driver::{CudaContext, CudaStream};
 use std::fmt;
 use std::sync::Arc;
 
+/// Bytes of cuBLAS workspace (what cuBLAS recommends for Hopper: 32 MiB).
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLAS's workspace, given to it explicitly so a GEMM never allocates (which would break
+    /// a CUDA graph capture).
+    _blas_workspace: cudarc::driver::CudaSlice<u8>,
     name: String,
     cc: (i32, i32),
     sm_count: i32,
@@ -47,6 +53,13 @@ impl CudaBackend {
             unsafe { ctx.disable_event_tracking() };
             let stream = drv("creating a stream", ctx.new_stream())?;
             let blas = blas("creating the cuBLAS handle", CudaBlas::new(stream.clone()))?;
+            // SAFETY: u8 has no invalid bit patterns; cuBLAS uses the memory as scratch.
+            let ws = drv("allocating the cuBLAS workspace", unsafe { stream.alloc::<u8>(BLAS_WORKSPACE_BYTES) })?;
+            let ws_ptr = crate::tensor_io::base_ptr(&ws);
+            // SAFETY: the handle is live and the workspace outlives it (both owned by the
+            // backend; fields drop in declaration order, the handle first).
+            let st = unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ws_ptr as *mut std::ffi::c_void, BLAS_WORKSPACE_BYTES) };
+            crate::cuda_error::blas("setting the cuBLAS workspace", st.result())?;
             let name = drv("reading the device name", ctx.name())?;
             let cc = drv("reading the compute capability", ctx.compute_capability())?;
             let attr = |a: CUdevice_attribute, what: &str| drv(format!("reading {what}"), ctx.attribute(a));
@@ -57,6 +70,7 @@ impl CudaBackend {
                 ctx,
                 stream,
                 blas,
+                _blas_workspace: ws,
                 name,
                 cc,
                 sm_count,

@@ -5,8 +5,8 @@
 //!
 //! Invariants: `fill_uniform` is a pure function of (seed, element index), so the CPU and the
 //! GPU fill the same bits (up to the final rounding to the dtype, which both do to nearest
-//! even); `argmax` returns the lowest index among equal maxima (as the CPU sampler does), and a
-//! row of NaNs gives index 0.
+//! even); `argmax` returns the lowest index among equal maxima (as the CPU sampler does), and
+//! -1 for a row the CPU sampler would refuse (a NaN or `+inf`, or nothing above `-inf`).
 
 use crate::cuda_backend::CudaBackend;
 use crate::cuda_error::{drv, CudaError};
@@ -48,7 +48,8 @@ KILN_FILL(kiln_fill_uniform_f32, float, kiln_id)
 KILN_FILL(kiln_fill_uniform_f16, kiln_f16, kiln_f32_to_f16)
 KILN_FILL(kiln_fill_uniform_bf16, kiln_bf16, kiln_f32_to_bf16)
 
-// One block per row: the index of the row's maximum, the lowest on ties (NaN never wins).
+// One block per row: the index of the row's maximum, the lowest on ties; -1 when the row
+// holds a NaN or +inf or nothing above -inf (the CPU sampler refuses such rows).
 template <typename T>
 __device__ __forceinline__ void kiln_argmax_row(const T* __restrict__ x, int stride, int n, int* __restrict__ out) {
   __shared__ float bv[32];
@@ -56,10 +57,13 @@ __device__ __forceinline__ void kiln_argmax_row(const T* __restrict__ x, int str
   const T* row = x + (long long)blockIdx.x * stride;
   float v = -kiln_inf();
   int idx = 0x7fffffff;
+  int bad = 0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const float y = kiln_to_f32(row[i]);
+    bad |= (y != y) | (y == kiln_inf());
     if (y > v) { v = y; idx = i; }  // strided, increasing i: the first maximum of this thread
   }
+  const int any_bad = __syncthreads_or(bad);
   for (int o = 16; o > 0; o >>= 1) {
     const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
     const int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
@@ -77,7 +81,7 @@ __device__ __forceinline__ void kiln_argmax_row(const T* __restrict__ x, int str
       const int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
       if (v2 > v || (v2 == v && i2 < idx)) { v = v2; idx = i2; }
     }
-    if (lane == 0) out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
+    if (lane == 0) out[blockIdx.x] = (any_bad || idx == 0x7fffffff) ? -1 : idx;
   }
 }
 extern "C" __global__ void kiln_argmax_f32(const float* x, int stride, int n, int* out) { kiln_argmax_row<float>(x, stride, n, out); }
@@ -147,7 +151,8 @@ pub fn fill_uniform(t: &mut Tensor, seed: u64, lo: f32, hi: f32) -> Result<(), D
 }
 
 /// `out[r]` = the index of row `r`'s maximum (lowest on ties) of a `[rows, n]` float tensor,
-/// into an i32 vector of `rows` elements on the same device.
+/// into an i32 vector of `rows` elements on the same device; -1 for a row with a NaN or
+/// `+inf`, or with every value `-inf`.
 pub fn argmax_rows(x: &Tensor, out: &mut Tensor) -> Result<(), DeviceKernelError> {
     if out.dtype() != DType::I32 || out.vector_len() != Some(x.rows()) || !out.is_contiguous() {
         return Err(DeviceKernelError::Shape(format!("argmax_rows: out must be {} contiguous i32 values", x.rows())));
@@ -161,13 +166,16 @@ pub fn argmax_rows(x: &Tensor, out: &mut Tensor) -> Result<(), DeviceKernelError
             let ids: Vec<i32> = v
                 .chunks(x.cols())
                 .map(|row| {
-                    let mut best = (f32::NEG_INFINITY, 0usize);
+                    let mut best: Option<(f32, usize)> = None;
                     for (i, &y) in row.iter().enumerate() {
-                        if y > best.0 {
-                            best = (y, i);
+                        if y.is_nan() || y == f32::INFINITY {
+                            return -1;
+                        }
+                        if y > best.map_or(f32::NEG_INFINITY, |b| b.0) {
+                            best = Some((y, i));
                         }
                     }
-                    best.1 as i32
+                    best.map_or(-1, |b| b.1 as i32)
                 })
                 .collect();
             out.copy_from_host(&ids)?;

@@ -24,6 +24,7 @@ mod fused_cuda;
 pub mod gemm;
 mod gemm_cpu;
 pub mod gpu_check;
+pub mod graph;
 mod gemm_cuda;
 pub mod host_buf;
 pub mod kernel_cache;

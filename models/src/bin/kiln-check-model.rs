@@ -82,8 +82,16 @@ fn run(args: &[String]) -> Result<bool, String> {
     let refs: Vec<(Vec<f32>, Vec<u32>)> = prompts.iter().map(|p| greedy(cpu.model.as_ref(), p, n_tokens)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     let mut ok = true;
     println!("\n| dtype | prompt | tokens | logits max_rel | argmax same | greedy tokens same (of {n_tokens}) |\n|---|---|---|---|---|---|");
-    for &dtype in &dtypes {
+    // Each dtype with decode steps from CUDA graphs (the default), bf16 also eagerly.
+    let mut runs: Vec<(DType, bool)> = dtypes.iter().map(|&d| (d, true)).collect();
+    if dtypes.contains(&DType::BF16) {
+        runs.push((DType::BF16, false));
+    }
+    for (dtype, graphs) in runs {
+        // The model reads the switch when it is built.
+        std::env::set_var("KILN_CUDA_GRAPHS", if graphs { "1" } else { "0" });
         let g = load(&path, &gpu, dtype).map_err(|e| e.to_string())?;
+        let label = format!("{dtype}{}", if graphs { "" } else { " (eager)" });
         let tol = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
         for (i, (p, (want_logits, want_tokens))) in prompts.iter().zip(&refs).enumerate() {
             let (logits, tokens) = greedy(g.model.as_ref(), p, n_tokens).map_err(|e| e.to_string())?;
@@ -91,9 +99,9 @@ fn run(args: &[String]) -> Result<bool, String> {
             let prefix = common_prefix(&tokens, want_tokens);
             let pass = err <= tol && same && (dtype != DType::F32 || prefix == n_tokens);
             ok &= pass;
-            println!("| {dtype} | {i} | {} | {err:.2e} | {same} | {prefix}{} |", p.len(), if pass { "" } else { " FAIL" });
+            println!("| {label} | {i} | {} | {err:.2e} | {same} | {prefix}{} |", p.len(), if pass { "" } else { " FAIL" });
         }
-        if dtype == DType::BF16 {
+        if dtype == DType::BF16 && graphs {
             ok &= invariance(Arc::from(g.model), g.tokenizer, &prompts, n_tokens)?;
         }
     }

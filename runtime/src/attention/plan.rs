@@ -128,6 +128,10 @@ impl AttnPlan {
     pub fn max_ctx(&self) -> usize {
         self.max_ctx
     }
+    /// Entries between consecutive sequences' block tables.
+    pub fn bt_stride(&self) -> usize {
+        self.layout.bt_stride
+    }
     /// The plan array (for tools and tests).
     pub fn host(&self) -> &[i32] {
         &self.host

@@ -59,21 +59,36 @@ impl Choice {
         self.history.output()
     }
 
+    /// Whether the next token is the logits' argmax and nothing more (so the device may pick it).
+    pub fn plain_greedy(&self) -> bool {
+        self.sampler.is_plain_greedy()
+    }
+
     /// Samples the next token from `logits`, detokenizes it and checks the stop conditions.
     pub fn advance(&mut self, logits: &[f32]) -> Result<Advance, String> {
         let s = self.sampler.sample(logits, &self.history).map_err(|e| e.to_string())?;
-        self.history.push_output(s.token);
-        let delta = self.text.step(s.token)?;
-        let mut out = self.stop.step(s.token, &delta).map_err(|e| e.to_string())?;
+        self.take(s.token, s.logprob, s.top_logprobs)
+    }
+
+    /// Takes `token`, the argmax the device picked for a [`Choice::plain_greedy`] choice.
+    pub fn advance_with(&mut self, token: u32) -> Result<Advance, String> {
+        self.sampler.accept_external();
+        self.take(token, 0.0, Vec::new())
+    }
+
+    fn take(&mut self, token: u32, logprob: f32, top: Vec<(u32, f32)>) -> Result<Advance, String> {
+        self.history.push_output(token);
+        let delta = self.text.step(token)?;
+        let mut out = self.stop.step(token, &delta).map_err(|e| e.to_string())?;
         if out.finish == Some(FinishReason::Length) {
             // Bytes the detokenizer still holds (an incomplete character at the very end).
             out.text.push_str(&self.text.finish()?);
         }
         self.finished = out.finish;
-        let logprob = self.logprobs.then_some(TokenLogprob { logprob: s.logprob, top: s.top_logprobs });
+        let logprob = self.logprobs.then_some(TokenLogprob { logprob, top });
         Ok(Advance {
-            token: s.token,
-            event: EngineEvent::Token { index: self.index, token: s.token, text: out.text, logprob },
+            token,
+            event: EngineEvent::Token { index: self.index, token, text: out.text, logprob },
             finished: out.finish,
         })
     }

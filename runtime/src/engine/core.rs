@@ -30,6 +30,20 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// What a model step gives each sequence with logits: the row itself (sampled on the host), or
+/// the token the device already picked (every row of the step plain greedy, on a GPU).
+enum StepOut {
+    Logits(Vec<f32>),
+    Tokens(Vec<i32>),
+}
+
+/// One sequence's share of a [`StepOut`].
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    Logits(&'a [f32]),
+    Token(u32),
+}
+
 /// How a removed request ends once the stats are published.
 enum Close {
     Done(FinishReason),
@@ -227,10 +241,21 @@ impl Core {
         let vocab = self.shared.info.vocab_size;
         let targets: Vec<(usize, SeqId)> =
             self.batch.logits_seqs.iter().enumerate().map(|(row, &i)| (row, self.plan.seqs[i].id)).collect();
-        for (row, seq) in targets {
+        for (i, seq) in targets {
             let Some(&req) = self.owners.get(&seq) else { continue };
-            let Some(row) = logits.get(row * vocab..(row + 1) * vocab) else {
-                self.fail_request(req, format!("the model returned too few logits rows ({})", logits.len() / vocab.max(1)));
+            let row = match &logits {
+                StepOut::Logits(l) => l.get(i * vocab..(i + 1) * vocab).map(Row::Logits),
+                StepOut::Tokens(t) => match t.get(i) {
+                    Some(&t) if t >= 0 => Some(Row::Token(t as u32)),
+                    Some(_) => {
+                        self.fail_request(req, "the logits row holds a NaN or +inf, or nothing above -inf".into());
+                        continue;
+                    }
+                    None => None,
+                },
+            };
+            let Some(row) = row else {
+                self.fail_request(req, "the model returned too few logits rows".into());
                 continue;
             };
             if let Err(m) = self.on_logits(req, seq, row, &mut result) {
@@ -274,17 +299,37 @@ impl Core {
         }
     }
 
-    /// Runs the model on the plan; the logits rows on the host.
-    fn forward(&mut self) -> Result<Vec<f32>, String> {
+    /// Runs the model on the plan: the logits rows on the host, or — on a GPU when every row
+    /// is plain greedy — only the tokens the device picked (the logits never leave it).
+    fn forward(&mut self) -> Result<StepOut, String> {
         self.batch.fill(&self.plan, self.kv.block_size);
+        let on_device = !self.model.device().is_cpu() && self.all_plain_greedy();
         let seqs = self.batch.seq_attn(&self.plan);
         let batch = self.batch.batch(&self.plan, &seqs);
         let out = self.model.forward(&batch, &mut self.kv).map_err(|e| e.to_string())?;
-        out.to_host_f32().map_err(|e| e.to_string())
+        if on_device {
+            let mut ids = crate::Tensor::uninit(out.device(), kiln_codegen::ir::DType::I32, 1, out.rows()).map_err(|e| e.to_string())?;
+            crate::device_kernels::argmax_rows(&out, &mut ids).map_err(|e| e.to_string())?;
+            return ids.to_host::<i32>().map(StepOut::Tokens).map_err(|e| e.to_string());
+        }
+        out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string())
     }
 
-    /// Feeds one sequence's logits to its request.
-    fn on_logits(&mut self, req: u64, seq: SeqId, logits: &[f32], result: &mut StepResult) -> Result<(), String> {
+    /// Whether every sequence given logits this step samples plain greedy (no penalties, no
+    /// logprobs, no beam search).
+    fn all_plain_greedy(&self) -> bool {
+        self.batch.logits_seqs.iter().all(|&i| {
+            let seq = self.plan.seqs[i].id;
+            let Some(st) = self.owners.get(&seq).and_then(|r| self.requests.get(r)) else { return true };
+            match &st.kind {
+                Kind::Sample(g) => g.choices.iter().all(|c| c.plain_greedy()),
+                Kind::Beam(_) => false,
+            }
+        })
+    }
+
+    /// Feeds one sequence's logits (or device-picked token) to its request.
+    fn on_logits(&mut self, req: u64, seq: SeqId, logits: Row<'_>, result: &mut StepResult) -> Result<(), String> {
         let Core { requests, sched, owners, shared, .. } = self;
         let st = requests.get_mut(&req).ok_or_else(|| format!("no request {req}"))?;
         let RequestState { ticket, prompt, kind, .. } = st;
@@ -313,6 +358,7 @@ impl Core {
                 }
             }
             Kind::Beam(b) => {
+                let Row::Logits(logits) = logits else { return Err("beam search needs the logits on the host".into()) };
                 b.on_logits(seq.0, logits);
                 if b.ready() {
                     let remap = b.step(prompt, sched, result, || shared.new_seq_id())?;
@@ -393,13 +439,16 @@ impl Core {
 /// Samples choice `c`'s next token, streams its event and records it for `update`.
 fn advance(
     c: &mut Choice,
-    logits: &[f32],
+    row: Row<'_>,
     ticket: &super::shared::Ticket,
     owners: &mut HashMap<SeqId, u64>,
     result: &mut StepResult,
 ) -> Result<(), String> {
     let seq = c.seq.ok_or_else(|| format!("choice {} has no sequence", c.index))?;
-    let a = c.advance(logits)?;
+    let a = match row {
+        Row::Logits(l) => c.advance(l)?,
+        Row::Token(t) => c.advance_with(t)?,
+    };
     ticket.send(a.event);
     result.sampled.push((seq, a.token));
     if let Some(reason) = a.finished {

@@ -66,6 +66,17 @@ impl Sampler {
         self.seed
     }
 
+    /// Whether the token this sampler picks is the row's argmax with nothing else asked: greedy,
+    /// no penalties, no logprobs. Such a row can be sampled where the logits are (the GPU).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.params.is_greedy() && super::penalty::penalties_off(&self.params) && self.params.logprobs.is_none()
+    }
+
+    /// Record a token chosen elsewhere by this sampler's rule (see [`Sampler::is_plain_greedy`]).
+    pub fn accept_external(&mut self) {
+        self.draws += 1;
+    }
+
     /// Number of successful `sample` calls so far: the counter of the next draw.
     pub fn draws(&self) -> u64 {
         self.draws

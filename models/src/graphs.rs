@@ -1,0 +1,107 @@
+//! Decode steps replayed from CUDA graphs, for any architecture that implements
+//! [`StepModel`]: a step of `n` one-token sequences runs in the graph of the smallest bucket
+//! `B >= n` of [`BUCKETS`], padded to `B` rows (see [`StepInputs`]).
+//!
+//! An entry (per bucket) owns its fixed inputs, its activations and its logits buffer, and the
+//! graph that reads and writes exactly those and the KV pools it was captured with. It is
+//! (re)made when none fits: first use of the bucket, a longer block table than its inputs hold
+//! (strides grow by powers of two), or another KV cache. Making one runs the step eagerly
+//! (loading every kernel, and producing this step's logits) and then captures it.
+//!
+//! Invariants: the logits a replay returns are a view of the entry's buffer, valid until the
+//! next step; graphs are off with `KILN_CUDA_GRAPHS=0` (the eager path is the reference).
+
+use crate::model::{ForwardBatch, KvCache, ModelError};
+use crate::step::{Heads, StepInputs};
+use kiln_codegen::ir::DType;
+use kiln_runtime::graph::{capture, CapturedGraph};
+use kiln_runtime::{Device, Tensor};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Batch sizes decode graphs are captured for.
+pub const BUCKETS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// What an architecture gives the graph runner: its workspace and its step on device inputs.
+pub trait StepModel {
+    type Workspace: Send;
+    fn device(&self) -> &Device;
+    fn dtype(&self) -> DType;
+    fn vocab(&self) -> usize;
+    fn heads(&self) -> Heads;
+    /// Activations for steps of up to `capacity` tokens.
+    fn workspace(&self, capacity: usize) -> Result<Self::Workspace, ModelError>;
+    /// The step on device-resident inputs, logits into `logits` (`[logits rows, vocab]`):
+    /// kernels and GEMMs only, no host copies and no allocations.
+    fn step(&self, inp: &StepInputs, kv: &mut KvCache, ws: &mut Self::Workspace, logits: &mut Tensor) -> Result<(), ModelError>;
+}
+
+struct Entry<W> {
+    /// The KV pool the graph writes (its first K tensor's address).
+    kv_id: u64,
+    inp: StepInputs,
+    /// The activations the graph reads and writes: kept alive, never touched on the host.
+    _ws: W,
+    logits: Tensor,
+    graph: CapturedGraph,
+}
+
+pub struct DecodeGraphs<W> {
+    entries: Mutex<HashMap<usize, Entry<W>>>,
+    enabled: bool,
+}
+
+impl<W: Send> Default for DecodeGraphs<W> {
+    fn default() -> Self {
+        DecodeGraphs { entries: Mutex::new(HashMap::new()), enabled: std::env::var("KILN_CUDA_GRAPHS").as_deref() != Ok("0") }
+    }
+}
+
+/// A step the graphs can run: one token per sequence, logits for every row in order.
+pub fn is_decode(batch: &ForwardBatch<'_>) -> bool {
+    let n = batch.tokens.len();
+    n <= BUCKETS[BUCKETS.len() - 1]
+        && batch.seqs.len() == n
+        && batch.seqs.iter().all(|s| s.q_len == 1)
+        && batch.logits_rows.len() == n
+        && batch.logits_rows.iter().enumerate().all(|(i, &r)| i == r)
+}
+
+fn kv_id(kv: &KvCache) -> u64 {
+    kv.k.first().map_or(0, |t| t.storage() as *const _ as u64)
+}
+
+impl<W: Send> DecodeGraphs<W> {
+    /// Run `batch` through a decode graph when it is a decode step on a GPU and graphs are on;
+    /// `None` when the caller should run it eagerly.
+    pub fn forward<M: StepModel<Workspace = W>>(&self, m: &M, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Option<Tensor>, ModelError> {
+        let dev = m.device();
+        let Some(backend) = dev.cuda_backend() else { return Ok(None) };
+        if !self.enabled || !is_decode(batch) {
+            return Ok(None);
+        }
+        let n = batch.tokens.len();
+        let Some(&bucket) = BUCKETS.iter().find(|&&b| b >= n) else { return Ok(None) };
+        let need = batch.seqs.iter().map(|s| s.ctx_len.div_ceil(kv.block_size)).max().unwrap_or(1);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = entries.get(&bucket).is_some_and(|e| e.kv_id == kv_id(kv) && e.inp.plan.bt_stride() >= need);
+        if fits {
+            let e = entries.get_mut(&bucket).ok_or_else(|| ModelError::Batch("graph entry vanished".into()))?;
+            e.inp.refresh_decode(dev, batch, kv)?;
+            e.graph.launch()?;
+            return Ok(Some(e.logits.view_rows(0, n)?));
+        }
+        // Make the entry: fixed inputs, eager warm-up step (this step's result), capture.
+        entries.remove(&bucket);
+        let bt_stride = need.next_power_of_two().max(16).min(kv.num_blocks.max(1));
+        let mut inp = StepInputs::for_decode(dev, bucket, bt_stride, kv, m.heads())?;
+        inp.refresh_decode(dev, batch, kv)?;
+        let mut ws = m.workspace(bucket)?;
+        let mut logits = Tensor::uninit(dev, m.dtype(), bucket, m.vocab())?;
+        m.step(&inp, kv, &mut ws, &mut logits)?;
+        let (graph, ()) = capture(backend, || m.step(&inp, kv, &mut ws, &mut logits))?;
+        let view = logits.view_rows(0, n)?;
+        entries.insert(bucket, Entry { kv_id: kv_id(kv), inp, _ws: ws, logits, graph });
+        Ok(Some(view))
+    }
+}
