@@ -3,8 +3,8 @@
 // Attention attn_softcap_bf16 (storage dtype bf16): causal softmax(q·kᵀ·scale → score_mod) · v over a paged KV cache.
 // Scale: the comptime parameter `scale`. Score modifier: `attn_softcap_bf16_mod` below.
 // Entry points (calling convention and plan layout: kiln_codegen::attention::abi):
-//   head dim 64: attn_softcap_bf16_split_hd64_g4, attn_softcap_bf16_split_hd64_g8 and attn_softcap_bf16_combine_hd64
-//   head dim 128: attn_softcap_bf16_split_hd128_g4, attn_softcap_bf16_split_hd128_g8 and attn_softcap_bf16_combine_hd128
+//   head dim 64: attn_softcap_bf16_split_hd64_g4, attn_softcap_bf16_split_hd64_g8 and attn_softcap_bf16_combine_hd64, tensor cores attn_softcap_bf16_mma_hd64
+//   head dim 128: attn_softcap_bf16_split_hd128_g4, attn_softcap_bf16_split_hd128_g8 and attn_softcap_bf16_combine_hd128, tensor cores attn_softcap_bf16_mma_hd128
 //
 // Score modifier IR:
 //   kernel attn_softcap_f32 (from models/src/kernels/attention.rs:26)
@@ -330,6 +330,226 @@ __device__ __forceinline__ void kiln_attn_combine(
   }
   out[(long long)tok * out_stride + h * HD + d] = kiln_narrow<T>(l > 0.0f ? o / l : 0.0f);
 }
+
+// ---- the tensor-core form (f16 / bf16 storage): one block per (sequence, block of queries,
+// KV head); rows are (query token, query head) pairs, 16 per warp, 64 per block. ----
+#define KILN_MMA_KEYS 64
+
+template <typename T> struct kiln_mma_ops;
+template <> struct kiln_mma_ops<kiln_bf16> {
+  static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // Two f32 to one register of two halves: `lo` in the low 16 bits (the lower column).
+  static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+};
+template <> struct kiln_mma_ops<kiln_f16> {
+  static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+};
+
+__device__ __forceinline__ unsigned kiln_smem_addr(const void* p) {
+  unsigned a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+// 16 bytes global -> shared, asynchronously; zero-filled when !ok (nothing is read then).
+__device__ __forceinline__ void kiln_cp16(void* smem, const void* gmem, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(kiln_smem_addr(smem)), "l"(gmem), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void kiln_ldsm4(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kiln_smem_addr(p)));
+}
+__device__ __forceinline__ void kiln_ldsm4_t(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kiln_smem_addr(p)));
+}
+
+// items: 4 ints per block of queries: sequence (-1: padding tokens, written as zeros), batch
+// row of its first query, queries in the block (<= 64 / group), position of the first query. grid = (n_items, n_kv_heads), 128 threads.
+template <typename T, int HD, typename Mod>
+__device__ __forceinline__ void kiln_attn_mma(
+    const T* __restrict__ q, int q_stride,
+    const T* __restrict__ k_pool, const T* __restrict__ v_pool, int kv_stride,
+    const int* __restrict__ plan, int n_tokens, int n_seqs, int bt_stride, int block_size,
+    int n_heads, int n_kv_heads, float scale,
+    T* __restrict__ out, int out_stride, const int* __restrict__ items, const Mod mod) {
+  typedef kiln_mma_ops<T> ops;
+  constexpr int VEC = 8;           // halves per 16-byte chunk
+  constexpr int NCH = HD / VEC;    // chunks per key row
+  constexpr int KS = HD / 16;      // k-steps of q·k
+  static_assert(NCH >= 8 && NCH % 2 == 0, "head dim must be a multiple of 64");
+  // K and V tiles, rows of NCH chunks; chunk c of row r sits at c ^ (r & 7), so the 8 rows an
+  // ldmatrix reads at one logical chunk fall in 8 different bank groups.
+  __shared__ __align__(128) T k_s[KILN_MMA_KEYS * HD];
+  __shared__ __align__(128) T v_s[KILN_MMA_KEYS * HD];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gq = lane >> 2, tq = lane & 3;  // mma fragment coordinates: row group, column pair
+  const int* __restrict__ item = items + 4 * blockIdx.x;
+  const int seq = item[0], row0 = item[1], nq = item[2], pos0 = item[3];
+  const int kvh = blockIdx.y;
+  const int group = n_heads / n_kv_heads;
+  const int* __restrict__ table = plan + 1 + 2 * n_tokens + n_seqs + (long long)seq * bt_stride;
+  const int kv_end = pos0 + nq;  // causal: the last query sees keys < pos0 + nq
+  const int rows = nq * group;   // valid rows of this block
+  if (seq < 0) {  // padding tokens: zeros (the whole block takes this branch, before any barrier)
+    for (int i = tid; i < rows * HD; i += KILN_ATTN_THREADS) {
+      const int r = i / HD, d = i - r * HD;
+      out[(long long)(row0 + r / group) * out_stride + (kvh * group + r % group) * HD + d] = kiln_narrow<T>(0.0f);
+    }
+    return;
+  }
+
+  // This thread's two rows (gq and gq + 8 of the warp): token, head, position, validity.
+  int r_tok[2], r_head[2], r_pos[2];
+  bool r_ok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * 16 + gq + 8 * h;
+    r_ok[h] = r < rows;
+    r_tok[h] = r_ok[h] ? r / group : 0;
+    r_head[h] = kvh * group + (r_ok[h] ? r % group : 0);
+    r_pos[h] = pos0 + r_tok[h];
+  }
+  // q as A fragments for every k-step (zeros for invalid rows).
+  unsigned qa[KS][4];
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = i & 1;  // registers 0, 2: row gq; 1, 3: row gq + 8
+      const int col = kk * 16 + 2 * tq + (i >> 1) * 8;
+      const T* src = q + (long long)(row0 + r_tok[h]) * q_stride + r_head[h] * HD + col;
+      qa[kk][i] = r_ok[h] ? *reinterpret_cast<const unsigned*>(src) : 0u;
+    }
+  }
+  float o[HD / 8][4];
+#pragma unroll
+  for (int d = 0; d < HD / 8; ++d)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[d][e] = 0.0f;
+  float m[2] = {-kiln_inf(), -kiln_inf()}, l[2] = {0.0f, 0.0f};
+
+  for (int k0 = 0; k0 < kv_end; k0 += KILN_MMA_KEYS) {
+    // ---- the tile's K and V rows, paged, into shared memory ----
+#pragma unroll
+    for (int it = 0; it < KILN_MMA_KEYS * NCH / KILN_ATTN_THREADS; ++it) {
+      const int idx = tid + it * KILN_ATTN_THREADS;
+      const int r = idx / NCH, c = idx % NCH;
+      const int key = k0 + r;
+      const bool ok = key < kv_end;
+      const long long slot = ok ? (long long)table[key / block_size] * block_size + key % block_size : 0;
+      const long long g = slot * kv_stride + kvh * HD + c * VEC;
+      const int sidx = (r * NCH + (c ^ (r & 7))) * VEC;
+      kiln_cp16(&k_s[sidx], k_pool + g, ok);
+      kiln_cp16(&v_s[sidx], v_pool + g, ok);
+    }
+    asm volatile("cp.async.commit_group;");
+    asm volatile("cp.async.wait_group 0;");
+    __syncthreads();
+
+    if (warp * 16 < rows) {
+      // ---- S = q·kᵀ: 16 rows × 64 keys, 8 tiles of 8 keys ----
+      float sc[8][4];
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[n][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) {
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          const int i = lane >> 3, r = np * 16 + (i >> 1) * 8 + (lane & 7), c = 2 * kk + (i & 1);
+          unsigned b[4];
+          kiln_ldsm4(b, &k_s[(r * NCH + (c ^ (r & 7))) * VEC]);
+          ops::mma(sc[2 * np], qa[kk], b[0], b[1]);
+          ops::mma(sc[2 * np + 1], qa[kk], b[2], b[3]);
+        }
+      }
+      // ---- scale, modifier, causal mask; online softmax per row ----
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = -kiln_inf();
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int key = k0 + n * 8 + 2 * tq + e;
+            float x = sc[n][2 * h + e] * scale;
+            x = (r_ok[h] && key <= r_pos[h]) ? mod(x, r_pos[h], key, r_head[h]) : -kiln_inf();
+            sc[n][2 * h + e] = x;
+            mx = fmaxf(mx, x);
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[h], mx);
+        const float m_use = m_new == -kiln_inf() ? 0.0f : m_new;
+        const float alpha = exp2f((m[h] - m_use) * KILN_LOG2E);
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f((sc[n][2 * h + e] - m_use) * KILN_LOG2E);
+            sc[n][2 * h + e] = p;
+            sum += p;
+          }
+        l[h] = l[h] * alpha + sum;  // this thread's columns; the row's 4 threads add up at the end
+        m[h] = m_new;
+#pragma unroll
+        for (int d = 0; d < HD / 8; ++d) {
+          o[d][2 * h] *= alpha;
+          o[d][2 * h + 1] *= alpha;
+        }
+      }
+      // ---- O += P·V: P from the score registers, V fragments transposed by ldmatrix ----
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const unsigned pa[4] = {ops::pack(sc[2 * j][0], sc[2 * j][1]), ops::pack(sc[2 * j][2], sc[2 * j][3]),
+                                ops::pack(sc[2 * j + 1][0], sc[2 * j + 1][1]), ops::pack(sc[2 * j + 1][2], sc[2 * j + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < HD / 16; ++dp) {
+          const int i = lane >> 3, r = j * 16 + (i & 1) * 8 + (lane & 7), c = 2 * dp + (i >> 1);
+          unsigned b[4];
+          kiln_ldsm4_t(b, &v_s[(r * NCH + (c ^ (r & 7))) * VEC]);
+          ops::mma(o[2 * dp], pa, b[0], b[1]);
+          ops::mma(o[2 * dp + 1], pa, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // the next tile overwrites k_s and v_s
+  }
+
+  // ---- normalise and write this thread's two rows ----
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float lt = l[h];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+    if (r_ok[h]) {
+      T* dst = out + (long long)(row0 + r_tok[h]) * out_stride + r_head[h] * HD + 2 * tq;
+#pragma unroll
+      for (int d = 0; d < HD / 8; ++d)
+        *reinterpret_cast<unsigned*>(dst + d * 8) = ops::pack(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
+    }
+  }
+}
 #endif  // KILN_ATTN_TEMPLATE
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_bf16_split_hd64_g4(
@@ -396,6 +616,31 @@ extern "C" __global__ void __launch_bounds__(64) attn_softcap_bf16_combine_hd64(
   kiln_attn_combine<kiln_bf16, 64>(part_o, part_ml, n_splits, n_heads, out, out_stride);
 }
 
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_bf16_mma_hd64(
+    const kiln_bf16* __restrict__ q,
+    int q_stride,
+    const kiln_bf16* __restrict__ k_pool,
+    const kiln_bf16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_bf16* __restrict__ out,
+    int out_stride,
+    const int* __restrict__ items,
+    float p4_scale,
+    float p5_cap) {
+  attn_softcap_bf16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  kiln_attn_mma<kiln_bf16, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, mod);
+}
+
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_bf16_split_hd128_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
@@ -458,4 +703,29 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_bf16_combine_hd12
     kiln_bf16* __restrict__ out,
     int out_stride) {
   kiln_attn_combine<kiln_bf16, 128>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_bf16_mma_hd128(
+    const kiln_bf16* __restrict__ q,
+    int q_stride,
+    const kiln_bf16* __restrict__ k_pool,
+    const kiln_bf16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_bf16* __restrict__ out,
+    int out_stride,
+    const int* __restrict__ items,
+    float p4_scale,
+    float p5_cap) {
+  attn_softcap_bf16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  kiln_attn_mma<kiln_bf16, 128>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, mod);
 }

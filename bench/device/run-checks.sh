@@ -22,6 +22,11 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   TAIL=14 step bench-8b-b1 150 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 128 --output-len 128
   TAIL=14 step bench-8b-b64 150 "${b[@]}" --model synth:llama3-8b --num-requests 64 --prompt-len 128 --output-len 128 --max-num-seqs 64 --max-batched-tokens 8192
 fi
+if [ "$what" = peers ]; then
+  export PYTHONUNBUFFERED=1
+  TAIL=8 step peer-smol 200 python3 bench/peers/hf_decode.py --preset smollm2-135m --batch 1,64 --mode generate,graph
+  TAIL=8 step peer-8b 300 python3 bench/peers/hf_decode.py --preset llama3-8b --batch 1,64 --mode generate,graph
+fi
 if [ "$what" = bench2 ] || [ "$what" = all ]; then
   b=(.device/kiln bench --offline --device cuda)
   KILN_CUDA_GRAPHS=0 TAIL=6 step bench-8b-b1-eager 150 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 128 --output-len 128

@@ -123,7 +123,7 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<AttnFn<'_>> {
         params.push(SigParam { name, kind, gather: None });
     }
     params.extend(comptimes.iter().cloned());
-    let mod_sig = Sig { params, outputs: vec![OKind::Row(Dt::Fixed(DType::F32))], tuple: false };
+    let mod_sig = Sig { params, outputs: vec![OKind::Row(Dt::Fixed(DType::F32))], tuple: false, elementwise: true };
     Ok(AttnFn { comptimes, scale, mod_sig, body: &cl.body })
 }
 

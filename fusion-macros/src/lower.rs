@@ -284,6 +284,11 @@ impl Cx<'_> {
         ))
     }
 
+    /// Whether the body is an attention score modifier (elementwise only).
+    pub fn elementwise_only(&self) -> bool {
+        self.sig.elementwise
+    }
+
     /// Whether `v` is a `#[comptime]` parameter (for prelude arguments that must be uniform
     /// across the launch).
     pub fn is_comptime(&self, v: Val) -> bool {

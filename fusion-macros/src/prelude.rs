@@ -89,6 +89,13 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
         ));
     };
     let args: Vec<&Expr> = c.args.iter().collect();
+    let row_wide = matches!(prim, Prim::Reduce(_) | Prim::Softmax | Prim::Rope(..)) || (matches!(prim, Prim::Max) && args.len() == 1);
+    if cx.elementwise_only() && row_wide {
+        return Err(err(
+            e,
+            format!("`{name}` works on a whole row, but a score modifier sees one score at a time: use elementwise arithmetic, `select` and `neg_inf()`"),
+        ));
+    }
     let arity = |n: usize| -> syn::Result<()> {
         if args.len() == n {
             Ok(())

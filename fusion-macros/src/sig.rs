@@ -80,6 +80,8 @@ pub struct Sig {
     pub outputs: Vec<OKind>,
     /// Whether the return type is a tuple (the body must then end in a tuple expression).
     pub tuple: bool,
+    /// An attention score modifier: elementwise only (no reductions, softmax or RoPE).
+    pub elementwise: bool,
 }
 
 const PARAM_TYPES: &str = "`Row`, `Bcast`, `Row<f32|f16|bf16>`, `Bcast<f32|f16|bf16>`, `PerRow<i32|f32>`, `Gather<index_param>`, or `#[comptime] name: f32|i32|bool`";
@@ -167,6 +169,7 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
         params,
         outputs,
         tuple,
+        elementwise: false,
     })
 }
 

@@ -88,6 +88,7 @@ impl StepInputs {
         let mut plan = AttnPlan::new(batch.seqs, n, batch.seqs.len(), bt_stride, kv.block_size, kv.num_blocks)?;
         if !dev.is_cpu() {
             plan.split_default();
+            plan.prepare_mma(heads.n_heads / heads.n_kv_heads);
         }
         plan.upload(dev, heads.n_heads, heads.head_dim)?;
         let all_rows = m == n && batch.logits_rows.iter().enumerate().all(|(i, &r)| i == r);

@@ -252,7 +252,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     engine.wait_idle(Duration::from_secs(60));
     let stats = engine.stats();
     let waste = engine.kv_waste();
-    engine.shutdown();
+    engine.shutdown_and_join(Duration::from_secs(30));
 
     if let Some(e) = traces.iter().find_map(|t| t.error.as_ref()) {
         bail!("a request failed: {e}");

@@ -175,7 +175,7 @@ fn run_engine(loaded: LoadedModel, prompt_ids: Vec<u32>, params: SamplingParams,
         }
     };
     let secs = t0.elapsed().as_secs_f64();
-    engine.shutdown();
+    engine.shutdown_and_join(std::time::Duration::from_secs(30));
     let mut stdout = std::io::stdout().lock();
     if json {
         let v = serde_json::json!({

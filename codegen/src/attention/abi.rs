@@ -28,6 +28,13 @@
 //! `int`). Of the combine kernel: `part_o, part_ml, n_splits, n_heads, out, out_stride`.
 //! Pointers are device addresses of the storage dtype (`plan` int32, partials f32); strides
 //! are in elements; the K/V pools and `kv_stride * sizeof(T)` must be 16-byte aligned.
+//!
+//! **The tensor-core kernel** `{spec}_mma_hd{HD}` (f16 / bf16 only): `grid = (n_items,
+//! n_kv_heads)`, [`THREADS`] threads. `items` holds 4 `int32` per block of queries: the
+//! sequence (`-1` for a block of padding tokens, whose output is zeros), the batch row of its first query, the number of queries (at most
+//! [`mma_queries`]`(group)`), and the position of the first query; the block serves those
+//! queries' heads of KV head `blockIdx.y` and writes the normalised output. Arguments: as the
+//! split kernel's up to `out_stride`, then `items`, then the comptime parameters.
 
 use super::AttnKernel;
 
@@ -47,6 +54,33 @@ pub fn split_entry(a: &AttnKernel, head_dim: usize, group_cap: usize) -> String 
 
 pub fn combine_entry(a: &AttnKernel, head_dim: usize) -> String {
     format!("{}_combine_hd{head_dim}", a.spec_name())
+}
+
+/// The tensor-core entry of a half-precision specialisation (`None` for f32).
+pub fn mma_entry(a: &AttnKernel, head_dim: usize) -> Option<String> {
+    a.dtype.is_half().then(|| format!("{}_mma_hd{head_dim}", a.spec_name()))
+}
+
+/// Rows (query token × query head pairs) of one tensor-core block.
+pub const MMA_ROWS: usize = 64;
+
+/// Queries per tensor-core block for `group` query heads per KV head (`0` when the group
+/// is larger than a block).
+pub fn mma_queries(group: usize) -> usize {
+    MMA_ROWS / group.max(1)
+}
+
+/// Every entry point of a specialisation, in a fixed order (the module is loaded with all).
+pub fn entries(a: &AttnKernel) -> Vec<String> {
+    let mut e = vec![];
+    for hd in HEAD_DIMS {
+        for g in GROUP_CAPS {
+            e.push(split_entry(a, hd, g));
+        }
+        e.push(combine_entry(a, hd));
+        e.extend(mma_entry(a, hd));
+    }
+    e
 }
 
 /// The smallest group cap that covers `group` query heads per KV head (the largest cap when

@@ -33,6 +33,10 @@ pub fn emit(a: &AttnKernel) -> Result<String, CompileError> {
         }
         w.blank();
         combine_entry(&mut w, a, hd);
+        if let Some(name) = abi::mma_entry(a, hd) {
+            w.blank();
+            mma_entry(&mut w, a, hd, &name);
+        }
     }
     w.finish().map_err(|e| err(e.to_string()))
 }
@@ -52,7 +56,8 @@ fn header(w: &mut CWriter, a: &AttnKernel) {
     w.comment("Entry points (calling convention and plan layout: kiln_codegen::attention::abi):");
     for hd in HEAD_DIMS {
         let splits: Vec<String> = GROUP_CAPS.iter().map(|&g| abi::split_entry(a, hd, g)).collect();
-        w.comment(&format!("  head dim {hd}: {} and {}", splits.join(", "), abi::combine_entry(a, hd)));
+        let mma = abi::mma_entry(a, hd).map(|m| format!(", tensor cores {m}")).unwrap_or_default();
+        w.comment(&format!("  head dim {hd}: {} and {}{mma}", splits.join(", "), abi::combine_entry(a, hd)));
     }
     w.comment("");
     w.comment("Score modifier IR:");
@@ -128,9 +133,9 @@ fn comptime_args(a: &AttnKernel) -> Vec<String> {
         .collect()
 }
 
-fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize) {
-    let t = c_type(a.dtype);
-    let mut sig = vec![
+/// The arguments every attention entry starts with (up to `out_stride`).
+fn common_args(t: &str) -> Vec<String> {
+    vec![
         format!("const {t}* __restrict__ q"),
         "int q_stride".into(),
         format!("const {t}* __restrict__ k_pool"),
@@ -146,19 +151,40 @@ fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize) {
         "float scale".into(),
         format!("{t}* __restrict__ out"),
         "int out_stride".into(),
-        "float* __restrict__ part_o".into(),
-        "float* __restrict__ part_ml".into(),
-        "int n_splits".into(),
-    ];
-    sig.extend(comptime_args(a));
-    w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__({}) {}", abi::THREADS, abi::split_entry(a, hd, g)), &sig);
+    ]
+}
+
+/// The modifier functor, filled from the comptime arguments.
+fn mod_init(w: &mut CWriter, a: &AttnKernel) {
     w.line(&format!("{}_mod mod;", a.spec_name()));
     for j in MOD_PARAMS.len()..a.score_mod.params.len() {
         let f = mod_param(a, j);
         w.line(&format!("mod.{f} = {f};"));
     }
+}
+
+fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize) {
+    let t = c_type(a.dtype);
+    let mut sig = common_args(t);
+    sig.extend(["float* __restrict__ part_o".to_string(), "float* __restrict__ part_ml".into(), "int n_splits".into()]);
+    sig.extend(comptime_args(a));
+    w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__({}) {}", abi::THREADS, abi::split_entry(a, hd, g)), &sig);
+    mod_init(w, a);
     w.line(&format!(
         "kiln_attn_split<{t}, {hd}, {g}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);"
+    ));
+    w.close();
+}
+
+fn mma_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, name: &str) {
+    let t = c_type(a.dtype);
+    let mut sig = common_args(t);
+    sig.push("const int* __restrict__ items".into());
+    sig.extend(comptime_args(a));
+    w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__({}) {name}", abi::THREADS), &sig);
+    mod_init(w, a);
+    w.line(&format!(
+        "kiln_attn_mma<{t}, {hd}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, mod);"
     ));
     w.close();
 }

@@ -1,7 +1,7 @@
 //! The attention template on a GPU, checked and timed (`kiln-check-attention`): every
 //! instance × storage dtype × head layout × batch mix, GPU against the dense f64 reference of
 //! the same rounded inputs, with poisoned outputs, padding rows that must come back zero, and
-//! one, seven and the default splits; then the decode kernel's read bandwidth on
+//! one, seven and the default splits, and the tensor-core kernel where the plan routes there; then the decode kernel's read bandwidth on
 //! long contexts, next to a device-to-device copy of the same bytes in the same run.
 
 use super::attention_check::{max_rel, variants, Case, Problem};
@@ -31,18 +31,43 @@ fn tolerance(d: DType) -> f64 {
 
 /// Head layouts: SmolLM2 (9/3, 64), Llama-3-8B (32/8, 128), MHA (8/8, 128), group 8 (16/2,
 /// 64) and group 10 (40/4, 128: two head chunks per KV head).
-pub const LAYOUTS: [(usize, usize, usize); 5] = [(9, 3, 64), (32, 8, 128), (8, 8, 128), (16, 2, 64), (40, 4, 128)];
+pub const LAYOUTS: [(usize, usize, usize); 5] = [
+    (9, 3, 64),
+    (32, 8, 128),
+    (8, 8, 128),
+    (16, 2, 64),
+    (40, 4, 128),
+];
 
 fn mixes() -> Vec<(&'static str, Vec<(usize, usize)>, usize)> {
     vec![
-        ("decode", vec![(1, 1), (17, 1), (300, 1), (1000, 1), (129, 1)], 2),
+        (
+            "decode",
+            vec![(1, 1), (17, 1), (300, 1), (1000, 1), (129, 1)],
+            2,
+        ),
         ("prefill", vec![(77, 77)], 0),
         ("chunked+decode", vec![(500, 40), (64, 1), (5, 5)], 1),
     ]
 }
 
-/// One case on `gpu`: returns the worst `max_rel` over the splits tried.
-fn one(gpu: &Device, dtype: DType, p: &Problem, v: &super::attention_check::Variant, splits: &[Option<usize>]) -> Result<f64, ModelError> {
+/// How a case's plan is set up: a fixed number of splits, the default split, or the
+/// tensor-core kernel (half dtypes; the split kernel otherwise).
+#[derive(Clone, Copy, Debug)]
+pub enum Route {
+    Splits(usize),
+    Default,
+    TensorCores,
+}
+
+/// One case on `gpu` along one route: its `max_rel`.
+fn one(
+    gpu: &Device,
+    dtype: DType,
+    p: &Problem,
+    v: &super::attention_check::Variant,
+    route: Route,
+) -> Result<f64, ModelError> {
     let c = &p.case;
     let scale = match v.args.first() {
         Some(kiln_runtime::fused::Arg::F32(s)) => *s as f64,
@@ -50,23 +75,36 @@ fn one(gpu: &Device, dtype: DType, p: &Problem, v: &super::attention_check::Vari
     };
     let want = p.reference(v.reference, scale);
     let (q, k, vp) = p.tensors(gpu, dtype)?;
-    let kv = PagedKv { k: &k, v: &vp, head_dim: c.head_dim };
+    let kv = PagedKv {
+        k: &k,
+        v: &vp,
+        head_dim: c.head_dim,
+    };
     let mut worst = 0f64;
-    for &s in splits {
+    {
+        let s = route;
         let mut plan = p.plan()?;
-        match (s, gpu.cuda_backend()) {
-            (Some(n), _) => plan.set_splits(n),
-            (None, Some(_)) => plan.split_default(),
-            (None, None) => {}
+        match s {
+            Route::Splits(n) => plan.set_splits(n),
+            Route::Default => plan.split_default(),
+            Route::TensorCores => {
+                plan.split_default();
+                plan.prepare_mma(c.n_heads / c.n_kv_heads);
+            }
         }
         plan.upload(gpu, c.n_heads, c.head_dim)?;
-        let mut out = Tensor::from_f32_as(gpu, dtype, &vec![f32::NAN; q.len()], q.rows(), q.cols())?;
+        let mut out =
+            Tensor::from_f32_as(gpu, dtype, &vec![f32::NAN; q.len()], q.rows(), q.cols())?;
         run(gpu, v.def, &q, &kv, &plan, &v.args, &mut out)?;
-        gpu.synchronize().map_err(|e| ModelError::Load(e.to_string()))?;
+        gpu.synchronize()
+            .map_err(|e| ModelError::Load(e.to_string()))?;
         let got = out.to_host_f32()?;
         let (err, nonfinite) = max_rel(&got, &want);
         if nonfinite {
-            return Err(ModelError::Batch(format!("non-finite output with {:?} splits ({} total)", s, plan.n_splits())));
+            return Err(ModelError::Batch(format!(
+                "non-finite output with {s:?} ({} splits)",
+                plan.n_splits()
+            )));
         }
         worst = worst.max(err);
     }
@@ -75,8 +113,16 @@ fn one(gpu: &Device, dtype: DType, p: &Problem, v: &super::attention_check::Vari
 
 /// Every correctness case; `quick` keeps bf16 and the first two layouts.
 pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
-    let dtypes: &[DType] = if quick || gpu.is_cpu() { &[DType::F32] } else { &[DType::BF16, DType::F16, DType::F32] };
-    let dtypes = if quick && !gpu.is_cpu() { &[DType::BF16][..] } else { dtypes };
+    let dtypes: &[DType] = if quick || gpu.is_cpu() {
+        &[DType::F32]
+    } else {
+        &[DType::BF16, DType::F16, DType::F32]
+    };
+    let dtypes = if quick && !gpu.is_cpu() {
+        &[DType::BF16][..]
+    } else {
+        dtypes
+    };
     let layouts = if quick { &LAYOUTS[..2] } else { &LAYOUTS[..] };
     let mut rows = vec![];
     let mut n = 0;
@@ -85,20 +131,52 @@ pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
             for (mname, mix, pad) in mixes() {
                 for bs in [16, 32] {
                     n += 1;
-                    let case = Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: mix.clone(), pad_tokens: pad };
+                    let case = Case {
+                        block_size: bs,
+                        n_heads: nh,
+                        n_kv_heads: nkv,
+                        head_dim: hd,
+                        seqs: mix.clone(),
+                        pad_tokens: pad,
+                    };
                     let p = Problem::random(case, dtype, &mut StdRng::seed_from_u64(seed + n));
                     for v in variants(nh, 1.0 / (hd as f32).sqrt()) {
-                        let what = format!("{} {dtype} heads {nh}/{nkv}×{hd} {mname} block {bs}", v.name);
-                        let r = one(gpu, dtype, &p, &v, &[Some(1), Some(7), None]);
-                        let row = match r {
-                            Ok(err) => CheckRow { what, max_rel: err, pass: err <= tolerance(dtype), error: None },
-                            Err(e) => CheckRow { what, max_rel: f64::NAN, pass: false, error: Some(e.to_string()) },
-                        };
-                        if !row.pass {
-                            // Failures as they happen (the table comes at the end).
-                            eprintln!("FAIL {}: {:.2e} {}", row.what, row.max_rel, row.error.as_deref().unwrap_or(""));
+                        for route in [
+                            Route::Splits(1),
+                            Route::Splits(7),
+                            Route::Default,
+                            Route::TensorCores,
+                        ] {
+                            let what = format!(
+                                "{} {dtype} heads {nh}/{nkv}×{hd} {mname} block {bs} {route:?}",
+                                v.name
+                            );
+                            let r = one(gpu, dtype, &p, &v, route);
+                            let row = match r {
+                                Ok(err) => CheckRow {
+                                    what,
+                                    max_rel: err,
+                                    pass: err <= tolerance(dtype),
+                                    error: None,
+                                },
+                                Err(e) => CheckRow {
+                                    what,
+                                    max_rel: f64::NAN,
+                                    pass: false,
+                                    error: Some(e.to_string()),
+                                },
+                            };
+                            if !row.pass {
+                                // Failures as they happen (the table comes at the end).
+                                eprintln!(
+                                    "FAIL {}: {:.2e} {}",
+                                    row.what,
+                                    row.max_rel,
+                                    row.error.as_deref().unwrap_or("")
+                                );
+                            }
+                            rows.push(row);
                         }
-                        rows.push(row);
                     }
                 }
             }
@@ -122,13 +200,31 @@ impl SpeedRow {
 
 /// Decode attention (one query token per sequence) over `seqs` sequences of `ctx` tokens,
 /// Llama-3-8B heads (32/8×128), bf16, block 16: median time of the split (+ combine) kernels.
-pub fn decode_speed(gpu: &Device, seqs: usize, ctx: usize, reps: usize) -> Result<SpeedRow, ModelError> {
-    let b = gpu.cuda_backend().ok_or_else(|| ModelError::Unsupported("decode_speed needs a GPU".into()))?;
+pub fn decode_speed(
+    gpu: &Device,
+    seqs: usize,
+    ctx: usize,
+    reps: usize,
+) -> Result<SpeedRow, ModelError> {
+    let b = gpu
+        .cuda_backend()
+        .ok_or_else(|| ModelError::Unsupported("decode_speed needs a GPU".into()))?;
     let (nh, nkv, hd, bs) = (32, 8, 128, 16);
-    let case = Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: vec![(ctx, 1); seqs], pad_tokens: 0 };
+    let case = Case {
+        block_size: bs,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        seqs: vec![(ctx, 1); seqs],
+        pad_tokens: 0,
+    };
     let p = Problem::random(case, DType::BF16, &mut StdRng::seed_from_u64(99));
     let (q, k, vp) = p.tensors(gpu, DType::BF16)?;
-    let kv = PagedKv { k: &k, v: &vp, head_dim: hd };
+    let kv = PagedKv {
+        k: &k,
+        v: &vp,
+        head_dim: hd,
+    };
     let mut plan = p.plan()?;
     plan.split_default();
     plan.upload(gpu, nh, hd)?;
@@ -140,12 +236,19 @@ pub fn decode_speed(gpu: &Device, seqs: usize, ctx: usize, reps: usize) -> Resul
         Ok(())
     })?;
     let kv_bytes = 2 * seqs * ctx * nkv * hd * 2;
-    Ok(SpeedRow { what: format!("decode {seqs} seqs × {ctx} ctx, heads 32/8×128 bf16"), splits: plan.n_splits(), median_us: us, kv_bytes })
+    Ok(SpeedRow {
+        what: format!("decode {seqs} seqs × {ctx} ctx, heads 32/8×128 bf16"),
+        splits: plan.n_splits(),
+        median_us: us,
+        kv_bytes,
+    })
 }
 
 /// Median time of a device-to-device copy of `bytes` (counted read + written).
 pub fn copy_speed(gpu: &Device, bytes: usize, reps: usize) -> Result<f64, ModelError> {
-    let b = gpu.cuda_backend().ok_or_else(|| ModelError::Unsupported("copy_speed needs a GPU".into()))?;
+    let b = gpu
+        .cuda_backend()
+        .ok_or_else(|| ModelError::Unsupported("copy_speed needs a GPU".into()))?;
     let n = bytes / 2;
     let src = Tensor::zeros(gpu, DType::BF16, 1, n)?;
     let mut dst = Tensor::zeros(gpu, DType::BF16, 1, n)?;
@@ -159,17 +262,43 @@ pub fn copy_speed(gpu: &Device, bytes: usize, reps: usize) -> Result<f64, ModelE
 pub fn markdown(checks: &[CheckRow], speeds: &[SpeedRow], copy_gbps: Option<f64>) -> String {
     let mut s = String::new();
     let failed = checks.iter().filter(|r| !r.pass).count();
-    let _ = writeln!(s, "### attention: GPU vs dense f64 reference ({} cases, {failed} failed)\n", checks.len());
+    let _ = writeln!(
+        s,
+        "### attention: GPU vs dense f64 reference ({} cases, {failed} failed)\n",
+        checks.len()
+    );
     let _ = writeln!(s, "| case | max_rel | ok |\n|---|---|---|");
     for r in checks {
-        let _ = writeln!(s, "| {} | {:.2e} | {} |", r.what, r.max_rel, if r.pass { "ok" } else { r.error.as_deref().unwrap_or("FAIL") });
+        let _ = writeln!(
+            s,
+            "| {} | {:.2e} | {} |",
+            r.what,
+            r.max_rel,
+            if r.pass {
+                "ok"
+            } else {
+                r.error.as_deref().unwrap_or("FAIL")
+            }
+        );
     }
     if !speeds.is_empty() {
         let _ = writeln!(s, "\n### attention decode speed (K+V bytes read once)\n");
-        let _ = writeln!(s, "| case | splits | µs | GB/s | % of copy |\n|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| case | splits | µs | GB/s | % of copy |\n|---|---|---|---|---|"
+        );
         for r in speeds {
-            let pct = copy_gbps.map_or(String::from("-"), |c| format!("{:.0}%", 100.0 * r.gbps() / c));
-            let _ = writeln!(s, "| {} | {} | {:.1} | {:.0} | {pct} |", r.what, r.splits, r.median_us, r.gbps());
+            let pct = copy_gbps.map_or(String::from("-"), |c| {
+                format!("{:.0}%", 100.0 * r.gbps() / c)
+            });
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.0} | {pct} |",
+                r.what,
+                r.splits,
+                r.median_us,
+                r.gbps()
+            );
         }
         if let Some(c) = copy_gbps {
             let _ = writeln!(s, "\ndevice-to-device copy in the same run: {c:.0} GB/s");

@@ -12,21 +12,8 @@ use crate::cuda_error::{drv, CudaError};
 use crate::fused::Arg;
 use crate::Tensor;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use kiln_codegen::attention::abi::{self, GROUP_CAPS, HEAD_DIMS};
+use kiln_codegen::attention::abi::{self, HEAD_DIMS};
 use kiln_codegen::attention::def::{AttnDef, AttnSpec};
-use kiln_codegen::attention::AttnKernel;
-
-/// Every entry point of a specialisation (the module is loaded with all of them).
-fn entries(k: &AttnKernel) -> Vec<String> {
-    let mut e = vec![];
-    for hd in HEAD_DIMS {
-        for g in GROUP_CAPS {
-            e.push(abi::split_entry(k, hd, g));
-        }
-        e.push(abi::combine_entry(k, hd));
-    }
-    e
-}
 
 enum KArg {
     Ptr(u64),
@@ -97,9 +84,32 @@ pub(super) fn run(
         });
     }
     let cuda_err = |source: CudaError| AttnError::Cuda { kernel: def.name, device: device.clone(), source };
-    let module = backend.module_with(spec.cuda, &b.kernel.spec_name(), &entries(b.kernel)).map_err(cuda_err)?;
+    let module = backend.module_with(spec.cuda, &b.kernel.spec_name(), &abi::entries(b.kernel)).map_err(cuda_err)?;
     if plan.n_tokens() == 0 {
         return Ok(());
+    }
+    // A prefill on tensor cores: the common arguments, then the blocks of queries.
+    if let (Some(items), Some(entry)) = (&dp.items, abi::mma_entry(b.kernel, hd)) {
+        if abi::mma_queries(group) > 0 {
+            let n_items = items.cols() / 4;
+            let mut margs: Vec<KArg> = args.drain(..15).collect();
+            margs.push(ptr("the query blocks", items)?);
+            margs.extend(args.drain(3..));
+            let f = module.func(&entry).map_err(cuda_err)?;
+            let mut launch = backend.stream().launch_builder(f);
+            for v in &margs {
+                match v {
+                    KArg::Ptr(p) => launch.arg(p),
+                    KArg::I32(x) => launch.arg(x),
+                    KArg::F32(x) => launch.arg(x),
+                };
+            }
+            let grid = (n_items as u32, b.n_kv_heads as u32, 1);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: (abi::THREADS as u32, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: as the split kernel below; `items` holds 4 i32 per block (AttnPlan::prepare_mma).
+            let r = unsafe { launch.launch(cfg) };
+            return drv(format!("launching the attention tensor-core kernel (grid {grid:?})"), r).map(|_| ()).map_err(cuda_err);
+        }
     }
     let grid = (plan.n_tokens() as u32, (b.n_kv_heads * chunks) as u32, n_splits as u32);
     let split_fn = module.func(&abi::split_entry(b.kernel, hd, g)).map_err(cuda_err)?;

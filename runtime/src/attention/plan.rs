@@ -13,6 +13,9 @@ use super::{AttnError, SeqAttn};
 use crate::{Device, Tensor};
 use kiln_codegen::attention::abi::{PlanLayout, TILE};
 
+/// A step whose longest chunk of new tokens reaches this many goes to the tensor-core kernel.
+pub const MMA_MIN_QUERIES: usize = 8;
+
 /// Keys per split of the default split (two tiles): short enough that one long sequence
 /// spreads over many blocks, long enough that the combine stays cheap.
 pub const SPLIT_TOKENS: usize = 2 * TILE;
@@ -29,6 +32,8 @@ pub(crate) struct PlanSeq {
 /// The plan and scratch on a GPU.
 pub(crate) struct DevicePlan {
     pub plan: Tensor,
+    /// The tensor-core kernel's blocks of queries (4 i32 each), when the plan has them.
+    pub items: Option<Tensor>,
     /// `[n_tokens * n_heads * n_splits, head_dim]` f32 partial outputs (splits > 1).
     pub part_o: Tensor,
     /// `[n_tokens * n_heads * n_splits, 2]` f32 running max and sum.
@@ -44,6 +49,8 @@ pub struct AttnPlan {
     pub(crate) max_ctx: usize,
     /// Blocks in the pools the tables were checked against.
     pub(crate) pool_blocks: usize,
+    /// Blocks of queries for the tensor-core kernel (see [`AttnPlan::prepare_mma`]).
+    pub(crate) mma_items: Option<Vec<i32>>,
     pub(crate) device: Option<DevicePlan>,
 }
 
@@ -110,7 +117,7 @@ impl AttnPlan {
             max_ctx = max_ctx.max(s.ctx_len);
             next += s.q_len;
         }
-        let mut plan = AttnPlan { layout, host, seqs: plan_seqs, block_size, n_splits: 1, max_ctx, pool_blocks, device: None };
+        let mut plan = AttnPlan { layout, host, seqs: plan_seqs, block_size, n_splits: 1, max_ctx, pool_blocks, mma_items: None, device: None };
         plan.set_splits(1);
         Ok(plan)
     }
@@ -164,6 +171,31 @@ impl AttnPlan {
         self.host[0] = if n == 1 { i32::MAX } else { SPLIT_TOKENS as i32 };
     }
 
+    /// Route the step to the tensor-core kernel (f16/bf16 on a GPU) when it has a prefill —
+    /// some sequence with at least [`MMA_MIN_QUERIES`] new tokens: cut every sequence into
+    /// blocks of `64 / group` queries (`group` query heads per KV head). Decode-only steps
+    /// keep the split kernel, whose blocks serve one query each and split long contexts.
+    pub fn prepare_mma(&mut self, group: usize) {
+        let per = kiln_codegen::attention::abi::mma_queries(group);
+        if per == 0 || !self.seqs.iter().any(|s| s.q_len >= MMA_MIN_QUERIES) {
+            self.mma_items = None;
+            return;
+        }
+        let mut items = vec![];
+        for (i, s) in self.seqs.iter().enumerate() {
+            for b in (0..s.q_len).step_by(per) {
+                let nq = per.min(s.q_len - b);
+                items.extend([i as i32, (s.q_start + b) as i32, nq as i32, (s.ctx_len - s.q_len + b) as i32]);
+            }
+        }
+        // Padding rows past the sequences get zeros, as from the split kernel.
+        let covered = self.seqs.last().map_or(0, |s| s.q_start + s.q_len);
+        for r in (covered..self.layout.n_tokens).step_by(per) {
+            items.extend([-1, r as i32, per.min(self.layout.n_tokens - r) as i32, 0]);
+        }
+        self.mma_items = Some(items);
+    }
+
     /// Copy the plan to `dev` (a no-op on the CPU), reusing earlier device buffers when the
     /// layout and scratch sizes still fit.
     pub fn upload(&mut self, dev: &Device, n_heads: usize, head_dim: usize) -> Result<(), AttnError> {
@@ -176,6 +208,7 @@ impl AttnPlan {
         });
         if !fits {
             self.device = Some(DevicePlan {
+                items: None,
                 plan: Tensor::zeros(dev, DType::I32, 1, self.host.len())?,
                 part_o: Tensor::zeros(dev, DType::F32, part_rows.max(1), head_dim)?,
                 part_ml: Tensor::zeros(dev, DType::F32, part_rows.max(1), 2)?,
@@ -183,6 +216,10 @@ impl AttnPlan {
         }
         if let Some(d) = &mut self.device {
             d.plan.copy_from_host(&self.host)?;
+            d.items = match &self.mma_items {
+                Some(items) => Some(Tensor::vector(dev, items)?),
+                None => None,
+            };
         }
         Ok(())
     }

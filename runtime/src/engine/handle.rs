@@ -96,6 +96,14 @@ impl EngineHandle {
         let _ = self.tx.send(Command::Shutdown);
     }
 
+    /// [`EngineHandle::shutdown`], then waits until the engine thread has finished and dropped
+    /// the model (so GPU memory and graphs are released before, say, the process exits). False
+    /// on timeout.
+    pub fn shutdown_and_join(&self, timeout: Duration) -> bool {
+        self.shutdown();
+        self.shared.wait_exited(timeout)
+    }
+
     /// Waits until every accepted request has ended (its terminal event sent, its blocks freed
     /// and the stats updated). False on timeout.
     pub fn wait_idle(&self, timeout: Duration) -> bool {

@@ -69,9 +69,32 @@ pub(crate) struct Shared {
     pub heartbeat: Mutex<Heartbeat>,
     inflight: Mutex<usize>,
     idle: Condvar,
+    /// Set once the engine thread has dropped its state (the model among it).
+    exited: Mutex<bool>,
+    exited_cv: Condvar,
 }
 
 impl Shared {
+    /// The engine thread is done: its state (the model, the KV pools) is dropped.
+    pub fn mark_exited(&self) {
+        *lock(&self.exited) = true;
+        self.exited_cv.notify_all();
+    }
+
+    /// Waits for [`Shared::mark_exited`]; false on timeout.
+    pub fn wait_exited(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut done = lock(&self.exited);
+        while !*done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            done = self.exited_cv.wait_timeout(done, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        }
+        true
+    }
+
     pub fn new(info: ModelInfo, limits: Limits, stats: EngineStats) -> Self {
         Shared {
             info,
@@ -83,6 +106,8 @@ impl Shared {
             waste: Mutex::new(KvWasteStats::default()),
             heartbeat: Mutex::new(Heartbeat { last_progress: Instant::now(), alive: true }),
             inflight: Mutex::new(0),
+            exited: Mutex::new(false),
+            exited_cv: Condvar::new(),
             idle: Condvar::new(),
         }
     }

@@ -40,6 +40,7 @@ fn run(mut core: Core, rx: Receiver<Command>) {
         drop(cmd);
     }
     drop(core);
+    shared.mark_exited();
 }
 
 fn main_loop(core: &mut Core, rx: &Receiver<Command>) {

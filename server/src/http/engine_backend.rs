@@ -40,7 +40,9 @@ impl Backend for EngineHandle {
     }
 
     fn shutdown(&self) {
-        EngineHandle::shutdown(self)
+        // Called once the server has drained: wait (briefly) for the engine to release the
+        // model, so GPU memory and graphs are freed before the process exits.
+        EngineHandle::shutdown_and_join(self, std::time::Duration::from_secs(10));
     }
 }
 
