@@ -33,3 +33,26 @@ if [ "$what" = bench2 ] || [ "$what" = all ]; then
   TAIL=6 step bench-8b-ttft2048 150 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 2048 --output-len 2 --max-batched-tokens 2048
   TAIL=14 step bench-8b-128x128-max 240 "${b[@]}" --model synth:llama3-8b --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
 fi
+
+if [ "$what" = final ]; then
+  b=(.device/kiln bench --offline --device cuda)
+  TAIL=12 step attention 200 .device/kiln-check-attention --quick --out "$OUT/attention.md"
+  TAIL=4 step model 120 .device/kiln-check-model --model .device/smollm2-10l.gguf --fixtures tests/fixtures/reference.json
+  for c in 1 8 64; do
+    TAIL=4 step "bench-smol-c$c" 120 "${b[@]}" --model synth:smollm2-135m --num-requests $c --prompt-len 128 --output-len 256 --max-num-seqs 256
+    TAIL=4 step "bench-8b-c$c" 120 "${b[@]}" --model synth:llama3-8b --num-requests $c --prompt-len 128 --output-len 256 --max-num-seqs 256
+  done
+  TAIL=4 step bench-8b-ttft128 60 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 128 --output-len 2
+  TAIL=4 step bench-8b-ttft2048 60 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 2048 --output-len 2 --max-batched-tokens 2048
+  TAIL=6 step bench-8b-128x128 120 "${b[@]}" --model synth:llama3-8b --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
+  TAIL=6 step bench-8b-2048x128 120 "${b[@]}" --model synth:llama3-8b --num-requests 256 --prompt-len 2048 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
+  TAIL=6 step bench-8b-1000x1000 240 "${b[@]}" --model synth:llama3-8b --num-requests 256 --prompt-len 1000 --output-len 1000 --max-num-seqs 256 --max-batched-tokens 8192
+  # Cold start of a server with a warm kernel cache: kiln build, then time kiln serve to "ready".
+  step build 120 .device/kiln build
+  for i in 1 2; do
+    t0=$(date +%s.%N); .device/kiln serve --device cuda --model .device/smollm2-10l.gguf --port 0 > "$OUT/serve$i.log" 2>&1 &
+    pid=$!; for _ in $(seq 1 200); do grep -q "ready in" "$OUT/serve$i.log" && break; sleep 0.05; done
+    echo "serve cold start $i: $(echo "$(date +%s.%N) - $t0" | bc) s wall; $(grep -o 'ready in [^ ]* [a-z]*' "$OUT/serve$i.log")"
+    kill -TERM $pid; wait $pid
+  done
+fi

@@ -140,13 +140,13 @@ impl Llama {
     /// A model of `cfg`'s shapes with seeded random weights made on `dev` itself (see
     /// [`crate::synth`]): for speed work without the real weights.
     pub fn random(cfg: LlamaConfig, dev: &Device, dtype: DType, seed: u64) -> Result<Llama, ModelError> {
-        use crate::synth::{random_tensor, Init};
+        use crate::synth::{random_tensor, tensor_seed, Init};
         let c = &cfg;
         let (h, nh, nkv, hd, inter) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
         let mut n = 0u64;
         let mut t = |rows: usize, cols: usize, init: Init| {
             n += 1;
-            random_tensor(dev, dtype, rows, cols, init, seed.wrapping_mul(0x9E37_79B9).wrapping_add(n << 32))
+            random_tensor(dev, dtype, rows, cols, init, tensor_seed(seed, n))
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for _ in 0..c.num_hidden_layers {

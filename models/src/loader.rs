@@ -60,3 +60,11 @@ pub fn load(path: &Path, dev: &Device, dtype: DType) -> Result<LoadedModel, Load
     let model = crate::registry::build(cfg, weights, dev, dtype).map_err(|e| err(path, e))?;
     Ok(LoadedModel { model, tokenizer, chat_template, path: path.to_path_buf() })
 }
+
+/// The model of an HF directory without its tokenizer (a synthetic checkpoint from `kiln
+/// synth-model` has none): config.json and the safetensors only.
+pub fn load_weights_only(dir: &Path, dev: &Device, dtype: DType) -> Result<Box<dyn CausalLm>, LoadError> {
+    let cfg = LlamaConfig::from_hf_config_file(&dir.join("config.json")).map_err(|e| err(dir, e))?;
+    let weights = Weights::from_safetensors_dir(dir).map_err(|e| err(dir, e))?;
+    crate::registry::build(cfg, weights, dev, dtype).map_err(|e| err(dir, e))
+}

@@ -89,7 +89,8 @@ extern "C" __global__ void kiln_argmax_f16(const kiln_f16* x, int stride, int n,
 extern "C" __global__ void kiln_argmax_bf16(const kiln_bf16* x, int stride, int n, int* out) { kiln_argmax_row<kiln_bf16>(x, stride, n, out); }
 "#;
 
-fn source() -> &'static str {
+/// The CUDA source of the utility kernels (for `kiln build`).
+pub fn source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| format!("// kiln runtime utility kernels (runtime/src/device_kernels.rs)\n{}\n{BODY}", kiln_codegen::cuda::prelude::CORE))
 }
@@ -110,6 +111,13 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Element `i` of a [`fill_uniform`] with `seed`, `lo`, `hi` (before rounding to the dtype):
+/// what the CPU fill computes and the GPU kernel computes the same way.
+pub fn uniform_value(seed: u64, i: u64, lo: f32, hi: f32) -> f32 {
+    let u = (splitmix(seed ^ i) >> 40) as f32 * (1.0 / 16_777_216.0);
+    lo + (hi - lo) * u
+}
+
 /// Fill a contiguous float tensor with uniform values in `[lo, hi)`, element `i` a function of
 /// `(seed, i)` only.
 pub fn fill_uniform(t: &mut Tensor, seed: u64, lo: f32, hi: f32) -> Result<(), DeviceKernelError> {
@@ -119,12 +127,7 @@ pub fn fill_uniform(t: &mut Tensor, seed: u64, lo: f32, hi: f32) -> Result<(), D
     let n = t.len();
     match t.device().clone() {
         Device::Cpu => {
-            let vals: Vec<f32> = (0..n as u64)
-                .map(|i| {
-                    let u = (splitmix(seed ^ i) >> 40) as f32 * (1.0 / 16_777_216.0);
-                    lo + (hi - lo) * u
-                })
-                .collect();
+            let vals: Vec<f32> = (0..n as u64).map(|i| uniform_value(seed, i, lo, hi)).collect();
             let filled = Tensor::from_f32_as(&Device::Cpu, t.dtype(), &vals, t.rows(), t.cols())?;
             t.copy_from(&filled)?;
             Ok(())

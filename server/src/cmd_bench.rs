@@ -126,6 +126,11 @@ fn load_model(path: &std::path::Path, dev: &kiln_runtime::Device, dtype: kiln_co
         dev.synchronize()?;
         return Ok((Arc::new(model), Arc::new(kiln_models::detok_adapter::NoText)));
     }
+    if path.is_dir() && !path.join("tokenizer.json").exists() {
+        // A checkpoint without a tokenizer (`kiln synth-model`): the bench needs no text.
+        let model = kiln_models::loader::load_weights_only(path, dev, dtype)?;
+        return Ok((Arc::from(model), Arc::new(kiln_models::detok_adapter::NoText)));
+    }
     let loaded = kiln_models::loader::load(path, dev, dtype)?;
     Ok((Arc::from(loaded.model), Arc::new(TokenizerDetokenizer::new(loaded.tokenizer))))
 }
@@ -284,6 +289,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "kv_waste": waste,
             "kv_blocks_total": stats.kv_blocks_total,
             "steps": stats.steps,
+            "mean_step_ms": 1e3 * stats.step_seconds / stats.steps.max(1) as f64,
+            "mean_model_ms": 1e3 * stats.model_seconds / stats.steps.max(1) as f64,
             "prefix_cache_hit_tokens": stats.prefix_cache_hit_tokens,
         });
         println!("{v}");
@@ -293,6 +300,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("{:<28} {}", "requests", traces.len());
     println!("{:<28} {in_tokens} prompt + {out_tokens} output", "tokens");
     println!("{:<28} {secs:.2} s ({} engine steps)", "total time", stats.steps);
+    let per = |x: f64| 1e3 * x / stats.steps.max(1) as f64;
+    println!("{:<28} {:.3} ms, of which the model {:.3} ms", "mean engine step", per(stats.step_seconds), per(stats.model_seconds));
     println!("{:<28} {:.1}", "output tok/s", out_tokens as f64 / secs);
     println!("{:<28} {:.1}", "total tok/s", (in_tokens + out_tokens) as f64 / secs);
     println!("{:<28} {:>9} {:>9} {:>9}", "latency (ms)", "p50", "p90", "p99");

@@ -2,9 +2,11 @@
 //! kernel check is a separate binary, `kiln-check-kernels` (kiln-models).
 
 mod cmd_bench;
+mod cmd_build;
 mod cmd_convert;
 mod cmd_generate;
 mod cmd_serve;
+mod cmd_synth;
 mod device_arg;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,10 @@ enum Command {
     Serve(cmd_serve::ServeArgs),
     /// Run synthetic requests through the engine; report throughput and latency percentiles.
     Bench(cmd_bench::BenchArgs),
+    /// Compile every kernel for a GPU architecture into the kernel cache (a warm start).
+    Build(cmd_build::BuildArgs),
+    /// Write a real model's shapes with seeded random weights as an HF checkpoint.
+    SynthModel(cmd_synth::SynthArgs),
 }
 
 fn main() {
@@ -43,6 +49,8 @@ fn main() {
         Command::Convert { gguf, out_dir } => cmd_convert::run(&gguf, &out_dir),
         Command::Fetch => kiln_models::fetch::default_model_path().map(|p| println!("{}", p.display())).map_err(Into::into),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Build(args) => cmd_build::run(args),
+        Command::SynthModel(args) => cmd_synth::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

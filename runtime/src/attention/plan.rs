@@ -135,6 +135,10 @@ impl AttnPlan {
     pub fn max_ctx(&self) -> usize {
         self.max_ctx
     }
+    /// The tensor-core kernel's blocks of queries (4 i32 each), if the step takes that route.
+    pub fn mma_blocks(&self) -> Option<&[i32]> {
+        self.mma_items.as_deref()
+    }
     /// Entries between consecutive sequences' block tables.
     pub fn bt_stride(&self) -> usize {
         self.layout.bt_stride

@@ -102,6 +102,11 @@ pub struct EngineStats {
     pub requests_finished_total: u64,
     pub requests_failed_total: u64,
     pub steps: u64,
+    /// Time spent in the model's forward (the step's inputs, the kernels and, on a GPU, the
+    /// wait for them and the copy of logits or tokens back), summed over steps.
+    pub model_seconds: f64,
+    /// Time spent in steps, summed (model plus scheduling, sampling, detokenizing, events).
+    pub step_seconds: f64,
 }
 
 /// Engine sizing and policy.

@@ -56,6 +56,8 @@ struct Counters {
     finished: u64,
     failed: u64,
     steps: u64,
+    model_seconds: f64,
+    step_seconds: f64,
 }
 
 pub(crate) struct Core {
@@ -206,6 +208,15 @@ impl Core {
 
     /// One engine step. Returns false when there was nothing to run.
     pub fn step(&mut self) -> bool {
+        let t = std::time::Instant::now();
+        let ran = self.step_inner();
+        if ran {
+            self.counters.step_seconds += t.elapsed().as_secs_f64();
+        }
+        ran
+    }
+
+    fn step_inner(&mut self) -> bool {
         let gone: Vec<u64> = self.requests.iter().filter(|(_, r)| r.ticket.is_closed()).map(|(&id, _)| id).collect();
         for id in gone {
             self.abort_request(id);
@@ -228,7 +239,9 @@ impl Core {
             self.fail_plan(&e.to_string());
             return true;
         }
+        let t_model = std::time::Instant::now();
         let logits = self.forward();
+        self.counters.model_seconds += t_model.elapsed().as_secs_f64();
         self.counters.steps += 1;
         let logits = match logits {
             Ok(v) => v,
@@ -409,6 +422,8 @@ impl Core {
             requests_finished_total: self.counters.finished,
             requests_failed_total: self.counters.failed,
             steps: self.counters.steps,
+            model_seconds: self.counters.model_seconds,
+            step_seconds: self.counters.step_seconds,
         };
         *lock(&self.shared.stats) = stats;
     }
