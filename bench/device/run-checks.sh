@@ -52,7 +52,29 @@ if [ "$what" = final ]; then
   for i in 1 2; do
     t0=$(date +%s.%N); .device/kiln serve --device cuda --model .device/smollm2-10l.gguf --port 0 > "$OUT/serve$i.log" 2>&1 &
     pid=$!; for _ in $(seq 1 200); do grep -q "ready in" "$OUT/serve$i.log" && break; sleep 0.05; done
-    echo "serve cold start $i: $(echo "$(date +%s.%N) - $t0" | bc) s wall; $(grep -o 'ready in [^ ]* [a-z]*' "$OUT/serve$i.log")"
+    echo "serve cold start $i: $(python3 -c "import time; print(round(time.time() - $t0, 2))") s wall; $(grep -o 'ready in [^ ]* [a-z]*' "$OUT/serve$i.log")"
+    kill -TERM $pid; wait $pid
+  done
+fi
+
+if [ "$what" = attn-sweep ]; then
+  b=(.device/kiln bench --offline --device cuda)
+  TAIL=14 step attention 200 .device/kiln-check-attention --quick --out "$OUT/attention.md"
+  TAIL=5 step bench-8b-1000x1000 240 "${b[@]}" --model synth:llama3-8b --num-requests 256 --prompt-len 1000 --output-len 1000 --max-num-seqs 256 --max-batched-tokens 8192
+  TAIL=5 step bench-8b-c64 120 "${b[@]}" --model synth:llama3-8b --num-requests 64 --prompt-len 128 --output-len 256 --max-num-seqs 256
+fi
+
+if [ "$what" = warm ]; then
+  b=(.device/kiln bench --offline --device cuda)
+  TAIL=3 step bench-8b-ttft128 60 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 128 --output-len 2
+  TAIL=3 step bench-8b-ttft2048 60 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 2048 --output-len 2 --max-batched-tokens 2048
+  TAIL=3 step bench-8b-c1 60 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 128 --output-len 256
+  TAIL=3 step bench-smol-c1 60 "${b[@]}" --model synth:smollm2-135m --num-requests 1 --prompt-len 128 --output-len 256
+  step build 120 .device/kiln build
+  for i in 1 2; do
+    t0=$(python3 -c "import time; print(time.time())"); .device/kiln serve --device cuda --model .device/smollm2-10l.gguf --port 0 > "$OUT/serve$i.log" 2>&1 &
+    pid=$!; for _ in $(seq 1 200); do grep -q "ready in" "$OUT/serve$i.log" && break; sleep 0.05; done
+    echo "serve start $i: $(python3 -c "import time; print(round(time.time() - $t0, 2))") s wall; $(grep -o 'ready in [^ ]* [a-z]*' "$OUT/serve$i.log")"
     kill -TERM $pid; wait $pid
   done
 fi

@@ -45,8 +45,6 @@ pub const HEAD_DIMS: [usize; 2] = [64, 128];
 pub const GROUP_CAPS: [usize; 2] = [4, 8];
 /// Threads per block of the split kernel; also the keys per tile.
 pub const THREADS: usize = 128;
-/// Blocks of the split kernel each multiprocessor must be able to hold (`__launch_bounds__`).
-pub const SPLIT_MIN_BLOCKS: usize = 4;
 /// Keys per tile (one per thread in the score phase); `part` is a multiple of it.
 pub const TILE: usize = 128;
 

@@ -168,12 +168,7 @@ fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize) {
     let mut sig = common_args(t);
     sig.extend(["float* __restrict__ part_o".to_string(), "float* __restrict__ part_ml".into(), "int n_splits".into()]);
     sig.extend(comptime_args(a));
-    // At least SPLIT_MIN_BLOCKS blocks per multiprocessor: decode is memory-bound, and more
-    // resident blocks keep more loads in flight (registers are capped to allow it).
-    w.open_fn(
-        &format!("extern \"C\" __global__ void __launch_bounds__({}, {}) {}", abi::THREADS, abi::SPLIT_MIN_BLOCKS, abi::split_entry(a, hd, g)),
-        &sig,
-    );
+    w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__({}) {}", abi::THREADS, abi::split_entry(a, hd, g)), &sig);
     mod_init(w, a);
     w.line(&format!(
         "kiln_attn_split<{t}, {hd}, {g}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);"

@@ -6,7 +6,7 @@
 //! How a split block works (128 threads; keys in tiles of 128):
 //! 1. the served query heads' rows of `q`, scaled, go to shared memory as f32;
 //! 2. per tile — the tile's cache rows (slots) go to shared memory, and each thread issues the
-//!    loads of the values it will need (up to 8 of 16 bytes) before any score exists, so the
+//!    loads of the values it will need (up to 16 of 16 bytes) before any score exists, so the
 //!    tile's K and V reads are in flight together; *score phase*: thread `i` takes key
 //!    `t0 + i`, loads the key's head row with 16-byte loads and dots it with every served
 //!    head (q read as a shared-memory broadcast), then applies the modifier; *softmax phase*:
@@ -74,7 +74,7 @@ __device__ __forceinline__ void kiln_attn_split(
   constexpr int NCH = HD / VEC;                // 16-byte chunks per head row
   constexpr int TL = KILN_ATTN_THREADS / NCH;  // token lanes of the value phase
   constexpr int KB = NCH < 8 ? NCH : 8;        // chunks of a key loaded before they are used
-  constexpr int VPF = KILN_ATTN_TILE / TL < 8 ? KILN_ATTN_TILE / TL : 8;  // values loaded ahead
+  constexpr int VPF = KILN_ATTN_TILE / TL < 16 ? KILN_ATTN_TILE / TL : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && KILN_ATTN_THREADS % NCH == 0 && NCH % KB == 0, "head dim does not tile the block");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tok = blockIdx.x;

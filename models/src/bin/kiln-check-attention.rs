@@ -26,8 +26,11 @@ fn main() -> std::process::ExitCode {
     let mut speeds = vec![];
     let mut copy = None;
     if !dev.is_cpu() && !has("--no-speed") {
-        for (seqs, ctx) in [(64, 4096), (1, 4096), (1, 32768), (256, 1024), (8, 8192)] {
-            match decode_speed(&dev, seqs, ctx, 20) {
+        // The default split on several shapes, then other split lengths on 64 × 4k.
+        let cases = [(64, 4096, None), (1, 4096, None), (1, 32768, None), (256, 1024, None), (8, 8192, None)];
+        let sweep = [4, 8, 32].map(|n| (64, 4096, Some(n)));
+        for (seqs, ctx, splits) in cases.into_iter().chain(sweep) {
+            match decode_speed(&dev, seqs, ctx, splits, 20) {
                 Ok(r) => speeds.push(r),
                 Err(e) => eprintln!("decode speed {seqs}x{ctx}: {e}"),
             }

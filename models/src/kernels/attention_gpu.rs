@@ -204,6 +204,7 @@ pub fn decode_speed(
     gpu: &Device,
     seqs: usize,
     ctx: usize,
+    splits: Option<usize>,
     reps: usize,
 ) -> Result<SpeedRow, ModelError> {
     let b = gpu
@@ -226,7 +227,10 @@ pub fn decode_speed(
         head_dim: hd,
     };
     let mut plan = p.plan()?;
-    plan.split_default();
+    match splits {
+        Some(n) => plan.set_splits(n),
+        None => plan.split_default(),
+    }
     plan.upload(gpu, nh, hd)?;
     let mut out = Tensor::uninit(gpu, DType::BF16, q.rows(), q.cols())?;
     let def = &super::attention::attn_causal::DEF;
@@ -236,8 +240,9 @@ pub fn decode_speed(
         Ok(())
     })?;
     let kv_bytes = 2 * seqs * ctx * nkv * hd * 2;
+    let how = if splits.is_some() { "" } else { " (default split)" };
     Ok(SpeedRow {
-        what: format!("decode {seqs} seqs × {ctx} ctx, heads 32/8×128 bf16"),
+        what: format!("decode {seqs} seqs × {ctx} ctx, heads 32/8×128 bf16{how}"),
         splits: plan.n_splits(),
         median_us: us,
         kv_bytes,
