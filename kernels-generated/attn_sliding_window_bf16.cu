@@ -150,7 +150,7 @@ __device__ __forceinline__ void kiln_attn_split(
   constexpr int NCH = HD / VEC;                // 16-byte chunks per head row
   constexpr int TL = KILN_ATTN_THREADS / NCH;  // token lanes of the value phase
   constexpr int KB = NCH < 8 ? NCH : 8;        // chunks of a key loaded before they are used
-  constexpr int VPF = KILN_ATTN_TILE / TL < 8 ? KILN_ATTN_TILE / TL : 8;  // values loaded ahead
+  constexpr int VPF = KILN_ATTN_TILE / TL < 16 ? KILN_ATTN_TILE / TL : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && KILN_ATTN_THREADS % NCH == 0 && NCH % KB == 0, "head dim does not tile the block");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tok = blockIdx.x;
@@ -558,7 +558,7 @@ __device__ __forceinline__ void kiln_attn_mma(
 }
 #endif  // KILN_ATTN_TEMPLATE
 
-extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_bf16_split_hd64_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd64_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -585,7 +585,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_bf16_sp
   kiln_attn_split<kiln_bf16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_bf16_split_hd64_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd64_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -647,7 +647,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_mma_h
   kiln_attn_mma<kiln_bf16, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_bf16_split_hd128_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd128_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -674,7 +674,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_bf16_sp
   kiln_attn_split<kiln_bf16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_bf16_split_hd128_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd128_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,

@@ -150,7 +150,7 @@ __device__ __forceinline__ void kiln_attn_split(
   constexpr int NCH = HD / VEC;                // 16-byte chunks per head row
   constexpr int TL = KILN_ATTN_THREADS / NCH;  // token lanes of the value phase
   constexpr int KB = NCH < 8 ? NCH : 8;        // chunks of a key loaded before they are used
-  constexpr int VPF = KILN_ATTN_TILE / TL < 8 ? KILN_ATTN_TILE / TL : 8;  // values loaded ahead
+  constexpr int VPF = KILN_ATTN_TILE / TL < 16 ? KILN_ATTN_TILE / TL : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && KILN_ATTN_THREADS % NCH == 0 && NCH % KB == 0, "head dim does not tile the block");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tok = blockIdx.x;
@@ -558,7 +558,7 @@ __device__ __forceinline__ void kiln_attn_mma(
 }
 #endif  // KILN_ATTN_TEMPLATE
 
-extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_f32_split_hd64_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f32_split_hd64_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -585,7 +585,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_f32_spl
   kiln_attn_split<float, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_f32_split_hd64_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f32_split_hd64_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -622,7 +622,7 @@ extern "C" __global__ void __launch_bounds__(64) attn_sliding_window_f32_combine
   kiln_attn_combine<float, 64>(part_o, part_ml, n_splits, n_heads, out, out_stride);
 }
 
-extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_f32_split_hd128_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f32_split_hd128_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -649,7 +649,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_f32_spl
   kiln_attn_split<float, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_f32_split_hd128_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f32_split_hd128_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,

@@ -23,35 +23,38 @@ pub fn expected() -> Result<BTreeMap<String, &'static str>, String> {
     let mut files = BTreeMap::new();
     for def in ALL {
         for spec in def.specs {
-            let compiled = def.compiled(spec.dtype).map_err(|e| e.to_string())?;
-            if compiled.cuda != spec.cuda {
-                return Err(format!(
-                    "{} ({}): the embedded CUDA differs from what codegen emits for its IR; rebuild (cargo clean -p kiln-models)",
-                    def.name, spec.dtype
-                ));
-            }
-            let file = format!("{}_{}.cu", def.name, spec.dtype);
-            if files.insert(file.clone(), spec.cuda).is_some() {
-                return Err(format!("two specialisations write {file}"));
-            }
+            let emitted = &def.compiled(spec.dtype).map_err(|e| e.to_string())?.cuda;
+            add(&mut files, def.name, spec.dtype, spec.cuda, emitted)?;
         }
     }
     for def in ATTENTION {
         for spec in def.specs {
-            let compiled = def.compiled(spec.dtype).map_err(|e| e.to_string())?;
-            if compiled.cuda != spec.cuda {
-                return Err(format!(
-                    "{} ({}): the embedded CUDA differs from what codegen emits for its kernel; rebuild (cargo clean -p kiln-models)",
-                    def.name, spec.dtype
-                ));
-            }
-            let file = format!("{}_{}.cu", def.name, spec.dtype);
-            if files.insert(file.clone(), spec.cuda).is_some() {
-                return Err(format!("two specialisations write {file}"));
-            }
+            let emitted = &def.compiled(spec.dtype).map_err(|e| e.to_string())?.cuda;
+            add(&mut files, def.name, spec.dtype, spec.cuda, emitted)?;
         }
     }
     Ok(files)
+}
+
+/// One specialisation's file, after checking that its embedded source is what codegen emits
+/// for its embedded kernel today.
+fn add(
+    files: &mut BTreeMap<String, &'static str>,
+    name: &str,
+    dtype: kiln_codegen::ir::DType,
+    embedded: &'static str,
+    emitted: &str,
+) -> Result<(), String> {
+    if emitted != embedded {
+        return Err(format!(
+            "{name} ({dtype}): the embedded CUDA differs from what codegen emits for its kernel; rebuild (cargo clean -p kiln-models)"
+        ));
+    }
+    let file = format!("{name}_{dtype}.cu");
+    if files.insert(file.clone(), embedded).is_some() {
+        return Err(format!("two specialisations write {file}"));
+    }
+    Ok(())
 }
 
 /// What differs between `dir` and the expected files.

@@ -21,6 +21,17 @@ enum KArg {
     F32(f32),
 }
 
+/// Every argument, in order, with its C type (they live in `args` until the launch).
+fn push_args<'a>(launch: &mut cudarc::driver::LaunchArgs<'a>, args: &'a [KArg]) {
+    for v in args {
+        match v {
+            KArg::Ptr(p) => launch.arg(p),
+            KArg::I32(x) => launch.arg(x),
+            KArg::F32(x) => launch.arg(x),
+        };
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     backend: &CudaBackend,
@@ -97,13 +108,7 @@ pub(super) fn run(
             margs.extend(args.drain(3..));
             let f = module.func(&entry).map_err(cuda_err)?;
             let mut launch = backend.stream().launch_builder(f);
-            for v in &margs {
-                match v {
-                    KArg::Ptr(p) => launch.arg(p),
-                    KArg::I32(x) => launch.arg(x),
-                    KArg::F32(x) => launch.arg(x),
-                };
-            }
+            push_args(&mut launch, &margs);
             let grid = (n_items as u32, b.n_kv_heads as u32, 1);
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (abi::THREADS as u32, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: as the split kernel below; `items` holds 4 i32 per block (AttnPlan::prepare_mma).
@@ -114,13 +119,7 @@ pub(super) fn run(
     let grid = (plan.n_tokens() as u32, (b.n_kv_heads * chunks) as u32, n_splits as u32);
     let split_fn = module.func(&abi::split_entry(b.kernel, hd, g)).map_err(cuda_err)?;
     let mut launch = backend.stream().launch_builder(split_fn);
-    for v in &args {
-        match v {
-            KArg::Ptr(p) => launch.arg(p),
-            KArg::I32(x) => launch.arg(x),
-            KArg::F32(x) => launch.arg(x),
-        };
-    }
+    push_args(&mut launch, &args);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (abi::THREADS as u32, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the arguments follow `abi` in order and C type; every pointer is a live device
     // allocation covering what the kernel reads or writes (shapes checked by `bind`, the plan
