@@ -39,7 +39,10 @@ pub const LAYOUTS: [(usize, usize, usize); 5] = [
     (40, 4, 128),
 ];
 
-fn mixes() -> Vec<(&'static str, Vec<(usize, usize)>, usize)> {
+/// A batch mix: its name, `(context, new tokens)` per sequence, padding rows.
+type Mix = (&'static str, Vec<(usize, usize)>, usize);
+
+fn mixes() -> Vec<Mix> {
     vec![
         (
             "decode",
