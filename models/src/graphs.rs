@@ -5,7 +5,8 @@
 //! An entry (per bucket) owns its fixed inputs, its activations and its logits buffer, and the
 //! graph that reads and writes exactly those and the KV pools it was captured with. It is
 //! (re)made when none fits: first use of the bucket, a longer block table than its inputs hold
-//! (strides grow by powers of two), or another KV cache. Making one runs the step eagerly
+//! (strides grow by powers of two), or another KV cache (an entry holds its cache's first K
+//! pool, so no other cache can take that address while the entry could be replayed). Making one runs the step eagerly
 //! (loading every kernel, and producing this step's logits) and then captures it.
 //!
 //! Invariants: the logits a replay returns are a view of the entry's buffer, valid until the
@@ -15,7 +16,8 @@ use crate::model::{ForwardBatch, KvCache, ModelError};
 use crate::step::{Heads, StepInputs};
 use kiln_codegen::ir::DType;
 use kiln_runtime::graph::{capture, CapturedGraph};
-use kiln_runtime::{Device, Tensor};
+use kiln_runtime::{Device, Storage, Tensor};
+use std::sync::Arc;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -37,8 +39,9 @@ pub trait StepModel {
 }
 
 struct Entry<W> {
-    /// The KV pool the graph writes (its first K tensor's address).
-    kv_id: u64,
+    /// The first K pool of the cache the graph writes, held so that its address cannot be
+    /// reused by another cache while the entry lives (the identity check is exact).
+    kv_anchor: Arc<Storage>,
     inp: StepInputs,
     /// The activations the graph reads and writes: kept alive, never touched on the host.
     _ws: W,
@@ -67,8 +70,9 @@ pub fn is_decode(batch: &ForwardBatch<'_>) -> bool {
         && batch.logits_rows.iter().enumerate().all(|(i, &r)| i == r)
 }
 
-fn kv_id(kv: &KvCache) -> u64 {
-    kv.k.first().map_or(0, |t| t.storage() as *const _ as u64)
+/// Whether `e` was captured with the cache `kv`.
+fn same_cache<W>(e: &Entry<W>, kv: &KvCache) -> bool {
+    kv.k.first().is_some_and(|t| Arc::ptr_eq(t.storage(), &e.kv_anchor))
 }
 
 impl<W: Send> DecodeGraphs<W> {
@@ -84,7 +88,7 @@ impl<W: Send> DecodeGraphs<W> {
         let Some(&bucket) = BUCKETS.iter().find(|&&b| b >= n) else { return Ok(None) };
         let need = batch.seqs.iter().map(|s| s.ctx_len.div_ceil(kv.block_size)).max().unwrap_or(1);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = entries.get(&bucket).is_some_and(|e| e.kv_id == kv_id(kv) && e.inp.plan.bt_stride() >= need);
+        let fits = entries.get(&bucket).is_some_and(|e| same_cache(e, kv) && e.inp.plan.bt_stride() >= need);
         if fits {
             let e = entries.get_mut(&bucket).ok_or_else(|| ModelError::Batch("graph entry vanished".into()))?;
             e.inp.refresh_decode(dev, batch, kv)?;
@@ -101,7 +105,8 @@ impl<W: Send> DecodeGraphs<W> {
         m.step(&inp, kv, &mut ws, &mut logits)?;
         let (graph, ()) = capture(backend, || m.step(&inp, kv, &mut ws, &mut logits))?;
         let view = logits.view_rows(0, n)?;
-        entries.insert(bucket, Entry { kv_id: kv_id(kv), inp, _ws: ws, logits, graph });
+        let Some(kv_anchor) = kv.k.first().map(|t| t.storage().clone()) else { return Ok(Some(view)) };
+        entries.insert(bucket, Entry { kv_anchor, inp, _ws: ws, logits, graph });
         Ok(Some(view))
     }
 }

@@ -20,9 +20,17 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Drive an in-process engine directly (no HTTP server); the only mode for now.
-    #[arg(long)]
+    /// Drive an in-process engine directly (no HTTP server).
+    #[arg(long, conflicts_with = "url")]
     offline: bool,
+    /// Online mode: send the requests as streaming completions to a running `kiln serve` (or
+    /// any OpenAI-compatible server that takes token-id prompts) at this base URL, e.g.
+    /// `http://127.0.0.1:8000`; `--vocab` then bounds the random prompt ids.
+    #[arg(long)]
+    url: Option<String>,
+    /// Online mode: prompt ids are drawn below this (the server's vocabulary size).
+    #[arg(long, default_value_t = 32_000)]
+    vocab: u64,
     /// A GGUF file, an HF directory, or `synth:PRESET` (random weights of a real model's
     /// shapes made on the device: `synth:llama3-8b`, `synth:smollm2-135m`); default: the
     /// default model.
@@ -41,7 +49,7 @@ pub struct BenchArgs {
     request_rate: Option<f64>,
     /// Seed of the random prompts and arrival times.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     #[arg(long, default_value_t = 64)]
     max_num_seqs: usize,
     #[arg(long, default_value_t = 2048)]
@@ -57,7 +65,7 @@ pub struct BenchArgs {
     device: DeviceArg,
     /// Print one JSON object instead of the table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Untimed requests run first, one after another (the first request of a process loads
     /// kernels and captures graphs; a server has done that before its users arrive).
     #[arg(long, default_value_t = 1)]
@@ -139,17 +147,98 @@ fn load_model(path: &std::path::Path, dev: &kiln_runtime::Device, dtype: kiln_co
     Ok((Arc::from(loaded.model), Arc::new(TokenizerDetokenizer::new(loaded.tokenizer))))
 }
 
-/// One request's timeline.
-struct Trace {
-    prompt_tokens: usize,
-    output_tokens: usize,
-    ttft: Option<Duration>,
-    gaps: Vec<Duration>,
-    end: Instant,
-    error: Option<String>,
+/// The synthetic requests: lengths spread over the ranges (shuffled pairings), random
+/// non-special token ids below `vocab`, arrival offsets (Poisson at `--request-rate`, else 0).
+pub(crate) fn synthetic_requests(a: &BenchArgs, prompt_range: (usize, usize), output_range: (usize, usize), vocab: u64) -> Vec<(Duration, GenerateRequest)> {
+    let mut rng = Rng(a.seed ^ 0x6b696c6e);
+    let low = 1000.min(vocab / 2);
+    let mut at = Duration::ZERO;
+    let mut reqs = Vec::with_capacity(a.num_requests);
+    for i in 0..a.num_requests {
+        let plen = spread(prompt_range, i, a.num_requests);
+        let olen = spread(output_range, (i * 7 + 3) % a.num_requests, a.num_requests);
+        let prompt_ids: Vec<u32> = (0..plen).map(|_| (low + rng.below(vocab - low)) as u32).collect();
+        let params = SamplingParams { max_tokens: olen, ignore_eos: true, ..SamplingParams::greedy() };
+        if let Some(rate) = a.request_rate {
+            // Exponential inter-arrival times.
+            at += Duration::from_secs_f64(-(1.0 - rng.unit()).ln() / rate.max(1e-9));
+        }
+        reqs.push((at, GenerateRequest { prompt_ids, params, n: 1, beam: None }));
+    }
+    reqs
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// Throughput and latency percentiles over a run's traces (both modes report these).
+pub(crate) struct Summary {
+    requests: usize,
+    in_tokens: usize,
+    out_tokens: usize,
+    secs: f64,
+    ttft: [f64; 3],
+    itl: [f64; 3],
+}
+
+impl Summary {
+    /// The summary of `traces` over `total`; an error if a request failed.
+    pub(crate) fn of(traces: &[Trace], total: Duration) -> Result<Summary> {
+        if let Some(e) = traces.iter().find_map(|t| t.error.as_ref()) {
+            bail!("a request failed: {e}");
+        }
+        let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+        let mut ttft: Vec<f64> = traces.iter().filter_map(|t| t.ttft.as_ref().map(ms)).collect();
+        let mut itl: Vec<f64> = traces.iter().flat_map(|t| t.gaps.iter().map(ms)).collect();
+        ttft.sort_by(f64::total_cmp);
+        itl.sort_by(f64::total_cmp);
+        let pct = |v: &[f64]| [50.0, 90.0, 99.0].map(|p| percentile(v, p));
+        Ok(Summary {
+            requests: traces.len(),
+            in_tokens: traces.iter().map(|t| t.prompt_tokens).sum(),
+            out_tokens: traces.iter().map(|t| t.output_tokens).sum(),
+            secs: total.as_secs_f64().max(1e-9),
+            ttft: pct(&ttft),
+            itl: pct(&itl),
+        })
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let (tt, it) = (self.ttft, self.itl);
+        serde_json::json!({
+            "requests": self.requests,
+            "prompt_tokens": self.in_tokens,
+            "output_tokens": self.out_tokens,
+            "total_s": self.secs,
+            "output_tokens_per_s": self.out_tokens as f64 / self.secs,
+            "total_tokens_per_s": (self.in_tokens + self.out_tokens) as f64 / self.secs,
+            "ttft_ms": {"p50": tt[0], "p90": tt[1], "p99": tt[2]},
+            "itl_ms": {"p50": it[0], "p90": it[1], "p99": it[2]},
+        })
+    }
+
+    /// The table's common lines; `steps` says what the time was spent on.
+    pub(crate) fn print(&self, steps: &str) {
+        let (tt, it, secs) = (self.ttft, self.itl, self.secs);
+        println!("{:<28} {}", "requests", self.requests);
+        println!("{:<28} {} prompt + {} output", "tokens", self.in_tokens, self.out_tokens);
+        println!("{:<28} {secs:.2} s ({steps})", "total time");
+        println!("{:<28} {:.1}", "output tok/s", self.out_tokens as f64 / secs);
+        println!("{:<28} {:.1}", "total tok/s", (self.in_tokens + self.out_tokens) as f64 / secs);
+        println!("{:<28} {:>9} {:>9} {:>9}", "latency (ms)", "p50", "p90", "p99");
+        println!("{:<28} {:>9.1} {:>9.1} {:>9.1}", "  time to first token", tt[0], tt[1], tt[2]);
+        println!("{:<28} {:>9.1} {:>9.1} {:>9.1}", "  inter-token latency", it[0], it[1], it[2]);
+    }
+}
+
+/// One request's timeline.
+pub(crate) struct Trace {
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+    pub ttft: Option<Duration>,
+    pub gaps: Vec<Duration>,
+    pub end: Instant,
+    pub error: Option<String>,
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -205,13 +294,16 @@ async fn drive(engine: EngineHandle, reqs: Vec<(Duration, GenerateRequest)>, t0:
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if !a.offline {
-        bail!("only `kiln bench --offline` exists for now (it drives an in-process engine)");
+    if !a.offline && a.url.is_none() {
+        bail!("choose a mode: `--offline` (an in-process engine) or `--url URL` (a running server)");
     }
     let prompt_range = parse_range(&a.prompt_len, "prompt-len")?;
     let output_range = parse_range(&a.output_len, "output-len")?;
     if a.num_requests == 0 {
         bail!("--num-requests must be at least 1");
+    }
+    if let Some(url) = &a.url {
+        return crate::bench_online::run(url, &a, synthetic_requests(&a, prompt_range, output_range, a.vocab));
     }
     let path = match &a.model {
         Some(p) => p.clone(),
@@ -233,28 +325,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let engine = Engine::start(model, detok, cfg)?;
 
-    // Requests: lengths spread over the ranges (shuffled pairings), random non-special tokens.
-    let mut rng = Rng(a.seed ^ 0x6b696c6e);
-    let low = 1000.min(vocab / 2);
-    let mut at = Duration::ZERO;
-    let mut reqs = Vec::with_capacity(a.num_requests);
-    for i in 0..a.num_requests {
-        let plen = spread(prompt_range, i, a.num_requests);
-        let olen = spread(output_range, (i * 7 + 3) % a.num_requests, a.num_requests);
-        let prompt_ids: Vec<u32> = (0..plen).map(|_| (low + rng.below(vocab - low)) as u32).collect();
-        let params = SamplingParams { max_tokens: olen, ignore_eos: true, ..SamplingParams::greedy() };
-        if let Some(rate) = a.request_rate {
-            // Exponential inter-arrival times.
-            at += Duration::from_secs_f64(-(1.0 - rng.unit()).ln() / rate.max(1e-9));
-        }
-        reqs.push((at, GenerateRequest { prompt_ids, params, n: 1, beam: None }));
-    }
+    let reqs = synthetic_requests(&a, prompt_range, output_range, vocab);
     let max_len = engine.max_model_len();
     if let Some((_, r)) = reqs.iter().find(|(_, r)| r.prompt_ids.len() + r.params.max_tokens > max_len) {
         bail!("a request of {} + {} tokens exceeds the engine's context length {max_len}", r.prompt_ids.len(), r.params.max_tokens);
     }
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let low = 1000.min(vocab / 2);
     // Warm-up: copies of the first request (same prompt length; 16 output tokens so decode
     // graphs are captured too), run one at a time and not timed; the counters below are taken
     // relative to the state after them.
@@ -282,54 +360,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let waste = engine.kv_waste();
     engine.shutdown_and_join(Duration::from_secs(30));
 
-    if let Some(e) = traces.iter().find_map(|t| t.error.as_ref()) {
-        bail!("a request failed: {e}");
-    }
-    let secs = total.as_secs_f64().max(1e-9);
-    let out_tokens: usize = traces.iter().map(|t| t.output_tokens).sum();
-    let in_tokens: usize = traces.iter().map(|t| t.prompt_tokens).sum();
-    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
-    let mut ttft: Vec<f64> = traces.iter().filter_map(|t| t.ttft.as_ref().map(ms)).collect();
-    let mut itl: Vec<f64> = traces.iter().flat_map(|t| t.gaps.iter().map(ms)).collect();
-    ttft.sort_by(f64::total_cmp);
-    itl.sort_by(f64::total_cmp);
-    let pct = |v: &[f64]| [50.0, 90.0, 99.0].map(|p| percentile(v, p));
-    let (tt, it) = (pct(&ttft), pct(&itl));
-
+    let sum = Summary::of(&traces, total)?;
     if a.json {
-        let v = serde_json::json!({
-            "model": path.display().to_string(),
-            "load_s": load_s,
-            "requests": traces.len(),
-            "prompt_tokens": in_tokens,
-            "output_tokens": out_tokens,
-            "total_s": secs,
-            "output_tokens_per_s": out_tokens as f64 / secs,
-            "total_tokens_per_s": (in_tokens + out_tokens) as f64 / secs,
-            "ttft_ms": {"p50": tt[0], "p90": tt[1], "p99": tt[2]},
-            "itl_ms": {"p50": it[0], "p90": it[1], "p99": it[2]},
-            "preemptions": stats.preemptions,
-            "kv_waste": waste,
-            "kv_blocks_total": stats.kv_blocks_total,
-            "steps": stats.steps,
-            "mean_step_ms": 1e3 * stats.step_seconds / stats.steps.max(1) as f64,
-            "mean_model_ms": 1e3 * stats.model_seconds / stats.steps.max(1) as f64,
-            "prefix_cache_hit_tokens": stats.prefix_cache_hit_tokens,
-        });
+        let mut v = sum.json();
+        v["model"] = serde_json::json!(path.display().to_string());
+        v["load_s"] = serde_json::json!(load_s);
+        v["preemptions"] = serde_json::json!(stats.preemptions);
+        v["kv_waste"] = serde_json::json!(waste);
+        v["kv_blocks_total"] = serde_json::json!(stats.kv_blocks_total);
+        v["steps"] = serde_json::json!(stats.steps);
+        v["mean_step_ms"] = serde_json::json!(1e3 * stats.step_seconds / stats.steps.max(1) as f64);
+        v["mean_model_ms"] = serde_json::json!(1e3 * stats.model_seconds / stats.steps.max(1) as f64);
+        v["prefix_cache_hit_tokens"] = serde_json::json!(stats.prefix_cache_hit_tokens);
         println!("{v}");
         return Ok(());
     }
     println!("kiln bench --offline: {} ({}; loaded in {load_s:.1} s)", path.display(), dev.label());
-    println!("{:<28} {}", "requests", traces.len());
-    println!("{:<28} {in_tokens} prompt + {out_tokens} output", "tokens");
-    println!("{:<28} {secs:.2} s ({} engine steps)", "total time", stats.steps);
+    sum.print(&format!("{} engine steps", stats.steps));
     let per = |x: f64| 1e3 * x / stats.steps.max(1) as f64;
     println!("{:<28} {:.3} ms, of which the model {:.3} ms", "mean engine step", per(stats.step_seconds), per(stats.model_seconds));
-    println!("{:<28} {:.1}", "output tok/s", out_tokens as f64 / secs);
-    println!("{:<28} {:.1}", "total tok/s", (in_tokens + out_tokens) as f64 / secs);
-    println!("{:<28} {:>9} {:>9} {:>9}", "latency (ms)", "p50", "p90", "p99");
-    println!("{:<28} {:>9.1} {:>9.1} {:>9.1}", "  time to first token", tt[0], tt[1], tt[2]);
-    println!("{:<28} {:>9.1} {:>9.1} {:>9.1}", "  inter-token latency", it[0], it[1], it[2]);
     println!("{:<28} {}", "preemptions", stats.preemptions);
     println!(
         "{:<28} {:.2}% of the pool on average (max {:.2}%), {:.2}% of allocated slots; pool {} blocks of {}",

@@ -1,6 +1,7 @@
 //! The `kiln` binary: one CLI over the engine (`generate`, `convert`, `fetch`, ...). The GPU
 //! kernel check is a separate binary, `kiln-check-kernels` (kiln-models).
 
+mod bench_online;
 mod cmd_bench;
 mod cmd_build;
 mod cmd_convert;

@@ -238,3 +238,24 @@ async fn sigterm_with_zero_timeout_aborts_streams_with_done() {
     );
     assert!(log.iter().all(|l| !l.contains("panicked")), "{log:?}");
 }
+
+/// `kiln bench --url` (the online load generator) against the real server: every token is
+/// counted from the server's usage, every stream times its first token.
+#[test]
+fn online_bench_drives_a_running_server() {
+    let mut k = Kiln::spawn(&[]);
+    k.wait_line("ready in", Duration::from_secs(120));
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["bench", "--url", &k.base, "--num-requests", "3", "--prompt-len", "6", "--output-len", "4", "--vocab", "49152", "--json"])
+        .output()
+        .expect("run kiln bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(v["requests"], 3);
+    assert_eq!(v["output_tokens"], 12);
+    assert_eq!(v["prompt_tokens"], 18);
+    assert!(v["ttft_ms"]["p50"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    k.sigterm();
+    let (code, log) = k.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log:?}");
+}
