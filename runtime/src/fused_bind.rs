@@ -142,25 +142,25 @@ fn check_devices(dev: &Device, name: &'static str, k: &Kernel, args: &[Arg<'_>],
 /// `(rows, width)`: rows from the first Row tensor that is not gathered or scattered (inputs
 /// first), else from the first row index; width from the first Row tensor.
 fn problem_size(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Result<(usize, usize), FusedError> {
-    let row_params = k.params.iter().zip(args).filter_map(|(p, a)| match (p.kind, a) {
-        (ParamKind::Row(_), Arg::Tensor(t)) => Some((p.index, *t)),
-        _ => None,
-    });
-    let row_outputs = k.outputs.iter().zip(outs).filter(|(o, _)| matches!(o.kind, OutputKind::Row(_))).map(|(o, t)| (o.index, &**t));
-    let rows_tensors: Vec<(Option<u32>, &Tensor)> = row_params.chain(row_outputs).collect();
-    let width = rows_tensors.first().map(|(_, t)| t.cols()).ok_or(FusedError::NoRowTensor { kernel: name })?;
-    let rows = match rows_tensors.iter().find(|(index, _)| index.is_none()) {
-        Some((_, t)) => t.rows(),
-        None => {
-            // Every Row tensor is indexed: the index vector has one entry per row.
-            let index = rows_tensors[0].0.unwrap_or(0) as usize;
-            match args.get(index) {
-                Some(Arg::Tensor(t)) => t.vector_len().unwrap_or(0),
-                _ => 0,
-            }
-        }
+    // Every launch binds: walk the Row tensors without collecting them.
+    let row_tensors = || {
+        let params = k.params.iter().zip(args).filter_map(|(p, a)| match (p.kind, a) {
+            (ParamKind::Row(_), Arg::Tensor(t)) => Some((p.index, *t)),
+            _ => None,
+        });
+        let outputs = k.outputs.iter().zip(outs).filter(|(o, _)| matches!(o.kind, OutputKind::Row(_))).map(|(o, t)| (o.index, &**t));
+        params.chain(outputs)
     };
-    Ok((rows, width))
+    let (first_index, first) = row_tensors().next().ok_or(FusedError::NoRowTensor { kernel: name })?;
+    let rows = match row_tensors().find(|(index, _)| index.is_none()) {
+        Some((_, t)) => t.rows(),
+        // Every Row tensor is indexed: the index vector has one entry per row.
+        None => match args.get(first_index.unwrap_or(0) as usize) {
+            Some(Arg::Tensor(t)) => t.vector_len().unwrap_or(0),
+            _ => 0,
+        },
+    };
+    Ok((rows, first.cols()))
 }
 
 fn check_shapes(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor], rows: usize, width: usize) -> Result<(), FusedError> {

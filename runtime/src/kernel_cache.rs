@@ -23,7 +23,7 @@ pub(crate) struct LoadedKernel {
     pub vec_fn: CudaFunction,
     pub scalar_fn: CudaFunction,
     /// Keeps the module loaded while its functions are in use.
-    _module: Arc<CudaModule>,
+    _module: LoadedModule,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,17 +73,28 @@ impl CudaBackend {
     }
 
     fn load_spec(&self, spec: &'static FusedSpec, kernel: &Kernel) -> Result<LoadedKernel, CudaError> {
-        let name = kernel.spec_name();
+        let (vec_name, scalar_name) = abi::entry_names(kernel);
+        let module = self.compile_and_load(spec.cuda, &kernel.spec_name(), &[vec_name.clone(), scalar_name.clone()])?;
+        Ok(LoadedKernel {
+            vec: abi::kernel_vec(kernel),
+            vec_fn: module.func(&vec_name)?.clone(),
+            scalar_fn: module.func(&scalar_name)?.clone(),
+            _module: module,
+        })
+    }
+
+    /// PTX for `source` (disk cache or NVRTC), loaded with `entries`. A cache file that fails
+    /// to load (stale or corrupt) is compiled afresh once, which overwrites it.
+    fn compile_and_load(&self, source: &str, name: &str, entries: &[String]) -> Result<LoadedModule, CudaError> {
         let cc = self.compute_capability();
-        let (ptx, origin) = ptx_for(spec.cuda, &name, cc, false)?;
+        let (ptx, origin) = ptx_for(source, name, cc, false)?;
         self.count_origin(origin);
-        match self.load_ptx(ptx, kernel) {
-            Ok(k) => Ok(k),
+        match self.load_entries(ptx, name, entries) {
+            Ok(m) => Ok(m),
             Err(_) if origin == PtxOrigin::Disk => {
-                // A stale or corrupt cache file: compile afresh (this overwrites it).
-                let (ptx, origin) = ptx_for(spec.cuda, &name, cc, true)?;
+                let (ptx, origin) = ptx_for(source, name, cc, true)?;
                 self.count_origin(origin);
-                self.load_ptx(ptx, kernel)
+                self.load_entries(ptx, name, entries)
             }
             Err(e) => Err(e),
         }
@@ -98,24 +109,6 @@ impl CudaBackend {
                 s.disk_errors += 1;
             }
         });
-    }
-
-    fn load_ptx(&self, ptx: String, kernel: &Kernel) -> Result<LoadedKernel, CudaError> {
-        let (vec_name, scalar_name) = abi::entry_names(kernel);
-        guarded("loading a kernel module", || {
-            // load_module turns the text into a C string: an interior NUL would panic there.
-            if ptx.contains('\0') {
-                return Err(CudaError::Nvrtc {
-                    kernel: kernel.spec_name(),
-                    arch: String::new(),
-                    msg: "PTX text contains a NUL byte".into(),
-                });
-            }
-            let module = drv(format!("loading the PTX module of `{}`", kernel.spec_name()), self.context().load_module(Ptx::from_src(ptx)))?;
-            let vec_fn = drv(format!("finding entry `{vec_name}`"), module.load_function(&vec_name))?;
-            let scalar_fn = drv(format!("finding entry `{scalar_name}`"), module.load_function(&scalar_name))?;
-            Ok(LoadedKernel { vec: abi::kernel_vec(kernel), vec_fn, scalar_fn, _module: module })
-        })
     }
 }
 
@@ -143,25 +136,14 @@ impl CudaBackend {
         if let Some(m) = self.kernels.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(m.clone());
         }
-        let cc = self.compute_capability();
-        let (ptx, origin) = ptx_for(source, name, cc, false)?;
-        self.count_origin(origin);
-        let loaded = match self.load_entries(ptx, name, entries) {
-            Ok(m) => m,
-            Err(_) if origin == PtxOrigin::Disk => {
-                let (ptx, origin) = ptx_for(source, name, cc, true)?;
-                self.count_origin(origin);
-                self.load_entries(ptx, name, entries)?
-            }
-            Err(e) => return Err(e),
-        };
-        let loaded = Arc::new(loaded);
+        let loaded = Arc::new(self.compile_and_load(source, name, entries)?);
         let mut map = self.kernels.modules.lock().unwrap_or_else(|e| e.into_inner());
         Ok(map.entry(key).or_insert(loaded).clone())
     }
 
     fn load_entries(&self, ptx: String, name: &str, entries: &[String]) -> Result<LoadedModule, CudaError> {
         guarded("loading a kernel module", || {
+            // load_module turns the text into a C string: an interior NUL would panic there.
             if ptx.contains('\0') {
                 return Err(CudaError::Nvrtc { kernel: name.to_string(), arch: String::new(), msg: "PTX text contains a NUL byte".into() });
             }

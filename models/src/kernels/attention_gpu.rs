@@ -63,31 +63,24 @@ pub enum Route {
     TensorCores,
 }
 
-/// One case on `gpu` along one route: its `max_rel`.
-fn one(
-    gpu: &Device,
-    dtype: DType,
-    p: &Problem,
-    v: &super::attention_check::Variant,
-    route: Route,
-) -> Result<f64, ModelError> {
+/// The routes every case is checked along.
+const ROUTES: [Route; 4] = [Route::Splits(1), Route::Splits(7), Route::Default, Route::TensorCores];
+
+/// One case on `gpu` along every route: each route's `max_rel`. The reference and the
+/// device inputs are made once for all routes.
+fn one(gpu: &Device, dtype: DType, p: &Problem, v: &super::attention_check::Variant) -> Vec<(Route, Result<f64, ModelError>)> {
     let c = &p.case;
     let scale = match v.args.first() {
         Some(kiln_runtime::fused::Arg::F32(s)) => *s as f64,
         _ => 1.0,
     };
     let want = p.reference(v.reference, scale);
-    let (q, k, vp) = p.tensors(gpu, dtype)?;
-    let kv = PagedKv {
-        k: &k,
-        v: &vp,
-        head_dim: c.head_dim,
-    };
-    let mut worst = 0f64;
-    {
-        let s = route;
+    let tensors = p.tensors(gpu, dtype);
+    let route = |route: Route| -> Result<f64, ModelError> {
+        let (q, k, vp) = tensors.as_ref().map_err(|e| ModelError::Batch(e.to_string()))?;
+        let kv = PagedKv { k, v: vp, head_dim: c.head_dim };
         let mut plan = p.plan()?;
-        match s {
+        match route {
             Route::Splits(n) => plan.set_splits(n),
             Route::Default => plan.split_default(),
             Route::TensorCores => {
@@ -96,35 +89,25 @@ fn one(
             }
         }
         plan.upload(gpu, c.n_heads, c.head_dim)?;
-        let mut out =
-            Tensor::from_f32_as(gpu, dtype, &vec![f32::NAN; q.len()], q.rows(), q.cols())?;
-        run(gpu, v.def, &q, &kv, &plan, &v.args, &mut out)?;
-        gpu.synchronize()
-            .map_err(|e| ModelError::Load(e.to_string()))?;
-        let got = out.to_host_f32()?;
-        let (err, nonfinite) = max_rel(&got, &want);
+        let mut out = Tensor::from_f32_as(gpu, dtype, &vec![f32::NAN; q.len()], q.rows(), q.cols())?;
+        run(gpu, v.def, q, &kv, &plan, &v.args, &mut out)?;
+        gpu.synchronize().map_err(|e| ModelError::Load(e.to_string()))?;
+        let (err, nonfinite) = max_rel(&out.to_host_f32()?, &want);
         if nonfinite {
-            return Err(ModelError::Batch(format!(
-                "non-finite output with {s:?} ({} splits)",
-                plan.n_splits()
-            )));
+            return Err(ModelError::Batch(format!("non-finite output with {route:?} ({} splits)", plan.n_splits())));
         }
-        worst = worst.max(err);
-    }
-    Ok(worst)
+        Ok(err)
+    };
+    ROUTES.iter().map(|&r| (r, route(r))).collect()
 }
 
 /// Every correctness case; `quick` keeps bf16 and the first two layouts.
 pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
-    let dtypes: &[DType] = if quick || gpu.is_cpu() {
-        &[DType::F32]
-    } else {
-        &[DType::BF16, DType::F16, DType::F32]
-    };
-    let dtypes = if quick && !gpu.is_cpu() {
-        &[DType::BF16][..]
-    } else {
-        dtypes
+    // The CPU as the device (a self-test) runs f32 only: its path has no halves.
+    let dtypes: &[DType] = match (gpu.is_cpu(), quick) {
+        (true, _) => &[DType::F32],
+        (false, true) => &[DType::BF16],
+        (false, false) => &[DType::BF16, DType::F16, DType::F32],
     };
     let layouts = if quick { &LAYOUTS[..2] } else { &LAYOUTS[..] };
     let mut rows = vec![];
@@ -134,49 +117,18 @@ pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
             for (mname, mix, pad) in mixes() {
                 for bs in [16, 32] {
                     n += 1;
-                    let case = Case {
-                        block_size: bs,
-                        n_heads: nh,
-                        n_kv_heads: nkv,
-                        head_dim: hd,
-                        seqs: mix.clone(),
-                        pad_tokens: pad,
-                    };
+                    let case = Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: mix.clone(), pad_tokens: pad };
                     let p = Problem::random(case, dtype, &mut StdRng::seed_from_u64(seed + n));
                     for v in variants(nh, 1.0 / (hd as f32).sqrt()) {
-                        for route in [
-                            Route::Splits(1),
-                            Route::Splits(7),
-                            Route::Default,
-                            Route::TensorCores,
-                        ] {
-                            let what = format!(
-                                "{} {dtype} heads {nh}/{nkv}×{hd} {mname} block {bs} {route:?}",
-                                v.name
-                            );
-                            let r = one(gpu, dtype, &p, &v, route);
+                        for (route, r) in one(gpu, dtype, &p, &v) {
+                            let what = format!("{} {dtype} heads {nh}/{nkv}×{hd} {mname} block {bs} {route:?}", v.name);
                             let row = match r {
-                                Ok(err) => CheckRow {
-                                    what,
-                                    max_rel: err,
-                                    pass: err <= tolerance(dtype),
-                                    error: None,
-                                },
-                                Err(e) => CheckRow {
-                                    what,
-                                    max_rel: f64::NAN,
-                                    pass: false,
-                                    error: Some(e.to_string()),
-                                },
+                                Ok(err) => CheckRow { what, max_rel: err, pass: err <= tolerance(dtype), error: None },
+                                Err(e) => CheckRow { what, max_rel: f64::NAN, pass: false, error: Some(e.to_string()) },
                             };
                             if !row.pass {
                                 // Failures as they happen (the table comes at the end).
-                                eprintln!(
-                                    "FAIL {}: {:.2e} {}",
-                                    row.what,
-                                    row.max_rel,
-                                    row.error.as_deref().unwrap_or("")
-                                );
+                                eprintln!("FAIL {}: {:.2e} {}", row.what, row.max_rel, row.error.as_deref().unwrap_or(""));
                             }
                             rows.push(row);
                         }
