@@ -11,6 +11,7 @@ chmod +x .device/kiln .device/kiln-check-* 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 step() { local name="$1"; shift; echo "=== $name"; local t=$(date +%s); timeout "$@" 2>&1 | tee "$OUT/$name.txt" | tail -${TAIL:-25}; echo "=== $name: rc ${PIPESTATUS[0]}, $(( $(date +%s) - t )) s"; }
 if [ "$what" = checks ] || [ "$what" = all ]; then
+  TAIL=40 step sampler 180 .device/kiln-check-sampler --cases 400
   TAIL=12 step attention 240 .device/kiln-check-attention ${ATTN_FLAGS:-} --out "$OUT/attention.md"
   TAIL=30 step model 200 .device/kiln-check-model --model .device/smollm2-10l.gguf --fixtures tests/fixtures/reference.json
   TAIL=8 step kernels 120 .device/kiln-check-kernels --quick --only rope_kv_write,rope_kv_write_llama3,gather_rows,rope_half,add_rms_norm --out "$OUT/kernels.md"

@@ -7,7 +7,7 @@ mod engine_support;
 
 use engine_support::{collect, logits_for, run, start, Collected, EOS, FAIL, PANIC, SLOW, VOCAB};
 use kiln_runtime::engine::beam::{log_softmax, BeamConfig, BeamSearch};
-use kiln_runtime::engine::{BeamParams, EngineConfig, EngineEvent, GenerateRequest, SubmitError};
+use kiln_runtime::engine::{BeamParams, EngineConfig, EngineEvent, GenerateRequest, SamplingPlacement, SubmitError};
 use kiln_runtime::sample::{FinishReason, SamplingParams};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -39,6 +39,47 @@ fn concurrently(cfg: EngineConfig, reqs: &[GenerateRequest]) -> (Vec<Collected>,
 fn alone(reqs: &[GenerateRequest]) -> Vec<Collected> {
     let e = start(EngineConfig::default());
     reqs.iter().map(|r| run(&e, r.clone())).collect()
+}
+
+/// Requests covering every sampling feature: seeded temperature, top-k, top-p, min-p,
+/// penalties, log-probabilities, `n > 1`, greedy with and without extras.
+fn sampling_requests() -> Vec<GenerateRequest> {
+    let base = |i: u32| SamplingParams { max_tokens: 8 + i as usize % 9, seed: Some(1000 + u64::from(i)), ..SamplingParams::default() };
+    let params = [
+        SamplingParams { temperature: 0.7, ..base(0) },
+        SamplingParams { temperature: 1.3, top_k: Some(5), ..base(1) },
+        SamplingParams { top_p: 0.6, logprobs: Some(4), ..base(2) },
+        SamplingParams { min_p: 0.2, temperature: 0.9, ..base(3) },
+        SamplingParams { repetition_penalty: 1.5, presence_penalty: 0.5, frequency_penalty: 0.3, ..base(4) },
+        SamplingParams { temperature: 0.0, logprobs: Some(0), repetition_penalty: 1.2, ..base(5) },
+        SamplingParams { temperature: 0.0, ..base(6) },
+        SamplingParams { top_k: Some(3), top_p: 0.8, min_p: 0.05, logprobs: Some(2), ..base(7) },
+    ];
+    params
+        .into_iter()
+        .enumerate()
+        .map(|(i, params)| GenerateRequest { prompt_ids: prompt(i as u32, 4 + i * 5), params, n: if i % 3 == 1 { 3 } else { 1 }, beam: None })
+        .collect()
+}
+
+/// The device sampler path (on the CPU: the kernel's twin) gives exactly the host sampler's
+/// tokens, text and log-probabilities, in one batch and under preemption.
+#[test]
+fn device_sampling_equals_host_sampling() {
+    let reqs = sampling_requests();
+    let host = EngineConfig { sampling: SamplingPlacement::Host, ..EngineConfig::default() };
+    let (want, _) = concurrently(host, &reqs);
+    for c in &want {
+        assert!(c.error.is_none(), "{c:?}");
+    }
+    assert!(want.iter().any(|c| c.choices.iter().any(|ch| !ch.logprobs.is_empty())));
+    let device = EngineConfig { sampling: SamplingPlacement::Device, ..EngineConfig::default() };
+    let (got, _) = concurrently(device.clone(), &reqs);
+    assert_eq!(got, want, "device sampler, one batch");
+    let tight = EngineConfig { kv_cache_bytes: Some(8 * 16 * 8), ..device };
+    let (got, stats) = concurrently(tight, &reqs);
+    assert!(stats.preemptions > 0, "{stats:?}");
+    assert_eq!(got, want, "device sampler, with preemption");
 }
 
 #[test]

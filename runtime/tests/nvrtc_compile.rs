@@ -166,3 +166,37 @@ fn sources_join_into_one_module_and_the_prelude_stands_alone() {
         }
     }
 }
+
+/// The runtime's hand-written kernels (utility kernels, the device sampler) compile for sm_80
+/// and sm_90 with an empty log and export their entry points. The sampler's f32 arithmetic is
+/// bit-specified, so its PTX must hold no contracted f32 FMA (every operation is an `_rn`
+/// intrinsic, which ptxas never fuses).
+#[test]
+fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
+    if !nvrtc_ready() {
+        return;
+    }
+    let sources = [
+        ("kiln_device_kernels", kiln_runtime::device_kernels::source(), &["kiln_fill_uniform_bf16", "kiln_argmax_bf16"][..]),
+        ("kiln_sampler", kiln_runtime::sample::device::source(), &["kiln_sample_f32", "kiln_sample_f16", "kiln_sample_bf16"][..]),
+    ];
+    for (name, src, entries) in sources {
+        for arch in ARCHS {
+            let out = nvrtc(&format!("{name}.cu"), src, arch, &[]);
+            assert!(out.ptx.is_some() && out.log.trim().is_empty(), "{name} for {arch}:\n{}", out.log);
+            if std::env::var("KILN_NVRTC_VERBOSE").as_deref() == Ok("1") {
+                let v = nvrtc(&format!("{name}.cu"), src, arch, &["--ptxas-options=-v"]);
+                for l in v.log.lines().filter(|l| l.contains("Compiling entry") || l.contains("spill") || l.contains("Used")) {
+                    eprintln!("{arch} {}", l.trim());
+                }
+            }
+            let ptx = out.ptx.unwrap_or_default();
+            for e in entries {
+                let body = entry_ptx(&ptx, e);
+                if name == "kiln_sampler" {
+                    assert!(!body.contains("fma.rn.f32"), "{e} for {arch} contracts f32 arithmetic into an FMA");
+                }
+            }
+        }
+    }
+}

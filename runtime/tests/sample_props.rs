@@ -9,9 +9,10 @@
 use std::collections::BTreeMap;
 
 use kiln_runtime::sample::{
-    math, rng, FinishReason, Sampler, SamplingError, SamplingParams, StopChecker, StopMatch,
+    device, math, rng, FinishReason, Sampler, SamplingError, SamplingParams, StopChecker, StopMatch,
     TokenHistory,
 };
+use kiln_runtime::{Device, Tensor};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------- reference sampler
@@ -192,6 +193,54 @@ proptest! {
                             || (lp == f32::NEG_INFINITY && pen[t as usize] == f32::NEG_INFINITY));
                     }
                     history.push_output(want);
+                }
+            }
+        }
+    }
+
+    /// The device sampler (here its CPU twin, through the public `sample::device::sample`)
+    /// picks exactly the sampler's tokens: two logits rows in one tensor (f32 or bf16), three
+    /// jobs each with their own parameters and histories, three steps, errors included.
+    #[test]
+    fn device_sampler_matches_sampler(
+        logits in logits_strategy(),
+        params in prop::collection::vec(params_strategy(), 3),
+        seed in any::<u64>(),
+        bf16 in any::<bool>(),
+    ) {
+        let v = logits.len();
+        let mut rows: Vec<f32> = logits.clone();
+        rows.extend(logits.iter().rev().map(|&x| if x.is_finite() { x * 0.5 } else { x }));
+        let dtype = if bf16 { kiln_codegen::ir::DType::BF16 } else { kiln_codegen::ir::DType::F32 };
+        let t = Tensor::from_f32_as(&Device::Cpu, dtype, &rows, 2, v).unwrap();
+        let rows = t.to_host_f32().unwrap(); // what the sampler sees after rounding to the dtype
+        let mut seqs: Vec<(Sampler, TokenHistory, usize)> = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let p = SamplingParams { seed: Some(seed.wrapping_add(i as u64)), ..p.clone() };
+                let prompt: Vec<u32> = (0..i as u64 * 3).map(|j| (rng::bits(seed, j) % v as u64) as u32).collect();
+                (Sampler::new(&p).unwrap(), TokenHistory::new(&prompt), i % 2)
+            })
+            .collect();
+        for step in 0..3 {
+            let jobs: Vec<_> = seqs.iter().map(|(s, h, row)| s.device_job(h, v, *row).unwrap()).collect();
+            let got = device::sample(&t, &jobs).unwrap();
+            for ((s, h, row), got) in seqs.iter_mut().zip(got) {
+                let want = s.sample(&rows[*row * v..(*row + 1) * v], h);
+                match (got, want) {
+                    (Ok(g), Ok(w)) => {
+                        prop_assert_eq!(g.token, w.token, "step {}", step);
+                        if s.params().logprobs.is_some() {
+                            prop_assert!((g.logprob - w.logprob).abs() <= 1e-6 * w.logprob.abs().max(1.0)
+                                || g.logprob == w.logprob);
+                            let ids = |x: &[(u32, f32)]| x.iter().map(|p| p.0).collect::<Vec<_>>();
+                            prop_assert_eq!(ids(&g.top_logprobs), ids(&w.top_logprobs));
+                        }
+                        h.push_output(w.token);
+                    }
+                    (Err(g), Err(w)) => prop_assert_eq!(g, w),
+                    (g, w) => prop_assert!(false, "device {:?} vs sampler {:?}", g, w),
                 }
             }
         }

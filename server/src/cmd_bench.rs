@@ -11,7 +11,7 @@
 use crate::device_arg::{pick, DeviceArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::detok_adapter::TokenizerDetokenizer;
-use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest};
+use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, SamplingPlacement};
 use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::SamplingParams;
 use std::path::PathBuf;
@@ -70,6 +70,36 @@ pub struct BenchArgs {
     /// kernels and captures graphs; a server has done that before its users arrive).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Sampling temperature of every request (0: greedy). Request `i` is seeded with `seed + i`.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass of every request (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Top-k of every request (off when absent).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Offline mode: where the engine samples (`auto`: on the model's device).
+    #[arg(long, value_enum, default_value_t = SamplingArg::Auto)]
+    sampling: SamplingArg,
+}
+
+/// `--sampling`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplingArg {
+    Auto,
+    Host,
+    Device,
+}
+
+impl From<SamplingArg> for SamplingPlacement {
+    fn from(a: SamplingArg) -> Self {
+        match a {
+            SamplingArg::Auto => SamplingPlacement::Auto,
+            SamplingArg::Host => SamplingPlacement::Host,
+            SamplingArg::Device => SamplingPlacement::Device,
+        }
+    }
 }
 
 /// `N` or `MIN-MAX`.
@@ -158,7 +188,15 @@ pub(crate) fn synthetic_requests(a: &BenchArgs, prompt_range: (usize, usize), ou
         let plen = spread(prompt_range, i, a.num_requests);
         let olen = spread(output_range, (i * 7 + 3) % a.num_requests, a.num_requests);
         let prompt_ids: Vec<u32> = (0..plen).map(|_| (low + rng.below(vocab - low)) as u32).collect();
-        let params = SamplingParams { max_tokens: olen, ignore_eos: true, ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            max_tokens: olen,
+            ignore_eos: true,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            seed: Some(a.seed.wrapping_add(i as u64)),
+            ..SamplingParams::default()
+        };
         if let Some(rate) = a.request_rate {
             // Exponential inter-arrival times.
             at += Duration::from_secs_f64(-(1.0 - rng.unit()).ln() / rate.max(1e-9));
@@ -322,6 +360,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         kv_cache_bytes: a.kv_cache_memory.as_deref().map(parse_bytes).transpose()?,
         max_model_len: None,
         enable_prefix_caching: !a.no_prefix_caching,
+        sampling: a.sampling.into(),
     };
     let engine = Engine::start(model, detok, cfg)?;
 

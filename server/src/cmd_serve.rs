@@ -46,6 +46,10 @@ pub struct ServeArgs {
     max_model_len: Option<usize>,
     #[arg(long)]
     no_prefix_caching: bool,
+    /// Where tokens are sampled: `auto` (on the model's device: a GPU sends back only token
+    /// ids), `host` (logits copied to the CPU; the reference path), `device`.
+    #[arg(long, value_enum, default_value_t = crate::cmd_bench::SamplingArg::Auto)]
+    sampling: crate::cmd_bench::SamplingArg,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
     /// Seconds in-flight requests may run after SIGTERM before they are aborted.
@@ -131,6 +135,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             kv_cache_bytes: a.kv_cache_memory,
             max_model_len: a.max_model_len,
             enable_prefix_caching: !a.no_prefix_caching,
+            sampling: a.sampling.into(),
             ..EngineConfig::default()
         },
     };

@@ -5,13 +5,15 @@
 //!   too large for the GPU machine's file transfer);
 //! - `kiln-check-model [--model PATH] [--fixtures reference.json] [--tokens 16] [--dtypes bf16,f32]`:
 //!   per fixture prompt, last-position logits (max_rel vs the CPU's f32) and greedy tokens,
-//!   then batching invariance of the engine on the GPU (16 mixed requests alone vs together).
+//!   then batching invariance of the engine on the GPU (16 mixed requests alone vs together),
+//!   then the device sampler inside the engine against the host sampler (16 requests with
+//!   every sampling setting, all at once: identical tokens and log-probabilities).
 
 use kiln_codegen::ir::DType;
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_models::loader::load;
 use kiln_models::model_check::{common_prefix, compare_logits, greedy, truncate_gguf};
-use kiln_runtime::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest};
+use kiln_runtime::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, SamplingPlacement, TokenLogprob};
 use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::SamplingParams;
 use kiln_runtime::Device;
@@ -102,7 +104,9 @@ fn run(args: &[String]) -> Result<bool, String> {
             println!("| {label} | {i} | {} | {err:.2e} | {same} | {prefix}{} |", p.len(), if pass { "" } else { " FAIL" });
         }
         if dtype == DType::BF16 && graphs {
-            ok &= invariance(Arc::from(g.model), g.tokenizer, &prompts, n_tokens)?;
+            let model: Arc<dyn CausalLm> = Arc::from(g.model);
+            ok &= invariance(model.clone(), g.tokenizer.clone(), &prompts, n_tokens)?;
+            ok &= sampling_placements(model, g.tokenizer, &prompts, n_tokens)?;
         }
     }
     println!("\nresult: {}", if ok { "ALL PASSED" } else { "FAILED" });
@@ -148,6 +152,8 @@ fn invariance(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::Tokenizer, 
     let handles: Vec<_> = reqs.iter().map(one).collect::<Result<_, _>>()?;
     let together: Vec<Vec<u32>> = handles.into_iter().map(collect).collect::<Result<_, _>>()?;
     let t_together = t.elapsed();
+    // The next check starts its own engine, whose KV pool is sized from free GPU memory.
+    engine.shutdown_and_join(std::time::Duration::from_secs(30));
     let same = alone.iter().zip(&together).filter(|(a, b)| a == b).count();
     let prefixes: Vec<usize> = alone.iter().zip(&together).map(|(a, b)| common_prefix(a, b)).collect();
     println!(
@@ -156,6 +162,85 @@ fn invariance(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::Tokenizer, 
         reqs.len(),
         t_alone.as_secs_f64(),
         t_together.as_secs_f64()
+    );
+    Ok(same == reqs.len())
+}
+
+/// One request's streamed tokens and log-probabilities, per choice.
+type Streamed = Vec<(Vec<u32>, Vec<TokenLogprob>)>;
+
+/// 16 requests covering temperature, top-k, top-p, min-p, penalties, log-probabilities and
+/// `n = 2`, all at once through an engine that samples on the host, then through one that
+/// samples on the GPU: tokens must be identical and log-probabilities within 1e-5 (the two
+/// sides read the same bf16 logits; only CUDA's `log` against Rust's may differ).
+fn sampling_placements(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::Tokenizer, fixture: &[Vec<u32>], n: usize) -> Result<bool, String> {
+    let reqs: Vec<GenerateRequest> = (0..16usize)
+        .map(|i| {
+            let p = SamplingParams {
+                max_tokens: n,
+                ignore_eos: true,
+                seed: Some(100 + i as u64),
+                temperature: [0.7, 1.0, 1.3, 0.0][i % 4],
+                top_k: [None, Some(20)][i % 2],
+                top_p: [1.0, 0.9, 0.5][i % 3],
+                min_p: [0.0, 0.05][(i / 2) % 2],
+                repetition_penalty: [1.0, 1.2][(i / 4) % 2],
+                frequency_penalty: [0.0, 0.3][(i / 8) % 2],
+                presence_penalty: [0.0, 0.4][(i / 3) % 2],
+                logprobs: [None, Some(5), Some(0)][i % 3],
+                ..SamplingParams::default()
+            };
+            GenerateRequest { prompt_ids: fixture[i % fixture.len()].clone(), params: p, n: 1 + i % 5 / 4, beam: None }
+        })
+        .collect();
+    let run = |placement: SamplingPlacement| -> Result<(Vec<Streamed>, f64), String> {
+        let cfg = EngineConfig { sampling: placement, ..EngineConfig::default() };
+        let engine = Engine::start(model.clone(), Arc::new(TokenizerDetokenizer::new(tok.clone())), cfg).map_err(|e| e.to_string())?;
+        let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for mut h in handles {
+            let mut choices: Streamed = Vec::new();
+            loop {
+                match h.blocking_recv() {
+                    Some(EngineEvent::Token { index, token, logprob, .. }) => {
+                        while choices.len() <= index {
+                            choices.push((vec![], vec![]));
+                        }
+                        choices[index].0.push(token);
+                        choices[index].1.extend(logprob);
+                    }
+                    Some(EngineEvent::Done { .. }) => break,
+                    Some(EngineEvent::Error { message }) => return Err(message),
+                    Some(EngineEvent::Finished { .. }) => {}
+                    None => return Err("stream ended early".into()),
+                }
+            }
+            out.push(choices);
+        }
+        let s = engine.stats();
+        let step_ms = s.step_seconds / s.steps.max(1) as f64 * 1e3;
+        engine.shutdown_and_join(std::time::Duration::from_secs(30));
+        Ok((out, step_ms))
+    };
+    let (host, host_ms) = run(SamplingPlacement::Host)?;
+    let (device, device_ms) = run(SamplingPlacement::Device)?;
+    let close = |a: f32, b: f32| a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+    let mut same = 0;
+    for (h, d) in host.iter().zip(&device) {
+        let equal = h.len() == d.len()
+            && h.iter().zip(d).all(|(a, b)| {
+                a.0 == b.0
+                    && a.1.len() == b.1.len()
+                    && a.1.iter().zip(&b.1).all(|(x, y)| {
+                        close(x.logprob, y.logprob) && x.top.len() == y.top.len() && x.top.iter().zip(&y.top).all(|(p, q)| p.0 == q.0 && close(p.1, q.1))
+                    })
+            });
+        same += usize::from(equal);
+    }
+    println!(
+        "\ndevice sampler in the engine (GPU bf16, {} requests × {n} sampled tokens, every setting): {same}/{} identical to the host sampler; mean step {device_ms:.2} ms on the device vs {host_ms:.2} ms on the host",
+        reqs.len(),
+        reqs.len()
     );
     Ok(same == reqs.len())
 }

@@ -122,6 +122,22 @@ pub struct EngineConfig {
     /// Cap on prompt + output (defaults to the model's context length).
     pub max_model_len: Option<usize>,
     pub enable_prefix_caching: bool,
+    /// Where tokens are sampled.
+    pub sampling: SamplingPlacement,
+}
+
+/// Where the engine samples tokens from a step's logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SamplingPlacement {
+    /// On the model's device: a GPU samples every row itself (only token ids and requested
+    /// log-probabilities come back), the CPU samples on the host. Beam search always reads its
+    /// logits on the host.
+    #[default]
+    Auto,
+    /// Copy the logits to the host and sample there (the reference path).
+    Host,
+    /// Always through the device sampler (on the CPU: its CPU twin; for tests of that path).
+    Device,
 }
 
 impl Default for EngineConfig {
@@ -136,6 +152,7 @@ impl Default for EngineConfig {
             kv_cache_bytes: None,
             max_model_len: None,
             enable_prefix_caching: true,
+            sampling: SamplingPlacement::Auto,
         }
     }
 }

@@ -11,7 +11,8 @@
 //! draws its own from the OS.
 
 use super::api::{EngineEvent, TextStream, TokenLogprob};
-use crate::sample::{FinishReason, Sampler, SamplingParams, StopChecker, TokenHistory};
+use crate::sample::device::SampleJob;
+use crate::sample::{FinishReason, Sampled, Sampler, SamplingError, SamplingParams, StopChecker, TokenHistory};
 use crate::sched::SeqId;
 
 pub(crate) struct Choice {
@@ -67,6 +68,18 @@ impl Choice {
     /// Samples the next token from `logits`, detokenizes it and checks the stop conditions.
     pub fn advance(&mut self, logits: &[f32]) -> Result<Advance, String> {
         let s = self.sampler.sample(logits, &self.history).map_err(|e| e.to_string())?;
+        self.take(s.token, s.logprob, s.top_logprobs)
+    }
+
+    /// The device-sampler job for this choice's next token from logits row `row`.
+    pub fn device_job(&self, vocab: usize, row: usize) -> Result<SampleJob, SamplingError> {
+        self.sampler.device_job(&self.history, vocab, row)
+    }
+
+    /// Takes what the device sampler made of [`Choice::device_job`].
+    pub fn advance_sampled(&mut self, s: Result<Sampled, SamplingError>) -> Result<Advance, String> {
+        let s = s.map_err(|e| e.to_string())?;
+        self.sampler.accept_external();
         self.take(s.token, s.logprob, s.top_logprobs)
     }
 

@@ -14,7 +14,7 @@
 //! - a failure while serving some requests (a sampling or detokenizer error, a failed model step)
 //!   ends those requests with `Error` and aborts their sequences; the loop goes on.
 
-use super::api::{Detokenizer, EngineEvent, EngineStats};
+use super::api::{Detokenizer, EngineEvent, EngineStats, SamplingPlacement};
 use super::batch::BatchBuf;
 use super::beam::BeamConfig;
 use super::beam_group::BeamGroup;
@@ -24,17 +24,22 @@ use super::kv_copy::copy_blocks;
 use super::request::{Kind, RequestState, SampleGroup};
 use super::shared::{lock, Shared};
 use crate::model::{CausalLm, KvCache};
-use crate::sample::FinishReason;
+use crate::sample::device::SampleJob;
+use crate::sample::{FinishReason, Sampled, SamplingError};
 use crate::sched::{Request, Scheduler, SeqId, StepPlan, StepResult};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// What a model step gives each sequence with logits: the row itself (sampled on the host), or
-/// the token the device already picked (every row of the step plain greedy, on a GPU).
+/// What a model step gives each sequence with logits: the row itself (sampled on the host),
+/// the argmax the device picked (every row of the step plain greedy, on a GPU), or what the
+/// device sampler made of each of the row's sampling jobs.
 enum StepOut {
     Logits(Vec<f32>),
     Tokens(Vec<i32>),
+    /// Logits row `i`'s results are `results[starts[i]..starts[i + 1]]`, one per choice that
+    /// samples from it ([`super::request::SampleGroup::row_choices`] order).
+    Sampled { results: Vec<Result<Sampled, SamplingError>>, starts: Vec<usize> },
 }
 
 /// One sequence's share of a [`StepOut`].
@@ -42,6 +47,25 @@ enum StepOut {
 enum Row<'a> {
     Logits(&'a [f32]),
     Token(u32),
+    Sampled(&'a [Result<Sampled, SamplingError>]),
+}
+
+/// One choice's share of a [`Row`].
+enum Pick<'a> {
+    Logits(&'a [f32]),
+    Token(u32),
+    Sampled(Result<Sampled, SamplingError>),
+}
+
+/// How a step's tokens are chosen.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    /// Logits to the host, the CPU sampler (and beam search).
+    Host,
+    /// The device's argmax kernel: every row plain greedy, on a GPU.
+    Argmax,
+    /// The device sampler, one job per sampling choice.
+    Device,
 }
 
 /// How a removed request ends once the stats are published.
@@ -74,10 +98,18 @@ pub(crate) struct Core {
     counters: Counters,
     /// Sample KV waste every this many steps (it costs a pass over the pool).
     waste_every: u64,
+    placement: SamplingPlacement,
 }
 
 impl Core {
-    pub fn new(model: Arc<dyn CausalLm>, detok: Arc<dyn Detokenizer>, shared: Arc<Shared>, kv: KvCache, sched: Scheduler) -> Self {
+    pub fn new(
+        model: Arc<dyn CausalLm>,
+        detok: Arc<dyn Detokenizer>,
+        shared: Arc<Shared>,
+        kv: KvCache,
+        sched: Scheduler,
+        placement: SamplingPlacement,
+    ) -> Self {
         let waste_every = (sched.config().num_blocks as u64 / 4096).max(1);
         Core {
             model,
@@ -92,6 +124,7 @@ impl Core {
             closing: Vec::new(),
             counters: Counters::default(),
             waste_every,
+            placement,
         }
     }
 
@@ -266,6 +299,10 @@ impl Core {
                     }
                     None => None,
                 },
+                StepOut::Sampled { results, starts } => match (starts.get(i), starts.get(i + 1)) {
+                    (Some(&a), Some(&b)) => results.get(a..b).map(Row::Sampled),
+                    _ => None,
+                },
             };
             let Some(row) = row else {
                 self.fail_request(req, "the model returned too few logits rows".into());
@@ -312,33 +349,79 @@ impl Core {
         }
     }
 
-    /// Runs the model on the plan: the logits rows on the host, or — on a GPU when every row
-    /// is plain greedy — only the tokens the device picked (the logits never leave it).
+    /// Runs the model on the plan and chooses the step's tokens where [`Core::route`] says:
+    /// on a GPU only token ids (and requested log-probabilities) come back, never the logits.
     fn forward(&mut self) -> Result<StepOut, String> {
         self.batch.fill(&self.plan, self.kv.block_size);
-        let on_device = !self.model.device().is_cpu() && self.all_plain_greedy();
+        let route = self.route();
         let seqs = self.batch.seq_attn(&self.plan);
         let batch = self.batch.batch(&self.plan, &seqs);
         let out = self.model.forward(&batch, &mut self.kv).map_err(|e| e.to_string())?;
-        if on_device {
-            let mut ids = crate::Tensor::uninit(out.device(), kiln_codegen::ir::DType::I32, 1, out.rows()).map_err(|e| e.to_string())?;
-            crate::device_kernels::argmax_rows(&out, &mut ids).map_err(|e| e.to_string())?;
-            return ids.to_host::<i32>().map(StepOut::Tokens).map_err(|e| e.to_string());
+        match route {
+            Route::Host => out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string()),
+            Route::Argmax => {
+                let mut ids = crate::Tensor::uninit(out.device(), kiln_codegen::ir::DType::I32, 1, out.rows()).map_err(|e| e.to_string())?;
+                crate::device_kernels::argmax_rows(&out, &mut ids).map_err(|e| e.to_string())?;
+                ids.to_host::<i32>().map(StepOut::Tokens).map_err(|e| e.to_string())
+            }
+            Route::Device => {
+                let (jobs, starts) = self.device_jobs(out.cols());
+                // A job refused before sampling (a history token outside the vocabulary) keeps
+                // its error; the others run in one launch.
+                let runnable: Vec<SampleJob> = jobs.iter().filter_map(|j| j.as_ref().ok().cloned()).collect();
+                let mut sampled = crate::sample::device::sample(&out, &runnable).map_err(|e| e.to_string())?.into_iter();
+                let mut results = Vec::with_capacity(jobs.len());
+                for j in jobs {
+                    results.push(match j {
+                        Ok(_) => sampled.next().ok_or("the device sampler returned too few results")?,
+                        Err(e) => Err(e),
+                    });
+                }
+                Ok(StepOut::Sampled { results, starts })
+            }
         }
-        out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string())
     }
 
-    /// Whether every sequence given logits this step samples plain greedy (no penalties, no
-    /// logprobs, no beam search).
-    fn all_plain_greedy(&self) -> bool {
-        self.batch.logits_seqs.iter().all(|&i| {
+    /// Where this step's tokens are chosen: beam search and [`SamplingPlacement::Host`] read
+    /// logits on the host; on a GPU, plain greedy rows take the argmax kernel and any other
+    /// mix the device sampler; on the CPU the host samples unless the device path was asked for.
+    fn route(&self) -> Route {
+        let on_gpu = !self.model.device().is_cpu();
+        let device = match self.placement {
+            SamplingPlacement::Host => false,
+            SamplingPlacement::Auto => on_gpu,
+            SamplingPlacement::Device => true,
+        };
+        let groups = || {
+            self.batch.logits_seqs.iter().filter_map(|&i| {
+                let seq = self.plan.seqs[i].id;
+                self.owners.get(&seq).and_then(|r| self.requests.get(r)).map(|st| &st.kind)
+            })
+        };
+        if !device || groups().any(|k| matches!(k, Kind::Beam(_))) {
+            return Route::Host;
+        }
+        let plain = |k: &Kind| matches!(k, Kind::Sample(g) if g.choices.iter().all(|c| c.plain_greedy()));
+        if on_gpu && groups().all(plain) {
+            return Route::Argmax;
+        }
+        Route::Device
+    }
+
+    /// One device-sampler job per choice that samples this step, in logits-row order, and
+    /// where each row's jobs start (`starts` has one more entry than there are rows).
+    fn device_jobs(&self, vocab: usize) -> (Vec<Result<SampleJob, SamplingError>>, Vec<usize>) {
+        let mut jobs = Vec::new();
+        let mut starts = Vec::with_capacity(self.batch.logits_seqs.len() + 1);
+        starts.push(0);
+        for (row, &i) in self.batch.logits_seqs.iter().enumerate() {
             let seq = self.plan.seqs[i].id;
-            let Some(st) = self.owners.get(&seq).and_then(|r| self.requests.get(r)) else { return true };
-            match &st.kind {
-                Kind::Sample(g) => g.choices.iter().all(|c| c.plain_greedy()),
-                Kind::Beam(_) => false,
+            if let Some(Kind::Sample(g)) = self.owners.get(&seq).and_then(|r| self.requests.get(r)).map(|st| &st.kind) {
+                jobs.extend(g.row_choices(seq).into_iter().map(|c| g.choices[c].device_job(vocab, row)));
             }
-        })
+            starts.push(jobs.len());
+        }
+        (jobs, starts)
     }
 
     /// Feeds one sequence's logits (or device-picked token) to its request.
@@ -348,6 +431,10 @@ impl Core {
         let RequestState { ticket, prompt, kind, .. } = st;
         match kind {
             Kind::Sample(g) => {
+                let picks = g.row_choices(seq);
+                if picks.is_empty() {
+                    return Err(format!("no live choice for sequence {seq}"));
+                }
                 if !g.forked {
                     // First logits of the prompt: the other choices fork from it (copy-on-write,
                     // so the prompt's KV is stored once) and all sample from these logits.
@@ -358,16 +445,14 @@ impl Core {
                         c.seq = Some(child);
                         owners.insert(child, req);
                     }
-                    for c in g.choices.iter_mut() {
-                        advance(c, logits, ticket, owners, result)?;
-                    }
-                } else {
-                    let c = g
-                        .choices
-                        .iter_mut()
-                        .find(|c| c.seq == Some(seq) && c.finished.is_none())
-                        .ok_or_else(|| format!("no live choice for sequence {seq}"))?;
-                    advance(c, logits, ticket, owners, result)?;
+                }
+                for (j, c) in picks.into_iter().enumerate() {
+                    let pick = match logits {
+                        Row::Logits(l) => Pick::Logits(l),
+                        Row::Token(t) => Pick::Token(t),
+                        Row::Sampled(rs) => Pick::Sampled(rs.get(j).cloned().ok_or("the device sampler returned too few results")?),
+                    };
+                    advance(&mut g.choices[c], pick, ticket, owners, result)?;
                 }
             }
             Kind::Beam(b) => {
@@ -454,15 +539,16 @@ impl Core {
 /// Samples choice `c`'s next token, streams its event and records it for `update`.
 fn advance(
     c: &mut Choice,
-    row: Row<'_>,
+    pick: Pick<'_>,
     ticket: &super::shared::Ticket,
     owners: &mut HashMap<SeqId, u64>,
     result: &mut StepResult,
 ) -> Result<(), String> {
     let seq = c.seq.ok_or_else(|| format!("choice {} has no sequence", c.index))?;
-    let a = match row {
-        Row::Logits(l) => c.advance(l)?,
-        Row::Token(t) => c.advance_with(t)?,
+    let a = match pick {
+        Pick::Logits(l) => c.advance(l)?,
+        Pick::Token(t) => c.advance_with(t)?,
+        Pick::Sampled(s) => c.advance_sampled(s)?,
     };
     ticket.send(a.event);
     result.sampled.push((seq, a.token));

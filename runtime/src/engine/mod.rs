@@ -82,7 +82,7 @@ impl Engine {
         let stats = EngineStats { kv_blocks_total: sz.num_blocks, ..EngineStats::default() };
         let shared = Arc::new(Shared::new(info, limits, stats));
         let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(core::Core::new(model, detok, shared.clone(), kv, sched), rx)?;
+        thread::spawn(core::Core::new(model, detok, shared.clone(), kv, sched, cfg.sampling), rx)?;
         Ok(EngineHandle { shared, tx })
     }
 }

@@ -19,6 +19,17 @@ pub(crate) struct SampleGroup {
     pub forked: bool,
 }
 
+impl SampleGroup {
+    /// Indices of the choices that sample from sequence `seq`'s logits this step: every choice
+    /// before the fork (they all start from the prompt's logits), else the live one on `seq`.
+    pub fn row_choices(&self, seq: SeqId) -> Vec<usize> {
+        if !self.forked {
+            return (0..self.choices.len()).collect();
+        }
+        self.choices.iter().position(|c| c.seq == Some(seq) && c.finished.is_none()).into_iter().collect()
+    }
+}
+
 pub(crate) enum Kind {
     Sample(SampleGroup),
     Beam(BeamGroup),

@@ -22,12 +22,24 @@ pub const MAX_VOCAB: usize = 1 << 23;
 /// Below this input [`exp_nonpos`] returns 0; `e^-87` is ~1.6e-38, near the f32 normal limit.
 pub const EXP_FLUSH_BELOW: f32 = -87.0;
 
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
+pub const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// `ln 2` split so that `n * LN2_HI` is exact for `|n| < 2^8` (Cody–Waite reduction).
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
+pub const LN2_HI: f32 = 0.693_145_75;
+pub const LN2_LO: f32 = 1.428_606_8e-6;
 /// Adding `1.5 * 2^23` rounds an f32 in `(-2^22, 2^22)` to the nearest integer (ties to even).
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub const ROUND_MAGIC: f32 = 12_582_912.0;
+/// The Taylor coefficients `1/j!` of [`exp_nonpos`]'s polynomial, `j = 0..=7`, each an f32
+/// division rounded once (the CUDA port embeds these very bits).
+pub const EXP_COEFFS: [f32; 8] = [
+    1.0,
+    1.0,
+    0.5,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+    1.0 / 5040.0,
+];
 
 /// `e^x` for `x <= 0` (including `-inf`), within about 2 ulp of the true value, with
 /// `exp_nonpos(0.0) == 1.0` exactly and `0.0` for `x < EXP_FLUSH_BELOW`.
@@ -49,12 +61,12 @@ pub fn exp_nonpos(x: f32) -> f32 {
                              // builds from blocking vectorisation.
     let n_int = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // Horner from the highest coefficient: p = c6 + r c7, then c5 + r p, ..., c0 + r p.
+    let c = EXP_COEFFS;
+    let mut p = c[7];
+    for j in (0..7).rev() {
+        p = c[j] + r * p;
+    }
     let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     let y = p * scale;
     if x < EXP_FLUSH_BELOW {
@@ -121,6 +133,31 @@ mod tests {
         }
         // 2.5 ulp of f32 relative error, measured on ~119k points across the whole range.
         assert!(worst < 1.5e-7, "worst relative error {worst}");
+    }
+
+    /// The coefficient table is the nested literal polynomial of the spec's first version,
+    /// bit for bit (a port embeds `EXP_COEFFS`, so they must be the spec's numbers).
+    #[test]
+    fn coefficient_table_is_the_literal_polynomial() {
+        let nested = |r: f32| {
+            1.0 + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0
+                        + r * (1.0 / 24.0
+                            + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))))
+        };
+        let table = |r: f32| {
+            let mut p = EXP_COEFFS[7];
+            for j in (0..7).rev() {
+                p = EXP_COEFFS[j] + r * p;
+            }
+            p
+        };
+        let mut r = -0.35f32;
+        while r < 0.35 {
+            assert_eq!(nested(r).to_bits(), table(r).to_bits(), "r {r}");
+            r += 0.000_37;
+        }
     }
 
     #[test]

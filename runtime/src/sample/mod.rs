@@ -1,9 +1,9 @@
-//! Host-side token sampling and stop handling for one sequence at a time.
+//! Token sampling and stop handling for one sequence at a time.
 //!
-//! This module is the *specification* of kiln's sampling semantics. The GPU sampler that comes
-//! later must pick the same token for the same `(logits, history, params, seed, step)` — exactly,
-//! not just in distribution (see "Numerics" below) — and its tests compare against
-//! [`Sampler`].
+//! This module is the *specification* of kiln's sampling semantics. The device sampler
+//! ([`device`]: a CUDA kernel and its CPU twin) picks the same token for the same `(logits,
+//! history, params, seed, step)` — exactly, not just in distribution (see "Numerics" below) —
+//! and its tests compare against [`Sampler`].
 //!
 //! # Pipeline (one call to [`Sampler::sample`])
 //!
@@ -70,6 +70,7 @@
 //! [`StopChecker`] (in [`stop`]) turns per-token text deltas into text that is safe to emit and
 //! decides when a sequence finishes ([`FinishReason`]); its module header states its rules.
 
+pub mod device;
 mod draw;
 pub mod error;
 pub mod finish;

@@ -9,6 +9,7 @@
 //!   returned `top_logprobs` vector (and only when log-probabilities were requested): the
 //!   penalised logits, weights and truncation scratch are reused across calls.
 
+use super::device::SampleJob;
 use super::draw::draw;
 use super::error::SamplingError;
 use super::history::TokenHistory;
@@ -72,7 +73,50 @@ impl Sampler {
         self.params.is_greedy() && super::penalty::penalties_off(&self.params) && self.params.logprobs.is_none()
     }
 
-    /// Record a token chosen elsewhere by this sampler's rule (see [`Sampler::is_plain_greedy`]).
+    /// The job that makes the device sampler ([`super::device`]) pick, from row `row` of a
+    /// `vocab`-wide logits tensor, exactly the token [`Sampler::sample`] would pick given
+    /// `history`. Refuses what `sample` refuses before it looks at the logits. The sampler
+    /// itself is unchanged: call [`Sampler::accept_external`] once the token is taken.
+    pub fn device_job(&self, history: &TokenHistory, vocab: usize, row: usize) -> Result<SampleJob, SamplingError> {
+        if vocab == 0 {
+            return Err(SamplingError::EmptyLogits);
+        }
+        if vocab > super::math::MAX_VOCAB {
+            return Err(SamplingError::VocabTooLarge { vocab });
+        }
+        let p = &self.params;
+        let penalties = if super::penalty::penalties_off(p) {
+            Vec::new()
+        } else {
+            if let Some(max) = history.max_token().filter(|&t| t as usize >= vocab) {
+                return Err(SamplingError::TokenOutOfRange { token: max, vocab });
+            }
+            // Without a repetition penalty, prompt-only tokens are left as they are.
+            history
+                .distinct()
+                .filter(|(_, c)| p.repetition_penalty != 1.0 || c.output > 0)
+                .map(|(t, c)| (t, c.output))
+                .collect()
+        };
+        let top_k = p.top_k_or_zero();
+        Ok(SampleJob {
+            row,
+            temperature: p.temperature,
+            top_k: if top_k < vocab { top_k as u32 } else { 0 },
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repetition: p.repetition_penalty,
+            presence: p.presence_penalty,
+            frequency: p.frequency_penalty,
+            seed: self.seed,
+            draw: self.draws,
+            logprobs: p.logprobs.map(|n| n.min(super::params::MAX_LOGPROBS) as u32),
+            penalties,
+        })
+    }
+
+    /// Record a token chosen elsewhere by this sampler's rule (see [`Sampler::is_plain_greedy`]
+    /// and [`Sampler::device_job`]).
     pub fn accept_external(&mut self) {
         self.draws += 1;
     }

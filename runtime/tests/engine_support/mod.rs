@@ -9,7 +9,7 @@
 
 use kiln_codegen::ir::DType;
 use kiln_runtime::engine::{
-    Detokenizer, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, RequestHandle, TextStream, Usage,
+    Detokenizer, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, RequestHandle, TextStream, TokenLogprob, Usage,
 };
 use kiln_runtime::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
 use kiln_runtime::sample::FinishReason;
@@ -146,6 +146,8 @@ pub struct ChoiceOut {
     pub tokens: Vec<u32>,
     pub text: String,
     pub reason: Option<FinishReason>,
+    /// Per streamed token, when the request asked for log-probabilities.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// A request's collected events.
@@ -160,15 +162,16 @@ pub fn collect(mut h: RequestHandle) -> Collected {
     let mut c = Collected { choices: Vec::new(), usage: None, error: None };
     let slot = |c: &mut Collected, i: usize| {
         while c.choices.len() <= i {
-            c.choices.push(ChoiceOut { tokens: Vec::new(), text: String::new(), reason: None });
+            c.choices.push(ChoiceOut { tokens: Vec::new(), text: String::new(), reason: None, logprobs: Vec::new() });
         }
     };
     while let Some(ev) = h.blocking_recv() {
         match ev {
-            EngineEvent::Token { index, token, text, .. } => {
+            EngineEvent::Token { index, token, text, logprob } => {
                 slot(&mut c, index);
                 c.choices[index].tokens.push(token);
                 c.choices[index].text.push_str(&text);
+                c.choices[index].logprobs.extend(logprob);
             }
             EngineEvent::Finished { index, reason, text, token_ids } => {
                 slot(&mut c, index);

@@ -1,0 +1,85 @@
+//! The device sampler: [`crate::sample::Sampler`]'s pipeline run where the logits are, so a GPU
+//! step sends back token ids (and requested log-probabilities) instead of a `[rows, vocab]`
+//! logits matrix.
+//!
+//! A caller turns each sequence's sampler into a [`SampleJob`]
+//! ([`crate::sample::Sampler::device_job`]), calls [`sample`] with the step's logits tensor, and
+//! hands each result back to its sampler ([`crate::sample::Sampler::accept_external`]).
+//!
+//! Contract: for every job, the token equals what `Sampler::sample` picks from the same logits
+//! row and history — exactly, not in distribution: the spec's arithmetic is integer or
+//! bit-specified f32, and the kernel follows it operation by operation. Log-probabilities
+//! agree up to the last bit of `ln`. The same errors come back for the same rows (a NaN or
+//! `+inf` logit after penalties, every logit `-inf`). `logprob` is 0 when the job asked for no
+//! log-probabilities.
+//!
+//! On a CUDA device the work is one kernel launch (`kernel.rs`, a thread block per job); on the
+//! CPU it is the kernel's twin (`twin.rs`), which runs the same algorithm one job at a time. The
+//! engine uses the CPU form only when told to (tests of the device path without a GPU).
+
+mod job;
+mod kernel;
+mod twin;
+
+pub use job::{pack, unpack_job, BadRecord, PackedJobs, SampleJob, DESC_WORDS, OUT_WORDS};
+pub use kernel::source;
+
+use super::{Sampled, SamplingError};
+use crate::cuda_error::CudaError;
+use crate::tensor::{Tensor, TensorError};
+use crate::Device;
+
+/// Why a batch of jobs could not be run at all (per-row sampling failures are not this: they
+/// come back as that row's [`SamplingError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceSampleError {
+    #[error("device sampling: {0}")]
+    Shape(String),
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
+    #[error(transparent)]
+    BadRecord(#[from] BadRecord),
+}
+
+impl From<kernel::KernelError> for DeviceSampleError {
+    fn from(e: kernel::KernelError) -> Self {
+        match e {
+            kernel::KernelError::Tensor(e) => e.into(),
+            kernel::KernelError::Cuda(e) => e.into(),
+        }
+    }
+}
+
+/// Runs `jobs` over the `[rows, vocab]` float tensor `logits`, on the tensor's device, and
+/// returns one result per job, in order.
+pub fn sample(logits: &Tensor, jobs: &[SampleJob]) -> Result<Vec<Result<Sampled, SamplingError>>, DeviceSampleError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !logits.dtype().is_float() {
+        return Err(DeviceSampleError::Shape(format!("logits must be a float tensor, not {}", logits.dtype())));
+    }
+    let vocab = logits.cols();
+    if vocab == 0 || vocab > super::math::MAX_VOCAB {
+        return Err(DeviceSampleError::Shape(format!("a vocabulary of {vocab} is outside 1..={}", super::math::MAX_VOCAB)));
+    }
+    if let Some(j) = jobs.iter().find(|j| j.row >= logits.rows()) {
+        return Err(DeviceSampleError::Shape(format!("job asks for logits row {} of {}", j.row, logits.rows())));
+    }
+    if let Some(j) = jobs.iter().find(|j| j.penalties.iter().any(|&(t, _)| t as usize >= vocab) || j.top_k as usize >= vocab) {
+        return Err(DeviceSampleError::Shape(format!("job for row {} does not fit a vocabulary of {vocab}", j.row)));
+    }
+    let packed = pack(jobs);
+    let out = match logits.device() {
+        Device::Cpu => {
+            let host = logits.to_host_f32()?;
+            let mut out = vec![0i32; jobs.len() * OUT_WORDS];
+            twin::run(&host, vocab, vocab, &packed, &mut out);
+            out
+        }
+        Device::Cuda(b) => kernel::run(b, logits, &packed)?,
+    };
+    (0..jobs.len()).map(|i| Ok(job::read_record(&out, i, vocab)?)).collect()
+}
