@@ -363,6 +363,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         sampling: a.sampling.into(),
     };
     let engine = Engine::start(model, detok, cfg)?;
+    eprintln!("{}", engine.sampling_note());
 
     let reqs = synthetic_requests(&a, prompt_range, output_range, vocab);
     let max_len = engine.max_model_len();

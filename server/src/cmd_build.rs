@@ -1,7 +1,8 @@
 //! `kiln build [--arch sm_XY]`: compile every kernel kiln can launch (the models' `#[fused]`
-//! row kernels and attention template instances, the runtime's utility kernels) with NVRTC for
-//! one GPU architecture and store the PTX in the kernel cache, so a server starts warm. Without
-//! `--arch` the local GPU's architecture is used; with it no GPU is needed.
+//! row kernels and attention template instances, the runtime's utility kernels and device
+//! sampler) with NVRTC for one GPU architecture and store the PTX in the kernel cache, so a
+//! server starts warm. Without `--arch` the local GPU's architecture is used; with it no GPU
+//! is needed.
 
 use anyhow::{bail, Context, Result};
 use kiln_runtime::ptx_cache::{ptx_for, PtxOrigin};
@@ -59,6 +60,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
         "kiln_device_kernels".into(),
         kiln_runtime::device_kernels::source(),
     ));
+    sources.push(("kiln_sampler".into(), kiln_runtime::sample::device::source()));
     let t = Instant::now();
     let next = AtomicUsize::new(0);
     let counts = Mutex::new([0usize; 3]);

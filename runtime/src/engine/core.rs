@@ -57,6 +57,14 @@ enum Pick<'a> {
     Sampled(Result<Sampled, SamplingError>),
 }
 
+/// The engine's sampling policy: what was asked for, and whether the device sampler may be
+/// used (asked for, or passed its start-up check on a GPU).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sampling {
+    pub placement: SamplingPlacement,
+    pub device_ok: bool,
+}
+
 /// How a step's tokens are chosen.
 #[derive(Clone, Copy, PartialEq)]
 enum Route {
@@ -98,7 +106,7 @@ pub(crate) struct Core {
     counters: Counters,
     /// Sample KV waste every this many steps (it costs a pass over the pool).
     waste_every: u64,
-    placement: SamplingPlacement,
+    sampling: Sampling,
 }
 
 impl Core {
@@ -108,7 +116,7 @@ impl Core {
         shared: Arc<Shared>,
         kv: KvCache,
         sched: Scheduler,
-        placement: SamplingPlacement,
+        sampling: Sampling,
     ) -> Self {
         let waste_every = (sched.config().num_blocks as u64 / 4096).max(1);
         Core {
@@ -124,7 +132,7 @@ impl Core {
             closing: Vec::new(),
             counters: Counters::default(),
             waste_every,
-            placement,
+            sampling,
         }
     }
 
@@ -383,29 +391,28 @@ impl Core {
     }
 
     /// Where this step's tokens are chosen: beam search and [`SamplingPlacement::Host`] read
-    /// logits on the host; on a GPU, plain greedy rows take the argmax kernel and any other
-    /// mix the device sampler; on the CPU the host samples unless the device path was asked for.
+    /// logits on the host; on a GPU, a step of plain greedy rows takes the argmax kernel and
+    /// any other mix the device sampler (when it may be used); on the CPU the host samples
+    /// unless the device path was asked for.
     fn route(&self) -> Route {
-        let on_gpu = !self.model.device().is_cpu();
-        let device = match self.placement {
-            SamplingPlacement::Host => false,
-            SamplingPlacement::Auto => on_gpu,
-            SamplingPlacement::Device => true,
-        };
         let groups = || {
             self.batch.logits_seqs.iter().filter_map(|&i| {
                 let seq = self.plan.seqs[i].id;
                 self.owners.get(&seq).and_then(|r| self.requests.get(r)).map(|st| &st.kind)
             })
         };
-        if !device || groups().any(|k| matches!(k, Kind::Beam(_))) {
+        if self.sampling.placement == SamplingPlacement::Host || groups().any(|k| matches!(k, Kind::Beam(_))) {
             return Route::Host;
         }
         let plain = |k: &Kind| matches!(k, Kind::Sample(g) if g.choices.iter().all(|c| c.plain_greedy()));
-        if on_gpu && groups().all(plain) {
+        if !self.model.device().is_cpu() && groups().all(plain) {
             return Route::Argmax;
         }
-        Route::Device
+        if self.sampling.device_ok {
+            Route::Device
+        } else {
+            Route::Host
+        }
     }
 
     /// One device-sampler job per choice that samples this step, in logits-row order, and

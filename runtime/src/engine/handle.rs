@@ -89,6 +89,11 @@ impl EngineHandle {
         self.shared.info.clone()
     }
 
+    /// One line saying where this engine samples tokens and why, for logs.
+    pub fn sampling_note(&self) -> &str {
+        &self.shared.sampling_note
+    }
+
     /// Stops accepting requests (`submit` answers `ShuttingDown`); accepted ones finish, then
     /// the engine thread exits.
     pub fn shutdown(&self) {

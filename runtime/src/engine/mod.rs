@@ -80,9 +80,33 @@ impl Engine {
             max_queue: cfg.max_queue,
         };
         let stats = EngineStats { kv_blocks_total: sz.num_blocks, ..EngineStats::default() };
-        let shared = Arc::new(Shared::new(info, limits, stats));
+        let (sampler_ok, note) = check_device_sampler(cfg.sampling, model.device(), info.vocab_size);
+        let shared = Arc::new(Shared::new(info, limits, stats, note));
         let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(core::Core::new(model, detok, shared.clone(), kv, sched, cfg.sampling), rx)?;
+        let core = core::Core::new(model, detok, shared.clone(), kv, sched, core::Sampling { placement: cfg.sampling, device_ok: sampler_ok });
+        thread::spawn(core, rx)?;
         Ok(EngineHandle { shared, tx })
+    }
+}
+
+/// Whether `Auto` may use the device sampler, and a line saying where the engine samples and
+/// why. On a GPU the device sampler's start-up check runs first
+/// ([`crate::sample::device::self_check`]); if it fails, sampled rows go to the host (greedy
+/// rows keep the argmax kernel), so a broken kernel costs speed, never wrong tokens.
+fn check_device_sampler(asked: SamplingPlacement, dev: &crate::Device, vocab: usize) -> (bool, String) {
+    match asked {
+        SamplingPlacement::Host => (false, "sampling: on the host (asked for)".into()),
+        SamplingPlacement::Device => (true, "sampling: through the device sampler (asked for)".into()),
+        SamplingPlacement::Auto if dev.is_cpu() => (false, "sampling: on the host (CPU device)".into()),
+        SamplingPlacement::Auto => {
+            let t = std::time::Instant::now();
+            match crate::sample::device::self_check(dev, vocab) {
+                Ok(()) => (
+                    true,
+                    format!("sampling: on the GPU (the device sampler agreed with its CPU twin at start-up, {:.0} ms)", t.elapsed().as_secs_f64() * 1e3),
+                ),
+                Err(e) => (false, format!("sampling: sampled rows on the host, because the device sampler failed its start-up check: {e}")),
+            }
+        }
     }
 }

@@ -60,6 +60,8 @@ impl KvWasteStats {
 pub(crate) struct Shared {
     pub info: ModelInfo,
     pub limits: Limits,
+    /// Where the engine samples and why (decided once, at start).
+    pub sampling_note: String,
     pub accepting: AtomicBool,
     /// Sequence ids, for requests (a request's id is its first sequence's) and forks alike.
     pub next_seq: AtomicU64,
@@ -95,10 +97,11 @@ impl Shared {
         true
     }
 
-    pub fn new(info: ModelInfo, limits: Limits, stats: EngineStats) -> Self {
+    pub fn new(info: ModelInfo, limits: Limits, stats: EngineStats, sampling_note: String) -> Self {
         Shared {
             info,
             limits,
+            sampling_note,
             accepting: AtomicBool::new(true),
             next_seq: AtomicU64::new(1),
             queued: AtomicUsize::new(0),

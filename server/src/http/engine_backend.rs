@@ -132,6 +132,7 @@ pub fn load(spec: &ModelSpec) -> Result<Loaded, LoadModelError> {
     let detok = Arc::new(TokenizerDetokenizer::new(m.tokenizer.clone()));
     let model: Arc<dyn CausalLm> = Arc::from(m.model);
     let handle = Engine::start(model, detok, spec.engine.clone())?;
+    eprintln!("kiln: {}", handle.sampling_note());
     Ok(Loaded {
         backend: Arc::new(handle),
         codec: Arc::new(ModelCodec::new(m.tokenizer, m.chat_template)),

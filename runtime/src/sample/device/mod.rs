@@ -19,10 +19,12 @@
 
 mod job;
 mod kernel;
+mod self_check;
 mod twin;
 
 pub use job::{pack, unpack_job, BadRecord, PackedJobs, SampleJob, DESC_WORDS, OUT_WORDS};
 pub use kernel::source;
+pub use self_check::self_check;
 
 use super::{Sampled, SamplingError};
 use crate::cuda_error::CudaError;
