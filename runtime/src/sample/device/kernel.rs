@@ -110,7 +110,7 @@ __device__ __forceinline__ unsigned long long kiln_block_exclusive_sum(unsigned 
 struct KilnShared {
   unsigned int count[256];
   unsigned long long mass[256];
-  unsigned long long max_key[256];
+  unsigned long long key[256];     // a key of the bucket: the only one when its count is 1
   unsigned long long red[32];
   unsigned long long top[KILN_SAMPLE_MAX_LOGPROBS];
   unsigned long long sel_before;   // select_mass: running mass above the chosen bucket
@@ -135,21 +135,38 @@ struct KilnRow {
   __device__ __forceinline__ unsigned long long mass(int i) const { return kiln_quantize(weight(i)); }
 };
 
-// One radix pass: (count, largest key, mass if WITH_MASS) per byte at `shift` of the keys
-// >= floor whose higher bytes equal `prefix`.
+// One radix pass: (count, a key, mass if WITH_MASS) per byte at `shift` of the keys >= floor
+// whose higher bytes equal `prefix`. The first passes see few distinct bytes (logits share
+// their float exponents), so lanes of a warp that hit the same bucket add their count with one
+// atomic (__match_any_sync); only their leader records its key, which is *the* key whenever
+// the bucket's count is 1, the only case where it is read. Zero masses add nothing and skip
+// their atomic (the far tail of a vocabulary).
 template <bool WITH_MASS, typename T>
 __device__ __forceinline__ void kiln_histogram(const KilnRow<T>& row, int vocab, unsigned long long floor,
                                                unsigned long long prefix, unsigned long long mask, int shift, KilnShared& sh) {
   __syncthreads();  // the previous pass's readers are done with the buckets
-  for (int b = threadIdx.x; b < 256; b += blockDim.x) { sh.count[b] = 0u; sh.mass[b] = 0ull; sh.max_key[b] = 0ull; }
+  for (int b = threadIdx.x; b < 256; b += blockDim.x) { sh.count[b] = 0u; sh.mass[b] = 0ull; sh.key[b] = 0ull; }
   __syncthreads();
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const unsigned long long k = row.key(i);
-    if (k >= floor && (k & mask) == prefix) {
-      const int b = (int)((k >> shift) & 255ull);
-      atomicAdd(&sh.count[b], 1u);
-      atomicMax(&sh.max_key[b], k);
-      if (WITH_MASS) atomicAdd(&sh.mass[b], row.mass(i));
+  const int lane = threadIdx.x & 31;
+  // Whole warps step together, so every lane reaches the warp-wide match below.
+  for (int base = (int)(threadIdx.x & ~31u); base < vocab; base += blockDim.x) {
+    const int i = base + lane;
+    unsigned long long k = 0ull;
+    int b = 256;  // "not counted"
+    if (i < vocab) {
+      k = row.key(i);
+      if (k >= floor && (k & mask) == prefix) b = (int)((k >> shift) & 255ull);
+    }
+    const unsigned int peers = __match_any_sync(0xffffffffu, b);
+    if (b < 256) {
+      if (lane == __ffs(peers) - 1) {
+        atomicAdd(&sh.count[b], (unsigned int)__popc(peers));
+        atomicExch(&sh.key[b], k);
+      }
+      if (WITH_MASS) {
+        const unsigned long long m = row.mass(i);
+        if (m != 0ull) atomicAdd(&sh.mass[b], m);
+      }
     }
   }
   __syncthreads();
@@ -220,7 +237,7 @@ __device__ unsigned long long kiln_select_kth(const KilnRow<T>& row, int vocab, 
     k = sh.sel_rem;
     prefix |= (unsigned long long)sel << shift;
     mask |= 255ull << shift;
-    if (sh.count[sel] == 1u) return sh.max_key[sel];
+    if (sh.count[sel] == 1u) return sh.key[sel];
   }
   return prefix;
 }
@@ -241,7 +258,7 @@ __device__ unsigned long long kiln_select_mass(const KilnRow<T>& row, int vocab,
     mask |= 255ull << shift;
     if (sh.count[sel] == 1u) {
       *through = before + sh.mass[sel];
-      return sh.max_key[sel];
+      return sh.key[sel];
     }
   }
   *through = before + row.mass((int)kiln_key_id(prefix));

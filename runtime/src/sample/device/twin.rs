@@ -18,7 +18,7 @@
 //! 6. the `n` best keys for top log-probabilities ([`select_kth`] again, then a sort of `n`).
 //!
 //! Radix selection runs most-significant byte first over the 64-bit rank keys: each pass
-//! histograms (count, mass, largest key) per byte value among keys that share the bytes chosen
+//! histograms (count, mass, a key) per byte value among keys that share the bytes chosen
 //! so far, picks the bucket where the running count or mass (from the top) crosses, and stops
 //! as soon as that bucket holds a single key.
 
@@ -170,23 +170,24 @@ fn draw(row: &Row<'_>, job: &SampleJob) -> Option<usize> {
     None
 }
 
-/// One radix pass's histogram over byte values: key count, mass and the largest key.
+/// One radix pass's histogram over byte values: key count, mass and a key.
 struct Histogram {
     count: [u32; 256],
     mass: [u64; 256],
-    max_key: [u64; 256],
+    /// A key of the bucket: the only one when its count is 1 (the kernel keeps any one).
+    key: [u64; 256],
 }
 
 impl Histogram {
     /// Keys `>= floor` whose bytes above `shift` equal `prefix`'s.
     fn build(row: &Row<'_>, floor: u64, prefix: u64, mask: u64, shift: u32, with_mass: bool) -> Histogram {
-        let mut h = Histogram { count: [0; 256], mass: [0; 256], max_key: [0; 256] };
+        let mut h = Histogram { count: [0; 256], mass: [0; 256], key: [0; 256] };
         for i in 0..row.l.len() {
             let k = row.key(i);
             if k >= floor && k & mask == prefix {
                 let b = ((k >> shift) & 255) as usize;
                 h.count[b] += 1;
-                h.max_key[b] = h.max_key[b].max(k);
+                h.key[b] = k;
                 if with_mass {
                     h.mass[b] += row.mass(i);
                 }
@@ -212,7 +213,7 @@ fn select_kth(row: &Row<'_>, k: u64) -> u64 {
         prefix |= (sel as u64) << shift;
         mask |= 255 << shift;
         if h.count[sel] == 1 {
-            return h.max_key[sel];
+            return h.key[sel];
         }
     }
     prefix
@@ -242,7 +243,7 @@ fn select_mass(row: &Row<'_>, floor: u64, target: f64) -> (u64, u64) {
         prefix |= (sel as u64) << shift;
         mask |= 255 << shift;
         if h.count[sel] == 1 {
-            return (h.max_key[sel], before + h.mass[sel]);
+            return (h.key[sel], before + h.mass[sel]);
         }
     }
     (prefix, before + row.mass(key_id(prefix) as usize))
