@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -77,5 +77,15 @@ if [ "$what" = warm ]; then
     pid=$!; for _ in $(seq 1 200); do grep -q "ready in" "$OUT/serve$i.log" && break; sleep 0.05; done
     echo "serve start $i: $(python3 -c "import time; print(round(time.time() - $t0, 2))") s wall; $(grep -o 'ready in [^ ]* [a-z]*' "$OUT/serve$i.log")"
     kill -TERM $pid; wait $pid
+  done
+fi
+
+# Sampled requests (temperature 0.8, top-p 0.9, seeded): the device sampler (auto) against the
+# host path (logits copied to the CPU) in the same call.
+if [ "$what" = sampling ] || [ "$what" = all ]; then
+  b=(.device/kiln bench --offline --device cuda --temperature 0.8 --top-p 0.9)
+  for where in auto host; do
+    TAIL=4 step "bench-smol-b1-sampled-$where" 120 "${b[@]}" --sampling $where --model synth:smollm2-135m --num-requests 1 --prompt-len 128 --output-len 256
+    TAIL=4 step "bench-8b-b64-sampled-$where" 150 "${b[@]}" --sampling $where --model synth:llama3-8b --num-requests 64 --prompt-len 128 --output-len 128 --max-num-seqs 64 --max-batched-tokens 8192
   done
 fi
