@@ -10,7 +10,7 @@
 
 use kiln_codegen::ir::DType;
 use kiln_runtime::sample::device::{self, SampleJob};
-use kiln_runtime::sample::{rng, Sampled, Sampler, SamplingError, SamplingParams, TokenHistory};
+use kiln_runtime::sample::{rng, Sampler, SamplingParams, TokenHistory};
 use kiln_runtime::{Device, Tensor};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -78,22 +78,6 @@ fn params(r: &mut Rand) -> SamplingParams {
     }
 }
 
-fn same(a: &Result<Sampled, SamplingError>, b: &Result<Sampled, SamplingError>, logprobs: bool) -> bool {
-    match (a, b) {
-        (Ok(x), Ok(y)) => {
-            let close = |p: f32, q: f32| p == q || (p - q).abs() <= 1e-5 * q.abs().max(1.0);
-            x.token == y.token
-                && (!logprobs
-                    || (close(x.logprob, y.logprob)
-                        && x.top_logprobs.len() == y.top_logprobs.len()
-                        && x.top_logprobs.iter().zip(&y.top_logprobs).all(|(p, q)| p.0 == q.0 && close(p.1, q.1))))
-        }
-        // Debug text, not `==`: a NaN logit in `NonFiniteLogit` must compare equal to itself.
-        (Err(x), Err(y)) => format!("{x:?}") == format!("{y:?}"),
-        _ => false,
-    }
-}
-
 /// Correctness over `cases` random batches; returns (jobs checked, failures).
 fn check(gpu: Option<&Device>, cases: u64) -> Result<(usize, usize), String> {
     let (mut jobs_checked, mut failures) = (0, 0);
@@ -147,7 +131,7 @@ fn check(gpu: Option<&Device>, cases: u64) -> Result<(usize, usize), String> {
         };
         for (j, ((g, w), t)) in got.iter().zip(&want).zip(&twin).enumerate() {
             jobs_checked += 1;
-            if !same(g, w, samplers[j]) || !same(t, w, samplers[j]) {
+            if !device::same_outcome(g, w, samplers[j]) || !device::same_outcome(t, w, samplers[j]) {
                 failures += 1;
                 if failures <= 10 {
                     println!("FAIL case {case} job {j} vocab {vocab} {dtype}: {:?}\n  device {g:?}\n  twin   {t:?}\n  spec   {w:?}", jobs[j]);

@@ -12,10 +12,11 @@
 //! `out` has `jobs * OUT_WORDS` words, every one of which the kernel writes.
 
 use super::job::{cuda_defines, PackedJobs, OUT_WORDS};
+use super::DeviceSampleError;
 use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{drv, CudaError};
+use crate::cuda_error::drv;
 use crate::sample::math::{EXP_COEFFS, EXP_FLUSH_BELOW, LN2_HI, LN2_LO, LOG2_E, ROUND_MAGIC, WEIGHT_SCALE};
-use crate::tensor::{Tensor, TensorError};
+use crate::tensor::Tensor;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use kiln_codegen::ir::DType;
 use std::sync::OnceLock;
@@ -496,24 +497,15 @@ pub fn source() -> &'static str {
     })
 }
 
-/// Why a launch of the sampler failed.
-#[derive(Debug, thiserror::Error)]
-pub enum KernelError {
-    #[error(transparent)]
-    Tensor(#[from] TensorError),
-    #[error(transparent)]
-    Cuda(#[from] CudaError),
-}
-
 /// Runs `jobs` on the GPU over `logits` (a float tensor on `b`'s device) and returns the
 /// result records (`jobs.len() * OUT_WORDS` words).
-pub(crate) fn run(b: &CudaBackend, logits: &Tensor, jobs: &PackedJobs) -> Result<Vec<i32>, KernelError> {
+pub(crate) fn run(b: &CudaBackend, logits: &Tensor, jobs: &PackedJobs) -> Result<Vec<i32>, DeviceSampleError> {
     let entry = match logits.dtype() {
         DType::F32 => ENTRIES[0],
         DType::F16 => ENTRIES[1],
         DType::BF16 => ENTRIES[2],
         // The caller checked the dtype; this keeps the match total.
-        d => return Err(TensorError::Shape(format!("device sampling needs float logits, not {d}")).into()),
+        d => return Err(DeviceSampleError::Shape(format!("logits must be a float tensor, not {d}"))),
     };
     let dev = logits.device();
     let n = jobs.len();

@@ -45,12 +45,22 @@ pub enum DeviceSampleError {
     BadRecord(#[from] BadRecord),
 }
 
-impl From<kernel::KernelError> for DeviceSampleError {
-    fn from(e: kernel::KernelError) -> Self {
-        match e {
-            kernel::KernelError::Tensor(e) => e.into(),
-            kernel::KernelError::Cuda(e) => e.into(),
+/// Whether two results of one job agree as the contract says: the same token, or the same
+/// error (a NaN in `NonFiniteLogit` equal to itself); with `logprobs`, log-probabilities
+/// within 1e-5 relative (two `ln`s) and the same top-n ids.
+pub fn same_outcome(a: &Result<Sampled, SamplingError>, b: &Result<Sampled, SamplingError>, logprobs: bool) -> bool {
+    let close = |x: f32, y: f32| x == y || (x - y).abs() <= 1e-5 * y.abs().max(1.0);
+    match (a, b) {
+        (Ok(x), Ok(y)) => {
+            x.token == y.token
+                && (!logprobs
+                    || (close(x.logprob, y.logprob)
+                        && x.top_logprobs.len() == y.top_logprobs.len()
+                        && x.top_logprobs.iter().zip(&y.top_logprobs).all(|(p, q)| p.0 == q.0 && close(p.1, q.1))))
         }
+        // Debug text, not `==`: a NaN logit must compare equal to itself.
+        (Err(x), Err(y)) => format!("{x:?}") == format!("{y:?}"),
+        _ => false,
     }
 }
 
