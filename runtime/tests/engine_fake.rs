@@ -331,3 +331,35 @@ fn handles_are_thread_safe_and_an_idle_engine_keeps_beating() {
     assert!(hb.last_progress.elapsed() < Duration::from_millis(500), "an idle engine still reports progress");
     assert_eq!(e.stats().steps, 0, "an idle engine runs no steps");
 }
+
+/// The engine's own host time per step (scheduling, batch building, sampling and
+/// detokenizing on the host, events, update), with a model that costs almost nothing: what a
+/// GPU step pays on top of its kernels when nothing overlaps. `cargo test --release -p
+/// kiln-runtime --test engine_fake -- --ignored --nocapture host_time`.
+#[test]
+#[ignore]
+fn host_time_per_step() {
+    for batch in [1usize, 64, 256] {
+        let e = start(EngineConfig { max_num_seqs: 256, max_batched_tokens: 8192, ..EngineConfig::default() });
+        let reqs: Vec<GenerateRequest> = (0..batch as u32)
+            .map(|i| GenerateRequest {
+                prompt_ids: prompt(i, 16),
+                params: SamplingParams { max_tokens: 200, ignore_eos: true, ..SamplingParams::greedy() },
+                n: 1,
+                beam: None,
+            })
+            .collect();
+        let handles: Vec<_> = reqs.into_iter().map(|r| e.submit(r).expect("submit")).collect();
+        handles.into_iter().for_each(|h| {
+            collect(h);
+        });
+        let s = e.stats();
+        let per = |x: f64| x / s.steps as f64 * 1e6;
+        eprintln!(
+            "batch {batch}: {} steps, engine host time {:.1} µs/step, fake model {:.1} µs/step",
+            s.steps,
+            per(s.step_seconds - s.model_seconds),
+            per(s.model_seconds)
+        );
+    }
+}
