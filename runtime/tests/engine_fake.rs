@@ -363,3 +363,42 @@ fn host_time_per_step() {
         );
     }
 }
+
+/// A model whose logits the device sampler refuses (i32): the engine must notice the failure
+/// at the first sampled step, say so, and sample on the host from then on, with the host
+/// path's exact output and no failed request.
+#[test]
+fn a_failing_device_sampler_falls_back_to_the_host() {
+    use kiln_runtime::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
+    use kiln_runtime::{Device, Tensor};
+    use std::sync::Arc;
+    struct IntLogits(Arc<dyn CausalLm>);
+    impl CausalLm for IntLogits {
+        fn info(&self) -> &ModelInfo {
+            self.0.info()
+        }
+        fn device(&self) -> &Device {
+            self.0.device()
+        }
+        fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError> {
+            self.0.new_kv_cache(num_blocks, block_size)
+        }
+        fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
+            let l = self.0.forward(batch, kv)?;
+            let ints: Vec<i32> = l.to_host_f32()?.iter().map(|&x| if x.is_finite() { (x * 100.0) as i32 } else { -1_000_000 }).collect();
+            Ok(Tensor::from_host(self.device(), &ints, l.rows(), l.cols())?)
+        }
+    }
+    let run = |sampling: SamplingPlacement| {
+        let model: Arc<dyn CausalLm> = Arc::new(IntLogits(engine_support::fake_model(512)));
+        let cfg = EngineConfig { sampling, ..EngineConfig::default() };
+        let e = kiln_runtime::engine::Engine::start(model, Arc::new(engine_support::FakeDetok), cfg).expect("start");
+        let out: Vec<Collected> = sampling_requests().into_iter().map(|r| run(&e, r)).collect();
+        (out, e.sampling_note())
+    };
+    let (want, _) = run(SamplingPlacement::Host);
+    let (got, note) = run(SamplingPlacement::Device);
+    assert!(want.iter().all(|c| c.error.is_none()), "{want:?}");
+    assert_eq!(got, want);
+    assert!(note.contains("device sampler failed") && note.contains("float"), "{note}");
+}

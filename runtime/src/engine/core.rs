@@ -377,7 +377,17 @@ impl Core {
                 // A job refused before sampling (a history token outside the vocabulary) keeps
                 // its error; the others run in one launch.
                 let runnable: Vec<SampleJob> = jobs.iter().filter_map(|j| j.as_ref().ok().cloned()).collect();
-                let mut sampled = crate::sample::device::sample(&out, &runnable).map_err(|e| e.to_string())?.into_iter();
+                let sampled = match crate::sample::device::sample(&out, &runnable) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // The sampler itself failed (not a row): this step and the rest sample
+                        // on the host, which reads the same logits, so no request notices.
+                        self.sampling.device_ok = false;
+                        *lock(&self.shared.sampling_note) = format!("sampling: sampled rows on the host since the device sampler failed: {e}");
+                        return out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string());
+                    }
+                };
+                let mut sampled = sampled.into_iter();
                 let mut results = Vec::with_capacity(jobs.len());
                 for j in jobs {
                     results.push(match j {

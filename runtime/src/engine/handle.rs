@@ -90,8 +90,8 @@ impl EngineHandle {
     }
 
     /// One line saying where this engine samples tokens and why, for logs.
-    pub fn sampling_note(&self) -> &str {
-        &self.shared.sampling_note
+    pub fn sampling_note(&self) -> String {
+        lock(&self.shared.sampling_note).clone()
     }
 
     /// Stops accepting requests (`submit` answers `ShuttingDown`); accepted ones finish, then

@@ -60,8 +60,9 @@ impl KvWasteStats {
 pub(crate) struct Shared {
     pub info: ModelInfo,
     pub limits: Limits,
-    /// Where the engine samples and why (decided once, at start).
-    pub sampling_note: String,
+    /// Where the engine samples and why (decided at start; changed if the device sampler
+    /// fails later).
+    pub sampling_note: Mutex<String>,
     pub accepting: AtomicBool,
     /// Sequence ids, for requests (a request's id is its first sequence's) and forks alike.
     pub next_seq: AtomicU64,
@@ -101,7 +102,7 @@ impl Shared {
         Shared {
             info,
             limits,
-            sampling_note,
+            sampling_note: Mutex::new(sampling_note),
             accepting: AtomicBool::new(true),
             next_seq: AtomicU64::new(1),
             queued: AtomicUsize::new(0),
