@@ -138,10 +138,11 @@ struct KilnRow {
 
 // One radix pass: (count, a key, mass if WITH_MASS) per byte at `shift` of the keys >= floor
 // whose higher bytes equal `prefix`. The first passes see few distinct bytes (logits share
-// their float exponents), so lanes of a warp that hit the same bucket add their count with one
-// atomic (__match_any_sync); only their leader records its key, which is *the* key whenever
-// the bucket's count is 1, the only case where it is read. Zero masses add nothing and skip
-// their atomic (the far tail of a vocabulary).
+// their float exponents), so the lanes of a warp that hit the same bucket (__match_any_sync)
+// add their count and their summed mass with one atomic each, by their leader; the leader
+// also records its key, which is *the* key whenever the bucket's count is 1, the only case
+// where it is read. A mass is at most 2^40, so its two 20-bit halves summed over 32 lanes fit
+// the 32-bit warp reduction, and the recombined sum is exact.
 template <bool WITH_MASS, typename T>
 __device__ __forceinline__ void kiln_histogram(const KilnRow<T>& row, int vocab, unsigned long long floor,
                                                unsigned long long prefix, unsigned long long mask, int shift, KilnShared& sh) {
@@ -159,14 +160,18 @@ __device__ __forceinline__ void kiln_histogram(const KilnRow<T>& row, int vocab,
       if (k >= floor && (k & mask) == prefix) b = (int)((k >> shift) & 255ull);
     }
     const unsigned int peers = __match_any_sync(0xffffffffu, b);
-    if (b < 256) {
-      if (lane == __ffs(peers) - 1) {
-        atomicAdd(&sh.count[b], (unsigned int)__popc(peers));
-        atomicExch(&sh.key[b], k);
-      }
+    if (b < 256) {  // every lane of a counted group takes this branch together
+      const bool leader = lane == __ffs(peers) - 1;
       if (WITH_MASS) {
         const unsigned long long m = row.mass(i);
-        if (m != 0ull) atomicAdd(&sh.mass[b], m);
+        const unsigned int hi = __reduce_add_sync(peers, (unsigned int)(m >> 20));
+        const unsigned int lo = __reduce_add_sync(peers, (unsigned int)(m & 0xFFFFFull));
+        const unsigned long long sum = ((unsigned long long)hi << 20) + (unsigned long long)lo;
+        if (leader && sum != 0ull) atomicAdd(&sh.mass[b], sum);
+      }
+      if (leader) {
+        atomicAdd(&sh.count[b], (unsigned int)__popc(peers));
+        atomicExch(&sh.key[b], k);
       }
     }
   }
