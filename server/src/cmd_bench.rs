@@ -8,10 +8,10 @@
 //! 32–96 output tokens, all submitted at once, so the default KV pool preempts a few) finish in
 //! about a minute on the default model on a 2-core CPU; flags set larger workloads.
 
-use crate::device_arg::{pick, DeviceArg};
+use crate::device_arg::{pick, DeviceArg, SamplingArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::detok_adapter::TokenizerDetokenizer;
-use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, SamplingPlacement};
+use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest};
 use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::SamplingParams;
 use std::path::PathBuf;
@@ -84,23 +84,6 @@ pub struct BenchArgs {
     sampling: SamplingArg,
 }
 
-/// `--sampling`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SamplingArg {
-    Auto,
-    Host,
-    Device,
-}
-
-impl From<SamplingArg> for SamplingPlacement {
-    fn from(a: SamplingArg) -> Self {
-        match a {
-            SamplingArg::Auto => SamplingPlacement::Auto,
-            SamplingArg::Host => SamplingPlacement::Host,
-            SamplingArg::Device => SamplingPlacement::Device,
-        }
-    }
-}
 
 /// `N` or `MIN-MAX`.
 fn parse_range(s: &str, what: &str) -> Result<(usize, usize)> {

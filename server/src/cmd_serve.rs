@@ -48,8 +48,8 @@ pub struct ServeArgs {
     no_prefix_caching: bool,
     /// Where tokens are sampled: `auto` (on the model's device: a GPU sends back only token
     /// ids), `host` (logits copied to the CPU; the reference path), `device`.
-    #[arg(long, value_enum, default_value_t = crate::cmd_bench::SamplingArg::Auto)]
-    sampling: crate::cmd_bench::SamplingArg,
+    #[arg(long, value_enum, default_value_t = crate::device_arg::SamplingArg::Auto)]
+    sampling: crate::device_arg::SamplingArg,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
     /// Seconds in-flight requests may run after SIGTERM before they are aborted.

@@ -1,7 +1,8 @@
-//! `--device cpu|cuda|auto` and the dtype that goes with the device.
+//! `--device cpu|cuda|auto` and the dtype that goes with the device; `--sampling`.
 
 use anyhow::{bail, Result};
 use kiln_codegen::ir::DType;
+use kiln_runtime::engine::SamplingPlacement;
 use kiln_runtime::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -9,6 +10,24 @@ pub enum DeviceArg {
     Cpu,
     Cuda,
     Auto,
+}
+
+/// `--sampling`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplingArg {
+    Auto,
+    Host,
+    Device,
+}
+
+impl From<SamplingArg> for SamplingPlacement {
+    fn from(a: SamplingArg) -> Self {
+        match a {
+            SamplingArg::Auto => SamplingPlacement::Auto,
+            SamplingArg::Host => SamplingPlacement::Host,
+            SamplingArg::Device => SamplingPlacement::Device,
+        }
+    }
 }
 
 /// The device a whole model runs on, and its compute dtype: f32 on the CPU, bf16 on a GPU

@@ -102,7 +102,6 @@ fn check(gpu: Option<&Device>, cases: u64) -> Result<(usize, usize), String> {
         let cpu = Tensor::from_f32_as(&Device::Cpu, dtype, &data, rows, vocab).map_err(|e| e.to_string())?;
         let host = cpu.to_host_f32().map_err(|e| e.to_string())?;
         // Two jobs per row, each with its own parameters and history, a few steps deep.
-        let mut samplers = Vec::new();
         let mut jobs: Vec<SampleJob> = Vec::new();
         let mut want = Vec::new();
         for j in 0..2 * rows {
@@ -119,7 +118,6 @@ fn check(gpu: Option<&Device>, cases: u64) -> Result<(usize, usize), String> {
             let row = j % rows;
             jobs.push(s.device_job(&h, vocab, row).map_err(|e| e.to_string())?);
             want.push(s.sample(&host[row * vocab..(row + 1) * vocab], &h));
-            samplers.push(p.logprobs.is_some());
         }
         let twin = device::sample(&cpu, &jobs).map_err(|e| e.to_string())?;
         let got = match gpu {
@@ -131,7 +129,8 @@ fn check(gpu: Option<&Device>, cases: u64) -> Result<(usize, usize), String> {
         };
         for (j, ((g, w), t)) in got.iter().zip(&want).zip(&twin).enumerate() {
             jobs_checked += 1;
-            if !device::same_outcome(g, w, samplers[j]) || !device::same_outcome(t, w, samplers[j]) {
+            let logprobs = jobs[j].logprobs.is_some();
+            if !device::same_outcome(g, w, logprobs) || !device::same_outcome(t, w, logprobs) {
                 failures += 1;
                 if failures <= 10 {
                     println!("FAIL case {case} job {j} vocab {vocab} {dtype}: {:?}\n  device {g:?}\n  twin   {t:?}\n  spec   {w:?}", jobs[j]);

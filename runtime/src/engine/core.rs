@@ -375,8 +375,12 @@ impl Core {
             Route::Device => {
                 let (jobs, starts) = self.device_jobs(out.cols());
                 // A job refused before sampling (a history token outside the vocabulary) keeps
-                // its error; the others run in one launch.
-                let runnable: Vec<SampleJob> = jobs.iter().filter_map(|j| j.as_ref().ok().cloned()).collect();
+                // its error in its place; the others run in one launch.
+                let mut runnable: Vec<SampleJob> = Vec::with_capacity(jobs.len());
+                let refused: Vec<Option<SamplingError>> = jobs
+                    .into_iter()
+                    .map(|j| j.map(|j| runnable.push(j)).err())
+                    .collect();
                 let sampled = match crate::sample::device::sample(&out, &runnable) {
                     Ok(s) => s,
                     Err(e) => {
@@ -388,11 +392,11 @@ impl Core {
                     }
                 };
                 let mut sampled = sampled.into_iter();
-                let mut results = Vec::with_capacity(jobs.len());
-                for j in jobs {
-                    results.push(match j {
-                        Ok(_) => sampled.next().ok_or("the device sampler returned too few results")?,
-                        Err(e) => Err(e),
+                let mut results = Vec::with_capacity(refused.len());
+                for r in refused {
+                    results.push(match r {
+                        None => sampled.next().ok_or("the device sampler returned too few results")?,
+                        Some(e) => Err(e),
                     });
                 }
                 Ok(StepOut::Sampled { results, starts })
@@ -434,7 +438,7 @@ impl Core {
         for (row, &i) in self.batch.logits_seqs.iter().enumerate() {
             let seq = self.plan.seqs[i].id;
             if let Some(Kind::Sample(g)) = self.owners.get(&seq).and_then(|r| self.requests.get(r)).map(|st| &st.kind) {
-                jobs.extend(g.row_choices(seq).into_iter().map(|c| g.choices[c].device_job(vocab, row)));
+                jobs.extend(g.row_choices(seq).map(|c| g.choices[c].device_job(vocab, row)));
             }
             starts.push(jobs.len());
         }
@@ -463,7 +467,7 @@ impl Core {
                         owners.insert(child, req);
                     }
                 }
-                for (j, c) in picks.into_iter().enumerate() {
+                for (j, c) in picks.enumerate() {
                     let pick = match logits {
                         Row::Logits(l) => Pick::Logits(l),
                         Row::Token(t) => Pick::Token(t),

@@ -22,11 +22,14 @@ pub(crate) struct SampleGroup {
 impl SampleGroup {
     /// Indices of the choices that sample from sequence `seq`'s logits this step: every choice
     /// before the fork (they all start from the prompt's logits), else the live one on `seq`.
-    pub fn row_choices(&self, seq: SeqId) -> Vec<usize> {
+    pub fn row_choices(&self, seq: SeqId) -> std::ops::Range<usize> {
         if !self.forked {
-            return (0..self.choices.len()).collect();
+            return 0..self.choices.len();
         }
-        self.choices.iter().position(|c| c.seq == Some(seq) && c.finished.is_none()).into_iter().collect()
+        match self.choices.iter().position(|c| c.seq == Some(seq) && c.finished.is_none()) {
+            Some(i) => i..i + 1,
+            None => 0..0,
+        }
     }
 }
 

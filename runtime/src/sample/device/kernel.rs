@@ -22,7 +22,7 @@ use kiln_codegen::ir::DType;
 use std::sync::OnceLock;
 
 /// Threads per job. The kernel's reductions assume a multiple of 32 and at most 1024.
-pub(crate) const THREADS: u32 = 1024;
+const THREADS: u32 = 1024;
 
 const MODULE: &str = "kiln_sampler";
 const ENTRIES: [&str; 3] = ["kiln_sample_f32", "kiln_sample_f16", "kiln_sample_bf16"];

@@ -88,7 +88,7 @@ pub fn sample(logits: &Tensor, jobs: &[SampleJob]) -> Result<Vec<Result<Sampled,
         Device::Cpu => {
             let host = logits.to_host_f32()?;
             let mut out = vec![0i32; jobs.len() * OUT_WORDS];
-            twin::run(&host, vocab, vocab, &packed, &mut out);
+            twin::run(&host, vocab, &packed, &mut out);
             out
         }
         Device::Cuda(b) => kernel::run(b, logits, &packed)?,

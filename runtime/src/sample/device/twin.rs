@@ -27,13 +27,13 @@ use crate::sample::math::{exp_nonpos, key_id, quantize, rank_key, WEIGHT_SCALE};
 use crate::sample::params::MAX_LOGPROBS;
 use crate::sample::rng;
 
-/// Runs every job of `jobs` over `logits` (`rows` rows of `vocab` f32 at `stride`), writing one
+/// Runs every job of `jobs` over `logits` (rows of `vocab` f32, back to back), writing one
 /// record per job into `out` (`jobs.len() * OUT_WORDS` words).
-pub(crate) fn run(logits: &[f32], stride: usize, vocab: usize, jobs: &PackedJobs, out: &mut [i32]) {
+pub(crate) fn run(logits: &[f32], vocab: usize, jobs: &PackedJobs, out: &mut [i32]) {
     let mut scratch = Vec::new();
     for i in 0..jobs.len() {
         let job = unpack_job(jobs, i);
-        let start = job.row * stride;
+        let start = job.row * vocab;
         let row = &logits[start..start + vocab];
         run_job(row, &job, &mut scratch, &mut out[i * OUT_WORDS..(i + 1) * OUT_WORDS]);
     }
@@ -258,7 +258,7 @@ mod tests {
     fn twin(logits: &[f32], job: SampleJob) -> Result<crate::sample::Sampled, crate::sample::SamplingError> {
         let jobs = pack(&[job]);
         let mut out = vec![0; OUT_WORDS];
-        run(logits, logits.len(), logits.len(), &jobs, &mut out);
+        run(logits, logits.len(), &jobs, &mut out);
         read_record(&out, 0, logits.len()).unwrap()
     }
 
