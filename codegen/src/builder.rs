@@ -3,8 +3,8 @@
 //! never produce an ill-typed kernel; errors say which op and which operand types.
 
 use crate::ir::{
-    BinaryOp, CmpOp, Const, DType, Kernel, Llama3Scaling, Node, Op, Output, OutputKind, Param, ParamKind,
-    ReduceOp, RopeStyle, Shape, Ty, UnaryOp, ValueId,
+    BinaryOp, CmpOp, Const, DType, Kernel, Llama3Scaling, Node, Op, Output, OutputKind, Param, ParamKind, ReduceOp,
+    RopeStyle, Shape, Ty, UnaryOp, ValueId,
 };
 use crate::typeck::{infer, TypeError};
 

@@ -7,7 +7,7 @@
 //! Invariant: for every spec, `compile(ir).cuda == spec.cuda` (the runtime checks it in debug
 //! builds; the freshness test checks it in CI).
 
-use crate::compile::{compile, Compiled, CompileError};
+use crate::compile::{compile, CompileError, Compiled};
 use crate::ir::{DType, Kernel};
 use std::sync::OnceLock;
 

@@ -20,4 +20,4 @@ pub mod schedule;
 pub mod typeck;
 pub mod verify;
 
-pub use compile::{compile, Compiled, CompileError};
+pub use compile::{compile, CompileError, Compiled};

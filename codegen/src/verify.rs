@@ -40,18 +40,9 @@ pub enum Level {
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum VerifyError {
     #[error("{node} = {text}: operand {operand} is not defined before this node")]
-    ForwardRef {
-        node: ValueId,
-        text: String,
-        operand: ValueId,
-    },
+    ForwardRef { node: ValueId, text: String, operand: ValueId },
     #[error("{node} = {text}: parameter index {param} is out of range ({count} params)")]
-    NoSuchParam {
-        node: ValueId,
-        text: String,
-        param: u32,
-        count: usize,
-    },
+    NoSuchParam { node: ValueId, text: String, param: u32, count: usize },
     #[error("{node} = {text}: {source}")]
     Type {
         node: ValueId,
@@ -60,48 +51,22 @@ pub enum VerifyError {
         source: TypeError,
     },
     #[error("{node} = {text}: stored type {stored} but the op gives {inferred}")]
-    StoredType {
-        node: ValueId,
-        text: String,
-        stored: Ty,
-        inferred: Ty,
-    },
-    #[error(
-        "{node} = {text}: softmax must be expanded by `lower_softmax` before a backend runs it"
-    )]
+    StoredType { node: ValueId, text: String, stored: Ty, inferred: Ty },
+    #[error("{node} = {text}: softmax must be expanded by `lower_softmax` before a backend runs it")]
     Softmax { node: ValueId, text: String },
     #[error(
         "{node} = {text}: {dtype} used by an op other than a load or a cast after lowering; \
          arithmetic runs in f32 (the frontend widens halves with casts)"
     )]
-    HalfArithmetic {
-        node: ValueId,
-        text: String,
-        dtype: DType,
-    },
+    HalfArithmetic { node: ValueId, text: String, dtype: DType },
     #[error("kernel has no outputs")]
     NoOutputs,
     #[error("output `{name}` names {value}, which does not exist ({count} nodes)")]
-    OutputMissing {
-        name: String,
-        value: ValueId,
-        count: usize,
-    },
+    OutputMissing { name: String, value: ValueId, count: usize },
     #[error("output `{name}`: a {kind} output needs {want}, but {value} is {got}")]
-    OutputShape {
-        name: String,
-        kind: &'static str,
-        want: &'static str,
-        value: ValueId,
-        got: Ty,
-    },
+    OutputShape { name: String, kind: &'static str, want: &'static str, value: ValueId, got: Ty },
     #[error("output `{name}` is {want} but {value} is {got}; cast it first")]
-    OutputDtype {
-        name: String,
-        want: DType,
-        value: ValueId,
-        got: DType,
-    },
+    OutputDtype { name: String, want: DType, value: ValueId, got: DType },
     #[error("`{name}`: bool is not a storage type (tensors and outputs cannot be bool)")]
     BoolStorage { name: String },
     #[error("duplicate name `{0}` among parameters and outputs")]
@@ -142,36 +107,21 @@ pub fn verify_at(k: &Kernel, level: Level) -> Result<(), VerifyError> {
         let text = || node_text(k, &node.op);
         for operand in node.op.operands() {
             if operand.index() >= i {
-                return Err(VerifyError::ForwardRef {
-                    node: id,
-                    text: text(),
-                    operand,
-                });
+                return Err(VerifyError::ForwardRef { node: id, text: text(), operand });
             }
         }
         if let Op::Param(p) | Op::Rope { x: p, .. } = node.op {
             if p as usize >= k.params.len() {
-                return Err(VerifyError::NoSuchParam {
-                    node: id,
-                    text: text(),
-                    param: p,
-                    count: k.params.len(),
-                });
+                return Err(VerifyError::NoSuchParam { node: id, text: text(), param: p, count: k.params.len() });
             }
         }
-        let inferred =
-            infer(&k.params, &k.nodes[..i], &node.op).map_err(|source| VerifyError::Type {
-                node: id,
-                text: text(),
-                source,
-            })?;
+        let inferred = infer(&k.params, &k.nodes[..i], &node.op).map_err(|source| VerifyError::Type {
+            node: id,
+            text: text(),
+            source,
+        })?;
         if inferred != node.ty {
-            return Err(VerifyError::StoredType {
-                node: id,
-                text: text(),
-                stored: node.ty,
-                inferred,
-            });
+            return Err(VerifyError::StoredType { node: id, text: text(), stored: node.ty, inferred });
         }
         if level == Level::Lowered {
             check_lowered(k, id)?;
@@ -184,10 +134,7 @@ pub fn verify_at(k: &Kernel, level: Level) -> Result<(), VerifyError> {
 fn check_lowered(k: &Kernel, id: ValueId) -> Result<(), VerifyError> {
     let node = k.node(id);
     if let Op::Softmax(_) = node.op {
-        return Err(VerifyError::Softmax {
-            node: id,
-            text: node_text(k, &node.op),
-        });
+        return Err(VerifyError::Softmax { node: id, text: node_text(k, &node.op) });
     }
     if matches!(node.op, Op::Param(_) | Op::Cast(..)) {
         return Ok(());
@@ -197,32 +144,21 @@ fn check_lowered(k: &Kernel, id: ValueId) -> Result<(), VerifyError> {
         .chain(node.op.operands().into_iter().map(|o| k.ty(o).dtype))
         .find(|d| d.is_half());
     match half {
-        Some(dtype) => Err(VerifyError::HalfArithmetic {
-            node: id,
-            text: node_text(k, &node.op),
-            dtype,
-        }),
+        Some(dtype) => Err(VerifyError::HalfArithmetic { node: id, text: node_text(k, &node.op), dtype }),
         None => Ok(()),
     }
 }
 
 fn check_names(k: &Kernel) -> Result<(), VerifyError> {
     let mut seen = HashSet::new();
-    for name in k
-        .params
-        .iter()
-        .map(|p| &p.name)
-        .chain(k.outputs.iter().map(|o| &o.name))
-    {
+    for name in k.params.iter().map(|p| &p.name).chain(k.outputs.iter().map(|o| &o.name)) {
         if !seen.insert(name.as_str()) {
             return Err(VerifyError::DuplicateName(name.clone()));
         }
     }
     for p in &k.params {
         if p.kind.is_tensor() && p.kind.dtype() == DType::Bool {
-            return Err(VerifyError::BoolStorage {
-                name: p.name.clone(),
-            });
+            return Err(VerifyError::BoolStorage { name: p.name.clone() });
         }
     }
     let indexed = k
@@ -252,24 +188,14 @@ fn check_outputs(k: &Kernel) -> Result<(), VerifyError> {
     for o in &k.outputs {
         let name = || o.name.clone();
         let Some(node) = k.nodes.get(o.value.index()) else {
-            return Err(VerifyError::OutputMissing {
-                name: name(),
-                value: o.value,
-                count: k.nodes.len(),
-            });
+            return Err(VerifyError::OutputMissing { name: name(), value: o.value, count: k.nodes.len() });
         };
         let (kind, want_shape, want) = match o.kind {
             OutputKind::Row(_) => ("Row", Shape::Elem, "a per-column value"),
             OutputKind::PerRow(_) => ("PerRow", Shape::Uniform, "a per-row value"),
         };
         if node.ty.shape != want_shape {
-            return Err(VerifyError::OutputShape {
-                name: name(),
-                kind,
-                want,
-                value: o.value,
-                got: node.ty,
-            });
+            return Err(VerifyError::OutputShape { name: name(), kind, want, value: o.value, got: node.ty });
         }
         if o.kind.dtype() == DType::Bool {
             return Err(VerifyError::BoolStorage { name: name() });

@@ -49,13 +49,7 @@ fn wrong_argument_count_is_rejected() {
     let mut p = good_params(8, 2);
     p.pop();
     let mut o = out(8, 2);
-    assert!(matches!(
-        run(&rms(), &p, &mut o, 2, 8),
-        Err(CpuError::ArgCount {
-            params: (3, 2),
-            outputs: (1, 1)
-        })
-    ));
+    assert!(matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::ArgCount { params: (3, 2), outputs: (1, 1) })));
     assert!(untouched(&o));
 }
 
@@ -67,23 +61,16 @@ fn wrong_dtype_or_kind_names_the_param() {
     match run(&rms(), &p, &mut o, 2, 8) {
         Err(CpuError::ParamKind { name, want, got }) => {
             assert_eq!(name, "w");
-            assert!(
-                want.contains("bcast<bf16>") && got.contains("bcast<f32>"),
-                "{want} / {got}"
-            );
+            assert!(want.contains("bcast<bf16>") && got.contains("bcast<f32>"), "{want} / {got}");
         }
         other => panic!("{other:?}"),
     }
     let mut p = good_params(8, 2);
     p[2] = PArg::Scalar(CpuScalar::I32(1));
-    assert!(
-        matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::ParamKind { name, .. }) if name == "eps")
-    );
+    assert!(matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::ParamKind { name, .. }) if name == "eps"));
     let mut p = good_params(8, 2);
     p[1] = PArg::PerRow(Host::from_f32(DType::BF16, &[1.0, 1.0]));
-    assert!(
-        matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::ParamKind { name, .. }) if name == "w")
-    );
+    assert!(matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::ParamKind { name, .. }) if name == "w"));
     let mut o2 = vec![OArg::Row(Host::sentinel(DType::F16, 16), 8)];
     assert!(
         matches!(run(&rms(), &good_params(8, 2), &mut o2, 2, 8), Err(CpuError::ParamKind { name, .. }) if name == "y")
@@ -97,9 +84,7 @@ fn short_slices_and_bad_strides_are_rejected() {
     // row tensor one element short
     let mut p = good_params(8, 2);
     p[0] = PArg::Row(Host::from_f32(DType::BF16, &[0.5; 15]), 8);
-    assert!(
-        matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::Length { name, len: 15, .. }) if name == "x")
-    );
+    assert!(matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::Length { name, len: 15, .. }) if name == "x"));
     // stride smaller than the width
     let mut p = good_params(8, 2);
     p[0] = PArg::Row(Host::from_f32(DType::BF16, &[0.5; 16]), 7);
@@ -109,9 +94,7 @@ fn short_slices_and_bad_strides_are_rejected() {
     // bcast of the wrong length
     let mut p = good_params(8, 2);
     p[1] = PArg::Bcast(Host::from_f32(DType::BF16, &[1.0; 9]));
-    assert!(
-        matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::Length { name, len: 9, .. }) if name == "w")
-    );
+    assert!(matches!(run(&rms(), &p, &mut o, 2, 8), Err(CpuError::Length { name, len: 9, .. }) if name == "w"));
     // output too short for its stride
     let mut o_short = vec![OArg::Row(Host::sentinel(DType::BF16, 20), 13)];
     assert!(
@@ -126,14 +109,8 @@ fn short_slices_and_bad_strides_are_rejected() {
 #[test]
 fn empty_problem_is_rejected() {
     let mut o = out(8, 2);
-    assert!(matches!(
-        run(&rms(), &good_params(8, 2), &mut o, 0, 8),
-        Err(CpuError::Empty { rows: 0, width: 8 })
-    ));
-    assert!(matches!(
-        run(&rms(), &good_params(8, 2), &mut o, 2, 0),
-        Err(CpuError::Empty { .. })
-    ));
+    assert!(matches!(run(&rms(), &good_params(8, 2), &mut o, 0, 8), Err(CpuError::Empty { rows: 0, width: 8 })));
+    assert!(matches!(run(&rms(), &good_params(8, 2), &mut o, 2, 0), Err(CpuError::Empty { .. })));
 }
 
 #[test]
@@ -141,13 +118,7 @@ fn per_row_length_must_equal_rows() {
     let k = lower(kernels::logsumexp(DType::F32)).unwrap();
     let x = PArg::Row(Host::F32(vec![1.0; 12]), 4);
     let mut o = vec![OArg::PerRow(Host::sentinel(DType::F32, 3))];
-    let r = run(
-        &k,
-        &[x, PArg::PerRow(Host::F32(vec![1.0; 2]))],
-        &mut o,
-        3,
-        4,
-    );
+    let r = run(&k, &[x, PArg::PerRow(Host::F32(vec![1.0; 2]))], &mut o, 3, 4);
     assert!(matches!(r, Err(CpuError::Length { name, len: 2, .. }) if name == "scale"));
 }
 
@@ -163,11 +134,7 @@ fn rope_head_dim_that_does_not_fit_the_row_is_an_error() {
         ];
         let mut o = vec![OArg::Row(Host::sentinel(DType::F32, 8), 8)];
         match run(&k, &params, &mut o, 1, 8) {
-            Err(CpuError::RopeHeadDim {
-                node,
-                head_dim,
-                width: 8,
-            }) => {
+            Err(CpuError::RopeHeadDim { node, head_dim, width: 8 }) => {
                 assert_eq!(head_dim, hd);
                 assert!(matches!(k.node(node).op, kiln_codegen::ir::Op::Rope { .. }));
                 let _ = ValueId(0);

@@ -46,11 +46,7 @@ fn rms_norm_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
 fn layer_norm_ref(x: &[f64], w: &[f64], bias: &[f64], eps: f64) -> Vec<f64> {
     let mu = mean(x);
     let var = mean(&x.iter().map(|v| (v - mu) * (v - mu)).collect::<Vec<_>>());
-    x.iter()
-        .zip(w)
-        .zip(bias)
-        .map(|((a, g), b)| (a - mu) / (var + eps).sqrt() * g + b)
-        .collect()
+    x.iter().zip(w).zip(bias).map(|((a, g), b)| (a - mu) / (var + eps).sqrt() * g + b).collect()
 }
 
 fn softmax_ref(x: &[f64]) -> Vec<f64> {
@@ -60,30 +56,17 @@ fn softmax_ref(x: &[f64]) -> Vec<f64> {
 }
 
 fn silu_mul_ref(g: &[f64], u: &[f64]) -> Vec<f64> {
-    g.iter()
-        .zip(u)
-        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-        .collect()
+    g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
 }
 
 fn gelu_tanh_mul_ref(g: &[f64], u: &[f64]) -> Vec<f64> {
     let k = (2.0 / std::f64::consts::PI).sqrt();
-    g.iter()
-        .zip(u)
-        .map(|(g, u)| 0.5 * g * (1.0 + (k * (g + 0.044715 * g * g * g)).tanh()) * u)
-        .collect()
+    g.iter().zip(u).map(|(g, u)| 0.5 * g * (1.0 + (k * (g + 0.044715 * g * g * g)).tanh()) * u).collect()
 }
 
 /// RoPE by its definition; the frequency and the angle in f32 as the semantics specify
 /// (large angles make them part of the result), the rotation in f64.
-fn rope_ref(
-    x: &[f64],
-    pos: i32,
-    theta: f32,
-    hd: usize,
-    style: RopeStyle,
-    llama3: Option<[f32; 4]>,
-) -> Vec<f64> {
+fn rope_ref(x: &[f64], pos: i32, theta: f32, hd: usize, style: RopeStyle, llama3: Option<[f32; 4]>) -> Vec<f64> {
     let angle = |i: usize| -> f64 {
         let mut f = 1.0f32 / theta.powf((2 * i) as f32 / hd as f32);
         if let Some([factor, low, high, orig]) = llama3 {
@@ -188,23 +171,9 @@ fn rms_norm_matches_reference() {
         let (w, ws) = bcast_in(&mut r, &c, -1.5, 1.5);
         let eps = 1e-5f32;
         let mut outs = [row_out(&c)];
-        run(
-            &k,
-            &[x, w, PArg::Scalar(CpuScalar::F32(eps))],
-            &mut outs,
-            ROWS,
-            c.width,
-        )
-        .unwrap();
+        run(&k, &[x, w, PArg::Scalar(CpuScalar::F32(eps))], &mut outs, ROWS, c.width).unwrap();
         let want = map_rows(&xs, |x| rms_norm_ref(x, &ws, eps as f64));
-        check_rows(
-            &label("rms_norm", &c),
-            outs[0].host(),
-            c.stride,
-            &want,
-            c.d,
-            0.0,
-        );
+        check_rows(&label("rms_norm", &c), outs[0].host(), c.stride, &want, c.d, 0.0);
     }
 }
 
@@ -218,36 +187,12 @@ fn add_rms_norm_matches_reference_on_both_outputs() {
         let (w, ws) = bcast_in(&mut r, &c, -1.5, 1.5);
         let eps = 1e-6f32;
         let mut outs = [row_out(&c), row_out(&c)];
-        run(
-            &k,
-            &[x, res, w, PArg::Scalar(CpuScalar::F32(eps))],
-            &mut outs,
-            ROWS,
-            c.width,
-        )
-        .unwrap();
-        let hs: Vec<Vec<f64>> = xs
-            .iter()
-            .zip(&rs)
-            .map(|(x, r)| x.iter().zip(r).map(|(a, b)| a + b).collect())
-            .collect();
+        run(&k, &[x, res, w, PArg::Scalar(CpuScalar::F32(eps))], &mut outs, ROWS, c.width).unwrap();
+        let hs: Vec<Vec<f64>> =
+            xs.iter().zip(&rs).map(|(x, r)| x.iter().zip(r).map(|(a, b)| a + b).collect()).collect();
         let want_y = map_rows(&hs, |h| rms_norm_ref(h, &ws, eps as f64));
-        check_rows(
-            &label("add_rms_norm h", &c),
-            outs[0].host(),
-            c.stride,
-            &hs,
-            c.d,
-            0.0,
-        );
-        check_rows(
-            &label("add_rms_norm y", &c),
-            outs[1].host(),
-            c.stride,
-            &want_y,
-            c.d,
-            0.0,
-        );
+        check_rows(&label("add_rms_norm h", &c), outs[0].host(), c.stride, &hs, c.d, 0.0);
+        check_rows(&label("add_rms_norm y", &c), outs[1].host(), c.stride, &want_y, c.d, 0.0);
     }
 }
 
@@ -264,23 +209,9 @@ fn layer_norm_matches_reference() {
         let (b, bs) = bcast_in(&mut r, &c, -0.5, 0.5);
         let eps = 1e-5f32;
         let mut outs = [row_out(&c)];
-        run(
-            &k,
-            &[x, w, b, PArg::Scalar(CpuScalar::F32(eps))],
-            &mut outs,
-            ROWS,
-            c.width,
-        )
-        .unwrap();
+        run(&k, &[x, w, b, PArg::Scalar(CpuScalar::F32(eps))], &mut outs, ROWS, c.width).unwrap();
         let want = map_rows(&xs, |x| layer_norm_ref(x, &ws, &bs, eps as f64));
-        check_rows(
-            &label("layer_norm", &c),
-            outs[0].host(),
-            c.stride,
-            &want,
-            c.d,
-            0.0,
-        );
+        check_rows(&label("layer_norm", &c), outs[0].host(), c.stride, &want, c.d, 0.0);
     }
 }
 
@@ -292,14 +223,7 @@ fn layer_norm_of_one_column_is_the_bias() {
         let w = PArg::Bcast(Host::from_f32(d, &[3.0]));
         let b = PArg::Bcast(Host::from_f32(d, &[0.25]));
         let mut outs = [OArg::Row(Host::sentinel(d, 2), 1)];
-        run(
-            &k,
-            &[x, w, b, PArg::Scalar(CpuScalar::F32(1e-5))],
-            &mut outs,
-            2,
-            1,
-        )
-        .unwrap();
+        run(&k, &[x, w, b, PArg::Scalar(CpuScalar::F32(1e-5))], &mut outs, 2, 1).unwrap();
         assert_eq!(outs[0].host().to_f64(), vec![0.25, 0.25]);
     }
 }
@@ -312,14 +236,7 @@ fn softmax_matches_reference() {
         let (x, xs) = row_in(&mut r, &c, -4.0, 4.0);
         let mut outs = [row_out(&c)];
         run(&k, &[x], &mut outs, ROWS, c.width).unwrap();
-        check_rows(
-            &label("softmax", &c),
-            outs[0].host(),
-            c.stride,
-            &map_rows(&xs, softmax_ref),
-            c.d,
-            0.0,
-        );
+        check_rows(&label("softmax", &c), outs[0].host(), c.stride, &map_rows(&xs, softmax_ref), c.d, 0.0);
     }
 }
 
@@ -342,19 +259,8 @@ fn silu_mul_matches_reference() {
         let (u, us) = row_in(&mut r, &c, -2.0, 2.0);
         let mut outs = [row_out(&c)];
         run(&k, &[g, u], &mut outs, ROWS, c.width).unwrap();
-        let want: Vec<Vec<f64>> = gs
-            .iter()
-            .zip(&us)
-            .map(|(g, u)| silu_mul_ref(g, u))
-            .collect();
-        check_rows(
-            &label("silu_mul", &c),
-            outs[0].host(),
-            c.stride,
-            &want,
-            c.d,
-            0.0,
-        );
+        let want: Vec<Vec<f64>> = gs.iter().zip(&us).map(|(g, u)| silu_mul_ref(g, u)).collect();
+        check_rows(&label("silu_mul", &c), outs[0].host(), c.stride, &want, c.d, 0.0);
     }
 }
 
@@ -367,19 +273,8 @@ fn gelu_tanh_mul_matches_reference() {
         let (u, us) = row_in(&mut r, &c, -2.0, 2.0);
         let mut outs = [row_out(&c)];
         run(&k, &[g, u], &mut outs, ROWS, c.width).unwrap();
-        let want: Vec<Vec<f64>> = gs
-            .iter()
-            .zip(&us)
-            .map(|(g, u)| gelu_tanh_mul_ref(g, u))
-            .collect();
-        check_rows(
-            &label("gelu_tanh_mul", &c),
-            outs[0].host(),
-            c.stride,
-            &want,
-            c.d,
-            0.0,
-        );
+        let want: Vec<Vec<f64>> = gs.iter().zip(&us).map(|(g, u)| gelu_tanh_mul_ref(g, u)).collect();
+        check_rows(&label("gelu_tanh_mul", &c), outs[0].host(), c.stride, &want, c.d, 0.0);
     }
 }
 
@@ -390,11 +285,7 @@ fn rope_case(style: RopeStyle, llama3: bool, seed: u64) {
         for d in DType::STORAGE {
             for pad in [0, 3] {
                 let width = hd * heads;
-                let c = Case {
-                    d,
-                    width,
-                    stride: width + pad,
-                };
+                let c = Case { d, width, stride: width + pad };
                 let k = lowered(kernels::rope(d, style, llama3));
                 let (x, xs) = row_in(&mut r, &c, -2.0, 2.0);
                 let pos: Vec<i32> = (0..ROWS).map(|_| r.random_range(0..4096)).collect();
@@ -411,11 +302,8 @@ fn rope_case(style: RopeStyle, llama3: bool, seed: u64) {
                 let mut outs = [row_out(&c)];
                 run(&k, &params, &mut outs, ROWS, width).unwrap();
                 let sc = llama3.then_some(kernels::LLAMA3);
-                let want: Vec<Vec<f64>> = xs
-                    .iter()
-                    .zip(&pos)
-                    .map(|(x, &p)| rope_ref(x, p, theta, hd, style, sc))
-                    .collect();
+                let want: Vec<Vec<f64>> =
+                    xs.iter().zip(&pos).map(|(x, &p)| rope_ref(x, p, theta, hd, style, sc)).collect();
                 check_rows(
                     &format!("rope {style:?} llama3={llama3} hd {hd} {}", label("", &c)),
                     outs[0].host(),
@@ -450,9 +338,7 @@ fn rope_llama3_scaling_takes_all_three_branches() {
     // head_dim 64, theta 500000: wavelengths from 2*pi to ~2e6 cross 8192/4 and 8192/1.
     let [_, low, high, orig] = kernels::LLAMA3;
     let wl: Vec<f32> = (0..32)
-        .map(|i| {
-            2.0 * std::f32::consts::PI / kiln_codegen::cpu::rope::inv_freq(500000.0, 64, None, i)
-        })
+        .map(|i| 2.0 * std::f32::consts::PI / kiln_codegen::cpu::rope::inv_freq(500000.0, 64, None, i))
         .collect();
     assert!(wl.iter().any(|&w| w < orig / high));
     assert!(wl.iter().any(|&w| w > orig / low));
@@ -467,26 +353,10 @@ fn logsumexp_per_row_output_matches_reference() {
         let (x, xs) = row_in(&mut r, &c, -3.0, 3.0);
         let scale = nonzero(&mut r, ROWS, 0.5, 4.0);
         let mut outs = [OArg::PerRow(Host::sentinel(DType::F32, ROWS))];
-        run(
-            &k,
-            &[x, PArg::PerRow(Host::F32(scale.clone()))],
-            &mut outs,
-            ROWS,
-            c.width,
-        )
-        .unwrap();
-        let want: Vec<f64> = xs
-            .iter()
-            .zip(&scale)
-            .map(|(x, &s)| x.iter().map(|v| (v * s as f64).exp()).sum::<f64>().ln())
-            .collect();
-        check_vec(
-            &label("logsumexp", &c),
-            outs[0].host(),
-            &want,
-            DType::F32,
-            0.0,
-        );
+        run(&k, &[x, PArg::PerRow(Host::F32(scale.clone()))], &mut outs, ROWS, c.width).unwrap();
+        let want: Vec<f64> =
+            xs.iter().zip(&scale).map(|(x, &s)| x.iter().map(|v| (v * s as f64).exp()).sum::<f64>().ln()).collect();
+        check_vec(&label("logsumexp", &c), outs[0].host(), &want, DType::F32, 0.0);
     }
 }
 
@@ -499,38 +369,12 @@ fn select_cmp_matches_reference() {
         let (w, ws) = bcast_in(&mut r, &c, -2.0, 2.0);
         let thr = 0.25f32;
         let mut outs = [row_out(&c), OArg::PerRow(Host::sentinel(DType::F32, ROWS))];
-        run(
-            &k,
-            &[x, w, PArg::Scalar(CpuScalar::F32(thr))],
-            &mut outs,
-            ROWS,
-            c.width,
-        )
-        .unwrap();
-        let want_y = map_rows(&xs, |x| {
-            x.iter()
-                .map(|&v| if v > thr as f64 { v } else { 0.01 * v })
-                .collect()
-        });
-        let want_f: Vec<f64> = xs
-            .iter()
-            .map(|x| x.iter().zip(&ws).filter(|(a, b)| a >= b).count() as f64 / c.width as f64)
-            .collect();
-        check_rows(
-            &label("select_cmp y", &c),
-            outs[0].host(),
-            c.stride,
-            &want_y,
-            c.d,
-            0.0,
-        );
-        check_vec(
-            &label("select_cmp frac", &c),
-            outs[1].host(),
-            &want_f,
-            DType::F32,
-            0.0,
-        );
+        run(&k, &[x, w, PArg::Scalar(CpuScalar::F32(thr))], &mut outs, ROWS, c.width).unwrap();
+        let want_y = map_rows(&xs, |x| x.iter().map(|&v| if v > thr as f64 { v } else { 0.01 * v }).collect());
+        let want_f: Vec<f64> =
+            xs.iter().map(|x| x.iter().zip(&ws).filter(|(a, b)| a >= b).count() as f64 / c.width as f64).collect();
+        check_rows(&label("select_cmp y", &c), outs[0].host(), c.stride, &want_y, c.d, 0.0);
+        check_vec(&label("select_cmp frac", &c), outs[1].host(), &want_f, DType::F32, 0.0);
     }
 }
 
@@ -543,12 +387,7 @@ fn pow_matches_reference() {
         let (w, ws) = bcast_in(&mut r, &c, -2.5, 2.5);
         let mut outs = [row_out(&c)];
         run(&k, &[x, w], &mut outs, ROWS, c.width).unwrap();
-        let want = map_rows(&xs, |x| {
-            x.iter()
-                .zip(&ws)
-                .map(|(a, b)| (a.abs() + 0.5).powf(*b))
-                .collect()
-        });
+        let want = map_rows(&xs, |x| x.iter().zip(&ws).map(|(a, b)| (a.abs() + 0.5).powf(*b)).collect());
         check_rows(&label("pow", &c), outs[0].host(), c.stride, &want, c.d, 0.0);
     }
 }
@@ -570,14 +409,7 @@ fn every_float_unary_op_matches_reference() {
             let mut outs = [row_out(&c)];
             run(&k, &[x], &mut outs, ROWS, c.width).unwrap();
             let want = map_rows(&xs, |x| x.iter().map(|&v| unary_ref(op, v)).collect());
-            check_rows(
-                &label(&format!("{op:?}"), &c),
-                outs[0].host(),
-                c.stride,
-                &want,
-                c.d,
-                0.0,
-            );
+            check_rows(&label(&format!("{op:?}"), &c), outs[0].host(), c.stride, &want, c.d, 0.0);
         }
     }
 }
@@ -587,9 +419,7 @@ fn integer_and_bool_ops_match_reference() {
     let mut r = rng(15);
     for c in cases() {
         let k = lowered(kernels::int_ops(c.d));
-        let ints = |r: &mut StdRng, n: usize| -> Vec<i32> {
-            (0..n).map(|_| r.random_range(-50..=50)).collect()
-        };
+        let ints = |r: &mut StdRng, n: usize| -> Vec<i32> { (0..n).map(|_| r.random_range(-50..=50)).collect() };
         let mut iflat = vec![0i32; ROWS * c.stride];
         let mut irows = vec![];
         for row in 0..ROWS {
@@ -599,10 +429,7 @@ fn integer_and_bool_ops_match_reference() {
         }
         let j = ints(&mut r, c.width);
         let p: Vec<i32> = vec![0, 7, -3];
-        let mut outs = [
-            OArg::Row(Host::sentinel(DType::I32, ROWS * c.stride), c.stride),
-            row_out(&c),
-        ];
+        let mut outs = [OArg::Row(Host::sentinel(DType::I32, ROWS * c.stride), c.stride), row_out(&c)];
         let params = [
             PArg::Row(Host::I32(iflat), c.stride),
             PArg::Bcast(Host::I32(j.clone())),
@@ -622,36 +449,13 @@ fn integer_and_bool_ops_match_reference() {
                     (v / 2) as f64 // i64 division truncates toward zero, like the IR's
                 })
                 .collect();
-            let f: Vec<f64> = iv
-                .iter()
-                .zip(&j)
-                .map(|(&i, &j)| {
-                    if i <= j || pr == 0 {
-                        0.5 + i as f64
-                    } else {
-                        i as f64
-                    }
-                })
-                .collect();
+            let f: Vec<f64> =
+                iv.iter().zip(&j).map(|(&i, &j)| if i <= j || pr == 0 { 0.5 + i as f64 } else { i as f64 }).collect();
             want_q.push(q);
             want_f.push(f);
         }
-        check_rows(
-            &label("int_ops q", &c),
-            outs[0].host(),
-            c.stride,
-            &want_q,
-            DType::I32,
-            0.0,
-        );
-        check_rows(
-            &label("int_ops f", &c),
-            outs[1].host(),
-            c.stride,
-            &want_f,
-            c.d,
-            0.0,
-        );
+        check_rows(&label("int_ops q", &c), outs[0].host(), c.stride, &want_q, DType::I32, 0.0);
+        check_rows(&label("int_ops f", &c), outs[1].host(), c.stride, &want_f, c.d, 0.0);
     }
 }
 
@@ -676,27 +480,18 @@ fn parallel_rows_match_row_by_row_runs_exactly() {
                         let (h, _) = row_tensor(r, d, rows, width, width, -2.0, 2.0);
                         PArg::Row(h, width)
                     }
-                    kiln_codegen::ir::ParamKind::Bcast(d) => {
-                        PArg::Bcast(vec_tensor(r, d, width, -1.0, 1.0).0)
+                    kiln_codegen::ir::ParamKind::Bcast(d) => PArg::Bcast(vec_tensor(r, d, width, -1.0, 1.0).0),
+                    kiln_codegen::ir::ParamKind::PerRow(_) => {
+                        PArg::PerRow(Host::I32((0..rows).map(|j| ((pos0 + j) / 9) as i32).collect()))
                     }
-                    kiln_codegen::ir::ParamKind::PerRow(_) => PArg::PerRow(Host::I32(
-                        (0..rows).map(|j| ((pos0 + j) / 9) as i32).collect(),
-                    )),
-                    kiln_codegen::ir::ParamKind::Comptime(DType::I32) => {
-                        PArg::Scalar(CpuScalar::I32(64))
-                    }
-                    kiln_codegen::ir::ParamKind::Comptime(_) => {
-                        PArg::Scalar(CpuScalar::F32(1e-5 + i as f32))
-                    }
+                    kiln_codegen::ir::ParamKind::Comptime(DType::I32) => PArg::Scalar(CpuScalar::I32(64)),
+                    kiln_codegen::ir::ParamKind::Comptime(_) => PArg::Scalar(CpuScalar::F32(1e-5 + i as f32)),
                 })
                 .collect()
         };
         let params = mk_params(&mut r, rows, 0);
-        let mut outs: Vec<OArg> = k
-            .outputs
-            .iter()
-            .map(|o| OArg::Row(Host::sentinel(o.kind.dtype(), rows * width), width))
-            .collect();
+        let mut outs: Vec<OArg> =
+            k.outputs.iter().map(|o| OArg::Row(Host::sentinel(o.kind.dtype(), rows * width), width)).collect();
         run(&k, &params, &mut outs, rows, width).unwrap();
         // the same rows one at a time
         for row in (0..rows).step_by(37) {
@@ -710,21 +505,13 @@ fn parallel_rows_match_row_by_row_runs_exactly() {
                     PArg::PerRow(_) => unreachable!(),
                 })
                 .collect();
-            let mut o1: Vec<OArg> = k
-                .outputs
-                .iter()
-                .map(|o| OArg::Row(Host::sentinel(o.kind.dtype(), width), width))
-                .collect();
+            let mut o1: Vec<OArg> =
+                k.outputs.iter().map(|o| OArg::Row(Host::sentinel(o.kind.dtype(), width), width)).collect();
             run(&k, &one, &mut o1, 1, width).unwrap();
             for (big, small) in outs.iter().zip(&o1) {
                 let b = big.host().to_f64();
                 let s = small.host().to_f64();
-                assert_eq!(
-                    &b[row * width..(row + 1) * width],
-                    &s[..],
-                    "{} row {row}",
-                    k.name
-                );
+                assert_eq!(&b[row * width..(row + 1) * width], &s[..], "{} row {row}", k.name);
             }
         }
     }
@@ -746,11 +533,8 @@ fn half_casts_round_to_nearest_even() {
     let mut r = rng(17);
     for d in [DType::F16, DType::BF16] {
         let mut b = kiln_codegen::builder::Builder::new("round", "test", d);
-        let x = b
-            .param("x", kiln_codegen::ir::ParamKind::Row(DType::F32))
-            .unwrap();
-        b.output("y", kiln_codegen::ir::OutputKind::Row(d), x)
-            .unwrap();
+        let x = b.param("x", kiln_codegen::ir::ParamKind::Row(DType::F32)).unwrap();
+        b.output("y", kiln_codegen::ir::OutputKind::Row(d), x).unwrap();
         let k = lowered(b.finish().unwrap());
         let mut xs = nonzero(&mut r, 1000, -3.0, 3.0);
         // exact ties: 1 + half an ulp of the dtype
@@ -776,31 +560,21 @@ fn half_per_row_and_comptime_params_and_kernel_reuse() {
     // y = x * p[row] + c with p a per-row bf16 vector and c a comptime f16 (given as f32 and
     // rounded to f16); one planned kernel run on two different shapes.
     let mut b = kiln_codegen::builder::Builder::new("scale_shift", "test", DType::F32);
-    let x = b
-        .param("x", kiln_codegen::ir::ParamKind::Row(DType::F32))
-        .unwrap();
-    let p = b
-        .param("p", kiln_codegen::ir::ParamKind::PerRow(DType::BF16))
-        .unwrap();
+    let x = b.param("x", kiln_codegen::ir::ParamKind::Row(DType::F32)).unwrap();
+    let p = b.param("p", kiln_codegen::ir::ParamKind::PerRow(DType::BF16)).unwrap();
     let p = b.widen(p).unwrap();
-    let c = b
-        .param("c", kiln_codegen::ir::ParamKind::Comptime(DType::F16))
-        .unwrap();
+    let c = b.param("c", kiln_codegen::ir::ParamKind::Comptime(DType::F16)).unwrap();
     let c = b.widen(c).unwrap();
     let xp = b.binary(kiln_codegen::ir::BinaryOp::Mul, x, p).unwrap();
     let y = b.binary(kiln_codegen::ir::BinaryOp::Add, xp, c).unwrap();
-    b.output("y", kiln_codegen::ir::OutputKind::Row(DType::F32), y)
-        .unwrap();
+    b.output("y", kiln_codegen::ir::OutputKind::Row(DType::F32), y).unwrap();
     let k = kiln_codegen::cpu::CpuKernel::new(&lowered(b.finish().unwrap())).unwrap();
     let mut r = rng(18);
     let c_in = 0.1f32; // not an f16: rounds to 0.0999755859375
     let c16 = f16::from_f32(c_in).to_f32() as f64;
     for (rows, width) in [(2usize, 5usize), (4, 64)] {
         let xs = nonzero(&mut r, rows * width, -2.0, 2.0);
-        let ps: Vec<bf16> = nonzero(&mut r, rows, -3.0, 3.0)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
+        let ps: Vec<bf16> = nonzero(&mut r, rows, -3.0, 3.0).iter().map(|&v| bf16::from_f32(v)).collect();
         let mut out = vec![f32::NAN; rows * width];
         let params = [
             kiln_codegen::cpu::CpuParam::row(&xs[..], width),
@@ -813,10 +587,7 @@ fn half_per_row_and_comptime_params_and_kernel_reuse() {
             for col in 0..width {
                 let want = xs[row * width + col] as f64 * ps[row].to_f64() + c16;
                 let got = out[row * width + col] as f64;
-                assert!(
-                    (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
-                    "row {row} col {col}: {got} vs {want}"
-                );
+                assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "row {row} col {col}: {got} vs {want}");
             }
         }
     }

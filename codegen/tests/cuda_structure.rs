@@ -133,7 +133,11 @@ mod cuda {
                 // Elementwise arithmetic over params is recomputed in each stage that reads it
                 // (the params are cached instead): defined once per stage, no array.
                 let recomputed = !packed && text.matches(&format!("const {ty} {var} = ")).count() >= 2;
-                assert!(text.contains(&arr) || recomputed, "{}: `{var}` neither cached (`{arr}`) nor recomputed", k.spec_name());
+                assert!(
+                    text.contains(&arr) || recomputed,
+                    "{}: `{var}` neither cached (`{arr}`) nor recomputed",
+                    k.spec_name()
+                );
             }
             for (i, p) in k.params.iter().enumerate() {
                 if let ParamKind::Row(_) = p.kind {

@@ -6,8 +6,7 @@ mod common;
 use common::kernels;
 use kiln_codegen::builder::Builder;
 use kiln_codegen::ir::{
-    BinaryOp, Const, DType, Kernel, Node, Op, OutputKind, ParamKind, ReduceOp, Shape, Ty, UnaryOp,
-    ValueId,
+    BinaryOp, Const, DType, Kernel, Node, Op, OutputKind, ParamKind, ReduceOp, Shape, Ty, UnaryOp, ValueId,
 };
 use kiln_codegen::passes::{const_fold, cse, dce, lower, lower_softmax, PASSES};
 use kiln_codegen::verify::verify_lowered;
@@ -22,14 +21,8 @@ fn lower_softmax_expands_into_max_exp_sum_div() {
         let k = lower_softmax(kernels::softmax(d));
         verify_lowered(&k).unwrap();
         let n = k.nodes.len();
-        let x = k
-            .nodes
-            .iter()
-            .position(|n| matches!(n.op, Op::Reduce(ReduceOp::Max, _)))
-            .unwrap();
-        let Op::Reduce(_, src) = k.nodes[x].op else {
-            unreachable!()
-        };
+        let x = k.nodes.iter().position(|n| matches!(n.op, Op::Reduce(ReduceOp::Max, _))).unwrap();
+        let Op::Reduce(_, src) = k.nodes[x].op else { unreachable!() };
         let tail: Vec<Op> = ops(&k)[x..x + 5].to_vec();
         let v = |i: usize| ValueId((x + i) as u32);
         assert_eq!(
@@ -75,35 +68,23 @@ fn folding_kernel() -> (Kernel, Vec<ValueId>) {
         acc = b.binary(BinaryOp::Add, acc, v).unwrap();
     }
     b.output("y", OutputKind::Row(DType::F32), acc).unwrap();
-    (
-        b.finish().unwrap(),
-        vec![r, k, sevenf, sevenh, cc, div0, ninf, cmp, sel],
-    )
+    (b.finish().unwrap(), vec![r, k, sevenf, sevenh, cc, div0, ninf, cmp, sel])
 }
 
 #[test]
 fn const_fold_folds_constant_ops_and_nothing_else() {
     let (k, ids) = folding_kernel();
-    let [r, sq, sevenf, sevenh, cc, div0, ninf, cmp, sel] = ids[..] else {
-        unreachable!()
-    };
+    let [r, sq, sevenf, sevenh, cc, div0, ninf, cmp, sel] = ids[..] else { unreachable!() };
     let f = const_fold(k.clone());
     assert_eq!(f.nodes.len(), k.nodes.len(), "folding rewrites in place");
     let want_k = (2.0f32 / std::f32::consts::PI).sqrt();
-    assert_eq!(
-        f.nodes[r.index()].op,
-        Op::Const(Const::F32(2.0 / std::f32::consts::PI))
-    );
+    assert_eq!(f.nodes[r.index()].op, Op::Const(Const::F32(2.0 / std::f32::consts::PI)));
     assert_eq!(f.nodes[sq.index()].op, Op::Const(Const::F32(want_k)));
     assert_eq!(f.nodes[sevenf.index()].op, Op::Const(Const::F32(7.0)));
     assert_eq!(f.nodes[cmp.index()].op, Op::Const(Const::Bool(true)));
     assert_eq!(f.nodes[sel.index()].op, Op::Const(Const::F32(want_k)));
     for kept in [sevenh, cc, div0, ninf] {
-        assert_eq!(
-            f.nodes[kept.index()].op,
-            k.nodes[kept.index()].op,
-            "{kept} must not fold"
-        );
+        assert_eq!(f.nodes[kept.index()].op, k.nodes[kept.index()].op, "{kept} must not fold");
     }
     assert_eq!(f.nodes[0].op, Op::Param(0));
     assert_eq!(f.nodes[1].op, Op::Param(1));
@@ -139,40 +120,18 @@ fn cse_merges_duplicates_and_keeps_the_first_name() {
     let names: Vec<Option<&str>> = c.nodes.iter().map(|n| n.name.as_deref()).collect();
     assert!(names.contains(&Some("first")) && !names.contains(&Some("second")));
     // the surviving exp took the duplicate's name, having none
-    let exp = c
-        .nodes
-        .iter()
-        .find(|n| matches!(n.op, Op::Unary(UnaryOp::Exp, _)))
-        .unwrap();
+    let exp = c.nodes.iter().find(|n| matches!(n.op, Op::Unary(UnaryOp::Exp, _))).unwrap();
     assert_eq!(exp.name.as_deref(), Some("e"));
-    assert_eq!(
-        c.nodes
-            .iter()
-            .filter(|n| matches!(n.op, Op::Binary(BinaryOp::Min, ..)))
-            .count(),
-        2
-    );
+    assert_eq!(c.nodes.iter().filter(|n| matches!(n.op, Op::Binary(BinaryOp::Min, ..))).count(), 2);
     let consts: Vec<u32> = c
         .nodes
         .iter()
-        .filter_map(|n| {
-            if let Op::Const(Const::F32(v)) = n.op {
-                Some(v.to_bits())
-            } else {
-                None
-            }
-        })
+        .filter_map(|n| if let Op::Const(Const::F32(v)) = n.op { Some(v.to_bits()) } else { None })
         .collect();
     assert_eq!(consts, vec![0.0f32.to_bits(), (-0.0f32).to_bits()]);
     // e1 * e2 became e * e
-    let mul = c
-        .nodes
-        .iter()
-        .find(|n| matches!(n.op, Op::Binary(BinaryOp::Mul, ..)))
-        .unwrap();
-    let Op::Binary(_, p, q) = mul.op else {
-        unreachable!()
-    };
+    let mul = c.nodes.iter().find(|n| matches!(n.op, Op::Binary(BinaryOp::Mul, ..))).unwrap();
+    let Op::Binary(_, p, q) = mul.op else { unreachable!() };
     assert_eq!(p, q);
 }
 
@@ -196,17 +155,10 @@ fn dce_drops_dead_nodes_renumbers_and_keeps_names_and_params() {
     assert_eq!(d.nodes.len(), 3);
     assert_eq!(
         ops(&d),
-        vec![
-            Op::Param(0),
-            Op::Unary(UnaryOp::Tanh, ValueId(0)),
-            Op::Reduce(ReduceOp::Sum, ValueId(1))
-        ]
+        vec![Op::Param(0), Op::Unary(UnaryOp::Tanh, ValueId(0)), Op::Reduce(ReduceOp::Sum, ValueId(1))]
     );
     let names: Vec<_> = d.nodes.iter().map(|n| n.name.clone()).collect();
-    assert_eq!(
-        names,
-        vec![Some("x".into()), Some("y".into()), Some("total".into())]
-    );
+    assert_eq!(names, vec![Some("x".into()), Some("y".into()), Some("total".into())]);
     assert_eq!(d.outputs[0].value, ValueId(1));
     assert_eq!(d.outputs[1].value, ValueId(2));
 }
@@ -214,12 +166,7 @@ fn dce_drops_dead_nodes_renumbers_and_keeps_names_and_params() {
 #[test]
 fn lowering_is_idempotent_and_deterministic() {
     for d in DType::STORAGE {
-        for k in [
-            kernels::softmax(d),
-            kernels::gelu_tanh_mul(d),
-            kernels::add_rms_norm(d),
-            kernels::int_ops(d),
-        ] {
+        for k in [kernels::softmax(d), kernels::gelu_tanh_mul(d), kernels::add_rms_norm(d), kernels::int_ops(d)] {
             let once = lower(k.clone()).unwrap();
             assert_eq!(lower(k.clone()).unwrap(), once);
             assert_eq!(lower(once.clone()).unwrap(), once, "{}", k.spec_name());
@@ -230,19 +177,9 @@ fn lowering_is_idempotent_and_deterministic() {
 #[test]
 fn passes_do_not_panic_on_broken_kernels() {
     let mut k = kernels::softmax(DType::F32);
-    k.nodes.insert(
-        0,
-        Node {
-            op: Op::Unary(UnaryOp::Exp, ValueId(40)),
-            ty: Ty::new(DType::F32, Shape::Elem),
-            name: None,
-        },
-    );
-    k.nodes.push(Node {
-        op: Op::Param(9),
-        ty: Ty::new(DType::F32, Shape::Elem),
-        name: None,
-    });
+    k.nodes
+        .insert(0, Node { op: Op::Unary(UnaryOp::Exp, ValueId(40)), ty: Ty::new(DType::F32, Shape::Elem), name: None });
+    k.nodes.push(Node { op: Op::Param(9), ty: Ty::new(DType::F32, Shape::Elem), name: None });
     k.outputs[0].value = ValueId(1000);
     for (_, pass) in PASSES {
         let _ = pass(k.clone());

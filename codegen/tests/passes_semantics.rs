@@ -14,8 +14,8 @@ use half::{bf16, f16};
 use kiln_codegen::builder::Builder;
 use kiln_codegen::cpu::CpuScalar;
 use kiln_codegen::ir::{
-    BinaryOp, CmpOp, Const, DType, Kernel, Llama3Scaling, Op, OutputKind, ParamKind, ReduceOp,
-    RopeStyle, Shape, UnaryOp, ValueId,
+    BinaryOp, CmpOp, Const, DType, Kernel, Llama3Scaling, Op, OutputKind, ParamKind, ReduceOp, RopeStyle, Shape,
+    UnaryOp, ValueId,
 };
 use kiln_codegen::passes::lower;
 use kiln_codegen::verify::verify_lowered;
@@ -50,14 +50,7 @@ const BINARY: [BinaryOp; 9] = [
     BinaryOp::And,
     BinaryOp::Or,
 ];
-const CMP: [CmpOp; 6] = [
-    CmpOp::Lt,
-    CmpOp::Le,
-    CmpOp::Gt,
-    CmpOp::Ge,
-    CmpOp::Eq,
-    CmpOp::Ne,
-];
+const CMP: [CmpOp; 6] = [CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge, CmpOp::Eq, CmpOp::Ne];
 const REDUCE: [ReduceOp; 3] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max];
 const WIDTHS: [usize; 7] = [1, 2, 3, 7, 8, 16, 24];
 const ROWS: usize = 3;
@@ -118,13 +111,7 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec((0usize..64, any::<bool>()), 0..3),
         any::<u64>(),
     )
-        .prop_map(|(dtype, width, prog, outs, seed)| Case {
-            dtype,
-            width,
-            prog,
-            outs,
-            seed,
-        })
+        .prop_map(|(dtype, width, prog, outs, seed)| Case { dtype, width, prog, outs, seed })
 }
 
 /// The parameters every random kernel declares, with the pool entries they start.
@@ -166,9 +153,7 @@ fn build(c: &Case) -> Option<Built> {
     let find = |b: &Builder, pool: &[ValueId], at: usize, want: DType| -> Option<ValueId> {
         let n = pool.len();
         let start = slot(n, at);
-        (0..n)
-            .map(|k| pool[(start + n - k) % n])
-            .find(|&v| b.ty(v).dtype == want)
+        (0..n).map(|k| pool[(start + n - k) % n]).find(|&v| b.ty(v).dtype == want)
     };
     for ins in &c.prog {
         let n = pool.len();
@@ -176,11 +161,7 @@ fn build(c: &Case) -> Option<Built> {
         let op = match *ins {
             Instr::Unary(o, a) => {
                 let u = UNARY[o];
-                let want = if u == UnaryOp::Not {
-                    DType::Bool
-                } else {
-                    DType::F32
-                };
+                let want = if u == UnaryOp::Not { DType::Bool } else { DType::F32 };
                 Op::Unary(u, find(&b, &pool, a, want).unwrap_or(pick(a)))
             }
             Instr::Binary(o, a, bb) => {
@@ -239,30 +220,14 @@ fn build(c: &Case) -> Option<Built> {
                 if c.width % 2 != 0 {
                     continue;
                 }
-                let style = if interleaved {
-                    RopeStyle::Interleaved
-                } else {
-                    RopeStyle::HalfSplit
-                };
+                let style = if interleaved { RopeStyle::Interleaved } else { RopeStyle::HalfSplit };
                 let scaling = if llama3 {
                     let [f, l, h, o] = [8.0, 1.0, 4.0, 64.0].map(|v| b.f32(v));
-                    Some(Llama3Scaling {
-                        factor: f,
-                        low_freq_factor: l,
-                        high_freq_factor: h,
-                        original_max_position: o,
-                    })
+                    Some(Llama3Scaling { factor: f, low_freq_factor: l, high_freq_factor: h, original_max_position: o })
                 } else {
                     None
                 };
-                Op::Rope {
-                    x: 0,
-                    pos,
-                    theta,
-                    head_dim: hd,
-                    style,
-                    scaling,
-                }
+                Op::Rope { x: 0, pos, theta, head_dim: hd, style, scaling }
             }
         };
         // ill-typed combinations are simply skipped: the builder refuses them
@@ -283,25 +248,14 @@ fn build(c: &Case) -> Option<Built> {
             _ if to_storage => d,
             _ => DType::F32,
         };
-        let kind = if t.shape == Shape::Elem {
-            OutputKind::Row(dt)
-        } else {
-            OutputKind::PerRow(dt)
-        };
+        let kind = if t.shape == Shape::Elem { OutputKind::Row(dt) } else { OutputKind::PerRow(dt) };
         b.output(&format!("o{n}"), kind, v).ok()?;
     }
-    Some(Built {
-        kernel: b.finish().ok()?,
-        head_dim: head_dim_for(c.width),
-    })
+    Some(Built { kernel: b.finish().ok()?, head_dim: head_dim_for(c.width) })
 }
 
 fn to_f32(d: DType, v: &[f32]) -> Vec<f32> {
-    Host::from_f32(d, v)
-        .to_f64()
-        .iter()
-        .map(|&x| x as f32)
-        .collect()
+    Host::from_f32(d, v).to_f64().iter().map(|&x| x as f32).collect()
 }
 
 fn same(a: f64, b: f64) -> bool {
@@ -309,33 +263,20 @@ fn same(a: f64, b: f64) -> bool {
 }
 
 fn check(c: &Case) -> Result<(), TestCaseError> {
-    let Some(Built {
-        kernel: k,
-        head_dim,
-    }) = build(c)
-    else {
+    let Some(Built { kernel: k, head_dim }) = build(c) else {
         return Ok(());
     };
-    let low =
-        lower(k.clone()).map_err(|e| TestCaseError::fail(format!("lower failed: {e}\n{k}")))?;
+    let low = lower(k.clone()).map_err(|e| TestCaseError::fail(format!("lower failed: {e}\n{k}")))?;
     verify_lowered(&low).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    prop_assert_eq!(
-        &lower(low.clone()).unwrap(),
-        &low,
-        "lowering is not idempotent"
-    );
+    prop_assert_eq!(&lower(low.clone()).unwrap(), &low, "lowering is not idempotent");
 
     let (d, width, stride) = (c.dtype, c.width, c.width + 1);
     let mut rng = common::host::rng(c.seed);
-    let xs: Vec<Vec<f32>> = (0..ROWS)
-        .map(|_| to_f32(d, &nonzero(&mut rng, width, -2.0, 2.0)))
-        .collect();
+    let xs: Vec<Vec<f32>> = (0..ROWS).map(|_| to_f32(d, &nonzero(&mut rng, width, -2.0, 2.0))).collect();
     let ws = to_f32(d, &nonzero(&mut rng, width, -2.0, 2.0));
     let ss = nonzero(&mut rng, ROWS, 0.5, 2.0);
     let cv = rng.random_range(-2.0f32..2.0);
-    let is: Vec<Vec<i32>> = (0..ROWS)
-        .map(|_| (0..width).map(|_| rng.random_range(-5..=5)).collect())
-        .collect();
+    let is: Vec<Vec<i32>> = (0..ROWS).map(|_| (0..width).map(|_| rng.random_range(-5..=5)).collect()).collect();
     let ps: Vec<i32> = (0..ROWS).map(|_| rng.random_range(0..50)).collect();
     let theta = 10000.0f32;
 
@@ -363,8 +304,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
             OutputKind::PerRow(dt) => OArg::PerRow(Host::sentinel(dt, ROWS)),
         })
         .collect();
-    run(&low, &params, &mut outs, ROWS, width)
-        .map_err(|e| TestCaseError::fail(format!("run: {e}\n{low}")))?;
+    run(&low, &params, &mut outs, ROWS, width).map_err(|e| TestCaseError::fail(format!("run: {e}\n{low}")))?;
 
     let data = vec![
         ParamData::RowsF(xs),
@@ -389,17 +329,9 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
                 OArg::Row(_, st) => all[r * st..r * st + width].to_vec(),
                 OArg::PerRow(_) => vec![all[r]],
             };
-            let want = if want.len() == 1 && got_row.len() > 1 {
-                vec![want[0]; got_row.len()]
-            } else {
-                want
-            };
+            let want = if want.len() == 1 && got_row.len() > 1 { vec![want[0]; got_row.len()] } else { want };
             for (j, (&g, &w)) in got_row.iter().zip(&want).enumerate() {
-                prop_assert!(
-                    same(g, w),
-                    "output {} row {r} col {j}: lowered+cpu {g}, direct {w}\n{k}\n{low}",
-                    o.name
-                );
+                prop_assert!(same(g, w), "output {} row {r} col {j}: lowered+cpu {g}, direct {w}\n{k}\n{low}", o.name);
             }
         }
     }
@@ -416,12 +348,7 @@ fn stored(d: DType, x: f32) -> f64 {
 }
 
 fn config() -> Config {
-    Config {
-        cases: 400,
-        rng_seed: RngSeed::Fixed(0x6b696c6e),
-        failure_persistence: None,
-        ..Config::default()
-    }
+    Config { cases: 400, rng_seed: RngSeed::Fixed(0x6b696c6e), failure_persistence: None, ..Config::default() }
 }
 
 proptest! {
@@ -436,8 +363,7 @@ proptest! {
 fn random_programs_exercise_every_pass() {
     // Sanity check of the generator: across a fixed sample, folding, merging and dropping all happen.
     let mut runner = proptest::test_runner::TestRunner::new(config());
-    let (mut folded, mut merged, mut dropped, mut softmax, mut rope, mut built) =
-        (0, 0, 0, 0, 0, 0);
+    let (mut folded, mut merged, mut dropped, mut softmax, mut rope, mut built) = (0, 0, 0, 0, 0, 0);
     for _ in 0..200 {
         let c = case().new_tree(&mut runner).unwrap().current();
         let Some(Built { kernel: k, .. }) = build(&c) else {
@@ -445,8 +371,7 @@ fn random_programs_exercise_every_pass() {
         };
         built += 1;
         let low = lower(k.clone()).unwrap();
-        let count =
-            |k: &Kernel, f: &dyn Fn(&Op) -> bool| k.nodes.iter().filter(|n| f(&n.op)).count();
+        let count = |k: &Kernel, f: &dyn Fn(&Op) -> bool| k.nodes.iter().filter(|n| f(&n.op)).count();
         let consts = |k: &Kernel| count(k, &|o| matches!(o, Op::Const(_)));
         let sm = lower_softmax_only(&k);
         if consts(&kiln_codegen::passes::const_fold(sm.clone())) > consts(&sm) {
@@ -462,13 +387,9 @@ fn random_programs_exercise_every_pass() {
         rope += (count(&k, &|o| matches!(o, Op::Rope { .. })) > 0) as usize;
     }
     assert!(built > 150, "built {built}");
-    for (what, n) in [
-        ("folded", folded),
-        ("merged", merged),
-        ("dropped", dropped),
-        ("softmax", softmax),
-        ("rope", rope),
-    ] {
+    for (what, n) in
+        [("folded", folded), ("merged", merged), ("dropped", dropped), ("softmax", softmax), ("rope", rope)]
+    {
         assert!(n >= 10, "only {n} programs {what}");
     }
 }

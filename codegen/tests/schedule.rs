@@ -49,10 +49,7 @@ fn check_invariants(k: &Kernel, s: &Schedule) {
     }
     for st in &s.stages {
         for list in [&st.uniform, &st.elem, &st.reductions] {
-            assert!(
-                list.windows(2).all(|w| w[0] < w[1]),
-                "stage lists are in SSA order"
-            );
+            assert!(list.windows(2).all(|w| w[0] < w[1]), "stage lists are in SSA order");
         }
     }
     for &c in &s.cached {
@@ -68,19 +65,9 @@ fn rms_norm_has_two_stages_caches_the_input_and_loads_the_weight_late() {
         check_invariants(&k, &s);
         assert_eq!(s.stages.len(), 2, "{}", k.spec_name());
         let (_, x) = loaded(&k, "x");
-        assert_eq!(
-            s.cached,
-            vec![x],
-            "{}: the (widened) input is cached",
-            k.spec_name()
-        );
+        assert_eq!(s.cached, vec![x], "{}: the (widened) input is cached", k.spec_name());
         let (w_load, w) = loaded(&k, "w");
-        assert_eq!(
-            s.stage_of[w_load.index()],
-            1,
-            "{}: weight load in stage 1",
-            k.spec_name()
-        );
+        assert_eq!(s.stage_of[w_load.index()], 1, "{}: weight load in stage 1", k.spec_name());
         assert_eq!(s.stage_of[w.index()], 1);
         assert!(s.stages[1].elem.contains(&w_load));
         assert!(!s.stages[0].elem.contains(&w_load));
@@ -153,11 +140,7 @@ fn rope_is_one_stage() {
     assert_eq!(s.stages.len(), 1);
     assert!(s.cached.is_empty());
     // the position is a per-row value, read in the prologue
-    let pos = k
-        .params
-        .iter()
-        .position(|p| matches!(p.kind, ParamKind::PerRow(_)))
-        .unwrap() as u32;
+    let pos = k.params.iter().position(|p| matches!(p.kind, ParamKind::PerRow(_))).unwrap() as u32;
     let pos_node = k.nodes.iter().position(|n| n.op == Op::Param(pos)).unwrap();
     assert!(s.stages[0].uniform.contains(&ValueId(pos_node as u32)));
 }

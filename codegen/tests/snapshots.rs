@@ -8,9 +8,7 @@ use kiln_codegen::ir::{DType, Kernel, RopeStyle};
 use kiln_codegen::passes::lower;
 
 fn text(make: impl Fn(DType) -> Kernel) -> String {
-    [DType::F32, DType::BF16]
-        .map(|d| lower(make(d)).unwrap().to_string())
-        .join("\n")
+    [DType::F32, DType::BF16].map(|d| lower(make(d)).unwrap().to_string()).join("\n")
 }
 
 macro_rules! snap {
@@ -29,16 +27,8 @@ snap!(softmax, kernels::softmax);
 snap!(silu_mul, kernels::silu_mul);
 snap!(gelu_tanh_mul, kernels::gelu_tanh_mul);
 snap!(rope_half, |d| kernels::rope(d, RopeStyle::HalfSplit, false));
-snap!(rope_interleaved, |d| kernels::rope(
-    d,
-    RopeStyle::Interleaved,
-    false
-));
-snap!(rope_llama3, |d| kernels::rope(
-    d,
-    RopeStyle::HalfSplit,
-    true
-));
+snap!(rope_interleaved, |d| kernels::rope(d, RopeStyle::Interleaved, false));
+snap!(rope_llama3, |d| kernels::rope(d, RopeStyle::HalfSplit, true));
 snap!(logsumexp, kernels::logsumexp);
 snap!(select_cmp, kernels::select_cmp);
 snap!(pow, kernels::pow);
@@ -46,9 +36,6 @@ snap!(int_ops, kernels::int_ops);
 
 #[test]
 fn unary_ops() {
-    let all: Vec<String> = kernels::FLOAT_UNARY
-        .iter()
-        .map(|&op| text(|d| kernels::unary(d, op)))
-        .collect();
+    let all: Vec<String> = kernels::FLOAT_UNARY.iter().map(|&op| text(|d| kernels::unary(d, op))).collect();
     insta::assert_snapshot!("unary_ops", all.join("\n"));
 }

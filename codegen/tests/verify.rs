@@ -6,8 +6,7 @@ mod common;
 use common::kernels;
 use kiln_codegen::builder::Builder;
 use kiln_codegen::ir::{
-    BinaryOp, DType, Kernel, Node, Op, Output, OutputKind, Param, ParamKind, RopeStyle, Shape, Ty,
-    UnaryOp, ValueId,
+    BinaryOp, DType, Kernel, Node, Op, Output, OutputKind, Param, ParamKind, RopeStyle, Shape, Ty, UnaryOp, ValueId,
 };
 use kiln_codegen::passes::lower;
 use kiln_codegen::typeck::TypeError;
@@ -59,34 +58,13 @@ fn forward_reference_is_rejected() {
     let mut k = small();
     k.nodes[1].op = Op::Unary(UnaryOp::Neg, ValueId(1)); // itself
     let e = verify(&k).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            VerifyError::ForwardRef {
-                node: ValueId(1),
-                operand: ValueId(1),
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, VerifyError::ForwardRef { node: ValueId(1), operand: ValueId(1), .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("%1") && msg.contains("neg %1"), "{msg}");
 
     let mut k = small();
-    k.nodes.push(Node {
-        op: Op::Unary(UnaryOp::Exp, ValueId(7)),
-        ty: Ty::new(DType::F32, Shape::Elem),
-        name: None,
-    });
-    assert!(matches!(
-        verify(&k),
-        Err(VerifyError::ForwardRef {
-            node: ValueId(2),
-            operand: ValueId(7),
-            ..
-        })
-    ));
+    k.nodes.push(Node { op: Op::Unary(UnaryOp::Exp, ValueId(7)), ty: Ty::new(DType::F32, Shape::Elem), name: None });
+    assert!(matches!(verify(&k), Err(VerifyError::ForwardRef { node: ValueId(2), operand: ValueId(7), .. })));
 }
 
 #[test]
@@ -95,12 +73,7 @@ fn wrong_stored_type_is_rejected() {
     k.nodes[1].ty = Ty::new(DType::F32, Shape::Uniform);
     let e = verify(&k).unwrap_err();
     match &e {
-        VerifyError::StoredType {
-            node,
-            stored,
-            inferred,
-            ..
-        } => {
+        VerifyError::StoredType { node, stored, inferred, .. } => {
             assert_eq!(*node, ValueId(1));
             assert_eq!(stored.shape, Shape::Uniform);
             assert_eq!(inferred.shape, Shape::Elem);
@@ -114,14 +87,7 @@ fn wrong_stored_type_is_rejected() {
 fn ill_typed_op_is_rejected_with_the_type_error() {
     let mut k = small();
     k.nodes[1].op = Op::Unary(UnaryOp::Not, ValueId(0));
-    assert!(matches!(
-        verify(&k),
-        Err(VerifyError::Type {
-            node: ValueId(1),
-            source: TypeError::Wrong { .. },
-            ..
-        })
-    ));
+    assert!(matches!(verify(&k), Err(VerifyError::Type { node: ValueId(1), source: TypeError::Wrong { .. }, .. })));
 }
 
 #[test]
@@ -133,43 +99,15 @@ fn bad_outputs_are_rejected() {
     b.output("y", OutputKind::Row(DType::F32), x).unwrap();
     let mut k = b.finish().unwrap();
     k.outputs[0].value = s;
-    assert!(matches!(
-        verify(&k),
-        Err(VerifyError::OutputShape { kind: "Row", .. })
-    ));
+    assert!(matches!(verify(&k), Err(VerifyError::OutputShape { kind: "Row", .. })));
     // PerRow output of an Elem value
-    k.outputs[0] = Output {
-        name: "y".into(),
-        kind: OutputKind::PerRow(DType::F32),
-        value: x,
-        index: None,
-    };
-    assert!(matches!(
-        verify(&k),
-        Err(VerifyError::OutputShape { kind: "PerRow", .. })
-    ));
+    k.outputs[0] = Output { name: "y".into(), kind: OutputKind::PerRow(DType::F32), value: x, index: None };
+    assert!(matches!(verify(&k), Err(VerifyError::OutputShape { kind: "PerRow", .. })));
     // dtype differs from the output kind's
-    k.outputs[0] = Output {
-        name: "y".into(),
-        kind: OutputKind::Row(DType::BF16),
-        value: x,
-        index: None,
-    };
-    assert!(matches!(
-        verify(&k),
-        Err(VerifyError::OutputDtype {
-            want: DType::BF16,
-            got: DType::F32,
-            ..
-        })
-    ));
+    k.outputs[0] = Output { name: "y".into(), kind: OutputKind::Row(DType::BF16), value: x, index: None };
+    assert!(matches!(verify(&k), Err(VerifyError::OutputDtype { want: DType::BF16, got: DType::F32, .. })));
     // a value that does not exist
-    k.outputs[0] = Output {
-        name: "y".into(),
-        kind: OutputKind::Row(DType::F32),
-        value: ValueId(99),
-        index: None,
-    };
+    k.outputs[0] = Output { name: "y".into(), kind: OutputKind::Row(DType::F32), value: ValueId(99), index: None };
     assert!(matches!(verify(&k), Err(VerifyError::OutputMissing { .. })));
     // bool storage
     let c = k.nodes.len() as u32;
@@ -178,12 +116,7 @@ fn bad_outputs_are_rejected() {
         ty: Ty::new(DType::Bool, Shape::Elem),
         name: None,
     });
-    k.outputs[0] = Output {
-        name: "y".into(),
-        kind: OutputKind::Row(DType::Bool),
-        value: ValueId(c),
-        index: None,
-    };
+    k.outputs[0] = Output { name: "y".into(), kind: OutputKind::Row(DType::Bool), value: ValueId(c), index: None };
     assert!(matches!(verify(&k), Err(VerifyError::BoolStorage { .. })));
     // none at all
     k.outputs.clear();
@@ -193,11 +126,7 @@ fn bad_outputs_are_rejected() {
 #[test]
 fn duplicate_names_are_rejected() {
     let mut k = small();
-    k.params.push(Param {
-        name: "x".into(),
-        kind: ParamKind::Bcast(DType::F32),
-        index: None,
-    });
+    k.params.push(Param { name: "x".into(), kind: ParamKind::Bcast(DType::F32), index: None });
     assert_eq!(verify(&k), Err(VerifyError::DuplicateName("x".into())));
     let mut k = small();
     k.outputs[0].name = "x".into();
@@ -209,18 +138,7 @@ fn missing_param_is_rejected_without_panicking() {
     let mut k = small();
     k.nodes[0].op = Op::Param(5);
     let e = verify(&k).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            VerifyError::NoSuchParam {
-                node: ValueId(0),
-                param: 5,
-                count: 1,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, VerifyError::NoSuchParam { node: ValueId(0), param: 5, count: 1, .. }), "{e:?}");
     assert!(e.to_string().contains("Param(5)"), "{e}");
 }
 
@@ -232,20 +150,13 @@ fn rope_on_a_bcast_param_is_rejected() {
     let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
     let theta = b.f32(10000.0);
     let hd = b.constant(kiln_codegen::ir::Const::I32(2));
-    let y = b
-        .rope(0, pos, theta, hd, RopeStyle::HalfSplit, None)
-        .unwrap();
+    let y = b.rope(0, pos, theta, hd, RopeStyle::HalfSplit, None).unwrap();
     b.output("y", OutputKind::Row(DType::F32), y).unwrap();
     let mut k = b.finish().unwrap();
-    let Op::Rope { x, .. } = &mut k.nodes[y.index()].op else {
-        unreachable!()
-    };
+    let Op::Rope { x, .. } = &mut k.nodes[y.index()].op else { unreachable!() };
     *x = 1; // the Bcast `w`
     let e = verify(&k).unwrap_err();
-    assert!(
-        matches!(e, VerifyError::Type { source: TypeError::RopeOperand(ref n), .. } if n == "w"),
-        "{e:?}"
-    );
+    assert!(matches!(e, VerifyError::Type { source: TypeError::RopeOperand(ref n), .. } if n == "w"), "{e:?}");
 }
 
 #[test]
@@ -258,17 +169,7 @@ fn half_arithmetic_is_rejected_after_lowering() {
     let k = b.finish().unwrap();
     verify(&k).unwrap();
     let e = verify_lowered(&k).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            VerifyError::HalfArithmetic {
-                node: ValueId(1),
-                dtype: DType::BF16,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, VerifyError::HalfArithmetic { node: ValueId(1), dtype: DType::BF16, .. }), "{e:?}");
     assert!(e.to_string().contains("%1 = add %0, %0"), "{e}");
     // `lower` reports it as the first pass's failure
     match lower(k) {
@@ -291,13 +192,7 @@ fn half_compare_and_reduce_are_rejected_after_lowering() {
     b.output("y", OutputKind::Row(DType::F16), cf).unwrap();
     let k = b.finish().unwrap();
     verify(&k).unwrap();
-    assert!(matches!(
-        verify_lowered(&k),
-        Err(VerifyError::HalfArithmetic {
-            node: ValueId(1),
-            ..
-        })
-    ));
+    assert!(matches!(verify_lowered(&k), Err(VerifyError::HalfArithmetic { node: ValueId(1), .. })));
 }
 
 #[test]
@@ -314,9 +209,7 @@ fn an_invalid_input_kernel_fails_lower_at_the_input_check() {
     let mut k = small();
     k.nodes[1].ty = Ty::new(DType::I32, Shape::Elem);
     match lower(k) {
-        Err(CompileError::Pass {
-            pass: "input", msg, ..
-        }) => assert!(msg.contains("stored type"), "{msg}"),
+        Err(CompileError::Pass { pass: "input", msg, .. }) => assert!(msg.contains("stored type"), "{msg}"),
         other => panic!("{other:?}"),
     }
 }

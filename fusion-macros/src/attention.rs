@@ -60,10 +60,17 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<AttnFn<'_>> {
         _ => None,
     };
     let (q_name, kv_name) = match (typed(0), typed(1)) {
-        (Some(q), Some(kv)) if type_ident(&q.ty).as_deref() == Some("Query") && type_ident(&kv.ty).as_deref() == Some("PagedKv") => {
+        (Some(q), Some(kv))
+            if type_ident(&q.ty).as_deref() == Some("Query") && type_ident(&kv.ty).as_deref() == Some("PagedKv") =>
+        {
             (pat_ident(&q.pat)?, pat_ident(&kv.pat)?)
         }
-        _ => return Err(err(&f.sig.inputs, format!("the first two parameters must be `q: Query, kv: PagedKv`; {USAGE}"))),
+        _ => {
+            return Err(err(
+                &f.sig.inputs,
+                format!("the first two parameters must be `q: Query, kv: PagedKv`; {USAGE}"),
+            ))
+        }
     };
     let mut comptimes: Vec<SigParam> = vec![];
     for a in inputs.iter().skip(2) {
@@ -78,7 +85,9 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<AttnFn<'_>> {
     }
     match &f.sig.output {
         ReturnType::Type(_, ty) if type_ident(ty).as_deref() == Some("Query") => {}
-        other => return Err(err(other, format!("an attention fn returns `Query` (its output has q's shape); {USAGE}"))),
+        other => {
+            return Err(err(other, format!("an attention fn returns `Query` (its output has q's shape); {USAGE}")))
+        }
     }
 
     // The body: exactly `attention(q, kv, scale, |..| ..)`.
@@ -88,20 +97,31 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<AttnFn<'_>> {
     };
     match &*call.func {
         Expr::Path(p) if p.path.is_ident("attention") => {}
-        other => return Err(err(other, format!("call `attention(q, kv, scale, |score, q_pos, k_pos, head| ..)`; {USAGE}"))),
+        other => {
+            return Err(err(other, format!("call `attention(q, kv, scale, |score, q_pos, k_pos, head| ..)`; {USAGE}")))
+        }
     }
     let args: Vec<&Expr> = call.args.iter().collect();
     let [q_arg, kv_arg, scale_arg, closure] = args.as_slice() else {
-        return Err(err(call, format!("`attention` takes 4 arguments (q, kv, scale, score modifier), got {}", args.len())));
+        return Err(err(
+            call,
+            format!("`attention` takes 4 arguments (q, kv, scale, score modifier), got {}", args.len()),
+        ));
     };
     expect_name(q_arg, &q_name, "the first argument of `attention` is the `Query` parameter")?;
     expect_name(kv_arg, &kv_name, "the second argument of `attention` is the `PagedKv` parameter")?;
     let scale = scale_src(scale_arg, &comptimes)?;
     let Expr::Closure(cl) = closure else {
-        return Err(err(closure, "the fourth argument is the score modifier, a closure `|score, q_pos, k_pos, head| score`"));
+        return Err(err(
+            closure,
+            "the fourth argument is the score modifier, a closure `|score, q_pos, k_pos, head| score`",
+        ));
     };
     if cl.inputs.len() != MOD_PARAMS.len() {
-        return Err(err(&cl.inputs, "the score modifier takes 4 arguments: `|score, q_pos, k_pos, head|` (name unused ones `_`)"));
+        return Err(err(
+            &cl.inputs,
+            "the score modifier takes 4 arguments: `|score, q_pos, k_pos, head|` (name unused ones `_`)",
+        ));
     }
     let fixed = [
         PKind::Row(Dt::Fixed(DType::F32)),

@@ -64,12 +64,7 @@ impl Cx<'_> {
             (UnOp::Not(_), Val::Bool(x)) => return Ok(Val::Bool(!x)),
             (UnOp::Neg(_), _) => UnaryOp::Neg,
             (UnOp::Not(_), _) => UnaryOp::Not,
-            _ => {
-                return Err(err(
-                    u,
-                    "references are not needed in #[fused]: values are rows, use them directly",
-                ))
-            }
+            _ => return Err(err(u, "references are not needed in #[fused]: values are rows, use them directly")),
         };
         let a = self.value(v, None, &u.expr)?;
         self.no_half(&[a], u)?;
@@ -98,7 +93,12 @@ impl Cx<'_> {
             BinOp::BitAnd(_) | BinOp::BitOr(_) | BinOp::BitXor(_) | BinOp::Shl(_) | BinOp::Shr(_) => {
                 return Err(err(b, "bitwise operators are not in the #[fused] DSL; use `&&`, `||` and `!` on bools"))
             }
-            _ => return Err(err(b, "values are immutable in #[fused]; write `let y = x + 1.0;` instead of compound assignment")),
+            _ => {
+                return Err(err(
+                    b,
+                    "values are immutable in #[fused]; write `let y = x + 1.0;` instead of compound assignment",
+                ))
+            }
         };
         let l = self.expr(&b.left)?;
         let r = self.expr(&b.right)?;
@@ -113,16 +113,14 @@ impl Cx<'_> {
 
     fn cast(&mut self, c: &syn::ExprCast) -> syn::Result<Val> {
         let to = match &*c.ty {
-            syn::Type::Path(tp) if tp.qself.is_none() => {
-                match tp.path.get_ident().map(|i| i.to_string()).as_deref() {
-                    Some("f32") => DType::F32,
-                    Some("i32") => DType::I32,
-                    Some("f16") => DType::F16,
-                    Some("bf16") => DType::BF16,
-                    Some("bool") => DType::Bool,
-                    _ => return Err(err(&c.ty, "`as` converts to `f32`, `i32`, `f16` or `bf16`")),
-                }
-            }
+            syn::Type::Path(tp) if tp.qself.is_none() => match tp.path.get_ident().map(|i| i.to_string()).as_deref() {
+                Some("f32") => DType::F32,
+                Some("i32") => DType::I32,
+                Some("f16") => DType::F16,
+                Some("bf16") => DType::BF16,
+                Some("bool") => DType::Bool,
+                _ => return Err(err(&c.ty, "`as` converts to `f32`, `i32`, `f16` or `bf16`")),
+            },
             other => return Err(err(other, "`as` converts to `f32`, `i32`, `f16` or `bf16`")),
         };
         let v = self.expr(&c.expr)?;
@@ -135,23 +133,14 @@ fn literal(l: &Lit) -> syn::Result<Val> {
     match l {
         Lit::Float(f) => match f.suffix() {
             "" | "f32" => Ok(Val::Float(f.base10_parse::<f64>()?)),
-            _ => Err(err(
-                f,
-                "float literals are f32 in #[fused]; drop the suffix",
-            )),
+            _ => Err(err(f, "float literals are f32 in #[fused]; drop the suffix")),
         },
         Lit::Int(i) => match i.suffix() {
             "" | "i32" => Ok(Val::Int(i.base10_parse::<i64>()?)),
             "f32" => Ok(Val::Float(i.base10_parse::<f64>()?)),
-            _ => Err(err(
-                i,
-                "integer literals are i32 (or f32 next to floats) in #[fused]; drop the suffix",
-            )),
+            _ => Err(err(i, "integer literals are i32 (or f32 next to floats) in #[fused]; drop the suffix")),
         },
         Lit::Bool(b) => Ok(Val::Bool(b.value)),
-        other => Err(err(
-            other,
-            "only number and bool literals are allowed in #[fused]",
-        )),
+        other => Err(err(other, "only number and bool literals are allowed in #[fused]")),
     }
 }

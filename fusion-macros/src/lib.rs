@@ -42,7 +42,10 @@ fn expand(
     source: &str,
 ) -> syn::Result<proc_macro2::TokenStream> {
     if !attr.is_empty() {
-        return Err(syn::Error::new_spanned(attr, "#[fused] takes no arguments; mark launch scalars with #[comptime] on the parameter instead"));
+        return Err(syn::Error::new_spanned(
+            attr,
+            "#[fused] takes no arguments; mark launch scalars with #[comptime] on the parameter instead",
+        ));
     }
     let f: syn::ItemFn = syn::parse2(item)?;
     if attention::is_attention(&f) {
@@ -53,10 +56,7 @@ fn expand(
     for dtype in kiln_codegen::ir::DType::STORAGE {
         let kernel = lower::build(&f, &sig, source, dtype)?;
         let compiled = kiln_codegen::compile(kernel).map_err(|e| {
-            syn::Error::new_spanned(
-                &f.sig.ident,
-                format!("kiln codegen rejected `{}` for {dtype}: {e}", f.sig.ident),
-            )
+            syn::Error::new_spanned(&f.sig.ident, format!("kiln codegen rejected `{}` for {dtype}: {e}", f.sig.ident))
         })?;
         specs.push((dtype, compiled));
     }
@@ -70,7 +70,10 @@ fn expand_attention(f: &syn::ItemFn, source: &str) -> syn::Result<proc_macro2::T
     for dtype in kiln_codegen::ir::DType::STORAGE {
         let kernel = attention::build(f, &a, source, dtype)?;
         let compiled = kiln_codegen::attention::compile_attention(kernel).map_err(|e| {
-            syn::Error::new_spanned(&f.sig.ident, format!("kiln codegen rejected attention `{}` for {dtype}: {e}", f.sig.ident))
+            syn::Error::new_spanned(
+                &f.sig.ident,
+                format!("kiln codegen rejected attention `{}` for {dtype}: {e}", f.sig.ident),
+            )
         })?;
         specs.push((dtype, compiled));
     }

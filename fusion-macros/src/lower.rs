@@ -64,23 +64,10 @@ pub fn build_body(
     source: &str,
     dtype: DType,
 ) -> syn::Result<Kernel> {
-    let mut cx = Cx {
-        b: Builder::new(&name.to_string(), source, dtype),
-        sig,
-        env: vec![],
-        widened: vec![],
-    };
+    let mut cx = Cx { b: Builder::new(&name.to_string(), source, dtype), sig, env: vec![], widened: vec![] };
     for (i, p) in sig.params.iter().enumerate() {
-        let load =
-            cx.b.param(&p.name.to_string(), p.param_kind(dtype))
-                .map_err(|e| build_err(&p.name, e))?;
-        cx.env.push((
-            p.name.to_string(),
-            Val::Param {
-                index: i as u32,
-                load,
-            },
-        ));
+        let load = cx.b.param(&p.name.to_string(), p.param_kind(dtype)).map_err(|e| build_err(&p.name, e))?;
+        cx.env.push((p.name.to_string(), Val::Param { index: i as u32, load }));
         cx.widened.push(None);
     }
     for (i, p) in sig.params.iter().enumerate() {
@@ -111,10 +98,7 @@ pub fn build_body(
 }
 
 fn missing_return(tokens: impl ToTokens) -> syn::Error {
-    err(
-        tokens,
-        "the body must end with the value(s) it returns, e.g. `x * w` or `(h, y)` without a `;`",
-    )
+    err(tokens, "the body must end with the value(s) it returns, e.g. `x * w` or `(h, y)` without a `;`")
 }
 
 impl Cx<'_> {
@@ -122,14 +106,22 @@ impl Cx<'_> {
         match s {
             Stmt::Local(l) => {
                 let name = match &l.pat {
-                    Pat::Ident(pi) if pi.by_ref.is_none() && pi.mutability.is_none() && pi.subpat.is_none() => &pi.ident,
+                    Pat::Ident(pi) if pi.by_ref.is_none() && pi.mutability.is_none() && pi.subpat.is_none() => {
+                        &pi.ident
+                    }
                     Pat::Ident(pi) if pi.mutability.is_some() => {
-                        return Err(err(&l.pat, "values are immutable in #[fused]; drop `mut` and bind a new name instead"))
+                        return Err(err(
+                            &l.pat,
+                            "values are immutable in #[fused]; drop `mut` and bind a new name instead",
+                        ))
                     }
-                    Pat::Type(pt) => {
-                        return Err(err(&pt.ty, "no type annotations in #[fused] `let`s: every value's type is inferred (use `as` to convert)"))
+                    Pat::Type(pt) => return Err(err(
+                        &pt.ty,
+                        "no type annotations in #[fused] `let`s: every value's type is inferred (use `as` to convert)",
+                    )),
+                    Pat::Tuple(_) => {
+                        return Err(err(&l.pat, "bind one value per `let`; tuples only appear as the returned outputs"))
                     }
-                    Pat::Tuple(_) => return Err(err(&l.pat, "bind one value per `let`; tuples only appear as the returned outputs")),
                     other => return Err(err(other, "a `let` binds a plain name: `let h = x + r;`")),
                 };
                 let Some(init) = &l.init else {
@@ -145,7 +137,10 @@ impl Cx<'_> {
                 self.env.push((name.to_string(), v));
                 Ok(())
             }
-            Stmt::Item(item) => Err(err(item, "items (fns, structs, uses, ...) cannot be declared inside a #[fused] fn; move them outside")),
+            Stmt::Item(item) => Err(err(
+                item,
+                "items (fns, structs, uses, ...) cannot be declared inside a #[fused] fn; move them outside",
+            )),
             Stmt::Macro(m) => Err(err(m, "macros are not supported in #[fused] bodies")),
             Stmt::Expr(e, _) => {
                 // Lower it first so an `if` or a loop gets its own message.
@@ -159,19 +154,26 @@ impl Cx<'_> {
         let elems: Vec<&Expr> = match (self.sig.tuple, strip(ret)) {
             (true, Expr::Tuple(t)) => t.elems.iter().collect(),
             (true, other) => {
-                return Err(err(other, format!("the fn returns {} outputs; end the body with a tuple of them, e.g. `(h, y)`", self.sig.outputs.len())))
+                return Err(err(
+                    other,
+                    format!(
+                        "the fn returns {} outputs; end the body with a tuple of them, e.g. `(h, y)`",
+                        self.sig.outputs.len()
+                    ),
+                ))
             }
-            (false, Expr::Tuple(t)) => return Err(err(t, "the fn returns one output; return a tuple type such as `-> (Row, Row)` to return several")),
+            (false, Expr::Tuple(t)) => {
+                return Err(err(
+                    t,
+                    "the fn returns one output; return a tuple type such as `-> (Row, Row)` to return several",
+                ))
+            }
             (false, _) => vec![ret],
         };
         if elems.len() != self.sig.outputs.len() {
             return Err(err(
                 ret,
-                format!(
-                    "the return type has {} outputs but this tuple has {}",
-                    self.sig.outputs.len(),
-                    elems.len()
-                ),
+                format!("the return type has {} outputs but this tuple has {}", self.sig.outputs.len(), elems.len()),
             ));
         }
         let outputs = self.sig.outputs.clone();
@@ -182,13 +184,19 @@ impl Cx<'_> {
             let out_kind = kind.output_kind(self.b.dtype());
             let added = match &kind {
                 OKind::Scatter(g) => {
-                    let gi = self.b.param_index(&g.to_string()).ok_or_else(|| err(g, format!("`{g}` is not a parameter")))?;
+                    let gi = self
+                        .b
+                        .param_index(&g.to_string())
+                        .ok_or_else(|| err(g, format!("`{g}` is not a parameter")))?;
                     self.b.output_at(&name, out_kind, id, gi)
                 }
                 _ => self.b.output(&name, out_kind, id),
             };
             added.map_err(|be| match be {
-                BuildError::Duplicate(n) => err(e, format!("output `{n}` is returned twice (or clashes with a parameter); return each value once")),
+                BuildError::Duplicate(n) => err(
+                    e,
+                    format!("output `{n}` is returned twice (or clashes with a parameter); return each value once"),
+                ),
                 other => build_err(e, other),
             })?;
         }
@@ -219,8 +227,7 @@ impl Cx<'_> {
             Val::Float(x) => self.b.f32(x as f32),
             Val::Int(i) if hint == Some(DType::F32) => self.b.f32(i as f32),
             Val::Int(i) => {
-                let i =
-                    i32::try_from(i).map_err(|_| err(at, "integer literal does not fit in i32"))?;
+                let i = i32::try_from(i).map_err(|_| err(at, "integer literal does not fit in i32"))?;
                 self.b.constant(Const::I32(i))
             }
             Val::Bool(x) => self.b.constant(Const::Bool(x)),
@@ -243,13 +250,7 @@ impl Cx<'_> {
     }
 
     /// Two operands as nodes, literals typed after each other.
-    pub fn pair(
-        &mut self,
-        a: Val,
-        b: Val,
-        ea: &Expr,
-        eb: &Expr,
-    ) -> syn::Result<(ValueId, ValueId)> {
+    pub fn pair(&mut self, a: Val, b: Val, ea: &Expr, eb: &Expr) -> syn::Result<(ValueId, ValueId)> {
         let (ha, hb) = (self.hint(b), self.hint(a));
         Ok((self.value(a, ha, ea)?, self.value(b, hb, eb)?))
     }
@@ -278,10 +279,7 @@ impl Cx<'_> {
         } else {
             String::new()
         };
-        Err(err(
-            name,
-            format!("unknown name `{s}`{hint}; in scope: {}", names.join(", ")),
-        ))
+        Err(err(name, format!("unknown name `{s}`{hint}; in scope: {}", names.join(", "))))
     }
 
     /// Whether the body is an attention score modifier (elementwise only).

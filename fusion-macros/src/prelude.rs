@@ -83,13 +83,11 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
         ));
     };
     let Some(&(_, prim, usage)) = TABLE.iter().find(|(n, ..)| *n == name) else {
-        return Err(err(
-            &c.func,
-            format!("`{name}` is not in the #[fused] prelude; available: {NAMES}"),
-        ));
+        return Err(err(&c.func, format!("`{name}` is not in the #[fused] prelude; available: {NAMES}")));
     };
     let args: Vec<&Expr> = c.args.iter().collect();
-    let row_wide = matches!(prim, Prim::Reduce(_) | Prim::Softmax | Prim::Rope(..)) || (matches!(prim, Prim::Max) && args.len() == 1);
+    let row_wide = matches!(prim, Prim::Reduce(_) | Prim::Softmax | Prim::Rope(..))
+        || (matches!(prim, Prim::Max) && args.len() == 1);
     if cx.elementwise_only() && row_wide {
         return Err(err(
             e,
@@ -102,11 +100,7 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
         } else {
             Err(err(
                 e,
-                format!(
-                    "`{name}` takes {n} argument{}: {usage}; got {}",
-                    if n == 1 { "" } else { "s" },
-                    args.len()
-                ),
+                format!("`{name}` takes {n} argument{}: {usage}; got {}", if n == 1 { "" } else { "s" }, args.len()),
             ))
         }
     };
@@ -125,10 +119,7 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
             if args.len() != 1 {
                 return Err(err(
                     e,
-                    format!(
-                        "`max` takes 1 argument (row maximum) or 2 (elementwise): {usage}; got {}",
-                        args.len()
-                    ),
+                    format!("`max` takes 1 argument (row maximum) or 2 (elementwise): {usage}; got {}", args.len()),
                 ));
             }
             let a = operand(cx, args[0], Some(DType::F32))?;
@@ -181,14 +172,7 @@ fn binary(cx: &mut Cx, op: BinaryOp, a: &Expr, b: &Expr) -> syn::Result<Built> {
 
 type Built = Result<ValueId, BuildError>;
 
-fn rope(
-    cx: &mut Cx,
-    args: &[&Expr],
-    style: RopeStyle,
-    llama3: bool,
-    name: &str,
-    call: &Expr,
-) -> syn::Result<ValueId> {
+fn rope(cx: &mut Cx, args: &[&Expr], style: RopeStyle, llama3: bool, name: &str, call: &Expr) -> syn::Result<ValueId> {
     let x = match cx.expr(args[0])? {
         Val::Param { index, .. } => index,
         _ => {
@@ -221,10 +205,9 @@ fn rope(
     } else {
         None
     };
-    cx.b.rope(x, pos, theta, head_dim, style, scaling)
-        .map_err(|be| match be {
-            // Point at the tensor operand, the part the user has to change.
-            BuildError::Type(TypeError::RopeOperand(_)) => build_err(args[0], be),
-            other => build_err(call, other),
-        })
+    cx.b.rope(x, pos, theta, head_dim, style, scaling).map_err(|be| match be {
+        // Point at the tensor operand, the part the user has to change.
+        BuildError::Type(TypeError::RopeOperand(_)) => build_err(args[0], be),
+        other => build_err(call, other),
+    })
 }

@@ -98,16 +98,10 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
         return err(t, "a #[fused] fn cannot be `const`");
     }
     if let Some(t) = &s.asyncness {
-        return err(
-            t,
-            "a #[fused] fn cannot be `async`: it describes a GPU kernel, not a future",
-        );
+        return err(t, "a #[fused] fn cannot be `async`: it describes a GPU kernel, not a future");
     }
     if let Some(t) = &s.unsafety {
-        return err(
-            t,
-            "a #[fused] fn cannot be `unsafe`; the generated `run` checks every launch",
-        );
+        return err(t, "a #[fused] fn cannot be `unsafe`; the generated `run` checks every launch");
     }
     if let Some(t) = &s.abi {
         return err(t, "a #[fused] fn takes no `extern` ABI");
@@ -119,19 +113,13 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
         return err(v, "a #[fused] fn cannot be variadic");
     }
     if let Some(a) = f.attrs.iter().find(|a| !a.path().is_ident("doc")) {
-        return err(
-            a,
-            "only doc comments are allowed on a #[fused] fn (they document the generated module)",
-        );
+        return err(a, "only doc comments are allowed on a #[fused] fn (they document the generated module)");
     }
     let mut params: Vec<SigParam> = vec![];
     for arg in &s.inputs {
         let p = parse_param(arg)?;
         if p.name == "dev" {
-            return err(
-                &p.name,
-                "`dev` is the device argument of the generated `run`; rename this parameter",
-            );
+            return err(&p.name, "`dev` is the device argument of the generated `run`; rename this parameter");
         }
         if params.iter().any(|q| q.name == p.name) {
             return err(&p.name, format!("parameter `{}` is declared twice", p.name));
@@ -147,7 +135,9 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
         ReturnType::Default => {
             return err(
                 &s.ident,
-                format!("a #[fused] fn must return its outputs: add `-> Row` (or {OUTPUT_TYPES}) and end the body with them"),
+                format!(
+                "a #[fused] fn must return its outputs: add `-> Row` (or {OUTPUT_TYPES}) and end the body with them"
+            ),
             )
         }
         ReturnType::Type(_, ty) => match &**ty {
@@ -165,12 +155,7 @@ pub fn parse(f: &syn::ItemFn) -> syn::Result<Sig> {
             check_index(&params, g)?;
         }
     }
-    Ok(Sig {
-        params,
-        outputs,
-        tuple,
-        elementwise: false,
-    })
+    Ok(Sig { params, outputs, tuple, elementwise: false })
 }
 
 /// The index of a `Gather<idx>` / `Scatter<idx>` must be a declared `PerRow<i32>` parameter.
@@ -184,21 +169,12 @@ fn check_index(params: &[SigParam], idx: &Ident) -> syn::Result<()> {
 
 pub(crate) fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
     let pt = match arg {
-        FnArg::Receiver(r) => {
-            return err(r, "a #[fused] fn is a free function; it takes no `self`")
-        }
+        FnArg::Receiver(r) => return err(r, "a #[fused] fn is a free function; it takes no `self`"),
         FnArg::Typed(pt) => pt,
     };
     let name = match &*pt.pat {
-        Pat::Ident(pi) if pi.by_ref.is_none() && pi.mutability.is_none() && pi.subpat.is_none() => {
-            pi.ident.clone()
-        }
-        other => {
-            return err(
-                other,
-                "parameters must be plain names (`x: Row`): no patterns, `mut` or `ref`",
-            )
-        }
+        Pat::Ident(pi) if pi.by_ref.is_none() && pi.mutability.is_none() && pi.subpat.is_none() => pi.ident.clone(),
+        other => return err(other, "parameters must be plain names (`x: Row`): no patterns, `mut` or `ref`"),
     };
     let mut comptime = false;
     for a in &pt.attrs {
@@ -217,18 +193,9 @@ pub(crate) fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
             Some(("f32", None)) => DType::F32,
             Some(("i32", None)) => DType::I32,
             Some(("bool", None)) => DType::Bool,
-            _ => {
-                return err(
-                    ty,
-                    "a #[comptime] parameter is a launch scalar: `f32`, `i32` or `bool`",
-                )
-            }
+            _ => return err(ty, "a #[comptime] parameter is a launch scalar: `f32`, `i32` or `bool`"),
         };
-        return Ok(SigParam {
-            name,
-            kind: PKind::Comptime(d),
-            gather: None,
-        });
+        return Ok(SigParam { name, kind: PKind::Comptime(d), gather: None });
     }
     if let Some(("Gather", g)) = type_name(ty) {
         let Some(g) = g else {
@@ -242,9 +209,13 @@ pub(crate) fn parse_param(arg: &FnArg) -> syn::Result<SigParam> {
         Some(("PerRow", Some(g))) => match g.as_str() {
             "i32" => PKind::PerRow(DType::I32),
             "f32" => PKind::PerRow(DType::F32),
-            _ => return err(ty, "`PerRow` holds `i32` or `f32` values: `PerRow<i32>` (e.g. positions) or `PerRow<f32>`"),
+            _ => {
+                return err(ty, "`PerRow` holds `i32` or `f32` values: `PerRow<i32>` (e.g. positions) or `PerRow<f32>`")
+            }
         },
-        Some(("PerRow", None)) => return err(ty, "say what a `PerRow` holds: `PerRow<i32>` (e.g. positions) or `PerRow<f32>`"),
+        Some(("PerRow", None)) => {
+            return err(ty, "say what a `PerRow` holds: `PerRow<i32>` (e.g. positions) or `PerRow<f32>`")
+        }
         Some(("f32" | "i32" | "bool", None)) => {
             return err(ty, "a scalar parameter must be marked `#[comptime]` (a launch-uniform value such as `eps`)")
         }
@@ -270,16 +241,15 @@ fn parse_output(ty: &Type) -> syn::Result<OKind> {
     match type_name(ty) {
         Some(("Row", g)) => Ok(OKind::Row(storage_or(g, ty)?)),
         Some(("Scatter", Some(g))) => Ok(OKind::Scatter(Ident::new(&g, index_span(ty)))),
-        Some(("Scatter", None)) => err(ty, "name the index: `Scatter<slot>` writes row `r` to row `slot[r]` (`slot: PerRow<i32>`)"),
+        Some(("Scatter", None)) => {
+            err(ty, "name the index: `Scatter<slot>` writes row `r` to row `slot[r]` (`slot: PerRow<i32>`)")
+        }
         Some(("PerRow", Some(g))) => match g.as_str() {
             "f32" => Ok(OKind::PerRow(DType::F32)),
             "i32" => Ok(OKind::PerRow(DType::I32)),
             _ => err(ty, "a `PerRow` output holds `f32` or `i32`"),
         },
-        _ => err(
-            ty,
-            format!("unsupported #[fused] output type; use {OUTPUT_TYPES}"),
-        ),
+        _ => err(ty, format!("unsupported #[fused] output type; use {OUTPUT_TYPES}")),
     }
 }
 
@@ -290,7 +260,10 @@ fn storage_or(generic: Option<String>, ty: &Type) -> syn::Result<Dt> {
         Some("f32") => Ok(Dt::Fixed(DType::F32)),
         Some("f16") => Ok(Dt::Fixed(DType::F16)),
         Some("bf16") => Ok(Dt::Fixed(DType::BF16)),
-        Some(_) => err(ty, "a tensor's element type is `f32`, `f16` or `bf16`; leave it out (`Row`) to use the kernel's storage dtype"),
+        Some(_) => err(
+            ty,
+            "a tensor's element type is `f32`, `f16` or `bf16`; leave it out (`Row`) to use the kernel's storage dtype",
+        ),
     }
 }
 
@@ -302,9 +275,8 @@ fn type_name(ty: &Type) -> Option<(&'static str, Option<String>)> {
         return None;
     }
     let seg = &tp.path.segments[0];
-    let name = ["Row", "Bcast", "PerRow", "Gather", "Scatter", "f32", "i32", "bool"]
-        .into_iter()
-        .find(|n| seg.ident == n)?;
+    let name =
+        ["Row", "Bcast", "PerRow", "Gather", "Scatter", "f32", "i32", "bool"].into_iter().find(|n| seg.ident == n)?;
     let generic = match &seg.arguments {
         PathArguments::None => None,
         PathArguments::AngleBracketed(ab) if ab.args.len() == 1 => match &ab.args[0] {

@@ -39,9 +39,7 @@ fn add_rms_norm_builds_widened_f32_arithmetic() {
     for n in &k.nodes {
         if matches!(
             n.op,
-            kiln_codegen::ir::Op::Binary(..)
-                | kiln_codegen::ir::Op::Unary(..)
-                | kiln_codegen::ir::Op::Reduce(..)
+            kiln_codegen::ir::Op::Binary(..) | kiln_codegen::ir::Op::Unary(..) | kiln_codegen::ir::Op::Reduce(..)
         ) {
             assert_eq!(n.ty.dtype, DType::F32, "{text}");
         }
@@ -50,7 +48,11 @@ fn add_rms_norm_builds_widened_f32_arithmetic() {
 
 #[test]
 fn literals_take_the_type_they_meet() {
-    let k = build("fn f(x: Row, #[comptime] n: i32) -> Row { let a = x * 2; let b = n + 1; a * (b as f32) + 0.5 }", DType::F32).unwrap();
+    let k = build(
+        "fn f(x: Row, #[comptime] n: i32) -> Row { let a = x * 2; let b = n + 1; a * (b as f32) + 0.5 }",
+        DType::F32,
+    )
+    .unwrap();
     let text = k.to_string();
     assert!(text.contains("const 2.0f32"), "{text}");
     assert!(text.contains("const 1i32"), "{text}");
@@ -59,11 +61,7 @@ fn literals_take_the_type_they_meet() {
 
 #[test]
 fn unnamed_outputs_are_numbered_and_params_are_not_output_names() {
-    let k = build(
-        "fn f(x: Row) -> (Row, Row<f32>) { (x, x * 2.0) }",
-        DType::F16,
-    )
-    .unwrap();
+    let k = build("fn f(x: Row) -> (Row, Row<f32>) { (x, x * 2.0) }", DType::F16).unwrap();
     let names: Vec<_> = k.outputs.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, ["out0", "out1"]);
 }
@@ -78,57 +76,26 @@ fn rope_takes_the_parameter_itself() {
     assert!(k.to_string().contains("rope.half_split x"), "{k}");
     let e = error("fn r(x: Row, pos: PerRow<i32>) -> Row { rope_half(x * 2.0, pos, 10000.0, 64) }");
     assert!(e.contains("takes a `Row` parameter itself"), "{e}");
-    let e =
-        error("fn r(x: Row, pos: PerRow<i32>, t: Row) -> Row { rope_half(x, pos, mean(t), 64) }");
+    let e = error("fn r(x: Row, pos: PerRow<i32>, t: Row) -> Row { rope_half(x, pos, mean(t), 64) }");
     assert!(e.contains("#[comptime] parameter or a literal"), "{e}");
 }
 
 #[test]
 fn errors_name_the_problem() {
     for (src, want) in [
-        (
-            "fn f(x: Row) -> Row { foo(x) }",
-            "`foo` is not in the #[fused] prelude",
-        ),
+        ("fn f(x: Row) -> Row { foo(x) }", "`foo` is not in the #[fused] prelude"),
         ("fn f(x: Row) -> Row { x.exp() }", "write `exp(...)`"),
-        (
-            "fn f(x: Row) -> Row { if true { x } else { x } }",
-            "select(cond",
-        ),
-        (
-            "fn f(x: Row) -> Row { for _ in 0..2 {} x }",
-            "loops are not supported",
-        ),
-        (
-            "fn f(x: Row) -> Row { exp(x, x) }",
-            "`exp` takes 1 argument",
-        ),
-        (
-            "fn f(x: Vec<f32>) -> Row { x }",
-            "unsupported #[fused] parameter type",
-        ),
-        (
-            "fn f(x: Row) -> Row { mean(x) }",
-            "return it as `PerRow<f32>`",
-        ),
-        (
-            "fn f(x: Row, p: PerRow<i32>) -> Row { x + p }",
-            "operand types differ",
-        ),
+        ("fn f(x: Row) -> Row { if true { x } else { x } }", "select(cond"),
+        ("fn f(x: Row) -> Row { for _ in 0..2 {} x }", "loops are not supported"),
+        ("fn f(x: Row) -> Row { exp(x, x) }", "`exp` takes 1 argument"),
+        ("fn f(x: Vec<f32>) -> Row { x }", "unsupported #[fused] parameter type"),
+        ("fn f(x: Row) -> Row { mean(x) }", "return it as `PerRow<f32>`"),
+        ("fn f(x: Row, p: PerRow<i32>) -> Row { x + p }", "operand types differ"),
         ("fn f(x: Row) { }", "must return its outputs"),
-        (
-            "fn f(x: Row) -> Row { let y = x; }",
-            "must end with the value",
-        ),
-        (
-            "fn f(x: Row) -> (Row, Row) { let y = x * 2.0; (y, y) }",
-            "returned twice",
-        ),
+        ("fn f(x: Row) -> Row { let y = x; }", "must end with the value"),
+        ("fn f(x: Row) -> (Row, Row) { let y = x * 2.0; (y, y) }", "returned twice"),
         ("fn f(x: Row) -> Row { y }", "unknown name `y`; in scope: x"),
-        (
-            "fn f(x: Row, w: Bcast, p: PerRow<i32>) -> Row { rope_half(w, p, 1.0, 64) }",
-            "must be a Row tensor",
-        ),
+        ("fn f(x: Row, w: Bcast, p: PerRow<i32>) -> Row { rope_half(w, p, 1.0, 64) }", "must be a Row tensor"),
     ] {
         let e = error(src);
         assert!(e.contains(want), "{src}\n  gave: {e}\n  want: {want}");
@@ -174,73 +141,36 @@ fn half_arithmetic_is_rejected_at_the_expression() {
     let e = error("fn f(x: Row) -> Row { let r = x as bf16; r * 2.0 }");
     assert!(e.contains("halves are storage only"), "{e}");
     // rounding through a half and back is fine
-    build(
-        "fn f(x: Row) -> Row { let r = (x as bf16) as f32; r * 2.0 }",
-        DType::F32,
-    )
-    .unwrap();
+    build("fn f(x: Row) -> Row { let r = (x as bf16) as f32; r * 2.0 }", DType::F32).unwrap();
 }
 
 #[test]
 fn more_errors_name_the_problem() {
     for (src, want) in [
         ("fn f(x: Row) -> Row { let mut y = x; y }", "drop `mut`"),
-        (
-            "fn f(x: Row) -> Row { let y: Row = x; y }",
-            "no type annotations",
-        ),
+        ("fn f(x: Row) -> Row { let y: Row = x; y }", "no type annotations"),
         ("fn f(x: Row) -> Row { return x; }", "no `return`"),
         ("fn f(x: Row) -> Row { let g = |v| v; x }", "closures"),
         ("fn f(x: Row) -> Row { &x }", "references"),
         ("fn f(x: Row) -> Row { x[0] }", "indexing"),
         ("fn f(x: Row) -> Row { x as u8 }", "`as` converts to"),
-        (
-            "fn f(p: PerRow<i32>) -> PerRow<i32> { p + 3000000000 }",
-            "does not fit in i32",
-        ),
-        (
-            "fn f(x: Row) -> (Row, Row) { (x, x, x) }",
-            "has 2 outputs but this tuple has 3",
-        ),
-        (
-            "fn f(x: Row) -> (Row, Row) { x }",
-            "end the body with a tuple",
-        ),
+        ("fn f(p: PerRow<i32>) -> PerRow<i32> { p + 3000000000 }", "does not fit in i32"),
+        ("fn f(x: Row) -> (Row, Row) { (x, x, x) }", "has 2 outputs but this tuple has 3"),
+        ("fn f(x: Row) -> (Row, Row) { x }", "end the body with a tuple"),
         ("fn f(x: Row) -> Row { (x, x) }", "returns one output"),
-        (
-            "fn f(dev: Row) -> Row { dev }",
-            "`dev` is the device argument",
-        ),
+        ("fn f(dev: Row) -> Row { dev }", "`dev` is the device argument"),
         ("fn f<T>(x: Row) -> Row { x }", "no generics"),
         ("#[inline] fn f(x: Row) -> Row { x }", "only doc comments"),
-        (
-            "fn f(x: Row, eps: f32) -> Row { x }",
-            "must be marked `#[comptime]`",
-        ),
-        (
-            "fn f(x: Row, #[comptime] eps: f64) -> Row { x }",
-            "`f32`, `i32` or `bool`",
-        ),
+        ("fn f(x: Row, eps: f32) -> Row { x }", "must be marked `#[comptime]`"),
+        ("fn f(x: Row, #[comptime] eps: f64) -> Row { x }", "`f32`, `i32` or `bool`"),
         ("fn f(x: Row<f64>) -> Row { x }", "`f32`, `f16` or `bf16`"),
         ("fn f(p: PerRow) -> Row { p }", "say what a `PerRow` holds"),
         ("fn f(x: Row) -> Row { x % 2.0 }", "`%` is not in"),
-        (
-            "fn f(x: Row) -> Row { max(x, x, x) }",
-            "`max` takes 1 argument (row maximum) or 2",
-        ),
+        ("fn f(x: Row) -> Row { max(x, x, x) }", "`max` takes 1 argument (row maximum) or 2"),
         ("fn f(x: Row) -> Row { sum(mean(x)) }", "one value per row"),
-        (
-            "fn f(x: Row, p: PerRow<i32>) -> Row { rope_half(x, p, 1.0, 64.0) }",
-            "head_dim",
-        ),
-        (
-            "fn f(x: Row, p: PerRow<i32>) -> Row { std::f32::exp(x) }",
-            "plain name",
-        ),
-        (
-            "fn f(x: Row) -> Row { exp }",
-            "is a prelude function: call it",
-        ),
+        ("fn f(x: Row, p: PerRow<i32>) -> Row { rope_half(x, p, 1.0, 64.0) }", "head_dim"),
+        ("fn f(x: Row, p: PerRow<i32>) -> Row { std::f32::exp(x) }", "plain name"),
+        ("fn f(x: Row) -> Row { exp }", "is a prelude function: call it"),
         ("fn f(x: Row) -> Row { x; x }", "has no effect"),
     ] {
         let e = error(src);
@@ -251,12 +181,8 @@ fn more_errors_name_the_problem() {
 #[test]
 fn expansion_is_a_module_with_the_fns_visibility_and_docs() {
     let item: proc_macro2::TokenStream =
-        "/// Doubles.\npub(crate) fn twice(x: Row) -> Row { let y = x * 2.0; y }"
-            .parse()
-            .unwrap();
-    let out = crate::expand(proc_macro2::TokenStream::new(), item, "here.rs:3")
-        .unwrap()
-        .to_string();
+        "/// Doubles.\npub(crate) fn twice(x: Row) -> Row { let y = x * 2.0; y }".parse().unwrap();
+    let out = crate::expand(proc_macro2::TokenStream::new(), item, "here.rs:3").unwrap().to_string();
     assert!(out.contains("pub (crate) mod twice"), "{out}");
     assert!(out.contains("\" Doubles.\""), "{out}");
     for item in [
@@ -275,11 +201,6 @@ fn expansion_is_a_module_with_the_fns_visibility_and_docs() {
         assert!(out.contains(item), "no {item} in the expansion");
     }
     assert!(out.contains("\"here.rs:3\""), "{out}");
-    let e = crate::expand(
-        "oops".parse().unwrap(),
-        "fn f(x: Row) -> Row { x }".parse().unwrap(),
-        "",
-    )
-    .unwrap_err();
+    let e = crate::expand("oops".parse().unwrap(), "fn f(x: Row) -> Row { x }".parse().unwrap(), "").unwrap_err();
     assert!(e.to_string().contains("takes no arguments"), "{e}");
 }

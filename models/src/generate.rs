@@ -127,7 +127,13 @@ pub fn generate(
         let seqs = [SeqAttn { q_start: 0, q_len: 1, ctx_len: pos as usize + 1, block_table: &table }];
         logits = last_logits(
             model,
-            &ForwardBatch { tokens: &[s.token], positions: &[pos], slots: &[pos as u32], seqs: &seqs, logits_rows: &[0] },
+            &ForwardBatch {
+                tokens: &[s.token],
+                positions: &[pos],
+                slots: &[pos as u32],
+                seqs: &seqs,
+                logits_rows: &[0],
+            },
             &mut kv,
         )?;
     }

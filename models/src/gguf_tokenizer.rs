@@ -22,7 +22,9 @@ pub fn tokenizer_spec(file: &GgufFile) -> Result<GgufTokenizerSpec, GgufTokenize
     let id = |key: &'static str| -> Result<Option<u32>, GgufTokenizerError> {
         match file.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().and_then(|x| u32::try_from(x).ok()).map(Some).ok_or_else(|| err(key, "not a token id")),
+            Some(v) => {
+                v.as_u64().and_then(|x| u32::try_from(x).ok()).map(Some).ok_or_else(|| err(key, "not a token id"))
+            }
         }
     };
     let strings = |key: &'static str| -> Result<Vec<String>, GgufTokenizerError> {

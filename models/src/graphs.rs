@@ -17,8 +17,8 @@ use crate::step::{Heads, StepInputs};
 use kiln_codegen::ir::DType;
 use kiln_runtime::graph::{capture, CapturedGraph};
 use kiln_runtime::{Device, Storage, Tensor};
-use std::sync::Arc;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 /// Batch sizes decode graphs are captured for.
@@ -35,7 +35,13 @@ pub trait StepModel {
     fn workspace(&self, capacity: usize) -> Result<Self::Workspace, ModelError>;
     /// The step on device-resident inputs, logits into `logits` (`[logits rows, vocab]`):
     /// kernels and GEMMs only, no host copies and no allocations.
-    fn step(&self, inp: &StepInputs, kv: &mut KvCache, ws: &mut Self::Workspace, logits: &mut Tensor) -> Result<(), ModelError>;
+    fn step(
+        &self,
+        inp: &StepInputs,
+        kv: &mut KvCache,
+        ws: &mut Self::Workspace,
+        logits: &mut Tensor,
+    ) -> Result<(), ModelError>;
 }
 
 struct Entry<W> {
@@ -56,7 +62,10 @@ pub struct DecodeGraphs<W> {
 
 impl<W: Send> Default for DecodeGraphs<W> {
     fn default() -> Self {
-        DecodeGraphs { entries: Mutex::new(HashMap::new()), enabled: std::env::var("KILN_CUDA_GRAPHS").as_deref() != Ok("0") }
+        DecodeGraphs {
+            entries: Mutex::new(HashMap::new()),
+            enabled: std::env::var("KILN_CUDA_GRAPHS").as_deref() != Ok("0"),
+        }
     }
 }
 
@@ -78,7 +87,12 @@ fn same_cache<W>(e: &Entry<W>, kv: &KvCache) -> bool {
 impl<W: Send> DecodeGraphs<W> {
     /// Run `batch` through a decode graph when it is a decode step on a GPU and graphs are on;
     /// `None` when the caller should run it eagerly.
-    pub fn forward<M: StepModel<Workspace = W>>(&self, m: &M, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Option<Tensor>, ModelError> {
+    pub fn forward<M: StepModel<Workspace = W>>(
+        &self,
+        m: &M,
+        batch: &ForwardBatch<'_>,
+        kv: &mut KvCache,
+    ) -> Result<Option<Tensor>, ModelError> {
         let dev = m.device();
         let Some(backend) = dev.cuda_backend() else { return Ok(None) };
         if !self.enabled || !is_decode(batch) {

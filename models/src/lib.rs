@@ -1,22 +1,22 @@
 //! kiln-models: model architectures written with `#[fused]` blocks, and everything needed to
 //! load them: configs, weights (GGUF, safetensors), tokenizers and chat templates.
 
-pub mod tokenizer;
-pub mod gguf;
 pub mod config;
-pub mod weights;
-pub mod safetensors_io;
-pub mod fetch;
 pub mod convert;
-pub mod kernels;
-pub mod generate;
 pub mod detok_adapter;
+pub mod fetch;
+pub mod generate;
+pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod graphs;
+pub mod kernels;
 pub mod llama;
 pub mod loader;
 pub mod model;
 pub mod model_check;
 pub mod registry;
+pub mod safetensors_io;
 pub mod step;
 pub mod synth;
+pub mod tokenizer;
+pub mod weights;

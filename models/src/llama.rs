@@ -9,9 +9,9 @@
 //! whose column views feed RoPE directly.
 
 use crate::config::{LlamaConfig, RopeScalingKind};
+use crate::graphs::{DecodeGraphs, StepModel};
 use crate::kernels::{activation, attention, gather, norm, rope};
 use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
-use crate::graphs::{DecodeGraphs, StepModel};
 use crate::step::{Heads, StepInputs};
 use crate::weights::{HostTensor, Weights};
 use kiln_codegen::ir::DType;
@@ -123,7 +123,15 @@ impl Llama {
         Ok(Llama::assemble(cfg, dev, dtype, embed, lm_head, final_norm, layers))
     }
 
-    fn assemble(cfg: LlamaConfig, dev: &Device, dtype: DType, embed: Tensor, lm_head: Tensor, final_norm: Tensor, layers: Vec<Layer>) -> Llama {
+    fn assemble(
+        cfg: LlamaConfig,
+        dev: &Device,
+        dtype: DType,
+        embed: Tensor,
+        lm_head: Tensor,
+        final_norm: Tensor,
+        layers: Vec<Layer>,
+    ) -> Llama {
         let info = ModelInfo {
             architecture: cfg.architecture.clone(),
             vocab_size: cfg.vocab_size,
@@ -134,7 +142,18 @@ impl Llama {
             head_dim: cfg.head_dim,
             kv_dtype: dtype,
         };
-        Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, workspace: Mutex::new(None), graphs: DecodeGraphs::default() }
+        Llama {
+            cfg,
+            info,
+            dev: dev.clone(),
+            dtype,
+            embed,
+            lm_head,
+            final_norm,
+            layers,
+            workspace: Mutex::new(None),
+            graphs: DecodeGraphs::default(),
+        }
     }
 
     /// A model of `cfg`'s shapes with seeded random weights made on `dev` itself (see
@@ -142,7 +161,8 @@ impl Llama {
     pub fn random(cfg: LlamaConfig, dev: &Device, dtype: DType, seed: u64) -> Result<Llama, ModelError> {
         use crate::synth::{random_tensor, tensor_seed, Init};
         let c = &cfg;
-        let (h, nh, nkv, hd, inter) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
+        let (h, nh, nkv, hd, inter) =
+            (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
         let mut n = 0u64;
         let mut t = |rows: usize, cols: usize, init: Init| {
             n += 1;
@@ -160,7 +180,8 @@ impl Llama {
             });
         }
         let embed = t(c.vocab_size, h, Init::Embedding)?;
-        let lm_head = if c.tie_word_embeddings { embed.clone() } else { t(c.vocab_size, h, Init::Linear { fan_in: h })? };
+        let lm_head =
+            if c.tie_word_embeddings { embed.clone() } else { t(c.vocab_size, h, Init::Linear { fan_in: h })? };
         let final_norm = t(1, h, Init::Norm)?;
         Ok(Llama::assemble(cfg, dev, dtype, embed, lm_head, final_norm, layers))
     }
@@ -188,7 +209,14 @@ impl Llama {
     }
 
     /// RoPE of the new keys and the KV-cache write of one layer, fused.
-    fn store_kv(&self, k: &Tensor, v: &Tensor, inp: &StepInputs, k_pool: &mut Tensor, v_pool: &mut Tensor) -> Result<(), ModelError> {
+    fn store_kv(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        inp: &StepInputs,
+        k_pool: &mut Tensor,
+        v_pool: &mut Tensor,
+    ) -> Result<(), ModelError> {
         let theta = self.cfg.rope_theta;
         let hd = self.cfg.head_dim as i32;
         match &self.cfg.rope_scaling {
@@ -211,7 +239,6 @@ impl Llama {
         }
         Ok(())
     }
-
 }
 
 impl StepModel for Llama {
@@ -227,7 +254,11 @@ impl StepModel for Llama {
         self.cfg.vocab_size
     }
     fn heads(&self) -> Heads {
-        Heads { n_heads: self.cfg.num_attention_heads, n_kv_heads: self.cfg.num_key_value_heads, head_dim: self.cfg.head_dim }
+        Heads {
+            n_heads: self.cfg.num_attention_heads,
+            n_kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim,
+        }
     }
 
     fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
@@ -248,7 +279,13 @@ impl StepModel for Llama {
         })
     }
 
-    fn step(&self, inp: &StepInputs, kv: &mut KvCache, ws: &mut Workspace, logits: &mut Tensor) -> Result<(), ModelError> {
+    fn step(
+        &self,
+        inp: &StepInputs,
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Tensor,
+    ) -> Result<(), ModelError> {
         let c = &self.cfg;
         let n = inp.tokens();
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -275,7 +312,12 @@ impl StepModel for Llama {
             std::mem::swap(&mut residual, &mut next_residual);
 
             matmul(&self.dev, &h, &layer.w_gate_up, &mut gate_up)?;
-            activation::silu_mul::run(&self.dev, &gate_up.view_cols(0, inter)?, &gate_up.view_cols(inter, inter)?, &mut act)?;
+            activation::silu_mul::run(
+                &self.dev,
+                &gate_up.view_cols(0, inter)?,
+                &gate_up.view_cols(inter, inter)?,
+                &mut act,
+            )?;
             matmul(&self.dev, &act, &layer.w_down, &mut proj)?;
             let next_norm = self.layers.get(l + 1).map_or(&self.final_norm, |nl| &nl.attn_norm);
             norm::add_rms_norm::run(&self.dev, &proj, &residual, next_norm, eps, &mut next_residual, &mut h)?;
@@ -296,7 +338,6 @@ impl StepModel for Llama {
         Ok(())
     }
 }
-
 
 impl CausalLm for Llama {
     fn info(&self) -> &ModelInfo {

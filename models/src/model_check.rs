@@ -27,10 +27,11 @@ pub fn truncate_gguf(input: &Path, output: &Path, layers: usize) -> Result<(), S
         b.metadata(k, v).map_err(|e| e.to_string())?;
     }
     for t in f.tensors() {
-        let keep = match t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()) {
-            Some(i) => i < layers,
-            None => true,
-        };
+        let keep =
+            match t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()) {
+                Some(i) => i < layers,
+                None => true,
+            };
         if keep {
             let bytes = f.tensor_bytes(t).map_err(|e| e.to_string())?.to_vec();
             b.tensor(&t.name, &t.dims, t.ggml_type, bytes).map_err(|e| e.to_string())?;
@@ -46,19 +47,28 @@ pub fn greedy(model: &dyn CausalLm, prompt: &[u32], n: usize) -> Result<(Vec<f32
     let total = prompt.len() + n;
     let mut kv: KvCache = model.new_kv_cache(total.div_ceil(BS), BS)?;
     let table: Vec<u32> = (0..total.div_ceil(BS) as u32).collect();
-    let argmax = |l: &[f32]| l.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
+    let argmax = |l: &[f32]| {
+        l.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+    };
     let p = prompt.len();
     let positions: Vec<i32> = (0..p as i32).collect();
     let slots: Vec<u32> = (0..p as u32).collect();
     let seqs = [SeqAttn { q_start: 0, q_len: p, ctx_len: p, block_table: &table }];
-    let batch = ForwardBatch { tokens: prompt, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &[p - 1] };
+    let batch =
+        ForwardBatch { tokens: prompt, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &[p - 1] };
     let first = model.forward(&batch, &mut kv)?.to_host_f32()?;
     let mut out = vec![argmax(&first)];
     while out.len() < n {
         let pos = p + out.len() - 1;
         let seqs = [SeqAttn { q_start: 0, q_len: 1, ctx_len: pos + 1, block_table: &table }];
         let tok = [*out.last().unwrap_or(&0)];
-        let batch = ForwardBatch { tokens: &tok, positions: &[pos as i32], slots: &[pos as u32], seqs: &seqs, logits_rows: &[0] };
+        let batch = ForwardBatch {
+            tokens: &tok,
+            positions: &[pos as i32],
+            slots: &[pos as u32],
+            seqs: &seqs,
+            logits_rows: &[0],
+        };
         let l = model.forward(&batch, &mut kv)?.to_host_f32()?;
         out.push(argmax(&l));
     }
@@ -73,7 +83,9 @@ pub fn compare_logits(got: &[f32], want: &[f32]) -> (f64, bool) {
         err = err.max((g as f64 - w as f64).abs());
         scale = scale.max((w as f64).abs());
     }
-    let am = |v: &[f32]| v.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0;
+    let am = |v: &[f32]| {
+        v.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+    };
     (if err.is_finite() { err / scale.max(1e-3) } else { f64::INFINITY }, am(got) == am(want))
 }
 

@@ -66,7 +66,14 @@ fn pack(batch: &ForwardBatch<'_>, rows: usize, logit_rows: usize) -> Result<Vec<
 }
 
 impl StepInputs {
-    fn views(packed: Tensor, n: usize, m: usize, all_rows: bool, plan: AttnPlan, heads: Heads) -> Result<StepInputs, ModelError> {
+    fn views(
+        packed: Tensor,
+        n: usize,
+        m: usize,
+        all_rows: bool,
+        plan: AttnPlan,
+        heads: Heads,
+    ) -> Result<StepInputs, ModelError> {
         Ok(StepInputs {
             ids: packed.view_cols(0, n)?,
             pos: packed.view_cols(n, n)?,
@@ -97,7 +104,13 @@ impl StepInputs {
 
     /// Fixed buffers for `bucket` one-token sequences with block tables of `bt_stride` entries
     /// (all padding until [`StepInputs::refresh_decode`]).
-    pub fn for_decode(dev: &Device, bucket: usize, bt_stride: usize, kv: &KvCache, heads: Heads) -> Result<StepInputs, ModelError> {
+    pub fn for_decode(
+        dev: &Device,
+        bucket: usize,
+        bt_stride: usize,
+        kv: &KvCache,
+        heads: Heads,
+    ) -> Result<StepInputs, ModelError> {
         let packed = Tensor::zeros(dev, kiln_codegen::ir::DType::I32, 1, 4 * bucket)?;
         let mut plan = AttnPlan::new(&[], bucket, bucket, bt_stride, kv.block_size, kv.num_blocks)?;
         plan.split_fixed((bt_stride * kv.block_size).div_ceil(SPLIT_TOKENS));
@@ -110,7 +123,10 @@ impl StepInputs {
     pub fn refresh_decode(&mut self, dev: &Device, batch: &ForwardBatch<'_>, kv: &KvCache) -> Result<(), ModelError> {
         let b = self.tokens();
         if batch.tokens.len() > b || batch.seqs.iter().any(|s| s.q_len != 1) {
-            return Err(ModelError::Batch(format!("a decode step of {} tokens does not fit buffers for {b}", batch.tokens.len())));
+            return Err(ModelError::Batch(format!(
+                "a decode step of {} tokens does not fit buffers for {b}",
+                batch.tokens.len()
+            )));
         }
         self.packed.copy_from_host(&pack(batch, b, b)?)?;
         let plan = AttnPlan::new(batch.seqs, b, b, self.plan.bt_stride(), kv.block_size, kv.num_blocks)?;

@@ -68,7 +68,9 @@ pub fn preset(name: &str) -> Option<LlamaConfig> {
 #[derive(Clone, Copy, Debug)]
 pub enum Init {
     /// A projection with this many inputs.
-    Linear { fan_in: usize },
+    Linear {
+        fan_in: usize,
+    },
     Norm,
     Embedding,
 }
@@ -93,7 +95,14 @@ impl Init {
 }
 
 /// A `rows × cols` weight on `dev`, filled on the device.
-pub fn random_tensor(dev: &Device, dtype: DType, rows: usize, cols: usize, init: Init, seed: u64) -> Result<Tensor, crate::model::ModelError> {
+pub fn random_tensor(
+    dev: &Device,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    init: Init,
+    seed: u64,
+) -> Result<Tensor, crate::model::ModelError> {
     let mut t = Tensor::uninit(dev, dtype, rows, cols)?;
     let (lo, hi) = init.range();
     fill_uniform(&mut t, seed, lo, hi).map_err(|e| crate::model::ModelError::Load(e.to_string()))?;
@@ -122,9 +131,12 @@ struct HfTensor {
 }
 
 fn hf_tensors(c: &LlamaConfig) -> Vec<HfTensor> {
-    let (h, nh, nkv, hd, inter) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
+    let (h, nh, nkv, hd, inter) =
+        (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
     let mut v = vec![];
-    let mut push = |name: String, shape: Vec<usize>, n: u64, offset: usize, init: Init| v.push(HfTensor { name, shape, n, offset: offset as u64, init });
+    let mut push = |name: String, shape: Vec<usize>, n: u64, offset: usize, init: Init| {
+        v.push(HfTensor { name, shape, n, offset: offset as u64, init })
+    };
     for l in 0..c.num_hidden_layers {
         let (p, n0) = (format!("model.layers.{l}"), 6 * l as u64);
         let lin = Init::Linear { fan_in: h };
@@ -152,7 +164,12 @@ fn hf_tensors(c: &LlamaConfig) -> Vec<HfTensor> {
 /// Write the synthetic model of `cfg` (seed `seed`) as an HF checkpoint directory:
 /// `config.json` and `model.safetensors` in `dtype`, streamed tensor by tensor (an 8B model
 /// never sits in memory whole). Returns the files written.
-pub fn write_hf_dir(cfg: &LlamaConfig, dtype: DType, seed: u64, out: &std::path::Path) -> Result<Vec<std::path::PathBuf>, String> {
+pub fn write_hf_dir(
+    cfg: &LlamaConfig,
+    dtype: DType,
+    seed: u64,
+    out: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, String> {
     use std::io::Write;
     let st_dtype = match dtype {
         DType::F32 => "F32",
@@ -168,7 +185,10 @@ pub fn write_hf_dir(cfg: &LlamaConfig, dtype: DType, seed: u64, out: &std::path:
     let mut at = 0usize;
     for t in &tensors {
         let bytes = t.shape.iter().product::<usize>() * size;
-        header.insert(t.name.clone(), serde_json::json!({"dtype": st_dtype, "shape": t.shape, "data_offsets": [at, at + bytes]}));
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": st_dtype, "shape": t.shape, "data_offsets": [at, at + bytes]}),
+        );
         at += bytes;
     }
     let mut head = serde_json::Value::Object(header).to_string().into_bytes();

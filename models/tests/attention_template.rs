@@ -35,14 +35,25 @@ fn every_modifier_equals_dense_attention() {
         for (nh, nkv) in [(3, 3), (9, 3), (8, 1)] {
             for (mi, mix) in mixes.iter().enumerate() {
                 seed += 1;
-                let case = Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: 16, seqs: mix.to_vec(), pad_tokens: mi % 2 };
+                let case = Case {
+                    block_size: bs,
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: 16,
+                    seqs: mix.to_vec(),
+                    pad_tokens: mi % 2,
+                };
                 let p = Problem::random(case, DType::F32, &mut StdRng::seed_from_u64(seed));
                 let scale = 0.25;
                 for v in variants(nh, scale) {
                     let got = run_cpu(&p, &v);
                     let want = p.reference(v.reference, scale as f64);
                     let (err, nonfinite) = max_rel(&got, &want);
-                    assert!(!nonfinite && err < 1e-5, "{} bs={bs} nh={nh} nkv={nkv} mix={mix:?}: max_rel {err:e}", v.name);
+                    assert!(
+                        !nonfinite && err < 1e-5,
+                        "{} bs={bs} nh={nh} nkv={nkv} mix={mix:?}: max_rel {err:e}",
+                        v.name
+                    );
                 }
             }
         }
@@ -75,7 +86,8 @@ fn bad_input_is_refused() {
     assert!(AttnPlan::new(&[SeqAttn { q_start: 0, q_len: 2, ctx_len: 5, block_table: &table }], 2, 1, 2, 2, 2).is_err());
     assert!(AttnPlan::new(&[SeqAttn { q_start: 0, q_len: 1, ctx_len: 1, block_table: &[7] }], 2, 1, 1, 2, 2).is_err());
     assert!(AttnPlan::new(&[SeqAttn { q_start: 1, q_len: 1, ctx_len: 2, block_table: &table }], 2, 1, 2, 2, 2).is_err());
-    let plan = AttnPlan::new(&[SeqAttn { q_start: 0, q_len: 2, ctx_len: 3, block_table: &table }], 2, 1, 2, 2, 2).unwrap();
+    let plan =
+        AttnPlan::new(&[SeqAttn { q_start: 0, q_len: 2, ctx_len: 3, block_table: &table }], 2, 1, 2, 2, 2).unwrap();
     let run = |q: &Tensor, kv: &PagedKv<'_>, args: &[Arg<'_>], out: &mut Tensor| {
         kiln_runtime::attention::run(&dev, &attention::attn_causal::DEF, q, kv, &plan, args, out)
     };

@@ -98,46 +98,14 @@ const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// Widths: 1, odd, below and above a vector, 576 (SmolLM2 hidden), 1025 and 4099 (odd, long).
 const SHAPES: [Shape; 8] = [
-    Shape {
-        rows: 3,
-        width: 1,
-        stride: 1,
-    },
-    Shape {
-        rows: 4,
-        width: 7,
-        stride: 7,
-    },
-    Shape {
-        rows: 2,
-        width: 64,
-        stride: 64,
-    },
-    Shape {
-        rows: 3,
-        width: 333,
-        stride: 340,
-    },
-    Shape {
-        rows: 5,
-        width: 576,
-        stride: 576,
-    },
-    Shape {
-        rows: 2,
-        width: 576,
-        stride: 600,
-    },
-    Shape {
-        rows: 2,
-        width: 1025,
-        stride: 1025,
-    },
-    Shape {
-        rows: 2,
-        width: 4099,
-        stride: 4099,
-    },
+    Shape { rows: 3, width: 1, stride: 1 },
+    Shape { rows: 4, width: 7, stride: 7 },
+    Shape { rows: 2, width: 64, stride: 64 },
+    Shape { rows: 3, width: 333, stride: 340 },
+    Shape { rows: 5, width: 576, stride: 576 },
+    Shape { rows: 2, width: 576, stride: 600 },
+    Shape { rows: 2, width: 1025, stride: 1025 },
+    Shape { rows: 2, width: 4099, stride: 4099 },
 ];
 
 fn tol(dtype: DType) -> f64 {
@@ -162,10 +130,7 @@ fn check(what: &str, dtype: DType, shape: Shape, got: &Data, want: &[Vec<f64>], 
         }
         if r + 1 < shape.rows {
             let pad = &got[r * shape.stride + shape.width..(r + 1) * shape.stride];
-            assert!(
-                pad.iter().all(|v| v.is_nan()),
-                "{what} {dtype} {shape:?}: padding after row {r} was written"
-            );
+            assert!(pad.iter().all(|v| v.is_nan()), "{what} {dtype} {shape:?}: padding after row {r} was written");
         }
     }
 }
@@ -190,23 +155,13 @@ fn out<'a>(d: &'a mut Data, s: Shape) -> CpuOutArg<'a> {
 #[test]
 fn rms_norm_matches_ref() {
     for_each_case(|rng, dt, s| {
-        let (x, w) = (
-            Data::random(rng, dt, s.len(), 0.1, 2.0),
-            Data::random(rng, dt, s.width, 0.5, 1.5),
-        );
+        let (x, w) = (Data::random(rng, dt, s.len(), 0.1, 2.0), Data::random(rng, dt, s.width, 0.5, 1.5));
         let eps = rng.random_range(1e-6f32..1e-4);
         let mut y = Data::poisoned(dt, s.len());
-        let params = [
-            row(&x, s),
-            CpuParam::bcast(w.as_in()),
-            CpuParam::Comptime(CpuScalar::F32(eps)),
-        ];
+        let params = [row(&x, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
         norm::rms_norm::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, s.width).unwrap();
         let (xs, ws) = (x.to_f64(), w.to_f64());
-        let want: Vec<_> = s
-            .rows(&xs)
-            .map(|r| norm::rms_norm_ref(r, &ws, eps as f64))
-            .collect();
+        let want: Vec<_> = s.rows(&xs).map(|r| norm::rms_norm_ref(r, &ws, eps as f64)).collect();
         check("rms_norm", dt, s, &y, &want, tol(dt));
     });
 }
@@ -219,26 +174,11 @@ fn add_rms_norm_matches_ref() {
         let w = Data::random(rng, dt, s.width, 0.5, 1.5);
         let eps = rng.random_range(1e-6f32..1e-4);
         let (mut h, mut y) = (Data::poisoned(dt, s.len()), Data::poisoned(dt, s.len()));
-        let params = [
-            row(&x, s),
-            row(&res, s),
-            CpuParam::bcast(w.as_in()),
-            CpuParam::Comptime(CpuScalar::F32(eps)),
-        ];
-        norm::add_rms_norm::cpu(
-            dt,
-            &params,
-            &mut [out(&mut h, s), out(&mut y, s)],
-            s.rows,
-            s.width,
-        )
-        .unwrap();
+        let params = [row(&x, s), row(&res, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
+        norm::add_rms_norm::cpu(dt, &params, &mut [out(&mut h, s), out(&mut y, s)], s.rows, s.width).unwrap();
         let (xs, rs, ws) = (x.to_f64(), res.to_f64(), w.to_f64());
-        let (want_h, want_y): (Vec<_>, Vec<_>) = s
-            .rows(&xs)
-            .zip(s.rows(&rs))
-            .map(|(x, r)| norm::add_rms_norm_ref(x, r, &ws, eps as f64))
-            .unzip();
+        let (want_h, want_y): (Vec<_>, Vec<_>) =
+            s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| norm::add_rms_norm_ref(x, r, &ws, eps as f64)).unzip();
         check("add_rms_norm.h", dt, s, &h, &want_h, tol(dt));
         check("add_rms_norm.y", dt, s, &y, &want_y, tol(dt));
     });
@@ -248,10 +188,7 @@ fn add_rms_norm_matches_ref() {
 fn layer_norm_matches_ref() {
     for_each_case(|rng, dt, s| {
         let x = Data::random(rng, dt, s.len(), 0.1, 2.0);
-        let (w, b) = (
-            Data::random(rng, dt, s.width, 0.5, 1.5),
-            Data::random(rng, dt, s.width, 0.1, 1.0),
-        );
+        let (w, b) = (Data::random(rng, dt, s.width, 0.5, 1.5), Data::random(rng, dt, s.width, 0.1, 1.0));
         let eps = rng.random_range(1e-6f32..1e-4);
         let mut y = Data::poisoned(dt, s.len());
         let params = [
@@ -262,10 +199,7 @@ fn layer_norm_matches_ref() {
         ];
         norm::layer_norm::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, s.width).unwrap();
         let (xs, ws, bs) = (x.to_f64(), w.to_f64(), b.to_f64());
-        let want: Vec<_> = s
-            .rows(&xs)
-            .map(|r| norm::layer_norm_ref(r, &ws, &bs, eps as f64))
-            .collect();
+        let want: Vec<_> = s.rows(&xs).map(|r| norm::layer_norm_ref(r, &ws, &bs, eps as f64)).collect();
         check("layer_norm", dt, s, &y, &want, tol(dt));
     });
 }
@@ -273,53 +207,26 @@ fn layer_norm_matches_ref() {
 /// The two gated activations share their harness.
 fn gated(name: &str, cpu: GatedCpu, reference: fn(&[f64], &[f64]) -> Vec<f64>) {
     for_each_case(|rng, dt, s| {
-        let (g, u) = (
-            Data::random(rng, dt, s.len(), 0.05, 6.0),
-            Data::random(rng, dt, s.len(), 0.1, 2.0),
-        );
+        let (g, u) = (Data::random(rng, dt, s.len(), 0.05, 6.0), Data::random(rng, dt, s.len(), 0.1, 2.0));
         let mut y = Data::poisoned(dt, s.len());
-        cpu(
-            dt,
-            &[row(&g, s), row(&u, s)],
-            &mut [out(&mut y, s)],
-            s.rows,
-            s.width,
-        )
-        .unwrap();
+        cpu(dt, &[row(&g, s), row(&u, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
         let (gs, us) = (g.to_f64(), u.to_f64());
-        let want: Vec<_> = s
-            .rows(&gs)
-            .zip(s.rows(&us))
-            .map(|(g, u)| reference(g, u))
-            .collect();
+        let want: Vec<_> = s.rows(&gs).zip(s.rows(&us)).map(|(g, u)| reference(g, u)).collect();
         check(name, dt, s, &y, &want, tol(dt));
     });
 }
 
-type GatedCpu = fn(
-    DType,
-    &[CpuParam<'_>],
-    &mut [CpuOutArg<'_>],
-    usize,
-    usize,
-) -> Result<(), kiln_runtime::fused::FusedError>;
+type GatedCpu =
+    fn(DType, &[CpuParam<'_>], &mut [CpuOutArg<'_>], usize, usize) -> Result<(), kiln_runtime::fused::FusedError>;
 
 #[test]
 fn silu_mul_matches_ref() {
-    gated(
-        "silu_mul",
-        activation::silu_mul::cpu,
-        activation::silu_mul_ref,
-    );
+    gated("silu_mul", activation::silu_mul::cpu, activation::silu_mul_ref);
 }
 
 #[test]
 fn gelu_tanh_mul_matches_ref() {
-    gated(
-        "gelu_tanh_mul",
-        activation::gelu_tanh_mul::cpu,
-        activation::gelu_tanh_mul_ref,
-    );
+    gated("gelu_tanh_mul", activation::gelu_tanh_mul::cpu, activation::gelu_tanh_mul_ref);
 }
 
 #[test]
@@ -338,24 +245,12 @@ fn softmax_matches_ref() {
 #[test]
 fn bias_add_matches_ref() {
     for_each_case(|rng, dt, s| {
-        let (x, b) = (
-            Data::random(rng, dt, s.len(), 0.1, 4.0),
-            Data::random(rng, dt, s.width, 0.1, 4.0),
-        );
+        let (x, b) = (Data::random(rng, dt, s.len(), 0.1, 4.0), Data::random(rng, dt, s.width, 0.1, 4.0));
         let mut y = Data::poisoned(dt, s.len());
-        epilogue::bias_add::cpu(
-            dt,
-            &[row(&x, s), CpuParam::bcast(b.as_in())],
-            &mut [out(&mut y, s)],
-            s.rows,
-            s.width,
-        )
-        .unwrap();
+        epilogue::bias_add::cpu(dt, &[row(&x, s), CpuParam::bcast(b.as_in())], &mut [out(&mut y, s)], s.rows, s.width)
+            .unwrap();
         let (xs, bs) = (x.to_f64(), b.to_f64());
-        let want: Vec<_> = s
-            .rows(&xs)
-            .map(|r| epilogue::bias_add_ref(r, &bs))
-            .collect();
+        let want: Vec<_> = s.rows(&xs).map(|r| epilogue::bias_add_ref(r, &bs)).collect();
         check("bias_add", dt, s, &y, &want, tol(dt));
     });
 }
@@ -363,25 +258,11 @@ fn bias_add_matches_ref() {
 #[test]
 fn residual_add_matches_ref() {
     for_each_case(|rng, dt, s| {
-        let (x, r) = (
-            Data::random(rng, dt, s.len(), 0.1, 4.0),
-            Data::random(rng, dt, s.len(), 0.1, 4.0),
-        );
+        let (x, r) = (Data::random(rng, dt, s.len(), 0.1, 4.0), Data::random(rng, dt, s.len(), 0.1, 4.0));
         let mut y = Data::poisoned(dt, s.len());
-        epilogue::residual_add::cpu(
-            dt,
-            &[row(&x, s), row(&r, s)],
-            &mut [out(&mut y, s)],
-            s.rows,
-            s.width,
-        )
-        .unwrap();
+        epilogue::residual_add::cpu(dt, &[row(&x, s), row(&r, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
         let (xs, rs) = (x.to_f64(), r.to_f64());
-        let want: Vec<_> = s
-            .rows(&xs)
-            .zip(s.rows(&rs))
-            .map(|(x, r)| epilogue::residual_add_ref(x, r))
-            .collect();
+        let want: Vec<_> = s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| epilogue::residual_add_ref(x, r)).collect();
         check("residual_add", dt, s, &y, &want, tol(dt));
     });
 }
@@ -392,8 +273,7 @@ fn cast_to_f32_is_exact() {
     for_each_case(|rng, dt, s| {
         let x = Data::random(rng, dt, s.len(), 1e-3, 1e3);
         let mut y = Data::poisoned(DType::F32, s.len());
-        epilogue::cast_to_f32::cpu(dt, &[row(&x, s)], &mut [out(&mut y, s)], s.rows, s.width)
-            .unwrap();
+        epilogue::cast_to_f32::cpu(dt, &[row(&x, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
         let xs = x.to_f64();
         let want: Vec<_> = s.rows(&xs).map(epilogue::cast_ref).collect();
         check("cast_to_f32", dt, s, &y, &want, 0.0);
@@ -407,19 +287,11 @@ fn cast_from_f32_rounds_to_nearest_even() {
     for_each_case(|rng, dt, s| {
         let x = Data::random(rng, DType::F32, s.len(), 1e-3, 1e3);
         let mut y = Data::poisoned(dt, s.len());
-        epilogue::cast_from_f32::cpu(dt, &[row(&x, s)], &mut [out(&mut y, s)], s.rows, s.width)
-            .unwrap();
+        epilogue::cast_from_f32::cpu(dt, &[row(&x, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
         let Data::F32(xv) = &x else { unreachable!() };
         let rounded: Vec<f64> = Data::from_f32(dt, xv).to_f64();
         let want_exact: Vec<_> = s.rows(&rounded).map(|r| r.to_vec()).collect();
-        check(
-            "cast_from_f32 (exact rounding)",
-            dt,
-            s,
-            &y,
-            &want_exact,
-            0.0,
-        );
+        check("cast_from_f32 (exact rounding)", dt, s, &y, &want_exact, 0.0);
         let xs = x.to_f64();
         let want: Vec<_> = s.rows(&xs).map(epilogue::cast_ref).collect();
         check("cast_from_f32", dt, s, &y, &want, tol(dt));
@@ -428,8 +300,7 @@ fn cast_from_f32_rounds_to_nearest_even() {
 
 /// RoPE shapes: `(head_dim, n_heads, stride padding)`; SmolLM2 has head_dim 64 and 9 query
 /// heads (576 columns); head_dim 10 and 2 are small unaligned cases.
-const ROPE_SHAPES: [(usize, usize, usize); 5] =
-    [(64, 9, 0), (64, 1, 8), (128, 2, 0), (10, 5, 3), (2, 3, 0)];
+const ROPE_SHAPES: [(usize, usize, usize); 5] = [(64, 9, 0), (64, 1, 8), (128, 2, 0), (10, 5, 3), (2, 3, 0)];
 
 /// Run a rope kernel over every dtype × shape with positions below `max_pos`.
 fn rope_cases(
@@ -444,11 +315,7 @@ fn rope_cases(
         for (si, &(head_dim, heads, pad)) in ROPE_SHAPES.iter().enumerate() {
             let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 7);
             let width = head_dim * heads;
-            let s = Shape {
-                rows: 6,
-                width,
-                stride: width + pad,
-            };
+            let s = Shape { rows: 6, width, stride: width + pad };
             let x = Data::random(&mut rng, dt, s.len(), 0.1, 2.0);
             let pos: Vec<i32> = (0..s.rows).map(|_| rng.random_range(1..max_pos)).collect();
             let pos_data = Data::I32(pos.clone());
@@ -459,11 +326,7 @@ fn rope_cases(
             params.extend(comptime[1..].iter().map(|&c| CpuParam::Comptime(c)));
             run(dt, &params, &mut [out(&mut y, s)], s.rows, s.width);
             let xs = x.to_f64();
-            let want: Vec<_> = s
-                .rows(&xs)
-                .zip(&pos)
-                .map(|(r, &p)| reference(r, p, head_dim))
-                .collect();
+            let want: Vec<_> = s.rows(&xs).zip(&pos).map(|(r, &p)| reference(r, p, head_dim)).collect();
             let t = if dt == DType::F32 { tol_f32 } else { tol(dt) };
             check(name, dt, s, &y, &want, t);
         }
@@ -498,12 +361,8 @@ fn rope_interleaved_matches_ref() {
 }
 
 /// Llama-3.1's published scaling (theta 500000, factor 8, low 1, high 4, original 8192).
-const LLAMA3: rope::Llama3Scaling = rope::Llama3Scaling {
-    factor: 8.0,
-    low_freq_factor: 1.0,
-    high_freq_factor: 4.0,
-    original_max_position: 8192.0,
-};
+const LLAMA3: rope::Llama3Scaling =
+    rope::Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 8192.0 };
 
 fn llama3_scalars() -> [CpuScalar; 5] {
     [
@@ -571,7 +430,8 @@ fn kv_write_cases(
             let (pos_d, slot_d) = (Data::I32(pos.clone()), Data::I32(slot.clone()));
             let mut kc = Data::poisoned(dt, cache.len());
             let mut vc = Data::poisoned(dt, cache.len());
-            let mut params = vec![row(&k, s), row(&v, s), CpuParam::per_row(pos_d.as_in()), CpuParam::per_row(slot_d.as_in())];
+            let mut params =
+                vec![row(&k, s), row(&v, s), CpuParam::per_row(pos_d.as_in()), CpuParam::per_row(slot_d.as_in())];
             params.push(CpuParam::Comptime(comptime[0]));
             params.push(CpuParam::Comptime(CpuScalar::I32(head_dim as i32)));
             params.extend(comptime[1..].iter().map(|&c| CpuParam::Comptime(c)));
@@ -587,7 +447,14 @@ fn kv_write_cases(
                     Some(r) => {
                         let one = Shape { rows: 1, width, stride: width };
                         let want_k = reference(krows[r], pos[r], head_dim);
-                        check(name, dt, one, &Data::from_f32(DType::F32, &kg.iter().map(|&x| x as f32).collect::<Vec<_>>()), &[want_k], tol(dt));
+                        check(
+                            name,
+                            dt,
+                            one,
+                            &Data::from_f32(DType::F32, &kg.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+                            &[want_k],
+                            tol(dt),
+                        );
                         assert_eq!(vg, vrows[r], "{name} {dt}: V of token {r} is not copied exactly");
                     }
                 }

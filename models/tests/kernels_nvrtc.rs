@@ -54,10 +54,11 @@ fn every_attention_instance_compiles_for_sm80_and_sm90_without_warnings() {
         panic!("libnvrtc.so.13 not found: run scripts/test.sh (it fetches the nvidia-cuda-nvrtc wheel) or set KILN_SKIP_NVRTC=1");
     }
     // Each instance takes NVRTC seconds: compile them on every core.
-    let jobs: Vec<(&kiln_codegen::attention::def::AttnDef, &kiln_codegen::attention::def::AttnSpec, &str)> = kiln_models::kernels::ATTENTION
-        .iter()
-        .flat_map(|def| def.specs.iter().flat_map(move |spec| ["sm_80", "sm_90"].map(|arch| (*def, spec, arch))))
-        .collect();
+    let jobs: Vec<(&kiln_codegen::attention::def::AttnDef, &kiln_codegen::attention::def::AttnSpec, &str)> =
+        kiln_models::kernels::ATTENTION
+            .iter()
+            .flat_map(|def| def.specs.iter().flat_map(move |spec| ["sm_80", "sm_90"].map(|arch| (*def, spec, arch))))
+            .collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failures = std::sync::Mutex::new(vec![]);

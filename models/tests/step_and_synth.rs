@@ -21,11 +21,23 @@ const HEADS: Heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 8 };
 #[test]
 fn step_inputs_pack_the_batch() {
     let table = [2u32, 0];
-    let seqs = [SeqAttn { q_start: 0, q_len: 2, ctx_len: 20, block_table: &table }, SeqAttn { q_start: 2, q_len: 1, ctx_len: 3, block_table: &table[1..] }];
-    let batch = ForwardBatch { tokens: &[5, 6, 7], positions: &[18, 19, 2], slots: &[50, 51, 2], seqs: &seqs, logits_rows: &[1, 2] };
+    let seqs = [
+        SeqAttn { q_start: 0, q_len: 2, ctx_len: 20, block_table: &table },
+        SeqAttn { q_start: 2, q_len: 1, ctx_len: 3, block_table: &table[1..] },
+    ];
+    let batch = ForwardBatch {
+        tokens: &[5, 6, 7],
+        positions: &[18, 19, 2],
+        slots: &[50, 51, 2],
+        seqs: &seqs,
+        logits_rows: &[1, 2],
+    };
     let inp = StepInputs::new(&Device::Cpu, &batch, &cache(4), HEADS).unwrap();
     let v = |t: &Tensor| t.to_host::<i32>().unwrap();
-    assert_eq!((v(&inp.ids), v(&inp.pos), v(&inp.slots), v(&inp.logits_rows)), (vec![5, 6, 7], vec![18, 19, 2], vec![50, 51, 2], vec![1, 2]));
+    assert_eq!(
+        (v(&inp.ids), v(&inp.pos), v(&inp.slots), v(&inp.logits_rows)),
+        (vec![5, 6, 7], vec![18, 19, 2], vec![50, 51, 2], vec![1, 2])
+    );
     assert!(!inp.all_rows);
 }
 
@@ -34,8 +46,12 @@ fn decode_buffers_are_refreshed_in_place_with_padding() {
     let kv = cache(8);
     let mut inp = StepInputs::for_decode(&Device::Cpu, 4, 4, &kv, HEADS).unwrap();
     let table = [3u32, 1];
-    let seqs = [SeqAttn { q_start: 0, q_len: 1, ctx_len: 17, block_table: &table }, SeqAttn { q_start: 1, q_len: 1, ctx_len: 2, block_table: &table[1..] }];
-    let batch = ForwardBatch { tokens: &[9, 8], positions: &[16, 1], slots: &[16, 17], seqs: &seqs, logits_rows: &[0, 1] };
+    let seqs = [
+        SeqAttn { q_start: 0, q_len: 1, ctx_len: 17, block_table: &table },
+        SeqAttn { q_start: 1, q_len: 1, ctx_len: 2, block_table: &table[1..] },
+    ];
+    let batch =
+        ForwardBatch { tokens: &[9, 8], positions: &[16, 1], slots: &[16, 17], seqs: &seqs, logits_rows: &[0, 1] };
     let ids_before = inp.ids.storage().clone();
     inp.refresh_decode(&Device::Cpu, &batch, &kv).unwrap();
     assert!(std::sync::Arc::ptr_eq(&ids_before, inp.ids.storage()), "the same buffers (a graph reads them)");
@@ -46,8 +62,10 @@ fn decode_buffers_are_refreshed_in_place_with_padding() {
     assert_eq!(v(&inp.logits_rows), vec![0, 1, 2, 3]);
     // More sequences than the buffers hold, or a prefill, are refused.
     let five = [9u32; 5];
-    let many: Vec<SeqAttn> = (0..5).map(|i| SeqAttn { q_start: i, q_len: 1, ctx_len: 1, block_table: &table }).collect();
-    let big = ForwardBatch { tokens: &five, positions: &[0; 5], slots: &[0; 5], seqs: &many, logits_rows: &[0, 1, 2, 3, 4] };
+    let many: Vec<SeqAttn> =
+        (0..5).map(|i| SeqAttn { q_start: i, q_len: 1, ctx_len: 1, block_table: &table }).collect();
+    let big =
+        ForwardBatch { tokens: &five, positions: &[0; 5], slots: &[0; 5], seqs: &many, logits_rows: &[0, 1, 2, 3, 4] };
     assert!(inp.refresh_decode(&Device::Cpu, &big, &kv).is_err());
 }
 
@@ -85,7 +103,11 @@ fn a_synthetic_model_runs_on_the_cpu() {
     assert!(logits.iter().all(|x| x.is_finite()));
     assert_eq!(tokens.len(), 3);
     let again = kiln_models::llama::Llama::random(preset_2_layers(), &Device::Cpu, DType::F32, 1).unwrap();
-    assert_eq!(kiln_models::model_check::greedy(&again, &[1, 2, 3, 4], 3).unwrap().1, tokens, "seeded: the same weights");
+    assert_eq!(
+        kiln_models::model_check::greedy(&again, &[1, 2, 3, 4], 3).unwrap().1,
+        tokens,
+        "seeded: the same weights"
+    );
 }
 
 fn preset_2_layers() -> kiln_models::config::LlamaConfig {

@@ -14,10 +14,7 @@ fn messages(v: &serde_json::Value) -> Vec<ChatMessage> {
 #[test]
 fn gguf_template_is_the_reference_template() {
     let tok = smollm2();
-    assert_eq!(
-        tok.chat_template(),
-        reference()["chat_template"]["template"].as_str()
-    );
+    assert_eq!(tok.chat_template(), reference()["chat_template"]["template"].as_str());
 }
 
 #[test]
@@ -28,16 +25,10 @@ fn renders_reference_examples() {
     for key in ["example", "example_user_only"] {
         let case = &reference["chat_template"][key];
         let add = case["add_generation_prompt"].as_bool().unwrap();
-        let text = template
-            .render_for(&tok, &messages(&case["messages"]), add)
-            .unwrap();
+        let text = template.render_for(&tok, &messages(&case["messages"]), add).unwrap();
         assert_eq!(text, case["rendered"].as_str().unwrap(), "{key}");
         if !case["ids"].is_null() {
-            assert_eq!(
-                tok.encode(&text, false).unwrap(),
-                ids_of(&case["ids"]),
-                "{key}"
-            );
+            assert_eq!(tok.encode(&text, false).unwrap(), ids_of(&case["ids"]), "{key}");
         }
     }
 }
@@ -47,17 +38,11 @@ fn renders_reference_chat_prompts() {
     let tok = smollm2();
     let template = ChatTemplate::for_tokenizer(&tok).unwrap();
     let reference = reference();
-    let chats: Vec<_> = reference["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .filter(|p| p["chat"] == true)
-        .collect();
+    let chats: Vec<_> =
+        reference["prompts"].as_array().expect("prompts").iter().filter(|p| p["chat"] == true).collect();
     assert!(!chats.is_empty());
     for p in chats {
-        let text = template
-            .render_for(&tok, &messages(&p["messages"]), true)
-            .unwrap();
+        let text = template.render_for(&tok, &messages(&p["messages"]), true).unwrap();
         assert_eq!(text, p["text"].as_str().unwrap());
         assert_eq!(tok.encode(&text, false).unwrap(), ids_of(&p["ids"]));
     }
@@ -77,9 +62,6 @@ fn chatml_fallback_agrees_with_smollm2_when_a_system_turn_is_given() {
         ChatMessage::new("user", "And 3+3?"),
     ];
     for add in [false, true] {
-        assert_eq!(
-            own.render_for(&tok, &msgs, add).unwrap(),
-            fallback.render_for(&tok, &msgs, add).unwrap()
-        );
+        assert_eq!(own.render_for(&tok, &msgs, add).unwrap(), fallback.render_for(&tok, &msgs, add).unwrap());
     }
 }

@@ -41,15 +41,9 @@ fn streams_multilingual_and_emoji_text() {
     let split_chars = TEXTS
         .iter()
         .map(|t| tok.encode(t, false).unwrap())
-        .filter(|ids| {
-            ids.iter()
-                .any(|&id| tok.decode(&[id], false).unwrap().contains('\u{FFFD}'))
-        })
+        .filter(|ids| ids.iter().any(|&id| tok.decode(&[id], false).unwrap().contains('\u{FFFD}')))
         .count();
-    assert!(
-        split_chars > 0,
-        "the texts must exercise characters split across tokens"
-    );
+    assert!(split_chars > 0, "the texts must exercise characters split across tokens");
     for text in TEXTS {
         check(&tok, &tok.encode(text, false).unwrap(), text);
     }

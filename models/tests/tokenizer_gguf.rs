@@ -18,10 +18,7 @@ const EXTRA_TEXTS: &[&str] = &[
 ];
 
 fn all_texts() -> Vec<String> {
-    let mut texts: Vec<String> = reference_texts(&reference())
-        .into_iter()
-        .map(|c| c.0)
-        .collect();
+    let mut texts: Vec<String> = reference_texts(&reference()).into_iter().map(|c| c.0).collect();
     texts.extend(EXTRA_TEXTS.iter().map(|s| s.to_string()));
     texts
 }
@@ -44,33 +41,19 @@ fn encodes_reference_texts_like_transformers() {
         if ids != hf_ids {
             mismatches.push(format!("{text:?}\n  kiln: {ids:?}\n  hf:   {hf_ids:?}"));
         }
-        assert_eq!(
-            tok.decode(&hf_ids, false).expect("decode"),
-            hf_decoded,
-            "{text:?}"
-        );
+        assert_eq!(tok.decode(&hf_ids, false).expect("decode"), hf_decoded, "{text:?}");
     }
-    assert!(
-        mismatches.is_empty(),
-        "ids differ from HF:\n{}",
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "ids differ from HF:\n{}", mismatches.join("\n"));
 }
 
 #[test]
 fn encodes_reference_prompts_like_transformers() {
     let tok = smollm2();
     let reference = reference();
-    let prompts = reference["prompts"]
-        .as_array()
-        .expect("reference.json has `prompts`");
+    let prompts = reference["prompts"].as_array().expect("reference.json has `prompts`");
     for p in prompts {
         let text = p["text"].as_str().expect("prompt text");
-        assert_eq!(
-            tok.encode(text, false).unwrap(),
-            ids_of(&p["ids"]),
-            "{text:?}"
-        );
+        assert_eq!(tok.encode(text, false).unwrap(), ids_of(&p["ids"]), "{text:?}");
     }
 }
 
@@ -82,33 +65,17 @@ fn special_tokens_match_transformers() {
         assert!(tok.is_special(id));
     }
     let info = &reference()["tokenizer_info"];
-    for (id, content) in info["special_tokens"]
-        .as_object()
-        .expect("special_tokens map")
-    {
+    for (id, content) in info["special_tokens"].as_object().expect("special_tokens map") {
         let id: u32 = id.parse().expect("numeric id");
         let content = content.as_str().expect("token text");
         assert_eq!(tok.encode(content, false).unwrap(), vec![id], "{content}");
         assert!(tok.is_special(id), "{content} is special");
         assert_eq!(tok.decode(&[id], true).unwrap(), "", "{content} skipped");
     }
-    assert_eq!(
-        tok.bos_id(),
-        info["bos_token_id"].as_u64().map(|v| v as u32)
-    );
-    assert_eq!(
-        tok.unk_id(),
-        info["unk_token_id"].as_u64().map(|v| v as u32)
-    );
-    assert_eq!(
-        tok.pad_id(),
-        info["pad_token_id"].as_u64().map(|v| v as u32)
-    );
-    assert_eq!(
-        tok.eos_ids(),
-        vec![2, 0],
-        "<|im_end|> first, then <|endoftext|>"
-    );
+    assert_eq!(tok.bos_id(), info["bos_token_id"].as_u64().map(|v| v as u32));
+    assert_eq!(tok.unk_id(), info["unk_token_id"].as_u64().map(|v| v as u32));
+    assert_eq!(tok.pad_id(), info["pad_token_id"].as_u64().map(|v| v as u32));
+    assert_eq!(tok.eos_ids(), vec![2, 0], "<|im_end|> first, then <|endoftext|>");
     assert_eq!(info["adds_bos_with_add_special_tokens"], false);
     assert!(!tok.add_bos_by_default());
     assert_eq!(tok.encode("hi", true).unwrap()[0], 1, "BOS when asked");
@@ -127,9 +94,7 @@ fn decode_inverts_encode() {
 #[test]
 fn digits_are_always_single_tokens() {
     let tok = smollm2();
-    let digits: Vec<u32> = (0..10)
-        .map(|d| tok.token_to_id(&d.to_string()).unwrap())
-        .collect();
+    let digits: Vec<u32> = (0..10).map(|d| tok.token_to_id(&d.to_string()).unwrap()).collect();
     let ids = tok.encode("9876543210", false).unwrap();
     assert_eq!(ids, digits.iter().rev().copied().collect::<Vec<_>>());
     // The Digits pre-tokenizer splits before the GPT-2 regex, so a run of spaces before a
@@ -151,10 +116,7 @@ fn saved_tokenizer_json_reloads_identically() {
         let ids = tok.encode(&text, false).unwrap();
         assert_eq!(from_json.encode(&text, false).unwrap(), ids, "{text:?}");
         assert_eq!(from_dir.encode(&text, false).unwrap(), ids, "{text:?}");
-        assert_eq!(
-            from_json.decode(&ids, true).unwrap(),
-            tok.decode(&ids, true).unwrap()
-        );
+        assert_eq!(from_json.decode(&ids, true).unwrap(), tok.decode(&ids, true).unwrap());
     }
     assert_eq!(from_dir.special_tokens(), tok.special_tokens());
     assert_eq!(from_dir.eos_ids(), tok.eos_ids());

@@ -32,12 +32,7 @@ fn config(caching: bool) -> SchedulerConfig {
 /// One decode step's engine result: a token for every sequence that asked for logits.
 fn fake_result(plan: &StepPlan, result: &mut StepResult) {
     result.sampled.clear();
-    result.sampled.extend(
-        plan.seqs
-            .iter()
-            .filter(|s| s.needs_logits)
-            .map(|s| (s.id, 7)),
-    );
+    result.sampled.extend(plan.seqs.iter().filter(|s| s.needs_logits).map(|s| (s.id, 7)));
 }
 
 /// A scheduler whose `SEQS` sequences have finished prefill, with `plan` holding the first step
@@ -46,15 +41,9 @@ fn prepared(caching: bool, plan: &mut StepPlan, result: &mut StepResult) -> Sche
     let mut s = Scheduler::new(config(caching)).expect("valid config");
     for i in 0..SEQS {
         // Distinct prompts: no prefix hits, every block is a sequence's own.
-        let prompt_ids = (0..PROMPT as u32)
-            .map(|p| p.wrapping_mul(31).wrapping_add(i as u32 * 7919) % 50_000)
-            .collect();
-        s.add(Request {
-            id: SeqId(i as u64),
-            prompt_ids,
-            max_tokens: STEPS_PER_SETUP as usize + 64,
-        })
-        .expect("fits");
+        let prompt_ids =
+            (0..PROMPT as u32).map(|p| p.wrapping_mul(31).wrapping_add(i as u32 * 7919) % 50_000).collect();
+        s.add(Request { id: SeqId(i as u64), prompt_ids, max_tokens: STEPS_PER_SETUP as usize + 64 }).expect("fits");
     }
     loop {
         s.schedule_into(plan);
@@ -69,10 +58,7 @@ fn prepared(caching: bool, plan: &mut StepPlan, result: &mut StepResult) -> Sche
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("scheduler_step");
     for caching in [true, false] {
-        let name = format!(
-            "decode_{SEQS}_seqs_ctx{PROMPT}_prefix_cache_{}",
-            if caching { "on" } else { "off" }
-        );
+        let name = format!("decode_{SEQS}_seqs_ctx{PROMPT}_prefix_cache_{}", if caching { "on" } else { "off" });
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut plan = StepPlan::default();

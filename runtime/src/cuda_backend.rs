@@ -58,7 +58,13 @@ impl CudaBackend {
             let ws_ptr = crate::tensor_io::base_ptr(&ws);
             // SAFETY: the handle is live and the workspace outlives it (both owned by the
             // backend; fields drop in declaration order, the handle first).
-            let st = unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ws_ptr as *mut std::ffi::c_void, BLAS_WORKSPACE_BYTES) };
+            let st = unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ws_ptr as *mut std::ffi::c_void,
+                    BLAS_WORKSPACE_BYTES,
+                )
+            };
             crate::cuda_error::blas("setting the cuBLAS workspace", st.result())?;
             let name = drv("reading the device name", ctx.name())?;
             let cc = drv("reading the compute capability", ctx.compute_capability())?;

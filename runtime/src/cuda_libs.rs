@@ -157,7 +157,8 @@ pub fn nvrtc_version() -> Option<(i32, i32)> {
     }
     let (mut major, mut minor) = (0i32, 0i32);
     // SAFETY: the library is present (probed); the call only writes the out-parameters.
-    let ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) } == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS;
+    let ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS;
     ok.then_some((major, minor))
 }
 

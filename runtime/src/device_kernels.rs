@@ -92,11 +92,22 @@ extern "C" __global__ void kiln_argmax_bf16(const kiln_bf16* x, int stride, int 
 /// The CUDA source of the utility kernels (for `kiln build`).
 pub fn source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
-    SRC.get_or_init(|| format!("// kiln runtime utility kernels (runtime/src/device_kernels.rs)\n{}\n{BODY}", kiln_codegen::cuda::prelude::CORE))
+    SRC.get_or_init(|| {
+        format!(
+            "// kiln runtime utility kernels (runtime/src/device_kernels.rs)\n{}\n{BODY}",
+            kiln_codegen::cuda::prelude::CORE
+        )
+    })
 }
 
-const ENTRIES: [&str; 6] =
-    ["kiln_fill_uniform_f32", "kiln_fill_uniform_f16", "kiln_fill_uniform_bf16", "kiln_argmax_f32", "kiln_argmax_f16", "kiln_argmax_bf16"];
+const ENTRIES: [&str; 6] = [
+    "kiln_fill_uniform_f32",
+    "kiln_fill_uniform_f16",
+    "kiln_fill_uniform_bf16",
+    "kiln_argmax_f32",
+    "kiln_argmax_f16",
+    "kiln_argmax_bf16",
+];
 
 fn module(b: &CudaBackend) -> Result<std::sync::Arc<crate::kernel_cache::LoadedModule>, CudaError> {
     let entries: Vec<String> = ENTRIES.iter().map(|s| s.to_string()).collect();
@@ -146,7 +157,9 @@ pub fn fill_uniform(t: &mut Tensor, seed: u64, lo: f32, hi: f32) -> Result<(), D
             let mut l = b.stream().launch_builder(f);
             l.arg(&ptr).arg(&n64).arg(&seed).arg(&lo).arg(&hi);
             // SAFETY: `ptr` is a live allocation of `n` elements of the entry's type.
-            let r = unsafe { l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) };
+            let r = unsafe {
+                l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+            };
             drv("launching kiln_fill_uniform", r)?;
             Ok(())
         }
@@ -193,11 +206,18 @@ pub fn argmax_rows(x: &Tensor, out: &mut Tensor) -> Result<(), DeviceKernelError
             };
             let m = module(&b)?;
             let f = m.func(entry)?;
-            let (xp, stride, n, op) = (x.cuda_ptr().unwrap_or(0), x.row_stride() as i32, x.cols() as i32, out.cuda_ptr().unwrap_or(0));
+            let (xp, stride, n, op) =
+                (x.cuda_ptr().unwrap_or(0), x.row_stride() as i32, x.cols() as i32, out.cuda_ptr().unwrap_or(0));
             let mut l = b.stream().launch_builder(f);
             l.arg(&xp).arg(&stride).arg(&n).arg(&op);
             // SAFETY: `x` covers rows × n elements at `stride`; `out` holds `rows` i32.
-            let r = unsafe { l.launch(LaunchConfig { grid_dim: (x.rows() as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 }) };
+            let r = unsafe {
+                l.launch(LaunchConfig {
+                    grid_dim: (x.rows() as u32, 1, 1),
+                    block_dim: (1024, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            };
             drv("launching kiln_argmax", r)?;
             Ok(())
         }

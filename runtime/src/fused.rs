@@ -15,9 +15,9 @@
 //!   on the GPU, in-place use is the kernel author's contract (each element is read before the
 //!   same thread writes it).
 
+use crate::cuda_error::CudaError;
 use crate::device::Device;
 use crate::tensor::{Tensor, TensorError};
-use crate::cuda_error::CudaError;
 use kiln_codegen::abi::LaunchError;
 use kiln_codegen::fused::FusedDef;
 use kiln_codegen::ir::DType;
@@ -99,7 +99,12 @@ pub enum FusedError {
 }
 
 /// Run `def` on `dev`: `args` in parameter order, `outs` in output order.
-pub fn launch(dev: &Device, def: &'static FusedDef, args: &[Arg<'_>], outs: &mut [&mut Tensor]) -> Result<(), FusedError> {
+pub fn launch(
+    dev: &Device,
+    def: &'static FusedDef,
+    args: &[Arg<'_>],
+    outs: &mut [&mut Tensor],
+) -> Result<(), FusedError> {
     let bound = crate::fused_bind::bind(dev, def, args, outs)?;
     match dev {
         Device::Cpu => crate::fused_cpu::run(&bound, args, outs),

@@ -28,7 +28,12 @@ impl Bound {
     }
 }
 
-pub(crate) fn bind(dev: &Device, def: &'static FusedDef, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Result<Bound, FusedError> {
+pub(crate) fn bind(
+    dev: &Device,
+    def: &'static FusedDef,
+    args: &[Arg<'_>],
+    outs: &[&mut Tensor],
+) -> Result<Bound, FusedError> {
     let name = def.name;
     let order = spec_order(def, args, outs);
     let first = order.first().copied().ok_or(kiln_codegen::fused::FusedError::NoSpec { name, dtype: DType::F32 })?;
@@ -86,7 +91,12 @@ fn spec_order(def: &'static FusedDef, args: &[Arg<'_>], outs: &[&mut Tensor]) ->
     order
 }
 
-fn check_counts_and_kinds(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Result<(), FusedError> {
+fn check_counts_and_kinds(
+    name: &'static str,
+    k: &Kernel,
+    args: &[Arg<'_>],
+    outs: &[&mut Tensor],
+) -> Result<(), FusedError> {
     if args.len() != k.params.len() {
         return Err(FusedError::ArgCount { kernel: name, expected: k.params.len(), got: args.len() });
     }
@@ -102,14 +112,31 @@ fn check_counts_and_kinds(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs
             _ => false,
         };
         if !ok {
-            return Err(FusedError::ArgKind { kernel: name, param: p.name.clone(), expected: kind_text(p.kind), got: a.describe() });
+            return Err(FusedError::ArgKind {
+                kernel: name,
+                param: p.name.clone(),
+                expected: kind_text(p.kind),
+                got: a.describe(),
+            });
         }
     }
     Ok(())
 }
 
-fn dtype_mismatch(name: &'static str, spec: DType, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Option<FusedError> {
-    let bad = |param: &str, expected: DType, got: DType| FusedError::DType { kernel: name, param: param.to_string(), spec, expected, got };
+fn dtype_mismatch(
+    name: &'static str,
+    spec: DType,
+    k: &Kernel,
+    args: &[Arg<'_>],
+    outs: &[&mut Tensor],
+) -> Option<FusedError> {
+    let bad = |param: &str, expected: DType, got: DType| FusedError::DType {
+        kernel: name,
+        param: param.to_string(),
+        spec,
+        expected,
+        got,
+    };
     for (p, a) in k.params.iter().zip(args) {
         if let Arg::Tensor(t) = a {
             if t.dtype() != p.kind.dtype() {
@@ -125,7 +152,13 @@ fn dtype_mismatch(name: &'static str, spec: DType, k: &Kernel, args: &[Arg<'_>],
     None
 }
 
-fn check_devices(dev: &Device, name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Result<(), FusedError> {
+fn check_devices(
+    dev: &Device,
+    name: &'static str,
+    k: &Kernel,
+    args: &[Arg<'_>],
+    outs: &[&mut Tensor],
+) -> Result<(), FusedError> {
     let tensors = k.params.iter().zip(args).filter_map(|(p, a)| match a {
         Arg::Tensor(t) => Some((&p.name, *t)),
         _ => None,
@@ -133,7 +166,12 @@ fn check_devices(dev: &Device, name: &'static str, k: &Kernel, args: &[Arg<'_>],
     let outputs = k.outputs.iter().zip(outs).map(|(o, t)| (&o.name, &**t));
     for (param, t) in tensors.chain(outputs) {
         if t.device() != dev {
-            return Err(FusedError::WrongDevice { kernel: name, param: param.clone(), tensor: t.device().label(), launch: dev.label() });
+            return Err(FusedError::WrongDevice {
+                kernel: name,
+                param: param.clone(),
+                tensor: t.device().label(),
+                launch: dev.label(),
+            });
         }
     }
     Ok(())
@@ -141,14 +179,24 @@ fn check_devices(dev: &Device, name: &'static str, k: &Kernel, args: &[Arg<'_>],
 
 /// `(rows, width)`: rows from the first Row tensor that is not gathered or scattered (inputs
 /// first), else from the first row index; width from the first Row tensor.
-fn problem_size(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Result<(usize, usize), FusedError> {
+fn problem_size(
+    name: &'static str,
+    k: &Kernel,
+    args: &[Arg<'_>],
+    outs: &[&mut Tensor],
+) -> Result<(usize, usize), FusedError> {
     // Every launch binds: walk the Row tensors without collecting them.
     let row_tensors = || {
         let params = k.params.iter().zip(args).filter_map(|(p, a)| match (p.kind, a) {
             (ParamKind::Row(_), Arg::Tensor(t)) => Some((p.index, *t)),
             _ => None,
         });
-        let outputs = k.outputs.iter().zip(outs).filter(|(o, _)| matches!(o.kind, OutputKind::Row(_))).map(|(o, t)| (o.index, &**t));
+        let outputs = k
+            .outputs
+            .iter()
+            .zip(outs)
+            .filter(|(o, _)| matches!(o.kind, OutputKind::Row(_)))
+            .map(|(o, t)| (o.index, &**t));
         params.chain(outputs)
     };
     let (first_index, first) = row_tensors().next().ok_or(FusedError::NoRowTensor { kernel: name })?;
@@ -163,11 +211,21 @@ fn problem_size(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut T
     Ok((rows, first.cols()))
 }
 
-fn check_shapes(name: &'static str, k: &Kernel, args: &[Arg<'_>], outs: &[&mut Tensor], rows: usize, width: usize) -> Result<(), FusedError> {
+fn check_shapes(
+    name: &'static str,
+    k: &Kernel,
+    args: &[Arg<'_>],
+    outs: &[&mut Tensor],
+    rows: usize,
+    width: usize,
+) -> Result<(), FusedError> {
     let shape_err = |param: &str, what: String| FusedError::Shape { kernel: name, param: param.to_string(), what };
     let row = |param: &str, t: &Tensor| {
         if t.rows() != rows || t.cols() != width {
-            return Err(shape_err(param, format!("is {}x{}, expected {rows}x{width} (rows x width)", t.rows(), t.cols())));
+            return Err(shape_err(
+                param,
+                format!("is {}x{}, expected {rows}x{width} (rows x width)", t.rows(), t.cols()),
+            ));
         }
         Ok(())
     };

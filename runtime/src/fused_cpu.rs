@@ -34,7 +34,8 @@ fn cpu_kernel(spec: &'static FusedSpec, k: &Kernel) -> Result<Arc<CpuKernel>, Cp
 pub(crate) fn run(b: &Bound, args: &[Arg<'_>], outs: &mut [&mut Tensor]) -> Result<(), FusedError> {
     let name = b.def.name;
     let terr = |source: TensorError| FusedError::Tensor { kernel: name, source };
-    let inputs: Vec<&Tensor> = args.iter().filter_map(|a| if let Arg::Tensor(t) = a { Some(*t) } else { None }).collect();
+    let inputs: Vec<&Tensor> =
+        args.iter().filter_map(|a| if let Arg::Tensor(t) = a { Some(*t) } else { None }).collect();
     let aliased = outs
         .iter()
         .enumerate()
@@ -61,14 +62,23 @@ pub(crate) fn run(b: &Bound, args: &[Arg<'_>], outs: &mut [&mut Tensor]) -> Resu
     let mut params = Vec::with_capacity(args.len());
     for (p, a) in k.params.iter().zip(args) {
         params.push(match (p.kind, a) {
-            (ParamKind::Row(_), Arg::Tensor(t)) => CpuParam::Row { data: cpu_in(t, bytes_of(t)).map_err(terr)?, row_stride: t.row_stride() },
+            (ParamKind::Row(_), Arg::Tensor(t)) => {
+                CpuParam::Row { data: cpu_in(t, bytes_of(t)).map_err(terr)?, row_stride: t.row_stride() }
+            }
             (ParamKind::Bcast(_), Arg::Tensor(t)) => CpuParam::Bcast(cpu_in(t, bytes_of(t)).map_err(terr)?),
             (ParamKind::PerRow(_), Arg::Tensor(t)) => CpuParam::PerRow(cpu_in(t, bytes_of(t)).map_err(terr)?),
             (_, Arg::F32(x)) => CpuParam::Comptime(CpuScalar::F32(*x)),
             (_, Arg::I32(x)) => CpuParam::Comptime(CpuScalar::I32(*x)),
             (_, Arg::Bool(x)) => CpuParam::Comptime(CpuScalar::Bool(*x)),
             // Kinds were validated by `bind`; a tensor for a comptime can't reach here.
-            (_, Arg::Tensor(_)) => return Err(FusedError::ArgKind { kernel: name, param: p.name.clone(), expected: "a scalar".into(), got: a.describe() }),
+            (_, Arg::Tensor(_)) => {
+                return Err(FusedError::ArgKind {
+                    kernel: name,
+                    param: p.name.clone(),
+                    expected: "a scalar".into(),
+                    got: a.describe(),
+                })
+            }
         });
     }
     let run_err = |source| FusedError::Cpu { kernel: name, source };
@@ -111,7 +121,8 @@ pub(crate) fn run(b: &Bound, args: &[Arg<'_>], outs: &mut [&mut Tensor]) -> Resu
         })
         .collect();
     {
-        let mut sg: Vec<HostWrite<'_>> = scratch.iter().map(|h| h.write()).collect::<Result<_, _>>().map_err(|e| terr(e.into()))?;
+        let mut sg: Vec<HostWrite<'_>> =
+            scratch.iter().map(|h| h.write()).collect::<Result<_, _>>().map_err(|e| terr(e.into()))?;
         let mut out_args = Vec::with_capacity(outs.len());
         for (o, g) in k.outputs.iter().zip(sg.iter_mut()) {
             let data = cpu_out(o.kind.dtype(), g.bytes_mut()).map_err(terr)?;
@@ -157,4 +168,3 @@ fn cpu_out(dtype: DType, bytes: &mut [u8]) -> Result<CpuOut<'_>, TensorError> {
         DType::Bool => return Err(TensorError::NotStorable(DType::Bool)),
     })
 }
-

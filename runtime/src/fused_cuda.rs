@@ -30,10 +30,16 @@ enum KArg {
     BF16(half::bf16),
 }
 
-pub(crate) fn run(backend: &CudaBackend, b: &Bound, args: &[Arg<'_>], outs: &mut [&mut Tensor]) -> Result<(), FusedError> {
+pub(crate) fn run(
+    backend: &CudaBackend,
+    b: &Bound,
+    args: &[Arg<'_>],
+    outs: &mut [&mut Tensor],
+) -> Result<(), FusedError> {
     let name = b.def.name;
     let k = b.kernel();
-    let cuda_err = |source: CudaError| FusedError::Cuda { kernel: name, device: format!("cuda:{}", backend.ordinal()), source };
+    let cuda_err =
+        |source: CudaError| FusedError::Cuda { kernel: name, device: format!("cuda:{}", backend.ordinal()), source };
     let loaded = backend.fused_kernel(b.spec, k).map_err(cuda_err)?;
 
     let vec_ok = vectorisable(loaded.vec, b, args, outs);
@@ -56,9 +62,12 @@ pub(crate) fn run(backend: &CudaBackend, b: &Bound, args: &[Arg<'_>], outs: &mut
     // declares; every pointer is a live allocation whose view covers rows × width (checked by
     // `bind`); the grid is one block per row as the ABI requires.
     let r = unsafe { launch.launch(config) };
-    drv(format!("launching `{}` ({} blocks of {})", if vec_ok { "vectorised" } else { "scalar" }, cfg.grid, cfg.block), r)
-        .map(|_| ())
-        .map_err(cuda_err)
+    drv(
+        format!("launching `{}` ({} blocks of {})", if vec_ok { "vectorised" } else { "scalar" }, cfg.grid, cfg.block),
+        r,
+    )
+    .map(|_| ())
+    .map_err(cuda_err)
 }
 
 fn vectorisable(vec: usize, b: &Bound, args: &[Arg<'_>], outs: &[&mut Tensor]) -> bool {
@@ -83,7 +92,11 @@ fn marshal(b: &Bound, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Result<Vec<KArg
     let name = b.def.name;
     let k = b.kernel();
     let int = |what: &str, v: usize| {
-        i32::try_from(v).map(KArg::I32).map_err(|_| FusedError::Shape { kernel: name, param: what.to_string(), what: format!("{v} does not fit a C int") })
+        i32::try_from(v).map(KArg::I32).map_err(|_| FusedError::Shape {
+            kernel: name,
+            param: what.to_string(),
+            what: format!("{v} does not fit a C int"),
+        })
     };
     let tensor = |i: usize| match args.get(i) {
         Some(Arg::Tensor(t)) => Ok(*t),
@@ -102,7 +115,13 @@ fn marshal(b: &Bound, args: &[Arg<'_>], outs: &[&mut Tensor]) -> Result<Vec<KArg
             launch: "cuda".into(),
         })
     };
-    let out = |i: usize| outs.get(i).map(|t| &**t).ok_or(FusedError::OutputCount { kernel: name, expected: k.outputs.len(), got: outs.len() });
+    let out = |i: usize| {
+        outs.get(i).map(|t| &**t).ok_or(FusedError::OutputCount {
+            kernel: name,
+            expected: k.outputs.len(),
+            got: outs.len(),
+        })
+    };
     let mut vals = vec![];
     for slot in abi::args(k) {
         vals.push(match slot {

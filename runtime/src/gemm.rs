@@ -38,7 +38,11 @@ pub enum GemmError {
 pub fn matmul(dev: &Device, a: &Tensor, b_t: &Tensor, out: &mut Tensor) -> Result<(), GemmError> {
     let (m, k, n) = (a.rows(), a.cols(), b_t.rows());
     if b_t.cols() != k {
-        return Err(GemmError::Shape(format!("a is {m}x{k} but b_t is {}x{} (needs {k} columns)", b_t.rows(), b_t.cols())));
+        return Err(GemmError::Shape(format!(
+            "a is {m}x{k} but b_t is {}x{} (needs {k} columns)",
+            b_t.rows(),
+            b_t.cols()
+        )));
     }
     if out.rows() != m || out.cols() != n {
         return Err(GemmError::Shape(format!("out is {}x{}, expected {m}x{n}", out.rows(), out.cols())));

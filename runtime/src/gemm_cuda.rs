@@ -22,16 +22,26 @@ pub(crate) fn matmul(b: &CudaBackend, a: &Tensor, b_t: &Tensor, out: &mut Tensor
         DType::F16 => cudaDataType_t::CUDA_R_16F,
         DType::BF16 => cudaDataType_t::CUDA_R_16BF,
         // `gemm::matmul` only sends float dtypes here.
-        d => return Err(CudaError::Blas { op: format!("GEMM in {d}"), source: cudarc::cublas::result::CublasError(cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED) }),
+        d => {
+            return Err(CudaError::Blas {
+                op: format!("GEMM in {d}"),
+                source: cudarc::cublas::result::CublasError(
+                    cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+                ),
+            })
+        }
     };
     let int = |what: &str, v: usize| {
         i32::try_from(v).map_err(|_| CudaError::Blas {
             op: format!("GEMM {what} = {v} (over 2^31)"),
-            source: cudarc::cublas::result::CublasError(cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_INVALID_VALUE),
+            source: cudarc::cublas::result::CublasError(
+                cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_INVALID_VALUE,
+            ),
         })
     };
     let (m, n, k) = (int("m", a.rows())?, int("n", b_t.rows())?, int("k", a.cols())?);
-    let (lda, ldb, ldc) = (int("a stride", a.row_stride())?, int("b_t stride", b_t.row_stride())?, int("out stride", out.row_stride())?);
+    let (lda, ldb, ldc) =
+        (int("a stride", a.row_stride())?, int("b_t stride", b_t.row_stride())?, int("out stride", out.row_stride())?);
     let (pa, pb, pc) = (a.cuda_ptr().unwrap_or(0), b_t.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
     let alpha = 1.0f32;
     let beta = 0.0f32;

@@ -32,7 +32,10 @@ impl CapturedGraph {
 
 /// Capture everything `f` queues on `b`'s stream into a graph; returns the graph and `f`'s
 /// value.
-pub fn capture<T, E: From<CudaError>>(b: &CudaBackend, f: impl FnOnce() -> Result<T, E>) -> Result<(CapturedGraph, T), E> {
+pub fn capture<T, E: From<CudaError>>(
+    b: &CudaBackend,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<(CapturedGraph, T), E> {
     drv("beginning a stream capture", b.stream().begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED))?;
     let value = f();
     let ended = b.stream().end_capture(CUgraphInstantiate_flags(0));

@@ -45,7 +45,11 @@ pub(crate) struct KernelCache {
 
 impl KernelCache {
     pub fn new() -> KernelCache {
-        KernelCache { loaded: Mutex::new(HashMap::new()), modules: Mutex::new(HashMap::new()), stats: Mutex::new(KernelCacheStats::default()) }
+        KernelCache {
+            loaded: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            stats: Mutex::new(KernelCacheStats::default()),
+        }
     }
 
     pub fn stats(&self) -> KernelCacheStats {
@@ -61,7 +65,11 @@ impl KernelCache {
 
 impl CudaBackend {
     /// The loaded module of a specialisation, compiling or reading it from disk on first use.
-    pub(crate) fn fused_kernel(&self, spec: &'static FusedSpec, kernel: &Kernel) -> Result<Arc<LoadedKernel>, CudaError> {
+    pub(crate) fn fused_kernel(
+        &self,
+        spec: &'static FusedSpec,
+        kernel: &Kernel,
+    ) -> Result<Arc<LoadedKernel>, CudaError> {
         let key = spec.cuda.as_ptr() as usize;
         // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
         if let Some(k) = self.kernels.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -131,7 +139,12 @@ impl LoadedModule {
 impl CudaBackend {
     /// The module of a `'static` CUDA source with the named entry points, compiled or read from
     /// the disk cache on first use (keyed, like the row kernels, by the source's address).
-    pub(crate) fn module_with(&self, source: &'static str, name: &str, entries: &[String]) -> Result<Arc<LoadedModule>, CudaError> {
+    pub(crate) fn module_with(
+        &self,
+        source: &'static str,
+        name: &str,
+        entries: &[String],
+    ) -> Result<Arc<LoadedModule>, CudaError> {
         let key = source.as_ptr() as usize;
         if let Some(m) = self.kernels.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(m.clone());
@@ -145,9 +158,14 @@ impl CudaBackend {
         guarded("loading a kernel module", || {
             // load_module turns the text into a C string: an interior NUL would panic there.
             if ptx.contains('\0') {
-                return Err(CudaError::Nvrtc { kernel: name.to_string(), arch: String::new(), msg: "PTX text contains a NUL byte".into() });
+                return Err(CudaError::Nvrtc {
+                    kernel: name.to_string(),
+                    arch: String::new(),
+                    msg: "PTX text contains a NUL byte".into(),
+                });
             }
-            let module = drv(format!("loading the PTX module of `{name}`"), self.context().load_module(Ptx::from_src(ptx)))?;
+            let module =
+                drv(format!("loading the PTX module of `{name}`"), self.context().load_module(Ptx::from_src(ptx)))?;
             let mut funcs = HashMap::new();
             for e in entries {
                 funcs.insert(e.clone(), drv(format!("finding entry `{e}`"), module.load_function(e))?);

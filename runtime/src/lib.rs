@@ -3,10 +3,10 @@
 pub mod attention;
 pub mod engine;
 pub mod gather;
+pub mod kv;
 pub mod model;
 pub mod nvrtc_check;
 pub mod sample;
-pub mod kv;
 pub mod sched;
 
 // Devices, tensors, fused-kernel launch, GEMM.
@@ -18,20 +18,20 @@ pub mod device_kernels;
 pub mod element;
 pub mod fused;
 mod fused_bind;
-pub mod fused_def;
 mod fused_cpu;
 mod fused_cuda;
+pub mod fused_def;
 pub mod gemm;
 mod gemm_cpu;
+mod gemm_cuda;
 pub mod gpu_check;
 pub mod graph;
-mod gemm_cuda;
 pub mod host_buf;
 pub mod kernel_cache;
 pub mod ptx_cache;
 pub mod tensor;
-pub mod timing;
 mod tensor_io;
+pub mod timing;
 
 pub use device::{Device, DeviceError};
 pub use element::Element;

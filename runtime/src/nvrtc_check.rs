@@ -34,9 +34,8 @@ pub fn compile_with_log(file: &str, source: &str, arch: &str, extra: &[&str]) ->
     opts.extend(extra.iter().map(|s| s.to_string()));
     // SAFETY: `prog` was just created and is destroyed once, below; `src`/`name` outlive it.
     let ok = unsafe { result::compile_program(prog, &opts) }.is_ok();
-    let log = unsafe { result::get_program_log(prog) }
-        .map(|raw| c_text(&raw))
-        .unwrap_or_else(|e| format!("<no log: {e:?}>"));
+    let log =
+        unsafe { result::get_program_log(prog) }.map(|raw| c_text(&raw)).unwrap_or_else(|e| format!("<no log: {e:?}>"));
     let ptx = if ok { unsafe { result::get_ptx(prog) }.ok().map(|raw| c_text(&raw)) } else { None };
     // SAFETY: destroyed exactly once.
     let _ = unsafe { result::destroy_program(prog) };

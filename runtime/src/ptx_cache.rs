@@ -46,7 +46,8 @@ pub fn nvrtc_options(cc: (i32, i32)) -> Vec<String> {
 pub fn ptx_for(source: &str, name: &str, cc: (i32, i32), refresh: bool) -> Result<(String, PtxOrigin), CudaError> {
     let options = nvrtc_options(cc);
     let virt = format!("compute_{}{}", cc.0, cc.1);
-    let file = cache_dir().map(|d| d.join(format!("{}-{virt}-{}.ptx", source_hash(source, &options), env!("CARGO_PKG_VERSION"))));
+    let file = cache_dir()
+        .map(|d| d.join(format!("{}-{virt}-{}.ptx", source_hash(source, &options), env!("CARGO_PKG_VERSION"))));
     if let (Some(path), false) = (&file, refresh) {
         if let Ok(ptx) = std::fs::read_to_string(path) {
             return Ok((ptx, PtxOrigin::Disk));
@@ -82,7 +83,9 @@ fn compile(source: &str, name: &str, arch: &str, options: Vec<String>) -> Result
         return Err(fail("source or name contains a NUL byte".into()));
     }
     let opts = CompileOptions { options, name: Some(format!("{name}.cu")), ..Default::default() };
-    let ptx = guarded("NVRTC compilation", || cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| fail(nvrtc_message(&e))))?;
+    let ptx = guarded("NVRTC compilation", || {
+        cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| fail(nvrtc_message(&e)))
+    })?;
     let bytes = ptx.as_bytes().ok_or_else(|| fail("NVRTC returned no PTX image".into()))?;
     // The image is a C string: drop the terminating NUL(s).
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());

@@ -15,10 +15,10 @@
 //!   projection shared by its q/k/v column views; [`Tensor::deep_copy`] copies;
 //! - host storage is 16-byte aligned; CUDA storage is a `cuMemAlloc` block (256-aligned).
 
+use crate::cuda_error::CudaError;
 use crate::device::Device;
 use crate::element::{bytes_to_f32, Element};
 use crate::host_buf::{HostBuf, Poisoned};
-use crate::cuda_error::CudaError;
 use cudarc::driver::CudaSlice;
 use kiln_codegen::ir::DType;
 use std::fmt;
@@ -96,7 +96,13 @@ impl Tensor {
     }
 
     /// f32 data converted to `dtype` (round to nearest even for halves).
-    pub fn from_f32_as(dev: &Device, dtype: DType, data: &[f32], rows: usize, cols: usize) -> Result<Tensor, TensorError> {
+    pub fn from_f32_as(
+        dev: &Device,
+        dtype: DType,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, TensorError> {
         check_len("from_f32_as", data.len(), rows, cols)?;
         match dtype {
             DType::F32 => Tensor::from_host(dev, data, rows, cols),
@@ -132,7 +138,13 @@ impl Tensor {
         Ok(Tensor::contiguous(dev, storage, dtype, rows, cols))
     }
 
-    pub(crate) fn from_bytes(dev: &Device, dtype: DType, bytes: &[u8], rows: usize, cols: usize) -> Result<Tensor, TensorError> {
+    pub(crate) fn from_bytes(
+        dev: &Device,
+        dtype: DType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, TensorError> {
         let want = elems(rows, cols)? * storable(dtype)?;
         if bytes.len() != want {
             return Err(TensorError::DataLen { op: "from_bytes", len: bytes.len() / dtype.size_bytes(), rows, cols });
@@ -209,7 +221,10 @@ impl Tensor {
     /// Columns `start .. start+len` of every row: same storage, same stride.
     pub fn view_cols(&self, start: usize, len: usize) -> Result<Tensor, TensorError> {
         if start.checked_add(len).is_none_or(|end| end > self.cols) {
-            return Err(TensorError::Shape(format!("view_cols({start}, {len}) of a tensor with {} columns", self.cols)));
+            return Err(TensorError::Shape(format!(
+                "view_cols({start}, {len}) of a tensor with {} columns",
+                self.cols
+            )));
         }
         Ok(Tensor { cols: len, offset: self.offset + start, ..self.clone() })
     }
@@ -268,10 +283,17 @@ impl Tensor {
     pub fn copy_from(&mut self, src: &Tensor) -> Result<(), TensorError> {
         self.expect_dtype("copy_from", src.dtype)?;
         if (self.rows, self.cols) != (src.rows, src.cols) {
-            return Err(TensorError::Shape(format!("copy_from: {}x{} into {}x{}", src.rows, src.cols, self.rows, self.cols)));
+            return Err(TensorError::Shape(format!(
+                "copy_from: {}x{} into {}x{}",
+                src.rows, src.cols, self.rows, self.cols
+            )));
         }
         if self.device != src.device {
-            return Err(TensorError::Shape(format!("copy_from: {} into {} (use to_device)", src.device.label(), self.device.label())));
+            return Err(TensorError::Shape(format!(
+                "copy_from: {} into {} (use to_device)",
+                src.device.label(),
+                self.device.label()
+            )));
         }
         match &*self.storage {
             Storage::Cuda(_) => crate::tensor_io::copy_device(src, self),
@@ -305,7 +327,8 @@ impl Tensor {
         let buf = self.host_buf("with_host_mut")?;
         let mut guard = buf.write()?;
         let (start, end) = self.byte_range();
-        let data = bytemuck::try_cast_slice_mut(&mut guard.bytes_mut()[start..end]).map_err(|_| TensorError::Misaligned(self.dtype))?;
+        let data = bytemuck::try_cast_slice_mut(&mut guard.bytes_mut()[start..end])
+            .map_err(|_| TensorError::Misaligned(self.dtype))?;
         Ok(f(HostViewMut { data, rows: self.rows, cols: self.cols, stride: self.row_stride }))
     }
 

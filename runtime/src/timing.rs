@@ -40,7 +40,9 @@ pub fn median_us<E: From<CudaError>>(
     let busy_ptr = crate::tensor_io::base_ptr(&busy);
     for _ in 0..(reps * 50_000_000).div_ceil(busy_bytes) {
         // SAFETY: `busy` is a live allocation of `busy_bytes` bytes, freed after the sync below.
-        drv("queueing the busy memset", unsafe { cudarc::driver::result::memset_d8_async(busy_ptr, 0, busy_bytes, b.stream().cu_stream()) })?;
+        drv("queueing the busy memset", unsafe {
+            cudarc::driver::result::memset_d8_async(busy_ptr, 0, busy_bytes, b.stream().cu_stream())
+        })?;
     }
     for (i, (start, end)) in events.iter().enumerate() {
         drv("recording an event", start.record(b.stream()))?;

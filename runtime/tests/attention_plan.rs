@@ -9,7 +9,10 @@ use kiln_runtime::attention::{AttnPlan, SeqAttn, SPLIT_TOKENS};
 fn the_plan_holds_positions_tables_and_padding() {
     let t0 = [3u32, 1, 4];
     let t1 = [9u32];
-    let seqs = [SeqAttn { q_start: 0, q_len: 2, ctx_len: 40, block_table: &t0 }, SeqAttn { q_start: 2, q_len: 1, ctx_len: 5, block_table: &t1 }];
+    let seqs = [
+        SeqAttn { q_start: 0, q_len: 2, ctx_len: 40, block_table: &t0 },
+        SeqAttn { q_start: 2, q_len: 1, ctx_len: 5, block_table: &t1 },
+    ];
     let p = AttnPlan::new(&seqs, 5, 3, 4, 16, 10).unwrap();
     let l = PlanLayout { n_tokens: 5, n_seqs: 3, bt_stride: 4 };
     let h = p.host();
@@ -50,14 +53,14 @@ fn the_tensor_core_route_is_taken_for_prefills_only() {
     p.prepare_mma(4);
     assert_eq!(p.mma_blocks(), None, "a decode-only step keeps the split kernel");
     // A chunk of 40 tokens next to a decode, group 4 (16 queries per block), two padding rows.
-    let seqs = [SeqAttn { q_start: 0, q_len: 40, ctx_len: 100, block_table: &table }, SeqAttn { q_start: 40, q_len: 1, ctx_len: 9, block_table: &table[..1] }];
+    let seqs = [
+        SeqAttn { q_start: 0, q_len: 40, ctx_len: 100, block_table: &table },
+        SeqAttn { q_start: 40, q_len: 1, ctx_len: 9, block_table: &table[..1] },
+    ];
     let mut p = AttnPlan::new(&seqs, 43, 2, 8, 16, 8).unwrap();
     p.prepare_mma(4);
     // Blocks: [seq, first row, queries, first position]; then the padding rows.
-    assert_eq!(
-        p.mma_blocks().unwrap(),
-        &[0, 0, 16, 60, 0, 16, 16, 76, 0, 32, 8, 92, 1, 40, 1, 8, -1, 41, 2, 0][..]
-    );
+    assert_eq!(p.mma_blocks().unwrap(), &[0, 0, 16, 60, 0, 16, 16, 76, 0, 32, 8, 92, 1, 40, 1, 8, -1, 41, 2, 0][..]);
     assert_eq!(mma_queries(4), 16);
     assert_eq!(mma_queries(3), 21);
     assert_eq!(mma_queries(100), 0);

@@ -35,11 +35,11 @@ fn argmax_takes_the_first_maximum_and_refuses_bad_rows() {
     let dev = Device::Cpu;
     let inf = f32::INFINITY;
     let rows: [&[f32]; 5] = [
-        &[0.5, 2.0, -1.0, 2.0],           // tie: the lower index
-        &[-inf, -inf, 3.0, -inf],         // -inf is a mask
-        &[1.0, f32::NAN, 0.0, 2.0],       // NaN: refused
-        &[1.0, inf, 0.0, 2.0],            // +inf: refused
-        &[-inf, -inf, -inf, -inf],        // nothing above -inf: refused
+        &[0.5, 2.0, -1.0, 2.0],     // tie: the lower index
+        &[-inf, -inf, 3.0, -inf],   // -inf is a mask
+        &[1.0, f32::NAN, 0.0, 2.0], // NaN: refused
+        &[1.0, inf, 0.0, 2.0],      // +inf: refused
+        &[-inf, -inf, -inf, -inf],  // nothing above -inf: refused
     ];
     let data: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
     let x = Tensor::from_f32_as(&dev, DType::BF16, &data, 5, 4).unwrap();

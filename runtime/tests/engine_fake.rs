@@ -19,7 +19,12 @@ fn prompt(seed: u32, len: usize) -> Vec<u32> {
 }
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest { prompt_ids: prompt, params: SamplingParams { max_tokens, ..SamplingParams::greedy() }, n: 1, beam: None }
+    GenerateRequest {
+        prompt_ids: prompt,
+        params: SamplingParams { max_tokens, ..SamplingParams::greedy() },
+        n: 1,
+        beam: None,
+    }
 }
 
 fn mixed_requests() -> Vec<GenerateRequest> {
@@ -44,7 +49,11 @@ fn alone(reqs: &[GenerateRequest]) -> Vec<Collected> {
 /// Requests covering every sampling feature: seeded temperature, top-k, top-p, min-p,
 /// penalties, log-probabilities, `n > 1`, greedy with and without extras.
 fn sampling_requests() -> Vec<GenerateRequest> {
-    let base = |i: u32| SamplingParams { max_tokens: 8 + i as usize % 9, seed: Some(1000 + u64::from(i)), ..SamplingParams::default() };
+    let base = |i: u32| SamplingParams {
+        max_tokens: 8 + i as usize % 9,
+        seed: Some(1000 + u64::from(i)),
+        ..SamplingParams::default()
+    };
     let params = [
         SamplingParams { temperature: 0.7, ..base(0) },
         SamplingParams { temperature: 1.3, top_k: Some(5), ..base(1) },
@@ -58,7 +67,12 @@ fn sampling_requests() -> Vec<GenerateRequest> {
     params
         .into_iter()
         .enumerate()
-        .map(|(i, params)| GenerateRequest { prompt_ids: prompt(i as u32, 4 + i * 5), params, n: if i % 3 == 1 { 3 } else { 1 }, beam: None })
+        .map(|(i, params)| GenerateRequest {
+            prompt_ids: prompt(i as u32, 4 + i * 5),
+            params,
+            n: if i % 3 == 1 { 3 } else { 1 },
+            beam: None,
+        })
         .collect()
 }
 
@@ -111,7 +125,14 @@ fn n_choices_fork_the_prompt_and_use_seed_plus_index() {
     let got = run(&e, req.clone());
     assert_eq!(got.choices.len(), 3);
     for (i, c) in got.choices.iter().enumerate() {
-        let solo = run(&e, GenerateRequest { n: 1, params: SamplingParams { seed: Some(40 + i as u64), ..params.clone() }, ..req.clone() });
+        let solo = run(
+            &e,
+            GenerateRequest {
+                n: 1,
+                params: SamplingParams { seed: Some(40 + i as u64), ..params.clone() },
+                ..req.clone()
+            },
+        );
         assert_eq!(c, &solo.choices[0], "choice {i} vs seed {}", 40 + i);
     }
     assert_ne!(got.choices[0].tokens, got.choices[1].tokens);
@@ -124,7 +145,8 @@ fn n_choices_fork_the_prompt_and_use_seed_plus_index() {
 
 /// Beam search straight over the fake model's logits, no engine.
 fn reference_beam(prompt: &[u32], width: usize, max_new: usize, n: usize) -> Vec<Vec<u32>> {
-    let cfg = BeamConfig { width, length_penalty: 1.0, early_stopping: true, max_new_tokens: max_new, end_tokens: vec![EOS] };
+    let cfg =
+        BeamConfig { width, length_penalty: 1.0, early_stopping: true, max_new_tokens: max_new, end_tokens: vec![EOS] };
     let mut s = BeamSearch::new(cfg, 0).unwrap();
     let mut next = 0;
     while !s.is_done() {
@@ -136,10 +158,13 @@ fn reference_beam(prompt: &[u32], width: usize, max_new: usize, n: usize) -> Vec
                 (k, log_softmax(&logits_for(&ctx)))
             })
             .collect();
-        s.step(|k| rows.get(&k).map(|v| v.as_slice()), || {
-            next += 1;
-            next
-        })
+        s.step(
+            |k| rows.get(&k).map(|v| v.as_slice()),
+            || {
+                next += 1;
+                next
+            },
+        )
         .unwrap();
     }
     s.results(n).into_iter().map(|h| h.tokens).collect()
@@ -171,9 +196,15 @@ fn beam_search_matches_the_pure_search_alone_and_under_pressure() {
     }
     // Four searches of width 4 with room for 6 sequences and a small pool: forks wait for running
     // slots and beams are preempted, so beams get detached and re-added.
-    let tight = EngineConfig { max_num_seqs: 6, max_batched_tokens: 6, kv_cache_bytes: Some(8 * 16 * 8), ..EngineConfig::default() };
+    let tight = EngineConfig {
+        max_num_seqs: 6,
+        max_batched_tokens: 6,
+        kv_cache_bytes: Some(8 * 16 * 8),
+        ..EngineConfig::default()
+    };
     // And a pool of 3 blocks without prefix caching: beams are preempted and recomputed.
-    let tiny = EngineConfig { kv_cache_bytes: Some(3 * 16 * 8), enable_prefix_caching: false, ..EngineConfig::default() };
+    let tiny =
+        EngineConfig { kv_cache_bytes: Some(3 * 16 * 8), enable_prefix_caching: false, ..EngineConfig::default() };
     for (name, cfg) in [("running cap", tight), ("tiny pool", tiny)] {
         let (got, stats) = concurrently(cfg, &reqs);
         for (g, w) in got.iter().zip(&want) {
@@ -385,7 +416,8 @@ fn a_failing_device_sampler_falls_back_to_the_host() {
         }
         fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
             let l = self.0.forward(batch, kv)?;
-            let ints: Vec<i32> = l.to_host_f32()?.iter().map(|&x| if x.is_finite() { (x * 100.0) as i32 } else { -1_000_000 }).collect();
+            let ints: Vec<i32> =
+                l.to_host_f32()?.iter().map(|&x| if x.is_finite() { (x * 100.0) as i32 } else { -1_000_000 }).collect();
             Ok(Tensor::from_host(self.device(), &ints, l.rows(), l.cols())?)
         }
     }

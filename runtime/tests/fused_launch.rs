@@ -132,12 +132,18 @@ fn rope_and_per_row_outputs_run() {
     ];
     launch(&Device::Cpu, def("rope_llama3"), &args, &mut [&mut out]).unwrap();
     // Position 0 is the identity.
-    assert_close(&out.view_rows(0, 1).unwrap().to_host_f32().unwrap(), &x.view_rows(0, 1).unwrap().to_host_f32().unwrap(), 1e-6, "pos 0");
+    assert_close(
+        &out.view_rows(0, 1).unwrap().to_host_f32().unwrap(),
+        &x.view_rows(0, 1).unwrap().to_host_f32().unwrap(),
+        1e-6,
+        "pos 0",
+    );
 
     let xs = random(&mut rng, rows * width);
     let mut lse = Tensor::zeros(&Device::Cpu, DType::F32, 1, rows).unwrap();
     launch(&Device::Cpu, def("logsumexp"), &[Arg::Tensor(&t(&xs, rows, width))], &mut [&mut lse]).unwrap();
-    let want: Vec<f32> = xs.chunks(width).map(|r| r.iter().map(|v| (*v as f64).exp()).sum::<f64>().ln() as f32).collect();
+    let want: Vec<f32> =
+        xs.chunks(width).map(|r| r.iter().map(|v| (*v as f64).exp()).sum::<f64>().ln() as f32).collect();
     assert_close(&lse.to_host_f32().unwrap(), &want, 1e-5, "logsumexp");
 }
 
@@ -163,32 +169,63 @@ fn validation_errors_name_kernel_and_parameter() {
     let m = err("add_rms_norm", &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w), Arg::F32(1e-5)], &mut [&mut h]);
     assert!(m.contains("2 outputs"), "{m}");
     // Kinds: a scalar for a tensor, a tensor for a comptime, an i32 for an f32 comptime.
-    let m = err("add_rms_norm", &[Arg::F32(1.0), Arg::Tensor(&x), Arg::Tensor(&w), Arg::F32(1e-5)], &mut [&mut h, &mut y]);
+    let m =
+        err("add_rms_norm", &[Arg::F32(1.0), Arg::Tensor(&x), Arg::Tensor(&w), Arg::F32(1e-5)], &mut [&mut h, &mut y]);
     assert!(m.contains("`x`"), "{m}");
-    let m = err("add_rms_norm", &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w), Arg::Tensor(&w)], &mut [&mut h, &mut y]);
+    let m = err(
+        "add_rms_norm",
+        &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w), Arg::Tensor(&w)],
+        &mut [&mut h, &mut y],
+    );
     assert!(m.contains("`eps`"), "{m}");
-    let m = err("add_rms_norm", &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w), Arg::I32(1)], &mut [&mut h, &mut y]);
+    let m =
+        err("add_rms_norm", &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w), Arg::I32(1)], &mut [&mut h, &mut y]);
     assert!(m.contains("`eps`"), "{m}");
     // Dtypes: a bf16 residual with f32 x.
     let xb = Tensor::from_f32_as(&Device::Cpu, DType::BF16, &[0.5; 16], rows, width).unwrap();
-    let m = err("add_rms_norm", &[Arg::Tensor(&x), Arg::Tensor(&xb), Arg::Tensor(&w), Arg::F32(1e-5)], &mut [&mut h, &mut y]);
+    let m = err(
+        "add_rms_norm",
+        &[Arg::Tensor(&x), Arg::Tensor(&xb), Arg::Tensor(&w), Arg::F32(1e-5)],
+        &mut [&mut h, &mut y],
+    );
     assert!(m.contains("`residual`") && m.contains("bf16"), "{m}");
     // Shapes: a Row of the wrong size, a Bcast of the wrong length, a PerRow of the wrong length.
     let x3 = t(&[0.5; 24], 3, width);
-    let m = err("add_rms_norm", &[Arg::Tensor(&x), Arg::Tensor(&x3), Arg::Tensor(&w), Arg::F32(1e-5)], &mut [&mut h, &mut y]);
+    let m = err(
+        "add_rms_norm",
+        &[Arg::Tensor(&x), Arg::Tensor(&x3), Arg::Tensor(&w), Arg::F32(1e-5)],
+        &mut [&mut h, &mut y],
+    );
     assert!(m.contains("`residual`") && m.contains("3x8"), "{m}");
     let w7 = t(&[1.0; 7], 1, 7);
-    let m = err("add_rms_norm", &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w7), Arg::F32(1e-5)], &mut [&mut h, &mut y]);
+    let m = err(
+        "add_rms_norm",
+        &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w7), Arg::F32(1e-5)],
+        &mut [&mut h, &mut y],
+    );
     assert!(m.contains("`w`") && m.contains("width"), "{m}");
     let mut y3 = Tensor::zeros(&Device::Cpu, DType::F32, 3, width).unwrap();
-    let m = err("add_rms_norm", &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w), Arg::F32(1e-5)], &mut [&mut h, &mut y3]);
+    let m = err(
+        "add_rms_norm",
+        &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w), Arg::F32(1e-5)],
+        &mut [&mut h, &mut y3],
+    );
     assert!(m.contains("`y`"), "{m}");
     let xr = t(&[0.5; 128], 2, 64);
     let pos = Tensor::vector(&Device::Cpu, &[1i32, 2, 3]).unwrap();
     let mut o = Tensor::zeros(&Device::Cpu, DType::F32, 2, 64).unwrap();
     let m = err(
         "rope_llama3",
-        &[Arg::Tensor(&xr), Arg::Tensor(&pos), Arg::F32(1e4), Arg::I32(64), Arg::F32(8.0), Arg::F32(1.0), Arg::F32(4.0), Arg::F32(8192.0)],
+        &[
+            Arg::Tensor(&xr),
+            Arg::Tensor(&pos),
+            Arg::F32(1e4),
+            Arg::I32(64),
+            Arg::F32(8.0),
+            Arg::F32(1.0),
+            Arg::F32(4.0),
+            Arg::F32(8192.0),
+        ],
         &mut [&mut o],
     );
     assert!(m.contains("`pos`") && m.contains("rows"), "{m}");
@@ -196,7 +233,16 @@ fn validation_errors_name_kernel_and_parameter() {
     let posf = t(&[1.0, 2.0], 1, 2);
     let m = err(
         "rope_llama3",
-        &[Arg::Tensor(&xr), Arg::Tensor(&posf), Arg::F32(1e4), Arg::I32(64), Arg::F32(8.0), Arg::F32(1.0), Arg::F32(4.0), Arg::F32(8192.0)],
+        &[
+            Arg::Tensor(&xr),
+            Arg::Tensor(&posf),
+            Arg::F32(1e4),
+            Arg::I32(64),
+            Arg::F32(8.0),
+            Arg::F32(1.0),
+            Arg::F32(4.0),
+            Arg::F32(8192.0),
+        ],
         &mut [&mut o],
     );
     assert!(m.contains("`pos`") && m.contains("i32"), "{m}");
@@ -208,7 +254,12 @@ fn errors_leave_outputs_untouched() {
     let w7 = t(&[1.0; 7], 1, 7);
     let mut h = Tensor::from_f32(&Device::Cpu, &[9.0; 16], 2, 8).unwrap();
     let mut y = Tensor::from_f32(&Device::Cpu, &[9.0; 16], 2, 8).unwrap();
-    let r = launch(&Device::Cpu, def("add_rms_norm"), &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w7), Arg::F32(1e-5)], &mut [&mut h, &mut y]);
+    let r = launch(
+        &Device::Cpu,
+        def("add_rms_norm"),
+        &[Arg::Tensor(&x), Arg::Tensor(&x), Arg::Tensor(&w7), Arg::F32(1e-5)],
+        &mut [&mut h, &mut y],
+    );
     assert!(matches!(r, Err(FusedError::Shape { .. })));
     assert!(h.to_host_f32().unwrap().iter().chain(&y.to_host_f32().unwrap()).all(|v| *v == 9.0));
 }

@@ -17,7 +17,17 @@ fn harness_self_test_on_cpu() {
     // 5 kernels × 3 dtypes × (2 dense shapes + 1 offset case).
     assert_eq!(report.cases.len(), defs.len() * 3 * 3);
     for c in &report.cases {
-        assert!(c.pass && c.error.is_none(), "{} {} {}x{} {:?}: {:?} {:?}", c.kernel, c.dtype, c.rows, c.width, c.layout, c.diff, c.error);
+        assert!(
+            c.pass && c.error.is_none(),
+            "{} {} {}x{} {:?}: {:?} {:?}",
+            c.kernel,
+            c.dtype,
+            c.rows,
+            c.width,
+            c.layout,
+            c.diff,
+            c.error
+        );
         assert_eq!(c.diff.max_rel, 0.0, "CPU against CPU must be identical");
         assert!(c.median_us.is_none());
         assert!(c.bytes > 0);

@@ -72,16 +72,9 @@ impl World {
         let before = (self.alloc.stats(), self.seqs[i].table.blocks().to_vec());
         let mut slots = Vec::new();
         let seq = &mut self.seqs[i];
-        match self
-            .alloc
-            .append_slots(&mut seq.table, new.len(), &mut slots)
-        {
+        match self.alloc.append_slots(&mut seq.table, new.len(), &mut slots) {
             Err(e) => {
-                assert_eq!(
-                    (self.alloc.stats(), seq.table.blocks().to_vec()),
-                    before,
-                    "failed append changed state"
-                );
+                assert_eq!((self.alloc.stats(), seq.table.blocks().to_vec()), before, "failed append changed state");
                 return Err(e);
             }
             Ok(copy) => {
@@ -107,30 +100,16 @@ impl World {
     fn apply(&mut self, op: Op) {
         let n = self.seqs.len();
         match op {
-            Op::New {
-                t,
-                shared,
-                len,
-                salt,
-            } => {
+            Op::New { t, shared, len, salt } => {
                 let tokens: Vec<TokenId> = (0..len)
-                    .map(|p| {
-                        if p < shared {
-                            template(t, p)
-                        } else {
-                            (salt.wrapping_add(p as u32 * 13)) % 89
-                        }
-                    })
+                    .map(|p| if p < shared { template(t, p) } else { (salt.wrapping_add(p as u32 * 13)) % 89 })
                     .collect();
                 let (table, hit) = self.alloc.match_prefix(&tokens[..len - 1]);
                 assert_eq!(hit % self.bs(), 0);
                 assert!(hit < len);
                 assert_eq!(table.num_tokens(), hit);
                 self.hits += (hit > 0) as usize;
-                self.seqs.push(Seq {
-                    table,
-                    tokens: tokens[..hit].to_vec(),
-                });
+                self.seqs.push(Seq { table, tokens: tokens[..hit].to_vec() });
                 // The hit's content must be exactly this prompt's tokens.
                 self.check_content();
                 let i = self.seqs.len() - 1;
@@ -167,38 +146,22 @@ impl World {
             assert_eq!(s.table.num_tokens(), s.tokens.len(), "seq {k} token count");
             for (pos, &t) in s.tokens.iter().enumerate() {
                 let slot = s.table.slot(pos, bs).expect("covered position has a slot");
-                assert_eq!(
-                    self.mem[slot.flat(bs)],
-                    Some(t),
-                    "seq {k} pos {pos} reads wrong KV"
-                );
+                assert_eq!(self.mem[slot.flat(bs)], Some(t), "seq {k} pos {pos} reads wrong KV");
             }
         }
     }
 
     fn check(&self) {
-        self.alloc
-            .check_invariants(self.seqs.iter().map(|s| &s.table))
-            .unwrap();
+        self.alloc.check_invariants(self.seqs.iter().map(|s| &s.table)).unwrap();
         self.check_content();
         let st = self.alloc.stats();
-        assert_eq!(
-            st.free_blocks + st.cached_blocks + st.used_blocks,
-            st.total_blocks
-        );
+        assert_eq!(st.free_blocks + st.cached_blocks + st.used_blocks, st.total_blocks);
     }
 }
 
 fn run(num_blocks: usize, block_size: usize, caching: bool, ops: Vec<Op>) -> (usize, usize, usize) {
     let alloc = BlockAllocator::new(num_blocks, block_size, caching).unwrap();
-    let mut w = World {
-        alloc,
-        seqs: Vec::new(),
-        mem: vec![None; num_blocks * block_size],
-        cows: 0,
-        hits: 0,
-        ooms: 0,
-    };
+    let mut w = World { alloc, seqs: Vec::new(), mem: vec![None; num_blocks * block_size], cows: 0, hits: 0, ooms: 0 };
     for op in ops {
         w.apply(op);
         w.check();
@@ -209,11 +172,7 @@ fn run(num_blocks: usize, block_size: usize, caching: bool, ops: Vec<Op>) -> (us
     w.alloc.check_invariants([]).unwrap();
     let st = w.alloc.stats();
     assert_eq!(st.used_blocks, 0);
-    assert_eq!(
-        st.free_blocks + st.cached_blocks,
-        st.total_blocks,
-        "blocks leaked"
-    );
+    assert_eq!(st.free_blocks + st.cached_blocks, st.total_blocks, "blocks leaked");
     if !caching {
         assert_eq!(st.cached_blocks, 0);
     }
@@ -240,24 +199,15 @@ proptest! {
 fn workloads_exercise_cow_hits_and_exhaustion() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-    let mut runner = TestRunner::new_with_rng(
-        Config::default(),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
-    );
+    let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]));
     let (mut cows, mut hits, mut ooms) = (0, 0, 0);
     for _ in 0..64 {
-        let ops = proptest::collection::vec(op(), 40..80)
-            .new_tree(&mut runner)
-            .unwrap()
-            .current();
+        let ops = proptest::collection::vec(op(), 40..80).new_tree(&mut runner).unwrap().current();
         let (c, h, o) = run(12, 4, true, ops);
         cows += c;
         hits += h;
         ooms += o;
     }
     println!("copy-on-write {cows}, prefix hits {hits}, out-of-blocks {ooms}");
-    assert!(
-        cows > 0 && hits > 0 && ooms > 0,
-        "cows {cows} hits {hits} ooms {ooms}"
-    );
+    assert!(cows > 0 && hits > 0 && ooms > 0, "cows {cows} hits {hits} ooms {ooms}");
 }

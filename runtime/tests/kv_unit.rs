@@ -22,13 +22,7 @@ fn fork_then_append_copies_the_shared_partial_block_once() {
     assert_eq!(a.blocks_needed(&c, 1), 1, "copy-on-write takes a block");
     slots.clear();
     let copy = a.append_slots(&mut c, 1, &mut slots).unwrap();
-    assert_eq!(
-        copy,
-        Some(CopyBlock {
-            src: BlockId(1),
-            dst: BlockId(2)
-        })
-    );
+    assert_eq!(copy, Some(CopyBlock { src: BlockId(1), dst: BlockId(2) }));
     assert_eq!(slots[0].block, BlockId(2));
     assert_eq!(slots[0].offset, 2);
     assert_eq!(c.blocks(), &[BlockId(0), BlockId(2)]);
@@ -74,10 +68,7 @@ fn prefix_hits_are_counted_and_shared() {
     a.free(&mut first);
     a.free(&mut second);
     let st = a.stats();
-    assert_eq!(
-        (st.used_blocks, st.cached_blocks, st.free_blocks),
-        (0, 2, 14)
-    );
+    assert_eq!((st.used_blocks, st.cached_blocks, st.free_blocks), (0, 2, 14));
     let peek = a.peek_prefix(&prompt[..9]);
     assert_eq!((peek.tokens, peek.evictable_blocks), (8, 2));
     // A prompt that is an exact multiple of the block size still leaves its last token to run.
@@ -115,13 +106,7 @@ fn eviction_only_when_free_list_is_empty_and_tail_first() {
     assert_eq!(a.peek_prefix(&[1, 2, 3, 4]).tokens, 2);
     a.check_invariants([&y]).unwrap();
     // 5 tokens in 3 blocks: 4 more need 2 new blocks, 1 is left.
-    assert_eq!(
-        a.reserve_slots(&mut y, 4),
-        Err(KvError::OutOfBlocks {
-            needed: 2,
-            available: 1
-        })
-    );
+    assert_eq!(a.reserve_slots(&mut y, 4), Err(KvError::OutOfBlocks { needed: 2, available: 1 }));
     a.check_invariants([&y]).unwrap();
     a.free(&mut y);
 }
@@ -167,10 +152,7 @@ fn leaked_table_is_reported() {
     let mut t = BlockTable::new();
     a.reserve_slots(&mut t, 1).unwrap();
     let err = a.check_invariants([]).unwrap_err();
-    assert!(
-        err.to_string().contains("reference count 1 but 0 tables"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("reference count 1 but 0 tables"), "{err}");
     a.free(&mut t);
 }
 
@@ -179,7 +161,5 @@ fn bad_configs_are_errors() {
     assert!(
         matches!(BlockAllocator::new(0, 16, true), Err(KvError::InvalidConfig(m)) if m.contains("num_blocks is 0"))
     );
-    assert!(
-        matches!(BlockAllocator::new(4, 0, true), Err(KvError::InvalidConfig(m)) if m.contains("block_size is 0"))
-    );
+    assert!(matches!(BlockAllocator::new(4, 0, true), Err(KvError::InvalidConfig(m)) if m.contains("block_size is 0")));
 }

@@ -12,13 +12,13 @@
 //! successful compile as well.
 
 use cudarc::nvrtc::sys;
-use kiln_runtime::nvrtc_check::{compile_with_log, NvrtcOutcome};
 use kiln_codegen::abi;
 use kiln_codegen::builder::Builder;
 use kiln_codegen::compile;
 use kiln_codegen::cuda::{self, prelude, samples};
 use kiln_codegen::ir::{DType, Kernel, Op, OutputKind, ParamKind, UnaryOp};
 use kiln_codegen::schedule::schedule;
+use kiln_runtime::nvrtc_check::{compile_with_log, NvrtcOutcome};
 
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 
@@ -177,8 +177,16 @@ fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
         return;
     }
     let sources = [
-        ("kiln_device_kernels", kiln_runtime::device_kernels::source(), &["kiln_fill_uniform_bf16", "kiln_argmax_bf16"][..]),
-        ("kiln_sampler", kiln_runtime::sample::device::source(), &["kiln_sample_f32", "kiln_sample_f16", "kiln_sample_bf16"][..]),
+        (
+            "kiln_device_kernels",
+            kiln_runtime::device_kernels::source(),
+            &["kiln_fill_uniform_bf16", "kiln_argmax_bf16"][..],
+        ),
+        (
+            "kiln_sampler",
+            kiln_runtime::sample::device::source(),
+            &["kiln_sample_f32", "kiln_sample_f16", "kiln_sample_bf16"][..],
+        ),
     ];
     for (name, src, entries) in sources {
         for arch in ARCHS {
@@ -186,7 +194,9 @@ fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
             assert!(out.ptx.is_some() && out.log.trim().is_empty(), "{name} for {arch}:\n{}", out.log);
             if std::env::var("KILN_NVRTC_VERBOSE").as_deref() == Ok("1") {
                 let v = nvrtc(&format!("{name}.cu"), src, arch, &["--ptxas-options=-v"]);
-                for l in v.log.lines().filter(|l| l.contains("Compiling entry") || l.contains("spill") || l.contains("Used")) {
+                for l in
+                    v.log.lines().filter(|l| l.contains("Compiling entry") || l.contains("spill") || l.contains("Used"))
+                {
                     eprintln!("{arch} {}", l.trim());
                 }
             }

@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 
 use kiln_runtime::sample::{
-    device, math, rng, FinishReason, Sampler, SamplingError, SamplingParams, StopChecker, StopMatch,
-    TokenHistory,
+    device, math, rng, FinishReason, Sampler, SamplingError, SamplingParams, StopChecker, StopMatch, TokenHistory,
 };
 use kiln_runtime::{Device, Tensor};
 use proptest::prelude::*;
@@ -18,12 +17,7 @@ use proptest::prelude::*;
 // ---------------------------------------------------------------- reference sampler
 
 /// Penalised logits, straight from the spec.
-fn reference_penalties(
-    logits: &[f32],
-    prompt: &[u32],
-    output: &[u32],
-    p: &SamplingParams,
-) -> Vec<f32> {
+fn reference_penalties(logits: &[f32], prompt: &[u32], output: &[u32], p: &SamplingParams) -> Vec<f32> {
     let mut l = logits.to_vec();
     let mut seen: BTreeMap<u32, u32> = BTreeMap::new(); // token -> output count
     for &t in prompt {
@@ -35,11 +29,7 @@ fn reference_penalties(
     for (&t, &c) in &seen {
         let x = &mut l[t as usize];
         if p.repetition_penalty != 1.0 {
-            *x = if *x > 0.0 {
-                *x / p.repetition_penalty
-            } else {
-                *x * p.repetition_penalty
-            };
+            *x = if *x > 0.0 { *x / p.repetition_penalty } else { *x * p.repetition_penalty };
         }
         if c > 0 {
             *x = *x - c as f32 * p.frequency_penalty - p.presence_penalty;
@@ -58,10 +48,7 @@ fn reference_sample(l: &[f32], p: &SamplingParams, seed: u64, n: u64) -> Option<
     if p.temperature == 0.0 {
         return l.iter().position(|&x| x == m).map(|i| i as u32);
     }
-    let w: Vec<f32> = l
-        .iter()
-        .map(|&x| math::exp_nonpos((x - m) / p.temperature))
-        .collect();
+    let w: Vec<f32> = l.iter().map(|&x| math::exp_nonpos((x - m) / p.temperature)).collect();
     let q: Vec<u64> = w.iter().map(|&x| math::quantize(x)).collect();
     // Rank order by the spec's words, not by rank_key: logit descending, then lower id.
     let mut ranked: Vec<usize> = (0..v).collect();
@@ -108,20 +95,8 @@ fn reference_logprob(l: &[f32], token: u32) -> f64 {
 
 /// Logits with many exact ties (a few levels, some masked) or continuous values.
 fn logits_strategy() -> impl Strategy<Value = Vec<f32>> {
-    let levels = prop::sample::select(vec![
-        f32::NEG_INFINITY,
-        -3.5,
-        -1.0,
-        0.0,
-        0.25,
-        1.0,
-        2.5,
-        7.0,
-    ]);
-    prop_oneof![
-        prop::collection::vec(levels, 1..300),
-        prop::collection::vec(-10.0f32..10.0, 1..300),
-    ]
+    let levels = prop::sample::select(vec![f32::NEG_INFINITY, -3.5, -1.0, 0.0, 0.25, 1.0, 2.5, 7.0]);
+    prop_oneof![prop::collection::vec(levels, 1..300), prop::collection::vec(-10.0f32..10.0, 1..300),]
 }
 
 fn params_strategy() -> impl Strategy<Value = SamplingParams> {
@@ -135,21 +110,17 @@ fn params_strategy() -> impl Strategy<Value = SamplingParams> {
         -2.0f32..2.0,
         prop_oneof![Just(None), (0usize..=20).prop_map(Some)],
     )
-        .prop_map(
-            |(temperature, top_k, top_p, min_p, rep, presence, frequency, logprobs)| {
-                SamplingParams {
-                    temperature,
-                    top_k,
-                    top_p,
-                    min_p,
-                    repetition_penalty: rep,
-                    presence_penalty: presence,
-                    frequency_penalty: frequency,
-                    logprobs,
-                    ..SamplingParams::default()
-                }
-            },
-        )
+        .prop_map(|(temperature, top_k, top_p, min_p, rep, presence, frequency, logprobs)| SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty: rep,
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            logprobs,
+            ..SamplingParams::default()
+        })
 }
 
 proptest! {
@@ -296,11 +267,7 @@ fn normalise(x: &[f64]) -> Vec<f64> {
 fn sample_temperature_reshapes_the_distribution() {
     // exp(logits) = 1, 2, 3, 4.
     let logits: Vec<f32> = [1.0f32, 2.0, 3.0, 4.0].iter().map(|x| x.ln()).collect();
-    let seeded = |t: f32| SamplingParams {
-        temperature: t,
-        seed: Some(1234),
-        ..SamplingParams::default()
-    };
+    let seeded = |t: f32| SamplingParams { temperature: t, seed: Some(1234), ..SamplingParams::default() };
     // df = 3: P(chi2 > 25) is about 1.5e-5; the seed is fixed, so this is a loose sanity bound.
     let cases = [
         (1.0f32, normalise(&[1.0, 2.0, 3.0, 4.0])),
@@ -312,44 +279,24 @@ fn sample_temperature_reshapes_the_distribution() {
         assert!(chi < 25.0, "temperature {t}: chi-square {chi}");
     }
     // Same draws against the wrong temperature's distribution must fail the bound clearly.
-    let chi = chi_square(
-        seeded(0.5),
-        &logits,
-        &normalise(&[1.0, 2.0, 3.0, 4.0]),
-        40_000,
-    );
-    assert!(
-        chi > 1000.0,
-        "chi-square {chi} should reject the untempered distribution"
-    );
+    let chi = chi_square(seeded(0.5), &logits, &normalise(&[1.0, 2.0, 3.0, 4.0]), 40_000);
+    assert!(chi > 1000.0, "chi-square {chi} should reject the untempered distribution");
 }
 
 #[test]
 fn sample_truncated_distributions_are_renormalised() {
     let logits: Vec<f32> = [1.0f32, 2.0, 3.0, 4.0].iter().map(|x| x.ln()).collect();
-    let base = SamplingParams {
-        seed: Some(99),
-        ..SamplingParams::default()
-    };
+    let base = SamplingParams { seed: Some(99), ..SamplingParams::default() };
     // top-k 2 keeps {3, 4} -> 3/7, 4/7.
-    let p = SamplingParams {
-        top_k: Some(2),
-        ..base.clone()
-    };
+    let p = SamplingParams { top_k: Some(2), ..base.clone() };
     let chi = chi_square(p, &logits, &[0.0, 0.0, 3.0 / 7.0, 4.0 / 7.0], 20_000);
     assert!(chi < 20.0, "top-k chi-square {chi}");
     // min-p 0.5 keeps p >= 0.5 * 0.4 = 0.2: tokens 1..=3 (0.2 is kept: inclusive).
-    let p = SamplingParams {
-        min_p: 0.5,
-        ..base.clone()
-    };
+    let p = SamplingParams { min_p: 0.5, ..base.clone() };
     let chi = chi_square(p, &logits, &[0.0, 2.0 / 9.0, 3.0 / 9.0, 4.0 / 9.0], 20_000);
     assert!(chi < 20.0, "min-p chi-square {chi}");
     // top-p 0.65: 0.4 + 0.3 = 0.7 >= 0.65 keeps the top two.
-    let p = SamplingParams {
-        top_p: 0.65,
-        ..base
-    };
+    let p = SamplingParams { top_p: 0.65, ..base };
     let chi = chi_square(p, &logits, &[0.0, 0.0, 3.0 / 7.0, 4.0 / 7.0], 20_000);
     assert!(chi < 20.0, "top-p chi-square {chi}");
 }
@@ -357,14 +304,8 @@ fn sample_truncated_distributions_are_renormalised() {
 #[test]
 fn sample_seeded_output_is_independent_of_batch_interleaving() {
     let logits_a: Vec<f32> = (0..500).map(|i| ((i * 7919) % 113) as f32 * 0.05).collect();
-    let logits_b: Vec<f32> = (0..500)
-        .map(|i| ((i * 104729) % 97) as f32 * 0.03)
-        .collect();
-    let params = |seed| SamplingParams {
-        seed: Some(seed),
-        top_p: 0.9,
-        ..SamplingParams::default()
-    };
+    let logits_b: Vec<f32> = (0..500).map(|i| ((i * 104729) % 97) as f32 * 0.03).collect();
+    let params = |seed| SamplingParams { seed: Some(seed), top_p: 0.9, ..SamplingParams::default() };
     let solo: Vec<u32> = {
         let mut a = Sampler::new(&params(1)).unwrap();
         let mut h = TokenHistory::new(&[1, 2, 3]);
@@ -399,11 +340,7 @@ fn sample_seeded_output_is_independent_of_batch_interleaving() {
 fn expected_cut(text: &str, stops: &[String]) -> Option<usize> {
     let ends = text.char_indices().map(|(i, c)| i + c.len_utf8());
     for end in ends {
-        let best = stops
-            .iter()
-            .filter(|s| text[..end].ends_with(s.as_str()))
-            .map(|s| s.len())
-            .max();
+        let best = stops.iter().filter(|s| text[..end].ends_with(s.as_str())).map(|s| s.len()).max();
         if let Some(len) = best {
             return Some(end - len);
         }
@@ -412,11 +349,8 @@ fn expected_cut(text: &str, stops: &[String]) -> Option<usize> {
 }
 
 fn text_strategy(max: usize) -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop::sample::select(vec!['a', 'b', 'c', ' ', 'é', '世', '→']),
-        0..max,
-    )
-    .prop_map(|cs| cs.into_iter().collect())
+    prop::collection::vec(prop::sample::select(vec!['a', 'b', 'c', ' ', 'é', '世', '→']), 0..max)
+        .prop_map(|cs| cs.into_iter().collect())
 }
 
 proptest! {

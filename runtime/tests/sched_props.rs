@@ -25,22 +25,9 @@ struct Arrival {
 }
 
 fn arrival(max_n: usize) -> impl Strategy<Value = Arrival> {
-    (
-        0..30usize,
-        1..60usize,
-        0..48usize,
-        1..30usize,
-        prop::option::weighted(0.2, 0..40usize),
-        1..=max_n,
+    (0..30usize, 1..60usize, 0..48usize, 1..30usize, prop::option::weighted(0.2, 0..40usize), 1..=max_n).prop_map(
+        |(step, len, shared, max_tokens, abort_after, n)| Arrival { step, len, shared, max_tokens, abort_after, n },
     )
-        .prop_map(|(step, len, shared, max_tokens, abort_after, n)| Arrival {
-            step,
-            len,
-            shared,
-            max_tokens,
-            abort_after,
-            n,
-        })
 }
 
 /// Child `j` of request `i`.
@@ -84,11 +71,7 @@ fn drive(
                         aborts.push((step + k, i as u64));
                     }
                 }
-                Err(AdmissionError::ExceedsKvPool {
-                    needed_blocks,
-                    total_blocks,
-                    ..
-                }) => {
+                Err(AdmissionError::ExceedsKvPool { needed_blocks, total_blocks, .. }) => {
                     assert!(never_fits && needed_blocks > total_blocks);
                     rejected += 1;
                 }
@@ -102,11 +85,7 @@ fn drive(
         if step > last_arrival && sim.sched.is_idle() && !pending_finish {
             break;
         }
-        assert!(
-            step <= bound,
-            "no completion within {bound} steps: {:?}",
-            sim.sched.stats()
-        );
+        assert!(step <= bound, "no completion within {bound} steps: {:?}", sim.sched.stats());
         let (plan, mut result) = sim.begin();
         for s in plan.seqs.iter().filter(|s| s.needs_logits) {
             let i = s.id.0 as usize;
@@ -118,23 +97,14 @@ fn drive(
                     continue;
                 };
                 for j in 1..a.n {
-                    sim.fork_at_first_sample(
-                        &mut result,
-                        s.id.0,
-                        child_id(i, j),
-                        (tok + j as u32) % 64,
-                    );
+                    sim.fork_at_first_sample(&mut result, s.id.0, child_id(i, j), (tok + j as u32) % 64);
                 }
             }
         }
         sim.commit(&result);
         step += 1;
     }
-    eprintln!(
-        "CASE steps {} preempt {}",
-        sim.steps,
-        sim.sched.stats().preemptions
-    );
+    eprintln!("CASE steps {} preempt {}", sim.steps, sim.sched.stats().preemptions);
     sim.check_outputs_match_reference();
     sim.check_pool_returned();
     for (id, t) in &sim.reqs {
@@ -144,11 +114,7 @@ fn drive(
     }
     let st = sim.sched.stats();
     assert!(sim.max_step_tokens <= cfg.max_batched_tokens && sim.max_running <= max_seqs);
-    Outcome {
-        preemptions: st.preemptions,
-        hits: st.kv.prefix_hit_tokens,
-        rejected,
-    }
+    Outcome { preemptions: st.preemptions, hits: st.kv.prefix_hit_tokens, rejected }
 }
 
 proptest! {
@@ -194,22 +160,10 @@ fn small_pools_preempt_and_prefixes_hit() {
             n: 1,
         })
         .collect();
-    for (bs, blocks, caching) in [
-        (4, 24, false),
-        (4, 24, true),
-        (2, 50, true),
-        (8, 12, false),
-        (1, 100, true),
-    ] {
+    for (bs, blocks, caching) in [(4, 24, false), (4, 24, true), (2, 50, true), (8, 12, false), (1, 100, true)] {
         let o = drive(bs, blocks, 8, 24, caching, &arrivals);
-        println!(
-            "block {bs} x {blocks}, caching {caching}: {} preemptions, {} hit tokens",
-            o.preemptions, o.hits
-        );
-        assert!(
-            o.preemptions > 0,
-            "no preemption with {blocks} blocks of {bs}"
-        );
+        println!("block {bs} x {blocks}, caching {caching}: {} preemptions, {} hit tokens", o.preemptions, o.hits);
+        assert!(o.preemptions > 0, "no preemption with {blocks} blocks of {bs}");
         assert_eq!(o.rejected, 0);
         if caching {
             assert!(o.hits > 0);
@@ -220,14 +174,7 @@ fn small_pools_preempt_and_prefixes_hit() {
 #[test]
 fn aborts_at_every_phase_leave_nothing_behind() {
     let arrivals: Vec<Arrival> = (0..12)
-        .map(|i| Arrival {
-            step: 0,
-            len: 10 + i * 7,
-            shared: 16,
-            max_tokens: 20,
-            abort_after: Some(i),
-            n: 1 + i % 3,
-        })
+        .map(|i| Arrival { step: 0, len: 10 + i * 7, shared: 16, max_tokens: 20, abort_after: Some(i), n: 1 + i % 3 })
         .collect();
     for caching in [false, true] {
         drive(4, 30, 4, 8, caching, &arrivals);

@@ -26,15 +26,8 @@ fn kv_waste_on_mixed_lengths_is_under_four_percent() {
     for i in 0..200u64 {
         let len = spread(i, 16, 2048);
         let max_tokens = spread(i + 1000, 8, 1024);
-        let prompt_ids = (0..len as u32)
-            .map(|p| (p * 131 + i as u32 * 7) % 50_000)
-            .collect();
-        s.add(Request {
-            id: SeqId(i),
-            prompt_ids,
-            max_tokens,
-        })
-        .unwrap();
+        let prompt_ids = (0..len as u32).map(|p| (p * 131 + i as u32 * 7) % 50_000).collect();
+        s.add(Request { id: SeqId(i), prompt_ids, max_tokens }).unwrap();
     }
     let (mut peak, mut sum, mut samples, mut peak_of_used) = (0f64, 0f64, 0u32, 0f64);
     let mut result = StepResult::default();
@@ -50,12 +43,7 @@ fn kv_waste_on_mixed_lengths_is_under_four_percent() {
             peak_of_used = peak_of_used.max(waste * st.total_blocks as f64 / st.used_blocks as f64);
         }
         result.sampled.clear();
-        result.sampled.extend(
-            plan.seqs
-                .iter()
-                .filter(|q| q.needs_logits)
-                .map(|q| (q.id, 3)),
-        );
+        result.sampled.extend(plan.seqs.iter().filter(|q| q.needs_logits).map(|q| (q.id, 3)));
         s.update(&result).unwrap();
         steps += 1;
         assert!(steps < 100_000, "workload did not finish");
@@ -69,10 +57,7 @@ fn kv_waste_on_mixed_lengths_is_under_four_percent() {
         peak_of_used * 100.0,
         st.preemptions
     );
-    assert!(
-        samples > 100,
-        "the workload never put the pool under pressure"
-    );
+    assert!(samples > 100, "the workload never put the pool under pressure");
     assert!(peak < 0.04, "KV waste {:.2}% of the pool", peak * 100.0);
     assert_eq!(s.kv_stats().used_blocks, 0);
 }

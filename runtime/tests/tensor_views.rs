@@ -59,10 +59,7 @@ fn writes_through_a_view_land_in_the_parent_only_there() {
     let parent = Tensor::from_f32(&dev, &vec![0.0; 12], 3, 4).unwrap();
     let mut v = parent.view_cols(1, 2).unwrap();
     v.copy_from_host(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-    assert_eq!(
-        parent.to_host_f32().unwrap(),
-        vec![0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 5.0, 6.0, 0.0]
-    );
+    assert_eq!(parent.to_host_f32().unwrap(), vec![0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 5.0, 6.0, 0.0]);
     v.with_host_mut::<f32, _>(|mut h| {
         assert_eq!((h.rows, h.cols, h.stride), (3, 2, 4));
         h.row_mut(2)[1] = 9.0;

@@ -32,13 +32,15 @@ async fn one(client: reqwest::Client, base: String, model: String, req: Generate
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    let resp = match client.post(format!("{base}/v1/completions")).json(&body).send().await.and_then(|r| r.error_for_status()) {
-        Ok(r) => r,
-        Err(e) => {
-            t.error = Some(e.to_string());
-            return t;
-        }
-    };
+    let resp =
+        match client.post(format!("{base}/v1/completions")).json(&body).send().await.and_then(|r| r.error_for_status())
+        {
+            Ok(r) => r,
+            Err(e) => {
+                t.error = Some(e.to_string());
+                return t;
+            }
+        };
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     let mut last = sent;

@@ -84,7 +84,6 @@ pub struct BenchArgs {
     sampling: SamplingArg,
 }
 
-
 /// `N` or `MIN-MAX`.
 fn parse_range(s: &str, what: &str) -> Result<(usize, usize)> {
     let parse = |x: &str| x.trim().parse::<usize>().with_context(|| format!("--{what}: `{x}` is not a number"));
@@ -143,10 +142,15 @@ fn spread((lo, hi): (usize, usize), i: usize, n: usize) -> usize {
 
 /// The model and its detokenizer: loaded from `path`, or made from a preset (`synth:NAME`)
 /// with random weights on `dev` (no tokenizer: the bench needs no text).
-fn load_model(path: &std::path::Path, dev: &kiln_runtime::Device, dtype: kiln_codegen::ir::DType) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
+fn load_model(
+    path: &std::path::Path,
+    dev: &kiln_runtime::Device,
+    dtype: kiln_codegen::ir::DType,
+) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
     if let Some(name) = path.to_str().and_then(|p| p.strip_prefix("synth:")) {
-        let cfg = kiln_models::synth::preset(name)
-            .with_context(|| format!("unknown preset `{name}` (presets: {})", kiln_models::synth::PRESETS.join(", ")))?;
+        let cfg = kiln_models::synth::preset(name).with_context(|| {
+            format!("unknown preset `{name}` (presets: {})", kiln_models::synth::PRESETS.join(", "))
+        })?;
         let model = kiln_models::llama::Llama::random(cfg, dev, dtype, 0)?;
         dev.synchronize()?;
         return Ok((Arc::new(model), Arc::new(kiln_models::detok_adapter::NoText)));
@@ -162,7 +166,12 @@ fn load_model(path: &std::path::Path, dev: &kiln_runtime::Device, dtype: kiln_co
 
 /// The synthetic requests: lengths spread over the ranges (shuffled pairings), random
 /// non-special token ids below `vocab`, arrival offsets (Poisson at `--request-rate`, else 0).
-pub(crate) fn synthetic_requests(a: &BenchArgs, prompt_range: (usize, usize), output_range: (usize, usize), vocab: u64) -> Vec<(Duration, GenerateRequest)> {
+pub(crate) fn synthetic_requests(
+    a: &BenchArgs,
+    prompt_range: (usize, usize),
+    output_range: (usize, usize),
+    vocab: u64,
+) -> Vec<(Duration, GenerateRequest)> {
     let mut rng = Rng(a.seed ^ 0x6b696c6e);
     let low = 1000.min(vocab / 2);
     let mut at = Duration::ZERO;
@@ -278,7 +287,8 @@ async fn drive(engine: EngineHandle, reqs: Vec<(Duration, GenerateRequest)>, t0:
         let submitted = Instant::now();
         let mut h = engine.submit(req).map_err(|e| anyhow::anyhow!("submit: {e}"))?;
         tasks.push(tokio::spawn(async move {
-            let mut t = Trace { prompt_tokens, output_tokens: 0, ttft: None, gaps: Vec::new(), end: submitted, error: None };
+            let mut t =
+                Trace { prompt_tokens, output_tokens: 0, ttft: None, gaps: Vec::new(), end: submitted, error: None };
             let mut last = submitted;
             while let Some(ev) = h.recv().await {
                 let now = Instant::now();
@@ -351,7 +361,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let reqs = synthetic_requests(&a, prompt_range, output_range, vocab);
     let max_len = engine.max_model_len();
     if let Some((_, r)) = reqs.iter().find(|(_, r)| r.prompt_ids.len() + r.params.max_tokens > max_len) {
-        bail!("a request of {} + {} tokens exceeds the engine's context length {max_len}", r.prompt_ids.len(), r.params.max_tokens);
+        bail!(
+            "a request of {} + {} tokens exceeds the engine's context length {max_len}",
+            r.prompt_ids.len(),
+            r.params.max_tokens
+        );
     }
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
@@ -401,7 +415,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("kiln bench --offline: {} ({}; loaded in {load_s:.1} s)", path.display(), dev.label());
     sum.print(&format!("{} engine steps", stats.steps));
     let per = |x: f64| 1e3 * x / stats.steps.max(1) as f64;
-    println!("{:<28} {:.3} ms, of which the model {:.3} ms", "mean engine step", per(stats.step_seconds), per(stats.model_seconds));
+    println!(
+        "{:<28} {:.3} ms, of which the model {:.3} ms",
+        "mean engine step",
+        per(stats.step_seconds),
+        per(stats.model_seconds)
+    );
     println!("{:<28} {}", "preemptions", stats.preemptions);
     println!(
         "{:<28} {:.2}% of the pool on average (max {:.2}%), {:.2}% of allocated slots; pool {} blocks of {}",

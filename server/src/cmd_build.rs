@@ -18,12 +18,8 @@ pub struct BuildArgs {
 }
 
 fn parse_arch(s: &str) -> Result<(i32, i32)> {
-    let digits = s
-        .strip_prefix("sm_")
-        .with_context(|| format!("--arch {s}: expected sm_XY, e.g. sm_90"))?;
-    let n: i32 = digits
-        .parse()
-        .with_context(|| format!("--arch {s}: expected sm_XY"))?;
+    let digits = s.strip_prefix("sm_").with_context(|| format!("--arch {s}: expected sm_XY, e.g. sm_90"))?;
+    let n: i32 = digits.parse().with_context(|| format!("--arch {s}: expected sm_XY"))?;
     if n < 80 {
         bail!("--arch {s}: kiln's kernels need sm_80 or newer");
     }
@@ -34,32 +30,19 @@ pub fn run(a: BuildArgs) -> Result<()> {
     let cc = match &a.arch {
         Some(s) => parse_arch(s)?,
         None => {
-            let dev = kiln_runtime::Device::cuda(0)
-                .context("no GPU to take the architecture from (give --arch sm_XY)")?;
-            dev.cuda_backend()
-                .map(|b| b.compute_capability())
-                .context("not a CUDA device")?
+            let dev =
+                kiln_runtime::Device::cuda(0).context("no GPU to take the architecture from (give --arch sm_XY)")?;
+            dev.cuda_backend().map(|b| b.compute_capability()).context("not a CUDA device")?
         }
     };
     let mut sources: Vec<(String, &'static str)> = vec![];
     for def in kiln_models::kernels::ALL {
-        sources.extend(
-            def.specs
-                .iter()
-                .map(|s| (format!("{}_{}", def.name, s.dtype), s.cuda)),
-        );
+        sources.extend(def.specs.iter().map(|s| (format!("{}_{}", def.name, s.dtype), s.cuda)));
     }
     for def in kiln_models::kernels::ATTENTION {
-        sources.extend(
-            def.specs
-                .iter()
-                .map(|s| (format!("{}_{}", def.name, s.dtype), s.cuda)),
-        );
+        sources.extend(def.specs.iter().map(|s| (format!("{}_{}", def.name, s.dtype), s.cuda)));
     }
-    sources.push((
-        "kiln_device_kernels".into(),
-        kiln_runtime::device_kernels::source(),
-    ));
+    sources.push(("kiln_device_kernels".into(), kiln_runtime::device_kernels::source()));
     sources.push(("kiln_sampler".into(), kiln_runtime::sample::device::source()));
     let t = Instant::now();
     let next = AtomicUsize::new(0);
@@ -79,10 +62,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
                             };
                             counts.lock().unwrap_or_else(|e| e.into_inner())[i] += 1;
                         }
-                        Err(e) => failures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(format!("{name}: {e}")),
+                        Err(e) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{name}: {e}")),
                     }
                 }
             });
@@ -90,8 +70,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
     });
     let [disk, compiled, uncached] = *counts.lock().unwrap_or_else(|e| e.into_inner());
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
-    let dir = kiln_runtime::ptx_cache::cache_dir()
-        .map_or("(no cache folder)".into(), |d| d.display().to_string());
+    let dir = kiln_runtime::ptx_cache::cache_dir().map_or("(no cache folder)".into(), |d| d.display().to_string());
     eprintln!(
         "kiln build: {} sources for sm_{}{} in {:.1} s: {compiled} compiled, {disk} already cached, {uncached} not cachable; cache {dir}",
         sources.len(),
@@ -116,10 +95,6 @@ mod tests {
     fn arches() {
         assert_eq!(parse_arch("sm_90").unwrap(), (9, 0));
         assert_eq!(parse_arch("sm_86").unwrap(), (8, 6));
-        assert!(
-            parse_arch("sm_75").is_err()
-                && parse_arch("90").is_err()
-                && parse_arch("sm_x").is_err()
-        );
+        assert!(parse_arch("sm_75").is_err() && parse_arch("90").is_err() && parse_arch("sm_x").is_err());
     }
 }

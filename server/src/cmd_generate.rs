@@ -3,13 +3,13 @@
 use crate::device_arg::{pick, DeviceArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::generate::generate;
-use kiln_models::tokenizer::ChatMessage;
 use kiln_models::loader::LoadedModel;
+use kiln_models::tokenizer::ChatMessage;
 use kiln_runtime::engine::{BeamParams, Engine, EngineConfig, EngineEvent, GenerateRequest};
 use kiln_runtime::sample::SamplingParams;
-use std::sync::Arc;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
@@ -105,7 +105,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         logprobs: None,
     };
     if a.n > 1 || a.beam_width.is_some() {
-        let beam = a.beam_width.map(|width| BeamParams { width, length_penalty: a.length_penalty, early_stopping: !a.no_early_stopping });
+        let beam = a.beam_width.map(|width| BeamParams {
+            width,
+            length_penalty: a.length_penalty,
+            early_stopping: !a.no_early_stopping,
+        });
         return run_engine(loaded, prompt_ids, params, a.n, beam, a.json);
     }
     let mut stdout = std::io::stdout().lock();
@@ -143,10 +147,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 
 /// `--n` / `--beam-width`: the request goes through the engine (forked choices or beams) and
 /// each choice is printed in full at the end.
-fn run_engine(loaded: LoadedModel, prompt_ids: Vec<u32>, params: SamplingParams, n: usize, beam: Option<BeamParams>, json: bool) -> Result<()> {
+fn run_engine(
+    loaded: LoadedModel,
+    prompt_ids: Vec<u32>,
+    params: SamplingParams,
+    n: usize,
+    beam: Option<BeamParams>,
+    json: bool,
+) -> Result<()> {
     let width = beam.as_ref().map_or(1, |b| b.width);
     let what = if beam.is_some() { "beam" } else { "choice" };
-    let cfg = EngineConfig { max_num_seqs: EngineConfig::default().max_num_seqs.max(n).max(width), ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        max_num_seqs: EngineConfig::default().max_num_seqs.max(n).max(width),
+        ..EngineConfig::default()
+    };
     let LoadedModel { model, tokenizer, .. } = loaded;
     let detok = Arc::new(kiln_models::detok_adapter::TokenizerDetokenizer::new(tokenizer));
     let engine = Engine::start(Arc::from(model), detok, cfg)?;

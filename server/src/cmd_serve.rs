@@ -68,9 +68,7 @@ fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a byte count (e.g. 512MiB)"))?;
+    let n: usize = num.parse().map_err(|_| format!("`{s}` is not a byte count (e.g. 512MiB)"))?;
     let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -78,8 +76,7 @@ fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown unit `{other}` in `{s}` (use K, M or G)")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn seconds(what: &str, v: f64) -> Result<Duration> {
@@ -91,9 +88,7 @@ fn seconds(what: &str, v: f64) -> Result<Duration> {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
     let path = match &a.model {
@@ -101,11 +96,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         None => kiln_models::fetch::default_model_path()?,
     };
     let served = a.served_model_name.clone().unwrap_or_else(|| {
-        let name = if path.is_dir() {
-            path.file_name()
-        } else {
-            path.file_stem()
-        };
+        let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
         name.map_or_else(|| "kiln".to_string(), |n| n.to_string_lossy().into_owned())
     });
     let mut api_keys = a.api_keys.clone();
@@ -139,24 +130,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ..EngineConfig::default()
         },
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(serve(a.host, a.port, cfg, spec))
 }
 
 async fn serve(host: String, port: u16, cfg: ServerConfig, spec: ModelSpec) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-        .await
-        .with_context(|| format!("binding {host}:{port}"))?;
+    let listener =
+        tokio::net::TcpListener::bind((host.as_str(), port)).await.with_context(|| format!("binding {host}:{port}"))?;
     let state = AppState::new(cfg);
     let server = start(state.clone(), listener)?;
     let addr = server.addr;
-    eprintln!(
-        "kiln: listening on http://{addr}; loading {} ...",
-        spec.path.display()
-    );
+    eprintln!("kiln: listening on http://{addr}; loading {} ...", spec.path.display());
     let t = Instant::now();
     let loading = tokio::task::spawn_blocking(move || load(&spec));
     tokio::select! {
@@ -193,10 +177,7 @@ async fn serve(host: String, port: u16, cfg: ServerConfig, spec: ModelSpec) -> R
     );
     let report = server.shutdown().await?;
     if report.aborted > 0 {
-        eprintln!(
-            "kiln: aborted {} requests at the shutdown timeout",
-            report.aborted
-        );
+        eprintln!("kiln: aborted {} requests at the shutdown timeout", report.aborted);
     }
     eprintln!("kiln: stopped");
     Ok(())

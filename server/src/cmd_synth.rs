@@ -22,8 +22,9 @@ pub struct SynthArgs {
 }
 
 pub fn run(a: SynthArgs) -> Result<()> {
-    let cfg = kiln_models::synth::preset(&a.preset)
-        .with_context(|| format!("unknown preset `{}` (presets: {})", a.preset, kiln_models::synth::PRESETS.join(", ")))?;
+    let cfg = kiln_models::synth::preset(&a.preset).with_context(|| {
+        format!("unknown preset `{}` (presets: {})", a.preset, kiln_models::synth::PRESETS.join(", "))
+    })?;
     let dtype = match a.dtype.as_str() {
         "f32" => DType::F32,
         "f16" => DType::F16,

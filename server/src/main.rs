@@ -48,7 +48,9 @@ fn main() {
         Command::Generate(args) => cmd_generate::run(args),
         Command::Serve(args) => cmd_serve::run(args),
         Command::Convert { gguf, out_dir } => cmd_convert::run(&gguf, &out_dir),
-        Command::Fetch => kiln_models::fetch::default_model_path().map(|p| println!("{}", p.display())).map_err(Into::into),
+        Command::Fetch => {
+            kiln_models::fetch::default_model_path().map(|p| println!("{}", p.display())).map_err(Into::into)
+        }
         Command::Bench(args) => cmd_bench::run(args),
         Command::Build(args) => cmd_build::run(args),
         Command::SynthModel(args) => cmd_synth::run(args),

@@ -24,33 +24,16 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
 async fn http_layer_throughput() {
-    let secs: u64 = std::env::var("KILN_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let conns: usize = std::env::var("KILN_BENCH_CONNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
+    let secs: u64 = std::env::var("KILN_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let conns: usize = std::env::var("KILN_BENCH_CONNS").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
     let s = fake_server(
-        ServerConfig {
-            max_in_flight: 4096,
-            ..ServerConfig::default()
-        },
-        FakeConfig {
-            capacity: 4096,
-            ..FakeConfig::default()
-        },
+        ServerConfig { max_in_flight: 4096, ..ServerConfig::default() },
+        FakeConfig { capacity: 4096, ..FakeConfig::default() },
     )
     .await;
     let url = format!("{}/v1/completions", s.base);
-    let body =
-        serde_json::to_vec(&json!({"model": "kiln", "prompt": "Hello, world", "max_tokens": 1}))
-            .unwrap();
-    let c = reqwest::Client::builder()
-        .pool_max_idle_per_host(conns)
-        .build()
-        .unwrap();
+    let body = serde_json::to_vec(&json!({"model": "kiln", "prompt": "Hello, world", "max_tokens": 1})).unwrap();
+    let c = reqwest::Client::builder().pool_max_idle_per_host(conns).build().unwrap();
     // Warm up the connections.
     for _ in 0..conns {
         c.post(&url)
@@ -86,10 +69,7 @@ async fn http_layer_throughput() {
         let t = Instant::now();
         let req = kiln_runtime::engine::GenerateRequest {
             prompt_ids: b"Hello, world".iter().map(|&b| u32::from(b)).collect(),
-            params: kiln_runtime::sample::SamplingParams {
-                max_tokens: 1,
-                ..Default::default()
-            },
+            params: kiln_runtime::sample::SamplingParams { max_tokens: 1, ..Default::default() },
             n: 1,
             beam: None,
         };
@@ -113,13 +93,8 @@ async fn http_layer_throughput() {
             let mut lat = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let r = c
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
+                let r =
+                    c.post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
                 assert_eq!(r.status(), 200);
                 r.bytes().await.unwrap();
                 lat.push(t.elapsed());
@@ -145,34 +120,17 @@ async fn http_layer_throughput() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark helper"]
 async fn serve_fake_for_external_load() {
-    let secs: u64 = std::env::var("KILN_BENCH_HOLD_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
-    let port: u16 = std::env::var("KILN_BENCH_PORT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(18099);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let state = kiln_server::AppState::new(ServerConfig {
-        max_in_flight: 4096,
-        ..ServerConfig::default()
-    });
-    let fake = kiln_server::fake::FakeBackend::new(FakeConfig {
-        capacity: 4096,
-        ..FakeConfig::default()
-    });
+    let secs: u64 = std::env::var("KILN_BENCH_HOLD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let port: u16 = std::env::var("KILN_BENCH_PORT").ok().and_then(|s| s.parse().ok()).unwrap_or(18099);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let state = kiln_server::AppState::new(ServerConfig { max_in_flight: 4096, ..ServerConfig::default() });
+    let fake = kiln_server::fake::FakeBackend::new(FakeConfig { capacity: 4096, ..FakeConfig::default() });
     state.set_ready(kiln_server::state::Loaded {
         backend: fake,
         codec: std::sync::Arc::new(kiln_server::fake::ByteCodec),
     });
     let srv = kiln_server::start(state, listener).unwrap();
-    println!(
-        "serving the fake engine on http://{} for {secs} s",
-        srv.addr
-    );
+    println!("serving the fake engine on http://{} for {secs} s", srv.addr);
     tokio::time::sleep(Duration::from_secs(secs)).await;
     srv.shutdown().await.unwrap();
 }
@@ -180,18 +138,12 @@ async fn serve_fake_for_external_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
 async fn server_overhead_vs_engine() {
-    let iters: usize = std::env::var("KILN_BENCH_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    let iters: usize = std::env::var("KILN_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let srv = real_server();
     let loaded = srv.state.loaded().expect("loaded");
     let c = client();
     let prompt = "The capital of France is";
-    let ids = loaded
-        .codec
-        .encode(prompt, loaded.codec.default_bos())
-        .unwrap();
+    let ids = loaded.codec.encode(prompt, loaded.codec.default_bos()).unwrap();
     for max_tokens in [1usize, 16] {
         let body = serde_json::to_vec(&json!({"model": REAL_MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true})).unwrap();
         let (mut direct, mut http) = (Vec::new(), Vec::new());
@@ -212,8 +164,7 @@ async fn server_overhead_vs_engine() {
             while let Some(ev) = s.recv().await {
                 if matches!(
                     ev,
-                    kiln_runtime::engine::EngineEvent::Done { .. }
-                        | kiln_runtime::engine::EngineEvent::Error { .. }
+                    kiln_runtime::engine::EngineEvent::Done { .. } | kiln_runtime::engine::EngineEvent::Error { .. }
                 ) {
                     break;
                 }

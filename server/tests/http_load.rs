@@ -41,11 +41,7 @@ fn body(i: usize, k: usize, stream: bool) -> (String, Value) {
     for (key, v) in sampling.as_object().unwrap() {
         b[key] = v.clone();
     }
-    let path = if b.get("messages").is_some() {
-        "/v1/chat/completions"
-    } else {
-        "/v1/completions"
-    };
+    let path = if b.get("messages").is_some() { "/v1/chat/completions" } else { "/v1/completions" };
     (path.to_string(), b)
 }
 
@@ -53,10 +49,7 @@ fn body(i: usize, k: usize, stream: bool) -> (String, Value) {
 fn check_stream(text: &str, n: usize) -> Result<(), String> {
     let datas = sse_data(text);
     if datas.last().map(String::as_str) != Some("[DONE]") {
-        return Err(format!(
-            "stream did not end with [DONE]: {:?}",
-            datas.last()
-        ));
+        return Err(format!("stream did not end with [DONE]: {:?}", datas.last()));
     }
     if datas.iter().any(|d| d.contains("\"error\"")) {
         return Err(format!("stream carried an error: {text}"));
@@ -73,17 +66,10 @@ fn check_stream(text: &str, n: usize) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_with_disconnects_leaves_no_blocks_behind() {
-    let secs: u64 = std::env::var("KILN_LOAD_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let secs: u64 = std::env::var("KILN_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let srv = real_server();
     let base = srv.base.clone();
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap();
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(120)).pool_max_idle_per_host(256).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -101,10 +87,7 @@ async fn load_with_disconnects_leaves_no_blocks_behind() {
                 let r = match res {
                     Ok(r) => r,
                     Err(e) => {
-                        errors
-                            .lock()
-                            .unwrap()
-                            .push(format!("transport error: {e:?}"));
+                        errors.lock().unwrap().push(format!("transport error: {e:?}"));
                         continue;
                     }
                 };
@@ -112,10 +95,7 @@ async fn load_with_disconnects_leaves_no_blocks_behind() {
                 let text = match r.text().await {
                     Ok(t) => t,
                     Err(e) => {
-                        errors
-                            .lock()
-                            .unwrap()
-                            .push(format!("reading the body: {e:?}"));
+                        errors.lock().unwrap().push(format!("reading the body: {e:?}"));
                         continue;
                     }
                 };
@@ -124,9 +104,7 @@ async fn load_with_disconnects_leaves_no_blocks_behind() {
                 } else if stream {
                     check_stream(&text, n)
                 } else {
-                    let v: Value = serde_json::from_str(&text)
-                        .map_err(|e| e.to_string())
-                        .unwrap_or(Value::Null);
+                    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string()).unwrap_or(Value::Null);
                     let ch = v["choices"].as_array().cloned().unwrap_or_default();
                     if ch.len() == n && ch.iter().all(|c| c["finish_reason"].is_string()) {
                         Ok(())
@@ -176,78 +154,33 @@ async fn load_with_disconnects_leaves_no_blocks_behind() {
     let elapsed = Instant::now() - (deadline - Duration::from_secs(secs));
     let errors = errors.lock().unwrap().clone();
     let completed = done.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!(
-        "load: {completed} requests completed in {:.1} s, {} errors",
-        elapsed.as_secs_f64(),
-        errors.len()
-    );
-    assert!(
-        errors.is_empty(),
-        "{} errors, first: {:?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
+    eprintln!("load: {completed} requests completed in {:.1} s, {} errors", elapsed.as_secs_f64(), errors.len());
+    assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), &errors[..errors.len().min(5)]);
     assert!(completed >= 64, "only {completed} requests completed");
     let metrics = wait_kv_drained(&c, &base, Duration::from_secs(20)).await;
-    for name in [
-        "llm_time_to_first_token_seconds",
-        "llm_inter_token_latency_seconds",
-        "llm_e2e_request_latency_seconds",
-    ] {
-        let (sum, count) = (
-            metric(&metrics, &format!("{name}_sum")).unwrap(),
-            metric(&metrics, &format!("{name}_count")).unwrap(),
-        );
-        eprintln!(
-            "load: {name} mean {:.3} s over {count}",
-            sum / count.max(1.0)
-        );
+    for name in
+        ["llm_time_to_first_token_seconds", "llm_inter_token_latency_seconds", "llm_e2e_request_latency_seconds"]
+    {
+        let (sum, count) =
+            (metric(&metrics, &format!("{name}_sum")).unwrap(), metric(&metrics, &format!("{name}_count")).unwrap());
+        eprintln!("load: {name} mean {:.3} s over {count}", sum / count.max(1.0));
     }
     eprintln!(
         "load: client disconnects counted {:?}, aborted choices {:?}, preemptions {:?}",
-        metric(
-            &metrics,
-            "llm_request_failures_total{reason=\"client_disconnect\"}"
-        ),
+        metric(&metrics, "llm_request_failures_total{reason=\"client_disconnect\"}"),
         metric(&metrics, "llm_requests_finished_total{reason=\"abort\"}"),
         metric(&metrics, "llm_preemptions_total")
     );
-    assert_eq!(
-        c.get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(format!("{base}/health")).send().await.unwrap().status(), 200);
     // Afterwards, a streamed answer still equals the non-streamed one.
     for (i, k) in [(0, 0), (1, 3), (2, 5)] {
         let (path, mut b) = body(i, k, false);
-        let v: Value = c
-            .post(format!("{base}{path}"))
-            .json(&b)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = c.post(format!("{base}{path}")).json(&b).send().await.unwrap().json().await.unwrap();
         b["stream"] = json!(true);
-        let text = c
-            .post(format!("{base}{path}"))
-            .json(&b)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = c.post(format!("{base}{path}")).json(&b).send().await.unwrap().text().await.unwrap();
         let (texts, _) = stream_text(&sse_data(&text));
         for (j, ch) in v["choices"].as_array().unwrap().iter().enumerate() {
-            let want = ch["text"]
-                .as_str()
-                .or_else(|| ch["message"]["content"].as_str())
-                .unwrap();
+            let want = ch["text"].as_str().or_else(|| ch["message"]["content"].as_str()).unwrap();
             assert_eq!(texts[j], want, "{b}");
         }
     }

@@ -16,34 +16,13 @@ fn url(path: &str) -> String {
 async fn models_health_metrics_openapi() {
     let c = client();
     assert_eq!(c.get(url("/health")).send().await.unwrap().status(), 200);
-    let v: Value = c
-        .get(url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.get(url("/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["data"][0]["id"], REAL_MODEL_NAME);
     let max_len = v["data"][0]["max_model_len"].as_u64().unwrap();
     assert!(max_len >= 1024, "{v}");
-    let spec: Value = c
-        .get(url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = c.get(url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(spec["paths"]["/v1/chat/completions"]["post"].is_object());
-    let text = c
-        .get(url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metric(&text, "llm_kv_blocks_total").unwrap() > 0.0);
     assert_eq!(metric(&text, "llm_engine_alive"), Some(1.0));
 }
@@ -66,13 +45,7 @@ async fn completion_greedy_and_seeded_stream_equals_non_stream() {
         let mut sb = body.clone();
         sb["stream"] = json!(true);
         sb["stream_options"] = json!({"include_usage": true});
-        let datas = sse_data(
-            &post(&c, &url("/v1/completions"), &sb)
-                .await
-                .text()
-                .await
-                .unwrap(),
-        );
+        let datas = sse_data(&post(&c, &url("/v1/completions"), &sb).await.text().await.unwrap());
         assert_eq!(datas.last().unwrap(), "[DONE]");
         let (texts, fins) = stream_text(&datas);
         let choices = v["choices"].as_array().unwrap();
@@ -91,46 +64,18 @@ async fn completion_greedy_and_seeded_stream_equals_non_stream() {
 async fn chat_uses_the_template_and_streams_the_same_text() {
     let c = client();
     let body = json!({"model": REAL_MODEL_NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "temperature": 0});
-    let v: Value = post(&c, &url("/v1/chat/completions"), &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let text = v["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let v: Value = post(&c, &url("/v1/chat/completions"), &body).await.json().await.unwrap();
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     assert!(text.contains("Paris"), "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     // The prompt is the ChatML rendering: tokenize with the same messages gives the count.
-    let t: Value = post(
-        &c,
-        &url("/tokenize"),
-        &json!({"messages": body["messages"]}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let t: Value = post(&c, &url("/tokenize"), &json!({"messages": body["messages"]})).await.json().await.unwrap();
     assert_eq!(v["usage"]["prompt_tokens"], t["count"]);
-    let rendered: Value = post(&c, &url("/detokenize"), &json!({"tokens": t["tokens"]}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(rendered["prompt"]
-        .as_str()
-        .unwrap()
-        .contains("What is the capital of France?"));
+    let rendered: Value = post(&c, &url("/detokenize"), &json!({"tokens": t["tokens"]})).await.json().await.unwrap();
+    assert!(rendered["prompt"].as_str().unwrap().contains("What is the capital of France?"));
     let mut sb = body.clone();
     sb["stream"] = json!(true);
-    let datas = sse_data(
-        &post(&c, &url("/v1/chat/completions"), &sb)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    );
+    let datas = sse_data(&post(&c, &url("/v1/chat/completions"), &sb).await.text().await.unwrap());
     let (texts, fins) = stream_text(&datas);
     assert_eq!(texts[0], text);
     assert_eq!(fins[0].as_deref(), Some("stop"));
@@ -141,127 +86,54 @@ async fn chat_uses_the_template_and_streams_the_same_text() {
 async fn stop_strings_logprobs_and_beam_on_the_real_model() {
     let c = client();
     let base = json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 16, "temperature": 0});
-    let plain: Value = post(&c, &url("/v1/completions"), &base)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let plain: Value = post(&c, &url("/v1/completions"), &base).await.json().await.unwrap();
     let full = plain["choices"][0]["text"].as_str().unwrap().to_string();
     assert!(full.contains(" 10"), "{full}");
     let mut sb = base.clone();
     sb["stop"] = json!([" 10"]);
-    let stopped: Value = post(&c, &url("/v1/completions"), &sb)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stopped: Value = post(&c, &url("/v1/completions"), &sb).await.json().await.unwrap();
     let cut = stopped["choices"][0]["text"].as_str().unwrap();
     assert_eq!(cut, &full[..full.find(" 10").unwrap()]);
     assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
     sb["stream"] = json!(true);
-    let (texts, _) = stream_text(&sse_data(
-        &post(&c, &url("/v1/completions"), &sb)
-            .await
-            .text()
-            .await
-            .unwrap(),
-    ));
+    let (texts, _) = stream_text(&sse_data(&post(&c, &url("/v1/completions"), &sb).await.text().await.unwrap()));
     assert_eq!(texts[0], cut, "the stop string never leaks into the stream");
     let mut lb = base.clone();
     lb["logprobs"] = json!(2);
     lb["max_tokens"] = json!(3);
-    let v: Value = post(&c, &url("/v1/completions"), &lb)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post(&c, &url("/v1/completions"), &lb).await.json().await.unwrap();
     let lp = &v["choices"][0]["logprobs"];
     assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 3);
     assert!(lp["token_logprobs"][0].as_f64().unwrap() <= 0.0);
-    let bb = json!({"prompt": "The capital of France is", "max_tokens": 4, "use_beam_search": true, "best_of": 2, "n": 2});
-    let v: Value = post(&c, &url("/v1/completions"), &bb)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bb =
+        json!({"prompt": "The capital of France is", "max_tokens": 4, "use_beam_search": true, "best_of": 2, "n": 2});
+    let v: Value = post(&c, &url("/v1/completions"), &bb).await.json().await.unwrap();
     assert_eq!(v["choices"].as_array().unwrap().len(), 2, "{v}");
 }
 
 #[tokio::test]
 async fn bad_inputs_against_the_real_model() {
     let c = client();
-    let v: Value = c
-        .get(url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.get(url("/v1/models")).send().await.unwrap().json().await.unwrap();
     let max_len = v["data"][0]["max_model_len"].as_u64().unwrap();
     let long_ids: Vec<u64> = vec![42; max_len as usize];
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        (
-            "/v1/completions",
-            json!({"prompt": long_ids}),
-            400,
-            "prompt",
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": [42, 43], "max_tokens": max_len}),
-            400,
-            "max_tokens",
-        ),
+        ("/v1/completions", json!({"prompt": long_ids}), 400, "prompt"),
+        ("/v1/completions", json!({"prompt": [42, 43], "max_tokens": max_len}), 400, "max_tokens"),
         ("/v1/completions", json!({"prompt": [49152]}), 400, "prompt"),
-        (
-            "/v1/completions",
-            json!({"prompt": "", "max_tokens": 2}),
-            400,
-            "prompt",
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "hi", "max_tokens": 0}),
-            400,
-            "max_tokens",
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "hi", "temperature": -1}),
-            400,
-            "temperature",
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "hi", "top_p": 1.5}),
-            400,
-            "top_p",
-        ),
-        (
-            "/v1/chat/completions",
-            json!({"messages": []}),
-            400,
-            "messages",
-        ),
+        ("/v1/completions", json!({"prompt": "", "max_tokens": 2}), 400, "prompt"),
+        ("/v1/completions", json!({"prompt": "hi", "max_tokens": 0}), 400, "max_tokens"),
+        ("/v1/completions", json!({"prompt": "hi", "temperature": -1}), 400, "temperature"),
+        ("/v1/completions", json!({"prompt": "hi", "top_p": 1.5}), 400, "top_p"),
+        ("/v1/chat/completions", json!({"messages": []}), 400, "messages"),
         (
             "/v1/chat/completions",
             json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": max_len}),
             400,
             "max_completion_tokens",
         ),
-        (
-            "/detokenize",
-            json!({"tokens": [1, 99999999]}),
-            400,
-            "tokens",
-        ),
-        (
-            "/v1/completions",
-            json!({"model": "gpt-4", "prompt": "hi"}),
-            404,
-            "model",
-        ),
+        ("/detokenize", json!({"tokens": [1, 99999999]}), 400, "tokens"),
+        ("/v1/completions", json!({"model": "gpt-4", "prompt": "hi"}), 404, "model"),
     ];
     for (path, body, status, param) in cases {
         let r = post(&c, &url(path), &body).await;
@@ -270,20 +142,9 @@ async fn bad_inputs_against_the_real_model() {
         assert_eq!(got, status, "{path} {text}");
         assert_eq!(error_obj(&text)["param"], param, "{path} {text}");
     }
-    let r = post(
-        &c,
-        &url("/v1/completions"),
-        &json!({"prompt": [42, 43], "max_tokens": max_len}),
-    )
-    .await;
-    let msg = error_obj(&r.text().await.unwrap())["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        msg.contains(&format!("maximum context length is {max_len} tokens")),
-        "{msg}"
-    );
+    let r = post(&c, &url("/v1/completions"), &json!({"prompt": [42, 43], "max_tokens": max_len})).await;
+    let msg = error_obj(&r.text().await.unwrap())["message"].as_str().unwrap().to_string();
+    assert!(msg.contains(&format!("maximum context length is {max_len} tokens")), "{msg}");
 }
 
 /// Deterministic generator for the fuzz (SplitMix64).
@@ -367,12 +228,7 @@ const FIELDS: &[&str] = &[
 ];
 
 fn fuzz_request(r: &mut Rng) -> (&'static str, Vec<u8>, &'static str) {
-    let path = *r.pick(&[
-        "/v1/completions",
-        "/v1/chat/completions",
-        "/tokenize",
-        "/detokenize",
-    ]);
+    let path = *r.pick(&["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]);
     let mut body = match path {
         "/v1/completions" => json!({"model": REAL_MODEL_NAME, "prompt": "Hello", "max_tokens": 2}),
         "/v1/chat/completions" => {
@@ -454,10 +310,7 @@ async fn malformed_request_fuzz() {
                     rb = rb.header("content-type", ct);
                 }
                 let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
-                let resp = rb
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("transport error on {path} {shown:?}: {e:?}"));
+                let resp = rb.send().await.unwrap_or_else(|e| panic!("transport error on {path} {shown:?}: {e:?}"));
                 let status = resp.status().as_u16();
                 let is_sse = resp
                     .headers()
@@ -483,10 +336,7 @@ async fn malformed_request_fuzz() {
     }
     eprintln!("fuzz statuses: {all:?}");
     assert_eq!(all.values().sum::<usize>(), REQUESTS);
-    assert!(
-        all.get(&200).copied().unwrap_or(0) > 20 && all.get(&400).copied().unwrap_or(0) > 500,
-        "{all:?}"
-    );
+    assert!(all.get(&200).copied().unwrap_or(0) > 20 && all.get(&400).copied().unwrap_or(0) > 500, "{all:?}");
     let t = std::time::Instant::now();
     assert_eq!(c.get(url("/health")).send().await.unwrap().status(), 200);
     assert!(t.elapsed() < Duration::from_millis(500));

@@ -48,21 +48,9 @@ impl Kiln {
                 }
             }
         });
-        let mut k = Kiln {
-            child,
-            base: String::new(),
-            lines,
-            log: Vec::new(),
-        };
+        let mut k = Kiln { child, base: String::new(), lines, log: Vec::new() };
         let line = k.wait_line("listening on http://", Duration::from_secs(60));
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let addr = line.split("http://").nth(1).unwrap().split(';').next().unwrap().to_string();
         k.base = format!("http://{addr}");
         k
     }
@@ -89,11 +77,7 @@ impl Kiln {
     }
 
     fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill").success();
         assert!(ok, "kill -TERM failed");
     }
 
@@ -124,9 +108,7 @@ async fn start_streams(
     for i in 0..count {
         let r = post(c, &format!("{base}/v1/completions"), &json!({"prompt": format!("Story number {i}:"), "max_tokens": max_tokens, "ignore_eos": true, "temperature": 0, "stream": true})).await;
         assert_eq!(r.status(), 200);
-        v.push(tokio::spawn(
-            async move { r.text().await.unwrap_or_default() },
-        ));
+        v.push(tokio::spawn(async move { r.text().await.unwrap_or_default() }));
     }
     v
 }
@@ -140,10 +122,7 @@ async fn health_goes_503(c: &reqwest::Client, base: &str) -> Duration {
             Err(_) => return t.elapsed(),
             _ => {}
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "/health still 200 after SIGTERM"
-        );
+        assert!(t.elapsed() < Duration::from_secs(2), "/health still 200 after SIGTERM");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -157,35 +136,17 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
     let status = r.status();
     let body = r.text().await.unwrap();
     let ready_already = k.lines.try_iter().any(|l| l.contains("ready in"));
-    assert!(
-        ready_already || (status == 503 && body.contains("model_loading")),
-        "{status} {body}"
-    );
+    assert!(ready_already || (status == 503 && body.contains("model_loading")), "{status} {body}");
     if !ready_already {
         k.wait_line("ready in", Duration::from_secs(120));
     }
-    assert_eq!(
-        c.get(format!("{}/health", k.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(format!("{}/health", k.base)).send().await.unwrap().status(), 200);
     let streams = start_streams(&c, &k.base, 4, 24).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     k.sigterm();
     let took = health_goes_503(&c, &k.base).await;
-    assert!(
-        took < Duration::from_secs(1),
-        "health took {took:?} to turn 503"
-    );
-    match c
-        .post(format!("{}/v1/completions", k.base))
-        .json(&json!({"prompt": "x", "max_tokens": 1}))
-        .send()
-        .await
-    {
+    assert!(took < Duration::from_secs(1), "health took {took:?} to turn 503");
+    match c.post(format!("{}/v1/completions", k.base)).json(&json!({"prompt": "x", "max_tokens": 1})).send().await {
         Ok(r) => {
             assert_eq!(r.status(), 503);
             assert!(r.headers().get("retry-after").is_some());
@@ -197,16 +158,10 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
         let datas = sse_data(&s.await.unwrap());
         assert_eq!(datas.last().map(String::as_str), Some("[DONE]"));
         let (texts, fins) = stream_text(&datas);
-        assert_eq!(
-            fins[0].as_deref(),
-            Some("length"),
-            "in-flight streams finish normally"
-        );
+        assert_eq!(fins[0].as_deref(), Some("length"), "in-flight streams finish normally");
         assert!(!texts[0].is_empty());
     }
-    let (code, log) = tokio::task::spawn_blocking(move || k.wait_exit(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let (code, log) = tokio::task::spawn_blocking(move || k.wait_exit(Duration::from_secs(30))).await.unwrap();
     assert_eq!(code, Some(0), "{log:?}");
     assert!(log.iter().all(|l| !l.contains("panicked")), "{log:?}");
     assert!(log.iter().any(|l| l.contains("kiln: stopped")), "{log:?}");
@@ -227,15 +182,9 @@ async fn sigterm_with_zero_timeout_aborts_streams_with_done() {
         let (_, fins) = stream_text(&datas);
         assert_eq!(fins[0].as_deref(), Some("abort"));
     }
-    let (code, log) = tokio::task::spawn_blocking(move || k.wait_exit(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let (code, log) = tokio::task::spawn_blocking(move || k.wait_exit(Duration::from_secs(10))).await.unwrap();
     assert_eq!(code, Some(0), "{log:?}");
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "exit took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(5), "exit took {:?}", t.elapsed());
     assert!(log.iter().all(|l| !l.contains("panicked")), "{log:?}");
 }
 
@@ -246,7 +195,20 @@ fn online_bench_drives_a_running_server() {
     let mut k = Kiln::spawn(&[]);
     k.wait_line("ready in", Duration::from_secs(120));
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["bench", "--url", &k.base, "--num-requests", "3", "--prompt-len", "6", "--output-len", "4", "--vocab", "49152", "--json"])
+        .args([
+            "bench",
+            "--url",
+            &k.base,
+            "--num-requests",
+            "3",
+            "--prompt-len",
+            "6",
+            "--output-len",
+            "4",
+            "--vocab",
+            "49152",
+            "--json",
+        ])
         .output()
         .expect("run kiln bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

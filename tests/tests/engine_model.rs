@@ -10,7 +10,8 @@ use kiln_models::generate::generate;
 use kiln_models::loader::{load, LoadedModel};
 use kiln_models::tokenizer::Tokenizer;
 use kiln_runtime::engine::{
-    BeamParams, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStats, GenerateRequest, RequestHandle, SubmitError,
+    BeamParams, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStats, GenerateRequest, RequestHandle,
+    SubmitError,
 };
 use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::{FinishReason, SamplingParams};
@@ -36,7 +37,8 @@ fn shared() -> &'static Shared {
             Some(p) => PathBuf::from(p),
             None => kiln_models::fetch::default_model_path().expect("the default model (run `kiln fetch`)"),
         };
-        let LoadedModel { model, tokenizer, .. } = load(&path, &Device::Cpu, DType::F32).expect("load the default model");
+        let LoadedModel { model, tokenizer, .. } =
+            load(&path, &Device::Cpu, DType::F32).expect("load the default model");
         Shared { model: Arc::from(model), tokenizer }
     })
 }
@@ -74,7 +76,12 @@ fn mixed_prompts() -> Vec<Vec<u32>> {
 }
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest { prompt_ids: prompt, params: SamplingParams { max_tokens, ..SamplingParams::greedy() }, n: 1, beam: None }
+    GenerateRequest {
+        prompt_ids: prompt,
+        params: SamplingParams { max_tokens, ..SamplingParams::greedy() },
+        n: 1,
+        beam: None,
+    }
 }
 
 fn start(cfg: EngineConfig) -> EngineHandle {
@@ -247,7 +254,10 @@ fn over_long_requests_are_refused_with_the_reason() {
         Err(SubmitError::Invalid(m)) => assert!(m.contains(&format!("context length of {max} tokens")), "{m}"),
         other => panic!("expected Invalid, got {:?}", other.map(|h| h.id)),
     }
-    let small = start(EngineConfig { kv_cache_bytes: Some(shared().model.info().kv_bytes_per_token() * 64), ..EngineConfig::default() });
+    let small = start(EngineConfig {
+        kv_cache_bytes: Some(shared().model.info().kv_bytes_per_token() * 64),
+        ..EngineConfig::default()
+    });
     assert_eq!(small.max_model_len(), 64);
     match small.submit(greedy(fixture_prompts()[2].clone(), 20)) {
         Err(SubmitError::Invalid(m)) => assert!(m.contains("55 tokens") && m.contains("context length of 64"), "{m}"),

@@ -47,7 +47,8 @@ fn last_logits(m: &LoadedModel, prompt: &[u32]) -> Vec<f32> {
     let positions: Vec<i32> = (0..n as i32).collect();
     let slots: Vec<u32> = (0..n as u32).collect();
     let seqs = [SeqAttn { q_start: 0, q_len: n, ctx_len: n, block_table: &table }];
-    let batch = ForwardBatch { tokens: prompt, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &[n - 1] };
+    let batch =
+        ForwardBatch { tokens: prompt, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &[n - 1] };
     m.model.forward(&batch, &mut kv).unwrap().to_host_f32().unwrap()
 }
 
@@ -95,8 +96,12 @@ fn greedy_32_tokens_identical() {
 #[test]
 fn converted_safetensors_give_identical_logits() {
     let dir = std::env::temp_dir().join(format!("kiln-convert-test-{}", std::process::id()));
-    kiln_models::convert::convert_gguf_to_hf_with_tokenizer(&model_path(), &dir, kiln_models::gguf_tokenizer::write_tokenizer_files)
-        .expect("convert");
+    kiln_models::convert::convert_gguf_to_hf_with_tokenizer(
+        &model_path(),
+        &dir,
+        kiln_models::gguf_tokenizer::write_tokenizer_files,
+    )
+    .expect("convert");
     let hf = load(&dir, &Device::Cpu, DType::F32).expect("load the converted directory");
     let m = gguf_model();
     for p in reference()["prompts"].as_array().unwrap().iter().take(3) {

@@ -106,7 +106,10 @@ pub fn verify_score_mod(a: &AttnKernel) -> Result<(), AttnError> {
     }
     for (i, n) in k.nodes.iter().enumerate() {
         if matches!(n.op, Op::Reduce(..) | Op::Rope { .. } | Op::Softmax(_)) {
-            return bad(format!("%{i} = {}: a modifier is elementwise (no reductions, RoPE or softmax)", k.op_text(&n.op)));
+            return bad(format!(
+                "%{i} = {}: a modifier is elementwise (no reductions, RoPE or softmax)",
+                k.op_text(&n.op)
+            ));
         }
     }
     match a.scale {

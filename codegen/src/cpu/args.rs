@@ -90,10 +90,7 @@ pub enum CpuParam<'a> {
 
 impl<'a> CpuParam<'a> {
     pub fn row(data: impl Into<CpuIn<'a>>, row_stride: usize) -> Self {
-        CpuParam::Row {
-            data: data.into(),
-            row_stride,
-        }
+        CpuParam::Row { data: data.into(), row_stride }
     }
     pub fn bcast(data: impl Into<CpuIn<'a>>) -> Self {
         CpuParam::Bcast(data.into())
@@ -182,10 +179,7 @@ pub enum CpuOutArg<'a> {
 
 impl<'a> CpuOutArg<'a> {
     pub fn row(data: impl Into<CpuOut<'a>>, row_stride: usize) -> Self {
-        CpuOutArg::Row {
-            data: data.into(),
-            row_stride,
-        }
+        CpuOutArg::Row { data: data.into(), row_stride }
     }
     pub fn per_row(data: impl Into<CpuOut<'a>>) -> Self {
         CpuOutArg::PerRow(data.into())
@@ -215,35 +209,18 @@ pub(crate) fn validate(
         });
     }
     for (p, arg) in k.params.iter().zip(params) {
-        let bad = |got: String| CpuError::ParamKind {
-            name: p.name.clone(),
-            want: kind_text(p.kind),
-            got,
-        };
-        let len_err = |len: usize, want: String| CpuError::Length {
-            name: p.name.clone(),
-            len,
-            want,
-        };
+        let bad = |got: String| CpuError::ParamKind { name: p.name.clone(), want: kind_text(p.kind), got };
+        let len_err = |len: usize, want: String| CpuError::Length { name: p.name.clone(), len, want };
         match (p.kind, arg) {
             (ParamKind::Row(d), CpuParam::Row { data, row_stride }) if data.dtype() == d => {
                 if *row_stride < width {
-                    return Err(CpuError::Stride {
-                        name: p.name.clone(),
-                        stride: *row_stride,
-                        width,
-                    });
+                    return Err(CpuError::Stride { name: p.name.clone(), stride: *row_stride, width });
                 }
                 if let Some(i) = p.index {
                     let idx = index_data(k, params, i, rows)?;
                     check_indices(&p.name, idx, data.len(), *row_stride, width, false)?;
                 } else if row_len_ok(data.len(), *row_stride, rows, width).is_none() {
-                    let want = format!(
-                        "at least (rows-1)*stride+width = {}*{}+{}",
-                        rows - 1,
-                        row_stride,
-                        width
-                    );
+                    let want = format!("at least (rows-1)*stride+width = {}*{}+{}", rows - 1, row_stride, width);
                     return Err(len_err(data.len(), want));
                 }
             }
@@ -262,30 +239,17 @@ pub(crate) fn validate(
         }
     }
     for (o, arg) in k.outputs.iter().zip(outputs) {
-        let len_err = |len: usize, want: String| CpuError::Length {
-            name: o.name.clone(),
-            len,
-            want,
-        };
+        let len_err = |len: usize, want: String| CpuError::Length { name: o.name.clone(), len, want };
         match (o.kind, arg) {
             (OutputKind::Row(d), CpuOutArg::Row { data, row_stride }) if data.dtype() == d => {
                 if *row_stride < width {
-                    return Err(CpuError::Stride {
-                        name: o.name.clone(),
-                        stride: *row_stride,
-                        width,
-                    });
+                    return Err(CpuError::Stride { name: o.name.clone(), stride: *row_stride, width });
                 }
                 if let Some(i) = o.index {
                     let idx = index_data(k, params, i, rows)?;
                     check_indices(&o.name, idx, data.len(), *row_stride, width, true)?;
                 } else if row_len_ok(data.len(), *row_stride, rows, width).is_none() {
-                    let want = format!(
-                        "at least (rows-1)*stride+width = {}*{}+{}",
-                        rows - 1,
-                        row_stride,
-                        width
-                    );
+                    let want = format!("at least (rows-1)*stride+width = {}*{}+{}", rows - 1, row_stride, width);
                     return Err(len_err(data.len(), want));
                 }
             }
@@ -303,11 +267,7 @@ pub(crate) fn validate(
                     CpuOutArg::Row { data, .. } => format!("a row<{}> tensor", data.dtype()),
                     CpuOutArg::PerRow(data) => format!("a per_row<{}> tensor", data.dtype()),
                 };
-                return Err(CpuError::ParamKind {
-                    name: o.name.clone(),
-                    want,
-                    got,
-                });
+                return Err(CpuError::ParamKind { name: o.name.clone(), want, got });
             }
         }
     }
@@ -319,21 +279,35 @@ fn index_data<'a>(k: &Kernel, params: &[CpuParam<'a>], i: u32, rows: usize) -> R
     let name = k.params.get(i as usize).map_or_else(|| format!("#{i}"), |p| p.name.clone());
     match params.get(i as usize) {
         Some(CpuParam::PerRow(CpuIn::I32(d))) if d.len() == rows => Ok(d),
-        Some(got) => Err(CpuError::ParamKind { name, want: format!("a per_row<i32> tensor of {rows} rows"), got: param_text(got) }),
+        Some(got) => Err(CpuError::ParamKind {
+            name,
+            want: format!("a per_row<i32> tensor of {rows} rows"),
+            got: param_text(got),
+        }),
         None => Err(CpuError::ParamKind { name, want: "a per_row<i32> tensor".into(), got: "nothing".into() }),
     }
 }
 
 /// Every index names a row inside the tensor (`len` elements, rows `stride` apart); a negative
 /// index is allowed only for a scatter (`skip_negative`), which then skips the row.
-fn check_indices(name: &str, idx: &[i32], len: usize, stride: usize, width: usize, skip_negative: bool) -> Result<(), CpuError> {
+fn check_indices(
+    name: &str,
+    idx: &[i32],
+    len: usize,
+    stride: usize,
+    width: usize,
+    skip_negative: bool,
+) -> Result<(), CpuError> {
     let rows_in = if len < width { 0 } else { (len - width) / stride + 1 };
     for &i in idx {
         if (i < 0 && !skip_negative) || (i >= 0 && i as usize >= rows_in) {
             return Err(CpuError::Length {
                 name: name.to_string(),
                 len,
-                want: format!("row {i} (the tensor has {rows_in} rows{})", if skip_negative { "; negative skips" } else { "" }),
+                want: format!(
+                    "row {i} (the tensor has {rows_in} rows{})",
+                    if skip_negative { "; negative skips" } else { "" }
+                ),
             });
         }
     }

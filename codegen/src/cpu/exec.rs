@@ -49,36 +49,16 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(
-        k: &'a Kernel,
-        plan: &'a Plan,
-        ins: Vec<In<'a>>,
-        width: usize,
-    ) -> Result<Ctx<'a>, CpuError> {
+    pub fn new(k: &'a Kernel, plan: &'a Plan, ins: Vec<In<'a>>, width: usize) -> Result<Ctx<'a>, CpuError> {
         let index_data = |i: Option<u32>| match i.and_then(|i| ins.get(i as usize)) {
             Some(In::PerRow(CpuIn::I32(d))) => Some(*d),
             _ => None,
         };
         let gathers = k.params.iter().map(|p| index_data(p.index)).collect();
         let scatters = k.outputs.iter().map(|o| index_data(o.index)).collect();
-        let mut ctx = Ctx {
-            k,
-            plan,
-            ins,
-            gathers,
-            scatters,
-            width,
-            uni0: vec![CpuScalar::F32(0.0); k.nodes.len()],
-        };
+        let mut ctx = Ctx { k, plan, ins, gathers, scatters, width, uni0: vec![CpuScalar::F32(0.0); k.nodes.len()] };
         for &i in &plan.invariant {
-            let env = Env {
-                ctx: &ctx,
-                f: &[],
-                i: &[],
-                b: &[],
-                uni: &ctx.uni0,
-                row: 0,
-            };
+            let env = Env { ctx: &ctx, f: &[], i: &[], b: &[], uni: &ctx.uni0, row: 0 };
             let v = env.scalar_op(i)?;
             ctx.uni0[i] = v;
         }
@@ -108,18 +88,12 @@ struct Env<'s> {
 }
 
 fn internal(node: usize, what: &str) -> CpuError {
-    CpuError::Internal {
-        node: ValueId(node as u32),
-        what: what.to_string(),
-    }
+    CpuError::Internal { node: ValueId(node as u32), what: what.to_string() }
 }
 
 impl<'s> Env<'s> {
     fn scalar(&self, v: ValueId) -> Result<CpuScalar, CpuError> {
-        self.uni
-            .get(v.index())
-            .copied()
-            .ok_or_else(|| internal(v.index(), "scalar out of range"))
+        self.uni.get(v.index()).copied().ok_or_else(|| internal(v.index(), "scalar out of range"))
     }
 
     fn fsrc(&self, v: ValueId) -> Result<Src<'s, f32>, CpuError> {
@@ -197,15 +171,9 @@ impl<'s> Env<'s> {
                 _ => return Err(bad()),
             },
             Op::Unary(u, a) => math::unary(u, self.scalar(a)?).ok_or_else(bad)?,
-            Op::Binary(b, x, y) => {
-                math::binary(b, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?
-            }
-            Op::Cmp(c, x, y) => {
-                CpuScalar::Bool(math::cmp(c, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?)
-            }
-            Op::Select(c, a, b) => {
-                math::select(self.scalar(c)?, self.scalar(a)?, self.scalar(b)?).ok_or_else(bad)?
-            }
+            Op::Binary(b, x, y) => math::binary(b, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?,
+            Op::Cmp(c, x, y) => CpuScalar::Bool(math::cmp(c, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?),
+            Op::Select(c, a, b) => math::select(self.scalar(c)?, self.scalar(a)?, self.scalar(b)?).ok_or_else(bad)?,
             Op::Cast(a, to) => math::cast(self.scalar(a)?, self.dtype(a), to).ok_or_else(bad)?,
             Op::Reduce(r, a) => CpuScalar::F32(vector::reduce(r, self.fsrc(a)?, self.ctx.width)),
             Op::Rope { .. } | Op::Softmax(_) => return Err(bad()),
@@ -270,79 +238,29 @@ impl Worker {
     }
 
     fn step(&mut self, ctx: &Ctx<'_>, r: usize, i: usize) -> Result<(), CpuError> {
-        let Worker {
-            f,
-            i: iv,
-            b,
-            uni,
-            h16,
-            rope,
-            rope_x,
-        } = self;
+        let Worker { f, i: iv, b, uni, h16, rope, rope_x } = self;
         let scratch = Scratch { h16, rope, rope_x };
         match ctx.plan.loc[i] {
             Loc::Uniform => {
-                let v = Env {
-                    ctx,
-                    f,
-                    i: iv,
-                    b,
-                    uni,
-                    row: r,
-                }
-                .scalar_op(i)?;
+                let v = Env { ctx, f, i: iv, b, uni, row: r }.scalar_op(i)?;
                 uni[i] = v;
                 Ok(())
             }
             Loc::F(s) => {
                 let mut dst = std::mem::take(&mut f[s]);
-                let res = eval_f(
-                    &Env {
-                        ctx,
-                        f,
-                        i: iv,
-                        b,
-                        uni,
-                        row: r,
-                    },
-                    i,
-                    &mut dst,
-                    scratch,
-                );
+                let res = eval_f(&Env { ctx, f, i: iv, b, uni, row: r }, i, &mut dst, scratch);
                 f[s] = dst;
                 res
             }
             Loc::I(s) => {
                 let mut dst = std::mem::take(&mut iv[s]);
-                let res = eval_i(
-                    &Env {
-                        ctx,
-                        f,
-                        i: iv,
-                        b,
-                        uni,
-                        row: r,
-                    },
-                    i,
-                    &mut dst,
-                );
+                let res = eval_i(&Env { ctx, f, i: iv, b, uni, row: r }, i, &mut dst);
                 iv[s] = dst;
                 res
             }
             Loc::B(s) => {
                 let mut dst = std::mem::take(&mut b[s]);
-                let res = eval_b(
-                    &Env {
-                        ctx,
-                        f,
-                        i: iv,
-                        b,
-                        uni,
-                        row: r,
-                    },
-                    i,
-                    &mut dst,
-                );
+                let res = eval_b(&Env { ctx, f, i: iv, b, uni, row: r }, i, &mut dst);
                 b[s] = dst;
                 res
             }
@@ -351,29 +269,11 @@ impl Worker {
     }
 
     /// Store row `r`'s outputs at local row `lr` of this block's output views.
-    pub fn store(
-        &self,
-        ctx: &Ctx<'_>,
-        r: usize,
-        lr: usize,
-        outs: &mut [OutView<'_>],
-    ) -> Result<(), CpuError> {
-        let env = Env {
-            ctx,
-            f: &self.f,
-            i: &self.i,
-            b: &self.b,
-            uni: &self.uni,
-            row: r,
-        };
+    pub fn store(&self, ctx: &Ctx<'_>, r: usize, lr: usize, outs: &mut [OutView<'_>]) -> Result<(), CpuError> {
+        let env = Env { ctx, f: &self.f, i: &self.i, b: &self.b, uni: &self.uni, row: r };
         let w = ctx.width;
         for (oi, (o, view)) in ctx.k.outputs.iter().zip(outs.iter_mut()).enumerate() {
-            let bad = || {
-                internal(
-                    o.value.index(),
-                    &format!("output {oi} does not fit its value"),
-                )
-            };
+            let bad = || internal(o.value.index(), &format!("output {oi} does not fit its value"));
             if view.row {
                 // A scattered output's view is the whole tensor (the call runs as one block).
                 let dst_row = match ctx.scatters.get(oi).copied().flatten() {
@@ -397,12 +297,8 @@ impl Worker {
                         };
                         match data {
                             CpuOut::F32(d) => d.get_mut(range).ok_or_else(bad)?.copy_from_slice(v),
-                            CpuOut::F16(d) => {
-                                vector::narrow_f16(d.get_mut(range).ok_or_else(bad)?, v)
-                            }
-                            CpuOut::BF16(d) => {
-                                vector::narrow_bf16(d.get_mut(range).ok_or_else(bad)?, v)
-                            }
+                            CpuOut::F16(d) => vector::narrow_f16(d.get_mut(range).ok_or_else(bad)?, v),
+                            CpuOut::BF16(d) => vector::narrow_bf16(d.get_mut(range).ok_or_else(bad)?, v),
                             CpuOut::I32(_) => return Err(bad()),
                         }
                     }
@@ -410,12 +306,8 @@ impl Worker {
             } else {
                 match (&mut view.data, env.scalar(o.value)?) {
                     (CpuOut::F32(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = x,
-                    (CpuOut::F16(d), CpuScalar::F32(x)) => {
-                        *d.get_mut(lr).ok_or_else(bad)? = f16::from_f32(x)
-                    }
-                    (CpuOut::BF16(d), CpuScalar::F32(x)) => {
-                        *d.get_mut(lr).ok_or_else(bad)? = bf16::from_f32(x)
-                    }
+                    (CpuOut::F16(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = f16::from_f32(x),
+                    (CpuOut::BF16(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = bf16::from_f32(x),
                     (CpuOut::I32(d), CpuScalar::I32(x)) => *d.get_mut(lr).ok_or_else(bad)? = x,
                     _ => return Err(bad()),
                 }
@@ -456,9 +348,7 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
         Op::Cast(a, to) => {
             let from = env.dtype(a);
             match from {
-                DType::F32 | DType::F16 | DType::BF16 => {
-                    vector::cast_into_f32(dst, env.fsrc(a)?, |x| x)
-                }
+                DType::F32 | DType::F16 | DType::BF16 => vector::cast_into_f32(dst, env.fsrc(a)?, |x| x),
                 DType::I32 => vector::cast_into_f32(dst, env.isrc(a)?, |x| x as f32),
                 DType::Bool => vector::cast_into_f32(dst, env.bsrc(a)?, |x| x as u8 as f32),
             }
@@ -470,14 +360,7 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                 }
             }
         }
-        Op::Rope {
-            x,
-            pos,
-            theta,
-            head_dim,
-            style,
-            scaling,
-        } => {
+        Op::Rope { x, pos, theta, head_dim, style, scaling } => {
             let scaling = match scaling {
                 Some(sc) => Some(Llama3 {
                     factor: env.f32_of(sc.factor)?,
@@ -495,11 +378,7 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                 style,
             };
             let Some(hd) = args.head_dim_for(w) else {
-                return Err(CpuError::RopeHeadDim {
-                    node: ValueId(i as u32),
-                    head_dim: args.head_dim,
-                    width: w,
-                });
+                return Err(CpuError::RopeHeadDim { node: ValueId(i as u32), head_dim: args.head_dim, width: w });
             };
             let xr = env.ctx.src_row(x as usize, env.row);
             let xrow: &[f32] = match env.ctx.ins.get(x as usize) {
@@ -529,9 +408,7 @@ fn eval_i(env: &Env<'_>, i: usize, dst: &mut [i32]) -> Result<(), CpuError> {
         Op::Binary(b, x, y) => vector::binary_i32(b, dst, env.isrc(x)?, env.isrc(y)?),
         Op::Select(c, a, b) => vector::select(dst, env.bsrc(c)?, env.isrc(a)?, env.isrc(b)?),
         Op::Cast(a, _) => match env.dtype(a) {
-            DType::F32 | DType::F16 | DType::BF16 => {
-                vector::cast_into_i32(dst, env.fsrc(a)?, math::f32_to_i32)
-            }
+            DType::F32 | DType::F16 | DType::BF16 => vector::cast_into_i32(dst, env.fsrc(a)?, math::f32_to_i32),
             DType::I32 => vector::cast_into_i32(dst, env.isrc(a)?, |x| x),
             DType::Bool => vector::cast_into_i32(dst, env.bsrc(a)?, |x| x as i32),
         },
@@ -547,9 +424,7 @@ fn eval_b(env: &Env<'_>, i: usize, dst: &mut [bool]) -> Result<(), CpuError> {
         Op::Unary(crate::ir::UnaryOp::Not, a) => vector::not(dst, env.bsrc(a)?),
         Op::Binary(b, x, y) => vector::binary_bool(b, dst, env.bsrc(x)?, env.bsrc(y)?),
         Op::Cmp(c, x, y) => match env.dtype(x) {
-            DType::F32 | DType::F16 | DType::BF16 => {
-                vector::cmp(c, dst, env.fsrc(x)?, env.fsrc(y)?)
-            }
+            DType::F32 | DType::F16 | DType::BF16 => vector::cmp(c, dst, env.fsrc(x)?, env.fsrc(y)?),
             DType::I32 => vector::cmp(c, dst, env.isrc(x)?, env.isrc(y)?),
             DType::Bool => vector::cmp(c, dst, env.bsrc(x)?, env.bsrc(y)?),
         },

@@ -266,10 +266,7 @@ mod tests {
         assert!(worst < 1e-7, "worst relative error {worst}");
         for tiny in [1e-20f32, -3e-8, 1e-38, 2e-3] {
             let want = erf_series(tiny as f64);
-            assert!(
-                ((erf(tiny) as f64) - want).abs() / want.abs() < 1e-7,
-                "erf({tiny})"
-            );
+            assert!(((erf(tiny) as f64) - want).abs() / want.abs() < 1e-7, "erf({tiny})");
         }
         assert_eq!(erf(0.0), 0.0);
         assert!(erf(f32::NAN).is_nan());
@@ -281,32 +278,14 @@ mod tests {
     fn casts_round_to_nearest_even_and_saturate() {
         // 1 + 2^-11 is a tie between 1 and 1 + 2^-10 in f16: ties go to the even one (1.0)
         let tie = 1.0 + 2f32.powi(-11);
-        assert_eq!(
-            cast(CpuScalar::F32(tie), DType::F32, DType::F16),
-            Some(CpuScalar::F32(1.0))
-        );
+        assert_eq!(cast(CpuScalar::F32(tie), DType::F32, DType::F16), Some(CpuScalar::F32(1.0)));
         // 1 + 2^-8 ties between 1 and 1 + 2^-7 in bf16
         let tie = 1.0 + 2f32.powi(-8);
-        assert_eq!(
-            cast(CpuScalar::F32(tie), DType::F32, DType::BF16),
-            Some(CpuScalar::F32(1.0))
-        );
-        assert_eq!(
-            cast(CpuScalar::F32(-2.7), DType::F32, DType::I32),
-            Some(CpuScalar::I32(-2))
-        );
-        assert_eq!(
-            cast(CpuScalar::F32(1e20), DType::F32, DType::I32),
-            Some(CpuScalar::I32(i32::MAX))
-        );
-        assert_eq!(
-            cast(CpuScalar::F32(f32::NAN), DType::F32, DType::I32),
-            Some(CpuScalar::I32(0))
-        );
-        assert_eq!(
-            cast(CpuScalar::Bool(true), DType::Bool, DType::F32),
-            Some(CpuScalar::F32(1.0))
-        );
+        assert_eq!(cast(CpuScalar::F32(tie), DType::F32, DType::BF16), Some(CpuScalar::F32(1.0)));
+        assert_eq!(cast(CpuScalar::F32(-2.7), DType::F32, DType::I32), Some(CpuScalar::I32(-2)));
+        assert_eq!(cast(CpuScalar::F32(1e20), DType::F32, DType::I32), Some(CpuScalar::I32(i32::MAX)));
+        assert_eq!(cast(CpuScalar::F32(f32::NAN), DType::F32, DType::I32), Some(CpuScalar::I32(0)));
+        assert_eq!(cast(CpuScalar::Bool(true), DType::Bool, DType::F32), Some(CpuScalar::F32(1.0)));
         assert_eq!(cast(CpuScalar::I32(7), DType::I32, DType::Bool), None);
     }
 
@@ -316,9 +295,6 @@ mod tests {
         assert_eq!(binary_i32(BinaryOp::Div, i32::MIN, -1), Some(i32::MIN));
         assert_eq!(binary_i32(BinaryOp::Div, -7, 2), Some(-3));
         assert_eq!(binary_i32(BinaryOp::Add, i32::MAX, 1), Some(i32::MIN));
-        assert_eq!(
-            unary(UnaryOp::Abs, CpuScalar::I32(i32::MIN)),
-            Some(CpuScalar::I32(i32::MIN))
-        );
+        assert_eq!(unary(UnaryOp::Abs, CpuScalar::I32(i32::MIN)), Some(CpuScalar::I32(i32::MIN)));
     }
 }

@@ -76,36 +76,15 @@ pub enum CpuError {
     #[error("empty problem ({rows} rows x {width} columns)")]
     Empty { rows: usize, width: usize },
     #[error("expected {} params and {} outputs, got {} and {}", params.0, outputs.0, params.1, outputs.1)]
-    ArgCount {
-        params: (usize, usize),
-        outputs: (usize, usize),
-    },
+    ArgCount { params: (usize, usize), outputs: (usize, usize) },
     #[error("`{name}`: expected {want}, got {got}")]
-    ParamKind {
-        name: String,
-        want: String,
-        got: String,
-    },
+    ParamKind { name: String, want: String, got: String },
     #[error("`{name}`: {len} elements, need {want}")]
-    Length {
-        name: String,
-        len: usize,
-        want: String,
-    },
+    Length { name: String, len: usize, want: String },
     #[error("`{name}`: row stride {stride} is smaller than the row width {width}")]
-    Stride {
-        name: String,
-        stride: usize,
-        width: usize,
-    },
-    #[error(
-        "{node}: rope head_dim {head_dim} must be positive, even and divide the row width {width}"
-    )]
-    RopeHeadDim {
-        node: ValueId,
-        head_dim: i32,
-        width: usize,
-    },
+    Stride { name: String, stride: usize, width: usize },
+    #[error("{node}: rope head_dim {head_dim} must be positive, even and divide the row width {width}")]
+    RopeHeadDim { node: ValueId, head_dim: i32, width: usize },
     #[error("{node}: internal error in the CPU backend: {what}")]
     Internal { node: ValueId, what: String },
 }
@@ -121,10 +100,7 @@ impl CpuKernel {
     /// Verify (lowered rules) and plan `k`.
     pub fn new(k: &Kernel) -> Result<CpuKernel, CpuError> {
         verify_lowered(k)?;
-        Ok(CpuKernel {
-            kernel: k.clone(),
-            plan: plan::plan(k),
-        })
+        Ok(CpuKernel { kernel: k.clone(), plan: plan::plan(k) })
     }
 
     pub fn kernel(&self) -> &Kernel {
@@ -165,36 +141,23 @@ impl CpuKernel {
 
         // A scattered output's rows are not block-local: such kernels run as one block.
         let scatter = k.outputs.iter().any(|o| o.index.is_some());
-        let parallel = rows > 1
-            && !scatter
-            && rows.saturating_mul(width) > PARALLEL_MIN_ELEMS
-            && rayon::current_num_threads() > 1;
-        let block_rows = if parallel {
-            rows.div_ceil((rayon::current_num_threads() * 4).min(rows))
-        } else {
-            rows
-        };
+        let parallel =
+            rows > 1 && !scatter && rows.saturating_mul(width) > PARALLEL_MIN_ELEMS && rayon::current_num_threads() > 1;
+        let block_rows = if parallel { rows.div_ceil((rayon::current_num_threads() * 4).min(rows)) } else { rows };
         let blocks = split_outputs(outputs, rows, block_rows);
-        let run_block =
-            |w: &mut Worker, (b, mut outs): (usize, Vec<OutView<'_>>)| -> Result<(), CpuError> {
-                let first = b * block_rows;
-                for lr in 0..block_rows.min(rows - first) {
-                    w.row(&ctx, first + lr)?;
-                    w.store(&ctx, first + lr, lr, &mut outs)?;
-                }
-                Ok(())
-            };
+        let run_block = |w: &mut Worker, (b, mut outs): (usize, Vec<OutView<'_>>)| -> Result<(), CpuError> {
+            let first = b * block_rows;
+            for lr in 0..block_rows.min(rows - first) {
+                w.row(&ctx, first + lr)?;
+                w.store(&ctx, first + lr, lr, &mut outs)?;
+            }
+            Ok(())
+        };
         if parallel {
-            blocks
-                .into_par_iter()
-                .enumerate()
-                .try_for_each_init(|| Worker::new(&ctx), run_block)
+            blocks.into_par_iter().enumerate().try_for_each_init(|| Worker::new(&ctx), run_block)
         } else {
             let mut w = Worker::new(&ctx);
-            blocks
-                .into_iter()
-                .enumerate()
-                .try_for_each(|blk| run_block(&mut w, blk))
+            blocks.into_iter().enumerate().try_for_each(|blk| run_block(&mut w, blk))
         }
     }
 }
@@ -211,17 +174,9 @@ pub fn run(
 }
 
 /// The row loop's view of a validated parameter.
-fn to_in<'a>(
-    name: &str,
-    kind: ParamKind,
-    arg: &CpuParam<'a>,
-    wide: Option<&'a [f32]>,
-) -> Result<In<'a>, CpuError> {
+fn to_in<'a>(name: &str, kind: ParamKind, arg: &CpuParam<'a>, wide: Option<&'a [f32]>) -> Result<In<'a>, CpuError> {
     Ok(match *arg {
-        CpuParam::Row {
-            data,
-            row_stride: st,
-        } => match data {
+        CpuParam::Row { data, row_stride: st } => match data {
             CpuIn::F32(d) => In::RowF32(d, st),
             CpuIn::F16(d) => In::RowF16(d, st),
             CpuIn::BF16(d) => In::RowBF16(d, st),
@@ -233,11 +188,7 @@ fn to_in<'a>(
             (_, Some(w)) => In::BcastF32(w),
             (d, None) => {
                 let got = format!("a bcast<{}> tensor that was not widened", d.dtype());
-                return Err(CpuError::ParamKind {
-                    name: name.to_string(),
-                    want: "a widened half tensor".into(),
-                    got,
-                });
+                return Err(CpuError::ParamKind { name: name.to_string(), want: "a widened half tensor".into(), got });
             }
         },
         CpuParam::PerRow(data) => In::PerRow(data),
@@ -250,15 +201,9 @@ fn to_in<'a>(
 }
 
 /// Cut every output into per-block views: block `b` gets rows `b*block_rows ..`.
-fn split_outputs<'o>(
-    outputs: &'o mut [CpuOutArg<'_>],
-    rows: usize,
-    block_rows: usize,
-) -> Vec<Vec<OutView<'o>>> {
+fn split_outputs<'o>(outputs: &'o mut [CpuOutArg<'_>], rows: usize, block_rows: usize) -> Vec<Vec<OutView<'o>>> {
     let n_blocks = rows.div_ceil(block_rows);
-    let mut blocks: Vec<Vec<OutView<'o>>> = (0..n_blocks)
-        .map(|_| Vec::with_capacity(outputs.len()))
-        .collect();
+    let mut blocks: Vec<Vec<OutView<'o>>> = (0..n_blocks).map(|_| Vec::with_capacity(outputs.len())).collect();
     for o in outputs.iter_mut() {
         let (data, stride, row) = match o {
             CpuOutArg::Row { data, row_stride } => (data.reborrow(), *row_stride, true),
@@ -270,17 +215,8 @@ fn split_outputs<'o>(
             continue;
         }
         // validate() guarantees every block's first row lies inside the slice.
-        for (b, chunk) in data
-            .chunks(block_rows.saturating_mul(stride))
-            .into_iter()
-            .take(n_blocks)
-            .enumerate()
-        {
-            blocks[b].push(OutView {
-                data: chunk,
-                stride,
-                row,
-            });
+        for (b, chunk) in data.chunks(block_rows.saturating_mul(stride)).into_iter().take(n_blocks).enumerate() {
+            blocks[b].push(OutView { data: chunk, stride, row });
         }
     }
     blocks

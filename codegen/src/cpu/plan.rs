@@ -82,14 +82,10 @@ pub(crate) fn plan(k: &Kernel) -> Plan {
         }
         match node.op {
             Op::Param(p) => match k.params[p as usize].kind {
-                ParamKind::Row(DType::F32 | DType::I32) | ParamKind::Bcast(_) => {
-                    loc[i] = Loc::Input(p as usize)
-                }
+                ParamKind::Row(DType::F32 | DType::I32) | ParamKind::Bcast(_) => loc[i] = Loc::Input(p as usize),
                 _ => needs_slot[i] = true,
             },
-            Op::Cast(a, to)
-                if is_identity_cast(k.ty(a).dtype, to) && k.ty(a).shape == Shape::Elem =>
-            {
+            Op::Cast(a, to) if is_identity_cast(k.ty(a).dtype, to) && k.ty(a).shape == Shape::Elem => {
                 root[i] = root[a.index()];
             }
             _ => needs_slot[i] = true,
@@ -131,13 +127,7 @@ pub(crate) fn plan(k: &Kernel) -> Plan {
         // Release every root whose last reader is this node (each once), then this node if
         // nothing reads it at all.
         let mut released: Vec<usize> = vec![];
-        for r in node
-            .op
-            .operands()
-            .into_iter()
-            .map(|o| root[o.index()])
-            .chain(std::iter::once(root[i]))
-        {
+        for r in node.op.operands().into_iter().map(|o| root[o.index()]).chain(std::iter::once(root[i])) {
             if last_use[r] == i && needs_slot[r] && !released.contains(&r) {
                 released.push(r);
                 match loc[r] {
@@ -149,12 +139,7 @@ pub(crate) fn plan(k: &Kernel) -> Plan {
             }
         }
     }
-    Plan {
-        loc,
-        invariant,
-        steps,
-        slots: count,
-    }
+    Plan { loc, invariant, steps, slots: count }
 }
 
 #[cfg(test)]

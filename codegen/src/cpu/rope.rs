@@ -67,19 +67,10 @@ pub(crate) struct RopeCache {
 
 impl RopeCache {
     fn tables(&mut self, a: &RopeArgs, half: usize) -> (&[f32], &[f32]) {
-        let sc = a.scaling.map(|s| {
-            [
-                s.factor.to_bits(),
-                s.low.to_bits(),
-                s.high.to_bits(),
-                s.orig.to_bits(),
-            ]
-        });
+        let sc = a.scaling.map(|s| [s.factor.to_bits(), s.low.to_bits(), s.high.to_bits(), s.orig.to_bits()]);
         let fk = Some((a.theta.to_bits(), a.head_dim, sc));
         if self.freq_key != fk {
-            self.inv_freq = (0..half)
-                .map(|i| inv_freq(a.theta, a.head_dim, a.scaling, i))
-                .collect();
+            self.inv_freq = (0..half).map(|i| inv_freq(a.theta, a.head_dim, a.scaling, i)).collect();
             self.freq_key = fk;
             self.angle_key = None;
         }
@@ -100,13 +91,7 @@ impl RopeCache {
 
 /// Rotate one row `x` into `out` (both `width` long; `head_dim` already checked to be even
 /// and to divide the row).
-pub(crate) fn rotate(
-    cache: &mut RopeCache,
-    a: &RopeArgs,
-    head_dim: usize,
-    x: &[f32],
-    out: &mut [f32],
-) {
+pub(crate) fn rotate(cache: &mut RopeCache, a: &RopeArgs, head_dim: usize, x: &[f32], out: &mut [f32]) {
     let half = head_dim / 2;
     let (cos, sin) = cache.tables(a, half);
     // Equal-length slices let the compiler drop the bounds checks in the loops below.
@@ -123,11 +108,7 @@ pub(crate) fn rotate(
                 }
             }
             RopeStyle::Interleaved => {
-                for ((o, p), (&c, &s)) in oh
-                    .chunks_exact_mut(2)
-                    .zip(xh.chunks_exact(2))
-                    .zip(cos.iter().zip(sin))
-                {
+                for ((o, p), (&c, &s)) in oh.chunks_exact_mut(2).zip(xh.chunks_exact(2)).zip(cos.iter().zip(sin)) {
                     o[0] = p[0] * c - p[1] * s;
                     o[1] = p[1] * c + p[0] * s;
                 }

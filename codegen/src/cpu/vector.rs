@@ -230,12 +230,7 @@ fn sum(x: &[f32]) -> f32 {
         acc[l] += v;
     }
     // pairwise combine of the lanes
-    let a = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
+    let a = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
     (a[0] + a[2]) + (a[1] + a[3])
 }
 
@@ -313,10 +308,7 @@ mod tests {
         for (i, &x) in xs.iter().enumerate() {
             let want = bf16::from_f32(x);
             if x.is_nan() {
-                assert!(
-                    got[i].is_nan() && wide[i].is_nan() && rounded[i].is_nan(),
-                    "{x}"
-                );
+                assert!(got[i].is_nan() && wide[i].is_nan() && rounded[i].is_nan(), "{x}");
             } else {
                 assert_eq!(got[i].to_bits(), want.to_bits(), "narrow {x:e}");
                 assert_eq!(wide[i].to_bits(), want.to_f32().to_bits(), "widen {x:e}");

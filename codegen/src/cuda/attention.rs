@@ -47,12 +47,20 @@ fn header(w: &mut CWriter, a: &AttnKernel) {
         a.name, a.source
     ));
     w.comment("");
-    w.comment(&format!("Attention {} (storage dtype {}): causal softmax(q·kᵀ·scale → score_mod) · v over a paged KV cache.", a.spec_name(), a.dtype));
+    w.comment(&format!(
+        "Attention {} (storage dtype {}): causal softmax(q·kᵀ·scale → score_mod) · v over a paged KV cache.",
+        a.spec_name(),
+        a.dtype
+    ));
     let scale = match a.scale {
         Scale::Const(x) => format!("the constant {x}"),
         Scale::Param(i) => format!("the comptime parameter `{}`", a.score_mod.params[i as usize].name),
     };
-    w.comment(&format!("Scale: {scale}. Score modifier: `{}_mod` below{}.", a.spec_name(), if a.mod_is_identity() { " (the identity)" } else { "" }));
+    w.comment(&format!(
+        "Scale: {scale}. Score modifier: `{}_mod` below{}.",
+        a.spec_name(),
+        if a.mod_is_identity() { " (the identity)" } else { "" }
+    ));
     w.comment("Entry points (calling convention and plan layout: kiln_codegen::attention::abi):");
     for hd in HEAD_DIMS {
         let splits: Vec<String> = GROUP_CAPS.iter().map(|&g| abi::split_entry(a, hd, g)).collect();
@@ -83,7 +91,10 @@ fn var(a: &AttnKernel, v: ValueId) -> String {
 
 fn score_mod(w: &mut CWriter, a: &AttnKernel) -> Result<(), String> {
     let k = &a.score_mod;
-    w.comment(&format!("The score modifier of `{}`: one raw (scaled) score in, the score the softmax sees out.", a.name));
+    w.comment(&format!(
+        "The score modifier of `{}`: one raw (scaled) score in, the score the softmax sees out.",
+        a.name
+    ));
     w.open(&format!("struct {}_mod", a.spec_name()));
     for (i, p) in k.params.iter().enumerate().skip(MOD_PARAMS.len()) {
         let ParamKind::Comptime(d) = p.kind else { return Err(format!("`{}` is not a comptime parameter", p.name)) };
@@ -106,7 +117,8 @@ fn score_mod(w: &mut CWriter, a: &AttnKernel) -> Result<(), String> {
                 let ops = n.op.operands();
                 let args: Vec<String> = ops.iter().map(|o| var(a, *o)).collect();
                 let dts: Vec<DType> = ops.iter().map(|o| k.ty(*o).dtype).collect();
-                op_expr(&n.op, &dts, &Operands { args: &args, rope_table: None }).ok_or_else(|| format!("{text} has no scalar form"))?
+                op_expr(&n.op, &dts, &Operands { args: &args, rope_table: None })
+                    .ok_or_else(|| format!("{text} has no scalar form"))?
             }
         };
         w.line_c(&format!("const {} {} = {init};", c_type(n.ty.dtype), var(a, v)), &text);
@@ -168,7 +180,10 @@ fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize) {
     let mut sig = common_args(t);
     sig.extend(["float* __restrict__ part_o".to_string(), "float* __restrict__ part_ml".into(), "int n_splits".into()]);
     sig.extend(comptime_args(a));
-    w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__({}) {}", abi::THREADS, abi::split_entry(a, hd, g)), &sig);
+    w.open_fn(
+        &format!("extern \"C\" __global__ void __launch_bounds__({}) {}", abi::THREADS, abi::split_entry(a, hd, g)),
+        &sig,
+    );
     mod_init(w, a);
     w.line(&format!(
         "kiln_attn_split<{t}, {hd}, {g}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);"

@@ -67,7 +67,10 @@ fn header(w: &mut CWriter, k: &Kernel, plan: &Plan) {
     w.comment(&format!("  {ve}: {vec} columns per access (at most 16 bytes); needs width and every row stride"));
     w.comment(&format!("    divisible by {vec} and 16-byte aligned pointers"));
     w.comment(&format!("  {se}: one column per access; any layout"));
-    w.comment(&format!("Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most {};", abi::MAX_THREADS));
+    w.comment(&format!(
+        "Launch: grid.x = rows (one block per row); blockDim.x a multiple of 32, at most {};",
+        abi::MAX_THREADS
+    ));
     w.comment("no dynamic shared memory. Outputs must not alias inputs.");
     let stages = plan.stages.len();
     if plan.fixed_loop() {
@@ -178,7 +181,10 @@ impl Body<'_> {
                 if let Some(g) = o.index {
                     w.line_c(
                         &format!("const int {} = {}[row];", names::output_slot(k, i), names::param(k, g as usize)),
-                        &format!("scattered: written to row {}[row]; a negative index skips it", k.params[g as usize].name),
+                        &format!(
+                            "scattered: written to row {}[row]; a negative index skips it",
+                            k.params[g as usize].name
+                        ),
                     );
                 }
                 let row = match o.index {

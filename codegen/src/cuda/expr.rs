@@ -51,7 +51,10 @@ pub fn rope_vector_call(op: &Op, args: &[String], row: &str, table: &str) -> Opt
         RopeStyle::HalfSplit => "kiln_rope_half_split",
         RopeStyle::Interleaved => "kiln_rope_interleaved",
     };
-    Some([format!("float {table}[VEC];"), format!("{f}<VEC>({table}, {row}, c0, {}, {table}_cos, {table}_sin);", args[2])])
+    Some([
+        format!("float {table}[VEC];"),
+        format!("{f}<VEC>({table}, {row}, c0, {}, {table}_cos, {table}_sin);", args[2]),
+    ])
 }
 
 /// The statements that declare and fill a `Rope` node's per-row cos/sin table named `table`

@@ -127,9 +127,11 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
         if !live[i] || node.ty.shape != Shape::Elem || !cheap {
             continue;
         }
-        remat[i] = node.op.operands().iter().all(|o| {
-            k.ty(*o).shape == Shape::Uniform || remat[o.index()] || matches!(k.node(*o).op, Op::Param(_))
-        });
+        remat[i] = node
+            .op
+            .operands()
+            .iter()
+            .all(|o| k.ty(*o).shape == Shape::Uniform || remat[o.index()] || matches!(k.node(*o).op, Op::Param(_)));
     }
     // Which values later stages read, once recomputation is followed down to params.
     let mut needed_later = vec![false; n];

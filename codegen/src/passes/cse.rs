@@ -28,11 +28,7 @@ pub fn cse(k: Kernel) -> Kernel {
                 first
             }
             None => {
-                let id = r.push(Node {
-                    op,
-                    ty: node.ty,
-                    name: node.name.clone(),
-                });
+                let id = r.push(Node { op, ty: node.ty, name: node.name.clone() });
                 seen.insert(key, id);
                 id
             }

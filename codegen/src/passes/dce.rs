@@ -27,11 +27,7 @@ pub fn dce(k: Kernel) -> Kernel {
     for (i, node) in k.nodes.iter().enumerate() {
         if live[i] {
             let op = r.remap(&node.op);
-            let new = r.push(crate::ir::Node {
-                op,
-                ty: node.ty,
-                name: node.name.clone(),
-            });
+            let new = r.push(crate::ir::Node { op, ty: node.ty, name: node.name.clone() });
             r.bind(i, new);
         }
     }

@@ -22,11 +22,7 @@ pub fn lower_softmax(k: Kernel) -> Kernel {
                 let s = push(Op::Reduce(ReduceOp::Sum, e), uni, None);
                 push(Op::Binary(BinaryOp::Div, e, s), elem, node.name.clone())
             }
-            op => r.push(Node {
-                op,
-                ty: node.ty,
-                name: node.name.clone(),
-            }),
+            op => r.push(Node { op, ty: node.ty, name: node.name.clone() }),
         };
         r.bind(i, new);
     }

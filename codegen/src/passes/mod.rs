@@ -33,12 +33,8 @@ use crate::verify::{verify_at, Level};
 pub type Pass = fn(Kernel) -> Kernel;
 
 /// The lowering pipeline, in order.
-pub const PASSES: [(&str, Pass); 4] = [
-    ("lower_softmax", lower_softmax),
-    ("const_fold", const_fold),
-    ("cse", cse),
-    ("dce", dce),
-];
+pub const PASSES: [(&str, Pass); 4] =
+    [("lower_softmax", lower_softmax), ("const_fold", const_fold), ("cse", cse), ("dce", dce)];
 
 /// Run every pass in order; verify the input (frontend rules) and the result of each pass
 /// (lowered rules). A failure names the pass after which the kernel was found invalid.
@@ -53,9 +49,5 @@ pub fn lower(k: Kernel) -> Result<Kernel, CompileError> {
 }
 
 fn check(pass: &'static str, k: &Kernel, level: Level) -> Result<(), CompileError> {
-    verify_at(k, level).map_err(|e| CompileError::Pass {
-        pass,
-        kernel: k.spec_name(),
-        msg: e.to_string(),
-    })
+    verify_at(k, level).map_err(|e| CompileError::Pass { pass, kernel: k.spec_name(), msg: e.to_string() })
 }

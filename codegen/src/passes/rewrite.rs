@@ -12,10 +12,7 @@ pub(crate) struct Rewriter {
 
 impl Rewriter {
     pub fn new(old_len: usize) -> Rewriter {
-        Rewriter {
-            nodes: Vec::with_capacity(old_len),
-            map: vec![None; old_len],
-        }
+        Rewriter { nodes: Vec::with_capacity(old_len), map: vec![None; old_len] }
     }
 
     /// The new id of an old value. An id with no mapping (an invalid kernel) is kept as it

@@ -12,9 +12,7 @@
 
 use half::{bf16, f16};
 use kiln_codegen::cpu::math::{erf, exp};
-use kiln_codegen::ir::{
-    BinaryOp, CmpOp, Const, DType, Kernel, Op, ParamKind, ReduceOp, RopeStyle, UnaryOp, ValueId,
-};
+use kiln_codegen::ir::{BinaryOp, CmpOp, Const, DType, Kernel, Op, ParamKind, ReduceOp, RopeStyle, UnaryOp, ValueId};
 use std::collections::HashMap;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -56,11 +54,7 @@ pub struct Eval<'k> {
 
 impl<'k> Eval<'k> {
     pub fn new(k: &'k Kernel, ins: Vec<RowIn>) -> Self {
-        Eval {
-            k,
-            ins,
-            memo: HashMap::new(),
-        }
+        Eval { k, ins, memo: HashMap::new() }
     }
 
     pub fn value(&mut self, v: ValueId) -> Val {
@@ -116,15 +110,7 @@ impl<'k> Eval<'k> {
             Op::Unary(u, a) => match self.value(a) {
                 Val::F(x) => Val::F(x.iter().map(|&x| unary_f(u, x)).collect()),
                 Val::I(x) => Val::I(
-                    x.iter()
-                        .map(|&x| {
-                            if u == UnaryOp::Neg {
-                                x.wrapping_neg()
-                            } else {
-                                x.wrapping_abs()
-                            }
-                        })
-                        .collect(),
+                    x.iter().map(|&x| if u == UnaryOp::Neg { x.wrapping_neg() } else { x.wrapping_abs() }).collect(),
                 ),
                 Val::B(x) => Val::B(x.iter().map(|&x| !x).collect()),
             },
@@ -147,23 +133,15 @@ impl<'k> Eval<'k> {
             Op::Cmp(c, x, y) => {
                 let (x, y) = (self.value(x), self.value(y));
                 let r = match (&x, &y) {
-                    (Val::F(x), Val::F(y)) => (0..len2(x.len(), y.len()))
-                        .map(|j| cmp(c, at(x, j), at(y, j)))
-                        .collect(),
-                    (Val::I(x), Val::I(y)) => (0..len2(x.len(), y.len()))
-                        .map(|j| cmp(c, at(x, j), at(y, j)))
-                        .collect(),
-                    (Val::B(x), Val::B(y)) => (0..len2(x.len(), y.len()))
-                        .map(|j| cmp(c, at(x, j), at(y, j)))
-                        .collect(),
+                    (Val::F(x), Val::F(y)) => (0..len2(x.len(), y.len())).map(|j| cmp(c, at(x, j), at(y, j))).collect(),
+                    (Val::I(x), Val::I(y)) => (0..len2(x.len(), y.len())).map(|j| cmp(c, at(x, j), at(y, j))).collect(),
+                    (Val::B(x), Val::B(y)) => (0..len2(x.len(), y.len())).map(|j| cmp(c, at(x, j), at(y, j))).collect(),
                     other => panic!("cmp on {other:?}"),
                 };
                 Val::B(r)
             }
             Op::Select(c, a, b) => {
-                let Val::B(c) = self.value(c) else {
-                    panic!("select condition")
-                };
+                let Val::B(c) = self.value(c) else { panic!("select condition") };
                 let (a, b) = (self.value(a), self.value(b));
                 match (a, b) {
                     (Val::F(a), Val::F(b)) => Val::F(pick(&c, &a, &b)),
@@ -210,25 +188,12 @@ impl<'k> Eval<'k> {
                 let s = self.sum(&e);
                 Val::F(e.iter().map(|&v| v / s).collect())
             }
-            Op::Rope {
-                x,
-                pos,
-                theta,
-                head_dim,
-                style,
-                scaling,
-            } => {
-                let RowIn::F(xs) = &self.ins[x as usize] else {
-                    panic!("rope operand")
-                };
+            Op::Rope { x, pos, theta, head_dim, style, scaling } => {
+                let RowIn::F(xs) = &self.ins[x as usize] else { panic!("rope operand") };
                 let xs = xs.clone();
                 let scalar_f = |e: &mut Self, v: ValueId| e.f(v)[0];
-                let Val::I(p) = self.value(pos) else {
-                    panic!("pos")
-                };
-                let Val::I(hd) = self.value(head_dim) else {
-                    panic!("head_dim")
-                };
+                let Val::I(p) = self.value(pos) else { panic!("pos") };
+                let Val::I(hd) = self.value(head_dim) else { panic!("head_dim") };
                 let th = scalar_f(self, theta);
                 let sc = scaling.map(|s| {
                     [
@@ -246,9 +211,7 @@ impl<'k> Eval<'k> {
 
 fn pick<T: Copy>(c: &[bool], a: &[T], b: &[T]) -> Vec<T> {
     let n = c.len().max(a.len()).max(b.len());
-    (0..n)
-        .map(|j| if at(c, j) { at(a, j) } else { at(b, j) })
-        .collect()
+    (0..n).map(|j| if at(c, j) { at(a, j) } else { at(b, j) }).collect()
 }
 
 fn trunc_sat(x: f32) -> i32 {
@@ -323,14 +286,7 @@ fn cmp<T: PartialOrd>(c: CmpOp, x: T, y: T) -> bool {
 }
 
 /// The RoPE rules of `cpu/mod.rs`, column by column, frequencies and angles in f32.
-pub fn rope_row(
-    x: &[f32],
-    pos: i32,
-    theta: f32,
-    hd: usize,
-    style: RopeStyle,
-    scaling: Option<[f32; 4]>,
-) -> Vec<f32> {
+pub fn rope_row(x: &[f32], pos: i32, theta: f32, hd: usize, style: RopeStyle, scaling: Option<[f32; 4]>) -> Vec<f32> {
     (0..x.len())
         .map(|c| {
             let j = c % hd;

@@ -102,9 +102,7 @@ pub fn row_tensor(
     }
     let h = Host::from_f32(d, &flat);
     let all = h.to_f64();
-    let rows_v = (0..rows)
-        .map(|r| all[r * stride..r * stride + width].to_vec())
-        .collect();
+    let rows_v = (0..rows).map(|r| all[r * stride..r * stride + width].to_vec()).collect();
     (h, rows_v)
 }
 
@@ -137,14 +135,7 @@ pub fn atol_floor(d: DType) -> f64 {
 
 /// Check a strided `[rows, width]` output against the reference rows: every element within
 /// `rtol * |want| + atol_rel * max|want|`, and the padding still holds the sentinel.
-pub fn check_rows(
-    what: &str,
-    out: &Host,
-    stride: usize,
-    want: &[Vec<f64>],
-    d: DType,
-    extra_rtol: f64,
-) {
+pub fn check_rows(what: &str, out: &Host, stride: usize, want: &[Vec<f64>], d: DType, extra_rtol: f64) {
     let got = out.to_f64();
     let scale = want.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
     let rt = rtol(d) + extra_rtol;
@@ -158,11 +149,7 @@ pub fn check_rows(
                 "{what}: row {r} col {c}: got {g}, want {w} (rtol {rt}, atol {atol})"
             );
         }
-        let pad_end = if r + 1 == want.len() {
-            got.len().min(r * stride + stride)
-        } else {
-            r * stride + stride
-        };
+        let pad_end = if r + 1 == want.len() { got.len().min(r * stride + stride) } else { r * stride + stride };
         for c in r * stride + width..pad_end {
             let ok = match out {
                 Host::I32(v) => v[c] == i32::MIN,
@@ -180,9 +167,6 @@ pub fn check_vec(what: &str, out: &Host, want: &[f64], d: DType, extra_rtol: f64
     let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let rt = rtol(d) + extra_rtol;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rt * w.abs() + 2e-6 * scale + atol_floor(d),
-            "{what}: row {i}: got {g}, want {w}"
-        );
+        assert!((g - w).abs() <= rt * w.abs() + 2e-6 * scale + atol_floor(d), "{what}: row {i}: got {g}, want {w}");
     }
 }

@@ -3,8 +3,7 @@
 
 use kiln_codegen::builder::Builder;
 use kiln_codegen::ir::{
-    BinaryOp, CmpOp, DType, Kernel, Llama3Scaling, OutputKind, ParamKind, ReduceOp, RopeStyle,
-    UnaryOp, ValueId,
+    BinaryOp, CmpOp, DType, Kernel, Llama3Scaling, OutputKind, ParamKind, ReduceOp, RopeStyle, UnaryOp, ValueId,
 };
 
 pub const SRC: &str = "codegen/tests/common/kernels.rs";
@@ -150,9 +149,7 @@ pub fn rope(d: DType, style: RopeStyle, llama3: bool) -> Kernel {
     b.param("x", ParamKind::Row(d)).unwrap();
     let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
     let theta = b.param("theta", ParamKind::Comptime(DType::F32)).unwrap();
-    let hd = b
-        .param("head_dim", ParamKind::Comptime(DType::I32))
-        .unwrap();
+    let hd = b.param("head_dim", ParamKind::Comptime(DType::I32)).unwrap();
     let scaling = llama3.then(|| {
         let mut p = |n: &str| b.param(n, ParamKind::Comptime(DType::F32)).unwrap();
         Llama3Scaling {
@@ -181,8 +178,7 @@ pub fn logsumexp(d: DType) -> Kernel {
     let sum = b.reduce(ReduceOp::Sum, e).unwrap();
     let l = un(&mut b, UnaryOp::Log, sum);
     let lse = bin(&mut b, BinaryOp::Add, m, l);
-    b.output("lse", OutputKind::PerRow(DType::F32), lse)
-        .unwrap();
+    b.output("lse", OutputKind::PerRow(DType::F32), lse).unwrap();
     b.finish().unwrap()
 }
 
@@ -200,8 +196,7 @@ pub fn select_cmp(d: DType) -> Kernel {
     let gef = b.cast(ge, DType::F32).unwrap();
     let frac = b.reduce(ReduceOp::Mean, gef).unwrap();
     b.output("y", OutputKind::Row(d), y).unwrap();
-    b.output("frac", OutputKind::PerRow(DType::F32), frac)
-        .unwrap();
+    b.output("frac", OutputKind::PerRow(DType::F32), frac).unwrap();
     b.finish().unwrap()
 }
 

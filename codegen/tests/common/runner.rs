@@ -26,20 +26,11 @@ impl OArg {
 }
 
 /// Run a lowered kernel on owned arguments.
-pub fn run(
-    k: &Kernel,
-    params: &[PArg],
-    outs: &mut [OArg],
-    rows: usize,
-    width: usize,
-) -> Result<(), CpuError> {
+pub fn run(k: &Kernel, params: &[PArg], outs: &mut [OArg], rows: usize, width: usize) -> Result<(), CpuError> {
     let ps: Vec<CpuParam<'_>> = params
         .iter()
         .map(|p| match p {
-            PArg::Row(h, s) => CpuParam::Row {
-                data: h.as_in(),
-                row_stride: *s,
-            },
+            PArg::Row(h, s) => CpuParam::Row { data: h.as_in(), row_stride: *s },
             PArg::Bcast(h) => CpuParam::Bcast(h.as_in()),
             PArg::PerRow(h) => CpuParam::PerRow(h.as_in()),
             PArg::Scalar(s) => CpuParam::Comptime(*s),
@@ -48,10 +39,7 @@ pub fn run(
     let mut os: Vec<CpuOutArg<'_>> = outs
         .iter_mut()
         .map(|o| match o {
-            OArg::Row(h, s) => CpuOutArg::Row {
-                data: h.as_out(),
-                row_stride: *s,
-            },
+            OArg::Row(h, s) => CpuOutArg::Row { data: h.as_out(), row_stride: *s },
             OArg::PerRow(h) => CpuOutArg::PerRow(h.as_out()),
         })
         .collect();

@@ -55,7 +55,10 @@ fn prompts(fixtures: &PathBuf) -> Result<Vec<Vec<u32>>, String> {
     let text = std::fs::read_to_string(fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let list = v["prompts"].as_array().ok_or("no prompts in the fixtures")?;
-    Ok(list.iter().filter_map(|p| p["ids"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect())).collect())
+    Ok(list
+        .iter()
+        .filter_map(|p| p["ids"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()))
+        .collect())
 }
 
 fn run(args: &[String]) -> Result<bool, String> {
@@ -80,8 +83,16 @@ fn run(args: &[String]) -> Result<bool, String> {
     let prompts = prompts(&fixtures)?;
     let t = Instant::now();
     let cpu = load(&path, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
-    println!("layers: {} (CPU f32 reference loaded in {:.1} s)", cpu.model.info().num_layers, t.elapsed().as_secs_f64());
-    let refs: Vec<(Vec<f32>, Vec<u32>)> = prompts.iter().map(|p| greedy(cpu.model.as_ref(), p, n_tokens)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    println!(
+        "layers: {} (CPU f32 reference loaded in {:.1} s)",
+        cpu.model.info().num_layers,
+        t.elapsed().as_secs_f64()
+    );
+    let refs: Vec<(Vec<f32>, Vec<u32>)> = prompts
+        .iter()
+        .map(|p| greedy(cpu.model.as_ref(), p, n_tokens))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     let mut ok = true;
     println!("\n| dtype | prompt | tokens | logits max_rel | argmax same | greedy tokens same (of {n_tokens}) |\n|---|---|---|---|---|---|");
     // Each dtype with decode steps from CUDA graphs (the default), bf16 also eagerly.
@@ -101,7 +112,11 @@ fn run(args: &[String]) -> Result<bool, String> {
             let prefix = common_prefix(&tokens, want_tokens);
             let pass = err <= tol && same && (dtype != DType::F32 || prefix == n_tokens);
             ok &= pass;
-            println!("| {label} | {i} | {} | {err:.2e} | {same} | {prefix}{} |", p.len(), if pass { "" } else { " FAIL" });
+            println!(
+                "| {label} | {i} | {} | {err:.2e} | {same} | {prefix}{} |",
+                p.len(),
+                if pass { "" } else { " FAIL" }
+            );
         }
         if dtype == DType::BF16 && graphs {
             let model: Arc<dyn CausalLm> = Arc::from(g.model);
@@ -115,7 +130,12 @@ fn run(args: &[String]) -> Result<bool, String> {
 
 /// 16 requests (fixture prompts, their halves, pairs joined) through the engine on the GPU,
 /// each alone, then all at once: the greedy tokens must be the same.
-fn invariance(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::Tokenizer, fixture: &[Vec<u32>], n: usize) -> Result<bool, String> {
+fn invariance(
+    model: Arc<dyn CausalLm>,
+    tok: kiln_models::tokenizer::Tokenizer,
+    fixture: &[Vec<u32>],
+    n: usize,
+) -> Result<bool, String> {
     let mut reqs: Vec<Vec<u32>> = fixture.to_vec();
     for p in fixture {
         reqs.push(p[..p.len().div_ceil(2)].to_vec());
@@ -127,10 +147,16 @@ fn invariance(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::Tokenizer, 
         reqs.push([fixture[i].as_slice(), &fixture[(i + 1) % fixture.len()]].concat());
     }
     reqs.truncate(16);
-    let engine = Engine::start(model, Arc::new(TokenizerDetokenizer::new(tok)), EngineConfig::default()).map_err(|e| e.to_string())?;
+    let engine = Engine::start(model, Arc::new(TokenizerDetokenizer::new(tok)), EngineConfig::default())
+        .map_err(|e| e.to_string())?;
     let one = |p: &Vec<u32>| -> Result<kiln_runtime::engine::RequestHandle, String> {
         engine
-            .submit(GenerateRequest { prompt_ids: p.clone(), params: SamplingParams { max_tokens: n, ignore_eos: true, ..SamplingParams::greedy() }, n: 1, beam: None })
+            .submit(GenerateRequest {
+                prompt_ids: p.clone(),
+                params: SamplingParams { max_tokens: n, ignore_eos: true, ..SamplingParams::greedy() },
+                n: 1,
+                beam: None,
+            })
             .map_err(|e| e.to_string())
     };
     let collect = |mut h: kiln_runtime::engine::RequestHandle| -> Result<Vec<u32>, String> {
@@ -173,7 +199,12 @@ type Streamed = Vec<(Vec<u32>, Vec<TokenLogprob>)>;
 /// `n = 2`, all at once through an engine that samples on the host, then through one that
 /// samples on the GPU: tokens must be identical and log-probabilities within 1e-5 (the two
 /// sides read the same bf16 logits; only CUDA's `log` against Rust's may differ).
-fn sampling_placements(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::Tokenizer, fixture: &[Vec<u32>], n: usize) -> Result<bool, String> {
+fn sampling_placements(
+    model: Arc<dyn CausalLm>,
+    tok: kiln_models::tokenizer::Tokenizer,
+    fixture: &[Vec<u32>],
+    n: usize,
+) -> Result<bool, String> {
     let reqs: Vec<GenerateRequest> = (0..16usize)
         .map(|i| {
             let p = SamplingParams {
@@ -195,8 +226,10 @@ fn sampling_placements(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::To
         .collect();
     let run = |placement: SamplingPlacement| -> Result<(Vec<Streamed>, f64), String> {
         let cfg = EngineConfig { sampling: placement, ..EngineConfig::default() };
-        let engine = Engine::start(model.clone(), Arc::new(TokenizerDetokenizer::new(tok.clone())), cfg).map_err(|e| e.to_string())?;
-        let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+        let engine = Engine::start(model.clone(), Arc::new(TokenizerDetokenizer::new(tok.clone())), cfg)
+            .map_err(|e| e.to_string())?;
+        let handles: Vec<_> =
+            reqs.iter().map(|r| engine.submit(r.clone()).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
         let mut out = Vec::new();
         for mut h in handles {
             let mut choices: Streamed = Vec::new();
@@ -232,7 +265,9 @@ fn sampling_placements(model: Arc<dyn CausalLm>, tok: kiln_models::tokenizer::To
                 a.0 == b.0
                     && a.1.len() == b.1.len()
                     && a.1.iter().zip(&b.1).all(|(x, y)| {
-                        close(x.logprob, y.logprob) && x.top.len() == y.top.len() && x.top.iter().zip(&y.top).all(|(p, q)| p.0 == q.0 && close(p.1, q.1))
+                        close(x.logprob, y.logprob)
+                            && x.top.len() == y.top.len()
+                            && x.top.iter().zip(&y.top).all(|(p, q)| p.0 == q.0 && close(p.1, q.1))
                     })
             });
         same += usize::from(equal);

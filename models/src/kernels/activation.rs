@@ -25,16 +25,10 @@ pub fn gelu_tanh_mul(gate: Row, up: Row) -> Row {
 }
 
 pub fn silu_mul_ref(gate: &[f64], up: &[f64]) -> Vec<f64> {
-    gate.iter()
-        .zip(up)
-        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-        .collect()
+    gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
 }
 
 pub fn gelu_tanh_mul_ref(gate: &[f64], up: &[f64]) -> Vec<f64> {
     let c = (2.0 / std::f64::consts::PI).sqrt();
-    gate.iter()
-        .zip(up)
-        .map(|(g, u)| 0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh()) * u)
-        .collect()
+    gate.iter().zip(up).map(|(g, u)| 0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh()) * u).collect()
 }

@@ -60,7 +60,15 @@ pub fn score_ref(m: ScoreRef, s: f64, q_pos: usize, k_pos: usize, head: usize) -
 
 /// Dense causal attention of one query row against `keys`/`values` (`[ctx][head_dim]`): the
 /// query at position `q_pos` sees keys `0 ..= q_pos`; all masked gives zeros.
-pub fn attention_ref(m: ScoreRef, q: &[f64], keys: &[Vec<f64>], values: &[Vec<f64>], q_pos: usize, head: usize, scale: f64) -> Vec<f64> {
+pub fn attention_ref(
+    m: ScoreRef,
+    q: &[f64],
+    keys: &[Vec<f64>],
+    values: &[Vec<f64>],
+    q_pos: usize,
+    head: usize,
+    scale: f64,
+) -> Vec<f64> {
     let scores: Vec<Option<f64>> = (0..=q_pos)
         .map(|t| {
             let dot: f64 = q.iter().zip(&keys[t]).map(|(a, b)| a * b).sum();

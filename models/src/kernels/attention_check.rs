@@ -72,7 +72,8 @@ impl Problem {
         let v_pool = gen(slots * kvw);
         let tokens: usize = case.seqs.iter().map(|(_, q)| q).sum::<usize>() + case.pad_tokens;
         let q = gen(tokens * case.n_heads * case.head_dim);
-        let tables = case.seqs.iter().map(|(ctx, _)| (0..ctx.div_ceil(bs)).map(|_| free.pop().unwrap_or(0)).collect()).collect();
+        let tables =
+            case.seqs.iter().map(|(ctx, _)| (0..ctx.div_ceil(bs)).map(|_| free.pop().unwrap_or(0)).collect()).collect();
         Problem { case, q, k_pool, v_pool, pool_blocks, tables }
     }
 
@@ -124,7 +125,9 @@ impl Problem {
             let slot = |t: usize| table[t / c.block_size] as usize * c.block_size + t % c.block_size;
             for h in 0..c.n_heads {
                 let kvh = h / group;
-                let pick = |pool: &[f32], t: usize| -> Vec<f64> { pool[slot(t) * kvw + kvh * hd..][..hd].iter().map(|&x| x as f64).collect() };
+                let pick = |pool: &[f32], t: usize| -> Vec<f64> {
+                    pool[slot(t) * kvw + kvh * hd..][..hd].iter().map(|&x| x as f64).collect()
+                };
                 let keys: Vec<Vec<f64>> = (0..ctx).map(|t| pick(&self.k_pool, t)).collect();
                 let values: Vec<Vec<f64>> = (0..ctx).map(|t| pick(&self.v_pool, t)).collect();
                 for j in 0..q_len {
@@ -152,7 +155,12 @@ pub struct Variant {
 /// window of 7 positions, a softcap of 0.5 (below the scores' range, so it bites) and ALiBi.
 pub fn variants(n_heads: usize, scale: f32) -> Vec<Variant> {
     vec![
-        Variant { name: "attn_causal", def: &attention::attn_causal::DEF, args: vec![Arg::F32(scale)], reference: ScoreRef::Causal },
+        Variant {
+            name: "attn_causal",
+            def: &attention::attn_causal::DEF,
+            args: vec![Arg::F32(scale)],
+            reference: ScoreRef::Causal,
+        },
         Variant {
             name: "attn_sliding_window",
             def: &attention::attn_sliding_window::DEF,

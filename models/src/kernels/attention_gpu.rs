@@ -31,24 +31,14 @@ fn tolerance(d: DType) -> f64 {
 
 /// Head layouts: SmolLM2 (9/3, 64), Llama-3-8B (32/8, 128), MHA (8/8, 128), group 8 (16/2,
 /// 64) and group 10 (40/4, 128: two head chunks per KV head).
-pub const LAYOUTS: [(usize, usize, usize); 5] = [
-    (9, 3, 64),
-    (32, 8, 128),
-    (8, 8, 128),
-    (16, 2, 64),
-    (40, 4, 128),
-];
+pub const LAYOUTS: [(usize, usize, usize); 5] = [(9, 3, 64), (32, 8, 128), (8, 8, 128), (16, 2, 64), (40, 4, 128)];
 
 /// A batch mix: its name, `(context, new tokens)` per sequence, padding rows.
 type Mix = (&'static str, Vec<(usize, usize)>, usize);
 
 fn mixes() -> Vec<Mix> {
     vec![
-        (
-            "decode",
-            vec![(1, 1), (17, 1), (300, 1), (1000, 1), (129, 1)],
-            2,
-        ),
+        ("decode", vec![(1, 1), (17, 1), (300, 1), (1000, 1), (129, 1)], 2),
         ("prefill", vec![(77, 77)], 0),
         ("chunked+decode", vec![(500, 40), (64, 1), (5, 5)], 1),
     ]
@@ -68,7 +58,12 @@ const ROUTES: [Route; 4] = [Route::Splits(1), Route::Splits(7), Route::Default, 
 
 /// One case on `gpu` along every route: each route's `max_rel`. The reference and the
 /// device inputs are made once for all routes.
-fn one(gpu: &Device, dtype: DType, p: &Problem, v: &super::attention_check::Variant) -> Vec<(Route, Result<f64, ModelError>)> {
+fn one(
+    gpu: &Device,
+    dtype: DType,
+    p: &Problem,
+    v: &super::attention_check::Variant,
+) -> Vec<(Route, Result<f64, ModelError>)> {
     let c = &p.case;
     let scale = match v.args.first() {
         Some(kiln_runtime::fused::Arg::F32(s)) => *s as f64,
@@ -117,7 +112,14 @@ pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
             for (mname, mix, pad) in mixes() {
                 for bs in [16, 32] {
                     n += 1;
-                    let case = Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: mix.clone(), pad_tokens: pad };
+                    let case = Case {
+                        block_size: bs,
+                        n_heads: nh,
+                        n_kv_heads: nkv,
+                        head_dim: hd,
+                        seqs: mix.clone(),
+                        pad_tokens: pad,
+                    };
                     let p = Problem::random(case, dtype, &mut StdRng::seed_from_u64(seed + n));
                     for v in variants(nh, 1.0 / (hd as f32).sqrt()) {
                         for (route, r) in one(gpu, dtype, &p, &v) {
@@ -128,7 +130,12 @@ pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
                             };
                             if !row.pass {
                                 // Failures as they happen (the table comes at the end).
-                                eprintln!("FAIL {}: {:.2e} {}", row.what, row.max_rel, row.error.as_deref().unwrap_or(""));
+                                eprintln!(
+                                    "FAIL {}: {:.2e} {}",
+                                    row.what,
+                                    row.max_rel,
+                                    row.error.as_deref().unwrap_or("")
+                                );
                             }
                             rows.push(row);
                         }
@@ -162,25 +169,13 @@ pub fn decode_speed(
     splits: Option<usize>,
     reps: usize,
 ) -> Result<SpeedRow, ModelError> {
-    let b = gpu
-        .cuda_backend()
-        .ok_or_else(|| ModelError::Unsupported("decode_speed needs a GPU".into()))?;
+    let b = gpu.cuda_backend().ok_or_else(|| ModelError::Unsupported("decode_speed needs a GPU".into()))?;
     let (nh, nkv, hd, bs) = (32, 8, 128, 16);
-    let case = Case {
-        block_size: bs,
-        n_heads: nh,
-        n_kv_heads: nkv,
-        head_dim: hd,
-        seqs: vec![(ctx, 1); seqs],
-        pad_tokens: 0,
-    };
+    let case =
+        Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: vec![(ctx, 1); seqs], pad_tokens: 0 };
     let p = Problem::random(case, DType::BF16, &mut StdRng::seed_from_u64(99));
     let (q, k, vp) = p.tensors(gpu, DType::BF16)?;
-    let kv = PagedKv {
-        k: &k,
-        v: &vp,
-        head_dim: hd,
-    };
+    let kv = PagedKv { k: &k, v: &vp, head_dim: hd };
     let mut plan = p.plan()?;
     match splits {
         Some(n) => plan.set_splits(n),
@@ -206,9 +201,7 @@ pub fn decode_speed(
 
 /// Median time of a device-to-device copy of `bytes` (counted read + written).
 pub fn copy_speed(gpu: &Device, bytes: usize, reps: usize) -> Result<f64, ModelError> {
-    let b = gpu
-        .cuda_backend()
-        .ok_or_else(|| ModelError::Unsupported("copy_speed needs a GPU".into()))?;
+    let b = gpu.cuda_backend().ok_or_else(|| ModelError::Unsupported("copy_speed needs a GPU".into()))?;
     let n = bytes / 2;
     let src = Tensor::zeros(gpu, DType::BF16, 1, n)?;
     let mut dst = Tensor::zeros(gpu, DType::BF16, 1, n)?;
@@ -222,11 +215,7 @@ pub fn copy_speed(gpu: &Device, bytes: usize, reps: usize) -> Result<f64, ModelE
 pub fn markdown(checks: &[CheckRow], speeds: &[SpeedRow], copy_gbps: Option<f64>) -> String {
     let mut s = String::new();
     let failed = checks.iter().filter(|r| !r.pass).count();
-    let _ = writeln!(
-        s,
-        "### attention: GPU vs dense f64 reference ({} cases, {failed} failed)\n",
-        checks.len()
-    );
+    let _ = writeln!(s, "### attention: GPU vs dense f64 reference ({} cases, {failed} failed)\n", checks.len());
     let _ = writeln!(s, "| case | max_rel | ok |\n|---|---|---|");
     for r in checks {
         let _ = writeln!(
@@ -234,31 +223,15 @@ pub fn markdown(checks: &[CheckRow], speeds: &[SpeedRow], copy_gbps: Option<f64>
             "| {} | {:.2e} | {} |",
             r.what,
             r.max_rel,
-            if r.pass {
-                "ok"
-            } else {
-                r.error.as_deref().unwrap_or("FAIL")
-            }
+            if r.pass { "ok" } else { r.error.as_deref().unwrap_or("FAIL") }
         );
     }
     if !speeds.is_empty() {
         let _ = writeln!(s, "\n### attention decode speed (K+V bytes read once)\n");
-        let _ = writeln!(
-            s,
-            "| case | splits | µs | GB/s | % of copy |\n|---|---|---|---|---|"
-        );
+        let _ = writeln!(s, "| case | splits | µs | GB/s | % of copy |\n|---|---|---|---|---|");
         for r in speeds {
-            let pct = copy_gbps.map_or(String::from("-"), |c| {
-                format!("{:.0}%", 100.0 * r.gbps() / c)
-            });
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.1} | {:.0} | {pct} |",
-                r.what,
-                r.splits,
-                r.median_us,
-                r.gbps()
-            );
+            let pct = copy_gbps.map_or(String::from("-"), |c| format!("{:.0}%", 100.0 * r.gbps() / c));
+            let _ = writeln!(s, "| {} | {} | {:.1} | {:.0} | {pct} |", r.what, r.splits, r.median_us, r.gbps());
         }
         if let Some(c) = copy_gbps {
             let _ = writeln!(s, "\ndevice-to-device copy in the same run: {c:.0} GB/s");

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// The directory in the source tree (independent of the working directory).
 pub fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("kernels-generated")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("kernels-generated")
 }
 
 /// File name → contents, for every specialisation of every kernel.
@@ -74,11 +72,7 @@ impl Diff {
 
 impl std::fmt::Display for Diff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (what, list) in [
-            ("missing", &self.missing),
-            ("changed", &self.changed),
-            ("stale", &self.stale),
-        ] {
+        for (what, list) in [("missing", &self.missing), ("changed", &self.changed), ("stale", &self.stale)] {
             for file in list {
                 writeln!(f, "  {what}: {file}")?;
             }

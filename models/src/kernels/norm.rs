@@ -53,9 +53,5 @@ pub fn layer_norm_ref(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
     let mu = x.iter().sum::<f64>() / n;
     let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / n;
     let inv = 1.0 / (var + eps).sqrt();
-    x.iter()
-        .zip(w)
-        .zip(b)
-        .map(|((v, w), b)| (v - mu) * inv * w + b)
-        .collect()
+    x.iter().zip(w).zip(b).map(|((v, w), b)| (v - mu) * inv * w + b).collect()
 }

@@ -11,23 +11,13 @@
 use kiln_fusion_macros::fused;
 
 #[fused]
-pub fn rope_half(
-    x: Row,
-    pos: PerRow<i32>,
-    #[comptime] theta: f32,
-    #[comptime] head_dim: i32,
-) -> Row {
+pub fn rope_half(x: Row, pos: PerRow<i32>, #[comptime] theta: f32, #[comptime] head_dim: i32) -> Row {
     let y = rope_half(x, pos, theta, head_dim);
     y
 }
 
 #[fused]
-pub fn rope_interleaved(
-    x: Row,
-    pos: PerRow<i32>,
-    #[comptime] theta: f32,
-    #[comptime] head_dim: i32,
-) -> Row {
+pub fn rope_interleaved(x: Row, pos: PerRow<i32>, #[comptime] theta: f32, #[comptime] head_dim: i32) -> Row {
     let y = rope_interleaved(x, pos, theta, head_dim);
     y
 }
@@ -43,16 +33,7 @@ pub fn rope_half_llama3(
     #[comptime] high_freq_factor: f32,
     #[comptime] original_max_position: f32,
 ) -> Row {
-    let y = rope_half_llama3(
-        x,
-        pos,
-        theta,
-        head_dim,
-        factor,
-        low_freq_factor,
-        high_freq_factor,
-        original_max_position,
-    );
+    let y = rope_half_llama3(x, pos, theta, head_dim, factor, low_freq_factor, high_freq_factor, original_max_position);
     y
 }
 
@@ -78,8 +59,7 @@ pub fn inv_freq_ref(theta: f64, i: usize, head_dim: usize, scaling: Option<Llama
     } else if wavelen > low_freq_wavelen {
         f / s.factor
     } else {
-        let smooth = (s.original_max_position / wavelen - s.low_freq_factor)
-            / (s.high_freq_factor - s.low_freq_factor);
+        let smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         (1.0 - smooth) * f / s.factor + smooth * f
     }
 }
@@ -111,39 +91,15 @@ fn rotate(
 }
 
 pub fn rope_half_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize) -> Vec<f64> {
-    rotate(
-        x,
-        pos,
-        head_dim,
-        |i| inv_freq_ref(theta, i, head_dim, None),
-        |i| (i, i + head_dim / 2),
-    )
+    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, None), |i| (i, i + head_dim / 2))
 }
 
 pub fn rope_interleaved_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize) -> Vec<f64> {
-    rotate(
-        x,
-        pos,
-        head_dim,
-        |i| inv_freq_ref(theta, i, head_dim, None),
-        |i| (2 * i, 2 * i + 1),
-    )
+    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, None), |i| (2 * i, 2 * i + 1))
 }
 
-pub fn rope_half_llama3_ref(
-    x: &[f64],
-    pos: i32,
-    theta: f64,
-    head_dim: usize,
-    s: Llama3Scaling,
-) -> Vec<f64> {
-    rotate(
-        x,
-        pos,
-        head_dim,
-        |i| inv_freq_ref(theta, i, head_dim, Some(s)),
-        |i| (i, i + head_dim / 2),
-    )
+pub fn rope_half_llama3_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize, s: Llama3Scaling) -> Vec<f64> {
+    rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, Some(s)), |i| (i, i + head_dim / 2))
 }
 
 /// The KV-cache write of one layer, fused with the RoPE of K: `k` rotated (rotate_half) and
@@ -177,16 +133,8 @@ pub fn rope_kv_write_llama3(
     #[comptime] high_freq_factor: f32,
     #[comptime] original_max_position: f32,
 ) -> (Scatter<slot>, Scatter<slot>) {
-    let k_cache = rope_half_llama3(
-        k,
-        pos,
-        theta,
-        head_dim,
-        factor,
-        low_freq_factor,
-        high_freq_factor,
-        original_max_position,
-    );
+    let k_cache =
+        rope_half_llama3(k, pos, theta, head_dim, factor, low_freq_factor, high_freq_factor, original_max_position);
     let v_cache = v;
     (k_cache, v_cache)
 }

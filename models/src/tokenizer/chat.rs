@@ -31,10 +31,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -55,9 +52,7 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("ChatTemplate").field("source", &self.source).finish()
     }
 }
 
@@ -73,24 +68,13 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |message: String| -> Result<Value, minijinja::Error> {
-                Err(
-                    minijinja::Error::new(ErrorKind::InvalidOperation, "raise_exception called")
-                        .with_source(RaisedByTemplate(message)),
-                )
-            },
-        );
+        env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, "raise_exception called")
+                .with_source(RaisedByTemplate(message)))
+        });
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|e| ChatTemplateError::Syntax {
-                message: describe(&e),
-                line: e.line(),
-            })?;
-        Ok(Self {
-            env,
-            source: source.to_string(),
-        })
+            .map_err(|e| ChatTemplateError::Syntax { message: describe(&e), line: e.line() })?;
+        Ok(Self { env, source: source.to_string() })
     }
 
     /// The ChatML fallback ([`CHATML_TEMPLATE`]).
@@ -108,18 +92,11 @@ impl ChatTemplate {
     }
 
     /// The prompt text for `messages`.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        options: &RenderOptions,
-    ) -> Result<String, ChatTemplateError> {
-        let template =
-            self.env
-                .get_template(TEMPLATE_NAME)
-                .map_err(|e| ChatTemplateError::Render {
-                    message: describe(&e),
-                    line: e.line(),
-                })?;
+    pub fn render(&self, messages: &[ChatMessage], options: &RenderOptions) -> Result<String, ChatTemplateError> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ChatTemplateError::Render { message: describe(&e), line: e.line() })?;
         let ctx = minijinja::context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt => options.add_generation_prompt,
@@ -137,11 +114,8 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
         let specials = tokenizer.special_tokens();
-        let options = RenderOptions {
-            add_generation_prompt,
-            bos_token: specials.bos.clone(),
-            eos_token: specials.eos.clone(),
-        };
+        let options =
+            RenderOptions { add_generation_prompt, bos_token: specials.bos.clone(), eos_token: specials.eos.clone() };
         self.render(messages, &options)
     }
 }
@@ -150,16 +124,11 @@ fn classify(err: minijinja::Error) -> ChatTemplateError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
         if let Some(raised) = e.downcast_ref::<RaisedByTemplate>() {
-            return ChatTemplateError::Raised {
-                message: raised.0.clone(),
-            };
+            return ChatTemplateError::Raised { message: raised.0.clone() };
         }
         source = e.source();
     }
-    ChatTemplateError::Render {
-        message: describe(&err),
-        line: err.line(),
-    }
+    ChatTemplateError::Render { message: describe(&err), line: err.line() }
 }
 
 /// The error's kind and detail, without minijinja's `(in name:line)` suffix (the line is
@@ -176,20 +145,14 @@ mod tests {
     use super::*;
 
     fn msgs(pairs: &[(&str, &str)]) -> Vec<ChatMessage> {
-        pairs
-            .iter()
-            .map(|(r, c)| ChatMessage::new(*r, *c))
-            .collect()
+        pairs.iter().map(|(r, c)| ChatMessage::new(*r, *c)).collect()
     }
 
     #[test]
     fn chatml_fallback_renders_turns_and_generation_prompt() {
         let t = ChatTemplate::chatml().unwrap();
         let m = msgs(&[("system", "Be brief."), ("user", "Hi")]);
-        let with = RenderOptions {
-            add_generation_prompt: true,
-            ..Default::default()
-        };
+        let with = RenderOptions { add_generation_prompt: true, ..Default::default() };
         assert_eq!(
             t.render(&m, &with).unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -202,38 +165,24 @@ mod tests {
     fn raise_exception_is_reported_as_raised() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first turn must be user') }}{% endif %}ok";
         let t = ChatTemplate::new(src).unwrap();
-        let err = t
-            .render(&msgs(&[("assistant", "x")]), &RenderOptions::default())
-            .unwrap_err();
+        let err = t.render(&msgs(&[("assistant", "x")]), &RenderOptions::default()).unwrap_err();
         match err {
             ChatTemplateError::Raised { message } => assert_eq!(message, "first turn must be user"),
             other => panic!("expected Raised, got {other:?}"),
         }
-        assert_eq!(
-            t.render(&msgs(&[("user", "x")]), &RenderOptions::default())
-                .unwrap(),
-            "ok"
-        );
+        assert_eq!(t.render(&msgs(&[("user", "x")]), &RenderOptions::default()).unwrap(), "ok");
     }
 
     #[test]
     fn syntax_and_render_errors_are_distinct() {
         let err = ChatTemplate::new("{% for m in messages %}no end").unwrap_err();
         assert!(matches!(err, ChatTemplateError::Syntax { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("at line 1"),
-            "names the place: {err}"
-        );
+        assert!(err.to_string().contains("at line 1"), "names the place: {err}");
         // Filters and operand types are only known while rendering.
         for src in ["{{ messages | no_such_filter }}", "{{ 1 + messages }}"] {
             let t = ChatTemplate::new(src).unwrap();
-            let err = t
-                .render(&msgs(&[("user", "x")]), &RenderOptions::default())
-                .unwrap_err();
-            assert!(
-                matches!(err, ChatTemplateError::Render { .. }),
-                "{src}: {err:?}"
-            );
+            let err = t.render(&msgs(&[("user", "x")]), &RenderOptions::default()).unwrap_err();
+            assert!(matches!(err, ChatTemplateError::Render { .. }), "{src}: {err:?}");
         }
     }
 
@@ -248,9 +197,7 @@ mod tests {
             bos_token: Some("<s>".into()),
             eos_token: Some("</s>".into()),
         };
-        let out = t
-            .render(&msgs(&[("user", "  hi "), ("assistant", "no")]), &opts)
-            .unwrap();
+        let out = t.render(&msgs(&[("user", "  hi "), ("assistant", "no")]), &opts).unwrap();
         assert_eq!(out, "[HI]\n<s>|</s>");
     }
 }

@@ -57,10 +57,7 @@ pub(crate) fn to_config_json(tokenizer: &tokenizers::Tokenizer, specials: &Speci
 ///
 /// `default_add_bos` is used when the file has no `add_bos_token` (HF then relies on the
 /// tokenizer.json post-processor, which the caller inspects).
-pub(crate) fn from_config_json(
-    config: &Value,
-    default_add_bos: bool,
-) -> Result<SpecialTokens, TokenizerError> {
+pub(crate) fn from_config_json(config: &Value, default_add_bos: bool) -> Result<SpecialTokens, TokenizerError> {
     Ok(SpecialTokens {
         bos: token_field(config, "bos_token")?,
         eos: token_field(config, "eos_token")?,
@@ -95,9 +92,7 @@ fn chat_template_field(config: &Value) -> Result<Option<String>, TokenizerError>
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Array(list)) => {
-            let default = list
-                .iter()
-                .find(|t| t.get("name") == Some(&json!("default")));
+            let default = list.iter().find(|t| t.get("name") == Some(&json!("default")));
             match default.and_then(|t| t.get("template")) {
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 _ => Err(TokenizerError::ConfigField {
@@ -113,10 +108,7 @@ fn chat_template_field(config: &Value) -> Result<Option<String>, TokenizerError>
 fn shape(field: &'static str, value: &Value) -> TokenizerError {
     let mut detail = value.to_string();
     if detail.len() > 80 {
-        let cut = (0..=80)
-            .rev()
-            .find(|&i| detail.is_char_boundary(i))
-            .unwrap_or(0);
+        let cut = (0..=80).rev().find(|&i| detail.is_char_boundary(i)).unwrap_or(0);
         detail.truncate(cut);
         detail.push_str("...");
     }
@@ -139,33 +131,15 @@ mod tests {
         assert_eq!(s.bos.as_deref(), Some("<s>"));
         assert_eq!(s.eos.as_deref(), Some("</s>"));
         assert_eq!(s.pad, None);
-        assert!(
-            s.add_bos,
-            "absent add_bos_token falls back to the caller's default"
-        );
+        assert!(s.add_bos, "absent add_bos_token falls back to the caller's default");
         assert_eq!(s.chat_template.as_deref(), Some("D"));
     }
 
     #[test]
     fn bad_shapes_are_typed_errors() {
         let err = from_config_json(&json!({"eos_token": 5}), false).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TokenizerError::ConfigField {
-                    field: "eos_token",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, TokenizerError::ConfigField { field: "eos_token", .. }), "{err}");
         let err = from_config_json(&json!({"chat_template": [{"name": "x"}]}), false).unwrap_err();
-        assert!(matches!(
-            err,
-            TokenizerError::ConfigField {
-                field: "chat_template",
-                ..
-            }
-        ));
+        assert!(matches!(err, TokenizerError::ConfigField { field: "chat_template", .. }));
     }
 }

@@ -29,13 +29,7 @@ pub struct DetokStream {
 
 impl DetokStream {
     pub fn new(tokenizer: &Tokenizer, skip_special: bool) -> Self {
-        Self {
-            tokenizer: tokenizer.clone(),
-            skip_special,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
+        Self { tokenizer: tokenizer.clone(), skip_special, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
     }
 
     /// Starts after `context` (e.g. the tail of the prompt) without emitting it, so the first
@@ -125,21 +119,13 @@ mod tests {
     #[test]
     fn deltas_concatenate_to_full_decode_without_broken_chars() {
         let t = tiny();
-        for text in [
-            "héllo wörld",
-            "😀👍🏽 family 👨‍👩‍👧",
-            "中文 日本語 한국어",
-            "plain ascii",
-            "a\u{FFFD}b",
-        ] {
+        for text in ["héllo wörld", "😀👍🏽 family 👨‍👩‍👧", "中文 日本語 한국어", "plain ascii", "a\u{FFFD}b"]
+        {
             let ids = t.encode(text, false).unwrap();
             let deltas = stream(&t, &ids, false);
             assert_eq!(deltas.concat(), t.decode(&ids, false).unwrap(), "{text:?}");
             if !text.contains(REPLACEMENT) {
-                assert!(
-                    deltas.iter().all(|d| !d.contains(REPLACEMENT)),
-                    "{text:?}: {deltas:?}"
-                );
+                assert!(deltas.iter().all(|d| !d.contains(REPLACEMENT)), "{text:?}: {deltas:?}");
             }
         }
     }

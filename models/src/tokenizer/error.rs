@@ -39,19 +39,11 @@ pub enum TokenizerError {
     #[error("{tokens} tokens but {types} token types: the two arrays must have the same length")]
     TokenTypesLength { tokens: usize, types: usize },
     #[error("token `{token}` appears twice in the vocabulary (ids {first} and {second})")]
-    DuplicateToken {
-        token: String,
-        first: u32,
-        second: u32,
-    },
+    DuplicateToken { token: String, first: u32, second: u32 },
     #[error("merge #{index} `{merge}` is not two space-separated tokens")]
     BadMerge { index: usize, merge: String },
     #[error("{what} id {id} is outside the vocabulary of {vocab_size} tokens")]
-    TokenIdOutOfRange {
-        what: &'static str,
-        id: u32,
-        vocab_size: usize,
-    },
+    TokenIdOutOfRange { what: &'static str, id: u32, vocab_size: usize },
     #[error("{what} token `{token}` is not in the vocabulary")]
     MissingToken { what: &'static str, token: String },
     #[error("{field} in tokenizer_config.json has an unexpected shape: {detail}")]
@@ -70,15 +62,9 @@ pub enum TokenizerError {
 #[derive(Debug, thiserror::Error)]
 pub enum ChatTemplateError {
     #[error("chat template does not compile{}: {message}", at_line(*line))]
-    Syntax {
-        message: String,
-        line: Option<usize>,
-    },
+    Syntax { message: String, line: Option<usize> },
     #[error("chat template failed while rendering{}: {message}", at_line(*line))]
-    Render {
-        message: String,
-        line: Option<usize>,
-    },
+    Render { message: String, line: Option<usize> },
     /// The template itself called `raise_exception(...)`, e.g. to reject a role order.
     #[error("chat template rejected the conversation: {message}")]
     Raised { message: String },

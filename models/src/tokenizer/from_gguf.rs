@@ -20,17 +20,12 @@ use super::pretok::byte_level_pre_tokenizer;
 use super::spec::{GgufTokenType, GgufTokenizerSpec};
 
 /// The HF tokenizer and its special-token configuration for `spec`.
-pub(crate) fn build(
-    spec: &GgufTokenizerSpec,
-) -> Result<(tokenizers::Tokenizer, SpecialTokens), TokenizerError> {
+pub(crate) fn build(spec: &GgufTokenizerSpec) -> Result<(tokenizers::Tokenizer, SpecialTokens), TokenizerError> {
     if spec.model != "gpt2" {
         return Err(TokenizerError::UnsupportedModel(spec.model.clone()));
     }
     if !spec.token_types.is_empty() && spec.token_types.len() != spec.tokens.len() {
-        return Err(TokenizerError::TokenTypesLength {
-            tokens: spec.tokens.len(),
-            types: spec.token_types.len(),
-        });
+        return Err(TokenizerError::TokenTypesLength { tokens: spec.tokens.len(), types: spec.token_types.len() });
     }
     let specials = special_tokens(spec)?;
     let bpe = BPE::builder()
@@ -55,17 +50,10 @@ fn vocab(tokens: &[String]) -> Result<Vocab, TokenizerError> {
         let id = id_u32(id);
         if let Some(first) = seen.insert(token, id) {
             // Two ids for one string cannot both round-trip through a token->id map.
-            return Err(TokenizerError::DuplicateToken {
-                token: token.clone(),
-                first,
-                second: id,
-            });
+            return Err(TokenizerError::DuplicateToken { token: token.clone(), first, second: id });
         }
     }
-    Ok(seen
-        .into_iter()
-        .map(|(t, id)| (t.to_string(), id))
-        .collect())
+    Ok(seen.into_iter().map(|(t, id)| (t.to_string(), id)).collect())
 }
 
 fn merges(merges: &[String]) -> Result<Merges, TokenizerError> {
@@ -79,10 +67,7 @@ fn merges(merges: &[String]) -> Result<Merges, TokenizerError> {
                 Some((l, r)) if !l.is_empty() && !r.is_empty() && !r.contains(' ') => {
                     Ok((l.to_string(), r.to_string()))
                 }
-                _ => Err(TokenizerError::BadMerge {
-                    index,
-                    merge: merge.clone(),
-                }),
+                _ => Err(TokenizerError::BadMerge { index, merge: merge.clone() }),
             }
         })
         .collect()
@@ -96,9 +81,7 @@ fn added_tokens(spec: &GgufTokenizerSpec) -> (Vec<AddedToken>, Vec<AddedToken>) 
             GgufTokenType::Control | GgufTokenType::Unknown => {
                 special.push(AddedToken::from(token.clone(), true).normalized(false))
             }
-            GgufTokenType::UserDefined => {
-                plain.push(AddedToken::from(token.clone(), false).normalized(false))
-            }
+            GgufTokenType::UserDefined => plain.push(AddedToken::from(token.clone(), false).normalized(false)),
             _ => {}
         }
     }
@@ -108,14 +91,11 @@ fn added_tokens(spec: &GgufTokenizerSpec) -> (Vec<AddedToken>, Vec<AddedToken>) 
 fn special_tokens(spec: &GgufTokenizerSpec) -> Result<SpecialTokens, TokenizerError> {
     let name = |what: &'static str, id: Option<u32>| -> Result<Option<String>, TokenizerError> {
         id.map(|id| {
-            spec.tokens
-                .get(id as usize)
-                .cloned()
-                .ok_or(TokenizerError::TokenIdOutOfRange {
-                    what,
-                    id,
-                    vocab_size: spec.tokens.len(),
-                })
+            spec.tokens.get(id as usize).cloned().ok_or(TokenizerError::TokenIdOutOfRange {
+                what,
+                id,
+                vocab_size: spec.tokens.len(),
+            })
         })
         .transpose()
     };
@@ -131,22 +111,14 @@ fn special_tokens(spec: &GgufTokenizerSpec) -> Result<SpecialTokens, TokenizerEr
 
 /// What HF's tokenizer.json would carry: a BOS template when the model wants BOS (so a saved
 /// tokenizer.json adds it under `add_special_tokens=True`), else the no-op ByteLevel one.
-fn post_processor(
-    specials: &SpecialTokens,
-    spec: &GgufTokenizerSpec,
-) -> Result<PostProcessorWrapper, TokenizerError> {
+fn post_processor(specials: &SpecialTokens, spec: &GgufTokenizerSpec) -> Result<PostProcessorWrapper, TokenizerError> {
     match (&specials.bos, spec.bos_id) {
         (Some(bos), Some(bos_id)) if specials.add_bos => {
             let build_err = |e: String| TokenizerError::Build(e.into());
             let template = TemplateProcessing::builder()
                 .try_single(vec![bos.clone(), "$A".to_string()])
                 .map_err(build_err)?
-                .try_pair(vec![
-                    bos.clone(),
-                    "$A".into(),
-                    format!("{bos}:1"),
-                    "$B:1".into(),
-                ])
+                .try_pair(vec![bos.clone(), "$A".into(), format!("{bos}:1"), "$B:1".into()])
                 .map_err(build_err)?
                 .special_tokens(vec![(bos.clone(), bos_id)])
                 .build()

@@ -33,14 +33,8 @@ pub use spec::{GgufTokenType, GgufTokenizerSpec};
 /// Token strings that end a turn in common chat formats. Besides the declared EOS, a model
 /// may emit any of these that its vocabulary has as a special token, and generation should
 /// stop there too (SmolLM2's declared EOS is `<|im_end|>`, yet it can emit `<|endoftext|>`).
-const END_OF_TURN_TOKENS: &[&str] = &[
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|eot_id|>",
-    "<|end_of_text|>",
-    "<|end|>",
-    "<end_of_turn>",
-];
+const END_OF_TURN_TOKENS: &[&str] =
+    &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>"];
 
 /// A model's tokenizer. See the module docs for its invariants.
 #[derive(Clone)]
@@ -53,55 +47,32 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("vocab_size", &self.vocab_size())
-            .field("specials", &self.specials)
-            .finish()
+        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).field("specials", &self.specials).finish()
     }
 }
 
 impl Tokenizer {
     /// Wraps an HF tokenizer, checking that every named special token is in its vocabulary.
-    pub fn new(
-        inner: tokenizers::Tokenizer,
-        specials: SpecialTokens,
-    ) -> Result<Self, TokenizerError> {
-        let named = [
-            ("BOS", &specials.bos),
-            ("EOS", &specials.eos),
-            ("unknown", &specials.unk),
-            ("padding", &specials.pad),
-        ];
+    pub fn new(inner: tokenizers::Tokenizer, specials: SpecialTokens) -> Result<Self, TokenizerError> {
+        let named =
+            [("BOS", &specials.bos), ("EOS", &specials.eos), ("unknown", &specials.unk), ("padding", &specials.pad)];
         for (what, token) in named {
             if let Some(token) = token {
                 if inner.token_to_id(token).is_none() {
-                    return Err(TokenizerError::MissingToken {
-                        what,
-                        token: token.clone(),
-                    });
+                    return Err(TokenizerError::MissingToken { what, token: token.clone() });
                 }
             }
         }
         let vocab_size = inner.get_vocab_size(true);
-        Ok(Self {
-            inner: Arc::new(inner),
-            specials,
-            vocab_size,
-        })
+        Ok(Self { inner: Arc::new(inner), specials, vocab_size })
     }
 
     /// Loads an HF `tokenizer.json` alone; no special-token roles are known.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
-        let inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|source| TokenizerError::Load {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let specials = SpecialTokens {
-            add_bos: adds_bos(&inner),
-            ..SpecialTokens::default()
-        };
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|source| TokenizerError::Load { path: path.to_path_buf(), source })?;
+        let specials = SpecialTokens { add_bos: adds_bos(&inner), ..SpecialTokens::default() };
         Self::new(inner, specials)
     }
 
@@ -110,25 +81,16 @@ impl Tokenizer {
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
         let json_path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&json_path).map_err(|source| {
-            TokenizerError::Load {
-                path: json_path,
-                source,
-            }
-        })?;
+        let inner = tokenizers::Tokenizer::from_file(&json_path)
+            .map_err(|source| TokenizerError::Load { path: json_path, source })?;
         let config_path = dir.join("tokenizer_config.json");
         let mut specials = match read_optional(&config_path)? {
             Some(text) => {
-                let value = serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
-                    path: config_path,
-                    source,
-                })?;
+                let value =
+                    serde_json::from_str(&text).map_err(|source| TokenizerError::Json { path: config_path, source })?;
                 config::from_config_json(&value, adds_bos(&inner))?
             }
-            None => SpecialTokens {
-                add_bos: adds_bos(&inner),
-                ..SpecialTokens::default()
-            },
+            None => SpecialTokens { add_bos: adds_bos(&inner), ..SpecialTokens::default() },
         };
         // Newer transformers versions save the template as its own file.
         if specials.chat_template.is_none() {
@@ -146,10 +108,7 @@ impl Tokenizer {
     /// Token ids of `text`; special tokens written in it are matched whole. BOS is prepended
     /// only when `add_bos` is true and the model has one.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(TokenizerError::Encode)?;
+        let encoding = self.inner.encode_fast(text, false).map_err(TokenizerError::Encode)?;
         let ids = encoding.get_ids();
         match self.bos_id().filter(|_| add_bos) {
             Some(bos) => Ok(std::iter::once(bos).chain(ids.iter().copied()).collect()),
@@ -160,9 +119,7 @@ impl Tokenizer {
     /// Text of `ids`. With `skip_special`, special tokens (BOS, `<|im_end|>`, ...) are left
     /// out. Ids outside the vocabulary contribute nothing (the HF decoder skips them).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(TokenizerError::Decode)
+        self.inner.decode(ids, skip_special).map_err(TokenizerError::Decode)
     }
 
     /// The stored token string (byte-level form, e.g. `Ġthe`), not its decoded text.
@@ -181,11 +138,7 @@ impl Tokenizer {
 
     /// Whether `id` is a special added token (dropped by `decode(.., true)`).
     pub fn is_special(&self, id: u32) -> bool {
-        self.inner
-            .get_added_vocabulary()
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some_and(|t| t.special)
+        self.inner.get_added_vocabulary().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -229,19 +182,14 @@ impl Tokenizer {
 
     /// The HF `tokenizer.json` text of this tokenizer.
     pub fn to_tokenizer_json(&self, pretty: bool) -> Result<String, TokenizerError> {
-        self.inner
-            .to_string(pretty)
-            .map_err(TokenizerError::Serialize)
+        self.inner.to_string(pretty).map_err(TokenizerError::Serialize)
     }
 
     /// Writes the HF `tokenizer.json`.
     pub fn save_tokenizer_json(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
         let path = path.as_ref();
         let text = self.to_tokenizer_json(false)?;
-        std::fs::write(path, text).map_err(|source| TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        std::fs::write(path, text).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
     }
 
     /// The HF `tokenizer_config.json` (special tokens, BOS convention, chat template).
@@ -267,19 +215,14 @@ impl Tokenizer {
 
 /// Whether the tokenizer.json post-processor inserts tokens (a BOS template) on its own.
 fn adds_bos(inner: &tokenizers::Tokenizer) -> bool {
-    inner
-        .get_post_processor()
-        .is_some_and(|p| p.added_tokens(false) > 0)
+    inner.get_post_processor().is_some_and(|p| p.added_tokens(false) > 0)
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, TokenizerError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(TokenizerError::Io { path: path.to_path_buf(), source }),
     }
 }
 

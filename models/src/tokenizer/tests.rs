@@ -5,9 +5,7 @@ use super::*;
 
 /// GPT-2's byte -> printable char table (the alphabet byte-level BPE vocabularies use).
 fn byte_chars() -> Vec<char> {
-    let printable = |b: u32| {
-        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-    };
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     let mut next = 256u32;
     (0u32..256)
         .map(|b| {
@@ -29,9 +27,7 @@ pub(super) const TOOL: u32 = 3;
 /// Ids 0..=3 are `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` (control) and `<tool>`
 /// (user-defined); then the 256 byte tokens; then merged tokens `he`, `Ġt`, `12`.
 pub(super) fn tiny_spec(pre: &str) -> GgufTokenizerSpec {
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool>"]
-        .map(String::from)
-        .to_vec();
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool>"].map(String::from).to_vec();
     let mut token_types = vec![3, 3, 3, 4];
     tokens.extend(byte_chars().into_iter().map(String::from));
     token_types.extend(std::iter::repeat_n(1, 256));
@@ -59,20 +55,13 @@ pub(super) fn tiny() -> Tokenizer {
 }
 
 fn id(t: &Tokenizer, token: &str) -> u32 {
-    t.token_to_id(token)
-        .unwrap_or_else(|| panic!("{token} in vocab"))
+    t.token_to_id(token).unwrap_or_else(|| panic!("{token} in vocab"))
 }
 
 #[test]
 fn round_trips_multibyte_text() {
     let t = tiny();
-    for text in [
-        "the hello",
-        "héllo wörld",
-        "emoji 😀👍🏽 and 世界",
-        "tabs\tand\n\nnewlines   end ",
-        "",
-    ] {
+    for text in ["the hello", "héllo wörld", "emoji 😀👍🏽 and 世界", "tabs\tand\n\nnewlines   end ", ""] {
         let ids = t.encode(text, false).unwrap();
         assert_eq!(t.decode(&ids, false).unwrap(), text);
     }
@@ -81,10 +70,7 @@ fn round_trips_multibyte_text() {
 #[test]
 fn merges_apply() {
     let t = tiny();
-    assert_eq!(
-        t.encode("he the", false).unwrap(),
-        vec![id(&t, "he"), id(&t, "Ġt"), id(&t, "he")]
-    );
+    assert_eq!(t.encode("he the", false).unwrap(), vec![id(&t, "he"), id(&t, "Ġt"), id(&t, "he")]);
 }
 
 #[test]
@@ -93,15 +79,9 @@ fn special_tokens_are_single_ids_and_skippable() {
     let ids = t.encode("<|im_start|>he<|im_end|><tool>", false).unwrap();
     assert_eq!(ids, vec![IM_START, id(&t, "he"), IM_END, TOOL]);
     assert!(t.is_special(IM_START) && t.is_special(EOT));
-    assert!(
-        !t.is_special(TOOL),
-        "user-defined tokens are plain added tokens"
-    );
+    assert!(!t.is_special(TOOL), "user-defined tokens are plain added tokens");
     assert_eq!(t.decode(&ids, true).unwrap(), "he<tool>");
-    assert_eq!(
-        t.decode(&ids, false).unwrap(),
-        "<|im_start|>he<|im_end|><tool>"
-    );
+    assert_eq!(t.decode(&ids, false).unwrap(), "<|im_start|>he<|im_end|><tool>");
 }
 
 #[test]
@@ -115,10 +95,7 @@ fn bos_only_when_asked() {
 #[test]
 fn special_ids_and_eos_list() {
     let t = tiny();
-    assert_eq!(
-        (t.bos_id(), t.pad_id(), t.unk_id()),
-        (Some(IM_START), Some(IM_END), Some(EOT))
-    );
+    assert_eq!((t.bos_id(), t.pad_id(), t.unk_id()), (Some(IM_START), Some(IM_END), Some(EOT)));
     // Declared EOS first, then other end-of-turn control tokens; no duplicates.
     assert_eq!(t.eos_ids(), vec![IM_END, EOT]);
     assert_eq!(t.vocab_size(), 4 + 256 + 3);
@@ -127,17 +104,11 @@ fn special_ids_and_eos_list() {
 #[test]
 fn smollm_pre_splits_every_digit_but_gpt2_does_not() {
     let smol = tiny();
-    assert_eq!(
-        smol.encode("12", false).unwrap(),
-        vec![id(&smol, "1"), id(&smol, "2")]
-    );
+    assert_eq!(smol.encode("12", false).unwrap(), vec![id(&smol, "1"), id(&smol, "2")]);
     let gpt2 = Tokenizer::from_gguf_spec(&tiny_spec("gpt-2")).unwrap();
     assert_eq!(gpt2.encode("12", false).unwrap(), vec![id(&gpt2, "12")]);
     // The difference that matters on real vocabularies: whitespace before digits.
-    let (a, b) = (
-        smol.encode("  1", false).unwrap(),
-        gpt2.encode("  1", false).unwrap(),
-    );
+    let (a, b) = (smol.encode("  1", false).unwrap(), gpt2.encode("  1", false).unwrap());
     assert_eq!(a, vec![id(&smol, "Ġ"), id(&smol, "Ġ"), id(&smol, "1")]);
     assert_eq!(a.len(), b.len());
 }
@@ -146,56 +117,35 @@ fn smollm_pre_splits_every_digit_but_gpt2_does_not() {
 fn bad_specs_are_typed_errors() {
     let mut s = tiny_spec("smollm");
     s.model = "llama".into();
-    assert!(
-        matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::UnsupportedModel(m)) if m == "llama")
-    );
+    assert!(matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::UnsupportedModel(m)) if m == "llama"));
 
     let s = tiny_spec("no-such-pre");
     let err = Tokenizer::from_gguf_spec(&s).unwrap_err();
     assert!(matches!(err, TokenizerError::UnsupportedPreTokenizer(_)));
-    assert!(
-        err.to_string().contains("smollm"),
-        "lists supported names: {err}"
-    );
+    assert!(err.to_string().contains("smollm"), "lists supported names: {err}");
 
     let mut s = tiny_spec("smollm");
     s.token_types.pop();
-    assert!(matches!(
-        Tokenizer::from_gguf_spec(&s),
-        Err(TokenizerError::TokenTypesLength { .. })
-    ));
+    assert!(matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::TokenTypesLength { .. })));
 
     let mut s = tiny_spec("smollm");
     s.tokens.push("he".into());
     s.token_types.push(1);
-    assert!(matches!(
-        Tokenizer::from_gguf_spec(&s),
-        Err(TokenizerError::DuplicateToken { .. })
-    ));
+    assert!(matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::DuplicateToken { .. })));
 
     let mut s = tiny_spec("smollm");
     s.merges.push("nospace".into());
-    assert!(matches!(
-        Tokenizer::from_gguf_spec(&s),
-        Err(TokenizerError::BadMerge { index: 3, .. })
-    ));
+    assert!(matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::BadMerge { index: 3, .. })));
 
     let mut s = tiny_spec("smollm");
     s.merges.push("he zz".into());
-    assert!(matches!(
-        Tokenizer::from_gguf_spec(&s),
-        Err(TokenizerError::Build(_))
-    ));
+    assert!(matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::Build(_))));
 
     let mut s = tiny_spec("smollm");
     s.eos_id = Some(100_000);
     assert!(matches!(
         Tokenizer::from_gguf_spec(&s),
-        Err(TokenizerError::TokenIdOutOfRange {
-            what: "EOS",
-            id: 100_000,
-            ..
-        })
+        Err(TokenizerError::TokenIdOutOfRange { what: "EOS", id: 100_000, .. })
     ));
 }
 
@@ -220,19 +170,12 @@ fn hf_dir_round_trip_keeps_ids_and_specials() {
     t.save_hf_dir(&dir).unwrap();
     let back = Tokenizer::from_hf_dir(&dir).unwrap();
     for text in ["<|im_start|>user\nthe 12 😀<|im_end|>", "he<tool>  he"] {
-        assert_eq!(
-            back.encode(text, false).unwrap(),
-            t.encode(text, false).unwrap(),
-            "{text:?}"
-        );
+        assert_eq!(back.encode(text, false).unwrap(), t.encode(text, false).unwrap(), "{text:?}");
     }
     assert_eq!(back.special_tokens(), t.special_tokens());
     assert_eq!(back.eos_ids(), t.eos_ids());
     let config = t.tokenizer_config_json();
-    assert_eq!(
-        config["added_tokens_decoder"]["1"]["content"],
-        "<|im_start|>"
-    );
+    assert_eq!(config["added_tokens_decoder"]["1"]["content"], "<|im_start|>");
     assert_eq!(config["added_tokens_decoder"]["3"]["special"], false);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -249,8 +192,6 @@ fn add_bos_models_get_a_bos_template_in_tokenizer_json() {
     let with_specials = raw.encode("he", true).unwrap();
     assert_eq!(with_specials.get_ids(), &[IM_START, id(&t, "he")]);
     // Loaded alone, the BOS convention is still detected from the post-processor.
-    assert!(Tokenizer::from_file(dir.join("tokenizer.json"))
-        .unwrap()
-        .add_bos_by_default());
+    assert!(Tokenizer::from_file(dir.join("tokenizer.json")).unwrap().add_bos_by_default());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,10 +40,7 @@ pub fn read_metadata(path: &std::path::Path) -> Result<HashMap<String, Meta>, St
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic).map_err(|e| e.to_string())?;
     if &magic != b"GGUF" {
-        return Err(format!(
-            "{} is not a GGUF file (magic {magic:?})",
-            path.display()
-        ));
+        return Err(format!("{} is not a GGUF file (magic {magic:?})", path.display()));
     }
     let version = read_u32(&mut r)?;
     if !(2..=3).contains(&version) {
@@ -79,11 +76,7 @@ fn read_value(r: &mut impl Read, ty: u32) -> Result<Meta, String> {
             if n > MAX_LEN {
                 return Err(format!("array of {n} elements"));
             }
-            Meta::Array(
-                (0..n)
-                    .map(|_| read_value(r, elem))
-                    .collect::<Result<_, _>>()?,
-            )
+            Meta::Array((0..n).map(|_| read_value(r, elem)).collect::<Result<_, _>>()?)
         }
         10 => Meta::UInt(read_u64(r)?),
         11 => Meta::Int(i64::from_le_bytes(read_n(r)?)),
@@ -94,8 +87,7 @@ fn read_value(r: &mut impl Read, ty: u32) -> Result<Meta, String> {
 
 fn read_n<const N: usize>(r: &mut impl Read) -> Result<[u8; N], String> {
     let mut b = [0u8; N];
-    r.read_exact(&mut b)
-        .map_err(|e| format!("truncated GGUF metadata: {e}"))?;
+    r.read_exact(&mut b).map_err(|e| format!("truncated GGUF metadata: {e}"))?;
     Ok(b)
 }
 
@@ -113,8 +105,7 @@ fn read_string(r: &mut impl Read) -> Result<String, String> {
         return Err(format!("string of {n} bytes"));
     }
     let mut b = vec![0u8; n as usize];
-    r.read_exact(&mut b)
-        .map_err(|e| format!("truncated GGUF string: {e}"))?;
+    r.read_exact(&mut b).map_err(|e| format!("truncated GGUF string: {e}"))?;
     String::from_utf8(b).map_err(|e| format!("GGUF string is not UTF-8: {e}"))
 }
 
@@ -211,23 +202,14 @@ pub fn ids_of(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
         .unwrap_or_else(|| panic!("expected an id array, found {v}"))
         .iter()
-        .map(|x| {
-            x.as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .expect("id fits u32")
-        })
+        .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).expect("id fits u32"))
         .collect()
 }
 
 /// `(text, HF ids, HF decoded text)` of the fixture's tokenizer section.
 pub fn reference_texts(reference: &serde_json::Value) -> Vec<(String, Vec<u32>, String)> {
-    let cases = reference["tokenizer"]
-        .as_array()
-        .expect("reference.json has a `tokenizer` list");
-    assert!(
-        !cases.is_empty(),
-        "reference.json `tokenizer` list is empty"
-    );
+    let cases = reference["tokenizer"].as_array().expect("reference.json has a `tokenizer` list");
+    assert!(!cases.is_empty(), "reference.json `tokenizer` list is empty");
     cases
         .iter()
         .map(|c| {

@@ -27,7 +27,8 @@ fn planned_mod(def: &'static AttnDef, b: &Bound<'_>) -> Result<Arc<CpuKernel>, A
     if let Some(k) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(k.clone());
     }
-    let k = Arc::new(CpuKernel::new(&b.kernel.score_mod).map_err(|source| AttnError::Cpu { kernel: def.name, source })?);
+    let k =
+        Arc::new(CpuKernel::new(&b.kernel.score_mod).map_err(|source| AttnError::Cpu { kernel: def.name, source })?);
     Ok(cache.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(k).clone())
 }
 
@@ -51,7 +52,10 @@ pub(super) fn run(
 ) -> Result<(), AttnError> {
     for (what, t) in [("q", q), ("the K pool", kv.k), ("the V pool", kv.v), ("out", &*out)] {
         if t.dtype() != DType::F32 {
-            return Err(AttnError::Arg { kernel: def.name, what: format!("the CPU path runs in f32; {what} is {}", t.dtype()) });
+            return Err(AttnError::Arg {
+                kernel: def.name,
+                what: format!("the CPU path runs in f32; {what} is {}", t.dtype()),
+            });
         }
     }
     let modifier = if b.kernel.mod_is_identity() { None } else { Some(planned_mod(def, b)?) };

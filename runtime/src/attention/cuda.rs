@@ -55,14 +55,24 @@ pub(super) fn run(
     if !aligned(kv.k) || !aligned(kv.v) {
         return Err(bad("the K/V pools and their row stride must be 16-byte aligned".into()));
     }
-    let dp = plan.device.as_ref().ok_or_else(|| bad("the plan was not uploaded to this device (AttnPlan::upload)".into()))?;
+    let dp = plan
+        .device
+        .as_ref()
+        .ok_or_else(|| bad("the plan was not uploaded to this device (AttnPlan::upload)".into()))?;
     let n_splits = plan.n_splits;
     let part_rows = plan.n_tokens() * b.n_heads * n_splits;
     if n_splits > 1 && (dp.part_o.rows() < part_rows || dp.part_o.cols() != hd) {
-        return Err(bad(format!("the plan's scratch holds {} rows of {}, {part_rows} of {hd} needed (upload after set_splits)", dp.part_o.rows(), dp.part_o.cols())));
+        return Err(bad(format!(
+            "the plan's scratch holds {} rows of {}, {part_rows} of {hd} needed (upload after set_splits)",
+            dp.part_o.rows(),
+            dp.part_o.cols()
+        )));
     }
-    let int = |what: &str, v: usize| i32::try_from(v).map(KArg::I32).map_err(|_| bad(format!("{what} = {v} does not fit a C int")));
-    let ptr = |what: &str, t: &Tensor| t.cuda_ptr().map(KArg::Ptr).ok_or_else(|| bad(format!("{what} is not on the GPU")));
+    let int = |what: &str, v: usize| {
+        i32::try_from(v).map(KArg::I32).map_err(|_| bad(format!("{what} = {v} does not fit a C int")))
+    };
+    let ptr =
+        |what: &str, t: &Tensor| t.cuda_ptr().map(KArg::Ptr).ok_or_else(|| bad(format!("{what} is not on the GPU")));
     let group = b.n_heads / b.n_kv_heads;
     let g = abi::group_cap(group);
     let chunks = group.div_ceil(g);
@@ -113,7 +123,9 @@ pub(super) fn run(
             let cfg = LaunchConfig { grid_dim: grid, block_dim: (abi::THREADS as u32, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: as the split kernel below; `items` holds 4 i32 per block (AttnPlan::prepare_mma).
             let r = unsafe { launch.launch(cfg) };
-            return drv(format!("launching the attention tensor-core kernel (grid {grid:?})"), r).map(|_| ()).map_err(cuda_err);
+            return drv(format!("launching the attention tensor-core kernel (grid {grid:?})"), r)
+                .map(|_| ())
+                .map_err(cuda_err);
         }
     }
     let grid = (plan.n_tokens() as u32, (b.n_kv_heads * chunks) as u32, n_splits as u32);
@@ -130,9 +142,14 @@ pub(super) fn run(
         let combine_fn = module.func(&abi::combine_entry(b.kernel, hd)).map_err(cuda_err)?;
         let mut launch = backend.stream().launch_builder(combine_fn);
         let (po, pm) = (dp.part_o.cuda_ptr().unwrap_or(0), dp.part_ml.cuda_ptr().unwrap_or(0));
-        let (ns, nh, op, os) = (n_splits as i32, b.n_heads as i32, out.cuda_ptr().unwrap_or(0), out.row_stride() as i32);
+        let (ns, nh, op, os) =
+            (n_splits as i32, b.n_heads as i32, out.cuda_ptr().unwrap_or(0), out.row_stride() as i32);
         launch.arg(&po).arg(&pm).arg(&ns).arg(&nh).arg(&op).arg(&os);
-        let cfg = LaunchConfig { grid_dim: (plan.n_tokens() as u32, b.n_heads as u32, 1), block_dim: (hd as u32, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (plan.n_tokens() as u32, b.n_heads as u32, 1),
+            block_dim: (hd as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: as above; the partials were written by the split kernel just queued.
         let r = unsafe { launch.launch(cfg) };
         drv("launching the attention combine kernel", r).map_err(cuda_err)?;

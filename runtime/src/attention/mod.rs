@@ -90,7 +90,10 @@ pub fn run(
     let b = bind(def, &compiled.kernel, q, kv, plan, comptimes, out)?;
     for (what, t) in [("q", q), ("the K pool", kv.k), ("the V pool", kv.v), ("out", &*out)] {
         if t.device() != dev {
-            return Err(AttnError::Arg { kernel: def.name, what: format!("{what} is on {}, the call is on {}", t.device().label(), dev.label()) });
+            return Err(AttnError::Arg {
+                kernel: def.name,
+                what: format!("{what} is on {}, the call is on {}", t.device().label(), dev.label()),
+            });
         }
     }
     match dev {
@@ -111,7 +114,11 @@ fn bind<'a>(
     let bad = |what: String| Err(AttnError::Arg { kernel: def.name, what });
     let hd = kv.head_dim;
     if hd == 0 || q.cols() % hd != 0 || kv.k.cols() % hd != 0 || kv.k.cols() == 0 {
-        return bad(format!("head_dim {hd} does not divide q ({} columns) and the pools ({} columns)", q.cols(), kv.k.cols()));
+        return bad(format!(
+            "head_dim {hd} does not divide q ({} columns) and the pools ({} columns)",
+            q.cols(),
+            kv.k.cols()
+        ));
     }
     let (n_heads, n_kv_heads) = (q.cols() / hd, kv.k.cols() / hd);
     if n_heads % n_kv_heads != 0 {
@@ -127,7 +134,12 @@ fn bind<'a>(
         return bad(format!("q has {} rows, the plan {} tokens", q.rows(), plan.n_tokens()));
     }
     if kv.k.rows() < plan.pool_blocks * plan.block_size {
-        return bad(format!("the pools hold {} slots, the plan was checked against {} blocks of {}", kv.k.rows(), plan.pool_blocks, plan.block_size));
+        return bad(format!(
+            "the pools hold {} slots, the plan was checked against {} blocks of {}",
+            kv.k.rows(),
+            plan.pool_blocks,
+            plan.block_size
+        ));
     }
     for (what, t) in [("the K pool", kv.k), ("the V pool", kv.v), ("out", out)] {
         if t.dtype() != q.dtype() {

@@ -90,7 +90,11 @@ impl AttnPlan {
                 return bad(format!("sequence {i}: q_len {} ctx_len {}", s.q_len, s.ctx_len));
             }
             if s.q_start + s.q_len > n_tokens {
-                return bad(format!("sequence {i}: rows {}..{} past {n_tokens} tokens", s.q_start, s.q_start + s.q_len));
+                return bad(format!(
+                    "sequence {i}: rows {}..{} past {n_tokens} tokens",
+                    s.q_start,
+                    s.q_start + s.q_len
+                ));
             }
             let blocks = s.ctx_len.div_ceil(block_size);
             if blocks > s.block_table.len() || blocks > bt_stride {
@@ -117,7 +121,17 @@ impl AttnPlan {
             max_ctx = max_ctx.max(s.ctx_len);
             next += s.q_len;
         }
-        let mut plan = AttnPlan { layout, host, seqs: plan_seqs, block_size, n_splits: 1, max_ctx, pool_blocks, mma_items: None, device: None };
+        let mut plan = AttnPlan {
+            layout,
+            host,
+            seqs: plan_seqs,
+            block_size,
+            n_splits: 1,
+            max_ctx,
+            pool_blocks,
+            mma_items: None,
+            device: None,
+        };
         plan.set_splits(1);
         Ok(plan)
     }
@@ -155,7 +169,8 @@ impl AttnPlan {
     pub fn set_splits(&mut self, n: usize) {
         let n = n.max(1);
         self.n_splits = n;
-        self.host[0] = if n == 1 { i32::MAX } else { (self.max_ctx.div_ceil(n).div_ceil(TILE) * TILE).max(TILE) as i32 };
+        self.host[0] =
+            if n == 1 { i32::MAX } else { (self.max_ctx.div_ceil(n).div_ceil(TILE) * TILE).max(TILE) as i32 };
     }
 
     /// The default split: every [`SPLIT_TOKENS`] keys of a context form one split (as many
@@ -208,7 +223,10 @@ impl AttnPlan {
         }
         let part_rows = self.layout.n_tokens * n_heads * self.n_splits;
         let fits = self.device.as_ref().is_some_and(|d| {
-            d.plan.cols() == self.host.len() && d.part_o.rows() >= part_rows && d.part_o.cols() == head_dim && d.plan.device() == dev
+            d.plan.cols() == self.host.len()
+                && d.part_o.rows() >= part_rows
+                && d.part_o.cols() == head_dim
+                && d.plan.device() == dev
         });
         if !fits {
             self.device = Some(DevicePlan {
@@ -230,7 +248,13 @@ impl AttnPlan {
 
     /// Replace the host plan with `other`'s (same layout), keeping this plan's device
     /// buffers, and upload it: how a captured graph's inputs are refreshed in place.
-    pub fn refresh_from(&mut self, other: AttnPlan, dev: &Device, n_heads: usize, head_dim: usize) -> Result<(), AttnError> {
+    pub fn refresh_from(
+        &mut self,
+        other: AttnPlan,
+        dev: &Device,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<(), AttnError> {
         if other.layout != self.layout {
             return Err(AttnError::Shape(format!("plan layout {:?} differs from {:?}", other.layout, self.layout)));
         }

@@ -160,8 +160,28 @@ fn timing(gpu: &Device) -> Result<(), String> {
     println!("\n| vocab | batch | settings | device sampler ms | argmax kernel ms | host path ms (copy + CPU sampler) |\n|---|---|---|---|---|---|");
     let settings: [(&str, SamplingParams); 3] = [
         ("T 1", SamplingParams { seed: Some(1), ..SamplingParams::default() }),
-        ("T 0.8, top-k 50, top-p 0.9", SamplingParams { temperature: 0.8, top_k: Some(50), top_p: 0.9, seed: Some(1), ..SamplingParams::default() }),
-        ("T 0.8, top-p 0.9, penalties, 5 logprobs", SamplingParams { temperature: 0.8, top_p: 0.9, repetition_penalty: 1.1, frequency_penalty: 0.2, logprobs: Some(5), seed: Some(1), ..SamplingParams::default() }),
+        (
+            "T 0.8, top-k 50, top-p 0.9",
+            SamplingParams {
+                temperature: 0.8,
+                top_k: Some(50),
+                top_p: 0.9,
+                seed: Some(1),
+                ..SamplingParams::default()
+            },
+        ),
+        (
+            "T 0.8, top-p 0.9, penalties, 5 logprobs",
+            SamplingParams {
+                temperature: 0.8,
+                top_p: 0.9,
+                repetition_penalty: 1.1,
+                frequency_penalty: 0.2,
+                logprobs: Some(5),
+                seed: Some(1),
+                ..SamplingParams::default()
+            },
+        ),
     ];
     for (vocab, batch) in [(49_152usize, 1usize), (49_152, 64), (128_256, 1), (128_256, 64), (128_256, 256)] {
         let mut r = Rand { seed: 7, n: 0 };
@@ -170,8 +190,14 @@ fn timing(gpu: &Device) -> Result<(), String> {
         let t = cpu.to_device(gpu).map_err(|e| e.to_string())?;
         let history = TokenHistory::new(&(0..256).map(|i| (i * 97 % vocab) as u32).collect::<Vec<_>>());
         for (label, p) in &settings {
-            let mut samplers: Vec<Sampler> = (0..batch).map(|_| Sampler::new(p)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-            let jobs: Vec<SampleJob> = samplers.iter().enumerate().map(|(i, s)| s.device_job(&history, vocab, i)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+            let mut samplers: Vec<Sampler> =
+                (0..batch).map(|_| Sampler::new(p)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+            let jobs: Vec<SampleJob> = samplers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.device_job(&history, vocab, i))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
             let dev_ms = median_ms(20, || device::sample(&t, &jobs).map(|_| ()).map_err(|e| e.to_string()))?;
             let argmax_ms = median_ms(20, || {
                 let mut ids = Tensor::uninit(gpu, DType::I32, 1, batch).map_err(|e| e.to_string())?;
@@ -194,7 +220,12 @@ fn timing(gpu: &Device) -> Result<(), String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cpu_only = args.iter().any(|a| a == "--cpu");
-    let cases: u64 = args.iter().position(|a| a == "--cases").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(300);
+    let cases: u64 = args
+        .iter()
+        .position(|a| a == "--cases")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
     let gpu = if cpu_only {
         None
     } else {

@@ -188,7 +188,9 @@ impl BeamSearch {
         let k = self.candidates_to_keep();
         let mut rows = Vec::with_capacity(self.live.len());
         for b in &self.live {
-            rows.push(logprobs(b.key).ok_or_else(|| BeamError::Step(format!("no log-probabilities for beam {}", b.key)))?);
+            rows.push(
+                logprobs(b.key).ok_or_else(|| BeamError::Step(format!("no log-probabilities for beam {}", b.key)))?,
+            );
         }
         let cands = self.top_candidates(&rows, k);
         if cands.is_empty() {
@@ -374,10 +376,8 @@ mod tests {
         assert_eq!((m.advanced, m.forked), (vec![(1, 1)], vec![(1, 101, 2)]));
         // Beam 1 (p .6) is unsure; beam 101 (p .4) is certain: .4 * .9 = .36 beats .6 * .5 = .3,
         // and .6 * .5 = .3 beats .6 * .4 = .24, so both survivors descend from different parents.
-        let rows = HashMap::from([
-            (1, row([0.0, 0.0, 0.0, 0.5, 0.4, 0.1])),
-            (101, row([0.0, 0.0, 0.0, 0.05, 0.05, 0.9])),
-        ]);
+        let rows =
+            HashMap::from([(1, row([0.0, 0.0, 0.0, 0.5, 0.4, 0.1])), (101, row([0.0, 0.0, 0.0, 0.05, 0.05, 0.9]))]);
         let m = step(&mut s, &rows, &mut keys);
         assert_eq!(m.advanced, vec![(101, 5), (1, 3)]);
         assert!(m.forked.is_empty() && m.dropped.is_empty());
@@ -390,7 +390,8 @@ mod tests {
         let mut keys = Keys(100);
         let mut s = BeamSearch::new(cfg(2, 10, true), 1).unwrap();
         step(&mut s, &HashMap::from([(1, row([0.0, 0.5, 0.5, 0.0, 0.0, 0.0]))]), &mut keys);
-        let rows = HashMap::from([(1, row([0.0, 0.0, 0.0, 0.5, 0.5, 0.0])), (101, row([0.0, 0.0, 0.0, 0.45, 0.45, 0.1]))]);
+        let rows =
+            HashMap::from([(1, row([0.0, 0.0, 0.0, 0.5, 0.5, 0.0])), (101, row([0.0, 0.0, 0.0, 0.45, 0.45, 0.1]))]);
         let m = step(&mut s, &rows, &mut keys);
         assert_eq!(m.advanced, vec![(1, 3)]);
         assert_eq!(m.forked, vec![(1, 102, 4)]);
@@ -411,7 +412,8 @@ mod tests {
         assert!((r[0].score - 0.5f32.ln()).abs() < 1e-6);
         assert!(r[0].ended_by_token);
         // Both beams now end: the second hypothesis fills the kept set; early stopping ends it.
-        let rows = HashMap::from([(1, row([0.9, 0.1, 0.0, 0.0, 0.0, 0.0])), (101, row([0.9, 0.0, 0.1, 0.0, 0.0, 0.0]))]);
+        let rows =
+            HashMap::from([(1, row([0.9, 0.1, 0.0, 0.0, 0.0, 0.0])), (101, row([0.9, 0.0, 0.1, 0.0, 0.0, 0.0]))]);
         let m = step(&mut s, &rows, &mut keys);
         assert!(m.done);
         assert_eq!(m.dropped, vec![1, 101]);
@@ -437,7 +439,8 @@ mod tests {
         let mut keys = Keys(100);
         let mut s = BeamSearch::new(cfg(2, 2, true), 1).unwrap();
         step(&mut s, &HashMap::from([(1, row([0.0, 0.6, 0.4, 0.0, 0.0, 0.0]))]), &mut keys);
-        let rows = HashMap::from([(1, row([0.0, 0.0, 0.0, 0.7, 0.3, 0.0])), (101, row([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))]);
+        let rows =
+            HashMap::from([(1, row([0.0, 0.0, 0.0, 0.7, 0.3, 0.0])), (101, row([0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))]);
         let m = step(&mut s, &rows, &mut keys);
         assert!(m.done);
         let r = s.results(2);

@@ -67,7 +67,13 @@ impl BeamGroup {
         self.apply(moves, prompt, sched, result)
     }
 
-    fn apply(&mut self, m: BeamMoves, prompt: &[u32], sched: &mut Scheduler, result: &mut StepResult) -> Result<Remap, String> {
+    fn apply(
+        &mut self,
+        m: BeamMoves,
+        prompt: &[u32],
+        sched: &mut Scheduler,
+        result: &mut StepResult,
+    ) -> Result<Remap, String> {
         let mut remap = Remap::default();
         // Forks first: a parent must still be live (and not yet advanced) when it is copied.
         for &(parent, child, token) in &m.forked {
@@ -104,7 +110,9 @@ impl BeamGroup {
         ids.extend_from_slice(prompt);
         ids.extend_from_slice(tokens);
         let max_tokens = self.search.config().max_new_tokens.saturating_sub(self.search.generated()).max(1);
-        sched.add(Request { id: SeqId(key), prompt_ids: ids, max_tokens }).map_err(|e| format!("re-adding beam {key}: {e}"))
+        sched
+            .add(Request { id: SeqId(key), prompt_ids: ids, max_tokens })
+            .map_err(|e| format!("re-adding beam {key}: {e}"))
     }
 
     /// Beams whose logits arrived while others' did not: abort their sequences (see the module

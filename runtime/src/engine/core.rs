@@ -39,7 +39,10 @@ enum StepOut {
     Tokens(Vec<i32>),
     /// Logits row `i`'s results are `results[starts[i]..starts[i + 1]]`, one per choice that
     /// samples from it ([`super::request::SampleGroup::row_choices`] order).
-    Sampled { results: Vec<Result<Sampled, SamplingError>>, starts: Vec<usize> },
+    Sampled {
+        results: Vec<Result<Sampled, SamplingError>>,
+        starts: Vec<usize>,
+    },
 }
 
 /// One sequence's share of a [`StepOut`].
@@ -202,7 +205,8 @@ impl Core {
                 }
             }
         };
-        let added = self.sched.add(Request { id: SeqId(id), prompt_ids: req.prompt_ids.clone(), max_tokens: p.max_tokens });
+        let added =
+            self.sched.add(Request { id: SeqId(id), prompt_ids: req.prompt_ids.clone(), max_tokens: p.max_tokens });
         if let Err(e) = added {
             self.counters.failed += 1;
             ticket.end(EngineEvent::Error { message: e.to_string() });
@@ -210,7 +214,8 @@ impl Core {
         }
         self.counters.prompt_tokens += req.prompt_ids.len() as u64;
         self.owners.insert(SeqId(id), id);
-        self.requests.insert(id, RequestState { ticket, prompt: req.prompt_ids, cached_prompt_tokens: 0, started: false, kind });
+        self.requests
+            .insert(id, RequestState { ticket, prompt: req.prompt_ids, cached_prompt_tokens: 0, started: false, kind });
     }
 
     /// Removes a request and frees its sequences now; it ends with `Finished(abort)` + `Done`.
@@ -368,7 +373,8 @@ impl Core {
         match route {
             Route::Host => out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string()),
             Route::Argmax => {
-                let mut ids = crate::Tensor::uninit(out.device(), kiln_codegen::ir::DType::I32, 1, out.rows()).map_err(|e| e.to_string())?;
+                let mut ids = crate::Tensor::uninit(out.device(), kiln_codegen::ir::DType::I32, 1, out.rows())
+                    .map_err(|e| e.to_string())?;
                 crate::device_kernels::argmax_rows(&out, &mut ids).map_err(|e| e.to_string())?;
                 ids.to_host::<i32>().map(StepOut::Tokens).map_err(|e| e.to_string())
             }
@@ -377,17 +383,16 @@ impl Core {
                 // A job refused before sampling (a history token outside the vocabulary) keeps
                 // its error in its place; the others run in one launch.
                 let mut runnable: Vec<SampleJob> = Vec::with_capacity(jobs.len());
-                let refused: Vec<Option<SamplingError>> = jobs
-                    .into_iter()
-                    .map(|j| j.map(|j| runnable.push(j)).err())
-                    .collect();
+                let refused: Vec<Option<SamplingError>> =
+                    jobs.into_iter().map(|j| j.map(|j| runnable.push(j)).err()).collect();
                 let sampled = match crate::sample::device::sample(&out, &runnable) {
                     Ok(s) => s,
                     Err(e) => {
                         // The sampler itself failed (not a row): this step and the rest sample
                         // on the host, which reads the same logits, so no request notices.
                         self.sampling.device_ok = false;
-                        *lock(&self.shared.sampling_note) = format!("sampling: sampled rows on the host since the device sampler failed: {e}");
+                        *lock(&self.shared.sampling_note) =
+                            format!("sampling: sampled rows on the host since the device sampler failed: {e}");
                         return out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string());
                     }
                 };
@@ -471,7 +476,9 @@ impl Core {
                     let pick = match logits {
                         Row::Logits(l) => Pick::Logits(l),
                         Row::Token(t) => Pick::Token(t),
-                        Row::Sampled(rs) => Pick::Sampled(rs.get(j).cloned().ok_or("the device sampler returned too few results")?),
+                        Row::Sampled(rs) => {
+                            Pick::Sampled(rs.get(j).cloned().ok_or("the device sampler returned too few results")?)
+                        }
                     };
                     advance(&mut g.choices[c], pick, ticket, owners, result)?;
                 }

@@ -21,8 +21,8 @@
 //!   marks the heartbeat dead; nothing hangs.
 
 pub mod api;
-pub mod beam;
 mod batch;
+pub mod beam;
 mod beam_group;
 mod choice;
 mod core;
@@ -51,7 +51,11 @@ pub struct Engine;
 
 impl Engine {
     /// Sizes the KV pool, builds the scheduler and starts the engine thread.
-    pub fn start(model: Arc<dyn CausalLm>, detok: Arc<dyn Detokenizer>, cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
+    pub fn start(
+        model: Arc<dyn CausalLm>,
+        detok: Arc<dyn Detokenizer>,
+        cfg: EngineConfig,
+    ) -> Result<EngineHandle, EngineError> {
         if cfg.max_num_seqs == 0 || cfg.max_batched_tokens == 0 || cfg.max_queue == 0 {
             return Err(EngineError::InvalidConfig(format!(
                 "max_num_seqs ({}), max_batched_tokens ({}) and max_queue ({}) must be at least 1",
@@ -83,7 +87,14 @@ impl Engine {
         let (sampler_ok, note) = check_device_sampler(cfg.sampling, model.device(), info.vocab_size);
         let shared = Arc::new(Shared::new(info, limits, stats, note));
         let (tx, rx) = std::sync::mpsc::channel();
-        let core = core::Core::new(model, detok, shared.clone(), kv, sched, core::Sampling { placement: cfg.sampling, device_ok: sampler_ok });
+        let core = core::Core::new(
+            model,
+            detok,
+            shared.clone(),
+            kv,
+            sched,
+            core::Sampling { placement: cfg.sampling, device_ok: sampler_ok },
+        );
         thread::spawn(core, rx)?;
         Ok(EngineHandle { shared, tx })
     }
@@ -103,9 +114,17 @@ fn check_device_sampler(asked: SamplingPlacement, dev: &crate::Device, vocab: us
             match crate::sample::device::self_check(dev, vocab) {
                 Ok(()) => (
                     true,
-                    format!("sampling: on the GPU (the device sampler agreed with its CPU twin at start-up, {:.0} ms)", t.elapsed().as_secs_f64() * 1e3),
+                    format!(
+                        "sampling: on the GPU (the device sampler agreed with its CPU twin at start-up, {:.0} ms)",
+                        t.elapsed().as_secs_f64() * 1e3
+                    ),
                 ),
-                Err(e) => (false, format!("sampling: sampled rows on the host, because the device sampler failed its start-up check: {e}")),
+                Err(e) => (
+                    false,
+                    format!(
+                        "sampling: sampled rows on the host, because the device sampler failed its start-up check: {e}"
+                    ),
+                ),
             }
         }
     }

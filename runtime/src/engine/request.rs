@@ -5,11 +5,11 @@
 //! done (beam); it is then removed, after its last events are sent, and none of its sequences is
 //! live in the scheduler any more.
 
+use super::api::Detokenizer;
 use super::api::{EngineEvent, Usage};
 use super::beam_group::BeamGroup;
 use super::choice::Choice;
 use super::shared::Ticket;
-use super::api::Detokenizer;
 use crate::sample::FinishReason;
 use crate::sched::SeqId;
 

@@ -145,7 +145,8 @@ impl Shared {
     /// Waits until no request is in flight; false on timeout.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let guard = lock(&self.inflight);
-        let (guard, _) = self.idle.wait_timeout_while(guard, timeout, |n| *n > 0).unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) =
+            self.idle.wait_timeout_while(guard, timeout, |n| *n > 0).unwrap_or_else(PoisonError::into_inner);
         *guard == 0
     }
 

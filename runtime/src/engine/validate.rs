@@ -39,10 +39,16 @@ pub(crate) fn validate(id: u64, req: &GenerateRequest, vocab: usize, l: &Limits)
                 return Err(invalid("beam width must be at least 1"));
             }
             if b.width > l.max_num_seqs {
-                return Err(invalid(format!("beam width {} exceeds the engine's {} concurrent sequences", b.width, l.max_num_seqs)));
+                return Err(invalid(format!(
+                    "beam width {} exceeds the engine's {} concurrent sequences",
+                    b.width, l.max_num_seqs
+                )));
             }
             if req.n > b.width {
-                return Err(invalid(format!("n = {} exceeds the beam width {}: beam search returns at most `width` beams", req.n, b.width)));
+                return Err(invalid(format!(
+                    "n = {} exceeds the beam width {}: beam search returns at most `width` beams",
+                    req.n, b.width
+                )));
             }
             if !b.length_penalty.is_finite() {
                 return Err(invalid(format!("length_penalty {} is not finite", b.length_penalty)));
@@ -128,7 +134,8 @@ mod tests {
         let mut r = req(3, 5);
         r.n = 9;
         assert!(msg(r).contains("n = 9"));
-        let beam = |width, n| GenerateRequest { n, beam: Some(BeamParams { width, ..BeamParams::default() }), ..req(3, 5) };
+        let beam =
+            |width, n| GenerateRequest { n, beam: Some(BeamParams { width, ..BeamParams::default() }), ..req(3, 5) };
         assert!(msg(beam(9, 1)).contains("beam width 9"));
         assert!(msg(beam(2, 3)).contains("exceeds the beam width"));
         let mut r = beam(2, 1);

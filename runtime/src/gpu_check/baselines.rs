@@ -19,7 +19,13 @@ fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
 }
 
 /// Device-to-device copy of a `rows × cols` bf16 tensor; bytes counted read + written.
-pub(crate) fn copy(gpu: &Device, b: &CudaBackend, cfg: &CheckConfig, rows: usize, cols: usize) -> Result<CopyResult, CheckError> {
+pub(crate) fn copy(
+    gpu: &Device,
+    b: &CudaBackend,
+    cfg: &CheckConfig,
+    rows: usize,
+    cols: usize,
+) -> Result<CopyResult, CheckError> {
     let bytes = rows * cols * 2;
     let sets = rotation_sets(2 * bytes, b.l2_bytes());
     let mut pairs = vec![];
@@ -31,14 +37,22 @@ pub(crate) fn copy(gpu: &Device, b: &CudaBackend, cfg: &CheckConfig, rows: usize
     let us = median_us(b, cfg.warmup, cfg.reps, |i| {
         let (s, d, _, _) = &pairs[i % sets];
         // SAFETY: both ranges are live allocations of `bytes` bytes (held in `pairs`).
-        drv("copying device to device", unsafe { cudarc::driver::result::memcpy_dtod_async(*d, *s, bytes, b.stream().cu_stream()) })?;
+        drv("copying device to device", unsafe {
+            cudarc::driver::result::memcpy_dtod_async(*d, *s, bytes, b.stream().cu_stream())
+        })?;
         Ok(())
     })?;
     Ok(CopyResult { rows, cols, bytes: 2 * bytes, median_us: us })
 }
 
 /// cuBLAS bf16 GEMM `n × n × n`: median time and TFLOP/s (2n³ flops).
-pub(crate) fn gemm_speed(gpu: &Device, b: &CudaBackend, cfg: &CheckConfig, n: usize, rng: &mut StdRng) -> Result<GemmSpeed, CheckError> {
+pub(crate) fn gemm_speed(
+    gpu: &Device,
+    b: &CudaBackend,
+    cfg: &CheckConfig,
+    n: usize,
+    rng: &mut StdRng,
+) -> Result<GemmSpeed, CheckError> {
     let a = Tensor::from_f32_as(gpu, DType::BF16, &random(rng, n * n), n, n)?;
     let w = Tensor::from_f32_as(gpu, DType::BF16, &random(rng, n * n), n, n)?;
     let mut out = Tensor::uninit(gpu, DType::BF16, n, n)?;
@@ -49,7 +63,13 @@ pub(crate) fn gemm_speed(gpu: &Device, b: &CudaBackend, cfg: &CheckConfig, n: us
 
 /// cuBLAS vs the CPU GEMM on the same (dtype-rounded) inputs. `offset` runs on column views
 /// (odd leading dimensions, unaligned pointers) instead of dense tensors.
-pub(crate) fn gemm_check(gpu: &Device, dtype: DType, (m, k, n): (usize, usize, usize), offset: bool, rng: &mut StdRng) -> GemmCheck {
+pub(crate) fn gemm_check(
+    gpu: &Device,
+    dtype: DType,
+    (m, k, n): (usize, usize, usize),
+    offset: bool,
+    rng: &mut StdRng,
+) -> GemmCheck {
     let mut run = || -> Result<Diff, CheckError> {
         let pad = usize::from(offset) * 3;
         let make = |rng: &mut StdRng, r: usize, c: usize| -> Result<(Tensor, Tensor), CheckError> {

@@ -108,7 +108,11 @@ impl Case<'_> {
                 return Err(CheckError::Stray { kernel: self.def.name.to_string(), count: stray });
             }
         }
-        let out_dtype = k.outputs.iter().map(|o| o.kind.dtype()).fold(DType::F32, |a, d| if tolerance(d) > tolerance(a) { d } else { a });
+        let out_dtype =
+            k.outputs
+                .iter()
+                .map(|o| o.kind.dtype())
+                .fold(DType::F32, |a, d| if tolerance(d) > tolerance(a) { d } else { a });
         r.diff = diff;
         r.pass = diff.passes(self.cfg.tolerance.unwrap_or_else(|| tolerance(out_dtype)));
 
@@ -145,7 +149,14 @@ impl Case<'_> {
         Ok((parents, views))
     }
 
-    fn time(&self, gpu: &Device, b: &CudaBackend, inputs: &[Input], outs: Vec<Tensor>, bytes: usize) -> Result<f64, CheckError> {
+    fn time(
+        &self,
+        gpu: &Device,
+        b: &CudaBackend,
+        inputs: &[Input],
+        outs: Vec<Tensor>,
+        bytes: usize,
+    ) -> Result<f64, CheckError> {
         let sets = rotation_sets(bytes, b.l2_bytes());
         let mut in_sets: Vec<Vec<Input>> = vec![];
         let mut out_sets: Vec<Vec<Tensor>> = vec![outs];

@@ -118,5 +118,8 @@ fn num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 }
 
 fn dtype(s: &str) -> Result<DType, String> {
-    DType::STORAGE.into_iter().find(|d| d.name() == s.trim()).ok_or_else(|| format!("unknown dtype {s:?} (f32, f16, bf16)"))
+    DType::STORAGE
+        .into_iter()
+        .find(|d| d.name() == s.trim())
+        .ok_or_else(|| format!("unknown dtype {s:?} (f32, f16, bf16)"))
 }

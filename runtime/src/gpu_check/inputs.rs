@@ -165,7 +165,13 @@ fn tensor(d: DType, rows: usize, cols: usize, gpu: &Device, rng: &mut StdRng) ->
 /// Output tensors for `k` on `dev`, filled with a poison value (NaN for floats, `i32::MIN`
 /// for i32) so unwritten elements are detectable; `pad` extra columns each (a Row output is
 /// `rows × (width+pad)`, a PerRow output `1 × (rows+pad)`).
-pub(crate) fn poisoned_outputs(k: &Kernel, dev: &Device, rows: usize, width: usize, pad: usize) -> Result<Vec<Tensor>, TensorError> {
+pub(crate) fn poisoned_outputs(
+    k: &Kernel,
+    dev: &Device,
+    rows: usize,
+    width: usize,
+    pad: usize,
+) -> Result<Vec<Tensor>, TensorError> {
     k.outputs
         .iter()
         .map(|o| {

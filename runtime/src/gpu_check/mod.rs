@@ -67,7 +67,10 @@ impl Default for CheckConfig {
             peak_gbps: 2980.0,
             comptime: vec![],
             tolerance: None,
-            seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1),
+            seed: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1),
             copy_shape: Some((4096, 4096)),
             gemm_n: Some(4096),
             gemm_checks: vec![(1, 576, 1536), (7, 577, 129), (33, 4096, 4096)],

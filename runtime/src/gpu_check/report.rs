@@ -25,7 +25,9 @@ pub(crate) fn markdown(r: &Report) -> String {
             (Some(e), _) => format!("ERROR: {}", one_line(e)),
             (None, true) => "ok".into(),
             (None, false) if c.diff.unwritten > 0 => format!("FAIL ({} unwritten)", c.diff.unwritten),
-            (None, false) if c.diff.ref_nonfinite > 0 => format!("FAIL ({} non-finite in CPU ref)", c.diff.ref_nonfinite),
+            (None, false) if c.diff.ref_nonfinite > 0 => {
+                format!("FAIL ({} non-finite in CPU ref)", c.diff.ref_nonfinite)
+            }
             (None, false) => "FAIL".into(),
         };
         let (us, gbps, pct) = match (c.median_us, c.gbps()) {
@@ -53,7 +55,11 @@ pub(crate) fn markdown(r: &Report) -> String {
             );
         }
         Some(Err(e)) => {
-            let _ = writeln!(s, "| copy (device-to-device memcpy) | bf16 | - | - | - | - | ERROR: {} | - | - | - |", one_line(e));
+            let _ = writeln!(
+                s,
+                "| copy (device-to-device memcpy) | bf16 | - | - | - | - | ERROR: {} | - | - | - |",
+                one_line(e)
+            );
         }
         None => {}
     }
@@ -80,11 +86,23 @@ pub(crate) fn markdown(r: &Report) -> String {
                 None => "FAIL".into(),
             };
             let layout = if g.offset { "offset views" } else { "dense" };
-            let _ = writeln!(s, "| {} | {}×{}×{} | {} | {:.2e} | {} |", g.dtype, g.m, g.k, g.n, layout, g.diff.max_rel, pass);
+            let _ = writeln!(
+                s,
+                "| {} | {}×{}×{} | {} | {:.2e} | {} |",
+                g.dtype, g.m, g.k, g.n, layout, g.diff.max_rel, pass
+            );
         }
     }
-    let mut errors: Vec<String> = r.cases.iter().filter_map(|c| c.error.as_ref().map(|e| format!("{} {} {}x{}: {e}", c.kernel, c.dtype, c.rows, c.width))).collect();
-    errors.extend(r.gemm_checks.iter().filter_map(|g| g.error.as_ref().map(|e| format!("GEMM {} {}x{}x{}: {e}", g.dtype, g.m, g.k, g.n))));
+    let mut errors: Vec<String> = r
+        .cases
+        .iter()
+        .filter_map(|c| c.error.as_ref().map(|e| format!("{} {} {}x{}: {e}", c.kernel, c.dtype, c.rows, c.width)))
+        .collect();
+    errors.extend(
+        r.gemm_checks
+            .iter()
+            .filter_map(|g| g.error.as_ref().map(|e| format!("GEMM {} {}x{}x{}: {e}", g.dtype, g.m, g.k, g.n))),
+    );
     // Failures again at the end, where a truncated log still shows them.
     let failed: Vec<String> = r
         .cases

@@ -7,9 +7,7 @@
 use crate::fused_def::{leak_def, DefError};
 use kiln_codegen::builder::{BuildError, Builder};
 use kiln_codegen::fused::FusedDef;
-use kiln_codegen::ir::{
-    BinaryOp, DType, Kernel, Llama3Scaling, OutputKind, ParamKind, ReduceOp, RopeStyle, UnaryOp,
-};
+use kiln_codegen::ir::{BinaryOp, DType, Kernel, Llama3Scaling, OutputKind, ParamKind, ReduceOp, RopeStyle, UnaryOp};
 use std::sync::OnceLock;
 
 const SOURCE: &str = "kiln_runtime::gpu_check::samples";

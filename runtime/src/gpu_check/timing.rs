@@ -5,7 +5,12 @@ use super::CheckError;
 use crate::cuda_backend::CudaBackend;
 
 /// [`crate::timing::median_us`] with the check's error type.
-pub(crate) fn median_us(b: &CudaBackend, warmup: usize, reps: usize, f: impl FnMut(usize) -> Result<(), CheckError>) -> Result<f64, CheckError> {
+pub(crate) fn median_us(
+    b: &CudaBackend,
+    warmup: usize,
+    reps: usize,
+    f: impl FnMut(usize) -> Result<(), CheckError>,
+) -> Result<f64, CheckError> {
     crate::timing::median_us(b, warmup, reps, f)
 }
 

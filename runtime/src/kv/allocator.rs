@@ -72,11 +72,7 @@ pub(crate) struct PrefixIndex {
 impl BlockAllocator {
     /// A pool of `num_blocks` free blocks of `block_size` slots; `prefix_caching` turns on the
     /// hash index (it costs `num_blocks * block_size` token ids of host memory).
-    pub fn new(
-        num_blocks: usize,
-        block_size: usize,
-        prefix_caching: bool,
-    ) -> Result<Self, KvError> {
+    pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Result<Self, KvError> {
         if num_blocks == 0 || num_blocks > MAX_BLOCKS {
             return Err(KvError::InvalidConfig(format!(
                 "num_blocks is {num_blocks}; it must be between 1 and {MAX_BLOCKS}"
@@ -89,9 +85,7 @@ impl BlockAllocator {
             )));
         }
         let slots = num_blocks.checked_mul(block_size).ok_or_else(|| {
-            KvError::InvalidConfig(format!(
-                "{num_blocks} blocks of {block_size} slots overflow the address space"
-            ))
+            KvError::InvalidConfig(format!("{num_blocks} blocks of {block_size} slots overflow the address space"))
         })?;
         let prefix = prefix_caching.then(|| PrefixIndex {
             by_hash: HashMap::new(),
@@ -169,8 +163,7 @@ impl BlockAllocator {
     /// True when appending to `table` must first copy its last block: the append starts inside
     /// that block and another table also holds it.
     fn needs_cow(&self, table: &BlockTable) -> bool {
-        table.num_tokens % self.block_size != 0
-            && table.blocks.last().is_some_and(|&b| self.ref_count(b) > 1)
+        table.num_tokens % self.block_size != 0 && table.blocks.last().is_some_and(|&b| self.ref_count(b) > 1)
     }
 
     /// New blocks an append of `n` tokens to `table` takes from the pool (copy-on-write included).
@@ -179,9 +172,7 @@ impl BlockAllocator {
             return 0;
         }
         let end = table.num_tokens.saturating_add(n);
-        self.blocks_for_tokens(end)
-            .saturating_sub(table.blocks.len())
-            + self.needs_cow(table) as usize
+        self.blocks_for_tokens(end).saturating_sub(table.blocks.len()) + self.needs_cow(table) as usize
     }
 
     /// The most tokens that can be appended to `table` right now without evicting anything that
@@ -266,20 +257,15 @@ impl BlockAllocator {
         let start = table.num_tokens;
         let copy = self.reserve_slots(table, n)?;
         let bs = self.block_size;
-        out.extend((start..start + n).map(|pos| SlotMapping {
-            block: table.blocks[pos / bs],
-            offset: (pos % bs) as u32,
-        }));
+        out.extend(
+            (start..start + n).map(|pos| SlotMapping { block: table.blocks[pos / bs], offset: (pos % bs) as u32 }),
+        );
         Ok(copy)
     }
 
     /// [`Self::append_slots`] without writing slot mappings (read them later with
     /// [`BlockTable::slot`]).
-    pub fn reserve_slots(
-        &mut self,
-        table: &mut BlockTable,
-        n: usize,
-    ) -> Result<Option<CopyBlock>, KvError> {
+    pub fn reserve_slots(&mut self, table: &mut BlockTable, n: usize) -> Result<Option<CopyBlock>, KvError> {
         if n == 0 {
             return Ok(None);
         }

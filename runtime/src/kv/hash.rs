@@ -50,10 +50,7 @@ mod tests {
         assert_eq!(a, chain_hash(ROOT_HASH, &[1, 2, 3, 4]));
         assert_ne!(a, chain_hash(ROOT_HASH, &[2, 1, 3, 4]));
         assert_ne!(a, chain_hash(a, &[1, 2, 3, 4]));
-        assert_ne!(
-            chain_hash(ROOT_HASH, &[1, 2, 3]),
-            chain_hash(ROOT_HASH, &[1, 2, 3, 0])
-        );
+        assert_ne!(chain_hash(ROOT_HASH, &[1, 2, 3]), chain_hash(ROOT_HASH, &[1, 2, 3, 0]));
         assert_ne!(chain_hash(ROOT_HASH, &[]), ROOT_HASH);
     }
 }

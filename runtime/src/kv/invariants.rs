@@ -57,9 +57,7 @@ impl BlockAllocator {
         for &i in &self.free {
             let iu = i as usize;
             if iu >= n || on_free[iu] {
-                return fail(format!(
-                    "block {i} is on the free list twice or is out of range"
-                ));
+                return fail(format!("block {i} is on the free list twice or is out of range"));
             }
             on_free[iu] = true;
         }
@@ -67,17 +65,10 @@ impl BlockAllocator {
         let mut used = 0;
         for i in 0..n {
             let b = super::BlockId(i as u32);
-            let (r, free, evictable, cached) = (
-                self.refs[i],
-                on_free[i],
-                self.lru.contains(i as u32),
-                self.is_cached(b),
-            );
+            let (r, free, evictable, cached) =
+                (self.refs[i], on_free[i], self.lru.contains(i as u32), self.is_cached(b));
             if r != holders[i] {
-                return fail(format!(
-                    "{b} has reference count {r} but {} tables hold it",
-                    holders[i]
-                ));
+                return fail(format!("{b} has reference count {r} but {} tables hold it", holders[i]));
             }
             let state_ok = match (r, free, evictable) {
                 (0, true, false) => !cached,
@@ -86,39 +77,25 @@ impl BlockAllocator {
                 _ => false,
             };
             if !state_ok {
-                return fail(format!(
-                    "{b}: refs {r}, on free list {free}, evictable {evictable}, cached {cached}"
-                ));
+                return fail(format!("{b}: refs {r}, on free list {free}, evictable {evictable}, cached {cached}"));
             }
             used += (r > 0) as usize;
         }
         if used != self.used {
-            return fail(format!(
-                "{used} blocks referenced but the counter says {}",
-                self.used
-            ));
+            return fail(format!("{used} blocks referenced but the counter says {}", self.used));
         }
         if self.free.len() + lru.len() + used != n {
-            return fail(format!(
-                "free {} + evictable {} + used {used} != total {n}",
-                self.free.len(),
-                lru.len()
-            ));
+            return fail(format!("free {} + evictable {} + used {used} != total {n}", self.free.len(), lru.len()));
         }
         if let Some(p) = &self.prefix {
             for (&h, &b) in &p.by_hash {
                 if p.hash.get(b.index()).copied().flatten() != Some(h) {
-                    return fail(format!(
-                        "hash index names {b}, which is not registered under that hash"
-                    ));
+                    return fail(format!("hash index names {b}, which is not registered under that hash"));
                 }
             }
             let registered = p.hash.iter().filter(|h| h.is_some()).count();
             if registered != p.by_hash.len() {
-                return fail(format!(
-                    "{registered} blocks registered, hash index holds {}",
-                    p.by_hash.len()
-                ));
+                return fail(format!("{registered} blocks registered, hash index holds {}", p.by_hash.len()));
             }
         } else if !lru.is_empty() {
             return fail("evictable blocks exist with prefix caching off".into());

@@ -102,10 +102,7 @@ impl Lru {
         let mut prev = NIL;
         while cur != NIL {
             if out.len() > self.len {
-                return Err(format!(
-                    "LRU list longer than its length {} (cycle?)",
-                    self.len
-                ));
+                return Err(format!("LRU list longer than its length {} (cycle?)", self.len));
             }
             let cu = cur as usize;
             if cu >= self.linked.len() || !self.linked[cu] {
@@ -122,18 +119,11 @@ impl Lru {
             return Err("LRU tail does not end the list".into());
         }
         if out.len() != self.len {
-            return Err(format!(
-                "LRU holds {} blocks but counts {}",
-                out.len(),
-                self.len
-            ));
+            return Err(format!("LRU holds {} blocks but counts {}", out.len(), self.len));
         }
         let flagged = self.linked.iter().filter(|&&l| l).count();
         if flagged != self.len {
-            return Err(format!(
-                "{flagged} blocks flagged as linked, list has {}",
-                self.len
-            ));
+            return Err(format!("{flagged} blocks flagged as linked, list has {}", self.len));
         }
         Ok(out)
     }

@@ -31,9 +31,7 @@ impl BlockAllocator {
     /// Whether `b` is a registered (cached) block.
     #[inline]
     pub(crate) fn is_cached(&self, b: BlockId) -> bool {
-        self.prefix
-            .as_ref()
-            .is_some_and(|p| p.hash.get(b.index()).copied().flatten().is_some())
+        self.prefix.as_ref().is_some_and(|p| p.hash.get(b.index()).copied().flatten().is_some())
     }
 
     /// Forgets `b`'s registration (it is being evicted to hold new content).
@@ -53,36 +51,22 @@ impl BlockAllocator {
     }
 
     /// The cached block for the block after `parent` with these tokens, verified exactly.
-    fn lookup(
-        &self,
-        hash: BlockHash,
-        parent: Option<CacheKey>,
-        tokens: &[TokenId],
-    ) -> Option<BlockId> {
+    fn lookup(&self, hash: BlockHash, parent: Option<CacheKey>, tokens: &[TokenId]) -> Option<BlockId> {
         let p = self.prefix.as_ref()?;
         let &b = p.by_hash.get(&hash)?;
         let i = b.index();
         let bs = self.block_size;
-        let same = p.hash[i] == Some(hash)
-            && p.parent[i] == parent
-            && p.tokens[i * bs..(i + 1) * bs] == *tokens;
+        let same = p.hash[i] == Some(hash) && p.parent[i] == parent && p.tokens[i * bs..(i + 1) * bs] == *tokens;
         same.then_some(b)
     }
 
     fn key(&self, b: BlockId) -> CacheKey {
-        CacheKey {
-            block: b,
-            generation: self.generation[b.index()],
-        }
+        CacheKey { block: b, generation: self.generation[b.index()] }
     }
 
     /// Walks the cache along `tokens`' full blocks; calls `hit` for each hit block and returns
     /// the final chain state `(blocks matched, hash, parent)`.
-    fn walk(
-        &self,
-        tokens: &[TokenId],
-        mut hit: impl FnMut(BlockId),
-    ) -> (usize, BlockHash, Option<CacheKey>) {
+    fn walk(&self, tokens: &[TokenId], mut hit: impl FnMut(BlockId)) -> (usize, BlockHash, Option<CacheKey>) {
         let mut h = ROOT_HASH;
         let mut parent = None;
         let mut n = 0;
@@ -105,13 +89,8 @@ impl BlockAllocator {
     /// How much of `tokens` [`Self::match_prefix`] would reuse, without changing anything.
     pub fn peek_prefix(&self, tokens: &[TokenId]) -> PrefixPeek {
         let mut evictable = 0;
-        let (n, _, _) = self.walk(tokens, |b| {
-            evictable += (self.refs[b.index()] == 0) as usize
-        });
-        PrefixPeek {
-            tokens: n * self.block_size,
-            evictable_blocks: evictable,
-        }
+        let (n, _, _) = self.walk(tokens, |b| evictable += (self.refs[b.index()] == 0) as usize);
+        PrefixPeek { tokens: n * self.block_size, evictable_blocks: evictable }
     }
 
     /// A new table holding the cached blocks that cover the longest run of `tokens`' *full*
@@ -167,13 +146,7 @@ impl BlockAllocator {
     /// Makes `b` (content: `tokens` after `parent`) findable under `h`, or finds the block that
     /// already is. Returns the canonical block's key, or `None` when the content cannot be
     /// verified (a 64-bit collision): the caller stops registering that chain.
-    fn register(
-        &mut self,
-        b: BlockId,
-        h: BlockHash,
-        parent: Option<CacheKey>,
-        tokens: &[TokenId],
-    ) -> Option<CacheKey> {
+    fn register(&mut self, b: BlockId, h: BlockHash, parent: Option<CacheKey>, tokens: &[TokenId]) -> Option<CacheKey> {
         let bs = self.block_size;
         let i = b.index();
         let p = self.prefix.as_mut()?;
@@ -182,10 +155,7 @@ impl BlockAllocator {
             return (existing == h).then(|| self.key(b));
         }
         if let Some(&other) = p.by_hash.get(&h) {
-            return self
-                .lookup(h, parent, tokens)
-                .map(|c| self.key(c))
-                .filter(|k| k.block == other);
+            return self.lookup(h, parent, tokens).map(|c| self.key(c)).filter(|k| k.block == other);
         }
         p.by_hash.insert(h, b);
         p.hash[i] = Some(h);

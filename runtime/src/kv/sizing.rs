@@ -33,13 +33,11 @@ impl KvLayout {
         let mut bytes: u64 = 2;
         for (name, v) in fields {
             if v == 0 {
-                return Err(KvError::InvalidConfig(format!(
-                    "KV layout field `{name}` is 0"
-                )));
+                return Err(KvError::InvalidConfig(format!("KV layout field `{name}` is 0")));
             }
-            bytes = bytes.checked_mul(v as u64).ok_or_else(|| {
-                KvError::InvalidConfig(format!("KV block size in bytes overflows u64 ({self:?})"))
-            })?;
+            bytes = bytes
+                .checked_mul(v as u64)
+                .ok_or_else(|| KvError::InvalidConfig(format!("KV block size in bytes overflows u64 ({self:?})")))?;
         }
         Ok(bytes)
     }
@@ -55,10 +53,7 @@ impl KvLayout {
         let block_bytes = self.bytes_per_block()?;
         let blocks = budget_bytes / block_bytes;
         if blocks == 0 {
-            return Err(KvError::BudgetTooSmall {
-                budget: budget_bytes,
-                block_bytes,
-            });
+            return Err(KvError::BudgetTooSmall { budget: budget_bytes, block_bytes });
         }
         Ok(blocks.min((u32::MAX - 1) as u64) as usize)
     }
@@ -70,13 +65,7 @@ mod tests {
 
     fn smollm(block_size: usize) -> KvLayout {
         // SmolLM2-135M: 30 layers, 3 KV heads of 64, bf16.
-        KvLayout {
-            num_layers: 30,
-            num_kv_heads: 3,
-            head_dim: 64,
-            dtype_bytes: 2,
-            block_size,
-        }
+        KvLayout { num_layers: 30, num_kv_heads: 3, head_dim: 64, dtype_bytes: 2, block_size }
     }
 
     #[test]
@@ -86,32 +75,16 @@ mod tests {
         assert_eq!(l.bytes_per_token().unwrap(), 23_040);
         let per = l.bytes_per_block().unwrap();
         assert_eq!(l.blocks_for_budget(per * 10 + per - 1).unwrap(), 10);
-        assert_eq!(
-            l.blocks_for_budget(per - 1),
-            Err(KvError::BudgetTooSmall {
-                budget: per - 1,
-                block_bytes: per
-            })
-        );
+        assert_eq!(l.blocks_for_budget(per - 1), Err(KvError::BudgetTooSmall { budget: per - 1, block_bytes: per }));
     }
 
     #[test]
     fn zero_and_overflow_are_errors() {
         let mut l = smollm(16);
         l.head_dim = 0;
-        assert!(
-            matches!(l.bytes_per_block(), Err(KvError::InvalidConfig(m)) if m.contains("head_dim"))
-        );
-        let huge = KvLayout {
-            num_layers: usize::MAX,
-            num_kv_heads: usize::MAX,
-            head_dim: 2,
-            dtype_bytes: 2,
-            block_size: 2,
-        };
-        assert!(matches!(
-            huge.blocks_for_budget(u64::MAX),
-            Err(KvError::InvalidConfig(_))
-        ));
+        assert!(matches!(l.bytes_per_block(), Err(KvError::InvalidConfig(m)) if m.contains("head_dim")));
+        let huge =
+            KvLayout { num_layers: usize::MAX, num_kv_heads: usize::MAX, head_dim: 2, dtype_bytes: 2, block_size: 2 };
+        assert!(matches!(huge.blocks_for_budget(u64::MAX), Err(KvError::InvalidConfig(_))));
     }
 }

@@ -85,10 +85,7 @@ impl BlockTable {
             return None;
         }
         let block = *self.blocks.get(pos / block_size)?;
-        Some(SlotMapping {
-            block,
-            offset: (pos % block_size) as u32,
-        })
+        Some(SlotMapping { block, offset: (pos % block_size) as u32 })
     }
 
     /// A field-by-field copy; only `fork` may call it, after counting the new references.

@@ -21,14 +21,7 @@ const BLOCK: usize = 256;
 
 /// The token for draw `n` of the sequence seeded with `seed`. `fallback` (the argmax) is
 /// returned only if the invariant were broken, instead of panicking.
-pub(crate) fn draw(
-    logits: &[f32],
-    weights: &[f32],
-    sel: Selection,
-    seed: u64,
-    n: u64,
-    fallback: u32,
-) -> u32 {
+pub(crate) fn draw(logits: &[f32], weights: &[f32], sel: Selection, seed: u64, n: u64, fallback: u32) -> u32 {
     let r = rng::below(seed, n, sel.total);
     walk(logits, weights, sel.kept, r).unwrap_or(fallback)
 }
@@ -106,19 +99,8 @@ mod tests {
     fn block_skipping_equals_a_plain_walk() {
         // 1000 tokens over four blocks; weights vary, some masked, some not kept.
         let l: Vec<f32> = (0..1000).map(|i| ((i * 37) % 11) as f32).collect();
-        let w: Vec<f32> = (0..1000)
-            .map(|i| {
-                if i % 13 == 0 {
-                    0.0
-                } else {
-                    ((i % 7) + 1) as f32 / 8.0
-                }
-            })
-            .collect();
-        let kept = Kept::UpTo {
-            logit: 4.0,
-            id: 500,
-        };
+        let w: Vec<f32> = (0..1000).map(|i| if i % 13 == 0 { 0.0 } else { ((i % 7) + 1) as f32 / 8.0 }).collect();
+        let kept = Kept::UpTo { logit: 4.0, id: 500 };
         let plain = |r: u64| {
             let mut cum = 0u64;
             (0..1000u32).find(|&i| {
@@ -128,10 +110,8 @@ mod tests {
                 cum > r
             })
         };
-        let total: u64 = (0..1000u32)
-            .filter(|&i| kept.contains(l[i as usize], i))
-            .map(|i| quantize(w[i as usize]))
-            .sum();
+        let total: u64 =
+            (0..1000u32).filter(|&i| kept.contains(l[i as usize], i)).map(|i| quantize(w[i as usize])).sum();
         for step in 0..2000u64 {
             let r = step * (total / 2000) + step % 7;
             assert_eq!(walk(&l, &w, kept, r), plain(r), "r {r}");

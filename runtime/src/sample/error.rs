@@ -51,9 +51,6 @@ pub enum SamplingError {
 impl SamplingError {
     /// Shorthand for [`SamplingError::InvalidParam`].
     pub(crate) fn param(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::InvalidParam {
-            field,
-            reason: reason.into(),
-        }
+        Self::InvalidParam { field, reason: reason.into() }
     }
 }

@@ -42,12 +42,7 @@ mod tests {
 
     #[test]
     fn wire_names_match_serde_and_display() {
-        for r in [
-            FinishReason::Stop,
-            FinishReason::Length,
-            FinishReason::Abort,
-            FinishReason::Error,
-        ] {
+        for r in [FinishReason::Stop, FinishReason::Length, FinishReason::Abort, FinishReason::Error] {
             let json = serde_json::to_string(&r).unwrap();
             assert_eq!(json, format!("\"{}\"", r.as_str()));
             assert_eq!(r.to_string(), r.as_str());

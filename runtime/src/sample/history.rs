@@ -35,12 +35,8 @@ pub struct TokenHistory {
 impl TokenHistory {
     /// A history holding `prompt` and no output yet.
     pub fn new(prompt: &[u32]) -> Self {
-        let mut h = Self {
-            tokens: Vec::with_capacity(prompt.len()),
-            prompt_len: 0,
-            counts: HashMap::new(),
-            max_token: None,
-        };
+        let mut h =
+            Self { tokens: Vec::with_capacity(prompt.len()), prompt_len: 0, counts: HashMap::new(), max_token: None };
         for &t in prompt {
             h.record(t);
             h.counts.entry(t).or_default().prompt += 1;
@@ -118,27 +114,9 @@ mod tests {
         assert_eq!(h.output(), &[7, 9, 7]);
         assert_eq!(h.all(), &[5, 7, 5, 7, 9, 7]);
         assert_eq!(h.output_len(), 3);
-        assert_eq!(
-            h.count(5),
-            TokenCount {
-                prompt: 2,
-                output: 0
-            }
-        );
-        assert_eq!(
-            h.count(7),
-            TokenCount {
-                prompt: 1,
-                output: 2
-            }
-        );
-        assert_eq!(
-            h.count(9),
-            TokenCount {
-                prompt: 0,
-                output: 1
-            }
-        );
+        assert_eq!(h.count(5), TokenCount { prompt: 2, output: 0 });
+        assert_eq!(h.count(7), TokenCount { prompt: 1, output: 2 });
+        assert_eq!(h.count(9), TokenCount { prompt: 0, output: 1 });
         assert_eq!(h.count(1), TokenCount::default());
         assert_eq!(h.max_token(), Some(9));
         assert_eq!(h.distinct_len(), 3);

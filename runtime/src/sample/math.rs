@@ -30,16 +30,7 @@ pub const LN2_LO: f32 = 1.428_606_8e-6;
 pub const ROUND_MAGIC: f32 = 12_582_912.0;
 /// The Taylor coefficients `1/j!` of [`exp_nonpos`]'s polynomial, `j = 0..=7`, each an f32
 /// division rounded once (the CUDA port embeds these very bits).
-pub const EXP_COEFFS: [f32; 8] = [
-    1.0,
-    1.0,
-    0.5,
-    1.0 / 6.0,
-    1.0 / 24.0,
-    1.0 / 120.0,
-    1.0 / 720.0,
-    1.0 / 5040.0,
-];
+pub const EXP_COEFFS: [f32; 8] = [1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0];
 
 /// `e^x` for `x <= 0` (including `-inf`), within about 2 ulp of the true value, with
 /// `exp_nonpos(0.0) == 1.0` exactly and `0.0` for `x < EXP_FLUSH_BELOW`.
@@ -50,11 +41,7 @@ pub const EXP_COEFFS: [f32; 8] = [
 pub fn exp_nonpos(x: f32) -> f32 {
     // Clamp first so the arithmetic below stays in range; the flush is applied at the end as a
     // select, which keeps the loop that calls this branch-free and vectorisable.
-    let xc = if x < EXP_FLUSH_BELOW {
-        EXP_FLUSH_BELOW
-    } else {
-        x
-    };
+    let xc = if x < EXP_FLUSH_BELOW { EXP_FLUSH_BELOW } else { x };
     let t = xc * LOG2_E + ROUND_MAGIC;
     let n = t - ROUND_MAGIC; // integer-valued, in [-126, 0]
                              // Wrapping ops cannot wrap here (n is in [-126, 0]); they keep overflow checks in debug
@@ -87,9 +74,7 @@ pub fn quantize(w: f32) -> u64 {
 /// even in builds with overflow checks.
 #[inline]
 pub fn total_mass(weights: impl IntoIterator<Item = f32>) -> u64 {
-    weights
-        .into_iter()
-        .fold(0u64, |acc, w| acc.wrapping_add(quantize(w)))
+    weights.into_iter().fold(0u64, |acc, w| acc.wrapping_add(quantize(w)))
 }
 
 /// Rank key: larger keys rank earlier. Logit descending, then id ascending; `-0.0` and `0.0`
@@ -99,11 +84,7 @@ pub fn rank_key(logit: f32, id: u32) -> u64 {
     // `+ 0.0` turns -0.0 into +0.0 (IEEE round-to-nearest), so the two compare equal as keys.
     let bits = (logit + 0.0).to_bits();
     // Map float order onto unsigned order: flip all bits of negatives, set the sign of others.
-    let ordered = if bits & 0x8000_0000 != 0 {
-        !bits
-    } else {
-        bits | 0x8000_0000
-    };
+    let ordered = if bits & 0x8000_0000 != 0 { !bits } else { bits | 0x8000_0000 };
     (u64::from(ordered) << 32) | u64::from(!id)
 }
 
@@ -140,11 +121,11 @@ mod tests {
     #[test]
     fn coefficient_table_is_the_literal_polynomial() {
         let nested = |r: f32| {
-            1.0 + r * (1.0
-                + r * (0.5
-                    + r * (1.0 / 6.0
-                        + r * (1.0 / 24.0
-                            + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))))
+            1.0 + r
+                * (1.0
+                    + r * (0.5
+                        + r * (1.0 / 6.0
+                            + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))))
         };
         let table = |r: f32| {
             let mut p = EXP_COEFFS[7];
@@ -183,15 +164,7 @@ mod tests {
 
     #[test]
     fn rank_key_orders_like_the_spec() {
-        let mut toks = [
-            (1.0f32, 5u32),
-            (2.0, 9),
-            (2.0, 3),
-            (-0.0, 4),
-            (0.0, 2),
-            (f32::NEG_INFINITY, 0),
-            (-3.0, 1),
-        ];
+        let mut toks = [(1.0f32, 5u32), (2.0, 9), (2.0, 3), (-0.0, 4), (0.0, 2), (f32::NEG_INFINITY, 0), (-3.0, 1)];
         toks.sort_by_key(|&(l, i)| std::cmp::Reverse(rank_key(l, i)));
         let ids: Vec<u32> = toks.iter().map(|t| t.1).collect();
         assert_eq!(ids, vec![3, 9, 5, 2, 4, 1, 0]);

@@ -88,10 +88,7 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Greedy decoding: temperature 0, everything else default.
     pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            ..Self::default()
-        }
+        Self { temperature: 0.0, ..Self::default() }
     }
 
     /// True when the token is the argmax (temperature 0).
@@ -116,17 +113,11 @@ impl SamplingParams {
         }
         let p = self.top_p;
         if !(p > 0.0 && p <= 1.0) {
-            return Err(SamplingError::param(
-                "top_p",
-                format!("{p} is not in (0, 1] (1 means off)"),
-            ));
+            return Err(SamplingError::param("top_p", format!("{p} is not in (0, 1] (1 means off)")));
         }
         let m = self.min_p;
         if !(0.0..=1.0).contains(&m) {
-            return Err(SamplingError::param(
-                "min_p",
-                format!("{m} is not in [0, 1] (0 means off)"),
-            ));
+            return Err(SamplingError::param("min_p", format!("{m} is not in [0, 1] (0 means off)")));
         }
         let r = self.repetition_penalty;
         if !(r > 0.0 && r <= MAX_REPETITION_PENALTY) {
@@ -135,10 +126,7 @@ impl SamplingParams {
                 format!("{r} is not in (0, {MAX_REPETITION_PENALTY}] (1 means off)"),
             ));
         }
-        for (field, v) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
+        for (field, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
             if !(-MAX_ADDITIVE_PENALTY..=MAX_ADDITIVE_PENALTY).contains(&v) {
                 return Err(SamplingError::param(
                     field,
@@ -200,11 +188,7 @@ mod tests {
             ..SamplingParams::default()
         };
         assert_eq!(p.validate(), Ok(()));
-        let tiny = SamplingParams {
-            top_p: f32::MIN_POSITIVE,
-            repetition_penalty: 1e-3,
-            ..p
-        };
+        let tiny = SamplingParams { top_p: f32::MIN_POSITIVE, repetition_penalty: 1e-3, ..p };
         assert_eq!(tiny.validate(), Ok(()));
     }
 
@@ -212,134 +196,26 @@ mod tests {
     fn each_bad_field_is_named() {
         let d = SamplingParams::default;
         let cases: Vec<(SamplingParams, &str)> = vec![
-            (
-                SamplingParams {
-                    temperature: -0.1,
-                    ..d()
-                },
-                "temperature",
-            ),
-            (
-                SamplingParams {
-                    temperature: 100.5,
-                    ..d()
-                },
-                "temperature",
-            ),
-            (
-                SamplingParams {
-                    temperature: f32::NAN,
-                    ..d()
-                },
-                "temperature",
-            ),
-            (
-                SamplingParams {
-                    temperature: f32::INFINITY,
-                    ..d()
-                },
-                "temperature",
-            ),
+            (SamplingParams { temperature: -0.1, ..d() }, "temperature"),
+            (SamplingParams { temperature: 100.5, ..d() }, "temperature"),
+            (SamplingParams { temperature: f32::NAN, ..d() }, "temperature"),
+            (SamplingParams { temperature: f32::INFINITY, ..d() }, "temperature"),
             (SamplingParams { top_p: 0.0, ..d() }, "top_p"),
-            (
-                SamplingParams {
-                    top_p: 1.0001,
-                    ..d()
-                },
-                "top_p",
-            ),
-            (
-                SamplingParams {
-                    top_p: f32::NAN,
-                    ..d()
-                },
-                "top_p",
-            ),
-            (
-                SamplingParams {
-                    min_p: -0.01,
-                    ..d()
-                },
-                "min_p",
-            ),
+            (SamplingParams { top_p: 1.0001, ..d() }, "top_p"),
+            (SamplingParams { top_p: f32::NAN, ..d() }, "top_p"),
+            (SamplingParams { min_p: -0.01, ..d() }, "min_p"),
             (SamplingParams { min_p: 1.5, ..d() }, "min_p"),
-            (
-                SamplingParams {
-                    min_p: f32::NAN,
-                    ..d()
-                },
-                "min_p",
-            ),
-            (
-                SamplingParams {
-                    repetition_penalty: 0.0,
-                    ..d()
-                },
-                "repetition_penalty",
-            ),
-            (
-                SamplingParams {
-                    repetition_penalty: -1.0,
-                    ..d()
-                },
-                "repetition_penalty",
-            ),
-            (
-                SamplingParams {
-                    repetition_penalty: f32::INFINITY,
-                    ..d()
-                },
-                "repetition_penalty",
-            ),
-            (
-                SamplingParams {
-                    presence_penalty: 2.5,
-                    ..d()
-                },
-                "presence_penalty",
-            ),
-            (
-                SamplingParams {
-                    presence_penalty: f32::NAN,
-                    ..d()
-                },
-                "presence_penalty",
-            ),
-            (
-                SamplingParams {
-                    frequency_penalty: -3.0,
-                    ..d()
-                },
-                "frequency_penalty",
-            ),
-            (
-                SamplingParams {
-                    frequency_penalty: f32::NEG_INFINITY,
-                    ..d()
-                },
-                "frequency_penalty",
-            ),
-            (
-                SamplingParams {
-                    max_tokens: 0,
-                    ..d()
-                },
-                "max_tokens",
-            ),
-            (
-                SamplingParams {
-                    stop: vec!["ok".into(), String::new()],
-                    ..d()
-                },
-                "stop",
-            ),
-            (
-                SamplingParams {
-                    logprobs: Some(21),
-                    ..d()
-                },
-                "logprobs",
-            ),
+            (SamplingParams { min_p: f32::NAN, ..d() }, "min_p"),
+            (SamplingParams { repetition_penalty: 0.0, ..d() }, "repetition_penalty"),
+            (SamplingParams { repetition_penalty: -1.0, ..d() }, "repetition_penalty"),
+            (SamplingParams { repetition_penalty: f32::INFINITY, ..d() }, "repetition_penalty"),
+            (SamplingParams { presence_penalty: 2.5, ..d() }, "presence_penalty"),
+            (SamplingParams { presence_penalty: f32::NAN, ..d() }, "presence_penalty"),
+            (SamplingParams { frequency_penalty: -3.0, ..d() }, "frequency_penalty"),
+            (SamplingParams { frequency_penalty: f32::NEG_INFINITY, ..d() }, "frequency_penalty"),
+            (SamplingParams { max_tokens: 0, ..d() }, "max_tokens"),
+            (SamplingParams { stop: vec!["ok".into(), String::new()], ..d() }, "stop"),
+            (SamplingParams { logprobs: Some(21), ..d() }, "logprobs"),
         ];
         for (p, want) in cases {
             assert_eq!(field_of(&p), want, "{p:?}");
@@ -348,23 +224,14 @@ mod tests {
 
     #[test]
     fn error_message_says_field_and_reason() {
-        let err = SamplingParams {
-            top_p: 1.5,
-            ..SamplingParams::default()
-        }
-        .validate()
-        .unwrap_err();
+        let err = SamplingParams { top_p: 1.5, ..SamplingParams::default() }.validate().unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("top_p") && msg.contains("1.5") && msg.contains("(0, 1]"),
-            "{msg}"
-        );
+        assert!(msg.contains("top_p") && msg.contains("1.5") && msg.contains("(0, 1]"), "{msg}");
     }
 
     #[test]
     fn serde_fills_missing_fields_with_defaults() {
-        let p: SamplingParams =
-            serde_json::from_str(r#"{"temperature":0.7,"stop":["\n"]}"#).unwrap();
+        let p: SamplingParams = serde_json::from_str(r#"{"temperature":0.7,"stop":["\n"]}"#).unwrap();
         assert_eq!(p.temperature, 0.7);
         assert_eq!(p.stop, vec!["\n".to_string()]);
         assert_eq!(p.top_p, 1.0);

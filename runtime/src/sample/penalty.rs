@@ -17,9 +17,7 @@ use super::params::SamplingParams;
 
 /// True when `params` leaves the logits untouched, so callers can skip the history entirely.
 pub fn penalties_off(params: &SamplingParams) -> bool {
-    params.repetition_penalty == 1.0
-        && params.presence_penalty == 0.0
-        && params.frequency_penalty == 0.0
+    params.repetition_penalty == 1.0 && params.presence_penalty == 0.0 && params.frequency_penalty == 0.0
 }
 
 /// Applies the penalties of `params` over `history` to `logits`.
@@ -36,10 +34,7 @@ pub fn apply_penalties(
     }
     if let Some(max) = history.max_token() {
         if max as usize >= logits.len() {
-            return Err(SamplingError::TokenOutOfRange {
-                token: max,
-                vocab: logits.len(),
-            });
+            return Err(SamplingError::TokenOutOfRange { token: max, vocab: logits.len() });
         }
     }
     let r = params.repetition_penalty;
@@ -134,10 +129,7 @@ mod tests {
             apply_penalties(&mut l, &h, &params(1.2, 0.0, 0.0)),
             Err(SamplingError::TokenOutOfRange { token: 9, vocab: 4 })
         );
-        assert_eq!(
-            apply_penalties(&mut l, &h, &SamplingParams::default()),
-            Ok(())
-        );
+        assert_eq!(apply_penalties(&mut l, &h, &SamplingParams::default()), Ok(()));
         assert_eq!(l, vec![0.0; 4]);
     }
 }

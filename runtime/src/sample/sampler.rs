@@ -128,11 +128,7 @@ impl Sampler {
 
     /// Chooses the next token from `logits` (one per vocabulary entry) given the sequence's
     /// `history`. Errors leave the sampler unchanged.
-    pub fn sample(
-        &mut self,
-        logits: &[f32],
-        history: &TokenHistory,
-    ) -> Result<Sampled, SamplingError> {
+    pub fn sample(&mut self, logits: &[f32], history: &TokenHistory) -> Result<Sampled, SamplingError> {
         self.logits.clear();
         self.logits.extend_from_slice(logits);
         apply_penalties(&mut self.logits, history, &self.params)?;
@@ -145,35 +141,21 @@ impl Sampler {
         } else {
             tempered_weights(l, top.max, t, &mut self.weights);
             // At T = 1 the weights are exactly the log-softmax's exponentials: reuse their sum.
-            let log_norm = if t == 1.0 {
-                log_mass(&self.weights)
-            } else {
-                log_normalizer(l, top.max)
-            };
-            let trunc = Truncation {
-                top_k: self.params.top_k_or_zero(),
-                top_p: self.params.top_p,
-                min_p: self.params.min_p,
-            };
+            let log_norm = if t == 1.0 { log_mass(&self.weights) } else { log_normalizer(l, top.max) };
+            let trunc =
+                Truncation { top_k: self.params.top_k_or_zero(), top_p: self.params.top_p, min_p: self.params.min_p };
             let sel = select(l, &self.weights, top.max, t, trunc, &mut self.scratch);
-            (
-                draw(l, &self.weights, sel, self.seed, self.draws, top.argmax),
-                log_norm,
-            )
+            (draw(l, &self.weights, sel, self.seed, self.draws, top.argmax), log_norm)
         };
 
         let top_logprobs = match self.params.logprobs {
-            Some(n) if n > 0 => top_n(l, n, &mut self.top)
-                .map(|i| (i, logprob(l[i as usize], top.max, log_norm)))
-                .collect(),
+            Some(n) if n > 0 => {
+                top_n(l, n, &mut self.top).map(|i| (i, logprob(l[i as usize], top.max, log_norm))).collect()
+            }
             _ => Vec::new(),
         };
         self.draws += 1;
-        Ok(Sampled {
-            token,
-            logprob: logprob(l[token as usize], top.max, log_norm),
-            top_logprobs,
-        })
+        Ok(Sampled { token, logprob: logprob(l[token as usize], top.max, log_norm), top_logprobs })
     }
 }
 
@@ -186,22 +168,13 @@ mod tests {
     }
 
     fn seeded(seed: u64) -> SamplingParams {
-        SamplingParams {
-            seed: Some(seed),
-            ..SamplingParams::default()
-        }
+        SamplingParams { seed: Some(seed), ..SamplingParams::default() }
     }
 
     #[test]
     fn new_rejects_invalid_params() {
-        let p = SamplingParams {
-            min_p: 2.0,
-            ..SamplingParams::default()
-        };
-        assert!(matches!(
-            Sampler::new(&p),
-            Err(SamplingError::InvalidParam { field: "min_p", .. })
-        ));
+        let p = SamplingParams { min_p: 2.0, ..SamplingParams::default() };
+        assert!(matches!(Sampler::new(&p), Err(SamplingError::InvalidParam { field: "min_p", .. })));
     }
 
     #[test]
@@ -209,21 +182,13 @@ mod tests {
         let mut s = sampler(SamplingParams::greedy());
         let h = TokenHistory::new(&[]);
         assert_eq!(s.sample(&[0.1, 5.0, -3.0, 5.0], &h).unwrap().token, 1);
-        assert_eq!(
-            s.sample(&[f32::NEG_INFINITY, -1.0, -0.5], &h)
-                .unwrap()
-                .token,
-            2
-        );
+        assert_eq!(s.sample(&[f32::NEG_INFINITY, -1.0, -0.5], &h).unwrap().token, 2);
         assert_eq!(s.draws(), 2);
     }
 
     #[test]
     fn greedy_sees_penalised_logits() {
-        let mut s = sampler(SamplingParams {
-            repetition_penalty: 2.0,
-            ..SamplingParams::greedy()
-        });
+        let mut s = sampler(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
         // Token 0 (logit 4) was in the prompt: 4 / 2 = 2 < 3.
         let h = TokenHistory::new(&[0]);
         assert_eq!(s.sample(&[4.0, 3.0], &h).unwrap().token, 1);
@@ -257,16 +222,10 @@ mod tests {
     fn no_top_logprobs_unless_asked() {
         let h = TokenHistory::new(&[]);
         for logprobs in [None, Some(0)] {
-            let mut s = sampler(SamplingParams {
-                logprobs,
-                ..seeded(1)
-            });
+            let mut s = sampler(SamplingParams { logprobs, ..seeded(1) });
             assert!(s.sample(&[0.0, 1.0], &h).unwrap().top_logprobs.is_empty());
         }
-        let mut s = sampler(SamplingParams {
-            logprobs: Some(20),
-            ..seeded(1)
-        });
+        let mut s = sampler(SamplingParams { logprobs: Some(20), ..seeded(1) });
         assert_eq!(s.sample(&[0.0, 1.0], &h).unwrap().top_logprobs.len(), 2);
     }
 
@@ -276,9 +235,7 @@ mod tests {
         let h = TokenHistory::new(&[]);
         let run = |seed: u64| {
             let mut s = sampler(seeded(seed));
-            (0..64)
-                .map(|_| s.sample(&logits, &h).unwrap().token)
-                .collect::<Vec<_>>()
+            (0..64).map(|_| s.sample(&logits, &h).unwrap().token).collect::<Vec<_>>()
         };
         assert_eq!(run(5), run(5));
         assert_ne!(run(5), run(6));
@@ -302,46 +259,31 @@ mod tests {
             s.sample(&[0.0, f32::NAN], &h),
             Err(SamplingError::NonFiniteLogit { token: 1, value }) if value.is_nan()
         ));
-        let mut big = sampler(SamplingParams {
-            repetition_penalty: 0.5,
-            ..seeded(3)
-        });
+        let mut big = sampler(SamplingParams { repetition_penalty: 0.5, ..seeded(3) });
         // A finite logit that the penalty pushes to +inf is reported after penalties.
         assert_eq!(
             big.sample(&[f32::MAX, 0.0], &TokenHistory::new(&[0])),
-            Err(SamplingError::NonFiniteLogit {
-                token: 0,
-                value: f32::INFINITY
-            })
+            Err(SamplingError::NonFiniteLogit { token: 0, value: f32::INFINITY })
         );
         assert_eq!(
             s.sample(&[0.0, 1.0], &TokenHistory::new(&[5])).map(|_| ()),
             Ok(()),
             "penalties off: out-of-range history is not read"
         );
-        let mut pen = sampler(SamplingParams {
-            frequency_penalty: 0.5,
-            ..seeded(3)
-        });
+        let mut pen = sampler(SamplingParams { frequency_penalty: 0.5, ..seeded(3) });
         assert_eq!(
             pen.sample(&[0.0, 1.0], &TokenHistory::new(&[5])),
             Err(SamplingError::TokenOutOfRange { token: 5, vocab: 2 })
         );
         assert_eq!(pen.draws(), 0);
-        assert_eq!(
-            s.sample(&[f32::NEG_INFINITY; 3], &h),
-            Err(SamplingError::AllMasked)
-        );
+        assert_eq!(s.sample(&[f32::NEG_INFINITY; 3], &h), Err(SamplingError::AllMasked));
         assert_eq!(s.draws(), 1, "only the one successful call counted");
     }
 
     #[test]
     fn tiny_temperature_behaves_like_greedy() {
         let h = TokenHistory::new(&[]);
-        let mut s = sampler(SamplingParams {
-            temperature: 1e-6,
-            ..seeded(11)
-        });
+        let mut s = sampler(SamplingParams { temperature: 1e-6, ..seeded(11) });
         for _ in 0..50 {
             assert_eq!(s.sample(&[0.0, 1.0, 0.999, -2.0], &h).unwrap().token, 1);
         }
@@ -350,17 +292,8 @@ mod tests {
     #[test]
     fn masked_tokens_are_never_sampled() {
         let h = TokenHistory::new(&[]);
-        let mut s = sampler(SamplingParams {
-            temperature: 100.0,
-            ..seeded(2)
-        });
-        let logits = [
-            f32::NEG_INFINITY,
-            0.0,
-            f32::NEG_INFINITY,
-            0.0,
-            f32::NEG_INFINITY,
-        ];
+        let mut s = sampler(SamplingParams { temperature: 100.0, ..seeded(2) });
+        let logits = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY];
         for _ in 0..500 {
             let t = s.sample(&logits, &h).unwrap().token;
             assert!(t == 1 || t == 3);

@@ -36,9 +36,7 @@ pub(crate) fn scan(logits: &[f32]) -> Result<Scan, SamplingError> {
         return Err(SamplingError::EmptyLogits);
     }
     if logits.len() > MAX_VOCAB {
-        return Err(SamplingError::VocabTooLarge {
-            vocab: logits.len(),
-        });
+        return Err(SamplingError::VocabTooLarge { vocab: logits.len() });
     }
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let mut bad = [false; LANES];
@@ -57,15 +55,10 @@ pub(crate) fn scan(logits: &[f32]) -> Result<Scan, SamplingError> {
     if bad.iter().any(|&b| b) {
         // Report the first offender; this slow path runs only on broken input.
         if let Some(i) = logits.iter().position(|&l| is_bad(l)) {
-            return Err(SamplingError::NonFiniteLogit {
-                token: i as u32,
-                value: logits[i],
-            });
+            return Err(SamplingError::NonFiniteLogit { token: i as u32, value: logits[i] });
         }
     }
-    let max = maxes
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let max = maxes.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
     if max == f32::NEG_INFINITY {
         return Err(SamplingError::AllMasked);
     }
@@ -132,65 +125,27 @@ mod tests {
 
     #[test]
     fn scan_finds_lowest_argmax() {
-        assert_eq!(
-            scan(&[1.0, 3.0, 3.0, 2.0]).unwrap(),
-            Scan {
-                max: 3.0,
-                argmax: 1
-            }
-        );
-        assert_eq!(
-            scan(&[NINF, -5.0, NINF]).unwrap(),
-            Scan {
-                max: -5.0,
-                argmax: 1
-            }
-        );
+        assert_eq!(scan(&[1.0, 3.0, 3.0, 2.0]).unwrap(), Scan { max: 3.0, argmax: 1 });
+        assert_eq!(scan(&[NINF, -5.0, NINF]).unwrap(), Scan { max: -5.0, argmax: 1 });
         assert_eq!(scan(&[-0.0, 0.0]).unwrap().argmax, 0);
         // Long enough to exercise the lanes and the remainder.
         let mut l: Vec<f32> = (0..37).map(|i| (i % 7) as f32).collect();
         l[33] = 9.0;
         l[20] = 9.0;
-        assert_eq!(
-            scan(&l).unwrap(),
-            Scan {
-                max: 9.0,
-                argmax: 20
-            }
-        );
+        assert_eq!(scan(&l).unwrap(), Scan { max: 9.0, argmax: 20 });
         l[35] = f32::NAN;
         l[30] = f32::INFINITY;
-        assert_eq!(
-            scan(&l),
-            Err(SamplingError::NonFiniteLogit {
-                token: 30,
-                value: f32::INFINITY
-            })
-        );
+        assert_eq!(scan(&l), Err(SamplingError::NonFiniteLogit { token: 30, value: f32::INFINITY }));
     }
 
     #[test]
     fn scan_rejects_bad_logits() {
         assert_eq!(scan(&[]), Err(SamplingError::EmptyLogits));
         assert_eq!(scan(&[NINF, NINF]), Err(SamplingError::AllMasked));
-        assert_eq!(
-            scan(&[0.0, f32::INFINITY]),
-            Err(SamplingError::NonFiniteLogit {
-                token: 1,
-                value: f32::INFINITY
-            })
-        );
-        assert!(matches!(
-            scan(&[f32::NAN]),
-            Err(SamplingError::NonFiniteLogit { token: 0, .. })
-        ));
+        assert_eq!(scan(&[0.0, f32::INFINITY]), Err(SamplingError::NonFiniteLogit { token: 1, value: f32::INFINITY }));
+        assert!(matches!(scan(&[f32::NAN]), Err(SamplingError::NonFiniteLogit { token: 0, .. })));
         let huge = vec![0.0f32; MAX_VOCAB + 1];
-        assert_eq!(
-            scan(&huge),
-            Err(SamplingError::VocabTooLarge {
-                vocab: MAX_VOCAB + 1
-            })
-        );
+        assert_eq!(scan(&huge), Err(SamplingError::VocabTooLarge { vocab: MAX_VOCAB + 1 }));
     }
 
     #[test]
@@ -198,10 +153,7 @@ mod tests {
         let l = [0.0f32, 1.0, 2.0, NINF];
         let s = scan(&l).unwrap();
         let ln = log_normalizer(&l, s.max);
-        let total: f64 = l
-            .iter()
-            .map(|&x| f64::from(logprob(x, s.max, ln)).exp())
-            .sum();
+        let total: f64 = l.iter().map(|&x| f64::from(logprob(x, s.max, ln)).exp()).sum();
         assert!((total - 1.0).abs() < 1e-6);
         let expect = 2.0 - (1.0 + 1f64.exp() + 2f64.exp()).ln();
         assert!((f64::from(logprob(2.0, s.max, ln)) - expect).abs() < 1e-6);

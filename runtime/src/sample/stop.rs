@@ -103,11 +103,7 @@ impl StopChecker {
         }
         let emit = self.pending.len() - self.hold_len();
         let text = self.pending.drain(..emit).collect();
-        Ok(StopOutput {
-            text,
-            finish: None,
-            matched: None,
-        })
+        Ok(StopOutput { text, finish: None, matched: None })
     }
 
     /// Ends the sequence for a reason outside the checker (abort, error, context exhausted),
@@ -136,11 +132,7 @@ impl StopChecker {
 
     fn end(&mut self, reason: FinishReason, matched: Option<StopMatch>) -> StopOutput {
         self.finished = Some(reason);
-        StopOutput {
-            text: std::mem::take(&mut self.pending),
-            finish: Some(reason),
-            matched,
-        }
+        StopOutput { text: std::mem::take(&mut self.pending), finish: Some(reason), matched }
     }
 
     /// `(start byte, stop index)` of the occurrence with the smallest end, ties to the
@@ -217,10 +209,7 @@ mod tests {
         assert_eq!(second.text, "");
         assert_eq!(second.finish, Some(FinishReason::Stop));
         assert_eq!(second.matched, Some(StopMatch::Text("world".into())));
-        assert_eq!(
-            c.step(12, "x"),
-            Err(SamplingError::AlreadyFinished(FinishReason::Stop))
-        );
+        assert_eq!(c.step(12, "x"), Err(SamplingError::AlreadyFinished(FinishReason::Stop)));
     }
 
     #[test]
@@ -304,19 +293,12 @@ mod tests {
         assert_eq!(o.matched, Some(StopMatch::Token(EOS)));
         let mut c = checker(&[], 100);
         let o = c.step(99, "\n").unwrap();
-        assert_eq!(
-            (o.text.as_str(), o.matched),
-            ("", Some(StopMatch::Token(99)))
-        );
+        assert_eq!((o.text.as_str(), o.matched), ("", Some(StopMatch::Token(99))));
     }
 
     #[test]
     fn ignore_eos_keeps_going_but_stop_ids_still_stop() {
-        let p = SamplingParams {
-            ignore_eos: true,
-            stop_token_ids: vec![7],
-            ..SamplingParams::default()
-        };
+        let p = SamplingParams { ignore_eos: true, stop_token_ids: vec![7], ..SamplingParams::default() };
         let mut c = StopChecker::new(&p, &[EOS]).unwrap();
         let o = c.step(EOS, "<eos>").unwrap();
         assert_eq!((o.text.as_str(), o.finish), ("<eos>", None));
@@ -328,18 +310,12 @@ mod tests {
         let mut c = checker(&["world"], 2);
         assert_eq!(c.step(10, "a").unwrap().finish, None);
         let o = c.step(11, " wor").unwrap();
-        assert_eq!(
-            (o.text.as_str(), o.finish),
-            (" wor", Some(FinishReason::Length))
-        );
+        assert_eq!((o.text.as_str(), o.finish), (" wor", Some(FinishReason::Length)));
         assert_eq!(c.generated(), 2);
         // A stop string completed by the last allowed token is still a stop.
         let mut c = checker(&["world"], 2);
         let (out, fin) = feed(&mut c, &["wor", "ld"]);
-        assert_eq!(
-            (out.as_str(), fin.unwrap().finish),
-            ("", Some(FinishReason::Stop))
-        );
+        assert_eq!((out.as_str(), fin.unwrap().finish), ("", Some(FinishReason::Stop)));
         // So is a stop token.
         let mut c = checker(&[], 1);
         assert_eq!(c.step(EOS, "").unwrap().finish, Some(FinishReason::Stop));
@@ -350,26 +326,14 @@ mod tests {
         let mut c = checker(&["world"], 100);
         c.step(10, "wo").unwrap();
         let o = c.finish(FinishReason::Abort).unwrap();
-        assert_eq!(
-            (o.text.as_str(), o.finish, o.matched),
-            ("wo", Some(FinishReason::Abort), None)
-        );
+        assert_eq!((o.text.as_str(), o.finish, o.matched), ("wo", Some(FinishReason::Abort), None));
         assert_eq!(c.finished(), Some(FinishReason::Abort));
-        assert_eq!(
-            c.finish(FinishReason::Error),
-            Err(SamplingError::AlreadyFinished(FinishReason::Abort))
-        );
+        assert_eq!(c.finish(FinishReason::Error), Err(SamplingError::AlreadyFinished(FinishReason::Abort)));
     }
 
     #[test]
     fn new_rejects_invalid_params() {
-        let p = SamplingParams {
-            stop: vec![String::new()],
-            ..SamplingParams::default()
-        };
-        assert!(matches!(
-            StopChecker::new(&p, &[]),
-            Err(SamplingError::InvalidParam { field: "stop", .. })
-        ));
+        let p = SamplingParams { stop: vec![String::new()], ..SamplingParams::default() };
+        assert!(matches!(StopChecker::new(&p, &[]), Err(SamplingError::InvalidParam { field: "stop", .. })));
     }
 }

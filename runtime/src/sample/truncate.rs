@@ -43,19 +43,14 @@ impl Kept {
     pub(crate) fn contains(self, logit: f32, id: u32) -> bool {
         match self {
             Kept::All => true,
-            Kept::UpTo {
-                logit: last,
-                id: last_id,
-            } => logit > last || (logit == last && id <= last_id),
+            Kept::UpTo { logit: last, id: last_id } => logit > last || (logit == last && id <= last_id),
         }
     }
 
     fn up_to(logits: &[f32], key: u64) -> Self {
         let id = key_id(key);
         // Keys always come from `logits`; the fallback only avoids a panic path.
-        logits
-            .get(id as usize)
-            .map_or(Kept::All, |&logit| Kept::UpTo { logit, id })
+        logits.get(id as usize).map_or(Kept::All, |&logit| Kept::UpTo { logit, id })
     }
 }
 
@@ -142,44 +137,27 @@ pub(crate) fn select(
     let k_on = t.top_k > 0 && t.top_k < vocab;
     let p_on = t.top_p < 1.0;
     let min_on = t.min_p > 0.0;
-    let everything = || Selection {
-        kept: Kept::All,
-        total: total_mass(weights.iter().copied()),
-    };
+    let everything = || Selection { kept: Kept::All, total: total_mass(weights.iter().copied()) };
     if !k_on && !p_on && !min_on {
         return everything();
     }
-    let Scratch {
-        keys,
-        buckets,
-        critical,
-    } = scratch;
+    let Scratch { keys, buckets, critical } = scratch;
     let mut prefix: Option<Prefix> = None;
     let survivors = if k_on {
         keys.clear();
-        keys.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| rank_key(l, i as u32)),
-        );
+        keys.extend(logits.iter().enumerate().map(|(i, &l)| rank_key(l, i as u32)));
         // Descending: the k best keys end up in keys[..k], the k-th best at k-1.
         keys.select_nth_unstable_by(t.top_k - 1, |a, b| b.cmp(a));
         let top = &keys[..t.top_k];
         let total = total_mass(top.iter().map(|&k| weights[key_id(k) as usize]));
-        prefix = Some(Prefix {
-            last: top[t.top_k - 1],
-            total,
-        });
+        prefix = Some(Prefix { last: top[t.top_k - 1], total });
         Survivors::Top(top)
     } else {
         Survivors::All
     };
     if p_on {
         let scale = BUCKETS as f32 / BUCKET_SPAN / temperature;
-        let p = top_p_prefix(
-            logits, weights, max, scale, survivors, t.top_p, buckets, critical,
-        );
+        let p = top_p_prefix(logits, weights, max, scale, survivors, t.top_p, buckets, critical);
         prefix = Some(prefix.map_or(p, |q| q.narrower(p)));
     }
     if min_on {
@@ -187,10 +165,7 @@ pub(crate) fn select(
         prefix = Some(prefix.map_or(p, |q| q.narrower(p)));
     }
     match prefix {
-        Some(p) => Selection {
-            kept: Kept::up_to(logits, p.last),
-            total: p.total,
-        },
+        Some(p) => Selection { kept: Kept::up_to(logits, p.last), total: p.total },
         // Unreachable: some filter was on. Keeping everything is the safe answer.
         None => everything(),
     }
@@ -248,17 +223,11 @@ fn top_p_prefix(
     for &key in critical.iter() {
         cum += quantize(weights[key_id(key) as usize]);
         if cum as f64 >= target {
-            return Prefix {
-                last: key,
-                total: cum,
-            };
+            return Prefix { last: key, total: cum };
         }
     }
     // Unreachable by the argument above; keeping the whole bucket is the safe answer.
-    Prefix {
-        last: critical.last().copied().unwrap_or(0),
-        total: cum,
-    }
+    Prefix { last: critical.last().copied().unwrap_or(0), total: cum }
 }
 
 /// The tokens with `weight >= min_p` (the top token always qualifies).
@@ -276,11 +245,7 @@ fn min_p_prefix(logits: &[f32], weights: &[f32], min_p: f32) -> Prefix {
 
 /// Ids of the first `n` tokens of the rank order, best first. Keeps a sorted list of at most
 /// `n` keys (`n <= 20` in practice), so most tokens cost one comparison.
-pub(crate) fn top_n<'a>(
-    logits: &[f32],
-    n: usize,
-    best: &'a mut Vec<u64>,
-) -> impl Iterator<Item = u32> + 'a {
+pub(crate) fn top_n<'a>(logits: &[f32], n: usize, best: &'a mut Vec<u64>) -> impl Iterator<Item = u32> + 'a {
     best.clear();
     if n > 0 {
         for (i, &l) in logits.iter().enumerate() {
@@ -303,43 +268,20 @@ mod tests {
     use crate::sample::rng;
 
     fn set(logits: &[f32], k: Kept) -> Vec<u32> {
-        (0..logits.len() as u32)
-            .filter(|&i| k.contains(logits[i as usize], i))
-            .collect()
+        (0..logits.len() as u32).filter(|&i| k.contains(logits[i as usize], i)).collect()
     }
 
     fn kept_total(logits: &[f32], weights: &[f32], k: Kept) -> u64 {
-        set(logits, k)
-            .iter()
-            .map(|&i| quantize(weights[i as usize]))
-            .sum()
+        set(logits, k).iter().map(|&i| quantize(weights[i as usize])).sum()
     }
 
     /// Runs truncation on logits whose weights are computed as the sampler would.
     fn run_t(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> Vec<u32> {
         let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let w: Vec<f32> = logits
-            .iter()
-            .map(|&l| exp_nonpos((l - max) / temperature))
-            .collect();
+        let w: Vec<f32> = logits.iter().map(|&l| exp_nonpos((l - max) / temperature)).collect();
         let mut s = Scratch::default();
-        let sel = select(
-            logits,
-            &w,
-            max,
-            temperature,
-            Truncation {
-                top_k,
-                top_p,
-                min_p,
-            },
-            &mut s,
-        );
-        assert_eq!(
-            sel.total,
-            kept_total(logits, &w, sel.kept),
-            "total must match the kept set"
-        );
+        let sel = select(logits, &w, max, temperature, Truncation { top_k, top_p, min_p }, &mut s);
+        assert_eq!(sel.total, kept_total(logits, &w, sel.kept), "total must match the kept set");
         set(logits, sel.kept)
     }
 
@@ -369,19 +311,9 @@ mod tests {
         let l = halves();
         let w = [1.0, 0.5, 0.25, 0.25];
         let mut s = Scratch::default();
-        let t = Truncation {
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-        };
+        let t = Truncation { top_k: 0, top_p: 1.0, min_p: 0.0 };
         let sel = select(&l, &w, 0.0, 1.0, t, &mut s);
-        assert_eq!(
-            sel,
-            Selection {
-                kept: Kept::All,
-                total: (1 << 40) + (1 << 39) + (1 << 39)
-            }
-        );
+        assert_eq!(sel, Selection { kept: Kept::All, total: (1 << 40) + (1 << 39) + (1 << 39) });
         assert_eq!(run(&l, 4, 1.0, 0.0), vec![0, 1, 2, 3]);
         assert_eq!(run(&l, 0, 1.0, 0.2), vec![0, 1, 2, 3]);
     }
@@ -494,10 +426,7 @@ mod tests {
                 .collect();
             let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let temp = [0.05, 0.5, 1.0, 3.0, 50.0][(case % 5) as usize];
-            let w: Vec<f32> = logits
-                .iter()
-                .map(|&l| exp_nonpos((l - max) / temp))
-                .collect();
+            let w: Vec<f32> = logits.iter().map(|&l| exp_nonpos((l - max) / temp)).collect();
             let top_k = [0, 1, 7, 500, 2999, 5000][(case % 6) as usize];
             let top_p = [1.0, 0.3, 0.9, 0.999][(case % 4) as usize];
             let min_p = [0.0, 0.05, 0.5][(case % 3) as usize];
@@ -532,17 +461,11 @@ mod tests {
         let l = [0.5, 2.0, 2.0, -1.0, 3.0];
         let mut best = Vec::new();
         assert_eq!(top_n(&l, 3, &mut best).collect::<Vec<_>>(), vec![4, 1, 2]);
-        assert_eq!(
-            top_n(&l, 9, &mut best).collect::<Vec<_>>(),
-            vec![4, 1, 2, 0, 3]
-        );
+        assert_eq!(top_n(&l, 9, &mut best).collect::<Vec<_>>(), vec![4, 1, 2, 0, 3]);
         assert_eq!(top_n(&l, 0, &mut best).count(), 0);
         // Ascending logits: every token displaces the previous best.
         let asc: Vec<f32> = (0..100).map(|i| i as f32).collect();
-        assert_eq!(
-            top_n(&asc, 3, &mut best).collect::<Vec<_>>(),
-            vec![99, 98, 97]
-        );
+        assert_eq!(top_n(&asc, 3, &mut best).collect::<Vec<_>>(), vec![99, 98, 97]);
     }
 
     #[test]

@@ -41,9 +41,7 @@ impl SchedulerConfig {
         ];
         for (name, v) in fields {
             if v == 0 {
-                return Err(SchedError::InvalidConfig(format!(
-                    "`{name}` is 0; it must be at least 1"
-                )));
+                return Err(SchedError::InvalidConfig(format!("`{name}` is 0; it must be at least 1")));
             }
         }
         if self.max_model_len > u32::MAX as usize {

@@ -118,10 +118,7 @@ impl Scheduler {
             return Err(AdmissionError::DuplicateId { id });
         }
         if self.waiting.len() >= self.cfg.max_queue {
-            return Err(AdmissionError::QueueFull {
-                waiting: self.waiting.len(),
-                max_queue: self.cfg.max_queue,
-            });
+            return Err(AdmissionError::QueueFull { waiting: self.waiting.len(), max_queue: self.cfg.max_queue });
         }
         let slot = self.insert(Seq {
             id,
@@ -155,10 +152,7 @@ impl Scheduler {
     /// waits (next to the front of the queue) and is computed when admitted. A parent awaiting a
     /// sampled token gives a child awaiting one too: report a token for each in `update`.
     pub fn fork(&mut self, parent: SeqId, child: SeqId) -> Result<(), SchedError> {
-        let &p = self
-            .ids
-            .get(&parent)
-            .ok_or(SchedError::UnknownSequence(parent))?;
+        let &p = self.ids.get(&parent).ok_or(SchedError::UnknownSequence(parent))?;
         if self.ids.contains_key(&child) {
             return Err(SchedError::DuplicateId(child));
         }
@@ -189,11 +183,7 @@ impl Scheduler {
         } else {
             // Right after a waiting parent, else at the front: the child is as old as its parent.
             let at = match parent_phase {
-                Phase::Waiting => self
-                    .waiting
-                    .iter()
-                    .position(|&s| s == p)
-                    .map_or(0, |i| i + 1),
+                Phase::Waiting => self.waiting.iter().position(|&s| s == p).map_or(0, |i| i + 1),
                 Phase::Running => 0,
             };
             self.waiting.insert(at, slot);
@@ -258,18 +248,11 @@ impl Scheduler {
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let fail = |m: String| Err(InvariantViolation(m));
         if self.running.len() > self.cfg.max_num_seqs {
-            return fail(format!(
-                "{} running, limit {}",
-                self.running.len(),
-                self.cfg.max_num_seqs
-            ));
+            return fail(format!("{} running, limit {}", self.running.len(), self.cfg.max_num_seqs));
         }
         let mut seen = vec![false; self.slab.len()];
-        for (&slot, phase) in self
-            .running
-            .iter()
-            .map(|s| (s, Phase::Running))
-            .chain(self.waiting.iter().map(|s| (s, Phase::Waiting)))
+        for (&slot, phase) in
+            self.running.iter().map(|s| (s, Phase::Running)).chain(self.waiting.iter().map(|s| (s, Phase::Waiting)))
         {
             let Some(s) = self.slab.get(slot as usize).and_then(|s| s.as_ref()) else {
                 return fail(format!("list names empty slot {slot}"));
@@ -281,9 +264,7 @@ impl Scheduler {
                 return fail(format!("sequence {} is in the wrong list or id map", s.id));
             }
             let ok = match phase {
-                Phase::Running => {
-                    s.num_computed == s.table.num_tokens() && s.num_computed <= s.tokens.len()
-                }
+                Phase::Running => s.num_computed == s.table.num_tokens() && s.num_computed <= s.tokens.len(),
                 Phase::Waiting => s.table.is_empty() && s.num_computed == 0,
             };
             if !ok || s.prompt_len > s.tokens.len() || s.generated() > s.max_tokens {
@@ -299,17 +280,9 @@ impl Scheduler {
             }
         }
         if self.ids.len() != self.running.len() + self.waiting.len() {
-            return fail(format!(
-                "{} ids but {} listed",
-                self.ids.len(),
-                self.running.len() + self.waiting.len()
-            ));
+            return fail(format!("{} ids but {} listed", self.ids.len(), self.running.len() + self.waiting.len()));
         }
-        let tables = self
-            .running
-            .iter()
-            .filter_map(|&s| self.slab[s as usize].as_ref())
-            .map(|s| &s.table);
+        let tables = self.running.iter().filter_map(|&s| self.slab[s as usize].as_ref()).map(|s| &s.table);
         self.alloc.check_invariants(tables)
     }
 

@@ -58,13 +58,7 @@ impl Scheduler {
         self.stats.scheduled_tokens += plan.num_tokens() as u64;
     }
 
-    fn schedule_running(
-        &mut self,
-        pass: Pass,
-        budget: &mut usize,
-        preempted: &mut bool,
-        plan: &mut StepPlan,
-    ) {
+    fn schedule_running(&mut self, pass: Pass, budget: &mut usize, preempted: &mut bool, plan: &mut StepPlan) {
         let caching = self.alloc.prefix_caching();
         let mut i = 0;
         while i < self.running.len() && *budget > 0 {
@@ -222,10 +216,7 @@ impl Scheduler {
             let t0 = plan.token_ids.len();
             plan.token_ids.extend_from_slice(&seq.tokens[d.start..end]);
             plan.positions.extend((d.start..end).map(|p| p as u32));
-            plan.slots.extend((d.start..end).map(|p| SlotMapping {
-                block: blocks[p / bs],
-                offset: (p % bs) as u32,
-            }));
+            plan.slots.extend((d.start..end).map(|p| SlotMapping { block: blocks[p / bs], offset: (p % bs) as u32 }));
             let b0 = plan.block_tables.len();
             plan.block_tables.extend_from_slice(blocks);
             let needs_logits = end == seq.tokens.len();

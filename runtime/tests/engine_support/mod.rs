@@ -9,7 +9,8 @@
 
 use kiln_codegen::ir::DType;
 use kiln_runtime::engine::{
-    Detokenizer, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, RequestHandle, TextStream, TokenLogprob, Usage,
+    Detokenizer, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, RequestHandle, TextStream, TokenLogprob,
+    Usage,
 };
 use kiln_runtime::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
 use kiln_runtime::sample::FinishReason;
@@ -98,14 +99,20 @@ impl CausalLm for FakeLm {
         })?;
         let bs = kv.block_size;
         let slow = kv.k[0].with_host::<f32, _>(|p| {
-            batch.seqs.iter().any(|s| (0..s.ctx_len).any(|t| p.row(s.block_table[t / bs] as usize * bs + t % bs)[0] as u32 == SLOW + 1))
+            batch.seqs.iter().any(|s| {
+                (0..s.ctx_len).any(|t| p.row(s.block_table[t / bs] as usize * bs + t % bs)[0] as u32 == SLOW + 1)
+            })
         })?;
         if slow {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         let mut out = Vec::with_capacity(batch.logits_rows.len() * VOCAB);
         for &row in batch.logits_rows {
-            let s = batch.seqs.iter().find(|s| row >= s.q_start && row < s.q_start + s.q_len).ok_or_else(|| ModelError::Batch("row".into()))?;
+            let s = batch
+                .seqs
+                .iter()
+                .find(|s| row >= s.q_start && row < s.q_start + s.q_len)
+                .ok_or_else(|| ModelError::Batch("row".into()))?;
             let upto = s.ctx_len - s.q_len + (row - s.q_start) + 1;
             let ctx: Vec<u32> = kv.k[0].with_host::<f32, _>(|p| {
                 (0..upto).map(|t| p.row(s.block_table[t / bs] as usize * bs + t % bs)[0] as u32 - 1).collect()

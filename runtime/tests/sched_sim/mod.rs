@@ -105,39 +105,21 @@ impl FakeEngine {
         }
         let mut result = StepResult::default();
         for s in &plan.seqs {
-            let hist = self
-                .history
-                .get(&s.id)
-                .unwrap_or_else(|| panic!("plan names unknown seq {}", s.id))
-                .clone();
+            let hist = self.history.get(&s.id).unwrap_or_else(|| panic!("plan names unknown seq {}", s.id)).clone();
             let toks = plan.tokens_of(s);
             let pos = plan.positions_of(s);
             let slots = plan.slots_of(s);
             let table = plan.block_table_of(s);
             let n = toks.len();
             assert!(n > 0 && pos.len() == n && slots.len() == n);
-            assert_eq!(
-                toks,
-                &hist[s.context_len..s.context_len + n],
-                "seq {}: plan tokens are not its own",
-                s.id
-            );
-            assert_eq!(
-                table.len(),
-                (s.context_len + n).div_ceil(bs),
-                "seq {}: block table length",
-                s.id
-            );
+            assert_eq!(toks, &hist[s.context_len..s.context_len + n], "seq {}: plan tokens are not its own", s.id);
+            assert_eq!(table.len(), (s.context_len + n).div_ceil(bs), "seq {}: block table length", s.id);
             for k in 0..n {
                 let p = pos[k] as usize;
                 assert_eq!(p, s.context_len + k);
                 assert_eq!(slots[k].block, table[p / bs]);
                 assert_eq!(slots[k].offset as usize, p % bs);
-                let prev = if p == 0 {
-                    SEED
-                } else {
-                    self.read(table[(p - 1) / bs].index() * bs + (p - 1) % bs, s.id)
-                };
+                let prev = if p == 0 { SEED } else { self.read(table[(p - 1) / bs].index() * bs + (p - 1) % bs, s.id) };
                 let flat = slots[k].flat(bs);
                 self.mem[flat] = Some(kv(prev, toks[k]));
                 self.stamp[flat] = (self.step, s.id);
@@ -147,20 +129,10 @@ impl FakeEngine {
             for p in 0..s.context_len + n {
                 v = kv(v, hist[p]);
                 let flat = table[p / bs].index() * bs + p % bs;
-                assert_eq!(
-                    self.mem[flat],
-                    Some(v),
-                    "seq {}: wrong KV at position {p}",
-                    s.id
-                );
+                assert_eq!(self.mem[flat], Some(v), "seq {}: wrong KV at position {p}", s.id);
             }
             if s.needs_logits {
-                assert_eq!(
-                    s.context_len + n,
-                    hist.len(),
-                    "seq {}: logits asked before the last token",
-                    s.id
-                );
+                assert_eq!(s.context_len + n, hist.len(), "seq {}: logits asked before the last token", s.id);
                 let t = next_token(v, self.vocab);
                 result.sampled.push((s.id, t));
                 if Some(t) == self.eos {
@@ -218,22 +190,9 @@ impl Sim {
         max_tokens: usize,
     ) -> Result<(), kiln_runtime::sched::AdmissionError> {
         let id = SeqId(id);
-        self.sched.add(Request {
-            id,
-            prompt_ids: prompt.clone(),
-            max_tokens,
-        })?;
+        self.sched.add(Request { id, prompt_ids: prompt.clone(), max_tokens })?;
         self.engine.history.insert(id, prompt.clone());
-        self.reqs.insert(
-            id,
-            Tracked {
-                prompt,
-                max_tokens,
-                first: None,
-                output: Vec::new(),
-                finish: None,
-            },
-        );
+        self.reqs.insert(id, Tracked { prompt, max_tokens, first: None, output: Vec::new(), finish: None });
         Ok(())
     }
 
@@ -248,10 +207,7 @@ impl Sim {
     pub fn begin(&mut self) -> (StepPlan, StepResult) {
         let plan = self.sched.schedule();
         self.steps += 1;
-        assert!(
-            plan.num_tokens() <= self.cfg.max_batched_tokens,
-            "token budget exceeded"
-        );
+        assert!(plan.num_tokens() <= self.cfg.max_batched_tokens, "token budget exceeded");
         self.max_step_tokens = self.max_step_tokens.max(plan.num_tokens());
         let st = self.sched.stats();
         assert!(st.running <= self.cfg.max_num_seqs, "max_num_seqs exceeded");
@@ -271,30 +227,14 @@ impl Sim {
 
     /// Forks `child` off `parent` between a step's run and its update (n > 1 sampling): the
     /// child's first token is `token` instead of the parent's.
-    pub fn fork_at_first_sample(
-        &mut self,
-        result: &mut StepResult,
-        parent: u64,
-        child: u64,
-        token: TokenId,
-    ) {
+    pub fn fork_at_first_sample(&mut self, result: &mut StepResult, parent: u64, child: u64, token: TokenId) {
         let (p, c) = (SeqId(parent), SeqId(child));
         self.sched.fork(p, c).unwrap();
         let h = self.engine.history[&p].clone();
         self.engine.history.insert(c, h);
         let t = self.reqs[&p].clone();
-        assert!(
-            t.output.is_empty(),
-            "only forks at the first sample are modelled"
-        );
-        self.reqs.insert(
-            c,
-            Tracked {
-                first: Some(token),
-                finish: None,
-                ..t
-            },
-        );
+        assert!(t.output.is_empty(), "only forks at the first sample are modelled");
+        self.reqs.insert(c, Tracked { first: Some(token), finish: None, ..t });
         result.sampled.push((c, token));
         if Some(token) == self.engine.eos {
             result.finished.push((c, FinishReason::Stop));
@@ -323,11 +263,7 @@ impl Sim {
     pub fn run_to_end(&mut self, max_steps: usize) {
         let start = self.steps;
         while !self.sched.is_idle() || self.reqs.values().any(|t| t.finish.is_none()) {
-            assert!(
-                self.steps - start < max_steps,
-                "no progress after {max_steps} steps: {:?}",
-                self.sched.stats()
-            );
+            assert!(self.steps - start < max_steps, "no progress after {max_steps} steps: {:?}", self.sched.stats());
             self.step();
         }
     }
@@ -335,13 +271,7 @@ impl Sim {
     /// The output every finished, non-aborted request must have: what it generates alone.
     pub fn check_outputs_match_reference(&self) {
         for (id, t) in &self.reqs {
-            let want = reference(
-                &t.prompt,
-                t.max_tokens,
-                self.engine.vocab,
-                self.engine.eos,
-                t.first,
-            );
+            let want = reference(&t.prompt, t.max_tokens, self.engine.vocab, self.engine.eos, t.first);
             match t.finish {
                 Some(FinishReason::Abort) => {
                     assert_eq!(t.output[..], want[..t.output.len()], "seq {id} (aborted)")

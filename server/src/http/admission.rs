@@ -25,20 +25,14 @@ pub struct Permit {
 
 impl Admission {
     pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Admission {
-            in_flight: AtomicUsize::new(0),
-            cap: cap.max(1),
-            idle: Notify::new(),
-        })
+        Arc::new(Admission { in_flight: AtomicUsize::new(0), cap: cap.max(1), idle: Notify::new() })
     }
 
     pub fn try_admit(self: &Arc<Self>) -> Result<Permit, ApiError> {
         let prev = self.in_flight.fetch_add(1, Ordering::AcqRel);
         // The permit is built first so that the refusal path releases the slot through Drop,
         // the same way every other path does.
-        let permit = Permit {
-            adm: Arc::clone(self),
-        };
+        let permit = Permit { adm: Arc::clone(self) };
         if prev >= self.cap {
             drop(permit);
             return Err(ApiError::overloaded(format!(
@@ -103,17 +97,12 @@ mod tests {
         let a = Admission::new(4);
         let p = a.try_admit().unwrap();
         let a2 = Arc::clone(&a);
-        let t = tokio::spawn(
-            async move { a2.wait_idle(Instant::now() + Duration::from_secs(5)).await },
-        );
+        let t = tokio::spawn(async move { a2.wait_idle(Instant::now() + Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(p);
         assert!(t.await.unwrap());
         let p = a.try_admit().unwrap();
-        assert!(
-            !a.wait_idle(Instant::now() + Duration::from_millis(20))
-                .await
-        );
+        assert!(!a.wait_idle(Instant::now() + Duration::from_millis(20)).await);
         drop(p);
     }
 }

@@ -26,12 +26,7 @@ pub struct ApiKeys {
 
 impl ApiKeys {
     pub fn new(keys: &[String]) -> Self {
-        ApiKeys {
-            digests: keys
-                .iter()
-                .map(|k| Sha256::digest(k.as_bytes()).into())
-                .collect(),
-        }
+        ApiKeys { digests: keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect() }
     }
 
     pub fn enabled(&self) -> bool {
@@ -66,10 +61,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 }
 
 pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if !state.keys.enabled()
-        || OPEN_PATHS.contains(&req.uri().path())
-        || state.keys.authorized(req.headers())
-    {
+    if !state.keys.enabled() || OPEN_PATHS.contains(&req.uri().path()) || state.keys.authorized(req.headers()) {
         return next.run(req).await;
     }
     ApiError::unauthorized().into_response()
@@ -92,15 +84,7 @@ mod tests {
         assert!(k.authorized(&h("authorization", "Bearer k1")));
         assert!(k.authorized(&h("authorization", "bearer second-key")));
         assert!(k.authorized(&h("x-api-key", "k1")));
-        for bad in [
-            "Bearer k2",
-            "Bearer k1 ",
-            "Bearer  k1",
-            "Basic k1",
-            "k1",
-            "Bearer",
-            "Bearer ",
-        ] {
+        for bad in ["Bearer k2", "Bearer k1 ", "Bearer  k1", "Basic k1", "k1", "Bearer", "Bearer "] {
             assert!(!k.authorized(&h("authorization", bad)), "{bad:?}");
         }
         assert!(!k.authorized(&HeaderMap::new()));

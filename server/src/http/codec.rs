@@ -27,10 +27,6 @@ pub trait Codec: Send + Sync + 'static {
     /// The text of one token, for logprobs (lossy for partial UTF-8).
     fn token_text(&self, id: u32) -> String;
     /// The prompt text of a conversation, through the model's chat template.
-    fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, CodecError>;
+    fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, CodecError>;
     fn vocab_size(&self) -> usize;
 }

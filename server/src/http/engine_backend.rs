@@ -5,8 +5,8 @@
 use crate::backend::{Backend, BoxFuture, RequestStream};
 use crate::codec::{Codec, CodecError};
 use crate::engine_api::{
-    Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, EngineStats, GenerateRequest,
-    Heartbeat, RequestHandle, SubmitError,
+    Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, EngineStats, GenerateRequest, Heartbeat,
+    RequestHandle, SubmitError,
 };
 use crate::state::Loaded;
 use kiln_codegen::ir::DType;
@@ -65,9 +65,7 @@ impl ModelCodec {
 
 impl Codec for ModelCodec {
     fn encode(&self, text: &str, with_bos: bool) -> Result<Vec<u32>, CodecError> {
-        self.tokenizer
-            .encode(text, with_bos)
-            .map_err(|e| CodecError::Invalid(e.to_string()))
+        self.tokenizer.encode(text, with_bos).map_err(|e| CodecError::Invalid(e.to_string()))
     }
 
     fn default_bos(&self) -> bool {
@@ -75,32 +73,22 @@ impl Codec for ModelCodec {
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, CodecError> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| CodecError::Invalid(e.to_string()))
+        self.tokenizer.decode(ids, true).map_err(|e| CodecError::Invalid(e.to_string()))
     }
 
     fn token_text(&self, id: u32) -> String {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
-    fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, CodecError> {
-        self.template
-            .render_for(&self.tokenizer, messages, add_generation_prompt)
-            .map_err(|e| match e {
-                // The template refused the conversation, or the messages don't fit its logic:
-                // the client's input, so 400.
-                ChatTemplateError::Raised { .. } | ChatTemplateError::Render { .. } => {
-                    CodecError::Invalid(format!(
-                        "the chat template could not render the messages: {e}"
-                    ))
-                }
-                other => CodecError::Internal(other.to_string()),
-            })
+    fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, CodecError> {
+        self.template.render_for(&self.tokenizer, messages, add_generation_prompt).map_err(|e| match e {
+            // The template refused the conversation, or the messages don't fit its logic:
+            // the client's input, so 400.
+            ChatTemplateError::Raised { .. } | ChatTemplateError::Render { .. } => {
+                CodecError::Invalid(format!("the chat template could not render the messages: {e}"))
+            }
+            other => CodecError::Internal(other.to_string()),
+        })
     }
 
     fn vocab_size(&self) -> usize {
@@ -133,8 +121,5 @@ pub fn load(spec: &ModelSpec) -> Result<Loaded, LoadModelError> {
     let model: Arc<dyn CausalLm> = Arc::from(m.model);
     let handle = Engine::start(model, detok, spec.engine.clone())?;
     eprintln!("kiln: {}", handle.sampling_note());
-    Ok(Loaded {
-        backend: Arc::new(handle),
-        codec: Arc::new(ModelCodec::new(m.tokenizer, m.chat_template)),
-    })
+    Ok(Loaded { backend: Arc::new(handle), codec: Arc::new(ModelCodec::new(m.tokenizer, m.chat_template)) })
 }

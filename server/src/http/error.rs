@@ -93,12 +93,7 @@ pub struct ErrorInfo {
 }
 
 impl ApiError {
-    fn new(
-        status: StatusCode,
-        kind: &'static str,
-        failure: Failure,
-        message: impl Into<String>,
-    ) -> Self {
+    fn new(status: StatusCode, kind: &'static str, failure: Failure, message: impl Into<String>) -> Self {
         ApiError {
             status,
             kind,
@@ -113,12 +108,7 @@ impl ApiError {
 
     /// 400: the request can never succeed as written.
     pub fn invalid(param: Option<&str>, code: &'static str, message: impl Into<String>) -> Self {
-        let mut e = Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            Failure::Invalid,
-            message,
-        );
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", Failure::Invalid, message);
         e.param = param.map(str::to_string);
         e.code = Some(code);
         e
@@ -142,12 +132,7 @@ impl ApiError {
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        let mut e = Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found_error",
-            Failure::NotFound,
-            message,
-        );
+        let mut e = Self::new(StatusCode::NOT_FOUND, "not_found_error", Failure::NotFound, message);
         e.code = Some("not_found");
         e
     }
@@ -160,9 +145,7 @@ impl ApiError {
     }
 
     pub fn model_not_found(asked: &str, served: &str) -> Self {
-        let mut e = Self::not_found(format!(
-            "the model `{asked}` does not exist; this server serves `{served}`"
-        ));
+        let mut e = Self::not_found(format!("the model `{asked}` does not exist; this server serves `{served}`"));
         e.param = Some("model".into());
         e.code = Some("model_not_found");
         e
@@ -205,12 +188,7 @@ impl ApiError {
 
     /// 429: more requests in flight than the server admits; retry shortly.
     pub fn overloaded(message: impl Into<String>) -> Self {
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            Failure::Overloaded,
-            message,
-        );
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Failure::Overloaded, message);
         e.code = Some("overloaded");
         e.retry_after_s = Some(1);
         e
@@ -231,12 +209,8 @@ impl ApiError {
 
     /// 503 while the model loads.
     pub fn loading() -> Self {
-        let mut e = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable_error",
-            Failure::Loading,
-            "the model is loading",
-        );
+        let mut e =
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", Failure::Loading, "the model is loading");
         e.code = Some("model_loading");
         e.retry_after_s = Some(2);
         e
@@ -244,24 +218,14 @@ impl ApiError {
 
     /// 500: the engine failed this request (a model step failed, the engine stopped).
     pub fn engine(message: impl Into<String>) -> Self {
-        let mut e = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            Failure::EngineError,
-            message,
-        );
+        let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", Failure::EngineError, message);
         e.code = Some("engine_error");
         e
     }
 
     /// 500 for a bug on our side (a tokenizer thread that died); never for bad input.
     pub fn internal(message: impl Into<String>) -> Self {
-        let mut e = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            Failure::Internal,
-            message,
-        );
+        let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", Failure::Internal, message);
         e.code = Some("internal_error");
         e
     }
@@ -288,13 +252,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.kind,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
     }
 }
 
@@ -311,10 +269,7 @@ impl IntoResponse for ApiError {
             h.insert("x-should-retry", HeaderValue::from_static("false"));
         }
         if self.close {
-            h.insert(
-                axum::http::header::CONNECTION,
-                HeaderValue::from_static("close"),
-            );
+            h.insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp.extensions_mut().insert(self.failure);
         resp

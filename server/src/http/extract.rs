@@ -26,20 +26,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
         // The Content-Type is checked after the body is read: a refused request whose body
         // stayed unread would force the connection closed, and a keep-alive client racing a
         // close sees a transport error instead of our 415.
-        let content_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .map(|ct| ct.to_str().unwrap_or("(not ASCII)").to_string());
+        let content_type = req.headers().get(CONTENT_TYPE).map(|ct| ct.to_str().unwrap_or("(not ASCII)").to_string());
         let limit = state.cfg.max_body_bytes;
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large(limit)
             } else {
-                ApiError::invalid(
-                    None,
-                    "invalid_body",
-                    format!("could not read the request body: {}", rej.body_text()),
-                )
+                ApiError::invalid(None, "invalid_body", format!("could not read the request body: {}", rej.body_text()))
             }
         })?;
         if let Some(ct) = content_type {
@@ -48,21 +41,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
             }
         }
         let (value, unknown_fields) = parse(&bytes)?;
-        Ok(ApiJson {
-            value,
-            unknown_fields,
-        })
+        Ok(ApiJson { value, unknown_fields })
     }
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`), or any `+json` type.
 fn is_json(content_type: &str) -> bool {
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -70,44 +55,23 @@ fn is_json(content_type: &str) -> bool {
 /// the typed value with the failing field's path.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Vec<String>), ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(
-            None,
-            "invalid_json",
-            "the request body is empty; send a JSON object",
-        ));
+        return Err(ApiError::invalid(None, "invalid_json", "the request body is empty; send a JSON object"));
     }
     let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        let why = if std::str::from_utf8(bytes).is_err() {
-            " (the body is not valid UTF-8)"
-        } else {
-            ""
-        };
-        ApiError::invalid(
-            None,
-            "invalid_json",
-            format!("the request body is not valid JSON: {e}{why}"),
-        )
+        let why = if std::str::from_utf8(bytes).is_err() { " (the body is not valid UTF-8)" } else { "" };
+        ApiError::invalid(None, "invalid_json", format!("the request body is not valid JSON: {e}{why}"))
     })?;
     if !json.is_object() {
         return Err(ApiError::invalid(
             None,
             "invalid_json",
-            format!(
-                "the request body must be a JSON object, not {}",
-                kind_of(&json)
-            ),
+            format!("the request body must be a JSON object, not {}", kind_of(&json)),
         ));
     }
     let mut unknown = Vec::new();
     // serde_ignored writes `?` for each Option level; clients never see those, drop them.
     let mut note = |path: serde_ignored::Path<'_>| {
-        unknown.push(
-            path.to_string()
-                .split('.')
-                .filter(|s| *s != "?")
-                .collect::<Vec<_>>()
-                .join("."),
-        )
+        unknown.push(path.to_string().split('.').filter(|s| *s != "?").collect::<Vec<_>>().join("."))
     };
     let de = serde_ignored::Deserializer::new(json, &mut note);
     match serde_path_to_error::deserialize::<_, T>(de) {
@@ -144,41 +108,25 @@ mod tests {
 
     #[test]
     fn type_errors_name_the_field() {
-        let e = parse::<CompletionRequest>(br#"{"prompt":"x","temperature":"hot"}"#)
-            .err()
-            .unwrap();
+        let e = parse::<CompletionRequest>(br#"{"prompt":"x","temperature":"hot"}"#).err().unwrap();
         assert_eq!(e.status, 400);
         assert_eq!(e.param.as_deref(), Some("temperature"));
-        let e = parse::<CompletionRequest>(br#"{"prompt":"x","stop":["a",3]}"#)
-            .err()
-            .unwrap();
+        let e = parse::<CompletionRequest>(br#"{"prompt":"x","stop":["a",3]}"#).err().unwrap();
         assert_eq!(e.param.as_deref(), Some("stop"), "{e}");
     }
 
     #[test]
     fn unknown_fields_are_reported_not_refused() {
-        let (_, unknown) = parse::<CompletionRequest>(
-            br#"{"prompt":"x","frobnicate":1,"stream_options":{"x":1}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            unknown,
-            vec!["frobnicate".to_string(), "stream_options.x".to_string()]
-        );
+        let (_, unknown) =
+            parse::<CompletionRequest>(br#"{"prompt":"x","frobnicate":1,"stream_options":{"x":1}}"#).unwrap();
+        assert_eq!(unknown, vec!["frobnicate".to_string(), "stream_options.x".to_string()]);
     }
 
     #[test]
     fn malformed_bodies_are_400() {
-        for body in [
-            &b""[..],
-            b"  ",
-            b"{",
-            b"[1]",
-            b"\"s\"",
-            b"{\"prompt\": \"\xff\"}",
-            br#"{"prompt":"\ud800"}"#,
-            b"nul",
-        ] {
+        for body in
+            [&b""[..], b"  ", b"{", b"[1]", b"\"s\"", b"{\"prompt\": \"\xff\"}", br#"{"prompt":"\ud800"}"#, b"nul"]
+        {
             let e = parse::<CompletionRequest>(body).err().unwrap();
             assert_eq!(e.status, 400, "{body:?}");
         }

@@ -13,9 +13,7 @@
 
 use crate::backend::{Backend, BoxFuture, RequestStream};
 use crate::codec::{Codec, CodecError};
-use crate::engine_api::{
-    EngineEvent, EngineStats, GenerateRequest, Heartbeat, SubmitError, TokenLogprob, Usage,
-};
+use crate::engine_api::{EngineEvent, EngineStats, GenerateRequest, Heartbeat, SubmitError, TokenLogprob, Usage};
 use kiln_models::tokenizer::ChatMessage;
 use kiln_runtime::sample::FinishReason;
 use std::collections::VecDeque;
@@ -36,12 +34,7 @@ pub struct FakeConfig {
 
 impl Default for FakeConfig {
     fn default() -> Self {
-        FakeConfig {
-            max_model_len: 4096,
-            capacity: 1024,
-            step_delay: Duration::ZERO,
-            fail_after: None,
-        }
+        FakeConfig { max_model_len: 4096, capacity: 1024, step_delay: Duration::ZERO, fail_after: None }
     }
 }
 
@@ -114,22 +107,14 @@ impl Backend for FakeBackend {
             return Err(SubmitError::Invalid("the prompt is empty".into()));
         }
         if req.prompt_ids.len() + req.params.max_tokens > self.cfg.max_model_len {
-            return Err(SubmitError::Invalid(format!(
-                "prompt + max_tokens exceeds {}",
-                self.cfg.max_model_len
-            )));
+            return Err(SubmitError::Invalid(format!("prompt + max_tokens exceeds {}", self.cfg.max_model_len)));
         }
         if self.c.live.fetch_add(1, Ordering::SeqCst) >= self.cfg.capacity {
             self.c.live.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::Overloaded(format!(
-                "{} requests live",
-                self.cfg.capacity
-            )));
+            return Err(SubmitError::Overloaded(format!("{} requests live", self.cfg.capacity)));
         }
         self.c.submitted.fetch_add(1, Ordering::SeqCst);
-        self.c
-            .prompt
-            .fetch_add(req.prompt_ids.len() as u64, Ordering::Relaxed);
+        self.c.prompt.fetch_add(req.prompt_ids.len() as u64, Ordering::Relaxed);
         let epoch = self.c.abort_epoch.load(Ordering::SeqCst);
         Ok(Box::new(FakeStream {
             req,
@@ -164,10 +149,7 @@ impl Backend for FakeBackend {
         } else {
             now
         };
-        Heartbeat {
-            last_progress,
-            alive: self.alive.load(Ordering::SeqCst),
-        }
+        Heartbeat { last_progress, alive: self.alive.load(Ordering::SeqCst) }
     }
 
     fn max_model_len(&self) -> usize {
@@ -204,24 +186,12 @@ impl FakeStream {
         let n = self.req.n.max(1);
         for index in 0..n {
             let (text, token_ids) = if self.req.beam.is_some() && reason != FinishReason::Abort {
-                let ids: Vec<u32> = (0..self.step)
-                    .map(|k| u32::from(self.byte(k, index)))
-                    .collect();
+                let ids: Vec<u32> = (0..self.step).map(|k| u32::from(self.byte(k, index))).collect();
                 (ids.iter().map(|&b| b as u8 as char).collect(), ids)
             } else {
-                (
-                    String::new(),
-                    (0..self.step)
-                        .map(|k| u32::from(self.byte(k, index)))
-                        .collect(),
-                )
+                (String::new(), (0..self.step).map(|k| u32::from(self.byte(k, index))).collect())
             };
-            self.queue.push_back(EngineEvent::Finished {
-                index,
-                reason,
-                text,
-                token_ids,
-            });
+            self.queue.push_back(EngineEvent::Finished { index, reason, text, token_ids });
         }
         let usage = Usage {
             prompt_tokens: self.req.prompt_ids.len(),
@@ -238,9 +208,7 @@ impl FakeStream {
             return self.finish_all(FinishReason::Abort);
         }
         if self.cfg.fail_after == Some(self.step) {
-            self.queue.push_back(EngineEvent::Error {
-                message: "injected engine failure".into(),
-            });
+            self.queue.push_back(EngineEvent::Error { message: "injected engine failure".into() });
             self.finished = true;
             return;
         }
@@ -253,9 +221,7 @@ impl FakeStream {
                 let b = self.byte(self.step, index);
                 let logprob = self.req.params.logprobs.map(|k| TokenLogprob {
                     logprob: -0.5,
-                    top: (0..k as u32)
-                        .map(|j| (u32::from(b'a') + j, -0.5 - j as f32))
-                        .collect(),
+                    top: (0..k as u32).map(|j| (u32::from(b'a') + j, -0.5 - j as f32)).collect(),
                 });
                 self.queue.push_back(EngineEvent::Token {
                     index,
@@ -320,11 +286,7 @@ impl Codec for ByteCodec {
         String::from_utf8_lossy(&[id as u8]).into_owned()
     }
 
-    fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, CodecError> {
+    fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, CodecError> {
         let mut s = String::new();
         for m in messages {
             s.push_str(&format!("{}: {}\n", m.role, m.content));

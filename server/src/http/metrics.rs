@@ -15,18 +15,12 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-const TTFT_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0,
-];
-const ITL_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
-    5.0, 10.0,
-];
-const E2E_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
-    120.0, 240.0, 480.0,
-];
+const TTFT_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
+const ITL_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0];
+const E2E_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0];
 
 pub struct Histogram {
     bounds: &'static [f64],
@@ -47,19 +41,10 @@ impl Histogram {
     }
 
     pub fn observe(&self, secs: f64) {
-        let secs = if secs.is_finite() && secs > 0.0 {
-            secs
-        } else {
-            0.0
-        };
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(self.bounds.len());
+        let secs = if secs.is_finite() && secs > 0.0 { secs } else { 0.0 };
+        let i = self.bounds.iter().position(|&b| secs <= b).unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns
-            .fetch_add((secs * 1e9) as u64, Ordering::Relaxed);
+        self.sum_ns.fetch_add((secs * 1e9) as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -78,11 +63,7 @@ impl Histogram {
         // Read after the buckets so `_count` is never below the `+Inf` bucket mid-update.
         let count = self.count.load(Ordering::Relaxed).max(cum);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
-        );
+        let _ = writeln!(out, "{name}_sum {}", self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -137,10 +118,7 @@ impl Metrics {
     }
 
     pub fn failures(&self, f: Failure) -> u64 {
-        Failure::ALL
-            .iter()
-            .position(|&x| x == f)
-            .map_or(0, |i| self.failures[i].load(Ordering::Relaxed))
+        Failure::ALL.iter().position(|&x| x == f).map_or(0, |i| self.failures[i].load(Ordering::Relaxed))
     }
 
     pub fn finished(&self, r: FinishReason) {
@@ -160,10 +138,7 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
         gauge(
             &mut out,
@@ -184,30 +159,10 @@ impl Metrics {
             s.in_flight as f64,
         );
         if let Some((st, hb)) = &s.engine {
-            gauge(
-                &mut out,
-                "llm_requests_running",
-                "Requests in the engine's running batch.",
-                st.running as f64,
-            );
-            gauge(
-                &mut out,
-                "llm_requests_waiting",
-                "Requests queued in the engine.",
-                st.waiting as f64,
-            );
-            gauge(
-                &mut out,
-                "llm_kv_blocks_used",
-                "KV cache blocks held by requests.",
-                st.kv_blocks_used as f64,
-            );
-            gauge(
-                &mut out,
-                "llm_kv_blocks_total",
-                "KV cache blocks in the pool.",
-                st.kv_blocks_total as f64,
-            );
+            gauge(&mut out, "llm_requests_running", "Requests in the engine's running batch.", st.running as f64);
+            gauge(&mut out, "llm_requests_waiting", "Requests queued in the engine.", st.waiting as f64);
+            gauge(&mut out, "llm_kv_blocks_used", "KV cache blocks held by requests.", st.kv_blocks_used as f64);
+            gauge(&mut out, "llm_kv_blocks_total", "KV cache blocks in the pool.", st.kv_blocks_total as f64);
             gauge(
                 &mut out,
                 "llm_kv_blocks_free",
@@ -226,18 +181,8 @@ impl Metrics {
                 "Prompt tokens served from the prefix cache.",
                 st.prefix_cache_hit_tokens,
             );
-            counter(
-                &mut out,
-                "llm_prompt_tokens_total",
-                "Prompt tokens processed.",
-                st.prompt_tokens_total,
-            );
-            counter(
-                &mut out,
-                "llm_generation_tokens_total",
-                "Tokens generated.",
-                st.generation_tokens_total,
-            );
+            counter(&mut out, "llm_prompt_tokens_total", "Prompt tokens processed.", st.prompt_tokens_total);
+            counter(&mut out, "llm_generation_tokens_total", "Tokens generated.", st.generation_tokens_total);
             counter(
                 &mut out,
                 "llm_engine_requests_finished_total",
@@ -250,18 +195,8 @@ impl Metrics {
                 "Requests the engine failed.",
                 st.requests_failed_total,
             );
-            counter(
-                &mut out,
-                "llm_scheduler_steps_total",
-                "Engine steps run.",
-                st.steps,
-            );
-            gauge(
-                &mut out,
-                "llm_engine_alive",
-                "1 while the engine loop runs.",
-                f64::from(u8::from(hb.alive)),
-            );
+            counter(&mut out, "llm_scheduler_steps_total", "Engine steps run.", st.steps);
+            gauge(&mut out, "llm_engine_alive", "1 while the engine loop runs.", f64::from(u8::from(hb.alive)));
             gauge(
                 &mut out,
                 "llm_engine_heartbeat_age_seconds",
@@ -276,12 +211,7 @@ impl Metrics {
             self.accepted.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP llm_requests_finished_total Choices finished, by finish reason.\n# TYPE llm_requests_finished_total counter");
-        for r in [
-            FinishReason::Stop,
-            FinishReason::Length,
-            FinishReason::Abort,
-            FinishReason::Error,
-        ] {
+        for r in [FinishReason::Stop, FinishReason::Length, FinishReason::Abort, FinishReason::Error] {
             let _ = writeln!(
                 out,
                 "llm_requests_finished_total{{reason=\"{}\"}} {}",
@@ -298,7 +228,10 @@ impl Metrics {
                 self.failures[i].load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(out, "# HELP llm_http_responses_total HTTP responses by status code.\n# TYPE llm_http_responses_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP llm_http_responses_total HTTP responses by status code.\n# TYPE llm_http_responses_total counter"
+        );
         {
             let m = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
             for (code, n) in m.iter() {
@@ -315,11 +248,7 @@ impl Metrics {
             "Time between consecutive token events of a request.",
             &mut out,
         );
-        self.e2e.render(
-            "llm_e2e_request_latency_seconds",
-            "Time from request arrival to its last event.",
-            &mut out,
-        );
+        self.e2e.render("llm_e2e_request_latency_seconds", "Time from request arrival to its last event.", &mut out);
         out
     }
 }
@@ -348,13 +277,7 @@ mod tests {
         m.fail(Failure::Overloaded);
         m.status(429);
         let text = m.render(&Snapshot {
-            engine: Some((
-                EngineStats::default(),
-                Heartbeat {
-                    last_progress: std::time::Instant::now(),
-                    alive: true,
-                },
-            )),
+            engine: Some((EngineStats::default(), Heartbeat { last_progress: std::time::Instant::now(), alive: true })),
             in_flight: 0,
             ready: true,
             draining: false,
@@ -365,14 +288,8 @@ mod tests {
                 typed.insert(rest.split(' ').next().unwrap().to_string());
             } else if !line.starts_with('#') {
                 let name = line.split(['{', ' ']).next().unwrap();
-                let base = name
-                    .trim_end_matches("_bucket")
-                    .trim_end_matches("_sum")
-                    .trim_end_matches("_count");
-                assert!(
-                    typed.contains(name) || typed.contains(base),
-                    "untyped sample {line}"
-                );
+                let base = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+                assert!(typed.contains(name) || typed.contains(base), "untyped sample {line}");
             }
         }
         assert!(text.contains("llm_request_failures_total{reason=\"overloaded\"} 1"));

@@ -34,33 +34,19 @@ pub async fn completion_prompts(
     echo: bool,
 ) -> Result<Vec<Prompt>, ApiError> {
     let sources: Vec<Source> = match input {
-        None => {
-            return Err(ApiError::invalid(
-                Some("prompt"),
-                "missing_field",
-                "`prompt` is required",
-            ))
-        }
+        None => return Err(ApiError::invalid(Some("prompt"), "missing_field", "`prompt` is required")),
         Some(PromptInput::Text(s)) => vec![Source::Text(s)],
         Some(PromptInput::Texts(v)) => v.into_iter().map(Source::Text).collect(),
         Some(PromptInput::Ids(v)) => vec![Source::Ids(v)],
         Some(PromptInput::IdLists(v)) => v.into_iter().map(Source::Ids).collect(),
     };
     if sources.is_empty() {
-        return Err(ApiError::invalid(
-            Some("prompt"),
-            "empty_prompt",
-            "`prompt` is an empty list",
-        ));
+        return Err(ApiError::invalid(Some("prompt"), "empty_prompt", "`prompt` is an empty list"));
     }
     if sources.len() > cfg.max_prompts {
         return Err(ApiError::bad_value(
             "prompt",
-            format!(
-                "{} prompts given, at most {} per request",
-                sources.len(),
-                cfg.max_prompts
-            ),
+            format!("{} prompts given, at most {} per request", sources.len(), cfg.max_prompts),
         ));
     }
     let vocab = codec.vocab_size();
@@ -86,11 +72,7 @@ pub async fn completion_prompts(
             }
             Source::Ids(ids) => {
                 check_ids(&ids, vocab, "prompt")?;
-                let text = if echo {
-                    Some(codec.decode(&ids).map_err(|e| codec_error(e, "prompt"))?)
-                } else {
-                    None
-                };
+                let text = if echo { Some(codec.decode(&ids).map_err(|e| codec_error(e, "prompt"))?) } else { None };
                 Prompt { ids, text }
             }
         };
@@ -101,19 +83,15 @@ pub async fn completion_prompts(
 
 pub fn check_ids(ids: &[u32], vocab: usize, param: &str) -> Result<(), ApiError> {
     match ids.iter().find(|&&t| t as usize >= vocab) {
-        Some(t) => Err(ApiError::bad_value(
-            param,
-            format!("token id {t} is outside the vocabulary of {vocab}"),
-        )),
+        Some(t) => Err(ApiError::bad_value(param, format!("token id {t} is outside the vocabulary of {vocab}"))),
         None => Ok(()),
     }
 }
 
 /// Chat messages in the template's form; refuses unknown roles and non-text content.
 pub fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMessage>, ApiError> {
-    let messages = messages.ok_or_else(|| {
-        ApiError::invalid(Some("messages"), "missing_field", "`messages` is required")
-    })?;
+    let messages =
+        messages.ok_or_else(|| ApiError::invalid(Some("messages"), "missing_field", "`messages` is required"))?;
     if messages.is_empty() {
         return Err(ApiError::invalid(
             Some("messages"),
@@ -210,8 +188,5 @@ const INLINE_DECODE_IDS: usize = 4096;
 /// Text of token ids (for `/detokenize`); the body limit bounds how many there can be.
 pub async fn decode_ids(ids: Vec<u32>, codec: &Arc<dyn Codec>) -> Result<String, ApiError> {
     let c = Arc::clone(codec);
-    on_pool(ids.len() > INLINE_DECODE_IDS, "tokens", move || {
-        c.decode(&ids)
-    })
-    .await
+    on_pool(ids.len() > INLINE_DECODE_IDS, "tokens", move || c.decode(&ids)).await
 }

@@ -59,12 +59,7 @@ pub fn start(state: Arc<AppState>, listener: TcpListener) -> Result<RunningServe
     let header_timeout = state.cfg.header_read_timeout;
     let (close, closed) = oneshot::channel::<()>();
     let task = tokio::spawn(accept_loop(listener, app, header_timeout, closed));
-    Ok(RunningServer {
-        addr,
-        state,
-        close: Some(close),
-        task,
-    })
+    Ok(RunningServer { addr, state, close: Some(close), task })
 }
 
 /// Accepts connections until `closed` fires (or its sender is dropped), then closes the
@@ -79,9 +74,7 @@ async fn accept_loop(
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .keep_alive(true);
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
     loop {
         let (tcp, _peer) = tokio::select! {
             _ = &mut closed => break,
@@ -117,16 +110,10 @@ impl RunningServer {
         let st = Arc::clone(&self.state);
         st.begin_drain();
         let deadline = Instant::now() + st.cfg.shutdown_timeout;
-        let mut report = DrainReport {
-            aborted: 0,
-            stuck: 0,
-        };
+        let mut report = DrainReport { aborted: 0, stuck: 0 };
         if !st.admission.wait_idle(deadline).await {
             report.aborted = st.admission.in_flight();
-            tracing::warn!(
-                in_flight = report.aborted,
-                "shutdown timeout reached; aborting the requests still running"
-            );
+            tracing::warn!(in_flight = report.aborted, "shutdown timeout reached; aborting the requests still running");
             if let Some(l) = st.loaded() {
                 l.backend.abort_all();
             }

@@ -47,9 +47,7 @@ pub struct AppState {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl AppState {
@@ -83,12 +81,8 @@ impl AppState {
         if self.loaded.set(loaded).is_err() {
             return false;
         }
-        let _ = self.phase.compare_exchange(
-            Phase::Loading as u8,
-            Phase::Ready as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.phase.compare_exchange(Phase::Loading as u8, Phase::Ready as u8, Ordering::AcqRel, Ordering::Acquire);
         true
     }
 
@@ -146,18 +140,12 @@ impl AppState {
     }
 
     pub fn next_id(&self, prefix: &str) -> String {
-        format!(
-            "{prefix}-{:x}",
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("{prefix}-{:x}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            engine: self
-                .loaded
-                .get()
-                .map(|l| (l.backend.stats(), l.backend.heartbeat())),
+            engine: self.loaded.get().map(|l| (l.backend.stats(), l.backend.heartbeat())),
             in_flight: self.admission.in_flight(),
             ready: self.phase() == Phase::Ready,
             draining: self.phase() == Phase::Draining,

@@ -32,20 +32,12 @@ pub struct GenPlan {
 
 pub fn plan(f: &SamplingFields, cfg: &ServerConfig, vocab: usize) -> Result<GenPlan, ApiError> {
     if f.logit_bias_entries > 0 {
-        return Err(ApiError::bad_value(
-            "logit_bias",
-            "logit_bias is not supported by this server",
-        ));
+        return Err(ApiError::bad_value("logit_bias", "logit_bias is not supported by this server"));
     }
     let n = match f.n {
         None => 1,
         Some(n) if n >= 1 && n <= cfg.max_n as u64 => n as usize,
-        Some(n) => {
-            return Err(ApiError::bad_value(
-                "n",
-                format!("n = {n} is not in [1, {}]", cfg.max_n),
-            ))
-        }
+        Some(n) => return Err(ApiError::bad_value("n", format!("n = {n} is not in [1, {}]", cfg.max_n))),
     };
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => None,
@@ -61,31 +53,20 @@ pub fn plan(f: &SamplingFields, cfg: &ServerConfig, vocab: usize) -> Result<GenP
     if stop.len() > cfg.max_stop {
         return Err(ApiError::bad_value(
             "stop",
-            format!(
-                "{} stop strings given, at most {} allowed",
-                stop.len(),
-                cfg.max_stop
-            ),
+            format!("{} stop strings given, at most {} allowed", stop.len(), cfg.max_stop),
         ));
     }
     if let Some(s) = stop.iter().find(|s| s.len() > cfg.max_stop_bytes) {
         return Err(ApiError::bad_value(
             "stop",
-            format!(
-                "a stop string of {} bytes is longer than the limit of {}",
-                s.len(),
-                cfg.max_stop_bytes
-            ),
+            format!("a stop string of {} bytes is longer than the limit of {}", s.len(), cfg.max_stop_bytes),
         ));
     }
     let stop_token_ids = f.stop_token_ids.clone().unwrap_or_default();
     if stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
         return Err(ApiError::bad_value(
             "stop_token_ids",
-            format!(
-                "{} stop token ids given, at most {MAX_STOP_TOKEN_IDS} allowed",
-                stop_token_ids.len()
-            ),
+            format!("{} stop token ids given, at most {MAX_STOP_TOKEN_IDS} allowed", stop_token_ids.len()),
         ));
     }
     if let Some(t) = stop_token_ids.iter().find(|&&t| t as usize >= vocab) {
@@ -115,10 +96,7 @@ pub fn plan(f: &SamplingFields, cfg: &ServerConfig, vocab: usize) -> Result<GenP
     };
     params.validate().map_err(|e| sampling_error(e, f))?;
     if f.max_tokens == Some(0) {
-        return Err(ApiError::bad_value(
-            f.max_tokens_param,
-            format!("{} must be at least 1", f.max_tokens_param),
-        ));
+        return Err(ApiError::bad_value(f.max_tokens_param, format!("{} must be at least 1", f.max_tokens_param)));
     }
     let beam = beam_params(f, n, cfg)?;
     Ok(GenPlan {
@@ -132,17 +110,12 @@ pub fn plan(f: &SamplingFields, cfg: &ServerConfig, vocab: usize) -> Result<GenP
     })
 }
 
-fn beam_params(
-    f: &SamplingFields,
-    n: usize,
-    cfg: &ServerConfig,
-) -> Result<Option<BeamParams>, ApiError> {
+fn beam_params(f: &SamplingFields, n: usize, cfg: &ServerConfig) -> Result<Option<BeamParams>, ApiError> {
     if f.use_beam_search != Some(true) {
         return match f.best_of {
-            Some(b) if b != n as u64 => Err(ApiError::bad_value(
-                "best_of",
-                "best_of other than n needs use_beam_search: true",
-            )),
+            Some(b) if b != n as u64 => {
+                Err(ApiError::bad_value("best_of", "best_of other than n needs use_beam_search: true"))
+            }
             _ => Ok(None),
         };
     }
@@ -154,29 +127,16 @@ fn beam_params(
         ));
     }
     if (n as u64) > width {
-        return Err(ApiError::bad_value(
-            "n",
-            format!("n = {n} is more than the beam width best_of = {width}"),
-        ));
+        return Err(ApiError::bad_value("n", format!("n = {n} is more than the beam width best_of = {width}")));
     }
     let length_penalty = f.length_penalty.unwrap_or(1.0);
     if !length_penalty.is_finite() {
-        return Err(ApiError::bad_value(
-            "length_penalty",
-            "length_penalty must be a finite number",
-        ));
+        return Err(ApiError::bad_value("length_penalty", "length_penalty must be a finite number"));
     }
     if f.logprobs.is_some() {
-        return Err(ApiError::bad_value(
-            "use_beam_search",
-            "beam search does not return logprobs",
-        ));
+        return Err(ApiError::bad_value("use_beam_search", "beam search does not return logprobs"));
     }
-    Ok(Some(BeamParams {
-        width: width as usize,
-        length_penalty,
-        early_stopping: f.early_stopping.unwrap_or(true),
-    }))
+    Ok(Some(BeamParams { width: width as usize, length_penalty, early_stopping: f.early_stopping.unwrap_or(true) }))
 }
 
 fn sampling_error(e: SamplingError, f: &SamplingFields) -> ApiError {
@@ -233,10 +193,7 @@ pub fn for_prompt(
             ))
         }
     };
-    Ok(SamplingParams {
-        max_tokens,
-        ..plan.params.clone()
-    })
+    Ok(SamplingParams { max_tokens, ..plan.params.clone() })
 }
 
 #[cfg(test)]
@@ -245,164 +202,42 @@ mod tests {
     use crate::protocol::common::StopSpec;
 
     fn fields() -> SamplingFields {
-        SamplingFields {
-            max_tokens_param: "max_tokens",
-            logprobs_param: "logprobs",
-            ..Default::default()
-        }
+        SamplingFields { max_tokens_param: "max_tokens", logprobs_param: "logprobs", ..Default::default() }
     }
 
     fn param_of(f: SamplingFields) -> String {
-        plan(&f, &ServerConfig::default(), 1000)
-            .expect_err("should be refused")
-            .param
-            .unwrap_or_default()
+        plan(&f, &ServerConfig::default(), 1000).expect_err("should be refused").param.unwrap_or_default()
     }
 
     #[test]
     fn each_bad_field_is_named() {
+        assert_eq!(param_of(SamplingFields { temperature: Some(-1.0), ..fields() }), "temperature");
+        assert_eq!(param_of(SamplingFields { temperature: Some(f32::INFINITY), ..fields() }), "temperature");
+        assert_eq!(param_of(SamplingFields { top_p: Some(0.0), ..fields() }), "top_p");
+        assert_eq!(param_of(SamplingFields { top_p: Some(1.0001), ..fields() }), "top_p");
+        assert_eq!(param_of(SamplingFields { top_k: Some(-2), ..fields() }), "top_k");
+        assert_eq!(param_of(SamplingFields { n: Some(0), ..fields() }), "n");
+        assert_eq!(param_of(SamplingFields { n: Some(1_000_000), ..fields() }), "n");
+        assert_eq!(param_of(SamplingFields { max_tokens: Some(0), ..fields() }), "max_tokens");
         assert_eq!(
-            param_of(SamplingFields {
-                temperature: Some(-1.0),
-                ..fields()
-            }),
-            "temperature"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                temperature: Some(f32::INFINITY),
-                ..fields()
-            }),
-            "temperature"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                top_p: Some(0.0),
-                ..fields()
-            }),
-            "top_p"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                top_p: Some(1.0001),
-                ..fields()
-            }),
-            "top_p"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                top_k: Some(-2),
-                ..fields()
-            }),
-            "top_k"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                n: Some(0),
-                ..fields()
-            }),
-            "n"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                n: Some(1_000_000),
-                ..fields()
-            }),
-            "n"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                max_tokens: Some(0),
-                ..fields()
-            }),
-            "max_tokens"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                max_tokens: Some(0),
-                max_tokens_param: "max_completion_tokens",
-                ..fields()
-            }),
+            param_of(SamplingFields { max_tokens: Some(0), max_tokens_param: "max_completion_tokens", ..fields() }),
             "max_completion_tokens"
         );
+        assert_eq!(param_of(SamplingFields { stop: Some(StopSpec::One(String::new())), ..fields() }), "stop");
+        assert_eq!(param_of(SamplingFields { stop: Some(StopSpec::One("x".repeat(10_000))), ..fields() }), "stop");
+        assert_eq!(param_of(SamplingFields { stop: Some(StopSpec::Many(vec!["a".into(); 17])), ..fields() }), "stop");
+        assert_eq!(param_of(SamplingFields { stop_token_ids: Some(vec![1000]), ..fields() }), "stop_token_ids");
         assert_eq!(
-            param_of(SamplingFields {
-                stop: Some(StopSpec::One(String::new())),
-                ..fields()
-            }),
-            "stop"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                stop: Some(StopSpec::One("x".repeat(10_000))),
-                ..fields()
-            }),
-            "stop"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                stop: Some(StopSpec::Many(vec!["a".into(); 17])),
-                ..fields()
-            }),
-            "stop"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                stop_token_ids: Some(vec![1000]),
-                ..fields()
-            }),
-            "stop_token_ids"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                logprobs: Some(21),
-                logprobs_param: "top_logprobs",
-                ..fields()
-            }),
+            param_of(SamplingFields { logprobs: Some(21), logprobs_param: "top_logprobs", ..fields() }),
             "top_logprobs"
         );
+        assert_eq!(param_of(SamplingFields { presence_penalty: Some(2.5), ..fields() }), "presence_penalty");
+        assert_eq!(param_of(SamplingFields { repetition_penalty: Some(0.0), ..fields() }), "repetition_penalty");
+        assert_eq!(param_of(SamplingFields { min_p: Some(1.5), ..fields() }), "min_p");
+        assert_eq!(param_of(SamplingFields { logit_bias_entries: 1, ..fields() }), "logit_bias");
+        assert_eq!(param_of(SamplingFields { best_of: Some(3), ..fields() }), "best_of");
         assert_eq!(
-            param_of(SamplingFields {
-                presence_penalty: Some(2.5),
-                ..fields()
-            }),
-            "presence_penalty"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                repetition_penalty: Some(0.0),
-                ..fields()
-            }),
-            "repetition_penalty"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                min_p: Some(1.5),
-                ..fields()
-            }),
-            "min_p"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                logit_bias_entries: 1,
-                ..fields()
-            }),
-            "logit_bias"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                best_of: Some(3),
-                ..fields()
-            }),
-            "best_of"
-        );
-        assert_eq!(
-            param_of(SamplingFields {
-                use_beam_search: Some(true),
-                n: Some(3),
-                best_of: Some(2),
-                ..fields()
-            }),
+            param_of(SamplingFields { use_beam_search: Some(true), n: Some(3), best_of: Some(2), ..fields() }),
             "n"
         );
     }
@@ -412,43 +247,25 @@ mod tests {
         let p = plan(&fields(), &ServerConfig::default(), 1000).unwrap();
         assert_eq!(for_prompt(&p, 10, 100, "prompt").unwrap().max_tokens, 90);
         let e = for_prompt(&p, 100, 100, "prompt").unwrap_err();
-        assert_eq!(
-            (e.param.as_deref(), e.code),
-            (Some("prompt"), Some("context_length_exceeded"))
-        );
+        assert_eq!((e.param.as_deref(), e.code), (Some("prompt"), Some("context_length_exceeded")));
         assert!(e.message.contains("100"), "{}", e.message);
-        let p = plan(
-            &SamplingFields {
-                max_tokens: Some(1_000_000_000_000),
-                ..fields()
-            },
-            &ServerConfig::default(),
-            1000,
-        )
-        .unwrap();
+        let p =
+            plan(&SamplingFields { max_tokens: Some(1_000_000_000_000), ..fields() }, &ServerConfig::default(), 1000)
+                .unwrap();
         let e = for_prompt(&p, 10, 100, "messages").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
         assert!(
-            e.message.contains("maximum context length is 100")
-                && e.message.contains("1000000000010"),
+            e.message.contains("maximum context length is 100") && e.message.contains("1000000000010"),
             "{}",
             e.message
         );
-        assert_eq!(
-            for_prompt(&p, 0, 100, "prompt").unwrap_err().code,
-            Some("empty_prompt")
-        );
+        assert_eq!(for_prompt(&p, 0, 100, "prompt").unwrap_err().code, Some("empty_prompt"));
     }
 
     #[test]
     fn defaults_and_mappings() {
         let p = plan(
-            &SamplingFields {
-                top_k: Some(-1),
-                seed: Some(-1),
-                n: Some(2),
-                ..fields()
-            },
+            &SamplingFields { top_k: Some(-1), seed: Some(-1), n: Some(2), ..fields() },
             &ServerConfig::default(),
             1000,
         )
@@ -458,12 +275,7 @@ mod tests {
         assert_eq!(p.params.temperature, 1.0);
         assert_eq!(p.n, 2);
         let b = plan(
-            &SamplingFields {
-                use_beam_search: Some(true),
-                best_of: Some(4),
-                n: Some(2),
-                ..fields()
-            },
+            &SamplingFields { use_beam_search: Some(true), best_of: Some(4), n: Some(2), ..fields() },
             &ServerConfig::default(),
             1000,
         )

@@ -18,37 +18,22 @@ pub struct FakeServer {
 
 /// A server over the fake engine and the byte codec.
 pub async fn fake_server(cfg: ServerConfig, fake: FakeConfig) -> FakeServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let state = AppState::new(cfg);
     let backend = FakeBackend::new(fake);
-    assert!(state.set_ready(Loaded {
-        backend: backend.clone(),
-        codec: Arc::new(ByteCodec)
-    }));
+    assert!(state.set_ready(Loaded { backend: backend.clone(), codec: Arc::new(ByteCodec) }));
     let server = start(state, listener).expect("start");
-    FakeServer {
-        base: format!("http://{}", server.addr),
-        server,
-        fake: backend,
-    }
+    FakeServer { base: format!("http://{}", server.addr), server, fake: backend }
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
 }
 
 /// The `data:` payloads of an SSE body, in order (keep-alive comments skipped).
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
-        .filter_map(|ev| {
-            ev.lines()
-                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
-        })
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))))
         .map(str::to_string)
         .collect()
 }
@@ -61,18 +46,14 @@ pub fn stream_text(datas: &[String]) -> (Vec<String>, Vec<Option<String>>) {
         if d == "[DONE]" {
             continue;
         }
-        let v: Value =
-            serde_json::from_str(d).unwrap_or_else(|e| panic!("chunk is not JSON ({e}): {d}"));
+        let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("chunk is not JSON ({e}): {d}"));
         for c in v["choices"].as_array().cloned().unwrap_or_default() {
             let i = c["index"].as_u64().unwrap() as usize;
             if texts.len() <= i {
                 texts.resize(i + 1, String::new());
                 fins.resize(i + 1, None);
             }
-            let piece = c["text"]
-                .as_str()
-                .or_else(|| c["delta"]["content"].as_str())
-                .unwrap_or("");
+            let piece = c["text"].as_str().or_else(|| c["delta"]["content"].as_str()).unwrap_or("");
             texts[i].push_str(piece);
             if let Some(f) = c["finish_reason"].as_str() {
                 fins[i] = Some(f.to_string());
@@ -84,17 +65,10 @@ pub fn stream_text(datas: &[String]) -> (Vec<String>, Vec<Option<String>>) {
 
 /// Asserts the OpenAI error shape and returns the error object.
 pub fn error_obj(body: &str) -> Value {
-    let v: Value = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
     let e = v["error"].clone();
-    assert!(
-        e["message"].is_string() && e["type"].is_string(),
-        "not an OpenAI error: {body}"
-    );
-    assert!(
-        e.get("param").is_some() && e.get("code").is_some(),
-        "param/code missing: {body}"
-    );
+    assert!(e["message"].is_string() && e["type"].is_string(), "not an OpenAI error: {body}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "param/code missing: {body}");
     e
 }
 
@@ -123,10 +97,7 @@ pub fn real_server() -> &'static RealServer {
     static SERVER: std::sync::OnceLock<RealServer> = std::sync::OnceLock::new();
     SERVER.get_or_init(|| {
         start_real(
-            ServerConfig {
-                served_model_name: REAL_MODEL_NAME.into(),
-                ..ServerConfig::default()
-            },
+            ServerConfig { served_model_name: REAL_MODEL_NAME.into(), ..ServerConfig::default() },
             kiln_runtime::engine::EngineConfig::default(),
         )
     })
@@ -136,35 +107,24 @@ pub fn real_server() -> &'static RealServer {
 pub fn start_real(cfg: ServerConfig, engine: kiln_runtime::engine::EngineConfig) -> RealServer {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let path = kiln_models::fetch::default_model_path()
-                .expect("the default model (run `kiln fetch`)");
+            let path = kiln_models::fetch::default_model_path().expect("the default model (run `kiln fetch`)");
             let spec = kiln_server::engine_backend::ModelSpec {
                 path,
                 device: kiln_runtime::Device::Cpu,
                 dtype: kiln_codegen::ir::DType::F32,
                 engine,
             };
-            let loaded =
-                tokio::task::spawn_blocking(move || kiln_server::engine_backend::load(&spec))
-                    .await
-                    .expect("load thread")
-                    .expect("load the model");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            let loaded = tokio::task::spawn_blocking(move || kiln_server::engine_backend::load(&spec))
                 .await
-                .expect("bind loopback");
+                .expect("load thread")
+                .expect("load the model");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
             let state = AppState::new(cfg);
             state.set_ready(loaded);
             let server = start(state.clone(), listener).expect("start");
-            let _ = tx.send(RealServer {
-                base: format!("http://{}", server.addr),
-                state,
-            });
+            let _ = tx.send(RealServer { base: format!("http://{}", server.addr), state });
             // Serve until the test process exits.
             std::future::pending::<()>().await;
             drop(server);
@@ -177,30 +137,17 @@ pub fn start_real(cfg: ServerConfig, engine: kiln_runtime::engine::EngineConfig)
 pub async fn wait_kv_drained(c: &reqwest::Client, base: &str, limit: Duration) -> String {
     let t = std::time::Instant::now();
     loop {
-        let text = c
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
+        let text = c.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("metrics body");
         let used = metric(&text, "llm_kv_blocks_used");
         let drained = used == Some(0.0)
             && metric(&text, "llm_requests_running") == Some(0.0)
             && metric(&text, "llm_requests_waiting") == Some(0.0)
             && metric(&text, "llm_http_requests_in_flight") == Some(0.0);
         if drained {
-            assert_eq!(
-                metric(&text, "llm_kv_blocks_free"),
-                metric(&text, "llm_kv_blocks_total")
-            );
+            assert_eq!(metric(&text, "llm_kv_blocks_free"), metric(&text, "llm_kv_blocks_total"));
             return text;
         }
-        assert!(
-            t.elapsed() < limit,
-            "KV not drained within {limit:?}: used {used:?}\n{text}"
-        );
+        assert!(t.elapsed() < limit, "KV not drained within {limit:?}: used {used:?}\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

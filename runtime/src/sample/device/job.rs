@@ -109,10 +109,7 @@ fn unf(x: i32) -> f32 {
 
 /// Packs `jobs` into descriptors and one penalty array.
 pub fn pack(jobs: &[SampleJob]) -> PackedJobs {
-    let mut p = PackedJobs {
-        desc: Vec::with_capacity(jobs.len() * DESC_WORDS),
-        ..PackedJobs::default()
-    };
+    let mut p = PackedJobs { desc: Vec::with_capacity(jobs.len() * DESC_WORDS), ..PackedJobs::default() };
     for j in jobs {
         let mut d = [0i32; DESC_WORDS];
         d[word::ROW] = j.row as i32;
@@ -204,17 +201,22 @@ pub struct BadRecord {
 /// Reads job `job`'s record: the sampled token (with `logprob` 0 when `logprobs` is `None`), or
 /// the sampling error the CPU sampler would have given.
 pub fn read_record(out: &[i32], job: usize, vocab: usize) -> Result<Result<Sampled, SamplingError>, BadRecord> {
-    let r = out
-        .get(job * OUT_WORDS..(job + 1) * OUT_WORDS)
-        .ok_or_else(|| BadRecord { job, what: "missing".into() })?;
+    let r = out.get(job * OUT_WORDS..(job + 1) * OUT_WORDS).ok_or_else(|| BadRecord { job, what: "missing".into() })?;
     let bad = |what: String| BadRecord { job, what };
     let id = |w: i32| -> Result<u32, BadRecord> {
-        u32::try_from(w).ok().filter(|&t| (t as usize) < vocab).ok_or_else(|| bad(format!("token {w} outside the vocabulary of {vocab}")))
+        u32::try_from(w)
+            .ok()
+            .filter(|&t| (t as usize) < vocab)
+            .ok_or_else(|| bad(format!("token {w} outside the vocabulary of {vocab}")))
     };
     match r[0] {
         status::OK => {
-            let n = usize::try_from(r[3]).ok().filter(|&n| n <= MAX_LOGPROBS).ok_or_else(|| bad(format!("{} top entries", r[3])))?;
-            let top = (0..n).map(|k| Ok((id(r[4 + 2 * k])?, unf(r[5 + 2 * k])))).collect::<Result<Vec<_>, BadRecord>>()?;
+            let n = usize::try_from(r[3])
+                .ok()
+                .filter(|&n| n <= MAX_LOGPROBS)
+                .ok_or_else(|| bad(format!("{} top entries", r[3])))?;
+            let top =
+                (0..n).map(|k| Ok((id(r[4 + 2 * k])?, unf(r[5 + 2 * k])))).collect::<Result<Vec<_>, BadRecord>>()?;
             Ok(Ok(Sampled { token: id(r[1])?, logprob: unf(r[2]), top_logprobs: top }))
         }
         status::NON_FINITE => Ok(Err(SamplingError::NonFiniteLogit { token: id(r[1])?, value: unf(r[2]) })),
@@ -277,7 +279,8 @@ mod tests {
 
     #[test]
     fn pack_round_trips() {
-        let jobs = vec![job(2, vec![(7, 0), (9, 3)]), SampleJob { logprobs: None, ..job(0, vec![]) }, job(5, vec![(1, 1)])];
+        let jobs =
+            vec![job(2, vec![(7, 0), (9, 3)]), SampleJob { logprobs: None, ..job(0, vec![]) }, job(5, vec![(1, 1)])];
         let p = pack(&jobs);
         assert_eq!(p.len(), 3);
         assert!(p.needs_scratch);
@@ -294,8 +297,14 @@ mod tests {
         write_record(&mut out[..OUT_WORDS], Record::Sampled { token: 4, logprob: -0.5, top: &top });
         write_record(&mut out[OUT_WORDS..2 * OUT_WORDS], Record::NonFinite { token: 3, value: f32::INFINITY });
         write_record(&mut out[2 * OUT_WORDS..], Record::AllMasked);
-        assert_eq!(read_record(&out, 0, 10).unwrap(), Ok(Sampled { token: 4, logprob: -0.5, top_logprobs: top.to_vec() }));
-        assert_eq!(read_record(&out, 1, 10).unwrap(), Err(SamplingError::NonFiniteLogit { token: 3, value: f32::INFINITY }));
+        assert_eq!(
+            read_record(&out, 0, 10).unwrap(),
+            Ok(Sampled { token: 4, logprob: -0.5, top_logprobs: top.to_vec() })
+        );
+        assert_eq!(
+            read_record(&out, 1, 10).unwrap(),
+            Err(SamplingError::NonFiniteLogit { token: 3, value: f32::INFINITY })
+        );
         assert_eq!(read_record(&out, 2, 10).unwrap(), Err(SamplingError::AllMasked));
         assert!(read_record(&out, 3, 10).is_err(), "past the end");
         assert!(read_record(&out, 0, 4).is_err(), "token outside the vocabulary");

@@ -530,7 +530,9 @@ pub(crate) fn run(b: &CudaBackend, logits: &Tensor, jobs: &PackedJobs) -> Result
     l.arg(&lp).arg(&stride).arg(&v).arg(&dp).arg(&pp).arg(&sp).arg(&op);
     // SAFETY: `logits` covers every job's row (checked by the caller) at `stride`; `desc`,
     // `pens`, `scratch` and `out` are live allocations of the sizes the module header states.
-    let r = unsafe { l.launch(LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }) };
+    let r = unsafe {
+        l.launch(LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+    };
     drv("launching kiln_sample", r)?;
     Ok(out.to_host::<i32>()?)
 }

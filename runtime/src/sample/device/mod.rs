@@ -75,12 +75,17 @@ pub fn sample(logits: &Tensor, jobs: &[SampleJob]) -> Result<Vec<Result<Sampled,
     }
     let vocab = logits.cols();
     if vocab == 0 || vocab > super::math::MAX_VOCAB {
-        return Err(DeviceSampleError::Shape(format!("a vocabulary of {vocab} is outside 1..={}", super::math::MAX_VOCAB)));
+        return Err(DeviceSampleError::Shape(format!(
+            "a vocabulary of {vocab} is outside 1..={}",
+            super::math::MAX_VOCAB
+        )));
     }
     if let Some(j) = jobs.iter().find(|j| j.row >= logits.rows()) {
         return Err(DeviceSampleError::Shape(format!("job asks for logits row {} of {}", j.row, logits.rows())));
     }
-    if let Some(j) = jobs.iter().find(|j| j.penalties.iter().any(|&(t, _)| t as usize >= vocab) || j.top_k as usize >= vocab) {
+    if let Some(j) =
+        jobs.iter().find(|j| j.penalties.iter().any(|&(t, _)| t as usize >= vocab) || j.top_k as usize >= vocab)
+    {
         return Err(DeviceSampleError::Shape(format!("job for row {} does not fit a vocabulary of {vocab}", j.row)));
     }
     let packed = pack(jobs);

@@ -5,7 +5,7 @@
 //! samples on the host), never wrong tokens.
 
 use super::job::SampleJob;
-use super::{sample, same_outcome};
+use super::{same_outcome, sample};
 use crate::sample::rng;
 use crate::tensor::Tensor;
 use crate::Device;
@@ -38,7 +38,14 @@ fn jobs(vocab: usize) -> Vec<SampleJob> {
         SampleJob { temperature: 0.8, top_p: 0.9, ..base(0) },
         SampleJob { top_k: small_k, logprobs: Some(0), ..base(1) },
         SampleJob { min_p: 0.1, temperature: 1.5, ..base(1) },
-        SampleJob { repetition: 1.3, presence: 0.5, frequency: 0.2, penalties: vec![(0, 2), (v / 2, 0), (v - 1, 1)], top_p: 0.5, ..base(2) },
+        SampleJob {
+            repetition: 1.3,
+            presence: 0.5,
+            frequency: 0.2,
+            penalties: vec![(0, 2), (v / 2, 0), (v - 1, 1)],
+            top_p: 0.5,
+            ..base(2)
+        },
         SampleJob { temperature: 0.3, top_k: small_k, top_p: 0.7, min_p: 0.02, logprobs: Some(20), ..base(2) },
         SampleJob { temperature: 2.0, ..base(3) },
         SampleJob { temperature: 0.0, penalties: vec![(v / 3, 4)], repetition: 1.1, frequency: 0.5, ..base(3) },

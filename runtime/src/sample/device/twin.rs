@@ -126,7 +126,8 @@ fn run_job(raw: &[f32], job: &SampleJob, scratch: &mut Vec<f32>, out: &mut [i32]
 fn draw(row: &Row<'_>, job: &SampleJob) -> Option<usize> {
     let v = row.l.len();
     let all_mass = || (0..v).map(|i| row.mass(i)).fold(0u64, u64::wrapping_add);
-    let mass_from = |floor: u64| (0..v).filter(|&i| row.key(i) >= floor).map(|i| row.mass(i)).fold(0u64, u64::wrapping_add);
+    let mass_from =
+        |floor: u64| (0..v).filter(|&i| row.key(i) >= floor).map(|i| row.mass(i)).fold(0u64, u64::wrapping_add);
     // (floor key, mass of the keys at or above it); the narrowest floor is the largest key.
     let mut cut: Option<(u64, u64)> = None;
     let mut narrow = |c: (u64, u64)| cut = Some(cut.map_or(c, |old| if c.0 > old.0 { c } else { old }));
@@ -311,7 +312,17 @@ mod tests {
             (0.5, Some(50), 0.5, 0.1, 1.0, Some(2)),
             (2.0, None, 1.0, 0.3, 1.0, None),
         ] {
-            let p = SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty: rep, frequency_penalty: 0.1, logprobs, seed: Some(42), ..SamplingParams::default() };
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty: rep,
+                frequency_penalty: 0.1,
+                logprobs,
+                seed: Some(42),
+                ..SamplingParams::default()
+            };
             let mut s = Sampler::new(&p).unwrap();
             for step in 0..20 {
                 let job = s.device_job(&h, logits.len(), 0).unwrap();

@@ -41,10 +41,7 @@ impl UsageSum {
     }
 }
 
-pub async fn collect(
-    mut job: Job,
-    subs: Vec<Box<dyn RequestStream>>,
-) -> Result<Response, ApiError> {
+pub async fn collect(mut job: Job, subs: Vec<Box<dyn RequestStream>>) -> Result<Response, ApiError> {
     let (choices, usage) = match fold(&mut job, subs).await {
         Ok(r) => r,
         Err(e) => {
@@ -67,10 +64,7 @@ pub async fn collect(
                     index,
                     finish_reason: finish(&c),
                     logprobs: job.logprobs.then_some(c.chat_lp),
-                    message: ChatMessageOut {
-                        role: "assistant",
-                        content: c.text,
-                    },
+                    message: ChatMessageOut { role: "assistant", content: c.text },
                 })
                 .collect(),
             usage: usage.info(),
@@ -99,56 +93,31 @@ pub async fn collect(
 }
 
 /// Folds every event into per-choice text, finish reason and logprobs, plus usage.
-async fn fold(
-    job: &mut Job,
-    subs: Vec<Box<dyn RequestStream>>,
-) -> Result<(Vec<Choice>, UsageSum), ApiError> {
+async fn fold(job: &mut Job, subs: Vec<Box<dyn RequestStream>>) -> Result<(Vec<Choice>, UsageSum), ApiError> {
     let n = job.n;
     let total = job.choices();
-    let mut choices: Vec<Choice> = (0..total)
-        .map(|c| Choice {
-            text: job.echo[c / n].clone().unwrap_or_default(),
-            ..Choice::default()
-        })
-        .collect();
+    let mut choices: Vec<Choice> =
+        (0..total).map(|c| Choice { text: job.echo[c / n].clone().unwrap_or_default(), ..Choice::default() }).collect();
     let mut usage = UsageSum::default();
     let mut done = vec![false; subs.len()];
     let mut events = merge(subs);
     while let Some((pos, ev)) = events.next().await {
         match ev.ok_or_else(stopped_early)? {
-            EngineEvent::Token {
-                index,
-                token,
-                text,
-                logprob,
-            } => {
+            EngineEvent::Token { index, token, text, logprob } => {
                 let c = choice_index(pos, index, n, total)?;
                 job.flight.on_token(c);
                 let ch = &mut choices[c];
                 if let (true, Some(lp)) = (job.logprobs, logprob) {
                     match job.flavor {
-                        Flavor::Chat => ch.chat_lp.content.push(logprobs::chat_entry(
-                            job.codec.as_ref(),
-                            token,
-                            &lp,
-                        )),
-                        Flavor::Completion => logprobs::completion_push(
-                            job.codec.as_ref(),
-                            &mut ch.cmpl_lp,
-                            token,
-                            &lp,
-                            ch.text.len(),
-                        ),
+                        Flavor::Chat => ch.chat_lp.content.push(logprobs::chat_entry(job.codec.as_ref(), token, &lp)),
+                        Flavor::Completion => {
+                            logprobs::completion_push(job.codec.as_ref(), &mut ch.cmpl_lp, token, &lp, ch.text.len())
+                        }
                     }
                 }
                 ch.text.push_str(&text);
             }
-            EngineEvent::Finished {
-                index,
-                reason,
-                text,
-                ..
-            } => {
+            EngineEvent::Finished { index, reason, text, .. } => {
                 let c = choice_index(pos, index, n, total)?;
                 job.flight.on_finished();
                 job.flight.metrics().finished(reason);
@@ -179,8 +148,6 @@ pub fn choice_index(pos: usize, index: usize, n: usize, total: usize) -> Result<
     if index < n && c < total {
         Ok(c)
     } else {
-        Err(ApiError::engine(format!(
-            "the engine sent an event for choice {index} of a request with n = {n}"
-        )))
+        Err(ApiError::engine(format!("the engine sent an event for choice {index} of a request with n = {n}")))
     }
 }

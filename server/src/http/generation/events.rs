@@ -18,10 +18,7 @@ fn one(pos: usize, s: Box<dyn RequestStream>) -> BoxStream<'static, Tagged> {
     stream::unfold(Some(s), move |state| async move {
         let mut s = state?;
         let ev = s.recv().await;
-        let last = matches!(
-            ev,
-            None | Some(EngineEvent::Done { .. }) | Some(EngineEvent::Error { .. })
-        );
+        let last = matches!(ev, None | Some(EngineEvent::Done { .. }) | Some(EngineEvent::Error { .. }));
         Some(((pos, ev), if last { None } else { Some(s) }))
     })
     .boxed()

@@ -45,9 +45,7 @@ impl Flight {
     fn output(&mut self, now: Instant) {
         if !self.first_output {
             self.first_output = true;
-            self.metrics
-                .ttft
-                .observe((now - self.arrived).as_secs_f64());
+            self.metrics.ttft.observe((now - self.arrived).as_secs_f64());
         }
     }
 
@@ -71,9 +69,7 @@ impl Flight {
     pub fn complete(&mut self) {
         if self.outcome == Outcome::Pending {
             self.outcome = Outcome::Completed;
-            self.metrics
-                .e2e
-                .observe(self.arrived.elapsed().as_secs_f64());
+            self.metrics.e2e.observe(self.arrived.elapsed().as_secs_f64());
         }
     }
 

@@ -17,31 +17,16 @@ pub fn chat_entry(codec: &dyn Codec, token: u32, lp: &TokenLogprob) -> TokenLogp
             .iter()
             .map(|&(id, l)| {
                 let t = codec.token_text(id);
-                TopLogprob {
-                    bytes: t.as_bytes().to_vec(),
-                    token: t,
-                    logprob: l,
-                }
+                TopLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: l }
             })
             .collect(),
     }
 }
 
 /// Appends one token's entry; `offset` is where the token's text starts in the choice text.
-pub fn completion_push(
-    codec: &dyn Codec,
-    out: &mut CompletionLogprobs,
-    token: u32,
-    lp: &TokenLogprob,
-    offset: usize,
-) {
+pub fn completion_push(codec: &dyn Codec, out: &mut CompletionLogprobs, token: u32, lp: &TokenLogprob, offset: usize) {
     out.tokens.push(codec.token_text(token));
     out.token_logprobs.push(lp.logprob);
-    out.top_logprobs.push(
-        lp.top
-            .iter()
-            .map(|&(id, l)| (codec.token_text(id), l))
-            .collect(),
-    );
+    out.top_logprobs.push(lp.top.iter().map(|&(id, l)| (codec.token_text(id), l)).collect());
     out.text_offset.push(offset);
 }

@@ -62,21 +62,13 @@ pub fn requests(
         .iter()
         .map(|p| {
             let params = validate::for_prompt(plan, p.ids.len(), max_model_len, prompt_param)?;
-            Ok(GenerateRequest {
-                prompt_ids: p.ids.clone(),
-                params,
-                n: plan.n,
-                beam: plan.beam.clone(),
-            })
+            Ok(GenerateRequest { prompt_ids: p.ids.clone(), params, n: plan.n, beam: plan.beam.clone() })
         })
         .collect()
 }
 
 /// Submits every request, or none: on a refusal the accepted ones are dropped (aborted).
-pub fn submit_all(
-    backend: &dyn Backend,
-    reqs: Vec<GenerateRequest>,
-) -> Result<Vec<Box<dyn RequestStream>>, ApiError> {
+pub fn submit_all(backend: &dyn Backend, reqs: Vec<GenerateRequest>) -> Result<Vec<Box<dyn RequestStream>>, ApiError> {
     let mut subs = Vec::with_capacity(reqs.len());
     for r in reqs {
         subs.push(backend.submit(r)?);
@@ -91,10 +83,7 @@ pub async fn respond(
     stream: bool,
     keep_alive: std::time::Duration,
 ) -> Result<Response, ApiError> {
-    job.flight
-        .metrics()
-        .accepted
-        .fetch_add(subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    job.flight.metrics().accepted.fetch_add(subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
     if stream {
         Ok(sse::stream(job, subs, keep_alive).into_response())
     } else {

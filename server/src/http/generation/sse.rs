@@ -72,8 +72,7 @@ fn data<T: Serialize>(v: &T) -> Event {
     // serde_json escapes CR and LF inside strings, so the data never breaks SSE framing.
     match serde_json::to_string(v) {
         Ok(s) => Event::default().data(s),
-        Err(e) => Event::default()
-            .data(ApiError::internal(format!("could not serialize a chunk: {e}")).json()),
+        Err(e) => Event::default().data(ApiError::internal(format!("could not serialize a chunk: {e}")).json()),
     }
 }
 
@@ -83,10 +82,7 @@ impl State {
         for c in 0..self.job.choices() {
             match self.job.flavor {
                 Flavor::Chat => {
-                    let delta = ChatDelta {
-                        role: Some("assistant"),
-                        content: Some(String::new()),
-                    };
+                    let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
                     let e = self.chat_chunk(c, delta, None, None);
                     self.pending.push_back(e);
                 }
@@ -104,32 +100,18 @@ impl State {
     fn on_event(&mut self, pos: usize, ev: EngineEvent) {
         let (n, total) = (self.job.n, self.job.choices());
         match ev {
-            EngineEvent::Token {
-                index,
-                token,
-                text,
-                logprob,
-            } => {
+            EngineEvent::Token { index, token, text, logprob } => {
                 let c = match choice_index(pos, index, n, total) {
                     Ok(c) => c,
                     Err(e) => return self.fail(e),
                 };
                 self.job.flight.on_token(c);
-                let lp = if self.job.logprobs {
-                    logprob.map(|lp| (token, lp))
-                } else {
-                    None
-                };
+                let lp = if self.job.logprobs { logprob.map(|lp| (token, lp)) } else { None };
                 if !text.is_empty() || lp.is_some() {
                     self.push_text(c, text, lp, None);
                 }
             }
-            EngineEvent::Finished {
-                index,
-                reason,
-                text,
-                ..
-            } => {
+            EngineEvent::Finished { index, reason, text, .. } => {
                 let c = match choice_index(pos, index, n, total) {
                     Ok(c) => c,
                     Err(e) => return self.fail(e),
@@ -165,34 +147,19 @@ impl State {
         self.ended = true;
     }
 
-    fn push_text(
-        &mut self,
-        c: usize,
-        text: String,
-        lp: Option<(u32, TokenLogprob)>,
-        finish: Option<FinishReason>,
-    ) {
+    fn push_text(&mut self, c: usize, text: String, lp: Option<(u32, TokenLogprob)>, finish: Option<FinishReason>) {
         let e = match self.job.flavor {
             Flavor::Chat => {
                 let lp = lp.map(|(t, lp)| ChatLogprobs {
                     content: vec![logprobs::chat_entry(self.job.codec.as_ref(), t, &lp)],
                 });
-                let delta = ChatDelta {
-                    role: None,
-                    content: (!text.is_empty()).then_some(text),
-                };
+                let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text) };
                 self.chat_chunk(c, delta, lp, finish)
             }
             Flavor::Completion => {
                 let lp = lp.map(|(t, lp)| {
                     let mut out = CompletionLogprobs::default();
-                    logprobs::completion_push(
-                        self.job.codec.as_ref(),
-                        &mut out,
-                        t,
-                        &lp,
-                        self.sent[c],
-                    );
+                    logprobs::completion_push(self.job.codec.as_ref(), &mut out, t, &lp, self.sent[c]);
                     out
                 });
                 self.sent[c] += text.len();

@@ -40,41 +40,20 @@ pub async fn chat_completions(
     let req = body.value;
     st.check_model(req.model.as_deref())?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad_value(
-            "tools",
-            "tool calling is not supported by this server",
-        ));
+        return Err(ApiError::bad_value("tools", "tool calling is not supported by this server"));
     }
     if let Some(rf) = &req.response_format {
         if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(ApiError::bad_value(
-                "response_format",
-                "only {\"type\": \"text\"} is supported",
-            ));
+            return Err(ApiError::bad_value("response_format", "only {\"type\": \"text\"} is supported"));
         }
     }
     let (permit, loaded) = st.admit()?;
     let plan = validate::plan(&req.sampling(), &st.cfg, loaded.codec.vocab_size())?;
     let stream = req.stream.unwrap_or(false);
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     let messages = prompt::chat_messages(req.messages)?;
-    let p = prompt::chat_prompt(
-        messages,
-        req.add_generation_prompt.unwrap_or(true),
-        &st.cfg,
-        &loaded.codec,
-    )
-    .await?;
-    let reqs = generation::requests(
-        &plan,
-        std::slice::from_ref(&p),
-        loaded.backend.max_model_len(),
-        "messages",
-    )?;
+    let p = prompt::chat_prompt(messages, req.add_generation_prompt.unwrap_or(true), &st.cfg, &loaded.codec).await?;
+    let reqs = generation::requests(&plan, std::slice::from_ref(&p), loaded.backend.max_model_len(), "messages")?;
     let subs = generation::submit_all(loaded.backend.as_ref(), reqs)?;
     let job = Job {
         flavor: Flavor::Chat,

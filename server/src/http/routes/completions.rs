@@ -49,11 +49,7 @@ pub async fn completions(
         ));
     }
     let stream = req.stream.unwrap_or(false);
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     let prompts = prompt::completion_prompts(req.prompt, &st.cfg, &loaded.codec, echo).await?;
     let reqs = generation::requests(&plan, &prompts, loaded.backend.max_model_len(), "prompt")?;
     let subs = generation::submit_all(loaded.backend.as_ref(), reqs)?;

@@ -48,11 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(format!(
-        "no route for {} {}",
-        req.method(),
-        req.uri().path()
-    ))
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
 }
 
 async fn method_not_allowed() -> ApiError {

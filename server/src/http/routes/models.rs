@@ -21,10 +21,7 @@ fn card(st: &AppState) -> ModelCard {
 /// The served model.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
 pub async fn list_models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
-    Json(ModelList {
-        object: "list",
-        data: vec![card(&st)],
-    })
+    Json(ModelList { object: "list", data: vec![card(&st)] })
 }
 
 /// One model by name.
@@ -34,10 +31,7 @@ pub async fn list_models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
     params(("id" = String, Path, description = "The served model name")),
     responses((status = 200, body = ModelCard), (status = 404, body = ErrorBody))
 )]
-pub async fn get_model(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<ModelCard>, ApiError> {
+pub async fn get_model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
     st.check_model(Some(&id))?;
     Ok(Json(card(&st)))
 }

@@ -62,9 +62,9 @@ pub struct ApiDoc;
 pub fn spec_json() -> &'static str {
     static SPEC: OnceLock<String> = OnceLock::new();
     SPEC.get_or_init(|| {
-        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
-            format!("{{\"error\":\"could not serialize the OpenAPI spec: {e}\"}}")
-        })
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|e| format!("{{\"error\":\"could not serialize the OpenAPI spec: {e}\"}}"))
     })
 }
 

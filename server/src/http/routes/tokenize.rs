@@ -3,9 +3,7 @@
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::prompt;
-use crate::protocol::tokenize::{
-    DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
-};
+use crate::protocol::tokenize::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::Json;
@@ -33,14 +31,7 @@ pub async fn tokenize(
         }
         (None, Some(messages)) => {
             let messages = prompt::chat_messages(Some(messages))?;
-            prompt::chat_prompt(
-                messages,
-                req.add_generation_prompt.unwrap_or(true),
-                &st.cfg,
-                &loaded.codec,
-            )
-            .await?
-            .ids
+            prompt::chat_prompt(messages, req.add_generation_prompt.unwrap_or(true), &st.cfg, &loaded.codec).await?.ids
         }
         (None, None) => {
             return Err(ApiError::invalid(
@@ -57,11 +48,7 @@ pub async fn tokenize(
             ))
         }
     };
-    Ok(Json(TokenizeResponse {
-        count: tokens.len(),
-        tokens,
-        max_model_len: loaded.backend.max_model_len(),
-    }))
+    Ok(Json(TokenizeResponse { count: tokens.len(), tokens, max_model_len: loaded.backend.max_model_len() }))
 }
 
 /// The text of token ids (special tokens left out).
@@ -79,9 +66,8 @@ pub async fn detokenize(
     let req = body.value;
     st.check_model(req.model.as_deref())?;
     let loaded = st.model()?;
-    let tokens = req.tokens.ok_or_else(|| {
-        ApiError::invalid(Some("tokens"), "missing_field", "`tokens` is required")
-    })?;
+    let tokens =
+        req.tokens.ok_or_else(|| ApiError::invalid(Some("tokens"), "missing_field", "`tokens` is required"))?;
     prompt::check_ids(&tokens, loaded.codec.vocab_size(), "tokens")?;
     let text = prompt::decode_ids(tokens, &loaded.codec).await?;
     Ok(Json(DetokenizeResponse { prompt: text }))
