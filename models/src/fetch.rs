@@ -43,7 +43,7 @@ pub const DEFAULT_MODEL: ModelSpec = ModelSpec {
 };
 
 /// Environment variable overriding the cache directory.
-pub const CACHE_DIR_ENV: &str = "KILN_CACHE_DIR";
+pub use kiln_runtime::cache_dir::CACHE_DIR_ENV;
 const MARKER_SUFFIX: &str = ".sha256-ok";
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +62,10 @@ pub enum FetchError {
     ChecksumMismatch { path: PathBuf, expected: String, found: String, manual: String },
 }
 
-/// `$KILN_CACHE_DIR`, else the platform cache directory + `kiln`.
+/// The cache root (`kiln_runtime::cache_dir`): `$KILN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
 pub fn cache_dir() -> Result<PathBuf, FetchError> {
-    match std::env::var_os(CACHE_DIR_ENV) {
-        Some(d) if !d.is_empty() => Ok(PathBuf::from(d)),
-        _ => dirs::cache_dir().map(|d| d.join("kiln")).ok_or(FetchError::NoCacheDir),
-    }
+    kiln_runtime::cache_dir::cache_root().ok_or(FetchError::NoCacheDir)
 }
 
 /// The path of the default model, downloading it first if it is not cached and verified.

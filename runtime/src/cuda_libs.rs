@@ -8,7 +8,7 @@
 //! A machine often has the toolkit libraries in a folder that is not on the loader's search
 //! path (`/usr/local/cuda/lib64`, a Python wheel's `nvidia/cu13/lib`). [`probe`] therefore
 //! first opens, by full path, the libraries it finds in the folders of `$KILN_CUDA_LIB_DIRS`
-//! (`:`-separated), a few standard places and `~/.cache/kiln/nvrtc/nvidia/cu13/lib` (where the
+//! (`:`-separated), a few standard places and `<cache root>/nvrtc/nvidia/cu13/lib` (see `cache_dir`) (where the
 //! project unpacks the NVRTC wheel), and keeps them open for the life of the process.
 //! The dynamic loader then satisfies cudarc's later open-by-name from the already loaded
 //! object (a loaded library matches its soname, e.g. `libnvrtc.so.13`).
@@ -97,8 +97,8 @@ fn search_dirs() -> Vec<PathBuf> {
         .unwrap_or_default();
     dirs.extend(STANDARD_DIRS.iter().map(PathBuf::from));
     // Where the project's docs unpack the NVRTC wheel (nvidia-cuda-nvrtc) on a GPU-less machine.
-    if let Some(c) = dirs::cache_dir() {
-        dirs.push(c.join("kiln/nvrtc/nvidia/cu13/lib"));
+    if let Some(c) = crate::cache_dir::cache_root() {
+        dirs.push(c.join("nvrtc/nvidia/cu13/lib"));
     }
     dirs
 }

@@ -1,6 +1,7 @@
 //! kiln-runtime: devices, tensors, fused-kernel launch, GEMMs, the paged KV cache, the
 //! scheduler, sampling and the engine loop.
 pub mod attention;
+pub mod cache_dir;
 pub mod engine;
 pub mod gather;
 pub mod kv;

@@ -29,10 +29,7 @@ pub enum PtxOrigin {
 
 /// The folder compiled kernels are cached in.
 pub fn cache_dir() -> Option<PathBuf> {
-    match std::env::var_os("KILN_CACHE_DIR") {
-        Some(root) if !root.is_empty() => Some(PathBuf::from(root).join("kernels")),
-        _ => dirs::cache_dir().map(|d| d.join("kiln").join("kernels")),
-    }
+    crate::cache_dir::cache_root().map(|root| root.join("kernels"))
 }
 
 /// The NVRTC options for a compute capability (they are part of the cache key).

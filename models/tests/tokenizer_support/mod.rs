@@ -24,13 +24,14 @@ pub enum Meta {
     Array(Vec<Meta>),
 }
 
-/// The model file: `$KILN_MODEL`, else the default cache location.
+/// The model file: `$KILN_MODEL`, else the default cache location (the rule of
+/// `kiln_runtime::cache_dir`, as `kiln fetch` uses).
 pub fn gguf_path() -> PathBuf {
     if let Some(p) = std::env::var_os("KILN_MODEL") {
         return PathBuf::from(p);
     }
-    let home = dirs::home_dir().expect("no home directory to find ~/.cache/kiln/models in");
-    home.join(".cache/kiln/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    let root = kiln_runtime::cache_dir::cache_root().expect("no cache folder: set KILN_CACHE_DIR");
+    root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// Reads all metadata key/value pairs of a GGUF file.
@@ -171,12 +172,7 @@ pub fn spec_from_metadata(m: &HashMap<String, Meta>) -> GgufTokenizerSpec {
 /// The SmolLM2 GGUF's tokenizer spec; fails the test with instructions if the file is absent.
 pub fn smollm2_spec() -> GgufTokenizerSpec {
     let path = gguf_path();
-    assert!(
-        path.is_file(),
-        "model file {} not found: set KILN_MODEL or put SmolLM2-135M-Instruct.Q4_1.gguf in \
-         ~/.cache/kiln/models (see DESIGN.md, 'The default model')",
-        path.display()
-    );
+    assert!(path.is_file(), "model file {} not found: run `kiln fetch` (or set KILN_MODEL)", path.display());
     let meta = read_metadata(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     spec_from_metadata(&meta)
 }
