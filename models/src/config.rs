@@ -160,6 +160,11 @@ impl LlamaConfig {
     }
 }
 
+/// The HF `model_type` of a model class name (`LlamaForCausalLM` -> `llama`).
+pub fn model_type_of_class(class: &str) -> Option<&'static str> {
+    HF_CLASSES.iter().find(|(_, c)| *c == class).map(|(t, _)| *t)
+}
+
 pub(crate) fn invalid(source_name: &str, field: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { source_name: source_name.to_owned(), field: field.to_owned(), reason: reason.into() }
 }

@@ -1,6 +1,7 @@
 //! kiln-models: model architectures written with `#[fused]` blocks, and everything needed to
 //! load them: configs, weights (GGUF, safetensors), tokenizers and chat templates.
 
+pub mod arch;
 pub mod config;
 pub mod convert;
 pub mod detok_adapter;
@@ -8,7 +9,6 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;
-pub mod graphs;
 pub mod kernels;
 pub mod llama;
 pub mod loader;
@@ -16,7 +16,6 @@ pub mod model;
 pub mod model_check;
 pub mod registry;
 pub mod safetensors_io;
-pub mod step;
 pub mod synth;
 pub mod tokenizer;
 pub mod weights;

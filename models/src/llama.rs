@@ -8,26 +8,83 @@
 //! residual add that precedes it (`add_rms_norm`), and q/k/v come from one fused projection
 //! whose column views feed RoPE directly.
 
-use crate::config::{LlamaConfig, RopeScalingKind};
-use crate::graphs::{DecodeGraphs, StepModel};
-use crate::kernels::{activation, attention, gather, norm, rope};
-use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
-use crate::step::{Heads, StepInputs};
-use crate::weights::{HostTensor, Weights};
+use crate::arch::{is_false, is_str, Built, Checkpoint, ConfigSource};
+use crate::config::{ConfigError, LlamaConfig, RopeScalingKind};
+use crate::kernels::{activation, attention, epilogue, gather, norm, rope};
+use crate::model::{KvCache, LayerKv, ModelError, ModelInfo, Runner};
+use crate::weights::{GgufNaming, WeightSource};
 use kiln_codegen::ir::DType;
 use kiln_runtime::attention::PagedKv;
-use kiln_runtime::{matmul, Device, Tensor};
-use std::sync::Mutex;
+use kiln_runtime::linear::{linear, Weight};
+use kiln_runtime::model::graphs::StepModel;
+use kiln_runtime::model::step::{Heads, StepInputs};
+use kiln_runtime::{Device, Tensor};
+
+/// llama.cpp's per-block tensor stems and their HF counterparts under `model.layers.N.`
+/// (`.weight` and `.bias` alike). Architectures of the Llama family share them.
+pub const GGUF_BLOCKS: [(&str, &str); 9] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
+
+/// Llama's GGUF naming: llama.cpp's converter permutes Q/K rows for its RoPE layout.
+pub fn gguf_naming(c: &LlamaConfig) -> GgufNaming {
+    GgufNaming { blocks: &GGUF_BLOCKS, permuted_qk: Some((c.num_attention_heads, c.num_key_value_heads)) }
+}
+
+/// The features of a Llama config kiln does not implement, refused with the key named.
+pub fn refuse_unsupported(src: &ConfigSource<'_>, cfg: &LlamaConfig) -> Result<(), ConfigError> {
+    src.refuse_hf("attention_bias", "a q/k/v/o bias", is_false)?;
+    src.refuse_hf("mlp_bias", "an MLP bias", is_false)?;
+    src.refuse_hf("sliding_window", "sliding-window attention", |_| false)?;
+    src.refuse_hf("hidden_act", "an activation other than silu", is_str("silu"))?;
+    src.refuse_gguf("attention.sliding_window", "sliding-window attention", |_| false)?;
+    src.refuse_gguf("expert_count", "mixture of experts", |v| v.as_u64() == Some(0))?;
+    if cfg.rope_scaling.as_ref().is_some_and(|s| s.kind == RopeScalingKind::Linear) {
+        return Err(ConfigError::Unsupported { source_name: src.source_name(), what: "'rope_scaling': linear".into() });
+    }
+    Ok(())
+}
+
+/// The registry's constructor for `llama` (and `mistral` without a sliding window).
+pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, ModelError> {
+    let src = ckpt.config();
+    let cfg = src.decoder().map_err(load)?;
+    refuse_unsupported(&src, &cfg).map_err(|e| ModelError::Unsupported(e.to_string()))?;
+    let weights = ckpt.weights(&gguf_naming(&cfg)).map_err(load)?;
+    let model = Llama::load(cfg, &weights, dev, dtype, LlamaOptions::default())?;
+    Ok(Built { model: Box::new(Runner::new(model)), weights })
+}
+
+pub(crate) fn load(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Load(e.to_string())
+}
+
+/// What members of the Llama family add to its layers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LlamaOptions {
+    /// q/k/v projections with a bias (Qwen2).
+    pub qkv_bias: bool,
+}
 
 struct Layer {
     attn_norm: Tensor,
     /// `[(n_heads + 2 * n_kv_heads) * head_dim, hidden]`: q, k and v projections stacked.
-    wqkv: Tensor,
-    wo: Tensor,
+    wqkv: Weight,
+    /// `[1, (n_heads + 2 * n_kv_heads) * head_dim]`: the q, k and v biases, when present.
+    qkv_bias: Option<Tensor>,
+    wo: Weight,
     ffn_norm: Tensor,
     /// `[2 * intermediate, hidden]`: gate then up.
-    w_gate_up: Tensor,
-    w_down: Tensor,
+    w_gate_up: Weight,
+    w_down: Weight,
 }
 
 pub struct Llama {
@@ -36,22 +93,19 @@ pub struct Llama {
     dev: Device,
     dtype: DType,
     embed: Tensor,
-    lm_head: Tensor,
+    lm_head: Weight,
     final_norm: Tensor,
     layers: Vec<Layer>,
-    /// Activation buffers of the last eager step, reused while a step fits in them.
-    workspace: Mutex<Option<Workspace>>,
-    /// Decode steps on a GPU, replayed from CUDA graphs.
-    graphs: DecodeGraphs<Workspace>,
 }
 
 /// The activations of one step, `capacity` token rows each; a step of `n <= capacity` tokens
 /// uses the first `n` rows.
 pub struct Workspace {
-    capacity: usize,
     residual: [Tensor; 2],
     h: Tensor,
     qkv: Tensor,
+    /// The q/k/v projection before its bias (models with a q/k/v bias only).
+    qkv_raw: Option<Tensor>,
     q: Tensor,
     attn: Tensor,
     proj: Tensor,
@@ -61,65 +115,73 @@ pub struct Workspace {
     picked: Tensor,
 }
 
-fn upload(dev: &Device, dtype: DType, t: &HostTensor) -> Result<Tensor, ModelError> {
-    let (rows, cols) = match t.shape.as_slice() {
-        [n] => (1, *n),
-        [r, c] => (*r, *c),
-        s => return Err(ModelError::Load(format!("expected a 1-D or 2-D tensor, got shape {s:?}"))),
-    };
-    Ok(Tensor::from_f32_as(dev, dtype, &t.data, rows, cols)?)
-}
-
-/// Stack 2-D host tensors along rows (they share their column count).
-fn stack_rows(parts: &[&HostTensor]) -> Result<HostTensor, ModelError> {
-    let cols = parts[0].shape[1];
-    let mut data = Vec::with_capacity(parts.iter().map(|p| p.numel()).sum());
-    let mut rows = 0;
-    for p in parts {
-        if p.shape.len() != 2 || p.shape[1] != cols {
-            return Err(ModelError::Load(format!("cannot stack shapes {:?} and {:?}", parts[0].shape, p.shape)));
-        }
-        rows += p.shape[0];
-        data.extend_from_slice(&p.data);
-    }
-    Ok(HostTensor { shape: vec![rows, cols], data })
-}
-
 impl Llama {
-    /// Build the model on `dev`, converting weights to `dtype` (f32 on the CPU).
-    pub fn new(cfg: LlamaConfig, mut w: Weights, dev: &Device, dtype: DType) -> Result<Llama, ModelError> {
-        w.validate_llama(&cfg).map_err(|e| ModelError::Load(e.to_string()))?;
-        if let Some(s) = &cfg.rope_scaling {
-            if s.kind == RopeScalingKind::Linear {
-                return Err(ModelError::Unsupported("linear RoPE scaling".into()));
-            }
-        }
-        let untied_head = w.contains("lm_head.weight") && !cfg.tie_word_embeddings;
-        let mut take = |name: &str| w.take(name).map_err(|e| ModelError::Load(e.to_string()));
+    /// Build the model on `dev` from `w`, tensor by tensor, converting to `dtype` (f32 on the
+    /// CPU). Every tensor is checked against its HF shape.
+    pub fn load(
+        cfg: LlamaConfig,
+        w: &WeightSource,
+        dev: &Device,
+        dtype: DType,
+        opts: LlamaOptions,
+    ) -> Result<Llama, ModelError> {
+        let (h, q, kv, ff) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let up = |name: &str, shape: &[usize]| w.upload(name, shape, None, dev, dtype).map_err(load);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let q = take(&format!("{p}.self_attn.q_proj.weight"))?;
-            let k = take(&format!("{p}.self_attn.k_proj.weight"))?;
-            let v = take(&format!("{p}.self_attn.v_proj.weight"))?;
-            let gate = take(&format!("{p}.mlp.gate_proj.weight"))?;
-            let up = take(&format!("{p}.mlp.up_proj.weight"))?;
+            let (qn, kn, vn) =
+                (format!("{p}.self_attn.q_proj"), format!("{p}.self_attn.k_proj"), format!("{p}.self_attn.v_proj"));
+            let stacked = |parts: &[(&str, &[usize])]| w.upload_stacked(parts, None, dev, dtype).map_err(load);
+            let qkv_bias = if opts.qkv_bias {
+                let parts =
+                    [(format!("{qn}.bias"), [1, q]), (format!("{kn}.bias"), [1, kv]), (format!("{vn}.bias"), [1, kv])];
+                // Biases are vectors in the file; stacked as one-row matrices side by side.
+                let b = Tensor::uninit(dev, dtype, 1, q + 2 * kv)?;
+                let mut at = 0;
+                for (name, [_, n]) in &parts {
+                    let t = w.read(name, Some(&[*n]), None).map_err(load)?;
+                    let bytes = t.bytes_as(dtype).map_err(load)?;
+                    b.view_cols(at, *n)?.copy_from_host_bytes(&bytes)?;
+                    at += n;
+                }
+                Some(b)
+            } else {
+                None
+            };
             layers.push(Layer {
-                attn_norm: upload(dev, dtype, &take(&format!("{p}.input_layernorm.weight"))?)?,
-                wqkv: upload(dev, dtype, &stack_rows(&[&q, &k, &v])?)?,
-                wo: upload(dev, dtype, &take(&format!("{p}.self_attn.o_proj.weight"))?)?,
-                ffn_norm: upload(dev, dtype, &take(&format!("{p}.post_attention_layernorm.weight"))?)?,
-                w_gate_up: upload(dev, dtype, &stack_rows(&[&gate, &up])?)?,
-                w_down: upload(dev, dtype, &take(&format!("{p}.mlp.down_proj.weight"))?)?,
+                attn_norm: up(&format!("{p}.input_layernorm.weight"), &[h])?,
+                wqkv: stacked(&[
+                    (&format!("{qn}.weight"), &[q, h]),
+                    (&format!("{kn}.weight"), &[kv, h]),
+                    (&format!("{vn}.weight"), &[kv, h]),
+                ])?
+                .into(),
+                qkv_bias,
+                wo: up(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?.into(),
+                ffn_norm: up(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                w_gate_up: stacked(&[
+                    (&format!("{p}.mlp.gate_proj.weight"), &[ff, h]),
+                    (&format!("{p}.mlp.up_proj.weight"), &[ff, h]),
+                ])?
+                .into(),
+                w_down: up(&format!("{p}.mlp.down_proj.weight"), &[h, ff])?.into(),
             });
         }
-        let embed = upload(dev, dtype, &take("model.embed_tokens.weight")?)?;
-        let lm_head = if untied_head {
-            upload(dev, dtype, &take("lm_head.weight")?)?
+        let embed = up("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
+            // Some tied checkpoints also store the head (a copy of the embedding): not needed.
+            w.mark_used("lm_head.weight");
+            Weight::Dense(embed.clone()) // tied: the same storage
         } else {
-            embed.clone() // tied: the same storage
+            up("lm_head.weight", &[cfg.vocab_size, h])?.into()
         };
-        let final_norm = upload(dev, dtype, &take("model.norm.weight")?)?;
+        let final_norm = up("model.norm.weight", &[h])?;
         Ok(Llama::assemble(cfg, dev, dtype, embed, lm_head, final_norm, layers))
     }
 
@@ -128,7 +190,7 @@ impl Llama {
         dev: &Device,
         dtype: DType,
         embed: Tensor,
-        lm_head: Tensor,
+        lm_head: Weight,
         final_norm: Tensor,
         layers: Vec<Layer>,
     ) -> Llama {
@@ -137,28 +199,15 @@ impl Llama {
             vocab_size: cfg.vocab_size,
             max_model_len: cfg.max_position_embeddings,
             eos_token_ids: cfg.eos_token_ids.clone(),
-            num_layers: cfg.num_hidden_layers,
-            num_kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
+            layers: LayerKv::uniform(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim),
             kv_dtype: dtype,
         };
-        Llama {
-            cfg,
-            info,
-            dev: dev.clone(),
-            dtype,
-            embed,
-            lm_head,
-            final_norm,
-            layers,
-            workspace: Mutex::new(None),
-            graphs: DecodeGraphs::default(),
-        }
+        Llama { cfg, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers }
     }
 
     /// A model of `cfg`'s shapes with seeded random weights made on `dev` itself (see
-    /// [`crate::synth`]): for speed work without the real weights.
-    pub fn random(cfg: LlamaConfig, dev: &Device, dtype: DType, seed: u64) -> Result<Llama, ModelError> {
+    /// [`crate::synth`]): for speed work without the real weights. Ready to run.
+    pub fn random(cfg: LlamaConfig, dev: &Device, dtype: DType, seed: u64) -> Result<Runner<Llama>, ModelError> {
         use crate::synth::{random_tensor, tensor_seed, Init};
         let c = &cfg;
         let (h, nh, nkv, hd, inter) =
@@ -172,18 +221,19 @@ impl Llama {
         for _ in 0..c.num_hidden_layers {
             layers.push(Layer {
                 attn_norm: t(1, h, Init::Norm)?,
-                wqkv: t((nh + 2 * nkv) * hd, h, Init::Linear { fan_in: h })?,
-                wo: t(h, nh * hd, Init::Linear { fan_in: nh * hd })?,
+                wqkv: t((nh + 2 * nkv) * hd, h, Init::Linear { fan_in: h })?.into(),
+                qkv_bias: None,
+                wo: t(h, nh * hd, Init::Linear { fan_in: nh * hd })?.into(),
                 ffn_norm: t(1, h, Init::Norm)?,
-                w_gate_up: t(2 * inter, h, Init::Linear { fan_in: h })?,
-                w_down: t(h, inter, Init::Linear { fan_in: inter })?,
+                w_gate_up: t(2 * inter, h, Init::Linear { fan_in: h })?.into(),
+                w_down: t(h, inter, Init::Linear { fan_in: inter })?.into(),
             });
         }
         let embed = t(c.vocab_size, h, Init::Embedding)?;
         let lm_head =
             if c.tie_word_embeddings { embed.clone() } else { t(c.vocab_size, h, Init::Linear { fan_in: h })? };
         let final_norm = t(1, h, Init::Norm)?;
-        Ok(Llama::assemble(cfg, dev, dtype, embed, lm_head, final_norm, layers))
+        Ok(Runner::new(Llama::assemble(cfg, dev, dtype, embed, lm_head.into(), final_norm, layers)))
     }
 
     /// RoPE of q (`x`) into `out`, with the model's frequency schedule.
@@ -250,8 +300,8 @@ impl StepModel for Llama {
     fn dtype(&self) -> DType {
         self.dtype
     }
-    fn vocab(&self) -> usize {
-        self.cfg.vocab_size
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
     fn heads(&self) -> Heads {
         Heads {
@@ -265,11 +315,12 @@ impl StepModel for Llama {
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let t = |cols: usize| Tensor::uninit(&self.dev, self.dtype, capacity, cols);
+        let has_bias = self.layers.iter().any(|l| l.qkv_bias.is_some());
         Ok(Workspace {
-            capacity,
             residual: [t(c.hidden_size)?, t(c.hidden_size)?],
             h: t(c.hidden_size)?,
             qkv: t((nh + 2 * nkv) * hd)?,
+            qkv_raw: if has_bias { Some(t((nh + 2 * nkv) * hd)?) } else { None },
             q: t(nh * hd)?,
             attn: t(nh * hd)?,
             proj: t(c.hidden_size)?,
@@ -301,24 +352,31 @@ impl StepModel for Llama {
         norm::rms_norm::run(&self.dev, &residual, &self.layers[0].attn_norm, eps, &mut h)?;
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
-            matmul(&self.dev, &h, &layer.wqkv, &mut qkv)?;
+            match (&layer.qkv_bias, &ws.qkv_raw) {
+                (Some(bias), Some(raw)) => {
+                    let mut raw = rows(raw)?;
+                    linear(&self.dev, &h, &layer.wqkv, &mut raw)?;
+                    epilogue::bias_add::run(&self.dev, &raw, bias, &mut qkv)?;
+                }
+                _ => linear(&self.dev, &h, &layer.wqkv, &mut qkv)?,
+            }
             self.rope_q(&qkv.view_cols(0, nh * hd)?, &inp.pos, &mut q)?;
             let (k_new, v_new) = (qkv.view_cols(nh * hd, nkv * hd)?, qkv.view_cols((nh + nkv) * hd, nkv * hd)?);
             self.store_kv(&k_new, &v_new, inp, &mut kv.k[l], &mut kv.v[l])?;
             let cache = PagedKv { k: &kv.k[l], v: &kv.v[l], head_dim: hd };
             attention::attn_causal::run(&self.dev, &q, &cache, &inp.plan, scale, &mut attn)?;
-            matmul(&self.dev, &attn, &layer.wo, &mut proj)?;
+            linear(&self.dev, &attn, &layer.wo, &mut proj)?;
             norm::add_rms_norm::run(&self.dev, &proj, &residual, &layer.ffn_norm, eps, &mut next_residual, &mut h)?;
             std::mem::swap(&mut residual, &mut next_residual);
 
-            matmul(&self.dev, &h, &layer.w_gate_up, &mut gate_up)?;
+            linear(&self.dev, &h, &layer.w_gate_up, &mut gate_up)?;
             activation::silu_mul::run(
                 &self.dev,
                 &gate_up.view_cols(0, inter)?,
                 &gate_up.view_cols(inter, inter)?,
                 &mut act,
             )?;
-            matmul(&self.dev, &act, &layer.w_down, &mut proj)?;
+            linear(&self.dev, &act, &layer.w_down, &mut proj)?;
             let next_norm = self.layers.get(l + 1).map_or(&self.final_norm, |nl| &nl.attn_norm);
             norm::add_rms_norm::run(&self.dev, &proj, &residual, next_norm, eps, &mut next_residual, &mut h)?;
             std::mem::swap(&mut residual, &mut next_residual);
@@ -329,53 +387,12 @@ impl StepModel for Llama {
             return Ok(());
         }
         if inp.all_rows {
-            matmul(&self.dev, &h, &self.lm_head, logits)?;
+            linear(&self.dev, &h, &self.lm_head, logits)?;
         } else {
             let mut picked = ws.picked.view_rows(0, m)?;
             gather::gather_rows::run(&self.dev, &h, &inp.logits_rows, &mut picked)?;
-            matmul(&self.dev, &picked, &self.lm_head, logits)?;
+            linear(&self.dev, &picked, &self.lm_head, logits)?;
         }
         Ok(())
-    }
-}
-
-impl CausalLm for Llama {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.dev
-    }
-
-    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError> {
-        let width = self.cfg.num_key_value_heads * self.cfg.head_dim;
-        let slots = num_blocks * block_size;
-        let mut k = Vec::with_capacity(self.layers.len());
-        let mut v = Vec::with_capacity(self.layers.len());
-        for _ in &self.layers {
-            k.push(Tensor::zeros(&self.dev, self.dtype, slots, width)?);
-            v.push(Tensor::zeros(&self.dev, self.dtype, slots, width)?);
-        }
-        Ok(KvCache { k, v, block_size, num_blocks })
-    }
-
-    fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
-        batch.validate(self.cfg.vocab_size)?;
-        if let Some(logits) = self.graphs.forward(self, batch, kv)? {
-            return Ok(logits);
-        }
-        let inp = StepInputs::new(&self.dev, batch, kv, StepModel::heads(self))?;
-        let n = inp.tokens();
-        let mut slot = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_none_or(|w| w.capacity < n) {
-            // Grow to the next power of two so a run of growing prefills allocates rarely.
-            *slot = None;
-            *slot = Some(StepModel::workspace(self, n.next_power_of_two())?);
-        }
-        let ws = slot.as_mut().ok_or_else(|| ModelError::Batch("no workspace".into()))?;
-        let mut logits = Tensor::uninit(&self.dev, self.dtype, inp.logits_rows.cols(), self.cfg.vocab_size)?;
-        self.step(&inp, kv, ws, &mut logits)?;
-        Ok(logits)
     }
 }

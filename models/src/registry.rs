@@ -1,28 +1,37 @@
-//! Architectures kiln runs, by the name configs give them (HF `model_type`, GGUF
-//! `general.architecture`). Adding an architecture: one file plus one line in [`ARCHITECTURES`].
+//! Architectures kiln runs, by the names configs give them (HF `model_type`, GGUF
+//! `general.architecture`). Adding an architecture: one file (its config checks, tensor
+//! names, layers and step; see `llama.rs`) plus one line in [`ARCHITECTURES`].
 
-use crate::config::LlamaConfig;
-use crate::model::{CausalLm, ModelError};
-use crate::weights::Weights;
+use crate::arch::{Architecture, Built, Checkpoint};
+use crate::model::ModelError;
 use kiln_codegen::ir::DType;
 use kiln_runtime::Device;
 
-type Build = fn(LlamaConfig, Weights, &Device, DType) -> Result<Box<dyn CausalLm>, ModelError>;
+pub const ARCHITECTURES: &[Architecture] = &[
+    Architecture { names: &["llama", "mistral"], build: crate::llama::build },
+];
 
-fn llama(c: LlamaConfig, w: Weights, d: &Device, t: DType) -> Result<Box<dyn CausalLm>, ModelError> {
-    Ok(Box::new(crate::llama::Llama::new(c, w, d, t)?))
+/// The entry that builds architecture `name`.
+pub fn find(name: &str) -> Option<&'static Architecture> {
+    ARCHITECTURES.iter().find(|a| a.names.contains(&name))
 }
 
-/// `(architecture name, constructor)`.
-pub const ARCHITECTURES: &[(&str, Build)] = &[("llama", llama), ("mistral", llama)];
+/// Every name the registry knows, for error messages.
+pub fn known_names() -> Vec<&'static str> {
+    ARCHITECTURES.iter().flat_map(|a| a.names.iter().copied()).collect()
+}
 
-pub fn build(cfg: LlamaConfig, w: Weights, dev: &Device, dtype: DType) -> Result<Box<dyn CausalLm>, ModelError> {
-    let arch = cfg.architecture.clone();
-    match ARCHITECTURES.iter().find(|(name, _)| *name == arch) {
-        Some((_, build)) => build(cfg, w, dev, dtype),
-        None => Err(ModelError::Unsupported(format!(
+/// Build the model of `ckpt` with the entry its architecture names; then fail on any tensor
+/// of the checkpoint the entry did not consume.
+pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, ModelError> {
+    let arch = ckpt.architecture().map_err(|e| ModelError::Load(e.to_string()))?;
+    let Some(entry) = find(&arch) else {
+        return Err(ModelError::Unsupported(format!(
             "architecture `{arch}` (supported: {})",
-            ARCHITECTURES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-        ))),
-    }
+            known_names().join(", ")
+        )));
+    };
+    let built = (entry.build)(ckpt, dev, dtype)?;
+    built.weights.check_all_used().map_err(|e| ModelError::Load(e.to_string()))?;
+    Ok(built)
 }

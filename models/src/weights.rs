@@ -8,7 +8,9 @@
 //! - a lookup of an absent tensor is an error naming it and the source it was loaded from.
 //!
 //! Sources: `Weights::from_gguf` (weights/gguf.rs) and `Weights::from_safetensors_dir`
-//! (safetensors_io.rs).
+//! (safetensors_io.rs). `Weights` is the eager, whole-model form that `kiln convert` and
+//! tests use; models load through the lazy [`WeightSource`] (weights/source.rs), which never
+//! holds more than one tensor in host memory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,8 +19,10 @@ use crate::config::{ConfigError, LlamaConfig};
 use crate::gguf::{GgufError, PermuteError};
 
 mod gguf;
+mod source;
 
 pub use gguf::{gguf_to_hf_name, load_gguf};
+pub use source::{GgufNaming, Shard, StoredFormat, StoredTensor, WeightSource};
 
 /// A dense row-major f32 tensor in host memory.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +62,10 @@ pub enum WeightsError {
     UnknownTensor { source_name: String, tensor: String },
     #[error("{source_name}: tensor '{tensor}' appears twice")]
     Duplicate { source_name: String, tensor: String },
+    #[error("tensor '{tensor}': {reason}")]
+    Layout { tensor: String, reason: String },
+    #[error("{source_name}: tensor '{tensor}' is not used by the architecture{}", if *.more > 0 { format!(" (nor are {} more)", .more) } else { String::new() })]
+    Unused { source_name: String, tensor: String, more: usize },
     #[error("{source_name}: tensor '{tensor}': cannot undo llama.cpp's Q/K row permutation: {err}")]
     Permute { source_name: String, tensor: String, err: PermuteError },
 }

@@ -29,6 +29,7 @@ pub mod gpu_check;
 pub mod graph;
 pub mod host_buf;
 pub mod kernel_cache;
+pub mod linear;
 pub mod ptx_cache;
 pub mod tensor;
 mod tensor_io;

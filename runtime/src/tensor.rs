@@ -138,7 +138,8 @@ impl Tensor {
         Ok(Tensor::contiguous(dev, storage, dtype, rows, cols))
     }
 
-    pub(crate) fn from_bytes(
+    /// A contiguous `rows × cols` tensor of `dtype` from its raw little-endian bytes.
+    pub fn from_bytes(
         dev: &Device,
         dtype: DType,
         bytes: &[u8],
@@ -309,6 +310,16 @@ impl Tensor {
         self.expect_dtype("copy_from_host", T::DTYPE)?;
         check_len("copy_from_host", data.len(), self.rows, self.cols)?;
         crate::tensor_io::scatter_bytes(self, bytemuck::cast_slice(data))
+    }
+
+    /// Overwrite the view with raw little-endian bytes of its dtype (row-major `rows × cols`).
+    pub fn copy_from_host_bytes(&mut self, bytes: &[u8]) -> Result<(), TensorError> {
+        let want = elems(self.rows, self.cols)? * storable(self.dtype)?;
+        if bytes.len() != want {
+            let len = bytes.len() / self.dtype.size_bytes();
+            return Err(TensorError::DataLen { op: "copy_from_host_bytes", len, rows: self.rows, cols: self.cols });
+        }
+        crate::tensor_io::scatter_bytes(self, bytes)
     }
 
     /// Read a CPU tensor in place, as `T` (which must be the dtype).

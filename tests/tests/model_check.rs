@@ -23,7 +23,7 @@ fn a_truncated_model_loads_and_runs() {
     let out = dir.join("three.gguf");
     truncate_gguf(&default_model(), &out, 3).unwrap();
     let m = load(&out, &Device::Cpu, DType::F32).unwrap();
-    assert_eq!(m.model.info().num_layers, 3);
+    assert_eq!(m.model.info().num_layers(), 3);
     let ids = m.tokenizer.encode("The capital of France is", false).unwrap();
     let (logits, tokens) = greedy(m.model.as_ref(), &ids, 4).unwrap();
     assert!(logits.iter().all(|x| x.is_finite()) && tokens.len() == 4);

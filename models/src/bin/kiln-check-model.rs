@@ -85,7 +85,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     let cpu = load(&path, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
     println!(
         "layers: {} (CPU f32 reference loaded in {:.1} s)",
-        cpu.model.info().num_layers,
+        cpu.model.info().num_layers(),
         t.elapsed().as_secs_f64()
     );
     let refs: Vec<(Vec<f32>, Vec<u32>)> = prompts

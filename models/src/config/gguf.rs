@@ -2,7 +2,7 @@
 //!
 //! Invariant: keys are read with widening accessors (a converter may write u32 or i32), absent
 //! optional keys take llama.cpp's defaults (`head_count_kv` = heads, `rope.freq_base` = 10000,
-//! `vocab_size` = token list length), and embeddings are tied exactly when `output.weight` is
+//! `vocab_size` = token list length, else the embedding's rows), and embeddings are tied exactly when `output.weight` is
 //! absent, as llama.cpp decides.
 
 use crate::gguf::{GgufFile, MetadataValue};
@@ -69,7 +69,11 @@ impl LlamaConfig {
             Some(v) => v,
             None => match file.get("tokenizer.ggml.tokens").and_then(MetadataValue::as_array) {
                 Some(tokens) => tokens.len(),
-                None => return Err(ConfigError::Missing { source_name: sn.to_owned(), field: key("vocab_size") }),
+                // No vocabulary in the file (a weights-only GGUF): the embedding's rows.
+                None => match file.tensor_info("token_embd.weight").ok().and_then(|t| t.hf_shape().first().copied()) {
+                    Some(rows) => rows,
+                    None => return Err(ConfigError::Missing { source_name: sn.to_owned(), field: key("vocab_size") }),
+                },
             },
         };
         let max_position_embeddings = need_usize(&key("context_length"))?;

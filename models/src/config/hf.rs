@@ -1,6 +1,7 @@
 //! `LlamaConfig` from a Hugging Face `config.json`.
 //!
-//! Invariant: only the fields listed in `HfConfig` are read; absent optional fields take HF's
+//! Invariant: only the fields listed in `HfConfig` are read (an architecture refuses the
+//! features it does not implement from the raw JSON, see `crate::arch`); absent optional fields take HF's
 //! defaults (`num_key_value_heads` = heads, `head_dim` = hidden / heads, `rope_theta` = 10000,
 //! untied embeddings), absent required fields are `ConfigError::Missing` naming the field.
 
@@ -24,6 +25,9 @@ struct HfConfig {
     rms_norm_eps: Option<f32>,
     rope_theta: Option<f32>,
     rope_scaling: Option<Value>,
+    /// transformers 5 writes `{"rope_theta": .., "rope_type": .., scaling fields}` here
+    /// instead of `rope_theta` + `rope_scaling`.
+    rope_parameters: Option<Value>,
     max_position_embeddings: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: bool,
@@ -57,6 +61,17 @@ impl LlamaConfig {
     pub fn from_hf_json_str(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         let hf: HfConfig =
             serde_json::from_str(text).map_err(|err| ConfigError::Json { source_name: source_name.to_owned(), err })?;
+        Self::from_hf(hf, source_name)
+    }
+
+    /// Parses an HF `config.json` already read as JSON.
+    pub fn from_hf_value(json: &Value, source_name: &str) -> Result<Self, ConfigError> {
+        let hf = HfConfig::deserialize(json)
+            .map_err(|err| ConfigError::Json { source_name: source_name.to_owned(), err })?;
+        Self::from_hf(hf, source_name)
+    }
+
+    fn from_hf(hf: HfConfig, source_name: &str) -> Result<Self, ConfigError> {
         let need = |v: Option<usize>, field: &str| {
             v.ok_or_else(|| ConfigError::Missing { source_name: source_name.to_owned(), field: field.to_owned() })
         };
@@ -92,8 +107,19 @@ impl LlamaConfig {
                 source_name: source_name.to_owned(),
                 field: "rms_norm_eps".into(),
             })?,
-            rope_theta: hf.rope_theta.unwrap_or(HF_DEFAULT_ROPE_THETA),
-            rope_scaling: hf_rope_scaling(hf.rope_scaling.as_ref(), max_position_embeddings, source_name)?,
+            rope_theta: match (hf.rope_theta, hf.rope_parameters.as_ref().and_then(|p| p.get("rope_theta"))) {
+                (Some(t), _) => t,
+                (None, Some(t)) => {
+                    t.as_f64().ok_or_else(|| invalid(source_name, "rope_parameters.rope_theta", "is not a number"))?
+                        as f32
+                }
+                (None, None) => HF_DEFAULT_ROPE_THETA,
+            },
+            rope_scaling: hf_rope_scaling(
+                hf.rope_scaling.as_ref().filter(|v| !v.is_null()).or(hf.rope_parameters.as_ref()),
+                max_position_embeddings,
+                source_name,
+            )?,
             max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
             bos_token_id: hf.bos_token_id,

@@ -51,10 +51,14 @@ pub(crate) fn size(info: &ModelInfo, device: &Device, cfg: &EngineConfig) -> Res
     if max_len > info.max_model_len {
         return bad(format!("max_model_len {max_len} exceeds the model's context length {}", info.max_model_len));
     }
+    // One allocator group: every KV layer has the same block shape (see model::kv_spec).
+    let Some((num_kv_heads, head_dim)) = info.uniform_kv() else {
+        return bad("a model whose layers keep KV of different shapes (or none) is not supported yet".into());
+    };
     let layout = KvLayout {
-        num_layers: info.num_layers,
-        num_kv_heads: info.num_kv_heads,
-        head_dim: info.head_dim,
+        num_layers: info.kv_layers().count(),
+        num_kv_heads,
+        head_dim,
         dtype_bytes: info.kv_dtype.size_bytes(),
         block_size: cfg.block_size,
     };
@@ -79,9 +83,7 @@ mod tests {
             vocab_size: 100,
             max_model_len: 8192,
             eos_token_ids: vec![2],
-            num_layers: 30,
-            num_kv_heads: 3,
-            head_dim: 64,
+            layers: crate::model::LayerKv::uniform(30, 3, 64),
             kv_dtype: DType::F32,
         }
     }

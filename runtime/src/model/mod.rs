@@ -3,11 +3,25 @@
 //! KV layout of [`crate::attention`]. Architectures live in `kiln-models`; the engine drives
 //! them only through this trait.
 //!
+//! The machinery every architecture shares lives here once: the step's device inputs
+//! ([`step`]), the per-architecture [`graphs::StepModel`] trait and decode graphs
+//! ([`graphs`]), the [`runner::Runner`] that turns a `StepModel` into a `CausalLm`, and the
+//! per-layer KV specs ([`kv_spec`]). An architecture file holds only its layers, its weights'
+//! names and its `step`.
+//!
 //! Invariants checked by [`ForwardBatch::validate`]: one position and one slot per token; the
 //! sequences' query rows tile `0..tokens` in order without gaps; logits rows index tokens.
 
 use crate::attention::{AttnError, SeqAttn};
 use crate::{Device, Tensor};
+
+pub mod graphs;
+pub mod kv_spec;
+pub mod runner;
+pub mod step;
+
+pub use kv_spec::{AttentionKind, LayerKv};
+pub use runner::Runner;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -29,7 +43,9 @@ pub enum ModelError {
     Cuda(#[from] crate::cuda_error::CudaError),
 }
 
-/// Per-layer K and V pools (`[num_blocks * block_size, n_kv_heads * head_dim]` each).
+/// K and V pools (`[num_blocks * block_size, n_kv_heads * head_dim]` each), one pair per
+/// layer that keeps KV ([`LayerKv::has_kv`]), in layer order: `k[i]` belongs to the `i`-th
+/// such layer, which is layer `i` for every model whose layers all attend.
 pub struct KvCache {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
@@ -89,9 +105,8 @@ pub struct ModelInfo {
     pub max_model_len: usize,
     /// Token ids that end generation.
     pub eos_token_ids: Vec<u32>,
-    pub num_layers: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
+    /// One entry per transformer layer: its KV shape and attention kind.
+    pub layers: Vec<LayerKv>,
     /// Element type of the KV pools.
     pub kv_dtype: kiln_codegen::ir::DType,
 }
@@ -99,7 +114,36 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// Bytes of K plus V for one token across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_dtype.size_bytes()
+        let width: usize = self.kv_layers().map(|l| l.width()).sum();
+        2 * width * self.kv_dtype.size_bytes()
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The layers that keep KV, in order (one K and one V pool each).
+    pub fn kv_layers(&self) -> impl Iterator<Item = &LayerKv> {
+        self.layers.iter().filter(|l| l.has_kv())
+    }
+
+    /// The one KV shape `(n_kv_heads, head_dim)` all KV layers share, or `None` when they
+    /// differ or there are none (one allocator group needs one block shape).
+    pub fn uniform_kv(&self) -> Option<(usize, usize)> {
+        let mut it = self.kv_layers();
+        let first = it.next()?;
+        it.all(|l| l.width() == first.width()).then_some((first.n_kv_heads, first.head_dim))
+    }
+
+    /// K and V pools for every KV layer: `num_blocks * block_size` zeroed rows each.
+    pub fn new_kv_cache(&self, dev: &Device, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError> {
+        let slots = num_blocks * block_size;
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for l in self.kv_layers() {
+            k.push(Tensor::zeros(dev, self.kv_dtype, slots, l.width())?);
+            v.push(Tensor::zeros(dev, self.kv_dtype, slots, l.width())?);
+        }
+        Ok(KvCache { k, v, block_size, num_blocks })
     }
 }
 

@@ -11,9 +11,9 @@
 //! Rows past the batch are padding: token 0 at position 0, slot -1 (its K/V is not written),
 //! no sequence (its attention output is zeros); their logits are computed and ignored.
 
-use crate::model::{ForwardBatch, KvCache, ModelError};
-use kiln_runtime::attention::{AttnPlan, SPLIT_TOKENS};
-use kiln_runtime::{Device, Tensor};
+use super::{ForwardBatch, KvCache, ModelError};
+use crate::attention::{AttnPlan, SPLIT_TOKENS};
+use crate::{Device, Tensor};
 
 pub struct StepInputs {
     /// `1 × tokens` i32: the token ids.

@@ -12,11 +12,11 @@
 //! Invariants: the logits a replay returns are a view of the entry's buffer, valid until the
 //! next step; graphs are off with `KILN_CUDA_GRAPHS=0` (the eager path is the reference).
 
-use crate::model::{ForwardBatch, KvCache, ModelError};
-use crate::step::{Heads, StepInputs};
+use super::step::{Heads, StepInputs};
+use super::{ForwardBatch, KvCache, ModelError, ModelInfo};
+use crate::graph::{capture, CapturedGraph};
+use crate::{Device, Storage, Tensor};
 use kiln_codegen::ir::DType;
-use kiln_runtime::graph::{capture, CapturedGraph};
-use kiln_runtime::{Device, Storage, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -24,12 +24,17 @@ use std::sync::Mutex;
 /// Batch sizes decode graphs are captured for.
 pub const BUCKETS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
-/// What an architecture gives the graph runner: its workspace and its step on device inputs.
-pub trait StepModel {
+/// What an architecture implements: its facts, its workspace and its step on device inputs.
+/// [`super::runner::Runner`] turns it into a [`super::CausalLm`] (eager steps, workspace
+/// growth, decode graphs, KV pools from the layer specs).
+pub trait StepModel: Send + Sync {
     type Workspace: Send;
+    /// What the engine needs to know: vocabulary, context length, per-layer KV specs.
+    fn info(&self) -> &ModelInfo;
     fn device(&self) -> &Device;
+    /// The activations' (and logits') storage dtype.
     fn dtype(&self) -> DType;
-    fn vocab(&self) -> usize;
+    /// The attention heads the step plan is built for.
     fn heads(&self) -> Heads;
     /// Activations for steps of up to `capacity` tokens.
     fn workspace(&self, capacity: usize) -> Result<Self::Workspace, ModelError>;
@@ -115,7 +120,7 @@ impl<W: Send> DecodeGraphs<W> {
         let mut inp = StepInputs::for_decode(dev, bucket, bt_stride, kv, m.heads())?;
         inp.refresh_decode(dev, batch, kv)?;
         let mut ws = m.workspace(bucket)?;
-        let mut logits = Tensor::uninit(dev, m.dtype(), bucket, m.vocab())?;
+        let mut logits = Tensor::uninit(dev, m.dtype(), bucket, m.info().vocab_size)?;
         m.step(&inp, kv, &mut ws, &mut logits)?;
         let (graph, ()) = capture(backend, || m.step(&inp, kv, &mut ws, &mut logits))?;
         let view = logits.view_rows(0, n)?;

@@ -1,0 +1,203 @@
+//! What an architecture entry is given and what it gives back.
+//!
+//! Loading a model: [`Checkpoint::open`] reads what a path holds without its weights (an HF
+//! directory's `config.json`, or a GGUF file's metadata); the registry picks the entry whose
+//! names include [`Checkpoint::architecture`]; the entry parses its own config from
+//! [`Checkpoint::config`] (refusing, with the key named, every feature it does not implement),
+//! opens the weights with its tensor naming ([`Checkpoint::weights`]) and builds the model.
+//! The loader then fails on any tensor the entry did not consume.
+//!
+//! Invariant: an entry's `build` never sees another architecture's checkpoint (the registry
+//! dispatches on the name before any parsing), and a model is only returned after every tensor
+//! of the checkpoint was consumed or explicitly marked as not needed.
+
+use std::path::{Path, PathBuf};
+
+use kiln_codegen::ir::DType;
+use kiln_runtime::Device;
+use serde_json::Value;
+
+use crate::config::{ConfigError, LlamaConfig};
+use crate::gguf::{GgufFile, MetadataValue};
+use crate::model::{CausalLm, ModelError};
+use crate::weights::{GgufNaming, WeightSource, WeightsError};
+
+/// One architecture kiln runs: one line of [`crate::registry::ARCHITECTURES`].
+pub struct Architecture {
+    /// The HF `model_type` / GGUF `general.architecture` values it builds.
+    pub names: &'static [&'static str],
+    /// Parse the config, open the weights, build the model.
+    pub build: fn(&Checkpoint, &Device, DType) -> Result<Built, ModelError>,
+}
+
+/// A built model and the weights it was built from (checked for leftovers by the loader).
+pub struct Built {
+    pub model: Box<dyn CausalLm>,
+    pub weights: WeightSource,
+}
+
+enum Kind {
+    /// An HF directory: its parsed `config.json`.
+    Hf {
+        json: Value,
+    },
+    Gguf {
+        file: GgufFile,
+    },
+}
+
+/// A checkpoint on disk, opened without reading its weights.
+pub struct Checkpoint {
+    path: PathBuf,
+    kind: Kind,
+}
+
+/// The config of a checkpoint as its file states it.
+#[derive(Clone, Copy)]
+pub enum ConfigSource<'a> {
+    Hf { json: &'a Value, source_name: &'a str },
+    Gguf(&'a GgufFile),
+}
+
+fn load_err(path: &Path, e: impl std::fmt::Display) -> WeightsError {
+    WeightsError::Safetensors { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+impl Checkpoint {
+    /// An HF directory (`config.json` + safetensors) or a GGUF file.
+    pub fn open(path: &Path) -> Result<Checkpoint, WeightsError> {
+        let kind = if path.is_dir() {
+            let cfg = path.join("config.json");
+            let text = std::fs::read_to_string(&cfg).map_err(|err| WeightsError::Io { path: cfg.clone(), err })?;
+            let json: Value = serde_json::from_str(&text).map_err(|e| load_err(&cfg, format!("invalid JSON: {e}")))?;
+            if !json.is_object() {
+                return Err(load_err(&cfg, "is not a JSON object"));
+            }
+            Kind::Hf { json }
+        } else {
+            Kind::Gguf { file: GgufFile::open(path)? }
+        };
+        Ok(Checkpoint { path: path.to_path_buf(), kind })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The GGUF file, for a GGUF checkpoint (its tokenizer lives in the metadata).
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match &self.kind {
+            Kind::Gguf { file } => Some(file),
+            Kind::Hf { .. } => None,
+        }
+    }
+
+    pub fn config(&self) -> ConfigSource<'_> {
+        match &self.kind {
+            Kind::Hf { json } => ConfigSource::Hf { json, source_name: self.path.to_str().unwrap_or("config.json") },
+            Kind::Gguf { file } => ConfigSource::Gguf(file),
+        }
+    }
+
+    /// The architecture name the checkpoint declares.
+    pub fn architecture(&self) -> Result<String, ConfigError> {
+        self.config().architecture()
+    }
+
+    /// The weights, with GGUF tensor names mapped by `naming` (HF checkpoints carry HF names).
+    pub fn weights(&self, naming: &GgufNaming) -> Result<WeightSource, WeightsError> {
+        match &self.kind {
+            Kind::Hf { .. } => WeightSource::open_safetensors_dir(&self.path),
+            Kind::Gguf { .. } => WeightSource::open_gguf(GgufFile::open(&self.path)?, naming),
+        }
+    }
+}
+
+impl ConfigSource<'_> {
+    pub fn source_name(&self) -> String {
+        match self {
+            ConfigSource::Hf { source_name, .. } => format!("{source_name}/config.json"),
+            ConfigSource::Gguf(f) => f.path().display().to_string(),
+        }
+    }
+
+    /// `model_type` (or the class in `architectures`), or GGUF `general.architecture`.
+    pub fn architecture(&self) -> Result<String, ConfigError> {
+        let sn = self.source_name();
+        match self {
+            ConfigSource::Hf { json, .. } => {
+                if let Some(t) = json.get("model_type").and_then(Value::as_str) {
+                    return Ok(t.to_owned());
+                }
+                let class = json.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str);
+                match class {
+                    Some(c) => crate::config::model_type_of_class(c).map(str::to_owned).ok_or_else(|| {
+                        ConfigError::Unsupported {
+                            source_name: sn,
+                            what: format!("architecture '{c}' without a model_type"),
+                        }
+                    }),
+                    None => Err(ConfigError::Missing { source_name: sn, field: "model_type".into() }),
+                }
+            }
+            ConfigSource::Gguf(f) => match f.get("general.architecture") {
+                Some(MetadataValue::String(s)) => Ok(s.clone()),
+                Some(_) => Err(crate::config::invalid(&sn, "general.architecture", "is not a string")),
+                None => Err(ConfigError::Missing { source_name: sn, field: "general.architecture".into() }),
+            },
+        }
+    }
+
+    /// The decoder hyper-parameters every Llama-like architecture shares (sizes, heads, RoPE,
+    /// norms' epsilon, special tokens), validated.
+    pub fn decoder(&self) -> Result<LlamaConfig, ConfigError> {
+        match self {
+            ConfigSource::Hf { json, .. } => LlamaConfig::from_hf_value(json, &self.source_name()),
+            ConfigSource::Gguf(f) => LlamaConfig::from_gguf(f),
+        }
+    }
+
+    /// HF only: an error naming `key` when the config sets it to a value `supported` rejects
+    /// (an absent key or `null` is always accepted). `what` says what the value would ask for.
+    pub fn refuse_hf(&self, key: &str, what: &str, supported: impl Fn(&Value) -> bool) -> Result<(), ConfigError> {
+        let ConfigSource::Hf { json, .. } = self else { return Ok(()) };
+        match json.get(key) {
+            None | Some(Value::Null) => Ok(()),
+            Some(v) if supported(v) => Ok(()),
+            Some(v) => Err(ConfigError::Unsupported {
+                source_name: self.source_name(),
+                what: format!("'{key}': {v} ({what} is not implemented for this architecture)"),
+            }),
+        }
+    }
+
+    /// GGUF only: an error naming `{arch}.{key}` when the metadata has it with a value
+    /// `supported` rejects.
+    pub fn refuse_gguf(
+        &self,
+        key: &str,
+        what: &str,
+        supported: impl Fn(&MetadataValue) -> bool,
+    ) -> Result<(), ConfigError> {
+        let ConfigSource::Gguf(f) = self else { return Ok(()) };
+        let full = format!("{}.{key}", self.architecture()?);
+        match f.get(&full) {
+            None => Ok(()),
+            Some(v) if supported(v) => Ok(()),
+            Some(v) => Err(ConfigError::Unsupported {
+                source_name: self.source_name(),
+                what: format!("'{full}': {v:?} ({what} is not implemented for this architecture)"),
+            }),
+        }
+    }
+}
+
+/// Accepts `false` only.
+pub fn is_false(v: &Value) -> bool {
+    v == &Value::Bool(false)
+}
+
+/// Accepts the string `s` only.
+pub fn is_str(s: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v.as_str() == Some(s)
+}

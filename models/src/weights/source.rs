@@ -1,0 +1,567 @@
+//! [`WeightSource`]: a checkpoint's tensors, memory-mapped, handed out one at a time in the
+//! form they are stored — the lazy source every model loads from.
+//!
+//! A source is opened over an HF safetensors directory (one file or shards) or a GGUF file.
+//! Tensors are keyed by their HF names: a GGUF's llama.cpp names are mapped through the
+//! architecture's [`GgufNaming`] when the source is opened, and a tensor with no mapping is
+//! an error then, never dropped. Nothing is read or converted until a tensor is asked for, so
+//! loading holds about one tensor in host memory beyond the model itself.
+//!
+//! Invariants:
+//! - [`StoredTensor::bytes`] are the tensor's bytes exactly as stored (little-endian, row-major
+//!   over the HF shape, GGML blocks along the innermost dimension), for the whole tensor or one
+//!   [`Shard`] of it; a shard never cuts a quantization block (that is an error naming the
+//!   tensor);
+//! - Q/K rows that llama.cpp stored permuted for its RoPE layout are marked
+//!   ([`StoredTensor::permuted_heads`]) and put back in HF order by [`WeightSource::f32`] and
+//!   the uploads; a row shard of such a tensor holds whole heads;
+//! - every tensor read is recorded, so [`WeightSource::check_all_used`] can name any tensor of
+//!   the checkpoint that the architecture did not consume (a silently dropped tensor — a bias,
+//!   a norm — would change the output unnoticed).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kiln_codegen::ir::DType;
+use kiln_runtime::{Device, Tensor};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors};
+
+use super::{HostTensor, WeightsError};
+use crate::gguf::{dequantize_into, unpermute_qk_rows, GgmlType, GgufFile};
+use crate::safetensors_io::{INDEX_FILE, SINGLE_FILE};
+
+/// How a tensor is stored in its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredFormat {
+    /// A GGML element or block type: F32 / F16 / BF16 (from either kind of file) or a GGUF
+    /// quantized block type (Q4_0, Q8_0, Q4_K, ...).
+    Ggml(GgmlType),
+}
+
+impl StoredFormat {
+    /// `(elements, bytes)` of one block (`(1, 4)` for F32).
+    fn block(self) -> (usize, usize) {
+        match self {
+            StoredFormat::Ggml(t) => {
+                let (len, bytes) = t.block_layout();
+                (len as usize, bytes as usize)
+            }
+        }
+    }
+
+    /// The storage dtype whose bytes these are unchanged, for dense formats.
+    fn dense_dtype(self) -> Option<DType> {
+        match self {
+            StoredFormat::Ggml(GgmlType::F32) => Some(DType::F32),
+            StoredFormat::Ggml(GgmlType::F16) => Some(DType::F16),
+            StoredFormat::Ggml(GgmlType::Bf16) => Some(DType::BF16),
+            StoredFormat::Ggml(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StoredFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoredFormat::Ggml(t) => f.write_str(t.name()),
+        }
+    }
+}
+
+/// One rank's part of a tensor split `world` ways along `dim` (0: rows / output features,
+/// 1: columns / input features).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+    pub dim: usize,
+}
+
+/// A tensor (or a shard of it) as stored.
+#[derive(Debug)]
+pub struct StoredTensor<'a> {
+    /// The HF name.
+    pub name: String,
+    /// Row-major HF shape (`[out, in]` for a projection), of the shard when sharded.
+    pub shape: Vec<usize>,
+    pub format: StoredFormat,
+    pub bytes: Cow<'a, [u8]>,
+    /// For Q/K projections stored in llama.cpp's RoPE row order: the head count the rows were
+    /// permuted with (of this shard). `None`: rows are in HF order.
+    pub permuted_heads: Option<usize>,
+}
+
+impl StoredTensor<'_> {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// `(rows, cols)` of the tensor seen as a matrix (a vector is one row).
+    pub fn matrix(&self) -> Result<(usize, usize), WeightsError> {
+        match self.shape.as_slice() {
+            [n] => Ok((1, *n)),
+            [r, c] => Ok((*r, *c)),
+            s => Err(WeightsError::Layout {
+                tensor: self.name.clone(),
+                reason: format!("shape {s:?} is not 1-D or 2-D"),
+            }),
+        }
+    }
+
+    /// The values as f32 in HF order (dequantized, Q/K rows un-permuted).
+    pub fn to_f32(&self) -> Result<Vec<f32>, WeightsError> {
+        let StoredFormat::Ggml(ty) = self.format;
+        let mut data = vec![0f32; self.numel()];
+        dequantize_into(ty, &self.bytes, &mut data)
+            .map_err(|e| WeightsError::Layout { tensor: self.name.clone(), reason: e.to_string() })?;
+        if let Some(heads) = self.permuted_heads {
+            let (rows, cols) = self.matrix()?;
+            data = unpermute_qk_rows(&data, rows, cols, heads).map_err(|err| WeightsError::Permute {
+                source_name: String::new(),
+                tensor: self.name.clone(),
+                err,
+            })?;
+        }
+        Ok(data)
+    }
+
+    /// The bytes of this tensor in storage dtype `dtype`: borrowed as stored when it already is
+    /// that dtype in HF order, converted (through f32, one tensor at a time) otherwise.
+    pub fn bytes_as(&self, dtype: DType) -> Result<Cow<'_, [u8]>, WeightsError> {
+        if self.permuted_heads.is_none() && self.format.dense_dtype() == Some(dtype) {
+            return Ok(Cow::Borrowed(&self.bytes));
+        }
+        let data = self.to_f32()?;
+        Ok(Cow::Owned(match dtype {
+            DType::F32 => bytemuck::cast_slice(&data).to_vec(),
+            DType::F16 => data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+            DType::BF16 => data.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+            d => {
+                return Err(WeightsError::Layout {
+                    tensor: self.name.clone(),
+                    reason: format!("weights are stored as f32, f16 or bf16 on a device, not {d}"),
+                })
+            }
+        }))
+    }
+}
+
+/// How an architecture's llama.cpp tensor names map to its HF names.
+#[derive(Clone, Copy, Debug)]
+pub struct GgufNaming {
+    /// `(llama.cpp stem, HF stem)` of the per-block tensors: `blk.N.{gguf}.weight|bias` is
+    /// `model.layers.N.{hf}.weight|bias`.
+    pub blocks: &'static [(&'static str, &'static str)],
+    /// For architectures whose converter permutes Q/K rows for llama.cpp's RoPE (Llama):
+    /// `(query heads, key/value heads)`. `None` (Qwen2, ...): rows are stored in HF order.
+    pub permuted_qk: Option<(usize, usize)>,
+}
+
+impl GgufNaming {
+    /// The HF name of a llama.cpp tensor name (`blk.3.attn_q.weight` ->
+    /// `model.layers.3.self_attn.q_proj.weight`), or `None` without a mapping.
+    pub fn hf_name(&self, name: &str) -> Option<String> {
+        match name {
+            "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+            "output_norm.weight" => return Some("model.norm.weight".into()),
+            "output.weight" => return Some("lm_head.weight".into()),
+            _ => {}
+        }
+        let rest = name.strip_prefix("blk.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let (stem, kind) = rest.rsplit_once('.')?;
+        if kind != "weight" && kind != "bias" {
+            return None;
+        }
+        let (_, hf) = self.blocks.iter().find(|(g, _)| *g == stem)?;
+        Some(format!("model.layers.{layer}.{hf}.{kind}"))
+    }
+
+    /// The head count a llama.cpp tensor's rows were permuted with, if they were.
+    pub fn permuted_heads(&self, name: &str) -> Option<usize> {
+        let (q, kv) = self.permuted_qk?;
+        let rest = name.strip_prefix("blk.")?;
+        match rest.split('.').nth(1)? {
+            "attn_q" if rest.ends_with(".weight") => Some(q),
+            "attn_k" if rest.ends_with(".weight") => Some(kv),
+            _ => None,
+        }
+    }
+}
+
+enum Backing {
+    Safetensors(Vec<Mmap>),
+    Gguf(GgufFile),
+}
+
+struct Entry {
+    /// Index of the mapped file (safetensors shards; 0 for GGUF).
+    file: usize,
+    /// The byte range within that file's mapping (safetensors) or the GGUF tensor name.
+    range: std::ops::Range<usize>,
+    gguf_name: Option<String>,
+    shape: Vec<usize>,
+    format: StoredFormat,
+    permuted_heads: Option<usize>,
+}
+
+/// A checkpoint's tensors, memory-mapped; see the module header.
+pub struct WeightSource {
+    source_name: String,
+    backing: Backing,
+    entries: BTreeMap<String, Entry>,
+    used: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for WeightSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightSource").field("source", &self.source_name).field("tensors", &self.entries.len()).finish()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl WeightSource {
+    /// The HF checkpoint in `dir`: `model.safetensors`, or the shards its index lists.
+    pub fn open_safetensors_dir(dir: &Path) -> Result<WeightSource, WeightsError> {
+        let index_path = dir.join(INDEX_FILE);
+        let single = dir.join(SINGLE_FILE);
+        let bad = |path: &Path, reason: String| WeightsError::Safetensors { path: path.to_path_buf(), reason };
+        let files: Vec<PathBuf> = if index_path.is_file() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|err| WeightsError::Io { path: index_path.clone(), err })?;
+            let index: Index =
+                serde_json::from_str(&text).map_err(|e| bad(&index_path, format!("invalid index: {e}")))?;
+            let shards: BTreeSet<&String> = index.weight_map.values().collect();
+            for shard in &shards {
+                if shard.is_empty() || shard.contains(['/', '\\']) || *shard == ".." || *shard == "." {
+                    return Err(bad(&index_path, format!("shard name '{shard}' is not a plain file name")));
+                }
+            }
+            let files: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+            let src = Self::open_safetensors_files(dir, &files)?;
+            for (tensor, shard) in &index.weight_map {
+                let stored_in = src.entries.get(tensor).map(|e| &files[e.file]);
+                if stored_in != Some(&dir.join(shard)) {
+                    return Err(bad(
+                        &index_path,
+                        format!("tensor '{tensor}' is listed in shard '{shard}' but not stored there"),
+                    ));
+                }
+            }
+            return Ok(src);
+        } else if single.is_file() {
+            vec![single]
+        } else {
+            return Err(bad(dir, format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory")));
+        };
+        Self::open_safetensors_files(dir, &files)
+    }
+
+    fn open_safetensors_files(dir: &Path, files: &[PathBuf]) -> Result<WeightSource, WeightsError> {
+        let mut maps = Vec::with_capacity(files.len());
+        let mut entries = BTreeMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let io = |err| WeightsError::Io { path: path.clone(), err };
+            let file = File::open(path).map_err(io)?;
+            // Safety: read-only mapping; we assume the checkpoint is not modified while loading.
+            let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| WeightsError::Safetensors {
+                path: path.clone(),
+                reason: format!("invalid safetensors file: {e}"),
+            })?;
+            for (name, view) in st.iter() {
+                let ty = match view.dtype() {
+                    Dtype::F32 => GgmlType::F32,
+                    Dtype::F16 => GgmlType::F16,
+                    Dtype::BF16 => GgmlType::Bf16,
+                    other => {
+                        return Err(WeightsError::UnsupportedDtype {
+                            path: path.clone(),
+                            tensor: name.to_owned(),
+                            dtype: other.to_string(),
+                        })
+                    }
+                };
+                let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+                let entry = Entry {
+                    file: i,
+                    range: start..start + view.data().len(),
+                    gguf_name: None,
+                    shape: view.shape().to_vec(),
+                    format: StoredFormat::Ggml(ty),
+                    permuted_heads: None,
+                };
+                if entries.insert(name.to_owned(), entry).is_some() {
+                    return Err(WeightsError::Duplicate {
+                        source_name: dir.display().to_string(),
+                        tensor: name.into(),
+                    });
+                }
+            }
+            drop(st);
+            maps.push(map);
+        }
+        Ok(WeightSource {
+            source_name: dir.display().to_string(),
+            backing: Backing::Safetensors(maps),
+            entries,
+            used: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The tensors of a GGUF file under the HF names `naming` gives them; a tensor without a
+    /// name is an error.
+    pub fn open_gguf(file: GgufFile, naming: &GgufNaming) -> Result<WeightSource, WeightsError> {
+        let source_name = file.path().display().to_string();
+        let mut entries = BTreeMap::new();
+        for info in file.tensors() {
+            let Some(hf) = naming.hf_name(&info.name) else {
+                return Err(WeightsError::UnknownTensor { source_name, tensor: info.name.clone() });
+            };
+            let entry = Entry {
+                file: 0,
+                range: 0..0,
+                gguf_name: Some(info.name.clone()),
+                shape: info.hf_shape(),
+                format: StoredFormat::Ggml(info.ggml_type),
+                permuted_heads: naming.permuted_heads(&info.name),
+            };
+            if entries.insert(hf.clone(), entry).is_some() {
+                return Err(WeightsError::Duplicate { source_name, tensor: hf });
+            }
+        }
+        Ok(WeightSource { source_name, backing: Backing::Gguf(file), entries, used: Mutex::new(BTreeSet::new()) })
+    }
+
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    /// HF names of every tensor, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// A tensor's HF shape and stored format, without reading it.
+    pub fn describe(&self, name: &str) -> Result<(&[usize], StoredFormat), WeightsError> {
+        let e = self.entry(name)?;
+        Ok((&e.shape, e.format))
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry, WeightsError> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| WeightsError::Missing { source_name: self.source_name.clone(), tensor: name.to_owned() })
+    }
+
+    /// Records that the model consumed `name` without reading it (e.g. a tied `lm_head`
+    /// some checkpoints store as a copy of the embedding).
+    pub fn mark_used(&self, name: &str) {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned());
+    }
+
+    /// The tensor `name` (or its `shard`) as stored, checked against `expected` (the whole
+    /// tensor's HF shape) when given.
+    pub fn read(
+        &self,
+        name: &str,
+        expected: Option<&[usize]>,
+        shard: Option<Shard>,
+    ) -> Result<StoredTensor<'_>, WeightsError> {
+        let e = self.entry(name)?;
+        if let Some(want) = expected {
+            if e.shape != want {
+                return Err(WeightsError::Shape {
+                    source_name: self.source_name.clone(),
+                    tensor: name.to_owned(),
+                    expected: want.to_vec(),
+                    found: e.shape.clone(),
+                });
+            }
+        }
+        let all: &[u8] = match &self.backing {
+            Backing::Safetensors(maps) => &maps[e.file][e.range.clone()],
+            Backing::Gguf(f) => {
+                let gguf_name = e.gguf_name.as_deref().unwrap_or(name);
+                f.tensor_bytes(f.tensor_info(gguf_name)?)?
+            }
+        };
+        self.mark_used(name);
+        let whole = StoredTensor {
+            name: name.to_owned(),
+            shape: e.shape.clone(),
+            format: e.format,
+            bytes: Cow::Borrowed(all),
+            permuted_heads: e.permuted_heads,
+        };
+        match shard {
+            None => Ok(whole),
+            Some(s) => shard_of(whole, s),
+        }
+    }
+
+    /// One tensor as f32 in HF order (the whole tensor).
+    pub fn f32(&self, name: &str) -> Result<HostTensor, WeightsError> {
+        let t = self.read(name, None, None)?;
+        let data = t.to_f32().map_err(|e| self.named(e))?;
+        Ok(HostTensor { shape: t.shape, data })
+    }
+
+    /// Uploads `name` (or its shard) to `dev` as a `dtype` matrix (a vector is one row),
+    /// checked against the HF shape `expected`.
+    pub fn upload(
+        &self,
+        name: &str,
+        expected: &[usize],
+        shard: Option<Shard>,
+        dev: &Device,
+        dtype: DType,
+    ) -> Result<Tensor, WeightsError> {
+        let t = self.read(name, Some(expected), shard)?;
+        let (rows, cols) = t.matrix()?;
+        let bytes = t.bytes_as(dtype).map_err(|e| self.named(e))?;
+        Tensor::from_bytes(dev, dtype, &bytes, rows, cols).map_err(|e| self.device_error(name, e))
+    }
+
+    /// Uploads 2-D tensors stacked along rows into one `[Σ rows, cols]` matrix (a fused q/k/v
+    /// or gate/up projection), each converted and copied in its turn (one part in host memory
+    /// at a time). `parts` are `(name, expected HF shape)`.
+    pub fn upload_stacked(
+        &self,
+        parts: &[(&str, &[usize])],
+        shard: Option<Shard>,
+        dev: &Device,
+        dtype: DType,
+    ) -> Result<Tensor, WeightsError> {
+        let mut shapes = Vec::with_capacity(parts.len());
+        for (name, expected) in parts {
+            let t = self.read(name, Some(expected), shard)?;
+            shapes.push(t.matrix()?);
+        }
+        let cols = shapes.first().map_or(0, |s| s.1);
+        if let Some(((name, _), _)) = parts.iter().zip(&shapes).find(|(_, s)| s.1 != cols) {
+            return Err(WeightsError::Layout {
+                tensor: (*name).to_owned(),
+                reason: format!("cannot stack it with {}: different column counts", parts[0].0),
+            });
+        }
+        let total: usize = shapes.iter().map(|s| s.0).sum();
+        let out = Tensor::uninit(dev, dtype, total, cols).map_err(|e| self.device_error(parts[0].0, e))?;
+        let mut at = 0;
+        for ((name, expected), (rows, _)) in parts.iter().zip(&shapes) {
+            let t = self.read(name, Some(expected), shard)?;
+            let bytes = t.bytes_as(dtype).map_err(|e| self.named(e))?;
+            let mut view = out.view_rows(at, *rows).map_err(|e| self.device_error(name, e))?;
+            view.copy_from_host_bytes(&bytes).map_err(|e| self.device_error(name, e))?;
+            at += rows;
+        }
+        Ok(out)
+    }
+
+    /// HF names of the tensors no one read or marked, in order.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        self.entries.keys().filter(|n| !used.contains(*n)).cloned().collect()
+    }
+
+    /// An error naming the first tensor the model did not consume, if any.
+    pub fn check_all_used(&self) -> Result<(), WeightsError> {
+        let unused = self.unused();
+        match unused.first() {
+            None => Ok(()),
+            Some(first) => Err(WeightsError::Unused {
+                source_name: self.source_name.clone(),
+                tensor: first.clone(),
+                more: unused.len() - 1,
+            }),
+        }
+    }
+
+    fn named(&self, e: WeightsError) -> WeightsError {
+        match e {
+            WeightsError::Permute { tensor, err, .. } => {
+                WeightsError::Permute { source_name: self.source_name.clone(), tensor, err }
+            }
+            other => other,
+        }
+    }
+
+    fn device_error(&self, name: &str, e: kiln_runtime::TensorError) -> WeightsError {
+        WeightsError::Layout { tensor: name.to_owned(), reason: format!("{}: {e}", self.source_name) }
+    }
+}
+
+/// The `s` part of `t`: whole rows (dim 0) or whole blocks of every row (dim 1).
+fn shard_of(t: StoredTensor<'_>, s: Shard) -> Result<StoredTensor<'_>, WeightsError> {
+    let bad = |reason: String| Err(WeightsError::Layout { tensor: t.name.clone(), reason });
+    if s.world == 0 || s.rank >= s.world {
+        return bad(format!("shard {} of {} does not exist", s.rank, s.world));
+    }
+    let (block_len, block_bytes) = t.format.block();
+    // Seen as `[rows, cols]`; a vector splits along its only dimension.
+    let (rows, cols, split_rows) = match (t.shape.as_slice(), s.dim) {
+        ([n], 0) => (*n / block_len.max(1), block_len, true),
+        ([r, c], 0) => (*r, *c, true),
+        ([r, c], 1) => (*r, *c, false),
+        (shape, d) => return bad(format!("cannot split shape {shape:?} along dimension {d}")),
+    };
+    if t.shape.len() == 1 && t.shape[0] % block_len != 0 {
+        return bad(format!("{} elements are not whole {}-element blocks", t.shape[0], block_len));
+    }
+    let row_bytes = cols / block_len * block_bytes;
+    if split_rows {
+        if rows % s.world != 0 {
+            return bad(format!("{rows} rows do not split evenly {} ways", s.world));
+        }
+        let part = rows / s.world;
+        let permuted_heads = match t.permuted_heads {
+            None => None,
+            Some(h) if h % s.world == 0 => Some(h / s.world),
+            Some(h) => return bad(format!("{h} permuted heads do not split evenly {} ways", s.world)),
+        };
+        let bytes = slice_cow(t.bytes, s.rank * part * row_bytes..(s.rank + 1) * part * row_bytes);
+        let shape = if t.shape.len() == 1 { vec![part * block_len] } else { vec![part, cols] };
+        return Ok(StoredTensor { name: t.name, shape, format: t.format, bytes, permuted_heads });
+    }
+    if cols % s.world != 0 || (cols / s.world) % block_len != 0 {
+        return bad(format!(
+            "{cols} columns do not split {} ways into whole {block_len}-element blocks of {}",
+            s.world, t.format
+        ));
+    }
+    let part_bytes = cols / s.world / block_len * block_bytes;
+    let mut bytes = Vec::with_capacity(rows * part_bytes);
+    for r in 0..rows {
+        let at = r * row_bytes + s.rank * part_bytes;
+        bytes.extend_from_slice(&t.bytes[at..at + part_bytes]);
+    }
+    Ok(StoredTensor {
+        name: t.name,
+        shape: vec![rows, cols / s.world],
+        format: t.format,
+        bytes: Cow::Owned(bytes),
+        permuted_heads: t.permuted_heads,
+    })
+}
+
+fn slice_cow(b: Cow<'_, [u8]>, r: std::ops::Range<usize>) -> Cow<'_, [u8]> {
+    match b {
+        Cow::Borrowed(s) => Cow::Borrowed(&s[r]),
+        Cow::Owned(v) => Cow::Owned(v[r].to_vec()),
+    }
+}

@@ -1,0 +1,67 @@
+//! [`Runner`]: the `CausalLm` glue every architecture shares. An architecture implements
+//! [`StepModel`] (its layers' step on device inputs); the runner validates the batch, replays
+//! decode steps from CUDA graphs where it can, builds the step inputs, grows the eager
+//! workspace and allocates logits, and makes KV pools from the model's layer specs.
+//!
+//! Invariant: the eager workspace only grows (to the next power of two of the step's tokens),
+//! so a run of growing prefills allocates rarely; the decode graphs own their own workspaces.
+
+use super::graphs::{DecodeGraphs, StepModel};
+use super::step::StepInputs;
+use super::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
+use crate::{Device, Tensor};
+use std::sync::Mutex;
+
+/// An architecture's [`StepModel`] run as a [`CausalLm`].
+pub struct Runner<M: StepModel> {
+    model: M,
+    /// `(capacity in tokens, activations)` of the last eager step.
+    workspace: Mutex<Option<(usize, M::Workspace)>>,
+    graphs: DecodeGraphs<M::Workspace>,
+}
+
+impl<M: StepModel> Runner<M> {
+    pub fn new(model: M) -> Runner<M> {
+        Runner { model, workspace: Mutex::new(None), graphs: DecodeGraphs::default() }
+    }
+
+    /// The architecture inside.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+}
+
+impl<M: StepModel> CausalLm for Runner<M> {
+    fn info(&self) -> &ModelInfo {
+        self.model.info()
+    }
+
+    fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError> {
+        self.model.info().new_kv_cache(self.model.device(), num_blocks, block_size)
+    }
+
+    fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
+        let m = &self.model;
+        batch.validate(m.info().vocab_size)?;
+        if let Some(logits) = self.graphs.forward(m, batch, kv)? {
+            return Ok(logits);
+        }
+        let dev = m.device();
+        let inp = StepInputs::new(dev, batch, kv, m.heads())?;
+        let n = inp.tokens();
+        let mut slot = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|(capacity, _)| *capacity < n) {
+            *slot = None; // free the old activations before making the larger ones
+            let capacity = n.next_power_of_two();
+            *slot = Some((capacity, m.workspace(capacity)?));
+        }
+        let (_, ws) = slot.as_mut().ok_or_else(|| ModelError::Batch("no workspace".into()))?;
+        let mut logits = Tensor::uninit(dev, m.dtype(), inp.logits_rows.cols(), m.info().vocab_size)?;
+        m.step(&inp, kv, ws, &mut logits)?;
+        Ok(logits)
+    }
+}
