@@ -174,8 +174,11 @@ impl Llama {
             });
         }
         let embed = up("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        // Tied when the config says so, or when the checkpoint has no head: HF's default for an
+        // absent `tie_word_embeddings` is true, and a GGUF is tied exactly when it has no
+        // `output.weight`. A tied checkpoint that also stores the head (a copy, as some
+        // exporters write) has it marked used: HF ignores it too.
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
-            // Some tied checkpoints also store the head (a copy of the embedding): not needed.
             w.mark_used("lm_head.weight");
             Weight::Dense(embed.clone()) // tied: the same storage
         } else {
