@@ -9,6 +9,7 @@ use kiln_runtime::Device;
 
 pub const ARCHITECTURES: &[Architecture] = &[
     Architecture { names: &["llama", "mistral"], build: crate::llama::build },
+    Architecture { names: &["qwen2"], build: crate::qwen2::build },
 ];
 
 /// The entry that builds architecture `name`.
