@@ -1,6 +1,7 @@
 //! Single-sequence generation: prefill the prompt in one step, then decode token by token,
-//! streaming UTF-8-safe text through the stop checker. This is what `kiln generate` runs
-//! until the engine loop (batched, paged, many sequences) takes over.
+//! streaming UTF-8-safe text through the stop checker. `kiln generate` runs the engine (one
+//! generation loop for every mode); this plain loop stays as the reference the tests compare
+//! the engine against (batching invariance, HF fixtures).
 //!
 //! The sequence gets a private block table (blocks `0..n`) in a KV cache sized for
 //! `prompt + max_tokens`.

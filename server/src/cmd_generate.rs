@@ -2,7 +2,6 @@
 
 use crate::device_arg::{pick, DeviceArg};
 use anyhow::{bail, Context, Result};
-use kiln_models::generate::generate;
 use kiln_models::loader::LoadedModel;
 use kiln_models::tokenizer::ChatMessage;
 use kiln_runtime::engine::{BeamParams, Engine, EngineConfig, EngineEvent, GenerateRequest};
@@ -104,49 +103,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
         logprobs: None,
     };
-    if a.n > 1 || a.beam_width.is_some() {
-        let beam = a.beam_width.map(|width| BeamParams {
-            width,
-            length_penalty: a.length_penalty,
-            early_stopping: !a.no_early_stopping,
-        });
-        return run_engine(loaded, prompt_ids, params, a.n, beam, a.json);
-    }
-    let mut stdout = std::io::stdout().lock();
-    let json = a.json;
-    let out = generate(loaded.model.as_ref(), &loaded.tokenizer, &prompt_ids, &params, |delta| {
-        if !json {
-            // A closed stdout (a pipe into `head`) must not abort generation with a panic.
-            let _ = stdout.write_all(delta.as_bytes());
-            let _ = stdout.flush();
-        }
-    })?;
-    if json {
-        let v = serde_json::json!({
-            "prompt_ids": prompt_ids,
-            "token_ids": out.token_ids,
-            "text": out.text,
-            "finish_reason": out.finish_reason.as_str(),
-            "timings": out.timings,
-        });
-        writeln!(stdout, "{v}")?;
-    } else {
-        writeln!(stdout)?;
-        let t = &out.timings;
-        eprintln!(
-            "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s decode; finish: {}]",
-            t.prompt_tokens,
-            t.prefill_tokens_per_s,
-            t.generated_tokens,
-            t.decode_tokens_per_s,
-            out.finish_reason.as_str()
-        );
-    }
-    Ok(())
+    let beam = a.beam_width.map(|width| BeamParams {
+        width,
+        length_penalty: a.length_penalty,
+        early_stopping: !a.no_early_stopping,
+    });
+    run_engine(loaded, prompt_ids, params, a.n, beam, a.json)
 }
 
-/// `--n` / `--beam-width`: the request goes through the engine (forked choices or beams) and
-/// each choice is printed in full at the end.
+/// The request goes through the engine (one generation loop for every mode). One plain choice
+/// streams its text as it comes; `--n` choices and beams are printed in full at the end.
 fn run_engine(
     loaded: LoadedModel,
     prompt_ids: Vec<u32>,
@@ -157,6 +123,7 @@ fn run_engine(
 ) -> Result<()> {
     let width = beam.as_ref().map_or(1, |b| b.width);
     let what = if beam.is_some() { "beam" } else { "choice" };
+    let beam_search = beam.is_some();
     let cfg = EngineConfig {
         max_num_seqs: EngineConfig::default().max_num_seqs.max(n).max(width),
         ..EngineConfig::default()
@@ -164,19 +131,31 @@ fn run_engine(
     let LoadedModel { model, tokenizer, .. } = loaded;
     let detok = Arc::new(kiln_models::detok_adapter::TokenizerDetokenizer::new(tokenizer));
     let engine = Engine::start(Arc::from(model), detok, cfg)?;
+    let stream = n == 1 && beam.is_none() && !json;
     let t0 = std::time::Instant::now();
+    let mut first_token: Option<std::time::Duration> = None;
     let mut h = engine.submit(GenerateRequest { prompt_ids: prompt_ids.clone(), params, n, beam })?;
+    let mut out = std::io::stdout().lock();
     // (text, token ids, finish reason) per choice.
     let mut choices: Vec<(String, Vec<u32>, Option<&'static str>)> = vec![Default::default(); n];
     let usage = loop {
         match h.blocking_recv() {
             Some(EngineEvent::Token { index, token, text, .. }) => {
+                first_token.get_or_insert_with(|| t0.elapsed());
+                if stream {
+                    // A closed stdout (a pipe into `head`) must not abort generation.
+                    let _ = out.write_all(text.as_bytes());
+                    let _ = out.flush();
+                }
                 if let Some(c) = choices.get_mut(index) {
                     c.0.push_str(&text);
                     c.1.push(token);
                 }
             }
             Some(EngineEvent::Finished { index, reason, text, token_ids }) => {
+                if stream {
+                    let _ = out.write_all(text.as_bytes());
+                }
                 if let Some(c) = choices.get_mut(index) {
                     c.0.push_str(&text);
                     c.1 = token_ids;
@@ -190,7 +169,43 @@ fn run_engine(
     };
     let secs = t0.elapsed().as_secs_f64();
     engine.shutdown_and_join(std::time::Duration::from_secs(30));
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = out;
+    // Prefill: until the first token; decode: the tokens after it.
+    let prefill_s = first_token.map_or(secs, |d| d.as_secs_f64());
+    let decode_tokens = usage.completion_tokens.saturating_sub(n);
+    let decode_s = (secs - prefill_s).max(1e-9);
+    let timings = serde_json::json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "generated_tokens": usage.completion_tokens,
+        "prefill_ms": prefill_s * 1e3,
+        "decode_ms": decode_s * 1e3,
+        "prefill_tokens_per_s": usage.prompt_tokens as f64 / prefill_s.max(1e-9),
+        "decode_tokens_per_s": decode_tokens as f64 / decode_s,
+    });
+    if stream {
+        writeln!(stdout)?;
+        eprintln!(
+            "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s decode; finish: {}]",
+            usage.prompt_tokens,
+            timings["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
+            usage.completion_tokens,
+            timings["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+            choices[0].2.unwrap_or("?")
+        );
+        return Ok(());
+    }
+    if json && n == 1 && !beam_search {
+        let c = &choices[0];
+        let v = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "token_ids": c.1,
+            "text": c.0,
+            "finish_reason": c.2,
+            "timings": timings,
+        });
+        writeln!(stdout, "{v}")?;
+        return Ok(());
+    }
     if json {
         let v = serde_json::json!({
             "prompt_ids": prompt_ids,
