@@ -16,7 +16,7 @@ use kiln_runtime::device_kernels::fill_uniform;
 use kiln_runtime::{Device, Tensor};
 
 /// The names `--preset` / `synth:` accept.
-pub const PRESETS: [&str; 2] = ["llama3-8b", "smollm2-135m"];
+pub const PRESETS: [&str; 3] = ["llama3-8b", "llama3.2-1b", "smollm2-135m"];
 
 pub fn preset(name: &str) -> Option<LlamaConfig> {
     Some(match name {
@@ -41,6 +41,29 @@ pub fn preset(name: &str) -> Option<LlamaConfig> {
             tie_word_embeddings: false,
             bos_token_id: Some(128_000),
             eos_token_ids: vec![128_001, 128_009],
+            architecture: "llama".into(),
+        },
+        "llama3.2-1b" => LlamaConfig {
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_hidden_layers: 16,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: 64,
+            vocab_size: 128_256,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: Some(RopeScaling {
+                kind: RopeScalingKind::Llama3,
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            }),
+            max_position_embeddings: 131_072,
+            tie_word_embeddings: true,
+            bos_token_id: Some(128_000),
+            eos_token_ids: vec![128_001, 128_008, 128_009],
             architecture: "llama".into(),
         },
         "smollm2-135m" => LlamaConfig {
