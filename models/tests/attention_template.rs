@@ -1,4 +1,5 @@
-//! The attention template on the CPU against a dense f64 attention (DESIGN.md check 2), for
+//! The attention template on the CPU against a dense f64 attention (docs/architecture.md, the
+//! checks every kernel gets), for
 //! every score modifier, block sizes 1 / 16 / 32, GQA ratios 1 / 3 / 8, decode batches,
 //! whole and chunked prefills next to decodes, shuffled block tables and padding rows; and its
 //! refusals of bad input.

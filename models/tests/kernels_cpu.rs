@@ -1,7 +1,7 @@
 //! Every kernel of `kiln_models::kernels` on the CPU backend (through its generated `cpu` fn)
 //! against its naive `*_ref` (f64), for f32, f16 and bf16, on random non-zero inputs, over
 //! widths that are small, odd, vector-unaligned and model-sized (576 = SmolLM2's hidden size),
-//! with strided rows in some cases (DESIGN.md, "Checks that every kernel gets", 2).
+//! with strided rows in some cases (docs/architecture.md, the checks every kernel gets).
 //!
 //! Tolerances: `|got - want| <= tol * (|want| + rms(want row))`, tol = 1e-5 for f32 and 1e-2
 //! for halves (inputs are rounded to the dtype first, so the reference sees exactly what the

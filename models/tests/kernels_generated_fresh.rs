@@ -1,5 +1,5 @@
 //! `kernels-generated/` matches the kernels: every specialisation's CUDA is there, byte-equal,
-//! and nothing stale is left (DESIGN.md, "Checks that every kernel gets", 1).
+//! and nothing stale is left (docs/architecture.md, the checks every kernel gets).
 
 use kiln_models::kernels::generated;
 
