@@ -96,7 +96,7 @@ impl LlamaConfig {
                 return Err(invalid(source_name, field, "must be > 0"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(invalid(
                 source_name,
                 "num_key_value_heads",
@@ -106,7 +106,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(invalid(source_name, "head_dim", format!("{} is odd; RoPE rotates pairs", self.head_dim)));
         }
         for (field, v) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
@@ -170,7 +170,7 @@ pub(crate) fn invalid(source_name: &str, field: &str, reason: impl Into<String>)
 }
 
 pub(crate) fn derived_head_dim(hidden: usize, heads: usize, source_name: &str) -> Result<usize, ConfigError> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(invalid(
             source_name,
             "head_dim",

@@ -215,7 +215,7 @@ pub fn write_hf_dir(
         at += bytes;
     }
     let mut head = serde_json::Value::Object(header).to_string().into_bytes();
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' '); // the data section starts 8-aligned
     }
     let path = out.join(crate::safetensors_io::SINGLE_FILE);

@@ -104,13 +104,13 @@ fn check_counts_and_kinds(
         return Err(FusedError::OutputCount { kernel: name, expected: k.outputs.len(), got: outs.len() });
     }
     for (p, a) in k.params.iter().zip(args) {
-        let ok = match (p.kind, a) {
-            (ParamKind::Row(_) | ParamKind::Bcast(_) | ParamKind::PerRow(_), Arg::Tensor(_)) => true,
-            (ParamKind::Comptime(DType::F32 | DType::F16 | DType::BF16), Arg::F32(_)) => true,
-            (ParamKind::Comptime(DType::I32), Arg::I32(_)) => true,
-            (ParamKind::Comptime(DType::Bool), Arg::Bool(_)) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (p.kind, a),
+            (ParamKind::Row(_) | ParamKind::Bcast(_) | ParamKind::PerRow(_), Arg::Tensor(_))
+                | (ParamKind::Comptime(DType::F32 | DType::F16 | DType::BF16), Arg::F32(_))
+                | (ParamKind::Comptime(DType::I32), Arg::I32(_))
+                | (ParamKind::Comptime(DType::Bool), Arg::Bool(_))
+        );
         if !ok {
             return Err(FusedError::ArgKind {
                 kernel: name,

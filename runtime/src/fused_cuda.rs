@@ -71,7 +71,7 @@ pub(crate) fn run(
 }
 
 fn vectorisable(vec: usize, b: &Bound, args: &[Arg<'_>], outs: &[&mut Tensor]) -> bool {
-    if vec <= 1 || b.width % vec != 0 {
+    if vec <= 1 || !b.width.is_multiple_of(vec) {
         return false;
     }
     let k = b.kernel();

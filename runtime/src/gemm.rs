@@ -50,7 +50,7 @@ pub fn matmul(dev: &Device, a: &Tensor, b_t: &Tensor, out: &mut Tensor) -> Resul
     if a.dtype() != b_t.dtype() || a.dtype() != out.dtype() {
         return Err(GemmError::DTypes { a: a.dtype(), b: b_t.dtype(), out: out.dtype() });
     }
-    for (which, t) in [("a", a), ("b_t", &*b_t), ("out", &*out)] {
+    for (which, t) in [("a", a), ("b_t", b_t), ("out", &*out)] {
         if t.device() != dev {
             return Err(GemmError::WrongDevice { which, tensor: t.device().label(), device: dev.label() });
         }

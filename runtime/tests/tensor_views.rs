@@ -56,7 +56,7 @@ fn column_views_share_storage_with_offset_and_stride() {
 #[test]
 fn writes_through_a_view_land_in_the_parent_only_there() {
     let dev = Device::Cpu;
-    let parent = Tensor::from_f32(&dev, &vec![0.0; 12], 3, 4).unwrap();
+    let parent = Tensor::from_f32(&dev, &[0.0; 12], 3, 4).unwrap();
     let mut v = parent.view_cols(1, 2).unwrap();
     v.copy_from_host(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
     assert_eq!(parent.to_host_f32().unwrap(), vec![0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 5.0, 6.0, 0.0]);

@@ -40,7 +40,7 @@ pub fn dequantize_into(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), 
     let (block_len, block_bytes) = ty.block_layout();
     let (block_len, block_bytes) = (block_len as usize, block_bytes as usize);
     let n = out.len();
-    if n % block_len != 0 {
+    if !n.is_multiple_of(block_len) {
         return Err(DequantError::PartialBlock { ty, n_elements: n, block_len });
     }
     let expected = n / block_len * block_bytes;

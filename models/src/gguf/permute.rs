@@ -31,7 +31,7 @@ fn check(len: usize, rows: usize, cols: usize, n_head: usize) -> Result<usize, P
     if rows.checked_mul(cols) != Some(len) {
         return Err(PermuteError::BadLen { len, rows, cols });
     }
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return Err(PermuteError::BadHeads { rows, n_head });
     }
     Ok(rows / n_head)

@@ -520,7 +520,7 @@ fn shard_of(t: StoredTensor<'_>, s: Shard) -> Result<StoredTensor<'_>, WeightsEr
         ([r, c], 1) => (*r, *c, false),
         (shape, d) => return bad(format!("cannot split shape {shape:?} along dimension {d}")),
     };
-    if t.shape.len() == 1 && t.shape[0] % block_len != 0 {
+    if t.shape.len() == 1 && !t.shape[0].is_multiple_of(block_len) {
         return bad(format!("{} elements are not whole {}-element blocks", t.shape[0], block_len));
     }
     let row_bytes = cols / block_len * block_bytes;
@@ -538,7 +538,7 @@ fn shard_of(t: StoredTensor<'_>, s: Shard) -> Result<StoredTensor<'_>, WeightsEr
         let shape = if t.shape.len() == 1 { vec![part * block_len] } else { vec![part, cols] };
         return Ok(StoredTensor { name: t.name, shape, format: t.format, bytes, permuted_heads });
     }
-    if cols % s.world != 0 || (cols / s.world) % block_len != 0 {
+    if cols % s.world != 0 || !(cols / s.world).is_multiple_of(block_len) {
         return bad(format!(
             "{cols} columns do not split {} ways into whole {block_len}-element blocks of {}",
             s.world, t.format

@@ -51,7 +51,7 @@ pub(super) fn run(
         return Err(bad(format!("head dim {hd} is not instantiated (CUDA kernels exist for {HEAD_DIMS:?})")));
     }
     let elem = q.dtype().size_bytes();
-    let aligned = |t: &Tensor| t.cuda_ptr().is_some_and(|p| p % 16 == 0) && (t.row_stride() * elem) % 16 == 0;
+    let aligned = |t: &Tensor| t.cuda_ptr().is_some_and(|p| p % 16 == 0) && (t.row_stride() * elem).is_multiple_of(16);
     if !aligned(kv.k) || !aligned(kv.v) {
         return Err(bad("the K/V pools and their row stride must be 16-byte aligned".into()));
     }

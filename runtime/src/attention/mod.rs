@@ -113,7 +113,7 @@ fn bind<'a>(
 ) -> Result<Bound<'a>, AttnError> {
     let bad = |what: String| Err(AttnError::Arg { kernel: def.name, what });
     let hd = kv.head_dim;
-    if hd == 0 || q.cols() % hd != 0 || kv.k.cols() % hd != 0 || kv.k.cols() == 0 {
+    if hd == 0 || !q.cols().is_multiple_of(hd) || !kv.k.cols().is_multiple_of(hd) || kv.k.cols() == 0 {
         return bad(format!(
             "head_dim {hd} does not divide q ({} columns) and the pools ({} columns)",
             q.cols(),

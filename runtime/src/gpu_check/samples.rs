@@ -22,8 +22,11 @@ pub fn all() -> Result<&'static [&'static FusedDef], DefError> {
     }
 }
 
+/// Builds one sample kernel for a storage dtype.
+type MakeKernel = fn(DType) -> Result<Kernel, BuildError>;
+
 fn build_all() -> Result<Vec<&'static FusedDef>, DefError> {
-    let makers: [(&str, fn(DType) -> Result<Kernel, BuildError>); 5] = [
+    let makers: [(&str, MakeKernel); 5] = [
         ("add_rms_norm", add_rms_norm),
         ("silu_mul", silu_mul),
         ("rope_llama3", rope_llama3),

@@ -163,7 +163,7 @@ impl BlockAllocator {
     /// True when appending to `table` must first copy its last block: the append starts inside
     /// that block and another table also holds it.
     fn needs_cow(&self, table: &BlockTable) -> bool {
-        table.num_tokens % self.block_size != 0 && table.blocks.last().is_some_and(|&b| self.ref_count(b) > 1)
+        !table.num_tokens.is_multiple_of(self.block_size) && table.blocks.last().is_some_and(|&b| self.ref_count(b) > 1)
     }
 
     /// New blocks an append of `n` tokens to `table` takes from the pool (copy-on-write included).
