@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The one test command (README, .ci/run). Fetches what the tests need, then runs them all.
+# The one test command (README, .ci/run). Checks formatting and lints, fetches what the tests
+# need, then runs them all. Everything downloaded goes under the cache root: $KILN_CACHE_DIR,
+# else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln (the rule kiln itself follows).
 #  - NVRTC from the PyPI wheel nvidia-cuda-nvrtc==13.0.88 (no GPU needed to compile kernels),
 #    unpacked under the kiln cache dir and put on LD_LIBRARY_PATH for cudarc's dynamic loading;
 #  - the default model (SmolLM2-135M-Instruct GGUF), fetched by kiln itself on first use.
@@ -19,6 +21,10 @@ if [ ! -e "$NVRTC_LIB/libnvrtc.so.13" ]; then
 fi
 export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export INSTA_UPDATE=no
+
+echo "== cargo fmt --check; cargo clippy (warnings are errors)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== fetching the default model (cached after the first run)"
 cargo run --quiet -p kiln-server -- fetch
