@@ -1,7 +1,7 @@
 //! The module a `#[fused]` fn becomes (same name and visibility as the fn):
 //! `NAME`, `SOURCE`, `IR_{F32,F16,BF16}` (the lowered kernel as JSON), `CUDA_{..}`, the
 //! [`kiln_codegen::fused::FusedDef`] `DEF`, a `cpu` entry on the CPU backend, and a typed `run`
-//! that launches through `kiln_runtime::fused::launch`.
+//! that launches through `kiln_runtime::device::fused::launch`.
 //!
 //! Invariant: `DEF.specs[i]` holds exactly the constants of `specs[i]`, in
 //! `DType::STORAGE` order; the generated code names crates by absolute paths only.
@@ -112,10 +112,10 @@ pub fn module(f: &syn::ItemFn, sig: &Sig, source: &str, specs: &[(DType, Compile
                 outputs: &mut [::kiln_codegen::cpu::CpuOutArg<'_>],
                 rows: usize,
                 width: usize,
-            ) -> ::std::result::Result<(), ::kiln_runtime::fused::FusedError> {
+            ) -> ::std::result::Result<(), ::kiln_runtime::device::fused::FusedError> {
                 let kernel = &DEF.compiled(dtype)?.kernel;
                 ::kiln_codegen::cpu::run(kernel, params, outputs, rows, width)
-                    .map_err(|source| ::kiln_runtime::fused::FusedError::Cpu { kernel: NAME, source })
+                    .map_err(|source| ::kiln_runtime::device::fused::FusedError::Cpu { kernel: NAME, source })
             }
 
             #run
@@ -124,7 +124,7 @@ pub fn module(f: &syn::ItemFn, sig: &Sig, source: &str, specs: &[(DType, Compile
 }
 
 /// The typed `run`: tensors by reference, comptime scalars by value, outputs by `&mut`, in
-/// declaration order, forwarded to `kiln_runtime::fused::launch`.
+/// declaration order, forwarded to `kiln_runtime::device::fused::launch`.
 fn run_fn(sig: &Sig, specs: &[(DType, Compiled)]) -> TokenStream {
     let mut args = vec![];
     let mut launch_args = vec![];
@@ -133,19 +133,19 @@ fn run_fn(sig: &Sig, specs: &[(DType, Compiled)]) -> TokenStream {
         match p.kind {
             PKind::Row(_) | PKind::Bcast(_) | PKind::PerRow(_) => {
                 args.push(quote!(#n: &::kiln_runtime::Tensor));
-                launch_args.push(quote!(::kiln_runtime::fused::Arg::Tensor(#n)));
+                launch_args.push(quote!(::kiln_runtime::device::fused::Arg::Tensor(#n)));
             }
             PKind::Comptime(DType::F32) => {
                 args.push(quote!(#n: f32));
-                launch_args.push(quote!(::kiln_runtime::fused::Arg::F32(#n)));
+                launch_args.push(quote!(::kiln_runtime::device::fused::Arg::F32(#n)));
             }
             PKind::Comptime(DType::I32) => {
                 args.push(quote!(#n: i32));
-                launch_args.push(quote!(::kiln_runtime::fused::Arg::I32(#n)));
+                launch_args.push(quote!(::kiln_runtime::device::fused::Arg::I32(#n)));
             }
             PKind::Comptime(_) => {
                 args.push(quote!(#n: bool));
-                launch_args.push(quote!(::kiln_runtime::fused::Arg::Bool(#n)));
+                launch_args.push(quote!(::kiln_runtime::device::fused::Arg::Bool(#n)));
             }
         }
     }
@@ -159,8 +159,8 @@ fn run_fn(sig: &Sig, specs: &[(DType, Compiled)]) -> TokenStream {
             dev: &::kiln_runtime::Device,
             #(#args,)*
             #(#outs: &mut ::kiln_runtime::Tensor,)*
-        ) -> ::std::result::Result<(), ::kiln_runtime::fused::FusedError> {
-            ::kiln_runtime::fused::launch(dev, &DEF, &[#(#launch_args),*], &mut [#(#outs),*])
+        ) -> ::std::result::Result<(), ::kiln_runtime::device::fused::FusedError> {
+            ::kiln_runtime::device::fused::launch(dev, &DEF, &[#(#launch_args),*], &mut [#(#outs),*])
         }
     }
 }
@@ -196,9 +196,9 @@ pub fn attention_module(
     for p in &a.comptimes {
         let n = &p.name;
         let (ty, arg) = match p.kind {
-            PKind::Comptime(DType::F32) => (quote!(f32), quote!(::kiln_runtime::fused::Arg::F32(#n))),
-            PKind::Comptime(DType::I32) => (quote!(i32), quote!(::kiln_runtime::fused::Arg::I32(#n))),
-            _ => (quote!(bool), quote!(::kiln_runtime::fused::Arg::Bool(#n))),
+            PKind::Comptime(DType::F32) => (quote!(f32), quote!(::kiln_runtime::device::fused::Arg::F32(#n))),
+            PKind::Comptime(DType::I32) => (quote!(i32), quote!(::kiln_runtime::device::fused::Arg::I32(#n))),
+            _ => (quote!(bool), quote!(::kiln_runtime::device::fused::Arg::Bool(#n))),
         };
         args.push(quote!(#n: #ty));
         launch_args.push(arg);

@@ -15,7 +15,7 @@ use crate::model::{KvCache, LayerKv, ModelError, ModelInfo, Runner};
 use crate::weights::{GgufNaming, WeightSource};
 use kiln_codegen::ir::DType;
 use kiln_runtime::attention::PagedKv;
-use kiln_runtime::linear::{linear, Weight};
+use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::model::graphs::StepModel;
 use kiln_runtime::model::step::{Heads, StepInputs};
 use kiln_runtime::{Device, Tensor};

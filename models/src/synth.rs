@@ -12,7 +12,7 @@
 
 use crate::config::{LlamaConfig, RopeScaling, RopeScalingKind};
 use kiln_codegen::ir::DType;
-use kiln_runtime::device_kernels::fill_uniform;
+use kiln_runtime::device::device_kernels::fill_uniform;
 use kiln_runtime::{Device, Tensor};
 
 /// The names `--preset` / `synth:` accept.
@@ -235,7 +235,7 @@ pub fn write_hf_dir(
             let end = (i + CHUNK).min(count);
             buf.clear();
             for j in i..end {
-                let x = kiln_runtime::device_kernels::uniform_value(s, t.offset + j, lo, hi);
+                let x = kiln_runtime::device::device_kernels::uniform_value(s, t.offset + j, lo, hi);
                 match dtype {
                     DType::F32 => buf.extend_from_slice(&x.to_le_bytes()),
                     DType::F16 => buf.extend_from_slice(&half::f16::from_f32(x).to_le_bytes()),

@@ -216,8 +216,13 @@ fn gated(name: &str, cpu: GatedCpu, reference: fn(&[f64], &[f64]) -> Vec<f64>) {
     });
 }
 
-type GatedCpu =
-    fn(DType, &[CpuParam<'_>], &mut [CpuOutArg<'_>], usize, usize) -> Result<(), kiln_runtime::fused::FusedError>;
+type GatedCpu = fn(
+    DType,
+    &[CpuParam<'_>],
+    &mut [CpuOutArg<'_>],
+    usize,
+    usize,
+) -> Result<(), kiln_runtime::device::fused::FusedError>;
 
 #[test]
 fn silu_mul_matches_ref() {

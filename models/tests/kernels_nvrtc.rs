@@ -4,7 +4,7 @@
 //! it on LD_LIBRARY_PATH. Set KILN_SKIP_NVRTC=1 to skip where it cannot be had.
 
 use kiln_models::kernels::ALL;
-use kiln_runtime::nvrtc_check::{compile_strict, nvrtc_present};
+use kiln_runtime::device::nvrtc_check::{compile_strict, nvrtc_present};
 
 #[test]
 fn every_model_kernel_compiles_for_sm80_and_sm90_without_warnings() {

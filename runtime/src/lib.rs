@@ -1,42 +1,24 @@
-//! kiln-runtime: devices, tensors, fused-kernel launch, GEMMs, the paged KV cache, the
-//! scheduler, sampling and the engine loop.
+//! kiln-runtime, in two layers:
+//! - the device layer ([`device`]): devices, tensors, host buffers, CUDA libraries, NVRTC and
+//!   kernel caches, fused-kernel launch, GEMMs and the `linear` seam, graphs, timing;
+//! - the serving core above it: the model interface ([`model`]), paged attention plans
+//!   ([`attention`]), the KV allocator ([`kv`]), the scheduler ([`sched`]), sampling
+//!   ([`sample`]) and the engine loop ([`engine`]); plus the GPU check harness ([`gpu_check`])
+//!   and the cache-directory rule ([`cache_dir`]).
+//!
+//! The layering is one-way: nothing in `device` imports from the serving core.
 pub mod attention;
 pub mod cache_dir;
+pub mod device;
 pub mod engine;
-pub mod gather;
+pub mod gpu_check;
 pub mod kv;
 pub mod model;
-pub mod nvrtc_check;
 pub mod sample;
 pub mod sched;
 
-// Devices, tensors, fused-kernel launch, GEMM.
-pub mod cuda_backend;
-pub mod cuda_error;
-pub mod cuda_libs;
-pub mod device;
-pub mod device_kernels;
-pub mod element;
-pub mod fused;
-mod fused_bind;
-mod fused_cpu;
-mod fused_cuda;
-pub mod fused_def;
-pub mod gemm;
-mod gemm_cpu;
-mod gemm_cuda;
-pub mod gpu_check;
-pub mod graph;
-pub mod host_buf;
-pub mod kernel_cache;
-pub mod linear;
-pub mod ptx_cache;
-pub mod tensor;
-mod tensor_io;
-pub mod timing;
-
+pub use device::element::Element;
+pub use device::fused::{launch, Arg, FusedError};
+pub use device::gemm::{matmul, GemmError};
+pub use device::tensor::{HostView, HostViewMut, Storage, Tensor, TensorError};
 pub use device::{Device, DeviceError};
-pub use element::Element;
-pub use fused::{launch, Arg, FusedError};
-pub use gemm::{matmul, GemmError};
-pub use tensor::{HostView, HostViewMut, Storage, Tensor, TensorError};

@@ -2,7 +2,7 @@
 //! reason, and asking for CUDA is a typed error, never a panic (cudarc would panic on a
 //! missing libcuda if we let it).
 
-use kiln_runtime::cuda_libs;
+use kiln_runtime::device::cuda_libs;
 use kiln_runtime::{Device, DeviceError};
 
 #[test]

@@ -3,7 +3,7 @@
 //! the lowest index on ties and refuses the rows the sampler refuses.
 
 use kiln_codegen::ir::DType;
-use kiln_runtime::device_kernels::{argmax_rows, fill_uniform};
+use kiln_runtime::device::device_kernels::{argmax_rows, fill_uniform};
 use kiln_runtime::{Device, Tensor};
 
 #[test]

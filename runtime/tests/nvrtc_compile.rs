@@ -8,7 +8,7 @@
 //! `KILN_SKIP_NVRTC=1`. `KILN_NVRTC_VERBOSE=1` also prints ptxas's register and spill counts.
 //!
 //! cudarc's `compile_ptx_with_opts` returns the log only on failure, so warnings would go
-//! unseen; the tests compile through `kiln_runtime::nvrtc_check`, which reads the log after a
+//! unseen; the tests compile through `kiln_runtime::device::nvrtc_check`, which reads the log after a
 //! successful compile as well.
 
 use cudarc::nvrtc::sys;
@@ -18,7 +18,7 @@ use kiln_codegen::compile;
 use kiln_codegen::cuda::{self, prelude, samples};
 use kiln_codegen::ir::{DType, Kernel, Op, OutputKind, ParamKind, UnaryOp};
 use kiln_codegen::schedule::schedule;
-use kiln_runtime::nvrtc_check::{compile_with_log, NvrtcOutcome};
+use kiln_runtime::device::nvrtc_check::{compile_with_log, NvrtcOutcome};
 
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 
@@ -179,7 +179,7 @@ fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
     let sources = [
         (
             "kiln_device_kernels",
-            kiln_runtime::device_kernels::source(),
+            kiln_runtime::device::device_kernels::source(),
             &["kiln_fill_uniform_bf16", "kiln_argmax_bf16"][..],
         ),
         (

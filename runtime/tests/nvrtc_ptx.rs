@@ -10,9 +10,9 @@
 
 use kiln_codegen::abi::{self, AbiArg};
 use kiln_codegen::ir::DType;
-use kiln_runtime::cuda_libs;
+use kiln_runtime::device::cuda_libs;
+use kiln_runtime::device::ptx_cache::{ptx_for, PtxOrigin};
 use kiln_runtime::gpu_check::samples;
-use kiln_runtime::ptx_cache::{ptx_for, PtxOrigin};
 
 /// The `.param` types of entry `name` in `ptx`, in order (`u64`, `u32`, `f32`, ...).
 fn entry_params(ptx: &str, name: &str) -> Option<Vec<String>> {

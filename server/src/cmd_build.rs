@@ -5,7 +5,7 @@
 //! is needed.
 
 use anyhow::{bail, Context, Result};
-use kiln_runtime::ptx_cache::{ptx_for, PtxOrigin};
+use kiln_runtime::device::ptx_cache::{ptx_for, PtxOrigin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -42,7 +42,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
     for def in kiln_models::kernels::ATTENTION {
         sources.extend(def.specs.iter().map(|s| (format!("{}_{}", def.name, s.dtype), s.cuda)));
     }
-    sources.push(("kiln_device_kernels".into(), kiln_runtime::device_kernels::source()));
+    sources.push(("kiln_device_kernels".into(), kiln_runtime::device::device_kernels::source()));
     sources.push(("kiln_sampler".into(), kiln_runtime::sample::device::source()));
     let t = Instant::now();
     let next = AtomicUsize::new(0);
@@ -70,7 +70,8 @@ pub fn run(a: BuildArgs) -> Result<()> {
     });
     let [disk, compiled, uncached] = *counts.lock().unwrap_or_else(|e| e.into_inner());
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
-    let dir = kiln_runtime::ptx_cache::cache_dir().map_or("(no cache folder)".into(), |d| d.display().to_string());
+    let dir =
+        kiln_runtime::device::ptx_cache::cache_dir().map_or("(no cache folder)".into(), |d| d.display().to_string());
     eprintln!(
         "kiln build: {} sources for sm_{}{} in {:.1} s: {compiled} compiled, {disk} already cached, {uncached} not cachable; cache {dir}",
         sources.len(),

@@ -11,7 +11,7 @@ use crate::model::ModelError;
 use kiln_codegen::attention::def::AttnDef;
 use kiln_codegen::ir::DType;
 use kiln_runtime::attention::{AttnPlan, SeqAttn};
-use kiln_runtime::fused::Arg;
+use kiln_runtime::device::fused::Arg;
 use kiln_runtime::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

@@ -66,7 +66,7 @@ fn one(
 ) -> Vec<(Route, Result<f64, ModelError>)> {
     let c = &p.case;
     let scale = match v.args.first() {
-        Some(kiln_runtime::fused::Arg::F32(s)) => *s as f64,
+        Some(kiln_runtime::device::fused::Arg::F32(s)) => *s as f64,
         _ => 1.0,
     };
     let want = p.reference(v.reference, scale);
@@ -184,8 +184,8 @@ pub fn decode_speed(
     plan.upload(gpu, nh, hd)?;
     let mut out = Tensor::uninit(gpu, DType::BF16, q.rows(), q.cols())?;
     let def = &super::attention::attn_causal::DEF;
-    let args = [kiln_runtime::fused::Arg::F32(1.0 / (hd as f32).sqrt())];
-    let us = kiln_runtime::timing::median_us(b, 5, reps, |_| -> Result<(), ModelError> {
+    let args = [kiln_runtime::device::fused::Arg::F32(1.0 / (hd as f32).sqrt())];
+    let us = kiln_runtime::device::timing::median_us(b, 5, reps, |_| -> Result<(), ModelError> {
         run(gpu, def, &q, &kv, &plan, &args, &mut out)?;
         Ok(())
     })?;
@@ -205,7 +205,7 @@ pub fn copy_speed(gpu: &Device, bytes: usize, reps: usize) -> Result<f64, ModelE
     let n = bytes / 2;
     let src = Tensor::zeros(gpu, DType::BF16, 1, n)?;
     let mut dst = Tensor::zeros(gpu, DType::BF16, 1, n)?;
-    let us = kiln_runtime::timing::median_us(b, 3, reps, |_| -> Result<(), ModelError> {
+    let us = kiln_runtime::device::timing::median_us(b, 3, reps, |_| -> Result<(), ModelError> {
         dst.copy_from(&src)?;
         Ok(())
     })?;

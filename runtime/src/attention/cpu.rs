@@ -6,7 +6,7 @@
 
 use super::plan::AttnPlan;
 use super::{AttnError, Bound, PagedKv};
-use crate::fused::Arg;
+use crate::device::fused::Arg;
 use crate::Tensor;
 use kiln_codegen::attention::def::AttnDef;
 use kiln_codegen::cpu::{CpuIn, CpuKernel, CpuOutArg, CpuParam, CpuScalar};

@@ -7,9 +7,9 @@
 
 use super::plan::AttnPlan;
 use super::{AttnError, Bound, PagedKv};
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{drv, CudaError};
-use crate::fused::Arg;
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::{drv, CudaError};
+use crate::device::fused::Arg;
 use crate::Tensor;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use kiln_codegen::attention::abi::{self, HEAD_DIMS};

@@ -24,7 +24,7 @@ mod plan;
 
 pub use plan::{AttnPlan, SPLIT_TOKENS};
 
-use crate::fused::Arg;
+use crate::device::fused::Arg;
 use crate::{Device, Tensor, TensorError};
 use kiln_codegen::attention::def::{AttnDef, AttnDefError};
 use kiln_codegen::attention::{AttnKernel, Scale, MOD_PARAMS};
@@ -62,7 +62,7 @@ pub enum AttnError {
     #[error("attention `{kernel}` on the CPU: {source}")]
     Cpu { kernel: &'static str, source: kiln_codegen::cpu::CpuError },
     #[error("attention `{kernel}` on {device}: {source}")]
-    Cuda { kernel: &'static str, device: String, source: crate::cuda_error::CudaError },
+    Cuda { kernel: &'static str, device: String, source: crate::device::cuda_error::CudaError },
 }
 
 /// What both backends get once the arguments are checked.

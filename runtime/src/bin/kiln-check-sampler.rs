@@ -151,7 +151,7 @@ fn median_ms(reps: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<f
         f()?;
         v.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(kiln_runtime::timing::median(&mut v))
+    Ok(kiln_runtime::device::timing::median(&mut v))
 }
 
 /// Per-step cost of sampling `batch` rows of `vocab` bf16 logits: device sampler (upload of
@@ -201,7 +201,7 @@ fn timing(gpu: &Device) -> Result<(), String> {
             let dev_ms = median_ms(20, || device::sample(&t, &jobs).map(|_| ()).map_err(|e| e.to_string()))?;
             let argmax_ms = median_ms(20, || {
                 let mut ids = Tensor::uninit(gpu, DType::I32, 1, batch).map_err(|e| e.to_string())?;
-                kiln_runtime::device_kernels::argmax_rows(&t, &mut ids).map_err(|e| e.to_string())?;
+                kiln_runtime::device::device_kernels::argmax_rows(&t, &mut ids).map_err(|e| e.to_string())?;
                 ids.to_host::<i32>().map(|_| ()).map_err(|e| e.to_string())
             })?;
             let host_ms = median_ms(5, || {

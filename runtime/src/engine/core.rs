@@ -375,7 +375,7 @@ impl Core {
             Route::Argmax => {
                 let mut ids = crate::Tensor::uninit(out.device(), kiln_codegen::ir::DType::I32, 1, out.rows())
                     .map_err(|e| e.to_string())?;
-                crate::device_kernels::argmax_rows(&out, &mut ids).map_err(|e| e.to_string())?;
+                crate::device::device_kernels::argmax_rows(&out, &mut ids).map_err(|e| e.to_string())?;
                 ids.to_host::<i32>().map(StepOut::Tokens).map_err(|e| e.to_string())
             }
             Route::Device => {

@@ -5,11 +5,11 @@
 use super::compare::{compare, Diff};
 use super::timing::{median_us, rotation_sets};
 use super::{CheckConfig, CheckError, CopyResult, GemmCheck, GemmSpeed};
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::drv;
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::drv;
+use crate::device::gemm::matmul;
+use crate::device::tensor::Tensor;
 use crate::device::Device;
-use crate::gemm::matmul;
-use crate::tensor::Tensor;
 use kiln_codegen::ir::DType;
 use rand::rngs::StdRng;
 use rand::Rng;

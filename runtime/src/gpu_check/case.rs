@@ -13,10 +13,10 @@ use super::compare::{compare, tolerance, Diff};
 use super::inputs::{make_inputs, output_bytes, poisoned_outputs, Input};
 use super::timing::{median_us, rotation_sets};
 use super::{CaseResult, CheckConfig, CheckError};
-use crate::cuda_backend::CudaBackend;
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::fused::{launch, Arg};
+use crate::device::tensor::Tensor;
 use crate::device::Device;
-use crate::fused::{launch, Arg};
-use crate::tensor::Tensor;
 use kiln_codegen::fused::FusedDef;
 use kiln_codegen::ir::{DType, Kernel, OutputKind};
 use rand::rngs::StdRng;
@@ -61,7 +61,7 @@ impl Case<'_> {
     }
 
     fn check(&self, gpu: &Device, rng: &mut StdRng, r: &mut CaseResult) -> Result<(), CheckError> {
-        let k: &Kernel = &self.def.compiled(self.dtype).map_err(crate::fused::FusedError::from)?.kernel;
+        let k: &Kernel = &self.def.compiled(self.dtype).map_err(crate::device::fused::FusedError::from)?.kernel;
         let inputs = make_inputs(k, gpu, self.rows, self.width, &self.cfg.comptime, rng)?;
         let inputs = match self.layout {
             Layout::Dense => inputs,

@@ -89,7 +89,8 @@ fn run(defs: &[&'static FusedDef], args: &[String]) -> Result<bool, String> {
     let dev = if cpu {
         Device::Cpu
     } else {
-        Device::cuda(gpu).map_err(|e| format!("cannot open GPU {gpu}: {e}\n({})", crate::cuda_libs::summary()))?
+        Device::cuda(gpu)
+            .map_err(|e| format!("cannot open GPU {gpu}: {e}\n({})", crate::device::cuda_libs::summary()))?
     };
     eprintln!("{}: {} — {} kernel(s), seed {}", program(), dev.describe(), chosen.len(), cfg.seed);
     let report = run_all(&dev, &chosen, &cfg).map_err(|e| e.to_string())?;

@@ -12,9 +12,9 @@
 //! Each tensor is made on the CPU from f32 data (rounded once to its dtype) and copied to the
 //! GPU byte for byte, so both backends see the same inputs.
 
+use crate::device::fused::Arg;
+use crate::device::tensor::{Tensor, TensorError};
 use crate::device::Device;
-use crate::fused::Arg;
-use crate::tensor::{Tensor, TensorError};
 use kiln_codegen::ir::{DType, Kernel, OutputKind, ParamKind};
 use rand::rngs::StdRng;
 use rand::Rng;

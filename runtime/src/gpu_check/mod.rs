@@ -18,11 +18,11 @@ mod report;
 pub mod samples;
 mod timing;
 
-use crate::cuda_error::CudaError;
+use crate::device::cuda_error::CudaError;
+use crate::device::fused::FusedError;
+use crate::device::gemm::GemmError;
+use crate::device::tensor::TensorError;
 use crate::device::{Device, DeviceError};
-use crate::fused::FusedError;
-use crate::gemm::GemmError;
-use crate::tensor::TensorError;
 pub use case::Layout;
 pub use compare::Diff;
 use kiln_codegen::fused::FusedDef;
@@ -160,7 +160,7 @@ pub struct Report {
     pub copy: Option<Result<CopyResult, String>>,
     pub gemm_speed: Option<Result<GemmSpeed, String>>,
     pub gemm_checks: Vec<GemmCheck>,
-    pub cache: crate::kernel_cache::KernelCacheStats,
+    pub cache: crate::device::kernel_cache::KernelCacheStats,
 }
 
 impl Report {
@@ -217,7 +217,7 @@ pub fn run_all(gpu: &Device, defs: &[&'static FusedDef], cfg: &CheckConfig) -> R
     }
     Ok(Report {
         device: gpu.describe(),
-        libraries: crate::cuda_libs::summary(),
+        libraries: crate::device::cuda_libs::summary(),
         seed: cfg.seed,
         peak_gbps: cfg.peak_gbps,
         cases,

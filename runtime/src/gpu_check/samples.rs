@@ -4,7 +4,7 @@
 //! comptime f32 and i32, Row and PerRow outputs, one- and two-stage kernels, RoPE with
 //! Llama-3 scaling, softmax.
 
-use crate::fused_def::{leak_def, DefError};
+use crate::device::fused_def::{leak_def, DefError};
 use kiln_codegen::builder::{BuildError, Builder};
 use kiln_codegen::fused::FusedDef;
 use kiln_codegen::ir::{BinaryOp, DType, Kernel, Llama3Scaling, OutputKind, ParamKind, ReduceOp, RopeStyle, UnaryOp};

@@ -1,17 +1,17 @@
-//! Timing for the GPU check: the runtime's CUDA-event timing ([`crate::timing`]) and how many
+//! Timing for the GPU check: the runtime's CUDA-event timing ([`crate::device::timing`]) and how many
 //! buffer sets to rotate through so timed launches don't run from L2.
 
 use super::CheckError;
-use crate::cuda_backend::CudaBackend;
+use crate::device::cuda_backend::CudaBackend;
 
-/// [`crate::timing::median_us`] with the check's error type.
+/// [`crate::device::timing::median_us`] with the check's error type.
 pub(crate) fn median_us(
     b: &CudaBackend,
     warmup: usize,
     reps: usize,
     f: impl FnMut(usize) -> Result<(), CheckError>,
 ) -> Result<f64, CheckError> {
-    crate::timing::median_us(b, warmup, reps, f)
+    crate::device::timing::median_us(b, warmup, reps, f)
 }
 
 /// How many copies of a `bytes`-sized working set to rotate through so that consecutive

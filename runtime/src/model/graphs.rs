@@ -14,7 +14,7 @@
 
 use super::step::{Heads, StepInputs};
 use super::{ForwardBatch, KvCache, ModelError, ModelInfo};
-use crate::graph::{capture, CapturedGraph};
+use crate::device::graph::{capture, CapturedGraph};
 use crate::{Device, Storage, Tensor};
 use kiln_codegen::ir::DType;
 use std::collections::HashMap;

@@ -40,7 +40,7 @@ pub enum ModelError {
     #[error(transparent)]
     Attention(#[from] AttnError),
     #[error(transparent)]
-    Cuda(#[from] crate::cuda_error::CudaError),
+    Cuda(#[from] crate::device::cuda_error::CudaError),
 }
 
 /// K and V pools (`[num_blocks * block_size, n_kv_heads * head_dim]` each), one pair per

@@ -13,10 +13,10 @@
 
 use super::job::{cuda_defines, PackedJobs, OUT_WORDS};
 use super::DeviceSampleError;
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::drv;
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::drv;
+use crate::device::tensor::Tensor;
 use crate::sample::math::{EXP_COEFFS, EXP_FLUSH_BELOW, LN2_HI, LN2_LO, LOG2_E, ROUND_MAGIC, WEIGHT_SCALE};
-use crate::tensor::Tensor;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use kiln_codegen::ir::DType;
 use std::sync::OnceLock;

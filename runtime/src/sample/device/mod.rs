@@ -27,8 +27,8 @@ pub use kernel::source;
 pub use self_check::self_check;
 
 use super::{Sampled, SamplingError};
-use crate::cuda_error::CudaError;
-use crate::tensor::{Tensor, TensorError};
+use crate::device::cuda_error::CudaError;
+use crate::device::tensor::{Tensor, TensorError};
 use crate::Device;
 
 /// Why a batch of jobs could not be run at all (per-row sampling failures are not this: they

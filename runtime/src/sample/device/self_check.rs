@@ -6,8 +6,8 @@
 
 use super::job::SampleJob;
 use super::{same_outcome, sample};
+use crate::device::tensor::Tensor;
 use crate::sample::rng;
-use crate::tensor::Tensor;
 use crate::Device;
 use kiln_codegen::ir::DType;
 

@@ -4,16 +4,16 @@
 //! `[out_features, in_features]` as Hugging Face checkpoints store them — and `out` is `[m, n]`.
 //! All three are strided views (row stride ≥ columns); columns are contiguous.
 //!
-//! Backends: the CPU computes in f32 ([`crate::gemm_cpu`]: a bandwidth-bound matrix-vector
+//! Backends: the CPU computes in f32 ([`crate::device::gemm_cpu`]: a bandwidth-bound matrix-vector
 //! path for decode-sized `m`, the `gemm` crate above it); CUDA runs cuBLAS in f32, f16 or bf16
-//! with f32 accumulation ([`crate::gemm_cuda`]).
+//! with f32 accumulation ([`crate::device::gemm_cuda`]).
 //!
 //! Invariants: `out` must not share storage with `a` or `b_t` (a GEMM reads all of its inputs
 //! while writing); all three have one dtype and live on `dev`; nothing is written on error.
 
-use crate::cuda_error::CudaError;
+use crate::device::cuda_error::CudaError;
+use crate::device::tensor::{Tensor, TensorError};
 use crate::device::Device;
-use crate::tensor::{Tensor, TensorError};
 use kiln_codegen::ir::DType;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +72,13 @@ pub fn matmul(dev: &Device, a: &Tensor, b_t: &Tensor, out: &mut Tensor) -> Resul
             if a.dtype() != DType::F32 {
                 return Err(GemmError::Unsupported { dtype: a.dtype(), device: dev.label() });
             }
-            crate::gemm_cpu::matmul_f32(a, b_t, out)
+            crate::device::gemm_cpu::matmul_f32(a, b_t, out)
         }
         Device::Cuda(b) => {
             if !a.dtype().is_float() {
                 return Err(GemmError::Unsupported { dtype: a.dtype(), device: dev.label() });
             }
-            Ok(crate::gemm_cuda::matmul(b, a, b_t, out)?)
+            Ok(crate::device::gemm_cuda::matmul(b, a, b_t, out)?)
         }
     }
 }

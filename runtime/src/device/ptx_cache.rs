@@ -11,7 +11,7 @@
 //!
 //! Needs only libnvrtc, no GPU: tests and tools can build PTX on any machine.
 
-use crate::cuda_error::{guarded, CudaError};
+use crate::device::cuda_error::{guarded, CudaError};
 use cudarc::nvrtc::CompileOptions;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -72,7 +72,7 @@ fn source_hash(source: &str, options: &[String]) -> String {
 /// NVRTC: CUDA C source to PTX text.
 fn compile(source: &str, name: &str, arch: &str, options: Vec<String>) -> Result<String, CudaError> {
     let fail = |msg: String| CudaError::Nvrtc { kernel: name.to_string(), arch: arch.to_string(), msg };
-    if !crate::cuda_libs::probe().nvrtc {
+    if !crate::device::cuda_libs::probe().nvrtc {
         return Err(fail("libnvrtc.so.13 not found (put it on the loader path or in KILN_CUDA_LIB_DIRS)".into()));
     }
     // cudarc turns both into C strings and would panic on an interior NUL.

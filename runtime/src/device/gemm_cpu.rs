@@ -14,9 +14,9 @@
 //! Locking: `a` and `b_t` are read-locked (once if they share storage), `out` write-locked;
 //! `matmul` has already rejected `out` sharing storage with an input.
 
-use crate::gemm::GemmError;
-use crate::host_buf::HostRead;
-use crate::tensor::Tensor;
+use crate::device::gemm::GemmError;
+use crate::device::host_buf::HostRead;
+use crate::device::tensor::Tensor;
 use rayon::prelude::*;
 
 /// Largest `m` served by the weight-streaming path; beyond it the packed GEMM is as fast.
@@ -46,11 +46,11 @@ impl<'a> Mat<'a> {
 }
 
 pub(crate) fn matmul_f32(a: &Tensor, b_t: &Tensor, out: &mut Tensor) -> Result<(), GemmError> {
-    let ga = a.host_buf("matmul")?.read().map_err(crate::tensor::TensorError::from)?;
+    let ga = a.host_buf("matmul")?.read().map_err(crate::device::tensor::TensorError::from)?;
     let gb_own: Option<HostRead<'_>> = if b_t.shares_storage(a) {
         None
     } else {
-        Some(b_t.host_buf("matmul")?.read().map_err(crate::tensor::TensorError::from)?)
+        Some(b_t.host_buf("matmul")?.read().map_err(crate::device::tensor::TensorError::from)?)
     };
     let b_bytes = gb_own.as_ref().map_or(ga.bytes(), |g| g.bytes());
     let am = Mat { data: a.typed::<f32>(ga.bytes())?, rows: a.rows(), cols: a.cols(), stride: a.row_stride() };

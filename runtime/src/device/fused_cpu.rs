@@ -1,15 +1,15 @@
-//! The CPU path of [`crate::fused::launch`]: the codegen interpreter over host views.
+//! The CPU path of [`crate::device::fused::launch`]: the codegen interpreter over host views.
 //!
-//! Locking (see [`crate::host_buf`]): each distinct input storage is read-locked once (a
+//! Locking (see [`crate::device::host_buf`]): each distinct input storage is read-locked once (a
 //! storage shared by several arguments is not locked twice, which could deadlock against a
 //! waiting writer). Outputs are written in place under their write locks when no output shares
 //! storage with an input or another output; otherwise the kernel writes into scratch buffers,
 //! the read locks are released, and the scratch is copied into the outputs.
 
-use crate::fused::{Arg, FusedError};
-use crate::fused_bind::Bound;
-use crate::host_buf::{HostBuf, HostRead, HostWrite};
-use crate::tensor::{Tensor, TensorError};
+use crate::device::fused::{Arg, FusedError};
+use crate::device::fused_bind::Bound;
+use crate::device::host_buf::{HostBuf, HostRead, HostWrite};
+use crate::device::tensor::{Tensor, TensorError};
 use kiln_codegen::cpu::{CpuError, CpuIn, CpuKernel, CpuOut, CpuOutArg, CpuParam, CpuScalar};
 use kiln_codegen::fused::FusedSpec;
 use kiln_codegen::ir::{DType, Kernel, OutputKind, ParamKind};
@@ -134,7 +134,7 @@ pub(crate) fn run(b: &Bound, args: &[Arg<'_>], outs: &mut [&mut Tensor]) -> Resu
     drop(guards);
     for (t, s) in outs.iter_mut().zip(&scratch) {
         let g = s.read().map_err(|e| terr(e.into()))?;
-        crate::tensor_io::scatter_bytes(t, g.bytes()).map_err(terr)?;
+        crate::device::tensor_io::scatter_bytes(t, g.bytes()).map_err(terr)?;
     }
     Ok(())
 }

@@ -15,10 +15,10 @@
 //!   projection shared by its q/k/v column views; [`Tensor::deep_copy`] copies;
 //! - host storage is 16-byte aligned; CUDA storage is a `cuMemAlloc` block (256-aligned).
 
-use crate::cuda_error::CudaError;
+use crate::device::cuda_error::CudaError;
+use crate::device::element::{bytes_to_f32, Element};
+use crate::device::host_buf::{HostBuf, Poisoned};
 use crate::device::Device;
-use crate::element::{bytes_to_f32, Element};
-use crate::host_buf::{HostBuf, Poisoned};
 use cudarc::driver::CudaSlice;
 use kiln_codegen::ir::DType;
 use std::fmt;
@@ -133,7 +133,7 @@ impl Tensor {
         let bytes = elems(rows, cols)? * storable(dtype)?;
         let storage = match dev {
             Device::Cpu => Storage::Cpu(HostBuf::zeroed(bytes)),
-            Device::Cuda(b) => Storage::Cuda(crate::tensor_io::cuda_alloc(b, bytes, zero)?),
+            Device::Cuda(b) => Storage::Cuda(crate::device::tensor_io::cuda_alloc(b, bytes, zero)?),
         };
         Ok(Tensor::contiguous(dev, storage, dtype, rows, cols))
     }
@@ -152,7 +152,7 @@ impl Tensor {
         }
         let storage = match dev {
             Device::Cpu => Storage::Cpu(HostBuf::from_bytes(bytes)),
-            Device::Cuda(b) => Storage::Cuda(crate::tensor_io::cuda_upload(b, bytes)?),
+            Device::Cuda(b) => Storage::Cuda(crate::device::tensor_io::cuda_upload(b, bytes)?),
         };
         Ok(Tensor::contiguous(dev, storage, dtype, rows, cols))
     }
@@ -241,7 +241,9 @@ impl Tensor {
     /// Device address of element `(0, 0)` (CUDA tensors only).
     pub(crate) fn cuda_ptr(&self) -> Option<u64> {
         match &*self.storage {
-            Storage::Cuda(s) => Some(crate::tensor_io::base_ptr(s) + (self.offset * self.dtype.size_bytes()) as u64),
+            Storage::Cuda(s) => {
+                Some(crate::device::tensor_io::base_ptr(s) + (self.offset * self.dtype.size_bytes()) as u64)
+            }
             Storage::Cpu(_) => None,
         }
     }
@@ -249,7 +251,7 @@ impl Tensor {
     /// The view's elements, row-major and contiguous, as `T` (which must be the dtype).
     pub fn to_host<T: Element>(&self) -> Result<Vec<T>, TensorError> {
         self.expect_dtype("to_host", T::DTYPE)?;
-        let bytes = crate::tensor_io::gather_bytes(self)?;
+        let bytes = crate::device::tensor_io::gather_bytes(self)?;
         let mut out = vec![T::zeroed(); self.len()];
         bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes);
         Ok(out)
@@ -257,7 +259,7 @@ impl Tensor {
 
     /// The view's elements, row-major and contiguous, converted to f32.
     pub fn to_host_f32(&self) -> Result<Vec<f32>, TensorError> {
-        let bytes = crate::tensor_io::gather_bytes(self)?;
+        let bytes = crate::device::tensor_io::gather_bytes(self)?;
         let mut out = Vec::with_capacity(self.len());
         bytes_to_f32(self.dtype, &bytes, &mut out);
         Ok(out)
@@ -268,7 +270,7 @@ impl Tensor {
         if &self.device == dev {
             return Ok(self.clone());
         }
-        let bytes = crate::tensor_io::gather_bytes(self)?;
+        let bytes = crate::device::tensor_io::gather_bytes(self)?;
         Tensor::from_bytes(dev, self.dtype, &bytes, self.rows, self.cols)
     }
 
@@ -297,10 +299,10 @@ impl Tensor {
             )));
         }
         match &*self.storage {
-            Storage::Cuda(_) => crate::tensor_io::copy_device(src, self),
+            Storage::Cuda(_) => crate::device::tensor_io::copy_device(src, self),
             Storage::Cpu(_) => {
-                let bytes = crate::tensor_io::gather_bytes(src)?;
-                crate::tensor_io::scatter_bytes(self, &bytes)
+                let bytes = crate::device::tensor_io::gather_bytes(src)?;
+                crate::device::tensor_io::scatter_bytes(self, &bytes)
             }
         }
     }
@@ -309,7 +311,7 @@ impl Tensor {
     pub fn copy_from_host<T: Element>(&mut self, data: &[T]) -> Result<(), TensorError> {
         self.expect_dtype("copy_from_host", T::DTYPE)?;
         check_len("copy_from_host", data.len(), self.rows, self.cols)?;
-        crate::tensor_io::scatter_bytes(self, bytemuck::cast_slice(data))
+        crate::device::tensor_io::scatter_bytes(self, bytemuck::cast_slice(data))
     }
 
     /// Overwrite the view with raw little-endian bytes of its dtype (row-major `rows × cols`).
@@ -319,7 +321,7 @@ impl Tensor {
             let len = bytes.len() / self.dtype.size_bytes();
             return Err(TensorError::DataLen { op: "copy_from_host_bytes", len, rows: self.rows, cols: self.cols });
         }
-        crate::tensor_io::scatter_bytes(self, bytes)
+        crate::device::tensor_io::scatter_bytes(self, bytes)
     }
 
     /// Read a CPU tensor in place, as `T` (which must be the dtype).

@@ -1,4 +1,4 @@
-//! The CUDA path of [`crate::fused::launch`]: entry choice, argument marshalling, launch.
+//! The CUDA path of [`crate::device::fused::launch`]: entry choice, argument marshalling, launch.
 //!
 //! Entry choice (the ABI's rule, `kiln_codegen::abi`): the vectorised `_v{N}` entry when
 //! `width` and every Row stride (inputs and outputs) are divisible by N and every tensor
@@ -12,11 +12,11 @@
 //! the backend's stream and its immediate error is returned (asynchronous faults surface at the
 //! next synchronize).
 
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{drv, CudaError};
-use crate::fused::{Arg, FusedError};
-use crate::fused_bind::Bound;
-use crate::tensor::Tensor;
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::{drv, CudaError};
+use crate::device::fused::{Arg, FusedError};
+use crate::device::fused_bind::Bound;
+use crate::device::tensor::Tensor;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use kiln_codegen::abi::{self, AbiArg};
 use kiln_codegen::ir::{DType, ParamKind};

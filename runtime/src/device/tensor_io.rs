@@ -8,9 +8,9 @@
 //! only after the stream has finished it (the bytes are valid on return); copies into host
 //! storage hold its write lock, copies out of it its read lock.
 
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{drv, CudaError};
-use crate::tensor::{Storage, Tensor, TensorError};
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::{drv, CudaError};
+use crate::device::tensor::{Storage, Tensor, TensorError};
 use cudarc::driver::sys::{self, CUmemorytype, CUDA_MEMCPY2D};
 use cudarc::driver::{CudaSlice, DevicePtr};
 

@@ -1,14 +1,14 @@
 //! Binding launch arguments to a [`FusedDef`]: choosing the specialisation and validating
-//! counts, kinds, dtypes, devices and shapes (rules in [`crate::fused`]).
+//! counts, kinds, dtypes, devices and shapes (rules in [`crate::device::fused`]).
 //!
 //! Specialisation choice: the spec whose storage dtype equals the dtype of the first float
 //! tensor given is tried first (that tensor is usually a generic `Row`), then every other spec;
 //! the first spec under which every tensor's dtype equals its parameter's dtype wins. When none
 //! fits, the error is the first mismatch under the first-tried spec.
 
+use crate::device::fused::{Arg, FusedError};
+use crate::device::tensor::Tensor;
 use crate::device::Device;
-use crate::fused::{Arg, FusedError};
-use crate::tensor::Tensor;
 use kiln_codegen::compile::Compiled;
 use kiln_codegen::fused::{FusedDef, FusedSpec};
 use kiln_codegen::ir::{DType, Kernel, OutputKind, ParamKind};

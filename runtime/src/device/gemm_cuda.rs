@@ -9,9 +9,9 @@
 //! C = `out` read column-major (`n × m` = `outᵀ`, ld = out's stride). Every leading dimension
 //! is a row stride ≥ the columns, as cuBLAS requires.
 
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{blas, drv, CudaError};
-use crate::tensor::Tensor;
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::{blas, drv, CudaError};
+use crate::device::tensor::Tensor;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
 use kiln_codegen::ir::DType;
 use std::ffi::c_void;

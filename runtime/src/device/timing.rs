@@ -7,8 +7,8 @@
 //! timed launches are queued behind a long memset that keeps the GPU busy while the host
 //! queues them all: each start event then fires when the previous kernel ends.
 
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{drv, CudaError};
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::{drv, CudaError};
 use cudarc::driver::sys::CUevent_flags;
 
 /// Size of the scratch buffer the busy memsets write.
@@ -36,8 +36,8 @@ pub fn median_us<E: From<CudaError>>(
     // About 50 MB of memset per timed launch (~20 µs of GPU time each at ~2.5 TB/s, more than
     // the host needs to queue one launch).
     let busy_bytes = BUSY_CHUNK;
-    let busy = crate::tensor_io::cuda_alloc(b, busy_bytes, false)?;
-    let busy_ptr = crate::tensor_io::base_ptr(&busy);
+    let busy = crate::device::tensor_io::cuda_alloc(b, busy_bytes, false)?;
+    let busy_ptr = crate::device::tensor_io::base_ptr(&busy);
     for _ in 0..(reps * 50_000_000).div_ceil(busy_bytes) {
         // SAFETY: `busy` is a live allocation of `busy_bytes` bytes, freed after the sync below.
         drv("queueing the busy memset", unsafe {

@@ -40,7 +40,7 @@ pub fn leak_def(name: &str, kernels: Vec<Kernel>) -> Result<&'static FusedDef, D
         specs.push(FusedSpec { dtype, ir_json: leak_str(ir_json), cuda: leak_str(c.cuda) });
     }
     let cache: Vec<OnceLock<Result<Compiled, String>>> = specs.iter().map(|_| OnceLock::new()).collect();
-    let source = specs.first().map_or("", |_| "runtime-built (kiln_runtime::fused_def)");
+    let source = specs.first().map_or("", |_| "runtime-built (kiln_runtime::device::fused_def)");
     Ok(Box::leak(Box::new(FusedDef {
         name: leak_str(name.to_string()),
         source,

@@ -1,6 +1,6 @@
 //! Row gathers: embedding lookup (`table[ids]`) and picking the rows that need logits.
 
-use crate::tensor_io::{copy_device, gather_bytes, scatter_bytes};
+use crate::device::tensor_io::{copy_device, gather_bytes, scatter_bytes};
 use crate::{Device, Tensor, TensorError};
 
 /// `out[i] = table[ids[i]]`: a new contiguous `[ids.len(), table.cols()]` tensor on the

@@ -15,9 +15,9 @@
 //!   on the GPU, in-place use is the kernel author's contract (each element is read before the
 //!   same thread writes it).
 
-use crate::cuda_error::CudaError;
+use crate::device::cuda_error::CudaError;
+use crate::device::tensor::{Tensor, TensorError};
 use crate::device::Device;
-use crate::tensor::{Tensor, TensorError};
 use kiln_codegen::abi::LaunchError;
 use kiln_codegen::fused::FusedDef;
 use kiln_codegen::ir::DType;
@@ -105,9 +105,9 @@ pub fn launch(
     args: &[Arg<'_>],
     outs: &mut [&mut Tensor],
 ) -> Result<(), FusedError> {
-    let bound = crate::fused_bind::bind(dev, def, args, outs)?;
+    let bound = crate::device::fused_bind::bind(dev, def, args, outs)?;
     match dev {
-        Device::Cpu => crate::fused_cpu::run(&bound, args, outs),
-        Device::Cuda(b) => crate::fused_cuda::run(b, &bound, args, outs),
+        Device::Cpu => crate::device::fused_cpu::run(&bound, args, outs),
+        Device::Cuda(b) => crate::device::fused_cuda::run(b, &bound, args, outs),
     }
 }

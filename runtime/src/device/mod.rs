@@ -1,15 +1,48 @@
+//! The device layer: everything that knows where memory lives and how a kernel runs — the
+//! [`Device`] itself (this file), tensors and their host/device I/O, host buffers, the CUDA
+//! backend and library loading, NVRTC and the PTX/kernel caches, fused-kernel launch and
+//! argument binding, GEMMs and the one projection seam ([`linear`]), row gathers, CUDA graphs,
+//! event timing and the utility kernels.
+//!
+//! Layering: this layer imports nothing from the serving core above it (engine, scheduler,
+//! sampling, KV allocator, attention plans, model interface); they build on it. New storage
+//! kinds (quantized weights), their kernels and the communicator for several GPUs land here.
+//!
 //! [`Device`]: where tensors live and kernels run — the host CPU or one CUDA GPU.
 //!
 //! Invariants:
 //! - [`Device::cuda`] and [`Device::auto`] never panic, on any machine: the CUDA libraries are
-//!   probed ([`crate::cuda_libs::probe`]) before cudarc touches them (cudarc panics when a
+//!   probed ([`crate::device::cuda_libs::probe`]) before cudarc touches them (cudarc panics when a
 //!   library is missing), and cudarc calls run under a panic guard;
 //! - a `Device` is cheap to clone (an `Arc` for CUDA); two clones are the same device;
 //! - `KILN_DEVICE=cpu|cuda|cuda:N` overrides [`Device::auto`]'s choice.
 
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::CudaError;
-use crate::cuda_libs;
+pub mod cuda_backend;
+pub mod cuda_error;
+pub mod cuda_libs;
+pub mod device_kernels;
+pub mod element;
+pub mod fused;
+mod fused_bind;
+mod fused_cpu;
+mod fused_cuda;
+pub mod fused_def;
+pub mod gather;
+pub mod gemm;
+mod gemm_cpu;
+mod gemm_cuda;
+pub mod graph;
+pub mod host_buf;
+pub mod kernel_cache;
+pub mod linear;
+pub mod nvrtc_check;
+pub mod ptx_cache;
+pub mod tensor;
+mod tensor_io;
+pub mod timing;
+
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::CudaError;
 use std::fmt;
 use std::sync::Arc;
 
@@ -158,7 +191,7 @@ fn parse_override(v: &str) -> Result<Option<usize>, DeviceError> {
 }
 
 fn gpu_count() -> Result<usize, DeviceError> {
-    use crate::cuda_error::{drv, guarded};
+    use crate::device::cuda_error::{drv, guarded};
     let n = guarded("counting GPUs", || {
         drv("cuInit", cudarc::driver::result::init())?;
         drv("counting GPUs", cudarc::driver::result::device::get_count())

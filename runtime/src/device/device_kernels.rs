@@ -8,9 +8,9 @@
 //! even); `argmax` returns the lowest index among equal maxima (as the CPU sampler does), and
 //! -1 for a row the CPU sampler would refuse (a NaN or `+inf`, or nothing above `-inf`).
 
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{drv, CudaError};
-use crate::tensor::{Tensor, TensorError};
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::{drv, CudaError};
+use crate::device::tensor::{Tensor, TensorError};
 use crate::Device;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use kiln_codegen::ir::DType;
@@ -94,7 +94,7 @@ pub fn source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| {
         format!(
-            "// kiln runtime utility kernels (runtime/src/device_kernels.rs)\n{}\n{BODY}",
+            "// kiln runtime utility kernels (runtime/src/device/device_kernels.rs)\n{}\n{BODY}",
             kiln_codegen::cuda::prelude::CORE
         )
     })
@@ -109,7 +109,7 @@ const ENTRIES: [&str; 6] = [
     "kiln_argmax_bf16",
 ];
 
-fn module(b: &CudaBackend) -> Result<std::sync::Arc<crate::kernel_cache::LoadedModule>, CudaError> {
+fn module(b: &CudaBackend) -> Result<std::sync::Arc<crate::device::kernel_cache::LoadedModule>, CudaError> {
     let entries: Vec<String> = ENTRIES.iter().map(|s| s.to_string()).collect();
     b.module_with(source(), "kiln_device_kernels", &entries)
 }

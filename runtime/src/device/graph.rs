@@ -8,8 +8,8 @@
 //! be loaded before capture (run the work once eagerly first), since loading is not a stream
 //! operation. Capture is relaxed-mode, ended even when the closure fails.
 
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{drv, CudaError};
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::{drv, CudaError};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 

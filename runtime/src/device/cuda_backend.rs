@@ -11,8 +11,8 @@
 //! - construction never panics: callers reach it only through [`crate::Device::cuda`], which
 //!   checks the libraries first, and cudarc panics are caught by [`guarded`].
 
-use crate::cuda_error::{blas, drv, guarded, CudaError};
-use crate::kernel_cache::KernelCache;
+use crate::device::cuda_error::{blas, drv, guarded, CudaError};
+use crate::device::kernel_cache::KernelCache;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaStream};
@@ -55,7 +55,7 @@ impl CudaBackend {
             let blas = blas("creating the cuBLAS handle", CudaBlas::new(stream.clone()))?;
             // SAFETY: u8 has no invalid bit patterns; cuBLAS uses the memory as scratch.
             let ws = drv("allocating the cuBLAS workspace", unsafe { stream.alloc::<u8>(BLAS_WORKSPACE_BYTES) })?;
-            let ws_ptr = crate::tensor_io::base_ptr(&ws);
+            let ws_ptr = crate::device::tensor_io::base_ptr(&ws);
             // SAFETY: the handle is live and the workspace outlives it (both owned by the
             // backend; fields drop in declaration order, the handle first).
             let st = unsafe {
@@ -65,7 +65,7 @@ impl CudaBackend {
                     BLAS_WORKSPACE_BYTES,
                 )
             };
-            crate::cuda_error::blas("setting the cuBLAS workspace", st.result())?;
+            crate::device::cuda_error::blas("setting the cuBLAS workspace", st.result())?;
             let name = drv("reading the device name", ctx.name())?;
             let cc = drv("reading the compute capability", ctx.compute_capability())?;
             let attr = |a: CUdevice_attribute, what: &str| drv(format!("reading {what}"), ctx.attribute(a));
@@ -133,7 +133,7 @@ impl CudaBackend {
     }
 
     /// Statistics of the fused-kernel cache (for reports).
-    pub fn kernel_cache_stats(&self) -> crate::kernel_cache::KernelCacheStats {
+    pub fn kernel_cache_stats(&self) -> crate::device::kernel_cache::KernelCacheStats {
         self.kernels.stats()
     }
 }

@@ -1,13 +1,13 @@
-//! Compiled fused kernels on one GPU: modules cached in memory, PTX from [`crate::ptx_cache`].
+//! Compiled fused kernels on one GPU: modules cached in memory, PTX from [`crate::device::ptx_cache`].
 //!
 //! In memory, modules are keyed by the address of the spec's `&'static str` CUDA source (a
 //! spec's source is a compile-time constant, so its address identifies it for the life of the
 //! process and the hot path hashes nothing). A PTX file from the disk cache that fails to load
 //! (corrupt, or from an NVRTC newer than the driver) is recompiled and replaced once.
 
-use crate::cuda_backend::CudaBackend;
-use crate::cuda_error::{drv, guarded, CudaError};
-use crate::ptx_cache::{ptx_for, PtxOrigin};
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::{drv, guarded, CudaError};
+use crate::device::ptx_cache::{ptx_for, PtxOrigin};
 use cudarc::driver::{CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 use kiln_codegen::abi;
