@@ -111,13 +111,13 @@ fn run_launches_on_the_cpu_device() {
     let dev = Device::Cpu;
     let (rows, width) = (2, 24);
     let (x, w, pos) = inputs(rows, width);
-    for dtype in DType::STORAGE {
+    for dtype in kiln_runtime::DType::FLOATS {
         let xt = Tensor::from_f32_as(&dev, dtype, &x, rows, width).unwrap();
         let wt = Tensor::vector(&dev, &w).unwrap();
         let pt = Tensor::vector(&dev, &pos).unwrap();
         let mut y = Tensor::zeros(&dev, dtype, rows, width).unwrap();
-        let mut y2 = Tensor::zeros(&dev, DType::F32, rows, width).unwrap();
-        let mut m = Tensor::zeros(&dev, DType::F32, rows, 1).unwrap();
+        let mut y2 = Tensor::zeros(&dev, kiln_runtime::DType::F32, rows, width).unwrap();
+        let mut m = Tensor::zeros(&dev, kiln_runtime::DType::F32, rows, 1).unwrap();
         scale_shift::run(&dev, &xt, &wt, &pt, 0.25, -2, true, &mut y, &mut y2, &mut m).unwrap();
         let (y, y2, m) = (y.to_host_f32().unwrap(), y2.to_host_f32().unwrap(), m.to_host_f32().unwrap());
         for r in 0..rows {

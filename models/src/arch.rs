@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_codegen::ir::DType;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
 

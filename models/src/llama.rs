@@ -13,11 +13,11 @@ use crate::config::{ConfigError, LlamaConfig, RopeScalingKind};
 use crate::kernels::{activation, attention, epilogue, gather, norm, rope};
 use crate::model::{KvCache, LayerKv, ModelError, ModelInfo, Runner};
 use crate::weights::{GgufNaming, WeightSource};
-use kiln_codegen::ir::DType;
 use kiln_runtime::attention::PagedKv;
 use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::model::graphs::StepModel;
 use kiln_runtime::model::step::{Heads, StepInputs};
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 
 /// llama.cpp's per-block tensor stems and their HF counterparts under `model.layers.N.`

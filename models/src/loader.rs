@@ -8,7 +8,7 @@
 use crate::arch::Checkpoint;
 use crate::model::CausalLm;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
-use kiln_codegen::ir::DType;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 use std::path::{Path, PathBuf};
 

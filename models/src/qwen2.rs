@@ -11,7 +11,7 @@ use crate::config::{ConfigError, LlamaConfig, RopeScalingKind};
 use crate::llama::{load, Llama, LlamaOptions, GGUF_BLOCKS};
 use crate::model::{ModelError, Runner};
 use crate::weights::GgufNaming;
-use kiln_codegen::ir::DType;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 
 fn refuse_unsupported(src: &ConfigSource<'_>, cfg: &LlamaConfig) -> Result<(), ConfigError> {

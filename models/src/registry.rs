@@ -4,7 +4,7 @@
 
 use crate::arch::{Architecture, Built, Checkpoint};
 use crate::model::ModelError;
-use kiln_codegen::ir::DType;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 
 pub const ARCHITECTURES: &[Architecture] = &[

@@ -11,8 +11,8 @@
 //! file-loaded synthetic model equals the `synth:` one bit for bit.
 
 use crate::config::{LlamaConfig, RopeScaling, RopeScalingKind};
-use kiln_codegen::ir::DType;
 use kiln_runtime::device::device_kernels::fill_uniform;
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 
 /// The names `--preset` / `synth:` accept.

@@ -4,11 +4,11 @@
 //! whole and chunked prefills next to decodes, shuffled block tables and padding rows; and its
 //! refusals of bad input.
 
-use kiln_codegen::ir::DType;
 use kiln_models::kernels::attention::{self, ScoreRef};
 use kiln_models::kernels::attention_check::{max_rel, variants, Case, Problem};
 use kiln_runtime::attention::{AttnPlan, PagedKv, SeqAttn};
 use kiln_runtime::device::fused::Arg;
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;

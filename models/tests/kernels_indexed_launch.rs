@@ -1,8 +1,8 @@
 //! Gathered and scattered rows through the runtime's `launch` (shape binding, aliasing rules),
 //! on the CPU device: the embedding lookup and the KV-cache write as the model calls them.
 
-use kiln_codegen::ir::DType;
 use kiln_models::kernels::{gather, rope};
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 
 #[test]

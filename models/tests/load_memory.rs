@@ -7,8 +7,8 @@
 //! `load_memory_1b` (ignored; run with `--ignored --nocapture`) measures a Llama-3.2-1B-shaped
 //! checkpoint (2.5 GB of bf16) for docs/perf.md.
 
-use kiln_codegen::ir::DType;
 use kiln_models::synth::{preset, write_hf_dir};
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

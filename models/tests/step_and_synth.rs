@@ -2,13 +2,13 @@
 //! fixed decode-graph form with its padding), which steps the decode graphs take, the
 //! synthetic models' shapes, and a synthetic model's forward on the CPU.
 
-use kiln_codegen::ir::DType;
 use kiln_models::model::{CausalLm, ForwardBatch};
 use kiln_models::synth::{param_count, preset, PRESETS};
 use kiln_runtime::attention::SeqAttn;
 use kiln_runtime::model::graphs::is_decode;
 use kiln_runtime::model::step::{Heads, StepInputs};
 use kiln_runtime::model::KvCache;
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 
 fn cache(blocks: usize) -> KvCache {

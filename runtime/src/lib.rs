@@ -17,6 +17,7 @@ pub mod model;
 pub mod sample;
 pub mod sched;
 
+pub use device::dtype::DType;
 pub use device::element::Element;
 pub use device::fused::{launch, Arg, FusedError};
 pub use device::gemm::{matmul, GemmError};

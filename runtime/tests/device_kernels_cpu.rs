@@ -2,8 +2,8 @@
 //! seeded fills are a pure function of (seed, index) and stay in range; the row argmax takes
 //! the lowest index on ties and refuses the rows the sampler refuses.
 
-use kiln_codegen::ir::DType;
 use kiln_runtime::device::device_kernels::{argmax_rows, fill_uniform};
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 
 #[test]

@@ -4,8 +4,8 @@
 
 use half::bf16;
 use kiln_codegen::fused::FusedDef;
-use kiln_codegen::ir::DType;
 use kiln_runtime::gpu_check::samples;
+use kiln_runtime::DType;
 use kiln_runtime::{launch, Arg, Device, FusedError, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -3,7 +3,7 @@
 //! loose floor so a slow CI machine does not fail, the number is for reading.
 //! Run: `cargo test -p kiln-runtime --release --test gemm_bandwidth -- --nocapture`.
 
-use kiln_codegen::ir::DType;
+use kiln_runtime::DType;
 use kiln_runtime::{matmul, Device, Tensor};
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 //! matrix-vector path) and larger m (the gemm crate), odd k and n, strided views; plus the
 //! argument errors.
 
-use kiln_codegen::ir::DType;
+use kiln_runtime::DType;
 use kiln_runtime::{matmul, Device, GemmError, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

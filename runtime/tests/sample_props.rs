@@ -182,7 +182,7 @@ proptest! {
         let v = logits.len();
         let mut rows: Vec<f32> = logits.clone();
         rows.extend(logits.iter().rev().map(|&x| if x.is_finite() { x * 0.5 } else { x }));
-        let dtype = if bf16 { kiln_codegen::ir::DType::BF16 } else { kiln_codegen::ir::DType::F32 };
+        let dtype = if bf16 { kiln_runtime::DType::BF16 } else { kiln_runtime::DType::F32 };
         let t = Tensor::from_f32_as(&Device::Cpu, dtype, &rows, 2, v).unwrap();
         let rows = t.to_host_f32().unwrap(); // what the sampler sees after rounding to the dtype
         let mut seqs: Vec<(Sampler, TokenHistory, usize)> = params

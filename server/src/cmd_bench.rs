@@ -145,7 +145,7 @@ fn spread((lo, hi): (usize, usize), i: usize, n: usize) -> usize {
 fn load_model(
     path: &std::path::Path,
     dev: &kiln_runtime::Device,
-    dtype: kiln_codegen::ir::DType,
+    dtype: kiln_runtime::DType,
 ) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
     if let Some(name) = path.to_str().and_then(|p| p.strip_prefix("synth:")) {
         let cfg = kiln_models::synth::preset(name).with_context(|| {

@@ -4,7 +4,7 @@
 //! file and the in-memory form benchmark the same model; peers can load the directory too.
 
 use anyhow::{bail, Context, Result};
-use kiln_codegen::ir::DType;
+use kiln_runtime::DType;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

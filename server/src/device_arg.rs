@@ -1,8 +1,8 @@
 //! `--device cpu|cuda|auto` and the dtype that goes with the device; `--sampling`.
 
 use anyhow::{bail, Result};
-use kiln_codegen::ir::DType;
 use kiln_runtime::engine::SamplingPlacement;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -4,7 +4,6 @@
 //! against HF transformers (tests/fixtures/reference.json "beam"), and seeded `n > 1` sampling
 //! with the prompt's blocks shared.
 
-use kiln_codegen::ir::DType;
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_models::generate::generate;
 use kiln_models::loader::{load, LoadedModel};
@@ -15,6 +14,7 @@ use kiln_runtime::engine::{
 };
 use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::{FinishReason, SamplingParams};
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
 use std::path::PathBuf;

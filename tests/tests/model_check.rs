@@ -2,11 +2,11 @@
 //! the first N layers and still loads and runs, and the check's greedy loop gives the tokens
 //! `generate` gives.
 
-use kiln_codegen::ir::DType;
 use kiln_models::generate::generate;
 use kiln_models::loader::load;
 use kiln_models::model_check::{common_prefix, greedy, truncate_gguf};
 use kiln_runtime::sample::SamplingParams;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 
 fn default_model() -> std::path::PathBuf {

@@ -2,12 +2,12 @@
 //! tests/fixtures/make_reference.py): last-position logits within 1e-3, greedy continuations
 //! identical for 32 tokens, and the GGUF and converted-safetensors paths giving identical logits.
 
-use kiln_codegen::ir::DType;
 use kiln_models::generate::generate;
 use kiln_models::loader::{load, LoadedModel};
 use kiln_models::model::ForwardBatch;
 use kiln_runtime::attention::SeqAttn;
 use kiln_runtime::sample::SamplingParams;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
 use std::path::PathBuf;

@@ -4,12 +4,12 @@
 //! names, Q/K rows unpermuted) giving the same logits; and the loader refusing what Qwen2 does
 //! not implement, leftover tensors and missing biases, each with the name in the error.
 
-use kiln_codegen::ir::DType;
 use kiln_models::loader::load_weights_only;
 use kiln_models::model::{CausalLm, ForwardBatch};
 use kiln_models::model_check::{compare_logits, greedy};
 use kiln_models::weights::{HostTensor, Weights};
 use kiln_runtime::attention::SeqAttn;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -9,13 +9,13 @@
 //!   then the device sampler inside the engine against the host sampler (16 requests with
 //!   every sampling setting, all at once: identical tokens and log-probabilities).
 
-use kiln_codegen::ir::DType;
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_models::loader::load;
 use kiln_models::model_check::{common_prefix, compare_logits, greedy, truncate_gguf};
 use kiln_runtime::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, SamplingPlacement, TokenLogprob};
 use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::SamplingParams;
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 use std::path::PathBuf;
 use std::process::ExitCode;

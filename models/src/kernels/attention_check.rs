@@ -9,9 +9,9 @@
 use super::attention::{self, attention_ref, ScoreRef};
 use crate::model::ModelError;
 use kiln_codegen::attention::def::AttnDef;
-use kiln_codegen::ir::DType;
 use kiln_runtime::attention::{AttnPlan, SeqAttn};
 use kiln_runtime::device::fused::Arg;
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

@@ -6,8 +6,8 @@
 
 use super::attention_check::{max_rel, variants, Case, Problem};
 use crate::model::ModelError;
-use kiln_codegen::ir::DType;
 use kiln_runtime::attention::{run, PagedKv};
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use kiln_codegen::ir::DType;
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};

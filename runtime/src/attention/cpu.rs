@@ -7,10 +7,10 @@
 use super::plan::AttnPlan;
 use super::{AttnError, Bound, PagedKv};
 use crate::device::fused::Arg;
+use crate::DType;
 use crate::Tensor;
 use kiln_codegen::attention::def::AttnDef;
 use kiln_codegen::cpu::{CpuIn, CpuKernel, CpuOutArg, CpuParam, CpuScalar};
-use kiln_codegen::ir::DType;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

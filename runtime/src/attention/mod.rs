@@ -85,8 +85,9 @@ pub fn run(
     comptimes: &[Arg<'_>],
     out: &mut Tensor,
 ) -> Result<(), AttnError> {
-    let compiled = def.compiled(q.dtype())?;
-    let (_, spec) = def.spec(q.dtype()).ok_or(AttnDefError::NoSpec { name: def.name, dtype: q.dtype() })?;
+    let compiled = def.compiled(q.dtype().to_ir())?;
+    let (_, spec) =
+        def.spec(q.dtype().to_ir()).ok_or(AttnDefError::NoSpec { name: def.name, dtype: q.dtype().to_ir() })?;
     let b = bind(def, &compiled.kernel, q, kv, plan, comptimes, out)?;
     for (what, t) in [("q", q), ("the K pool", kv.k), ("the V pool", kv.v), ("out", &*out)] {
         if t.device() != dev {
@@ -142,8 +143,8 @@ fn bind<'a>(
         ));
     }
     for (what, t) in [("the K pool", kv.k), ("the V pool", kv.v), ("out", out)] {
-        if t.dtype() != q.dtype() {
-            return bad(format!("{what} is {}, q is {}", t.dtype(), q.dtype()));
+        if t.dtype().to_ir() != q.dtype().to_ir() {
+            return bad(format!("{what} is {}, q is {}", t.dtype().to_ir(), q.dtype().to_ir()));
         }
     }
     if out.shares_storage(q) || out.shares_storage(kv.k) || out.shares_storage(kv.v) {

@@ -19,7 +19,7 @@ pub const MMA_MIN_QUERIES: usize = 8;
 /// Keys per split of the default split (two tiles): short enough that one long sequence
 /// spreads over many blocks, long enough that the combine stays cheap.
 pub const SPLIT_TOKENS: usize = 2 * TILE;
-use kiln_codegen::ir::DType;
+use crate::DType;
 
 /// A sequence as the CPU path walks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,9 +8,9 @@
 //! penalties (with random histories) and log-probabilities. Tokens and errors must be equal;
 //! log-probabilities within 1e-5 (CUDA's `log` against Rust's), top-n ids equal.
 
-use kiln_codegen::ir::DType;
 use kiln_runtime::sample::device::{self, SampleJob};
 use kiln_runtime::sample::{rng, Sampler, SamplingParams, TokenHistory};
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use std::process::ExitCode;
 use std::time::Instant;

@@ -11,9 +11,9 @@
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::{drv, CudaError};
 use crate::device::tensor::{Tensor, TensorError};
+use crate::DType;
 use crate::Device;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use kiln_codegen::ir::DType;
 use std::sync::OnceLock;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! [`Element`]: the Rust types a tensor's elements can be read and written as, one per storage
 //! [`DType`] (`f32`, `half::f16`, `half::bf16`, `i32`). `Bool` is never stored.
 
-use kiln_codegen::ir::DType;
+use crate::DType;
 
 /// A storable element type. Sealed: exactly the four storage dtypes.
 pub trait Element: bytemuck::Pod + Send + Sync + 'static + sealed::Sealed {
@@ -67,6 +67,5 @@ pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
         DType::I32 => out.extend(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)),
         DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
         DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
-        DType::Bool => out.extend(bytes.iter().map(|&b| (b != 0) as u8 as f32)),
     }
 }

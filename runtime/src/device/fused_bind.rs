@@ -74,10 +74,10 @@ fn spec_order(def: &'static FusedDef, args: &[Arg<'_>], outs: &[&mut Tensor]) ->
     let first_float = args
         .iter()
         .filter_map(|a| match a {
-            Arg::Tensor(t) => Some(t.dtype()),
+            Arg::Tensor(t) => Some(t.dtype().to_ir()),
             _ => None,
         })
-        .chain(outs.iter().map(|t| t.dtype()))
+        .chain(outs.iter().map(|t| t.dtype().to_ir()))
         .find(|d| d.is_float());
     let mut order: Vec<&'static FusedSpec> = vec![];
     if let Some((_, s)) = first_float.and_then(|d| def.spec(d)) {
@@ -139,14 +139,14 @@ fn dtype_mismatch(
     };
     for (p, a) in k.params.iter().zip(args) {
         if let Arg::Tensor(t) = a {
-            if t.dtype() != p.kind.dtype() {
-                return Some(bad(&p.name, p.kind.dtype(), t.dtype()));
+            if t.dtype().to_ir() != p.kind.dtype() {
+                return Some(bad(&p.name, p.kind.dtype(), t.dtype().to_ir()));
             }
         }
     }
     for (o, t) in k.outputs.iter().zip(outs) {
-        if t.dtype() != o.kind.dtype() {
-            return Some(bad(&o.name, o.kind.dtype(), t.dtype()));
+        if t.dtype().to_ir() != o.kind.dtype() {
+            return Some(bad(&o.name, o.kind.dtype(), t.dtype().to_ir()));
         }
     }
     None

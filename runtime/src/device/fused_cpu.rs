@@ -93,7 +93,7 @@ pub(crate) fn run(b: &Bound, args: &[Arg<'_>], outs: &mut [&mut Tensor]) -> Resu
         let mut out_args = Vec::with_capacity(outs.len());
         for ((o, t), g) in k.outputs.iter().zip(outs.iter()).zip(out_guards.iter_mut()) {
             let (start, end) = t.byte_range();
-            let data = cpu_out(t.dtype(), &mut g.bytes_mut()[start..end]).map_err(terr)?;
+            let data = cpu_out(t.dtype().to_ir(), &mut g.bytes_mut()[start..end]).map_err(terr)?;
             out_args.push(out_arg(o.kind, data, t.row_stride()));
         }
         return planned.run(&params, &mut out_args, b.rows, b.width).map_err(run_err);
@@ -148,7 +148,7 @@ fn out_arg(kind: OutputKind, data: CpuOut<'_>, row_stride: usize) -> CpuOutArg<'
 
 /// The tensor's view in `storage` (all of its storage's bytes) as a typed input.
 fn cpu_in<'a>(t: &Tensor, storage: &'a [u8]) -> Result<CpuIn<'a>, TensorError> {
-    Ok(match t.dtype() {
+    Ok(match t.dtype().to_ir() {
         DType::F32 => CpuIn::F32(t.typed(storage)?),
         DType::F16 => CpuIn::F16(t.typed(storage)?),
         DType::BF16 => CpuIn::BF16(t.typed(storage)?),
@@ -159,7 +159,8 @@ fn cpu_in<'a>(t: &Tensor, storage: &'a [u8]) -> Result<CpuIn<'a>, TensorError> {
 
 /// Bytes of one output view as a typed output.
 fn cpu_out(dtype: DType, bytes: &mut [u8]) -> Result<CpuOut<'_>, TensorError> {
-    let mis = |_| TensorError::Misaligned(dtype);
+    let storage = crate::DType::from_ir(dtype).ok_or(TensorError::NotStorable(dtype))?;
+    let mis = |_| TensorError::Misaligned(storage);
     Ok(match dtype {
         DType::F32 => CpuOut::F32(bytemuck::try_cast_slice_mut(bytes).map_err(mis)?),
         DType::F16 => CpuOut::F16(bytemuck::try_cast_slice_mut(bytes).map_err(mis)?),

@@ -14,7 +14,7 @@
 use crate::device::cuda_error::CudaError;
 use crate::device::tensor::{Tensor, TensorError};
 use crate::device::Device;
-use kiln_codegen::ir::DType;
+use crate::DType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GemmError {

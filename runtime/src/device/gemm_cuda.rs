@@ -12,8 +12,8 @@
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::{blas, drv, CudaError};
 use crate::device::tensor::Tensor;
+use crate::DType;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
-use kiln_codegen::ir::DType;
 use std::ffi::c_void;
 
 pub(crate) fn matmul(b: &CudaBackend, a: &Tensor, b_t: &Tensor, out: &mut Tensor) -> Result<(), CudaError> {

@@ -21,6 +21,7 @@ pub mod cuda_backend;
 pub mod cuda_error;
 pub mod cuda_libs;
 pub mod device_kernels;
+pub mod dtype;
 pub mod element;
 pub mod fused;
 mod fused_bind;

@@ -19,8 +19,8 @@ use crate::device::cuda_error::CudaError;
 use crate::device::element::{bytes_to_f32, Element};
 use crate::device::host_buf::{HostBuf, Poisoned};
 use crate::device::Device;
+use crate::DType;
 use cudarc::driver::CudaSlice;
-use kiln_codegen::ir::DType;
 use std::fmt;
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ pub enum TensorError {
     #[error("{op}: tensor is {got}, expected {expected}")]
     DType { op: &'static str, expected: DType, got: DType },
     #[error("{0} cannot be stored in a tensor")]
-    NotStorable(DType),
+    NotStorable(kiln_codegen::ir::DType),
     #[error("{op}: {len} elements given for a {rows}x{cols} tensor")]
     DataLen { op: &'static str, len: usize, rows: usize, cols: usize },
     #[error("{op} needs a CPU tensor, this one is on {device}")]
@@ -77,10 +77,7 @@ impl fmt::Debug for Tensor {
 }
 
 pub(crate) fn storable(dtype: DType) -> Result<usize, TensorError> {
-    match dtype {
-        DType::Bool => Err(TensorError::NotStorable(dtype)),
-        d => Ok(d.size_bytes()),
-    }
+    Ok(dtype.size_bytes())
 }
 
 impl Tensor {
@@ -109,7 +106,6 @@ impl Tensor {
             DType::F16 => Tensor::from_host(dev, &convert::<half::f16>(data), rows, cols),
             DType::BF16 => Tensor::from_host(dev, &convert::<half::bf16>(data), rows, cols),
             DType::I32 => Tensor::from_host(dev, &convert::<i32>(data), rows, cols),
-            DType::Bool => Err(TensorError::NotStorable(dtype)),
         }
     }
 

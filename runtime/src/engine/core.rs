@@ -373,8 +373,8 @@ impl Core {
         match route {
             Route::Host => out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string()),
             Route::Argmax => {
-                let mut ids = crate::Tensor::uninit(out.device(), kiln_codegen::ir::DType::I32, 1, out.rows())
-                    .map_err(|e| e.to_string())?;
+                let mut ids =
+                    crate::Tensor::uninit(out.device(), crate::DType::I32, 1, out.rows()).map_err(|e| e.to_string())?;
                 crate::device::device_kernels::argmax_rows(&out, &mut ids).map_err(|e| e.to_string())?;
                 ids.to_host::<i32>().map(StepOut::Tokens).map_err(|e| e.to_string())
             }

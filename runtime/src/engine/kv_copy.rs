@@ -8,8 +8,8 @@
 
 use crate::kv::CopyBlock;
 use crate::model::KvCache;
+use crate::DType;
 use crate::{Device, Element, Tensor, TensorError};
-use kiln_codegen::ir::DType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvCopyError {

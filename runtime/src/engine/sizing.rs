@@ -75,7 +75,7 @@ pub(crate) fn size(info: &ModelInfo, device: &Device, cfg: &EngineConfig) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_codegen::ir::DType;
+    use crate::DType;
 
     fn info() -> ModelInfo {
         ModelInfo {

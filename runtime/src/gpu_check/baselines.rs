@@ -10,7 +10,7 @@ use crate::device::cuda_error::drv;
 use crate::device::gemm::matmul;
 use crate::device::tensor::Tensor;
 use crate::device::Device;
-use kiln_codegen::ir::DType;
+use crate::DType;
 use rand::rngs::StdRng;
 use rand::Rng;
 

@@ -55,7 +55,7 @@ impl Input {
     /// Bytes a kernel reads from this input once.
     pub fn bytes(&self) -> usize {
         match self {
-            Input::Tensor { cpu, .. } => cpu.len() * cpu.dtype().size_bytes(),
+            Input::Tensor { cpu, .. } => cpu.len() * cpu.dtype().to_ir().size_bytes(),
             _ => 0,
         }
     }
@@ -157,7 +157,7 @@ fn tensor(d: DType, rows: usize, cols: usize, gpu: &Device, rng: &mut StdRng) ->
             })
             .collect()
     };
-    let cpu = Tensor::from_f32_as(&Device::Cpu, d, &data, rows, cols)?;
+    let cpu = Tensor::from_f32_as(&Device::Cpu, storage(d)?, &data, rows, cols)?;
     let gpu = cpu.to_device(gpu)?;
     Ok(Input::Tensor { cpu, gpu })
 }
@@ -181,12 +181,17 @@ pub(crate) fn poisoned_outputs(
             };
             let d = o.kind.dtype();
             let fill = if d == DType::I32 { i32::MIN as f32 } else { f32::NAN };
-            Tensor::from_f32_as(dev, d, &vec![fill; r * c], r, c)
+            Tensor::from_f32_as(dev, storage(d)?, &vec![fill; r * c], r, c)
         })
         .collect()
 }
 
 /// Bytes a kernel writes to these outputs once.
 pub(crate) fn output_bytes(outs: &[Tensor]) -> usize {
-    outs.iter().map(|t| t.len() * t.dtype().size_bytes()).sum()
+    outs.iter().map(|t| t.len() * t.dtype().to_ir().size_bytes()).sum()
+}
+
+/// The storage dtype of a kernel parameter's IR type (a `Bool` is never stored).
+fn storage(d: DType) -> Result<crate::DType, TensorError> {
+    crate::DType::from_ir(d).ok_or(TensorError::NotStorable(d))
 }

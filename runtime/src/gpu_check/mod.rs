@@ -127,14 +127,14 @@ pub struct CopyResult {
 #[derive(Clone, Debug)]
 pub struct GemmSpeed {
     pub n: usize,
-    pub dtype: DType,
+    pub dtype: crate::DType,
     pub median_us: f64,
     pub tflops: f64,
 }
 
 #[derive(Clone, Debug)]
 pub struct GemmCheck {
-    pub dtype: DType,
+    pub dtype: crate::DType,
     pub m: usize,
     pub k: usize,
     pub n: usize,
@@ -145,7 +145,7 @@ pub struct GemmCheck {
 
 impl GemmCheck {
     pub fn pass(&self) -> bool {
-        self.error.is_none() && self.diff.passes(compare::tolerance(self.dtype))
+        self.error.is_none() && self.diff.passes(compare::tolerance(self.dtype.to_ir()))
     }
 }
 
@@ -208,7 +208,7 @@ pub fn run_all(gpu: &Device, defs: &[&'static FusedDef], cfg: &CheckConfig) -> R
         copy = cfg.copy_shape.map(|(r, c)| baselines::copy(gpu, b, cfg, r, c).map_err(|e| e.to_string()));
         gemm_speed = cfg.gemm_n.map(|n| baselines::gemm_speed(gpu, b, cfg, n, &mut rng).map_err(|e| e.to_string()));
         for &shape in &cfg.gemm_checks {
-            for &dtype in &cfg.dtypes {
+            for dtype in cfg.dtypes.iter().filter_map(|&d| crate::DType::from_ir(d)) {
                 for offset in [false, true] {
                     gemm_checks.push(baselines::gemm_check(gpu, dtype, shape, offset, &mut rng));
                 }

@@ -15,8 +15,8 @@
 use super::step::{Heads, StepInputs};
 use super::{ForwardBatch, KvCache, ModelError, ModelInfo};
 use crate::device::graph::{capture, CapturedGraph};
+use crate::DType;
 use crate::{Device, Storage, Tensor};
-use kiln_codegen::ir::DType;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;

@@ -108,7 +108,7 @@ pub struct ModelInfo {
     /// One entry per transformer layer: its KV shape and attention kind.
     pub layers: Vec<LayerKv>,
     /// Element type of the KV pools.
-    pub kv_dtype: kiln_codegen::ir::DType,
+    pub kv_dtype: crate::DType,
 }
 
 impl ModelInfo {

@@ -111,7 +111,7 @@ impl StepInputs {
         kv: &KvCache,
         heads: Heads,
     ) -> Result<StepInputs, ModelError> {
-        let packed = Tensor::zeros(dev, kiln_codegen::ir::DType::I32, 1, 4 * bucket)?;
+        let packed = Tensor::zeros(dev, crate::DType::I32, 1, 4 * bucket)?;
         let mut plan = AttnPlan::new(&[], bucket, bucket, bt_stride, kv.block_size, kv.num_blocks)?;
         plan.split_fixed((bt_stride * kv.block_size).div_ceil(SPLIT_TOKENS));
         plan.upload(dev, heads.n_heads, heads.head_dim)?;

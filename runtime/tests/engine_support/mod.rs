@@ -7,13 +7,13 @@
 
 #![allow(dead_code)]
 
-use kiln_codegen::ir::DType;
 use kiln_runtime::engine::{
     Detokenizer, EngineConfig, EngineEvent, EngineHandle, GenerateRequest, RequestHandle, TextStream, TokenLogprob,
     Usage,
 };
 use kiln_runtime::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
 use kiln_runtime::sample::FinishReason;
+use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use std::sync::Arc;
 

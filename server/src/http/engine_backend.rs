@@ -9,11 +9,11 @@ use crate::engine_api::{
     RequestHandle, SubmitError,
 };
 use crate::state::Loaded;
-use kiln_codegen::ir::DType;
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_models::loader::LoadError;
 use kiln_models::model::CausalLm;
 use kiln_models::tokenizer::{ChatMessage, ChatTemplate, ChatTemplateError, Tokenizer};
+use kiln_runtime::DType;
 use kiln_runtime::Device;
 use std::path::PathBuf;
 use std::sync::Arc;

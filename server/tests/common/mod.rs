@@ -113,7 +113,7 @@ pub fn start_real(cfg: ServerConfig, engine: kiln_runtime::engine::EngineConfig)
             let spec = kiln_server::engine_backend::ModelSpec {
                 path,
                 device: kiln_runtime::Device::Cpu,
-                dtype: kiln_codegen::ir::DType::F32,
+                dtype: kiln_runtime::DType::F32,
                 engine,
             };
             let loaded = tokio::task::spawn_blocking(move || kiln_server::engine_backend::load(&spec))

@@ -17,8 +17,8 @@ use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
 use crate::device::tensor::Tensor;
 use crate::sample::math::{EXP_COEFFS, EXP_FLUSH_BELOW, LN2_HI, LN2_LO, LOG2_E, ROUND_MAGIC, WEIGHT_SCALE};
+use crate::DType;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use kiln_codegen::ir::DType;
 use std::sync::OnceLock;
 
 /// Threads per job. The kernel's reductions assume a multiple of 32 and at most 1024.

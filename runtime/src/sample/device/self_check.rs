@@ -8,8 +8,8 @@ use super::job::SampleJob;
 use super::{same_outcome, sample};
 use crate::device::tensor::Tensor;
 use crate::sample::rng;
+use crate::DType;
 use crate::Device;
-use kiln_codegen::ir::DType;
 
 /// Rows of the check batch.
 const ROWS: usize = 4;
