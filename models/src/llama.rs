@@ -137,7 +137,8 @@ impl Llama {
             let p = format!("model.layers.{l}");
             let (qn, kn, vn) =
                 (format!("{p}.self_attn.q_proj"), format!("{p}.self_attn.k_proj"), format!("{p}.self_attn.v_proj"));
-            let stacked = |parts: &[(&str, &[usize])]| w.upload_stacked(parts, None, dev, dtype).map_err(load);
+            let stacked = |parts: &[(&str, &[usize])]| w.weight_stacked(parts, dev, dtype).map_err(load);
+            let proj = |name: &str, shape: &[usize]| w.weight(name, shape, dev, dtype).map_err(load);
             let qkv_bias = if opts.qkv_bias {
                 let parts =
                     [(format!("{qn}.bias"), [1, q]), (format!("{kn}.bias"), [1, kv]), (format!("{vn}.bias"), [1, kv])];
@@ -160,17 +161,15 @@ impl Llama {
                     (&format!("{qn}.weight"), &[q, h]),
                     (&format!("{kn}.weight"), &[kv, h]),
                     (&format!("{vn}.weight"), &[kv, h]),
-                ])?
-                .into(),
+                ])?,
                 qkv_bias,
-                wo: up(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?.into(),
+                wo: proj(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
                 ffn_norm: up(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 w_gate_up: stacked(&[
                     (&format!("{p}.mlp.gate_proj.weight"), &[ff, h]),
                     (&format!("{p}.mlp.up_proj.weight"), &[ff, h]),
-                ])?
-                .into(),
-                w_down: up(&format!("{p}.mlp.down_proj.weight"), &[h, ff])?.into(),
+                ])?,
+                w_down: proj(&format!("{p}.mlp.down_proj.weight"), &[h, ff])?,
             });
         }
         let embed = up("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
@@ -182,7 +181,7 @@ impl Llama {
             w.mark_used("lm_head.weight");
             Weight::Dense(embed.clone()) // tied: the same storage
         } else {
-            up("lm_head.weight", &[cfg.vocab_size, h])?.into()
+            w.weight("lm_head.weight", &[cfg.vocab_size, h], dev, dtype).map_err(load)?
         };
         let final_norm = up("model.norm.weight", &[h])?;
         Ok(Llama::assemble(cfg, dev, dtype, embed, lm_head, final_norm, layers))

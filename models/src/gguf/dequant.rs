@@ -13,6 +13,7 @@
 //! element is computed independently. Work is split across rayon in chunks of whole blocks.
 
 use half::f16;
+use kiln_runtime::device::quant::QuantFormat;
 use rayon::prelude::*;
 
 use super::types::GgmlType;
@@ -68,11 +69,6 @@ pub fn dequantize(ty: GgmlType, src: &[u8], n_elements: usize) -> Result<Vec<f32
     Ok(out)
 }
 
-#[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
-
 fn f32_chunk(src: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -92,36 +88,17 @@ fn bf16_chunk(src: &[u8], out: &mut [f32]) {
     }
 }
 
+// The block formats kiln also multiplies without dequantizing are defined once, in the runtime.
 fn q8_0_chunk(src: &[u8], out: &mut [f32]) {
-    for (o, b) in out.chunks_exact_mut(32).zip(src.chunks_exact(34)) {
-        let d = f16_at(b, 0);
-        for (x, &q) in o.iter_mut().zip(&b[2..34]) {
-            *x = (q as i8) as f32 * d;
-        }
-    }
+    QuantFormat::Q8_0.dequantize(src, out);
 }
 
 fn q4_0_chunk(src: &[u8], out: &mut [f32]) {
-    for (o, b) in out.chunks_exact_mut(32).zip(src.chunks_exact(18)) {
-        let d = f16_at(b, 0);
-        let (lo, hi) = o.split_at_mut(16);
-        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..18]) {
-            *l = ((q & 0x0f) as i32 - 8) as f32 * d;
-            *h = ((q >> 4) as i32 - 8) as f32 * d;
-        }
-    }
+    QuantFormat::Q4_0.dequantize(src, out);
 }
 
 fn q4_1_chunk(src: &[u8], out: &mut [f32]) {
-    for (o, b) in out.chunks_exact_mut(32).zip(src.chunks_exact(20)) {
-        let d = f16_at(b, 0);
-        let m = f16_at(b, 2);
-        let (lo, hi) = o.split_at_mut(16);
-        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
-            *l = (q & 0x0f) as f32 * d + m;
-            *h = (q >> 4) as f32 * d + m;
-        }
-    }
+    QuantFormat::Q4_1.dequantize(src, out);
 }
 
 #[cfg(test)]

@@ -39,7 +39,9 @@ fn check(len: usize, rows: usize, cols: usize, n_head: usize) -> Result<usize, P
 
 /// GGUF (llama.cpp, interleaved-pair) row order -> HF (rotate-half) row order, for a row-major
 /// `[rows, cols]` matrix.
-pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>, PermuteError> {
+/// Generic over the element so that quantized rows (`cols` = bytes per row) move whole, as
+/// blocks, never dequantized to be permuted.
+pub fn unpermute_qk_rows<T: Copy>(data: &[T], rows: usize, cols: usize, n_head: usize) -> Result<Vec<T>, PermuteError> {
     let head_dim = check(data.len(), rows, cols, n_head)?;
     let mut out = Vec::with_capacity(data.len());
     for r in 0..rows {

@@ -25,6 +25,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use kiln_runtime::device::linear::Weight;
+use kiln_runtime::device::quant::{QuantFormat, QuantMatrix};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use memmap2::Mmap;
@@ -129,6 +131,25 @@ impl StoredTensor<'_> {
         Ok(data)
     }
 
+    /// The tensor as quantized blocks in HF row order (Q/K rows moved whole), when it is a 2-D
+    /// tensor of a format kiln multiplies without dequantizing; `None` otherwise.
+    pub fn quant_matrix(&self) -> Result<Option<QuantMatrix>, WeightsError> {
+        let format = match self.format {
+            StoredFormat::Ggml(GgmlType::Q4_0) => QuantFormat::Q4_0,
+            StoredFormat::Ggml(GgmlType::Q4_1) => QuantFormat::Q4_1,
+            StoredFormat::Ggml(GgmlType::Q8_0) => QuantFormat::Q8_0,
+            StoredFormat::Ggml(_) => return Ok(None),
+        };
+        let [rows, cols] = self.shape[..] else { return Ok(None) };
+        let layout = |reason: String| WeightsError::Layout { tensor: self.name.clone(), reason };
+        let bytes = match self.permuted_heads {
+            None => self.bytes.to_vec(),
+            Some(heads) => unpermute_qk_rows(&self.bytes, rows, format.row_bytes(cols), heads)
+                .map_err(|err| WeightsError::Permute { source_name: String::new(), tensor: self.name.clone(), err })?,
+        };
+        QuantMatrix::new(format, rows, cols, bytes).map(Some).map_err(|e| layout(e.to_string()))
+    }
+
     /// The bytes of this tensor in storage dtype `dtype`: borrowed as stored when it already is
     /// that dtype in HF order, converted (through f32, one tensor at a time) otherwise.
     pub fn bytes_as(&self, dtype: DType) -> Result<Cow<'_, [u8]>, WeightsError> {
@@ -218,6 +239,13 @@ pub struct WeightSource {
     backing: Backing,
     entries: BTreeMap<String, Entry>,
     used: Mutex<BTreeSet<String>>,
+    keep_quantized: bool,
+}
+
+/// Whether projection weights stored as GGML blocks stay quantized on the CPU:
+/// `KILN_WEIGHTS=quantized` (the default is dense, dequantized at load).
+pub fn keep_quantized_from_env() -> bool {
+    std::env::var("KILN_WEIGHTS").as_deref() == Ok("quantized")
 }
 
 impl std::fmt::Debug for WeightSource {
@@ -317,6 +345,7 @@ impl WeightSource {
             backing: Backing::Safetensors(maps),
             entries,
             used: Mutex::new(BTreeSet::new()),
+            keep_quantized: keep_quantized_from_env(),
         })
     }
 
@@ -341,11 +370,58 @@ impl WeightSource {
                 return Err(WeightsError::Duplicate { source_name, tensor: hf });
             }
         }
-        Ok(WeightSource { source_name, backing: Backing::Gguf(file), entries, used: Mutex::new(BTreeSet::new()) })
+        Ok(WeightSource {
+            source_name,
+            backing: Backing::Gguf(file),
+            entries,
+            used: Mutex::new(BTreeSet::new()),
+            keep_quantized: keep_quantized_from_env(),
+        })
     }
 
     pub fn source_name(&self) -> &str {
         &self.source_name
+    }
+
+    /// Keep GGML-block projection weights quantized on the CPU ([`WeightSource::weight`]).
+    pub fn set_keep_quantized(&mut self, keep: bool) {
+        self.keep_quantized = keep;
+    }
+
+    /// A projection's weight: its GGML blocks as they are when the source keeps quantized
+    /// weights, `dev` is the CPU and the format has CPU kernels; else dense `dtype` on `dev`.
+    pub fn weight(&self, name: &str, expected: &[usize], dev: &Device, dtype: DType) -> Result<Weight, WeightsError> {
+        if self.keep_quantized && dev.is_cpu() {
+            if let Some(q) = self.read(name, Some(expected), None)?.quant_matrix().map_err(|e| self.named(e))? {
+                return Ok(Weight::Quantized(q));
+            }
+        }
+        Ok(Weight::Dense(self.upload(name, expected, None, dev, dtype)?))
+    }
+
+    /// Projections stacked along rows as one weight (fused q/k/v, gate/up): quantized when
+    /// every part is of one kept format and width, dense otherwise.
+    pub fn weight_stacked(
+        &self,
+        parts: &[(&str, &[usize])],
+        dev: &Device,
+        dtype: DType,
+    ) -> Result<Weight, WeightsError> {
+        if self.keep_quantized && dev.is_cpu() {
+            let mut qs = Vec::with_capacity(parts.len());
+            for (name, expected) in parts {
+                match self.read(name, Some(expected), None)?.quant_matrix().map_err(|e| self.named(e))? {
+                    Some(q) => qs.push(q),
+                    None => break,
+                }
+            }
+            if qs.len() == parts.len() {
+                if let Ok(q) = QuantMatrix::stack(&qs) {
+                    return Ok(Weight::Quantized(q));
+                }
+            }
+        }
+        Ok(Weight::Dense(self.upload_stacked(parts, None, dev, dtype)?))
     }
 
     /// HF names of every tensor, in order.

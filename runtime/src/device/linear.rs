@@ -6,25 +6,32 @@
 //! Invariant: a `Weight` is `[out_features, in_features]` (HF's layout of `nn.Linear`), and
 //! `linear` takes `x: [rows, in_features]` into `out: [rows, out_features]`.
 
-use crate::{matmul, Device, GemmError, Tensor};
+use crate::device::quant::cpu::{matmul_q8, quantize_row, Simd};
+use crate::device::quant::QuantMatrix;
+use crate::{matmul, DType, Device, GemmError, Tensor};
 
 /// A projection's weight, in the form it is stored on its device.
 #[derive(Clone, Debug)]
 pub enum Weight {
     /// A dense `[out, in]` matrix in a float storage dtype (f32, f16, bf16).
     Dense(Tensor),
+    /// GGML blocks (Q4_0, Q4_1, Q8_0) in host memory, multiplied on the CPU without a dense
+    /// copy (see `device::quant`).
+    Quantized(QuantMatrix),
 }
 
 impl Weight {
     pub fn out_features(&self) -> usize {
         match self {
             Weight::Dense(t) => t.rows(),
+            Weight::Quantized(q) => q.rows(),
         }
     }
 
     pub fn in_features(&self) -> usize {
         match self {
             Weight::Dense(t) => t.cols(),
+            Weight::Quantized(q) => q.cols(),
         }
     }
 
@@ -32,6 +39,7 @@ impl Weight {
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
             Weight::Dense(t) => Some(t),
+            Weight::Quantized(_) => None,
         }
     }
 
@@ -39,6 +47,7 @@ impl Weight {
     pub fn format(&self) -> String {
         match self {
             Weight::Dense(t) => t.dtype().to_string(),
+            Weight::Quantized(q) => q.format().to_string(),
         }
     }
 }
@@ -53,5 +62,49 @@ impl From<Tensor> for Weight {
 pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<(), GemmError> {
     match w {
         Weight::Dense(t) => matmul(dev, x, t, out),
+        Weight::Quantized(q) => linear_quant_cpu(dev, x, q, out),
     }
+}
+
+/// A quantized weight on the CPU: f32 activations quantized to 8-bit blocks, integer dot
+/// products (see `device::quant::cpu`).
+fn linear_quant_cpu(dev: &Device, x: &Tensor, w: &QuantMatrix, out: &mut Tensor) -> Result<(), GemmError> {
+    if !dev.is_cpu() || !x.device().is_cpu() || !out.device().is_cpu() {
+        return Err(GemmError::Unsupported {
+            dtype: x.dtype(),
+            device: format!("{dev:?} for a {} weight", w.format()),
+        });
+    }
+    if x.dtype() != DType::F32 || out.dtype() != DType::F32 {
+        return Err(GemmError::DTypes { a: x.dtype(), b: DType::F32, out: out.dtype() });
+    }
+    let (m, k, n) = (x.rows(), x.cols(), w.rows());
+    if w.cols() != k || out.rows() != m || out.cols() != n {
+        return Err(GemmError::Shape(format!(
+            "x {m}×{k} · {}ᵀ ({}×{}) into {}×{}",
+            w.format(),
+            n,
+            w.cols(),
+            out.rows(),
+            out.cols()
+        )));
+    }
+    // Quantize (and so copy) the activations before writing: `x` and `out` may share storage.
+    let xq = x.with_host::<f32, _>(|v| {
+        (0..m)
+            .map(|r| {
+                let mut q = Vec::with_capacity(k / 32);
+                quantize_row(v.row(r), &mut q);
+                q
+            })
+            .collect::<Vec<_>>()
+    })?;
+    static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    let y = matmul_q8(*SIMD.get_or_init(Simd::detect), &xq, w);
+    out.with_host_mut::<f32, _>(|mut o| {
+        for r in 0..m {
+            o.row_mut(r).copy_from_slice(&y[r * n..(r + 1) * n]);
+        }
+    })?;
+    Ok(())
 }

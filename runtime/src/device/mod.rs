@@ -38,6 +38,7 @@ pub mod kernel_cache;
 pub mod linear;
 pub mod nvrtc_check;
 pub mod ptx_cache;
+pub mod quant;
 pub mod tensor;
 mod tensor_io;
 pub mod timing;

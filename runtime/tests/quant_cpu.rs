@@ -1,0 +1,118 @@
+//! The quantized CPU kernels against the format's own dequantization, on random blocks and
+//! activations, for Q4_0 / Q4_1 / Q8_0 × every SIMD path this CPU has × odd shapes: the dot
+//! products equal the f64 sum over dequantized weights and 8-bit-quantized activations (the
+//! kernels' only approximation is the activation quantization, which is checked separately
+//! against the f32 product); and `linear` on a `Weight::Quantized` equals them.
+
+use kiln_runtime::device::linear::{linear, Weight};
+use kiln_runtime::device::quant::cpu::{dot_row, quantize_row, Simd};
+use kiln_runtime::device::quant::{QuantFormat, QuantMatrix, BLOCK};
+use kiln_runtime::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const FORMATS: [QuantFormat; 3] = [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0];
+
+/// A random matrix: scales in ±[0.01, 0.1), bytes random.
+fn random_matrix(rng: &mut StdRng, format: QuantFormat, rows: usize, cols: usize) -> QuantMatrix {
+    let mut bytes = Vec::with_capacity(rows * format.row_bytes(cols));
+    for _ in 0..rows * cols / BLOCK {
+        let scale = |rng: &mut StdRng| {
+            let v: f32 = rng.random_range(0.01..0.1) * if rng.random::<bool>() { 1.0 } else { -1.0 };
+            half::f16::from_f32(v).to_le_bytes()
+        };
+        bytes.extend_from_slice(&scale(rng));
+        if format == QuantFormat::Q4_1 {
+            bytes.extend_from_slice(&scale(rng));
+        }
+        let n = format.block_bytes() - if format == QuantFormat::Q4_1 { 4 } else { 2 };
+        bytes.extend((0..n).map(|_| rng.random::<u8>()));
+    }
+    QuantMatrix::new(format, rows, cols, bytes).unwrap()
+}
+
+fn random_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+}
+
+#[test]
+fn dot_products_equal_the_dequantized_sum() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for format in FORMATS {
+        for &(rows, cols) in &[(1, 32), (7, 96), (33, 576), (3, 1536)] {
+            let w = random_matrix(&mut rng, format, rows, cols);
+            let x = random_vec(&mut rng, cols);
+            let mut xq = vec![];
+            quantize_row(&x, &mut xq);
+            let xd: Vec<f64> = xq.iter().flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64)).collect();
+            let wd = w.dequantize_all();
+            for r in 0..rows {
+                let row = &wd[r * cols..(r + 1) * cols];
+                let want: f64 = row.iter().zip(&xd).map(|(&a, &b)| a as f64 * b).sum();
+                let mag: f64 = row.iter().zip(&xd).map(|(&a, &b)| (a as f64 * b).abs()).sum();
+                for simd in Simd::available() {
+                    let got = dot_row(simd, format, w.row(r), &xq) as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * mag.max(1e-3),
+                        "{format} {simd:?} {rows}x{cols} row {r}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_stays_within_its_rounding() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let x = random_vec(&mut rng, 4096);
+    let mut xq = vec![];
+    quantize_row(&x, &mut xq);
+    for (b, chunk) in xq.iter().zip(x.chunks(BLOCK)) {
+        assert_eq!(b.sum, b.qs.iter().map(|&q| q as i32).sum::<i32>());
+        for (&q, &v) in b.qs.iter().zip(chunk) {
+            assert!((q as f32 * b.d - v).abs() <= 0.5 * b.d * 1.0001, "{v} -> {q} * {}", b.d);
+        }
+    }
+    let mut zq = vec![];
+    quantize_row(&[0.0; 32], &mut zq);
+    assert!(zq[0].qs.iter().all(|&q| q == 0) && zq[0].d == 0.0);
+}
+
+#[test]
+fn linear_on_a_quantized_weight_matches_the_f32_product() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let dev = Device::Cpu;
+    for format in FORMATS {
+        let (m, k, n) = (5, 320, 70);
+        let w = random_matrix(&mut rng, format, n, k);
+        let x = random_vec(&mut rng, m * k);
+        let xt = Tensor::from_f32(&dev, &x, m, k).unwrap();
+        let mut out = Tensor::zeros(&dev, kiln_runtime::DType::F32, m, n).unwrap();
+        linear(&dev, &xt, &Weight::Quantized(w.clone()), &mut out).unwrap();
+        let got = out.to_host_f32().unwrap();
+        let wd = w.dequantize_all();
+        // Against the exact f32 product: only the 8-bit activations differ (≈ 2⁻⁸ relative
+        // per value, averaging out over k terms).
+        for i in 0..m {
+            for j in 0..n {
+                let terms = x[i * k..(i + 1) * k].iter().zip(&wd[j * k..(j + 1) * k]);
+                let (want, mag) = terms
+                    .fold((0f64, 0f64), |(s, a), (&p, &q)| (s + p as f64 * q as f64, a + (p as f64 * q as f64).abs()));
+                let g = got[i * n + j] as f64;
+                assert!((g - want).abs() <= 1e-2 * mag, "{format} [{i},{j}]: {g} vs {want} (Σ|·| {mag})");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_quantized_weight_refuses_bad_shapes() {
+    let dev = Device::Cpu;
+    let w = Weight::Quantized(random_matrix(&mut StdRng::seed_from_u64(1), QuantFormat::Q8_0, 4, 64));
+    let x = Tensor::from_f32(&dev, &[0.5; 96], 1, 96).unwrap();
+    let mut out = Tensor::zeros(&dev, kiln_runtime::DType::F32, 1, 4).unwrap();
+    assert!(linear(&dev, &x, &w, &mut out).is_err());
+    assert!(QuantMatrix::new(QuantFormat::Q4_0, 2, 48, vec![0; 36]).is_err(), "48 columns are not whole blocks");
+    assert!(QuantMatrix::new(QuantFormat::Q4_0, 2, 64, vec![0; 71]).is_err(), "wrong byte count");
+}

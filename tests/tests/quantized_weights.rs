@@ -1,0 +1,73 @@
+//! The default model with its Q4_1 / Q8_0 projections kept quantized on the CPU
+//! (`KILN_WEIGHTS=quantized`): the blocks the loader keeps (Q/K rows moved whole) dequantize to
+//! exactly the dense weights, and the model's logits stay close to the dense path's, with
+//! greedy continuations compared token by token (8-bit activations change rounding, as in
+//! llama.cpp, so a near-tie may flip; the test reports where).
+
+use kiln_models::arch::Checkpoint;
+use kiln_models::loader::load_weights_only;
+use kiln_models::model_check::{compare_logits, greedy};
+use kiln_runtime::{DType, Device};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn model_path() -> PathBuf {
+    match std::env::var_os("KILN_MODEL") {
+        Some(p) => p.into(),
+        None => kiln_models::fetch::default_model_path().expect("the default model (run `kiln fetch`)"),
+    }
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference.json");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    r["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect()
+}
+
+#[test]
+fn quantized_weights_match_the_dense_model() {
+    let path = model_path();
+    // Kept blocks dequantize to the dense weights exactly (including the permuted Q/K rows).
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let cfg = ckpt.config().decoder().unwrap();
+    let src = ckpt.weights(&kiln_models::llama::gguf_naming(&cfg)).unwrap();
+    for name in [
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.3.self_attn.k_proj.weight",
+        "model.layers.5.mlp.down_proj.weight",
+    ] {
+        let t = src.read(name, None, None).unwrap();
+        let q = t.quant_matrix().unwrap().unwrap_or_else(|| panic!("{name} is kept quantized"));
+        assert_eq!(q.dequantize_all(), t.to_f32().unwrap(), "{name}");
+    }
+
+    let dense = load_weights_only(&path, &Device::Cpu, DType::F32).unwrap();
+    // SAFETY-free: this test binary has one test, so no other thread reads the environment.
+    std::env::set_var("KILN_WEIGHTS", "quantized");
+    let quant = load_weights_only(&path, &Device::Cpu, DType::F32).unwrap();
+    std::env::remove_var("KILN_WEIGHTS");
+    let mut worst = 0f64;
+    for (i, prompt) in prompts().iter().enumerate() {
+        let (ld, td) = greedy(dense.as_ref(), prompt, 16).unwrap();
+        let (lq, tq) = greedy(quant.as_ref(), prompt, 16).unwrap();
+        let (err, same_argmax) = compare_logits(&lq, &ld);
+        worst = worst.max(err);
+        let agree = td.iter().zip(&tq).take_while(|(a, b)| a == b).count();
+        eprintln!("prompt {i}: last-logit error {err:.4} of the largest logit, argmax equal {same_argmax}, greedy equal for {agree}/16");
+        assert!(err < 0.1, "prompt {i}: relative error {err}");
+        if agree < 16 {
+            // Where they part, the dense model's token is among the quantized model's top 5.
+            let context: Vec<u32> = prompt.iter().chain(&td[..agree]).copied().collect();
+            let (l, _) = greedy(quant.as_ref(), &context, 1).unwrap();
+            let rank = l.iter().filter(|&&x| x > l[td[agree] as usize]).count();
+            eprintln!("  at step {agree}: dense token {} is the quantized model's #{}", td[agree], rank + 1);
+            assert!(rank < 5, "prompt {i}, step {agree}: dense token ranks {} in the quantized logits", rank + 1);
+        }
+    }
+    eprintln!("worst relative error {worst:.4}");
+}
