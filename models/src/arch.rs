@@ -50,6 +50,18 @@ enum Kind {
 pub struct Checkpoint {
     path: PathBuf,
     kind: Kind,
+    weight_mode: WeightMode,
+}
+
+/// How projection weights stored in a quantized format are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightMode {
+    /// As stored, where kiln has kernels for the format on the device (GGML Q4_0 / Q4_1 / Q8_0
+    /// on the CPU); dense in the compute dtype otherwise.
+    #[default]
+    Stored,
+    /// Always dequantized to the compute dtype (the reference for comparisons).
+    Dense,
 }
 
 /// The config of a checkpoint as its file states it.
@@ -77,11 +89,16 @@ impl Checkpoint {
         } else {
             Kind::Gguf { file: GgufFile::open(path)? }
         };
-        Ok(Checkpoint { path: path.to_path_buf(), kind })
+        Ok(Checkpoint { path: path.to_path_buf(), kind, weight_mode: WeightMode::default() })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How the weights [`Checkpoint::weights`] opens hold quantized projections.
+    pub fn set_weight_mode(&mut self, mode: WeightMode) {
+        self.weight_mode = mode;
     }
 
     /// The GGUF file, for a GGUF checkpoint (its tokenizer lives in the metadata).
@@ -106,10 +123,12 @@ impl Checkpoint {
 
     /// The weights, with GGUF tensor names mapped by `naming` (HF checkpoints carry HF names).
     pub fn weights(&self, naming: &GgufNaming) -> Result<WeightSource, WeightsError> {
-        match &self.kind {
-            Kind::Hf { .. } => WeightSource::open_safetensors_dir(&self.path),
-            Kind::Gguf { .. } => WeightSource::open_gguf(GgufFile::open(&self.path)?, naming),
-        }
+        let mut src = match &self.kind {
+            Kind::Hf { .. } => WeightSource::open_safetensors_dir(&self.path)?,
+            Kind::Gguf { .. } => WeightSource::open_gguf(GgufFile::open(&self.path)?, naming)?,
+        };
+        src.set_keep_quantized(self.weight_mode == WeightMode::Stored);
+        Ok(src)
     }
 }
 

@@ -6,6 +6,7 @@
 //! tensor by tensor, and the load fails on any tensor the architecture did not consume.
 
 use crate::arch::Checkpoint;
+pub use crate::arch::WeightMode;
 use crate::model::CausalLm;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use kiln_runtime::DType;
@@ -31,11 +32,13 @@ fn err(path: &Path, e: impl std::fmt::Display) -> LoadError {
     LoadError { path: path.to_path_buf(), msg: e.to_string() }
 }
 
-fn open(path: &Path) -> Result<Checkpoint, LoadError> {
+fn open(path: &Path, mode: WeightMode) -> Result<Checkpoint, LoadError> {
     if !path.exists() {
         return Err(err(path, "no such file or directory"));
     }
-    Checkpoint::open(path).map_err(|e| err(path, e))
+    let mut ckpt = Checkpoint::open(path).map_err(|e| err(path, e))?;
+    ckpt.set_weight_mode(mode);
+    Ok(ckpt)
 }
 
 /// The tokenizer of a checkpoint: its GGUF metadata, or the directory's tokenizer files.
@@ -50,9 +53,15 @@ fn tokenizer(ckpt: &Checkpoint) -> Result<Tokenizer, LoadError> {
     }
 }
 
-/// Load weights, config and tokenizer, and build the model on `dev` in `dtype`.
+/// Load weights, config and tokenizer, and build the model on `dev` in `dtype`, quantized
+/// projections kept as stored where the device has kernels for them ([`WeightMode::Stored`]).
 pub fn load(path: &Path, dev: &Device, dtype: DType) -> Result<LoadedModel, LoadError> {
-    let ckpt = open(path)?;
+    load_with(path, dev, dtype, WeightMode::Stored)
+}
+
+/// [`load`] with the weights held as `mode` says.
+pub fn load_with(path: &Path, dev: &Device, dtype: DType, mode: WeightMode) -> Result<LoadedModel, LoadError> {
+    let ckpt = open(path, mode)?;
     let tokenizer = tokenizer(&ckpt)?;
     let chat_template = ChatTemplate::for_tokenizer(&tokenizer).map_err(|e| err(path, e))?;
     let model = crate::registry::build(&ckpt, dev, dtype).map_err(|e| err(path, e))?.model;
@@ -62,6 +71,16 @@ pub fn load(path: &Path, dev: &Device, dtype: DType) -> Result<LoadedModel, Load
 /// The model of a checkpoint without its tokenizer (a synthetic checkpoint from `kiln
 /// synth-model`, a test fixture): config and weights only.
 pub fn load_weights_only(path: &Path, dev: &Device, dtype: DType) -> Result<Box<dyn CausalLm>, LoadError> {
-    let ckpt = open(path)?;
+    load_weights_only_with(path, dev, dtype, WeightMode::Stored)
+}
+
+/// [`load_weights_only`] with the weights held as `mode` says.
+pub fn load_weights_only_with(
+    path: &Path,
+    dev: &Device,
+    dtype: DType,
+    mode: WeightMode,
+) -> Result<Box<dyn CausalLm>, LoadError> {
+    let ckpt = open(path, mode)?;
     Ok(crate::registry::build(&ckpt, dev, dtype).map_err(|e| err(path, e))?.model)
 }

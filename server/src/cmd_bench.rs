@@ -8,7 +8,7 @@
 //! 32–96 output tokens, all submitted at once, so the default KV pool preempts a few) finish in
 //! about a minute on the default model on a 2-core CPU; flags set larger workloads.
 
-use crate::device_arg::{pick, DeviceArg, SamplingArg};
+use crate::device_arg::{pick, DeviceArg, SamplingArg, WeightsArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest};
@@ -63,6 +63,9 @@ pub struct BenchArgs {
     no_prefix_caching: bool,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Keep quantized weights as stored (GGUF Q4_0/Q4_1/Q8_0 on the CPU) or dequantize them.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
+    weights: WeightsArg,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -146,6 +149,7 @@ fn load_model(
     path: &std::path::Path,
     dev: &kiln_runtime::Device,
     dtype: kiln_runtime::DType,
+    mode: kiln_models::loader::WeightMode,
 ) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
     if let Some(name) = path.to_str().and_then(|p| p.strip_prefix("synth:")) {
         let cfg = kiln_models::synth::preset(name).with_context(|| {
@@ -157,10 +161,10 @@ fn load_model(
     }
     if path.is_dir() && !path.join("tokenizer.json").exists() {
         // A checkpoint without a tokenizer (`kiln synth-model`): the bench needs no text.
-        let model = kiln_models::loader::load_weights_only(path, dev, dtype)?;
+        let model = kiln_models::loader::load_weights_only_with(path, dev, dtype, mode)?;
         return Ok((Arc::from(model), Arc::new(kiln_models::detok_adapter::NoText)));
     }
-    let loaded = kiln_models::loader::load(path, dev, dtype)?;
+    let loaded = kiln_models::loader::load_with(path, dev, dtype, mode)?;
     Ok((Arc::from(loaded.model), Arc::new(TokenizerDetokenizer::new(loaded.tokenizer))))
 }
 
@@ -342,7 +346,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let (dev, dtype) = pick(a.device)?;
     let t_load = Instant::now();
-    let (model, detok) = load_model(&path, &dev, dtype)?;
+    let (model, detok) = load_model(&path, &dev, dtype, a.weights.into())?;
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.info().vocab_size as u64;
     let cfg = EngineConfig {

@@ -1,6 +1,6 @@
 //! `kiln generate`: load a model, run one prompt, stream the text to stdout.
 
-use crate::device_arg::{pick, DeviceArg};
+use crate::device_arg::{pick, DeviceArg, WeightsArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::loader::LoadedModel;
 use kiln_models::tokenizer::ChatMessage;
@@ -50,6 +50,9 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Keep quantized weights as stored (GGUF Q4_0/Q4_1/Q8_0 on the CPU) or dequantize them.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
+    weights: WeightsArg,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -80,7 +83,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => kiln_models::fetch::default_model_path()?,
     };
     let (dev, dtype) = pick(a.device)?;
-    let loaded = kiln_models::loader::load(&path, &dev, dtype)?;
+    let loaded = kiln_models::loader::load_with(&path, &dev, dtype, a.weights.into())?;
     let prompt = if a.chat {
         loaded.chat_template.render_for(&loaded.tokenizer, &[ChatMessage::new("user", text)], true)?
     } else {

@@ -52,6 +52,9 @@ pub struct ServeArgs {
     sampling: crate::device_arg::SamplingArg,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Keep quantized weights as stored (GGUF Q4_0/Q4_1/Q8_0 on the CPU) or dequantize them.
+    #[arg(long, value_enum, default_value_t = crate::device_arg::WeightsArg::Stored)]
+    weights: crate::device_arg::WeightsArg,
     /// Seconds in-flight requests may run after SIGTERM before they are aborted.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
@@ -119,6 +122,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         path: path.clone(),
         device,
         dtype,
+        weights: a.weights.into(),
         engine: EngineConfig {
             max_num_seqs: a.max_num_seqs,
             max_batched_tokens: a.max_batched_tokens,

@@ -12,6 +12,25 @@ pub enum DeviceArg {
     Auto,
 }
 
+/// `--weights`: how quantized projection weights are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    /// As stored in the file where the device has kernels for the format (GGUF Q4_0 / Q4_1 /
+    /// Q8_0 on the CPU), dense otherwise.
+    Stored,
+    /// Dequantized to the compute dtype at load (the reference for comparisons).
+    Dense,
+}
+
+impl From<WeightsArg> for kiln_models::loader::WeightMode {
+    fn from(a: WeightsArg) -> Self {
+        match a {
+            WeightsArg::Stored => kiln_models::loader::WeightMode::Stored,
+            WeightsArg::Dense => kiln_models::loader::WeightMode::Dense,
+        }
+    }
+}
+
 /// `--sampling`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SamplingArg {

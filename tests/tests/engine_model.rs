@@ -6,7 +6,7 @@
 
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_models::generate::generate;
-use kiln_models::loader::{load, LoadedModel};
+use kiln_models::loader::{load_with, LoadedModel, WeightMode};
 use kiln_models::tokenizer::Tokenizer;
 use kiln_runtime::engine::{
     BeamParams, Engine, EngineConfig, EngineEvent, EngineHandle, EngineStats, GenerateRequest, RequestHandle,
@@ -38,7 +38,7 @@ fn shared() -> &'static Shared {
             None => kiln_models::fetch::default_model_path().expect("the default model (run `kiln fetch`)"),
         };
         let LoadedModel { model, tokenizer, .. } =
-            load(&path, &Device::Cpu, DType::F32).expect("load the default model");
+            load_with(&path, &Device::Cpu, DType::F32, WeightMode::Dense).expect("load the default model");
         Shared { model: Arc::from(model), tokenizer }
     })
 }

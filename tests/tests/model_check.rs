@@ -3,7 +3,7 @@
 //! `generate` gives.
 
 use kiln_models::generate::generate;
-use kiln_models::loader::load;
+use kiln_models::loader::{load_with, WeightMode};
 use kiln_models::model_check::{common_prefix, greedy, truncate_gguf};
 use kiln_runtime::sample::SamplingParams;
 use kiln_runtime::DType;
@@ -22,7 +22,7 @@ fn a_truncated_model_loads_and_runs() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("three.gguf");
     truncate_gguf(&default_model(), &out, 3).unwrap();
-    let m = load(&out, &Device::Cpu, DType::F32).unwrap();
+    let m = load_with(&out, &Device::Cpu, DType::F32, WeightMode::Dense).unwrap();
     assert_eq!(m.model.info().num_layers(), 3);
     let ids = m.tokenizer.encode("The capital of France is", false).unwrap();
     let (logits, tokens) = greedy(m.model.as_ref(), &ids, 4).unwrap();
@@ -32,7 +32,7 @@ fn a_truncated_model_loads_and_runs() {
 
 #[test]
 fn the_check_greedy_loop_is_generate_greedy() {
-    let m = load(&default_model(), &Device::Cpu, DType::F32).unwrap();
+    let m = load_with(&default_model(), &Device::Cpu, DType::F32, WeightMode::Dense).unwrap();
     let ids = m.tokenizer.encode("def fibonacci(n):", false).unwrap();
     let (_, tokens) = greedy(m.model.as_ref(), &ids, 12).unwrap();
     let params = SamplingParams { max_tokens: 12, ignore_eos: true, ..SamplingParams::greedy() };

@@ -3,7 +3,7 @@
 //! identical for 32 tokens, and the GGUF and converted-safetensors paths giving identical logits.
 
 use kiln_models::generate::generate;
-use kiln_models::loader::{load, LoadedModel};
+use kiln_models::loader::{load_with, LoadedModel, WeightMode};
 use kiln_models::model::ForwardBatch;
 use kiln_runtime::attention::SeqAttn;
 use kiln_runtime::sample::SamplingParams;
@@ -30,7 +30,9 @@ fn model_path() -> PathBuf {
 
 fn gguf_model() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
-    M.get_or_init(|| load(&model_path(), &Device::Cpu, DType::F32).expect("load the default model"))
+    M.get_or_init(|| {
+        load_with(&model_path(), &Device::Cpu, DType::F32, WeightMode::Dense).expect("load the default model")
+    })
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -102,7 +104,7 @@ fn converted_safetensors_give_identical_logits() {
         kiln_models::gguf_tokenizer::write_tokenizer_files,
     )
     .expect("convert");
-    let hf = load(&dir, &Device::Cpu, DType::F32).expect("load the converted directory");
+    let hf = load_with(&dir, &Device::Cpu, DType::F32, WeightMode::Dense).expect("load the converted directory");
     let m = gguf_model();
     for p in reference()["prompts"].as_array().unwrap().iter().take(3) {
         let text = p["text"].as_str().unwrap();

@@ -1,11 +1,12 @@
-//! The default model with its Q4_1 / Q8_0 projections kept quantized on the CPU
-//! (`KILN_WEIGHTS=quantized`): the blocks the loader keeps (Q/K rows moved whole) dequantize to
-//! exactly the dense weights, and the model's logits stay close to the dense path's, with
-//! greedy continuations compared token by token (8-bit activations change rounding, as in
-//! llama.cpp, so a near-tie may flip; the test reports where).
+//! The default model with its Q4_1 projections kept quantized on the CPU (`WeightMode::Stored`,
+//! the default): the blocks the loader keeps (Q/K rows moved whole) dequantize to exactly the
+//! dense weights, and the model's logits stay within 2e-3 of the largest logit of the dense
+//! path's (16-bit activations; measured 1e-4 to 3e-4), with greedy continuations compared token
+//! by token: equal for 16 tokens, or, where a near-tie flips, the dense token among the
+//! quantized model's top 5 (the test reports where).
 
 use kiln_models::arch::Checkpoint;
-use kiln_models::loader::load_weights_only;
+use kiln_models::loader::{load_weights_only_with, WeightMode};
 use kiln_models::model_check::{compare_logits, greedy};
 use kiln_runtime::{DType, Device};
 use serde_json::Value;
@@ -46,11 +47,8 @@ fn quantized_weights_match_the_dense_model() {
         assert_eq!(q.dequantize_all(), t.to_f32().unwrap(), "{name}");
     }
 
-    let dense = load_weights_only(&path, &Device::Cpu, DType::F32).unwrap();
-    // SAFETY-free: this test binary has one test, so no other thread reads the environment.
-    std::env::set_var("KILN_WEIGHTS", "quantized");
-    let quant = load_weights_only(&path, &Device::Cpu, DType::F32).unwrap();
-    std::env::remove_var("KILN_WEIGHTS");
+    let dense = load_weights_only_with(&path, &Device::Cpu, DType::F32, WeightMode::Dense).unwrap();
+    let quant = load_weights_only_with(&path, &Device::Cpu, DType::F32, WeightMode::Stored).unwrap();
     let mut worst = 0f64;
     for (i, prompt) in prompts().iter().enumerate() {
         let (ld, td) = greedy(dense.as_ref(), prompt, 16).unwrap();
@@ -59,7 +57,7 @@ fn quantized_weights_match_the_dense_model() {
         worst = worst.max(err);
         let agree = td.iter().zip(&tq).take_while(|(a, b)| a == b).count();
         eprintln!("prompt {i}: last-logit error {err:.4} of the largest logit, argmax equal {same_argmax}, greedy equal for {agree}/16");
-        assert!(err < 0.1, "prompt {i}: relative error {err}");
+        assert!(err < 2e-3, "prompt {i}: relative error {err}");
         if agree < 16 {
             // Where they part, the dense model's token is among the quantized model's top 5.
             let context: Vec<u32> = prompt.iter().chain(&td[..agree]).copied().collect();

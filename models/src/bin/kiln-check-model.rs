@@ -10,7 +10,7 @@
 //!   every sampling setting, all at once: identical tokens and log-probabilities).
 
 use kiln_models::detok_adapter::TokenizerDetokenizer;
-use kiln_models::loader::load;
+use kiln_models::loader::{load_with, WeightMode};
 use kiln_models::model_check::{common_prefix, compare_logits, greedy, truncate_gguf};
 use kiln_runtime::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, SamplingPlacement, TokenLogprob};
 use kiln_runtime::model::CausalLm;
@@ -82,7 +82,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     println!("device: {}\nmodel: {}", gpu.describe(), path.display());
     let prompts = prompts(&fixtures)?;
     let t = Instant::now();
-    let cpu = load(&path, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
+    let cpu = load_with(&path, &Device::Cpu, DType::F32, WeightMode::Dense).map_err(|e| e.to_string())?;
     println!(
         "layers: {} (CPU f32 reference loaded in {:.1} s)",
         cpu.model.info().num_layers(),
@@ -103,7 +103,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     for (dtype, graphs) in runs {
         // The model reads the switch when it is built.
         std::env::set_var("KILN_CUDA_GRAPHS", if graphs { "1" } else { "0" });
-        let g = load(&path, &gpu, dtype).map_err(|e| e.to_string())?;
+        let g = load_with(&path, &gpu, dtype, WeightMode::Dense).map_err(|e| e.to_string())?;
         let label = format!("{dtype}{}", if graphs { "" } else { " (eager)" });
         let tol = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
         for (i, (p, (want_logits, want_tokens))) in prompts.iter().zip(&refs).enumerate() {

@@ -242,12 +242,6 @@ pub struct WeightSource {
     keep_quantized: bool,
 }
 
-/// Whether projection weights stored as GGML blocks stay quantized on the CPU:
-/// `KILN_WEIGHTS=quantized` (the default is dense, dequantized at load).
-pub fn keep_quantized_from_env() -> bool {
-    std::env::var("KILN_WEIGHTS").as_deref() == Ok("quantized")
-}
-
 impl std::fmt::Debug for WeightSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeightSource").field("source", &self.source_name).field("tensors", &self.entries.len()).finish()
@@ -345,7 +339,7 @@ impl WeightSource {
             backing: Backing::Safetensors(maps),
             entries,
             used: Mutex::new(BTreeSet::new()),
-            keep_quantized: keep_quantized_from_env(),
+            keep_quantized: false,
         })
     }
 
@@ -375,7 +369,7 @@ impl WeightSource {
             backing: Backing::Gguf(file),
             entries,
             used: Mutex::new(BTreeSet::new()),
-            keep_quantized: keep_quantized_from_env(),
+            keep_quantized: false,
         })
     }
 
@@ -383,7 +377,8 @@ impl WeightSource {
         &self.source_name
     }
 
-    /// Keep GGML-block projection weights quantized on the CPU ([`WeightSource::weight`]).
+    /// Keep GGML-block projection weights quantized on the CPU ([`WeightSource::weight`]);
+    /// off when a source is opened (the loader sets it from its `WeightMode`).
     pub fn set_keep_quantized(&mut self, keep: bool) {
         self.keep_quantized = keep;
     }

@@ -6,7 +6,7 @@
 //! Invariant: a `Weight` is `[out_features, in_features]` (HF's layout of `nn.Linear`), and
 //! `linear` takes `x: [rows, in_features]` into `out: [rows, out_features]`.
 
-use crate::device::quant::cpu::{matmul_q8, quantize_row, Simd};
+use crate::device::quant::cpu::{matmul_q16, quantize_row, Simd};
 use crate::device::quant::QuantMatrix;
 use crate::{matmul, DType, Device, GemmError, Tensor};
 
@@ -100,7 +100,7 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, w: &QuantMatrix, out: &mut Tensor)
             .collect::<Vec<_>>()
     })?;
     static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-    let y = matmul_q8(*SIMD.get_or_init(Simd::detect), &xq, w);
+    let y = matmul_q16(*SIMD.get_or_init(Simd::detect), &xq, w);
     out.with_host_mut::<f32, _>(|mut o| {
         for r in 0..m {
             o.row_mut(r).copy_from_slice(&y[r * n..(r + 1) * n]);

@@ -102,6 +102,8 @@ pub struct ModelSpec {
     pub path: PathBuf,
     pub device: Device,
     pub dtype: DType,
+    /// How quantized projection weights are held.
+    pub weights: kiln_models::loader::WeightMode,
     pub engine: EngineConfig,
 }
 
@@ -116,7 +118,7 @@ pub enum LoadModelError {
 /// Reads the model (weights, tokenizer, chat template) and starts its engine thread. Blocking:
 /// call it from a blocking thread, not the reactor.
 pub fn load(spec: &ModelSpec) -> Result<Loaded, LoadModelError> {
-    let m = kiln_models::loader::load(&spec.path, &spec.device, spec.dtype)?;
+    let m = kiln_models::loader::load_with(&spec.path, &spec.device, spec.dtype, spec.weights)?;
     let detok = Arc::new(TokenizerDetokenizer::new(m.tokenizer.clone()));
     let model: Arc<dyn CausalLm> = Arc::from(m.model);
     let handle = Engine::start(model, detok, spec.engine.clone())?;

@@ -114,6 +114,7 @@ pub fn start_real(cfg: ServerConfig, engine: kiln_runtime::engine::EngineConfig)
                 path,
                 device: kiln_runtime::Device::Cpu,
                 dtype: kiln_runtime::DType::F32,
+                weights: Default::default(),
                 engine,
             };
             let loaded = tokio::task::spawn_blocking(move || kiln_server::engine_backend::load(&spec))
