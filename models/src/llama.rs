@@ -14,7 +14,7 @@ use crate::kernels::{activation, attention, epilogue, gather, norm, rope};
 use crate::model::{KvCache, LayerKv, ModelError, ModelInfo, Runner};
 use crate::weights::{GgufNaming, WeightSource};
 use kiln_runtime::attention::PagedKv;
-use kiln_runtime::device::linear::{linear, Weight};
+use kiln_runtime::device::linear::{gather_rows_quantized, linear, Weight};
 use kiln_runtime::model::graphs::StepModel;
 use kiln_runtime::model::step::{Heads, StepInputs};
 use kiln_runtime::DType;
@@ -92,7 +92,8 @@ pub struct Llama {
     info: ModelInfo,
     dev: Device,
     dtype: DType,
-    embed: Tensor,
+    /// The token embedding: dense, or kept quantized (its rows dequantized as they are read).
+    embed: Weight,
     lm_head: Weight,
     final_norm: Tensor,
     layers: Vec<Layer>,
@@ -172,14 +173,14 @@ impl Llama {
                 w_down: proj(&format!("{p}.mlp.down_proj.weight"), &[h, ff])?,
             });
         }
-        let embed = up("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed = w.weight("model.embed_tokens.weight", &[cfg.vocab_size, h], dev, dtype).map_err(load)?;
         // Tied when the config says so, or when the checkpoint has no head: HF's default for an
         // absent `tie_word_embeddings` is true, and a GGUF is tied exactly when it has no
         // `output.weight`. A tied checkpoint that also stores the head (a copy, as some
         // exporters write) has it marked used: HF ignores it too.
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
             w.mark_used("lm_head.weight");
-            Weight::Dense(embed.clone()) // tied: the same storage
+            embed.clone() // tied: the same storage
         } else {
             w.weight("lm_head.weight", &[cfg.vocab_size, h], dev, dtype).map_err(load)?
         };
@@ -191,7 +192,7 @@ impl Llama {
         cfg: LlamaConfig,
         dev: &Device,
         dtype: DType,
-        embed: Tensor,
+        embed: Weight,
         lm_head: Weight,
         final_norm: Tensor,
         layers: Vec<Layer>,
@@ -235,7 +236,7 @@ impl Llama {
         let lm_head =
             if c.tie_word_embeddings { embed.clone() } else { t(c.vocab_size, h, Init::Linear { fan_in: h })? };
         let final_norm = t(1, h, Init::Norm)?;
-        Ok(Runner::new(Llama::assemble(cfg, dev, dtype, embed, lm_head.into(), final_norm, layers)))
+        Ok(Runner::new(Llama::assemble(cfg, dev, dtype, embed.into(), lm_head.into(), final_norm, layers)))
     }
 
     /// RoPE of q (`x`) into `out`, with the model's frequency schedule.
@@ -350,7 +351,10 @@ impl StepModel for Llama {
         let (mut h, mut qkv, mut q, mut attn) = (rows(&ws.h)?, rows(&ws.qkv)?, rows(&ws.q)?, rows(&ws.attn)?);
         let (mut proj, mut gate_up, mut act) = (rows(&ws.proj)?, rows(&ws.gate_up)?, rows(&ws.act)?);
 
-        gather::gather_rows::run(&self.dev, &self.embed, &inp.ids, &mut residual)?;
+        match self.embed.as_dense() {
+            Some(table) => gather::gather_rows::run(&self.dev, table, &inp.ids, &mut residual)?,
+            None => gather_rows_quantized(&self.embed, &inp.ids, &mut residual)?,
+        }
         norm::rms_norm::run(&self.dev, &residual, &self.layers[0].attn_norm, eps, &mut h)?;
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {

@@ -116,3 +116,21 @@ fn a_quantized_weight_refuses_bad_shapes() {
     assert!(QuantMatrix::new(QuantFormat::Q4_0, 2, 48, vec![0; 36]).is_err(), "48 columns are not whole blocks");
     assert!(QuantMatrix::new(QuantFormat::Q4_0, 2, 64, vec![0; 71]).is_err(), "wrong byte count");
 }
+
+#[test]
+fn a_quantized_table_gathers_only_the_rows_asked_for() {
+    let dev = Device::Cpu;
+    let q = random_matrix(&mut StdRng::seed_from_u64(5), QuantFormat::Q8_0, 10, 64);
+    let all = q.dequantize_all();
+    let w = Weight::Quantized(q);
+    let ids = Tensor::vector(&dev, &[7i32, 0, 7, 9]).unwrap();
+    let mut out = Tensor::zeros(&dev, kiln_runtime::DType::F32, 4, 64).unwrap();
+    kiln_runtime::device::linear::gather_rows_quantized(&w, &ids, &mut out).unwrap();
+    let got = out.to_host_f32().unwrap();
+    for (i, r) in [7usize, 0, 7, 9].into_iter().enumerate() {
+        assert_eq!(&got[i * 64..(i + 1) * 64], &all[r * 64..(r + 1) * 64]);
+    }
+    let bad = Tensor::vector(&dev, &[10i32]).unwrap();
+    let mut one = Tensor::zeros(&dev, kiln_runtime::DType::F32, 1, 64).unwrap();
+    assert!(kiln_runtime::device::linear::gather_rows_quantized(&w, &bad, &mut one).is_err(), "row 10 of 10");
+}

@@ -108,3 +108,29 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, w: &QuantMatrix, out: &mut Tensor)
     })?;
     Ok(())
 }
+
+/// Rows `ids` of a weight that is not dense (an embedding table kept quantized), each
+/// dequantized into `out` (`[ids, cols]` f32 on the CPU): only the rows read are ever dense.
+/// `ids` is an i32 vector on the CPU. A dense table is gathered by the model's own kernel.
+pub fn gather_rows_quantized(w: &Weight, ids: &Tensor, out: &mut Tensor) -> Result<(), GemmError> {
+    let Weight::Quantized(q) = w else {
+        return Err(GemmError::Shape("gather_rows_quantized: the table is dense".into()));
+    };
+    if !ids.device().is_cpu() || !out.device().is_cpu() || out.dtype() != DType::F32 {
+        return Err(GemmError::Unsupported { dtype: out.dtype(), device: format!("a {} row gather", q.format()) });
+    }
+    let rows: Vec<i32> = ids.to_host::<i32>()?;
+    if out.rows() != rows.len() || out.cols() != q.cols() {
+        let (r, c) = (out.rows(), out.cols());
+        return Err(GemmError::Shape(format!("{} ids into {r}×{c} from {}×{}", rows.len(), q.rows(), q.cols())));
+    }
+    if let Some(bad) = rows.iter().find(|&&r| r < 0 || r as usize >= q.rows()) {
+        return Err(GemmError::Shape(format!("row {bad} of a {}-row table", q.rows())));
+    }
+    out.with_host_mut::<f32, _>(|mut o| {
+        for (i, &r) in rows.iter().enumerate() {
+            q.dequantize_row(r as usize, o.row_mut(i));
+        }
+    })?;
+    Ok(())
+}
