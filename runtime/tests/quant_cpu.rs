@@ -134,3 +134,29 @@ fn a_quantized_table_gathers_only_the_rows_asked_for() {
     let mut one = Tensor::zeros(&dev, kiln_runtime::DType::F32, 1, 64).unwrap();
     assert!(kiln_runtime::device::linear::gather_rows_quantized(&w, &bad, &mut one).is_err(), "row 10 of 10");
 }
+
+#[test]
+fn a_row_gets_the_same_bits_alone_or_with_others() {
+    use kiln_runtime::device::quant::cpu::{dot_rows, Scratch};
+    let mut rng = StdRng::seed_from_u64(21);
+    for format in FORMATS {
+        let w = random_matrix(&mut rng, format, 3, 256);
+        let xq: Vec<Vec<_>> = (0..7)
+            .map(|_| {
+                let mut q = vec![];
+                quantize_row(&random_vec(&mut rng, 256), &mut q);
+                q
+            })
+            .collect();
+        let xs: Vec<&[_]> = xq.iter().map(Vec::as_slice).collect();
+        for simd in Simd::available() {
+            for r in 0..3 {
+                let mut many = vec![0f32; 7];
+                dot_rows(simd, format, w.row(r), &xs, &mut Scratch::default(), &mut many);
+                for (i, x) in xq.iter().enumerate() {
+                    assert_eq!(many[i].to_bits(), dot_row(simd, format, w.row(r), x).to_bits(), "{format} {simd:?}");
+                }
+            }
+        }
+    }
+}

@@ -83,12 +83,9 @@ impl Simd {
 
 /// The dot product of one weight row (its blocks) with one quantized activation row.
 pub fn dot_row(simd: Simd, format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
-    match simd {
-        Simd::Portable => dot_portable(format, w, x),
-        // Safety: `Avx2` is only constructed after detecting AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { avx2::dot(format, w, x) },
-    }
+    let mut out = [0f32];
+    dot_rows(simd, format, w, &[x], &mut Scratch::default(), &mut out);
+    out[0]
 }
 
 fn dot_portable(format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
@@ -125,34 +122,35 @@ mod avx2 {
     use super::{f16_at, ActBlock, QuantFormat};
     use std::arch::x86_64::*;
 
+    /// `out[i] = w · xs[i]` for one weight row and every activation row: each weight block is
+    /// unpacked once and used for all rows; per row, blocks accumulate in order, so a row's
+    /// result does not depend on how many rows share the call.
+    ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
+    pub unsafe fn dot_many(
+        format: QuantFormat,
+        w: &[u8],
+        xs: &[&[ActBlock]],
+        acc: &mut Vec<__m256>,
+        extra: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
         let bb = format.block_bytes();
         let low4 = _mm_set1_epi8(0x0f);
-        let mut vacc = _mm256_setzero_ps();
-        // Per-block scalar terms (Q4_0's −8·Σq, Q4_1's m·d_x·Σq).
-        let mut extra = 0f32;
-        for (b, a) in w.chunks_exact(bb).zip(x) {
-            let d = f16_at(b, 0) * a.d;
-            // Safety: `ActBlock::qs` is 32 i16 (64 bytes); loads are unaligned.
-            let (q_lo, q_hi) = unsafe {
-                (
-                    _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i),
-                    _mm256_loadu_si256(a.qs[16..].as_ptr() as *const __m256i),
-                )
-            };
+        acc.clear();
+        acc.resize(xs.len(), _mm256_setzero_ps());
+        // Per-block scalar terms (Q4_0's −8·d·Σq, Q4_1's m·d_x·Σq).
+        extra.clear();
+        extra.resize(xs.len(), 0.0);
+        for (j, b) in w.chunks_exact(bb).enumerate() {
+            let dw = f16_at(b, 0);
             let (w_lo, w_hi) = match format {
                 QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
                     let off = if format == QuantFormat::Q4_0 { 2 } else { 4 };
                     // Safety: a block has 16 nibble bytes at `off`.
                     let packed = unsafe { _mm_loadu_si128(b[off..off + 16].as_ptr() as *const __m128i) };
-                    if format == QuantFormat::Q4_0 {
-                        extra -= 8.0 * d * a.sum as f32;
-                    } else {
-                        extra += f16_at(b, 2) * a.d * a.sum as f32;
-                    }
                     // Values 0..15 are the low nibbles, 16..31 the high ones.
                     (
                         _mm256_cvtepu8_epi16(_mm_and_si128(packed, low4)),
@@ -167,15 +165,64 @@ mod avx2 {
                     )
                 },
             };
-            let prod = _mm256_add_epi32(_mm256_madd_epi16(w_lo, q_lo), _mm256_madd_epi16(w_hi, q_hi));
-            let sums = _mm256_cvtepi32_ps(prod);
-            vacc = _mm256_fmadd_ps(_mm256_set1_ps(d), sums, vacc);
+            let m = if format == QuantFormat::Q4_1 { f16_at(b, 2) } else { 0.0 };
+            for ((x, a), e) in xs.iter().zip(acc.iter_mut()).zip(extra.iter_mut()) {
+                let blk = &x[j];
+                let d = dw * blk.d;
+                match format {
+                    QuantFormat::Q4_0 => *e -= 8.0 * d * blk.sum as f32,
+                    QuantFormat::Q4_1 => *e += m * blk.d * blk.sum as f32,
+                    QuantFormat::Q8_0 => {}
+                }
+                // Safety: `ActBlock::qs` is 32 i16 (64 bytes); loads are unaligned.
+                let (q_lo, q_hi) = unsafe {
+                    (
+                        _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i),
+                        _mm256_loadu_si256(blk.qs[16..].as_ptr() as *const __m256i),
+                    )
+                };
+                let prod = _mm256_add_epi32(_mm256_madd_epi16(w_lo, q_lo), _mm256_madd_epi16(w_hi, q_hi));
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(prod), *a);
+            }
         }
-        let hi = _mm256_extractf128_ps(vacc, 1);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(vacc), hi);
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        _mm_cvtss_f32(s1) + extra
+        for ((o, a), e) in out.iter_mut().zip(acc.iter()).zip(extra.iter()) {
+            let hi = _mm256_extractf128_ps(*a, 1);
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(*a), hi);
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+            *o = _mm_cvtss_f32(s1) + e;
+        }
+    }
+
+    /// Accumulators reused across weight rows.
+    #[derive(Default)]
+    pub struct Scratch {
+        pub acc: Vec<__m256>,
+        pub extra: Vec<f32>,
+    }
+}
+
+/// Scratch space of one task, reused across weight rows.
+#[derive(Default)]
+pub struct Scratch {
+    #[cfg(target_arch = "x86_64")]
+    avx2: avx2::Scratch,
+}
+
+/// `out[i] = w · xs[i]` for one weight row and every activation row (`out.len() == xs.len()`).
+pub fn dot_rows(simd: Simd, format: QuantFormat, w: &[u8], xs: &[&[ActBlock]], scratch: &mut Scratch, out: &mut [f32]) {
+    match simd {
+        Simd::Portable => {
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = dot_portable(format, w, x);
+            }
+        }
+        // Safety: `Avx2` is only constructed after detecting AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe {
+            let s = &mut scratch.avx2;
+            avx2::dot_many(format, w, xs, &mut s.acc, &mut s.extra, out)
+        },
     }
 }
 
@@ -190,21 +237,22 @@ pub fn matmul_q16(simd: Simd, xq: &[Vec<ActBlock>], w: &QuantMatrix) -> Vec<f32>
         .into_par_iter()
         .map(|t| {
             let (r0, r1) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
+            // Row-major over weight rows here (`[r1 - r0, m]`), transposed when gathered.
             let mut part = vec![0f32; m * (r1 - r0)];
-            for r in r0..r1 {
-                let row = w.row(r);
-                for (i, x) in xq.iter().enumerate() {
-                    part[i * (r1 - r0) + (r - r0)] = dot_row(simd, w.format(), row, x);
-                }
+            let xs: Vec<&[ActBlock]> = xq.iter().map(Vec::as_slice).collect();
+            let mut scratch = Scratch::default();
+            for (r, o) in (r0..r1).zip(part.chunks_exact_mut(m.max(1))) {
+                dot_rows(simd, w.format(), w.row(r), &xs, &mut scratch, o);
             }
             (r0, part)
         })
         .collect();
     let mut out = vec![0f32; m * n];
     for (r0, part) in parts {
-        let width = part.len() / m.max(1);
-        for i in 0..m {
-            out[i * n + r0..i * n + r0 + width].copy_from_slice(&part[i * width..(i + 1) * width]);
+        for (r, vals) in part.chunks_exact(m.max(1)).enumerate() {
+            for (i, &v) in vals.iter().enumerate() {
+                out[i * n + r0 + r] = v;
+            }
         }
     }
     out
