@@ -225,7 +225,7 @@ enum Backing {
 struct Entry {
     /// Index of the mapped file (safetensors shards; 0 for GGUF).
     file: usize,
-    /// The byte range within that file's mapping (safetensors) or the GGUF tensor name.
+    /// The byte range within that file's mapping (safetensors; unused for GGUF, which reads by name).
     range: std::ops::Range<usize>,
     gguf_name: Option<String>,
     shape: Vec<usize>,

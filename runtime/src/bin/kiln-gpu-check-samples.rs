@@ -1,6 +1,6 @@
 //! `kiln-gpu-check-samples`: the GPU check over kiln-runtime's built-in sample kernels (see
 //! `kiln_runtime::gpu_check`), for checking the runtime's launch path on its own. The models'
-//! kernels are checked by `kiln-gpu-check` (models crate). Runs on a machine with an NVIDIA
+//! kernels are checked by `kiln-check-kernels` (models crate). Runs on a machine with an NVIDIA
 //! driver and libnvrtc / libcublas (CUDA 13), no Rust toolchain needed. `--help` for options.
 
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! The GPU check: every fused kernel × dtype × shape run on the GPU, compared with the CPU
 //! backend, timed; plus copy/GEMM baselines. [`run_all`] is the library entry; the
-//! `kiln-gpu-check` binary (and, later, a bin that passes the models' `kernels::ALL`) prints
+//! `kiln-gpu-check-samples` and `kiln-check-kernels` binaries (the latter with the models' `kernels::ALL`) print
 //! [`Report::markdown`].
 //!
 //! Per case (see [`case`]): random non-zero inputs (the same bits on both backends), outputs
