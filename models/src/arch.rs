@@ -12,6 +12,7 @@
 //! of the checkpoint was consumed or explicitly marked as not needed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_runtime::DType;
 use kiln_runtime::Device;
@@ -38,12 +39,9 @@ pub struct Built {
 
 enum Kind {
     /// An HF directory: its parsed `config.json`.
-    Hf {
-        json: Value,
-    },
-    Gguf {
-        file: GgufFile,
-    },
+    Hf { json: Value },
+    /// Shared with the weight source, so the header is parsed once per load.
+    Gguf { file: Arc<GgufFile> },
 }
 
 /// A checkpoint on disk, opened without reading its weights.
@@ -87,7 +85,7 @@ impl Checkpoint {
             }
             Kind::Hf { json }
         } else {
-            Kind::Gguf { file: GgufFile::open(path)? }
+            Kind::Gguf { file: Arc::new(GgufFile::open(path)?) }
         };
         Ok(Checkpoint { path: path.to_path_buf(), kind, weight_mode: WeightMode::default() })
     }
@@ -125,7 +123,7 @@ impl Checkpoint {
     pub fn weights(&self, naming: &GgufNaming) -> Result<WeightSource, WeightsError> {
         let mut src = match &self.kind {
             Kind::Hf { .. } => WeightSource::open_safetensors_dir(&self.path)?,
-            Kind::Gguf { .. } => WeightSource::open_gguf(GgufFile::open(&self.path)?, naming)?,
+            Kind::Gguf { file } => WeightSource::open_gguf(file.clone(), naming)?,
         };
         src.set_keep_quantized(self.weight_mode == WeightMode::Stored);
         Ok(src)

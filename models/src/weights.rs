@@ -70,6 +70,19 @@ pub enum WeightsError {
     Permute { source_name: String, tensor: String, err: PermuteError },
 }
 
+impl WeightsError {
+    /// The error with `source_name` filled in where a tensor-level step (un-permuting a
+    /// `StoredTensor`) could not know it.
+    pub(crate) fn in_source(self, source_name: &str) -> WeightsError {
+        match self {
+            WeightsError::Permute { tensor, err, .. } => {
+                WeightsError::Permute { source_name: source_name.to_owned(), tensor, err }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Named host tensors from one checkpoint.
 #[derive(Clone, Debug, Default)]
 pub struct Weights {

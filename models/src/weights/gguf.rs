@@ -5,12 +5,13 @@
 //! Invariant: every tensor of the file is either mapped or reported (`UnknownTensor`); nothing
 //! is dropped silently, because a dropped tensor would change the model's output unnoticed.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use crate::config::LlamaConfig;
-use crate::gguf::{unpermute_qk_rows, GgufFile};
+use crate::gguf::GgufFile;
 
-use super::{GgufNaming, HostTensor, Weights, WeightsError};
+use super::{GgufNaming, HostTensor, StoredFormat, StoredTensor, Weights, WeightsError};
 
 /// The HF name of a llama.cpp tensor name of the Llama architecture (`blk.3.attn_q.weight`
 /// -> `model.layers.3.self_attn.q_proj.weight`), or `None` if kiln has no mapping for it.
@@ -29,20 +30,18 @@ impl Weights {
             let Some(hf_name) = naming.hf_name(&info.name) else {
                 return Err(WeightsError::UnknownTensor { source_name, tensor: info.name.clone() });
             };
-            let shape = info.hf_shape();
-            let mut data = vec![0f32; info.n_elements()];
-            file.dequantize_into(info, &mut data)?;
-            if let Some(n_head) = naming.permuted_heads(&info.name) {
-                let rows = shape.first().copied().unwrap_or(1);
-                let cols = shape.iter().skip(1).product();
-                data = unpermute_qk_rows(&data, rows, cols, n_head).map_err(|err| WeightsError::Permute {
-                    source_name: source_name.clone(),
-                    tensor: info.name.clone(),
-                    err,
-                })?;
-            }
+            // The tensor as a `WeightSource` hands it out: its dequantization and Q/K
+            // un-permutation are the ones models load with.
+            let stored = StoredTensor {
+                name: hf_name.clone(),
+                shape: info.hf_shape(),
+                format: StoredFormat::Ggml(info.ggml_type),
+                bytes: Cow::Borrowed(file.tensor_bytes(info)?),
+                permuted_heads: naming.permuted_heads(&info.name),
+            };
+            let data = stored.to_f32().map_err(|e| e.in_source(&source_name))?;
             // Shape and data agree by construction: n_elements is the product of the dims.
-            weights.insert(hf_name, HostTensor { shape, data })?;
+            weights.insert(hf_name, HostTensor { shape: stored.shape, data })?;
         }
         weights.validate_llama(config)?;
         Ok(weights)

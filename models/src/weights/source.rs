@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::device::quant::{QuantFormat, QuantMatrix};
@@ -219,7 +219,7 @@ impl GgufNaming {
 
 enum Backing {
     Safetensors(Vec<Mmap>),
-    Gguf(GgufFile),
+    Gguf(Arc<GgufFile>),
 }
 
 struct Entry {
@@ -345,7 +345,8 @@ impl WeightSource {
 
     /// The tensors of a GGUF file under the HF names `naming` gives them; a tensor without a
     /// name is an error.
-    pub fn open_gguf(file: GgufFile, naming: &GgufNaming) -> Result<WeightSource, WeightsError> {
+    pub fn open_gguf(file: impl Into<Arc<GgufFile>>, naming: &GgufNaming) -> Result<WeightSource, WeightsError> {
+        let file = file.into();
         let source_name = file.path().display().to_string();
         let mut entries = BTreeMap::new();
         for info in file.tensors() {
@@ -373,10 +374,6 @@ impl WeightSource {
         })
     }
 
-    pub fn source_name(&self) -> &str {
-        &self.source_name
-    }
-
     /// Keep GGML-block projection weights quantized on the CPU ([`WeightSource::weight`]);
     /// off when a source is opened (the loader sets it from its `WeightMode`).
     pub fn set_keep_quantized(&mut self, keep: bool) {
@@ -387,7 +384,9 @@ impl WeightSource {
     /// weights, `dev` is the CPU and the format has CPU kernels; else dense `dtype` on `dev`.
     pub fn weight(&self, name: &str, expected: &[usize], dev: &Device, dtype: DType) -> Result<Weight, WeightsError> {
         if self.keep_quantized && dev.is_cpu() {
-            if let Some(q) = self.read(name, Some(expected), None)?.quant_matrix().map_err(|e| self.named(e))? {
+            if let Some(q) =
+                self.read(name, Some(expected), None)?.quant_matrix().map_err(|e| e.in_source(&self.source_name))?
+            {
                 return Ok(Weight::Quantized(q));
             }
         }
@@ -405,7 +404,11 @@ impl WeightSource {
         if self.keep_quantized && dev.is_cpu() {
             let mut qs = Vec::with_capacity(parts.len());
             for (name, expected) in parts {
-                match self.read(name, Some(expected), None)?.quant_matrix().map_err(|e| self.named(e))? {
+                match self
+                    .read(name, Some(expected), None)?
+                    .quant_matrix()
+                    .map_err(|e| e.in_source(&self.source_name))?
+                {
                     Some(q) => qs.push(q),
                     None => break,
                 }
@@ -426,12 +429,6 @@ impl WeightSource {
 
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
-    }
-
-    /// A tensor's HF shape and stored format, without reading it.
-    pub fn describe(&self, name: &str) -> Result<(&[usize], StoredFormat), WeightsError> {
-        let e = self.entry(name)?;
-        Ok((&e.shape, e.format))
     }
 
     fn entry(&self, name: &str) -> Result<&Entry, WeightsError> {
@@ -489,7 +486,7 @@ impl WeightSource {
     /// One tensor as f32 in HF order (the whole tensor).
     pub fn f32(&self, name: &str) -> Result<HostTensor, WeightsError> {
         let t = self.read(name, None, None)?;
-        let data = t.to_f32().map_err(|e| self.named(e))?;
+        let data = t.to_f32().map_err(|e| e.in_source(&self.source_name))?;
         Ok(HostTensor { shape: t.shape, data })
     }
 
@@ -505,7 +502,7 @@ impl WeightSource {
     ) -> Result<Tensor, WeightsError> {
         let t = self.read(name, Some(expected), shard)?;
         let (rows, cols) = t.matrix()?;
-        let bytes = t.bytes_as(dtype).map_err(|e| self.named(e))?;
+        let bytes = t.bytes_as(dtype).map_err(|e| e.in_source(&self.source_name))?;
         Tensor::from_bytes(dev, dtype, &bytes, rows, cols).map_err(|e| self.device_error(name, e))
     }
 
@@ -536,7 +533,7 @@ impl WeightSource {
         let mut at = 0;
         for ((name, expected), (rows, _)) in parts.iter().zip(&shapes) {
             let t = self.read(name, Some(expected), shard)?;
-            let bytes = t.bytes_as(dtype).map_err(|e| self.named(e))?;
+            let bytes = t.bytes_as(dtype).map_err(|e| e.in_source(&self.source_name))?;
             let mut view = out.view_rows(at, *rows).map_err(|e| self.device_error(name, e))?;
             view.copy_from_host_bytes(&bytes).map_err(|e| self.device_error(name, e))?;
             at += rows;
@@ -560,15 +557,6 @@ impl WeightSource {
                 tensor: first.clone(),
                 more: unused.len() - 1,
             }),
-        }
-    }
-
-    fn named(&self, e: WeightsError) -> WeightsError {
-        match e {
-            WeightsError::Permute { tensor, err, .. } => {
-                WeightsError::Permute { source_name: self.source_name.clone(), tensor, err }
-            }
-            other => other,
         }
     }
 

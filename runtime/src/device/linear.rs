@@ -21,33 +21,11 @@ pub enum Weight {
 }
 
 impl Weight {
-    pub fn out_features(&self) -> usize {
-        match self {
-            Weight::Dense(t) => t.rows(),
-            Weight::Quantized(q) => q.rows(),
-        }
-    }
-
-    pub fn in_features(&self) -> usize {
-        match self {
-            Weight::Dense(t) => t.cols(),
-            Weight::Quantized(q) => q.cols(),
-        }
-    }
-
     /// The dense matrix, for the few uses that need one (a tied embedding's row gather).
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
             Weight::Dense(t) => Some(t),
             Weight::Quantized(_) => None,
-        }
-    }
-
-    /// A short name of the storage format, for reports (`bf16`, later `q4_k`, `fp8`, ...).
-    pub fn format(&self) -> String {
-        match self {
-            Weight::Dense(t) => t.dtype().to_string(),
-            Weight::Quantized(q) => q.format().to_string(),
         }
     }
 }

@@ -76,10 +76,6 @@ impl fmt::Debug for Tensor {
     }
 }
 
-pub(crate) fn storable(dtype: DType) -> Result<usize, TensorError> {
-    Ok(dtype.size_bytes())
-}
-
 impl Tensor {
     /// A contiguous `rows × cols` tensor holding a copy of `data` (row-major).
     pub fn from_host<T: Element>(dev: &Device, data: &[T], rows: usize, cols: usize) -> Result<Tensor, TensorError> {
@@ -126,7 +122,7 @@ impl Tensor {
     }
 
     fn alloc(dev: &Device, dtype: DType, rows: usize, cols: usize, zero: bool) -> Result<Tensor, TensorError> {
-        let bytes = elems(rows, cols)? * storable(dtype)?;
+        let bytes = elems(rows, cols)? * dtype.size_bytes();
         let storage = match dev {
             Device::Cpu => Storage::Cpu(HostBuf::zeroed(bytes)),
             Device::Cuda(b) => Storage::Cuda(crate::device::tensor_io::cuda_alloc(b, bytes, zero)?),
@@ -142,7 +138,7 @@ impl Tensor {
         rows: usize,
         cols: usize,
     ) -> Result<Tensor, TensorError> {
-        let want = elems(rows, cols)? * storable(dtype)?;
+        let want = elems(rows, cols)? * dtype.size_bytes();
         if bytes.len() != want {
             return Err(TensorError::DataLen { op: "from_bytes", len: bytes.len() / dtype.size_bytes(), rows, cols });
         }
@@ -312,7 +308,7 @@ impl Tensor {
 
     /// Overwrite the view with raw little-endian bytes of its dtype (row-major `rows × cols`).
     pub fn copy_from_host_bytes(&mut self, bytes: &[u8]) -> Result<(), TensorError> {
-        let want = elems(self.rows, self.cols)? * storable(self.dtype)?;
+        let want = elems(self.rows, self.cols)? * self.dtype.size_bytes();
         if bytes.len() != want {
             let len = bytes.len() / self.dtype.size_bytes();
             return Err(TensorError::DataLen { op: "copy_from_host_bytes", len, rows: self.rows, cols: self.cols });

@@ -156,11 +156,6 @@ impl QuantMatrix {
         self.cols
     }
 
-    /// Bytes of the whole matrix.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
     /// The blocks of row `r`.
     pub fn row(&self, r: usize) -> &[u8] {
         let rb = self.format.row_bytes(self.cols);
