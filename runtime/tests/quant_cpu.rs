@@ -1,32 +1,29 @@
 //! The quantized CPU kernels against the format's own dequantization, on random blocks and
-//! activations, for Q4_0 / Q4_1 / Q8_0 × every SIMD path this CPU has × odd shapes: the dot
+//! activations, for every format × every SIMD path this CPU has × odd shapes: the dot
 //! products equal the f64 sum over dequantized weights and 16-bit-quantized activations (the
 //! kernels' only approximation is the activation quantization, which is checked separately
 //! against the f32 product); and `linear` on a `Weight::Quantized` equals them.
 
 use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::device::quant::cpu::{dot_row, quantize_row, Simd};
+use kiln_runtime::device::quant::blocks::half_fields;
 use kiln_runtime::device::quant::{QuantFormat, QuantMatrix, BLOCK};
 use kiln_runtime::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const FORMATS: [QuantFormat; 3] = [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0];
+const FORMATS: [QuantFormat; 10] = QuantFormat::ALL;
 
-/// A random matrix: scales in ±[0.01, 0.1), bytes random.
+/// A random matrix: f16 scales in ±[0.01, 0.1), every other byte random.
 fn random_matrix(rng: &mut StdRng, format: QuantFormat, rows: usize, cols: usize) -> QuantMatrix {
     let mut bytes = Vec::with_capacity(rows * format.row_bytes(cols));
-    for _ in 0..rows * cols / BLOCK {
-        let scale = |rng: &mut StdRng| {
+    for _ in 0..rows * cols / format.block_len() {
+        let mut block: Vec<u8> = (0..format.block_bytes()).map(|_| rng.random::<u8>()).collect();
+        for &at in half_fields(format) {
             let v: f32 = rng.random_range(0.01..0.1) * if rng.random::<bool>() { 1.0 } else { -1.0 };
-            half::f16::from_f32(v).to_le_bytes()
-        };
-        bytes.extend_from_slice(&scale(rng));
-        if format == QuantFormat::Q4_1 {
-            bytes.extend_from_slice(&scale(rng));
+            block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
         }
-        let n = format.block_bytes() - if format == QuantFormat::Q4_1 { 4 } else { 2 };
-        bytes.extend((0..n).map(|_| rng.random::<u8>()));
+        bytes.extend_from_slice(&block);
     }
     QuantMatrix::new(format, rows, cols, bytes).unwrap()
 }
@@ -39,7 +36,8 @@ fn random_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
 fn dot_products_equal_the_dequantized_sum() {
     let mut rng = StdRng::seed_from_u64(11);
     for format in FORMATS {
-        for &(rows, cols) in &[(1, 32), (7, 96), (33, 576), (3, 1536)] {
+        for &(rows, blocks) in &[(1, 1), (7, 3), (33, 9), (3, 48)] {
+            let cols = blocks * format.block_len();
             let w = random_matrix(&mut rng, format, rows, cols);
             let x = random_vec(&mut rng, cols);
             let mut xq = vec![];
@@ -70,6 +68,7 @@ fn activation_quantization_stays_within_its_rounding() {
     quantize_row(&x, &mut xq);
     for (b, chunk) in xq.iter().zip(x.chunks(BLOCK)) {
         assert_eq!(b.sum, b.qs.iter().map(|&q| q as i32).sum::<i32>());
+        assert_eq!(b.sum_lo, b.qs[..16].iter().map(|&q| q as i32).sum::<i32>());
         for (&q, &v) in b.qs.iter().zip(chunk) {
             assert!((q as f32 * b.d - v).abs() <= 0.5 * b.d * 1.0001, "{v} -> {q} * {}", b.d);
         }
@@ -84,7 +83,7 @@ fn linear_on_a_quantized_weight_matches_the_f32_product() {
     let mut rng = StdRng::seed_from_u64(13);
     let dev = Device::Cpu;
     for format in FORMATS {
-        let (m, k, n) = (5, 320, 70);
+        let (m, k, n) = (5, 10 * format.block_len(), 70);
         let w = random_matrix(&mut rng, format, n, k);
         let x = random_vec(&mut rng, m * k);
         let xt = Tensor::from_f32(&dev, &x, m, k).unwrap();

@@ -1,19 +1,15 @@
 //! Dequantization of GGML tensor data to f32.
 //!
-//! Block formats (all little-endian, `d`/`m` are IEEE f16):
-//! - `Q8_0`: 32 values = `d`, then 32 × i8 `q`;                       x = q·d
-//! - `Q4_0`: 32 values = `d`, then 16 bytes; byte j holds value j in its low nibble and value
-//!   j+16 in its high nibble;                                          x = (q − 8)·d
-//! - `Q4_1`: 32 values = `d`, `m`, then 16 bytes laid out as Q4_0;     x = q·d + m
-//! - `F32`, `F16`, `BF16`: one value per element.
+//! `F32`, `F16`, `BF16` are one value per element; the block formats (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0, Q2_K … Q6_K) are defined once, in the runtime (`kiln_runtime::device::quant::blocks`),
+//! which both this loader and the kernels that read the blocks directly use.
 //!
 //! Invariants: `out.len()` equals the element count and `src.len()` equals the type's byte size
-//! for it (checked, never assumed); the result is bit-identical to evaluating the formulas
-//! above in f32 (`q·d` rounded, then `+ m` rounded), whatever the thread count, because each
-//! element is computed independently. Work is split across rayon in chunks of whole blocks.
+//! for it (checked, never assumed); the result is bit-identical to ggml's dequantization
+//! whatever the thread count, because each element is computed independently. Work is split
+//! across rayon in chunks of whole blocks.
 
 use half::f16;
-use kiln_runtime::device::quant::QuantFormat;
 use rayon::prelude::*;
 
 use super::types::GgmlType;
@@ -21,7 +17,7 @@ use super::types::GgmlType;
 /// Why a buffer could not be dequantized.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DequantError {
-    #[error("type {0} cannot be dequantized (supported: f32, f16, bf16, q8_0, q4_0, q4_1)")]
+    #[error("type {0} cannot be dequantized (supported: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K)")]
     Unsupported(GgmlType),
     #[error("{ty}: {n_elements} elements is not a whole number of {block_len}-element blocks")]
     PartialBlock { ty: GgmlType, n_elements: usize, block_len: usize },
@@ -49,16 +45,18 @@ pub fn dequantize_into(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), 
         return Err(DequantError::SizeMismatch { ty, n_elements: n, expected, got: src.len() });
     }
     let src_chunk = CHUNK_ELEMS / block_len * block_bytes;
+    let chunks = out.par_chunks_mut(CHUNK_ELEMS).zip(src.par_chunks(src_chunk));
+    if let Some(format) = ty.quant_format() {
+        chunks.for_each(|(o, s)| format.dequantize(s, o));
+        return Ok(());
+    }
     let kernel: fn(&[u8], &mut [f32]) = match ty {
         GgmlType::F32 => f32_chunk,
         GgmlType::F16 => f16_chunk,
         GgmlType::Bf16 => bf16_chunk,
-        GgmlType::Q8_0 => q8_0_chunk,
-        GgmlType::Q4_0 => q4_0_chunk,
-        GgmlType::Q4_1 => q4_1_chunk,
         other => return Err(DequantError::Unsupported(other)),
     };
-    out.par_chunks_mut(CHUNK_ELEMS).zip(src.par_chunks(src_chunk)).for_each(|(o, s)| kernel(s, o));
+    chunks.for_each(|(o, s)| kernel(s, o));
     Ok(())
 }
 
@@ -86,19 +84,6 @@ fn bf16_chunk(src: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
         *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
     }
-}
-
-// The block formats kiln also multiplies without dequantizing are defined once, in the runtime.
-fn q8_0_chunk(src: &[u8], out: &mut [f32]) {
-    QuantFormat::Q8_0.dequantize(src, out);
-}
-
-fn q4_0_chunk(src: &[u8], out: &mut [f32]) {
-    QuantFormat::Q4_0.dequantize(src, out);
-}
-
-fn q4_1_chunk(src: &[u8], out: &mut [f32]) {
-    QuantFormat::Q4_1.dequantize(src, out);
 }
 
 #[cfg(test)]

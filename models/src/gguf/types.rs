@@ -7,6 +7,8 @@
 //! - A tensor's byte size is `n_elements / block_len * block_bytes`, and `n_elements` must be a
 //!   multiple of `block_len` along the innermost dimension (ggml requires it per row).
 
+use kiln_runtime::device::quant::QuantFormat;
+
 /// A GGML storage type. Discriminants are the on-disk ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -133,7 +135,25 @@ impl GgmlType {
     /// Whether `dequantize` supports this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | Bf16 | Q8_0 | Q4_0 | Q4_1)
+        matches!(self, F32 | F16 | Bf16) || self.quant_format().is_some()
+    }
+
+    /// The block format kiln keeps quantized (and multiplies without dequantizing), if any.
+    pub fn quant_format(self) -> Option<QuantFormat> {
+        use GgmlType::*;
+        Some(match self {
+            Q4_0 => QuantFormat::Q4_0,
+            Q4_1 => QuantFormat::Q4_1,
+            Q5_0 => QuantFormat::Q5_0,
+            Q5_1 => QuantFormat::Q5_1,
+            Q8_0 => QuantFormat::Q8_0,
+            Q2K => QuantFormat::Q2_K,
+            Q3K => QuantFormat::Q3_K,
+            Q4K => QuantFormat::Q4_K,
+            Q5K => QuantFormat::Q5_K,
+            Q6K => QuantFormat::Q6_K,
+            _ => return None,
+        })
     }
 
     /// The name llama.cpp prints for this type (e.g. `q4_1`), used in error messages and dumps.

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kiln_runtime::device::linear::Weight;
-use kiln_runtime::device::quant::{QuantFormat, QuantMatrix};
+use kiln_runtime::device::quant::QuantMatrix;
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use memmap2::Mmap;
@@ -134,12 +134,8 @@ impl StoredTensor<'_> {
     /// The tensor as quantized blocks in HF row order (Q/K rows moved whole), when it is a 2-D
     /// tensor of a format kiln multiplies without dequantizing; `None` otherwise.
     pub fn quant_matrix(&self) -> Result<Option<QuantMatrix>, WeightsError> {
-        let format = match self.format {
-            StoredFormat::Ggml(GgmlType::Q4_0) => QuantFormat::Q4_0,
-            StoredFormat::Ggml(GgmlType::Q4_1) => QuantFormat::Q4_1,
-            StoredFormat::Ggml(GgmlType::Q8_0) => QuantFormat::Q8_0,
-            StoredFormat::Ggml(_) => return Ok(None),
-        };
+        let StoredFormat::Ggml(ty) = self.format;
+        let Some(format) = ty.quant_format() else { return Ok(None) };
         let [rows, cols] = self.shape[..] else { return Ok(None) };
         let layout = |reason: String| WeightsError::Layout { tensor: self.name.clone(), reason };
         let bytes = match self.permuted_heads {

@@ -5,7 +5,10 @@
 //! integer dot product scaled once:
 //! - Q4_0: `d_w·d_x·(Σ n·q − 8·Σq)` (nibbles `n` unsigned);
 //! - Q4_1: `d_w·d_x·Σ n·q + m_w·d_x·Σq`;
-//! - Q8_0: `d_w·d_x·Σ w·q`.
+//! - Q8_0: `d_w·d_x·Σ w·q`;
+//! - every other format, through its 32-value slices ([`super::blocks`]): per half of 16,
+//!   `scale·d_x·Σ w·q` (+ `min·d_x·Σq` for formats with a min). Q4_0, Q4_1 and Q8_0 have their
+//!   own unpacking (the default model's formats); the slice form is exact for them too.
 //!
 //! The integer sums are exact; only the f32 accumulation order differs between the portable
 //! path and the AVX2 one (chosen at run time with `is_x86_feature_detected!`; `KILN_CPU_SIMD=0`
@@ -17,6 +20,7 @@
 //! largest logit and changed chat answers, while 16 bits cost one more multiply-add
 //! instruction per block here (`madd_epi16` on 16-bit lanes instead of `maddubs`).
 
+use super::blocks::{unpack, Slice32};
 use super::{f16_at, QuantFormat, QuantMatrix, BLOCK};
 use rayon::prelude::*;
 
@@ -26,6 +30,8 @@ pub struct ActBlock {
     pub d: f32,
     /// `Σ q` over the block.
     pub sum: i32,
+    /// `Σ q` over its first 16 values (formats with a min per 16 values need both halves).
+    pub sum_lo: i32,
     pub qs: [i16; BLOCK],
 }
 
@@ -40,12 +46,12 @@ pub fn quantize_row(x: &[f32], out: &mut Vec<ActBlock>) {
         let d = amax / QMAX;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut qs = [0i16; BLOCK];
-        let mut sum = 0i32;
         for (q, &v) in qs.iter_mut().zip(b) {
             *q = (v * id).round().clamp(-QMAX, QMAX) as i16;
-            sum += *q as i32;
         }
-        out.push(ActBlock { d, sum, qs });
+        let sum_lo = qs[..16].iter().map(|&q| q as i32).sum();
+        let sum = sum_lo + qs[16..].iter().map(|&q| q as i32).sum::<i32>();
+        out.push(ActBlock { d, sum, sum_lo, qs });
     }
 }
 
@@ -112,6 +118,27 @@ fn dot_portable(format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
                 let s: i32 = b[2..34].iter().zip(&a.qs).map(|(&w, &q)| (w as i8) as i32 * q as i32).sum();
                 acc += d * s as f32;
             }
+            _ => unreachable!("{format} goes through its slices"),
+        }
+    }
+    acc
+}
+
+/// Any format through its 32-value slices.
+fn dot_portable_sliced(format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
+    let per = format.block_len() / BLOCK;
+    let mut slice = Slice32::default();
+    let mut acc = 0f32;
+    for (b, xs) in w.chunks_exact(format.block_bytes()).zip(x.chunks_exact(per)) {
+        for (s, a) in xs.iter().enumerate() {
+            unpack(format, b, s, &mut slice);
+            let half = |h: usize| -> i32 {
+                slice.w[16 * h..16 * h + 16].iter().zip(&a.qs[16 * h..16 * h + 16]).map(|(&w, &q)| w as i32 * q as i32).sum()
+            };
+            acc += a.d * (slice.scale[0] * half(0) as f32 + slice.scale[1] * half(1) as f32);
+            if format.has_min() {
+                acc += a.d * (slice.min[0] * a.sum_lo as f32 + slice.min[1] * (a.sum - a.sum_lo) as f32);
+            }
         }
     }
     acc
@@ -119,7 +146,7 @@ fn dot_portable(format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{ActBlock, QuantFormat};
+    use super::{ActBlock, QuantFormat, Slice32, BLOCK};
     use std::arch::x86_64::*;
 
     /// An IEEE half at `b[i..i + 2]` as f32, by the F16C instruction.
@@ -180,6 +207,7 @@ mod avx2 {
                 QuantFormat::Q4_0 => dot_many_in::<Q40>(w, xs, acc, extra, out),
                 QuantFormat::Q4_1 => dot_many_in::<Q41>(w, xs, acc, extra, out),
                 QuantFormat::Q8_0 => dot_many_in::<Q8>(w, xs, acc, extra, out),
+                other => dot_many_sliced(other, w, xs, acc, extra, out),
             }
         }
     }
@@ -241,6 +269,64 @@ mod avx2 {
         }
     }
 
+    /// Any format through its 32-value slices ([`super::blocks`]): each slice is unpacked to
+    /// 16-bit integers once and used for every activation row; per row, slices accumulate in
+    /// order, as in [`dot_many_in`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_many_sliced(
+        format: QuantFormat,
+        w: &[u8],
+        xs: &[&[ActBlock]],
+        acc: &mut Vec<__m256>,
+        extra: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let per = format.block_len() / BLOCK;
+        acc.clear();
+        acc.resize(xs.len(), _mm256_setzero_ps());
+        extra.clear();
+        extra.resize(xs.len(), 0.0);
+        let mut slice = Slice32::default();
+        for (i, b) in w.chunks_exact(format.block_bytes()).enumerate() {
+            _mm_prefetch(b.as_ptr().wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+            for s in 0..per {
+                super::unpack(format, b, s, &mut slice);
+                // Safety: AVX2 per the caller; `w` is 32 i16, loads unaligned.
+                let (w_lo, w_hi) = unsafe {
+                    (
+                        _mm256_loadu_si256(slice.w.as_ptr() as *const __m256i),
+                        _mm256_loadu_si256(slice.w[16..].as_ptr() as *const __m256i),
+                    )
+                };
+                for ((x, a), e) in xs.iter().zip(acc.iter_mut()).zip(extra.iter_mut()) {
+                    let blk = &x[i * per + s];
+                    *a = fma_halves(*a, blk.d * slice.scale[0], blk.d * slice.scale[1], w_lo, w_hi, blk);
+                    if format.has_min() {
+                        *e += blk.d * (slice.min[0] * blk.sum_lo as f32 + slice.min[1] * (blk.sum - blk.sum_lo) as f32);
+                    }
+                }
+            }
+        }
+        for ((o, a), e) in out.iter_mut().zip(acc.iter()).zip(extra.iter()) {
+            *o = hsum(*a) + e;
+        }
+    }
+
+    /// `a + d_lo · Σ (w · q)` over the first 16 values plus `d_hi · Σ (w · q)` over the rest,
+    /// as 8 partial sums.
+    #[inline(always)]
+    fn fma_halves(a: __m256, d_lo: f32, d_hi: f32, w_lo: __m256i, w_hi: __m256i, blk: &ActBlock) -> __m256 {
+        // Safety: only called from `dot_many_sliced` (AVX2/FMA enabled); `qs` is 32 i16, loads
+        // unaligned.
+        unsafe {
+            let q_lo = _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i);
+            let q_hi = _mm256_loadu_si256(blk.qs[16..].as_ptr() as *const __m256i);
+            let lo = _mm256_cvtepi32_ps(_mm256_madd_epi16(w_lo, q_lo));
+            let hi = _mm256_cvtepi32_ps(_mm256_madd_epi16(w_hi, q_hi));
+            _mm256_fmadd_ps(_mm256_set1_ps(d_hi), hi, _mm256_fmadd_ps(_mm256_set1_ps(d_lo), lo, a))
+        }
+    }
+
     /// `a + d · Σ (w · q)` over one block, as 8 partial sums.
     #[inline(always)]
     fn fma_block(a: __m256, d: f32, w_lo: __m256i, w_hi: __m256i, blk: &ActBlock) -> __m256 {
@@ -285,8 +371,12 @@ pub struct Scratch {
 pub fn dot_rows(simd: Simd, format: QuantFormat, w: &[u8], xs: &[&[ActBlock]], scratch: &mut Scratch, out: &mut [f32]) {
     match simd {
         Simd::Portable => {
+            let dot = match format {
+                QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0 => dot_portable,
+                _ => dot_portable_sliced,
+            };
             for (o, x) in out.iter_mut().zip(xs) {
-                *o = dot_portable(format, w, x);
+                *o = dot(format, w, x);
             }
         }
         // Safety: `Avx2` is only constructed after detecting AVX2, FMA and F16C.

@@ -1,38 +1,49 @@
 //! Quantized weights held in their block format, from the file to the kernel.
 //!
-//! A [`QuantMatrix`] is a `[rows, cols]` matrix stored as GGML blocks of 32 values along each
-//! row (a row is `cols / 32` blocks, rows back to back), exactly as a GGUF file stores it. The
-//! formats ([`QuantFormat`]), with `d` and `m` IEEE f16:
-//! - `Q4_0`: `d`, then 16 bytes; byte j holds value j in its low nibble and value j+16 in its
-//!   high nibble; x = (q − 8)·d (18 bytes per block);
-//! - `Q4_1`: `d`, `m`, then 16 bytes laid out as Q4_0; x = q·d + m (20 bytes);
-//! - `Q8_0`: `d`, then 32 × i8 `q`; x = q·d (34 bytes).
+//! A [`QuantMatrix`] is a `[rows, cols]` matrix stored as GGML blocks along each row (a row
+//! is `cols / block_len` blocks, rows back to back), exactly as a GGUF file stores it. The
+//! formats ([`QuantFormat`]): the 32-value `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` and the
+//! 256-value k-quants `Q2_K` … `Q6_K`; their layouts and values are defined once, in
+//! [`blocks`], as 32-value slices of small integers with a scale (and a min) per 16 values.
 //!
 //! [`QuantFormat::dequantize`] is the one definition of each format's values (the GGUF loader's
 //! dequantization calls it); the CPU kernels ([`cpu`]) compute `x · Wᵀ` from the blocks
 //! directly and are checked against it.
 //!
-//! Invariants: a `QuantMatrix` always has `cols % 32 == 0` and exactly
-//! `rows * cols / 32 * block_bytes` bytes (checked at construction); it lives in host memory.
+//! Invariants: a `QuantMatrix` always has `cols % block_len == 0` and exactly
+//! `rows * cols / block_len * block_bytes` bytes (checked at construction); it lives in host
+//! memory.
 
+pub mod blocks;
 pub mod cpu;
 
 use std::sync::Arc;
 
-/// Values per block, for every format here.
+use blocks::{unpack, Slice32};
+
+/// Values per slice: the activation block of the CPU kernels, and the unit every format is cut
+/// into (a 32-value format's block, an eighth of a k-quant super-block).
 pub const BLOCK: usize = 32;
 
 /// A GGML block format kept quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
 pub enum QuantFormat {
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantError {
-    #[error("{format}: {cols} columns are not whole {BLOCK}-value blocks")]
+    #[error("{format}: {cols} columns are not whole {}-value blocks", format.block_len())]
     PartialBlock { format: QuantFormat, cols: usize },
     #[error("{format}: a {rows}×{cols} matrix needs {expected} bytes, got {got}")]
     Size { format: QuantFormat, rows: usize, cols: usize, expected: usize, got: usize },
@@ -41,51 +52,88 @@ pub enum QuantError {
 }
 
 impl QuantFormat {
+    pub const ALL: [QuantFormat; 10] = [
+        QuantFormat::Q4_0,
+        QuantFormat::Q4_1,
+        QuantFormat::Q5_0,
+        QuantFormat::Q5_1,
+        QuantFormat::Q8_0,
+        QuantFormat::Q2_K,
+        QuantFormat::Q3_K,
+        QuantFormat::Q4_K,
+        QuantFormat::Q5_K,
+        QuantFormat::Q6_K,
+    ];
+
+    /// Values per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q5_1 | QuantFormat::Q8_0 => 32,
+            _ => 256,
+        }
+    }
+
     pub fn block_bytes(self) -> usize {
         match self {
             QuantFormat::Q4_0 => 18,
             QuantFormat::Q4_1 => 20,
+            QuantFormat::Q5_0 => 22,
+            QuantFormat::Q5_1 => 24,
             QuantFormat::Q8_0 => 34,
+            QuantFormat::Q2_K => 84,
+            QuantFormat::Q3_K => 110,
+            QuantFormat::Q4_K => 144,
+            QuantFormat::Q5_K => 176,
+            QuantFormat::Q6_K => 210,
         }
+    }
+
+    /// Whether values carry an offset (`scale · w + min`) rather than only a scale.
+    pub fn has_min(self) -> bool {
+        matches!(self, QuantFormat::Q4_1 | QuantFormat::Q5_1 | QuantFormat::Q2_K | QuantFormat::Q4_K | QuantFormat::Q5_K)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Q4_0 => "q4_0",
             QuantFormat::Q4_1 => "q4_1",
+            QuantFormat::Q5_0 => "q5_0",
+            QuantFormat::Q5_1 => "q5_1",
             QuantFormat::Q8_0 => "q8_0",
+            QuantFormat::Q2_K => "q2_K",
+            QuantFormat::Q3_K => "q3_K",
+            QuantFormat::Q4_K => "q4_K",
+            QuantFormat::Q5_K => "q5_K",
+            QuantFormat::Q6_K => "q6_K",
         }
     }
 
-    /// Bytes of one row of `cols` values (`cols` a multiple of [`BLOCK`]).
+    /// Bytes of one row of `cols` values (`cols` a multiple of [`Self::block_len`]).
     pub fn row_bytes(self, cols: usize) -> usize {
-        cols / BLOCK * self.block_bytes()
+        cols / self.block_len() * self.block_bytes()
     }
 
-    /// The values of whole blocks: `src` holds `out.len() / 32` blocks.
+    /// The values of whole blocks: `src` holds `out.len() / block_len` blocks. Bit-exact with
+    /// ggml's `dequantize_row_*` (see [`blocks`]).
     pub fn dequantize(self, src: &[u8], out: &mut [f32]) {
-        let bb = self.block_bytes();
-        for (o, b) in out.chunks_exact_mut(BLOCK).zip(src.chunks_exact(bb)) {
-            let d = f16_at(b, 0);
-            match self {
-                QuantFormat::Q8_0 => {
-                    for (x, &q) in o.iter_mut().zip(&b[2..34]) {
-                        *x = (q as i8) as f32 * d;
-                    }
-                }
-                QuantFormat::Q4_0 => {
-                    let (lo, hi) = o.split_at_mut(16);
-                    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..18]) {
-                        *l = ((q & 0x0f) as i32 - 8) as f32 * d;
-                        *h = ((q >> 4) as i32 - 8) as f32 * d;
-                    }
-                }
-                QuantFormat::Q4_1 => {
-                    let m = f16_at(b, 2);
-                    let (lo, hi) = o.split_at_mut(16);
-                    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
-                        *l = (q & 0x0f) as f32 * d + m;
-                        *h = (q >> 4) as f32 * d + m;
+        let (bl, bb) = (self.block_len(), self.block_bytes());
+        let mut slice = Slice32::default();
+        for (o, b) in out.chunks_exact_mut(bl).zip(src.chunks_exact(bb)) {
+            for (s, o) in o.chunks_exact_mut(BLOCK).enumerate() {
+                unpack(self, b, s, &mut slice);
+                for (h, o) in o.chunks_exact_mut(16).enumerate() {
+                    let (scale, min) = (slice.scale[h], slice.min[h]);
+                    let w = &slice.w[16 * h..16 * h + 16];
+                    if self.has_min() {
+                        // `scale·w + min`, two roundings, as ggml (`min` is stored negated
+                        // where ggml subtracts).
+                        for (x, &w) in o.iter_mut().zip(w) {
+                            *x = scale * w as f32 + min;
+                        }
+                    } else {
+                        for (x, &w) in o.iter_mut().zip(w) {
+                            *x = scale * w as f32;
+                        }
                     }
                 }
             }
@@ -121,7 +169,7 @@ impl std::fmt::Debug for QuantMatrix {
 
 impl QuantMatrix {
     pub fn new(format: QuantFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<QuantMatrix, QuantError> {
-        if !cols.is_multiple_of(BLOCK) {
+        if !cols.is_multiple_of(format.block_len()) {
             return Err(QuantError::PartialBlock { format, cols });
         }
         let expected = rows * format.row_bytes(cols);
