@@ -2,7 +2,8 @@
 # CPU decode/prefill on the default model: kiln with its Q4_1 weights kept (--weights stored)
 # and dequantized to f32 (--weights dense), and llama.cpp on the same GGUF, same prompt (the
 # longest prompt of tests/fixtures/reference.json, 55 tokens), greedy, 2 threads; RUNS runs each,
-# interleaved. Prints one JSON line per run.
+# interleaved. Prints one JSON line per run. Other files: MODELS="A.gguf B.gguf" (each run with
+# WEIGHTS, default "stored dense"; e.g. the files of bench/cpu/make_llama_cpp_quants.py).
 #
 # Needs: a release build (cargo build --release -p kiln-server) and, for the peer, a venv with
 # llama-cpp-python built from source by pip (LLAMA_PY, default /tmp/llamavenv/bin/python):
@@ -16,17 +17,21 @@ RUNS="${RUNS:-3}"
 TOKENS="${TOKENS:-64}"
 KILN="${KILN_BIN:-target/release/kiln}"
 LLAMA_PY="${LLAMA_PY:-/tmp/llamavenv/bin/python}"
-MODEL="$("$KILN" fetch | tail -n 1)"
+MODELS="${MODELS:-$("$KILN" fetch | tail -n 1)}"
+WEIGHTS="${WEIGHTS:-stored dense}"
 PROMPT="$(mktemp)"
 python3 -c 'import json; r = json.load(open("tests/fixtures/reference.json")); print(max(r["prompts"], key=lambda p: len(p["ids"]))["text"], end="")' > "$PROMPT"
 for _ in $(seq "$RUNS"); do
-  for w in stored dense; do
-    "$KILN" generate --device cpu --weights "$w" --json --ignore-eos --max-tokens "$((TOKENS + 1))" --prompt-file "$PROMPT" 2>/dev/null \
-      | python3 -c 'import json, sys; v = json.load(sys.stdin); t = v["timings"]; print(json.dumps({"engine": "kiln", "weights": sys.argv[1], "prompt_tokens": t["prompt_tokens"], "prefill_tok_s": round(t["prefill_tokens_per_s"], 1), "decode_tok_s": round(t["decode_tokens_per_s"], 1)}))' "$w"
+ for MODEL in $MODELS; do
+  file="$(basename "$MODEL")"
+  for w in $WEIGHTS; do
+    "$KILN" generate --device cpu --model "$MODEL" --weights "$w" --json --ignore-eos --max-tokens "$((TOKENS + 1))" --prompt-file "$PROMPT" 2>/dev/null \
+      | python3 -c 'import json, sys; v = json.load(sys.stdin); t = v["timings"]; print(json.dumps({"engine": "kiln", "file": sys.argv[2], "weights": sys.argv[1], "prompt_tokens": t["prompt_tokens"], "prefill_tok_s": round(t["prefill_tokens_per_s"], 1), "decode_tok_s": round(t["decode_tokens_per_s"], 1)}))' "$w" "$file"
   done
   if [ -x "$LLAMA_PY" ]; then
     "$LLAMA_PY" bench/peers/llama_cpp_cpu.py "$MODEL" "$PROMPT" --tokens "$TOKENS" --runs 1 --threads 2 \
-      | python3 -c 'import json, sys; b = json.load(sys.stdin)["best"]; print(json.dumps({"engine": "llama.cpp", "weights": "q4_1", "prompt_tokens": b["prompt_tokens"], "prefill_tok_s": round(b["prefill_tokens_per_s"], 1), "decode_tok_s": round(b["decode_tokens_per_s"], 1)}))'
+      | python3 -c 'import json, sys; b = json.load(sys.stdin)["best"]; print(json.dumps({"engine": "llama.cpp", "file": sys.argv[1], "prompt_tokens": b["prompt_tokens"], "prefill_tok_s": round(b["prefill_tokens_per_s"], 1), "decode_tok_s": round(b["decode_tokens_per_s"], 1)}))' "$file"
   fi
+ done
 done
 rm -f "$PROMPT"

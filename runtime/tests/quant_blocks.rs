@@ -6,7 +6,8 @@ use kiln_runtime::device::quant::{QuantFormat, QuantMatrix};
 use std::path::PathBuf;
 
 fn fixture(name: &str, ext: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/quant-blocks").join(format!("{name}.{ext}"));
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/quant-blocks").join(format!("{name}.{ext}"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -14,8 +15,10 @@ fn fixture(name: &str, ext: &str) -> Vec<u8> {
 fn dequantize_is_bit_exact_against_gguf_for_every_format() {
     for format in QuantFormat::ALL {
         let blocks = fixture(format.name(), "blocks");
-        let want: Vec<u32> =
-            fixture(format.name(), "f32").chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let want: Vec<u32> = fixture(format.name(), "f32")
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let n_blocks = blocks.len() / format.block_bytes();
         assert_eq!(n_blocks * format.block_bytes(), blocks.len(), "{format}: whole blocks");
         assert_eq!(want.len(), n_blocks * format.block_len(), "{format}: value count");

@@ -5,8 +5,8 @@
 //! against the f32 product); and `linear` on a `Weight::Quantized` equals them.
 
 use kiln_runtime::device::linear::{linear, Weight};
-use kiln_runtime::device::quant::cpu::{dot_row, quantize_row, Simd};
 use kiln_runtime::device::quant::blocks::half_fields;
+use kiln_runtime::device::quant::cpu::{dot_row, quantize_row, Simd};
 use kiln_runtime::device::quant::{QuantFormat, QuantMatrix, BLOCK};
 use kiln_runtime::{Device, Tensor};
 use rand::rngs::StdRng;

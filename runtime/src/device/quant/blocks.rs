@@ -39,17 +39,44 @@ pub struct Slice32 {
 /// Writes slice `s` (`0..format.block_len() / 32`) of the block `b` (one whole block) into `out`.
 #[inline]
 pub fn unpack(format: QuantFormat, b: &[u8], s: usize, out: &mut Slice32) {
+    slice_ints(format, b, s, &mut out.w);
+    (out.scale, out.min) = slice_scales(format, b, s);
+}
+
+/// The scale and min (zero where the format has none) of each half of slice `s` of block `b`.
+#[inline]
+pub fn slice_scales(format: QuantFormat, b: &[u8], s: usize) -> ([f32; 2], [f32; 2]) {
     match format {
-        QuantFormat::Q4_0 => {
-            let d = f16_at(b, 0);
-            nibbles(&b[2..18], |_, lo, hi| (lo as i16 - 8, hi as i16 - 8), &mut out.w);
-            *out = Slice32 { scale: [d; 2], min: [0.0; 2], ..*out };
+        QuantFormat::Q4_0 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => ([f16_at(b, 0); 2], [0.0; 2]),
+        QuantFormat::Q4_1 | QuantFormat::Q5_1 => ([f16_at(b, 0); 2], [f16_at(b, 2); 2]),
+        QuantFormat::Q2_K => {
+            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+            let (lo, hi) = (b[2 * s], b[2 * s + 1]);
+            ([d * (lo & 0x0f) as f32, d * (hi & 0x0f) as f32], [-(dmin * (lo >> 4) as f32), -(dmin * (hi >> 4) as f32)])
         }
-        QuantFormat::Q4_1 => {
-            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-            nibbles(&b[4..20], |_, lo, hi| (lo as i16, hi as i16), &mut out.w);
-            *out = Slice32 { scale: [d; 2], min: [m; 2], ..*out };
+        QuantFormat::Q3_K => {
+            let d = f16_at(b, 108);
+            let sc = |i: usize| d * (q3k_scale(&b[96..108], i) - 32) as f32;
+            ([sc(2 * s), sc(2 * s + 1)], [0.0; 2])
         }
+        QuantFormat::Q4_K | QuantFormat::Q5_K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (sc, m) = k4_scale_min(&b[4..16], s);
+            ([d * sc as f32; 2], [-(dmin * m as f32); 2])
+        }
+        QuantFormat::Q6_K => {
+            let d = f16_at(b, 208);
+            ([d * b[192 + 2 * s] as i8 as f32, d * b[193 + 2 * s] as i8 as f32], [0.0; 2])
+        }
+    }
+}
+
+/// The 32 integers `w` of slice `s` of block `b`.
+#[inline]
+pub fn slice_ints(format: QuantFormat, b: &[u8], s: usize, w: &mut [i16; 32]) {
+    match format {
+        QuantFormat::Q4_0 => nibbles(&b[2..18], |_, lo, hi| (lo as i16 - 8, hi as i16 - 8), w),
+        QuantFormat::Q4_1 => nibbles(&b[4..20], |_, lo, hi| (lo as i16, hi as i16), w),
         QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
             let with_min = format == QuantFormat::Q5_1;
             let off = if with_min { 4 } else { 2 };
@@ -60,72 +87,47 @@ pub fn unpack(format: QuantFormat, b: &[u8], s: usize, out: &mut Slice32) {
                 let h1 = ((qh >> (j + 12)) & 0x10) as i16;
                 ((lo as i16 | h0) - bias, (hi as i16 | h1) - bias)
             };
-            nibbles(&b[off + 4..off + 20], high, &mut out.w);
-            let d = f16_at(b, 0);
-            let m = if with_min { f16_at(b, 2) } else { 0.0 };
-            *out = Slice32 { scale: [d; 2], min: [m; 2], ..*out };
+            nibbles(&b[off + 4..off + 20], high, w);
         }
         QuantFormat::Q8_0 => {
-            for (w, &q) in out.w.iter_mut().zip(&b[2..34]) {
+            for (w, &q) in w.iter_mut().zip(&b[2..34]) {
                 *w = q as i8 as i16;
             }
-            out.scale = [f16_at(b, 0); 2];
-            out.min = [0.0; 2];
         }
         QuantFormat::Q2_K => {
-            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
             let (q, shift) = (&b[16 + 32 * (s / 4)..16 + 32 * (s / 4) + 32], 2 * (s % 4));
-            for (w, &v) in out.w.iter_mut().zip(q) {
+            for (w, &v) in w.iter_mut().zip(q) {
                 *w = ((v >> shift) & 3) as i16;
-            }
-            for h in 0..2 {
-                let sc = b[2 * s + h];
-                out.scale[h] = d * (sc & 0x0f) as f32;
-                out.min[h] = -(dmin * (sc >> 4) as f32);
             }
         }
         QuantFormat::Q3_K => {
-            let d = f16_at(b, 108);
             let (hmask, q, shift) = (&b[..32], &b[32 + 32 * (s / 4)..32 + 32 * (s / 4) + 32], 2 * (s % 4));
-            for ((w, &v), &h) in out.w.iter_mut().zip(q).zip(hmask) {
+            for ((w, &v), &h) in w.iter_mut().zip(q).zip(hmask) {
                 let sub = if h & (1 << s) != 0 { 0 } else { 4 };
                 *w = ((v >> shift) & 3) as i16 - sub;
             }
-            for h in 0..2 {
-                out.scale[h] = d * (q3k_scale(&b[96..108], 2 * s + h) - 32) as f32;
-            }
-            out.min = [0.0; 2];
         }
         QuantFormat::Q4_K | QuantFormat::Q5_K => {
-            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-            let (sc, m) = k4_scale_min(&b[4..16], s);
             let qs_at = if format == QuantFormat::Q4_K { 16 } else { 48 };
             let q = &b[qs_at + 32 * (s / 2)..qs_at + 32 * (s / 2) + 32];
             let shift = 4 * (s % 2);
-            for (w, &v) in out.w.iter_mut().zip(q) {
+            for (w, &v) in w.iter_mut().zip(q) {
                 *w = ((v >> shift) & 0x0f) as i16;
             }
             if format == QuantFormat::Q5_K {
-                for (w, &h) in out.w.iter_mut().zip(&b[16..48]) {
+                for (w, &h) in w.iter_mut().zip(&b[16..48]) {
                     *w |= (((h >> s) & 1) as i16) << 4;
                 }
             }
-            out.scale = [d * sc as f32; 2];
-            out.min = [-(dmin * m as f32); 2];
         }
         QuantFormat::Q6_K => {
-            let d = f16_at(b, 208);
             let (n, k) = (s / 4, s % 4);
             let ql = &b[64 * n + 32 * (k % 2)..64 * n + 32 * (k % 2) + 32];
             let qh = &b[128 + 32 * n..128 + 32 * n + 32];
             let (lshift, hshift) = (4 * (k / 2), 2 * k);
-            for ((w, &l), &h) in out.w.iter_mut().zip(ql).zip(qh) {
+            for ((w, &l), &h) in w.iter_mut().zip(ql).zip(qh) {
                 *w = ((((l >> lshift) & 0x0f) | (((h >> hshift) & 3) << 4)) as i16) - 32;
             }
-            for h in 0..2 {
-                out.scale[h] = d * b[192 + 2 * s + h] as i8 as f32;
-            }
-            out.min = [0.0; 2];
         }
     }
 }

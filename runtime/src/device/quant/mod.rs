@@ -90,7 +90,10 @@ impl QuantFormat {
 
     /// Whether values carry an offset (`scale · w + min`) rather than only a scale.
     pub fn has_min(self) -> bool {
-        matches!(self, QuantFormat::Q4_1 | QuantFormat::Q5_1 | QuantFormat::Q2_K | QuantFormat::Q4_K | QuantFormat::Q5_K)
+        matches!(
+            self,
+            QuantFormat::Q4_1 | QuantFormat::Q5_1 | QuantFormat::Q2_K | QuantFormat::Q4_K | QuantFormat::Q5_K
+        )
     }
 
     pub fn name(self) -> &'static str {
