@@ -32,3 +32,24 @@ fn dequantize_is_bit_exact_against_gguf_for_every_format() {
         assert_eq!(m.dequantize_all(), got, "{format}: matrix");
     }
 }
+
+#[test]
+fn quantize_equals_gguf_byte_for_byte() {
+    use kiln_runtime::device::quant::quantize::quantize;
+    for format in QuantFormat::ALL.into_iter().filter(|f| f.block_len() == 32) {
+        let src: Vec<f32> = fixture(format.name(), "source.f32")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let want = fixture(format.name(), "quantized");
+        let mut got = Vec::new();
+        quantize(format, &src, &mut got).unwrap();
+        assert_eq!(got.len(), want.len(), "{format}: byte count");
+        for (i, (g, w)) in got.chunks(format.block_bytes()).zip(want.chunks(format.block_bytes())).enumerate() {
+            assert_eq!(g, w, "{format} block {i}");
+        }
+    }
+    let mut out = Vec::new();
+    assert!(quantize(QuantFormat::Q8_0, &[1.0; 48], &mut out).is_err(), "48 values are not whole blocks");
+    assert!(quantize(QuantFormat::Q4_K, &[1.0; 256], &mut out).is_err(), "no k-quant quantizer yet");
+}

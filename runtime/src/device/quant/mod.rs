@@ -16,6 +16,7 @@
 
 pub mod blocks;
 pub mod cpu;
+pub mod quantize;
 
 use std::sync::Arc;
 
@@ -47,6 +48,8 @@ pub enum QuantError {
     PartialBlock { format: QuantFormat, cols: usize },
     #[error("{format}: a {rows}×{cols} matrix needs {expected} bytes, got {got}")]
     Size { format: QuantFormat, rows: usize, cols: usize, expected: usize, got: usize },
+    #[error("kiln has no quantizer for {0} yet (it reads and multiplies it)")]
+    NoQuantizer(QuantFormat),
     #[error("cannot stack {a} rows with {b} rows of another format or width")]
     Stack { a: String, b: String },
 }
