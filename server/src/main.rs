@@ -6,6 +6,7 @@ mod cmd_bench;
 mod cmd_build;
 mod cmd_convert;
 mod cmd_generate;
+mod cmd_quantize;
 mod cmd_serve;
 mod cmd_synth;
 mod device_arg;
@@ -34,6 +35,8 @@ enum Command {
     Fetch,
     /// Serve the OpenAI-compatible HTTP API (completions, chat, models, tokenize, health, metrics).
     Serve(cmd_serve::ServeArgs),
+    /// Rewrite a GGUF file with its weight matrices in another block format (q8_0, q4_0, ...).
+    Quantize(cmd_quantize::QuantizeArgs),
     /// Run synthetic requests through the engine; report throughput and latency percentiles.
     Bench(cmd_bench::BenchArgs),
     /// Compile every kernel for a GPU architecture into the kernel cache (a warm start).
@@ -52,6 +55,7 @@ fn main() {
             kiln_models::fetch::default_model_path().map(|p| println!("{}", p.display())).map_err(Into::into)
         }
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Quantize(args) => cmd_quantize::run(args),
         Command::Build(args) => cmd_build::run(args),
         Command::SynthModel(args) => cmd_synth::run(args),
     };

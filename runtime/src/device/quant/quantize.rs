@@ -16,6 +16,11 @@
 use super::{QuantError, QuantFormat, BLOCK};
 use half::f16;
 
+/// Whether [`quantize`] can write `format`.
+pub fn has_quantizer(format: QuantFormat) -> bool {
+    format.block_len() == BLOCK
+}
+
 /// Appends the blocks of `x` (`x.len()` a multiple of the block length) in `format` to `out`.
 pub fn quantize(format: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<(), QuantError> {
     if !x.len().is_multiple_of(format.block_len()) {

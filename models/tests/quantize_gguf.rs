@@ -1,0 +1,73 @@
+//! `quantize_gguf` on a small synthetic GGUF: which tensors change and to what, that the
+//! values are the quantizer's, and that the input is never overwritten and no temporary file
+//! is left behind.
+
+use kiln_models::gguf::{GgmlType, GgufBuilder, GgufFile, MetadataValue};
+use kiln_models::quantize_gguf::{quantize_gguf, QuantizeError};
+use kiln_runtime::device::quant::quantize::quantize;
+use kiln_runtime::device::quant::QuantFormat;
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0) - 0.5).collect()
+}
+
+fn write_input(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut b = GgufBuilder::new();
+    b.metadata("general.architecture", MetadataValue::String("llama".into())).unwrap();
+    b.metadata("general.file_type", MetadataValue::U32(0)).unwrap();
+    b.tensor("token_embd.weight", &[64, 10], GgmlType::F32, f32_bytes(&values(640, 1))).unwrap();
+    b.tensor("blk.0.attn_q.weight", &[64, 8], GgmlType::F32, f32_bytes(&values(512, 2))).unwrap();
+    b.tensor("blk.0.attn_norm.weight", &[64], GgmlType::F32, f32_bytes(&values(64, 3))).unwrap();
+    // Rows of 48 values are not whole blocks: copied as they are.
+    b.tensor("blk.0.odd.weight", &[48, 2], GgmlType::F32, f32_bytes(&values(96, 4))).unwrap();
+    let p = dir.join("in.gguf");
+    b.write_to(&p).unwrap();
+    p
+}
+
+#[test]
+fn weight_matrices_take_the_type_and_the_rest_is_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path());
+    let output = dir.path().join("out.gguf");
+    let s = quantize_gguf(&input, &output, QuantFormat::Q4_0, false).unwrap();
+    assert_eq!(s.tensors.len(), 2);
+    let f = GgufFile::open(&output).unwrap();
+    let ty = |n: &str| f.tensor_info(n).unwrap().ggml_type;
+    // Tied embedding = the output projection: Q8_0, as llama.cpp falls back to where Q6_K
+    // cannot be used.
+    assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
+    assert_eq!(ty("blk.0.attn_q.weight"), GgmlType::Q4_0);
+    assert_eq!(ty("blk.0.attn_norm.weight"), GgmlType::F32);
+    assert_eq!(ty("blk.0.odd.weight"), GgmlType::F32);
+    assert_eq!(f.get("general.file_type").and_then(|v| v.as_u64()), Some(2));
+    let mut want = Vec::new();
+    quantize(QuantFormat::Q4_0, &values(512, 2), &mut want).unwrap();
+    assert_eq!(f.tensor_bytes(f.tensor_info("blk.0.attn_q.weight").unwrap()).unwrap(), &want[..]);
+    let norm = f.tensor_bytes(f.tensor_info("blk.0.attn_norm.weight").unwrap()).unwrap();
+    assert_eq!(norm, &f32_bytes(&values(64, 3))[..]);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+}
+
+#[test]
+fn the_input_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path());
+    let before = std::fs::read(&input).unwrap();
+    let err = quantize_gguf(&input, &input, QuantFormat::Q8_0, true).unwrap_err();
+    assert!(matches!(err, QuantizeError::SameFile(_)), "{err}");
+    let output = dir.path().join("out.gguf");
+    std::fs::write(&output, b"keep").unwrap();
+    let err = quantize_gguf(&input, &output, QuantFormat::Q8_0, false).unwrap_err();
+    assert!(matches!(err, QuantizeError::Exists(_)), "{err}");
+    assert_eq!(std::fs::read(&output).unwrap(), b"keep");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    let err = quantize_gguf(&input, &output, QuantFormat::Q4_K, true).unwrap_err();
+    assert!(err.to_string().contains("no quantizer for q4_K"), "{err}");
+    assert_eq!(std::fs::read(&output).unwrap(), b"keep", "a failed run leaves the old output");
+}

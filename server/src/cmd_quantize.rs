@@ -1,0 +1,75 @@
+//! `kiln quantize IN OUT --type T`: a GGUF file with its weight matrices in another block
+//! format (see `kiln_models::quantize_gguf` for which tensors change and why).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use kiln_runtime::device::quant::QuantFormat;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The GGUF file to read (any type kiln reads: f32, f16, bf16, q4_0 … q8_0, q2_K … q6_K).
+    input: PathBuf,
+    /// The GGUF file to write (never the input; written whole, then renamed into place).
+    output: PathBuf,
+    /// The block format of the weight matrices.
+    #[arg(long = "type", value_enum)]
+    ty: QuantType,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantType {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+    #[value(name = "q5_0")]
+    Q5_0,
+    #[value(name = "q5_1")]
+    Q5_1,
+}
+
+impl QuantType {
+    fn format(self) -> QuantFormat {
+        match self {
+            QuantType::Q8_0 => QuantFormat::Q8_0,
+            QuantType::Q4_0 => QuantFormat::Q4_0,
+            QuantType::Q4_1 => QuantFormat::Q4_1,
+            QuantType::Q5_0 => QuantFormat::Q5_0,
+            QuantType::Q5_1 => QuantFormat::Q5_1,
+        }
+    }
+}
+
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    if args.input.is_dir() {
+        bail!(
+            "{}: kiln quantize reads GGUF files; a safetensors directory is not supported yet",
+            args.input.display()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let s = kiln_models::quantize_gguf::quantize_gguf(&args.input, &args.output, args.ty.format(), args.force)
+        .with_context(|| format!("quantizing {}", args.input.display()))?;
+    let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &s.tensors {
+        *by_type.entry(format!("{} -> {}", c.from.name(), c.to.name())).or_default() += 1;
+    }
+    println!(
+        "wrote {} ({:.1} MB from {:.1} MB) in {:.1} s",
+        args.output.display(),
+        s.output_bytes as f64 / 1e6,
+        s.input_bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+    for (change, n) in by_type {
+        println!("  {n:>4} tensors {change}");
+    }
+    Ok(())
+}
