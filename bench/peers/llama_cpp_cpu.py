@@ -11,7 +11,17 @@ import argparse
 import json
 import time
 
+import llama_cpp
+import numpy as np
 from llama_cpp import Llama
+
+
+def last_logits(llm):
+    """The last evaluated position's logits (llama-cpp-python 0.3.36 no longer copies them into
+    `Llama.scores` unless every position's logits are kept: reading `scores` gave zeros, so
+    earlier runs of this peer decoded token 0 over and over; the timing per step is the same)."""
+    p = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(p, shape=(llm.n_vocab(),))
 
 
 def main():
@@ -33,7 +43,7 @@ def main():
         t1 = time.perf_counter()
         out = []
         for _ in range(a.tokens):
-            tok = int(llm.scores[llm.n_tokens - 1].argmax())
+            tok = int(last_logits(llm).argmax())
             out.append(tok)
             llm.eval([tok])
         t2 = time.perf_counter()

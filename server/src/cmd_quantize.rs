@@ -49,10 +49,7 @@ impl QuantType {
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
     if args.input.is_dir() {
-        bail!(
-            "{}: kiln quantize reads GGUF files; a safetensors directory is not supported yet",
-            args.input.display()
-        );
+        bail!("{}: kiln quantize reads GGUF files; a safetensors directory is not supported yet", args.input.display());
     }
     let t0 = std::time::Instant::now();
     let s = kiln_models::quantize_gguf::quantize_gguf(&args.input, &args.output, args.ty.format(), args.force)

@@ -6,7 +6,8 @@
 //! Invariant: a `Weight` is `[out_features, in_features]` (HF's layout of `nn.Linear`), and
 //! `linear` takes `x: [rows, in_features]` into `out: [rows, out_features]`.
 
-use crate::device::quant::cpu::{matmul_q16, quantize_row, Simd};
+use crate::device::quant::activations::{activations, quantize_row_for};
+use crate::device::quant::cpu::{matmul_q16, Simd};
 use crate::device::quant::QuantMatrix;
 use crate::{matmul, DType, Device, GemmError, Tensor};
 
@@ -44,8 +45,9 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
     }
 }
 
-/// A quantized weight on the CPU: f32 activations quantized to 8-bit blocks, integer dot
-/// products (see `device::quant::cpu`).
+/// A quantized weight on the CPU: f32 activations quantized to integer blocks (16-bit, or
+/// llama.cpp's 8-bit ones; `device::quant::activations`), integer dot products
+/// (`device::quant::cpu`).
 fn linear_quant_cpu(dev: &Device, x: &Tensor, w: &QuantMatrix, out: &mut Tensor) -> Result<(), GemmError> {
     if !dev.is_cpu() || !x.device().is_cpu() || !out.device().is_cpu() {
         return Err(GemmError::Unsupported {
@@ -68,11 +70,12 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, w: &QuantMatrix, out: &mut Tensor)
         )));
     }
     // Quantize (and so copy) the activations before writing: `x` and `out` may share storage.
+    let mode = activations();
     let xq = x.with_host::<f32, _>(|v| {
         (0..m)
             .map(|r| {
                 let mut q = Vec::with_capacity(k / 32);
-                quantize_row(v.row(r), &mut q);
+                quantize_row_for(mode, w.format(), v.row(r), &mut q);
                 q
             })
             .collect::<Vec<_>>()

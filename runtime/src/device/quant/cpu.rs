@@ -1,8 +1,8 @@
 //! `out = x · Wᵀ` on the CPU for a quantized `W`, reading its blocks directly.
 //!
-//! Each activation row is quantized on the fly to 16-bit blocks of 32 ([`ActBlock`]: scale
-//! `d = max|x| / 32767`, `q = round(x / d)`, and `Σq`), and a weight block's contribution is an
-//! integer dot product scaled once:
+//! Each activation row is quantized on the fly to blocks of 32 ([`ActBlock`], see
+//! [`super::activations`]: 16-bit by default, or llama.cpp's 8-bit rules), and a weight
+//! block's contribution is an integer dot product scaled once:
 //! - Q4_0: `d_w·d_x·(Σ n·q − 8·Σq)` (nibbles `n` unsigned);
 //! - Q4_1: `d_w·d_x·Σ n·q + m_w·d_x·Σq`;
 //! - Q8_0: `d_w·d_x·Σ w·q`;
@@ -14,46 +14,12 @@
 //! path and the AVX2 one (chosen at run time with `is_x86_feature_detected!`; `KILN_CPU_SIMD=0`
 //! forces the portable path, which the tests run too). Output rows are split across rayon
 //! tasks by weight rows, each task reading its weight rows once for all activation rows.
-//! Activation quantization is the only difference from the dequantize-then-f32 reference: a
-//! relative error of at most 2⁻¹⁶ of the block's largest value. llama.cpp quantizes
-//! activations to 8 bits instead; on the default model that moved logits by up to 7% of the
-//! largest logit and changed chat answers, while 16 bits cost one more multiply-add
-//! instruction per block here (`madd_epi16` on 16-bit lanes instead of `maddubs`).
+//! Activation quantization is the only difference from the dequantize-then-f32 reference.
 
+pub use super::activations::{quantize_row, ActBlock};
 use super::blocks::{unpack, Slice32};
 use super::{f16_at, QuantFormat, QuantMatrix, BLOCK};
 use rayon::prelude::*;
-
-/// One activation block quantized to 16 bits.
-#[derive(Clone, Copy, Debug)]
-pub struct ActBlock {
-    pub d: f32,
-    /// `Σ q` over the block.
-    pub sum: i32,
-    /// `Σ q` over its first 16 values (formats with a min per 16 values need both halves).
-    pub sum_lo: i32,
-    pub qs: [i16; BLOCK],
-}
-
-/// The largest quantized activation magnitude.
-const QMAX: f32 = 32767.0;
-
-/// Quantizes one row (`x.len()` a multiple of 32) into `out` (`x.len() / 32` blocks).
-pub fn quantize_row(x: &[f32], out: &mut Vec<ActBlock>) {
-    out.clear();
-    for b in x.chunks_exact(BLOCK) {
-        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / QMAX;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut qs = [0i16; BLOCK];
-        for (q, &v) in qs.iter_mut().zip(b) {
-            *q = (v * id).round().clamp(-QMAX, QMAX) as i16;
-        }
-        let sum_lo = qs[..16].iter().map(|&q| q as i32).sum();
-        let sum = sum_lo + qs[16..].iter().map(|&q| q as i32).sum::<i32>();
-        out.push(ActBlock { d, sum, sum_lo, qs });
-    }
-}
 
 /// Which dot-product implementation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

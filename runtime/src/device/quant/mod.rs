@@ -14,6 +14,7 @@
 //! `rows * cols / block_len * block_bytes` bytes (checked at construction); it lives in host
 //! memory.
 
+pub mod activations;
 pub mod blocks;
 pub mod cpu;
 pub mod quantize;

@@ -88,7 +88,11 @@ fn offset(b: &[f32], qmax: u8, out: &mut Vec<u8>, high_bits: bool) {
     // never exceeds 31).
     let q = |v: f32| {
         let x = (v - min) * id + 0.5;
-        if high_bits { x as u8 } else { (x as i8 as u8).min(qmax) }
+        if high_bits {
+            x as u8
+        } else {
+            (x as i8 as u8).min(qmax)
+        }
     };
     nibbles_and_high(b, q, high_bits, out);
 }

@@ -1,0 +1,136 @@
+//! Activation rows quantized for the CPU's integer dot products ([`ActBlock`]: blocks of 32
+//! with a scale `d`, integers `q` and their sums), in one of two ways ([`Activations`]):
+//!
+//! - [`Activations::Bits16`] (the default): `d = max|x| / 32767`, `q = round(x / d)`; a
+//!   relative error of at most 2⁻¹⁶ of the block's largest value, so the product is within
+//!   ~1e-4 of the dequantize-then-f32 one.
+//! - [`Activations::Ggml8`]: llama.cpp's 8-bit blocks, as its x86 CPU path makes them, chosen by
+//!   the weight's format: Q8_0 / Q8_1 for the 32-value formats (`d = max|x| / 127` stored as
+//!   f16, `q = round_half_even(x · 127 / max|x|)`), Q8_K for the k-quants (one f32
+//!   `d = max / −127` per 256 values, `max` the value of largest magnitude,
+//!   `q = min(127, round_half_even(x · −127 / max))`). With it kiln's logits follow llama.cpp's
+//!   to summation order; on the default model 8-bit activations move the last-position logits
+//!   by 1–5% of the largest logit against the 16-bit ones (tests/tests/llama_cpp_quantized.rs).
+//!
+//! The choice is process-wide: [`set_activations`], or `KILN_CPU_ACTIVATIONS=ggml8` read at the
+//! first use. Both produce `q` within ±32767, which the 16-bit dot products take unchanged.
+
+use super::{QuantFormat, BLOCK};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// One activation block quantized to integers.
+#[derive(Clone, Copy, Debug)]
+pub struct ActBlock {
+    pub d: f32,
+    /// `Σ q` over the block.
+    pub sum: i32,
+    /// `Σ q` over its first 16 values (formats with a min per 16 values need both halves).
+    pub sum_lo: i32,
+    pub qs: [i16; BLOCK],
+}
+
+impl ActBlock {
+    fn new(d: f32, qs: [i16; BLOCK]) -> ActBlock {
+        let sum_lo = qs[..16].iter().map(|&q| q as i32).sum();
+        let sum = sum_lo + qs[16..].iter().map(|&q| q as i32).sum::<i32>();
+        ActBlock { d, sum, sum_lo, qs }
+    }
+}
+
+/// How activations are quantized (see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    Bits16,
+    Ggml8,
+}
+
+/// 0: not chosen yet; 1: `Bits16`; 2: `Ggml8`.
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the activation quantization of every later quantized product in this process.
+pub fn set_activations(a: Activations) {
+    CHOSEN.store(if a == Activations::Ggml8 { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// The activation quantization in force.
+pub fn activations() -> Activations {
+    match CHOSEN.load(Ordering::Relaxed) {
+        1 => Activations::Bits16,
+        2 => Activations::Ggml8,
+        _ => {
+            let a = match std::env::var("KILN_CPU_ACTIVATIONS").as_deref() {
+                Ok("ggml8") => Activations::Ggml8,
+                _ => Activations::Bits16,
+            };
+            set_activations(a);
+            a
+        }
+    }
+}
+
+/// The largest 16-bit activation magnitude.
+const QMAX: f32 = 32767.0;
+
+/// Quantizes one row (`x.len()` a multiple of 32) to 16 bits into `out` (`x.len() / 32` blocks).
+pub fn quantize_row(x: &[f32], out: &mut Vec<ActBlock>) {
+    out.clear();
+    for b in x.chunks_exact(BLOCK) {
+        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / QMAX;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i16; BLOCK];
+        for (q, &v) in qs.iter_mut().zip(b) {
+            *q = (v * id).round().clamp(-QMAX, QMAX) as i16;
+        }
+        out.push(ActBlock::new(d, qs));
+    }
+}
+
+/// Quantizes one row for a product with a `format` weight, as `mode` says.
+pub fn quantize_row_for(mode: Activations, format: QuantFormat, x: &[f32], out: &mut Vec<ActBlock>) {
+    match mode {
+        Activations::Bits16 => quantize_row(x, out),
+        Activations::Ggml8 if format.block_len() == BLOCK => quantize_row_q8_0(x, out),
+        Activations::Ggml8 => quantize_row_q8_k(x, out),
+    }
+}
+
+/// llama.cpp's Q8_0 / Q8_1 activation blocks (its AVX2 `quantize_row_q8_0`: `127 / max|x|`,
+/// round half to even, `d` stored as f16).
+fn quantize_row_q8_0(x: &[f32], out: &mut Vec<ActBlock>) {
+    out.clear();
+    for b in x.chunks_exact(BLOCK) {
+        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = half::f16::from_f32(amax / 127.0).to_f32();
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i16; BLOCK];
+        for (q, &v) in qs.iter_mut().zip(b) {
+            *q = (v * id).round_ties_even() as i16;
+        }
+        out.push(ActBlock::new(d, qs));
+    }
+}
+
+/// llama.cpp's Q8_K activation blocks (`quantize_row_q8_K_ref`), one `d` per 256 values, held
+/// as eight 32-value blocks sharing it.
+fn quantize_row_q8_k(x: &[f32], out: &mut Vec<ActBlock>) {
+    out.clear();
+    for b in x.chunks(256) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in b {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let iscale = if amax != 0.0 { -127.0 / max } else { 0.0 };
+        let d = if amax != 0.0 { 1.0 / iscale } else { 0.0 };
+        for c in b.chunks_exact(BLOCK) {
+            let mut qs = [0i16; BLOCK];
+            for (q, &v) in qs.iter_mut().zip(c) {
+                *q = ((iscale * v).round_ties_even() as i32).min(127) as i16;
+            }
+            out.push(ActBlock::new(d, qs));
+        }
+    }
+}
