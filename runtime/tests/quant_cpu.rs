@@ -159,3 +159,34 @@ fn a_row_gets_the_same_bits_alone_or_with_others() {
         }
     }
 }
+
+#[test]
+fn borrowed_and_stacked_blocks_read_as_one_matrix() {
+    use kiln_runtime::device::quant::SharedBytes;
+    use std::sync::Arc;
+    #[derive(Debug)]
+    struct File(Vec<u8>);
+    impl SharedBytes for File {
+        fn shared_bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(31);
+    let (a, b) =
+        (random_matrix(&mut rng, QuantFormat::Q4_K, 3, 512), random_matrix(&mut rng, QuantFormat::Q4_K, 2, 512));
+    let rb = QuantFormat::Q4_K.row_bytes(512);
+    // `a`'s blocks inside a larger "file", after 10 bytes of something else.
+    let mut file = vec![7u8; 10];
+    file.extend((0..3).flat_map(|r| a.row(r).to_vec()));
+    file.extend([9u8; 5]);
+    let owner: Arc<dyn SharedBytes> = Arc::new(File(file));
+    let shared = QuantMatrix::shared(QuantFormat::Q4_K, 3, 512, owner.clone(), 10, 3 * rb).unwrap();
+    assert!(shared.borrows());
+    assert!(QuantMatrix::shared(QuantFormat::Q4_K, 3, 512, owner, 16, 3 * rb).is_err(), "past the end");
+    let stacked = QuantMatrix::stack(&[shared, b.clone()]).unwrap();
+    assert_eq!(stacked.rows(), 5);
+    let mut want = a.dequantize_all();
+    want.extend(b.dequantize_all());
+    assert_eq!(stacked.dequantize_all(), want);
+    assert_eq!(stacked.row(4), b.row(1));
+}

@@ -1,6 +1,6 @@
 //! The default model with its Q4_1 projections kept quantized on the CPU (`WeightMode::Stored`,
-//! the default): the blocks the loader keeps (Q/K rows moved whole) dequantize to exactly the
-//! dense weights, and the model's logits stay within 2e-3 of the largest logit of the dense
+//! the default): the blocks the loader keeps (Q/K rows moved whole, every other matrix
+//! borrowed from the file mapping) dequantize to exactly the dense weights, and the model's logits stay within 2e-3 of the largest logit of the dense
 //! path's (16-bit activations; measured 1e-4 to 3e-4), with greedy continuations compared token
 //! by token: equal for 16 tokens, or, where a near-tie flips, the dense token among the
 //! quantized model's top 5 (the test reports where).
@@ -45,6 +45,8 @@ fn quantized_weights_match_the_dense_model() {
         let t = src.read(name, None, None).unwrap();
         let q = t.quant_matrix().unwrap().unwrap_or_else(|| panic!("{name} is kept quantized"));
         assert_eq!(q.dequantize_all(), t.to_f32().unwrap(), "{name}");
+        // Blocks in file order are borrowed from the mapping; permuted Q/K rows are moved.
+        assert_eq!(q.borrows(), !name.contains("q_proj") && !name.contains("k_proj"), "{name}");
     }
 
     let dense = load_weights_only_with(&path, &Device::Cpu, DType::F32, WeightMode::Dense).unwrap();

@@ -48,6 +48,13 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// The whole file image, for quantized matrices that borrow their blocks from the mapping.
+impl kiln_runtime::device::quant::SharedBytes for GgufFile {
+    fn shared_bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+}
+
 impl GgufFile {
     /// Opens and memory-maps `path`, and validates its header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {

@@ -38,6 +38,7 @@ impl Weights {
                 format: StoredFormat::Ggml(info.ggml_type),
                 bytes: Cow::Borrowed(file.tensor_bytes(info)?),
                 permuted_heads: naming.permuted_heads(&info.name),
+                owner: None,
             };
             let data = stored.to_f32().map_err(|e| e.in_source(&source_name))?;
             // Shape and data agree by construction: n_elements is the product of the dims.

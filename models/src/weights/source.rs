@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kiln_runtime::device::linear::Weight;
-use kiln_runtime::device::quant::QuantMatrix;
+use kiln_runtime::device::quant::{QuantMatrix, SharedBytes};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use memmap2::Mmap;
@@ -95,6 +95,9 @@ pub struct StoredTensor<'a> {
     /// For Q/K projections stored in llama.cpp's RoPE row order: the head count the rows were
     /// permuted with (of this shard). `None`: rows are in HF order.
     pub permuted_heads: Option<usize>,
+    /// The mapped file `bytes` borrows from, when it does: a quantized matrix then keeps
+    /// borrowing it instead of copying its blocks.
+    pub owner: Option<Arc<dyn SharedBytes>>,
 }
 
 impl StoredTensor<'_> {
@@ -138,6 +141,13 @@ impl StoredTensor<'_> {
         let Some(format) = ty.quant_format() else { return Ok(None) };
         let [rows, cols] = self.shape[..] else { return Ok(None) };
         let layout = |reason: String| WeightsError::Layout { tensor: self.name.clone(), reason };
+        if let (None, Cow::Borrowed(b), Some(owner)) = (self.permuted_heads, &self.bytes, &self.owner) {
+            // Where the blocks lie in the owner's bytes (`b` is a sub-slice of them).
+            let start = (b.as_ptr() as usize).wrapping_sub(owner.shared_bytes().as_ptr() as usize);
+            return QuantMatrix::shared(format, rows, cols, owner.clone(), start, b.len())
+                .map(Some)
+                .map_err(|e| layout(e.to_string()));
+        }
         let bytes = match self.permuted_heads {
             None => self.bytes.to_vec(),
             Some(heads) => unpermute_qk_rows(&self.bytes, rows, format.row_bytes(cols), heads)
@@ -472,6 +482,10 @@ impl WeightSource {
             format: e.format,
             bytes: Cow::Borrowed(all),
             permuted_heads: e.permuted_heads,
+            owner: match &self.backing {
+                Backing::Gguf(f) => Some(f.clone() as Arc<dyn SharedBytes>),
+                Backing::Safetensors(_) => None,
+            },
         };
         match shard {
             None => Ok(whole),
@@ -591,7 +605,7 @@ fn shard_of(t: StoredTensor<'_>, s: Shard) -> Result<StoredTensor<'_>, WeightsEr
         };
         let bytes = slice_cow(t.bytes, s.rank * part * row_bytes..(s.rank + 1) * part * row_bytes);
         let shape = if t.shape.len() == 1 { vec![part * block_len] } else { vec![part, cols] };
-        return Ok(StoredTensor { name: t.name, shape, format: t.format, bytes, permuted_heads });
+        return Ok(StoredTensor { name: t.name, shape, format: t.format, bytes, permuted_heads, owner: t.owner });
     }
     if cols % s.world != 0 || !(cols / s.world).is_multiple_of(block_len) {
         return bad(format!(
@@ -611,6 +625,7 @@ fn shard_of(t: StoredTensor<'_>, s: Shard) -> Result<StoredTensor<'_>, WeightsEr
         format: t.format,
         bytes: Cow::Owned(bytes),
         permuted_heads: t.permuted_heads,
+        owner: None,
     })
 }
 

@@ -159,13 +159,38 @@ pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// A `[rows, cols]` matrix of quantized blocks in host memory; see the module header.
+/// Bytes kept alive by someone else that a matrix may borrow its blocks from (a memory-mapped
+/// file: the blocks are then never copied).
+pub trait SharedBytes: Send + Sync + std::fmt::Debug {
+    fn shared_bytes(&self) -> &[u8];
+}
+
+/// The blocks of consecutive rows: owned, or a range of a [`SharedBytes`].
+#[derive(Clone)]
+enum Segment {
+    Owned(Arc<[u8]>),
+    Shared { owner: Arc<dyn SharedBytes>, start: usize, len: usize },
+}
+
+impl Segment {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Owned(b) => b,
+            Segment::Shared { owner, start, len } => &owner.shared_bytes()[*start..*start + *len],
+        }
+    }
+}
+
+/// A `[rows, cols]` matrix of quantized blocks in host memory; see the module header. Its rows
+/// may lie in several segments (a stacked q/k/v or gate/up borrowed from a file stays where it
+/// is), each a whole number of rows.
 #[derive(Clone)]
 pub struct QuantMatrix {
     format: QuantFormat,
     rows: usize,
     cols: usize,
-    bytes: Arc<[u8]>,
+    /// Segments and their row counts, in row order.
+    segments: Arc<[(Segment, usize)]>,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -175,28 +200,59 @@ impl std::fmt::Debug for QuantMatrix {
 }
 
 impl QuantMatrix {
-    pub fn new(format: QuantFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<QuantMatrix, QuantError> {
+    fn checked(format: QuantFormat, rows: usize, cols: usize, len: usize) -> Result<(), QuantError> {
         if !cols.is_multiple_of(format.block_len()) {
             return Err(QuantError::PartialBlock { format, cols });
         }
         let expected = rows * format.row_bytes(cols);
-        if bytes.len() != expected {
-            return Err(QuantError::Size { format, rows, cols, expected, got: bytes.len() });
+        if len != expected {
+            return Err(QuantError::Size { format, rows, cols, expected, got: len });
         }
-        Ok(QuantMatrix { format, rows, cols, bytes: bytes.into() })
+        Ok(())
     }
 
-    /// Matrices of one format and width stacked along rows (fused q/k/v, gate/up).
+    pub fn new(format: QuantFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<QuantMatrix, QuantError> {
+        QuantMatrix::checked(format, rows, cols, bytes.len())?;
+        Ok(QuantMatrix { format, rows, cols, segments: Arc::new([(Segment::Owned(bytes.into()), rows)]) })
+    }
+
+    /// A matrix whose blocks are `owner.shared_bytes()[start..start + len]`, borrowed, not
+    /// copied (an error if the range is outside the owner or the wrong size).
+    pub fn shared(
+        format: QuantFormat,
+        rows: usize,
+        cols: usize,
+        owner: Arc<dyn SharedBytes>,
+        start: usize,
+        len: usize,
+    ) -> Result<QuantMatrix, QuantError> {
+        QuantMatrix::checked(format, rows, cols, len)?;
+        let total = owner.shared_bytes().len();
+        if start.checked_add(len).is_none_or(|end| end > total) {
+            return Err(QuantError::Size { format, rows, cols, expected: len, got: total.saturating_sub(start) });
+        }
+        let seg = Segment::Shared { owner, start, len };
+        Ok(QuantMatrix { format, rows, cols, segments: Arc::new([(seg, rows)]) })
+    }
+
+    /// Matrices of one format and width stacked along rows (fused q/k/v, gate/up); their
+    /// blocks stay where they are.
     pub fn stack(parts: &[QuantMatrix]) -> Result<QuantMatrix, QuantError> {
         let first = parts.first().ok_or(QuantError::Stack { a: "no".into(), b: "no".into() })?;
-        let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.bytes.len()).sum());
+        let mut segments = Vec::new();
         for p in parts {
             if p.format != first.format || p.cols != first.cols {
                 return Err(QuantError::Stack { a: format!("{first:?}"), b: format!("{p:?}") });
             }
-            bytes.extend_from_slice(&p.bytes);
+            segments.extend(p.segments.iter().cloned());
         }
-        QuantMatrix::new(first.format, parts.iter().map(|p| p.rows).sum(), first.cols, bytes)
+        let rows = parts.iter().map(|p| p.rows).sum();
+        Ok(QuantMatrix { format: first.format, rows, cols: first.cols, segments: segments.into() })
+    }
+
+    /// Whether any block is borrowed rather than owned (for tests and reports).
+    pub fn borrows(&self) -> bool {
+        self.segments.iter().any(|(s, _)| matches!(s, Segment::Shared { .. }))
     }
 
     pub fn format(&self) -> QuantFormat {
@@ -212,9 +268,15 @@ impl QuantMatrix {
     }
 
     /// The blocks of row `r`.
-    pub fn row(&self, r: usize) -> &[u8] {
+    pub fn row(&self, mut r: usize) -> &[u8] {
         let rb = self.format.row_bytes(self.cols);
-        &self.bytes[r * rb..(r + 1) * rb]
+        for (seg, rows) in self.segments.iter() {
+            if r < *rows {
+                return &seg.bytes()[r * rb..(r + 1) * rb];
+            }
+            r -= rows;
+        }
+        panic!("row {r} past the end of a {}-row matrix", self.rows)
     }
 
     /// Row `r`'s values.
@@ -225,7 +287,11 @@ impl QuantMatrix {
     /// Every value, row-major (for references and tests).
     pub fn dequantize_all(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        self.format.dequantize(&self.bytes, &mut out);
+        let mut at = 0;
+        for (seg, rows) in self.segments.iter() {
+            self.format.dequantize(seg.bytes(), &mut out[at..at + rows * self.cols]);
+            at += rows * self.cols;
+        }
         out
     }
 }
