@@ -14,6 +14,7 @@ pub mod llama;
 pub mod loader;
 pub mod model;
 pub mod model_check;
+pub mod perplexity;
 pub mod quantize_gguf;
 pub mod qwen2;
 pub mod registry;

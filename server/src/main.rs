@@ -1,11 +1,12 @@
-//! The `kiln` binary: one CLI over the engine (`generate`, `convert`, `fetch`, ...). The GPU
-//! kernel check is a separate binary, `kiln-check-kernels` (kiln-models).
+//! The `kiln` binary: one CLI over the engine (`generate`, `perplexity`, `convert`, `fetch`,
+//! ...). The GPU kernel check is a separate binary, `kiln-check-kernels` (kiln-models).
 
 mod bench_online;
 mod cmd_bench;
 mod cmd_build;
 mod cmd_convert;
 mod cmd_generate;
+mod cmd_perplexity;
 mod cmd_quantize;
 mod cmd_serve;
 mod cmd_synth;
@@ -35,6 +36,9 @@ enum Command {
     Fetch,
     /// Serve the OpenAI-compatible HTTP API (completions, chat, models, tokenize, health, metrics).
     Serve(cmd_serve::ServeArgs),
+    /// Perplexity over a text file in non-overlapping windows (llama.cpp's recipe); with
+    /// --kl-base, the KL divergence from a base model.
+    Perplexity(cmd_perplexity::PerplexityArgs),
     /// Rewrite a GGUF file with its weight matrices in another block format (q8_0, q4_0, ...).
     Quantize(cmd_quantize::QuantizeArgs),
     /// Run synthetic requests through the engine; report throughput and latency percentiles.
@@ -56,6 +60,7 @@ fn main() {
         }
         Command::Bench(args) => cmd_bench::run(args),
         Command::Quantize(args) => cmd_quantize::run(args),
+        Command::Perplexity(args) => cmd_perplexity::run(args),
         Command::Build(args) => cmd_build::run(args),
         Command::SynthModel(args) => cmd_synth::run(args),
     };
