@@ -149,6 +149,9 @@ pub fn dot_rows(simd: Simd, format: QuantFormat, w: &[u8], xs: &[&[ActBlock]], s
 /// tasks than twice the threads (waking workers per task costs more than the work balances).
 const MIN_ROWS_PER_TASK: usize = 64;
 
+/// Activation rows multiplied with each weight row in one pass.
+const M_TILE: usize = 16;
+
 /// `out[i][j] = x_i · w_j` for the quantized activation rows `xq` (each `w.cols() / 32`
 /// blocks): `out` is `xq.len()` rows of `w.rows()` values, row-major.
 pub fn matmul_q16(simd: Simd, xq: &[Vec<ActBlock>], w: &QuantMatrix) -> Vec<f32> {
@@ -162,8 +165,14 @@ pub fn matmul_q16(simd: Simd, xq: &[Vec<ActBlock>], w: &QuantMatrix) -> Vec<f32>
             let mut part = vec![0f32; m * (r1 - r0)];
             let xs: Vec<&[ActBlock]> = xq.iter().map(Vec::as_slice).collect();
             let mut scratch = Scratch::default();
-            for (r, o) in (r0..r1).zip(part.chunks_exact_mut(m.max(1))) {
-                dot_rows(simd, w.format(), w.row(r), &xs, &mut scratch, o);
+            // Activation rows in tiles that stay in L1 while every weight row of the task passes
+            // over them (all 512 rows of a long prefill are 660 KB for a 576-wide matrix: read
+            // once per weight row, they made prefill 2.5x slower than the f32 GEMM).
+            for i0 in (0..m).step_by(M_TILE) {
+                let i1 = (i0 + M_TILE).min(m);
+                for (k, r) in (r0..r1).enumerate() {
+                    dot_rows(simd, w.format(), w.row(r), &xs[i0..i1], &mut scratch, &mut part[k * m + i0..k * m + i1]);
+                }
             }
             (r0, part)
         })
