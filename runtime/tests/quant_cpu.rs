@@ -190,3 +190,53 @@ fn borrowed_and_stacked_blocks_read_as_one_matrix() {
     assert_eq!(stacked.dequantize_all(), want);
     assert_eq!(stacked.row(4), b.row(1));
 }
+
+#[test]
+fn eight_bit_kernels_equal_the_portable_sum_and_do_not_depend_on_the_batch() {
+    use kiln_runtime::device::quant::activations::quantize_row8_for;
+    use kiln_runtime::device::quant::cpu::{dot_rows, dot_rows8, ActBlock, ActBlock8, Scratch};
+    let mut rng = StdRng::seed_from_u64(41);
+    for format in FORMATS {
+        for &(rows, blocks) in &[(1, 1), (5, 3), (3, 9)] {
+            let cols = blocks * format.block_len();
+            let w = random_matrix(&mut rng, format, rows, cols);
+            let mut wide = vec![];
+            let xq8: Vec<Vec<ActBlock8>> = (0..6)
+                .map(|_| {
+                    let mut q = vec![];
+                    quantize_row8_for(format, &random_vec(&mut rng, cols), &mut wide, &mut q);
+                    q
+                })
+                .collect();
+            let xq16: Vec<Vec<ActBlock>> = xq8.iter().map(|x| x.iter().map(ActBlock::from).collect()).collect();
+            let xs8: Vec<&[ActBlock8]> = xq8.iter().map(Vec::as_slice).collect();
+            let xs16: Vec<&[ActBlock]> = xq16.iter().map(Vec::as_slice).collect();
+            for r in 0..rows {
+                let mut want = vec![0f32; 6];
+                dot_rows(Simd::Portable, format, w.row(r), &xs16, &mut Scratch::default(), &mut want);
+                for simd in Simd::available() {
+                    let mut many = vec![0f32; 6];
+                    dot_rows8(simd, format, w.row(r), &xs8, &mut Scratch::default(), &mut many);
+                    for i in 0..6 {
+                        let mag: f64 = {
+                            let wd = w.dequantize_all();
+                            let row = &wd[r * cols..(r + 1) * cols];
+                            let x: Vec<f64> =
+                                xq16[i].iter().flat_map(|b| b.qs.map(|q| q as f64 * b.d as f64)).collect();
+                            row.iter().zip(&x).map(|(&a, &b)| (a as f64 * b).abs()).sum()
+                        };
+                        assert!(
+                            ((many[i] - want[i]) as f64).abs() <= 1e-5 * mag.max(1e-3),
+                            "{format} {simd:?} row {r} x{i}: {} vs {}",
+                            many[i],
+                            want[i]
+                        );
+                        let mut one = [0f32];
+                        dot_rows8(simd, format, w.row(r), &xs8[i..i + 1], &mut Scratch::default(), &mut one);
+                        assert_eq!(one[0].to_bits(), many[i].to_bits(), "{format} {simd:?}: alone vs batched");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -6,8 +6,8 @@
 //! Invariant: a `Weight` is `[out_features, in_features]` (HF's layout of `nn.Linear`), and
 //! `linear` takes `x: [rows, in_features]` into `out: [rows, out_features]`.
 
-use crate::device::quant::activations::{activations, quantize_row_for};
-use crate::device::quant::cpu::{matmul_q16, Simd};
+use crate::device::quant::activations::{activations, quantize_row8_for, quantize_row_for, Activations};
+use crate::device::quant::cpu::{matmul_q16, matmul_q8, Simd};
 use crate::device::quant::QuantMatrix;
 use crate::{matmul, DType, Device, GemmError, Tensor};
 
@@ -70,18 +70,32 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, w: &QuantMatrix, out: &mut Tensor)
         )));
     }
     // Quantize (and so copy) the activations before writing: `x` and `out` may share storage.
-    let mode = activations();
-    let xq = x.with_host::<f32, _>(|v| {
-        (0..m)
-            .map(|r| {
-                let mut q = Vec::with_capacity(k / 32);
-                quantize_row_for(mode, w.format(), v.row(r), &mut q);
-                q
-            })
-            .collect::<Vec<_>>()
-    })?;
     static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-    let y = matmul_q16(*SIMD.get_or_init(Simd::detect), &xq, w);
+    let simd = *SIMD.get_or_init(Simd::detect);
+    let mode = activations();
+    let y = x.with_host::<f32, _>(|v| match mode {
+        Activations::Bits16 => {
+            let xq: Vec<_> = (0..m)
+                .map(|r| {
+                    let mut q = Vec::with_capacity(k / 32);
+                    quantize_row_for(mode, w.format(), v.row(r), &mut q);
+                    q
+                })
+                .collect();
+            matmul_q16(simd, &xq, w)
+        }
+        Activations::Ggml8 => {
+            let mut wide = Vec::with_capacity(k / 32);
+            let xq: Vec<_> = (0..m)
+                .map(|r| {
+                    let mut q = Vec::with_capacity(k / 32);
+                    quantize_row8_for(w.format(), v.row(r), &mut wide, &mut q);
+                    q
+                })
+                .collect();
+            matmul_q8(simd, &xq, w)
+        }
+    })?;
     out.with_host_mut::<f32, _>(|mut o| {
         for r in 0..m {
             o.row_mut(r).copy_from_slice(&y[r * n..(r + 1) * n]);

@@ -37,6 +37,38 @@ impl ActBlock {
     }
 }
 
+/// One activation block quantized to 8 bits (`Activations::Ggml8`), for the 8-bit kernels.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+pub struct ActBlock8 {
+    pub qs: [i8; BLOCK],
+    pub d: f32,
+    /// `Σ q` over the block and over its first 16 values.
+    pub sum: i32,
+    pub sum_lo: i32,
+}
+
+impl From<&ActBlock8> for ActBlock {
+    fn from(b: &ActBlock8) -> ActBlock {
+        ActBlock { d: b.d, sum: b.sum, sum_lo: b.sum_lo, qs: b.qs.map(|q| q as i16) }
+    }
+}
+
+impl From<&ActBlock> for ActBlock8 {
+    /// The same block with its values narrowed (they must lie within ±127).
+    fn from(b: &ActBlock) -> ActBlock8 {
+        ActBlock8 { qs: b.qs.map(|q| q.clamp(-127, 127) as i8), d: b.d, sum: b.sum, sum_lo: b.sum_lo }
+    }
+}
+
+/// Quantizes one row for a product with a `format` weight by llama.cpp's 8-bit rules, as
+/// 8-bit blocks (the same values [`quantize_row_for`] gives under `Ggml8`).
+pub fn quantize_row8_for(format: QuantFormat, x: &[f32], scratch: &mut Vec<ActBlock>, out: &mut Vec<ActBlock8>) {
+    quantize_row_for(Activations::Ggml8, format, x, scratch);
+    out.clear();
+    out.extend(scratch.iter().map(ActBlock8::from));
+}
+
 /// How activations are quantized (see the module header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activations {

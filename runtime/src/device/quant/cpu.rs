@@ -16,7 +16,7 @@
 //! tasks by weight rows, each task reading its weight rows once for all activation rows.
 //! Activation quantization is the only difference from the dequantize-then-f32 reference.
 
-pub use super::activations::{quantize_row, ActBlock};
+pub use super::activations::{quantize_row, ActBlock, ActBlock8};
 use super::blocks::{unpack, Slice32};
 use super::{f16_at, QuantFormat, QuantMatrix, BLOCK};
 use rayon::prelude::*;
@@ -116,6 +116,8 @@ fn dot_portable_sliced(format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_q8;
 
 /// Scratch space of one task, reused across weight rows.
 #[derive(Default)]
@@ -145,6 +147,32 @@ pub fn dot_rows(simd: Simd, format: QuantFormat, w: &[u8], xs: &[&[ActBlock]], s
     }
 }
 
+/// `out[i] = w · xs[i]` for 8-bit activation rows (`Activations::Ggml8`): the 8-bit AVX2
+/// kernel, or the portable one on the same values widened to 16 bits (the integer sums are
+/// the same; only the f32 accumulation order differs).
+pub fn dot_rows8(
+    simd: Simd,
+    format: QuantFormat,
+    w: &[u8],
+    xs: &[&[ActBlock8]],
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    match simd {
+        Simd::Portable => {
+            let wide: Vec<Vec<ActBlock>> = xs.iter().map(|x| x.iter().map(ActBlock::from).collect()).collect();
+            let wide: Vec<&[ActBlock]> = wide.iter().map(Vec::as_slice).collect();
+            dot_rows(simd, format, w, &wide, scratch, out)
+        }
+        // Safety: `Avx2` is only constructed after detecting AVX2, FMA and F16C.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe {
+            let s = &mut scratch.avx2;
+            avx2_q8::dot_many(format, w, xs, &mut s.acc, &mut s.extra, out)
+        },
+    }
+}
+
 /// Weight rows per rayon task: at least this many (a few dozen KB of blocks), and no more
 /// tasks than twice the threads (waking workers per task costs more than the work balances).
 const MIN_ROWS_PER_TASK: usize = 64;
@@ -155,6 +183,21 @@ const M_TILE: usize = 16;
 /// `out[i][j] = x_i · w_j` for the quantized activation rows `xq` (each `w.cols() / 32`
 /// blocks): `out` is `xq.len()` rows of `w.rows()` values, row-major.
 pub fn matmul_q16(simd: Simd, xq: &[Vec<ActBlock>], w: &QuantMatrix) -> Vec<f32> {
+    matmul_tiled(xq, w, |xs, r, scratch, o| dot_rows(simd, w.format(), w.row(r), xs, scratch, o))
+}
+
+/// [`matmul_q16`] for 8-bit activation rows.
+pub fn matmul_q8(simd: Simd, xq: &[Vec<ActBlock8>], w: &QuantMatrix) -> Vec<f32> {
+    matmul_tiled(xq, w, |xs, r, scratch, o| dot_rows8(simd, w.format(), w.row(r), xs, scratch, o))
+}
+
+/// The weight rows split across rayon tasks, activation rows in tiles; `dot(tile, r, …)`
+/// writes weight row `r`'s products with a tile of activation rows.
+fn matmul_tiled<X: Sync>(
+    xq: &[Vec<X>],
+    w: &QuantMatrix,
+    dot: impl Fn(&[&[X]], usize, &mut Scratch, &mut [f32]) + Sync,
+) -> Vec<f32> {
     let (m, n) = (xq.len(), w.rows());
     let per_task = n.div_ceil(2 * rayon::current_num_threads()).max(MIN_ROWS_PER_TASK);
     let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(per_task))
@@ -163,7 +206,7 @@ pub fn matmul_q16(simd: Simd, xq: &[Vec<ActBlock>], w: &QuantMatrix) -> Vec<f32>
             let (r0, r1) = (t * per_task, ((t + 1) * per_task).min(n));
             // Row-major over weight rows here (`[r1 - r0, m]`), transposed when gathered.
             let mut part = vec![0f32; m * (r1 - r0)];
-            let xs: Vec<&[ActBlock]> = xq.iter().map(Vec::as_slice).collect();
+            let xs: Vec<&[X]> = xq.iter().map(Vec::as_slice).collect();
             let mut scratch = Scratch::default();
             // Activation rows in tiles that stay in L1 while every weight row of the task passes
             // over them (all 512 rows of a long prefill are 660 KB for a 576-wide matrix: read
@@ -171,7 +214,7 @@ pub fn matmul_q16(simd: Simd, xq: &[Vec<ActBlock>], w: &QuantMatrix) -> Vec<f32>
             for i0 in (0..m).step_by(M_TILE) {
                 let i1 = (i0 + M_TILE).min(m);
                 for (k, r) in (r0..r1).enumerate() {
-                    dot_rows(simd, w.format(), w.row(r), &xs[i0..i1], &mut scratch, &mut part[k * m + i0..k * m + i1]);
+                    dot(&xs[i0..i1], r, &mut scratch, &mut part[k * m + i0..k * m + i1]);
                 }
             }
             (r0, part)
