@@ -240,3 +240,28 @@ fn eight_bit_kernels_equal_the_portable_sum_and_do_not_depend_on_the_batch() {
         }
     }
 }
+
+#[test]
+fn rows_of_different_formats_fill_their_own_columns() {
+    let mut rng = StdRng::seed_from_u64(51);
+    let dev = Device::Cpu;
+    let (m, k) = (3, 512);
+    let parts =
+        vec![random_matrix(&mut rng, QuantFormat::Q5_0, 4, k), random_matrix(&mut rng, QuantFormat::Q8_0, 2, k)];
+    let x = Tensor::from_f32(&dev, &random_vec(&mut rng, m * k), m, k).unwrap();
+    let mut out = Tensor::zeros(&dev, kiln_runtime::DType::F32, m, 6).unwrap();
+    linear(&dev, &x, &Weight::QuantizedRows(parts.clone()), &mut out).unwrap();
+    let got = out.to_host_f32().unwrap();
+    let mut at = 0;
+    for p in &parts {
+        let mut one = Tensor::zeros(&dev, kiln_runtime::DType::F32, m, p.rows()).unwrap();
+        linear(&dev, &x, &Weight::Quantized(p.clone()), &mut one).unwrap();
+        let one = one.to_host_f32().unwrap();
+        for i in 0..m {
+            assert_eq!(&got[i * 6 + at..i * 6 + at + p.rows()], &one[i * p.rows()..(i + 1) * p.rows()]);
+        }
+        at += p.rows();
+    }
+    let mut wrong = Tensor::zeros(&dev, kiln_runtime::DType::F32, m, 5).unwrap();
+    assert!(linear(&dev, &x, &Weight::QuantizedRows(parts), &mut wrong).is_err(), "6 output columns, not 5");
+}

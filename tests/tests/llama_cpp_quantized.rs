@@ -111,8 +111,11 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// The largest last-position logit difference allowed, relative to the largest logit. Measured
-/// with llama.cpp's 8-bit activation rules: 1.1e-2 to 4.9e-2 over the six prompts and three
-/// files (with kiln's 16-bit activations: up to 5.8e-2). The 1e-2 is not reached;
-/// what remains after the activation rules and llama.cpp's f16 KV cache (set to f32 for the
-/// fixture) are matched is not explained yet.
-const BOUND: f64 = 6e-2;
+/// with llama.cpp's 8-bit activation rules: 1.1e-2 to 5.7e-2 over the six prompts and the
+/// files (with kiln's 16-bit activations: up to 5.8e-2); changing only kiln's summation order
+/// (its 8-bit kernel against the 16-bit one on the same 8-bit values) moved the worst case by
+/// 1e-2, so the bound leaves that much room. The 1e-2 is not reached; what remains after
+/// the activation rules and llama.cpp's f16 KV cache (set to f32 for the fixture) are matched is
+/// not explained yet: 8-bit rounding flips where the two engines' sums differ in the last bits
+/// and thirty layers amplify them is the leading guess.
+const BOUND: f64 = 8e-2;

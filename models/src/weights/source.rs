@@ -420,9 +420,11 @@ impl WeightSource {
                 }
             }
             if qs.len() == parts.len() {
-                if let Ok(q) = QuantMatrix::stack(&qs) {
-                    return Ok(Weight::Quantized(q));
-                }
+                // One matrix when the parts share a format; else each part in its own.
+                return Ok(match QuantMatrix::stack(&qs) {
+                    Ok(q) => Weight::Quantized(q),
+                    Err(_) => Weight::QuantizedRows(qs),
+                });
             }
         }
         Ok(Weight::Dense(self.upload_stacked(parts, None, dev, dtype)?))

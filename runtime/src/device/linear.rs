@@ -16,9 +16,13 @@ use crate::{matmul, DType, Device, GemmError, Tensor};
 pub enum Weight {
     /// A dense `[out, in]` matrix in a float storage dtype (f32, f16, bf16).
     Dense(Tensor),
-    /// GGML blocks (Q4_0, Q4_1, Q8_0) in host memory, multiplied on the CPU without a dense
+    /// GGML blocks (any `QuantFormat`) in host memory, multiplied on the CPU without a dense
     /// copy (see `device::quant`).
     Quantized(QuantMatrix),
+    /// Quantized matrices of different formats stacked along rows (a fused q/k/v whose v is
+    /// Q8_0 and q, k Q5_0, as llama.cpp's Q4_K_M recipe writes them): each part multiplied in
+    /// its own format into its own columns of the output.
+    QuantizedRows(Vec<QuantMatrix>),
 }
 
 impl Weight {
@@ -26,7 +30,7 @@ impl Weight {
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
             Weight::Dense(t) => Some(t),
-            Weight::Quantized(_) => None,
+            Weight::Quantized(_) | Weight::QuantizedRows(_) => None,
         }
     }
 }
@@ -41,44 +45,68 @@ impl From<Tensor> for Weight {
 pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<(), GemmError> {
     match w {
         Weight::Dense(t) => matmul(dev, x, t, out),
-        Weight::Quantized(q) => linear_quant_cpu(dev, x, q, out),
+        Weight::Quantized(q) => linear_quant_cpu(dev, x, std::slice::from_ref(q), out),
+        Weight::QuantizedRows(parts) => linear_quant_cpu(dev, x, parts, out),
     }
 }
 
 /// A quantized weight on the CPU: f32 activations quantized to integer blocks (16-bit, or
 /// llama.cpp's 8-bit ones; `device::quant::activations`), integer dot products
 /// (`device::quant::cpu`).
-fn linear_quant_cpu(dev: &Device, x: &Tensor, w: &QuantMatrix, out: &mut Tensor) -> Result<(), GemmError> {
+fn linear_quant_cpu(dev: &Device, x: &Tensor, parts: &[QuantMatrix], out: &mut Tensor) -> Result<(), GemmError> {
+    let formats = parts.iter().map(|w| w.format().name()).collect::<Vec<_>>().join("+");
     if !dev.is_cpu() || !x.device().is_cpu() || !out.device().is_cpu() {
-        return Err(GemmError::Unsupported {
-            dtype: x.dtype(),
-            device: format!("{dev:?} for a {} weight", w.format()),
-        });
+        return Err(GemmError::Unsupported { dtype: x.dtype(), device: format!("{dev:?} for a {formats} weight") });
     }
     if x.dtype() != DType::F32 || out.dtype() != DType::F32 {
         return Err(GemmError::DTypes { a: x.dtype(), b: DType::F32, out: out.dtype() });
     }
-    let (m, k, n) = (x.rows(), x.cols(), w.rows());
-    if w.cols() != k || out.rows() != m || out.cols() != n {
+    let (m, k, n) = (x.rows(), x.cols(), parts.iter().map(QuantMatrix::rows).sum::<usize>());
+    if parts.is_empty() || parts.iter().any(|w| w.cols() != k) || out.rows() != m || out.cols() != n {
+        let widths: Vec<usize> = parts.iter().map(QuantMatrix::cols).collect();
         return Err(GemmError::Shape(format!(
-            "x {m}×{k} · {}ᵀ ({}×{}) into {}×{}",
-            w.format(),
-            n,
-            w.cols(),
+            "x {m}×{k} · {formats}ᵀ ({n}×{widths:?}) into {}×{}",
             out.rows(),
             out.cols()
         )));
     }
-    // Quantize (and so copy) the activations before writing: `x` and `out` may share storage.
     static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
     let simd = *SIMD.get_or_init(Simd::detect);
     let mode = activations();
-    let y = x.with_host::<f32, _>(|v| match mode {
+    // Every product computed (and so the activations copied) before writing: `x` and `out`
+    // may share storage.
+    let ys = x.with_host::<f32, _>(|v| {
+        parts.iter().map(|w| products(simd, mode, (0..m).map(|r| v.row(r)), k, w)).collect::<Vec<_>>()
+    })?;
+    out.with_host_mut::<f32, _>(|mut o| {
+        for r in 0..m {
+            let row = o.row_mut(r);
+            let mut at = 0;
+            for (w, y) in parts.iter().zip(&ys) {
+                let nw = w.rows();
+                row[at..at + nw].copy_from_slice(&y[r * nw..(r + 1) * nw]);
+                at += nw;
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// `x · wᵀ` (`[rows, w.rows()]`, row-major) for the activation rows `xs` (`k` wide each),
+/// quantized as `mode` says for `w`'s format.
+fn products<'a>(
+    simd: Simd,
+    mode: Activations,
+    xs: impl Iterator<Item = &'a [f32]>,
+    k: usize,
+    w: &QuantMatrix,
+) -> Vec<f32> {
+    match mode {
         Activations::Bits16 => {
-            let xq: Vec<_> = (0..m)
-                .map(|r| {
+            let xq: Vec<_> = xs
+                .map(|x| {
                     let mut q = Vec::with_capacity(k / 32);
-                    quantize_row_for(mode, w.format(), v.row(r), &mut q);
+                    quantize_row_for(mode, w.format(), x, &mut q);
                     q
                 })
                 .collect();
@@ -86,22 +114,16 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, w: &QuantMatrix, out: &mut Tensor)
         }
         Activations::Ggml8 => {
             let mut wide = Vec::with_capacity(k / 32);
-            let xq: Vec<_> = (0..m)
-                .map(|r| {
+            let xq: Vec<_> = xs
+                .map(|x| {
                     let mut q = Vec::with_capacity(k / 32);
-                    quantize_row8_for(w.format(), v.row(r), &mut wide, &mut q);
+                    quantize_row8_for(w.format(), x, &mut wide, &mut q);
                     q
                 })
                 .collect();
             matmul_q8(simd, &xq, w)
         }
-    })?;
-    out.with_host_mut::<f32, _>(|mut o| {
-        for r in 0..m {
-            o.row_mut(r).copy_from_slice(&y[r * n..(r + 1) * n]);
-        }
-    })?;
-    Ok(())
+    }
 }
 
 /// Rows `ids` of a weight that is not dense (an embedding table kept quantized), each

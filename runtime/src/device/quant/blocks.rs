@@ -46,28 +46,32 @@ pub fn unpack(format: QuantFormat, b: &[u8], s: usize, out: &mut Slice32) {
 /// The scale and min (zero where the format has none) of each half of slice `s` of block `b`.
 #[inline]
 pub fn slice_scales(format: QuantFormat, b: &[u8], s: usize) -> ([f32; 2], [f32; 2]) {
+    let fields = half_fields(format);
+    let f = |k: usize| fields.get(k).map_or(0.0, |&at| f16_at(b, at));
+    slice_scales_with(format, b, s, [f(0), f(1)])
+}
+
+/// [`slice_scales`] given the block's f16 fields already converted (`d`, then `m` / `dmin` or
+/// 0; see [`half_fields`]): kernels convert them once per block, not once per slice.
+#[inline(always)]
+pub fn slice_scales_with(format: QuantFormat, b: &[u8], s: usize, [d, m]: [f32; 2]) -> ([f32; 2], [f32; 2]) {
     match format {
-        QuantFormat::Q4_0 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => ([f16_at(b, 0); 2], [0.0; 2]),
-        QuantFormat::Q4_1 | QuantFormat::Q5_1 => ([f16_at(b, 0); 2], [f16_at(b, 2); 2]),
+        QuantFormat::Q4_0 | QuantFormat::Q5_0 | QuantFormat::Q8_0 | QuantFormat::Q4_1 | QuantFormat::Q5_1 => {
+            ([d; 2], [m; 2])
+        }
         QuantFormat::Q2_K => {
-            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
             let (lo, hi) = (b[2 * s], b[2 * s + 1]);
-            ([d * (lo & 0x0f) as f32, d * (hi & 0x0f) as f32], [-(dmin * (lo >> 4) as f32), -(dmin * (hi >> 4) as f32)])
+            ([d * (lo & 0x0f) as f32, d * (hi & 0x0f) as f32], [-(m * (lo >> 4) as f32), -(m * (hi >> 4) as f32)])
         }
         QuantFormat::Q3_K => {
-            let d = f16_at(b, 108);
             let sc = |i: usize| d * (q3k_scale(&b[96..108], i) - 32) as f32;
             ([sc(2 * s), sc(2 * s + 1)], [0.0; 2])
         }
         QuantFormat::Q4_K | QuantFormat::Q5_K => {
-            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-            let (sc, m) = k4_scale_min(&b[4..16], s);
-            ([d * sc as f32; 2], [-(dmin * m as f32); 2])
+            let (sc, mn) = k4_scale_min(&b[4..16], s);
+            ([d * sc as f32; 2], [-(m * mn as f32); 2])
         }
-        QuantFormat::Q6_K => {
-            let d = f16_at(b, 208);
-            ([d * b[192 + 2 * s] as i8 as f32, d * b[193 + 2 * s] as i8 as f32], [0.0; 2])
-        }
+        QuantFormat::Q6_K => ([d * b[192 + 2 * s] as i8 as f32, d * b[193 + 2 * s] as i8 as f32], [0.0; 2]),
     }
 }
 

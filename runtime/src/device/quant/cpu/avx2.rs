@@ -3,7 +3,7 @@
 //! `madd_epi16`.
 
 use super::{ActBlock, QuantFormat, Slice32, BLOCK};
-use crate::device::quant::blocks::{slice_ints, slice_scales};
+use crate::device::quant::blocks::{half_fields, slice_ints, slice_scales_with};
 use std::arch::x86_64::*;
 
 /// An IEEE half at `b[i..i + 2]` as f32, by the F16C instruction.
@@ -198,8 +198,12 @@ unsafe fn dot_many_sliced(
     let mut slice = Slice32::default();
     for (i, b) in w.chunks_exact(format.block_bytes()).enumerate() {
         _mm_prefetch(b.as_ptr().wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+        // The block's f16 fields once per block (by F16C), not once per slice.
+        let fields = half_fields(format);
+        // Safety: F16C per the caller; the offsets lie inside the block.
+        let halves = unsafe { [half(b, fields[0]), fields.get(1).map_or(0.0, |&at| half(b, at))] };
         for s in 0..per {
-            (slice.scale, slice.min) = slice_scales(format, b, s);
+            (slice.scale, slice.min) = slice_scales_with(format, b, s, halves);
             // Safety: AVX2 per the caller; `b` is one whole block, `slice.w` 32 i16 (loads
             // unaligned).
             let (w_lo, w_hi) = unsafe {

@@ -10,7 +10,7 @@
 //! multi-row loop, so a row's result does not depend on how many rows share the call.
 
 use super::{ActBlock8, QuantFormat, BLOCK};
-use crate::device::quant::blocks::{slice_ints, slice_scales};
+use crate::device::quant::blocks::{half_fields, slice_ints, slice_scales_with};
 use std::arch::x86_64::*;
 
 /// Bytes ahead of the current block to prefetch (as the 16-bit kernel).
@@ -55,9 +55,18 @@ fn fifth_bits(qh: u32) -> __m256i {
     }
 }
 
-/// Slice `s` of block `b` as bytes for `maddubs` (see the module header).
+/// A block's f16 fields (`d`, and `m` / `dmin` or 0) by F16C.
 #[inline(always)]
-unsafe fn prepare(format: QuantFormat, b: &[u8], s: usize) -> Prepared {
+unsafe fn block_halves(format: QuantFormat, b: &[u8]) -> [f32; 2] {
+    let fields = half_fields(format);
+    // Safety: F16C per the callers; the offsets lie inside the block.
+    unsafe { [half(b, fields[0]), fields.get(1).map_or(0.0, |&at| half(b, at))] }
+}
+
+/// Slice `s` of block `b` as bytes for `maddubs` (see the module header); `halves` are the
+/// block's f16 fields ([`block_halves`]), converted once per block.
+#[inline(always)]
+unsafe fn prepare(format: QuantFormat, b: &[u8], s: usize, halves: [f32; 2]) -> Prepared {
     // Safety (loads, F16C): every range lies inside one whole block (see `blocks`); AVX2 and
     // F16C per the callers.
     unsafe {
@@ -77,7 +86,7 @@ unsafe fn prepare(format: QuantFormat, b: &[u8], s: usize) -> Prepared {
             // Signed bytes: `dot` takes their magnitudes and moves the signs to the activations.
             QuantFormat::Q8_0 => one(_mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i), half(b, 0), 0.0),
             _ => {
-                let (scale, min) = slice_scales(format, b, s);
+                let (scale, min) = slice_scales_with(format, b, s, halves);
                 let load = |at: usize| _mm256_loadu_si256(b[at..at + 32].as_ptr() as *const __m256i);
                 let shift = |v: __m256i, n: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32));
                 let low4 = _mm256_set1_epi8(0x0f);
@@ -202,9 +211,11 @@ unsafe fn dot_many_in<const F: usize>(
         let (mut a, mut e) = (_mm256_setzero_ps(), 0f32);
         for (i, b) in w.chunks_exact(format.block_bytes()).enumerate() {
             _mm_prefetch(b.as_ptr().wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+            // Safety: AVX2/F16C per the caller; `b` is one whole block.
+            let halves = unsafe { block_halves(format, b) };
             for s in 0..per {
-                // Safety: AVX2/F16C per the caller; `b` is one whole block.
-                let p = unsafe { prepare(format, b, s) };
+                // Safety: as above.
+                let p = unsafe { prepare(format, b, s, halves) };
                 if per == 1 {
                     accumulate::<false>(&p, signed, &x[i], &mut a, &mut e);
                 } else {
@@ -220,9 +231,11 @@ unsafe fn dot_many_in<const F: usize>(
     extra.clear();
     extra.resize(xs.len(), 0.0);
     for (i, b) in w.chunks_exact(format.block_bytes()).enumerate() {
+        // Safety: AVX2/F16C per the caller; `b` is one whole block.
+        let halves = unsafe { block_halves(format, b) };
         for s in 0..per {
             // Safety: as above.
-            let p = unsafe { prepare(format, b, s) };
+            let p = unsafe { prepare(format, b, s, halves) };
             for ((x, a), e) in xs.iter().zip(acc.iter_mut()).zip(extra.iter_mut()) {
                 if per == 1 {
                     accumulate::<false>(&p, signed, &x[i], a, e);
