@@ -54,8 +54,8 @@ pub struct Checkpoint {
 /// How projection weights stored in a quantized format are held.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightMode {
-    /// As stored, where kiln has kernels for the format on the device (GGML Q4_0 / Q4_1 / Q8_0
-    /// on the CPU); dense in the compute dtype otherwise.
+    /// As stored, where kiln has kernels for the format on the device (every GGML block format
+    /// kiln reads, on the CPU); dense in the compute dtype otherwise.
     #[default]
     Stored,
     /// Always dequantized to the compute dtype (the reference for comparisons).

@@ -50,7 +50,7 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    /// Keep quantized weights as stored (GGUF Q4_0/Q4_1/Q8_0 on the CPU) or dequantize them.
+    /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
     weights: WeightsArg,
     /// Print one JSON object at the end instead of streaming text.

@@ -52,7 +52,7 @@ pub struct ServeArgs {
     sampling: crate::device_arg::SamplingArg,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    /// Keep quantized weights as stored (GGUF Q4_0/Q4_1/Q8_0 on the CPU) or dequantize them.
+    /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = crate::device_arg::WeightsArg::Stored)]
     weights: crate::device_arg::WeightsArg,
     /// Seconds in-flight requests may run after SIGTERM before they are aborted.
