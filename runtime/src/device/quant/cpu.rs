@@ -7,14 +7,16 @@
 //! - Q4_1: `d_w·d_x·Σ n·q + m_w·d_x·Σq`;
 //! - Q8_0: `d_w·d_x·Σ w·q`;
 //! - every other format, through its 32-value slices ([`super::blocks`]): per half of 16,
-//!   `scale·d_x·Σ w·q` (+ `min·d_x·Σq` for formats with a min). Q4_0, Q4_1 and Q8_0 have their
-//!   own unpacking (the default model's formats); the slice form is exact for them too.
+//!   `scale·d_x·Σ w·q` (+ `min·d_x·Σq` for formats with a min). The AVX2 kernels unpack the
+//!   32-value formats per block and Q4_K / Q5_K / Q6_K per slice with SIMD (Q2_K and Q3_K
+//!   through the scalar slice form); the slice form is exact for every format.
 //!
 //! The integer sums are exact; only the f32 accumulation order differs between the portable
-//! path and the AVX2 one (chosen at run time with `is_x86_feature_detected!`; `KILN_CPU_SIMD=0`
-//! forces the portable path, which the tests run too). Output rows are split across rayon
-//! tasks by weight rows, each task reading its weight rows once for all activation rows.
-//! Activation quantization is the only difference from the dequantize-then-f32 reference.
+//! path and the AVX2 ones (`cpu/avx2.rs` on 16-bit activations, `cpu/avx2_q8.rs` on 8-bit;
+//! chosen at run time with `is_x86_feature_detected!`; `KILN_CPU_SIMD=0` forces the portable
+//! path, which the tests run too). Output rows are split across rayon tasks by weight rows,
+//! each task passing its weight rows over tiles of 16 activation rows. Activation quantization
+//! is the only difference from the dequantize-then-f32 reference.
 
 pub use super::activations::{quantize_row, ActBlock, ActBlock8};
 use super::blocks::{unpack, Slice32};
