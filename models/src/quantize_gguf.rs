@@ -2,12 +2,13 @@
 //! tensor by tensor (each one dequantized to f32 alone, then quantized by ggml's reference
 //! rules, `kiln_runtime::device::quant::quantize`), metadata copied.
 //!
-//! Which tensors change (llama.cpp's recipe for the 32-value types, without an importance
-//! matrix): every 2-D `*.weight` matrix whose rows are whole blocks takes the asked type,
-//! except the output projection (`output.weight`, or `token_embd.weight` when the embedding
-//! is tied), which takes Q8_0 (llama.cpp gives it Q6_K where its rows are multiples of 256 and
-//! falls back to Q8_0 otherwise; kiln has no Q6_K quantizer yet, so on such models the file
-//! differs from llama.cpp's there). Norms, biases and everything 1-D are copied as they are.
+//! Which tensors change ([`Recipe`]: llama.cpp's `llama_tensor_get_type` for these file types,
+//! without an importance matrix): every 2-D `*.weight` matrix takes the recipe's type; the
+//! output projection (`output.weight`, or `token_embd.weight` when the embedding is tied)
+//! takes Q6_K unless the type is Q8_0; Q4_K_M gives `attn_v` and `ffn_down` Q6_K on a third of
+//! the layers (the first and last eighth and every third between, llama.cpp's
+//! `use_more_bits`). A k-quant whose rows are not multiples of 256 falls back as llama.cpp's
+//! does (Q4_K → Q5_0, Q6_K → Q8_0). Norms, biases and everything 1-D are copied as they are.
 //!
 //! Invariants: the input is never written (the output may not be the input, by canonical
 //! path); the output appears whole or not at all (written to a temporary file beside it, then
@@ -52,19 +53,75 @@ pub struct QuantizeSummary {
     pub output_bytes: u64,
 }
 
-/// llama.cpp's `general.file_type` for a file mostly of `format` (`llama_ftype`).
-fn file_type(format: QuantFormat) -> u32 {
-    match format {
-        QuantFormat::Q4_0 => 2,
-        QuantFormat::Q4_1 => 3,
-        QuantFormat::Q8_0 => 7,
-        QuantFormat::Q5_0 => 8,
-        QuantFormat::Q5_1 => 9,
-        QuantFormat::Q2_K => 10,
-        QuantFormat::Q3_K => 12,
-        QuantFormat::Q4_K => 15,
-        QuantFormat::Q5_K => 17,
-        QuantFormat::Q6_K => 18,
+/// A file type `kiln quantize` writes: one block format for the weights, or llama.cpp's
+/// Q4_K_M mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    /// Every weight matrix in this format (the output projection in Q6_K unless Q8_0).
+    Uniform(QuantFormat),
+    /// Q4_K, with Q6_K for the output and for `attn_v` / `ffn_down` on a third of the layers.
+    Q4KM,
+}
+
+impl Recipe {
+    /// llama.cpp's `general.file_type` (`llama_ftype`).
+    fn file_type(self) -> u32 {
+        match self {
+            Recipe::Q4KM => 15,
+            Recipe::Uniform(f) => match f {
+                QuantFormat::Q4_0 => 2,
+                QuantFormat::Q4_1 => 3,
+                QuantFormat::Q8_0 => 7,
+                QuantFormat::Q5_0 => 8,
+                QuantFormat::Q5_1 => 9,
+                QuantFormat::Q2_K => 10,
+                QuantFormat::Q3_K => 12,
+                QuantFormat::Q4_K => 14,
+                QuantFormat::Q5_K => 16,
+                QuantFormat::Q6_K => 18,
+            },
+        }
+    }
+
+    /// The formats this recipe may write (each needs a quantizer).
+    fn formats(self) -> Vec<QuantFormat> {
+        match self {
+            Recipe::Q4KM => vec![QuantFormat::Q4_K, QuantFormat::Q6_K],
+            Recipe::Uniform(f) => vec![f, QuantFormat::Q6_K],
+        }
+    }
+
+    /// The format of tensor `name` (`cols` wide), in a model of `layers` blocks whose output
+    /// projection is `is_output`.
+    fn target(self, name: &str, cols: usize, layers: usize, is_output: bool) -> QuantFormat {
+        let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
+        // llama.cpp's `use_more_bits`.
+        let more_bits =
+            |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i >= layers / 8 && (i - layers / 8) % 3 == 2);
+        let wanted = match self {
+            Recipe::Uniform(QuantFormat::Q8_0) => QuantFormat::Q8_0,
+            _ if is_output => QuantFormat::Q6_K,
+            Recipe::Uniform(f) => f,
+            Recipe::Q4KM => {
+                let mixed = name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight");
+                if mixed && layer.is_some_and(more_bits) {
+                    QuantFormat::Q6_K
+                } else {
+                    QuantFormat::Q4_K
+                }
+            }
+        };
+        if cols.is_multiple_of(wanted.block_len()) {
+            return wanted;
+        }
+        // llama.cpp's fallbacks for rows that are not whole super-blocks.
+        match wanted {
+            QuantFormat::Q2_K | QuantFormat::Q3_K => QuantFormat::Q4_0,
+            QuantFormat::Q4_K => QuantFormat::Q5_0,
+            QuantFormat::Q5_K => QuantFormat::Q5_1,
+            QuantFormat::Q6_K => QuantFormat::Q8_0,
+            f => f,
+        }
     }
 }
 
@@ -83,15 +140,16 @@ fn ggml_type(format: QuantFormat) -> GgmlType {
     }
 }
 
-/// Writes `input` with its weight matrices in `format` to `output` (see the module header).
+/// Writes `input` with its weight matrices quantized by `recipe` to `output` (see the module
+/// header).
 pub fn quantize_gguf(
     input: &Path,
     output: &Path,
-    format: QuantFormat,
+    recipe: Recipe,
     force: bool,
 ) -> Result<QuantizeSummary, QuantizeError> {
-    if !has_quantizer(format) {
-        return Err(QuantizeError::Format(QuantError::NoQuantizer(format)));
+    if let Some(&f) = recipe.formats().iter().find(|&&f| !has_quantizer(f)) {
+        return Err(QuantizeError::Format(QuantError::NoQuantizer(f)));
     }
     let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
     if same(input, output) {
@@ -106,23 +164,24 @@ pub fn quantize_gguf(
     let write_err = |err| QuantizeError::Write { path: output.to_owned(), err };
     for (k, v) in f.metadata() {
         let v = match k.as_str() {
-            "general.file_type" => MetadataValue::U32(file_type(format)),
+            "general.file_type" => MetadataValue::U32(recipe.file_type()),
             "general.quantization_version" => MetadataValue::U32(2),
             _ => v.clone(),
         };
         b.metadata(k, v).map_err(write_err)?;
     }
-    for (k, v) in [("general.file_type", file_type(format)), ("general.quantization_version", 2)] {
+    for (k, v) in [("general.file_type", recipe.file_type()), ("general.quantization_version", 2)] {
         if f.get(k).is_none() {
             b.metadata(k, MetadataValue::U32(v)).map_err(write_err)?;
         }
     }
     let tied = !f.has_tensor("output.weight");
+    let layers = f.tensors().iter().filter(|t| t.name.ends_with("ffn_down.weight")).count();
     let mut changes = Vec::new();
     for t in f.tensors() {
         let is_output = t.name == "output.weight" || (tied && t.name == "token_embd.weight");
-        let target = if is_output { QuantFormat::Q8_0 } else { format };
         let cols = t.dims.first().copied().unwrap_or(0) as usize;
+        let target = recipe.target(&t.name, cols, layers, is_output);
         let matrix = t.dims.len() == 2 && t.name.ends_with(".weight") && t.ggml_type.can_dequantize();
         let to = ggml_type(target);
         if !matrix || !cols.is_multiple_of(target.block_len()) || t.ggml_type == to {

@@ -3,7 +3,7 @@
 //! is left behind.
 
 use kiln_models::gguf::{GgmlType, GgufBuilder, GgufFile, MetadataValue};
-use kiln_models::quantize_gguf::{quantize_gguf, QuantizeError};
+use kiln_models::quantize_gguf::{quantize_gguf, QuantizeError, Recipe};
 use kiln_runtime::device::quant::quantize::quantize;
 use kiln_runtime::device::quant::QuantFormat;
 
@@ -34,12 +34,12 @@ fn weight_matrices_take_the_type_and_the_rest_is_copied() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path());
     let output = dir.path().join("out.gguf");
-    let s = quantize_gguf(&input, &output, QuantFormat::Q4_0, false).unwrap();
+    let s = quantize_gguf(&input, &output, Recipe::Uniform(QuantFormat::Q4_0), false).unwrap();
     assert_eq!(s.tensors.len(), 2);
     let f = GgufFile::open(&output).unwrap();
     let ty = |n: &str| f.tensor_info(n).unwrap().ggml_type;
-    // Tied embedding = the output projection: Q8_0, as llama.cpp falls back to where Q6_K
-    // cannot be used.
+    // Tied embedding = the output projection: Q6_K, which 64-value rows cannot hold, so Q8_0
+    // (llama.cpp's fallback).
     assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
     assert_eq!(ty("blk.0.attn_q.weight"), GgmlType::Q4_0);
     assert_eq!(ty("blk.0.attn_norm.weight"), GgmlType::F32);
@@ -59,15 +59,15 @@ fn the_input_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path());
     let before = std::fs::read(&input).unwrap();
-    let err = quantize_gguf(&input, &input, QuantFormat::Q8_0, true).unwrap_err();
+    let err = quantize_gguf(&input, &input, Recipe::Uniform(QuantFormat::Q8_0), true).unwrap_err();
     assert!(matches!(err, QuantizeError::SameFile(_)), "{err}");
     let output = dir.path().join("out.gguf");
     std::fs::write(&output, b"keep").unwrap();
-    let err = quantize_gguf(&input, &output, QuantFormat::Q8_0, false).unwrap_err();
+    let err = quantize_gguf(&input, &output, Recipe::Uniform(QuantFormat::Q8_0), false).unwrap_err();
     assert!(matches!(err, QuantizeError::Exists(_)), "{err}");
     assert_eq!(std::fs::read(&output).unwrap(), b"keep");
     assert_eq!(std::fs::read(&input).unwrap(), before);
-    let err = quantize_gguf(&input, &output, QuantFormat::Q4_K, true).unwrap_err();
-    assert!(err.to_string().contains("no quantizer for q4_K"), "{err}");
+    let err = quantize_gguf(&input, &output, Recipe::Uniform(QuantFormat::Q3_K), true).unwrap_err();
+    assert!(err.to_string().contains("no quantizer for q3_K"), "{err}");
     assert_eq!(std::fs::read(&output).unwrap(), b"keep", "a failed run leaves the old output");
 }

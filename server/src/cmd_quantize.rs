@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use kiln_models::quantize_gguf::Recipe;
 use kiln_runtime::device::quant::QuantFormat;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,16 +34,23 @@ enum QuantType {
     Q5_0,
     #[value(name = "q5_1")]
     Q5_1,
+    #[value(name = "q6_k")]
+    Q6K,
+    /// Q4_K with Q6_K for the output and for `attn_v` / `ffn_down` on a third of the layers.
+    #[value(name = "q4_k_m")]
+    Q4KM,
 }
 
 impl QuantType {
-    fn format(self) -> QuantFormat {
+    fn recipe(self) -> Recipe {
         match self {
-            QuantType::Q8_0 => QuantFormat::Q8_0,
-            QuantType::Q4_0 => QuantFormat::Q4_0,
-            QuantType::Q4_1 => QuantFormat::Q4_1,
-            QuantType::Q5_0 => QuantFormat::Q5_0,
-            QuantType::Q5_1 => QuantFormat::Q5_1,
+            QuantType::Q8_0 => Recipe::Uniform(QuantFormat::Q8_0),
+            QuantType::Q4_0 => Recipe::Uniform(QuantFormat::Q4_0),
+            QuantType::Q4_1 => Recipe::Uniform(QuantFormat::Q4_1),
+            QuantType::Q5_0 => Recipe::Uniform(QuantFormat::Q5_0),
+            QuantType::Q5_1 => Recipe::Uniform(QuantFormat::Q5_1),
+            QuantType::Q6K => Recipe::Uniform(QuantFormat::Q6_K),
+            QuantType::Q4KM => Recipe::Q4KM,
         }
     }
 }
@@ -52,7 +60,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         bail!("{}: kiln quantize reads GGUF files; a safetensors directory is not supported yet", args.input.display());
     }
     let t0 = std::time::Instant::now();
-    let s = kiln_models::quantize_gguf::quantize_gguf(&args.input, &args.output, args.ty.format(), args.force)
+    let s = kiln_models::quantize_gguf::quantize_gguf(&args.input, &args.output, args.ty.recipe(), args.force)
         .with_context(|| format!("quantizing {}", args.input.display()))?;
     let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
     for c in &s.tensors {

@@ -39,7 +39,7 @@ enum Command {
     /// Perplexity over a text file in non-overlapping windows (llama.cpp's recipe); with
     /// --kl-base, the KL divergence from a base model.
     Perplexity(cmd_perplexity::PerplexityArgs),
-    /// Rewrite a GGUF file with its weight matrices in another block format (q8_0, q4_0, ...).
+    /// Rewrite a GGUF file with its weight matrices in another block format (q8_0, q4_0, q4_k_m, ...).
     Quantize(cmd_quantize::QuantizeArgs),
     /// Run synthetic requests through the engine; report throughput and latency percentiles.
     Bench(cmd_bench::BenchArgs),

@@ -1,17 +1,18 @@
 //! kiln against llama.cpp itself on the same quantized files of the default model
 //! (tests/fixtures/llama-cpp-logits.json, made by tests/fixtures/make_llama_cpp_logits.py):
-//! the Q4_1 file as fetched, and Q8_0 / Q4_0 files that `kiln quantize` writes here (their
-//! tensors equal llama.cpp's own quantizer's byte for byte, checked when the fixture was made).
+//! the Q4_1 file as fetched, and Q8_0 / Q4_0 / Q4_K_M / Q6_K files that `kiln quantize` writes
+//! here, whose tensors must equal llama.cpp's own quantizer's byte for byte (SHA-256 of each
+//! tensor in the fixture).
 //!
 //! kiln runs with llama.cpp's 8-bit activation rules here (`Activations::Ggml8`; its default is
 //! 16-bit), and the fixture was made with an f32 KV cache as kiln's; the bound on the
 //! last-position logits is below, measured, not 1e-2. Greedy continuations are compared token
 //! by token: equal, or, where a near-tie flips, kiln's token among llama.cpp's top 5 at that
-//! step. The Q8_0 and Q4_0 files' tensors must equal llama.cpp's byte for byte (SHA-256).
+//! step.
 
 use kiln_models::loader::{load_weights_only_with, WeightMode};
 use kiln_models::model_check::greedy;
-use kiln_models::quantize_gguf::quantize_gguf;
+use kiln_models::quantize_gguf::{quantize_gguf, Recipe};
 use kiln_runtime::device::quant::activations::{set_activations, Activations};
 use kiln_runtime::device::quant::QuantFormat;
 use kiln_runtime::{DType, Device};
@@ -79,9 +80,15 @@ fn logits_and_greedy_tokens_match_llama_cpp_on_the_same_files() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut files = vec![("q4_1", default.clone())];
-    for (name, format) in [("q8_0", QuantFormat::Q8_0), ("q4_0", QuantFormat::Q4_0)] {
+    let recipes = [
+        ("q8_0", Recipe::Uniform(QuantFormat::Q8_0)),
+        ("q4_0", Recipe::Uniform(QuantFormat::Q4_0)),
+        ("q4_k_m", Recipe::Q4KM),
+        ("q6_k", Recipe::Uniform(QuantFormat::Q6_K)),
+    ];
+    for (name, recipe) in recipes {
         let out = dir.path().join(format!("{name}.gguf"));
-        quantize_gguf(&default, &out, format, false).unwrap();
+        quantize_gguf(&default, &out, recipe, false).unwrap();
         let f = kiln_models::gguf::GgufFile::open(&out).unwrap();
         let want = l["tensor_sha256"][name].as_object().unwrap();
         assert_eq!(f.tensors().len(), want.len(), "{name}: tensor count");
@@ -90,14 +97,6 @@ fn logits_and_greedy_tokens_match_llama_cpp_on_the_same_files() {
             assert_eq!(Some(got.as_str()), want[&t.name].as_str(), "{name}: {} differs from llama.cpp's", t.name);
         }
         files.push((name, out));
-    }
-    // The k-quant files need llama.cpp's quantizer (kiln has none for them yet): compared when
-    // KILN_LLAMA_CPP_QUANTS names the directory bench/cpu/make_llama_cpp_quants.py wrote.
-    if let Some(dir) = std::env::var_os("KILN_LLAMA_CPP_QUANTS") {
-        let stem = default.file_name().unwrap().to_string_lossy().split('.').next().unwrap().to_owned();
-        for name in ["q4_k_m", "q6_k"] {
-            files.push((name, PathBuf::from(&dir).join(format!("{stem}.{}.gguf", name.to_uppercase()))));
-        }
     }
     for (name, file) in files {
         let worst = compare(&file, &l["files"][name], &sample_ids, &prompts);

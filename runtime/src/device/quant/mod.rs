@@ -18,6 +18,7 @@ pub mod activations;
 pub mod blocks;
 pub mod cpu;
 pub mod quantize;
+mod quantize_k;
 
 use std::sync::Arc;
 

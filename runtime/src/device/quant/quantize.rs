@@ -11,20 +11,26 @@
 //!   (capped at 15 for Q4_1).
 //!
 //! `x / d` is computed as `x · (1/d)` with `d` still in f32; `d` and `m` are then stored as
-//! IEEE f16 (round to nearest even). The k-quants have no quantizer here yet.
+//! IEEE f16 (round to nearest even). Q4_K and Q6_K are in `quantize_k.rs`; the other k-quants
+//! have no quantizer here yet.
 
 use super::{QuantError, QuantFormat, BLOCK};
 use half::f16;
 
 /// Whether [`quantize`] can write `format`.
 pub fn has_quantizer(format: QuantFormat) -> bool {
-    format.block_len() == BLOCK
+    format.block_len() == BLOCK || matches!(format, QuantFormat::Q4_K | QuantFormat::Q6_K)
 }
 
 /// Appends the blocks of `x` (`x.len()` a multiple of the block length) in `format` to `out`.
 pub fn quantize(format: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<(), QuantError> {
     if !x.len().is_multiple_of(format.block_len()) {
         return Err(QuantError::PartialBlock { format, cols: x.len() });
+    }
+    match format {
+        QuantFormat::Q4_K => return Ok(super::quantize_k::quantize_q4_k(x, out)),
+        QuantFormat::Q6_K => return Ok(super::quantize_k::quantize_q6_k(x, out)),
+        _ => {}
     }
     for b in x.chunks_exact(BLOCK) {
         match format {
