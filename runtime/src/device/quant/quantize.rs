@@ -28,8 +28,14 @@ pub fn quantize(format: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<(),
         return Err(QuantError::PartialBlock { format, cols: x.len() });
     }
     match format {
-        QuantFormat::Q4_K => return Ok(super::quantize_k::quantize_q4_k(x, out)),
-        QuantFormat::Q6_K => return Ok(super::quantize_k::quantize_q6_k(x, out)),
+        QuantFormat::Q4_K => {
+            super::quantize_k::quantize_q4_k(x, out);
+            return Ok(());
+        }
+        QuantFormat::Q6_K => {
+            super::quantize_k::quantize_q6_k(x, out);
+            return Ok(());
+        }
         _ => {}
     }
     for b in x.chunks_exact(BLOCK) {
