@@ -95,9 +95,8 @@ impl Recipe {
     /// projection is `is_output`.
     fn target(self, name: &str, cols: usize, layers: usize, is_output: bool) -> QuantFormat {
         let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
-        // llama.cpp's `use_more_bits`.
-        let more_bits =
-            |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i >= layers / 8 && (i - layers / 8) % 3 == 2);
+        // llama.cpp's `use_more_bits` (`i - layers / 8` is only reached when it cannot underflow).
+        let more_bits = |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
         let wanted = match self {
             Recipe::Uniform(QuantFormat::Q8_0) => QuantFormat::Q8_0,
             _ if is_output => QuantFormat::Q6_K,
