@@ -181,5 +181,10 @@ fn bad_sizes_and_types_are_errors() {
         dequantize(GgmlType::Q8_0, &[0u8; 34], 31),
         Err(DequantError::PartialBlock { ty: GgmlType::Q8_0, n_elements: 31, block_len: 32 })
     );
-    assert_eq!(dequantize(GgmlType::Q6K, &[0u8; 210], 256), Err(DequantError::Unsupported(GgmlType::Q6K)));
+    assert_eq!(dequantize(GgmlType::Iq4Xs, &[0u8; 136], 256), Err(DequantError::Unsupported(GgmlType::Iq4Xs)));
+    // A k-quant with a row that is not whole super-blocks.
+    assert_eq!(
+        dequantize(GgmlType::Q4K, &[0u8; 144], 128),
+        Err(DequantError::PartialBlock { ty: GgmlType::Q4K, n_elements: 128, block_len: 256 })
+    );
 }
