@@ -51,5 +51,5 @@ fn quantize_equals_gguf_byte_for_byte() {
     }
     let mut out = Vec::new();
     assert!(quantize(QuantFormat::Q8_0, &[1.0; 48], &mut out).is_err(), "48 values are not whole blocks");
-    assert!(quantize(QuantFormat::Q4_K, &[1.0; 256], &mut out).is_err(), "no k-quant quantizer yet");
+    assert!(quantize(QuantFormat::Q3_K, &[1.0; 256], &mut out).is_err(), "no Q3_K quantizer yet");
 }
