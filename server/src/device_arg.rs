@@ -15,8 +15,8 @@ pub enum DeviceArg {
 /// `--weights`: how quantized projection weights are held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightsArg {
-    /// As stored in the file where the device has kernels for the format (GGUF Q4_0 / Q4_1 /
-    /// Q8_0 on the CPU), dense otherwise.
+    /// As stored in the file where the device has kernels for the format (every GGUF block
+    /// format, Q4_0 … Q6_K, on the CPU), dense otherwise.
     Stored,
     /// Dequantized to the compute dtype at load (the reference for comparisons).
     Dense,
