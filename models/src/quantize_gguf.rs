@@ -124,21 +124,6 @@ impl Recipe {
     }
 }
 
-fn ggml_type(format: QuantFormat) -> GgmlType {
-    match format {
-        QuantFormat::Q4_0 => GgmlType::Q4_0,
-        QuantFormat::Q4_1 => GgmlType::Q4_1,
-        QuantFormat::Q5_0 => GgmlType::Q5_0,
-        QuantFormat::Q5_1 => GgmlType::Q5_1,
-        QuantFormat::Q8_0 => GgmlType::Q8_0,
-        QuantFormat::Q2_K => GgmlType::Q2K,
-        QuantFormat::Q3_K => GgmlType::Q3K,
-        QuantFormat::Q4_K => GgmlType::Q4K,
-        QuantFormat::Q5_K => GgmlType::Q5K,
-        QuantFormat::Q6_K => GgmlType::Q6K,
-    }
-}
-
 /// Writes `input` with its weight matrices quantized by `recipe` to `output` (see the module
 /// header).
 pub fn quantize_gguf(
@@ -182,7 +167,7 @@ pub fn quantize_gguf(
         let cols = t.dims.first().copied().unwrap_or(0) as usize;
         let target = recipe.target(&t.name, cols, layers, is_output);
         let matrix = t.dims.len() == 2 && t.name.ends_with(".weight") && t.ggml_type.can_dequantize();
-        let to = ggml_type(target);
+        let to = GgmlType::of_quant_format(target);
         if !matrix || !cols.is_multiple_of(target.block_len()) || t.ggml_type == to {
             b.tensor(&t.name, &t.dims, t.ggml_type, f.tensor_bytes(t)?.to_vec()).map_err(write_err)?;
             continue;

@@ -138,22 +138,27 @@ impl GgmlType {
         matches!(self, F32 | F16 | Bf16) || self.quant_format().is_some()
     }
 
+    /// The type of a block format (the one table between the two; [`Self::quant_format`] is its
+    /// inverse).
+    pub fn of_quant_format(format: QuantFormat) -> GgmlType {
+        use GgmlType::*;
+        match format {
+            QuantFormat::Q4_0 => Q4_0,
+            QuantFormat::Q4_1 => Q4_1,
+            QuantFormat::Q5_0 => Q5_0,
+            QuantFormat::Q5_1 => Q5_1,
+            QuantFormat::Q8_0 => Q8_0,
+            QuantFormat::Q2_K => Q2K,
+            QuantFormat::Q3_K => Q3K,
+            QuantFormat::Q4_K => Q4K,
+            QuantFormat::Q5_K => Q5K,
+            QuantFormat::Q6_K => Q6K,
+        }
+    }
+
     /// The block format kiln keeps quantized (and multiplies without dequantizing), if any.
     pub fn quant_format(self) -> Option<QuantFormat> {
-        use GgmlType::*;
-        Some(match self {
-            Q4_0 => QuantFormat::Q4_0,
-            Q4_1 => QuantFormat::Q4_1,
-            Q5_0 => QuantFormat::Q5_0,
-            Q5_1 => QuantFormat::Q5_1,
-            Q8_0 => QuantFormat::Q8_0,
-            Q2K => QuantFormat::Q2_K,
-            Q3K => QuantFormat::Q3_K,
-            Q4K => QuantFormat::Q4_K,
-            Q5K => QuantFormat::Q5_K,
-            Q6K => QuantFormat::Q6_K,
-            _ => return None,
-        })
+        QuantFormat::ALL.into_iter().find(|&f| GgmlType::of_quant_format(f) == self)
     }
 
     /// The name llama.cpp prints for this type (e.g. `q4_1`), used in error messages and dumps.

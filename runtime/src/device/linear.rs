@@ -6,9 +6,11 @@
 //! Invariant: a `Weight` is `[out_features, in_features]` (HF's layout of `nn.Linear`), and
 //! `linear` takes `x: [rows, in_features]` into `out: [rows, out_features]`.
 
-use crate::device::quant::activations::{activations, quantize_row8_for, quantize_row_for, Activations};
+use crate::device::quant::activations::{
+    activations, quantize_row8_for, quantize_row_for, same_blocks, ActBlock, ActBlock8, Activations,
+};
 use crate::device::quant::cpu::{matmul_q16, matmul_q8, Simd};
-use crate::device::quant::QuantMatrix;
+use crate::device::quant::{QuantFormat, QuantMatrix};
 use crate::{matmul, DType, Device, GemmError, Tensor};
 
 /// A projection's weight, in the form it is stored on its device.
@@ -76,7 +78,20 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, parts: &[QuantMatrix], out: &mut T
     // Every product computed (and so the activations copied) before writing: `x` and `out`
     // may share storage.
     let ys = x.with_host::<f32, _>(|v| {
-        parts.iter().map(|w| products(simd, mode, (0..m).map(|r| v.row(r)), k, w)).collect::<Vec<_>>()
+        // Parts whose formats take the same activation blocks share one quantization of the rows.
+        let mut quantized: Vec<(QuantFormat, QuantRows)> = Vec::new();
+        let mut ys = Vec::with_capacity(parts.len());
+        for w in parts {
+            let at = match quantized.iter().position(|(f, _)| same_blocks(mode, *f, w.format())) {
+                Some(at) => at,
+                None => {
+                    quantized.push((w.format(), QuantRows::new(mode, w.format(), (0..m).map(|r| v.row(r)), k)));
+                    quantized.len() - 1
+                }
+            };
+            ys.push(quantized[at].1.times(simd, w));
+        }
+        ys
     })?;
     out.with_host_mut::<f32, _>(|mut o| {
         for r in 0..m {
@@ -92,36 +107,41 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, parts: &[QuantMatrix], out: &mut T
     Ok(())
 }
 
-/// `x · wᵀ` (`[rows, w.rows()]`, row-major) for the activation rows `xs` (`k` wide each),
-/// quantized as `mode` says for `w`'s format.
-fn products<'a>(
-    simd: Simd,
-    mode: Activations,
-    xs: impl Iterator<Item = &'a [f32]>,
-    k: usize,
-    w: &QuantMatrix,
-) -> Vec<f32> {
-    match mode {
-        Activations::Bits16 => {
-            let xq: Vec<_> = xs
-                .map(|x| {
+/// Activation rows quantized for the weights of one kind of format.
+enum QuantRows {
+    Bits16(Vec<Vec<ActBlock>>),
+    Ggml8(Vec<Vec<ActBlock8>>),
+}
+
+impl QuantRows {
+    /// The rows `xs` (`k` wide each) quantized as `mode` says for a `format` weight.
+    fn new<'a>(mode: Activations, format: QuantFormat, xs: impl Iterator<Item = &'a [f32]>, k: usize) -> QuantRows {
+        let mut wide = Vec::with_capacity(k / 32);
+        match mode {
+            Activations::Bits16 => QuantRows::Bits16(
+                xs.map(|x| {
                     let mut q = Vec::with_capacity(k / 32);
-                    quantize_row_for(mode, w.format(), x, &mut q);
+                    quantize_row_for(mode, format, x, &mut q);
                     q
                 })
-                .collect();
-            matmul_q16(simd, &xq, w)
+                .collect(),
+            ),
+            Activations::Ggml8 => QuantRows::Ggml8(
+                xs.map(|x| {
+                    let mut q = Vec::with_capacity(k / 32);
+                    quantize_row8_for(format, x, &mut wide, &mut q);
+                    q
+                })
+                .collect(),
+            ),
         }
-        Activations::Ggml8 => {
-            let mut wide = Vec::with_capacity(k / 32);
-            let xq: Vec<_> = xs
-                .map(|x| {
-                    let mut q = Vec::with_capacity(k / 32);
-                    quantize_row8_for(w.format(), x, &mut wide, &mut q);
-                    q
-                })
-                .collect();
-            matmul_q8(simd, &xq, w)
+    }
+
+    /// `x · wᵀ` (`[rows, w.rows()]`, row-major).
+    fn times(&self, simd: Simd, w: &QuantMatrix) -> Vec<f32> {
+        match self {
+            QuantRows::Bits16(xq) => matmul_q16(simd, xq, w),
+            QuantRows::Ggml8(xq) => matmul_q8(simd, xq, w),
         }
     }
 }

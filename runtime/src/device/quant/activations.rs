@@ -128,6 +128,12 @@ pub fn quantize_row_for(mode: Activations, format: QuantFormat, x: &[f32], out: 
     }
 }
 
+/// Whether [`quantize_row_for`] gives the same blocks for weights of formats `a` and `b` (so
+/// one quantization of a row serves both).
+pub fn same_blocks(mode: Activations, a: QuantFormat, b: QuantFormat) -> bool {
+    mode == Activations::Bits16 || (a.block_len() == BLOCK) == (b.block_len() == BLOCK)
+}
+
 /// llama.cpp's Q8_0 / Q8_1 activation blocks (its AVX2 `quantize_row_q8_0`: `127 / max|x|`,
 /// round half to even, `d` stored as f16).
 fn quantize_row_q8_0(x: &[f32], out: &mut Vec<ActBlock>) {

@@ -120,6 +120,8 @@ fn dot_portable_sliced(format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q8;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 /// Scratch space of one task, reused across weight rows.
 #[derive(Default)]

@@ -9,12 +9,10 @@
 //! Per activation row, slices accumulate in order and every term is formed as in the
 //! multi-row loop, so a row's result does not depend on how many rows share the call.
 
+use super::x86::{block_halves, hsum, k_slice_bytes, nibbles32, q5_bytes, PREFETCH};
 use super::{ActBlock8, QuantFormat, BLOCK};
-use crate::device::quant::blocks::{half_fields, slice_ints, slice_scales_with};
+use crate::device::quant::blocks::{slice_ints, slice_scales_with};
 use std::arch::x86_64::*;
-
-/// Bytes ahead of the current block to prefetch (as the 16-bit kernel).
-const PREFETCH: usize = 2048;
 
 /// One slice ready for `maddubs`.
 struct Prepared {
@@ -24,85 +22,27 @@ struct Prepared {
     coef: [f32; 2],
 }
 
-/// An IEEE half at `b[i..i + 2]` as f32, by the F16C instruction.
-#[inline(always)]
-unsafe fn half(b: &[u8], i: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-/// 16 bytes of nibbles as 32 bytes: the low nibbles (values 0..15), then the high ones.
-#[inline(always)]
-unsafe fn nibbles32(p: &[u8]) -> __m256i {
-    // Safety (load): `p` holds at least 16 bytes (the callers pass a block's nibble bytes).
-    let packed = unsafe { _mm_loadu_si128(p[..16].as_ptr() as *const __m128i) };
-    let low4 = _mm_set1_epi8(0x0f);
-    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low4), _mm_and_si128(packed, low4))
-}
-
-/// Byte j is 16 where bit j of `qh` is set, else 0 (a Q5 block's fifth bits).
-#[inline(always)]
-fn fifth_bits(qh: u32) -> __m256i {
-    // Safety: only called from functions with AVX2 enabled.
-    unsafe {
-        // Byte j takes byte j / 8 of `qh` (the shuffle works within each 128-bit half, and both
-        // halves hold `qh`), then keeps bit j % 8.
-        let v = _mm256_set1_epi32(qh as i32);
-        let spread = _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303);
-        let bytes = _mm256_shuffle_epi8(v, spread);
-        let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
-        _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(16))
-    }
-}
-
-/// A block's f16 fields (`d`, and `m` / `dmin` or 0) by F16C.
-#[inline(always)]
-unsafe fn block_halves(format: QuantFormat, b: &[u8]) -> [f32; 2] {
-    let fields = half_fields(format);
-    // Safety: F16C per the callers; the offsets lie inside the block.
-    unsafe { [half(b, fields[0]), fields.get(1).map_or(0.0, |&at| half(b, at))] }
-}
-
 /// Slice `s` of block `b` as bytes for `maddubs` (see the module header); `halves` are the
-/// block's f16 fields ([`block_halves`]), converted once per block.
+/// block's f16 fields (`x86::block_halves`), converted once per block.
 #[inline(always)]
 unsafe fn prepare(format: QuantFormat, b: &[u8], s: usize, halves: [f32; 2]) -> Prepared {
     // Safety (loads, F16C): every range lies inside one whole block (see `blocks`); AVX2 and
     // F16C per the callers.
     unsafe {
-        let qh = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let one = |bytes, d: f32, c: f32| Prepared { bytes, scale: [d; 2], coef: [c; 2] };
+        let [d, m] = halves;
         match format {
-            QuantFormat::Q4_0 => {
-                let d = half(b, 0);
-                one(nibbles32(&b[2..18]), d, -8.0 * d)
-            }
-            QuantFormat::Q4_1 => one(nibbles32(&b[4..20]), half(b, 0), half(b, 2)),
-            QuantFormat::Q5_0 => {
-                let d = half(b, 0);
-                one(_mm256_or_si256(nibbles32(&b[6..22]), fifth_bits(qh(2))), d, -16.0 * d)
-            }
-            QuantFormat::Q5_1 => one(_mm256_or_si256(nibbles32(&b[8..24]), fifth_bits(qh(4))), half(b, 0), half(b, 2)),
+            QuantFormat::Q4_0 => one(nibbles32(&b[2..18]), d, -8.0 * d),
+            QuantFormat::Q4_1 => one(nibbles32(&b[4..20]), d, m),
+            QuantFormat::Q5_0 => one(q5_bytes(b, 6), d, -16.0 * d),
+            QuantFormat::Q5_1 => one(q5_bytes(b, 8), d, m),
             // Signed bytes: `dot` takes their magnitudes and moves the signs to the activations.
-            QuantFormat::Q8_0 => one(_mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i), half(b, 0), 0.0),
+            QuantFormat::Q8_0 => one(_mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i), d, 0.0),
             _ => {
                 let (scale, min) = slice_scales_with(format, b, s, halves);
-                let load = |at: usize| _mm256_loadu_si256(b[at..at + 32].as_ptr() as *const __m256i);
-                let shift = |v: __m256i, n: usize| _mm256_srl_epi16(v, _mm_cvtsi32_si128(n as i32));
-                let low4 = _mm256_set1_epi8(0x0f);
                 let (bytes, offset) = match format {
-                    QuantFormat::Q4_K => (_mm256_and_si256(shift(load(16 + 32 * (s / 2)), 4 * (s % 2)), low4), 0.0),
-                    QuantFormat::Q5_K => {
-                        let v = _mm256_and_si256(shift(load(48 + 32 * (s / 2)), 4 * (s % 2)), low4);
-                        let h = _mm256_and_si256(shift(load(16), s), _mm256_set1_epi8(1));
-                        (_mm256_or_si256(v, _mm256_slli_epi16(h, 4)), 0.0)
-                    }
-                    QuantFormat::Q6_K => {
-                        let (n, k) = (s / 4, s % 4);
-                        let l = _mm256_and_si256(shift(load(64 * n + 32 * (k % 2)), 4 * (k / 2)), low4);
-                        let h = _mm256_and_si256(shift(load(128 + 32 * n), 2 * k), _mm256_set1_epi8(3));
-                        (_mm256_or_si256(l, _mm256_slli_epi16(h, 4)), 32.0)
-                    }
+                    QuantFormat::Q4_K | QuantFormat::Q5_K => (k_slice_bytes(format, b, s), 0.0),
+                    QuantFormat::Q6_K => (k_slice_bytes(format, b, s), 32.0),
                     // Q2_K (0..3) and Q3_K (−4..3, moved up by 4) through the scalar slice form.
                     _ => {
                         let mut ints = [0i16; 32];
@@ -149,16 +89,6 @@ fn accumulate<const HALVES: bool>(p: &Prepared, signed: bool, q: &ActBlock8, a: 
             *a = _mm256_fmadd_ps(dot(p.bytes, signed, q), _mm256_set1_ps(q.d * p.scale[0]), *a);
             *e += q.d * p.coef[0] * q.sum as f32;
         }
-    }
-}
-
-#[inline(always)]
-fn hsum(a: __m256) -> f32 {
-    // Safety: only called from functions with AVX2 enabled.
-    unsafe {
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
     }
 }
 
