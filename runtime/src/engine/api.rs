@@ -107,6 +107,8 @@ pub struct EngineStats {
     pub model_seconds: f64,
     /// Time spent in steps, summed (model plus scheduling, sampling, detokenizing, events).
     pub step_seconds: f64,
+    /// Constrained decoding's per-token mask computations.
+    pub masks: crate::sample::constraint::MaskSummary,
 }
 
 /// Engine sizing and policy.

@@ -10,10 +10,16 @@
 //! re-added to the scheduler as new sequences whose prompt is the original prompt plus the
 //! beam's tokens (the prefix cache makes most of that recompute free).
 //!
+//! A constrained search keeps one constraint per live beam: each beam's log-probabilities are
+//! masked before the search ranks candidates (HF's `prefix_allowed_tokens_fn` semantics: the
+//! mask applies after `log_softmax`, without renormalising), a fork copies its parent's
+//! constraint before either takes its token, and a dropped beam's constraint goes with it.
+//!
 //! Invariant: every live beam is either attached (its key is a live scheduler sequence that is
 //! awaiting a token or computing) or detached (no scheduler sequence, logits kept in `pending`).
 
 use super::beam::{log_softmax, BeamConfig, BeamError, BeamMoves, BeamSearch, Hypothesis};
+use super::constrained::Constrained;
 use crate::sched::{Request, Scheduler, SeqId, StepResult};
 use std::collections::{HashMap, HashSet};
 
@@ -24,6 +30,8 @@ pub(crate) struct BeamGroup {
     /// Log-probabilities of this step, by beam key.
     pending: HashMap<u64, Vec<f32>>,
     detached: HashSet<u64>,
+    /// Per live beam key, when the request is constrained.
+    constraints: HashMap<u64, Constrained>,
 }
 
 /// What applying a step changed, for the engine's sequence -> request map.
@@ -34,8 +42,18 @@ pub(crate) struct Remap {
 }
 
 impl BeamGroup {
-    pub fn new(cfg: BeamConfig, n: usize, key: u64) -> Result<Self, BeamError> {
-        Ok(BeamGroup { search: BeamSearch::new(cfg, key)?, n, pending: HashMap::new(), detached: HashSet::new() })
+    pub fn new(cfg: BeamConfig, n: usize, key: u64, constraint: Option<Constrained>) -> Result<Self, BeamError> {
+        Ok(BeamGroup {
+            search: BeamSearch::new(cfg, key)?,
+            n,
+            pending: HashMap::new(),
+            detached: HashSet::new(),
+            constraints: constraint.map(|c| (key, c)).into_iter().collect(),
+        })
+    }
+
+    pub fn constrained(&self) -> bool {
+        !self.constraints.is_empty()
     }
 
     /// Keys of beams with a live scheduler sequence.
@@ -43,8 +61,13 @@ impl BeamGroup {
         self.search.live_keys().filter(|k| !self.detached.contains(k)).collect()
     }
 
-    pub fn on_logits(&mut self, key: u64, logits: &[f32]) {
-        self.pending.insert(key, log_softmax(logits));
+    pub fn on_logits(&mut self, key: u64, logits: &[f32]) -> Result<(), String> {
+        let mut lp = log_softmax(logits);
+        if let Some(c) = self.constraints.get_mut(&key) {
+            c.mask_in_place(&mut lp)?;
+        }
+        self.pending.insert(key, lp);
+        Ok(())
     }
 
     /// Every live beam has its logits: the step can run.
@@ -75,6 +98,7 @@ impl BeamGroup {
         result: &mut StepResult,
     ) -> Result<Remap, String> {
         let mut remap = Remap::default();
+        self.advance_constraints(&m)?;
         // Forks first: a parent must still be live (and not yet advanced) when it is copied.
         for &(parent, child, token) in &m.forked {
             if self.detached.contains(&parent) {
@@ -100,6 +124,28 @@ impl BeamGroup {
             remap.removed.push(key);
         }
         Ok(remap)
+    }
+
+    /// Moves the beams' constraints with the step: forks copy the parent's state (before the
+    /// parent takes its own token), then each new or continuing beam takes its token.
+    fn advance_constraints(&mut self, m: &BeamMoves) -> Result<(), String> {
+        if self.constraints.is_empty() {
+            return Ok(());
+        }
+        let mut forked = Vec::with_capacity(m.forked.len());
+        for &(parent, child, token) in &m.forked {
+            let mut c = self.constraints.get(&parent).ok_or_else(|| format!("beam {parent} has no constraint"))?.fork();
+            c.accept(token)?;
+            forked.push((child, c));
+        }
+        for &(key, token) in &m.advanced {
+            self.constraints.get_mut(&key).ok_or_else(|| format!("beam {key} has no constraint"))?.accept(token)?;
+        }
+        for &key in &m.dropped {
+            self.constraints.remove(&key);
+        }
+        self.constraints.extend(forked);
+        Ok(())
     }
 
     /// A continuation of a detached beam as a new sequence: prompt + the beam's tokens (the new

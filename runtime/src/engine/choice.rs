@@ -4,13 +4,17 @@
 //!
 //! Invariants: all per-choice state lives here and only changes in [`Choice::advance`], so a
 //! preempted sequence (whose KV is recomputed) resumes with exactly the state it had and its
-//! output is unchanged; a finished choice takes no more tokens.
+//! output is unchanged (its grammar constraint included); a finished choice takes no more
+//! tokens. A constrained choice samples only on the host ([`Choice::constrained`]): its mask
+//! is applied to the logits before the sampling pipeline, and the token it takes advances the
+//! constraint unless it ends the choice.
 //!
 //! Seeds: choice `i` of a request with `seed: Some(s)` samples with seed `s + i` (wrapping), so
 //! `n` choices differ from one another and each is reproducible; without a seed every choice
 //! draws its own from the OS.
 
 use super::api::{EngineEvent, TextStream, TokenLogprob};
+use super::constrained::Constrained;
 use crate::sample::device::SampleJob;
 use crate::sample::{FinishReason, Sampled, Sampler, SamplingError, SamplingParams, StopChecker, TokenHistory};
 use crate::sched::SeqId;
@@ -24,6 +28,7 @@ pub(crate) struct Choice {
     history: TokenHistory,
     text: Box<dyn TextStream>,
     logprobs: bool,
+    constraint: Option<Constrained>,
     pub finished: Option<FinishReason>,
 }
 
@@ -41,6 +46,7 @@ impl Choice {
         eos: &[u32],
         prompt: &[u32],
         text: Box<dyn TextStream>,
+        constraint: Option<Constrained>,
     ) -> Result<Self, String> {
         let mut p = params.clone();
         p.seed = params.seed.map(|s| s.wrapping_add(index as u64));
@@ -52,6 +58,7 @@ impl Choice {
             history: TokenHistory::new(prompt),
             text,
             logprobs: p.logprobs.is_some(),
+            constraint,
             finished: None,
         })
     }
@@ -62,11 +69,21 @@ impl Choice {
 
     /// Whether the next token is the logits' argmax and nothing more (so the device may pick it).
     pub fn plain_greedy(&self) -> bool {
-        self.sampler.is_plain_greedy()
+        self.sampler.is_plain_greedy() && self.constraint.is_none()
     }
 
-    /// Samples the next token from `logits`, detokenizes it and checks the stop conditions.
+    /// Whether a grammar constrains this choice (its logits must come to the host).
+    pub fn constrained(&self) -> bool {
+        self.constraint.is_some()
+    }
+
+    /// Samples the next token from `logits` (masked by the constraint, if any), detokenizes it
+    /// and checks the stop conditions.
     pub fn advance(&mut self, logits: &[f32]) -> Result<Advance, String> {
+        let logits = match &mut self.constraint {
+            Some(c) => c.mask(logits)?,
+            None => logits,
+        };
         let s = self.sampler.sample(logits, &self.history).map_err(|e| e.to_string())?;
         self.take(s.token, s.logprob, s.top_logprobs)
     }
@@ -78,6 +95,7 @@ impl Choice {
 
     /// Takes what the device sampler made of [`Choice::device_job`].
     pub fn advance_sampled(&mut self, s: Result<Sampled, SamplingError>) -> Result<Advance, String> {
+        self.unconstrained()?;
         let s = s.map_err(|e| e.to_string())?;
         self.sampler.accept_external();
         self.take(s.token, s.logprob, s.top_logprobs)
@@ -85,8 +103,17 @@ impl Choice {
 
     /// Takes `token`, the argmax the device picked for a [`Choice::plain_greedy`] choice.
     pub fn advance_with(&mut self, token: u32) -> Result<Advance, String> {
+        self.unconstrained()?;
         self.sampler.accept_external();
         self.take(token, 0.0, Vec::new())
+    }
+
+    /// A token picked on the device never saw the mask: refuse it rather than break the grammar.
+    fn unconstrained(&self) -> Result<(), String> {
+        match self.constraint {
+            Some(_) => Err("internal error: a constrained choice was sampled off the host".into()),
+            None => Ok(()),
+        }
     }
 
     fn take(&mut self, token: u32, logprob: f32, top: Vec<(u32, f32)>) -> Result<Advance, String> {
@@ -98,6 +125,9 @@ impl Choice {
             out.text.push_str(&self.text.finish()?);
         }
         self.finished = out.finish;
+        if let (None, Some(c)) = (out.finish, &mut self.constraint) {
+            c.accept(token)?;
+        }
         let logprob = self.logprobs.then_some(TokenLogprob { logprob, top });
         Ok(Advance {
             token,

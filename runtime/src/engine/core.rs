@@ -19,6 +19,7 @@ use super::batch::BatchBuf;
 use super::beam::BeamConfig;
 use super::beam_group::BeamGroup;
 use super::choice::Choice;
+use super::constrained::Constrained;
 use super::handle::{Command, Submission};
 use super::kv_copy::copy_blocks;
 use super::request::{Kind, RequestState, SampleGroup};
@@ -163,17 +164,27 @@ impl Core {
     }
 
     fn admit(&mut self, s: Submission) {
-        let Submission { id, req, mut ticket } = s;
+        let Submission { id, req, constraint, mut ticket } = s;
         if ticket.is_closed() {
             return; // the caller is gone already; dropping the ticket settles the counters
         }
         let eos = &self.shared.info.eos_token_ids;
         let p = &req.params;
+        let times = &self.shared.mask_times;
+        // One constraint per sequence that starts from the prompt (each choice, or the first beam).
+        let start = || -> Result<Option<Constrained>, String> {
+            match &constraint {
+                None => Ok(None),
+                Some(src) => Ok(Some(Constrained::new(src.start().map_err(|e| e.to_string())?, Arc::clone(times)))),
+            }
+        };
         let kind = match &req.beam {
             None => {
                 let mut choices = Vec::with_capacity(req.n);
                 for i in 0..req.n {
-                    match Choice::new(i, p, eos, &req.prompt_ids, self.detok.stream(&req.prompt_ids)) {
+                    let made = start()
+                        .and_then(|c| Choice::new(i, p, eos, &req.prompt_ids, self.detok.stream(&req.prompt_ids), c));
+                    match made {
                         Ok(c) => choices.push(c),
                         Err(message) => {
                             self.counters.failed += 1;
@@ -195,11 +206,11 @@ impl Core {
                     max_new_tokens: p.max_tokens,
                     end_tokens,
                 };
-                match BeamGroup::new(cfg, req.n, id) {
-                    Ok(g) => Kind::Beam(g),
-                    Err(e) => {
+                match start().and_then(|c| BeamGroup::new(cfg, req.n, id, c).map_err(|e| e.to_string())) {
+                    Ok(g) => Kind::Beam(Box::new(g)),
+                    Err(message) => {
                         self.counters.failed += 1;
-                        ticket.end(EngineEvent::Error { message: e.to_string() });
+                        ticket.end(EngineEvent::Error { message });
                         return;
                     }
                 }
@@ -409,8 +420,8 @@ impl Core {
         }
     }
 
-    /// Where this step's tokens are chosen: beam search and [`SamplingPlacement::Host`] read
-    /// logits on the host; on a GPU, a step of plain greedy rows takes the argmax kernel and
+    /// Where this step's tokens are chosen: beam search, constrained requests (their masks are
+    /// applied on the host) and [`SamplingPlacement::Host`] read logits on the host; on a GPU, a step of plain greedy rows takes the argmax kernel and
     /// any other mix the device sampler (when it may be used); on the CPU the host samples
     /// unless the device path was asked for.
     fn route(&self) -> Route {
@@ -420,7 +431,9 @@ impl Core {
                 self.owners.get(&seq).and_then(|r| self.requests.get(r)).map(|st| &st.kind)
             })
         };
-        if self.sampling.placement == SamplingPlacement::Host || groups().any(|k| matches!(k, Kind::Beam(_))) {
+        if self.sampling.placement == SamplingPlacement::Host
+            || groups().any(|k| matches!(k, Kind::Beam(_)) || k.constrained())
+        {
             return Route::Host;
         }
         let plain = |k: &Kind| matches!(k, Kind::Sample(g) if g.choices.iter().all(|c| c.plain_greedy()));
@@ -485,7 +498,7 @@ impl Core {
             }
             Kind::Beam(b) => {
                 let Row::Logits(logits) = logits else { return Err("beam search needs the logits on the host".into()) };
-                b.on_logits(seq.0, logits);
+                b.on_logits(seq.0, logits)?;
                 if b.ready() {
                     let remap = b.step(prompt, sched, result, || shared.new_seq_id())?;
                     for k in remap.removed {
@@ -537,6 +550,7 @@ impl Core {
             steps: self.counters.steps,
             model_seconds: self.counters.model_seconds,
             step_seconds: self.counters.step_seconds,
+            masks: lock(&self.shared.mask_times).summary(),
         };
         *lock(&self.shared.stats) = stats;
     }

@@ -11,6 +11,7 @@ use super::api::{EngineEvent, EngineStats, GenerateRequest, Heartbeat, SubmitErr
 use super::shared::{lock, KvWasteStats, Shared, Ticket};
 use super::validate::validate;
 use crate::model::ModelInfo;
+use crate::sample::ConstraintSource;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub(crate) enum Command {
 pub(crate) struct Submission {
     pub id: u64,
     pub req: GenerateRequest,
+    /// The grammar every sequence of the request follows, if any.
+    pub constraint: Option<Arc<dyn ConstraintSource>>,
     pub ticket: Ticket,
 }
 
@@ -43,6 +46,16 @@ impl EngineHandle {
     /// Validates and queues a request. Answers at once: a handle streaming its events, or why
     /// not (invalid → 400, overloaded → 429, shutting down → 503).
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle, SubmitError> {
+        self.submit_constrained(req, None)
+    }
+
+    /// [`EngineHandle::submit`] with a grammar that every sequence of the request follows
+    /// (each choice or beam starts its own [`crate::sample::TokenConstraint`] from it).
+    pub fn submit_constrained(
+        &self,
+        req: GenerateRequest,
+        constraint: Option<Arc<dyn ConstraintSource>>,
+    ) -> Result<RequestHandle, SubmitError> {
         let s = &self.shared;
         if !s.accepting.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
@@ -57,7 +70,7 @@ impl EngineHandle {
         }
         let (etx, erx) = unbounded_channel();
         let ticket = Ticket::new(s.clone(), etx);
-        if let Err(e) = self.tx.send(Command::Submit(Box::new(Submission { id, req, ticket }))) {
+        if let Err(e) = self.tx.send(Command::Submit(Box::new(Submission { id, req, constraint, ticket }))) {
             // The engine thread is gone; dropping the submission settles its counters.
             drop(e);
             return Err(SubmitError::ShuttingDown);

@@ -25,6 +25,7 @@ mod batch;
 pub mod beam;
 mod beam_group;
 mod choice;
+mod constrained;
 mod core;
 mod error;
 mod handle;

@@ -35,7 +35,17 @@ impl SampleGroup {
 
 pub(crate) enum Kind {
     Sample(SampleGroup),
-    Beam(BeamGroup),
+    Beam(Box<BeamGroup>),
+}
+
+impl Kind {
+    /// Whether a grammar constrains this request (its rows are sampled on the host).
+    pub fn constrained(&self) -> bool {
+        match self {
+            Kind::Sample(g) => g.choices.iter().any(|c| c.constrained()),
+            Kind::Beam(b) => b.constrained(),
+        }
+    }
 }
 
 pub(crate) struct RequestState {

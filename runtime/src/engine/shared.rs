@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub stats: Mutex<EngineStats>,
     pub waste: Mutex<KvWasteStats>,
     pub heartbeat: Mutex<Heartbeat>,
+    /// Durations of constrained decoding's mask computations (engine thread writes).
+    pub mask_times: std::sync::Arc<Mutex<crate::sample::constraint::MaskTimes>>,
     inflight: Mutex<usize>,
     idle: Condvar,
     /// Set once the engine thread has dropped its state (the model among it).
@@ -109,6 +111,7 @@ impl Shared {
             stats: Mutex::new(stats),
             waste: Mutex::new(KvWasteStats::default()),
             heartbeat: Mutex::new(Heartbeat { last_progress: Instant::now(), alive: true }),
+            mask_times: Default::default(),
             inflight: Mutex::new(0),
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),

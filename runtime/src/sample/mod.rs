@@ -70,6 +70,7 @@
 //! [`StopChecker`] (in [`stop`]) turns per-token text deltas into text that is safe to emit and
 //! decides when a sequence finishes ([`FinishReason`]); its module header states its rules.
 
+pub mod constraint;
 pub mod device;
 mod draw;
 pub mod error;
@@ -84,6 +85,7 @@ mod softmax;
 pub mod stop;
 mod truncate;
 
+pub use constraint::{ConstraintError, ConstraintSource, TokenConstraint};
 pub use error::SamplingError;
 pub use finish::FinishReason;
 pub use history::TokenHistory;

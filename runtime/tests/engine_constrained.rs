@@ -1,0 +1,195 @@
+//! Constrained decoding in the engine, on the fake model (`engine_support`) with a fake grammar:
+//! "even tokens below 60, at most `LIMIT` of them, then EOS" (EOS allowed after two tokens).
+//! Its `accept` refuses any token its mask did not allow, so a path that samples past the mask
+//! (the device sampler, the argmax kernel, a beam that forgot its constraint) fails the request.
+
+mod engine_support;
+
+use engine_support::{collect, logits_for, start, Collected, EOS};
+use kiln_runtime::engine::beam::{log_softmax, BeamConfig, BeamSearch};
+use kiln_runtime::engine::{BeamParams, EngineConfig, GenerateRequest, SamplingPlacement};
+use kiln_runtime::sample::constraint::{allows, apply_mask, mask_words};
+use kiln_runtime::sample::{ConstraintError, ConstraintSource, SamplingParams, TokenConstraint};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const LIMIT: usize = 7;
+
+#[derive(Clone)]
+struct EvenThenEos {
+    taken: usize,
+}
+
+impl EvenThenEos {
+    fn mask(&self) -> Vec<u32> {
+        let mut m = vec![0u32; mask_words(64)];
+        let mut set = |t: u32| m[t as usize / 32] |= 1 << (t % 32);
+        if self.taken < LIMIT {
+            (0..60).step_by(2).for_each(&mut set);
+        }
+        if self.taken >= 2 {
+            set(EOS);
+        }
+        m
+    }
+}
+
+impl TokenConstraint for EvenThenEos {
+    fn fill_mask(&mut self, mask: &mut [u32]) -> Result<(), ConstraintError> {
+        mask.copy_from_slice(&self.mask());
+        Ok(())
+    }
+
+    fn accept(&mut self, token: u32) -> Result<(), ConstraintError> {
+        if !allows(&self.mask(), token) {
+            return Err(ConstraintError(format!("token {token} is not allowed after {} tokens", self.taken)));
+        }
+        self.taken += 1;
+        Ok(())
+    }
+
+    fn fork(&self) -> Box<dyn TokenConstraint> {
+        Box::new(self.clone())
+    }
+}
+
+#[derive(Debug)]
+struct Source {
+    fail: bool,
+}
+
+impl ConstraintSource for Source {
+    fn start(&self) -> Result<Box<dyn TokenConstraint>, ConstraintError> {
+        if self.fail {
+            return Err(ConstraintError("no grammar today".into()));
+        }
+        Ok(Box::new(EvenThenEos { taken: 0 }))
+    }
+}
+
+fn source() -> Option<Arc<dyn ConstraintSource>> {
+    Some(Arc::new(Source { fail: false }))
+}
+
+fn prompt(seed: u32, len: usize) -> Vec<u32> {
+    (0..len as u32).map(|i| 2 + (seed * 31 + i * 7) % 50).collect()
+}
+
+fn requests() -> Vec<GenerateRequest> {
+    (0..6u32)
+        .map(|i| GenerateRequest {
+            prompt_ids: prompt(i, 4 + 7 * i as usize),
+            params: SamplingParams {
+                temperature: if i % 2 == 0 { 0.0 } else { 1.5 },
+                seed: Some(7 + u64::from(i)),
+                max_tokens: 12,
+                logprobs: (i == 3).then_some(2),
+                ..SamplingParams::default()
+            },
+            n: if i % 3 == 1 { 3 } else { 1 },
+            beam: None,
+        })
+        .collect()
+}
+
+fn run_all(cfg: EngineConfig, reqs: &[GenerateRequest]) -> (Vec<Collected>, kiln_runtime::engine::EngineStats) {
+    let e = start(cfg);
+    let hs: Vec<_> = reqs.iter().map(|r| e.submit_constrained(r.clone(), source()).expect("submit")).collect();
+    let out: Vec<Collected> = hs.into_iter().map(collect).collect();
+    assert!(e.wait_idle(Duration::from_secs(30)));
+    let stats = e.stats();
+    assert_eq!(stats.kv_blocks_used, 0);
+    (out, stats)
+}
+
+fn check_grammar(c: &Collected) {
+    assert!(c.error.is_none(), "{:?}", c.error);
+    for ch in &c.choices {
+        let body = ch.tokens.strip_suffix(&[EOS]).unwrap_or(&ch.tokens);
+        assert!(body.iter().all(|t| t % 2 == 0 && *t < 60), "{:?}", ch.tokens);
+        assert!(body.len() <= LIMIT, "{:?}", ch.tokens);
+    }
+}
+
+#[test]
+fn every_path_keeps_the_grammar_and_agrees() {
+    let reqs = requests();
+    let host = EngineConfig { sampling: SamplingPlacement::Host, ..EngineConfig::default() };
+    let (want, stats) = run_all(host, &reqs);
+    want.iter().for_each(check_grammar);
+    assert!(want.iter().any(|c| c.choices.iter().any(|ch| ch.tokens.last() == Some(&EOS))), "EOS once allowed");
+    let choices: usize = want.iter().map(|c| c.choices.len()).sum();
+    assert!(stats.masks.count >= choices as u64, "every token's mask is timed: {:?}", stats.masks);
+    assert!(stats.masks.p99_seconds > 0.0 && stats.masks.p99_seconds <= stats.masks.max_seconds);
+    // The device placement must still mask on the host; preemption keeps each choice's state.
+    let device = EngineConfig { sampling: SamplingPlacement::Device, ..EngineConfig::default() };
+    assert_eq!(run_all(device, &reqs).0, want, "device placement");
+    let tight = EngineConfig { kv_cache_bytes: Some(4 * 16 * 8), ..EngineConfig::default() };
+    let (got, stats) = run_all(tight, &reqs);
+    assert!(stats.preemptions > 0, "{stats:?}");
+    assert_eq!(got, want, "with preemption");
+}
+
+/// The pure search over the fake model with each beam's log-probabilities masked by the
+/// grammar's state after that beam's tokens.
+fn reference_beam(prompt: &[u32], width: usize, max_new: usize, n: usize) -> Vec<Vec<u32>> {
+    let cfg =
+        BeamConfig { width, length_penalty: 1.0, early_stopping: true, max_new_tokens: max_new, end_tokens: vec![EOS] };
+    let mut s = BeamSearch::new(cfg, 0).unwrap();
+    let mut next = 0;
+    while !s.is_done() {
+        let rows: HashMap<u64, Vec<f32>> = s
+            .live_keys()
+            .map(|k| {
+                let toks = s.tokens_of(k).unwrap();
+                let mut ctx = prompt.to_vec();
+                ctx.extend_from_slice(toks);
+                let mut lp = log_softmax(&logits_for(&ctx));
+                apply_mask(&mut lp, &EvenThenEos { taken: toks.len() }.mask());
+                (k, lp)
+            })
+            .collect();
+        s.step(
+            |k| rows.get(&k).map(|v| v.as_slice()),
+            || {
+                next += 1;
+                next
+            },
+        )
+        .unwrap();
+    }
+    s.results(n).into_iter().map(|h| h.tokens).collect()
+}
+
+#[test]
+fn beam_search_masks_each_beam_by_its_own_state() {
+    let reqs: Vec<GenerateRequest> = (0..3u32)
+        .map(|i| GenerateRequest {
+            prompt_ids: prompt(i, 5 + 9 * i as usize),
+            params: SamplingParams { max_tokens: 10, ..SamplingParams::greedy() },
+            n: 2,
+            beam: Some(BeamParams { width: 3, ..BeamParams::default() }),
+        })
+        .collect();
+    let tiny =
+        EngineConfig { kv_cache_bytes: Some(3 * 16 * 8), enable_prefix_caching: false, ..EngineConfig::default() };
+    for cfg in [EngineConfig::default(), tiny] {
+        let (got, _) = run_all(cfg, &reqs);
+        for (g, r) in got.iter().zip(&reqs) {
+            check_grammar(g);
+            let toks: Vec<Vec<u32>> = g.choices.iter().map(|c| c.tokens.clone()).collect();
+            assert_eq!(toks, reference_beam(&r.prompt_ids, 3, 10, 2));
+        }
+    }
+}
+
+#[test]
+fn a_constraint_that_cannot_start_fails_its_request_only() {
+    let e = start(EngineConfig::default());
+    let bad = e.submit_constrained(requests()[0].clone(), Some(Arc::new(Source { fail: true }))).unwrap();
+    let good = e.submit_constrained(requests()[1].clone(), source()).unwrap();
+    let bad = collect(bad);
+    assert!(bad.error.as_deref().is_some_and(|m| m.contains("no grammar today")), "{bad:?}");
+    check_grammar(&collect(good));
+}
