@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod structured;
 pub mod validate;
 
 pub use config::ServerConfig;

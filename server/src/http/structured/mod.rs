@@ -1,0 +1,90 @@
+//! Structured output: request constraints (JSON schema, regex, choice, Lark grammar, tool
+//! calls) compiled by llguidance into the engine's [`ConstraintSource`]s.
+//!
+//! One [`Structured`] per tokenizer, built at load: the token trie and llguidance's parser
+//! factory are made once and shared by every request. Compiled grammars are cached by
+//! [`Spec::key`] (the schema's text), so a repeated schema costs a clone, not a compile.
+//!
+//! Invariants: a spec that does not compile (bad schema, regex or grammar) is a
+//! [`StructuredError`] naming the problem, before anything reaches the engine; nothing here
+//! panics on user input (llguidance's own panics are caught by its matcher).
+
+mod matcher;
+pub mod spec;
+mod tokenv;
+
+pub use spec::Spec;
+
+use kiln_models::tokenizer::Tokenizer;
+use kiln_runtime::sample::ConstraintSource;
+use llguidance::{Matcher, ParserFactory};
+use matcher::{Ends, LlgSource};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Compiled grammars kept, at most (oldest evicted first).
+const CACHE_ENTRIES: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StructuredError {
+    /// The spec itself is wrong (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Default)]
+struct Cache {
+    map: HashMap<String, Arc<LlgSource>>,
+    order: VecDeque<String>,
+}
+
+pub struct Structured {
+    factory: ParserFactory,
+    ends: Ends,
+    cache: Mutex<Cache>,
+}
+
+impl Structured {
+    /// The token environment and parser factory for `tokenizer`.
+    pub fn new(tokenizer: &Tokenizer) -> Result<Self, String> {
+        let env = tokenv::build(tokenizer)?;
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+        factory.quiet();
+        let all: Arc<[u32]> = tokenizer.eos_ids().into();
+        let env_eos = *all.first().ok_or("the tokenizer has no end-of-sequence token")?;
+        Ok(Structured { factory, ends: Ends { env_eos, all }, cache: Mutex::default() })
+    }
+
+    /// The compiled grammar of `spec`, from the cache or compiled now.
+    pub fn compile(&self, spec: &Spec) -> Result<Arc<dyn ConstraintSource>, StructuredError> {
+        let key = spec.key();
+        if let Some(s) = self.cache().map.get(&key) {
+            return Ok(s.clone());
+        }
+        let grammar = spec.grammar().map_err(StructuredError::Invalid)?;
+        let parser = self.factory.create_parser(grammar).map_err(|e| StructuredError::Invalid(e.to_string()))?;
+        let mut m = Matcher::new(Ok(parser));
+        // Some problems (an unsatisfiable schema) only show when the first mask is computed.
+        if let Err(e) = m.compute_mask() {
+            return Err(StructuredError::Invalid(e.to_string()));
+        }
+        if let Some(e) = m.get_error() {
+            return Err(StructuredError::Invalid(e));
+        }
+        let src = Arc::new(LlgSource::new(m, self.ends.clone()));
+        let mut c = self.cache();
+        if c.map.len() >= CACHE_ENTRIES {
+            if let Some(old) = c.order.pop_front() {
+                c.map.remove(&old);
+            }
+        }
+        if c.map.insert(key.clone(), src.clone()).is_none() {
+            c.order.push_back(key);
+        }
+        Ok(src)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,111 @@
+//! What a request asks its output to follow, and the llguidance grammar for it.
+//!
+//! Invariants: [`Spec::key`] is equal for two specs exactly when their grammars are (it is
+//! the compiled-grammar cache key); JSON schemas are compiled with fixed separators (`", "`,
+//! `": "`) and no free whitespace, so a small model cannot fill its budget with blank space
+//! between tokens of the JSON; a schema's own `x-guidance` options win over those.
+
+use llguidance::api::TopLevelGrammar;
+use serde_json::{json, Value};
+
+/// The tool-call markup: the Hermes / Qwen2.5 convention, which kiln also renders for
+/// templates that know no tools (`super::super::tools`).
+pub const TOOL_CALL_OPEN: &str = "<tool_call>\n";
+pub const TOOL_CALL_CLOSE: &str = "\n</tool_call>";
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Spec {
+    /// Any JSON object (`response_format: {type: json_object}`).
+    JsonObject,
+    /// `response_format: {type: json_schema}`, or `guided_json`.
+    JsonSchema(Value),
+    /// `guided_regex`: the whole output matches.
+    Regex(String),
+    /// `guided_choice`: the output is exactly one of these.
+    Choice(Vec<String>),
+    /// `guided_grammar`: a Lark grammar (llguidance's dialect).
+    Lark(String),
+    /// One tool call (or several, `parallel`) whose `{"name", "arguments"}` object follows
+    /// one of `tools`: `(name, parameters schema)`.
+    ToolCalls { tools: Vec<(String, Value)>, parallel: bool },
+}
+
+fn with_json_options(schema: &Value) -> Value {
+    let mut s = schema.clone();
+    if let Some(obj) = s.as_object_mut() {
+        obj.entry("x-guidance")
+            .or_insert_with(|| json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+    }
+    s
+}
+
+/// A Lark string literal for `s` (JSON's escapes are Lark's).
+fn lark_literal(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+impl Spec {
+    /// The compiled-grammar cache key.
+    pub fn key(&self) -> String {
+        match self {
+            Spec::JsonObject => "json_object".into(),
+            Spec::JsonSchema(s) => format!("json_schema:{s}"),
+            Spec::Regex(r) => format!("regex:{r}"),
+            Spec::Choice(c) => format!("choice:{}", Value::from(c.clone())),
+            Spec::Lark(g) => format!("lark:{g}"),
+            Spec::ToolCalls { tools, parallel } => {
+                let t: Vec<Value> = tools.iter().map(|(n, p)| json!([n, p])).collect();
+                format!("tools:{parallel}:{}", Value::from(t))
+            }
+        }
+    }
+
+    /// The schema of one tool call's JSON object.
+    pub fn tool_call_schema(tools: &[(String, Value)]) -> Value {
+        let one = |(name, params): &(String, Value)| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": params},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        };
+        match tools {
+            [t] => one(t),
+            many => json!({"anyOf": many.iter().map(one).collect::<Vec<_>>()}),
+        }
+    }
+
+    pub fn grammar(&self) -> Result<TopLevelGrammar, String> {
+        Ok(match self {
+            Spec::JsonObject => TopLevelGrammar::from_json_schema(with_json_options(&json!({"type": "object"}))),
+            Spec::JsonSchema(s) => {
+                if !s.is_object() && !s.is_boolean() {
+                    return Err("the schema must be a JSON object".into());
+                }
+                TopLevelGrammar::from_json_schema(with_json_options(s))
+            }
+            Spec::Regex(r) => TopLevelGrammar::from_regex(r),
+            Spec::Choice(c) => {
+                if c.is_empty() {
+                    return Err("give at least one choice".into());
+                }
+                let alts: Vec<String> = c.iter().map(|s| lark_literal(s)).collect();
+                TopLevelGrammar::from_lark(format!("start: {}\n", alts.join(" | ")))
+            }
+            Spec::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
+            Spec::ToolCalls { tools, parallel } => {
+                if tools.is_empty() {
+                    return Err("no tool to call".into());
+                }
+                let schema = with_json_options(&Self::tool_call_schema(tools));
+                let start = if *parallel { "start: call (\"\\n\" call)*" } else { "start: call" };
+                TopLevelGrammar::from_lark(format!(
+                    "{start}\ncall: {} %json {schema} {}\n",
+                    lark_literal(TOOL_CALL_OPEN),
+                    lark_literal(TOOL_CALL_CLOSE)
+                ))
+            }
+        })
+    }
+}
