@@ -22,16 +22,24 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}\
 
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// One turn of a conversation.
+/// One turn of a conversation. The tool fields are what HF templates that take `tools` read
+/// (`message.tool_calls[i].function.{name, arguments}` with `arguments` an object,
+/// `message.tool_call_id`, `message.name`); they are left out of the template's view when unset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: None, tool_call_id: None, name: None }
     }
 }
 
@@ -42,6 +50,8 @@ pub struct RenderOptions {
     pub add_generation_prompt: bool,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
+    /// The `tools` variable (OpenAI's tool list) for templates that render tools.
+    pub tools: Option<serde_json::Value>,
 }
 
 /// A compiled chat template.
@@ -91,6 +101,12 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// Whether the template reads a `tools` variable (else tools must be described to the
+    /// model some other way, e.g. in the system message).
+    pub fn takes_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
     /// The prompt text for `messages`.
     pub fn render(&self, messages: &[ChatMessage], options: &RenderOptions) -> Result<String, ChatTemplateError> {
         let template = self
@@ -102,6 +118,7 @@ impl ChatTemplate {
             add_generation_prompt => options.add_generation_prompt,
             bos_token => options.bos_token.as_deref(),
             eos_token => options.eos_token.as_deref(),
+            tools => options.tools.as_ref().map(Value::from_serialize),
         };
         template.render(ctx).map_err(classify)
     }
@@ -113,9 +130,24 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
+        self.render_with_tools(tokenizer, messages, add_generation_prompt, None)
+    }
+
+    /// [`render_for`](Self::render_for) with the `tools` variable set.
+    pub fn render_with_tools(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<serde_json::Value>,
+    ) -> Result<String, ChatTemplateError> {
         let specials = tokenizer.special_tokens();
-        let options =
-            RenderOptions { add_generation_prompt, bos_token: specials.bos.clone(), eos_token: specials.eos.clone() };
+        let options = RenderOptions {
+            add_generation_prompt,
+            bos_token: specials.bos.clone(),
+            eos_token: specials.eos.clone(),
+            tools,
+        };
         self.render(messages, &options)
     }
 }
@@ -196,8 +228,28 @@ mod tests {
             add_generation_prompt: false,
             bos_token: Some("<s>".into()),
             eos_token: Some("</s>".into()),
+            tools: None,
         };
         let out = t.render(&msgs(&[("user", "  hi "), ("assistant", "no")]), &opts).unwrap();
         assert_eq!(out, "[HI]\n<s>|</s>");
+    }
+
+    #[test]
+    fn tools_and_tool_calls_reach_the_template() {
+        let src = "{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% for m in messages %}{% if m.tool_calls %}{% for c in m.tool_calls %}{{ c.function.name }}({{ c.function.arguments | tojson }}){% endfor %}{% elif m.role == 'tool' %}<{{ m.tool_call_id }}:{{ m.content }}>{% else %}{{ m.content }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(src).unwrap();
+        assert!(t.takes_tools() && !ChatTemplate::chatml().unwrap().takes_tools());
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(
+            serde_json::json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]),
+        );
+        let mut result = ChatMessage::new("tool", "42");
+        result.tool_call_id = Some("c1".into());
+        let opts = RenderOptions {
+            tools: Some(serde_json::json!([{"type": "function", "function": {"name": "f"}}])),
+            ..Default::default()
+        };
+        let out = t.render(&[ChatMessage::new("user", "hi"), call, result], &opts).unwrap();
+        assert_eq!(out, "[f]hif({\"x\":1})<c1:42>");
     }
 }
