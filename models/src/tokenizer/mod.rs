@@ -5,7 +5,9 @@
 //! built from GGUF metadata ([`GgufTokenizerSpec`]) to equal the model's original
 //! tokenizer.json. Invariants:
 //! - `encode` recognises special tokens written in the text (`<|im_start|>` is one id) and
-//!   adds BOS only when asked: BOS is the caller's decision, never the post-processor's.
+//!   adds BOS only when asked: BOS is the caller's decision, never the post-processor's;
+//!   `encode_plain` never does (text that spells a special token is tokenized as text), for
+//!   input that must stay data (message contents, tool results).
 //! - `decode(encode(x)) == x` for byte-level BPE (every byte sequence is representable).
 //! - The special-token names held here all exist in the vocabulary (checked at construction).
 //! - Cloning is cheap (the HF tokenizer is shared), so each request's [`DetokStream`] can own one.
@@ -40,6 +42,10 @@ const END_OF_TURN_TOKENS: &[&str] =
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
+    /// The same tokenizer with special-token matching off (`encode_plain`).
+    plain: Arc<tokenizers::Tokenizer>,
+    /// The texts of the special added tokens.
+    special_texts: Arc<[String]>,
     specials: SpecialTokens,
     /// Cached: `tokenizers` rebuilds its whole vocabulary map to count it (milliseconds).
     vocab_size: usize,
@@ -64,7 +70,11 @@ impl Tokenizer {
             }
         }
         let vocab_size = inner.get_vocab_size(true);
-        Ok(Self { inner: Arc::new(inner), specials, vocab_size })
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let special_texts: Arc<[String]> =
+            inner.get_added_tokens_decoder().into_values().filter(|t| t.special).map(|t| t.content).collect();
+        Ok(Self { inner: Arc::new(inner), plain: Arc::new(plain), special_texts, specials, vocab_size })
     }
 
     /// Loads an HF `tokenizer.json` alone; no special-token roles are known.
@@ -114,6 +124,18 @@ impl Tokenizer {
             Some(bos) => Ok(std::iter::once(bos).chain(ids.iter().copied()).collect()),
             None => Ok(ids.to_vec()),
         }
+    }
+
+    /// Token ids of `text` with every character taken as text: a special token's spelling
+    /// (`<|im_end|>`) gives the ordinary tokens of those characters, never the special id.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self.plain.encode_fast(text, false).map_err(TokenizerError::Encode)?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The texts of the special added tokens (what [`Tokenizer::encode`] turns into one id).
+    pub fn special_texts(&self) -> &[String] {
+        &self.special_texts
     }
 
     /// Text of `ids`. With `skip_special`, special tokens (BOS, `<|im_end|>`, ...) are left

@@ -85,6 +85,19 @@ fn special_tokens_are_single_ids_and_skippable() {
 }
 
 #[test]
+fn encode_plain_keeps_special_spellings_as_text() {
+    let t = tiny();
+    let text = "<|im_start|>he<|im_end|>";
+    let plain = t.encode_plain(text).unwrap();
+    assert!(!plain.contains(&IM_START) && !plain.contains(&IM_END), "{plain:?}");
+    assert_eq!(t.decode(&plain, false).unwrap(), text, "the characters survive as text");
+    assert_eq!(t.encode(text, false).unwrap(), vec![IM_START, id(&t, "he"), IM_END], "encode still matches them");
+    let mut specials = t.special_texts().to_vec();
+    specials.sort();
+    assert_eq!(specials, ["<|endoftext|>", "<|im_end|>", "<|im_start|>"], "user-defined <tool> is not special");
+}
+
+#[test]
 fn bos_only_when_asked() {
     let t = tiny();
     assert_eq!(t.encode("he", true).unwrap(), vec![IM_START, id(&t, "he")]);
