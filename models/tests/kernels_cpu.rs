@@ -204,6 +204,59 @@ fn layer_norm_matches_ref() {
     });
 }
 
+#[test]
+fn add2_layer_norm_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let [a, b, res] = [0; 3].map(|_| Data::random(rng, dt, s.len(), 0.1, 2.0));
+        let (w, bias) = (Data::random(rng, dt, s.width, 0.5, 1.5), Data::random(rng, dt, s.width, 0.1, 1.0));
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let (mut h, mut y) = (Data::poisoned(dt, s.len()), Data::poisoned(dt, s.len()));
+        let params = [
+            row(&a, s),
+            row(&b, s),
+            row(&res, s),
+            CpuParam::bcast(w.as_in()),
+            CpuParam::bcast(bias.as_in()),
+            CpuParam::Comptime(CpuScalar::F32(eps)),
+        ];
+        norm::add2_layer_norm::cpu(dt, &params, &mut [out(&mut h, s), out(&mut y, s)], s.rows, s.width).unwrap();
+        let (as_, bs, rs, ws, biases) = (a.to_f64(), b.to_f64(), res.to_f64(), w.to_f64(), bias.to_f64());
+        let (want_h, want_y): (Vec<_>, Vec<_>) = s
+            .rows(&as_)
+            .zip(s.rows(&bs))
+            .zip(s.rows(&rs))
+            .map(|((a, b), r)| norm::add2_layer_norm_ref(a, b, r, &ws, &biases, eps as f64))
+            .unzip();
+        check("add2_layer_norm.h", dt, s, &h, &want_h, tol(dt));
+        check("add2_layer_norm.y", dt, s, &y, &want_y, tol(dt));
+    });
+}
+
+#[test]
+fn head_rms_norm_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let x = Data::random(rng, dt, s.len(), 0.1, 2.0);
+        let (wq, wk) = (Data::random(rng, dt, s.width, 0.5, 1.5), Data::random(rng, dt, s.width, 0.5, 1.5));
+        // Rows cycle through query, key and value heads, as in a fused q/k/v row per head.
+        let kind: Vec<i32> = (0..s.rows as i32).map(|r| r % 3).collect();
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let mut y = Data::poisoned(dt, s.len());
+        let params = [
+            row(&x, s),
+            CpuParam::bcast(wq.as_in()),
+            CpuParam::bcast(wk.as_in()),
+            CpuParam::per_row(CpuIn::I32(&kind)),
+            CpuParam::Comptime(CpuScalar::F32(eps)),
+        ];
+        norm::head_rms_norm::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let (xs, wqs, wks) = (x.to_f64(), wq.to_f64(), wk.to_f64());
+        let want: Vec<_> =
+            s.rows(&xs).zip(&kind).map(|(r, &k)| norm::head_rms_norm_ref(r, &wqs, &wks, k, eps as f64)).collect();
+        // A value row is copied: exactly.
+        check("head_rms_norm", dt, s, &y, &want, tol(dt));
+    });
+}
+
 /// The two gated activations share their harness.
 fn gated(name: &str, cpu: GatedCpu, reference: fn(&[f64], &[f64]) -> Vec<f64>) {
     for_each_case(|rng, dt, s| {
@@ -232,6 +285,41 @@ fn silu_mul_matches_ref() {
 #[test]
 fn gelu_tanh_mul_matches_ref() {
     gated("gelu_tanh_mul", activation::gelu_tanh_mul::cpu, activation::gelu_tanh_mul_ref);
+}
+
+#[test]
+fn gelu_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        // `1 + erf(x/√2)` cancels for x ≪ 0 in f32 (as in PyTorch's own f32 GELU): the error is
+        // ~1e-8 absolute there, which `check` measures against the row's scale; a one-column
+        // row has no scale but its own tiny value, so it is left out.
+        if s.width == 1 {
+            return;
+        }
+        let x = Data::random(rng, dt, s.len(), 0.05, 6.0);
+        let mut y = Data::poisoned(dt, s.len());
+        activation::gelu::cpu(dt, &[row(&x, s)], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let want: Vec<_> = s.rows(&x.to_f64()).map(activation::gelu_ref).collect();
+        check("gelu", dt, s, &y, &want, tol(dt));
+    });
+}
+
+#[test]
+fn scale_and_softcap_match_ref() {
+    for_each_case(|rng, dt, s| {
+        let x = Data::random(rng, dt, s.len(), 0.1, 40.0);
+        let xs = x.to_f64();
+        let mut y = Data::poisoned(dt, s.len());
+        let sc = CpuParam::Comptime(CpuScalar::F32(8.0));
+        epilogue::scale::cpu(dt, &[row(&x, s), sc], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let want: Vec<_> = s.rows(&xs).map(|r| epilogue::scale_ref(r, 8.0)).collect();
+        check("scale", dt, s, &y, &want, tol(dt));
+        let mut y = Data::poisoned(dt, s.len());
+        let cap = CpuParam::Comptime(CpuScalar::F32(30.0));
+        epilogue::softcap::cpu(dt, &[row(&x, s), cap], &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+        let want: Vec<_> = s.rows(&xs).map(|r| epilogue::softcap_ref(r, 30.0)).collect();
+        check("softcap", dt, s, &y, &want, tol(dt));
+    });
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Gated activations of MLP blocks: `silu_mul` (SwiGLU: Llama, Mistral, Qwen) and
-//! `gelu_tanh_mul` (GeGLU with the tanh approximation: Gemma). `gate` and `up` are the two
+//! `gelu_tanh_mul` (GeGLU with the tanh approximation: Gemma), and the non-gated `gelu` (erf
+//! form: Falcon, GPT-NeoX). `gate` and `up` are the two
 //! halves of the up-projection; the result feeds the down-projection.
 //!
 //! The `*_ref` functions are the obviously-correct definitions (one row, f64).
@@ -24,6 +25,13 @@ pub fn gelu_tanh_mul(gate: Row, up: Row) -> Row {
     y
 }
 
+/// `y = 0.5 x (1 + erf(x / sqrt(2)))` (PyTorch's exact `GELU()`).
+#[fused]
+pub fn gelu(x: Row) -> Row {
+    let y = 0.5 * x * (1.0 + erf(x * 0.7071067811865476));
+    y
+}
+
 pub fn silu_mul_ref(gate: &[f64], up: &[f64]) -> Vec<f64> {
     gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
 }
@@ -31,4 +39,32 @@ pub fn silu_mul_ref(gate: &[f64], up: &[f64]) -> Vec<f64> {
 pub fn gelu_tanh_mul_ref(gate: &[f64], up: &[f64]) -> Vec<f64> {
     let c = (2.0 / std::f64::consts::PI).sqrt();
     gate.iter().zip(up).map(|(g, u)| 0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh()) * u).collect()
+}
+
+pub fn gelu_ref(x: &[f64]) -> Vec<f64> {
+    x.iter().map(|x| 0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2))).collect()
+}
+
+/// erf to ~1e-15 (Abramowitz-Stegun would be 1e-7): the series for small |x|, the continued
+/// fraction of erfc beyond.
+fn libm_erf(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 2.5 {
+        // erf(a) = 2/sqrt(pi) * sum (-1)^n a^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (a, a, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(a) = exp(-a^2)/sqrt(pi) * 1/(a + 1/2/(a + 1/(a + 3/2/(a + ...))))
+        let mut f = a;
+        for k in (1..60).rev() {
+            f = a + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / f
+    };
+    r.copysign(x)
 }

@@ -27,6 +27,20 @@ pub fn attn_softcap(q: Query, kv: PagedKv, #[comptime] scale: f32, #[comptime] c
     attention(q, kv, scale, |score, _q_pos, _k_pos, _head| cap * tanh(score / cap))
 }
 
+/// Softcap and a sliding window together (Gemma 2's local layers).
+#[fused]
+pub fn attn_softcap_window(
+    q: Query,
+    kv: PagedKv,
+    #[comptime] scale: f32,
+    #[comptime] cap: f32,
+    #[comptime] window: i32,
+) -> Query {
+    attention(q, kv, scale, |score, q_pos, k_pos, _head| {
+        select(q_pos - k_pos < window, cap * tanh(score / cap), neg_inf())
+    })
+}
+
 /// ALiBi (BLOOM, MPT): a linear penalty on the distance, slope `2^(-8 (h + 1) / n_heads)`
 /// for head `h` (the published slopes for a power-of-two head count).
 #[fused]
@@ -44,6 +58,7 @@ pub enum ScoreRef {
     SlidingWindow { window: i64 },
     Softcap { cap: f64 },
     Alibi { n_heads: usize },
+    SoftcapWindow { cap: f64, window: i64 },
 }
 
 pub fn score_ref(m: ScoreRef, s: f64, q_pos: usize, k_pos: usize, head: usize) -> Option<f64> {
@@ -51,6 +66,9 @@ pub fn score_ref(m: ScoreRef, s: f64, q_pos: usize, k_pos: usize, head: usize) -
         ScoreRef::Causal => Some(s),
         ScoreRef::SlidingWindow { window } => ((q_pos as i64 - k_pos as i64) < window).then_some(s),
         ScoreRef::Softcap { cap } => Some(cap * (s / cap).tanh()),
+        ScoreRef::SoftcapWindow { cap, window } => {
+            ((q_pos as i64 - k_pos as i64) < window).then_some(cap * (s / cap).tanh())
+        }
         ScoreRef::Alibi { n_heads } => {
             let slope = 2f64.powf(-8.0 * (head + 1) as f64 / n_heads as f64);
             Some(s - slope * (q_pos as f64 - k_pos as f64))

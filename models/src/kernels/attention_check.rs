@@ -174,6 +174,12 @@ pub fn variants(n_heads: usize, scale: f32) -> Vec<Variant> {
             reference: ScoreRef::Softcap { cap: 0.5 },
         },
         Variant {
+            name: "attn_softcap_window",
+            def: &attention::attn_softcap_window::DEF,
+            args: vec![Arg::F32(scale), Arg::F32(0.5), Arg::I32(7)],
+            reference: ScoreRef::SoftcapWindow { cap: 0.5, window: 7 },
+        },
+        Variant {
             name: "attn_alibi",
             def: &attention::attn_alibi::DEF,
             args: vec![Arg::F32(scale), Arg::I32(n_heads as i32)],

@@ -25,8 +25,11 @@ pub static ALL: &[&FusedDef] = &[
     &norm::rms_norm::DEF,
     &norm::add_rms_norm::DEF,
     &norm::layer_norm::DEF,
+    &norm::add2_layer_norm::DEF,
+    &norm::head_rms_norm::DEF,
     &activation::silu_mul::DEF,
     &activation::gelu_tanh_mul::DEF,
+    &activation::gelu::DEF,
     &rope::rope_half::DEF,
     &rope::rope_interleaved::DEF,
     &rope::rope_half_llama3::DEF,
@@ -37,6 +40,8 @@ pub static ALL: &[&FusedDef] = &[
     &epilogue::residual_add::DEF,
     &epilogue::cast_to_f32::DEF,
     &epilogue::cast_from_f32::DEF,
+    &epilogue::scale::DEF,
+    &epilogue::softcap::DEF,
     &gather::gather_rows::DEF,
 ];
 
@@ -46,5 +51,6 @@ pub static ATTENTION: &[&AttnDef] = &[
     &attention::attn_causal::DEF,
     &attention::attn_sliding_window::DEF,
     &attention::attn_softcap::DEF,
+    &attention::attn_softcap_window::DEF,
     &attention::attn_alibi::DEF,
 ];

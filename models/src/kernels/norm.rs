@@ -1,5 +1,6 @@
 //! Normalisations: `rms_norm`, `add_rms_norm` (residual add fused with the norm of the sum),
-//! `layer_norm`. Each is one row kernel with one read of the row: the reduction splits it into
+//! `layer_norm`, `add2_layer_norm` (parallel-residual blocks) and `head_rms_norm` (per-head q/k
+//! norms). Each is one row kernel with one read of the row: the reduction splits it into
 //! two stages and the row stays in registers between them.
 //!
 //! The `*_ref` functions are the obviously-correct definitions (one row, f64) the kernels are
@@ -35,6 +36,29 @@ pub fn layer_norm(x: Row, w: Bcast, b: Bcast, #[comptime] eps: f32) -> Row {
     y
 }
 
+/// `h = a + b + residual; y = layer_norm(h) * w + bias`: the block end of a parallel-residual
+/// model (Falcon, GPT-NeoX: `x + attn(ln(x)) + mlp(ln(x))`) fused with the next block's norm.
+#[fused]
+pub fn add2_layer_norm(a: Row, b: Row, residual: Row, w: Bcast, bias: Bcast, #[comptime] eps: f32) -> (Row, Row) {
+    let h = a + b + residual;
+    let mu = mean(h);
+    let d = h - mu;
+    let inv = rsqrt(mean(d * d) + eps);
+    let y = d * inv * w + bias;
+    (h, y)
+}
+
+/// Per-head RMSNorm of q and k (Qwen3, Gemma 3), on the fused q/k/v projection seen as one row
+/// per head (`[tokens * (n_heads + 2 * n_kv_heads), head_dim]`): `kind` says what each row is
+/// (0: a query head, normed with `wq`; 1: a key head, normed with `wk`; 2: a value head, copied).
+#[fused]
+pub fn head_rms_norm(x: Row, wq: Bcast, wk: Bcast, kind: PerRow<i32>, #[comptime] eps: f32) -> Row {
+    let inv = rsqrt(mean(x * x) + eps);
+    let w = select(kind == 0, wq, wk);
+    let y = select(kind == 2, x, x * inv * w);
+    y
+}
+
 pub fn rms_norm_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
     let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
     let inv = 1.0 / (ms + eps).sqrt();
@@ -46,6 +70,28 @@ pub fn add_rms_norm_ref(x: &[f64], residual: &[f64], w: &[f64], eps: f64) -> (Ve
     let h: Vec<f64> = x.iter().zip(residual).map(|(a, b)| a + b).collect();
     let y = rms_norm_ref(&h, w, eps);
     (h, y)
+}
+
+/// Returns `(h, y)`.
+pub fn add2_layer_norm_ref(
+    a: &[f64],
+    b: &[f64],
+    residual: &[f64],
+    w: &[f64],
+    bias: &[f64],
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let h: Vec<f64> = a.iter().zip(b).zip(residual).map(|((a, b), r)| a + b + r).collect();
+    let y = layer_norm_ref(&h, w, bias, eps);
+    (h, y)
+}
+
+pub fn head_rms_norm_ref(x: &[f64], wq: &[f64], wk: &[f64], kind: i32, eps: f64) -> Vec<f64> {
+    match kind {
+        0 => rms_norm_ref(x, wq, eps),
+        1 => rms_norm_ref(x, wk, eps),
+        _ => x.to_vec(),
+    }
 }
 
 pub fn layer_norm_ref(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
