@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod config;
 pub mod convert;
+pub mod decoder;
 pub mod detok_adapter;
 pub mod fetch;
 pub mod generate;

@@ -8,7 +8,8 @@
 
 use crate::arch::{is_false, is_str, Built, Checkpoint, ConfigSource};
 use crate::config::{ConfigError, LlamaConfig, RopeScalingKind};
-use crate::llama::{load, Llama, LlamaOptions, GGUF_BLOCKS};
+use crate::decoder::{Decoder, DecoderSpec, Names};
+use crate::llama::{load, GGUF_BLOCKS};
 use crate::model::{ModelError, Runner};
 use crate::weights::GgufNaming;
 use kiln_runtime::DType;
@@ -37,6 +38,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
     let cfg = src.decoder().map_err(load)?;
     refuse_unsupported(&src, &cfg).map_err(|e| ModelError::Unsupported(e.to_string()))?;
     let weights = ckpt.weights(&GgufNaming { blocks: &GGUF_BLOCKS, permuted_qk: None }).map_err(load)?;
-    let model = Llama::load(cfg, &weights, dev, dtype, LlamaOptions { qkv_bias: true })?;
+    let spec = DecoderSpec { qkv_bias: true, ..DecoderSpec::llama(cfg) };
+    let model = Decoder::load(spec, &Names::LLAMA, &weights, dev, dtype)?;
     Ok(Built { model: Box::new(Runner::new(model)), weights })
 }

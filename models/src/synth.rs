@@ -4,7 +4,7 @@
 //! an 8B-shaped model is ready in seconds.
 //!
 //! Weights: projections uniform in `±sqrt(3 / fan_in)` (unit variance in, unit variance out),
-//! norms 1, embeddings `±0.05`; tensor `n` (counted from 1 in the order [`crate::llama::Llama::random`]
+//! norms 1, embeddings `±0.05`; tensor `n` (counted from 1 in the order [`crate::decoder::Decoder::random`]
 //! makes them: per layer attn_norm, wqkv, wo, ffn_norm, w_gate_up, w_down; then the embedding,
 //! an untied lm_head, the final norm) is filled with seed [`tensor_seed`]`(seed, n)`.
 //! [`write_hf_dir`] writes the same weights as an HF checkpoint (`kiln synth-model`), so a

@@ -97,12 +97,12 @@ fn presets_have_the_real_models_shapes() {
 fn a_synthetic_model_runs_on_the_cpu() {
     let mut cfg = preset("smollm2-135m").unwrap();
     cfg.num_hidden_layers = 2;
-    let m = kiln_models::llama::Llama::random(cfg, &Device::Cpu, DType::F32, 1).unwrap();
+    let m = kiln_models::llama::random(cfg, &Device::Cpu, DType::F32, 1).unwrap();
     let (logits, tokens) = kiln_models::model_check::greedy(&m, &[1, 2, 3, 4], 3).unwrap();
     assert_eq!(logits.len(), m.info().vocab_size);
     assert!(logits.iter().all(|x| x.is_finite()));
     assert_eq!(tokens.len(), 3);
-    let again = kiln_models::llama::Llama::random(preset_2_layers(), &Device::Cpu, DType::F32, 1).unwrap();
+    let again = kiln_models::llama::random(preset_2_layers(), &Device::Cpu, DType::F32, 1).unwrap();
     assert_eq!(
         kiln_models::model_check::greedy(&again, &[1, 2, 3, 4], 3).unwrap().1,
         tokens,
@@ -123,7 +123,7 @@ fn a_written_synthetic_checkpoint_is_the_synthetic_model() {
     let files = kiln_models::synth::write_hf_dir(&cfg, DType::F32, 5, &dir).unwrap();
     assert_eq!(files.len(), 2);
     let loaded = kiln_models::loader::load_weights_only(&dir, &Device::Cpu, DType::F32).unwrap();
-    let made = kiln_models::llama::Llama::random(cfg, &Device::Cpu, DType::F32, 5).unwrap();
+    let made = kiln_models::llama::random(cfg, &Device::Cpu, DType::F32, 5).unwrap();
     let prompt = [7, 8, 9, 10, 11];
     let (a, ta) = kiln_models::model_check::greedy(loaded.as_ref(), &prompt, 4).unwrap();
     let (b, tb) = kiln_models::model_check::greedy(&made, &prompt, 4).unwrap();

@@ -155,7 +155,7 @@ fn load_model(
         let cfg = kiln_models::synth::preset(name).with_context(|| {
             format!("unknown preset `{name}` (presets: {})", kiln_models::synth::PRESETS.join(", "))
         })?;
-        let model = kiln_models::llama::Llama::random(cfg, dev, dtype, 0)?;
+        let model = kiln_models::llama::random(cfg, dev, dtype, 0)?;
         dev.synchronize()?;
         return Ok((Arc::new(model), Arc::new(kiln_models::detok_adapter::NoText)));
     }

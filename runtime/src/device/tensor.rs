@@ -230,6 +230,15 @@ impl Tensor {
         Ok(Tensor { rows: len, offset: self.offset + start * self.row_stride, ..self.clone() })
     }
 
+    /// The same elements as `rows × cols` (row-major): a view of a contiguous tensor only (e.g. a
+    /// `[tokens, heads * head_dim]` projection seen as one row per head).
+    pub fn reshape(&self, rows: usize, cols: usize) -> Result<Tensor, TensorError> {
+        if !self.is_contiguous() || rows.checked_mul(cols) != Some(self.rows * self.cols) {
+            return Err(TensorError::Shape(format!("reshape of {self:?} to {rows}x{cols}")));
+        }
+        Ok(Tensor { rows, cols, row_stride: cols, ..self.clone() })
+    }
+
     /// Device address of element `(0, 0)` (CUDA tensors only).
     pub(crate) fn cuda_ptr(&self) -> Option<u64> {
         match &*self.storage {

@@ -38,8 +38,14 @@ pub trait StepModel: Send + Sync {
     fn heads(&self) -> Heads;
     /// Activations for steps of up to `capacity` tokens.
     fn workspace(&self, capacity: usize) -> Result<Self::Workspace, ModelError>;
+    /// Whether decode steps may be captured in CUDA graphs: `false` for a step that reads
+    /// device results on the host (MoE routing today).
+    fn captures_graphs(&self) -> bool {
+        true
+    }
     /// The step on device-resident inputs, logits into `logits` (`[logits rows, vocab]`):
-    /// kernels and GEMMs only, no host copies and no allocations.
+    /// kernels and GEMMs only, no host copies and no allocations (unless
+    /// [`StepModel::captures_graphs`] says otherwise).
     fn step(
         &self,
         inp: &StepInputs,
@@ -100,7 +106,7 @@ impl<W: Send> DecodeGraphs<W> {
     ) -> Result<Option<Tensor>, ModelError> {
         let dev = m.device();
         let Some(backend) = dev.cuda_backend() else { return Ok(None) };
-        if !self.enabled || !is_decode(batch) {
+        if !self.enabled || !m.captures_graphs() || !is_decode(batch) {
             return Ok(None);
         }
         let n = batch.tokens.len();

@@ -1,0 +1,383 @@
+//! One forward step of a [`Decoder`]: a flat batch of new tokens from any number of sequences
+//! (prefill chunks and decode tokens mixed) in, logits for the rows asked for out.
+//!
+//! The residual stream is carried in the storage dtype; every norm of the residual is fused with
+//! the add that precedes it (`add_rms_norm`, or `add2_layer_norm` for parallel branches), and
+//! q/k/v come from one fused projection whose column views feed RoPE directly. Per-layer facts
+//! (window, RoPE base, MoE) come from the layer's [`super::LayerSpec`]; nothing here branches
+//! on an architecture's name.
+
+use super::{moe, Decoder, Ffn, Layer, Mlp, MlpKind, NormKind, NormW, RopeSpec};
+use crate::config::RopeScalingKind;
+use crate::kernels::{activation, attention, epilogue, gather, norm, rope};
+use crate::model::{KvCache, ModelError, ModelInfo};
+use kiln_runtime::attention::PagedKv;
+use kiln_runtime::device::linear::{gather_rows_quantized, linear};
+use kiln_runtime::model::graphs::StepModel;
+use kiln_runtime::model::step::{Heads, StepInputs};
+use kiln_runtime::DType;
+use kiln_runtime::{Device, Tensor};
+
+/// The activations of one step, `capacity` token rows each; a step of `n <= capacity` tokens
+/// uses the first `n` rows.
+pub struct Workspace {
+    residual: [Tensor; 2],
+    h: Tensor,
+    qkv: Tensor,
+    /// The q/k/v projection before its bias or its per-head norm (when the model has either).
+    qkv_raw: Option<Tensor>,
+    /// q/k norms: `1 × capacity * (heads + 2 * kv heads)` i32, what each head row of the fused
+    /// projection is (0 query, 1 key, 2 value), for `head_rms_norm`.
+    head_kind: Option<Tensor>,
+    q: Tensor,
+    attn: Tensor,
+    proj: Tensor,
+    /// The second branch's output (parallel residual) or the sandwich-normed output.
+    proj2: Tensor,
+    gate_up: Tensor,
+    act: Tensor,
+    /// The rows that need logits, gathered (when they are not all rows in order).
+    picked: Tensor,
+    moe: Option<moe::Workspace>,
+}
+
+impl Decoder {
+    /// RoPE of q (`x`) into `out`, with the layer's frequency schedule.
+    fn rope_q(&self, rope: &RopeSpec, x: &Tensor, pos: &Tensor, out: &mut Tensor) -> Result<(), ModelError> {
+        let hd = self.spec.cfg.head_dim as i32;
+        match llama3_params(rope) {
+            Some([f, lo, hi, orig]) => {
+                rope::rope_half_llama3::run(&self.dev, x, pos, rope.theta, hd, f, lo, hi, orig, out)?
+            }
+            None => rope::rope_half::run(&self.dev, x, pos, rope.theta, hd, out)?,
+        }
+        Ok(())
+    }
+
+    /// RoPE of the new keys and the KV-cache write of one layer, fused.
+    fn store_kv(
+        &self,
+        rope: &RopeSpec,
+        k: &Tensor,
+        v: &Tensor,
+        inp: &StepInputs,
+        k_pool: &mut Tensor,
+        v_pool: &mut Tensor,
+    ) -> Result<(), ModelError> {
+        let (hd, theta) = (self.spec.cfg.head_dim as i32, rope.theta);
+        let (pos, slots) = (&inp.pos, &inp.slots);
+        match llama3_params(rope) {
+            Some([f, lo, hi, orig]) => rope::rope_kv_write_llama3::run(
+                &self.dev, k, v, pos, slots, theta, hd, f, lo, hi, orig, k_pool, v_pool,
+            )?,
+            None => rope::rope_kv_write::run(&self.dev, k, v, pos, slots, theta, hd, k_pool, v_pool)?,
+        }
+        Ok(())
+    }
+
+    /// Attention of one layer, with the template instance its window and softcap ask for.
+    fn attend(
+        &self,
+        layer: &Layer,
+        q: &Tensor,
+        cache: &PagedKv,
+        inp: &StepInputs,
+        out: &mut Tensor,
+    ) -> Result<(), ModelError> {
+        let (dev, plan, scale) = (&self.dev, &inp.plan, self.spec.attn_scale);
+        let window = layer.spec.window.map(|w| i32::try_from(w).unwrap_or(i32::MAX));
+        match (window, self.spec.attn_softcap) {
+            (None, None) => attention::attn_causal::run(dev, q, cache, plan, scale, out)?,
+            (Some(w), None) => attention::attn_sliding_window::run(dev, q, cache, plan, scale, w, out)?,
+            (None, Some(cap)) => attention::attn_softcap::run(dev, q, cache, plan, scale, cap, out)?,
+            (Some(w), Some(cap)) => attention::attn_softcap_window::run(dev, q, cache, plan, scale, cap, w, out)?,
+        }
+        Ok(())
+    }
+
+    /// `y = norm(x)`.
+    fn norm(&self, x: &Tensor, n: &NormW, y: &mut Tensor) -> Result<(), ModelError> {
+        let eps = self.spec.cfg.rms_norm_eps;
+        match (&self.spec.norm, &n.b) {
+            (NormKind::Layer, Some(b)) => norm::layer_norm::run(&self.dev, x, &n.w, b, eps, y)?,
+            _ => norm::rms_norm::run(&self.dev, x, &n.w, eps, y)?,
+        }
+        Ok(())
+    }
+
+    /// `h = x + residual; y = norm(h)` (RMSNorm models; LayerNorm models add through
+    /// [`Decoder::add2_norm`] with a zero-free second branch).
+    fn add_norm(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        n: &NormW,
+        h: &mut Tensor,
+        y: &mut Tensor,
+    ) -> Result<(), ModelError> {
+        let eps = self.spec.cfg.rms_norm_eps;
+        match (&self.spec.norm, &n.b) {
+            (NormKind::Layer, Some(b)) => {
+                epilogue::residual_add::run(&self.dev, x, residual, h)?;
+                norm::layer_norm::run(&self.dev, h, &n.w, b, eps, y)?;
+            }
+            _ => norm::add_rms_norm::run(&self.dev, x, residual, &n.w, eps, h, y)?,
+        }
+        Ok(())
+    }
+
+    /// The dense MLP of `x` into `out` (`gate_up` and `act` are scratch).
+    pub(super) fn mlp(
+        &self,
+        m: &Mlp,
+        x: &Tensor,
+        gate_up: &mut Tensor,
+        act: &mut Tensor,
+        out: &mut Tensor,
+    ) -> Result<(), ModelError> {
+        let n = x.rows();
+        let inter = m.inter;
+        let mut act = act.view_rows(0, n)?.view_cols(0, inter)?;
+        match self.spec.mlp {
+            MlpKind::Gelu => {
+                let mut up = gate_up.view_rows(0, n)?.view_cols(0, inter)?;
+                linear(&self.dev, x, &m.w_in, &mut up)?;
+                activation::gelu::run(&self.dev, &up, &mut act)?;
+            }
+            kind => {
+                let mut gu = gate_up.view_rows(0, n)?.view_cols(0, 2 * inter)?;
+                linear(&self.dev, x, &m.w_in, &mut gu)?;
+                let (g, u) = (gu.view_cols(0, inter)?, gu.view_cols(inter, inter)?);
+                match kind {
+                    MlpKind::GatedGeluTanh => activation::gelu_tanh_mul::run(&self.dev, &g, &u, &mut act)?,
+                    _ => activation::silu_mul::run(&self.dev, &g, &u, &mut act)?,
+                }
+            }
+        }
+        linear(&self.dev, &act, &m.w_down, out)?;
+        Ok(())
+    }
+}
+
+/// The Llama-3 kernel's four scalars for a layer's scaling, `None` for plain RoPE. Linear
+/// scaling (Gemma 3's global layers) is the Llama-3 schedule with every wavelength in the
+/// "low frequency" band (an original context of ~0 tokens), where it divides each frequency
+/// by `factor`: the same function, so no third pair of RoPE kernels.
+fn llama3_params(rope: &RopeSpec) -> Option<[f32; 4]> {
+    let s = rope.scaling.as_ref()?;
+    match s.kind {
+        RopeScalingKind::Llama3 => {
+            Some([s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position_embeddings as f32])
+        }
+        RopeScalingKind::Linear => Some([s.factor, 1.0, 2.0, 1e-30]),
+        RopeScalingKind::None => None,
+    }
+}
+
+impl StepModel for Decoder {
+    type Workspace = Workspace;
+
+    fn device(&self) -> &Device {
+        &self.dev
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn heads(&self) -> Heads {
+        let c = &self.spec.cfg;
+        Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim }
+    }
+    fn captures_graphs(&self) -> bool {
+        // The MoE routing reads the router's logits on the host.
+        self.spec.moe.is_none()
+    }
+
+    fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
+        let s = &self.spec;
+        let c = &s.cfg;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let t = |cols: usize| Tensor::uninit(&self.dev, self.dtype, capacity, cols);
+        let heads_per_token = nh + 2 * nkv;
+        let head_kind = if s.qk_norm {
+            let kinds: Vec<i32> = (0..capacity * heads_per_token)
+                .map(|r| match r % heads_per_token {
+                    h if h < nh => 0,
+                    h if h < nh + nkv => 1,
+                    _ => 2,
+                })
+                .collect();
+            Some(Tensor::from_host(&self.dev, &kinds, 1, kinds.len())?)
+        } else {
+            None
+        };
+        let inter = c.intermediate_size.max(s.moe.map_or(0, |m| m.intermediate));
+        Ok(Workspace {
+            residual: [t(c.hidden_size)?, t(c.hidden_size)?],
+            h: t(c.hidden_size)?,
+            qkv: t(heads_per_token * hd)?,
+            qkv_raw: if s.qkv_bias || s.qk_norm { Some(t(heads_per_token * hd)?) } else { None },
+            head_kind,
+            q: t(nh * hd)?,
+            attn: t(nh * hd)?,
+            proj: t(c.hidden_size)?,
+            proj2: t(c.hidden_size)?,
+            gate_up: t(2 * inter)?,
+            act: t(inter)?,
+            picked: t(c.hidden_size)?,
+            moe: match s.moe {
+                Some(m) => Some(moe::Workspace::new(&self.dev, self.dtype, capacity, c.hidden_size, m)?),
+                None => None,
+            },
+        })
+    }
+
+    fn step(
+        &self,
+        inp: &StepInputs,
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut Tensor,
+    ) -> Result<(), ModelError> {
+        let s = &self.spec;
+        let c = &s.cfg;
+        let n = inp.tokens();
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rows = |t: &Tensor| t.view_rows(0, n);
+        let [r0, r1] = &ws.residual;
+        let (mut residual, mut next_residual) = (rows(r0)?, rows(r1)?);
+        let (mut h, mut qkv, mut q, mut attn) = (rows(&ws.h)?, rows(&ws.qkv)?, rows(&ws.q)?, rows(&ws.attn)?);
+        let (mut proj, mut proj2) = (rows(&ws.proj)?, rows(&ws.proj2)?);
+
+        match self.embed.as_dense() {
+            Some(table) => gather::gather_rows::run(&self.dev, table, &inp.ids, &mut residual)?,
+            None => gather_rows_quantized(&self.embed, &inp.ids, &mut residual)?,
+        }
+        if let Some(k) = s.embed_scale {
+            let x = residual.clone(); // elementwise in place: each value is read before it is written
+            epilogue::scale::run(&self.dev, &x, k, &mut residual)?;
+        }
+        self.norm(&residual, &self.layers[0].attn_norm, &mut h)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.qkv(layer, &h, inp, ws, &mut qkv)?;
+            self.rope_q(&layer.spec.rope, &qkv.view_cols(0, nh * hd)?, &inp.pos, &mut q)?;
+            let (k_new, v_new) = (qkv.view_cols(nh * hd, nkv * hd)?, qkv.view_cols((nh + nkv) * hd, nkv * hd)?);
+            self.store_kv(&layer.spec.rope, &k_new, &v_new, inp, &mut kv.k[l], &mut kv.v[l])?;
+            let cache = PagedKv { k: &kv.k[l], v: &kv.v[l], head_dim: hd };
+            self.attend(layer, &q, &cache, inp, &mut attn)?;
+            linear(&self.dev, &attn, &layer.wo, &mut proj)?;
+            let next_norm = self.layers.get(l + 1).map_or(&self.final_norm, |nl| &nl.attn_norm);
+
+            if s.parallel_residual {
+                // x + attn(ln(x)) + mlp(ln(x)): the MLP reads the same normed input `h`.
+                self.ffn(layer, &h, ws, &mut proj2)?;
+                let b =
+                    next_norm.b.as_ref().ok_or_else(|| ModelError::Load("parallel residual needs LayerNorm".into()))?;
+                let eps = c.rms_norm_eps;
+                norm::add2_layer_norm::run(
+                    &self.dev,
+                    &proj,
+                    &proj2,
+                    &residual,
+                    &next_norm.w,
+                    b,
+                    eps,
+                    &mut next_residual,
+                    &mut h,
+                )?;
+                std::mem::swap(&mut residual, &mut next_residual);
+                continue;
+            }
+            let ffn_norm = layer.ffn_norm.as_ref().ok_or_else(|| ModelError::Load("no MLP norm".into()))?;
+            let attn_out = match &layer.post_attn_norm {
+                Some(pn) => {
+                    self.norm(&proj, pn, &mut proj2)?;
+                    &proj2
+                }
+                None => &proj,
+            };
+            self.add_norm(attn_out, &residual, ffn_norm, &mut next_residual, &mut h)?;
+            std::mem::swap(&mut residual, &mut next_residual);
+
+            self.ffn(layer, &h, ws, &mut proj)?;
+            let mlp_out = match &layer.post_ffn_norm {
+                Some(pn) => {
+                    self.norm(&proj, pn, &mut proj2)?;
+                    &proj2
+                }
+                None => &proj,
+            };
+            self.add_norm(mlp_out, &residual, next_norm, &mut next_residual, &mut h)?;
+            std::mem::swap(&mut residual, &mut next_residual);
+        }
+        // `h` now holds the final-normed hidden states; only the asked-for rows reach lm_head.
+        let m = inp.logits_rows.cols();
+        if m == 0 {
+            return Ok(());
+        }
+        if inp.all_rows {
+            linear(&self.dev, &h, &self.lm_head, logits)?;
+        } else {
+            let mut picked = ws.picked.view_rows(0, m)?;
+            gather::gather_rows::run(&self.dev, &h, &inp.logits_rows, &mut picked)?;
+            linear(&self.dev, &picked, &self.lm_head, logits)?;
+        }
+        if let Some(cap) = s.final_softcap {
+            let x = logits.clone(); // elementwise in place
+            epilogue::softcap::run(&self.dev, &x, cap, logits)?;
+        }
+        Ok(())
+    }
+}
+
+impl Decoder {
+    /// The fused q/k/v projection of `h` into `qkv`, with its bias and per-head q/k norms.
+    fn qkv(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        inp: &StepInputs,
+        ws: &Workspace,
+        qkv: &mut Tensor,
+    ) -> Result<(), ModelError> {
+        let n = inp.tokens();
+        let Some(raw) = &ws.qkv_raw else {
+            linear(&self.dev, h, &layer.wqkv, qkv)?;
+            return Ok(());
+        };
+        let mut raw = raw.view_rows(0, n)?;
+        linear(&self.dev, h, &layer.wqkv, &mut raw)?;
+        let (Some((wq, wk)), Some(kinds)) = (&layer.qk_norm, &ws.head_kind) else {
+            let b = layer.qkv_bias.as_ref().ok_or_else(|| ModelError::Load("no q/k/v bias".into()))?;
+            epilogue::bias_add::run(&self.dev, &raw, b, qkv)?;
+            return Ok(());
+        };
+        if let Some(b) = &layer.qkv_bias {
+            let x = raw.clone(); // elementwise in place
+            epilogue::bias_add::run(&self.dev, &x, b, &mut raw)?;
+        }
+        // One row per head: the fused projection is contiguous, so `[n, heads * hd]` is
+        // `[n * heads, hd]`.
+        let c = &self.spec.cfg;
+        let (heads, hd) = (c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim);
+        let x = raw.reshape(n * heads, hd)?;
+        let mut y = qkv.reshape(n * heads, hd)?;
+        let kinds = kinds.view_cols(0, n * heads)?;
+        norm::head_rms_norm::run(&self.dev, &x, wq, wk, &kinds, c.rms_norm_eps, &mut y)?;
+        Ok(())
+    }
+
+    /// The layer's feed-forward of `h` into `out`.
+    fn ffn(&self, layer: &Layer, h: &Tensor, ws: &mut Workspace, out: &mut Tensor) -> Result<(), ModelError> {
+        match &layer.ffn {
+            Ffn::Dense(m) => self.mlp(m, h, &mut ws.gate_up, &mut ws.act, out),
+            Ffn::Moe { router, experts } => {
+                let spec = self.spec.moe.ok_or_else(|| ModelError::Load("MoE layer without MoeSpec".into()))?;
+                let mw = ws.moe.as_mut().ok_or_else(|| ModelError::Load("MoE layer without its workspace".into()))?;
+                moe::forward(self, spec, router, experts, h, mw, (&mut ws.gate_up, &mut ws.act), out)
+            }
+        }
+    }
+}
