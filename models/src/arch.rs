@@ -174,6 +174,33 @@ impl ConfigSource<'_> {
         }
     }
 
+    /// HF `config.json` value of `key` (`None` when absent or null, and for GGUF).
+    pub fn hf(&self, key: &str) -> Option<&Value> {
+        match self {
+            ConfigSource::Hf { json, .. } => json.get(key).filter(|v| !v.is_null()),
+            ConfigSource::Gguf(_) => None,
+        }
+    }
+
+    /// GGUF metadata `{arch}.{key}` (`None` when absent, and for HF).
+    pub fn gguf(&self, key: &str) -> Option<&MetadataValue> {
+        let ConfigSource::Gguf(f) = self else { return None };
+        f.get(&format!("{}.{key}", self.architecture().ok()?))
+    }
+
+    /// A number from HF `hf_key` or GGUF `gguf_key`, whichever the source has; an error naming
+    /// the key when it holds something else.
+    pub fn number(&self, hf_key: &str, gguf_key: &str) -> Result<Option<f64>, ConfigError> {
+        let sn = self.source_name();
+        if let Some(v) = self.hf(hf_key) {
+            return v.as_f64().map(Some).ok_or_else(|| crate::config::invalid(&sn, hf_key, "is not a number"));
+        }
+        match self.gguf(gguf_key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| crate::config::invalid(&sn, gguf_key, "is not a number")),
+        }
+    }
+
     /// HF only: an error naming `key` when the config sets it to a value `supported` rejects
     /// (an absent key or `null` is always accepted). `what` says what the value would ask for.
     pub fn refuse_hf(&self, key: &str, what: &str, supported: impl Fn(&Value) -> bool) -> Result<(), ConfigError> {

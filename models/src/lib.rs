@@ -18,6 +18,7 @@ pub mod model_check;
 pub mod perplexity;
 pub mod quantize_gguf;
 pub mod qwen2;
+pub mod qwen3;
 pub mod registry;
 pub mod safetensors_io;
 pub mod synth;

@@ -10,6 +10,7 @@ use kiln_runtime::Device;
 pub const ARCHITECTURES: &[Architecture] = &[
     Architecture { names: &["llama", "mistral"], build: crate::llama::build },
     Architecture { names: &["qwen2"], build: crate::qwen2::build },
+    Architecture { names: &["qwen3"], build: crate::qwen3::build },
 ];
 
 /// The entry that builds architecture `name`.
