@@ -7,6 +7,7 @@ pub mod convert;
 pub mod decoder;
 pub mod detok_adapter;
 pub mod fetch;
+pub mod gemma;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;

@@ -84,4 +84,4 @@ macro_rules! arch_tests {
     };
 }
 
-arch_tests!(mistral, qwen3);
+arch_tests!(mistral, qwen3, gemma2, gemma3);
