@@ -60,7 +60,8 @@ struct Source {
 }
 
 impl ConstraintSource for Source {
-    fn start(&self) -> Result<Box<dyn TokenConstraint>, ConstraintError> {
+    fn start(&self, ends: &[u32]) -> Result<Box<dyn TokenConstraint>, ConstraintError> {
+        assert_eq!(ends, [EOS], "the fake model's EOS ends these requests");
         if self.fail {
             return Err(ConstraintError("no grammar today".into()));
         }

@@ -34,7 +34,7 @@ fn env() -> &'static Env {
 fn walk(spec: &Spec, text: &str) -> Result<Vec<Duration>, usize> {
     let e = env();
     let src = e.st.compile(spec).unwrap_or_else(|err| panic!("{spec:?}: {err}"));
-    let mut c = src.start().unwrap();
+    let mut c = src.start(&e.tok.eos_ids()).unwrap();
     let ids = e.tok.encode(text, false).unwrap();
     let eos = e.tok.eos_ids()[0];
     let mut mask = vec![0u32; mask_words(e.tok.vocab_size())];
@@ -116,26 +116,29 @@ fn conforming_texts_pass_and_others_are_cut_off() {
 }
 
 #[test]
-fn end_of_turn_ids_all_end_a_finished_grammar() {
+fn the_given_end_ids_and_only_they_end_a_finished_grammar() {
     let e = env();
     let src = e.st.compile(&Spec::Choice(vec!["ok".into()])).unwrap();
-    let mut c = src.start().unwrap();
+    let ends = [e.tok.eos_ids()[1], 7];
+    let mut c = src.start(&ends).unwrap();
     for t in e.tok.encode("ok", false).unwrap() {
         c.accept(t).unwrap();
     }
     let mut mask = vec![0u32; mask_words(e.tok.vocab_size())];
     c.fill_mask(&mut mask).unwrap();
     let allowed: Vec<u32> = (0..e.tok.vocab_size() as u32).filter(|&t| allows(&mask, t)).collect();
-    let mut ends = e.tok.eos_ids();
-    ends.sort_unstable();
-    assert_eq!(allowed, ends, "only the end-of-turn ids once the grammar is complete");
+    let mut want = ends.to_vec();
+    want.sort_unstable();
+    assert_eq!(allowed, want, "only the sequence's end ids once the grammar is complete");
     // Forks are independent: one advances, the other is still at the start.
-    let a = src.start().unwrap();
+    let a = src.start(&ends).unwrap();
     let mut b = a.fork();
     b.accept(e.tok.encode("ok", false).unwrap()[0]).unwrap();
     let mut m2 = vec![0u32; mask.len()];
     a.fork().fill_mask(&mut m2).unwrap();
-    assert!(!allows(&m2, e.tok.eos_ids()[0]));
+    assert!(!allows(&m2, ends[0]) && allows(&m2, e.tok.encode("ok", false).unwrap()[0]));
+    b.fill_mask(&mut m2).unwrap();
+    assert!(!allows(&m2, e.tok.eos_ids()[0]), "llguidance's own EOS is not passed on unless it is an end id");
 }
 
 #[test]

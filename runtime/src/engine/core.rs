@@ -171,11 +171,21 @@ impl Core {
         let eos = &self.shared.info.eos_token_ids;
         let p = &req.params;
         let times = &self.shared.mask_times;
+        // The tokens that end a sequence of this request: where the grammar may end, only these.
+        let mut ends: Vec<u32> = if p.ignore_eos { Vec::new() } else { eos.clone() };
+        for &t in &p.stop_token_ids {
+            if !ends.contains(&t) {
+                ends.push(t);
+            }
+        }
         // One constraint per sequence that starts from the prompt (each choice, or the first beam).
         let start = || -> Result<Option<Constrained>, String> {
             match &constraint {
                 None => Ok(None),
-                Some(src) => Ok(Some(Constrained::new(src.start().map_err(|e| e.to_string())?, Arc::clone(times)))),
+                Some(src) => {
+                    let c = src.start(&ends).map_err(|e| e.to_string())?;
+                    Ok(Some(Constrained::new(c, Arc::clone(times))))
+                }
             }
         };
         let kind = match &req.beam {

@@ -10,8 +10,9 @@
 //! - [`TokenConstraint::fill_mask`] is a pure function of the tokens accepted so far: asking
 //!   twice gives the same mask, so a sequence that is preempted and recomputed (its KV is
 //!   rebuilt, its constraint object kept) continues exactly where it was;
-//! - the mask allows the end-of-sequence ids exactly when the grammar may end there, and only
-//!   them once it must end;
+//! - the mask allows the sequence's end ids (given to [`ConstraintSource::start`]: the EOS
+//!   ids unless `ignore_eos`, and the stop token ids) exactly where the grammar may end, and
+//!   only them once it must end; a sequence ends on such a token, so it is never accepted;
 //! - [`TokenConstraint::fork`] gives an independent copy in the same state (`n > 1` choices
 //!   before their first token, beams that branch).
 
@@ -35,7 +36,8 @@ pub trait TokenConstraint: Send {
 
 /// Starts one [`TokenConstraint`] per sequence of a request: a compiled grammar.
 pub trait ConstraintSource: Send + Sync + std::fmt::Debug {
-    fn start(&self) -> Result<Box<dyn TokenConstraint>, ConstraintError>;
+    /// A constraint at the grammar's start for a sequence that ends on any of `ends`.
+    fn start(&self, ends: &[u32]) -> Result<Box<dyn TokenConstraint>, ConstraintError>;
 }
 
 /// Words of a mask over `vocab` ids.

@@ -2,9 +2,10 @@
 //!
 //! Invariants: a source holds one compiled prototype matcher; each sequence starts from a
 //! clone of it (clones share the lexer's lazily built automaton, so a grammar's later
-//! requests are cheaper than its first); the masks handed to the engine allow every
-//! end-of-turn id of the model wherever the grammar allows its one EOS, and only those once
-//! the grammar has ended.
+//! requests are cheaper than its first); the masks handed to the engine allow exactly the
+//! sequence's end ids (the engine's, given at start) wherever the grammar allows its one EOS,
+//! and only those once the grammar has ended; llguidance's own EOS bit is never passed on
+//! unless it is one of them.
 
 use kiln_runtime::sample::constraint::allows;
 use kiln_runtime::sample::{ConstraintError, ConstraintSource, TokenConstraint};
@@ -13,38 +14,33 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub struct LlgSource {
     proto: Mutex<Matcher>,
-    ends: Ends,
-}
-
-/// The end-of-turn ids: the one llguidance knows, and all the engine stops on.
-#[derive(Clone, Debug)]
-pub struct Ends {
-    pub env_eos: u32,
-    pub all: Arc<[u32]>,
+    /// The EOS of llguidance's token environment.
+    env_eos: u32,
 }
 
 impl std::fmt::Debug for LlgSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlgSource").field("ends", &self.ends).finish()
+        f.debug_struct("LlgSource").field("env_eos", &self.env_eos).finish()
     }
 }
 
 impl LlgSource {
-    pub fn new(proto: Matcher, ends: Ends) -> Self {
-        LlgSource { proto: Mutex::new(proto), ends }
+    pub fn new(proto: Matcher, env_eos: u32) -> Self {
+        LlgSource { proto: Mutex::new(proto), env_eos }
     }
 }
 
 impl ConstraintSource for LlgSource {
-    fn start(&self) -> Result<Box<dyn TokenConstraint>, ConstraintError> {
+    fn start(&self, ends: &[u32]) -> Result<Box<dyn TokenConstraint>, ConstraintError> {
         let m = self.proto.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        Ok(Box::new(LlgConstraint { m, ends: self.ends.clone() }))
+        Ok(Box::new(LlgConstraint { m, env_eos: self.env_eos, ends: ends.into() }))
     }
 }
 
 struct LlgConstraint {
     m: Matcher,
-    ends: Ends,
+    env_eos: u32,
+    ends: Arc<[u32]>,
 }
 
 fn err(e: impl std::fmt::Display) -> ConstraintError {
@@ -57,22 +53,28 @@ impl TokenConstraint for LlgConstraint {
         for (d, s) in mask.iter_mut().zip(v.as_slice()) {
             *d = *s;
         }
-        if allows(mask, self.ends.env_eos) {
-            for &t in self.ends.all.iter() {
-                if let Some(w) = mask.get_mut(t as usize / 32) {
+        let may_end = allows(mask, self.env_eos);
+        let mut set = |t: u32, on: bool| {
+            if let Some(w) = mask.get_mut(t as usize / 32) {
+                if on {
                     *w |= 1 << (t % 32);
+                } else {
+                    *w &= !(1 << (t % 32));
                 }
             }
+        };
+        set(self.env_eos, false);
+        for &t in self.ends.iter() {
+            set(t, may_end);
         }
         Ok(())
     }
 
     fn accept(&mut self, token: u32) -> Result<(), ConstraintError> {
-        let t = if self.ends.all.contains(&token) { self.ends.env_eos } else { token };
-        self.m.consume_token(t).map_err(err)
+        self.m.consume_token(token).map_err(err)
     }
 
     fn fork(&self) -> Box<dyn TokenConstraint> {
-        Box::new(LlgConstraint { m: self.m.clone(), ends: self.ends.clone() })
+        Box::new(LlgConstraint { m: self.m.clone(), env_eos: self.env_eos, ends: self.ends.clone() })
     }
 }

@@ -18,7 +18,7 @@ pub use spec::Spec;
 use kiln_models::tokenizer::Tokenizer;
 use kiln_runtime::sample::ConstraintSource;
 use llguidance::{Matcher, ParserFactory};
-use matcher::{Ends, LlgSource};
+use matcher::LlgSource;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -40,7 +40,7 @@ struct Cache {
 
 pub struct Structured {
     factory: ParserFactory,
-    ends: Ends,
+    env_eos: u32,
     cache: Mutex<Cache>,
 }
 
@@ -50,9 +50,8 @@ impl Structured {
         let env = tokenv::build(tokenizer)?;
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         factory.quiet();
-        let all: Arc<[u32]> = tokenizer.eos_ids().into();
-        let env_eos = *all.first().ok_or("the tokenizer has no end-of-sequence token")?;
-        Ok(Structured { factory, ends: Ends { env_eos, all }, cache: Mutex::default() })
+        let env_eos = env.tok_trie().eos_token();
+        Ok(Structured { factory, env_eos, cache: Mutex::default() })
     }
 
     /// The compiled grammar of `spec`, from the cache or compiled now.
@@ -71,7 +70,7 @@ impl Structured {
         if let Some(e) = m.get_error() {
             return Err(StructuredError::Invalid(e));
         }
-        let src = Arc::new(LlgSource::new(m, self.ends.clone()));
+        let src = Arc::new(LlgSource::new(m, self.env_eos));
         let mut c = self.cache();
         if c.map.len() >= CACHE_ENTRIES {
             if let Some(old) = c.order.pop_front() {
