@@ -9,8 +9,10 @@
 
 use crate::engine_api::{EngineEvent, EngineStats, GenerateRequest, Heartbeat, SubmitError};
 use crate::error::ApiError;
+use kiln_runtime::sample::ConstraintSource;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -22,6 +24,18 @@ pub trait RequestStream: Send {
 
 pub trait Backend: Send + Sync + 'static {
     fn submit(&self, req: GenerateRequest) -> Result<Box<dyn RequestStream>, SubmitError>;
+    /// [`Backend::submit`] with a grammar every sequence of the request follows. A backend
+    /// that cannot constrain its output refuses such requests.
+    fn submit_constrained(
+        &self,
+        req: GenerateRequest,
+        constraint: Option<Arc<dyn ConstraintSource>>,
+    ) -> Result<Box<dyn RequestStream>, SubmitError> {
+        match constraint {
+            None => self.submit(req),
+            Some(_) => Err(SubmitError::Invalid("this backend does not support constrained output".into())),
+        }
+    }
     fn stats(&self) -> EngineStats;
     fn heartbeat(&self) -> Heartbeat;
     /// Longest prompt + output the engine takes.

@@ -5,6 +5,7 @@
 //! (a template's `raise_exception`) is [`CodecError::Invalid`] (HTTP 400), anything else
 //! `Internal` (HTTP 500).
 
+use crate::structured::Structured;
 use kiln_models::tokenizer::ChatMessage;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,4 +30,28 @@ pub trait Codec: Send + Sync + 'static {
     /// The prompt text of a conversation, through the model's chat template.
     fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, CodecError>;
     fn vocab_size(&self) -> usize;
+
+    /// The prompt ids of a conversation (with `tools` for templates that take them). A real
+    /// model's codec keeps message contents as data: text in them that spells a special
+    /// token is tokenized as text; only the template's own markup yields special tokens.
+    fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, CodecError> {
+        let _ = tools;
+        let text = self.render_chat(messages, add_generation_prompt)?;
+        self.encode(&text, false)
+    }
+
+    /// Whether the chat template renders a `tools` variable itself.
+    fn takes_tools(&self) -> bool {
+        false
+    }
+
+    /// The grammar engine for this tokenizer (structured output), if it could be built.
+    fn structured(&self) -> Option<&Structured> {
+        None
+    }
 }

@@ -3,16 +3,19 @@
 //! [`load`], which reads a model and starts its engine.
 
 use crate::backend::{Backend, BoxFuture, RequestStream};
+use crate::chat_data::{self, ChatDataError};
 use crate::codec::{Codec, CodecError};
 use crate::engine_api::{
     Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, EngineStats, GenerateRequest, Heartbeat,
     RequestHandle, SubmitError,
 };
 use crate::state::Loaded;
+use crate::structured::Structured;
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_models::loader::LoadError;
 use kiln_models::model::CausalLm;
 use kiln_models::tokenizer::{ChatMessage, ChatTemplate, ChatTemplateError, Tokenizer};
+use kiln_runtime::sample::ConstraintSource;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 use std::path::PathBuf;
@@ -21,6 +24,14 @@ use std::sync::Arc;
 impl Backend for EngineHandle {
     fn submit(&self, req: GenerateRequest) -> Result<Box<dyn RequestStream>, SubmitError> {
         Ok(Box::new(EngineHandle::submit(self, req)?))
+    }
+
+    fn submit_constrained(
+        &self,
+        req: GenerateRequest,
+        constraint: Option<Arc<dyn ConstraintSource>>,
+    ) -> Result<Box<dyn RequestStream>, SubmitError> {
+        Ok(Box::new(EngineHandle::submit_constrained(self, req, constraint)?))
     }
 
     fn stats(&self) -> EngineStats {
@@ -55,11 +66,36 @@ impl RequestStream for RequestHandle {
 pub struct ModelCodec {
     tokenizer: Tokenizer,
     template: ChatTemplate,
+    /// `None` when llguidance cannot read this tokenizer (structured output is then refused).
+    structured: Option<Structured>,
 }
 
 impl ModelCodec {
     pub fn new(tokenizer: Tokenizer, template: ChatTemplate) -> Self {
-        ModelCodec { tokenizer, template }
+        let structured = match Structured::new(&tokenizer) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("kiln: structured output is off for this model: {e}");
+                None
+            }
+        };
+        ModelCodec { tokenizer, template, structured }
+    }
+
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, CodecError> {
+        self.template.render_with_tools(&self.tokenizer, messages, add_generation_prompt, tools).map_err(|e| match e {
+            // The template refused the conversation, or the messages don't fit its logic:
+            // the client's input, so 400.
+            ChatTemplateError::Raised { .. } | ChatTemplateError::Render { .. } => {
+                CodecError::Invalid(format!("the chat template could not render the messages: {e}"))
+            }
+            other => CodecError::Internal(other.to_string()),
+        })
     }
 }
 
@@ -81,18 +117,32 @@ impl Codec for ModelCodec {
     }
 
     fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, CodecError> {
-        self.template.render_for(&self.tokenizer, messages, add_generation_prompt).map_err(|e| match e {
-            // The template refused the conversation, or the messages don't fit its logic:
-            // the client's input, so 400.
-            ChatTemplateError::Raised { .. } | ChatTemplateError::Render { .. } => {
-                CodecError::Invalid(format!("the chat template could not render the messages: {e}"))
-            }
-            other => CodecError::Internal(other.to_string()),
-        })
+        self.render(messages, None, add_generation_prompt)
     }
 
     fn vocab_size(&self) -> usize {
         self.tokenizer.vocab_size()
+    }
+
+    fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, CodecError> {
+        let render = |m: &[ChatMessage]| self.render(m, tools.clone(), add_generation_prompt);
+        chat_data::encode(&self.tokenizer, messages, render).map_err(|e| match e {
+            ChatDataError::Render(r) => r,
+            other => CodecError::Invalid(other.to_string()),
+        })
+    }
+
+    fn takes_tools(&self) -> bool {
+        self.template.takes_tools()
+    }
+
+    fn structured(&self) -> Option<&Structured> {
+        self.structured.as_ref()
     }
 }
 

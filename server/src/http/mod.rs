@@ -19,6 +19,7 @@
 pub mod admission;
 pub mod auth;
 pub mod backend;
+pub mod chat_data;
 pub mod codec;
 pub mod config;
 pub mod engine_backend;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod extract;
 pub mod fake;
 pub mod generation;
+pub mod guided;
 pub mod metrics;
 pub mod prompt;
 pub mod protocol;
@@ -33,6 +35,7 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod structured;
+pub mod tools;
 pub mod validate;
 
 pub use config::ServerConfig;

@@ -10,6 +10,8 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::protocol::chat::{ChatMessageIn, MessageContent};
 use crate::protocol::completion::PromptInput;
+use crate::protocol::tools::ToolCallIn;
+use crate::tools::{render, ToolPlan};
 use kiln_models::tokenizer::ChatMessage;
 use std::sync::Arc;
 
@@ -125,25 +127,51 @@ pub fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMes
                     s
                 }
             };
-            Ok(ChatMessage::new(m.role, content))
+            let mut msg = ChatMessage::new(m.role, content);
+            msg.tool_calls = m.tool_calls.map(|calls| tool_calls_json(i, calls)).transpose()?;
+            msg.tool_call_id = m.tool_call_id;
+            msg.name = m.name;
+            Ok(msg)
         })
         .collect()
 }
 
-/// Renders and tokenizes a conversation (no BOS added: templates write their own).
+/// An earlier turn's calls in the form HF templates read: arguments as an object (OpenAI
+/// sends them as JSON text).
+fn tool_calls_json(i: usize, calls: Vec<ToolCallIn>) -> Result<serde_json::Value, ApiError> {
+    let mut out = Vec::with_capacity(calls.len());
+    for (j, c) in calls.into_iter().enumerate() {
+        let args = match c.function.arguments {
+            serde_json::Value::String(s) => serde_json::from_str(&s).map_err(|e| {
+                ApiError::bad_value(
+                    &format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                    format!("the arguments are not JSON: {e}"),
+                )
+            })?,
+            v => v,
+        };
+        out.push(serde_json::json!({
+            "id": c.id,
+            "type": c.kind.unwrap_or_else(|| "function".into()),
+            "function": {"name": c.function.name, "arguments": args},
+        }));
+    }
+    Ok(serde_json::Value::Array(out))
+}
+
+/// Renders and tokenizes a conversation (no BOS added: templates write their own), with the
+/// tools of `tools` when given; message contents stay data ([`Codec::encode_chat`]).
 pub async fn chat_prompt(
     messages: Vec<ChatMessage>,
+    tools: Option<&ToolPlan>,
     add_generation_prompt: bool,
     cfg: &ServerConfig,
     codec: &Arc<dyn Codec>,
 ) -> Result<Prompt, ApiError> {
+    let (messages, tools_var) = render::for_template(messages, tools, codec.takes_tools());
     let big = messages.iter().map(|m| m.content.len()).sum::<usize>() > cfg.inline_tokenize_bytes;
     let c = Arc::clone(codec);
-    let ids = on_pool(big, "messages", move || {
-        let text = c.render_chat(&messages, add_generation_prompt)?;
-        c.encode(&text, false)
-    })
-    .await?;
+    let ids = on_pool(big, "messages", move || c.encode_chat(&messages, tools_var, add_generation_prompt)).await?;
     Ok(Prompt { ids, text: None })
 }
 

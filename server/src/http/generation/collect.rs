@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use crate::protocol::chat::{ChatChoice, ChatCompletionResponse, ChatLogprobs, ChatMessageOut};
 use crate::protocol::common::UsageInfo;
 use crate::protocol::completion::{CompletionChoice, CompletionLogprobs, CompletionResponse};
+use crate::tools::parse;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -50,7 +51,21 @@ pub async fn collect(mut job: Job, subs: Vec<Box<dyn RequestStream>>) -> Result<
         }
     };
     job.flight.complete();
+    let tools = job.tools.take();
     let finish = |c: &Choice| c.finish.map(|r| r.as_str().to_string());
+    // With tools, the text is read for tool calls; a choice that stopped after calls ends
+    // with `tool_calls`.
+    let message = |c: &Choice| match &tools {
+        None => (ChatMessageOut { role: "assistant", content: Some(c.text.clone()), tool_calls: None }, finish(c)),
+        Some(names) => {
+            let (content, calls) = parse::parse(&c.text, names.clone());
+            let fin = match c.finish {
+                Some(FinishReason::Stop) if !calls.is_empty() => Some("tool_calls".to_string()),
+                _ => finish(c),
+            };
+            (ChatMessageOut { role: "assistant", content, tool_calls: (!calls.is_empty()).then_some(calls) }, fin)
+        }
+    };
     let body = match job.flavor {
         Flavor::Chat => Json(ChatCompletionResponse {
             id: job.id,
@@ -60,11 +75,9 @@ pub async fn collect(mut job: Job, subs: Vec<Box<dyn RequestStream>>) -> Result<
             choices: choices
                 .into_iter()
                 .enumerate()
-                .map(|(index, c)| ChatChoice {
-                    index,
-                    finish_reason: finish(&c),
-                    logprobs: job.logprobs.then_some(c.chat_lp),
-                    message: ChatMessageOut { role: "assistant", content: c.text },
+                .map(|(index, c)| {
+                    let (message, finish_reason) = message(&c);
+                    ChatChoice { index, finish_reason, logprobs: job.logprobs.then_some(c.chat_lp), message }
                 })
                 .collect(),
             usage: usage.info(),

@@ -21,6 +21,7 @@ use crate::prompt::Prompt;
 use crate::validate::{self, GenPlan};
 use axum::response::{IntoResponse, Response};
 use flight::Flight;
+use kiln_runtime::sample::ConstraintSource;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct Job {
     pub echo: Vec<Option<String>>,
     pub codec: Arc<dyn Codec>,
     pub flight: Flight,
+    /// Chat with tools: the offered tools' names (tool calls are parsed from the output).
+    pub tools: Option<Vec<String>>,
 }
 
 impl Job {
@@ -68,10 +71,15 @@ pub fn requests(
 }
 
 /// Submits every request, or none: on a refusal the accepted ones are dropped (aborted).
-pub fn submit_all(backend: &dyn Backend, reqs: Vec<GenerateRequest>) -> Result<Vec<Box<dyn RequestStream>>, ApiError> {
+/// Every request follows `constraint` when given.
+pub fn submit_all(
+    backend: &dyn Backend,
+    reqs: Vec<GenerateRequest>,
+    constraint: Option<Arc<dyn ConstraintSource>>,
+) -> Result<Vec<Box<dyn RequestStream>>, ApiError> {
     let mut subs = Vec::with_capacity(reqs.len());
     for r in reqs {
-        subs.push(backend.submit(r)?);
+        subs.push(backend.submit_constrained(r, constraint.clone())?);
     }
     Ok(subs)
 }

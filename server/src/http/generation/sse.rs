@@ -16,6 +16,8 @@ use crate::engine_api::{EngineEvent, TokenLogprob};
 use crate::error::{ApiError, Failure};
 use crate::protocol::chat::{ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs};
 use crate::protocol::completion::{CompletionChoice, CompletionLogprobs, CompletionResponse};
+use crate::protocol::tools::ToolCallDelta;
+use crate::tools::parse::{Piece, ToolStream};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, BoxStream, SelectAll, Stream, StreamExt};
 use kiln_runtime::sample::FinishReason;
@@ -32,6 +34,8 @@ struct State {
     usage: UsageSum,
     /// Bytes of text sent per choice (completions logprobs `text_offset`).
     sent: Vec<usize>,
+    /// Chat with tools: per choice, the reader that turns text into content and tool calls.
+    tool_streams: Vec<ToolStream>,
     ended: bool,
 }
 
@@ -41,7 +45,12 @@ pub fn stream(
     keep_alive: Duration,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let total = job.choices();
+    let tool_streams = match &job.tools {
+        Some(names) => (0..total).map(|_| ToolStream::new(names.clone())).collect(),
+        None => Vec::new(),
+    };
     let mut st = State {
+        tool_streams,
         done: vec![false; subs.len()],
         events: merge(subs),
         job,
@@ -82,7 +91,7 @@ impl State {
         for c in 0..self.job.choices() {
             match self.job.flavor {
                 Flavor::Chat => {
-                    let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
+                    let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()), tool_calls: None };
                     let e = self.chat_chunk(c, delta, None, None);
                     self.pending.push_back(e);
                 }
@@ -153,7 +162,10 @@ impl State {
                 let lp = lp.map(|(t, lp)| ChatLogprobs {
                     content: vec![logprobs::chat_entry(self.job.codec.as_ref(), t, &lp)],
                 });
-                let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text) };
+                if !self.tool_streams.is_empty() {
+                    return self.push_tool_text(c, text, lp, finish);
+                }
+                let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text), tool_calls: None };
                 self.chat_chunk(c, delta, lp, finish)
             }
             Flavor::Completion => {
@@ -169,6 +181,37 @@ impl State {
         self.pending.push_back(e);
     }
 
+    /// Chat with tools: the text goes through the choice's [`ToolStream`]; each content piece
+    /// and each completed call is a chunk (calls as `delta.tool_calls`), and a choice that
+    /// stopped after calls ends with `tool_calls`.
+    fn push_tool_text(&mut self, c: usize, text: String, mut lp: Option<ChatLogprobs>, finish: Option<FinishReason>) {
+        let ts = &mut self.tool_streams[c];
+        let mut pieces = ts.push(&text);
+        if finish.is_some() {
+            pieces.extend(ts.finish());
+        }
+        for p in pieces {
+            let delta = match p {
+                Piece::Content(t) => ChatDelta { role: None, content: Some(t), tool_calls: None },
+                Piece::Call(call) => {
+                    let index = self.tool_streams[c].calls - 1;
+                    let d = ToolCallDelta { index, id: call.id, kind: call.kind, function: call.function };
+                    ChatDelta { role: None, content: None, tool_calls: Some(vec![d]) }
+                }
+            };
+            let e = self.chat_chunk(c, delta, lp.take(), None);
+            self.pending.push_back(e);
+        }
+        if lp.is_some() || finish.is_some() {
+            let reason = match finish {
+                Some(FinishReason::Stop) if self.tool_streams[c].calls > 0 => Some("tool_calls".to_string()),
+                other => other.map(|r| r.as_str().to_string()),
+            };
+            let e = self.chat_chunk_reason(c, ChatDelta::default(), lp, reason);
+            self.pending.push_back(e);
+        }
+    }
+
     fn chat_chunk(
         &self,
         index: usize,
@@ -176,17 +219,22 @@ impl State {
         logprobs: Option<ChatLogprobs>,
         finish: Option<FinishReason>,
     ) -> Event {
+        self.chat_chunk_reason(index, delta, logprobs, finish.map(|r| r.as_str().to_string()))
+    }
+
+    fn chat_chunk_reason(
+        &self,
+        index: usize,
+        delta: ChatDelta,
+        logprobs: Option<ChatLogprobs>,
+        finish_reason: Option<String>,
+    ) -> Event {
         data(&ChatCompletionChunk {
             id: self.job.id.clone(),
             object: "chat.completion.chunk",
             created: self.job.created,
             model: self.job.model.clone(),
-            choices: vec![ChatChunkChoice {
-                index,
-                delta,
-                logprobs,
-                finish_reason: finish.map(|r| r.as_str().to_string()),
-            }],
+            choices: vec![ChatChunkChoice { index, delta, logprobs, finish_reason }],
             usage: None,
         })
     }

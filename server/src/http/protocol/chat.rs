@@ -1,6 +1,8 @@
 //! `POST /v1/chat/completions`: request, response, stream chunk.
 
 use super::common::{SamplingFields, StopSpec, StreamOptions, UsageInfo};
+use super::guided::{GuidedFields, ResponseFormat};
+use super::tools::{ToolCallDelta, ToolCallIn, ToolCallOut, ToolChoice, ToolDef};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -25,6 +27,10 @@ pub struct ChatMessageIn {
     pub role: String,
     pub content: Option<MessageContent>,
     pub name: Option<String>,
+    /// An assistant turn's earlier tool calls.
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
@@ -60,17 +66,39 @@ pub struct ChatCompletionRequest {
     /// Not supported: a non-empty map is refused with 400.
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Not supported: a non-empty list is refused with 400.
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub tools: Option<Vec<serde_json::Value>>,
-    /// Only `{"type": "text"}` is supported.
+    /// Functions the model may call (rendered by the chat template, or described in the system
+    /// message when the template takes no tools).
+    pub tools: Option<Vec<ToolDef>>,
+    /// `none`, `auto` (default with tools), `required`, or a named function; with `required`
+    /// or a named function the call's arguments follow the function's JSON schema.
+    pub tool_choice: Option<ToolChoice>,
+    /// Let `required` produce several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+    pub response_format: Option<ResponseFormat>,
+    /// vLLM extension: a JSON schema (an object, or its text) the output follows.
     #[schema(value_type = Option<Object>)]
-    pub response_format: Option<serde_json::Value>,
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM extension: the whole output matches this regular expression.
+    pub guided_regex: Option<String>,
+    /// vLLM extension: the output is exactly one of these strings.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM extension: a Lark grammar (llguidance's dialect) the output follows.
+    pub guided_grammar: Option<String>,
     /// Append the assistant-turn header to the prompt (default true).
     pub add_generation_prompt: Option<bool>,
 }
 
 impl ChatCompletionRequest {
+    pub fn guided(&self) -> GuidedFields {
+        GuidedFields {
+            response_format: self.response_format.clone(),
+            guided_json: self.guided_json.clone(),
+            guided_regex: self.guided_regex.clone(),
+            guided_choice: self.guided_choice.clone(),
+            guided_grammar: self.guided_grammar.clone(),
+        }
+    }
     pub fn sampling(&self) -> SamplingFields {
         let (max_tokens, max_tokens_param) = match self.max_completion_tokens {
             Some(m) => (Some(m), "max_completion_tokens"),
@@ -111,7 +139,10 @@ impl ChatCompletionRequest {
 pub struct ChatMessageOut {
     /// `assistant`
     pub role: &'static str,
-    pub content: String,
+    /// Null when the reply is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
@@ -159,6 +190,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

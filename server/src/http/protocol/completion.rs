@@ -1,6 +1,7 @@
 //! `POST /v1/completions`: request, response, stream chunk.
 
 use super::common::{SamplingFields, StopSpec, StreamOptions, UsageInfo};
+use super::guided::{GuidedFields, ResponseFormat};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -56,9 +57,29 @@ pub struct CompletionRequest {
     /// Not supported: a non-empty map is refused with 400.
     #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+    pub response_format: Option<ResponseFormat>,
+    /// vLLM extension: a JSON schema (an object, or its text) the output follows.
+    #[schema(value_type = Option<Object>)]
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM extension: the whole output matches this regular expression.
+    pub guided_regex: Option<String>,
+    /// vLLM extension: the output is exactly one of these strings.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM extension: a Lark grammar (llguidance's dialect) the output follows.
+    pub guided_grammar: Option<String>,
 }
 
 impl CompletionRequest {
+    pub fn guided(&self) -> GuidedFields {
+        GuidedFields {
+            response_format: self.response_format.clone(),
+            guided_json: self.guided_json.clone(),
+            guided_regex: self.guided_regex.clone(),
+            guided_choice: self.guided_choice.clone(),
+            guided_grammar: self.guided_grammar.clone(),
+        }
+    }
     pub fn sampling(&self) -> SamplingFields {
         SamplingFields {
             max_tokens: self.max_tokens,

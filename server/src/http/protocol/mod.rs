@@ -9,5 +9,7 @@
 pub mod chat;
 pub mod common;
 pub mod completion;
+pub mod guided;
 pub mod models;
 pub mod tokenize;
+pub mod tools;

@@ -7,7 +7,7 @@ use crate::generation::flight::Flight;
 use crate::generation::{self, Flavor, Job};
 use crate::protocol::chat::{ChatCompletionRequest, ChatCompletionResponse};
 use crate::state::{unix_now, AppState};
-use crate::{prompt, validate};
+use crate::{guided, prompt, tools, validate};
 use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
@@ -39,22 +39,35 @@ pub async fn chat_completions(
     st.warn_unknown_fields("/v1/chat/completions", &body.unknown_fields);
     let req = body.value;
     st.check_model(req.model.as_deref())?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad_value("tools", "tool calling is not supported by this server"));
-    }
-    if let Some(rf) = &req.response_format {
-        if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(ApiError::bad_value("response_format", "only {\"type\": \"text\"} is supported"));
+    let tools = tools::plan(req.tools.clone(), req.tool_choice.clone(), req.parallel_tool_calls)?;
+    let asked = match (guided::spec(&req.guided())?, tools.as_ref().and_then(|t| t.spec())) {
+        (Some((_, param)), Some(_)) => {
+            return Err(ApiError::bad_value(
+                param,
+                format!("`{param}` and a `tool_choice` that forces a call both constrain the output: give one"),
+            ))
         }
-    }
+        (Some(a), None) => Some(a),
+        (None, Some(spec)) => Some((spec, "tools")),
+        (None, None) => None,
+    };
+    guided::check_ignore_eos(&asked, req.ignore_eos)?;
     let (permit, loaded) = st.admit()?;
     let plan = validate::plan(&req.sampling(), &st.cfg, loaded.codec.vocab_size())?;
     let stream = req.stream.unwrap_or(false);
     let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     let messages = prompt::chat_messages(req.messages)?;
-    let p = prompt::chat_prompt(messages, req.add_generation_prompt.unwrap_or(true), &st.cfg, &loaded.codec).await?;
+    let p = prompt::chat_prompt(
+        messages,
+        tools.as_ref(),
+        req.add_generation_prompt.unwrap_or(true),
+        &st.cfg,
+        &loaded.codec,
+    )
+    .await?;
     let reqs = generation::requests(&plan, std::slice::from_ref(&p), loaded.backend.max_model_len(), "messages")?;
-    let subs = generation::submit_all(loaded.backend.as_ref(), reqs)?;
+    let constraint = guided::compile(&loaded.codec, asked).await?;
+    let subs = generation::submit_all(loaded.backend.as_ref(), reqs, constraint)?;
     let job = Job {
         flavor: Flavor::Chat,
         id: st.next_id("chatcmpl"),
@@ -66,6 +79,7 @@ pub async fn chat_completions(
         echo: vec![None],
         codec: Arc::clone(&loaded.codec),
         flight: Flight::new(permit, Arc::clone(&st.metrics), arrived),
+        tools: tools.map(|t| t.names()),
     };
     generation::respond(job, subs, stream, st.cfg.sse_keep_alive).await
 }

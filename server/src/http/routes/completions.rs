@@ -7,7 +7,7 @@ use crate::generation::flight::Flight;
 use crate::generation::{self, Flavor, Job};
 use crate::protocol::completion::{CompletionRequest, CompletionResponse};
 use crate::state::{unix_now, AppState};
-use crate::{prompt, validate};
+use crate::{guided, prompt, validate};
 use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
@@ -39,6 +39,8 @@ pub async fn completions(
     st.warn_unknown_fields("/v1/completions", &body.unknown_fields);
     let req = body.value;
     st.check_model(req.model.as_deref())?;
+    let asked = guided::spec(&req.guided())?;
+    guided::check_ignore_eos(&asked, req.ignore_eos)?;
     let (permit, loaded) = st.admit()?;
     let plan = validate::plan(&req.sampling(), &st.cfg, loaded.codec.vocab_size())?;
     let echo = req.echo.unwrap_or(false);
@@ -52,7 +54,8 @@ pub async fn completions(
     let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     let prompts = prompt::completion_prompts(req.prompt, &st.cfg, &loaded.codec, echo).await?;
     let reqs = generation::requests(&plan, &prompts, loaded.backend.max_model_len(), "prompt")?;
-    let subs = generation::submit_all(loaded.backend.as_ref(), reqs)?;
+    let constraint = guided::compile(&loaded.codec, asked).await?;
+    let subs = generation::submit_all(loaded.backend.as_ref(), reqs, constraint)?;
     let job = Job {
         flavor: Flavor::Completion,
         id: st.next_id("cmpl"),
@@ -64,6 +67,7 @@ pub async fn completions(
         echo: prompts.into_iter().map(|p| p.text).collect(),
         codec: Arc::clone(&loaded.codec),
         flight: Flight::new(permit, Arc::clone(&st.metrics), arrived),
+        tools: None,
     };
     generation::respond(job, subs, stream, st.cfg.sse_keep_alive).await
 }

@@ -31,7 +31,9 @@ pub async fn tokenize(
         }
         (None, Some(messages)) => {
             let messages = prompt::chat_messages(Some(messages))?;
-            prompt::chat_prompt(messages, req.add_generation_prompt.unwrap_or(true), &st.cfg, &loaded.codec).await?.ids
+            prompt::chat_prompt(messages, None, req.add_generation_prompt.unwrap_or(true), &st.cfg, &loaded.codec)
+                .await?
+                .ids
         }
         (None, None) => {
             return Err(ApiError::invalid(

@@ -1,0 +1,137 @@
+//! A request's structured-output fields → one [`Spec`] → its compiled constraint.
+//!
+//! Invariants: at most one of `response_format` (other than `text`), `guided_json`,
+//! `guided_regex`, `guided_choice`, `guided_grammar` and a forced tool call may be given; any
+//! problem (a conflict, a malformed field, a schema or grammar that does not compile) is a 400
+//! whose `param` names the field and whose message carries the compiler's reason; nothing
+//! here reaches the engine before the constraint compiled.
+
+use crate::codec::Codec;
+use crate::error::ApiError;
+use crate::protocol::guided::GuidedFields;
+use crate::structured::{Spec, StructuredError};
+use kiln_runtime::sample::ConstraintSource;
+use std::sync::Arc;
+
+/// The spec a request asks for, with the request field it came from.
+pub type Asked = Option<(Spec, &'static str)>;
+
+pub fn spec(f: &GuidedFields) -> Result<Asked, ApiError> {
+    let mut asked: Vec<(Spec, &'static str)> = Vec::new();
+    if let Some(rf) = &f.response_format {
+        match rf.kind.as_str() {
+            "text" => {}
+            "json_object" => asked.push((Spec::JsonObject, "response_format")),
+            "json_schema" => {
+                let schema = rf.json_schema.as_ref().and_then(|j| j.schema.clone()).ok_or_else(|| {
+                    ApiError::bad_value(
+                        "response_format.json_schema.schema",
+                        "`response_format` of type `json_schema` needs `json_schema.schema`",
+                    )
+                })?;
+                asked.push((Spec::JsonSchema(schema), "response_format"));
+            }
+            other => {
+                return Err(ApiError::bad_value(
+                    "response_format.type",
+                    format!("`response_format.type` `{other}` is not one of text, json_object, json_schema"),
+                ))
+            }
+        }
+    }
+    if let Some(j) = &f.guided_json {
+        let schema = match j {
+            serde_json::Value::String(s) => serde_json::from_str(s)
+                .map_err(|e| ApiError::bad_value("guided_json", format!("`guided_json` is not JSON: {e}")))?,
+            v => v.clone(),
+        };
+        asked.push((Spec::JsonSchema(schema), "guided_json"));
+    }
+    if let Some(r) = &f.guided_regex {
+        asked.push((Spec::Regex(r.clone()), "guided_regex"));
+    }
+    if let Some(c) = &f.guided_choice {
+        asked.push((Spec::Choice(c.clone()), "guided_choice"));
+    }
+    if let Some(g) = &f.guided_grammar {
+        asked.push((Spec::Lark(g.clone()), "guided_grammar"));
+    }
+    match asked.len() {
+        0 => Ok(None),
+        1 => Ok(asked.pop()),
+        _ => Err(ApiError::bad_value(
+            asked[1].1,
+            format!("`{}` and `{}` both constrain the output: give at most one", asked[0].1, asked[1].1),
+        )),
+    }
+}
+
+/// `ignore_eos` would leave a finished grammar nothing to end with: refused together.
+pub fn check_ignore_eos(asked: &Asked, ignore_eos: Option<bool>) -> Result<(), ApiError> {
+    match (asked, ignore_eos) {
+        (Some((_, param)), Some(true)) => Err(ApiError::bad_value(
+            "ignore_eos",
+            format!("`ignore_eos` cannot be combined with `{param}`: the constrained output must be able to end"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Compiles the asked spec with the model's grammar engine (on the blocking pool: a large
+/// schema takes a while the first time).
+pub async fn compile(codec: &Arc<dyn Codec>, asked: Asked) -> Result<Option<Arc<dyn ConstraintSource>>, ApiError> {
+    let Some((spec, param)) = asked else { return Ok(None) };
+    let c = Arc::clone(codec);
+    let r = tokio::task::spawn_blocking(move || {
+        c.structured()
+            .map(|s| s.compile(&spec))
+            .ok_or_else(|| ApiError::bad_value(param, "structured output is not available for this model's tokenizer"))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the grammar compiler failed: {e}")))??;
+    match r {
+        Ok(src) => Ok(Some(src)),
+        Err(StructuredError::Invalid(m)) => Err(ApiError::bad_value(param, format!("`{param}`: {m}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::guided::{JsonSchemaFormat, ResponseFormat};
+    use serde_json::json;
+
+    fn rf(kind: &str, schema: Option<serde_json::Value>) -> Option<ResponseFormat> {
+        Some(ResponseFormat {
+            kind: kind.into(),
+            json_schema: Some(JsonSchemaFormat { name: None, description: None, schema, strict: Some(true) }),
+        })
+    }
+
+    #[test]
+    fn fields_map_to_specs_and_conflicts_are_named() {
+        let none = GuidedFields { response_format: rf("text", None), ..Default::default() };
+        assert!(spec(&none).unwrap().is_none());
+        let s =
+            GuidedFields { response_format: rf("json_schema", Some(json!({"type": "object"}))), ..Default::default() };
+        assert_eq!(spec(&s).unwrap(), Some((Spec::JsonSchema(json!({"type": "object"})), "response_format")));
+        let text = GuidedFields { guided_json: Some(json!("{\"type\": \"string\"}")), ..Default::default() };
+        assert_eq!(spec(&text).unwrap().unwrap().0, Spec::JsonSchema(json!({"type": "string"})));
+        let param = |f: GuidedFields| spec(&f).unwrap_err().param.unwrap_or_default();
+        assert_eq!(
+            param(GuidedFields { response_format: rf("json_schema", None), ..Default::default() }),
+            "response_format.json_schema.schema"
+        );
+        assert_eq!(
+            param(GuidedFields { response_format: rf("xml", None), ..Default::default() }),
+            "response_format.type"
+        );
+        assert_eq!(param(GuidedFields { guided_json: Some(json!("{not json")), ..Default::default() }), "guided_json");
+        let both = GuidedFields {
+            guided_regex: Some("a".into()),
+            guided_choice: Some(vec!["a".into()]),
+            ..Default::default()
+        };
+        assert_eq!(param(both), "guided_choice");
+    }
+}

@@ -1,0 +1,93 @@
+//! Tool calling on `POST /v1/chat/completions`: the `tools` / `tool_choice` request fields,
+//! the tool-call fields of messages, and the `tool_calls` of replies and stream deltas.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `tools[i].function`.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON schema of the arguments object (default: any object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// One entry of `tools`: `{"type": "function", "function": {...}}`.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct ToolDef {
+    /// `function`
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"`, or `{"type": "function", "function": {"name"}}`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(String),
+    Named(NamedToolChoice),
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionName,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct FunctionName {
+    pub name: String,
+}
+
+/// `messages[i].tool_calls[j]` of an earlier assistant turn.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct ToolCallIn {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// The arguments as JSON text (as OpenAI sends them), or an object.
+    #[schema(value_type = Object)]
+    pub arguments: serde_json::Value,
+}
+
+/// A tool call in a reply.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ToolCallOut {
+    pub id: String,
+    /// `function`
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments object as JSON text.
+    pub arguments: String,
+}
+
+/// A tool call in a stream delta: sent whole, in one chunk, once its closing marker arrived.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    /// Position of the call in the choice's `tool_calls`.
+    pub index: usize,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
