@@ -85,3 +85,14 @@ macro_rules! arch_tests {
 }
 
 arch_tests!(mistral, qwen3, gemma2, gemma3);
+
+mod moe_safetensors {
+    #[test]
+    fn mixtral() {
+        super::check_safetensors("mixtral");
+    }
+    #[test]
+    fn qwen3_moe() {
+        super::check_safetensors("qwen3_moe");
+    }
+}
