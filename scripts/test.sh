@@ -32,11 +32,11 @@ cargo run --quiet -p kiln-server -- fetch
 echo "== cargo test"
 cargo test --workspace --no-fail-fast "$@"
 
-echo "== OpenAI client conformance (tests/python/openai_conformance.py against kiln serve on loopback)"
+echo "== OpenAI client conformance (tests/python/openai_conformance.py and structured_conformance.py against kiln serve on loopback)"
 OPENAI_VENV="$CACHE/venv-openai"
-if ! "$OPENAI_VENV/bin/python" -c 'import openai' 2>/dev/null; then
+if ! "$OPENAI_VENV/bin/python" -c 'import openai, jsonschema' 2>/dev/null; then
   python3 -m venv "$OPENAI_VENV"
-  "$OPENAI_VENV/bin/pip" install --quiet openai
+  "$OPENAI_VENV/bin/pip" install --quiet openai jsonschema
 fi
 cargo build --quiet -p kiln-server --bin kiln
 KILN_BIN="${CARGO_TARGET_DIR:-target}/debug/kiln"
@@ -53,6 +53,7 @@ done
 grep -q "ready in" "$SERVE_LOG" || { cat "$SERVE_LOG"; echo "kiln serve did not become ready"; exit 1; }
 SERVE_URL="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$SERVE_LOG" | head -n 1)"
 "$OPENAI_VENV/bin/python" tests/python/openai_conformance.py --base-url "$SERVE_URL/v1"
+"$OPENAI_VENV/bin/python" tests/python/structured_conformance.py --base-url "$SERVE_URL/v1"
 kill -TERM "$SERVE_PID"
 wait "$SERVE_PID" || { cat "$SERVE_LOG"; echo "kiln serve did not exit cleanly after SIGTERM"; exit 1; }
 trap - EXIT
