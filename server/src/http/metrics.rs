@@ -196,6 +196,24 @@ impl Metrics {
                 st.requests_failed_total,
             );
             counter(&mut out, "llm_scheduler_steps_total", "Engine steps run.", st.steps);
+            counter(
+                &mut out,
+                "kiln_constraint_masks_total",
+                "Token masks computed for constrained decoding (structured output, forced tool calls).",
+                st.masks.count,
+            );
+            gauge(
+                &mut out,
+                "kiln_constraint_mask_p99_seconds",
+                "99th percentile of a token mask's computation over the most recent masks.",
+                st.masks.p99_seconds,
+            );
+            gauge(
+                &mut out,
+                "kiln_constraint_mask_max_seconds",
+                "Slowest token mask computed so far (slow masks are measured, never skipped).",
+                st.masks.max_seconds,
+            );
             gauge(&mut out, "llm_engine_alive", "1 while the engine loop runs.", f64::from(u8::from(hb.alive)));
             gauge(
                 &mut out,
