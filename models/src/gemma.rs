@@ -175,7 +175,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
         DType::F16 => half::f16::from_f32(sqrt_hidden).to_f32(),
         _ => sqrt_hidden,
     };
-    let weights = ckpt.weights(&GgufNaming { blocks: &GGUF_BLOCKS, permuted_qk: None }).map_err(load)?;
+    let weights = ckpt.weights(&GgufNaming::hf_order(&GGUF_BLOCKS)).map_err(load)?;
     let spec = DecoderSpec {
         norm_plus_one: ckpt.gguf().is_none(),
         qk_norm: gemma3,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod convert;
 pub mod decoder;
 pub mod detok_adapter;
+pub mod falcon;
 pub mod fetch;
 pub mod gemma;
 pub mod generate;

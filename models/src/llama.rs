@@ -26,7 +26,10 @@ pub const GGUF_BLOCKS: [(&str, &str); 9] = [
 
 /// Llama's GGUF naming: llama.cpp's converter permutes Q/K rows for its RoPE layout.
 pub fn gguf_naming(c: &LlamaConfig) -> GgufNaming {
-    GgufNaming { blocks: &GGUF_BLOCKS, permuted_qk: Some((c.num_attention_heads, c.num_key_value_heads)) }
+    GgufNaming {
+        permuted_qk: Some((c.num_attention_heads, c.num_key_value_heads)),
+        ..GgufNaming::hf_order(&GGUF_BLOCKS)
+    }
 }
 
 /// The features of a Llama config kiln does not implement, refused with the key named.

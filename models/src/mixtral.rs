@@ -54,7 +54,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
         return Err(load(invalid(&src.source_name(), "num_experts_per_tok", format!("{top_k} > {experts} experts"))));
     }
     let moe = MoeSpec { experts, top_k, norm_top_k: true, intermediate: cfg.intermediate_size };
-    let weights = ckpt.weights(&GgufNaming { blocks: &crate::llama::GGUF_BLOCKS, permuted_qk: None }).map_err(load)?;
+    let weights = ckpt.weights(&GgufNaming::hf_order(&crate::llama::GGUF_BLOCKS)).map_err(load)?;
     let mut spec = DecoderSpec { moe: Some(moe), ..DecoderSpec::llama(cfg) };
     let window = window.filter(|&w| w < spec.cfg.max_position_embeddings);
     for l in &mut spec.layers {

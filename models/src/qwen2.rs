@@ -37,7 +37,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
     let src = ckpt.config();
     let cfg = src.decoder().map_err(load)?;
     refuse_unsupported(&src, &cfg).map_err(|e| ModelError::Unsupported(e.to_string()))?;
-    let weights = ckpt.weights(&GgufNaming { blocks: &GGUF_BLOCKS, permuted_qk: None }).map_err(load)?;
+    let weights = ckpt.weights(&GgufNaming::hf_order(&GGUF_BLOCKS)).map_err(load)?;
     let spec = DecoderSpec { qkv_bias: true, ..DecoderSpec::llama(cfg) };
     let model = Decoder::load(spec, &Names::LLAMA, &weights, dev, dtype)?;
     Ok(Built { model: Box::new(Runner::new(model)), weights })

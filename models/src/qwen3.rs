@@ -54,7 +54,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
         .map_err(|e| ModelError::Unsupported(e.to_string()))?;
     src.refuse_gguf("expert_count", "mixture of experts", |v| v.as_u64() == Some(0))
         .map_err(|e| ModelError::Unsupported(e.to_string()))?;
-    let weights = ckpt.weights(&GgufNaming { blocks: &GGUF_BLOCKS, permuted_qk: None }).map_err(load)?;
+    let weights = ckpt.weights(&GgufNaming::hf_order(&GGUF_BLOCKS)).map_err(load)?;
     let spec = DecoderSpec { qk_norm: true, ..DecoderSpec::llama(cfg) };
     let model = Decoder::load(spec, &Names::LLAMA, &weights, dev, dtype)?;
     Ok(Built { model: Box::new(Runner::new(model)), weights })

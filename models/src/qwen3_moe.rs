@@ -51,7 +51,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
             .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
             .ok_or_else(|| load(invalid(&sn, "mlp_only_layers", "is not a list of layer indices")))?,
     };
-    let weights = ckpt.weights(&GgufNaming { blocks: &crate::qwen3::GGUF_BLOCKS, permuted_qk: None }).map_err(load)?;
+    let weights = ckpt.weights(&GgufNaming::hf_order(&crate::qwen3::GGUF_BLOCKS)).map_err(load)?;
     let moe = MoeSpec { experts, top_k, norm_top_k, intermediate: inter };
     let mut spec = DecoderSpec { qk_norm: true, moe: Some(moe), ..DecoderSpec::llama(cfg) };
     for (l, layer) in spec.layers.iter_mut().enumerate() {

@@ -13,6 +13,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture { names: &["qwen3"], build: crate::qwen3::build },
     Architecture { names: &["qwen3_moe"], build: crate::qwen3_moe::build },
     Architecture { names: &["mixtral"], build: crate::mixtral::build },
+    Architecture { names: &["falcon"], build: crate::falcon::build },
     Architecture { names: &["gemma2", "gemma3", "gemma3_text"], build: crate::gemma::build },
 ];
 

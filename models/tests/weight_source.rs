@@ -23,7 +23,10 @@ fn source(rows: usize, cols: usize, q: &[f32], permuted_heads: Option<usize>) ->
     }
     b.tensor("blk.0.ffn_up.weight", &[64, 4], GgmlType::Q8_0, q8).unwrap();
     let file = GgufFile::from_bytes("test.gguf", b.to_bytes()).unwrap();
-    let naming = GgufNaming { blocks: &kiln_models::llama::GGUF_BLOCKS, permuted_qk: permuted_heads.map(|h| (h, h)) };
+    let naming = GgufNaming {
+        permuted_qk: permuted_heads.map(|h| (h, h)),
+        ..GgufNaming::hf_order(&kiln_models::llama::GGUF_BLOCKS)
+    };
     WeightSource::open_gguf(file, &naming).unwrap()
 }
 

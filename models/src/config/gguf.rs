@@ -103,10 +103,14 @@ impl LlamaConfig {
             num_key_value_heads: opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_attention_heads),
             head_dim,
             vocab_size,
-            rms_norm_eps: opt_f32(&key("attention.layer_norm_rms_epsilon"))?.ok_or_else(|| ConfigError::Missing {
-                source_name: sn.to_owned(),
-                field: key("attention.layer_norm_rms_epsilon"),
-            })?,
+            // The norm's epsilon: RMSNorm's key, or LayerNorm's for LayerNorm architectures.
+            rms_norm_eps: match opt_f32(&key("attention.layer_norm_rms_epsilon"))? {
+                Some(e) => e,
+                None => opt_f32(&key("attention.layer_norm_epsilon"))?.ok_or_else(|| ConfigError::Missing {
+                    source_name: sn.to_owned(),
+                    field: key("attention.layer_norm_rms_epsilon"),
+                })?,
+            },
             rope_theta: opt_f32(&key("rope.freq_base"))?.unwrap_or(GGUF_DEFAULT_ROPE_THETA),
             rope_scaling,
             max_position_embeddings,

@@ -16,7 +16,7 @@ use super::{GgufNaming, HostTensor, StoredFormat, StoredTensor, Weights, Weights
 /// The HF name of a llama.cpp tensor name of the Llama architecture (`blk.3.attn_q.weight`
 /// -> `model.layers.3.self_attn.q_proj.weight`), or `None` if kiln has no mapping for it.
 pub fn gguf_to_hf_name(name: &str) -> Option<String> {
-    GgufNaming { blocks: &crate::llama::GGUF_BLOCKS, permuted_qk: None }.hf_name(name)
+    GgufNaming::hf_order(&crate::llama::GGUF_BLOCKS).hf_name(name)
 }
 
 impl Weights {

@@ -181,22 +181,35 @@ impl StoredTensor<'_> {
 #[derive(Clone, Copy, Debug)]
 pub struct GgufNaming {
     /// `(llama.cpp stem, HF stem)` of the per-block tensors: `blk.N.{gguf}.weight|bias` is
-    /// `model.layers.N.{hf}.weight|bias`.
+    /// `{layers}.N.{hf}.weight|bias`.
     pub blocks: &'static [(&'static str, &'static str)],
+    /// The HF blocks' prefix (`model.layers`; Falcon: `transformer.h`).
+    pub layers: &'static str,
+    /// `(llama.cpp stem, HF stem)` of the tensors outside the blocks (embedding, final norm,
+    /// head), `.weight|bias` alike.
+    pub globals: &'static [(&'static str, &'static str)],
     /// For architectures whose converter permutes Q/K rows for llama.cpp's RoPE (Llama):
     /// `(query heads, key/value heads)`. `None` (Qwen2, ...): rows are stored in HF order.
     pub permuted_qk: Option<(usize, usize)>,
 }
 
+/// llama.cpp's names of the embedding, final norm and head, and Llama's HF names for them.
+pub const LLAMA_GLOBALS: [(&str, &str); 3] =
+    [("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"), ("output", "lm_head")];
+
 impl GgufNaming {
+    /// Blocks named `blocks` under `model.layers`, Llama's globals, Q/K rows in HF order.
+    pub const fn hf_order(blocks: &'static [(&'static str, &'static str)]) -> GgufNaming {
+        GgufNaming { blocks, layers: "model.layers", globals: &LLAMA_GLOBALS, permuted_qk: None }
+    }
+
     /// The HF name of a llama.cpp tensor name (`blk.3.attn_q.weight` ->
     /// `model.layers.3.self_attn.q_proj.weight`), or `None` without a mapping.
     pub fn hf_name(&self, name: &str) -> Option<String> {
-        match name {
-            "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-            "output_norm.weight" => return Some("model.norm.weight".into()),
-            "output.weight" => return Some("lm_head.weight".into()),
-            _ => {}
+        if let Some((stem, kind)) = name.rsplit_once('.') {
+            if let Some((_, hf)) = self.globals.iter().find(|(g, _)| *g == stem) {
+                return Some(format!("{hf}.{kind}"));
+            }
         }
         let rest = name.strip_prefix("blk.")?;
         let (layer, rest) = rest.split_once('.')?;
@@ -208,7 +221,7 @@ impl GgufNaming {
             return None;
         }
         let (_, hf) = self.blocks.iter().find(|(g, _)| *g == stem)?;
-        Some(format!("model.layers.{layer}.{hf}.{kind}"))
+        Some(format!("{}.{layer}.{hf}.{kind}", self.layers))
     }
 
     /// The head count a llama.cpp tensor's rows were permuted with, if they were.
