@@ -276,8 +276,17 @@ async fn bad_requests_get_openai_errors() {
         (&chat, m(json!({"messages": "hi"})), 400, Some("messages")),
         (&chat, m(json!({"max_completion_tokens": 0})), 400, Some("max_completion_tokens")),
         (&chat, m(json!({"top_logprobs": 30, "logprobs": true})), 400, Some("top_logprobs")),
-        (&chat, m(json!({"tools": [{"type": "function"}]})), 400, Some("tools")),
+        (&chat, m(json!({"tools": [{"type": "function"}]})), 400, Some("tools[0]")),
+        (&chat, m(json!({"tool_choice": "required"})), 400, Some("tool_choice")),
+        (
+            &chat,
+            m(json!({"tools": [{"type": "function", "function": {"name": "bad name"}}]})),
+            400,
+            Some("tools[0].function.name"),
+        ),
+        // The fake codec has no grammar engine: structured output is refused, not ignored.
         (&chat, m(json!({"response_format": {"type": "json_object"}})), 400, Some("response_format")),
+        (&chat, m(json!({"response_format": {"type": "json_object"}, "ignore_eos": true})), 400, Some("ignore_eos")),
         (&chat, m(json!({"temperature": -0.5})), 400, Some("temperature")),
     ];
     for (url, body, status, param) in cases {
