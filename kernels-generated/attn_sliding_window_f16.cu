@@ -145,7 +145,7 @@ __device__ __forceinline__ void kiln_attn_split(
     const int* __restrict__ plan, int n_tokens, int n_seqs, int bt_stride, int block_size,
     int n_heads, int n_kv_heads, float scale,
     T* __restrict__ out, int out_stride,
-    float* __restrict__ part_o, float* __restrict__ part_ml, int n_splits, const Mod mod) {
+    float* __restrict__ part_o, float* __restrict__ part_ml, int n_splits, int window, const Mod mod) {
   constexpr int VEC = 16 / (int)sizeof(T);    // elements per 16-byte access
   constexpr int NCH = HD / VEC;                // 16-byte chunks per head row
   constexpr int TL = KILN_ATTN_THREADS / NCH;  // token lanes of the value phase
@@ -168,7 +168,10 @@ __device__ __forceinline__ void kiln_attn_split(
   const int limit = seq < 0 ? 0 : tok_pos[tok] + 1;  // causal: keys 0 ..= q_pos
   const int q_pos = limit - 1;
   const long long part = plan[0];
-  const int k_begin = (int)min((long long)split * part, (long long)limit);
+  // A key window: only keys q_pos - window < key <= q_pos are visited (the splits cover them
+  // from the window's start; splits past the query's last key do nothing).
+  const int lo = (window > 0 && limit > window) ? limit - window : 0;
+  const int k_begin = (int)min((long long)lo + split * part, (long long)limit);
   const int k_end = (int)min((long long)limit, (long long)k_begin + part);
   const int* __restrict__ table = tables + (long long)(seq < 0 ? 0 : seq) * bt_stride;
 
@@ -394,7 +397,7 @@ __device__ __forceinline__ void kiln_attn_mma(
     const T* __restrict__ k_pool, const T* __restrict__ v_pool, int kv_stride,
     const int* __restrict__ plan, int n_tokens, int n_seqs, int bt_stride, int block_size,
     int n_heads, int n_kv_heads, float scale,
-    T* __restrict__ out, int out_stride, const int* __restrict__ items, const Mod mod) {
+    T* __restrict__ out, int out_stride, const int* __restrict__ items, int window, const Mod mod) {
   typedef kiln_mma_ops<T> ops;
   constexpr int VEC = 8;           // halves per 16-byte chunk
   constexpr int NCH = HD / VEC;    // chunks per key row
@@ -451,7 +454,10 @@ __device__ __forceinline__ void kiln_attn_mma(
     for (int e = 0; e < 4; ++e) o[d][e] = 0.0f;
   float m[2] = {-kiln_inf(), -kiln_inf()}, l[2] = {0.0f, 0.0f};
 
-  for (int k0 = 0; k0 < kv_end; k0 += KILN_MMA_KEYS) {
+  // A key window: tiles start at the first query's first visible key (tile-aligned); keys of a
+  // tile outside a row's own window are masked below.
+  const int k_first = (window > 0 && pos0 + 1 > window) ? (pos0 + 1 - window) / KILN_MMA_KEYS * KILN_MMA_KEYS : 0;
+  for (int k0 = k_first; k0 < kv_end; k0 += KILN_MMA_KEYS) {
     // ---- the tile's K and V rows, paged, into shared memory ----
 #pragma unroll
     for (int it = 0; it < KILN_MMA_KEYS * NCH / KILN_ATTN_THREADS; ++it) {
@@ -497,7 +503,8 @@ __device__ __forceinline__ void kiln_attn_mma(
           for (int e = 0; e < 2; ++e) {
             const int key = k0 + n * 8 + 2 * tq + e;
             float x = sc[n][2 * h + e] * scale;
-            x = (r_ok[h] && key <= r_pos[h]) ? mod(x, r_pos[h], key, r_head[h]) : -kiln_inf();
+            const bool seen = key <= r_pos[h] && (window <= 0 || r_pos[h] - key < window);
+            x = (r_ok[h] && seen) ? mod(x, r_pos[h], key, r_head[h]) : -kiln_inf();
             sc[n][2 * h + e] = x;
             mx = fmaxf(mx, x);
           }
@@ -582,7 +589,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_split_
   attn_sliding_window_f16_mod mod;
   mod.p4_scale = p4_scale;
   mod.p5_window = p5_window;
-  kiln_attn_split<kiln_f16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);
+  kiln_attn_split<kiln_f16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_split_hd64_g8(
@@ -609,7 +616,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_split_
   attn_sliding_window_f16_mod mod;
   mod.p4_scale = p4_scale;
   mod.p5_window = p5_window;
-  kiln_attn_split<kiln_f16, 64, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);
+  kiln_attn_split<kiln_f16, 64, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(64) attn_sliding_window_f16_combine_hd64(
@@ -644,7 +651,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_mma_hd
   attn_sliding_window_f16_mod mod;
   mod.p4_scale = p4_scale;
   mod.p5_window = p5_window;
-  kiln_attn_mma<kiln_f16, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, mod);
+  kiln_attn_mma<kiln_f16, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p5_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_split_hd128_g4(
@@ -671,7 +678,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_split_
   attn_sliding_window_f16_mod mod;
   mod.p4_scale = p4_scale;
   mod.p5_window = p5_window;
-  kiln_attn_split<kiln_f16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);
+  kiln_attn_split<kiln_f16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_split_hd128_g8(
@@ -698,7 +705,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_split_
   attn_sliding_window_f16_mod mod;
   mod.p4_scale = p4_scale;
   mod.p5_window = p5_window;
-  kiln_attn_split<kiln_f16, 128, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);
+  kiln_attn_split<kiln_f16, 128, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_combine_hd128(
@@ -733,5 +740,5 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_f16_mma_hd
   attn_sliding_window_f16_mod mod;
   mod.p4_scale = p4_scale;
   mod.p5_window = p5_window;
-  kiln_attn_mma<kiln_f16, 128>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, mod);
+  kiln_attn_mma<kiln_f16, 128>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p5_window, mod);
 }

@@ -36,6 +36,10 @@ pub const MOD_PARAMS: [(&str, ParamKind); 4] = [
     ("head", ParamKind::PerRow(DType::I32)),
 ];
 
+/// The name of the comptime parameter that is the template's key window (see
+/// [`AttnKernel::window_param`]).
+pub const WINDOW_PARAM: &str = "window";
+
 /// The name of the modifier's one output.
 pub const MOD_OUTPUT: &str = "score";
 
@@ -71,6 +75,21 @@ impl AttnKernel {
     /// The comptime parameters (what a launch passes besides the tensors), in order.
     pub fn comptimes(&self) -> &[crate::ir::Param] {
         self.score_mod.params.get(MOD_PARAMS.len()..).unwrap_or(&[])
+    }
+
+    /// The index (into the modifier's params) of the attention fn's `window` parameter, when it
+    /// has one: a `#[comptime] window: i32` is the template's **key window**, not only the
+    /// modifier's. Both backends then visit only keys `q_pos - window < k_pos <= q_pos` (work in
+    /// proportion to the window, not the context) and mask the rest themselves, so skipping is
+    /// exact whatever the modifier does with the value. `window <= 0` means no window.
+    pub fn window_param(&self) -> Option<usize> {
+        self.score_mod
+            .params
+            .iter()
+            .enumerate()
+            .skip(MOD_PARAMS.len())
+            .find(|(_, p)| p.name == WINDOW_PARAM && p.kind == ParamKind::Comptime(DType::I32))
+            .map(|(i, _)| i)
     }
 
     /// Whether the modifier returns its score unchanged (backends then skip it).

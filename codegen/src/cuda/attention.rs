@@ -175,6 +175,11 @@ fn mod_init(w: &mut CWriter, a: &AttnKernel) {
     }
 }
 
+/// The template's key window argument: the `window` comptime parameter, or 0 (none).
+fn window_arg(a: &AttnKernel) -> String {
+    a.window_param().map_or("0".to_string(), |i| mod_param(a, i))
+}
+
 fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize) {
     let t = c_type(a.dtype);
     let mut sig = common_args(t);
@@ -185,8 +190,9 @@ fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize) {
         &sig,
     );
     mod_init(w, a);
+    let window = window_arg(a);
     w.line(&format!(
-        "kiln_attn_split<{t}, {hd}, {g}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, mod);"
+        "kiln_attn_split<{t}, {hd}, {g}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, {window}, mod);"
     ));
     w.close();
 }
@@ -198,8 +204,9 @@ fn mma_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, name: &str) {
     sig.extend(comptime_args(a));
     w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__({}) {name}", abi::THREADS), &sig);
     mod_init(w, a);
+    let window = window_arg(a);
     w.line(&format!(
-        "kiln_attn_mma<{t}, {hd}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, mod);"
+        "kiln_attn_mma<{t}, {hd}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, {window}, mod);"
     ));
     w.close();
 }

@@ -2,7 +2,9 @@
 //! each chunk of query rows is scored against its causal keys, the score modifier runs over
 //! those rows through the codegen CPU backend (skipped when it is the identity), then a
 //! numerically stable softmax and the weighted sum of values. The causal mask is applied after
-//! the modifier, so a modifier never un-masks a future key.
+//! the modifier, so a modifier never un-masks a future key. With a key window (the kernel's
+//! `window` parameter) only the keys inside some row's window are scored, and each row's keys
+//! before its own window are masked like future ones.
 
 use super::plan::AttnPlan;
 use super::{AttnError, Bound, PagedKv};
@@ -77,16 +79,21 @@ pub(super) fn run(
                         let first = seq.ctx_len - seq.q_len; // position of query row 0
                         let mut scores = vec![];
                         let mut modded = vec![];
+                        // The first key a query at `pos` sees: 0, or the start of its window.
+                        let row_lo = |pos: usize| b.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                         for c0 in (0..seq.q_len).step_by(CHUNK) {
                             let rows = CHUNK.min(seq.q_len - c0);
-                            let width = first + c0 + rows; // keys the chunk's last row sees
+                            // Keys `lo .. end`: from the chunk's first row's first key to its
+                            // last row's last (scores are indexed from `lo`).
+                            let (lo, end) = (row_lo(first + c0), first + c0 + rows);
+                            let width = end - lo;
                             scores.clear();
                             scores.resize(rows * width, 0f32);
                             for r in 0..rows {
                                 let qrow = &qv.row(seq.q_start + c0 + r)[h * hd..(h + 1) * hd];
-                                for t in 0..width {
+                                for t in lo..end {
                                     let dot: f32 = qrow.iter().zip(key(t)).map(|(a, b)| a * b).sum();
-                                    scores[r * width + t] = dot * b.scale;
+                                    scores[r * width + t - lo] = dot * b.scale;
                                 }
                             }
                             let s: &mut [f32] = match &modifier {
@@ -95,7 +102,7 @@ pub(super) fn run(
                                     modded.clear();
                                     modded.resize(rows * width, 0f32);
                                     let q_pos: Vec<i32> = (0..rows).map(|r| (first + c0 + r) as i32).collect();
-                                    let k_pos: Vec<i32> = (0..width as i32).collect();
+                                    let k_pos: Vec<i32> = (lo as i32..end as i32).collect();
                                     let head = vec![h as i32; rows];
                                     let mut params = vec![
                                         CpuParam::Row { data: CpuIn::F32(&scores), row_stride: width },
@@ -110,30 +117,33 @@ pub(super) fn run(
                                 }
                             };
                             for r in 0..rows {
-                                let last = first + c0 + r; // causal: keys 0 ..= last
+                                // Causal and windowed: keys `first_key ..= last`, at `- lo` in the row.
+                                let last = first + c0 + r;
+                                let first_key = row_lo(last);
                                 let row = &mut s[r * width..(r + 1) * width];
+                                let seen = first_key - lo..=last - lo;
                                 let mut max = f32::NEG_INFINITY;
-                                for x in row[last + 1..].iter_mut() {
+                                for x in row[last + 1 - lo..].iter_mut() {
                                     *x = f32::NEG_INFINITY;
                                 }
-                                for &x in row[..=last].iter() {
+                                for &x in row[seen.clone()].iter() {
                                     max = max.max(x);
                                 }
                                 if max == f32::NEG_INFINITY {
                                     continue; // every key masked: zeros
                                 }
                                 let mut denom = 0f32;
-                                for x in row[..=last].iter_mut() {
+                                for x in row[seen.clone()].iter_mut() {
                                     *x = (*x - max).exp();
                                     denom += *x;
                                 }
                                 let o = &mut res[(c0 + r) * hd..(c0 + r + 1) * hd];
-                                for (t, &p) in row[..=last].iter().enumerate() {
+                                for (i, &p) in row[seen].iter().enumerate() {
                                     if p == 0.0 {
                                         continue;
                                     }
                                     let w = p / denom;
-                                    for (acc, &x) in o.iter_mut().zip(val(t)) {
+                                    for (acc, &x) in o.iter_mut().zip(val(first_key + i)) {
                                         *acc += w * x;
                                     }
                                 }

@@ -12,7 +12,9 @@
 //!   and its context after this step is `ctx_len` tokens (cached prefix + the new ones), so new
 //!   token `j` sits at position `ctx_len - q_len + j` and attends, causally, to positions
 //!   `0 ..= ctx_len - q_len + j` (decode is the case `q_len == 1`); the score modifier may mask
-//!   more (a sliding window) or change scores (ALiBi, softcap).
+//!   more or change scores (ALiBi, softcap). A kernel with a `window` parameter (a sliding
+//!   window) has the template itself visit only the last `window` keys of each query, so its
+//!   work follows the window, not the context.
 //!
 //! The new tokens' K and V must be in the cache (the `rope_kv_write` kernel) before attention
 //! runs. GQA/MQA: query head `h` reads KV head `h / (n_heads / n_kv_heads)`. A query whose
@@ -72,6 +74,9 @@ pub(crate) struct Bound<'a> {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    /// The key window (`Some(w)`: keys `q_pos - w < k_pos <= q_pos` only), from the
+    /// kernel's `window` comptime parameter when it has one and it is positive.
+    pub window: Option<usize>,
 }
 
 /// Attention of `q` over `kv` as laid out by `plan`, into `out` (`q`'s shape and dtype), with
@@ -172,5 +177,9 @@ fn bind<'a>(
             _ => return bad("the scale argument is not an f32".into()),
         },
     };
-    Ok(Bound { kernel: k, n_heads, n_kv_heads, head_dim: hd, scale })
+    let window = match k.window_param().and_then(|i| comptimes.get(i - MOD_PARAMS.len())) {
+        Some(Arg::I32(w)) if *w > 0 => Some(*w as usize),
+        _ => None,
+    };
+    Ok(Bound { kernel: k, n_heads, n_kv_heads, head_dim: hd, scale, window })
 }
