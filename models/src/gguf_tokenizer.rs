@@ -44,12 +44,19 @@ pub fn tokenizer_spec(file: &GgufFile) -> Result<GgufTokenizerSpec, GgufTokenize
         Some(MetadataValue::Array(MetadataArray::U32(v))) => v.iter().map(|&x| x as i32).collect(),
         Some(_) => return Err(err("tokenizer.ggml.token_type", "not an array of integers")),
     };
+    let scores = match file.get("tokenizer.ggml.scores") {
+        None => vec![],
+        Some(MetadataValue::Array(MetadataArray::F32(v))) => v.clone(),
+        Some(_) => return Err(err("tokenizer.ggml.scores", "not an array of f32")),
+    };
     Ok(GgufTokenizerSpec {
         model: string("tokenizer.ggml.model").ok_or_else(|| err("tokenizer.ggml.model", "missing"))?,
         pre: string("tokenizer.ggml.pre"),
         tokens,
         token_types,
         merges: strings("tokenizer.ggml.merges")?,
+        scores,
+        add_space_prefix: file.get("tokenizer.ggml.add_space_prefix").and_then(MetadataValue::as_bool),
         bos_id: id("tokenizer.ggml.bos_token_id")?,
         eos_id: id("tokenizer.ggml.eos_token_id")?,
         unk_id: id("tokenizer.ggml.unknown_token_id")?,

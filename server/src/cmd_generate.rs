@@ -89,7 +89,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     } else {
         text
     };
-    let add_bos = loaded.tokenizer.add_bos_by_default();
+    // A chat template writes its own BOS (as the server and HF's apply_chat_template take it).
+    let add_bos = !a.chat && loaded.tokenizer.add_bos_by_default();
     let prompt_ids = loaded.tokenizer.encode(&prompt, add_bos)?;
     let params = SamplingParams {
         temperature: a.temperature,

@@ -20,6 +20,28 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}\
 {% endfor %}\
 {% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+/// Gemma's template (Gemma 2 / 3 `tokenizer_config.json`, text parts only), for Gemma GGUFs
+/// that ship none: a system message prefixes the first user turn, `assistant` is `model`, roles
+/// must alternate.
+pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
+{%- if messages[0]['role'] == 'system' -%}\
+{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\
+{%- set loop_messages = messages[1:] -%}\
+{%- else -%}\
+{%- set first_user_prefix = '' -%}\
+{%- set loop_messages = messages -%}\
+{%- endif -%}\
+{%- for message in loop_messages -%}\
+{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\
+{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}\
+{%- endif -%}\
+{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}\
+{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}\
+{{ message['content'] | trim }}\
+{{ '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// One turn of a conversation. The tool fields are what HF templates that take `tools` read
@@ -92,9 +114,13 @@ impl ChatTemplate {
         Self::new(CHATML_TEMPLATE)
     }
 
-    /// The tokenizer's own template, or ChatML when the model ships none.
+    /// The tokenizer's own template; when the model ships none, Gemma's for a vocabulary with
+    /// Gemma's turn markers as special tokens, else ChatML.
     pub fn for_tokenizer(tokenizer: &Tokenizer) -> Result<Self, ChatTemplateError> {
-        Self::new(tokenizer.chat_template().unwrap_or(CHATML_TEMPLATE))
+        let special = |t: &str| tokenizer.token_to_id(t).is_some_and(|id| tokenizer.is_special(id));
+        let fallback =
+            if special("<start_of_turn>") && special("<end_of_turn>") { GEMMA_TEMPLATE } else { CHATML_TEMPLATE };
+        Self::new(tokenizer.chat_template().unwrap_or(fallback))
     }
 
     pub fn source(&self) -> &str {

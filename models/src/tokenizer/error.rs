@@ -29,7 +29,7 @@ pub enum TokenizerError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("tokenizer model `{0}` is not supported (only byte-level BPE `gpt2` is)")]
+    #[error("tokenizer model `{0}` is not supported (byte-level BPE `gpt2` and SentencePiece BPE `llama` are)")]
     UnsupportedModel(String),
     #[error(
         "pre-tokenizer `{0}` (tokenizer.ggml.pre) is not supported; supported: {supported}",
@@ -38,6 +38,8 @@ pub enum TokenizerError {
     UnsupportedPreTokenizer(String),
     #[error("{tokens} tokens but {types} token types: the two arrays must have the same length")]
     TokenTypesLength { tokens: usize, types: usize },
+    #[error("{tokens} tokens but {scores} token scores: a SentencePiece vocabulary needs one score per token")]
+    ScoresLength { tokens: usize, scores: usize },
     #[error("token `{token}` appears twice in the vocabulary (ids {first} and {second})")]
     DuplicateToken { token: String, first: u32, second: u32 },
     #[error("merge #{index} `{merge}` is not two space-separated tokens")]

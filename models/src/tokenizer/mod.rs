@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use tokenizers::PostProcessor;
 
-pub use chat::{ChatMessage, ChatTemplate, RenderOptions, CHATML_TEMPLATE};
+pub use chat::{ChatMessage, ChatTemplate, RenderOptions, CHATML_TEMPLATE, GEMMA_TEMPLATE};
 pub use config::SpecialTokens;
 pub use detok::DetokStream;
 pub use error::{ChatTemplateError, TokenizerError};

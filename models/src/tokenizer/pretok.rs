@@ -7,12 +7,19 @@
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::error::TokenizerError;
 
 /// `tokenizer.ggml.pre` values this module maps.
-pub const SUPPORTED_PRE: &[&str] = &["smollm", "starcoder", "refact", "gpt-2", "gpt2"];
+pub const SUPPORTED_PRE: &[&str] = &["smollm", "starcoder", "refact", "gpt-2", "gpt2", "qwen2"];
+
+/// Qwen2's split (HF tokenizer.json of Qwen2 / Qwen2.5, llama.cpp's `qwen2` pre): like GPT-2's
+/// but case-insensitive contractions, single digits, and a letter run may take one leading
+/// non-letter, non-digit character.
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The pre-tokenizer for a byte-level BPE model with the given `tokenizer.ggml.pre`.
 ///
@@ -29,6 +36,13 @@ pub fn byte_level_pre_tokenizer(pre: Option<&str>) -> Result<PreTokenizerWrapper
             Ok(Sequence::new(vec![Digits::new(true).into(), gpt2_split().into()]).into())
         }
         None | Some("gpt-2" | "gpt2") => Ok(gpt2_split().into()),
+        // HF: Split(regex, Isolated) then ByteLevel without its own regex. (HF's Qwen2
+        // tokenizer.json also has an NFC normalizer; llama.cpp has none, and neither is here.)
+        Some("qwen2") => {
+            let split = Split::new(SplitPattern::Regex(QWEN2_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(TokenizerError::Build)?;
+            Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into())
+        }
         Some(other) => Err(TokenizerError::UnsupportedPreTokenizer(other.to_string())),
     }
 }

@@ -7,7 +7,8 @@
 /// Tokenizer metadata of a GGUF file (`tokenizer.ggml.*`, `tokenizer.chat_template`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GgufTokenizerSpec {
-    /// `tokenizer.ggml.model`, e.g. `"gpt2"` for byte-level BPE.
+    /// `tokenizer.ggml.model`: `"gpt2"` for byte-level BPE, `"llama"` for SentencePiece BPE
+    /// with byte fallback (merges derived from `scores`).
     pub model: String,
     /// `tokenizer.ggml.pre`: which pre-tokenizer (split regex) the model was trained with.
     pub pre: Option<String>,
@@ -17,6 +18,12 @@ pub struct GgufTokenizerSpec {
     pub token_types: Vec<i32>,
     /// `tokenizer.ggml.merges`: BPE merges in priority order, each `"left right"`.
     pub merges: Vec<String>,
+    /// `tokenizer.ggml.scores`, one per token (SentencePiece models: a higher score merges
+    /// first); may be empty.
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece models): whether text gets a leading
+    /// `▁`. Absent means llama.cpp's default, true.
+    pub add_space_prefix: Option<bool>,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     /// `tokenizer.ggml.unknown_token_id`.

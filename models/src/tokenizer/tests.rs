@@ -47,6 +47,7 @@ pub(super) fn tiny_spec(pre: &str) -> GgufTokenizerSpec {
         pad_id: Some(IM_END),
         add_bos: Some(false),
         chat_template: Some(CHATML_TEMPLATE.into()),
+        ..GgufTokenizerSpec::default()
     }
 }
 
@@ -129,8 +130,11 @@ fn smollm_pre_splits_every_digit_but_gpt2_does_not() {
 #[test]
 fn bad_specs_are_typed_errors() {
     let mut s = tiny_spec("smollm");
+    s.model = "bert".into();
+    assert!(matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::UnsupportedModel(m)) if m == "bert"));
+    // A SentencePiece model needs a score per token.
     s.model = "llama".into();
-    assert!(matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::UnsupportedModel(m)) if m == "llama"));
+    assert!(matches!(Tokenizer::from_gguf_spec(&s), Err(TokenizerError::ScoresLength { scores: 0, .. })));
 
     let s = tiny_spec("no-such-pre");
     let err = Tokenizer::from_gguf_spec(&s).unwrap_err();
@@ -207,4 +211,92 @@ fn add_bos_models_get_a_bos_template_in_tokenizer_json() {
     // Loaded alone, the BOS convention is still detected from the post-processor.
     assert!(Tokenizer::from_file(dir.join("tokenizer.json")).unwrap().add_bos_by_default());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tiny SentencePiece (`llama`) spec, Gemma-like: control tokens, a user-defined `\n`, the 256
+/// byte tokens, then normal tokens whose scores decide the merge order.
+fn tiny_spm_spec(add_space_prefix: bool) -> GgufTokenizerSpec {
+    let mut tokens: Vec<String> =
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "\n"].map(String::from).to_vec();
+    let mut token_types = vec![3, 3, 3, 2, 3, 4];
+    let mut scores = vec![-1000.0; 6];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        token_types.push(6);
+        scores.push(0.0);
+    }
+    // "bc" outscores "ab", so "abc" is a + bc although "ab" comes first in the text.
+    let normal = [("▁", -1.0), ("a", -2.0), ("b", -3.0), ("c", -4.0), ("bc", -5.0), ("ab", -6.0), ("▁a", -7.0)];
+    for (t, score) in normal {
+        tokens.push(t.into());
+        token_types.push(1);
+        scores.push(score);
+    }
+    GgufTokenizerSpec {
+        model: "llama".into(),
+        tokens,
+        token_types,
+        scores,
+        bos_id: Some(2),
+        eos_id: Some(1),
+        unk_id: Some(3),
+        pad_id: Some(0),
+        add_bos: Some(true),
+        add_space_prefix: Some(add_space_prefix),
+        ..GgufTokenizerSpec::default()
+    }
+}
+
+#[test]
+fn sentencepiece_merges_by_score_with_byte_fallback() {
+    let t = Tokenizer::from_gguf_spec(&tiny_spm_spec(false)).unwrap();
+    let ids = |s: &[&str]| s.iter().map(|x| id(&t, x)).collect::<Vec<_>>();
+    assert_eq!(t.encode("abc", false).unwrap(), ids(&["a", "bc"]));
+    assert_eq!(t.encode("ab a", true).unwrap(), ids(&["<bos>", "ab", "▁a"]));
+    // Characters outside the vocabulary become their UTF-8 bytes; user-defined and control
+    // tokens are matched whole.
+    assert_eq!(t.encode("é\n", false).unwrap(), ids(&["<0xC3>", "<0xA9>", "\n"]));
+    assert_eq!(t.encode("<start_of_turn>a", false).unwrap(), ids(&["<start_of_turn>", "a"]));
+    for text in ["abc ab", "é ab\nc", " a  b"] {
+        assert_eq!(t.decode(&t.encode(text, false).unwrap(), false).unwrap(), text);
+    }
+    assert!(t.is_special(id(&t, "<start_of_turn>")) && !t.is_special(id(&t, "\n")));
+
+    // With a space prefix (Llama 2 style) the text starts with ▁, and decoding drops it again.
+    let p = Tokenizer::from_gguf_spec(&tiny_spm_spec(true)).unwrap();
+    assert_eq!(p.encode("a", false).unwrap(), vec![id(&p, "▁a")]);
+    assert_eq!(p.decode(&p.encode("ab c", false).unwrap(), false).unwrap(), "ab c");
+}
+
+#[test]
+fn gemma_vocabularies_get_gemma_template_when_none_is_shipped() {
+    let mut spec = tiny_spm_spec(false);
+    spec.tokens.push("<end_of_turn>".into());
+    spec.token_types.push(3);
+    spec.scores.push(-1000.0);
+    let t = Tokenizer::from_gguf_spec(&spec).unwrap();
+    let template = ChatTemplate::for_tokenizer(&t).unwrap();
+    assert_eq!(template.source(), GEMMA_TEMPLATE);
+    let msgs = [
+        ChatMessage::new("system", "Be brief."),
+        ChatMessage::new("user", " Hi "),
+        ChatMessage::new("assistant", "Hello"),
+    ];
+    let text = template.render_for(&t, &msgs, true).unwrap();
+    assert_eq!(
+        text,
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let bad = [ChatMessage::new("user", "a"), ChatMessage::new("user", "b")];
+    assert!(matches!(template.render_for(&t, &bad, true), Err(ChatTemplateError::Raised { .. })));
+    // Without Gemma's turn markers: ChatML.
+    let plain = Tokenizer::from_gguf_spec(&tiny_spm_spec(false)).unwrap();
+    assert_eq!(ChatTemplate::for_tokenizer(&plain).unwrap().source(), CHATML_TEMPLATE);
+}
+
+#[test]
+fn qwen2_pre_splits_digits_and_keeps_a_leading_symbol_with_letters() {
+    let t = Tokenizer::from_gguf_spec(&tiny_spec("qwen2")).unwrap();
+    assert_eq!(t.encode("12", false).unwrap(), vec![id(&t, "1"), id(&t, "2")]);
+    assert_eq!(t.decode(&t.encode("x  (he) 12\n\n", false).unwrap(), false).unwrap(), "x  (he) 12\n\n");
 }

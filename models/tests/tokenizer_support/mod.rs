@@ -166,6 +166,7 @@ pub fn spec_from_metadata(m: &HashMap<String, Meta>) -> GgufTokenizerSpec {
             _ => None,
         },
         chat_template: str_of(m, "tokenizer.chat_template"),
+        ..GgufTokenizerSpec::default()
     }
 }
 
