@@ -4,7 +4,8 @@
 # else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln (the rule kiln itself follows).
 #  - NVRTC from the PyPI wheel nvidia-cuda-nvrtc==13.0.88 (no GPU needed to compile kernels),
 #    unpacked under the kiln cache dir and put on LD_LIBRARY_PATH for cudarc's dynamic loading;
-#  - the default model (SmolLM2-135M-Instruct GGUF), fetched by kiln itself on first use.
+#  - the default model (SmolLM2-135M-Instruct GGUF), fetched by kiln itself on first use;
+#  - Gemma 3 270M and Qwen2.5-Coder 0.5B Q4_K_M GGUFs (`kiln fetch --model ...`), for real_gguf.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,12 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== fetching the default model (cached after the first run)"
 cargo run --quiet -p kiln-server -- fetch
+
+# tests/tests/real_gguf.rs: kiln against llama.cpp on two real GGUFs (about 750 MB together,
+# pinned by sha256; a few seconds to fetch, about 30 s to test).
+echo "== fetching Gemma 3 270M and Qwen2.5-Coder 0.5B (Q4_K_M GGUFs; cached after the first run)"
+cargo run --quiet -p kiln-server -- fetch --model gemma3-270m
+cargo run --quiet -p kiln-server -- fetch --model qwen2.5-coder-0.5b
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast "$@"

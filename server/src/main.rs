@@ -32,8 +32,12 @@ enum Command {
         /// The directory to write (created if missing).
         out_dir: std::path::PathBuf,
     },
-    /// Fetch the default model into the cache (if it is not there) and print its path.
-    Fetch,
+    /// Fetch a model into the cache (if it is not there, verified by sha256) and print its path.
+    Fetch {
+        /// Which model: smollm2-135m (the default model), gemma3-270m, qwen2.5-coder-0.5b.
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+    },
     /// Serve the OpenAI-compatible HTTP API (completions, chat, models, tokenize, health, metrics).
     Serve(cmd_serve::ServeArgs),
     /// Perplexity over a text file in non-overlapping windows (llama.cpp's recipe); with
@@ -55,8 +59,8 @@ fn main() {
         Command::Generate(args) => cmd_generate::run(args),
         Command::Serve(args) => cmd_serve::run(args),
         Command::Convert { gguf, out_dir } => cmd_convert::run(&gguf, &out_dir),
-        Command::Fetch => {
-            kiln_models::fetch::default_model_path().map(|p| println!("{}", p.display())).map_err(Into::into)
+        Command::Fetch { model } => {
+            kiln_models::fetch::model_path(&model).map(|p| println!("{}", p.display())).map_err(Into::into)
         }
         Command::Bench(args) => cmd_bench::run(args),
         Command::Quantize(args) => cmd_quantize::run(args),
