@@ -204,6 +204,12 @@ impl Metrics {
             );
             gauge(
                 &mut out,
+                "kiln_constraint_mask_seconds_total",
+                "Time spent computing token masks, summed (on the engine thread, between model steps).",
+                st.masks.mean_seconds * st.masks.count as f64,
+            );
+            gauge(
+                &mut out,
                 "kiln_constraint_mask_p99_seconds",
                 "99th percentile of a token mask's computation over the most recent masks.",
                 st.masks.p99_seconds,
