@@ -5,12 +5,11 @@
 
 mod engine_support;
 
-use engine_support::{collect, logits_for, start, Collected, EOS};
-use kiln_runtime::engine::beam::{log_softmax, BeamConfig, BeamSearch};
+use engine_support::{collect, logits_for, reference_beam_with, start, Collected, EOS};
+use kiln_runtime::engine::beam::log_softmax;
 use kiln_runtime::engine::{BeamParams, EngineConfig, GenerateRequest, SamplingPlacement};
 use kiln_runtime::sample::constraint::{allows, apply_mask, mask_words};
 use kiln_runtime::sample::{ConstraintError, ConstraintSource, SamplingParams, TokenConstraint};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,32 +134,11 @@ fn every_path_keeps_the_grammar_and_agrees() {
 /// The pure search over the fake model with each beam's log-probabilities masked by the
 /// grammar's state after that beam's tokens.
 fn reference_beam(prompt: &[u32], width: usize, max_new: usize, n: usize) -> Vec<Vec<u32>> {
-    let cfg =
-        BeamConfig { width, length_penalty: 1.0, early_stopping: true, max_new_tokens: max_new, end_tokens: vec![EOS] };
-    let mut s = BeamSearch::new(cfg, 0).unwrap();
-    let mut next = 0;
-    while !s.is_done() {
-        let rows: HashMap<u64, Vec<f32>> = s
-            .live_keys()
-            .map(|k| {
-                let toks = s.tokens_of(k).unwrap();
-                let mut ctx = prompt.to_vec();
-                ctx.extend_from_slice(toks);
-                let mut lp = log_softmax(&logits_for(&ctx));
-                apply_mask(&mut lp, &EvenThenEos { taken: toks.len() }.mask());
-                (k, lp)
-            })
-            .collect();
-        s.step(
-            |k| rows.get(&k).map(|v| v.as_slice()),
-            || {
-                next += 1;
-                next
-            },
-        )
-        .unwrap();
-    }
-    s.results(n).into_iter().map(|h| h.tokens).collect()
+    reference_beam_with(prompt, width, max_new, n, |ctx, toks| {
+        let mut lp = log_softmax(&logits_for(ctx));
+        apply_mask(&mut lp, &EvenThenEos { taken: toks.len() }.mask());
+        lp
+    })
 }
 
 #[test]

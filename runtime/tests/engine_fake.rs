@@ -5,11 +5,10 @@
 
 mod engine_support;
 
-use engine_support::{collect, logits_for, run, start, Collected, EOS, FAIL, PANIC, SLOW, VOCAB};
-use kiln_runtime::engine::beam::{log_softmax, BeamConfig, BeamSearch};
+use engine_support::{collect, logits_for, reference_beam_with, run, start, Collected, EOS, FAIL, PANIC, SLOW, VOCAB};
+use kiln_runtime::engine::beam::log_softmax;
 use kiln_runtime::engine::{BeamParams, EngineConfig, EngineEvent, GenerateRequest, SamplingPlacement, SubmitError};
 use kiln_runtime::sample::{FinishReason, SamplingParams};
-use std::collections::HashMap;
 use std::time::Duration;
 
 const IDLE: Duration = Duration::from_secs(30);
@@ -145,29 +144,7 @@ fn n_choices_fork_the_prompt_and_use_seed_plus_index() {
 
 /// Beam search straight over the fake model's logits, no engine.
 fn reference_beam(prompt: &[u32], width: usize, max_new: usize, n: usize) -> Vec<Vec<u32>> {
-    let cfg =
-        BeamConfig { width, length_penalty: 1.0, early_stopping: true, max_new_tokens: max_new, end_tokens: vec![EOS] };
-    let mut s = BeamSearch::new(cfg, 0).unwrap();
-    let mut next = 0;
-    while !s.is_done() {
-        let rows: HashMap<u64, Vec<f32>> = s
-            .live_keys()
-            .map(|k| {
-                let mut ctx = prompt.to_vec();
-                ctx.extend_from_slice(s.tokens_of(k).unwrap());
-                (k, log_softmax(&logits_for(&ctx)))
-            })
-            .collect();
-        s.step(
-            |k| rows.get(&k).map(|v| v.as_slice()),
-            || {
-                next += 1;
-                next
-            },
-        )
-        .unwrap();
-    }
-    s.results(n).into_iter().map(|h| h.tokens).collect()
+    reference_beam_with(prompt, width, max_new, n, |ctx, _| log_softmax(&logits_for(ctx)))
 }
 
 fn beam_req(prompt: Vec<u32>, width: usize, n: usize, max_tokens: usize) -> GenerateRequest {

@@ -14,17 +14,16 @@ Runs against a live server (loopback), after `openai_conformance.py`:
 Requests run a few at a time so the engine batches them; `max_tokens` stays small.
 """
 
-import argparse
 import json
 import re
 import sys
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 import openai
 import pydantic
 
+import openai_conformance
 from structured_schemas import SCHEMAS
 
 WORKERS = 8
@@ -233,27 +232,5 @@ CHECKS = [
 ]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
-    ap.add_argument("--api-key", default="none")
-    ap.add_argument("--model", help="default: the first model the server lists")
-    a = ap.parse_args()
-    client = openai.OpenAI(base_url=a.base_url, api_key=a.api_key, max_retries=0, timeout=300)
-    model = a.model or client.models.list().data[0].id
-    passed = failed = 0
-    for check in CHECKS:
-        try:
-            check(client, model)
-            passed += 1
-            print(f"ok   {check.__name__}")
-        except Exception:
-            failed += 1
-            print(f"FAIL {check.__name__}")
-            traceback.print_exc()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(openai_conformance.main(CHECKS, __doc__))

@@ -206,3 +206,40 @@ pub fn collect(mut h: RequestHandle) -> Collected {
 pub fn run(e: &EngineHandle, req: GenerateRequest) -> Collected {
     collect(e.submit(req).expect("submit"))
 }
+
+/// Beam search straight over the fake model, no engine: each live beam's row is `row(context,
+/// beam tokens)` (the log-probabilities the engine should rank), the reference the engine's
+/// beam search is checked against.
+pub fn reference_beam_with(
+    prompt: &[u32],
+    width: usize,
+    max_new: usize,
+    n: usize,
+    row: impl Fn(&[u32], &[u32]) -> Vec<f32>,
+) -> Vec<Vec<u32>> {
+    use kiln_runtime::engine::beam::{BeamConfig, BeamSearch};
+    let cfg =
+        BeamConfig { width, length_penalty: 1.0, early_stopping: true, max_new_tokens: max_new, end_tokens: vec![EOS] };
+    let mut s = BeamSearch::new(cfg, 0).unwrap();
+    let mut next = 0;
+    while !s.is_done() {
+        let rows: std::collections::HashMap<u64, Vec<f32>> = s
+            .live_keys()
+            .map(|k| {
+                let toks = s.tokens_of(k).unwrap();
+                let mut ctx = prompt.to_vec();
+                ctx.extend_from_slice(toks);
+                (k, row(&ctx, toks))
+            })
+            .collect();
+        s.step(
+            |k| rows.get(&k).map(|v| v.as_slice()),
+            || {
+                next += 1;
+                next
+            },
+        )
+        .unwrap();
+    }
+    s.results(n).into_iter().map(|h| h.tokens).collect()
+}
