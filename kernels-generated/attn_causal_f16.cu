@@ -3,8 +3,10 @@
 // Attention attn_causal_f16 (storage dtype f16): causal softmax(q·kᵀ·scale → score_mod) · v over a paged KV cache.
 // Scale: the comptime parameter `scale`. Score modifier: `attn_causal_f16_mod` below (the identity).
 // Entry points (calling convention and plan layout: kiln_codegen::attention::abi):
+//   head dim 32: attn_causal_f16_split_hd32_g4, attn_causal_f16_split_hd32_g8 and attn_causal_f16_combine_hd32
 //   head dim 64: attn_causal_f16_split_hd64_g4, attn_causal_f16_split_hd64_g8 and attn_causal_f16_combine_hd64, tensor cores attn_causal_f16_mma_hd64
 //   head dim 128: attn_causal_f16_split_hd128_g4, attn_causal_f16_split_hd128_g8 and attn_causal_f16_combine_hd128, tensor cores attn_causal_f16_mma_hd128
+//   head dim 256: attn_causal_f16_split_hd256_g4, attn_causal_f16_split_hd256_g8 and attn_causal_f16_combine_hd256
 //
 // Score modifier IR:
 //   kernel attn_causal_f32 (from models/src/kernels/attention.rs:13)
@@ -549,6 +551,71 @@ __device__ __forceinline__ void kiln_attn_mma(
 }
 #endif  // KILN_ATTN_TEMPLATE
 
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 32
+
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd32_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_f16* __restrict__ k_pool,
+    const kiln_f16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale) {
+  attn_causal_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  kiln_attn_split<kiln_f16, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd32_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_f16* __restrict__ k_pool,
+    const kiln_f16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale) {
+  attn_causal_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  kiln_attn_split<kiln_f16, 32, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(32) attn_causal_f16_combine_hd32(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_f16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_f16, 32>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+#endif  // KILN_ATTN_HD == 32
+
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 64
+
 extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd64_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
@@ -631,6 +698,9 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_mma_hd64(
   mod.p4_scale = p4_scale;
   kiln_attn_mma<kiln_f16, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, 0, mod);
 }
+#endif  // KILN_ATTN_HD == 64
+
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 128
 
 extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd128_g4(
     const kiln_f16* __restrict__ q,
@@ -714,3 +784,67 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_mma_hd128(
   mod.p4_scale = p4_scale;
   kiln_attn_mma<kiln_f16, 128>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, 0, mod);
 }
+#endif  // KILN_ATTN_HD == 128
+
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 256
+
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd256_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_f16* __restrict__ k_pool,
+    const kiln_f16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale) {
+  attn_causal_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  kiln_attn_split<kiln_f16, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd256_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_f16* __restrict__ k_pool,
+    const kiln_f16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale) {
+  attn_causal_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  kiln_attn_split<kiln_f16, 256, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(256) attn_causal_f16_combine_hd256(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_f16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_f16, 256>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+#endif  // KILN_ATTN_HD == 256

@@ -35,6 +35,14 @@ if [ "$what" = bench2 ] || [ "$what" = all ]; then
   TAIL=14 step bench-8b-128x128-max 240 "${b[@]}" --model synth:llama3-8b --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
 fi
 
+if [ "$what" = arch ]; then
+  # Every architecture's tiny fixture on the GPU against HF, then the attention template (head
+  # dims 32 to 256, sliding windows) and the Llama model check after the decoder rewrite.
+  TAIL=120 step arch 300 .device/kiln-check-arch tests/fixtures/arch-tiny/*/
+  TAIL=12 step attention 240 .device/kiln-check-attention --quick --no-speed --out "$OUT/attention.md"
+  TAIL=30 step model 200 .device/kiln-check-model --model .device/smollm2-10l.gguf --fixtures tests/fixtures/reference.json --dtypes bf16
+fi
+
 if [ "$what" = final ]; then
   b=(.device/kiln bench --offline --device cuda)
   TAIL=12 step attention 200 .device/kiln-check-attention --quick --out "$OUT/attention.md"

@@ -37,7 +37,6 @@ pub fn refuse_unsupported(src: &ConfigSource<'_>, cfg: &LlamaConfig) -> Result<(
     src.refuse_hf("attention_bias", "a q/k/v/o bias", is_false)?;
     src.refuse_hf("mlp_bias", "an MLP bias", is_false)?;
     src.refuse_hf("hidden_act", "an activation other than silu", is_str("silu"))?;
-    src.refuse_gguf("expert_count", "mixture of experts", |v| v.as_u64() == Some(0))?;
     if cfg.rope_scaling.as_ref().is_some_and(|s| s.kind == RopeScalingKind::Linear) {
         return Err(ConfigError::Unsupported { source_name: src.source_name(), what: "'rope_scaling': linear".into() });
     }
@@ -62,9 +61,13 @@ pub fn sliding_window(src: &ConfigSource<'_>) -> Result<Option<usize>, ConfigErr
     }
 }
 
-/// The registry's constructor for `llama` and `mistral`.
+/// The registry's constructor for `llama` and `mistral` (a GGUF `llama` with experts is a
+/// Mixtral: handed to [`crate::mixtral::build`]).
 pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, ModelError> {
     let src = ckpt.config();
+    if src.gguf("expert_count").and_then(|v| v.as_u64()).unwrap_or(0) > 0 {
+        return crate::mixtral::build(ckpt, dev, dtype);
+    }
     let cfg = src.decoder().map_err(load)?;
     refuse_unsupported(&src, &cfg).map_err(|e| ModelError::Unsupported(e.to_string()))?;
     let window = sliding_window(&src).map_err(|e| ModelError::Unsupported(e.to_string()))?;

@@ -5,8 +5,10 @@
 //! `block_sparse_moe.gate` (the router) and `block_sparse_moe.experts.E.{w1, w3, w2}` (gate,
 //! up, down).
 //!
-//! Not yet: Mixtral GGUFs (llama.cpp stores the experts stacked in one 3-D tensor per
-//! projection, `ffn_{gate,up,down}_exps`); such a file is refused by name.
+//! In GGUF (`general.architecture = llama` with `llama.expert_count > 0`, which the Llama entry
+//! hands here) the router is `ffn_gate_inp` and the experts are stacked, one 3-D tensor per
+//! projection (`ffn_{gate,up,down}_exps`), each expert read as its own slice; Q/K rows are
+//! permuted as for Llama.
 
 use crate::arch::{is_str, Built, Checkpoint, ConfigSource};
 use crate::config::{invalid, ConfigError};
@@ -17,6 +19,26 @@ use crate::weights::GgufNaming;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 
+/// Llama's block stems plus the router.
+const GGUF_BLOCKS: [(&str, &str); 10] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate_inp", "block_sparse_moe.gate"),
+];
+
+const GGUF_EXPERTS: [(&str, &str); 3] = [
+    ("ffn_gate_exps", "block_sparse_moe.experts.{e}.w1"),
+    ("ffn_up_exps", "block_sparse_moe.experts.{e}.w3"),
+    ("ffn_down_exps", "block_sparse_moe.experts.{e}.w2"),
+];
+
 const NAMES: Names = Names {
     router: "block_sparse_moe.gate",
     experts: "block_sparse_moe.experts",
@@ -24,37 +46,42 @@ const NAMES: Names = Names {
     ..Names::LLAMA
 };
 
-/// A required positive integer of an HF config, by the first of `keys` it has.
-pub fn hf_count(src: &ConfigSource<'_>, keys: &[&str]) -> Result<usize, ConfigError> {
+/// A required positive integer: HF `hf_keys` (the first present) or GGUF `{arch}.{gguf_key}`.
+pub fn count(src: &ConfigSource<'_>, hf_keys: &[&str], gguf_key: &str) -> Result<usize, ConfigError> {
     let sn = src.source_name();
-    let Some((key, v)) = keys.iter().find_map(|k| src.hf(k).map(|v| (*k, v))) else {
-        return Err(ConfigError::Missing { source_name: sn, field: keys[0].into() });
+    let found = hf_keys.iter().find_map(|k| src.hf(k).map(|v| (k.to_string(), v.as_u64())));
+    let (key, v) = match found {
+        Some(kv) => kv,
+        None => match src.gguf(gguf_key) {
+            Some(v) => (gguf_key.to_string(), v.as_u64()),
+            None => return Err(ConfigError::Missing { source_name: sn, field: hf_keys[0].into() }),
+        },
     };
-    v.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| invalid(&sn, key, "is not a positive integer"))
+    v.filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| invalid(&sn, &key, "is not a positive integer"))
 }
 
 /// The registry's constructor for `mixtral`.
 pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, ModelError> {
     let src = ckpt.config();
     let unsupported = |e: ConfigError| ModelError::Unsupported(e.to_string());
-    if ckpt.gguf().is_some() {
-        return Err(ModelError::Unsupported(format!(
-            "{}: mixture-of-experts GGUF files (experts stacked in `ffn_*_exps`) are not read yet",
-            src.source_name()
-        )));
-    }
     let cfg = src.decoder().map_err(load)?;
     src.refuse_hf("hidden_act", "an activation other than silu", is_str("silu")).map_err(unsupported)?;
     src.refuse_hf("router_jitter_noise", "router jitter at inference", |v| v.as_f64() == Some(0.0))
         .map_err(unsupported)?;
     let window = crate::llama::sliding_window(&src).map_err(unsupported)?;
-    let experts = hf_count(&src, &["num_local_experts"]).map_err(load)?;
-    let top_k = hf_count(&src, &["num_experts_per_tok"]).map_err(load)?;
+    let experts = count(&src, &["num_local_experts"], "expert_count").map_err(load)?;
+    let top_k = count(&src, &["num_experts_per_tok"], "expert_used_count").map_err(load)?;
     if top_k > experts {
         return Err(load(invalid(&src.source_name(), "num_experts_per_tok", format!("{top_k} > {experts} experts"))));
     }
     let moe = MoeSpec { experts, top_k, norm_top_k: true, intermediate: cfg.intermediate_size };
-    let weights = ckpt.weights(&GgufNaming::hf_order(&crate::llama::GGUF_BLOCKS)).map_err(load)?;
+    // As llama.cpp writes a Mixtral: Q/K rows permuted as for Llama, experts stacked.
+    let naming = GgufNaming {
+        experts: &GGUF_EXPERTS,
+        permuted_qk: Some((cfg.num_attention_heads, cfg.num_key_value_heads)),
+        ..GgufNaming::hf_order(&GGUF_BLOCKS)
+    };
+    let weights = ckpt.weights(&naming).map_err(load)?;
     let mut spec = DecoderSpec { moe: Some(moe), ..DecoderSpec::llama(cfg) };
     let window = window.filter(|&w| w < spec.cfg.max_position_embeddings);
     for l in &mut spec.layers {

@@ -11,9 +11,10 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture { names: &["llama", "mistral"], build: crate::llama::build },
     Architecture { names: &["qwen2"], build: crate::qwen2::build },
     Architecture { names: &["qwen3"], build: crate::qwen3::build },
-    Architecture { names: &["qwen3_moe"], build: crate::qwen3_moe::build },
+    Architecture { names: &["qwen3_moe", "qwen3moe"], build: crate::qwen3_moe::build },
     Architecture { names: &["mixtral"], build: crate::mixtral::build },
     Architecture { names: &["falcon"], build: crate::falcon::build },
+    Architecture { names: &["phi3"], build: crate::phi3::build },
     Architecture { names: &["gemma2", "gemma3", "gemma3_text"], build: crate::gemma::build },
 ];
 

@@ -84,7 +84,7 @@ macro_rules! arch_tests {
     };
 }
 
-arch_tests!(mistral, qwen3, gemma2, gemma3, falcon);
+arch_tests!(mistral, qwen3, gemma2, gemma3, falcon, phi3);
 
 mod moe_safetensors {
     #[test]

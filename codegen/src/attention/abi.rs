@@ -16,7 +16,8 @@
 //! cap in [`GROUP_CAPS`]): `grid = (n_tokens, n_kv_heads * ceil(group / G), n_splits)`,
 //! [`THREADS`] threads, static shared memory only. Block `(t, y, s)` serves query heads
 //! `kvh * group + g0 .. + min(G, group - g0)` of token `t` (`kvh = y / chunks`,
-//! `g0 = (y % chunks) * G`) over keys `[s * part, min((s + 1) * part, tok_pos + 1))`. With one
+//! `g0 = (y % chunks) * G`) over keys `[lo + s * part, min(lo + (s + 1) * part, tok_pos + 1))`,
+//! `lo` the first key of the query's window (0 without a window). With one
 //! split it writes the normalised output; with more it writes unnormalised partials
 //! (`part_o[((t * n_heads + h) * n_splits + s) * HD ..]`, f32) and their running max and sum
 //! (`part_ml[2 * (..)]`), which `{spec}_combine_hd{HD}` (`grid = (n_tokens, n_heads)`, `HD`
@@ -24,7 +25,8 @@
 //!
 //! Arguments of the split kernel, in order: `q, q_stride, k_pool, v_pool, kv_stride, plan,
 //! n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride,
-//! part_o, part_ml, n_splits`, then the comptime parameters (f32 as `float`, i32 and bool as
+//! part_o, part_ml, n_splits`, then the comptime parameters (the template's `window` argument
+//! is not one: the entry passes its `window` parameter, or 0, itself) (f32 as `float`, i32 and bool as
 //! `int`). Of the combine kernel: `part_o, part_ml, n_splits, n_heads, out, out_stride`.
 //! Pointers are device addresses of the storage dtype (`plan` int32, partials f32); strides
 //! are in elements; the K/V pools and `kv_stride * sizeof(T)` must be 16-byte aligned.
@@ -38,9 +40,14 @@
 
 use super::AttnKernel;
 
-/// Head dims the CUDA template is instantiated for. 256 (Gemma) is left out until a model
-/// needs it: its 8-head instance alone takes NVRTC about 7 s to compile.
-pub const HEAD_DIMS: [usize; 2] = [64, 128];
+/// Head dims the CUDA template is instantiated for: 32 (small models and kiln's tiny test
+/// checkpoints), 64, 128, 256 (Gemma). Each head dim's entries sit in the generated file
+/// behind `#if` on [`HEAD_DIM_MACRO`]: the runtime compiles a module per head dim with only the
+/// model's (NVRTC takes ~7 s for the 256 instances alone); without the macro (the CI compile
+/// test) every head dim is compiled.
+pub const HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
+/// The macro that selects one head dim's entries (see [`HEAD_DIMS`]).
+pub const HEAD_DIM_MACRO: &str = "KILN_ATTN_HD";
 /// Query heads per block (group caps) the split kernel is instantiated for.
 pub const GROUP_CAPS: [usize; 2] = [4, 8];
 /// Threads per block of the split kernel; also the keys per tile.
@@ -56,9 +63,11 @@ pub fn combine_entry(a: &AttnKernel, head_dim: usize) -> String {
     format!("{}_combine_hd{head_dim}", a.spec_name())
 }
 
-/// The tensor-core entry of a half-precision specialisation (`None` for f32).
+/// The tensor-core entry of a half-precision specialisation (`None` for f32, and for head dims
+/// outside 64..=128: below, a key row is under the 8 chunks its swizzle needs; above, the K and
+/// V tiles outgrow static shared memory; the split kernel serves those prefills).
 pub fn mma_entry(a: &AttnKernel, head_dim: usize) -> Option<String> {
-    a.dtype.is_half().then(|| format!("{}_mma_hd{head_dim}", a.spec_name()))
+    (a.dtype.is_half() && (64..=128).contains(&head_dim)).then(|| format!("{}_mma_hd{head_dim}", a.spec_name()))
 }
 
 /// Rows (query token × query head pairs) of one tensor-core block.
@@ -70,17 +79,18 @@ pub fn mma_queries(group: usize) -> usize {
     MMA_ROWS / group.max(1)
 }
 
-/// Every entry point of a specialisation, in a fixed order (the module is loaded with all).
-pub fn entries(a: &AttnKernel) -> Vec<String> {
-    let mut e = vec![];
-    for hd in HEAD_DIMS {
-        for g in GROUP_CAPS {
-            e.push(split_entry(a, hd, g));
-        }
-        e.push(combine_entry(a, hd));
-        e.extend(mma_entry(a, hd));
-    }
+/// Every entry point of a specialisation for one head dim, in a fixed order (its module is
+/// loaded with all of them).
+pub fn entries_for(a: &AttnKernel, hd: usize) -> Vec<String> {
+    let mut e: Vec<String> = GROUP_CAPS.iter().map(|&g| split_entry(a, hd, g)).collect();
+    e.push(combine_entry(a, hd));
+    e.extend(mma_entry(a, hd));
     e
+}
+
+/// Every entry point of a specialisation, in a fixed order.
+pub fn entries(a: &AttnKernel) -> Vec<String> {
+    HEAD_DIMS.iter().flat_map(|&hd| entries_for(a, hd)).collect()
 }
 
 /// The smallest group cap that covers `group` query heads per KV head (the largest cap when

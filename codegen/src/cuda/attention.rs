@@ -26,7 +26,11 @@ pub fn emit(a: &AttnKernel) -> Result<String, CompileError> {
     score_mod(&mut w, a).map_err(err)?;
     w.blank();
     w.text(super::attention_template::TEMPLATE);
+    let m = abi::HEAD_DIM_MACRO;
     for hd in HEAD_DIMS {
+        w.blank();
+        // Compiled when the runtime asks for this head dim, or when no head dim is named.
+        w.line(&format!("#if !defined({m}) || {m} == {hd}"));
         for g in GROUP_CAPS {
             w.blank();
             split_entry(&mut w, a, hd, g);
@@ -37,6 +41,7 @@ pub fn emit(a: &AttnKernel) -> Result<String, CompileError> {
             w.blank();
             mma_entry(&mut w, a, hd, &name);
         }
+        w.line(&format!("#endif  // {m} == {hd}"));
     }
     w.finish().map_err(|e| err(e.to_string()))
 }

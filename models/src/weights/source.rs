@@ -188,6 +188,10 @@ pub struct GgufNaming {
     /// `(llama.cpp stem, HF stem)` of the tensors outside the blocks (embedding, final norm,
     /// head), `.weight|bias` alike.
     pub globals: &'static [(&'static str, &'static str)],
+    /// Mixture-of-experts projections llama.cpp stores stacked (`blk.N.ffn_gate_exps.weight`,
+    /// `[experts, rows, cols]`): `(llama.cpp stem, HF stem with `{e}` for the expert)`; each
+    /// expert becomes its own tensor, `{layers}.N.{hf stem}.weight`, borrowing its slice.
+    pub experts: &'static [(&'static str, &'static str)],
     /// For architectures whose converter permutes Q/K rows for llama.cpp's RoPE (Llama):
     /// `(query heads, key/value heads)`. `None` (Qwen2, ...): rows are stored in HF order.
     pub permuted_qk: Option<(usize, usize)>,
@@ -200,7 +204,7 @@ pub const LLAMA_GLOBALS: [(&str, &str); 3] =
 impl GgufNaming {
     /// Blocks named `blocks` under `model.layers`, Llama's globals, Q/K rows in HF order.
     pub const fn hf_order(blocks: &'static [(&'static str, &'static str)]) -> GgufNaming {
-        GgufNaming { blocks, layers: "model.layers", globals: &LLAMA_GLOBALS, permuted_qk: None }
+        GgufNaming { blocks, layers: "model.layers", globals: &LLAMA_GLOBALS, experts: &[], permuted_qk: None }
     }
 
     /// The HF name of a llama.cpp tensor name (`blk.3.attn_q.weight` ->
@@ -222,6 +226,15 @@ impl GgufNaming {
         }
         let (_, hf) = self.blocks.iter().find(|(g, _)| *g == stem)?;
         Some(format!("{}.{layer}.{hf}.{kind}", self.layers))
+    }
+
+    /// For a stacked-experts tensor of `n` experts: the HF name of each expert's slice.
+    pub fn expert_names(&self, name: &str, n: usize) -> Option<Vec<String>> {
+        let rest = name.strip_prefix("blk.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        let stem = rest.strip_suffix(".weight")?;
+        let (_, hf) = self.experts.iter().find(|(g, _)| *g == stem)?;
+        Some((0..n).map(|e| format!("{}.{layer}.{}.weight", self.layers, hf.replace("{e}", &e.to_string()))).collect())
     }
 
     /// The head count a llama.cpp tensor's rows were permuted with, if they were.
@@ -250,6 +263,9 @@ struct Entry {
     shape: Vec<usize>,
     format: StoredFormat,
     permuted_heads: Option<usize>,
+    /// `(e, n)`: expert `e`'s slice of a GGUF tensor stacking `n` experts (their bytes are
+    /// back to back: blocks run along the innermost dimension).
+    expert: Option<(usize, usize)>,
 }
 
 /// A checkpoint's tensors, memory-mapped; see the module header.
@@ -342,6 +358,7 @@ impl WeightSource {
                     shape: view.shape().to_vec(),
                     format: StoredFormat::Ggml(ty),
                     permuted_heads: None,
+                    expert: None,
                 };
                 if entries.insert(name.to_owned(), entry).is_some() {
                     return Err(WeightsError::Duplicate {
@@ -369,6 +386,26 @@ impl WeightSource {
         let source_name = file.path().display().to_string();
         let mut entries = BTreeMap::new();
         for info in file.tensors() {
+            let shape = info.hf_shape();
+            if let (Some(names), [n, rest @ ..]) =
+                (naming.expert_names(&info.name, shape.first().copied().unwrap_or(0)), shape.as_slice())
+            {
+                for (e, hf) in names.into_iter().enumerate() {
+                    let entry = Entry {
+                        file: 0,
+                        range: 0..0,
+                        gguf_name: Some(info.name.clone()),
+                        shape: rest.to_vec(),
+                        format: StoredFormat::Ggml(info.ggml_type),
+                        permuted_heads: None,
+                        expert: Some((e, *n)),
+                    };
+                    if entries.insert(hf.clone(), entry).is_some() {
+                        return Err(WeightsError::Duplicate { source_name, tensor: hf });
+                    }
+                }
+                continue;
+            }
             let Some(hf) = naming.hf_name(&info.name) else {
                 return Err(WeightsError::UnknownTensor { source_name, tensor: info.name.clone() });
             };
@@ -376,9 +413,10 @@ impl WeightSource {
                 file: 0,
                 range: 0..0,
                 gguf_name: Some(info.name.clone()),
-                shape: info.hf_shape(),
+                shape,
                 format: StoredFormat::Ggml(info.ggml_type),
                 permuted_heads: naming.permuted_heads(&info.name),
+                expert: None,
             };
             if entries.insert(hf.clone(), entry).is_some() {
                 return Err(WeightsError::Duplicate { source_name, tensor: hf });
@@ -487,7 +525,14 @@ impl WeightSource {
             Backing::Safetensors(maps) => &maps[e.file][e.range.clone()],
             Backing::Gguf(f) => {
                 let gguf_name = e.gguf_name.as_deref().unwrap_or(name);
-                f.tensor_bytes(f.tensor_info(gguf_name)?)?
+                let all = f.tensor_bytes(f.tensor_info(gguf_name)?)?;
+                match e.expert {
+                    None => all,
+                    Some((i, n)) => {
+                        let len = all.len() / n;
+                        &all[i * len..(i + 1) * len]
+                    }
+                }
             }
         };
         self.mark_used(name);
