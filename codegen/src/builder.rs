@@ -144,6 +144,19 @@ impl Builder {
         self.push(Op::Rope { x: x_param, pos, theta, head_dim, style, scaling })
     }
 
+    /// RoPE with the inverse frequencies read from `Bcast(F32)` parameter `table` (see
+    /// [`Op::RopeTable`]).
+    pub fn rope_table(
+        &mut self,
+        x_param: u32,
+        pos: ValueId,
+        table: u32,
+        head_dim: ValueId,
+        style: RopeStyle,
+    ) -> Result<ValueId, BuildError> {
+        self.push(Op::RopeTable { x: x_param, pos, head_dim, style, table })
+    }
+
     /// Declare an output. A value of a different dtype is cast to the output's dtype.
     pub fn output(&mut self, name: &str, kind: OutputKind, v: ValueId) -> Result<(), BuildError> {
         if self.k.outputs.iter().any(|o| o.name == name) || self.k.params.iter().any(|p| p.name == name) {

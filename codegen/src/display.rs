@@ -108,6 +108,16 @@ impl Kernel {
                 }
                 s
             }
+            Op::RopeTable { x, pos, head_dim, style, table } => {
+                let style = match style {
+                    RopeStyle::HalfSplit => "half_split",
+                    RopeStyle::Interleaved => "interleaved",
+                };
+                format!(
+                    "rope.{style} {}, pos={pos}, inv_freq={}, head_dim={head_dim}",
+                    self.params[*x as usize].name, self.params[*table as usize].name
+                )
+            }
         }
     }
 }

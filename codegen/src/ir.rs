@@ -12,6 +12,7 @@
 //! - binary ops take operands of the same dtype; an `Elem` op a `Uniform` broadcasts to `Elem`;
 //! - reductions take an `Elem` float operand and produce a `Uniform` value;
 //! - `Rope` reads its operand straight from a `Row` parameter (it needs the partner column);
+//!   `RopeTable` too, and its frequency table straight from a `Bcast(F32)` parameter;
 //! - outputs name existing nodes; `Row` outputs are `Elem`, `PerRow` outputs are `Uniform`;
 //! - a row index ([`Param::index`], [`Output::index`]) appears only on `Row` params and outputs
 //!   and names a `PerRow(I32)` parameter: row `r` of the problem reads (gather) or writes
@@ -341,6 +342,21 @@ pub enum Op {
         style: RopeStyle,
         scaling: Option<Llama3Scaling>,
     },
+    /// [`Op::Rope`] with the inverse frequencies given as data instead of a formula (LongRoPE,
+    /// partial rotary with pass-through pairs at frequency 0, per-dimension `rope_freqs`):
+    /// pair `i` of every head turns by `pos * table[c_i]`, where `c_i` is the pair's first column
+    /// in head 0 (`i` for `HalfSplit`, `2i` for `Interleaved`). `table` names a `Bcast(F32)`
+    /// parameter, so it has `width` entries like every `Bcast` (checked at launch) and
+    /// `width >= head_dim`: only head 0's pair-first columns are read, and a caller that fills
+    /// every column with its pair's frequency (the table tiled per head) gets the same result.
+    /// Result: `Elem` F32.
+    RopeTable {
+        x: u32,
+        pos: ValueId,
+        head_dim: ValueId,
+        style: RopeStyle,
+        table: u32,
+    },
     /// Row softmax; the `lower_softmax` pass expands it into max / exp / sum / div.
     Softmax(ValueId),
 }
@@ -360,6 +376,16 @@ impl Op {
                 }
                 v
             }
+            Op::RopeTable { pos, head_dim, .. } => vec![*pos, *head_dim],
+        }
+    }
+
+    /// The parameters this op reads directly (a `Param` load, a rotated tensor, a table).
+    pub fn params_read(&self) -> Vec<u32> {
+        match self {
+            Op::Param(p) | Op::Rope { x: p, .. } => vec![*p],
+            Op::RopeTable { x, table, .. } => vec![*x, *table],
+            _ => vec![],
         }
     }
 
@@ -388,6 +414,9 @@ impl Op {
                     original_max_position: f(s.original_max_position),
                 }),
             },
+            Op::RopeTable { x, pos, head_dim, style, table } => {
+                Op::RopeTable { x: *x, pos: f(*pos), head_dim: f(*head_dim), style: *style, table: *table }
+            }
         }
     }
 }

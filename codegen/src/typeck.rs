@@ -17,6 +17,8 @@ pub enum TypeError {
     Wrong { op: String, want: &'static str, got: Ty },
     #[error("rope: parameter `{0}` must be a Row tensor of a float dtype (rope reads the partner column from memory)")]
     RopeOperand(String),
+    #[error("rope: frequency table `{0}` must be a Bcast<f32> parameter (rope reads it at each pair's first column)")]
+    RopeTable(String),
 }
 
 fn want(op: impl std::fmt::Debug, want: &'static str, got: Ty) -> TypeError {
@@ -116,6 +118,26 @@ pub fn infer(params: &[Param], defined: &[Node], op: &Op) -> Result<Ty, TypeErro
             if let Some(s) = scaling {
                 for v in [s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position] {
                     uni(v, DType::F32, "uniform f32 scaling factors")?;
+                }
+            }
+            Ok(Ty::new(DType::F32, Shape::Elem))
+        }
+        Op::RopeTable { x, pos, head_dim, table, .. } => {
+            let p = params.get(*x as usize).ok_or(TypeError::NoSuchParam(*x))?;
+            match p.kind {
+                ParamKind::Row(d) if d.is_float() => {}
+                _ => return Err(TypeError::RopeOperand(p.name.clone())),
+            }
+            let t = params.get(*table as usize).ok_or(TypeError::NoSuchParam(*table))?;
+            if t.kind != ParamKind::Bcast(DType::F32) {
+                return Err(TypeError::RopeTable(t.name.clone()));
+            }
+            for (v, d, what) in
+                [(*pos, DType::I32, "a per-row i32 position"), (*head_dim, DType::I32, "a uniform i32 head_dim")]
+            {
+                let t = ty(v)?;
+                if t != Ty::new(d, Shape::Uniform) {
+                    return Err(want("rope", what, t));
                 }
             }
             Ok(Ty::new(DType::F32, Shape::Elem))

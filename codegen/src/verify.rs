@@ -3,7 +3,7 @@
 //!
 //! Rules ([`verify`], for any kernel a frontend may hand to the passes):
 //! - SSA order: every operand names an earlier node (no forward or self references);
-//! - every `Param(n)` / `Rope { x: n }` names an existing parameter;
+//! - every parameter an op reads (`Param(n)`, `Rope { x: n }`, `RopeTable { x, table }`) exists;
 //! - every node's stored type equals [`crate::typeck::infer`] of its op;
 //! - there is at least one output; each names an existing node; a `Row` output's value is
 //!   `Elem`, a `PerRow` output's value is `Uniform`, and the value's dtype equals the output
@@ -110,7 +110,7 @@ pub fn verify_at(k: &Kernel, level: Level) -> Result<(), VerifyError> {
                 return Err(VerifyError::ForwardRef { node: id, text: text(), operand });
             }
         }
-        if let Op::Param(p) | Op::Rope { x: p, .. } = node.op {
+        for p in node.op.params_read() {
             if p as usize >= k.params.len() {
                 return Err(VerifyError::NoSuchParam { node: id, text: text(), param: p, count: k.params.len() });
             }
@@ -216,7 +216,7 @@ fn check_outputs(k: &Kernel) -> Result<(), VerifyError> {
 /// (`Kernel::op_text` indexes the parameter list and would panic).
 fn node_text(k: &Kernel, op: &Op) -> String {
     match op {
-        Op::Param(p) | Op::Rope { x: p, .. } if *p as usize >= k.params.len() => format!("{op:?}"),
+        op if op.params_read().iter().any(|p| *p as usize >= k.params.len()) => format!("{op:?}"),
         _ => k.op_text(op),
     }
 }

@@ -80,6 +80,11 @@ fn rope_ref(x: &[f64], pos: i32, theta: f32, hd: usize, style: RopeStyle, llama3
         }
         (pos as f32 * f) as f64
     };
+    rope_ref_with(x, hd, style, angle)
+}
+
+/// RoPE by its definition with pair `i` turned by `angle(i)`.
+fn rope_ref_with(x: &[f64], hd: usize, style: RopeStyle, angle: impl Fn(usize) -> f64) -> Vec<f64> {
     let mut out = vec![0.0; x.len()];
     for h in 0..x.len() / hd {
         let base = h * hd;
@@ -306,6 +311,53 @@ fn rope_case(style: RopeStyle, llama3: bool, seed: u64) {
                     xs.iter().zip(&pos).map(|(x, &p)| rope_ref(x, p, theta, hd, style, sc)).collect();
                 check_rows(
                     &format!("rope {style:?} llama3={llama3} hd {hd} {}", label("", &c)),
+                    outs[0].host(),
+                    c.stride,
+                    &want,
+                    d,
+                    0.0,
+                );
+            }
+        }
+    }
+}
+
+/// The table kernel: pair `i` at `table[i]` (half split) or `table[2i]` (interleaved), with
+/// pass-through pairs (frequency 0) and a table tiled per head as the model loader writes it.
+#[test]
+fn rope_table_matches_reference() {
+    let mut r = rng(21);
+    for style in [RopeStyle::HalfSplit, RopeStyle::Interleaved] {
+        for (hd, heads) in [(2usize, 1usize), (16, 3), (64, 9)] {
+            for d in DType::STORAGE {
+                let width = hd * heads;
+                let c = Case { d, width, stride: width + 3 };
+                let k = lowered(kernels::rope_table(d, style));
+                let (x, xs) = row_in(&mut r, &c, -2.0, 2.0);
+                let pos: Vec<i32> = (0..ROWS).map(|_| r.random_range(0..4096)).collect();
+                let pairs: Vec<f32> = (0..hd / 2)
+                    .map(|i| if i + 1 < hd / 2 || hd == 2 { r.random_range(0.0..1.0) } else { 0.0 })
+                    .collect();
+                let pair_of = |j: usize| match style {
+                    RopeStyle::HalfSplit => j % (hd / 2),
+                    RopeStyle::Interleaved => j / 2,
+                };
+                let table: Vec<f32> = (0..width).map(|col| pairs[pair_of(col % hd)]).collect();
+                let params = [
+                    x,
+                    PArg::PerRow(Host::I32(pos.clone())),
+                    PArg::Bcast(Host::F32(table)),
+                    PArg::Scalar(CpuScalar::I32(hd as i32)),
+                ];
+                let mut outs = [row_out(&c)];
+                run(&k, &params, &mut outs, ROWS, width).unwrap();
+                let want: Vec<Vec<f64>> = xs
+                    .iter()
+                    .zip(&pos)
+                    .map(|(x, &p)| rope_ref_with(x, hd, style, |i| (p as f32 * pairs[i]) as f64))
+                    .collect();
+                check_rows(
+                    &format!("rope_table {style:?} hd {hd} {}", label("", &c)),
                     outs[0].host(),
                     c.stride,
                     &want,

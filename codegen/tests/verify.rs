@@ -160,6 +160,44 @@ fn rope_on_a_bcast_param_is_rejected() {
 }
 
 #[test]
+fn rope_table_must_be_a_bcast_f32_param() {
+    for (kind, ok) in [
+        (ParamKind::Bcast(DType::F32), true),
+        (ParamKind::Bcast(DType::BF16), false),
+        (ParamKind::Row(DType::F32), false),
+        (ParamKind::PerRow(DType::F32), false),
+    ] {
+        let mut b = Builder::new("rope_table", "test", DType::F32);
+        b.param("x", ParamKind::Row(DType::F32)).unwrap();
+        b.param("t", kind).unwrap();
+        let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
+        let hd = b.constant(kiln_codegen::ir::Const::I32(2));
+        let y = b.rope_table(0, pos, 1, hd, RopeStyle::HalfSplit);
+        match (y, ok) {
+            (Ok(y), true) => {
+                b.output("y", OutputKind::Row(DType::F32), y).unwrap();
+                verify(&b.finish().unwrap()).unwrap();
+            }
+            (Err(e), false) => assert!(e.to_string().contains("must be a Bcast<f32>"), "{kind:?}: {e}"),
+            (r, _) => panic!("{kind:?}: {r:?}"),
+        }
+    }
+    // A table index past the parameters is caught by the verifier, not a panic.
+    let mut b = Builder::new("rope_table", "test", DType::F32);
+    b.param("x", ParamKind::Row(DType::F32)).unwrap();
+    b.param("t", ParamKind::Bcast(DType::F32)).unwrap();
+    let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
+    let hd = b.constant(kiln_codegen::ir::Const::I32(2));
+    let y = b.rope_table(0, pos, 1, hd, RopeStyle::HalfSplit).unwrap();
+    b.output("y", OutputKind::Row(DType::F32), y).unwrap();
+    let mut k = b.finish().unwrap();
+    let Op::RopeTable { table, .. } = &mut k.nodes[y.index()].op else { unreachable!() };
+    *table = 9;
+    let e = verify(&k).unwrap_err();
+    assert!(matches!(e, VerifyError::NoSuchParam { param: 9, .. }), "{e:?}");
+}
+
+#[test]
 fn half_arithmetic_is_rejected_after_lowering() {
     // bf16 arithmetic without widening: a valid frontend kernel, but not a lowered one.
     let mut b = Builder::new("unwidened", "test", DType::BF16);

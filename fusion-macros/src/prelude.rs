@@ -10,6 +10,9 @@
 //!   original_max_position)`. `x` must be a `Row` parameter (RoPE reads the partner column from
 //!   memory); `theta`, `head_dim` and the scaling factors must be `#[comptime]` parameters or
 //!   literals (they are the same for the whole launch).
+//! - RoPE from a frequency table: `rope_half_table(x, pos, inv_freq, head_dim)`,
+//!   `rope_interleaved_table(x, pos, inv_freq, head_dim)`: `inv_freq` must be a `Bcast<f32>`
+//!   parameter, read at each pair's first column of head 0 (LongRoPE, partial rotary).
 //!
 //! Invariant: [`NAMES`] lists exactly the names [`call`] accepts (used in error advice).
 
@@ -30,6 +33,7 @@ enum Prim {
     Softmax,
     NegInf,
     Rope(RopeStyle, bool),
+    RopeTable(RopeStyle),
 }
 
 const TABLE: &[(&str, Prim, &str)] = &[
@@ -58,9 +62,15 @@ const TABLE: &[(&str, Prim, &str)] = &[
         Prim::Rope(RopeStyle::HalfSplit, true),
         "rope_half_llama3(x, pos, theta, head_dim, factor, low_freq_factor, high_freq_factor, original_max_position)",
     ),
+    ("rope_half_table", Prim::RopeTable(RopeStyle::HalfSplit), "rope_half_table(x, pos, inv_freq, head_dim)"),
+    (
+        "rope_interleaved_table",
+        Prim::RopeTable(RopeStyle::Interleaved),
+        "rope_interleaved_table(x, pos, inv_freq, head_dim)",
+    ),
 ];
 
-pub const NAMES: &str = "exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, abs, pow, min, max, sum, mean, select, softmax, neg_inf, rope_half, rope_interleaved, rope_half_llama3";
+pub const NAMES: &str = "exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, abs, pow, min, max, sum, mean, select, softmax, neg_inf, rope_half, rope_interleaved, rope_half_llama3, rope_half_table, rope_interleaved_table";
 
 pub fn is_prelude(name: &str) -> bool {
     TABLE.iter().any(|(n, ..)| *n == name)
@@ -86,7 +96,7 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
         return Err(err(&c.func, format!("`{name}` is not in the #[fused] prelude; available: {NAMES}")));
     };
     let args: Vec<&Expr> = c.args.iter().collect();
-    let row_wide = matches!(prim, Prim::Reduce(_) | Prim::Softmax | Prim::Rope(..))
+    let row_wide = matches!(prim, Prim::Reduce(_) | Prim::Softmax | Prim::Rope(..) | Prim::RopeTable(_))
         || (matches!(prim, Prim::Max) && args.len() == 1);
     if cx.elementwise_only() && row_wide {
         return Err(err(
@@ -151,6 +161,10 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
             arity(if llama3 { 8 } else { 4 })?;
             return rope(cx, &args, style, llama3, &name, e).map(Val::Node);
         }
+        Prim::RopeTable(style) => {
+            arity(4)?;
+            return rope_table(cx, &args, style, &name, e).map(Val::Node);
+        }
     };
     Ok(Val::Node(id.map_err(|be| build_err(e, be))?))
 }
@@ -172,16 +186,43 @@ fn binary(cx: &mut Cx, op: BinaryOp, a: &Expr, b: &Expr) -> syn::Result<Built> {
 
 type Built = Result<ValueId, BuildError>;
 
-fn rope(cx: &mut Cx, args: &[&Expr], style: RopeStyle, llama3: bool, name: &str, call: &Expr) -> syn::Result<ValueId> {
-    let x = match cx.expr(args[0])? {
+/// The `Row` parameter a RoPE call rotates (the parameter itself, not a computed value).
+fn rope_x(cx: &mut Cx, a: &Expr, name: &str) -> syn::Result<u32> {
+    match cx.expr(a)? {
+        Val::Param { index, .. } => Ok(index),
+        _ => Err(err(
+            a,
+            format!("`{name}` takes a `Row` parameter itself, not a computed value: RoPE reads each column's partner column from memory; rotate the parameter first, then compute with the result"),
+        )),
+    }
+}
+
+fn rope_table(cx: &mut Cx, args: &[&Expr], style: RopeStyle, name: &str, call: &Expr) -> syn::Result<ValueId> {
+    let x = rope_x(cx, args[0], name)?;
+    let pos = operand(cx, args[1], Some(DType::I32))?;
+    let table = match cx.expr(args[2])? {
         Val::Param { index, .. } => index,
-        _ => {
-            return Err(err(
-                args[0],
-                format!("`{name}` takes a `Row` parameter itself, not a computed value: RoPE reads each column's partner column from memory; rotate the parameter first, then compute with the result"),
-            ))
-        }
+        _ => return Err(err(
+            args[2],
+            format!(
+                "`{name}`'s `inv_freq` must be a `Bcast<f32>` parameter itself: it is read at each pair's first column"
+            ),
+        )),
     };
+    let v = cx.expr(args[3])?;
+    if !matches!(v, Val::Int(_)) && !cx.is_comptime(v) {
+        return Err(err(args[3], format!("`{name}`'s `head_dim` must be a #[comptime] parameter or a literal: it is the same for the whole launch")));
+    }
+    let head_dim = cx.value(v, Some(DType::I32), args[3])?;
+    cx.b.rope_table(x, pos, table, head_dim, style).map_err(|be| match be {
+        BuildError::Type(TypeError::RopeOperand(_)) => build_err(args[0], be),
+        BuildError::Type(TypeError::RopeTable(_)) => build_err(args[2], be),
+        other => build_err(call, other),
+    })
+}
+
+fn rope(cx: &mut Cx, args: &[&Expr], style: RopeStyle, llama3: bool, name: &str, call: &Expr) -> syn::Result<ValueId> {
+    let x = rope_x(cx, args[0], name)?;
     let pos = operand(cx, args[1], Some(DType::I32))?;
     let mut uniform = |i: usize, what: &str, d: DType| -> syn::Result<ValueId> {
         let v = cx.expr(args[i])?;

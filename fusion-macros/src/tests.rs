@@ -81,6 +81,22 @@ fn rope_takes_the_parameter_itself() {
 }
 
 #[test]
+fn rope_table_takes_a_bcast_f32_table() {
+    let src =
+        "fn r(x: Row, pos: PerRow<i32>, t: Bcast<f32>, #[comptime] hd: i32) -> Row { rope_half_table(x, pos, t, hd) }";
+    let k = build(src, DType::BF16).unwrap();
+    assert!(k.to_string().contains("rope.half_split x, pos=%"), "{k}");
+    assert!(k.to_string().contains("inv_freq=t"), "{k}");
+    let e = error("fn r(x: Row, pos: PerRow<i32>, t: Bcast) -> Row { rope_half_table(x, pos, t * 2.0, 64) }");
+    assert!(e.contains("must be a `Bcast<f32>` parameter itself"), "{e}");
+    let e = error("fn r(x: Row, pos: PerRow<i32>, t: Bcast<bf16>) -> Row { rope_half_table(x, pos, t, 64) }");
+    assert!(e.contains("must be a Bcast<f32>"), "{e}");
+    let e =
+        error("fn r(x: Row, pos: PerRow<i32>, t: Bcast<f32>, h: PerRow<i32>) -> Row { rope_half_table(x, pos, t, h) }");
+    assert!(e.contains("#[comptime] parameter or a literal"), "{e}");
+}
+
+#[test]
 fn errors_name_the_problem() {
     for (src, want) in [
         ("fn f(x: Row) -> Row { foo(x) }", "`foo` is not in the #[fused] prelude"),

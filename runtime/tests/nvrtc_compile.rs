@@ -137,7 +137,9 @@ fn ptx_has_vector_accesses_and_no_local_arrays() {
         let v4 = |p: &str| p.lines().any(|l| l.contains("ld.global.nc.v4.") || l.contains("st.global.v4."));
         assert!(v4(vp), "{ve}: no 16-byte access in its PTX");
         assert!(!v4(sp), "{se}: the scalar entry must not assume alignment");
-        let trig = k.nodes.iter().any(|n| matches!(n.op, Op::Rope { .. } | Op::Unary(UnaryOp::Sin | UnaryOp::Cos, _)));
+        let trig = k.nodes.iter().any(|n| {
+            matches!(n.op, Op::Rope { .. } | Op::RopeTable { .. } | Op::Unary(UnaryOp::Sin | UnaryOp::Cos, _))
+        });
         if !trig {
             assert!(!ptx.contains(".local"), "{}: an array was not promoted to registers", k.spec_name());
         }

@@ -9,7 +9,7 @@
 
 use super::args::{CpuIn, CpuOut, CpuScalar};
 use super::plan::{Loc, Plan};
-use super::rope::{self, Llama3, RopeArgs, RopeCache};
+use super::rope::{self, Freqs, Llama3, RopeArgs, RopeCache};
 use super::vector::{self, Src};
 use super::{math, CpuError};
 use crate::ir::{Const, DType, Kernel, Op, ValueId};
@@ -176,7 +176,7 @@ impl<'s> Env<'s> {
             Op::Select(c, a, b) => math::select(self.scalar(c)?, self.scalar(a)?, self.scalar(b)?).ok_or_else(bad)?,
             Op::Cast(a, to) => math::cast(self.scalar(a)?, self.dtype(a), to).ok_or_else(bad)?,
             Op::Reduce(r, a) => CpuScalar::F32(vector::reduce(r, self.fsrc(a)?, self.ctx.width)),
-            Op::Rope { .. } | Op::Softmax(_) => return Err(bad()),
+            Op::Rope { .. } | Op::RopeTable { .. } | Op::Softmax(_) => return Err(bad()),
         };
         Ok(v)
     }
@@ -370,33 +370,49 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                 }),
                 None => None,
             };
-            let args = RopeArgs {
-                pos: env.i32_of(pos)?,
-                theta: env.f32_of(theta)?,
-                head_dim: env.i32_of(head_dim)?,
-                scaling,
-                style,
-            };
-            let Some(hd) = args.head_dim_for(w) else {
-                return Err(CpuError::RopeHeadDim { node: ValueId(i as u32), head_dim: args.head_dim, width: w });
-            };
-            let xr = env.ctx.src_row(x as usize, env.row);
-            let xrow: &[f32] = match env.ctx.ins.get(x as usize) {
-                Some(In::RowF32(d, st)) => row_of(d, *st, xr, w).ok_or_else(bad)?,
-                Some(In::RowF16(d, st)) => {
-                    vector::widen_f16(s.rope_x, row_of(d, *st, xr, w).ok_or_else(bad)?);
-                    s.rope_x
-                }
-                Some(In::RowBF16(d, st)) => {
-                    vector::widen_bf16(s.rope_x, row_of(d, *st, xr, w).ok_or_else(bad)?);
-                    s.rope_x
-                }
-                _ => return Err(bad()),
-            };
-            rope::rotate(s.rope, &args, hd, xrow, dst);
+            let freqs = Freqs::Formula { theta: env.f32_of(theta)?, scaling };
+            let args = RopeArgs { pos: env.i32_of(pos)?, freqs, head_dim: env.i32_of(head_dim)?, style };
+            rope_row(env, s, i, x, &args, dst)?;
+        }
+        Op::RopeTable { x, pos, head_dim, style, table } => {
+            let Some(In::BcastF32(t)) = env.ctx.ins.get(table as usize) else { return Err(bad()) };
+            let args =
+                RopeArgs { pos: env.i32_of(pos)?, freqs: Freqs::Table(t), head_dim: env.i32_of(head_dim)?, style };
+            rope_row(env, s, i, x, &args, dst)?;
         }
         Op::Cmp(..) | Op::Const(_) | Op::Reduce(..) | Op::Softmax(_) => return Err(bad()),
     }
+    Ok(())
+}
+
+/// Rotate this row of `Row` param `x` into `dst`.
+fn rope_row(
+    env: &Env<'_>,
+    s: Scratch<'_>,
+    i: usize,
+    x: u32,
+    args: &RopeArgs<'_>,
+    dst: &mut [f32],
+) -> Result<(), CpuError> {
+    let w = env.ctx.width;
+    let bad = || internal(i, "op does not fit its operand types");
+    let Some(hd) = args.head_dim_for(w) else {
+        return Err(CpuError::RopeHeadDim { node: ValueId(i as u32), head_dim: args.head_dim, width: w });
+    };
+    let xr = env.ctx.src_row(x as usize, env.row);
+    let xrow: &[f32] = match env.ctx.ins.get(x as usize) {
+        Some(In::RowF32(d, st)) => row_of(d, *st, xr, w).ok_or_else(bad)?,
+        Some(In::RowF16(d, st)) => {
+            vector::widen_f16(s.rope_x, row_of(d, *st, xr, w).ok_or_else(bad)?);
+            s.rope_x
+        }
+        Some(In::RowBF16(d, st)) => {
+            vector::widen_bf16(s.rope_x, row_of(d, *st, xr, w).ok_or_else(bad)?);
+            s.rope_x
+        }
+        _ => return Err(bad()),
+    };
+    rope::rotate(s.rope, args, hd, xrow, dst);
     Ok(())
 }
 

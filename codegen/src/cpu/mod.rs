@@ -37,6 +37,8 @@
 //!     `wavelen < orig/high` keep; else if `wavelen > orig/low` use `inv_freq/factor`; else
 //!     `smooth = (orig/wavelen - low) / (high - low)` and
 //!     `inv_freq = (1-smooth)*inv_freq/factor + smooth*inv_freq`.
+//!   - `RopeTable`: `inv_freq = table[i]` (`HalfSplit`) or `table[2*i]` (`Interleaved`): head
+//!     0's entry at the pair's first column; the `Bcast` table has `width >= head_dim` entries.
 //!   - `angle = (float)pos * inv_freq`; `cos`/`sin` are f32 `cosf`/`sinf` of it.
 //! - A comptime `F16`/`BF16` parameter is given as an f32 and rounded to its dtype.
 //!

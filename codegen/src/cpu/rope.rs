@@ -36,17 +36,25 @@ pub fn inv_freq(theta: f32, head_dim: i32, scaling: Option<Llama3>, i: usize) ->
     }
 }
 
+/// Where a row's inverse frequencies come from.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub(crate) enum Freqs<'a> {
+    /// `theta^(-2i/head_dim)`, optionally Llama-3 scaled (`Op::Rope`).
+    Formula { theta: f32, scaling: Option<Llama3> },
+    /// A `Bcast` table read at each pair's first column of head 0 (`Op::RopeTable`).
+    Table(&'a [f32]),
+}
+
 /// One row's rotation parameters (the op's `Uniform` operands for this row).
 #[derive(Copy, Clone, Debug, PartialEq)]
-pub(crate) struct RopeArgs {
+pub(crate) struct RopeArgs<'a> {
     pub pos: i32,
-    pub theta: f32,
+    pub freqs: Freqs<'a>,
     pub head_dim: i32,
-    pub scaling: Option<Llama3>,
     pub style: RopeStyle,
 }
 
-impl RopeArgs {
+impl RopeArgs<'_> {
     /// `head_dim` as a usize when it is positive, even and divides the row.
     #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the workspace's rust-version
     pub fn head_dim_for(&self, width: usize) -> Option<usize> {
@@ -58,7 +66,9 @@ impl RopeArgs {
 /// Cached tables, one per worker.
 #[derive(Default)]
 pub(crate) struct RopeCache {
-    freq_key: Option<(u32, i32, Option<[u32; 4]>)>,
+    /// (theta bits, head_dim, scaling bits) of a formula; or (table address, head_dim, None):
+    /// a table is the same data for a whole call, and a cache lives for one call.
+    freq_key: Option<(usize, i32, Option<[u32; 4]>)>,
     inv_freq: Vec<f32>,
     angle_key: Option<i32>,
     cos: Vec<f32>,
@@ -67,10 +77,26 @@ pub(crate) struct RopeCache {
 
 impl RopeCache {
     fn tables(&mut self, a: &RopeArgs, half: usize) -> (&[f32], &[f32]) {
-        let sc = a.scaling.map(|s| [s.factor.to_bits(), s.low.to_bits(), s.high.to_bits(), s.orig.to_bits()]);
-        let fk = Some((a.theta.to_bits(), a.head_dim, sc));
+        let fk = Some(match a.freqs {
+            Freqs::Formula { theta, scaling } => {
+                let sc = scaling.map(|s| [s.factor.to_bits(), s.low.to_bits(), s.high.to_bits(), s.orig.to_bits()]);
+                (theta.to_bits() as usize, a.head_dim, sc)
+            }
+            Freqs::Table(t) => (t.as_ptr() as usize, a.head_dim, None),
+        });
         if self.freq_key != fk {
-            self.inv_freq = (0..half).map(|i| inv_freq(a.theta, a.head_dim, a.scaling, i)).collect();
+            self.inv_freq = match a.freqs {
+                Freqs::Formula { theta, scaling } => {
+                    (0..half).map(|i| inv_freq(theta, a.head_dim, scaling, i)).collect()
+                }
+                Freqs::Table(t) => {
+                    let step = match a.style {
+                        RopeStyle::HalfSplit => 1,
+                        RopeStyle::Interleaved => 2,
+                    };
+                    (0..half).map(|i| t[step * i]).collect()
+                }
+            };
             self.freq_key = fk;
             self.angle_key = None;
         }

@@ -303,7 +303,10 @@ impl Body<'_> {
         }
         for &v in &st.elem {
             let node = k.node(v);
-            let args: Vec<String> = node.op.operands().iter().map(|o| self.operand(*o)).collect();
+            let mut args: Vec<String> = node.op.operands().iter().map(|o| self.operand(*o)).collect();
+            if let Op::RopeTable { table, .. } = node.op {
+                args.push(names::param(k, table as usize));
+            }
             if let Some(lines) = rope_table_fill(&node.op, &args, &rope_table_name(v)) {
                 for l in lines {
                     w.line_c(&l, &format!("{}: this row's cos/sin per rotation pair", self.node_comment(v)));
@@ -347,7 +350,7 @@ impl Body<'_> {
 
     fn loop_body(&self, w: &mut CWriter, st: &StagePlan) -> Result<(), CompileError> {
         let (k, plan) = (self.k, self.plan);
-        let rope = st.elem.iter().any(|v| matches!(k.node(*v).op, Op::Rope { .. }));
+        let rope = st.elem.iter().any(|v| matches!(k.node(*v).op, Op::Rope { .. } | Op::RopeTable { .. }));
         if !st.loads.is_empty() || !st.row_outputs.is_empty() || rope {
             w.line_c("const int c0 = v * VEC;", "first column of this vector");
         }
@@ -368,7 +371,7 @@ impl Body<'_> {
         }
         for &v in &st.elem {
             let node = k.node(v);
-            let Op::Rope { x, .. } = node.op else { continue };
+            let (Op::Rope { x, .. } | Op::RopeTable { x, .. }) = node.op else { continue };
             let args: Vec<String> = node.op.operands().iter().map(|o| self.operand(*o)).collect();
             let row = names::param_row(k, x as usize);
             if let Some(lines) = rope_vector_call(&node.op, &args, &row, &rope_table_name(v)) {

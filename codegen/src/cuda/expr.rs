@@ -39,38 +39,53 @@ pub fn op_expr(op: &Op, arg_dtypes: &[DType], o: &Operands<'_>) -> Option<String
         Op::Select(..) => format!("{} ? {} : {}", a(0), a(1), a(2)),
         Op::Cast(_, to) => cast(arg_dtypes[0], *to, a(0)),
         // Rotated before the element loop by `rope_vector_call`; here, this element of it.
-        Op::Rope { .. } => format!("{}[e]", o.rope_table?),
+        Op::Rope { .. } | Op::RopeTable { .. } => format!("{}[e]", o.rope_table?),
     })
 }
 
 /// The statements that rotate this thread's vector of a `Rope` node (before the element loop)
 /// into `{table}` (`float {table}[VEC]`); `row` is the block's row of the rotated param.
 pub fn rope_vector_call(op: &Op, args: &[String], row: &str, table: &str) -> Option<[String; 2]> {
-    let Op::Rope { style, .. } = op else { return None };
+    let (style, head_dim) = match op {
+        Op::Rope { style, .. } => (style, &args[2]),
+        Op::RopeTable { style, .. } => (style, &args[1]),
+        _ => return None,
+    };
     let f = match style {
         RopeStyle::HalfSplit => "kiln_rope_half_split",
         RopeStyle::Interleaved => "kiln_rope_interleaved",
     };
     Some([
         format!("float {table}[VEC];"),
-        format!("{f}<VEC>({table}, {row}, c0, {}, {table}_cos, {table}_sin);", args[2]),
+        format!("{f}<VEC>({table}, {row}, c0, {head_dim}, {table}_cos, {table}_sin);"),
     ])
 }
 
 /// The statements that declare and fill a `Rope` node's per-row cos/sin table named `table`
-/// (`{table}_cos`, `{table}_sin`); `args` spell the node's operands. `None` for other ops.
+/// (`{table}_cos`, `{table}_sin`); `args` spell the node's operands, and for `RopeTable` then
+/// the frequency table's pointer. `None` for other ops.
 pub fn rope_table_fill(op: &Op, args: &[String], table: &str) -> Option<[String; 2]> {
-    let Op::Rope { scaling, .. } = op else { return None };
     let a = |i: usize| args[i].as_str();
+    let decl = format!("__shared__ float {table}_cos[KILN_ROPE_MAX_PAIRS], {table}_sin[KILN_ROPE_MAX_PAIRS];");
+    let scaling = match op {
+        Op::Rope { scaling, .. } => scaling,
+        Op::RopeTable { style, .. } => {
+            let step = match style {
+                RopeStyle::HalfSplit => 1,
+                RopeStyle::Interleaved => 2,
+            };
+            let fill =
+                format!("kiln_rope_table_freqs({table}_cos, {table}_sin, {}, {}, {}, {step});", a(0), a(1), a(2));
+            return Some([decl, fill]);
+        }
+        _ => return None,
+    };
     let sc = if scaling.is_some() {
         format!("kiln_llama3_on({}, {}, {}, {})", a(3), a(4), a(5), a(6))
     } else {
         "kiln_llama3_off()".to_string()
     };
-    Some([
-        format!("__shared__ float {table}_cos[KILN_ROPE_MAX_PAIRS], {table}_sin[KILN_ROPE_MAX_PAIRS];"),
-        format!("kiln_rope_table({table}_cos, {table}_sin, {}, {}, {}, {sc});", a(0), a(1), a(2)),
-    ])
+    Some([decl, format!("kiln_rope_table({table}_cos, {table}_sin, {}, {}, {}, {sc});", a(0), a(1), a(2))])
 }
 
 fn unary(u: UnaryOp, d: DType, a: &str) -> String {

@@ -261,7 +261,7 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
         }
         let p = match node.op {
             Op::Param(p) => p,
-            Op::Rope { x, .. } => {
+            Op::Rope { x, .. } | Op::RopeTable { x, .. } => {
                 rope = true;
                 x
             }
@@ -315,8 +315,15 @@ fn check_lowered(k: &Kernel) -> Result<(), String> {
                 continue;
             }
             Op::Param(p) if *p as usize >= k.params.len() => return Err(format!("%{i}: no param {p}")),
-            Op::Rope { x, .. } if !matches!(k.params.get(*x as usize).map(|p| p.kind), Some(ParamKind::Row(_))) => {
+            Op::Rope { x, .. } | Op::RopeTable { x, .. }
+                if !matches!(k.params.get(*x as usize).map(|p| p.kind), Some(ParamKind::Row(_))) =>
+            {
                 return Err(format!("%{i}: rope must read a Row param"))
+            }
+            Op::RopeTable { table, .. }
+                if k.params.get(*table as usize).map(|p| p.kind) != Some(ParamKind::Bcast(DType::F32)) =>
+            {
+                return Err(format!("%{i}: a rope table must be a Bcast<f32> param"))
             }
             _ => continue,
         };

@@ -172,6 +172,17 @@ __device__ __forceinline__ void kiln_rope_table(float* __restrict__ cs, float* _
   }
   __syncthreads();
 }
+// kiln_rope_table with the inverse frequencies read from a table: pair i's is
+// freqs[step * i], head 0's entry at the pair's first column (step 1 half-split, 2 interleaved).
+__device__ __forceinline__ void kiln_rope_table_freqs(float* __restrict__ cs, float* __restrict__ sn, int pos, int head_dim, const float* __restrict__ freqs, int step) {
+  if (head_dim <= 0 || (head_dim & 1) || head_dim / 2 > KILN_ROPE_MAX_PAIRS) __trap();
+  for (int i = (int)threadIdx.x; i < head_dim / 2; i += (int)blockDim.x) {
+    const float angle = (float)pos * freqs[step * i];
+    cs[i] = cosf(angle);
+    sn[i] = sinf(angle);
+  }
+  __syncthreads();
+}
 // The VEC columns c0 .. c0+VEC-1 of this thread (c0 % VEC == 0), rotated by this row's table.
 // Column and partner are read with vector loads when the layout allows (the partner vector
 // of a half-split pair is VEC-aligned when (head_dim/2) % VEC == 0; an interleaved partner

@@ -17,12 +17,13 @@ use crate::ir::{
 pub type SampleFn = fn(DType) -> Result<Kernel, BuildError>;
 
 /// Every sample, by name.
-pub const SAMPLES: [(&str, SampleFn); 8] = [
+pub const SAMPLES: [(&str, SampleFn); 9] = [
     ("rms_norm", rms_norm),
     ("add_rms_norm", add_rms_norm),
     ("silu_mul", silu_mul),
     ("rope_half_split", rope_half_split),
     ("rope_llama3_interleaved", rope_llama3_interleaved),
+    ("rope_table_interleaved", rope_table_interleaved),
     ("logsumexp", logsumexp),
     ("softmax", softmax),
     ("op_zoo", op_zoo),
@@ -141,6 +142,21 @@ pub fn rope_llama3_interleaved(d: DType) -> Result<Kernel, BuildError> {
     let k = b.param_index("k").ok_or_else(|| BuildError::Duplicate("k".into()))?;
     let scaling = Llama3Scaling { factor, low_freq_factor: low, high_freq_factor: high, original_max_position: orig };
     let r = b.rope(k, pos, theta, hd, RopeStyle::Interleaved, Some(scaling))?;
+    let r = named(&mut b, r, "k_rot");
+    b.output("k_rot", OutputKind::Row(d), r)?;
+    b.finish()
+}
+
+/// Interleaved RoPE with the inverse frequencies read from a `Bcast<f32>` table.
+pub fn rope_table_interleaved(d: DType) -> Result<Kernel, BuildError> {
+    let mut b = Builder::new("rope_table_interleaved", &src("rope_table_interleaved"), d);
+    b.param("k", ParamKind::Row(d))?;
+    let pos = b.param("pos", ParamKind::PerRow(DType::I32))?;
+    b.param("inv_freq", ParamKind::Bcast(DType::F32))?;
+    let hd = b.param("head_dim", ParamKind::Comptime(DType::I32))?;
+    let k = b.param_index("k").ok_or_else(|| BuildError::Duplicate("k".into()))?;
+    let t = b.param_index("inv_freq").ok_or_else(|| BuildError::Duplicate("inv_freq".into()))?;
+    let r = b.rope_table(k, pos, t, hd, RopeStyle::Interleaved)?;
     let r = named(&mut b, r, "k_rot");
     b.output("k_rot", OutputKind::Row(d), r)?;
     b.finish()

@@ -205,6 +205,16 @@ impl<'k> Eval<'k> {
                 });
                 Val::F(rope_row(&xs, p[0], th, hd[0] as usize, style, sc))
             }
+            Op::RopeTable { x, pos, head_dim, style, table } => {
+                let (RowIn::F(xs), RowIn::F(t)) = (&self.ins[x as usize], &self.ins[table as usize]) else {
+                    panic!("rope operands")
+                };
+                let (xs, t) = (xs.clone(), t.clone());
+                let Val::I(p) = self.value(pos) else { panic!("pos") };
+                let Val::I(hd) = self.value(head_dim) else { panic!("head_dim") };
+                let step = if style == RopeStyle::HalfSplit { 1 } else { 2 };
+                Val::F(rope_row_with(&xs, p[0], hd[0] as usize, style, |i| t[step * i]))
+            }
         }
     }
 }
@@ -287,6 +297,24 @@ fn cmp<T: PartialOrd>(c: CmpOp, x: T, y: T) -> bool {
 
 /// The RoPE rules of `cpu/mod.rs`, column by column, frequencies and angles in f32.
 pub fn rope_row(x: &[f32], pos: i32, theta: f32, hd: usize, style: RopeStyle, scaling: Option<[f32; 4]>) -> Vec<f32> {
+    rope_row_with(x, pos, hd, style, |i| {
+        let mut f = 1.0f32 / theta.powf((2 * i) as f32 / hd as f32);
+        if let Some([factor, low, high, orig]) = scaling {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            if wavelen < orig / high {
+            } else if wavelen > orig / low {
+                f /= factor;
+            } else {
+                let smooth = (orig / wavelen - low) / (high - low);
+                f = (1.0 - smooth) * f / factor + smooth * f;
+            }
+        }
+        f
+    })
+}
+
+/// RoPE of one row with pair `i` at inverse frequency `inv_freq(i)`.
+pub fn rope_row_with(x: &[f32], pos: i32, hd: usize, style: RopeStyle, inv_freq: impl Fn(usize) -> f32) -> Vec<f32> {
     (0..x.len())
         .map(|c| {
             let j = c % hd;
@@ -307,18 +335,7 @@ pub fn rope_row(x: &[f32], pos: i32, theta: f32, hd: usize, style: RopeStyle, sc
                     }
                 }
             };
-            let mut f = 1.0f32 / theta.powf((2 * i) as f32 / hd as f32);
-            if let Some([factor, low, high, orig]) = scaling {
-                let wavelen = 2.0 * std::f32::consts::PI / f;
-                if wavelen < orig / high {
-                } else if wavelen > orig / low {
-                    f /= factor;
-                } else {
-                    let smooth = (orig / wavelen - low) / (high - low);
-                    f = (1.0 - smooth) * f / factor + smooth * f;
-                }
-            }
-            let angle = pos as f32 * f;
+            let angle = pos as f32 * inv_freq(i);
             let (s, co) = angle.sin_cos();
             if sign < 0.0 {
                 x[c] * co - x[partner] * s

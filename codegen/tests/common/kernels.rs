@@ -165,6 +165,18 @@ pub fn rope(d: DType, style: RopeStyle, llama3: bool) -> Kernel {
     b.finish().unwrap()
 }
 
+/// `y = rope(x)` with the inverse frequencies from a `Bcast<f32>` table.
+pub fn rope_table(d: DType, style: RopeStyle) -> Kernel {
+    let mut b = Builder::new("rope_table", SRC, d);
+    b.param("x", ParamKind::Row(d)).unwrap();
+    let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
+    b.param("inv_freq", ParamKind::Bcast(DType::F32)).unwrap();
+    let hd = b.param("head_dim", ParamKind::Comptime(DType::I32)).unwrap();
+    let y = b.rope_table(0, pos, 2, hd, style).unwrap();
+    b.output("y", OutputKind::Row(d), y).unwrap();
+    b.finish().unwrap()
+}
+
 /// Per-row output: `lse = m + log(sum(exp(s*x - m)))`, `m = max(s*x)`, `s` a per-row scale.
 pub fn logsumexp(d: DType) -> Kernel {
     let mut b = Builder::new("logsumexp", SRC, d);
