@@ -576,6 +576,119 @@ fn rope_kv_write_llama3_matches_ref() {
     );
 }
 
+/// A frequency table for `rope_half_table`: per pair, LongRoPE-like `1 / (f_i * theta^(2i/rd))`
+/// over the first `rd = 3/4 head_dim` dims (rounded to pairs) and 0 (pass-through) for the
+/// rest; tiled per head over `width` columns as the loader writes it. Returns (pairs, tiled).
+fn freq_table(rng: &mut StdRng, head_dim: usize, width: usize) -> (Vec<f64>, Vec<f32>) {
+    let half = head_dim / 2;
+    let rot_pairs = (3 * half).div_ceil(4);
+    let pairs: Vec<f64> = (0..half)
+        .map(|i| {
+            if i < rot_pairs {
+                let f = rng.random_range(1.0..4.0f32) as f64;
+                (1.0 / (f * (THETA as f64).powf(2.0 * i as f64 / (2 * rot_pairs) as f64))) as f32 as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let tiled = (0..width).map(|c| pairs[(c % head_dim) % half] as f32).collect();
+    (pairs, tiled)
+}
+
+#[test]
+fn rope_half_table_matches_ref() {
+    for (di, &dt) in DTYPES.iter().enumerate() {
+        for (si, &(head_dim, heads, pad)) in ROPE_SHAPES.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 13);
+            let width = head_dim * heads;
+            let s = Shape { rows: 6, width, stride: width + pad };
+            let x = Data::random(&mut rng, dt, s.len(), 0.1, 2.0);
+            let (pairs, tiled) = freq_table(&mut rng, head_dim, width);
+            let pos: Vec<i32> = (0..s.rows).map(|_| rng.random_range(1..48)).collect();
+            let (pos_d, tab) = (Data::I32(pos.clone()), Data::F32(tiled));
+            let mut y = Data::poisoned(dt, s.len());
+            let params = [
+                row(&x, s),
+                CpuParam::per_row(pos_d.as_in()),
+                CpuParam::bcast(tab.as_in()),
+                CpuParam::Comptime(CpuScalar::I32(head_dim as i32)),
+            ];
+            rope::rope_half_table::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, s.width).unwrap();
+            let xs = x.to_f64();
+            let want: Vec<_> =
+                s.rows(&xs).zip(&pos).map(|(r, &p)| rope::rope_half_table_ref(r, p, &pairs, head_dim)).collect();
+            check("rope_half_table", dt, s, &y, &want, tol(dt));
+        }
+    }
+}
+
+/// The table kernel with every pair at the formula's frequency is `rope_half`.
+#[test]
+fn rope_half_table_of_the_formula_is_rope_half() {
+    let (head_dim, heads) = (64, 3);
+    let width = head_dim * heads;
+    let s = Shape { rows: 4, width, stride: width };
+    let mut rng = StdRng::seed_from_u64(5);
+    let x = Data::random(&mut rng, DType::F32, s.len(), 0.1, 2.0);
+    let pos_d = Data::I32(vec![0, 1, 17, 47]);
+    let inv = |i: usize| 1.0 / THETA.powf((2 * i) as f32 / head_dim as f32);
+    let tab = Data::F32((0..width).map(|c| inv((c % head_dim) % (head_dim / 2))).collect());
+    let (mut a, mut b) = (Data::poisoned(DType::F32, s.len()), Data::poisoned(DType::F32, s.len()));
+    let hd = CpuParam::Comptime(CpuScalar::I32(head_dim as i32));
+    let p = [row(&x, s), CpuParam::per_row(pos_d.as_in()), CpuParam::bcast(tab.as_in()), hd];
+    rope::rope_half_table::cpu(DType::F32, &p, &mut [out(&mut a, s)], s.rows, width).unwrap();
+    let p = [row(&x, s), CpuParam::per_row(pos_d.as_in()), CpuParam::Comptime(CpuScalar::F32(THETA)), hd];
+    rope::rope_half::cpu(DType::F32, &p, &mut [out(&mut b, s)], s.rows, width).unwrap();
+    assert_eq!(a.to_f64(), b.to_f64());
+}
+
+#[test]
+fn rope_kv_write_table_matches_ref() {
+    for (di, &dt) in DTYPES.iter().enumerate() {
+        for (si, &(head_dim, heads, pad)) in ROPE_SHAPES.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 17);
+            let width = head_dim * heads;
+            let s = Shape { rows: 5, width, stride: width + pad };
+            let cache = Shape { rows: 9, width, stride: width };
+            let k = Data::random(&mut rng, dt, s.len(), 0.1, 2.0);
+            let v = Data::random(&mut rng, dt, s.len(), 0.1, 2.0);
+            let (pairs, tiled) = freq_table(&mut rng, head_dim, width);
+            let pos: Vec<i32> = (0..s.rows).map(|_| rng.random_range(1..48)).collect();
+            let slot = vec![7, 2, -1, 0, 5];
+            let (pos_d, slot_d, tab) = (Data::I32(pos.clone()), Data::I32(slot.clone()), Data::F32(tiled));
+            let mut kc = Data::poisoned(dt, cache.len());
+            let mut vc = Data::poisoned(dt, cache.len());
+            let params = [
+                row(&k, s),
+                row(&v, s),
+                CpuParam::per_row(pos_d.as_in()),
+                CpuParam::per_row(slot_d.as_in()),
+                CpuParam::bcast(tab.as_in()),
+                CpuParam::Comptime(CpuScalar::I32(head_dim as i32)),
+            ];
+            rope::rope_kv_write_table::cpu(dt, &params, &mut [out(&mut kc, cache), out(&mut vc, cache)], s.rows, width)
+                .unwrap();
+            let (ks, vs, kc, vc) = (k.to_f64(), v.to_f64(), kc.to_f64(), vc.to_f64());
+            let krows: Vec<&[f64]> = s.rows(&ks).collect();
+            let vrows: Vec<&[f64]> = s.rows(&vs).collect();
+            for c in 0..cache.rows {
+                let (kg, vg) = (&kc[c * width..(c + 1) * width], &vc[c * width..(c + 1) * width]);
+                match slot.iter().position(|&x| x == c as i32) {
+                    None => assert!(kg.iter().chain(vg).all(|x| x.is_nan()), "{dt}: cache row {c} was written"),
+                    Some(r) => {
+                        let one = Shape { rows: 1, width, stride: width };
+                        let want = rope::rope_half_table_ref(krows[r], pos[r], &pairs, head_dim);
+                        let got = Data::from_f32(DType::F32, &kg.iter().map(|&x| x as f32).collect::<Vec<_>>());
+                        check("rope_kv_write_table", dt, one, &got, &[want], tol(dt));
+                        assert_eq!(vg, vrows[r], "{dt}: V of token {r} is not copied exactly");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn rope_kv_write_rejects_a_slot_outside_the_cache() {
     let dt = DType::F32;

@@ -35,6 +35,8 @@ pub static ALL: &[&FusedDef] = &[
     &rope::rope_half_llama3::DEF,
     &rope::rope_kv_write::DEF,
     &rope::rope_kv_write_llama3::DEF,
+    &rope::rope_half_table::DEF,
+    &rope::rope_kv_write_table::DEF,
     &softmax::softmax::DEF,
     &epilogue::bias_add::DEF,
     &epilogue::residual_add::DEF,

@@ -3,7 +3,10 @@
 //! `rope_half` (HF "rotate_half": column `j` pairs with `j + head_dim/2`), `rope_interleaved`
 //! (GPT-J / GGUF: `2i` pairs with `2i+1`) and `rope_half_llama3` (rotate_half with Llama-3.1
 //! frequency scaling). `pos` is each row's token position; `theta`, `head_dim` and the
-//! scaling factors come from the model config at launch.
+//! scaling factors come from the model config at launch. `rope_half_table` takes the
+//! frequencies as data instead (a `[width]` f32 vector whose column `j < head_dim/2` holds pair
+//! `j`'s inverse frequency; the loader tiles it per head): LongRoPE's per-pair factors, and
+//! partial rotary as pass-through pairs of frequency 0 (see `decoder/rope_table.rs`).
 //!
 //! The `*_ref` functions are the obviously-correct definitions (one row, f64), written from
 //! the published formulas (RoFormer; Llama-3.1's `rope_scaling`).
@@ -34,6 +37,12 @@ pub fn rope_half_llama3(
     #[comptime] original_max_position: f32,
 ) -> Row {
     let y = rope_half_llama3(x, pos, theta, head_dim, factor, low_freq_factor, high_freq_factor, original_max_position);
+    y
+}
+
+#[fused]
+pub fn rope_half_table(x: Row, pos: PerRow<i32>, inv_freq: Bcast<f32>, #[comptime] head_dim: i32) -> Row {
+    let y = rope_half_table(x, pos, inv_freq, head_dim);
     y
 }
 
@@ -98,6 +107,12 @@ pub fn rope_interleaved_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize) ->
     rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, None), |i| (2 * i, 2 * i + 1))
 }
 
+/// Rotate-half RoPE with pair `i` turning by `pos * inv_freq[i]` (`head_dim / 2` entries).
+pub fn rope_half_table_ref(x: &[f64], pos: i32, inv_freq: &[f64], head_dim: usize) -> Vec<f64> {
+    assert_eq!(inv_freq.len(), head_dim / 2, "one inverse frequency per pair");
+    rotate(x, pos, head_dim, |i| inv_freq[i], |i| (i, i + head_dim / 2))
+}
+
 pub fn rope_half_llama3_ref(x: &[f64], pos: i32, theta: f64, head_dim: usize, s: Llama3Scaling) -> Vec<f64> {
     rotate(x, pos, head_dim, |i| inv_freq_ref(theta, i, head_dim, Some(s)), |i| (i, i + head_dim / 2))
 }
@@ -135,6 +150,21 @@ pub fn rope_kv_write_llama3(
 ) -> (Scatter<slot>, Scatter<slot>) {
     let k_cache =
         rope_half_llama3(k, pos, theta, head_dim, factor, low_freq_factor, high_freq_factor, original_max_position);
+    let v_cache = v;
+    (k_cache, v_cache)
+}
+
+/// [`rope_kv_write`] with the frequencies from a table (see [`rope_half_table`]).
+#[fused]
+pub fn rope_kv_write_table(
+    k: Row,
+    v: Row,
+    pos: PerRow<i32>,
+    slot: PerRow<i32>,
+    inv_freq: Bcast<f32>,
+    #[comptime] head_dim: i32,
+) -> (Scatter<slot>, Scatter<slot>) {
+    let k_cache = rope_half_table(k, pos, inv_freq, head_dim);
     let v_cache = v;
     (k_cache, v_cache)
 }
