@@ -85,7 +85,7 @@ fn local_layers(src: &ConfigSource<'_>, gemma3: bool, n: usize) -> Result<Vec<bo
 /// RoPE of the global and of the local layers.
 fn rope(src: &ConfigSource<'_>, cfg: &LlamaConfig, gemma3: bool) -> Result<(RopeSpec, RopeSpec), ConfigError> {
     let sn = src.source_name();
-    let global = RopeSpec { theta: cfg.rope_theta, scaling: cfg.rope_scaling.clone() };
+    let global = RopeSpec { theta: cfg.rope_theta, scaling: cfg.rope_scaling.clone(), table: None };
     if !gemma3 {
         return Ok((global.clone(), global));
     }
@@ -93,7 +93,9 @@ fn rope(src: &ConfigSource<'_>, cfg: &LlamaConfig, gemma3: bool) -> Result<(Rope
     if let Some(Value::Object(by_type)) = src.hf("rope_parameters") {
         if by_type.contains_key("full_attention") || by_type.contains_key("sliding_attention") {
             let one = |t: &str| -> Result<RopeSpec, ConfigError> {
-                let Some(p) = by_type.get(t) else { return Ok(RopeSpec { theta: 10_000.0, scaling: None }) };
+                let Some(p) = by_type.get(t) else {
+                    return Ok(RopeSpec { theta: 10_000.0, scaling: None, table: None });
+                };
                 let theta = p.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0) as f32;
                 let mut scaling = None;
                 match p.get("rope_type").and_then(Value::as_str).unwrap_or("default") {
@@ -117,13 +119,13 @@ fn rope(src: &ConfigSource<'_>, cfg: &LlamaConfig, gemma3: bool) -> Result<(Rope
                         })
                     }
                 }
-                Ok(RopeSpec { theta, scaling })
+                Ok(RopeSpec { theta, scaling, table: None })
             };
             return Ok((one("full_attention")?, one("sliding_attention")?));
         }
     }
     let local = src.number("rope_local_base_freq", "rope.freq_base_swa")?.unwrap_or(10_000.0) as f32;
-    Ok((global, RopeSpec { theta: local, scaling: None }))
+    Ok((global, RopeSpec { theta: local, scaling: None, table: None }))
 }
 
 /// The registry's constructor for `gemma2`, `gemma3` and `gemma3_text`.

@@ -19,6 +19,7 @@ pub mod mixtral;
 pub mod model;
 pub mod model_check;
 pub mod perplexity;
+pub mod phi3;
 pub mod quantize_gguf;
 pub mod qwen2;
 pub mod qwen3;

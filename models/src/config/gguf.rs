@@ -14,7 +14,18 @@ const GGUF_DEFAULT_ROPE_THETA: f32 = 10_000.0;
 
 impl LlamaConfig {
     /// Reads the config from GGUF metadata (`general.architecture`, `{arch}.*`, `tokenizer.ggml.*`).
+    /// A partial rotary (`rope.dimension_count` < head_dim) is refused.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ConfigError> {
+        Self::from_gguf_with(file, false)
+    }
+
+    /// [`LlamaConfig::from_gguf`] for an architecture that reads `rope.dimension_count` itself
+    /// and implements a partial rotary (Phi-3).
+    pub fn from_gguf_partial_rotary(file: &GgufFile) -> Result<Self, ConfigError> {
+        Self::from_gguf_with(file, true)
+    }
+
+    fn from_gguf_with(file: &GgufFile, partial_rotary: bool) -> Result<Self, ConfigError> {
         let source_name = file.path().display().to_string();
         let sn = source_name.as_str();
         let arch = match file.get("general.architecture") {
@@ -58,7 +69,7 @@ impl LlamaConfig {
             None => derived_head_dim(hidden_size, num_attention_heads, sn)?,
         };
         if let Some(rot) = opt_usize(&key("rope.dimension_count"))? {
-            if rot != head_dim {
+            if rot != head_dim && !(partial_rotary && rot < head_dim) {
                 return Err(ConfigError::Unsupported {
                     source_name: sn.to_owned(),
                     what: format!("partial rotary embedding ({rot} of {head_dim} head dims)"),

@@ -5,7 +5,7 @@
 //! Invariant: every tensor the spec implies is read or explicitly marked unneeded (a tied head's
 //! copy), so the loader's leftover check catches a feature the spec left off.
 
-use super::{Decoder, DecoderSpec, Ffn, Layer, Mlp, MlpKind, NormKind, NormW};
+use super::{rope_table, Decoder, DecoderSpec, Ffn, Layer, Mlp, MlpKind, NormKind, NormW};
 use crate::llama::load as load_err;
 use crate::model::ModelError;
 use crate::synth::{random_tensor, tensor_seed, Init};
@@ -148,13 +148,24 @@ impl Reader<'_> {
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
         let p = |stem: &str| format!("{}.{l}.{stem}", n.layers);
-        let wqkv = match n.qkv {
-            Some(f) => self.weight(&format!("{}.weight", p(f)), &[q + 2 * kv, h])?,
-            None => self.stacked(&[
+        let qkv_parts = match n.qkv {
+            Some(f) => vec![(format!("{}.weight", p(f)), [q + 2 * kv, h])],
+            None => vec![
                 (format!("{}.weight", p(n.q)), [q, h]),
                 (format!("{}.weight", p(n.k)), [kv, h]),
                 (format!("{}.weight", p(n.v)), [kv, h]),
-            ])?,
+            ],
+        };
+        let wqkv = match &spec.layers[l].rope.table {
+            // Partial rotary or an attention factor: q/k rows rearranged (see `rope_table`).
+            Some(t) if !t.weights_unchanged(hd) => {
+                if spec.qkv_bias || spec.qk_norm {
+                    return Err(ModelError::Unsupported("partial rotary with a q/k/v bias or q/k norms".into()));
+                }
+                rope_table::qkv_weight(self.w, t, &qkv_parts, c, self.dev, self.dtype)?
+            }
+            _ if qkv_parts.len() == 1 => self.weight(&qkv_parts[0].0, &qkv_parts[0].1)?,
+            _ => self.stacked(&qkv_parts)?,
         };
         let qkv_bias = match (spec.qkv_bias, n.qkv) {
             (false, _) => None,
@@ -193,6 +204,7 @@ impl Reader<'_> {
             wqkv,
             qkv_bias,
             qk_norm,
+            rope_freqs: rope_table::device_freqs(spec.layers[l].rope.table.as_ref(), c, self.dev)?,
             wo: self.weight(&format!("{}.weight", p(n.o)), &[h, q])?,
             post_attn_norm: sandwich(n.post_attn_norm)?,
             post_ffn_norm: sandwich(n.post_ffn_norm)?,
@@ -264,6 +276,7 @@ impl Decoder {
                 wqkv,
                 qkv_bias: None,
                 qk_norm: None,
+                rope_freqs: rope_table::device_freqs(spec.layers[l].rope.table.as_ref(), c, dev)?,
                 wo,
                 post_attn_norm: None,
                 post_ffn_norm: None,

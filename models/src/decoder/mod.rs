@@ -4,8 +4,8 @@
 //! An architecture file (`llama.rs`, `qwen3.rs`, `gemma.rs`, ...) reads its config, refuses what
 //! kiln does not implement (naming the key), fills a `DecoderSpec` and a [`Names`] table, and
 //! calls [`Decoder::load`]. The differences the spec covers:
-//! - per layer ([`LayerSpec`]): sliding window or global attention, RoPE base and scaling, dense
-//!   or mixture-of-experts feed-forward;
+//! - per layer ([`LayerSpec`]): sliding window or global attention, RoPE base and scaling (or a
+//!   frequency table with partial rotary, [`RopeTable`]), dense or mixture-of-experts feed-forward;
 //! - per model: RMSNorm or LayerNorm (with bias), `1 + w` norm weights (folded at load), q/k/v
 //!   bias, per-head q/k RMSNorm before RoPE, sandwich norms around attention and feed-forward,
 //!   parallel attention and MLP branches, gated (SiLU, tanh-GELU) or plain (GELU) MLPs, an
@@ -17,9 +17,11 @@
 
 mod load;
 mod moe;
+mod rope_table;
 mod step;
 
 pub use load::Names;
+pub use rope_table::RopeTable;
 pub use step::Workspace;
 
 use crate::config::{LlamaConfig, RopeScaling};
@@ -53,6 +55,9 @@ pub enum MlpKind {
 pub struct RopeSpec {
     pub theta: f32,
     pub scaling: Option<RopeScaling>,
+    /// Frequencies as data instead of `theta`/`scaling`'s formula, with partial rotary and an
+    /// attention factor (Phi-3's LongRoPE; see [`RopeTable`]).
+    pub table: Option<RopeTable>,
 }
 
 /// What varies from layer to layer.
@@ -110,7 +115,7 @@ pub struct DecoderSpec {
 impl DecoderSpec {
     /// Llama: every layer global, the config's RoPE, everything else off.
     pub fn llama(cfg: LlamaConfig) -> DecoderSpec {
-        let rope = RopeSpec { theta: cfg.rope_theta, scaling: cfg.rope_scaling.clone() };
+        let rope = RopeSpec { theta: cfg.rope_theta, scaling: cfg.rope_scaling.clone(), table: None };
         let layers = vec![LayerSpec { window: None, rope, moe: false }; cfg.num_hidden_layers];
         DecoderSpec {
             attn_scale: 1.0 / (cfg.head_dim as f32).sqrt(),
@@ -179,6 +184,8 @@ pub(crate) struct Layer {
     qkv_bias: Option<Tensor>,
     /// `(q_norm, k_norm)`, `[1, head_dim]` each.
     qk_norm: Option<(Tensor, Tensor)>,
+    /// The RoPE kernels' frequency tables, when `spec.rope.table` is set.
+    rope_freqs: Option<rope_table::Freqs>,
     wo: Weight,
     /// Sandwich norms: of the attention output, and of the MLP output.
     post_attn_norm: Option<NormW>,

@@ -43,8 +43,12 @@ pub struct Workspace {
 
 impl Decoder {
     /// RoPE of q (`x`) into `out`, with the layer's frequency schedule.
-    fn rope_q(&self, rope: &RopeSpec, x: &Tensor, pos: &Tensor, out: &mut Tensor) -> Result<(), ModelError> {
-        let hd = self.spec.cfg.head_dim as i32;
+    fn rope_q(&self, layer: &Layer, x: &Tensor, pos: &Tensor, out: &mut Tensor) -> Result<(), ModelError> {
+        let (rope, hd) = (&layer.spec.rope, self.spec.cfg.head_dim as i32);
+        if let Some(f) = &layer.rope_freqs {
+            rope::rope_half_table::run(&self.dev, x, pos, &f.q, hd, out)?;
+            return Ok(());
+        }
         match llama3_params(rope) {
             Some([f, lo, hi, orig]) => {
                 rope::rope_half_llama3::run(&self.dev, x, pos, rope.theta, hd, f, lo, hi, orig, out)?
@@ -57,15 +61,20 @@ impl Decoder {
     /// RoPE of the new keys and the KV-cache write of one layer, fused.
     fn store_kv(
         &self,
-        rope: &RopeSpec,
+        layer: &Layer,
         k: &Tensor,
         v: &Tensor,
         inp: &StepInputs,
         k_pool: &mut Tensor,
         v_pool: &mut Tensor,
     ) -> Result<(), ModelError> {
+        let rope = &layer.spec.rope;
         let (hd, theta) = (self.spec.cfg.head_dim as i32, rope.theta);
         let (pos, slots) = (&inp.pos, &inp.slots);
+        if let Some(f) = &layer.rope_freqs {
+            rope::rope_kv_write_table::run(&self.dev, k, v, pos, slots, &f.k, hd, k_pool, v_pool)?;
+            return Ok(());
+        }
         match llama3_params(rope) {
             Some([f, lo, hi, orig]) => rope::rope_kv_write_llama3::run(
                 &self.dev, k, v, pos, slots, theta, hd, f, lo, hi, orig, k_pool, v_pool,
@@ -262,9 +271,9 @@ impl StepModel for Decoder {
         self.norm(&residual, &self.layers[0].attn_norm, &mut h)?;
         for (l, layer) in self.layers.iter().enumerate() {
             self.qkv(layer, &h, inp, ws, &mut qkv)?;
-            self.rope_q(&layer.spec.rope, &qkv.view_cols(0, nh * hd)?, &inp.pos, &mut q)?;
+            self.rope_q(layer, &qkv.view_cols(0, nh * hd)?, &inp.pos, &mut q)?;
             let (k_new, v_new) = (qkv.view_cols(nh * hd, nkv * hd)?, qkv.view_cols((nh + nkv) * hd, nkv * hd)?);
-            self.store_kv(&layer.spec.rope, &k_new, &v_new, inp, &mut kv.k[l], &mut kv.v[l])?;
+            self.store_kv(layer, &k_new, &v_new, inp, &mut kv.k[l], &mut kv.v[l])?;
             let cache = PagedKv { k: &kv.k[l], v: &kv.v[l], head_dim: hd };
             self.attend(layer, &q, &cache, inp, &mut attn)?;
             linear(&self.dev, &attn, &layer.wo, &mut proj)?;
