@@ -168,3 +168,14 @@ fn bad_specs_are_refused_with_the_reason_and_good_ones_cached() {
     assert!(Arc::ptr_eq(&first, &again), "the same schema text is compiled once");
     eprintln!("schema compile: cold {cold:?}, cached {warm:?}");
 }
+
+#[test]
+fn forced_parallel_calls_are_capped() {
+    let spec = Spec::ToolCalls { tools: vec![("f".into(), json!({"type": "object"}))], parallel: true };
+    let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
+    let calls = |k: usize| vec![call; k].join("\n");
+    assert!(walk(&spec, &calls(kiln_server::structured::spec::MAX_PARALLEL_CALLS)).is_ok());
+    assert!(walk(&spec, &calls(kiln_server::structured::spec::MAX_PARALLEL_CALLS + 1)).is_err());
+    let single = Spec::ToolCalls { tools: vec![("f".into(), json!({"type": "object"}))], parallel: false };
+    assert!(walk(&single, &calls(1)).is_ok() && walk(&single, &calls(2)).is_err());
+}

@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 /// templates that know no tools (`super::super::tools`).
 pub const TOOL_CALL_OPEN: &str = "<tool_call>\n";
 pub const TOOL_CALL_CLOSE: &str = "\n</tool_call>";
+/// Most calls one forced reply may make: a small model told it may go on calling otherwise
+/// can repeat the same call until `max_tokens` (seen with SmolLM2 at temperature 1).
+pub const MAX_PARALLEL_CALLS: usize = 8;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Spec {
@@ -99,7 +102,11 @@ impl Spec {
                     return Err("no tool to call".into());
                 }
                 let schema = with_json_options(&Self::tool_call_schema(tools));
-                let start = if *parallel { "start: call (\"\\n\" call)*" } else { "start: call" };
+                let start = if *parallel {
+                    format!("start: call (\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1)
+                } else {
+                    "start: call".to_string()
+                };
                 TopLevelGrammar::from_lark(format!(
                     "{start}\ncall: {} %json {schema} {}\n",
                     lark_literal(TOOL_CALL_OPEN),
