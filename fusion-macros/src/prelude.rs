@@ -202,12 +202,14 @@ fn rope_table(cx: &mut Cx, args: &[&Expr], style: RopeStyle, name: &str, call: &
     let pos = operand(cx, args[1], Some(DType::I32))?;
     let table = match cx.expr(args[2])? {
         Val::Param { index, .. } => index,
-        _ => return Err(err(
-            args[2],
-            format!(
+        _ => {
+            return Err(err(
+                args[2],
+                format!(
                 "`{name}`'s `inv_freq` must be a `Bcast<f32>` parameter itself: it is read at each pair's first column"
             ),
-        )),
+            ))
+        }
     };
     let v = cx.expr(args[3])?;
     if !matches!(v, Val::Int(_)) && !cx.is_comptime(v) {
