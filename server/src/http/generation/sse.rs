@@ -193,8 +193,7 @@ impl State {
         for p in pieces {
             let delta = match p {
                 Piece::Content(t) => ChatDelta { role: None, content: Some(t), tool_calls: None },
-                Piece::Call(call) => {
-                    let index = self.tool_streams[c].calls - 1;
+                Piece::Call(index, call) => {
                     let d = ToolCallDelta { index, id: call.id, kind: call.kind, function: call.function };
                     ChatDelta { role: None, content: None, tool_calls: Some(vec![d]) }
                 }

@@ -22,7 +22,8 @@ const CLOSE: &str = "</tool_call>";
 #[derive(Clone, Debug, PartialEq)]
 pub enum Piece {
     Content(String),
-    Call(ToolCallOut),
+    /// A call and its position among the choice's calls.
+    Call(usize, ToolCallOut),
 }
 
 /// An id no other call of this process has (`call_` + 24 hex digits).
@@ -104,8 +105,8 @@ impl ToolStream {
             match self.call(&body[..i]) {
                 Some(c) => {
                     self.held_space.clear();
+                    out.push(Piece::Call(self.calls, c));
                     self.calls += 1;
-                    out.push(Piece::Call(c));
                 }
                 None => self.content(&mut out, &format!("{OPEN}{body}")),
             }
@@ -132,7 +133,7 @@ pub fn parse(text: &str, names: Vec<String>) -> (Option<String>, Vec<ToolCallOut
     for p in s.push(text).into_iter().chain(s.finish()) {
         match p {
             Piece::Content(c) => content.push_str(&c),
-            Piece::Call(c) => calls.push(c),
+            Piece::Call(_, c) => calls.push(c),
         }
     }
     let content = content.trim();
@@ -180,10 +181,10 @@ mod tests {
 
     #[test]
     fn streaming_in_any_split_gives_the_same_pieces_and_never_shows_a_marker() {
-        let text = "Hi <b>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>\nDone.";
+        let text = "Hi <b>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>\n<tool_call>{\"name\": \"get_weather\", \"arguments\": {}}</tool_call>\nDone.";
         let (want_content, want_calls) = parse(text, names());
         let chars: Vec<char> = text.chars().collect();
-        for step in [1, 2, 3, 5, 7, 11, 64] {
+        for step in [1, 2, 3, 5, 7, 11, 64, 1000] {
             let mut s = ToolStream::new(names());
             let mut content = String::new();
             let mut calls = Vec::new();
@@ -195,7 +196,10 @@ mod tests {
                             assert!(!c.contains("<tool") && !c.contains("</tool"), "step {step}: {c:?}");
                             content.push_str(&c);
                         }
-                        Piece::Call(c) => calls.push(c.function),
+                        Piece::Call(i, c) => {
+                            assert_eq!(i, calls.len(), "step {step}: calls are numbered in order");
+                            calls.push(c.function)
+                        }
                     }
                 }
             }
