@@ -89,7 +89,8 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
     src.refuse_hf("parallel_attn", "sequential attention and MLP", |v| v == &Value::Bool(true)).map_err(unsupported)?;
     src.refuse_hf("activation", "an activation other than gelu", is_str("gelu")).map_err(unsupported)?;
     let cfg = config(&src).map_err(load)?;
-    let naming = GgufNaming { layers: "transformer.h", globals: &GGUF_GLOBALS, ..GgufNaming::hf_order(&GGUF_BLOCKS) };
+    let naming =
+        GgufNaming { layers: "transformer.h", globals: &GGUF_GLOBALS, ..GgufNaming::hf_order(&[&GGUF_BLOCKS]) };
     let weights = ckpt.weights(&naming).map_err(load)?;
     let spec =
         DecoderSpec { norm: NormKind::Layer, parallel_residual: true, mlp: MlpKind::Gelu, ..DecoderSpec::llama(cfg) };

@@ -19,29 +19,23 @@
 use crate::arch::{Built, Checkpoint, ConfigSource};
 use crate::config::{invalid, ConfigError, LlamaConfig, RopeScalingKind};
 use crate::decoder::{Decoder, DecoderSpec, LayerSpec, MlpKind, Names, RopeSpec};
-use crate::llama::load;
+use crate::llama::{load, GGUF_PROJECTIONS, GGUF_QK_NORMS};
 use crate::model::{ModelError, Runner};
 use crate::weights::GgufNaming;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
 
-/// llama.cpp's per-block stems for Gemma 2 / 3.
-pub const GGUF_BLOCKS: [(&str, &str); 13] = [
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_q_norm", "self_attn.q_norm"),
-    ("attn_k_norm", "self_attn.k_norm"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
+/// Gemma's four norms per block (llama.cpp's `ffn_norm` is the norm before the MLP).
+const GGUF_NORMS: [(&str, &str); 4] = [
     ("attn_norm", "input_layernorm"),
     ("post_attention_norm", "post_attention_layernorm"),
     ("ffn_norm", "pre_feedforward_layernorm"),
     ("post_ffw_norm", "post_feedforward_layernorm"),
 ];
+
+/// llama.cpp's per-block stems for Gemma 2 / 3.
+const GGUF_BLOCKS: [&[(&str, &str)]; 3] = [&GGUF_PROJECTIONS, &GGUF_QK_NORMS, &GGUF_NORMS];
 
 const NAMES: Names = Names { ffn_norm: "pre_feedforward_layernorm", ..Names::LLAMA };
 

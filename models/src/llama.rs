@@ -10,9 +10,9 @@ use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
 
-/// llama.cpp's per-block tensor stems and their HF counterparts under `model.layers.N.`
+/// llama.cpp's per-block projection stems and their HF counterparts under `model.layers.N.`
 /// (`.weight` and `.bias` alike). Architectures of the Llama family share them.
-pub const GGUF_BLOCKS: [(&str, &str); 9] = [
+pub const GGUF_PROJECTIONS: [(&str, &str); 7] = [
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
     ("attn_v", "self_attn.v_proj"),
@@ -20,9 +20,16 @@ pub const GGUF_BLOCKS: [(&str, &str); 9] = [
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
-    ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
 ];
+
+/// Llama's two norms per block.
+pub const GGUF_NORMS: [(&str, &str); 2] = [("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")];
+
+/// The per-block q/k norms (Qwen3, Gemma 3).
+pub const GGUF_QK_NORMS: [(&str, &str); 2] = [("attn_q_norm", "self_attn.q_norm"), ("attn_k_norm", "self_attn.k_norm")];
+
+/// Llama's per-block tensors.
+pub const GGUF_BLOCKS: [&[(&str, &str)]; 2] = [&GGUF_PROJECTIONS, &GGUF_NORMS];
 
 /// Llama's GGUF naming: llama.cpp's converter permutes Q/K rows for its RoPE layout.
 pub fn gguf_naming(c: &LlamaConfig) -> GgufNaming {

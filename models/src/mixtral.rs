@@ -13,25 +13,15 @@
 use crate::arch::{is_str, Built, Checkpoint, ConfigSource};
 use crate::config::{invalid, ConfigError};
 use crate::decoder::{Decoder, DecoderSpec, MoeSpec, Names};
-use crate::llama::load;
+use crate::llama::{load, GGUF_NORMS, GGUF_PROJECTIONS};
 use crate::model::{ModelError, Runner};
 use crate::weights::GgufNaming;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 
 /// Llama's block stems plus the router.
-const GGUF_BLOCKS: [(&str, &str); 10] = [
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-    ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
-    ("ffn_gate_inp", "block_sparse_moe.gate"),
-];
+const GGUF_BLOCKS: [&[(&str, &str)]; 3] =
+    [&GGUF_PROJECTIONS, &GGUF_NORMS, &[("ffn_gate_inp", "block_sparse_moe.gate")]];
 
 const GGUF_EXPERTS: [(&str, &str); 3] = [
     ("ffn_gate_exps", "block_sparse_moe.experts.{e}.w1"),

@@ -40,6 +40,21 @@ pub fn truncate_gguf(input: &Path, output: &Path, layers: usize) -> Result<(), S
     b.write_to(output).map_err(|e| format!("{}: {e}", output.display()))
 }
 
+/// The logits of every position of `prompt`, from one prefill step in a private cache.
+pub fn prefill_logits(model: &dyn CausalLm, prompt: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
+    const BS: usize = 16;
+    let n = prompt.len();
+    let mut kv = model.new_kv_cache(n.div_ceil(BS), BS)?;
+    let table: Vec<u32> = (0..n.div_ceil(BS) as u32).collect();
+    let positions: Vec<i32> = (0..n as i32).collect();
+    let slots: Vec<u32> = (0..n as u32).collect();
+    let rows: Vec<usize> = (0..n).collect();
+    let seqs = [SeqAttn { q_start: 0, q_len: n, ctx_len: n, block_table: &table }];
+    let batch = ForwardBatch { tokens: prompt, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &rows };
+    let flat = model.forward(&batch, &mut kv)?.to_host_f32()?;
+    Ok(flat.chunks(model.info().vocab_size).map(<[f32]>::to_vec).collect())
+}
+
 /// The prompt's last-position logits, then `n` greedy tokens (lowest id on ties), one
 /// sequence in a private cache.
 pub fn greedy(model: &dyn CausalLm, prompt: &[u32], n: usize) -> Result<(Vec<f32>, Vec<u32>), ModelError> {

@@ -222,7 +222,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
     let sn = src.source_name();
     let unsup = |e: ConfigError| ModelError::Unsupported(e.to_string());
     src.refuse_hf("hidden_act", "an activation other than silu", is_str("silu")).map_err(unsup)?;
-    let naming = GgufNaming { globals: &GGUF_GLOBALS, ..GgufNaming::hf_order(&GGUF_BLOCKS) };
+    let naming = GgufNaming { globals: &GGUF_GLOBALS, ..GgufNaming::hf_order(&[&GGUF_BLOCKS]) };
     let weights = ckpt.weights(&naming).map_err(load)?;
     let (mut cfg, rope) = match &src {
         ConfigSource::Hf { json, .. } => hf_config(json, &sn).map_err(|e| match e {

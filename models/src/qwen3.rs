@@ -10,26 +10,14 @@
 use crate::arch::{is_false, is_str, Built, Checkpoint, ConfigSource};
 use crate::config::{ConfigError, RopeScalingKind};
 use crate::decoder::{Decoder, DecoderSpec, Names};
-use crate::llama::load;
+use crate::llama::{load, GGUF_NORMS, GGUF_PROJECTIONS, GGUF_QK_NORMS};
 use crate::model::{ModelError, Runner};
 use crate::weights::GgufNaming;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 
-/// llama.cpp's per-block stems for Qwen3 (Llama's plus the q/k norms).
-pub const GGUF_BLOCKS: [(&str, &str); 11] = [
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_q_norm", "self_attn.q_norm"),
-    ("attn_k_norm", "self_attn.k_norm"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-    ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
-];
+/// llama.cpp's per-block stems for Qwen3: Llama's plus the q/k norms.
+pub const GGUF_BLOCKS: [&[(&str, &str)]; 3] = [&GGUF_PROJECTIONS, &GGUF_NORMS, &GGUF_QK_NORMS];
 
 /// What Qwen3 (and the attention of Qwen3-MoE) does not implement, refused by name.
 pub fn refuse_unsupported(src: &ConfigSource<'_>, rope: Option<RopeScalingKind>) -> Result<(), ConfigError> {

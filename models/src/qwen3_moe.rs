@@ -12,7 +12,7 @@
 use crate::arch::{Built, Checkpoint};
 use crate::config::invalid;
 use crate::decoder::{Decoder, DecoderSpec, MoeSpec, Names};
-use crate::llama::load;
+use crate::llama::{load, GGUF_NORMS, GGUF_PROJECTIONS, GGUF_QK_NORMS};
 use crate::mixtral::count;
 use crate::model::{ModelError, Runner};
 use crate::weights::GgufNaming;
@@ -20,20 +20,8 @@ use kiln_runtime::DType;
 use kiln_runtime::Device;
 
 /// Qwen3's block stems plus the router.
-const GGUF_BLOCKS: [(&str, &str); 12] = [
-    ("attn_q", "self_attn.q_proj"),
-    ("attn_k", "self_attn.k_proj"),
-    ("attn_v", "self_attn.v_proj"),
-    ("attn_q_norm", "self_attn.q_norm"),
-    ("attn_k_norm", "self_attn.k_norm"),
-    ("attn_output", "self_attn.o_proj"),
-    ("ffn_gate", "mlp.gate_proj"),
-    ("ffn_up", "mlp.up_proj"),
-    ("ffn_down", "mlp.down_proj"),
-    ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
-    ("ffn_gate_inp", "mlp.gate"),
-];
+const GGUF_BLOCKS: [&[(&str, &str)]; 4] =
+    [&GGUF_PROJECTIONS, &GGUF_NORMS, &GGUF_QK_NORMS, &[("ffn_gate_inp", "mlp.gate")]];
 
 const GGUF_EXPERTS: [(&str, &str); 3] = [
     ("ffn_gate_exps", "mlp.experts.{e}.gate_proj"),

@@ -7,9 +7,7 @@
 //! (llama.cpp's names and conventions) is held to the same references.
 
 use kiln_models::loader::load_weights_only;
-use kiln_models::model::{CausalLm, ForwardBatch};
-use kiln_models::model_check::{compare_logits, greedy};
-use kiln_runtime::attention::SeqAttn;
+use kiln_models::model_check::{compare_logits, greedy, prefill_logits};
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
@@ -25,20 +23,6 @@ fn floats(v: &Value) -> Vec<f32> {
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-/// Logits of every position of `prompt`, in one prefill step.
-fn all_logits(m: &dyn CausalLm, prompt: &[u32]) -> Vec<Vec<f32>> {
-    let n = prompt.len();
-    let mut kv = m.new_kv_cache(n.div_ceil(16), 16).unwrap();
-    let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
-    let positions: Vec<i32> = (0..n as i32).collect();
-    let slots: Vec<u32> = (0..n as u32).collect();
-    let rows: Vec<usize> = (0..n).collect();
-    let seqs = [SeqAttn { q_start: 0, q_len: n, ctx_len: n, block_table: &table }];
-    let batch = ForwardBatch { tokens: prompt, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &rows };
-    let flat = m.forward(&batch, &mut kv).unwrap().to_host_f32().unwrap();
-    flat.chunks(m.info().vocab_size).map(<[f32]>::to_vec).collect()
 }
 
 fn check(arch: &str, path: &Path) {
@@ -57,7 +41,9 @@ fn check(arch: &str, path: &Path) {
         );
         assert_eq!(tokens, ids(&p["greedy_32"]), "{arch} {}: greedy continuation", path.display());
         if let Some(rows) = p.get("all_logits") {
-            for (i, (g, want)) in all_logits(m.as_ref(), &prompt).iter().zip(rows.as_array().unwrap()).enumerate() {
+            for (i, (g, want)) in
+                prefill_logits(m.as_ref(), &prompt).unwrap().iter().zip(rows.as_array().unwrap()).enumerate()
+            {
                 let (err, _) = compare_logits(g, &floats(want));
                 assert!(err <= 1e-4, "{arch} {}: position {i}: relative error {err}", path.display());
             }
@@ -84,15 +70,4 @@ macro_rules! arch_tests {
     };
 }
 
-arch_tests!(mistral, qwen3, gemma2, gemma3, falcon, phi3);
-
-mod moe_safetensors {
-    #[test]
-    fn mixtral() {
-        super::check_safetensors("mixtral");
-    }
-    #[test]
-    fn qwen3_moe() {
-        super::check_safetensors("qwen3_moe");
-    }
-}
+arch_tests!(mistral, qwen3, gemma2, gemma3, falcon, phi3, mixtral, qwen3_moe);

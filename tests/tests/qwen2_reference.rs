@@ -5,10 +5,8 @@
 //! not implement, leftover tensors and missing biases, each with the name in the error.
 
 use kiln_models::loader::load_weights_only;
-use kiln_models::model::{CausalLm, ForwardBatch};
-use kiln_models::model_check::{compare_logits, greedy};
+use kiln_models::model_check::{compare_logits, greedy, prefill_logits};
 use kiln_models::weights::{HostTensor, Weights};
-use kiln_runtime::attention::SeqAttn;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
@@ -31,20 +29,6 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-/// Logits of every position of `prompt`, in one prefill step.
-fn all_logits(m: &dyn CausalLm, prompt: &[u32]) -> Vec<Vec<f32>> {
-    let n = prompt.len();
-    let mut kv = m.new_kv_cache(n.div_ceil(16), 16).unwrap();
-    let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
-    let positions: Vec<i32> = (0..n as i32).collect();
-    let slots: Vec<u32> = (0..n as u32).collect();
-    let rows: Vec<usize> = (0..n).collect();
-    let seqs = [SeqAttn { q_start: 0, q_len: n, ctx_len: n, block_table: &table }];
-    let batch = ForwardBatch { tokens: prompt, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &rows };
-    let flat = m.forward(&batch, &mut kv).unwrap().to_host_f32().unwrap();
-    flat.chunks(m.info().vocab_size).map(<[f32]>::to_vec).collect()
-}
-
 fn check_against_hf(path: &Path) {
     let m = load_weights_only(path, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(m.info().architecture, "qwen2");
@@ -61,7 +45,7 @@ fn check_against_hf(path: &Path) {
         );
         assert_eq!(tokens, ids(&p["greedy_16"]), "{}: greedy continuation", path.display());
         if let Some(rows) = p.get("all_logits") {
-            let got = all_logits(m.as_ref(), &prompt);
+            let got = prefill_logits(m.as_ref(), &prompt).unwrap();
             for (i, (g, want)) in got.iter().zip(rows.as_array().unwrap()).enumerate() {
                 let (err, _) = compare_logits(g, &floats(want));
                 assert!(err <= 1e-4, "position {i}: relative error {err}");

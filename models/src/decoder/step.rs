@@ -114,8 +114,9 @@ impl Decoder {
         Ok(())
     }
 
-    /// `h = x + residual; y = norm(h)` (RMSNorm models; LayerNorm models add through
-    /// [`Decoder::add2_norm`] with a zero-free second branch).
+    /// `h = x + residual; y = norm(h)`: one fused kernel for RMSNorm; for a sequential
+    /// LayerNorm model, the add and the norm (parallel-residual models, the only LayerNorm ones
+    /// kiln runs today, end their blocks with `add2_layer_norm` instead).
     fn add_norm(
         &self,
         x: &Tensor,

@@ -180,9 +180,10 @@ impl StoredTensor<'_> {
 /// How an architecture's llama.cpp tensor names map to its HF names.
 #[derive(Clone, Copy, Debug)]
 pub struct GgufNaming {
-    /// `(llama.cpp stem, HF stem)` of the per-block tensors: `blk.N.{gguf}.weight|bias` is
-    /// `{layers}.N.{hf}.weight|bias`.
-    pub blocks: &'static [(&'static str, &'static str)],
+    /// `(llama.cpp stem, HF stem)` of the per-block tensors, in groups an architecture
+    /// composes (Llama's projections, its norms, q/k norms, a router, ...):
+    /// `blk.N.{gguf}.weight|bias` is `{layers}.N.{hf}.weight|bias`.
+    pub blocks: &'static [&'static [(&'static str, &'static str)]],
     /// The HF blocks' prefix (`model.layers`; Falcon: `transformer.h`).
     pub layers: &'static str,
     /// `(llama.cpp stem, HF stem)` of the tensors outside the blocks (embedding, final norm,
@@ -203,7 +204,7 @@ pub const LLAMA_GLOBALS: [(&str, &str); 3] =
 
 impl GgufNaming {
     /// Blocks named `blocks` under `model.layers`, Llama's globals, Q/K rows in HF order.
-    pub const fn hf_order(blocks: &'static [(&'static str, &'static str)]) -> GgufNaming {
+    pub const fn hf_order(blocks: &'static [&'static [(&'static str, &'static str)]]) -> GgufNaming {
         GgufNaming { blocks, layers: "model.layers", globals: &LLAMA_GLOBALS, experts: &[], permuted_qk: None }
     }
 
@@ -224,7 +225,7 @@ impl GgufNaming {
         if kind != "weight" && kind != "bias" {
             return None;
         }
-        let (_, hf) = self.blocks.iter().find(|(g, _)| *g == stem)?;
+        let (_, hf) = self.blocks.iter().flat_map(|g| g.iter()).find(|(g, _)| *g == stem)?;
         Some(format!("{}.{layer}.{hf}.{kind}", self.layers))
     }
 
