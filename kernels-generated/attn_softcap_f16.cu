@@ -3,6 +3,7 @@
 // Attention attn_softcap_f16 (storage dtype f16): causal softmax(q·kᵀ·scale → score_mod) · v over a paged KV cache.
 // Scale: the comptime parameter `scale`. Score modifier: `attn_softcap_f16_mod` below.
 // Entry points (calling convention and plan layout: kiln_codegen::attention::abi):
+//   head dim 16: attn_softcap_f16_split_hd16_g4, attn_softcap_f16_split_hd16_g8 and attn_softcap_f16_combine_hd16
 //   head dim 32: attn_softcap_f16_split_hd32_g4, attn_softcap_f16_split_hd32_g8 and attn_softcap_f16_combine_hd32
 //   head dim 64: attn_softcap_f16_split_hd64_g4, attn_softcap_f16_split_hd64_g8 and attn_softcap_f16_combine_hd64, tensor cores attn_softcap_f16_mma_hd64
 //   head dim 128: attn_softcap_f16_split_hd128_g4, attn_softcap_f16_split_hd128_g8 and attn_softcap_f16_combine_hd128, tensor cores attn_softcap_f16_mma_hd128
@@ -560,6 +561,73 @@ __device__ __forceinline__ void kiln_attn_mma(
   }
 }
 #endif  // KILN_ATTN_TEMPLATE
+
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 16
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd16_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_f16* __restrict__ k_pool,
+    const kiln_f16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap) {
+  attn_softcap_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  kiln_attn_split<kiln_f16, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd16_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_f16* __restrict__ k_pool,
+    const kiln_f16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap) {
+  attn_softcap_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  kiln_attn_split<kiln_f16, 16, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(16) attn_softcap_f16_combine_hd16(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_f16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_f16, 16>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+#endif  // KILN_ATTN_HD == 16
 
 #if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 32
 

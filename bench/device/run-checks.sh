@@ -40,7 +40,7 @@ if [ "$what" = arch ]; then
   # dims 32 to 256, sliding windows) and the Llama model check after the decoder rewrite.
   TAIL=120 step arch 300 .device/kiln-check-arch tests/fixtures/arch-tiny/*/
   TAIL=12 step attention 240 .device/kiln-check-attention --quick --no-speed --out "$OUT/attention.md"
-  TAIL=30 step model 200 .device/kiln-check-model --model .device/smollm2-10l.gguf --fixtures tests/fixtures/reference.json --dtypes bf16
+  TAIL=30 step model 200 .device/kiln-check-model --model "$(ls .device/smollm2-*l.gguf | head -1)" --fixtures tests/fixtures/reference.json --dtypes bf16
 fi
 
 if [ "$what" = final ]; then

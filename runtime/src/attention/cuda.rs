@@ -106,7 +106,12 @@ pub(super) fn run(
     }
     let cuda_err = |source: CudaError| AttnError::Cuda { kernel: def.name, device: device.clone(), source };
     let module = backend
-        .module_variant(spec.cuda, Some((abi::HEAD_DIM_MACRO, hd)), &b.kernel.spec_name(), &abi::entries_for(b.kernel, hd))
+        .module_variant(
+            spec.cuda,
+            Some((abi::HEAD_DIM_MACRO, hd)),
+            &b.kernel.spec_name(),
+            &abi::entries_for(b.kernel, hd),
+        )
         .map_err(cuda_err)?;
     if plan.n_tokens() == 0 {
         return Ok(());
