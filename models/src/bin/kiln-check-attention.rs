@@ -26,11 +26,14 @@ fn main() -> std::process::ExitCode {
     let mut speeds = vec![];
     let mut copy = None;
     if !dev.is_cpu() && !has("--no-speed") {
-        // The default split on several shapes, then other split lengths on 64 × 4k.
+        // The default split on several shapes, then other split lengths on 64 × 4k, then a
+        // 4096-key sliding window at 32k context (its time should follow the window).
         let cases = [(64, 4096, None), (1, 4096, None), (1, 32768, None), (256, 1024, None), (8, 8192, None)];
         let sweep = [4, 8, 32].map(|n| (64, 4096, Some(n)));
-        for (seqs, ctx, splits) in cases.into_iter().chain(sweep) {
-            match decode_speed(&dev, seqs, ctx, splits, 20) {
+        let plain = cases.into_iter().chain(sweep).map(|(s, c, n)| (s, c, n, None));
+        let windowed = [(1, 32768, None, Some(4096)), (16, 32768, None, None), (16, 32768, None, Some(4096))];
+        for (seqs, ctx, splits, window) in plain.chain(windowed) {
+            match decode_speed(&dev, seqs, ctx, splits, window, 20) {
                 Ok(r) => speeds.push(r),
                 Err(e) => eprintln!("decode speed {seqs}x{ctx}: {e}"),
             }

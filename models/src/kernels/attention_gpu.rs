@@ -164,11 +164,13 @@ impl SpeedRow {
 
 /// Decode attention (one query token per sequence) over `seqs` sequences of `ctx` tokens,
 /// Llama-3-8B heads (32/8×128), bf16, block 16: median time of the split (+ combine) kernels.
+/// With `window`, the sliding-window instance: only the window's keys count as bytes read.
 pub fn decode_speed(
     gpu: &Device,
     seqs: usize,
     ctx: usize,
     splits: Option<usize>,
+    window: Option<usize>,
     reps: usize,
 ) -> Result<SpeedRow, ModelError> {
     let b = gpu.cuda_backend().ok_or_else(|| ModelError::Unsupported("decode_speed needs a GPU".into()))?;
@@ -185,16 +187,22 @@ pub fn decode_speed(
     }
     plan.upload(gpu, nh, hd)?;
     let mut out = Tensor::uninit(gpu, DType::BF16, q.rows(), q.cols())?;
-    let def = &super::attention::attn_causal::DEF;
-    let args = [kiln_runtime::device::fused::Arg::F32(1.0 / (hd as f32).sqrt())];
+    use kiln_runtime::device::fused::Arg;
+    let scale = Arg::F32(1.0 / (hd as f32).sqrt());
+    let (def, args) = match window {
+        None => (&super::attention::attn_causal::DEF, vec![scale]),
+        Some(w) => (&super::attention::attn_sliding_window::DEF, vec![scale, Arg::I32(w as i32)]),
+    };
     let us = kiln_runtime::device::timing::median_us(b, 5, reps, |_| -> Result<(), ModelError> {
         run(gpu, def, &q, &kv, &plan, &args, &mut out)?;
         Ok(())
     })?;
-    let kv_bytes = 2 * seqs * ctx * nkv * hd * 2;
+    let keys = window.map_or(ctx, |w| w.min(ctx));
+    let kv_bytes = 2 * seqs * keys * nkv * hd * 2;
     let how = if splits.is_some() { "" } else { " (default split)" };
+    let win = window.map_or(String::new(), |w| format!(", window {w}"));
     Ok(SpeedRow {
-        what: format!("decode {seqs} seqs × {ctx} ctx, heads 32/8×128 bf16{how}"),
+        what: format!("decode {seqs} seqs × {ctx} ctx{win}, heads 32/8×128 bf16{how}"),
         splits: plan.n_splits(),
         median_us: us,
         kv_bytes,
