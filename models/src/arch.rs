@@ -201,6 +201,22 @@ impl ConfigSource<'_> {
         }
     }
 
+    /// The sliding window the config states: HF `sliding_window` (absent or null: none), or GGUF
+    /// `{arch}.attention.sliding_window` (absent or 0, llama.cpp's "none": none); anything but
+    /// a positive integer is an error naming the key.
+    pub fn sliding_window(&self) -> Result<Option<usize>, ConfigError> {
+        match self.number("sliding_window", "attention.sliding_window")? {
+            None => Ok(None),
+            Some(w) if w == 0.0 && self.hf("sliding_window").is_none() => Ok(None),
+            Some(w) if w >= 1.0 && w.fract() == 0.0 => Ok(Some(w as usize)),
+            Some(w) => Err(crate::config::invalid(
+                &self.source_name(),
+                "sliding_window",
+                format!("{w} is not a positive integer"),
+            )),
+        }
+    }
+
     /// HF only: an error naming `key` when the config sets it to a value `supported` rejects
     /// (an absent key or `null` is always accepted). `what` says what the value would ask for.
     pub fn refuse_hf(&self, key: &str, what: &str, supported: impl Fn(&Value) -> bool) -> Result<(), ConfigError> {

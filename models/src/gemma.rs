@@ -142,7 +142,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
     }
     let n = cfg.num_hidden_layers;
     let local = local_layers(&src, gemma3, n).map_err(load)?;
-    let window = src.number("sliding_window", "attention.sliding_window").map_err(load)?.map(|w| w as usize);
+    let window = src.sliding_window().map_err(load)?;
     let (global_rope, local_rope) = rope(&src, &cfg, gemma3).map_err(unsupported)?;
     let scale = match src.number("query_pre_attn_scalar", "attention.scale").map_err(load)? {
         Some(q) if src.hf("query_pre_attn_scalar").is_some() => 1.0 / (q as f32).sqrt(),

@@ -8,7 +8,6 @@ use crate::model::{ModelError, Runner};
 use crate::weights::GgufNaming;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
-use serde_json::Value;
 
 /// llama.cpp's per-block projection stems and their HF counterparts under `model.layers.N.`
 /// (`.weight` and `.bias` alike). Architectures of the Llama family share them.
@@ -50,24 +49,6 @@ pub fn refuse_unsupported(src: &ConfigSource<'_>, cfg: &LlamaConfig) -> Result<(
     Ok(())
 }
 
-/// The sliding window of a Mistral-style config: HF `sliding_window` (null: none), or GGUF
-/// `{arch}.attention.sliding_window`.
-pub fn sliding_window(src: &ConfigSource<'_>) -> Result<Option<usize>, ConfigError> {
-    let bad = |v: String| {
-        crate::config::invalid(&src.source_name(), "sliding_window", format!("{v} is not a positive integer"))
-    };
-    match src {
-        ConfigSource::Hf { json, .. } => match json.get("sliding_window") {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().filter(|&w| w > 0).map(|w| Some(w as usize)).ok_or_else(|| bad(v.to_string())),
-        },
-        ConfigSource::Gguf(f) => match f.get(&format!("{}.attention.sliding_window", src.architecture()?)) {
-            None => Ok(None),
-            Some(v) => v.as_u64().filter(|&w| w > 0).map(|w| Some(w as usize)).ok_or_else(|| bad(format!("{v:?}"))),
-        },
-    }
-}
-
 /// The registry's constructor for `llama` and `mistral` (a GGUF `llama` with experts is a
 /// Mixtral: handed to [`crate::mixtral::build`]).
 pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, ModelError> {
@@ -77,7 +58,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
     }
     let cfg = src.decoder().map_err(load)?;
     refuse_unsupported(&src, &cfg).map_err(|e| ModelError::Unsupported(e.to_string()))?;
-    let window = sliding_window(&src).map_err(|e| ModelError::Unsupported(e.to_string()))?;
+    let window = src.sliding_window().map_err(|e| ModelError::Unsupported(e.to_string()))?;
     let weights = ckpt.weights(&gguf_naming(&cfg)).map_err(load)?;
     let mut spec = DecoderSpec::llama(cfg);
     // A window at least the context long is no window.

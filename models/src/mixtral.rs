@@ -58,7 +58,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
     src.refuse_hf("hidden_act", "an activation other than silu", is_str("silu")).map_err(unsupported)?;
     src.refuse_hf("router_jitter_noise", "router jitter at inference", |v| v.as_f64() == Some(0.0))
         .map_err(unsupported)?;
-    let window = crate::llama::sliding_window(&src).map_err(unsupported)?;
+    let window = src.sliding_window().map_err(unsupported)?;
     let experts = count(&src, &["num_local_experts"], "expert_count").map_err(load)?;
     let top_k = count(&src, &["num_experts_per_tok"], "expert_used_count").map_err(load)?;
     if top_k > experts {

@@ -204,18 +204,6 @@ fn long_mode() -> Result<bool, ModelError> {
     }
 }
 
-/// The window of a layer: HF `sliding_window` (null: none), GGUF `attention.sliding_window`
-/// (0: none).
-fn window(src: &ConfigSource<'_>) -> Result<Option<usize>, ConfigError> {
-    let sn = src.source_name();
-    match src.number("sliding_window", "attention.sliding_window")? {
-        None => Ok(None),
-        Some(w) if w == 0.0 && src.hf("sliding_window").is_none() => Ok(None),
-        Some(w) if w >= 1.0 && w.fract() == 0.0 => Ok(Some(w as usize)),
-        Some(w) => Err(invalid(&sn, "sliding_window", format!("{w} is not a positive integer"))),
-    }
-}
-
 /// The registry's constructor for `phi3`.
 pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, ModelError> {
     let src = ckpt.config();
@@ -252,7 +240,7 @@ pub fn build(ckpt: &Checkpoint, dev: &Device, dtype: DType) -> Result<Built, Mod
     if let Some(t) = &table {
         t.check(cfg.head_dim).map_err(|e| load(invalid(&sn, "partial_rotary_factor", e)))?;
     }
-    let window = window(&src).map_err(load)?.filter(|&w| w < cfg.max_position_embeddings);
+    let window = src.sliding_window().map_err(load)?.filter(|&w| w < cfg.max_position_embeddings);
     let mut spec = DecoderSpec::llama(cfg);
     for l in &mut spec.layers {
         l.rope.table = table.clone();

@@ -76,24 +76,27 @@ pub fn forward(
     linear(dev, h, router, &mut logits)?;
     let routes = route(&logits.to_host_f32()?, m.experts, m);
     let (gate_up, act) = scratch;
+    // Each expert's token rows (ascending) and their weights, in one pass over the routes.
+    let mut by_expert: Vec<(Vec<i32>, Vec<f32>)> = vec![(vec![], vec![]); experts.len()];
+    for (r, chosen) in routes.iter().enumerate() {
+        for &(e, w) in chosen {
+            by_expert[e].0.push(r as i32);
+            by_expert[e].1.push(w);
+        }
+    }
     let mut acc = vec![0f32; n * hidden];
-    for (e, mlp) in experts.iter().enumerate() {
-        let (rows, weights): (Vec<i32>, Vec<f32>) = routes
-            .iter()
-            .enumerate()
-            .filter_map(|(r, chosen)| chosen.iter().find(|(x, _)| *x == e).map(|&(_, w)| (r as i32, w)))
-            .unzip();
+    for (mlp, (rows, weights)) in experts.iter().zip(&by_expert) {
         if rows.is_empty() {
             continue;
         }
         let k = rows.len();
-        let ids = Tensor::from_host(dev, &rows, 1, k)?;
+        let ids = Tensor::from_host(dev, rows, 1, k)?;
         let mut x_e = ws.x_e.view_rows(0, k)?;
         gather::gather_rows::run(dev, h, &ids, &mut x_e)?;
         let mut y_e = ws.y_e.view_rows(0, k)?;
         d.mlp(mlp, &x_e, gate_up, act, &mut y_e)?;
         let y = y_e.to_host_f32()?;
-        for ((&r, &w), y_row) in rows.iter().zip(&weights).zip(y.chunks(hidden)) {
+        for ((&r, &w), y_row) in rows.iter().zip(weights).zip(y.chunks(hidden)) {
             let a = &mut acc[r as usize * hidden..][..hidden];
             a.iter_mut().zip(y_row).for_each(|(a, y)| *a += w * y);
         }

@@ -123,7 +123,7 @@ impl RopeTable {
 }
 
 /// One layer's kernel tables, f32 (the kernels' `Bcast<f32>`): `q` has `n_heads * head_dim`
-/// columns, `k` `n_kv_heads * head_dim`.
+/// columns, `k` `n_kv_heads * head_dim` (the first columns of `q`'s: the table repeats per head).
 pub(crate) struct Freqs {
     pub q: Tensor,
     pub k: Tensor,
@@ -133,11 +133,10 @@ pub(crate) struct Freqs {
 pub(crate) fn device_freqs(t: Option<&RopeTable>, c: &LlamaConfig, dev: &Device) -> Result<Option<Freqs>, ModelError> {
     let Some(t) = t else { return Ok(None) };
     t.check(c.head_dim).map_err(|e| ModelError::Load(format!("RoPE table: {e}")))?;
-    let up = |heads: usize| {
-        let v = t.tiled(c.head_dim, heads);
-        Tensor::from_f32_as(dev, DType::F32, &v, 1, v.len())
-    };
-    Ok(Some(Freqs { q: up(c.num_attention_heads)?, k: up(c.num_key_value_heads)? }))
+    let v = t.tiled(c.head_dim, c.num_attention_heads);
+    let q = Tensor::from_f32(dev, &v, 1, v.len())?;
+    let k = q.view_cols(0, c.num_key_value_heads * c.head_dim)?;
+    Ok(Some(Freqs { q, k }))
 }
 
 /// The fused q/k/v projection of a layer whose RoPE has a table that changes the q/k rows:

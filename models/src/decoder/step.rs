@@ -24,7 +24,7 @@ pub struct Workspace {
     residual: [Tensor; 2],
     h: Tensor,
     qkv: Tensor,
-    /// The q/k/v projection before its bias or its per-head norm (when the model has either).
+    /// The q/k/v projection (with its bias) before its per-head norm (q/k-norm models only).
     qkv_raw: Option<Tensor>,
     /// q/k norms: `1 × capacity * (heads + 2 * kv heads)` i32, what each head row of the fused
     /// projection is (0 query, 1 key, 2 value), for `head_rms_norm`.
@@ -228,7 +228,7 @@ impl StepModel for Decoder {
             residual: [t(c.hidden_size)?, t(c.hidden_size)?],
             h: t(c.hidden_size)?,
             qkv: t(heads_per_token * hd)?,
-            qkv_raw: if s.qkv_bias || s.qk_norm { Some(t(heads_per_token * hd)?) } else { None },
+            qkv_raw: if s.qk_norm { Some(t(heads_per_token * hd)?) } else { None },
             head_kind,
             q: t(nh * hd)?,
             attn: t(nh * hd)?,
@@ -353,29 +353,27 @@ impl Decoder {
         qkv: &mut Tensor,
     ) -> Result<(), ModelError> {
         let n = inp.tokens();
-        let Some(raw) = &ws.qkv_raw else {
-            linear(&self.dev, h, &layer.wqkv, qkv)?;
-            return Ok(());
+        let norm = layer.qk_norm.as_ref().zip(ws.head_kind.as_ref()).zip(ws.qkv_raw.as_ref());
+        // Projected (and biased) into `qkv` itself, or, before a per-head norm, into the raw buffer.
+        let mut proj = match norm {
+            Some((_, raw)) => raw.view_rows(0, n)?,
+            None => qkv.clone(),
         };
-        let mut raw = raw.view_rows(0, n)?;
-        linear(&self.dev, h, &layer.wqkv, &mut raw)?;
-        let (Some((wq, wk)), Some(kinds)) = (&layer.qk_norm, &ws.head_kind) else {
-            let b = layer.qkv_bias.as_ref().ok_or_else(|| ModelError::Load("no q/k/v bias".into()))?;
-            epilogue::bias_add::run(&self.dev, &raw, b, qkv)?;
-            return Ok(());
-        };
+        linear(&self.dev, h, &layer.wqkv, &mut proj)?;
         if let Some(b) = &layer.qkv_bias {
-            let x = raw.clone(); // elementwise in place
-            epilogue::bias_add::run(&self.dev, &x, b, &mut raw)?;
+            let x = proj.clone(); // elementwise in place
+            epilogue::bias_add::run(&self.dev, &x, b, &mut proj)?;
         }
-        // One row per head: the fused projection is contiguous, so `[n, heads * hd]` is
-        // `[n * heads, hd]`.
-        let c = &self.spec.cfg;
-        let (heads, hd) = (c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim);
-        let x = raw.reshape(n * heads, hd)?;
-        let mut y = qkv.reshape(n * heads, hd)?;
-        let kinds = kinds.view_cols(0, n * heads)?;
-        norm::head_rms_norm::run(&self.dev, &x, wq, wk, &kinds, c.rms_norm_eps, &mut y)?;
+        if let Some(((wq, wk), kinds)) = norm.map(|(nk, _)| nk) {
+            // One row per head: the fused projection is contiguous, so `[n, heads * hd]` is
+            // `[n * heads, hd]`.
+            let c = &self.spec.cfg;
+            let (heads, hd) = (c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim);
+            let x = proj.reshape(n * heads, hd)?;
+            let mut y = qkv.reshape(n * heads, hd)?;
+            let kinds = kinds.view_cols(0, n * heads)?;
+            norm::head_rms_norm::run(&self.dev, &x, wq, wk, &kinds, c.rms_norm_eps, &mut y)?;
+        }
         Ok(())
     }
 
