@@ -3,12 +3,14 @@
 //!   kernel caches, fused-kernel launch, GEMMs and the `linear` seam, graphs, timing;
 //! - the serving core above it: the model interface ([`model`]), paged attention plans
 //!   ([`attention`]), the KV allocator ([`kv`]), the scheduler ([`sched`]), sampling
-//!   ([`sample`]) and the engine loop ([`engine`]); plus the GPU check harness ([`gpu_check`])
-//!   and the cache-directory rule ([`cache_dir`]).
+//!   ([`sample`]), the engine loop ([`engine`]) and the tensor-parallel collectives
+//!   ([`comm`]); plus the GPU check harness ([`gpu_check`]) and the cache-directory rule
+//!   ([`cache_dir`]).
 //!
 //! The layering is one-way: nothing in `device` imports from the serving core.
 pub mod attention;
 pub mod cache_dir;
+pub mod comm;
 pub mod device;
 pub mod engine;
 pub mod gpu_check;
