@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kiln_runtime::comm::Communicator;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 use serde_json::Value;
@@ -49,6 +50,8 @@ pub struct Checkpoint {
     path: PathBuf,
     kind: Kind,
     weight_mode: WeightMode,
+    /// Build one tensor-parallel rank of the model, in this communicator's group.
+    tp: Option<Arc<dyn Communicator>>,
 }
 
 /// How projection weights stored in a quantized format are held.
@@ -87,7 +90,7 @@ impl Checkpoint {
         } else {
             Kind::Gguf { file: Arc::new(GgufFile::open(path)?) }
         };
-        Ok(Checkpoint { path: path.to_path_buf(), kind, weight_mode: WeightMode::default() })
+        Ok(Checkpoint { path: path.to_path_buf(), kind, weight_mode: WeightMode::default(), tp: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -97,6 +100,12 @@ impl Checkpoint {
     /// How the weights [`Checkpoint::weights`] opens hold quantized projections.
     pub fn set_weight_mode(&mut self, mode: WeightMode) {
         self.weight_mode = mode;
+    }
+
+    /// Build only `comm`'s rank of the model (its shards of the weights), as a member of
+    /// `comm`'s group: the architecture's loader sees it through [`WeightSource::tp`].
+    pub fn set_tp(&mut self, comm: Option<Arc<dyn Communicator>>) {
+        self.tp = comm;
     }
 
     /// The GGUF file, for a GGUF checkpoint (its tokenizer lives in the metadata).
@@ -126,6 +135,7 @@ impl Checkpoint {
             Kind::Gguf { file } => WeightSource::open_gguf(file.clone(), naming)?,
         };
         src.set_keep_quantized(self.weight_mode == WeightMode::Stored);
+        src.set_tp(self.tp.clone());
         Ok(src)
     }
 }

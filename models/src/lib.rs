@@ -28,4 +28,5 @@ pub mod registry;
 pub mod safetensors_io;
 pub mod synth;
 pub mod tokenizer;
+pub mod tp;
 pub mod weights;

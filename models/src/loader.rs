@@ -9,6 +9,7 @@ use crate::arch::Checkpoint;
 pub use crate::arch::WeightMode;
 use crate::model::CausalLm;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
+use crate::tp::TpModel;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,38 @@ pub fn load_with(path: &Path, dev: &Device, dtype: DType, mode: WeightMode) -> R
     let chat_template = ChatTemplate::for_tokenizer(&tokenizer).map_err(|e| err(path, e))?;
     let model = crate::registry::build(&ckpt, dev, dtype).map_err(|e| err(path, e))?.model;
     Ok(LoadedModel { model, tokenizer, chat_template, path: path.to_path_buf() })
+}
+
+/// [`load_with`] over `devices.len()` tensor-parallel ranks, rank `r` on `devices[r]` (one
+/// device: the plain model). CPU ranks talk through the in-process CPU group, CUDA ranks
+/// through NCCL.
+pub fn load_parallel(
+    path: &Path,
+    devices: &[Device],
+    dtype: DType,
+    mode: WeightMode,
+) -> Result<LoadedModel, LoadError> {
+    let [dev] = devices else {
+        let ckpt = open(path, mode)?;
+        let tokenizer = tokenizer(&ckpt)?;
+        let chat_template = ChatTemplate::for_tokenizer(&tokenizer).map_err(|e| err(path, e))?;
+        let model = Box::new(build_parallel(path, devices, dtype, mode)?);
+        return Ok(LoadedModel { model, tokenizer, chat_template, path: path.to_path_buf() });
+    };
+    load_with(path, dev, dtype, mode)
+}
+
+/// The tensor-parallel model of a checkpoint over `devices` (no tokenizer), each rank built from
+/// its own view of the checkpoint, one after the other.
+pub fn build_parallel(path: &Path, devices: &[Device], dtype: DType, mode: WeightMode) -> Result<TpModel, LoadError> {
+    let comms = crate::tp::group(devices).map_err(|e| err(path, e))?;
+    let mut ranks = Vec::with_capacity(devices.len());
+    for (dev, comm) in devices.iter().zip(&comms) {
+        let mut ckpt = open(path, mode)?;
+        ckpt.set_tp(Some(comm.clone()));
+        ranks.push(crate::registry::build(&ckpt, dev, dtype).map_err(|e| err(path, e))?.model);
+    }
+    TpModel::new(ranks, comms).map_err(|e| err(path, e))
 }
 
 /// The model of a checkpoint without its tokenizer (a synthetic checkpoint from `kiln

@@ -22,7 +22,7 @@ mod gguf;
 mod source;
 
 pub use gguf::{gguf_to_hf_name, load_gguf};
-pub use source::{GgufNaming, Shard, StoredFormat, StoredTensor, WeightSource};
+pub use source::{GgufNaming, Part, Shard, StackPart, StoredFormat, StoredTensor, WeightSource};
 
 /// A dense row-major f32 tensor in host memory.
 #[derive(Clone, Debug, PartialEq)]

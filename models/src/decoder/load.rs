@@ -5,11 +5,13 @@
 //! Invariant: every tensor the spec implies is read or explicitly marked unneeded (a tied head's
 //! copy), so the loader's leftover check catches a feature the spec left off.
 
+use super::tp::{rows_or_whole, shifted, RankPlan};
 use super::{rope_table, Decoder, DecoderSpec, Ffn, Layer, Mlp, MlpKind, NormKind, NormW};
+use crate::config::LlamaConfig;
 use crate::llama::load as load_err;
 use crate::model::ModelError;
 use crate::synth::{random_tensor, tensor_seed, Init};
-use crate::weights::WeightSource;
+use crate::weights::{Part, WeightSource};
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
@@ -76,26 +78,36 @@ impl Names {
     };
 }
 
-/// Reads tensors by their stems for one model.
+/// Reads tensors by their stems for one model (one rank's parts of them, with a plan).
 struct Reader<'a> {
     w: &'a WeightSource,
+    /// The whole model's spec: the shapes the checkpoint's tensors must have.
     spec: &'a DecoderSpec,
+    plan: Option<&'a RankPlan>,
     dev: &'a Device,
     dtype: DType,
 }
 
+/// A tensor's name, its whole HF shape and the part read of it.
+type NamedPart = (String, [usize; 2], Part);
+
 impl Reader<'_> {
     fn up(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
-        self.w.upload(name, shape, None, self.dev, self.dtype).map_err(load_err)
+        self.w.upload(name, shape, &Part::Whole, self.dev, self.dtype).map_err(load_err)
     }
 
-    fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight, ModelError> {
-        self.w.weight(name, shape, self.dev, self.dtype).map_err(load_err)
+    fn weight(&self, name: &str, shape: &[usize], part: Part) -> Result<Weight, ModelError> {
+        self.w.weight(name, shape, &part, self.dev, self.dtype).map_err(load_err)
     }
 
-    fn stacked(&self, parts: &[(String, [usize; 2])]) -> Result<Weight, ModelError> {
-        let parts: Vec<(&str, &[usize])> = parts.iter().map(|(n, s)| (n.as_str(), &s[..])).collect();
+    fn stacked(&self, parts: &[NamedPart]) -> Result<Weight, ModelError> {
+        let parts: Vec<_> = parts.iter().map(|(n, s, p)| (n.as_str(), &s[..], p.clone())).collect();
         self.w.weight_stacked(&parts, self.dev, self.dtype).map_err(load_err)
+    }
+
+    /// Rows `r` of the plan's ranges, or the whole tensor without a plan.
+    fn rows(&self, r: impl FnOnce(&RankPlan) -> std::ops::Range<usize>) -> Part {
+        rows_or_whole(self.plan, r)
     }
 
     /// A norm weight of `n` values (plus one where the spec says so) and, for LayerNorm, its bias.
@@ -116,30 +128,45 @@ impl Reader<'_> {
         Ok(Tensor::from_f32_as(self.dev, self.dtype, &v, 1, n)?)
     }
 
-    /// Biases are vectors in the file; stacked as one-row matrices side by side.
-    fn bias_row(&self, parts: &[(String, usize)]) -> Result<Tensor, ModelError> {
-        let total = parts.iter().map(|p| p.1).sum();
+    /// Biases are vectors in the file; stacked as one-row matrices side by side. `parts` are
+    /// `(name, whole length, part read)`.
+    fn bias_row(&self, parts: &[(String, usize, Part)]) -> Result<Tensor, ModelError> {
+        let read = parts
+            .iter()
+            .map(|(name, n, part)| self.w.read_part(name, Some(&[*n]), part))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(load_err)?;
+        let total = read.iter().map(|t| t.numel()).sum();
         let b = Tensor::uninit(self.dev, self.dtype, 1, total)?;
         let mut at = 0;
-        for (name, n) in parts {
-            let t = self.w.read(name, Some(&[*n]), None).map_err(load_err)?;
+        for t in read {
             let bytes = t.bytes_as(self.dtype).map_err(load_err)?;
-            b.view_cols(at, *n)?.copy_from_host_bytes(&bytes)?;
-            at += n;
+            b.view_cols(at, t.numel())?.copy_from_host_bytes(&bytes)?;
+            at += t.numel();
         }
         Ok(b)
     }
 
-    fn mlp(&self, gate: &str, up: &str, fused: Option<&str>, down: &str, inter: usize) -> Result<Mlp, ModelError> {
+    /// A dense MLP of `inter` features (`moe`: an expert's), this rank's features of it.
+    fn mlp(&self, names: [&str; 3], fused: Option<&str>, inter: usize, moe: bool) -> Result<Mlp, ModelError> {
+        let [gate, up, down] = names;
         let h = self.spec.cfg.hidden_size;
+        let mine = self.plan.map_or(0..inter, |p| p.inter(moe));
+        let rows = || self.rows(|p| p.inter(moe));
         let w_in = match (self.spec.mlp, fused) {
-            (MlpKind::Gelu, _) => self.weight(&format!("{up}.weight"), &[inter, h])?,
-            (_, Some(f)) => self.weight(&format!("{f}.weight"), &[2 * inter, h])?,
-            (_, None) => {
-                self.stacked(&[(format!("{gate}.weight"), [inter, h]), (format!("{up}.weight"), [inter, h])])?
-            }
+            (MlpKind::Gelu, _) => self.weight(&format!("{up}.weight"), &[inter, h], rows())?,
+            (_, Some(f)) if self.plan.is_none() => self.weight(&format!("{f}.weight"), &[2 * inter, h], Part::Whole)?,
+            (_, Some(f)) => self.stacked(&[
+                (format!("{f}.weight"), [2 * inter, h], Part::Rows(mine.clone())),
+                (format!("{f}.weight"), [2 * inter, h], Part::Rows(shifted(&mine, inter))),
+            ])?,
+            (_, None) => self.stacked(&[
+                (format!("{gate}.weight"), [inter, h], rows()),
+                (format!("{up}.weight"), [inter, h], rows()),
+            ])?,
         };
-        Ok(Mlp { w_in, w_down: self.weight(&format!("{down}.weight"), &[h, inter])?, inter })
+        let down_part = self.plan.map_or(Part::Whole, |p| Part::Cols(p.inter(moe)));
+        Ok(Mlp { w_in, w_down: self.weight(&format!("{down}.weight"), &[h, inter], down_part)?, inter: mine.len() })
     }
 
     fn layer(&self, l: usize, n: &Names) -> Result<Layer, ModelError> {
@@ -148,12 +175,21 @@ impl Reader<'_> {
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
         let p = |stem: &str| format!("{}.{l}.{stem}", n.layers);
-        let qkv_parts = match n.qkv {
-            Some(f) => vec![(format!("{}.weight", p(f)), [q + 2 * kv, h])],
+        // This rank's rows of q, of k and of v (all of them without a plan).
+        let [qr, kr, vr] = self.plan.map_or([0..q, 0..kv, 0..kv], |p| p.qkv_rows(hd));
+        // The head counts of what this rank reads (the RoPE tables and folds are per head).
+        let rank_cfg =
+            LlamaConfig { num_attention_heads: qr.len() / hd, num_key_value_heads: kr.len() / hd, ..c.clone() };
+        let qkv_parts: Vec<NamedPart> = match n.qkv {
+            Some(f) if self.plan.is_none() => vec![(format!("{}.weight", p(f)), [q + 2 * kv, h], Part::Whole)],
+            Some(f) => [qr.clone(), shifted(&kr, q), shifted(&vr, q + kv)]
+                .into_iter()
+                .map(|r| (format!("{}.weight", p(f)), [q + 2 * kv, h], Part::Rows(r)))
+                .collect(),
             None => vec![
-                (format!("{}.weight", p(n.q)), [q, h]),
-                (format!("{}.weight", p(n.k)), [kv, h]),
-                (format!("{}.weight", p(n.v)), [kv, h]),
+                (format!("{}.weight", p(n.q)), [q, h], self.rows(|_| qr.clone())),
+                (format!("{}.weight", p(n.k)), [kv, h], self.rows(|_| kr.clone())),
+                (format!("{}.weight", p(n.v)), [kv, h], self.rows(|_| vr.clone())),
             ],
         };
         let wqkv = match &spec.layers[l].rope.table {
@@ -162,18 +198,26 @@ impl Reader<'_> {
                 if spec.qkv_bias || spec.qk_norm {
                     return Err(ModelError::Unsupported("partial rotary with a q/k/v bias or q/k norms".into()));
                 }
-                rope_table::qkv_weight(self.w, t, &qkv_parts, c, self.dev, self.dtype)?
+                rope_table::qkv_weight(self.w, t, &qkv_parts, &rank_cfg, self.dev, self.dtype)?
             }
-            _ if qkv_parts.len() == 1 => self.weight(&qkv_parts[0].0, &qkv_parts[0].1)?,
+            _ if qkv_parts.len() == 1 => {
+                let (name, shape, part) = &qkv_parts[0];
+                self.weight(name, shape, part.clone())?
+            }
             _ => self.stacked(&qkv_parts)?,
         };
         let qkv_bias = match (spec.qkv_bias, n.qkv) {
             (false, _) => None,
-            (true, Some(f)) => Some(self.bias_row(&[(format!("{}.bias", p(f)), q + 2 * kv)])?),
+            (true, Some(f)) => {
+                let name = format!("{}.bias", p(f));
+                let parts = [qr.clone(), shifted(&kr, q), shifted(&vr, q + kv)]
+                    .map(|r| (name.clone(), q + 2 * kv, Part::Rows(r)));
+                Some(self.bias_row(&parts)?)
+            }
             (true, None) => Some(self.bias_row(&[
-                (format!("{}.bias", p(n.q)), q),
-                (format!("{}.bias", p(n.k)), kv),
-                (format!("{}.bias", p(n.v)), kv),
+                (format!("{}.bias", p(n.q)), q, Part::Rows(qr.clone())),
+                (format!("{}.bias", p(n.k)), kv, Part::Rows(kr.clone())),
+                (format!("{}.bias", p(n.v)), kv, Part::Rows(vr.clone())),
             ])?),
         };
         let qk_norm = if spec.qk_norm {
@@ -186,17 +230,17 @@ impl Reader<'_> {
         let ffn = if spec.layers[l].moe {
             let m =
                 spec.moe.ok_or_else(|| ModelError::Load(format!("layer {l} is MoE but the spec has no MoeSpec")))?;
-            let router = self.weight(&format!("{}.weight", p(n.router)), &[m.experts, h])?;
+            let router = self.weight(&format!("{}.weight", p(n.router)), &[m.experts, h], Part::Whole)?;
             let experts = (0..m.experts)
                 .map(|e| {
                     let part = |i: usize| p(&format!("{}.{e}.{}", n.experts, n.expert_parts[i]));
-                    self.mlp(&part(0), &part(1), None, &part(2), m.intermediate)
+                    self.mlp([&part(0), &part(1), &part(2)], None, m.intermediate, true)
                 })
                 .collect::<Result<_, _>>()?;
             Ffn::Moe { router, experts }
         } else {
             let fused = n.gate_up.map(p);
-            Ffn::Dense(self.mlp(&p(n.gate), &p(n.up), fused.as_deref(), &p(n.down), c.intermediate_size)?)
+            Ffn::Dense(self.mlp([&p(n.gate), &p(n.up), &p(n.down)], fused.as_deref(), c.intermediate_size, false)?)
         };
         Ok(Layer {
             spec: spec.layers[l].clone(),
@@ -204,8 +248,12 @@ impl Reader<'_> {
             wqkv,
             qkv_bias,
             qk_norm,
-            rope_freqs: rope_table::device_freqs(spec.layers[l].rope.table.as_ref(), c, self.dev)?,
-            wo: self.weight(&format!("{}.weight", p(n.o)), &[h, q])?,
+            rope_freqs: rope_table::device_freqs(spec.layers[l].rope.table.as_ref(), &rank_cfg, self.dev)?,
+            wo: self.weight(
+                &format!("{}.weight", p(n.o)),
+                &[h, q],
+                self.plan.map_or(Part::Whole, |pl| Part::Cols(pl.o_cols(hd))),
+            )?,
             post_attn_norm: sandwich(n.post_attn_norm)?,
             post_ffn_norm: sandwich(n.post_ffn_norm)?,
             ffn_norm: if spec.parallel_residual { None } else { Some(self.norm(&p(n.ffn_norm), h)?) },
@@ -231,24 +279,42 @@ impl Decoder {
                 spec.cfg.num_hidden_layers
             )));
         }
-        let r = Reader { w, spec: &spec, dev, dtype };
+        let plan = w.tp().map(|comm| RankPlan::new(&spec, comm.rank(), comm.world())).transpose()?;
+        let r = Reader { w, spec: &spec, plan: plan.as_ref(), dev, dtype };
         let c = &spec.cfg;
         let layers = (0..c.num_hidden_layers).map(|l| r.layer(l, names)).collect::<Result<Vec<_>, _>>()?;
         let embed_name = format!("{}.weight", names.embed);
         let head_name = format!("{}.weight", names.lm_head);
-        let embed = r.weight(&embed_name, &[c.vocab_size, c.hidden_size])?;
+        let (vocab, h) = (c.vocab_size, c.hidden_size);
+        // The embedding lives on rank 0 alone (its rows are broadcast each step).
+        let embed = match &plan {
+            Some(p) if p.rank != 0 => {
+                w.mark_used(&embed_name);
+                None
+            }
+            _ => Some(r.weight(&embed_name, &[vocab, h], Part::Whole)?),
+        };
         // Tied when the config says so, or when the checkpoint has no head: HF's default for an
         // absent `tie_word_embeddings` is true, and a GGUF is tied exactly when it has no
         // `output.weight`. A tied checkpoint that also stores the head (a copy, as some
         // exporters write) has it marked used: HF ignores it too.
-        let lm_head = if c.tie_word_embeddings || !w.contains(&head_name) {
-            w.mark_used(&head_name);
-            embed.clone() // tied: the same storage
-        } else {
-            r.weight(&head_name, &[c.vocab_size, c.hidden_size])?
+        let tied = c.tie_word_embeddings || !w.contains(&head_name);
+        let lm_head = match (&plan, tied, &embed) {
+            (None, true, Some(e)) => e.clone(), // tied: the same storage
+            (_, true, _) => r.weight(&embed_name, &[vocab, h], r.rows(|p| p.vocab.clone()))?,
+            (_, false, _) => r.weight(&head_name, &[vocab, h], r.rows(|p| p.vocab.clone()))?,
         };
+        if tied {
+            w.mark_used(&head_name);
+        }
         let final_norm = r.norm(names.final_norm, c.hidden_size)?;
-        Ok(Decoder::assemble(spec, dev, dtype, embed, lm_head, final_norm, layers))
+        let spec = match &plan {
+            Some(p) => p.rank_spec(&spec),
+            None => spec,
+        };
+        let mut model = Decoder::assemble(spec, dev, dtype, embed, lm_head, final_norm, layers);
+        model.tp = w.tp().cloned();
+        Ok(model)
     }
 
     /// A model of `spec`'s shapes (dense Llama-like layers) with seeded random weights made on
@@ -288,6 +354,6 @@ impl Decoder {
         let lm_head =
             if c.tie_word_embeddings { embed.clone() } else { t(c.vocab_size, h, Init::Linear { fan_in: h })? };
         let final_norm = NormW { w: t(1, h, Init::Norm)?, b: None };
-        Ok(Decoder::assemble(spec, dev, dtype, embed.into(), lm_head.into(), final_norm, layers))
+        Ok(Decoder::assemble(spec, dev, dtype, Some(embed.into()), lm_head.into(), final_norm, layers))
     }
 }

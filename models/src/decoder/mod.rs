@@ -11,6 +11,11 @@
 //!   parallel attention and MLP branches, gated (SiLU, tanh-GELU) or plain (GELU) MLPs, an
 //!   embedding scale, the attention scale, attention and final logit softcaps.
 //!
+//! Tensor parallelism ([`tp`]): loaded from a weight source that names a rank, a decoder holds
+//! that rank's heads, features and vocabulary rows, its spec says the rank's sizes, and its
+//! step all-reduces after o and down, gathers the logits, and takes the embedding rows from
+//! rank 0.
+//!
 //! Invariants: `spec.layers.len() == cfg.num_hidden_layers`; a model is assembled only from
 //! weights whose shapes were checked against the spec; the step runs the same kernels on every
 //! device (the MoE routing is the one host-side part, see [`moe`]).
@@ -19,6 +24,7 @@ mod load;
 mod moe;
 mod rope_table;
 mod step;
+mod tp;
 
 pub use load::Names;
 pub use rope_table::RopeTable;
@@ -26,9 +32,11 @@ pub use step::Workspace;
 
 use crate::config::{LlamaConfig, RopeScaling};
 use crate::model::{AttentionKind, LayerKv, ModelInfo};
+use kiln_runtime::comm::Communicator;
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
+use std::sync::Arc;
 
 /// How the residual stream is normalised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,17 +203,22 @@ pub(crate) struct Layer {
     ffn: Ffn,
 }
 
-/// A decoder-only transformer built from a [`DecoderSpec`].
+/// A decoder-only transformer built from a [`DecoderSpec`] (one rank of it, with `tp`).
 pub struct Decoder {
+    /// The sizes this decoder runs: a tensor-parallel rank's heads and features.
     spec: DecoderSpec,
     info: ModelInfo,
     dev: Device,
     dtype: DType,
     /// The token embedding: dense, or kept quantized (its rows dequantized as they are read).
-    embed: Weight,
+    /// `None` on tensor-parallel ranks other than 0, which receive the rows.
+    embed: Option<Weight>,
+    /// `[vocab, hidden]`, or this rank's vocabulary rows.
     lm_head: Weight,
     final_norm: NormW,
     layers: Vec<Layer>,
+    /// This rank's group, when tensor-parallel.
+    tp: Option<Arc<dyn Communicator>>,
 }
 
 impl Decoder {
@@ -213,7 +226,7 @@ impl Decoder {
         spec: DecoderSpec,
         dev: &Device,
         dtype: DType,
-        embed: Weight,
+        embed: Option<Weight>,
         lm_head: Weight,
         final_norm: NormW,
         layers: Vec<Layer>,
@@ -227,7 +240,7 @@ impl Decoder {
             layers: spec.layer_kv(),
             kv_dtype: dtype,
         };
-        Decoder { spec, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers }
+        Decoder { spec, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, tp: None }
     }
 
     pub fn spec(&self) -> &DecoderSpec {

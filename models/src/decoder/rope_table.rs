@@ -18,7 +18,7 @@
 use crate::config::LlamaConfig;
 use crate::llama::load as load_err;
 use crate::model::ModelError;
-use crate::weights::WeightSource;
+use crate::weights::{Part, WeightSource};
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
@@ -142,18 +142,20 @@ pub(crate) fn device_freqs(t: Option<&RopeTable>, c: &LlamaConfig, dev: &Device)
 /// The fused q/k/v projection of a layer whose RoPE has a table that changes the q/k rows:
 /// read as f32 (a quantized one is dequantized), rows folded (see [`RopeTable::fold_into_qkv`]),
 /// uploaded dense. `parts`: the tensors stacked, with their HF shapes.
+/// A fused q/k/v weight read from `parts` (whole tensors, or one rank's heads of them), its q
+/// and k heads folded into kiln's order; `c` gives the head counts of what is read.
 pub(crate) fn qkv_weight(
     w: &WeightSource,
     t: &RopeTable,
-    parts: &[(String, [usize; 2])],
+    parts: &[(String, [usize; 2], Part)],
     c: &LlamaConfig,
     dev: &Device,
     dtype: DType,
 ) -> Result<Weight, ModelError> {
     let cols = c.hidden_size;
     let mut data = Vec::new();
-    for (name, shape) in parts {
-        let s = w.read(name, Some(shape), None).map_err(load_err)?;
+    for (name, shape, part) in parts {
+        let s = w.read_part(name, Some(shape), part).map_err(load_err)?;
         data.extend(s.to_f32().map_err(load_err)?);
     }
     let rows = data.len() / cols;

@@ -39,6 +39,9 @@ pub struct Workspace {
     /// The rows that need logits, gathered (when they are not all rows in order).
     picked: Tensor,
     moe: Option<moe::Workspace>,
+    /// Tensor-parallel: this rank's logits (`capacity × vocab / world`) and every rank's,
+    /// stacked by rank (`world * capacity × vocab / world`).
+    logits_shard: Option<(Tensor, Tensor)>,
 }
 
 impl Decoder {
@@ -204,6 +207,9 @@ impl StepModel for Decoder {
         // The MoE routing reads the router's logits on the host.
         self.spec.moe.is_none()
     }
+    fn waits_on_peers(&self) -> bool {
+        self.tp.is_some()
+    }
 
     fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
         let s = &self.spec;
@@ -241,6 +247,13 @@ impl StepModel for Decoder {
                 Some(m) => Some(moe::Workspace::new(&self.dev, self.dtype, capacity, c.hidden_size, m)?),
                 None => None,
             },
+            logits_shard: match &self.tp {
+                Some(tp) => {
+                    let (world, cols) = (tp.world(), c.vocab_size / tp.world());
+                    Some((t(cols)?, Tensor::uninit(&self.dev, self.dtype, world * capacity, cols)?))
+                }
+                None => None,
+            },
         })
     }
 
@@ -261,9 +274,13 @@ impl StepModel for Decoder {
         let (mut h, mut qkv, mut q, mut attn) = (rows(&ws.h)?, rows(&ws.qkv)?, rows(&ws.q)?, rows(&ws.attn)?);
         let (mut proj, mut proj2) = (rows(&ws.proj)?, rows(&ws.proj2)?);
 
-        match self.embed.as_dense() {
-            Some(table) => gather::gather_rows::run(&self.dev, table, &inp.ids, &mut residual)?,
-            None => gather_rows_quantized(&self.embed, &inp.ids, &mut residual)?,
+        match self.embed.as_ref().map(|e| (e, e.as_dense())) {
+            Some((_, Some(table))) => gather::gather_rows::run(&self.dev, table, &inp.ids, &mut residual)?,
+            Some((e, None)) => gather_rows_quantized(e, &inp.ids, &mut residual)?,
+            None => {} // a tensor-parallel rank other than 0: the rows come from rank 0
+        }
+        if let Some(tp) = &self.tp {
+            tp.broadcast(&mut residual, 0)?;
         }
         if let Some(k) = s.embed_scale {
             let x = residual.clone(); // elementwise in place: each value is read before it is written
@@ -278,11 +295,13 @@ impl StepModel for Decoder {
             let cache = PagedKv { k: &kv.k[l], v: &kv.v[l], head_dim: hd };
             self.attend(layer, &q, &cache, inp, &mut attn)?;
             linear(&self.dev, &attn, &layer.wo, &mut proj)?;
+            self.reduce(&mut proj)?;
             let next_norm = self.layers.get(l + 1).map_or(&self.final_norm, |nl| &nl.attn_norm);
 
             if s.parallel_residual {
                 // x + attn(ln(x)) + mlp(ln(x)): the MLP reads the same normed input `h`.
                 self.ffn(layer, &h, ws, &mut proj2)?;
+                self.reduce(&mut proj2)?;
                 let b =
                     next_norm.b.as_ref().ok_or_else(|| ModelError::Load("parallel residual needs LayerNorm".into()))?;
                 let eps = c.rms_norm_eps;
@@ -312,6 +331,7 @@ impl StepModel for Decoder {
             std::mem::swap(&mut residual, &mut next_residual);
 
             self.ffn(layer, &h, ws, &mut proj)?;
+            self.reduce(&mut proj)?;
             let mlp_out = match &layer.post_ffn_norm {
                 Some(pn) => {
                     self.norm(&proj, pn, &mut proj2)?;
@@ -327,12 +347,26 @@ impl StepModel for Decoder {
         if m == 0 {
             return Ok(());
         }
-        if inp.all_rows {
-            linear(&self.dev, &h, &self.lm_head, logits)?;
+        let head_in = if inp.all_rows {
+            h
         } else {
             let mut picked = ws.picked.view_rows(0, m)?;
             gather::gather_rows::run(&self.dev, &h, &inp.logits_rows, &mut picked)?;
-            linear(&self.dev, &picked, &self.lm_head, logits)?;
+            picked
+        };
+        match (&self.tp, &ws.logits_shard) {
+            (Some(tp), Some((mine, all))) => {
+                // Vocabulary-parallel head: this rank's columns of the logits, then every rank's.
+                let (world, cols) = (tp.world(), mine.cols());
+                let mut mine = mine.view_rows(0, m)?;
+                linear(&self.dev, &head_in, &self.lm_head, &mut mine)?;
+                let mut all = all.view_rows(0, world * m)?;
+                tp.all_gather_rows(&mine, &mut all)?;
+                for k in 0..world {
+                    logits.view_cols(k * cols, cols)?.copy_from(&all.view_rows(k * m, m)?)?;
+                }
+            }
+            _ => linear(&self.dev, &head_in, &self.lm_head, logits)?,
         }
         if let Some(cap) = s.final_softcap {
             let x = logits.clone(); // elementwise in place
@@ -343,6 +377,14 @@ impl StepModel for Decoder {
 }
 
 impl Decoder {
+    /// Tensor-parallel: sum a row-parallel projection's partial products over the ranks.
+    fn reduce(&self, t: &mut Tensor) -> Result<(), ModelError> {
+        if let Some(tp) = &self.tp {
+            tp.all_reduce_sum(t)?;
+        }
+        Ok(())
+    }
+
     /// The fused q/k/v projection of `h` into `qkv`, with its bias and per-head q/k norms.
     fn qkv(
         &self,

@@ -25,6 +25,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use kiln_runtime::comm::Communicator;
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::device::quant::{QuantMatrix, SharedBytes};
 use kiln_runtime::DType;
@@ -82,6 +83,37 @@ pub struct Shard {
     pub world: usize,
     pub dim: usize,
 }
+
+/// The part of a stored matrix a reader takes: a tensor-parallel rank's rows (a column-parallel
+/// projection, a vocabulary shard, one of the q/k/v parts of a fused projection) or columns (a
+/// row-parallel projection). A vector's rows are its elements.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Part {
+    #[default]
+    Whole,
+    Rows(std::ops::Range<usize>),
+    /// Whole quantization blocks of every row.
+    Cols(std::ops::Range<usize>),
+}
+
+impl Part {
+    /// `shard`'s part of a dimension of `len`: an even split or an error saying why not.
+    fn of_shard(shard: Shard, len: usize) -> Result<Part, String> {
+        if shard.world == 0 || shard.rank >= shard.world {
+            return Err(format!("shard {} of {} does not exist", shard.rank, shard.world));
+        }
+        if !len.is_multiple_of(shard.world) {
+            let what = if shard.dim == 0 { "rows" } else { "columns" };
+            return Err(format!("{len} {what} do not split evenly {} ways", shard.world));
+        }
+        let n = len / shard.world;
+        let r = shard.rank * n..(shard.rank + 1) * n;
+        Ok(if shard.dim == 0 { Part::Rows(r) } else { Part::Cols(r) })
+    }
+}
+
+/// One part of a stacked weight: `(name, expected whole HF shape, the part read)`.
+pub type StackPart<'a> = (&'a str, &'a [usize], Part);
 
 /// A tensor (or a shard of it) as stored.
 #[derive(Debug)]
@@ -276,6 +308,9 @@ pub struct WeightSource {
     entries: BTreeMap<String, Entry>,
     used: Mutex<BTreeSet<String>>,
     keep_quantized: bool,
+    /// The tensor-parallel rank that reads this source: the model built from it loads only that
+    /// rank's parts and joins the rank's group (see `decoder::tp`).
+    tp: Option<Arc<dyn Communicator>>,
 }
 
 impl std::fmt::Debug for WeightSource {
@@ -377,6 +412,7 @@ impl WeightSource {
             entries,
             used: Mutex::new(BTreeSet::new()),
             keep_quantized: false,
+            tp: None,
         })
     }
 
@@ -429,6 +465,7 @@ impl WeightSource {
             entries,
             used: Mutex::new(BTreeSet::new()),
             keep_quantized: false,
+            tp: None,
         })
     }
 
@@ -438,32 +475,46 @@ impl WeightSource {
         self.keep_quantized = keep;
     }
 
-    /// A projection's weight: its GGML blocks as they are when the source keeps quantized
-    /// weights, `dev` is the CPU and the format has CPU kernels; else dense `dtype` on `dev`.
-    pub fn weight(&self, name: &str, expected: &[usize], dev: &Device, dtype: DType) -> Result<Weight, WeightsError> {
-        if self.keep_quantized && dev.is_cpu() {
-            if let Some(q) =
-                self.read(name, Some(expected), None)?.quant_matrix().map_err(|e| e.in_source(&self.source_name))?
-            {
-                return Ok(Weight::Quantized(q));
-            }
-        }
-        Ok(Weight::Dense(self.upload(name, expected, None, dev, dtype)?))
+    /// Build the model of this source as one rank of `comm`'s tensor-parallel group.
+    pub fn set_tp(&mut self, comm: Option<Arc<dyn Communicator>>) {
+        self.tp = comm;
     }
 
-    /// Projections stacked along rows as one weight (fused q/k/v, gate/up): quantized when
-    /// every part is of one kept format and width, dense otherwise.
-    pub fn weight_stacked(
+    /// The rank this source is read for, when tensor-parallel.
+    pub fn tp(&self) -> Option<&Arc<dyn Communicator>> {
+        self.tp.as_ref()
+    }
+
+    /// A projection's weight: its GGML blocks as they are when the source keeps quantized
+    /// weights, `dev` is the CPU and the format has CPU kernels; else dense `dtype` on `dev`.
+    pub fn weight(
         &self,
-        parts: &[(&str, &[usize])],
+        name: &str,
+        expected: &[usize],
+        part: &Part,
         dev: &Device,
         dtype: DType,
     ) -> Result<Weight, WeightsError> {
         if self.keep_quantized && dev.is_cpu() {
+            if let Some(q) = self
+                .read_part(name, Some(expected), part)?
+                .quant_matrix()
+                .map_err(|e| e.in_source(&self.source_name))?
+            {
+                return Ok(Weight::Quantized(q));
+            }
+        }
+        Ok(Weight::Dense(self.upload(name, expected, part, dev, dtype)?))
+    }
+
+    /// Projections stacked along rows as one weight (fused q/k/v, gate/up): quantized when
+    /// every part is of one kept format and width, dense otherwise.
+    pub fn weight_stacked(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Weight, WeightsError> {
+        if self.keep_quantized && dev.is_cpu() {
             let mut qs = Vec::with_capacity(parts.len());
-            for (name, expected) in parts {
+            for (name, expected, part) in parts {
                 match self
-                    .read(name, Some(expected), None)?
+                    .read_part(name, Some(expected), part)?
                     .quant_matrix()
                     .map_err(|e| e.in_source(&self.source_name))?
                 {
@@ -479,7 +530,7 @@ impl WeightSource {
                 });
             }
         }
-        Ok(Weight::Dense(self.upload_stacked(parts, None, dev, dtype)?))
+        Ok(Weight::Dense(self.upload_stacked(parts, dev, dtype)?))
     }
 
     /// HF names of every tensor, in order.
@@ -510,6 +561,25 @@ impl WeightSource {
         name: &str,
         expected: Option<&[usize]>,
         shard: Option<Shard>,
+    ) -> Result<StoredTensor<'_>, WeightsError> {
+        let part = match shard {
+            None => Part::Whole,
+            Some(s) => {
+                let e = self.entry(name)?;
+                let len = e.shape.get(s.dim).copied().unwrap_or(0);
+                Part::of_shard(s, len).map_err(|reason| WeightsError::Layout { tensor: name.to_owned(), reason })?
+            }
+        };
+        self.read_part(name, expected, &part)
+    }
+
+    /// `part` of the tensor `name` as stored, checked against `expected` (the whole tensor's HF
+    /// shape) when given.
+    pub fn read_part(
+        &self,
+        name: &str,
+        expected: Option<&[usize]>,
+        part: &Part,
     ) -> Result<StoredTensor<'_>, WeightsError> {
         let e = self.entry(name)?;
         if let Some(want) = expected {
@@ -548,10 +618,7 @@ impl WeightSource {
                 Backing::Safetensors(_) => None,
             },
         };
-        match shard {
-            None => Ok(whole),
-            Some(s) => shard_of(whole, s),
-        }
+        part_of(whole, part)
     }
 
     /// One tensor as f32 in HF order (the whole tensor).
@@ -561,17 +628,17 @@ impl WeightSource {
         Ok(HostTensor { shape: t.shape, data })
     }
 
-    /// Uploads `name` (or its shard) to `dev` as a `dtype` matrix (a vector is one row),
-    /// checked against the HF shape `expected`.
+    /// Uploads `part` of `name` to `dev` as a `dtype` matrix (a vector is one row), checked
+    /// against the HF shape `expected`.
     pub fn upload(
         &self,
         name: &str,
         expected: &[usize],
-        shard: Option<Shard>,
+        part: &Part,
         dev: &Device,
         dtype: DType,
     ) -> Result<Tensor, WeightsError> {
-        let t = self.read(name, Some(expected), shard)?;
+        let t = self.read_part(name, Some(expected), part)?;
         let (rows, cols) = t.matrix()?;
         let bytes = t.bytes_as(dtype).map_err(|e| e.in_source(&self.source_name))?;
         Tensor::from_bytes(dev, dtype, &bytes, rows, cols).map_err(|e| self.device_error(name, e))
@@ -579,21 +646,15 @@ impl WeightSource {
 
     /// Uploads 2-D tensors stacked along rows into one `[Σ rows, cols]` matrix (a fused q/k/v
     /// or gate/up projection), each converted and copied in its turn (one part in host memory
-    /// at a time). `parts` are `(name, expected HF shape)`.
-    pub fn upload_stacked(
-        &self,
-        parts: &[(&str, &[usize])],
-        shard: Option<Shard>,
-        dev: &Device,
-        dtype: DType,
-    ) -> Result<Tensor, WeightsError> {
+    /// at a time).
+    pub fn upload_stacked(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Tensor, WeightsError> {
         let mut shapes = Vec::with_capacity(parts.len());
-        for (name, expected) in parts {
-            let t = self.read(name, Some(expected), shard)?;
+        for (name, expected, part) in parts {
+            let t = self.read_part(name, Some(expected), part)?;
             shapes.push(t.matrix()?);
         }
         let cols = shapes.first().map_or(0, |s| s.1);
-        if let Some(((name, _), _)) = parts.iter().zip(&shapes).find(|(_, s)| s.1 != cols) {
+        if let Some(((name, _, _), _)) = parts.iter().zip(&shapes).find(|(_, s)| s.1 != cols) {
             return Err(WeightsError::Layout {
                 tensor: (*name).to_owned(),
                 reason: format!("cannot stack it with {}: different column counts", parts[0].0),
@@ -602,8 +663,8 @@ impl WeightSource {
         let total: usize = shapes.iter().map(|s| s.0).sum();
         let out = Tensor::uninit(dev, dtype, total, cols).map_err(|e| self.device_error(parts[0].0, e))?;
         let mut at = 0;
-        for ((name, expected), (rows, _)) in parts.iter().zip(&shapes) {
-            let t = self.read(name, Some(expected), shard)?;
+        for ((name, expected, part), (rows, _)) in parts.iter().zip(&shapes) {
+            let t = self.read_part(name, Some(expected), part)?;
             let bytes = t.bytes_as(dtype).map_err(|e| e.in_source(&self.source_name))?;
             let mut view = out.view_rows(at, *rows).map_err(|e| self.device_error(name, e))?;
             view.copy_from_host_bytes(&bytes).map_err(|e| self.device_error(name, e))?;
@@ -636,58 +697,75 @@ impl WeightSource {
     }
 }
 
-/// The `s` part of `t`: whole rows (dim 0) or whole blocks of every row (dim 1).
-fn shard_of(t: StoredTensor<'_>, s: Shard) -> Result<StoredTensor<'_>, WeightsError> {
+/// `part` of `t`: whole rows, or whole blocks of every row.
+fn part_of<'a>(t: StoredTensor<'a>, part: &Part) -> Result<StoredTensor<'a>, WeightsError> {
     let bad = |reason: String| Err(WeightsError::Layout { tensor: t.name.clone(), reason });
-    if s.world == 0 || s.rank >= s.world {
-        return bad(format!("shard {} of {} does not exist", s.rank, s.world));
-    }
     let (block_len, block_bytes) = t.format.block();
-    // Seen as `[rows, cols]`; a vector splits along its only dimension.
-    let (rows, cols, split_rows) = match (t.shape.as_slice(), s.dim) {
-        ([n], 0) => (*n / block_len.max(1), block_len, true),
-        ([r, c], 0) => (*r, *c, true),
-        ([r, c], 1) => (*r, *c, false),
-        (shape, d) => return bad(format!("cannot split shape {shape:?} along dimension {d}")),
+    // Seen as `[rows, cols]`; a vector's rows are its blocks.
+    let (rows, cols) = match t.shape.as_slice() {
+        [n] if n.is_multiple_of(block_len) => (*n / block_len, block_len),
+        [n] => return bad(format!("{n} elements are not whole {block_len}-element blocks")),
+        [r, c] => (*r, *c),
+        shape => return bad(format!("cannot take a part of shape {shape:?}")),
     };
-    if t.shape.len() == 1 && !t.shape[0].is_multiple_of(block_len) {
-        return bad(format!("{} elements are not whole {}-element blocks", t.shape[0], block_len));
-    }
     let row_bytes = cols / block_len * block_bytes;
-    if split_rows {
-        if rows % s.world != 0 {
-            return bad(format!("{rows} rows do not split evenly {} ways", s.world));
+    match part {
+        Part::Whole => Ok(t),
+        Part::Rows(range) => {
+            // A vector's range is of elements: whole blocks of them.
+            let (range, vector) = match t.shape.len() {
+                1 if range.start % block_len != 0 || range.end % block_len != 0 => {
+                    return bad(format!("elements {range:?} cut a {block_len}-element block"))
+                }
+                1 => (range.start / block_len..range.end / block_len, true),
+                _ => (range.clone(), false),
+            };
+            if range.start > range.end || range.end > rows {
+                return bad(format!("rows {range:?} of {rows}"));
+            }
+            let permuted_heads = match t.permuted_heads {
+                None => None,
+                Some(h) => {
+                    let head_rows = rows / h.max(1);
+                    if range.start % head_rows != 0 || range.len() % head_rows != 0 {
+                        return bad(format!("rows {range:?} do not keep whole heads of the {h} permuted heads"));
+                    }
+                    Some(range.len() / head_rows)
+                }
+            };
+            let bytes = slice_cow(t.bytes, range.start * row_bytes..range.end * row_bytes);
+            let shape = if vector { vec![range.len() * block_len] } else { vec![range.len(), cols] };
+            Ok(StoredTensor { name: t.name, shape, format: t.format, bytes, permuted_heads, owner: t.owner })
         }
-        let part = rows / s.world;
-        let permuted_heads = match t.permuted_heads {
-            None => None,
-            Some(h) if h % s.world == 0 => Some(h / s.world),
-            Some(h) => return bad(format!("{h} permuted heads do not split evenly {} ways", s.world)),
-        };
-        let bytes = slice_cow(t.bytes, s.rank * part * row_bytes..(s.rank + 1) * part * row_bytes);
-        let shape = if t.shape.len() == 1 { vec![part * block_len] } else { vec![part, cols] };
-        return Ok(StoredTensor { name: t.name, shape, format: t.format, bytes, permuted_heads, owner: t.owner });
+        Part::Cols(range) => {
+            if t.shape.len() != 2 {
+                return bad(format!("cannot take columns of shape {:?}", t.shape));
+            }
+            if range.start > range.end || range.end > cols {
+                return bad(format!("columns {range:?} of {cols}"));
+            }
+            if range.start % block_len != 0 || range.len() % block_len != 0 {
+                return bad(format!(
+                    "columns {range:?} of {cols} are not whole {block_len}-element blocks of {}",
+                    t.format
+                ));
+            }
+            let (at, part_bytes) = (range.start / block_len * block_bytes, range.len() / block_len * block_bytes);
+            let mut bytes = Vec::with_capacity(rows * part_bytes);
+            for r in 0..rows {
+                let start = r * row_bytes + at;
+                bytes.extend_from_slice(&t.bytes[start..start + part_bytes]);
+            }
+            Ok(StoredTensor {
+                name: t.name,
+                shape: vec![rows, range.len()],
+                format: t.format,
+                bytes: Cow::Owned(bytes),
+                permuted_heads: t.permuted_heads,
+                owner: None,
+            })
+        }
     }
-    if cols % s.world != 0 || !(cols / s.world).is_multiple_of(block_len) {
-        return bad(format!(
-            "{cols} columns do not split {} ways into whole {block_len}-element blocks of {}",
-            s.world, t.format
-        ));
-    }
-    let part_bytes = cols / s.world / block_len * block_bytes;
-    let mut bytes = Vec::with_capacity(rows * part_bytes);
-    for r in 0..rows {
-        let at = r * row_bytes + s.rank * part_bytes;
-        bytes.extend_from_slice(&t.bytes[at..at + part_bytes]);
-    }
-    Ok(StoredTensor {
-        name: t.name,
-        shape: vec![rows, cols / s.world],
-        format: t.format,
-        bytes: Cow::Owned(bytes),
-        permuted_heads: t.permuted_heads,
-        owner: None,
-    })
 }
 
 fn slice_cow(b: Cow<'_, [u8]>, r: std::ops::Range<usize>) -> Cow<'_, [u8]> {

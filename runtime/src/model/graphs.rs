@@ -43,6 +43,12 @@ pub trait StepModel: Send + Sync {
     fn captures_graphs(&self) -> bool {
         true
     }
+    /// Whether the step waits on other threads (a tensor-parallel rank's collectives): it must
+    /// then run on its own thread, never on a worker of the shared CPU pool, whose workers the
+    /// other ranks' kernels need while this one waits.
+    fn waits_on_peers(&self) -> bool {
+        false
+    }
     /// The step on device-resident inputs, logits into `logits` (`[logits rows, vocab]`):
     /// kernels and GEMMs only, no host copies and no allocations (unless
     /// [`StepModel::captures_graphs`] says otherwise).

@@ -41,6 +41,8 @@ pub enum ModelError {
     Attention(#[from] AttnError),
     #[error(transparent)]
     Cuda(#[from] crate::device::cuda_error::CudaError),
+    #[error(transparent)]
+    Comm(#[from] crate::comm::CommError),
 }
 
 /// K and V pools (`[num_blocks * block_size, n_kv_heads * head_dim]` each), one pair per

@@ -64,7 +64,7 @@ impl<M: StepModel> CausalLm for Runner<M> {
         }
         let (_, ws) = slot.as_mut().ok_or_else(|| ModelError::Batch("no workspace".into()))?;
         let mut logits = Tensor::uninit(dev, m.dtype(), inp.logits_rows.cols(), m.info().vocab_size)?;
-        if dev.is_cpu() && n <= SCOPED_STEP_TOKENS {
+        if dev.is_cpu() && n <= SCOPED_STEP_TOKENS && !m.waits_on_peers() {
             // A small step runs whole on a rayon worker: its kernels' parallel loops then share
             // the pool from inside it instead of this thread waking the workers and sleeping on
             // a latch for every GEMM (default model, 2 cores: decode 67 -> 74 tok/s). Larger

@@ -1,0 +1,154 @@
+//! Tensor parallelism: one model over `world` ranks, driven as one [`CausalLm`].
+//!
+//! [`TpModel`] holds one rank model per device (each a [`crate::decoder::Decoder`] loaded with
+//! its shard of the weights, see `decoder::tp`) and their communicators. The engine, its
+//! scheduler, KV allocator and sampler see one model and run once: a step is handed to every
+//! rank (rank 0 on the calling thread, the others on one scoped thread each), each rank builds
+//! its own device inputs and runs its shard, the ranks meet in their collectives, and rank 0's
+//! logits (gathered over the vocabulary) are the step's.
+//!
+//! The KV cache the engine holds is every rank's pools, rank after rank (`k[r * L + l]` is rank
+//! `r`'s pool of KV layer `l`): block numbers and slots are the same on every rank (the
+//! allocator runs once), each rank's pools hold only its KV heads, and copying blocks (beam
+//! search, forks) copies them in every rank's pools alike.
+//!
+//! Invariants: every rank gets the same batch in the same order; a rank that fails aborts the
+//! group, so no other rank waits in a collective for it (the CPU group's waits also end at
+//! its timeout); after a failed step the model refuses further steps (the ranks' collective
+//! sequences may no longer line up) with the first rank's error.
+
+use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
+use kiln_runtime::comm::cpu::CpuGroup;
+use kiln_runtime::comm::{Communicator, DEFAULT_TIMEOUT};
+use kiln_runtime::{Device, Tensor};
+use std::sync::{Arc, Mutex};
+
+/// One model over several ranks (see the module header).
+pub struct TpModel {
+    ranks: Vec<Box<dyn CausalLm>>,
+    comms: Vec<Arc<dyn Communicator>>,
+    info: ModelInfo,
+    /// The error of the step that failed, once one has.
+    failed: Mutex<Option<String>>,
+}
+
+impl TpModel {
+    /// `ranks[r]` must be rank `r` of the group `comms` (also by index) connects.
+    pub fn new(ranks: Vec<Box<dyn CausalLm>>, comms: Vec<Arc<dyn Communicator>>) -> Result<TpModel, ModelError> {
+        let first = ranks.first().ok_or_else(|| ModelError::Load("a tensor-parallel model of no ranks".into()))?;
+        if comms.len() != ranks.len()
+            || comms.iter().enumerate().any(|(r, c)| c.rank() != r || c.world() != ranks.len())
+        {
+            return Err(ModelError::Load(format!(
+                "{} ranks with {} communicators out of order",
+                ranks.len(),
+                comms.len()
+            )));
+        }
+        let info = first.info().clone();
+        if let Some(r) = ranks.iter().position(|m| m.info() != &info) {
+            return Err(ModelError::Load(format!("rank {r} was built with other sizes than rank 0")));
+        }
+        Ok(TpModel { ranks, comms, info, failed: Mutex::new(None) })
+    }
+
+    pub fn world(&self) -> usize {
+        self.ranks.len()
+    }
+
+    /// Rank `r`'s part of the engine's cache (its pools, sharing their storage).
+    fn rank_kv(&self, kv: &KvCache, r: usize) -> Result<KvCache, ModelError> {
+        let per = kv.k.len() / self.world();
+        if kv.k.len() != per * self.world() || kv.v.len() != kv.k.len() {
+            return Err(ModelError::Batch(format!("a KV cache of {} pools for {} ranks", kv.k.len(), self.world())));
+        }
+        Ok(KvCache {
+            k: kv.k[r * per..(r + 1) * per].to_vec(),
+            v: kv.v[r * per..(r + 1) * per].to_vec(),
+            block_size: kv.block_size,
+            num_blocks: kv.num_blocks,
+        })
+    }
+
+    /// Rank `r`'s step; on failure (a panic included) the group is aborted so that no rank
+    /// waits for this one.
+    fn run_rank(&self, r: usize, batch: &ForwardBatch<'_>, mut kv: KvCache) -> Result<Tensor, ModelError> {
+        let run = std::panic::AssertUnwindSafe(|| self.ranks[r].forward(batch, &mut kv));
+        let out = std::panic::catch_unwind(run)
+            .unwrap_or_else(|_| Err(ModelError::Batch(format!("rank {r} panicked in its step"))));
+        if out.is_err() {
+            self.comms[r].abort();
+        }
+        out
+    }
+}
+
+impl CausalLm for TpModel {
+    /// Rank 0's facts: the whole vocabulary, and one rank's KV layers (what one device holds).
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        self.ranks[0].device()
+    }
+
+    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError> {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for m in &self.ranks {
+            let c = m.new_kv_cache(num_blocks, block_size)?;
+            k.extend(c.k);
+            v.extend(c.v);
+        }
+        Ok(KvCache { k, v, block_size, num_blocks })
+    }
+
+    fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
+        if let Some(e) = self.failed.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Err(ModelError::Batch(format!("the tensor-parallel group failed in an earlier step: {e}")));
+        }
+        // Bad input is refused here, before any rank starts a collective.
+        batch.validate(self.info.vocab_size)?;
+        let kvs = (0..self.world()).map(|r| self.rank_kv(kv, r)).collect::<Result<Vec<_>, _>>()?;
+        let mut kvs = kvs.into_iter();
+        let kv0 = kvs.next().ok_or_else(|| ModelError::Batch("no ranks".into()))?;
+        let results: Vec<Result<Tensor, ModelError>> = std::thread::scope(|s| {
+            let others: Vec<_> =
+                kvs.enumerate().map(|(i, kv)| s.spawn(move || self.run_rank(i + 1, batch, kv))).collect();
+            let mut all = vec![self.run_rank(0, batch, kv0)];
+            for h in others {
+                all.push(h.join().unwrap_or_else(|_| Err(ModelError::Batch("a rank's thread died".into()))));
+            }
+            all
+        });
+        let mut results = results.into_iter();
+        let first = results.next().ok_or_else(|| ModelError::Batch("no ranks".into()))?;
+        let rest: Vec<_> = results.collect();
+        // The root cause: a rank's own error, not the aborts it caused in the others.
+        let cause = std::iter::once(&first)
+            .chain(&rest)
+            .filter_map(|r| r.as_ref().err())
+            .min_by_key(|e| matches!(e, ModelError::Comm(kiln_runtime::comm::CommError::Aborted { .. })));
+        if let Some(e) = cause {
+            let msg = e.to_string();
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+            return Err(ModelError::Batch(format!("tensor-parallel step failed: {msg}")));
+        }
+        first
+    }
+}
+
+/// Connected communicators for ranks on `devices` (by index): the CPU group when every device is
+/// the CPU, NCCL when every one is a CUDA GPU.
+pub fn group(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, ModelError> {
+    if devices.is_empty() {
+        return Err(ModelError::Load("tensor parallelism over no devices".into()));
+    }
+    if devices.iter().all(Device::is_cpu) {
+        return Ok(CpuGroup::new(devices.len(), DEFAULT_TIMEOUT)
+            .into_iter()
+            .map(|c| c as Arc<dyn Communicator>)
+            .collect());
+    }
+    Err(ModelError::Unsupported("tensor parallelism mixing CPU and GPU ranks".into()))
+}
