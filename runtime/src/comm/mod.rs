@@ -4,7 +4,9 @@
 //!
 //! Two implementations: [`cpu::CpuGroup`] (threads of one process, deterministic: every rank
 //! sums the ranks' buffers in rank order, so every rank holds bit-identical results; what CI
-//! runs) and NCCL on CUDA devices (`nccl`, loaded at run time like the other CUDA libraries).
+//! runs) and [`nccl::NcclGroup`] on CUDA devices (libnccl loaded at run time, like the other
+//! CUDA libraries; its collectives cannot time out by themselves: see that module for how the
+//! owner bounds them with `abort`).
 //!
 //! Invariants: every rank of a group calls the same collectives in the same order with the same
 //! shapes; a collective that cannot complete (a rank failed, aborted or never came) returns an
@@ -12,6 +14,7 @@
 //! unusable (the model that owns it refuses further steps).
 
 pub mod cpu;
+pub mod nccl;
 
 use crate::Tensor;
 use std::time::Duration;
