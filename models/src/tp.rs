@@ -12,13 +12,17 @@
 //! allocator runs once), each rank's pools hold only its KV heads, and copying blocks (beam
 //! search, forks) copies them in every rank's pools alike.
 //!
-//! Invariants: every rank gets the same batch in the same order; a rank that fails aborts the
-//! group, so no other rank waits in a collective for it (the CPU group's waits also end at
-//! its timeout); after a failed step the model refuses further steps (the ranks' collective
-//! sequences may no longer line up) with the first rank's error.
+//! Invariants: every rank gets the same batch in the same order; a rank that fails aborts every
+//! rank's communicator, so no other rank waits in a collective for it (the CPU group's waits
+//! also end at its timeout; NCCL ranks enqueue their collectives without waiting on the host,
+//! and an aborted communicator ends the kernels that wait); after a failed step the model
+//! refuses further steps (the ranks' collective sequences may no longer line up) with the first
+//! rank's error. Not bounded yet: a GPU rank whose kernel never finishes without any rank
+//! failing (a hang inside the device), which only a watchdog on the step's completion can end.
 
 use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
 use kiln_runtime::comm::cpu::CpuGroup;
+use kiln_runtime::comm::nccl::NcclGroup;
 use kiln_runtime::comm::{Communicator, DEFAULT_TIMEOUT};
 use kiln_runtime::{Device, Tensor};
 use std::sync::{Arc, Mutex};
@@ -70,14 +74,14 @@ impl TpModel {
         })
     }
 
-    /// Rank `r`'s step; on failure (a panic included) the group is aborted so that no rank
-    /// waits for this one.
+    /// Rank `r`'s step; on failure (a panic included) every rank's communicator is aborted,
+    /// so that no rank waits for this one (an NCCL abort reaches only its own communicator).
     fn run_rank(&self, r: usize, batch: &ForwardBatch<'_>, mut kv: KvCache) -> Result<Tensor, ModelError> {
         let run = std::panic::AssertUnwindSafe(|| self.ranks[r].forward(batch, &mut kv));
         let out = std::panic::catch_unwind(run)
             .unwrap_or_else(|_| Err(ModelError::Batch(format!("rank {r} panicked in its step"))));
         if out.is_err() {
-            self.comms[r].abort();
+            self.comms.iter().for_each(|c| c.abort());
         }
         out
     }
@@ -145,10 +149,13 @@ pub fn group(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, ModelErro
         return Err(ModelError::Load("tensor parallelism over no devices".into()));
     }
     if devices.iter().all(Device::is_cpu) {
-        return Ok(CpuGroup::new(devices.len(), DEFAULT_TIMEOUT)
+        return Ok(CpuGroup::connect(devices.len(), DEFAULT_TIMEOUT)
             .into_iter()
             .map(|c| c as Arc<dyn Communicator>)
             .collect());
+    }
+    if devices.iter().all(|d| d.cuda_backend().is_some()) {
+        return Ok(NcclGroup::one_host(devices)?.into_iter().map(|c| c as Arc<dyn Communicator>).collect());
     }
     Err(ModelError::Unsupported("tensor parallelism mixing CPU and GPU ranks".into()))
 }

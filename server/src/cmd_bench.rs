@@ -8,7 +8,7 @@
 //! 32–96 output tokens, all submitted at once, so the default KV pool preempts a few) finish in
 //! about a minute on the default model on a 2-core CPU; flags set larger workloads.
 
-use crate::device_arg::{pick, DeviceArg, SamplingArg, WeightsArg};
+use crate::device_arg::{pick_ranks, DeviceArg, SamplingArg, WeightsArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest};
@@ -63,6 +63,10 @@ pub struct BenchArgs {
     no_prefix_caching: bool,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Tensor-parallel ranks: the model split over this many GPUs (GPU 0 … n-1), or CPU ranks
+    /// (threads) on the CPU. It must divide the attention heads.
+    #[arg(long, default_value_t = 1)]
+    tp_size: usize,
     /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
     weights: WeightsArg,
@@ -144,10 +148,10 @@ fn spread((lo, hi): (usize, usize), i: usize, n: usize) -> usize {
 }
 
 /// The model and its detokenizer: loaded from `path`, or made from a preset (`synth:NAME`)
-/// with random weights on `dev` (no tokenizer: the bench needs no text).
+/// with random weights on the one device (no tokenizer: the bench needs no text).
 fn load_model(
     path: &std::path::Path,
-    dev: &kiln_runtime::Device,
+    devs: &[kiln_runtime::Device],
     dtype: kiln_runtime::DType,
     mode: kiln_models::loader::WeightMode,
 ) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
@@ -155,16 +159,25 @@ fn load_model(
         let cfg = kiln_models::synth::preset(name).with_context(|| {
             format!("unknown preset `{name}` (presets: {})", kiln_models::synth::PRESETS.join(", "))
         })?;
+        let [dev] = devs else {
+            bail!(
+                "--tp-size {}: synthetic presets run on one rank (write one with `kiln synth-model` to split it)",
+                devs.len()
+            )
+        };
         let model = kiln_models::llama::random(cfg, dev, dtype, 0)?;
         dev.synchronize()?;
         return Ok((Arc::new(model), Arc::new(kiln_models::detok_adapter::NoText)));
     }
     if path.is_dir() && !path.join("tokenizer.json").exists() {
         // A checkpoint without a tokenizer (`kiln synth-model`): the bench needs no text.
-        let model = kiln_models::loader::load_weights_only_with(path, dev, dtype, mode)?;
-        return Ok((Arc::from(model), Arc::new(kiln_models::detok_adapter::NoText)));
+        let model: Arc<dyn CausalLm> = match devs {
+            [dev] => Arc::from(kiln_models::loader::load_weights_only_with(path, dev, dtype, mode)?),
+            _ => Arc::new(kiln_models::loader::build_parallel(path, devs, dtype, mode)?),
+        };
+        return Ok((model, Arc::new(kiln_models::detok_adapter::NoText)));
     }
-    let loaded = kiln_models::loader::load_with(path, dev, dtype, mode)?;
+    let loaded = kiln_models::loader::load_parallel(path, devs, dtype, mode)?;
     Ok((Arc::from(loaded.model), Arc::new(TokenizerDetokenizer::new(loaded.tokenizer))))
 }
 
@@ -344,9 +357,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => kiln_models::fetch::default_model_path()?,
     };
-    let (dev, dtype) = pick(a.device)?;
+    let (devs, dtype) = pick_ranks(a.device, a.tp_size)?;
     let t_load = Instant::now();
-    let (model, detok) = load_model(&path, &dev, dtype, a.weights.into())?;
+    let (model, detok) = load_model(&path, &devs, dtype, a.weights.into())?;
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.info().vocab_size as u64;
     let cfg = EngineConfig {
@@ -416,7 +429,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{v}");
         return Ok(());
     }
-    println!("kiln bench --offline: {} ({}; loaded in {load_s:.1} s)", path.display(), dev.label());
+    let place = match devs.len() {
+        1 => devs[0].label(),
+        n => format!("{n} tensor-parallel ranks on {}", devs[0].label()),
+    };
+    println!("kiln bench --offline: {} ({place}; loaded in {load_s:.1} s)", path.display());
     sum.print(&format!("{} engine steps", stats.steps));
     let per = |x: f64| 1e3 * x / stats.steps.max(1) as f64;
     println!(

@@ -1,6 +1,6 @@
 //! `kiln generate`: load a model, run one prompt, stream the text to stdout.
 
-use crate::device_arg::{pick, DeviceArg, WeightsArg};
+use crate::device_arg::{pick_ranks, DeviceArg, WeightsArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::loader::LoadedModel;
 use kiln_models::tokenizer::ChatMessage;
@@ -50,6 +50,10 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Tensor-parallel ranks: the model split over this many GPUs (GPU 0 … n-1), or CPU ranks
+    /// (threads) on the CPU. It must divide the attention heads.
+    #[arg(long, default_value_t = 1)]
+    tp_size: usize,
     /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
     weights: WeightsArg,
@@ -82,8 +86,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => kiln_models::fetch::default_model_path()?,
     };
-    let (dev, dtype) = pick(a.device)?;
-    let loaded = kiln_models::loader::load_with(&path, &dev, dtype, a.weights.into())?;
+    let (devs, dtype) = pick_ranks(a.device, a.tp_size)?;
+    let loaded = kiln_models::loader::load_parallel(&path, &devs, dtype, a.weights.into())?;
     let prompt = if a.chat {
         loaded.chat_template.render_for(&loaded.tokenizer, &[ChatMessage::new("user", text)], true)?
     } else {

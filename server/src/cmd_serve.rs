@@ -6,7 +6,7 @@
 //! status 0 after a clean drain; non-zero if binding or loading fails, or if the engine loop
 //! dies (the server drains what it can and exits instead of serving a red `/health` forever).
 
-use crate::device_arg::{pick, DeviceArg};
+use crate::device_arg::{pick_ranks, DeviceArg};
 use anyhow::{bail, Context, Result};
 use kiln_runtime::engine::EngineConfig;
 use kiln_server::engine_backend::{load, ModelSpec};
@@ -52,6 +52,10 @@ pub struct ServeArgs {
     sampling: crate::device_arg::SamplingArg,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Tensor-parallel ranks: the model split over this many GPUs (GPU 0 … n-1), or CPU ranks
+    /// (threads) on the CPU. It must divide the attention heads.
+    #[arg(long, default_value_t = 1)]
+    tp_size: usize,
     /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = crate::device_arg::WeightsArg::Stored)]
     weights: crate::device_arg::WeightsArg,
@@ -117,10 +121,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         heartbeat_timeout: seconds("heartbeat-timeout", a.heartbeat_timeout)?,
         ..ServerConfig::default()
     };
-    let (device, dtype) = pick(a.device)?;
+    let (devices, dtype) = pick_ranks(a.device, a.tp_size)?;
     let spec = ModelSpec {
         path: path.clone(),
-        device,
+        devices,
         dtype,
         weights: a.weights.into(),
         engine: EngineConfig {

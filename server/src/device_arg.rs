@@ -1,4 +1,4 @@
-//! `--device cpu|cuda|auto` and the dtype that goes with the device; `--sampling`.
+//! `--device cpu|cuda|auto` and the dtype that goes with the device; `--tp-size`; `--sampling`.
 
 use anyhow::{bail, Result};
 use kiln_runtime::engine::SamplingPlacement;
@@ -83,4 +83,24 @@ pub fn pick(arg: DeviceArg) -> Result<(Device, DType)> {
         Some(other) => bail!("KILN_DTYPE={other}: expected f32 (any device), or f16 / bf16 on a GPU"),
     };
     Ok((dev, dtype))
+}
+
+/// The devices of `--tp-size n` ranks and their dtype: rank `r` on GPU `r` when `--device`
+/// picks a GPU (each must exist), else `n` CPU ranks (threads of this process).
+pub fn pick_ranks(arg: DeviceArg, tp_size: usize) -> Result<(Vec<Device>, DType)> {
+    if tp_size == 0 {
+        bail!("--tp-size 0: a model needs at least one rank");
+    }
+    let (first, dtype) = pick(arg)?;
+    let mut devices = vec![first];
+    for r in 1..tp_size {
+        devices.push(match &devices[0] {
+            Device::Cpu => Device::Cpu,
+            Device::Cuda(_) => match Device::cuda(r) {
+                Ok(d) => d,
+                Err(e) => bail!("--tp-size {tp_size} puts rank {r} on GPU {r}: {e}"),
+            },
+        });
+    }
+    Ok((devices, dtype))
 }

@@ -207,9 +207,11 @@ fn a_rank_that_fails_mid_step_ends_the_step_with_its_error_and_no_hang() {
     let batch =
         ForwardBatch { tokens: &[1, 2, 3], positions: &[0, 1, 2], slots: &[0, 1, 2], seqs: &seqs, logits_rows: &[2] };
     let t0 = Instant::now();
-    let e = split.forward(&batch, &mut kv).err().expect("the step fails").to_string();
+    let Err(e) = split.forward(&batch, &mut kv) else { panic!("the step should fail") };
+    let e = e.to_string();
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     assert!(e.contains("tensor-parallel step failed") && !e.contains("aborted"), "the root cause, not an abort: {e}");
-    let again = split.forward(&batch, &mut kv).err().expect("refused").to_string();
+    let Err(again) = split.forward(&batch, &mut kv) else { panic!("a failed group should refuse") };
+    let again = again.to_string();
     assert!(again.contains("failed in an earlier step"), "{again}");
 }

@@ -46,7 +46,7 @@ pub struct CpuGroup;
 impl CpuGroup {
     /// `world` connected ranks (index = rank); a collective waits at most `timeout` for the
     /// others.
-    pub fn new(world: usize, timeout: Duration) -> Vec<Arc<CpuComm>> {
+    pub fn connect(world: usize, timeout: Duration) -> Vec<Arc<CpuComm>> {
         let round = || Round { seq: 0, deposits: vec![None; world], arrived: 0 };
         let shared = Arc::new(Shared {
             world,
@@ -202,7 +202,7 @@ mod tests {
     use crate::Device;
 
     fn run<R: Send>(world: usize, timeout: Duration, f: impl Fn(&CpuComm) -> R + Sync) -> Vec<R> {
-        let ranks = CpuGroup::new(world, timeout);
+        let ranks = CpuGroup::connect(world, timeout);
         std::thread::scope(|s| {
             let handles: Vec<_> = ranks.iter().map(|c| s.spawn(|| f(c))).collect();
             handles.into_iter().map(|h| h.join().expect("rank thread")).collect()

@@ -150,7 +150,8 @@ impl Codec for ModelCodec {
 #[derive(Clone, Debug)]
 pub struct ModelSpec {
     pub path: PathBuf,
-    pub device: Device,
+    /// One device, or each tensor-parallel rank's.
+    pub devices: Vec<Device>,
     pub dtype: DType,
     /// How quantized projection weights are held.
     pub weights: kiln_models::loader::WeightMode,
@@ -168,7 +169,7 @@ pub enum LoadModelError {
 /// Reads the model (weights, tokenizer, chat template) and starts its engine thread. Blocking:
 /// call it from a blocking thread, not the reactor.
 pub fn load(spec: &ModelSpec) -> Result<Loaded, LoadModelError> {
-    let m = kiln_models::loader::load_with(&spec.path, &spec.device, spec.dtype, spec.weights)?;
+    let m = kiln_models::loader::load_parallel(&spec.path, &spec.devices, spec.dtype, spec.weights)?;
     let detok = Arc::new(TokenizerDetokenizer::new(m.tokenizer.clone()));
     let model: Arc<dyn CausalLm> = Arc::from(m.model);
     let handle = Engine::start(model, detok, spec.engine.clone())?;

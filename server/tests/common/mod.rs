@@ -112,7 +112,7 @@ pub fn start_real(cfg: ServerConfig, engine: kiln_runtime::engine::EngineConfig)
             let path = kiln_models::fetch::default_model_path().expect("the default model (run `kiln fetch`)");
             let spec = kiln_server::engine_backend::ModelSpec {
                 path,
-                device: kiln_runtime::Device::Cpu,
+                devices: vec![kiln_runtime::Device::Cpu],
                 dtype: kiln_runtime::DType::F32,
                 weights: Default::default(),
                 engine,
