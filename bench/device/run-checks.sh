@@ -35,6 +35,14 @@ if [ "$what" = bench2 ] || [ "$what" = all ]; then
   TAIL=14 step bench-8b-128x128-max 240 "${b[@]}" --model synth:llama3-8b --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
 fi
 
+if [ "$what" = tp ]; then
+  # Tensor parallelism over NCCL (kiln-check-tp): NCCL comes from PyTorch's wheels there.
+  N=$(python3 -c "import nvidia; print(list(nvidia.__path__)[0])" 2>/dev/null)
+  export KILN_CUDA_LIB_DIRS="$(ls -d "$N"/*/lib 2>/dev/null | paste -sd:)${KILN_CUDA_LIB_DIRS:+:$KILN_CUDA_LIB_DIRS}"
+  TAIL=30 step tp-bf16 120 .device/kiln-check-tp --model "${TP_MODEL:-.device/smollm2-3l.gguf}" --tp "${TP:-1}" --tokens 16
+  TAIL=20 step tp-f32 90 .device/kiln-check-tp --model "${TP_MODEL:-.device/smollm2-3l.gguf}" --tp "${TP:-1}" --tokens 16 --dtype f32
+fi
+
 if [ "$what" = arch ]; then
   # Every architecture's tiny fixture on the GPU against HF, then the attention template (head
   # dims 32 to 256, sliding windows) and the Llama model check after the decoder rewrite.
