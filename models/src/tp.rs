@@ -20,11 +20,13 @@
 //! rank's error. Not bounded yet: a GPU rank whose kernel never finishes without any rank
 //! failing (a hang inside the device), which only a watchdog on the step's completion can end.
 
-use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
+use crate::config::LlamaConfig;
+use crate::decoder::{Decoder, DecoderSpec};
+use crate::model::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo, Runner};
 use kiln_runtime::comm::cpu::CpuGroup;
 use kiln_runtime::comm::nccl::NcclGroup;
 use kiln_runtime::comm::{Communicator, DEFAULT_TIMEOUT};
-use kiln_runtime::{Device, Tensor};
+use kiln_runtime::{DType, Device, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// One model over several ranks (see the module header).
@@ -158,4 +160,19 @@ pub fn group(devices: &[Device]) -> Result<Vec<Arc<dyn Communicator>>, ModelErro
         return Ok(NcclGroup::one_host(devices)?.into_iter().map(|c| c as Arc<dyn Communicator>).collect());
     }
     Err(ModelError::Unsupported("tensor parallelism mixing CPU and GPU ranks".into()))
+}
+
+/// A synthetic Llama of `cfg`'s shapes (see [`crate::synth`]) over `devices.len()` ranks: each
+/// rank makes only its parts of the weights `llama::random` makes whole, on its own device.
+pub fn random_parallel(cfg: LlamaConfig, devices: &[Device], dtype: DType, seed: u64) -> Result<TpModel, ModelError> {
+    let comms = group(devices)?;
+    let ranks = devices
+        .iter()
+        .zip(&comms)
+        .map(|(dev, comm)| {
+            let rank = Decoder::random_rank(DecoderSpec::llama(cfg.clone()), dev, dtype, seed, Some(comm.clone()))?;
+            Ok(Box::new(Runner::new(rank)) as Box<dyn CausalLm>)
+        })
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    TpModel::new(ranks, comms)
 }

@@ -2,7 +2,7 @@
 //! seeded fills are a pure function of (seed, index) and stay in range; the row argmax takes
 //! the lowest index on ties and refuses the rows the sampler refuses.
 
-use kiln_runtime::device::device_kernels::{argmax_rows, fill_uniform};
+use kiln_runtime::device::device_kernels::{argmax_rows, fill_uniform, fill_uniform_part, FillPart};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 
@@ -28,6 +28,21 @@ fn fill_uniform_is_seeded_and_in_range() {
     // Views that are not contiguous are refused.
     let t = Tensor::zeros(&dev, DType::F32, 4, 4).unwrap();
     assert!(fill_uniform(&mut t.view_cols(1, 2).unwrap(), 1, 0.0, 1.0).is_err());
+}
+
+#[test]
+fn a_filled_part_is_the_same_part_of_the_whole_fill() {
+    let dev = Device::Cpu;
+    let mut whole = Tensor::zeros(&dev, DType::F32, 6, 10).unwrap();
+    fill_uniform(&mut whole, 5, -1.0, 1.0).unwrap();
+    let whole = whole.to_host_f32().unwrap();
+    // Rows 2..5, columns 3..7.
+    let mut part = Tensor::zeros(&dev, DType::F32, 3, 4).unwrap();
+    fill_uniform_part(&mut part, 5, -1.0, 1.0, FillPart { full_cols: 10, row0: 2, col0: 3 }).unwrap();
+    let want: Vec<f32> = (2..5).flat_map(|r| whole[r * 10 + 3..r * 10 + 7].to_vec()).collect();
+    assert_eq!(part.to_host_f32().unwrap(), want);
+    let e = fill_uniform_part(&mut part, 5, -1.0, 1.0, FillPart { full_cols: 6, row0: 0, col0: 3 });
+    assert!(e.is_err(), "columns past the whole tensor's");
 }
 
 #[test]

@@ -148,7 +148,7 @@ fn spread((lo, hi): (usize, usize), i: usize, n: usize) -> usize {
 }
 
 /// The model and its detokenizer: loaded from `path`, or made from a preset (`synth:NAME`)
-/// with random weights on the one device (no tokenizer: the bench needs no text).
+/// with random weights made on the device(s) (no tokenizer: the bench needs no text).
 fn load_model(
     path: &std::path::Path,
     devs: &[kiln_runtime::Device],
@@ -159,15 +159,14 @@ fn load_model(
         let cfg = kiln_models::synth::preset(name).with_context(|| {
             format!("unknown preset `{name}` (presets: {})", kiln_models::synth::PRESETS.join(", "))
         })?;
-        let [dev] = devs else {
-            bail!(
-                "--tp-size {}: synthetic presets run on one rank (write one with `kiln synth-model` to split it)",
-                devs.len()
-            )
+        let model: Arc<dyn CausalLm> = match devs {
+            [dev] => Arc::new(kiln_models::llama::random(cfg, dev, dtype, 0)?),
+            _ => Arc::new(kiln_models::tp::random_parallel(cfg, devs, dtype, 0)?),
         };
-        let model = kiln_models::llama::random(cfg, dev, dtype, 0)?;
-        dev.synchronize()?;
-        return Ok((Arc::new(model), Arc::new(kiln_models::detok_adapter::NoText)));
+        for d in devs {
+            d.synchronize()?;
+        }
+        return Ok((model, Arc::new(kiln_models::detok_adapter::NoText)));
     }
     if path.is_dir() && !path.join("tokenizer.json").exists() {
         // A checkpoint without a tokenizer (`kiln synth-model`): the bench needs no text.

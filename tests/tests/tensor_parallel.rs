@@ -106,6 +106,20 @@ fn synthetic_llamas_of_8_8_and_16_4_heads_split_over_2_4_and_8_ranks() {
     }
 }
 
+#[test]
+fn a_synthetic_model_made_by_each_rank_equals_the_whole_one() {
+    // Each rank fills only its parts of the seeded weights (what `kiln bench --tp-size` runs).
+    let prompts = vec![(0..21).map(|i| (i * 5 + 1) % 128).collect::<Vec<u32>>()];
+    for tied in [false, true] {
+        let cfg = LlamaConfig { tie_word_embeddings: tied, ..synthetic(16, 4) };
+        let whole = kiln_models::llama::random(cfg.clone(), &Device::Cpu, DType::F32, 3).unwrap();
+        for tp in [2, 4, 8] {
+            let split = kiln_models::tp::random_parallel(cfg.clone(), &ranks(tp), DType::F32, 3).unwrap();
+            assert_same(&format!("synthetic tied={tied} tp={tp}"), &whole, &split, &prompts, 1e-5);
+        }
+    }
+}
+
 fn default_model() -> PathBuf {
     kiln_models::fetch::default_model_path().expect("the default model (run `kiln fetch`)")
 }

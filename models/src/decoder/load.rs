@@ -10,7 +10,6 @@ use super::{rope_table, Decoder, DecoderSpec, Ffn, Layer, Mlp, MlpKind, NormKind
 use crate::config::LlamaConfig;
 use crate::llama::load as load_err;
 use crate::model::ModelError;
-use crate::synth::{random_tensor, tensor_seed, Init};
 use crate::weights::{Part, WeightSource};
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::DType;
@@ -315,45 +314,5 @@ impl Decoder {
         let mut model = Decoder::assemble(spec, dev, dtype, embed, lm_head, final_norm, layers);
         model.tp = w.tp().cloned();
         Ok(model)
-    }
-
-    /// A model of `spec`'s shapes (dense Llama-like layers) with seeded random weights made on
-    /// `dev` itself (see [`crate::synth`]): for speed work without the real weights.
-    pub fn random(spec: DecoderSpec, dev: &Device, dtype: DType, seed: u64) -> Result<Decoder, ModelError> {
-        let c = &spec.cfg;
-        let (h, nh, nkv, hd, inter) =
-            (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
-        let mut n = 0u64;
-        let mut t = |rows: usize, cols: usize, init: Init| {
-            n += 1;
-            random_tensor(dev, dtype, rows, cols, init, tensor_seed(seed, n))
-        };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for l in 0..c.num_hidden_layers {
-            let attn_norm = NormW { w: t(1, h, Init::Norm)?, b: None };
-            let wqkv = t((nh + 2 * nkv) * hd, h, Init::Linear { fan_in: h })?.into();
-            let wo = t(h, nh * hd, Init::Linear { fan_in: nh * hd })?.into();
-            let ffn_norm = NormW { w: t(1, h, Init::Norm)?, b: None };
-            let w_in = t(2 * inter, h, Init::Linear { fan_in: h })?.into();
-            let w_down = t(h, inter, Init::Linear { fan_in: inter })?.into();
-            layers.push(Layer {
-                spec: spec.layers[l].clone(),
-                attn_norm,
-                wqkv,
-                qkv_bias: None,
-                qk_norm: None,
-                rope_freqs: rope_table::device_freqs(spec.layers[l].rope.table.as_ref(), c, dev)?,
-                wo,
-                post_attn_norm: None,
-                post_ffn_norm: None,
-                ffn_norm: Some(ffn_norm),
-                ffn: Ffn::Dense(Mlp { w_in, w_down, inter }),
-            });
-        }
-        let embed = t(c.vocab_size, h, Init::Embedding)?;
-        let lm_head =
-            if c.tie_word_embeddings { embed.clone() } else { t(c.vocab_size, h, Init::Linear { fan_in: h })? };
-        let final_norm = NormW { w: t(1, h, Init::Norm)?, b: None };
-        Ok(Decoder::assemble(spec, dev, dtype, Some(embed.into()), lm_head.into(), final_norm, layers))
     }
 }

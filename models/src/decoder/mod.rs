@@ -22,6 +22,7 @@
 
 mod load;
 mod moe;
+mod random;
 mod rope_table;
 mod step;
 mod tp;

@@ -38,10 +38,13 @@ __device__ __forceinline__ float kiln_uniform(unsigned long long seed, long long
   const float u = (float)(kiln_splitmix(seed ^ (unsigned long long)i) >> 40) * (1.0f / 16777216.0f);
   return lo + (hi - lo) * u;
 }
+// Element i of the `cols`-wide part fills index `base + (i / cols) * full_cols + i % cols` of
+// the whole tensor (a part of rows and columns of it; base = row0 * full_cols + col0).
 #define KILN_FILL(NAME, T, NARROW)                                                              \
-  extern "C" __global__ void NAME(T* __restrict__ out, long long n, unsigned long long seed, float lo, float hi) { \
+  extern "C" __global__ void NAME(T* __restrict__ out, long long n, unsigned long long seed, float lo, float hi, \
+                                  long long base, long long cols, long long full_cols) {        \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) \
-      out[i] = NARROW(kiln_uniform(seed, i, lo, hi));                                           \
+      out[i] = NARROW(kiln_uniform(seed, base + (i / cols) * full_cols + i % cols, lo, hi));    \
   }
 __device__ __forceinline__ float kiln_id(float x) { return x; }
 KILN_FILL(kiln_fill_uniform_f32, float, kiln_id)
@@ -132,13 +135,36 @@ pub fn uniform_value(seed: u64, i: u64, lo: f32, hi: f32) -> f32 {
 /// Fill a contiguous float tensor with uniform values in `[lo, hi)`, element `i` a function of
 /// `(seed, i)` only.
 pub fn fill_uniform(t: &mut Tensor, seed: u64, lo: f32, hi: f32) -> Result<(), DeviceKernelError> {
+    let cols = t.cols();
+    fill_uniform_part(t, seed, lo, hi, FillPart { full_cols: cols, row0: 0, col0: 0 })
+}
+
+/// Where a tensor lies in a larger one a [`fill_uniform`] would fill whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FillPart {
+    pub full_cols: usize,
+    pub row0: usize,
+    pub col0: usize,
+}
+
+/// Fill `t` with its part of the whole tensor [`fill_uniform`] would fill with `seed`: element
+/// `(r, c)` gets the whole tensor's `(part.row0 + r, part.col0 + c)` (a tensor-parallel rank's
+/// rows or columns of a synthetic weight, made without the rest).
+pub fn fill_uniform_part(t: &mut Tensor, seed: u64, lo: f32, hi: f32, part: FillPart) -> Result<(), DeviceKernelError> {
     if !t.is_contiguous() {
         return Err(DeviceKernelError::Shape("fill_uniform needs a contiguous tensor".into()));
     }
+    if part.col0 + t.cols() > part.full_cols {
+        let msg = format!("columns {}..{} of {}", part.col0, part.col0 + t.cols(), part.full_cols);
+        return Err(DeviceKernelError::Shape(format!("fill_uniform_part: {msg}")));
+    }
     let n = t.len();
+    let (cols, full) = (t.cols().max(1) as u64, part.full_cols as u64);
+    let base = (part.row0 * part.full_cols + part.col0) as u64;
     match t.device().clone() {
         Device::Cpu => {
-            let vals: Vec<f32> = (0..n as u64).map(|i| uniform_value(seed, i, lo, hi)).collect();
+            let vals: Vec<f32> =
+                (0..n as u64).map(|i| uniform_value(seed, base + (i / cols) * full + i % cols, lo, hi)).collect();
             let filled = Tensor::from_f32_as(&Device::Cpu, t.dtype(), &vals, t.rows(), t.cols())?;
             t.copy_from(&filled)?;
             Ok(())
@@ -153,9 +179,10 @@ pub fn fill_uniform(t: &mut Tensor, seed: u64, lo: f32, hi: f32) -> Result<(), D
             let m = module(&b)?;
             let f = m.func(entry)?;
             let (ptr, n64) = (t.cuda_ptr().unwrap_or(0), n as i64);
+            let (base, cols, full) = (base as i64, cols as i64, full as i64);
             let blocks = (n.div_ceil(256)).clamp(1, 65_535) as u32;
             let mut l = b.stream().launch_builder(f);
-            l.arg(&ptr).arg(&n64).arg(&seed).arg(&lo).arg(&hi);
+            l.arg(&ptr).arg(&n64).arg(&seed).arg(&lo).arg(&hi).arg(&base).arg(&cols).arg(&full);
             // SAFETY: `ptr` is a live allocation of `n` elements of the entry's type.
             let r = unsafe {
                 l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })

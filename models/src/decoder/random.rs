@@ -1,0 +1,150 @@
+//! Synthetic decoders: a spec's shapes (dense Llama-like layers) with seeded random weights made
+//! on the device itself (see [`crate::synth`]), whole or as one tensor-parallel rank's parts.
+//!
+//! Invariant: tensor `n` is filled with `tensor_seed(seed, n)` in the order `synth` documents,
+//! and a rank fills exactly its rows and columns of each whole tensor, so a model split over any
+//! number of ranks holds the same weights as the whole one (and as `kiln synth-model`'s file).
+
+// Row parts are lists of ranges; a list of one is the common case, not a mistaken `Vec` of a range.
+#![allow(clippy::single_range_in_vec_init)]
+
+use super::tp::{shifted, RankPlan};
+use super::{rope_table, Decoder, DecoderSpec, Ffn, Layer, Mlp, NormW};
+use crate::model::ModelError;
+use crate::synth::{tensor_seed, Init};
+use kiln_runtime::comm::Communicator;
+use kiln_runtime::device::device_kernels::{fill_uniform_part, FillPart};
+use kiln_runtime::DType;
+use kiln_runtime::{Device, Tensor};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Fills the weights of a synthetic model in order, each whole or a rank's part of it.
+struct Filler<'a> {
+    dev: &'a Device,
+    dtype: DType,
+    seed: u64,
+    /// Tensors made so far: the next one is tensor `n + 1`.
+    n: u64,
+}
+
+impl Filler<'_> {
+    /// The next tensor (`rows × cols` whole) as `row_parts` stacked, each of columns `cols_part`;
+    /// `None` skips it (a rank that does not hold it), keeping the numbering.
+    fn next(
+        &mut self,
+        (rows, cols): (usize, usize),
+        init: Init,
+        parts: Option<(&[Range<usize>], Range<usize>)>,
+    ) -> Result<Option<Tensor>, ModelError> {
+        self.n += 1;
+        let Some((row_parts, col_part)) = parts else { return Ok(None) };
+        if row_parts.iter().any(|r| r.end > rows) || col_part.end > cols {
+            return Err(ModelError::Load(format!("a part {row_parts:?} × {col_part:?} of a {rows} × {cols} tensor")));
+        }
+        let total = row_parts.iter().map(|r| r.len()).sum();
+        let t = Tensor::uninit(self.dev, self.dtype, total, col_part.len())?;
+        let (lo, hi) = init.range();
+        let mut at = 0;
+        for r in row_parts {
+            let mut view = t.view_rows(at, r.len())?;
+            let part = FillPart { full_cols: cols, row0: r.start, col0: col_part.start };
+            fill_uniform_part(&mut view, tensor_seed(self.seed, self.n), lo, hi, part)
+                .map_err(|e| ModelError::Load(e.to_string()))?;
+            at += r.len();
+        }
+        Ok(Some(t))
+    }
+
+    /// The next tensor, whole.
+    fn whole(&mut self, shape: (usize, usize), init: Init) -> Result<Tensor, ModelError> {
+        let parts = [0..shape.0];
+        self.next(shape, init, Some((&parts, 0..shape.1)))?.ok_or_else(|| ModelError::Load("no tensor".into()))
+    }
+
+    /// The next tensor: `rows` of it (all columns), or all of it without a plan.
+    fn rows(&mut self, shape: (usize, usize), init: Init, rows: &[Range<usize>]) -> Result<Tensor, ModelError> {
+        self.next(shape, init, Some((rows, 0..shape.1)))?.ok_or_else(|| ModelError::Load("no tensor".into()))
+    }
+}
+
+impl Decoder {
+    /// A model of `spec`'s shapes with seeded random weights made on `dev`: for speed work
+    /// without the real weights.
+    pub fn random(spec: DecoderSpec, dev: &Device, dtype: DType, seed: u64) -> Result<Decoder, ModelError> {
+        Decoder::random_rank(spec, dev, dtype, seed, None)
+    }
+
+    /// [`Decoder::random`], or with `tp` the rank `tp.rank()` of it: its parts of the same
+    /// weights, in `tp`'s group.
+    pub fn random_rank(
+        spec: DecoderSpec,
+        dev: &Device,
+        dtype: DType,
+        seed: u64,
+        tp: Option<Arc<dyn Communicator>>,
+    ) -> Result<Decoder, ModelError> {
+        let plan = tp.as_ref().map(|c| RankPlan::new(&spec, c.rank(), c.world())).transpose()?;
+        let c = &spec.cfg;
+        let (h, nh, nkv, hd, inter, vocab) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.intermediate_size,
+            c.vocab_size,
+        );
+        let (q, kv) = (nh * hd, nkv * hd);
+        let [qr, kr, vr] = plan.as_ref().map_or([0..q, 0..kv, 0..kv], |p| p.qkv_rows(hd));
+        let ir = plan.as_ref().map_or(0..inter, |p| p.inter(false));
+        let o_cols = plan.as_ref().map_or(0..q, |p| p.o_cols(hd));
+        let vocab_rows = plan.as_ref().map_or(0..vocab, |p| p.vocab.clone());
+        let rank_cfg = plan.as_ref().map_or_else(|| c.clone(), |p| p.rank_spec(&spec).cfg);
+        let mut f = Filler { dev, dtype, seed, n: 0 };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let attn_norm = NormW { w: f.whole((1, h), Init::Norm)?, b: None };
+            let qkv_rows = [qr.clone(), shifted(&kr, q), shifted(&vr, q + kv)];
+            let wqkv = f.rows((q + 2 * kv, h), Init::Linear { fan_in: h }, &qkv_rows)?.into();
+            let wo = f.next((h, q), Init::Linear { fan_in: q }, Some((&[0..h], o_cols.clone())))?;
+            let ffn_norm = NormW { w: f.whole((1, h), Init::Norm)?, b: None };
+            let w_in = f.rows((2 * inter, h), Init::Linear { fan_in: h }, &[ir.clone(), shifted(&ir, inter)])?.into();
+            let w_down = f.next((h, inter), Init::Linear { fan_in: inter }, Some((&[0..h], ir.clone())))?;
+            let missing = || ModelError::Load("a synthetic weight was not made".into());
+            layers.push(Layer {
+                spec: spec.layers[l].clone(),
+                attn_norm,
+                wqkv,
+                qkv_bias: None,
+                qk_norm: None,
+                rope_freqs: rope_table::device_freqs(spec.layers[l].rope.table.as_ref(), &rank_cfg, dev)?,
+                wo: wo.ok_or_else(missing)?.into(),
+                post_attn_norm: None,
+                post_ffn_norm: None,
+                ffn_norm: Some(ffn_norm),
+                ffn: Ffn::Dense(Mlp { w_in, w_down: w_down.ok_or_else(missing)?.into(), inter: ir.len() }),
+            });
+        }
+        // The embedding on rank 0 only; the head's vocabulary rows on every rank (of the embedding
+        // tensor itself when tied).
+        let embed_n = f.n + 1;
+        let holds_embed = plan.as_ref().is_none_or(|p| p.rank == 0);
+        let embed = f.next((vocab, h), Init::Embedding, holds_embed.then_some((&[0..vocab][..], 0..h)))?;
+        let lm_head = match (c.tie_word_embeddings, &embed, &plan) {
+            (true, Some(e), None) => e.clone(),
+            (true, _, _) => {
+                let mut tied = Filler { dev, dtype, seed, n: embed_n - 1 };
+                tied.rows((vocab, h), Init::Embedding, &[vocab_rows])?
+            }
+            (false, _, _) => f.rows((vocab, h), Init::Linear { fan_in: h }, &[vocab_rows])?,
+        };
+        let final_norm = NormW { w: f.whole((1, h), Init::Norm)?, b: None };
+        let spec = match &plan {
+            Some(p) => p.rank_spec(&spec),
+            None => spec,
+        };
+        let mut model = Decoder::assemble(spec, dev, dtype, embed.map(Into::into), lm_head.into(), final_norm, layers);
+        model.tp = tp;
+        Ok(model)
+    }
+}
