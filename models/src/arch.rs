@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::config::{ConfigError, LlamaConfig};
 use crate::gguf::{GgufFile, MetadataValue};
 use crate::model::{CausalLm, ModelError};
+use crate::weights::packed::PackedConfig;
 use crate::weights::{GgufNaming, WeightSource, WeightsError};
 
 /// One architecture kiln runs: one line of [`crate::registry::ARCHITECTURES`].
@@ -131,7 +132,17 @@ impl Checkpoint {
     /// The weights, with GGUF tensor names mapped by `naming` (HF checkpoints carry HF names).
     pub fn weights(&self, naming: &GgufNaming) -> Result<WeightSource, WeightsError> {
         let mut src = match &self.kind {
-            Kind::Hf { .. } => WeightSource::open_safetensors_dir(&self.path)?,
+            Kind::Hf { json } => {
+                let mut src = WeightSource::open_safetensors_dir(&self.path)?;
+                let packed = PackedConfig::from_hf(json).map_err(|(field, why)| ConfigError::Unsupported {
+                    source_name: self.config().source_name(),
+                    what: format!("'{field}': {why}"),
+                })?;
+                if let Some(cfg) = packed {
+                    src.set_packed(cfg)?;
+                }
+                src
+            }
             Kind::Gguf { file } => WeightSource::open_gguf(file.clone(), naming)?,
         };
         src.set_keep_quantized(self.weight_mode == WeightMode::Stored);

@@ -19,6 +19,7 @@ use crate::config::{ConfigError, LlamaConfig};
 use crate::gguf::{GgufError, PermuteError};
 
 mod gguf;
+pub mod packed;
 mod source;
 
 pub use gguf::{gguf_to_hf_name, load_gguf};

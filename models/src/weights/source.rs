@@ -33,6 +33,7 @@ use kiln_runtime::{Device, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
 
+use super::packed::PackedConfig;
 use super::{HostTensor, WeightsError};
 use crate::gguf::{dequantize_into, unpermute_qk_rows, GgmlType, GgufFile};
 use crate::safetensors_io::{INDEX_FILE, SINGLE_FILE};
@@ -299,6 +300,9 @@ struct Entry {
     /// `(e, n)`: expert `e`'s slice of a GGUF tensor stacking `n` experts (their bytes are
     /// back to back: blocks run along the innermost dimension).
     expert: Option<(usize, usize)>,
+    /// A projection stored packed (AWQ / GPTQ `qweight`, `qzeros`, `scales`): this entry is its
+    /// `.weight`, dequantized when read (see [`super::packed`]).
+    packed: Option<PackedConfig>,
 }
 
 /// A checkpoint's tensors, memory-mapped; see the module header.
@@ -378,6 +382,8 @@ impl WeightSource {
                     Dtype::F32 => GgmlType::F32,
                     Dtype::F16 => GgmlType::F16,
                     Dtype::BF16 => GgmlType::Bf16,
+                    // Packed INT4 words and group indices (AWQ / GPTQ).
+                    Dtype::I32 => GgmlType::I32,
                     other => {
                         return Err(WeightsError::UnsupportedDtype {
                             path: path.clone(),
@@ -395,6 +401,7 @@ impl WeightSource {
                     format: StoredFormat::Ggml(ty),
                     permuted_heads: None,
                     expert: None,
+                    packed: None,
                 };
                 if entries.insert(name.to_owned(), entry).is_some() {
                     return Err(WeightsError::Duplicate {
@@ -436,6 +443,7 @@ impl WeightSource {
                         format: StoredFormat::Ggml(info.ggml_type),
                         permuted_heads: None,
                         expert: Some((e, *n)),
+                        packed: None,
                     };
                     if entries.insert(hf.clone(), entry).is_some() {
                         return Err(WeightsError::Duplicate { source_name, tensor: hf });
@@ -454,6 +462,7 @@ impl WeightSource {
                 format: StoredFormat::Ggml(info.ggml_type),
                 permuted_heads: naming.permuted_heads(&info.name),
                 expert: None,
+                packed: None,
             };
             if entries.insert(hf.clone(), entry).is_some() {
                 return Err(WeightsError::Duplicate { source_name, tensor: hf });
@@ -473,6 +482,84 @@ impl WeightSource {
     /// off when a source is opened (the loader sets it from its `WeightMode`).
     pub fn set_keep_quantized(&mut self, keep: bool) {
         self.keep_quantized = keep;
+    }
+
+    /// Offer `X.weight` for every packed projection `X.qweight` of the source (AWQ / GPTQ,
+    /// as `cfg` says), dequantized when read; its parts are consumed with it.
+    pub fn set_packed(&mut self, cfg: PackedConfig) -> Result<(), WeightsError> {
+        let bases: Vec<String> =
+            self.entries.keys().filter_map(|n| n.strip_suffix(".qweight")).map(String::from).collect();
+        for base in bases {
+            let layout = |reason: String| WeightsError::Layout { tensor: format!("{base}.qweight"), reason };
+            for part in ["qzeros", "scales"] {
+                self.entry(&format!("{base}.{part}"))?;
+            }
+            let q = self.entry(&format!("{base}.qweight"))?;
+            let [r, c] = q.shape[..] else { return Err(layout(format!("shape {:?} is not 2-D", q.shape))) };
+            let shape = super::packed::unpacked_shape(cfg.kind, [r, c]).to_vec();
+            let entry = Entry {
+                file: 0,
+                range: 0..0,
+                gguf_name: None,
+                shape,
+                format: StoredFormat::Ggml(GgmlType::F32),
+                permuted_heads: None,
+                expert: None,
+                packed: Some(cfg),
+            };
+            let name = format!("{base}.weight");
+            if self.entries.insert(name.clone(), entry).is_some() {
+                return Err(WeightsError::Duplicate { source_name: self.source_name.clone(), tensor: name });
+            }
+        }
+        Ok(())
+    }
+
+    /// The packed projection `name` (`X.weight` of `X.qweight` ...) as f32 values.
+    fn unpack(&self, name: &str, cfg: &PackedConfig) -> Result<StoredTensor<'_>, WeightsError> {
+        let base = name.strip_suffix(".weight").unwrap_or(name);
+        let read = |part: &str| self.read_part(&format!("{base}.{part}"), None, &Part::Whole);
+        let matrix = |t: &StoredTensor<'_>| -> Result<[usize; 2], WeightsError> {
+            let (r, c) = t.matrix()?;
+            Ok([r, c])
+        };
+        let (qweight, qzeros, scales) = (read("qweight")?, read("qzeros")?, read("scales")?);
+        let g_idx_name = format!("{base}.g_idx");
+        let g_idx = if self.contains(&g_idx_name) { Some(read("g_idx")?) } else { None };
+        let dtype_of = |t: &StoredTensor<'_>, want: GgmlType| {
+            let StoredFormat::Ggml(ty) = t.format;
+            if ty == want {
+                Ok(())
+            } else {
+                Err(WeightsError::Layout {
+                    tensor: t.name.clone(),
+                    reason: format!("is {}, expected {}", ty.name(), want.name()),
+                })
+            }
+        };
+        dtype_of(&qweight, GgmlType::I32)?;
+        dtype_of(&qzeros, GgmlType::I32)?;
+        dtype_of(&scales, GgmlType::F16)?;
+        if let Some(g) = &g_idx {
+            dtype_of(g, GgmlType::I32)?;
+        }
+        let parts = super::packed::PackedParts {
+            qweight: (&qweight.bytes, matrix(&qweight)?),
+            qzeros: (&qzeros.bytes, matrix(&qzeros)?),
+            scales: (&scales.bytes, matrix(&scales)?),
+            g_idx: g_idx.as_ref().map(|g| &g.bytes[..]),
+        };
+        let data = super::packed::dequantize(cfg, &parts)
+            .map_err(|reason| WeightsError::Layout { tensor: format!("{base}.qweight"), reason })?;
+        let shape = super::packed::unpacked_shape(cfg.kind, parts.qweight.1).to_vec();
+        Ok(StoredTensor {
+            name: name.to_owned(),
+            shape,
+            format: StoredFormat::Ggml(GgmlType::F32),
+            bytes: Cow::Owned(bytemuck::cast_slice(&data).to_vec()),
+            permuted_heads: None,
+            owner: None,
+        })
     }
 
     /// Build the model of this source as one rank of `comm`'s tensor-parallel group.
@@ -591,6 +678,11 @@ impl WeightSource {
                     found: e.shape.clone(),
                 });
             }
+        }
+        if let Some(cfg) = &e.packed {
+            let t = self.unpack(name, cfg)?;
+            self.mark_used(name);
+            return part_of(t, part);
         }
         let all: &[u8] = match &self.backing {
             Backing::Safetensors(maps) => &maps[e.file][e.range.clone()],

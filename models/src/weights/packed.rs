@@ -1,0 +1,274 @@
+//! Pre-quantized INT4 checkpoints in Hugging Face form (AutoAWQ "GEMM" and GPTQ), read as the
+//! projections they stand for.
+//!
+//! `quantization_config` in `config.json` names the method ([`PackedConfig::from_hf`]; anything
+//! kiln does not read is refused naming the field). For each `X.qweight` the source then offers
+//! `X.weight` (`[out, in]`, f32), dequantized from `X.qweight`, `X.qzeros`, `X.scales` (and GPTQ's
+//! `X.g_idx`) when it is read; those four are consumed with it.
+//!
+//! Layouts (AutoAWQ's `packing_utils`, AutoGPTQ's / vLLM's `gptq` loaders):
+//! - AWQ: `qweight` i32 `[in, out/8]`, packed **along the output**: nibble `k` (bits `4k`) of
+//!   column `c` holds output `8c + AWQ_ORDER[k]`, `AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]`; `qzeros`
+//!   i32 `[in/G, out/8]` packed the same way; `scales` f16 `[in/G, out]`; `w = (q - z) · s`.
+//! - GPTQ: `qweight` i32 `[in/8, out]`, packed **along the input**: nibble `k` of row `r` holds
+//!   input `8r + k`; `qzeros` i32 `[groups, out/8]`, nibble `k` of column `c` is output `8c + k`;
+//!   `scales` f16 `[groups, out]`; `g_idx` i32 `[in]` the group of each input (act-order makes it
+//!   non-monotonic; without it, `i / G`); `w = (q - z') · s[g_idx[i]]`, where `z' = z + 1` for
+//!   the original ("v1") format, which stores zeros minus one, and `z' = z` for `gptq_v2`.
+//!
+//! Invariant: the values are exactly those formulas in f32 (the scale widened from f16, the
+//! difference of small integers exact), so a dequantize-then-f32 reference is bit-identical.
+//! Today the result is a dense weight (on the CPU f32, on a GPU the compute dtype): kernels that
+//! multiply the packed form directly are the GPU quantization work still to come.
+
+use serde_json::Value;
+
+/// AutoAWQ's interleave: nibble `k` of a packed word holds column `AWQ_ORDER[k]` of its eight.
+pub const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackedKind {
+    Awq,
+    /// `zero_plus_one`: zeros are stored minus one (GPTQ "v1", the usual checkpoint).
+    Gptq {
+        zero_plus_one: bool,
+    },
+}
+
+/// A checkpoint's `quantization_config`, as far as kiln reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedConfig {
+    pub kind: PackedKind,
+    /// Inputs per group; `None`: one group per output channel (`group_size: -1`).
+    pub group: Option<usize>,
+}
+
+impl PackedConfig {
+    /// The packed-INT4 method a `config.json` declares, `None` for an unquantized checkpoint;
+    /// `Err(field, why)` for one kiln does not read.
+    pub fn from_hf(config: &Value) -> Result<Option<PackedConfig>, (String, String)> {
+        let Some(q) = config.get("quantization_config") else { return Ok(None) };
+        let field = |k: &str| format!("quantization_config.{k}");
+        let refuse = |k: &str, why: String| Err((field(k), why));
+        let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
+        let bits = q.get("bits").or_else(|| q.get("w_bit")).and_then(Value::as_i64);
+        if bits != Some(4) {
+            return refuse("bits", format!("{bits:?}: kiln reads 4-bit AWQ and GPTQ checkpoints"));
+        }
+        let group = match q.get("group_size").or_else(|| q.get("q_group_size")).and_then(Value::as_i64) {
+            Some(-1) => None,
+            Some(g) if g > 0 && g % 8 == 0 => Some(g as usize),
+            g => return refuse("group_size", format!("{g:?}: a positive multiple of 8, or -1")),
+        };
+        let kind = match method {
+            "awq" => {
+                let version = q.get("version").and_then(Value::as_str).unwrap_or("gemm");
+                if !version.eq_ignore_ascii_case("gemm") {
+                    return refuse("version", format!("'{version}': kiln reads AutoAWQ's GEMM layout"));
+                }
+                if q.get("zero_point").and_then(Value::as_bool) == Some(false) {
+                    return refuse("zero_point", "false: kiln reads asymmetric AWQ (zero points)".into());
+                }
+                PackedKind::Awq
+            }
+            "gptq" => {
+                let format = q.get("checkpoint_format").and_then(Value::as_str).unwrap_or("gptq");
+                let zero_plus_one = match format {
+                    "gptq" => true,
+                    "gptq_v2" => false,
+                    f => return refuse("checkpoint_format", format!("'{f}': 'gptq' or 'gptq_v2'")),
+                };
+                PackedKind::Gptq { zero_plus_one }
+            }
+            m => {
+                return refuse(
+                    "quant_method",
+                    format!("'{m}' is not supported yet (kiln reads 'awq' and 'gptq'; FP8, INT8 and compressed-tensors are to come)"),
+                )
+            }
+        };
+        Ok(Some(PackedConfig { kind, group }))
+    }
+}
+
+/// The parts of one packed projection, as stored (i32 words little-endian, f16 scales).
+pub struct PackedParts<'a> {
+    pub qweight: (&'a [u8], [usize; 2]),
+    pub qzeros: (&'a [u8], [usize; 2]),
+    pub scales: (&'a [u8], [usize; 2]),
+    pub g_idx: Option<&'a [u8]>,
+}
+
+/// `[out, in]` of a packed projection from its `qweight` shape.
+pub fn unpacked_shape(kind: PackedKind, qweight: [usize; 2]) -> [usize; 2] {
+    match kind {
+        PackedKind::Awq => [qweight[1] * 8, qweight[0]],
+        PackedKind::Gptq { .. } => [qweight[1], qweight[0] * 8],
+    }
+}
+
+fn word(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+}
+
+fn nibble(w: u32, k: usize) -> i32 {
+    ((w >> (4 * k)) & 0xF) as i32
+}
+
+/// The `[out, in]` f32 weight of a packed projection (see the module header), or why the parts
+/// do not fit together.
+pub fn dequantize(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Vec<f32>, String> {
+    let [out, inp] = unpacked_shape(cfg.kind, p.qweight.1);
+    let group = cfg.group.unwrap_or(inp);
+    if group == 0 || inp % group != 0 {
+        return Err(format!("{inp} inputs are not whole groups of {group}"));
+    }
+    let groups = inp / group;
+    let want = |what: &str, got: [usize; 2], shape: [usize; 2], bytes: usize, len: usize| {
+        if got != shape || len != bytes {
+            Err(format!("{what} is {got:?} ({len} bytes), expected {shape:?} ({bytes} bytes)"))
+        } else {
+            Ok(())
+        }
+    };
+    want("qweight", p.qweight.1, p.qweight.1, p.qweight.1[0] * p.qweight.1[1] * 4, p.qweight.0.len())?;
+    want("qzeros", p.qzeros.1, [groups, out / 8], groups * out / 8 * 4, p.qzeros.0.len())?;
+    want("scales", p.scales.1, [groups, out], groups * out * 2, p.scales.0.len())?;
+    let scale = |g: usize, o: usize| {
+        let i = g * out + o;
+        half::f16::from_le_bytes([p.scales.0[2 * i], p.scales.0[2 * i + 1]]).to_f32()
+    };
+    let mut w = vec![0f32; out * inp];
+    match cfg.kind {
+        PackedKind::Awq => {
+            let zero = |g: usize, o: usize| nibble(word(p.qzeros.0, g * (out / 8) + o / 8), slot(o % 8));
+            for i in 0..inp {
+                let g = i / group;
+                for c in 0..out / 8 {
+                    let wd = word(p.qweight.0, i * (out / 8) + c);
+                    for (k, &col) in AWQ_ORDER.iter().enumerate() {
+                        let o = 8 * c + col;
+                        w[o * inp + i] = (nibble(wd, k) - zero(g, o)) as f32 * scale(g, o);
+                    }
+                }
+            }
+        }
+        PackedKind::Gptq { zero_plus_one } => {
+            let g_idx: Vec<usize> = match p.g_idx {
+                Some(b) if b.len() == inp * 4 => (0..inp).map(|i| word(b, i) as usize).collect(),
+                Some(b) => return Err(format!("g_idx has {} bytes for {inp} inputs", b.len())),
+                None => (0..inp).map(|i| i / group).collect(),
+            };
+            if let Some(bad) = g_idx.iter().find(|&&g| g >= groups) {
+                return Err(format!("g_idx names group {bad} of {groups}"));
+            }
+            let plus = i32::from(zero_plus_one);
+            for r in 0..inp / 8 {
+                for o in 0..out {
+                    let wd = word(p.qweight.0, r * out + o);
+                    for k in 0..8 {
+                        let i = 8 * r + k;
+                        let g = g_idx[i];
+                        let z = nibble(word(p.qzeros.0, g * (out / 8) + o / 8), o % 8) + plus;
+                        w[o * inp + i] = (nibble(wd, k) - z) as f32 * scale(g, o);
+                    }
+                }
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// The nibble of a packed AWQ word that holds column `col` of its eight.
+fn slot(col: usize) -> usize {
+    AWQ_ORDER.iter().position(|&c| c == col).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(vals: &[i32], order: &[usize; 8]) -> u32 {
+        order.iter().enumerate().fold(0u32, |w, (k, &c)| w | ((vals[c] as u32 & 0xF) << (4 * k)))
+    }
+
+    fn bytes(words: &[u32]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn f16s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+    }
+
+    /// One input row of 8 outputs, one group: each output's value lands where AWQ's order says.
+    #[test]
+    fn awq_nibbles_follow_the_interleave() {
+        let q: Vec<i32> = (0..8).map(|o| o + 3).collect(); // q for outputs 0..8
+        let z = [1i32; 8];
+        let qweight = bytes(&[pack(&q, &AWQ_ORDER)]);
+        let qzeros = bytes(&[pack(&z, &AWQ_ORDER)]);
+        let scales = f16s(&[0.5; 8]);
+        let cfg = PackedConfig { kind: PackedKind::Awq, group: None };
+        let parts = PackedParts {
+            qweight: (&qweight, [1, 1]),
+            qzeros: (&qzeros, [1, 1]),
+            scales: (&scales, [1, 8]),
+            g_idx: None,
+        };
+        let w = dequantize(&cfg, &parts).unwrap();
+        assert_eq!(w, (0..8).map(|o| (o + 3 - 1) as f32 * 0.5).collect::<Vec<_>>());
+    }
+
+    /// GPTQ v1: 8 inputs of one output packed along the input, zeros stored minus one, act-order
+    /// groups from g_idx.
+    #[test]
+    fn gptq_reads_inputs_in_order_zero_plus_one_and_g_idx() {
+        let (out, inp) = (8, 16);
+        let q: Vec<i32> = (0..inp).map(|i| (i % 16) as i32).collect();
+        // qweight [in/8, out]: the same inputs for every output.
+        let words: Vec<u32> = (0..inp / 8)
+            .flat_map(|r| {
+                let w = (0..8).fold(0u32, |w, k| w | ((q[8 * r + k] as u32) << (4 * k)));
+                vec![w; out]
+            })
+            .collect();
+        // Two groups; group 0 zero 7 (stored 6), group 1 zero 2 (stored 1); act-order g_idx.
+        let zeros = [bytes(&[0x6666_6666]), bytes(&[0x1111_1111])].concat();
+        let scales = f16s(&[[0.25f32; 8], [2.0f32; 8]].concat());
+        let g_idx: Vec<u32> = (0..inp as u32).map(|i| i % 2).collect();
+        let cfg = PackedConfig { kind: PackedKind::Gptq { zero_plus_one: true }, group: Some(8) };
+        let qweight = bytes(&words);
+        let g = bytes(&g_idx);
+        let parts = PackedParts {
+            qweight: (&qweight, [inp / 8, out]),
+            qzeros: (&zeros, [2, 1]),
+            scales: (&scales, [2, out]),
+            g_idx: Some(&g),
+        };
+        let w = dequantize(&cfg, &parts).unwrap();
+        for o in 0..out {
+            for i in 0..inp {
+                let (z, s) = if i % 2 == 0 { (7, 0.25) } else { (2, 2.0) };
+                assert_eq!(w[o * inp + i], (q[i] - z) as f32 * s, "output {o} input {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_configs_name_the_field() {
+        let refuse = |q: Value| PackedConfig::from_hf(&serde_json::json!({ "quantization_config": q })).unwrap_err();
+        assert_eq!(
+            refuse(serde_json::json!({"quant_method": "fp8", "bits": 4, "group_size": 128})).0,
+            "quantization_config.quant_method"
+        );
+        assert_eq!(
+            refuse(serde_json::json!({"quant_method": "gptq", "bits": 8, "group_size": 128})).0,
+            "quantization_config.bits"
+        );
+        let gemv = serde_json::json!({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemv"});
+        assert_eq!(refuse(gemv).0, "quantization_config.version");
+        let ok = serde_json::json!({"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}});
+        assert_eq!(PackedConfig::from_hf(&ok).unwrap(), Some(PackedConfig { kind: PackedKind::Awq, group: Some(128) }));
+        assert_eq!(PackedConfig::from_hf(&serde_json::json!({})).unwrap(), None);
+    }
+}
