@@ -11,15 +11,18 @@
 //!   (capped at 15 for Q4_1).
 //!
 //! `x / d` is computed as `x · (1/d)` with `d` still in f32; `d` and `m` are then stored as
-//! IEEE f16 (round to nearest even). Q4_K and Q6_K are in `quantize_k.rs`; the other k-quants
-//! have no quantizer here yet.
+//! IEEE f16 (round to nearest even). The k-quants (Q2_K … Q6_K) are in `quantize_k.rs`.
 
 use super::{QuantError, QuantFormat, BLOCK};
 use half::f16;
 
-/// Whether [`quantize`] can write `format`.
+/// Whether [`quantize`] can write `format`: every format kiln reads (the match is exhaustive so
+/// that a format added to [`QuantFormat`] has to decide).
 pub fn has_quantizer(format: QuantFormat) -> bool {
-    format.block_len() == BLOCK || matches!(format, QuantFormat::Q4_K | QuantFormat::Q6_K)
+    match format {
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q5_1 | QuantFormat::Q8_0 => true,
+        QuantFormat::Q2_K | QuantFormat::Q3_K | QuantFormat::Q4_K | QuantFormat::Q5_K | QuantFormat::Q6_K => true,
+    }
 }
 
 /// Appends the blocks of `x` (`x.len()` a multiple of the block length) in `format` to `out`.
@@ -27,26 +30,18 @@ pub fn quantize(format: QuantFormat, x: &[f32], out: &mut Vec<u8>) -> Result<(),
     if !x.len().is_multiple_of(format.block_len()) {
         return Err(QuantError::PartialBlock { format, cols: x.len() });
     }
+    use super::quantize_k as k;
     match format {
-        QuantFormat::Q4_K => {
-            super::quantize_k::quantize_q4_k(x, out);
-            return Ok(());
-        }
-        QuantFormat::Q6_K => {
-            super::quantize_k::quantize_q6_k(x, out);
-            return Ok(());
-        }
-        _ => {}
-    }
-    for b in x.chunks_exact(BLOCK) {
-        match format {
-            QuantFormat::Q8_0 => q8_0(b, out),
-            QuantFormat::Q4_0 => symmetric(b, 8.0, 15, out, false),
-            QuantFormat::Q5_0 => symmetric(b, 16.0, 31, out, true),
-            QuantFormat::Q4_1 => offset(b, 15, out, false),
-            QuantFormat::Q5_1 => offset(b, 31, out, true),
-            _ => return Err(QuantError::NoQuantizer(format)),
-        }
+        QuantFormat::Q2_K => k::quantize_q2_k(x, out),
+        QuantFormat::Q3_K => k::quantize_q3_k(x, out),
+        QuantFormat::Q4_K => k::quantize_q4_k(x, out),
+        QuantFormat::Q5_K => k::quantize_q5_k(x, out),
+        QuantFormat::Q6_K => k::quantize_q6_k(x, out),
+        QuantFormat::Q8_0 => x.chunks_exact(BLOCK).for_each(|b| q8_0(b, out)),
+        QuantFormat::Q4_0 => x.chunks_exact(BLOCK).for_each(|b| symmetric(b, 8.0, 15, out, false)),
+        QuantFormat::Q5_0 => x.chunks_exact(BLOCK).for_each(|b| symmetric(b, 16.0, 31, out, true)),
+        QuantFormat::Q4_1 => x.chunks_exact(BLOCK).for_each(|b| offset(b, 15, out, false)),
+        QuantFormat::Q5_1 => x.chunks_exact(BLOCK).for_each(|b| offset(b, 31, out, true)),
     }
     Ok(())
 }
