@@ -18,9 +18,11 @@
 //!
 //! Invariant: the values are exactly those formulas in f32 (the scale widened from f16, the
 //! difference of small integers exact), so a dequantize-then-f32 reference is bit-identical.
-//! Today the result is a dense weight (on the CPU f32, on a GPU the compute dtype): kernels that
-//! multiply the packed form directly are the GPU quantization work still to come.
+//! On the CPU the weight stays packed ([`to_int4`]: kiln's `Int4Matrix`, the same values, one
+//! row of words per output); elsewhere, or with `--weights dense`, it is dequantized
+//! ([`dequantize`]) into the compute dtype: GPU kernels for the packed form are still to come.
 
+use kiln_runtime::device::quant::int4::{Grouping, Int4Matrix};
 use serde_json::Value;
 
 /// AutoAWQ's interleave: nibble `k` of a packed word holds column `AWQ_ORDER[k]` of its eight.
@@ -115,13 +117,12 @@ fn nibble(w: u32, k: usize) -> i32 {
     ((w >> (4 * k)) & 0xF) as i32
 }
 
-/// The `[out, in]` f32 weight of a packed projection (see the module header), or why the parts
-/// do not fit together.
-pub fn dequantize(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Vec<f32>, String> {
+/// `(out, in, group, groups)` of a packed projection whose parts fit together.
+fn check(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<(usize, usize, usize, usize), String> {
     let [out, inp] = unpacked_shape(cfg.kind, p.qweight.1);
     let group = cfg.group.unwrap_or(inp);
-    if group == 0 || inp % group != 0 {
-        return Err(format!("{inp} inputs are not whole groups of {group}"));
+    if group == 0 || inp % group != 0 || out % 8 != 0 {
+        return Err(format!("{out}×{inp} is not whole words of 8 outputs and groups of {group} inputs"));
     }
     let groups = inp / group;
     let want = |what: &str, got: [usize; 2], shape: [usize; 2], bytes: usize, len: usize| {
@@ -134,6 +135,79 @@ pub fn dequantize(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Vec<f32>, S
     want("qweight", p.qweight.1, p.qweight.1, p.qweight.1[0] * p.qweight.1[1] * 4, p.qweight.0.len())?;
     want("qzeros", p.qzeros.1, [groups, out / 8], groups * out / 8 * 4, p.qzeros.0.len())?;
     want("scales", p.scales.1, [groups, out], groups * out * 2, p.scales.0.len())?;
+    Ok((out, inp, group, groups))
+}
+
+/// The projection as kiln's packed 4-bit matrix (see `kiln_runtime::device::quant::int4`): the
+/// same values as [`dequantize`], repacked one row of words per output.
+pub fn to_int4(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Int4Matrix, String> {
+    let (out, inp, group, groups) = check(cfg, p)?;
+    let scale = |g: usize, o: usize| {
+        let i = g * out + o;
+        half::f16::from_le_bytes([p.scales.0[2 * i], p.scales.0[2 * i + 1]]).to_f32()
+    };
+    let mut scales = vec![0f32; out * groups];
+    let mut zeros = vec![0u8; out * groups];
+    let mut words = vec![0u32; out * inp / 8];
+    let mut grouping = Grouping::Contiguous(group);
+    match cfg.kind {
+        PackedKind::Awq => {
+            for g in 0..groups {
+                for o in 0..out {
+                    scales[o * groups + g] = scale(g, o);
+                    zeros[o * groups + g] = nibble(word(p.qzeros.0, g * (out / 8) + o / 8), slot(o % 8)) as u8;
+                }
+            }
+            for i in 0..inp {
+                for c in 0..out / 8 {
+                    let wd = word(p.qweight.0, i * (out / 8) + c);
+                    for (k, &col) in AWQ_ORDER.iter().enumerate() {
+                        let o = 8 * c + col;
+                        words[o * inp / 8 + i / 8] |= (nibble(wd, k) as u32) << (4 * (i % 8));
+                    }
+                }
+            }
+        }
+        PackedKind::Gptq { zero_plus_one } => {
+            for g in 0..groups {
+                for o in 0..out {
+                    scales[o * groups + g] = scale(g, o);
+                    let z = nibble(word(p.qzeros.0, g * (out / 8) + o / 8), o % 8) + i32::from(zero_plus_one);
+                    zeros[o * groups + g] = z as u8;
+                }
+            }
+            for r in 0..inp / 8 {
+                for o in 0..out {
+                    words[o * inp / 8 + r] = word(p.qweight.0, r * out + o);
+                }
+            }
+            if let Some(g) = gptq_groups(p, inp, groups)? {
+                if g.iter().enumerate().any(|(i, &x)| x != i / group) {
+                    grouping = Grouping::Indexed { groups, g_idx: g.iter().map(|&x| x as u32).collect() };
+                }
+            }
+        }
+    }
+    Int4Matrix::new((out, inp), grouping, words, scales, zeros).map_err(|e| e.to_string())
+}
+
+/// GPTQ's `g_idx`, checked, when the checkpoint has one.
+fn gptq_groups(p: &PackedParts<'_>, inp: usize, groups: usize) -> Result<Option<Vec<usize>>, String> {
+    let Some(b) = p.g_idx else { return Ok(None) };
+    if b.len() != inp * 4 {
+        return Err(format!("g_idx has {} bytes for {inp} inputs", b.len()));
+    }
+    let g: Vec<usize> = (0..inp).map(|i| word(b, i) as usize).collect();
+    if let Some(bad) = g.iter().find(|&&x| x >= groups) {
+        return Err(format!("g_idx names group {bad} of {groups}"));
+    }
+    Ok(Some(g))
+}
+
+/// The `[out, in]` f32 weight of a packed projection (see the module header), or why the parts
+/// do not fit together.
+pub fn dequantize(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Vec<f32>, String> {
+    let (out, inp, group, _) = check(cfg, p)?;
     let scale = |g: usize, o: usize| {
         let i = g * out + o;
         half::f16::from_le_bytes([p.scales.0[2 * i], p.scales.0[2 * i + 1]]).to_f32()
@@ -154,14 +228,8 @@ pub fn dequantize(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Vec<f32>, S
             }
         }
         PackedKind::Gptq { zero_plus_one } => {
-            let g_idx: Vec<usize> = match p.g_idx {
-                Some(b) if b.len() == inp * 4 => (0..inp).map(|i| word(b, i) as usize).collect(),
-                Some(b) => return Err(format!("g_idx has {} bytes for {inp} inputs", b.len())),
-                None => (0..inp).map(|i| i / group).collect(),
-            };
-            if let Some(bad) = g_idx.iter().find(|&&g| g >= groups) {
-                return Err(format!("g_idx names group {bad} of {groups}"));
-            }
+            let groups_of = gptq_groups(p, inp, inp / group)?;
+            let g_idx: Vec<usize> = groups_of.unwrap_or_else(|| (0..inp).map(|i| i / group).collect());
             let plus = i32::from(zero_plus_one);
             for r in 0..inp / 8 {
                 for o in 0..out {
@@ -200,23 +268,35 @@ mod tests {
         v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
     }
 
-    /// One input row of 8 outputs, one group: each output's value lands where AWQ's order says.
+    /// Eight input rows of 8 outputs, one group: each output's value lands where AWQ's order says.
     #[test]
     fn awq_nibbles_follow_the_interleave() {
         let q: Vec<i32> = (0..8).map(|o| o + 3).collect(); // q for outputs 0..8
         let z = [1i32; 8];
-        let qweight = bytes(&[pack(&q, &AWQ_ORDER)]);
+        let qweight = bytes(&[pack(&q, &AWQ_ORDER); 8]);
         let qzeros = bytes(&[pack(&z, &AWQ_ORDER)]);
         let scales = f16s(&[0.5; 8]);
         let cfg = PackedConfig { kind: PackedKind::Awq, group: None };
         let parts = PackedParts {
-            qweight: (&qweight, [1, 1]),
+            qweight: (&qweight, [8, 1]),
             qzeros: (&qzeros, [1, 1]),
             scales: (&scales, [1, 8]),
             g_idx: None,
         };
         let w = dequantize(&cfg, &parts).unwrap();
-        assert_eq!(w, (0..8).map(|o| (o + 3 - 1) as f32 * 0.5).collect::<Vec<_>>());
+        let want: Vec<f32> = (0..8).flat_map(|o| [(o + 3 - 1) as f32 * 0.5; 8]).collect();
+        assert_eq!(w, want);
+        assert_eq!(kept(&cfg, &parts), w, "the packed matrix holds the same values");
+    }
+
+    /// Every value of the packed form kiln keeps ([`to_int4`]), row by row.
+    fn kept(cfg: &PackedConfig, parts: &PackedParts<'_>) -> Vec<f32> {
+        let m = to_int4(cfg, parts).unwrap();
+        let mut all = vec![0f32; m.rows() * m.cols()];
+        for r in 0..m.rows() {
+            m.dequantize_row(r, &mut all[r * m.cols()..(r + 1) * m.cols()]);
+        }
+        all
     }
 
     /// GPTQ v1: 8 inputs of one output packed along the input, zeros stored minus one, act-order
@@ -246,6 +326,7 @@ mod tests {
             g_idx: Some(&g),
         };
         let w = dequantize(&cfg, &parts).unwrap();
+        assert_eq!(kept(&cfg, &parts), w, "the packed matrix holds the same values");
         for o in 0..out {
             for i in 0..inp {
                 let (z, s) = if i % 2 == 0 { (7, 0.25) } else { (2, 2.0) };

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln_runtime::comm::Communicator;
 use kiln_runtime::device::linear::Weight;
+use kiln_runtime::device::quant::int4::Int4Matrix;
 use kiln_runtime::device::quant::{QuantMatrix, SharedBytes};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
@@ -515,27 +516,24 @@ impl WeightSource {
         Ok(())
     }
 
-    /// The packed projection `name` (`X.weight` of `X.qweight` ...) as f32 values.
-    fn unpack(&self, name: &str, cfg: &PackedConfig) -> Result<StoredTensor<'_>, WeightsError> {
+    /// `f` of the parts of the packed projection `name` (`X.weight` of `X.qweight`, `X.qzeros`,
+    /// `X.scales`, `X.g_idx`), which are consumed.
+    fn with_packed<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&super::packed::PackedParts<'_>) -> Result<R, String>,
+    ) -> Result<R, WeightsError> {
         let base = name.strip_suffix(".weight").unwrap_or(name);
         let read = |part: &str| self.read_part(&format!("{base}.{part}"), None, &Part::Whole);
-        let matrix = |t: &StoredTensor<'_>| -> Result<[usize; 2], WeightsError> {
-            let (r, c) = t.matrix()?;
-            Ok([r, c])
-        };
         let (qweight, qzeros, scales) = (read("qweight")?, read("qzeros")?, read("scales")?);
-        let g_idx_name = format!("{base}.g_idx");
-        let g_idx = if self.contains(&g_idx_name) { Some(read("g_idx")?) } else { None };
+        let g_idx = if self.contains(&format!("{base}.g_idx")) { Some(read("g_idx")?) } else { None };
         let dtype_of = |t: &StoredTensor<'_>, want: GgmlType| {
             let StoredFormat::Ggml(ty) = t.format;
             if ty == want {
-                Ok(())
-            } else {
-                Err(WeightsError::Layout {
-                    tensor: t.name.clone(),
-                    reason: format!("is {}, expected {}", ty.name(), want.name()),
-                })
+                return Ok(());
             }
+            let reason = format!("is {}, expected {}", ty.name(), want.name());
+            Err(WeightsError::Layout { tensor: t.name.clone(), reason })
         };
         dtype_of(&qweight, GgmlType::I32)?;
         dtype_of(&qzeros, GgmlType::I32)?;
@@ -543,15 +541,22 @@ impl WeightSource {
         if let Some(g) = &g_idx {
             dtype_of(g, GgmlType::I32)?;
         }
+        let [qw, qz, sc] = [&qweight, &qzeros, &scales].map(|t| t.matrix().map(|(r, c)| [r, c]));
         let parts = super::packed::PackedParts {
-            qweight: (&qweight.bytes, matrix(&qweight)?),
-            qzeros: (&qzeros.bytes, matrix(&qzeros)?),
-            scales: (&scales.bytes, matrix(&scales)?),
+            qweight: (&qweight.bytes, qw?),
+            qzeros: (&qzeros.bytes, qz?),
+            scales: (&scales.bytes, sc?),
             g_idx: g_idx.as_ref().map(|g| &g.bytes[..]),
         };
-        let data = super::packed::dequantize(cfg, &parts)
-            .map_err(|reason| WeightsError::Layout { tensor: format!("{base}.qweight"), reason })?;
-        let shape = super::packed::unpacked_shape(cfg.kind, parts.qweight.1).to_vec();
+        self.mark_used(name);
+        f(&parts).map_err(|reason| WeightsError::Layout { tensor: format!("{base}.qweight"), reason })
+    }
+
+    /// The packed projection `name` as f32 values.
+    fn unpack(&self, name: &str, cfg: &PackedConfig) -> Result<StoredTensor<'_>, WeightsError> {
+        let (data, shape) = self.with_packed(name, |p| {
+            Ok((super::packed::dequantize(cfg, p)?, super::packed::unpacked_shape(cfg.kind, p.qweight.1).to_vec()))
+        })?;
         Ok(StoredTensor {
             name: name.to_owned(),
             shape,
@@ -560,6 +565,37 @@ impl WeightSource {
             permuted_heads: None,
             owner: None,
         })
+    }
+
+    /// `part` of the packed projection `name` kept packed, when it is one and the source keeps
+    /// quantized weights on `dev` (the CPU); `None` otherwise.
+    fn int4(
+        &self,
+        name: &str,
+        expected: &[usize],
+        part: &Part,
+        dev: &Device,
+    ) -> Result<Option<Int4Matrix>, WeightsError> {
+        let e = self.entry(name)?;
+        let Some(cfg) = e.packed.filter(|_| self.keep_quantized && dev.is_cpu()) else { return Ok(None) };
+        if e.shape != expected {
+            return Err(WeightsError::Shape {
+                source_name: self.source_name.clone(),
+                tensor: name.to_owned(),
+                expected: expected.to_vec(),
+                found: e.shape.clone(),
+            });
+        }
+        let whole = self.with_packed(name, |p| super::packed::to_int4(&cfg, p))?;
+        let layout = |e: kiln_runtime::device::quant::int4::Int4Error| WeightsError::Layout {
+            tensor: name.to_owned(),
+            reason: e.to_string(),
+        };
+        Ok(Some(match part {
+            Part::Whole => whole,
+            Part::Rows(r) => whole.row_part(r.clone()).map_err(layout)?,
+            Part::Cols(c) => whole.col_part(c.clone()).map_err(layout)?,
+        }))
     }
 
     /// Build the model of this source as one rank of `comm`'s tensor-parallel group.
@@ -582,6 +618,9 @@ impl WeightSource {
         dev: &Device,
         dtype: DType,
     ) -> Result<Weight, WeightsError> {
+        if let Some(w) = self.int4(name, expected, part, dev)? {
+            return Ok(Weight::Int4(vec![w]));
+        }
         if self.keep_quantized && dev.is_cpu() {
             if let Some(q) = self
                 .read_part(name, Some(expected), part)?
@@ -597,6 +636,18 @@ impl WeightSource {
     /// Projections stacked along rows as one weight (fused q/k/v, gate/up): quantized when
     /// every part is of one kept format and width, dense otherwise.
     pub fn weight_stacked(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Weight, WeightsError> {
+        let packed = parts.iter().all(|(name, ..)| self.entries.get(*name).is_some_and(|e| e.packed.is_some()));
+        if packed && self.keep_quantized && dev.is_cpu() {
+            let mut ws = Vec::with_capacity(parts.len());
+            for (name, expected, part) in parts {
+                ws.extend(self.int4(name, expected, part, dev)?);
+            }
+            // One matrix when the parts group their inputs alike; else each part on its own.
+            return Ok(Weight::Int4(match Int4Matrix::stack(&ws) {
+                Ok(one) => vec![one],
+                Err(_) => ws,
+            }));
+        }
         if self.keep_quantized && dev.is_cpu() {
             let mut qs = Vec::with_capacity(parts.len());
             for (name, expected, part) in parts {

@@ -10,6 +10,7 @@ use crate::device::quant::activations::{
     activations, quantize_row8_for, quantize_row_for, same_blocks, ActBlock, ActBlock8, Activations,
 };
 use crate::device::quant::cpu::{matmul_q16, matmul_q8, Simd};
+use crate::device::quant::int4::Int4Matrix;
 use crate::device::quant::{QuantFormat, QuantMatrix};
 use crate::{matmul, DType, Device, GemmError, Tensor};
 
@@ -25,6 +26,11 @@ pub enum Weight {
     /// Q8_0 and q, k Q5_0, as llama.cpp's Q4_K_M recipe writes them): each part multiplied in
     /// its own format into its own columns of the output.
     QuantizedRows(Vec<QuantMatrix>),
+    /// 4-bit values with a scale and zero per group of inputs (AWQ, GPTQ) in host memory,
+    /// multiplied on the CPU without a dense copy (see `device::quant::int4`): one matrix, or
+    /// parts stacked along rows whose grouping differs (act-order q, k and v of one fused
+    /// projection), each multiplied into its own columns of the output.
+    Int4(Vec<Int4Matrix>),
 }
 
 impl Weight {
@@ -32,7 +38,7 @@ impl Weight {
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
             Weight::Dense(t) => Some(t),
-            Weight::Quantized(_) | Weight::QuantizedRows(_) => None,
+            Weight::Quantized(_) | Weight::QuantizedRows(_) | Weight::Int4(_) => None,
         }
     }
 }
@@ -49,7 +55,37 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
         Weight::Dense(t) => matmul(dev, x, t, out),
         Weight::Quantized(q) => linear_quant_cpu(dev, x, std::slice::from_ref(q), out),
         Weight::QuantizedRows(parts) => linear_quant_cpu(dev, x, parts, out),
+        Weight::Int4(parts) => linear_int4_cpu(dev, x, parts, out),
     }
+}
+
+/// A packed 4-bit weight on the CPU: f32 activations, the weight unpacked a word at a time.
+fn linear_int4_cpu(dev: &Device, x: &Tensor, parts: &[Int4Matrix], out: &mut Tensor) -> Result<(), GemmError> {
+    if !dev.is_cpu() || !x.device().is_cpu() || !out.device().is_cpu() {
+        return Err(GemmError::Unsupported { dtype: x.dtype(), device: format!("{dev:?} for a 4-bit group weight") });
+    }
+    if x.dtype() != DType::F32 || out.dtype() != DType::F32 {
+        return Err(GemmError::DTypes { a: x.dtype(), b: DType::F32, out: out.dtype() });
+    }
+    let (m, k, n) = (x.rows(), x.cols(), parts.iter().map(Int4Matrix::rows).sum::<usize>());
+    if parts.is_empty() || parts.iter().any(|w| w.cols() != k) || out.rows() != m || out.cols() != n {
+        return Err(GemmError::Shape(format!("x {m}×{k} · int4ᵀ ({n} rows) into {}×{}", out.rows(), out.cols())));
+    }
+    // Computed before writing: `x` and `out` may share storage.
+    let xs: Vec<f32> = x.with_host::<f32, _>(|v| (0..m).flat_map(|r| v.row(r).to_vec()).collect())?;
+    let ys: Vec<Vec<f32>> = parts.iter().map(|w| w.matmul(&xs, m)).collect();
+    out.with_host_mut::<f32, _>(|mut o| {
+        for r in 0..m {
+            let row = o.row_mut(r);
+            let mut at = 0;
+            for (w, y) in parts.iter().zip(&ys) {
+                let nw = w.rows();
+                row[at..at + nw].copy_from_slice(&y[r * nw..(r + 1) * nw]);
+                at += nw;
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// A quantized weight on the CPU: f32 activations quantized to integer blocks (16-bit, or

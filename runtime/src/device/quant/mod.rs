@@ -17,6 +17,7 @@
 pub mod activations;
 pub mod blocks;
 pub mod cpu;
+pub mod int4;
 pub mod quantize;
 mod quantize_k;
 

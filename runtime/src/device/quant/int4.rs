@@ -1,0 +1,267 @@
+//! 4-bit weights with a scale and an integer zero point per group of inputs — the form of
+//! AWQ and GPTQ checkpoints — held packed and multiplied without a dense copy.
+//!
+//! Layout ([`Int4Matrix`]): row `r` (an output feature) is `cols / 8` little 32-bit words,
+//! nibble `k` of word `j` holding input `8j + k` (GPTQ's packing, transposed to one row per
+//! output so that a row's words are contiguous: what a GEMV reads); `scales[r * groups + g]`
+//! (f32, widened exactly from the checkpoint's f16) and `zeros[r * groups + g]` (0..=15, or 16
+//! for GPTQ's v1 "zero minus one" convention undone); the group of input `i` is `g_idx[i]`
+//! when the checkpoint orders its groups by activation (GPTQ act-order), else `i / group`.
+//! The value of `(r, i)` is `(q - zero) · scale`, exactly as the checkpoint defines it; the
+//! loader (kiln-models' `weights::packed`) repacks AWQ's and GPTQ's words into this layout.
+//!
+//! Invariants (checked by [`Int4Matrix::new`]): `cols % 8 == 0`; contiguous groups tile the
+//! inputs (`cols % group == 0`); every array has its stated length and every `g_idx` entry
+//! names a group.
+
+use rayon::prelude::*;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Int4Error {
+    #[error("int4: {0}")]
+    Shape(String),
+}
+
+/// Which inputs share a scale and zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Grouping {
+    /// Runs of `group` consecutive inputs.
+    Contiguous(usize),
+    /// Input `i` belongs to group `g_idx[i]` of `groups` (GPTQ act-order).
+    Indexed { groups: usize, g_idx: Vec<u32> },
+}
+
+/// A packed 4-bit `[rows, cols]` weight (see the module header).
+#[derive(Clone, Debug)]
+pub struct Int4Matrix {
+    rows: usize,
+    cols: usize,
+    grouping: Grouping,
+    words: Vec<u32>,
+    scales: Vec<f32>,
+    zeros: Vec<u8>,
+}
+
+impl Int4Matrix {
+    pub fn new(
+        (rows, cols): (usize, usize),
+        grouping: Grouping,
+        words: Vec<u32>,
+        scales: Vec<f32>,
+        zeros: Vec<u8>,
+    ) -> Result<Int4Matrix, Int4Error> {
+        let bad = |m: String| Err(Int4Error::Shape(m));
+        let groups = match &grouping {
+            Grouping::Contiguous(g) if cols % 8 == 0 && *g > 0 && cols % g == 0 => cols / g,
+            Grouping::Contiguous(g) => return bad(format!("{cols} inputs are not whole words of 8 and groups of {g}")),
+            Grouping::Indexed { groups, g_idx } => {
+                if cols % 8 != 0 || g_idx.len() != cols || g_idx.iter().any(|&x| x as usize >= *groups) {
+                    return bad(format!("g_idx of {} entries for {cols} inputs in {groups} groups", g_idx.len()));
+                }
+                *groups
+            }
+        };
+        if words.len() != rows * cols / 8 || scales.len() != rows * groups || zeros.len() != rows * groups {
+            return bad(format!(
+                "{rows}×{cols} in {groups} groups: {} words, {} scales, {} zeros",
+                words.len(),
+                scales.len(),
+                zeros.len()
+            ));
+        }
+        Ok(Int4Matrix { rows, cols, grouping, words, scales, zeros })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    fn groups(&self) -> usize {
+        self.scales.len() / self.rows.max(1)
+    }
+
+    /// The group of input `i`.
+    fn group_of(&self, i: usize) -> usize {
+        match &self.grouping {
+            Grouping::Indexed { g_idx, .. } => g_idx[i] as usize,
+            Grouping::Contiguous(g) => i / g,
+        }
+    }
+
+    /// Row `r` as f32 values.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let (w, g) = (&self.words[r * self.cols / 8..(r + 1) * self.cols / 8], self.groups());
+        for (j, &word) in w.iter().enumerate() {
+            for k in 0..8 {
+                let i = 8 * j + k;
+                let gi = r * g + self.group_of(i);
+                out[i] = (((word >> (4 * k)) & 0xF) as i32 - self.zeros[gi] as i32) as f32 * self.scales[gi];
+            }
+        }
+    }
+
+    /// Rows `range` (output features: a tensor-parallel rank's column-parallel part).
+    pub fn row_part(&self, range: std::ops::Range<usize>) -> Result<Int4Matrix, Int4Error> {
+        if range.start > range.end || range.end > self.rows {
+            return Err(Int4Error::Shape(format!("rows {range:?} of {}", self.rows)));
+        }
+        let (wr, g) = (self.cols / 8, self.groups());
+        Int4Matrix::new(
+            (range.len(), self.cols),
+            self.grouping.clone(),
+            self.words[range.start * wr..range.end * wr].to_vec(),
+            self.scales[range.start * g..range.end * g].to_vec(),
+            self.zeros[range.start * g..range.end * g].to_vec(),
+        )
+    }
+
+    /// Columns `range` (input features: a row-parallel part): whole words, and whole groups of
+    /// contiguous grouping; with indexed groups every group's scale stays (any may be used).
+    pub fn col_part(&self, range: std::ops::Range<usize>) -> Result<Int4Matrix, Int4Error> {
+        let bad = |why: &str| Err(Int4Error::Shape(format!("columns {range:?} of {}: {why}", self.cols)));
+        if !range.start.is_multiple_of(8) || !range.len().is_multiple_of(8) || range.end > self.cols {
+            return bad("not whole words of 8 inputs");
+        }
+        let (wr, groups) = (self.cols / 8, self.groups());
+        let (w0, w1) = (range.start / 8, range.end / 8);
+        let (grouping, g0, g1) = match &self.grouping {
+            Grouping::Contiguous(g) if range.start.is_multiple_of(*g) && range.len().is_multiple_of(*g) => {
+                (Grouping::Contiguous(*g), range.start / g, range.end / g)
+            }
+            Grouping::Contiguous(g) => return bad(&format!("cuts a group of {g}")),
+            Grouping::Indexed { groups, g_idx } => {
+                (Grouping::Indexed { groups: *groups, g_idx: g_idx[range.clone()].to_vec() }, 0, *groups)
+            }
+        };
+        let mut words = Vec::with_capacity(self.rows * (w1 - w0));
+        let (mut scales, mut zeros) = (Vec::new(), Vec::new());
+        for r in 0..self.rows {
+            words.extend_from_slice(&self.words[r * wr + w0..r * wr + w1]);
+            scales.extend_from_slice(&self.scales[r * groups + g0..r * groups + g1]);
+            zeros.extend_from_slice(&self.zeros[r * groups + g0..r * groups + g1]);
+        }
+        Int4Matrix::new((self.rows, range.len()), grouping, words, scales, zeros)
+    }
+
+    /// Rows of several matrices of the same inputs and grouping, one after the other (a fused
+    /// q/k/v or gate/up projection).
+    pub fn stack(parts: &[Int4Matrix]) -> Result<Int4Matrix, Int4Error> {
+        let first = parts.first().ok_or_else(|| Int4Error::Shape("nothing to stack".into()))?;
+        if parts.iter().any(|p| p.cols != first.cols || p.grouping != first.grouping) {
+            return Err(Int4Error::Shape("stacked parts differ in inputs, grouping or g_idx".into()));
+        }
+        let cat = |f: &dyn Fn(&Int4Matrix) -> usize| parts.iter().map(f).sum::<usize>();
+        let mut words = Vec::with_capacity(cat(&|p| p.words.len()));
+        let (mut scales, mut zeros) = (Vec::new(), Vec::new());
+        for p in parts {
+            words.extend_from_slice(&p.words);
+            scales.extend_from_slice(&p.scales);
+            zeros.extend_from_slice(&p.zeros);
+        }
+        Int4Matrix::new((cat(&|p| p.rows), first.cols), first.grouping.clone(), words, scales, zeros)
+    }
+
+    /// `x · Wᵀ` for `m` rows of `x` (`[m, cols]` row-major), `[m, rows]` row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (cols, groups) = (self.cols, self.groups());
+        let mut out = vec![0f32; m * self.rows];
+        // Columns of the output (weight rows) in parallel; each weight row is unpacked once
+        // per group and applied to every activation row.
+        let per_row: Vec<Vec<f32>> = (0..self.rows)
+            .into_par_iter()
+            .map(|r| {
+                let w = &self.words[r * cols / 8..(r + 1) * cols / 8];
+                let mut acc = vec![0f32; m];
+                let mut vals = [0f32; 8];
+                for (j, &word) in w.iter().enumerate() {
+                    for (k, v) in vals.iter_mut().enumerate() {
+                        let gi = r * groups + self.group_of(8 * j + k);
+                        *v = (((word >> (4 * k)) & 0xF) as i32 - self.zeros[gi] as i32) as f32 * self.scales[gi];
+                    }
+                    for (a, xr) in acc.iter_mut().zip(x.chunks_exact(cols)) {
+                        let xs = &xr[8 * j..8 * j + 8];
+                        *a += vals.iter().zip(xs).map(|(v, x)| v * x).sum::<f32>();
+                    }
+                }
+                acc
+            })
+            .collect();
+        for (r, acc) in per_row.into_iter().enumerate() {
+            for (i, a) in acc.into_iter().enumerate() {
+                out[i * self.rows + r] = a;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rows: usize, cols: usize, group: usize, g_idx: Option<Vec<u32>>) -> Int4Matrix {
+        let groups = cols / group;
+        let words = (0..rows * cols / 8).map(|i| (i as u32).wrapping_mul(2_654_435_761)).collect();
+        let scales = (0..rows * groups).map(|i| 0.01 + i as f32 * 0.003).collect();
+        let zeros = (0..rows * groups).map(|i| (i % 17) as u8).collect();
+        let grouping = match g_idx {
+            Some(g_idx) => Grouping::Indexed { groups, g_idx },
+            None => Grouping::Contiguous(group),
+        };
+        Int4Matrix::new((rows, cols), grouping, words, scales, zeros).unwrap()
+    }
+
+    fn dense(w: &Int4Matrix) -> Vec<f32> {
+        let mut d = vec![0f32; w.rows * w.cols];
+        for r in 0..w.rows {
+            w.dequantize_row(r, &mut d[r * w.cols..(r + 1) * w.cols]);
+        }
+        d
+    }
+
+    #[test]
+    fn the_product_is_the_dequantized_weights_product() {
+        let g_idx: Vec<u32> = (0..64).map(|i| (i * 7 % 64) / 16).collect();
+        for w in [sample(5, 64, 16, None), sample(3, 64, 64, None), sample(4, 64, 16, Some(g_idx))] {
+            let d = dense(&w);
+            let m = 3;
+            let x: Vec<f32> = (0..m * w.cols).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1).collect();
+            let y = w.matmul(&x, m);
+            for i in 0..m {
+                for r in 0..w.rows {
+                    let want: f32 = (0..w.cols).map(|c| d[r * w.cols + c] * x[i * w.cols + c]).sum();
+                    assert!((y[i * w.rows + r] - want).abs() <= 1e-4 * want.abs().max(1.0), "{i} {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_and_column_parts_are_parts_of_the_dequantized_matrix() {
+        let w = sample(4, 64, 16, None);
+        let d = dense(&w);
+        assert_eq!(dense(&w.row_part(1..3).unwrap()), d[64..192].to_vec());
+        let c = w.col_part(16..48).unwrap();
+        let want: Vec<f32> = (0..4).flat_map(|r| d[r * 64 + 16..r * 64 + 48].to_vec()).collect();
+        assert_eq!(dense(&c), want);
+        assert!(w.col_part(8..40).is_err(), "cuts a group");
+        // Act-order: a part of the inputs keeps every group's scale and its own g_idx.
+        let act_order = sample(2, 32, 16, Some((0..32).map(|i| (i % 2) as u32).collect()));
+        let d = dense(&act_order);
+        let want: Vec<f32> = (0..2).flat_map(|r| d[r * 32 + 8..r * 32 + 24].to_vec()).collect();
+        assert_eq!(dense(&act_order.col_part(8..24).unwrap()), want);
+    }
+
+    #[test]
+    fn stacking_keeps_each_parts_rows_and_bad_shapes_are_refused() {
+        let (a, b) = (sample(2, 32, 16, None), sample(3, 32, 16, None));
+        let s = Int4Matrix::stack(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(dense(&s), [dense(&a), dense(&b)].concat());
+        assert!(Int4Matrix::stack(&[a, sample(1, 64, 16, None)]).is_err());
+        assert!(Int4Matrix::new((1, 12), Grouping::Contiguous(4), vec![0; 1], vec![1.0; 3], vec![0; 3]).is_err());
+        let bad_idx = Grouping::Indexed { groups: 2, g_idx: vec![5; 16] };
+        assert!(Int4Matrix::new((1, 16), bad_idx, vec![0; 2], vec![1.0; 2], vec![0; 2]).is_err());
+    }
+}
