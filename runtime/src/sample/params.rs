@@ -12,7 +12,7 @@
 //! | `top_k` | any | `None` or `Some(0)` (or `>= vocab`) |
 //! | `top_p` | `(0, 1]` | `1` |
 //! | `min_p` | `[0, 1]` | `0` |
-//! | `repetition_penalty` | `(0, 10]` | `1` |
+//! | `repetition_penalty` | `[0.001, 10]` | `1` |
 //! | `presence_penalty`, `frequency_penalty` | `[-2, 2]` (the OpenAI range) | `0` |
 //! | `max_tokens` | `>= 1` | — |
 //! | `stop` | non-empty strings | empty list |
@@ -28,6 +28,10 @@ pub const MAX_LOGPROBS: usize = 20;
 pub const MAX_TEMPERATURE: f32 = 100.0;
 /// Upper bound of `repetition_penalty`; values past ~2 already wreck text, 10 is generous.
 pub const MAX_REPETITION_PENALTY: f32 = 10.0;
+/// Lower bound of `repetition_penalty`: a repeated token's positive logit is divided by it, and
+/// a tinier one (a fuzzer sent 1.4e-45) turns an ordinary logit into +inf, failing the request
+/// in the engine. Already far below any useful value (below 1 rewards repetition).
+pub const MIN_REPETITION_PENALTY: f32 = 1e-3;
 /// Bound on `|presence_penalty|` and `|frequency_penalty|` (the OpenAI API range).
 pub const MAX_ADDITIVE_PENALTY: f32 = 2.0;
 
@@ -120,10 +124,10 @@ impl SamplingParams {
             return Err(SamplingError::param("min_p", format!("{m} is not in [0, 1] (0 means off)")));
         }
         let r = self.repetition_penalty;
-        if !(r > 0.0 && r <= MAX_REPETITION_PENALTY) {
+        if !(MIN_REPETITION_PENALTY..=MAX_REPETITION_PENALTY).contains(&r) {
             return Err(SamplingError::param(
                 "repetition_penalty",
-                format!("{r} is not in (0, {MAX_REPETITION_PENALTY}] (1 means off)"),
+                format!("{r} is not in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}] (1 means off)"),
             ));
         }
         for (field, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
@@ -208,6 +212,8 @@ mod tests {
             (SamplingParams { min_p: f32::NAN, ..d() }, "min_p"),
             (SamplingParams { repetition_penalty: 0.0, ..d() }, "repetition_penalty"),
             (SamplingParams { repetition_penalty: -1.0, ..d() }, "repetition_penalty"),
+            (SamplingParams { repetition_penalty: 1.4e-45, ..d() }, "repetition_penalty"),
+            (SamplingParams { repetition_penalty: 9e-4, ..d() }, "repetition_penalty"),
             (SamplingParams { repetition_penalty: f32::INFINITY, ..d() }, "repetition_penalty"),
             (SamplingParams { presence_penalty: 2.5, ..d() }, "presence_penalty"),
             (SamplingParams { presence_penalty: f32::NAN, ..d() }, "presence_penalty"),
