@@ -17,6 +17,7 @@ pub use spec::Spec;
 
 use kiln_models::tokenizer::Tokenizer;
 use kiln_runtime::sample::ConstraintSource;
+use llguidance::toktrie::TokTrie;
 use llguidance::{Matcher, ParserFactory};
 use matcher::LlgSource;
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +42,8 @@ struct Cache {
 pub struct Structured {
     factory: ParserFactory,
     env_eos: u32,
+    /// Bytes that are in none of the vocabulary's tokens: text containing one can't be output.
+    unspellable: [bool; 256],
     cache: Mutex<Cache>,
 }
 
@@ -50,8 +53,17 @@ impl Structured {
         let env = tokenv::build(tokenizer)?;
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         factory.quiet();
-        let env_eos = env.tok_trie().eos_token();
-        Ok(Structured { factory, env_eos, cache: Mutex::default() })
+        let trie = env.tok_trie();
+        let env_eos = trie.eos_token();
+        let mut unspellable = [true; 256];
+        for t in 0..trie.vocab_size() as u32 {
+            let bytes = trie.token(t);
+            // Special tokens carry a marker byte that grammars never produce.
+            if bytes.first() != Some(&TokTrie::SPECIAL_TOKEN_MARKER) {
+                bytes.iter().for_each(|&b| unspellable[b as usize] = false);
+            }
+        }
+        Ok(Structured { factory, env_eos, unspellable, cache: Mutex::default() })
     }
 
     /// The compiled grammar of `spec`, from the cache or compiled now.
@@ -60,6 +72,7 @@ impl Structured {
         if let Some(s) = self.cache().map.get(&key) {
             return Ok(s.clone());
         }
+        self.check_spellable(spec)?;
         let grammar = spec.grammar().map_err(StructuredError::Invalid)?;
         let parser = self.factory.create_parser(grammar).map_err(|e| StructuredError::Invalid(e.to_string()))?;
         let mut m = Matcher::new(Ok(parser));
@@ -81,6 +94,28 @@ impl Structured {
             c.order.push_back(key);
         }
         Ok(src)
+    }
+
+    /// Refuses a spec whose text has a character this vocabulary cannot spell. A grammar that
+    /// forces such a character (a choice, a `const`) would otherwise be found stuck only in
+    /// the middle of generation, when no token can continue it: an engine error (500) for
+    /// what is a bad request. (SmolLM2's vocabulary has no token with byte 0xF1 or 0xF2, the
+    /// lead bytes of the unassigned planes 4 to 11.) Conservative: a character the spec only
+    /// mentions (in a description, a negated class) is refused too.
+    fn check_spellable(&self, spec: &Spec) -> Result<(), StructuredError> {
+        let mut bad = None;
+        spec.for_each_text(&mut |s| {
+            if bad.is_none() {
+                bad = s.chars().find(|c| c.encode_utf8(&mut [0; 4]).bytes().any(|b| self.unspellable[b as usize]));
+            }
+        });
+        match bad {
+            None => Ok(()),
+            Some(c) => Err(StructuredError::Invalid(format!(
+                "U+{:04X} cannot be output by this model: its vocabulary has no token for part of its UTF-8 bytes",
+                c as u32
+            ))),
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {

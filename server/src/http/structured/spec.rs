@@ -63,6 +63,33 @@ impl Spec {
         }
     }
 
+    /// Calls `f` on every piece of text the spec is written in (choices, the regex, the
+    /// grammar, every string and key of a schema, tool names): where its output text can come
+    /// from.
+    pub fn for_each_text(&self, f: &mut impl FnMut(&str)) {
+        fn walk(v: &Value, f: &mut impl FnMut(&str)) {
+            match v {
+                Value::String(s) => f(s),
+                Value::Array(a) => a.iter().for_each(|x| walk(x, f)),
+                Value::Object(m) => m.iter().for_each(|(k, x)| {
+                    f(k);
+                    walk(x, f)
+                }),
+                _ => {}
+            }
+        }
+        match self {
+            Spec::JsonObject => {}
+            Spec::JsonSchema(s) => walk(s, f),
+            Spec::Regex(t) | Spec::Lark(t) => f(t),
+            Spec::Choice(c) => c.iter().for_each(|s| f(s)),
+            Spec::ToolCalls { tools, .. } => tools.iter().for_each(|(name, params)| {
+                f(name);
+                walk(params, f)
+            }),
+        }
+    }
+
     /// The schema of one tool call's JSON object.
     pub fn tool_call_schema(tools: &[(String, Value)]) -> Value {
         let one = |(name, params): &(String, Value)| {
