@@ -22,7 +22,8 @@ pub struct Prompt {
     pub text: Option<String>,
 }
 
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+/// The roles a message may have (also what `/openapi.json` lists).
+pub const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
 
 enum Source {
     Text(String),
@@ -141,15 +142,16 @@ pub fn chat_messages(messages: Option<Vec<ChatMessageIn>>) -> Result<Vec<ChatMes
 fn tool_calls_json(i: usize, calls: Vec<ToolCallIn>) -> Result<serde_json::Value, ApiError> {
     let mut out = Vec::with_capacity(calls.len());
     for (j, c) in calls.into_iter().enumerate() {
+        let param = || format!("messages[{i}].tool_calls[{j}].function.arguments");
         let args = match c.function.arguments {
-            serde_json::Value::String(s) => serde_json::from_str(&s).map_err(|e| {
-                ApiError::bad_value(
-                    &format!("messages[{i}].tool_calls[{j}].function.arguments"),
-                    format!("the arguments are not JSON: {e}"),
-                )
-            })?,
+            serde_json::Value::String(s) => serde_json::from_str(&s)
+                .map_err(|e| ApiError::bad_value(&param(), format!("the arguments are not JSON: {e}")))?,
             v => v,
         };
+        // Templates read the arguments as a mapping; a call's arguments are always an object.
+        if !args.is_object() {
+            return Err(ApiError::bad_value(&param(), "the arguments must be a JSON object (or its text)"));
+        }
         out.push(serde_json::json!({
             "id": c.id,
             "type": c.kind.unwrap_or_else(|| "function".into()),
@@ -217,4 +219,25 @@ const INLINE_DECODE_IDS: usize = 4096;
 pub async fn decode_ids(ids: Vec<u32>, codec: &Arc<dyn Codec>) -> Result<String, ApiError> {
     let c = Arc::clone(codec);
     on_pool(ids.len() > INLINE_DECODE_IDS, "tokens", move || c.decode(&ids)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An earlier call's arguments are an object or its text; anything else is a 400 naming
+    /// the call (as `/openapi.json` says; the fuzzer sent numbers and arrays).
+    #[test]
+    fn tool_call_arguments_are_an_object() {
+        let call = |args: serde_json::Value| {
+            let msg = serde_json::json!({"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": args}}]});
+            chat_messages(Some(vec![serde_json::from_value(msg).unwrap()]))
+        };
+        assert!(call(serde_json::json!({"x": 1})).is_ok());
+        assert!(call(serde_json::json!("{\"x\": 1}")).is_ok());
+        for bad in [serde_json::json!(3), serde_json::json!([1]), serde_json::json!("[1]"), serde_json::json!("{")] {
+            let e = call(bad.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("messages[0].tool_calls[0].function.arguments"), "{bad}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use crate::protocol::common::SamplingFields;
 use kiln_runtime::sample::{SamplingError, SamplingParams};
 
 /// Most `stop_token_ids` entries.
-const MAX_STOP_TOKEN_IDS: usize = 64;
+pub const MAX_STOP_TOKEN_IDS: usize = 64;
 
 /// What every prompt of a request shares.
 #[derive(Clone, Debug)]

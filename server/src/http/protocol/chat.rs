@@ -17,13 +17,16 @@ pub enum MessageContent {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
+    #[schema(schema_with = super::schema::text_part_type)]
     pub kind: String,
+    // `Option` so that a part without it is our 400 naming the part, not serde's.
+    #[schema(required = true, value_type = String)]
     pub text: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
-    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    #[schema(schema_with = super::schema::role)]
     pub role: String,
     pub content: Option<MessageContent>,
     pub name: Option<String>,
@@ -36,35 +39,51 @@ pub struct ChatMessageIn {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: Option<String>,
+    // `Option` so that a missing one is our 400 naming it (`missing_field`), not serde's.
+    /// The conversation (at least one message).
+    #[schema(required = true, value_type = Vec<ChatMessageIn>, min_items = 1)]
     pub messages: Option<Vec<ChatMessageIn>>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u64>,
     /// Preferred over `max_tokens` when both are given.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u64>,
+    #[schema(minimum = 0, maximum = 100)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f32>,
+    #[schema(minimum = 1)]
     pub n: Option<u64>,
     pub stop: Option<StopSpec>,
+    #[schema(max_items = 64)]
     pub stop_token_ids: Option<Vec<u32>>,
     pub seed: Option<i64>,
     /// Return the chosen tokens' log-probabilities.
     pub logprobs: Option<bool>,
     /// With `logprobs`: this many alternatives per token (0..=20).
+    #[schema(maximum = 20)]
     pub top_logprobs: Option<u32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
+    #[schema(minimum = 0.001, maximum = 10)]
     pub repetition_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
     pub use_beam_search: Option<bool>,
+    #[schema(minimum = 1)]
     pub best_of: Option<u64>,
     pub length_penalty: Option<f32>,
     pub early_stopping: Option<bool>,
     /// Not supported: a non-empty map is refused with 400.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = super::schema::unsupported_map)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     /// Functions the model may call (rendered by the chat template, or described in the system
     /// message when the template takes no tools).
@@ -77,7 +96,7 @@ pub struct ChatCompletionRequest {
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}`.
     pub response_format: Option<ResponseFormat>,
     /// vLLM extension: a JSON schema (an object, or its text) the output follows.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = super::schema::optional_object_or_text)]
     pub guided_json: Option<serde_json::Value>,
     /// vLLM extension: the whole output matches this regular expression.
     pub guided_regex: Option<String>,

@@ -23,27 +23,41 @@ pub enum PromptInput {
 pub struct CompletionRequest {
     /// The served model name (optional here; the server serves one model).
     pub model: Option<String>,
+    // `Option` so that a missing one is our 400 naming it (`missing_field`), not serde's.
+    #[schema(required = true, value_type = PromptInput)]
     pub prompt: Option<PromptInput>,
-    /// Most tokens to generate; default 16 (as OpenAI's completions API).
+    /// Most tokens to generate; default 16 (as OpenAI's completions API); prompt + output fit
+    /// the context (`max_model_len` of `/v1/models`).
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u64>,
     /// 0 means greedy; at most 100.
+    #[schema(minimum = 0, maximum = 100)]
     pub temperature: Option<f32>,
     /// In (0, 1].
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     /// -1 or 0: off.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f32>,
-    /// Choices per prompt.
+    /// Choices per prompt (at most `--max-n`, default 16).
+    #[schema(minimum = 1)]
     pub n: Option<u64>,
     pub stop: Option<StopSpec>,
+    #[schema(max_items = 64)]
     pub stop_token_ids: Option<Vec<u32>>,
     pub seed: Option<i64>,
     /// Return this many top log-probabilities per token (0..=20).
+    #[schema(maximum = 20)]
     pub logprobs: Option<u32>,
     /// Prepend the prompt text to each choice.
     pub echo: Option<bool>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
+    #[schema(minimum = 0.001, maximum = 10)]
     pub repetition_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
     pub stream: Option<bool>,
@@ -51,16 +65,17 @@ pub struct CompletionRequest {
     pub user: Option<String>,
     /// Beam search (extension): `best_of` beams, the best `n` returned.
     pub use_beam_search: Option<bool>,
+    #[schema(minimum = 1)]
     pub best_of: Option<u64>,
     pub length_penalty: Option<f32>,
     pub early_stopping: Option<bool>,
     /// Not supported: a non-empty map is refused with 400.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = super::schema::unsupported_map)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}`.
     pub response_format: Option<ResponseFormat>,
     /// vLLM extension: a JSON schema (an object, or its text) the output follows.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = super::schema::optional_object_or_text)]
     pub guided_json: Option<serde_json::Value>,
     /// vLLM extension: the whole output matches this regular expression.
     pub guided_regex: Option<String>,

@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 pub struct JsonSchemaFormat {
     pub name: Option<String>,
     pub description: Option<String>,
-    /// The JSON schema the output follows.
-    #[schema(value_type = Object)]
+    /// The JSON schema the output follows (required with `type` `json_schema`).
+    #[schema(value_type = Option<Object>)]
     pub schema: Option<serde_json::Value>,
     /// Accepted; kiln always enforces the schema.
     pub strict: Option<bool>,
@@ -20,8 +20,8 @@ pub struct JsonSchemaFormat {
 /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct ResponseFormat {
-    /// `text`, `json_object` or `json_schema`.
     #[serde(rename = "type")]
+    #[schema(schema_with = super::schema::response_format_type)]
     pub kind: String,
     pub json_schema: Option<JsonSchemaFormat>,
 }

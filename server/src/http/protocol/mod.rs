@@ -11,5 +11,6 @@ pub mod common;
 pub mod completion;
 pub mod guided;
 pub mod models;
+pub mod schema;
 pub mod tokenize;
 pub mod tools;

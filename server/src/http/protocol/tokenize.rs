@@ -26,6 +26,8 @@ pub struct TokenizeResponse {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct DetokenizeRequest {
     pub model: Option<String>,
+    // `Option` so that a missing one is our 400 naming it (`missing_field`), not serde's.
+    #[schema(required = true, value_type = Vec<u32>)]
     pub tokens: Option<Vec<u32>>,
 }
 

@@ -7,6 +7,8 @@ use utoipa::ToSchema;
 /// `tools[i].function`.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct FunctionDef {
+    /// Unique among the tools; at most 64 of `A-Z a-z 0-9 _ -`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -21,8 +23,8 @@ pub struct FunctionDef {
 /// One entry of `tools`: `{"type": "function", "function": {...}}`.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct ToolDef {
-    /// `function`
     #[serde(rename = "type")]
+    #[schema(schema_with = super::schema::function_type)]
     pub kind: String,
     pub function: FunctionDef,
 }
@@ -38,6 +40,7 @@ pub enum ToolChoice {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct NamedToolChoice {
     #[serde(rename = "type")]
+    #[schema(schema_with = super::schema::function_type)]
     pub kind: String,
     pub function: FunctionName,
 }
@@ -59,8 +62,8 @@ pub struct ToolCallIn {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 pub struct FunctionCallIn {
     pub name: String,
-    /// The arguments as JSON text (as OpenAI sends them), or an object.
-    #[schema(value_type = Object)]
+    /// The arguments object as JSON text (as OpenAI sends them), or the object.
+    #[schema(schema_with = super::schema::object_or_text)]
     pub arguments: serde_json::Value,
 }
 

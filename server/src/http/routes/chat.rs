@@ -6,6 +6,7 @@ use crate::extract::ApiJson;
 use crate::generation::flight::Flight;
 use crate::generation::{self, Flavor, Job};
 use crate::protocol::chat::{ChatCompletionRequest, ChatCompletionResponse};
+use crate::routes::openapi::ChatCompletionStreamEvent;
 use crate::state::{unix_now, AppState};
 use crate::{guided, prompt, tools, validate};
 use axum::extract::State;
@@ -19,12 +20,11 @@ use std::sync::Arc;
     path = "/v1/chat/completions",
     request_body = ChatCompletionRequest,
     responses(
-        (status = 200, description = "The completion (JSON), or with `stream` an SSE stream of `chat.completion.chunk` objects ending with `data: [DONE]`", body = ChatCompletionResponse),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 200, description = "The completion as JSON, or with `stream` an SSE stream of `chat.completion.chunk` objects ending with `data: [DONE]`", content(
+            (ChatCompletionResponse = "application/json"),
+            (ChatCompletionStreamEvent = "text/event-stream"),
+        )),
+        (status = 404, description = "`model` is not the served model", body = ErrorBody),
         (status = 429, description = "Overloaded; retry after `Retry-After` seconds", body = ErrorBody),
         (status = 500, description = "The engine failed the request", body = ErrorBody),
         (status = 503, description = "Loading or shutting down", body = ErrorBody),

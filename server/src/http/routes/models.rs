@@ -19,7 +19,7 @@ fn card(st: &AppState) -> ModelCard {
 }
 
 /// The served model.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
 pub async fn list_models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList { object: "list", data: vec![card(&st)] })
 }
@@ -29,7 +29,10 @@ pub async fn list_models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
     get,
     path = "/v1/models/{id}",
     params(("id" = String, Path, description = "The served model name")),
-    responses((status = 200, body = ModelCard), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = ModelCard),
+        (status = 404, description = "`id` is not the served model", body = ErrorBody),
+    )
 )]
 pub async fn get_model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
     st.check_model(Some(&id))?;

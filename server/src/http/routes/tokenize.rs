@@ -14,7 +14,12 @@ use std::sync::Arc;
     post,
     path = "/tokenize",
     request_body = TokenizeRequest,
-    responses((status = 200, body = TokenizeResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody))
+    responses(
+        (status = 200, body = TokenizeResponse),
+        (status = 404, description = "`model` is not the served model", body = ErrorBody),
+        (status = 500, description = "The tokenizer failed (a bug, never bad input)", body = ErrorBody),
+        (status = 503, description = "The model is loading", body = ErrorBody),
+    )
 )]
 pub async fn tokenize(
     State(st): State<Arc<AppState>>,
@@ -58,7 +63,12 @@ pub async fn tokenize(
     post,
     path = "/detokenize",
     request_body = DetokenizeRequest,
-    responses((status = 200, body = DetokenizeResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody))
+    responses(
+        (status = 200, body = DetokenizeResponse),
+        (status = 404, description = "`model` is not the served model", body = ErrorBody),
+        (status = 500, description = "The tokenizer failed (a bug, never bad input)", body = ErrorBody),
+        (status = 503, description = "The model is loading", body = ErrorBody),
+    )
 )]
 pub async fn detokenize(
     State(st): State<Arc<AppState>>,
