@@ -14,7 +14,7 @@ pub struct QuantizeArgs {
     input: PathBuf,
     /// The GGUF file to write (never the input; written whole, then renamed into place).
     output: PathBuf,
-    /// The block format of the weight matrices.
+    /// The file type: the block formats of the weight matrices (llama.cpp's recipe of that name).
     #[arg(long = "type", value_enum)]
     ty: QuantType,
     /// Replace OUTPUT if it exists.
@@ -22,6 +22,8 @@ pub struct QuantizeArgs {
     force: bool,
 }
 
+/// llama.cpp's file types of the same names (see `kiln_models::quantize_gguf` for each one's
+/// rules); every one writes the output projection in Q6_K (Q8_0 for `q8_0`).
 #[derive(Clone, Copy, ValueEnum)]
 enum QuantType {
     #[value(name = "q8_0")]
@@ -36,9 +38,24 @@ enum QuantType {
     Q5_1,
     #[value(name = "q6_k")]
     Q6K,
-    /// Q4_K with Q6_K for the output and for `attn_v` / `ffn_down` on a third of the layers.
+    /// Q2_K, with Q3_K for `ffn_down` / `attn_output` and Q3_K or Q4_K (GQA) for `attn_v`.
+    #[value(name = "q2_k")]
+    Q2K,
+    /// Q3_K throughout.
+    #[value(name = "q3_k_s", alias = "q3_k")]
+    Q3KS,
+    /// Q3_K, with Q4_K / Q5_K for `attn_v`, `ffn_down` and `attn_output`.
+    #[value(name = "q3_k_m")]
+    Q3KM,
+    /// Q4_K with Q6_K for `attn_v` / `ffn_down` on a third of the layers.
     #[value(name = "q4_k_m")]
     Q4KM,
+    /// Q5_K throughout.
+    #[value(name = "q5_k_s", alias = "q5_k")]
+    Q5KS,
+    /// Q5_K with Q6_K for `attn_v` / `ffn_down` on a third of the layers.
+    #[value(name = "q5_k_m")]
+    Q5KM,
 }
 
 impl QuantType {
@@ -50,7 +67,12 @@ impl QuantType {
             QuantType::Q5_0 => Recipe::Uniform(QuantFormat::Q5_0),
             QuantType::Q5_1 => Recipe::Uniform(QuantFormat::Q5_1),
             QuantType::Q6K => Recipe::Uniform(QuantFormat::Q6_K),
+            QuantType::Q2K => Recipe::Q2K,
+            QuantType::Q3KS => Recipe::Uniform(QuantFormat::Q3_K),
+            QuantType::Q3KM => Recipe::Q3KM,
             QuantType::Q4KM => Recipe::Q4KM,
+            QuantType::Q5KS => Recipe::Uniform(QuantFormat::Q5_K),
+            QuantType::Q5KM => Recipe::Q5KM,
         }
     }
 }
