@@ -5,7 +5,9 @@
 #  - NVRTC from the PyPI wheel nvidia-cuda-nvrtc==13.0.88 (no GPU needed to compile kernels),
 #    unpacked under the kiln cache dir and put on LD_LIBRARY_PATH for cudarc's dynamic loading;
 #  - the default model (SmolLM2-135M-Instruct GGUF), fetched by kiln itself on first use;
-#  - Gemma 3 270M and Qwen2.5-Coder 0.5B Q4_K_M GGUFs (`kiln fetch --model ...`), for real_gguf.rs.
+#  - Gemma 3 270M and Qwen2.5-Coder 0.5B Q4_K_M GGUFs (`kiln fetch --model ...`), for real_gguf.rs;
+#  - Python venvs for the checks against a live `kiln serve`: `openai` + `jsonschema`, and
+#    schemathesis (pinned) for the OpenAPI fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,11 +41,18 @@ cargo run --quiet -p kiln-server -- fetch --model qwen2.5-coder-0.5b
 echo "== cargo test"
 cargo test --workspace --no-fail-fast "$@"
 
-echo "== OpenAI client conformance (tests/python/openai_conformance.py and structured_conformance.py against kiln serve on loopback)"
+echo "== OpenAI client conformance (tests/python/openai_conformance.py and structured_conformance.py against kiln serve on loopback), then the OpenAPI fuzz (openapi_fuzz.py)"
 OPENAI_VENV="$CACHE/venv-openai"
 if ! "$OPENAI_VENV/bin/python" -c 'import openai, jsonschema' 2>/dev/null; then
   python3 -m venv "$OPENAI_VENV"
   "$OPENAI_VENV/bin/pip" install --quiet openai jsonschema
+fi
+# schemathesis for openapi_fuzz.py, pinned (its checks and generation change between releases).
+SCHEMATHESIS_VERSION=4.32.5
+FUZZ_VENV="$CACHE/venv-openapi-fuzz"
+if [ "$("$FUZZ_VENV/bin/python" -c 'import schemathesis; print(schemathesis.__version__)' 2>/dev/null)" != "$SCHEMATHESIS_VERSION" ]; then
+  python3 -m venv "$FUZZ_VENV"
+  "$FUZZ_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 cargo build --quiet -p kiln-server --bin kiln
 KILN_BIN="${CARGO_TARGET_DIR:-target}/debug/kiln"
@@ -61,6 +70,9 @@ grep -q "ready in" "$SERVE_LOG" || { cat "$SERVE_LOG"; echo "kiln serve did not 
 SERVE_URL="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$SERVE_LOG" | head -n 1)"
 "$OPENAI_VENV/bin/python" tests/python/openai_conformance.py --base-url "$SERVE_URL/v1"
 "$OPENAI_VENV/bin/python" tests/python/structured_conformance.py --base-url "$SERVE_URL/v1"
+# Requests generated from the server's own /openapi.json; every answer checked against it
+# (about 60 s of generation, hard-stopped at 120 s; prints the seed to replay a failure).
+"$FUZZ_VENV/bin/python" tests/python/openapi_fuzz.py --base-url "$SERVE_URL" --max-time 60
 kill -TERM "$SERVE_PID"
 wait "$SERVE_PID" || { cat "$SERVE_LOG"; echo "kiln serve did not exit cleanly after SIGTERM"; exit 1; }
 trap - EXIT
