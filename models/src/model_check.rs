@@ -108,3 +108,15 @@ pub fn compare_logits(got: &[f32], want: &[f32]) -> (f64, bool) {
 pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+/// The token ids of every prompt of a fixture file (`{"prompts": [{"ids": [...]}, ...]}`, the
+/// layout of tests/fixtures/reference.json).
+pub fn fixture_prompts(path: &Path) -> Result<Vec<Vec<u32>>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let list = v["prompts"].as_array().ok_or_else(|| format!("{}: no prompts", path.display()))?;
+    Ok(list
+        .iter()
+        .filter_map(|p| p["ids"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()))
+        .collect())
+}

@@ -11,7 +11,7 @@
 
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_models::loader::{load_with, WeightMode};
-use kiln_models::model_check::{common_prefix, compare_logits, greedy, truncate_gguf};
+use kiln_models::model_check::{common_prefix, compare_logits, fixture_prompts, greedy, truncate_gguf};
 use kiln_runtime::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, SamplingPlacement, TokenLogprob};
 use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::SamplingParams;
@@ -51,16 +51,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn prompts(fixtures: &PathBuf) -> Result<Vec<Vec<u32>>, String> {
-    let text = std::fs::read_to_string(fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let list = v["prompts"].as_array().ok_or("no prompts in the fixtures")?;
-    Ok(list
-        .iter()
-        .filter_map(|p| p["ids"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()))
-        .collect())
-}
-
 fn run(args: &[String]) -> Result<bool, String> {
     let path = match arg(args, "--model") {
         Some(p) => PathBuf::from(p),
@@ -80,7 +70,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         .collect::<Result<_, _>>()?;
     let gpu = Device::cuda(0).map_err(|e| e.to_string())?;
     println!("device: {}\nmodel: {}", gpu.describe(), path.display());
-    let prompts = prompts(&fixtures)?;
+    let prompts = fixture_prompts(&fixtures)?;
     let t = Instant::now();
     let cpu = load_with(&path, &Device::Cpu, DType::F32, WeightMode::Dense).map_err(|e| e.to_string())?;
     println!(

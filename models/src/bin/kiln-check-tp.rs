@@ -11,7 +11,7 @@
 //!    CUDA graphs, which then hold the NCCL calls).
 
 use kiln_models::loader::{build_parallel, load_weights_only_with, WeightMode};
-use kiln_models::model_check::{common_prefix, compare_logits, greedy};
+use kiln_models::model_check::{common_prefix, compare_logits, fixture_prompts, greedy};
 use kiln_runtime::comm::nccl::NcclGroup;
 use kiln_runtime::comm::Communicator;
 use kiln_runtime::{DType, Device, Tensor};
@@ -137,14 +137,7 @@ fn model(
     dtype: DType,
     n_tokens: usize,
 ) -> Result<bool, String> {
-    let text = std::fs::read_to_string(fixtures).map_err(|e| format!("{}: {e}", fixtures.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let prompts: Vec<Vec<u32>> = v["prompts"]
-        .as_array()
-        .ok_or("no prompts in the fixtures")?
-        .iter()
-        .filter_map(|p| p["ids"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()))
-        .collect();
+    let prompts = fixture_prompts(fixtures)?;
     let plain = load_weights_only_with(path, &devs[0], dtype, WeightMode::Dense).map_err(|e| e.to_string())?;
     let refs = prompts.iter().map(|p| greedy(plain.as_ref(), p, n_tokens)).collect::<Result<Vec<_>, _>>();
     let refs = refs.map_err(|e| e.to_string())?;

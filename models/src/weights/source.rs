@@ -578,14 +578,7 @@ impl WeightSource {
     ) -> Result<Option<Int4Matrix>, WeightsError> {
         let e = self.entry(name)?;
         let Some(cfg) = e.packed.filter(|_| self.keep_quantized && dev.is_cpu()) else { return Ok(None) };
-        if e.shape != expected {
-            return Err(WeightsError::Shape {
-                source_name: self.source_name.clone(),
-                tensor: name.to_owned(),
-                expected: expected.to_vec(),
-                found: e.shape.clone(),
-            });
-        }
+        self.check_shape(name, e, expected)?;
         let whole = self.with_packed(name, |p| super::packed::to_int4(&cfg, p))?;
         let layout = |e: kiln_runtime::device::quant::int4::Int4Error| WeightsError::Layout {
             tensor: name.to_owned(),
@@ -680,6 +673,19 @@ impl WeightSource {
         self.entries.contains_key(name)
     }
 
+    /// An error unless `name` (entry `e`) has the HF shape `expected`.
+    fn check_shape(&self, name: &str, e: &Entry, expected: &[usize]) -> Result<(), WeightsError> {
+        if e.shape == expected {
+            return Ok(());
+        }
+        Err(WeightsError::Shape {
+            source_name: self.source_name.clone(),
+            tensor: name.to_owned(),
+            expected: expected.to_vec(),
+            found: e.shape.clone(),
+        })
+    }
+
     fn entry(&self, name: &str) -> Result<&Entry, WeightsError> {
         self.entries
             .get(name)
@@ -721,14 +727,7 @@ impl WeightSource {
     ) -> Result<StoredTensor<'_>, WeightsError> {
         let e = self.entry(name)?;
         if let Some(want) = expected {
-            if e.shape != want {
-                return Err(WeightsError::Shape {
-                    source_name: self.source_name.clone(),
-                    tensor: name.to_owned(),
-                    expected: want.to_vec(),
-                    found: e.shape.clone(),
-                });
-            }
+            self.check_shape(name, e, want)?;
         }
         if let Some(cfg) = &e.packed {
             let t = self.unpack(name, cfg)?;

@@ -74,12 +74,22 @@ fn linear_int4_cpu(dev: &Device, x: &Tensor, parts: &[Int4Matrix], out: &mut Ten
     // Computed before writing: `x` and `out` may share storage.
     let xs: Vec<f32> = x.with_host::<f32, _>(|v| (0..m).flat_map(|r| v.row(r).to_vec()).collect())?;
     let ys: Vec<Vec<f32>> = parts.iter().map(|w| w.matmul(&xs, m)).collect();
+    write_parts(out, parts.iter().map(Int4Matrix::rows), &ys)
+}
+
+/// `out`'s rows from the products of weights stacked along rows: part `p` (`widths[p]` output
+/// columns, `ys[p]` row-major `[rows, widths[p]]`) fills its own columns, after the parts
+/// before it.
+fn write_parts(
+    out: &mut Tensor,
+    widths: impl Iterator<Item = usize> + Clone,
+    ys: &[Vec<f32>],
+) -> Result<(), GemmError> {
     out.with_host_mut::<f32, _>(|mut o| {
-        for r in 0..m {
+        for r in 0..o.rows {
             let row = o.row_mut(r);
             let mut at = 0;
-            for (w, y) in parts.iter().zip(&ys) {
-                let nw = w.rows();
+            for (nw, y) in widths.clone().zip(ys) {
                 row[at..at + nw].copy_from_slice(&y[r * nw..(r + 1) * nw]);
                 at += nw;
             }
@@ -129,18 +139,7 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, parts: &[QuantMatrix], out: &mut T
         }
         ys
     })?;
-    out.with_host_mut::<f32, _>(|mut o| {
-        for r in 0..m {
-            let row = o.row_mut(r);
-            let mut at = 0;
-            for (w, y) in parts.iter().zip(&ys) {
-                let nw = w.rows();
-                row[at..at + nw].copy_from_slice(&y[r * nw..(r + 1) * nw]);
-                at += nw;
-            }
-        }
-    })?;
-    Ok(())
+    write_parts(out, parts.iter().map(QuantMatrix::rows), &ys)
 }
 
 /// Activation rows quantized for the weights of one kind of format.
