@@ -165,29 +165,15 @@ impl Int4Matrix {
 
     /// `x · Wᵀ` for `m` rows of `x` (`[m, cols]` row-major), `[m, rows]` row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (cols, groups) = (self.cols, self.groups());
+        // Weight rows in parallel; each word is unpacked once and applied to every row of `x`.
+        let per_row: Vec<Vec<f32>> = match &self.grouping {
+            Grouping::Contiguous(group) => {
+                let xsum = group_sums(x, self.cols, *group);
+                (0..self.rows).into_par_iter().map(|r| self.row_contiguous(r, *group, x, &xsum, m)).collect()
+            }
+            Grouping::Indexed { .. } => (0..self.rows).into_par_iter().map(|r| self.row_indexed(r, x, m)).collect(),
+        };
         let mut out = vec![0f32; m * self.rows];
-        // Columns of the output (weight rows) in parallel; each weight row is unpacked once
-        // per group and applied to every activation row.
-        let per_row: Vec<Vec<f32>> = (0..self.rows)
-            .into_par_iter()
-            .map(|r| {
-                let w = &self.words[r * cols / 8..(r + 1) * cols / 8];
-                let mut acc = vec![0f32; m];
-                let mut vals = [0f32; 8];
-                for (j, &word) in w.iter().enumerate() {
-                    for (k, v) in vals.iter_mut().enumerate() {
-                        let gi = r * groups + self.group_of(8 * j + k);
-                        *v = (((word >> (4 * k)) & 0xF) as i32 - self.zeros[gi] as i32) as f32 * self.scales[gi];
-                    }
-                    for (a, xr) in acc.iter_mut().zip(x.chunks_exact(cols)) {
-                        let xs = &xr[8 * j..8 * j + 8];
-                        *a += vals.iter().zip(xs).map(|(v, x)| v * x).sum::<f32>();
-                    }
-                }
-                acc
-            })
-            .collect();
         for (r, acc) in per_row.into_iter().enumerate() {
             for (i, a) in acc.into_iter().enumerate() {
                 out[i * self.rows + r] = a;
@@ -195,6 +181,52 @@ impl Int4Matrix {
         }
         out
     }
+
+    /// Row `r` times every row of `x`, groups of `group` consecutive inputs: per group
+    /// `scale · (Σ q·x − zero · Σ x)`, the integer part unpacked once per word.
+    fn row_contiguous(&self, r: usize, group: usize, x: &[f32], xsum: &[f32], m: usize) -> Vec<f32> {
+        let (cols, groups, per) = (self.cols, self.groups(), group / 8);
+        let w = &self.words[r * cols / 8..(r + 1) * cols / 8];
+        let (mut acc, mut dots) = (vec![0f32; m], vec![0f32; m]);
+        for g in 0..groups {
+            dots.iter_mut().for_each(|d| *d = 0.0);
+            for (j, &word) in w.iter().enumerate().skip(g * per).take(per) {
+                let q: [f32; 8] = std::array::from_fn(|k| ((word >> (4 * k)) & 0xF) as f32);
+                for (d, xr) in dots.iter_mut().zip(x.chunks_exact(cols)) {
+                    let xs = &xr[8 * j..8 * j + 8];
+                    *d += q.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
+                }
+            }
+            let (s, z) = (self.scales[r * groups + g], self.zeros[r * groups + g] as f32);
+            for (i, (a, d)) in acc.iter_mut().zip(&dots).enumerate() {
+                *a += s * (d - z * xsum[i * groups + g]);
+            }
+        }
+        acc
+    }
+
+    /// Row `r` times every row of `x`, each input's group looked up (act-order).
+    fn row_indexed(&self, r: usize, x: &[f32], m: usize) -> Vec<f32> {
+        let (cols, groups) = (self.cols, self.groups());
+        let w = &self.words[r * cols / 8..(r + 1) * cols / 8];
+        let mut acc = vec![0f32; m];
+        let mut vals = [0f32; 8];
+        for (j, &word) in w.iter().enumerate() {
+            for (k, v) in vals.iter_mut().enumerate() {
+                let gi = r * groups + self.group_of(8 * j + k);
+                *v = (((word >> (4 * k)) & 0xF) as i32 - self.zeros[gi] as i32) as f32 * self.scales[gi];
+            }
+            for (a, xr) in acc.iter_mut().zip(x.chunks_exact(cols)) {
+                *a += vals.iter().zip(&xr[8 * j..8 * j + 8]).map(|(v, x)| v * x).sum::<f32>();
+            }
+        }
+        acc
+    }
+}
+
+/// `Σ x` over each group of `group` consecutive inputs of each row of `x` (`[m, groups]`).
+fn group_sums(x: &[f32], cols: usize, group: usize) -> Vec<f32> {
+    x.chunks_exact(cols).flat_map(|row| row.chunks_exact(group).map(|g| g.iter().sum::<f32>())).collect()
 }
 
 #[cfg(test)]
