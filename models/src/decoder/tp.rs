@@ -68,7 +68,12 @@ impl RankPlan {
             world,
             q_heads,
             kv_heads,
-            inter: even("intermediate features", c.intermediate_size, world, rank)?,
+            // Only dense layers use the dense size (a MoE-only model's may not divide).
+            inter: if spec.layers.iter().any(|l| !l.moe) {
+                even("intermediate features", c.intermediate_size, world, rank)?
+            } else {
+                0..0
+            },
             moe_inter: match spec.moe {
                 Some(m) => even("expert intermediate features", m.intermediate, world, rank)?,
                 None => 0..0,
