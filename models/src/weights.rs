@@ -53,7 +53,7 @@ pub enum WeightsError {
     Io { path: PathBuf, err: std::io::Error },
     #[error("{}: {reason}", .path.display())]
     Safetensors { path: PathBuf, reason: String },
-    #[error("{}: tensor '{tensor}' has dtype {dtype}; kiln loads F32, F16 and BF16", .path.display())]
+    #[error("{}: tensor '{tensor}' has dtype {dtype}; kiln loads F32, F16 and BF16 (and I32 words of packed INT4 weights)", .path.display())]
     UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("{source_name}: missing tensor '{tensor}'")]
     Missing { source_name: String, tensor: String },
