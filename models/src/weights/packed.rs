@@ -17,7 +17,8 @@
 //!   the original ("v1") format, which stores zeros minus one, and `z' = z` for `gptq_v2`.
 //!
 //! Invariant: the values are exactly those formulas in f32 (the scale widened from f16, the
-//! difference of small integers exact), so a dequantize-then-f32 reference is bit-identical.
+//! difference of small integers exact), so a dequantize-then-f32 reference is bit-identical;
+//! the layouts are read in one place ([`to_int4`]), the dense form is that matrix's rows.
 //! On the CPU the weight stays packed ([`to_int4`]: kiln's `Int4Matrix`, the same values, one
 //! row of words per output); elsewhere, or with `--weights dense`, it is dequantized
 //! ([`dequantize`]) into the compute dtype: GPU kernels for the packed form are still to come.
@@ -205,44 +206,13 @@ fn gptq_groups(p: &PackedParts<'_>, inp: usize, groups: usize) -> Result<Option<
 }
 
 /// The `[out, in]` f32 weight of a packed projection (see the module header), or why the parts
-/// do not fit together.
+/// do not fit together: [`to_int4`]'s matrix, row by row (the one reading of the layouts).
 pub fn dequantize(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Vec<f32>, String> {
-    let (out, inp, group, _) = check(cfg, p)?;
-    let scale = |g: usize, o: usize| {
-        let i = g * out + o;
-        half::f16::from_le_bytes([p.scales.0[2 * i], p.scales.0[2 * i + 1]]).to_f32()
-    };
-    let mut w = vec![0f32; out * inp];
-    match cfg.kind {
-        PackedKind::Awq => {
-            let zero = |g: usize, o: usize| nibble(word(p.qzeros.0, g * (out / 8) + o / 8), slot(o % 8));
-            for i in 0..inp {
-                let g = i / group;
-                for c in 0..out / 8 {
-                    let wd = word(p.qweight.0, i * (out / 8) + c);
-                    for (k, &col) in AWQ_ORDER.iter().enumerate() {
-                        let o = 8 * c + col;
-                        w[o * inp + i] = (nibble(wd, k) - zero(g, o)) as f32 * scale(g, o);
-                    }
-                }
-            }
-        }
-        PackedKind::Gptq { zero_plus_one } => {
-            let groups_of = gptq_groups(p, inp, inp / group)?;
-            let g_idx: Vec<usize> = groups_of.unwrap_or_else(|| (0..inp).map(|i| i / group).collect());
-            let plus = i32::from(zero_plus_one);
-            for r in 0..inp / 8 {
-                for o in 0..out {
-                    let wd = word(p.qweight.0, r * out + o);
-                    for k in 0..8 {
-                        let i = 8 * r + k;
-                        let g = g_idx[i];
-                        let z = nibble(word(p.qzeros.0, g * (out / 8) + o / 8), o % 8) + plus;
-                        w[o * inp + i] = (nibble(wd, k) - z) as f32 * scale(g, o);
-                    }
-                }
-            }
-        }
+    let m = to_int4(cfg, p)?;
+    let cols = m.cols();
+    let mut w = vec![0f32; m.rows() * cols];
+    for (r, row) in w.chunks_exact_mut(cols.max(1)).enumerate() {
+        m.dequantize_row(r, row);
     }
     Ok(w)
 }
