@@ -189,6 +189,11 @@ fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
             kiln_runtime::sample::device::source(),
             &["kiln_sample_f32", "kiln_sample_f16", "kiln_sample_bf16"][..],
         ),
+        (
+            "kiln_int4",
+            kiln_runtime::device::quant::int4_cuda::source(),
+            &["kiln_i4_gemv1_bf16", "kiln_i4_gemv8_f16", "kiln_i4_gemv4_f32", "kiln_i4_dequant_bf16"][..],
+        ),
     ];
     for (name, src, entries) in sources {
         for arch in ARCHS {

@@ -44,6 +44,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
     }
     sources.push(("kiln_device_kernels".into(), kiln_runtime::device::device_kernels::source()));
     sources.push(("kiln_sampler".into(), kiln_runtime::sample::device::source()));
+    sources.push(("kiln_int4".into(), kiln_runtime::device::quant::int4_cuda::source()));
     let t = Instant::now();
     let next = AtomicUsize::new(0);
     let counts = Mutex::new([0usize; 3]);

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use kiln_runtime::comm::Communicator;
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::device::quant::int4::Int4Matrix;
+use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
 use kiln_runtime::device::quant::{QuantMatrix, SharedBytes};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
@@ -568,16 +569,10 @@ impl WeightSource {
     }
 
     /// `part` of the packed projection `name` kept packed, when it is one and the source keeps
-    /// quantized weights on `dev` (the CPU); `None` otherwise.
-    fn int4(
-        &self,
-        name: &str,
-        expected: &[usize],
-        part: &Part,
-        dev: &Device,
-    ) -> Result<Option<Int4Matrix>, WeightsError> {
+    /// quantized weights; `None` otherwise.
+    fn int4(&self, name: &str, expected: &[usize], part: &Part) -> Result<Option<Int4Matrix>, WeightsError> {
         let e = self.entry(name)?;
-        let Some(cfg) = e.packed.filter(|_| self.keep_quantized && dev.is_cpu()) else { return Ok(None) };
+        let Some(cfg) = e.packed.filter(|_| self.keep_quantized) else { return Ok(None) };
         self.check_shape(name, e, expected)?;
         let whole = self.with_packed(name, |p| super::packed::to_int4(&cfg, p))?;
         let layout = |e: kiln_runtime::device::quant::int4::Int4Error| WeightsError::Layout {
@@ -589,6 +584,26 @@ impl WeightSource {
             Part::Rows(r) => whole.row_part(r.clone()).map_err(layout)?,
             Part::Cols(c) => whole.col_part(c.clone()).map_err(layout)?,
         }))
+    }
+
+    /// Packed 4-bit parts (stacked along rows) as a weight on `dev`: host-resident on the CPU;
+    /// in GPU memory for activations of `dtype` on a GPU, or `None` when their groups do not
+    /// fit the GPU kernels (the caller then uploads the weight dense).
+    fn int4_on(
+        &self,
+        name: &str,
+        parts: Vec<Int4Matrix>,
+        dev: &Device,
+        dtype: DType,
+    ) -> Result<Option<Weight>, WeightsError> {
+        if dev.is_cpu() {
+            return Ok(Some(Weight::Int4(parts)));
+        }
+        let on_gpu = Int4Cuda::upload(dev, dtype, &parts).map_err(|e| WeightsError::Layout {
+            tensor: name.to_owned(),
+            reason: format!("{}: {e}", self.source_name),
+        })?;
+        Ok(on_gpu.map(Weight::Int4Cuda))
     }
 
     /// Build the model of this source as one rank of `comm`'s tensor-parallel group.
@@ -611,8 +626,10 @@ impl WeightSource {
         dev: &Device,
         dtype: DType,
     ) -> Result<Weight, WeightsError> {
-        if let Some(w) = self.int4(name, expected, part, dev)? {
-            return Ok(Weight::Int4(vec![w]));
+        if let Some(w) = self.int4(name, expected, part)? {
+            if let Some(w) = self.int4_on(name, vec![w], dev, dtype)? {
+                return Ok(w);
+            }
         }
         if self.keep_quantized && dev.is_cpu() {
             if let Some(q) = self
@@ -630,16 +647,19 @@ impl WeightSource {
     /// every part is of one kept format and width, dense otherwise.
     pub fn weight_stacked(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Weight, WeightsError> {
         let packed = parts.iter().all(|(name, ..)| self.entries.get(*name).is_some_and(|e| e.packed.is_some()));
-        if packed && self.keep_quantized && dev.is_cpu() {
+        if packed && self.keep_quantized {
             let mut ws = Vec::with_capacity(parts.len());
             for (name, expected, part) in parts {
-                ws.extend(self.int4(name, expected, part, dev)?);
+                ws.extend(self.int4(name, expected, part)?);
             }
             // One matrix when the parts group their inputs alike; else each part on its own.
-            return Ok(Weight::Int4(match Int4Matrix::stack(&ws) {
+            let ws = match Int4Matrix::stack(&ws) {
                 Ok(one) => vec![one],
                 Err(_) => ws,
-            }));
+            };
+            if let Some(w) = self.int4_on(parts[0].0, ws, dev, dtype)? {
+                return Ok(w);
+            }
         }
         if self.keep_quantized && dev.is_cpu() {
             let mut qs = Vec::with_capacity(parts.len());

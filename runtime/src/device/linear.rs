@@ -11,6 +11,7 @@ use crate::device::quant::activations::{
 };
 use crate::device::quant::cpu::{matmul_q16, matmul_q8, Simd};
 use crate::device::quant::int4::Int4Matrix;
+use crate::device::quant::int4_cuda::{linear_int4_cuda, Int4Cuda};
 use crate::device::quant::{QuantFormat, QuantMatrix};
 use crate::{matmul, DType, Device, GemmError, Tensor};
 
@@ -31,6 +32,9 @@ pub enum Weight {
     /// parts stacked along rows whose grouping differs (act-order q, k and v of one fused
     /// projection), each multiplied into its own columns of the output.
     Int4(Vec<Int4Matrix>),
+    /// The same 4-bit weights in GPU memory (`device::quant::int4_cuda`: a GEMV for decode,
+    /// dequantize + cuBLAS for larger batches), parts stacked along rows as in `Int4`.
+    Int4Cuda(Vec<Int4Cuda>),
 }
 
 impl Weight {
@@ -38,7 +42,7 @@ impl Weight {
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
             Weight::Dense(t) => Some(t),
-            Weight::Quantized(_) | Weight::QuantizedRows(_) | Weight::Int4(_) => None,
+            Weight::Quantized(_) | Weight::QuantizedRows(_) | Weight::Int4(_) | Weight::Int4Cuda(_) => None,
         }
     }
 }
@@ -56,6 +60,7 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
         Weight::Quantized(q) => linear_quant_cpu(dev, x, std::slice::from_ref(q), out),
         Weight::QuantizedRows(parts) => linear_quant_cpu(dev, x, parts, out),
         Weight::Int4(parts) => linear_int4_cpu(dev, x, parts, out),
+        Weight::Int4Cuda(parts) => linear_int4_cuda(x, parts, out),
     }
 }
 

@@ -224,6 +224,58 @@ impl Int4Matrix {
     }
 }
 
+/// An [`Int4Matrix`] in the form the GPU kernels read (`device::quant::int4_cuda`): every
+/// group a run of `group` consecutive stored inputs, with `group` a multiple of 32 (a thread's
+/// 16-byte load of four words then lies in one group), and `scale_bias` holding per group the
+/// scale and `-zero · scale`, so a value is `q · scale + bias` — exactly `(q − zero) · scale`
+/// in f32 when the scale is an f16 (both products are exact, and so is their sum).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int4Layout {
+    pub group: usize,
+    /// `[rows, cols / 8]`: nibble `e` of word `j` is stored input `8j + e`.
+    pub words: Vec<u32>,
+    /// `[rows, groups, 2]`: scale, bias.
+    pub scale_bias: Vec<f32>,
+    /// Stored input `i` is input `perm[i]` of the checkpoint (act-order, sorted by group);
+    /// `None`: the checkpoint's order.
+    pub perm: Option<Vec<i32>>,
+}
+
+impl Int4Matrix {
+    /// The GPU kernels' form of this matrix, or why it has none (groups not a multiple of 32
+    /// inputs, or act-order groups of unequal sizes): such a weight is used dense instead.
+    pub fn gpu_layout(&self) -> Result<Int4Layout, Int4Error> {
+        let (rows, cols, groups) = (self.rows, self.cols, self.groups());
+        let group = cols / groups.max(1);
+        if groups == 0 || !cols.is_multiple_of(groups) || !group.is_multiple_of(32) {
+            return Err(Int4Error::Shape(format!("{cols} inputs in {groups} groups: not runs of 32k inputs")));
+        }
+        let scale_bias = (0..rows * groups)
+            .flat_map(|gi| {
+                let s = self.scales[gi];
+                [s, -(self.zeros[gi] as f32) * s]
+            })
+            .collect();
+        let Grouping::Indexed { g_idx, .. } = &self.grouping else {
+            return Ok(Int4Layout { group, words: self.words.clone(), scale_bias, perm: None });
+        };
+        // Inputs sorted by group (stable: within a group the checkpoint's order).
+        let mut perm: Vec<usize> = (0..cols).collect();
+        perm.sort_by_key(|&i| g_idx[i]);
+        if perm.iter().enumerate().any(|(at, &i)| g_idx[i] as usize != at / group) {
+            return Err(Int4Error::Shape(format!("act-order groups of unequal sizes (not {group} inputs each)")));
+        }
+        let nibble = |r: usize, i: usize| (self.words[r * cols / 8 + i / 8] >> (4 * (i % 8))) & 0xF;
+        let words = (0..rows)
+            .flat_map(|r| {
+                let perm = &perm;
+                (0..cols / 8).map(move |j| (0..8).fold(0u32, |w, e| w | nibble(r, perm[8 * j + e]) << (4 * e)))
+            })
+            .collect();
+        Ok(Int4Layout { group, words, scale_bias, perm: Some(perm.into_iter().map(|i| i as i32).collect()) })
+    }
+}
+
 /// `Σ x` over each group of `group` consecutive inputs of each row of `x` (`[m, groups]`).
 fn group_sums(x: &[f32], cols: usize, group: usize) -> Vec<f32> {
     x.chunks_exact(cols).flat_map(|row| row.chunks_exact(group).map(|g| g.iter().sum::<f32>())).collect()
@@ -236,7 +288,8 @@ mod tests {
     fn sample(rows: usize, cols: usize, group: usize, g_idx: Option<Vec<u32>>) -> Int4Matrix {
         let groups = cols / group;
         let words = (0..rows * cols / 8).map(|i| (i as u32).wrapping_mul(2_654_435_761)).collect();
-        let scales = (0..rows * groups).map(|i| 0.01 + i as f32 * 0.003).collect();
+        // Binary fractions, exact in f16 (as checkpoints' scales are).
+        let scales = (0..rows * groups).map(|i| (3 + i % 50) as f32 / 1024.0).collect();
         let zeros = (0..rows * groups).map(|i| (i % 17) as u8).collect();
         let grouping = match g_idx {
             Some(g_idx) => Grouping::Indexed { groups, g_idx },
@@ -284,6 +337,32 @@ mod tests {
         let d = dense(&act_order);
         let want: Vec<f32> = (0..2).flat_map(|r| d[r * 32 + 8..r * 32 + 24].to_vec()).collect();
         assert_eq!(dense(&act_order.col_part(8..24).unwrap()), want);
+    }
+
+    /// The GPU form's values, read back through its permutation, are the matrix's values
+    /// bit for bit (f16-exact scales); groups the kernels cannot take are refused.
+    #[test]
+    fn the_gpu_layout_holds_the_same_values() {
+        let act: Vec<u32> = (0..128).map(|i| ((i * 37) % 128 / 32) as u32).collect();
+        for w in [sample(3, 128, 32, None), sample(2, 128, 64, None), sample(3, 128, 32, Some(act))] {
+            let d = dense(&w);
+            let l = w.gpu_layout().unwrap();
+            let groups = w.cols / l.group;
+            for r in 0..w.rows {
+                for i in 0..w.cols {
+                    let q = (l.words[r * w.cols / 8 + i / 8] >> (4 * (i % 8))) & 0xF;
+                    let (s, b) = (
+                        l.scale_bias[2 * (r * groups + i / l.group)],
+                        l.scale_bias[2 * (r * groups + i / l.group) + 1],
+                    );
+                    let col = l.perm.as_ref().map_or(i, |p| p[i] as usize);
+                    assert_eq!(q as f32 * s + b, d[r * w.cols + col], "({r}, {i})");
+                }
+            }
+        }
+        assert!(sample(2, 64, 16, None).gpu_layout().is_err(), "groups of 16");
+        let uneven: Vec<u32> = (0..64).map(|i| u32::from(i < 8)).collect();
+        assert!(sample(2, 64, 32, Some(uneven)).gpu_layout().is_err(), "groups of 8 and 56");
     }
 
     #[test]

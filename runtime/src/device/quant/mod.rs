@@ -18,6 +18,7 @@ pub mod activations;
 pub mod blocks;
 pub mod cpu;
 pub mod int4;
+pub mod int4_cuda;
 pub mod quantize;
 mod quantize_k;
 

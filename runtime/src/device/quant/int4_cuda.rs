@@ -1,0 +1,434 @@
+//! W4A16 on the GPU: a 4-bit group-quantized weight (AWQ, GPTQ; [`super::int4`]) kept packed in
+//! device memory and multiplied without a dense copy of the model.
+//!
+//! Two kernels, chosen by the number of activation rows `m`:
+//! - **GEMV** (`m ≤` [`gemv_max_rows`], decode): each block of 128 threads computes 4 output
+//!   features for every row of `x`; a thread reads four words (32 inputs of one group) of each
+//!   of the 4 weight rows in 16-byte loads, so every weight byte is read once, unpacks the
+//!   nibbles in registers (`0x4B000000 | q` is the float `2²³ + q`, so one OR and one subtract
+//!   give `q` exactly) and accumulates `scale · Σ q·x + bias · Σ x` per group in f32;
+//! - **dequantize + cuBLAS** (prefill, large batches): the weight is expanded into a per-device
+//!   scratch matrix of the activation dtype and multiplied by the dense GEMM. The scratch is
+//!   sized at upload (the largest int4 matrix of the device), never during a step, so a
+//!   captured CUDA graph sees one fixed buffer.
+//!
+//! Invariants: the device form is [`Int4Layout`] (groups of 32k consecutive stored inputs,
+//! scale and bias per group, an optional input permutation for act-order); `cols % 32 == 0`;
+//! the CPU path ([`Int4Matrix::matmul`]) is the reference every kernel is checked against
+//! (`kiln-check-quant`); dequantization is exact in f32 for f16 scales.
+
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::drv;
+use crate::device::quant::int4::{Int4Layout, Int4Matrix};
+use crate::device::tensor::Tensor;
+use crate::{DType, Device, GemmError};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// Output features per GEMV block (the kernel's `KILN_I4_ROWS`).
+const ROWS_PER_BLOCK: usize = 4;
+/// Threads per GEMV block (the kernel's reduction assumes 4 warps).
+const GEMV_THREADS: u32 = 128;
+/// The row counts the GEMV is instantiated for; `m` rows run in the smallest `M ≥ m`.
+const GEMV_M: [usize; 4] = [1, 2, 4, 8];
+
+const BODY: &str = r#"
+// ---- W4A16 (runtime/src/device/quant/int4_cuda.rs) ----
+// words: [n, k/8] u32, nibble e of word j = stored input 8j+e; sb: [n, k/group] float2
+// (scale, -zero*scale); perm: null, or stored input i is input perm[i] of x.
+#define KILN_I4_ROWS 4
+
+__device__ __forceinline__ float kiln_i4_nibble(unsigned w, int e) {
+  // 0x4B000000 | q is the float 2^23 + q (q < 16): exact without an int-to-float conversion.
+  return __uint_as_float(0x4B000000u | ((w >> (4 * e)) & 15u)) - 8388608.0f;
+}
+__device__ __forceinline__ unsigned kiln_i4_word(const uint4& w, int j) {
+  return j == 0 ? w.x : j == 1 ? w.y : j == 2 ? w.z : w.w;
+}
+__device__ __forceinline__ void kiln_i4_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void kiln_i4_store(kiln_f16* p, float v) { *p = kiln_f32_to_f16(v); }
+__device__ __forceinline__ void kiln_i4_store(kiln_bf16* p, float v) { *p = kiln_f32_to_bf16(v); }
+
+// x[i .. i+8) (stored inputs) as floats: through perm, in one or two 16-byte loads when the
+// host found x aligned (vec), else one element at a time.
+__device__ __forceinline__ void kiln_i4_vec8(const float* x, float (&f)[8]) {
+  float a[4], b[4];
+  kiln_load<float, 4>(a, x);
+  kiln_load<float, 4>(b, x + 4);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) { f[e] = a[e]; f[e + 4] = b[e]; }
+}
+template <typename T>
+__device__ __forceinline__ void kiln_i4_vec8(const T* x, float (&f)[8]) {
+  T a[8];
+  kiln_load<T, 8>(a, x);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) f[e] = kiln_to_f32(a[e]);
+}
+template <typename T>
+__device__ __forceinline__ void kiln_i4_x8(const T* __restrict__ x, const int* __restrict__ perm, int i, int vec,
+                                           float (&f)[8]) {
+  if (perm != nullptr) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = kiln_to_f32(x[perm[i + e]]);
+  } else if (vec) {
+    kiln_i4_vec8(x + i, f);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = kiln_to_f32(x[i + e]);
+  }
+}
+
+// out[mi, row] = sum_i x[mi, i] * W[row, i] for rows row0 .. row0+4 of this block and mi < m <= M.
+// 128 threads stride over the k/32 quads of inputs; partial sums meet in one block reduction.
+template <typename T, int M>
+__device__ __forceinline__ void kiln_i4_gemv(const T* __restrict__ x, long long ldx, int m,
+                                             const unsigned* __restrict__ words, const float2* __restrict__ sb,
+                                             const int* __restrict__ perm, T* __restrict__ out, long long ldo,
+                                             int n, int k, int group, int vec) {
+  const int row0 = blockIdx.x * KILN_I4_ROWS;
+  const int quads = k >> 5, groups = k / group, wpr = k >> 3;
+  float acc[KILN_I4_ROWS][M];
+#pragma unroll
+  for (int r = 0; r < KILN_I4_ROWS; ++r)
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi) acc[r][mi] = 0.f;
+  for (int v = threadIdx.x; v < quads; v += blockDim.x) {
+    uint4 w[KILN_I4_ROWS];
+    float2 s[KILN_I4_ROWS];
+    const int g = (v << 5) / group;
+#pragma unroll
+    for (int r = 0; r < KILN_I4_ROWS; ++r) {
+      const int row = row0 + r;
+      if (row < n) {
+        w[r] = __ldg(reinterpret_cast<const uint4*>(words + (long long)row * wpr) + v);
+        s[r] = __ldg(sb + (long long)row * groups + g);
+      } else {
+        w[r] = make_uint4(0u, 0u, 0u, 0u);
+        s[r] = make_float2(0.f, 0.f);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float q[KILN_I4_ROWS][8];
+#pragma unroll
+      for (int r = 0; r < KILN_I4_ROWS; ++r)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) q[r][e] = kiln_i4_nibble(kiln_i4_word(w[r], j), e);
+#pragma unroll
+      for (int mi = 0; mi < M; ++mi) {
+        if (mi >= m) break;
+        float xf[8];
+        kiln_i4_x8(x + (long long)mi * ldx, perm, (v << 5) + 8 * j, vec, xf);
+        float sx = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sx += xf[e];
+#pragma unroll
+        for (int r = 0; r < KILN_I4_ROWS; ++r) {
+          float d = 0.f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) d = fmaf(q[r][e], xf[e], d);
+          acc[r][mi] = fmaf(s[r].x, d, fmaf(s[r].y, sx, acc[r][mi]));
+        }
+      }
+    }
+  }
+  __shared__ float red[4][KILN_I4_ROWS * M];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < KILN_I4_ROWS; ++r)
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi) {
+      float a = acc[r][mi];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+      if (lane == 0) red[warp][r * M + mi] = a;
+    }
+  __syncthreads();
+  if (threadIdx.x < KILN_I4_ROWS * M) {
+    const int r = threadIdx.x / M, mi = threadIdx.x % M, row = row0 + r;
+    if (row < n && mi < m) {
+      const float t = (red[0][threadIdx.x] + red[1][threadIdx.x]) + (red[2][threadIdx.x] + red[3][threadIdx.x]);
+      kiln_i4_store(out + (long long)mi * ldo + row, t);
+    }
+  }
+}
+
+// out[row, col] = W[row, col] in T: each thread expands one word (8 stored inputs).
+template <typename T>
+__device__ __forceinline__ void kiln_i4_dequant(const unsigned* __restrict__ words, const float2* __restrict__ sb,
+                                                const int* __restrict__ perm, T* __restrict__ out, long long ldo,
+                                                int n, int k, int group) {
+  const long long wpr = k >> 3, total = (long long)n * wpr;
+  const int groups = k / group;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+       t += (long long)gridDim.x * blockDim.x) {
+    const long long row = t / wpr;
+    const int j = (int)(t % wpr);
+    const unsigned w = words[t];
+    const float2 s = sb[row * groups + (8 * j) / group];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int i = 8 * j + e;
+      kiln_i4_store(out + row * ldo + (perm != nullptr ? perm[i] : i), fmaf(kiln_i4_nibble(w, e), s.x, s.y));
+    }
+  }
+}
+
+#define KILN_I4_GEMV(NAME, T, M)                                                                             \
+  extern "C" __global__ void __launch_bounds__(128) NAME(const T* x, long long ldx, int m, const unsigned* words, \
+                                                         const float2* sb, const int* perm, T* out, long long ldo, \
+                                                         int n, int k, int group, int vec) {                  \
+    kiln_i4_gemv<T, M>(x, ldx, m, words, sb, perm, out, ldo, n, k, group, vec);                               \
+  }
+#define KILN_I4_DTYPE(SUFFIX, T)                                                                             \
+  KILN_I4_GEMV(kiln_i4_gemv1_##SUFFIX, T, 1)                                                                 \
+  KILN_I4_GEMV(kiln_i4_gemv2_##SUFFIX, T, 2)                                                                 \
+  KILN_I4_GEMV(kiln_i4_gemv4_##SUFFIX, T, 4)                                                                 \
+  KILN_I4_GEMV(kiln_i4_gemv8_##SUFFIX, T, 8)                                                                 \
+  extern "C" __global__ void kiln_i4_dequant_##SUFFIX(const unsigned* words, const float2* sb, const int* perm, \
+                                                      T* out, long long ldo, int n, int k, int group) {       \
+    kiln_i4_dequant<T>(words, sb, perm, out, ldo, n, k, group);                                               \
+  }
+KILN_I4_DTYPE(f32, float)
+KILN_I4_DTYPE(f16, kiln_f16)
+KILN_I4_DTYPE(bf16, kiln_bf16)
+"#;
+
+/// The CUDA source of the W4A16 kernels (for `kiln build` and the NVRTC test).
+pub fn source() -> &'static str {
+    static SRC: OnceLock<String> = OnceLock::new();
+    SRC.get_or_init(|| {
+        format!(
+            "// kiln W4A16 kernels (runtime/src/device/quant/int4_cuda.rs)\n{}\n{BODY}",
+            kiln_codegen::cuda::prelude::CORE
+        )
+    })
+}
+
+/// Every entry point of [`source`].
+pub fn entries() -> Vec<String> {
+    let mut e = vec![];
+    for d in ["f32", "f16", "bf16"] {
+        e.extend(GEMV_M.iter().map(|m| format!("kiln_i4_gemv{m}_{d}")));
+        e.push(format!("kiln_i4_dequant_{d}"));
+    }
+    e
+}
+
+/// The most activation rows the GEMV takes; more go through dequantize + cuBLAS.
+/// `KILN_INT4_GEMV_MAX_ROWS` overrides it (0 sends every product through cuBLAS).
+pub fn gemv_max_rows() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| std::env::var("KILN_INT4_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_M[3]))
+}
+
+/// A device's dequantization scratch for one dtype: shared by every int4 weight of that device
+/// (products run one after another on the device's one stream), grown at upload only.
+type Scratch = Arc<Mutex<Tensor>>;
+
+/// A 4-bit group-quantized `[rows, cols]` weight in device memory (see the module header).
+#[derive(Clone)]
+pub struct Int4Cuda {
+    rows: usize,
+    cols: usize,
+    group: usize,
+    /// `[rows, cols / 8]` u32 words, stored as i32.
+    words: Tensor,
+    /// `[rows, 2 · groups]` f32: scale, bias per group.
+    scale_bias: Tensor,
+    /// `[cols]` i32 (act-order), else `None`.
+    perm: Option<Tensor>,
+    scratch: Scratch,
+}
+
+impl std::fmt::Debug for Int4Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let order = if self.perm.is_some() { ", act-order" } else { "" };
+        write!(f, "Int4Cuda({}x{}, group {}{order})", self.rows, self.cols, self.group)
+    }
+}
+
+impl Int4Cuda {
+    /// Matrices stacked along rows (one projection, or a fused q/k/v) on the GPU `dev`,
+    /// multiplied with activations of `dtype`; `Ok(None)` when the groups of one of them do not
+    /// fit the kernels ([`Int4Matrix::gpu_layout`]), so the caller keeps the weight dense.
+    pub fn upload(dev: &Device, dtype: DType, parts: &[Int4Matrix]) -> Result<Option<Vec<Int4Cuda>>, GemmError> {
+        let Device::Cuda(b) = dev else {
+            return Err(GemmError::Unsupported { dtype, device: "the CPU for a GPU int4 weight".into() });
+        };
+        if !dtype.is_float() {
+            return Err(GemmError::DTypes { a: dtype, b: dtype, out: dtype });
+        }
+        let Ok(layouts) = parts.iter().map(Int4Matrix::gpu_layout).collect::<Result<Vec<_>, _>>() else {
+            return Ok(None);
+        };
+        let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
+        let scratch = scratch_for(b, dev, dtype, total)?;
+        let mut out = Vec::with_capacity(parts.len());
+        for (w, Int4Layout { group, words, scale_bias, perm }) in parts.iter().zip(layouts) {
+            let (rows, cols) = (w.rows(), w.cols());
+            let words: Vec<i32> = words.into_iter().map(|x| x as i32).collect();
+            let words = Tensor::from_host(dev, &words, rows, cols / 8)?;
+            let scale_bias = Tensor::from_host(dev, &scale_bias, rows, 2 * cols / group)?;
+            let perm = perm.map(|p| Tensor::vector(dev, &p)).transpose()?;
+            out.push(Int4Cuda { rows, cols, group, words, scale_bias, perm, scratch: scratch.clone() });
+        }
+        Ok(Some(out))
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of device memory the weight holds (not counting the shared scratch).
+    pub fn device_bytes(&self) -> usize {
+        (self.words.len() + self.scale_bias.len() + self.perm.as_ref().map_or(0, Tensor::len)) * 4
+    }
+
+    fn ptrs(&self) -> (u64, u64, u64) {
+        let p = |t: &Tensor| t.cuda_ptr().unwrap_or(0);
+        (p(&self.words), p(&self.scale_bias), self.perm.as_ref().map_or(0, p))
+    }
+
+    /// `out = x · Wᵀ` by the GEMV, `x.rows() ≤ 8`; `out` may be a column view of a wider tensor.
+    fn gemv(&self, b: &CudaBackend, x: &Tensor, out: &mut Tensor) -> Result<(), GemmError> {
+        let m = x.rows();
+        let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
+        let module = b.module_with(source(), "kiln_int4", &entries())?;
+        let f = module.func(&format!("kiln_i4_gemv{mm}_{}", x.dtype().name()))?;
+        let (words, sb, perm) = self.ptrs();
+        let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
+        let elt = x.dtype().size_bytes() as u64;
+        // 16-byte loads of 8 inputs need x's rows at 16-byte boundaries (32 inputs per quad).
+        let vec = i32::from(xp.is_multiple_of(16) && (x.row_stride() as u64 * elt).is_multiple_of(16));
+        let (ldx, ldo, m32) = (x.row_stride() as i64, out.row_stride() as i64, m as i32);
+        let (n, k, group) = (self.rows as i32, self.cols as i32, self.group as i32);
+        let mut l = b.stream().launch_builder(f);
+        l.arg(&xp).arg(&ldx).arg(&m32).arg(&words).arg(&sb).arg(&perm);
+        l.arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&group).arg(&vec);
+        let blocks = self.rows.div_ceil(ROWS_PER_BLOCK) as u32;
+        // SAFETY: x covers m rows of k elements at ldx, out m rows of n at ldo (checked by
+        // `linear_int4_cuda`); words, sb and perm are this weight's live device arrays of the
+        // sizes the kernel reads for (n, k, group).
+        let r = unsafe {
+            l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (GEMV_THREADS, 1, 1), shared_mem_bytes: 0 })
+        };
+        drv("launching kiln_i4_gemv", r)?;
+        Ok(())
+    }
+
+    /// The dense weight in `out` (`[rows, cols]`, a view with any row stride, dtype of `out`).
+    pub fn dequantize_into(&self, out: &mut Tensor) -> Result<(), GemmError> {
+        let Device::Cuda(b) = out.device().clone() else {
+            return Err(GemmError::Shape("int4 dequantize into a CPU tensor".into()));
+        };
+        if out.rows() != self.rows || out.cols() != self.cols || !out.dtype().is_float() {
+            let msg = format!("int4 {}x{} into {}x{} {}", self.rows, self.cols, out.rows(), out.cols(), out.dtype());
+            return Err(GemmError::Shape(msg));
+        }
+        let module = b.module_with(source(), "kiln_int4", &entries())?;
+        let f = module.func(&format!("kiln_i4_dequant_{}", out.dtype().name()))?;
+        let (words, sb, perm) = self.ptrs();
+        let (op, ldo) = (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64);
+        let (n, k, group) = (self.rows as i32, self.cols as i32, self.group as i32);
+        let mut l = b.stream().launch_builder(f);
+        l.arg(&words).arg(&sb).arg(&perm).arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&group);
+        let blocks = (self.rows * self.cols / 8).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
+        // SAFETY: out covers rows × cols at ldo (checked above); the arrays are this weight's.
+        let r =
+            unsafe { l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) };
+        drv("launching kiln_i4_dequant", r)?;
+        Ok(())
+    }
+}
+
+/// The scratch of (`b`, `dtype`), grown to at least `elems` elements: one per device and dtype
+/// while any weight holds it (a registry of weak references, so a dropped model frees it).
+fn scratch_for(b: &Arc<CudaBackend>, dev: &Device, dtype: DType, elems: usize) -> Result<Scratch, GemmError> {
+    type Registry = Mutex<HashMap<(usize, DType), Weak<Mutex<Tensor>>>>;
+    static ALL: OnceLock<Registry> = OnceLock::new();
+    let mut all = ALL.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|_, w| w.strong_count() > 0);
+    let key = (Arc::as_ptr(b) as usize, dtype);
+    let s = match all.get(&key).and_then(Weak::upgrade) {
+        Some(s) => s,
+        None => {
+            let s = Arc::new(Mutex::new(Tensor::uninit(dev, dtype, 1, elems)?));
+            all.insert(key, Arc::downgrade(&s));
+            return Ok(s);
+        }
+    };
+    {
+        let mut t = s.lock().unwrap_or_else(|e| e.into_inner());
+        if t.cols() < elems {
+            *t = Tensor::uninit(dev, dtype, 1, elems)?;
+        }
+    }
+    Ok(s)
+}
+
+/// Which kernel multiplies an int4 weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int4Path {
+    /// The GEMV up to [`gemv_max_rows`] rows, dequantize + cuBLAS above.
+    Auto,
+    /// The GEMV, 8 rows of `x` per launch.
+    Gemv,
+    /// Dequantize into the scratch, then cuBLAS.
+    Dequant,
+}
+
+/// `out = x · Wᵀ` for int4 weights stacked along rows, each part into its own columns of
+/// `out`: the GEMV for few rows, else each part dequantized into the scratch and one dense GEMM.
+pub fn linear_int4_cuda(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor) -> Result<(), GemmError> {
+    linear_int4_cuda_by(x, parts, out, Int4Path::Auto)
+}
+
+/// [`linear_int4_cuda`] through a chosen kernel (for the check program's comparisons).
+pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, path: Int4Path) -> Result<(), GemmError> {
+    let Device::Cuda(b) = x.device().clone() else {
+        return Err(GemmError::Shape("int4 GPU weight with a CPU input".into()));
+    };
+    let (m, k, n) = (x.rows(), x.cols(), parts.iter().map(Int4Cuda::rows).sum::<usize>());
+    if parts.is_empty() || parts.iter().any(|w| w.cols != k) || out.rows() != m || out.cols() != n {
+        return Err(GemmError::Shape(format!("x {m}×{k} · int4ᵀ ({n} rows) into {}×{}", out.rows(), out.cols())));
+    }
+    if x.dtype() != out.dtype() || !x.dtype().is_float() || out.device().is_cpu() {
+        return Err(GemmError::DTypes { a: x.dtype(), b: x.dtype(), out: out.dtype() });
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    if x.shares_storage(out) {
+        return Err(GemmError::Aliased("x"));
+    }
+    let mut at = 0;
+    if path == Int4Path::Gemv || (path == Int4Path::Auto && m <= gemv_max_rows()) {
+        for w in parts {
+            for r0 in (0..m).step_by(GEMV_M[3]) {
+                let rows = (m - r0).min(GEMV_M[3]);
+                let xs = x.view_rows(r0, rows)?;
+                let mut o = out.view_rows(r0, rows)?.view_cols(at, w.rows)?;
+                w.gemv(&b, &xs, &mut o)?;
+            }
+            at += w.rows;
+        }
+        return Ok(());
+    }
+    // One scratch matrix holds every part (the fused projection's rows): one GEMM.
+    let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
+    if scratch.cols() < n * k || scratch.dtype() != x.dtype() {
+        return Err(GemmError::Shape(format!("int4 scratch of {} for {n}×{k}", scratch.cols())));
+    }
+    let dense = scratch.view_cols(0, n * k)?.reshape(n, k)?;
+    for w in parts {
+        w.dequantize_into(&mut dense.view_rows(at, w.rows)?)?;
+        at += w.rows;
+    }
+    crate::matmul(x.device(), x, &dense, out)
+}
