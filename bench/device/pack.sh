@@ -8,9 +8,9 @@ cd "$(dirname "$0")/../.."
 grep -qx '/.device' .gitignore || { echo "/.device is not in .gitignore" >&2; exit 1; }
 cargo build --release -p kiln-server --bin kiln
 cargo build --release -p kiln-models --bin kiln-check-attention --bin kiln-check-model --bin kiln-check-kernels --bin kiln-check-arch --bin kiln-check-tp
-cargo build --release -p kiln-runtime --bin kiln-check-sampler
+cargo build --release -p kiln-runtime --bin kiln-check-sampler --bin kiln-check-int4
 mkdir -p .device
-for b in kiln kiln-check-attention kiln-check-model kiln-check-kernels kiln-check-sampler kiln-check-arch kiln-check-tp; do
+for b in kiln kiln-check-attention kiln-check-model kiln-check-kernels kiln-check-sampler kiln-check-arch kiln-check-tp kiln-check-int4; do
   strip -o ".device/$b" "target/release/$b"
   xz -f -T0 -6 ".device/$b"
 done

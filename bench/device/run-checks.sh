@@ -43,6 +43,20 @@ if [ "$what" = tp ]; then
   TAIL=20 step tp-f32 90 .device/kiln-check-tp --model "${TP_MODEL:-.device/smollm2-3l.gguf}" --tp "${TP:-1}" --tokens 16 --dtype f32
 fi
 
+if [ "$what" = int4 ]; then
+  # W4A16: the kernels against the CPU path and their speed against dense cuBLAS, the packed
+  # AWQ / GPTQ fixtures on the GPU against kiln's CPU run, then 8B-shaped decode in int4 and
+  # bf16 in the same call.
+  TAIL=60 step int4-kernels 240 .device/kiln-check-int4
+  TAIL=30 step int4-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/int4-tiny/awq tests/fixtures/int4-tiny/gptq
+  b=(.device/kiln bench --offline --device cuda)
+  for m in llama3-8b+int4 llama3-8b; do
+    for c in 1 16 64; do
+      TAIL=4 step "bench-${m}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
+    done
+  done
+fi
+
 if [ "$what" = arch ]; then
   # Every architecture's tiny fixture on the GPU against HF, then the attention template (head
   # dims 32 to 256, sliding windows) and the Llama model check after the decoder rewrite.

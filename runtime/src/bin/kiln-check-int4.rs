@@ -1,0 +1,204 @@
+//! `kiln-check-int4`: the W4A16 GPU kernels (`device::quant::int4_cuda`) against the CPU path
+//! (`Int4Matrix::matmul`, the reference), then their speed against dense bf16 cuBLAS of the
+//! same matrix and against the device's copy bandwidth. Needs an NVIDIA GPU.
+//!
+//! Correctness: random 4-bit matrices (contiguous groups of 32/64/128, act-order with a random
+//! permutation, a row count that is not a multiple of the GEMV's 4, a fused weight of parts
+//! with different groupings), 1 to 33 activation rows, f32/f16/bf16 activations, both paths
+//! (GEMV and dequantize + cuBLAS). The CPU product is computed from the activations as the
+//! GPU sees them (rounded to the dtype); the GPU result must be within `tol · max |ref|`.
+//!
+//! Speed: Llama-3-8B's projection shapes, g128, bf16: median of CUDA-event-timed launches.
+
+use kiln_runtime::device::quant::int4::{Grouping, Int4Matrix};
+use kiln_runtime::device::quant::int4_cuda::{linear_int4_cuda_by, Int4Cuda, Int4Path};
+use kiln_runtime::device::timing::median_us;
+use kiln_runtime::{matmul, DType, Device, Tensor};
+use std::process::ExitCode;
+
+/// SplitMix64 on a counter: reproducible inputs.
+struct Rand(u64);
+
+impl Rand {
+    fn u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// A random `[rows, cols]` matrix: f16-exact scales around 0.01, zeros 0..=15.
+fn random_matrix(r: &mut Rand, rows: usize, cols: usize, group: usize, act_order: bool) -> Int4Matrix {
+    let groups = cols / group;
+    let words = (0..rows * cols / 8).map(|_| r.u64() as u32).collect();
+    let scales = (0..rows * groups).map(|_| half::f16::from_f32(0.004 + 0.012 * r.unit()).to_f32()).collect();
+    let zeros = (0..rows * groups).map(|_| (r.u64() % 16) as u8).collect();
+    let grouping = if act_order {
+        // Input i of group (position of i in a random order) / group: equal-sized groups.
+        let mut order: Vec<usize> = (0..cols).collect();
+        for i in (1..cols).rev() {
+            order.swap(i, (r.u64() % (i as u64 + 1)) as usize);
+        }
+        let mut g_idx = vec![0u32; cols];
+        for (at, &i) in order.iter().enumerate() {
+            g_idx[i] = (at / group) as u32;
+        }
+        Grouping::Indexed { groups, g_idx }
+    } else {
+        Grouping::Contiguous(group)
+    };
+    Int4Matrix::new((rows, cols), grouping, words, scales, zeros).expect("a well-formed matrix")
+}
+
+/// Round `v` to `dtype` and back (what the GPU reads).
+fn as_dtype(v: &[f32], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+struct Case {
+    what: String,
+    parts: Vec<Int4Matrix>,
+}
+
+fn cases(r: &mut Rand) -> Vec<Case> {
+    let mut c = vec![];
+    for (rows, cols, group, act) in
+        [(256, 512, 128, false), (1003, 256, 32, false), (64, 1024, 64, true), (96, 384, 128, true)]
+    {
+        let what = format!("{rows}x{cols} g{group}{}", if act { " act-order" } else { "" });
+        c.push(Case { what, parts: vec![random_matrix(r, rows, cols, group, act)] });
+    }
+    let parts = vec![random_matrix(r, 128, 256, 128, true), random_matrix(r, 64, 256, 128, true)];
+    c.push(Case { what: "fused 128+64 x256 act-order parts".into(), parts });
+    c
+}
+
+fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
+    let mut r = Rand(7);
+    let (mut passed, mut failed) = (0, 0);
+    for case in cases(&mut r) {
+        let k = case.parts[0].cols();
+        let n: usize = case.parts.iter().map(Int4Matrix::rows).sum();
+        for dtype in DType::FLOATS {
+            let w = Int4Cuda::upload(dev, dtype, &case.parts)?.ok_or("the kernels refused the layout")?;
+            for m in [1, 2, 3, 5, 8, 9, 16, 33] {
+                let x: Vec<f32> = as_dtype(&(0..m * k).map(|_| r.unit() * 2.0 - 1.0).collect::<Vec<_>>(), dtype);
+                let want: Vec<f32> = {
+                    let ys: Vec<Vec<f32>> = case.parts.iter().map(|p| p.matmul(&x, m)).collect();
+                    (0..m)
+                        .flat_map(|i| {
+                            ys.iter()
+                                .zip(&case.parts)
+                                .flat_map(move |(y, p)| y[i * p.rows()..(i + 1) * p.rows()].to_vec())
+                        })
+                        .collect()
+                };
+                let xt = Tensor::from_f32_as(dev, dtype, &x, m, k)?;
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
+                let tol = match dtype {
+                    DType::F32 => 2e-5,
+                    _ => 1e-2,
+                };
+                for path in [Int4Path::Gemv, Int4Path::Dequant] {
+                    // cuBLAS in half precision rounds the dequantized weight too (f16 has 11 bits).
+                    let tol = if path == Int4Path::Dequant && dtype != DType::F32 { 2e-2 } else { tol };
+                    let mut out = Tensor::zeros(dev, dtype, m, n)?;
+                    linear_int4_cuda_by(&xt, &w, &mut out, path)?;
+                    let got = out.to_host_f32()?;
+                    let err = got.iter().zip(&want).fold(0f32, |a, (g, w)| a.max((g - w).abs())) / scale;
+                    if err.is_finite() && err <= tol {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                        println!(
+                            "FAIL {} {dtype} m={m} {path:?}: max error {err:.2e} of max |ref| (tol {tol:.0e})",
+                            case.what
+                        );
+                    }
+                }
+            }
+        }
+        println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..33 × GEMV and dequant+cuBLAS", case.what);
+    }
+    Ok((passed, failed))
+}
+
+fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    let Device::Cuda(b) = dev else { return Ok(()) };
+    let mut r = Rand(11);
+    // Copy bandwidth in this run: a 1 GiB device-to-device copy (read + write).
+    let n_copy = 1usize << 28;
+    let src = Tensor::zeros(dev, DType::F32, 1, n_copy)?;
+    let mut dst = Tensor::zeros(dev, DType::F32, 1, n_copy)?;
+    let us = median_us(b, 3, 10, |_| dst.copy_from(&src).map_err(Box::<dyn std::error::Error>::from))?;
+    let copy_gbs = 2.0 * (n_copy * 4) as f64 / us / 1e3;
+    println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
+    println!("| shape n×k g128 | m | GEMV µs | dequant+cuBLAS µs | dense bf16 cuBLAS µs | GEMV GB/s (% of copy) | best vs dense |");
+    println!("|---|---|---|---|---|---|---|");
+    for (n, k, what) in [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")] {
+        let w = random_matrix(&mut r, n, k, 128, false);
+        let g = Int4Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w))?.ok_or("refused")?;
+        let mut dense = Tensor::zeros(dev, DType::BF16, n, k)?;
+        g[0].dequantize_into(&mut dense)?;
+        let bytes = (n * k / 2 + n * (k / 128) * 8) as f64;
+        for m in [1usize, 2, 4, 8, 16, 32, 64, 256] {
+            let x =
+                Tensor::from_f32_as(dev, DType::BF16, &(0..m * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), m, k)?;
+            let mut out = Tensor::zeros(dev, DType::BF16, m, n)?;
+            let mut time = |f: &mut dyn FnMut(&mut Tensor) -> Result<(), kiln_runtime::GemmError>| {
+                median_us(b, 5, 30, |_| f(&mut out).map_err(Box::<dyn std::error::Error>::from))
+            };
+            let gemv = if m <= 16 { time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::Gemv))? } else { f64::NAN };
+            let deq = time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::Dequant))?;
+            let cublas = time(&mut |o| matmul(dev, &x, &dense, o))?;
+            let best = gemv.min(deq);
+            let gbs = bytes / gemv / 1e3;
+            println!(
+                "| {what} {n}×{k} | {m} | {gemv:.1} | {deq:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
+                100.0 * gbs / copy_gbs,
+                cublas / best
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let dev = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kiln-check-int4 needs a GPU: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match check(&dev) {
+        Ok((p, 0)) => println!("int4 GPU vs CPU: all {p} comparisons passed"),
+        Ok((p, f)) => {
+            println!("int4 GPU vs CPU: {f} of {} comparisons FAILED", p + f);
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if std::env::args().any(|a| a == "--no-speed") {
+        return ExitCode::SUCCESS;
+    }
+    match speed(&dev) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
