@@ -74,6 +74,18 @@ pub fn random(cfg: LlamaConfig, dev: &Device, dtype: DType, seed: u64) -> Result
     Ok(Runner::new(Decoder::random(DecoderSpec::llama(cfg), dev, dtype, seed)?))
 }
 
+/// [`random`] with every layer projection as random 4-bit weights in groups of `group`
+/// (see [`Decoder::with_random_int4`]).
+pub fn random_int4(
+    cfg: LlamaConfig,
+    dev: &Device,
+    dtype: DType,
+    seed: u64,
+    group: usize,
+) -> Result<Runner<Decoder>, ModelError> {
+    Ok(Runner::new(Decoder::random(DecoderSpec::llama(cfg), dev, dtype, seed)?.with_random_int4(group, seed)?))
+}
+
 pub(crate) fn load(e: impl std::fmt::Display) -> ModelError {
     ModelError::Load(e.to_string())
 }

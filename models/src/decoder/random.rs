@@ -13,7 +13,11 @@ use super::{rope_table, Decoder, DecoderSpec, Ffn, Layer, Mlp, NormW};
 use crate::model::ModelError;
 use crate::synth::{tensor_seed, Init};
 use kiln_runtime::comm::Communicator;
-use kiln_runtime::device::device_kernels::{fill_uniform_part, FillPart};
+use kiln_runtime::device::device_kernels::{fill_uniform_part, uniform_value, FillPart};
+use kiln_runtime::device::linear::Weight;
+use kiln_runtime::device::quant::int4::{Grouping, Int4Matrix};
+use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
+use kiln_runtime::sample::rng::bits;
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use std::ops::Range;
@@ -147,4 +151,51 @@ impl Decoder {
         model.tp = tp;
         Ok(model)
     }
+
+    /// The same model with every dense layer projection (q/k/v, o, gate/up, down) replaced by
+    /// seeded random 4-bit weights of its shape in groups of `group` inputs (or 64 or 32 where it does not divide them; values in about
+    /// the same range): a synthetic W4A16 model (`synth:NAME+int4`) for speed work.
+    pub fn with_random_int4(mut self, group: usize, seed: u64) -> Result<Decoder, ModelError> {
+        let dev = self.dev.clone();
+        let dtype = self.dtype;
+        let mut n = 0u64;
+        let mut swap = |w: &mut Weight| -> Result<(), ModelError> {
+            let Some((rows, cols)) = w.as_dense().map(|t| (t.rows(), t.cols())) else { return Ok(()) };
+            n += 1;
+            // Smaller groups where `group` does not divide the inputs (SmolLM2's 576); else dense.
+            let Some(group) = [group, 64, 32].into_iter().find(|g| cols.is_multiple_of(*g)) else { return Ok(()) };
+            let m = random_int4((rows, cols), group, tensor_seed(seed ^ 0x1247, n))?;
+            *w = if dev.is_cpu() {
+                Weight::Int4(vec![m])
+            } else {
+                let on_gpu = Int4Cuda::upload(&dev, dtype, &[m]).map_err(|e| ModelError::Load(e.to_string()))?;
+                Weight::Int4Cuda(on_gpu.ok_or_else(|| ModelError::Load(format!("int4 groups of {group}")))?)
+            };
+            Ok(())
+        };
+        for l in &mut self.layers {
+            swap(&mut l.wqkv)?;
+            swap(&mut l.wo)?;
+            if let Ffn::Dense(mlp) = &mut l.ffn {
+                swap(&mut mlp.w_in)?;
+                swap(&mut mlp.w_down)?;
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// A `[rows, cols]` 4-bit matrix of SplitMix64 words, zero 8 and f16-exact scales near
+/// `1 / (8·√cols)`: values within about ±1/√cols, like `Init::Linear`.
+fn random_int4((rows, cols): (usize, usize), group: usize, seed: u64) -> Result<Int4Matrix, ModelError> {
+    use rayon::prelude::*;
+    let words: Vec<u32> = (0..rows * cols / 8).into_par_iter().map(|i| (bits(seed, i as u64) >> 32) as u32).collect();
+    let groups = cols / group.max(1);
+    let scale = half::f16::from_f32(1.0 / (8.0 * (cols as f32).sqrt())).to_f32();
+    let scales = (0..rows * groups)
+        .map(|i| scale * (0.75 + 0.5 * uniform_value(seed ^ 1, i as u64, 0.0, 1.0)))
+        .map(|s| half::f16::from_f32(s).to_f32())
+        .collect();
+    Int4Matrix::new((rows, cols), Grouping::Contiguous(group), words, scales, vec![8; rows * groups])
+        .map_err(|e| ModelError::Load(e.to_string()))
 }
