@@ -48,7 +48,7 @@ if [ "$what" = int4 ]; then
   # AWQ / GPTQ fixtures on the GPU against kiln's CPU run, then 8B-shaped decode in int4 and
   # bf16 in the same call.
   TAIL=60 step int4-kernels 240 .device/kiln-check-int4
-  TAIL=30 step int4-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/int4-tiny/awq tests/fixtures/int4-tiny/gptq
+  KILN_INT4_GPU=kernels TAIL=30 step int4-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/int4-tiny/awq tests/fixtures/int4-tiny/gptq
   b=(.device/kiln bench --offline --device cuda)
   for m in llama3-8b+int4 llama3-8b; do
     for c in 1 16 64; do

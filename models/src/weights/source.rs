@@ -587,8 +587,9 @@ impl WeightSource {
     }
 
     /// Packed 4-bit parts (stacked along rows) as a weight on `dev`: host-resident on the CPU;
-    /// in GPU memory for activations of `dtype` on a GPU, or `None` when their groups do not
-    /// fit the GPU kernels (the caller then uploads the weight dense).
+    /// in GPU memory for activations of `dtype` on a GPU when the int4 kernels are enabled
+    /// (`KILN_INT4_GPU=kernels`), or `None` when they are not or the groups do not fit them
+    /// (the caller then uploads the weight dense).
     fn int4_on(
         &self,
         name: &str,
@@ -598,6 +599,9 @@ impl WeightSource {
     ) -> Result<Option<Weight>, WeightsError> {
         if dev.is_cpu() {
             return Ok(Some(Weight::Int4(parts)));
+        }
+        if !kiln_runtime::device::quant::int4_cuda::kernels_enabled() {
+            return Ok(None);
         }
         let on_gpu = Int4Cuda::upload(dev, dtype, &parts).map_err(|e| WeightsError::Layout {
             tensor: name.to_owned(),

@@ -224,6 +224,15 @@ pub fn gemv_max_rows() -> usize {
     *MAX.get_or_init(|| std::env::var("KILN_INT4_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_M[3]))
 }
 
+/// Whether checkpoints' int4 weights load into these kernels on a GPU (`KILN_INT4_GPU=kernels`);
+/// otherwise they are dequantized to dense at load, as before the kernels existed. Off by
+/// default until `kiln-check-int4` has passed on a GPU: the kernels have only been compiled
+/// (NVRTC, sm_80/sm_90), never run. `synth:NAME+int4` and the check program use them always.
+pub fn kernels_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_INT4_GPU").is_ok_and(|v| v == "kernels"))
+}
+
 /// A device's dequantization scratch for one dtype: shared by every int4 weight of that device
 /// (products run one after another on the device's one stream), grown at upload only.
 type Scratch = Arc<Mutex<Tensor>>;
