@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use kiln_runtime::sample::constraint::{allows, apply_mask, mask_words};
 use kiln_runtime::sample::{
     device, math, rng, FinishReason, Sampler, SamplingError, SamplingParams, StopChecker, StopMatch, TokenHistory,
 };
@@ -97,6 +98,21 @@ fn reference_logprob(l: &[f32], token: u32) -> f64 {
 fn logits_strategy() -> impl Strategy<Value = Vec<f32>> {
     let levels = prop::sample::select(vec![f32::NEG_INFINITY, -3.5, -1.0, 0.0, 0.25, 1.0, 2.5, 7.0]);
     prop_oneof![prop::collection::vec(levels, 1..300), prop::collection::vec(-10.0f32..10.0, 1..300),]
+}
+
+/// A grammar mask over `v` ids, of one of five kinds: about half allowed, about one in
+/// sixteen, exactly one (`bits` picks it), none, every one.
+fn random_mask(v: usize, kind: u8, bits: u64) -> Vec<u32> {
+    let mut m = vec![0u32; mask_words(v)];
+    let keep = |t: usize| match kind {
+        0 => rng::bits(bits, t as u64) & 1 == 0,
+        1 => rng::bits(bits, t as u64) & 15 == 0,
+        2 => t as u64 == bits % v as u64,
+        3 => false,
+        _ => true,
+    };
+    (0..v).filter(|&t| keep(t)).for_each(|t| m[t / 32] |= 1 << (t % 32));
+    m
 }
 
 fn params_strategy() -> impl Strategy<Value = SamplingParams> {
@@ -212,6 +228,51 @@ proptest! {
                     }
                     (Err(g), Err(w)) => prop_assert_eq!(g, w),
                     (g, w) => prop_assert!(false, "device {:?} vs sampler {:?}", g, w),
+                }
+            }
+        }
+    }
+
+    /// A constrained row on the device sampler (its CPU twin) gives exactly what the engine's
+    /// host path gives: the grammar's mask applied to the logits, then `Sampler::sample`. Masks
+    /// of every shape (`mask_strategy`), three jobs over two rows (each its own mask, the
+    /// prompt's tokens penalised whether masked or not), three steps, errors included.
+    #[test]
+    fn device_sampler_with_masks_matches_the_host_path(
+        logits in logits_strategy(),
+        params in prop::collection::vec(params_strategy(), 3),
+        masks in prop::collection::vec((0u8..5, any::<u64>()), 3),
+        seed in any::<u64>(),
+    ) {
+        let v = logits.len();
+        let mut rows: Vec<f32> = logits.clone();
+        rows.extend(logits.iter().map(|&x| if x.is_finite() { -x } else { x }));
+        let t = Tensor::from_f32_as(&Device::Cpu, kiln_runtime::DType::F32, &rows, 2, v).unwrap();
+        let mut seqs: Vec<(Sampler, TokenHistory, usize, Vec<u32>)> = params
+            .iter()
+            .zip(&masks)
+            .enumerate()
+            .map(|(i, (p, &(kind, bits)))| {
+                let p = SamplingParams { seed: Some(seed.wrapping_add(i as u64)), ..p.clone() };
+                let prompt: Vec<u32> = (0..8).map(|j| (rng::bits(seed, j) % v as u64) as u32).collect();
+                (Sampler::new(&p).unwrap(), TokenHistory::new(&prompt), i % 2, random_mask(v, kind, bits))
+            })
+            .collect();
+        for step in 0..3 {
+            let jobs: Vec<_> = seqs
+                .iter()
+                .map(|(s, h, row, m)| device::SampleJob { mask: Some(m.clone()), ..s.device_job(h, v, *row).unwrap() })
+                .collect();
+            let got = device::sample(&t, &jobs).unwrap();
+            for ((s, h, row, m), got) in seqs.iter_mut().zip(got) {
+                let mut masked = rows[*row * v..(*row + 1) * v].to_vec();
+                apply_mask(&mut masked, m);
+                let want = s.sample(&masked, h);
+                prop_assert!(device::same_outcome(&got, &want, s.params().logprobs.is_some()),
+                    "step {}: device {:?} vs host {:?}", step, got, want);
+                if let Ok(w) = want {
+                    prop_assert!(allows(m, w.token));
+                    h.push_output(w.token);
                 }
             }
         }

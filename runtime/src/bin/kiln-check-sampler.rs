@@ -5,9 +5,13 @@
 //!
 //! Cases: vocabularies 1 to 128256, f32/f16/bf16 logits, rows with exact ties, `-inf` masks,
 //! a NaN, an all-`-inf` row; parameters drawn over temperature, top-k, top-p, min-p, the three
-//! penalties (with random histories) and log-probabilities. Tokens and errors must be equal;
-//! log-probabilities within 1e-5 (CUDA's `log` against Rust's), top-n ids equal.
+//! penalties (with random histories) and log-probabilities; about half the jobs carry a
+//! grammar mask (dense, sparse, a single token, a tied maximum removed, nothing allowed),
+//! checked against the engine's host path for a constrained row (`apply_mask`, then
+//! `Sampler::sample`). Tokens and errors must be equal; log-probabilities within 1e-5 (CUDA's
+//! `log` against Rust's), top-n ids equal. The timing table has a masked setting too.
 
+use kiln_runtime::sample::constraint::{apply_mask, mask_words};
 use kiln_runtime::sample::device::{self, SampleJob};
 use kiln_runtime::sample::{rng, Sampler, SamplingParams, TokenHistory};
 use kiln_runtime::DType;
@@ -63,6 +67,48 @@ fn logits_row(r: &mut Rand, vocab: usize, kind: u64) -> Vec<f32> {
         .collect()
 }
 
+/// A grammar mask for `row`, or none: dense (about half allowed), sparse (about 1 in 64), a
+/// single token, every token but the row's argmax (a tie's lowest id, when it has one), or
+/// nothing allowed.
+fn mask(r: &mut Rand, row: &[f32]) -> Option<Vec<u32>> {
+    let v = row.len();
+    let argmax = (0..v).fold(0, |best, i| if row[i] > row[best] { i } else { best });
+    let kind = r.below(10);
+    let one = r.below(v as u64) as usize;
+    let mut m = vec![0u32; mask_words(v)];
+    for t in 0..v {
+        let keep = match kind {
+            0 | 1 => r.below(2) == 0,
+            2 | 3 => r.below(64) == 0,
+            4 => t == one,
+            5 => t != argmax,
+            6 => false,
+            _ => return None,
+        };
+        if keep {
+            m[t / 32] |= 1 << (t % 32);
+        }
+    }
+    Some(m)
+}
+
+/// The engine's host path for a row: the mask (if any) applied to a copy, then the sampler.
+fn host_sample(
+    s: &mut Sampler,
+    row: &[f32],
+    mask: Option<&[u32]>,
+    h: &TokenHistory,
+) -> Result<kiln_runtime::sample::Sampled, kiln_runtime::sample::SamplingError> {
+    match mask {
+        None => s.sample(row, h),
+        Some(m) => {
+            let mut l = row.to_vec();
+            apply_mask(&mut l, m);
+            s.sample(&l, h)
+        }
+    }
+}
+
 fn params(r: &mut Rand) -> SamplingParams {
     SamplingParams {
         temperature: r.pick(&[0.0, 1.0, 0.05, 0.7, 1.5, 3.0]),
@@ -116,8 +162,11 @@ fn check(gpu: Option<&Device>, cases: u64) -> Result<(usize, usize), String> {
                 s.accept_external(); // a few earlier draws
             }
             let row = j % rows;
-            jobs.push(s.device_job(&h, vocab, row).map_err(|e| e.to_string())?);
-            want.push(s.sample(&host[row * vocab..(row + 1) * vocab], &h));
+            let logits = &host[row * vocab..(row + 1) * vocab];
+            let m = mask(&mut r, logits);
+            let job = s.device_job(&h, vocab, row).map_err(|e| e.to_string())?;
+            want.push(host_sample(&mut s, logits, m.as_deref(), &h));
+            jobs.push(SampleJob { mask: m, ..job });
         }
         let twin = device::sample(&cpu, &jobs).map_err(|e| e.to_string())?;
         let got = match gpu {
@@ -133,7 +182,9 @@ fn check(gpu: Option<&Device>, cases: u64) -> Result<(usize, usize), String> {
             if !device::same_outcome(g, w, logprobs) || !device::same_outcome(t, w, logprobs) {
                 failures += 1;
                 if failures <= 10 {
-                    println!("FAIL case {case} job {j} vocab {vocab} {dtype}: {:?}\n  device {g:?}\n  twin   {t:?}\n  spec   {w:?}", jobs[j]);
+                    let mut shown = jobs[j].clone();
+                    let allowed = shown.mask.take().map(|m| m.iter().map(|w| w.count_ones()).sum::<u32>());
+                    println!("FAIL case {case} job {j} vocab {vocab} {dtype} (mask allows {allowed:?}): {shown:?}\n  device {g:?}\n  twin   {t:?}\n  spec   {w:?}");
                 }
             }
         }
@@ -158,8 +209,9 @@ fn median_ms(reps: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<f
 /// the jobs, the kernel, the results back), argmax kernel, host path.
 fn timing(gpu: &Device) -> Result<(), String> {
     println!("\n| vocab | batch | settings | device sampler ms | argmax kernel ms | host path ms (copy + CPU sampler) |\n|---|---|---|---|---|---|");
-    let settings: [(&str, SamplingParams); 3] = [
-        ("T 1", SamplingParams { seed: Some(1), ..SamplingParams::default() }),
+    // (label, parameters, whether each row carries a grammar mask allowing every other token)
+    let settings: [(&str, SamplingParams, bool); 4] = [
+        ("T 1", SamplingParams { seed: Some(1), ..SamplingParams::default() }, false),
         (
             "T 0.8, top-k 50, top-p 0.9",
             SamplingParams {
@@ -169,6 +221,7 @@ fn timing(gpu: &Device) -> Result<(), String> {
                 seed: Some(1),
                 ..SamplingParams::default()
             },
+            false,
         ),
         (
             "T 0.8, top-p 0.9, penalties, 5 logprobs",
@@ -181,6 +234,12 @@ fn timing(gpu: &Device) -> Result<(), String> {
                 seed: Some(1),
                 ..SamplingParams::default()
             },
+            false,
+        ),
+        (
+            "T 0.8, top-p 0.9, grammar mask (half the vocabulary)",
+            SamplingParams { temperature: 0.8, top_p: 0.9, seed: Some(1), ..SamplingParams::default() },
+            true,
         ),
     ];
     for (vocab, batch) in [(49_152usize, 1usize), (49_152, 64), (128_256, 1), (128_256, 64), (128_256, 256)] {
@@ -189,13 +248,15 @@ fn timing(gpu: &Device) -> Result<(), String> {
         let cpu = Tensor::from_f32_as(&Device::Cpu, DType::BF16, &data, batch, vocab).map_err(|e| e.to_string())?;
         let t = cpu.to_device(gpu).map_err(|e| e.to_string())?;
         let history = TokenHistory::new(&(0..256).map(|i| (i * 97 % vocab) as u32).collect::<Vec<_>>());
-        for (label, p) in &settings {
+        let half: Vec<u32> = vec![0x5555_5555; mask_words(vocab)];
+        for (label, p, masked) in &settings {
+            let m = masked.then_some(half.as_slice());
             let mut samplers: Vec<Sampler> =
                 (0..batch).map(|_| Sampler::new(p)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
             let jobs: Vec<SampleJob> = samplers
                 .iter()
                 .enumerate()
-                .map(|(i, s)| s.device_job(&history, vocab, i))
+                .map(|(i, s)| s.device_job(&history, vocab, i).map(|j| SampleJob { mask: m.map(<[u32]>::to_vec), ..j }))
                 .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?;
             let dev_ms = median_ms(20, || device::sample(&t, &jobs).map(|_| ()).map_err(|e| e.to_string()))?;
@@ -207,7 +268,7 @@ fn timing(gpu: &Device) -> Result<(), String> {
             let host_ms = median_ms(5, || {
                 let l = t.to_host_f32().map_err(|e| e.to_string())?;
                 for (i, s) in samplers.iter_mut().enumerate() {
-                    s.sample(&l[i * vocab..(i + 1) * vocab], &history).map_err(|e| e.to_string())?;
+                    host_sample(s, &l[i * vocab..(i + 1) * vocab], m, &history).map_err(|e| e.to_string())?;
                 }
                 Ok(())
             })?;

@@ -112,6 +112,7 @@ impl Sampler {
             draw: self.draws,
             logprobs: p.logprobs.map(|n| n.min(super::params::MAX_LOGPROBS) as u32),
             penalties,
+            mask: None,
         })
     }
 

@@ -1,23 +1,26 @@
 //! One sampling job of the device sampler, and its flat `i32` form.
 //!
 //! A job is "sample one token from logits row `row` with these settings": the validated
-//! parameters of a [`crate::sample::Sampler`], its seed and draw counter, and the penalty
-//! entries of its history. Jobs travel to the GPU as fixed-size descriptors ([`DESC_WORDS`]
-//! words each) plus one shared array of penalty pairs; each job's result comes back as one
-//! record of [`OUT_WORDS`] words. The CUDA kernel and its CPU twin read and write exactly these
+//! parameters of a [`crate::sample::Sampler`], its seed and draw counter, the penalty entries
+//! of its history, and for a constrained sequence the bitmask of the tokens its grammar allows.
+//! Jobs travel to the GPU as fixed-size descriptors ([`DESC_WORDS`] words each) plus one shared
+//! array of penalty pairs and one of mask words (only constrained jobs add to it); each job's
+//! result comes back as one record of [`OUT_WORDS`] words. The CUDA kernel and its CPU twin read and write exactly these
 //! words, so the twin's tests cover the packing too.
 //!
 //! Invariants of a packed job (established by [`crate::sample::Sampler::device_job`]):
 //! - `0 <= top_k < vocab` (0 means off: a `top_k` of at least the vocabulary keeps everything);
 //! - every penalty token is `< vocab`, tokens are distinct, and the list is empty exactly when
 //!   the penalties are off;
-//! - `logprobs` is `-1` (none) or `0..=MAX_LOGPROBS`.
+//! - `logprobs` is `-1` (none) or `0..=MAX_LOGPROBS`;
+//! - a mask has exactly `mask_words(vocab)` words (checked by [`super::sample`]); its offset
+//!   is `-1` when the job has none.
 
 use crate::sample::params::MAX_LOGPROBS;
 use crate::sample::{Sampled, SamplingError};
 
 /// Words per job descriptor.
-pub const DESC_WORDS: usize = 16;
+pub const DESC_WORDS: usize = 17;
 /// Words per result record: status, token, logprob bits, top count, then `MAX_LOGPROBS`
 /// (id, logprob bits) pairs.
 pub const OUT_WORDS: usize = 4 + 2 * MAX_LOGPROBS;
@@ -39,6 +42,8 @@ pub(crate) mod word {
     pub const LOGPROBS: usize = 12;
     pub const PEN_OFFSET: usize = 13;
     pub const PEN_COUNT: usize = 14;
+    pub const MASK_OFFSET: usize = 15;
+    pub const MASK_WORDS: usize = 16;
 }
 
 /// Result status codes.
@@ -69,6 +74,10 @@ pub struct SampleJob {
     /// `(token, occurrences in the output)` for every distinct token the penalties touch;
     /// empty when the penalties are off.
     pub penalties: Vec<(u32, u32)>,
+    /// The tokens a grammar allows (bit `t % 32` of word `t / 32`, as
+    /// [`crate::sample::constraint`] fills it); every other logit is `-inf` before the
+    /// penalties, as on the host. `None`: every token is allowed.
+    pub mask: Option<Vec<u32>>,
 }
 
 /// Jobs as the kernel reads them.
@@ -77,6 +86,8 @@ pub struct PackedJobs {
     pub desc: Vec<i32>,
     /// `(token, count)` pairs of every job, concatenated.
     pub penalties: Vec<i32>,
+    /// Mask words of every masked job, concatenated (bit patterns as `i32`).
+    pub masks: Vec<i32>,
     /// Whether some job has penalties (and so needs a scratch row for its penalised logits).
     pub needs_scratch: bool,
 }
@@ -107,7 +118,7 @@ fn unf(x: i32) -> f32 {
     f32::from_bits(x as u32)
 }
 
-/// Packs `jobs` into descriptors and one penalty array.
+/// Packs `jobs` into descriptors, one penalty array and one mask array.
 pub fn pack(jobs: &[SampleJob]) -> PackedJobs {
     let mut p = PackedJobs { desc: Vec::with_capacity(jobs.len() * DESC_WORDS), ..PackedJobs::default() };
     for j in jobs {
@@ -129,6 +140,11 @@ pub fn pack(jobs: &[SampleJob]) -> PackedJobs {
             p.penalties.push(t as i32);
             p.penalties.push(c as i32);
         }
+        (d[word::MASK_OFFSET], d[word::MASK_WORDS]) = match &j.mask {
+            Some(m) => (p.masks.len() as i32, m.len() as i32),
+            None => (-1, 0),
+        };
+        p.masks.extend(j.mask.iter().flatten().map(|&w| w as i32));
         p.needs_scratch |= !j.penalties.is_empty();
         p.desc.extend_from_slice(&d);
     }
@@ -156,6 +172,9 @@ pub fn unpack_job(packed: &PackedJobs, i: usize) -> SampleJob {
             .chunks_exact(2)
             .map(|p| (p[0] as u32, p[1] as u32))
             .collect(),
+        mask: usize::try_from(d[word::MASK_OFFSET])
+            .ok()
+            .map(|off| packed.masks[off..off + d[word::MASK_WORDS] as usize].iter().map(|&w| w as u32).collect()),
     }
 }
 
@@ -247,6 +266,8 @@ pub(crate) fn cuda_defines() -> String {
         ("W_LOGPROBS", word::LOGPROBS),
         ("W_PEN_OFFSET", word::PEN_OFFSET),
         ("W_PEN_COUNT", word::PEN_COUNT),
+        ("W_MASK_OFFSET", word::MASK_OFFSET),
+        ("W_MASK_WORDS", word::MASK_WORDS),
     ] {
         s.push_str(&format!("#define KILN_SAMPLE_{name} {v}\n"));
     }
@@ -274,16 +295,21 @@ mod tests {
             draw: (1 << 33) + 5,
             logprobs: Some(3),
             penalties,
+            mask: None,
         }
     }
 
     #[test]
     fn pack_round_trips() {
-        let jobs =
-            vec![job(2, vec![(7, 0), (9, 3)]), SampleJob { logprobs: None, ..job(0, vec![]) }, job(5, vec![(1, 1)])];
+        let jobs = vec![
+            SampleJob { mask: Some(vec![0x8000_0001, u32::MAX]), ..job(2, vec![(7, 0), (9, 3)]) },
+            SampleJob { logprobs: None, ..job(0, vec![]) },
+            SampleJob { mask: Some(vec![0, 5]), ..job(5, vec![(1, 1)]) },
+        ];
         let p = pack(&jobs);
         assert_eq!(p.len(), 3);
         assert!(p.needs_scratch);
+        assert_eq!(p.masks.len(), 4, "only masked jobs add words");
         for (i, j) in jobs.iter().enumerate() {
             assert_eq!(&unpack_job(&p, i), j);
         }

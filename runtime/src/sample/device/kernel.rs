@@ -7,9 +7,15 @@
 //! `sample::math`, not retyped. Log-probabilities use CUDA's double `log`, so they match the CPU
 //! up to that function's last bit, as the spec allows.
 //!
+//! A job's grammar mask is read where its logits are: with no penalties, `KilnRow::logit` gives
+//! `-inf` for a token whose bit is clear, so no masked copy of the row is written; with
+//! penalties, the scratch copy is masked first and penalised after, the host path's order.
+//!
 //! Invariants of a launch: `desc` holds `jobs` descriptors whose rows lie inside `logits`;
 //! `scratch` has `jobs * vocab` floats when some job has penalties (it may be null otherwise);
-//! `out` has `jobs * OUT_WORDS` words, every one of which the kernel writes.
+//! `masks` holds every masked job's `ceil(vocab / 32)` words at its descriptor's offset (it
+//! may be null when no job has a mask); `out` has `jobs * OUT_WORDS` words, every one of which
+//! the kernel writes.
 
 use super::job::{cuda_defines, PackedJobs, OUT_WORDS};
 use super::DeviceSampleError;
@@ -123,11 +129,16 @@ struct KilnShared {
 
 template <typename T>
 struct KilnRow {
-  const T* x;       // the logits row as the model wrote it
-  const float* pl;  // its penalised copy, or null when the job has no penalties
+  const T* x;                // the logits row as the model wrote it
+  const float* pl;           // its masked and penalised copy, or null when the job has no penalties
+  const unsigned int* mask;  // the grammar's allowed tokens, or null when the job has no mask
   float max;
   float temperature;
-  __device__ __forceinline__ float logit(int i) const { return pl ? pl[i] : kiln_to_f32(x[i]); }
+  __device__ __forceinline__ float logit(int i) const {
+    if (pl) return pl[i];
+    if (mask && ((mask[i >> 5] >> (i & 31)) & 1u) == 0u) return -kiln_inf();
+    return kiln_to_f32(x[i]);
+  }
   __device__ __forceinline__ unsigned long long key(int i) const { return kiln_rank_key(logit(i), (unsigned int)i); }
   __device__ __forceinline__ float weight(int i) const {
     const float z = __fsub_rn(logit(i), max);
@@ -274,7 +285,8 @@ __device__ unsigned long long kiln_select_mass(const KilnRow<T>& row, int vocab,
 template <typename T>
 __device__ __forceinline__ void kiln_sample_job(const T* __restrict__ logits, long long stride, int vocab,
                                                 const int* __restrict__ desc_all, const int* __restrict__ pens,
-                                                float* __restrict__ scratch, int* __restrict__ out_all) {
+                                                const unsigned int* __restrict__ masks, float* __restrict__ scratch,
+                                                int* __restrict__ out_all) {
   __shared__ KilnShared sh;
   const int job = blockIdx.x;
   const int* d = desc_all + (long long)job * KILN_SAMPLE_DESC_WORDS;
@@ -288,13 +300,15 @@ __device__ __forceinline__ void kiln_sample_job(const T* __restrict__ logits, lo
   KilnRow<T> row;
   row.x = logits + (long long)d[KILN_SAMPLE_W_ROW] * stride;
   row.pl = nullptr;
+  row.mask = d[KILN_SAMPLE_W_MASK_OFFSET] >= 0 ? masks + d[KILN_SAMPLE_W_MASK_OFFSET] : nullptr;
   row.max = 0.0f;
   row.temperature = 1.0f;
 
-  // 1. penalties, into this job's scratch row (same f32 operations as penalty.rs)
+  // 1. the mask, then the penalties, into this job's scratch row (same f32 operations as
+  // penalty.rs); `row.logit` applies the mask while `row.pl` is still null
   if (n_pen > 0) {
     float* pl = scratch + (long long)job * vocab;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) pl[i] = kiln_to_f32(row.x[i]);
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) pl[i] = row.logit(i);
     __syncthreads();
     const float rep = __int_as_float(d[KILN_SAMPLE_W_REPETITION]);
     const float presence = __int_as_float(d[KILN_SAMPLE_W_PRESENCE]);
@@ -463,8 +477,8 @@ __device__ __forceinline__ void kiln_sample_job(const T* __restrict__ logits, lo
 
 #define KILN_SAMPLE_ENTRY(NAME, T)                                                                   \
   extern "C" __global__ void __launch_bounds__(1024) NAME(const T* logits, long long stride, int vocab, \
-      const int* desc, const int* pens, float* scratch, int* out) {                                 \
-    kiln_sample_job<T>(logits, stride, vocab, desc, pens, scratch, out);                            \
+      const int* desc, const int* pens, const unsigned int* masks, float* scratch, int* out) {      \
+    kiln_sample_job<T>(logits, stride, vocab, desc, pens, masks, scratch, out);                     \
   }
 KILN_SAMPLE_ENTRY(kiln_sample_f32, float)
 KILN_SAMPLE_ENTRY(kiln_sample_f16, kiln_f16)
@@ -518,6 +532,8 @@ pub(crate) fn run(b: &CudaBackend, logits: &Tensor, jobs: &PackedJobs) -> Result
     let desc = Tensor::vector(dev, &jobs.desc)?;
     // A null pointer stands for "no penalties" / "no scratch": the kernel never reads them then.
     let pens = if jobs.penalties.is_empty() { None } else { Some(Tensor::vector(dev, &jobs.penalties)?) };
+    // Only constrained jobs' mask bits go up: a few KiB per row, never logits down.
+    let masks = if jobs.masks.is_empty() { None } else { Some(Tensor::vector(dev, &jobs.masks)?) };
     let scratch = if jobs.needs_scratch { Some(Tensor::uninit(dev, DType::F32, n, vocab)?) } else { None };
     let out = Tensor::uninit(dev, DType::I32, 1, n * OUT_WORDS)?;
     let entries: Vec<String> = ENTRIES.iter().map(|s| s.to_string()).collect();
@@ -525,11 +541,13 @@ pub(crate) fn run(b: &CudaBackend, logits: &Tensor, jobs: &PackedJobs) -> Result
     let f = module.func(entry)?;
     let ptr = |t: &Option<Tensor>| t.as_ref().and_then(|t| t.cuda_ptr()).unwrap_or(0);
     let (lp, stride, v) = (logits.cuda_ptr().unwrap_or(0), logits.row_stride() as i64, vocab as i32);
-    let (dp, pp, sp, op) = (desc.cuda_ptr().unwrap_or(0), ptr(&pens), ptr(&scratch), out.cuda_ptr().unwrap_or(0));
+    let (dp, pp, mp) = (desc.cuda_ptr().unwrap_or(0), ptr(&pens), ptr(&masks));
+    let (sp, op) = (ptr(&scratch), out.cuda_ptr().unwrap_or(0));
     let mut l = b.stream().launch_builder(f);
-    l.arg(&lp).arg(&stride).arg(&v).arg(&dp).arg(&pp).arg(&sp).arg(&op);
+    l.arg(&lp).arg(&stride).arg(&v).arg(&dp).arg(&pp).arg(&mp).arg(&sp).arg(&op);
     // SAFETY: `logits` covers every job's row (checked by the caller) at `stride`; `desc`,
-    // `pens`, `scratch` and `out` are live allocations of the sizes the module header states.
+    // `pens`, `masks`, `scratch` and `out` are live allocations of the sizes the module header
+    // states (mask lengths checked by the caller).
     let r = unsafe {
         l.launch(LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
     };

@@ -8,7 +8,9 @@
 //!
 //! Contract: for every job, the token equals what `Sampler::sample` picks from the same logits
 //! row and history — exactly, not in distribution: the spec's arithmetic is integer or
-//! bit-specified f32, and the kernel follows it operation by operation. Log-probabilities
+//! bit-specified f32, and the kernel follows it operation by operation. A job with a grammar
+//! mask ([`SampleJob::mask`]) is held to what the engine's host path does with a constrained
+//! row: `Sampler::sample` on the row after [`super::constraint::apply_mask`]. Log-probabilities
 //! agree up to the last bit of `ln`. The same errors come back for the same rows (a NaN or
 //! `+inf` logit after penalties, every logit `-inf`). `logprob` is 0 when the job asked for no
 //! log-probabilities.
@@ -83,10 +85,18 @@ pub fn sample(logits: &Tensor, jobs: &[SampleJob]) -> Result<Vec<Result<Sampled,
     if let Some(j) = jobs.iter().find(|j| j.row >= logits.rows()) {
         return Err(DeviceSampleError::Shape(format!("job asks for logits row {} of {}", j.row, logits.rows())));
     }
-    if let Some(j) =
-        jobs.iter().find(|j| j.penalties.iter().any(|&(t, _)| t as usize >= vocab) || j.top_k as usize >= vocab)
-    {
+    let words = super::constraint::mask_words(vocab);
+    if let Some(j) = jobs.iter().find(|j| {
+        j.penalties.iter().any(|&(t, _)| t as usize >= vocab)
+            || j.top_k as usize >= vocab
+            || j.mask.as_ref().is_some_and(|m| m.len() != words)
+    }) {
         return Err(DeviceSampleError::Shape(format!("job for row {} does not fit a vocabulary of {vocab}", j.row)));
+    }
+    // Mask offsets travel as i32 words.
+    let masked = jobs.iter().filter(|j| j.mask.is_some()).count();
+    if masked.saturating_mul(words) > i32::MAX as usize {
+        return Err(DeviceSampleError::Shape(format!("{masked} masks of {words} words are too many")));
     }
     let packed = pack(jobs);
     let out = match logits.device() {
@@ -99,4 +109,22 @@ pub fn sample(logits: &Tensor, jobs: &[SampleJob]) -> Result<Vec<Result<Sampled,
         Device::Cuda(b) => kernel::run(b, logits, &packed)?,
     };
     (0..jobs.len()).map(|i| Ok(job::read_record(&out, i, vocab)?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{Sampler, SamplingParams, TokenHistory};
+
+    #[test]
+    fn a_mask_that_does_not_fit_the_vocabulary_is_refused() {
+        let logits = Tensor::from_host(&Device::Cpu, &[0.0f32; 40], 1, 40).unwrap();
+        let job = Sampler::new(&SamplingParams::greedy()).unwrap().device_job(&TokenHistory::new(&[]), 40, 0).unwrap();
+        for words in [1, 3] {
+            let bad = SampleJob { mask: Some(vec![u32::MAX; words]), ..job.clone() };
+            assert!(matches!(sample(&logits, &[bad]), Err(DeviceSampleError::Shape(_))), "{words} words");
+        }
+        let fits = SampleJob { mask: Some(vec![0, 1 << 7]), ..job };
+        assert_eq!(sample(&logits, &[fits]).unwrap()[0].as_ref().map(|s| s.token), Ok(39));
+    }
 }

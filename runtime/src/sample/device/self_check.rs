@@ -7,6 +7,7 @@
 use super::job::SampleJob;
 use super::{same_outcome, sample};
 use crate::device::tensor::Tensor;
+use crate::sample::constraint::mask_words;
 use crate::sample::rng;
 use crate::DType;
 use crate::Device;
@@ -14,8 +15,18 @@ use crate::Device;
 /// Rows of the check batch.
 const ROWS: usize = 4;
 
-/// The check's jobs: two per row, covering greedy, temperature, top-k, top-p, min-p,
-/// penalties and log-probabilities.
+/// A grammar mask over `vocab` ids allowing those `keep` picks.
+fn mask(vocab: usize, keep: impl Fn(usize) -> bool) -> Option<Vec<u32>> {
+    let mut m = vec![0u32; mask_words(vocab)];
+    for t in (0..vocab).filter(|&t| keep(t)) {
+        m[t / 32] |= 1 << (t % 32);
+    }
+    Some(m)
+}
+
+/// The check's jobs: two or three per row, covering greedy, temperature, top-k, top-p, min-p,
+/// penalties, log-probabilities and grammar masks (a sparse one, and one allowing a single
+/// token under penalties).
 fn jobs(vocab: usize) -> Vec<SampleJob> {
     let v = vocab as u32;
     let base = |row: usize| SampleJob {
@@ -31,6 +42,7 @@ fn jobs(vocab: usize) -> Vec<SampleJob> {
         draw: 3,
         logprobs: None,
         penalties: Vec::new(),
+        mask: None,
     };
     let small_k = (vocab as u32 / 2).clamp(1, 40) % v.max(1);
     vec![
@@ -49,6 +61,15 @@ fn jobs(vocab: usize) -> Vec<SampleJob> {
         SampleJob { temperature: 0.3, top_k: small_k, top_p: 0.7, min_p: 0.02, logprobs: Some(20), ..base(2) },
         SampleJob { temperature: 2.0, ..base(3) },
         SampleJob { temperature: 0.0, penalties: vec![(v / 3, 4)], repetition: 1.1, frequency: 0.5, ..base(3) },
+        SampleJob { temperature: 0.7, top_k: small_k, logprobs: Some(3), mask: mask(vocab, |t| t % 3 != 1), ..base(1) },
+        SampleJob {
+            temperature: 0.0,
+            penalties: vec![(v / 2, 1)],
+            presence: 0.5,
+            logprobs: Some(2),
+            mask: mask(vocab, |t| t == vocab / 2),
+            ..base(3)
+        },
     ]
     .into_iter()
     .map(|mut j| {
@@ -106,6 +127,7 @@ mod tests {
                 assert!(j.row < ROWS);
                 assert!((j.top_k as usize) < vocab, "top_k {} for vocab {vocab}", j.top_k);
                 assert!(j.penalties.iter().all(|&(t, _)| (t as usize) < vocab));
+                assert!(j.mask.as_ref().is_none_or(|m| m.len() == mask_words(vocab)));
             }
         }
     }

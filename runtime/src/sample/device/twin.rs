@@ -5,7 +5,10 @@
 //! GPU check holds the kernel equal to both.
 //!
 //! Phases of one job (the kernel's comments carry the same numbers):
-//! 1. penalties into a scratch copy of the row (only when the job has penalty entries);
+//! 1. the grammar's mask (every disallowed logit `-inf`, [`apply_mask`] as the engine's host
+//!    path applies it), then the penalties, into a scratch copy of the row (only when the job
+//!    has a mask or penalty entries; the kernel reads the mask on the fly when it has no
+//!    penalties, which gives the same values);
 //! 2. scan: the first bad logit (NaN or `+inf`), else the largest rank key (max logit, lowest
 //!    id), else "all masked";
 //! 3. the log-normaliser `ln(sum q(e(l - max)) / 2^40)` when log-probabilities are wanted;
@@ -23,6 +26,7 @@
 //! as soon as that bucket holds a single key.
 
 use super::job::{unpack_job, write_record, PackedJobs, Record, SampleJob, OUT_WORDS};
+use crate::sample::constraint::apply_mask;
 use crate::sample::math::{exp_nonpos, key_id, quantize, rank_key, WEIGHT_SCALE};
 use crate::sample::params::MAX_LOGPROBS;
 use crate::sample::rng;
@@ -60,12 +64,15 @@ impl Row<'_> {
 }
 
 fn run_job(raw: &[f32], job: &SampleJob, scratch: &mut Vec<f32>, out: &mut [i32]) {
-    // 1. penalties (the same f32 operations as `penalty::apply_penalties`)
-    let l: &[f32] = if job.penalties.is_empty() {
+    // 1. the mask, then the penalties (the same f32 operations as `penalty::apply_penalties`)
+    let l: &[f32] = if job.penalties.is_empty() && job.mask.is_none() {
         raw
     } else {
         scratch.clear();
         scratch.extend_from_slice(raw);
+        if let Some(mask) = &job.mask {
+            apply_mask(scratch, mask);
+        }
         for &(t, c) in &job.penalties {
             let x = &mut scratch[t as usize];
             if job.repetition != 1.0 {
@@ -253,8 +260,9 @@ fn select_mass(row: &Row<'_>, floor: u64, target: f64) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::constraint::allows;
     use crate::sample::device::job::{pack, read_record};
-    use crate::sample::{Sampler, SamplingParams, TokenHistory};
+    use crate::sample::{Sampled, Sampler, SamplingError, SamplingParams, TokenHistory};
 
     fn twin(logits: &[f32], job: SampleJob) -> Result<crate::sample::Sampled, crate::sample::SamplingError> {
         let jobs = pack(&[job]);
@@ -335,6 +343,94 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The engine's host path for a constrained row: the mask applied to a copy, then the sampler.
+    fn host(s: &mut Sampler, logits: &[f32], mask: &[u32], h: &TokenHistory) -> Result<Sampled, SamplingError> {
+        let mut l = logits.to_vec();
+        apply_mask(&mut l, mask);
+        s.sample(&l, h)
+    }
+
+    fn mask_of(vocab: usize, keep: impl Fn(usize) -> bool) -> Vec<u32> {
+        let mut m = vec![0u32; crate::sample::constraint::mask_words(vocab)];
+        (0..vocab).filter(|&t| keep(t)).for_each(|t| m[t / 32] |= 1 << (t % 32));
+        m
+    }
+
+    /// Masked jobs against the host path, over every setting, ten draws each: tokens, errors,
+    /// log-probabilities and top ids equal. Returns what the host path gave at the first draw.
+    fn check_masked(logits: &[f32], mask: &[u32], h: &TokenHistory) -> Vec<Result<Sampled, SamplingError>> {
+        let mut first = Vec::new();
+        for (temperature, top_k, top_p, min_p, rep, freq, presence, logprobs) in [
+            (0.0, None, 1.0, 0.0, 1.0, 0.0, 0.0, None),
+            (0.0, None, 1.0, 0.0, 1.3, 0.4, 0.5, Some(4)),
+            (1.0, None, 1.0, 0.0, 1.0, 0.0, 0.0, Some(0)),
+            (0.8, Some(3), 1.0, 0.0, 1.0, 0.0, 0.0, None),
+            (1.3, None, 0.6, 0.0, 0.8, 0.0, -1.0, Some(20)),
+            (0.5, Some(8), 0.9, 0.2, 1.0, 0.25, 0.0, Some(2)),
+        ] {
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty: rep,
+                frequency_penalty: freq,
+                presence_penalty: presence,
+                logprobs,
+                seed: Some(5),
+                ..SamplingParams::default()
+            };
+            let mut s = Sampler::new(&p).unwrap();
+            for step in 0..10 {
+                let job = SampleJob { mask: Some(mask.to_vec()), ..s.device_job(h, logits.len(), 0).unwrap() };
+                let got = twin(logits, job);
+                let want = host(&mut s, logits, mask, h);
+                assert!(
+                    super::super::same_outcome(&got, &want, logprobs.is_some()),
+                    "{p:?} step {step}: {got:?} vs {want:?}"
+                );
+                if step == 0 {
+                    first.push(want);
+                }
+                if got.is_err() {
+                    break;
+                }
+            }
+        }
+        first
+    }
+
+    #[test]
+    fn masked_rows_equal_the_host_path() {
+        let v = 100;
+        let logits: Vec<f32> = (0..v).map(|i| ((i * 37 % 101) as f32) * 0.05 - 2.0).collect();
+        let mut h = TokenHistory::new(&[3, 5, 5, 40, 41]);
+        [5, 17, 40, 97].into_iter().for_each(|t| h.push_output(t));
+        // A random-looking mask with penalised tokens on both sides of it.
+        let sparse = mask_of(v, |t| (t * 7919) % 5 < 2 || t == 7 || t == 40);
+        assert!(check_masked(&logits, &sparse, &h).iter().all(|r| r.as_ref().is_ok_and(|s| allows(&sparse, s.token))));
+        // All masked but one: the row's worst token, penalised too, is the only answer.
+        let worst = (0..v).min_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+        h.push_output(worst as u32);
+        let one = mask_of(v, |t| t == worst);
+        assert!(check_masked(&logits, &one, &h).iter().all(|r| r.as_ref().is_ok_and(|s| s.token == worst as u32)));
+        // Ties: three equal maxima, the lowest-id one masked, so greedy takes the next id.
+        let mut tied = logits.clone();
+        [10, 20, 30].into_iter().for_each(|t| tied[t] = 9.0);
+        let no_10 = mask_of(v, |t| t != 10);
+        assert_eq!(check_masked(&tied, &no_10, &TokenHistory::new(&[]))[0].as_ref().unwrap().token, 20);
+        // A NaN the mask removes is no error; one it keeps is the sampler's error.
+        let mut nan = logits.clone();
+        nan[7] = f32::NAN;
+        check_masked(&nan, &mask_of(v, |t| t != 7), &h).iter().for_each(|r| assert!(r.is_ok(), "{r:?}"));
+        assert!(check_masked(&nan, &sparse, &h)
+            .iter()
+            .all(|r| matches!(r, Err(SamplingError::NonFiniteLogit { token: 7, .. }))));
+        // A mask that allows nothing: the host path's error, on every setting.
+        let none = mask_of(v, |_| false);
+        assert!(check_masked(&logits, &none, &h).iter().all(|r| *r == Err(SamplingError::AllMasked)));
     }
 
     #[test]
