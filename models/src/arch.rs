@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::config::{ConfigError, LlamaConfig};
 use crate::gguf::{GgufFile, MetadataValue};
 use crate::model::{CausalLm, ModelError};
-use crate::weights::packed::PackedConfig;
+use crate::weights::quantization::{self, Quantization};
 use crate::weights::{GgufNaming, WeightSource, WeightsError};
 
 /// One architecture kiln runs: one line of [`crate::registry::ARCHITECTURES`].
@@ -134,12 +134,14 @@ impl Checkpoint {
         let mut src = match &self.kind {
             Kind::Hf { json } => {
                 let mut src = WeightSource::open_safetensors_dir(&self.path)?;
-                let packed = PackedConfig::from_hf(json).map_err(|(field, why)| ConfigError::Unsupported {
+                let stored = quantization::from_hf(json).map_err(|(field, why)| ConfigError::Unsupported {
                     source_name: self.config().source_name(),
                     what: format!("'{field}': {why}"),
                 })?;
-                if let Some(cfg) = packed {
-                    src.set_packed(cfg)?;
+                match stored {
+                    Some(Quantization::Packed(cfg)) => src.set_packed(cfg)?,
+                    Some(Quantization::Scaled(cfg)) => src.set_scaled(cfg)?,
+                    None => {}
                 }
                 src
             }

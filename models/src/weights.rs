@@ -20,6 +20,8 @@ use crate::gguf::{GgufError, PermuteError};
 
 mod gguf;
 pub mod packed;
+pub mod quantization;
+pub mod scaled;
 mod source;
 
 pub use gguf::{gguf_to_hf_name, load_gguf};
@@ -53,7 +55,7 @@ pub enum WeightsError {
     Io { path: PathBuf, err: std::io::Error },
     #[error("{}: {reason}", .path.display())]
     Safetensors { path: PathBuf, reason: String },
-    #[error("{}: tensor '{tensor}' has dtype {dtype}; kiln loads F32, F16 and BF16 (and I32 words of packed INT4 weights)", .path.display())]
+    #[error("{}: tensor '{tensor}' has dtype {dtype}; kiln loads F32, F16, BF16, F8_E4M3 and the integers of quantized checkpoints (I8, I32, I64)", .path.display())]
     UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("{source_name}: missing tensor '{tensor}'")]
     Missing { source_name: String, tensor: String },

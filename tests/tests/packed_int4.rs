@@ -58,7 +58,7 @@ fn quantization_configs_kiln_does_not_read_are_refused_naming_the_field() {
     std::fs::copy(fixture("awq").join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
     let cfg = std::fs::read_to_string(fixture("awq").join("config.json")).unwrap();
     for (from, to, field) in [
-        ("\"awq\"", "\"fp8\"", "quantization_config.quant_method"),
+        ("\"awq\"", "\"bitsandbytes\"", "quantization_config.quant_method"),
         ("\"gemm\"", "\"gemv\"", "quantization_config.version"),
         ("\"bits\": 4", "\"bits\": 3", "quantization_config.bits"),
     ] {

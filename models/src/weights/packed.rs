@@ -1,5 +1,5 @@
-//! Pre-quantized INT4 checkpoints in Hugging Face form (AutoAWQ "GEMM" and GPTQ), read as the
-//! projections they stand for.
+//! Pre-quantized INT4 checkpoints in Hugging Face form (AutoAWQ "GEMM", GPTQ and
+//! compressed-tensors `pack-quantized`), read as the projections they stand for.
 //!
 //! `quantization_config` in `config.json` names the method ([`PackedConfig::from_hf`]; anything
 //! kiln does not read is refused naming the field). For each `X.qweight` the source then offers
@@ -15,6 +15,13 @@
 //!   `scales` f16 `[groups, out]`; `g_idx` i32 `[in]` the group of each input (act-order makes it
 //!   non-monotonic; without it, `i / G`); `w = (q - z') · s[g_idx[i]]`, where `z' = z + 1` for
 //!   the original ("v1") format, which stores zeros minus one, and `z' = z` for `gptq_v2`.
+//! - compressed-tensors `pack-quantized` (4 bits): `weight_packed` i32 `[out, in/8]`, packed
+//!   along the input, nibble `k` of word `j` holding input `8j + k` as the signed value plus 8;
+//!   `weight_scale` (the model's float dtype) `[out, groups]`; asymmetric checkpoints add
+//!   `weight_zero_point` i32 `[ceil(out/8), groups]` packed along the **output** (nibble `k` of
+//!   row `r` is output `8r + k`, plus 8); older ones may carry `weight_g_idx` i32 `[in]`;
+//!   `weight_shape` `[out, in]`. `w = (q − 8 − zp) · s`, i.e. zero = the stored zero nibble
+//!   (8 when symmetric).
 //!
 //! Invariant: the values are exactly those formulas in f32 (the scale widened from f16, the
 //! difference of small integers exact), so a dequantize-then-f32 reference is bit-identical;
@@ -36,6 +43,39 @@ pub enum PackedKind {
     Gptq {
         zero_plus_one: bool,
     },
+    /// compressed-tensors `pack-quantized`; `zero_point`: asymmetric (zero points stored).
+    Compressed {
+        zero_point: bool,
+    },
+}
+
+/// The tensor suffixes of one packed projection `X` of a kind.
+pub struct PackedNames {
+    pub words: &'static str,
+    pub zeros: &'static str,
+    pub scales: &'static str,
+    pub g_idx: &'static str,
+}
+
+impl PackedKind {
+    pub fn names(self) -> PackedNames {
+        match self {
+            PackedKind::Awq | PackedKind::Gptq { .. } => {
+                PackedNames { words: "qweight", zeros: "qzeros", scales: "scales", g_idx: "g_idx" }
+            }
+            PackedKind::Compressed { .. } => PackedNames {
+                words: "weight_packed",
+                zeros: "weight_zero_point",
+                scales: "weight_scale",
+                g_idx: "weight_g_idx",
+            },
+        }
+    }
+
+    /// Whether the zero points are a stored tensor.
+    pub fn has_zeros(self) -> bool {
+        !matches!(self, PackedKind::Compressed { zero_point: false })
+    }
 }
 
 /// A checkpoint's `quantization_config`, as far as kiln reads it.
@@ -86,7 +126,7 @@ impl PackedConfig {
             m => {
                 return refuse(
                     "quant_method",
-                    format!("'{m}' is not supported yet (kiln reads 'awq' and 'gptq'; FP8, INT8 and compressed-tensors are to come)"),
+                    format!("'{m}' is not a packed INT4 method ('awq' or 'gptq'; see `weights::quantization`)"),
                 )
             }
         };
@@ -94,11 +134,13 @@ impl PackedConfig {
     }
 }
 
-/// The parts of one packed projection, as stored (i32 words little-endian, f16 scales).
+/// The parts of one packed projection, as stored (i32 words little-endian; the scales widened
+/// to f32, exactly, from the checkpoint's f16 / bf16); `qzeros` absent for symmetric
+/// compressed-tensors weights.
 pub struct PackedParts<'a> {
     pub qweight: (&'a [u8], [usize; 2]),
-    pub qzeros: (&'a [u8], [usize; 2]),
-    pub scales: (&'a [u8], [usize; 2]),
+    pub qzeros: Option<(&'a [u8], [usize; 2])>,
+    pub scales: (Vec<f32>, [usize; 2]),
     pub g_idx: Option<&'a [u8]>,
 }
 
@@ -107,6 +149,7 @@ pub fn unpacked_shape(kind: PackedKind, qweight: [usize; 2]) -> [usize; 2] {
     match kind {
         PackedKind::Awq => [qweight[1] * 8, qweight[0]],
         PackedKind::Gptq { .. } => [qweight[1], qweight[0] * 8],
+        PackedKind::Compressed { .. } => [qweight[0], qweight[1] * 8],
     }
 }
 
@@ -122,7 +165,9 @@ fn nibble(w: u32, k: usize) -> i32 {
 fn check(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<(usize, usize, usize, usize), String> {
     let [out, inp] = unpacked_shape(cfg.kind, p.qweight.1);
     let group = cfg.group.unwrap_or(inp);
-    if group == 0 || inp % group != 0 || out % 8 != 0 {
+    // AWQ and GPTQ pack outputs (words or zeros) by eight; compressed-tensors only inputs.
+    let outs_by_8 = !matches!(cfg.kind, PackedKind::Compressed { .. });
+    if group == 0 || inp % group != 0 || (outs_by_8 && out % 8 != 0) {
         return Err(format!("{out}×{inp} is not whole words of 8 outputs and groups of {group} inputs"));
     }
     let groups = inp / group;
@@ -133,9 +178,21 @@ fn check(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<(usize, usize, usize
             Ok(())
         }
     };
-    want("qweight", p.qweight.1, p.qweight.1, p.qweight.1[0] * p.qweight.1[1] * 4, p.qweight.0.len())?;
-    want("qzeros", p.qzeros.1, [groups, out / 8], groups * out / 8 * 4, p.qzeros.0.len())?;
-    want("scales", p.scales.1, [groups, out], groups * out * 2, p.scales.0.len())?;
+    let names = cfg.kind.names();
+    want(names.words, p.qweight.1, p.qweight.1, p.qweight.1[0] * p.qweight.1[1] * 4, p.qweight.0.len())?;
+    let (zeros_shape, scales_shape) = match cfg.kind {
+        PackedKind::Compressed { .. } => ([out.div_ceil(8), groups], [out, groups]),
+        _ => ([groups, out / 8], [groups, out]),
+    };
+    match (&p.qzeros, cfg.kind.has_zeros()) {
+        (Some((z, shape)), true) => {
+            want(names.zeros, *shape, zeros_shape, zeros_shape[0] * zeros_shape[1] * 4, z.len())?
+        }
+        (None, false) => {}
+        (Some(_), false) => return Err(format!("{} of a symmetric checkpoint", names.zeros)),
+        (None, true) => return Err(format!("no {}", names.zeros)),
+    }
+    want(names.scales, p.scales.1, scales_shape, groups * out * 4, p.scales.0.len() * 4)?;
     Ok((out, inp, group, groups))
 }
 
@@ -143,10 +200,8 @@ fn check(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<(usize, usize, usize
 /// same values as [`dequantize`], repacked one row of words per output.
 pub fn to_int4(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Int4Matrix, String> {
     let (out, inp, group, groups) = check(cfg, p)?;
-    let scale = |g: usize, o: usize| {
-        let i = g * out + o;
-        half::f16::from_le_bytes([p.scales.0[2 * i], p.scales.0[2 * i + 1]]).to_f32()
-    };
+    let scale = |g: usize, o: usize| p.scales.0[g * out + o];
+    let zword = |i: usize| p.qzeros.as_ref().map_or(0, |(z, _)| word(z, i));
     let mut scales = vec![0f32; out * groups];
     let mut zeros = vec![0u8; out * groups];
     let mut words = vec![0u32; out * inp / 8];
@@ -156,7 +211,7 @@ pub fn to_int4(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Int4Matrix, St
             for g in 0..groups {
                 for o in 0..out {
                     scales[o * groups + g] = scale(g, o);
-                    zeros[o * groups + g] = nibble(word(p.qzeros.0, g * (out / 8) + o / 8), slot(o % 8)) as u8;
+                    zeros[o * groups + g] = nibble(zword(g * (out / 8) + o / 8), slot(o % 8)) as u8;
                 }
             }
             for i in 0..inp {
@@ -173,7 +228,7 @@ pub fn to_int4(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Int4Matrix, St
             for g in 0..groups {
                 for o in 0..out {
                     scales[o * groups + g] = scale(g, o);
-                    let z = nibble(word(p.qzeros.0, g * (out / 8) + o / 8), o % 8) + i32::from(zero_plus_one);
+                    let z = nibble(zword(g * (out / 8) + o / 8), o % 8) + i32::from(zero_plus_one);
                     zeros[o * groups + g] = z as u8;
                 }
             }
@@ -182,11 +237,22 @@ pub fn to_int4(cfg: &PackedConfig, p: &PackedParts<'_>) -> Result<Int4Matrix, St
                     words[o * inp / 8 + r] = word(p.qweight.0, r * out + o);
                 }
             }
-            if let Some(g) = gptq_groups(p, inp, groups)? {
-                if g.iter().enumerate().any(|(i, &x)| x != i / group) {
-                    grouping = Grouping::Indexed { groups, g_idx: g.iter().map(|&x| x as u32).collect() };
+        }
+        PackedKind::Compressed { zero_point } => {
+            for o in 0..out {
+                for g in 0..groups {
+                    // [out, groups] scales; zero points packed along the output, plus 8.
+                    scales[o * groups + g] = p.scales.0[o * groups + g];
+                    zeros[o * groups + g] =
+                        if zero_point { nibble(zword((o / 8) * groups + g), o % 8) as u8 } else { 8 };
                 }
             }
+            words.copy_from_slice(&(0..out * inp / 8).map(|i| word(p.qweight.0, i)).collect::<Vec<_>>());
+        }
+    }
+    if let Some(g) = gptq_groups(p, inp, groups)? {
+        if g.iter().enumerate().any(|(i, &x)| x != i / group) {
+            grouping = Grouping::Indexed { groups, g_idx: g.iter().map(|&x| x as u32).collect() };
         }
     }
     Int4Matrix::new((out, inp), grouping, words, scales, zeros).map_err(|e| e.to_string())
@@ -234,8 +300,9 @@ mod tests {
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
 
-    fn f16s(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+    /// Scales as a checkpoint's f16 values widened.
+    fn f16s(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
     }
 
     /// Eight input rows of 8 outputs, one group: each output's value lands where AWQ's order says.
@@ -249,8 +316,8 @@ mod tests {
         let cfg = PackedConfig { kind: PackedKind::Awq, group: None };
         let parts = PackedParts {
             qweight: (&qweight, [8, 1]),
-            qzeros: (&qzeros, [1, 1]),
-            scales: (&scales, [1, 8]),
+            qzeros: Some((&qzeros, [1, 1])),
+            scales: (scales, [1, 8]),
             g_idx: None,
         };
         let w = dequantize(&cfg, &parts).unwrap();
@@ -291,8 +358,8 @@ mod tests {
         let g = bytes(&g_idx);
         let parts = PackedParts {
             qweight: (&qweight, [inp / 8, out]),
-            qzeros: (&zeros, [2, 1]),
-            scales: (&scales, [2, out]),
+            qzeros: Some((&zeros, [2, 1])),
+            scales: (scales, [2, out]),
             g_idx: Some(&g),
         };
         let w = dequantize(&cfg, &parts).unwrap();
@@ -303,6 +370,52 @@ mod tests {
                 assert_eq!(w[o * inp + i], (q[i] - z) as f32 * s, "output {o} input {i}");
             }
         }
+    }
+
+    /// compressed-tensors: words as stored (one row per output), zero points packed along the
+    /// output with +8, or 8 when symmetric; an optional act-order `weight_g_idx`.
+    #[test]
+    fn compressed_tensors_rows_zero_points_and_g_idx() {
+        let (out, inp) = (9, 16); // 9 outputs: zero points in two words of the output axis
+        let words: Vec<u32> = (0..out * inp / 8).map(|i| (i as u32).wrapping_mul(0x9E37_79B9)).collect();
+        let qweight = bytes(&words);
+        let scales: Vec<f32> = (0..out * 2).map(|i| (i + 1) as f32 / 64.0).collect();
+        // Zero nibble of output o, group g: (o + 3g) % 16.
+        let zp: Vec<u32> = (0..2)
+            .flat_map(|r| {
+                (0..2).map(move |g| (0..8).fold(0u32, |w, k| w | ((((8 * r + k) + 3 * g) % 16) as u32) << (4 * k)))
+            })
+            .collect();
+        let zp = bytes(&zp);
+        let q = |o: usize, i: usize| ((words[o * inp / 8 + i / 8] >> (4 * (i % 8))) & 0xF) as f32;
+        for asym in [false, true] {
+            let cfg = PackedConfig { kind: PackedKind::Compressed { zero_point: asym }, group: Some(8) };
+            let parts = PackedParts {
+                qweight: (&qweight, [out, inp / 8]),
+                qzeros: asym.then_some((&zp[..], [2, 2])),
+                scales: (scales.clone(), [out, 2]),
+                g_idx: None,
+            };
+            let w = dequantize(&cfg, &parts).unwrap();
+            for o in 0..out {
+                for i in 0..inp {
+                    let z = if asym { ((o + 3 * (i / 8)) % 16) as f32 } else { 8.0 };
+                    assert_eq!(w[o * inp + i], (q(o, i) - z) * scales[o * 2 + i / 8], "({o}, {i}) asym {asym}");
+                }
+            }
+            let missing = PackedParts { qzeros: (!asym).then_some((&zp[..], [2, 2])), ..parts };
+            assert!(dequantize(&cfg, &missing).is_err(), "zero points must be present exactly when asymmetric");
+        }
+        let g_idx = bytes(&(0..inp as u32).map(|i| (i + 1) % 2).collect::<Vec<_>>());
+        let cfg = PackedConfig { kind: PackedKind::Compressed { zero_point: false }, group: Some(8) };
+        let parts = PackedParts {
+            qweight: (&qweight, [out, inp / 8]),
+            qzeros: None,
+            scales: (scales.clone(), [out, 2]),
+            g_idx: Some(&g_idx),
+        };
+        let w = dequantize(&cfg, &parts).unwrap();
+        assert_eq!(w[1], (q(0, 1) - 8.0) * scales[0], "input 1 is in group 0 by g_idx");
     }
 
     #[test]

@@ -35,7 +35,8 @@ use kiln_runtime::{Device, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
 
-use super::packed::PackedConfig;
+use super::packed::{PackedConfig, PackedKind};
+use super::scaled::{ScaledConfig, ScaledElem};
 use super::{HostTensor, WeightsError};
 use crate::gguf::{dequantize_into, unpermute_qk_rows, GgmlType, GgufFile};
 use crate::safetensors_io::{INDEX_FILE, SINGLE_FILE};
@@ -44,8 +45,12 @@ use crate::safetensors_io::{INDEX_FILE, SINGLE_FILE};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoredFormat {
     /// A GGML element or block type: F32 / F16 / BF16 (from either kind of file) or a GGUF
-    /// quantized block type (Q4_0, Q8_0, Q4_K, ...).
+    /// quantized block type (Q4_0, Q8_0, Q4_K, ...); I8 / I32 / I64 integers (packed words,
+    /// zero points, shapes and the int8 weights of scaled checkpoints).
     Ggml(GgmlType),
+    /// OCP FP8 E4M3 ("e4m3fn": no infinities; safetensors `F8_E4M3`), one byte per value: the
+    /// weights of FP8 checkpoints, whose scales are separate tensors (see [`super::scaled`]).
+    Fp8E4M3,
 }
 
 impl StoredFormat {
@@ -56,6 +61,7 @@ impl StoredFormat {
                 let (len, bytes) = t.block_layout();
                 (len as usize, bytes as usize)
             }
+            StoredFormat::Fp8E4M3 => (1, 1),
         }
     }
 
@@ -65,7 +71,7 @@ impl StoredFormat {
             StoredFormat::Ggml(GgmlType::F32) => Some(DType::F32),
             StoredFormat::Ggml(GgmlType::F16) => Some(DType::F16),
             StoredFormat::Ggml(GgmlType::Bf16) => Some(DType::BF16),
-            StoredFormat::Ggml(_) => None,
+            StoredFormat::Ggml(_) | StoredFormat::Fp8E4M3 => None,
         }
     }
 }
@@ -74,6 +80,7 @@ impl std::fmt::Display for StoredFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoredFormat::Ggml(t) => f.write_str(t.name()),
+            StoredFormat::Fp8E4M3 => f.write_str("f8_e4m3"),
         }
     }
 }
@@ -154,10 +161,18 @@ impl StoredTensor<'_> {
 
     /// The values as f32 in HF order (dequantized, Q/K rows un-permuted).
     pub fn to_f32(&self) -> Result<Vec<f32>, WeightsError> {
-        let StoredFormat::Ggml(ty) = self.format;
         let mut data = vec![0f32; self.numel()];
-        dequantize_into(ty, &self.bytes, &mut data)
-            .map_err(|e| WeightsError::Layout { tensor: self.name.clone(), reason: e.to_string() })?;
+        match self.format {
+            StoredFormat::Ggml(ty) => dequantize_into(ty, &self.bytes, &mut data)
+                .map_err(|e| WeightsError::Layout { tensor: self.name.clone(), reason: e.to_string() })?,
+            StoredFormat::Fp8E4M3 => {
+                if self.bytes.len() != data.len() {
+                    let reason = format!("{} bytes for {} f8_e4m3 values", self.bytes.len(), data.len());
+                    return Err(WeightsError::Layout { tensor: self.name.clone(), reason });
+                }
+                data.iter_mut().zip(self.bytes.iter()).for_each(|(d, &b)| *d = super::scaled::e4m3_to_f32(b));
+            }
+        }
         if let Some(heads) = self.permuted_heads {
             let (rows, cols) = self.matrix()?;
             data = unpermute_qk_rows(&data, rows, cols, heads).map_err(|err| WeightsError::Permute {
@@ -172,7 +187,7 @@ impl StoredTensor<'_> {
     /// The tensor as quantized blocks in HF row order (Q/K rows moved whole), when it is a 2-D
     /// tensor of a format kiln multiplies without dequantizing; `None` otherwise.
     pub fn quant_matrix(&self) -> Result<Option<QuantMatrix>, WeightsError> {
-        let StoredFormat::Ggml(ty) = self.format;
+        let StoredFormat::Ggml(ty) = self.format else { return Ok(None) };
         let Some(format) = ty.quant_format() else { return Ok(None) };
         let [rows, cols] = self.shape[..] else { return Ok(None) };
         let layout = |reason: String| WeightsError::Layout { tensor: self.name.clone(), reason };
@@ -305,6 +320,9 @@ struct Entry {
     /// A projection stored packed (AWQ / GPTQ `qweight`, `qzeros`, `scales`): this entry is its
     /// `.weight`, dequantized when read (see [`super::packed`]).
     packed: Option<PackedConfig>,
+    /// A projection stored as 8-bit values beside scales (FP8, INT8): read as its values
+    /// times its scales (see [`super::scaled`]).
+    scaled: Option<ScaledConfig>,
 }
 
 /// A checkpoint's tensors, memory-mapped; see the module header.
@@ -380,12 +398,16 @@ impl WeightSource {
                 reason: format!("invalid safetensors file: {e}"),
             })?;
             for (name, view) in st.iter() {
-                let ty = match view.dtype() {
-                    Dtype::F32 => GgmlType::F32,
-                    Dtype::F16 => GgmlType::F16,
-                    Dtype::BF16 => GgmlType::Bf16,
-                    // Packed INT4 words and group indices (AWQ / GPTQ).
-                    Dtype::I32 => GgmlType::I32,
+                let format = match view.dtype() {
+                    Dtype::F32 => StoredFormat::Ggml(GgmlType::F32),
+                    Dtype::F16 => StoredFormat::Ggml(GgmlType::F16),
+                    Dtype::BF16 => StoredFormat::Ggml(GgmlType::Bf16),
+                    Dtype::F8_E4M3 => StoredFormat::Fp8E4M3,
+                    // Packed INT4 words and group indices (AWQ / GPTQ, compressed-tensors),
+                    // int8 weights and zero points, compressed-tensors' `weight_shape`.
+                    Dtype::I32 => StoredFormat::Ggml(GgmlType::I32),
+                    Dtype::I8 => StoredFormat::Ggml(GgmlType::I8),
+                    Dtype::I64 => StoredFormat::Ggml(GgmlType::I64),
                     other => {
                         return Err(WeightsError::UnsupportedDtype {
                             path: path.clone(),
@@ -400,10 +422,11 @@ impl WeightSource {
                     range: start..start + view.data().len(),
                     gguf_name: None,
                     shape: view.shape().to_vec(),
-                    format: StoredFormat::Ggml(ty),
+                    format,
                     permuted_heads: None,
                     expert: None,
                     packed: None,
+                    scaled: None,
                 };
                 if entries.insert(name.to_owned(), entry).is_some() {
                     return Err(WeightsError::Duplicate {
@@ -446,6 +469,7 @@ impl WeightSource {
                         permuted_heads: None,
                         expert: Some((e, *n)),
                         packed: None,
+                        scaled: None,
                     };
                     if entries.insert(hf.clone(), entry).is_some() {
                         return Err(WeightsError::Duplicate { source_name, tensor: hf });
@@ -465,6 +489,7 @@ impl WeightSource {
                 permuted_heads: naming.permuted_heads(&info.name),
                 expert: None,
                 packed: None,
+                scaled: None,
             };
             if entries.insert(hf.clone(), entry).is_some() {
                 return Err(WeightsError::Duplicate { source_name, tensor: hf });
@@ -486,19 +511,46 @@ impl WeightSource {
         self.keep_quantized = keep;
     }
 
-    /// Offer `X.weight` for every packed projection `X.qweight` of the source (AWQ / GPTQ,
-    /// as `cfg` says), dequantized when read; its parts are consumed with it.
+    /// Offer `X.weight` for every packed projection of the source (`X.qweight` of AWQ / GPTQ,
+    /// `X.weight_packed` of compressed-tensors, as `cfg` says), dequantized when read; its parts
+    /// are consumed with it.
     pub fn set_packed(&mut self, cfg: PackedConfig) -> Result<(), WeightsError> {
+        let names = cfg.kind.names();
+        let suffix = format!(".{}", names.words);
         let bases: Vec<String> =
-            self.entries.keys().filter_map(|n| n.strip_suffix(".qweight")).map(String::from).collect();
+            self.entries.keys().filter_map(|n| n.strip_suffix(&suffix)).map(String::from).collect();
         for base in bases {
-            let layout = |reason: String| WeightsError::Layout { tensor: format!("{base}.qweight"), reason };
-            for part in ["qzeros", "scales"] {
-                self.entry(&format!("{base}.{part}"))?;
+            let layout = |reason: String| WeightsError::Layout { tensor: format!("{base}{suffix}"), reason };
+            self.entry(&format!("{base}.{}", names.scales))?;
+            if cfg.kind.has_zeros() {
+                self.entry(&format!("{base}.{}", names.zeros))?;
             }
-            let q = self.entry(&format!("{base}.qweight"))?;
+            let q = self.entry(&format!("{base}{suffix}"))?;
             let [r, c] = q.shape[..] else { return Err(layout(format!("shape {:?} is not 2-D", q.shape))) };
             let shape = super::packed::unpacked_shape(cfg.kind, [r, c]).to_vec();
+            // compressed-tensors records the unpacked shape: the inputs must be whole words.
+            let shape_name = format!("{base}.weight_shape");
+            if self.contains(&shape_name) {
+                let stored = self.read_part(&shape_name, None, &Part::Whole)?;
+                let dims: Vec<usize> = match stored.format {
+                    StoredFormat::Ggml(GgmlType::I64) => stored
+                        .bytes
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+                        .collect(),
+                    StoredFormat::Ggml(GgmlType::I32) => stored
+                        .bytes
+                        .chunks_exact(4)
+                        .map(|b| i32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as usize)
+                        .collect(),
+                    f => return Err(layout(format!("weight_shape is {f}, expected integers"))),
+                };
+                if dims != shape {
+                    return Err(layout(format!(
+                        "weight_shape {dims:?}: kiln reads {shape:?} (inputs in whole words of 8)"
+                    )));
+                }
+            }
             let entry = Entry {
                 file: 0,
                 range: 0..0,
@@ -508,6 +560,7 @@ impl WeightSource {
                 permuted_heads: None,
                 expert: None,
                 packed: Some(cfg),
+                scaled: None,
             };
             let name = format!("{base}.weight");
             if self.entries.insert(name.clone(), entry).is_some() {
@@ -517,45 +570,131 @@ impl WeightSource {
         Ok(())
     }
 
+    /// Read every `X.weight` stored as 8-bit values beside an `X.{scale}` (FP8 / INT8, as
+    /// `cfg` says) as those values times their scales; the scale, zero point and activation
+    /// scale tensors are consumed with it.
+    pub fn set_scaled(&mut self, cfg: ScaledConfig) -> Result<(), WeightsError> {
+        let suffix = format!(".{}", cfg.scale_name);
+        let bases: Vec<String> =
+            self.entries.keys().filter_map(|n| n.strip_suffix(&suffix)).map(String::from).collect();
+        for base in bases {
+            let name = format!("{base}.weight");
+            let e = self
+                .entries
+                .get_mut(&name)
+                .ok_or_else(|| WeightsError::Missing { source_name: self.source_name.clone(), tensor: name.clone() })?;
+            let want = match cfg.elem {
+                ScaledElem::Fp8E4M3 => StoredFormat::Fp8E4M3,
+                ScaledElem::Int8 => StoredFormat::Ggml(GgmlType::I8),
+            };
+            if e.format != want || e.shape.len() != 2 {
+                let reason =
+                    format!("is {} of shape {:?}, expected a 2-D {want} weight beside its scales", e.format, e.shape);
+                return Err(WeightsError::Layout { tensor: name, reason });
+            }
+            e.scaled = Some(cfg);
+        }
+        Ok(())
+    }
+
+    /// The scaled projection `name` (its stored 8-bit tensor `stored`) as f32 values.
+    fn unscale(
+        &self,
+        name: &str,
+        cfg: &ScaledConfig,
+        stored: StoredTensor<'_>,
+    ) -> Result<StoredTensor<'static>, WeightsError> {
+        let base = name.strip_suffix(".weight").unwrap_or(name);
+        let layout = |reason: String| WeightsError::Layout { tensor: name.to_owned(), reason };
+        let [out, inp] = stored.shape[..] else { return Err(layout(format!("shape {:?} is not 2-D", stored.shape))) };
+        let q = super::scaled::values(cfg.elem, &stored.bytes);
+        let whole = |n: String| self.read_part(&n, None, &Part::Whole);
+        let scale = whole(format!("{base}.{}", cfg.scale_name))?;
+        // int8 zero points (the stored type), or floats.
+        let zero = match cfg.zero_point {
+            false => None,
+            true => Some(match whole(format!("{base}.weight_zero_point"))? {
+                z if z.format == StoredFormat::Ggml(GgmlType::I8) => super::scaled::values(ScaledElem::Int8, &z.bytes),
+                z => z.to_f32()?,
+            }),
+        };
+        let input_scale = format!("{base}.input_scale");
+        if self.contains(&input_scale) {
+            self.mark_used(&input_scale); // activations run unquantized (see `super::scaled`)
+        }
+        let w = super::scaled::dequantize(cfg, &q, [out, inp], &scale.to_f32()?, &scale.shape, zero.as_deref())
+            .map_err(layout)?;
+        Ok(StoredTensor {
+            name: name.to_owned(),
+            shape: vec![out, inp],
+            format: StoredFormat::Ggml(GgmlType::F32),
+            bytes: Cow::Owned(bytemuck::cast_slice(&w).to_vec()),
+            permuted_heads: None,
+            owner: None,
+        })
+    }
+
     /// `f` of the parts of the packed projection `name` (`X.weight` of `X.qweight`, `X.qzeros`,
-    /// `X.scales`, `X.g_idx`), which are consumed.
+    /// `X.scales`, `X.g_idx`, or compressed-tensors' `X.weight_packed`, `X.weight_scale`,
+    /// `X.weight_zero_point`, `X.weight_g_idx`, `X.weight_shape`), which are consumed.
     fn with_packed<R>(
         &self,
         name: &str,
+        cfg: &PackedConfig,
         f: impl FnOnce(&super::packed::PackedParts<'_>) -> Result<R, String>,
     ) -> Result<R, WeightsError> {
         let base = name.strip_suffix(".weight").unwrap_or(name);
+        let names = cfg.kind.names();
         let read = |part: &str| self.read_part(&format!("{base}.{part}"), None, &Part::Whole);
-        let (qweight, qzeros, scales) = (read("qweight")?, read("qzeros")?, read("scales")?);
-        let g_idx = if self.contains(&format!("{base}.g_idx")) { Some(read("g_idx")?) } else { None };
-        let dtype_of = |t: &StoredTensor<'_>, want: GgmlType| {
-            let StoredFormat::Ggml(ty) = t.format;
-            if ty == want {
+        let optional = |part: &str| -> Result<Option<StoredTensor<'_>>, WeightsError> {
+            if self.contains(&format!("{base}.{part}")) {
+                read(part).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let qweight = read(names.words)?;
+        let qzeros = if cfg.kind.has_zeros() { Some(read(names.zeros)?) } else { optional(names.zeros)? };
+        let scales = read(names.scales)?;
+        let g_idx = optional(names.g_idx)?;
+        if self.contains(&format!("{base}.weight_shape")) {
+            self.mark_used(&format!("{base}.weight_shape")); // checked by `set_packed`
+        }
+        let format_of = |t: &StoredTensor<'_>, want: &[GgmlType]| {
+            if want.iter().any(|w| t.format == StoredFormat::Ggml(*w)) {
                 return Ok(());
             }
-            let reason = format!("is {}, expected {}", ty.name(), want.name());
+            let want: Vec<&str> = want.iter().map(|w| w.name()).collect();
+            let reason = format!("is {}, expected {}", t.format, want.join(" or "));
             Err(WeightsError::Layout { tensor: t.name.clone(), reason })
         };
-        dtype_of(&qweight, GgmlType::I32)?;
-        dtype_of(&qzeros, GgmlType::I32)?;
-        dtype_of(&scales, GgmlType::F16)?;
-        if let Some(g) = &g_idx {
-            dtype_of(g, GgmlType::I32)?;
+        format_of(&qweight, &[GgmlType::I32])?;
+        if let Some(z) = &qzeros {
+            format_of(z, &[GgmlType::I32])?;
         }
-        let [qw, qz, sc] = [&qweight, &qzeros, &scales].map(|t| t.matrix().map(|(r, c)| [r, c]));
+        match cfg.kind {
+            // AWQ and GPTQ store f16 scales; compressed-tensors the model's float dtype.
+            PackedKind::Awq | PackedKind::Gptq { .. } => format_of(&scales, &[GgmlType::F16])?,
+            PackedKind::Compressed { .. } => format_of(&scales, &[GgmlType::F16, GgmlType::Bf16, GgmlType::F32])?,
+        }
+        if let Some(g) = &g_idx {
+            format_of(g, &[GgmlType::I32])?;
+        }
+        let [qw, sc] = [&qweight, &scales].map(|t| t.matrix().map(|(r, c)| [r, c]));
+        let qz = qzeros.as_ref().map(|z| z.matrix().map(|(r, c)| (&z.bytes[..], [r, c]))).transpose()?;
         let parts = super::packed::PackedParts {
             qweight: (&qweight.bytes, qw?),
-            qzeros: (&qzeros.bytes, qz?),
-            scales: (&scales.bytes, sc?),
+            qzeros: qz,
+            scales: (scales.to_f32()?, sc?),
             g_idx: g_idx.as_ref().map(|g| &g.bytes[..]),
         };
         self.mark_used(name);
-        f(&parts).map_err(|reason| WeightsError::Layout { tensor: format!("{base}.qweight"), reason })
+        f(&parts).map_err(|reason| WeightsError::Layout { tensor: format!("{base}.{}", names.words), reason })
     }
 
     /// The packed projection `name` as f32 values.
     fn unpack(&self, name: &str, cfg: &PackedConfig) -> Result<StoredTensor<'_>, WeightsError> {
-        let (data, shape) = self.with_packed(name, |p| {
+        let (data, shape) = self.with_packed(name, cfg, |p| {
             Ok((super::packed::dequantize(cfg, p)?, super::packed::unpacked_shape(cfg.kind, p.qweight.1).to_vec()))
         })?;
         Ok(StoredTensor {
@@ -574,7 +713,7 @@ impl WeightSource {
         let e = self.entry(name)?;
         let Some(cfg) = e.packed.filter(|_| self.keep_quantized) else { return Ok(None) };
         self.check_shape(name, e, expected)?;
-        let whole = self.with_packed(name, |p| super::packed::to_int4(&cfg, p))?;
+        let whole = self.with_packed(name, &cfg, |p| super::packed::to_int4(&cfg, p))?;
         let layout = |e: kiln_runtime::device::quant::int4::Int4Error| WeightsError::Layout {
             tensor: name.to_owned(),
             reason: e.to_string(),
@@ -784,6 +923,9 @@ impl WeightSource {
                 Backing::Safetensors(_) => None,
             },
         };
+        if let Some(cfg) = &e.scaled {
+            return part_of(self.unscale(name, cfg, whole)?, part);
+        }
         part_of(whole, part)
     }
 

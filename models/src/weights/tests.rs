@@ -241,8 +241,8 @@ fn safetensors_round_trip_single_and_sharded() {
 fn bad_safetensors_inputs_are_errors() {
     let dir = tmpdir("bad");
     assert!(Weights::from_safetensors_dir(&dir).unwrap_err().to_string().contains("no model.safetensors"));
-    let ints: Vec<u8> = [1i64, -2, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let v = TensorView::new(Dtype::I64, vec![3], &ints).unwrap();
+    let ints: Vec<u8> = [1u16, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let v = TensorView::new(Dtype::U16, vec![3], &ints).unwrap();
     safetensors::serialize_to_file([("ids", v)], None, &dir.join(SINGLE_FILE)).unwrap();
     let e = Weights::from_safetensors_dir(&dir).unwrap_err();
     assert!(matches!(&e, WeightsError::UnsupportedDtype { tensor, .. } if tensor == "ids"), "{e}");

@@ -1,0 +1,138 @@
+//! Checkpoints written by the reference library compressed-tensors (tests/fixtures/ct-tiny, made
+//! by make_ct_tiny.py, which checks its own reading of every stored tensor against the
+//! library's decompression): W4A16 `pack-quantized` (symmetric and asymmetric), FP8
+//! `float-quantized` / `naive-quantized` (per channel, per tensor with a static activation
+//! scale, 16×16 blocks), INT8 `int-quantized` W8A8, and a DeepSeek-style `quant_method: fp8`
+//! with `weight_scale_inv` blocks. Read with every projection dequantized, each gives exactly
+//! the logits of its float32 reference; W4A16 kept packed on the CPU (the default) within 1e-5,
+//! whole and split over two tensor-parallel ranks.
+
+use kiln_models::loader::{build_parallel, load_weights_only_with, WeightMode};
+use kiln_models::model_check::{compare_logits, greedy, prefill_logits};
+use kiln_runtime::model::CausalLm;
+use kiln_runtime::{DType, Device};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/ct-tiny").join(name)
+}
+
+fn load(path: &Path, mode: WeightMode) -> Box<dyn CausalLm> {
+    load_weights_only_with(path, &Device::Cpu, DType::F32, mode).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn prompt() -> Vec<u32> {
+    (0..23).map(|i| (i * 41 + 7) % 256).collect()
+}
+
+/// Dequantized at load: bit for bit the reference's logits.
+fn exactly_the_reference(name: &str) {
+    let reference = fixture(&format!("{name}-dequantized"));
+    let want = prefill_logits(load(&reference, WeightMode::Dense).as_ref(), &prompt()).unwrap();
+    let model = load(&fixture(name), WeightMode::Stored);
+    let got = prefill_logits(model.as_ref(), &prompt()).unwrap();
+    assert!(got == want, "{name}: the stored values must give the reference's logits exactly");
+    let ref_model = load(&reference, WeightMode::Stored);
+    assert_eq!(greedy(model.as_ref(), &prompt(), 8).unwrap().1, greedy(ref_model.as_ref(), &prompt(), 8).unwrap().1);
+}
+
+#[test]
+fn fp8_per_channel_weights_read_as_their_reference() {
+    exactly_the_reference("fp8-channel");
+}
+
+#[test]
+fn fp8_per_tensor_weights_with_a_static_activation_scale_read_as_their_reference() {
+    exactly_the_reference("fp8-tensor");
+}
+
+#[test]
+fn fp8_block_weights_read_as_their_reference() {
+    exactly_the_reference("fp8-block");
+}
+
+#[test]
+fn deepseek_style_fp8_blocks_read_as_their_reference() {
+    exactly_the_reference("fp8-deepseek");
+}
+
+#[test]
+fn int8_w8a8_weights_read_as_their_reference() {
+    exactly_the_reference("int8-w8a8");
+}
+
+/// W4A16: exactly the reference dequantized at load; kept packed (the CPU default) within 1e-5
+/// of the reference, whole and over two ranks.
+fn w4a16(name: &str) {
+    let reference = fixture(&format!("{name}-dequantized"));
+    let want = prefill_logits(load(&reference, WeightMode::Dense).as_ref(), &prompt()).unwrap();
+    let got = prefill_logits(load(&fixture(name), WeightMode::Dense).as_ref(), &prompt()).unwrap();
+    assert!(got == want, "{name} dequantized at load: the same weights must give the same logits");
+    let stored_ref = load(&reference, WeightMode::Stored);
+    let want = prefill_logits(stored_ref.as_ref(), &prompt()).unwrap();
+    let want_tokens = greedy(stored_ref.as_ref(), &prompt(), 12).unwrap().1;
+    let kept = load(&fixture(name), WeightMode::Stored);
+    let split = build_parallel(&fixture(name), &[Device::Cpu, Device::Cpu], DType::F32, WeightMode::Stored).unwrap();
+    for (what, m) in [("kept packed", kept.as_ref()), ("kept packed, tp=2", &split as &dyn CausalLm)] {
+        for (pos, (g, w)) in prefill_logits(m, &prompt()).unwrap().iter().zip(&want).enumerate() {
+            let (err, same) = compare_logits(g, w);
+            assert!(err <= 1e-5 && same, "{name} {what} position {pos}: relative error {err}");
+        }
+        assert_eq!(greedy(m, &prompt(), 12).unwrap().1, want_tokens, "{name} {what}: greedy tokens");
+    }
+}
+
+#[test]
+fn w4a16_symmetric_pack_quantized_loads_as_its_reference() {
+    w4a16("w4a16-g32");
+}
+
+#[test]
+fn w4a16_asymmetric_pack_quantized_loads_as_its_reference() {
+    w4a16("w4a16-asym-g32");
+}
+
+/// The packed projections stay packed on the CPU: no dense copy of a W4A16 matrix exists.
+#[test]
+fn w4a16_projections_stay_packed_on_the_cpu() {
+    use kiln_models::weights::quantization::{from_hf, Quantization};
+    use kiln_models::weights::{Part, WeightSource};
+    use kiln_runtime::device::linear::Weight;
+    let dir = fixture("w4a16-asym-g32");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let Some(Quantization::Packed(packed)) = from_hf(&cfg).unwrap() else { panic!("a packed checkpoint") };
+    let mut src = WeightSource::open_safetensors_dir(&dir).unwrap();
+    src.set_packed(packed).unwrap();
+    src.set_keep_quantized(true);
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let w = src.weight(name, &[64, 128], &Part::Whole, &Device::Cpu, DType::F32).unwrap();
+    assert!(matches!(w, Weight::Int4(ref parts) if parts.len() == 1 && parts[0].rows() == 64), "{w:?}");
+}
+
+/// Bad inputs: a scale of the wrong shape, an FP8 weight read as int8, a compressed-tensors
+/// scheme kiln does not read: clear errors naming the tensor or the field.
+#[test]
+fn bad_scaled_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("fp8-block");
+    std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let try_cfg = |text: String| {
+        std::fs::write(dir.path().join("config.json"), text).unwrap();
+        load_weights_only_with(dir.path(), &Device::Cpu, DType::F32, WeightMode::Stored).err().map(|e| e.to_string())
+    };
+    // Blocks of 8 do not fit the stored 16×16 scales.
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["quantization_config"]["config_groups"]["group_0"]["weights"]["block_structure"] = serde_json::json!([8, 8]);
+    let e = try_cfg(v.to_string()).expect("wrong block size");
+    assert!(e.contains("weight") && e.contains("scale of shape"), "{e}");
+    // Declared as int8: the e4m3 tensors are refused by name.
+    let e =
+        try_cfg(cfg.replace("\"type\": \"float\"", "\"type\": \"int\"").replace("naive-quantized", "int-quantized"))
+            .expect("wrong element type");
+    assert!(e.contains("f8_e4m3") && e.contains("proj.weight"), "{e}");
+    let e =
+        try_cfg(cfg.replace("\"kv_cache_scheme\": null", "\"kv_cache_scheme\": {\"num_bits\": 8}")).expect("kv scheme");
+    assert!(e.contains("quantization_config.kv_cache_scheme"), "{e}");
+}
