@@ -1,7 +1,8 @@
 //! Constrained decoding in the engine, on the fake model (`engine_support`) with a fake grammar:
 //! "even tokens below 60, at most `LIMIT` of them, then EOS" (EOS allowed after two tokens).
 //! Its `accept` refuses any token its mask did not allow, so a path that samples past the mask
-//! (the device sampler, the argmax kernel, a beam that forgot its constraint) fails the request.
+//! (a device-sampler job without it, the argmax kernel, a beam that forgot its constraint)
+//! fails the request.
 
 mod engine_support;
 
@@ -122,13 +123,64 @@ fn every_path_keeps_the_grammar_and_agrees() {
     let choices: usize = want.iter().map(|c| c.choices.len()).sum();
     assert!(stats.masks.count >= choices as u64, "every token's mask is timed: {:?}", stats.masks);
     assert!(stats.masks.p99_seconds > 0.0 && stats.masks.p99_seconds <= stats.masks.max_seconds);
-    // The device placement must still mask on the host; preemption keeps each choice's state.
+    assert!(stats.host_sampling_steps > 0 && stats.host_sampling_steps == stats.steps, "{stats:?}");
+    // The device placement samples constrained rows in the device sampler (its CPU twin here),
+    // their masks going with their jobs: no step's logits come to the host, and every token,
+    // log-probability and mask is the host path's. Preemption keeps each choice's state.
     let device = EngineConfig { sampling: SamplingPlacement::Device, ..EngineConfig::default() };
-    assert_eq!(run_all(device, &reqs).0, want, "device placement");
-    let tight = EngineConfig { kv_cache_bytes: Some(4 * 16 * 8), ..EngineConfig::default() };
-    let (got, stats) = run_all(tight, &reqs);
-    assert!(stats.preemptions > 0, "{stats:?}");
-    assert_eq!(got, want, "with preemption");
+    let (got, stats) = run_all(device, &reqs);
+    assert_eq!(got, want, "device placement");
+    assert_eq!(stats.host_sampling_steps, 0, "{stats:?}");
+    assert!(stats.masks.count >= choices as u64, "device jobs' masks are timed: {:?}", stats.masks);
+    for sampling in [SamplingPlacement::Auto, SamplingPlacement::Device] {
+        let tight = EngineConfig { kv_cache_bytes: Some(4 * 16 * 8), sampling, ..EngineConfig::default() };
+        let (got, stats) = run_all(tight, &reqs);
+        assert!(stats.preemptions > 0, "{stats:?}");
+        assert_eq!(got, want, "with preemption, {sampling:?}");
+    }
+}
+
+/// A grammar that allows only token 4, then nothing: the device sampler's job fails with the
+/// host path's error after the same first token, and only that request fails.
+#[test]
+fn a_mask_that_allows_nothing_fails_alike_on_both_paths() {
+    #[derive(Debug)]
+    struct Dead;
+    struct DeadEnd(usize);
+    impl TokenConstraint for DeadEnd {
+        fn fill_mask(&mut self, mask: &mut [u32]) -> Result<(), ConstraintError> {
+            if self.0 == 0 {
+                mask[0] = 1 << 4;
+            }
+            Ok(())
+        }
+        fn accept(&mut self, _: u32) -> Result<(), ConstraintError> {
+            self.0 += 1;
+            Ok(())
+        }
+        fn fork(&self) -> Box<dyn TokenConstraint> {
+            Box::new(DeadEnd(self.0))
+        }
+    }
+    impl ConstraintSource for Dead {
+        fn start(&self, _: &[u32]) -> Result<Box<dyn TokenConstraint>, ConstraintError> {
+            Ok(Box::new(DeadEnd(0)))
+        }
+    }
+    let errors: Vec<String> = [SamplingPlacement::Host, SamplingPlacement::Device]
+        .into_iter()
+        .map(|sampling| {
+            let e = start(EngineConfig { sampling, ..EngineConfig::default() });
+            let bad = e.submit_constrained(requests()[1].clone(), Some(Arc::new(Dead))).unwrap();
+            let good = e.submit_constrained(requests()[0].clone(), source()).unwrap();
+            check_grammar(&collect(good));
+            let bad = collect(bad);
+            assert!(!bad.choices.is_empty() && bad.choices.iter().all(|c| c.tokens == [4]), "{bad:?}");
+            bad.error.unwrap_or_default()
+        })
+        .collect();
+    assert!(errors[0].contains("every logit is -inf"), "{errors:?}");
+    assert_eq!(errors[0], errors[1]);
 }
 
 /// The pure search over the fake model with each beam's log-probabilities masked by the

@@ -109,6 +109,10 @@ pub struct EngineStats {
     pub step_seconds: f64,
     /// Constrained decoding's per-token mask computations.
     pub masks: crate::sample::constraint::MaskSummary,
+    /// Steps whose logits were copied to the host and sampled there (the host placement, the
+    /// CPU's default, beam search, a device sampler that failed); on a GPU the other steps
+    /// send back only token ids and requested log-probabilities.
+    pub host_sampling_steps: u64,
 }
 
 /// Engine sizing and policy.

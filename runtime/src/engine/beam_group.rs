@@ -52,10 +52,6 @@ impl BeamGroup {
         })
     }
 
-    pub fn constrained(&self) -> bool {
-        !self.constraints.is_empty()
-    }
-
     /// Keys of beams with a live scheduler sequence.
     pub fn attached(&self) -> Vec<u64> {
         self.search.live_keys().filter(|k| !self.detached.contains(k)).collect()

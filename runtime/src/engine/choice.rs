@@ -5,9 +5,10 @@
 //! Invariants: all per-choice state lives here and only changes in [`Choice::advance`], so a
 //! preempted sequence (whose KV is recomputed) resumes with exactly the state it had and its
 //! output is unchanged (its grammar constraint included); a finished choice takes no more
-//! tokens. A constrained choice samples only on the host ([`Choice::constrained`]): its mask
-//! is applied to the logits before the sampling pipeline, and the token it takes advances the
-//! constraint unless it ends the choice.
+//! tokens. A constrained choice's mask is applied to the logits before the sampling pipeline,
+//! on the host ([`Choice::advance`]) or inside the device sampler (its [`Choice::device_job`]
+//! carries the mask); never by the argmax kernel, which sees no mask. The token it takes
+//! advances the constraint unless it ends the choice.
 //!
 //! Seeds: choice `i` of a request with `seed: Some(s)` samples with seed `s + i` (wrapping), so
 //! `n` choices differ from one another and each is reproducible; without a seed every choice
@@ -16,7 +17,7 @@
 use super::api::{EngineEvent, TextStream, TokenLogprob};
 use super::constrained::Constrained;
 use crate::sample::device::SampleJob;
-use crate::sample::{FinishReason, Sampled, Sampler, SamplingError, SamplingParams, StopChecker, TokenHistory};
+use crate::sample::{FinishReason, Sampled, Sampler, SamplingParams, StopChecker, TokenHistory};
 use crate::sched::SeqId;
 
 pub(crate) struct Choice {
@@ -29,6 +30,9 @@ pub(crate) struct Choice {
     text: Box<dyn TextStream>,
     logprobs: bool,
     constraint: Option<Constrained>,
+    /// A device job with this choice's current mask is out (set by `device_job`, cleared when
+    /// a token is taken): a device-sampled token of a constrained choice is taken only then.
+    mask_sent: bool,
     pub finished: Option<FinishReason>,
 }
 
@@ -59,6 +63,7 @@ impl Choice {
             text,
             logprobs: p.logprobs.is_some(),
             constraint,
+            mask_sent: false,
             finished: None,
         })
     }
@@ -72,11 +77,6 @@ impl Choice {
         self.sampler.is_plain_greedy() && self.constraint.is_none()
     }
 
-    /// Whether a grammar constrains this choice (its logits must come to the host).
-    pub fn constrained(&self) -> bool {
-        self.constraint.is_some()
-    }
-
     /// Samples the next token from `logits` (masked by the constraint, if any), detokenizes it
     /// and checks the stop conditions.
     pub fn advance(&mut self, logits: &[f32]) -> Result<Advance, String> {
@@ -88,35 +88,39 @@ impl Choice {
         self.take(s.token, s.logprob, s.top_logprobs)
     }
 
-    /// The device-sampler job for this choice's next token from logits row `row`.
-    pub fn device_job(&self, vocab: usize, row: usize) -> Result<SampleJob, SamplingError> {
-        self.sampler.device_job(&self.history, vocab, row)
+    /// The device-sampler job for this choice's next token from logits row `row`, with the
+    /// constraint's mask (computed and timed now) when the choice is constrained.
+    pub fn device_job(&mut self, vocab: usize, row: usize) -> Result<SampleJob, String> {
+        let mut job = self.sampler.device_job(&self.history, vocab, row).map_err(|e| e.to_string())?;
+        if let Some(c) = &mut self.constraint {
+            job.mask = Some(c.allowed(vocab)?);
+            self.mask_sent = true;
+        }
+        Ok(job)
     }
 
     /// Takes what the device sampler made of [`Choice::device_job`].
-    pub fn advance_sampled(&mut self, s: Result<Sampled, SamplingError>) -> Result<Advance, String> {
-        self.unconstrained()?;
-        let s = s.map_err(|e| e.to_string())?;
+    pub fn advance_sampled(&mut self, s: Result<Sampled, String>) -> Result<Advance, String> {
+        let s = s?;
+        if self.constraint.is_some() && !self.mask_sent {
+            return Err("internal error: a constrained choice was sampled on the device without its mask".into());
+        }
         self.sampler.accept_external();
         self.take(s.token, s.logprob, s.top_logprobs)
     }
 
     /// Takes `token`, the argmax the device picked for a [`Choice::plain_greedy`] choice.
     pub fn advance_with(&mut self, token: u32) -> Result<Advance, String> {
-        self.unconstrained()?;
+        // The argmax kernel never sees a mask: refuse its token rather than break the grammar.
+        if self.constraint.is_some() {
+            return Err("internal error: a constrained choice took the argmax kernel's token".into());
+        }
         self.sampler.accept_external();
         self.take(token, 0.0, Vec::new())
     }
 
-    /// A token picked on the device never saw the mask: refuse it rather than break the grammar.
-    fn unconstrained(&self) -> Result<(), String> {
-        match self.constraint {
-            Some(_) => Err("internal error: a constrained choice was sampled off the host".into()),
-            None => Ok(()),
-        }
-    }
-
     fn take(&mut self, token: u32, logprob: f32, top: Vec<(u32, f32)>) -> Result<Advance, String> {
+        self.mask_sent = false;
         self.history.push_output(token);
         let delta = self.text.step(token)?;
         let mut out = self.stop.step(token, &delta).map_err(|e| e.to_string())?;

@@ -1,5 +1,6 @@
-//! One sequence's constraint inside the engine: masks its logits row (timed), advances with
-//! each token it takes, forks with the sequence.
+//! One sequence's constraint inside the engine: masks its logits row on the host, or hands its
+//! mask to the device sampler (timed either way), advances with each token it takes, forks
+//! with the sequence.
 //!
 //! Invariant: the mask is recomputed from the constraint's state for every row, so nothing
 //! cached here can go stale across preemption (the constraint object is kept while the KV is
@@ -39,6 +40,12 @@ impl Constrained {
         self.masked.extend_from_slice(logits);
         apply_mask(&mut self.masked, &self.mask);
         Ok(&self.masked)
+    }
+
+    /// The allowed-token bitmask over `vocab` ids, for a device-sampler job.
+    pub fn allowed(&mut self, vocab: usize) -> Result<Vec<u32>, String> {
+        self.fill(vocab)?;
+        Ok(self.mask.clone())
     }
 
     /// Masks `row` (log-probabilities of a beam) in place.

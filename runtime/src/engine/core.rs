@@ -26,7 +26,7 @@ use super::request::{Kind, RequestState, SampleGroup};
 use super::shared::{lock, Shared};
 use crate::model::{CausalLm, KvCache};
 use crate::sample::device::SampleJob;
-use crate::sample::{FinishReason, Sampled, SamplingError};
+use crate::sample::{FinishReason, Sampled};
 use crate::sched::{Request, Scheduler, SeqId, StepPlan, StepResult};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -39,9 +39,10 @@ enum StepOut {
     Logits(Vec<f32>),
     Tokens(Vec<i32>),
     /// Logits row `i`'s results are `results[starts[i]..starts[i + 1]]`, one per choice that
-    /// samples from it ([`super::request::SampleGroup::row_choices`] order).
+    /// samples from it ([`super::request::SampleGroup::row_choices`] order); an error is the
+    /// message that fails that choice's request (its sampling or its grammar failed).
     Sampled {
-        results: Vec<Result<Sampled, SamplingError>>,
+        results: Vec<Result<Sampled, String>>,
         starts: Vec<usize>,
     },
 }
@@ -51,14 +52,14 @@ enum StepOut {
 enum Row<'a> {
     Logits(&'a [f32]),
     Token(u32),
-    Sampled(&'a [Result<Sampled, SamplingError>]),
+    Sampled(&'a [Result<Sampled, String>]),
 }
 
 /// One choice's share of a [`Row`].
 enum Pick<'a> {
     Logits(&'a [f32]),
     Token(u32),
-    Sampled(Result<Sampled, SamplingError>),
+    Sampled(Result<Sampled, String>),
 }
 
 /// The engine's sampling policy: what was asked for, and whether the device sampler may be
@@ -76,7 +77,8 @@ enum Route {
     Host,
     /// The device's argmax kernel: every row plain greedy, on a GPU.
     Argmax,
-    /// The device sampler, one job per sampling choice.
+    /// The device sampler, one job per sampling choice (a constrained choice's job carries
+    /// its grammar mask).
     Device,
 }
 
@@ -94,6 +96,7 @@ struct Counters {
     steps: u64,
     model_seconds: f64,
     step_seconds: f64,
+    host_sampling_steps: u64,
 }
 
 pub(crate) struct Core {
@@ -392,7 +395,10 @@ impl Core {
         let batch = self.batch.batch(&self.plan, &seqs);
         let out = self.model.forward(&batch, &mut self.kv).map_err(|e| e.to_string())?;
         match route {
-            Route::Host => out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string()),
+            Route::Host => {
+                self.counters.host_sampling_steps += 1;
+                out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string())
+            }
             Route::Argmax => {
                 let mut ids =
                     crate::Tensor::uninit(out.device(), crate::DType::I32, 1, out.rows()).map_err(|e| e.to_string())?;
@@ -401,10 +407,11 @@ impl Core {
             }
             Route::Device => {
                 let (jobs, starts) = self.device_jobs(out.cols());
-                // A job refused before sampling (a history token outside the vocabulary) keeps
-                // its error in its place; the others run in one launch.
+                // A job refused before sampling (a history token outside the vocabulary, a
+                // grammar that failed to give its mask) keeps its error in its place; the others
+                // run in one launch.
                 let mut runnable: Vec<SampleJob> = Vec::with_capacity(jobs.len());
-                let refused: Vec<Option<SamplingError>> =
+                let refused: Vec<Option<String>> =
                     jobs.into_iter().map(|j| j.map(|j| runnable.push(j)).err()).collect();
                 let sampled = match crate::sample::device::sample(&out, &runnable) {
                     Ok(s) => s,
@@ -414,6 +421,7 @@ impl Core {
                         self.sampling.device_ok = false;
                         *lock(&self.shared.sampling_note) =
                             format!("sampling: sampled rows on the host since the device sampler failed: {e}");
+                        self.counters.host_sampling_steps += 1;
                         return out.to_host_f32().map(StepOut::Logits).map_err(|e| e.to_string());
                     }
                 };
@@ -421,7 +429,10 @@ impl Core {
                 let mut results = Vec::with_capacity(refused.len());
                 for r in refused {
                     results.push(match r {
-                        None => sampled.next().ok_or("the device sampler returned too few results")?,
+                        None => sampled
+                            .next()
+                            .ok_or("the device sampler returned too few results")?
+                            .map_err(|e| e.to_string()),
                         Some(e) => Err(e),
                     });
                 }
@@ -430,10 +441,11 @@ impl Core {
         }
     }
 
-    /// Where this step's tokens are chosen: beam search, constrained requests (their masks are
-    /// applied on the host) and [`SamplingPlacement::Host`] read logits on the host; on a GPU, a step of plain greedy rows takes the argmax kernel and
-    /// any other mix the device sampler (when it may be used); on the CPU the host samples
-    /// unless the device path was asked for.
+    /// Where this step's tokens are chosen: beam search and [`SamplingPlacement::Host`] read
+    /// logits on the host; on a GPU, a step of plain greedy rows takes the argmax kernel and any
+    /// other mix (constrained rows included: their masks go up with their jobs) the device
+    /// sampler, when it may be used; on the CPU the host samples unless the device path was
+    /// asked for.
     fn route(&self) -> Route {
         let groups = || {
             self.batch.logits_seqs.iter().filter_map(|&i| {
@@ -441,9 +453,7 @@ impl Core {
                 self.owners.get(&seq).and_then(|r| self.requests.get(r)).map(|st| &st.kind)
             })
         };
-        if self.sampling.placement == SamplingPlacement::Host
-            || groups().any(|k| matches!(k, Kind::Beam(_)) || k.constrained())
-        {
+        if self.sampling.placement == SamplingPlacement::Host || groups().any(|k| matches!(k, Kind::Beam(_))) {
             return Route::Host;
         }
         let plain = |k: &Kind| matches!(k, Kind::Sample(g) if g.choices.iter().all(|c| c.plain_greedy()));
@@ -458,15 +468,19 @@ impl Core {
     }
 
     /// One device-sampler job per choice that samples this step, in logits-row order, and
-    /// where each row's jobs start (`starts` has one more entry than there are rows).
-    fn device_jobs(&self, vocab: usize) -> (Vec<Result<SampleJob, SamplingError>>, Vec<usize>) {
+    /// where each row's jobs start (`starts` has one more entry than there are rows). A
+    /// constrained choice's mask is computed here, for its job.
+    fn device_jobs(&mut self, vocab: usize) -> (Vec<Result<SampleJob, String>>, Vec<usize>) {
+        let Core { batch, plan, owners, requests, .. } = self;
         let mut jobs = Vec::new();
-        let mut starts = Vec::with_capacity(self.batch.logits_seqs.len() + 1);
+        let mut starts = Vec::with_capacity(batch.logits_seqs.len() + 1);
         starts.push(0);
-        for (row, &i) in self.batch.logits_seqs.iter().enumerate() {
-            let seq = self.plan.seqs[i].id;
-            if let Some(Kind::Sample(g)) = self.owners.get(&seq).and_then(|r| self.requests.get(r)).map(|st| &st.kind) {
-                jobs.extend(g.row_choices(seq).map(|c| g.choices[c].device_job(vocab, row)));
+        for (row, &i) in batch.logits_seqs.iter().enumerate() {
+            let seq = plan.seqs[i].id;
+            if let Some(Kind::Sample(g)) = owners.get(&seq).and_then(|r| requests.get_mut(r)).map(|st| &mut st.kind) {
+                for c in g.row_choices(seq) {
+                    jobs.push(g.choices[c].device_job(vocab, row));
+                }
             }
             starts.push(jobs.len());
         }
@@ -561,6 +575,7 @@ impl Core {
             model_seconds: self.counters.model_seconds,
             step_seconds: self.counters.step_seconds,
             masks: lock(&self.shared.mask_times).summary(),
+            host_sampling_steps: self.counters.host_sampling_steps,
         };
         *lock(&self.shared.stats) = stats;
     }

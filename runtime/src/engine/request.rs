@@ -38,16 +38,6 @@ pub(crate) enum Kind {
     Beam(Box<BeamGroup>),
 }
 
-impl Kind {
-    /// Whether a grammar constrains this request (its rows are sampled on the host).
-    pub fn constrained(&self) -> bool {
-        match self {
-            Kind::Sample(g) => g.choices.iter().any(|c| c.constrained()),
-            Kind::Beam(b) => b.constrained(),
-        }
-    }
-}
-
 pub(crate) struct RequestState {
     pub ticket: Ticket,
     pub prompt: Vec<u32>,
