@@ -20,6 +20,7 @@ pub mod model;
 pub mod model_check;
 pub mod perplexity;
 pub mod phi3;
+pub mod quantize_ct;
 pub mod quantize_gguf;
 pub mod qwen2;
 pub mod qwen3;

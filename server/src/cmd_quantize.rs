@@ -1,8 +1,11 @@
 //! `kiln quantize IN OUT --type T`: a GGUF file with its weight matrices in another block
 //! format (see `kiln_models::quantize_gguf` for which tensors change and why).
+//! `kiln quantize IN_DIR OUT_DIR --method M`: a full-precision Hugging Face checkpoint to a
+//! compressed-tensors one (FP8, W4A16 or INT8; see `kiln_models::quantize_ct`).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use kiln_models::quantize_ct::{quantize_ct, CtMethod};
 use kiln_models::quantize_gguf::Recipe;
 use kiln_runtime::device::quant::QuantFormat;
 use std::collections::BTreeMap;
@@ -10,13 +13,23 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// The GGUF file to read (any type kiln reads: f32, f16, bf16, q4_0 … q8_0, q2_K … q6_K).
+    /// The GGUF file to read (any type kiln reads: f32, f16, bf16, q4_0 … q8_0, q2_K … q6_K), or
+    /// with --method a Hugging Face safetensors directory (f32, f16 or bf16).
     input: PathBuf,
-    /// The GGUF file to write (never the input; written whole, then renamed into place).
+    /// The GGUF file (or with --method the directory) to write: never the input; written whole,
+    /// then renamed into place.
     output: PathBuf,
     /// The file type: the block formats of the weight matrices (llama.cpp's recipe of that name).
-    #[arg(long = "type", value_enum)]
-    ty: QuantType,
+    #[arg(long = "type", value_enum, required_unless_present = "method", conflicts_with = "method")]
+    ty: Option<QuantType>,
+    /// Write a compressed-tensors checkpoint (round-to-nearest, no calibration):
+    /// fp8-dynamic (e4m3 per channel), w4a16 (int4 in groups of --group-size), int8 (per channel).
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    /// Inputs per scale for --method w4a16 (a projection whose inputs it does not divide stays
+    /// unquantized and is listed in the config's `ignore`).
+    #[arg(long, default_value_t = 128)]
+    group_size: usize,
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     force: bool,
@@ -58,6 +71,17 @@ enum QuantType {
     Q5KM,
 }
 
+/// compressed-tensors schemes (`kiln_models::quantize_ct`).
+#[derive(Clone, Copy, ValueEnum)]
+enum Method {
+    #[value(name = "fp8-dynamic")]
+    Fp8Dynamic,
+    #[value(name = "w4a16")]
+    W4A16,
+    #[value(name = "int8")]
+    Int8,
+}
+
 impl QuantType {
     fn recipe(self) -> Recipe {
         match self {
@@ -78,11 +102,36 @@ impl QuantType {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    if args.input.is_dir() {
-        bail!("{}: kiln quantize reads GGUF files; a safetensors directory is not supported yet", args.input.display());
-    }
     let t0 = std::time::Instant::now();
-    let s = kiln_models::quantize_gguf::quantize_gguf(&args.input, &args.output, args.ty.recipe(), args.force)
+    if let Some(m) = args.method {
+        if !args.input.is_dir() {
+            bail!("{}: --method reads a Hugging Face safetensors directory", args.input.display());
+        }
+        let method = match m {
+            Method::Fp8Dynamic => CtMethod::Fp8Dynamic,
+            Method::W4A16 => CtMethod::W4A16 { group: args.group_size },
+            Method::Int8 => CtMethod::Int8,
+        };
+        let s = quantize_ct(&args.input, &args.output, method, args.force)
+            .with_context(|| format!("quantizing {}", args.input.display()))?;
+        println!(
+            "wrote {} ({:.1} MB from {:.1} MB) in {:.1} s: {} projections quantized",
+            args.output.display(),
+            s.output_bytes as f64 / 1e6,
+            s.input_bytes as f64 / 1e6,
+            t0.elapsed().as_secs_f64(),
+            s.quantized
+        );
+        if !s.kept.is_empty() {
+            println!("  kept as they are (inputs not whole groups): {}", s.kept.join(", "));
+        }
+        return Ok(());
+    }
+    let Some(ty) = args.ty else { bail!("give --type (a GGUF file type) or --method (a compressed-tensors scheme)") };
+    if args.input.is_dir() {
+        bail!("{}: --type reads GGUF files; for a safetensors directory give --method", args.input.display());
+    }
+    let s = kiln_models::quantize_gguf::quantize_gguf(&args.input, &args.output, ty.recipe(), args.force)
         .with_context(|| format!("quantizing {}", args.input.display()))?;
     let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
     for c in &s.tensors {
