@@ -20,7 +20,7 @@ pub mod kv_spec;
 pub mod runner;
 pub mod step;
 
-pub use kv_spec::{AttentionKind, LayerKv};
+pub use kv_spec::{kv_residency, AttentionKind, KvResidency, LayerKv};
 pub use runner::Runner;
 
 #[derive(Debug, thiserror::Error)]

@@ -172,7 +172,20 @@ pub fn load(spec: &ModelSpec) -> Result<Loaded, LoadModelError> {
     let m = kiln_models::loader::load_parallel(&spec.path, &spec.devices, spec.dtype, spec.weights)?;
     let detok = Arc::new(TokenizerDetokenizer::new(m.tokenizer.clone()));
     let model: Arc<dyn CausalLm> = Arc::from(m.model);
+    let layers = model.info().layers.clone();
     let handle = Engine::start(model, detok, spec.engine.clone())?;
     eprintln!("kiln: {}", handle.sampling_note());
+    // Sliding-window layers keep their whole context today (one block table for every layer).
+    let (ctx, bs) = (handle.max_model_len(), spec.engine.block_size);
+    let r = kiln_runtime::model::kv_residency(&layers, ctx, bs);
+    if r.ratio() > 1.0 {
+        eprintln!(
+            "kiln: a sequence of {ctx} tokens keeps {} layer-blocks of KV where its next query sees {} ({:.1}×): \
+             sliding-window layers do not free the blocks behind their window yet",
+            r.kept,
+            r.visible,
+            r.ratio()
+        );
+    }
     Ok(Loaded { backend: Arc::new(handle), codec: Arc::new(ModelCodec::new(m.tokenizer, m.chat_template)) })
 }
