@@ -7,6 +7,8 @@ Runs against a live server (loopback), after `openai_conformance.py`:
   reproduces its output;
 - `client.chat.completions.parse` with a Pydantic model returns a parsed object;
 - a tool-calling round trip (tools -> tool_calls -> tool result -> answer), streamed and not;
+  streamed, the call arrives as OpenAI streams it (id, type and name first, then the argument
+  text in pieces as generated) and its pieces join to the unstreamed arguments byte for byte;
 - bad schemas, regexes, grammars and tool choices are 400 naming the field, never a 5xx.
 
     python tests/python/structured_conformance.py --base-url http://127.0.0.1:8000/v1
@@ -144,12 +146,20 @@ def round_trip(client, model, stream):
                 content += c.delta.content or ""
                 finish = c.finish_reason or finish
                 for tc in c.delta.tool_calls or []:
-                    d = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
-                    d["id"] = tc.id or d["id"]
-                    d["name"] += tc.function.name or ""
-                    d["arguments"] += tc.function.arguments or ""
+                    if tc.index not in calls:
+                        # OpenAI's first chunk of a call: id, type and name, empty arguments.
+                        assert tc.id and tc.type == "function" and tc.function.name and tc.function.arguments == "", tc
+                        calls[tc.index] = {"id": tc.id, "name": tc.function.name, "arguments": "", "pieces": 0}
+                    else:
+                        # Later chunks: the next piece of the argument text, nothing else.
+                        assert tc.id is None and tc.function.name is None and tc.function.arguments, tc
+                        calls[tc.index]["arguments"] += tc.function.arguments
+                        calls[tc.index]["pieces"] += 1
         assert content == "" and finish == "tool_calls" and len(calls) == 1, (content, finish, calls)
         call = calls[0]
+        assert call["pieces"] > 1, f"the arguments came in one piece, not as generated: {call}"
+        unstreamed = client.chat.completions.create(tool_choice=NAMED, **args).choices[0].message.tool_calls[0]
+        assert call["arguments"] == unstreamed.function.arguments, (call, unstreamed)
     else:
         r = client.chat.completions.create(tool_choice=NAMED, **args)
         msg = r.choices[0].message

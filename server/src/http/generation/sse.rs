@@ -16,7 +16,7 @@ use crate::engine_api::{EngineEvent, TokenLogprob};
 use crate::error::{ApiError, Failure};
 use crate::protocol::chat::{ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs};
 use crate::protocol::completion::{CompletionChoice, CompletionLogprobs, CompletionResponse};
-use crate::protocol::tools::ToolCallDelta;
+use crate::protocol::tools::{FunctionCallDelta, ToolCallDelta};
 use crate::tools::parse::{Piece, ToolStream};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, BoxStream, SelectAll, Stream, StreamExt};
@@ -181,9 +181,9 @@ impl State {
         self.pending.push_back(e);
     }
 
-    /// Chat with tools: the text goes through the choice's [`ToolStream`]; each content piece
-    /// and each completed call is a chunk (calls as `delta.tool_calls`), and a choice that
-    /// stopped after calls ends with `tool_calls`.
+    /// Chat with tools: the text goes through the choice's [`ToolStream`]; each content piece,
+    /// each call's start (id, type, name) and each piece of its arguments is a chunk (calls as
+    /// `delta.tool_calls`), and a choice that stopped after calls ends with `tool_calls`.
     fn push_tool_text(&mut self, c: usize, text: String, mut lp: Option<ChatLogprobs>, finish: Option<FinishReason>) {
         let ts = &mut self.tool_streams[c];
         let mut pieces = ts.push(&text);
@@ -193,8 +193,14 @@ impl State {
         for p in pieces {
             let delta = match p {
                 Piece::Content(t) => ChatDelta { role: None, content: Some(t), tool_calls: None },
-                Piece::Call(index, call) => {
-                    let d = ToolCallDelta { index, id: call.id, kind: call.kind, function: call.function };
+                Piece::CallStart { index, id, name } => {
+                    let function = FunctionCallDelta { name: Some(name), arguments: String::new() };
+                    let d = ToolCallDelta { index, id: Some(id), kind: Some("function"), function };
+                    ChatDelta { role: None, content: None, tool_calls: Some(vec![d]) }
+                }
+                Piece::Arguments { index, text } => {
+                    let function = FunctionCallDelta { name: None, arguments: text };
+                    let d = ToolCallDelta { index, id: None, kind: None, function };
                     ChatDelta { role: None, content: None, tool_calls: Some(vec![d]) }
                 }
             };

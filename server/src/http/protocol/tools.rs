@@ -84,13 +84,28 @@ pub struct FunctionCallOut {
     pub arguments: String,
 }
 
-/// A tool call in a stream delta: sent whole, in one chunk, once its closing marker arrived.
+/// A tool call in a stream delta, as OpenAI streams one: the call's first chunk has its `id`,
+/// `type` and `function.name` with empty `arguments`; each later chunk has only the `index` and
+/// the next piece of `function.arguments`, as generated. The pieces joined are the call's
+/// `arguments` in the same request unstreamed.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct ToolCallDelta {
     /// Position of the call in the choice's `tool_calls`.
     pub index: usize,
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub function: FunctionCallOut,
+    /// Only in the call's first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`; only in the call's first chunk.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct FunctionCallDelta {
+    /// Only in the call's first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The next piece of the arguments' JSON text (empty in the first chunk).
+    pub arguments: String,
 }

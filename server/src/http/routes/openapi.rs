@@ -71,6 +71,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
         tools::ToolCallOut,
         tools::FunctionCallOut,
         tools::ToolCallDelta,
+        tools::FunctionCallDelta,
         models::ModelList,
         models::ModelCard,
         tokenize::TokenizeRequest,
@@ -261,6 +262,9 @@ mod tests {
         assert!(schemas["ChatMessageOut"]["properties"].get("tool_calls").is_some());
         assert!(schemas["ChatDelta"]["properties"].get("tool_calls").is_some());
         assert!(schemas["ChatMessageIn"]["properties"].get("tool_call_id").is_some());
+        // A streamed call's later chunks carry only its index and an arguments piece.
+        assert_eq!(schemas["ToolCallDelta"]["required"], serde_json::json!(["index", "function"]));
+        assert_eq!(schemas["FunctionCallDelta"]["required"], serde_json::json!(["arguments"]));
     }
 
     fn operations(doc: &serde_json::Value) -> Vec<(String, &serde_json::Value)> {

@@ -11,8 +11,10 @@
 //!
 //! Invariants: a plan exists only when tools are offered and `tool_choice` is not `none`;
 //! every tool has a unique name of at most 64 characters from `[A-Za-z0-9_-]`; a call is
-//! reported only if it names an offered tool and its arguments are a JSON object.
+//! reported only if it names an offered tool and its arguments open a JSON object (their text
+//! is the model's, streamed as it is generated: see [`parse`]).
 
+mod json_scan;
 pub mod parse;
 pub mod render;
 
