@@ -189,14 +189,7 @@ impl Int4Matrix {
         let w = &self.words[r * cols / 8..(r + 1) * cols / 8];
         let (mut acc, mut dots) = (vec![0f32; m], vec![0f32; m]);
         for g in 0..groups {
-            dots.iter_mut().for_each(|d| *d = 0.0);
-            for (j, &word) in w.iter().enumerate().skip(g * per).take(per) {
-                let q: [f32; 8] = std::array::from_fn(|k| ((word >> (4 * k)) & 0xF) as f32);
-                for (d, xr) in dots.iter_mut().zip(x.chunks_exact(cols)) {
-                    let xs = &xr[8 * j..8 * j + 8];
-                    *d += q.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
-                }
-            }
+            group_dots(&w[g * per..(g + 1) * per], x, cols, g * group, &mut dots);
             let (s, z) = (self.scales[r * groups + g], self.zeros[r * groups + g] as f32);
             for (i, (a, d)) in acc.iter_mut().zip(&dots).enumerate() {
                 *a += s * (d - z * xsum[i * groups + g]);
@@ -276,6 +269,91 @@ impl Int4Matrix {
     }
 }
 
+/// `dots[i] = Σ_j Σ_k q(words[j], k) · x[i][col0 + 8j + k]` for every row `i` of `x`
+/// (`[dots.len(), cols]` row-major): the integer part of one group of one weight row. AVX2 +
+/// FMA when the CPU has them (`KILN_CPU_SIMD=0` forces the portable loop), which sums in
+/// another order (eight lanes), so results differ from the portable loop by f32 rounding only.
+fn group_dots(words: &[u32], x: &[f32], cols: usize, col0: usize, dots: &mut [f32]) {
+    assert!(col0 + 8 * words.len() <= cols && x.len() >= dots.len() * cols, "group inside the rows of x");
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time); every load is inside `x`
+        // (asserted above: row i's columns col0 .. col0 + 8·words.len() lie within its `cols`).
+        unsafe { avx2::group_dots(words, x, cols, col0, dots) };
+        return;
+    }
+    group_dots_portable(words, x, cols, col0, dots);
+}
+
+fn group_dots_portable(words: &[u32], x: &[f32], cols: usize, col0: usize, dots: &mut [f32]) {
+    for (d, xr) in dots.iter_mut().zip(x.chunks_exact(cols)) {
+        let mut sum = 0f32;
+        for (j, &word) in words.iter().enumerate() {
+            let xs = &xr[col0 + 8 * j..col0 + 8 * j + 8];
+            sum += (0..8).map(|k| ((word >> (4 * k)) & 0xF) as f32 * xs[k]).sum::<f32>();
+        }
+        *d = sum;
+    }
+}
+
+/// Whether the AVX2 + FMA path runs (detected once; `KILN_CPU_SIMD=0` turns it off).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("KILN_CPU_SIMD").as_deref() != Ok("0")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// [`super::group_dots`] in 8-lane f32: a word's eight nibbles become one vector (a
+    /// variable shift, a mask, a conversion), multiplied into up to four rows of `x` at a time.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available; row `i < dots.len()` of `x` holds columns
+    /// `col0 .. col0 + 8 · words.len()` (within `cols`).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn group_dots(words: &[u32], x: &[f32], cols: usize, col0: usize, dots: &mut [f32]) {
+        let mut i0 = 0;
+        while i0 < dots.len() {
+            let n = (dots.len() - i0).min(4);
+            let base = x.as_ptr().add(i0 * cols + col0);
+            let out = &mut dots[i0..i0 + n];
+            match n {
+                4 => rows::<4>(words, base, cols, out),
+                3 => rows::<3>(words, base, cols, out),
+                2 => rows::<2>(words, base, cols, out),
+                _ => rows::<1>(words, base, cols, out),
+            }
+            i0 += n;
+        }
+    }
+
+    /// `N` rows of `x` starting at `base` (row stride `cols`).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows<const N: usize>(words: &[u32], base: *const f32, cols: usize, out: &mut [f32]) {
+        let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        let mask = _mm256_set1_epi32(0xF);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (j, &w) in words.iter().enumerate() {
+            let q = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(w as i32), shifts), mask));
+            for (t, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(q, _mm256_loadu_ps(base.add(t * cols + 8 * j)), *a);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            *o = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+        }
+    }
+}
+
 /// `Σ x` over each group of `group` consecutive inputs of each row of `x` (`[m, groups]`).
 fn group_sums(x: &[f32], cols: usize, group: usize) -> Vec<f32> {
     x.chunks_exact(cols).flat_map(|row| row.chunks_exact(group).map(|g| g.iter().sum::<f32>())).collect()
@@ -319,6 +397,23 @@ mod tests {
                     let want: f32 = (0..w.cols).map(|c| d[r * w.cols + c] * x[i * w.cols + c]).sum();
                     assert!((y[i * w.rows + r] - want).abs() <= 1e-4 * want.abs().max(1.0), "{i} {r}");
                 }
+            }
+        }
+    }
+
+    /// The AVX2 group dot (when this CPU has it) equals the portable loop to f32 rounding, for
+    /// every count of x rows (1 to 9: every chunk size of four) and a group not at column 0.
+    #[test]
+    fn simd_group_dots_match_the_portable_loop() {
+        let (cols, words) = (96, 4);
+        let w: Vec<u32> = (0..words as u32).map(|i| i.wrapping_mul(0x9E37_79B9) ^ 0x5A5A_1234).collect();
+        for m in 1..=9 {
+            let x: Vec<f32> = (0..m * cols).map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.0625).collect();
+            let (mut a, mut b) = (vec![0f32; m], vec![0f32; m]);
+            group_dots(&w, &x, cols, 32, &mut a);
+            group_dots_portable(&w, &x, cols, 32, &mut b);
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "m {m}: {p} against {q}");
             }
         }
     }
