@@ -4,33 +4,17 @@
 //! kernels' only approximation is the activation quantization, which is checked separately
 //! against the f32 product); and `linear` on a `Weight::Quantized` equals them.
 
+mod quant_support;
+
 use kiln_runtime::device::linear::{linear, Weight};
-use kiln_runtime::device::quant::blocks::half_fields;
 use kiln_runtime::device::quant::cpu::{dot_row, quantize_row, Simd};
 use kiln_runtime::device::quant::{QuantFormat, QuantMatrix, BLOCK};
 use kiln_runtime::{Device, Tensor};
+use quant_support::{random_matrix, random_vec};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 const FORMATS: [QuantFormat; 10] = QuantFormat::ALL;
-
-/// A random matrix: f16 scales in ±[0.01, 0.1), every other byte random.
-fn random_matrix(rng: &mut StdRng, format: QuantFormat, rows: usize, cols: usize) -> QuantMatrix {
-    let mut bytes = Vec::with_capacity(rows * format.row_bytes(cols));
-    for _ in 0..rows * cols / format.block_len() {
-        let mut block: Vec<u8> = (0..format.block_bytes()).map(|_| rng.random::<u8>()).collect();
-        for &at in half_fields(format) {
-            let v: f32 = rng.random_range(0.01..0.1) * if rng.random::<bool>() { 1.0 } else { -1.0 };
-            block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-        }
-        bytes.extend_from_slice(&block);
-    }
-    QuantMatrix::new(format, rows, cols, bytes).unwrap()
-}
-
-fn random_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
-}
 
 #[test]
 fn dot_products_equal_the_dequantized_sum() {
