@@ -9,6 +9,7 @@
 use crate::device::quant::activations::{
     activations, quantize_row8_for, quantize_row_for, same_blocks, ActBlock, ActBlock8, Activations,
 };
+use crate::device::quant::cpu::gemm::{gemm_q16, gemm_q8};
 use crate::device::quant::cpu::{matmul_q16, matmul_q8, Simd};
 use crate::device::quant::int4::Int4Matrix;
 use crate::device::quant::int4_cuda::{linear_int4_cuda, Int4Cuda};
@@ -147,6 +148,10 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, parts: &[QuantMatrix], out: &mut T
     write_parts(out, parts.iter().map(QuantMatrix::rows), &ys)
 }
 
+/// Activation rows from which a quantized product takes the blocked GEMM: below it, packing a
+/// panel costs more than the one-row kernels' second read of each block.
+const GEMM_MIN_ROWS: usize = 5;
+
 /// Activation rows quantized for the weights of one kind of format.
 enum QuantRows {
     Bits16(Vec<Vec<ActBlock>>),
@@ -177,9 +182,12 @@ impl QuantRows {
         }
     }
 
-    /// `x · wᵀ` (`[rows, w.rows()]`, row-major).
+    /// `x · wᵀ` (`[rows, w.rows()]`, row-major): the one-row kernels for a few rows (decode),
+    /// the blocked GEMM from [`GEMM_MIN_ROWS`] rows (prefill).
     fn times(&self, simd: Simd, w: &QuantMatrix) -> Vec<f32> {
         match self {
+            QuantRows::Bits16(xq) if xq.len() >= GEMM_MIN_ROWS => gemm_q16(simd, xq, w),
+            QuantRows::Ggml8(xq) if xq.len() >= GEMM_MIN_ROWS => gemm_q8(simd, xq, w),
             QuantRows::Bits16(xq) => matmul_q16(simd, xq, w),
             QuantRows::Ggml8(xq) => matmul_q8(simd, xq, w),
         }

@@ -15,8 +15,10 @@
 //! path and the AVX2 ones (`cpu/avx2.rs` on 16-bit activations, `cpu/avx2_q8.rs` on 8-bit;
 //! chosen at run time with `is_x86_feature_detected!`; `KILN_CPU_SIMD=0` forces the portable
 //! path, which the tests run too). Output rows are split across rayon tasks by weight rows,
-//! each task passing its weight rows over tiles of 16 activation rows. Activation quantization
-//! is the only difference from the dequantize-then-f32 reference.
+//! each task passing its weight rows over tiles of 16 activation rows. Many rows (prefill) take
+//! the blocked GEMM of [`gemm`] instead, which unpacks each weight block once for all of them
+//! (`linear` chooses by the row count). Activation quantization is the only difference from the
+//! dequantize-then-f32 reference.
 
 pub use super::activations::{quantize_row, ActBlock, ActBlock8};
 use super::blocks::{unpack, Slice32};
@@ -32,6 +34,10 @@ pub enum Simd {
     /// default model, and removed.)
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2, FMA and F16C plus AVX-512 F, BW, VL and VNNI: the GEMM's micro-kernels multiply
+    /// with `vpdpwssd` / `vpdpbusd` (`cpu/gemm_vnni.rs`); the one-row kernels are the AVX2 ones.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl Simd {
@@ -50,6 +56,13 @@ impl Simd {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             v.push(Simd::Avx2);
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                v.push(Simd::Avx512Vnni);
+            }
         }
         v
     }
@@ -120,6 +133,14 @@ fn dot_portable_sliced(format: QuantFormat, w: &[u8], x: &[ActBlock]) -> f32 {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q8;
+pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx2;
+#[cfg(target_arch = "x86_64")]
+mod gemm_vnni;
+pub mod panel;
+#[cfg(target_arch = "x86_64")]
+mod panel_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -142,9 +163,9 @@ pub fn dot_rows(simd: Simd, format: QuantFormat, w: &[u8], xs: &[&[ActBlock]], s
                 *o = dot(format, w, x);
             }
         }
-        // Safety: `Avx2` is only constructed after detecting AVX2, FMA and F16C.
+        // Safety: `Avx2` and `Avx512Vnni` are only constructed after detecting AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe {
+        Simd::Avx2 | Simd::Avx512Vnni => unsafe {
             let s = &mut scratch.avx2;
             avx2::dot_many(format, w, xs, &mut s.acc, &mut s.extra, out)
         },
@@ -168,9 +189,9 @@ pub fn dot_rows8(
             let wide: Vec<&[ActBlock]> = wide.iter().map(Vec::as_slice).collect();
             dot_rows(simd, format, w, &wide, scratch, out)
         }
-        // Safety: `Avx2` is only constructed after detecting AVX2, FMA and F16C.
+        // Safety: `Avx2` and `Avx512Vnni` are only constructed after detecting AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe {
+        Simd::Avx2 | Simd::Avx512Vnni => unsafe {
             let s = &mut scratch.avx2;
             avx2_q8::dot_many(format, w, xs, &mut s.acc, &mut s.extra, out)
         },
