@@ -20,7 +20,7 @@ use crate::device::tensor::Tensor;
 use rayon::prelude::*;
 
 /// Largest `m` served by the weight-streaming path; beyond it the packed GEMM is as fast.
-const SMALL_M: usize = 64;
+pub(crate) const SMALL_M: usize = 64;
 
 /// Partial sums per dot product: 16 floats = two AVX registers (four products in flight
 /// use eight).
@@ -194,7 +194,7 @@ fn finish(mut acc: [f32; LANES], x_tail: &[f32], w_tail: &[f32]) -> f32 {
 }
 
 /// The packed path (`gemm` crate) for `m > SMALL_M`.
-fn big_m(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], m: usize, n: usize, out_stride: usize) {
+pub(crate) fn big_m(a: Mat<'_>, b: Mat<'_>, out: &mut [f32], m: usize, n: usize, out_stride: usize) {
     let k = a.cols;
     // SAFETY: every pointer/stride pair addresses only elements inside the borrowed slices:
     // a is m×k with row stride a.stride, b_t is n×k with row stride b.stride (read as the k×n

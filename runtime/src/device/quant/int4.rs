@@ -14,6 +14,7 @@
 //! inputs (`cols % group == 0`); every array has its stated length and every `g_idx` entry
 //! names a group.
 
+use crate::device::gemm_cpu::{big_m, Mat, SMALL_M};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,6 +166,9 @@ impl Int4Matrix {
 
     /// `x · Wᵀ` for `m` rows of `x` (`[m, cols]` row-major), `[m, rows]` row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        if m > SMALL_M {
+            return self.matmul_blocked(x, m);
+        }
         // Weight rows in parallel; each word is unpacked once and applied to every row of `x`.
         let per_row: Vec<Vec<f32>> = match &self.grouping {
             Grouping::Contiguous(group) => {
@@ -178,6 +182,24 @@ impl Int4Matrix {
             for (i, a) in acc.into_iter().enumerate() {
                 out[i * self.rows + r] = a;
             }
+        }
+        out
+    }
+
+    /// Many rows of `x` (prefill): blocks of weight rows dequantized to f32 (one block at a
+    /// time, `BLOCK_ROWS × cols`, never the whole matrix) and multiplied by the packed dense
+    /// GEMM, which reuses each weight across every row of `x` from cache.
+    fn matmul_blocked(&self, x: &[f32], m: usize) -> Vec<f32> {
+        const BLOCK_ROWS: usize = 256;
+        let (n, k) = (self.rows, self.cols);
+        let mut out = vec![0f32; m * n];
+        let mut w = vec![0f32; BLOCK_ROWS.min(n) * k];
+        let a = Mat { data: x, rows: m, cols: k, stride: k };
+        for r0 in (0..n).step_by(BLOCK_ROWS) {
+            let nb = BLOCK_ROWS.min(n - r0);
+            w[..nb * k].par_chunks_mut(k).enumerate().for_each(|(i, row)| self.dequantize_row(r0 + i, row));
+            let b = Mat { data: &w[..nb * k], rows: nb, cols: k, stride: k };
+            big_m(a, b, &mut out[r0..], m, nb, n);
         }
         out
     }
@@ -389,13 +411,15 @@ mod tests {
         let g_idx: Vec<u32> = (0..64).map(|i| (i * 7 % 64) / 16).collect();
         for w in [sample(5, 64, 16, None), sample(3, 64, 64, None), sample(4, 64, 16, Some(g_idx))] {
             let d = dense(&w);
-            let m = 3;
-            let x: Vec<f32> = (0..m * w.cols).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1).collect();
-            let y = w.matmul(&x, m);
-            for i in 0..m {
-                for r in 0..w.rows {
-                    let want: f32 = (0..w.cols).map(|c| d[r * w.cols + c] * x[i * w.cols + c]).sum();
-                    assert!((y[i * w.rows + r] - want).abs() <= 1e-4 * want.abs().max(1.0), "{i} {r}");
+            // 3 rows (the group-dot path) and 70 (blocks dequantized for the dense GEMM).
+            for m in [3, SMALL_M + 6] {
+                let x: Vec<f32> = (0..m * w.cols).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1).collect();
+                let y = w.matmul(&x, m);
+                for i in 0..m {
+                    for r in 0..w.rows {
+                        let want: f32 = (0..w.cols).map(|c| d[r * w.cols + c] * x[i * w.cols + c]).sum();
+                        assert!((y[i * w.rows + r] - want).abs() <= 1e-4 * want.abs().max(1.0), "m {m}: {i} {r}");
+                    }
                 }
             }
         }
