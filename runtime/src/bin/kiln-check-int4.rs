@@ -16,16 +16,13 @@ use kiln_runtime::device::timing::median_us;
 use kiln_runtime::{matmul, DType, Device, Tensor};
 use std::process::ExitCode;
 
-/// SplitMix64 on a counter: reproducible inputs.
-struct Rand(u64);
+/// Reproducible inputs: the sampler's counter-based SplitMix64 (seed, draw count).
+struct Rand(u64, u64);
 
 impl Rand {
     fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^ (x >> 31)
+        self.1 += 1;
+        kiln_runtime::sample::rng::bits(self.0, self.1)
     }
     fn unit(&mut self) -> f32 {
         (self.u64() >> 40) as f32 / (1u64 << 24) as f32
@@ -83,7 +80,7 @@ fn cases(r: &mut Rand) -> Vec<Case> {
 }
 
 fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
-    let mut r = Rand(7);
+    let mut r = Rand(7, 0);
     let (mut passed, mut failed) = (0, 0);
     for case in cases(&mut r) {
         let k = case.parts[0].cols();
@@ -134,7 +131,7 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
 
 fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let Device::Cuda(b) = dev else { return Ok(()) };
-    let mut r = Rand(11);
+    let mut r = Rand(11, 0);
     // Copy bandwidth in this run: a 1 GiB device-to-device copy (read + write).
     let n_copy = 1usize << 28;
     let src = Tensor::zeros(dev, DType::F32, 1, n_copy)?;
