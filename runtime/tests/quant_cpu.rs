@@ -249,3 +249,41 @@ fn rows_of_different_formats_fill_their_own_columns() {
     let mut wrong = Tensor::zeros(&dev, kiln_runtime::DType::F32, m, 5).unwrap();
     assert!(linear(&dev, &x, &Weight::QuantizedRows(parts), &mut wrong).is_err(), "6 output columns, not 5");
 }
+
+#[test]
+fn every_path_quantizes_activations_to_the_same_blocks() {
+    use kiln_runtime::device::quant::activations::{quantize_row_for_with, Activations};
+    let mut rng = StdRng::seed_from_u64(71);
+    let mut rows: Vec<Vec<f32>> = (0..20).map(|_| random_vec(&mut rng, 256)).collect();
+    // Ties of the roundings: with a block maximum of 32767 (16-bit) or 127 (Q8_0) the scale is 1,
+    // so these values are rounded as they stand (half away from zero, or half to even).
+    let ties = |top: f32| {
+        let mut v = vec![top, 0.5, -0.5, 1.5, -2.5, 2.5, 126.5, -126.5, 0.49999997, -0.49999997, 3.5000002];
+        v.resize(32, -top + 0.5);
+        v
+    };
+    rows.push(ties(32767.0));
+    rows.push(ties(127.0));
+    // Zeros, NaN, infinities and values too small for their scale.
+    let mut odd = vec![0.0f32; 32];
+    odd.extend([f32::NAN; 32]);
+    odd.extend((0..32).map(|i| if i == 3 { f32::INFINITY } else { i as f32 }));
+    odd.extend((0..32).map(|i| if i % 2 == 0 { f32::NAN } else { -(i as f32) }));
+    odd.extend((0..32).map(|i| i as f32 * 1e-44));
+    odd.extend((0..32).map(|i| if i == 0 { f32::NEG_INFINITY } else { 1.0 }));
+    rows.push(odd);
+    let fields = |b: &[kiln_runtime::device::quant::cpu::ActBlock]| {
+        b.iter().map(|b| (b.d.to_bits(), b.sum, b.sum_lo, b.qs)).collect::<Vec<_>>()
+    };
+    for (mode, format) in [(Activations::Bits16, QuantFormat::Q4_1), (Activations::Ggml8, QuantFormat::Q4_0)] {
+        for (r, x) in rows.iter().enumerate() {
+            let mut want = vec![];
+            quantize_row_for_with(Simd::Portable, mode, format, x, &mut want);
+            for simd in Simd::available() {
+                let mut got = vec![];
+                quantize_row_for_with(simd, mode, format, x, &mut got);
+                assert_eq!(fields(&got), fields(&want), "{mode:?} {simd:?} row {r}");
+            }
+        }
+    }
+}

@@ -14,10 +14,14 @@
 //!   summation-order noise (tests/tests/llama_cpp_quantized.rs says what is known of why).
 //!
 //! The choice is process-wide: [`set_activations`], or `KILN_CPU_ACTIVATIONS=ggml8` read at the
-//! first use. Both produce `q` within ±32767, which the 16-bit dot products take unchanged.
+//! first use. Both produce `q` within ±32767, which the 16-bit dot products take unchanged. The
+//! 16-bit and Q8_0 quantizers have AVX2 forms (`activations_avx2.rs`) that give the same blocks
+//! bit for bit; the Q8_K one is scalar.
 
+use super::cpu::Simd;
 use super::{QuantFormat, BLOCK};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 /// One activation block quantized to integers.
 #[derive(Clone, Copy, Debug)]
@@ -104,8 +108,25 @@ pub fn activations() -> Activations {
 /// The largest 16-bit activation magnitude.
 const QMAX: f32 = 32767.0;
 
+/// The SIMD path of this CPU, detected once (`KILN_CPU_SIMD=0`: the portable one).
+fn simd() -> Simd {
+    static SIMD: OnceLock<Simd> = OnceLock::new();
+    *SIMD.get_or_init(Simd::detect)
+}
+
 /// Quantizes one row (`x.len()` a multiple of 32) to 16 bits into `out` (`x.len() / 32` blocks).
 pub fn quantize_row(x: &[f32], out: &mut Vec<ActBlock>) {
+    quantize_row_with(simd(), x, out)
+}
+
+/// [`quantize_row`] by `simd`'s code: every path gives the same blocks (`activations_avx2.rs`).
+pub fn quantize_row_with(simd: Simd, x: &[f32], out: &mut Vec<ActBlock>) {
+    #[cfg(target_arch = "x86_64")]
+    if simd != Simd::Portable {
+        // Safety: every SIMD path implies AVX2 (`Simd::available`).
+        return unsafe { super::activations_avx2::quantize_row16(x, QMAX, out) };
+    }
+    let _ = simd;
     out.clear();
     for b in x.chunks_exact(BLOCK) {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -121,9 +142,14 @@ pub fn quantize_row(x: &[f32], out: &mut Vec<ActBlock>) {
 
 /// Quantizes one row for a product with a `format` weight, as `mode` says.
 pub fn quantize_row_for(mode: Activations, format: QuantFormat, x: &[f32], out: &mut Vec<ActBlock>) {
+    quantize_row_for_with(simd(), mode, format, x, out)
+}
+
+/// [`quantize_row_for`] by `simd`'s code (the same blocks on every path).
+pub fn quantize_row_for_with(simd: Simd, mode: Activations, format: QuantFormat, x: &[f32], out: &mut Vec<ActBlock>) {
     match mode {
-        Activations::Bits16 => quantize_row(x, out),
-        Activations::Ggml8 if format.block_len() == BLOCK => quantize_row_q8_0(x, out),
+        Activations::Bits16 => quantize_row_with(simd, x, out),
+        Activations::Ggml8 if format.block_len() == BLOCK => quantize_row_q8_0(simd, x, out),
         Activations::Ggml8 => quantize_row_q8_k(x, out),
     }
 }
@@ -136,7 +162,13 @@ pub fn same_blocks(mode: Activations, a: QuantFormat, b: QuantFormat) -> bool {
 
 /// llama.cpp's Q8_0 / Q8_1 activation blocks (its AVX2 `quantize_row_q8_0`: `127 / max|x|`,
 /// round half to even, `d` stored as f16).
-fn quantize_row_q8_0(x: &[f32], out: &mut Vec<ActBlock>) {
+fn quantize_row_q8_0(simd: Simd, x: &[f32], out: &mut Vec<ActBlock>) {
+    #[cfg(target_arch = "x86_64")]
+    if simd != Simd::Portable {
+        // Safety: every SIMD path implies AVX2 and F16C (`Simd::available`).
+        return unsafe { super::activations_avx2::quantize_row_q8_0(x, out) };
+    }
+    let _ = simd;
     out.clear();
     for b in x.chunks_exact(BLOCK) {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));

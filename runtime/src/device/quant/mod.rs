@@ -15,6 +15,8 @@
 //! memory.
 
 pub mod activations;
+#[cfg(target_arch = "x86_64")]
+mod activations_avx2;
 pub mod blocks;
 pub mod cpu;
 pub mod int4;
@@ -166,6 +168,7 @@ pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
 /// file: the blocks are then never copied).
 pub trait SharedBytes: Send + Sync + std::fmt::Debug {
     fn shared_bytes(&self) -> &[u8];
+
 }
 
 /// The blocks of consecutive rows: owned, or a range of a [`SharedBytes`].
