@@ -53,6 +53,17 @@ impl kiln_runtime::device::quant::SharedBytes for GgufFile {
     fn shared_bytes(&self) -> &[u8] {
         self.storage.bytes()
     }
+
+    /// `MADV_POPULATE_READ` on the range (Linux 5.14+; elsewhere, or on error, nothing): the
+    /// pages are read in and mapped now, as llama.cpp's loader does for the whole file.
+    fn prefault(&self, start: usize, len: usize) {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mapped(m) = &self.storage {
+            let _ = m.advise_range(memmap2::Advice::PopulateRead, start, len);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (start, len);
+    }
 }
 
 impl GgufFile {

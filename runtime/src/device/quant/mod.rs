@@ -169,6 +169,11 @@ pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
 pub trait SharedBytes: Send + Sync + std::fmt::Debug {
     fn shared_bytes(&self) -> &[u8];
 
+    /// Asks for `shared_bytes()[start..start + len]` to be resident and mapped now rather than
+    /// at first read (a hint: a mapped file prefaults its pages; errors are ignored). A matrix
+    /// that borrows blocks calls it, since its first product reads every byte: faulting 35k
+    /// pages of a 145 MB Q8_0 file in during the first prefill made it ~25% slower than the next.
+    fn prefault(&self, _start: usize, _len: usize) {}
 }
 
 /// The blocks of consecutive rows: owned, or a range of a [`SharedBytes`].
@@ -237,6 +242,7 @@ impl QuantMatrix {
         if start.checked_add(len).is_none_or(|end| end > total) {
             return Err(QuantError::Size { format, rows, cols, expected: len, got: total.saturating_sub(start) });
         }
+        owner.prefault(start, len);
         let seg = Segment::Shared { owner, start, len };
         Ok(QuantMatrix { format, rows, cols, segments: Arc::new([(seg, rows)]) })
     }
