@@ -73,8 +73,16 @@ impl Ops for Avx2 {
 /// it accumulates in place (integer adds are exact: the result does not depend on `CH`).
 #[inline(always)]
 unsafe fn total<const R: usize, const C: usize>(chains: [[__m256i; C]; R]) -> [__m256i; R] {
-    // Safety: the kernel's AVX2.
-    chains.map(|c| c[1..].iter().fold(c[0], |a, &b| unsafe { _mm256_add_epi32(a, b) }))
+    // Loops, not closures: a closure is compiled without the kernel's target features.
+    let mut out = [chains[0][0]; R];
+    for (o, c) in out.iter_mut().zip(&chains) {
+        *o = c[0];
+        for &v in &c[1..] {
+            // Safety: the kernel's AVX2.
+            *o = unsafe { _mm256_add_epi32(*o, v) };
+        }
+    }
+    out
 }
 
 /// The four bytes (or two i16) of group `g` of an activation block's integers, in every lane.
