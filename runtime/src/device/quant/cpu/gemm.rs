@@ -20,7 +20,7 @@
 //! for its batch (by the batch's row count); within this GEMM it does not depend on the other
 //! rows. Only the activation quantization differs from the dequantize-then-f32 product.
 
-use super::panel::{halves, has_coef, pack, Ints16, Ints8, Panel, PanelInts, NR};
+use super::panel::{halves, has_coef, pack, prefetch, Ints16, Ints8, Panel, PanelInts, NR};
 use super::{ActBlock, ActBlock8, Simd};
 use crate::device::quant::{QuantFormat, QuantMatrix};
 use rayon::prelude::*;
@@ -192,6 +192,9 @@ fn gemm<I: Tile<X>, X: GemmAct>(simd: Simd, xq: &[Vec<X>], w: &QuantMatrix) -> V
             let mut tile = [[0f32; NR]; MR];
             for p in p0..p1 {
                 pack(simd, w, p * NR, &mut panel);
+                if p + 1 < p1 {
+                    prefetch(w, (p + 1) * NR);
+                }
                 let (at, valid) = (p * NR - c0, NR.min(n - p * NR));
                 for i0 in (0..m).step_by(MR) {
                     let i1 = (i0 + MR).min(m);

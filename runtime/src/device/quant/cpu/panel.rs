@@ -159,6 +159,22 @@ pub fn pack<I: PanelInts>(simd: Simd, w: &QuantMatrix, r0: usize, panel: &mut Pa
     pack_ints_portable(w, r0, rows, &mut panel.ints);
 }
 
+/// Asks for the blocks of weight rows `r0 .. r0 + NR` (those that exist) to be brought into L2
+/// (a hint, x86-64 only). The GEMM calls it for the next panel before multiplying the current
+/// one: packing reads each block once, straight from memory, and the first read of every block
+/// had waited on it (most of the packing time).
+pub fn prefetch(w: &QuantMatrix, r0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for r in r0..(r0 + NR).min(w.rows()) {
+        for line in w.row(r).chunks(64) {
+            // Safety: a prefetch is a hint and never faults; SSE is baseline on x86-64.
+            unsafe { std::arch::x86_64::_mm_prefetch(line.as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T1) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, r0);
+}
+
 /// The integers of each slice of rows `r0 .. r0 + rows`, one value at a time.
 fn pack_ints_portable<I: PanelInts>(w: &QuantMatrix, r0: usize, rows: usize, ints: &mut [I]) {
     let format = w.format();

@@ -102,7 +102,7 @@ unsafe fn scales32<I: PanelInts>(format: QuantFormat, rb: &[&[u8]; NR], rows: us
     let offset = _mm256_set1_ps(I::offset(format) as f32);
     let word = |r: usize, at: usize| -> i32 {
         if r < rows {
-            i32::from_le_bytes([rb[r][at], rb[r][at + 1], rb[r][at + 2], rb[r][at + 3]])
+            i32::from_le_bytes(rb[r][at..at + 4].try_into().expect("4 bytes"))
         } else {
             0
         }
