@@ -138,9 +138,10 @@ fn block_generic(a: Mat<'_>, b: Mat<'_>, j0: usize, o: &mut [f32]) {
 // (not one generic over the row count) because the compiler vectorises the four explicit
 // accumulators and not a 2-D accumulator array.
 
-/// One dot product.
+/// One dot product (also attention's query · key on the CPU: its fixed order vectorises, a
+/// sequential sum does not).
 #[inline(always)]
-fn dot1(x: &[f32], w: &[f32]) -> f32 {
+pub(crate) fn dot1(x: &[f32], w: &[f32]) -> f32 {
     let (wc, w_tail) = w.as_chunks::<LANES>();
     let full = wc.len() * LANES;
     let xc = x[..full].as_chunks::<LANES>().0;

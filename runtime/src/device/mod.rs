@@ -30,7 +30,7 @@ mod fused_cuda;
 pub mod fused_def;
 pub mod gather;
 pub mod gemm;
-mod gemm_cpu;
+pub(crate) mod gemm_cpu;
 mod gemm_cuda;
 pub mod graph;
 pub mod host_buf;
