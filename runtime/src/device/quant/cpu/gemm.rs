@@ -170,6 +170,27 @@ pub fn gemm_q8(simd: Simd, xq: &[Vec<ActBlock8>], w: &QuantMatrix) -> Vec<f32> {
     gemm::<Ints8, ActBlock8>(simd, xq, w)
 }
 
+/// The output matrix, written by several rayon tasks at once, each into its own columns.
+struct Columns {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// Safety: tasks only write through `write`, whose callers keep their column ranges disjoint.
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    /// `out[at .. at + vals.len()] = vals`.
+    ///
+    /// # Safety
+    /// No other task writes any of these elements while this one may.
+    unsafe fn write(&self, at: usize, vals: &[f32]) {
+        assert!(at + vals.len() <= self.len, "a write past the output");
+        // Safety: in bounds (above); exclusive per the caller.
+        unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.add(at), vals.len()) };
+    }
+}
+
 fn gemm<I: Tile<X>, X: GemmAct>(simd: Simd, xq: &[Vec<X>], w: &QuantMatrix) -> Vec<f32> {
     let (m, n) = (xq.len(), w.rows());
     let metas: Vec<Vec<XMeta>> = xq.iter().map(|x| x.iter().map(X::meta).collect()).collect();
@@ -178,40 +199,30 @@ fn gemm<I: Tile<X>, X: GemmAct>(simd: Simd, xq: &[Vec<X>], w: &QuantMatrix) -> V
     // No more tasks than twice the threads (as the one-row kernels: waking workers per task
     // costs more than finer balancing gains).
     let per_task = panels.div_ceil(2 * rayon::current_num_threads()).max(1);
-    let parts: Vec<(usize, usize, Vec<f32>)> = (0..panels.div_ceil(per_task))
-        .into_par_iter()
-        .map(|t| {
-            let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
-            let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
-            let cols = c1 - c0;
-            // This task's columns, row-major `[m, cols]`.
-            let mut part = vec![0f32; m * cols];
-            let xs: Vec<&[X]> = xq.iter().map(Vec::as_slice).collect();
-            let ms: Vec<&[XMeta]> = metas.iter().map(Vec::as_slice).collect();
-            let mut panel = Panel::<I>::new();
-            let mut tile = [[0f32; NR]; MR];
-            for p in p0..p1 {
-                pack(simd, w, p * NR, &mut panel);
-                if p + 1 < p1 {
-                    prefetch(w, (p + 1) * NR);
-                }
-                let (at, valid) = (p * NR - c0, NR.min(n - p * NR));
-                for i0 in (0..m).step_by(MR) {
-                    let i1 = (i0 + MR).min(m);
-                    I::tile(simd, kind, &panel, &xs[i0..i1], &ms[i0..i1], &mut tile[..i1 - i0]);
-                    for (i, o) in (i0..i1).zip(&tile) {
-                        part[i * cols + at..][..valid].copy_from_slice(&o[..valid]);
-                    }
+    let mut out = vec![0f32; m * n];
+    let cols = Columns { ptr: out.as_mut_ptr(), len: out.len() };
+    (0..panels.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        let xs: Vec<&[X]> = xq.iter().map(Vec::as_slice).collect();
+        let ms: Vec<&[XMeta]> = metas.iter().map(Vec::as_slice).collect();
+        let mut panel = Panel::<I>::new();
+        let mut tile = [[0f32; NR]; MR];
+        // Panels `p0 .. p1`: output columns `p0 · NR ..`, this task's alone.
+        let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
+        for p in p0..p1 {
+            pack(simd, w, p * NR, &mut panel);
+            if p + 1 < p1 {
+                prefetch(w, (p + 1) * NR);
+            }
+            let valid = NR.min(n - p * NR);
+            for i0 in (0..m).step_by(MR) {
+                let i1 = (i0 + MR).min(m);
+                I::tile(simd, kind, &panel, &xs[i0..i1], &ms[i0..i1], &mut tile[..i1 - i0]);
+                for (i, o) in (i0..i1).zip(&tile) {
+                    // Safety: columns `p · NR ..` of row `i` belong to this task only.
+                    unsafe { cols.write(i * n + p * NR, &o[..valid]) };
                 }
             }
-            (c0, cols, part)
-        })
-        .collect();
-    let mut out = vec![0f32; m * n];
-    for (c0, cols, part) in parts {
-        for (i, row) in part.chunks_exact(cols.max(1)).enumerate().take(m) {
-            out[i * n + c0..][..cols].copy_from_slice(row);
         }
-    }
+    });
     out
 }

@@ -12,7 +12,8 @@ use super::x86::{block_halves, k_slice_bytes, nibbles32, q5_bytes, widen_signed,
 use std::arch::x86_64::*;
 
 /// Packs rows `r0 .. r0 + rows` (`rows ≤ NR`) of `w` into `panel`, whose vectors are sized for
-/// `w`'s slices and zeroed.
+/// `w`'s slices (and zeroed when `rows < NR`: the k-quants' scales of missing rows are not
+/// written here).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
