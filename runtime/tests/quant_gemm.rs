@@ -112,11 +112,19 @@ fn eight_bit_gemm_equals_the_dequantized_product_on_every_path() {
     }
 }
 
-fn panels_equal<I: PanelInts>(format: QuantFormat, w: &QuantMatrix, r0: usize, bits: impl Fn(&I) -> Vec<u8>) {
+fn panels_equal<I: PanelInts>(
+    format: QuantFormat,
+    w: &QuantMatrix,
+    r0: usize,
+    stale: &QuantMatrix,
+    bits: impl Fn(&I) -> Vec<u8>,
+) {
     let mut want = Panel::<I>::new();
     pack(Simd::Portable, w, r0, &mut want);
     for simd in Simd::available() {
+        // A panel reused from another matrix of the same width: nothing of it may remain.
         let mut got = Panel::<I>::new();
+        pack(simd, stale, 0, &mut got);
         pack(simd, w, r0, &mut got);
         for (s, (a, b)) in got.ints.iter().zip(&want.ints).enumerate() {
             assert_eq!(bits(a), bits(b), "{format} {simd:?} rows {r0}.. slice {s}: integers");
@@ -132,11 +140,13 @@ fn panels_equal<I: PanelInts>(format: QuantFormat, w: &QuantMatrix, r0: usize, b
 fn every_path_packs_the_same_panels() {
     let mut rng = StdRng::seed_from_u64(63);
     for format in QuantFormat::ALL {
-        // 11 rows: a whole panel, then one of 3 rows padded with zeros.
-        let w = random_matrix(&mut rng, format, 11, 2 * format.block_len());
-        for r0 in [0, 8] {
-            panels_equal::<Ints16>(format, &w, r0, |i| i.0.iter().flat_map(|v| v.to_le_bytes()).collect());
-            panels_equal::<Ints8>(format, &w, r0, |i| i.0.to_vec());
+        // A whole panel, then one of 3 rows padded with zeros.
+        let (k, rows) = (2 * format.block_len(), NR + 3);
+        let (w, stale) = (random_matrix(&mut rng, format, rows, k), random_matrix(&mut rng, format, NR, k));
+        for r0 in [0, NR] {
+            let wide = |i: &Ints16| i.0.iter().flat_map(|v| v.to_le_bytes()).collect();
+            panels_equal::<Ints16>(format, &w, r0, &stale, wide);
+            panels_equal::<Ints8>(format, &w, r0, &stale, |i| i.0.to_vec());
         }
     }
 }
