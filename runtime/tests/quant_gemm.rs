@@ -4,13 +4,15 @@
 //! multiple of the tile, a single row, weight rows that end mid-panel): every SIMD path packs the
 //! same panels and computes the same bits as the portable path, which is within f32 rounding of
 //! the exact sum over the quantized activations; a row's result does not depend on the rows
-//! beside it; and `linear` takes the GEMM for many rows.
+//! beside it; the few-rows product (`gemv`) gives the GEMM's bits; and `linear` takes the GEMM
+//! for many rows.
 
 mod quant_support;
 
 use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::device::quant::activations::{quantize_row8_for, set_activations, Activations};
 use kiln_runtime::device::quant::cpu::gemm::{gemm_q16, gemm_q8};
+use kiln_runtime::device::quant::cpu::gemv::{gemv_q16, gemv_q8, GEMV_MAX_ROWS};
 use kiln_runtime::device::quant::cpu::panel::{pack, Ints16, Ints8, Panel, PanelInts, NR};
 use kiln_runtime::device::quant::cpu::{quantize_row, ActBlock, ActBlock8, Simd};
 use kiln_runtime::device::quant::{QuantFormat, QuantMatrix};
@@ -107,6 +109,26 @@ fn eight_bit_gemm_equals_the_dequantized_product_on_every_path() {
             check(&what, &portable, &reference(&w, &xd));
             for simd in Simd::available() {
                 same_bits(&format!("{what} {simd:?}"), &gemm_q8(simd, &xq, &w), &portable);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_few_rows_product_equals_the_gemm_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(66);
+    for format in QuantFormat::ALL {
+        for m in 1..=GEMV_MAX_ROWS {
+            for (n, blocks) in [(1, 1), (7, 2), (8, 1), (9, 3), (17, 2), (70, 2)] {
+                let k = blocks * format.block_len();
+                let w = random_matrix(&mut rng, format, n, k);
+                let (x16, x8) = (rows16(&mut rng, m, k), rows8(&mut rng, format, m, k));
+                let (want16, want8) = (gemm_q16(Simd::Portable, &x16, &w), gemm_q8(Simd::Portable, &x8, &w));
+                for simd in Simd::available() {
+                    let what = format!("{format} {simd:?} {m}x{n}x{k}");
+                    same_bits(&format!("{what} 16-bit"), &gemv_q16(simd, &x16, &w), &want16);
+                    same_bits(&format!("{what} 8-bit"), &gemv_q8(simd, &x8, &w), &want8);
+                }
             }
         }
     }
