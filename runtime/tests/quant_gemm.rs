@@ -192,7 +192,7 @@ fn a_row_gets_the_same_bits_in_any_batch_of_the_gemm() {
 }
 
 #[test]
-fn linear_on_many_rows_matches_the_f32_product() {
+fn linear_gives_a_row_the_same_bits_in_any_batch_and_the_f32_product() {
     let mut rng = StdRng::seed_from_u64(65);
     let dev = Device::Cpu;
     set_activations(Activations::Bits16);
@@ -204,9 +204,7 @@ fn linear_on_many_rows_matches_the_f32_product() {
         let mut out = Tensor::zeros(&dev, DType::F32, m, n).unwrap();
         linear(&dev, &xt, &Weight::Quantized(w.clone()), &mut out).unwrap();
         let got = out.to_host_f32().unwrap();
-        // The one-row kernels on the same quantized rows: `linear`'s default for any row count
-        // (the GEMM only with KILN_CPU_GEMM=1, see `linear::gemm_enabled`; the tests above
-        // check the GEMM itself).
+        // The GEMM on the same quantized rows, as `linear` takes it for 37 rows.
         let xq: Vec<Vec<ActBlock>> = x
             .chunks_exact(k)
             .map(|r| {
@@ -215,8 +213,15 @@ fn linear_on_many_rows_matches_the_f32_product() {
                 q
             })
             .collect();
-        let one_row = kiln_runtime::device::quant::cpu::matmul_q16(Simd::detect(), &xq, &w);
-        same_bits(&format!("{format} linear"), &got, &one_row);
+        same_bits(&format!("{format} linear"), &got, &gemm_q16(Simd::detect(), &xq, &w));
+        // Each row alone (the few-rows product) and in small batches: the same bits as in the
+        // batch of 37 (a seeded request must reproduce whatever is batched with it).
+        for (i0, i1) in [(0, 1), (5, 6), (36, 37), (1, 4), (30, 35)] {
+            let part = Tensor::from_f32(&dev, &x[i0 * k..i1 * k], i1 - i0, k).unwrap();
+            let mut alone = Tensor::zeros(&dev, DType::F32, i1 - i0, n).unwrap();
+            linear(&dev, &part, &Weight::Quantized(w.clone()), &mut alone).unwrap();
+            same_bits(&format!("{format} rows {i0}..{i1}"), &alone.to_host_f32().unwrap(), &got[i0 * n..i1 * n]);
+        }
         // Against the exact f32 product: only the 16-bit activations differ.
         let wd = w.dequantize_all();
         for i in 0..m {
