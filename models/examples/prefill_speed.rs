@@ -9,25 +9,11 @@
 
 use kiln_models::loader::{load_with, WeightMode};
 use kiln_runtime::attention::SeqAttn;
+use kiln_runtime::device::timing::{median, process_cpu_seconds};
 use kiln_runtime::model::ForwardBatch;
 use kiln_runtime::{DType, Device};
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// Seconds this process has run on a CPU (every thread), if /proc says.
-fn cpu_seconds() -> Option<f64> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(ns as f64 * 1e-9)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -60,19 +46,19 @@ fn main() {
     let (mut wall, mut cpu, mut first) = (vec![], vec![], 0.0);
     for run in 0..=runs {
         let mut kv = model.new_kv_cache(blocks, block).expect("a KV cache");
-        let (t, c) = (Instant::now(), cpu_seconds());
+        let (t, c) = (Instant::now(), process_cpu_seconds());
         std::hint::black_box(model.forward(&batch, &mut kv).expect("prefill").to_host_f32().unwrap());
         // Run 0 is apart: the first touch of the weights' pages and of fresh allocations.
         if run == 0 {
             first = t.elapsed().as_secs_f64();
         } else {
             wall.push(t.elapsed().as_secs_f64());
-            if let (Some(c0), Some(c1)) = (c, cpu_seconds()) {
+            if let (Some(c0), Some(c1)) = (c, process_cpu_seconds()) {
                 cpu.push(c1 - c0);
             }
         }
     }
-    let (w, c) = (median(wall), if cpu.is_empty() { f64::NAN } else { median(cpu) });
+    let (w, c) = (median(&mut wall), median(&mut cpu));
     println!(
         "{} {tokens} tokens, {} threads: wall {:.1} ms ({:.0} tok/s), CPU {:.1} ms; the first prefill {:.1} ms",
         path.file_name().unwrap().to_string_lossy(),

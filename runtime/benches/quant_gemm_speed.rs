@@ -15,6 +15,7 @@ use kiln_runtime::device::quant::blocks::half_fields;
 use kiln_runtime::device::quant::cpu::gemm::{gemm_q16, gemm_q8};
 use kiln_runtime::device::quant::cpu::{matmul_q16, matmul_q8, quantize_row, ActBlock, Simd};
 use kiln_runtime::device::quant::{QuantFormat, QuantMatrix};
+use kiln_runtime::device::timing::process_cpu_seconds;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;
@@ -33,20 +34,10 @@ fn random_matrix(rng: &mut StdRng, format: QuantFormat, rows: usize, cols: usize
     QuantMatrix::new(format, rows, cols, bytes).unwrap()
 }
 
-/// Seconds this process has run on a CPU (every thread), or `None` where /proc does not say.
-fn cpu_seconds() -> Option<f64> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(ns as f64 * 1e-9)
-}
-
 /// Seconds of CPU (else wall) time, per run of each of `fs`, median over `reps` interleaved
 /// rounds after one warm-up of each.
 fn medians(reps: usize, fs: &mut [Box<dyn FnMut() + '_>]) -> Vec<f64> {
-    let now = || cpu_seconds().unwrap_or_else(|| START.with(|s| s.elapsed().as_secs_f64()));
+    let now = || process_cpu_seconds().unwrap_or_else(|| START.with(|s| s.elapsed().as_secs_f64()));
     fs.iter_mut().for_each(|f| f());
     let mut t = vec![vec![]; fs.len()];
     for _ in 0..reps {
@@ -81,7 +72,7 @@ fn main() {
     });
     let rows = list("ROWS", "1,2,4,5,8,16,55,256", |r| r.parse::<usize>().unwrap());
     let acts = list("ACTS", "16,8", |a| a.parse::<u32>().unwrap());
-    let clock = if cpu_seconds().is_some() { "CPU" } else { "wall" };
+    let clock = if process_cpu_seconds().is_some() { "CPU" } else { "wall" };
     println!("one-row kernels {simd:?}, {} threads, median {clock} µs of {reps}", rayon::current_num_threads());
     print!("{:8} {:18} {:>4} {:>5} {:>9}", "format", "shape", "acts", "rows", "one-row");
     paths.iter().for_each(|p| print!(" {:>16}", format!("gemm {p:?}")));

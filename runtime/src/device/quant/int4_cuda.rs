@@ -207,14 +207,18 @@ pub fn source() -> &'static str {
     })
 }
 
-/// Every entry point of [`source`].
-pub fn entries() -> Vec<String> {
-    let mut e = vec![];
-    for d in ["f32", "f16", "bf16"] {
-        e.extend(GEMV_M.iter().map(|m| format!("kiln_i4_gemv{m}_{d}")));
-        e.push(format!("kiln_i4_dequant_{d}"));
-    }
-    e
+/// Every entry point of [`source`] (built once: the list is passed on every launch's module
+/// lookup).
+pub fn entries() -> &'static [String] {
+    static ENTRIES: OnceLock<Vec<String>> = OnceLock::new();
+    ENTRIES.get_or_init(|| {
+        let mut e = vec![];
+        for d in ["f32", "f16", "bf16"] {
+            e.extend(GEMV_M.iter().map(|m| format!("kiln_i4_gemv{m}_{d}")));
+            e.push(format!("kiln_i4_dequant_{d}"));
+        }
+        e
+    })
 }
 
 /// The most activation rows the GEMV takes; more go through dequantize + cuBLAS.
@@ -308,7 +312,7 @@ impl Int4Cuda {
     fn gemv(&self, b: &CudaBackend, x: &Tensor, out: &mut Tensor) -> Result<(), GemmError> {
         let m = x.rows();
         let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
-        let module = b.module_with(source(), "kiln_int4", &entries())?;
+        let module = b.module_with(source(), "kiln_int4", entries())?;
         let f = module.func(&format!("kiln_i4_gemv{mm}_{}", x.dtype().name()))?;
         let (words, sb, perm) = self.ptrs();
         let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
@@ -340,7 +344,7 @@ impl Int4Cuda {
             let msg = format!("int4 {}x{} into {}x{} {}", self.rows, self.cols, out.rows(), out.cols(), out.dtype());
             return Err(GemmError::Shape(msg));
         }
-        let module = b.module_with(source(), "kiln_int4", &entries())?;
+        let module = b.module_with(source(), "kiln_int4", entries())?;
         let f = module.func(&format!("kiln_i4_dequant_{}", out.dtype().name()))?;
         let (words, sb, perm) = self.ptrs();
         let (op, ldo) = (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64);
