@@ -13,6 +13,7 @@
 use kiln_runtime::device::quant::activations::{quantize_row8_for, ActBlock8};
 use kiln_runtime::device::quant::blocks::half_fields;
 use kiln_runtime::device::quant::cpu::gemm::{gemm_q16, gemm_q8};
+use kiln_runtime::device::quant::cpu::gemv::{gemv_q16, gemv_q8, GEMV_MAX_ROWS};
 use kiln_runtime::device::quant::cpu::{matmul_q16, matmul_q8, quantize_row, ActBlock, Simd};
 use kiln_runtime::device::quant::{QuantFormat, QuantMatrix};
 use kiln_runtime::device::timing::process_cpu_seconds;
@@ -73,10 +74,13 @@ fn main() {
     let rows = list("ROWS", "1,2,4,5,8,16,55,256", |r| r.parse::<usize>().unwrap());
     let acts = list("ACTS", "16,8", |a| a.parse::<u32>().unwrap());
     let clock = if process_cpu_seconds().is_some() { "CPU" } else { "wall" };
-    println!("one-row kernels {simd:?}, {} threads, median {clock} µs of {reps}", rayon::current_num_threads());
-    print!("{:8} {:18} {:>4} {:>5} {:>9}", "format", "shape", "acts", "rows", "one-row");
+    println!(
+        "one-row kernels and gemv {simd:?}, {} threads, median {clock} µs of {reps}",
+        rayon::current_num_threads()
+    );
+    print!("{:8} {:18} {:>4} {:>5} {:>9} {:>9}", "format", "shape", "acts", "rows", "one-row", "gemv");
     paths.iter().for_each(|p| print!(" {:>16}", format!("gemm {p:?}")));
-    println!(" {:>7}", "best ×");
+    println!(" {:>7}", "gemm ×");
     let mut rng = StdRng::seed_from_u64(1);
     for &format in &formats {
         for (name, n, k) in SHAPES {
@@ -96,8 +100,10 @@ fn main() {
                                 q
                             })
                             .collect();
-                        let mut fs: Vec<Box<dyn FnMut()>> =
-                            vec![Box::new(|| drop(black_box(matmul_q16(simd, &xq, &w))))];
+                        let mut fs: Vec<Box<dyn FnMut()>> = vec![
+                            Box::new(|| drop(black_box(matmul_q16(simd, &xq, &w)))),
+                            Box::new(|| drop(black_box((m <= GEMV_MAX_ROWS).then(|| gemv_q16(simd, &xq, &w))))),
+                        ];
                         for &p in &paths {
                             let (xq, w) = (&xq, &w);
                             fs.push(Box::new(move || drop(black_box(gemm_q16(p, xq, w)))));
@@ -113,17 +119,20 @@ fn main() {
                                 q
                             })
                             .collect();
-                        let mut fs: Vec<Box<dyn FnMut()>> =
-                            vec![Box::new(|| drop(black_box(matmul_q8(simd, &xq, &w))))];
+                        let mut fs: Vec<Box<dyn FnMut()>> = vec![
+                            Box::new(|| drop(black_box(matmul_q8(simd, &xq, &w)))),
+                            Box::new(|| drop(black_box((m <= GEMV_MAX_ROWS).then(|| gemv_q8(simd, &xq, &w))))),
+                        ];
                         for &p in &paths {
                             let (xq, w) = (&xq, &w);
                             fs.push(Box::new(move || drop(black_box(gemm_q8(p, xq, w)))));
                         }
                         medians(reps, &mut fs)
                     };
-                    print!("{:8} {:18} {:>4} {:>5} {:>9.1}", format.name(), name, a, m, t[0] * 1e6);
-                    t[1..].iter().for_each(|g| print!(" {:>16.1}", g * 1e6));
-                    println!(" {:>7.2}", t[0] / t[1..].iter().copied().fold(f64::INFINITY, f64::min));
+                    let gemv = if m <= GEMV_MAX_ROWS { format!("{:.1}", t[1] * 1e6) } else { "-".into() };
+                    print!("{:8} {:18} {:>4} {:>5} {:>9.1} {:>9}", format.name(), name, a, m, t[0] * 1e6, gemv);
+                    t[2..].iter().for_each(|g| print!(" {:>16.1}", g * 1e6));
+                    println!(" {:>7.2}", t[0] / t[2..].iter().copied().fold(f64::INFINITY, f64::min));
                 }
             }
         }

@@ -4,13 +4,15 @@
 //! multiple of the tile, a single row, weight rows that end mid-panel): every SIMD path packs the
 //! same panels and computes the same bits as the portable path, which is within f32 rounding of
 //! the exact sum over the quantized activations; a row's result does not depend on the rows
-//! beside it; and `linear` takes the GEMM for many rows.
+//! beside it; the few-rows product (`gemv`) gives the GEMM's bits; and `linear` takes the GEMM
+//! for many rows.
 
 mod quant_support;
 
 use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::device::quant::activations::{quantize_row8_for, set_activations, Activations};
 use kiln_runtime::device::quant::cpu::gemm::{gemm_q16, gemm_q8};
+use kiln_runtime::device::quant::cpu::gemv::{gemv_q16, gemv_q8, GEMV_MAX_ROWS};
 use kiln_runtime::device::quant::cpu::panel::{pack, Ints16, Ints8, Panel, PanelInts, NR};
 use kiln_runtime::device::quant::cpu::{quantize_row, ActBlock, ActBlock8, Simd};
 use kiln_runtime::device::quant::{QuantFormat, QuantMatrix};
@@ -112,11 +114,39 @@ fn eight_bit_gemm_equals_the_dequantized_product_on_every_path() {
     }
 }
 
-fn panels_equal<I: PanelInts>(format: QuantFormat, w: &QuantMatrix, r0: usize, bits: impl Fn(&I) -> Vec<u8>) {
+#[test]
+fn the_few_rows_product_equals_the_gemm_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(66);
+    for format in QuantFormat::ALL {
+        for m in 1..=GEMV_MAX_ROWS {
+            for (n, blocks) in [(1, 1), (7, 2), (8, 1), (9, 3), (17, 2), (70, 2)] {
+                let k = blocks * format.block_len();
+                let w = random_matrix(&mut rng, format, n, k);
+                let (x16, x8) = (rows16(&mut rng, m, k), rows8(&mut rng, format, m, k));
+                let (want16, want8) = (gemm_q16(Simd::Portable, &x16, &w), gemm_q8(Simd::Portable, &x8, &w));
+                for simd in Simd::available() {
+                    let what = format!("{format} {simd:?} {m}x{n}x{k}");
+                    same_bits(&format!("{what} 16-bit"), &gemv_q16(simd, &x16, &w), &want16);
+                    same_bits(&format!("{what} 8-bit"), &gemv_q8(simd, &x8, &w), &want8);
+                }
+            }
+        }
+    }
+}
+
+fn panels_equal<I: PanelInts>(
+    format: QuantFormat,
+    w: &QuantMatrix,
+    r0: usize,
+    stale: &QuantMatrix,
+    bits: impl Fn(&I) -> Vec<u8>,
+) {
     let mut want = Panel::<I>::new();
     pack(Simd::Portable, w, r0, &mut want);
     for simd in Simd::available() {
+        // A panel reused from another matrix of the same width: nothing of it may remain.
         let mut got = Panel::<I>::new();
+        pack(simd, stale, 0, &mut got);
         pack(simd, w, r0, &mut got);
         for (s, (a, b)) in got.ints.iter().zip(&want.ints).enumerate() {
             assert_eq!(bits(a), bits(b), "{format} {simd:?} rows {r0}.. slice {s}: integers");
@@ -132,11 +162,13 @@ fn panels_equal<I: PanelInts>(format: QuantFormat, w: &QuantMatrix, r0: usize, b
 fn every_path_packs_the_same_panels() {
     let mut rng = StdRng::seed_from_u64(63);
     for format in QuantFormat::ALL {
-        // 11 rows: a whole panel, then one of 3 rows padded with zeros.
-        let w = random_matrix(&mut rng, format, 11, 2 * format.block_len());
-        for r0 in [0, 8] {
-            panels_equal::<Ints16>(format, &w, r0, |i| i.0.iter().flat_map(|v| v.to_le_bytes()).collect());
-            panels_equal::<Ints8>(format, &w, r0, |i| i.0.to_vec());
+        // A whole panel, then one of 3 rows padded with zeros.
+        let (k, rows) = (2 * format.block_len(), NR + 3);
+        let (w, stale) = (random_matrix(&mut rng, format, rows, k), random_matrix(&mut rng, format, NR, k));
+        for r0 in [0, NR] {
+            let wide = |i: &Ints16| i.0.iter().flat_map(|v| v.to_le_bytes()).collect();
+            panels_equal::<Ints16>(format, &w, r0, &stale, wide);
+            panels_equal::<Ints8>(format, &w, r0, &stale, |i| i.0.to_vec());
         }
     }
 }
@@ -160,7 +192,7 @@ fn a_row_gets_the_same_bits_in_any_batch_of_the_gemm() {
 }
 
 #[test]
-fn linear_on_many_rows_matches_the_f32_product() {
+fn linear_gives_a_row_the_same_bits_in_any_batch_and_the_f32_product() {
     let mut rng = StdRng::seed_from_u64(65);
     let dev = Device::Cpu;
     set_activations(Activations::Bits16);
@@ -172,9 +204,7 @@ fn linear_on_many_rows_matches_the_f32_product() {
         let mut out = Tensor::zeros(&dev, DType::F32, m, n).unwrap();
         linear(&dev, &xt, &Weight::Quantized(w.clone()), &mut out).unwrap();
         let got = out.to_host_f32().unwrap();
-        // The one-row kernels on the same quantized rows: `linear`'s default for any row count
-        // (the GEMM only with KILN_CPU_GEMM=1, see `linear::gemm_enabled`; the tests above
-        // check the GEMM itself).
+        // The GEMM on the same quantized rows, as `linear` takes it for 37 rows.
         let xq: Vec<Vec<ActBlock>> = x
             .chunks_exact(k)
             .map(|r| {
@@ -183,8 +213,15 @@ fn linear_on_many_rows_matches_the_f32_product() {
                 q
             })
             .collect();
-        let one_row = kiln_runtime::device::quant::cpu::matmul_q16(Simd::detect(), &xq, &w);
-        same_bits(&format!("{format} linear"), &got, &one_row);
+        same_bits(&format!("{format} linear"), &got, &gemm_q16(Simd::detect(), &xq, &w));
+        // Each row alone (the few-rows product) and in small batches: the same bits as in the
+        // batch of 37 (a seeded request must reproduce whatever is batched with it).
+        for (i0, i1) in [(0, 1), (5, 6), (36, 37), (1, 4), (30, 35)] {
+            let part = Tensor::from_f32(&dev, &x[i0 * k..i1 * k], i1 - i0, k).unwrap();
+            let mut alone = Tensor::zeros(&dev, DType::F32, i1 - i0, n).unwrap();
+            linear(&dev, &part, &Weight::Quantized(w.clone()), &mut alone).unwrap();
+            same_bits(&format!("{format} rows {i0}..{i1}"), &alone.to_host_f32().unwrap(), &got[i0 * n..i1 * n]);
+        }
         // Against the exact f32 product: only the 16-bit activations differ.
         let wd = w.dequantize_all();
         for i in 0..m {

@@ -10,7 +10,8 @@ use crate::device::quant::activations::{
     activations, quantize_row8_for, quantize_row_for, same_blocks, ActBlock, ActBlock8, Activations,
 };
 use crate::device::quant::cpu::gemm::{gemm_q16, gemm_q8};
-use crate::device::quant::cpu::{matmul_q16, matmul_q8, Simd};
+use crate::device::quant::cpu::gemv::{gemv_q16, gemv_q8, GEMV_MAX_ROWS};
+use crate::device::quant::cpu::Simd;
 use crate::device::quant::int4::Int4Matrix;
 use crate::device::quant::int4_cuda::{linear_int4_cuda, Int4Cuda};
 use crate::device::quant::{QuantFormat, QuantMatrix};
@@ -148,21 +149,6 @@ fn linear_quant_cpu(dev: &Device, x: &Tensor, parts: &[QuantMatrix], out: &mut T
     write_parts(out, parts.iter().map(QuantMatrix::rows), &ys)
 }
 
-/// Activation rows from which a quantized product takes the blocked GEMM: below it, packing a
-/// panel costs more than the one-row kernels' second read of each block.
-const GEMM_MIN_ROWS: usize = 5;
-
-/// Whether the blocked GEMM serves batches of [`GEMM_MIN_ROWS`] rows or more
-/// (`KILN_CPU_GEMM=1`). Off by default: its rows' bits differ from the one-row kernels' at
-/// rounding level, so with it a row's result depends on how many rows its batch had, and a
-/// seeded sampled request no longer reproduces under concurrent load (CI's
-/// `http_real::constrained_output_on_every_path` caught it). On by default once the two sum in
-/// the same order.
-fn gemm_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_CPU_GEMM").as_deref() == Ok("1"))
-}
-
 /// Activation rows quantized for the weights of one kind of format.
 enum QuantRows {
     Bits16(Vec<Vec<ActBlock>>),
@@ -193,14 +179,16 @@ impl QuantRows {
         }
     }
 
-    /// `x · wᵀ` (`[rows, w.rows()]`, row-major): the one-row kernels for a few rows (decode),
-    /// the blocked GEMM from [`GEMM_MIN_ROWS`] rows (prefill) when enabled ([`gemm_enabled`]).
+    /// `x · wᵀ` (`[rows, w.rows()]`, row-major): the few-rows product up to
+    /// [`GEMV_MAX_ROWS`] rows (decode), where packing panels would cost as much as the products;
+    /// the blocked GEMM above (prefill). Both compute a row to the same bits, so a row's result
+    /// does not depend on the batch it came in (a seeded request reproduces under load).
     fn times(&self, simd: Simd, w: &QuantMatrix) -> Vec<f32> {
         match self {
-            QuantRows::Bits16(xq) if xq.len() >= GEMM_MIN_ROWS && gemm_enabled() => gemm_q16(simd, xq, w),
-            QuantRows::Ggml8(xq) if xq.len() >= GEMM_MIN_ROWS && gemm_enabled() => gemm_q8(simd, xq, w),
-            QuantRows::Bits16(xq) => matmul_q16(simd, xq, w),
-            QuantRows::Ggml8(xq) => matmul_q8(simd, xq, w),
+            QuantRows::Bits16(xq) if xq.len() <= GEMV_MAX_ROWS => gemv_q16(simd, xq, w),
+            QuantRows::Bits16(xq) => gemm_q16(simd, xq, w),
+            QuantRows::Ggml8(xq) if xq.len() <= GEMV_MAX_ROWS => gemv_q8(simd, xq, w),
+            QuantRows::Ggml8(xq) => gemm_q8(simd, xq, w),
         }
     }
 }

@@ -138,6 +138,9 @@ pub mod gemm;
 mod gemm_avx2;
 #[cfg(target_arch = "x86_64")]
 mod gemm_vnni;
+pub mod gemv;
+#[cfg(target_arch = "x86_64")]
+mod gemv_avx2;
 pub mod panel;
 #[cfg(target_arch = "x86_64")]
 mod panel_avx2;

@@ -171,7 +171,7 @@ pub fn gemm_q8(simd: Simd, xq: &[Vec<ActBlock8>], w: &QuantMatrix) -> Vec<f32> {
 }
 
 /// The output matrix, written by several rayon tasks at once, each into its own columns.
-struct Columns {
+pub(super) struct Columns {
     ptr: *mut f32,
     len: usize,
 }
@@ -180,11 +180,15 @@ struct Columns {
 unsafe impl Sync for Columns {}
 
 impl Columns {
+    pub(super) fn new(out: &mut [f32]) -> Columns {
+        Columns { ptr: out.as_mut_ptr(), len: out.len() }
+    }
+
     /// `out[at .. at + vals.len()] = vals`.
     ///
     /// # Safety
     /// No other task writes any of these elements while this one may.
-    unsafe fn write(&self, at: usize, vals: &[f32]) {
+    pub(super) unsafe fn write(&self, at: usize, vals: &[f32]) {
         assert!(at + vals.len() <= self.len, "a write past the output");
         // Safety: in bounds (above); exclusive per the caller.
         unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.add(at), vals.len()) };
@@ -200,7 +204,7 @@ fn gemm<I: Tile<X>, X: GemmAct>(simd: Simd, xq: &[Vec<X>], w: &QuantMatrix) -> V
     // costs more than finer balancing gains).
     let per_task = panels.div_ceil(2 * rayon::current_num_threads()).max(1);
     let mut out = vec![0f32; m * n];
-    let cols = Columns { ptr: out.as_mut_ptr(), len: out.len() };
+    let cols = Columns::new(&mut out);
     (0..panels.div_ceil(per_task)).into_par_iter().for_each(|t| {
         let xs: Vec<&[X]> = xq.iter().map(Vec::as_slice).collect();
         let ms: Vec<&[XMeta]> = metas.iter().map(Vec::as_slice).collect();

@@ -71,7 +71,7 @@ pub unsafe fn pack<I: PanelInts>(w: &QuantMatrix, r0: usize, rows: usize, panel:
 
 /// Slice `s` of block `b` as 32 bytes in the 8-bit panel form (`w + offset`; Q8_0's signed bytes).
 #[inline(always)]
-unsafe fn slice_bytes(format: QuantFormat, b: &[u8], s: usize) -> __m256i {
+pub(super) unsafe fn slice_bytes(format: QuantFormat, b: &[u8], s: usize) -> __m256i {
     // Safety (AVX2, loads): the caller's; every range lies inside the block (`blocks.rs`).
     unsafe {
         match format {
@@ -92,48 +92,57 @@ unsafe fn slice_bytes(format: QuantFormat, b: &[u8], s: usize) -> __m256i {
     }
 }
 
-/// The scales of a 32-value format (`d` at the start of each block, then `m` where it has one):
-/// eight rows' first words gathered into one vector (no round trip through memory) and
-/// converted together; `coef = m − d · offset`, the same two roundings as the scalar form.
+/// The scales of a 32-value format (`d` at the start of each block, then `m` where it has one)
+/// for every block of rows `rb` ([`block_scales32`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scales32<I: PanelInts>(format: QuantFormat, rb: &[&[u8]; NR], rows: usize, out: &mut [Scales]) {
+    let offset = _mm256_set1_ps(I::offset(format) as f32);
+    for (i, sc) in out.iter_mut().enumerate() {
+        // Safety: F16C/AVX2 per the caller; `Scales` is 32-byte aligned.
+        unsafe {
+            let (d, coef) = block_scales32(format, rb, rows, i * format.block_bytes(), offset);
+            for h in 0..2 {
+                _mm256_store_ps(sc.scale[h].as_mut_ptr(), d);
+                _mm256_store_ps(sc.coef[h].as_mut_ptr(), coef);
+            }
+        }
+    }
+}
+
+/// One block's scale `d` and coefficient `m − d · offset` for the eight rows `rb` (those past
+/// `rows` zero), the block at byte `at` of each row: the rows' first words gathered into one
+/// vector (no round trip through memory) and converted together; the same two roundings as
+/// the scalar form.
+///
+/// # Safety
+/// AVX2 and F16C; `format` has 32-value blocks.
+#[inline(always)]
+pub(super) unsafe fn block_scales32(
+    format: QuantFormat,
+    rb: &[&[u8]; NR],
+    rows: usize,
+    at: usize,
+    offset: __m256,
+) -> (__m256, __m256) {
     debug_assert_eq!(half_fields(format)[0], 0);
     let has_m = half_fields(format).len() > 1;
-    let bb = format.block_bytes();
-    let offset = _mm256_set1_ps(I::offset(format) as f32);
-    let word = |r: usize, at: usize| -> i32 {
+    let word = |r: usize| -> i32 {
         if r < rows {
             i32::from_le_bytes(rb[r][at..at + 4].try_into().expect("4 bytes"))
         } else {
             0
         }
     };
-    for (i, sc) in out.iter_mut().enumerate() {
-        let at = i * bb;
-        // Safety: F16C/AVX2 per the caller; `Scales` is 32-byte aligned.
-        unsafe {
-            let v = _mm256_setr_epi32(
-                word(0, at),
-                word(1, at),
-                word(2, at),
-                word(3, at),
-                word(4, at),
-                word(5, at),
-                word(6, at),
-                word(7, at),
-            );
-            // Words: d of rows 0..4, m of rows 0..4 | d of rows 4..8, m of rows 4..8; then the
-            // d words together and the m words together.
-            let dm = _mm256_packus_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(v, 16));
-            let dm = _mm256_permute4x64_epi64(dm, 0b11_01_10_00);
-            let d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
-            let m = if has_m { _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1)) } else { _mm256_setzero_ps() };
-            let coef = _mm256_sub_ps(m, _mm256_mul_ps(d, offset));
-            for h in 0..2 {
-                _mm256_store_ps(sc.scale[h].as_mut_ptr(), d);
-                _mm256_store_ps(sc.coef[h].as_mut_ptr(), coef);
-            }
-        }
+    let v = _mm256_setr_epi32(word(0), word(1), word(2), word(3), word(4), word(5), word(6), word(7));
+    // Safety: the caller's.
+    unsafe {
+        // Words: d of rows 0..4, m of rows 0..4 | d of rows 4..8, m of rows 4..8; then the d
+        // words together and the m words together.
+        let dm = _mm256_packus_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(v, 16));
+        let dm = _mm256_permute4x64_epi64(dm, 0b11_01_10_00);
+        let d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+        let m = if has_m { _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1)) } else { _mm256_setzero_ps() };
+        (d, _mm256_sub_ps(m, _mm256_mul_ps(d, offset)))
     }
 }
 

@@ -1,0 +1,295 @@
+//! The few-rows product (`gemv.rs`) on AVX2: eight weight rows at a time, read straight from
+//! their blocks (no panel), each row's slice multiplied with each activation row into eight
+//! partial i32 lanes, the eight rows' partials summed across lanes by a transpose-and-add into
+//! one vector (lane = weight row), then the GEMM's f32 steps on that vector — so every sum and
+//! every rounding is the GEMM's (`gemm.rs`) and a row's result is the same bits in any batch.
+//!
+//! Per slice and weight row: the slice's 32 values as bytes (`panel_avx2::slice_bytes`, the
+//! 8-bit panel's `u`), for 16-bit activations widened and moved back to `w`, then `madd_epi16`
+//! (16-bit) or `maddubs` + `madd` (8-bit, Q8_0 by the sign trick); a block's scales are those
+//! the panels hold, built the same way. The blocks of each row are prefetched ahead, as the
+//! stream of a decode step needs (`x86::PREFETCH`).
+//!
+//! Loops, not closures, around intrinsics: a closure is compiled without its caller's target
+//! features, and intrinsics inside one become calls.
+
+use super::gemm::XMeta;
+use super::panel::{Ints8, PanelInts, NR};
+use super::panel_avx2::{block_scales32, slice_bytes};
+use super::x86::{block_halves, widen_signed, widen_unsigned, PREFETCH};
+use super::{ActBlock, ActBlock8};
+use crate::device::quant::blocks::slice_scales_with;
+use crate::device::quant::{QuantFormat, BLOCK};
+use std::arch::x86_64::*;
+
+/// Lane `r` of the result is the sum of the eight lanes of `p[r]`.
+#[inline(always)]
+fn reduce8(p: &[__m256i; NR]) -> __m256i {
+    let (lo, hi) = reduce_halves(p);
+    // Safety: only called from functions with AVX2 enabled.
+    unsafe { _mm256_add_epi32(lo, hi) }
+}
+
+/// Lane `r` of the first result is the sum of lanes 0..4 of `p[r]`, of the second the sum of
+/// lanes 4..8 (the two halves of a slice, for formats with a scale per 16 values).
+#[inline(always)]
+fn reduce_halves(p: &[__m256i; NR]) -> (__m256i, __m256i) {
+    // Safety: only called from functions with AVX2 enabled.
+    unsafe {
+        // Pairs of rows: lanes {0, 2} and {1, 3} of each half summed, rows interleaved.
+        let t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+        let t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+        let t2 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[4], p[5]), _mm256_unpackhi_epi32(p[4], p[5]));
+        let t3 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[6], p[7]), _mm256_unpackhi_epi32(p[6], p[7]));
+        // Rows 0..4 (then 4..8): each half's four lanes summed, one lane per row.
+        let u0 = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
+        let u1 = _mm256_add_epi32(_mm256_unpacklo_epi64(t2, t3), _mm256_unpackhi_epi64(t2, t3));
+        (_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31))
+    }
+}
+
+/// The scales and coefficients (per half) of slice `s` of the eight rows `rb`, as a panel of
+/// form `I` holds them (`panel::pack_scales`, `panel_avx2::block_scales32`); `kh` caches each
+/// row's f16 fields of a k-quant super-block, read at its first slice.
+#[inline(always)]
+unsafe fn slice_scales<I: PanelInts>(
+    format: QuantFormat,
+    rb: &[&[u8]; NR],
+    rows: usize,
+    s: usize,
+    kh: &mut [[f32; 2]; NR],
+) -> ([__m256; 2], [__m256; 2]) {
+    let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
+    let (blk, sub) = (s / per, s % per);
+    // Safety (throughout): the caller's AVX2 and F16C; every range is one whole block.
+    unsafe {
+        if per == 1 {
+            let (d, coef) = block_scales32(format, rb, rows, blk * bb, _mm256_set1_ps(I::offset(format) as f32));
+            return ([d, d], [coef, coef]);
+        }
+        let offset = I::offset(format) as f32;
+        let (mut sc, mut cf) = ([[0f32; NR]; 2], [[0f32; NR]; 2]);
+        for r in 0..rows {
+            let b = &rb[r][blk * bb..][..bb];
+            if sub == 0 {
+                kh[r] = block_halves(format, b);
+            }
+            let (scale, min) = slice_scales_with(format, b, sub, kh[r]);
+            for h in 0..2 {
+                sc[h][r] = scale[h];
+                cf[h][r] = min[h] - scale[h] * offset;
+            }
+        }
+        let load = |v: &[f32; NR]| _mm256_loadu_ps(v.as_ptr());
+        ([load(&sc[0]), load(&sc[1])], [load(&cf[0]), load(&cf[1])])
+    }
+}
+
+/// One activation row's slice terms from its integer sums (lane = weight row): the GEMM's
+/// `scale_terms` then `coef_terms`, the same operations in the same order.
+#[inline(always)]
+fn terms<const HALVES: bool, const COEF: bool>(
+    isum: [__m256i; 2],
+    scale: &[__m256; 2],
+    coef: &[__m256; 2],
+    m: &XMeta,
+    acc: __m256,
+) -> __m256 {
+    // Safety: only called from functions with AVX2 and FMA enabled.
+    unsafe {
+        let d = _mm256_set1_ps(m.d);
+        let mut acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[0]), _mm256_mul_ps(scale[0], d), acc);
+        if HALVES {
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[1]), _mm256_mul_ps(scale[1], d), acc);
+        }
+        if COEF {
+            if HALVES {
+                acc = _mm256_fmadd_ps(coef[0], _mm256_set1_ps(m.dsum[0]), acc);
+                acc = _mm256_fmadd_ps(coef[1], _mm256_set1_ps(m.dsum[1]), acc);
+            } else {
+                acc = _mm256_fmadd_ps(coef[0], _mm256_set1_ps(m.dsum[2]), acc);
+            }
+        }
+        acc
+    }
+}
+
+/// `out[i][r]` = weight row `rb[r]` (`r < rows`) times 16-bit activation row `xs[i]`, the
+/// format `QuantFormat::ALL[F]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF: bool>(
+    rb: &[&[u8]; NR],
+    rows: usize,
+    xs: &[&[ActBlock]],
+    ms: &[&[XMeta]],
+    out: &mut [[f32; NR]],
+) {
+    let format = QuantFormat::ALL[F];
+    let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
+    let (signed, off) = (format == QuantFormat::Q8_0, _mm256_set1_epi16(Ints8::offset(format)));
+    let mut kh = [[0f32; 2]; NR];
+    let mut acc = [_mm256_setzero_ps(); R];
+    for s in 0..rb[0].len() / bb * per {
+        // Safety (throughout): AVX2/FMA/F16C per the caller; `s` is below every activation row's
+        // length (checked by `gemv`), every byte range one whole block of its row.
+        unsafe {
+            let (scale, coef) = slice_scales::<super::panel::Ints16>(format, rb, rows, s, &mut kh);
+            let mut q = [[_mm256_setzero_si256(); 2]; R];
+            for (q, x) in q.iter_mut().zip(xs) {
+                let qs = x.get_unchecked(s).qs.as_ptr();
+                *q = [_mm256_loadu_si256(qs as *const __m256i), _mm256_loadu_si256(qs.add(16) as *const __m256i)];
+            }
+            let mut p = [[_mm256_setzero_si256(); NR]; R];
+            for r in 0..rows {
+                let b = &rb[r][s / per * bb..][..bb];
+                if s % per == 0 {
+                    _mm_prefetch(b.as_ptr().wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+                }
+                let v = slice_bytes(format, b, s % per);
+                let (lo, hi) = if signed { widen_signed(v) } else { widen_unsigned(v) };
+                let (lo, hi) = (_mm256_sub_epi16(lo, off), _mm256_sub_epi16(hi, off));
+                for (p, q) in p.iter_mut().zip(&q) {
+                    let (a, c) = (_mm256_madd_epi16(lo, q[0]), _mm256_madd_epi16(hi, q[1]));
+                    // A half per 128-bit lane where the halves have their own scales.
+                    p[r] = if HALVES {
+                        _mm256_add_epi32(_mm256_permute2x128_si256(a, c, 0x20), _mm256_permute2x128_si256(a, c, 0x31))
+                    } else {
+                        _mm256_add_epi32(a, c)
+                    };
+                }
+            }
+            for i in 0..R {
+                let isum = if HALVES {
+                    let (h0, h1) = reduce_halves(&p[i]);
+                    [h0, h1]
+                } else {
+                    [reduce8(&p[i]), _mm256_setzero_si256()]
+                };
+                acc[i] = terms::<HALVES, COEF>(isum, &scale, &coef, ms[i].get_unchecked(s), acc[i]);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // Safety: AVX per the caller; `o` is 8 f32.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// As [`rows16`], for 8-bit activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows8<const F: usize, const R: usize, const HALVES: bool, const COEF: bool>(
+    rb: &[&[u8]; NR],
+    rows: usize,
+    xs: &[&[ActBlock8]],
+    ms: &[&[XMeta]],
+    out: &mut [[f32; NR]],
+) {
+    let format = QuantFormat::ALL[F];
+    let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
+    let signed = format == QuantFormat::Q8_0;
+    let ones = _mm256_set1_epi16(1);
+    let mut kh = [[0f32; 2]; NR];
+    let mut acc = [_mm256_setzero_ps(); R];
+    for s in 0..rb[0].len() / bb * per {
+        // Safety (throughout): as in `rows16`; an `ActBlock8` starts with its 32 bytes, 32-byte
+        // aligned.
+        unsafe {
+            let (scale, coef) = slice_scales::<Ints8>(format, rb, rows, s, &mut kh);
+            let mut q = [_mm256_setzero_si256(); R];
+            for (q, x) in q.iter_mut().zip(xs) {
+                *q = _mm256_load_si256(x.get_unchecked(s).qs.as_ptr() as *const __m256i);
+            }
+            let mut p = [[_mm256_setzero_si256(); NR]; R];
+            for r in 0..rows {
+                let b = &rb[r][s / per * bb..][..bb];
+                if s % per == 0 {
+                    _mm_prefetch(b.as_ptr().wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+                }
+                let u = slice_bytes(format, b, s % per);
+                // Q8_0: |w| as the unsigned operand, w's signs moved onto the activations.
+                let au = if signed { _mm256_sign_epi8(u, u) } else { u };
+                for (p, &q) in p.iter_mut().zip(&q) {
+                    let q = if signed { _mm256_sign_epi8(q, u) } else { q };
+                    // Lanes 0..4: the slice's first 16 values; 4..8: the rest.
+                    p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(au, q), ones);
+                }
+            }
+            for i in 0..R {
+                let isum = if HALVES {
+                    let (h0, h1) = reduce_halves(&p[i]);
+                    [h0, h1]
+                } else {
+                    [reduce8(&p[i]), _mm256_setzero_si256()]
+                };
+                acc[i] = terms::<HALVES, COEF>(isum, &scale, &coef, ms[i].get_unchecked(s), acc[i]);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // Safety: AVX per the caller; `o` is 8 f32.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// Instantiates `$f::<F, R, HALVES, COEF>` for the format index `$fi` (with its HALVES) and
+/// `$r` rows, `COEF` from `$coef`.
+macro_rules! by_format {
+    ($f:ident, $fi:expr, $r:expr, $coef:expr, ($($arg:expr),*)) => {
+        by_format!(@f $f, $fi, $r, $coef, ($($arg),*), [0 false, 1 false, 2 false, 3 false, 4 false, 5 true, 6 true, 7 false, 8 false, 9 true])
+    };
+    (@f $f:ident, $fi:expr, $r:expr, $coef:expr, $args:tt, [$($i:literal $h:literal),*]) => {
+        match $fi {
+            $( $i => by_format!(@r $f, $i, $h, $r, $coef, $args), )*
+            _ => unreachable!("ten formats"),
+        }
+    };
+    (@r $f:ident, $i:literal, $h:literal, $r:expr, $coef:expr, ($($arg:expr),*)) => {
+        match ($r, $coef) {
+            (1, false) => $f::<$i, 1, $h, false>($($arg),*),
+            (2, false) => $f::<$i, 2, $h, false>($($arg),*),
+            (3, false) => $f::<$i, 3, $h, false>($($arg),*),
+            (4, false) => $f::<$i, 4, $h, false>($($arg),*),
+            (1, true) => $f::<$i, 1, $h, true>($($arg),*),
+            (2, true) => $f::<$i, 2, $h, true>($($arg),*),
+            (3, true) => $f::<$i, 3, $h, true>($($arg),*),
+            (4, true) => $f::<$i, 4, $h, true>($($arg),*),
+            _ => unreachable!("1 to 4 rows"),
+        }
+    };
+}
+
+/// `out[i][r]` = weight row `rb[r]` (`r < rows ≤ NR`, all of format `format`, `rows ≥ 1`) times
+/// 16-bit activation row `xs[i]` (`xs.len() ≤ 4`, each at least the rows' slices long).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; the shapes as stated (`gemv` checks them).
+pub unsafe fn group16(
+    format: QuantFormat,
+    rb: &[&[u8]; NR],
+    rows: usize,
+    xs: &[&[ActBlock]],
+    ms: &[&[XMeta]],
+    out: &mut [[f32; NR]],
+) {
+    let fi = QuantFormat::ALL.iter().position(|&f| f == format).unwrap_or(0);
+    // Safety: the caller's.
+    unsafe { by_format!(rows16, fi, xs.len(), format.has_min(), (rb, rows, xs, ms, out)) }
+}
+
+/// As [`group16`], for 8-bit activation rows.
+///
+/// # Safety
+/// As [`group16`].
+pub unsafe fn group8(
+    format: QuantFormat,
+    rb: &[&[u8]; NR],
+    rows: usize,
+    xs: &[&[ActBlock8]],
+    ms: &[&[XMeta]],
+    out: &mut [[f32; NR]],
+) {
+    let fi = QuantFormat::ALL.iter().position(|&f| f == format).unwrap_or(0);
+    let coef = super::panel::has_coef::<Ints8>(format);
+    // Safety: the caller's.
+    unsafe { by_format!(rows8, fi, xs.len(), coef, (rb, rows, xs, ms, out)) }
+}
