@@ -9,7 +9,7 @@
 //! Weight rows are split across rayon tasks as the GEMM's panels are.
 
 use super::gemm::{gemm_q16, gemm_q8, Columns, GemmAct, XMeta, MR};
-use super::panel::NR;
+use super::panel::{Scales, NR};
 use super::{ActBlock, ActBlock8, Simd};
 use crate::device::quant::{QuantFormat, QuantMatrix, BLOCK};
 use rayon::prelude::*;
@@ -27,7 +27,9 @@ pub fn gemv_q16(simd: Simd, xq: &[Vec<ActBlock>], w: &QuantMatrix) -> Vec<f32> {
         Simd::Portable => gemm_q16(simd, xq, w),
         #[cfg(target_arch = "x86_64")]
         // Safety: every SIMD path implies AVX2, FMA and F16C (`Simd::available`).
-        _ => gemv(xq, w, |f, rb, rows, xs, ms, out| unsafe { super::gemv_avx2::group16(f, rb, rows, xs, ms, out) }),
+        _ => gemv(xq, w, |f, rb, rows, ahead, kq, xs, ms, out| unsafe {
+            super::gemv_avx2::group16(f, rb, rows, ahead, kq, xs, ms, out)
+        }),
     }
 }
 
@@ -37,12 +39,16 @@ pub fn gemv_q8(simd: Simd, xq: &[Vec<ActBlock8>], w: &QuantMatrix) -> Vec<f32> {
         Simd::Portable => gemm_q8(simd, xq, w),
         #[cfg(target_arch = "x86_64")]
         // Safety: as in `gemv_q16`.
-        _ => gemv(xq, w, |f, rb, rows, xs, ms, out| unsafe { super::gemv_avx2::group8(f, rb, rows, xs, ms, out) }),
+        _ => gemv(xq, w, |f, rb, rows, ahead, kq, xs, ms, out| unsafe {
+            super::gemv_avx2::group8(f, rb, rows, ahead, kq, xs, ms, out)
+        }),
     }
 }
 
-/// One group of `NR` weight rows (`rb`, the first `rows` real) times every activation row.
-type Group<X> = fn(QuantFormat, &[&[u8]; NR], usize, &[&[X]], &[&[XMeta]], &mut [[f32; NR]]);
+/// One group of `NR` weight rows (`rb`, the first `rows` real; the next group's rows to
+/// prefetch; scratch for scales) times every activation row.
+type Group<X> =
+    fn(QuantFormat, &[&[u8]; NR], usize, &[&[u8]; NR], &mut Vec<Scales>, &[&[X]], &[&[XMeta]], &mut [[f32; NR]]);
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn gemv<X: GemmAct>(xq: &[Vec<X>], w: &QuantMatrix, group: Group<X>) -> Vec<f32> {
@@ -61,17 +67,25 @@ fn gemv<X: GemmAct>(xq: &[Vec<X>], w: &QuantMatrix, group: Group<X>) -> Vec<f32>
         let xs: Vec<&[X]> = xq.iter().map(Vec::as_slice).collect();
         let ms: Vec<&[XMeta]> = metas.iter().map(Vec::as_slice).collect();
         let mut res = [[0f32; NR]; GEMV_MAX_ROWS];
-        for r0 in (t * per_task..((t + 1) * per_task).min(n)).step_by(NR) {
-            let rows = NR.min(n - r0);
+        let mut kq = Vec::new();
+        let end = ((t + 1) * per_task).min(n);
+        let rows_from = |r0: usize| {
             let mut rb: [&[u8]; NR] = [&[]; NR];
-            for (r, b) in rb.iter_mut().enumerate().take(rows) {
+            for (r, b) in rb.iter_mut().enumerate().take(end.saturating_sub(r0)) {
                 *b = w.row(r0 + r);
             }
-            group(w.format(), &rb, rows, &xs, &ms, &mut res[..m]);
+            rb
+        };
+        let mut rb = rows_from(t * per_task);
+        for r0 in (t * per_task..end).step_by(NR) {
+            let rows = NR.min(end - r0);
+            let ahead = rows_from(r0 + NR);
+            group(w.format(), &rb, rows, &ahead, &mut kq, &xs, &ms, &mut res[..m]);
             for (i, o) in res[..m].iter().enumerate() {
                 // Safety: columns `r0 .. r0 + rows` belong to this task only.
                 unsafe { cols.write(i * n + r0, &o[..rows]) };
             }
+            rb = ahead;
         }
     });
     out

@@ -7,18 +7,19 @@
 //! Per slice and weight row: the slice's 32 values as bytes (`panel_avx2::slice_bytes`, the
 //! 8-bit panel's `u`), for 16-bit activations widened and moved back to `w`, then `madd_epi16`
 //! (16-bit) or `maddubs` + `madd` (8-bit, Q8_0 by the sign trick); a block's scales are those
-//! the panels hold, built the same way. The blocks of each row are prefetched ahead, as the
-//! stream of a decode step needs (`x86::PREFETCH`).
+//! the panels hold, built the same way. Each block of the next eight rows is prefetched as the
+//! same block of these is read: a decode step streams the weights from memory, and the rows
+//! here advance side by side, so the one-row kernels' fixed distance ahead (2 KB) would land in
+//! rows already being read.
 //!
 //! Loops, not closures, around intrinsics: a closure is compiled without its caller's target
 //! features, and intrinsics inside one become calls.
 
 use super::gemm::XMeta;
-use super::panel::{Ints8, PanelInts, NR};
+use super::panel::{pack_scales, Ints8, PanelInts, Scales, NR};
 use super::panel_avx2::{block_scales32, slice_bytes};
-use super::x86::{block_halves, widen_signed, widen_unsigned, PREFETCH};
+use super::x86::{block_halves, widen_signed, widen_unsigned};
 use super::{ActBlock, ActBlock8};
-use crate::device::quant::blocks::slice_scales_with;
 use crate::device::quant::{QuantFormat, BLOCK};
 use std::arch::x86_64::*;
 
@@ -49,39 +50,42 @@ fn reduce_halves(p: &[__m256i; NR]) -> (__m256i, __m256i) {
 }
 
 /// The scales and coefficients (per half) of slice `s` of the eight rows `rb`, as a panel of
-/// form `I` holds them (`panel::pack_scales`, `panel_avx2::block_scales32`); `kh` caches each
-/// row's f16 fields of a k-quant super-block, read at its first slice.
+/// form `I` holds them: a 32-value format's from its blocks (`panel_avx2::block_scales32`); a
+/// k-quant's from `kq`, every slice's computed once per group by [`kquant_scales`].
 #[inline(always)]
 unsafe fn slice_scales<I: PanelInts>(
     format: QuantFormat,
     rb: &[&[u8]; NR],
     rows: usize,
     s: usize,
-    kh: &mut [[f32; 2]; NR],
+    kq: &[Scales],
 ) -> ([__m256; 2], [__m256; 2]) {
-    let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
-    let (blk, sub) = (s / per, s % per);
-    // Safety (throughout): the caller's AVX2 and F16C; every range is one whole block.
+    // Safety (throughout): the caller's AVX2 and F16C; every range is one whole block; `Scales`
+    // is 32-byte aligned.
     unsafe {
-        if per == 1 {
-            let (d, coef) = block_scales32(format, rb, rows, blk * bb, _mm256_set1_ps(I::offset(format) as f32));
+        if format.block_len() == BLOCK {
+            let offset = _mm256_set1_ps(I::offset(format) as f32);
+            let (d, coef) = block_scales32(format, rb, rows, s * format.block_bytes(), offset);
             return ([d, d], [coef, coef]);
         }
-        let offset = I::offset(format) as f32;
-        let (mut sc, mut cf) = ([[0f32; NR]; 2], [[0f32; NR]; 2]);
-        for r in 0..rows {
-            let b = &rb[r][blk * bb..][..bb];
-            if sub == 0 {
-                kh[r] = block_halves(format, b);
-            }
-            let (scale, min) = slice_scales_with(format, b, sub, kh[r]);
-            for h in 0..2 {
-                sc[h][r] = scale[h];
-                cf[h][r] = min[h] - scale[h] * offset;
-            }
-        }
-        let load = |v: &[f32; NR]| _mm256_loadu_ps(v.as_ptr());
-        ([load(&sc[0]), load(&sc[1])], [load(&cf[0]), load(&cf[1])])
+        let k = &kq[s];
+        let (s0, s1) = (_mm256_load_ps(k.scale[0].as_ptr()), _mm256_load_ps(k.scale[1].as_ptr()));
+        ([s0, s1], [_mm256_load_ps(k.coef[0].as_ptr()), _mm256_load_ps(k.coef[1].as_ptr())])
+    }
+}
+
+/// A k-quant's scales of every slice of rows `rb` (the panel's own, `panel::pack_scales`), once
+/// per group: built lane by lane, they are read as vectors long after the stores (one slice at a
+/// time they had stalled each vector load on eight scalar stores).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kquant_scales<I: PanelInts>(format: QuantFormat, rb: &[&[u8]; NR], rows: usize, kq: &mut Vec<Scales>) {
+    kq.resize(rb[0].len() / format.block_bytes() * (format.block_len() / BLOCK), Scales::default());
+    if rows < NR {
+        kq.fill(Scales::default());
+    }
+    for (r, row) in rb.iter().enumerate().take(rows) {
+        // Safety: F16C per the caller; `b` is one whole block.
+        pack_scales::<I>(format, row, r, kq, |b| unsafe { block_halves(format, b) });
     }
 }
 
@@ -120,6 +124,8 @@ fn terms<const HALVES: bool, const COEF: bool>(
 unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF: bool>(
     rb: &[&[u8]; NR],
     rows: usize,
+    ahead: &[&[u8]; NR],
+    kq: &mut Vec<Scales>,
     xs: &[&[ActBlock]],
     ms: &[&[XMeta]],
     out: &mut [[f32; NR]],
@@ -127,13 +133,17 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
     let format = QuantFormat::ALL[F];
     let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
     let (signed, off) = (format == QuantFormat::Q8_0, _mm256_set1_epi16(Ints8::offset(format)));
-    let mut kh = [[0f32; 2]; NR];
+    if per > 1 {
+        // Safety: the caller's.
+        unsafe { kquant_scales::<super::panel::Ints16>(format, rb, rows, kq) };
+    }
+    let kq: &[Scales] = kq;
     let mut acc = [_mm256_setzero_ps(); R];
     for s in 0..rb[0].len() / bb * per {
         // Safety (throughout): AVX2/FMA/F16C per the caller; `s` is below every activation row's
         // length (checked by `gemv`), every byte range one whole block of its row.
         unsafe {
-            let (scale, coef) = slice_scales::<super::panel::Ints16>(format, rb, rows, s, &mut kh);
+            let (scale, coef) = slice_scales::<super::panel::Ints16>(format, rb, rows, s, kq);
             let mut q = [[_mm256_setzero_si256(); 2]; R];
             for (q, x) in q.iter_mut().zip(xs) {
                 let qs = x.get_unchecked(s).qs.as_ptr();
@@ -143,7 +153,10 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
             for r in 0..rows {
                 let b = &rb[r][s / per * bb..][..bb];
                 if s % per == 0 {
-                    _mm_prefetch(b.as_ptr().wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+                    // The same block of the next group's row: a group's time ahead of its use.
+                    if let Some(next) = ahead[r].get(s / per * bb) {
+                        _mm_prefetch(next as *const u8 as *const i8, _MM_HINT_T0);
+                    }
                 }
                 let v = slice_bytes(format, b, s % per);
                 let (lo, hi) = if signed { widen_signed(v) } else { widen_unsigned(v) };
@@ -180,6 +193,8 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
 unsafe fn rows8<const F: usize, const R: usize, const HALVES: bool, const COEF: bool>(
     rb: &[&[u8]; NR],
     rows: usize,
+    ahead: &[&[u8]; NR],
+    kq: &mut Vec<Scales>,
     xs: &[&[ActBlock8]],
     ms: &[&[XMeta]],
     out: &mut [[f32; NR]],
@@ -188,13 +203,17 @@ unsafe fn rows8<const F: usize, const R: usize, const HALVES: bool, const COEF: 
     let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
     let signed = format == QuantFormat::Q8_0;
     let ones = _mm256_set1_epi16(1);
-    let mut kh = [[0f32; 2]; NR];
+    if per > 1 {
+        // Safety: the caller's.
+        unsafe { kquant_scales::<Ints8>(format, rb, rows, kq) };
+    }
+    let kq: &[Scales] = kq;
     let mut acc = [_mm256_setzero_ps(); R];
     for s in 0..rb[0].len() / bb * per {
         // Safety (throughout): as in `rows16`; an `ActBlock8` starts with its 32 bytes, 32-byte
         // aligned.
         unsafe {
-            let (scale, coef) = slice_scales::<Ints8>(format, rb, rows, s, &mut kh);
+            let (scale, coef) = slice_scales::<Ints8>(format, rb, rows, s, kq);
             let mut q = [_mm256_setzero_si256(); R];
             for (q, x) in q.iter_mut().zip(xs) {
                 *q = _mm256_load_si256(x.get_unchecked(s).qs.as_ptr() as *const __m256i);
@@ -203,7 +222,10 @@ unsafe fn rows8<const F: usize, const R: usize, const HALVES: bool, const COEF: 
             for r in 0..rows {
                 let b = &rb[r][s / per * bb..][..bb];
                 if s % per == 0 {
-                    _mm_prefetch(b.as_ptr().wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+                    // The same block of the next group's row: a group's time ahead of its use.
+                    if let Some(next) = ahead[r].get(s / per * bb) {
+                        _mm_prefetch(next as *const u8 as *const i8, _MM_HINT_T0);
+                    }
                 }
                 let u = slice_bytes(format, b, s % per);
                 // Q8_0: |w| as the unsigned operand, w's signs moved onto the activations.
@@ -259,31 +281,39 @@ macro_rules! by_format {
 }
 
 /// `out[i][r]` = weight row `rb[r]` (`r < rows ≤ NR`, all of format `format`, `rows ≥ 1`) times
-/// 16-bit activation row `xs[i]` (`xs.len() ≤ 4`, each at least the rows' slices long).
+/// 16-bit activation row `xs[i]` (`xs.len() ≤ 4`, each at least the rows' slices long);
+/// `ahead` are the next rows to be multiplied (empty where there are none), prefetched; `kq`
+/// is scratch for a k-quant's scales.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; the shapes as stated (`gemv` checks them).
+#[allow(clippy::too_many_arguments)] // the kernel's operands, passed straight through
 pub unsafe fn group16(
     format: QuantFormat,
     rb: &[&[u8]; NR],
     rows: usize,
+    ahead: &[&[u8]; NR],
+    kq: &mut Vec<Scales>,
     xs: &[&[ActBlock]],
     ms: &[&[XMeta]],
     out: &mut [[f32; NR]],
 ) {
     let fi = QuantFormat::ALL.iter().position(|&f| f == format).unwrap_or(0);
     // Safety: the caller's.
-    unsafe { by_format!(rows16, fi, xs.len(), format.has_min(), (rb, rows, xs, ms, out)) }
+    unsafe { by_format!(rows16, fi, xs.len(), format.has_min(), (rb, rows, ahead, kq, xs, ms, out)) }
 }
 
 /// As [`group16`], for 8-bit activation rows.
 ///
 /// # Safety
 /// As [`group16`].
+#[allow(clippy::too_many_arguments)] // the kernel's operands, passed straight through
 pub unsafe fn group8(
     format: QuantFormat,
     rb: &[&[u8]; NR],
     rows: usize,
+    ahead: &[&[u8]; NR],
+    kq: &mut Vec<Scales>,
     xs: &[&[ActBlock8]],
     ms: &[&[XMeta]],
     out: &mut [[f32; NR]],
@@ -291,5 +321,5 @@ pub unsafe fn group8(
     let fi = QuantFormat::ALL.iter().position(|&f| f == format).unwrap_or(0);
     let coef = super::panel::has_coef::<Ints8>(format);
     // Safety: the caller's.
-    unsafe { by_format!(rows8, fi, xs.len(), coef, (rb, rows, xs, ms, out)) }
+    unsafe { by_format!(rows8, fi, xs.len(), coef, (rb, rows, ahead, kq, xs, ms, out)) }
 }
