@@ -134,27 +134,27 @@ impl Builder {
     #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &mut self,
-        x_param: u32,
+        x: ValueId,
         pos: ValueId,
         theta: ValueId,
         head_dim: ValueId,
         style: RopeStyle,
         scaling: Option<Llama3Scaling>,
     ) -> Result<ValueId, BuildError> {
-        self.push(Op::Rope { x: x_param, pos, theta, head_dim, style, scaling })
+        self.push(Op::Rope { x, pos, theta, head_dim, style, scaling })
     }
 
     /// RoPE with the inverse frequencies read from `Bcast(F32)` parameter `table` (see
     /// [`Op::RopeTable`]).
     pub fn rope_table(
         &mut self,
-        x_param: u32,
+        x: ValueId,
         pos: ValueId,
         table: u32,
         head_dim: ValueId,
         style: RopeStyle,
     ) -> Result<ValueId, BuildError> {
-        self.push(Op::RopeTable { x: x_param, pos, head_dim, style, table })
+        self.push(Op::RopeTable { x, pos, head_dim, style, table })
     }
 
     /// Declare an output. A value of a different dtype is cast to the output's dtype.

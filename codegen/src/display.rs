@@ -96,10 +96,7 @@ impl Kernel {
                     RopeStyle::HalfSplit => "half_split",
                     RopeStyle::Interleaved => "interleaved",
                 };
-                let mut s = format!(
-                    "rope.{style} {}, pos={pos}, theta={theta}, head_dim={head_dim}",
-                    self.params[*x as usize].name
-                );
+                let mut s = format!("rope.{style} {x}, pos={pos}, theta={theta}, head_dim={head_dim}");
                 if let Some(sc) = scaling {
                     s += &format!(
                         ", llama3(factor={}, low={}, high={}, orig_max={})",
@@ -114,8 +111,8 @@ impl Kernel {
                     RopeStyle::Interleaved => "interleaved",
                 };
                 format!(
-                    "rope.{style} {}, pos={pos}, inv_freq={}, head_dim={head_dim}",
-                    self.params[*x as usize].name, self.params[*table as usize].name
+                    "rope.{style} {x}, pos={pos}, inv_freq={}, head_dim={head_dim}",
+                    self.params[*table as usize].name
                 )
             }
         }

@@ -11,8 +11,11 @@
 //! - node `i` has id `ValueId(i)`;
 //! - binary ops take operands of the same dtype; an `Elem` op a `Uniform` broadcasts to `Elem`;
 //! - reductions take an `Elem` float operand and produce a `Uniform` value;
-//! - `Rope` reads its operand straight from a `Row` parameter (it needs the partner column);
-//!   `RopeTable` too, and its frequency table straight from a `Bcast(F32)` parameter;
+//! - `Rope` / `RopeTable` rotate an `Elem` f32 value that is *column-local*: every `Elem` node
+//!   it is computed from is a `Row`/`Bcast` parameter load, a constant or elementwise
+//!   arithmetic (no rope, no reduction over `Elem` values feeds it), so a backend can evaluate
+//!   it at the partner column as well (`x + bias`, `x * inv_rms * w` before RoPE);
+//!   `RopeTable` reads its frequency table straight from a `Bcast(F32)` parameter;
 //! - outputs name existing nodes; `Row` outputs are `Elem`, `PerRow` outputs are `Uniform`;
 //! - a row index ([`Param::index`], [`Output::index`]) appears only on `Row` params and outputs
 //!   and names a `PerRow(I32)` parameter: row `r` of the problem reads (gather) or writes
@@ -331,11 +334,12 @@ pub enum Op {
     Cast(ValueId, DType),
     /// A row reduction: `Elem` → `Uniform`. A stage boundary.
     Reduce(ReduceOp, ValueId),
-    /// Rotate the columns of Row parameter `x` (a row of `n_heads * head_dim` columns) by
-    /// position `pos` (`Uniform` I32), base `theta` (`Uniform` F32), head size `head_dim`
-    /// (`Uniform` I32), with optional Llama-3 frequency scaling. Result: `Elem` F32.
+    /// Rotate the columns of `x` (an `Elem` F32 value over a row of `n_heads * head_dim`
+    /// columns, column-local: see the module invariants) by position `pos` (`Uniform` I32),
+    /// base `theta` (`Uniform` F32), head size `head_dim` (`Uniform` I32), with optional
+    /// Llama-3 frequency scaling. Result: `Elem` F32.
     Rope {
-        x: u32,
+        x: ValueId,
         pos: ValueId,
         theta: ValueId,
         head_dim: ValueId,
@@ -351,7 +355,7 @@ pub enum Op {
     /// every column with its pair's frequency (the table tiled per head) gets the same result.
     /// Result: `Elem` F32.
     RopeTable {
-        x: u32,
+        x: ValueId,
         pos: ValueId,
         head_dim: ValueId,
         style: RopeStyle,
@@ -369,22 +373,31 @@ impl Op {
             Op::Unary(_, a) | Op::Cast(a, _) | Op::Reduce(_, a) | Op::Softmax(a) => vec![*a],
             Op::Binary(_, a, b) | Op::Cmp(_, a, b) => vec![*a, *b],
             Op::Select(c, a, b) => vec![*c, *a, *b],
-            Op::Rope { pos, theta, head_dim, scaling, .. } => {
-                let mut v = vec![*pos, *theta, *head_dim];
+            Op::Rope { x, pos, theta, head_dim, scaling, .. } => {
+                let mut v = vec![*x, *pos, *theta, *head_dim];
                 if let Some(s) = scaling {
                     v.extend([s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position]);
                 }
                 v
             }
-            Op::RopeTable { pos, head_dim, .. } => vec![*pos, *head_dim],
+            Op::RopeTable { x, pos, head_dim, .. } => vec![*x, *pos, *head_dim],
         }
     }
 
-    /// The parameters this op reads directly (a `Param` load, a rotated tensor, a table).
+    /// The operands whose value this op reads at its own column: all but a rope's rotated
+    /// source, which a backend evaluates itself at both columns of each pair (it is
+    /// column-local, see the module invariants), so a schedule never carries it in registers.
+    pub fn value_operands(&self) -> Vec<ValueId> {
+        match self {
+            Op::Rope { x, .. } | Op::RopeTable { x, .. } => self.operands().into_iter().filter(|o| o != x).collect(),
+            _ => self.operands(),
+        }
+    }
+
+    /// The parameters this op reads directly (a `Param` load, a rope's frequency table).
     pub fn params_read(&self) -> Vec<u32> {
         match self {
-            Op::Param(p) | Op::Rope { x: p, .. } => vec![*p],
-            Op::RopeTable { x, table, .. } => vec![*x, *table],
+            Op::Param(p) | Op::RopeTable { table: p, .. } => vec![*p],
             _ => vec![],
         }
     }
@@ -402,7 +415,7 @@ impl Op {
             Op::Cmp(c, x, y) => Op::Cmp(*c, f(*x), f(*y)),
             Op::Select(c, x, y) => Op::Select(f(*c), f(*x), f(*y)),
             Op::Rope { x, pos, theta, head_dim, style, scaling } => Op::Rope {
-                x: *x,
+                x: f(*x),
                 pos: f(*pos),
                 theta: f(*theta),
                 head_dim: f(*head_dim),
@@ -415,7 +428,7 @@ impl Op {
                 }),
             },
             Op::RopeTable { x, pos, head_dim, style, table } => {
-                Op::RopeTable { x: *x, pos: f(*pos), head_dim: f(*head_dim), style: *style, table: *table }
+                Op::RopeTable { x: f(*x), pos: f(*pos), head_dim: f(*head_dim), style: *style, table: *table }
             }
         }
     }
@@ -442,6 +455,25 @@ pub struct Kernel {
     pub params: Vec<Param>,
     pub nodes: Vec<Node>,
     pub outputs: Vec<Output>,
+}
+
+/// The `Elem` nodes `v` is computed from, `v` included, in SSA order: what a backend evaluates
+/// to get `v` at some other column (a rope source at its partner column). The walk stops at
+/// `Uniform` values, which are the same at every column. Operands that are not in `nodes` are
+/// skipped (the verifier reports them).
+pub fn elem_cone(nodes: &[Node], v: ValueId) -> Vec<ValueId> {
+    let mut seen = vec![false; nodes.len()];
+    let mut stack = vec![v];
+    while let Some(u) = stack.pop() {
+        match nodes.get(u.index()) {
+            Some(n) if !seen[u.index()] && n.ty.shape == Shape::Elem => {
+                seen[u.index()] = true;
+                stack.extend(n.op.operands());
+            }
+            _ => {}
+        }
+    }
+    (0..nodes.len()).filter(|&i| seen[i]).map(|i| ValueId(i as u32)).collect()
 }
 
 impl Kernel {

@@ -14,7 +14,8 @@
 //! - a reduction is accumulated in the loop of the stage where its operand is computed and
 //!   finished (block-wide) after that loop;
 //! - an `Elem` value computed in one stage and used in a later one is **cached** (registers on
-//!   the GPU), so the row is read from memory once;
+//!   the GPU), so the row is read from memory once; a rope's rotated source is the exception
+//!   (the backend evaluates it at each column and its partner, see `Op::value_operands`);
 //! - `Row` outputs are stored in the loop of the stage where their value is computed;
 //!   `PerRow` outputs after the prologue of the stage of their level.
 //!
@@ -122,14 +123,16 @@ pub fn schedule(k: &Kernel) -> Schedule {
             OutputKind::PerRow(_) => stages[level[o.value.index()].max(s)].per_row_outputs.push(oi),
         }
     }
-    // 3. cached values: Elem nodes read by a node (or output) in a later stage.
+    // 3. cached values: Elem nodes read by a node (or output) in a later stage. A rope's
+    //    source is not read from registers: the backend evaluates it at both columns of a pair.
     let mut cached = vec![];
     let mut read_later = vec![false; n];
+    let rope_only = rope_source_only(k);
     for (j, u) in k.nodes.iter().enumerate() {
-        if matches!(u.op, Op::Reduce(..)) {
+        if matches!(u.op, Op::Reduce(..)) || rope_only[j] {
             continue; // a reduction reads its operand in the operand's own stage
         }
-        for o in u.op.operands() {
+        for o in u.op.value_operands() {
             if stage_of[j] > stage_of[o.index()] {
                 read_later[o.index()] = true;
             }
@@ -141,4 +144,31 @@ pub fn schedule(k: &Kernel) -> Schedule {
         }
     }
     Schedule { stages, cached, stage_of }
+}
+
+/// The `Elem` nodes used only inside ropes' sources (by a rope as the value it rotates, or by
+/// such nodes): the backend evaluates them at each column itself, so they read nothing from
+/// registers. Users come after their operands, so one reverse pass sees every use first.
+fn rope_source_only(k: &Kernel) -> Vec<bool> {
+    let n = k.nodes.len();
+    let (mut only, mut rope_use, mut other_use) = (vec![false; n], vec![false; n], vec![false; n]);
+    for o in &k.outputs {
+        other_use[o.value.index()] = true;
+    }
+    for i in (0..n).rev() {
+        let node = &k.nodes[i];
+        only[i] = rope_use[i] && !other_use[i] && node.ty.shape == Shape::Elem;
+        let x = match node.op {
+            Op::Rope { x, .. } | Op::RopeTable { x, .. } => Some(x),
+            _ => None,
+        };
+        for o in node.op.operands() {
+            if only[i] || Some(o) == x {
+                rope_use[o.index()] = true;
+            } else {
+                other_use[o.index()] = true;
+            }
+        }
+    }
+    only
 }

@@ -2,7 +2,7 @@
 //! Used by the [`crate::builder::Builder`] to type new nodes and by [`crate::verify`] to check
 //! that every stored type is the inferred one.
 
-use crate::ir::{BinaryOp, DType, Node, Op, Param, ParamKind, ReduceOp, Shape, Ty, UnaryOp};
+use crate::ir::{elem_cone, BinaryOp, DType, Node, Op, Param, ParamKind, ReduceOp, Shape, Ty, UnaryOp, ValueId};
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -15,7 +15,10 @@ pub enum TypeError {
     Mismatch { op: String, a: Ty, b: Ty },
     #[error("{op}: needs {want}, got {got}")]
     Wrong { op: String, want: &'static str, got: Ty },
-    #[error("rope: parameter `{0}` must be a Row tensor of a float dtype (rope reads the partner column from memory)")]
+    #[error(
+        "rope: the rotated value must be a per-column f32 value computed only from Row/Bcast \
+         parameters and elementwise arithmetic (rope evaluates it again at the partner column); {0}"
+    )]
     RopeOperand(String),
     #[error("rope: frequency table `{0}` must be a Bcast<f32> parameter (rope reads it at each pair's first column)")]
     RopeTable(String),
@@ -100,11 +103,7 @@ pub fn infer(params: &[Param], defined: &[Node], op: &Op) -> Result<Ty, TypeErro
             Ok(Ty::new(t.dtype, Shape::Uniform))
         }
         Op::Rope { x, pos, theta, head_dim, scaling, .. } => {
-            let p = params.get(*x as usize).ok_or(TypeError::NoSuchParam(*x))?;
-            match p.kind {
-                ParamKind::Row(d) if d.is_float() => {}
-                _ => return Err(TypeError::RopeOperand(p.name.clone())),
-            }
+            rope_source(defined, *x)?;
             let uni = |v, d: DType, what: &'static str| -> Result<(), TypeError> {
                 let t = ty(v)?;
                 if t != Ty::new(d, Shape::Uniform) {
@@ -123,11 +122,7 @@ pub fn infer(params: &[Param], defined: &[Node], op: &Op) -> Result<Ty, TypeErro
             Ok(Ty::new(DType::F32, Shape::Elem))
         }
         Op::RopeTable { x, pos, head_dim, table, .. } => {
-            let p = params.get(*x as usize).ok_or(TypeError::NoSuchParam(*x))?;
-            match p.kind {
-                ParamKind::Row(d) if d.is_float() => {}
-                _ => return Err(TypeError::RopeOperand(p.name.clone())),
-            }
+            rope_source(defined, *x)?;
             let t = params.get(*table as usize).ok_or(TypeError::NoSuchParam(*table))?;
             if t.kind != ParamKind::Bcast(DType::F32) {
                 return Err(TypeError::RopeTable(t.name.clone()));
@@ -150,4 +145,27 @@ pub fn infer(params: &[Param], defined: &[Node], op: &Op) -> Result<Ty, TypeErro
             Ok(t)
         }
     }
+}
+
+/// A rope's rotated value: `Elem` f32 and column-local (see the invariants of [`crate::ir`]).
+fn rope_source(defined: &[Node], x: ValueId) -> Result<(), TypeError> {
+    let t = defined.get(x.index()).map(|n| n.ty).ok_or(TypeError::Undefined { operand: x.0 })?;
+    if t.shape != Shape::Elem {
+        return Err(TypeError::RopeOperand(format!("{x} is one value per row ({t}), not one per column")));
+    }
+    if t.dtype != DType::F32 {
+        return Err(TypeError::RopeOperand(format!("{x} is {t}; widen it to f32 first")));
+    }
+    // Uniform values (reductions, per-row and comptime parameters, constants) end the walk,
+    // so what is left is loads and per-column arithmetic, except a nested rope or softmax.
+    for v in elem_cone(defined, x) {
+        let what = match &defined[v.index()].op {
+            Op::Rope { .. } | Op::RopeTable { .. } => "a rope",
+            Op::Softmax(_) => "a softmax",
+            _ => continue,
+        };
+        let at = if v == x { format!("{x} is {what}") } else { format!("{x} depends on {v}, {what}") };
+        return Err(TypeError::RopeOperand(format!("{at}, which needs the whole row")));
+    }
+    Ok(())
 }

@@ -35,6 +35,8 @@ mod cuda {
     snap!(rope_half_split_bf16, "rope_half_split", DType::BF16);
     snap!(rope_llama3_interleaved_f32, "rope_llama3_interleaved", DType::F32);
     snap!(rope_table_interleaved_bf16, "rope_table_interleaved", DType::BF16);
+    snap!(rope_bias_half_split_bf16, "rope_bias_half_split", DType::BF16);
+    snap!(rms_norm_rope_bf16, "rms_norm_rope", DType::BF16);
     snap!(logsumexp_bf16, "logsumexp", DType::BF16);
     snap!(softmax_bf16, "softmax", DType::BF16);
     snap!(op_zoo_bf16, "op_zoo", DType::BF16);

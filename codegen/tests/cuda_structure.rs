@@ -181,7 +181,9 @@ mod cuda {
         }
         for i in (0..k.nodes.len()).rev() {
             if live[i] {
-                for o in k.nodes[i].op.operands() {
+                // A rope's source is evaluated inside the rope (in a lambda whose lines carry
+                // the comments too, or read straight from its row).
+                for o in k.nodes[i].op.value_operands() {
                     live[o.index()] = true;
                 }
             }

@@ -72,7 +72,8 @@ enum Instr {
     Dup(usize),
     /// Re-push a binary op or comparison with its operands swapped (tests CSE's commutativity).
     Swap(usize),
-    Rope(bool, bool),
+    /// RoPE of a picked f32 value (any column-local one; the builder refuses the others).
+    Rope(bool, bool, usize),
 }
 
 fn instr() -> impl Strategy<Value = Instr> {
@@ -90,7 +91,7 @@ fn instr() -> impl Strategy<Value = Instr> {
         1 => (-4i32..5).prop_map(Instr::ConstI),
         2 => i().prop_map(Instr::Dup),
         2 => i().prop_map(Instr::Swap),
-        1 => (any::<bool>(), any::<bool>()).prop_map(|(s, l)| Instr::Rope(s, l)),
+        1 => (any::<bool>(), any::<bool>(), i()).prop_map(|(s, l, a)| Instr::Rope(s, l, a)),
     ]
 }
 
@@ -216,7 +217,7 @@ fn build(c: &Case) -> Option<Built> {
                 Some(Op::Cmp(o, x, y)) => Op::Cmp(*o, *y, *x),
                 _ => continue,
             },
-            Instr::Rope(interleaved, llama3) => {
+            Instr::Rope(interleaved, llama3, a) => {
                 if c.width % 2 != 0 {
                     continue;
                 }
@@ -227,7 +228,10 @@ fn build(c: &Case) -> Option<Built> {
                 } else {
                     None
                 };
-                Op::Rope { x: 0, pos, theta, head_dim: hd, style, scaling }
+                // Half the time the widened row itself, else a picked f32 value (refused when it
+                // is uniform or not column-local).
+                let x = if a % 2 == 0 { pool[0] } else { find(&b, &pool, a, DType::F32).unwrap_or(pool[0]) };
+                Op::Rope { x, pos, theta, head_dim: hd, style, scaling }
             }
         };
         // ill-typed combinations are simply skipped: the builder refuses them

@@ -4,7 +4,7 @@
 mod common;
 
 use common::kernels;
-use kiln_codegen::builder::Builder;
+use kiln_codegen::builder::{BuildError, Builder};
 use kiln_codegen::ir::{
     BinaryOp, DType, Kernel, Node, Op, Output, OutputKind, Param, ParamKind, RopeStyle, Shape, Ty, UnaryOp, ValueId,
 };
@@ -143,20 +143,47 @@ fn missing_param_is_rejected_without_panicking() {
 }
 
 #[test]
-fn rope_on_a_bcast_param_is_rejected() {
-    let mut b = Builder::new("rope_bad", "test", DType::F32);
-    b.param("x", ParamKind::Row(DType::F32)).unwrap();
-    b.param("w", ParamKind::Bcast(DType::F32)).unwrap();
-    let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
-    let theta = b.f32(10000.0);
-    let hd = b.constant(kiln_codegen::ir::Const::I32(2));
-    let y = b.rope(0, pos, theta, hd, RopeStyle::HalfSplit, None).unwrap();
-    b.output("y", OutputKind::Row(DType::F32), y).unwrap();
-    let mut k = b.finish().unwrap();
-    let Op::Rope { x, .. } = &mut k.nodes[y.index()].op else { unreachable!() };
-    *x = 1; // the Bcast `w`
-    let e = verify(&k).unwrap_err();
-    assert!(matches!(e, VerifyError::Type { source: TypeError::RopeOperand(ref n), .. } if n == "w"), "{e:?}");
+fn rope_source_must_be_a_column_local_f32_value() {
+    let build = |pick: &dyn Fn(&mut Builder, [ValueId; 3]) -> ValueId| {
+        let mut b = Builder::new("rope_src", "test", DType::F32);
+        let x = b.param("x", ParamKind::Row(DType::F32)).unwrap();
+        let w = b.param("w", ParamKind::Bcast(DType::F32)).unwrap();
+        let h = b.param("h", ParamKind::Row(DType::BF16)).unwrap();
+        let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
+        let theta = b.f32(10000.0);
+        let hd = b.constant(kiln_codegen::ir::Const::I32(2));
+        let src = pick(&mut b, [x, w, h]);
+        b.rope(src, pos, theta, hd, RopeStyle::HalfSplit, None).map(|_| ())
+    };
+    // Loads and elementwise arithmetic on them, uniform values included: accepted.
+    build(&|_, [x, ..]| x).unwrap();
+    build(&|_, [_, w, _]| w).unwrap();
+    build(&|b, [x, w, _]| {
+        let s = b.binary(BinaryOp::Mul, x, x).unwrap();
+        let ms = b.reduce(kiln_codegen::ir::ReduceOp::Mean, s).unwrap();
+        let inv = b.unary(UnaryOp::Rsqrt, ms).unwrap();
+        let xn = b.binary(BinaryOp::Mul, x, inv).unwrap();
+        b.binary(BinaryOp::Mul, xn, w).unwrap()
+    })
+    .unwrap();
+    // A half that is not widened, a uniform, a rope of a rope, a softmax: rejected, named.
+    let rejected = |pick: &dyn Fn(&mut Builder, [ValueId; 3]) -> ValueId, why: &str| {
+        let e = build(pick).unwrap_err();
+        assert!(matches!(e, BuildError::Type(TypeError::RopeOperand(_))), "{e:?}");
+        assert!(e.to_string().contains(why), "{e}");
+    };
+    rejected(&|_, [_, _, h]| h, "widen it to f32");
+    rejected(&|b, [x, ..]| b.reduce(kiln_codegen::ir::ReduceOp::Max, x).unwrap(), "not one per column");
+    rejected(
+        &|b, [x, ..]| {
+            let (p, t, hd) = (b.f32(0.0), b.f32(10.0), b.constant(kiln_codegen::ir::Const::I32(2)));
+            let p = b.cast(p, DType::I32).unwrap();
+            let r = b.rope(x, p, t, hd, RopeStyle::HalfSplit, None).unwrap();
+            b.binary(BinaryOp::Add, r, x).unwrap()
+        },
+        "a rope",
+    );
+    rejected(&|b, [x, ..]| b.softmax(x).unwrap(), "a softmax");
 }
 
 #[test]
@@ -168,11 +195,11 @@ fn rope_table_must_be_a_bcast_f32_param() {
         (ParamKind::PerRow(DType::F32), false),
     ] {
         let mut b = Builder::new("rope_table", "test", DType::F32);
-        b.param("x", ParamKind::Row(DType::F32)).unwrap();
+        let x = b.param("x", ParamKind::Row(DType::F32)).unwrap();
         b.param("t", kind).unwrap();
         let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
         let hd = b.constant(kiln_codegen::ir::Const::I32(2));
-        let y = b.rope_table(0, pos, 1, hd, RopeStyle::HalfSplit);
+        let y = b.rope_table(x, pos, 1, hd, RopeStyle::HalfSplit);
         match (y, ok) {
             (Ok(y), true) => {
                 b.output("y", OutputKind::Row(DType::F32), y).unwrap();
@@ -184,11 +211,11 @@ fn rope_table_must_be_a_bcast_f32_param() {
     }
     // A table index past the parameters is caught by the verifier, not a panic.
     let mut b = Builder::new("rope_table", "test", DType::F32);
-    b.param("x", ParamKind::Row(DType::F32)).unwrap();
+    let x = b.param("x", ParamKind::Row(DType::F32)).unwrap();
     b.param("t", ParamKind::Bcast(DType::F32)).unwrap();
     let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
     let hd = b.constant(kiln_codegen::ir::Const::I32(2));
-    let y = b.rope_table(0, pos, 1, hd, RopeStyle::HalfSplit).unwrap();
+    let y = b.rope_table(x, pos, 1, hd, RopeStyle::HalfSplit).unwrap();
     b.output("y", OutputKind::Row(DType::F32), y).unwrap();
     let mut k = b.finish().unwrap();
     let Op::RopeTable { table, .. } = &mut k.nodes[y.index()].op else { unreachable!() };

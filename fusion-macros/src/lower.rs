@@ -26,7 +26,7 @@ use syn::{Expr, Pat, Stmt};
 #[derive(Clone, Copy, Debug)]
 pub enum Val {
     Node(ValueId),
-    /// A parameter, loaded but not yet widened (`rope` needs the parameter itself).
+    /// A parameter, loaded but not yet widened (a half is widened where arithmetic uses it).
     Param {
         index: u32,
         load: ValueId,

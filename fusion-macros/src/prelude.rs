@@ -186,19 +186,15 @@ fn binary(cx: &mut Cx, op: BinaryOp, a: &Expr, b: &Expr) -> syn::Result<Built> {
 
 type Built = Result<ValueId, BuildError>;
 
-/// The `Row` parameter a RoPE call rotates (the parameter itself, not a computed value).
-fn rope_x(cx: &mut Cx, a: &Expr, name: &str) -> syn::Result<u32> {
-    match cx.expr(a)? {
-        Val::Param { index, .. } => Ok(index),
-        _ => Err(err(
-            a,
-            format!("`{name}` takes a `Row` parameter itself, not a computed value: RoPE reads each column's partner column from memory; rotate the parameter first, then compute with the result"),
-        )),
-    }
+/// The value a RoPE call rotates: a parameter or per-column arithmetic on parameters (a bias
+/// add, a norm's scale), which the backends evaluate again at each column's partner; the type
+/// rules reject what they cannot (see `kiln_codegen::typeck`).
+fn rope_x(cx: &mut Cx, a: &Expr) -> syn::Result<ValueId> {
+    operand(cx, a, Some(DType::F32))
 }
 
 fn rope_table(cx: &mut Cx, args: &[&Expr], style: RopeStyle, name: &str, call: &Expr) -> syn::Result<ValueId> {
-    let x = rope_x(cx, args[0], name)?;
+    let x = rope_x(cx, args[0])?;
     let pos = operand(cx, args[1], Some(DType::I32))?;
     let table = match cx.expr(args[2])? {
         Val::Param { index, .. } => index,
@@ -224,7 +220,7 @@ fn rope_table(cx: &mut Cx, args: &[&Expr], style: RopeStyle, name: &str, call: &
 }
 
 fn rope(cx: &mut Cx, args: &[&Expr], style: RopeStyle, llama3: bool, name: &str, call: &Expr) -> syn::Result<ValueId> {
-    let x = rope_x(cx, args[0], name)?;
+    let x = rope_x(cx, args[0])?;
     let pos = operand(cx, args[1], Some(DType::I32))?;
     let mut uniform = |i: usize, what: &str, d: DType| -> syn::Result<ValueId> {
         let v = cx.expr(args[i])?;

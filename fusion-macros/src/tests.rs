@@ -67,15 +67,20 @@ fn unnamed_outputs_are_numbered_and_params_are_not_output_names() {
 }
 
 #[test]
-fn rope_takes_the_parameter_itself() {
+fn rope_rotates_a_parameter_or_column_local_arithmetic() {
     let k = build(
         "fn r(x: Row, pos: PerRow<i32>, #[comptime] theta: f32) -> Row { rope_half(x, pos, theta, 64) }",
         DType::BF16,
     )
     .unwrap();
-    assert!(k.to_string().contains("rope.half_split x"), "{k}");
-    let e = error("fn r(x: Row, pos: PerRow<i32>) -> Row { rope_half(x * 2.0, pos, 10000.0, 64) }");
-    assert!(e.contains("takes a `Row` parameter itself"), "{e}");
+    assert!(k.to_string().contains("rope.half_split %"), "{k}");
+    // A bias add before the rotation is part of the rope's source.
+    let k =
+        build("fn r(x: Row, b: Bcast, pos: PerRow<i32>) -> Row { rope_half(x + b, pos, 10000.0, 64) }", DType::BF16)
+            .unwrap();
+    assert!(k.to_string().contains("rope.half_split %"), "{k}");
+    let e = error("fn r(x: Row, pos: PerRow<i32>) -> Row { rope_half(softmax(x), pos, 10000.0, 64) }");
+    assert!(e.contains("a softmax, which needs the whole row"), "{e}");
     let e = error("fn r(x: Row, pos: PerRow<i32>, t: Row) -> Row { rope_half(x, pos, mean(t), 64) }");
     assert!(e.contains("#[comptime] parameter or a literal"), "{e}");
 }
@@ -85,7 +90,7 @@ fn rope_table_takes_a_bcast_f32_table() {
     let src =
         "fn r(x: Row, pos: PerRow<i32>, t: Bcast<f32>, #[comptime] hd: i32) -> Row { rope_half_table(x, pos, t, hd) }";
     let k = build(src, DType::BF16).unwrap();
-    assert!(k.to_string().contains("rope.half_split x, pos=%"), "{k}");
+    assert!(k.to_string().contains("rope.half_split %"), "{k}");
     assert!(k.to_string().contains("inv_freq=t"), "{k}");
     let e = error("fn r(x: Row, pos: PerRow<i32>, t: Bcast) -> Row { rope_half_table(x, pos, t * 2.0, 64) }");
     assert!(e.contains("must be a `Bcast<f32>` parameter itself"), "{e}");
@@ -111,7 +116,7 @@ fn errors_name_the_problem() {
         ("fn f(x: Row) -> Row { let y = x; }", "must end with the value"),
         ("fn f(x: Row) -> (Row, Row) { let y = x * 2.0; (y, y) }", "returned twice"),
         ("fn f(x: Row) -> Row { y }", "unknown name `y`; in scope: x"),
-        ("fn f(x: Row, w: Bcast, p: PerRow<i32>) -> Row { rope_half(w, p, 1.0, 64) }", "must be a Row tensor"),
+        ("fn f(x: Row, s: PerRow<f32>, p: PerRow<i32>) -> Row { x * rope_half(s, p, 1.0, 64) }", "not one per column"),
     ] {
         let e = error(src);
         assert!(e.contains(want), "{src}\n  gave: {e}\n  want: {want}");

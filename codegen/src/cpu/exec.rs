@@ -200,7 +200,6 @@ impl<'s> Env<'s> {
 struct Scratch<'w> {
     h16: &'w mut Vec<f16>,
     rope: &'w mut RopeCache,
-    rope_x: &'w mut Vec<f32>,
 }
 
 /// One thread's buffers: slot arenas, the scalar table, scratch.
@@ -211,7 +210,6 @@ pub(crate) struct Worker {
     uni: Vec<CpuScalar>,
     h16: Vec<f16>,
     rope: RopeCache,
-    rope_x: Vec<f32>,
 }
 
 impl Worker {
@@ -225,7 +223,6 @@ impl Worker {
             uni: ctx.uni0.clone(),
             h16: Vec::with_capacity(w),
             rope: RopeCache::default(),
-            rope_x: vec![0.0; w],
         }
     }
 
@@ -238,8 +235,8 @@ impl Worker {
     }
 
     fn step(&mut self, ctx: &Ctx<'_>, r: usize, i: usize) -> Result<(), CpuError> {
-        let Worker { f, i: iv, b, uni, h16, rope, rope_x } = self;
-        let scratch = Scratch { h16, rope, rope_x };
+        let Worker { f, i: iv, b, uni, h16, rope } = self;
+        let scratch = Scratch { h16, rope };
         match ctx.plan.loc[i] {
             Loc::Uniform => {
                 let v = Env { ctx, f, i: iv, b, uni, row: r }.scalar_op(i)?;
@@ -385,32 +382,21 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
     Ok(())
 }
 
-/// Rotate this row of `Row` param `x` into `dst`.
+/// Rotate this row's value of node `x` into `dst`.
 fn rope_row(
     env: &Env<'_>,
     s: Scratch<'_>,
     i: usize,
-    x: u32,
+    x: ValueId,
     args: &RopeArgs<'_>,
     dst: &mut [f32],
 ) -> Result<(), CpuError> {
     let w = env.ctx.width;
-    let bad = || internal(i, "op does not fit its operand types");
     let Some(hd) = args.head_dim_for(w) else {
         return Err(CpuError::RopeHeadDim { node: ValueId(i as u32), head_dim: args.head_dim, width: w });
     };
-    let xr = env.ctx.src_row(x as usize, env.row);
-    let xrow: &[f32] = match env.ctx.ins.get(x as usize) {
-        Some(In::RowF32(d, st)) => row_of(d, *st, xr, w).ok_or_else(bad)?,
-        Some(In::RowF16(d, st)) => {
-            vector::widen_f16(s.rope_x, row_of(d, *st, xr, w).ok_or_else(bad)?);
-            s.rope_x
-        }
-        Some(In::RowBF16(d, st)) => {
-            vector::widen_bf16(s.rope_x, row_of(d, *st, xr, w).ok_or_else(bad)?);
-            s.rope_x
-        }
-        _ => return Err(bad()),
+    let Src::V(xrow) = env.fsrc(x)? else {
+        return Err(internal(i, "a rope operand must be a per-column value"));
     };
     rope::rotate(s.rope, args, hd, xrow, dst);
     Ok(())

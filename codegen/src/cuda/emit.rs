@@ -21,14 +21,14 @@
 //! - outputs must not alias inputs (pointers are `__restrict__`, and RoPE reads other
 //!   columns of its input).
 
-use super::expr::{op_expr, rope_table_fill, rope_vector_call, Operands};
+use super::expr::{op_expr, rope_table_fill, rope_vector_call, Operands, RopeSource};
 use super::names::{self, c_type};
 use super::plan::{Plan, StagePlan};
 use super::prelude;
 use super::writer::CWriter;
 use crate::abi::{self, AbiArg};
 use crate::compile::CompileError;
-use crate::ir::{DType, Kernel, Op, OutputKind, ParamKind, ReduceOp, Shape, ValueId};
+use crate::ir::{elem_cone, DType, Kernel, Op, OutputKind, ParamKind, ReduceOp, Shape, ValueId};
 use crate::schedule::Schedule;
 
 pub fn emit(k: &Kernel, s: &Schedule) -> Result<String, CompileError> {
@@ -348,6 +348,58 @@ impl Body<'_> {
         Ok(())
     }
 
+    /// The row a rope rotates when its source is a `Row` param itself (widened or not): the
+    /// helpers then read it with vector loads.
+    fn rope_row_source(&self, x: ValueId) -> Option<String> {
+        let k = self.k;
+        let x = match k.node(x).op {
+            Op::Cast(a, DType::F32) => a,
+            _ => x,
+        };
+        match k.node(x).op {
+            Op::Param(p) if matches!(k.params[p as usize].kind, ParamKind::Row(_)) => {
+                Some(names::param_row(k, p as usize))
+            }
+            _ => None,
+        }
+    }
+
+    /// A device lambda `{name}(c)` that evaluates a rope's source `x` at column `c` of this
+    /// row, node by node over its column-local cone (loads, then arithmetic on them and on
+    /// this row's uniform values), so the rope can read any column and its partner.
+    fn rope_source_fn(&self, w: &mut CWriter, x: ValueId, name: &str) -> Result<(), CompileError> {
+        let k = self.k;
+        w.open(&format!("auto {name} = [&](int c) -> float"));
+        for u in elem_cone(&k.nodes, x) {
+            let node = k.node(u);
+            let init = match node.op {
+                Op::Param(p) => {
+                    let p = p as usize;
+                    match k.params[p].kind {
+                        ParamKind::Row(_) => format!("{}[c]", names::param_row(k, p)),
+                        _ => format!("{}[c]", names::param(k, p)),
+                    }
+                }
+                _ => {
+                    let ops = node.op.operands();
+                    let args: Vec<String> = ops.iter().map(|o| names::var(k, *o)).collect();
+                    let dts: Vec<_> = ops.iter().map(|o| k.ty(*o).dtype).collect();
+                    op_expr(&node.op, &dts, &Operands { args: &args, rope_table: None }).ok_or_else(|| {
+                        CompileError::Emit {
+                            kernel: k.spec_name(),
+                            msg: format!("{u} ({}) has no expression form", k.op_text(&node.op)),
+                        }
+                    })?
+                }
+            };
+            let ty = c_type(node.ty.dtype);
+            w.line_c(&format!("const {ty} {} = {init};", names::var(k, u)), &self.node_comment(u));
+        }
+        w.line(&format!("return {};", names::var(k, x)));
+        w.close_with(";");
+        Ok(())
+    }
+
     fn loop_body(&self, w: &mut CWriter, st: &StagePlan) -> Result<(), CompileError> {
         let (k, plan) = (self.k, self.plan);
         let rope = st.elem.iter().any(|v| matches!(k.node(*v).op, Op::Rope { .. } | Op::RopeTable { .. }));
@@ -373,8 +425,16 @@ impl Body<'_> {
             let node = k.node(v);
             let (Op::Rope { x, .. } | Op::RopeTable { x, .. }) = node.op else { continue };
             let args: Vec<String> = node.op.operands().iter().map(|o| self.operand(*o)).collect();
-            let row = names::param_row(k, x as usize);
-            if let Some(lines) = rope_vector_call(&node.op, &args, &row, &rope_table_name(v)) {
+            let table = rope_table_name(v);
+            let (row, lambda) = (self.rope_row_source(x), format!("{table}_src"));
+            let src = match &row {
+                Some(row) => RopeSource::Row(row),
+                None => {
+                    self.rope_source_fn(w, x, &lambda)?;
+                    RopeSource::Fn(&lambda)
+                }
+            };
+            if let Some(lines) = rope_vector_call(&node.op, &args, &src, &table) {
                 for l in lines {
                     w.line_c(&l, &format!("{}: this thread's columns", self.node_comment(v)));
                 }

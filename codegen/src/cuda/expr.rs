@@ -43,21 +43,35 @@ pub fn op_expr(op: &Op, arg_dtypes: &[DType], o: &Operands<'_>) -> Option<String
     })
 }
 
+/// Where a rope reads the value it rotates.
+pub enum RopeSource<'a> {
+    /// Straight from this block's row of a `Row` param (vector loads where the layout allows).
+    Row(&'a str),
+    /// From a device lambda `float(int column)` that evaluates the source expression (a bias
+    /// add, a norm's scale) at any column of the row.
+    Fn(&'a str),
+}
+
 /// The statements that rotate this thread's vector of a `Rope` node (before the element loop)
-/// into `{table}` (`float {table}[VEC]`); `row` is the block's row of the rotated param.
-pub fn rope_vector_call(op: &Op, args: &[String], row: &str, table: &str) -> Option<[String; 2]> {
+/// into `{table}` (`float {table}[VEC]`); `args` spell the node's operands.
+pub fn rope_vector_call(op: &Op, args: &[String], src: &RopeSource<'_>, table: &str) -> Option<[String; 2]> {
+    // Operands: x, pos, theta, head_dim, .. (`Rope`) or x, pos, head_dim (`RopeTable`).
     let (style, head_dim) = match op {
-        Op::Rope { style, .. } => (style, &args[2]),
-        Op::RopeTable { style, .. } => (style, &args[1]),
+        Op::Rope { style, .. } => (style, &args[3]),
+        Op::RopeTable { style, .. } => (style, &args[2]),
         _ => return None,
     };
     let f = match style {
         RopeStyle::HalfSplit => "kiln_rope_half_split",
         RopeStyle::Interleaved => "kiln_rope_interleaved",
     };
+    let (f, src) = match src {
+        RopeSource::Row(row) => (f.to_string(), row),
+        RopeSource::Fn(lambda) => (format!("{f}_of"), lambda),
+    };
     Some([
         format!("float {table}[VEC];"),
-        format!("{f}<VEC>({table}, {row}, c0, {head_dim}, {table}_cos, {table}_sin);"),
+        format!("{f}<VEC>({table}, {src}, c0, {head_dim}, {table}_cos, {table}_sin);"),
     ])
 }
 
@@ -74,18 +88,20 @@ pub fn rope_table_fill(op: &Op, args: &[String], table: &str) -> Option<[String;
                 RopeStyle::HalfSplit => 1,
                 RopeStyle::Interleaved => 2,
             };
+            // Operands x, pos, head_dim, then the table's pointer.
             let fill =
-                format!("kiln_rope_table_freqs({table}_cos, {table}_sin, {}, {}, {}, {step});", a(0), a(1), a(2));
+                format!("kiln_rope_table_freqs({table}_cos, {table}_sin, {}, {}, {}, {step});", a(1), a(2), a(3));
             return Some([decl, fill]);
         }
         _ => return None,
     };
+    // Operands x, pos, theta, head_dim, then the four scaling factors.
     let sc = if scaling.is_some() {
-        format!("kiln_llama3_on({}, {}, {}, {})", a(3), a(4), a(5), a(6))
+        format!("kiln_llama3_on({}, {}, {}, {})", a(4), a(5), a(6), a(7))
     } else {
         "kiln_llama3_off()".to_string()
     };
-    Some([decl, format!("kiln_rope_table({table}_cos, {table}_sin, {}, {}, {}, {sc});", a(0), a(1), a(2))])
+    Some([decl, format!("kiln_rope_table({table}_cos, {table}_sin, {}, {}, {}, {sc});", a(1), a(2), a(3))])
 }
 
 fn unary(u: UnaryOp, d: DType, a: &str) -> String {

@@ -18,7 +18,7 @@
 //!   an earlier stage.
 
 use super::prelude::Sections;
-use crate::ir::{DType, Kernel, Op, OutputKind, ParamKind, ReduceOp, Shape, ValueId};
+use crate::ir::{elem_cone, DType, Kernel, Op, OutputKind, ParamKind, ReduceOp, Shape, ValueId};
 use crate::schedule::Schedule;
 
 #[derive(Clone, Debug, Default)]
@@ -77,15 +77,27 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
     if s.stage_of.len() != n {
         return Err(format!("schedule covers {} nodes, the kernel has {n}", s.stage_of.len()));
     }
-    // Liveness: outputs, then operands of live nodes (reverse SSA order).
+    // Liveness: outputs, then operands of live nodes (reverse SSA order). A rope's source is
+    // not live through the rope: the rope evaluates it itself, at each column and its partner,
+    // from memory (`rope_src`), reading the uniform values it is built from.
     let mut live = vec![false; n];
+    let mut rope_src = vec![false; n];
     for o in &k.outputs {
         live[o.value.index()] = true;
     }
     for i in (0..n).rev() {
-        if live[i] {
-            for o in k.nodes[i].op.operands() {
-                live[o.index()] = true;
+        if !live[i] {
+            continue;
+        }
+        for o in k.nodes[i].op.value_operands() {
+            live[o.index()] = true;
+        }
+        if let Op::Rope { x, .. } | Op::RopeTable { x, .. } = k.nodes[i].op {
+            for c in elem_cone(&k.nodes, x) {
+                rope_src[c.index()] = true;
+                for o in k.node(c).op.operands().into_iter().filter(|o| k.ty(*o).shape == Shape::Uniform) {
+                    live[o.index()] = true;
+                }
             }
         }
     }
@@ -95,7 +107,7 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
         if !live[i] {
             continue;
         }
-        for o in node.op.operands() {
+        for o in node.op.value_operands() {
             let (su, so) = (s.stage_of[i], s.stage_of[o.index()]);
             let is_reduce = matches!(node.op, Op::Reduce(..));
             if so > su || (is_reduce && so != su) {
@@ -210,7 +222,7 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
             if !here {
                 continue;
             }
-            for o in node.op.operands() {
+            for o in node.op.value_operands() {
                 if remat[o.index()] && si > s.stage_of[o.index()] {
                     row[o.index()] = true;
                 }
@@ -252,26 +264,17 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
             ));
         }
     }
-    // Row params whose row pointer is needed.
+    // Row params whose row pointer is needed (by a load or a rope's source).
     let mut row_params = vec![];
-    let mut rope = false;
     for (i, node) in k.nodes.iter().enumerate() {
-        if !live[i] {
-            continue;
-        }
-        let p = match node.op {
-            Op::Param(p) => p,
-            Op::Rope { x, .. } | Op::RopeTable { x, .. } => {
-                rope = true;
-                x
-            }
-            _ => continue,
-        };
-        if matches!(k.params[p as usize].kind, ParamKind::Row(_)) && !row_params.contains(&(p as usize)) {
+        let Op::Param(p) = node.op else { continue };
+        if (live[i] || rope_src[i]) && matches!(k.params[p as usize].kind, ParamKind::Row(_)) {
             row_params.push(p as usize);
         }
     }
     row_params.sort();
+    row_params.dedup();
+    let rope = (0..n).any(|i| live[i] && matches!(k.nodes[i].op, Op::Rope { .. } | Op::RopeTable { .. }));
     let sections = Sections { reduce: stages.iter().any(|s| !s.reductions.is_empty()), rope };
     Ok(Plan { cached, is_cached, fixed, stages, row_params, sections })
 }
@@ -315,11 +318,6 @@ fn check_lowered(k: &Kernel) -> Result<(), String> {
                 continue;
             }
             Op::Param(p) if *p as usize >= k.params.len() => return Err(format!("%{i}: no param {p}")),
-            Op::Rope { x, .. } | Op::RopeTable { x, .. }
-                if !matches!(k.params.get(*x as usize).map(|p| p.kind), Some(ParamKind::Row(_))) =>
-            {
-                return Err(format!("%{i}: rope must read a Row param"))
-            }
             Op::RopeTable { table, .. }
                 if k.params.get(*table as usize).map(|p| p.kind) != Some(ParamKind::Bcast(DType::F32)) =>
             {

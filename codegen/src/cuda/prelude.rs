@@ -226,6 +226,29 @@ __device__ __forceinline__ void kiln_rope_interleaved(float (&out)[VEC], const T
     out[e] = (c & 1) == 0 ? xa * cs[i] - xb * sn[i] : xa * cs[i] + xb * sn[i];
   }
 }
+// The same rotations with the source given as a function of the column (a device lambda that
+// evaluates a bias add or a norm's scale at any column), read element by element.
+template <int VEC, typename F>
+__device__ __forceinline__ void kiln_rope_half_split_of(float (&out)[VEC], F src, int c0, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
+  const int half = head_dim / 2;
+  #pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const int c = c0 + e, j = c % head_dim;
+    const bool first = j < half;
+    const int i = first ? j : j - half;
+    const float xa = src(c), xb = src(first ? c + half : c - half);
+    out[e] = first ? xa * cs[i] - xb * sn[i] : xa * cs[i] + xb * sn[i];
+  }
+}
+template <int VEC, typename F>
+__device__ __forceinline__ void kiln_rope_interleaved_of(float (&out)[VEC], F src, int c0, int head_dim, const float* __restrict__ cs, const float* __restrict__ sn) {
+  #pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const int c = c0 + e, i = (c % head_dim) / 2;
+    const float xa = src(c), xb = src(c ^ 1);
+    out[e] = (c & 1) == 0 ? xa * cs[i] - xb * sn[i] : xa * cs[i] + xb * sn[i];
+  }
+}
 #endif  // KILN_PRELUDE_ROPE
 "#;
 

@@ -17,13 +17,15 @@ use crate::ir::{
 pub type SampleFn = fn(DType) -> Result<Kernel, BuildError>;
 
 /// Every sample, by name.
-pub const SAMPLES: [(&str, SampleFn); 9] = [
+pub const SAMPLES: [(&str, SampleFn); 11] = [
     ("rms_norm", rms_norm),
     ("add_rms_norm", add_rms_norm),
     ("silu_mul", silu_mul),
     ("rope_half_split", rope_half_split),
     ("rope_llama3_interleaved", rope_llama3_interleaved),
     ("rope_table_interleaved", rope_table_interleaved),
+    ("rope_bias_half_split", rope_bias_half_split),
+    ("rms_norm_rope", rms_norm_rope),
     ("logsumexp", logsumexp),
     ("softmax", softmax),
     ("op_zoo", op_zoo),
@@ -117,11 +119,11 @@ pub fn silu_mul(d: DType) -> Result<Kernel, BuildError> {
 /// HF-layout RoPE of a `[tokens * heads, head_dim]` row block, one position per row.
 pub fn rope_half_split(d: DType) -> Result<Kernel, BuildError> {
     let mut b = Builder::new("rope_half_split", &src("rope_half_split"), d);
-    b.param("q", ParamKind::Row(d))?;
+    let q = b.param("q", ParamKind::Row(d))?;
     let pos = b.param("pos", ParamKind::PerRow(DType::I32))?;
     let theta = b.param("theta", ParamKind::Comptime(DType::F32))?;
     let hd = b.param("head_dim", ParamKind::Comptime(DType::I32))?;
-    let q = b.param_index("q").ok_or_else(|| BuildError::Duplicate("q".into()))?;
+    let q = b.widen(q)?;
     let r = b.rope(q, pos, theta, hd, RopeStyle::HalfSplit, None)?;
     let r = named(&mut b, r, "q_rot");
     b.output("q_rot", OutputKind::Row(d), r)?;
@@ -131,7 +133,7 @@ pub fn rope_half_split(d: DType) -> Result<Kernel, BuildError> {
 /// Interleaved RoPE with Llama-3 frequency scaling.
 pub fn rope_llama3_interleaved(d: DType) -> Result<Kernel, BuildError> {
     let mut b = Builder::new("rope_llama3_interleaved", &src("rope_llama3_interleaved"), d);
-    b.param("k", ParamKind::Row(d))?;
+    let k = b.param("k", ParamKind::Row(d))?;
     let pos = b.param("pos", ParamKind::PerRow(DType::I32))?;
     let theta = b.param("theta", ParamKind::Comptime(DType::F32))?;
     let hd = b.param("head_dim", ParamKind::Comptime(DType::I32))?;
@@ -139,7 +141,7 @@ pub fn rope_llama3_interleaved(d: DType) -> Result<Kernel, BuildError> {
     let low = b.param("low_freq_factor", ParamKind::Comptime(DType::F32))?;
     let high = b.param("high_freq_factor", ParamKind::Comptime(DType::F32))?;
     let orig = b.param("original_max_position", ParamKind::Comptime(DType::F32))?;
-    let k = b.param_index("k").ok_or_else(|| BuildError::Duplicate("k".into()))?;
+    let k = b.widen(k)?;
     let scaling = Llama3Scaling { factor, low_freq_factor: low, high_freq_factor: high, original_max_position: orig };
     let r = b.rope(k, pos, theta, hd, RopeStyle::Interleaved, Some(scaling))?;
     let r = named(&mut b, r, "k_rot");
@@ -150,15 +152,60 @@ pub fn rope_llama3_interleaved(d: DType) -> Result<Kernel, BuildError> {
 /// Interleaved RoPE with the inverse frequencies read from a `Bcast<f32>` table.
 pub fn rope_table_interleaved(d: DType) -> Result<Kernel, BuildError> {
     let mut b = Builder::new("rope_table_interleaved", &src("rope_table_interleaved"), d);
-    b.param("k", ParamKind::Row(d))?;
+    let k = b.param("k", ParamKind::Row(d))?;
     let pos = b.param("pos", ParamKind::PerRow(DType::I32))?;
     b.param("inv_freq", ParamKind::Bcast(DType::F32))?;
     let hd = b.param("head_dim", ParamKind::Comptime(DType::I32))?;
-    let k = b.param_index("k").ok_or_else(|| BuildError::Duplicate("k".into()))?;
+    let k = b.widen(k)?;
     let t = b.param_index("inv_freq").ok_or_else(|| BuildError::Duplicate("inv_freq".into()))?;
     let r = b.rope_table(k, pos, t, hd, RopeStyle::Interleaved)?;
     let r = named(&mut b, r, "k_rot");
     b.output("k_rot", OutputKind::Row(d), r)?;
+    b.finish()
+}
+
+/// Qwen2's biased key before RoPE, in the rope: `k_rot = rope(k + bias)`, and `v + bias_v`
+/// beside it (a rope's source evaluated at the partner column too).
+pub fn rope_bias_half_split(d: DType) -> Result<Kernel, BuildError> {
+    let mut b = Builder::new("rope_bias_half_split", &src("rope_bias_half_split"), d);
+    let k = b.param("k", ParamKind::Row(d))?;
+    let v = b.param("v", ParamKind::Row(d))?;
+    let bk = b.param("bias_k", ParamKind::Bcast(d))?;
+    let bv = b.param("bias_v", ParamKind::Bcast(d))?;
+    let pos = b.param("pos", ParamKind::PerRow(DType::I32))?;
+    let theta = b.param("theta", ParamKind::Comptime(DType::F32))?;
+    let hd = b.param("head_dim", ParamKind::Comptime(DType::I32))?;
+    let (k, v, bk, bv) = (b.widen(k)?, b.widen(v)?, b.widen(bk)?, b.widen(bv)?);
+    let kb = b.binary(BinaryOp::Add, k, bk)?;
+    let r = b.rope(kb, pos, theta, hd, RopeStyle::HalfSplit, None)?;
+    let r = named(&mut b, r, "k_rot");
+    let vb = b.binary(BinaryOp::Add, v, bv)?;
+    b.output("k_rot", OutputKind::Row(d), r)?;
+    b.output("v_out", OutputKind::Row(d), vb)?;
+    b.finish()
+}
+
+/// Qwen3's per-head norm before RoPE, in one kernel over one head per row: the mean square is
+/// a reduction (stage 0) and the rope's source `x * inv * w` reads it (stage 1).
+pub fn rms_norm_rope(d: DType) -> Result<Kernel, BuildError> {
+    let mut b = Builder::new("rms_norm_rope", &src("rms_norm_rope"), d);
+    let x = b.param("x", ParamKind::Row(d))?;
+    let w = b.param("w", ParamKind::Bcast(d))?;
+    let pos = b.param("pos", ParamKind::PerRow(DType::I32))?;
+    let theta = b.param("theta", ParamKind::Comptime(DType::F32))?;
+    let hd = b.param("head_dim", ParamKind::Comptime(DType::I32))?;
+    let (x, w) = (b.widen(x)?, b.widen(w)?);
+    let sq = b.binary(BinaryOp::Mul, x, x)?;
+    let ms = b.reduce(ReduceOp::Mean, sq)?;
+    let eps = b.f32(1e-6);
+    let ms = b.binary(BinaryOp::Add, ms, eps)?;
+    let inv = b.unary(UnaryOp::Rsqrt, ms)?;
+    let inv = named(&mut b, inv, "inv");
+    let xn = b.binary(BinaryOp::Mul, x, inv)?;
+    let xn = b.binary(BinaryOp::Mul, xn, w)?;
+    let r = b.rope(xn, pos, theta, hd, RopeStyle::HalfSplit, None)?;
+    let r = named(&mut b, r, "y");
+    b.output("y", OutputKind::Row(d), r)?;
     b.finish()
 }
 

@@ -189,8 +189,7 @@ impl<'k> Eval<'k> {
                 Val::F(e.iter().map(|&v| v / s).collect())
             }
             Op::Rope { x, pos, theta, head_dim, style, scaling } => {
-                let RowIn::F(xs) = &self.ins[x as usize] else { panic!("rope operand") };
-                let xs = xs.clone();
+                let xs = self.f(x);
                 let scalar_f = |e: &mut Self, v: ValueId| e.f(v)[0];
                 let Val::I(p) = self.value(pos) else { panic!("pos") };
                 let Val::I(hd) = self.value(head_dim) else { panic!("head_dim") };
@@ -206,10 +205,9 @@ impl<'k> Eval<'k> {
                 Val::F(rope_row(&xs, p[0], th, hd[0] as usize, style, sc))
             }
             Op::RopeTable { x, pos, head_dim, style, table } => {
-                let (RowIn::F(xs), RowIn::F(t)) = (&self.ins[x as usize], &self.ins[table as usize]) else {
-                    panic!("rope operands")
-                };
-                let (xs, t) = (xs.clone(), t.clone());
+                let RowIn::F(t) = &self.ins[table as usize] else { panic!("rope table") };
+                let t = t.clone();
+                let xs = self.f(x);
                 let Val::I(p) = self.value(pos) else { panic!("pos") };
                 let Val::I(hd) = self.value(head_dim) else { panic!("head_dim") };
                 let step = if style == RopeStyle::HalfSplit { 1 } else { 2 };

@@ -146,7 +146,7 @@ pub fn rope(d: DType, style: RopeStyle, llama3: bool) -> Kernel {
         (RopeStyle::Interleaved, true) => "rope_interleaved_llama3",
     };
     let mut b = Builder::new(name, SRC, d);
-    b.param("x", ParamKind::Row(d)).unwrap();
+    let x = b.param("x", ParamKind::Row(d)).unwrap();
     let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
     let theta = b.param("theta", ParamKind::Comptime(DType::F32)).unwrap();
     let hd = b.param("head_dim", ParamKind::Comptime(DType::I32)).unwrap();
@@ -159,7 +159,7 @@ pub fn rope(d: DType, style: RopeStyle, llama3: bool) -> Kernel {
             original_max_position: p("original_max_position"),
         }
     });
-    let x = b.param_index("x").unwrap();
+    let x = b.widen(x).unwrap();
     let y = b.rope(x, pos, theta, hd, style, scaling).unwrap();
     b.output("y", OutputKind::Row(d), y).unwrap();
     b.finish().unwrap()
@@ -168,11 +168,12 @@ pub fn rope(d: DType, style: RopeStyle, llama3: bool) -> Kernel {
 /// `y = rope(x)` with the inverse frequencies from a `Bcast<f32>` table.
 pub fn rope_table(d: DType, style: RopeStyle) -> Kernel {
     let mut b = Builder::new("rope_table", SRC, d);
-    b.param("x", ParamKind::Row(d)).unwrap();
+    let x = b.param("x", ParamKind::Row(d)).unwrap();
     let pos = b.param("pos", ParamKind::PerRow(DType::I32)).unwrap();
     b.param("inv_freq", ParamKind::Bcast(DType::F32)).unwrap();
     let hd = b.param("head_dim", ParamKind::Comptime(DType::I32)).unwrap();
-    let y = b.rope_table(0, pos, 2, hd, style).unwrap();
+    let x = b.widen(x).unwrap();
+    let y = b.rope_table(x, pos, 2, hd, style).unwrap();
     b.output("y", OutputKind::Row(d), y).unwrap();
     b.finish().unwrap()
 }

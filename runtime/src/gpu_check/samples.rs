@@ -2,7 +2,7 @@
 //! dtype. They stand in for the models crate's `#[fused]` kernels until those exist, and
 //! between them cover every parameter and output kind: Row, Bcast, PerRow (i32 positions),
 //! comptime f32 and i32, Row and PerRow outputs, one- and two-stage kernels, RoPE with
-//! Llama-3 scaling, softmax.
+//! Llama-3 scaling and RoPE of computed values (two of the codegen's samples), softmax.
 
 use crate::device::fused_def::{leak_def, DefError};
 use kiln_codegen::builder::{BuildError, Builder};
@@ -26,10 +26,13 @@ pub fn all() -> Result<&'static [&'static FusedDef], DefError> {
 type MakeKernel = fn(DType) -> Result<Kernel, BuildError>;
 
 fn build_all() -> Result<Vec<&'static FusedDef>, DefError> {
-    let makers: [(&str, MakeKernel); 5] = [
+    let makers: [(&str, MakeKernel); 7] = [
         ("add_rms_norm", add_rms_norm),
         ("silu_mul", silu_mul),
         ("rope_llama3", rope_llama3),
+        // RoPE of computed values (a bias add; a norm's scale after its reduction).
+        ("rope_bias_half_split", kiln_codegen::cuda::samples::rope_bias_half_split),
+        ("rms_norm_rope", kiln_codegen::cuda::samples::rms_norm_rope),
         ("softmax", softmax),
         ("logsumexp", logsumexp),
     ];
@@ -81,7 +84,7 @@ pub fn silu_mul(d: DType) -> Result<Kernel, BuildError> {
 /// with Llama-3 frequency scaling.
 pub fn rope_llama3(d: DType) -> Result<Kernel, BuildError> {
     let mut b = Builder::new("rope_llama3", SOURCE, d);
-    b.param("x", ParamKind::Row(d))?;
+    let x = b.param("x", ParamKind::Row(d))?;
     let pos = b.param("pos", ParamKind::PerRow(DType::I32))?;
     let theta = b.param("theta", ParamKind::Comptime(DType::F32))?;
     let head_dim = b.param("head_dim", ParamKind::Comptime(DType::I32))?;
@@ -89,9 +92,9 @@ pub fn rope_llama3(d: DType) -> Result<Kernel, BuildError> {
     let low = b.param("low_freq_factor", ParamKind::Comptime(DType::F32))?;
     let high = b.param("high_freq_factor", ParamKind::Comptime(DType::F32))?;
     let orig = b.param("original_max_position", ParamKind::Comptime(DType::F32))?;
-    let x_idx = b.param_index("x").unwrap_or(0);
+    let x = b.widen(x)?;
     let scaling = Llama3Scaling { factor, low_freq_factor: low, high_freq_factor: high, original_max_position: orig };
-    let y = b.rope(x_idx, pos, theta, head_dim, RopeStyle::HalfSplit, Some(scaling))?;
+    let y = b.rope(x, pos, theta, head_dim, RopeStyle::HalfSplit, Some(scaling))?;
     b.output("out", OutputKind::Row(d), y)?;
     b.finish()
 }
