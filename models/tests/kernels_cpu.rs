@@ -576,6 +576,99 @@ fn rope_kv_write_llama3_matches_ref() {
     );
 }
 
+/// `x + bias` per column, the biased projection the `_bias` rope kernels rotate.
+fn biased(x: &[f64], b: &[f64]) -> Vec<f64> {
+    x.iter().zip(b).map(|(x, b)| x + b).collect()
+}
+
+/// Qwen2's q: the bias add inside the rotation equals rotating the biased row.
+#[test]
+fn rope_half_bias_matches_ref() {
+    for (di, &dt) in DTYPES.iter().enumerate() {
+        for (si, &(head_dim, heads, pad)) in ROPE_SHAPES.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 13);
+            let width = head_dim * heads;
+            let s = Shape { rows: 6, width, stride: width + pad };
+            let (x, b) = (Data::random(&mut rng, dt, s.len(), 0.1, 2.0), Data::random(&mut rng, dt, width, -1.0, 1.0));
+            let pos: Vec<i32> = (0..s.rows).map(|_| rng.random_range(1..48)).collect();
+            let pos_d = Data::I32(pos.clone());
+            let mut y = Data::poisoned(dt, s.len());
+            let params = [
+                row(&x, s),
+                CpuParam::bcast(b.as_in()),
+                CpuParam::per_row(pos_d.as_in()),
+                CpuParam::Comptime(CpuScalar::F32(THETA)),
+                CpuParam::Comptime(CpuScalar::I32(head_dim as i32)),
+            ];
+            rope::rope_half_bias::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, width).unwrap();
+            let (xs, bs) = (x.to_f64(), b.to_f64());
+            let want: Vec<_> = s
+                .rows(&xs)
+                .zip(&pos)
+                .map(|(r, &p)| rope::rope_half_ref(&biased(r, &bs), p, THETA as f64, head_dim))
+                .collect();
+            let t = if dt == DType::F32 { 1e-5 } else { tol(dt) };
+            check("rope_half_bias", dt, s, &y, &want, t);
+        }
+    }
+}
+
+/// Qwen2's k and v: `k + bias_k` rotated and `v + bias_v` written to the cache rows of `slot`
+/// (a negative slot skips its token; untouched rows stay poisoned).
+#[test]
+fn rope_kv_write_bias_matches_ref() {
+    for (di, &dt) in DTYPES.iter().enumerate() {
+        for (si, &(head_dim, heads, pad)) in ROPE_SHAPES.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 17);
+            let width = head_dim * heads;
+            let s = Shape { rows: 4, width, stride: width + pad };
+            let cache = Shape { rows: 6, width, stride: width };
+            let (k, v) = (Data::random(&mut rng, dt, s.len(), 0.1, 2.0), Data::random(&mut rng, dt, s.len(), 0.1, 2.0));
+            let (bk, bv) = (Data::random(&mut rng, dt, width, -1.0, 1.0), Data::random(&mut rng, dt, width, -1.0, 1.0));
+            let pos: Vec<i32> = (0..s.rows).map(|_| rng.random_range(1..48)).collect();
+            let slot = vec![5, -1, 0, 3];
+            let (pos_d, slot_d) = (Data::I32(pos.clone()), Data::I32(slot.clone()));
+            let (mut kc, mut vc) = (Data::poisoned(dt, cache.len()), Data::poisoned(dt, cache.len()));
+            let params = [
+                row(&k, s),
+                row(&v, s),
+                CpuParam::bcast(bk.as_in()),
+                CpuParam::bcast(bv.as_in()),
+                CpuParam::per_row(pos_d.as_in()),
+                CpuParam::per_row(slot_d.as_in()),
+                CpuParam::Comptime(CpuScalar::F32(THETA)),
+                CpuParam::Comptime(CpuScalar::I32(head_dim as i32)),
+            ];
+            rope::rope_kv_write_bias::cpu(dt, &params, &mut [out(&mut kc, cache), out(&mut vc, cache)], s.rows, width)
+                .unwrap();
+            let (ks, vs, bks, bvs) = (k.to_f64(), v.to_f64(), bk.to_f64(), bv.to_f64());
+            let (krows, vrows): (Vec<&[f64]>, Vec<&[f64]>) = (s.rows(&ks).collect(), s.rows(&vs).collect());
+            let t = if dt == DType::F32 { 1e-5 } else { tol(dt) };
+            let one = Shape { rows: 1, width, stride: width };
+            let cache_row = |d: &Data, c: usize| {
+                Data::from_f32(
+                    DType::F32,
+                    &d.to_f64()[c * width..(c + 1) * width].iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                )
+            };
+            for c in 0..cache.rows {
+                let (kg, vg) = (cache_row(&kc, c), cache_row(&vc, c));
+                match slot.iter().position(|&x| x == c as i32) {
+                    None => assert!(
+                        kg.to_f64().iter().chain(&vg.to_f64()).all(|x| x.is_nan()),
+                        "{dt}: cache row {c} written"
+                    ),
+                    Some(r) => {
+                        let want_k = rope::rope_half_ref(&biased(krows[r], &bks), pos[r], THETA as f64, head_dim);
+                        check("rope_kv_write_bias k", dt, one, &kg, &[want_k], t);
+                        check("rope_kv_write_bias v", dt, one, &vg, &[biased(vrows[r], &bvs)], t);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A frequency table for `rope_half_table`: per pair, LongRoPE-like `1 / (f_i * theta^(2i/rd))`
 /// over the first `rd = 3/4 head_dim` dims (rounded to pairs) and 0 (pass-through) for the
 /// rest; tiled per head over `width` columns as the loader writes it. Returns (pairs, tiled).

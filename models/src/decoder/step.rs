@@ -45,9 +45,21 @@ pub struct Workspace {
 }
 
 impl Decoder {
+    /// The q/k/v bias when the RoPE kernels add it (plain RoPE and no per-head norm between
+    /// the projection and the rotation); otherwise `qkv` adds it in a pass of its own.
+    fn rope_bias<'a>(&self, layer: &'a Layer) -> Option<&'a Tensor> {
+        let plain = layer.rope_freqs.is_none() && llama3_params(&layer.spec.rope).is_none();
+        layer.qkv_bias.as_ref().filter(|_| plain && layer.qk_norm.is_none())
+    }
+
     /// RoPE of q (`x`) into `out`, with the layer's frequency schedule.
     fn rope_q(&self, layer: &Layer, x: &Tensor, pos: &Tensor, out: &mut Tensor) -> Result<(), ModelError> {
         let (rope, hd) = (&layer.spec.rope, self.spec.cfg.head_dim as i32);
+        if let Some(b) = self.rope_bias(layer) {
+            let bq = b.view_cols(0, x.cols())?;
+            rope::rope_half_bias::run(&self.dev, x, &bq, pos, rope.theta, hd, out)?;
+            return Ok(());
+        }
         if let Some(f) = &layer.rope_freqs {
             rope::rope_half_table::run(&self.dev, x, pos, &f.q, hd, out)?;
             return Ok(());
@@ -74,6 +86,13 @@ impl Decoder {
         let rope = &layer.spec.rope;
         let (hd, theta) = (self.spec.cfg.head_dim as i32, rope.theta);
         let (pos, slots) = (&inp.pos, &inp.slots);
+        if let Some(b) = self.rope_bias(layer) {
+            // The fused bias row is `[q | k | v]`; k and v here are its last two thirds' views.
+            let (q_cols, kv_cols) = (b.cols() - 2 * k.cols(), k.cols());
+            let (bk, bv) = (b.view_cols(q_cols, kv_cols)?, b.view_cols(q_cols + kv_cols, kv_cols)?);
+            rope::rope_kv_write_bias::run(&self.dev, k, v, &bk, &bv, pos, slots, theta, hd, k_pool, v_pool)?;
+            return Ok(());
+        }
         if let Some(f) = &layer.rope_freqs {
             rope::rope_kv_write_table::run(&self.dev, k, v, pos, slots, &f.k, hd, k_pool, v_pool)?;
             return Ok(());
@@ -385,7 +404,8 @@ impl Decoder {
         Ok(())
     }
 
-    /// The fused q/k/v projection of `h` into `qkv`, with its bias and per-head q/k norms.
+    /// The fused q/k/v projection of `h` into `qkv`, with its per-head q/k norms and its bias
+    /// (unless the RoPE kernels add it: [`Self::rope_bias`]).
     fn qkv(
         &self,
         layer: &Layer,
@@ -402,7 +422,7 @@ impl Decoder {
             None => qkv.clone(),
         };
         linear(&self.dev, h, &layer.wqkv, &mut proj)?;
-        if let Some(b) = &layer.qkv_bias {
+        if let Some(b) = layer.qkv_bias.as_ref().filter(|_| self.rope_bias(layer).is_none()) {
             let x = proj.clone(); // elementwise in place
             epilogue::bias_add::run(&self.dev, &x, b, &mut proj)?;
         }

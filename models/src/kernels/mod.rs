@@ -34,6 +34,8 @@ pub static ALL: &[&FusedDef] = &[
     &rope::rope_interleaved::DEF,
     &rope::rope_half_llama3::DEF,
     &rope::rope_kv_write::DEF,
+    &rope::rope_half_bias::DEF,
+    &rope::rope_kv_write_bias::DEF,
     &rope::rope_kv_write_llama3::DEF,
     &rope::rope_half_table::DEF,
     &rope::rope_kv_write_table::DEF,

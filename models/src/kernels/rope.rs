@@ -6,7 +6,9 @@
 //! scaling factors come from the model config at launch. `rope_half_table` takes the
 //! frequencies as data instead (a `[width]` f32 vector whose column `j < head_dim/2` holds pair
 //! `j`'s inverse frequency; the loader tiles it per head): LongRoPE's per-pair factors, and
-//! partial rotary as pass-through pairs of frequency 0 (see `decoder/rope_table.rs`).
+//! partial rotary as pass-through pairs of frequency 0 (see `decoder/rope_table.rs`). The
+//! `_bias` kernels rotate a biased projection (`x + bias`, Qwen2) with the add inside the
+//! rotation: a rope's source may be any per-column arithmetic on its parameters.
 //!
 //! The `*_ref` functions are the obviously-correct definitions (one row, f64), written from
 //! the published formulas (RoFormer; Llama-3.1's `rope_scaling`).
@@ -43,6 +45,14 @@ pub fn rope_half_llama3(
 #[fused]
 pub fn rope_half_table(x: Row, pos: PerRow<i32>, inv_freq: Bcast<f32>, #[comptime] head_dim: i32) -> Row {
     let y = rope_half_table(x, pos, inv_freq, head_dim);
+    y
+}
+
+/// [`rope_half`] of a biased projection (Qwen2's q): `rope(x + bias)`. The bias add is part of
+/// the rotation's source, evaluated at each column and its partner, not a pass of its own.
+#[fused]
+pub fn rope_half_bias(x: Row, bias: Bcast, pos: PerRow<i32>, #[comptime] theta: f32, #[comptime] head_dim: i32) -> Row {
+    let y = rope_half(x + bias, pos, theta, head_dim);
     y
 }
 
@@ -131,6 +141,24 @@ pub fn rope_kv_write(
 ) -> (Scatter<slot>, Scatter<slot>) {
     let k_cache = rope_half(k, pos, theta, head_dim);
     let v_cache = v;
+    (k_cache, v_cache)
+}
+
+/// [`rope_kv_write`] of a biased projection (Qwen2's k and v): `k + bias_k` rotated and
+/// `v + bias_v` written to the cache, the bias adds fused into the write.
+#[fused]
+pub fn rope_kv_write_bias(
+    k: Row,
+    v: Row,
+    bias_k: Bcast,
+    bias_v: Bcast,
+    pos: PerRow<i32>,
+    slot: PerRow<i32>,
+    #[comptime] theta: f32,
+    #[comptime] head_dim: i32,
+) -> (Scatter<slot>, Scatter<slot>) {
+    let k_cache = rope_half(k + bias_k, pos, theta, head_dim);
+    let v_cache = v + bias_v;
     (k_cache, v_cache)
 }
 
