@@ -125,6 +125,9 @@ impl ChatCompletionRequest {
         };
         let logprobs = match (self.logprobs, self.top_logprobs) {
             (Some(true), top) => Some(top.unwrap_or(0)),
+            // Without `logprobs: true` nothing is returned, but an out-of-range value is still
+            // refused (the schema's bound holds whatever else the request says).
+            (_, Some(top)) if top as usize > kiln_runtime::sample::params::MAX_LOGPROBS => Some(top),
             _ => None,
         };
         SamplingFields {
@@ -231,4 +234,24 @@ pub struct ChatCompletionChunk {
     pub choices: Vec<ChatChunkChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logprobs_of(json: &str) -> Option<u32> {
+        serde_json::from_str::<ChatCompletionRequest>(json).unwrap().sampling().logprobs
+    }
+
+    /// `top_logprobs` counts only with `logprobs: true`, but its range holds either way: 21
+    /// alone reaches validation (a 400 naming it) instead of being dropped silently.
+    #[test]
+    fn top_logprobs_is_range_checked_even_without_logprobs() {
+        let m = r#""messages": [{"role": "user", "content": "hi"}]"#;
+        assert_eq!(logprobs_of(&format!("{{{m}, \"logprobs\": true, \"top_logprobs\": 3}}")), Some(3));
+        assert_eq!(logprobs_of(&format!("{{{m}, \"top_logprobs\": 3}}")), None);
+        assert_eq!(logprobs_of(&format!("{{{m}, \"top_logprobs\": 21}}")), Some(21));
+        assert_eq!(logprobs_of(&format!("{{{m}, \"logprobs\": false, \"top_logprobs\": 21}}")), Some(21));
+    }
 }
