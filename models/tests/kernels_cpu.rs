@@ -11,7 +11,7 @@
 use half::{bf16, f16};
 use kiln_codegen::cpu::{CpuIn, CpuOut, CpuOutArg, CpuParam, CpuScalar};
 use kiln_codegen::ir::DType;
-use kiln_models::kernels::{activation, epilogue, gather, norm, rope, softmax};
+use kiln_models::kernels::{activation, epilogue, gather, norm, qk_norm_rope, rope, softmax};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -229,31 +229,6 @@ fn add2_layer_norm_matches_ref() {
             .unzip();
         check("add2_layer_norm.h", dt, s, &h, &want_h, tol(dt));
         check("add2_layer_norm.y", dt, s, &y, &want_y, tol(dt));
-    });
-}
-
-#[test]
-fn head_rms_norm_matches_ref() {
-    for_each_case(|rng, dt, s| {
-        let x = Data::random(rng, dt, s.len(), 0.1, 2.0);
-        let (wq, wk) = (Data::random(rng, dt, s.width, 0.5, 1.5), Data::random(rng, dt, s.width, 0.5, 1.5));
-        // Rows cycle through query, key and value heads, as in a fused q/k/v row per head.
-        let kind: Vec<i32> = (0..s.rows as i32).map(|r| r % 3).collect();
-        let eps = rng.random_range(1e-6f32..1e-4);
-        let mut y = Data::poisoned(dt, s.len());
-        let params = [
-            row(&x, s),
-            CpuParam::bcast(wq.as_in()),
-            CpuParam::bcast(wk.as_in()),
-            CpuParam::per_row(CpuIn::I32(&kind)),
-            CpuParam::Comptime(CpuScalar::F32(eps)),
-        ];
-        norm::head_rms_norm::cpu(dt, &params, &mut [out(&mut y, s)], s.rows, s.width).unwrap();
-        let (xs, wqs, wks) = (x.to_f64(), wq.to_f64(), wk.to_f64());
-        let want: Vec<_> =
-            s.rows(&xs).zip(&kind).map(|(r, &k)| norm::head_rms_norm_ref(r, &wqs, &wks, k, eps as f64)).collect();
-        // A value row is copied: exactly.
-        check("head_rms_norm", dt, s, &y, &want, tol(dt));
     });
 }
 
@@ -667,6 +642,110 @@ fn rope_kv_write_bias_matches_ref() {
             }
         }
     }
+}
+
+/// Qwen3 / Gemma 3: one row per (token, head) of the fused projection; each head is normed
+/// (with `wq` or `wk`), rotated and stored where its row says — q into the query buffer, k and v
+/// into the cache (a value head unnormed and exact) — and nothing else is written.
+fn qk_norm_rope_cases(name: &str, llama3: bool) {
+    let (nh, nkv, tokens) = (2usize, 1usize, 3usize);
+    let all = nh + 2 * nkv;
+    for (di, &dt) in DTYPES.iter().enumerate() {
+        for (si, &hd) in [64usize, 10, 2].iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64((di * 100 + si) as u64 + 19);
+            let s = Shape { rows: tokens * all, width: hd, stride: hd };
+            let x = Data::random(&mut rng, dt, s.len(), -2.0, 2.0);
+            let (wq, wk) = (Data::random(&mut rng, dt, hd, 0.5, 1.5), Data::random(&mut rng, dt, hd, 0.5, 1.5));
+            let (pos, slot) = (vec![3, 17, 40], vec![4, -1, 1]);
+            let (mut hpos, mut qr, mut kr, mut vr) = (vec![], vec![], vec![], vec![]);
+            for t in 0..tokens {
+                for h in 0..all {
+                    hpos.push(pos[t]);
+                    qr.push(if h < nh { (t * nh + h) as i32 } else { -1 });
+                    let cache = |j: usize| if slot[t] < 0 { -1 } else { slot[t] * nkv as i32 + j as i32 };
+                    kr.push(if (nh..nh + nkv).contains(&h) { cache(h - nh) } else { -1 });
+                    vr.push(if h >= nh + nkv { cache(h - nh - nkv) } else { -1 });
+                }
+            }
+            let qs = Shape { rows: tokens * nh, width: hd, stride: hd };
+            let cs = Shape { rows: 6 * nkv, width: hd, stride: hd };
+            let (mut q, mut kc, mut vc) =
+                (Data::poisoned(dt, qs.len()), Data::poisoned(dt, cs.len()), Data::poisoned(dt, cs.len()));
+            let eps = 1e-6f32;
+            let mut params = vec![
+                row(&x, s),
+                CpuParam::bcast(wq.as_in()),
+                CpuParam::bcast(wk.as_in()),
+                CpuParam::per_row(CpuIn::I32(&hpos)),
+                CpuParam::per_row(CpuIn::I32(&qr)),
+                CpuParam::per_row(CpuIn::I32(&kr)),
+                CpuParam::per_row(CpuIn::I32(&vr)),
+                CpuParam::Comptime(CpuScalar::F32(eps)),
+            ];
+            let theta = if llama3 { 500000.0 } else { THETA };
+            params.push(CpuParam::Comptime(CpuScalar::F32(theta)));
+            params.push(CpuParam::Comptime(CpuScalar::I32(hd as i32)));
+            if llama3 {
+                params.extend(llama3_scalars()[1..].iter().map(|&c| CpuParam::Comptime(c)));
+            }
+            let mut outs = [out(&mut q, qs), out(&mut kc, cs), out(&mut vc, cs)];
+            let run = if llama3 {
+                qk_norm_rope::qk_norm_rope_write_llama3::cpu
+            } else {
+                qk_norm_rope::qk_norm_rope_write::cpu
+            };
+            run(dt, &params, &mut outs, s.rows, hd).unwrap();
+            let (xs, wqs, wks) = (x.to_f64(), wq.to_f64(), wk.to_f64());
+            let rot = |r: &[f64], p: i32| match llama3 {
+                true => rope::rope_half_llama3_ref(r, p, 500000.0, hd, LLAMA3),
+                false => rope::rope_half_ref(r, p, THETA as f64, hd),
+            };
+            let one = Shape { rows: 1, width: hd, stride: hd };
+            let t = if dt == DType::F32 { 1e-5 } else { tol(dt) };
+            let row_of = |d: &Data, r: usize| {
+                Data::from_f32(
+                    DType::F32,
+                    &d.to_f64()[r * hd..(r + 1) * hd].iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                )
+            };
+            let mut written = (vec![false; qs.rows], vec![false; cs.rows], vec![false; cs.rows]);
+            for (r, xr) in s.rows(&xs).enumerate() {
+                let kind = (r % all >= nh) as i32 + (r % all >= nh + nkv) as i32;
+                let normed = norm::head_rms_norm_ref(xr, &wqs, &wks, kind, eps as f64);
+                if qr[r] >= 0 {
+                    check(name, dt, one, &row_of(&q, qr[r] as usize), &[rot(&normed, hpos[r])], t);
+                    written.0[qr[r] as usize] = true;
+                }
+                if kr[r] >= 0 {
+                    check(name, dt, one, &row_of(&kc, kr[r] as usize), &[rot(&normed, hpos[r])], t);
+                    written.1[kr[r] as usize] = true;
+                }
+                if vr[r] >= 0 {
+                    assert_eq!(
+                        row_of(&vc, vr[r] as usize).to_f64(),
+                        xr,
+                        "{name} {dt}: value head {r} is copied exactly"
+                    );
+                    written.2[vr[r] as usize] = true;
+                }
+            }
+            for (d, w) in [(&q, &written.0), (&kc, &written.1), (&vc, &written.2)] {
+                for (r, _) in w.iter().enumerate().filter(|(_, w)| !**w) {
+                    assert!(row_of(d, r).to_f64().iter().all(|v| v.is_nan()), "{name} {dt}: row {r} written");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn qk_norm_rope_write_matches_ref() {
+    qk_norm_rope_cases("qk_norm_rope_write", false);
+}
+
+#[test]
+fn qk_norm_rope_write_llama3_matches_ref() {
+    qk_norm_rope_cases("qk_norm_rope_write_llama3", true);
 }
 
 /// A frequency table for `rope_half_table`: per pair, LongRoPE-like `1 / (f_i * theta^(2i/rd))`

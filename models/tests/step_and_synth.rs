@@ -16,7 +16,7 @@ fn cache(blocks: usize) -> KvCache {
     KvCache { k: vec![t()], v: vec![t()], block_size: 16, num_blocks: blocks }
 }
 
-const HEADS: Heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 8 };
+const HEADS: Heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 8, per_head_rows: false };
 
 #[test]
 fn step_inputs_pack_the_batch() {
@@ -67,6 +67,35 @@ fn decode_buffers_are_refreshed_in_place_with_padding() {
     let big =
         ForwardBatch { tokens: &five, positions: &[0; 5], slots: &[0; 5], seqs: &many, logits_rows: &[0, 1, 2, 3, 4] };
     assert!(inp.refresh_decode(&Device::Cpu, &big, &kv).is_err());
+}
+
+/// A model with per-head q/k norms gets the step as one row per (token, head): each row's
+/// position, and where it goes — its query-buffer row, or its cache row `slot * n_kv + h` — with
+/// `-1` elsewhere and for a padding row of the decode form (it writes no K/V).
+#[test]
+fn per_head_rows_route_each_head() {
+    let heads = Heads { per_head_rows: true, ..HEADS }; // 2 query heads, 1 kv head: 4 rows a token
+    let table = [0u32];
+    let seqs = [SeqAttn { q_start: 0, q_len: 2, ctx_len: 2, block_table: &table }];
+    let batch = ForwardBatch { tokens: &[5, 6], positions: &[7, 8], slots: &[3, 9], seqs: &seqs, logits_rows: &[1] };
+    let inp = StepInputs::new(&Device::Cpu, &batch, &cache(4), heads).unwrap();
+    let v = |t: &Tensor| t.to_host::<i32>().unwrap();
+    let hr = inp.head_rows.as_ref().unwrap();
+    assert_eq!(v(&hr.pos), vec![7, 7, 7, 7, 8, 8, 8, 8]);
+    assert_eq!(v(&hr.q_row), vec![0, 1, -1, -1, 2, 3, -1, -1]);
+    assert_eq!(v(&hr.k_row), vec![-1, -1, 3, -1, -1, -1, 9, -1]);
+    assert_eq!(v(&hr.v_row), vec![-1, -1, -1, 3, -1, -1, -1, 9]);
+    assert!(StepInputs::new(&Device::Cpu, &batch, &cache(4), HEADS).unwrap().head_rows.is_none());
+    // Decode buffers: padding rows (slot -1) write no K/V.
+    let kv = cache(8);
+    let mut inp = StepInputs::for_decode(&Device::Cpu, 2, 4, &kv, heads).unwrap();
+    let one = [SeqAttn { q_start: 0, q_len: 1, ctx_len: 5, block_table: &table }];
+    let b = ForwardBatch { tokens: &[1], positions: &[4], slots: &[4], seqs: &one, logits_rows: &[0] };
+    inp.refresh_decode(&Device::Cpu, &b, &kv).unwrap();
+    let hr = inp.head_rows.as_ref().unwrap();
+    assert_eq!(v(&hr.pos), vec![4, 4, 4, 4, 0, 0, 0, 0]);
+    assert_eq!(v(&hr.k_row), vec![-1, -1, 4, -1, -1, -1, -1, -1]);
+    assert_eq!(v(&hr.v_row), vec![-1, -1, -1, 4, -1, -1, -1, -1]);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 use super::{moe, Decoder, Ffn, Layer, Mlp, MlpKind, NormKind, NormW, RopeSpec};
 use crate::config::RopeScalingKind;
-use crate::kernels::{activation, attention, epilogue, gather, norm, rope};
+use crate::kernels::{activation, attention, epilogue, gather, norm, qk_norm_rope, rope};
 use crate::model::{KvCache, ModelError, ModelInfo};
 use kiln_runtime::attention::PagedKv;
 use kiln_runtime::device::linear::{gather_rows_quantized, linear};
@@ -24,11 +24,6 @@ pub struct Workspace {
     residual: [Tensor; 2],
     h: Tensor,
     qkv: Tensor,
-    /// The q/k/v projection (with its bias) before its per-head norm (q/k-norm models only).
-    qkv_raw: Option<Tensor>,
-    /// q/k norms: `1 × capacity * (heads + 2 * kv heads)` i32, what each head row of the fused
-    /// projection is (0 query, 1 key, 2 value), for `head_rms_norm`.
-    head_kind: Option<Tensor>,
     q: Tensor,
     attn: Tensor,
     proj: Tensor,
@@ -220,7 +215,12 @@ impl StepModel for Decoder {
     }
     fn heads(&self) -> Heads {
         let c = &self.spec.cfg;
-        Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim }
+        Heads {
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            per_head_rows: self.spec.qk_norm,
+        }
     }
     fn captures_graphs(&self) -> bool {
         // The MoE routing reads the router's logits on the host.
@@ -236,25 +236,11 @@ impl StepModel for Decoder {
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let t = |cols: usize| Tensor::uninit(&self.dev, self.dtype, capacity, cols);
         let heads_per_token = nh + 2 * nkv;
-        let head_kind = if s.qk_norm {
-            let kinds: Vec<i32> = (0..capacity * heads_per_token)
-                .map(|r| match r % heads_per_token {
-                    h if h < nh => 0,
-                    h if h < nh + nkv => 1,
-                    _ => 2,
-                })
-                .collect();
-            Some(Tensor::from_host(&self.dev, &kinds, 1, kinds.len())?)
-        } else {
-            None
-        };
         let inter = c.intermediate_size.max(s.moe.map_or(0, |m| m.intermediate));
         Ok(Workspace {
             residual: [t(c.hidden_size)?, t(c.hidden_size)?],
             h: t(c.hidden_size)?,
             qkv: t(heads_per_token * hd)?,
-            qkv_raw: if s.qk_norm { Some(t(heads_per_token * hd)?) } else { None },
-            head_kind,
             q: t(nh * hd)?,
             attn: t(nh * hd)?,
             proj: t(c.hidden_size)?,
@@ -307,10 +293,15 @@ impl StepModel for Decoder {
         }
         self.norm(&residual, &self.layers[0].attn_norm, &mut h)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            self.qkv(layer, &h, inp, ws, &mut qkv)?;
-            self.rope_q(layer, &qkv.view_cols(0, nh * hd)?, &inp.pos, &mut q)?;
-            let (k_new, v_new) = (qkv.view_cols(nh * hd, nkv * hd)?, qkv.view_cols((nh + nkv) * hd, nkv * hd)?);
-            self.store_kv(layer, &k_new, &v_new, inp, &mut kv.k[l], &mut kv.v[l])?;
+            self.qkv(layer, &h, &mut qkv)?;
+            if let Some((wq, wk)) = &layer.qk_norm {
+                let pools = (&mut kv.k[l], &mut kv.v[l]);
+                self.qk_norm_rope_store(layer, (wq, wk), &qkv, inp, &mut q, pools)?;
+            } else {
+                self.rope_q(layer, &qkv.view_cols(0, nh * hd)?, &inp.pos, &mut q)?;
+                let (k_new, v_new) = (qkv.view_cols(nh * hd, nkv * hd)?, qkv.view_cols((nh + nkv) * hd, nkv * hd)?);
+                self.store_kv(layer, &k_new, &v_new, inp, &mut kv.k[l], &mut kv.v[l])?;
+            }
             let cache = PagedKv { k: &kv.k[l], v: &kv.v[l], head_dim: hd };
             self.attend(layer, &q, &cache, inp, &mut attn)?;
             linear(&self.dev, &attn, &layer.wo, &mut proj)?;
@@ -404,37 +395,49 @@ impl Decoder {
         Ok(())
     }
 
-    /// The fused q/k/v projection of `h` into `qkv`, with its per-head q/k norms and its bias
-    /// (unless the RoPE kernels add it: [`Self::rope_bias`]).
-    fn qkv(
+    /// The fused q/k/v projection of `h` into `qkv`, with its bias (unless the RoPE kernels
+    /// add it: [`Self::rope_bias`]).
+    fn qkv(&self, layer: &Layer, h: &Tensor, qkv: &mut Tensor) -> Result<(), ModelError> {
+        linear(&self.dev, h, &layer.wqkv, qkv)?;
+        if let Some(b) = layer.qkv_bias.as_ref().filter(|_| self.rope_bias(layer).is_none()) {
+            let x = qkv.clone(); // elementwise in place
+            epilogue::bias_add::run(&self.dev, &x, b, qkv)?;
+        }
+        Ok(())
+    }
+
+    /// Per-head q/k norms, RoPE of q and k, and the KV write of one layer in one kernel over
+    /// the projection seen as one row per (token, head) ([`HeadRows`]).
+    fn qk_norm_rope_store(
         &self,
         layer: &Layer,
-        h: &Tensor,
+        (wq, wk): (&Tensor, &Tensor),
+        qkv: &Tensor,
         inp: &StepInputs,
-        ws: &Workspace,
-        qkv: &mut Tensor,
+        q: &mut Tensor,
+        (k_pool, v_pool): (&mut Tensor, &mut Tensor),
     ) -> Result<(), ModelError> {
-        let n = inp.tokens();
-        let norm = layer.qk_norm.as_ref().zip(ws.head_kind.as_ref()).zip(ws.qkv_raw.as_ref());
-        // Projected (and biased) into `qkv` itself, or, before a per-head norm, into the raw buffer.
-        let mut proj = match norm {
-            Some((_, raw)) => raw.view_rows(0, n)?,
-            None => qkv.clone(),
-        };
-        linear(&self.dev, h, &layer.wqkv, &mut proj)?;
-        if let Some(b) = layer.qkv_bias.as_ref().filter(|_| self.rope_bias(layer).is_none()) {
-            let x = proj.clone(); // elementwise in place
-            epilogue::bias_add::run(&self.dev, &x, b, &mut proj)?;
+        let c = &self.spec.cfg;
+        let hr = inp.head_rows.as_ref().ok_or_else(|| ModelError::Load("q/k norms without per-head rows".into()))?;
+        if layer.rope_freqs.is_some() {
+            return Err(ModelError::Unsupported("q/k norms with a RoPE frequency table".into()));
         }
-        if let Some(((wq, wk), kinds)) = norm.map(|(nk, _)| nk) {
-            // One row per head: the fused projection is contiguous, so `[n, heads * hd]` is
-            // `[n * heads, hd]`.
-            let c = &self.spec.cfg;
-            let (heads, hd) = (c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim);
-            let x = proj.reshape(n * heads, hd)?;
-            let mut y = qkv.reshape(n * heads, hd)?;
-            let kinds = kinds.view_cols(0, n * heads)?;
-            norm::head_rms_norm::run(&self.dev, &x, wq, wk, &kinds, c.rms_norm_eps, &mut y)?;
+        let (hd, n) = (c.head_dim, inp.tokens());
+        let x = qkv.reshape(n * (c.num_attention_heads + 2 * c.num_key_value_heads), hd)?;
+        let mut q = q.reshape(n * c.num_attention_heads, hd)?;
+        let cache_rows = |t: &Tensor| t.reshape(t.rows() * c.num_key_value_heads, hd);
+        let (mut kc, mut vc) = (cache_rows(k_pool)?, cache_rows(v_pool)?);
+        let (eps, theta, rope) = (c.rms_norm_eps, layer.spec.rope.theta, &layer.spec.rope);
+        let (pos, qr, kr, vr) = (&hr.pos, &hr.q_row, &hr.k_row, &hr.v_row);
+        let outs = (&mut q, &mut kc, &mut vc);
+        let hd = hd as i32;
+        match llama3_params(rope) {
+            Some([f, lo, hi, orig]) => qk_norm_rope::qk_norm_rope_write_llama3::run(
+                &self.dev, &x, wq, wk, pos, qr, kr, vr, eps, theta, hd, f, lo, hi, orig, outs.0, outs.1, outs.2,
+            )?,
+            None => qk_norm_rope::qk_norm_rope_write::run(
+                &self.dev, &x, wq, wk, pos, qr, kr, vr, eps, theta, hd, outs.0, outs.1, outs.2,
+            )?,
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod epilogue;
 pub mod gather;
 pub mod generated;
 pub mod norm;
+pub mod qk_norm_rope;
 pub mod rope;
 pub mod softmax;
 
@@ -26,7 +27,6 @@ pub static ALL: &[&FusedDef] = &[
     &norm::add_rms_norm::DEF,
     &norm::layer_norm::DEF,
     &norm::add2_layer_norm::DEF,
-    &norm::head_rms_norm::DEF,
     &activation::silu_mul::DEF,
     &activation::gelu_tanh_mul::DEF,
     &activation::gelu::DEF,
@@ -39,6 +39,8 @@ pub static ALL: &[&FusedDef] = &[
     &rope::rope_kv_write_llama3::DEF,
     &rope::rope_half_table::DEF,
     &rope::rope_kv_write_table::DEF,
+    &qk_norm_rope::qk_norm_rope_write::DEF,
+    &qk_norm_rope::qk_norm_rope_write_llama3::DEF,
     &softmax::softmax::DEF,
     &epilogue::bias_add::DEF,
     &epilogue::residual_add::DEF,

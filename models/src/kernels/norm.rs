@@ -1,7 +1,8 @@
 //! Normalisations: `rms_norm`, `add_rms_norm` (residual add fused with the norm of the sum),
-//! `layer_norm`, `add2_layer_norm` (parallel-residual blocks) and `head_rms_norm` (per-head q/k
-//! norms). Each is one row kernel with one read of the row: the reduction splits it into
-//! two stages and the row stays in registers between them.
+//! `layer_norm` and `add2_layer_norm` (parallel-residual blocks). Each is one row kernel with
+//! one read of the row: the reduction splits it into two stages and the row stays in registers
+//! between them. The per-head q/k norm runs inside `qk_norm_rope` (with RoPE and the KV write);
+//! its reference, `head_rms_norm_ref`, is here with the others.
 //!
 //! The `*_ref` functions are the obviously-correct definitions (one row, f64) the kernels are
 //! tested against.
@@ -48,17 +49,6 @@ pub fn add2_layer_norm(a: Row, b: Row, residual: Row, w: Bcast, bias: Bcast, #[c
     (h, y)
 }
 
-/// Per-head RMSNorm of q and k (Qwen3, Gemma 3), on the fused q/k/v projection seen as one row
-/// per head (`[tokens * (n_heads + 2 * n_kv_heads), head_dim]`): `kind` says what each row is
-/// (0: a query head, normed with `wq`; 1: a key head, normed with `wk`; 2: a value head, copied).
-#[fused]
-pub fn head_rms_norm(x: Row, wq: Bcast, wk: Bcast, kind: PerRow<i32>, #[comptime] eps: f32) -> Row {
-    let inv = rsqrt(mean(x * x) + eps);
-    let w = select(kind == 0, wq, wk);
-    let y = select(kind == 2, x, x * inv * w);
-    y
-}
-
 pub fn rms_norm_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
     let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
     let inv = 1.0 / (ms + eps).sqrt();
@@ -86,6 +76,8 @@ pub fn add2_layer_norm_ref(
     (h, y)
 }
 
+/// Per-head RMSNorm of q and k: `kind` 0 a query head (normed with `wq`), 1 a key head (`wk`),
+/// 2 a value head (unchanged).
 pub fn head_rms_norm_ref(x: &[f64], wq: &[f64], wk: &[f64], kind: i32, eps: f64) -> Vec<f64> {
     match kind {
         0 => rms_norm_ref(x, wq, eps),

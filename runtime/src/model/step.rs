@@ -5,6 +5,10 @@
 //! nothing is copied between launches, which is what lets a decode step be captured in a
 //! CUDA graph.
 //!
+//! A model with per-head q/k norms also gets [`HeadRows`]: the same step seen as one row per
+//! (token, head) of its fused q/k/v projection, so that one kernel norms, rotates and stores
+//! every head (q into the query buffer, k and v into the cache) with no host work between.
+//!
 //! Two forms: [`StepInputs::new`] sizes the buffers for one batch (eager steps);
 //! [`StepInputs::for_decode`] makes fixed buffers for `bucket` one-token sequences that
 //! [`StepInputs::refresh_decode`] rewrites in place every step (a captured graph reads them).
@@ -27,7 +31,9 @@ pub struct StepInputs {
     /// Whether `logits_rows` is every row in order (the logits need no gather).
     pub all_rows: bool,
     pub plan: AttnPlan,
-    /// The packed buffer the four vectors view.
+    /// One row per (token, head) of the q/k/v projection, when [`Heads::per_head_rows`].
+    pub head_rows: Option<HeadRows>,
+    /// The packed buffer the vectors view.
     packed: Tensor,
     heads: Heads,
 }
@@ -38,14 +44,38 @@ pub struct Heads {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Whether the model wants [`HeadRows`] (per-head q/k norms fused with RoPE and the KV write).
+    pub per_head_rows: bool,
+}
+
+impl Heads {
+    /// Heads of one token's fused q/k/v projection: queries, then keys, then values.
+    pub fn qkv_heads(&self) -> usize {
+        self.n_heads + 2 * self.n_kv_heads
+    }
+}
+
+/// The step as rows of `head_dim` columns, row `t * qkv_heads + h` being head `h` of token `t`
+/// (`1 × tokens * qkv_heads` i32 each). Exactly one of `q_row`, `k_row`, `v_row` is `>= 0` on a
+/// row, except that `k_row`/`v_row` are `-1` for a token that writes no K/V (slot -1).
+pub struct HeadRows {
+    /// The token's position.
+    pub pos: Tensor,
+    /// Query heads: the row of the `[tokens * n_heads, head_dim]` query buffer.
+    pub q_row: Tensor,
+    /// Key heads: the row of the `[slots * n_kv_heads, head_dim]` key cache (`slot * n_kv + h`).
+    pub k_row: Tensor,
+    /// Value heads: the same for the value cache.
+    pub v_row: Tensor,
 }
 
 fn to_i32(what: &str, x: u64) -> Result<i32, ModelError> {
     i32::try_from(x).map_err(|_| ModelError::Batch(format!("{what} {x} does not fit an i32")))
 }
 
-/// `[ids | positions | slots | logits rows]` of `batch`, each padded to `rows` entries.
-fn pack(batch: &ForwardBatch<'_>, rows: usize, logit_rows: usize) -> Result<Vec<i32>, ModelError> {
+/// `[ids | positions | slots | logits rows]` of `batch`, each padded to `rows` entries, then
+/// for a model with [`Heads::per_head_rows`] the four vectors of [`HeadRows`] over those rows.
+fn pack(batch: &ForwardBatch<'_>, rows: usize, logit_rows: usize, heads: Heads) -> Result<Vec<i32>, ModelError> {
     let mut packed = Vec::with_capacity(3 * rows + logit_rows);
     for &t in batch.tokens {
         packed.push(to_i32("token id", t as u64)?);
@@ -62,6 +92,27 @@ fn pack(batch: &ForwardBatch<'_>, rows: usize, logit_rows: usize) -> Result<Vec<
     }
     let next = packed.len() - 3 * rows;
     packed.extend((next..logit_rows).map(|r| r as i32));
+    if heads.per_head_rows {
+        let (nh, nkv, all) = (heads.n_heads, heads.n_kv_heads, heads.qkv_heads());
+        let (pos, slots) = (packed[rows..2 * rows].to_vec(), packed[2 * rows..3 * rows].to_vec());
+        let cache_row = |t: usize, h: usize| -> Result<i32, ModelError> {
+            match slots[t] {
+                s if s < 0 => Ok(-1),
+                s => to_i32("cache row", s as u64 * nkv as u64 + h as u64),
+            }
+        };
+        let mut q_row = Vec::with_capacity(rows * all);
+        let (mut k_row, mut v_row) = (q_row.clone(), q_row.clone());
+        for t in 0..rows {
+            for h in 0..all {
+                q_row.push(if h < nh { to_i32("query row", (t * nh + h) as u64)? } else { -1 });
+                k_row.push(if (nh..nh + nkv).contains(&h) { cache_row(t, h - nh)? } else { -1 });
+                v_row.push(if h >= nh + nkv { cache_row(t, h - nh - nkv)? } else { -1 });
+            }
+        }
+        packed.extend(pos.iter().flat_map(|&p| std::iter::repeat_n(p, all)));
+        packed.extend(q_row.into_iter().chain(k_row).chain(v_row));
+    }
     Ok(packed)
 }
 
@@ -74,6 +125,17 @@ impl StepInputs {
         plan: AttnPlan,
         heads: Heads,
     ) -> Result<StepInputs, ModelError> {
+        let head_rows = if heads.per_head_rows {
+            let (at, len) = (3 * n + m, n * heads.qkv_heads());
+            Some(HeadRows {
+                pos: packed.view_cols(at, len)?,
+                q_row: packed.view_cols(at + len, len)?,
+                k_row: packed.view_cols(at + 2 * len, len)?,
+                v_row: packed.view_cols(at + 3 * len, len)?,
+            })
+        } else {
+            None
+        };
         Ok(StepInputs {
             ids: packed.view_cols(0, n)?,
             pos: packed.view_cols(n, n)?,
@@ -81,6 +143,7 @@ impl StepInputs {
             logits_rows: packed.view_cols(3 * n, m)?,
             all_rows,
             plan,
+            head_rows,
             packed,
             heads,
         })
@@ -90,7 +153,7 @@ impl StepInputs {
     pub fn new(dev: &Device, batch: &ForwardBatch<'_>, kv: &KvCache, heads: Heads) -> Result<StepInputs, ModelError> {
         let n = batch.tokens.len();
         let m = batch.logits_rows.len();
-        let packed = Tensor::vector(dev, &pack(batch, n, m)?)?;
+        let packed = Tensor::vector(dev, &pack(batch, n, m, heads)?)?;
         let bt_stride = batch.seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(0).max(1);
         let mut plan = AttnPlan::new(batch.seqs, n, batch.seqs.len(), bt_stride, kv.block_size, kv.num_blocks)?;
         if !dev.is_cpu() {
@@ -111,7 +174,8 @@ impl StepInputs {
         kv: &KvCache,
         heads: Heads,
     ) -> Result<StepInputs, ModelError> {
-        let packed = Tensor::zeros(dev, crate::DType::I32, 1, 4 * bucket)?;
+        let per_head = if heads.per_head_rows { 4 * heads.qkv_heads() } else { 0 };
+        let packed = Tensor::zeros(dev, crate::DType::I32, 1, (4 + per_head) * bucket)?;
         let mut plan = AttnPlan::new(&[], bucket, bucket, bt_stride, kv.block_size, kv.num_blocks)?;
         plan.split_fixed((bt_stride * kv.block_size).div_ceil(SPLIT_TOKENS));
         plan.upload(dev, heads.n_heads, heads.head_dim)?;
@@ -128,7 +192,7 @@ impl StepInputs {
                 batch.tokens.len()
             )));
         }
-        self.packed.copy_from_host(&pack(batch, b, b)?)?;
+        self.packed.copy_from_host(&pack(batch, b, b, self.heads)?)?;
         let plan = AttnPlan::new(batch.seqs, b, b, self.plan.bt_stride(), kv.block_size, kv.num_blocks)?;
         self.plan.refresh_from(plan, dev, self.heads.n_heads, self.heads.head_dim)?;
         Ok(())
