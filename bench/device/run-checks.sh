@@ -57,6 +57,13 @@ if [ "$what" = int4 ]; then
   done
 fi
 
+if [ "$what" = fused-rope ]; then
+  # RoPE of computed sources (Qwen2's bias, Qwen3 / Gemma 3's per-head norm + KV write) on the
+  # GPU against the CPU, then every architecture fixture (qwen3, gemma3, qwen3_moe run it) vs HF.
+  TAIL=12 step kernels-rope 150 .device/kiln-check-kernels --quick --only rope_half_bias,rope_kv_write_bias,qk_norm_rope_write,qk_norm_rope_write_llama3,rope_half,rope_kv_write --out "$OUT/kernels-rope.md"
+  TAIL=40 step arch 240 .device/kiln-check-arch tests/fixtures/arch-tiny/*/
+fi
+
 if [ "$what" = arch ]; then
   # Every architecture's tiny fixture on the GPU against HF, then the attention template (head
   # dims 32 to 256, sliding windows) and the Llama model check after the decoder rewrite.
