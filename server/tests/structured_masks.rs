@@ -7,7 +7,7 @@
 use kiln_models::gguf::GgufFile;
 use kiln_models::tokenizer::Tokenizer;
 use kiln_runtime::sample::constraint::{allows, mask_words};
-use kiln_server::structured::{Spec, Structured, StructuredError};
+use kiln_server::structured::{closed_objects, Spec, Structured, StructuredError};
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -67,6 +67,13 @@ fn cases() -> Vec<(Spec, &'static str, &'static str)> {
             schema(json!({"type": "object", "properties": {"color": {"enum": ["red", "green"]}}, "required": ["color"], "additionalProperties": false})),
             r#"{"color": "green"}"#,
             r#"{"color": "blue"}"#,
+        ),
+        // `strict: true`: the same kind of open schema, closed, refuses a key it does not declare
+        // (the open form above would take one).
+        (
+            schema(closed_objects(&json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "object", "properties": {"c": {"type": "integer"}}}}, "required": ["a", "b"]}))),
+            r#"{"a": 1, "b": {"c": 2}}"#,
+            r#"{"a": 1, "b": {"c": 2, "d": 3}}"#,
         ),
         (
             schema(json!({"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 3})),

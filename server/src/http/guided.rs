@@ -9,7 +9,7 @@
 use crate::codec::Codec;
 use crate::error::ApiError;
 use crate::protocol::guided::GuidedFields;
-use crate::structured::{Spec, StructuredError};
+use crate::structured::{closed_objects, Spec, StructuredError};
 use kiln_runtime::sample::ConstraintSource;
 use std::sync::Arc;
 
@@ -29,6 +29,8 @@ pub fn spec(f: &GuidedFields) -> Result<Asked, ApiError> {
                         "`response_format` of type `json_schema` needs `json_schema.schema`",
                     )
                 })?;
+                let strict = rf.json_schema.as_ref().and_then(|j| j.strict) == Some(true);
+                let schema = if strict { closed_objects(&schema) } else { schema };
                 asked.push((Spec::JsonSchema(schema), "response_format"));
             }
             other => {
@@ -112,9 +114,11 @@ mod tests {
     fn fields_map_to_specs_and_conflicts_are_named() {
         let none = GuidedFields { response_format: rf("text", None), ..Default::default() };
         assert!(spec(&none).unwrap().is_none());
+        // `strict: true` closes the objects to their declared properties.
         let s =
             GuidedFields { response_format: rf("json_schema", Some(json!({"type": "object"}))), ..Default::default() };
-        assert_eq!(spec(&s).unwrap(), Some((Spec::JsonSchema(json!({"type": "object"})), "response_format")));
+        let closed = json!({"type": "object", "additionalProperties": false});
+        assert_eq!(spec(&s).unwrap(), Some((Spec::JsonSchema(closed), "response_format")));
         let text = GuidedFields { guided_json: Some(json!("{\"type\": \"string\"}")), ..Default::default() };
         assert_eq!(spec(&text).unwrap().unwrap().0, Spec::JsonSchema(json!({"type": "string"})));
         let param = |f: GuidedFields| spec(&f).unwrap_err().param.unwrap_or_default();

@@ -13,7 +13,7 @@ mod matcher;
 pub mod spec;
 mod tokenv;
 
-pub use spec::Spec;
+pub use spec::{closed_objects, Spec};
 
 use kiln_models::tokenizer::Tokenizer;
 use kiln_runtime::sample::ConstraintSource;

@@ -42,6 +42,58 @@ fn with_json_options(schema: &Value) -> Value {
     s
 }
 
+/// `schema` with every object schema that does not say otherwise closed to its declared
+/// properties (`additionalProperties: false`): what `strict: true` promises (OpenAI's strict
+/// mode demands the keyword; JSON Schema's default would let the model add keys). Only schema
+/// positions are walked (`properties`, `items`, `anyOf`, `$defs`, ...), never `enum`/`const`
+/// values or a property that happens to be named like a keyword.
+pub fn closed_objects(schema: &Value) -> Value {
+    let mut s = schema.clone();
+    close(&mut s);
+    s
+}
+
+fn close(v: &mut Value) {
+    let Value::Object(m) = v else { return };
+    let is_object = m.contains_key("properties")
+        || match m.get("type") {
+            Some(Value::String(t)) => t == "object",
+            Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+            _ => false,
+        };
+    if is_object && !m.contains_key("additionalProperties") && !m.contains_key("patternProperties") {
+        m.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for (k, x) in m.iter_mut() {
+        match k.as_str() {
+            // Maps from names to schemas.
+            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+                if let Value::Object(named) = x {
+                    named.values_mut().for_each(close);
+                }
+            }
+            // One schema, or (items in older drafts) a list of them.
+            "items"
+            | "additionalProperties"
+            | "not"
+            | "if"
+            | "then"
+            | "else"
+            | "contains"
+            | "propertyNames"
+            | "additionalItems"
+            | "prefixItems"
+            | "anyOf"
+            | "oneOf"
+            | "allOf" => match x {
+                Value::Array(list) => list.iter_mut().for_each(close),
+                one => close(one),
+            },
+            _ => {}
+        }
+    }
+}
+
 /// A Lark string literal for `s` (JSON's escapes are Lark's).
 fn lark_literal(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
@@ -141,5 +193,39 @@ impl Spec {
                 ))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every object schema is closed, through every schema position; enum/const values, a
+    /// property named like a keyword, and an object that already says are left as they are.
+    #[test]
+    fn strict_closes_object_schemas_only() {
+        let s = json!({
+            "type": "object",
+            "properties": {
+                "properties": {"type": "object", "properties": {"x": {"type": "integer"}}},
+                "tags": {"type": "array", "items": {"properties": {"t": {"type": "string"}}}},
+                "open": {"type": "object", "additionalProperties": true},
+                "pick": {"anyOf": [{"type": ["object", "null"]}, {"const": {"properties": 1}}]},
+                "e": {"enum": [{"type": "object"}]}
+            },
+            "$defs": {"d": {"type": "object"}}
+        });
+        let c = closed_objects(&s);
+        let no = Value::Bool(false);
+        assert_eq!(c["additionalProperties"], no);
+        assert_eq!(c["properties"]["properties"]["additionalProperties"], no);
+        assert!(c["properties"].get("additionalProperties").is_none(), "a property map is not a schema");
+        assert_eq!(c["properties"]["tags"]["items"]["additionalProperties"], no);
+        assert_eq!(c["properties"]["open"]["additionalProperties"], Value::Bool(true));
+        assert_eq!(c["properties"]["pick"]["anyOf"][0]["additionalProperties"], no);
+        assert_eq!(c["properties"]["pick"]["anyOf"][1], json!({"const": {"properties": 1}}));
+        assert_eq!(c["properties"]["e"], json!({"enum": [{"type": "object"}]}));
+        assert_eq!(c["$defs"]["d"]["additionalProperties"], no);
+        assert_eq!(closed_objects(&json!({"type": "string"})), json!({"type": "string"}));
     }
 }

@@ -20,7 +20,7 @@ pub mod render;
 
 use crate::error::ApiError;
 use crate::protocol::tools::{ToolChoice, ToolDef};
-use crate::structured::Spec;
+use crate::structured::{closed_objects, Spec};
 use serde_json::{json, Value};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,7 +120,14 @@ impl ToolPlan {
 
     /// The constraint a forced call puts on the output (`None` with `auto`).
     pub fn spec(&self) -> Option<Spec> {
-        let params = |t: &ToolDef| t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"}));
+        let params = |t: &ToolDef| {
+            let p = t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"}));
+            if t.function.strict == Some(true) {
+                closed_objects(&p)
+            } else {
+                p
+            }
+        };
         match &self.mode {
             Mode::Auto => None,
             Mode::Required => Some(Spec::ToolCalls {
