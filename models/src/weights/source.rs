@@ -737,7 +737,8 @@ impl WeightSource {
         dtype: DType,
     ) -> Result<Option<Weight>, WeightsError> {
         if dev.is_cpu() {
-            return Ok(Some(Weight::Int4(parts)));
+            // Act-order groups sorted once here, after any tensor-parallel slicing of the inputs.
+            return Ok(Some(Weight::Int4(parts.into_iter().map(Int4Matrix::sorted_by_group).collect())));
         }
         if !kiln_runtime::device::quant::int4_cuda::kernels_enabled() {
             return Ok(None);

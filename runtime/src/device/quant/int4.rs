@@ -30,6 +30,10 @@ pub enum Grouping {
     Contiguous(usize),
     /// Input `i` belongs to group `g_idx[i]` of `groups` (GPTQ act-order).
     Indexed { groups: usize, g_idx: Vec<u32> },
+    /// Act-order with the inputs stored sorted by group ([`Int4Matrix::sorted_by_group`]):
+    /// stored input `i` is input `perm[i]` of the checkpoint, and the stored inputs form runs of
+    /// `group`, so the contiguous kernels run on activations read through `perm`.
+    Sorted { group: usize, perm: Vec<u32> },
 }
 
 /// A packed 4-bit `[rows, cols]` weight (see the module header).
@@ -61,6 +65,17 @@ impl Int4Matrix {
                 }
                 *groups
             }
+            Grouping::Sorted { group, perm } => {
+                let mut seen = vec![false; cols];
+                let is_perm = perm.len() == cols
+                    && perm.iter().all(|&i| (i as usize) < cols && !std::mem::replace(&mut seen[i as usize], true));
+                if cols % 8 != 0 || *group == 0 || cols % group != 0 || !is_perm {
+                    return bad(format!(
+                        "{cols} inputs sorted into groups of {group}: not a permutation of whole groups"
+                    ));
+                }
+                cols / group
+            }
         };
         if words.len() != rows * cols / 8 || scales.len() != rows * groups || zeros.len() != rows * groups {
             return bad(format!(
@@ -83,24 +98,68 @@ impl Int4Matrix {
         self.scales.len() / self.rows.max(1)
     }
 
-    /// The group of input `i`.
+    /// The group of stored input `i`.
     fn group_of(&self, i: usize) -> usize {
         match &self.grouping {
             Grouping::Indexed { g_idx, .. } => g_idx[i] as usize,
-            Grouping::Contiguous(g) => i / g,
+            Grouping::Contiguous(g) | Grouping::Sorted { group: g, .. } => i / g,
         }
     }
 
-    /// Row `r` as f32 values.
+    /// Row `r` as f32 values, in the checkpoint's input order.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        match &self.grouping {
+            Grouping::Sorted { perm, .. } => self.stored_row(r, |i, v| out[perm[i] as usize] = v),
+            _ => self.stored_row(r, |i, v| out[i] = v),
+        }
+    }
+
+    /// Row `r`'s values in stored order: `put(i, value of stored input i)`.
+    fn stored_row(&self, r: usize, mut put: impl FnMut(usize, f32)) {
         let (w, g) = (&self.words[r * self.cols / 8..(r + 1) * self.cols / 8], self.groups());
         for (j, &word) in w.iter().enumerate() {
             for k in 0..8 {
                 let i = 8 * j + k;
                 let gi = r * g + self.group_of(i);
-                out[i] = (((word >> (4 * k)) & 0xF) as i32 - self.zeros[gi] as i32) as f32 * self.scales[gi];
+                put(i, (((word >> (4 * k)) & 0xF) as i32 - self.zeros[gi] as i32) as f32 * self.scales[gi]);
             }
         }
+    }
+
+    /// This matrix for the CPU kernels: act-order groups of equal size stored sorted by group
+    /// ([`Grouping::Sorted`]), so a row is read group by group like a contiguous one instead of
+    /// looking up every input's group; any other matrix as it is.
+    pub fn sorted_by_group(self) -> Int4Matrix {
+        match self.group_order() {
+            Ok(Some((group, perm, words))) => {
+                let grouping = Grouping::Sorted { group, perm: perm.into_iter().map(|i| i as u32).collect() };
+                Int4Matrix { grouping, words, ..self }
+            }
+            _ => self,
+        }
+    }
+
+    /// For act-order grouping: the group size, the inputs sorted by group (stable: within a
+    /// group the checkpoint's order) and the words repacked in that order; `None` for other
+    /// groupings; an error when the groups are of unequal sizes.
+    #[allow(clippy::type_complexity)]
+    fn group_order(&self) -> Result<Option<(usize, Vec<usize>, Vec<u32>)>, Int4Error> {
+        let Grouping::Indexed { g_idx, groups } = &self.grouping else { return Ok(None) };
+        let cols = self.cols;
+        let group = cols / (*groups).max(1);
+        let mut perm: Vec<usize> = (0..cols).collect();
+        perm.sort_by_key(|&i| g_idx[i]);
+        if group == 0 || perm.iter().enumerate().any(|(at, &i)| g_idx[i] as usize != at / group) {
+            return Err(Int4Error::Shape(format!("act-order groups of unequal sizes (not {group} inputs each)")));
+        }
+        let nibble = |r: usize, i: usize| (self.words[r * cols / 8 + i / 8] >> (4 * (i % 8))) & 0xF;
+        let words = (0..self.rows)
+            .flat_map(|r| {
+                let perm = &perm;
+                (0..cols / 8).map(move |j| (0..8).fold(0u32, |w, e| w | nibble(r, perm[8 * j + e]) << (4 * e)))
+            })
+            .collect();
+        Ok(Some((group, perm, words)))
     }
 
     /// Rows `range` (output features: a tensor-parallel rank's column-parallel part).
@@ -135,6 +194,7 @@ impl Int4Matrix {
             Grouping::Indexed { groups, g_idx } => {
                 (Grouping::Indexed { groups: *groups, g_idx: g_idx[range.clone()].to_vec() }, 0, *groups)
             }
+            Grouping::Sorted { .. } => return bad("the inputs are stored reordered; take parts before sorting"),
         };
         let mut words = Vec::with_capacity(self.rows * (w1 - w0));
         let (mut scales, mut zeros) = (Vec::new(), Vec::new());
@@ -166,12 +226,20 @@ impl Int4Matrix {
 
     /// `x · Wᵀ` for `m` rows of `x` (`[m, cols]` row-major), `[m, rows]` row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let sorted_x: Vec<f32>;
+        let x = match &self.grouping {
+            Grouping::Sorted { perm, .. } => {
+                sorted_x = x.chunks_exact(self.cols).flat_map(|r| perm.iter().map(|&i| r[i as usize])).collect();
+                &sorted_x
+            }
+            _ => x,
+        };
         if m > SMALL_M {
             return self.matmul_blocked(x, m);
         }
         // Weight rows in parallel; each word is unpacked once and applied to every row of `x`.
         let per_row: Vec<Vec<f32>> = match &self.grouping {
-            Grouping::Contiguous(group) => {
+            Grouping::Contiguous(group) | Grouping::Sorted { group, .. } => {
                 let xsum = group_sums(x, self.cols, *group);
                 (0..self.rows).into_par_iter().map(|r| self.row_contiguous(r, *group, x, &xsum, m)).collect()
             }
@@ -197,7 +265,8 @@ impl Int4Matrix {
         let a = Mat { data: x, rows: m, cols: k, stride: k };
         for r0 in (0..n).step_by(BLOCK_ROWS) {
             let nb = BLOCK_ROWS.min(n - r0);
-            w[..nb * k].par_chunks_mut(k).enumerate().for_each(|(i, row)| self.dequantize_row(r0 + i, row));
+            // Stored order: `x` arrives in it (permuted by `matmul` for sorted act-order).
+            w[..nb * k].par_chunks_mut(k).enumerate().for_each(|(i, row)| self.stored_row(r0 + i, |c, v| row[c] = v));
             let b = Mat { data: &w[..nb * k], rows: nb, cols: k, stride: k };
             big_m(a, b, &mut out[r0..], m, nb, n);
         }
@@ -271,23 +340,17 @@ impl Int4Matrix {
                 [s, -(self.zeros[gi] as f32) * s]
             })
             .collect();
-        let Grouping::Indexed { g_idx, .. } = &self.grouping else {
-            return Ok(Int4Layout { group, words: self.words.clone(), scale_bias, perm: None });
-        };
-        // Inputs sorted by group (stable: within a group the checkpoint's order).
-        let mut perm: Vec<usize> = (0..cols).collect();
-        perm.sort_by_key(|&i| g_idx[i]);
-        if perm.iter().enumerate().any(|(at, &i)| g_idx[i] as usize != at / group) {
-            return Err(Int4Error::Shape(format!("act-order groups of unequal sizes (not {group} inputs each)")));
-        }
-        let nibble = |r: usize, i: usize| (self.words[r * cols / 8 + i / 8] >> (4 * (i % 8))) & 0xF;
-        let words = (0..rows)
-            .flat_map(|r| {
-                let perm = &perm;
-                (0..cols / 8).map(move |j| (0..8).fold(0u32, |w, e| w | nibble(r, perm[8 * j + e]) << (4 * e)))
-            })
-            .collect();
-        Ok(Int4Layout { group, words, scale_bias, perm: Some(perm.into_iter().map(|i| i as i32).collect()) })
+        let as_i32 = |p: &mut dyn Iterator<Item = usize>| Some(p.map(|i| i as i32).collect());
+        Ok(match (self.group_order()?, &self.grouping) {
+            (Some((_, perm, words)), _) => Int4Layout { group, words, scale_bias, perm: as_i32(&mut perm.into_iter()) },
+            (None, Grouping::Sorted { perm, .. }) => Int4Layout {
+                group,
+                words: self.words.clone(),
+                scale_bias,
+                perm: as_i32(&mut perm.iter().map(|&i| i as usize)),
+            },
+            (None, _) => Int4Layout { group, words: self.words.clone(), scale_bias, perm: None },
+        })
     }
 }
 
@@ -409,7 +472,9 @@ mod tests {
     #[test]
     fn the_product_is_the_dequantized_weights_product() {
         let g_idx: Vec<u32> = (0..64).map(|i| (i * 7 % 64) / 16).collect();
-        for w in [sample(5, 64, 16, None), sample(3, 64, 64, None), sample(4, 64, 16, Some(g_idx))] {
+        let act = sample(4, 64, 16, Some(g_idx));
+        let sorted = act.clone().sorted_by_group();
+        for w in [sample(5, 64, 16, None), sample(3, 64, 64, None), act, sorted] {
             let d = dense(&w);
             // 3 rows (the group-dot path) and 70 (blocks dequantized for the dense GEMM).
             for m in [3, SMALL_M + 6] {
@@ -482,6 +547,25 @@ mod tests {
         assert!(sample(2, 64, 16, None).gpu_layout().is_err(), "groups of 16");
         let uneven: Vec<u32> = (0..64).map(|i| u32::from(i < 8)).collect();
         assert!(sample(2, 64, 32, Some(uneven)).gpu_layout().is_err(), "groups of 8 and 56");
+    }
+
+    /// Act-order sorted for the CPU: the same values in the checkpoint's order, the same GPU
+    /// form; unequal groups stay indexed; a sorted matrix refuses column parts and a grouping
+    /// that is not a permutation of whole groups is refused.
+    #[test]
+    fn sorting_act_order_by_group_keeps_the_matrix() {
+        let act: Vec<u32> = (0..128).map(|i| ((i * 37) % 128 / 32) as u32).collect();
+        let w = sample(3, 128, 32, Some(act));
+        let s = w.clone().sorted_by_group();
+        assert!(matches!(s.grouping, Grouping::Sorted { group: 32, .. }));
+        assert_eq!(dense(&s), dense(&w));
+        assert_eq!(s.gpu_layout().unwrap(), w.gpu_layout().unwrap());
+        assert!(s.col_part(0..32).is_err());
+        assert_eq!(dense(&s.row_part(1..3).unwrap()), dense(&w.row_part(1..3).unwrap()));
+        let uneven: Vec<u32> = (0..64).map(|i| u32::from(i < 8)).collect();
+        assert!(matches!(sample(2, 64, 32, Some(uneven)).sorted_by_group().grouping, Grouping::Indexed { .. }));
+        let not_perm = Grouping::Sorted { group: 8, perm: vec![0; 16] };
+        assert!(Int4Matrix::new((1, 16), not_perm, vec![0; 2], vec![1.0; 2], vec![0; 2]).is_err());
     }
 
     #[test]
