@@ -129,8 +129,10 @@ pub fn schedule(k: &Kernel) -> Schedule {
     let mut read_later = vec![false; n];
     let rope_only = rope_source_only(k);
     for (j, u) in k.nodes.iter().enumerate() {
+        // A reduction reads its operand in the operand's own stage; a node only inside rope
+        // sources is evaluated by its rope, from memory.
         if matches!(u.op, Op::Reduce(..)) || rope_only[j] {
-            continue; // a reduction reads its operand in the operand's own stage
+            continue;
         }
         for o in u.op.value_operands() {
             if stage_of[j] > stage_of[o.index()] {

@@ -407,7 +407,7 @@ impl Decoder {
     }
 
     /// Per-head q/k norms, RoPE of q and k, and the KV write of one layer in one kernel over
-    /// the projection seen as one row per (token, head) ([`HeadRows`]).
+    /// the projection seen as one row per (token, head) ([`kiln_runtime::model::step::HeadRows`]).
     fn qk_norm_rope_store(
         &self,
         layer: &Layer,
