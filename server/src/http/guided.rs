@@ -18,6 +18,13 @@ pub type Asked = Option<(Spec, &'static str)>;
 
 pub fn spec(f: &GuidedFields) -> Result<Asked, ApiError> {
     let mut asked: Vec<(Spec, &'static str)> = Vec::new();
+    let schema = f.response_format.as_ref().and_then(|rf| rf.json_schema.as_ref()).and_then(|j| j.schema.as_ref());
+    if schema.is_some_and(|s| !s.is_object() && !s.is_boolean()) {
+        return Err(ApiError::bad_value(
+            "response_format.json_schema.schema",
+            "`response_format.json_schema.schema` must be a JSON Schema: an object or a boolean",
+        ));
+    }
     if let Some(rf) = &f.response_format {
         match rf.kind.as_str() {
             "text" => {}
@@ -131,6 +138,13 @@ mod tests {
             "response_format.type"
         );
         assert_eq!(param(GuidedFields { guided_json: Some(json!("{not json")), ..Default::default() }), "guided_json");
+        // A schema that is not one is refused whatever the type (it was ignored with `text`).
+        assert_eq!(
+            param(GuidedFields { response_format: rf("text", Some(json!(5))), ..Default::default() }),
+            "response_format.json_schema.schema"
+        );
+        let boolean = GuidedFields { response_format: rf("text", Some(json!(false))), ..Default::default() };
+        assert!(spec(&boolean).unwrap().is_none());
         let both = GuidedFields {
             guided_regex: Some("a".into()),
             guided_choice: Some(vec!["a".into()]),

@@ -9,10 +9,12 @@ use utoipa::ToSchema;
 pub struct JsonSchemaFormat {
     pub name: Option<String>,
     pub description: Option<String>,
-    /// The JSON schema the output follows (required with `type` `json_schema`).
-    #[schema(value_type = Option<Object>)]
+    /// The JSON schema the output follows (required with `type` `json_schema`): an object or
+    /// a boolean, checked whatever the `type`.
+    #[schema(schema_with = super::schema::json_schema_value)]
     pub schema: Option<serde_json::Value>,
-    /// Accepted; kiln always enforces the schema.
+    /// kiln always enforces the schema; `true` also closes its objects to their declared
+    /// properties (`additionalProperties: false` where a schema does not say).
     pub strict: Option<bool>,
 }
 

@@ -40,6 +40,14 @@ pub fn object_or_text() -> OneOfBuilder {
     OneOfBuilder::new().item(object()).item(text)
 }
 
+/// A JSON Schema (an object, or `true` / `false`), or null: `response_format.json_schema.schema`.
+pub fn json_schema_value() -> OneOfBuilder {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Object))
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+}
+
 /// [`object_or_text`], or null.
 pub fn optional_object_or_text() -> OneOfBuilder {
     object_or_text().item(ObjectBuilder::new().schema_type(Type::Null))
