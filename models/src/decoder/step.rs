@@ -427,16 +427,15 @@ impl Decoder {
         let mut q = q.reshape(n * c.num_attention_heads, hd)?;
         let cache_rows = |t: &Tensor| t.reshape(t.rows() * c.num_key_value_heads, hd);
         let (mut kc, mut vc) = (cache_rows(k_pool)?, cache_rows(v_pool)?);
-        let (eps, theta, rope) = (c.rms_norm_eps, layer.spec.rope.theta, &layer.spec.rope);
+        let (eps, rope, head_dim) = (c.rms_norm_eps, &layer.spec.rope, hd as i32);
         let (pos, qr, kr, vr) = (&hr.pos, &hr.q_row, &hr.k_row, &hr.v_row);
-        let outs = (&mut q, &mut kc, &mut vc);
-        let hd = hd as i32;
         match llama3_params(rope) {
             Some([f, lo, hi, orig]) => qk_norm_rope::qk_norm_rope_write_llama3::run(
-                &self.dev, &x, wq, wk, pos, qr, kr, vr, eps, theta, hd, f, lo, hi, orig, outs.0, outs.1, outs.2,
+                &self.dev, &x, wq, wk, pos, qr, kr, vr, eps, rope.theta, head_dim, f, lo, hi, orig, &mut q, &mut kc,
+                &mut vc,
             )?,
             None => qk_norm_rope::qk_norm_rope_write::run(
-                &self.dev, &x, wq, wk, pos, qr, kr, vr, eps, theta, hd, outs.0, outs.1, outs.2,
+                &self.dev, &x, wq, wk, pos, qr, kr, vr, eps, rope.theta, head_dim, &mut q, &mut kc, &mut vc,
             )?,
         }
         Ok(())

@@ -131,10 +131,7 @@ impl Int4Matrix {
     /// looking up every input's group; any other matrix as it is.
     pub fn sorted_by_group(self) -> Int4Matrix {
         match self.group_order() {
-            Ok(Some((group, perm, words))) => {
-                let grouping = Grouping::Sorted { group, perm: perm.into_iter().map(|i| i as u32).collect() };
-                Int4Matrix { grouping, words, ..self }
-            }
+            Ok(Some((group, perm, words))) => Int4Matrix { grouping: Grouping::Sorted { group, perm }, words, ..self },
             _ => self,
         }
     }
@@ -143,7 +140,7 @@ impl Int4Matrix {
     /// group the checkpoint's order) and the words repacked in that order; `None` for other
     /// groupings; an error when the groups are of unequal sizes.
     #[allow(clippy::type_complexity)]
-    fn group_order(&self) -> Result<Option<(usize, Vec<usize>, Vec<u32>)>, Int4Error> {
+    fn group_order(&self) -> Result<Option<(usize, Vec<u32>, Vec<u32>)>, Int4Error> {
         let Grouping::Indexed { g_idx, groups } = &self.grouping else { return Ok(None) };
         let cols = self.cols;
         let group = cols / (*groups).max(1);
@@ -159,7 +156,7 @@ impl Int4Matrix {
                 (0..cols / 8).map(move |j| (0..8).fold(0u32, |w, e| w | nibble(r, perm[8 * j + e]) << (4 * e)))
             })
             .collect();
-        Ok(Some((group, perm, words)))
+        Ok(Some((group, perm.into_iter().map(|i| i as u32).collect(), words)))
     }
 
     /// Rows `range` (output features: a tensor-parallel rank's column-parallel part).
@@ -340,17 +337,13 @@ impl Int4Matrix {
                 [s, -(self.zeros[gi] as f32) * s]
             })
             .collect();
-        let as_i32 = |p: &mut dyn Iterator<Item = usize>| Some(p.map(|i| i as i32).collect());
-        Ok(match (self.group_order()?, &self.grouping) {
-            (Some((_, perm, words)), _) => Int4Layout { group, words, scale_bias, perm: as_i32(&mut perm.into_iter()) },
-            (None, Grouping::Sorted { perm, .. }) => Int4Layout {
-                group,
-                words: self.words.clone(),
-                scale_bias,
-                perm: as_i32(&mut perm.iter().map(|&i| i as usize)),
-            },
-            (None, _) => Int4Layout { group, words: self.words.clone(), scale_bias, perm: None },
-        })
+        let (words, perm) = match (self.group_order()?, &self.grouping) {
+            (Some((_, perm, words)), _) => (words, Some(perm)),
+            (None, Grouping::Sorted { perm, .. }) => (self.words.clone(), Some(perm.clone())),
+            (None, _) => (self.words.clone(), None),
+        };
+        let perm = perm.map(|p| p.into_iter().map(|i| i as i32).collect());
+        Ok(Int4Layout { group, words, scale_bias, perm })
     }
 }
 
