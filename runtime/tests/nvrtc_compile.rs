@@ -192,7 +192,16 @@ fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
         (
             "kiln_int4",
             kiln_runtime::device::quant::int4_cuda::source(),
-            &["kiln_i4_gemv1_bf16", "kiln_i4_gemv8_f16", "kiln_i4_gemv4_f32", "kiln_i4_dequant_bf16"][..],
+            &[
+                "kiln_i4_gemv1_bf16",
+                "kiln_i4_gemv8_f16",
+                "kiln_i4_gemv4_f32",
+                "kiln_i4_dequant_bf16",
+                "kiln_i4_mma4_bf16",
+                "kiln_i4_mma1_f16",
+                "kiln_i4_reduce_bf16",
+                "kiln_i4_gather_f16",
+            ][..],
         ),
     ];
     for (name, src, entries) in sources {

@@ -4,8 +4,9 @@
 //!
 //! Correctness: random 4-bit matrices (contiguous groups of 32/64/128, act-order with a random
 //! permutation, a row count that is not a multiple of the GEMV's 4, a fused weight of parts
-//! with different groupings), 1 to 33 activation rows, f32/f16/bf16 activations, both paths
-//! (GEMV and dequantize + cuBLAS). The CPU product is computed from the activations as the
+//! with different groupings), 1 to 130 activation rows, f32/f16/bf16 activations, every path
+//! (GEMV, tensor cores — which fall back to dequantize + cuBLAS for f32 and for scratch too
+//! small for a tiny act-order case — and dequantize + cuBLAS). The CPU product is computed from the activations as the
 //! GPU sees them (rounded to the dtype); the GPU result must be within `tol · max |ref|`.
 //!
 //! Speed: Llama-3-8B's projection shapes, g128, bf16: median of CUDA-event-timed launches.
@@ -87,7 +88,7 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
         let n: usize = case.parts.iter().map(Int4Matrix::rows).sum();
         for dtype in DType::FLOATS {
             let w = Int4Cuda::upload(dev, dtype, &case.parts)?.ok_or("the kernels refused the layout")?;
-            for m in [1, 2, 3, 5, 8, 9, 16, 33] {
+            for m in [1, 2, 3, 5, 8, 9, 16, 33, 64, 130] {
                 let x: Vec<f32> = as_dtype(&(0..m * k).map(|_| r.unit() * 2.0 - 1.0).collect::<Vec<_>>(), dtype);
                 let want: Vec<f32> = {
                     let ys: Vec<Vec<f32>> = case.parts.iter().map(|p| p.matmul(&x, m)).collect();
@@ -105,9 +106,10 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                     DType::F32 => 2e-5,
                     _ => 1e-2,
                 };
-                for path in [Int4Path::Gemv, Int4Path::Dequant] {
-                    // cuBLAS in half precision rounds the dequantized weight too (f16 has 11 bits).
-                    let tol = if path == Int4Path::Dequant && dtype != DType::F32 { 2e-2 } else { tol };
+                for path in [Int4Path::Gemv, Int4Path::Mma, Int4Path::Dequant] {
+                    // Tensor cores (and cuBLAS in half precision) take the dequantized weight
+                    // rounded to the activations' type too (f16 has 11 bits).
+                    let tol = if path != Int4Path::Gemv && dtype != DType::F32 { 2e-2 } else { tol };
                     let mut out = Tensor::zeros(dev, dtype, m, n)?;
                     linear_int4_cuda_by(&xt, &w, &mut out, path)?;
                     let got = out.to_host_f32()?;
@@ -124,7 +126,7 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                 }
             }
         }
-        println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..33 × GEMV and dequant+cuBLAS", case.what);
+        println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV, tensor cores and dequant+cuBLAS", case.what);
     }
     Ok((passed, failed))
 }
@@ -139,15 +141,17 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let us = median_us(b, 3, 10, |_| dst.copy_from(&src).map_err(Box::<dyn std::error::Error>::from))?;
     let copy_gbs = 2.0 * (n_copy * 4) as f64 / us / 1e3;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
-    println!("| shape n×k g128 | m | GEMV µs | dequant+cuBLAS µs | dense bf16 cuBLAS µs | GEMV GB/s (% of copy) | best vs dense |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| shape n×k g128 | m | GEMV µs | tensor cores µs | dequant+cuBLAS µs | dense bf16 cuBLAS µs | best int4 GB/s (% of copy) | best vs dense |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for (n, k, what) in [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")] {
         let w = random_matrix(&mut r, n, k, 128, false);
         let g = Int4Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w))?.ok_or("refused")?;
         let mut dense = Tensor::zeros(dev, DType::BF16, n, k)?;
         g[0].dequantize_into(&mut dense)?;
         let bytes = (n * k / 2 + n * (k / 128) * 8) as f64;
-        for m in [1usize, 2, 4, 8, 16, 32, 64, 256] {
+        for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048] {
             let x =
                 Tensor::from_f32_as(dev, DType::BF16, &(0..m * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), m, k)?;
             let mut out = Tensor::zeros(dev, DType::BF16, m, n)?;
@@ -155,12 +159,13 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 median_us(b, 5, 30, |_| f(&mut out).map_err(Box::<dyn std::error::Error>::from))
             };
             let gemv = if m <= 16 { time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::Gemv))? } else { f64::NAN };
+            let mma = time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::Mma))?;
             let deq = time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::Dequant))?;
             let cublas = time(&mut |o| matmul(dev, &x, &dense, o))?;
-            let best = gemv.min(deq);
-            let gbs = bytes / gemv / 1e3;
+            let best = gemv.min(mma).min(deq);
+            let gbs = bytes / best / 1e3;
             println!(
-                "| {what} {n}×{k} | {m} | {gemv:.1} | {deq:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
+                "| {what} {n}×{k} | {m} | {gemv:.1} | {mma:.1} | {deq:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
                 100.0 * gbs / copy_gbs,
                 cublas / best
             );

@@ -1,16 +1,20 @@
 //! W4A16 on the GPU: a 4-bit group-quantized weight (AWQ, GPTQ; [`super::int4`]) kept packed in
 //! device memory and multiplied without a dense copy of the model.
 //!
-//! Two kernels, chosen by the number of activation rows `m`:
+//! Three kernels, chosen by the number of activation rows `m`:
 //! - **GEMV** (`m ≤` [`gemv_max_rows`], decode): each block of 128 threads computes 4 output
 //!   features for every row of `x`; a thread reads four words (32 inputs of one group) of each
 //!   of the 4 weight rows in 16-byte loads, so every weight byte is read once, unpacks the
 //!   nibbles in registers (`0x4B000000 | q` is the float `2²³ + q`, so one OR and one subtract
 //!   give `q` exactly) and accumulates `scale · Σ q·x + bias · Σ x` per group in f32;
+//! - **tensor cores** (`m ≤` [`mma_max_rows`], f16 / bf16; [`super::int4_mma`]): the packed
+//!   words go to shared memory and are dequantized into `mma` fragments in registers;
 //! - **dequantize + cuBLAS** (prefill, large batches): the weight is expanded into a per-device
 //!   scratch matrix of the activation dtype and multiplied by the dense GEMM. The scratch is
 //!   sized at upload (the largest int4 matrix of the device), never during a step, so a
-//!   captured CUDA graph sees one fixed buffer.
+//!   captured CUDA graph sees one fixed buffer. The tensor-core path borrows the same scratch
+//!   for an act-order weight's gathered inputs and its split partial sums (and falls back to
+//!   this path where they do not fit).
 //!
 //! Invariants: the device form is [`Int4Layout`] (groups of 32k consecutive stored inputs,
 //! scale and bias per group, an optional input permutation for act-order); `cols % 32 == 0`;
@@ -20,6 +24,7 @@
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
 use crate::device::quant::int4::{Int4Layout, Int4Matrix};
+use crate::device::quant::int4_mma::{mma_product, MmaWeight};
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -155,23 +160,46 @@ __device__ __forceinline__ void kiln_i4_gemv(const T* __restrict__ x, long long 
   }
 }
 
-// out[row, col] = W[row, col] in T: each thread expands one word (8 stored inputs).
+// The 8 values at p (aligned to 8 elements) in one or two 16-byte stores.
+__device__ __forceinline__ void kiln_i4_store8(float* p, const float (&v)[8]) {
+  const float a[4] = {v[0], v[1], v[2], v[3]}, b[4] = {v[4], v[5], v[6], v[7]};
+  kiln_store<float, 4>(p, a);
+  kiln_store<float, 4>(p + 4, b);
+}
+template <typename T>
+__device__ __forceinline__ void kiln_i4_store8(T* p, const float (&v)[8]) {
+  T h[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) kiln_i4_store(&h[e], v[e]);
+  kiln_store<T, 8>(p, h);
+}
+
+// out[row, col] = W[row, col] in T: each thread expands one word (8 stored inputs), stored in
+// one 16-byte access when the host found out's rows aligned and there is no permutation (vec),
+// else element by element (act-order scatters the inputs).
 template <typename T>
 __device__ __forceinline__ void kiln_i4_dequant(const unsigned* __restrict__ words, const float2* __restrict__ sb,
                                                 const int* __restrict__ perm, T* __restrict__ out, long long ldo,
-                                                int n, int k, int group) {
+                                                int n, int k, int group, int vec) {
   const long long wpr = k >> 3, total = (long long)n * wpr;
   const int groups = k / group;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
        t += (long long)gridDim.x * blockDim.x) {
     const long long row = t / wpr;
     const int j = (int)(t % wpr);
-    const unsigned w = words[t];
-    const float2 s = sb[row * groups + (8 * j) / group];
+    const unsigned w = __ldg(words + t);
+    const float2 s = __ldg(sb + row * groups + (8 * j) / group);
+    float v[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const int i = 8 * j + e;
-      kiln_i4_store(out + row * ldo + (perm != nullptr ? perm[i] : i), fmaf(kiln_i4_nibble(w, e), s.x, s.y));
+    for (int e = 0; e < 8; ++e) v[e] = fmaf(kiln_i4_nibble(w, e), s.x, s.y);
+    if (vec) {
+      kiln_i4_store8(out + row * ldo + 8 * j, v);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int i = 8 * j + e;
+        kiln_i4_store(out + row * ldo + (perm != nullptr ? perm[i] : i), v[e]);
+      }
     }
   }
 }
@@ -188,8 +216,8 @@ __device__ __forceinline__ void kiln_i4_dequant(const unsigned* __restrict__ wor
   KILN_I4_GEMV(kiln_i4_gemv4_##SUFFIX, T, 4)                                                                 \
   KILN_I4_GEMV(kiln_i4_gemv8_##SUFFIX, T, 8)                                                                 \
   extern "C" __global__ void kiln_i4_dequant_##SUFFIX(const unsigned* words, const float2* sb, const int* perm, \
-                                                      T* out, long long ldo, int n, int k, int group) {       \
-    kiln_i4_dequant<T>(words, sb, perm, out, ldo, n, k, group);                                               \
+                                                      T* out, long long ldo, int n, int k, int group, int vec) { \
+    kiln_i4_dequant<T>(words, sb, perm, out, ldo, n, k, group, vec);                                          \
   }
 KILN_I4_DTYPE(f32, float)
 KILN_I4_DTYPE(f16, kiln_f16)
@@ -201,8 +229,9 @@ pub fn source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| {
         format!(
-            "// kiln W4A16 kernels (runtime/src/device/quant/int4_cuda.rs)\n{}\n{BODY}",
-            kiln_codegen::cuda::prelude::CORE
+            "// kiln W4A16 kernels (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs)\n{}\n{BODY}\n{}",
+            kiln_codegen::cuda::prelude::CORE,
+            super::int4_mma::BODY
         )
     })
 }
@@ -217,6 +246,7 @@ pub fn entries() -> &'static [String] {
             e.extend(GEMV_M.iter().map(|m| format!("kiln_i4_gemv{m}_{d}")));
             e.push(format!("kiln_i4_dequant_{d}"));
         }
+        e.extend(super::int4_mma::entries());
         e
     })
 }
@@ -348,9 +378,11 @@ impl Int4Cuda {
         let f = module.func(&format!("kiln_i4_dequant_{}", out.dtype().name()))?;
         let (words, sb, perm) = self.ptrs();
         let (op, ldo) = (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64);
+        let elt = out.dtype().size_bytes() as u64;
+        let vec = i32::from(perm == 0 && op.is_multiple_of(16) && (ldo as u64 * elt).is_multiple_of(16));
         let (n, k, group) = (self.rows as i32, self.cols as i32, self.group as i32);
         let mut l = b.stream().launch_builder(f);
-        l.arg(&words).arg(&sb).arg(&perm).arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&group);
+        l.arg(&words).arg(&sb).arg(&perm).arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&group).arg(&vec);
         let blocks = (self.rows * self.cols / 8).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
         // SAFETY: out covers rows × cols at ldo (checked above); the arrays are this weight's.
         let r =
@@ -385,13 +417,25 @@ fn scratch_for(b: &Arc<CudaBackend>, dev: &Device, dtype: DType, elems: usize) -
     Ok(s)
 }
 
+/// The most activation rows the tensor-core kernel takes (f16 / bf16); more go through
+/// dequantize + cuBLAS, whose GEMM wins once the product is compute-bound.
+/// `KILN_INT4_MMA_MAX_ROWS` overrides it (0 never uses the tensor-core kernel).
+pub fn mma_max_rows() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| std::env::var("KILN_INT4_MMA_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(512))
+}
+
 /// Which kernel multiplies an int4 weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int4Path {
-    /// The GEMV up to [`gemv_max_rows`] rows, dequantize + cuBLAS above.
+    /// The GEMV up to [`gemv_max_rows`] rows, the tensor-core kernel up to [`mma_max_rows`]
+    /// (f16 / bf16), dequantize + cuBLAS above (and wherever the others do not apply).
     Auto,
     /// The GEMV, 8 rows of `x` per launch.
     Gemv,
+    /// The tensor-core kernel (`int4_mma`), falling back to dequantize + cuBLAS where it does
+    /// not apply (f32 activations, unaligned rows, a GPU before sm_80).
+    Mma,
     /// Dequantize into the scratch, then cuBLAS.
     Dequant,
 }
@@ -421,7 +465,9 @@ pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, pat
         return Err(GemmError::Aliased("x"));
     }
     let mut at = 0;
-    if path == Int4Path::Gemv || (path == Int4Path::Auto && m <= gemv_max_rows()) {
+    let gemv = path == Int4Path::Gemv || (path == Int4Path::Auto && m <= gemv_max_rows());
+    let mma = path == Int4Path::Mma || (path == Int4Path::Auto && !gemv && m <= mma_max_rows());
+    if gemv {
         for w in parts {
             for r0 in (0..m).step_by(GEMV_M[3]) {
                 let rows = (m - r0).min(GEMV_M[3]);
@@ -433,6 +479,35 @@ pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, pat
         }
         return Ok(());
     }
+    if mma {
+        let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let (sp, sbytes) = (scratch.cuda_ptr().unwrap_or(0), scratch.len() * scratch.dtype().size_bytes());
+        let mut done = 0;
+        for w in parts {
+            let (words, scale_bias, perm) = w.ptrs();
+            let mw = MmaWeight { words, scale_bias, perm, rows: w.rows, cols: w.cols, group: w.group };
+            let mut o = out.view_cols(at, w.rows)?;
+            if !mma_product(&b, x, &mw, &mut o, sp, sbytes)? {
+                break;
+            }
+            at += w.rows;
+            done += 1;
+        }
+        if done == parts.len() {
+            return Ok(());
+        }
+        // The rest (every part, as they share x and the scratch) through dequantize + cuBLAS.
+        drop(scratch);
+        let mut rest = out.view_cols(at, n - at)?;
+        return dequant_product(x, &parts[done..], &mut rest);
+    }
+    dequant_product(x, parts, out)
+}
+
+/// `out = x · Wᵀ` by dequantizing every part into the scratch and one dense GEMM.
+fn dequant_product(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor) -> Result<(), GemmError> {
+    let (k, n) = (x.cols(), parts.iter().map(Int4Cuda::rows).sum::<usize>());
+    let mut at = 0;
     // One scratch matrix holds every part (the fused projection's rows): one GEMM.
     let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
     if scratch.cols() < n * k || scratch.dtype() != x.dtype() {

@@ -21,6 +21,7 @@ pub mod blocks;
 pub mod cpu;
 pub mod int4;
 pub mod int4_cuda;
+mod int4_mma;
 pub mod quantize;
 mod quantize_k;
 
