@@ -10,10 +10,28 @@ use super::graphs::{DecodeGraphs, StepModel};
 use super::step::StepInputs;
 use super::{CausalLm, ForwardBatch, KvCache, ModelError, ModelInfo};
 use crate::{Device, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Steps of at most this many tokens run inside one rayon scope on the CPU (see `forward`).
 const SCOPED_STEP_TOKENS: usize = 16;
+
+/// The other workers' part of a small CPU step: run whatever the step's parallel loops leave
+/// in the pool, spinning in between, until the step is `done`. Without it a worker went to
+/// sleep after each of the step's ~150 parallel loops and had to be woken by a system call for
+/// the next (a context switch per loop, ~15% of a 2-core decode in the kernel's scheduler).
+/// The stepping thread itself returns at once if it picks this job up while it waits inside a
+/// loop: it would otherwise spin on a flag only its own suspended step can set.
+fn keep_hot(done: &AtomicBool, stepper: Option<usize>) {
+    if rayon::current_thread_index() == stepper {
+        return;
+    }
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 /// An architecture's [`StepModel`] run as a [`CausalLm`].
 pub struct Runner<M: StepModel> {
@@ -69,7 +87,17 @@ impl<M: StepModel> CausalLm for Runner<M> {
             // the pool from inside it instead of this thread waking the workers and sleeping on
             // a latch for every GEMM (default model, 2 cores: decode 67 -> 74 tok/s). Larger
             // steps stay outside (prefill measured slower inside: 220 -> 163 tok/s).
-            rayon::scope(|_| m.step(&inp, kv, ws, &mut logits))?;
+            let done = AtomicBool::new(false);
+            rayon::scope(|s| {
+                let stepper = rayon::current_thread_index();
+                for _ in 1..rayon::current_num_threads() {
+                    let done = &done;
+                    s.spawn(move |_| keep_hot(done, stepper));
+                }
+                let r = m.step(&inp, kv, ws, &mut logits);
+                done.store(true, Ordering::Release);
+                r
+            })?;
         } else {
             m.step(&inp, kv, ws, &mut logits)?;
         }
