@@ -52,7 +52,7 @@ if [ "$what" = int4 ]; then
   b=(.device/kiln bench --offline --device cuda)
   for m in llama3-8b+int4 llama3-8b; do
     for c in 1 16 64; do
-      TAIL=4 step "bench-${m}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
+      TAIL=4 step "bench-${m/+/-}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
     done
   done
 fi

@@ -251,11 +251,12 @@ pub fn entries() -> &'static [String] {
     })
 }
 
-/// The most activation rows the GEMV takes; more go through dequantize + cuBLAS.
-/// `KILN_INT4_GEMV_MAX_ROWS` overrides it (0 sends every product through cuBLAS).
+/// The most activation rows the GEMV takes (its work grows with each row: on the H100 it beats
+/// dense bf16 at 1–2 rows, ties at 4, and the tensor-core kernel is faster from 8); more go
+/// to the tensor-core kernel. `KILN_INT4_GEMV_MAX_ROWS` overrides it (0: never the GEMV).
 pub fn gemv_max_rows() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| std::env::var("KILN_INT4_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_M[3]))
+    *MAX.get_or_init(|| std::env::var("KILN_INT4_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_M[2]))
 }
 
 /// Whether checkpoints' int4 weights load into these kernels on a GPU (`KILN_INT4_GPU=kernels`);
@@ -422,7 +423,7 @@ fn scratch_for(b: &Arc<CudaBackend>, dev: &Device, dtype: DType, elems: usize) -
 /// `KILN_INT4_MMA_MAX_ROWS` overrides it (0 never uses the tensor-core kernel).
 pub fn mma_max_rows() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| std::env::var("KILN_INT4_MMA_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(512))
+    *MAX.get_or_init(|| std::env::var("KILN_INT4_MMA_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(128))
 }
 
 /// Which kernel multiplies an int4 weight.

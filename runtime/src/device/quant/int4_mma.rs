@@ -31,8 +31,9 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Output features per block (the kernel's `KILN_I4_BN`: 4 warps × 32).
 const BN: usize = 128;
-/// Inputs per pipeline step (the kernel's `KILN_I4_BK`: one 16-byte row of packed words).
-const BK: usize = 32;
+/// Inputs per quad: one 16-byte piece of a row's packed words, in one group; a pipeline step
+/// is `Q` quads (the kernel's template parameter, 1 or 2).
+const QUAD: usize = 32;
 /// Threads per block.
 const THREADS: u32 = 128;
 /// The fewest pipeline steps a split of `k` is given.
@@ -41,11 +42,6 @@ const MIN_STEPS_PER_SPLIT: usize = 4;
 pub(super) const BODY: &str = r#"
 // ---- W4A16 on tensor cores (runtime/src/device/quant/int4_mma.rs) ----
 #define KILN_I4_BN 128
-#define KILN_I4_BK 32
-// Shared row stride of an activation tile, in elements: 80 bytes keeps rows 16-byte aligned
-// for cp.async and puts the 8 rows of a fragment load on distinct banks.
-#define KILN_I4_XS 40
-#define KILN_I4_STAGES 4
 
 __device__ __forceinline__ unsigned kiln_i4_smem(const void* p) {
   unsigned s;
@@ -97,38 +93,48 @@ __device__ __forceinline__ unsigned kiln_i4_pair(unsigned w, int t, float2 s) {
 }
 
 // out (or partial, when split) for rows m0 .. m0+16*MT and features n0 .. n0+128 of this block,
-// inputs of steps kt0 .. kt0+steps. words: [n, k/8]; sb: [n, k/group] (scale, bias).
-template <typename T, int MT>
+// inputs of steps kt0 .. kt0+steps, a step being Q quads (32 inputs each, one group's).
+// words: [n, k/8]; sb: [n, k/group] (scale, bias).
+template <typename T, int MT, int Q>
 __device__ __forceinline__ void kiln_i4_mma_gemm(const T* __restrict__ x, long long ldx, int m,
                                                  const unsigned* __restrict__ words, const float2* __restrict__ sb,
                                                  T* __restrict__ out, long long ldo, float* __restrict__ partial,
                                                  int n, int k, int group, int steps_per_split) {
 #if __CUDA_ARCH__ >= 800
-  constexpr int BM = 16 * MT;
-  __shared__ __align__(16) T xs[KILN_I4_STAGES][BM * KILN_I4_XS];
-  __shared__ __align__(16) uint4 ws[KILN_I4_STAGES][KILN_I4_BN];
-  __shared__ __align__(16) float2 ss[KILN_I4_STAGES][KILN_I4_BN];
+  constexpr int BM = 16 * MT, BK = 32 * Q;
+  // Stages in flight: fewer for longer steps (the static shared memory stays under 48 KB).
+  constexpr int STAGES = Q == 1 ? 4 : 3;
+  // Shared row stride of an activation tile, in elements: 16 bytes of padding keeps rows
+  // 16-byte aligned for cp.async and puts the 8 rows of a fragment load on distinct banks.
+  constexpr int XS = BK + 8;
+  __shared__ __align__(16) T xs[STAGES][BM * XS];
+  __shared__ __align__(16) uint4 ws[STAGES][KILN_I4_BN * Q];
+  __shared__ __align__(16) float2 ss[STAGES][KILN_I4_BN * Q];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const int n0 = blockIdx.x * KILN_I4_BN, m0 = blockIdx.y * BM;
   const int kt0 = blockIdx.z * steps_per_split;
-  const int steps = min(steps_per_split, k / KILN_I4_BK - kt0);
+  const int steps = min(steps_per_split, k / BK - kt0);
   const long long wpr = k >> 3;
   const int groups = k / group;
 
-  // Step kt into stage st: thread tid brings weight row n0+tid (16 bytes) and its scale, and
-  // 16-byte pieces of the activation rows.
+  // Step kt into stage st: thread tid brings weight row n0+tid's Q quads (16 bytes each) and
+  // their scales, and 16-byte pieces of the activation rows.
   auto load = [&](int st, int kt) {
     const int row = n0 + tid;
     const bool in = row < n;
     const long long r = in ? row : 0;
-    kiln_i4_cp16(&ws[st][tid], words + r * wpr + kt * 4, in ? 16 : 0);
-    kiln_i4_cp8(&ss[st][tid], sb + r * groups + (kt * KILN_I4_BK) / group, in ? 8 : 0);
 #pragma unroll
-    for (int c = tid; c < BM * 4; c += 128) {
-      const int xr = c >> 2, q = c & 3;
+    for (int q = 0; q < Q; ++q) {
+      const int quad = kt * Q + q;
+      kiln_i4_cp16(&ws[st][tid * Q + q], words + r * wpr + quad * 4, in ? 16 : 0);
+      kiln_i4_cp8(&ss[st][tid * Q + q], sb + r * groups + (quad * 32) / group, in ? 8 : 0);
+    }
+#pragma unroll
+    for (int c = tid; c < BM * 4 * Q; c += 128) {
+      const int xr = c / (4 * Q), piece = c % (4 * Q);
       const bool xin = m0 + xr < m;
-      const T* src = x + (xin ? (long long)(m0 + xr) * ldx : 0) + kt * KILN_I4_BK + q * 8;
-      kiln_i4_cp16(&xs[st][xr * KILN_I4_XS + q * 8], src, xin ? 16 : 0);
+      const T* src = x + (xin ? (long long)(m0 + xr) * ldx : 0) + kt * BK + piece * 8;
+      kiln_i4_cp16(&xs[st][xr * XS + piece * 8], src, xin ? 16 : 0);
     }
   };
 
@@ -141,47 +147,50 @@ __device__ __forceinline__ void kiln_i4_mma_gemm(const T* __restrict__ x, long l
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
 #pragma unroll
-  for (int s = 0; s < KILN_I4_STAGES - 1; ++s) {
+  for (int s = 0; s < STAGES - 1; ++s) {
     if (s < steps) load(s, kt0 + s);
     kiln_i4_cp_commit();
   }
   for (int it = 0; it < steps; ++it) {
     // Step it has landed (at most STAGES-2 later groups still in flight), and every warp is
     // done with the stage the next load overwrites (it was read in step it-1).
-    kiln_i4_cp_wait<KILN_I4_STAGES - 2>();
+    kiln_i4_cp_wait<STAGES - 2>();
     __syncthreads();
-    const int next = it + KILN_I4_STAGES - 1;
-    if (next < steps) load(next % KILN_I4_STAGES, kt0 + next);
+    const int next = it + STAGES - 1;
+    if (next < steps) load(next % STAGES, kt0 + next);
     kiln_i4_cp_commit();
 
-    const int st = it % KILN_I4_STAGES;
-    // B fragments of this warp's four n8 tiles, both k16 halves: lane (g, t) holds inputs
-    // 2t, 2t+1 (b0) and 2t+8, 2t+9 (b1) of row 8j+g: nibbles 2t, 2t+1 of words 0/1 (first
-    // half) and 2/3 (second half).
-    unsigned b[4][2][2];
+    const int st = it % STAGES;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int row = warp * 32 + j * 8 + g;
-      const uint4 w = ws[st][row];
-      const float2 s = ss[st][row];
-      b[j][0][0] = kiln_i4_pair<T>(w.x, t, s);
-      b[j][0][1] = kiln_i4_pair<T>(w.y, t, s);
-      b[j][1][0] = kiln_i4_pair<T>(w.z, t, s);
-      b[j][1][1] = kiln_i4_pair<T>(w.w, t, s);
-    }
+    for (int q = 0; q < Q; ++q) {
+      // B fragments of this warp's four n8 tiles, both k16 halves of quad q: lane (g, t)
+      // holds inputs 2t, 2t+1 (b0) and 2t+8, 2t+9 (b1) of row 8j+g: nibbles 2t, 2t+1 of words
+      // 0/1 (first half) and 2/3 (second half).
+      unsigned b[4][2][2];
 #pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int kk = 0; kk < 2; ++kk) {
-        // A fragment: rows g and g+8 of the m16 tile, inputs 2t, 2t+1 and 2t+8, 2t+9.
-        const T* p = &xs[st][(16 * i + g) * KILN_I4_XS + 16 * kk + 2 * t];
-        const unsigned a[4] = {*reinterpret_cast<const unsigned*>(p),
-                               *reinterpret_cast<const unsigned*>(p + 8 * KILN_I4_XS),
-                               *reinterpret_cast<const unsigned*>(p + 8),
-                               *reinterpret_cast<const unsigned*>(p + 8 * KILN_I4_XS + 8)};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) kiln_i4_mma((const T*)0, acc[i][j], a, b[j][kk]);
+      for (int j = 0; j < 4; ++j) {
+        const int row = warp * 32 + j * 8 + g;
+        const uint4 w = ws[st][row * Q + q];
+        const float2 s = ss[st][row * Q + q];
+        b[j][0][0] = kiln_i4_pair<T>(w.x, t, s);
+        b[j][0][1] = kiln_i4_pair<T>(w.y, t, s);
+        b[j][1][0] = kiln_i4_pair<T>(w.z, t, s);
+        b[j][1][1] = kiln_i4_pair<T>(w.w, t, s);
       }
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          // A fragment: rows g and g+8 of the m16 tile, inputs 2t, 2t+1 and 2t+8, 2t+9.
+          const T* p = &xs[st][(16 * i + g) * XS + 32 * q + 16 * kk + 2 * t];
+          const unsigned a[4] = {*reinterpret_cast<const unsigned*>(p),
+                                 *reinterpret_cast<const unsigned*>(p + 8 * XS),
+                                 *reinterpret_cast<const unsigned*>(p + 8),
+                                 *reinterpret_cast<const unsigned*>(p + 8 * XS + 8)};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) kiln_i4_mma((const T*)0, acc[i][j], a, b[j][kk]);
+        }
+    }
   }
 
   // C fragment: rows g, g+8 of the m16 tile; features 2t, 2t+1 of the n8 tile.
@@ -229,16 +238,19 @@ __device__ __forceinline__ void kiln_i4_gather(const T* __restrict__ x, long lon
     xp[idx] = x[(idx / k) * ldx + perm[idx % k]];
 }
 
-#define KILN_I4_MMA(NAME, T, MT)                                                                              \
+#define KILN_I4_MMA(NAME, T, MT, Q)                                                                           \
   extern "C" __global__ void __launch_bounds__(128) NAME(const T* x, long long ldx, int m, const unsigned* words, \
                                                          const float2* sb, T* out, long long ldo, float* partial, \
                                                          int n, int k, int group, int steps_per_split) {       \
-    kiln_i4_mma_gemm<T, MT>(x, ldx, m, words, sb, out, ldo, partial, n, k, group, steps_per_split);            \
+    kiln_i4_mma_gemm<T, MT, Q>(x, ldx, m, words, sb, out, ldo, partial, n, k, group, steps_per_split);         \
   }
 #define KILN_I4_MMA_DTYPE(SUFFIX, T)                                                                          \
-  KILN_I4_MMA(kiln_i4_mma1_##SUFFIX, T, 1)                                                                    \
-  KILN_I4_MMA(kiln_i4_mma2_##SUFFIX, T, 2)                                                                    \
-  KILN_I4_MMA(kiln_i4_mma4_##SUFFIX, T, 4)                                                                    \
+  KILN_I4_MMA(kiln_i4_mma1_q1_##SUFFIX, T, 1, 1)                                                              \
+  KILN_I4_MMA(kiln_i4_mma2_q1_##SUFFIX, T, 2, 1)                                                              \
+  KILN_I4_MMA(kiln_i4_mma4_q1_##SUFFIX, T, 4, 1)                                                              \
+  KILN_I4_MMA(kiln_i4_mma1_q2_##SUFFIX, T, 1, 2)                                                              \
+  KILN_I4_MMA(kiln_i4_mma2_q2_##SUFFIX, T, 2, 2)                                                              \
+  KILN_I4_MMA(kiln_i4_mma4_q2_##SUFFIX, T, 4, 2)                                                              \
   extern "C" __global__ void kiln_i4_reduce_##SUFFIX(const float* partial, int splits, int m, int n, T* out,   \
                                                      long long ldo) {                                         \
     kiln_i4_reduce<T>(partial, splits, m, n, out, ldo);                                                       \
@@ -253,36 +265,50 @@ KILN_I4_MMA_DTYPE(bf16, kiln_bf16)
 
 /// The entry points of [`BODY`].
 pub(super) fn entries() -> impl Iterator<Item = String> {
-    ["f16", "bf16"]
-        .into_iter()
-        .flat_map(|d| ["mma1", "mma2", "mma4", "reduce", "gather"].into_iter().map(move |k| format!("kiln_i4_{k}_{d}")))
+    ["f16", "bf16"].into_iter().flat_map(|d| {
+        ["mma1_q1", "mma2_q1", "mma4_q1", "mma1_q2", "mma2_q2", "mma4_q2", "reduce", "gather"]
+            .into_iter()
+            .map(move |k| format!("kiln_i4_{k}_{d}"))
+    })
 }
 
-/// How a product of one weight is cut: the m16 tiles per block and the splits of `k`.
+/// How a product of one weight is cut: the m16 tiles per block, the quads per pipeline step
+/// and the splits of `k`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct MmaPlan {
     /// m16 tiles per block (1, 2 or 4).
     pub mt: usize,
-    /// Pipeline steps (32 inputs each) per split of `k`.
+    /// Quads (32 inputs) per pipeline step (1 or 2).
+    pub q: usize,
+    /// Pipeline steps per split of `k`.
     pub steps_per_split: usize,
     /// Splits of `k` (`gridDim.z`); 1 writes `out` directly.
     pub splits: usize,
 }
 
 impl MmaPlan {
-    /// The plan for `m` rows of a `n × k` weight on a GPU of `sms` SMs: enough blocks for two
-    /// per SM, each split at least [`MIN_STEPS_PER_SPLIT`] steps long, none empty.
+    /// The plan for `m` rows of a `n × k` weight on a GPU of `sms` SMs: one quad a step
+    /// (`KILN_INT4_MMA_Q=2`: two, where `k` allows), enough blocks for `blocks_per_sm()` per SM, each split at least
+    /// [`MIN_STEPS_PER_SPLIT`] steps long, none empty.
     pub fn new(m: usize, n: usize, k: usize, sms: usize) -> MmaPlan {
+        let q = std::env::var("KILN_INT4_MMA_Q").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        let q = if q == 2 && k.is_multiple_of(2 * QUAD) { 2 } else { 1 };
+        MmaPlan::with(m, n, k, sms, q, blocks_per_sm())
+    }
+
+    /// [`MmaPlan::new`] with the step's quads (`k` a multiple of `32 q`) and the blocks per SM
+    /// chosen.
+    pub fn with(m: usize, n: usize, k: usize, sms: usize, q: usize, per_sm: usize) -> MmaPlan {
         let mt = match m {
             0..=16 => 1,
             17..=32 => 2,
             _ => 4,
         };
-        let steps = k / BK;
+        let steps = k / (QUAD * q);
         let tiles = n.div_ceil(BN) * m.div_ceil(16 * mt).max(1);
-        let want = (2 * sms.max(1)).div_ceil(tiles).clamp(1, (steps / MIN_STEPS_PER_SPLIT).max(1));
+        let want = (per_sm * sms.max(1)).div_ceil(tiles).clamp(1, (steps / MIN_STEPS_PER_SPLIT).max(1));
         let steps_per_split = steps.div_ceil(want).max(1);
-        MmaPlan { mt, steps_per_split, splits: steps.div_ceil(steps_per_split).max(1) }
+        MmaPlan { mt, q, steps_per_split, splits: steps.div_ceil(steps_per_split).max(1) }
     }
 
     /// Bytes of f32 partial sums the plan needs for `m` rows of `n` features.
@@ -293,6 +319,14 @@ impl MmaPlan {
             0
         }
     }
+}
+
+/// The blocks per SM the split of `k` aims for (`KILN_INT4_MMA_BLOCKS_PER_SM`, default 2).
+fn blocks_per_sm() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("KILN_INT4_MMA_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(2)
+    })
 }
 
 /// The device pointers and shape of one int4 weight, as the launch takes them.
@@ -318,7 +352,7 @@ pub(super) fn mma_product(
 ) -> Result<bool, GemmError> {
     let (m, n, k) = (x.rows(), w.rows, w.cols);
     let dtype = x.dtype();
-    if !matches!(dtype, crate::DType::F16 | crate::DType::BF16) || b.compute_capability().0 < 8 || k % BK != 0 {
+    if !matches!(dtype, crate::DType::F16 | crate::DType::BF16) || b.compute_capability().0 < 8 || k % QUAD != 0 {
         return Ok(false);
     }
     let elt = dtype.size_bytes();
@@ -345,7 +379,7 @@ pub(super) fn mma_product(
         (xp, ldx) = (scratch, k as i64);
     }
     let partial = if plan.splits > 1 { scratch + gathered as u64 } else { 0 };
-    let f = module.func(&format!("kiln_i4_mma{}_{d}", plan.mt))?;
+    let f = module.func(&format!("kiln_i4_mma{}_q{}_{d}", plan.mt, plan.q))?;
     let (op, ldo) = (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64);
     let (group, spp) = (w.group as i32, plan.steps_per_split as i32);
     let mut l = b.stream().launch_builder(f);
@@ -377,39 +411,36 @@ mod tests {
     #[test]
     fn plans_split_k_only_when_the_tiles_leave_sms_idle() {
         // 8B qkv on 132 SMs, one row: 48 tiles, 6 splits of 22 steps (of 128).
-        let p = MmaPlan::new(1, 6144, 4096, 132);
+        let p = MmaPlan::with(1, 6144, 4096, 132, 1, 2);
         assert_eq!((p.mt, p.steps_per_split, p.splits), (1, 22, 6));
         // gate_up: 224 tiles, two splits; at 64 rows (one 64-row tile) the same.
-        assert_eq!(MmaPlan::new(1, 28672, 4096, 132).splits, 2);
-        assert_eq!(MmaPlan::new(64, 28672, 4096, 132), MmaPlan { mt: 4, steps_per_split: 64, splits: 2 });
+        assert_eq!(MmaPlan::with(1, 28672, 4096, 132, 1, 2).splits, 2);
+        assert_eq!(MmaPlan::with(64, 28672, 4096, 132, 1, 2), MmaPlan { mt: 4, q: 1, steps_per_split: 64, splits: 2 });
         // Enough tiles, of n or of m: no split.
-        assert_eq!(MmaPlan::new(64, 65536, 4096, 132).splits, 1);
-        assert_eq!(MmaPlan::new(512, 6144, 4096, 132).splits, 1);
+        assert_eq!(MmaPlan::with(64, 65536, 4096, 132, 1, 2).splits, 1);
+        assert_eq!(MmaPlan::with(512, 6144, 4096, 132, 1, 2).splits, 1);
         // down (k 14336): 32 tiles, 9 splits; the row tiles divide it.
-        assert_eq!(MmaPlan::new(16, 4096, 14336, 132).splits, 9);
-        assert_eq!(MmaPlan::new(128, 4096, 14336, 132).splits, 5);
+        assert_eq!(MmaPlan::with(16, 4096, 14336, 132, 1, 2).splits, 9);
+        assert_eq!(MmaPlan::with(128, 4096, 14336, 132, 1, 2).splits, 5);
         // A short k is never cut below four steps a split.
-        assert_eq!(MmaPlan::new(8, 64, 256, 132).splits, 2);
-        assert_eq!(MmaPlan::new(8, 64, 96, 132).splits, 1);
+        assert_eq!(MmaPlan::with(8, 64, 256, 132, 1, 2).splits, 2);
+        assert_eq!(MmaPlan::with(8, 64, 96, 132, 1, 2).splits, 1);
     }
 
     #[test]
     fn plans_cover_k_with_no_empty_split() {
         for m in [1, 5, 16, 17, 32, 33, 64, 300] {
             for (n, k) in [(64, 1024), (1003, 256), (4096, 14336), (6144, 4096), (96, 32)] {
-                let p = MmaPlan::new(m, n, k, 132);
-                assert!(p.splits * p.steps_per_split >= k / BK, "{m}: {n}×{k}: {p:?}");
-                assert!((p.splits - 1) * p.steps_per_split < k / BK, "{m}: {n}×{k}: {p:?}");
-                assert_eq!(
-                    p.mt,
-                    if m <= 16 {
-                        1
-                    } else if m <= 32 {
-                        2
-                    } else {
-                        4
+                for (q, per_sm) in [(1, 2), (1, 8), (2, 2), (2, 4)] {
+                    if k % (QUAD * q) != 0 {
+                        continue;
                     }
-                );
+                    let p = MmaPlan::with(m, n, k, 132, q, per_sm);
+                    let steps = k / (QUAD * q);
+                    assert!(p.splits * p.steps_per_split >= steps, "{m}: {n}×{k}: {p:?}");
+                    assert!((p.splits - 1) * p.steps_per_split < steps, "{m}: {n}×{k}: {p:?}");
+                    assert_eq!(p.mt, m.div_ceil(16).min(4).next_power_of_two().min(4), "{m}");
+                }
             }
         }
     }

@@ -76,9 +76,11 @@ unsafe fn slice_scales<I: PanelInts>(
 
 /// A k-quant's scales of every slice of rows `rb` (the panel's own, `panel::pack_scales`), once
 /// per group: built lane by lane, they are read as vectors long after the stores (one slice at a
-/// time they had stalled each vector load on eight scalar stores).
+/// time they had stalled each vector load on eight scalar stores). One instance per format
+/// (`QuantFormat::ALL[F]`), so that the format's scale decoding is inlined without a match.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kquant_scales<I: PanelInts>(format: QuantFormat, rb: &[&[u8]; NR], rows: usize, kq: &mut Vec<Scales>) {
+unsafe fn kquant_scales<I: PanelInts, const F: usize>(rb: &[&[u8]; NR], rows: usize, kq: &mut Vec<Scales>) {
+    let format = QuantFormat::ALL[F];
     kq.resize(rb[0].len() / format.block_bytes() * (format.block_len() / BLOCK), Scales::default());
     if rows < NR {
         kq.fill(Scales::default());
@@ -135,7 +137,7 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
     let (signed, off) = (format == QuantFormat::Q8_0, _mm256_set1_epi16(Ints8::offset(format)));
     if per > 1 {
         // Safety: the caller's.
-        unsafe { kquant_scales::<super::panel::Ints16>(format, rb, rows, kq) };
+        unsafe { kquant_scales::<super::panel::Ints16, F>(rb, rows, kq) };
     }
     let kq: &[Scales] = kq;
     let mut acc = [_mm256_setzero_ps(); R];
@@ -205,7 +207,7 @@ unsafe fn rows8<const F: usize, const R: usize, const HALVES: bool, const COEF: 
     let ones = _mm256_set1_epi16(1);
     if per > 1 {
         // Safety: the caller's.
-        unsafe { kquant_scales::<Ints8>(format, rb, rows, kq) };
+        unsafe { kquant_scales::<Ints8, F>(rb, rows, kq) };
     }
     let kq: &[Scales] = kq;
     let mut acc = [_mm256_setzero_ps(); R];
