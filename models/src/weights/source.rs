@@ -727,8 +727,8 @@ impl WeightSource {
 
     /// Packed 4-bit parts (stacked along rows) as a weight on `dev`: host-resident on the CPU;
     /// in GPU memory for activations of `dtype` on a GPU when the int4 kernels are enabled
-    /// (`KILN_INT4_GPU=kernels`), or `None` when they are not or the groups do not fit them
-    /// (the caller then uploads the weight dense).
+    /// (the default; `KILN_INT4_GPU=dense` turns them off), or `None` when they are not or the
+    /// groups do not fit them (the caller then uploads the weight dense).
     fn int4_on(
         &self,
         name: &str,

@@ -259,13 +259,13 @@ pub fn gemv_max_rows() -> usize {
     *MAX.get_or_init(|| std::env::var("KILN_INT4_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_M[2]))
 }
 
-/// Whether checkpoints' int4 weights load into these kernels on a GPU (`KILN_INT4_GPU=kernels`);
-/// otherwise they are dequantized to dense at load, as before the kernels existed. Off by
-/// default until `kiln-check-int4` has passed on a GPU: the kernels have only been compiled
-/// (NVRTC, sm_80/sm_90), never run. `synth:NAME+int4` and the check program use them always.
+/// Whether checkpoints' int4 weights load into these kernels on a GPU: yes (they passed
+/// `kiln-check-int4` and the packed fixtures against the CPU on an H100, 2026-12-06), unless
+/// `KILN_INT4_GPU=dense`, which dequantizes them at load (4× the memory; faster than the
+/// kernels above a few rows a step). `synth:NAME+int4` and the check program use them always.
 pub fn kernels_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_INT4_GPU").is_ok_and(|v| v == "kernels"))
+    *ON.get_or_init(|| std::env::var("KILN_INT4_GPU").map_or(true, |v| v != "dense"))
 }
 
 /// A device's dequantization scratch for one dtype: shared by every int4 weight of that device
