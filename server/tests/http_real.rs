@@ -437,6 +437,7 @@ async fn constrained_output_on_every_path() {
     let m = c.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metric(&m, "kiln_constraint_masks_total").unwrap() > 0.0, "{m}");
     assert!(metric(&m, "kiln_constraint_mask_p99_seconds").unwrap() > 0.0);
+    assert!(metric(&m, "kiln_constraint_mask_wait_seconds_total").is_some_and(|w| w >= 0.0), "{m}");
 }
 
 /// A random JSON schema: well-formed or not, nested, with the keywords the compiler handles

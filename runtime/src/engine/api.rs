@@ -107,8 +107,11 @@ pub struct EngineStats {
     pub model_seconds: f64,
     /// Time spent in steps, summed (model plus scheduling, sampling, detokenizing, events).
     pub step_seconds: f64,
-    /// Constrained decoding's per-token mask computations.
+    /// Constrained decoding's per-token mask computations (each computed ahead, while the
+    /// model's next step runs).
     pub masks: crate::sample::constraint::MaskSummary,
+    /// How long sampling waited for each of those masks (zero where it was ready).
+    pub mask_waits: crate::sample::constraint::MaskSummary,
     /// Steps whose logits were copied to the host and sampled there (the host placement, the
     /// CPU's default, beam search, a device sampler that failed); on a GPU the other steps
     /// send back only token ids and requested log-probabilities.

@@ -1,36 +1,69 @@
 //! One sequence's constraint inside the engine: masks its logits row on the host, or hands its
-//! mask to the device sampler (timed either way), advances with each token it takes, forks
-//! with the sequence.
+//! mask to the device sampler, advances with each token it takes, forks with the sequence.
 //!
-//! Invariant: the mask is recomputed from the constraint's state for every row, so nothing
-//! cached here can go stale across preemption (the constraint object is kept while the KV is
-//! recomputed) or forks.
+//! The next mask is computed ahead: accepting a token starts the mask of the new state on the
+//! rayon pool, so it runs while the engine thread runs the next model step (on a GPU the host
+//! is idle then; on the CPU a worker kept hot by the step picks it up), and sampling only waits
+//! for what is left of it. Both are measured: each mask's computation (`times`) and how long
+//! sampling waited for it (`waits`; zero when it was ready). Slow masks are never skipped.
+//!
+//! Invariant: a mask is always the one of the constraint's current state — computed ahead
+//! from the state right after `accept`, and used only by the first `fill` after it, for the
+//! same vocabulary; anything else (a fork, another vocabulary, a lost job) computes it anew.
+//! Preemption keeps the constraint and its state, so a mask computed ahead stays valid.
 
 use super::shared::lock;
 use crate::sample::constraint::{apply_mask, mask_words, MaskTimes};
 use crate::sample::TokenConstraint;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+type MaskResult = Result<Vec<u32>, String>;
+
 pub(crate) struct Constrained {
-    inner: Box<dyn TokenConstraint>,
+    /// The constraint, shared with the job computing its next mask.
+    inner: Arc<Mutex<Box<dyn TokenConstraint>>>,
+    /// The mask of the current state being computed ahead, over a vocabulary of `.0` ids.
+    ahead: Option<(usize, Receiver<MaskResult>)>,
+    /// The vocabulary of the last mask: what the next one is computed over.
+    vocab: Option<usize>,
     mask: Vec<u32>,
     masked: Vec<f32>,
     times: Arc<Mutex<MaskTimes>>,
+    waits: Arc<Mutex<MaskTimes>>,
+}
+
+/// The mask of `inner`'s current state over `vocab` ids, its computation timed into `times`.
+fn compute(inner: &Mutex<Box<dyn TokenConstraint>>, vocab: usize, times: &Mutex<MaskTimes>) -> MaskResult {
+    let mut mask = vec![0u32; mask_words(vocab)];
+    let t = Instant::now();
+    let r = lock(inner).fill_mask(&mut mask);
+    lock(times).record(t.elapsed());
+    r.map(|()| mask).map_err(|e| e.to_string())
 }
 
 impl Constrained {
-    pub fn new(inner: Box<dyn TokenConstraint>, times: Arc<Mutex<MaskTimes>>) -> Self {
-        Constrained { inner, mask: Vec::new(), masked: Vec::new(), times }
+    pub fn new(inner: Box<dyn TokenConstraint>, times: Arc<Mutex<MaskTimes>>, waits: Arc<Mutex<MaskTimes>>) -> Self {
+        let inner = Arc::new(Mutex::new(inner));
+        Constrained { inner, ahead: None, vocab: None, mask: Vec::new(), masked: Vec::new(), times, waits }
     }
 
     fn fill(&mut self, vocab: usize) -> Result<(), String> {
-        self.mask.clear();
-        self.mask.resize(mask_words(vocab), 0);
-        let t = Instant::now();
-        let r = self.inner.fill_mask(&mut self.mask);
-        lock(&self.times).record(t.elapsed());
-        r.map_err(|e| e.to_string())
+        self.vocab = Some(vocab);
+        if let Some((v, rx)) = self.ahead.take() {
+            let t = Instant::now();
+            // A job that panicked dropped its sender: compute the mask here instead.
+            if let (true, Ok(r)) = (v == vocab, rx.recv()) {
+                lock(&self.waits).record(t.elapsed());
+                self.mask = r?;
+                return Ok(());
+            }
+        }
+        lock(&self.waits).record(std::time::Duration::ZERO);
+        self.mask = compute(&self.inner, vocab, &self.times)?;
+        Ok(())
     }
 
     /// A copy of `logits` with every token the constraint forbids at `-inf`.
@@ -55,11 +88,86 @@ impl Constrained {
         Ok(())
     }
 
+    /// Advances past `token`, then starts the new state's mask (see the module header).
     pub fn accept(&mut self, token: u32) -> Result<(), String> {
-        self.inner.accept(token).map_err(|e| e.to_string())
+        // An unused mask computed ahead is dropped; its job (if still running) finishes under
+        // the lock before the state moves on.
+        self.ahead = None;
+        lock(&self.inner).accept(token).map_err(|e| e.to_string())?;
+        if let Some(vocab) = self.vocab {
+            let (tx, rx) = sync_channel(1);
+            let (inner, times) = (Arc::clone(&self.inner), Arc::clone(&self.times));
+            rayon::spawn(move || {
+                // A panic in the grammar engine must not abort the pool's thread (rayon's default
+                // for a spawned job): it becomes this mask's error.
+                let r = catch_unwind(AssertUnwindSafe(|| compute(&inner, vocab, &times)))
+                    .unwrap_or_else(|_| Err("the token mask computation panicked".into()));
+                let _ = tx.send(r);
+            });
+            self.ahead = Some((vocab, rx));
+        }
+        Ok(())
     }
 
     pub fn fork(&self) -> Self {
-        Constrained::new(self.inner.fork(), Arc::clone(&self.times))
+        let inner = lock(&self.inner).fork();
+        let mut c = Constrained::new(inner, Arc::clone(&self.times), Arc::clone(&self.waits));
+        c.vocab = self.vocab;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::constraint::ConstraintError;
+
+    /// Allows token `state % vocab` and `state + 1`, one state per accepted token.
+    struct Counter(u32);
+
+    impl TokenConstraint for Counter {
+        fn fill_mask(&mut self, mask: &mut [u32]) -> Result<(), ConstraintError> {
+            for t in [self.0, self.0 + 1] {
+                let t = t as usize % (mask.len() * 32);
+                mask[t / 32] |= 1 << (t % 32);
+            }
+            Ok(())
+        }
+        fn accept(&mut self, token: u32) -> Result<(), ConstraintError> {
+            self.0 += 1 + token % 2;
+            Ok(())
+        }
+        fn fork(&self) -> Box<dyn TokenConstraint> {
+            Box::new(Counter(self.0))
+        }
+    }
+
+    fn allowed(mask: &[f32]) -> Vec<usize> {
+        mask.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn masks_computed_ahead_are_the_current_states() {
+        let (times, waits) = (Arc::default(), Arc::default());
+        let mut c = Constrained::new(Box::new(Counter(3)), Arc::clone(&times), Arc::clone(&waits));
+        let logits = vec![0f32; 100];
+        assert_eq!(allowed(c.mask(&logits).unwrap()), [3, 4]);
+        for (token, want) in [(4u32, [4, 5]), (5, [6, 7]), (7, [8, 9]), (8, [9, 10])] {
+            c.accept(token).unwrap();
+            assert!(c.ahead.is_some(), "the next mask is computed ahead");
+            assert_eq!(allowed(c.mask(&logits).unwrap()), want);
+        }
+        // A fork computes its own; accepting twice without a mask in between drops the first.
+        let mut f = c.fork();
+        assert_eq!(allowed(f.mask(&logits).unwrap()), [9, 10]);
+        c.accept(1).unwrap();
+        c.accept(1).unwrap();
+        assert_eq!(allowed(c.mask(&logits).unwrap()), [13, 14]);
+        // Another vocabulary than the one computed ahead: computed anew.
+        c.accept(0).unwrap();
+        assert_eq!(allowed(c.mask(&[0f32; 40]).unwrap()), [14, 15]);
+        let (t, w) = (lock(&times).summary(), lock(&waits).summary());
+        assert_eq!(w.count, 8, "one wait per mask used");
+        assert!(t.count >= 8, "every mask computed is timed, used or not: {}", t.count);
     }
 }

@@ -187,7 +187,7 @@ impl Core {
                 None => Ok(None),
                 Some(src) => {
                     let c = src.start(&ends).map_err(|e| e.to_string())?;
-                    Ok(Some(Constrained::new(c, Arc::clone(times))))
+                    Ok(Some(Constrained::new(c, Arc::clone(times), Arc::clone(&self.shared.mask_waits))))
                 }
             }
         };
@@ -575,6 +575,7 @@ impl Core {
             model_seconds: self.counters.model_seconds,
             step_seconds: self.counters.step_seconds,
             masks: lock(&self.shared.mask_times).summary(),
+            mask_waits: lock(&self.shared.mask_waits).summary(),
             host_sampling_steps: self.counters.host_sampling_steps,
         };
         *lock(&self.shared.stats) = stats;

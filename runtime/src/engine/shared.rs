@@ -70,8 +70,10 @@ pub(crate) struct Shared {
     pub stats: Mutex<EngineStats>,
     pub waste: Mutex<KvWasteStats>,
     pub heartbeat: Mutex<Heartbeat>,
-    /// Durations of constrained decoding's mask computations (engine thread writes).
+    /// Durations of constrained decoding's mask computations (computed ahead, on the pool).
     pub mask_times: std::sync::Arc<Mutex<crate::sample::constraint::MaskTimes>>,
+    /// How long sampling waited for each mask (zero where it was ready).
+    pub mask_waits: std::sync::Arc<Mutex<crate::sample::constraint::MaskTimes>>,
     inflight: Mutex<usize>,
     idle: Condvar,
     /// Set once the engine thread has dropped its state (the model among it).
@@ -112,6 +114,7 @@ impl Shared {
             waste: Mutex::new(KvWasteStats::default()),
             heartbeat: Mutex::new(Heartbeat { last_progress: Instant::now(), alive: true }),
             mask_times: Default::default(),
+            mask_waits: Default::default(),
             inflight: Mutex::new(0),
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),

@@ -205,7 +205,7 @@ impl Metrics {
             gauge(
                 &mut out,
                 "kiln_constraint_mask_seconds_total",
-                "Time spent computing token masks, summed (on the engine thread, between model steps).",
+                "Time spent computing token masks, summed (each computed ahead, on the worker pool, while the next model step runs).",
                 st.masks.mean_seconds * st.masks.count as f64,
             );
             gauge(
@@ -219,6 +219,18 @@ impl Metrics {
                 "kiln_constraint_mask_max_seconds",
                 "Slowest token mask computed so far (slow masks are measured, never skipped).",
                 st.masks.max_seconds,
+            );
+            gauge(
+                &mut out,
+                "kiln_constraint_mask_wait_seconds_total",
+                "Time sampling waited for token masks still being computed, summed (the part not hidden behind the model step).",
+                st.mask_waits.mean_seconds * st.mask_waits.count as f64,
+            );
+            gauge(
+                &mut out,
+                "kiln_constraint_mask_wait_max_seconds",
+                "Longest wait of sampling for a token mask so far.",
+                st.mask_waits.max_seconds,
             );
             gauge(&mut out, "llm_engine_alive", "1 while the engine loop runs.", f64::from(u8::from(hb.alive)));
             gauge(
