@@ -7,14 +7,18 @@
 //! layers use. A streamed reply is documented as `text/event-stream` whose `schema` describes
 //! one event (OpenAPI 3.1 has no item schema; this is how schema-driven tools read it), the
 //! event's `data` being the chunk as JSON text (`contentMediaType`/`contentSchema`), an error
-//! body, or `[DONE]`. `tests/python/openapi_fuzz.py` checks the live server against all of it.
+//! body, or `[DONE]`. Served, every request's `model` is the one served model's name
+//! ([`spec_json_for`]). `tests/python/openapi_fuzz.py` checks the live server against all of it.
 
 use crate::auth::OPEN_PATHS;
 use crate::error::{ErrorBody, ErrorInfo};
 use crate::protocol::{chat, common, completion, guided, models, tokenize, tools};
+use crate::state::AppState;
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Ref, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, RefOr, ResponseBuilder};
@@ -207,15 +211,62 @@ pub fn spec_json() -> &'static str {
     })
 }
 
+/// The spec as this server answers it: every request's `model` names the one model served
+/// (`enum`), since any other is a 404 (a client generating requests from the document would
+/// otherwise see most of them refused). Built once per served name.
+pub fn spec_json_for(served: &str) -> Arc<str> {
+    static BY_NAME: OnceLock<Mutex<HashMap<String, Arc<str>>>> = OnceLock::new();
+    let mut cache = BY_NAME.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = cache.get(served) {
+        return Arc::clone(s);
+    }
+    let mut doc: serde_json::Value = serde_json::from_str(spec_json()).unwrap_or_default();
+    if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(|v| v.as_object_mut()) {
+        for schema in schemas.values_mut() {
+            let Some(model) = schema.pointer_mut("/properties/model").and_then(|m| m.as_object_mut()) else {
+                continue;
+            };
+            let nullable = model.get("type").and_then(|t| t.as_array()).is_some_and(|t| t.iter().any(|x| x == "null"));
+            let names = if nullable { serde_json::json!([served, null]) } else { serde_json::json!([served]) };
+            model.insert("enum".into(), names);
+        }
+    }
+    let text: Arc<str> = doc.to_string().into();
+    cache.insert(served.to_owned(), Arc::clone(&text));
+    text
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 JSON", content_type = "application/json")))]
-pub async fn openapi_json() -> impl IntoResponse {
-    ([(CONTENT_TYPE, "application/json")], spec_json())
+pub async fn openapi_json(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], spec_json_for(&state.cfg.served_model_name).to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Served, every request schema's `model` admits the served name only (and null where the
+    /// field is optional); the rest of the document is the generated one.
+    #[test]
+    fn the_served_document_names_the_served_model() {
+        let doc: serde_json::Value = serde_json::from_str(&spec_json_for("tiny-model")).unwrap();
+        let base: serde_json::Value = serde_json::from_str(spec_json()).unwrap();
+        let mut seen = 0;
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            let Some(model) = schema["properties"].get("model") else { continue };
+            seen += 1;
+            let names: Vec<&serde_json::Value> = model["enum"].as_array().unwrap().iter().collect();
+            assert_eq!(names[0], "tiny-model", "{name}");
+            let nullable = model["type"].as_array().is_some_and(|t| t.iter().any(|x| x == "null"));
+            assert_eq!(names.len(), 1 + usize::from(nullable), "{name}");
+            let mut without = schema.clone();
+            without["properties"]["model"].as_object_mut().unwrap().remove("enum");
+            assert_eq!(without, base["components"]["schemas"][name], "{name}");
+        }
+        assert!(seen >= 3, "completions, chat and tokenize name a model: {seen}");
+        assert!(Arc::ptr_eq(&spec_json_for("tiny-model"), &spec_json_for("tiny-model")), "built once");
+    }
 
     fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
         match v {
