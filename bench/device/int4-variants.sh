@@ -3,9 +3,11 @@
 # .device/): quads per step (KILN_INT4_MMA_Q) × blocks per SM aimed for by the split of k
 # (KILN_INT4_MMA_BLOCKS_PER_SM), each a full kiln-check-int4 (correctness, then the speed
 # table into $OUT/int4-qQ-bB.txt); prints the tensor-core column at a few row counts.
+# VARIANTS: space-separated Q,B pairs (default "2,2 1,4 2,4 2,8").
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-for v in ${VARIANTS:-"2 2" "1 4" "2 4" "2 8"}; do
+for v in ${VARIANTS:-2,2 1,4 2,4 2,8}; do
+  v="${v/,/ }"
   set -- $v
   f="$OUT/int4-q$1-b$2.txt"
   KILN_INT4_MMA_Q=$1 KILN_INT4_MMA_BLOCKS_PER_SM=$2 timeout 120 .device/kiln-check-int4 > "$f" 2>&1

@@ -419,11 +419,12 @@ fn scratch_for(b: &Arc<CudaBackend>, dev: &Device, dtype: DType, elems: usize) -
 }
 
 /// The most activation rows the tensor-core kernel takes (f16 / bf16); more go through
-/// dequantize + cuBLAS, whose GEMM wins once the product is compute-bound.
+/// dequantize + cuBLAS, whose GEMM wins once the product is compute-bound (H100, 8B shapes:
+/// the tensor cores ahead at 64 rows, behind at 128).
 /// `KILN_INT4_MMA_MAX_ROWS` overrides it (0 never uses the tensor-core kernel).
 pub fn mma_max_rows() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| std::env::var("KILN_INT4_MMA_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(128))
+    *MAX.get_or_init(|| std::env::var("KILN_INT4_MMA_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(64))
 }
 
 /// Which kernel multiplies an int4 weight.
