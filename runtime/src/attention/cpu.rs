@@ -44,65 +44,6 @@ fn scalar(a: &Arg<'_>) -> CpuScalar {
     }
 }
 
-/// Whether the loops below run in their AVX2 instances (wider vectors, the same operations in
-/// the same order, so the same bits as the portable ones).
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// `out[t - lo] = q · key(t) · scale` for the keys `lo .. lo + out.len()`. The dot is the CPU
-/// GEMM's (16 partial sums in a fixed order): a sequential sum was a chain of dependent adds,
-/// ~10% of a 55-token prefill.
-fn score_row<'k>(q: &[f32], lo: usize, key: &impl Fn(usize) -> &'k [f32], scale: f32, out: &mut [f32]) {
-    #[inline(always)]
-    fn body<'k>(q: &[f32], lo: usize, key: &impl Fn(usize) -> &'k [f32], scale: f32, out: &mut [f32]) {
-        for (i, s) in out.iter_mut().enumerate() {
-            *s = dot1(q, key(lo + i)) * scale;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn wide<'k>(q: &[f32], lo: usize, key: &impl Fn(usize) -> &'k [f32], scale: f32, out: &mut [f32]) {
-        body(q, lo, key, scale, out)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // Safety: AVX2 was detected.
-        return unsafe { wide(q, lo, key, scale, out) };
-    }
-    body(q, lo, key, scale, out)
-}
-
-/// `o += Σ_i (p[i] / denom) · val(first + i)` over the nonzero probabilities `p`, in order.
-fn weighted_values<'v>(p: &[f32], first: usize, val: &impl Fn(usize) -> &'v [f32], denom: f32, o: &mut [f32]) {
-    #[inline(always)]
-    fn body<'v>(p: &[f32], first: usize, val: &impl Fn(usize) -> &'v [f32], denom: f32, o: &mut [f32]) {
-        for (i, &p) in p.iter().enumerate() {
-            if p == 0.0 {
-                continue;
-            }
-            let w = p / denom;
-            for (acc, &x) in o.iter_mut().zip(val(first + i)) {
-                *acc += w * x;
-            }
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn wide<'v>(p: &[f32], first: usize, val: &impl Fn(usize) -> &'v [f32], denom: f32, o: &mut [f32]) {
-        body(p, first, val, denom, o)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // Safety: AVX2 was detected.
-        return unsafe { wide(p, first, val, denom, o) };
-    }
-    body(p, first, val, denom, o)
-}
-
 pub(super) fn run(
     def: &'static AttnDef,
     b: &Bound<'_>,
@@ -151,8 +92,12 @@ pub(super) fn run(
                             scores.resize(rows * width, 0f32);
                             for r in 0..rows {
                                 let qrow = &qv.row(seq.q_start + c0 + r)[h * hd..(h + 1) * hd];
-                                let out = &mut scores[r * width..(r + 1) * width];
-                                score_row(qrow, lo, &key, b.scale, out);
+                                for t in lo..end {
+                                    // 16 partial sums in a fixed order (the CPU GEMM's dot): a
+                                    // sequential sum was a chain of dependent adds, ~10% of a
+                                    // 55-token prefill.
+                                    scores[r * width + t - lo] = dot1(qrow, key(t)) * b.scale;
+                                }
                             }
                             let s: &mut [f32] = match &modifier {
                                 None => &mut scores,
@@ -196,7 +141,15 @@ pub(super) fn run(
                                     denom += *x;
                                 }
                                 let o = &mut res[(c0 + r) * hd..(c0 + r + 1) * hd];
-                                weighted_values(&row[seen], first_key, &val, denom, o);
+                                for (i, &p) in row[seen].iter().enumerate() {
+                                    if p == 0.0 {
+                                        continue;
+                                    }
+                                    let w = p / denom;
+                                    for (acc, &x) in o.iter_mut().zip(val(first_key + i)) {
+                                        *acc += w * x;
+                                    }
+                                }
                             }
                         }
                         Ok(res)
