@@ -262,7 +262,8 @@ pub fn gemv_max_rows() -> usize {
 /// Whether checkpoints' int4 weights load into these kernels on a GPU: yes (they passed
 /// `kiln-check-int4` and the packed fixtures against the CPU on an H100, 2026-12-06), unless
 /// `KILN_INT4_GPU=dense`, which dequantizes them at load (4× the memory; faster than the
-/// kernels above a few rows a step). `synth:NAME+int4` and the check program use them always.
+/// kernels from ~32 rows a step on an H100). `synth:NAME+int4` and the check program use them
+/// always.
 pub fn kernels_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_INT4_GPU").map_or(true, |v| v != "dense"))
