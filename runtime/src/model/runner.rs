@@ -33,6 +33,15 @@ fn keep_hot(done: &AtomicBool, stepper: Option<usize>) {
     }
 }
 
+/// Sets its flag when dropped (the end of a step, normal or not).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// An architecture's [`StepModel`] run as a [`CausalLm`].
 pub struct Runner<M: StepModel> {
     model: M,
@@ -94,9 +103,10 @@ impl<M: StepModel> CausalLm for Runner<M> {
                     let done = &done;
                     s.spawn(move |_| keep_hot(done, stepper));
                 }
-                let r = m.step(&inp, kv, ws, &mut logits);
-                done.store(true, Ordering::Release);
-                r
+                // Set however the step ends: a panic unwinding through here must still release
+                // the spinners, or the scope would wait for them forever.
+                let _done = SetOnDrop(&done);
+                m.step(&inp, kv, ws, &mut logits)
             })?;
         } else {
             m.step(&inp, kv, ws, &mut logits)?;
