@@ -3,13 +3,15 @@
 //! dequantize + cuBLAS (prefill-sized batches).
 //!
 //! One block of 128 threads computes a `16·MT × 128` tile of `out` (MT = 1, 2, 4 by the number
-//! of rows) over its share of `k`: a 4-stage `cp.async` ring brings each 32-input step's
-//! activation rows, the 128 weight rows' packed words (16 bytes a row) and their group's
-//! scale / bias into shared memory; each warp then builds its `mma.m16n8k16` B fragments
-//! straight from the packed words (lane `(g, t)` of an n8 tile reads its row's 16 bytes once and
-//! keeps nibbles `2t, 2t+1` of each word: exactly the fragment's k indices), so the weights are
-//! dequantized in registers once and never written out. A (activations) fragments are 32-bit
-//! shared loads from rows padded to 80 bytes (conflict-free).
+//! of rows) over its share of `k`, in steps of `Q` quads (32 inputs each, one group's; `Q` = 2
+//! by default, 1 where `k` is not a multiple of 64): a `cp.async` ring (4 stages of one quad,
+//! 3 of two) brings each step's activation rows, the 128 weight rows' packed words (16 bytes a
+//! row and quad) and their groups' scale / bias into shared memory; each warp then builds its
+//! `mma.m16n8k16` B fragments straight from the packed words (lane `(g, t)` of an n8 tile reads
+//! its row's 16 bytes of a quad once and keeps nibbles `2t, 2t+1` of each word: exactly the
+//! fragment's k indices), so the weights are dequantized in registers once and never written
+//! out. A (activations) fragments are 32-bit shared loads from rows padded by 16 bytes
+//! (conflict-free).
 //!
 //! Few output tiles cannot keep the memory busy, so `k` is split over `gridDim.z` when the
 //! tiles alone would leave SMs idle: each split writes f32 partial sums, and one more kernel
@@ -17,7 +19,7 @@
 //! follows the tile count, so a row's rounding can differ between batch sizes (as cuBLAS's
 //! does when it picks another algorithm), never between runs.
 //!
-//! Invariants: `k % 32 == 0` and every group a multiple of 32 (so a step lies in one group;
+//! Invariants: `k % 32 == 0` and every group a multiple of 32 (so a quad lies in one group;
 //! [`Int4Layout`](super::int4::Int4Layout)); activation rows 16-byte aligned (the caller checks,
 //! else another path runs); an act-order weight's inputs are gathered into stored order first
 //! (`kiln_i4_gather`), into the scratch, so the tile loads stay contiguous. The kernel body is
