@@ -7,7 +7,7 @@
 //!   of the 4 weight rows in 16-byte loads, so every weight byte is read once, unpacks the
 //!   nibbles in registers (`0x4B000000 | q` is the float `2²³ + q`, so one OR and one subtract
 //!   give `q` exactly) and accumulates `scale · Σ q·x + bias · Σ x` per group in f32;
-//! - **tensor cores** (`m ≤` [`mma_max_rows`], f16 / bf16; [`super::int4_mma`]): the packed
+//! - **tensor cores** (`m ≤` [`mma_max_rows`], f16 / bf16; `int4_mma.rs`): the packed
 //!   words go to shared memory and are dequantized into `mma` fragments in registers;
 //! - **dequantize + cuBLAS** (prefill, large batches): the weight is expanded into a per-device
 //!   scratch matrix of the activation dtype and multiplied by the dense GEMM. The scratch is
@@ -24,7 +24,7 @@
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
 use crate::device::quant::int4::{Int4Layout, Int4Matrix};
-use crate::device::quant::int4_mma::{mma_product, MmaWeight};
+use crate::device::quant::int4_mma::mma_product;
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -256,7 +256,13 @@ pub fn entries() -> &'static [String] {
 /// to the tensor-core kernel. `KILN_INT4_GEMV_MAX_ROWS` overrides it (0: never the GEMV).
 pub fn gemv_max_rows() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| std::env::var("KILN_INT4_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(GEMV_M[2]))
+    *MAX.get_or_init(|| env_usize("KILN_INT4_GEMV_MAX_ROWS", GEMV_M[2]))
+}
+
+/// A tuning variable's value, or `default` when it is unset or not a number (read once by
+/// each caller's `OnceLock`: these are consulted on every product).
+pub(super) fn env_usize(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Whether checkpoints' int4 weights load into these kernels on a GPU: yes (they passed
@@ -335,7 +341,13 @@ impl Int4Cuda {
         (self.words.len() + self.scale_bias.len() + self.perm.as_ref().map_or(0, Tensor::len)) * 4
     }
 
-    fn ptrs(&self) -> (u64, u64, u64) {
+    /// Inputs per scale group.
+    pub(super) fn group(&self) -> usize {
+        self.group
+    }
+
+    /// Device addresses of the words, the scales and biases, and the permutation (0 if none).
+    pub(super) fn ptrs(&self) -> (u64, u64, u64) {
         let p = |t: &Tensor| t.cuda_ptr().unwrap_or(0);
         (p(&self.words), p(&self.scale_bias), self.perm.as_ref().map_or(0, p))
     }
@@ -425,7 +437,7 @@ fn scratch_for(b: &Arc<CudaBackend>, dev: &Device, dtype: DType, elems: usize) -
 /// `KILN_INT4_MMA_MAX_ROWS` overrides it (0 never uses the tensor-core kernel).
 pub fn mma_max_rows() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| std::env::var("KILN_INT4_MMA_MAX_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(64))
+    *MAX.get_or_init(|| env_usize("KILN_INT4_MMA_MAX_ROWS", 64))
 }
 
 /// Which kernel multiplies an int4 weight.
@@ -487,10 +499,8 @@ pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, pat
         let (sp, sbytes) = (scratch.cuda_ptr().unwrap_or(0), scratch.len() * scratch.dtype().size_bytes());
         let mut done = 0;
         for w in parts {
-            let (words, scale_bias, perm) = w.ptrs();
-            let mw = MmaWeight { words, scale_bias, perm, rows: w.rows, cols: w.cols, group: w.group };
             let mut o = out.view_cols(at, w.rows)?;
-            if !mma_product(&b, x, &mw, &mut o, sp, sbytes)? {
+            if !mma_product(&b, x, w, &mut o, sp, sbytes)? {
                 break;
             }
             at += w.rows;

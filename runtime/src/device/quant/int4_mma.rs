@@ -25,6 +25,7 @@
 //! (`kiln_i4_gather`), into the scratch, so the tile loads stay contiguous. The kernel body is
 //! compiled only for sm_80 and later (`mma.sync` bf16); older GPUs never choose this path.
 
+use super::int4_cuda::{env_usize, Int4Cuda};
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
 use crate::device::tensor::Tensor;
@@ -290,12 +291,12 @@ pub(super) struct MmaPlan {
 
 impl MmaPlan {
     /// The plan for `m` rows of a `n × k` weight on a GPU of `sms` SMs: two quads a step where
-    /// `k` allows (`KILN_INT4_MMA_Q=1`: one), enough blocks for `blocks_per_sm()` per SM, each split at least
-    /// [`MIN_STEPS_PER_SPLIT`] steps long, none empty.
+    /// `k` allows (`KILN_INT4_MMA_Q=1`: one), enough blocks for [`Knobs::blocks_per_sm`] per
+    /// SM, each split at least [`MIN_STEPS_PER_SPLIT`] steps long, none empty.
     pub fn new(m: usize, n: usize, k: usize, sms: usize) -> MmaPlan {
-        let q = std::env::var("KILN_INT4_MMA_Q").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-        let q = if q == 2 && k.is_multiple_of(2 * QUAD) { 2 } else { 1 };
-        MmaPlan::with(m, n, k, sms, q, blocks_per_sm())
+        let knobs = Knobs::get();
+        let q = if knobs.quads == 2 && k.is_multiple_of(2 * QUAD) { 2 } else { 1 };
+        MmaPlan::with(m, n, k, sms, q, knobs.blocks_per_sm)
     }
 
     /// [`MmaPlan::new`] with the step's quads (`k` a multiple of `32 q`) and the blocks per SM
@@ -323,24 +324,27 @@ impl MmaPlan {
     }
 }
 
-/// The blocks per SM the split of `k` aims for (`KILN_INT4_MMA_BLOCKS_PER_SM`, default 4).
-/// Measured on an H100 (8B shapes, 1–128 rows): two quads a step and 4 blocks per SM were the
-/// fastest of {1, 2} × {2, 4, 8}, 10–25% ahead of one quad and 2 blocks.
-fn blocks_per_sm() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("KILN_INT4_MMA_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(4)
-    })
+/// The kernel's tuning variables, read once. Measured on an H100 (8B shapes, 1–128 rows): two
+/// quads a step and 4 blocks per SM were the fastest of {1, 2} × {2, 4, 8}, 10–25% ahead of one
+/// quad and 2 blocks.
+struct Knobs {
+    /// Quads per step where `k` allows two (`KILN_INT4_MMA_Q`, default 2).
+    quads: usize,
+    /// The blocks per SM the split of `k` aims for (`KILN_INT4_MMA_BLOCKS_PER_SM`, default 4).
+    blocks_per_sm: usize,
 }
 
-/// The device pointers and shape of one int4 weight, as the launch takes them.
-pub(super) struct MmaWeight {
-    pub words: u64,
-    pub scale_bias: u64,
-    pub perm: u64,
-    pub rows: usize,
-    pub cols: usize,
-    pub group: usize,
+impl Knobs {
+    fn get() -> &'static Knobs {
+        static K: std::sync::OnceLock<Knobs> = std::sync::OnceLock::new();
+        K.get_or_init(|| Knobs {
+            quads: env_usize("KILN_INT4_MMA_Q", 2),
+            blocks_per_sm: match env_usize("KILN_INT4_MMA_BLOCKS_PER_SM", 4) {
+                0 => 4,
+                n => n,
+            },
+        })
+    }
 }
 
 /// `out = x · Wᵀ` on tensor cores; `scratch` (device memory, `scratch_bytes` long) takes an
@@ -349,12 +353,13 @@ pub(super) struct MmaWeight {
 pub(super) fn mma_product(
     b: &CudaBackend,
     x: &Tensor,
-    w: &MmaWeight,
+    w: &Int4Cuda,
     out: &mut Tensor,
     scratch: u64,
     scratch_bytes: usize,
 ) -> Result<bool, GemmError> {
-    let (m, n, k) = (x.rows(), w.rows, w.cols);
+    let (m, n, k) = (x.rows(), w.rows(), w.cols());
+    let (words, scale_bias, perm) = w.ptrs();
     let dtype = x.dtype();
     if !matches!(dtype, crate::DType::F16 | crate::DType::BF16) || b.compute_capability().0 < 8 || k % QUAD != 0 {
         return Ok(false);
@@ -363,8 +368,8 @@ pub(super) fn mma_product(
     let xp = x.cuda_ptr().unwrap_or(0);
     let aligned = xp.is_multiple_of(16) && (x.row_stride() * elt).is_multiple_of(16);
     let plan = MmaPlan::new(m, n, k, b.sm_count().max(1) as usize);
-    let gathered = if w.perm != 0 { (m * k * elt).next_multiple_of(256) } else { 0 };
-    if (!aligned && w.perm == 0) || gathered + plan.partial_bytes(m, n) > scratch_bytes {
+    let gathered = if perm != 0 { (m * k * elt).next_multiple_of(256) } else { 0 };
+    if (!aligned && perm == 0) || gathered + plan.partial_bytes(m, n) > scratch_bytes {
         return Ok(false);
     }
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
@@ -372,10 +377,10 @@ pub(super) fn mma_product(
     let (mut xp, mut ldx) = (xp, x.row_stride() as i64);
     let (m32, n32, k32) = (m as i32, n as i32, k as i32);
     let blocks_for = |elems: usize| elems.div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
-    if w.perm != 0 {
+    if perm != 0 {
         let f = module.func(&format!("kiln_i4_gather_{d}"))?;
         let mut l = b.stream().launch_builder(f);
-        l.arg(&xp).arg(&ldx).arg(&w.perm).arg(&m32).arg(&k32).arg(&scratch);
+        l.arg(&xp).arg(&ldx).arg(&perm).arg(&m32).arg(&k32).arg(&scratch);
         let cfg = LaunchConfig { grid_dim: (blocks_for(m * k), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: x covers m rows of k at ldx; perm holds k indices below k; the scratch holds
         // m·k elements of x's dtype (checked above).
@@ -385,9 +390,9 @@ pub(super) fn mma_product(
     let partial = if plan.splits > 1 { scratch + gathered as u64 } else { 0 };
     let f = module.func(&format!("kiln_i4_mma{}_q{}_{d}", plan.mt, plan.q))?;
     let (op, ldo) = (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64);
-    let (group, spp) = (w.group as i32, plan.steps_per_split as i32);
+    let (group, spp) = (w.group() as i32, plan.steps_per_split as i32);
     let mut l = b.stream().launch_builder(f);
-    l.arg(&xp).arg(&ldx).arg(&m32).arg(&w.words).arg(&w.scale_bias).arg(&op).arg(&ldo).arg(&partial);
+    l.arg(&xp).arg(&ldx).arg(&m32).arg(&words).arg(&scale_bias).arg(&op).arg(&ldo).arg(&partial);
     l.arg(&n32).arg(&k32).arg(&group).arg(&spp);
     let grid = (n.div_ceil(BN) as u32, m.div_ceil(16 * plan.mt) as u32, plan.splits as u32);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };

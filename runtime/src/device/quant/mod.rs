@@ -193,25 +193,6 @@ impl Segment {
     }
 }
 
-/// A [`QuantMatrix`]'s rows with their segments' bytes looked up once ([`QuantMatrix::row_index`]).
-pub struct RowIndex<'a> {
-    row_bytes: usize,
-    rows: usize,
-    /// Each segment's bytes and its first row, in row order.
-    segments: Vec<(&'a [u8], usize)>,
-}
-
-impl<'a> RowIndex<'a> {
-    /// The blocks of row `r` (`r < rows`).
-    #[inline]
-    pub fn row(&self, r: usize) -> &'a [u8] {
-        assert!(r < self.rows, "row {r} past the end of a {}-row matrix", self.rows);
-        let at = self.segments.partition_point(|&(_, first)| first <= r) - 1;
-        let (bytes, first) = self.segments[at];
-        &bytes[(r - first) * self.row_bytes..][..self.row_bytes]
-    }
-}
-
 /// A `[rows, cols]` matrix of quantized blocks in host memory; see the module header. Its rows
 /// may lie in several segments (a stacked q/k/v or gate/up borrowed from a file stays where it
 /// is), each a whole number of rows.
@@ -297,21 +278,6 @@ impl QuantMatrix {
 
     pub fn cols(&self) -> usize {
         self.cols
-    }
-
-    /// Every row's blocks by index, the segments resolved once: what a kernel's loop over rows
-    /// uses instead of [`Self::row`] (which finds the segment and its bytes on every call).
-    pub fn row_index(&self) -> RowIndex<'_> {
-        let mut first = 0;
-        let segments = self
-            .segments
-            .iter()
-            .map(|(seg, rows)| {
-                first += rows;
-                (seg.bytes(), first - rows)
-            })
-            .collect();
-        RowIndex { row_bytes: self.format.row_bytes(self.cols), rows: self.rows, segments }
     }
 
     /// The blocks of row `r`.
