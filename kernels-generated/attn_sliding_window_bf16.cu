@@ -6,6 +6,8 @@
 //   head dim 16: attn_sliding_window_bf16_split_hd16_g4, attn_sliding_window_bf16_split_hd16_g8 and attn_sliding_window_bf16_combine_hd16
 //   head dim 32: attn_sliding_window_bf16_split_hd32_g4, attn_sliding_window_bf16_split_hd32_g8 and attn_sliding_window_bf16_combine_hd32
 //   head dim 64: attn_sliding_window_bf16_split_hd64_g4, attn_sliding_window_bf16_split_hd64_g8 and attn_sliding_window_bf16_combine_hd64, tensor cores attn_sliding_window_bf16_mma_hd64
+//   head dim 80: attn_sliding_window_bf16_split_hd80_g4, attn_sliding_window_bf16_split_hd80_g8 and attn_sliding_window_bf16_combine_hd80, tensor cores attn_sliding_window_bf16_mma_hd80
+//   head dim 96: attn_sliding_window_bf16_split_hd96_g4, attn_sliding_window_bf16_split_hd96_g8 and attn_sliding_window_bf16_combine_hd96, tensor cores attn_sliding_window_bf16_mma_hd96
 //   head dim 128: attn_sliding_window_bf16_split_hd128_g4, attn_sliding_window_bf16_split_hd128_g8 and attn_sliding_window_bf16_combine_hd128, tensor cores attn_sliding_window_bf16_mma_hd128
 //   head dim 256: attn_sliding_window_bf16_split_hd256_g4, attn_sliding_window_bf16_split_hd256_g8 and attn_sliding_window_bf16_combine_hd256
 //
@@ -151,10 +153,15 @@ __device__ __forceinline__ void kiln_attn_split(
     float* __restrict__ part_o, float* __restrict__ part_ml, int n_splits, int window, const Mod mod) {
   constexpr int VEC = 16 / (int)sizeof(T);    // elements per 16-byte access
   constexpr int NCH = HD / VEC;                // 16-byte chunks per head row
-  constexpr int TL = KILN_ATTN_THREADS / NCH;  // token lanes of the value phase
-  constexpr int KB = NCH < 8 ? NCH : 8;        // chunks of a key loaded before they are used
-  constexpr int VPF = KILN_ATTN_TILE / TL < 16 ? KILN_ATTN_TILE / TL : 16;  // values loaded ahead
-  static_assert(HD % VEC == 0 && KILN_ATTN_THREADS % NCH == 0 && NCH % KB == 0, "head dim does not tile the block");
+  // Token lanes of the value phase: threads (c, tl) with tl < TL; when NCH does not divide the
+  // block (head dims 80 and 96: 10 and 12 chunks) the last KILN_ATTN_THREADS % NCH threads sit
+  // the value phase out.
+  constexpr int TL = KILN_ATTN_THREADS / NCH;
+  constexpr int VSTEPS = (KILN_ATTN_TILE + TL - 1) / TL;  // keys of a tile per token lane
+  // Chunks of a key loaded before they are used: a divisor of NCH, at most 8.
+  constexpr int KB = NCH % 8 == 0 ? 8 : NCH < 8 ? NCH : NCH % 4 == 0 ? 4 : NCH % 5 == 0 ? 5 : 2;
+  constexpr int VPF = VSTEPS < 16 ? VSTEPS : 16;  // values loaded ahead
+  static_assert(HD % VEC == 0 && NCH <= KILN_ATTN_THREADS && NCH % KB == 0, "head dim does not tile the block");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tok = blockIdx.x;
   const int group = n_heads / n_kv_heads;
@@ -194,6 +201,7 @@ __device__ __forceinline__ void kiln_attn_split(
     alpha_s[tid] = 1.0f;
   }
   const int c = tid % NCH, tl = tid / NCH;  // value phase: chunk c of the head row, token lane tl
+  const bool vlane = tl < TL;                // this thread has a value-phase lane
   float acc[G][VEC];
 #pragma unroll
   for (int g = 0; g < G; ++g)
@@ -212,7 +220,7 @@ __device__ __forceinline__ void kiln_attn_split(
 #pragma unroll
     for (int jj = 0; jj < VPF; ++jj) {
       const int j = tl + jj * TL;
-      if (j < n) vraw[jj] = *reinterpret_cast<const uint4*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
+      if (vlane && j < n) vraw[jj] = *reinterpret_cast<const uint4*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
     }
 
     // ---- score phase: thread tid scores key t0 + tid against every served head ----
@@ -279,9 +287,9 @@ __device__ __forceinline__ void kiln_attn_split(
       for (int e = 0; e < VEC; ++e) acc[g][e] *= alpha;
     }
 #pragma unroll
-    for (int jj = 0; jj < KILN_ATTN_TILE / TL; ++jj) {
+    for (int jj = 0; jj < VSTEPS; ++jj) {
       const int j = tl + jj * TL;
-      if (j < n) {
+      if (vlane && j < n) {
         const uint4 vr = jj < VPF ? vraw[jj < VPF ? jj : 0]
                                   : *reinterpret_cast<const uint4*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
         float vf[VEC];
@@ -298,10 +306,11 @@ __device__ __forceinline__ void kiln_attn_split(
   }
 
   // ---- merge the token lanes, then write ----
+  if (vlane)
 #pragma unroll
-  for (int g = 0; g < G; ++g)
+    for (int g = 0; g < G; ++g)
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) red_s[tl][g][c * VEC + e] = acc[g][e];
+      for (int e = 0; e < VEC; ++e) red_s[tl][g][c * VEC + e] = acc[g][e];
   __syncthreads();
   for (int i = tid; i < ng * HD; i += KILN_ATTN_THREADS) {
     const int g = i / HD, d = i - g * HD;
@@ -392,6 +401,15 @@ __device__ __forceinline__ void kiln_ldsm4_t(unsigned (&r)[4], const void* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kiln_smem_addr(p)));
 }
 
+// Where chunk c of key row r sits in a K / V tile, in chunks. Rows of a multiple of 8 chunks:
+// chunk c at c ^ (r & 7), so the 8 rows an ldmatrix reads at one logical chunk fall in 8
+// different bank groups. Other rows (head dims 80 and 96: 10 and 12 chunks) are padded to an
+// odd pitch, which spreads 8 consecutive rows over the 8 bank groups the same way.
+template <int NCH> struct kiln_mma_tile {
+  static constexpr int PITCH = NCH % 8 == 0 ? NCH : (NCH | 1);
+  static __device__ __forceinline__ int chunk(int r, int c) { return r * PITCH + (NCH % 8 == 0 ? (c ^ (r & 7)) : c); }
+};
+
 // items: 4 ints per block of queries: sequence (-1: padding tokens, written as zeros), batch
 // row of its first query, queries in the block (<= 64 / group), position of the first query. grid = (n_items, n_kv_heads), 128 threads.
 template <typename T, int HD, typename Mod>
@@ -405,11 +423,11 @@ __device__ __forceinline__ void kiln_attn_mma(
   constexpr int VEC = 8;           // halves per 16-byte chunk
   constexpr int NCH = HD / VEC;    // chunks per key row
   constexpr int KS = HD / 16;      // k-steps of q·k
-  static_assert(NCH >= 8 && NCH % 2 == 0, "head dim must be a multiple of 64");
-  // K and V tiles, rows of NCH chunks; chunk c of row r sits at c ^ (r & 7), so the 8 rows an
-  // ldmatrix reads at one logical chunk fall in 8 different bank groups.
-  __shared__ __align__(128) T k_s[KILN_MMA_KEYS * HD];
-  __shared__ __align__(128) T v_s[KILN_MMA_KEYS * HD];
+  typedef kiln_mma_tile<NCH> tile;
+  static_assert(NCH >= 8 && NCH % 2 == 0, "head dim must be a multiple of 16, at least 64");
+  // K and V tiles of KILN_MMA_KEYS rows, laid out by kiln_mma_tile.
+  __shared__ __align__(128) T k_s[KILN_MMA_KEYS * tile::PITCH * VEC];
+  __shared__ __align__(128) T v_s[KILN_MMA_KEYS * tile::PITCH * VEC];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gq = lane >> 2, tq = lane & 3;  // mma fragment coordinates: row group, column pair
   const int* __restrict__ item = items + 4 * blockIdx.x;
@@ -470,7 +488,7 @@ __device__ __forceinline__ void kiln_attn_mma(
       const bool ok = key < kv_end;
       const long long slot = ok ? (long long)table[key / block_size] * block_size + key % block_size : 0;
       const long long g = slot * kv_stride + kvh * HD + c * VEC;
-      const int sidx = (r * NCH + (c ^ (r & 7))) * VEC;
+      const int sidx = tile::chunk(r, c) * VEC;
       kiln_cp16(&k_s[sidx], k_pool + g, ok);
       kiln_cp16(&v_s[sidx], v_pool + g, ok);
     }
@@ -491,7 +509,7 @@ __device__ __forceinline__ void kiln_attn_mma(
         for (int np = 0; np < 4; ++np) {
           const int i = lane >> 3, r = np * 16 + (i >> 1) * 8 + (lane & 7), c = 2 * kk + (i & 1);
           unsigned b[4];
-          kiln_ldsm4(b, &k_s[(r * NCH + (c ^ (r & 7))) * VEC]);
+          kiln_ldsm4(b, &k_s[tile::chunk(r, c) * VEC]);
           ops::mma(sc[2 * np], qa[kk], b[0], b[1]);
           ops::mma(sc[2 * np + 1], qa[kk], b[2], b[3]);
         }
@@ -542,7 +560,7 @@ __device__ __forceinline__ void kiln_attn_mma(
         for (int dp = 0; dp < HD / 16; ++dp) {
           const int i = lane >> 3, r = j * 16 + (i & 1) * 8 + (lane & 7), c = 2 * dp + (i >> 1);
           unsigned b[4];
-          kiln_ldsm4_t(b, &v_s[(r * NCH + (c ^ (r & 7))) * VEC]);
+          kiln_ldsm4_t(b, &v_s[tile::chunk(r, c) * VEC]);
           ops::mma(o[2 * dp], pa, b[0], b[1]);
           ops::mma(o[2 * dp + 1], pa, b[2], b[3]);
         }
@@ -793,6 +811,190 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_mma_h
   kiln_attn_mma<kiln_bf16, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p5_window, mod);
 }
 #endif  // KILN_ATTN_HD == 64
+
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 80
+
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd80_g4(
+    const kiln_bf16* __restrict__ q,
+    int q_stride,
+    const kiln_bf16* __restrict__ k_pool,
+    const kiln_bf16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_bf16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    int p5_window) {
+  attn_sliding_window_bf16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_window = p5_window;
+  kiln_attn_split<kiln_bf16, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd80_g8(
+    const kiln_bf16* __restrict__ q,
+    int q_stride,
+    const kiln_bf16* __restrict__ k_pool,
+    const kiln_bf16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_bf16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    int p5_window) {
+  attn_sliding_window_bf16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_window = p5_window;
+  kiln_attn_split<kiln_bf16, 80, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(80) attn_sliding_window_bf16_combine_hd80(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_bf16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_bf16, 80>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_mma_hd80(
+    const kiln_bf16* __restrict__ q,
+    int q_stride,
+    const kiln_bf16* __restrict__ k_pool,
+    const kiln_bf16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_bf16* __restrict__ out,
+    int out_stride,
+    const int* __restrict__ items,
+    float p4_scale,
+    int p5_window) {
+  attn_sliding_window_bf16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_window = p5_window;
+  kiln_attn_mma<kiln_bf16, 80>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p5_window, mod);
+}
+#endif  // KILN_ATTN_HD == 80
+
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 96
+
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd96_g4(
+    const kiln_bf16* __restrict__ q,
+    int q_stride,
+    const kiln_bf16* __restrict__ k_pool,
+    const kiln_bf16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_bf16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    int p5_window) {
+  attn_sliding_window_bf16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_window = p5_window;
+  kiln_attn_split<kiln_bf16, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd96_g8(
+    const kiln_bf16* __restrict__ q,
+    int q_stride,
+    const kiln_bf16* __restrict__ k_pool,
+    const kiln_bf16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_bf16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    int p5_window) {
+  attn_sliding_window_bf16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_window = p5_window;
+  kiln_attn_split<kiln_bf16, 96, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(96) attn_sliding_window_bf16_combine_hd96(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_bf16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_bf16, 96>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_mma_hd96(
+    const kiln_bf16* __restrict__ q,
+    int q_stride,
+    const kiln_bf16* __restrict__ k_pool,
+    const kiln_bf16* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    kiln_bf16* __restrict__ out,
+    int out_stride,
+    const int* __restrict__ items,
+    float p4_scale,
+    int p5_window) {
+  attn_sliding_window_bf16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_window = p5_window;
+  kiln_attn_mma<kiln_bf16, 96>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p5_window, mod);
+}
+#endif  // KILN_ATTN_HD == 96
 
 #if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 128
 

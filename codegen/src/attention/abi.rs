@@ -41,11 +41,11 @@
 use super::AttnKernel;
 
 /// Head dims the CUDA template is instantiated for: 16 and 32 (small models and kiln's tiny
-/// test checkpoints), 64, 128, 256 (Gemma). Each head dim's entries sit in the generated file
+/// test checkpoints), 64, 80 (Phi-2), 96 (Phi-3 / Phi-4-mini), 128, 256 (Gemma). Each head dim's entries sit in the generated file
 /// behind `#if` on [`HEAD_DIM_MACRO`]: the runtime compiles a module per head dim with only the
 /// model's (NVRTC takes ~7 s for the 256 instances alone); without the macro (the CI compile
 /// test) every head dim is compiled.
-pub const HEAD_DIMS: [usize; 5] = [16, 32, 64, 128, 256];
+pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 /// The macro that selects one head dim's entries (see [`HEAD_DIMS`]).
 pub const HEAD_DIM_MACRO: &str = "KILN_ATTN_HD";
 /// Query heads per block (group caps) the split kernel is instantiated for.

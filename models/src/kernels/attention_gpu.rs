@@ -29,11 +29,21 @@ fn tolerance(d: DType) -> f64 {
     }
 }
 
-/// Head layouts: SmolLM2 (9/3, 64), Llama-3-8B (32/8, 128), MHA (8/8, 128), group 8 (16/2,
-/// 64) and group 10 (40/4, 128: two head chunks per KV head).
-/// `(query heads, KV heads, head dim)`; `--quick` runs the first five (every head dim).
-pub const LAYOUTS: [(usize, usize, usize); 8] =
-    [(9, 3, 64), (32, 8, 128), (4, 1, 256), (4, 2, 32), (4, 1, 16), (8, 8, 128), (16, 2, 64), (40, 4, 128)];
+/// Head layouts: SmolLM2 (9/3, 64), Llama-3-8B (32/8, 128), Phi-2-like (8/2, 80), Phi-3 (MHA,
+/// 8/8, 96), MHA (8/8, 128), group 8 (16/2, 64) and group 10 (40/4, 128: two head chunks per
+/// KV head). `(query heads, KV heads, head dim)`; `--quick` runs the first seven (every head dim).
+pub const LAYOUTS: [(usize, usize, usize); 10] = [
+    (9, 3, 64),
+    (32, 8, 128),
+    (4, 1, 256),
+    (4, 2, 32),
+    (4, 1, 16),
+    (8, 2, 80),
+    (8, 8, 96),
+    (8, 8, 128),
+    (16, 2, 64),
+    (40, 4, 128),
+];
 
 /// A batch mix: its name, `(context, new tokens)` per sequence, padding rows.
 type Mix = (&'static str, Vec<(usize, usize)>, usize);
@@ -106,7 +116,7 @@ pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
         (false, true) => &[DType::BF16],
         (false, false) => &[DType::BF16, DType::F16, DType::F32],
     };
-    let layouts = if quick { &LAYOUTS[..5] } else { &LAYOUTS[..] };
+    let layouts = if quick { &LAYOUTS[..7] } else { &LAYOUTS[..] };
     let mut rows = vec![];
     let mut n = 0;
     for &dtype in dtypes {
