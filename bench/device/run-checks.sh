@@ -72,6 +72,14 @@ if [ "$what" = arch ]; then
   TAIL=30 step model 200 .device/kiln-check-model --model "$(ls .device/smollm2-*l.gguf | head -1)" --fixtures tests/fixtures/reference.json --dtypes bf16
 fi
 
+if [ "$what" = headdims ]; then
+  # Head dims 80 and 96: the attention template against the dense reference (every route),
+  # then whole random checkpoints of those head dims on the GPU against kiln's CPU run.
+  TAIL=12 step attention 300 .device/kiln-check-attention --quick --no-speed --out "$OUT/attention.md"
+  step make-hd 120 python3 bench/device/make_headdim_checkpoints.py /tmp/hd
+  TAIL=30 step arch-hd 200 .device/kiln-check-arch --vs-cpu /tmp/hd/phi3-hd96 /tmp/hd/llama-hd80
+fi
+
 if [ "$what" = final ]; then
   b=(.device/kiln bench --offline --device cuda)
   TAIL=12 step attention 200 .device/kiln-check-attention --quick --out "$OUT/attention.md"
