@@ -113,7 +113,10 @@ fn cpu_reference(dir: &Path) -> Result<Value, String> {
 fn run(dirs: &[PathBuf], vs_cpu: bool) -> Result<bool, String> {
     let gpu = Device::cuda(0).map_err(|e| e.to_string())?;
     println!("device: {}\n", gpu.describe());
-    println!("| checkpoint | dtype | prompt tokens | last logits max_rel vs HF | greedy tokens equal to HF | |");
+    let peer = if vs_cpu { "kiln's CPU f32" } else { "HF" };
+    println!(
+        "| checkpoint | dtype | prompt tokens | last logits max_rel vs {peer} | greedy tokens equal to {peer} | |"
+    );
     println!("|---|---|---|---|---|---|");
     let mut ok = true;
     for dir in dirs {
