@@ -86,6 +86,12 @@ pub fn random_int4(
     Ok(Runner::new(Decoder::random(DecoderSpec::llama(cfg), dev, dtype, seed)?.with_random_int4(group, seed)?))
 }
 
+/// [`random`] with every layer projection as random FP8 weights, a scale per output channel
+/// (see [`Decoder::with_random_fp8`]).
+pub fn random_fp8(cfg: LlamaConfig, dev: &Device, dtype: DType, seed: u64) -> Result<Runner<Decoder>, ModelError> {
+    Ok(Runner::new(Decoder::random(DecoderSpec::llama(cfg), dev, dtype, seed)?.with_random_fp8(seed)?))
+}
+
 pub(crate) fn load(e: impl std::fmt::Display) -> ModelError {
     ModelError::Load(e.to_string())
 }

@@ -32,7 +32,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32_000)]
     vocab: u64,
     /// A GGUF file, an HF directory, or `synth:PRESET` (random weights of a real model's
-    /// shapes made on the device: `synth:llama3-8b`, `synth:smollm2-135m`; `synth:llama3-8b+int4`
+    /// shapes made on the device: `synth:llama3-8b`, `synth:smollm2-135m`; `synth:llama3-8b+int4`, `synth:llama3-8b+fp8`
     /// for 4-bit projections in groups of 128); default: the
     /// default model.
     #[arg(long)]
@@ -157,19 +157,25 @@ fn load_model(
     mode: kiln_models::loader::WeightMode,
 ) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
     if let Some(name) = path.to_str().and_then(|p| p.strip_prefix("synth:")) {
-        // `NAME+int4`: the projections as random 4-bit weights in groups of 128 (W4A16).
-        let (name, int4) = name.strip_suffix("+int4").map_or((name, false), |n| (n, true));
+        // `NAME+int4`: the projections as random 4-bit weights in groups of 128 (W4A16);
+        // `NAME+fp8`: as random FP8 E4M3 weights with a scale per output channel (W8A16).
+        let (name, quant) = match (name.strip_suffix("+int4"), name.strip_suffix("+fp8")) {
+            (Some(n), _) => (n, Some("int4")),
+            (_, Some(n)) => (n, Some("fp8")),
+            _ => (name, None),
+        };
         let cfg = kiln_models::synth::preset(name).with_context(|| {
             format!(
-                "unknown preset `{name}` (presets: {}; add +int4 for W4A16)",
+                "unknown preset `{name}` (presets: {}; add +int4 for W4A16, +fp8 for FP8 weights)",
                 kiln_models::synth::PRESETS.join(", ")
             )
         })?;
-        let model: Arc<dyn CausalLm> = match devs {
-            [dev] if int4 => Arc::new(kiln_models::llama::random_int4(cfg, dev, dtype, 0, 128)?),
-            [dev] => Arc::new(kiln_models::llama::random(cfg, dev, dtype, 0)?),
-            _ if int4 => bail!("synth:{name}+int4 runs on one device"),
-            _ => Arc::new(kiln_models::tp::random_parallel(cfg, devs, dtype, 0)?),
+        let model: Arc<dyn CausalLm> = match (devs, quant) {
+            ([dev], Some("int4")) => Arc::new(kiln_models::llama::random_int4(cfg, dev, dtype, 0, 128)?),
+            ([dev], Some(_)) => Arc::new(kiln_models::llama::random_fp8(cfg, dev, dtype, 0)?),
+            ([dev], None) => Arc::new(kiln_models::llama::random(cfg, dev, dtype, 0)?),
+            (_, Some(q)) => bail!("synth:{name}+{q} runs on one device"),
+            (_, None) => Arc::new(kiln_models::tp::random_parallel(cfg, devs, dtype, 0)?),
         };
         for d in devs {
             d.synchronize()?;

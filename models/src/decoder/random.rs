@@ -17,6 +17,8 @@ use kiln_runtime::device::device_kernels::{fill_uniform_part, uniform_value, Fil
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::device::quant::int4::{Grouping, Int4Matrix};
 use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
+use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
+use kiln_runtime::device::quant::w8_cuda::W8Cuda;
 use kiln_runtime::sample::rng::bits;
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
@@ -155,22 +157,52 @@ impl Decoder {
     /// The same model with every dense layer projection (q/k/v, o, gate/up, down) replaced by
     /// seeded random 4-bit weights of its shape in groups of `group` inputs (or 64 or 32 where it does not divide them; values in about
     /// the same range): a synthetic W4A16 model (`synth:NAME+int4`) for speed work.
-    pub fn with_random_int4(mut self, group: usize, seed: u64) -> Result<Decoder, ModelError> {
+    pub fn with_random_int4(self, group: usize, seed: u64) -> Result<Decoder, ModelError> {
         let dev = self.dev.clone();
         let dtype = self.dtype;
-        let mut n = 0u64;
-        let mut swap = |w: &mut Weight| -> Result<(), ModelError> {
-            let Some((rows, cols)) = w.as_dense().map(|t| (t.rows(), t.cols())) else { return Ok(()) };
-            n += 1;
+        self.replace_projections(|(rows, cols), n| {
             // Smaller groups where `group` does not divide the inputs (SmolLM2's 576); else dense.
-            let Some(group) = [group, 64, 32].into_iter().find(|g| cols.is_multiple_of(*g)) else { return Ok(()) };
+            let Some(group) = [group, 64, 32].into_iter().find(|g| cols.is_multiple_of(*g)) else { return Ok(None) };
             let m = random_int4((rows, cols), group, tensor_seed(seed ^ 0x1247, n))?;
-            *w = if dev.is_cpu() {
+            Ok(Some(if dev.is_cpu() {
                 Weight::Int4(vec![m])
             } else {
                 let on_gpu = Int4Cuda::upload(&dev, dtype, &[m]).map_err(|e| ModelError::Load(e.to_string()))?;
                 Weight::Int4Cuda(on_gpu.ok_or_else(|| ModelError::Load(format!("int4 groups of {group}")))?)
-            };
+            }))
+        })
+    }
+
+    /// The same model with every dense layer projection replaced by seeded random FP8 E4M3
+    /// weights of its shape with a scale per output channel (values in about the same range):
+    /// a synthetic FP8 W8A16 model (`synth:NAME+fp8`) for speed work; GPU only (the CPU reads
+    /// 8-bit checkpoints as f32).
+    pub fn with_random_fp8(self, seed: u64) -> Result<Decoder, ModelError> {
+        let dev = self.dev.clone();
+        let dtype = self.dtype;
+        if dev.is_cpu() {
+            return Err(ModelError::Unsupported("synthetic FP8 weights run on a GPU".into()));
+        }
+        self.replace_projections(|(rows, cols), n| {
+            let m = random_fp8((rows, cols), tensor_seed(seed ^ 0xF8, n))?;
+            let on_gpu = W8Cuda::upload(&dev, dtype, &[m]).map_err(|e| ModelError::Load(e.to_string()))?;
+            Ok(on_gpu.map(Weight::W8Cuda))
+        })
+    }
+
+    /// Every dense layer projection (q/k/v, o, gate/up, down) replaced by `make((rows, cols),
+    /// n)` for the n-th of them (1-based), where it gives a weight.
+    fn replace_projections(
+        mut self,
+        mut make: impl FnMut((usize, usize), u64) -> Result<Option<Weight>, ModelError>,
+    ) -> Result<Decoder, ModelError> {
+        let mut n = 0u64;
+        let mut swap = |w: &mut Weight| -> Result<(), ModelError> {
+            let Some(shape) = w.as_dense().map(|t| (t.rows(), t.cols())) else { return Ok(()) };
+            n += 1;
+            if let Some(q) = make(shape, n)? {
+                *w = q;
+            }
             Ok(())
         };
         for l in &mut self.layers {
@@ -183,6 +215,22 @@ impl Decoder {
         }
         Ok(self)
     }
+}
+
+/// A `[rows, cols]` FP8 E4M3 matrix of SplitMix64 bytes (NaN bytes moved to the largest finite
+/// value) with a scale per row near `1 / (448·√cols)`: values within about ±1/√cols.
+fn random_fp8((rows, cols): (usize, usize), seed: u64) -> Result<W8Matrix, ModelError> {
+    use rayon::prelude::*;
+    let bytes: Vec<u8> = (0..rows * cols)
+        .into_par_iter()
+        .map(|i| match (bits(seed, i as u64) >> 56) as u8 {
+            b if b & 0x7F == 0x7F => b - 1,
+            b => b,
+        })
+        .collect();
+    let scale = 1.0 / (448.0 * (cols as f32).sqrt());
+    let scales = (0..rows).map(|i| scale * (0.75 + 0.5 * uniform_value(seed ^ 1, i as u64, 0.0, 1.0))).collect();
+    W8Matrix::new((rows, cols), W8Elem::Fp8E4M3, bytes, scales, [1, cols]).map_err(|e| ModelError::Load(e.to_string()))
 }
 
 /// A `[rows, cols]` 4-bit matrix of SplitMix64 words, zero 8 and f16-exact scales near

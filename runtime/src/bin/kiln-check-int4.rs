@@ -14,21 +14,9 @@
 use kiln_runtime::device::quant::int4::{Grouping, Int4Matrix};
 use kiln_runtime::device::quant::int4_cuda::{linear_int4_cuda_by, Int4Cuda, Int4Path};
 use kiln_runtime::device::timing::median_us;
+use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, max_rel_err, Rand};
 use kiln_runtime::{matmul, DType, Device, Tensor};
 use std::process::ExitCode;
-
-/// Reproducible inputs: the sampler's counter-based SplitMix64 (seed, draw count).
-struct Rand(u64, u64);
-
-impl Rand {
-    fn u64(&mut self) -> u64 {
-        self.1 += 1;
-        kiln_runtime::sample::rng::bits(self.0, self.1)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
 
 /// A random `[rows, cols]` matrix: f16-exact scales around 0.01, zeros 0..=15.
 fn random_matrix(r: &mut Rand, rows: usize, cols: usize, group: usize, act_order: bool) -> Int4Matrix {
@@ -51,15 +39,6 @@ fn random_matrix(r: &mut Rand, rows: usize, cols: usize, group: usize, act_order
         Grouping::Contiguous(group)
     };
     Int4Matrix::new((rows, cols), grouping, words, scales, zeros).expect("a well-formed matrix")
-}
-
-/// Round `v` to `dtype` and back (what the GPU reads).
-fn as_dtype(v: &[f32], dtype: DType) -> Vec<f32> {
-    match dtype {
-        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-        DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
-        _ => v.to_vec(),
-    }
 }
 
 struct Case {
@@ -101,7 +80,6 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                         .collect()
                 };
                 let xt = Tensor::from_f32_as(dev, dtype, &x, m, k)?;
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
                 let tol = match dtype {
                     DType::F32 => 2e-5,
                     _ => 1e-2,
@@ -113,7 +91,7 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                     let mut out = Tensor::zeros(dev, dtype, m, n)?;
                     linear_int4_cuda_by(&xt, &w, &mut out, path)?;
                     let got = out.to_host_f32()?;
-                    let err = got.iter().zip(&want).fold(0f32, |a, (g, w)| a.max((g - w).abs())) / scale;
+                    let err = max_rel_err(&got, &want);
                     if err.is_finite() && err <= tol {
                         passed += 1;
                     } else {
@@ -134,12 +112,7 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
 fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let Device::Cuda(b) = dev else { return Ok(()) };
     let mut r = Rand(11, 0);
-    // Copy bandwidth in this run: a 1 GiB device-to-device copy (read + write).
-    let n_copy = 1usize << 28;
-    let src = Tensor::zeros(dev, DType::F32, 1, n_copy)?;
-    let mut dst = Tensor::zeros(dev, DType::F32, 1, n_copy)?;
-    let us = median_us(b, 3, 10, |_| dst.copy_from(&src).map_err(Box::<dyn std::error::Error>::from))?;
-    let copy_gbs = 2.0 * (n_copy * 4) as f64 / us / 1e3;
+    let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
     println!(
         "| shape n×k g128 | m | GEMV µs | tensor cores µs | dequant+cuBLAS µs | dense bf16 cuBLAS µs | best int4 GB/s (% of copy) | best vs dense |"

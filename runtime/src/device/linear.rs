@@ -14,6 +14,7 @@ use crate::device::quant::cpu::gemv::{gemv_q16, gemv_q8, GEMV_MAX_ROWS};
 use crate::device::quant::cpu::Simd;
 use crate::device::quant::int4::Int4Matrix;
 use crate::device::quant::int4_cuda::{linear_int4_cuda, Int4Cuda};
+use crate::device::quant::w8_cuda::{linear_w8_cuda, W8Cuda};
 use crate::device::quant::{QuantFormat, QuantMatrix};
 use crate::{matmul, DType, Device, GemmError, Tensor};
 
@@ -37,6 +38,10 @@ pub enum Weight {
     /// The same 4-bit weights in GPU memory (`device::quant::int4_cuda`: a GEMV for decode,
     /// dequantize + cuBLAS for larger batches), parts stacked along rows as in `Int4`.
     Int4Cuda(Vec<Int4Cuda>),
+    /// 8-bit weights with block scales (FP8 E4M3, INT8) in GPU memory
+    /// (`device::quant::w8_cuda`: a GEMV for decode, dequantize + cuBLAS above), parts stacked
+    /// along rows as in `Int4`.
+    W8Cuda(Vec<W8Cuda>),
 }
 
 impl Weight {
@@ -44,7 +49,11 @@ impl Weight {
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
             Weight::Dense(t) => Some(t),
-            Weight::Quantized(_) | Weight::QuantizedRows(_) | Weight::Int4(_) | Weight::Int4Cuda(_) => None,
+            Weight::Quantized(_)
+            | Weight::QuantizedRows(_)
+            | Weight::Int4(_)
+            | Weight::Int4Cuda(_)
+            | Weight::W8Cuda(_) => None,
         }
     }
 }
@@ -63,6 +72,7 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
         Weight::QuantizedRows(parts) => linear_quant_cpu(dev, x, parts, out),
         Weight::Int4(parts) => linear_int4_cpu(dev, x, parts, out),
         Weight::Int4Cuda(parts) => linear_int4_cuda(x, parts, out),
+        Weight::W8Cuda(parts) => linear_w8_cuda(x, parts, out),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod case;
 pub mod cli;
 pub mod compare;
 pub mod inputs;
+pub mod quant;
 mod report;
 pub mod samples;
 mod timing;

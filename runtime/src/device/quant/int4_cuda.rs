@@ -224,14 +224,16 @@ KILN_I4_DTYPE(f16, kiln_f16)
 KILN_I4_DTYPE(bf16, kiln_bf16)
 "#;
 
-/// The CUDA source of the W4A16 kernels (for `kiln build` and the NVRTC test).
+/// The CUDA source of the W4A16 and W8A16 kernels (one module; for `kiln build` and the NVRTC
+/// test).
 pub fn source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| {
         format!(
-            "// kiln W4A16 kernels (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs)\n{}\n{BODY}\n{}",
+            "// kiln quantized-weight kernels: W4A16 (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs), W8A16 (w8_cuda.rs)\n{}\n{BODY}\n{}\n{}",
             kiln_codegen::cuda::prelude::CORE,
-            super::int4_mma::BODY
+            super::int4_mma::BODY,
+            super::w8_cuda::BODY
         )
     })
 }
@@ -247,6 +249,7 @@ pub fn entries() -> &'static [String] {
             e.push(format!("kiln_i4_dequant_{d}"));
         }
         e.extend(super::int4_mma::entries());
+        e.extend(super::w8_cuda::entries());
         e
     })
 }
@@ -277,7 +280,7 @@ pub fn kernels_enabled() -> bool {
 
 /// A device's dequantization scratch for one dtype: shared by every int4 weight of that device
 /// (products run one after another on the device's one stream), grown at upload only.
-type Scratch = Arc<Mutex<Tensor>>;
+pub(super) type Scratch = Arc<Mutex<Tensor>>;
 
 /// A 4-bit group-quantized `[rows, cols]` weight in device memory (see the module header).
 #[derive(Clone)]
@@ -408,7 +411,7 @@ impl Int4Cuda {
 
 /// The scratch of (`b`, `dtype`), grown to at least `elems` elements: one per device and dtype
 /// while any weight holds it (a registry of weak references, so a dropped model frees it).
-fn scratch_for(b: &Arc<CudaBackend>, dev: &Device, dtype: DType, elems: usize) -> Result<Scratch, GemmError> {
+pub(super) fn scratch_for(b: &Arc<CudaBackend>, dev: &Device, dtype: DType, elems: usize) -> Result<Scratch, GemmError> {
     type Registry = Mutex<HashMap<(usize, DType), Weak<Mutex<Tensor>>>>;
     static ALL: OnceLock<Registry> = OnceLock::new();
     let mut all = ALL.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());

@@ -24,6 +24,8 @@ pub mod int4_cuda;
 mod int4_mma;
 pub mod quantize;
 mod quantize_k;
+pub mod w8;
+pub mod w8_cuda;
 
 use std::sync::Arc;
 

@@ -1,0 +1,189 @@
+//! `kiln-check-w8 [--no-speed]`: the W8A16 GPU kernels (`device::quant::w8_cuda`: FP8 E4M3
+//! and INT8 weights with block scales) against the CPU reference (`W8Matrix::dequantize`, then
+//! an f64 product), then their speed against dense bf16 cuBLAS of the same matrix and against
+//! the device's copy bandwidth. Needs an NVIDIA GPU.
+//!
+//! Correctness: random bytes (every finite e4m3 value; every int8) with scales per tensor, per
+//! output channel, per group of 32 inputs and per 128×128 block (a row count cut inside the
+//! last block), a fused weight of two parts; 1 to 130 activation rows; f32 / f16 / bf16
+//! activations; the GEMV and dequantize + cuBLAS. The product is computed from the
+//! activations as the GPU sees them (rounded to the dtype); the GPU result must be within
+//! `tol · max |ref|`.
+//!
+//! Speed: Llama-3-8B's projection shapes, FP8 per channel, bf16: median of CUDA-event-timed
+//! launches.
+
+use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
+use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, W8Cuda, W8Path};
+use kiln_runtime::device::timing::median_us;
+use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, max_rel_err, Rand};
+use kiln_runtime::{matmul, DType, Device, Tensor};
+use std::process::ExitCode;
+
+/// A random `[rows, cols]` weight of `elem` with scales in blocks of `block`.
+fn random_matrix(r: &mut Rand, elem: W8Elem, (rows, cols): (usize, usize), block: [usize; 2]) -> W8Matrix {
+    let bytes = (0..rows * cols)
+        .map(|_| {
+            let b = r.u64() as u8;
+            // e4m3's NaN bytes (S.1111.111) become the largest finite value.
+            if elem == W8Elem::Fp8E4M3 && b & 0x7F == 0x7F {
+                b - 1
+            } else {
+                b
+            }
+        })
+        .collect();
+    // Values of order 1/√cols, like a trained layer's.
+    let top = match elem {
+        W8Elem::Fp8E4M3 => 448.0,
+        W8Elem::Int8 => 127.0,
+    };
+    let n = rows.div_ceil(block[0]) * cols.div_ceil(block[1]);
+    let scales = (0..n).map(|_| (0.5 + r.unit()) / (top * (cols as f32).sqrt())).collect();
+    W8Matrix::new((rows, cols), elem, bytes, scales, block).expect("a well-formed matrix")
+}
+
+struct Case {
+    what: String,
+    parts: Vec<W8Matrix>,
+}
+
+fn cases(r: &mut Rand) -> Vec<Case> {
+    use W8Elem::{Fp8E4M3 as F, Int8 as I};
+    let mut c = vec![];
+    for (elem, rows, cols, block, how) in [
+        (F, 256, 512, [1, 512], "per channel"),
+        (F, 1003, 256, [1003, 256], "per tensor"),
+        (F, 300, 640, [128, 128], "128×128 blocks"),
+        (F, 64, 1024, [1, 32], "groups of 32"),
+        (I, 96, 384, [1, 384], "per channel"),
+        (I, 130, 256, [1, 32], "groups of 32"),
+    ] {
+        let what = format!("{} {rows}x{cols} {how}", elem.name());
+        c.push(Case { what, parts: vec![random_matrix(r, elem, (rows, cols), block)] });
+    }
+    let parts = vec![random_matrix(r, F, (128, 256), [1, 256]), random_matrix(r, F, (64, 256), [1, 256])];
+    c.push(Case { what: "fp8e4m3 fused 128+64 x256 per channel".into(), parts });
+    c
+}
+
+/// `x · Wᵀ` of the stacked parts in f64, rounded to f32 (`[m, n]`).
+fn reference(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
+    let k = parts[0].cols();
+    let ws: Vec<Vec<f32>> = parts.iter().map(W8Matrix::dequantize).collect();
+    let mut out = vec![];
+    for i in 0..m {
+        let xi = &x[i * k..(i + 1) * k];
+        for w in &ws {
+            out.extend(w.chunks(k).map(|row| row.iter().zip(xi).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32));
+        }
+    }
+    out
+}
+
+fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
+    let mut r = Rand(17, 0);
+    let (mut passed, mut failed) = (0, 0);
+    for case in cases(&mut r) {
+        let k = case.parts[0].cols();
+        let n: usize = case.parts.iter().map(W8Matrix::rows).sum();
+        for dtype in DType::FLOATS {
+            let w = W8Cuda::upload(dev, dtype, &case.parts)?.ok_or("the kernels refused the layout")?;
+            for m in [1, 2, 3, 5, 8, 9, 16, 33, 130] {
+                let x: Vec<f32> = as_dtype(&(0..m * k).map(|_| r.unit() * 2.0 - 1.0).collect::<Vec<_>>(), dtype);
+                let want = reference(&x, m, &case.parts);
+                let xt = Tensor::from_f32_as(dev, dtype, &x, m, k)?;
+                for path in [W8Path::Gemv, W8Path::Dequant] {
+                    // cuBLAS in half precision takes the dequantized weight rounded to the
+                    // activations' type too; f32 cuBLAS may sum in another order.
+                    let tol = match (dtype, path) {
+                        (DType::F32, W8Path::Gemv) => 2e-5,
+                        (DType::F32, _) => 1e-4,
+                        (_, W8Path::Gemv) => 1e-2,
+                        _ => 2e-2,
+                    };
+                    let mut out = Tensor::zeros(dev, dtype, m, n)?;
+                    linear_w8_cuda_by(&xt, &w, &mut out, path)?;
+                    let err = max_rel_err(&out.to_host_f32()?, &want);
+                    if err <= tol {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                        println!(
+                            "FAIL {} {dtype} m={m} {path:?}: max error {err:.2e} of max |ref| (tol {tol:.0e})",
+                            case.what
+                        );
+                    }
+                }
+            }
+        }
+        println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV and dequant+cuBLAS", case.what);
+    }
+    Ok((passed, failed))
+}
+
+fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    let Device::Cuda(b) = dev else { return Ok(()) };
+    let mut r = Rand(19, 0);
+    let copy_gbs = copy_gbs(dev)?;
+    println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
+    println!("| shape n×k fp8 per channel | m | GEMV µs | dequant+cuBLAS µs | dense bf16 cuBLAS µs | best fp8 GB/s (% of copy) | best vs dense |");
+    println!("|---|---|---|---|---|---|---|");
+    for (n, k, what) in [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")] {
+        let w = random_matrix(&mut r, W8Elem::Fp8E4M3, (n, k), [1, k]);
+        let g = W8Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w))?.ok_or("refused")?;
+        let mut dense = Tensor::zeros(dev, DType::BF16, n, k)?;
+        g[0].dequantize_into(&mut dense)?;
+        let bytes = (n * k + n * 4) as f64;
+        for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 512, 2048] {
+            let x =
+                Tensor::from_f32_as(dev, DType::BF16, &(0..m * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), m, k)?;
+            let mut out = Tensor::zeros(dev, DType::BF16, m, n)?;
+            let mut time = |f: &mut dyn FnMut(&mut Tensor) -> Result<(), kiln_runtime::GemmError>| {
+                median_us(b, 5, 30, |_| f(&mut out).map_err(Box::<dyn std::error::Error>::from))
+            };
+            let gemv = if m <= 16 { time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Gemv))? } else { f64::NAN };
+            let deq = time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Dequant))?;
+            let cublas = time(&mut |o| matmul(dev, &x, &dense, o))?;
+            let best = gemv.min(deq);
+            let gbs = bytes / best / 1e3;
+            println!(
+                "| {what} {n}×{k} | {m} | {gemv:.1} | {deq:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
+                100.0 * gbs / copy_gbs,
+                cublas / best
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let dev = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kiln-check-w8 needs a GPU: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match check(&dev) {
+        Ok((p, 0)) => println!("w8 GPU vs CPU: all {p} comparisons passed"),
+        Ok((p, f)) => {
+            println!("w8 GPU vs CPU: {f} of {} comparisons FAILED", p + f);
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if std::env::args().any(|a| a == "--no-speed") {
+        return ExitCode::SUCCESS;
+    }
+    match speed(&dev) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

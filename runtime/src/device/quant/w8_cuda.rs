@@ -1,0 +1,424 @@
+//! W8A16 on the GPU: an 8-bit weight with block scales ([`W8Matrix`]: FP8 E4M3 or symmetric
+//! INT8) kept in 8 bits in device memory — half the bytes of bf16 — and multiplied without a
+//! dense copy of the model.
+//!
+//! Two kernels, chosen by the number of activation rows `m`:
+//! - **GEMV** (`m ≤` [`gemv_max_rows`], decode): each block of 128 threads computes 4 output
+//!   features for every row of `x`; a thread reads 16 bytes (16 inputs) of each of the 4
+//!   weight rows at a time, so every weight byte is read once, widens them in registers and
+//!   accumulates `scale · Σ q·x` per 8 inputs in f32;
+//! - **dequantize + cuBLAS** (prefill, large batches): the weight is expanded into the
+//!   device's scratch matrix of the activation dtype (shared with the int4 weights, sized at
+//!   upload) and multiplied by the dense GEMM.
+//!
+//! Widening without a conversion unit: an e4m3 byte `s eeee mmm` moved into the top byte of a
+//! half and shifted right by one below its sign is the f16 `s 0eeee mmm0000000`, whose value is
+//! exactly the e4m3 value / 256 (subnormals included: f16 keeps them), so the device scales of
+//! an FP8 weight are the checkpoint's × 256; the f16 then widens to f32 exactly. An int8 byte,
+//! sign-extended by `prmt`, is added to the integer bits of 1.5 · 2²³ and the float
+//! subtracted: exact. (The e4m3 NaN byte `0x7F` widens to 480, not NaN; no checkpoint
+//! stores it.)
+//!
+//! Invariants: `cols % 16 == 0` and a scale block spans whole 16-input chunks (`bi % 16 == 0`
+//! or one block over all inputs) — [`W8Cuda::upload`] refuses other layouts so the caller
+//! keeps them dense; [`W8Matrix::dequantize`] is the reference every kernel is checked against
+//! (`kiln-check-w8`).
+
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::drv;
+use crate::device::quant::int4_cuda::{env_usize, scratch_for, Scratch};
+use crate::device::quant::w8::{W8Elem, W8Matrix};
+use crate::device::tensor::Tensor;
+use crate::{DType, Device, GemmError};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::OnceLock;
+
+/// Output features per GEMV block (the kernel's `KILN_W8_ROWS`).
+const ROWS_PER_BLOCK: usize = 4;
+/// Threads per GEMV block (the kernel's reduction assumes 4 warps).
+const GEMV_THREADS: u32 = 128;
+/// The row counts the GEMV is instantiated for; `m` rows run in the smallest `M ≥ m`.
+const GEMV_M: [usize; 4] = [1, 2, 4, 8];
+
+pub(super) const BODY: &str = r#"
+// ---- W8A16 (runtime/src/device/quant/w8_cuda.rs) ----
+// q: [n, k] bytes, rows of k (k % 16 == 0); scales: [ceil(n / bo), sc] f32 (an FP8 weight's
+// are x256: its bytes widen to value / 256); a scale block spans whole 16-input chunks.
+#define KILN_W8_ROWS 4
+
+__device__ __forceinline__ unsigned kiln_w8_prmt(unsigned a, unsigned sel) {
+  unsigned r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(0u), "r"(sel));
+  return r;
+}
+// Two e4m3 bytes (placed by prmt in the top bytes of the two halves of t) to floats / 256.
+__device__ __forceinline__ void kiln_w8_fp8x2(unsigned t, float& lo, float& hi) {
+  const unsigned h = (t & 0x80008000u) | ((t >> 1) & 0x3F803F80u);
+  kiln_f16 a, b;
+  a.bits = (unsigned short)(h & 0xFFFFu);
+  b.bits = (unsigned short)(h >> 16);
+  lo = kiln_to_f32(a);
+  hi = kiln_to_f32(b);
+}
+// The 4 bytes of w (byte e = input e) as floats: ELEM 0 e4m3 (/ 256), 1 int8.
+template <int ELEM>
+__device__ __forceinline__ void kiln_w8_word(unsigned w, float* f) {
+  if (ELEM == 0) {
+    kiln_w8_fp8x2(kiln_w8_prmt(w, 0x1404u), f[0], f[1]);
+    kiln_w8_fp8x2(kiln_w8_prmt(w, 0x3424u), f[2], f[3]);
+  } else {
+    // Byte e sign-extended (selector nibbles 8|e replicate its sign), then 1.5*2^23 + q - 1.5*2^23.
+    f[0] = __int_as_float(0x4B400000 + (int)kiln_w8_prmt(w, 0x8880u)) - 12582912.0f;
+    f[1] = __int_as_float(0x4B400000 + (int)kiln_w8_prmt(w, 0x9991u)) - 12582912.0f;
+    f[2] = __int_as_float(0x4B400000 + (int)kiln_w8_prmt(w, 0xAAA2u)) - 12582912.0f;
+    f[3] = __int_as_float(0x4B400000 + (int)kiln_w8_prmt(w, 0xBBB3u)) - 12582912.0f;
+  }
+}
+
+// out[mi, row] = sum_i x[mi, i] * W[row, i] for rows row0 .. row0+4 of this block and mi < m <= M.
+// 128 threads stride over the k/16 chunks of inputs; partial sums meet in one block reduction.
+template <typename T, int M, int ELEM>
+__device__ __forceinline__ void kiln_w8_gemv(const T* __restrict__ x, long long ldx, int m,
+                                             const unsigned char* __restrict__ q, const float* __restrict__ scales,
+                                             int bo, int bi, int sc, T* __restrict__ out, long long ldo, int n, int k,
+                                             int vec) {
+  const int row0 = blockIdx.x * KILN_W8_ROWS;
+  const int chunks = k >> 4;
+  float acc[KILN_W8_ROWS][M];
+#pragma unroll
+  for (int r = 0; r < KILN_W8_ROWS; ++r)
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi) acc[r][mi] = 0.f;
+  for (int v = threadIdx.x; v < chunks; v += blockDim.x) {
+    uint4 w[KILN_W8_ROWS];
+    float s[KILN_W8_ROWS];
+#pragma unroll
+    for (int r = 0; r < KILN_W8_ROWS; ++r) {
+      const int row = row0 + r;
+      if (row < n) {
+        w[r] = __ldg(reinterpret_cast<const uint4*>(q + (long long)row * k) + v);
+        s[r] = __ldg(scales + (long long)(row / bo) * sc + (v << 4) / bi);
+      } else {
+        w[r] = make_uint4(0u, 0u, 0u, 0u);
+        s[r] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float wf[KILN_W8_ROWS][8];
+#pragma unroll
+      for (int r = 0; r < KILN_W8_ROWS; ++r) {
+        kiln_w8_word<ELEM>(h == 0 ? w[r].x : w[r].z, wf[r]);
+        kiln_w8_word<ELEM>(h == 0 ? w[r].y : w[r].w, wf[r] + 4);
+      }
+#pragma unroll
+      for (int mi = 0; mi < M; ++mi) {
+        if (mi >= m) break;
+        float xf[8];
+        kiln_i4_x8(x + (long long)mi * ldx, (const int*)nullptr, (v << 4) + 8 * h, vec, xf);
+#pragma unroll
+        for (int r = 0; r < KILN_W8_ROWS; ++r) {
+          float d = 0.f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) d = fmaf(wf[r][e], xf[e], d);
+          acc[r][mi] = fmaf(s[r], d, acc[r][mi]);
+        }
+      }
+    }
+  }
+  __shared__ float red[4][KILN_W8_ROWS * M];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < KILN_W8_ROWS; ++r)
+#pragma unroll
+    for (int mi = 0; mi < M; ++mi) {
+      float a = acc[r][mi];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+      if (lane == 0) red[warp][r * M + mi] = a;
+    }
+  __syncthreads();
+  if (threadIdx.x < KILN_W8_ROWS * M) {
+    const int r = threadIdx.x / M, mi = threadIdx.x % M, row = row0 + r;
+    if (row < n && mi < m) {
+      const float t = (red[0][threadIdx.x] + red[1][threadIdx.x]) + (red[2][threadIdx.x] + red[3][threadIdx.x]);
+      kiln_i4_store(out + (long long)mi * ldo + row, t);
+    }
+  }
+}
+
+// out[row, col] = W[row, col] in T: each thread expands one 16-byte chunk, stored in 16-byte
+// accesses when the host found out's rows aligned (vec), else element by element.
+template <typename T, int ELEM>
+__device__ __forceinline__ void kiln_w8_dequant(const unsigned char* __restrict__ q, const float* __restrict__ scales,
+                                                int bo, int bi, int sc, T* __restrict__ out, long long ldo, int n,
+                                                int k, int vec) {
+  const long long cpr = k >> 4, total = (long long)n * cpr;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+       t += (long long)gridDim.x * blockDim.x) {
+    const long long row = t / cpr;
+    const int v = (int)(t % cpr);
+    const uint4 w = __ldg(reinterpret_cast<const uint4*>(q + row * k) + v);
+    const float s = __ldg(scales + (row / bo) * sc + (v << 4) / bi);
+    float f[16];
+    kiln_w8_word<ELEM>(w.x, f);
+    kiln_w8_word<ELEM>(w.y, f + 4);
+    kiln_w8_word<ELEM>(w.z, f + 8);
+    kiln_w8_word<ELEM>(w.w, f + 12);
+#pragma unroll
+    for (int e = 0; e < 16; ++e) f[e] *= s;
+    T* dst = out + row * ldo + 16 * v;
+    if (vec) {
+      float a[8], b[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) { a[e] = f[e]; b[e] = f[e + 8]; }
+      kiln_i4_store8(dst, a);
+      kiln_i4_store8(dst + 8, b);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 16; ++e) kiln_i4_store(dst + e, f[e]);
+    }
+  }
+}
+
+#define KILN_W8_GEMV(NAME, T, M, ELEM)                                                                       \
+  extern "C" __global__ void __launch_bounds__(128) NAME(const T* x, long long ldx, int m, const unsigned char* q, \
+                                                         const float* scales, int bo, int bi, int sc, T* out,  \
+                                                         long long ldo, int n, int k, int vec) {               \
+    kiln_w8_gemv<T, M, ELEM>(x, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, vec);                          \
+  }
+#define KILN_W8_ELEM(E, ELEM, SUFFIX, T)                                                                     \
+  KILN_W8_GEMV(kiln_w8_gemv1_##E##_##SUFFIX, T, 1, ELEM)                                                     \
+  KILN_W8_GEMV(kiln_w8_gemv2_##E##_##SUFFIX, T, 2, ELEM)                                                     \
+  KILN_W8_GEMV(kiln_w8_gemv4_##E##_##SUFFIX, T, 4, ELEM)                                                     \
+  KILN_W8_GEMV(kiln_w8_gemv8_##E##_##SUFFIX, T, 8, ELEM)                                                     \
+  extern "C" __global__ void kiln_w8_dequant_##E##_##SUFFIX(const unsigned char* q, const float* scales, int bo, \
+                                                            int bi, int sc, T* out, long long ldo, int n, int k, \
+                                                            int vec) {                                         \
+    kiln_w8_dequant<T, ELEM>(q, scales, bo, bi, sc, out, ldo, n, k, vec);                                     \
+  }
+#define KILN_W8_DTYPE(SUFFIX, T) KILN_W8_ELEM(fp8e4m3, 0, SUFFIX, T) KILN_W8_ELEM(int8, 1, SUFFIX, T)
+KILN_W8_DTYPE(f32, float)
+KILN_W8_DTYPE(f16, kiln_f16)
+KILN_W8_DTYPE(bf16, kiln_bf16)
+"#;
+
+/// The entry points of [`BODY`].
+pub(super) fn entries() -> Vec<String> {
+    let mut e = vec![];
+    for d in ["f32", "f16", "bf16"] {
+        for el in [W8Elem::Fp8E4M3, W8Elem::Int8] {
+            e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemv{m}_{}_{d}", el.name())));
+            e.push(format!("kiln_w8_dequant_{}_{d}", el.name()));
+        }
+    }
+    e
+}
+
+/// The most activation rows the GEMV takes (its work grows with each row); more go through
+/// dequantize + cuBLAS. `KILN_W8_GEMV_MAX_ROWS` overrides it (0: never the GEMV).
+pub fn gemv_max_rows() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| env_usize("KILN_W8_GEMV_MAX_ROWS", GEMV_M[3]))
+}
+
+/// Whether checkpoints' 8-bit weights stay 8-bit on a GPU: yes, unless `KILN_W8_GPU=dense`,
+/// which dequantizes them at load (twice the memory).
+pub fn kernels_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_W8_GPU").map_or(true, |v| v != "dense"))
+}
+
+/// An 8-bit `[rows, cols]` weight in device memory (see the module header).
+#[derive(Clone)]
+pub struct W8Cuda {
+    rows: usize,
+    cols: usize,
+    elem: W8Elem,
+    /// `[rows, cols / 4]`: the bytes, four to an i32.
+    bytes: Tensor,
+    /// `[⌈rows / bo⌉, sc]` f32, × 256 for FP8.
+    scales: Tensor,
+    /// `[bo, bi]`, with `bi` at most `cols`.
+    block: [usize; 2],
+    scratch: Scratch,
+}
+
+impl std::fmt::Debug for W8Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [bo, bi] = self.block;
+        write!(f, "W8Cuda({} {}x{}, scale blocks {bo}x{bi})", self.elem.name(), self.rows, self.cols)
+    }
+}
+
+impl W8Cuda {
+    /// Whether the kernels take `w`'s layout (see the module invariants).
+    pub fn fits(w: &W8Matrix) -> bool {
+        let bi = w.block()[1];
+        w.cols().is_multiple_of(16) && (bi >= w.cols() || bi.is_multiple_of(16))
+    }
+
+    /// Matrices stacked along rows (one projection, or a fused q/k/v, each multiplied into its
+    /// own columns) on the GPU `dev`, multiplied with activations of `dtype`; `Ok(None)` when
+    /// one of them does not fit the kernels, so the caller keeps the weight dense.
+    pub fn upload(dev: &Device, dtype: DType, parts: &[W8Matrix]) -> Result<Option<Vec<W8Cuda>>, GemmError> {
+        let Device::Cuda(b) = dev else {
+            return Err(GemmError::Unsupported { dtype, device: "the CPU for a GPU 8-bit weight".into() });
+        };
+        if !dtype.is_float() {
+            return Err(GemmError::DTypes { a: dtype, b: dtype, out: dtype });
+        }
+        if parts.is_empty() || !parts.iter().all(W8Cuda::fits) {
+            return Ok(None);
+        }
+        let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
+        let scratch = scratch_for(b, dev, dtype, total)?;
+        let mut out = Vec::with_capacity(parts.len());
+        for w in parts {
+            let (rows, cols) = (w.rows(), w.cols());
+            let words: Vec<i32> =
+                w.bytes().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let bytes = Tensor::from_host(dev, &words, rows, cols / 4)?;
+            let mult = if w.elem() == W8Elem::Fp8E4M3 { 256.0 } else { 1.0 };
+            let scales: Vec<f32> = w.scales().iter().map(|s| s * mult).collect();
+            let [bo, bi] = w.block();
+            let scales = Tensor::from_host(dev, &scales, rows.div_ceil(bo), w.scale_cols())?;
+            let block = [bo, bi.min(cols)];
+            out.push(W8Cuda { rows, cols, elem: w.elem(), bytes, scales, block, scratch: scratch.clone() });
+        }
+        Ok(Some(out))
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of device memory the weight holds (not counting the shared scratch).
+    pub fn device_bytes(&self) -> usize {
+        (self.bytes.len() + self.scales.len()) * 4
+    }
+
+    /// The kernel arguments shared by both kernels: bytes, scales, bo, bi, scale columns.
+    fn args(&self) -> (u64, u64, i32, i32, i32) {
+        let p = |t: &Tensor| t.cuda_ptr().unwrap_or(0);
+        let [bo, bi] = self.block;
+        (p(&self.bytes), p(&self.scales), bo as i32, bi as i32, self.scales.cols() as i32)
+    }
+
+    /// `out = x · Wᵀ` by the GEMV, `x.rows() ≤ 8`; `out` may be a column view of a wider tensor.
+    fn gemv(&self, b: &CudaBackend, x: &Tensor, out: &mut Tensor) -> Result<(), GemmError> {
+        let m = x.rows();
+        let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
+        let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
+        let f = module.func(&format!("kiln_w8_gemv{mm}_{}_{}", self.elem.name(), x.dtype().name()))?;
+        let (q, sp, bo, bi, sc) = self.args();
+        let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
+        let elt = x.dtype().size_bytes() as u64;
+        // 16-byte loads of 8 inputs need x's rows at 16-byte boundaries.
+        let vec = i32::from(xp.is_multiple_of(16) && (x.row_stride() as u64 * elt).is_multiple_of(16));
+        let (ldx, ldo, m32) = (x.row_stride() as i64, out.row_stride() as i64, m as i32);
+        let (n, k) = (self.rows as i32, self.cols as i32);
+        let mut l = b.stream().launch_builder(f);
+        l.arg(&xp).arg(&ldx).arg(&m32).arg(&q).arg(&sp).arg(&bo).arg(&bi).arg(&sc);
+        l.arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&vec);
+        let blocks = self.rows.div_ceil(ROWS_PER_BLOCK) as u32;
+        // SAFETY: x covers m rows of k elements at ldx, out m rows of n at ldo (checked by
+        // `linear_w8_cuda`); the bytes and scales are this weight's live device arrays of the
+        // sizes the kernel reads for (n, k, bo, bi, sc).
+        let r = unsafe {
+            l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (GEMV_THREADS, 1, 1), shared_mem_bytes: 0 })
+        };
+        drv("launching kiln_w8_gemv", r)?;
+        Ok(())
+    }
+
+    /// The dense weight in `out` (`[rows, cols]`, a view with any row stride, dtype of `out`).
+    pub fn dequantize_into(&self, out: &mut Tensor) -> Result<(), GemmError> {
+        let Device::Cuda(b) = out.device().clone() else {
+            return Err(GemmError::Shape("8-bit dequantize into a CPU tensor".into()));
+        };
+        if out.rows() != self.rows || out.cols() != self.cols || !out.dtype().is_float() {
+            let msg = format!("8-bit {}x{} into {}x{} {}", self.rows, self.cols, out.rows(), out.cols(), out.dtype());
+            return Err(GemmError::Shape(msg));
+        }
+        let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
+        let f = module.func(&format!("kiln_w8_dequant_{}_{}", self.elem.name(), out.dtype().name()))?;
+        let (q, sp, bo, bi, sc) = self.args();
+        let (op, ldo) = (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64);
+        let elt = out.dtype().size_bytes() as u64;
+        let vec = i32::from(op.is_multiple_of(16) && (ldo as u64 * elt).is_multiple_of(16));
+        let (n, k) = (self.rows as i32, self.cols as i32);
+        let mut l = b.stream().launch_builder(f);
+        l.arg(&q).arg(&sp).arg(&bo).arg(&bi).arg(&sc).arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&vec);
+        let blocks = (self.rows * self.cols / 16).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
+        // SAFETY: out covers rows × cols at ldo (checked above); the arrays are this weight's.
+        let r =
+            unsafe { l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) };
+        drv("launching kiln_w8_dequant", r)?;
+        Ok(())
+    }
+}
+
+/// Which kernel multiplies an 8-bit weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum W8Path {
+    /// The GEMV up to [`gemv_max_rows`] rows, dequantize + cuBLAS above.
+    Auto,
+    /// The GEMV, 8 rows of `x` per launch.
+    Gemv,
+    /// Dequantize into the scratch, then cuBLAS.
+    Dequant,
+}
+
+/// `out = x · Wᵀ` for 8-bit weights stacked along rows, each part into its own columns.
+pub fn linear_w8_cuda(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<(), GemmError> {
+    linear_w8_cuda_by(x, parts, out, W8Path::Auto)
+}
+
+/// [`linear_w8_cuda`] through a chosen kernel (for the check program's comparisons).
+pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W8Path) -> Result<(), GemmError> {
+    let Device::Cuda(b) = x.device().clone() else {
+        return Err(GemmError::Shape("8-bit GPU weight with a CPU input".into()));
+    };
+    let (m, k, n) = (x.rows(), x.cols(), parts.iter().map(W8Cuda::rows).sum::<usize>());
+    if parts.is_empty() || parts.iter().any(|w| w.cols != k) || out.rows() != m || out.cols() != n {
+        return Err(GemmError::Shape(format!("x {m}×{k} · w8ᵀ ({n} rows) into {}×{}", out.rows(), out.cols())));
+    }
+    if x.dtype() != out.dtype() || !x.dtype().is_float() || out.device().is_cpu() {
+        return Err(GemmError::DTypes { a: x.dtype(), b: x.dtype(), out: out.dtype() });
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    if x.shares_storage(out) {
+        return Err(GemmError::Aliased("x"));
+    }
+    if path == W8Path::Gemv || (path == W8Path::Auto && m <= gemv_max_rows()) {
+        let mut at = 0;
+        for w in parts {
+            for r0 in (0..m).step_by(GEMV_M[3]) {
+                let rows = (m - r0).min(GEMV_M[3]);
+                let xs = x.view_rows(r0, rows)?;
+                let mut o = out.view_rows(r0, rows)?.view_cols(at, w.rows)?;
+                w.gemv(&b, &xs, &mut o)?;
+            }
+            at += w.rows;
+        }
+        return Ok(());
+    }
+    // One scratch matrix holds every part (the fused projection's rows): one GEMM.
+    let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
+    if scratch.cols() < n * k || scratch.dtype() != x.dtype() {
+        return Err(GemmError::Shape(format!("8-bit scratch of {} for {n}×{k}", scratch.cols())));
+    }
+    let dense = scratch.view_cols(0, n * k)?.reshape(n, k)?;
+    let mut at = 0;
+    for w in parts {
+        w.dequantize_into(&mut dense.view_rows(at, w.rows)?)?;
+        at += w.rows;
+    }
+    crate::matmul(x.device(), x, &dense, out)
+}

@@ -1,0 +1,50 @@
+//! What the quantized-weight check programs (`kiln-check-int4`, `kiln-check-w8`) share:
+//! reproducible random draws, activations rounded as the GPU reads them, the error measure,
+//! and the device's copy bandwidth (the roofline their speed is judged against).
+
+use crate::device::timing::median_us;
+use crate::{DType, Device, Tensor};
+
+/// Reproducible inputs: the sampler's counter-based SplitMix64 (seed, draw count).
+pub struct Rand(pub u64, pub u64);
+
+impl Rand {
+    pub fn u64(&mut self) -> u64 {
+        self.1 += 1;
+        crate::sample::rng::bits(self.0, self.1)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// `v` rounded to `dtype` and back (what the GPU reads).
+pub fn as_dtype(v: &[f32], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+/// The largest `|got - want|` as a fraction of the largest `|want|` (NaN stays NaN, so a
+/// caller's `err <= tol` fails on it).
+pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
+    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, |a, d| if d.is_nan() { d } else { a.max(d) });
+    if got.len() != want.len() {
+        return f32::NAN;
+    }
+    worst / scale
+}
+
+/// The device's copy bandwidth in GB/s (a 1 GiB device-to-device copy: read + write).
+pub fn copy_gbs(dev: &Device) -> Result<f64, Box<dyn std::error::Error>> {
+    let Device::Cuda(b) = dev else { return Err("copy bandwidth needs a GPU".into()) };
+    let n = 1usize << 28;
+    let src = Tensor::zeros(dev, DType::F32, 1, n)?;
+    let mut dst = Tensor::zeros(dev, DType::F32, 1, n)?;
+    let us = median_us(b, 3, 10, |_| dst.copy_from(&src).map_err(Box::<dyn std::error::Error>::from))?;
+    Ok(2.0 * (n * 4) as f64 / us / 1e3)
+}
