@@ -72,6 +72,22 @@ if [ "$what" = arch ]; then
   TAIL=30 step model 200 .device/kiln-check-model --model "$(ls .device/smollm2-*l.gguf | head -1)" --fixtures tests/fixtures/reference.json --dtypes bf16
 fi
 
+if [ "$what" = w8 ]; then
+  # W8A16 (FP8 / INT8 weights kept 8-bit): the kernels against the CPU reference and their
+  # speed against dense cuBLAS, the compressed-tensors / DeepSeek fixtures on the GPU against
+  # kiln's CPU run, the int4 kernels again (shared module), then 8B-shaped decode in fp8 and
+  # bf16 in the same call.
+  TAIL=60 step w8-kernels 240 .device/kiln-check-w8
+  TAIL=30 step w8-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8
+  TAIL=4 step int4-kernels 180 .device/kiln-check-int4 --no-speed
+  b=(.device/kiln bench --offline --device cuda)
+  for m in llama3-8b+fp8 llama3-8b; do
+    for c in 1 16 64; do
+      TAIL=4 step "bench-${m/+/-}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
+    done
+  done
+fi
+
 if [ "$what" = headdims ]; then
   # Head dims 80 and 96: the attention template against the dense reference (every route),
   # then whole random checkpoints of those head dims on the GPU against kiln's CPU run.

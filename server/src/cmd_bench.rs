@@ -32,8 +32,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32_000)]
     vocab: u64,
     /// A GGUF file, an HF directory, or `synth:PRESET` (random weights of a real model's
-    /// shapes made on the device: `synth:llama3-8b`, `synth:smollm2-135m`; `synth:llama3-8b+int4`, `synth:llama3-8b+fp8`
-    /// for 4-bit projections in groups of 128); default: the
+    /// shapes made on the device: `synth:llama3-8b`, `synth:smollm2-135m`; `synth:llama3-8b+int4`
+    /// for 4-bit projections in groups of 128, `+fp8` for FP8 projections); default: the
     /// default model.
     #[arg(long)]
     model: Option<PathBuf>,

@@ -21,11 +21,23 @@
 //! arithmetic as a float64 reference rounded once when the product is exact (always for f16 /
 //! bf16 scales times e4m3: 4 + 11 significant bits).
 
+use kiln_runtime::device::quant::w8::W8Elem;
+
 /// The 8-bit element type of a scaled checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScaledElem {
     Fp8E4M3,
     Int8,
+}
+
+impl ScaledElem {
+    /// The same element type as the GPU kernels name it.
+    pub fn w8(self) -> W8Elem {
+        match self {
+            ScaledElem::Fp8E4M3 => W8Elem::Fp8E4M3,
+            ScaledElem::Int8 => W8Elem::Int8,
+        }
+    }
 }
 
 /// Which values share a scale (see the module header).
@@ -54,20 +66,39 @@ pub struct ScaledConfig {
 /// The exact value of an OCP FP8 E4M3 ("fn") byte: sign, 4 exponent bits (bias 7), 3 mantissa
 /// bits; exponent 0 is subnormal (`m/8 · 2⁻⁶`); `S.1111.111` is NaN and there is no infinity.
 pub fn e4m3_to_f32(b: u8) -> f32 {
-    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let (e, m) = (i32::from((b >> 3) & 0xF), f32::from(b & 7));
-    if e == 15 && m == 7.0 {
-        return f32::NAN;
-    }
-    sign * if e == 0 { m / 8.0 * 2f32.powi(-6) } else { (1.0 + m / 8.0) * 2f32.powi(e - 7) }
+    W8Elem::Fp8E4M3.value(b)
 }
 
 /// The 8-bit values of one stored `[out, in]` weight as f32 (exact).
 pub fn values(elem: ScaledElem, bytes: &[u8]) -> Vec<f32> {
-    match elem {
-        ScaledElem::Fp8E4M3 => bytes.iter().map(|&b| e4m3_to_f32(b)).collect(),
-        ScaledElem::Int8 => bytes.iter().map(|&b| f32::from(b as i8)).collect(),
+    let elem = elem.w8();
+    bytes.iter().map(|&b| elem.value(b)).collect()
+}
+
+/// The values that share a scale, as a `[bo, bi]` block of an `[out, in]` weight (per
+/// tensor: the whole; per channel: a row; a group: `[1, G]`), checked against the scale
+/// tensor's shape; or why they do not fit together. Scale `(o / bo, i / bi)` of a
+/// `[⌈out / bo⌉, ⌈in / bi⌉]` matrix covers `(o, i)`.
+pub fn scale_block(layout: ScaleLayout, [out, inp]: [usize; 2], scale_shape: &[usize]) -> Result<[usize; 2], String> {
+    let block = match layout {
+        ScaleLayout::Tensor => [out.max(1), inp.max(1)],
+        ScaleLayout::Channel => [1, inp.max(1)],
+        ScaleLayout::Group(g) if g > 0 && inp.is_multiple_of(g) => [1, g],
+        ScaleLayout::Group(g) => return Err(format!("{inp} inputs are not whole groups of {g}")),
+        ScaleLayout::Block([bo, bi]) if bo > 0 && bi > 0 => [bo, bi],
+        ScaleLayout::Block(b) => return Err(format!("block {b:?}")),
+    };
+    let (rows, cols) = (out.div_ceil(block[0]), inp.div_ceil(block[1]));
+    let numel: usize = scale_shape.iter().product();
+    // [rows, cols], or a vector of its `rows · cols` entries ([out] per channel, [1] per tensor).
+    let fits = numel == rows * cols
+        && (scale_shape == [rows, cols] || scale_shape.len() <= 1 || (cols == 1 && scale_shape == [rows, 1]));
+    if !fits {
+        return Err(format!(
+            "scale of shape {scale_shape:?} for a {out}×{inp} weight in {layout:?} (expected [{rows}, {cols}])"
+        ));
     }
+    Ok(block)
 }
 
 /// `[out, in]` f32 weights from their 8-bit values `q`, the scales `scale` (of shape
@@ -83,40 +114,20 @@ pub fn dequantize(
     if q.len() != out * inp {
         return Err(format!("{} values for a {out}×{inp} weight", q.len()));
     }
-    // `(rows, cols)` of the scale matrix, then the map from (o, i) to its entry.
-    let (rows, cols) = match cfg.layout {
-        ScaleLayout::Tensor => (1, 1),
-        ScaleLayout::Channel => (out, 1),
-        ScaleLayout::Group(g) if g > 0 && inp.is_multiple_of(g) => (out, inp / g),
-        ScaleLayout::Group(g) => return Err(format!("{inp} inputs are not whole groups of {g}")),
-        ScaleLayout::Block([bo, bi]) if bo > 0 && bi > 0 => (out.div_ceil(bo), inp.div_ceil(bi)),
-        ScaleLayout::Block(b) => return Err(format!("block {b:?}")),
-    };
-    let at = |o: usize, i: usize| match cfg.layout {
-        ScaleLayout::Tensor => 0,
-        ScaleLayout::Channel => o,
-        ScaleLayout::Group(g) => o * cols + i / g,
-        ScaleLayout::Block([bo, bi]) => (o / bo) * cols + i / bi,
-    };
-    let numel: usize = scale_shape.iter().product();
-    // [rows, cols], or a vector of its `rows · cols` entries ([out] per channel, [1] per tensor).
-    let fits = numel == rows * cols
-        && (scale_shape == [rows, cols] || scale_shape.len() <= 1 || (cols == 1 && scale_shape == [rows, 1]));
-    if !fits || scale.len() != numel {
-        return Err(format!(
-            "scale of shape {scale_shape:?} for a {out}×{inp} weight in {:?} (expected [{rows}, {cols}])",
-            cfg.layout
-        ));
+    let [bo, bi] = scale_block(cfg.layout, [out, inp], scale_shape)?;
+    let cols = inp.div_ceil(bi);
+    if scale.len() != out.div_ceil(bo) * cols {
+        return Err(format!("{} scales of shape {scale_shape:?}", scale.len()));
     }
     if let Some(z) = zero {
-        if z.len() != numel {
-            return Err(format!("{} zero points for {numel} scales", z.len()));
+        if z.len() != scale.len() {
+            return Err(format!("{} zero points for {} scales", z.len(), scale.len()));
         }
     }
     let mut w = vec![0f32; out * inp];
     for o in 0..out {
         for i in 0..inp {
-            let k = at(o, i);
+            let k = (o / bo) * cols + i / bi;
             let z = zero.map_or(0.0, |z| z[k]);
             w[o * inp + i] = (q[o * inp + i] - z) * scale[k];
         }

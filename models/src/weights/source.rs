@@ -29,6 +29,8 @@ use kiln_runtime::comm::Communicator;
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::device::quant::int4::Int4Matrix;
 use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
+use kiln_runtime::device::quant::w8::W8Matrix;
+use kiln_runtime::device::quant::w8_cuda::W8Cuda;
 use kiln_runtime::device::quant::{QuantMatrix, SharedBytes};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
@@ -124,6 +126,9 @@ impl Part {
 
 /// One part of a stacked weight: `(name, expected whole HF shape, the part read)`.
 pub type StackPart<'a> = (&'a str, &'a [usize], Part);
+
+/// A scaled projection's scales (f32), their stored shape, and its zero points.
+type ScalesOf = (Vec<f32>, Vec<usize>, Option<Vec<f32>>);
 
 /// A tensor (or a shard of it) as stored.
 #[derive(Debug)]
@@ -597,17 +602,10 @@ impl WeightSource {
         Ok(())
     }
 
-    /// The scaled projection `name` (its stored 8-bit tensor `stored`) as f32 values.
-    fn unscale(
-        &self,
-        name: &str,
-        cfg: &ScaledConfig,
-        stored: StoredTensor<'_>,
-    ) -> Result<StoredTensor<'static>, WeightsError> {
+    /// The scales of the scaled projection `name` as f32, their shape, and its zero points
+    /// (when `cfg` has them); the scale, zero point and activation scale tensors are consumed.
+    fn scales_of(&self, name: &str, cfg: &ScaledConfig) -> Result<ScalesOf, WeightsError> {
         let base = name.strip_suffix(".weight").unwrap_or(name);
-        let layout = |reason: String| WeightsError::Layout { tensor: name.to_owned(), reason };
-        let [out, inp] = stored.shape[..] else { return Err(layout(format!("shape {:?} is not 2-D", stored.shape))) };
-        let q = super::scaled::values(cfg.elem, &stored.bytes);
         let whole = |n: String| self.read_part(&n, None, &Part::Whole);
         let scale = whole(format!("{base}.{}", cfg.scale_name))?;
         // int8 zero points (the stored type), or floats.
@@ -622,8 +620,22 @@ impl WeightSource {
         if self.contains(&input_scale) {
             self.mark_used(&input_scale); // activations run unquantized (see `super::scaled`)
         }
-        let w = super::scaled::dequantize(cfg, &q, [out, inp], &scale.to_f32()?, &scale.shape, zero.as_deref())
-            .map_err(layout)?;
+        Ok((scale.to_f32()?, scale.shape, zero))
+    }
+
+    /// The scaled projection `name` (its stored 8-bit tensor `stored`) as f32 values.
+    fn unscale(
+        &self,
+        name: &str,
+        cfg: &ScaledConfig,
+        stored: StoredTensor<'_>,
+    ) -> Result<StoredTensor<'static>, WeightsError> {
+        let layout = |reason: String| WeightsError::Layout { tensor: name.to_owned(), reason };
+        let [out, inp] = stored.shape[..] else { return Err(layout(format!("shape {:?} is not 2-D", stored.shape))) };
+        let q = super::scaled::values(cfg.elem, &stored.bytes);
+        let (scale, scale_shape, zero) = self.scales_of(name, cfg)?;
+        let w =
+            super::scaled::dequantize(cfg, &q, [out, inp], &scale, &scale_shape, zero.as_deref()).map_err(layout)?;
         Ok(StoredTensor {
             name: name.to_owned(),
             shape: vec![out, inp],
@@ -632,6 +644,47 @@ impl WeightSource {
             permuted_heads: None,
             owner: None,
         })
+    }
+
+    /// `part` of the scaled projection `name` kept in 8 bits, when it is one (symmetric: the
+    /// GPU kernels take no zero points), the source keeps quantized weights, and the part does
+    /// not split a block of scales; `None` otherwise (the caller reads it dense).
+    fn w8(&self, name: &str, expected: &[usize], part: &Part) -> Result<Option<W8Matrix>, WeightsError> {
+        let e = self.entry(name)?;
+        let Some(cfg) = e.scaled.filter(|c| self.keep_quantized && !c.zero_point) else { return Ok(None) };
+        self.check_shape(name, e, expected)?;
+        let layout = |reason: String| WeightsError::Layout { tensor: name.to_owned(), reason };
+        let [out, inp] = e.shape[..] else { return Err(layout(format!("shape {:?} is not 2-D", e.shape))) };
+        let (scale, scale_shape, _) = self.scales_of(name, &cfg)?;
+        let block = super::scaled::scale_block(cfg.layout, [out, inp], &scale_shape).map_err(layout)?;
+        let bytes = self.stored(name, e)?.bytes.into_owned();
+        let whole = W8Matrix::new((out, inp), cfg.elem.w8(), bytes, scale, block).map_err(|e| layout(e.to_string()))?;
+        Ok(match part {
+            Part::Whole => Some(whole),
+            Part::Rows(r) => whole.row_part(r.clone()).ok(),
+            Part::Cols(c) => whole.col_part(c.clone()).ok(),
+        })
+    }
+
+    /// Scaled 8-bit parts (stacked along rows) as one weight in GPU memory for activations of
+    /// `dtype`, when `dev` is a GPU, the 8-bit kernels are enabled (`KILN_W8_GPU=dense` turns
+    /// them off) and every part is kept 8-bit and fits them; `None` otherwise.
+    fn w8_on(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Option<Weight>, WeightsError> {
+        if dev.is_cpu() || !kiln_runtime::device::quant::w8_cuda::kernels_enabled() {
+            return Ok(None);
+        }
+        let mut ws = Vec::with_capacity(parts.len());
+        for (name, expected, part) in parts {
+            match self.w8(name, expected, part)? {
+                Some(w) => ws.push(w),
+                None => return Ok(None),
+            }
+        }
+        let on_gpu = W8Cuda::upload(dev, dtype, &ws).map_err(|e| WeightsError::Layout {
+            tensor: parts[0].0.to_owned(),
+            reason: format!("{}: {e}", self.source_name),
+        })?;
+        Ok(on_gpu.map(Weight::W8Cuda))
     }
 
     /// `f` of the parts of the packed projection `name` (`X.weight` of `X.qweight`, `X.qzeros`,
@@ -775,6 +828,9 @@ impl WeightSource {
                 return Ok(w);
             }
         }
+        if let Some(w) = self.w8_on(&[(name, expected, part.clone())], dev, dtype)? {
+            return Ok(w);
+        }
         if self.keep_quantized && dev.is_cpu() {
             if let Some(q) = self
                 .read_part(name, Some(expected), part)?
@@ -804,6 +860,9 @@ impl WeightSource {
             if let Some(w) = self.int4_on(parts[0].0, ws, dev, dtype)? {
                 return Ok(w);
             }
+        }
+        if let Some(w) = self.w8_on(parts, dev, dtype)? {
+            return Ok(w);
         }
         if self.keep_quantized && dev.is_cpu() {
             let mut qs = Vec::with_capacity(parts.len());
@@ -898,6 +957,15 @@ impl WeightSource {
             self.mark_used(name);
             return part_of(t, part);
         }
+        let whole = self.stored(name, e)?;
+        if let Some(cfg) = &e.scaled {
+            return part_of(self.unscale(name, cfg, whole)?, part);
+        }
+        part_of(whole, part)
+    }
+
+    /// The whole tensor `name` (entry `e`) as its bytes are stored (marked used).
+    fn stored(&self, name: &str, e: &Entry) -> Result<StoredTensor<'_>, WeightsError> {
         let all: &[u8] = match &self.backing {
             Backing::Safetensors(maps) => &maps[e.file][e.range.clone()],
             Backing::Gguf(f) => {
@@ -913,7 +981,7 @@ impl WeightSource {
             }
         };
         self.mark_used(name);
-        let whole = StoredTensor {
+        Ok(StoredTensor {
             name: name.to_owned(),
             shape: e.shape.clone(),
             format: e.format,
@@ -923,11 +991,7 @@ impl WeightSource {
                 Backing::Gguf(f) => Some(f.clone() as Arc<dyn SharedBytes>),
                 Backing::Safetensors(_) => None,
             },
-        };
-        if let Some(cfg) = &e.scaled {
-            return part_of(self.unscale(name, cfg, whole)?, part);
-        }
-        part_of(whole, part)
+        })
     }
 
     /// One tensor as f32 in HF order (the whole tensor).

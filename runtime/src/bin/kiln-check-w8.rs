@@ -75,7 +75,9 @@ fn reference(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
     for i in 0..m {
         let xi = &x[i * k..(i + 1) * k];
         for w in &ws {
-            out.extend(w.chunks(k).map(|row| row.iter().zip(xi).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32));
+            out.extend(
+                w.chunks(k).map(|row| row.iter().zip(xi).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32),
+            );
         }
     }
     out

@@ -32,7 +32,8 @@ pub fn as_dtype(v: &[f32], dtype: DType) -> Vec<f32> {
 /// caller's `err <= tol` fails on it).
 pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
     let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
-    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, |a, d| if d.is_nan() { d } else { a.max(d) });
+    let worst =
+        got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, |a, d| if d.is_nan() { d } else { a.max(d) });
     if got.len() != want.len() {
         return f32::NAN;
     }

@@ -411,7 +411,12 @@ impl Int4Cuda {
 
 /// The scratch of (`b`, `dtype`), grown to at least `elems` elements: one per device and dtype
 /// while any weight holds it (a registry of weak references, so a dropped model frees it).
-pub(super) fn scratch_for(b: &Arc<CudaBackend>, dev: &Device, dtype: DType, elems: usize) -> Result<Scratch, GemmError> {
+pub(super) fn scratch_for(
+    b: &Arc<CudaBackend>,
+    dev: &Device,
+    dtype: DType,
+    elems: usize,
+) -> Result<Scratch, GemmError> {
     type Registry = Mutex<HashMap<(usize, DType), Weak<Mutex<Tensor>>>>;
     static ALL: OnceLock<Registry> = OnceLock::new();
     let mut all = ALL.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
