@@ -667,8 +667,9 @@ impl WeightSource {
     }
 
     /// Scaled 8-bit parts (stacked along rows) as one weight in GPU memory for activations of
-    /// `dtype`, when `dev` is a GPU, the 8-bit kernels are enabled (`KILN_W8_GPU=dense` turns
-    /// them off) and every part is kept 8-bit and fits them; `None` otherwise.
+    /// `dtype`, when `dev` is a GPU, the 8-bit kernels are enabled (`KILN_W8_GPU=kernels`; see
+    /// `w8_cuda::kernels_enabled` for why not by default) and every part is kept 8-bit and fits
+    /// them; `None` otherwise.
     fn w8_on(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Option<Weight>, WeightsError> {
         if dev.is_cpu() || !kiln_runtime::device::quant::w8_cuda::kernels_enabled() {
             return Ok(None);
