@@ -14,7 +14,7 @@
 use kiln_runtime::device::quant::int4::{Grouping, Int4Matrix};
 use kiln_runtime::device::quant::int4_cuda::{linear_int4_cuda_by, Int4Cuda, Int4Path};
 use kiln_runtime::device::timing::median_us;
-use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, max_rel_err, Rand};
+use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, main_with, max_rel_err, Rand, Tally};
 use kiln_runtime::{matmul, DType, Device, Tensor};
 use std::process::ExitCode;
 
@@ -61,7 +61,7 @@ fn cases(r: &mut Rand) -> Vec<Case> {
 
 fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
     let mut r = Rand(7, 0);
-    let (mut passed, mut failed) = (0, 0);
+    let mut tally = Tally::default();
     for case in cases(&mut r) {
         let k = case.parts[0].cols();
         let n: usize = case.parts.iter().map(Int4Matrix::rows).sum();
@@ -92,21 +92,13 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                     linear_int4_cuda_by(&xt, &w, &mut out, path)?;
                     let got = out.to_host_f32()?;
                     let err = max_rel_err(&got, &want);
-                    if err.is_finite() && err <= tol {
-                        passed += 1;
-                    } else {
-                        failed += 1;
-                        println!(
-                            "FAIL {} {dtype} m={m} {path:?}: max error {err:.2e} of max |ref| (tol {tol:.0e})",
-                            case.what
-                        );
-                    }
+                    tally.record(err, tol, || format!("{} {dtype} m={m} {path:?}", case.what));
                 }
             }
         }
         println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV, tensor cores and dequant+cuBLAS", case.what);
     }
-    Ok((passed, failed))
+    Ok((tally.passed, tally.failed))
 }
 
 fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
@@ -148,32 +140,5 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let dev = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("kiln-check-int4 needs a GPU: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match check(&dev) {
-        Ok((p, 0)) => println!("int4 GPU vs CPU: all {p} comparisons passed"),
-        Ok((p, f)) => {
-            println!("int4 GPU vs CPU: {f} of {} comparisons FAILED", p + f);
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    if std::env::args().any(|a| a == "--no-speed") {
-        return ExitCode::SUCCESS;
-    }
-    match speed(&dev) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    main_with("kiln-check-int4", check, speed)
 }

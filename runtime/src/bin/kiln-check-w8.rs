@@ -16,7 +16,7 @@
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
-use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, max_rel_err, Rand};
+use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, main_with, max_rel_err, Rand, Tally};
 use kiln_runtime::{matmul, DType, Device, Tensor};
 use std::process::ExitCode;
 
@@ -85,7 +85,7 @@ fn reference(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
 
 fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
     let mut r = Rand(17, 0);
-    let (mut passed, mut failed) = (0, 0);
+    let mut tally = Tally::default();
     for case in cases(&mut r) {
         let k = case.parts[0].cols();
         let n: usize = case.parts.iter().map(W8Matrix::rows).sum();
@@ -107,21 +107,13 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                     let mut out = Tensor::zeros(dev, dtype, m, n)?;
                     linear_w8_cuda_by(&xt, &w, &mut out, path)?;
                     let err = max_rel_err(&out.to_host_f32()?, &want);
-                    if err <= tol {
-                        passed += 1;
-                    } else {
-                        failed += 1;
-                        println!(
-                            "FAIL {} {dtype} m={m} {path:?}: max error {err:.2e} of max |ref| (tol {tol:.0e})",
-                            case.what
-                        );
-                    }
+                    tally.record(err, tol, || format!("{} {dtype} m={m} {path:?}", case.what));
                 }
             }
         }
         println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV and dequant+cuBLAS", case.what);
     }
-    Ok((passed, failed))
+    Ok((tally.passed, tally.failed))
 }
 
 fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
@@ -160,32 +152,5 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let dev = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("kiln-check-w8 needs a GPU: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match check(&dev) {
-        Ok((p, 0)) => println!("w8 GPU vs CPU: all {p} comparisons passed"),
-        Ok((p, f)) => {
-            println!("w8 GPU vs CPU: {f} of {} comparisons FAILED", p + f);
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    if std::env::args().any(|a| a == "--no-speed") {
-        return ExitCode::SUCCESS;
-    }
-    match speed(&dev) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    main_with("kiln-check-w8", check, speed)
 }

@@ -49,3 +49,61 @@ pub fn copy_gbs(dev: &Device) -> Result<f64, Box<dyn std::error::Error>> {
     let us = median_us(b, 3, 10, |_| dst.copy_from(&src).map_err(Box::<dyn std::error::Error>::from))?;
     Ok(2.0 * (n * 4) as f64 / us / 1e3)
 }
+
+/// A check program's `main`: `check` on GPU 0 (its pass and fail counts), then `speed` unless
+/// `--no-speed` is given; exit status 0 when every comparison passed and the speed run ended.
+pub fn main_with(
+    name: &str,
+    check: impl FnOnce(&Device) -> Result<(usize, usize), Box<dyn std::error::Error>>,
+    speed: impl FnOnce(&Device) -> Result<(), Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let dev = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{name} needs a GPU: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match check(&dev) {
+        Ok((p, 0)) => println!("{name}: GPU vs CPU, all {p} comparisons passed"),
+        Ok((p, f)) => {
+            println!("{name}: GPU vs CPU, {f} of {} comparisons FAILED", p + f);
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if std::env::args().any(|a| a == "--no-speed") {
+        return ExitCode::SUCCESS;
+    }
+    match speed(&dev) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Passed and failed comparisons of a check program.
+#[derive(Default)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl Tally {
+    /// One comparison: it passes when `err <= tol` (a NaN error fails); a failure is printed
+    /// with `what()` naming the case.
+    pub fn record(&mut self, err: f32, tol: f32, what: impl FnOnce() -> String) {
+        if err <= tol {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+            println!("FAIL {}: max error {err:.2e} of max |ref| (tol {tol:.0e})", what());
+        }
+    }
+}

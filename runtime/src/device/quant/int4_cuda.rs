@@ -23,6 +23,7 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
+use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
 use crate::device::quant::int4::{Int4Layout, Int4Matrix};
 use crate::device::quant::int4_mma::mma_product;
 use crate::device::tensor::Tensor;
@@ -471,37 +472,14 @@ pub fn linear_int4_cuda(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor) -> Res
 
 /// [`linear_int4_cuda`] through a chosen kernel (for the check program's comparisons).
 pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, path: Int4Path) -> Result<(), GemmError> {
-    let Device::Cuda(b) = x.device().clone() else {
-        return Err(GemmError::Shape("int4 GPU weight with a CPU input".into()));
-    };
-    let (m, k, n) = (x.rows(), x.cols(), parts.iter().map(Int4Cuda::rows).sum::<usize>());
-    if parts.is_empty() || parts.iter().any(|w| w.cols != k) || out.rows() != m || out.cols() != n {
-        return Err(GemmError::Shape(format!("x {m}×{k} · int4ᵀ ({n} rows) into {}×{}", out.rows(), out.cols())));
-    }
-    if x.dtype() != out.dtype() || !x.dtype().is_float() || out.device().is_cpu() {
-        return Err(GemmError::DTypes { a: x.dtype(), b: x.dtype(), out: out.dtype() });
-    }
-    if m == 0 {
-        return Ok(());
-    }
-    if x.shares_storage(out) {
-        return Err(GemmError::Aliased("x"));
-    }
-    let mut at = 0;
+    let Some(b) = checked(x, parts, out, "int4")? else { return Ok(()) };
+    let (m, n) = (x.rows(), out.cols());
     let gemv = path == Int4Path::Gemv || (path == Int4Path::Auto && m <= gemv_max_rows());
     let mma = path == Int4Path::Mma || (path == Int4Path::Auto && !gemv && m <= mma_max_rows());
     if gemv {
-        for w in parts {
-            for r0 in (0..m).step_by(GEMV_M[3]) {
-                let rows = (m - r0).min(GEMV_M[3]);
-                let xs = x.view_rows(r0, rows)?;
-                let mut o = out.view_rows(r0, rows)?.view_cols(at, w.rows)?;
-                w.gemv(&b, &xs, &mut o)?;
-            }
-            at += w.rows;
-        }
-        return Ok(());
+        return gemv_all(&b, x, parts, out, GEMV_M[3]);
     }
+    let mut at = 0;
     if mma {
         let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
         let (sp, sbytes) = (scratch.cuda_ptr().unwrap_or(0), scratch.len() * scratch.dtype().size_bytes());
@@ -525,19 +503,20 @@ pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, pat
     dequant_product(x, parts, out)
 }
 
-/// `out = x · Wᵀ` by dequantizing every part into the scratch and one dense GEMM.
-fn dequant_product(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor) -> Result<(), GemmError> {
-    let (k, n) = (x.cols(), parts.iter().map(Int4Cuda::rows).sum::<usize>());
-    let mut at = 0;
-    // One scratch matrix holds every part (the fused projection's rows): one GEMM.
-    let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
-    if scratch.cols() < n * k || scratch.dtype() != x.dtype() {
-        return Err(GemmError::Shape(format!("int4 scratch of {} for {n}×{k}", scratch.cols())));
+impl GpuPart for Int4Cuda {
+    fn rows(&self) -> usize {
+        self.rows
     }
-    let dense = scratch.view_cols(0, n * k)?.reshape(n, k)?;
-    for w in parts {
-        w.dequantize_into(&mut dense.view_rows(at, w.rows)?)?;
-        at += w.rows;
+    fn cols(&self) -> usize {
+        self.cols
     }
-    crate::matmul(x.device(), x, &dense, out)
+    fn gemv(&self, b: &CudaBackend, x: &Tensor, out: &mut Tensor) -> Result<(), GemmError> {
+        Int4Cuda::gemv(self, b, x, out)
+    }
+    fn dequantize_into(&self, out: &mut Tensor) -> Result<(), GemmError> {
+        Int4Cuda::dequantize_into(self, out)
+    }
+    fn scratch(&self) -> &Scratch {
+        &self.scratch
+    }
 }

@@ -19,6 +19,7 @@ pub mod activations;
 mod activations_avx2;
 pub mod blocks;
 pub mod cpu;
+mod gpu_product;
 pub mod int4;
 pub mod int4_cuda;
 mod int4_mma;

@@ -26,6 +26,7 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
+use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
 use crate::device::quant::int4_cuda::{env_usize, scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
 use crate::device::tensor::Tensor;
@@ -385,45 +386,27 @@ pub fn linear_w8_cuda(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<
 
 /// [`linear_w8_cuda`] through a chosen kernel (for the check program's comparisons).
 pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W8Path) -> Result<(), GemmError> {
-    let Device::Cuda(b) = x.device().clone() else {
-        return Err(GemmError::Shape("8-bit GPU weight with a CPU input".into()));
-    };
-    let (m, k, n) = (x.rows(), x.cols(), parts.iter().map(W8Cuda::rows).sum::<usize>());
-    if parts.is_empty() || parts.iter().any(|w| w.cols != k) || out.rows() != m || out.cols() != n {
-        return Err(GemmError::Shape(format!("x {m}×{k} · w8ᵀ ({n} rows) into {}×{}", out.rows(), out.cols())));
+    let Some(b) = checked(x, parts, out, "w8")? else { return Ok(()) };
+    if path == W8Path::Gemv || (path == W8Path::Auto && x.rows() <= gemv_max_rows()) {
+        return gemv_all(&b, x, parts, out, GEMV_M[3]);
     }
-    if x.dtype() != out.dtype() || !x.dtype().is_float() || out.device().is_cpu() {
-        return Err(GemmError::DTypes { a: x.dtype(), b: x.dtype(), out: out.dtype() });
+    dequant_product(x, parts, out)
+}
+
+impl GpuPart for W8Cuda {
+    fn rows(&self) -> usize {
+        self.rows
     }
-    if m == 0 {
-        return Ok(());
+    fn cols(&self) -> usize {
+        self.cols
     }
-    if x.shares_storage(out) {
-        return Err(GemmError::Aliased("x"));
+    fn gemv(&self, b: &CudaBackend, x: &Tensor, out: &mut Tensor) -> Result<(), GemmError> {
+        W8Cuda::gemv(self, b, x, out)
     }
-    if path == W8Path::Gemv || (path == W8Path::Auto && m <= gemv_max_rows()) {
-        let mut at = 0;
-        for w in parts {
-            for r0 in (0..m).step_by(GEMV_M[3]) {
-                let rows = (m - r0).min(GEMV_M[3]);
-                let xs = x.view_rows(r0, rows)?;
-                let mut o = out.view_rows(r0, rows)?.view_cols(at, w.rows)?;
-                w.gemv(&b, &xs, &mut o)?;
-            }
-            at += w.rows;
-        }
-        return Ok(());
+    fn dequantize_into(&self, out: &mut Tensor) -> Result<(), GemmError> {
+        W8Cuda::dequantize_into(self, out)
     }
-    // One scratch matrix holds every part (the fused projection's rows): one GEMM.
-    let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
-    if scratch.cols() < n * k || scratch.dtype() != x.dtype() {
-        return Err(GemmError::Shape(format!("8-bit scratch of {} for {n}×{k}", scratch.cols())));
+    fn scratch(&self) -> &Scratch {
+        &self.scratch
     }
-    let dense = scratch.view_cols(0, n * k)?.reshape(n, k)?;
-    let mut at = 0;
-    for w in parts {
-        w.dequantize_into(&mut dense.view_rows(at, w.rows)?)?;
-        at += w.rows;
-    }
-    crate::matmul(x.device(), x, &dense, out)
 }
