@@ -88,6 +88,17 @@ if [ "$what" = w8 ]; then
   done
 fi
 
+if [ "$what" = recheck ]; then
+  # After a refactor of the quantized GPU products: both kernel families against the CPU, the
+  # 8-bit fixtures through the kernels and dequantized at load, every architecture against HF.
+  TAIL=3 step w8-kernels 240 .device/kiln-check-w8 --no-speed
+  TAIL=3 step int4-kernels 180 .device/kiln-check-int4 --no-speed
+  ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
+  KILN_W8_GPU=kernels TAIL=3 step w8-model-kernels 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
+  TAIL=3 step w8-model-dense 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
+  TAIL=3 step arch 300 .device/kiln-check-arch tests/fixtures/arch-tiny/*/
+fi
+
 if [ "$what" = headdims ]; then
   # Head dims 80 and 96: the attention template against the dense reference (every route),
   # then whole random checkpoints of those head dims on the GPU against kiln's CPU run.
