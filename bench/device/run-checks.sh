@@ -78,7 +78,7 @@ if [ "$what" = w8 ]; then
   # kiln's CPU run, the int4 kernels again (shared module), then 8B-shaped decode in fp8 and
   # bf16 in the same call.
   TAIL=60 step w8-kernels 240 .device/kiln-check-w8
-  TAIL=30 step w8-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8
+  KILN_W8_GPU=kernels TAIL=30 step w8-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8
   TAIL=4 step int4-kernels 180 .device/kiln-check-int4 --no-speed
   b=(.device/kiln bench --offline --device cuda)
   for m in llama3-8b+fp8 llama3-8b; do

@@ -6,13 +6,15 @@
 //! Correctness: random bytes (every finite e4m3 value; every int8) with scales per tensor, per
 //! output channel, per group of 32 inputs and per 128×128 block (a row count cut inside the
 //! last block), a fused weight of two parts; 1 to 130 activation rows; f32 / f16 / bf16
-//! activations; the GEMV and dequantize + cuBLAS. The product is computed from the
-//! activations as the GPU sees them (rounded to the dtype); the GPU result must be within
-//! `tol · max |ref|`.
+//! activations; the GEMV, dequantize + cuBLAS and FP8 W8A8 on tensor cores (against a twin
+//! that quantizes the activations per row as the kernel does, where that path applies). The
+//! product is computed from the activations as the GPU sees them (rounded to the dtype); the
+//! GPU result must be within `tol · max |ref|`.
 //!
 //! Speed: Llama-3-8B's projection shapes, FP8 per channel, bf16: median of CUDA-event-timed
 //! launches.
 
+use kiln_runtime::device::quant::fp8_lt::quantize_row_e4m3;
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
@@ -83,6 +85,33 @@ fn reference(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
     out
 }
 
+/// The FP8 W8A8 product of the stacked parts as the tensor-core path computes it: each row of
+/// `x` quantized to e4m3 with its own scale, exact products summed in f64, both scales applied.
+fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
+    let k = parts[0].cols();
+    let mut out = vec![];
+    for i in 0..m {
+        let (sx, qx) = quantize_row_e4m3(&x[i * k..(i + 1) * k]);
+        let qx: Vec<f64> = qx.iter().map(|&b| W8Elem::Fp8E4M3.value(b) as f64).collect();
+        for w in parts {
+            let bo = w.block()[0];
+            for (j, row) in w.bytes().chunks(k).enumerate() {
+                let d: f64 = row.iter().zip(&qx).map(|(&b, &q)| W8Elem::Fp8E4M3.value(b) as f64 * q).sum();
+                out.push((d * sx as f64 * w.scales()[j / bo] as f64) as f32);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `linear_w8_cuda_by(.., Fp8TensorCores)` takes the tensor cores for these parts on
+/// `dev` (else it falls back to dequantize + cuBLAS, the W8A16 arithmetic).
+fn takes_fp8_tensor_cores(dev: &Device, parts: &[W8Matrix]) -> bool {
+    let Device::Cuda(b) = dev else { return false };
+    b.compute_capability() >= (8, 9)
+        && parts.iter().all(|p| p.elem() == W8Elem::Fp8E4M3 && p.scale_cols() == 1 && p.rows().is_multiple_of(16))
+}
+
 fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
     let mut r = Rand(17, 0);
     let mut tally = Tally::default();
@@ -94,24 +123,29 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
             for m in [1, 2, 3, 5, 8, 9, 16, 33, 130] {
                 let x: Vec<f32> = as_dtype(&(0..m * k).map(|_| r.unit() * 2.0 - 1.0).collect::<Vec<_>>(), dtype);
                 let want = reference(&x, m, &case.parts);
+                let w8a8 = takes_fp8_tensor_cores(dev, &case.parts);
+                let want_w8a8 = if w8a8 { reference_w8a8(&x, m, &case.parts) } else { want.clone() };
                 let xt = Tensor::from_f32_as(dev, dtype, &x, m, k)?;
-                for path in [W8Path::Gemv, W8Path::Dequant] {
+                for path in [W8Path::Gemv, W8Path::Dequant, W8Path::Fp8TensorCores] {
                     // cuBLAS in half precision takes the dequantized weight rounded to the
-                    // activations' type too; f32 cuBLAS may sum in another order.
+                    // activations' type too; f32 cuBLAS may sum in another order; Hopper's FP8
+                    // tensor cores add exact products with fewer bits between promotions.
                     let tol = match (dtype, path) {
                         (DType::F32, W8Path::Gemv) => 2e-5,
+                        (DType::F32, W8Path::Fp8TensorCores) if w8a8 => 2e-3,
                         (DType::F32, _) => 1e-4,
                         (_, W8Path::Gemv) => 1e-2,
                         _ => 2e-2,
                     };
+                    let want = if path == W8Path::Fp8TensorCores { &want_w8a8 } else { &want };
                     let mut out = Tensor::zeros(dev, dtype, m, n)?;
                     linear_w8_cuda_by(&xt, &w, &mut out, path)?;
-                    let err = max_rel_err(&out.to_host_f32()?, &want);
+                    let err = max_rel_err(&out.to_host_f32()?, want);
                     tally.record(err, tol, || format!("{} {dtype} m={m} {path:?}", case.what));
                 }
             }
         }
-        println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV and dequant+cuBLAS", case.what);
+        println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, FP8 tensor cores", case.what);
     }
     Ok((tally.passed, tally.failed))
 }
@@ -121,8 +155,8 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let mut r = Rand(19, 0);
     let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
-    println!("| shape n×k fp8 per channel | m | GEMV µs | dequant+cuBLAS µs | dense bf16 cuBLAS µs | best fp8 GB/s (% of copy) | best vs dense |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| shape n×k fp8 per channel | m | GEMV µs | dequant+cuBLAS µs | FP8 tensor cores µs | dense bf16 cuBLAS µs | best fp8 GB/s (% of copy) | best vs dense |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (n, k, what) in [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")] {
         let w = random_matrix(&mut r, W8Elem::Fp8E4M3, (n, k), [1, k]);
         let g = W8Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w))?.ok_or("refused")?;
@@ -138,11 +172,12 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
             };
             let gemv = if m <= 16 { time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Gemv))? } else { f64::NAN };
             let deq = time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Dequant))?;
+            let tc = time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Fp8TensorCores))?;
             let cublas = time(&mut |o| matmul(dev, &x, &dense, o))?;
-            let best = gemv.min(deq);
+            let best = gemv.min(deq).min(tc);
             let gbs = bytes / best / 1e3;
             println!(
-                "| {what} {n}×{k} | {m} | {gemv:.1} | {deq:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
+                "| {what} {n}×{k} | {m} | {gemv:.1} | {deq:.1} | {tc:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
                 100.0 * gbs / copy_gbs,
                 cublas / best
             );

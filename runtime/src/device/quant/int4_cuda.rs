@@ -231,10 +231,11 @@ pub fn source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| {
         format!(
-            "// kiln quantized-weight kernels: W4A16 (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs), W8A16 (w8_cuda.rs)\n{}\n{BODY}\n{}\n{}",
+            "// kiln quantized-weight kernels: W4A16 (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs), W8A16 (w8_cuda.rs), FP8 W8A8 (fp8_lt.rs)\n{}\n{BODY}\n{}\n{}\n{}",
             kiln_codegen::cuda::prelude::CORE,
             super::int4_mma::BODY,
-            super::w8_cuda::BODY
+            super::w8_cuda::BODY,
+            super::fp8_lt::BODY
         )
     })
 }
@@ -251,6 +252,7 @@ pub fn entries() -> &'static [String] {
         }
         e.extend(super::int4_mma::entries());
         e.extend(super::w8_cuda::entries());
+        e.extend(super::fp8_lt::entries());
         e
     })
 }

@@ -19,6 +19,7 @@ pub mod activations;
 mod activations_avx2;
 pub mod blocks;
 pub mod cpu;
+pub mod fp8_lt;
 mod gpu_product;
 pub mod int4;
 pub mod int4_cuda;

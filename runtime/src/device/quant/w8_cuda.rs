@@ -26,13 +26,14 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
+use crate::device::quant::fp8_lt::{self, lt_for, Fp8Part, Lt};
 use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
 use crate::device::quant::int4_cuda::{env_usize, scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Output features per GEMV block (the kernel's `KILN_W8_ROWS`).
 const ROWS_PER_BLOCK: usize = 4;
@@ -248,6 +249,8 @@ pub struct W8Cuda {
     /// `[bo, bi]`, with `bi` at most `cols`.
     block: [usize; 2],
     scratch: Scratch,
+    /// cuBLASLt for the FP8 W8A8 path (`fp8_lt`): FP8 weights on sm_89+.
+    lt: Option<Arc<Lt>>,
 }
 
 impl std::fmt::Debug for W8Cuda {
@@ -279,6 +282,10 @@ impl W8Cuda {
         }
         let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
         let scratch = scratch_for(b, dev, dtype, total)?;
+        let lt = match parts.iter().all(|w| w.elem() == W8Elem::Fp8E4M3) {
+            true => lt_for(b, dev)?,
+            false => None,
+        };
         let mut out = Vec::with_capacity(parts.len());
         for w in parts {
             let (rows, cols) = (w.rows(), w.cols());
@@ -290,7 +297,8 @@ impl W8Cuda {
             let [bo, bi] = w.block();
             let scales = Tensor::from_host(dev, &scales, rows.div_ceil(bo), w.scale_cols())?;
             let block = [bo, bi.min(cols)];
-            out.push(W8Cuda { rows, cols, elem: w.elem(), bytes, scales, block, scratch: scratch.clone() });
+            let (elem, scratch, lt) = (w.elem(), scratch.clone(), lt.clone());
+            out.push(W8Cuda { rows, cols, elem, bytes, scales, block, scratch, lt });
         }
         Ok(Some(out))
     }
@@ -371,12 +379,17 @@ impl W8Cuda {
 /// Which kernel multiplies an 8-bit weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum W8Path {
-    /// The GEMV up to [`gemv_max_rows`] rows, dequantize + cuBLAS above.
+    /// The GEMV up to [`gemv_max_rows`] rows; above, FP8 W8A8 on tensor cores where it
+    /// applies, else dequantize + cuBLAS.
     Auto,
     /// The GEMV, 8 rows of `x` per launch.
     Gemv,
     /// Dequantize into the scratch, then cuBLAS.
     Dequant,
+    /// FP8 W8A8 on tensor cores through cuBLASLt (`fp8_lt`; activations quantized per row),
+    /// falling back to dequantize + cuBLAS where it does not apply (INT8, scales that are not
+    /// per channel or per tensor, a GPU before sm_89, part rows not a multiple of 16).
+    Fp8TensorCores,
 }
 
 /// `out = x · Wᵀ` for 8-bit weights stacked along rows, each part into its own columns.
@@ -390,7 +403,29 @@ pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W
     if path == W8Path::Gemv || (path == W8Path::Auto && x.rows() <= gemv_max_rows()) {
         return gemv_all(&b, x, parts, out, GEMV_M[3]);
     }
+    if path != W8Path::Dequant && fp8_product(&b, x, parts, out)? {
+        return Ok(());
+    }
     dequant_product(x, parts, out)
+}
+
+/// The FP8 W8A8 product when every part takes it (`false`: nothing was written).
+fn fp8_product(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<bool, GemmError> {
+    let Some(lt) = parts[0].lt.as_ref() else { return Ok(false) };
+    if parts.iter().any(|w| w.elem != W8Elem::Fp8E4M3 || w.scales.cols() != 1) {
+        return Ok(false);
+    }
+    let fp8: Vec<Fp8Part> = parts
+        .iter()
+        .map(|w| {
+            let (bytes, scales, bo, ..) = w.args();
+            // The device scales are × 256 (the GEMV's widening); the tensor cores read e4m3 as is.
+            Fp8Part { rows: w.rows, bytes, scales, bo: bo as usize, wmul: 1.0 / 256.0 }
+        })
+        .collect();
+    let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
+    let area = (scratch.cuda_ptr().unwrap_or(0), scratch.len() * scratch.dtype().size_bytes());
+    fp8_lt::product(b, lt, x, &fp8, out, area)
 }
 
 impl GpuPart for W8Cuda {

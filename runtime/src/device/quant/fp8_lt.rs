@@ -1,0 +1,369 @@
+//! FP8 W8A8 on tensor cores (sm_89+) through cuBLASLt, for the batches of an FP8 [`W8Cuda`]
+//! weight with a scale per output channel (or per tensor): the activation rows are quantized
+//! to e4m3 with a scale per row (dynamic per-token: `s = max|x| / 448`, `q = e4m3(x / s)`,
+//! round to nearest even, saturating), cuBLASLt multiplies the e4m3 matrices with f32
+//! accumulation into an f32 product, and an epilogue kernel writes
+//! `out[i, j] = D[i, j] · s_x[i] · s_w[j]` in the activations' dtype.
+//!
+//! This is not the W8A16 arithmetic of the GEMV: the activations lose bits (e4m3 keeps 4
+//! significant bits), as in every FP8 W8A8 engine; the check program compares it with a CPU
+//! twin that quantizes the activations the same way ([`quantize_row_e4m3`]).
+//!
+//! Row-major to column-major as in `gemm_cuda`: `Dᵀ (n × m) = W (op T of the k × n view) ·
+//! qxᵀ (k × m)`, the "TN" form FP8 cuBLASLt requires. Buffers: the quantized rows, their
+//! scales and D live in the device's dequantization scratch (sized at upload), `x` is taken in
+//! chunks of rows that fit it; the cuBLASLt handle and its workspace are made at upload too,
+//! so a CUDA graph capture sees no allocation.
+//!
+//! Invariants: `k % 16 == 0` (the weight's, checked by [`W8Cuda::fits`]); each part's rows
+//! are a multiple of 16 (else this path declines and dequantize + cuBLAS runs).
+
+use crate::device::cuda_backend::CudaBackend;
+use crate::device::cuda_error::drv;
+use crate::device::tensor::Tensor;
+use crate::{DType, Device, GemmError};
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys as lts;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// cuBLASLt workspace (NVIDIA's recommendation for Hopper).
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+pub(super) const BODY: &str = r#"
+// ---- FP8 W8A8 (runtime/src/device/quant/fp8_lt.rs) ----
+// f32 -> e4m3 byte: round to nearest even, |x| saturated to 448 (software: the CPU twin's bits).
+__device__ __forceinline__ unsigned char kiln_f32_to_e4m3(float x) {
+  const unsigned s = (__float_as_uint(x) >> 24) & 0x80u;
+  const float a = fminf(fabsf(x), 448.0f);
+  unsigned b;
+  if (a < 0.015625f) {  // below 2^-6: subnormal steps of 2^-9 (8 of them is 2^-6, byte 0x08)
+    b = (unsigned)rintf(a * 512.0f);
+  } else {
+    const int e = (int)((__float_as_uint(a) >> 23) & 0xFF) - 127;  // 2^e <= a < 2^(e+1)
+    const float q = rintf(a * __int_as_float((127 + 3 - e) << 23));  // 8..16 steps of 2^(e-3)
+    b = (unsigned)((e + 7) << 3) + (unsigned)q - 8u;                  // q = 16 carries into e + 1
+  }
+  return (unsigned char)(s | b);
+}
+
+// One block per row of x: s = max|x| / 448 (1 for a zero row), q = e4m3(x / s).
+template <typename T>
+__device__ __forceinline__ void kiln_fp8_quant_rows(const T* __restrict__ x, long long ldx, int k,
+                                                    unsigned char* __restrict__ q, float* __restrict__ sx) {
+  const int row = blockIdx.x;
+  const T* xr = x + (long long)row * ldx;
+  float amax = 0.f;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) amax = fmaxf(amax, fabsf(kiln_to_f32(xr[i])));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  __shared__ float red[32];
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float a = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+    if (threadIdx.x == 0) red[0] = a;
+  }
+  __syncthreads();
+  const float s = red[0] > 0.f ? red[0] / 448.0f : 1.0f;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) q[(long long)row * k + i] = kiln_f32_to_e4m3(kiln_to_f32(xr[i]) / s);
+  if (threadIdx.x == 0) sx[row] = s;
+}
+
+// out[i, j] = d[i, j] * sx[i] * sw[j / bo] * wmul, d: [m, n] f32 contiguous.
+template <typename T>
+__device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, const float* __restrict__ sx,
+                                                  const float* __restrict__ sw, int bo, float wmul, T* __restrict__ out,
+                                                  long long ldo, int m, int n) {
+  const long long total = (long long)m * n;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+       t += (long long)gridDim.x * blockDim.x) {
+    const int i = (int)(t / n), j = (int)(t % n);
+    kiln_i4_store(out + (long long)i * ldo + j, d[t] * sx[i] * (sw[j / bo] * wmul));
+  }
+}
+
+#define KILN_FP8_DTYPE(SUFFIX, T)                                                                          \
+  extern "C" __global__ void kiln_fp8_quant_rows_##SUFFIX(const T* x, long long ldx, int k, unsigned char* q, \
+                                                          float* sx) {                                      \
+    kiln_fp8_quant_rows<T>(x, ldx, k, q, sx);                                                               \
+  }                                                                                                         \
+  extern "C" __global__ void kiln_fp8_epilogue_##SUFFIX(const float* d, const float* sx, const float* sw, int bo, \
+                                                        float wmul, T* out, long long ldo, int m, int n) {  \
+    kiln_fp8_epilogue<T>(d, sx, sw, bo, wmul, out, ldo, m, n);                                              \
+  }
+KILN_FP8_DTYPE(f32, float)
+KILN_FP8_DTYPE(f16, kiln_f16)
+KILN_FP8_DTYPE(bf16, kiln_bf16)
+"#;
+
+/// The entry points of [`BODY`].
+pub(super) fn entries() -> Vec<String> {
+    ["f32", "f16", "bf16"]
+        .iter()
+        .flat_map(|d| [format!("kiln_fp8_quant_rows_{d}"), format!("kiln_fp8_epilogue_{d}")])
+        .collect()
+}
+
+/// The e4m3 byte of `x` (round to nearest even, saturating at ±448): the kernel's arithmetic.
+pub fn f32_to_e4m3(x: f32) -> u8 {
+    let s = if x.is_sign_negative() { 0x80u8 } else { 0 };
+    let a = x.abs().min(448.0);
+    let b = if a < 0.015625 {
+        (a * 512.0).round_ties_even() as u8
+    } else {
+        let e = ((a.to_bits() >> 23) & 0xFF) as i32 - 127;
+        let q = (a * 2f32.powi(3 - e)).round_ties_even() as i32;
+        (((e + 7) << 3) + q - 8) as u8
+    };
+    s | b
+}
+
+/// A row's per-token quantization, as the kernel does it: its scale and e4m3 bytes.
+pub fn quantize_row_e4m3(x: &[f32]) -> (f32, Vec<u8>) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let s = if amax > 0.0 { amax / 448.0 } else { 1.0 };
+    (s, x.iter().map(|&v| f32_to_e4m3(v / s)).collect())
+}
+
+/// A device's cuBLASLt handle and workspace.
+pub(super) struct Lt {
+    handle: lts::cublasLtHandle_t,
+    workspace: Tensor,
+}
+
+// SAFETY: the handle is used only under the device's one stream order (every product runs on
+// the backend's stream) and destroyed once, on drop.
+unsafe impl Send for Lt {}
+unsafe impl Sync for Lt {}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        // SAFETY: made by `create_handle`, destroyed only here.
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
+
+/// The cuBLASLt state of GPU `b` (made once, shared while any FP8 weight holds it), or `None`
+/// before sm_89 (no FP8 tensor cores).
+pub(super) fn lt_for(b: &Arc<CudaBackend>, dev: &Device) -> Result<Option<Arc<Lt>>, GemmError> {
+    if b.compute_capability() < (8, 9) {
+        return Ok(None);
+    }
+    type Registry = Mutex<HashMap<usize, Weak<Lt>>>;
+    static ALL: OnceLock<Registry> = OnceLock::new();
+    let mut all = ALL.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|_, w| w.strong_count() > 0);
+    let key = Arc::as_ptr(b) as usize;
+    if let Some(l) = all.get(&key).and_then(Weak::upgrade) {
+        return Ok(Some(l));
+    }
+    drv("binding the CUDA context", b.context().bind_to_thread())?;
+    let handle = lt::create_handle().map_err(|e| GemmError::Shape(format!("cuBLASLt: {e:?}")))?;
+    let workspace = Tensor::uninit(dev, DType::F32, 1, WORKSPACE_BYTES / 4)?;
+    let l = Arc::new(Lt { handle, workspace });
+    all.insert(key, Arc::downgrade(&l));
+    Ok(Some(l))
+}
+
+/// One FP8 part as this path needs it.
+pub(super) struct Fp8Part {
+    pub rows: usize,
+    /// Device address of the `[rows, k]` e4m3 bytes.
+    pub bytes: u64,
+    /// Device address of the scales (`[⌈rows / bo⌉]` f32, × `1 / wmul` of their value).
+    pub scales: u64,
+    pub bo: usize,
+    pub wmul: f32,
+}
+
+fn lt_err(what: &str, e: impl std::fmt::Debug) -> GemmError {
+    GemmError::Shape(format!("cuBLASLt {what}: {e:?}"))
+}
+
+/// `out = x · Wᵀ` in FP8 W8A8 for the parts (each into its own columns), the buffers carved
+/// from the scratch at `scratch` (`scratch_bytes` long). `Ok(false)` when it does not apply
+/// (a part's rows not a multiple of 16, no algorithm for the shape): nothing was written.
+pub(super) fn product(
+    b: &CudaBackend,
+    l: &Lt,
+    x: &Tensor,
+    parts: &[Fp8Part],
+    out: &mut Tensor,
+    (scratch, scratch_bytes): (u64, usize),
+) -> Result<bool, GemmError> {
+    let (m, k) = (x.rows(), x.cols());
+    let nmax = parts.iter().map(|p| p.rows).max().unwrap_or(0);
+    if parts.iter().any(|p| !p.rows.is_multiple_of(16)) || !k.is_multiple_of(16) {
+        return Ok(false);
+    }
+    // Rows per chunk: quantized rows (k bytes), their scales, D (nmax f32) each, 256-aligned.
+    let per_row = k + 4 + 4 * nmax;
+    let chunk = (scratch_bytes.saturating_sub(1024) / per_row).min(m) / 16 * 16;
+    if chunk == 0 {
+        return Ok(false);
+    }
+    let align = |v: u64| v.div_ceil(256) * 256;
+    let qx = align(scratch);
+    let sx = align(qx + (chunk * k) as u64);
+    let d = align(sx + (chunk * 4) as u64);
+    let dt = x.dtype().name();
+    let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
+    let quant = module.func(&format!("kiln_fp8_quant_rows_{dt}"))?;
+    let epi = module.func(&format!("kiln_fp8_epilogue_{dt}"))?;
+    let stream = b.stream().cu_stream() as lts::cudaStream_t;
+    drv("binding the CUDA context", b.context().bind_to_thread())?;
+    for r0 in (0..m).step_by(chunk) {
+        let rows = (m - r0).min(chunk);
+        let xs = x.view_rows(r0, rows)?;
+        let (xp, ldx, k32) = (xs.cuda_ptr().unwrap_or(0), xs.row_stride() as i64, k as i32);
+        let mut lq = b.stream().launch_builder(&quant);
+        lq.arg(&xp).arg(&ldx).arg(&k32).arg(&qx).arg(&sx);
+        // SAFETY: xs covers rows × k at ldx; qx holds rows × k bytes and sx rows f32 inside the
+        // scratch (chunk ≥ rows, carved above).
+        let r = unsafe {
+            lq.launch(LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+        };
+        drv("launching kiln_fp8_quant_rows", r)?;
+        let mut at = 0;
+        for p in parts {
+            if !gemm(l, stream, (p.bytes, p.rows), (qx, rows), k, d)? {
+                return Ok(false);
+            }
+            let o = out.view_rows(r0, rows)?.view_cols(at, p.rows)?;
+            let (op, ldo) = (o.cuda_ptr().unwrap_or(0), o.row_stride() as i64);
+            let (bo, m32, n32) = (p.bo as i32, rows as i32, p.rows as i32);
+            let mut le = b.stream().launch_builder(&epi);
+            le.arg(&d).arg(&sx).arg(&p.scales).arg(&bo).arg(&p.wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
+            let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
+            // SAFETY: d holds rows × p.rows f32 (written by the GEMM), sx rows, the scales
+            // ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
+            let r = unsafe {
+                le.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+            };
+            drv("launching kiln_fp8_epilogue", r)?;
+            at += p.rows;
+        }
+    }
+    Ok(true)
+}
+
+/// `D (f32, [m, n] row-major) = qx (e4m3 [m, k]) · W (e4m3 [n, k])ᵀ`; `Ok(false)` when
+/// cuBLASLt has no algorithm for it.
+fn gemm(
+    l: &Lt,
+    stream: lts::cudaStream_t,
+    (w, n): (u64, usize),
+    (qx, m): (u64, usize),
+    k: usize,
+    d: u64,
+) -> Result<bool, GemmError> {
+    use lts::cublasLtMatmulDescAttributes_t as Attr;
+    use lts::cudaDataType_t as Ty;
+    // cublasOperation_t as the 32-bit value cuBLASLt reads: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
+    let (op_n, op_t) = (0i32, 1i32);
+    let desc = lt::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, Ty::CUDA_R_32F)
+        .map_err(|e| lt_err("descriptor", e))?;
+    let a = lt::create_matrix_layout(Ty::CUDA_R_8F_E4M3, k as u64, n as u64, k as i64);
+    let bl = lt::create_matrix_layout(Ty::CUDA_R_8F_E4M3, k as u64, m as u64, k as i64);
+    let c = lt::create_matrix_layout(Ty::CUDA_R_32F, n as u64, m as u64, n as i64);
+    let pref = lt::create_matmul_pref();
+    // SAFETY: every handle below was just created (or the error path returns before use) and
+    // is destroyed once at the end; the attribute buffers are live locals of the stated size;
+    // the device addresses cover the matrices the layouts describe (the caller's carving).
+    unsafe {
+        let res = (|| -> Result<bool, GemmError> {
+            let (a, bl, c, pref) = (
+                *a.as_ref().map_err(|e| lt_err("layout", e))?,
+                *bl.as_ref().map_err(|e| lt_err("layout", e))?,
+                *c.as_ref().map_err(|e| lt_err("layout", e))?,
+                *pref.as_ref().map_err(|e| lt_err("preference", e))?,
+            );
+            let set = |attr: Attr, v: &i32| {
+                lt::set_matmul_desc_attribute(desc, attr, v as *const _ as *const c_void, std::mem::size_of_val(v))
+            };
+            set(Attr::CUBLASLT_MATMUL_DESC_TRANSA, &op_t).map_err(|e| lt_err("transa", e))?;
+            set(Attr::CUBLASLT_MATMUL_DESC_TRANSB, &op_n).map_err(|e| lt_err("transb", e))?;
+            let ws = l.workspace.len() * 4;
+            lt::set_matmul_pref_attribute(
+                pref,
+                lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const usize as *const c_void,
+                std::mem::size_of::<usize>(),
+            )
+            .map_err(|e| lt_err("workspace preference", e))?;
+            let Ok(h) = lt::get_matmul_algo_heuristic(l.handle, desc, a, bl, c, c, pref) else { return Ok(false) };
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            lt::matmul(
+                l.handle,
+                desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                w as *const c_void,
+                a,
+                qx as *const c_void,
+                bl,
+                d as *const c_void,
+                c,
+                d as *mut c_void,
+                c,
+                &h.algo,
+                l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
+                ws,
+                stream,
+            )
+            .map_err(|e| lt_err("matmul", e))?;
+            Ok(true)
+        })();
+        for layout in [a, bl, c].into_iter().flatten() {
+            let _ = lt::destroy_matrix_layout(layout);
+        }
+        if let Ok(p) = pref {
+            let _ = lt::destroy_matmul_pref(p);
+        }
+        let _ = lt::destroy_matmul_desc(desc);
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::quant::w8::W8Elem;
+
+    #[test]
+    fn e4m3_encoding_rounds_to_nearest_even_and_saturates() {
+        // Every finite e4m3 value encodes to itself.
+        for b in 0u8..=255 {
+            if b & 0x7F == 0x7F {
+                continue;
+            }
+            let v = W8Elem::Fp8E4M3.value(b);
+            let got = f32_to_e4m3(v);
+            // -0 and +0 are both zero.
+            assert!(got == b || (v == 0.0 && got & 0x7F == 0), "{b:#04x} ({v}) -> {got:#04x}");
+        }
+        assert_eq!(f32_to_e4m3(1000.0), 0x7E); // saturates to 448
+        assert_eq!(f32_to_e4m3(-1e9), 0xFE);
+        assert_eq!(f32_to_e4m3(1.0625), 0x38); // halfway between 1 and 1.125: to even (1)
+        assert_eq!(f32_to_e4m3(1.1875), 0x3A); // halfway between 1.125 and 1.25: to even (1.25)
+        assert_eq!(f32_to_e4m3(2f32.powi(-10)), 0x00); // half the smallest subnormal: to even (0)
+        assert_eq!(f32_to_e4m3(3.0 * 2f32.powi(-10)), 0x02); // 1.5 steps: to even (2)
+        assert_eq!(f32_to_e4m3(0.0155), 0x08); // rounds up into the first normal
+        assert_eq!(f32_to_e4m3(15.9), 0x58); // 15.9 -> 16 carries into the next exponent
+    }
+
+    #[test]
+    fn a_row_quantizes_to_its_own_scale() {
+        let (s, q) = quantize_row_e4m3(&[0.5, -2.0, 0.0, 1.0]);
+        assert_eq!(s, 2.0 / 448.0);
+        assert_eq!(q[1], 0xFE); // -448
+        assert_eq!(W8Elem::Fp8E4M3.value(q[0]), 112.0); // 0.5 / (2 / 448)
+        let (s0, q0) = quantize_row_e4m3(&[0.0; 3]);
+        assert_eq!((s0, q0), (1.0, vec![0, 0, 0]));
+    }
+}
