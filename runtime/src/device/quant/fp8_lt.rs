@@ -203,10 +203,11 @@ pub(super) fn product(
     }
     // Rows per chunk: quantized rows (k bytes), their scales, D (nmax f32) each, 256-aligned.
     let per_row = k + 4 + 4 * nmax;
-    let chunk = (scratch_bytes.saturating_sub(1024) / per_row).min(m) / 16 * 16;
-    if chunk == 0 {
+    let cap = scratch_bytes.saturating_sub(1024) / per_row / 16 * 16;
+    if cap == 0 {
         return Ok(false);
     }
+    let chunk = cap.min(m);
     let align = |v: u64| v.div_ceil(256) * 256;
     let qx = align(scratch);
     let sx = align(qx + (chunk * k) as u64);
