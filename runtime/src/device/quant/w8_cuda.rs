@@ -2,14 +2,16 @@
 //! INT8) kept in 8 bits in device memory — half the bytes of bf16 — and multiplied without a
 //! dense copy of the model.
 //!
-//! Two kernels, chosen by the number of activation rows `m`:
-//! - **GEMV** (`m ≤` [`gemv_max_rows`], decode): each block of 128 threads computes 4 output
+//! Three paths, chosen by the number of activation rows `m`:
+//! - **GEMV** (`m ≤` [`gemv_max_rows`], 4 by default; decode): each block of 128 threads computes 4 output
 //!   features for every row of `x`; a thread reads 16 bytes (16 inputs) of each of the 4
 //!   weight rows at a time, so every weight byte is read once, widens them in registers and
 //!   accumulates `scale · Σ q·x` per 8 inputs in f32;
-//! - **dequantize + cuBLAS** (prefill, large batches): the weight is expanded into the
-//!   device's scratch matrix of the activation dtype (shared with the int4 weights, sized at
-//!   upload) and multiplied by the dense GEMM.
+//! - **FP8 W8A8 on tensor cores** (larger batches of an FP8 weight with a scale per channel or
+//!   tensor, sm_89+; `fp8_lt`): the activation rows quantized to e4m3 per row, cuBLASLt;
+//! - **dequantize + cuBLAS** (everything else): the weight is expanded into the device's
+//!   scratch matrix of the activation dtype (shared with the int4 weights, sized at upload)
+//!   and multiplied by the dense GEMM.
 //!
 //! Widening without a conversion unit: an e4m3 byte `s eeee mmm` moved into the top byte of a
 //! half and shifted right by one below its sign is the f16 `s 0eeee mmm0000000`, whose value is
@@ -217,20 +219,24 @@ pub(super) fn entries() -> Vec<String> {
     e
 }
 
-/// The most activation rows the GEMV takes (its work grows with each row); more go through
-/// dequantize + cuBLAS. `KILN_W8_GEMV_MAX_ROWS` overrides it (0: never the GEMV).
+/// The most activation rows the GEMV takes (its work grows with each row: on the H100, 8B
+/// shapes, it is ahead of the FP8 tensor cores over a layer's four projections at 4 rows and
+/// behind at 8); more go to the tensor cores or dequantize + cuBLAS.
+/// `KILN_W8_GEMV_MAX_ROWS` overrides it (0: never the GEMV).
 pub fn gemv_max_rows() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| env_usize("KILN_W8_GEMV_MAX_ROWS", GEMV_M[3]))
+    *MAX.get_or_init(|| env_usize("KILN_W8_GEMV_MAX_ROWS", GEMV_M[2]))
 }
 
 /// Whether checkpoints' 8-bit weights stay 8-bit on a GPU: only with `KILN_W8_GPU=kernels`.
 /// They are correct (`kiln-check-w8`, the FP8 / INT8 fixtures against the CPU on an H100,
-/// 2026-12-06) and faster than dense bf16 for one sequence (8B-shaped decode: 4.72 against
-/// 6.34 ms a step), but from ~4 rows a step dequantize + cuBLAS reads 5 bytes a weight where
-/// dense bf16 reads 2 (16 sequences: 16.6 against 7.0 ms), so by default they are dequantized
-/// to the compute dtype at load, as before, until a tensor-core (or FP8 cuBLASLt) path serves
-/// batches. `synth:NAME+fp8` and the check program use the kernels always.
+/// 2026-12-06) and, for FP8 with per-channel scales, at least as fast as dense bf16 at every
+/// batch measured (8B-shaped decode: 4.63 / 6.50 / 8.92 ms a step at 1 / 16 / 64 sequences
+/// against 6.37 / 7.14 / 9.08); but above the GEMV's rows they quantize the activations to
+/// e4m3 (W8A8, as FP8-dynamic checkpoints intend, ~2% of the largest output off W8A16), so a
+/// sequence's numbers would depend on how many others share its step. Until a policy reads
+/// the checkpoint's activation scheme, the default dequantizes them to the compute dtype at
+/// load, as before. `synth:NAME+fp8` and the check program use the kernels always.
 pub fn kernels_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_W8_GPU").is_ok_and(|v| v == "kernels"))
