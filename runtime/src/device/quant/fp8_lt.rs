@@ -222,7 +222,7 @@ pub(super) fn product(
         let rows = (m - r0).min(chunk);
         let xs = x.view_rows(r0, rows)?;
         let (xp, ldx, k32) = (xs.cuda_ptr().unwrap_or(0), xs.row_stride() as i64, k as i32);
-        let mut lq = b.stream().launch_builder(&quant);
+        let mut lq = b.stream().launch_builder(quant);
         lq.arg(&xp).arg(&ldx).arg(&k32).arg(&qx).arg(&sx);
         // SAFETY: xs covers rows × k at ldx; qx holds rows × k bytes and sx rows f32 inside the
         // scratch (chunk ≥ rows, carved above).
@@ -238,7 +238,7 @@ pub(super) fn product(
             let o = out.view_rows(r0, rows)?.view_cols(at, p.rows)?;
             let (op, ldo) = (o.cuda_ptr().unwrap_or(0), o.row_stride() as i64);
             let (bo, m32, n32) = (p.bo as i32, rows as i32, p.rows as i32);
-            let mut le = b.stream().launch_builder(&epi);
+            let mut le = b.stream().launch_builder(epi);
             le.arg(&d).arg(&sx).arg(&p.scales).arg(&bo).arg(&p.wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
             let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
             // SAFETY: d holds rows × p.rows f32 (written by the GEMM), sx rows, the scales
