@@ -99,16 +99,6 @@ if [ "$what" = recheck ]; then
   TAIL=3 step arch 300 .device/kiln-check-arch tests/fixtures/arch-tiny/*/
 fi
 
-if [ "$what" = w8-policy ]; then
-  # The 8-bit fixtures on the GPU against kiln's CPU run: by default (the FP8 checkpoint that
-  # declares dynamic per-token activations stays 8-bit), with the GEMV off (every row through
-  # the FP8 W8A8 tensor cores), and with every 8-bit weight kept 8-bit and the GEMV off.
-  ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
-  TAIL=3 step w8-default 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
-  KILN_W8_GEMV_MAX_ROWS=0 TAIL=12 step w8-default-w8a8 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
-  KILN_W8_GPU=kernels KILN_W8_GEMV_MAX_ROWS=0 TAIL=32 step w8-kernels-w8a8 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
-fi
-
 if [ "$what" = headdims ]; then
   # Head dims 80 and 96: the attention template against the dense reference (every route),
   # then whole random checkpoints of those head dims on the GPU against kiln's CPU run.

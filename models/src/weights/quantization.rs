@@ -10,9 +10,7 @@
 //!
 //! Invariant: every field that would change the values kiln reads is either read or refused;
 //! fields that only describe how the checkpoint was made (observers, calibration, versions) and
-//! activation quantization (kiln runs activations unquantized; see [`super::scaled`]) are not —
-//! except that FP8 activations declared dynamic per token let a GPU run the FP8 weights as
-//! W8A8 by default (`ScaledConfig::dynamic_fp8_activations`).
+//! activation quantization (kiln runs activations unquantized; see [`super::scaled`]) are not.
 
 use super::packed::{PackedConfig, PackedKind};
 use super::scaled::{ScaleLayout, ScaledConfig, ScaledElem};
@@ -68,9 +66,6 @@ fn block_fp8(q: &Value) -> Result<Quantization, Refusal> {
         layout: ScaleLayout::Block(block),
         scale_name: "weight_scale_inv",
         zero_point: false,
-        // DeepSeek's dynamic activations are per group of 128 inputs, with block weights,
-        // which the FP8 tensor-core path does not take.
-        dynamic_fp8_activations: false,
     }))
 }
 
@@ -102,15 +97,7 @@ fn compressed_tensors(q: &Value) -> Result<Quantization, Refusal> {
         return refuse("config_groups", "no quantization groups");
     };
     let mut scheme: Option<WeightArgs> = None;
-    // Every group's activations FP8, dynamic, per token (see `ScaledConfig`).
-    let mut fp8_token_acts = true;
     for (name, g) in groups {
-        let a = g.get("input_activations");
-        let get = |k: &str| a.and_then(|a| a.get(k));
-        fp8_token_acts &= get("type").and_then(Value::as_str) == Some("float")
-            && get("num_bits").and_then(Value::as_i64) == Some(8)
-            && get("dynamic").and_then(Value::as_bool) == Some(true)
-            && get("strategy").and_then(Value::as_str) == Some("token");
         let field = format!("config_groups.{name}.weights");
         let w = g.get("weights").filter(|w| !w.is_null());
         let Some(w) = w else { return refuse(&field, "groups without quantized weights are not supported") };
@@ -171,14 +158,12 @@ fn compressed_tensors(q: &Value) -> Result<Quantization, Refusal> {
             layout,
             scale_name: "weight_scale",
             zero_point: false,
-            dynamic_fp8_activations: fp8_token_acts,
         })),
         ("int-quantized" | "naive-quantized", "int", Some(8)) => Ok(Quantization::Scaled(ScaledConfig {
             elem: ScaledElem::Int8,
             layout,
             scale_name: "weight_scale",
             zero_point: !w.symmetric,
-            dynamic_fp8_activations: false,
         })),
         (f, t, b) => refuse(
             "format",
@@ -218,25 +203,6 @@ mod tests {
             json!({"quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}});
         let Some(Quantization::Scaled(s)) = from_hf(&ds).unwrap() else { panic!() };
         assert_eq!((s.scale_name, s.layout), ("weight_scale_inv", ScaleLayout::Block([128, 128])));
-    }
-
-    #[test]
-    fn fp8_activations_declared_dynamic_per_token_are_noticed() {
-        let fp8 = json!({"num_bits": 8, "type": "float", "symmetric": true, "strategy": "channel"});
-        let with_acts = |acts: Value| {
-            let mut c = ct(fp8.clone(), "float-quantized");
-            c["quantization_config"]["config_groups"]["group_0"]["input_activations"] = acts;
-            let Some(Quantization::Scaled(s)) = from_hf(&c).unwrap() else { panic!() };
-            s.dynamic_fp8_activations
-        };
-        let token = json!({"num_bits": 8, "type": "float", "dynamic": true, "strategy": "token", "symmetric": true});
-        assert!(with_acts(token.clone()));
-        // Weight-only, static per-tensor scales, or integer activations: not the W8A8 it runs.
-        assert!(!with_acts(Value::Null));
-        assert!(!with_acts(json!({"num_bits": 8, "type": "float", "dynamic": false, "strategy": "tensor"})));
-        let mut int_acts = token;
-        int_acts["type"] = json!("int");
-        assert!(!with_acts(int_acts));
     }
 
     #[test]

@@ -61,11 +61,6 @@ pub struct ScaledConfig {
     pub scale_name: &'static str,
     /// Asymmetric: `X.weight_zero_point` holds the zero of each scale.
     pub zero_point: bool,
-    /// The checkpoint declares FP8 activations quantized dynamically per token (compressed-
-    /// tensors `input_activations: {type: float, num_bits: 8, dynamic: true, strategy: token}`,
-    /// as LLM Compressor's FP8-dynamic scheme writes): on a GPU its FP8 weights then stay 8-bit
-    /// by default, and batches take the FP8 W8A8 tensor cores, the arithmetic it was made for.
-    pub dynamic_fp8_activations: bool,
 }
 
 /// The exact value of an OCP FP8 E4M3 ("fn") byte: sign, 4 exponent bits (bias 7), 3 mantissa
@@ -172,13 +167,8 @@ mod tests {
     #[test]
     fn each_layout_scales_its_own_values_and_bad_shapes_are_refused() {
         let q: Vec<f32> = (0..4 * 6).map(|i| i as f32).collect();
-        let cfg = |layout| ScaledConfig {
-            elem: ScaledElem::Int8,
-            layout,
-            scale_name: "weight_scale",
-            zero_point: false,
-            dynamic_fp8_activations: false,
-        };
+        let cfg =
+            |layout| ScaledConfig { elem: ScaledElem::Int8, layout, scale_name: "weight_scale", zero_point: false };
         let t = dequantize(&cfg(ScaleLayout::Tensor), &q, [4, 6], &[0.5], &[1], None).unwrap();
         assert_eq!(t[7], 3.5);
         let c = dequantize(&cfg(ScaleLayout::Channel), &q, [4, 6], &[1.0, 2.0, 3.0, 4.0], &[4, 1], None).unwrap();

@@ -30,7 +30,7 @@ use kiln_runtime::device::linear::Weight;
 use kiln_runtime::device::quant::int4::Int4Matrix;
 use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
 use kiln_runtime::device::quant::w8::W8Matrix;
-use kiln_runtime::device::quant::w8_cuda::{self, W8Cuda, W8Policy};
+use kiln_runtime::device::quant::w8_cuda::W8Cuda;
 use kiln_runtime::device::quant::{QuantMatrix, SharedBytes};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
@@ -667,22 +667,11 @@ impl WeightSource {
     }
 
     /// Scaled 8-bit parts (stacked along rows) as one weight in GPU memory for activations of
-    /// `dtype`, when `dev` is a GPU, the policy keeps them 8-bit (`w8_cuda::policy`: by
-    /// default only FP8 checkpoints that declare dynamic per-token FP8 activations) and every
-    /// part is kept 8-bit and fits the kernels; `None` otherwise.
+    /// `dtype`, when `dev` is a GPU, the 8-bit kernels are enabled (`KILN_W8_GPU=kernels`; see
+    /// `w8_cuda::kernels_enabled` for why not by default) and every part is kept 8-bit and fits
+    /// them; `None` otherwise.
     fn w8_on(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Option<Weight>, WeightsError> {
-        let declared = || {
-            parts.iter().all(|(name, ..)| {
-                let cfg = self.entries.get(*name).and_then(|e| e.scaled);
-                cfg.is_some_and(|c| c.dynamic_fp8_activations && c.elem == ScaledElem::Fp8E4M3)
-            })
-        };
-        let keep = match w8_cuda::policy() {
-            W8Policy::Kernels => true,
-            W8Policy::Auto => declared(),
-            W8Policy::Dense => false,
-        };
-        if dev.is_cpu() || !keep {
+        if dev.is_cpu() || !kiln_runtime::device::quant::w8_cuda::kernels_enabled() {
             return Ok(None);
         }
         let mut ws = Vec::with_capacity(parts.len());

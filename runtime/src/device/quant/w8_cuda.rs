@@ -228,33 +228,18 @@ pub fn gemv_max_rows() -> usize {
     *MAX.get_or_init(|| env_usize("KILN_W8_GEMV_MAX_ROWS", GEMV_M[2]))
 }
 
-/// Where a checkpoint's 8-bit weights go on a GPU (`KILN_W8_GPU`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum W8Policy {
-    /// Unset: kept 8-bit when the checkpoint declares FP8 activations quantized dynamically per
-    /// token (the W8A8 arithmetic the tensor-core path runs), else dequantized at load.
-    Auto,
-    /// `kernels`: every 8-bit weight the kernels take stays 8-bit.
-    Kernels,
-    /// `dense`: every 8-bit weight is dequantized to the compute dtype at load.
-    Dense,
-}
-
-/// The policy `KILN_W8_GPU` sets. Why not always 8-bit: the kernels are correct
-/// (`kiln-check-w8`, the FP8 / INT8 fixtures against the CPU on an H100, 2026-12-06) and, for
-/// FP8 with per-channel scales, at least as fast as dense bf16 at every batch measured
-/// (8B-shaped decode: 4.63 / 6.50 / 8.92 ms a step at 1 / 16 / 64 sequences against 6.37 /
-/// 7.14 / 9.08); but above the GEMV's rows they quantize the activations to e4m3 (W8A8, ~2% of
-/// the largest output off W8A16), so a sequence's numbers depend on how many others share its
-/// step — the arithmetic an FP8-dynamic checkpoint was made for, not a weight-only one's.
-/// `synth:NAME+fp8` and the check program use the kernels always.
-pub fn policy() -> W8Policy {
-    static P: OnceLock<W8Policy> = OnceLock::new();
-    *P.get_or_init(|| match std::env::var("KILN_W8_GPU").as_deref() {
-        Ok("kernels") => W8Policy::Kernels,
-        Ok("dense") => W8Policy::Dense,
-        _ => W8Policy::Auto,
-    })
+/// Whether checkpoints' 8-bit weights stay 8-bit on a GPU: only with `KILN_W8_GPU=kernels`.
+/// They are correct (`kiln-check-w8`, the FP8 / INT8 fixtures against the CPU on an H100,
+/// 2026-12-06) and, for FP8 with per-channel scales, at least as fast as dense bf16 at every
+/// batch measured (8B-shaped decode: 4.63 / 6.50 / 8.92 ms a step at 1 / 16 / 64 sequences
+/// against 6.37 / 7.14 / 9.08); but above the GEMV's rows they quantize the activations to
+/// e4m3 (W8A8, as FP8-dynamic checkpoints intend, ~2% of the largest output off W8A16), so a
+/// sequence's numbers would depend on how many others share its step. Until a policy reads
+/// the checkpoint's activation scheme, the default dequantizes them to the compute dtype at
+/// load, as before. `synth:NAME+fp8` and the check program use the kernels always.
+pub fn kernels_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_W8_GPU").is_ok_and(|v| v == "kernels"))
 }
 
 /// An 8-bit `[rows, cols]` weight in device memory (see the module header).
