@@ -175,8 +175,8 @@ impl Decoder {
 
     /// The same model with every dense layer projection replaced by seeded random FP8 E4M3
     /// weights of its shape with a scale per output channel (values in about the same range):
-    /// a synthetic FP8 W8A16 model (`synth:NAME+fp8`) for speed work; GPU only (the CPU reads
-    /// 8-bit checkpoints as f32).
+    /// a synthetic FP8 model (`synth:NAME+fp8`: W8A16 GEMV for a few rows, W8A8 tensor cores
+    /// above) for speed work; GPU only (the CPU reads 8-bit checkpoints as f32).
     pub fn with_random_fp8(self, seed: u64) -> Result<Decoder, ModelError> {
         let dev = self.dev.clone();
         let dtype = self.dtype;
@@ -185,7 +185,7 @@ impl Decoder {
         }
         self.replace_projections(|(rows, cols), n| {
             let m = random_fp8((rows, cols), tensor_seed(seed ^ 0xF8, n))?;
-            let on_gpu = W8Cuda::upload(&dev, dtype, &[m]).map_err(|e| ModelError::Load(e.to_string()))?;
+            let on_gpu = W8Cuda::upload(&dev, dtype, &[m], true).map_err(|e| ModelError::Load(e.to_string()))?;
             Ok(on_gpu.map(Weight::W8Cuda))
         })
     }

@@ -30,7 +30,7 @@ use kiln_runtime::device::linear::Weight;
 use kiln_runtime::device::quant::int4::Int4Matrix;
 use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
 use kiln_runtime::device::quant::w8::W8Matrix;
-use kiln_runtime::device::quant::w8_cuda::W8Cuda;
+use kiln_runtime::device::quant::w8_cuda::{self, W8Cuda, W8Policy};
 use kiln_runtime::device::quant::{QuantMatrix, SharedBytes};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
@@ -667,11 +667,15 @@ impl WeightSource {
     }
 
     /// Scaled 8-bit parts (stacked along rows) as one weight in GPU memory for activations of
-    /// `dtype`, when `dev` is a GPU, the 8-bit kernels are enabled (`KILN_W8_GPU=kernels`; see
-    /// `w8_cuda::kernels_enabled` for why not by default) and every part is kept 8-bit and fits
-    /// them; `None` otherwise.
+    /// `dtype`, when `dev` is a GPU, `KILN_W8_GPU` keeps them 8-bit (`w8_cuda::policy`, with
+    /// why not by default) and every part is kept 8-bit and fits the kernels; `None` otherwise.
     fn w8_on(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Option<Weight>, WeightsError> {
-        if dev.is_cpu() || !kiln_runtime::device::quant::w8_cuda::kernels_enabled() {
+        let w8a8 = match w8_cuda::policy() {
+            W8Policy::Dense => return Ok(None),
+            W8Policy::Kernels => false,
+            W8Policy::W8a8 => true,
+        };
+        if dev.is_cpu() {
             return Ok(None);
         }
         let mut ws = Vec::with_capacity(parts.len());
@@ -681,7 +685,7 @@ impl WeightSource {
                 None => return Ok(None),
             }
         }
-        let on_gpu = W8Cuda::upload(dev, dtype, &ws).map_err(|e| WeightsError::Layout {
+        let on_gpu = W8Cuda::upload(dev, dtype, &ws, w8a8).map_err(|e| WeightsError::Layout {
             tensor: parts[0].0.to_owned(),
             reason: format!("{}: {e}", self.source_name),
         })?;

@@ -119,7 +119,7 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
         let k = case.parts[0].cols();
         let n: usize = case.parts.iter().map(W8Matrix::rows).sum();
         for dtype in DType::FLOATS {
-            let w = W8Cuda::upload(dev, dtype, &case.parts)?.ok_or("the kernels refused the layout")?;
+            let w = W8Cuda::upload(dev, dtype, &case.parts, true)?.ok_or("the kernels refused the layout")?;
             for m in [1, 2, 3, 5, 8, 9, 16, 33, 130] {
                 let x: Vec<f32> = as_dtype(&(0..m * k).map(|_| r.unit() * 2.0 - 1.0).collect::<Vec<_>>(), dtype);
                 let want = reference(&x, m, &case.parts);
@@ -159,7 +159,7 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|---|---|---|");
     for (n, k, what) in [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")] {
         let w = random_matrix(&mut r, W8Elem::Fp8E4M3, (n, k), [1, k]);
-        let g = W8Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w))?.ok_or("refused")?;
+        let g = W8Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w), true)?.ok_or("refused")?;
         let mut dense = Tensor::zeros(dev, DType::BF16, n, k)?;
         g[0].dequantize_into(&mut dense)?;
         let bytes = (n * k + n * 4) as f64;

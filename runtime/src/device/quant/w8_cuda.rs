@@ -3,12 +3,13 @@
 //! dense copy of the model.
 //!
 //! Three paths, chosen by the number of activation rows `m`:
-//! - **GEMV** (`m ≤` [`gemv_max_rows`], 4 by default; decode): each block of 128 threads computes 4 output
+//! - **GEMV** (`m ≤` [`gemv_max_rows`]: 4 rows, 8 without W8A8; decode): each block of 128 threads computes 4 output
 //!   features for every row of `x`; a thread reads 16 bytes (16 inputs) of each of the 4
 //!   weight rows at a time, so every weight byte is read once, widens them in registers and
 //!   accumulates `scale · Σ q·x` per 8 inputs in f32;
 //! - **FP8 W8A8 on tensor cores** (larger batches of an FP8 weight with a scale per channel or
-//!   tensor, sm_89+; `fp8_lt`): the activation rows quantized to e4m3 per row, cuBLASLt;
+//!   tensor, sm_89+, when the upload allowed it; `fp8_lt`): the activation rows quantized to
+//!   e4m3 per row, cuBLASLt;
 //! - **dequantize + cuBLAS** (everything else): the weight is expanded into the device's
 //!   scratch matrix of the activation dtype (shared with the int4 weights, sized at upload)
 //!   and multiplied by the dense GEMM.
@@ -30,7 +31,7 @@ use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
 use crate::device::quant::fp8_lt::{self, lt_for, Fp8Part, Lt};
 use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
-use crate::device::quant::int4_cuda::{env_usize, scratch_for, Scratch};
+use crate::device::quant::int4_cuda::{scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
@@ -219,27 +220,45 @@ pub(super) fn entries() -> Vec<String> {
     e
 }
 
-/// The most activation rows the GEMV takes (its work grows with each row: on the H100, 8B
-/// shapes, it is ahead of the FP8 tensor cores over a layer's four projections at 4 rows and
-/// behind at 8); more go to the tensor cores or dequantize + cuBLAS.
-/// `KILN_W8_GEMV_MAX_ROWS` overrides it (0: never the GEMV).
-pub fn gemv_max_rows() -> usize {
-    static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| env_usize("KILN_W8_GEMV_MAX_ROWS", GEMV_M[2]))
+/// The most activation rows the GEMV takes for a weight whose batches go to the FP8 tensor
+/// cores (`w8a8`) or to dequantize + cuBLAS: its work grows with each row, and on the H100 (8B
+/// shapes, a layer's four projections) it is ahead of the tensor cores at 4 rows and behind at
+/// 8, ahead of dequantize + cuBLAS at 8 and behind at 16. `KILN_W8_GEMV_MAX_ROWS` overrides
+/// both (0: never the GEMV).
+pub fn gemv_max_rows(w8a8: bool) -> usize {
+    static MAX: OnceLock<Option<usize>> = OnceLock::new();
+    let set = *MAX.get_or_init(|| std::env::var("KILN_W8_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()));
+    set.unwrap_or(if w8a8 { GEMV_M[2] } else { GEMV_M[3] })
 }
 
-/// Whether checkpoints' 8-bit weights stay 8-bit on a GPU: only with `KILN_W8_GPU=kernels`.
-/// They are correct (`kiln-check-w8`, the FP8 / INT8 fixtures against the CPU on an H100,
-/// 2026-12-06) and, for FP8 with per-channel scales, at least as fast as dense bf16 at every
-/// batch measured (8B-shaped decode: 4.63 / 6.50 / 8.92 ms a step at 1 / 16 / 64 sequences
-/// against 6.37 / 7.14 / 9.08); but above the GEMV's rows they quantize the activations to
-/// e4m3 (W8A8, as FP8-dynamic checkpoints intend, ~2% of the largest output off W8A16), so a
-/// sequence's numbers would depend on how many others share its step. Until a policy reads
-/// the checkpoint's activation scheme, the default dequantizes them to the compute dtype at
-/// load, as before. `synth:NAME+fp8` and the check program use the kernels always.
-pub fn kernels_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_W8_GPU").is_ok_and(|v| v == "kernels"))
+/// Where a checkpoint's 8-bit weights go on a GPU (`KILN_W8_GPU`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum W8Policy {
+    /// Unset: dequantized to the compute dtype at load.
+    Dense,
+    /// `kernels`: kept 8-bit, multiplied as W8A16 (the GEMV, dequantize + cuBLAS above 8
+    /// rows) — the CPU's arithmetic; half the weight memory, 1.3× dense bf16 for one sequence,
+    /// 0.4–0.5× from 16 sequences a step.
+    Kernels,
+    /// `w8a8`: kept 8-bit, and batches above 4 rows of an FP8 weight with per-channel or
+    /// per-tensor scales quantize their activations to e4m3 per token and run on FP8 tensor
+    /// cores (as FP8-dynamic checkpoints intend; ~2% of the largest output off W8A16 per
+    /// product): at least as fast as dense bf16 at 1, 16 and 64 sequences.
+    W8a8,
+}
+
+/// The policy `KILN_W8_GPU` sets. Not 8-bit by default: W8A16 batches are slower than dense,
+/// and W8A8 has no model-level twin on the CPU yet — kiln-check-arch's tiny FP8 fixtures
+/// through it miss the rule against the CPU's W8A16 run (H100, 2026-12-06), and a sequence's
+/// numbers would depend on how many others share its step. `synth:NAME+fp8` and the check
+/// program take W8A8 always.
+pub fn policy() -> W8Policy {
+    static P: OnceLock<W8Policy> = OnceLock::new();
+    *P.get_or_init(|| match std::env::var("KILN_W8_GPU").as_deref() {
+        Ok("kernels") => W8Policy::Kernels,
+        Ok("w8a8") => W8Policy::W8a8,
+        _ => W8Policy::Dense,
+    })
 }
 
 /// An 8-bit `[rows, cols]` weight in device memory (see the module header).
@@ -255,7 +274,8 @@ pub struct W8Cuda {
     /// `[bo, bi]`, with `bi` at most `cols`.
     block: [usize; 2],
     scratch: Scratch,
-    /// cuBLASLt for the FP8 W8A8 path (`fp8_lt`): FP8 weights on sm_89+.
+    /// cuBLASLt for the FP8 W8A8 path (`fp8_lt`): FP8 weights on sm_89+ uploaded with W8A8
+    /// allowed.
     lt: Option<Arc<Lt>>,
 }
 
@@ -276,7 +296,14 @@ impl W8Cuda {
     /// Matrices stacked along rows (one projection, or a fused q/k/v, each multiplied into its
     /// own columns) on the GPU `dev`, multiplied with activations of `dtype`; `Ok(None)` when
     /// one of them does not fit the kernels, so the caller keeps the weight dense.
-    pub fn upload(dev: &Device, dtype: DType, parts: &[W8Matrix]) -> Result<Option<Vec<W8Cuda>>, GemmError> {
+    /// `w8a8`: batches of an FP8 weight may take the FP8 tensor cores (activations quantized;
+    /// see [`W8Policy::W8a8`]), else they stay W8A16.
+    pub fn upload(
+        dev: &Device,
+        dtype: DType,
+        parts: &[W8Matrix],
+        w8a8: bool,
+    ) -> Result<Option<Vec<W8Cuda>>, GemmError> {
         let Device::Cuda(b) = dev else {
             return Err(GemmError::Unsupported { dtype, device: "the CPU for a GPU 8-bit weight".into() });
         };
@@ -288,7 +315,7 @@ impl W8Cuda {
         }
         let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
         let scratch = scratch_for(b, dev, dtype, total)?;
-        let lt = match parts.iter().all(|w| w.elem() == W8Elem::Fp8E4M3) {
+        let lt = match w8a8 && parts.iter().all(|w| w.elem() == W8Elem::Fp8E4M3) {
             true => lt_for(b, dev)?,
             false => None,
         };
@@ -386,7 +413,7 @@ impl W8Cuda {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum W8Path {
     /// The GEMV up to [`gemv_max_rows`] rows; above, FP8 W8A8 on tensor cores where it
-    /// applies, else dequantize + cuBLAS.
+    /// applies and was allowed at upload, else dequantize + cuBLAS.
     Auto,
     /// The GEMV, 8 rows of `x` per launch.
     Gemv,
@@ -406,7 +433,7 @@ pub fn linear_w8_cuda(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<
 /// [`linear_w8_cuda`] through a chosen kernel (for the check program's comparisons).
 pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W8Path) -> Result<(), GemmError> {
     let Some(b) = checked(x, parts, out, "w8")? else { return Ok(()) };
-    if path == W8Path::Gemv || (path == W8Path::Auto && x.rows() <= gemv_max_rows()) {
+    if path == W8Path::Gemv || (path == W8Path::Auto && x.rows() <= gemv_max_rows(parts[0].lt.is_some())) {
         return gemv_all(&b, x, parts, out, GEMV_M[3]);
     }
     if path != W8Path::Dequant && fp8_product(&b, x, parts, out)? {
