@@ -71,7 +71,7 @@ SERVE_URL="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$SERVE_LOG" | head -n 1)"
 "$OPENAI_VENV/bin/python" tests/python/openai_conformance.py --base-url "$SERVE_URL/v1"
 "$OPENAI_VENV/bin/python" tests/python/structured_conformance.py --base-url "$SERVE_URL/v1"
 # Requests generated from the server's own /openapi.json; every answer checked against it
-# (about 60 s of generation, hard-stopped at 120 s; prints the seed to replay a failure). The
+# (about 60 s of generation, hard-stopped at 210 s; prints the seed to replay a failure). The
 # seed follows the commit (KILN_FUZZ_SEED overrides it): each commit fuzzes differently, and a
 # rerun of the same commit repeats its run exactly, so a result never changes on retry.
 FUZZ_SEED="${KILN_FUZZ_SEED:-$(git rev-parse --short=8 HEAD 2>/dev/null || true)}"
