@@ -31,12 +31,18 @@ pub fn as_dtype(v: &[f32], dtype: DType) -> Vec<f32> {
 /// The largest `|got - want|` as a fraction of the largest `|want|` (NaN stays NaN, so a
 /// caller's `err <= tol` fails on it).
 pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
-    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
-    let worst =
-        got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, |a, d| if d.is_nan() { d } else { a.max(d) });
     if got.len() != want.len() {
         return f32::NAN;
     }
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
+    // `f32::max` drops a NaN operand, so a NaN is kept by hand once seen.
+    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, |a, d| {
+        if a.is_nan() || d.is_nan() {
+            f32::NAN
+        } else {
+            a.max(d)
+        }
+    });
     worst / scale
 }
 

@@ -130,14 +130,41 @@ pub fn quantize_row_e4m3(x: &[f32]) -> (f32, Vec<u8>) {
     (s, x.iter().map(|&v| f32_to_e4m3(v / s)).collect())
 }
 
-/// A device's cuBLASLt handle and workspace.
+/// A device's cuBLASLt handle, its workspace, and a plan per GEMM shape (made on the shape's
+/// first product, so a step pays for descriptors and the algorithm search once per shape).
 pub(super) struct Lt {
     handle: lts::cublasLtHandle_t,
     workspace: Tensor,
+    /// `(n, m, k)` → its plan, or `None` when cuBLASLt has no algorithm for it.
+    plans: Mutex<HashMap<(usize, usize, usize), Option<Plan>>>,
+}
+
+/// The descriptors and algorithm of one `D (f32, [m, n]) = qx (e4m3 [m, k]) · W (e4m3
+/// [n, k])ᵀ` shape, destroyed on drop.
+struct Plan {
+    desc: lts::cublasLtMatmulDesc_t,
+    a: lts::cublasLtMatrixLayout_t,
+    b: lts::cublasLtMatrixLayout_t,
+    d: lts::cublasLtMatrixLayout_t,
+    algo: lts::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: each handle was made by `Plan::new` and is destroyed only here (a layout
+        // still null was never made: `Plan::new` failed before it).
+        unsafe {
+            for l in [self.a, self.b, self.d].into_iter().filter(|l| !l.is_null()) {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
 }
 
 // SAFETY: the handle is used only under the device's one stream order (every product runs on
-// the backend's stream) and destroyed once, on drop.
+// the backend's stream) and destroyed once, on drop; the plans are behind their mutex and are
+// descriptors only (host memory cuBLASLt reads while a product is enqueued).
 unsafe impl Send for Lt {}
 unsafe impl Sync for Lt {}
 
@@ -165,7 +192,7 @@ pub(super) fn lt_for(b: &Arc<CudaBackend>, dev: &Device) -> Result<Option<Arc<Lt
     drv("binding the CUDA context", b.context().bind_to_thread())?;
     let handle = lt::create_handle().map_err(|e| GemmError::Shape(format!("cuBLASLt: {e:?}")))?;
     let workspace = Tensor::uninit(dev, DType::F32, 1, WORKSPACE_BYTES / 4)?;
-    let l = Arc::new(Lt { handle, workspace });
+    let l = Arc::new(Lt { handle, workspace, plans: Mutex::default() });
     all.insert(key, Arc::downgrade(&l));
     Ok(Some(l))
 }
@@ -253,6 +280,56 @@ pub(super) fn product(
     Ok(true)
 }
 
+impl Plan {
+    /// The plan of shape `(n, m, k)` on `l`: `None` when cuBLASLt has no algorithm for it.
+    fn new(l: &Lt, (n, m, k): (usize, usize, usize)) -> Result<Option<Plan>, GemmError> {
+        use lts::cublasLtMatmulDescAttributes_t as Attr;
+        use lts::cudaDataType_t as Ty;
+        let desc = lt::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, Ty::CUDA_R_32F)
+            .map_err(|e| lt_err("descriptor", e))?;
+        // Owned from here: a later failure drops (destroys) what was made. Layouts are
+        // column-major: W as k × n (read transposed), qx as k × m, D as n × m.
+        let layout = |ty, rows: usize, cols: usize, ld: usize| {
+            lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(|e| lt_err("layout", e))
+        };
+        let null = std::ptr::null_mut();
+        let mut plan = Plan { desc, a: null, b: null, d: null, algo: lts::cublasLtMatmulAlgo_t { data: [0; 8] } };
+        plan.a = layout(Ty::CUDA_R_8F_E4M3, k, n, k)?;
+        plan.b = layout(Ty::CUDA_R_8F_E4M3, k, m, k)?;
+        plan.d = layout(Ty::CUDA_R_32F, n, m, n)?;
+        let ws = l.workspace.len() * 4;
+        // SAFETY: the descriptors are live (owned by `plan`); each attribute buffer is a live
+        // local of the size passed.
+        unsafe {
+            let set = |attr: Attr, v: i32| {
+                lt::set_matmul_desc_attribute(plan.desc, attr, &v as *const i32 as *const c_void, 4)
+                    .map_err(|e| lt_err("descriptor attribute", e))
+            };
+            // cublasOperation_t as the 32-bit value cuBLASLt reads: OP_N = 0, OP_T = 1 (W is
+            // read transposed, the "TN" form FP8 requires).
+            set(Attr::CUBLASLT_MATMUL_DESC_TRANSA, 1)?;
+            set(Attr::CUBLASLT_MATMUL_DESC_TRANSB, 0)?;
+            let pref = lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?;
+            let found = lt::set_matmul_pref_attribute(
+                pref,
+                lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const usize as *const c_void,
+                std::mem::size_of::<usize>(),
+            )
+            .map_err(|e| lt_err("workspace preference", e))
+            .map(|()| lt::get_matmul_algo_heuristic(l.handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref).ok());
+            let _ = lt::destroy_matmul_pref(pref);
+            match found? {
+                Some(h) => {
+                    plan.algo = h.algo;
+                    Ok(Some(plan))
+                }
+                None => Ok(None),
+            }
+        }
+    }
+}
+
 /// `D (f32, [m, n] row-major) = qx (e4m3 [m, k]) · W (e4m3 [n, k])ᵀ`; `Ok(false)` when
 /// cuBLASLt has no algorithm for it.
 fn gemm(
@@ -263,72 +340,38 @@ fn gemm(
     k: usize,
     d: u64,
 ) -> Result<bool, GemmError> {
-    use lts::cublasLtMatmulDescAttributes_t as Attr;
-    use lts::cudaDataType_t as Ty;
-    // cublasOperation_t as the 32-bit value cuBLASLt reads: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
-    let (op_n, op_t) = (0i32, 1i32);
-    let desc = lt::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, Ty::CUDA_R_32F)
-        .map_err(|e| lt_err("descriptor", e))?;
-    let a = lt::create_matrix_layout(Ty::CUDA_R_8F_E4M3, k as u64, n as u64, k as i64);
-    let bl = lt::create_matrix_layout(Ty::CUDA_R_8F_E4M3, k as u64, m as u64, k as i64);
-    let c = lt::create_matrix_layout(Ty::CUDA_R_32F, n as u64, m as u64, n as i64);
-    let pref = lt::create_matmul_pref();
-    // SAFETY: every handle below was just created (or the error path returns before use) and
-    // is destroyed once at the end; the attribute buffers are live locals of the stated size;
-    // the device addresses cover the matrices the layouts describe (the caller's carving).
+    let mut plans = l.plans.lock().unwrap_or_else(|e| e.into_inner());
+    let plan = match plans.entry((n, m, k)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(Plan::new(l, (n, m, k))?),
+    };
+    let Some(p) = plan.as_ref() else { return Ok(false) };
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // SAFETY: the plan's descriptors describe the matrices at these device addresses (the
+    // caller's carving of W, qx and D); alpha and beta are f32 host scalars, matching the f32
+    // scale type; the workspace is this handle's, of the size the plan was searched with.
     unsafe {
-        let res = (|| -> Result<bool, GemmError> {
-            let (a, bl, c, pref) = (
-                *a.as_ref().map_err(|e| lt_err("layout", e))?,
-                *bl.as_ref().map_err(|e| lt_err("layout", e))?,
-                *c.as_ref().map_err(|e| lt_err("layout", e))?,
-                *pref.as_ref().map_err(|e| lt_err("preference", e))?,
-            );
-            let set = |attr: Attr, v: &i32| {
-                lt::set_matmul_desc_attribute(desc, attr, v as *const _ as *const c_void, std::mem::size_of_val(v))
-            };
-            set(Attr::CUBLASLT_MATMUL_DESC_TRANSA, &op_t).map_err(|e| lt_err("transa", e))?;
-            set(Attr::CUBLASLT_MATMUL_DESC_TRANSB, &op_n).map_err(|e| lt_err("transb", e))?;
-            let ws = l.workspace.len() * 4;
-            lt::set_matmul_pref_attribute(
-                pref,
-                lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const usize as *const c_void,
-                std::mem::size_of::<usize>(),
-            )
-            .map_err(|e| lt_err("workspace preference", e))?;
-            let Ok(h) = lt::get_matmul_algo_heuristic(l.handle, desc, a, bl, c, c, pref) else { return Ok(false) };
-            let (alpha, beta) = (1.0f32, 0.0f32);
-            lt::matmul(
-                l.handle,
-                desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                w as *const c_void,
-                a,
-                qx as *const c_void,
-                bl,
-                d as *const c_void,
-                c,
-                d as *mut c_void,
-                c,
-                &h.algo,
-                l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
-                ws,
-                stream,
-            )
-            .map_err(|e| lt_err("matmul", e))?;
-            Ok(true)
-        })();
-        for layout in [a, bl, c].into_iter().flatten() {
-            let _ = lt::destroy_matrix_layout(layout);
-        }
-        if let Ok(p) = pref {
-            let _ = lt::destroy_matmul_pref(p);
-        }
-        let _ = lt::destroy_matmul_desc(desc);
-        res
+        lt::matmul(
+            l.handle,
+            p.desc,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            w as *const c_void,
+            p.a,
+            qx as *const c_void,
+            p.b,
+            d as *const c_void,
+            p.d,
+            d as *mut c_void,
+            p.d,
+            &p.algo,
+            l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
+            l.workspace.len() * 4,
+            stream,
+        )
     }
+    .map_err(|e| lt_err("matmul", e))?;
+    Ok(true)
 }
 
 #[cfg(test)]
