@@ -7,14 +7,15 @@
 //! output channel, per group of 32 inputs and per 128×128 block (a row count cut inside the
 //! last block), a fused weight of two parts; 1 to 130 activation rows; f32 / f16 / bf16
 //! activations; the GEMV, dequantize + cuBLAS and FP8 W8A8 on tensor cores (against a twin
-//! that quantizes the activations per row as the kernel does, where that path applies). The
+//! that quantizes the activations per row, or per 128 inputs for 128×128 blocks, as the
+//! kernel does, where that path applies; output addresses aligned to 256 bytes and less). The
 //! product is computed from the activations as the GPU sees them (rounded to the dtype); the
 //! GPU result must be within `tol · max |ref|`.
 //!
-//! Speed: Llama-3-8B's projection shapes, FP8 per channel, bf16: median of CUDA-event-timed
-//! launches.
+//! Speed: Llama-3-8B's projection shapes, FP8 per channel (two also in 128×128 blocks), bf16:
+//! median of CUDA-event-timed launches.
 
-use kiln_runtime::device::quant::fp8_lt::quantize_row_e4m3;
+use kiln_runtime::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, GROUP};
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
@@ -57,6 +58,7 @@ fn cases(r: &mut Rand) -> Vec<Case> {
         (F, 256, 512, [1, 512], "per channel"),
         (F, 1003, 256, [1003, 256], "per tensor"),
         (F, 300, 640, [128, 128], "128×128 blocks"),
+        (F, 272, 640, [128, 128], "128×128 blocks"),
         (F, 64, 1024, [1, 32], "groups of 32"),
         (I, 96, 384, [1, 384], "per channel"),
         (I, 130, 256, [1, 32], "groups of 32"),
@@ -66,6 +68,11 @@ fn cases(r: &mut Rand) -> Vec<Case> {
     }
     let parts = vec![random_matrix(r, F, (128, 256), [1, 256]), random_matrix(r, F, (64, 256), [1, 256])];
     c.push(Case { what: "fp8e4m3 fused 128+64 x256 per channel".into(), parts });
+    // The second part's columns start 48 values in: an output address aligned to 32 bytes or less.
+    let parts = vec![random_matrix(r, F, (48, 256), [48, 256]), random_matrix(r, F, (32, 256), [1, 256])];
+    c.push(Case { what: "fp8e4m3 fused 48+32 x256 per tensor, per channel".into(), parts });
+    let parts = vec![random_matrix(r, F, (256, 384), [128, 128]), random_matrix(r, F, (144, 384), [128, 128])];
+    c.push(Case { what: "fp8e4m3 fused 256+144 x384 128×128 blocks".into(), parts });
     c
 }
 
@@ -85,19 +92,33 @@ fn reference(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
     out
 }
 
+/// Whether `w` has 128×128 scale blocks (the block-scaled tensor-core form).
+fn block128(w: &W8Matrix) -> bool {
+    w.block() == [GROUP; 2] && w.cols().is_multiple_of(GROUP)
+}
+
 /// The FP8 W8A8 product of the stacked parts as the tensor-core path computes it: each row of
-/// `x` quantized to e4m3 with its own scale, exact products summed in f64, both scales applied.
+/// `x` quantized to e4m3 with its own scale (one per 128 inputs for 128×128 block weights),
+/// exact products summed in f64 per scale group, the scales applied.
 fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
     let k = parts[0].cols();
+    let blocks = parts.iter().all(block128);
     let mut out = vec![];
     for i in 0..m {
-        let (sx, qx) = quantize_row_e4m3(&x[i * k..(i + 1) * k]);
+        let xi = &x[i * k..(i + 1) * k];
+        let (sx, qx) =
+            if blocks { quantize_groups_e4m3(xi) } else { (vec![quantize_row_e4m3(xi).0], quantize_row_e4m3(xi).1) };
+        let g = k / sx.len();
         let qx: Vec<f64> = qx.iter().map(|&b| W8Elem::Fp8E4M3.value(b) as f64).collect();
         for w in parts {
-            let bo = w.block()[0];
+            let ([bo, bi], sc) = (w.block(), w.scale_cols());
             for (j, row) in w.bytes().chunks(k).enumerate() {
-                let d: f64 = row.iter().zip(&qx).map(|(&b, &q)| W8Elem::Fp8E4M3.value(b) as f64 * q).sum();
-                out.push((d * sx as f64 * w.scales()[j / bo] as f64) as f32);
+                let mut d = 0f64;
+                for (gi, (wg, xg)) in row.chunks(g).zip(qx.chunks(g)).enumerate() {
+                    let p: f64 = wg.iter().zip(xg).map(|(&b, &q)| W8Elem::Fp8E4M3.value(b) as f64 * q).sum();
+                    d += p * sx[gi] as f64 * w.scales()[(j / bo) * sc + (gi * g) / bi] as f64;
+                }
+                out.push(d as f32);
             }
         }
     }
@@ -105,11 +126,18 @@ fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
 }
 
 /// Whether `linear_w8_cuda_by(.., Fp8TensorCores)` takes the tensor cores for these parts on
-/// `dev` (else it falls back to dequantize + cuBLAS, the W8A16 arithmetic).
+/// `dev` (else it falls back to dequantize + cuBLAS, the W8A16 arithmetic): FP8 with scales
+/// per channel or tensor, or 128×128 blocks (Hopper's cuBLASLt forms), rows a multiple of 16.
 fn takes_fp8_tensor_cores(dev: &Device, parts: &[W8Matrix]) -> bool {
     let Device::Cuda(b) = dev else { return false };
+    let form = |p: &W8Matrix| match (p.scale_cols() == 1, block128(p)) {
+        (true, _) => Some(false),
+        (false, true) if b.compute_capability() >= (9, 0) => Some(true),
+        _ => None,
+    };
     b.compute_capability() >= (8, 9)
-        && parts.iter().all(|p| p.elem() == W8Elem::Fp8E4M3 && p.scale_cols() == 1 && p.rows().is_multiple_of(16))
+        && parts.iter().all(|p| p.elem() == W8Elem::Fp8E4M3 && p.rows().is_multiple_of(16) && form(p).is_some())
+        && parts.iter().all(|p| form(p) == form(&parts[0]))
 }
 
 fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
@@ -155,10 +183,13 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let mut r = Rand(19, 0);
     let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
-    println!("| shape n×k fp8 per channel | m | GEMV µs | dequant+cuBLAS µs | FP8 tensor cores µs | dense bf16 cuBLAS µs | best fp8 GB/s (% of copy) | best vs dense |");
+    println!("| shape n×k fp8 (per channel unless named) | m | GEMV µs | dequant+cuBLAS µs | FP8 tensor cores µs | dense bf16 cuBLAS µs | best fp8 GB/s (% of copy) | best vs dense |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (n, k, what) in [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")] {
-        let w = random_matrix(&mut r, W8Elem::Fp8E4M3, (n, k), [1, k]);
+    let shapes = [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")];
+    let blocks = [(6144, 4096, "qkv 128×128 blocks"), (4096, 14336, "down 128×128 blocks")];
+    for (n, k, what) in shapes.into_iter().chain(blocks) {
+        let block = if what.contains("blocks") { [GROUP; 2] } else { [1, k] };
+        let w = random_matrix(&mut r, W8Elem::Fp8E4M3, (n, k), block);
         let g = W8Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w), true)?.ok_or("refused")?;
         let mut dense = Tensor::zeros(dev, DType::BF16, n, k)?;
         g[0].dequantize_into(&mut dense)?;

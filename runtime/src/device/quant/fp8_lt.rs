@@ -1,22 +1,35 @@
 //! FP8 W8A8 on tensor cores (sm_89+) through cuBLASLt, for the batches of an FP8 [`W8Cuda`]
-//! weight with a scale per output channel (or per tensor): the activation rows are quantized
-//! to e4m3 with a scale per row (dynamic per-token: `s = max|x| / 448`, `q = e4m3(x / s)`,
-//! round to nearest even, saturating), cuBLASLt multiplies the e4m3 matrices with f32
-//! accumulation into an f32 product, and an epilogue kernel writes
-//! `out[i, j] = D[i, j] · s_x[i] · s_w[j]` in the activations' dtype.
+//! weight: the activation rows are quantized to e4m3 (dynamic: `s = max|x| / 448` over the
+//! values that share a scale, `q = e4m3(x / s)`, round to nearest even, saturating) and
+//! cuBLASLt multiplies the e4m3 matrices with f32 accumulation. Two scale forms:
+//!
+//! - **per output channel or tensor** ([`Fp8Scales::Channel`]): a scale per activation row.
+//!   Where cuBLASLt has outer-vector scales (Hopper, CUDA 12.9+) it applies `s_x[i] · s_w[j]`
+//!   itself and writes the activations' dtype straight into `out`; elsewhere it writes an f32
+//!   product that an epilogue kernel scales (`out[i, j] = D[i, j] · s_x[i] · s_w[j]`);
+//! - **128×128 weight blocks** ([`Fp8Scales::Block128`], DeepSeek-style `weight_scale_inv`): a
+//!   scale per activation row and group of 128 inputs (cuBLASLt's `VEC128_32F` × `BLK128x128_32F`
+//!   forms, Hopper), written straight into `out`; without an algorithm, the caller
+//!   dequantizes.
 //!
 //! This is not the W8A16 arithmetic of the GEMV: the activations lose bits (e4m3 keeps 4
 //! significant bits), as in every FP8 W8A8 engine; the check program compares it with a CPU
-//! twin that quantizes the activations the same way ([`quantize_row_e4m3`]).
+//! twin that quantizes the activations the same way ([`quantize_row_e4m3`],
+//! [`quantize_groups_e4m3`]).
 //!
 //! Row-major to column-major as in `gemm_cuda`: `Dᵀ (n × m) = W (op T of the k × n view) ·
-//! qxᵀ (k × m)`, the "TN" form FP8 cuBLASLt requires. Buffers: the quantized rows, their
-//! scales and D live in the device's dequantization scratch (sized at upload), `x` is taken in
-//! chunks of rows that fit it; the cuBLASLt handle and its workspace are made at upload too,
-//! so a CUDA graph capture sees no allocation.
+//! qxᵀ (k × m)`, the "TN" form FP8 cuBLASLt requires; a row-major `out` view with row stride
+//! `ldo` is the column-major `n × m` matrix with leading dimension `ldo`. Scale layouts
+//! (cuBLASLt's): outer vectors are `[n]` and `[m]`; the weight's block scales `[⌈n / 128⌉,
+//! ld]` row-major with `ld = ⌈k / 128⌉` rounded up to 4 (made at upload); the activations'
+//! group scales `[k / 128, m]` (the row index fastest). Buffers: the quantized rows, their
+//! scales and the f32 product live in the device's dequantization scratch (sized at upload),
+//! `x` is taken in chunks of rows that fit it; the cuBLASLt handle and its workspace are made
+//! at upload too, so a CUDA graph capture sees no allocation.
 //!
-//! Invariants: `k % 16 == 0` (the weight's, checked by [`W8Cuda::fits`]); each part's rows
-//! are a multiple of 16 (else this path declines and dequantize + cuBLAS runs).
+//! Invariants: `k % 16 == 0` (the weight's, checked by [`W8Cuda::fits`]), `k % 128 == 0` for
+//! block scales; each part's rows are a multiple of 16 (else this path declines and
+//! dequantize + cuBLAS runs).
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
@@ -74,6 +87,30 @@ __device__ __forceinline__ void kiln_fp8_quant_rows(const T* __restrict__ x, lon
   if (threadIdx.x == 0) sx[row] = s;
 }
 
+// One block per row of x, one warp per group of 128 inputs (k % 128 == 0): s = max|x| / 448 over
+// the group (1 for a zero group), q = e4m3(x / s); the scale of group g goes to sx[g * ldsx + row].
+template <typename T>
+__device__ __forceinline__ void kiln_fp8_quant_groups(const T* __restrict__ x, long long ldx, int k,
+                                                      unsigned char* __restrict__ q, float* __restrict__ sx,
+                                                      int ldsx) {
+  const int row = blockIdx.x, lane = threadIdx.x & 31;
+  const T* xr = x + (long long)row * ldx;
+  for (int g = threadIdx.x >> 5; g < (k >> 7); g += blockDim.x >> 5) {
+    float v[4], amax = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      v[j] = kiln_to_f32(xr[(g << 7) + lane + 32 * j]);
+      amax = fmaxf(amax, fabsf(v[j]));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float s = amax > 0.f ? amax / 448.0f : 1.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) q[(long long)row * k + (g << 7) + lane + 32 * j] = kiln_f32_to_e4m3(v[j] / s);
+    if (lane == 0) sx[(long long)g * ldsx + row] = s;
+  }
+}
+
 // out[i, j] = d[i, j] * sx[i] * sw[j / bo] * wmul, d: [m, n] f32 contiguous.
 template <typename T>
 __device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, const float* __restrict__ sx,
@@ -92,6 +129,10 @@ __device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, c
                                                           float* sx) {                                      \
     kiln_fp8_quant_rows<T>(x, ldx, k, q, sx);                                                               \
   }                                                                                                         \
+  extern "C" __global__ void kiln_fp8_quant_groups_##SUFFIX(const T* x, long long ldx, int k, unsigned char* q, \
+                                                            float* sx, int ldsx) {                          \
+    kiln_fp8_quant_groups<T>(x, ldx, k, q, sx, ldsx);                                                       \
+  }                                                                                                         \
   extern "C" __global__ void kiln_fp8_epilogue_##SUFFIX(const float* d, const float* sx, const float* sw, int bo, \
                                                         float wmul, T* out, long long ldo, int m, int n) {  \
     kiln_fp8_epilogue<T>(d, sx, sw, bo, wmul, out, ldo, m, n);                                              \
@@ -105,7 +146,9 @@ KILN_FP8_DTYPE(bf16, kiln_bf16)
 pub(super) fn entries() -> Vec<String> {
     ["f32", "f16", "bf16"]
         .iter()
-        .flat_map(|d| [format!("kiln_fp8_quant_rows_{d}"), format!("kiln_fp8_epilogue_{d}")])
+        .flat_map(|d| {
+            [format!("kiln_fp8_quant_rows_{d}"), format!("kiln_fp8_quant_groups_{d}"), format!("kiln_fp8_epilogue_{d}")]
+        })
         .collect()
 }
 
@@ -130,17 +173,56 @@ pub fn quantize_row_e4m3(x: &[f32]) -> (f32, Vec<u8>) {
     (s, x.iter().map(|&v| f32_to_e4m3(v / s)).collect())
 }
 
+/// Groups of 128 inputs sharing an activation scale, as the block-scaled kernel quantizes a
+/// row (`x.len() % 128 == 0`): each group's scale and the row's e4m3 bytes.
+pub fn quantize_groups_e4m3(x: &[f32]) -> (Vec<f32>, Vec<u8>) {
+    let (mut scales, mut bytes) = (vec![], Vec::with_capacity(x.len()));
+    for g in x.chunks(GROUP) {
+        let (s, q) = quantize_row_e4m3(g);
+        scales.push(s);
+        bytes.extend(q);
+    }
+    (scales, bytes)
+}
+
+/// The inputs (and weight rows) of a block-scaled FP8 weight's scale block.
+pub const GROUP: usize = 128;
+
 /// A device's cuBLASLt handle, its workspace, and a plan per GEMM shape (made on the shape's
 /// first product, so a step pays for descriptors and the algorithm search once per shape).
 pub(super) struct Lt {
     handle: lts::cublasLtHandle_t,
     workspace: Tensor,
-    /// `(n, m, k)` → its plan, or `None` when cuBLASLt has no algorithm for it.
-    plans: Mutex<HashMap<(usize, usize, usize), Option<Plan>>>,
+    /// Each shape's plan, or `None` when cuBLASLt has no algorithm for it.
+    plans: Mutex<HashMap<Shape, Option<Plan>>>,
 }
 
-/// The descriptors and algorithm of one `D (f32, [m, n]) = qx (e4m3 [m, k]) · W (e4m3
-/// [n, k])ᵀ` shape, destroyed on drop.
+/// How a product's scales are applied (see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Form {
+    /// Unscaled f32 product; an epilogue kernel applies the scales.
+    Product,
+    /// Outer-vector scales (weight `[n]`, activations `[m]`), output in the activations' dtype.
+    OuterVec,
+    /// Weight 128×128 blocks, activations 1×128 groups, output in the activations' dtype.
+    Block128,
+}
+
+/// One GEMM shape: `D ([m, n] row-major, row stride ldd, dtype out) = qx (e4m3 [m, k]) · W
+/// (e4m3 [n, k])ᵀ` in `form`; `align`: the alignment of D's address (cuBLASLt's heuristic
+/// assumes 256 bytes unless told).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Shape {
+    n: usize,
+    m: usize,
+    k: usize,
+    form: Form,
+    out: DType,
+    ldd: usize,
+    align: u32,
+}
+
+/// The descriptors and algorithm of one [`Shape`], destroyed on drop.
 struct Plan {
     desc: lts::cublasLtMatmulDesc_t,
     a: lts::cublasLtMatrixLayout_t,
@@ -197,24 +279,53 @@ pub(super) fn lt_for(b: &Arc<CudaBackend>, dev: &Device) -> Result<Option<Arc<Lt
     Ok(Some(l))
 }
 
+/// An FP8 part's scales in the forms this path takes (device addresses).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Fp8Scales {
+    /// A scale per block of `bo` output channels (one block: per tensor): `epilogue` holds
+    /// `[⌈rows / bo⌉]` f32 × `1 / wmul` of their value, `outer` the `[rows]` values themselves.
+    Channel { epilogue: u64, bo: usize, wmul: f32, outer: u64 },
+    /// 128×128 blocks: `[⌈rows / 128⌉, ld]` f32, `ld = ⌈k / 128⌉` rounded up to 4.
+    Block128 { scales: u64 },
+}
+
+impl Fp8Scales {
+    fn form(&self) -> Form {
+        match self {
+            Fp8Scales::Channel { .. } => Form::OuterVec,
+            Fp8Scales::Block128 { .. } => Form::Block128,
+        }
+    }
+}
+
+/// The weight scales of a `[rows, k]` part in cuBLASLt's 128×128 block layout, from its
+/// `[⌈rows / 128⌉, ⌈k / 128⌉]` row-major values: rows padded to a multiple of 4 with zeros.
+pub(super) fn block128_layout(values: &[f32], rows: usize, k: usize) -> (Vec<f32>, usize, usize) {
+    let (br, bc) = (rows.div_ceil(GROUP), k.div_ceil(GROUP));
+    let ld = bc.div_ceil(4) * 4;
+    let mut out = vec![0f32; br * ld];
+    for (o, row) in out.chunks_mut(ld).zip(values.chunks(bc)) {
+        o[..bc].copy_from_slice(row);
+    }
+    (out, br, ld)
+}
+
 /// One FP8 part as this path needs it.
 pub(super) struct Fp8Part {
     pub rows: usize,
     /// Device address of the `[rows, k]` e4m3 bytes.
     pub bytes: u64,
-    /// Device address of the scales (`[⌈rows / bo⌉]` f32, × `1 / wmul` of their value).
-    pub scales: u64,
-    pub bo: usize,
-    pub wmul: f32,
+    pub scales: Fp8Scales,
 }
 
 fn lt_err(what: &str, e: impl std::fmt::Debug) -> GemmError {
     GemmError::Shape(format!("cuBLASLt {what}: {e:?}"))
 }
 
-/// `out = x · Wᵀ` in FP8 W8A8 for the parts (each into its own columns), the buffers carved
-/// from the scratch at `scratch` (`scratch_bytes` long). `Ok(false)` when it does not apply
-/// (a part's rows not a multiple of 16, no algorithm for the shape): nothing was written.
+/// `out = x · Wᵀ` in FP8 W8A8 for the parts (each into its own columns; all of one scale
+/// form), the buffers carved from the scratch at `scratch` (`scratch_bytes` long). `Ok(false)`
+/// when it does not apply (a part's rows not a multiple of 16, block scales and `k % 128 != 0`,
+/// no algorithm for the shape): the caller then writes every column another way.
 pub(super) fn product(
     b: &CudaBackend,
     l: &Lt,
@@ -225,11 +336,16 @@ pub(super) fn product(
 ) -> Result<bool, GemmError> {
     let (m, k) = (x.rows(), x.cols());
     let nmax = parts.iter().map(|p| p.rows).max().unwrap_or(0);
-    if parts.iter().any(|p| !p.rows.is_multiple_of(16)) || !k.is_multiple_of(16) {
+    let Some(form) = parts.first().map(|p| p.scales.form()) else { return Ok(true) };
+    let groups = if form == Form::Block128 { k / GROUP } else { 1 };
+    if parts.iter().any(|p| !p.rows.is_multiple_of(16) || p.scales.form() != form)
+        || !k.is_multiple_of(16)
+        || (form == Form::Block128 && !k.is_multiple_of(GROUP))
+    {
         return Ok(false);
     }
     // Rows per chunk: quantized rows (k bytes), their scales, D (nmax f32) each, 256-aligned.
-    let per_row = k + 4 + 4 * nmax;
+    let per_row = k + 4 * groups + 4 * nmax;
     let cap = scratch_bytes.saturating_sub(1024) / per_row / 16 * 16;
     if cap == 0 {
         return Ok(false);
@@ -238,35 +354,53 @@ pub(super) fn product(
     let align = |v: u64| v.div_ceil(256) * 256;
     let qx = align(scratch);
     let sx = align(qx + (chunk * k) as u64);
-    let d = align(sx + (chunk * 4) as u64);
+    let d = align(sx + (chunk * 4 * groups) as u64);
     let dt = x.dtype().name();
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
-    let quant = module.func(&format!("kiln_fp8_quant_rows_{dt}"))?;
+    let quant = match form {
+        Form::Block128 => module.func(&format!("kiln_fp8_quant_groups_{dt}"))?,
+        _ => module.func(&format!("kiln_fp8_quant_rows_{dt}"))?,
+    };
     let epi = module.func(&format!("kiln_fp8_epilogue_{dt}"))?;
     let stream = b.stream().cu_stream() as lts::cudaStream_t;
     drv("binding the CUDA context", b.context().bind_to_thread())?;
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
         let xs = x.view_rows(r0, rows)?;
-        let (xp, ldx, k32) = (xs.cuda_ptr().unwrap_or(0), xs.row_stride() as i64, k as i32);
+        let (xp, ldx, k32, ldsx) = (xs.cuda_ptr().unwrap_or(0), xs.row_stride() as i64, k as i32, rows as i32);
         let mut lq = b.stream().launch_builder(quant);
         lq.arg(&xp).arg(&ldx).arg(&k32).arg(&qx).arg(&sx);
-        // SAFETY: xs covers rows × k at ldx; qx holds rows × k bytes and sx rows f32 inside the
-        // scratch (chunk ≥ rows, carved above).
+        if form == Form::Block128 {
+            lq.arg(&ldsx);
+        }
+        // SAFETY: xs covers rows × k at ldx; qx holds rows × k bytes and sx rows × groups f32
+        // inside the scratch (chunk ≥ rows, carved above).
         let r = unsafe {
             lq.launch(LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
         };
-        drv("launching kiln_fp8_quant_rows", r)?;
+        drv("launching kiln_fp8_quant", r)?;
         let mut at = 0;
         for p in parts {
-            if !gemm(l, stream, (p.bytes, p.rows), (qx, rows), k, d)? {
+            let o = out.view_rows(r0, rows)?.view_cols(at, p.rows)?;
+            at += p.rows;
+            let (op, ldo) = (o.cuda_ptr().unwrap_or(0), o.row_stride());
+            let direct = match p.scales {
+                Fp8Scales::Channel { outer, .. } => (outer, Form::OuterVec),
+                Fp8Scales::Block128 { scales } => (scales, Form::Block128),
+            };
+            let target = Target { ptr: op, ld: ldo, dtype: o.dtype() };
+            let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (direct.0, sx) };
+            if gemm(l, stream, direct.1, &ab, target)? {
+                continue;
+            }
+            let Fp8Scales::Channel { epilogue, bo, wmul, .. } = p.scales else { return Ok(false) };
+            let f32_d = Target { ptr: d, ld: p.rows, dtype: DType::F32 };
+            if !gemm(l, stream, Form::Product, &ab, f32_d)? {
                 return Ok(false);
             }
-            let o = out.view_rows(r0, rows)?.view_cols(at, p.rows)?;
-            let (op, ldo) = (o.cuda_ptr().unwrap_or(0), o.row_stride() as i64);
-            let (bo, m32, n32) = (p.bo as i32, rows as i32, p.rows as i32);
+            let (bo, m32, n32, ldo) = (bo as i32, rows as i32, p.rows as i32, ldo as i64);
             let mut le = b.stream().launch_builder(epi);
-            le.arg(&d).arg(&sx).arg(&p.scales).arg(&bo).arg(&p.wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
+            le.arg(&d).arg(&sx).arg(&epilogue).arg(&bo).arg(&wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
             let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
             // SAFETY: d holds rows × p.rows f32 (written by the GEMM), sx rows, the scales
             // ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
@@ -274,16 +408,43 @@ pub(super) fn product(
                 le.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
             };
             drv("launching kiln_fp8_epilogue", r)?;
-            at += p.rows;
         }
     }
     Ok(true)
 }
 
+/// Where a product goes: a row-major `[m, n]` matrix at `ptr` with row stride `ld`.
+#[derive(Clone, Copy)]
+struct Target {
+    ptr: u64,
+    ld: usize,
+    dtype: DType,
+}
+
+/// A product's inputs: the weight `(bytes, rows n)`, the quantized activations `(bytes, rows
+/// m)`, `k`, and the `(weight, activation)` scale arrays of the direct forms.
+struct Operands {
+    w: (u64, usize),
+    qx: (u64, usize),
+    k: usize,
+    scales: (u64, u64),
+}
+
+fn cuda_type(d: DType) -> lts::cudaDataType_t {
+    use lts::cudaDataType_t as Ty;
+    match d {
+        DType::F16 => Ty::CUDA_R_16F,
+        DType::BF16 => Ty::CUDA_R_16BF,
+        _ => Ty::CUDA_R_32F,
+    }
+}
+
 impl Plan {
-    /// The plan of shape `(n, m, k)` on `l`: `None` when cuBLASLt has no algorithm for it.
-    fn new(l: &Lt, (n, m, k): (usize, usize, usize)) -> Result<Option<Plan>, GemmError> {
+    /// The plan of `s` on `l`: `None` when cuBLASLt has no algorithm for it.
+    fn new(l: &Lt, s: Shape) -> Result<Option<Plan>, GemmError> {
         use lts::cublasLtMatmulDescAttributes_t as Attr;
+        use lts::cublasLtMatmulMatrixScale_t as Mode;
+        use lts::cublasLtMatmulPreferenceAttributes_t as Pref;
         use lts::cudaDataType_t as Ty;
         let desc = lt::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, Ty::CUDA_R_32F)
             .map_err(|e| lt_err("descriptor", e))?;
@@ -294,9 +455,9 @@ impl Plan {
         };
         let null = std::ptr::null_mut();
         let mut plan = Plan { desc, a: null, b: null, d: null, algo: lts::cublasLtMatmulAlgo_t { data: [0; 8] } };
-        plan.a = layout(Ty::CUDA_R_8F_E4M3, k, n, k)?;
-        plan.b = layout(Ty::CUDA_R_8F_E4M3, k, m, k)?;
-        plan.d = layout(Ty::CUDA_R_32F, n, m, n)?;
+        plan.a = layout(Ty::CUDA_R_8F_E4M3, s.k, s.n, s.k)?;
+        plan.b = layout(Ty::CUDA_R_8F_E4M3, s.k, s.m, s.k)?;
+        plan.d = layout(cuda_type(s.out), s.n, s.m, s.ldd)?;
         let ws = l.workspace.len() * 4;
         // SAFETY: the descriptors are live (owned by `plan`); each attribute buffer is a live
         // local of the size passed.
@@ -309,15 +470,35 @@ impl Plan {
             // read transposed, the "TN" form FP8 requires).
             set(Attr::CUBLASLT_MATMUL_DESC_TRANSA, 1)?;
             set(Attr::CUBLASLT_MATMUL_DESC_TRANSB, 0)?;
+            let modes = match s.form {
+                Form::Product => None,
+                Form::OuterVec => Some((
+                    Mode::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
+                    Mode::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
+                )),
+                Form::Block128 => Some((
+                    Mode::CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F,
+                    Mode::CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F,
+                )),
+            };
+            if let Some((a, b)) = modes {
+                set(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, a as i32)?;
+                set(Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, b as i32)?;
+            }
             let pref = lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?;
-            let found = lt::set_matmul_pref_attribute(
-                pref,
-                lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const usize as *const c_void,
-                std::mem::size_of::<usize>(),
-            )
-            .map_err(|e| lt_err("workspace preference", e))
-            .map(|()| lt::get_matmul_algo_heuristic(l.handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref).ok());
+            let set_pref = |attr: Pref, v: *const c_void, size: usize| {
+                lt::set_matmul_pref_attribute(pref, attr, v, size).map_err(|e| lt_err("preference attribute", e))
+            };
+            let found =
+                set_pref(Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const usize as *const c_void, 8)
+                    .and_then(|()| {
+                        let a = &s.align as *const u32 as *const c_void;
+                        set_pref(Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, a, 4)?;
+                        set_pref(Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, a, 4)
+                    })
+                    .map(|()| {
+                        lt::get_matmul_algo_heuristic(l.handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref).ok()
+                    });
             let _ = lt::destroy_matmul_pref(pref);
             match found? {
                 Some(h) => {
@@ -330,27 +511,39 @@ impl Plan {
     }
 }
 
-/// `D (f32, [m, n] row-major) = qx (e4m3 [m, k]) · W (e4m3 [n, k])ᵀ`; `Ok(false)` when
-/// cuBLASLt has no algorithm for it.
-fn gemm(
-    l: &Lt,
-    stream: lts::cudaStream_t,
-    (w, n): (u64, usize),
-    (qx, m): (u64, usize),
-    k: usize,
-    d: u64,
-) -> Result<bool, GemmError> {
+/// The largest power of two up to 256 that divides `ptr`.
+fn alignment(ptr: u64) -> u32 {
+    1u32 << ptr.trailing_zeros().min(8)
+}
+
+/// The product of `ab` in `form` into `t`; `Ok(false)` when cuBLASLt has no algorithm for it.
+fn gemm(l: &Lt, stream: lts::cudaStream_t, form: Form, ab: &Operands, t: Target) -> Result<bool, GemmError> {
+    use lts::cublasLtMatmulDescAttributes_t as Attr;
+    let ((w, n), (qx, m), k) = (ab.w, ab.qx, ab.k);
+    let shape = Shape { n, m, k, form, out: t.dtype, ldd: t.ld, align: alignment(t.ptr) };
     let mut plans = l.plans.lock().unwrap_or_else(|e| e.into_inner());
-    let plan = match plans.entry((n, m, k)) {
+    let plan = match plans.entry(shape) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => e.insert(Plan::new(l, (n, m, k))?),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(Plan::new(l, shape)?),
     };
     let Some(p) = plan.as_ref() else { return Ok(false) };
     let (alpha, beta) = (1.0f32, 0.0f32);
     // SAFETY: the plan's descriptors describe the matrices at these device addresses (the
-    // caller's carving of W, qx and D); alpha and beta are f32 host scalars, matching the f32
-    // scale type; the workspace is this handle's, of the size the plan was searched with.
+    // caller's carving of W, qx, the scales and D); the scale pointers are set on this plan's
+    // descriptor under the plans' lock, just before the product that reads them; alpha and
+    // beta are f32 host scalars, matching the f32 scale type; the workspace is this handle's,
+    // of the size the plan was searched with.
     unsafe {
+        if form != Form::Product {
+            for (attr, ptr) in [
+                (Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, ab.scales.0),
+                (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, ab.scales.1),
+            ] {
+                let v = ptr as *const c_void;
+                lt::set_matmul_desc_attribute(p.desc, attr, &v as *const *const c_void as *const c_void, 8)
+                    .map_err(|e| lt_err("scale pointer", e))?;
+            }
+        }
         lt::matmul(
             l.handle,
             p.desc,
@@ -360,9 +553,9 @@ fn gemm(
             p.a,
             qx as *const c_void,
             p.b,
-            d as *const c_void,
+            t.ptr as *const c_void,
             p.d,
-            d as *mut c_void,
+            t.ptr as *mut c_void,
             p.d,
             &p.algo,
             l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
@@ -399,6 +592,21 @@ mod tests {
         assert_eq!(f32_to_e4m3(3.0 * 2f32.powi(-10)), 0x02); // 1.5 steps: to even (2)
         assert_eq!(f32_to_e4m3(0.0155), 0x08); // rounds up into the first normal
         assert_eq!(f32_to_e4m3(15.9), 0x58); // 15.9 -> 16 carries into the next exponent
+    }
+
+    #[test]
+    fn groups_take_their_own_scales_and_block_scales_pad_rows_to_four() {
+        let mut x = vec![0f32; 2 * GROUP];
+        x[3] = 2.0;
+        x[GROUP + 5] = -0.25;
+        let (s, q) = quantize_groups_e4m3(&x);
+        assert_eq!(s, vec![2.0 / 448.0, 0.25 / 448.0]);
+        assert_eq!((q[3], q[GROUP + 5], q[0]), (0x7E, 0xFE, 0));
+        // 300 rows × 640 inputs: 3 × 5 blocks, rows of 5 padded to 8.
+        let values: Vec<f32> = (0..15).map(|v| v as f32 + 1.0).collect();
+        let (padded, rows, ld) = block128_layout(&values, 300, 640);
+        assert_eq!((rows, ld), (3, 8));
+        assert_eq!(&padded[8..16], &[6.0, 7.0, 8.0, 9.0, 10.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //!   weight rows at a time, so every weight byte is read once, widens them in registers and
 //!   accumulates `scale · Σ q·x` per 8 inputs in f32;
 //! - **FP8 W8A8 on tensor cores** (larger batches of an FP8 weight with a scale per channel or
-//!   tensor, sm_89+, when the upload allowed it; `fp8_lt`): the activation rows quantized to
-//!   e4m3 per row, cuBLASLt;
+//!   tensor, or 128×128 blocks, sm_89+, when the upload allowed it; `fp8_lt`): the activation
+//!   rows quantized to e4m3 per row (per 128 inputs for block scales), cuBLASLt;
 //! - **dequantize + cuBLAS** (everything else): the weight is expanded into the device's
 //!   scratch matrix of the activation dtype (shared with the int4 weights, sized at upload)
 //!   and multiplied by the dense GEMM.
@@ -29,7 +29,7 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
-use crate::device::quant::fp8_lt::{self, lt_for, Fp8Part, Lt};
+use crate::device::quant::fp8_lt::{self, lt_for, Fp8Part, Fp8Scales, Lt};
 use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
 use crate::device::quant::int4_cuda::{scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
@@ -277,6 +277,16 @@ pub struct W8Cuda {
     /// cuBLASLt for the FP8 W8A8 path (`fp8_lt`): FP8 weights on sm_89+ uploaded with W8A8
     /// allowed.
     lt: Option<Arc<Lt>>,
+    /// The scales as cuBLASLt reads them, where the W8A8 path takes this weight: per channel
+    /// or tensor, `[rows]` values; 128×128 blocks, `fp8_lt::block128_layout`.
+    lt_scales: Option<(LtScales, Tensor)>,
+}
+
+/// The scale form of [`W8Cuda::lt_scales`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LtScales {
+    Channel,
+    Block128,
 }
 
 impl std::fmt::Debug for W8Cuda {
@@ -330,8 +340,12 @@ impl W8Cuda {
             let [bo, bi] = w.block();
             let scales = Tensor::from_host(dev, &scales, rows.div_ceil(bo), w.scale_cols())?;
             let block = [bo, bi.min(cols)];
+            let lt_scales = match lt.is_some() {
+                true => lt_scales(dev, w)?,
+                false => None,
+            };
             let (elem, scratch, lt) = (w.elem(), scratch.clone(), lt.clone());
-            out.push(W8Cuda { rows, cols, elem, bytes, scales, block, scratch, lt });
+            out.push(W8Cuda { rows, cols, elem, bytes, scales, block, scratch, lt, lt_scales });
         }
         Ok(Some(out))
     }
@@ -345,7 +359,7 @@ impl W8Cuda {
 
     /// Bytes of device memory the weight holds (not counting the shared scratch).
     pub fn device_bytes(&self) -> usize {
-        (self.bytes.len() + self.scales.len()) * 4
+        (self.bytes.len() + self.scales.len() + self.lt_scales.as_ref().map_or(0, |(_, t)| t.len())) * 4
     }
 
     /// The kernel arguments shared by both kernels: bytes, scales, bo, bi, scale columns.
@@ -409,6 +423,22 @@ impl W8Cuda {
     }
 }
 
+/// `w`'s scales in the form the FP8 tensor-core path reads, when it takes `w`: one block of
+/// output channels over all inputs (per channel, per tensor), or 128×128 blocks over inputs a
+/// multiple of 128.
+fn lt_scales(dev: &Device, w: &W8Matrix) -> Result<Option<(LtScales, Tensor)>, GemmError> {
+    let ([bo, bi], (rows, cols)) = (w.block(), (w.rows(), w.cols()));
+    if bi >= cols {
+        let outer: Vec<f32> = (0..rows).map(|j| w.scales()[j / bo]).collect();
+        return Ok(Some((LtScales::Channel, Tensor::from_host(dev, &outer, 1, rows)?)));
+    }
+    if [bo, bi] == [fp8_lt::GROUP; 2] && cols.is_multiple_of(fp8_lt::GROUP) {
+        let (padded, br, ld) = fp8_lt::block128_layout(w.scales(), rows, cols);
+        return Ok(Some((LtScales::Block128, Tensor::from_host(dev, &padded, br, ld)?)));
+    }
+    Ok(None)
+}
+
 /// Which kernel multiplies an 8-bit weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum W8Path {
@@ -419,9 +449,10 @@ pub enum W8Path {
     Gemv,
     /// Dequantize into the scratch, then cuBLAS.
     Dequant,
-    /// FP8 W8A8 on tensor cores through cuBLASLt (`fp8_lt`; activations quantized per row),
-    /// falling back to dequantize + cuBLAS where it does not apply (INT8, scales that are not
-    /// per channel or per tensor, a GPU before sm_89, part rows not a multiple of 16).
+    /// FP8 W8A8 on tensor cores through cuBLASLt (`fp8_lt`; activations quantized per row, or
+    /// per 128 inputs for 128×128 block scales), falling back to dequantize + cuBLAS where it
+    /// does not apply (INT8, other scale blocks, a GPU before sm_89, part rows not a multiple
+    /// of 16, no cuBLASLt algorithm).
     Fp8TensorCores,
 }
 
@@ -445,17 +476,18 @@ pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W
 /// The FP8 W8A8 product when every part takes it (`false`: nothing was written).
 fn fp8_product(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<bool, GemmError> {
     let Some(lt) = parts[0].lt.as_ref() else { return Ok(false) };
-    if parts.iter().any(|w| w.elem != W8Elem::Fp8E4M3 || w.scales.cols() != 1) {
-        return Ok(false);
-    }
-    let fp8: Vec<Fp8Part> = parts
-        .iter()
-        .map(|w| {
-            let (bytes, scales, bo, ..) = w.args();
+    let mut fp8 = Vec::with_capacity(parts.len());
+    for w in parts {
+        let Some((form, lts)) = w.lt_scales.as_ref().filter(|_| w.elem == W8Elem::Fp8E4M3) else { return Ok(false) };
+        let (bytes, epilogue, bo, ..) = w.args();
+        let at = lts.cuda_ptr().unwrap_or(0);
+        let scales = match form {
             // The device scales are × 256 (the GEMV's widening); the tensor cores read e4m3 as is.
-            Fp8Part { rows: w.rows, bytes, scales, bo: bo as usize, wmul: 1.0 / 256.0 }
-        })
-        .collect();
+            LtScales::Channel => Fp8Scales::Channel { epilogue, bo: bo as usize, wmul: 1.0 / 256.0, outer: at },
+            LtScales::Block128 => Fp8Scales::Block128 { scales: at },
+        };
+        fp8.push(Fp8Part { rows: w.rows, bytes, scales });
+    }
     let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
     let area = (scratch.cuda_ptr().unwrap_or(0), scratch.len() * scratch.dtype().size_bytes());
     fp8_lt::product(b, lt, x, &fp8, out, area)
