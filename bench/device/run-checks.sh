@@ -78,7 +78,7 @@ if [ "$what" = w8 ]; then
   # kiln's CPU run, the int4 kernels again (shared module), then 8B-shaped decode in fp8 and
   # bf16 in the same call.
   TAIL=60 step w8-kernels 240 .device/kiln-check-w8
-  KILN_W8_GPU=kernels TAIL=30 step w8-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8
+  KILN_W8=kernels TAIL=30 step w8-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8
   TAIL=4 step int4-kernels 180 .device/kiln-check-int4 --no-speed
   b=(.device/kiln bench --offline --device cuda)
   for m in llama3-8b+fp8 llama3-8b; do
@@ -88,13 +88,33 @@ if [ "$what" = w8 ]; then
   done
 fi
 
+if [ "$what" = w8a8 ]; then
+  # FP8 W8A8 with cuBLASLt applying the scales (outer vectors, 128×128 blocks) and the W8A8
+  # GEMV: the kernels against the CPU twin and their speed, the FP8 fixtures through W8A8 on
+  # the GPU against the CPU's W8A8 twin, the other settings again, then 8B-shaped decode and
+  # prefill in fp8 and bf16 in the same call.
+  TAIL=75 step w8-kernels 300 .device/kiln-check-w8
+  ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
+  KILN_W8=w8a8 TAIL=40 step w8a8-model 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
+  KILN_W8=kernels TAIL=3 step w8-model-kernels 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
+  TAIL=3 step w8-model-dense 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
+  TAIL=3 step int4-kernels 180 .device/kiln-check-int4 --no-speed
+  b=(.device/kiln bench --offline --device cuda)
+  for m in llama3-8b+fp8 llama3-8b; do
+    for c in 1 16 64; do
+      TAIL=4 step "bench-${m/+/-}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
+    done
+    TAIL=4 step "bench-${m/+/-}-prefill" 150 "${b[@]}" --model "synth:$m" --num-requests 16 --prompt-len 1024 --output-len 4 --max-num-seqs 256 --max-batched-tokens 8192
+  done
+fi
+
 if [ "$what" = recheck ]; then
   # After a refactor of the quantized GPU products: both kernel families against the CPU, the
   # 8-bit fixtures through the kernels and dequantized at load, every architecture against HF.
   TAIL=3 step w8-kernels 240 .device/kiln-check-w8 --no-speed
   TAIL=3 step int4-kernels 180 .device/kiln-check-int4 --no-speed
   ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
-  KILN_W8_GPU=kernels TAIL=3 step w8-model-kernels 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
+  KILN_W8=kernels TAIL=3 step w8-model-kernels 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   TAIL=3 step w8-model-dense 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   TAIL=3 step arch 300 .device/kiln-check-arch tests/fixtures/arch-tiny/*/
 fi

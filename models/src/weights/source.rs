@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln_runtime::comm::Communicator;
 use kiln_runtime::device::linear::Weight;
+use kiln_runtime::device::quant::fp8_lt;
 use kiln_runtime::device::quant::int4::Int4Matrix;
 use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
 use kiln_runtime::device::quant::w8::W8Matrix;
@@ -666,16 +667,18 @@ impl WeightSource {
         })
     }
 
-    /// Scaled 8-bit parts (stacked along rows) as one weight in GPU memory for activations of
-    /// `dtype`, when `dev` is a GPU, `KILN_W8_GPU` keeps them 8-bit (`w8_cuda::policy`, with
-    /// why not by default) and every part is kept 8-bit and fits the kernels; `None` otherwise.
+    /// Scaled 8-bit parts (stacked along rows) as one weight, when `KILN_W8` asks for it
+    /// (`w8_cuda::policy`, with why not by default) and every part is kept 8-bit: on a GPU in
+    /// GPU memory for activations of `dtype` (when the parts fit the kernels), on the CPU as
+    /// FP8 W8A8's twin (`w8a8`, when the parts take it). `None` otherwise: the caller reads
+    /// the weight another way.
     fn w8_on(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Option<Weight>, WeightsError> {
         let w8a8 = match w8_cuda::policy() {
             W8Policy::Dense => return Ok(None),
             W8Policy::Kernels => false,
             W8Policy::W8a8 => true,
         };
-        if dev.is_cpu() {
+        if dev.is_cpu() && !w8a8 {
             return Ok(None);
         }
         let mut ws = Vec::with_capacity(parts.len());
@@ -685,10 +688,16 @@ impl WeightSource {
                 None => return Ok(None),
             }
         }
-        let on_gpu = W8Cuda::upload(dev, dtype, &ws, w8a8).map_err(|e| WeightsError::Layout {
-            tensor: parts[0].0.to_owned(),
-            reason: format!("{}: {e}", self.source_name),
-        })?;
+        let layout = |reason: String| WeightsError::Layout { tensor: parts[0].0.to_owned(), reason };
+        if dev.is_cpu() {
+            let Some(act) = fp8_lt::w8a8_form(&ws) else { return Ok(None) };
+            let values: Vec<f32> = ws.iter().flat_map(W8Matrix::dequantize).collect();
+            let rows = ws.iter().map(W8Matrix::rows).sum();
+            let dense = Tensor::from_f32_as(dev, dtype, &values, rows, ws[0].cols())
+                .map_err(|e| layout(format!("{}: {e}", self.source_name)))?;
+            return Ok(Some(Weight::W8a8Cpu(dense, act)));
+        }
+        let on_gpu = W8Cuda::upload(dev, dtype, &ws, w8a8).map_err(|e| layout(format!("{}: {e}", self.source_name)))?;
         Ok(on_gpu.map(Weight::W8Cuda))
     }
 

@@ -15,7 +15,7 @@
 //! Speed: Llama-3-8B's projection shapes, FP8 per channel (two also in 128×128 blocks), bf16:
 //! median of CUDA-event-timed launches.
 
-use kiln_runtime::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, GROUP};
+use kiln_runtime::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, w8a8_form, ActScale, GROUP};
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
@@ -92,22 +92,21 @@ fn reference(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
     out
 }
 
-/// Whether `w` has 128×128 scale blocks (the block-scaled tensor-core form).
-fn block128(w: &W8Matrix) -> bool {
-    w.block() == [GROUP; 2] && w.cols().is_multiple_of(GROUP)
-}
-
-/// The FP8 W8A8 product of the stacked parts as the tensor-core path computes it: each row of
-/// `x` quantized to e4m3 with its own scale (one per 128 inputs for 128×128 block weights),
-/// exact products summed in f64 per scale group, the scales applied.
-fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
+/// The FP8 W8A8 product of the stacked parts as the W8A8 kernels compute it: each row of `x`
+/// quantized to e4m3 in `form` (one scale per row, or per 128 inputs), exact products summed
+/// in f64 per scale group, the scales applied.
+fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix], form: ActScale) -> Vec<f32> {
     let k = parts[0].cols();
-    let blocks = parts.iter().all(block128);
     let mut out = vec![];
     for i in 0..m {
         let xi = &x[i * k..(i + 1) * k];
-        let (sx, qx) =
-            if blocks { quantize_groups_e4m3(xi) } else { (vec![quantize_row_e4m3(xi).0], quantize_row_e4m3(xi).1) };
+        let (sx, qx) = match form {
+            ActScale::Group => quantize_groups_e4m3(xi),
+            ActScale::Row => {
+                let (s, q) = quantize_row_e4m3(xi);
+                (vec![s], q)
+            }
+        };
         let g = k / sx.len();
         let qx: Vec<f64> = qx.iter().map(|&b| W8Elem::Fp8E4M3.value(b) as f64).collect();
         for w in parts {
@@ -126,18 +125,15 @@ fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
 }
 
 /// Whether `linear_w8_cuda_by(.., Fp8TensorCores)` takes the tensor cores for these parts on
-/// `dev` (else it falls back to dequantize + cuBLAS, the W8A16 arithmetic): FP8 with scales
-/// per channel or tensor, or 128×128 blocks (Hopper's cuBLASLt forms), rows a multiple of 16.
-fn takes_fp8_tensor_cores(dev: &Device, parts: &[W8Matrix]) -> bool {
+/// `dev` (else it falls back to dequantize + cuBLAS, the W8A16 arithmetic): a W8A8 form, on
+/// sm_89+ for per-channel scales, on Hopper (cuBLASLt's block-scaled form) for 128×128 blocks.
+fn takes_fp8_tensor_cores(dev: &Device, form: Option<ActScale>) -> bool {
     let Device::Cuda(b) = dev else { return false };
-    let form = |p: &W8Matrix| match (p.scale_cols() == 1, block128(p)) {
-        (true, _) => Some(false),
-        (false, true) if b.compute_capability() >= (9, 0) => Some(true),
-        _ => None,
-    };
-    b.compute_capability() >= (8, 9)
-        && parts.iter().all(|p| p.elem() == W8Elem::Fp8E4M3 && p.rows().is_multiple_of(16) && form(p).is_some())
-        && parts.iter().all(|p| form(p) == form(&parts[0]))
+    match form {
+        Some(ActScale::Row) => b.compute_capability() >= (8, 9),
+        Some(ActScale::Group) => b.compute_capability() >= (9, 0),
+        None => false,
+    }
 }
 
 fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
@@ -151,21 +147,32 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
             for m in [1, 2, 3, 5, 8, 9, 16, 33, 130] {
                 let x: Vec<f32> = as_dtype(&(0..m * k).map(|_| r.unit() * 2.0 - 1.0).collect::<Vec<_>>(), dtype);
                 let want = reference(&x, m, &case.parts);
-                let w8a8 = takes_fp8_tensor_cores(dev, &case.parts);
-                let want_w8a8 = if w8a8 { reference_w8a8(&x, m, &case.parts) } else { want.clone() };
+                let form = w8a8_form(&case.parts);
+                let want_w8a8 = form.map(|f| reference_w8a8(&x, m, &case.parts, f));
+                let tc = takes_fp8_tensor_cores(dev, form);
                 let xt = Tensor::from_f32_as(dev, dtype, &x, m, k)?;
-                for path in [W8Path::Gemv, W8Path::Dequant, W8Path::Fp8TensorCores] {
+                for path in [W8Path::Gemv, W8Path::Dequant, W8Path::Fp8TensorCores, W8Path::Fp8Gemv] {
+                    // W8A8 where the path computes it (the tensor cores, the W8A8 GEMV), else
+                    // W8A16.
+                    let w8a8 = match path {
+                        W8Path::Fp8TensorCores => tc,
+                        W8Path::Fp8Gemv => form.is_some(),
+                        _ => false,
+                    };
                     // cuBLAS in half precision takes the dequantized weight rounded to the
                     // activations' type too; f32 cuBLAS may sum in another order; Hopper's FP8
                     // tensor cores add exact products with fewer bits between promotions.
                     let tol = match (dtype, path) {
-                        (DType::F32, W8Path::Gemv) => 2e-5,
+                        (DType::F32, W8Path::Gemv | W8Path::Fp8Gemv) => 2e-5,
                         (DType::F32, W8Path::Fp8TensorCores) if w8a8 => 2e-3,
                         (DType::F32, _) => 1e-4,
-                        (_, W8Path::Gemv) => 1e-2,
+                        (_, W8Path::Gemv | W8Path::Fp8Gemv) => 1e-2,
                         _ => 2e-2,
                     };
-                    let want = if path == W8Path::Fp8TensorCores { &want_w8a8 } else { &want };
+                    let want = match (w8a8, &want_w8a8) {
+                        (true, Some(w)) => w,
+                        _ => &want,
+                    };
                     let mut out = Tensor::zeros(dev, dtype, m, n)?;
                     linear_w8_cuda_by(&xt, &w, &mut out, path)?;
                     let err = max_rel_err(&out.to_host_f32()?, want);
@@ -173,7 +180,11 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                 }
             }
         }
-        println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, FP8 tensor cores", case.what);
+        println!(
+            "ok   {} (n {n}, k {k}, W8A8 {:?}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, FP8 tensor cores, W8A8 GEMV",
+            case.what,
+            w8a8_form(&case.parts)
+        );
     }
     Ok((tally.passed, tally.failed))
 }
@@ -183,8 +194,8 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let mut r = Rand(19, 0);
     let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
-    println!("| shape n×k fp8 (per channel unless named) | m | GEMV µs | dequant+cuBLAS µs | FP8 tensor cores µs | dense bf16 cuBLAS µs | best fp8 GB/s (% of copy) | best vs dense |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| shape n×k fp8 (per channel unless named) | m | GEMV µs | W8A8 GEMV µs | dequant+cuBLAS µs | FP8 tensor cores µs | dense bf16 cuBLAS µs | best fp8 GB/s (% of copy) | best vs dense |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let shapes = [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")];
     let blocks = [(6144, 4096, "qkv 128×128 blocks"), (4096, 14336, "down 128×128 blocks")];
     for (n, k, what) in shapes.into_iter().chain(blocks) {
@@ -202,13 +213,14 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 median_us(b, 5, 30, |_| f(&mut out).map_err(Box::<dyn std::error::Error>::from))
             };
             let gemv = if m <= 16 { time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Gemv))? } else { f64::NAN };
+            let gemv8 = if m <= 16 { time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Fp8Gemv))? } else { f64::NAN };
             let deq = time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Dequant))?;
             let tc = time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Fp8TensorCores))?;
             let cublas = time(&mut |o| matmul(dev, &x, &dense, o))?;
-            let best = gemv.min(deq).min(tc);
+            let best = gemv.min(deq).min(tc).min(gemv8);
             let gbs = bytes / best / 1e3;
             println!(
-                "| {what} {n}×{k} | {m} | {gemv:.1} | {deq:.1} | {tc:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
+                "| {what} {n}×{k} | {m} | {gemv:.1} | {gemv8:.1} | {deq:.1} | {tc:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
                 100.0 * gbs / copy_gbs,
                 cublas / best
             );

@@ -12,6 +12,7 @@ use crate::device::quant::activations::{
 use crate::device::quant::cpu::gemm::{gemm_q16, gemm_q8};
 use crate::device::quant::cpu::gemv::{gemv_q16, gemv_q8, GEMV_MAX_ROWS};
 use crate::device::quant::cpu::Simd;
+use crate::device::quant::fp8_lt::ActScale;
 use crate::device::quant::int4::Int4Matrix;
 use crate::device::quant::int4_cuda::{linear_int4_cuda, Int4Cuda};
 use crate::device::quant::w8_cuda::{linear_w8_cuda, W8Cuda};
@@ -42,6 +43,10 @@ pub enum Weight {
     /// (`device::quant::w8_cuda`: a GEMV for decode, dequantize + cuBLAS above), parts stacked
     /// along rows as in `Int4`.
     W8Cuda(Vec<W8Cuda>),
+    /// FP8 W8A8 on the CPU, the twin of `W8Cuda` uploaded as W8A8: the dense f32 values of
+    /// the e4m3 weight, and activations replaced by their e4m3 quantization (per row, or per
+    /// 128 inputs: `fp8_lt::ActScale`) before the product.
+    W8a8Cpu(Tensor, ActScale),
 }
 
 impl Weight {
@@ -53,7 +58,8 @@ impl Weight {
             | Weight::QuantizedRows(_)
             | Weight::Int4(_)
             | Weight::Int4Cuda(_)
-            | Weight::W8Cuda(_) => None,
+            | Weight::W8Cuda(_)
+            | Weight::W8a8Cpu(..) => None,
         }
     }
 }
@@ -73,7 +79,20 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
         Weight::Int4(parts) => linear_int4_cpu(dev, x, parts, out),
         Weight::Int4Cuda(parts) => linear_int4_cuda(x, parts, out),
         Weight::W8Cuda(parts) => linear_w8_cuda(x, parts, out),
+        Weight::W8a8Cpu(w, act) => linear_w8a8_cpu(dev, x, w, *act, out),
     }
+}
+
+/// The CPU's FP8 W8A8: each row of `x` quantized to e4m3 as the GPU's kernels do it (the
+/// values it stands for, in f32), then the dense product.
+fn linear_w8a8_cpu(dev: &Device, x: &Tensor, w: &Tensor, act: ActScale, out: &mut Tensor) -> Result<(), GemmError> {
+    if !dev.is_cpu() || x.dtype() != DType::F32 {
+        return Err(GemmError::Unsupported { dtype: x.dtype(), device: format!("{dev:?} for the CPU's FP8 W8A8") });
+    }
+    let (m, k) = (x.rows(), x.cols());
+    let mut xs: Vec<f32> = x.with_host::<f32, _>(|v| (0..m).flat_map(|r| v.row(r).to_vec()).collect())?;
+    xs.chunks_mut(k.max(1)).for_each(|row| act.fake_quantize(row));
+    matmul(dev, &Tensor::from_host(dev, &xs, m, k)?, w, out)
 }
 
 /// A packed 4-bit weight on the CPU: f32 activations, the weight unpacked a word at a time.
@@ -227,4 +246,69 @@ pub fn gather_rows_quantized(w: &Weight, ids: &Tensor, out: &mut Tensor) -> Resu
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, w8a8_form, GROUP};
+    use crate::device::quant::w8::{W8Elem, W8Matrix};
+
+    /// The FP8 W8A8 product in the integer domain: `Σ_g s_x,g · s_w · Σ q_w · q_x` in f64.
+    fn exact(x: &[f32], k: usize, w: &W8Matrix, act: ActScale) -> Vec<f64> {
+        let v = |b: u8| f64::from(W8Elem::Fp8E4M3.value(b));
+        let ([bo, bi], sc) = (w.block(), w.scale_cols());
+        let mut out = vec![];
+        for xi in x.chunks(k) {
+            let (sx, qx) = match act {
+                ActScale::Row => (vec![quantize_row_e4m3(xi).0], quantize_row_e4m3(xi).1),
+                ActScale::Group => quantize_groups_e4m3(xi),
+            };
+            let g = k / sx.len();
+            for (j, row) in w.bytes().chunks(k).enumerate() {
+                let d: f64 = (0..k)
+                    .step_by(g)
+                    .map(|i0| {
+                        let p: f64 = (i0..i0 + g).map(|i| v(row[i]) * v(qx[i])).sum();
+                        p * f64::from(sx[i0 / g]) * f64::from(w.scales()[(j / bo) * sc + i0 / bi])
+                    })
+                    .sum();
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_cpu_w8a8_twin_is_the_integer_domain_product() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for (rows, k, block) in [(32usize, 256usize, [1usize, 256]), (48, 384, [GROUP, GROUP]), (16, 64, [16, 64])] {
+            let bytes: Vec<u8> = (0..rows * k).map(|_| (next() % 0x7E) as u8 | ((next() & 1) << 7) as u8).collect();
+            let n = rows.div_ceil(block[0]) * k.div_ceil(block[1]);
+            let scales = (0..n).map(|i| 0.001 * (1 + i % 5) as f32).collect();
+            let w = W8Matrix::new((rows, k), W8Elem::Fp8E4M3, bytes, scales, block).unwrap();
+            let act = w8a8_form(std::slice::from_ref(&w)).expect("a W8A8 form");
+            let m = 3;
+            let x: Vec<f32> = (0..m * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let dense = Tensor::from_host(&Device::Cpu, &w.dequantize(), rows, k).unwrap();
+            let mut out = Tensor::zeros(&Device::Cpu, DType::F32, m, rows).unwrap();
+            let xt = Tensor::from_host(&Device::Cpu, &x, m, k).unwrap();
+            linear(&Device::Cpu, &xt, &Weight::W8a8Cpu(dense, act), &mut out).unwrap();
+            let got = out.to_host_f32().unwrap();
+            let want = exact(&x, k, &w, act);
+            let top = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+            for (g, w) in got.iter().zip(&want) {
+                assert!((f64::from(*g) - w).abs() <= 1e-5 * top, "{block:?}: {g} vs {w}");
+            }
+            // Not the W8A16 product: the activations were quantized.
+            let mut w16 = Tensor::zeros(&Device::Cpu, DType::F32, m, rows).unwrap();
+            let dense = Tensor::from_host(&Device::Cpu, &w.dequantize(), rows, k).unwrap();
+            linear(&Device::Cpu, &xt, &Weight::Dense(dense), &mut w16).unwrap();
+            assert_ne!(w16.to_host_f32().unwrap(), got, "{block:?}");
+        }
+    }
 }

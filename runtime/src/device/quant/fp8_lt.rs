@@ -33,6 +33,7 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
+use crate::device::quant::w8::{W8Elem, W8Matrix};
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
 use cudarc::cublaslt::result as lt;
@@ -187,6 +188,51 @@ pub fn quantize_groups_e4m3(x: &[f32]) -> (Vec<f32>, Vec<u8>) {
 
 /// The inputs (and weight rows) of a block-scaled FP8 weight's scale block.
 pub const GROUP: usize = 128;
+
+/// Which activation values share a scale in FP8 W8A8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActScale {
+    /// One scale per row (token), for weights scaled per output channel or per tensor.
+    Row,
+    /// One scale per row and group of [`GROUP`] inputs, for weights in 128×128 blocks.
+    Group,
+}
+
+impl ActScale {
+    /// `x`'s row quantized as this form does it: the values it stands for (`e4m3 · scale`),
+    /// the CPU's twin of the GPU's quantized activations.
+    pub fn fake_quantize(self, x: &mut [f32]) {
+        let g = match self {
+            ActScale::Row => x.len().max(1),
+            ActScale::Group => GROUP,
+        };
+        for part in x.chunks_mut(g) {
+            let (s, q) = quantize_row_e4m3(part);
+            for (v, b) in part.iter_mut().zip(q) {
+                *v = W8Elem::Fp8E4M3.value(b) * s;
+            }
+        }
+    }
+}
+
+/// The FP8 W8A8 form of a weight stacked from `parts`, when every part takes one and the same:
+/// FP8 E4M3, inputs a multiple of 16, rows a multiple of 16, and scales per output channel or
+/// tensor ([`ActScale::Row`]) or in 128×128 blocks over inputs a multiple of 128
+/// ([`ActScale::Group`]). `None`: the weight multiplies as W8A16 (activations unquantized).
+/// One rule for the GPU kernels and the CPU's twin.
+pub fn w8a8_form(parts: &[W8Matrix]) -> Option<ActScale> {
+    let form = |w: &W8Matrix| {
+        let [bo, bi] = w.block();
+        let fits = w.elem() == W8Elem::Fp8E4M3 && w.cols().is_multiple_of(16) && w.rows().is_multiple_of(16);
+        match fits {
+            true if bi >= w.cols() => Some(ActScale::Row),
+            true if [bo, bi] == [GROUP; 2] && w.cols().is_multiple_of(GROUP) => Some(ActScale::Group),
+            _ => None,
+        }
+    };
+    let first = form(parts.first()?)?;
+    parts.iter().all(|w| form(w) == Some(first)).then_some(first)
+}
 
 /// A device's cuBLASLt handle, its workspace, and a plan per GEMM shape (made on the shape's
 /// first product, so a step pays for descriptors and the algorithm search once per shape).
@@ -355,30 +401,16 @@ pub(super) fn product(
     let qx = align(scratch);
     let sx = align(qx + (chunk * k) as u64);
     let d = align(sx + (chunk * 4 * groups) as u64);
-    let dt = x.dtype().name();
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
-    let quant = match form {
-        Form::Block128 => module.func(&format!("kiln_fp8_quant_groups_{dt}"))?,
-        _ => module.func(&format!("kiln_fp8_quant_rows_{dt}"))?,
-    };
-    let epi = module.func(&format!("kiln_fp8_epilogue_{dt}"))?;
+    let epi = module.func(&format!("kiln_fp8_epilogue_{}", x.dtype().name()))?;
     let stream = b.stream().cu_stream() as lts::cudaStream_t;
-    drv("binding the CUDA context", b.context().bind_to_thread())?;
+    let act = if form == Form::Block128 { ActScale::Group } else { ActScale::Row };
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
-        let xs = x.view_rows(r0, rows)?;
-        let (xp, ldx, k32, ldsx) = (xs.cuda_ptr().unwrap_or(0), xs.row_stride() as i64, k as i32, rows as i32);
-        let mut lq = b.stream().launch_builder(quant);
-        lq.arg(&xp).arg(&ldx).arg(&k32).arg(&qx).arg(&sx);
-        if form == Form::Block128 {
-            lq.arg(&ldsx);
-        }
-        // SAFETY: xs covers rows × k at ldx; qx holds rows × k bytes and sx rows × groups f32
-        // inside the scratch (chunk ≥ rows, carved above).
-        let r = unsafe {
-            lq.launch(LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
-        };
-        drv("launching kiln_fp8_quant", r)?;
+        // SAFETY: qx holds rows × k bytes and sx rows × groups f32 inside the scratch (chunk ≥
+        // rows, carved above).
+        unsafe { quantize_into(b, &x.view_rows(r0, rows)?, act, qx, sx)? };
+        drv("binding the CUDA context", b.context().bind_to_thread())?;
         let mut at = 0;
         for p in parts {
             let o = out.view_rows(r0, rows)?.view_cols(at, p.rows)?;
@@ -411,6 +443,47 @@ pub(super) fn product(
         }
     }
     Ok(true)
+}
+
+/// Bytes of scratch the quantized activations of `rows` rows of `k` inputs take in `form`:
+/// `(bytes of qx, bytes of sx)`.
+pub(super) fn quantized_bytes(rows: usize, k: usize, form: ActScale) -> (usize, usize) {
+    let groups = if form == ActScale::Group { k / GROUP } else { 1 };
+    (rows * k, rows * groups * 4)
+}
+
+/// `x`'s rows quantized to e4m3 in `form` on `b`'s stream: bytes into `qx` (`[rows, k]`),
+/// scales into `sx` (`[rows]`, or `[k / 128, rows]` for groups).
+///
+/// # Safety
+/// `qx` and `sx` are device addresses of at least [`quantized_bytes`] bytes, 16-byte aligned,
+/// not read or written by anything else until the stream has run this.
+pub(super) unsafe fn quantize_into(
+    b: &CudaBackend,
+    x: &Tensor,
+    form: ActScale,
+    qx: u64,
+    sx: u64,
+) -> Result<(), GemmError> {
+    let (rows, k) = (x.rows(), x.cols());
+    if form == ActScale::Group && !k.is_multiple_of(GROUP) {
+        return Err(GemmError::Shape(format!("FP8 activation groups of {GROUP} over {k} inputs")));
+    }
+    let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
+    let (kind, dt) = (if form == ActScale::Group { "groups" } else { "rows" }, x.dtype().name());
+    let quant = module.func(&format!("kiln_fp8_quant_{kind}_{dt}"))?;
+    let (xp, ldx, k32, ldsx) = (x.cuda_ptr().unwrap_or(0), x.row_stride() as i64, k as i32, rows as i32);
+    let mut lq = b.stream().launch_builder(quant);
+    lq.arg(&xp).arg(&ldx).arg(&k32).arg(&qx).arg(&sx);
+    if form == ActScale::Group {
+        lq.arg(&ldsx);
+    }
+    // SAFETY: x covers rows × k at ldx; qx and sx are large enough (the caller's contract).
+    let r = unsafe {
+        lq.launch(LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+    };
+    drv("launching kiln_fp8_quant", r)?;
+    Ok(())
 }
 
 /// Where a product goes: a row-major `[m, n]` matrix at `ptr` with row stride `ld`.
@@ -570,7 +643,6 @@ fn gemm(l: &Lt, stream: lts::cudaStream_t, form: Form, ab: &Operands, t: Target)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::quant::w8::W8Elem;
 
     #[test]
     fn e4m3_encoding_rounds_to_nearest_even_and_saturates() {

@@ -1,16 +1,19 @@
-//! W8A16 on the GPU: an 8-bit weight with block scales ([`W8Matrix`]: FP8 E4M3 or symmetric
+//! 8-bit weights on the GPU: a weight with block scales ([`W8Matrix`]: FP8 E4M3 or symmetric
 //! INT8) kept in 8 bits in device memory — half the bytes of bf16 — and multiplied without a
-//! dense copy of the model.
+//! dense copy of the model, as W8A16 (activations as they are) or, for an FP8 weight uploaded
+//! as W8A8 (`fp8_lt::w8a8_form`), as FP8 W8A8 at every batch size (activations quantized to
+//! e4m3 per row, or per 128 inputs for 128×128 block scales, by `fp8_lt`'s kernel).
 //!
-//! Three paths, chosen by the number of activation rows `m`:
-//! - **GEMV** (`m ≤` [`gemv_max_rows`]: 4 rows, 8 without W8A8; decode): each block of 128 threads computes 4 output
-//!   features for every row of `x`; a thread reads 16 bytes (16 inputs) of each of the 4
-//!   weight rows at a time, so every weight byte is read once, widens them in registers and
-//!   accumulates `scale · Σ q·x` per 8 inputs in f32;
-//! - **FP8 W8A8 on tensor cores** (larger batches of an FP8 weight with a scale per channel or
-//!   tensor, or 128×128 blocks, sm_89+, when the upload allowed it; `fp8_lt`): the activation
-//!   rows quantized to e4m3 per row (per 128 inputs for block scales), cuBLASLt;
-//! - **dequantize + cuBLAS** (everything else): the weight is expanded into the device's
+//! The paths, chosen by the number of activation rows `m` ([`gemv_max_rows`]: 4 rows for W8A8,
+//! 8 for W8A16):
+//! - **GEMV** (decode): each block of 128 threads computes 4 output features for every row of
+//!   `x`; a thread reads 16 bytes (16 inputs) of each of the 4 weight rows at a time, so every
+//!   weight byte is read once, widens them in registers and accumulates `scale · Σ q·x` per 8
+//!   inputs in f32. Its W8A8 instance reads the quantized rows (e4m3 bytes, widened the same
+//!   way) and their scales instead of `x`;
+//! - **FP8 tensor cores** (W8A8 batches, sm_89+; `fp8_lt`): cuBLASLt, scales applied by it;
+//!   where it has no algorithm, the W8A8 GEMV 8 rows at a time;
+//! - **dequantize + cuBLAS** (W8A16 batches): the weight is expanded into the device's
 //!   scratch matrix of the activation dtype (shared with the int4 weights, sized at upload)
 //!   and multiplied by the dense GEMM.
 //!
@@ -29,7 +32,7 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
-use crate::device::quant::fp8_lt::{self, lt_for, Fp8Part, Fp8Scales, Lt};
+use crate::device::quant::fp8_lt::{self, lt_for, ActScale, Fp8Part, Fp8Scales, Lt};
 use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
 use crate::device::quant::int4_cuda::{scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
@@ -82,8 +85,11 @@ __device__ __forceinline__ void kiln_w8_word(unsigned w, float* f) {
 
 // out[mi, row] = sum_i x[mi, i] * W[row, i] for rows row0 .. row0+4 of this block and mi < m <= M.
 // 128 threads stride over the k/16 chunks of inputs; partial sums meet in one block reduction.
-template <typename T, int M, int ELEM>
-__device__ __forceinline__ void kiln_w8_gemv(const T* __restrict__ x, long long ldx, int m,
+// AQ (W8A8): x is e4m3 bytes (qx, rows of ldx) whose input i of row mi has the scale
+// sx[(i / gsize) * ldsx + mi] (fp8_lt's quantization of the activations), instead of T values.
+template <typename T, int M, int ELEM, int AQ>
+__device__ __forceinline__ void kiln_w8_gemv(const T* __restrict__ x, const unsigned char* __restrict__ qx,
+                                             const float* __restrict__ sx, int gsize, int ldsx, long long ldx, int m,
                                              const unsigned char* __restrict__ q, const float* __restrict__ scales,
                                              int bo, int bi, int sc, T* __restrict__ out, long long ldo, int n, int k,
                                              int vec) {
@@ -119,14 +125,22 @@ __device__ __forceinline__ void kiln_w8_gemv(const T* __restrict__ x, long long 
 #pragma unroll
       for (int mi = 0; mi < M; ++mi) {
         if (mi >= m) break;
-        float xf[8];
-        kiln_i4_x8(x + (long long)mi * ldx, (const int*)nullptr, (v << 4) + 8 * h, vec, xf);
+        float xf[8], sxv = 1.f;
+        if (AQ) {
+          // e4m3 bytes widen to value / 256, as the weight's do.
+          const uint2 b = __ldg(reinterpret_cast<const uint2*>(qx + (long long)mi * ldx + (v << 4) + 8 * h));
+          kiln_w8_word<0>(b.x, xf);
+          kiln_w8_word<0>(b.y, xf + 4);
+          sxv = __ldg(sx + (long long)((v << 4) / gsize) * ldsx + mi) * 256.0f;
+        } else {
+          kiln_i4_x8(x + (long long)mi * ldx, (const int*)nullptr, (v << 4) + 8 * h, vec, xf);
+        }
 #pragma unroll
         for (int r = 0; r < KILN_W8_ROWS; ++r) {
           float d = 0.f;
 #pragma unroll
           for (int e = 0; e < 8; ++e) d = fmaf(wf[r][e], xf[e], d);
-          acc[r][mi] = fmaf(s[r], d, acc[r][mi]);
+          acc[r][mi] = fmaf(AQ ? s[r] * sxv : s[r], d, acc[r][mi]);
         }
       }
     }
@@ -190,7 +204,15 @@ __device__ __forceinline__ void kiln_w8_dequant(const unsigned char* __restrict_
   extern "C" __global__ void __launch_bounds__(128) NAME(const T* x, long long ldx, int m, const unsigned char* q, \
                                                          const float* scales, int bo, int bi, int sc, T* out,  \
                                                          long long ldo, int n, int k, int vec) {               \
-    kiln_w8_gemv<T, M, ELEM>(x, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, vec);                          \
+    kiln_w8_gemv<T, M, ELEM, 0>(x, nullptr, nullptr, 1, 0, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, vec);  \
+  }
+// W8A8: FP8 weights times e4m3 activations (NAME_aq).
+#define KILN_W8_GEMV_AQ(NAME, T, M)                                                                          \
+  extern "C" __global__ void __launch_bounds__(128) NAME(const unsigned char* qx, const float* sx, int gsize,  \
+                                                         int ldsx, long long ldx, int m, const unsigned char* q, \
+                                                         const float* scales, int bo, int bi, int sc, T* out, \
+                                                         long long ldo, int n, int k) {                       \
+    kiln_w8_gemv<T, M, 0, 1>(nullptr, qx, sx, gsize, ldsx, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, 0);     \
   }
 #define KILN_W8_ELEM(E, ELEM, SUFFIX, T)                                                                     \
   KILN_W8_GEMV(kiln_w8_gemv1_##E##_##SUFFIX, T, 1, ELEM)                                                     \
@@ -202,7 +224,13 @@ __device__ __forceinline__ void kiln_w8_dequant(const unsigned char* __restrict_
                                                             int vec) {                                         \
     kiln_w8_dequant<T, ELEM>(q, scales, bo, bi, sc, out, ldo, n, k, vec);                                     \
   }
-#define KILN_W8_DTYPE(SUFFIX, T) KILN_W8_ELEM(fp8e4m3, 0, SUFFIX, T) KILN_W8_ELEM(int8, 1, SUFFIX, T)
+#define KILN_W8_DTYPE(SUFFIX, T)                                                                             \
+  KILN_W8_ELEM(fp8e4m3, 0, SUFFIX, T)                                                                        \
+  KILN_W8_ELEM(int8, 1, SUFFIX, T)                                                                           \
+  KILN_W8_GEMV_AQ(kiln_w8_gemv1_fp8e4m3_##SUFFIX##_aq, T, 1)                                                  \
+  KILN_W8_GEMV_AQ(kiln_w8_gemv2_fp8e4m3_##SUFFIX##_aq, T, 2)                                                  \
+  KILN_W8_GEMV_AQ(kiln_w8_gemv4_fp8e4m3_##SUFFIX##_aq, T, 4)                                                  \
+  KILN_W8_GEMV_AQ(kiln_w8_gemv8_fp8e4m3_##SUFFIX##_aq, T, 8)
 KILN_W8_DTYPE(f32, float)
 KILN_W8_DTYPE(f16, kiln_f16)
 KILN_W8_DTYPE(bf16, kiln_bf16)
@@ -216,6 +244,7 @@ pub(super) fn entries() -> Vec<String> {
             e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemv{m}_{}_{d}", el.name())));
             e.push(format!("kiln_w8_dequant_{}_{d}", el.name()));
         }
+        e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemv{m}_fp8e4m3_{d}_aq")));
     }
     e
 }
@@ -231,30 +260,29 @@ pub fn gemv_max_rows(w8a8: bool) -> usize {
     set.unwrap_or(if w8a8 { GEMV_M[2] } else { GEMV_M[3] })
 }
 
-/// Where a checkpoint's 8-bit weights go on a GPU (`KILN_W8_GPU`).
+/// How a checkpoint's 8-bit weights multiply (`KILN_W8`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum W8Policy {
-    /// Unset: dequantized to the compute dtype at load.
+    /// Unset: dequantized to the compute dtype at load (W8A16 arithmetic, dense memory).
     Dense,
-    /// `kernels`: kept 8-bit, multiplied as W8A16 (the GEMV, dequantize + cuBLAS above 8
-    /// rows) — the CPU's arithmetic; half the weight memory, 1.3× dense bf16 for one sequence,
-    /// 0.4–0.5× from 16 sequences a step.
+    /// `kernels`: kept 8-bit on a GPU, multiplied as W8A16 (the GEMV, dequantize + cuBLAS
+    /// above 8 rows) — the CPU's arithmetic; half the weight memory, 1.3× dense bf16 for one
+    /// sequence, 0.4–0.5× from 16 sequences a step.
     Kernels,
-    /// `w8a8`: kept 8-bit, and batches above 4 rows of an FP8 weight with per-channel or
-    /// per-tensor scales quantize their activations to e4m3 per token and run on FP8 tensor
-    /// cores (as FP8-dynamic checkpoints intend; ~2% of the largest output off W8A16 per
-    /// product): at least as fast as dense bf16 at 1, 16 and 64 sequences.
+    /// `w8a8`: FP8 W8A8 wherever a weight takes it (`fp8_lt::w8a8_form`: FP8 with scales per
+    /// channel, per tensor or in 128×128 blocks), as FP8-dynamic checkpoints intend — the
+    /// activations quantized to e4m3 per token (per 128 inputs for block scales) at every batch
+    /// size: on a GPU kept 8-bit, the W8A8 GEMV up to 4 rows and the FP8 tensor cores above;
+    /// on the CPU the twin (`Weight::W8a8Cpu`), so the two devices compute the same thing.
     W8a8,
 }
 
-/// The policy `KILN_W8_GPU` sets. Not 8-bit by default: W8A16 batches are slower than dense,
-/// and W8A8 has no model-level twin on the CPU yet — kiln-check-arch's tiny FP8 fixtures
-/// through it miss the rule against the CPU's W8A16 run (H100, 2026-12-06), and a sequence's
-/// numbers would depend on how many others share its step. `synth:NAME+fp8` and the check
-/// program take W8A8 always.
+/// The policy `KILN_W8` sets. Not 8-bit by default: W8A16 batches are slower than dense, and
+/// W8A8 is not the dequantize-then-multiply model a checkpoint's float reference computes
+/// (the activations lose bits). `synth:NAME+fp8` and the check program take W8A8 always.
 pub fn policy() -> W8Policy {
     static P: OnceLock<W8Policy> = OnceLock::new();
-    *P.get_or_init(|| match std::env::var("KILN_W8_GPU").as_deref() {
+    *P.get_or_init(|| match std::env::var("KILN_W8").as_deref() {
         Ok("kernels") => W8Policy::Kernels,
         Ok("w8a8") => W8Policy::W8a8,
         _ => W8Policy::Dense,
@@ -274,8 +302,10 @@ pub struct W8Cuda {
     /// `[bo, bi]`, with `bi` at most `cols`.
     block: [usize; 2],
     scratch: Scratch,
-    /// cuBLASLt for the FP8 W8A8 path (`fp8_lt`): FP8 weights on sm_89+ uploaded with W8A8
-    /// allowed.
+    /// FP8 W8A8 (`Some`: every path quantizes the activations so; see [`fp8_lt::w8a8_form`]),
+    /// when the upload allowed it and the stacked weight takes it.
+    act: Option<ActScale>,
+    /// cuBLASLt for the FP8 tensor cores (`fp8_lt`): W8A8 weights on sm_89+.
     lt: Option<Arc<Lt>>,
     /// The scales as cuBLASLt reads them, where the W8A8 path takes this weight: per channel
     /// or tensor, `[rows]` values; 128×128 blocks, `fp8_lt::block128_layout`.
@@ -325,10 +355,8 @@ impl W8Cuda {
         }
         let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
         let scratch = scratch_for(b, dev, dtype, total)?;
-        let lt = match w8a8 && parts.iter().all(|w| w.elem() == W8Elem::Fp8E4M3) {
-            true => lt_for(b, dev)?,
-            false => None,
-        };
+        let act = if w8a8 { fp8_lt::w8a8_form(parts) } else { None };
+        let lt = if act.is_some() { lt_for(b, dev)? } else { None };
         let mut out = Vec::with_capacity(parts.len());
         for w in parts {
             let (rows, cols) = (w.rows(), w.cols());
@@ -345,7 +373,7 @@ impl W8Cuda {
                 false => None,
             };
             let (elem, scratch, lt) = (w.elem(), scratch.clone(), lt.clone());
-            out.push(W8Cuda { rows, cols, elem, bytes, scales, block, scratch, lt, lt_scales });
+            out.push(W8Cuda { rows, cols, elem, bytes, scales, block, scratch, act, lt, lt_scales });
         }
         Ok(Some(out))
     }
@@ -393,6 +421,30 @@ impl W8Cuda {
             l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (GEMV_THREADS, 1, 1), shared_mem_bytes: 0 })
         };
         drv("launching kiln_w8_gemv", r)?;
+        Ok(())
+    }
+
+    /// `out = qx · Wᵀ` by the W8A8 GEMV: `qx` the device address of `m ≤ 8` rows of `cols`
+    /// e4m3 bytes, `sx` their scales in `self.act`'s layout (`fp8_lt::quantize_into`).
+    fn gemv_w8a8(&self, b: &CudaBackend, (qx, sx, m): (u64, u64, usize), out: &mut Tensor) -> Result<(), GemmError> {
+        let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
+        let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
+        let f = module.func(&format!("kiln_w8_gemv{mm}_fp8e4m3_{}_aq", out.dtype().name()))?;
+        let (q, sp, bo, bi, sc) = self.args();
+        let gsize = if self.act == Some(ActScale::Group) { fp8_lt::GROUP } else { self.cols } as i32;
+        let (ldsx, ldx, m32) = (m as i32, self.cols as i64, m as i32);
+        let (op, ldo, n, k) =
+            (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64, self.rows as i32, self.cols as i32);
+        let mut l = b.stream().launch_builder(f);
+        l.arg(&qx).arg(&sx).arg(&gsize).arg(&ldsx).arg(&ldx).arg(&m32).arg(&q).arg(&sp).arg(&bo).arg(&bi).arg(&sc);
+        l.arg(&op).arg(&ldo).arg(&n).arg(&k);
+        let blocks = self.rows.div_ceil(ROWS_PER_BLOCK) as u32;
+        // SAFETY: qx holds m rows of k bytes and sx their scales (the caller's quantization);
+        // out covers m rows of n at ldo; the bytes and scales are this weight's.
+        let r = unsafe {
+            l.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (GEMV_THREADS, 1, 1), shared_mem_bytes: 0 })
+        };
+        drv("launching kiln_w8_gemv_aq", r)?;
         Ok(())
     }
 
@@ -451,9 +503,11 @@ pub enum W8Path {
     Dequant,
     /// FP8 W8A8 on tensor cores through cuBLASLt (`fp8_lt`; activations quantized per row, or
     /// per 128 inputs for 128×128 block scales), falling back to dequantize + cuBLAS where it
-    /// does not apply (INT8, other scale blocks, a GPU before sm_89, part rows not a multiple
-    /// of 16, no cuBLASLt algorithm).
+    /// does not apply (not uploaded as W8A8, a GPU before sm_89, no cuBLASLt algorithm).
     Fp8TensorCores,
+    /// The W8A8 GEMV (activations quantized as for the tensor cores), 8 rows per launch;
+    /// the W8A16 GEMV for a weight not uploaded as W8A8.
+    Fp8Gemv,
 }
 
 /// `out = x · Wᵀ` for 8-bit weights stacked along rows, each part into its own columns.
@@ -464,13 +518,50 @@ pub fn linear_w8_cuda(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<
 /// [`linear_w8_cuda`] through a chosen kernel (for the check program's comparisons).
 pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W8Path) -> Result<(), GemmError> {
     let Some(b) = checked(x, parts, out, "w8")? else { return Ok(()) };
-    if path == W8Path::Gemv || (path == W8Path::Auto && x.rows() <= gemv_max_rows(parts[0].lt.is_some())) {
-        return gemv_all(&b, x, parts, out, GEMV_M[3]);
+    let act = parts[0].act;
+    let small = x.rows() <= gemv_max_rows(act.is_some());
+    match path {
+        W8Path::Gemv => gemv_all(&b, x, parts, out, GEMV_M[3]),
+        W8Path::Dequant => dequant_product(x, parts, out),
+        W8Path::Fp8Gemv => w8a8_gemv_all(&b, x, parts, out),
+        W8Path::Fp8TensorCores if fp8_product(&b, x, parts, out)? => Ok(()),
+        W8Path::Fp8TensorCores => dequant_product(x, parts, out),
+        // W8A8 stays W8A8 at every batch size: a sequence's numbers do not depend on how many
+        // others share its step.
+        W8Path::Auto if act.is_some() && (small || !fp8_product(&b, x, parts, out)?) => {
+            w8a8_gemv_all(&b, x, parts, out)
+        }
+        W8Path::Auto if act.is_some() => Ok(()),
+        W8Path::Auto if small => gemv_all(&b, x, parts, out, GEMV_M[3]),
+        W8Path::Auto => dequant_product(x, parts, out),
     }
-    if path != W8Path::Dequant && fp8_product(&b, x, parts, out)? {
-        return Ok(());
+}
+
+/// The W8A8 GEMV of every part, 8 rows of `x` at a time quantized into the shared scratch
+/// (the W8A16 GEMV when the weight was not uploaded as W8A8).
+fn w8a8_gemv_all(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<(), GemmError> {
+    let Some(act) = parts[0].act else { return gemv_all(b, x, parts, out, GEMV_M[3]) };
+    let (m, k) = (x.rows(), x.cols());
+    let chunk = GEMV_M[3];
+    let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
+    let (qx_bytes, sx_bytes) = fp8_lt::quantized_bytes(chunk, k, act);
+    let base = scratch.cuda_ptr().unwrap_or(0).div_ceil(256) * 256;
+    let (qx, sx) = (base, (base + qx_bytes as u64).div_ceil(256) * 256);
+    if (sx - scratch.cuda_ptr().unwrap_or(0)) as usize + sx_bytes > scratch.len() * scratch.dtype().size_bytes() {
+        return Err(GemmError::Shape(format!("dequantization scratch too small for {chunk} rows of {k} e4m3")));
     }
-    dequant_product(x, parts, out)
+    for r0 in (0..m).step_by(chunk) {
+        let rows = (m - r0).min(chunk);
+        // SAFETY: qx and sx lie inside the scratch (checked above), which this lock keeps to
+        // this product; the stream orders the GEMVs after the quantization.
+        unsafe { fp8_lt::quantize_into(b, &x.view_rows(r0, rows)?, act, qx, sx)? };
+        let mut at = 0;
+        for w in parts {
+            w.gemv_w8a8(b, (qx, sx, rows), &mut out.view_rows(r0, rows)?.view_cols(at, w.rows)?)?;
+            at += w.rows;
+        }
+    }
+    Ok(())
 }
 
 /// The FP8 W8A8 product when every part takes it (`false`: nothing was written).
