@@ -1,16 +1,17 @@
-//! `kiln-check-w8 [--no-speed]`: the W8A16 GPU kernels (`device::quant::w8_cuda`: FP8 E4M3
-//! and INT8 weights with block scales) against the CPU reference (`W8Matrix::dequantize`, then
-//! an f64 product), then their speed against dense bf16 cuBLAS of the same matrix and against
-//! the device's copy bandwidth. Needs an NVIDIA GPU.
+//! `kiln-check-w8 [--no-speed] [--no-check]`: the 8-bit GPU kernels (`device::quant::w8_cuda`:
+//! FP8 E4M3 and INT8 weights with block scales) against the CPU reference
+//! (`W8Matrix::dequantize`, then an f64 product), then their speed against dense bf16 cuBLAS
+//! of the same matrix and against the device's copy bandwidth. Needs an NVIDIA GPU.
 //!
 //! Correctness: random bytes (every finite e4m3 value; every int8) with scales per tensor, per
 //! output channel, per group of 32 inputs and per 128×128 block (a row count cut inside the
-//! last block), a fused weight of two parts; 1 to 130 activation rows; f32 / f16 / bf16
-//! activations; the GEMV, dequantize + cuBLAS and FP8 W8A8 on tensor cores (against a twin
-//! that quantizes the activations per row, or per 128 inputs for 128×128 blocks, as the
-//! kernel does, where that path applies; output addresses aligned to 256 bytes and less). The
-//! product is computed from the activations as the GPU sees them (rounded to the dtype); the
-//! GPU result must be within `tol · max |ref|`.
+//! last block), fused weights of two parts; 1 to 130 activation rows, each group of 128 inputs
+//! at its own magnitude; f32 / f16 / bf16 activations; the W8A16 GEMV, dequantize + cuBLAS,
+//! and for weights that take FP8 W8A8 (`fp8_lt::w8a8_form`) the FP8 tensor cores and the W8A8
+//! GEMV against a twin that quantizes the activations per row, or per 128 inputs for 128×128
+//! blocks, as the kernels do (output addresses aligned to 256 bytes and less). The product is
+//! computed from the activations as the GPU sees them (rounded to the dtype); the GPU result
+//! must be within `tol · max |ref|`.
 //!
 //! Speed: Llama-3-8B's projection shapes, FP8 per channel (two also in 128×128 blocks), bf16:
 //! median of CUDA-event-timed launches.
@@ -145,7 +146,10 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
         for dtype in DType::FLOATS {
             let w = W8Cuda::upload(dev, dtype, &case.parts, true)?.ok_or("the kernels refused the layout")?;
             for m in [1, 2, 3, 5, 8, 9, 16, 33, 130] {
-                let x: Vec<f32> = as_dtype(&(0..m * k).map(|_| r.unit() * 2.0 - 1.0).collect::<Vec<_>>(), dtype);
+                // Each group of 128 inputs at its own magnitude (1×, 2×, 3×), so a group scale
+                // applied to the wrong group shows.
+                let x: Vec<f32> = (0..m * k).map(|i| (r.unit() * 2.0 - 1.0) * (1 + (i % k) / 128 % 3) as f32).collect();
+                let x = as_dtype(&x, dtype);
                 let want = reference(&x, m, &case.parts);
                 let form = w8a8_form(&case.parts);
                 let want_w8a8 = form.map(|f| reference_w8a8(&x, m, &case.parts, f));

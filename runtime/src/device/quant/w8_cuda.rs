@@ -432,7 +432,7 @@ impl W8Cuda {
         let f = module.func(&format!("kiln_w8_gemv{mm}_fp8e4m3_{}_aq", out.dtype().name()))?;
         let (q, sp, bo, bi, sc) = self.args();
         let gsize = if self.act == Some(ActScale::Group) { fp8_lt::GROUP } else { self.cols } as i32;
-        let (ldsx, ldx, m32) = (m as i32, self.cols as i64, m as i32);
+        let (ldsx, ldx, m32) = (fp8_lt::act_scale_ld(m) as i32, self.cols as i64, m as i32);
         let (op, ldo, n, k) =
             (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64, self.rows as i32, self.cols as i32);
         let mut l = b.stream().launch_builder(f);
