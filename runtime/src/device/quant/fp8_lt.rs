@@ -147,16 +147,20 @@ __device__ __forceinline__ void kiln_fp8_quant_groups(const T* __restrict__ x, l
   if (lane == 0) sx[(long long)g * ldsx + row] = s;
 }
 
-// out[i, j] = d[i, j] * sx[i] * sw[j / bo] * wmul, d: [m, n] f32 contiguous.
+// out[i, j] = d[i * dsi + j * dsj] * sx[i] * sw[j / bo] * wmul (a null sx or sw: no such
+// factor): the f32 product, scaled and/or transposed into the activations' dtype.
 template <typename T>
-__device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, const float* __restrict__ sx,
-                                                  const float* __restrict__ sw, int bo, float wmul, T* __restrict__ out,
-                                                  long long ldo, int m, int n) {
+__device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, long long dsi, long long dsj,
+                                                  const float* __restrict__ sx, const float* __restrict__ sw, int bo,
+                                                  float wmul, T* __restrict__ out, long long ldo, int m, int n) {
   const long long total = (long long)m * n;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
        t += (long long)gridDim.x * blockDim.x) {
     const int i = (int)(t / n), j = (int)(t % n);
-    kiln_i4_store(out + (long long)i * ldo + j, d[t] * sx[i] * (sw[j / bo] * wmul));
+    float v = d[i * dsi + j * dsj];
+    if (sx != nullptr) v *= sx[i];
+    if (sw != nullptr) v *= sw[j / bo] * wmul;
+    kiln_i4_store(out + (long long)i * ldo + j, v);
   }
 }
 
@@ -169,9 +173,10 @@ __device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, c
       const T* x, long long ldx, int k, unsigned char* q, float* sx, int ldsx, int vec) {                   \
     kiln_fp8_quant_groups<T>(x, ldx, k, q, sx, ldsx, vec);                                                  \
   }                                                                                                         \
-  extern "C" __global__ void kiln_fp8_epilogue_##SUFFIX(const float* d, const float* sx, const float* sw, int bo, \
-                                                        float wmul, T* out, long long ldo, int m, int n) {  \
-    kiln_fp8_epilogue<T>(d, sx, sw, bo, wmul, out, ldo, m, n);                                              \
+  extern "C" __global__ void kiln_fp8_epilogue_##SUFFIX(const float* d, long long dsi, long long dsj,       \
+                                                        const float* sx, const float* sw, int bo, float wmul, \
+                                                        T* out, long long ldo, int m, int n) {              \
+    kiln_fp8_epilogue<T>(d, dsi, dsj, sx, sw, bo, wmul, out, ldo, m, n);                                    \
   }
 KILN_FP8_DTYPE(f32, float)
 KILN_FP8_DTYPE(f16, kiln_f16)
@@ -452,30 +457,47 @@ pub(super) fn product(
             let o = out.view_rows(r0, rows)?.view_cols(at, p.rows)?;
             at += p.rows;
             let (op, ldo) = (o.cuda_ptr().unwrap_or(0), o.row_stride());
-            let direct = match p.scales {
-                Fp8Scales::Channel { outer, .. } => (outer, Form::OuterVec),
-                Fp8Scales::Block128 { scales } => (scales, Form::Block128),
+            // The f32 product `d` (its strides along out's rows and columns) into `o`, scaled
+            // by the activation and weight scales when given (`sw`, `bo`, `wmul`).
+            let epilogue = |d_strides: (i64, i64), scales: Option<(u64, usize, f32)>| {
+                let (sxp, (swp, bo, wmul)) = match scales {
+                    Some(s) => (sx, s),
+                    None => (0, (0, 1, 1.0)),
+                };
+                let (bo, m32, n32, ldo) = (bo as i32, rows as i32, p.rows as i32, ldo as i64);
+                let mut le = b.stream().launch_builder(epi);
+                le.arg(&d).arg(&d_strides.0).arg(&d_strides.1).arg(&sxp).arg(&swp).arg(&bo).arg(&wmul);
+                le.arg(&op).arg(&ldo).arg(&m32).arg(&n32);
+                let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
+                // SAFETY: d holds rows × p.rows f32 (written by the GEMM) at those strides, sx
+                // rows, the scales ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
+                let r = unsafe {
+                    le.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+                };
+                drv("launching kiln_fp8_epilogue", r)
             };
-            let target = Target { ptr: op, ld: ldo, dtype: o.dtype() };
-            let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (direct.0, sx) };
-            if gemm(l, stream, direct.1, &ab, target)? {
-                continue;
+            match p.scales {
+                Fp8Scales::Channel { epilogue: sw, bo, wmul, outer } => {
+                    let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (outer, sx) };
+                    if gemm(l, stream, Form::OuterVec, &ab, Target { ptr: op, ld: ldo, dtype: o.dtype() })? {
+                        continue;
+                    }
+                    if !gemm(l, stream, Form::Product, &ab, Target { ptr: d, ld: p.rows, dtype: DType::F32 })? {
+                        return Ok(false);
+                    }
+                    epilogue((p.rows as i64, 1), Some((sw, bo, wmul)))?;
+                }
+                Fp8Scales::Block128 { scales } => {
+                    // cuBLASLt takes 1×128 scales on its first operand and 128×128 ones on its
+                    // second, so the activations go first and the product comes out transposed
+                    // (`[n, m]`, f32); the epilogue transposes it into `out`.
+                    let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (scales, sx) };
+                    if !gemm(l, stream, Form::Block128, &ab, Target { ptr: d, ld: rows, dtype: DType::F32 })? {
+                        return Ok(false);
+                    }
+                    epilogue((1, rows as i64), None)?;
+                }
             }
-            let Fp8Scales::Channel { epilogue, bo, wmul, .. } = p.scales else { return Ok(false) };
-            let f32_d = Target { ptr: d, ld: p.rows, dtype: DType::F32 };
-            if !gemm(l, stream, Form::Product, &ab, f32_d)? {
-                return Ok(false);
-            }
-            let (bo, m32, n32, ldo) = (bo as i32, rows as i32, p.rows as i32, ldo as i64);
-            let mut le = b.stream().launch_builder(epi);
-            le.arg(&d).arg(&sx).arg(&epilogue).arg(&bo).arg(&wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
-            let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
-            // SAFETY: d holds rows × p.rows f32 (written by the GEMM), sx rows, the scales
-            // ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
-            let r = unsafe {
-                le.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
-            };
-            drv("launching kiln_fp8_epilogue", r)?;
         }
     }
     Ok(true)
@@ -582,9 +604,14 @@ impl Plan {
         };
         let null = std::ptr::null_mut();
         let mut plan = Plan { desc, a: null, b: null, d: null, algo: lts::cublasLtMatmulAlgo_t { data: [0; 8] } };
-        plan.a = layout(Ty::CUDA_R_8F_E4M3, s.k, s.n, s.k)?;
-        plan.b = layout(Ty::CUDA_R_8F_E4M3, s.k, s.m, s.k)?;
-        plan.d = layout(cuda_type(s.out), s.n, s.m, s.ldd)?;
+        // Block128 puts the activations first (see `product`): D is `Dᵀ`, m × n.
+        let (ra, rb) = match s.form {
+            Form::Block128 => (s.m, s.n),
+            _ => (s.n, s.m),
+        };
+        plan.a = layout(Ty::CUDA_R_8F_E4M3, s.k, ra, s.k)?;
+        plan.b = layout(Ty::CUDA_R_8F_E4M3, s.k, rb, s.k)?;
+        plan.d = layout(cuda_type(s.out), ra, rb, s.ldd)?;
         let ws = l.workspace.len() * 4;
         // SAFETY: the descriptors are live (owned by `plan`); each attribute buffer is a live
         // local of the size passed.
@@ -604,13 +631,19 @@ impl Plan {
                     Mode::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
                 )),
                 Form::Block128 => Some((
-                    Mode::CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F,
                     Mode::CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F,
+                    Mode::CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F,
                 )),
             };
             if let Some((a, b)) = modes {
                 set(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, a as i32)?;
                 set(Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, b as i32)?;
+            }
+            if s.form != Form::Block128 && fast_accum() {
+                let one = 1i8;
+                let v = &one as *const i8 as *const c_void;
+                lt::set_matmul_desc_attribute(plan.desc, Attr::CUBLASLT_MATMUL_DESC_FAST_ACCUM, v, 1)
+                    .map_err(|e| lt_err("fast accumulation", e))?;
             }
             let pref = lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?;
             let set_pref = |attr: Pref, v: *const c_void, size: usize| {
@@ -638,6 +671,13 @@ impl Plan {
     }
 }
 
+/// Whether the FP8 products accumulate in the tensor cores' own precision for all of `k`
+/// (`KILN_FP8_FAST_ACCUM=1`; a measurement switch) instead of promoting partial sums to f32.
+fn fast_accum() -> bool {
+    static F: OnceLock<bool> = OnceLock::new();
+    *F.get_or_init(|| std::env::var("KILN_FP8_FAST_ACCUM").is_ok_and(|v| v == "1"))
+}
+
 /// The largest power of two up to 256 that divides `ptr`.
 fn alignment(ptr: u64) -> u32 {
     1u32 << ptr.trailing_zeros().min(8)
@@ -648,6 +688,11 @@ fn gemm(l: &Lt, stream: lts::cudaStream_t, form: Form, ab: &Operands, t: Target)
     use lts::cublasLtMatmulDescAttributes_t as Attr;
     let ((w, n), (qx, m), k) = (ab.w, ab.qx, ab.k);
     let shape = Shape { n, m, k, form, out: t.dtype, ldd: t.ld, align: alignment(t.ptr) };
+    // Block128 takes the activations as cuBLASLt's first operand (see `product`).
+    let ((a, sa), (bm, sb)) = match form {
+        Form::Block128 => ((qx, ab.scales.1), (w, ab.scales.0)),
+        _ => ((w, ab.scales.0), (qx, ab.scales.1)),
+    };
     let mut plans = l.plans.lock().unwrap_or_else(|e| e.into_inner());
     let plan = match plans.entry(shape) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -662,10 +707,9 @@ fn gemm(l: &Lt, stream: lts::cudaStream_t, form: Form, ab: &Operands, t: Target)
     // of the size the plan was searched with.
     unsafe {
         if form != Form::Product {
-            for (attr, ptr) in [
-                (Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, ab.scales.0),
-                (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, ab.scales.1),
-            ] {
+            for (attr, ptr) in
+                [(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, sa), (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, sb)]
+            {
                 let v = ptr as *const c_void;
                 lt::set_matmul_desc_attribute(p.desc, attr, &v as *const *const c_void as *const c_void, 8)
                     .map_err(|e| lt_err("scale pointer", e))?;
@@ -676,9 +720,9 @@ fn gemm(l: &Lt, stream: lts::cudaStream_t, form: Form, ab: &Operands, t: Target)
             p.desc,
             &alpha as *const f32 as *const c_void,
             &beta as *const f32 as *const c_void,
-            w as *const c_void,
+            a as *const c_void,
             p.a,
-            qx as *const c_void,
+            bm as *const c_void,
             p.b,
             t.ptr as *const c_void,
             p.d,

@@ -4,15 +4,15 @@
 //! as W8A8 (`fp8_lt::w8a8_form`), as FP8 W8A8 at every batch size (activations quantized to
 //! e4m3 per row, or per 128 inputs for 128×128 block scales, by `fp8_lt`'s kernel).
 //!
-//! The paths, chosen by the number of activation rows `m` ([`gemv_max_rows`]: 4 rows for W8A8,
-//! 8 for W8A16):
+//! The paths, chosen by the number of activation rows `m` ([`gemv_max_rows`]: up to 8 rows for
+//! W8A16; none for W8A8 where the FP8 tensor cores run, all where they do not):
 //! - **GEMV** (decode): each block of 128 threads computes 4 output features for every row of
 //!   `x`; a thread reads 16 bytes (16 inputs) of each of the 4 weight rows at a time, so every
 //!   weight byte is read once, widens them in registers and accumulates `scale · Σ q·x` per 8
 //!   inputs in f32. Its W8A8 instance reads the quantized rows (e4m3 bytes, widened the same
 //!   way) and their scales instead of `x`;
-//! - **FP8 tensor cores** (W8A8 batches, sm_89+; `fp8_lt`): cuBLASLt, scales applied by it;
-//!   where it has no algorithm, the W8A8 GEMV 8 rows at a time;
+//! - **FP8 tensor cores** (W8A8, sm_89+; `fp8_lt`): cuBLASLt, scales applied by it; where it
+//!   has no algorithm, the W8A8 GEMV 8 rows at a time;
 //! - **dequantize + cuBLAS** (W8A16 batches): the weight is expanded into the device's
 //!   scratch matrix of the activation dtype (shared with the int4 weights, sized at upload)
 //!   and multiplied by the dense GEMM.
@@ -249,15 +249,16 @@ pub(super) fn entries() -> Vec<String> {
     e
 }
 
-/// The most activation rows the GEMV takes for a weight whose batches go to the FP8 tensor
-/// cores (`w8a8`) or to dequantize + cuBLAS: its work grows with each row, and on the H100 (8B
-/// shapes, a layer's four projections) it is ahead of the tensor cores at 4 rows and behind at
-/// 8, ahead of dequantize + cuBLAS at 8 and behind at 16. `KILN_W8_GEMV_MAX_ROWS` overrides
-/// both (0: never the GEMV).
-pub fn gemv_max_rows(w8a8: bool) -> usize {
+/// The most activation rows the GEMV takes: for a W8A16 weight 8 (on the H100, 8B shapes, a
+/// layer's four projections: ahead of dequantize + cuBLAS at 8 rows, behind at 16); for a
+/// W8A8 weight with the FP8 tensor cores none (cuBLASLt with its scales applied is ahead of
+/// the W8A8 GEMV from one row: 120 µs against 139 for a layer's four projections at one row),
+/// without them all (the W8A8 GEMV is then the only W8A8 path). `KILN_W8_GEMV_MAX_ROWS`
+/// overrides the first two.
+pub fn gemv_max_rows(tensor_cores: bool) -> usize {
     static MAX: OnceLock<Option<usize>> = OnceLock::new();
     let set = *MAX.get_or_init(|| std::env::var("KILN_W8_GEMV_MAX_ROWS").ok().and_then(|v| v.parse().ok()));
-    set.unwrap_or(if w8a8 { GEMV_M[2] } else { GEMV_M[3] })
+    set.unwrap_or(if tensor_cores { 0 } else { GEMV_M[3] })
 }
 
 /// How a checkpoint's 8-bit weights multiply (`KILN_W8`).
@@ -519,7 +520,7 @@ pub fn linear_w8_cuda(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<
 pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W8Path) -> Result<(), GemmError> {
     let Some(b) = checked(x, parts, out, "w8")? else { return Ok(()) };
     let act = parts[0].act;
-    let small = x.rows() <= gemv_max_rows(act.is_some());
+    let small = x.rows() <= gemv_max_rows(parts[0].lt.is_some());
     match path {
         W8Path::Gemv => gemv_all(&b, x, parts, out, GEMV_M[3]),
         W8Path::Dequant => dequant_product(x, parts, out),
