@@ -38,6 +38,7 @@ use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys as lts;
+use cudarc::driver::sys::{CUevent_flags, CUstreamCaptureStatus};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -147,20 +148,28 @@ __device__ __forceinline__ void kiln_fp8_quant_groups(const T* __restrict__ x, l
   if (lane == 0) sx[(long long)g * ldsx + row] = s;
 }
 
-// out[i, j] = d[i * dsi + j * dsj] * sx[i] * sw[j / bo] * wmul (a null sx or sw: no such
-// factor): the f32 product, scaled and/or transposed into the activations' dtype.
+// out[i, j] = d[i, j] * sx[i] * sw[j / bo] * wmul, d: [m, n] f32 contiguous.
 template <typename T>
-__device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, long long dsi, long long dsj,
-                                                  const float* __restrict__ sx, const float* __restrict__ sw, int bo,
-                                                  float wmul, T* __restrict__ out, long long ldo, int m, int n) {
+__device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, const float* __restrict__ sx,
+                                                  const float* __restrict__ sw, int bo, float wmul, T* __restrict__ out,
+                                                  long long ldo, int m, int n) {
   const long long total = (long long)m * n;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
        t += (long long)gridDim.x * blockDim.x) {
     const int i = (int)(t / n), j = (int)(t % n);
-    float v = d[i * dsi + j * dsj];
-    if (sx != nullptr) v *= sx[i];
-    if (sw != nullptr) v *= sw[j / bo] * wmul;
-    kiln_i4_store(out + (long long)i * ldo + j, v);
+    kiln_i4_store(out + (long long)i * ldo + j, d[t] * sx[i] * (sw[j / bo] * wmul));
+  }
+}
+
+// out[i, j] = d[j * m + i]: the block-scaled product, which cuBLASLt writes transposed in bf16.
+template <typename T>
+__device__ __forceinline__ void kiln_fp8_transpose(const kiln_bf16* __restrict__ d, T* __restrict__ out,
+                                                   long long ldo, int m, int n) {
+  const long long total = (long long)m * n;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+       t += (long long)gridDim.x * blockDim.x) {
+    const int i = (int)(t % m), j = (int)(t / m);  // consecutive threads read consecutive d
+    kiln_i4_store(out + (long long)i * ldo + j, kiln_to_f32(d[t]));
   }
 }
 
@@ -173,10 +182,13 @@ __device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, l
       const T* x, long long ldx, int k, unsigned char* q, float* sx, int ldsx, int vec) {                   \
     kiln_fp8_quant_groups<T>(x, ldx, k, q, sx, ldsx, vec);                                                  \
   }                                                                                                         \
-  extern "C" __global__ void kiln_fp8_epilogue_##SUFFIX(const float* d, long long dsi, long long dsj,       \
-                                                        const float* sx, const float* sw, int bo, float wmul, \
-                                                        T* out, long long ldo, int m, int n) {              \
-    kiln_fp8_epilogue<T>(d, dsi, dsj, sx, sw, bo, wmul, out, ldo, m, n);                                    \
+  extern "C" __global__ void kiln_fp8_epilogue_##SUFFIX(const float* d, const float* sx, const float* sw, int bo, \
+                                                        float wmul, T* out, long long ldo, int m, int n) {  \
+    kiln_fp8_epilogue<T>(d, sx, sw, bo, wmul, out, ldo, m, n);                                              \
+  }                                                                                                         \
+  extern "C" __global__ void kiln_fp8_transpose_##SUFFIX(const kiln_bf16* d, T* out, long long ldo, int m,   \
+                                                         int n) {                                           \
+    kiln_fp8_transpose<T>(d, out, ldo, m, n);                                                               \
   }
 KILN_FP8_DTYPE(f32, float)
 KILN_FP8_DTYPE(f16, kiln_f16)
@@ -188,7 +200,12 @@ pub(super) fn entries() -> Vec<String> {
     ["f32", "f16", "bf16"]
         .iter()
         .flat_map(|d| {
-            [format!("kiln_fp8_quant_rows_{d}"), format!("kiln_fp8_quant_groups_{d}"), format!("kiln_fp8_epilogue_{d}")]
+            [
+                format!("kiln_fp8_quant_rows_{d}"),
+                format!("kiln_fp8_quant_groups_{d}"),
+                format!("kiln_fp8_epilogue_{d}"),
+                format!("kiln_fp8_transpose_{d}"),
+            ]
         })
         .collect()
 }
@@ -314,8 +331,16 @@ struct Plan {
     a: lts::cublasLtMatrixLayout_t,
     b: lts::cublasLtMatrixLayout_t,
     d: lts::cublasLtMatrixLayout_t,
+    /// The algorithm products run with: the heuristic's first, until the first product
+    /// outside a graph capture has timed every candidate and kept the fastest.
     algo: lts::cublasLtMatmulAlgo_t,
+    /// The heuristic's candidates, best guess first (at most [`CANDIDATES`]).
+    candidates: Vec<lts::cublasLtMatmulAlgo_t>,
+    tuned: bool,
 }
+
+/// How many of cuBLASLt's heuristic candidates a plan times.
+const CANDIDATES: usize = 8;
 
 impl Drop for Plan {
     fn drop(&mut self) {
@@ -444,7 +469,7 @@ pub(super) fn product(
     let d = align(sx + (act_scale_ld(chunk) * 4 * groups) as u64);
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
     let epi = module.func(&format!("kiln_fp8_epilogue_{}", x.dtype().name()))?;
-    let stream = b.stream().cu_stream() as lts::cudaStream_t;
+    let transpose = module.func(&format!("kiln_fp8_transpose_{}", x.dtype().name()))?;
     let act = if form == Form::Block128 { ActScale::Group } else { ActScale::Row };
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
@@ -457,45 +482,38 @@ pub(super) fn product(
             let o = out.view_rows(r0, rows)?.view_cols(at, p.rows)?;
             at += p.rows;
             let (op, ldo) = (o.cuda_ptr().unwrap_or(0), o.row_stride());
-            // The f32 product `d` (its strides along out's rows and columns) into `o`, scaled
-            // by the activation and weight scales when given (`sw`, `bo`, `wmul`).
-            let epilogue = |d_strides: (i64, i64), scales: Option<(u64, usize, f32)>| {
-                let (sxp, (swp, bo, wmul)) = match scales {
-                    Some(s) => (sx, s),
-                    None => (0, (0, 1, 1.0)),
-                };
-                let (bo, m32, n32, ldo) = (bo as i32, rows as i32, p.rows as i32, ldo as i64);
-                let mut le = b.stream().launch_builder(epi);
-                le.arg(&d).arg(&d_strides.0).arg(&d_strides.1).arg(&sxp).arg(&swp).arg(&bo).arg(&wmul);
-                le.arg(&op).arg(&ldo).arg(&m32).arg(&n32);
-                let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
-                // SAFETY: d holds rows × p.rows f32 (written by the GEMM) at those strides, sx
-                // rows, the scales ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
-                let r = unsafe {
-                    le.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
-                };
-                drv("launching kiln_fp8_epilogue", r)
-            };
+            let (m32, n32, ldo) = (rows as i32, p.rows as i32, ldo as i64);
+            let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
+            let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             match p.scales {
                 Fp8Scales::Channel { epilogue: sw, bo, wmul, outer } => {
                     let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (outer, sx) };
-                    if gemm(l, stream, Form::OuterVec, &ab, Target { ptr: op, ld: ldo, dtype: o.dtype() })? {
+                    if gemm(b, l, Form::OuterVec, &ab, Target { ptr: op, ld: ldo as usize, dtype: o.dtype() })? {
                         continue;
                     }
-                    if !gemm(l, stream, Form::Product, &ab, Target { ptr: d, ld: p.rows, dtype: DType::F32 })? {
+                    if !gemm(b, l, Form::Product, &ab, Target { ptr: d, ld: p.rows, dtype: DType::F32 })? {
                         return Ok(false);
                     }
-                    epilogue((p.rows as i64, 1), Some((sw, bo, wmul)))?;
+                    let bo = bo as i32;
+                    let mut le = b.stream().launch_builder(epi);
+                    le.arg(&d).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
+                    // SAFETY: d holds rows × p.rows f32 (written by the GEMM), sx rows, the
+                    // scales ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
+                    drv("launching kiln_fp8_epilogue", unsafe { le.launch(cfg) })?;
                 }
                 Fp8Scales::Block128 { scales } => {
                     // cuBLASLt takes 1×128 scales on its first operand and 128×128 ones on its
-                    // second, so the activations go first and the product comes out transposed
-                    // (`[n, m]`, f32); the epilogue transposes it into `out`.
+                    // second, and writes them in 16 bits, so the activations go first and the
+                    // product comes out transposed (`[n, m]` bf16); a kernel transposes it.
                     let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (scales, sx) };
-                    if !gemm(l, stream, Form::Block128, &ab, Target { ptr: d, ld: rows, dtype: DType::F32 })? {
+                    if !gemm(b, l, Form::Block128, &ab, Target { ptr: d, ld: rows, dtype: DType::BF16 })? {
                         return Ok(false);
                     }
-                    epilogue((1, rows as i64), None)?;
+                    let mut lt = b.stream().launch_builder(transpose);
+                    lt.arg(&d).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
+                    // SAFETY: d holds p.rows × rows bf16 (written by the GEMM); o covers rows ×
+                    // p.rows at ldo.
+                    drv("launching kiln_fp8_transpose", unsafe { lt.launch(cfg) })?;
                 }
             }
         }
@@ -603,7 +621,8 @@ impl Plan {
             lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(|e| lt_err("layout", e))
         };
         let null = std::ptr::null_mut();
-        let mut plan = Plan { desc, a: null, b: null, d: null, algo: lts::cublasLtMatmulAlgo_t { data: [0; 8] } };
+        let algo = lts::cublasLtMatmulAlgo_t { data: [0; 8] };
+        let mut plan = Plan { desc, a: null, b: null, d: null, algo, candidates: vec![], tuned: false };
         // Block128 puts the activations first (see `product`): D is `Dᵀ`, m × n.
         let (ra, rb) = match s.form {
             Form::Block128 => (s.m, s.n),
@@ -657,12 +676,34 @@ impl Plan {
                         set_pref(Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, a, 4)
                     })
                     .map(|()| {
-                        lt::get_matmul_algo_heuristic(l.handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref).ok()
+                        let mut found = [std::mem::zeroed::<lts::cublasLtMatmulHeuristicResult_t>(); CANDIDATES];
+                        let mut count = 0i32;
+                        let status = lts::cublasLtMatmulAlgoGetHeuristic(
+                            l.handle,
+                            plan.desc,
+                            plan.a,
+                            plan.b,
+                            plan.d,
+                            plan.d,
+                            pref,
+                            CANDIDATES as i32,
+                            found.as_mut_ptr(),
+                            &mut count,
+                        );
+                        let ok = status == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
+                        let count = if ok { count.clamp(0, CANDIDATES as i32) as usize } else { 0 };
+                        found[..count]
+                            .iter()
+                            .filter(|h| h.state == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                            .map(|h| h.algo)
+                            .collect::<Vec<_>>()
                     });
             let _ = lt::destroy_matmul_pref(pref);
-            match found? {
-                Some(h) => {
-                    plan.algo = h.algo;
+            let candidates = found?;
+            match candidates.first() {
+                Some(&first) => {
+                    plan.algo = first;
+                    plan.candidates = candidates;
                     Ok(Some(plan))
                 }
                 None => Ok(None),
@@ -683,8 +724,9 @@ fn alignment(ptr: u64) -> u32 {
     1u32 << ptr.trailing_zeros().min(8)
 }
 
-/// The product of `ab` in `form` into `t`; `Ok(false)` when cuBLASLt has no algorithm for it.
-fn gemm(l: &Lt, stream: lts::cudaStream_t, form: Form, ab: &Operands, t: Target) -> Result<bool, GemmError> {
+/// The product of `ab` in `form` into `t` on `b`'s stream; `Ok(false)` when cuBLASLt has no
+/// algorithm for it.
+fn gemm(b: &CudaBackend, l: &Lt, form: Form, ab: &Operands, t: Target) -> Result<bool, GemmError> {
     use lts::cublasLtMatmulDescAttributes_t as Attr;
     let ((w, n), (qx, m), k) = (ab.w, ab.qx, ab.k);
     let shape = Shape { n, m, k, form, out: t.dtype, ldd: t.ld, align: alignment(t.ptr) };
@@ -698,44 +740,82 @@ fn gemm(l: &Lt, stream: lts::cudaStream_t, form: Form, ab: &Operands, t: Target)
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => e.insert(Plan::new(l, shape)?),
     };
-    let Some(p) = plan.as_ref() else { return Ok(false) };
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    // SAFETY: the plan's descriptors describe the matrices at these device addresses (the
-    // caller's carving of W, qx, the scales and D); the scale pointers are set on this plan's
-    // descriptor under the plans' lock, just before the product that reads them; alpha and
-    // beta are f32 host scalars, matching the f32 scale type; the workspace is this handle's,
-    // of the size the plan was searched with.
-    unsafe {
-        if form != Form::Product {
-            for (attr, ptr) in
-                [(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, sa), (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, sb)]
-            {
-                let v = ptr as *const c_void;
-                lt::set_matmul_desc_attribute(p.desc, attr, &v as *const *const c_void as *const c_void, 8)
-                    .map_err(|e| lt_err("scale pointer", e))?;
+    let Some(p) = plan.as_mut() else { return Ok(false) };
+    let stream = b.stream().cu_stream() as lts::cudaStream_t;
+    let run = |p: &Plan, algo: &lts::cublasLtMatmulAlgo_t| {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the plan's descriptors describe the matrices at these device addresses (the
+        // caller's carving of W, qx, the scales and D); the scale pointers are set on this
+        // plan's descriptor under the plans' lock, just before the product that reads them;
+        // alpha and beta are f32 host scalars, matching the f32 scale type; the workspace is
+        // this handle's, of the size the plan was searched with.
+        unsafe {
+            if form != Form::Product {
+                for (attr, ptr) in
+                    [(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, sa), (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, sb)]
+                {
+                    let v = ptr as *const c_void;
+                    lt::set_matmul_desc_attribute(p.desc, attr, &v as *const *const c_void as *const c_void, 8)
+                        .map_err(|e| lt_err("scale pointer", e))?;
+                }
             }
+            lt::matmul(
+                l.handle,
+                p.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                a as *const c_void,
+                p.a,
+                bm as *const c_void,
+                p.b,
+                t.ptr as *const c_void,
+                p.d,
+                t.ptr as *mut c_void,
+                p.d,
+                algo,
+                l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
+                l.workspace.len() * 4,
+                stream,
+            )
         }
-        lt::matmul(
-            l.handle,
-            p.desc,
-            &alpha as *const f32 as *const c_void,
-            &beta as *const f32 as *const c_void,
-            a as *const c_void,
-            p.a,
-            bm as *const c_void,
-            p.b,
-            t.ptr as *const c_void,
-            p.d,
-            t.ptr as *mut c_void,
-            p.d,
-            &p.algo,
-            l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
-            l.workspace.len() * 4,
-            stream,
-        )
+        .map_err(|e| lt_err("matmul", e))
+    };
+    if !p.tuned {
+        p.tuned = true;
+        let capturing =
+            b.stream().capture_status().map_or(true, |s| s != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+        if p.candidates.len() > 1 && !capturing {
+            p.algo = fastest(b, &p.candidates, |algo| run(p, algo))?;
+        }
     }
-    .map_err(|e| lt_err("matmul", e))?;
+    run(p, &p.algo)?;
     Ok(true)
+}
+
+/// The candidate that runs `product` fastest on `b`'s stream (a warm-up and three timed runs
+/// each; one that fails to run is passed over): the first when none ran.
+fn fastest(
+    b: &CudaBackend,
+    candidates: &[lts::cublasLtMatmulAlgo_t],
+    product: impl Fn(&lts::cublasLtMatmulAlgo_t) -> Result<(), GemmError>,
+) -> Result<lts::cublasLtMatmulAlgo_t, GemmError> {
+    let event = || drv("creating a timing event", b.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)));
+    let mut best = (f32::INFINITY, candidates[0]);
+    for algo in candidates {
+        if product(algo).is_err() {
+            continue;
+        }
+        let (start, end) = (event()?, event()?);
+        drv("recording an event", start.record(b.stream()))?;
+        let ran = (0..3).try_for_each(|_| product(algo));
+        drv("recording an event", end.record(b.stream()))?;
+        b.synchronize()?;
+        let ms = drv("reading an event pair", start.elapsed_ms(&end))?;
+        if ran.is_ok() && ms < best.0 {
+            best = (ms, *algo);
+        }
+    }
+    Ok(best.1)
 }
 
 #[cfg(test)]
