@@ -125,18 +125,6 @@ fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix], form: ActScale) -> Ve
     out
 }
 
-/// Whether `linear_w8_cuda_by(.., Fp8TensorCores)` takes the tensor cores for these parts on
-/// `dev` (else it falls back to dequantize + cuBLAS, the W8A16 arithmetic): a W8A8 form, on
-/// sm_89+ for per-channel scales, on Hopper (cuBLASLt's block-scaled form) for 128×128 blocks.
-fn takes_fp8_tensor_cores(dev: &Device, form: Option<ActScale>) -> bool {
-    let Device::Cuda(b) = dev else { return false };
-    match form {
-        Some(ActScale::Row) => b.compute_capability() >= (8, 9),
-        Some(ActScale::Group) => b.compute_capability() >= (9, 0),
-        None => false,
-    }
-}
-
 fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
     let mut r = Rand(17, 0);
     let mut tally = Tally::default();
@@ -153,16 +141,11 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                 let want = reference(&x, m, &case.parts);
                 let form = w8a8_form(&case.parts);
                 let want_w8a8 = form.map(|f| reference_w8a8(&x, m, &case.parts, f));
-                let tc = takes_fp8_tensor_cores(dev, form);
                 let xt = Tensor::from_f32_as(dev, dtype, &x, m, k)?;
                 for path in [W8Path::Gemv, W8Path::Dequant, W8Path::Fp8TensorCores, W8Path::Fp8Gemv] {
                     // W8A8 where the path computes it (the tensor cores, the W8A8 GEMV), else
                     // W8A16.
-                    let w8a8 = match path {
-                        W8Path::Fp8TensorCores => tc,
-                        W8Path::Fp8Gemv => form.is_some(),
-                        _ => false,
-                    };
+                    let w8a8 = matches!(path, W8Path::Fp8TensorCores | W8Path::Fp8Gemv) && form.is_some();
                     // cuBLAS in half precision takes the dequantized weight rounded to the
                     // activations' type too; f32 cuBLAS may sum in another order; Hopper's FP8
                     // tensor cores add exact products with fewer bits between promotions.

@@ -38,7 +38,6 @@ use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys as lts;
-use cudarc::driver::sys::{CUevent_flags, CUstreamCaptureStatus};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -335,16 +334,11 @@ struct Plan {
     a: lts::cublasLtMatrixLayout_t,
     b: lts::cublasLtMatrixLayout_t,
     d: lts::cublasLtMatrixLayout_t,
-    /// The algorithm products run with: the heuristic's first, until the first product
-    /// outside a graph capture has timed every candidate and kept the fastest.
+    /// The heuristic's first choice. (Timing its first 8 on a shape's first product and keeping
+    /// the fastest made the engine slower: a serving step meets many row counts, and each
+    /// new one paid for the timing.)
     algo: lts::cublasLtMatmulAlgo_t,
-    /// The heuristic's candidates, best guess first (at most [`CANDIDATES`]).
-    candidates: Vec<lts::cublasLtMatmulAlgo_t>,
-    tuned: bool,
 }
-
-/// How many of cuBLASLt's heuristic candidates a plan times.
-const CANDIDATES: usize = 8;
 
 impl Drop for Plan {
     fn drop(&mut self) {
@@ -626,7 +620,7 @@ impl Plan {
         };
         let null = std::ptr::null_mut();
         let algo = lts::cublasLtMatmulAlgo_t { data: [0; 8] };
-        let mut plan = Plan { desc, a: null, b: null, d: null, algo, candidates: vec![], tuned: false };
+        let mut plan = Plan { desc, a: null, b: null, d: null, algo };
         // Block128 puts the activations first (see `product`): D is `Dᵀ`, m × n.
         let (ra, rb) = match s.form {
             Form::Block128 => (s.m, s.n),
@@ -680,34 +674,12 @@ impl Plan {
                         set_pref(Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, a, 4)
                     })
                     .map(|()| {
-                        let mut found = [std::mem::zeroed::<lts::cublasLtMatmulHeuristicResult_t>(); CANDIDATES];
-                        let mut count = 0i32;
-                        let status = lts::cublasLtMatmulAlgoGetHeuristic(
-                            l.handle,
-                            plan.desc,
-                            plan.a,
-                            plan.b,
-                            plan.d,
-                            plan.d,
-                            pref,
-                            CANDIDATES as i32,
-                            found.as_mut_ptr(),
-                            &mut count,
-                        );
-                        let ok = status == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
-                        let count = if ok { count.clamp(0, CANDIDATES as i32) as usize } else { 0 };
-                        found[..count]
-                            .iter()
-                            .filter(|h| h.state == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
-                            .map(|h| h.algo)
-                            .collect::<Vec<_>>()
+                        lt::get_matmul_algo_heuristic(l.handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref).ok()
                     });
             let _ = lt::destroy_matmul_pref(pref);
-            let candidates = found?;
-            match candidates.first() {
-                Some(&first) => {
-                    plan.algo = first;
-                    plan.candidates = candidates;
+            match found? {
+                Some(h) => {
+                    plan.algo = h.algo;
                     Ok(Some(plan))
                 }
                 None => Ok(None),
@@ -744,82 +716,45 @@ fn gemm(b: &CudaBackend, l: &Lt, form: Form, ab: &Operands, t: Target) -> Result
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => e.insert(Plan::new(l, shape)?),
     };
-    let Some(p) = plan.as_mut() else { return Ok(false) };
+    let Some(p) = plan.as_ref() else { return Ok(false) };
     let stream = b.stream().cu_stream() as lts::cudaStream_t;
-    let run = |p: &Plan, algo: &lts::cublasLtMatmulAlgo_t| {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the plan's descriptors describe the matrices at these device addresses (the
-        // caller's carving of W, qx, the scales and D); the scale pointers are set on this
-        // plan's descriptor under the plans' lock, just before the product that reads them;
-        // alpha and beta are f32 host scalars, matching the f32 scale type; the workspace is
-        // this handle's, of the size the plan was searched with.
-        unsafe {
-            if form != Form::Product {
-                for (attr, ptr) in
-                    [(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, sa), (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, sb)]
-                {
-                    let v = ptr as *const c_void;
-                    lt::set_matmul_desc_attribute(p.desc, attr, &v as *const *const c_void as *const c_void, 8)
-                        .map_err(|e| lt_err("scale pointer", e))?;
-                }
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // SAFETY: the plan's descriptors describe the matrices at these device addresses (the
+    // caller's carving of W, qx, the scales and D); the scale pointers are set on this
+    // plan's descriptor under the plans' lock, just before the product that reads them;
+    // alpha and beta are f32 host scalars, matching the f32 scale type; the workspace is
+    // this handle's, of the size the plan was searched with.
+    unsafe {
+        if form != Form::Product {
+            for (attr, ptr) in
+                [(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, sa), (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, sb)]
+            {
+                let v = ptr as *const c_void;
+                lt::set_matmul_desc_attribute(p.desc, attr, &v as *const *const c_void as *const c_void, 8)
+                    .map_err(|e| lt_err("scale pointer", e))?;
             }
-            lt::matmul(
-                l.handle,
-                p.desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                a as *const c_void,
-                p.a,
-                bm as *const c_void,
-                p.b,
-                t.ptr as *const c_void,
-                p.d,
-                t.ptr as *mut c_void,
-                p.d,
-                algo,
-                l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
-                l.workspace.len() * 4,
-                stream,
-            )
         }
-        .map_err(|e| lt_err("matmul", e))
-    };
-    if !p.tuned {
-        p.tuned = true;
-        let capturing =
-            b.stream().capture_status().map_or(true, |s| s != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
-        if p.candidates.len() > 1 && !capturing {
-            p.algo = fastest(b, &p.candidates, |algo| run(p, algo))?;
-        }
+        lt::matmul(
+            l.handle,
+            p.desc,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            a as *const c_void,
+            p.a,
+            bm as *const c_void,
+            p.b,
+            t.ptr as *const c_void,
+            p.d,
+            t.ptr as *mut c_void,
+            p.d,
+            &p.algo,
+            l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
+            l.workspace.len() * 4,
+            stream,
+        )
     }
-    run(p, &p.algo)?;
+    .map_err(|e| lt_err("matmul", e))?;
     Ok(true)
-}
-
-/// The candidate that runs `product` fastest on `b`'s stream (a warm-up and three timed runs
-/// each; one that fails to run is passed over): the first when none ran.
-fn fastest(
-    b: &CudaBackend,
-    candidates: &[lts::cublasLtMatmulAlgo_t],
-    product: impl Fn(&lts::cublasLtMatmulAlgo_t) -> Result<(), GemmError>,
-) -> Result<lts::cublasLtMatmulAlgo_t, GemmError> {
-    let event = || drv("creating a timing event", b.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)));
-    let mut best = (f32::INFINITY, candidates[0]);
-    for algo in candidates {
-        if product(algo).is_err() {
-            continue;
-        }
-        let (start, end) = (event()?, event()?);
-        drv("recording an event", start.record(b.stream()))?;
-        let ran = (0..3).try_for_each(|_| product(algo));
-        drv("recording an event", end.record(b.stream()))?;
-        b.synchronize()?;
-        let ms = drv("reading an event pair", start.elapsed_ms(&end))?;
-        if ran.is_ok() && ms < best.0 {
-            best = (ms, *algo);
-        }
-    }
-    Ok(best.1)
 }
 
 #[cfg(test)]

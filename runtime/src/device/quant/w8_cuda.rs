@@ -503,8 +503,9 @@ pub enum W8Path {
     /// Dequantize into the scratch, then cuBLAS.
     Dequant,
     /// FP8 W8A8 on tensor cores through cuBLASLt (`fp8_lt`; activations quantized per row, or
-    /// per 128 inputs for 128×128 block scales), falling back to dequantize + cuBLAS where it
-    /// does not apply (not uploaded as W8A8, a GPU before sm_89, no cuBLASLt algorithm).
+    /// per 128 inputs for 128×128 block scales); where it does not apply, the W8A8 GEMV for a
+    /// weight uploaded as W8A8 (a GPU before sm_89, no cuBLASLt algorithm), dequantize +
+    /// cuBLAS for one that is not.
     Fp8TensorCores,
     /// The W8A8 GEMV (activations quantized as for the tensor cores), 8 rows per launch;
     /// the W8A16 GEMV for a weight not uploaded as W8A8.
@@ -526,6 +527,7 @@ pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W
         W8Path::Dequant => dequant_product(x, parts, out),
         W8Path::Fp8Gemv => w8a8_gemv_all(&b, x, parts, out),
         W8Path::Fp8TensorCores if fp8_product(&b, x, parts, out)? => Ok(()),
+        W8Path::Fp8TensorCores if act.is_some() => w8a8_gemv_all(&b, x, parts, out),
         W8Path::Fp8TensorCores => dequant_product(x, parts, out),
         // W8A8 stays W8A8 at every batch size: a sequence's numbers do not depend on how many
         // others share its step.
