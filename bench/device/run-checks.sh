@@ -109,11 +109,11 @@ if [ "$what" = w8a8 ]; then
 fi
 
 if [ "$what" = w8a8-ppl ]; then
-  # FP8 W8A8 on real weights: SmolLM2's first 10 layers (.device/smollm2-10l.gguf) to an HF
+  # FP8 W8A8 on real weights: SmolLM2 cut to its first layers (PPL_MODEL, default 10) to an HF
   # directory, then FP8-dynamic (per-channel weights, per-token activations) by kiln quantize;
   # perplexity and KL from the unquantized model on the founding-documents text, W8A16 and
   # W8A8, on the GPU (bf16) and the CPU (f32, W8A8 through the CPU twin).
-  .device/kiln convert .device/smollm2-10l.gguf /tmp/s-hf > /dev/null
+  .device/kiln convert "${PPL_MODEL:-.device/smollm2-10l.gguf}" /tmp/s-hf > /dev/null
   .device/kiln quantize /tmp/s-hf /tmp/s-fp8 --method fp8-dynamic | tail -1
   f=tests/fixtures/perplexity/founding-documents.txt
   for dev in cuda cpu; do
