@@ -94,6 +94,7 @@ if [ "$what" = w8a8 ]; then
   # the GPU against the CPU's W8A8 twin, the other settings again, then 8B-shaped decode and
   # prefill in fp8 and bf16 in the same call.
   TAIL=75 step w8-kernels 300 .device/kiln-check-w8
+  KILN_W8A8_BLOCKS=1 TAIL=3 step w8-kernels-blocks 200 .device/kiln-check-w8 --no-speed
   ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
   KILN_W8=w8a8 TAIL=40 step w8a8-model 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   KILN_W8=kernels TAIL=3 step w8-model-kernels 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"

@@ -277,16 +277,23 @@ impl ActScale {
 
 /// The FP8 W8A8 form of a weight stacked from `parts`, when every part takes one and the same:
 /// FP8 E4M3, inputs a multiple of 16, rows a multiple of 16, and scales per output channel or
-/// tensor ([`ActScale::Row`]) or in 128×128 blocks over inputs a multiple of 128
-/// ([`ActScale::Group`]). `None`: the weight multiplies as W8A16 (activations unquantized).
-/// One rule for the GPU kernels and the CPU's twin.
+/// tensor ([`ActScale::Row`]) or — with `KILN_W8A8_BLOCKS=1` — in 128×128 blocks over inputs a
+/// multiple of 128 ([`ActScale::Group`]). `None`: the weight multiplies as W8A16 (activations
+/// unquantized). One rule for the GPU kernels and the CPU's twin.
+///
+/// Blocks are opt-in because cuBLASLt's block-scaled FP8 product (CUDA 13.0, H100) takes time
+/// in proportion to the rows: 302 µs for 64 rows of an 8B qkv projection, 9.5 ms for 2048,
+/// where dequantize + cuBLAS takes 59 and 167 µs. Checked correct all the same
+/// (`kiln-check-w8` with the setting).
 pub fn w8a8_form(parts: &[W8Matrix]) -> Option<ActScale> {
+    static BLOCKS: OnceLock<bool> = OnceLock::new();
+    let blocks = *BLOCKS.get_or_init(|| std::env::var("KILN_W8A8_BLOCKS").is_ok_and(|v| v == "1"));
     let form = |w: &W8Matrix| {
         let [bo, bi] = w.block();
         let fits = w.elem() == W8Elem::Fp8E4M3 && w.cols().is_multiple_of(16) && w.rows().is_multiple_of(16);
         match fits {
             true if bi >= w.cols() => Some(ActScale::Row),
-            true if [bo, bi] == [GROUP; 2] && w.cols().is_multiple_of(GROUP) => Some(ActScale::Group),
+            true if blocks && [bo, bi] == [GROUP; 2] && w.cols().is_multiple_of(GROUP) => Some(ActScale::Group),
             _ => None,
         }
     };
