@@ -106,6 +106,7 @@ if [ "$what" = w8a8 ]; then
       TAIL=4 step "bench-${m/+/-}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
     done
     TAIL=4 step "bench-${m/+/-}-prefill" 150 "${b[@]}" --model "synth:$m" --num-requests 16 --prompt-len 1024 --output-len 4 --max-num-seqs 256 --max-batched-tokens 8192
+    TAIL=4 step "bench-${m/+/-}-max" 200 "${b[@]}" --model "synth:$m" --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
   done
 fi
 
