@@ -252,7 +252,7 @@ pub(super) fn entries() -> Vec<String> {
 /// The most activation rows the GEMV takes: for a W8A16 weight 8 (on the H100, 8B shapes, a
 /// layer's four projections: ahead of dequantize + cuBLAS at 8 rows, behind at 16); for a
 /// W8A8 weight with the FP8 tensor cores none (cuBLASLt with its scales applied is ahead of
-/// the W8A8 GEMV from one row: 120 µs against 139 for a layer's four projections at one row),
+/// the W8A8 GEMV from one row: 116 µs against 139 for a layer's four projections at one row),
 /// without them all (the W8A8 GEMV is then the only W8A8 path). `KILN_W8_GEMV_MAX_ROWS`
 /// overrides the first two.
 pub fn gemv_max_rows(tensor_cores: bool) -> usize {
