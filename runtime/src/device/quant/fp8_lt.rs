@@ -7,10 +7,11 @@
 //!   Where cuBLASLt has outer-vector scales (Hopper, CUDA 12.9+) it applies `s_x[i] · s_w[j]`
 //!   itself and writes the activations' dtype straight into `out`; elsewhere it writes an f32
 //!   product that an epilogue kernel scales (`out[i, j] = D[i, j] · s_x[i] · s_w[j]`);
-//! - **128×128 weight blocks** ([`Fp8Scales::Block128`], DeepSeek-style `weight_scale_inv`): a
-//!   scale per activation row and group of 128 inputs (cuBLASLt's `VEC128_32F` × `BLK128x128_32F`
-//!   forms, Hopper), written straight into `out`; without an algorithm, the caller
-//!   dequantizes.
+//! - **128×128 weight blocks** ([`Fp8Scales::Block128`], DeepSeek-style `weight_scale_inv`;
+//!   only with `KILN_W8A8_BLOCKS=1`, see [`w8a8_form`]): a scale per activation row and group
+//!   of 128 inputs (cuBLASLt's `VEC128_32F` on the activations, which must then be its first
+//!   operand, × `BLK128x128_32F` on the weight, Hopper), the product written transposed in
+//!   bf16 and transposed into `out` by a kernel; without an algorithm, the caller's fallback.
 //!
 //! This is not the W8A16 arithmetic of the GEMV: the activations lose bits (e4m3 keeps 4
 //! significant bits), as in every FP8 W8A8 engine; the check program compares it with a CPU
@@ -460,10 +461,9 @@ pub(super) fn product(
     {
         return Ok(false);
     }
-    // Rows per chunk: quantized rows (k bytes), their scales (room for a padded stride), D
-    // (nmax f32) each, 256-aligned.
+    // Rows per chunk: quantized rows (k bytes), their scales, D (nmax f32) each, 256-aligned.
     let per_row = k + 4 * groups + 4 * nmax;
-    let cap = scratch_bytes.saturating_sub(1024 + 4 * groups * 128) / per_row / 16 * 16;
+    let cap = scratch_bytes.saturating_sub(1024) / per_row / 16 * 16;
     if cap == 0 {
         return Ok(false);
     }
@@ -471,7 +471,7 @@ pub(super) fn product(
     let align = |v: u64| v.div_ceil(256) * 256;
     let qx = align(scratch);
     let sx = align(qx + (chunk * k) as u64);
-    let d = align(sx + (act_scale_ld(chunk) * 4 * groups) as u64);
+    let d = align(sx + (chunk * 4 * groups) as u64);
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
     let epi = module.func(&format!("kiln_fp8_epilogue_{}", x.dtype().name()))?;
     let transpose = module.func(&format!("kiln_fp8_transpose_{}", x.dtype().name()))?;
@@ -530,16 +530,7 @@ pub(super) fn product(
 /// `(bytes of qx, bytes of sx)`.
 pub(super) fn quantized_bytes(rows: usize, k: usize, form: ActScale) -> (usize, usize) {
     let groups = if form == ActScale::Group { k / GROUP } else { 1 };
-    (rows * k, act_scale_ld(rows) * groups * 4)
-}
-
-/// The row stride of the activations' group scales (`[k / 128, ld]`) for `rows` rows.
-/// Diagnostic while cuBLASLt's layout is pinned down: `KILN_FP8_ACT_SCALE_PAD` rounds it up.
-pub(super) fn act_scale_ld(rows: usize) -> usize {
-    static PAD: OnceLock<usize> = OnceLock::new();
-    let pad =
-        *PAD.get_or_init(|| std::env::var("KILN_FP8_ACT_SCALE_PAD").ok().and_then(|v| v.parse().ok()).unwrap_or(1));
-    rows.div_ceil(pad.max(1)) * pad.max(1)
+    (rows * k, rows * groups * 4)
 }
 
 /// `x`'s rows quantized to e4m3 in `form` on `b`'s stream: bytes into `qx` (`[rows, k]`),
@@ -562,7 +553,7 @@ pub(super) unsafe fn quantize_into(
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
     let (kind, dt) = (if form == ActScale::Group { "groups" } else { "rows" }, x.dtype().name());
     let quant = module.func(&format!("kiln_fp8_quant_{kind}_{dt}"))?;
-    let (xp, ldx, k32, ldsx) = (x.cuda_ptr().unwrap_or(0), x.row_stride() as i64, k as i32, act_scale_ld(rows) as i32);
+    let (xp, ldx, k32, ldsx) = (x.cuda_ptr().unwrap_or(0), x.row_stride() as i64, k as i32, rows as i32);
     // 16-byte loads of 8 inputs need x's rows at 16-byte boundaries.
     let elt = x.dtype().size_bytes() as u64;
     let vec = i32::from(xp.is_multiple_of(16) && (ldx as u64 * elt).is_multiple_of(16));

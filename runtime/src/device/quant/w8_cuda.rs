@@ -308,16 +308,9 @@ pub struct W8Cuda {
     act: Option<ActScale>,
     /// cuBLASLt for the FP8 tensor cores (`fp8_lt`): W8A8 weights on sm_89+.
     lt: Option<Arc<Lt>>,
-    /// The scales as cuBLASLt reads them, where the W8A8 path takes this weight: per channel
-    /// or tensor, `[rows]` values; 128×128 blocks, `fp8_lt::block128_layout`.
-    lt_scales: Option<(LtScales, Tensor)>,
-}
-
-/// The scale form of [`W8Cuda::lt_scales`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LtScales {
-    Channel,
-    Block128,
+    /// The scales as cuBLASLt reads them, with `lt`: for [`ActScale::Row`] the `[rows]`
+    /// values, for [`ActScale::Group`] `fp8_lt::block128_layout`.
+    lt_scales: Option<Tensor>,
 }
 
 impl std::fmt::Debug for W8Cuda {
@@ -369,9 +362,9 @@ impl W8Cuda {
             let [bo, bi] = w.block();
             let scales = Tensor::from_host(dev, &scales, rows.div_ceil(bo), w.scale_cols())?;
             let block = [bo, bi.min(cols)];
-            let lt_scales = match lt.is_some() {
-                true => lt_scales(dev, w)?,
-                false => None,
+            let lt_scales = match (lt.is_some(), act) {
+                (true, Some(a)) => Some(lt_scales(dev, w, a)?),
+                _ => None,
             };
             let (elem, scratch, lt) = (w.elem(), scratch.clone(), lt.clone());
             out.push(W8Cuda { rows, cols, elem, bytes, scales, block, scratch, act, lt, lt_scales });
@@ -388,7 +381,7 @@ impl W8Cuda {
 
     /// Bytes of device memory the weight holds (not counting the shared scratch).
     pub fn device_bytes(&self) -> usize {
-        (self.bytes.len() + self.scales.len() + self.lt_scales.as_ref().map_or(0, |(_, t)| t.len())) * 4
+        (self.bytes.len() + self.scales.len() + self.lt_scales.as_ref().map_or(0, Tensor::len)) * 4
     }
 
     /// The kernel arguments shared by both kernels: bytes, scales, bo, bi, scale columns.
@@ -433,7 +426,7 @@ impl W8Cuda {
         let f = module.func(&format!("kiln_w8_gemv{mm}_fp8e4m3_{}_aq", out.dtype().name()))?;
         let (q, sp, bo, bi, sc) = self.args();
         let gsize = if self.act == Some(ActScale::Group) { fp8_lt::GROUP } else { self.cols } as i32;
-        let (ldsx, ldx, m32) = (fp8_lt::act_scale_ld(m) as i32, self.cols as i64, m as i32);
+        let (ldsx, ldx, m32) = (m as i32, self.cols as i64, m as i32);
         let (op, ldo, n, k) =
             (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64, self.rows as i32, self.cols as i32);
         let mut l = b.stream().launch_builder(f);
@@ -476,20 +469,17 @@ impl W8Cuda {
     }
 }
 
-/// `w`'s scales in the form the FP8 tensor-core path reads, when it takes `w`: one block of
-/// output channels over all inputs (per channel, per tensor), or 128×128 blocks over inputs a
-/// multiple of 128.
-fn lt_scales(dev: &Device, w: &W8Matrix) -> Result<Option<(LtScales, Tensor)>, GemmError> {
-    let ([bo, bi], (rows, cols)) = (w.block(), (w.rows(), w.cols()));
-    if bi >= cols {
-        let outer: Vec<f32> = (0..rows).map(|j| w.scales()[j / bo]).collect();
-        return Ok(Some((LtScales::Channel, Tensor::from_host(dev, &outer, 1, rows)?)));
-    }
-    if [bo, bi] == [fp8_lt::GROUP; 2] && cols.is_multiple_of(fp8_lt::GROUP) {
-        let (padded, br, ld) = fp8_lt::block128_layout(w.scales(), rows, cols);
-        return Ok(Some((LtScales::Block128, Tensor::from_host(dev, &padded, br, ld)?)));
-    }
-    Ok(None)
+/// `w`'s scales in the form the FP8 tensor-core path reads for `act` (`w8a8_form`'s verdict
+/// on `w`): a scale per output row (per channel or per tensor), or the 128×128 blocks.
+fn lt_scales(dev: &Device, w: &W8Matrix, act: ActScale) -> Result<Tensor, GemmError> {
+    let (bo, rows) = (w.block()[0], w.rows());
+    Ok(match act {
+        ActScale::Row => Tensor::from_host(dev, &(0..rows).map(|j| w.scales()[j / bo]).collect::<Vec<_>>(), 1, rows)?,
+        ActScale::Group => {
+            let (padded, br, ld) = fp8_lt::block128_layout(w.scales(), rows, w.cols());
+            Tensor::from_host(dev, &padded, br, ld)?
+        }
+    })
 }
 
 /// Which kernel multiplies an 8-bit weight.
@@ -572,13 +562,13 @@ fn fp8_product(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) 
     let Some(lt) = parts[0].lt.as_ref() else { return Ok(false) };
     let mut fp8 = Vec::with_capacity(parts.len());
     for w in parts {
-        let Some((form, lts)) = w.lt_scales.as_ref().filter(|_| w.elem == W8Elem::Fp8E4M3) else { return Ok(false) };
+        let (Some(lts), Some(act)) = (w.lt_scales.as_ref(), w.act) else { return Ok(false) };
         let (bytes, epilogue, bo, ..) = w.args();
         let at = lts.cuda_ptr().unwrap_or(0);
-        let scales = match form {
+        let scales = match act {
             // The device scales are × 256 (the GEMV's widening); the tensor cores read e4m3 as is.
-            LtScales::Channel => Fp8Scales::Channel { epilogue, bo: bo as usize, wmul: 1.0 / 256.0, outer: at },
-            LtScales::Block128 => Fp8Scales::Block128 { scales: at },
+            ActScale::Row => Fp8Scales::Channel { epilogue, bo: bo as usize, wmul: 1.0 / 256.0, outer: at },
+            ActScale::Group => Fp8Scales::Block128 { scales: at },
         };
         fp8.push(Fp8Part { rows: w.rows, bytes, scales });
     }
