@@ -1,0 +1,52 @@
+"""Peer for kiln's FP8 W8A8 products (kiln-check-w8's speed table): PyTorch's torch._scaled_mm
+with row-wise scales (e4m3 activations with a scale per row, e4m3 weights with a scale per
+output channel, bf16 out) against bf16 torch.matmul, Llama-3-8B's projection shapes. Times only
+the GEMM (kiln's column also counts its activation quantization kernel). CUDA-event medians
+after warm-up, one event pair around each of 30 launches.
+
+Usage: python3 bench/peers/torch_fp8_mm.py
+"""
+import torch
+
+
+def median_us(fn, reps=30, warmup=5):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    dev = torch.device("cuda")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    print("| shape n×k | m | torch._scaled_mm row-wise µs | bf16 matmul µs | fp8 TFLOP/s | bf16 TFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for n, k, what in [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")]:
+        w = torch.randn(n, k, device=dev) / k**0.5
+        sw = w.abs().amax(dim=1, keepdim=True) / 448.0
+        w8 = (w / sw).to(torch.float8_e4m3fn)
+        wb = w.to(torch.bfloat16)
+        for m in [1, 16, 64, 512, 2048]:
+            # _scaled_mm needs m padded to 16 rows.
+            mp = max(16, (m + 15) // 16 * 16)
+            x = torch.randn(mp, k, device=dev)
+            sx = x.abs().amax(dim=1, keepdim=True) / 448.0
+            x8 = (x / sx).to(torch.float8_e4m3fn)
+            xb = x.to(torch.bfloat16)
+            fp8 = median_us(lambda: torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=torch.bfloat16))
+            bf16 = median_us(lambda: xb @ wb.t())
+            flop = 2.0 * mp * n * k
+            print(f"| {what} {n}×{k} | {m} | {fp8:.1f} | {bf16:.1f} | {flop / fp8 / 1e6:.0f} | {flop / bf16 / 1e6:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
