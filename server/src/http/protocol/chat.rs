@@ -36,7 +36,10 @@ pub struct ChatMessageIn {
     pub tool_call_id: Option<String>,
 }
 
+// The example is a streamed request: the OpenAPI fuzz's examples phase sends it, so every run
+// streams at least once whatever it generates.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[schema(example = json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "stream": true}))]
 pub struct ChatCompletionRequest {
     pub model: Option<String>,
     // `Option` so that a missing one is our 400 naming it (`missing_field`), not serde's.

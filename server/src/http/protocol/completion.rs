@@ -19,7 +19,10 @@ pub enum PromptInput {
     IdLists(Vec<Vec<u32>>),
 }
 
+// The example is a streamed request: the OpenAPI fuzz's examples phase sends it, so every run
+// streams at least once whatever it generates.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[schema(example = json!({"prompt": "Hello", "max_tokens": 4, "stream": true}))]
 pub struct CompletionRequest {
     /// The served model name (optional here; the server serves one model).
     pub model: Option<String>,
