@@ -9,6 +9,17 @@ export KILN_CACHE_DIR=/tmp/kiln-cache
 for f in .device/*.xz; do xz -d -k -f "$f"; done
 chmod +x .device/kiln .device/kiln-check-* 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+# The 8-bit fixtures (compressed-tensors and DeepSeek-style) the 8-bit modes run on the GPU.
+ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
+# 8B-shaped decode at 1, 16 and 64 sequences for each synth model named.
+bench_decode() {
+  local b=(.device/kiln bench --offline --device cuda) m c
+  for m in "$@"; do
+    for c in 1 16 64; do
+      TAIL=4 step "bench-${m/+/-}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
+    done
+  done
+}
 step() { local name="$1"; shift; echo "=== $name"; local t=$(date +%s); timeout "$@" 2>&1 | tee "$OUT/$name.txt" | tail -${TAIL:-25}; echo "=== $name: rc ${PIPESTATUS[0]}, $(( $(date +%s) - t )) s"; }
 if [ "$what" = checks ] || [ "$what" = all ]; then
   TAIL=40 step sampler 180 .device/kiln-check-sampler --cases 400
@@ -49,12 +60,7 @@ if [ "$what" = int4 ]; then
   # bf16 in the same call.
   TAIL=60 step int4-kernels 240 .device/kiln-check-int4
   KILN_INT4_GPU=kernels TAIL=30 step int4-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/int4-tiny/awq tests/fixtures/int4-tiny/gptq
-  b=(.device/kiln bench --offline --device cuda)
-  for m in llama3-8b+int4 llama3-8b; do
-    for c in 1 16 64; do
-      TAIL=4 step "bench-${m/+/-}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
-    done
-  done
+  bench_decode llama3-8b+int4 llama3-8b
 fi
 
 if [ "$what" = fused-rope ]; then
@@ -78,14 +84,9 @@ if [ "$what" = w8 ]; then
   # kiln's CPU run, the int4 kernels again (shared module), then 8B-shaped decode in fp8 and
   # bf16 in the same call.
   TAIL=60 step w8-kernels 240 .device/kiln-check-w8
-  KILN_W8=kernels TAIL=30 step w8-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8
+  KILN_W8=kernels TAIL=30 step w8-model 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   TAIL=4 step int4-kernels 180 .device/kiln-check-int4 --no-speed
-  b=(.device/kiln bench --offline --device cuda)
-  for m in llama3-8b+fp8 llama3-8b; do
-    for c in 1 16 64; do
-      TAIL=4 step "bench-${m/+/-}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
-    done
-  done
+  bench_decode llama3-8b+fp8 llama3-8b
 fi
 
 if [ "$what" = w8a8 ]; then
@@ -95,16 +96,13 @@ if [ "$what" = w8a8 ]; then
   # prefill in fp8 and bf16 in the same call.
   TAIL=75 step w8-kernels 300 .device/kiln-check-w8
   KILN_W8A8_BLOCKS=1 TAIL=3 step w8-kernels-blocks 200 .device/kiln-check-w8 --no-speed
-  ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
   KILN_W8=w8a8 TAIL=40 step w8a8-model 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   KILN_W8=kernels TAIL=3 step w8-model-kernels 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   TAIL=3 step w8-model-dense 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   TAIL=3 step int4-kernels 180 .device/kiln-check-int4 --no-speed
+  bench_decode llama3-8b+fp8 llama3-8b
   b=(.device/kiln bench --offline --device cuda)
   for m in llama3-8b+fp8 llama3-8b; do
-    for c in 1 16 64; do
-      TAIL=4 step "bench-${m/+/-}-c$c" 150 "${b[@]}" --model "synth:$m" --num-requests $c --prompt-len 128 --output-len 128 --max-num-seqs 256
-    done
     TAIL=4 step "bench-${m/+/-}-prefill" 150 "${b[@]}" --model "synth:$m" --num-requests 16 --prompt-len 1024 --output-len 4 --max-num-seqs 256 --max-batched-tokens 8192
     TAIL=4 step "bench-${m/+/-}-max" 200 "${b[@]}" --model "synth:$m" --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
   done
@@ -130,7 +128,6 @@ if [ "$what" = recheck ]; then
   # 8-bit fixtures through the kernels and dequantized at load, every architecture against HF.
   TAIL=3 step w8-kernels 240 .device/kiln-check-w8 --no-speed
   TAIL=3 step int4-kernels 180 .device/kiln-check-int4 --no-speed
-  ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
   KILN_W8=kernels TAIL=3 step w8-model-kernels 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   TAIL=3 step w8-model-dense 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   TAIL=3 step arch 300 .device/kiln-check-arch tests/fixtures/arch-tiny/*/

@@ -2,27 +2,14 @@
 with row-wise scales (e4m3 activations with a scale per row, e4m3 weights with a scale per
 output channel, bf16 out) against bf16 torch.matmul, Llama-3-8B's projection shapes. Times only
 the GEMM (kiln's column also counts its activation quantization kernel). CUDA-event medians
-after warm-up, one event pair around each of 30 launches.
+after warm-up, one event pair around each launch (`torch_fused_ops.median_ms`).
 
 Usage: python3 bench/peers/torch_fp8_mm.py
 """
 import torch
 
-
-def median_us(fn, reps=30, warmup=5):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+# The same CUDA-event median as the row-kernel peer (run as a script, this folder is on the path).
+from torch_fused_ops import median_ms
 
 
 def main():
@@ -42,8 +29,8 @@ def main():
             sx = x.abs().amax(dim=1, keepdim=True) / 448.0
             x8 = (x / sx).to(torch.float8_e4m3fn)
             xb = x.to(torch.bfloat16)
-            fp8 = median_us(lambda: torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=torch.bfloat16))
-            bf16 = median_us(lambda: xb @ wb.t())
+            fp8 = 1e3 * median_ms(lambda: torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=torch.bfloat16))
+            bf16 = 1e3 * median_ms(lambda: xb @ wb.t())
             flop = 2.0 * mp * n * k
             print(f"| {what} {n}×{k} | {m} | {fp8:.1f} | {bf16:.1f} | {flop / fp8 / 1e6:.0f} | {flop / bf16 / 1e6:.0f} |")
 
