@@ -10,6 +10,7 @@
 //   head dim 96: attn_softcap_window_f16_split_hd96_g4, attn_softcap_window_f16_split_hd96_g8 and attn_softcap_window_f16_combine_hd96, tensor cores attn_softcap_window_f16_mma_hd96
 //   head dim 128: attn_softcap_window_f16_split_hd128_g4, attn_softcap_window_f16_split_hd128_g8 and attn_softcap_window_f16_combine_hd128, tensor cores attn_softcap_window_f16_mma_hd128
 //   head dim 256: attn_softcap_window_f16_split_hd256_g4, attn_softcap_window_f16_split_hd256_g8 and attn_softcap_window_f16_combine_hd256
+//   over FP8 (e4m3) KV pools: the same names with `_kv8` after `split` / `mma`
 //
 // Score modifier IR:
 //   kernel attn_softcap_window_f32 (from models/src/kernels/attention.rs:32)
@@ -127,14 +128,39 @@ struct attn_softcap_window_f16_mod {
 #define KILN_ATTN_TILE 128
 #define KILN_LOG2E 1.4426950408889634f
 
-// 16 bytes of T, widened to floats.
-template <typename T>
-__device__ __forceinline__ void kiln_widen16(const uint4& raw, float (&f)[16 / sizeof(T)]) {
-  kiln_pack<T, 16 / sizeof(T)> p;
-  p.raw = raw;
-#pragma unroll
-  for (int i = 0; i < (int)(16 / sizeof(T)); ++i) f[i] = kiln_to_f32(p.e[i]);
+// An FP8 (OCP e4m3) KV-cache element: the pools of a `--kv-cache-dtype fp8` cache hold these
+// bytes, the value being e4m3 × the layer's K or V scale (the runtime folds the K scale into
+// `scale` and passes the V scale as `v_scale`).
+struct kiln_e4m3 { unsigned char bits; };
+
+// The exact value of an e4m3 byte: its exponent and mantissa moved into an f32's fields give
+// the value × 2^-120 (subnormals too, as f32 denormals), so one multiply by 2^120 restores it.
+__device__ __forceinline__ float kiln_e4m3_to_f32(unsigned b) {
+  return __int_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * __int_as_float(0x7b800000);
 }
+
+// One chunk of a key or value row: VEC = 16 / sizeof(T) elements of the pool type KT, moved
+// in one access (16 bytes for a T pool, VEC bytes for e4m3) and widened to floats.
+template <typename T, typename KT> struct kiln_kv_chunk;
+template <typename T> struct kiln_kv_chunk<T, T> {
+  static constexpr int VEC = 16 / (int)sizeof(T);
+  typedef uint4 raw;
+  static __device__ __forceinline__ void widen(const raw& r, float (&f)[VEC]) {
+    kiln_pack<T, VEC> p;
+    p.raw = r;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) f[i] = kiln_to_f32(p.e[i]);
+  }
+};
+template <typename T> struct kiln_kv_chunk<T, kiln_e4m3> {
+  static constexpr int VEC = 16 / (int)sizeof(T);
+  typedef typename kiln_raw<VEC>::type raw;
+  static __device__ __forceinline__ void widen(const raw& r, float (&f)[VEC]) {
+    const unsigned* w = reinterpret_cast<const unsigned*>(&r);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) f[i] = kiln_e4m3_to_f32((w[i >> 2] >> (8 * (i & 3))) & 0xffu);
+  }
+};
 
 // f32 to the storage type, rounding to nearest even.
 template <typename T> __device__ __forceinline__ T kiln_narrow(float x);
@@ -153,15 +179,17 @@ __device__ __forceinline__ float kiln_attn_warp_sum(float x) {
   return x;
 }
 
-template <typename T, int HD, int G, typename Mod>
+template <typename T, typename KT, int HD, int G, typename Mod>
 __device__ __forceinline__ void kiln_attn_split(
     const T* __restrict__ q, int q_stride,
-    const T* __restrict__ k_pool, const T* __restrict__ v_pool, int kv_stride,
+    const KT* __restrict__ k_pool, const KT* __restrict__ v_pool, int kv_stride,
     const int* __restrict__ plan, int n_tokens, int n_seqs, int bt_stride, int block_size,
-    int n_heads, int n_kv_heads, float scale,
+    int n_heads, int n_kv_heads, float scale, float v_scale,
     T* __restrict__ out, int out_stride,
     float* __restrict__ part_o, float* __restrict__ part_ml, int n_splits, int window, const Mod mod) {
-  constexpr int VEC = 16 / (int)sizeof(T);    // elements per 16-byte access
+  typedef kiln_kv_chunk<T, KT> kv;
+  typedef typename kv::raw kv_raw;
+  constexpr int VEC = kv::VEC;                 // elements per access (16 bytes of T)
   constexpr int NCH = HD / VEC;                // 16-byte chunks per head row
   // Token lanes of the value phase: threads (c, tl) with tl < TL; when NCH does not divide the
   // block (head dims 80 and 96: 10 and 12 chunks) the last KILN_ATTN_THREADS % NCH threads sit
@@ -226,29 +254,29 @@ __device__ __forceinline__ void kiln_attn_split(
     __syncthreads();
     // ---- this lane's values of the tile, loaded now: they do not depend on the scores, so
     // the K and V reads of the tile are in flight together ----
-    uint4 vraw[VPF];
+    kv_raw vraw[VPF];
 #pragma unroll
     for (int jj = 0; jj < VPF; ++jj) {
       const int j = tl + jj * TL;
-      if (vlane && j < n) vraw[jj] = *reinterpret_cast<const uint4*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
+      if (vlane && j < n) vraw[jj] = *reinterpret_cast<const kv_raw*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
     }
 
     // ---- score phase: thread tid scores key t0 + tid against every served head ----
     float s[G];
     if (key < k_end) {
-      const uint4* __restrict__ kr = reinterpret_cast<const uint4*>(k_pool + (long long)slot_s[tid] * kv_stride + kvh * HD);
+      const kv_raw* __restrict__ kr = reinterpret_cast<const kv_raw*>(k_pool + (long long)slot_s[tid] * kv_stride + kvh * HD);
       float dot[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) dot[g] = 0.0f;
 #pragma unroll
       for (int jb = 0; jb < NCH; jb += KB) {
-        uint4 kraw[KB];
+        kv_raw kraw[KB];
 #pragma unroll
         for (int j = 0; j < KB; ++j) kraw[j] = kr[jb + j];
 #pragma unroll
         for (int j = 0; j < KB; ++j) {
           float kf[VEC];
-          kiln_widen16<T>(kraw[j], kf);
+          kv::widen(kraw[j], kf);
 #pragma unroll
           for (int g = 0; g < G; ++g)
 #pragma unroll
@@ -300,10 +328,10 @@ __device__ __forceinline__ void kiln_attn_split(
     for (int jj = 0; jj < VSTEPS; ++jj) {
       const int j = tl + jj * TL;
       if (vlane && j < n) {
-        const uint4 vr = jj < VPF ? vraw[jj < VPF ? jj : 0]
-                                  : *reinterpret_cast<const uint4*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
+        const kv_raw vr = jj < VPF ? vraw[jj < VPF ? jj : 0]
+                                   : *reinterpret_cast<const kv_raw*>(v_pool + (long long)slot_s[j] * kv_stride + kvh * HD + c * VEC);
         float vf[VEC];
-        kiln_widen16<T>(vr, vf);
+        kv::widen(vr, vf);
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           const float p = g < ng ? p_s[g][j] : 0.0f;
@@ -327,6 +355,7 @@ __device__ __forceinline__ void kiln_attn_split(
     float o = 0.0f;
 #pragma unroll
     for (int j = 0; j < TL; ++j) o += red_s[j][g][d];
+    o *= v_scale;  // the values' scale (1 for a T pool), applied once to their weighted sum
     const int h = h0 + g;
     if (n_splits == 1) {
       const float l = l_s[g];
@@ -402,6 +431,20 @@ __device__ __forceinline__ unsigned kiln_smem_addr(const void* p) {
 __device__ __forceinline__ void kiln_cp16(void* smem, const void* gmem, bool ok) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(kiln_smem_addr(smem)), "l"(gmem), "r"(ok ? 16 : 0));
 }
+// One chunk of a K / V tile (8 elements) into shared memory: a T pool's 16 bytes by cp.async;
+// an e4m3 pool's 8 bytes loaded and widened to T (exact: every e4m3 value is an f16 and a bf16).
+template <typename T>
+__device__ __forceinline__ void kiln_mma_fill(T* smem, const T* gmem, bool ok) {
+  kiln_cp16(smem, gmem, ok);
+}
+template <typename T>
+__device__ __forceinline__ void kiln_mma_fill(T* smem, const kiln_e4m3* gmem, bool ok) {
+  const uint2 r = ok ? *reinterpret_cast<const uint2*>(gmem) : make_uint2(0u, 0u);
+  kiln_pack<T, 8> p;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) p.e[i] = kiln_narrow<T>(kiln_e4m3_to_f32(((i < 4 ? r.x : r.y) >> (8 * (i & 3))) & 0xffu));
+  *reinterpret_cast<uint4*>(smem) = p.raw;
+}
 __device__ __forceinline__ void kiln_ldsm4(unsigned (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kiln_smem_addr(p)));
@@ -422,12 +465,12 @@ template <int NCH> struct kiln_mma_tile {
 
 // items: 4 ints per block of queries: sequence (-1: padding tokens, written as zeros), batch
 // row of its first query, queries in the block (<= 64 / group), position of the first query. grid = (n_items, n_kv_heads), 128 threads.
-template <typename T, int HD, typename Mod>
+template <typename T, typename KT, int HD, typename Mod>
 __device__ __forceinline__ void kiln_attn_mma(
     const T* __restrict__ q, int q_stride,
-    const T* __restrict__ k_pool, const T* __restrict__ v_pool, int kv_stride,
+    const KT* __restrict__ k_pool, const KT* __restrict__ v_pool, int kv_stride,
     const int* __restrict__ plan, int n_tokens, int n_seqs, int bt_stride, int block_size,
-    int n_heads, int n_kv_heads, float scale,
+    int n_heads, int n_kv_heads, float scale, float v_scale,
     T* __restrict__ out, int out_stride, const int* __restrict__ items, int window, const Mod mod) {
   typedef kiln_mma_ops<T> ops;
   constexpr int VEC = 8;           // halves per 16-byte chunk
@@ -499,8 +542,8 @@ __device__ __forceinline__ void kiln_attn_mma(
       const long long slot = ok ? (long long)table[key / block_size] * block_size + key % block_size : 0;
       const long long g = slot * kv_stride + kvh * HD + c * VEC;
       const int sidx = tile::chunk(r, c) * VEC;
-      kiln_cp16(&k_s[sidx], k_pool + g, ok);
-      kiln_cp16(&v_s[sidx], v_pool + g, ok);
+      kiln_mma_fill<T>(&k_s[sidx], k_pool + g, ok);
+      kiln_mma_fill<T>(&v_s[sidx], v_pool + g, ok);
     }
     asm volatile("cp.async.commit_group;");
     asm volatile("cp.async.wait_group 0;");
@@ -585,7 +628,7 @@ __device__ __forceinline__ void kiln_attn_mma(
     float lt = l[h];
     lt += __shfl_xor_sync(0xffffffffu, lt, 1);
     lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-    const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+    const float inv = lt > 0.0f ? v_scale / lt : 0.0f;  // the values' scale rides on the normalisation
     if (r_ok[h]) {
       T* dst = out + (long long)(row0 + r_tok[h]) * out_stride + r_head[h] * HD + 2 * tq;
 #pragma unroll
@@ -597,6 +640,18 @@ __device__ __forceinline__ void kiln_attn_mma(
 #endif  // KILN_ATTN_TEMPLATE
 
 #if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 16
+
+extern "C" __global__ void __launch_bounds__(16) attn_softcap_window_f16_combine_hd16(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_f16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_f16, 16>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd16_g4(
     const kiln_f16* __restrict__ q,
@@ -624,7 +679,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd16_g8(
@@ -653,21 +708,87 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 16, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 16, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 0
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd16_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(16) attn_softcap_window_f16_combine_hd16(
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd16_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 16, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 1
+#endif  // KILN_ATTN_HD == 16
+
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 32
+
+extern "C" __global__ void __launch_bounds__(32) attn_softcap_window_f16_combine_hd32(
     const float* __restrict__ part_o,
     const float* __restrict__ part_ml,
     int n_splits,
     int n_heads,
     kiln_f16* __restrict__ out,
     int out_stride) {
-  kiln_attn_combine<kiln_f16, 16>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+  kiln_attn_combine<kiln_f16, 32>(part_o, part_ml, n_splits, n_heads, out, out_stride);
 }
-#endif  // KILN_ATTN_HD == 16
 
-#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 32
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd32_g4(
     const kiln_f16* __restrict__ q,
@@ -695,7 +816,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd32_g8(
@@ -724,21 +845,87 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 32, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 32, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 0
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd32_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(32) attn_softcap_window_f16_combine_hd32(
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd32_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 32, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 1
+#endif  // KILN_ATTN_HD == 32
+
+#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 64
+
+extern "C" __global__ void __launch_bounds__(64) attn_softcap_window_f16_combine_hd64(
     const float* __restrict__ part_o,
     const float* __restrict__ part_ml,
     int n_splits,
     int n_heads,
     kiln_f16* __restrict__ out,
     int out_stride) {
-  kiln_attn_combine<kiln_f16, 32>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+  kiln_attn_combine<kiln_f16, 64>(part_o, part_ml, n_splits, n_heads, out, out_stride);
 }
-#endif  // KILN_ATTN_HD == 32
 
-#if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 64
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd64_g4(
     const kiln_f16* __restrict__ q,
@@ -766,7 +953,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd64_g8(
@@ -795,17 +982,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 64, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
-}
-
-extern "C" __global__ void __launch_bounds__(64) attn_softcap_window_f16_combine_hd64(
-    const float* __restrict__ part_o,
-    const float* __restrict__ part_ml,
-    int n_splits,
-    int n_heads,
-    kiln_f16* __restrict__ out,
-    int out_stride) {
-  kiln_attn_combine<kiln_f16, 64>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+  kiln_attn_split<kiln_f16, kiln_f16, 64, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_hd64(
@@ -832,11 +1009,115 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_hd
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_mma<kiln_f16, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p6_window, mod);
+  kiln_attn_mma<kiln_f16, kiln_f16, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, items, p6_window, mod);
 }
+#endif  // KILN_ATTN_KV8 == 0
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd64_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd64_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 64, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_kv8_hd64(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    const int* __restrict__ items,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_mma<kiln_f16, kiln_e4m3, 64>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, items, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 1
 #endif  // KILN_ATTN_HD == 64
 
 #if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 80
+
+extern "C" __global__ void __launch_bounds__(80) attn_softcap_window_f16_combine_hd80(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_f16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_f16, 80>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd80_g4(
     const kiln_f16* __restrict__ q,
@@ -864,7 +1145,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd80_g8(
@@ -893,17 +1174,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 80, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
-}
-
-extern "C" __global__ void __launch_bounds__(80) attn_softcap_window_f16_combine_hd80(
-    const float* __restrict__ part_o,
-    const float* __restrict__ part_ml,
-    int n_splits,
-    int n_heads,
-    kiln_f16* __restrict__ out,
-    int out_stride) {
-  kiln_attn_combine<kiln_f16, 80>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+  kiln_attn_split<kiln_f16, kiln_f16, 80, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_hd80(
@@ -930,11 +1201,115 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_hd
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_mma<kiln_f16, 80>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p6_window, mod);
+  kiln_attn_mma<kiln_f16, kiln_f16, 80>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, items, p6_window, mod);
 }
+#endif  // KILN_ATTN_KV8 == 0
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd80_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd80_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 80, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_kv8_hd80(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    const int* __restrict__ items,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_mma<kiln_f16, kiln_e4m3, 80>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, items, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 1
 #endif  // KILN_ATTN_HD == 80
 
 #if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 96
+
+extern "C" __global__ void __launch_bounds__(96) attn_softcap_window_f16_combine_hd96(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_f16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_f16, 96>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd96_g4(
     const kiln_f16* __restrict__ q,
@@ -962,7 +1337,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd96_g8(
@@ -991,17 +1366,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 96, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
-}
-
-extern "C" __global__ void __launch_bounds__(96) attn_softcap_window_f16_combine_hd96(
-    const float* __restrict__ part_o,
-    const float* __restrict__ part_ml,
-    int n_splits,
-    int n_heads,
-    kiln_f16* __restrict__ out,
-    int out_stride) {
-  kiln_attn_combine<kiln_f16, 96>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+  kiln_attn_split<kiln_f16, kiln_f16, 96, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_hd96(
@@ -1028,11 +1393,115 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_hd
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_mma<kiln_f16, 96>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p6_window, mod);
+  kiln_attn_mma<kiln_f16, kiln_f16, 96>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, items, p6_window, mod);
 }
+#endif  // KILN_ATTN_KV8 == 0
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd96_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd96_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 96, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_kv8_hd96(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    const int* __restrict__ items,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_mma<kiln_f16, kiln_e4m3, 96>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, items, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 1
 #endif  // KILN_ATTN_HD == 96
 
 #if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 128
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_combine_hd128(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_f16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_f16, 128>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd128_g4(
     const kiln_f16* __restrict__ q,
@@ -1060,7 +1529,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd128_g8(
@@ -1089,17 +1558,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 128, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
-}
-
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_combine_hd128(
-    const float* __restrict__ part_o,
-    const float* __restrict__ part_ml,
-    int n_splits,
-    int n_heads,
-    kiln_f16* __restrict__ out,
-    int out_stride) {
-  kiln_attn_combine<kiln_f16, 128>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+  kiln_attn_split<kiln_f16, kiln_f16, 128, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_hd128(
@@ -1126,11 +1585,115 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_hd
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_mma<kiln_f16, 128>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, p6_window, mod);
+  kiln_attn_mma<kiln_f16, kiln_f16, 128>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, items, p6_window, mod);
 }
+#endif  // KILN_ATTN_KV8 == 0
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd128_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd128_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 128, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_mma_kv8_hd128(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    const int* __restrict__ items,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_mma<kiln_f16, kiln_e4m3, 128>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, items, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 1
 #endif  // KILN_ATTN_HD == 128
 
 #if !defined(KILN_ATTN_HD) || KILN_ATTN_HD == 256
+
+extern "C" __global__ void __launch_bounds__(256) attn_softcap_window_f16_combine_hd256(
+    const float* __restrict__ part_o,
+    const float* __restrict__ part_ml,
+    int n_splits,
+    int n_heads,
+    kiln_f16* __restrict__ out,
+    int out_stride) {
+  kiln_attn_combine<kiln_f16, 256>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+}
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd256_g4(
     const kiln_f16* __restrict__ q,
@@ -1158,7 +1721,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_hd256_g8(
@@ -1187,16 +1750,70 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_
   mod.p4_scale = p4_scale;
   mod.p5_cap = p5_cap;
   mod.p6_window = p6_window;
-  kiln_attn_split<kiln_f16, 256, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+  kiln_attn_split<kiln_f16, kiln_f16, 256, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
+}
+#endif  // KILN_ATTN_KV8 == 0
+
+#if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
+
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd256_g4(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
+    int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
+    kiln_f16* __restrict__ out,
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(256) attn_softcap_window_f16_combine_hd256(
-    const float* __restrict__ part_o,
-    const float* __restrict__ part_ml,
-    int n_splits,
+extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_f16_split_kv8_hd256_g8(
+    const kiln_f16* __restrict__ q,
+    int q_stride,
+    const kiln_e4m3* __restrict__ k_pool,
+    const kiln_e4m3* __restrict__ v_pool,
+    int kv_stride,
+    const int* __restrict__ plan,
+    int n_tokens,
+    int n_seqs,
+    int bt_stride,
+    int block_size,
     int n_heads,
+    int n_kv_heads,
+    float scale,
+    float v_scale,
     kiln_f16* __restrict__ out,
-    int out_stride) {
-  kiln_attn_combine<kiln_f16, 256>(part_o, part_ml, n_splits, n_heads, out, out_stride);
+    int out_stride,
+    float* __restrict__ part_o,
+    float* __restrict__ part_ml,
+    int n_splits,
+    float p4_scale,
+    float p5_cap,
+    int p6_window) {
+  attn_softcap_window_f16_mod mod;
+  mod.p4_scale = p4_scale;
+  mod.p5_cap = p5_cap;
+  mod.p6_window = p6_window;
+  kiln_attn_split<kiln_f16, kiln_e4m3, 256, 8>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
+#endif  // KILN_ATTN_KV8 == 1
 #endif  // KILN_ATTN_HD == 256

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod kernels;
+pub mod kv_fp8;
 pub mod llama;
 pub mod loader;
 pub mod mixtral;

@@ -73,6 +73,7 @@ impl TpModel {
             v: kv.v[r * per..(r + 1) * per].to_vec(),
             block_size: kv.block_size,
             num_blocks: kv.num_blocks,
+            fp8: kv.fp8.clone(),
         })
     }
 
@@ -106,7 +107,16 @@ impl CausalLm for TpModel {
             k.extend(c.k);
             v.extend(c.v);
         }
-        Ok(KvCache { k, v, block_size, num_blocks })
+        Ok(KvCache { k, v, block_size, num_blocks, fp8: self.info.kv_fp8.clone() })
+    }
+
+    fn use_fp8_kv(&mut self, scales: Vec<kiln_runtime::model::kv_fp8::KvScale>) -> Result<(), ModelError> {
+        let info = self.info.with_fp8_kv(scales.clone())?;
+        for m in &mut self.ranks {
+            m.use_fp8_kv(scales.clone())?;
+        }
+        self.info = info;
+        Ok(())
     }
 
     fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {

@@ -18,7 +18,7 @@ fn run_cpu(p: &Problem, v: &kiln_models::kernels::attention_check::Variant) -> V
     let (q, k, vp) = p.tensors(&dev, DType::F32).unwrap();
     let plan = p.plan().unwrap();
     let mut out = Tensor::from_f32(&dev, &vec![f32::NAN; q.len()], q.rows(), q.cols()).unwrap();
-    let kv = PagedKv { k: &k, v: &vp, head_dim: p.case.head_dim };
+    let kv = PagedKv { k: &k, v: &vp, head_dim: p.case.head_dim, fp8: None };
     kiln_runtime::attention::run(&dev, v.def, &q, &kv, &plan, &v.args, &mut out).unwrap();
     out.to_host_f32().unwrap()
 }
@@ -81,7 +81,7 @@ fn bad_input_is_refused() {
     let table = [0u32, 1];
     let q = Tensor::from_f32(&dev, &[0.5; 32], 2, 16).unwrap();
     let pool = Tensor::from_f32(&dev, &[0.5; 4 * 16], 4, 16).unwrap();
-    let kv = PagedKv { k: &pool, v: &pool, head_dim: 16 };
+    let kv = PagedKv { k: &pool, v: &pool, head_dim: 16, fp8: None };
     let mut out = Tensor::zeros(&dev, DType::F32, 2, 16).unwrap();
     // Plans: a table too short for its context, a block outside the pool, a gap in the rows.
     assert!(AttnPlan::new(&[SeqAttn { q_start: 0, q_len: 2, ctx_len: 5, block_table: &table }], 2, 1, 2, 2, 2).is_err());
@@ -105,4 +105,44 @@ fn bad_input_is_refused() {
     assert!(run(&qh, &kv, &[Arg::F32(0.25)], &mut oh).is_err());
     let mut aliased = pool.view_rows(0, 2).unwrap();
     assert!(run(&q, &kv, &[Arg::F32(0.25)], &mut aliased).is_err());
+}
+
+/// FP8 pools (e4m3 bytes and a K and V scale) give exactly the attention over the values the
+/// bytes stand for, on every score modifier and batch mix.
+#[test]
+fn fp8_pools_equal_attention_over_their_values() {
+    let dev = Device::Cpu;
+    let scale = kiln_runtime::attention::KvScale { k: 1.0 / 448.0, v: 0.03 };
+    let mut seed = 100;
+    for (nh, nkv) in [(4, 4), (8, 2)] {
+        for mix in [vec![(1, 1), (40, 1)], vec![(33, 33)], vec![(70, 13), (5, 1)]] {
+            seed += 1;
+            let case = Case { block_size: 16, n_heads: nh, n_kv_heads: nkv, head_dim: 16, seqs: mix, pad_tokens: 1 };
+            let p = Problem::random(case, DType::F32, &mut StdRng::seed_from_u64(seed));
+            let (bytes, values) = p.to_fp8(scale);
+            let [q, k, vp] = p.fp8_tensors(&dev, DType::F32, &bytes).unwrap();
+            let kv = PagedKv { k: &k, v: &vp, head_dim: 16, fp8: Some(scale) };
+            for v in variants(nh, 0.25) {
+                let mut out = Tensor::from_f32(&dev, &vec![f32::NAN; q.len()], q.rows(), q.cols()).unwrap();
+                kiln_runtime::attention::run(&dev, v.def, &q, &kv, &p.plan().unwrap(), &v.args, &mut out).unwrap();
+                assert_eq!(out.to_host_f32().unwrap(), run_cpu(&values, &v), "{} {nh}/{nkv}", v.name);
+            }
+            // The quantization is coarse but not wild: within e4m3's half step of the values.
+            let worst = p.k_pool.iter().zip(&values.k_pool).map(|(a, b)| ((a - b) / a).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1.0 / 16.0 + 1e-6, "K rounded by {worst}");
+        }
+    }
+    // A scale that is not positive and finite is refused.
+    let p = Problem::random(
+        Case { block_size: 16, n_heads: 2, n_kv_heads: 1, head_dim: 16, seqs: vec![(3, 3)], pad_tokens: 0 },
+        DType::F32,
+        &mut StdRng::seed_from_u64(7),
+    );
+    let (bytes, _) = p.to_fp8(scale);
+    let [q, k, vp] = p.fp8_tensors(&dev, DType::F32, &bytes).unwrap();
+    let bad = kiln_runtime::attention::KvScale { k: 0.0, v: 1.0 };
+    let kv = PagedKv { k: &k, v: &vp, head_dim: 16, fp8: Some(bad) };
+    let v = &variants(2, 0.25)[0];
+    let mut out = Tensor::from_f32(&dev, &vec![0.0; q.len()], q.rows(), q.cols()).unwrap();
+    assert!(kiln_runtime::attention::run(&dev, v.def, &q, &kv, &p.plan().unwrap(), &v.args, &mut out).is_err());
 }

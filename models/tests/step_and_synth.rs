@@ -13,7 +13,7 @@ use kiln_runtime::{Device, Tensor};
 
 fn cache(blocks: usize) -> KvCache {
     let t = || Tensor::zeros(&Device::Cpu, DType::F32, blocks * 16, 8).unwrap();
-    KvCache { k: vec![t()], v: vec![t()], block_size: 16, num_blocks: blocks }
+    KvCache { k: vec![t()], v: vec![t()], block_size: 16, num_blocks: blocks, fp8: None }
 }
 
 const HEADS: Heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 8, per_head_rows: false };
@@ -96,6 +96,37 @@ fn per_head_rows_route_each_head() {
     assert_eq!(v(&hr.pos), vec![4, 4, 4, 4, 0, 0, 0, 0]);
     assert_eq!(v(&hr.k_row), vec![-1, -1, 4, -1, -1, -1, -1, -1]);
     assert_eq!(v(&hr.v_row), vec![-1, -1, -1, 4, -1, -1, -1, -1]);
+}
+
+/// An FP8 cache's steps write their new K and V to staging rows, one per token (`-1` where the
+/// token writes nothing), per head too; a cache of the compute dtype gets none.
+#[test]
+fn fp8_caches_get_staging_rows() {
+    let mut fp8 = cache(4);
+    fp8.fp8 = Some(vec![kiln_runtime::attention::KvScale { k: 1.0, v: 1.0 }]);
+    let table = [0u32];
+    let seqs = [SeqAttn { q_start: 0, q_len: 2, ctx_len: 2, block_table: &table }];
+    let batch = ForwardBatch { tokens: &[5, 6], positions: &[7, 8], slots: &[3, 9], seqs: &seqs, logits_rows: &[1] };
+    let v = |t: &Tensor| t.to_host::<i32>().unwrap();
+    assert!(StepInputs::new(&Device::Cpu, &batch, &cache(4), HEADS).unwrap().kv_stage.is_none());
+    let inp = StepInputs::new(&Device::Cpu, &batch, &fp8, HEADS).unwrap();
+    let st = inp.kv_stage.as_ref().unwrap();
+    assert_eq!((v(&st.slots), st.head_rows.is_none()), (vec![0, 1], true));
+    assert_eq!(v(&inp.slots), vec![3, 9], "the pools' slots are unchanged");
+    let heads = Heads { per_head_rows: true, ..HEADS }; // 4 rows a token: q, q, k, v
+    let inp = StepInputs::new(&Device::Cpu, &batch, &fp8, heads).unwrap();
+    let st = inp.kv_stage.as_ref().unwrap();
+    let [kr, vr] = st.head_rows.as_ref().unwrap();
+    assert_eq!((v(kr), v(vr)), (vec![-1, -1, 0, -1, -1, -1, 1, -1], vec![-1, -1, -1, 0, -1, -1, -1, 1]));
+    assert_eq!(v(&inp.head_rows.as_ref().unwrap().k_row), vec![-1, -1, 3, -1, -1, -1, 9, -1]);
+    // Decode buffers: a padding row stages nothing.
+    let mut inp = StepInputs::for_decode(&Device::Cpu, 2, 4, &fp8, heads).unwrap();
+    let one = [SeqAttn { q_start: 0, q_len: 1, ctx_len: 5, block_table: &table }];
+    let b = ForwardBatch { tokens: &[1], positions: &[4], slots: &[4], seqs: &one, logits_rows: &[0] };
+    inp.refresh_decode(&Device::Cpu, &b, &fp8).unwrap();
+    let st = inp.kv_stage.as_ref().unwrap();
+    assert_eq!(v(&st.slots), vec![0, -1]);
+    assert_eq!(v(&st.head_rows.as_ref().unwrap()[0]), vec![-1, -1, 0, -1, -1, -1, -1, -1]);
 }
 
 #[test]

@@ -204,6 +204,11 @@ fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
                 "kiln_i4_gather_f16",
             ][..],
         ),
+        (
+            "kiln_kv_fp8",
+            kiln_runtime::model::kv_fp8::source(),
+            &["kiln_kv_store_fp8_f32", "kiln_kv_store_fp8_f16", "kiln_kv_store_fp8_bf16"][..],
+        ),
     ];
     for (name, src, entries) in sources {
         for arch in ARCHS {

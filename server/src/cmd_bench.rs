@@ -8,7 +8,7 @@
 //! 32–96 output tokens, all submitted at once, so the default KV pool preempts a few) finish in
 //! about a minute on the default model on a 2-core CPU; flags set larger workloads.
 
-use crate::device_arg::{pick_ranks, DeviceArg, SamplingArg, WeightsArg};
+use crate::device_arg::{apply_kv_cache, pick_ranks, DeviceArg, KvCacheArg, SamplingArg, WeightsArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::detok_adapter::TokenizerDetokenizer;
 use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest};
@@ -71,6 +71,9 @@ pub struct BenchArgs {
     /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
     weights: WeightsArg,
+    /// The KV cache's element type: `fp8` (e4m3, per-layer scales calibrated at start).
+    #[arg(long, value_enum, default_value_t = KvCacheArg::Auto)]
+    kv_cache_dtype: KvCacheArg,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -155,6 +158,7 @@ fn load_model(
     devs: &[kiln_runtime::Device],
     dtype: kiln_runtime::DType,
     mode: kiln_models::loader::WeightMode,
+    kv_cache: KvCacheArg,
 ) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
     if let Some(name) = path.to_str().and_then(|p| p.strip_prefix("synth:")) {
         // `NAME+int4`: the projections as random 4-bit weights in groups of 128 (W4A16);
@@ -170,27 +174,30 @@ fn load_model(
                 kiln_models::synth::PRESETS.join(", ")
             )
         })?;
-        let model: Arc<dyn CausalLm> = match (devs, quant) {
-            ([dev], Some("int4")) => Arc::new(kiln_models::llama::random_int4(cfg, dev, dtype, 0, 128)?),
-            ([dev], Some(_)) => Arc::new(kiln_models::llama::random_fp8(cfg, dev, dtype, 0)?),
-            ([dev], None) => Arc::new(kiln_models::llama::random(cfg, dev, dtype, 0)?),
+        let mut model: Box<dyn CausalLm> = match (devs, quant) {
+            ([dev], Some("int4")) => Box::new(kiln_models::llama::random_int4(cfg, dev, dtype, 0, 128)?),
+            ([dev], Some(_)) => Box::new(kiln_models::llama::random_fp8(cfg, dev, dtype, 0)?),
+            ([dev], None) => Box::new(kiln_models::llama::random(cfg, dev, dtype, 0)?),
             (_, Some(q)) => bail!("synth:{name}+{q} runs on one device"),
-            (_, None) => Arc::new(kiln_models::tp::random_parallel(cfg, devs, dtype, 0)?),
+            (_, None) => Box::new(kiln_models::tp::random_parallel(cfg, devs, dtype, 0)?),
         };
+        apply_kv_cache(model.as_mut(), None, kv_cache)?;
         for d in devs {
             d.synchronize()?;
         }
-        return Ok((model, Arc::new(kiln_models::detok_adapter::NoText)));
+        return Ok((Arc::from(model), Arc::new(kiln_models::detok_adapter::NoText)));
     }
     if path.is_dir() && !path.join("tokenizer.json").exists() {
         // A checkpoint without a tokenizer (`kiln synth-model`): the bench needs no text.
-        let model: Arc<dyn CausalLm> = match devs {
-            [dev] => Arc::from(kiln_models::loader::load_weights_only_with(path, dev, dtype, mode)?),
-            _ => Arc::new(kiln_models::loader::build_parallel(path, devs, dtype, mode)?),
+        let mut model: Box<dyn CausalLm> = match devs {
+            [dev] => kiln_models::loader::load_weights_only_with(path, dev, dtype, mode)?,
+            _ => Box::new(kiln_models::loader::build_parallel(path, devs, dtype, mode)?),
         };
-        return Ok((model, Arc::new(kiln_models::detok_adapter::NoText)));
+        apply_kv_cache(model.as_mut(), None, kv_cache)?;
+        return Ok((Arc::from(model), Arc::new(kiln_models::detok_adapter::NoText)));
     }
-    let loaded = kiln_models::loader::load_parallel(path, devs, dtype, mode)?;
+    let mut loaded = kiln_models::loader::load_parallel(path, devs, dtype, mode)?;
+    apply_kv_cache(loaded.model.as_mut(), Some(&loaded.tokenizer), kv_cache)?;
     Ok((Arc::from(loaded.model), Arc::new(TokenizerDetokenizer::new(loaded.tokenizer))))
 }
 
@@ -372,7 +379,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let (devs, dtype) = pick_ranks(a.device, a.tp_size)?;
     let t_load = Instant::now();
-    let (model, detok) = load_model(&path, &devs, dtype, a.weights.into())?;
+    let (model, detok) = load_model(&path, &devs, dtype, a.weights.into(), a.kv_cache_dtype)?;
     let load_s = t_load.elapsed().as_secs_f64();
     let vocab = model.info().vocab_size as u64;
     let cfg = EngineConfig {

@@ -1,6 +1,6 @@
 //! `kiln generate`: load a model, run one prompt, stream the text to stdout.
 
-use crate::device_arg::{pick_ranks, DeviceArg, WeightsArg};
+use crate::device_arg::{apply_kv_cache, pick_ranks, DeviceArg, KvCacheArg, WeightsArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::loader::LoadedModel;
 use kiln_models::tokenizer::ChatMessage;
@@ -57,6 +57,9 @@ pub struct GenerateArgs {
     /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
     weights: WeightsArg,
+    /// The KV cache's element type: `fp8` (e4m3, per-layer scales calibrated at start).
+    #[arg(long, value_enum, default_value_t = KvCacheArg::Auto)]
+    kv_cache_dtype: KvCacheArg,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -87,7 +90,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => kiln_models::fetch::default_model_path()?,
     };
     let (devs, dtype) = pick_ranks(a.device, a.tp_size)?;
-    let loaded = kiln_models::loader::load_parallel(&path, &devs, dtype, a.weights.into())?;
+    let mut loaded = kiln_models::loader::load_parallel(&path, &devs, dtype, a.weights.into())?;
+    apply_kv_cache(loaded.model.as_mut(), Some(&loaded.tokenizer), a.kv_cache_dtype)?;
     let prompt = if a.chat {
         loaded.chat_template.render_for(&loaded.tokenizer, &[ChatMessage::new("user", text)], true)?
     } else {

@@ -9,7 +9,7 @@
 //! values go to stderr after each window (`[1]12.3456,[2]...`, as llama.cpp prints them); the
 //! result goes to stdout, as text or (`--json`) one JSON object.
 
-use crate::device_arg::{pick, DeviceArg, WeightsArg};
+use crate::device_arg::{apply_kv_cache, pick, DeviceArg, KvCacheArg, WeightsArg};
 use anyhow::{Context, Result};
 use kiln_models::loader::{load_with, LoadedModel};
 use kiln_models::perplexity::{evaluate, same_vocabulary, LogitSource, ModelSource, Report, Windows};
@@ -39,6 +39,10 @@ pub struct PerplexityArgs {
     /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = WeightsArg::Stored)]
     weights: WeightsArg,
+    /// The model's KV cache type: `fp8` (e4m3, per-layer scales calibrated at start); the
+    /// --kl-base model keeps the compute dtype's, so the KL measures what FP8 KV costs.
+    #[arg(long, value_enum, default_value_t = KvCacheArg::Auto)]
+    kv_cache_dtype: KvCacheArg,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -53,7 +57,8 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         None => kiln_models::fetch::default_model_path()?,
     };
     let (dev, dtype) = pick(a.device)?;
-    let loaded = load_with(&path, &dev, dtype, a.weights.into())?;
+    let mut loaded = load_with(&path, &dev, dtype, a.weights.into())?;
+    apply_kv_cache(loaded.model.as_mut(), Some(&loaded.tokenizer), a.kv_cache_dtype)?;
     let tok = &loaded.tokenizer;
     let add_bos = tok.add_bos_by_default() && tok.bos_id().is_some();
     let tokens = tok.encode(&text, add_bos)?;

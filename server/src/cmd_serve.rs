@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Keep quantized weights as stored (GGUF block formats, Q4_0 … Q6_K, on the CPU) or dequantize them.
     #[arg(long, value_enum, default_value_t = crate::device_arg::WeightsArg::Stored)]
     weights: crate::device_arg::WeightsArg,
+    /// The KV cache's element type: `fp8` (e4m3, per-layer scales calibrated at start) holds
+    /// twice the tokens of a bf16 cache in the same memory.
+    #[arg(long, value_enum, default_value_t = crate::device_arg::KvCacheArg::Auto)]
+    kv_cache_dtype: crate::device_arg::KvCacheArg,
     /// Seconds in-flight requests may run after SIGTERM before they are aborted.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
@@ -127,6 +131,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         devices,
         dtype,
         weights: a.weights.into(),
+        kv_cache: a.kv_cache_dtype.into(),
         engine: EngineConfig {
             max_num_seqs: a.max_num_seqs,
             max_batched_tokens: a.max_batched_tokens,

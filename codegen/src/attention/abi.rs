@@ -37,6 +37,14 @@
 //! [`mma_queries`]`(group)`), and the position of the first query; the block serves those
 //! queries' heads of KV head `blockIdx.y` and writes the normalised output. Arguments: as the
 //! split kernel's up to `out_stride`, then `items`, then the comptime parameters.
+//!
+//! **FP8 KV pools** (`--kv-cache-dtype fp8`; f16 / bf16 specialisations only,
+//! [`fp8_kv_supported`]): `{spec}_split_kv8_hd{HD}_g{G}` and `{spec}_mma_kv8_hd{HD}` read K/V
+//! pools of e4m3 bytes (`kv_stride` in bytes, pools and stride 8-byte aligned) and take one more
+//! argument, `float v_scale`, right after `scale`: a key's value is its e4m3 × the layer's K
+//! scale, which the caller folds into `scale`; a value's is its e4m3 × `v_scale`. The combine
+//! kernel is shared. Each head dim's FP8 entries sit behind [`KV8_MACRO`] `== 1`, the others
+//! behind `== 0` (the combine kernel in both); without the macro all are compiled.
 
 use super::AttnKernel;
 
@@ -55,8 +63,27 @@ pub const THREADS: usize = 128;
 /// Keys per tile (one per thread in the score phase); `part` is a multiple of it.
 pub const TILE: usize = 128;
 
-pub fn split_entry(a: &AttnKernel, head_dim: usize, group_cap: usize) -> String {
-    format!("{}_split_hd{head_dim}_g{group_cap}", a.spec_name())
+/// The macro that selects the entries over FP8 KV pools (`1`) or over pools of the storage
+/// dtype (`0`).
+pub const KV8_MACRO: &str = "KILN_ATTN_KV8";
+
+/// Whether a specialisation has entries over FP8 KV pools (the half-precision ones: a GPU runs
+/// models in f16 or bf16; f32 on a GPU serves checks).
+pub fn fp8_kv_supported(a: &AttnKernel) -> bool {
+    a.dtype.is_half()
+}
+
+/// The infix of an entry over FP8 KV pools.
+fn kv_infix(fp8_kv: bool) -> &'static str {
+    if fp8_kv {
+        "_kv8"
+    } else {
+        ""
+    }
+}
+
+pub fn split_entry(a: &AttnKernel, head_dim: usize, group_cap: usize, fp8_kv: bool) -> String {
+    format!("{}_split{}_hd{head_dim}_g{group_cap}", a.spec_name(), kv_infix(fp8_kv))
 }
 
 pub fn combine_entry(a: &AttnKernel, head_dim: usize) -> String {
@@ -66,8 +93,9 @@ pub fn combine_entry(a: &AttnKernel, head_dim: usize) -> String {
 /// The tensor-core entry of a half-precision specialisation (`None` for f32, and for head dims
 /// outside 64..=128: below, a key row is under the 8 chunks its swizzle needs; above, the K and
 /// V tiles outgrow static shared memory; the split kernel serves those prefills).
-pub fn mma_entry(a: &AttnKernel, head_dim: usize) -> Option<String> {
-    (a.dtype.is_half() && (64..=128).contains(&head_dim)).then(|| format!("{}_mma_hd{head_dim}", a.spec_name()))
+pub fn mma_entry(a: &AttnKernel, head_dim: usize, fp8_kv: bool) -> Option<String> {
+    (a.dtype.is_half() && (64..=128).contains(&head_dim))
+        .then(|| format!("{}_mma{}_hd{head_dim}", a.spec_name(), kv_infix(fp8_kv)))
 }
 
 /// Rows (query token × query head pairs) of one tensor-core block.
@@ -79,18 +107,25 @@ pub fn mma_queries(group: usize) -> usize {
     MMA_ROWS / group.max(1)
 }
 
-/// Every entry point of a specialisation for one head dim, in a fixed order (its module is
-/// loaded with all of them).
-pub fn entries_for(a: &AttnKernel, hd: usize) -> Vec<String> {
-    let mut e: Vec<String> = GROUP_CAPS.iter().map(|&g| split_entry(a, hd, g)).collect();
+/// Every entry point of a specialisation for one head dim and KV pool type, in a fixed order
+/// (its module is loaded with all of them).
+pub fn entries_for(a: &AttnKernel, hd: usize, fp8_kv: bool) -> Vec<String> {
+    let mut e: Vec<String> = GROUP_CAPS.iter().map(|&g| split_entry(a, hd, g, fp8_kv)).collect();
     e.push(combine_entry(a, hd));
-    e.extend(mma_entry(a, hd));
+    e.extend(mma_entry(a, hd, fp8_kv));
     e
 }
 
-/// Every entry point of a specialisation, in a fixed order.
+/// Every entry point of a specialisation, in a fixed order (the combine kernels once).
 pub fn entries(a: &AttnKernel) -> Vec<String> {
-    HEAD_DIMS.iter().flat_map(|&hd| entries_for(a, hd)).collect()
+    let mut all: Vec<String> = HEAD_DIMS.iter().flat_map(|&hd| entries_for(a, hd, false)).collect();
+    if fp8_kv_supported(a) {
+        for hd in HEAD_DIMS {
+            all.extend(GROUP_CAPS.iter().map(|&g| split_entry(a, hd, g, true)));
+            all.extend(mma_entry(a, hd, true));
+        }
+    }
+    all
 }
 
 /// The smallest group cap that covers `group` query heads per KV head (the largest cap when

@@ -26,20 +26,27 @@ pub fn emit(a: &AttnKernel) -> Result<String, CompileError> {
     score_mod(&mut w, a).map_err(err)?;
     w.blank();
     w.text(super::attention_template::TEMPLATE);
-    let m = abi::HEAD_DIM_MACRO;
+    let (m, kv8) = (abi::HEAD_DIM_MACRO, abi::KV8_MACRO);
+    let kv_kinds: &[bool] = if abi::fp8_kv_supported(a) { &[false, true] } else { &[false] };
     for hd in HEAD_DIMS {
         w.blank();
         // Compiled when the runtime asks for this head dim, or when no head dim is named.
         w.line(&format!("#if !defined({m}) || {m} == {hd}"));
-        for g in GROUP_CAPS {
-            w.blank();
-            split_entry(&mut w, a, hd, g);
-        }
         w.blank();
         combine_entry(&mut w, a, hd);
-        if let Some(name) = abi::mma_entry(a, hd) {
+        for &fp8_kv in kv_kinds {
             w.blank();
-            mma_entry(&mut w, a, hd, &name);
+            // Likewise for the KV pools' element type.
+            w.line(&format!("#if !defined({kv8}) || {kv8} == {}", u8::from(fp8_kv)));
+            for g in GROUP_CAPS {
+                w.blank();
+                split_entry(&mut w, a, hd, g, fp8_kv);
+            }
+            if let Some(name) = abi::mma_entry(a, hd, fp8_kv) {
+                w.blank();
+                mma_entry(&mut w, a, hd, &name, fp8_kv);
+            }
+            w.line(&format!("#endif  // {kv8} == {}", u8::from(fp8_kv)));
         }
         w.line(&format!("#endif  // {m} == {hd}"));
     }
@@ -68,9 +75,12 @@ fn header(w: &mut CWriter, a: &AttnKernel) {
     ));
     w.comment("Entry points (calling convention and plan layout: kiln_codegen::attention::abi):");
     for hd in HEAD_DIMS {
-        let splits: Vec<String> = GROUP_CAPS.iter().map(|&g| abi::split_entry(a, hd, g)).collect();
-        let mma = abi::mma_entry(a, hd).map(|m| format!(", tensor cores {m}")).unwrap_or_default();
+        let splits: Vec<String> = GROUP_CAPS.iter().map(|&g| abi::split_entry(a, hd, g, false)).collect();
+        let mma = abi::mma_entry(a, hd, false).map(|m| format!(", tensor cores {m}")).unwrap_or_default();
         w.comment(&format!("  head dim {hd}: {} and {}{mma}", splits.join(", "), abi::combine_entry(a, hd)));
+    }
+    if abi::fp8_kv_supported(a) {
+        w.comment("  over FP8 (e4m3) KV pools: the same names with `_kv8` after `split` / `mma`");
     }
     w.comment("");
     w.comment("Score modifier IR:");
@@ -150,13 +160,15 @@ fn comptime_args(a: &AttnKernel) -> Vec<String> {
         .collect()
 }
 
-/// The arguments every attention entry starts with (up to `out_stride`).
-fn common_args(t: &str) -> Vec<String> {
-    vec![
+/// The arguments every attention entry starts with (up to `out_stride`); over FP8 KV pools,
+/// the pools are e4m3 bytes and `v_scale` follows `scale`.
+fn common_args(t: &str, fp8_kv: bool) -> Vec<String> {
+    let kt = if fp8_kv { "kiln_e4m3" } else { t };
+    let mut args: Vec<String> = vec![
         format!("const {t}* __restrict__ q"),
         "int q_stride".into(),
-        format!("const {t}* __restrict__ k_pool"),
-        format!("const {t}* __restrict__ v_pool"),
+        format!("const {kt}* __restrict__ k_pool"),
+        format!("const {kt}* __restrict__ v_pool"),
         "int kv_stride".into(),
         "const int* __restrict__ plan".into(),
         "int n_tokens".into(),
@@ -166,9 +178,21 @@ fn common_args(t: &str) -> Vec<String> {
         "int n_heads".into(),
         "int n_kv_heads".into(),
         "float scale".into(),
-        format!("{t}* __restrict__ out"),
-        "int out_stride".into(),
-    ]
+    ];
+    if fp8_kv {
+        args.push("float v_scale".into());
+    }
+    args.extend([format!("{t}* __restrict__ out"), "int out_stride".into()]);
+    args
+}
+
+/// The template's K/V pool type and `v_scale` argument of an entry.
+fn kv_template_args(t: &str, fp8_kv: bool) -> (&str, &'static str) {
+    if fp8_kv {
+        ("kiln_e4m3", "v_scale")
+    } else {
+        (t, "1.0f")
+    }
 }
 
 /// The modifier functor, filled from the comptime arguments.
@@ -185,33 +209,39 @@ fn window_arg(a: &AttnKernel) -> String {
     a.window_param().map_or("0".to_string(), |i| mod_param(a, i))
 }
 
-fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize) {
+fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize, fp8_kv: bool) {
     let t = c_type(a.dtype);
-    let mut sig = common_args(t);
+    let (kt, v_scale) = kv_template_args(t, fp8_kv);
+    let mut sig = common_args(t, fp8_kv);
     sig.extend(["float* __restrict__ part_o".to_string(), "float* __restrict__ part_ml".into(), "int n_splits".into()]);
     sig.extend(comptime_args(a));
     w.open_fn(
-        &format!("extern \"C\" __global__ void __launch_bounds__({}) {}", abi::THREADS, abi::split_entry(a, hd, g)),
+        &format!(
+            "extern \"C\" __global__ void __launch_bounds__({}) {}",
+            abi::THREADS,
+            abi::split_entry(a, hd, g, fp8_kv)
+        ),
         &sig,
     );
     mod_init(w, a);
     let window = window_arg(a);
     w.line(&format!(
-        "kiln_attn_split<{t}, {hd}, {g}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, part_o, part_ml, n_splits, {window}, mod);"
+        "kiln_attn_split<{t}, {kt}, {hd}, {g}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, {v_scale}, out, out_stride, part_o, part_ml, n_splits, {window}, mod);"
     ));
     w.close();
 }
 
-fn mma_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, name: &str) {
+fn mma_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, name: &str, fp8_kv: bool) {
     let t = c_type(a.dtype);
-    let mut sig = common_args(t);
+    let (kt, v_scale) = kv_template_args(t, fp8_kv);
+    let mut sig = common_args(t, fp8_kv);
     sig.push("const int* __restrict__ items".into());
     sig.extend(comptime_args(a));
     w.open_fn(&format!("extern \"C\" __global__ void __launch_bounds__({}) {name}", abi::THREADS), &sig);
     mod_init(w, a);
     let window = window_arg(a);
     w.line(&format!(
-        "kiln_attn_mma<{t}, {hd}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, out, out_stride, items, {window}, mod);"
+        "kiln_attn_mma<{t}, {kt}, {hd}>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, {v_scale}, out, out_stride, items, {window}, mod);"
     ));
     w.close();
 }

@@ -240,6 +240,7 @@ impl Decoder {
             eos_token_ids: c.eos_token_ids.clone(),
             layers: spec.layer_kv(),
             kv_dtype: dtype,
+            kv_fp8: None,
         };
         Decoder { spec, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, tp: None }
     }

@@ -14,7 +14,18 @@ use crate::model::{KvCache, ModelError, ModelInfo};
 use kiln_runtime::attention::PagedKv;
 use kiln_runtime::device::linear::{gather_rows_quantized, linear};
 use kiln_runtime::model::graphs::StepModel;
+use kiln_runtime::model::kv_fp8;
 use kiln_runtime::model::step::{Heads, StepInputs};
+
+/// Where a layer's new K and V go: the cache pools at the tokens' slots, or, for an FP8 cache,
+/// the staging rows (`StepInputs::kv_stage`); `head_rows` are the `(k_row, v_row)` targets of
+/// the per-head kernel (models with q/k norms).
+struct KvTarget<'a> {
+    slots: &'a Tensor,
+    head_rows: Option<(&'a Tensor, &'a Tensor)>,
+    k: &'a mut Tensor,
+    v: &'a mut Tensor,
+}
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 
@@ -34,6 +45,9 @@ pub struct Workspace {
     /// The rows that need logits, gathered (when they are not all rows in order).
     picked: Tensor,
     moe: Option<moe::Workspace>,
+    /// `[capacity, n_kv_heads * head_dim]` each: the new K and V of an FP8 cache's step, in
+    /// this dtype, before `kv_fp8::store` rounds them into the pools.
+    kv_stage: [Tensor; 2],
     /// Tensor-parallel: this rank's logits (`capacity × vocab / world`) and every rank's,
     /// stacked by rank (`world * capacity × vocab / world`).
     logits_shard: Option<(Tensor, Tensor)>,
@@ -75,12 +89,12 @@ impl Decoder {
         k: &Tensor,
         v: &Tensor,
         inp: &StepInputs,
-        k_pool: &mut Tensor,
-        v_pool: &mut Tensor,
+        target: KvTarget<'_>,
     ) -> Result<(), ModelError> {
         let rope = &layer.spec.rope;
         let (hd, theta) = (self.spec.cfg.head_dim as i32, rope.theta);
-        let (pos, slots) = (&inp.pos, &inp.slots);
+        let (pos, slots) = (&inp.pos, target.slots);
+        let (k_pool, v_pool) = (target.k, target.v);
         if let Some(b) = self.rope_bias(layer) {
             // The fused bias row is `[q | k | v]`; k and v here are its last two thirds' views.
             let (q_cols, kv_cols) = (b.cols() - 2 * k.cols(), k.cols());
@@ -229,6 +243,9 @@ impl StepModel for Decoder {
     fn waits_on_peers(&self) -> bool {
         self.tp.is_some()
     }
+    fn fp8_kv_supported(&self) -> bool {
+        true
+    }
 
     fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
         let s = &self.spec;
@@ -248,6 +265,7 @@ impl StepModel for Decoder {
             gate_up: t(2 * inter)?,
             act: t(inter)?,
             picked: t(c.hidden_size)?,
+            kv_stage: [t(nkv * hd)?, t(nkv * hd)?],
             moe: match s.moe {
                 Some(m) => Some(moe::Workspace::new(&self.dev, self.dtype, capacity, c.hidden_size, m)?),
                 None => None,
@@ -272,7 +290,7 @@ impl StepModel for Decoder {
         let s = &self.spec;
         let c = &s.cfg;
         let n = inp.tokens();
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let hd = c.head_dim;
         let rows = |t: &Tensor| t.view_rows(0, n);
         let [r0, r1] = &ws.residual;
         let (mut residual, mut next_residual) = (rows(r0)?, rows(r1)?);
@@ -294,15 +312,24 @@ impl StepModel for Decoder {
         self.norm(&residual, &self.layers[0].attn_norm, &mut h)?;
         for (l, layer) in self.layers.iter().enumerate() {
             self.qkv(layer, &h, &mut qkv)?;
-            if let Some((wq, wk)) = &layer.qk_norm {
-                let pools = (&mut kv.k[l], &mut kv.v[l]);
-                self.qk_norm_rope_store(layer, (wq, wk), &qkv, inp, &mut q, pools)?;
-            } else {
-                self.rope_q(layer, &qkv.view_cols(0, nh * hd)?, &inp.pos, &mut q)?;
-                let (k_new, v_new) = (qkv.view_cols(nh * hd, nkv * hd)?, qkv.view_cols((nh + nkv) * hd, nkv * hd)?);
-                self.store_kv(layer, &k_new, &v_new, inp, &mut kv.k[l], &mut kv.v[l])?;
+            let fp8 = kv.fp8.as_ref().map(|s| s[l]);
+            match (fp8, &inp.kv_stage) {
+                (None, _) => {
+                    let hr = inp.head_rows.as_ref().map(|r| (&r.k_row, &r.v_row));
+                    let target = KvTarget { slots: &inp.slots, head_rows: hr, k: &mut kv.k[l], v: &mut kv.v[l] };
+                    self.write_kv(layer, &qkv, inp, &mut q, target)?;
+                }
+                (Some(scale), Some(stage)) => {
+                    let [ks, vs] = &ws.kv_stage;
+                    let (mut ks, mut vs) = (rows(ks)?, rows(vs)?);
+                    let hr = stage.head_rows.as_ref().map(|[k, v]| (k, v));
+                    let target = KvTarget { slots: &stage.slots, head_rows: hr, k: &mut ks, v: &mut vs };
+                    self.write_kv(layer, &qkv, inp, &mut q, target)?;
+                    kv_fp8::store(&self.dev, &ks, &vs, &inp.slots, scale, &mut kv.k[l], &mut kv.v[l])?;
+                }
+                (Some(_), None) => return Err(ModelError::Batch("an FP8 KV cache without staging rows".into())),
             }
-            let cache = PagedKv { k: &kv.k[l], v: &kv.v[l], head_dim: hd };
+            let cache = PagedKv { k: &kv.k[l], v: &kv.v[l], head_dim: hd, fp8 };
             self.attend(layer, &q, &cache, inp, &mut attn)?;
             linear(&self.dev, &attn, &layer.wo, &mut proj)?;
             self.reduce(&mut proj)?;
@@ -406,6 +433,25 @@ impl Decoder {
         Ok(())
     }
 
+    /// RoPE of the layer's new q (into `q`) and k, and the write of k and v to `target`.
+    fn write_kv(
+        &self,
+        layer: &Layer,
+        qkv: &Tensor,
+        inp: &StepInputs,
+        q: &mut Tensor,
+        target: KvTarget<'_>,
+    ) -> Result<(), ModelError> {
+        let c = &self.spec.cfg;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        if let Some((wq, wk)) = &layer.qk_norm {
+            return self.qk_norm_rope_store(layer, (wq, wk), qkv, inp, q, target);
+        }
+        self.rope_q(layer, &qkv.view_cols(0, nh * hd)?, &inp.pos, q)?;
+        let (k_new, v_new) = (qkv.view_cols(nh * hd, nkv * hd)?, qkv.view_cols((nh + nkv) * hd, nkv * hd)?);
+        self.store_kv(layer, &k_new, &v_new, inp, target)
+    }
+
     /// Per-head q/k norms, RoPE of q and k, and the KV write of one layer in one kernel over
     /// the projection seen as one row per (token, head) ([`kiln_runtime::model::step::HeadRows`]).
     fn qk_norm_rope_store(
@@ -415,8 +461,9 @@ impl Decoder {
         qkv: &Tensor,
         inp: &StepInputs,
         q: &mut Tensor,
-        (k_pool, v_pool): (&mut Tensor, &mut Tensor),
+        target: KvTarget<'_>,
     ) -> Result<(), ModelError> {
+        let (k_pool, v_pool) = (target.k, target.v);
         let c = &self.spec.cfg;
         let hr = inp.head_rows.as_ref().ok_or_else(|| ModelError::Load("q/k norms without per-head rows".into()))?;
         if layer.rope_freqs.is_some() {
@@ -428,7 +475,8 @@ impl Decoder {
         let cache_rows = |t: &Tensor| t.reshape(t.rows() * c.num_key_value_heads, hd);
         let (mut kc, mut vc) = (cache_rows(k_pool)?, cache_rows(v_pool)?);
         let (eps, rope, head_dim) = (c.rms_norm_eps, &layer.spec.rope, hd as i32);
-        let (pos, qr, kr, vr) = (&hr.pos, &hr.q_row, &hr.k_row, &hr.v_row);
+        let (kr, vr) = target.head_rows.ok_or_else(|| ModelError::Load("q/k norms without per-head KV rows".into()))?;
+        let (pos, qr) = (&hr.pos, &hr.q_row);
         match llama3_params(rope) {
             Some([f, lo, hi, orig]) => qk_norm_rope::qk_norm_rope_write_llama3::run(
                 &self.dev, &x, wq, wk, pos, qr, kr, vr, eps, rope.theta, head_dim, f, lo, hi, orig, &mut q, &mut kc,

@@ -9,8 +9,10 @@
 use super::attention::{self, attention_ref, ScoreRef};
 use crate::model::ModelError;
 use kiln_codegen::attention::def::AttnDef;
-use kiln_runtime::attention::{AttnPlan, SeqAttn};
+use kiln_runtime::attention::{AttnPlan, KvScale, SeqAttn};
 use kiln_runtime::device::fused::Arg;
+use kiln_runtime::device::quant::fp8_lt::f32_to_e4m3;
+use kiln_runtime::device::quant::w8::W8Elem;
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -30,6 +32,7 @@ pub struct Case {
     pub pad_tokens: usize,
 }
 
+#[derive(Clone)]
 pub struct Problem {
     pub case: Case,
     /// `[tokens, n_heads * head_dim]`.
@@ -112,6 +115,35 @@ impl Problem {
             Tensor::from_f32_as(dev, dtype, &self.k_pool, slots, kvw)?,
             Tensor::from_f32_as(dev, dtype, &self.v_pool, slots, kvw)?,
         ))
+    }
+
+    /// The pools as an FP8 cache with `scale` (`e4m3(x / scale)`, the KV store's rounding):
+    /// the bytes, four to an `i32` as the pools hold them, and the problem whose pools are the
+    /// values those bytes stand for (what attention over them must equal).
+    pub fn to_fp8(&self, scale: KvScale) -> ([Vec<i32>; 2], Problem) {
+        let quantize = |pool: &[f32], s: f32| -> (Vec<i32>, Vec<f32>) {
+            let bytes: Vec<u8> = pool.iter().map(|&x| f32_to_e4m3(x / s)).collect();
+            let values = bytes.iter().map(|&b| W8Elem::Fp8E4M3.value(b) * s).collect();
+            (bytes.chunks(4).map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect(), values)
+        };
+        let (kb, kv) = quantize(&self.k_pool, scale.k);
+        let (vb, vv) = quantize(&self.v_pool, scale.v);
+        ([kb, vb], Problem { k_pool: kv, v_pool: vv, ..self.clone() })
+    }
+
+    /// `(q in dtype, K pool bytes, V pool bytes)` on `dev`: [`Problem::to_fp8`]'s bytes.
+    pub fn fp8_tensors(&self, dev: &Device, dtype: DType, bytes: &[Vec<i32>; 2]) -> Result<[Tensor; 3], ModelError> {
+        let c = &self.case;
+        let (slots, words) = (self.pool_blocks * c.block_size, c.n_kv_heads * c.head_dim / 4);
+        let pool = |b: &[i32]| -> Result<Tensor, ModelError> {
+            let t = Tensor::vector(dev, b)?;
+            Ok(t.reshape(slots, words)?)
+        };
+        Ok([
+            Tensor::from_f32_as(dev, dtype, &self.q, self.tokens(), c.n_heads * c.head_dim)?,
+            pool(&bytes[0])?,
+            pool(&bytes[1])?,
+        ])
     }
 
     /// The dense f64 answer, `[tokens, n_heads * head_dim]` (padding rows zeros).

@@ -85,7 +85,7 @@ fn one(
     let tensors = p.tensors(gpu, dtype);
     let route = |route: Route| -> Result<f64, ModelError> {
         let (q, k, vp) = tensors.as_ref().map_err(|e| ModelError::Batch(e.to_string()))?;
-        let kv = PagedKv { k, v: vp, head_dim: c.head_dim };
+        let kv = PagedKv { k, v: vp, head_dim: c.head_dim, fp8: None };
         let mut plan = p.plan()?;
         match route {
             Route::Splits(n) => plan.set_splits(n),
@@ -189,7 +189,7 @@ pub fn decode_speed(
         Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: vec![(ctx, 1); seqs], pad_tokens: 0 };
     let p = Problem::random(case, DType::BF16, &mut StdRng::seed_from_u64(99));
     let (q, k, vp) = p.tensors(gpu, DType::BF16)?;
-    let kv = PagedKv { k: &k, v: &vp, head_dim: hd };
+    let kv = PagedKv { k: &k, v: &vp, head_dim: hd, fp8: None };
     let mut plan = p.plan()?;
     match splits {
         Some(n) => plan.set_splits(n),

@@ -4,12 +4,15 @@
 //! numerically stable softmax and the weighted sum of values. The causal mask is applied after
 //! the modifier, so a modifier never un-masks a future key. With a key window (the kernel's
 //! `window` parameter) only the keys inside some row's window are scored, and each row's keys
-//! before its own window are masked like future ones.
+//! before its own window are masked like future ones. FP8 KV pools (e4m3 bytes) are widened
+//! per task, each byte to its exact value times the layer's scale, before any score.
 
 use super::plan::AttnPlan;
 use super::{AttnError, Bound, PagedKv};
 use crate::device::fused::Arg;
 use crate::device::gemm_cpu::dot1;
+use crate::device::quant::w8::W8Elem;
+use crate::device::tensor::HostView;
 use crate::DType;
 use crate::Tensor;
 use kiln_codegen::attention::def::AttnDef;
@@ -35,6 +38,12 @@ fn planned_mod(def: &'static AttnDef, b: &Bound<'_>) -> Result<Arc<CpuKernel>, A
     Ok(cache.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(k).clone())
 }
 
+/// An e4m3 byte's exact value, from a table built once.
+fn e4m3_to_f32(b: u8) -> f32 {
+    static TABLE: OnceLock<[f32; 256]> = OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|i| W8Elem::Fp8E4M3.value(i as u8)))[b as usize]
+}
+
 fn scalar(a: &Arg<'_>) -> CpuScalar {
     match a {
         Arg::F32(x) => CpuScalar::F32(*x),
@@ -42,6 +51,15 @@ fn scalar(a: &Arg<'_>) -> CpuScalar {
         Arg::Bool(x) => CpuScalar::Bool(*x),
         Arg::Tensor(_) => CpuScalar::F32(0.0), // refused by `bind`
     }
+}
+
+/// What every (sequence, query head) task of one call shares.
+struct Shared<'a> {
+    def: &'static AttnDef,
+    b: &'a Bound<'a>,
+    plan: &'a AttnPlan,
+    modifier: Option<Arc<CpuKernel>>,
+    comptimes: Vec<CpuScalar>,
 }
 
 pub(super) fn run(
@@ -53,110 +71,63 @@ pub(super) fn run(
     comptimes: &[Arg<'_>],
     out: &mut Tensor,
 ) -> Result<(), AttnError> {
-    for (what, t) in [("q", q), ("the K pool", kv.k), ("the V pool", kv.v), ("out", &*out)] {
-        if t.dtype() != DType::F32 {
+    let pool_dtype = if kv.fp8.is_some() { DType::I32 } else { DType::F32 };
+    for (what, t, want) in [("q", q, DType::F32), ("the K pool", kv.k, pool_dtype), ("the V pool", kv.v, pool_dtype)] {
+        if t.dtype() != want {
             return Err(AttnError::Arg {
                 kernel: def.name,
                 what: format!("the CPU path runs in f32; {what} is {}", t.dtype()),
             });
         }
     }
+    if out.dtype() != DType::F32 {
+        return Err(AttnError::Arg {
+            kernel: def.name,
+            what: format!("the CPU path runs in f32; out is {}", out.dtype()),
+        });
+    }
     let modifier = if b.kernel.mod_is_identity() { None } else { Some(planned_mod(def, b)?) };
-    let comptimes: Vec<CpuScalar> = comptimes.iter().map(scalar).collect();
+    let sh = Shared { def, b, plan, modifier, comptimes: comptimes.iter().map(scalar).collect() };
     let (hd, group, bs) = (b.head_dim, b.n_heads / b.n_kv_heads, plan.block_size);
     let tasks: Vec<(usize, usize)> = (0..plan.seqs.len()).flat_map(|i| (0..b.n_heads).map(move |h| (i, h))).collect();
-    let results: Vec<Result<Vec<f32>, AttnError>> = q.with_host::<f32, _>(|qv| {
-        kv.k.with_host::<f32, _>(|kp| {
+    let slot = |i: usize, t: usize| plan.block(i, t) * bs + t % bs;
+    let results: Vec<Result<Vec<f32>, AttnError>> = q.with_host::<f32, _>(|qv| match kv.fp8 {
+        None => kv.k.with_host::<f32, _>(|kp| {
             kv.v.with_host::<f32, _>(|vp| {
                 tasks
                     .par_iter()
                     .map(|&(i, h)| {
-                        let seq = plan.seqs[i];
                         let kvh = h / group;
-                        let slot = |t: usize| plan.block(i, t) * bs + t % bs;
-                        let key = |t: usize| &kp.row(slot(t))[kvh * hd..(kvh + 1) * hd];
-                        let val = |t: usize| &vp.row(slot(t))[kvh * hd..(kvh + 1) * hd];
-                        let mut res = vec![0f32; seq.q_len * hd];
-                        let first = seq.ctx_len - seq.q_len; // position of query row 0
-                        let mut scores = vec![];
-                        let mut modded = vec![];
-                        // The first key a query at `pos` sees: 0, or the start of its window.
-                        let row_lo = |pos: usize| b.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                        for c0 in (0..seq.q_len).step_by(CHUNK) {
-                            let rows = CHUNK.min(seq.q_len - c0);
-                            // Keys `lo .. end`: from the chunk's first row's first key to its
-                            // last row's last (scores are indexed from `lo`).
-                            let (lo, end) = (row_lo(first + c0), first + c0 + rows);
-                            let width = end - lo;
-                            scores.clear();
-                            scores.resize(rows * width, 0f32);
-                            for r in 0..rows {
-                                let qrow = &qv.row(seq.q_start + c0 + r)[h * hd..(h + 1) * hd];
-                                for t in lo..end {
-                                    // 16 partial sums in a fixed order (the CPU GEMM's dot): a
-                                    // sequential sum was a chain of dependent adds, ~10% of a
-                                    // 55-token prefill.
-                                    scores[r * width + t - lo] = dot1(qrow, key(t)) * b.scale;
-                                }
-                            }
-                            let s: &mut [f32] = match &modifier {
-                                None => &mut scores,
-                                Some(m) => {
-                                    modded.clear();
-                                    modded.resize(rows * width, 0f32);
-                                    let q_pos: Vec<i32> = (0..rows).map(|r| (first + c0 + r) as i32).collect();
-                                    let k_pos: Vec<i32> = (lo as i32..end as i32).collect();
-                                    let head = vec![h as i32; rows];
-                                    let mut params = vec![
-                                        CpuParam::Row { data: CpuIn::F32(&scores), row_stride: width },
-                                        CpuParam::PerRow(CpuIn::I32(&q_pos)),
-                                        CpuParam::Bcast(CpuIn::I32(&k_pos)),
-                                        CpuParam::PerRow(CpuIn::I32(&head)),
-                                    ];
-                                    params.extend(comptimes.iter().map(|&c| CpuParam::Comptime(c)));
-                                    m.run(&params, &mut [CpuOutArg::row(&mut modded[..], width)], rows, width)
-                                        .map_err(|source| AttnError::Cpu { kernel: def.name, source })?;
-                                    &mut modded
-                                }
-                            };
-                            for r in 0..rows {
-                                // Causal and windowed: keys `first_key ..= last`, at `- lo` in the row.
-                                let last = first + c0 + r;
-                                let first_key = row_lo(last);
-                                let row = &mut s[r * width..(r + 1) * width];
-                                let seen = first_key - lo..=last - lo;
-                                let mut max = f32::NEG_INFINITY;
-                                for x in row[last + 1 - lo..].iter_mut() {
-                                    *x = f32::NEG_INFINITY;
-                                }
-                                for &x in row[seen.clone()].iter() {
-                                    max = max.max(x);
-                                }
-                                if max == f32::NEG_INFINITY {
-                                    continue; // every key masked: zeros
-                                }
-                                let mut denom = 0f32;
-                                for x in row[seen.clone()].iter_mut() {
-                                    *x = (*x - max).exp();
-                                    denom += *x;
-                                }
-                                let o = &mut res[(c0 + r) * hd..(c0 + r + 1) * hd];
-                                for (i, &p) in row[seen].iter().enumerate() {
-                                    if p == 0.0 {
-                                        continue;
-                                    }
-                                    let w = p / denom;
-                                    for (acc, &x) in o.iter_mut().zip(val(first_key + i)) {
-                                        *acc += w * x;
-                                    }
-                                }
-                            }
-                        }
-                        Ok(res)
+                        let key = |t: usize| &kp.row(slot(i, t))[kvh * hd..(kvh + 1) * hd];
+                        let val = |t: usize| &vp.row(slot(i, t))[kvh * hd..(kvh + 1) * hd];
+                        attend_head(&sh, i, h, &qv, &key, &val)
                     })
                     .collect()
             })
-        })
+        }),
+        Some(scale) => kv.k.with_host::<i32, _>(|kp| {
+            kv.v.with_host::<i32, _>(|vp| {
+                tasks
+                    .par_iter()
+                    .map(|&(i, h)| {
+                        // The head's keys and values of the sequence, widened from e4m3 once.
+                        let (kvh, ctx) = (h / group, plan.seqs[i].ctx_len);
+                        let widen = |pool: &HostView<'_, i32>, s: f32| -> Vec<f32> {
+                            let mut rows = Vec::with_capacity(ctx * hd);
+                            for t in 0..ctx {
+                                let bytes: &[u8] = bytemuck::cast_slice(pool.row(slot(i, t)));
+                                rows.extend(bytes[kvh * hd..(kvh + 1) * hd].iter().map(|&x| e4m3_to_f32(x) * s));
+                            }
+                            rows
+                        };
+                        let (kr, vr) = (widen(&kp, scale.k), widen(&vp, scale.v));
+                        let key = |t: usize| &kr[t * hd..(t + 1) * hd];
+                        let val = |t: usize| &vr[t * hd..(t + 1) * hd];
+                        attend_head(&sh, i, h, &qv, &key, &val)
+                    })
+                    .collect()
+            })
+        }),
     })???;
     let results: Vec<Vec<f32>> = results.into_iter().collect::<Result<_, _>>()?;
     // Padding rows (past the sequences) are zeros, as on the GPU.
@@ -173,4 +144,96 @@ pub(super) fn run(
         }
     })?;
     Ok(())
+}
+
+/// Query head `h` of sequence `i` over its keys (`key(t)`, `val(t)`: the head's K and V rows
+/// of the sequence's token `t`): the head's output rows, `q_len × head_dim`.
+fn attend_head<'k>(
+    sh: &Shared<'_>,
+    i: usize,
+    h: usize,
+    qv: &HostView<'_, f32>,
+    key: &dyn Fn(usize) -> &'k [f32],
+    val: &dyn Fn(usize) -> &'k [f32],
+) -> Result<Vec<f32>, AttnError> {
+    let (b, def) = (sh.b, sh.def);
+    let hd = b.head_dim;
+    let seq = sh.plan.seqs[i];
+    let mut res = vec![0f32; seq.q_len * hd];
+    let first = seq.ctx_len - seq.q_len; // position of query row 0
+    let mut scores = vec![];
+    let mut modded = vec![];
+    // The first key a query at `pos` sees: 0, or the start of its window.
+    let row_lo = |pos: usize| b.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    for c0 in (0..seq.q_len).step_by(CHUNK) {
+        let rows = CHUNK.min(seq.q_len - c0);
+        // Keys `lo .. end`: from the chunk's first row's first key to its
+        // last row's last (scores are indexed from `lo`).
+        let (lo, end) = (row_lo(first + c0), first + c0 + rows);
+        let width = end - lo;
+        scores.clear();
+        scores.resize(rows * width, 0f32);
+        for r in 0..rows {
+            let qrow = &qv.row(seq.q_start + c0 + r)[h * hd..(h + 1) * hd];
+            for t in lo..end {
+                // 16 partial sums in a fixed order (the CPU GEMM's dot): a
+                // sequential sum was a chain of dependent adds, ~10% of a
+                // 55-token prefill.
+                scores[r * width + t - lo] = dot1(qrow, key(t)) * b.scale;
+            }
+        }
+        let s: &mut [f32] = match &sh.modifier {
+            None => &mut scores,
+            Some(m) => {
+                modded.clear();
+                modded.resize(rows * width, 0f32);
+                let q_pos: Vec<i32> = (0..rows).map(|r| (first + c0 + r) as i32).collect();
+                let k_pos: Vec<i32> = (lo as i32..end as i32).collect();
+                let head = vec![h as i32; rows];
+                let mut params = vec![
+                    CpuParam::Row { data: CpuIn::F32(&scores), row_stride: width },
+                    CpuParam::PerRow(CpuIn::I32(&q_pos)),
+                    CpuParam::Bcast(CpuIn::I32(&k_pos)),
+                    CpuParam::PerRow(CpuIn::I32(&head)),
+                ];
+                params.extend(sh.comptimes.iter().map(|&c| CpuParam::Comptime(c)));
+                m.run(&params, &mut [CpuOutArg::row(&mut modded[..], width)], rows, width)
+                    .map_err(|source| AttnError::Cpu { kernel: def.name, source })?;
+                &mut modded
+            }
+        };
+        for r in 0..rows {
+            // Causal and windowed: keys `first_key ..= last`, at `- lo` in the row.
+            let last = first + c0 + r;
+            let first_key = row_lo(last);
+            let row = &mut s[r * width..(r + 1) * width];
+            let seen = first_key - lo..=last - lo;
+            let mut max = f32::NEG_INFINITY;
+            for x in row[last + 1 - lo..].iter_mut() {
+                *x = f32::NEG_INFINITY;
+            }
+            for &x in row[seen.clone()].iter() {
+                max = max.max(x);
+            }
+            if max == f32::NEG_INFINITY {
+                continue; // every key masked: zeros
+            }
+            let mut denom = 0f32;
+            for x in row[seen.clone()].iter_mut() {
+                *x = (*x - max).exp();
+                denom += *x;
+            }
+            let o = &mut res[(c0 + r) * hd..(c0 + r + 1) * hd];
+            for (i, &p) in row[seen].iter().enumerate() {
+                if p == 0.0 {
+                    continue;
+                }
+                let w = p / denom;
+                for (acc, &x) in o.iter_mut().zip(val(first_key + i)) {
+                    *acc += w * x;
+                }
+            }
+        }
+    }
+    Ok(res)
 }

@@ -50,10 +50,18 @@ pub(super) fn run(
     if !HEAD_DIMS.contains(&hd) {
         return Err(bad(format!("head dim {hd} is not instantiated (CUDA kernels exist for {HEAD_DIMS:?})")));
     }
-    let elem = q.dtype().size_bytes();
-    let aligned = |t: &Tensor| t.cuda_ptr().is_some_and(|p| p % 16 == 0) && (t.row_stride() * elem).is_multiple_of(16);
+    if kv.fp8.is_some() && !abi::fp8_kv_supported(b.kernel) {
+        return Err(bad(format!("FP8 KV pools need f16 or bf16 queries, not {}", q.dtype())));
+    }
+    // A pool row's stride in its elements (e4m3 bytes for FP8 pools: 4 to a stored i32), and
+    // the alignment of one access (16 bytes; 8 for FP8 pools, whose chunks are 8 values).
+    let (stride_mul, align) = if kv.fp8.is_some() { (4, 8) } else { (1, 16) };
+    let pool_bytes = kv.k.dtype().size_bytes() / stride_mul;
+    let aligned = |t: &Tensor| {
+        t.cuda_ptr().is_some_and(|p| p % 16 == 0) && (t.row_stride() * stride_mul * pool_bytes).is_multiple_of(align)
+    };
     if !aligned(kv.k) || !aligned(kv.v) {
-        return Err(bad("the K/V pools and their row stride must be 16-byte aligned".into()));
+        return Err(bad(format!("the K/V pools must be 16-byte aligned, their row stride {align}-byte")));
     }
     let dp = plan
         .device
@@ -81,7 +89,7 @@ pub(super) fn run(
         int("q stride", q.row_stride())?,
         ptr("the K pool", kv.k)?,
         ptr("the V pool", kv.v)?,
-        int("the KV row stride", kv.k.row_stride())?,
+        int("the KV row stride", kv.k.row_stride() * stride_mul)?,
         ptr("the plan", &dp.plan)?,
         int("tokens", plan.layout.n_tokens)?,
         int("sequences", plan.layout.n_seqs)?,
@@ -89,13 +97,20 @@ pub(super) fn run(
         int("the block size", plan.block_size)?,
         int("query heads", b.n_heads)?,
         int("KV heads", b.n_kv_heads)?,
-        KArg::F32(b.scale),
+        // An FP8 pool's K scale multiplies every score of the layer: folded into the scale.
+        KArg::F32(b.scale * kv.fp8.map_or(1.0, |s| s.k)),
+    ];
+    if let Some(s) = kv.fp8 {
+        args.push(KArg::F32(s.v));
+    }
+    let n_common = args.len() + 2; // up to out_stride
+    args.extend([
         ptr("out", out)?,
         int("out stride", out.row_stride())?,
         ptr("the partials", &dp.part_o)?,
         ptr("the partial sums", &dp.part_ml)?,
         int("splits", n_splits)?,
-    ];
+    ]);
     for a in comptimes {
         args.push(match a {
             Arg::F32(x) => KArg::F32(*x),
@@ -105,22 +120,22 @@ pub(super) fn run(
         });
     }
     let cuda_err = |source: CudaError| AttnError::Cuda { kernel: def.name, device: device.clone(), source };
+    let fp8_kv = kv.fp8.is_some();
+    let mut defines = vec![(abi::HEAD_DIM_MACRO, hd)];
+    if abi::fp8_kv_supported(b.kernel) {
+        defines.push((abi::KV8_MACRO, usize::from(fp8_kv)));
+    }
     let module = backend
-        .module_variant(
-            spec.cuda,
-            Some((abi::HEAD_DIM_MACRO, hd)),
-            &b.kernel.spec_name(),
-            &abi::entries_for(b.kernel, hd),
-        )
+        .module_variant(spec.cuda, &defines, &b.kernel.spec_name(), &abi::entries_for(b.kernel, hd, fp8_kv))
         .map_err(cuda_err)?;
     if plan.n_tokens() == 0 {
         return Ok(());
     }
     // A prefill on tensor cores: the common arguments, then the blocks of queries.
-    if let (Some(items), Some(entry)) = (&dp.items, abi::mma_entry(b.kernel, hd)) {
+    if let (Some(items), Some(entry)) = (&dp.items, abi::mma_entry(b.kernel, hd, fp8_kv)) {
         if abi::mma_queries(group) > 0 {
             let n_items = items.cols() / 4;
-            let mut margs: Vec<KArg> = args.drain(..15).collect();
+            let mut margs: Vec<KArg> = args.drain(..n_common).collect();
             margs.push(ptr("the query blocks", items)?);
             margs.extend(args.drain(3..));
             let f = module.func(&entry).map_err(cuda_err)?;
@@ -136,7 +151,7 @@ pub(super) fn run(
         }
     }
     let grid = (plan.n_tokens() as u32, (b.n_kv_heads * chunks) as u32, n_splits as u32);
-    let split_fn = module.func(&abi::split_entry(b.kernel, hd, g)).map_err(cuda_err)?;
+    let split_fn = module.func(&abi::split_entry(b.kernel, hd, g, fp8_kv)).map_err(cuda_err)?;
     let mut launch = backend.stream().launch_builder(split_fn);
     push_args(&mut launch, &args);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (abi::THREADS as u32, 1, 1), shared_mem_bytes: 0 };

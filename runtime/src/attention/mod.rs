@@ -41,12 +41,35 @@ pub struct SeqAttn<'a> {
     pub block_table: &'a [u32],
 }
 
+/// The scales of one layer's FP8 KV pools: a stored e4m3 byte `b` of K stands for
+/// `e4m3(b) * k`, of V for `e4m3(b) * v`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KvScale {
+    pub k: f32,
+    pub v: f32,
+}
+
 /// One layer's K and V pools.
 #[derive(Clone, Copy, Debug)]
 pub struct PagedKv<'a> {
     pub k: &'a Tensor,
     pub v: &'a Tensor,
     pub head_dim: usize,
+    /// `Some`: the pools hold e4m3 bytes (an FP8 KV cache), four to an `i32` column, so a
+    /// pool row of `n_kv_heads * head_dim` values is `n_kv_heads * head_dim / 4` columns;
+    /// `None`: the pools are in the queries' dtype.
+    pub fp8: Option<KvScale>,
+}
+
+impl PagedKv<'_> {
+    /// Values in a pool row (`n_kv_heads * head_dim`).
+    pub fn width(&self) -> usize {
+        if self.fp8.is_some() {
+            self.k.cols() * 4
+        } else {
+            self.k.cols()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,15 +141,14 @@ fn bind<'a>(
     out: &Tensor,
 ) -> Result<Bound<'a>, AttnError> {
     let bad = |what: String| Err(AttnError::Arg { kernel: def.name, what });
-    let hd = kv.head_dim;
-    if hd == 0 || !q.cols().is_multiple_of(hd) || !kv.k.cols().is_multiple_of(hd) || kv.k.cols() == 0 {
+    let (hd, width) = (kv.head_dim, kv.width());
+    if hd == 0 || !q.cols().is_multiple_of(hd) || !width.is_multiple_of(hd) || width == 0 {
         return bad(format!(
-            "head_dim {hd} does not divide q ({} columns) and the pools ({} columns)",
-            q.cols(),
-            kv.k.cols()
+            "head_dim {hd} does not divide q ({} columns) and the pools ({width} values a row)",
+            q.cols()
         ));
     }
-    let (n_heads, n_kv_heads) = (q.cols() / hd, kv.k.cols() / hd);
+    let (n_heads, n_kv_heads) = (q.cols() / hd, width / hd);
     if n_heads % n_kv_heads != 0 {
         return bad(format!("{n_heads} query heads is not a multiple of {n_kv_heads} KV heads"));
     }
@@ -147,9 +169,17 @@ fn bind<'a>(
             plan.block_size
         ));
     }
-    for (what, t) in [("the K pool", kv.k), ("the V pool", kv.v), ("out", out)] {
-        if t.dtype().to_ir() != q.dtype().to_ir() {
-            return bad(format!("{what} is {}, q is {}", t.dtype().to_ir(), q.dtype().to_ir()));
+    // FP8 pools are e4m3 bytes in i32 words; other pools are in q's dtype.
+    let pool_dtype = if kv.fp8.is_some() { crate::DType::I32 } else { q.dtype() };
+    for (what, t, want) in [("the K pool", kv.k, pool_dtype), ("the V pool", kv.v, pool_dtype), ("out", out, q.dtype())]
+    {
+        if t.dtype() != want {
+            return bad(format!("{what} is {}, {} expected (q is {})", t.dtype(), want, q.dtype()));
+        }
+    }
+    if let Some(s) = kv.fp8 {
+        if !(s.k.is_finite() && s.k > 0.0 && s.v.is_finite() && s.v > 0.0) {
+            return bad(format!("FP8 KV scales must be positive and finite, got k {} and v {}", s.k, s.v));
         }
     }
     if out.shares_storage(q) || out.shares_storage(kv.k) || out.shares_storage(kv.v) {

@@ -40,7 +40,7 @@ pub(crate) struct KernelCache {
     loaded: Mutex<HashMap<usize, Arc<LoadedKernel>>>,
     /// Modules of other generated sources (attention templates), with their entries; keyed by
     /// the source's address and a variant (an attention head dim; 0 for a whole source).
-    modules: Mutex<HashMap<(usize, usize), Arc<LoadedModule>>>,
+    modules: Mutex<HashMap<(usize, String), Arc<LoadedModule>>>,
     stats: Mutex<KernelCacheStats>,
 }
 
@@ -146,28 +146,29 @@ impl CudaBackend {
         name: &str,
         entries: &[String],
     ) -> Result<Arc<LoadedModule>, CudaError> {
-        self.module_variant(source, None, name, entries)
+        self.module_variant(source, &[], name, entries)
     }
 
-    /// The module of `source` compiled with `#define {macro} {value}` in front (`variant`), so
-    /// one generated file yields a module per variant with only that variant's entries (an
-    /// attention template per head dim); `None`: the source as it is.
+    /// The module of `source` compiled with `#define {macro} {value}` lines in front (the
+    /// variant), so one generated file yields a module per variant with only that variant's
+    /// entries (an attention template per head dim and KV-cache element type); no defines: the
+    /// source as it is.
     pub(crate) fn module_variant(
         &self,
         source: &'static str,
-        variant: Option<(&str, usize)>,
+        defines: &[(&str, usize)],
         name: &str,
         entries: &[String],
     ) -> Result<Arc<LoadedModule>, CudaError> {
-        let key = (source.as_ptr() as usize, variant.map_or(0, |v| v.1));
+        let prefix: String = defines.iter().map(|(d, v)| format!("#define {d} {v}\n")).collect();
+        let key = (source.as_ptr() as usize, prefix.clone());
         if let Some(m) = self.kernels.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(m.clone());
         }
-        let loaded = Arc::new(match variant {
-            None => self.compile_and_load(source, name, entries)?,
-            Some((define, value)) => {
-                self.compile_and_load(&format!("#define {define} {value}\n{source}"), name, entries)?
-            }
+        let loaded = Arc::new(if prefix.is_empty() {
+            self.compile_and_load(source, name, entries)?
+        } else {
+            self.compile_and_load(&format!("{prefix}{source}"), name, entries)?
         });
         let mut map = self.kernels.modules.lock().unwrap_or_else(|e| e.into_inner());
         Ok(map.entry(key).or_insert(loaded).clone())

@@ -77,7 +77,7 @@ mod tests {
         let dev = Device::Cpu;
         let data: Vec<f32> = (0..4 * 2 * 3).map(|x| x as f32).collect(); // 4 blocks of 2 slots, width 3
         let mk = || Tensor::from_f32(&dev, &data, 8, 3).unwrap();
-        let mut kv = KvCache { k: vec![mk(), mk()], v: vec![mk(), mk()], block_size: 2, num_blocks: 4 };
+        let mut kv = KvCache { k: vec![mk(), mk()], v: vec![mk(), mk()], block_size: 2, num_blocks: 4, fp8: None };
         // 1 -> 3, then 3 -> 0 (sees the first copy's result).
         let copies = [CopyBlock { src: BlockId(1), dst: BlockId(3) }, CopyBlock { src: BlockId(3), dst: BlockId(0) }];
         copy_blocks(&mut kv, &copies).unwrap();

@@ -59,7 +59,7 @@ pub(crate) fn size(info: &ModelInfo, device: &Device, cfg: &EngineConfig) -> Res
         num_layers: info.kv_layers().count(),
         num_kv_heads,
         head_dim,
-        dtype_bytes: info.kv_dtype.size_bytes(),
+        dtype_bytes: info.kv_elem_bytes(),
         block_size: cfg.block_size,
     };
     let budget = cfg.kv_cache_bytes.unwrap_or_else(|| default_budget(device));
@@ -85,6 +85,7 @@ mod tests {
             eos_token_ids: vec![2],
             layers: crate::model::LayerKv::uniform(30, 3, 64),
             kv_dtype: DType::F32,
+            kv_fp8: None,
         }
     }
 

@@ -49,6 +49,11 @@ pub trait StepModel: Send + Sync {
     fn waits_on_peers(&self) -> bool {
         false
     }
+    /// Whether the step writes and reads FP8 KV caches (`KvCache::fp8`): it must then write
+    /// its new K and V through `kv_fp8::store` ([`StepInputs::kv_stage`] gives the rows).
+    fn fp8_kv_supported(&self) -> bool {
+        false
+    }
     /// The step on device-resident inputs, logits into `logits` (`[logits rows, vocab]`):
     /// kernels and GEMMs only, no host copies and no allocations (unless
     /// [`StepModel::captures_graphs`] says otherwise).

@@ -16,6 +16,7 @@ use crate::attention::{AttnError, SeqAttn};
 use crate::{Device, Tensor};
 
 pub mod graphs;
+pub mod kv_fp8;
 pub mod kv_spec;
 pub mod runner;
 pub mod step;
@@ -53,6 +54,9 @@ pub struct KvCache {
     pub v: Vec<Tensor>,
     pub block_size: usize,
     pub num_blocks: usize,
+    /// `Some`: an FP8 cache ([`kv_fp8`]): the pools hold e4m3 bytes (`i32` tensors of
+    /// `width / 4` columns) and entry `i` scales the pools of `k[i]` and `v[i]`.
+    pub fp8: Option<Vec<kv_fp8::KvScale>>,
 }
 
 pub struct ForwardBatch<'a> {
@@ -109,15 +113,41 @@ pub struct ModelInfo {
     pub eos_token_ids: Vec<u32>,
     /// One entry per transformer layer: its KV shape and attention kind.
     pub layers: Vec<LayerKv>,
-    /// Element type of the KV pools.
+    /// Element type of the KV pools (of the values the model writes to them).
     pub kv_dtype: crate::DType,
+    /// `Some`: caches are FP8 ([`kv_fp8`]) with these scales, one per KV layer.
+    pub kv_fp8: Option<Vec<kv_fp8::KvScale>>,
 }
 
 impl ModelInfo {
     /// Bytes of K plus V for one token across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
         let width: usize = self.kv_layers().map(|l| l.width()).sum();
-        2 * width * self.kv_dtype.size_bytes()
+        2 * width * self.kv_elem_bytes()
+    }
+
+    /// Bytes of one stored K or V value: 1 in an FP8 cache, else the dtype's.
+    pub fn kv_elem_bytes(&self) -> usize {
+        if self.kv_fp8.is_some() {
+            1
+        } else {
+            self.kv_dtype.size_bytes()
+        }
+    }
+
+    /// The same model with an FP8 KV cache of these per-KV-layer scales.
+    pub fn with_fp8_kv(&self, scales: Vec<kv_fp8::KvScale>) -> Result<ModelInfo, ModelError> {
+        let layers = self.kv_layers().count();
+        if scales.len() != layers {
+            return Err(ModelError::Load(format!("{} FP8 KV scales for {layers} KV layers", scales.len())));
+        }
+        if let Some(l) = self.kv_layers().find(|l| !l.width().is_multiple_of(8)) {
+            return Err(ModelError::Unsupported(format!("an FP8 KV cache for rows of {} values", l.width())));
+        }
+        if let Some(s) = scales.iter().find(|s| !(s.k > 0.0 && s.k.is_finite() && s.v > 0.0 && s.v.is_finite())) {
+            return Err(ModelError::Load(format!("FP8 KV scales must be positive and finite, got {s:?}")));
+        }
+        Ok(ModelInfo { kv_fp8: Some(scales), ..self.clone() })
     }
 
     pub fn num_layers(&self) -> usize {
@@ -142,10 +172,14 @@ impl ModelInfo {
         let slots = num_blocks * block_size;
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for l in self.kv_layers() {
-            k.push(Tensor::zeros(dev, self.kv_dtype, slots, l.width())?);
-            v.push(Tensor::zeros(dev, self.kv_dtype, slots, l.width())?);
+            let (dtype, cols) = match self.kv_fp8 {
+                Some(_) => (crate::DType::I32, kv_fp8::pool_cols(l.width())),
+                None => (self.kv_dtype, l.width()),
+            };
+            k.push(Tensor::zeros(dev, dtype, slots, cols)?);
+            v.push(Tensor::zeros(dev, dtype, slots, cols)?);
         }
-        Ok(KvCache { k, v, block_size, num_blocks })
+        Ok(KvCache { k, v, block_size, num_blocks, fp8: self.kv_fp8.clone() })
     }
 }
 
@@ -157,4 +191,10 @@ pub trait CausalLm: Send + Sync {
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError>;
     /// Run the batch; returns `[logits_rows.len(), vocab]` logits.
     fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError>;
+    /// From now on, make FP8 KV caches with these per-KV-layer scales ([`kv_fp8`]); caches made
+    /// before keep their type.
+    fn use_fp8_kv(&mut self, scales: Vec<kv_fp8::KvScale>) -> Result<(), ModelError> {
+        let _ = scales;
+        Err(ModelError::Unsupported(format!("an FP8 KV cache for `{}`", self.info().architecture)))
+    }
 }

@@ -45,6 +45,8 @@ impl Drop for SetOnDrop<'_> {
 /// An architecture's [`StepModel`] run as a [`CausalLm`].
 pub struct Runner<M: StepModel> {
     model: M,
+    /// The model's info, with the KV cache type chosen for it ([`CausalLm::use_fp8_kv`]).
+    info: ModelInfo,
     /// `(capacity in tokens, activations)` of the last eager step.
     workspace: Mutex<Option<(usize, M::Workspace)>>,
     graphs: DecodeGraphs<M::Workspace>,
@@ -52,7 +54,8 @@ pub struct Runner<M: StepModel> {
 
 impl<M: StepModel> Runner<M> {
     pub fn new(model: M) -> Runner<M> {
-        Runner { model, workspace: Mutex::new(None), graphs: DecodeGraphs::default() }
+        let info = model.info().clone();
+        Runner { model, info, workspace: Mutex::new(None), graphs: DecodeGraphs::default() }
     }
 
     /// The architecture inside.
@@ -63,7 +66,7 @@ impl<M: StepModel> Runner<M> {
 
 impl<M: StepModel> CausalLm for Runner<M> {
     fn info(&self) -> &ModelInfo {
-        self.model.info()
+        &self.info
     }
 
     fn device(&self) -> &Device {
@@ -71,7 +74,15 @@ impl<M: StepModel> CausalLm for Runner<M> {
     }
 
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError> {
-        self.model.info().new_kv_cache(self.model.device(), num_blocks, block_size)
+        self.info.new_kv_cache(self.model.device(), num_blocks, block_size)
+    }
+
+    fn use_fp8_kv(&mut self, scales: Vec<super::kv_fp8::KvScale>) -> Result<(), ModelError> {
+        if !self.model.fp8_kv_supported() {
+            return Err(ModelError::Unsupported(format!("an FP8 KV cache for `{}`", self.info.architecture)));
+        }
+        self.info = self.info.with_fp8_kv(scales)?;
+        Ok(())
     }
 
     fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {

@@ -33,6 +33,9 @@ pub struct StepInputs {
     pub plan: AttnPlan,
     /// One row per (token, head) of the q/k/v projection, when [`Heads::per_head_rows`].
     pub head_rows: Option<HeadRows>,
+    /// For an FP8 KV cache: where the KV-write kernels put the new K and V instead of the
+    /// pools (then `kv_fp8::store` moves them to `slots`).
+    pub kv_stage: Option<KvStage>,
     /// The packed buffer the vectors view.
     packed: Tensor,
     heads: Heads,
@@ -69,13 +72,28 @@ pub struct HeadRows {
     pub v_row: Tensor,
 }
 
+/// The KV-write kernels' targets in a staging buffer of one row per token (an FP8 cache's new
+/// K and V before they are rounded into the pools): `slots[t]` is `t`, or `-1` where the
+/// token's slot is; with [`HeadRows`], `k_row` / `v_row` are `t * n_kv_heads + h` likewise.
+pub struct KvStage {
+    pub slots: Tensor,
+    pub head_rows: Option<[Tensor; 2]>,
+}
+
 fn to_i32(what: &str, x: u64) -> Result<i32, ModelError> {
     i32::try_from(x).map_err(|_| ModelError::Batch(format!("{what} {x} does not fit an i32")))
 }
 
 /// `[ids | positions | slots | logits rows]` of `batch`, each padded to `rows` entries, then
-/// for a model with [`Heads::per_head_rows`] the four vectors of [`HeadRows`] over those rows.
-fn pack(batch: &ForwardBatch<'_>, rows: usize, logit_rows: usize, heads: Heads) -> Result<Vec<i32>, ModelError> {
+/// for a model with [`Heads::per_head_rows`] the four vectors of [`HeadRows`] over those rows,
+/// then with `stage` the vectors of [`KvStage`].
+fn pack(
+    batch: &ForwardBatch<'_>,
+    rows: usize,
+    logit_rows: usize,
+    heads: Heads,
+    stage: bool,
+) -> Result<Vec<i32>, ModelError> {
     let mut packed = Vec::with_capacity(3 * rows + logit_rows);
     for &t in batch.tokens {
         packed.push(to_i32("token id", t as u64)?);
@@ -113,6 +131,23 @@ fn pack(batch: &ForwardBatch<'_>, rows: usize, logit_rows: usize, heads: Heads) 
         packed.extend(pos.iter().flat_map(|&p| std::iter::repeat_n(p, all)));
         packed.extend(q_row.into_iter().chain(k_row).chain(v_row));
     }
+    if stage {
+        // The token's own row where it has a slot; per head, rows of the staging buffer seen
+        // as `[tokens * n_kv_heads, head_dim]`.
+        let written: Vec<bool> = packed[2 * rows..3 * rows].iter().map(|&s| s >= 0).collect();
+        packed.extend(written.iter().enumerate().map(|(t, &w)| if w { t as i32 } else { -1 }));
+        if heads.per_head_rows {
+            let (nh, nkv, all) = (heads.n_heads, heads.n_kv_heads, heads.qkv_heads());
+            let stage_row = |t: usize, h: usize| if written[t] { (t * nkv + h) as i32 } else { -1 };
+            let per_head = |first: usize| {
+                (0..rows).flat_map(move |t| {
+                    (0..all).map(move |h| if (first..first + nkv).contains(&h) { stage_row(t, h - first) } else { -1 })
+                })
+            };
+            let (k_rows, v_rows): (Vec<i32>, Vec<i32>) = (per_head(nh).collect(), per_head(nh + nkv).collect());
+            packed.extend(k_rows.into_iter().chain(v_rows));
+        }
+    }
     Ok(packed)
 }
 
@@ -124,15 +159,27 @@ impl StepInputs {
         all_rows: bool,
         plan: AttnPlan,
         heads: Heads,
+        stage: bool,
     ) -> Result<StepInputs, ModelError> {
+        let (mut at, len) = (3 * n + m, n * heads.qkv_heads());
         let head_rows = if heads.per_head_rows {
-            let (at, len) = (3 * n + m, n * heads.qkv_heads());
+            at += 4 * len;
             Some(HeadRows {
-                pos: packed.view_cols(at, len)?,
-                q_row: packed.view_cols(at + len, len)?,
-                k_row: packed.view_cols(at + 2 * len, len)?,
-                v_row: packed.view_cols(at + 3 * len, len)?,
+                pos: packed.view_cols(at - 4 * len, len)?,
+                q_row: packed.view_cols(at - 3 * len, len)?,
+                k_row: packed.view_cols(at - 2 * len, len)?,
+                v_row: packed.view_cols(at - len, len)?,
             })
+        } else {
+            None
+        };
+        let kv_stage = if stage {
+            let head_rows = if heads.per_head_rows {
+                Some([packed.view_cols(at + n, len)?, packed.view_cols(at + n + len, len)?])
+            } else {
+                None
+            };
+            Some(KvStage { slots: packed.view_cols(at, n)?, head_rows })
         } else {
             None
         };
@@ -144,6 +191,7 @@ impl StepInputs {
             all_rows,
             plan,
             head_rows,
+            kv_stage,
             packed,
             heads,
         })
@@ -153,7 +201,8 @@ impl StepInputs {
     pub fn new(dev: &Device, batch: &ForwardBatch<'_>, kv: &KvCache, heads: Heads) -> Result<StepInputs, ModelError> {
         let n = batch.tokens.len();
         let m = batch.logits_rows.len();
-        let packed = Tensor::vector(dev, &pack(batch, n, m, heads)?)?;
+        let stage = kv.fp8.is_some();
+        let packed = Tensor::vector(dev, &pack(batch, n, m, heads, stage)?)?;
         let bt_stride = batch.seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(0).max(1);
         let mut plan = AttnPlan::new(batch.seqs, n, batch.seqs.len(), bt_stride, kv.block_size, kv.num_blocks)?;
         if !dev.is_cpu() {
@@ -162,7 +211,7 @@ impl StepInputs {
         }
         plan.upload(dev, heads.n_heads, heads.head_dim)?;
         let all_rows = m == n && batch.logits_rows.iter().enumerate().all(|(i, &r)| i == r);
-        Self::views(packed, n, m, all_rows, plan, heads)
+        Self::views(packed, n, m, all_rows, plan, heads, stage)
     }
 
     /// Fixed buffers for `bucket` one-token sequences with block tables of `bt_stride` entries
@@ -174,12 +223,18 @@ impl StepInputs {
         kv: &KvCache,
         heads: Heads,
     ) -> Result<StepInputs, ModelError> {
+        let stage = kv.fp8.is_some();
         let per_head = if heads.per_head_rows { 4 * heads.qkv_heads() } else { 0 };
-        let packed = Tensor::zeros(dev, crate::DType::I32, 1, (4 + per_head) * bucket)?;
+        let staged = match (stage, heads.per_head_rows) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 1 + 2 * heads.qkv_heads(),
+        };
+        let packed = Tensor::zeros(dev, crate::DType::I32, 1, (4 + per_head + staged) * bucket)?;
         let mut plan = AttnPlan::new(&[], bucket, bucket, bt_stride, kv.block_size, kv.num_blocks)?;
         plan.split_fixed((bt_stride * kv.block_size).div_ceil(SPLIT_TOKENS));
         plan.upload(dev, heads.n_heads, heads.head_dim)?;
-        Self::views(packed, bucket, bucket, true, plan, heads)
+        Self::views(packed, bucket, bucket, true, plan, heads, stage)
     }
 
     /// Rewrite fixed decode buffers with `batch` (every sequence one token with logits, at
@@ -192,7 +247,7 @@ impl StepInputs {
                 batch.tokens.len()
             )));
         }
-        self.packed.copy_from_host(&pack(batch, b, b, self.heads)?)?;
+        self.packed.copy_from_host(&pack(batch, b, b, self.heads, self.kv_stage.is_some())?)?;
         let plan = AttnPlan::new(batch.seqs, b, b, self.plan.bt_stride(), kv.block_size, kv.num_blocks)?;
         self.plan.refresh_from(plan, dev, self.heads.n_heads, self.heads.head_dim)?;
         Ok(())

@@ -40,6 +40,7 @@ pub fn fake_model(max_model_len: usize) -> Arc<dyn CausalLm> {
             eos_token_ids: vec![EOS],
             layers: kiln_runtime::model::LayerKv::uniform(1, 1, 1),
             kv_dtype: DType::F32,
+            kv_fp8: None,
         },
         dev: Device::Cpu,
     })
@@ -79,7 +80,7 @@ impl CausalLm for FakeLm {
     }
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, ModelError> {
         let z = || Tensor::zeros(&self.dev, DType::F32, num_blocks * block_size, 1);
-        Ok(KvCache { k: vec![z()?], v: vec![z()?], block_size, num_blocks })
+        Ok(KvCache { k: vec![z()?], v: vec![z()?], block_size, num_blocks, fp8: None })
     }
     fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
         batch.validate(VOCAB)?;

@@ -155,6 +155,8 @@ pub struct ModelSpec {
     pub dtype: DType,
     /// How quantized projection weights are held.
     pub weights: kiln_models::loader::WeightMode,
+    /// The KV cache's element type.
+    pub kv_cache: kiln_models::kv_fp8::KvCacheDtype,
     pub engine: EngineConfig,
 }
 
@@ -162,6 +164,9 @@ pub struct ModelSpec {
 pub enum LoadModelError {
     #[error("loading the model: {0}")]
     Load(#[from] LoadError),
+    /// Boxed: a `ModelError` is large, and this error crosses a thread as a `Result`.
+    #[error("setting up the KV cache: {0}")]
+    KvCache(Box<kiln_runtime::model::ModelError>),
     #[error("starting the engine: {0}")]
     Engine(#[from] EngineError),
 }
@@ -169,7 +174,12 @@ pub enum LoadModelError {
 /// Reads the model (weights, tokenizer, chat template) and starts its engine thread. Blocking:
 /// call it from a blocking thread, not the reactor.
 pub fn load(spec: &ModelSpec) -> Result<Loaded, LoadModelError> {
-    let m = kiln_models::loader::load_parallel(&spec.path, &spec.devices, spec.dtype, spec.weights)?;
+    let mut m = kiln_models::loader::load_parallel(&spec.path, &spec.devices, spec.dtype, spec.weights)?;
+    let scales = kiln_models::kv_fp8::apply(m.model.as_mut(), Some(&m.tokenizer), spec.kv_cache)
+        .map_err(|e| LoadModelError::KvCache(Box::new(e)))?;
+    if let Some(s) = scales {
+        eprintln!("kiln: {}", kiln_models::kv_fp8::describe(&s));
+    }
     let detok = Arc::new(TokenizerDetokenizer::new(m.tokenizer.clone()));
     let model: Arc<dyn CausalLm> = Arc::from(m.model);
     let layers = model.info().layers.clone();

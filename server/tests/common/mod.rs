@@ -115,6 +115,7 @@ pub fn start_real(cfg: ServerConfig, engine: kiln_runtime::engine::EngineConfig)
                 devices: vec![kiln_runtime::Device::Cpu],
                 dtype: kiln_runtime::DType::F32,
                 weights: Default::default(),
+                kv_cache: Default::default(),
                 engine,
             };
             let loaded = tokio::task::spawn_blocking(move || kiln_server::engine_backend::load(&spec))

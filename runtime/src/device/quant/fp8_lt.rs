@@ -47,8 +47,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 /// cuBLASLt workspace (NVIDIA's recommendation for Hopper).
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-pub(super) const BODY: &str = r#"
-// ---- FP8 W8A8 (runtime/src/device/quant/fp8_lt.rs) ----
+/// The e4m3 encoder the FP8 kernels share (the W8A8 activations here, the FP8 KV cache's
+/// store in `model::kv_fp8`): software rounding, so the CPU twin ([`f32_to_e4m3`]) has its bits.
+pub(crate) const E4M3_ENCODE: &str = r#"
+#ifndef KILN_E4M3_ENCODE
+#define KILN_E4M3_ENCODE
 // f32 -> e4m3 byte: round to nearest even, |x| saturated to 448 (software: the CPU twin's bits).
 __device__ __forceinline__ unsigned char kiln_f32_to_e4m3(float x) {
   const unsigned s = (__float_as_uint(x) >> 24) & 0x80u;
@@ -72,6 +75,11 @@ __device__ __forceinline__ uint2 kiln_fp8_pack8(const float (&v)[8], float s) {
   return make_uint2(w[0], w[1]);
 }
 
+#endif  // KILN_E4M3_ENCODE
+"#;
+
+pub(super) const BODY: &str = r#"
+// ---- FP8 W8A8 (runtime/src/device/quant/fp8_lt.rs) ----
 // One block of 1024 threads per row of x: s = max|x| / 448 (1 for a zero row), q = e4m3(x / s).
 // A thread loads 8 inputs at a time (16-byte loads when vec) and keeps its first two chunks in
 // registers between the two passes, so rows up to 16384 inputs are read once.
