@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -44,6 +44,27 @@ if [ "$what" = bench2 ] || [ "$what" = all ]; then
   KILN_CUDA_GRAPHS=0 TAIL=6 step bench-8b-b1-eager 150 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 128 --output-len 128
   TAIL=6 step bench-8b-ttft2048 150 "${b[@]}" --model synth:llama3-8b --num-requests 1 --prompt-len 2048 --output-len 2 --max-batched-tokens 2048
   TAIL=14 step bench-8b-128x128-max 240 "${b[@]}" --model synth:llama3-8b --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
+fi
+
+if [ "$what" = fp8kv ]; then
+  # The FP8 KV cache: the attention template over e4m3 pools against the reference (and its
+  # decode bandwidth next to bf16 pools and a copy); KL of FP8 KV against the model's own
+  # cache on real weights (PPL_MODEL) on the GPU and on the CPU; then 8B-shaped serving with
+  # bf16 and FP8 KV: long-context decode, max load, and max load with a 4 GiB KV budget.
+  TAIL=40 step attention 300 .device/kiln-check-attention --quick --out "$OUT/attention.md"
+  txt=tests/fixtures/perplexity/founding-documents.txt
+  for d in cuda cpu; do
+    TAIL=6 step "ppl-fp8kv-$d" 200 .device/kiln perplexity --device $d --model "$PPL_MODEL" --file $txt --ctx 512 --max-chunks 6 --kv-cache-dtype fp8 --kl-base "$PPL_MODEL"
+  done
+  for kv in auto fp8; do
+    TAIL=3 step "generate-$kv" 60 .device/kiln generate --device cuda --model "$PPL_MODEL" --prompt "The Declaration of Independence says that" --max-tokens 40 --temperature 0 --kv-cache-dtype $kv
+  done
+  b=(.device/kiln bench --offline --device cuda --model synth:llama3-8b)
+  for kv in auto fp8; do
+    TAIL=8 step "bench-8b-c64-2048-$kv" 150 "${b[@]}" --kv-cache-dtype $kv --num-requests 64 --prompt-len 2048 --output-len 128 --max-num-seqs 64 --max-batched-tokens 8192
+    TAIL=8 step "bench-8b-max-$kv" 150 "${b[@]}" --kv-cache-dtype $kv --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
+    TAIL=8 step "bench-8b-max-4g-$kv" 150 "${b[@]}" --kv-cache-dtype $kv --kv-cache-memory 4GiB --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
+  done
 fi
 
 if [ "$what" = tp ]; then

@@ -1,7 +1,8 @@
 //! The hand-written part of every attention `.cu` file: the split (flash-decoding) kernel and
-//! the combine kernel as C++ templates over the storage type `T`, the head dim `HD`, the
-//! group cap `G` and the score modifier `Mod` (a functor the emitter writes from the IR). The
-//! calling convention is [`crate::attention::abi`]'s.
+//! the combine kernel as C++ templates over the storage type `T`, the KV pools' element type
+//! `KT` (`T`, or FP8 e4m3 bytes), the head dim `HD`, the group cap `G` and the score modifier
+//! `Mod` (a functor the emitter writes from the IR). The calling convention is
+//! [`crate::attention::abi`]'s.
 //!
 //! How a split block works (128 threads; keys in tiles of 128):
 //! 1. the served query heads' rows of `q`, scaled, go to shared memory as f32;
@@ -26,6 +27,13 @@
 //! warp computes its 16×64 scores with `mma.m16n8k16` (K fragments by `ldmatrix`), applies the
 //! scale, the modifier and the causal mask in registers, updates the online softmax, and adds
 //! P·V with P taken straight from the score registers (V fragments by `ldmatrix.trans`).
+//!
+//! FP8 KV pools (`KT = kiln_e4m3`, f16 / bf16 queries): the same kernels read e4m3 bytes — the
+//! split kernel loads 8-byte chunks (8 values, as one 16-byte chunk of a half pool) and widens
+//! them exactly to f32; the tensor-core kernel loads them with plain loads and widens them into
+//! its shared tiles as T (every e4m3 value is exact in f16 and bf16). A pool's K scale is folded
+//! into `scale` by the caller and its V scale (`v_scale`, 1 for T pools) multiplies the
+//! weighted sum once, before normalisation or the partials.
 //!
 //! Invariants: every barrier is reached by all threads (the tile loop's bounds are uniform
 //! across the block); every `-inf` is handled (`exp2(-inf) = 0`, and a maximum of `-inf` is

@@ -32,8 +32,11 @@ fn main() -> std::process::ExitCode {
         let sweep = [4, 8, 32].map(|n| (64, 4096, Some(n)));
         let plain = cases.into_iter().chain(sweep).map(|(s, c, n)| (s, c, n, None));
         let windowed = [(1, 32768, None, Some(4096)), (16, 32768, None, None), (16, 32768, None, Some(4096))];
-        for (seqs, ctx, splits, window) in plain.chain(windowed) {
-            match decode_speed(&dev, seqs, ctx, splits, window, 20) {
+        let bf16 = plain.chain(windowed).map(|(s, c, n, w)| (s, c, n, w, false));
+        // FP8 pools: half the bytes of the same shapes.
+        let fp8 = [(64, 4096), (1, 32768), (256, 1024), (16, 32768)].map(|(s, c)| (s, c, None, None, true));
+        for (seqs, ctx, splits, window, fp8) in bf16.chain(fp8) {
+            match decode_speed(&dev, seqs, ctx, splits, window, fp8, 20) {
                 Ok(r) => speeds.push(r),
                 Err(e) => eprintln!("decode speed {seqs}x{ctx}: {e}"),
             }

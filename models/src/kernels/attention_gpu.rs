@@ -6,7 +6,7 @@
 
 use super::attention_check::{max_rel, variants, Case, Problem};
 use crate::model::ModelError;
-use kiln_runtime::attention::{run, PagedKv};
+use kiln_runtime::attention::{run, KvScale, PagedKv};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -68,24 +68,35 @@ pub enum Route {
 /// The routes every case is checked along.
 const ROUTES: [Route; 4] = [Route::Splits(1), Route::Splits(7), Route::Default, Route::TensorCores];
 
+/// The FP8 pools' scales in the check: the problem's values (|x| < 1) reach 448 in K, and V
+/// keeps a margin (values never reach the largest e4m3).
+pub const FP8_SCALE: KvScale = KvScale { k: 1.0 / 448.0, v: 1.0 / 300.0 };
+
 /// One case on `gpu` along every route: each route's `max_rel`. The reference and the
-/// device inputs are made once for all routes.
+/// device inputs are made once for all routes. With `fp8`, the pools are e4m3 bytes and the
+/// reference is attention over the values they stand for.
 fn one(
     gpu: &Device,
     dtype: DType,
     p: &Problem,
     v: &super::attention_check::Variant,
+    fp8: Option<KvScale>,
 ) -> Vec<(Route, Result<f64, ModelError>)> {
     let c = &p.case;
     let scale = match v.args.first() {
         Some(kiln_runtime::device::fused::Arg::F32(s)) => *s as f64,
         _ => 1.0,
     };
-    let want = p.reference(v.reference, scale);
-    let tensors = p.tensors(gpu, dtype);
+    let (want, tensors) = match fp8 {
+        None => (p.reference(v.reference, scale), p.tensors(gpu, dtype).map(|(q, k, v)| [q, k, v])),
+        Some(s) => {
+            let (bytes, values) = p.to_fp8(s);
+            (values.reference(v.reference, scale), p.fp8_tensors(gpu, dtype, &bytes))
+        }
+    };
     let route = |route: Route| -> Result<f64, ModelError> {
-        let (q, k, vp) = tensors.as_ref().map_err(|e| ModelError::Batch(e.to_string()))?;
-        let kv = PagedKv { k, v: vp, head_dim: c.head_dim, fp8: None };
+        let [q, k, vp] = tensors.as_ref().map_err(|e| ModelError::Batch(e.to_string()))?;
+        let kv = PagedKv { k, v: vp, head_dim: c.head_dim, fp8 };
         let mut plan = p.plan()?;
         match route {
             Route::Splits(n) => plan.set_splits(n),
@@ -133,9 +144,15 @@ pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
                         pad_tokens: pad,
                     };
                     let p = Problem::random(case, dtype, &mut StdRng::seed_from_u64(seed + n));
-                    for v in variants(nh, 1.0 / (hd as f32).sqrt()) {
-                        for (route, r) in one(gpu, dtype, &p, &v) {
-                            let what = format!("{} {dtype} heads {nh}/{nkv}×{hd} {mname} block {bs} {route:?}", v.name);
+                    // FP8 pools where the GPU has them (f16 / bf16 queries).
+                    let pools: &[Option<KvScale>] = if dtype.is_half() { &[None, Some(FP8_SCALE)] } else { &[None] };
+                    for (v, &fp8) in
+                        variants(nh, 1.0 / (hd as f32).sqrt()).iter().flat_map(|v| pools.iter().map(move |f| (v, f)))
+                    {
+                        let kv = if fp8.is_some() { " fp8-kv" } else { "" };
+                        for (route, r) in one(gpu, dtype, &p, v, fp8) {
+                            let what =
+                                format!("{} {dtype}{kv} heads {nh}/{nkv}×{hd} {mname} block {bs} {route:?}", v.name);
                             let row = match r {
                                 Ok(err) => CheckRow { what, max_rel: err, pass: err <= tolerance(dtype), error: None },
                                 Err(e) => CheckRow { what, max_rel: f64::NAN, pass: false, error: Some(e.to_string()) },
@@ -175,12 +192,14 @@ impl SpeedRow {
 /// Decode attention (one query token per sequence) over `seqs` sequences of `ctx` tokens,
 /// Llama-3-8B heads (32/8×128), bf16, block 16: median time of the split (+ combine) kernels.
 /// With `window`, the sliding-window instance: only the window's keys count as bytes read.
+/// With `fp8`, FP8 (e4m3) pools: a byte a value.
 pub fn decode_speed(
     gpu: &Device,
     seqs: usize,
     ctx: usize,
     splits: Option<usize>,
     window: Option<usize>,
+    fp8: bool,
     reps: usize,
 ) -> Result<SpeedRow, ModelError> {
     let b = gpu.cuda_backend().ok_or_else(|| ModelError::Unsupported("decode_speed needs a GPU".into()))?;
@@ -188,8 +207,12 @@ pub fn decode_speed(
     let case =
         Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: vec![(ctx, 1); seqs], pad_tokens: 0 };
     let p = Problem::random(case, DType::BF16, &mut StdRng::seed_from_u64(99));
-    let (q, k, vp) = p.tensors(gpu, DType::BF16)?;
-    let kv = PagedKv { k: &k, v: &vp, head_dim: hd, fp8: None };
+    let fp8 = fp8.then_some(FP8_SCALE);
+    let [q, k, vp] = match fp8 {
+        None => p.tensors(gpu, DType::BF16).map(|(q, k, v)| [q, k, v])?,
+        Some(s) => p.fp8_tensors(gpu, DType::BF16, &p.to_fp8(s).0)?,
+    };
+    let kv = PagedKv { k: &k, v: &vp, head_dim: hd, fp8 };
     let mut plan = p.plan()?;
     match splits {
         Some(n) => plan.set_splits(n),
@@ -208,11 +231,14 @@ pub fn decode_speed(
         Ok(())
     })?;
     let keys = window.map_or(ctx, |w| w.min(ctx));
-    let kv_bytes = 2 * seqs * keys * nkv * hd * 2;
+    let kv_bytes = 2 * seqs * keys * nkv * hd * if fp8.is_some() { 1 } else { 2 };
     let how = if splits.is_some() { "" } else { " (default split)" };
     let win = window.map_or(String::new(), |w| format!(", window {w}"));
     Ok(SpeedRow {
-        what: format!("decode {seqs} seqs × {ctx} ctx{win}, heads 32/8×128 bf16{how}"),
+        what: format!(
+            "decode {seqs} seqs × {ctx} ctx{win}, heads 32/8×128 bf16{}{how}",
+            if fp8.is_some() { ", fp8 KV" } else { "" }
+        ),
         splits: plan.n_splits(),
         median_us: us,
         kv_bytes,

@@ -5,7 +5,8 @@
 //! the modifier, so a modifier never un-masks a future key. With a key window (the kernel's
 //! `window` parameter) only the keys inside some row's window are scored, and each row's keys
 //! before its own window are masked like future ones. FP8 KV pools (e4m3 bytes) are widened
-//! per task, each byte to its exact value times the layer's scale, before any score.
+//! once per (sequence, KV head), each byte to its exact value times the layer's scale, and the
+//! group's query heads run over the widened rows.
 
 use super::plan::AttnPlan;
 use super::{AttnError, Bound, PagedKv};
@@ -107,11 +108,14 @@ pub(super) fn run(
         }),
         Some(scale) => kv.k.with_host::<i32, _>(|kp| {
             kv.v.with_host::<i32, _>(|vp| {
-                tasks
+                // One task per (sequence, KV head): its keys and values widened from e4m3 once,
+                // then every query head of the group over them (in `tasks`' order).
+                let groups: Vec<(usize, usize)> =
+                    (0..plan.seqs.len()).flat_map(|i| (0..b.n_kv_heads).map(move |g| (i, g))).collect();
+                let per_group: Vec<Vec<Result<Vec<f32>, AttnError>>> = groups
                     .par_iter()
-                    .map(|&(i, h)| {
-                        // The head's keys and values of the sequence, widened from e4m3 once.
-                        let (kvh, ctx) = (h / group, plan.seqs[i].ctx_len);
+                    .map(|&(i, kvh)| {
+                        let ctx = plan.seqs[i].ctx_len;
                         let widen = |pool: &HostView<'_, i32>, s: f32| -> Vec<f32> {
                             let mut rows = Vec::with_capacity(ctx * hd);
                             for t in 0..ctx {
@@ -123,9 +127,10 @@ pub(super) fn run(
                         let (kr, vr) = (widen(&kp, scale.k), widen(&vp, scale.v));
                         let key = |t: usize| &kr[t * hd..(t + 1) * hd];
                         let val = |t: usize| &vr[t * hd..(t + 1) * hd];
-                        attend_head(&sh, i, h, &qv, &key, &val)
+                        (kvh * group..(kvh + 1) * group).map(|h| attend_head(&sh, i, h, &qv, &key, &val)).collect()
                     })
-                    .collect()
+                    .collect();
+                per_group.into_iter().flatten().collect()
             })
         }),
     })???;
