@@ -19,7 +19,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Ref, Schema, Type};
+use utoipa::openapi::schema::{
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema, Type,
+};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
@@ -86,7 +88,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
         ChatCompletionStreamEvent,
         CompletionStreamEvent,
     )),
-    modifiers(&Layers)
+    modifiers(&Layers, &TokenizeInput)
 )]
 pub struct ApiDoc;
 
@@ -195,6 +197,31 @@ impl Modify for Layers {
     }
 }
 
+/// `/tokenize` takes `prompt` or `messages`, exactly one (the handler refuses both and
+/// neither): its request schema says so with a `oneOf` of the two forms next to the fields.
+struct TokenizeInput;
+
+impl Modify for TokenizeInput {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let Some(schemas) = doc.components.as_mut().map(|c| &mut c.schemas) else { return };
+        let Some(fields) = schemas.remove(tokenize::TokenizeRequest::name().as_ref()) else { return };
+        let prompt = ObjectBuilder::new()
+            .property("prompt", ObjectBuilder::new().schema_type(Type::String))
+            .required("prompt")
+            .description(Some("Plain text"));
+        let messages = ObjectBuilder::new()
+            .property(
+                "messages",
+                ArrayBuilder::new().items(Ref::from_schema_name(chat::ChatMessageIn::name())).min_items(Some(1)),
+            )
+            .required("messages")
+            .description(Some("A conversation, rendered with the chat template"));
+        let forms = OneOfBuilder::new().item(prompt).item(messages);
+        let schema = AllOfBuilder::new().item(fields).item(forms).description(Some("Either `prompt` or `messages`"));
+        schemas.insert(tokenize::TokenizeRequest::name().into_owned(), RefOr::T(Schema::AllOf(schema.build())));
+    }
+}
+
 /// A response with OpenAI's error body.
 fn error(description: &str) -> RefOr<utoipa::openapi::Response> {
     let content = ContentBuilder::new().schema(Some(Ref::from_schema_name(ErrorBody::name()))).build();
@@ -223,7 +250,10 @@ pub fn spec_json_for(served: &str) -> Arc<str> {
     let mut doc: serde_json::Value = serde_json::from_str(spec_json()).unwrap_or_default();
     if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(|v| v.as_object_mut()) {
         for schema in schemas.values_mut() {
-            let Some(model) = schema.pointer_mut("/properties/model").and_then(|m| m.as_object_mut()) else {
+            // The fields sit in the schema, or in the first part of an `allOf` (`/tokenize`).
+            let fields = if schema.get("allOf").is_some() { schema.pointer_mut("/allOf/0") } else { Some(schema) };
+            let Some(model) = fields.and_then(|f| f.pointer_mut("/properties/model")).and_then(|m| m.as_object_mut())
+            else {
                 continue;
             };
             let nullable = model.get("type").and_then(|t| t.as_array()).is_some_and(|t| t.iter().any(|x| x == "null"));
@@ -264,7 +294,15 @@ mod tests {
             without["properties"]["model"].as_object_mut().unwrap().remove("enum");
             assert_eq!(without, base["components"]["schemas"][name], "{name}");
         }
-        assert!(seen >= 3, "completions, chat and tokenize name a model: {seen}");
+        assert!(seen >= 3, "completions, chat and detokenize name a model: {seen}");
+        // `/tokenize`'s fields sit in an `allOf` next to its two forms, exactly one of which holds.
+        let tok = &doc["components"]["schemas"]["TokenizeRequest"];
+        assert_eq!(tok["allOf"][0]["properties"]["model"]["enum"][0], "tiny-model");
+        let forms = tok["allOf"][1]["oneOf"].as_array().unwrap();
+        assert_eq!(
+            (forms[0]["required"][0].as_str(), forms[1]["required"][0].as_str()),
+            (Some("prompt"), Some("messages"))
+        );
         assert!(Arc::ptr_eq(&spec_json_for("tiny-model"), &spec_json_for("tiny-model")), "built once");
     }
 
