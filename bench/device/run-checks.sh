@@ -46,12 +46,20 @@ if [ "$what" = bench2 ] || [ "$what" = all ]; then
   TAIL=14 step bench-8b-128x128-max 240 "${b[@]}" --model synth:llama3-8b --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192
 fi
 
+if [ "$what" = fp8kv-attn ]; then
+  # The attention template only: over FP8 pools, its decode speed, then the bf16-pool cases.
+  TAIL=40 step attention-fp8 300 .device/kiln-check-attention --quick --fp8-only --no-speed --out "$OUT/attention-fp8.md"
+  TAIL=40 step attention-speed 150 .device/kiln-check-attention --no-check --out "$OUT/attention-speed.md"
+  TAIL=10 step attention-bf16 ${ATTN_BF16_S:-200} .device/kiln-check-attention --quick --no-speed --out "$OUT/attention-bf16.md"
+fi
+
 if [ "$what" = fp8kv ]; then
   # The FP8 KV cache: the attention template over e4m3 pools against the reference (and its
   # decode bandwidth next to bf16 pools and a copy); KL of FP8 KV against the model's own
   # cache on real weights (PPL_MODEL) on the GPU and on the CPU; then 8B-shaped serving with
   # bf16 and FP8 KV: long-context decode, max load, and max load with a 4 GiB KV budget.
-  TAIL=40 step attention 300 .device/kiln-check-attention --quick --out "$OUT/attention.md"
+  TAIL=40 step attention-fp8 300 .device/kiln-check-attention --quick --fp8-only --no-speed --out "$OUT/attention-fp8.md"
+  TAIL=40 step attention-speed 150 .device/kiln-check-attention --no-check --out "$OUT/attention-speed.md"
   txt=tests/fixtures/perplexity/founding-documents.txt
   for d in cuda cpu; do
     TAIL=6 step "ppl-fp8kv-$d" 200 .device/kiln perplexity --device $d --model "$PPL_MODEL" --file $txt --ctx 512 --max-chunks 6 --kv-cache-dtype fp8 --kl-base "$PPL_MODEL"

@@ -4,7 +4,7 @@
 //! one, seven and the default splits, and the tensor-core kernel where the plan routes there; then the decode kernel's read bandwidth on
 //! long contexts, next to a device-to-device copy of the same bytes in the same run.
 
-use super::attention_check::{max_rel, variants, Case, Problem};
+use super::attention_check::{max_rel, variants, Case, Problem, Variant};
 use crate::model::ModelError;
 use kiln_runtime::attention::{run, KvScale, PagedKv};
 use kiln_runtime::DType;
@@ -119,8 +119,12 @@ fn one(
     ROUTES.iter().map(|&r| (r, route(r))).collect()
 }
 
-/// Every correctness case; `quick` keeps bf16 and the first two layouts.
-pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
+/// The instances also checked over FP8 pools.
+const FP8_VARIANTS: [&str; 2] = ["attn_causal", "attn_sliding_window"];
+
+/// Every correctness case; `quick` keeps bf16 and the first seven layouts; `fp8_only` only
+/// the cases over FP8 pools.
+pub fn check_all(gpu: &Device, quick: bool, fp8_only: bool, seed: u64) -> Vec<CheckRow> {
     // The CPU as the device (a self-test) runs f32 only: its path has no halves.
     let dtypes: &[DType] = match (gpu.is_cpu(), quick) {
         (true, _) => &[DType::F32],
@@ -144,11 +148,14 @@ pub fn check_all(gpu: &Device, quick: bool, seed: u64) -> Vec<CheckRow> {
                         pad_tokens: pad,
                     };
                     let p = Problem::random(case, dtype, &mut StdRng::seed_from_u64(seed + n));
-                    // FP8 pools where the GPU has them (f16 / bf16 queries).
-                    let pools: &[Option<KvScale>] = if dtype.is_half() { &[None, Some(FP8_SCALE)] } else { &[None] };
-                    for (v, &fp8) in
-                        variants(nh, 1.0 / (hd as f32).sqrt()).iter().flat_map(|v| pools.iter().map(move |f| (v, f)))
-                    {
+                    // FP8 pools where the GPU has them (f16 / bf16 queries), with the plain and
+                    // the windowed instance (the score modifier does not meet the pool type;
+                    // each instance and head dim is one more NVRTC module to compile).
+                    let fp8_too = |v: &Variant| dtype.is_half() && FP8_VARIANTS.contains(&v.name);
+                    let pools = |v: &Variant| if fp8_too(v) { vec![None, Some(FP8_SCALE)] } else { vec![None] };
+                    let all = variants(nh, 1.0 / (hd as f32).sqrt());
+                    let only = |fp8: &Option<KvScale>| !fp8_only || fp8.is_some();
+                    for (v, fp8) in all.iter().flat_map(|v| pools(v).into_iter().filter(only).map(move |f| (v, f))) {
                         let kv = if fp8.is_some() { " fp8-kv" } else { "" };
                         for (route, r) in one(gpu, dtype, &p, v, fp8) {
                             let what =
