@@ -4,8 +4,8 @@
 //! data, other scripts) with the model's unquantized cache; a model without a tokenizer (a
 //! benchmark's random weights) is calibrated on fixed pseudo-random token ids instead.
 //!
-//! Checkpoints' own `k_scale` / `v_scale` (compressed-tensors `kv_cache_scheme`) are not read
-//! yet: such a checkpoint is refused by the loader, naming the field.
+//! A checkpoint that stores its own scales (compressed-tensors `kv_cache_scheme`: `k_scale` and
+//! `v_scale` beside each layer's attention) is not calibrated: its scales are used.
 
 use crate::model::{CausalLm, ModelError};
 use crate::tokenizer::Tokenizer;
@@ -43,25 +43,37 @@ pub fn calibration_tokens(tokenizer: Option<&Tokenizer>, vocab: usize) -> Result
     }
 }
 
-/// Make `model`'s KV caches `dtype` from now on; for FP8, calibrates and returns the scales.
+/// The scales an FP8 cache was given, and where they came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fp8Scales {
+    pub scales: Vec<KvScale>,
+    /// The checkpoint's own (`k_scale` / `v_scale`), else calibrated.
+    pub from_checkpoint: bool,
+}
+
+/// Make `model`'s KV caches `dtype` from now on; for FP8, returns the scales: the checkpoint's
+/// when it stores them, else calibrated.
 pub fn apply(
     model: &mut dyn CausalLm,
     tokenizer: Option<&Tokenizer>,
     dtype: KvCacheDtype,
-) -> Result<Option<Vec<KvScale>>, ModelError> {
+) -> Result<Option<Fp8Scales>, ModelError> {
     match dtype {
         KvCacheDtype::Auto => Ok(None),
         KvCacheDtype::Fp8 => {
-            let tokens = calibration_tokens(tokenizer, model.info().vocab_size)?;
-            let scales = calibrate(model, &tokens)?;
+            let (scales, from_checkpoint) = match model.checkpoint_kv_scales() {
+                Some(s) => (s, true),
+                None => (calibrate(model, &calibration_tokens(tokenizer, model.info().vocab_size)?)?, false),
+            };
             model.use_fp8_kv(scales.clone())?;
-            Ok(Some(scales))
+            Ok(Some(Fp8Scales { scales, from_checkpoint }))
         }
     }
 }
 
-/// One line for the log: the scales' range over the layers.
-pub fn describe(scales: &[KvScale]) -> String {
+/// One line for the log: where the scales came from and their range over the layers.
+pub fn describe(s: &Fp8Scales) -> String {
+    let (scales, from_checkpoint) = (&s.scales, s.from_checkpoint);
     let range = |f: fn(&KvScale) -> f32| {
         let v: Vec<f32> = scales.iter().map(f).collect();
         let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
@@ -69,7 +81,8 @@ pub fn describe(scales: &[KvScale]) -> String {
         format!("{lo:.3e}..{hi:.3e}")
     };
     format!(
-        "FP8 (e4m3) KV cache, scales calibrated per layer over {} layers: K {}, V {}",
+        "FP8 (e4m3) KV cache, scales {} over {} layers: K {}, V {}",
+        if from_checkpoint { "from the checkpoint" } else { "calibrated per layer" },
         scales.len(),
         range(|s| s.k),
         range(|s| s.v)

@@ -110,6 +110,11 @@ impl CausalLm for TpModel {
         Ok(KvCache { k, v, block_size, num_blocks, fp8: self.info.kv_fp8.clone() })
     }
 
+    /// Rank 0's (every rank reads the same scales from the checkpoint).
+    fn checkpoint_kv_scales(&self) -> Option<Vec<kiln_runtime::model::kv_fp8::KvScale>> {
+        self.ranks[0].checkpoint_kv_scales()
+    }
+
     fn use_fp8_kv(&mut self, scales: Vec<kiln_runtime::model::kv_fp8::KvScale>) -> Result<(), ModelError> {
         let info = self.info.with_fp8_kv(scales.clone())?;
         for m in &mut self.ranks {

@@ -41,7 +41,9 @@ fn an_fp8_cache_stores_bytes_and_reads_them_back_on_every_path() {
         let mut kv = m.new_kv_cache(4, 16).unwrap();
         let dense = step(&m, &mut kv, &toks, 0);
 
-        let scales = kiln_models::kv_fp8::apply(&mut m, None, kiln_models::kv_fp8::KvCacheDtype::Fp8).unwrap().unwrap();
+        let fp8 = kiln_models::kv_fp8::apply(&mut m, None, kiln_models::kv_fp8::KvCacheDtype::Fp8).unwrap().unwrap();
+        let scales = &fp8.scales;
+        assert!(!fp8.from_checkpoint);
         assert_eq!(scales.len(), 2);
         assert!(scales.iter().all(|s| s.k > 0.0 && s.v > 0.0 && s.k.is_finite() && s.v.is_finite()));
         assert_eq!(m.info().kv_bytes_per_token() * 4, dense_bytes, "one byte a value against f32's four");
@@ -76,4 +78,72 @@ fn calibration_refuses_a_model_already_fp8_and_scales_must_fit_the_layers() {
     assert!(tiny(false).use_fp8_kv(vec![one]).is_err(), "one scale for two layers");
     assert!(tiny(false).use_fp8_kv(vec![kiln_runtime::attention::KvScale { k: f32::NAN, v: 1.0 }; 2]).is_err());
     assert!(tiny(false).use_fp8_kv(vec![one; 2]).is_ok());
+}
+
+/// `dir` (a copy of an FP8 fixture) with a compressed-tensors FP8 KV scheme: `k_scale` and
+/// `v_scale` for each of its layers in a second shard (`v_scale` of the last layer left out
+/// with `drop_last_v`).
+fn with_kv_scales(dir: &std::path::Path, scales: &[(f32, f32)], drop_last_v: bool) {
+    use kiln_models::weights::{HostTensor, WeightSource, Weights};
+    let src = WeightSource::open_safetensors_dir(dir).unwrap();
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        src.names().map(|n| (n.to_string(), "model.safetensors".into())).collect();
+    let mut w = Weights::new("kv scales");
+    for (l, &(k, v)) in scales.iter().enumerate() {
+        let mut put = |which: &str, x: f32| {
+            let name = format!("model.layers.{l}.self_attn.{which}");
+            map.insert(name.clone(), "kv.safetensors".into());
+            w.insert(name, HostTensor::new(vec![], vec![x]).unwrap()).unwrap();
+        };
+        put("k_scale", k);
+        if !(drop_last_v && l + 1 == scales.len()) {
+            put("v_scale", v);
+        }
+    }
+    kiln_models::safetensors_io::write_safetensors(&dir.join("kv.safetensors"), &w).unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["quantization_config"]["kv_cache_scheme"] =
+        serde_json::json!({"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": false, "symmetric": true});
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+}
+
+fn fixture_copy(tag: &str) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/ct-tiny/fp8-tensor");
+    let dir = std::env::temp_dir().join(format!("kiln-kv-scales-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// A checkpoint's own KV scales (compressed-tensors `kv_cache_scheme`) are read with its
+/// weights and used by an FP8 cache instead of calibrating; a layer without its `v_scale` is a
+/// load error naming it.
+#[test]
+fn checkpoint_kv_scales_are_read_and_used() {
+    let load = |dir: &std::path::Path| {
+        kiln_models::loader::load_weights_only_with(dir, &Device::Cpu, DType::F32, Default::default())
+    };
+    let dir = fixture_copy("ok");
+    let want = [(0.02f32, 0.003f32), (0.05, 0.0007)];
+    with_kv_scales(&dir, &want, false);
+    let mut m = load(&dir).unwrap();
+    let scales: Vec<(f32, f32)> = m.checkpoint_kv_scales().unwrap().iter().map(|s| (s.k, s.v)).collect();
+    assert_eq!(scales, want);
+    let fp8 = kiln_models::kv_fp8::apply(m.as_mut(), None, kiln_models::kv_fp8::KvCacheDtype::Fp8).unwrap().unwrap();
+    assert!(fp8.from_checkpoint);
+    assert_eq!(m.info().kv_fp8.as_ref().unwrap()[1].v, 0.0007);
+    assert!(!step(m.as_ref(), &mut m.new_kv_cache(2, 16).unwrap(), &[1, 2, 3], 0).iter().any(|x| !x.is_finite()));
+    std::fs::remove_dir_all(&dir).ok();
+
+    let dir = fixture_copy("missing");
+    with_kv_scales(&dir, &want, true);
+    let err = load(&dir).err().expect("a missing v_scale is an error").to_string();
+    assert!(err.contains("model.layers.1.self_attn.v_scale"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
 }

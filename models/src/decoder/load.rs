@@ -12,6 +12,7 @@ use crate::llama::load as load_err;
 use crate::model::ModelError;
 use crate::weights::{Part, WeightSource};
 use kiln_runtime::device::linear::Weight;
+use kiln_runtime::model::kv_fp8::KvScale;
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 
@@ -261,6 +262,28 @@ impl Reader<'_> {
     }
 }
 
+/// The checkpoint's FP8 KV-cache scales, when it stores them: a one-value `k_scale` and
+/// `v_scale` beside each layer's attention projections (compressed-tensors `kv_cache_scheme`;
+/// the stored byte times the scale is the value). All layers or none.
+fn checkpoint_kv_scales(w: &WeightSource, n: &Names, layers: usize) -> Result<Option<Vec<KvScale>>, ModelError> {
+    let attn = n.k.rsplit_once('.').map_or(n.k, |(stem, _)| stem);
+    let name = |l: usize, which: &str| format!("{}.{l}.{attn}.{which}", n.layers);
+    if !w.contains(&name(0, "k_scale")) {
+        return Ok(None);
+    }
+    let one = |t: String| -> Result<f32, ModelError> {
+        let v = w.read(&t, None, None).and_then(|s| s.to_f32()).map_err(load_err)?;
+        match v[..] {
+            [x] if x > 0.0 && x.is_finite() => Ok(x),
+            _ => Err(ModelError::Load(format!("`{t}` must be one positive finite value, got {v:?}"))),
+        }
+    };
+    (0..layers)
+        .map(|l| Ok(KvScale { k: one(name(l, "k_scale"))?, v: one(name(l, "v_scale"))? }))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 impl Decoder {
     /// Build the model on `dev` from `w`, tensor by tensor, converting to `dtype` (f32 on the
     /// CPU). Every tensor is checked against the shape the spec implies.
@@ -307,12 +330,14 @@ impl Decoder {
             w.mark_used(&head_name);
         }
         let final_norm = r.norm(names.final_norm, c.hidden_size)?;
+        let kv_scales = checkpoint_kv_scales(w, names, c.num_hidden_layers)?;
         let spec = match &plan {
             Some(p) => p.rank_spec(&spec),
             None => spec,
         };
         let mut model = Decoder::assemble(spec, dev, dtype, embed, lm_head, final_norm, layers);
         model.tp = w.tp().cloned();
+        model.kv_scales = kv_scales;
         Ok(model)
     }
 }

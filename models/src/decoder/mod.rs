@@ -220,6 +220,9 @@ pub struct Decoder {
     layers: Vec<Layer>,
     /// This rank's group, when tensor-parallel.
     tp: Option<Arc<dyn Communicator>>,
+    /// The checkpoint's FP8 KV-cache scales (compressed-tensors `kv_cache_scheme`: a
+    /// `k_scale` and `v_scale` per layer), used by `--kv-cache-dtype fp8` instead of calibrating.
+    kv_scales: Option<Vec<kiln_runtime::model::kv_fp8::KvScale>>,
 }
 
 impl Decoder {
@@ -242,7 +245,7 @@ impl Decoder {
             kv_dtype: dtype,
             kv_fp8: None,
         };
-        Decoder { spec, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, tp: None }
+        Decoder { spec, info, dev: dev.clone(), dtype, embed, lm_head, final_norm, layers, tp: None, kv_scales: None }
     }
 
     pub fn spec(&self) -> &DecoderSpec {

@@ -246,6 +246,9 @@ impl StepModel for Decoder {
     fn fp8_kv_supported(&self) -> bool {
         true
     }
+    fn checkpoint_kv_scales(&self) -> Option<&[kv_fp8::KvScale]> {
+        self.kv_scales.as_deref()
+    }
 
     fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
         let s = &self.spec;

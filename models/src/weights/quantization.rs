@@ -81,6 +81,26 @@ struct WeightArgs {
     block: Option<Vec<i64>>,
 }
 
+/// A `kv_cache_scheme` kiln reads: FP8 e4m3 with one static, symmetric scale per tensor — a
+/// `k_scale` and `v_scale` per layer, which `--kv-cache-dtype fp8` takes instead of calibrating.
+fn kv_cache_scheme(kv: &Value) -> Result<(), Refusal> {
+    let field = |f: &str| format!("kv_cache_scheme.{f}");
+    let (bits, kind) = (kv.get("num_bits").and_then(Value::as_i64), kv.get("type").and_then(Value::as_str));
+    if (bits, kind) != (Some(8), Some("float")) {
+        return refuse(&field("type"), "only an FP8 (8-bit float) KV cache is read");
+    }
+    if kv.get("strategy").and_then(Value::as_str).is_some_and(|s| s != "tensor") {
+        return refuse(&field("strategy"), "only one K and one V scale per layer (`tensor`) is read");
+    }
+    if kv.get("dynamic").and_then(Value::as_bool) == Some(true) {
+        return refuse(&field("dynamic"), "dynamic KV scales are not stored; use --kv-cache-dtype fp8 to calibrate");
+    }
+    if kv.get("symmetric").and_then(Value::as_bool) == Some(false) {
+        return refuse(&field("symmetric"), "an asymmetric KV cache is not supported");
+    }
+    Ok(())
+}
+
 fn compressed_tensors(q: &Value) -> Result<Quantization, Refusal> {
     let empty = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || v.as_object().is_some_and(|o| o.is_empty()));
     if !empty(q.get("sparsity_config")) {
@@ -90,7 +110,7 @@ fn compressed_tensors(q: &Value) -> Result<Quantization, Refusal> {
         return refuse("transform_config", "rotation transforms are not supported");
     }
     if !empty(q.get("kv_cache_scheme")) {
-        return refuse("kv_cache_scheme", "a quantized KV cache (k_scale / v_scale) is not read yet");
+        kv_cache_scheme(&q["kv_cache_scheme"])?;
     }
     let top_format = q.get("format").and_then(Value::as_str).unwrap_or("");
     let Some(groups) = q.get("config_groups").and_then(Value::as_object).filter(|g| !g.is_empty()) else {
@@ -212,9 +232,18 @@ mod tests {
         let mut sparse = ct(w8.clone(), "int-quantized");
         sparse["quantization_config"]["sparsity_config"] = json!({"format": "sparse-24"});
         assert_eq!(field(sparse), "quantization_config.sparsity_config");
-        let mut kv = ct(w8.clone(), "int-quantized");
-        kv["quantization_config"]["kv_cache_scheme"] = json!({"num_bits": 8, "type": "float"});
-        assert_eq!(field(kv), "quantization_config.kv_cache_scheme");
+        let kv = |scheme: Value| {
+            let mut c = ct(w8.clone(), "int-quantized");
+            c["quantization_config"]["kv_cache_scheme"] = scheme;
+            c
+        };
+        // An FP8 per-tensor KV scheme is read (its scales load with the weights); others are not.
+        assert!(from_hf(&kv(json!({"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": false}))).is_ok());
+        assert_eq!(field(kv(json!({"num_bits": 8, "type": "int"}))), "quantization_config.kv_cache_scheme.type");
+        let per_head = json!({"num_bits": 8, "type": "float", "strategy": "attn_head"});
+        assert_eq!(field(kv(per_head)), "quantization_config.kv_cache_scheme.strategy");
+        let dynamic = json!({"num_bits": 8, "type": "float", "dynamic": true});
+        assert_eq!(field(kv(dynamic)), "quantization_config.kv_cache_scheme.dynamic");
         let w2 = json!({"num_bits": 2, "type": "int", "strategy": "group", "group_size": 128});
         assert_eq!(field(ct(w2, "pack-quantized")), "quantization_config.config_groups.*.weights.num_bits");
         let tg = json!({"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16});

@@ -1086,6 +1086,9 @@ impl WeightSource {
 
 /// `part` of `t`: whole rows, or whole blocks of every row.
 fn part_of<'a>(t: StoredTensor<'a>, part: &Part) -> Result<StoredTensor<'a>, WeightsError> {
+    if matches!(part, Part::Whole) {
+        return Ok(t); // any shape, a scalar (`k_scale`) included
+    }
     let bad = |reason: String| Err(WeightsError::Layout { tensor: t.name.clone(), reason });
     let (block_len, block_bytes) = t.format.block();
     // Seen as `[rows, cols]`; a vector's rows are its blocks.

@@ -54,6 +54,10 @@ pub trait StepModel: Send + Sync {
     fn fp8_kv_supported(&self) -> bool {
         false
     }
+    /// FP8 KV scales the checkpoint stores (one per KV layer), if any.
+    fn checkpoint_kv_scales(&self) -> Option<&[super::kv_fp8::KvScale]> {
+        None
+    }
     /// The step on device-resident inputs, logits into `logits` (`[logits rows, vocab]`):
     /// kernels and GEMMs only, no host copies and no allocations (unless
     /// [`StepModel::captures_graphs`] says otherwise).

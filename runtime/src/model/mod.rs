@@ -197,4 +197,9 @@ pub trait CausalLm: Send + Sync {
         let _ = scales;
         Err(ModelError::Unsupported(format!("an FP8 KV cache for `{}`", self.info().architecture)))
     }
+    /// FP8 KV scales the checkpoint stores (one per KV layer), if any: an FP8 cache takes
+    /// them instead of calibrating.
+    fn checkpoint_kv_scales(&self) -> Option<Vec<kv_fp8::KvScale>> {
+        None
+    }
 }

@@ -85,6 +85,10 @@ impl<M: StepModel> CausalLm for Runner<M> {
         Ok(())
     }
 
+    fn checkpoint_kv_scales(&self) -> Option<Vec<super::kv_fp8::KvScale>> {
+        self.model.checkpoint_kv_scales().map(<[_]>::to_vec)
+    }
+
     fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
         let m = &self.model;
         batch.validate(m.info().vocab_size)?;
