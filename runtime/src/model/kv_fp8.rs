@@ -9,7 +9,8 @@
 //! attention template reads the bytes directly (`kiln_codegen::attention::abi`'s `_kv8`
 //! entries; the CPU widens them per task).
 //!
-//! Where the scales come from: [`calibrate`] runs a text through the model with an unquantized
+//! Where the scales come from: the checkpoint ([`CausalLm::checkpoint_kv_scales`]), else
+//! [`calibrate`], which runs a text through the model with an unquantized
 //! cache and takes each layer's largest |K| and |V| over it, so the calibration's largest
 //! value maps to 448 ([`scale_for`]); a later value past it saturates, never overflows to NaN.
 //!
