@@ -74,7 +74,8 @@ pub struct HeadRows {
 
 /// The KV-write kernels' targets in a staging buffer of one row per token (an FP8 cache's new
 /// K and V before they are rounded into the pools): `slots[t]` is `t`, or `-1` where the
-/// token's slot is; with [`HeadRows`], `k_row` / `v_row` are `t * n_kv_heads + h` likewise.
+/// token's own slot is `-1` (it writes nothing); with [`HeadRows`], `k_row` / `v_row` are
+/// `t * n_kv_heads + h` likewise.
 pub struct KvStage {
     pub slots: Tensor,
     pub head_rows: Option<[Tensor; 2]>,
