@@ -130,20 +130,23 @@ pub fn store(
     if v_pool.rows() != k_pool.rows() {
         return bad(format!("the pools hold {} and {} slots", k_pool.rows(), v_pool.rows()));
     }
+    let rows = NewRows { k, v, slots, scale };
     match dev {
-        Device::Cpu => store_cpu(k, v, slots, scale, k_pool, v_pool),
-        Device::Cuda(b) => store_cuda(b, k, v, slots, scale, k_pool, v_pool),
+        Device::Cpu => store_cpu(&rows, k_pool, v_pool),
+        Device::Cuda(b) => store_cuda(b, &rows, k_pool, v_pool),
     }
 }
 
-fn store_cpu(
-    k: &Tensor,
-    v: &Tensor,
-    slots: &Tensor,
+/// What [`store`] writes, checked: the new rows, their slots and the layer's scales.
+struct NewRows<'a> {
+    k: &'a Tensor,
+    v: &'a Tensor,
+    slots: &'a Tensor,
     scale: KvScale,
-    k_pool: &mut Tensor,
-    v_pool: &mut Tensor,
-) -> Result<(), ModelError> {
+}
+
+fn store_cpu(rows: &NewRows<'_>, k_pool: &mut Tensor, v_pool: &mut Tensor) -> Result<(), ModelError> {
+    let NewRows { k, v, slots, scale } = *rows;
     let slots = slots.to_host::<i32>()?;
     let pool_rows = k_pool.rows();
     if let Some(s) = slots.iter().find(|&&s| s >= 0 && s as usize >= pool_rows) {
@@ -167,15 +170,8 @@ fn store_cpu(
     Ok(())
 }
 
-fn store_cuda(
-    b: &CudaBackend,
-    k: &Tensor,
-    v: &Tensor,
-    slots: &Tensor,
-    scale: KvScale,
-    k_pool: &mut Tensor,
-    v_pool: &mut Tensor,
-) -> Result<(), ModelError> {
+fn store_cuda(b: &CudaBackend, rows: &NewRows<'_>, k_pool: &mut Tensor, v_pool: &mut Tensor) -> Result<(), ModelError> {
+    let NewRows { k, v, slots, scale } = *rows;
     let ptr =
         |t: &Tensor| t.cuda_ptr().ok_or_else(|| ModelError::Batch("FP8 KV store: a tensor is not on the GPU".into()));
     let module = b.module_with(source(), "kiln_kv_fp8", &entries())?;
