@@ -17,8 +17,6 @@ pub enum KvCopyError {
     Device(String),
     #[error("KV block copy {src} -> {dst} is outside the pool of {blocks} blocks")]
     OutOfRange { src: u32, dst: u32, blocks: usize },
-    #[error("KV pools of dtype {0} cannot be copied")]
-    DType(DType),
     #[error(transparent)]
     Tensor(#[from] TensorError),
 }
@@ -45,7 +43,8 @@ pub(crate) fn copy_blocks(kv: &mut KvCache, copies: &[CopyBlock]) -> Result<(), 
             DType::F32 => copy_rows::<f32>(pool, copies, bs)?,
             DType::F16 => copy_rows::<half::f16>(pool, copies, bs)?,
             DType::BF16 => copy_rows::<half::bf16>(pool, copies, bs)?,
-            d => return Err(KvCopyError::DType(d)),
+            // An FP8 cache's pools: e4m3 bytes, four to an i32.
+            DType::I32 => copy_rows::<i32>(pool, copies, bs)?,
         }
     }
     Ok(())
@@ -89,5 +88,20 @@ mod tests {
         }
         let bad = [CopyBlock { src: BlockId(4), dst: BlockId(0) }];
         assert!(matches!(copy_blocks(&mut kv, &bad), Err(KvCopyError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn fp8_pools_copy_their_bytes() {
+        let dev = Device::Cpu;
+        let words: Vec<i32> = (0..4 * 2 * 2).map(|x| x * 0x0101_0101).collect(); // 4 blocks of 2 slots, 8 bytes a row
+        let mk = || Tensor::vector(&dev, &words).unwrap().reshape(8, 2).unwrap();
+        let scale = crate::attention::KvScale { k: 1.0, v: 1.0 };
+        let mut kv = KvCache { k: vec![mk()], v: vec![mk()], block_size: 2, num_blocks: 4, fp8: Some(vec![scale]) };
+        copy_blocks(&mut kv, &[CopyBlock { src: BlockId(2), dst: BlockId(1) }]).unwrap();
+        for t in kv.k.iter().chain(&kv.v) {
+            let h = t.to_host::<i32>().unwrap();
+            assert_eq!(&h[4..8], &words[8..12], "block 1 = block 2");
+            assert_eq!((&h[..4], &h[8..]), (&words[..4], &words[8..]), "the others untouched");
+        }
     }
 }

@@ -81,6 +81,12 @@ impl<M: StepModel> CausalLm for Runner<M> {
         if !self.model.fp8_kv_supported() {
             return Err(ModelError::Unsupported(format!("an FP8 KV cache for `{}`", self.info.architecture)));
         }
+        // The GPU's attention reads FP8 pools with half-precision queries only.
+        if !self.model.device().is_cpu() && self.model.dtype() == crate::DType::F32 {
+            return Err(ModelError::Unsupported(
+                "an FP8 KV cache on a GPU with f32 activations (KILN_DTYPE=f32)".into(),
+            ));
+        }
         self.info = self.info.with_fp8_kv(scales)?;
         Ok(())
     }
