@@ -16,6 +16,8 @@ use kiln_runtime::device::linear::{gather_rows_quantized, linear};
 use kiln_runtime::model::graphs::StepModel;
 use kiln_runtime::model::kv_fp8;
 use kiln_runtime::model::step::{Heads, StepInputs};
+use kiln_runtime::DType;
+use kiln_runtime::{Device, Tensor};
 
 /// Where a layer's new K and V go: the cache pools at the tokens' slots, or, for an FP8 cache,
 /// the staging rows (`StepInputs::kv_stage`); `head_rows` are the `(k_row, v_row)` targets of
@@ -26,8 +28,6 @@ struct KvTarget<'a> {
     k: &'a mut Tensor,
     v: &'a mut Tensor,
 }
-use kiln_runtime::DType;
-use kiln_runtime::{Device, Tensor};
 
 /// The activations of one step, `capacity` token rows each; a step of `n <= capacity` tokens
 /// uses the first `n` rows.
@@ -315,7 +315,12 @@ impl StepModel for Decoder {
         self.norm(&residual, &self.layers[0].attn_norm, &mut h)?;
         for (l, layer) in self.layers.iter().enumerate() {
             self.qkv(layer, &h, &mut qkv)?;
-            let fp8 = kv.fp8.as_ref().map(|s| s[l]);
+            let fp8 = match &kv.fp8 {
+                None => None,
+                Some(s) => Some(*s.get(l).ok_or_else(|| {
+                    ModelError::Batch(format!("an FP8 KV cache with {} scales for layer {l}", s.len()))
+                })?),
+            };
             match (fp8, &inp.kv_stage) {
                 (None, _) => {
                     let hr = inp.head_rows.as_ref().map(|r| (&r.k_row, &r.v_row));
