@@ -78,8 +78,8 @@ CONSTRAINTS = ["response_format", "guided_json", "guided_regex", "guided_choice"
 
 def passable(body):
     """A body generated as valid, with what the document cannot say made true: one output
-    constraint (the first it has) and a prompt of at least one token (an empty one is refused
-    by design). Without it most valid-by-schema generating requests are refused, and a slow
+    constraint (the first it has), a prompt of at least one token (an empty one is refused
+    by design) and tool-call arguments that are JSON text. Without it most valid-by-schema generating requests are refused, and a slow
     run could end without one streamed answer."""
     if not isinstance(body, dict):
         return body
@@ -88,7 +88,28 @@ def passable(body):
         del body[k]
     if body.get("prompt") in ("", []):
         body["prompt"] = "Hello"
+    # A tool call's `arguments` is JSON text (the document can only say "a string").
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        body["messages"] = [json_arguments(m) for m in messages]
     return body
+
+
+def json_arguments(message):
+    """`message` with each tool call's `arguments` made JSON text where it is not."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(calls, list):
+        return message
+    fixed = []
+    for call in calls:
+        f = call.get("function") if isinstance(call, dict) else None
+        if isinstance(f, dict) and isinstance(f.get("arguments"), str):
+            try:
+                json.loads(f["arguments"])
+            except ValueError:
+                call = dict(call, function=dict(f, arguments="{}"))
+        fixed.append(call)
+    return dict(message, tool_calls=fixed)
 
 
 @schemathesis.hook
