@@ -12,7 +12,7 @@ use super::plan::AttnPlan;
 use super::{AttnError, Bound, PagedKv};
 use crate::device::fused::Arg;
 use crate::device::gemm_cpu::dot1;
-use crate::device::quant::w8::W8Elem;
+use crate::device::quant::fp8_lt::e4m3_value;
 use crate::device::tensor::HostView;
 use crate::DType;
 use crate::Tensor;
@@ -37,12 +37,6 @@ fn planned_mod(def: &'static AttnDef, b: &Bound<'_>) -> Result<Arc<CpuKernel>, A
     let k =
         Arc::new(CpuKernel::new(&b.kernel.score_mod).map_err(|source| AttnError::Cpu { kernel: def.name, source })?);
     Ok(cache.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(k).clone())
-}
-
-/// An e4m3 byte's exact value, from a table built once.
-fn e4m3_to_f32(b: u8) -> f32 {
-    static TABLE: OnceLock<[f32; 256]> = OnceLock::new();
-    TABLE.get_or_init(|| std::array::from_fn(|i| W8Elem::Fp8E4M3.value(i as u8)))[b as usize]
 }
 
 fn scalar(a: &Arg<'_>) -> CpuScalar {
@@ -120,7 +114,7 @@ pub(super) fn run(
                             let mut rows = Vec::with_capacity(ctx * hd);
                             for t in 0..ctx {
                                 let bytes: &[u8] = bytemuck::cast_slice(pool.row(slot(i, t)));
-                                rows.extend(bytes[kvh * hd..(kvh + 1) * hd].iter().map(|&x| e4m3_to_f32(x) * s));
+                                rows.extend(bytes[kvh * hd..(kvh + 1) * hd].iter().map(|&x| e4m3_value(x) * s));
                             }
                             rows
                         };

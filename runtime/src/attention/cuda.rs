@@ -56,9 +56,8 @@ pub(super) fn run(
     // A pool row's stride in its elements (e4m3 bytes for FP8 pools: 4 to a stored i32), and
     // the alignment of one access (16 bytes; 8 for FP8 pools, whose chunks are 8 values).
     let (stride_mul, align) = if kv.fp8.is_some() { (4, 8) } else { (1, 16) };
-    let pool_bytes = kv.k.dtype().size_bytes() / stride_mul;
     let aligned = |t: &Tensor| {
-        t.cuda_ptr().is_some_and(|p| p % 16 == 0) && (t.row_stride() * stride_mul * pool_bytes).is_multiple_of(align)
+        t.cuda_ptr().is_some_and(|p| p % 16 == 0) && (t.row_stride() * t.dtype().size_bytes()).is_multiple_of(align)
     };
     if !aligned(kv.k) || !aligned(kv.v) {
         return Err(bad(format!("the K/V pools must be 16-byte aligned, their row stride {align}-byte")));

@@ -152,9 +152,9 @@ fn store_cpu(rows: &NewRows<'_>, k_pool: &mut Tensor, v_pool: &mut Tensor) -> Re
     if let Some(s) = slots.iter().find(|&&s| s >= 0 && s as usize >= pool_rows) {
         return Err(ModelError::Batch(format!("FP8 KV store: slot {s} is past the pools' {pool_rows} rows")));
     }
+    let width = k.cols();
     for (src, pool, s) in [(k, k_pool, scale.k), (v, v_pool, scale.v)] {
         let src = src.to_host_f32()?;
-        let width = src.len() / slots.len().max(1);
         pool.with_host_mut::<i32, _>(|mut p| {
             for (r, &slot) in slots.iter().enumerate() {
                 if slot < 0 {

@@ -232,6 +232,13 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
     s | b
 }
 
+/// The exact value of an e4m3 byte, from a table built once (the CPU twins' decode: W8A8's
+/// fake quantization, the FP8 KV cache's attention).
+pub fn e4m3_value(b: u8) -> f32 {
+    static VALUES: OnceLock<[f32; 256]> = OnceLock::new();
+    VALUES.get_or_init(|| std::array::from_fn(|b| W8Elem::Fp8E4M3.value(b as u8)))[b as usize]
+}
+
 /// A row's per-token quantization, as the kernel does it: its scale and e4m3 bytes.
 pub fn quantize_row_e4m3(x: &[f32]) -> (f32, Vec<u8>) {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -271,14 +278,12 @@ impl ActScale {
             ActScale::Row => x.len().max(1),
             ActScale::Group => GROUP,
         };
-        static VALUES: OnceLock<[f32; 256]> = OnceLock::new();
-        let values = VALUES.get_or_init(|| std::array::from_fn(|b| W8Elem::Fp8E4M3.value(b as u8)));
         for part in x.chunks_mut(g) {
             // `quantize_row_e4m3`'s scale and bytes, without its vector.
             let amax = part.iter().fold(0f32, |a, v| a.max(v.abs()));
             let s = if amax > 0.0 { amax / 448.0 } else { 1.0 };
             for v in part.iter_mut() {
-                *v = values[f32_to_e4m3(*v / s) as usize] * s;
+                *v = e4m3_value(f32_to_e4m3(*v / s)) * s;
             }
         }
     }
