@@ -32,6 +32,13 @@ import urllib.request
 import schemathesis
 from hypothesis import strategies as st
 
+import ast_parse_gc_off
+
+# Hypothesis parses source from both worker threads; on CPython 3.11.7 (CI's) that can raise a
+# spurious SystemError that fails the run (see the module). Imported as the hooks module, this
+# runs in schemathesis's own process.
+ast_parse_gc_off.install()
+
 # Tokens one generated request may ask for (per choice).
 MAX_TOKENS = 4
 # The served model name, handed from the launcher to the hooks module.
