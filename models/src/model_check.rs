@@ -37,7 +37,7 @@ pub fn truncate_gguf(input: &Path, output: &Path, layers: usize) -> Result<(), S
             b.tensor(&t.name, &t.dims, t.ggml_type, bytes).map_err(|e| e.to_string())?;
         }
     }
-    b.write_to(output).map_err(|e| format!("{}: {e}", output.display()))
+    b.write_to(output).map(|_| ()).map_err(|e| format!("{}: {e}", output.display()))
 }
 
 /// The logits of every position of `prompt`, from one prefill step in a private cache.

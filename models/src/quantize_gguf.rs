@@ -34,7 +34,9 @@
 //! Invariants: the input is never written (the output may not be the input, by canonical
 //! path); the output appears whole or not at all (written to a temporary file beside it, then
 //! renamed); an existing output is replaced only when asked. Peak memory is one tensor in f32
-//! plus the output being built.
+//! (and its quantized bytes) plus the output being built, streamed to the file at the end
+//! without a second copy. A tensor's rows are quantized on all threads; the bytes are those of
+//! one pass (blocks never span rows).
 
 use crate::gguf::{GgmlType, GgufBuilder, GgufError, GgufFile, GgufTensorInfo, GgufWriteError, MetadataValue};
 use kiln_runtime::device::quant::quantize::{has_quantizer, quantize};
@@ -387,8 +389,7 @@ pub fn quantize_gguf(
             return Err(QuantizeError::Format(QuantError::NoQuantizer(target)));
         }
         let values = f.dequantize(&t.name)?;
-        let mut bytes = Vec::with_capacity(values.len() / target.block_len() * target.block_bytes());
-        quantize(target, &values, &mut bytes).map_err(|err| QuantizeError::Tensor {
+        let bytes = quantize_rows(target, &values, cols).map_err(|err| QuantizeError::Tensor {
             path: input.to_owned(),
             tensor: t.name.clone(),
             err,
@@ -397,20 +398,31 @@ pub fn quantize_gguf(
         b.tensor(&t.name, &t.dims, to, bytes).map_err(write_err)?;
         changes.push(TensorChange { name: t.name.clone(), from: t.ggml_type, to });
     }
-    let image = b.to_bytes();
-    drop(b);
     let io = |err| QuantizeError::Io { path: output.to_owned(), err };
     let tmp = temporary_beside(output);
-    std::fs::write(&tmp, &image).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })?;
-    std::fs::rename(&tmp, output).map_err(|e| {
+    let written = b.write_to(&tmp).and_then(|n| std::fs::rename(&tmp, output).map(|_| n)).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io(e)
     })?;
     let input_bytes = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
-    Ok(QuantizeSummary { tensors: changes, input_bytes, output_bytes: image.len() as u64 })
+    Ok(QuantizeSummary { tensors: changes, input_bytes, output_bytes: written })
+}
+
+/// `values` (rows of `cols`) quantized to `format`, rows spread over threads: blocks never span
+/// rows and each block's bytes depend on its values alone, so the bytes equal one [`quantize`]
+/// of the whole tensor.
+fn quantize_rows(format: QuantFormat, values: &[f32], cols: usize) -> Result<Vec<u8>, QuantError> {
+    use rayon::prelude::*;
+    // About 64k values a task: enough to amortise the task, small enough to balance.
+    let rows_per_task = (65_536 / cols.max(1)).max(1);
+    let parts: Vec<Vec<u8>> = values
+        .par_chunks(rows_per_task * cols.max(1))
+        .map(|chunk| {
+            let mut out = Vec::with_capacity(chunk.len() / format.block_len() * format.block_bytes());
+            quantize(format, chunk, &mut out).map(|_| out)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(parts.concat())
 }
 
 /// `DIR/.NAME.tmp-PID` for `DIR/NAME`: the same file system, so the rename is atomic.

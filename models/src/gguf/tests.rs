@@ -70,7 +70,13 @@ fn every_metadata_type_and_tensor_layout_round_trips() {
             b.tensor(name, dims, ty, bytes.clone()).unwrap();
             blobs.push(bytes);
         }
-        let f = GgufFile::from_bytes("mem.gguf", b.to_bytes()).unwrap();
+        let image = b.to_bytes();
+        // The streamed file is the image, and its count the file's length.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("streamed.gguf");
+        assert_eq!(b.write_to(&path).unwrap(), image.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), image);
+        let f = GgufFile::from_bytes("mem.gguf", image).unwrap();
         assert_eq!(f.version(), version);
         let align = alignment.map_or(32, u64::from);
         assert_eq!(f.alignment(), align);

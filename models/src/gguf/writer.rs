@@ -6,6 +6,7 @@
 //! when that key is set, else 32), the data section starting at an aligned offset, and each
 //! tensor's byte length matching its dims and type (checked when it is added).
 
+use std::io::Write;
 use std::path::Path;
 
 use super::parse::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC};
@@ -107,41 +108,57 @@ impl GgufBuilder {
 
     /// The complete file image.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_into(&mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Writes the file to `w` (header, then each tensor's bytes in turn, no copy of the whole
+    /// image) and returns the number of bytes written.
+    pub fn write_into(&self, w: &mut impl Write) -> std::io::Result<u64> {
         let align = self.alignment();
         let pad = |n: u64| n.div_ceil(align) * align;
-        let mut out = Vec::new();
-        out.extend_from_slice(&GGUF_MAGIC);
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        let mut head = Vec::new();
+        head.extend_from_slice(&GGUF_MAGIC);
+        head.extend_from_slice(&self.version.to_le_bytes());
+        head.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (k, v) in &self.metadata {
-            put_str(&mut out, k);
-            out.extend_from_slice(&v.value_type().id().to_le_bytes());
-            put_value(&mut out, v);
+            put_str(&mut head, k);
+            head.extend_from_slice(&v.value_type().id().to_le_bytes());
+            put_value(&mut head, v);
         }
         let mut offset = 0u64;
         let mut offsets = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
-            put_str(&mut out, &t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            put_str(&mut head, &t.name);
+            head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
             for d in &t.dims {
-                out.extend_from_slice(&d.to_le_bytes());
+                head.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&t.ty.id().to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
+            head.extend_from_slice(&t.ty.id().to_le_bytes());
+            head.extend_from_slice(&offset.to_le_bytes());
             offsets.push(offset);
             offset = pad(offset + t.bytes.len() as u64);
         }
-        let data_start = pad(out.len() as u64);
+        let data_start = pad(head.len() as u64);
+        head.resize(data_start as usize, 0);
+        w.write_all(&head)?;
+        let mut written = 0u64; // bytes of the data section so far
         for (t, off) in self.tensors.iter().zip(offsets) {
-            out.resize((data_start + off) as usize, 0);
-            out.extend_from_slice(&t.bytes);
+            w.write_all(&vec![0u8; (off - written) as usize])?;
+            w.write_all(&t.bytes)?;
+            written = off + t.bytes.len() as u64;
         }
-        out
+        Ok(data_start + written)
     }
 
-    pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, self.to_bytes())
+    /// Writes the file to `path` through a buffer (see [`Self::write_into`]).
+    pub fn write_to(&self, path: &Path) -> std::io::Result<u64> {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let n = self.write_into(&mut w)?;
+        w.flush()?;
+        Ok(n)
     }
 }
 
