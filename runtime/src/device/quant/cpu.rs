@@ -141,6 +141,8 @@ mod gemm_vnni;
 pub mod gemv;
 #[cfg(target_arch = "x86_64")]
 mod gemv_avx2;
+#[cfg(target_arch = "x86_64")]
+mod kscales_avx2;
 pub mod panel;
 #[cfg(target_arch = "x86_64")]
 mod panel_avx2;

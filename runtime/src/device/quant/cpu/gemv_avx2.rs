@@ -16,6 +16,7 @@
 //! features, and intrinsics inside one become calls.
 
 use super::gemm::XMeta;
+use super::kscales_avx2;
 use super::panel::{pack_scales, Ints8, PanelInts, Scales, NR};
 use super::panel_avx2::{block_scales32, slice_bytes};
 use super::x86::{block_halves, widen_signed, widen_unsigned};
@@ -51,7 +52,7 @@ fn reduce_halves(p: &[__m256i; NR]) -> (__m256i, __m256i) {
 
 /// The scales and coefficients (per half) of slice `s` of the eight rows `rb`, as a panel of
 /// form `I` holds them: a 32-value format's from its blocks (`panel_avx2::block_scales32`); a
-/// k-quant's from `kq`, every slice's computed once per group by [`kquant_scales`].
+/// k-quant's from `kq`, as [`KScales`] left them there.
 #[inline(always)]
 unsafe fn slice_scales<I: PanelInts>(
     format: QuantFormat,
@@ -59,6 +60,7 @@ unsafe fn slice_scales<I: PanelInts>(
     rows: usize,
     s: usize,
     kq: &[Scales],
+    kscales: KScales,
 ) -> ([__m256; 2], [__m256; 2]) {
     // Safety (throughout): the caller's AVX2 and F16C; every range is one whole block; `Scales`
     // is 32-byte aligned.
@@ -68,9 +70,72 @@ unsafe fn slice_scales<I: PanelInts>(
             let (d, coef) = block_scales32(format, rb, rows, s * format.block_bytes(), offset);
             return ([d, d], [coef, coef]);
         }
-        let k = &kq[s];
+        let k = &kq[if kscales == KScales::PerBlock { s % (format.block_len() / BLOCK) } else { s }];
         let (s0, s1) = (_mm256_load_ps(k.scale[0].as_ptr()), _mm256_load_ps(k.scale[1].as_ptr()));
         ([s0, s1], [_mm256_load_ps(k.coef[0].as_ptr()), _mm256_load_ps(k.coef[1].as_ptr())])
+    }
+}
+
+/// The byte of a block to prefetch at its slice `k`: one per 64-byte line the block can touch
+/// (its last byte for the last line, as a block need not start on a line).
+#[inline(always)]
+fn prefetch_offset(k: usize, bb: usize) -> Option<usize> {
+    let at = k * 64;
+    (at < bb + 63).then(|| at.min(bb - 1))
+}
+
+/// Where a k-quant's scales come from, as the format allows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KScales {
+    /// Not a k-quant: its blocks hold one scale each, read where used.
+    None,
+    /// Q4_K, Q5_K, Q6_K: each block's slices built as vectors (`kscales_avx2`) when the loop
+    /// reaches the block, into `kq[..per]`: the scales are read with the block's values, in the
+    /// one pass over the weights. (Built for the whole rows first, the pass over the scale
+    /// bytes had waited on memory for every block: a third of a 1B-shape Q4_K_M decode step.)
+    PerBlock,
+    /// Q2_K, Q3_K: every slice's, once per group, by [`kquant_scales`].
+    WholeRows,
+}
+
+impl KScales {
+    fn of(format: QuantFormat) -> KScales {
+        if format.block_len() == BLOCK {
+            KScales::None
+        } else if kscales_avx2::handles(format) {
+            KScales::PerBlock
+        } else {
+            KScales::WholeRows
+        }
+    }
+
+    /// Readies `kq` before the loop over slices (`WholeRows`: fills it).
+    #[inline(always)]
+    unsafe fn start<I: PanelInts, const F: usize>(self, rb: &[&[u8]; NR], rows: usize, kq: &mut Vec<Scales>) {
+        let format = QuantFormat::ALL[F];
+        match self {
+            KScales::None => {}
+            KScales::PerBlock => kq.resize(format.block_len() / BLOCK, Scales::default()),
+            // Safety: the caller's.
+            KScales::WholeRows => unsafe { kquant_scales::<I, F>(rb, rows, kq) },
+        }
+    }
+
+    /// At slice `s`: builds its block's scales if it is the block's first slice (`PerBlock`).
+    #[inline(always)]
+    unsafe fn at_slice<I: PanelInts>(
+        self,
+        format: QuantFormat,
+        rb: &[&[u8]; NR],
+        rows: usize,
+        s: usize,
+        kq: &mut [Scales],
+    ) {
+        let per = format.block_len() / BLOCK;
+        if self == KScales::PerBlock && s.is_multiple_of(per) {
+            // Safety: the caller's AVX2/FMA/F16C; block `s / per` exists in every row.
+            unsafe { kscales_avx2::pack::<I>(format, rb, rows, s / per..s / per + 1, kq) };
+        }
     }
 }
 
@@ -135,17 +200,16 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
     let format = QuantFormat::ALL[F];
     let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
     let (signed, off) = (format == QuantFormat::Q8_0, _mm256_set1_epi16(Ints8::offset(format)));
-    if per > 1 {
-        // Safety: the caller's.
-        unsafe { kquant_scales::<super::panel::Ints16, F>(rb, rows, kq) };
-    }
-    let kq: &[Scales] = kq;
+    let kscales = KScales::of(format);
+    // Safety: the caller's.
+    unsafe { kscales.start::<super::panel::Ints16, F>(rb, rows, kq) };
     let mut acc = [_mm256_setzero_ps(); R];
     for s in 0..rb[0].len() / bb * per {
         // Safety (throughout): AVX2/FMA/F16C per the caller; `s` is below every activation row's
         // length (checked by `gemv`), every byte range one whole block of its row.
         unsafe {
-            let (scale, coef) = slice_scales::<super::panel::Ints16>(format, rb, rows, s, kq);
+            kscales.at_slice::<super::panel::Ints16>(format, rb, rows, s, kq);
+            let (scale, coef) = slice_scales::<super::panel::Ints16>(format, rb, rows, s, kq, kscales);
             let mut q = [[_mm256_setzero_si256(); 2]; R];
             for (q, x) in q.iter_mut().zip(xs) {
                 let qs = x.get_unchecked(s).qs.as_ptr();
@@ -154,9 +218,11 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
             let mut p = [[_mm256_setzero_si256(); NR]; R];
             for r in 0..rows {
                 let b = &rb[r][s / per * bb..][..bb];
-                if s % per == 0 {
-                    // The same block of the next group's row: a group's time ahead of its use.
-                    if let Some(next) = ahead[r].get(s / per * bb) {
+                // The same block of the next group's row, a group's time ahead of its use: a
+                // line of it per slice (a k-quant's block spans three or four lines; its first
+                // line alone had left the others to the hardware prefetcher).
+                if let Some(at) = prefetch_offset(s % per, bb) {
+                    if let Some(next) = ahead[r].get(s / per * bb + at) {
                         _mm_prefetch(next as *const u8 as *const i8, _MM_HINT_T0);
                     }
                 }
@@ -205,17 +271,16 @@ unsafe fn rows8<const F: usize, const R: usize, const HALVES: bool, const COEF: 
     let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
     let signed = format == QuantFormat::Q8_0;
     let ones = _mm256_set1_epi16(1);
-    if per > 1 {
-        // Safety: the caller's.
-        unsafe { kquant_scales::<Ints8, F>(rb, rows, kq) };
-    }
-    let kq: &[Scales] = kq;
+    let kscales = KScales::of(format);
+    // Safety: the caller's.
+    unsafe { kscales.start::<Ints8, F>(rb, rows, kq) };
     let mut acc = [_mm256_setzero_ps(); R];
     for s in 0..rb[0].len() / bb * per {
         // Safety (throughout): as in `rows16`; an `ActBlock8` starts with its 32 bytes, 32-byte
         // aligned.
         unsafe {
-            let (scale, coef) = slice_scales::<Ints8>(format, rb, rows, s, kq);
+            kscales.at_slice::<Ints8>(format, rb, rows, s, kq);
+            let (scale, coef) = slice_scales::<Ints8>(format, rb, rows, s, kq, kscales);
             let mut q = [_mm256_setzero_si256(); R];
             for (q, x) in q.iter_mut().zip(xs) {
                 *q = _mm256_load_si256(x.get_unchecked(s).qs.as_ptr() as *const __m256i);
@@ -223,9 +288,11 @@ unsafe fn rows8<const F: usize, const R: usize, const HALVES: bool, const COEF: 
             let mut p = [[_mm256_setzero_si256(); NR]; R];
             for r in 0..rows {
                 let b = &rb[r][s / per * bb..][..bb];
-                if s % per == 0 {
-                    // The same block of the next group's row: a group's time ahead of its use.
-                    if let Some(next) = ahead[r].get(s / per * bb) {
+                // The same block of the next group's row, a group's time ahead of its use: a
+                // line of it per slice (a k-quant's block spans three or four lines; its first
+                // line alone had left the others to the hardware prefetcher).
+                if let Some(at) = prefetch_offset(s % per, bb) {
+                    if let Some(next) = ahead[r].get(s / per * bb + at) {
                         _mm_prefetch(next as *const u8 as *const i8, _MM_HINT_T0);
                     }
                 }

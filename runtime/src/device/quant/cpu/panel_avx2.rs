@@ -7,6 +7,7 @@
 
 use super::super::blocks::{half_fields, slice_ints};
 use super::super::{QuantFormat, QuantMatrix, BLOCK};
+use super::kscales_avx2;
 use super::panel::{pack_scales, Ints8, Panel, PanelInts, Scales, NR};
 use super::x86::{block_halves, k_slice_bytes, nibbles32, q5_bytes, widen_signed, widen_unsigned};
 use std::arch::x86_64::*;
@@ -28,6 +29,9 @@ pub unsafe fn pack<I: PanelInts>(w: &QuantMatrix, r0: usize, rows: usize, panel:
     if per == 1 {
         // Safety: the caller's.
         unsafe { scales32::<I>(format, &rb, rows, &mut panel.scales) };
+    } else if kscales_avx2::handles(format) {
+        // Safety: the caller's; the panel holds a `Scales` per slice.
+        unsafe { kscales_avx2::pack::<I>(format, &rb, rows, 0..rb[0].len() / bb, &mut panel.scales) };
     } else {
         for (r, row) in rb.iter().enumerate().take(rows) {
             // Safety: F16C per the caller; `b` is one whole block.
@@ -148,7 +152,7 @@ pub(super) unsafe fn block_scales32(
 
 /// `v[r]` lane `g` moves to `v[g]` lane `r` (an 8×8 transpose of 32-bit lanes).
 #[inline(always)]
-fn transpose8(v: &mut [__m256i; NR]) {
+pub(super) fn transpose8(v: &mut [__m256i; NR]) {
     // Safety: only called from functions with AVX2 enabled.
     unsafe {
         let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
