@@ -153,6 +153,16 @@ async fn models_tokenize_openapi_metrics() {
         assert!(spec["paths"].get(p).is_some(), "openapi lacks {p}");
     }
     assert!(spec["components"]["schemas"].get("ChatCompletionRequest").is_some());
+    // /tokenize's two forms: each requires its field and leaves the other null or absent, so
+    // `messages: []` beside a prompt (refused by the handler as both) matches neither.
+    let forms = &spec["components"]["schemas"]["TokenizeRequest"]["allOf"][1]["oneOf"];
+    for (form, (field, other)) in forms.as_array().unwrap().iter().zip([("prompt", "messages"), ("messages", "prompt")])
+    {
+        assert_eq!(form["required"], json!([field]), "{form}");
+        assert_eq!(form["properties"][other]["type"], "null", "{form}");
+    }
+    let r = post(&c, &format!("{}/tokenize", s.base), &json!({"prompt": "a", "messages": []})).await;
+    assert_eq!(r.status(), 400);
     let m = c.get(format!("{}/metrics", s.base)).send().await.unwrap();
     assert!(m.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = m.text().await.unwrap();

@@ -86,7 +86,7 @@ CONSTRAINTS = ["response_format", "guided_json", "guided_regex", "guided_choice"
 def passable(body):
     """A body generated as valid, with what the document cannot say made true: one output
     constraint (the first it has), a prompt of at least one token (an empty one is refused
-    by design) and tool-call arguments that are JSON text. Without it most valid-by-schema generating requests are refused, and a slow
+    by design) and tool-call arguments that are a JSON object's text. Without it most valid-by-schema generating requests are refused, and a slow
     run could end without one streamed answer."""
     if not isinstance(body, dict):
         return body
@@ -102,19 +102,24 @@ def passable(body):
     return body
 
 
+def json_object_text(text):
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
 def json_arguments(message):
-    """`message` with each tool call's `arguments` made JSON text where it is not."""
+    """`message` with each tool call's `arguments` made the text of a JSON object where it is
+    not (the server refuses other JSON too: arguments are named)."""
     calls = message.get("tool_calls") if isinstance(message, dict) else None
     if not isinstance(calls, list):
         return message
     fixed = []
     for call in calls:
         f = call.get("function") if isinstance(call, dict) else None
-        if isinstance(f, dict) and isinstance(f.get("arguments"), str):
-            try:
-                json.loads(f["arguments"])
-            except ValueError:
-                call = dict(call, function=dict(f, arguments="{}"))
+        if isinstance(f, dict) and isinstance(f.get("arguments"), str) and not json_object_text(f["arguments"]):
+            call = dict(call, function=dict(f, arguments="{}"))
         fixed.append(call)
     return dict(message, tool_calls=fixed)
 

@@ -198,7 +198,10 @@ impl Modify for Layers {
 }
 
 /// `/tokenize` takes `prompt` or `messages`, exactly one (the handler refuses both and
-/// neither): its request schema says so with a `oneOf` of the two forms next to the fields.
+/// neither, and reads a null as absent): its request schema says so with a `oneOf` of the two
+/// forms next to the fields, each form's other field null or absent (without that, `messages:
+/// []` beside a prompt was valid by the schema — the empty list fails only the messages form —
+/// and refused by the handler as both).
 struct TokenizeInput;
 
 impl Modify for TokenizeInput {
@@ -207,6 +210,7 @@ impl Modify for TokenizeInput {
         let Some(fields) = schemas.remove(tokenize::TokenizeRequest::name().as_ref()) else { return };
         let prompt = ObjectBuilder::new()
             .property("prompt", ObjectBuilder::new().schema_type(Type::String))
+            .property("messages", ObjectBuilder::new().schema_type(Type::Null))
             .required("prompt")
             .description(Some("Plain text"));
         let messages = ObjectBuilder::new()
@@ -214,6 +218,7 @@ impl Modify for TokenizeInput {
                 "messages",
                 ArrayBuilder::new().items(Ref::from_schema_name(chat::ChatMessageIn::name())).min_items(Some(1)),
             )
+            .property("prompt", ObjectBuilder::new().schema_type(Type::Null))
             .required("messages")
             .description(Some("A conversation, rendered with the chat template"));
         let forms = OneOfBuilder::new().item(prompt).item(messages);
