@@ -5,8 +5,9 @@
 //! every rounding is the GEMM's (`gemm.rs`) and a row's result is the same bits in any batch.
 //!
 //! Per slice and weight row: the slice's 32 values as bytes (`panel_avx2::slice_bytes`, the
-//! 8-bit panel's `u`), for 16-bit activations widened and moved back to `w`, then `madd_epi16`
-//! (16-bit) or `maddubs` + `madd` (8-bit, Q8_0 by the sign trick); a block's scales are those
+//! 8-bit panel's `u = w + offset`), for 16-bit activations widened, then `madd_epi16` (16-bit;
+//! `offset · Σq` comes off the rows' sums once per slice, giving `Σ w·q`) or `maddubs` + `madd`
+//! (8-bit, Q8_0 by the sign trick); a block's scales are those
 //! the panels hold, built the same way. Each block of the next eight rows is prefetched as the
 //! same block of these is read: a decode step streams the weights from memory, and the rows
 //! here advance side by side, so the one-row kernels' fixed distance ahead (2 KB) would land in
@@ -199,7 +200,10 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
 ) {
     let format = QuantFormat::ALL[F];
     let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
-    let (signed, off) = (format == QuantFormat::Q8_0, _mm256_set1_epi16(Ints8::offset(format)));
+    // The bytes are `u = w + off`: the products are taken with `u`, and `off · Σq` of the
+    // activation slice comes off the eight rows' sums at once (the same integers as `Σ w·q`,
+    // with two subtractions per slice instead of two per row and slice).
+    let (signed, off) = (format == QuantFormat::Q8_0, Ints8::offset(format) as i32);
     let kscales = KScales::of(format);
     // Safety: the caller's.
     unsafe { kscales.start::<super::panel::Ints16, F>(rb, rows, kq) };
@@ -228,7 +232,6 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
                 }
                 let v = slice_bytes(format, b, s % per);
                 let (lo, hi) = if signed { widen_signed(v) } else { widen_unsigned(v) };
-                let (lo, hi) = (_mm256_sub_epi16(lo, off), _mm256_sub_epi16(hi, off));
                 for (p, q) in p.iter_mut().zip(&q) {
                     let (a, c) = (_mm256_madd_epi16(lo, q[0]), _mm256_madd_epi16(hi, q[1]));
                     // A half per 128-bit lane where the halves have their own scales.
@@ -240,12 +243,21 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
                 }
             }
             for i in 0..R {
-                let isum = if HALVES {
+                let mut isum = if HALVES {
                     let (h0, h1) = reduce_halves(&p[i]);
                     [h0, h1]
                 } else {
                     [reduce8(&p[i]), _mm256_setzero_si256()]
                 };
+                if off != 0 {
+                    // Lanes past `rows` take `−off · Σq` too; their scales are zero and their
+                    // outputs discarded.
+                    let x = xs[i].get_unchecked(s);
+                    let parts = if HALVES { [x.sum_lo, x.sum - x.sum_lo] } else { [x.sum, 0] };
+                    for (isum, part) in isum.iter_mut().zip(parts) {
+                        *isum = _mm256_sub_epi32(*isum, _mm256_set1_epi32(off * part));
+                    }
+                }
                 acc[i] = terms::<HALVES, COEF>(isum, &scale, &coef, ms[i].get_unchecked(s), acc[i]);
             }
         }
