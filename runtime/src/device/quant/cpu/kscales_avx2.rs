@@ -2,8 +2,10 @@
 //! values, in the same [`Scales`] layout, as the scalar `panel::pack_scales`, built a row at a
 //! time as vectors (lane = the block's 32- or 16-value part) and moved to lane = row by an 8×8
 //! transpose, instead of value by value into scattered lanes. The few-rows product builds them
-//! for every group of eight rows in every decode step, and the GEMM for every panel: the scalar
-//! form had taken a third of a Q4_K_M decode step of a 1B-shape model (`perf`, one thread).
+//! for every group of eight rows in every decode step (one block at a time, inside its pass
+//! over the weights), and the GEMM for every panel. Built by the scalar form for a group's whole
+//! rows before that pass, they had taken a third of a 1B-shape Q4_K_M decode step (`perf`, one
+//! thread), most of it waiting on the blocks' first lines.
 //!
 //! Bits: each value is the scalar form's operations on the same operands (`d · sc`,
 //! `−(dmin · mn)`, then `min − scale · offset`, no fused multiply-add), so the result is the same
