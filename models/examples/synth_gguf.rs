@@ -7,40 +7,24 @@
 //!
 //! `cargo run --release -p kiln-models --example synth_gguf -- TOKENIZER.gguf PRESET OUT.gguf [SEED]`
 //!
-//! Weights: projections uniform in `±sqrt(3 / fan_in)`, norms 1, embedding `±0.05` (as
-//! `kiln_models::synth`), tied output (as Llama 3.2 1B). The preset's RoPE scaling is left out:
-//! llama.cpp takes Llama 3 scaling as a `rope_freqs` tensor, and scaling does not change speed.
+//! Weights: `kiln_models::synth`'s initialisation ([`Init`] ranges, tensor `n` of the file,
+//! counted from 1 in the order written, filled as `fill_uniform` fills it with
+//! `tensor_seed(seed, n)`), tied output (as Llama 3.2 1B). The preset's RoPE scaling is left
+//! out: llama.cpp takes Llama 3 scaling as a `rope_freqs` tensor, and scaling does not change
+//! speed.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use kiln_models::gguf::{GgmlType, GgufBuilder, GgufFile, MetadataArray, MetadataValue};
-use kiln_models::synth::preset;
+use kiln_models::synth::{preset, tensor_seed, Init};
+use kiln_runtime::device::device_kernels::uniform_value;
 use std::path::PathBuf;
 
-/// splitmix64: a fixed generator, so a seed names the same file on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next_unit(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // The top 24 bits as a float in [-1, 1).
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
-fn uniform_f16(rng: &mut Rng, n: usize, bound: f32) -> Vec<u8> {
-    let values: Vec<f32> = (0..n).map(|_| rng.next_unit() * bound).collect();
-    let mut halves = vec![f16::ZERO; n];
-    halves.convert_from_f32_slice(&values);
-    bytemuck::cast_slice(&halves).to_vec()
-}
-
-fn ones_f32(n: usize) -> Vec<u8> {
-    bytemuck::cast_slice(&vec![1f32; n]).to_vec()
+/// The `rows × cols` values of the file's tensor `n`, as `fill_uniform` computes them.
+fn values(seed: u64, n: u64, rows: usize, cols: usize, init: Init) -> Vec<f32> {
+    let (lo, hi) = init.range();
+    let seed = tensor_seed(seed, n);
+    (0..(rows * cols) as u64).map(|i| uniform_value(seed, i, lo, hi)).collect()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -83,26 +67,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let mut rng = Rng(seed);
-    let mut matrix = |b: &mut GgufBuilder, name: String, rows: usize, cols: usize, bound: f32| {
-        let bytes = uniform_f16(&mut rng, rows * cols, bound);
-        b.tensor(&name, &[cols as u64, rows as u64], GgmlType::F16, bytes).map(|_| ())
+    let mut n = 0u64;
+    let mut add = |b: &mut GgufBuilder, name: String, rows: usize, cols: usize, init: Init| {
+        n += 1;
+        let x = values(seed, n, rows, cols, init);
+        // Norms are F32 vectors, as llama.cpp's converter writes them; matrices F16.
+        if let Init::Norm = init {
+            return b.tensor(&name, &[cols as u64], GgmlType::F32, bytemuck::cast_slice(&x).to_vec()).map(|_| ());
+        }
+        let mut halves = vec![f16::ZERO; x.len()];
+        halves.convert_from_f32_slice(&x);
+        b.tensor(&name, &[cols as u64, rows as u64], GgmlType::F16, bytemuck::cast_slice(&halves).to_vec()).map(|_| ())
     };
-    let proj = |fan_in: usize| (3.0 / fan_in as f32).sqrt();
-    matrix(&mut b, "token_embd.weight".into(), vocab, h, 0.05)?;
+    let linear = |fan_in: usize| Init::Linear { fan_in };
+    add(&mut b, "token_embd.weight".into(), vocab, h, Init::Embedding)?;
     for l in 0..cfg.num_hidden_layers {
         let p = |t: &str| format!("blk.{l}.{t}.weight");
-        b.tensor(&p("attn_norm"), &[h as u64], GgmlType::F32, ones_f32(h))?;
-        matrix(&mut b, p("attn_q"), q, h, proj(h))?;
-        matrix(&mut b, p("attn_k"), kv, h, proj(h))?;
-        matrix(&mut b, p("attn_v"), kv, h, proj(h))?;
-        matrix(&mut b, p("attn_output"), h, q, proj(q))?;
-        b.tensor(&p("ffn_norm"), &[h as u64], GgmlType::F32, ones_f32(h))?;
-        matrix(&mut b, p("ffn_gate"), ffn, h, proj(h))?;
-        matrix(&mut b, p("ffn_up"), ffn, h, proj(h))?;
-        matrix(&mut b, p("ffn_down"), h, ffn, proj(ffn))?;
+        add(&mut b, p("attn_norm"), 1, h, Init::Norm)?;
+        add(&mut b, p("attn_q"), q, h, linear(h))?;
+        add(&mut b, p("attn_k"), kv, h, linear(h))?;
+        add(&mut b, p("attn_v"), kv, h, linear(h))?;
+        add(&mut b, p("attn_output"), h, q, linear(q))?;
+        add(&mut b, p("ffn_norm"), 1, h, Init::Norm)?;
+        add(&mut b, p("ffn_gate"), ffn, h, linear(h))?;
+        add(&mut b, p("ffn_up"), ffn, h, linear(h))?;
+        add(&mut b, p("ffn_down"), h, ffn, linear(ffn))?;
     }
-    b.tensor("output_norm.weight", &[h as u64], GgmlType::F32, ones_f32(h))?;
+    add(&mut b, "output_norm.weight".into(), 1, h, Init::Norm)?;
     b.write_to(&out)?;
     eprintln!("wrote {} ({} layers, hidden {h}, vocab {vocab})", out.display(), cfg.num_hidden_layers);
     Ok(())

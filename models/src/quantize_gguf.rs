@@ -414,9 +414,10 @@ pub fn quantize_gguf(
 fn quantize_rows(format: QuantFormat, values: &[f32], cols: usize) -> Result<Vec<u8>, QuantError> {
     use rayon::prelude::*;
     // About 64k values a task: enough to amortise the task, small enough to balance.
-    let rows_per_task = (65_536 / cols.max(1)).max(1);
+    let cols = cols.max(1);
+    let rows_per_task = (65_536 / cols).max(1);
     let parts: Vec<Vec<u8>> = values
-        .par_chunks(rows_per_task * cols.max(1))
+        .par_chunks(rows_per_task * cols)
         .map(|chunk| {
             let mut out = Vec::with_capacity(chunk.len() / format.block_len() * format.block_bytes());
             quantize(format, chunk, &mut out).map(|_| out)
