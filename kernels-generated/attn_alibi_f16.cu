@@ -149,11 +149,37 @@ __device__ __forceinline__ float kiln_e4m3_to_f32(unsigned b) {
   return __int_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * __int_as_float(0x7b800000);
 }
 
+// Four e4m3 bytes (byte i of `w` is element i) as exact floats. From sm_89 one conversion
+// instruction turns a byte pair into an f16 pair (every e4m3 value is exact in f16; the upper
+// byte goes to the upper half) and the halves widen on the FMA pipe: 1.5 instructions a value,
+// where the bit-field form below takes 4-5 (it serves older archs; NaN bytes, which the store
+// kernel never writes, read as 480 there).
+__device__ __forceinline__ void kiln_e4m3x4_to_f32(unsigned w, float& f0, float& f1, float& f2, float& f3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm("{ .reg .b16 a, b, x0, x1, y0, y1; .reg .b32 x, y;\n"
+      "  mov.b32 {a, b}, %4;\n"
+      "  cvt.rn.f16x2.e4m3x2 x, a;\n"
+      "  cvt.rn.f16x2.e4m3x2 y, b;\n"
+      "  mov.b32 {x0, x1}, x;\n"
+      "  mov.b32 {y0, y1}, y;\n"
+      "  cvt.f32.f16 %0, x0; cvt.f32.f16 %1, x1; cvt.f32.f16 %2, y0; cvt.f32.f16 %3, y1; }"
+      : "=f"(f0), "=f"(f1), "=f"(f2), "=f"(f3) : "r"(w));
+#else
+  f0 = kiln_e4m3_to_f32(w & 0xffu);
+  f1 = kiln_e4m3_to_f32((w >> 8) & 0xffu);
+  f2 = kiln_e4m3_to_f32((w >> 16) & 0xffu);
+  f3 = kiln_e4m3_to_f32(w >> 24);
+#endif
+}
+
 // One chunk of a key or value row: VEC = 16 / sizeof(T) elements of the pool type KT, moved
-// in one access (16 bytes for a T pool, VEC bytes for e4m3) and widened to floats.
+// in one access (16 bytes for a T pool, VEC bytes for e4m3) and widened to floats. The score
+// phase reads whole 16-byte pieces of a key row instead (`KVEC` = 16 / sizeof(KT) elements:
+// two chunks of an e4m3 row), through `widen16`.
 template <typename T, typename KT> struct kiln_kv_chunk;
 template <typename T> struct kiln_kv_chunk<T, T> {
   static constexpr int VEC = 16 / (int)sizeof(T);
+  static constexpr int KVEC = VEC;
   typedef uint4 raw;
   static __device__ __forceinline__ void widen(const raw& r, float (&f)[VEC]) {
     kiln_pack<T, VEC> p;
@@ -161,14 +187,22 @@ template <typename T> struct kiln_kv_chunk<T, T> {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) f[i] = kiln_to_f32(p.e[i]);
   }
+  static __device__ __forceinline__ void widen16(const uint4& r, float (&f)[KVEC]) { widen(r, f); }
 };
 template <typename T> struct kiln_kv_chunk<T, kiln_e4m3> {
   static constexpr int VEC = 16 / (int)sizeof(T);
+  static constexpr int KVEC = 16;
   typedef typename kiln_raw<VEC>::type raw;
   static __device__ __forceinline__ void widen(const raw& r, float (&f)[VEC]) {
     const unsigned* w = reinterpret_cast<const unsigned*>(&r);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) f[i] = kiln_e4m3_to_f32((w[i >> 2] >> (8 * (i & 3))) & 0xffu);
+    for (int i = 0; i < VEC / 4; ++i) kiln_e4m3x4_to_f32(w[i], f[4 * i], f[4 * i + 1], f[4 * i + 2], f[4 * i + 3]);
+  }
+  static __device__ __forceinline__ void widen16(const uint4& r, float (&f)[KVEC]) {
+    kiln_e4m3x4_to_f32(r.x, f[0], f[1], f[2], f[3]);
+    kiln_e4m3x4_to_f32(r.y, f[4], f[5], f[6], f[7]);
+    kiln_e4m3x4_to_f32(r.z, f[8], f[9], f[10], f[11]);
+    kiln_e4m3x4_to_f32(r.w, f[12], f[13], f[14], f[15]);
   }
 };
 
@@ -206,10 +240,14 @@ __device__ __forceinline__ void kiln_attn_split(
   // the value phase out.
   constexpr int TL = KILN_ATTN_THREADS / NCH;
   constexpr int VSTEPS = (KILN_ATTN_TILE + TL - 1) / TL;  // keys of a tile per token lane
-  // Chunks of a key loaded before they are used: a divisor of NCH, at most 8.
-  constexpr int KB = NCH % 8 == 0 ? 8 : NCH < 8 ? NCH : NCH % 4 == 0 ? 4 : NCH % 5 == 0 ? 5 : 2;
+  // The score phase reads a key row in KNCH pieces of 16 bytes (KVEC elements each), KB of them
+  // loaded before they are used: a divisor of KNCH, at most 8.
+  constexpr int KVEC = kv::KVEC;
+  constexpr int KNCH = HD / KVEC;
+  constexpr int KB = KNCH % 8 == 0 ? 8 : KNCH < 8 ? KNCH : KNCH % 4 == 0 ? 4 : KNCH % 5 == 0 ? 5 : 2;
   constexpr int VPF = VSTEPS < 16 ? VSTEPS : 16;  // values loaded ahead
-  static_assert(HD % VEC == 0 && NCH <= KILN_ATTN_THREADS && NCH % KB == 0, "head dim does not tile the block");
+  static_assert(HD % VEC == 0 && HD % KVEC == 0 && NCH <= KILN_ATTN_THREADS && KNCH % KB == 0,
+                "head dim does not tile the block");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tok = blockIdx.x;
   const int group = n_heads / n_kv_heads;
@@ -274,23 +312,23 @@ __device__ __forceinline__ void kiln_attn_split(
     // ---- score phase: thread tid scores key t0 + tid against every served head ----
     float s[G];
     if (key < k_end) {
-      const kv_raw* __restrict__ kr = reinterpret_cast<const kv_raw*>(k_pool + (long long)slot_s[tid] * kv_stride + kvh * HD);
+      const uint4* __restrict__ kr = reinterpret_cast<const uint4*>(k_pool + (long long)slot_s[tid] * kv_stride + kvh * HD);
       float dot[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) dot[g] = 0.0f;
 #pragma unroll
-      for (int jb = 0; jb < NCH; jb += KB) {
-        kv_raw kraw[KB];
+      for (int jb = 0; jb < KNCH; jb += KB) {
+        uint4 kraw[KB];
 #pragma unroll
         for (int j = 0; j < KB; ++j) kraw[j] = kr[jb + j];
 #pragma unroll
         for (int j = 0; j < KB; ++j) {
-          float kf[VEC];
-          kv::widen(kraw[j], kf);
+          float kf[KVEC];
+          kv::widen16(kraw[j], kf);
 #pragma unroll
           for (int g = 0; g < G; ++g)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) dot[g] = fmaf(q_s[g][(jb + j) * VEC + e], kf[e], dot[g]);
+            for (int e = 0; e < KVEC; ++e) dot[g] = fmaf(q_s[g][(jb + j) * KVEC + e], kf[e], dot[g]);
         }
       }
 #pragma unroll
@@ -450,9 +488,12 @@ __device__ __forceinline__ void kiln_mma_fill(T* smem, const T* gmem, bool ok) {
 template <typename T>
 __device__ __forceinline__ void kiln_mma_fill(T* smem, const kiln_e4m3* gmem, bool ok) {
   const uint2 r = ok ? *reinterpret_cast<const uint2*>(gmem) : make_uint2(0u, 0u);
+  float f[8];
+  kiln_e4m3x4_to_f32(r.x, f[0], f[1], f[2], f[3]);
+  kiln_e4m3x4_to_f32(r.y, f[4], f[5], f[6], f[7]);
   kiln_pack<T, 8> p;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) p.e[i] = kiln_narrow<T>(kiln_e4m3_to_f32(((i < 4 ? r.x : r.y) >> (8 * (i & 3))) & 0xffu));
+  for (int i = 0; i < 8; ++i) p.e[i] = kiln_narrow<T>(f[i]);
   *reinterpret_cast<uint4*>(smem) = p.raw;
 }
 __device__ __forceinline__ void kiln_ldsm4(unsigned (&r)[4], const void* p) {

@@ -53,14 +53,14 @@ pub(super) fn run(
     if kv.fp8.is_some() && !abi::fp8_kv_supported(b.kernel) {
         return Err(bad(format!("FP8 KV pools need f16 or bf16 queries, not {}", q.dtype())));
     }
-    // A pool row's stride in its elements (e4m3 bytes for FP8 pools: 4 to a stored i32), and
-    // the alignment of one access (16 bytes; 8 for FP8 pools, whose chunks are 8 values).
-    let (stride_mul, align) = if kv.fp8.is_some() { (4, 8) } else { (1, 16) };
+    // A pool row's stride in its elements (e4m3 bytes for FP8 pools: 4 to a stored i32). Rows
+    // are read in 16-byte pieces (a key row of an FP8 pool too), so they start 16-byte aligned.
+    let stride_mul = if kv.fp8.is_some() { 4 } else { 1 };
     let aligned = |t: &Tensor| {
-        t.cuda_ptr().is_some_and(|p| p % 16 == 0) && (t.row_stride() * t.dtype().size_bytes()).is_multiple_of(align)
+        t.cuda_ptr().is_some_and(|p| p % 16 == 0) && (t.row_stride() * t.dtype().size_bytes()).is_multiple_of(16)
     };
     if !aligned(kv.k) || !aligned(kv.v) {
-        return Err(bad(format!("the K/V pools must be 16-byte aligned, their row stride {align}-byte")));
+        return Err(bad("the K/V pools and their row stride must be 16-byte aligned".into()));
     }
     let dp = plan
         .device
