@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -90,6 +90,31 @@ if [ "$what" = int4 ]; then
   TAIL=60 step int4-kernels 240 .device/kiln-check-int4
   KILN_INT4_GPU=kernels TAIL=30 step int4-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/int4-tiny/awq tests/fixtures/int4-tiny/gptq
   bench_decode llama3-8b+int4 llama3-8b
+fi
+
+if [ "$what" = fp8kv-read ] || [ "$what" = gemv-fp8kv ]; then
+  # The FP8 KV attention read path (16-byte key loads, hardware e4m3 widening) against the
+  # reference, and its decode speed next to bf16 pools.
+  TAIL=40 step attention-fp8 300 .device/kiln-check-attention --quick --fp8-only --no-speed --out "$OUT/attention-fp8.md"
+  TAIL=40 step attention-speed 150 .device/kiln-check-attention --no-check --out "$OUT/attention-speed.md"
+fi
+if [ "$what" = int4-gemv ] || [ "$what" = gemv-fp8kv ]; then
+  # The int4 GEMV forms (KILN_INT4_GEMV), each against the CPU and timed up to 16 rows, a
+  # profile of each at one row, and 8B-shaped batch-1 decode with each form and in bf16.
+  for f in ${GEMV_FORMS:-block warp2 warp4}; do
+    KILN_INT4_GEMV=$f TAIL=24 step "int4-$f" 240 .device/kiln-check-int4 --max-rows 16
+  done
+  b=(.device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --output-len 128)
+  for f in ${GEMV_FORMS:-block warp2 warp4}; do
+    KILN_INT4_GEMV=$f TAIL=8 step "bench-int4-c1-$f" 150 "${b[@]}" --model synth:llama3-8b+int4
+  done
+  TAIL=8 step bench-bf16-c1 150 "${b[@]}" --model synth:llama3-8b
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for f in ${NCU_FORMS:-}; do
+    [ -n "$ncu" ] && KILN_INT4_GEMV=$f TAIL=60 step "ncu-int4-$f" 120 "$ncu" --clock-control none -k regex:kiln_i4_gemv -c 4 \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+      .device/kiln-check-int4 --no-check --max-rows 1
+  done
 fi
 
 if [ "$what" = fused-rope ]; then

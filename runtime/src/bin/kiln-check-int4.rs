@@ -9,7 +9,8 @@
 //! small for a tiny act-order case — and dequantize + cuBLAS). The CPU product is computed from the activations as the
 //! GPU sees them (rounded to the dtype); the GPU result must be within `tol · max |ref|`.
 //!
-//! Speed: Llama-3-8B's projection shapes, g128, bf16: median of CUDA-event-timed launches.
+//! Speed: Llama-3-8B's projection shapes, g128, bf16: median of CUDA-event-timed launches
+//! (`--max-rows N` times batches of up to N rows only; `--no-check`, `--no-speed` skip a part).
 
 use kiln_runtime::device::quant::int4::{Grouping, Int4Matrix};
 use kiln_runtime::device::quant::int4_cuda::{linear_int4_cuda_by, Int4Cuda, Int4Path};
@@ -103,6 +104,10 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
 
 fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let Device::Cuda(b) = dev else { return Ok(()) };
+    // `--max-rows N`: time only batches of up to N rows (the GEMV's range, when comparing its forms).
+    let args: Vec<String> = std::env::args().collect();
+    let max_rows = args.iter().position(|a| a == "--max-rows").and_then(|i| args.get(i + 1)?.parse().ok());
+    let max_rows: usize = max_rows.unwrap_or(usize::MAX);
     let mut r = Rand(11, 0);
     let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
@@ -116,7 +121,7 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
         let mut dense = Tensor::zeros(dev, DType::BF16, n, k)?;
         g[0].dequantize_into(&mut dense)?;
         let bytes = (n * k / 2 + n * (k / 128) * 8) as f64;
-        for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048] {
+        for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048].into_iter().filter(|&m| m <= max_rows) {
             let x =
                 Tensor::from_f32_as(dev, DType::BF16, &(0..m * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), m, k)?;
             let mut out = Tensor::zeros(dev, DType::BF16, m, n)?;
