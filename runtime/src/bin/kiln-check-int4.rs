@@ -4,10 +4,11 @@
 //!
 //! Correctness: random 4-bit matrices (contiguous groups of 32/64/128, act-order with a random
 //! permutation, a row count that is not a multiple of the GEMV's 4, a fused weight of parts
-//! with different groupings), 1 to 130 activation rows, f32/f16/bf16 activations, every path
-//! (GEMV, tensor cores — which fall back to dequantize + cuBLAS for f32 and for scratch too
-//! small for a tiny act-order case — and dequantize + cuBLAS). The CPU product is computed from the activations as the
-//! GPU sees them (rounded to the dtype); the GPU result must be within `tol · max |ref|`.
+//! with different groupings, q/k/v parts the upload joins into one matrix), 1 to 130 activation
+//! rows, f32/f16/bf16 activations, every path (GEMV, tensor cores — which fall back to
+//! dequantize + cuBLAS for f32 and for scratch too small for a tiny act-order case — and
+//! dequantize + cuBLAS). The CPU product is computed from the activations as the GPU sees them
+//! (rounded to the dtype); the GPU result must be within `tol · max |ref|`.
 //!
 //! Speed: Llama-3-8B's projection shapes, g128, bf16: median of CUDA-event-timed launches
 //! (`--max-rows N` times batches of up to N rows only; `--no-check`, `--no-speed` skip a part).
@@ -57,6 +58,13 @@ fn cases(r: &mut Rand) -> Vec<Case> {
     }
     let parts = vec![random_matrix(r, 128, 256, 128, true), random_matrix(r, 64, 256, 128, true)];
     c.push(Case { what: "fused 128+64 x256 act-order parts".into(), parts });
+    // q / k / v stored apart: joined into one matrix at upload (one launch).
+    let parts = vec![
+        random_matrix(r, 256, 512, 128, false),
+        random_matrix(r, 64, 512, 128, false),
+        random_matrix(r, 64, 512, 128, false),
+    ];
+    c.push(Case { what: "q/k/v 256+64+64 x512 g128 parts, joined".into(), parts });
     c
 }
 

@@ -347,6 +347,28 @@ impl Int4Matrix {
     }
 }
 
+impl Int4Layout {
+    /// Layouts of one weight's stacked parts (`(rows, layout)`, in output order) with
+    /// consecutive parts of the same group size and input order joined into one: their rows
+    /// simply follow each other, so one kernel launch covers them (a q/k/v projection stored
+    /// as three matrices becomes one of their summed rows; act-order parts with different
+    /// permutations stay apart).
+    pub fn join_stackable(parts: Vec<(usize, Int4Layout)>) -> Vec<(usize, Int4Layout)> {
+        let mut out: Vec<(usize, Int4Layout)> = Vec::with_capacity(parts.len());
+        for (rows, l) in parts {
+            match out.last_mut() {
+                Some((r, last)) if last.group == l.group && last.perm == l.perm => {
+                    *r += rows;
+                    last.words.extend_from_slice(&l.words);
+                    last.scale_bias.extend_from_slice(&l.scale_bias);
+                }
+                _ => out.push((rows, l)),
+            }
+        }
+        out
+    }
+}
+
 /// `dots[i] = Σ_j Σ_k q(words[j], k) · x[i][col0 + 8j + k]` for every row `i` of `x`
 /// (`[dots.len(), cols]` row-major): the integer part of one group of one weight row. AVX2 +
 /// FMA when the CPU has them (`KILN_CPU_SIMD=0` forces the portable loop), which sums in
@@ -540,6 +562,37 @@ mod tests {
         assert!(sample(2, 64, 16, None).gpu_layout().is_err(), "groups of 16");
         let uneven: Vec<u32> = (0..64).map(|i| u32::from(i < 8)).collect();
         assert!(sample(2, 64, 32, Some(uneven)).gpu_layout().is_err(), "groups of 8 and 56");
+    }
+
+    /// Stacked parts of one group size and input order join into one layout whose rows are
+    /// theirs in order (the layout of the stacked matrix); a part with another group size or
+    /// permutation starts a new layout.
+    #[test]
+    fn stackable_parts_join_in_order() {
+        let act: Vec<u32> = (0..128).map(|i| ((i * 37) % 128 / 32) as u32).collect();
+        let parts = [
+            sample(3, 128, 32, None),
+            sample(2, 128, 32, None),
+            sample(1, 128, 64, None),
+            sample(2, 128, 64, None),
+            sample(2, 128, 32, Some(act.clone())),
+            sample(1, 128, 32, Some(act)),
+        ];
+        let layouts: Vec<(usize, Int4Layout)> = parts.iter().map(|w| (w.rows, w.gpu_layout().unwrap())).collect();
+        let joined = Int4Layout::join_stackable(layouts.clone());
+        assert_eq!(joined.iter().map(|(r, l)| (*r, l.group)).collect::<Vec<_>>(), [(5, 32), (3, 64), (3, 32)]);
+        for (j, (rows, l)) in joined.iter().enumerate() {
+            let from = [0..2, 2..4, 4..6][j].clone();
+            let words: Vec<u32> = layouts[from.clone()].iter().flat_map(|(_, l)| l.words.clone()).collect();
+            let sb: Vec<f32> = layouts[from.clone()].iter().flat_map(|(_, l)| l.scale_bias.clone()).collect();
+            assert_eq!((l.words.len(), l.scale_bias.len()), (rows * 128 / 8, rows * 2 * 128 / l.group));
+            assert_eq!((&l.words, &l.scale_bias, &l.perm), (&words, &sb, &layouts[from.start].1.perm));
+        }
+        // Different permutations of the same group size stay apart.
+        let a = sample(1, 64, 32, Some((0..64).map(|i| u32::from(i % 2 == 0)).collect()));
+        let b = sample(1, 64, 32, Some((0..64).map(|i| u32::from(i < 32)).collect()));
+        let ab = [(1, a.gpu_layout().unwrap()), (1, b.gpu_layout().unwrap())];
+        assert_eq!(Int4Layout::join_stackable(ab.to_vec()).len(), 2);
     }
 
     /// Act-order sorted for the CPU: the same values in the checkpoint's order, the same GPU

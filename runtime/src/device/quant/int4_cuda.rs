@@ -452,6 +452,8 @@ impl Int4Cuda {
     /// Matrices stacked along rows (one projection, or a fused q/k/v) on the GPU `dev`,
     /// multiplied with activations of `dtype`; `Ok(None)` when the groups of one of them do not
     /// fit the kernels ([`Int4Matrix::gpu_layout`]), so the caller keeps the weight dense.
+    /// Consecutive parts of one group size and input order come back as one matrix
+    /// ([`Int4Layout::join_stackable`]), so each product launches once for them.
     pub fn upload(dev: &Device, dtype: DType, parts: &[Int4Matrix]) -> Result<Option<Vec<Int4Cuda>>, GemmError> {
         let Device::Cuda(b) = dev else {
             return Err(GemmError::Unsupported { dtype, device: "the CPU for a GPU int4 weight".into() });
@@ -464,9 +466,11 @@ impl Int4Cuda {
         };
         let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
         let scratch = scratch_for(b, dev, dtype, total)?;
-        let mut out = Vec::with_capacity(parts.len());
-        for (w, Int4Layout { group, words, scale_bias, perm }) in parts.iter().zip(layouts) {
-            let (rows, cols) = (w.rows(), w.cols());
+        let cols = parts.first().map_or(0, Int4Matrix::cols);
+        // Parts that can share a launch are joined (a checkpoint's separate q, k and v).
+        let joined = Int4Layout::join_stackable(parts.iter().map(Int4Matrix::rows).zip(layouts).collect());
+        let mut out = Vec::with_capacity(joined.len());
+        for (rows, Int4Layout { group, words, scale_bias, perm }) in joined {
             let words: Vec<i32> = words.into_iter().map(|x| x as i32).collect();
             let words = Tensor::from_host(dev, &words, rows, cols / 8)?;
             let scale_bias = Tensor::from_host(dev, &scale_bias, rows, 2 * cols / group)?;
