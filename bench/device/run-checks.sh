@@ -109,6 +109,13 @@ if [ "$what" = int4-gemv ] || [ "$what" = gemv-fp8kv ]; then
     KILN_INT4_GEMV=$f TAIL=8 step "bench-int4-c1-$f" 150 "${b[@]}" --model synth:llama3-8b+int4
   done
   TAIL=8 step bench-bf16-c1 150 "${b[@]}" --model synth:llama3-8b
+  # The same forms for 8-bit weights (KILN_W8_GEMV; W8A16, `KILN_W8=kernels`), then batch-1
+  # decode of the FP8 model as W8A16 with each form and as W8A8 (tensor cores).
+  for f in ${W8_FORMS:-}; do
+    KILN_W8_GEMV=$f TAIL=12 step "w8-$f" 240 .device/kiln-check-w8 --max-rows 8
+    KILN_W8=kernels KILN_W8_GEMV=$f TAIL=8 step "bench-w8a16-c1-$f" 150 "${b[@]}" --model synth:llama3-8b+fp8
+  done
+  [ -n "${W8_FORMS:-}" ] && KILN_W8=w8a8 TAIL=8 step "bench-w8a8-c1" 150 "${b[@]}" --model synth:llama3-8b+fp8
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   for f in ${NCU_FORMS:-}; do
     [ -n "$ncu" ] && KILN_INT4_GEMV=$f TAIL=60 step "ncu-int4-$f" 120 "$ncu" --clock-control none -k regex:kiln_i4_gemv -c 4 \

@@ -178,6 +178,10 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
 
 fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let Device::Cuda(b) = dev else { return Ok(()) };
+    // `--max-rows N`: time only batches of up to N rows (the GEMV's range, when comparing its forms).
+    let args: Vec<String> = std::env::args().collect();
+    let max_rows = args.iter().position(|a| a == "--max-rows").and_then(|i| args.get(i + 1)?.parse().ok());
+    let max_rows: usize = max_rows.unwrap_or(usize::MAX);
     let mut r = Rand(19, 0);
     let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
@@ -192,7 +196,7 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
         let mut dense = Tensor::zeros(dev, DType::BF16, n, k)?;
         g[0].dequantize_into(&mut dense)?;
         let bytes = (n * k + n * 4) as f64;
-        for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 512, 2048] {
+        for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 512, 2048].into_iter().filter(|&m| m <= max_rows) {
             let x =
                 Tensor::from_f32_as(dev, DType::BF16, &(0..m * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), m, k)?;
             let mut out = Tensor::zeros(dev, DType::BF16, m, n)?;

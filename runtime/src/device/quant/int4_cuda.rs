@@ -379,19 +379,31 @@ pub fn entries() -> &'static [String] {
     })
 }
 
-/// Which GEMV kernel runs (`KILN_INT4_GEMV`): `block` — a block of 128 threads shares 4 weight
-/// rows and reduces through shared memory; `warp2` / `warp4` — a warp owns 4 rows and keeps 2
-/// or 4 of each lane's 16-byte loads per row in flight.
+/// Which GEMV kernel runs (`KILN_INT4_GEMV` for int4 weights, `KILN_W8_GEMV` for 8-bit ones):
+/// `block` — a block of 128 threads shares 4 weight rows and reduces through shared memory;
+/// `warp2` / `warp4` — a warp owns 4 rows and keeps 2 or 4 of each lane's 16-byte loads per row
+/// in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvForm {
     Block,
     Warp(u32),
 }
 
-/// The GEMV kernel in use (read once).
-pub fn gemv_form() -> GemvForm {
-    static FORM: OnceLock<GemvForm> = OnceLock::new();
-    *FORM.get_or_init(|| match std::env::var("KILN_INT4_GEMV").as_deref() {
+impl GemvForm {
+    /// Weight rows per block of `threads` threads: `rows` a block, or `rows` a warp.
+    pub(super) fn rows_per_block(self, rows: usize, threads: u32) -> usize {
+        match self {
+            GemvForm::Block => rows,
+            GemvForm::Warp(_) => rows * threads as usize / 32,
+        }
+    }
+}
+
+/// The GEMV kernel the variable `var` asks for (each variable read once).
+pub fn gemv_form(var: &'static str) -> GemvForm {
+    static FORMS: OnceLock<Mutex<HashMap<&'static str, GemvForm>>> = OnceLock::new();
+    let mut forms = FORMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    *forms.entry(var).or_insert_with(|| match std::env::var(var).as_deref() {
         Ok("warp2") => GemvForm::Warp(2),
         Ok("warp4") => GemvForm::Warp(4),
         _ => GemvForm::Block,
@@ -508,7 +520,7 @@ impl Int4Cuda {
         let m = x.rows();
         let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
         let module = b.module_with(source(), "kiln_int4", entries())?;
-        let form = gemv_form();
+        let form = gemv_form("KILN_INT4_GEMV");
         let f = match form {
             GemvForm::Block => module.func(&format!("kiln_i4_gemv{mm}_{}", x.dtype().name()))?,
             GemvForm::Warp(u) => module.func(&format!("kiln_i4_gemvw{u}_{mm}_{}", x.dtype().name()))?,
@@ -523,12 +535,7 @@ impl Int4Cuda {
         let mut l = b.stream().launch_builder(f);
         l.arg(&xp).arg(&ldx).arg(&m32).arg(&words).arg(&sb).arg(&perm);
         l.arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&group).arg(&vec);
-        // The block form: 4 weight rows a block; the warp form: 4 a warp, 4 warps a block.
-        let rows_per_block = match form {
-            GemvForm::Block => ROWS_PER_BLOCK,
-            GemvForm::Warp(_) => ROWS_PER_BLOCK * GEMV_THREADS as usize / 32,
-        };
-        let blocks = self.rows.div_ceil(rows_per_block) as u32;
+        let blocks = self.rows.div_ceil(form.rows_per_block(ROWS_PER_BLOCK, GEMV_THREADS)) as u32;
         // SAFETY: x covers m rows of k elements at ldx, out m rows of n at ldo (checked by
         // `linear_int4_cuda`); words, sb and perm are this weight's live device arrays of the
         // sizes the kernel reads for (n, k, group).
