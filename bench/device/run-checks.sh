@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -121,6 +121,28 @@ if [ "$what" = int4-gemv ] || [ "$what" = gemv-fp8kv ]; then
     [ -n "$ncu" ] && KILN_INT4_GEMV=$f TAIL=60 step "ncu-int4-$f" 120 "$ncu" --clock-control none -k regex:kiln_i4_gemv -c 4 \
       --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
       .device/kiln-check-int4 --no-check --max-rows 1
+  done
+fi
+
+if [ "$what" = gguf-gpu ]; then
+  # GGUF 4-bit blocks (Q4_0 / Q4_1 / Q4_K) on the GPU through the int4 kernels (`--weights
+  # stored`) against the CPU's dense f32 run: the default model's first 4 layers as stored
+  # (Q4_1) and requantized to Q4_K_M (its Q6_K tensors load dense); then an 8B-shaped Q4_K_M
+  # (synth_gguf + kiln quantize here) decoding 128 tokens at 1 and 16 sequences, stored
+  # against dense bf16 in the same call.
+  chmod +x .device/synth_gguf
+  m=.device/smollm2-4l.gguf
+  TAIL=16 step gguf-stored-q4_1 200 .device/kiln-check-model --model $m --weights stored
+  TAIL=3 step quantize-small 120 .device/kiln quantize --type q4_k_m $m /tmp/s4-q4km.gguf
+  TAIL=16 step gguf-stored-q4_k_m 200 .device/kiln-check-model --model /tmp/s4-q4km.gguf --weights stored
+  TAIL=3 step synth-8b 200 .device/synth_gguf $m llama3-8b /tmp/l8-f16.gguf 0
+  TAIL=3 step quantize-8b 300 .device/kiln quantize --type q4_k_m /tmp/l8-f16.gguf /tmp/l8-q4km.gguf
+  rm -f /tmp/l8-f16.gguf
+  for c in 1 16; do
+    for w in stored dense; do
+      TAIL=8 step "bench-8b-q4km-$w-c$c" 200 .device/kiln bench --offline --device cuda --model /tmp/l8-q4km.gguf \
+        --weights $w --num-requests $c --max-num-seqs $c --prompt-len 128 --output-len 128
+    done
   done
 fi
 

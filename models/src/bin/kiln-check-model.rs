@@ -3,7 +3,8 @@
 //!
 //! - `kiln-check-model truncate IN.gguf OUT.gguf N`: keep the first N layers (to carry a model
 //!   too large for the GPU machine's file transfer);
-//! - `kiln-check-model [--model PATH] [--fixtures reference.json] [--tokens 16] [--dtypes bf16,f32]`:
+//! - `kiln-check-model [--model PATH] [--fixtures reference.json] [--tokens 16] [--dtypes bf16,f32]
+//!   [--weights dense|stored]`:
 //!   per fixture prompt, last-position logits (max_rel vs the CPU's f32) and greedy tokens,
 //!   then batching invariance of the engine on the GPU (16 mixed requests alone vs together),
 //!   then the device sampler inside the engine against the host sampler (16 requests with
@@ -68,8 +69,15 @@ fn run(args: &[String]) -> Result<bool, String> {
             o => Err(format!("unknown dtype {o}")),
         })
         .collect::<Result<_, _>>()?;
+    // `--weights stored`: the GPU model keeps the file's quantized weights where it has kernels
+    // for them (GGUF 4-bit blocks through the int4 kernels); the CPU reference stays dense f32.
+    let gpu_weights = match arg(args, "--weights").as_deref() {
+        None | Some("dense") => WeightMode::Dense,
+        Some("stored") => WeightMode::Stored,
+        Some(o) => return Err(format!("--weights {o}: expected dense or stored")),
+    };
     let gpu = Device::cuda(0).map_err(|e| e.to_string())?;
-    println!("device: {}\nmodel: {}", gpu.describe(), path.display());
+    println!("device: {}\nmodel: {}\nGPU weights: {gpu_weights:?}", gpu.describe(), path.display());
     let prompts = fixture_prompts(&fixtures)?;
     let t = Instant::now();
     let cpu = load_with(&path, &Device::Cpu, DType::F32, WeightMode::Dense).map_err(|e| e.to_string())?;
@@ -93,7 +101,7 @@ fn run(args: &[String]) -> Result<bool, String> {
     for (dtype, graphs) in runs {
         // The model reads the switch when it is built.
         std::env::set_var("KILN_CUDA_GRAPHS", if graphs { "1" } else { "0" });
-        let g = load_with(&path, &gpu, dtype, WeightMode::Dense).map_err(|e| e.to_string())?;
+        let g = load_with(&path, &gpu, dtype, gpu_weights).map_err(|e| e.to_string())?;
         let label = format!("{dtype}{}", if graphs { "" } else { " (eager)" });
         let tol = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
         for (i, (p, (want_logits, want_tokens))) in prompts.iter().zip(&refs).enumerate() {

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use kiln_runtime::comm::Communicator;
 use kiln_runtime::device::linear::Weight;
 use kiln_runtime::device::quant::fp8_lt;
-use kiln_runtime::device::quant::int4::Int4Matrix;
+use kiln_runtime::device::quant::int4::{Int4Layout, Int4Matrix};
 use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
 use kiln_runtime::device::quant::w8::W8Matrix;
 use kiln_runtime::device::quant::w8_cuda::{self, W8Cuda, W8Policy};
@@ -817,6 +817,40 @@ impl WeightSource {
         Ok(on_gpu.map(Weight::Int4Cuda))
     }
 
+    /// GGUF 4-bit blocks (Q4_0, Q4_1, Q4_K) kept 4-bit on a GPU: every part's blocks in the
+    /// int4 kernels' form ([`Int4Layout::from_blocks`]: nibbles reordered, no value
+    /// dequantized), stacked; `None` on the CPU (which multiplies the blocks as they are), when
+    /// the int4 kernels are off, or when a part is of another format (the weight loads dense).
+    fn blocks_int4_on(
+        &self,
+        parts: &[StackPart<'_>],
+        dev: &Device,
+        dtype: DType,
+    ) -> Result<Option<Weight>, WeightsError> {
+        if dev.is_cpu() || !self.keep_quantized || !kiln_runtime::device::quant::int4_cuda::kernels_enabled() {
+            return Ok(None);
+        }
+        let ggml = |name: &str| self.entries.get(name).is_some_and(|e| matches!(e.format, StoredFormat::Ggml(_)));
+        if !parts.iter().all(|(name, ..)| ggml(name)) {
+            return Ok(None);
+        }
+        let (mut layouts, mut cols) = (Vec::with_capacity(parts.len()), 0);
+        for (name, expected, part) in parts {
+            let q = self
+                .read_part(name, Some(expected), part)?
+                .quant_matrix()
+                .map_err(|e| e.in_source(&self.source_name))?;
+            let Some((q, l)) = q.and_then(|q| Int4Layout::from_blocks(&q).map(|l| (q, l))) else { return Ok(None) };
+            cols = q.cols();
+            layouts.push((q.rows(), l));
+        }
+        let on_gpu = Int4Cuda::upload_layouts(dev, dtype, cols, layouts).map_err(|e| WeightsError::Layout {
+            tensor: parts[0].0.to_owned(),
+            reason: format!("{}: {e}", self.source_name),
+        })?;
+        Ok(Some(Weight::Int4Cuda(on_gpu)))
+    }
+
     /// Build the model of this source as one rank of `comm`'s tensor-parallel group.
     pub fn set_tp(&mut self, comm: Option<Arc<dyn Communicator>>) {
         self.tp = comm;
@@ -828,7 +862,8 @@ impl WeightSource {
     }
 
     /// A projection's weight: its GGML blocks as they are when the source keeps quantized
-    /// weights, `dev` is the CPU and the format has CPU kernels; else dense `dtype` on `dev`.
+    /// weights, `dev` is the CPU and the format has CPU kernels; 4-bit blocks in the int4
+    /// kernels' form on a GPU; else dense `dtype` on `dev`.
     pub fn weight(
         &self,
         name: &str,
@@ -843,6 +878,9 @@ impl WeightSource {
             }
         }
         if let Some(w) = self.w8_on(&[(name, expected, part.clone())], dev, dtype)? {
+            return Ok(w);
+        }
+        if let Some(w) = self.blocks_int4_on(&[(name, expected, part.clone())], dev, dtype)? {
             return Ok(w);
         }
         if self.keep_quantized && dev.is_cpu() {
@@ -876,6 +914,9 @@ impl WeightSource {
             }
         }
         if let Some(w) = self.w8_on(parts, dev, dtype)? {
+            return Ok(w);
+        }
+        if let Some(w) = self.blocks_int4_on(parts, dev, dtype)? {
             return Ok(w);
         }
         if self.keep_quantized && dev.is_cpu() {

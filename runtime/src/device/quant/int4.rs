@@ -348,6 +348,48 @@ impl Int4Matrix {
 }
 
 impl Int4Layout {
+    /// The GPU int4 form of a GGUF matrix whose blocks hold 4-bit integers with one scale and
+    /// one offset per 32 values — `Q4_0` (`d · (n − 8)`), `Q4_1` (`d · n + m`) and `Q4_K`
+    /// (`d · sc · n − dmin · mn`) — as groups of 32 with `q = n` and (scale, bias) per group;
+    /// `None` for every other format. Every value `q · scale + bias` equals the block's
+    /// dequantized value bit for bit (the same products and sum as [`super::QuantFormat::dequantize`];
+    /// for `Q4_0`, `d · n − 8d` is the exact `d · (n − 8)`, except that its zeros are +0). No value is dequantized: the
+    /// nibbles move into the kernels' order (nibble `e` of word `j` is input `8j + e`).
+    pub fn from_blocks(m: &super::QuantMatrix) -> Option<Int4Layout> {
+        use super::blocks::{unpack, Slice32};
+        use super::QuantFormat;
+        let format = m.format();
+        // The integer each stored value adds to `w` to make the nibble `n` (Q4_0's w is n − 8).
+        let offset: i16 = match format {
+            QuantFormat::Q4_0 => 8,
+            QuantFormat::Q4_1 | QuantFormat::Q4_K => 0,
+            _ => return None,
+        };
+        let (rows, cols) = (m.rows(), m.cols());
+        let (bl, bb, groups) = (format.block_len(), format.block_bytes(), cols / 32);
+        let mut words = vec![0u32; rows * cols / 8];
+        let mut scale_bias = vec![0f32; rows * groups * 2];
+        words.par_chunks_mut(cols / 8).zip(scale_bias.par_chunks_mut(2 * groups)).enumerate().for_each(
+            |(r, (wr, sr))| {
+                let mut slice = Slice32::default();
+                for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
+                    for s in 0..bl / 32 {
+                        unpack(format, block, s, &mut slice);
+                        let g = b * bl / 32 + s;
+                        let scale = slice.scale[0];
+                        sr[2 * g] = scale;
+                        sr[2 * g + 1] = if offset == 0 { slice.min[0] } else { -(offset as f32) * scale };
+                        for (j, w) in wr[4 * g..4 * g + 4].iter_mut().enumerate() {
+                            *w = (0..8)
+                                .fold(0u32, |acc, e| acc | (((slice.w[8 * j + e] + offset) as u32 & 0xF) << (4 * e)));
+                        }
+                    }
+                }
+            },
+        );
+        Some(Int4Layout { group: 32, words, scale_bias, perm: None })
+    }
+
     /// Layouts of one weight's stacked parts (`(rows, layout)`, in output order) with
     /// consecutive parts of the same group size and input order joined into one: their rows
     /// simply follow each other, so one kernel launch covers them (a q/k/v projection stored
@@ -593,6 +635,49 @@ mod tests {
         let b = sample(1, 64, 32, Some((0..64).map(|i| u32::from(i < 32)).collect()));
         let ab = [(1, a.gpu_layout().unwrap()), (1, b.gpu_layout().unwrap())];
         assert_eq!(Int4Layout::join_stackable(ab.to_vec()).len(), 2);
+    }
+
+    /// GGUF Q4_0, Q4_1 and Q4_K blocks in the int4 form hold the blocks' dequantized values bit
+    /// for bit (random blocks, an odd row count, a Q/K-sized matrix); other formats have none.
+    #[test]
+    fn gguf_4bit_blocks_keep_their_values_in_the_int4_form() {
+        use crate::device::quant::{QuantFormat, QuantMatrix};
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut byte = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        };
+        for format in QuantFormat::ALL {
+            let (rows, cols) = (7, 512);
+            let mut bytes: Vec<u8> = (0..rows * format.row_bytes(cols)).map(|_| byte()).collect();
+            // Finite f16 fields (d, m / dmin: small positive or negative), as real blocks have.
+            for b in bytes.chunks_exact_mut(format.block_bytes()) {
+                for &at in crate::device::quant::blocks::half_fields(format) {
+                    let h = half::f16::from_f32((b[at] as f32 - 128.0) / 4096.0).to_bits().to_le_bytes();
+                    b[at..at + 2].copy_from_slice(&h);
+                }
+            }
+            let m = QuantMatrix::new(format, rows, cols, bytes).unwrap();
+            let Some(l) = Int4Layout::from_blocks(&m) else {
+                assert!(!matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4_K), "{format}");
+                continue;
+            };
+            assert!(matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4_K), "{format}");
+            let want = m.dequantize_all();
+            for r in 0..rows {
+                for i in 0..cols {
+                    let q = (l.words[r * cols / 8 + i / 8] >> (4 * (i % 8))) & 0xF;
+                    let g = r * cols / 32 + i / 32;
+                    let got = q as f32 * l.scale_bias[2 * g] + l.scale_bias[2 * g + 1];
+                    let w = want[r * cols + i];
+                    // Bit for bit; Q4_0's `d · n − 8d` gives +0 where `d · 0` with d < 0 is −0.
+                    let same = got.to_bits() == w.to_bits() || (format == QuantFormat::Q4_0 && got == w);
+                    assert!(same, "{format} ({r}, {i}): {got} against {w}");
+                }
+            }
+        }
     }
 
     /// Act-order sorted for the CPU: the same values in the checkpoint's order, the same GPU

@@ -467,20 +467,42 @@ impl Int4Cuda {
     /// Consecutive parts of one group size and input order come back as one matrix
     /// ([`Int4Layout::join_stackable`]), so each product launches once for them.
     pub fn upload(dev: &Device, dtype: DType, parts: &[Int4Matrix]) -> Result<Option<Vec<Int4Cuda>>, GemmError> {
+        let Ok(layouts) = parts.iter().map(Int4Matrix::gpu_layout).collect::<Result<Vec<_>, _>>() else {
+            return Ok(None);
+        };
+        let cols = parts.first().map_or(0, Int4Matrix::cols);
+        Self::upload_layouts(dev, dtype, cols, parts.iter().map(Int4Matrix::rows).zip(layouts).collect()).map(Some)
+    }
+
+    /// [`Self::upload`] of parts already in the kernels' form (`(rows, layout)` of `cols`
+    /// inputs each, in output order): a checkpoint's int4 matrices, or GGUF 4-bit blocks
+    /// ([`Int4Layout::from_blocks`]).
+    pub fn upload_layouts(
+        dev: &Device,
+        dtype: DType,
+        cols: usize,
+        parts: Vec<(usize, Int4Layout)>,
+    ) -> Result<Vec<Int4Cuda>, GemmError> {
         let Device::Cuda(b) = dev else {
             return Err(GemmError::Unsupported { dtype, device: "the CPU for a GPU int4 weight".into() });
         };
         if !dtype.is_float() {
             return Err(GemmError::DTypes { a: dtype, b: dtype, out: dtype });
         }
-        let Ok(layouts) = parts.iter().map(Int4Matrix::gpu_layout).collect::<Result<Vec<_>, _>>() else {
-            return Ok(None);
-        };
-        let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
+        let bad = parts.iter().find(|(rows, l)| {
+            cols % 32 != 0
+                || l.group % 32 != 0
+                || cols % l.group != 0
+                || l.words.len() != rows * cols / 8
+                || l.scale_bias.len() != rows * 2 * cols / l.group
+        });
+        if let Some((rows, l)) = bad {
+            return Err(GemmError::Shape(format!("int4 layout of {rows}×{cols} in groups of {}", l.group)));
+        }
+        let total: usize = parts.iter().map(|(rows, _)| rows * cols).sum();
         let scratch = scratch_for(b, dev, dtype, total)?;
-        let cols = parts.first().map_or(0, Int4Matrix::cols);
         // Parts that can share a launch are joined (a checkpoint's separate q, k and v).
-        let joined = Int4Layout::join_stackable(parts.iter().map(Int4Matrix::rows).zip(layouts).collect());
+        let joined = Int4Layout::join_stackable(parts);
         let mut out = Vec::with_capacity(joined.len());
         for (rows, Int4Layout { group, words, scale_bias, perm }) in joined {
             let words: Vec<i32> = words.into_iter().map(|x| x as i32).collect();
@@ -489,7 +511,7 @@ impl Int4Cuda {
             let perm = perm.map(|p| Tensor::vector(dev, &p)).transpose()?;
             out.push(Int4Cuda { rows, cols, group, words, scale_bias, perm, scratch: scratch.clone() });
         }
-        Ok(Some(out))
+        Ok(out)
     }
 
     pub fn rows(&self) -> usize {
