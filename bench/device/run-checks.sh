@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -94,47 +94,40 @@ fi
 
 if [ "$what" = fp8kv-read ] || [ "$what" = gemv-fp8kv ]; then
   # The FP8 KV attention read path (16-byte key loads, hardware e4m3 widening) against the
-  # reference, and its decode speed next to bf16 pools.
-  TAIL=40 step attention-fp8 300 .device/kiln-check-attention --quick --fp8-only --no-speed --out "$OUT/attention-fp8.md"
-  TAIL=40 step attention-speed 150 .device/kiln-check-attention --no-check --out "$OUT/attention-speed.md"
+  # reference, and its decode speed next to bf16 pools (ATTN_SPEED_FLAGS=--speed-pools: only
+  # the FP8 shapes, over both pools; ATTN_FP8_CHECK=0 skips the check).
+  [ "${ATTN_FP8_CHECK:-1}" = 0 ] || TAIL=40 step attention-fp8 300 .device/kiln-check-attention --quick --fp8-only --no-speed --out "$OUT/attention-fp8.md"
+  TAIL=40 step attention-speed 300 .device/kiln-check-attention --no-check ${ATTN_SPEED_FLAGS:-} --out "$OUT/attention-speed.md"
 fi
 if [ "$what" = int4-gemv ] || [ "$what" = gemv-fp8kv ]; then
-  # The int4 GEMV forms (KILN_INT4_GEMV), each against the CPU and timed up to 16 rows, a
-  # profile of each at one row, and 8B-shaped batch-1 decode with each form and in bf16.
-  for f in ${GEMV_FORMS:-block warp2 warp4}; do
-    KILN_INT4_GEMV=$f TAIL=24 step "int4-$f" 240 .device/kiln-check-int4 --max-rows 16
-  done
+  # The int4 kernels against the CPU and timed up to 16 rows, 8B-shaped batch-1 decode in int4
+  # and in bf16, and (NCU=1) a profile of the GEMV at one row.
+  TAIL=24 step int4-kernels 240 .device/kiln-check-int4 --max-rows 16
   b=(.device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --output-len 128)
-  for f in ${GEMV_FORMS:-block warp2 warp4}; do
-    KILN_INT4_GEMV=$f TAIL=8 step "bench-int4-c1-$f" 150 "${b[@]}" --model synth:llama3-8b+int4
-  done
+  TAIL=8 step bench-int4-c1 150 "${b[@]}" --model synth:llama3-8b+int4
   TAIL=8 step bench-bf16-c1 150 "${b[@]}" --model synth:llama3-8b
-  # The same forms for 8-bit weights (KILN_W8_GEMV; W8A16, `KILN_W8=kernels`), then batch-1
-  # decode of the FP8 model as W8A16 with each form and as W8A8 (tensor cores).
-  for f in ${W8_FORMS:-}; do
-    KILN_W8_GEMV=$f TAIL=12 step "w8-$f" 240 .device/kiln-check-w8 --max-rows 8
-    KILN_W8=kernels KILN_W8_GEMV=$f TAIL=8 step "bench-w8a16-c1-$f" 150 "${b[@]}" --model synth:llama3-8b+fp8
-  done
-  [ -n "${W8_FORMS:-}" ] && KILN_W8=w8a8 TAIL=8 step "bench-w8a8-c1" 150 "${b[@]}" --model synth:llama3-8b+fp8
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  for f in ${NCU_FORMS:-}; do
-    [ -n "$ncu" ] && KILN_INT4_GEMV=$f TAIL=60 step "ncu-int4-$f" 120 "$ncu" --clock-control none -k regex:kiln_i4_gemv -c 4 \
-      --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+  if [ "${NCU:-0}" = 1 ] && [ -n "$ncu" ]; then
+    TAIL=60 step ncu-int4-gemv 120 "$ncu" --clock-control none -k regex:kiln_i4_gemv1 -c 4 \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
       .device/kiln-check-int4 --no-check --max-rows 1
-  done
+  fi
 fi
 
-if [ "$what" = gguf-gpu ]; then
+if [ "$what" = gguf-gpu ] || [ "$what" = gguf-small ]; then
   # GGUF 4-bit blocks (Q4_0 / Q4_1 / Q4_K) on the GPU through the int4 kernels (`--weights
-  # stored`) against the CPU's dense f32 run: the default model's first 4 layers as stored
+  # stored`) against the CPU's dense f32 run: the default model's first 2 layers as stored
   # (Q4_1) and requantized to Q4_K_M (its Q6_K tensors load dense); then an 8B-shaped Q4_K_M
   # (synth_gguf + kiln quantize here) decoding 128 tokens at 1 and 16 sequences, stored
   # against dense bf16 in the same call.
-  chmod +x .device/synth_gguf
-  m=.device/smollm2-4l.gguf
+  m=.device/smollm2-2l.gguf
   TAIL=16 step gguf-stored-q4_1 200 .device/kiln-check-model --model $m --weights stored
   TAIL=3 step quantize-small 120 .device/kiln quantize --type q4_k_m $m /tmp/s4-q4km.gguf
   TAIL=16 step gguf-stored-q4_k_m 200 .device/kiln-check-model --model /tmp/s4-q4km.gguf --weights stored
+fi
+if [ "$what" = gguf-gpu ] || [ "$what" = gguf-8b ]; then
+  chmod +x .device/synth_gguf
+  m=.device/smollm2-2l.gguf
   TAIL=3 step synth-8b 200 .device/synth_gguf $m llama3-8b /tmp/l8-f16.gguf 0
   TAIL=3 step quantize-8b 300 .device/kiln quantize --type q4_k_m /tmp/l8-f16.gguf /tmp/l8-q4km.gguf
   rm -f /tmp/l8-f16.gguf

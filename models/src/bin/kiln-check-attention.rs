@@ -34,8 +34,15 @@ fn main() -> std::process::ExitCode {
         let windowed = [(1, 32768, None, Some(4096)), (16, 32768, None, None), (16, 32768, None, Some(4096))];
         let bf16 = plain.chain(windowed).map(|(s, c, n, w)| (s, c, n, w, false));
         // FP8 pools: half the bytes of the same shapes.
-        let fp8 = [(64, 4096), (1, 32768), (256, 1024), (16, 32768)].map(|(s, c)| (s, c, None, None, true));
-        for (seqs, ctx, splits, window, fp8) in bf16.chain(fp8) {
+        let fp8_shapes = [(64, 4096), (1, 32768), (256, 1024), (16, 32768)];
+        let fp8 = fp8_shapes.map(|(s, c)| (s, c, None, None, true));
+        // `--speed-pools`: only the FP8 shapes, over bf16 pools and then FP8 pools.
+        let bf16: Vec<_> = if has("--speed-pools") {
+            fp8_shapes.iter().map(|&(s, c)| (s, c, None, None, false)).collect()
+        } else {
+            bf16.collect()
+        };
+        for (seqs, ctx, splits, window, fp8) in bf16.into_iter().chain(fp8) {
             match decode_speed(&dev, seqs, ctx, splits, window, fp8, 20) {
                 Ok(r) => speeds.push(r),
                 Err(e) => eprintln!("decode speed {seqs}x{ctx}: {e}"),

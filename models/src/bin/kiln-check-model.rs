@@ -118,7 +118,11 @@ fn run(args: &[String]) -> Result<bool, String> {
         }
         if dtype == DType::BF16 && graphs {
             let model: Arc<dyn CausalLm> = Arc::from(g.model);
-            ok &= invariance(model.clone(), g.tokenizer.clone(), &prompts, n_tokens)?;
+            // Kept-quantized weights pick their kernel by the step's row count (int4: GEMV up to
+            // 4 rows, tensor cores to 64), so a request alone and in a batch may round apart:
+            // reported, not required.
+            let same = invariance(model.clone(), g.tokenizer.clone(), &prompts, n_tokens)?;
+            ok &= same || gpu_weights == WeightMode::Stored;
             ok &= sampling_placements(model, g.tokenizer, &prompts, n_tokens)?;
         }
     }

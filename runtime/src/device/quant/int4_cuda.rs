@@ -161,110 +161,6 @@ __device__ __forceinline__ void kiln_i4_gemv(const T* __restrict__ x, long long 
   }
 }
 
-// ---- the warp GEMV (`KILN_INT4_GEMV=warp`): each warp owns 4 weight rows outright, its lanes
-// stride over the rows' quads U at a time (all U quads' loads issued before any is used), and
-// the rows' sums meet by warp shuffles: no shared memory, no block barrier, so a warp that
-// finishes its rows leaves while the others stream on. ----
-
-// `(a & mask) | 0x4B000000` in one instruction (the constant pair lives in registers).
-__device__ __forceinline__ unsigned kiln_i4_or_magic(unsigned a, unsigned mask) {
-  unsigned r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "r"(mask), "r"(0x4B000000u));
-  return r;
-}
-// The eight nibbles of a word, exactly, each scaled by a power of 16 the inputs undo: nibble e
-// is taken where it lies (e < 5: bits 4e..4e+3 of w; e >= 5: of w >> 12, as nibble e - 3), so
-// OR-ing the float 2^23 over it and subtracting 2^23 gives 16^p · q exactly (p = e, or e - 3;
-// every such value is an integer below 2^24). One shift, eight LOP3s and eight FADDs for eight
-// values, where shifting each nibble down first takes sixteen integer operations.
-__device__ __forceinline__ void kiln_i4_word_scaled(unsigned w, float (&q)[8]) {
-  const unsigned hi = w >> 12;
-#pragma unroll
-  for (int e = 0; e < 5; ++e) q[e] = __uint_as_float(kiln_i4_or_magic(w, 15u << (4 * e))) - 8388608.0f;
-#pragma unroll
-  for (int e = 5; e < 8; ++e) q[e] = __uint_as_float(kiln_i4_or_magic(hi, 15u << (4 * (e - 3)))) - 8388608.0f;
-}
-// The power of 16 `kiln_i4_word_scaled` leaves on nibble e, undone on its input.
-__device__ __forceinline__ float kiln_i4_unscale(int e) {
-  return e == 0 ? 1.0f : e == 1 ? 0.0625f : e == 2 ? 0.00390625f : e == 3 ? 0.000244140625f
-       : e == 4 ? 1.52587890625e-05f : e == 5 ? 0.00390625f : e == 6 ? 0.000244140625f : 1.52587890625e-05f;
-}
-
-template <typename T, int M, int U>
-__device__ __forceinline__ void kiln_i4_gemv_warp(const T* __restrict__ x, long long ldx, int m,
-                                                  const unsigned* __restrict__ words, const float2* __restrict__ sb,
-                                                  const int* __restrict__ perm, T* __restrict__ out, long long ldo,
-                                                  int n, int k, int group, int vec) {
-  const int lane = threadIdx.x & 31;
-  const int row0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * KILN_I4_ROWS;
-  if (row0 >= n) return;  // the whole warp: nothing below waits on other warps
-  const int quads = k >> 5, groups = k / group, wpr = k >> 3;
-  float acc[KILN_I4_ROWS][M];
-#pragma unroll
-  for (int r = 0; r < KILN_I4_ROWS; ++r)
-#pragma unroll
-    for (int mi = 0; mi < M; ++mi) acc[r][mi] = 0.f;
-  for (int v0 = lane; v0 < quads; v0 += 32 * U) {
-    uint4 w[U][KILN_I4_ROWS];
-    float2 s[U][KILN_I4_ROWS];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int v = v0 + 32 * u;
-      const int g = (v << 5) / group;
-#pragma unroll
-      for (int r = 0; r < KILN_I4_ROWS; ++r) {
-        const int row = row0 + r;
-        if (row < n && v < quads) {
-          w[u][r] = __ldg(reinterpret_cast<const uint4*>(words + (long long)row * wpr) + v);
-          s[u][r] = __ldg(sb + (long long)row * groups + g);
-        } else {
-          w[u][r] = make_uint4(0u, 0u, 0u, 0u);
-          s[u][r] = make_float2(0.f, 0.f);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int v = v0 + 32 * u;
-      if (v >= quads) break;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float q[KILN_I4_ROWS][8];
-#pragma unroll
-        for (int r = 0; r < KILN_I4_ROWS; ++r) kiln_i4_word_scaled(kiln_i4_word(w[u][r], j), q[r]);
-#pragma unroll
-        for (int mi = 0; mi < M; ++mi) {
-          if (mi >= m) break;
-          float xf[8];
-          kiln_i4_x8(x + (long long)mi * ldx, perm, (v << 5) + 8 * j, vec, xf);
-          float sx = 0.f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            sx += xf[e];
-            xf[e] *= kiln_i4_unscale(e);  // exact: a power of two
-          }
-#pragma unroll
-          for (int r = 0; r < KILN_I4_ROWS; ++r) {
-            float d = 0.f;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) d = fmaf(q[r][e], xf[e], d);
-            acc[r][mi] = fmaf(s[u][r].x, d, fmaf(s[u][r].y, sx, acc[r][mi]));
-          }
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < KILN_I4_ROWS; ++r)
-#pragma unroll
-    for (int mi = 0; mi < M; ++mi) {
-      float a = acc[r][mi];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-      if (lane == 0 && row0 + r < n && mi < m) kiln_i4_store(out + (long long)mi * ldo + row0 + r, a);
-    }
-}
-
 // The 8 values at p (aligned to 8 elements) in one or two 16-byte stores.
 __device__ __forceinline__ void kiln_i4_store8(float* p, const float (&v)[8]) {
   const float a[4] = {v[0], v[1], v[2], v[3]}, b[4] = {v[4], v[5], v[6], v[7]};
@@ -315,25 +211,11 @@ __device__ __forceinline__ void kiln_i4_dequant(const unsigned* __restrict__ wor
                                                          int n, int k, int group, int vec) {                  \
     kiln_i4_gemv<T, M>(x, ldx, m, words, sb, perm, out, ldo, n, k, group, vec);                               \
   }
-#define KILN_I4_GEMV_WARP(NAME, T, M, U)                                                                     \
-  extern "C" __global__ void __launch_bounds__(128) NAME(const T* x, long long ldx, int m, const unsigned* words, \
-                                                         const float2* sb, const int* perm, T* out, long long ldo, \
-                                                         int n, int k, int group, int vec) {                  \
-    kiln_i4_gemv_warp<T, M, U>(x, ldx, m, words, sb, perm, out, ldo, n, k, group, vec);                       \
-  }
 #define KILN_I4_DTYPE(SUFFIX, T)                                                                             \
   KILN_I4_GEMV(kiln_i4_gemv1_##SUFFIX, T, 1)                                                                 \
   KILN_I4_GEMV(kiln_i4_gemv2_##SUFFIX, T, 2)                                                                 \
   KILN_I4_GEMV(kiln_i4_gemv4_##SUFFIX, T, 4)                                                                 \
   KILN_I4_GEMV(kiln_i4_gemv8_##SUFFIX, T, 8)                                                                 \
-  KILN_I4_GEMV_WARP(kiln_i4_gemvw2_1_##SUFFIX, T, 1, 2)                                                      \
-  KILN_I4_GEMV_WARP(kiln_i4_gemvw2_2_##SUFFIX, T, 2, 2)                                                      \
-  KILN_I4_GEMV_WARP(kiln_i4_gemvw2_4_##SUFFIX, T, 4, 2)                                                      \
-  KILN_I4_GEMV_WARP(kiln_i4_gemvw2_8_##SUFFIX, T, 8, 2)                                                      \
-  KILN_I4_GEMV_WARP(kiln_i4_gemvw4_1_##SUFFIX, T, 1, 4)                                                      \
-  KILN_I4_GEMV_WARP(kiln_i4_gemvw4_2_##SUFFIX, T, 2, 4)                                                      \
-  KILN_I4_GEMV_WARP(kiln_i4_gemvw4_4_##SUFFIX, T, 4, 4)                                                      \
-  KILN_I4_GEMV_WARP(kiln_i4_gemvw4_8_##SUFFIX, T, 8, 4)                                                      \
   extern "C" __global__ void kiln_i4_dequant_##SUFFIX(const unsigned* words, const float2* sb, const int* perm, \
                                                       T* out, long long ldo, int n, int k, int group, int vec) { \
     kiln_i4_dequant<T>(words, sb, perm, out, ldo, n, k, group, vec);                                          \
@@ -367,46 +249,12 @@ pub fn entries() -> &'static [String] {
         let mut e = vec![];
         for d in ["f32", "f16", "bf16"] {
             e.extend(GEMV_M.iter().map(|m| format!("kiln_i4_gemv{m}_{d}")));
-            for u in [2, 4] {
-                e.extend(GEMV_M.iter().map(|m| format!("kiln_i4_gemvw{u}_{m}_{d}")));
-            }
             e.push(format!("kiln_i4_dequant_{d}"));
         }
         e.extend(super::int4_mma::entries());
         e.extend(super::w8_cuda::entries());
         e.extend(super::fp8_lt::entries());
         e
-    })
-}
-
-/// Which GEMV kernel runs (`KILN_INT4_GEMV` for int4 weights, `KILN_W8_GEMV` for 8-bit ones):
-/// `block` — a block of 128 threads shares 4 weight rows and reduces through shared memory;
-/// `warp2` / `warp4` — a warp owns 4 rows and keeps 2 or 4 of each lane's 16-byte loads per row
-/// in flight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GemvForm {
-    Block,
-    Warp(u32),
-}
-
-impl GemvForm {
-    /// Weight rows per block of `threads` threads: `rows` a block, or `rows` a warp.
-    pub(super) fn rows_per_block(self, rows: usize, threads: u32) -> usize {
-        match self {
-            GemvForm::Block => rows,
-            GemvForm::Warp(_) => rows * threads as usize / 32,
-        }
-    }
-}
-
-/// The GEMV kernel the variable `var` asks for (each variable read once).
-pub fn gemv_form(var: &'static str) -> GemvForm {
-    static FORMS: OnceLock<Mutex<HashMap<&'static str, GemvForm>>> = OnceLock::new();
-    let mut forms = FORMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    *forms.entry(var).or_insert_with(|| match std::env::var(var).as_deref() {
-        Ok("warp2") => GemvForm::Warp(2),
-        Ok("warp4") => GemvForm::Warp(4),
-        _ => GemvForm::Block,
     })
 }
 
@@ -542,11 +390,7 @@ impl Int4Cuda {
         let m = x.rows();
         let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
         let module = b.module_with(source(), "kiln_int4", entries())?;
-        let form = gemv_form("KILN_INT4_GEMV");
-        let f = match form {
-            GemvForm::Block => module.func(&format!("kiln_i4_gemv{mm}_{}", x.dtype().name()))?,
-            GemvForm::Warp(u) => module.func(&format!("kiln_i4_gemvw{u}_{mm}_{}", x.dtype().name()))?,
-        };
+        let f = module.func(&format!("kiln_i4_gemv{mm}_{}", x.dtype().name()))?;
         let (words, sb, perm) = self.ptrs();
         let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
         let elt = x.dtype().size_bytes() as u64;
@@ -557,7 +401,7 @@ impl Int4Cuda {
         let mut l = b.stream().launch_builder(f);
         l.arg(&xp).arg(&ldx).arg(&m32).arg(&words).arg(&sb).arg(&perm);
         l.arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&group).arg(&vec);
-        let blocks = self.rows.div_ceil(form.rows_per_block(ROWS_PER_BLOCK, GEMV_THREADS)) as u32;
+        let blocks = self.rows.div_ceil(ROWS_PER_BLOCK) as u32;
         // SAFETY: x covers m rows of k elements at ldx, out m rows of n at ldo (checked by
         // `linear_int4_cuda`); words, sb and perm are this weight's live device arrays of the
         // sizes the kernel reads for (n, k, group).

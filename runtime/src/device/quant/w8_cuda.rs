@@ -34,7 +34,7 @@ use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
 use crate::device::quant::fp8_lt::{self, lt_for, ActScale, Fp8Part, Fp8Scales, Lt};
 use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
-use crate::device::quant::int4_cuda::{gemv_form, scratch_for, GemvForm, Scratch};
+use crate::device::quant::int4_cuda::{scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
@@ -166,80 +166,6 @@ __device__ __forceinline__ void kiln_w8_gemv(const T* __restrict__ x, const unsi
   }
 }
 
-// The warp form of the W8A16 GEMV (`KILN_W8_GEMV=warp2|warp4`, as int4's): a warp owns 4 weight
-// rows, its lanes stride over the rows' 16-byte chunks U at a time (every load of the U chunks
-// issued before any is used), and the rows' sums meet by warp shuffles.
-template <typename T, int M, int ELEM, int U>
-__device__ __forceinline__ void kiln_w8_gemv_warp(const T* __restrict__ x, long long ldx, int m,
-                                                  const unsigned char* __restrict__ q, const float* __restrict__ scales,
-                                                  int bo, int bi, int sc, T* __restrict__ out, long long ldo, int n,
-                                                  int k, int vec) {
-  const int lane = threadIdx.x & 31;
-  const int row0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * KILN_W8_ROWS;
-  if (row0 >= n) return;  // the whole warp: nothing below waits on other warps
-  const int chunks = k >> 4;
-  float acc[KILN_W8_ROWS][M];
-#pragma unroll
-  for (int r = 0; r < KILN_W8_ROWS; ++r)
-#pragma unroll
-    for (int mi = 0; mi < M; ++mi) acc[r][mi] = 0.f;
-  for (int v0 = lane; v0 < chunks; v0 += 32 * U) {
-    uint4 w[U][KILN_W8_ROWS];
-    float s[U][KILN_W8_ROWS];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int v = v0 + 32 * u;
-#pragma unroll
-      for (int r = 0; r < KILN_W8_ROWS; ++r) {
-        const int row = row0 + r;
-        if (row < n && v < chunks) {
-          w[u][r] = __ldg(reinterpret_cast<const uint4*>(q + (long long)row * k) + v);
-          s[u][r] = __ldg(scales + (long long)(row / bo) * sc + (v << 4) / bi);
-        } else {
-          w[u][r] = make_uint4(0u, 0u, 0u, 0u);
-          s[u][r] = 0.f;
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int v = v0 + 32 * u;
-      if (v >= chunks) break;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float wf[KILN_W8_ROWS][8];
-#pragma unroll
-        for (int r = 0; r < KILN_W8_ROWS; ++r) {
-          kiln_w8_word<ELEM>(h == 0 ? w[u][r].x : w[u][r].z, wf[r]);
-          kiln_w8_word<ELEM>(h == 0 ? w[u][r].y : w[u][r].w, wf[r] + 4);
-        }
-#pragma unroll
-        for (int mi = 0; mi < M; ++mi) {
-          if (mi >= m) break;
-          float xf[8];
-          kiln_i4_x8(x + (long long)mi * ldx, (const int*)nullptr, (v << 4) + 8 * h, vec, xf);
-#pragma unroll
-          for (int r = 0; r < KILN_W8_ROWS; ++r) {
-            float d = 0.f;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) d = fmaf(wf[r][e], xf[e], d);
-            acc[r][mi] = fmaf(s[u][r], d, acc[r][mi]);
-          }
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < KILN_W8_ROWS; ++r)
-#pragma unroll
-    for (int mi = 0; mi < M; ++mi) {
-      float a = acc[r][mi];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-      if (lane == 0 && row0 + r < n && mi < m) kiln_i4_store(out + (long long)mi * ldo + row0 + r, a);
-    }
-}
-
 // out[row, col] = W[row, col] in T: each thread expands one 16-byte chunk, stored in 16-byte
 // accesses when the host found out's rows aligned (vec), else element by element.
 template <typename T, int ELEM>
@@ -288,25 +214,11 @@ __device__ __forceinline__ void kiln_w8_dequant(const unsigned char* __restrict_
                                                          long long ldo, int n, int k) {                       \
     kiln_w8_gemv<T, M, 0, 1>(nullptr, qx, sx, gsize, ldsx, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, 0);     \
   }
-#define KILN_W8_GEMV_WARP(NAME, T, M, ELEM, U)                                                               \
-  extern "C" __global__ void __launch_bounds__(128) NAME(const T* x, long long ldx, int m, const unsigned char* q, \
-                                                         const float* scales, int bo, int bi, int sc, T* out,  \
-                                                         long long ldo, int n, int k, int vec) {               \
-    kiln_w8_gemv_warp<T, M, ELEM, U>(x, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, vec);                  \
-  }
 #define KILN_W8_ELEM(E, ELEM, SUFFIX, T)                                                                     \
   KILN_W8_GEMV(kiln_w8_gemv1_##E##_##SUFFIX, T, 1, ELEM)                                                     \
   KILN_W8_GEMV(kiln_w8_gemv2_##E##_##SUFFIX, T, 2, ELEM)                                                     \
   KILN_W8_GEMV(kiln_w8_gemv4_##E##_##SUFFIX, T, 4, ELEM)                                                     \
   KILN_W8_GEMV(kiln_w8_gemv8_##E##_##SUFFIX, T, 8, ELEM)                                                     \
-  KILN_W8_GEMV_WARP(kiln_w8_gemvw2_1_##E##_##SUFFIX, T, 1, ELEM, 2)                                          \
-  KILN_W8_GEMV_WARP(kiln_w8_gemvw2_2_##E##_##SUFFIX, T, 2, ELEM, 2)                                          \
-  KILN_W8_GEMV_WARP(kiln_w8_gemvw2_4_##E##_##SUFFIX, T, 4, ELEM, 2)                                          \
-  KILN_W8_GEMV_WARP(kiln_w8_gemvw2_8_##E##_##SUFFIX, T, 8, ELEM, 2)                                          \
-  KILN_W8_GEMV_WARP(kiln_w8_gemvw4_1_##E##_##SUFFIX, T, 1, ELEM, 4)                                          \
-  KILN_W8_GEMV_WARP(kiln_w8_gemvw4_2_##E##_##SUFFIX, T, 2, ELEM, 4)                                          \
-  KILN_W8_GEMV_WARP(kiln_w8_gemvw4_4_##E##_##SUFFIX, T, 4, ELEM, 4)                                          \
-  KILN_W8_GEMV_WARP(kiln_w8_gemvw4_8_##E##_##SUFFIX, T, 8, ELEM, 4)                                          \
   extern "C" __global__ void kiln_w8_dequant_##E##_##SUFFIX(const unsigned char* q, const float* scales, int bo, \
                                                             int bi, int sc, T* out, long long ldo, int n, int k, \
                                                             int vec) {                                         \
@@ -330,9 +242,6 @@ pub(super) fn entries() -> Vec<String> {
     for d in ["f32", "f16", "bf16"] {
         for el in [W8Elem::Fp8E4M3, W8Elem::Int8] {
             e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemv{m}_{}_{d}", el.name())));
-            for u in [2, 4] {
-                e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemvw{u}_{m}_{}_{d}", el.name())));
-            }
             e.push(format!("kiln_w8_dequant_{}_{d}", el.name()));
         }
         e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemv{m}_fp8e4m3_{d}_aq")));
@@ -487,12 +396,7 @@ impl W8Cuda {
         let m = x.rows();
         let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
         let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
-        let form = gemv_form("KILN_W8_GEMV");
-        let (el, d) = (self.elem.name(), x.dtype().name());
-        let f = match form {
-            GemvForm::Block => module.func(&format!("kiln_w8_gemv{mm}_{el}_{d}"))?,
-            GemvForm::Warp(u) => module.func(&format!("kiln_w8_gemvw{u}_{mm}_{el}_{d}"))?,
-        };
+        let f = module.func(&format!("kiln_w8_gemv{mm}_{}_{}", self.elem.name(), x.dtype().name()))?;
         let (q, sp, bo, bi, sc) = self.args();
         let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
         let elt = x.dtype().size_bytes() as u64;
@@ -503,7 +407,7 @@ impl W8Cuda {
         let mut l = b.stream().launch_builder(f);
         l.arg(&xp).arg(&ldx).arg(&m32).arg(&q).arg(&sp).arg(&bo).arg(&bi).arg(&sc);
         l.arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&vec);
-        let blocks = self.rows.div_ceil(form.rows_per_block(ROWS_PER_BLOCK, GEMV_THREADS)) as u32;
+        let blocks = self.rows.div_ceil(ROWS_PER_BLOCK) as u32;
         // SAFETY: x covers m rows of k elements at ldx, out m rows of n at ldo (checked by
         // `linear_w8_cuda`); the bytes and scales are this weight's live device arrays of the
         // sizes the kernel reads for (n, k, bo, bi, sc).
