@@ -128,6 +128,11 @@ fi
 if [ "$what" = gguf-gpu ] || [ "$what" = gguf-8b ]; then
   chmod +x .device/synth_gguf
   m=.device/smollm2-2l.gguf
+  # Q4_K on the GPU against the CPU: a 1B-shaped Q4_K_M (its dims are whole super-blocks).
+  TAIL=3 step synth-1b 120 .device/synth_gguf $m llama3.2-1b /tmp/l1-f16.gguf 0
+  TAIL=6 step quantize-1b 120 .device/kiln quantize --type q4_k_m /tmp/l1-f16.gguf /tmp/l1-q4km.gguf
+  rm -f /tmp/l1-f16.gguf
+  TAIL=12 step gguf-stored-1b-q4_k_m 200 .device/kiln-check-model --model /tmp/l1-q4km.gguf --weights stored --dtypes f32
   TAIL=3 step synth-8b 200 .device/synth_gguf $m llama3-8b /tmp/l8-f16.gguf 0
   TAIL=3 step quantize-8b 300 .device/kiln quantize --type q4_k_m /tmp/l8-f16.gguf /tmp/l8-q4km.gguf
   rm -f /tmp/l8-f16.gguf
