@@ -338,11 +338,13 @@ impl Int4Cuda {
             return Err(GemmError::DTypes { a: dtype, b: dtype, out: dtype });
         }
         let bad = parts.iter().find(|(rows, l)| {
-            cols % 32 != 0
-                || l.group % 32 != 0
-                || cols % l.group != 0
+            l.group == 0
+                || !cols.is_multiple_of(32)
+                || !l.group.is_multiple_of(32)
+                || !cols.is_multiple_of(l.group)
                 || l.words.len() != rows * cols / 8
                 || l.scale_bias.len() != rows * 2 * cols / l.group
+                || l.perm.as_ref().is_some_and(|p| p.len() != cols)
         });
         if let Some((rows, l)) = bad {
             return Err(GemmError::Shape(format!("int4 layout of {rows}×{cols} in groups of {}", l.group)));
