@@ -136,7 +136,7 @@ if [ "$what" = gguf-gpu ] || [ "$what" = gguf-8b ]; then
   TAIL=3 step synth-8b 200 .device/synth_gguf $m llama3-8b /tmp/l8-f16.gguf 0
   TAIL=3 step quantize-8b 300 .device/kiln quantize --type q4_k_m /tmp/l8-f16.gguf /tmp/l8-q4km.gguf
   rm -f /tmp/l8-f16.gguf
-  for c in 1 16; do
+  for c in ${GGUF_SEQS:-1 16}; do
     for w in stored dense; do
       TAIL=8 step "bench-8b-q4km-$w-c$c" 200 .device/kiln bench --offline --device cuda --model /tmp/l8-q4km.gguf \
         --weights $w --num-requests $c --max-num-seqs $c --prompt-len 128 --output-len 128

@@ -250,6 +250,38 @@ fn rows_of_different_formats_fill_their_own_columns() {
     assert!(linear(&dev, &x, &Weight::QuantizedRows(parts), &mut wrong).is_err(), "6 output columns, not 5");
 }
 
+/// Weights of different kinds stacked (`Weight::Rows`: dense, blocks, a stack of blocks) fill
+/// their own columns with what each gives alone; a wrong output width is refused.
+#[test]
+fn stacked_weights_of_different_kinds_fill_their_own_columns() {
+    let mut rng = StdRng::seed_from_u64(52);
+    let dev = Device::Cpu;
+    let (m, k) = (3, 256);
+    let dense = Tensor::from_f32(&dev, &random_vec(&mut rng, 5 * k), 5, k).unwrap();
+    let q4 = random_matrix(&mut rng, QuantFormat::Q4_K, 3, k);
+    let rows = vec![random_matrix(&mut rng, QuantFormat::Q8_0, 2, k), random_matrix(&mut rng, QuantFormat::Q6_K, 1, k)];
+    let parts = vec![Weight::Dense(dense), Weight::Quantized(q4), Weight::QuantizedRows(rows)];
+    let stacked = Weight::Rows(parts.clone());
+    assert_eq!(stacked.out_features(), 11);
+    let x = Tensor::from_f32(&dev, &random_vec(&mut rng, m * k), m, k).unwrap();
+    let mut out = Tensor::zeros(&dev, kiln_runtime::DType::F32, m, 11).unwrap();
+    linear(&dev, &x, &stacked, &mut out).unwrap();
+    let got = out.to_host_f32().unwrap();
+    let mut at = 0;
+    for p in &parts {
+        let w = p.out_features();
+        let mut one = Tensor::zeros(&dev, kiln_runtime::DType::F32, m, w).unwrap();
+        linear(&dev, &x, p, &mut one).unwrap();
+        let one = one.to_host_f32().unwrap();
+        for i in 0..m {
+            assert_eq!(&got[i * 11 + at..i * 11 + at + w], &one[i * w..(i + 1) * w], "part at column {at}, row {i}");
+        }
+        at += w;
+    }
+    let mut wrong = Tensor::zeros(&dev, kiln_runtime::DType::F32, m, 10).unwrap();
+    assert!(linear(&dev, &x, &stacked, &mut wrong).is_err(), "11 output columns, not 10");
+}
+
 #[test]
 fn every_path_quantizes_activations_to_the_same_blocks() {
     use kiln_runtime::device::quant::activations::{quantize_row_for_with, Activations};

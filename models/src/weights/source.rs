@@ -817,10 +817,12 @@ impl WeightSource {
         Ok(on_gpu.map(Weight::Int4Cuda))
     }
 
-    /// GGUF 4-bit blocks (Q4_0, Q4_1, Q4_K) kept 4-bit on a GPU: every part's blocks in the
-    /// int4 kernels' form ([`Int4Layout::from_blocks`]: nibbles reordered, no value
-    /// dequantized), stacked; `None` on the CPU (which multiplies the blocks as they are), when
-    /// the int4 kernels are off, or when a part is of another format (the weight loads dense).
+    /// GGUF 4-bit blocks (Q4_0, Q4_1, Q4_K) kept 4-bit on a GPU: each such part's blocks in
+    /// the int4 kernels' form ([`Int4Layout::from_blocks`]: nibbles reordered, no value
+    /// dequantized). Consecutive 4-bit parts share one int4 weight; where other parts are
+    /// stacked with them (a Q4_K_M's Q6_K v beside its Q4_K q and k) those load dense and the
+    /// weight is [`Weight::Rows`] of the runs. `None` on the CPU (which multiplies every block
+    /// format as it is), when the int4 kernels are off, or when no part is 4-bit blocks.
     fn blocks_int4_on(
         &self,
         parts: &[StackPart<'_>],
@@ -831,24 +833,46 @@ impl WeightSource {
             return Ok(None);
         }
         let ggml = |name: &str| self.entries.get(name).is_some_and(|e| matches!(e.format, StoredFormat::Ggml(_)));
-        if !parts.iter().all(|(name, ..)| ggml(name)) {
+        if !parts.iter().any(|(name, ..)| ggml(name)) {
             return Ok(None);
         }
-        let (mut layouts, mut cols) = (Vec::with_capacity(parts.len()), 0);
+        // Each part's int4 form (rows, cols, layout), or None where it loads dense.
+        let mut forms = Vec::with_capacity(parts.len());
         for (name, expected, part) in parts {
-            let q = self
-                .read_part(name, Some(expected), part)?
-                .quant_matrix()
-                .map_err(|e| e.in_source(&self.source_name))?;
-            let Some((q, l)) = q.and_then(|q| Int4Layout::from_blocks(&q).map(|l| (q, l))) else { return Ok(None) };
-            cols = q.cols();
-            layouts.push((q.rows(), l));
+            let q = if ggml(name) {
+                self.read_part(name, Some(expected), part)?
+                    .quant_matrix()
+                    .map_err(|e| e.in_source(&self.source_name))?
+            } else {
+                None
+            };
+            forms.push(q.and_then(|q| Int4Layout::from_blocks(&q).map(|l| (q.rows(), q.cols(), l))));
         }
-        let on_gpu = Int4Cuda::upload_layouts(dev, dtype, cols, layouts).map_err(|e| WeightsError::Layout {
+        if forms.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let layout = |e: String| WeightsError::Layout {
             tensor: parts[0].0.to_owned(),
             reason: format!("{}: {e}", self.source_name),
-        })?;
-        Ok(Some(Weight::Int4Cuda(on_gpu)))
+        };
+        // Runs of consecutive parts of one kind, in order.
+        let mut runs: Vec<Weight> = vec![];
+        let mut at = 0;
+        while at < parts.len() {
+            let four = forms[at].is_some();
+            let end = (at..parts.len()).find(|&i| forms[i].is_some() != four).unwrap_or(parts.len());
+            if four {
+                let cols = forms[at].as_ref().map_or(0, |f| f.1);
+                let layouts =
+                    forms[at..end].iter_mut().filter_map(Option::take).map(|(rows, _, l)| (rows, l)).collect();
+                let on_gpu = Int4Cuda::upload_layouts(dev, dtype, cols, layouts).map_err(|e| layout(e.to_string()))?;
+                runs.push(Weight::Int4Cuda(on_gpu));
+            } else {
+                runs.push(Weight::Dense(self.upload_stacked(&parts[at..end], dev, dtype)?));
+            }
+            at = end;
+        }
+        Ok(Some(if runs.len() == 1 { runs.remove(0) } else { Weight::Rows(runs) }))
     }
 
     /// Build the model of this source as one rank of `comm`'s tensor-parallel group.

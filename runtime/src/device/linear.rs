@@ -47,6 +47,10 @@ pub enum Weight {
     /// the e4m3 weight, and activations replaced by their e4m3 quantization (per row, or per
     /// 128 inputs: `fp8_lt::ActScale`) before the product.
     W8a8Cpu(Tensor, ActScale),
+    /// Weights of different kinds stacked along rows, each multiplied into its own columns of
+    /// the output, in order (on a GPU, a GGUF Q4_K_M's fused q/k/v whose q and k are 4-bit
+    /// blocks in the int4 kernels and whose v is Q6_K, loaded dense).
+    Rows(Vec<Weight>),
 }
 
 impl Weight {
@@ -59,7 +63,21 @@ impl Weight {
             | Weight::Int4(_)
             | Weight::Int4Cuda(_)
             | Weight::W8Cuda(_)
-            | Weight::W8a8Cpu(..) => None,
+            | Weight::W8a8Cpu(..)
+            | Weight::Rows(_) => None,
+        }
+    }
+
+    /// Output features: the rows of the `[out, in]` matrix (of every part, stacked).
+    pub fn out_features(&self) -> usize {
+        match self {
+            Weight::Dense(t) | Weight::W8a8Cpu(t, _) => t.rows(),
+            Weight::Quantized(q) => q.rows(),
+            Weight::QuantizedRows(qs) => qs.iter().map(QuantMatrix::rows).sum(),
+            Weight::Int4(ps) => ps.iter().map(Int4Matrix::rows).sum(),
+            Weight::Int4Cuda(ps) => ps.iter().map(Int4Cuda::rows).sum(),
+            Weight::W8Cuda(ps) => ps.iter().map(W8Cuda::rows).sum(),
+            Weight::Rows(ws) => ws.iter().map(Weight::out_features).sum(),
         }
     }
 }
@@ -80,7 +98,30 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
         Weight::Int4Cuda(parts) => linear_int4_cuda(x, parts, out),
         Weight::W8Cuda(parts) => linear_w8_cuda(x, parts, out),
         Weight::W8a8Cpu(w, act) => linear_w8a8_cpu(dev, x, w, *act, out),
+        Weight::Rows(parts) => linear_rows(dev, x, parts, out),
     }
+}
+
+/// Weights stacked along rows: part `p` into its own columns of `out` (a column view: every
+/// product writes rows of any stride).
+fn linear_rows(dev: &Device, x: &Tensor, parts: &[Weight], out: &mut Tensor) -> Result<(), GemmError> {
+    let n: usize = parts.iter().map(Weight::out_features).sum();
+    if parts.is_empty() || out.rows() != x.rows() || out.cols() != n {
+        return Err(GemmError::Shape(format!(
+            "x {}×{} · stacked ({n} rows) into {}×{}",
+            x.rows(),
+            x.cols(),
+            out.rows(),
+            out.cols()
+        )));
+    }
+    let mut at = 0;
+    for w in parts {
+        let width = w.out_features();
+        linear(dev, x, w, &mut out.view_cols(at, width)?)?;
+        at += width;
+    }
+    Ok(())
 }
 
 /// The CPU's FP8 W8A8: each row of `x` quantized to e4m3 as the GPU's kernels do it (the
