@@ -817,18 +817,25 @@ impl WeightSource {
         Ok(on_gpu.map(Weight::Int4Cuda))
     }
 
-    /// GGUF 4-bit blocks (Q4_0, Q4_1, Q4_K) kept 4-bit on a GPU: each such part's blocks in
-    /// the int4 kernels' form ([`Int4Layout::from_blocks`]: nibbles reordered, no value
-    /// dequantized). Consecutive 4-bit parts share one int4 weight; where other parts are
-    /// stacked with them (a Q4_K_M's Q6_K v beside its Q4_K q and k) those load dense and the
-    /// weight is [`Weight::Rows`] of the runs. `None` on the CPU (which multiplies every block
-    /// format as it is), when the int4 kernels are off, or when no part is 4-bit blocks.
-    fn blocks_int4_on(
+    /// GGUF blocks kept quantized on a GPU: 4-bit ones (Q4_0, Q4_1, Q4_K) in the int4 kernels'
+    /// form ([`Int4Layout::from_blocks`]: nibbles reordered, no value dequantized), and with
+    /// `KILN_W8=kernels` (or `w8a8`) 8-bit ones (Q8_0, Q5_0, Q6_K) as INT8 W8A16
+    /// ([`W8Matrix::from_blocks`]). Consecutive parts of one kind share one weight; other parts
+    /// stacked with them (a Q4_K_M's Q6_K v beside its Q4_K q and k, by default) load dense,
+    /// and the weight is [`Weight::Rows`] of the runs. `None` on the CPU (which multiplies every
+    /// block format as it is), when the int4 kernels are off, or when no part is kept.
+    fn blocks_on_gpu(
         &self,
         parts: &[StackPart<'_>],
         dev: &Device,
         dtype: DType,
     ) -> Result<Option<Weight>, WeightsError> {
+        /// How one part of a stack is held.
+        enum Form {
+            Int4(usize, Int4Layout),
+            Int8(W8Matrix),
+            Dense,
+        }
         if dev.is_cpu() || !self.keep_quantized || !kiln_runtime::device::quant::int4_cuda::kernels_enabled() {
             return Ok(None);
         }
@@ -836,8 +843,9 @@ impl WeightSource {
         if !parts.iter().any(|(name, ..)| ggml(name)) {
             return Ok(None);
         }
-        // Each part's int4 form (rows, cols, layout), or None where it loads dense.
+        let int8 = w8_cuda::policy() != W8Policy::Dense;
         let mut forms = Vec::with_capacity(parts.len());
+        let mut cols = 0;
         for (name, expected, part) in parts {
             let q = if ggml(name) {
                 self.read_part(name, Some(expected), part)?
@@ -846,30 +854,56 @@ impl WeightSource {
             } else {
                 None
             };
-            forms.push(q.and_then(|q| Int4Layout::from_blocks(&q).map(|l| (q.rows(), q.cols(), l))));
+            let form = match q {
+                Some(q) => {
+                    cols = q.cols();
+                    match Int4Layout::from_blocks(&q) {
+                        Some(l) => Form::Int4(q.rows(), l),
+                        None if !int8 => Form::Dense,
+                        None => match W8Matrix::from_blocks(&q).filter(W8Cuda::fits) {
+                            Some(w) => Form::Int8(w),
+                            None => Form::Dense,
+                        },
+                    }
+                }
+                None => Form::Dense,
+            };
+            forms.push(form);
         }
-        if forms.iter().all(Option::is_none) {
+        if forms.iter().all(|f| matches!(f, Form::Dense)) {
             return Ok(None);
         }
         let layout = |e: String| WeightsError::Layout {
             tensor: parts[0].0.to_owned(),
             reason: format!("{}: {e}", self.source_name),
         };
+        let kind = |f: &Form| std::mem::discriminant(f);
         // Runs of consecutive parts of one kind, in order.
         let mut runs: Vec<Weight> = vec![];
         let mut at = 0;
         while at < parts.len() {
-            let four = forms[at].is_some();
-            let end = (at..parts.len()).find(|&i| forms[i].is_some() != four).unwrap_or(parts.len());
-            if four {
-                let cols = forms[at].as_ref().map_or(0, |f| f.1);
-                let layouts =
-                    forms[at..end].iter_mut().filter_map(Option::take).map(|(rows, _, l)| (rows, l)).collect();
-                let on_gpu = Int4Cuda::upload_layouts(dev, dtype, cols, layouts).map_err(|e| layout(e.to_string()))?;
-                runs.push(Weight::Int4Cuda(on_gpu));
-            } else {
-                runs.push(Weight::Dense(self.upload_stacked(&parts[at..end], dev, dtype)?));
-            }
+            let k = kind(&forms[at]);
+            let end = (at..parts.len()).find(|&i| kind(&forms[i]) != k).unwrap_or(parts.len());
+            let run: Vec<Form> = forms[at..end].iter_mut().map(|f| std::mem::replace(f, Form::Dense)).collect();
+            let dense = |this: &Self| this.upload_stacked(&parts[at..end], dev, dtype).map(Weight::Dense);
+            runs.push(match &run[0] {
+                Form::Int4(..) => {
+                    let layouts =
+                        run.into_iter().filter_map(|f| if let Form::Int4(r, l) = f { Some((r, l)) } else { None });
+                    let on_gpu = Int4Cuda::upload_layouts(dev, dtype, cols, layouts.collect())
+                        .map_err(|e| layout(e.to_string()))?;
+                    Weight::Int4Cuda(on_gpu)
+                }
+                Form::Int8(_) => {
+                    let ws: Vec<W8Matrix> =
+                        run.into_iter().filter_map(|f| if let Form::Int8(w) = f { Some(w) } else { None }).collect();
+                    match W8Cuda::upload(dev, dtype, &ws, false).map_err(|e| layout(e.to_string()))? {
+                        Some(on_gpu) => Weight::W8Cuda(on_gpu),
+                        None => dense(self)?,
+                    }
+                }
+                Form::Dense => dense(self)?,
+            });
             at = end;
         }
         Ok(Some(if runs.len() == 1 { runs.remove(0) } else { Weight::Rows(runs) }))
@@ -904,7 +938,7 @@ impl WeightSource {
         if let Some(w) = self.w8_on(&[(name, expected, part.clone())], dev, dtype)? {
             return Ok(w);
         }
-        if let Some(w) = self.blocks_int4_on(&[(name, expected, part.clone())], dev, dtype)? {
+        if let Some(w) = self.blocks_on_gpu(&[(name, expected, part.clone())], dev, dtype)? {
             return Ok(w);
         }
         if self.keep_quantized && dev.is_cpu() {
@@ -940,7 +974,7 @@ impl WeightSource {
         if let Some(w) = self.w8_on(parts, dev, dtype)? {
             return Ok(w);
         }
-        if let Some(w) = self.blocks_int4_on(parts, dev, dtype)? {
+        if let Some(w) = self.blocks_on_gpu(parts, dev, dtype)? {
             return Ok(w);
         }
         if self.keep_quantized && dev.is_cpu() {

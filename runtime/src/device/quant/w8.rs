@@ -167,9 +167,83 @@ impl W8Matrix {
     }
 }
 
+impl W8Matrix {
+    /// The INT8 form of a GGUF matrix whose blocks hold integers of at most 8 bits with one
+    /// scale per 32 or 16 values and no offset — `Q8_0` (`d · q`), `Q5_0` (`d · (n − 16)`) in
+    /// blocks of `[1, 32]`, `Q6_K` (`d · sc · (n − 32)`, a scale per 16) in blocks of `[1, 16]`
+    /// — or `None` for every other format. Each value equals the block's dequantized value bit
+    /// for bit (the same product, scale · integer, as [`super::QuantFormat::dequantize`]).
+    pub fn from_blocks(m: &super::QuantMatrix) -> Option<W8Matrix> {
+        use super::blocks::{unpack, Slice32};
+        use super::QuantFormat;
+        let format = m.format();
+        let per = match format {
+            QuantFormat::Q8_0 | QuantFormat::Q5_0 => 32,
+            QuantFormat::Q6_K => 16,
+            _ => return None,
+        };
+        let (rows, cols) = (m.rows(), m.cols());
+        let (bl, bb) = (format.block_len(), format.block_bytes());
+        let mut bytes = vec![0u8; rows * cols];
+        let mut scales = vec![0f32; rows * cols / per];
+        let mut slice = Slice32::default();
+        for r in 0..rows {
+            let (br, sr) = (&mut bytes[r * cols..(r + 1) * cols], &mut scales[r * cols / per..(r + 1) * cols / per]);
+            for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
+                for s in 0..bl / 32 {
+                    unpack(format, block, s, &mut slice);
+                    let at = b * bl + 32 * s;
+                    for (o, &w) in br[at..at + 32].iter_mut().zip(&slice.w) {
+                        *o = w as i8 as u8;
+                    }
+                    for h in 0..32 / per {
+                        sr[(at + per * h) / per] = slice.scale[h * per / 16];
+                    }
+                }
+            }
+        }
+        W8Matrix::new((rows, cols), W8Elem::Int8, bytes, scales, [1, per]).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GGUF Q8_0, Q5_0 and Q6_K blocks in the INT8 form hold the blocks' dequantized values bit
+    /// for bit; other formats have none.
+    #[test]
+    fn gguf_8bit_blocks_keep_their_values_in_the_int8_form() {
+        use crate::device::quant::{blocks::half_fields, QuantFormat, QuantMatrix};
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut byte = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        };
+        for format in QuantFormat::ALL {
+            let (rows, cols) = (5, 512);
+            let mut bytes: Vec<u8> = (0..rows * format.row_bytes(cols)).map(|_| byte()).collect();
+            for b in bytes.chunks_exact_mut(format.block_bytes()) {
+                for &at in half_fields(format) {
+                    let h = half::f16::from_f32((b[at] as f32 - 128.0) / 4096.0).to_bits().to_le_bytes();
+                    b[at..at + 2].copy_from_slice(&h);
+                }
+            }
+            let q = QuantMatrix::new(format, rows, cols, bytes).unwrap();
+            let eight = matches!(format, QuantFormat::Q8_0 | QuantFormat::Q5_0 | QuantFormat::Q6_K);
+            let Some(w) = W8Matrix::from_blocks(&q) else {
+                assert!(!eight, "{format}");
+                continue;
+            };
+            assert!(eight, "{format}");
+            let (got, want) = (w.dequantize(), q.dequantize_all());
+            for (i, (g, v)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), v.to_bits(), "{format} value {i}: {g} against {v}");
+            }
+        }
+    }
 
     fn m(rows: usize, cols: usize, block: [usize; 2]) -> W8Matrix {
         let bytes = (0..rows * cols).map(|i| (i % 7) as u8).collect();
