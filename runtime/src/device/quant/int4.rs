@@ -641,25 +641,10 @@ mod tests {
     /// for bit (random blocks, an odd row count, a Q/K-sized matrix); other formats have none.
     #[test]
     fn gguf_4bit_blocks_keep_their_values_in_the_int4_form() {
-        use crate::device::quant::{QuantFormat, QuantMatrix};
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut byte = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        };
+        use crate::device::quant::{random_blocks, QuantFormat};
         for format in QuantFormat::ALL {
             let (rows, cols) = (7, 512);
-            let mut bytes: Vec<u8> = (0..rows * format.row_bytes(cols)).map(|_| byte()).collect();
-            // Finite f16 fields (d, m / dmin: small positive or negative), as real blocks have.
-            for b in bytes.chunks_exact_mut(format.block_bytes()) {
-                for &at in crate::device::quant::blocks::half_fields(format) {
-                    let h = half::f16::from_f32((b[at] as f32 - 128.0) / 4096.0).to_bits().to_le_bytes();
-                    b[at..at + 2].copy_from_slice(&h);
-                }
-            }
-            let m = QuantMatrix::new(format, rows, cols, bytes).unwrap();
+            let m = random_blocks(format, rows, cols, 0x2545_f491_4f6c_dd1d);
             let Some(l) = Int4Layout::from_blocks(&m) else {
                 assert!(!matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4_K), "{format}");
                 continue;

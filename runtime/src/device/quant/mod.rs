@@ -312,3 +312,23 @@ impl QuantMatrix {
         out
     }
 }
+
+/// A `rows × cols` matrix of `format` with random blocks whose f16 fields (`d`, `m` / `dmin`)
+/// are finite, small and of either sign, as real blocks' are (for the layout tests).
+#[cfg(test)]
+pub(crate) fn random_blocks(format: QuantFormat, rows: usize, cols: usize, mut seed: u64) -> QuantMatrix {
+    let mut byte = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 24) as u8
+    };
+    let mut bytes: Vec<u8> = (0..rows * format.row_bytes(cols)).map(|_| byte()).collect();
+    for b in bytes.chunks_exact_mut(format.block_bytes()) {
+        for &at in blocks::half_fields(format) {
+            let h = half::f16::from_f32((b[at] as f32 - 128.0) / 4096.0).to_bits().to_le_bytes();
+            b[at..at + 2].copy_from_slice(&h);
+        }
+    }
+    QuantMatrix::new(format, rows, cols, bytes).expect("whole blocks")
+}

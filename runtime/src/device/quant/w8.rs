@@ -214,24 +214,10 @@ mod tests {
     /// for bit; other formats have none.
     #[test]
     fn gguf_8bit_blocks_keep_their_values_in_the_int8_form() {
-        use crate::device::quant::{blocks::half_fields, QuantFormat, QuantMatrix};
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut byte = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 24) as u8
-        };
+        use crate::device::quant::{random_blocks, QuantFormat};
         for format in QuantFormat::ALL {
             let (rows, cols) = (5, 512);
-            let mut bytes: Vec<u8> = (0..rows * format.row_bytes(cols)).map(|_| byte()).collect();
-            for b in bytes.chunks_exact_mut(format.block_bytes()) {
-                for &at in half_fields(format) {
-                    let h = half::f16::from_f32((b[at] as f32 - 128.0) / 4096.0).to_bits().to_le_bytes();
-                    b[at..at + 2].copy_from_slice(&h);
-                }
-            }
-            let q = QuantMatrix::new(format, rows, cols, bytes).unwrap();
+            let q = random_blocks(format, rows, cols, 0x9e37_79b9_7f4a_7c15);
             let eight = matches!(format, QuantFormat::Q8_0 | QuantFormat::Q5_0 | QuantFormat::Q6_K);
             let Some(w) = W8Matrix::from_blocks(&q) else {
                 assert!(!eight, "{format}");
