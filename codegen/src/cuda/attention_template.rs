@@ -31,8 +31,9 @@
 //! FP8 KV pools (`KT = kiln_e4m3`, f16 / bf16 queries): the same kernels read e4m3 bytes — the
 //! split kernel's score phase loads 16-byte pieces of a key row (16 values), its value phase
 //! 8-byte chunks (8 values, as one 16-byte chunk of a half pool), and both widen them exactly
-//! to f32 (one conversion instruction per byte pair from sm_89); the tensor-core kernel loads them with plain loads and widens them into
-//! its shared tiles as T (every e4m3 value is exact in f16 and bf16). A pool's K scale is folded
+//! to f32 (one conversion instruction per byte pair from sm_89); the tensor-core kernel loads
+//! them with plain loads and widens them into its shared tiles as T (every e4m3 value is exact
+//! in f16 and bf16). A pool's K scale is folded
 //! into `scale` by the caller and its V scale (`v_scale`, 1 for T pools) multiplies the
 //! weighted sum once, before normalisation or the partials.
 //!
