@@ -314,7 +314,8 @@ impl Decoder {
                 w.mark_used(&embed_name);
                 None
             }
-            _ => Some(r.weight(&embed_name, &[vocab, h], Part::Whole)?),
+            // Gathered by rows, so never in a GPU product form (a Q4_K table stays dense there).
+            _ => Some(r.w.table(&embed_name, &[vocab, h], &Part::Whole, dev, dtype).map_err(load_err)?),
         };
         // Tied when the config says so, or when the checkpoint has no head: HF's default for an
         // absent `tie_word_embeddings` is true, and a GGUF is tied exactly when it has no

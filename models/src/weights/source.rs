@@ -863,6 +863,26 @@ impl WeightSource {
         Ok(Weight::Dense(self.upload(name, expected, part, dev, dtype)?))
     }
 
+    /// A table read by row gathers (the token embedding): its GGML blocks as they are on the
+    /// CPU when the source keeps quantized weights (each gathered row is dequantized as it is
+    /// read), dense `dtype` otherwise — never a GPU product form, which a gather cannot read.
+    pub fn table(
+        &self,
+        name: &str,
+        expected: &[usize],
+        part: &Part,
+        dev: &Device,
+        dtype: DType,
+    ) -> Result<Weight, WeightsError> {
+        if self.keep_quantized && dev.is_cpu() {
+            let q = self.read_part(name, Some(expected), part)?.quant_matrix();
+            if let Some(q) = q.map_err(|e| e.in_source(&self.source_name))? {
+                return Ok(Weight::Quantized(q));
+            }
+        }
+        Ok(Weight::Dense(self.upload(name, expected, part, dev, dtype)?))
+    }
+
     /// Projections stacked along rows as one weight (fused q/k/v, gate/up): quantized when
     /// every part is of one kept format and width, dense otherwise.
     pub fn weight_stacked(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Weight, WeightsError> {
