@@ -851,21 +851,13 @@ impl WeightSource {
         if let Some(w) = self.blocks_on_gpu(&[(name, expected, part.clone())], dev, dtype)? {
             return Ok(w);
         }
-        if self.keep_quantized && dev.is_cpu() {
-            if let Some(q) = self
-                .read_part(name, Some(expected), part)?
-                .quant_matrix()
-                .map_err(|e| e.in_source(&self.source_name))?
-            {
-                return Ok(Weight::Quantized(q));
-            }
-        }
-        Ok(Weight::Dense(self.upload(name, expected, part, dev, dtype)?))
+        self.table(name, expected, part, dev, dtype)
     }
 
-    /// A table read by row gathers (the token embedding): its GGML blocks as they are on the
-    /// CPU when the source keeps quantized weights (each gathered row is dequantized as it is
-    /// read), dense `dtype` otherwise — never a GPU product form, which a gather cannot read.
+    /// A table read by row gathers (the token embedding), and what a projection falls back to:
+    /// its GGML blocks as they are on the CPU when the source keeps quantized weights (a
+    /// gathered row is dequantized as it is read), dense `dtype` otherwise — never a GPU
+    /// product form, which a gather cannot read.
     pub fn table(
         &self,
         name: &str,
