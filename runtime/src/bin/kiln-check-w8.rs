@@ -20,7 +20,7 @@ use kiln_runtime::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
-use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, main_with, max_rel_err, Rand, Tally};
+use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, main_with, max_rel_err, max_rows_arg, Rand, Tally};
 use kiln_runtime::{matmul, DType, Device, Tensor};
 use std::process::ExitCode;
 
@@ -178,10 +178,7 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
 
 fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let Device::Cuda(b) = dev else { return Ok(()) };
-    // `--max-rows N`: time only batches of up to N rows (the GEMV's range, when comparing its forms).
-    let args: Vec<String> = std::env::args().collect();
-    let max_rows = args.iter().position(|a| a == "--max-rows").and_then(|i| args.get(i + 1)?.parse().ok());
-    let max_rows: usize = max_rows.unwrap_or(usize::MAX);
+    let max_rows = max_rows_arg();
     let mut r = Rand(19, 0);
     let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");

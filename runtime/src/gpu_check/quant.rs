@@ -56,6 +56,12 @@ pub fn copy_gbs(dev: &Device) -> Result<f64, Box<dyn std::error::Error>> {
     Ok(2.0 * (n * 4) as f64 / us / 1e3)
 }
 
+/// `--max-rows N` of the command line (time only batches of up to N rows), or no limit.
+pub fn max_rows_arg() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == "--max-rows").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(usize::MAX)
+}
+
 /// A check program's `main`: `check` on GPU 0 (its pass and fail counts) unless `--no-check`
 /// is given, then `speed` unless `--no-speed` is; exit status 0 when every comparison passed
 /// and the speed run ended.

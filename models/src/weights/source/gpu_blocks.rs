@@ -29,11 +29,16 @@ impl WeightSource {
         dev: &Device,
         dtype: DType,
     ) -> Result<Option<Weight>, WeightsError> {
-        /// How one part of a stack is held.
-        enum Form {
-            Int4(usize, Int4Layout),
-            Int8(W8Matrix),
-            Dense,
+        /// Consecutive parts of a stack held alike.
+        enum Run {
+            /// Int4 layouts (rows, layout) of `cols` inputs.
+            Int4 {
+                cols: usize,
+                layouts: Vec<(usize, Int4Layout)>,
+            },
+            Int8(Vec<W8Matrix>),
+            /// The parts of this range of the stack, loaded dense.
+            Dense(std::ops::Range<usize>),
         }
         if dev.is_cpu() || !self.keep_quantized || !int4_cuda::kernels_enabled() {
             return Ok(None);
@@ -43,9 +48,8 @@ impl WeightSource {
             return Ok(None);
         }
         let int8 = w8_cuda::policy() != W8Policy::Dense;
-        let mut forms = Vec::with_capacity(parts.len());
-        let mut cols = 0;
-        for (name, expected, part) in parts {
+        let mut runs: Vec<Run> = vec![];
+        for (i, (name, expected, part)) in parts.iter().enumerate() {
             let q = if ggml(name) {
                 self.read_part(name, Some(expected), part)?
                     .quant_matrix()
@@ -53,58 +57,40 @@ impl WeightSource {
             } else {
                 None
             };
-            let form = match q {
-                Some(q) => {
-                    cols = q.cols();
-                    match Int4Layout::from_blocks(&q) {
-                        Some(l) => Form::Int4(q.rows(), l),
-                        None if !int8 => Form::Dense,
-                        None => match W8Matrix::from_blocks(&q).filter(W8Cuda::fits) {
-                            Some(w) => Form::Int8(w),
-                            None => Form::Dense,
-                        },
-                    }
-                }
-                None => Form::Dense,
-            };
-            forms.push(form);
+            let four = q.as_ref().and_then(|q| Some((q.cols(), q.rows(), Int4Layout::from_blocks(q)?)));
+            let eight = if four.is_none() && int8 { q.as_ref().and_then(W8Matrix::from_blocks) } else { None };
+            match (four, eight, runs.last_mut()) {
+                (Some((_, rows, l)), _, Some(Run::Int4 { layouts, .. })) => layouts.push((rows, l)),
+                (Some((cols, rows, l)), ..) => runs.push(Run::Int4 { cols, layouts: vec![(rows, l)] }),
+                (None, Some(w), Some(Run::Int8(ws))) => ws.push(w),
+                (None, Some(w), _) => runs.push(Run::Int8(vec![w])),
+                (None, None, Some(Run::Dense(r))) => r.end = i + 1,
+                (None, None, _) => runs.push(Run::Dense(i..i + 1)),
+            }
         }
-        if forms.iter().all(|f| matches!(f, Form::Dense)) {
+        if runs.iter().all(|r| matches!(r, Run::Dense(_))) {
             return Ok(None);
         }
         let layout = |e: String| WeightsError::Layout {
             tensor: parts[0].0.to_owned(),
             reason: format!("{}: {e}", self.source_name),
         };
-        let kind = |f: &Form| std::mem::discriminant(f);
-        // Runs of consecutive parts of one kind, in order.
-        let mut runs: Vec<Weight> = vec![];
-        let mut at = 0;
-        while at < parts.len() {
-            let k = kind(&forms[at]);
-            let end = (at..parts.len()).find(|&i| kind(&forms[i]) != k).unwrap_or(parts.len());
-            let run: Vec<Form> = forms[at..end].iter_mut().map(|f| std::mem::replace(f, Form::Dense)).collect();
-            let dense = |this: &Self| this.upload_stacked(&parts[at..end], dev, dtype).map(Weight::Dense);
-            runs.push(match &run[0] {
-                Form::Int4(..) => {
-                    let layouts =
-                        run.into_iter().filter_map(|f| if let Form::Int4(r, l) = f { Some((r, l)) } else { None });
-                    let on_gpu = Int4Cuda::upload_layouts(dev, dtype, cols, layouts.collect())
-                        .map_err(|e| layout(e.to_string()))?;
-                    Weight::Int4Cuda(on_gpu)
-                }
-                Form::Int8(_) => {
-                    let ws: Vec<W8Matrix> =
-                        run.into_iter().filter_map(|f| if let Form::Int8(w) = f { Some(w) } else { None }).collect();
-                    match W8Cuda::upload(dev, dtype, &ws, false).map_err(|e| layout(e.to_string()))? {
+        let mut runs = runs
+            .into_iter()
+            .map(|run| {
+                Ok(match run {
+                    Run::Int4 { cols, layouts } => Weight::Int4Cuda(
+                        Int4Cuda::upload_layouts(dev, dtype, cols, layouts).map_err(|e| layout(e.to_string()))?,
+                    ),
+                    // Blocks of 16 or 32 values always fit the kernels' 16-value chunks.
+                    Run::Int8(ws) => match W8Cuda::upload(dev, dtype, &ws, false).map_err(|e| layout(e.to_string()))? {
                         Some(on_gpu) => Weight::W8Cuda(on_gpu),
-                        None => dense(self)?,
-                    }
-                }
-                Form::Dense => dense(self)?,
-            });
-            at = end;
-        }
+                        None => return Err(layout("INT8 blocks the W8A16 kernels do not take".into())),
+                    },
+                    Run::Dense(r) => Weight::Dense(self.upload_stacked(&parts[r], dev, dtype)?),
+                })
+            })
+            .collect::<Result<Vec<_>, WeightsError>>()?;
         Ok(Some(if runs.len() == 1 { runs.remove(0) } else { Weight::Rows(runs) }))
     }
 }

@@ -356,35 +356,27 @@ impl Int4Layout {
     /// for `Q4_0`, `d · n − 8d` is the exact `d · (n − 8)`, except that its zeros are +0). No value is dequantized: the
     /// nibbles move into the kernels' order (nibble `e` of word `j` is input `8j + e`).
     pub fn from_blocks(m: &super::QuantMatrix) -> Option<Int4Layout> {
-        use super::blocks::{unpack, Slice32};
         use super::QuantFormat;
-        let format = m.format();
         // The integer each stored value adds to `w` to make the nibble `n` (Q4_0's w is n − 8).
-        let offset: i16 = match format {
+        let offset: i16 = match m.format() {
             QuantFormat::Q4_0 => 8,
             QuantFormat::Q4_1 | QuantFormat::Q4_K => 0,
             _ => return None,
         };
-        let (rows, cols) = (m.rows(), m.cols());
-        let (bl, bb, groups) = (format.block_len(), format.block_bytes(), cols / 32);
+        let (rows, cols, groups) = (m.rows(), m.cols(), m.cols() / 32);
         let mut words = vec![0u32; rows * cols / 8];
         let mut scale_bias = vec![0f32; rows * groups * 2];
         words.par_chunks_mut(cols / 8).zip(scale_bias.par_chunks_mut(2 * groups)).enumerate().for_each(
             |(r, (wr, sr))| {
-                let mut slice = Slice32::default();
-                for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
-                    for s in 0..bl / 32 {
-                        unpack(format, block, s, &mut slice);
-                        let g = b * bl / 32 + s;
-                        let scale = slice.scale[0];
-                        sr[2 * g] = scale;
-                        sr[2 * g + 1] = if offset == 0 { slice.min[0] } else { -(offset as f32) * scale };
-                        for (j, w) in wr[4 * g..4 * g + 4].iter_mut().enumerate() {
-                            *w = (0..8)
-                                .fold(0u32, |acc, e| acc | (((slice.w[8 * j + e] + offset) as u32 & 0xF) << (4 * e)));
-                        }
+                m.for_each_slice(r, |g, slice| {
+                    let scale = slice.scale[0];
+                    sr[2 * g] = scale;
+                    sr[2 * g + 1] = if offset == 0 { slice.min[0] } else { -(offset as f32) * scale };
+                    for (j, w) in wr[4 * g..4 * g + 4].iter_mut().enumerate() {
+                        *w =
+                            (0..8).fold(0u32, |acc, e| acc | (((slice.w[8 * j + e] + offset) as u32 & 0xF) << (4 * e)));
                     }
-                }
+                })
             },
         );
         Some(Int4Layout { group: 32, words, scale_bias, perm: None })

@@ -296,6 +296,20 @@ impl QuantMatrix {
         panic!("row {r} past the end of a {}-row matrix", self.rows)
     }
 
+    /// Row `r`'s 32-value slices in order, each unpacked ([`blocks::unpack`]): `f(s, slice)`,
+    /// where slice `s` holds columns `32 s .. 32 s + 32` (for converting blocks to another
+    /// kernel's layout without dequantizing).
+    pub fn for_each_slice(&self, r: usize, mut f: impl FnMut(usize, &Slice32)) {
+        let (bl, bb) = (self.format.block_len(), self.format.block_bytes());
+        let mut slice = Slice32::default();
+        for (b, block) in self.row(r).chunks_exact(bb).enumerate() {
+            for s in 0..bl / BLOCK {
+                unpack(self.format, block, s, &mut slice);
+                f(b * bl / BLOCK + s, &slice);
+            }
+        }
+    }
+
     /// Row `r`'s values.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         self.format.dequantize(self.row(r), out);

@@ -174,34 +174,26 @@ impl W8Matrix {
     /// — or `None` for every other format. Each value equals the block's dequantized value bit
     /// for bit (the same product, scale · integer, as [`super::QuantFormat::dequantize`]).
     pub fn from_blocks(m: &super::QuantMatrix) -> Option<W8Matrix> {
-        use super::blocks::{unpack, Slice32};
         use super::QuantFormat;
-        let format = m.format();
-        let per = match format {
+        use rayon::prelude::*;
+        let per = match m.format() {
             QuantFormat::Q8_0 | QuantFormat::Q5_0 => 32,
             QuantFormat::Q6_K => 16,
             _ => return None,
         };
         let (rows, cols) = (m.rows(), m.cols());
-        let (bl, bb) = (format.block_len(), format.block_bytes());
         let mut bytes = vec![0u8; rows * cols];
         let mut scales = vec![0f32; rows * cols / per];
-        let mut slice = Slice32::default();
-        for r in 0..rows {
-            let (br, sr) = (&mut bytes[r * cols..(r + 1) * cols], &mut scales[r * cols / per..(r + 1) * cols / per]);
-            for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
-                for s in 0..bl / 32 {
-                    unpack(format, block, s, &mut slice);
-                    let at = b * bl + 32 * s;
-                    for (o, &w) in br[at..at + 32].iter_mut().zip(&slice.w) {
-                        *o = w as i8 as u8;
-                    }
-                    for h in 0..32 / per {
-                        sr[(at + per * h) / per] = slice.scale[h * per / 16];
-                    }
+        bytes.par_chunks_mut(cols).zip(scales.par_chunks_mut(cols / per)).enumerate().for_each(|(r, (br, sr))| {
+            m.for_each_slice(r, |s, slice| {
+                for (o, &w) in br[32 * s..32 * s + 32].iter_mut().zip(&slice.w) {
+                    *o = w as i8 as u8;
                 }
-            }
-        }
+                for h in 0..32 / per {
+                    sr[32 / per * s + h] = slice.scale[h * per / 16];
+                }
+            })
+        });
         W8Matrix::new((rows, cols), W8Elem::Int8, bytes, scales, [1, per]).ok()
     }
 }
