@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -144,6 +144,30 @@ if [ "$what" = gguf-gpu ] || [ "$what" = gguf-8b ]; then
   done
 fi
 
+if [ "$what" = gguf-rows ]; then
+  # The GGUF-on-GPU paths no device had run: stacks whose parts mix Q4_K with Q6_K
+  # (`Weight::Rows`, a 1B-shaped Q4_K_M), 8-bit blocks as INT8 W8A16 (`KILN_W8=kernels`: Q6_K
+  # in that file, then a Q8_0 file), and the int4 check with its joined q/k/v case; then the
+  # 8B-shaped Q4_K_M at one sequence, stored against dense, now that no stack falls back dense.
+  chmod +x .device/synth_gguf
+  m=.device/smollm2-2l.gguf
+  TAIL=24 step int4-kernels 240 .device/kiln-check-int4 --max-rows 8
+  TAIL=3 step synth-1b 120 .device/synth_gguf $m llama3.2-1b /tmp/l1-f16.gguf 0
+  TAIL=3 step quantize-1b 120 .device/kiln quantize --type q4_k_m /tmp/l1-f16.gguf /tmp/l1-q4km.gguf
+  TAIL=3 step quantize-1b-q8 120 .device/kiln quantize --type q8_0 /tmp/l1-f16.gguf /tmp/l1-q8.gguf
+  rm -f /tmp/l1-f16.gguf
+  TAIL=12 step rows-1b-q4_k_m 200 .device/kiln-check-model --model /tmp/l1-q4km.gguf --weights stored --dtypes f32
+  KILN_W8=kernels TAIL=12 step rows-w8-1b-q4_k_m 200 .device/kiln-check-model --model /tmp/l1-q4km.gguf --weights stored --dtypes f32
+  KILN_W8=kernels TAIL=12 step w8-1b-q8_0 200 .device/kiln-check-model --model /tmp/l1-q8.gguf --weights stored --dtypes f32,bf16
+  rm -f /tmp/l1-q8.gguf
+  TAIL=3 step synth-8b 200 .device/synth_gguf $m llama3-8b /tmp/l8-f16.gguf 0
+  TAIL=3 step quantize-8b 300 .device/kiln quantize --type q4_k_m /tmp/l8-f16.gguf /tmp/l8-q4km.gguf
+  rm -f /tmp/l8-f16.gguf
+  for w in stored dense; do
+    TAIL=8 step "bench-8b-q4km-$w-c1" 200 .device/kiln bench --offline --device cuda --model /tmp/l8-q4km.gguf \
+      --weights $w --num-requests 1 --max-num-seqs 1 --prompt-len 128 --output-len 128
+  done
+fi
 if [ "$what" = fused-rope ]; then
   # RoPE of computed sources (Qwen2's bias, Qwen3 / Gemma 3's per-head norm + KV write) on the
   # GPU against the CPU, then every architecture fixture (qwen3, gemma3, qwen3_moe run it) vs HF.

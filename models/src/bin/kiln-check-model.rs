@@ -92,7 +92,6 @@ fn run(args: &[String]) -> Result<bool, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let mut ok = true;
-    println!("\n| dtype | prompt | tokens | logits max_rel | argmax same | greedy tokens same (of {n_tokens}) |\n|---|---|---|---|---|---|");
     // Each dtype with decode steps from CUDA graphs (the default), bf16 also eagerly.
     let mut runs: Vec<(DType, bool)> = dtypes.iter().map(|&d| (d, true)).collect();
     if dtypes.contains(&DType::BF16) {
@@ -101,7 +100,12 @@ fn run(args: &[String]) -> Result<bool, String> {
     for (dtype, graphs) in runs {
         // The model reads the switch when it is built.
         std::env::set_var("KILN_CUDA_GRAPHS", if graphs { "1" } else { "0" });
+        let free = || gpu.cuda_backend().and_then(|b| b.free_mem().ok()).unwrap_or(0);
+        let before = free();
         let g = load_with(&path, &gpu, dtype, gpu_weights).map_err(|e| e.to_string())?;
+        // What the load took on the device: shows whether quantized weights stayed quantized.
+        println!("\n{dtype} model on the GPU: {:.0} MiB", before.saturating_sub(free()) as f64 / (1 << 20) as f64);
+        println!("| dtype | prompt | tokens | logits max_rel | argmax same | greedy tokens same (of {n_tokens}) |\n|---|---|---|---|---|---|");
         let label = format!("{dtype}{}", if graphs { "" } else { " (eager)" });
         let tol = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
         for (i, (p, (want_logits, want_tokens))) in prompts.iter().zip(&refs).enumerate() {
