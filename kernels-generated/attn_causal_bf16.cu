@@ -101,6 +101,11 @@ struct attn_causal_bf16_mod {
 #define KILN_ATTN_THREADS 128
 #define KILN_ATTN_TILE 128
 #define KILN_LOG2E 1.4426950408889634f
+#ifdef KILN_ATTN_SPLIT_MIN_BLOCKS
+#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS, KILN_ATTN_SPLIT_MIN_BLOCKS)
+#else
+#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS)
+#endif
 
 // An FP8 (OCP e4m3) KV-cache element: the pools of a `--kv-cache-dtype fp8` cache hold these
 // bytes, the value being e4m3 × the layer's K or V scale (the runtime folds the K scale into
@@ -208,7 +213,11 @@ __device__ __forceinline__ void kiln_attn_split(
   // loaded before they are used: a divisor of KNCH, at most 8.
   constexpr int KVEC = kv::KVEC;
   constexpr int KNCH = HD / KVEC;
+#ifdef KILN_ATTN_KB_ALL
+  constexpr int KB = KNCH <= 16 ? KNCH : KNCH % 16 == 0 ? 16 : KNCH % 8 == 0 ? 8 : 4;
+#else
   constexpr int KB = KNCH % 8 == 0 ? 8 : KNCH < 8 ? KNCH : KNCH % 4 == 0 ? 4 : KNCH % 5 == 0 ? 5 : 2;
+#endif
   constexpr int VPF = VSTEPS < 16 ? VSTEPS : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && HD % KVEC == 0 && NCH <= KILN_ATTN_THREADS && KNCH % KB == 0,
                 "head dim does not tile the block");
@@ -259,11 +268,20 @@ __device__ __forceinline__ void kiln_attn_split(
     for (int e = 0; e < VEC; ++e) acc[g][e] = 0.0f;
   __syncthreads();
 
+#ifdef KILN_ATTN_SLOT_AHEAD
+  int slot_next = k_begin + tid < k_end ? table[(k_begin + tid) / block_size] * block_size + (k_begin + tid) % block_size : 0;
+#endif
   for (int t0 = k_begin; t0 < k_end; t0 += KILN_ATTN_TILE) {
     const int key = t0 + tid;
     const int n = min(KILN_ATTN_TILE, k_end - t0);  // keys in this tile
+#ifdef KILN_ATTN_SLOT_AHEAD
+    if (key < k_end) slot_s[tid] = slot_next;
+    __syncthreads();
+    if (key + KILN_ATTN_TILE < k_end) slot_next = table[(key + KILN_ATTN_TILE) / block_size] * block_size + (key + KILN_ATTN_TILE) % block_size;
+#else
     if (key < k_end) slot_s[tid] = table[key / block_size] * block_size + key % block_size;
     __syncthreads();
+#endif
     // ---- this lane's values of the tile, loaded now: they do not depend on the scores, so
     // the K and V reads of the tile are in flight together ----
     kv_raw vraw[VPF];
@@ -668,7 +686,7 @@ extern "C" __global__ void __launch_bounds__(16) attn_causal_bf16_combine_hd16(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd16_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd16_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -693,7 +711,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd16_g4
   kiln_attn_split<kiln_bf16, kiln_bf16, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd16_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd16_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -721,7 +739,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd16_g8
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd16_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd16_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -747,7 +765,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd1
   kiln_attn_split<kiln_bf16, kiln_e4m3, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd16_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd16_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -789,7 +807,7 @@ extern "C" __global__ void __launch_bounds__(32) attn_causal_bf16_combine_hd32(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd32_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd32_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -814,7 +832,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd32_g4
   kiln_attn_split<kiln_bf16, kiln_bf16, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd32_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd32_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -842,7 +860,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd32_g8
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd32_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd32_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -868,7 +886,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd3
   kiln_attn_split<kiln_bf16, kiln_e4m3, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd32_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd32_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -910,7 +928,7 @@ extern "C" __global__ void __launch_bounds__(64) attn_causal_bf16_combine_hd64(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd64_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd64_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -935,7 +953,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd64_g4
   kiln_attn_split<kiln_bf16, kiln_bf16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd64_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd64_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -986,7 +1004,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_mma_hd64(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd64_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd64_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1012,7 +1030,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd6
   kiln_attn_split<kiln_bf16, kiln_e4m3, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd64_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd64_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1078,7 +1096,7 @@ extern "C" __global__ void __launch_bounds__(80) attn_causal_bf16_combine_hd80(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd80_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd80_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1103,7 +1121,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd80_g4
   kiln_attn_split<kiln_bf16, kiln_bf16, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd80_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd80_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1154,7 +1172,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_mma_hd80(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd80_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd80_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1180,7 +1198,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd8
   kiln_attn_split<kiln_bf16, kiln_e4m3, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd80_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd80_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1246,7 +1264,7 @@ extern "C" __global__ void __launch_bounds__(96) attn_causal_bf16_combine_hd96(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd96_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd96_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1271,7 +1289,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd96_g4
   kiln_attn_split<kiln_bf16, kiln_bf16, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd96_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd96_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1322,7 +1340,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_mma_hd96(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd96_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd96_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1348,7 +1366,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd9
   kiln_attn_split<kiln_bf16, kiln_e4m3, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd96_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd96_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1414,7 +1432,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_combine_hd128
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd128_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd128_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1439,7 +1457,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd128_g
   kiln_attn_split<kiln_bf16, kiln_bf16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd128_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd128_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1490,7 +1508,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_mma_hd128(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd128_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd128_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1516,7 +1534,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd1
   kiln_attn_split<kiln_bf16, kiln_e4m3, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd128_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd128_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1582,7 +1600,7 @@ extern "C" __global__ void __launch_bounds__(256) attn_causal_bf16_combine_hd256
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd256_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd256_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1607,7 +1625,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd256_g
   kiln_attn_split<kiln_bf16, kiln_bf16, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd256_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_hd256_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1635,7 +1653,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_hd256_g
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd256_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd256_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1661,7 +1679,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd2
   kiln_attn_split<kiln_bf16, kiln_e4m3, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_causal_bf16_split_kv8_hd256_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_bf16_split_kv8_hd256_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,

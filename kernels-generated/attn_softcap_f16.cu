@@ -111,6 +111,11 @@ struct attn_softcap_f16_mod {
 #define KILN_ATTN_THREADS 128
 #define KILN_ATTN_TILE 128
 #define KILN_LOG2E 1.4426950408889634f
+#ifdef KILN_ATTN_SPLIT_MIN_BLOCKS
+#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS, KILN_ATTN_SPLIT_MIN_BLOCKS)
+#else
+#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS)
+#endif
 
 // An FP8 (OCP e4m3) KV-cache element: the pools of a `--kv-cache-dtype fp8` cache hold these
 // bytes, the value being e4m3 × the layer's K or V scale (the runtime folds the K scale into
@@ -218,7 +223,11 @@ __device__ __forceinline__ void kiln_attn_split(
   // loaded before they are used: a divisor of KNCH, at most 8.
   constexpr int KVEC = kv::KVEC;
   constexpr int KNCH = HD / KVEC;
+#ifdef KILN_ATTN_KB_ALL
+  constexpr int KB = KNCH <= 16 ? KNCH : KNCH % 16 == 0 ? 16 : KNCH % 8 == 0 ? 8 : 4;
+#else
   constexpr int KB = KNCH % 8 == 0 ? 8 : KNCH < 8 ? KNCH : KNCH % 4 == 0 ? 4 : KNCH % 5 == 0 ? 5 : 2;
+#endif
   constexpr int VPF = VSTEPS < 16 ? VSTEPS : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && HD % KVEC == 0 && NCH <= KILN_ATTN_THREADS && KNCH % KB == 0,
                 "head dim does not tile the block");
@@ -269,11 +278,20 @@ __device__ __forceinline__ void kiln_attn_split(
     for (int e = 0; e < VEC; ++e) acc[g][e] = 0.0f;
   __syncthreads();
 
+#ifdef KILN_ATTN_SLOT_AHEAD
+  int slot_next = k_begin + tid < k_end ? table[(k_begin + tid) / block_size] * block_size + (k_begin + tid) % block_size : 0;
+#endif
   for (int t0 = k_begin; t0 < k_end; t0 += KILN_ATTN_TILE) {
     const int key = t0 + tid;
     const int n = min(KILN_ATTN_TILE, k_end - t0);  // keys in this tile
+#ifdef KILN_ATTN_SLOT_AHEAD
+    if (key < k_end) slot_s[tid] = slot_next;
+    __syncthreads();
+    if (key + KILN_ATTN_TILE < k_end) slot_next = table[(key + KILN_ATTN_TILE) / block_size] * block_size + (key + KILN_ATTN_TILE) % block_size;
+#else
     if (key < k_end) slot_s[tid] = table[key / block_size] * block_size + key % block_size;
     __syncthreads();
+#endif
     // ---- this lane's values of the tile, loaded now: they do not depend on the scores, so
     // the K and V reads of the tile are in flight together ----
     kv_raw vraw[VPF];
@@ -678,7 +696,7 @@ extern "C" __global__ void __launch_bounds__(16) attn_softcap_f16_combine_hd16(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd16_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd16_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -705,7 +723,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd16_g4
   kiln_attn_split<kiln_f16, kiln_f16, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd16_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd16_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -735,7 +753,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd16_g8
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd16_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd16_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -763,7 +781,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd1
   kiln_attn_split<kiln_f16, kiln_e4m3, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd16_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd16_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -807,7 +825,7 @@ extern "C" __global__ void __launch_bounds__(32) attn_softcap_f16_combine_hd32(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd32_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd32_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -834,7 +852,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd32_g4
   kiln_attn_split<kiln_f16, kiln_f16, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd32_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd32_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -864,7 +882,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd32_g8
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd32_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd32_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -892,7 +910,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd3
   kiln_attn_split<kiln_f16, kiln_e4m3, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd32_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd32_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -936,7 +954,7 @@ extern "C" __global__ void __launch_bounds__(64) attn_softcap_f16_combine_hd64(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd64_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd64_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -963,7 +981,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd64_g4
   kiln_attn_split<kiln_f16, kiln_f16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd64_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd64_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1018,7 +1036,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_mma_hd64(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd64_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd64_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1046,7 +1064,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd6
   kiln_attn_split<kiln_f16, kiln_e4m3, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd64_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd64_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1116,7 +1134,7 @@ extern "C" __global__ void __launch_bounds__(80) attn_softcap_f16_combine_hd80(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd80_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd80_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1143,7 +1161,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd80_g4
   kiln_attn_split<kiln_f16, kiln_f16, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd80_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd80_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1198,7 +1216,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_mma_hd80(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd80_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd80_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1226,7 +1244,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd8
   kiln_attn_split<kiln_f16, kiln_e4m3, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd80_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd80_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1296,7 +1314,7 @@ extern "C" __global__ void __launch_bounds__(96) attn_softcap_f16_combine_hd96(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd96_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd96_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1323,7 +1341,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd96_g4
   kiln_attn_split<kiln_f16, kiln_f16, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd96_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd96_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1378,7 +1396,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_mma_hd96(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd96_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd96_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1406,7 +1424,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd9
   kiln_attn_split<kiln_f16, kiln_e4m3, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd96_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd96_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1476,7 +1494,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_combine_hd128
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd128_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd128_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1503,7 +1521,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd128_g
   kiln_attn_split<kiln_f16, kiln_f16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd128_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd128_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1558,7 +1576,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_mma_hd128(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd128_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd128_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1586,7 +1604,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd1
   kiln_attn_split<kiln_f16, kiln_e4m3, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd128_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd128_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1656,7 +1674,7 @@ extern "C" __global__ void __launch_bounds__(256) attn_softcap_f16_combine_hd256
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd256_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd256_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1683,7 +1701,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd256_g
   kiln_attn_split<kiln_f16, kiln_f16, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd256_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_hd256_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1713,7 +1731,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_hd256_g
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd256_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd256_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1741,7 +1759,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd2
   kiln_attn_split<kiln_f16, kiln_e4m3, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_f16_split_kv8_hd256_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_f16_split_kv8_hd256_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,

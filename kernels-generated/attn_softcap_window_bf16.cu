@@ -127,6 +127,11 @@ struct attn_softcap_window_bf16_mod {
 #define KILN_ATTN_THREADS 128
 #define KILN_ATTN_TILE 128
 #define KILN_LOG2E 1.4426950408889634f
+#ifdef KILN_ATTN_SPLIT_MIN_BLOCKS
+#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS, KILN_ATTN_SPLIT_MIN_BLOCKS)
+#else
+#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS)
+#endif
 
 // An FP8 (OCP e4m3) KV-cache element: the pools of a `--kv-cache-dtype fp8` cache hold these
 // bytes, the value being e4m3 × the layer's K or V scale (the runtime folds the K scale into
@@ -234,7 +239,11 @@ __device__ __forceinline__ void kiln_attn_split(
   // loaded before they are used: a divisor of KNCH, at most 8.
   constexpr int KVEC = kv::KVEC;
   constexpr int KNCH = HD / KVEC;
+#ifdef KILN_ATTN_KB_ALL
+  constexpr int KB = KNCH <= 16 ? KNCH : KNCH % 16 == 0 ? 16 : KNCH % 8 == 0 ? 8 : 4;
+#else
   constexpr int KB = KNCH % 8 == 0 ? 8 : KNCH < 8 ? KNCH : KNCH % 4 == 0 ? 4 : KNCH % 5 == 0 ? 5 : 2;
+#endif
   constexpr int VPF = VSTEPS < 16 ? VSTEPS : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && HD % KVEC == 0 && NCH <= KILN_ATTN_THREADS && KNCH % KB == 0,
                 "head dim does not tile the block");
@@ -285,11 +294,20 @@ __device__ __forceinline__ void kiln_attn_split(
     for (int e = 0; e < VEC; ++e) acc[g][e] = 0.0f;
   __syncthreads();
 
+#ifdef KILN_ATTN_SLOT_AHEAD
+  int slot_next = k_begin + tid < k_end ? table[(k_begin + tid) / block_size] * block_size + (k_begin + tid) % block_size : 0;
+#endif
   for (int t0 = k_begin; t0 < k_end; t0 += KILN_ATTN_TILE) {
     const int key = t0 + tid;
     const int n = min(KILN_ATTN_TILE, k_end - t0);  // keys in this tile
+#ifdef KILN_ATTN_SLOT_AHEAD
+    if (key < k_end) slot_s[tid] = slot_next;
+    __syncthreads();
+    if (key + KILN_ATTN_TILE < k_end) slot_next = table[(key + KILN_ATTN_TILE) / block_size] * block_size + (key + KILN_ATTN_TILE) % block_size;
+#else
     if (key < k_end) slot_s[tid] = table[key / block_size] * block_size + key % block_size;
     __syncthreads();
+#endif
     // ---- this lane's values of the tile, loaded now: they do not depend on the scores, so
     // the K and V reads of the tile are in flight together ----
     kv_raw vraw[VPF];
@@ -694,7 +712,7 @@ extern "C" __global__ void __launch_bounds__(16) attn_softcap_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd16_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd16_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -723,7 +741,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd16_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd16_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -755,7 +773,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd16_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd16_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -785,7 +803,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd16_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd16_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -831,7 +849,7 @@ extern "C" __global__ void __launch_bounds__(32) attn_softcap_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd32_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd32_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -860,7 +878,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd32_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd32_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -892,7 +910,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd32_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd32_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -922,7 +940,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd32_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd32_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -968,7 +986,7 @@ extern "C" __global__ void __launch_bounds__(64) attn_softcap_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd64_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd64_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -997,7 +1015,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd64_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd64_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1056,7 +1074,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_mma_h
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd64_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd64_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1086,7 +1104,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd64_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd64_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1160,7 +1178,7 @@ extern "C" __global__ void __launch_bounds__(80) attn_softcap_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd80_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd80_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1189,7 +1207,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd80_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd80_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1248,7 +1266,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_mma_h
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd80_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd80_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1278,7 +1296,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd80_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd80_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1352,7 +1370,7 @@ extern "C" __global__ void __launch_bounds__(96) attn_softcap_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd96_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd96_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1381,7 +1399,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd96_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd96_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1440,7 +1458,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_mma_h
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd96_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd96_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1470,7 +1488,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd96_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd96_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1544,7 +1562,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_combi
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd128_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd128_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1573,7 +1591,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd128_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd128_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1632,7 +1650,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_mma_h
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd128_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd128_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1662,7 +1680,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd128_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd128_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1736,7 +1754,7 @@ extern "C" __global__ void __launch_bounds__(256) attn_softcap_window_bf16_combi
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd256_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd256_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1765,7 +1783,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_hd256_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_hd256_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1797,7 +1815,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd256_g4(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd256_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1827,7 +1845,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p6_window, mod);
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_softcap_window_bf16_split_kv8_hd256_g8(
+extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_softcap_window_bf16_split_kv8_hd256_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -167,6 +167,27 @@ if [ "$what" = gguf-rows ]; then
     TAIL=8 step "bench-8b-q4km-$w-c1" 200 .device/kiln bench --offline --device cuda --model /tmp/l8-q4km.gguf \
       --weights $w --num-requests 1 --max-num-seqs 1 --prompt-len 128 --output-len 128
   done
+fi
+if [ "$what" = attn-variants ]; then
+  # Split-kernel variants (macros set through KILN_NVRTC_DEFINES, ATTN_VARIANTS: ' '-separated
+  # lists, '-' for none): the quick check of the last, then 64 × 4k decode speed over bf16 and
+  # FP8 pools for each, and (NCU=1) a profile of the bf16 split kernel for the first and last.
+  read -ra vs <<< "${ATTN_VARIANTS:--}"
+  last="${vs[${#vs[@]}-1]}"; [ "$last" = - ] && last=
+  KILN_NVRTC_DEFINES="$last" TAIL=6 step attn-check 300 .device/kiln-check-attention --quick --no-speed
+  for v in "${vs[@]}"; do
+    [ "$v" = - ] && v=
+    KILN_NVRTC_DEFINES="$v" TAIL=10 step "attn-speed-${v:-base}" 200 .device/kiln-check-attention --no-check --speed-4k
+  done
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  if [ "${NCU:-0}" = 1 ] && [ -n "$ncu" ]; then
+    for v in "${vs[0]}" "${vs[${#vs[@]}-1]}"; do
+      [ "$v" = - ] && v=
+      KILN_NVRTC_DEFINES="$v" TAIL=70 step "ncu-split-${v:-base}" 150 "$ncu" --clock-control none -k regex:split_hd128_g4 -s 2 -c 1 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats \
+        .device/kiln-check-attention --no-check --speed-4k
+    done
+  fi
 fi
 if [ "$what" = fused-rope ]; then
   # RoPE of computed sources (Qwen2's bias, Qwen3 / Gemma 3's per-head norm + KV write) on the

@@ -216,11 +216,7 @@ fn split_entry(w: &mut CWriter, a: &AttnKernel, hd: usize, g: usize, fp8_kv: boo
     sig.extend(["float* __restrict__ part_o".to_string(), "float* __restrict__ part_ml".into(), "int n_splits".into()]);
     sig.extend(comptime_args(a));
     w.open_fn(
-        &format!(
-            "extern \"C\" __global__ void __launch_bounds__({}) {}",
-            abi::THREADS,
-            abi::split_entry(a, hd, g, fp8_kv)
-        ),
+        &format!("extern \"C\" __global__ void KILN_ATTN_SPLIT_BOUNDS {}", abi::split_entry(a, hd, g, fp8_kv)),
         &sig,
     );
     mod_init(w, a);

@@ -1,4 +1,4 @@
-//! `kiln-check-attention [--quick] [--fp8-only] [--no-check] [--cpu] [--no-speed] [--out FILE]`:
+//! `kiln-check-attention [--quick] [--fp8-only] [--no-check] [--cpu] [--no-speed] [--speed-pools | --speed-4k] [--out FILE]`:
 //! the attention template on the GPU against the dense reference, then its decode speed next to a copy (see
 //! `kiln_models::kernels::attention_gpu`). `--cpu` runs the checks with the CPU as the device
 //! (a self-test of the harness). Exit status 1 when a case fails.
@@ -35,14 +35,20 @@ fn main() -> std::process::ExitCode {
         let bf16 = plain.chain(windowed).map(|(s, c, n, w)| (s, c, n, w, false));
         // FP8 pools: half the bytes of the same shapes.
         let fp8_shapes = [(64, 4096), (1, 32768), (256, 1024), (16, 32768)];
-        let fp8 = fp8_shapes.map(|(s, c)| (s, c, None, None, true));
-        // `--speed-pools`: only the FP8 shapes, over bf16 pools and then FP8 pools.
-        let bf16: Vec<_> = if has("--speed-pools") {
-            fp8_shapes.iter().map(|&(s, c)| (s, c, None, None, false)).collect()
-        } else {
-            bf16.collect()
+        let over_both = |shapes: Vec<(usize, usize, Option<usize>)>| {
+            let pools = [false, true].into_iter();
+            pools.flat_map(move |fp8| shapes.clone().into_iter().map(move |(s, c, n)| (s, c, n, None, fp8)))
         };
-        for (seqs, ctx, splits, window, fp8) in bf16.into_iter().chain(fp8) {
+        let cases: Vec<_> = if has("--speed-4k") {
+            // Only 64 × 4k, default split and 4 splits, over both pools.
+            over_both(vec![(64, 4096, None), (64, 4096, Some(4))]).collect()
+        } else if has("--speed-pools") {
+            // Only the FP8 shapes, over bf16 pools and then FP8 pools.
+            over_both(fp8_shapes.iter().map(|&(s, c)| (s, c, None)).collect()).collect()
+        } else {
+            bf16.chain(fp8_shapes.map(|(s, c)| (s, c, None, None, true))).collect()
+        };
+        for (seqs, ctx, splits, window, fp8) in cases {
             match decode_speed(&dev, seqs, ctx, splits, window, fp8, 20) {
                 Ok(r) => speeds.push(r),
                 Err(e) => eprintln!("decode speed {seqs}x{ctx}: {e}"),

@@ -32,9 +32,14 @@ pub fn cache_dir() -> Option<PathBuf> {
     crate::cache_dir::cache_root().map(|root| root.join("kernels"))
 }
 
-/// The NVRTC options for a compute capability (they are part of the cache key).
+/// The NVRTC options for a compute capability (they are part of the cache key). For kernel
+/// experiments, `KILN_NVRTC_DEFINES=A=1,B` defines those macros in every kernel compiled.
 pub fn nvrtc_options(cc: (i32, i32)) -> Vec<String> {
-    vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)]
+    let mut options = vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)];
+    if let Ok(defines) = std::env::var("KILN_NVRTC_DEFINES") {
+        options.extend(defines.split(',').filter(|d| !d.is_empty()).map(|d| format!("-D{d}")));
+    }
+    options
 }
 
 /// PTX for `source` on a device of compute capability `cc`: from the disk cache, or compiled
