@@ -58,8 +58,38 @@ __device__ __forceinline__ kiln_bf16 kiln_f32_to_bf16(float x) {
 }
 __device__ __forceinline__ float kiln_inf() { return __int_as_float(0x7f800000); }
 
-// One memory access moves 2, 4, 8 or 16 bytes: N elements of T seen as one raw word.
+// FP8 (OCP e4m3) is a storage type too: a byte (quantized activations, FP8 KV pools).
+struct __align__(1) kiln_e4m3 { unsigned char bits; };
+// The exact value of an e4m3 byte: its exponent and mantissa moved into an f32's fields give
+// the value × 2^-120 (subnormals too, as f32 denormals), so one multiply by 2^120 restores it.
+__device__ __forceinline__ float kiln_e4m3_to_f32(unsigned b) {
+  return __int_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * __int_as_float(0x7b800000);
+}
+__device__ __forceinline__ float kiln_to_f32(kiln_e4m3 x) { return kiln_e4m3_to_f32(x.bits); }
+// f32 -> e4m3 byte: round to nearest even, |x| saturated to 448 (NaN too: fminf drops it), in
+// software so the CPU backend's `f32_to_e4m3` has the same bits.
+__device__ __forceinline__ unsigned kiln_f32_to_e4m3_bits(float x) {
+  const unsigned s = (__float_as_uint(x) >> 24) & 0x80u;
+  const float a = fminf(fabsf(x), 448.0f);
+  unsigned b;
+  if (a < 0.015625f) {  // below 2^-6: subnormal steps of 2^-9 (8 of them is 2^-6, byte 0x08)
+    b = (unsigned)rintf(a * 512.0f);
+  } else {
+    const int e = (int)((__float_as_uint(a) >> 23) & 0xFF) - 127;  // 2^e <= a < 2^(e+1)
+    const float q = rintf(a * __int_as_float((127 + 3 - e) << 23));  // 8..16 steps of 2^(e-3)
+    b = (unsigned)((e + 7) << 3) + (unsigned)q - 8u;                  // q = 16 carries into e + 1
+  }
+  return s | b;
+}
+__device__ __forceinline__ kiln_e4m3 kiln_f32_to_e4m3(float x) {
+  kiln_e4m3 r;
+  r.bits = (unsigned char)kiln_f32_to_e4m3_bits(x);
+  return r;
+}
+
+// One memory access moves 1, 2, 4, 8 or 16 bytes: N elements of T seen as one raw word.
 template <int BYTES> struct kiln_raw;
+template <> struct kiln_raw<1> { typedef unsigned char type; };
 template <> struct kiln_raw<2> { typedef unsigned short type; };
 template <> struct kiln_raw<4> { typedef unsigned int type; };
 template <> struct kiln_raw<8> { typedef uint2 type; };
@@ -117,16 +147,9 @@ struct attn_softcap_bf16_mod {
 #define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS)
 #endif
 
-// An FP8 (OCP e4m3) KV-cache element: the pools of a `--kv-cache-dtype fp8` cache hold these
-// bytes, the value being e4m3 × the layer's K or V scale (the runtime folds the K scale into
-// `scale` and passes the V scale as `v_scale`).
-struct kiln_e4m3 { unsigned char bits; };
-
-// The exact value of an e4m3 byte: its exponent and mantissa moved into an f32's fields give
-// the value × 2^-120 (subnormals too, as f32 denormals), so one multiply by 2^120 restores it.
-__device__ __forceinline__ float kiln_e4m3_to_f32(unsigned b) {
-  return __int_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * __int_as_float(0x7b800000);
-}
+// An FP8 KV-cache element is a `kiln_e4m3` (the prelude's): the pools of a
+// `--kv-cache-dtype fp8` cache hold these bytes, the value being e4m3 × the layer's K or V
+// scale (the runtime folds the K scale into `scale` and passes the V scale as `v_scale`).
 
 // Four e4m3 bytes (byte i of `w` is element i) as exact floats. From sm_89 one conversion
 // instruction turns a byte pair into an f16 pair (every e4m3 value is exact in f16; the upper

@@ -123,9 +123,9 @@ impl Builder {
         }
         self.push(Op::Cast(a, d))
     }
-    /// Widen a half-precision value to f32 (arithmetic runs in f32); other dtypes unchanged.
+    /// Widen a narrow float (f16, bf16, e4m3) to f32 (arithmetic runs in f32); other dtypes unchanged.
     pub fn widen(&mut self, a: ValueId) -> Result<ValueId, BuildError> {
-        if self.ty(a).dtype.is_half() {
+        if self.ty(a).dtype.is_narrow_float() {
             self.cast(a, DType::F32)
         } else {
             Ok(a)

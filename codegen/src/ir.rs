@@ -29,6 +29,9 @@ use std::fmt;
 
 /// Element types. Arithmetic runs in `F32`/`I32`; `F16`/`BF16` are storage types that the
 /// frontend widens on load (`Builder::widen`) and `Builder::output` narrows on store.
+/// `F8E4M3` (OCP FP8 e4m3, a byte) is a storage type of quantized activations: a cast to it
+/// rounds to the nearest e4m3 value (ties to even) and saturates at ±448 (NaN too), so
+/// `x / scale` with `scale = max|x| / 448` never overflows.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DType {
     F32,
@@ -36,21 +39,27 @@ pub enum DType {
     BF16,
     I32,
     Bool,
+    F8E4M3,
 }
 
 impl DType {
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3)
     }
     pub fn is_half(self) -> bool {
         matches!(self, DType::F16 | DType::BF16)
+    }
+    /// A float stored narrower than f32 (the halves and e4m3): arithmetic never runs in it —
+    /// values are widened to f32 on load and narrowed by a cast on store.
+    pub fn is_narrow_float(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16 | DType::F8E4M3)
     }
     /// Bytes per element in memory (`Bool` is never stored).
     pub fn size_bytes(self) -> usize {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::Bool => 1,
+            DType::Bool | DType::F8E4M3 => 1,
         }
     }
     /// Lower-case name used in kernel names, file names and the text form.
@@ -61,6 +70,7 @@ impl DType {
             DType::BF16 => "bf16",
             DType::I32 => "i32",
             DType::Bool => "bool",
+            DType::F8E4M3 => "e4m3",
         }
     }
     /// The storage dtypes a kernel can be specialised for.

@@ -575,6 +575,7 @@ fn slice_host(h: &Host, start: usize, n: usize) -> Host {
         Host::F16(v) => Host::F16(v[start..start + n].to_vec()),
         Host::BF16(v) => Host::BF16(v[start..start + n].to_vec()),
         Host::I32(v) => Host::I32(v[start..start + n].to_vec()),
+        Host::E4M3(v) => Host::E4M3(v[start..start + n].to_vec()),
     }
 }
 
@@ -605,6 +606,59 @@ fn half_casts_round_to_nearest_even() {
             assert_eq!(*g, want, "{d} rounding of {x}");
         }
     }
+}
+
+/// The e4m3 value nearest to `x` by brute force over the 254 finite byte values (ties to the
+/// even mantissa, |x| past 448 saturating): the definition the encoder is held to.
+fn nearest_e4m3(x: f64) -> f64 {
+    let values = (0u8..=0xff).filter(|b| b & 0x7f != 0x7f).map(|b| (b, kiln_codegen::cpu::math::e4m3_to_f32(b) as f64));
+    let best = values
+        .min_by(|(ba, a), (bb, b)| {
+            let (da, db) = ((a - x).abs(), (b - x).abs());
+            da.partial_cmp(&db).unwrap().then((ba & 1).cmp(&(bb & 1)))
+        })
+        .unwrap();
+    if x.abs() >= 448.0 {
+        448f64.copysign(x)
+    } else {
+        best.1
+    }
+}
+
+#[test]
+fn e4m3_casts_round_to_nearest_even_and_saturate() {
+    // y = e4m3(x) for f32 rows of every magnitude e4m3 covers (subnormals to past 448), every
+    // byte's exact value and the midpoints between neighbours (ties); then the bytes read back
+    // as an e4m3 Row parameter and widened to f32 must give the same values.
+    let mut b = kiln_codegen::builder::Builder::new("to_e4m3", "test", DType::F32);
+    let x = b.param("x", kiln_codegen::ir::ParamKind::Row(DType::F32)).unwrap();
+    b.output("y", kiln_codegen::ir::OutputKind::Row(DType::F8E4M3), x).unwrap();
+    let k = lowered(b.finish().unwrap());
+    let mut r = rng(19);
+    let mut xs: Vec<f32> = nonzero(&mut r, 600, -2.0, 2.0);
+    xs.extend(nonzero(&mut r, 200, -600.0, 600.0));
+    xs.extend(nonzero(&mut r, 200, -0.02, 0.02));
+    let finite: Vec<f32> = (0u8..0x7f).map(kiln_codegen::cpu::math::e4m3_to_f32).filter(|v| *v >= 0.0).collect();
+    for w in finite.windows(2) {
+        xs.extend([w[0], -w[0], (w[0] + w[1]) / 2.0, -(w[0] + w[1]) / 2.0]);
+    }
+    xs.extend([448.0, 464.0, 1.0e6, -1.0e6, 0.0, -0.0]);
+    let n = xs.len();
+    let mut outs = [OArg::Row(Host::sentinel(DType::F8E4M3, n), n)];
+    run(&k, &[PArg::Row(Host::F32(xs.clone()), n)], &mut outs, 1, n).unwrap();
+    let got = outs[0].host().to_f64();
+    for (g, x) in got.iter().zip(&xs) {
+        assert_eq!(*g, nearest_e4m3(*x as f64), "e4m3 rounding of {x}");
+    }
+    // Read back: an e4m3 Row parameter widens exactly.
+    let mut b = kiln_codegen::builder::Builder::new("from_e4m3", "test", DType::F32);
+    let q = b.param("q", kiln_codegen::ir::ParamKind::Row(DType::F8E4M3)).unwrap();
+    let q = b.widen(q).unwrap();
+    b.output("y", kiln_codegen::ir::OutputKind::Row(DType::F32), q).unwrap();
+    let k = lowered(b.finish().unwrap());
+    let mut back = [OArg::Row(Host::sentinel(DType::F32, n), n)];
+    run(&k, &[PArg::Row(outs[0].host().clone(), n)], &mut back, 1, n).unwrap();
+    assert_eq!(back[0].host().to_f64(), got);
 }
 
 #[test]

@@ -171,6 +171,7 @@ mod cuda {
             DType::BF16 => "kiln_bf16",
             DType::I32 => "int",
             DType::Bool => "bool",
+            DType::F8E4M3 => "kiln_e4m3",
         }
     }
 

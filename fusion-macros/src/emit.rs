@@ -19,6 +19,7 @@ fn dtype_tokens(d: DType) -> TokenStream {
         DType::BF16 => quote!(::kiln_codegen::ir::DType::BF16),
         DType::I32 => quote!(::kiln_codegen::ir::DType::I32),
         DType::Bool => quote!(::kiln_codegen::ir::DType::Bool),
+        DType::F8E4M3 => quote!(::kiln_codegen::ir::DType::F8E4M3),
     }
 }
 

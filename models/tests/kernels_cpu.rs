@@ -9,9 +9,9 @@
 //! Outputs start poisoned (NaN) and the padding of strided rows must stay poisoned.
 
 use half::{bf16, f16};
-use kiln_codegen::cpu::{CpuIn, CpuOut, CpuOutArg, CpuParam, CpuScalar};
+use kiln_codegen::cpu::{math, CpuIn, CpuOut, CpuOutArg, CpuParam, CpuScalar};
 use kiln_codegen::ir::DType;
-use kiln_models::kernels::{activation, epilogue, gather, norm, qk_norm_rope, rope, softmax};
+use kiln_models::kernels::{activation, epilogue, gather, norm, norm_quant, qk_norm_rope, rope, softmax};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -21,6 +21,8 @@ enum Data {
     F16(Vec<f16>),
     BF16(Vec<bf16>),
     I32(Vec<i32>),
+    /// OCP FP8 e4m3 bytes.
+    E4M3(Vec<u8>),
 }
 
 impl Data {
@@ -43,11 +45,16 @@ impl Data {
             DType::F32 => Data::F32(v.to_vec()),
             DType::F16 => Data::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::BF16 => Data::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            DType::F8E4M3 => Data::E4M3(v.iter().map(|&x| math::f32_to_e4m3(x)).collect()),
             other => panic!("no float data of {other}"),
         }
     }
+    /// NaN everywhere (for e4m3 the NaN byte 0x7f: the encoder saturates NaN to 448).
     fn poisoned(dtype: DType, n: usize) -> Data {
-        Data::from_f32(dtype, &vec![f32::NAN; n])
+        match dtype {
+            DType::F8E4M3 => Data::E4M3(vec![0x7f; n]),
+            _ => Data::from_f32(dtype, &vec![f32::NAN; n]),
+        }
     }
     fn as_in(&self) -> CpuIn<'_> {
         match self {
@@ -55,6 +62,7 @@ impl Data {
             Data::F16(v) => CpuIn::F16(v),
             Data::BF16(v) => CpuIn::BF16(v),
             Data::I32(v) => CpuIn::I32(v),
+            Data::E4M3(v) => CpuIn::E4M3(v),
         }
     }
     fn as_out(&mut self) -> CpuOut<'_> {
@@ -63,6 +71,7 @@ impl Data {
             Data::F16(v) => CpuOut::F16(v),
             Data::BF16(v) => CpuOut::BF16(v),
             Data::I32(v) => CpuOut::I32(v),
+            Data::E4M3(v) => CpuOut::E4M3(v),
         }
     }
     fn to_f64(&self) -> Vec<f64> {
@@ -71,6 +80,7 @@ impl Data {
             Data::F16(v) => v.iter().map(|&x| x.to_f64()).collect(),
             Data::BF16(v) => v.iter().map(|&x| x.to_f64()).collect(),
             Data::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::E4M3(v) => v.iter().map(|&x| math::e4m3_to_f32(x) as f64).collect(),
         }
     }
 }
@@ -182,6 +192,90 @@ fn add_rms_norm_matches_ref() {
         check("add_rms_norm.h", dt, s, &h, &want_h, tol(dt));
         check("add_rms_norm.y", dt, s, &y, &want_y, tol(dt));
     });
+}
+
+/// Per-token e4m3 output `(q, s)` against the reference row `y` and scale: `s` within f32
+/// rounding, every `q · s` within half an e4m3 step of `y` (2^-4 of the value in the normal
+/// range, 2^-10 · s among the subnormals), and no byte a NaN; strided padding untouched.
+fn check_quant(what: &str, dtype: DType, shape: Shape, q: &Data, s: &[f32], want: &[(Vec<f64>, f64)]) {
+    let got = q.to_f64();
+    for (r, (g, (y, want_s))) in shape.rows(&got).zip(want).enumerate() {
+        let got_s = s[r] as f64;
+        assert!(
+            (got_s - want_s).abs() <= 1e-5 * want_s,
+            "{what} {dtype} {shape:?}: row {r} scale {got_s}, want {want_s}"
+        );
+        for (c, (g, y)) in g.iter().zip(y).enumerate() {
+            let bound = 1.01 * (y.abs() / 16.0).max(got_s / 1024.0) + 1e-5 * y.abs();
+            assert!(
+                (g * got_s - y).abs() <= bound,
+                "{what} {dtype} {shape:?}: row {r} col {c}: q·s = {}, want {y} (bound {bound})",
+                g * got_s
+            );
+        }
+        if r + 1 < shape.rows {
+            let pad = &got[r * shape.stride + shape.width..(r + 1) * shape.stride];
+            assert!(pad.iter().all(|v| v.is_nan()), "{what} {dtype} {shape:?}: padding after row {r} was written");
+        }
+    }
+}
+
+#[test]
+fn rms_norm_quant_e4m3_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let (x, w) = (Data::random(rng, dt, s.len(), 0.1, 2.0), Data::random(rng, dt, s.width, 0.5, 1.5));
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let (mut q, mut scale) = (Data::poisoned(DType::F8E4M3, s.len()), vec![f32::NAN; s.rows]);
+        let params = [row(&x, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
+        let outs = &mut [out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
+        norm_quant::rms_norm_quant_e4m3::cpu(dt, &params, outs, s.rows, s.width).unwrap();
+        let (xs, ws) = (x.to_f64(), w.to_f64());
+        let want: Vec<_> = s.rows(&xs).map(|r| norm_quant::rms_norm_quant_ref(r, &ws, eps as f64)).collect();
+        check_quant("rms_norm_quant_e4m3", dt, s, &q, &scale, &want);
+    });
+}
+
+#[test]
+fn add_rms_norm_quant_e4m3_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let [x, res] = [0; 2].map(|_| Data::random(rng, dt, s.len(), 0.1, 2.0));
+        let w = Data::random(rng, dt, s.width, 0.5, 1.5);
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let (mut h, mut q) = (Data::poisoned(dt, s.len()), Data::poisoned(DType::F8E4M3, s.len()));
+        let mut scale = vec![f32::NAN; s.rows];
+        let params = [row(&x, s), row(&res, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
+        let outs = &mut [out(&mut h, s), out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
+        norm_quant::add_rms_norm_quant_e4m3::cpu(dt, &params, outs, s.rows, s.width).unwrap();
+        let (xs, rs, ws) = (x.to_f64(), res.to_f64(), w.to_f64());
+        let sums: Vec<Vec<f64>> =
+            s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| x.iter().zip(r).map(|(a, b)| a + b).collect()).collect();
+        // h is written in the storage dtype; the norm reads the f32 sum.
+        check("add_rms_norm_quant_e4m3.h", dt, s, &h, &sums, tol(dt));
+        let want: Vec<_> = sums.iter().map(|h| norm_quant::rms_norm_quant_ref(h, &ws, eps as f64)).collect();
+        check_quant("add_rms_norm_quant_e4m3", dt, s, &q, &scale, &want);
+    });
+}
+
+/// A zero row quantizes to zero bytes with scale 1 (no division by zero, no NaN); a row whose
+/// largest value is far past 448 still fits (the scale takes it).
+#[test]
+fn rms_norm_quant_e4m3_zero_and_large_rows() {
+    let (width, eps) = (64, 1e-6f32);
+    let mut x = vec![0f32; width];
+    x.extend((0..width).map(|i| if i == 5 { 3.0e4 } else { (i as f32 - 30.0) * 0.01 }));
+    let w = vec![1f32; width];
+    let (mut q, mut scale) = (vec![0x55u8; 2 * width], vec![f32::NAN; 2]);
+    let params = [
+        CpuParam::row(CpuIn::F32(&x), width),
+        CpuParam::bcast(CpuIn::F32(&w)),
+        CpuParam::Comptime(CpuScalar::F32(eps)),
+    ];
+    let outs = &mut [CpuOutArg::row(CpuOut::E4M3(&mut q), width), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
+    norm_quant::rms_norm_quant_e4m3::cpu(DType::F32, &params, outs, 2, width).unwrap();
+    assert_eq!(scale[0], 1.0);
+    assert!(q[..width].iter().all(|&b| b == 0), "zero row: {:?}", &q[..width]);
+    assert_eq!(q[width + 5], 0x7e, "the row maximum is e4m3's largest value, 448");
+    assert!(q[width..].iter().all(|&b| b & 0x7f != 0x7f), "no NaN byte");
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub enum CpuIn<'a> {
     F16(&'a [f16]),
     BF16(&'a [bf16]),
     I32(&'a [i32]),
+    /// OCP FP8 e4m3 bytes.
+    E4M3(&'a [u8]),
 }
 
 impl CpuIn<'_> {
@@ -28,6 +30,7 @@ impl CpuIn<'_> {
             CpuIn::F16(_) => DType::F16,
             CpuIn::BF16(_) => DType::BF16,
             CpuIn::I32(_) => DType::I32,
+            CpuIn::E4M3(_) => DType::F8E4M3,
         }
     }
     pub fn len(&self) -> usize {
@@ -36,6 +39,7 @@ impl CpuIn<'_> {
             CpuIn::F16(s) => s.len(),
             CpuIn::BF16(s) => s.len(),
             CpuIn::I32(s) => s.len(),
+            CpuIn::E4M3(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -107,6 +111,8 @@ pub enum CpuOut<'a> {
     F16(&'a mut [f16]),
     BF16(&'a mut [bf16]),
     I32(&'a mut [i32]),
+    /// OCP FP8 e4m3 bytes.
+    E4M3(&'a mut [u8]),
 }
 
 impl<'a> CpuOut<'a> {
@@ -116,6 +122,7 @@ impl<'a> CpuOut<'a> {
             CpuOut::F16(_) => DType::F16,
             CpuOut::BF16(_) => DType::BF16,
             CpuOut::I32(_) => DType::I32,
+            CpuOut::E4M3(_) => DType::F8E4M3,
         }
     }
     pub fn len(&self) -> usize {
@@ -124,6 +131,7 @@ impl<'a> CpuOut<'a> {
             CpuOut::F16(s) => s.len(),
             CpuOut::BF16(s) => s.len(),
             CpuOut::I32(s) => s.len(),
+            CpuOut::E4M3(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -136,6 +144,7 @@ impl<'a> CpuOut<'a> {
             CpuOut::F16(s) => CpuOut::F16(s),
             CpuOut::BF16(s) => CpuOut::BF16(s),
             CpuOut::I32(s) => CpuOut::I32(s),
+            CpuOut::E4M3(s) => CpuOut::E4M3(s),
         }
     }
     /// Split into consecutive pieces of `n` elements (the last may be shorter).
@@ -145,6 +154,7 @@ impl<'a> CpuOut<'a> {
             CpuOut::F16(s) => s.chunks_mut(n).map(CpuOut::F16).collect(),
             CpuOut::BF16(s) => s.chunks_mut(n).map(CpuOut::BF16).collect(),
             CpuOut::I32(s) => s.chunks_mut(n).map(CpuOut::I32).collect(),
+            CpuOut::E4M3(s) => s.chunks_mut(n).map(CpuOut::E4M3).collect(),
         }
     }
 }
@@ -317,7 +327,7 @@ fn check_indices(
 fn scalar_fits(d: DType, s: CpuScalar) -> bool {
     matches!(
         (d, s),
-        (DType::F32 | DType::F16 | DType::BF16, CpuScalar::F32(_))
+        (DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3, CpuScalar::F32(_))
             | (DType::I32, CpuScalar::I32(_))
             | (DType::Bool, CpuScalar::Bool(_))
     )

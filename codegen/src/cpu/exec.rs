@@ -21,6 +21,7 @@ pub(crate) enum In<'a> {
     RowI32(&'a [i32], usize),
     RowF16(&'a [f16], usize),
     RowBF16(&'a [bf16], usize),
+    RowE4M3(&'a [u8], usize),
     /// A `Bcast` float tensor, widened to f32 (borrowed as is when it already was f32).
     BcastF32(&'a [f32]),
     BcastI32(&'a [i32]),
@@ -165,6 +166,7 @@ impl<'s> Env<'s> {
                         CpuIn::F16(d) => d.get(r).map(|x| CpuScalar::F32(x.to_f32())),
                         CpuIn::BF16(d) => d.get(r).map(|x| CpuScalar::F32(x.to_f32())),
                         CpuIn::I32(d) => d.get(r).map(|&x| CpuScalar::I32(x)),
+                        CpuIn::E4M3(d) => d.get(r).map(|&x| CpuScalar::F32(math::e4m3_to_f32(x))),
                     };
                     got.ok_or_else(|| internal(i, "per-row parameter shorter than rows"))?
                 }
@@ -296,6 +298,7 @@ impl Worker {
                             CpuOut::F32(d) => d.get_mut(range).ok_or_else(bad)?.copy_from_slice(v),
                             CpuOut::F16(d) => vector::narrow_f16(d.get_mut(range).ok_or_else(bad)?, v),
                             CpuOut::BF16(d) => vector::narrow_bf16(d.get_mut(range).ok_or_else(bad)?, v),
+                            CpuOut::E4M3(d) => vector::narrow_e4m3(d.get_mut(range).ok_or_else(bad)?, v),
                             CpuOut::I32(_) => return Err(bad()),
                         }
                     }
@@ -305,6 +308,7 @@ impl Worker {
                     (CpuOut::F32(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = x,
                     (CpuOut::F16(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = f16::from_f32(x),
                     (CpuOut::BF16(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = bf16::from_f32(x),
+                    (CpuOut::E4M3(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = math::f32_to_e4m3(x),
                     (CpuOut::I32(d), CpuScalar::I32(x)) => *d.get_mut(lr).ok_or_else(bad)? = x,
                     _ => return Err(bad()),
                 }
@@ -337,6 +341,10 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                 let r = env.ctx.src_row(p as usize, env.row);
                 vector::widen_bf16(dst, row_of(d, *st, r, w).ok_or_else(bad)?)
             }
+            Some(In::RowE4M3(d, st)) => {
+                let r = env.ctx.src_row(p as usize, env.row);
+                vector::widen_e4m3(dst, row_of(d, *st, r, w).ok_or_else(bad)?)
+            }
             _ => return Err(bad()),
         },
         Op::Unary(u, a) => vector::unary_f32(u, dst, env.fsrc(a)?),
@@ -345,7 +353,9 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
         Op::Cast(a, to) => {
             let from = env.dtype(a);
             match from {
-                DType::F32 | DType::F16 | DType::BF16 => vector::cast_into_f32(dst, env.fsrc(a)?, |x| x),
+                DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => {
+                    vector::cast_into_f32(dst, env.fsrc(a)?, |x| x)
+                }
                 DType::I32 => vector::cast_into_f32(dst, env.isrc(a)?, |x| x as f32),
                 DType::Bool => vector::cast_into_f32(dst, env.bsrc(a)?, |x| x as u8 as f32),
             }
@@ -353,6 +363,7 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                 match to {
                     DType::F16 => vector::round_f16_in_place(dst, s.h16),
                     DType::BF16 => vector::round_bf16_in_place(dst),
+                    DType::F8E4M3 => dst.iter_mut().for_each(|v| *v = math::round_e4m3(*v)),
                     _ => {}
                 }
             }
@@ -410,7 +421,9 @@ fn eval_i(env: &Env<'_>, i: usize, dst: &mut [i32]) -> Result<(), CpuError> {
         Op::Binary(b, x, y) => vector::binary_i32(b, dst, env.isrc(x)?, env.isrc(y)?),
         Op::Select(c, a, b) => vector::select(dst, env.bsrc(c)?, env.isrc(a)?, env.isrc(b)?),
         Op::Cast(a, _) => match env.dtype(a) {
-            DType::F32 | DType::F16 | DType::BF16 => vector::cast_into_i32(dst, env.fsrc(a)?, math::f32_to_i32),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => {
+                vector::cast_into_i32(dst, env.fsrc(a)?, math::f32_to_i32)
+            }
             DType::I32 => vector::cast_into_i32(dst, env.isrc(a)?, |x| x),
             DType::Bool => vector::cast_into_i32(dst, env.bsrc(a)?, |x| x as i32),
         },
@@ -426,7 +439,7 @@ fn eval_b(env: &Env<'_>, i: usize, dst: &mut [bool]) -> Result<(), CpuError> {
         Op::Unary(crate::ir::UnaryOp::Not, a) => vector::not(dst, env.bsrc(a)?),
         Op::Binary(b, x, y) => vector::binary_bool(b, dst, env.bsrc(x)?, env.bsrc(y)?),
         Op::Cmp(c, x, y) => match env.dtype(x) {
-            DType::F32 | DType::F16 | DType::BF16 => vector::cmp(c, dst, env.fsrc(x)?, env.fsrc(y)?),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => vector::cmp(c, dst, env.fsrc(x)?, env.fsrc(y)?),
             DType::I32 => vector::cmp(c, dst, env.isrc(x)?, env.isrc(y)?),
             DType::Bool => vector::cmp(c, dst, env.bsrc(x)?, env.bsrc(y)?),
         },

@@ -3,9 +3,9 @@
 //! `const_fold` pass, so a folded constant is exactly what the backend would have computed.
 //! The rules are listed in `cpu/mod.rs`; the CUDA emitter follows the same list.
 //!
-//! Values of dtype `F16`/`BF16` are carried as the `f32` they widen to exactly; a cast to a
-//! half dtype rounds to nearest-even and widens back, so every half-typed value is
-//! representable in its dtype.
+//! Values of dtype `F16`/`BF16`/`F8E4M3` are carried as the `f32` they widen to exactly; a cast
+//! to one rounds to nearest-even (e4m3 also saturating at ±448) and widens back, so every value
+//! of a narrow float dtype is representable in it.
 
 use super::CpuScalar;
 use crate::ir::{BinaryOp, CmpOp, DType, UnaryOp};
@@ -36,6 +36,38 @@ pub fn round_f16(x: f32) -> f32 {
 #[inline]
 pub fn round_bf16(x: f32) -> f32 {
     bf16::from_f32(x).to_f32()
+}
+
+/// f32 → OCP FP8 e4m3 byte: round to nearest even, |x| saturated to 448 (NaN too, as the GPU's
+/// `fminf` drops it). The bits of the prelude's `kiln_f32_to_e4m3_bits`.
+pub fn f32_to_e4m3(x: f32) -> u8 {
+    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+    let a = x.abs().min(448.0);
+    let bits = if a < 0.015625 {
+        // Below 2^-6: subnormal steps of 2^-9 (8 of them is 2^-6, byte 0x08).
+        (a * 512.0).round_ties_even() as u8
+    } else {
+        // 2^e <= a < 2^(e+1): 8..16 steps of 2^(e-3); 16 carries into exponent e + 1.
+        let e = ((a.to_bits() >> 23) & 0xFF) as i32 - 127;
+        let q = (a * 2f32.powi(3 - e)).round_ties_even() as i32;
+        (((e + 7) << 3) + q - 8) as u8
+    };
+    sign | bits
+}
+
+/// The exact value of an e4m3 byte (0x7f / 0xff, the NaNs, read as NaN).
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let (sign, exp, man) = (if b & 0x80 != 0 { -1.0f32 } else { 1.0 }, ((b >> 3) & 0xF) as i32, (b & 7) as f32);
+    if b & 0x7f == 0x7f {
+        return f32::NAN;
+    }
+    sign * if exp == 0 { man * 2f32.powi(-9) } else { (1.0 + man / 8.0) * 2f32.powi(exp - 7) }
+}
+
+/// Round an f32 to the nearest e4m3 value (ties to even, saturating) and widen it back.
+#[inline]
+pub fn round_e4m3(x: f32) -> f32 {
+    e4m3_to_f32(f32_to_e4m3(x))
 }
 
 /// f32 → i32: truncate toward zero, saturate out of range, NaN → 0 (Rust `as`; the GPU's
@@ -226,8 +258,10 @@ pub fn cast(a: CpuScalar, from: DType, to: DType) -> Option<CpuScalar> {
         DType::F32 => CpuScalar::F32(as_f32),
         DType::F16 if from == DType::F16 => CpuScalar::F32(as_f32),
         DType::BF16 if from == DType::BF16 => CpuScalar::F32(as_f32),
+        DType::F8E4M3 if from == DType::F8E4M3 => CpuScalar::F32(as_f32),
         DType::F16 => CpuScalar::F32(round_f16(as_f32)),
         DType::BF16 => CpuScalar::F32(round_bf16(as_f32)),
+        DType::F8E4M3 => CpuScalar::F32(round_e4m3(as_f32)),
         DType::I32 => CpuScalar::I32(match a {
             CpuScalar::F32(x) => f32_to_i32(x),
             CpuScalar::I32(x) => x,

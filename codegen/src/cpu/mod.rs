@@ -129,6 +129,11 @@ impl CpuKernel {
                     vector::widen_bf16(&mut v, d);
                     Some(v)
                 }
+                CpuParam::Bcast(CpuIn::E4M3(d)) => {
+                    let mut v = vec![0.0; d.len()];
+                    vector::widen_e4m3(&mut v, d);
+                    Some(v)
+                }
                 _ => None,
             })
             .collect();
@@ -183,6 +188,7 @@ fn to_in<'a>(name: &str, kind: ParamKind, arg: &CpuParam<'a>, wide: Option<&'a [
             CpuIn::F16(d) => In::RowF16(d, st),
             CpuIn::BF16(d) => In::RowBF16(d, st),
             CpuIn::I32(d) => In::RowI32(d, st),
+            CpuIn::E4M3(d) => In::RowE4M3(d, st),
         },
         CpuParam::Bcast(data) => match (data, wide) {
             (CpuIn::I32(d), _) => In::BcastI32(d),
@@ -197,6 +203,7 @@ fn to_in<'a>(name: &str, kind: ParamKind, arg: &CpuParam<'a>, wide: Option<&'a [
         CpuParam::Comptime(s) => In::Scalar(match (kind.dtype(), s) {
             (DType::F16, CpuScalar::F32(x)) => CpuScalar::F32(math::round_f16(x)),
             (DType::BF16, CpuScalar::F32(x)) => CpuScalar::F32(math::round_bf16(x)),
+            (DType::F8E4M3, CpuScalar::F32(x)) => CpuScalar::F32(math::round_e4m3(x)),
             _ => s,
         }),
     })

@@ -43,7 +43,7 @@ pub(crate) struct Plan {
 /// Arena index of a dtype's carrier: 0 f32 (all floats), 1 i32, 2 bool.
 fn arena(d: DType) -> usize {
     match d {
-        DType::F32 | DType::F16 | DType::BF16 => 0,
+        DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => 0,
         DType::I32 => 1,
         DType::Bool => 2,
     }
@@ -51,7 +51,7 @@ fn arena(d: DType) -> usize {
 
 /// A cast whose result has the same carrier values as its operand.
 pub(crate) fn is_identity_cast(from: DType, to: DType) -> bool {
-    from == to || (from.is_half() && to == DType::F32)
+    from == to || (from.is_float() && to == DType::F32)
 }
 
 /// Plan a kernel that passed `verify_lowered` (operands are earlier nodes, params exist).

@@ -189,6 +189,20 @@ pub(crate) fn narrow_bf16(dst: &mut [bf16], src: &[f32]) {
     }
 }
 
+/// Widen e4m3 bytes to f32 (exact).
+pub(crate) fn widen_e4m3(dst: &mut [f32], src: &[u8]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = super::math::e4m3_to_f32(s);
+    }
+}
+
+/// Narrow an f32 row to e4m3 bytes (nearest-even, saturating at ±448).
+pub(crate) fn narrow_e4m3(dst: &mut [u8], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = super::math::f32_to_e4m3(s);
+    }
+}
+
 /// Narrow an f32 row to f16 (nearest-even).
 pub(crate) fn narrow_f16(dst: &mut [f16], src: &[f32]) {
     dst.convert_from_f32_slice(src);

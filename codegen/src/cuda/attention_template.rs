@@ -52,16 +52,9 @@ pub const TEMPLATE: &str = r#"#ifndef KILN_ATTN_TEMPLATE
 #define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS)
 #endif
 
-// An FP8 (OCP e4m3) KV-cache element: the pools of a `--kv-cache-dtype fp8` cache hold these
-// bytes, the value being e4m3 × the layer's K or V scale (the runtime folds the K scale into
-// `scale` and passes the V scale as `v_scale`).
-struct kiln_e4m3 { unsigned char bits; };
-
-// The exact value of an e4m3 byte: its exponent and mantissa moved into an f32's fields give
-// the value × 2^-120 (subnormals too, as f32 denormals), so one multiply by 2^120 restores it.
-__device__ __forceinline__ float kiln_e4m3_to_f32(unsigned b) {
-  return __int_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * __int_as_float(0x7b800000);
-}
+// An FP8 KV-cache element is a `kiln_e4m3` (the prelude's): the pools of a
+// `--kv-cache-dtype fp8` cache hold these bytes, the value being e4m3 × the layer's K or V
+// scale (the runtime folds the K scale into `scale` and passes the V scale as `v_scale`).
 
 // Four e4m3 bytes (byte i of `w` is element i) as exact floats. From sm_89 one conversion
 // instruction turns a byte pair into an f16 pair (every e4m3 value is exact in f16; the upper

@@ -3,7 +3,7 @@
 //! pre-filled with a sentinel (so unwritten or over-written elements show), and tolerances.
 
 use half::{bf16, f16};
-use kiln_codegen::cpu::{CpuIn, CpuOut};
+use kiln_codegen::cpu::{math, CpuIn, CpuOut};
 use kiln_codegen::ir::DType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,6 +30,8 @@ pub enum Host {
     F16(Vec<f16>),
     BF16(Vec<bf16>),
     I32(Vec<i32>),
+    /// OCP FP8 e4m3 bytes.
+    E4M3(Vec<u8>),
 }
 
 impl Host {
@@ -40,6 +42,10 @@ impl Host {
             DType::F16 => Host::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::BF16 => Host::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
             DType::I32 => Host::I32(v.iter().map(|&x| x as i32).collect()),
+            // NaN to the NaN byte (the encoder saturates it), so padding and sentinels show.
+            DType::F8E4M3 => {
+                Host::E4M3(v.iter().map(|&x| if x.is_nan() { 0x7f } else { math::f32_to_e4m3(x) }).collect())
+            }
             DType::Bool => panic!("bool is not a storage dtype"),
         }
     }
@@ -56,6 +62,7 @@ impl Host {
             Host::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
             Host::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
             Host::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            Host::E4M3(v) => v.iter().map(|&x| math::e4m3_to_f32(x) as f64).collect(),
         }
     }
     pub fn as_in(&self) -> CpuIn<'_> {
@@ -64,6 +71,7 @@ impl Host {
             Host::F16(v) => CpuIn::F16(v),
             Host::BF16(v) => CpuIn::BF16(v),
             Host::I32(v) => CpuIn::I32(v),
+            Host::E4M3(v) => CpuIn::E4M3(v),
         }
     }
     pub fn as_out(&mut self) -> CpuOut<'_> {
@@ -72,6 +80,7 @@ impl Host {
             Host::F16(v) => CpuOut::F16(v),
             Host::BF16(v) => CpuOut::BF16(v),
             Host::I32(v) => CpuOut::I32(v),
+            Host::E4M3(v) => CpuOut::E4M3(v),
         }
     }
     pub fn len(&self) -> usize {
@@ -80,6 +89,7 @@ impl Host {
             Host::F16(v) => v.len(),
             Host::BF16(v) => v.len(),
             Host::I32(v) => v.len(),
+            Host::E4M3(v) => v.len(),
         }
     }
 }
@@ -120,6 +130,7 @@ pub fn rtol(d: DType) -> f64 {
         DType::F32 => 2e-5,
         DType::F16 => 2f64.powi(-11) + 2e-5,
         DType::BF16 => 2f64.powi(-8) + 2e-5,
+        DType::F8E4M3 => 2f64.powi(-4) + 2e-5,
         DType::I32 | DType::Bool => 0.0,
     }
 }
@@ -129,6 +140,7 @@ pub fn rtol(d: DType) -> f64 {
 pub fn atol_floor(d: DType) -> f64 {
     match d {
         DType::F16 => 2f64.powi(-24),
+        DType::F8E4M3 => 2f64.powi(-10),
         _ => 1e-30,
     }
 }

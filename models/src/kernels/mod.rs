@@ -14,6 +14,7 @@ pub mod epilogue;
 pub mod gather;
 pub mod generated;
 pub mod norm;
+pub mod norm_quant;
 pub mod qk_norm_rope;
 pub mod rope;
 pub mod softmax;
@@ -27,6 +28,8 @@ pub static ALL: &[&FusedDef] = &[
     &norm::add_rms_norm::DEF,
     &norm::layer_norm::DEF,
     &norm::add2_layer_norm::DEF,
+    &norm_quant::rms_norm_quant_e4m3::DEF,
+    &norm_quant::add_rms_norm_quant_e4m3::DEF,
     &activation::silu_mul::DEF,
     &activation::gelu_tanh_mul::DEF,
     &activation::gelu::DEF,

@@ -191,6 +191,8 @@ fn nccl_dtype(d: DType) -> ncclDataType_t {
         DType::F16 => ncclDataType_t::ncclFloat16,
         DType::BF16 => ncclDataType_t::ncclBfloat16,
         DType::I32 => ncclDataType_t::ncclInt32,
+        // Moved as bytes (no collective sums e4m3 values: activations are quantized per rank).
+        DType::F8E4M3 => ncclDataType_t::ncclUint8,
     }
 }
 

@@ -14,6 +14,9 @@ pub enum DType {
     F16,
     BF16,
     I32,
+    /// OCP FP8 e4m3, a byte an element: quantized activations written by a `#[fused]` kernel
+    /// (values `byte × scale`, the scale kept beside them).
+    F8E4M3,
 }
 
 impl DType {
@@ -24,6 +27,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::F8E4M3 => 1,
         }
     }
 
@@ -46,6 +50,7 @@ impl DType {
             DType::F16 => ir::DType::F16,
             DType::BF16 => ir::DType::BF16,
             DType::I32 => ir::DType::I32,
+            DType::F8E4M3 => ir::DType::F8E4M3,
         }
     }
 
@@ -56,6 +61,7 @@ impl DType {
             ir::DType::F16 => Some(DType::F16),
             ir::DType::BF16 => Some(DType::BF16),
             ir::DType::I32 => Some(DType::I32),
+            ir::DType::F8E4M3 => Some(DType::F8E4M3),
             ir::DType::Bool => None,
         }
     }

@@ -1,9 +1,9 @@
 //! [`Element`]: the Rust types a tensor's elements can be read and written as, one per storage
-//! [`DType`] (`f32`, `half::f16`, `half::bf16`, `i32`). `Bool` is never stored.
+//! [`DType`] (`f32`, `half::f16`, `half::bf16`, `i32`, [`E4m3`]). `Bool` is never stored.
 
 use crate::DType;
 
-/// A storable element type. Sealed: exactly the four storage dtypes.
+/// A storable element type. Sealed: exactly the storage dtypes.
 pub trait Element: bytemuck::Pod + Send + Sync + 'static + sealed::Sealed {
     const DTYPE: DType;
     /// Widen to f32 (`i32` converts by value).
@@ -18,7 +18,14 @@ mod sealed {
     impl Sealed for i32 {}
     impl Sealed for half::f16 {}
     impl Sealed for half::bf16 {}
+    impl Sealed for super::E4m3 {}
 }
+
+/// An OCP FP8 e4m3 element: its byte. Conversions are the code generator's (the bits of the
+/// CUDA prelude's `kiln_f32_to_e4m3`: nearest even, saturating at ±448), except NaN.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(transparent)]
+pub struct E4m3(pub u8);
 
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
@@ -60,6 +67,18 @@ impl Element for half::bf16 {
     }
 }
 
+impl Element for E4m3 {
+    const DTYPE: DType = DType::F8E4M3;
+    fn to_f32(self) -> f32 {
+        kiln_codegen::cpu::math::e4m3_to_f32(self.0)
+    }
+    /// NaN becomes the NaN byte (host data keeps its poison; a kernel's cast saturates NaN,
+    /// as the GPU's encoder does).
+    fn from_f32(x: f32) -> E4m3 {
+        E4m3(if x.is_nan() { 0x7f } else { kiln_codegen::cpu::math::f32_to_e4m3(x) })
+    }
+}
+
 /// Convert raw little-endian element bytes of `dtype` to f32 (for `to_host_f32`).
 pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
     match dtype {
@@ -67,5 +86,6 @@ pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
         DType::I32 => out.extend(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)),
         DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
         DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::F8E4M3 => out.extend(bytes.iter().map(|&b| kiln_codegen::cpu::math::e4m3_to_f32(b))),
     }
 }

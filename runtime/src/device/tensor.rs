@@ -88,7 +88,7 @@ impl Tensor {
         Tensor::from_host(dev, data, rows, cols)
     }
 
-    /// f32 data converted to `dtype` (round to nearest even for halves).
+    /// f32 data converted to `dtype` (round to nearest even for halves and e4m3).
     pub fn from_f32_as(
         dev: &Device,
         dtype: DType,
@@ -102,6 +102,7 @@ impl Tensor {
             DType::F16 => Tensor::from_host(dev, &convert::<half::f16>(data), rows, cols),
             DType::BF16 => Tensor::from_host(dev, &convert::<half::bf16>(data), rows, cols),
             DType::I32 => Tensor::from_host(dev, &convert::<i32>(data), rows, cols),
+            DType::F8E4M3 => Tensor::from_host(dev, &convert::<crate::device::element::E4m3>(data), rows, cols),
         }
     }
 

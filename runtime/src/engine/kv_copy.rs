@@ -45,6 +45,7 @@ pub(crate) fn copy_blocks(kv: &mut KvCache, copies: &[CopyBlock]) -> Result<(), 
             DType::BF16 => copy_rows::<half::bf16>(pool, copies, bs)?,
             // An FP8 cache's pools: e4m3 bytes, four to an i32.
             DType::I32 => copy_rows::<i32>(pool, copies, bs)?,
+            DType::F8E4M3 => copy_rows::<crate::device::element::E4m3>(pool, copies, bs)?,
         }
     }
     Ok(())

@@ -47,31 +47,17 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 /// cuBLASLt workspace (NVIDIA's recommendation for Hopper).
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// The e4m3 encoder the FP8 kernels share (the W8A8 activations here, the FP8 KV cache's
-/// store in `model::kv_fp8`): software rounding, so the CPU twin ([`f32_to_e4m3`]) has its bits.
+/// The e4m3 packing the FP8 kernels share (the W8A8 activations here, the FP8 KV cache's
+/// store in `model::kv_fp8`), on the prelude's software encoder (`kiln_f32_to_e4m3_bits`, whose
+/// bits the CPU twin [`f32_to_e4m3`] has). Needs the prelude's core before it.
 pub(crate) const E4M3_ENCODE: &str = r#"
 #ifndef KILN_E4M3_ENCODE
 #define KILN_E4M3_ENCODE
-// f32 -> e4m3 byte: round to nearest even, |x| saturated to 448 (software: the CPU twin's bits).
-__device__ __forceinline__ unsigned char kiln_f32_to_e4m3(float x) {
-  const unsigned s = (__float_as_uint(x) >> 24) & 0x80u;
-  const float a = fminf(fabsf(x), 448.0f);
-  unsigned b;
-  if (a < 0.015625f) {  // below 2^-6: subnormal steps of 2^-9 (8 of them is 2^-6, byte 0x08)
-    b = (unsigned)rintf(a * 512.0f);
-  } else {
-    const int e = (int)((__float_as_uint(a) >> 23) & 0xFF) - 127;  // 2^e <= a < 2^(e+1)
-    const float q = rintf(a * __int_as_float((127 + 3 - e) << 23));  // 8..16 steps of 2^(e-3)
-    b = (unsigned)((e + 7) << 3) + (unsigned)q - 8u;                  // q = 16 carries into e + 1
-  }
-  return (unsigned char)(s | b);
-}
-
 // Eight e4m3 bytes of v / s, packed little-endian (byte e = value e).
 __device__ __forceinline__ uint2 kiln_fp8_pack8(const float (&v)[8], float s) {
   unsigned w[2] = {0u, 0u};
 #pragma unroll
-  for (int e = 0; e < 8; ++e) w[e >> 2] |= (unsigned)kiln_f32_to_e4m3(v[e] / s) << (8 * (e & 3));
+  for (int e = 0; e < 8; ++e) w[e >> 2] |= kiln_f32_to_e4m3_bits(v[e] / s) << (8 * (e & 3));
   return make_uint2(w[0], w[1]);
 }
 
@@ -220,16 +206,7 @@ pub(super) fn entries() -> Vec<String> {
 
 /// The e4m3 byte of `x` (round to nearest even, saturating at ±448): the kernel's arithmetic.
 pub fn f32_to_e4m3(x: f32) -> u8 {
-    let s = if x.is_sign_negative() { 0x80u8 } else { 0 };
-    let a = x.abs().min(448.0);
-    let b = if a < 0.015625 {
-        (a * 512.0).round_ties_even() as u8
-    } else {
-        let e = ((a.to_bits() >> 23) & 0xFF) as i32 - 127;
-        let q = (a * 2f32.powi(3 - e)).round_ties_even() as i32;
-        (((e + 7) << 3) + q - 8) as u8
-    };
-    s | b
+    kiln_codegen::cpu::math::f32_to_e4m3(x)
 }
 
 /// The exact value of an e4m3 byte, from a table built once (the CPU twins' decode: W8A8's
