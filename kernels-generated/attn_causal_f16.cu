@@ -131,11 +131,6 @@ struct attn_causal_f16_mod {
 #define KILN_ATTN_THREADS 128
 #define KILN_ATTN_TILE 128
 #define KILN_LOG2E 1.4426950408889634f
-#ifdef KILN_ATTN_SPLIT_MIN_BLOCKS
-#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS, KILN_ATTN_SPLIT_MIN_BLOCKS)
-#else
-#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS)
-#endif
 
 // An FP8 KV-cache element is a `kiln_e4m3` (the prelude's): the pools of a
 // `--kv-cache-dtype fp8` cache hold these bytes, the value being e4m3 × the layer's K or V
@@ -236,11 +231,7 @@ __device__ __forceinline__ void kiln_attn_split(
   // loaded before they are used: a divisor of KNCH, at most 8.
   constexpr int KVEC = kv::KVEC;
   constexpr int KNCH = HD / KVEC;
-#ifdef KILN_ATTN_KB_ALL
-  constexpr int KB = KNCH <= 16 ? KNCH : KNCH % 16 == 0 ? 16 : KNCH % 8 == 0 ? 8 : 4;
-#else
   constexpr int KB = KNCH % 8 == 0 ? 8 : KNCH < 8 ? KNCH : KNCH % 4 == 0 ? 4 : KNCH % 5 == 0 ? 5 : 2;
-#endif
   constexpr int VPF = VSTEPS < 16 ? VSTEPS : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && HD % KVEC == 0 && NCH <= KILN_ATTN_THREADS && KNCH % KB == 0,
                 "head dim does not tile the block");
@@ -291,20 +282,11 @@ __device__ __forceinline__ void kiln_attn_split(
     for (int e = 0; e < VEC; ++e) acc[g][e] = 0.0f;
   __syncthreads();
 
-#ifdef KILN_ATTN_SLOT_AHEAD
-  int slot_next = k_begin + tid < k_end ? table[(k_begin + tid) / block_size] * block_size + (k_begin + tid) % block_size : 0;
-#endif
   for (int t0 = k_begin; t0 < k_end; t0 += KILN_ATTN_TILE) {
     const int key = t0 + tid;
     const int n = min(KILN_ATTN_TILE, k_end - t0);  // keys in this tile
-#ifdef KILN_ATTN_SLOT_AHEAD
-    if (key < k_end) slot_s[tid] = slot_next;
-    __syncthreads();
-    if (key + KILN_ATTN_TILE < k_end) slot_next = table[(key + KILN_ATTN_TILE) / block_size] * block_size + (key + KILN_ATTN_TILE) % block_size;
-#else
     if (key < k_end) slot_s[tid] = table[key / block_size] * block_size + key % block_size;
     __syncthreads();
-#endif
     // ---- this lane's values of the tile, loaded now: they do not depend on the scores, so
     // the K and V reads of the tile are in flight together ----
     kv_raw vraw[VPF];
@@ -709,7 +691,7 @@ extern "C" __global__ void __launch_bounds__(16) attn_causal_f16_combine_hd16(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd16_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd16_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -734,7 +716,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd16_g4(
   kiln_attn_split<kiln_f16, kiln_f16, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd16_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd16_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -762,7 +744,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd16_g8(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd16_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd16_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -788,7 +770,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd16
   kiln_attn_split<kiln_f16, kiln_e4m3, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd16_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd16_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -830,7 +812,7 @@ extern "C" __global__ void __launch_bounds__(32) attn_causal_f16_combine_hd32(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd32_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd32_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -855,7 +837,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd32_g4(
   kiln_attn_split<kiln_f16, kiln_f16, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd32_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd32_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -883,7 +865,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd32_g8(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd32_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd32_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -909,7 +891,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd32
   kiln_attn_split<kiln_f16, kiln_e4m3, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd32_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd32_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -951,7 +933,7 @@ extern "C" __global__ void __launch_bounds__(64) attn_causal_f16_combine_hd64(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd64_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd64_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -976,7 +958,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd64_g4(
   kiln_attn_split<kiln_f16, kiln_f16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd64_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd64_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1027,7 +1009,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_mma_hd64(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd64_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd64_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1053,7 +1035,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd64
   kiln_attn_split<kiln_f16, kiln_e4m3, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd64_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd64_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1119,7 +1101,7 @@ extern "C" __global__ void __launch_bounds__(80) attn_causal_f16_combine_hd80(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd80_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd80_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1144,7 +1126,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd80_g4(
   kiln_attn_split<kiln_f16, kiln_f16, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd80_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd80_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1195,7 +1177,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_mma_hd80(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd80_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd80_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1221,7 +1203,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd80
   kiln_attn_split<kiln_f16, kiln_e4m3, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd80_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd80_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1287,7 +1269,7 @@ extern "C" __global__ void __launch_bounds__(96) attn_causal_f16_combine_hd96(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd96_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd96_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1312,7 +1294,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd96_g4(
   kiln_attn_split<kiln_f16, kiln_f16, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd96_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd96_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1363,7 +1345,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_mma_hd96(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd96_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd96_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1389,7 +1371,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd96
   kiln_attn_split<kiln_f16, kiln_e4m3, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd96_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd96_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1455,7 +1437,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_combine_hd128(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd128_g4(
+extern "C" __global__ void __launch_bounds__(128, 3) attn_causal_f16_split_hd128_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1480,7 +1462,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd128_g4
   kiln_attn_split<kiln_f16, kiln_f16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd128_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd128_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1531,7 +1513,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_mma_hd128(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd128_g4(
+extern "C" __global__ void __launch_bounds__(128, 4) attn_causal_f16_split_kv8_hd128_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1557,7 +1539,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd12
   kiln_attn_split<kiln_f16, kiln_e4m3, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd128_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd128_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1623,7 +1605,7 @@ extern "C" __global__ void __launch_bounds__(256) attn_causal_f16_combine_hd256(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd256_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd256_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1648,7 +1630,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd256_g4
   kiln_attn_split<kiln_f16, kiln_f16, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd256_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_hd256_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_f16* __restrict__ k_pool,
@@ -1676,7 +1658,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_hd256_g8
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd256_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd256_g4(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1702,7 +1684,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd25
   kiln_attn_split<kiln_f16, kiln_e4m3, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f16_split_kv8_hd256_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f16_split_kv8_hd256_g8(
     const kiln_f16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,

@@ -130,11 +130,6 @@ struct attn_causal_f32_mod {
 #define KILN_ATTN_THREADS 128
 #define KILN_ATTN_TILE 128
 #define KILN_LOG2E 1.4426950408889634f
-#ifdef KILN_ATTN_SPLIT_MIN_BLOCKS
-#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS, KILN_ATTN_SPLIT_MIN_BLOCKS)
-#else
-#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS)
-#endif
 
 // An FP8 KV-cache element is a `kiln_e4m3` (the prelude's): the pools of a
 // `--kv-cache-dtype fp8` cache hold these bytes, the value being e4m3 × the layer's K or V
@@ -235,11 +230,7 @@ __device__ __forceinline__ void kiln_attn_split(
   // loaded before they are used: a divisor of KNCH, at most 8.
   constexpr int KVEC = kv::KVEC;
   constexpr int KNCH = HD / KVEC;
-#ifdef KILN_ATTN_KB_ALL
-  constexpr int KB = KNCH <= 16 ? KNCH : KNCH % 16 == 0 ? 16 : KNCH % 8 == 0 ? 8 : 4;
-#else
   constexpr int KB = KNCH % 8 == 0 ? 8 : KNCH < 8 ? KNCH : KNCH % 4 == 0 ? 4 : KNCH % 5 == 0 ? 5 : 2;
-#endif
   constexpr int VPF = VSTEPS < 16 ? VSTEPS : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && HD % KVEC == 0 && NCH <= KILN_ATTN_THREADS && KNCH % KB == 0,
                 "head dim does not tile the block");
@@ -290,20 +281,11 @@ __device__ __forceinline__ void kiln_attn_split(
     for (int e = 0; e < VEC; ++e) acc[g][e] = 0.0f;
   __syncthreads();
 
-#ifdef KILN_ATTN_SLOT_AHEAD
-  int slot_next = k_begin + tid < k_end ? table[(k_begin + tid) / block_size] * block_size + (k_begin + tid) % block_size : 0;
-#endif
   for (int t0 = k_begin; t0 < k_end; t0 += KILN_ATTN_TILE) {
     const int key = t0 + tid;
     const int n = min(KILN_ATTN_TILE, k_end - t0);  // keys in this tile
-#ifdef KILN_ATTN_SLOT_AHEAD
-    if (key < k_end) slot_s[tid] = slot_next;
-    __syncthreads();
-    if (key + KILN_ATTN_TILE < k_end) slot_next = table[(key + KILN_ATTN_TILE) / block_size] * block_size + (key + KILN_ATTN_TILE) % block_size;
-#else
     if (key < k_end) slot_s[tid] = table[key / block_size] * block_size + key % block_size;
     __syncthreads();
-#endif
     // ---- this lane's values of the tile, loaded now: they do not depend on the scores, so
     // the K and V reads of the tile are in flight together ----
     kv_raw vraw[VPF];
@@ -708,7 +690,7 @@ extern "C" __global__ void __launch_bounds__(16) attn_causal_f32_combine_hd16(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd16_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd16_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -733,7 +715,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd16_g4(
   kiln_attn_split<float, float, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd16_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd16_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -774,7 +756,7 @@ extern "C" __global__ void __launch_bounds__(32) attn_causal_f32_combine_hd32(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd32_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd32_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -799,7 +781,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd32_g4(
   kiln_attn_split<float, float, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd32_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd32_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -840,7 +822,7 @@ extern "C" __global__ void __launch_bounds__(64) attn_causal_f32_combine_hd64(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd64_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd64_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -865,7 +847,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd64_g4(
   kiln_attn_split<float, float, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd64_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd64_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -906,7 +888,7 @@ extern "C" __global__ void __launch_bounds__(80) attn_causal_f32_combine_hd80(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd80_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd80_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -931,7 +913,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd80_g4(
   kiln_attn_split<float, float, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd80_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd80_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -972,7 +954,7 @@ extern "C" __global__ void __launch_bounds__(96) attn_causal_f32_combine_hd96(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd96_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd96_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -997,7 +979,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd96_g4(
   kiln_attn_split<float, float, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd96_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd96_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -1038,7 +1020,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_combine_hd128(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd128_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd128_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -1063,7 +1045,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd128_g4
   kiln_attn_split<float, float, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd128_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd128_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -1104,7 +1086,7 @@ extern "C" __global__ void __launch_bounds__(256) attn_causal_f32_combine_hd256(
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd256_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd256_g4(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,
@@ -1129,7 +1111,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd256_g4
   kiln_attn_split<float, float, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, 0, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_causal_f32_split_hd256_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_causal_f32_split_hd256_g8(
     const float* __restrict__ q,
     int q_stride,
     const float* __restrict__ k_pool,

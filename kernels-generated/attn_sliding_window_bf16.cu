@@ -147,11 +147,6 @@ struct attn_sliding_window_bf16_mod {
 #define KILN_ATTN_THREADS 128
 #define KILN_ATTN_TILE 128
 #define KILN_LOG2E 1.4426950408889634f
-#ifdef KILN_ATTN_SPLIT_MIN_BLOCKS
-#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS, KILN_ATTN_SPLIT_MIN_BLOCKS)
-#else
-#define KILN_ATTN_SPLIT_BOUNDS __launch_bounds__(KILN_ATTN_THREADS)
-#endif
 
 // An FP8 KV-cache element is a `kiln_e4m3` (the prelude's): the pools of a
 // `--kv-cache-dtype fp8` cache hold these bytes, the value being e4m3 × the layer's K or V
@@ -252,11 +247,7 @@ __device__ __forceinline__ void kiln_attn_split(
   // loaded before they are used: a divisor of KNCH, at most 8.
   constexpr int KVEC = kv::KVEC;
   constexpr int KNCH = HD / KVEC;
-#ifdef KILN_ATTN_KB_ALL
-  constexpr int KB = KNCH <= 16 ? KNCH : KNCH % 16 == 0 ? 16 : KNCH % 8 == 0 ? 8 : 4;
-#else
   constexpr int KB = KNCH % 8 == 0 ? 8 : KNCH < 8 ? KNCH : KNCH % 4 == 0 ? 4 : KNCH % 5 == 0 ? 5 : 2;
-#endif
   constexpr int VPF = VSTEPS < 16 ? VSTEPS : 16;  // values loaded ahead
   static_assert(HD % VEC == 0 && HD % KVEC == 0 && NCH <= KILN_ATTN_THREADS && KNCH % KB == 0,
                 "head dim does not tile the block");
@@ -307,20 +298,11 @@ __device__ __forceinline__ void kiln_attn_split(
     for (int e = 0; e < VEC; ++e) acc[g][e] = 0.0f;
   __syncthreads();
 
-#ifdef KILN_ATTN_SLOT_AHEAD
-  int slot_next = k_begin + tid < k_end ? table[(k_begin + tid) / block_size] * block_size + (k_begin + tid) % block_size : 0;
-#endif
   for (int t0 = k_begin; t0 < k_end; t0 += KILN_ATTN_TILE) {
     const int key = t0 + tid;
     const int n = min(KILN_ATTN_TILE, k_end - t0);  // keys in this tile
-#ifdef KILN_ATTN_SLOT_AHEAD
-    if (key < k_end) slot_s[tid] = slot_next;
-    __syncthreads();
-    if (key + KILN_ATTN_TILE < k_end) slot_next = table[(key + KILN_ATTN_TILE) / block_size] * block_size + (key + KILN_ATTN_TILE) % block_size;
-#else
     if (key < k_end) slot_s[tid] = table[key / block_size] * block_size + key % block_size;
     __syncthreads();
-#endif
     // ---- this lane's values of the tile, loaded now: they do not depend on the scores, so
     // the K and V reads of the tile are in flight together ----
     kv_raw vraw[VPF];
@@ -725,7 +707,7 @@ extern "C" __global__ void __launch_bounds__(16) attn_sliding_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd16_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd16_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -752,7 +734,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd16_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd16_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -782,7 +764,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd16_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd16_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -810,7 +792,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 16, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd16_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd16_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -854,7 +836,7 @@ extern "C" __global__ void __launch_bounds__(32) attn_sliding_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd32_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd32_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -881,7 +863,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd32_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd32_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -911,7 +893,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd32_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd32_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -939,7 +921,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 32, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd32_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd32_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -983,7 +965,7 @@ extern "C" __global__ void __launch_bounds__(64) attn_sliding_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd64_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd64_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1010,7 +992,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd64_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd64_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1065,7 +1047,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_mma_h
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd64_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd64_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1093,7 +1075,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 64, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd64_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd64_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1163,7 +1145,7 @@ extern "C" __global__ void __launch_bounds__(80) attn_sliding_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd80_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd80_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1190,7 +1172,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd80_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd80_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1245,7 +1227,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_mma_h
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd80_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd80_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1273,7 +1255,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 80, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd80_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd80_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1343,7 +1325,7 @@ extern "C" __global__ void __launch_bounds__(96) attn_sliding_window_bf16_combin
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd96_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd96_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1370,7 +1352,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd96_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd96_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1425,7 +1407,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_mma_h
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd96_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd96_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1453,7 +1435,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 96, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd96_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd96_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1523,7 +1505,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_combi
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd128_g4(
+extern "C" __global__ void __launch_bounds__(128, 3) attn_sliding_window_bf16_split_hd128_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1550,7 +1532,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd128_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd128_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1605,7 +1587,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_mma_h
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd128_g4(
+extern "C" __global__ void __launch_bounds__(128, 4) attn_sliding_window_bf16_split_kv8_hd128_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1633,7 +1615,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 128, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd128_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd128_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1703,7 +1685,7 @@ extern "C" __global__ void __launch_bounds__(256) attn_sliding_window_bf16_combi
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 0
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd256_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd256_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1730,7 +1712,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_bf16, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, 1.0f, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_hd256_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_hd256_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_bf16* __restrict__ k_pool,
@@ -1760,7 +1742,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
 
 #if !defined(KILN_ATTN_KV8) || KILN_ATTN_KV8 == 1
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd256_g4(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd256_g4(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,
@@ -1788,7 +1770,7 @@ extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split
   kiln_attn_split<kiln_bf16, kiln_e4m3, 256, 4>(q, q_stride, k_pool, v_pool, kv_stride, plan, n_tokens, n_seqs, bt_stride, block_size, n_heads, n_kv_heads, scale, v_scale, out, out_stride, part_o, part_ml, n_splits, p5_window, mod);
 }
 
-extern "C" __global__ void KILN_ATTN_SPLIT_BOUNDS attn_sliding_window_bf16_split_kv8_hd256_g8(
+extern "C" __global__ void __launch_bounds__(128) attn_sliding_window_bf16_split_kv8_hd256_g8(
     const kiln_bf16* __restrict__ q,
     int q_stride,
     const kiln_e4m3* __restrict__ k_pool,

@@ -169,21 +169,23 @@ if [ "$what" = gguf-rows ]; then
   done
 fi
 if [ "$what" = attn-variants ]; then
-  # Split-kernel variants (macros set through KILN_NVRTC_DEFINES, ATTN_VARIANTS: ' '-separated
-  # lists, '-' for none): the quick check of the last, then 64 × 4k decode speed over bf16 and
-  # FP8 pools for each, and (NCU=1) a profile of the bf16 split kernel for the first and last.
+  # Attention kernel experiments: macros set through KILN_NVRTC_DEFINES (ATTN_VARIANTS:
+  # ' '-separated lists such as 'A=1,B', '-' for none; the template reads none today, so an
+  # experiment adds its #ifdef first). The quick check of the last variant, then 64 × 4k decode
+  # speed over bf16 and FP8 pools for each (files numbered: a comma in a file name does not
+  # come back), and (NCU=1) a profile of the bf16 hd128 g4 split kernel for the first and last.
   read -ra vs <<< "${ATTN_VARIANTS:--}"
-  last="${vs[${#vs[@]}-1]}"; [ "$last" = - ] && last=
-  KILN_NVRTC_DEFINES="$last" TAIL=6 step attn-check 300 .device/kiln-check-attention --quick --no-speed
-  for v in "${vs[@]}"; do
-    [ "$v" = - ] && v=
-    KILN_NVRTC_DEFINES="$v" TAIL=10 step "attn-speed-${v:-base}" 200 .device/kiln-check-attention --no-check --speed-4k
+  def() { [ "$1" = - ] && echo "" || echo "$1"; }
+  n=${#vs[@]}
+  KILN_NVRTC_DEFINES="$(def "${vs[n-1]}")" TAIL=6 step attn-check 300 .device/kiln-check-attention --quick --no-speed
+  for i in "${!vs[@]}"; do
+    echo "variant $i: ${vs[i]}"
+    KILN_NVRTC_DEFINES="$(def "${vs[i]}")" TAIL=10 step "attn-speed-v$i" 200 .device/kiln-check-attention --no-check --speed-4k
   done
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
   if [ "${NCU:-0}" = 1 ] && [ -n "$ncu" ]; then
-    for v in "${vs[0]}" "${vs[${#vs[@]}-1]}"; do
-      [ "$v" = - ] && v=
-      KILN_NVRTC_DEFINES="$v" TAIL=70 step "ncu-split-${v:-base}" 150 "$ncu" --clock-control none -k regex:split_hd128_g4 -s 2 -c 1 \
+    for i in 0 $((n - 1)); do
+      KILN_NVRTC_DEFINES="$(def "${vs[i]}")" TAIL=70 step "ncu-split-v$i" 150 "$ncu" --clock-control none -k regex:split_hd128_g4 -s 2 -c 1 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats \
         .device/kiln-check-attention --no-check --speed-4k
     done
