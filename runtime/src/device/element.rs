@@ -89,3 +89,24 @@ pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
         DType::F8E4M3 => out.extend(bytes.iter().map(|&b| kiln_codegen::cpu::math::e4m3_to_f32(b))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::tensor::Tensor;
+    use crate::device::Device;
+
+    #[test]
+    fn e4m3_tensors_round_trip_and_keep_nan_poison() {
+        // Values on the e4m3 grid come back exactly; others round to nearest even and saturate;
+        // NaN stays NaN (the poison of a check harness), where a kernel's cast would saturate it.
+        let data = [0.0f32, -0.0, 1.0, -1.75, 448.0, 0.001953125, 1.0625, 1.1875, 600.0, -1e9, f32::NAN];
+        let want = [0.0f32, -0.0, 1.0, -1.75, 448.0, 0.001953125, 1.0, 1.25, 448.0, -448.0];
+        let t = Tensor::from_f32_as(&Device::Cpu, DType::F8E4M3, &data, 1, data.len()).unwrap();
+        assert_eq!(t.dtype().size_bytes(), 1);
+        let back = t.to_host_f32().unwrap();
+        assert_eq!(&back[..want.len()], &want);
+        assert!(back[want.len()].is_nan());
+        assert_eq!(E4m3::from_f32(f32::NAN).0 & 0x7f, 0x7f);
+    }
+}
