@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -167,6 +167,15 @@ if [ "$what" = gguf-rows ]; then
     TAIL=8 step "bench-8b-q4km-$w-c1" 200 .device/kiln bench --offline --device cuda --model /tmp/l8-q4km.gguf \
       --weights $w --num-requests 1 --max-num-seqs 1 --prompt-len 128 --output-len 128
   done
+fi
+if [ "$what" = norm-quant ]; then
+  # The e4m3 norm + quantize kernels against the CPU (every dtype, model widths, timed against
+  # a copy), then the attention template's check with its launch bounds as shipped and the
+  # 64 × 4k speed of both pools.
+  TAIL=30 step kernels-norm-quant 240 .device/kiln-check-kernels --rows 1,7,512,4096 --widths 576,2048,4096 \
+    --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3,rms_norm,add_rms_norm --out "$OUT/kernels-norm-quant.md"
+  TAIL=6 step attn-check 300 .device/kiln-check-attention --quick --no-speed
+  TAIL=10 step attn-speed 200 .device/kiln-check-attention --no-check --speed-4k
 fi
 if [ "$what" = attn-variants ]; then
   # Attention kernel experiments: macros set through KILN_NVRTC_DEFINES (ATTN_VARIANTS:
