@@ -92,6 +92,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let mut ok = true;
+    let free = || gpu.cuda_backend().and_then(|b| b.free_mem().ok()).unwrap_or(0);
     // Each dtype with decode steps from CUDA graphs (the default), bf16 also eagerly.
     let mut runs: Vec<(DType, bool)> = dtypes.iter().map(|&d| (d, true)).collect();
     if dtypes.contains(&DType::BF16) {
@@ -100,7 +101,6 @@ fn run(args: &[String]) -> Result<bool, String> {
     for (dtype, graphs) in runs {
         // The model reads the switch when it is built.
         std::env::set_var("KILN_CUDA_GRAPHS", if graphs { "1" } else { "0" });
-        let free = || gpu.cuda_backend().and_then(|b| b.free_mem().ok()).unwrap_or(0);
         let before = free();
         let g = load_with(&path, &gpu, dtype, gpu_weights).map_err(|e| e.to_string())?;
         // What the load took on the device: shows whether quantized weights stayed quantized.

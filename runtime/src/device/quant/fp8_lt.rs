@@ -204,10 +204,9 @@ pub(super) fn entries() -> Vec<String> {
         .collect()
 }
 
-/// The e4m3 byte of `x` (round to nearest even, saturating at ±448): the kernel's arithmetic.
-pub fn f32_to_e4m3(x: f32) -> u8 {
-    kiln_codegen::cpu::math::f32_to_e4m3(x)
-}
+/// The e4m3 byte of `x` (round to nearest even, saturating at ±448): the kernels' arithmetic,
+/// the code generator's encoder.
+pub use kiln_codegen::cpu::math::f32_to_e4m3;
 
 /// The exact value of an e4m3 byte, from a table built once (the CPU twins' decode: W8A8's
 /// fake quantization, the FP8 KV cache's attention).
