@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -168,7 +168,7 @@ if [ "$what" = gguf-rows ]; then
       --weights $w --num-requests 1 --max-num-seqs 1 --prompt-len 128 --output-len 128
   done
 fi
-if [ "$what" = norm-quant ]; then
+if [ "$what" = norm-quant ] || [ "$what" = norm-quant-lt ]; then
   # The e4m3 norm + quantize kernels against the CPU (every dtype, model widths, timed against
   # a copy), then the attention template's check with its launch bounds as shipped and the
   # 64 × 4k speed of both pools.
@@ -176,6 +176,12 @@ if [ "$what" = norm-quant ]; then
     --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3,rms_norm,add_rms_norm --out "$OUT/kernels-norm-quant.md"
   TAIL=6 step attn-check 300 .device/kiln-check-attention --quick --no-speed
   TAIL=10 step attn-speed 200 .device/kiln-check-attention --no-check --speed-4k
+fi
+if [ "$what" = lt-sweep ] || [ "$what" = norm-quant-lt ]; then
+  # Each FP8 tensor-core algorithm cuBLASLt offers for Llama-3-8B's projections at 64-2048
+  # rows, timed, beside dense bf16 cuBLAS (is the heuristic's first pick the fastest?), after
+  # the 8-bit kernels' check.
+  TAIL=60 step lt-sweep 400 .device/kiln-check-w8 --lt-sweep
 fi
 if [ "$what" = attn-variants ]; then
   # Attention kernel experiments: macros set through KILN_NVRTC_DEFINES (ATTN_VARIANTS:

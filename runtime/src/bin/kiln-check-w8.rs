@@ -1,4 +1,4 @@
-//! `kiln-check-w8 [--no-speed] [--no-check]`: the 8-bit GPU kernels (`device::quant::w8_cuda`:
+//! `kiln-check-w8 [--no-speed] [--no-check] [--lt-sweep]`: the 8-bit GPU kernels (`device::quant::w8_cuda`:
 //! FP8 E4M3 and INT8 weights with block scales) against the CPU reference
 //! (`W8Matrix::dequantize`, then an f64 product), then their speed against dense bf16 cuBLAS
 //! of the same matrix and against the device's copy bandwidth. Needs an NVIDIA GPU.
@@ -14,9 +14,13 @@
 //! must be within `tol · max |ref|`.
 //!
 //! Speed: Llama-3-8B's projection shapes, FP8 per channel (two also in 128×128 blocks), bf16:
-//! median of CUDA-event-timed launches.
+//! median of CUDA-event-timed launches. `--lt-sweep` times instead each algorithm cuBLASLt's
+//! heuristic offers for the FP8 tensor-core product of those shapes at 64–2048 rows, with and
+//! without fast accumulation, beside dense bf16 cuBLAS (is its first pick the fastest?).
 
-use kiln_runtime::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, w8a8_form, ActScale, GROUP};
+use kiln_runtime::device::quant::fp8_lt::{
+    quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, w8a8_form, ActScale, GROUP,
+};
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
@@ -178,6 +182,9 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
 
 fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let Device::Cuda(b) = dev else { return Ok(()) };
+    if std::env::args().any(|a| a == "--lt-sweep") {
+        return lt_sweep(dev);
+    }
     let max_rows = max_rows_arg();
     let mut r = Rand(19, 0);
     let copy_gbs = copy_gbs(dev)?;
@@ -212,6 +219,44 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 100.0 * gbs / copy_gbs,
                 cublas / best
             );
+        }
+    }
+    Ok(())
+}
+
+/// Each FP8 algorithm cuBLASLt offers per shape and row count, timed (see the module header).
+fn lt_sweep(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    let Device::Cuda(b) = dev else { return Ok(()) };
+    println!("| shape n×k | m | fast accum | algorithms | first pick µs | best µs (rank) | best config | best TFLOP/s | dense bf16 µs |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let shapes = [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")];
+    let mut r = Rand(23, 0);
+    for (n, k, what) in shapes {
+        let dense =
+            Tensor::from_f32_as(dev, DType::BF16, &(0..n * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), n, k)?;
+        for m in [64usize, 128, 256, 512, 1024, 2048] {
+            let x =
+                Tensor::from_f32_as(dev, DType::BF16, &(0..m * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), m, k)?;
+            let mut out = Tensor::zeros(dev, DType::BF16, m, n)?;
+            let bf16 = median_us(b, 3, 20, |_| matmul(dev, &x, &dense, &mut out))?;
+            for fast in [false, true] {
+                let t = time_algorithms(dev, (n, k, m), fast, 32)?;
+                let Some(first) = t.first() else {
+                    println!("| {what} {n}×{k} | {m} | {fast} | 0 | – | – | – | – | {bf16:.1} |");
+                    continue;
+                };
+                let best = t.iter().min_by(|a, b| a.us.total_cmp(&b.us)).unwrap_or(first);
+                let tflops = 2.0 * (n * k * m) as f64 / best.us / 1e6;
+                println!(
+                    "| {what} {n}×{k} | {m} | {fast} | {} | {:.1} ({}) | {:.1} ({}) | {} | {tflops:.0} | {bf16:.1} |",
+                    t.len(),
+                    first.us,
+                    first.config,
+                    best.us,
+                    best.rank,
+                    best.config
+                );
+            }
         }
     }
     Ok(())

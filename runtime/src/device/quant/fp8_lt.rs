@@ -592,11 +592,24 @@ fn cuda_type(d: DType) -> lts::cudaDataType_t {
 }
 
 impl Plan {
-    /// The plan of `s` on `l`: `None` when cuBLASLt has no algorithm for it.
+    /// The plan of `s` on `l` with the heuristic's first algorithm: `None` when cuBLASLt has
+    /// none for it.
     fn new(l: &Lt, s: Shape) -> Result<Option<Plan>, GemmError> {
+        let mut plan = Plan::describe(s, fast_accum())?;
+        match plan.offers(l, s, 1)?.first() {
+            Some(h) => {
+                plan.algo = h.algo;
+                Ok(Some(plan))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The descriptors of `s` (accumulating in the tensor cores' own precision when `fast`),
+    /// with no algorithm chosen yet.
+    fn describe(s: Shape, fast: bool) -> Result<Plan, GemmError> {
         use lts::cublasLtMatmulDescAttributes_t as Attr;
         use lts::cublasLtMatmulMatrixScale_t as Mode;
-        use lts::cublasLtMatmulPreferenceAttributes_t as Pref;
         use lts::cudaDataType_t as Ty;
         let desc = lt::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, Ty::CUDA_R_32F)
             .map_err(|e| lt_err("descriptor", e))?;
@@ -616,8 +629,7 @@ impl Plan {
         plan.a = layout(Ty::CUDA_R_8F_E4M3, s.k, ra, s.k)?;
         plan.b = layout(Ty::CUDA_R_8F_E4M3, s.k, rb, s.k)?;
         plan.d = layout(cuda_type(s.out), ra, rb, s.ldd)?;
-        let ws = l.workspace.len() * 4;
-        // SAFETY: the descriptors are live (owned by `plan`); each attribute buffer is a live
+        // SAFETY: the descriptor is live (owned by `plan`); each attribute buffer is a live
         // local of the size passed.
         unsafe {
             let set = |attr: Attr, v: i32| {
@@ -643,34 +655,58 @@ impl Plan {
                 set(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, a as i32)?;
                 set(Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, b as i32)?;
             }
-            if s.form != Form::Block128 && fast_accum() {
+            if s.form != Form::Block128 && fast {
                 let one = 1i8;
                 let v = &one as *const i8 as *const c_void;
                 lt::set_matmul_desc_attribute(plan.desc, Attr::CUBLASLT_MATMUL_DESC_FAST_ACCUM, v, 1)
                     .map_err(|e| lt_err("fast accumulation", e))?;
             }
+        }
+        Ok(plan)
+    }
+
+    /// Up to `count` algorithms cuBLASLt's heuristic offers for this plan's shape `s` on `l`,
+    /// its best guess first (none: it has no algorithm for the shape).
+    fn offers(&self, l: &Lt, s: Shape, count: usize) -> Result<Vec<lts::cublasLtMatmulHeuristicResult_t>, GemmError> {
+        use lts::cublasLtMatmulPreferenceAttributes_t as Pref;
+        let ws = l.workspace.len() * 4;
+        // SAFETY: the descriptors are live (owned by `self`); each attribute buffer is a live
+        // local of the size passed; `found` has room for `count` results.
+        unsafe {
             let pref = lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?;
             let set_pref = |attr: Pref, v: *const c_void, size: usize| {
                 lt::set_matmul_pref_attribute(pref, attr, v, size).map_err(|e| lt_err("preference attribute", e))
             };
-            let found =
-                set_pref(Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const usize as *const c_void, 8)
-                    .and_then(|()| {
-                        let a = &s.align as *const u32 as *const c_void;
-                        set_pref(Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, a, 4)?;
-                        set_pref(Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, a, 4)
-                    })
-                    .map(|()| {
-                        lt::get_matmul_algo_heuristic(l.handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref).ok()
-                    });
+            let mut found: Vec<lts::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(count);
+            let mut n = 0i32;
+            let r = set_pref(Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const usize as *const c_void, 8)
+                .and_then(|()| {
+                    let a = &s.align as *const u32 as *const c_void;
+                    set_pref(Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, a, 4)?;
+                    set_pref(Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, a, 4)
+                })
+                .map(|()| {
+                    lts::cublasLtMatmulAlgoGetHeuristic(
+                        l.handle,
+                        self.desc,
+                        self.a,
+                        self.b,
+                        self.d,
+                        self.d,
+                        pref,
+                        count as i32,
+                        found.as_mut_ptr(),
+                        &mut n,
+                    )
+                });
             let _ = lt::destroy_matmul_pref(pref);
-            match found? {
-                Some(h) => {
-                    plan.algo = h.algo;
-                    Ok(Some(plan))
-                }
-                None => Ok(None),
+            // A status other than success (NOT_SUPPORTED included) means no algorithm.
+            if r? != lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Ok(vec![]);
             }
+            found.set_len((n.max(0) as usize).min(count));
+            found.retain(|h| h.state == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+            Ok(found)
         }
     }
 }
@@ -690,7 +726,6 @@ fn alignment(ptr: u64) -> u32 {
 /// The product of `ab` in `form` into `t` on `b`'s stream; `Ok(false)` when cuBLASLt has no
 /// algorithm for it.
 fn gemm(b: &CudaBackend, l: &Lt, form: Form, ab: &Operands, t: Target) -> Result<bool, GemmError> {
-    use lts::cublasLtMatmulDescAttributes_t as Attr;
     let ((w, n), (qx, m), k) = (ab.w, ab.qx, ab.k);
     let shape = Shape { n, m, k, form, out: t.dtype, ldd: t.ld, align: alignment(t.ptr) };
     // Block128 takes the activations as cuBLASLt's first operand (see `product`).
@@ -705,43 +740,150 @@ fn gemm(b: &CudaBackend, l: &Lt, form: Form, ab: &Operands, t: Target) -> Result
     };
     let Some(p) = plan.as_ref() else { return Ok(false) };
     let stream = b.stream().cu_stream() as lts::cudaStream_t;
-    let (alpha, beta) = (1.0f32, 0.0f32);
     // SAFETY: the plan's descriptors describe the matrices at these device addresses (the
-    // caller's carving of W, qx, the scales and D); the scale pointers are set on this
-    // plan's descriptor under the plans' lock, just before the product that reads them;
-    // alpha and beta are f32 host scalars, matching the f32 scale type; the workspace is
-    // this handle's, of the size the plan was searched with.
-    unsafe {
-        if form != Form::Product {
-            for (attr, ptr) in
-                [(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, sa), (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, sb)]
-            {
-                let v = ptr as *const c_void;
-                lt::set_matmul_desc_attribute(p.desc, attr, &v as *const *const c_void as *const c_void, 8)
-                    .map_err(|e| lt_err("scale pointer", e))?;
-            }
-        }
-        lt::matmul(
-            l.handle,
-            p.desc,
-            &alpha as *const f32 as *const c_void,
-            &beta as *const f32 as *const c_void,
-            a as *const c_void,
-            p.a,
-            bm as *const c_void,
-            p.b,
-            t.ptr as *const c_void,
-            p.d,
-            t.ptr as *mut c_void,
-            p.d,
-            &p.algo,
-            l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
-            l.workspace.len() * 4,
-            stream,
-        )
-    }
-    .map_err(|e| lt_err("matmul", e))?;
+    // caller's carving of W, qx, the scales and D); the scale pointers are set under the
+    // plans' lock, just before the product that reads them.
+    unsafe { p.launch(l, &p.algo, (a, sa), (bm, sb), t.ptr, form != Form::Product, stream) }?;
     Ok(true)
+}
+
+impl Plan {
+    /// `D = A · B` with `algo` on `stream`, scales `sa`, `sb` set on the descriptor first when
+    /// `scaled`.
+    ///
+    /// # Safety
+    /// `a`, `b`, `d` (and the scales when `scaled`) are device addresses of the matrices this
+    /// plan describes; no other thread uses this plan's descriptor until the call returns.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch(
+        &self,
+        l: &Lt,
+        algo: &lts::cublasLtMatmulAlgo_t,
+        (a, sa): (u64, u64),
+        (bm, sb): (u64, u64),
+        d: u64,
+        scaled: bool,
+        stream: lts::cudaStream_t,
+    ) -> Result<(), GemmError> {
+        use lts::cublasLtMatmulDescAttributes_t as Attr;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the caller's contract; alpha and beta are f32 host scalars, matching the f32
+        // scale type; the workspace is this handle's, of the size the plan was searched with.
+        unsafe {
+            if scaled {
+                for (attr, ptr) in
+                    [(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, sa), (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, sb)]
+                {
+                    let v = ptr as *const c_void;
+                    lt::set_matmul_desc_attribute(self.desc, attr, &v as *const *const c_void as *const c_void, 8)
+                        .map_err(|e| lt_err("scale pointer", e))?;
+                }
+            }
+            lt::matmul(
+                l.handle,
+                self.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                a as *const c_void,
+                self.a,
+                bm as *const c_void,
+                self.b,
+                d as *const c_void,
+                self.d,
+                d as *mut c_void,
+                self.d,
+                algo,
+                l.workspace.cuda_ptr().unwrap_or(0) as *mut c_void,
+                l.workspace.len() * 4,
+                stream,
+            )
+        }
+        .map_err(|e| lt_err("matmul", e))
+    }
+}
+
+/// One of cuBLASLt's algorithms for an FP8 product and its median time (see
+/// [`time_algorithms`]).
+#[derive(Clone, Debug)]
+pub struct AlgoTiming {
+    /// Its place in the heuristic's list (0: what a plan takes).
+    pub rank: usize,
+    /// Its configuration: algorithm id, tile, stages, split-k, cluster shape.
+    pub config: String,
+    /// Median µs.
+    pub us: f64,
+}
+
+/// Times each of the first `count` algorithms cuBLASLt's heuristic offers for the
+/// outer-vector FP8 product of an `[n, k]` weight by `m` rows into bf16, on random e4m3
+/// operands (accumulating in the tensor cores' precision when `fast`): the measurement behind
+/// a plan's choice (`kiln-check-w8 --lt-sweep`). Empty when cuBLASLt has no algorithm.
+pub fn time_algorithms(
+    dev: &Device,
+    (n, k, m): (usize, usize, usize),
+    fast: bool,
+    count: usize,
+) -> Result<Vec<AlgoTiming>, GemmError> {
+    let Device::Cuda(b) = dev else { return Ok(vec![]) };
+    let Some(l) = lt_for(b, dev)? else { return Ok(vec![]) };
+    // Random bytes without the e4m3 NaN (no byte has all of its low 7 bits set).
+    let mut seed = 0x9E37_79B9u32;
+    let mut words = |count: usize| -> Vec<i32> {
+        (0..count)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                (seed & 0x7777_7777) as i32
+            })
+            .collect()
+    };
+    let w = Tensor::from_host(dev, &words(n * k / 4), n, k / 4)?;
+    let qx = Tensor::from_host(dev, &words(m * k / 4), m, k / 4)?;
+    let sw = Tensor::from_host(dev, &vec![1f32; n], 1, n)?;
+    let sx = Tensor::from_host(dev, &vec![1f32; m], 1, m)?;
+    let out = Tensor::zeros(dev, DType::BF16, m, n)?;
+    let ptr = |t: &Tensor| t.cuda_ptr().unwrap_or(0);
+    let shape = Shape { n, m, k, form: Form::OuterVec, out: DType::BF16, ldd: n, align: alignment(ptr(&out)) };
+    let plan = Plan::describe(shape, fast)?;
+    let stream = b.stream().cu_stream() as lts::cudaStream_t;
+    let mut timings = vec![];
+    for (rank, h) in plan.offers(&l, shape, count)?.iter().enumerate() {
+        // SAFETY: the operands above have the shapes the plan describes; the plan is this
+        // function's own.
+        let run =
+            |_| unsafe { plan.launch(&l, &h.algo, (ptr(&w), ptr(&sw)), (ptr(&qx), ptr(&sx)), ptr(&out), true, stream) };
+        let us = crate::device::timing::median_us(b, 3, 20, run)?;
+        timings.push(AlgoTiming { rank, config: algo_config(&h.algo), us });
+    }
+    Ok(timings)
+}
+
+/// An algorithm's configuration in words (the attributes that tell two apart).
+fn algo_config(algo: &lts::cublasLtMatmulAlgo_t) -> String {
+    use lts::cublasLtMatmulAlgoConfigAttributes_t as C;
+    let get = |attr: C, size: usize| {
+        let mut v = 0u64;
+        let mut written = 0usize;
+        // SAFETY: `v` has room for `size` (≤ 8) bytes; the algorithm is a live value.
+        let r = unsafe {
+            lts::cublasLtMatmulAlgoConfigGetAttribute(algo, attr, &mut v as *mut u64 as *mut c_void, size, &mut written)
+        };
+        if r == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            v
+        } else {
+            u64::MAX
+        }
+    };
+    format!(
+        "id {} tile {} stages {} split-k {} cluster {} swizzle {}",
+        get(C::CUBLASLT_ALGO_CONFIG_ID, 4),
+        get(C::CUBLASLT_ALGO_CONFIG_TILE_ID, 4),
+        get(C::CUBLASLT_ALGO_CONFIG_STAGES_ID, 4),
+        get(C::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 4),
+        get(C::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2),
+        get(C::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, 4),
+    )
 }
 
 #[cfg(test)]
