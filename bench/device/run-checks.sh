@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -182,6 +182,29 @@ if [ "$what" = lt-sweep ] || [ "$what" = norm-quant-lt ]; then
   # rows, timed, beside dense bf16 cuBLAS (is the heuristic's first pick the fastest?), after
   # the 8-bit kernels' check.
   TAIL=60 step lt-sweep 400 .device/kiln-check-w8 --lt-sweep
+fi
+if [ "$what" = fused-norm-quant ]; then
+  # The norms that quantize for FP8 W8A8 projections: the 8-bit kernels' check (with rows given
+  # already quantized) and the cuBLASLt algorithm sweep, the e4m3 norm kernels against the CPU,
+  # SmolLM2's first 2 layers as FP8-dynamic through W8A8 (KL from the unquantized model) with
+  # the fused norms and without, on the GPU and the CPU twin, then 8B-shaped decode in both.
+  TAIL=70 step w8-check-sweep 400 .device/kiln-check-w8 --lt-sweep
+  TAIL=30 step kernels-norm-quant 240 .device/kiln-check-kernels --rows 1,7,512,4096 --widths 576,2048,4096 \
+    --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3,rms_norm,add_rms_norm --out "$OUT/kernels-norm-quant.md"
+  .device/kiln convert .device/smollm2-2l.gguf /tmp/s-hf > /dev/null
+  .device/kiln quantize /tmp/s-hf /tmp/s-fp8 --method fp8-dynamic | tail -1
+  f=tests/fixtures/perplexity/founding-documents.txt
+  for d in cuda cpu; do
+    for fu in 1 0; do
+      KILN_W8=w8a8 KILN_FUSED_NORM_QUANT=$fu TAIL=4 step "ppl-$d-fused$fu" 200 .device/kiln perplexity --model /tmp/s-fp8 --file "$f" --kl-base /tmp/s-hf --device "$d"
+    done
+  done
+  b=(.device/kiln bench --offline --device cuda --model synth:llama3-8b+fp8 --prompt-len 128 --output-len 128 --max-num-seqs 256)
+  for c in 1 64; do
+    for fu in 1 0; do
+      KILN_FUSED_NORM_QUANT=$fu TAIL=4 step "bench-fp8-c$c-fused$fu" 150 "${b[@]}" --num-requests $c
+    done
+  done
 fi
 if [ "$what" = attn-variants ]; then
   # Attention kernel experiments: macros set through KILN_NVRTC_DEFINES (ATTN_VARIANTS:

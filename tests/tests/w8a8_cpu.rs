@@ -2,8 +2,10 @@
 //! or tensor) load as the CPU's twin of the GPU's FP8 W8A8 (`Weight::W8a8Cpu`: activations
 //! quantized to e4m3 per token before each product), so their logits move off the W8A16
 //! reference by the activations' rounding — and only that far; a checkpoint whose scale blocks
-//! W8A8 does not take (16×16 blocks) keeps the W8A16 reference's logits exactly. The setting is
-//! read once per process, so this file holds one test that sets it first.
+//! W8A8 does not take (16×16 blocks) keeps the W8A16 reference's logits exactly; the norms
+//! that quantize for their projection give the logits of the projections quantizing
+//! themselves. The setting is read once per process, so this file holds one test that sets it
+//! first.
 
 use kiln_models::loader::{load_weights_only_with, WeightMode};
 use kiln_models::model_check::{compare_logits, prefill_logits};
@@ -29,4 +31,14 @@ fn w8a8_quantizes_the_activations_of_the_projections_that_take_it() {
         assert!(worst > 1e-4 && worst < 0.25, "{name}: W8A8 logits {worst} off W8A16");
     }
     assert!(logits("fp8-block") == logits("fp8-block-dequantized"), "16×16 blocks stay W8A16");
+
+    // The norms before q/k/v and gate/up quantize their own output (`rms_norm_quant_e4m3`):
+    // in f32 the same arithmetic as the projection quantizing the stored norm output, so the
+    // same logits to the bit; and not a path that was skipped (the fused kernel is what ran:
+    // with it off, the fp8 products quantize themselves and must agree).
+    let fused = logits("fp8-channel");
+    std::env::set_var("KILN_FUSED_NORM_QUANT", "0");
+    let unfused = logits("fp8-channel");
+    std::env::remove_var("KILN_FUSED_NORM_QUANT");
+    assert!(fused == unfused, "fused norm + e4m3 quantization changed the W8A8 logits");
 }

@@ -22,6 +22,7 @@
 
 mod load;
 mod moe;
+mod normed;
 mod random;
 mod rope_table;
 mod step;

@@ -12,6 +12,7 @@
 //! Not yet: a grouped GEMM over all experts in one launch and device-side routing (the GPU path
 //! works through host copies, so MoE steps are not captured in CUDA graphs).
 
+use super::normed::Normed;
 use super::{Decoder, Mlp, MoeSpec};
 use crate::kernels::gather;
 use crate::model::ModelError;
@@ -94,7 +95,7 @@ pub fn forward(
         let mut x_e = ws.x_e.view_rows(0, k)?;
         gather::gather_rows::run(dev, h, &ids, &mut x_e)?;
         let mut y_e = ws.y_e.view_rows(0, k)?;
-        d.mlp(mlp, &x_e, gate_up, act, &mut y_e)?;
+        d.mlp(mlp, (Normed::Dense, &x_e, None), gate_up, act, &mut y_e)?;
         let y = y_e.to_host_f32()?;
         for ((&r, &w), y_row) in rows.iter().zip(weights).zip(y.chunks(hidden)) {
             let a = &mut acc[r as usize * hidden..][..hidden];

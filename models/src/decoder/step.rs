@@ -7,6 +7,7 @@
 //! (window, RoPE base, MoE) come from the layer's [`super::LayerSpec`]; nothing here branches
 //! on an architecture's name.
 
+use super::normed::{quant_rows, Normed, QuantRows};
 use super::{moe, Decoder, Ffn, Layer, Mlp, MlpKind, NormKind, NormW, RopeSpec};
 use crate::config::RopeScalingKind;
 use crate::kernels::{activation, attention, epilogue, gather, norm, qk_norm_rope, rope};
@@ -42,6 +43,9 @@ pub struct Workspace {
     proj2: Tensor,
     gate_up: Tensor,
     act: Tensor,
+    /// The normed rows as e4m3 and their scales, for norms that quantize for their projection
+    /// (`super::normed`); `None` when no norm of the model does.
+    hq: Option<QuantRows>,
     /// The rows that need logits, gathered (when they are not all rows in order).
     picked: Tensor,
     moe: Option<moe::Workspace>,
@@ -136,7 +140,7 @@ impl Decoder {
     }
 
     /// `y = norm(x)`.
-    fn norm(&self, x: &Tensor, n: &NormW, y: &mut Tensor) -> Result<(), ModelError> {
+    pub(super) fn norm(&self, x: &Tensor, n: &NormW, y: &mut Tensor) -> Result<(), ModelError> {
         let eps = self.spec.cfg.rms_norm_eps;
         match (&self.spec.norm, &n.b) {
             (NormKind::Layer, Some(b)) => norm::layer_norm::run(&self.dev, x, &n.w, b, eps, y)?,
@@ -148,7 +152,7 @@ impl Decoder {
     /// `h = x + residual; y = norm(h)`: one fused kernel for RMSNorm; for a sequential
     /// LayerNorm model, the add and the norm (parallel-residual models, the only LayerNorm ones
     /// kiln runs today, end their blocks with `add2_layer_norm` instead).
-    fn add_norm(
+    pub(super) fn add_norm(
         &self,
         x: &Tensor,
         residual: &Tensor,
@@ -167,11 +171,12 @@ impl Decoder {
         Ok(())
     }
 
-    /// The dense MLP of `x` into `out` (`gate_up` and `act` are scratch).
+    /// The dense MLP of the normed rows `(form, x, hq)` into `out` (`gate_up` and `act` are
+    /// scratch; `x` has the rows' count whatever their form).
     pub(super) fn mlp(
         &self,
         m: &Mlp,
-        x: &Tensor,
+        (input, x, hq): (Normed, &Tensor, Option<&QuantRows>),
         gate_up: &mut Tensor,
         act: &mut Tensor,
         out: &mut Tensor,
@@ -182,12 +187,12 @@ impl Decoder {
         match self.spec.mlp {
             MlpKind::Gelu => {
                 let mut up = gate_up.view_rows(0, n)?.view_cols(0, inter)?;
-                linear(&self.dev, x, &m.w_in, &mut up)?;
+                self.project(input, x, hq, &m.w_in, &mut up)?;
                 activation::gelu::run(&self.dev, &up, &mut act)?;
             }
             kind => {
                 let mut gu = gate_up.view_rows(0, n)?.view_cols(0, 2 * inter)?;
-                linear(&self.dev, x, &m.w_in, &mut gu)?;
+                self.project(input, x, hq, &m.w_in, &mut gu)?;
                 let (g, u) = (gu.view_cols(0, inter)?, gu.view_cols(inter, inter)?);
                 match kind {
                     MlpKind::GatedGeluTanh => activation::gelu_tanh_mul::run(&self.dev, &g, &u, &mut act)?,
@@ -267,6 +272,7 @@ impl StepModel for Decoder {
             proj2: t(c.hidden_size)?,
             gate_up: t(2 * inter)?,
             act: t(inter)?,
+            hq: if self.quantizes_norms() { Some(quant_rows(&self.dev, capacity, c.hidden_size)?) } else { None },
             picked: t(c.hidden_size)?,
             kv_stage: [t(nkv * hd)?, t(nkv * hd)?],
             moe: match s.moe {
@@ -312,9 +318,14 @@ impl StepModel for Decoder {
             let x = residual.clone(); // elementwise in place: each value is read before it is written
             epilogue::scale::run(&self.dev, &x, k, &mut residual)?;
         }
-        self.norm(&residual, &self.layers[0].attn_norm, &mut h)?;
+        let mut hq = match &ws.hq {
+            Some([q, sc]) => Some([rows(q)?, rows(sc)?]),
+            None => None,
+        };
+        let first = &self.layers[0];
+        let mut normed = self.norm_for(&residual, &first.attn_norm, Some(&first.wqkv), &mut h, hq.as_mut())?;
         for (l, layer) in self.layers.iter().enumerate() {
-            self.qkv(layer, &h, &mut qkv)?;
+            self.qkv(layer, normed, &h, hq.as_ref(), &mut qkv)?;
             let fp8 = match &kv.fp8 {
                 None => None,
                 Some(s) => Some(*s.get(l).ok_or_else(|| {
@@ -345,7 +356,7 @@ impl StepModel for Decoder {
 
             if s.parallel_residual {
                 // x + attn(ln(x)) + mlp(ln(x)): the MLP reads the same normed input `h`.
-                self.ffn(layer, &h, ws, &mut proj2)?;
+                self.ffn(layer, Normed::Dense, &h, None, ws, &mut proj2)?;
                 self.reduce(&mut proj2)?;
                 let b =
                     next_norm.b.as_ref().ok_or_else(|| ModelError::Load("parallel residual needs LayerNorm".into()))?;
@@ -362,6 +373,7 @@ impl StepModel for Decoder {
                     &mut h,
                 )?;
                 std::mem::swap(&mut residual, &mut next_residual);
+                normed = Normed::Dense;
                 continue;
             }
             let ffn_norm = layer.ffn_norm.as_ref().ok_or_else(|| ModelError::Load("no MLP norm".into()))?;
@@ -372,10 +384,11 @@ impl StepModel for Decoder {
                 }
                 None => &proj,
             };
-            self.add_norm(attn_out, &residual, ffn_norm, &mut next_residual, &mut h)?;
+            let w_in = Self::mlp_input(layer);
+            normed = self.add_norm_for(attn_out, &residual, ffn_norm, w_in, &mut next_residual, &mut h, hq.as_mut())?;
             std::mem::swap(&mut residual, &mut next_residual);
 
-            self.ffn(layer, &h, ws, &mut proj)?;
+            self.ffn(layer, normed, &h, hq.as_ref(), ws, &mut proj)?;
             self.reduce(&mut proj)?;
             let mlp_out = match &layer.post_ffn_norm {
                 Some(pn) => {
@@ -384,7 +397,9 @@ impl StepModel for Decoder {
                 }
                 None => &proj,
             };
-            self.add_norm(mlp_out, &residual, next_norm, &mut next_residual, &mut h)?;
+            let next_w = self.layers.get(l + 1).map(|nl| &nl.wqkv);
+            normed =
+                self.add_norm_for(mlp_out, &residual, next_norm, next_w, &mut next_residual, &mut h, hq.as_mut())?;
             std::mem::swap(&mut residual, &mut next_residual);
         }
         // `h` now holds the final-normed hidden states; only the asked-for rows reach lm_head.
@@ -432,8 +447,15 @@ impl Decoder {
 
     /// The fused q/k/v projection of `h` into `qkv`, with its bias (unless the RoPE kernels
     /// add it: [`Self::rope_bias`]).
-    fn qkv(&self, layer: &Layer, h: &Tensor, qkv: &mut Tensor) -> Result<(), ModelError> {
-        linear(&self.dev, h, &layer.wqkv, qkv)?;
+    fn qkv(
+        &self,
+        layer: &Layer,
+        input: Normed,
+        h: &Tensor,
+        hq: Option<&QuantRows>,
+        qkv: &mut Tensor,
+    ) -> Result<(), ModelError> {
+        self.project(input, h, hq, &layer.wqkv, qkv)?;
         if let Some(b) = layer.qkv_bias.as_ref().filter(|_| self.rope_bias(layer).is_none()) {
             let x = qkv.clone(); // elementwise in place
             epilogue::bias_add::run(&self.dev, &x, b, qkv)?;
@@ -498,10 +520,20 @@ impl Decoder {
     }
 
     /// The layer's feed-forward of `h` into `out`.
-    fn ffn(&self, layer: &Layer, h: &Tensor, ws: &mut Workspace, out: &mut Tensor) -> Result<(), ModelError> {
+    fn ffn(
+        &self,
+        layer: &Layer,
+        input: Normed,
+        h: &Tensor,
+        hq: Option<&QuantRows>,
+        ws: &mut Workspace,
+        out: &mut Tensor,
+    ) -> Result<(), ModelError> {
         match &layer.ffn {
-            Ffn::Dense(m) => self.mlp(m, h, &mut ws.gate_up, &mut ws.act, out),
+            Ffn::Dense(m) => self.mlp(m, (input, h, hq), &mut ws.gate_up, &mut ws.act, out),
             Ffn::Moe { router, experts } => {
+                // The router reads the normed rows too: MoE layers keep them dense.
+                debug_assert_eq!(input, Normed::Dense);
                 let spec = self.spec.moe.ok_or_else(|| ModelError::Load("MoE layer without MoeSpec".into()))?;
                 let mw = ws.moe.as_mut().ok_or_else(|| ModelError::Load("MoE layer without its workspace".into()))?;
                 moe::forward(self, spec, router, experts, h, mw, (&mut ws.gate_up, &mut ws.act), out)

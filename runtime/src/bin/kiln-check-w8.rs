@@ -9,7 +9,8 @@
 //! at its own magnitude; f32 / f16 / bf16 activations; the W8A16 GEMV, dequantize + cuBLAS,
 //! and for weights that take FP8 W8A8 (`fp8_lt::w8a8_form`) the FP8 tensor cores and the W8A8
 //! GEMV against a twin that quantizes the activations per row, or per 128 inputs for 128×128
-//! blocks, as the kernels do (output addresses aligned to 256 bytes and less). The product is
+//! blocks, as the kernels do (output addresses aligned to 256 bytes and less), and for per-row
+//! forms the product of rows given already quantized (`linear_w8_cuda_e4m3`). The product is
 //! computed from the activations as the GPU sees them (rounded to the dtype); the GPU result
 //! must be within `tol · max |ref|`.
 //!
@@ -18,11 +19,12 @@
 //! heuristic offers for the FP8 tensor-core product of those shapes at 64–2048 rows, with and
 //! without fast accumulation, beside dense bf16 cuBLAS (is its first pick the fastest?).
 
+use kiln_runtime::device::element::E4m3;
 use kiln_runtime::device::quant::fp8_lt::{
     quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, w8a8_form, ActScale, GROUP,
 };
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
-use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, W8Cuda, W8Path};
+use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, linear_w8_cuda_e4m3, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
 use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, main_with, max_rel_err, max_rows_arg, Rand, Tally};
 use kiln_runtime::{matmul, DType, Device, Tensor};
@@ -169,10 +171,26 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                     let err = max_rel_err(&out.to_host_f32()?, want);
                     tally.record(err, tol, || format!("{} {dtype} m={m} {path:?}", case.what));
                 }
+                if let (Some(ActScale::Row), Some(want)) = (form, &want_w8a8) {
+                    // Rows a norm already quantized (`linear_w8_cuda_e4m3`): the bytes and
+                    // scales the reference quantized, uploaded as they are.
+                    let (mut s, mut q) = (vec![], vec![]);
+                    for row in x.chunks(k) {
+                        let (sr, qr) = quantize_row_e4m3(row);
+                        s.push(sr);
+                        q.extend(qr.into_iter().map(E4m3));
+                    }
+                    let (q, s) = (Tensor::from_host(dev, &q, m, k)?, Tensor::from_host(dev, &s, m, 1)?);
+                    let mut out = Tensor::zeros(dev, dtype, m, n)?;
+                    linear_w8_cuda_e4m3(&q, &s, &w, &mut out)?;
+                    let err = max_rel_err(&out.to_host_f32()?, want);
+                    let tol = if dtype == DType::F32 { 2e-3 } else { 2e-2 };
+                    tally.record(err, tol, || format!("{} {dtype} m={m} e4m3 rows given", case.what));
+                }
             }
         }
         println!(
-            "ok   {} (n {n}, k {k}, W8A8 {:?}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, FP8 tensor cores, W8A8 GEMV",
+            "ok   {} (n {n}, k {k}, W8A8 {:?}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, FP8 tensor cores, W8A8 GEMV, e4m3 rows given",
             case.what,
             w8a8_form(&case.parts)
         );

@@ -15,7 +15,9 @@ use crate::device::quant::cpu::Simd;
 use crate::device::quant::fp8_lt::ActScale;
 use crate::device::quant::int4::Int4Matrix;
 use crate::device::quant::int4_cuda::{linear_int4_cuda, Int4Cuda};
-use crate::device::quant::w8_cuda::{linear_w8_cuda, W8Cuda};
+use crate::device::quant::w8_cuda::{
+    linear_w8_cuda, linear_w8_cuda_e4m3, takes_e4m3_rows as w8_takes_e4m3_rows, W8Cuda,
+};
 use crate::device::quant::{QuantFormat, QuantMatrix};
 use crate::{matmul, DType, Device, GemmError, Tensor};
 
@@ -99,6 +101,46 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
         Weight::W8Cuda(parts) => linear_w8_cuda(x, parts, out),
         Weight::W8a8Cpu(w, act) => linear_w8a8_cpu(dev, x, w, *act, out),
         Weight::Rows(parts) => linear_rows(dev, x, parts, out),
+    }
+}
+
+/// Activations already quantized to e4m3 per row by the kernel that made them (a norm fused
+/// with the quantization, `rms_norm_quant_e4m3`): `q` `[rows, k]` e4m3 (rows contiguous),
+/// `scales` the `[rows]` f32 scales; `q · s` stands for the row.
+#[derive(Clone, Copy, Debug)]
+pub struct E4m3Rows<'a> {
+    pub q: &'a Tensor,
+    pub scales: &'a Tensor,
+}
+
+/// Whether `w` multiplies activations quantized to e4m3 per row (FP8 W8A8 with a scale per
+/// output channel or tensor, on the GPU or the CPU's twin): the norm before it may then emit
+/// its output so, and [`linear_e4m3`] takes it instead of [`linear`] quantizing it again.
+pub fn takes_e4m3_rows(w: &Weight) -> bool {
+    match w {
+        Weight::W8Cuda(parts) => w8_takes_e4m3_rows(parts),
+        Weight::W8a8Cpu(_, act) => *act == ActScale::Row,
+        _ => false,
+    }
+}
+
+/// `out = x · Wᵀ` from rows a kernel already quantized ([`E4m3Rows`]), for weights that
+/// [`takes_e4m3_rows`]: the same product [`linear`] computes after its own quantization of the
+/// rows those bytes stand for.
+pub fn linear_e4m3(dev: &Device, x: E4m3Rows<'_>, w: &Weight, out: &mut Tensor) -> Result<(), GemmError> {
+    match w {
+        Weight::W8Cuda(parts) => linear_w8_cuda_e4m3(x.q, x.scales, parts, out),
+        Weight::W8a8Cpu(w, ActScale::Row) => {
+            let (m, k) = (x.q.rows(), x.q.cols());
+            if x.q.dtype() != DType::F8E4M3 || x.scales.vector_len() != Some(m) || x.scales.dtype() != DType::F32 {
+                return Err(GemmError::DTypes { a: x.q.dtype(), b: x.scales.dtype(), out: out.dtype() });
+            }
+            let s = x.scales.to_host_f32()?;
+            let mut v = x.q.to_host_f32()?;
+            v.chunks_mut(k.max(1)).zip(&s).for_each(|(row, s)| row.iter_mut().for_each(|q| *q *= s));
+            matmul(dev, &Tensor::from_host(dev, &v, m, k)?, w, out)
+        }
+        _ => Err(GemmError::Shape("e4m3 rows for a weight that does not take them".into())),
     }
 }
 

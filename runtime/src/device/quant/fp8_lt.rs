@@ -428,30 +428,56 @@ fn lt_err(what: &str, e: impl std::fmt::Debug) -> GemmError {
     GemmError::Shape(format!("cuBLASLt {what}: {e:?}"))
 }
 
+/// The activations of an FP8 W8A8 product: rows to quantize here, or rows a kernel before it
+/// (a norm fused with the quantization) already quantized per row.
+#[derive(Clone, Copy)]
+pub(super) enum ActIn<'a> {
+    Dense(&'a Tensor),
+    /// `[rows, k]` e4m3 bytes at `q` (row stride `k`) and their `[rows]` f32 scales at `s`.
+    E4m3 {
+        q: u64,
+        s: u64,
+        rows: usize,
+        k: usize,
+    },
+}
+
+impl ActIn<'_> {
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            ActIn::Dense(x) => (x.rows(), x.cols()),
+            ActIn::E4m3 { rows, k, .. } => (*rows, *k),
+        }
+    }
+}
+
 /// `out = x · Wᵀ` in FP8 W8A8 for the parts (each into its own columns; all of one scale
 /// form), the buffers carved from the scratch at `scratch` (`scratch_bytes` long). `Ok(false)`
-/// when it does not apply (a part's rows not a multiple of 16, block scales and `k % 128 != 0`,
-/// no algorithm for the shape): the caller then writes every column another way.
+/// when it does not apply (a part's rows not a multiple of 16, block scales and `k % 128 != 0`
+/// or already-quantized rows, no algorithm for the shape): the caller then writes every column
+/// another way.
 pub(super) fn product(
     b: &CudaBackend,
     l: &Lt,
-    x: &Tensor,
+    x: ActIn<'_>,
     parts: &[Fp8Part],
     out: &mut Tensor,
     (scratch, scratch_bytes): (u64, usize),
 ) -> Result<bool, GemmError> {
-    let (m, k) = (x.rows(), x.cols());
+    let (m, k) = x.shape();
     let nmax = parts.iter().map(|p| p.rows).max().unwrap_or(0);
     let Some(form) = parts.first().map(|p| p.scales.form()) else { return Ok(true) };
     let groups = if form == Form::Block128 { k / GROUP } else { 1 };
+    let given = matches!(x, ActIn::E4m3 { .. });
     if parts.iter().any(|p| !p.rows.is_multiple_of(16) || p.scales.form() != form)
         || !k.is_multiple_of(16)
-        || (form == Form::Block128 && !k.is_multiple_of(GROUP))
+        || (form == Form::Block128 && (given || !k.is_multiple_of(GROUP)))
     {
         return Ok(false);
     }
-    // Rows per chunk: quantized rows (k bytes), their scales, D (nmax f32) each, 256-aligned.
-    let per_row = k + 4 * groups + 4 * nmax;
+    // Rows per chunk: quantized rows (k bytes) and their scales unless given, D (nmax f32)
+    // each, 256-aligned.
+    let per_row = if given { 0 } else { k + 4 * groups } + 4 * nmax;
     let cap = scratch_bytes.saturating_sub(1024) / per_row / 16 * 16;
     if cap == 0 {
         return Ok(false);
@@ -460,16 +486,23 @@ pub(super) fn product(
     let align = |v: u64| v.div_ceil(256) * 256;
     let qx = align(scratch);
     let sx = align(qx + (chunk * k) as u64);
-    let d = align(sx + (chunk * 4 * groups) as u64);
+    let d = if given { align(scratch) } else { align(sx + (chunk * 4 * groups) as u64) };
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
-    let epi = module.func(&format!("kiln_fp8_epilogue_{}", x.dtype().name()))?;
-    let transpose = module.func(&format!("kiln_fp8_transpose_{}", x.dtype().name()))?;
+    let dt = out.dtype().name();
+    let epi = module.func(&format!("kiln_fp8_epilogue_{dt}"))?;
+    let transpose = module.func(&format!("kiln_fp8_transpose_{dt}"))?;
     let act = if form == Form::Block128 { ActScale::Group } else { ActScale::Row };
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
-        // SAFETY: qx holds rows × k bytes and sx rows × groups f32 inside the scratch (chunk ≥
-        // rows, carved above).
-        unsafe { quantize_into(b, &x.view_rows(r0, rows)?, act, qx, sx)? };
+        let (qx, sx) = match x {
+            ActIn::Dense(x) => {
+                // SAFETY: qx holds rows × k bytes and sx rows × groups f32 inside the scratch
+                // (chunk ≥ rows, carved above).
+                unsafe { quantize_into(b, &x.view_rows(r0, rows)?, act, qx, sx)? };
+                (qx, sx)
+            }
+            ActIn::E4m3 { q, s, .. } => (q + (r0 * k) as u64, s + 4 * r0 as u64),
+        };
         drv("binding the CUDA context", b.context().bind_to_thread())?;
         let mut at = 0;
         for p in parts {

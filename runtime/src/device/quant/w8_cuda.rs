@@ -32,7 +32,7 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
-use crate::device::quant::fp8_lt::{self, lt_for, ActScale, Fp8Part, Fp8Scales, Lt};
+use crate::device::quant::fp8_lt::{self, lt_for, ActIn, ActScale, Fp8Part, Fp8Scales, Lt};
 use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
 use crate::device::quant::int4_cuda::{scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
@@ -559,6 +559,11 @@ fn w8a8_gemv_all(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor
 
 /// The FP8 W8A8 product when every part takes it (`false`: nothing was written).
 fn fp8_product(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<bool, GemmError> {
+    fp8_product_of(b, ActIn::Dense(x), parts, out)
+}
+
+/// [`fp8_product`] of rows to quantize or already quantized.
+fn fp8_product_of(b: &CudaBackend, x: ActIn<'_>, parts: &[W8Cuda], out: &mut Tensor) -> Result<bool, GemmError> {
     let Some(lt) = parts[0].lt.as_ref() else { return Ok(false) };
     let mut fp8 = Vec::with_capacity(parts.len());
     for w in parts {
@@ -575,6 +580,57 @@ fn fp8_product(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) 
     let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
     let area = (scratch.cuda_ptr().unwrap_or(0), scratch.len() * scratch.dtype().size_bytes());
     fp8_lt::product(b, lt, x, &fp8, out, area)
+}
+
+/// Whether these parts multiply activations quantized to e4m3 per row (uploaded as FP8 W8A8
+/// with a scale per output channel or tensor): [`linear_w8_cuda_e4m3`] takes them.
+pub fn takes_e4m3_rows(parts: &[W8Cuda]) -> bool {
+    !parts.is_empty() && parts.iter().all(|w| w.act == Some(ActScale::Row))
+}
+
+/// `out = (q · s) · Wᵀ` from activations a kernel before it already quantized to e4m3 per row
+/// (a norm fused with the quantization): `q` `[m, k]` e4m3, `s` the `[m]` f32 scales. The
+/// product of [`linear_w8_cuda`] on the rows `q · s` stand for, without its quantization
+/// kernel; parts that do not [`takes_e4m3_rows`] are an error.
+pub fn linear_w8_cuda_e4m3(q: &Tensor, s: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<(), GemmError> {
+    let Device::Cuda(b) = q.device().clone() else {
+        return Err(GemmError::Shape("e4m3 activations in host memory for a GPU weight".into()));
+    };
+    let (m, k, n) = (q.rows(), q.cols(), parts.iter().map(|w| w.rows).sum::<usize>());
+    if !takes_e4m3_rows(parts) {
+        return Err(GemmError::Shape("e4m3 rows for a weight not uploaded as W8A8 per channel".into()));
+    }
+    if parts.iter().any(|w| w.cols != k) || out.rows() != m || out.cols() != n || s.vector_len() != Some(m) {
+        return Err(GemmError::Shape(format!(
+            "e4m3 x {m}×{k} (scales {}×{}) · w8ᵀ ({n} rows) into {}×{}",
+            s.rows(),
+            s.cols(),
+            out.rows(),
+            out.cols()
+        )));
+    }
+    if q.dtype() != DType::F8E4M3 || s.dtype() != DType::F32 || !out.dtype().is_float() || q.row_stride() != k {
+        return Err(GemmError::DTypes { a: q.dtype(), b: s.dtype(), out: out.dtype() });
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    let (qp, sp) = (q.cuda_ptr().unwrap_or(0), s.cuda_ptr().unwrap_or(0));
+    let small = m <= gemv_max_rows(parts[0].lt.is_some());
+    if !small && fp8_product_of(&b, ActIn::E4m3 { q: qp, s: sp, rows: m, k }, parts, out)? {
+        return Ok(());
+    }
+    let chunk = GEMV_M[3];
+    for r0 in (0..m).step_by(chunk) {
+        let rows = (m - r0).min(chunk);
+        let mut at = 0;
+        for w in parts {
+            let (qx, sx) = (qp + (r0 * k) as u64, sp + 4 * r0 as u64);
+            w.gemv_w8a8(&b, (qx, sx, rows), &mut out.view_rows(r0, rows)?.view_cols(at, w.rows)?)?;
+            at += w.rows;
+        }
+    }
+    Ok(())
 }
 
 impl GpuPart for W8Cuda {
