@@ -162,6 +162,49 @@ impl W8Matrix {
 }
 
 impl W8Matrix {
+    /// The scales with one row of them per weight row (`[rows, ⌈cols / bi⌉]`) and `bi` capped
+    /// at `cols`, when the scales do not differ within a block of rows some other way: a
+    /// scale per output channel, per group of inputs of one row, or one block over all rows
+    /// (per tensor). `None` for blocks of several rows (128×128).
+    fn per_row_scales(&self) -> Option<(Vec<f32>, usize)> {
+        let [bo, bi] = self.block;
+        let bi = bi.min(self.cols);
+        if bo == 1 {
+            return Some((self.scales.clone(), bi));
+        }
+        (self.rows.div_ceil(bo) == 1).then(|| (self.scales.repeat(self.rows), bi))
+    }
+
+    /// Parts stacked along rows, the consecutive ones that can share one kernel launch joined:
+    /// same element, same inputs, and scales that are per row (or per tensor, repeated per
+    /// row) over the same input groups. A checkpoint's separate q, k and v (or gate and up)
+    /// then multiply as one matrix of their summed rows — one product instead of three — with
+    /// every value and scale as it was.
+    pub fn join_stackable(parts: &[W8Matrix]) -> Vec<W8Matrix> {
+        let mut out: Vec<W8Matrix> = Vec::with_capacity(parts.len());
+        for w in parts {
+            if let Some(last) = out.last_mut() {
+                let joined = match (last.per_row_scales(), w.per_row_scales()) {
+                    (Some((mut s, bi)), Some((s2, bi2))) if bi == bi2 && last.elem == w.elem && last.cols == w.cols => {
+                        // Valid by construction: both parts' bytes, one scale row per byte row.
+                        s.extend(s2);
+                        Some((s, bi))
+                    }
+                    _ => None,
+                };
+                if let Some((scales, bi)) = joined {
+                    last.bytes.extend_from_slice(&w.bytes);
+                    (last.rows, last.scales, last.block) = (last.rows + w.rows, scales, [1, bi]);
+                    continue;
+                }
+            }
+            out.push(w.clone());
+        }
+        out
+    }
+}
+
+impl W8Matrix {
     /// The INT8 form of a GGUF matrix whose blocks hold integers of at most 8 bits with one
     /// scale per 32 or 16 values and no offset — `Q8_0` (`d · q`), `Q5_0` (`d · (n − 16)`) in
     /// blocks of `[1, 32]`, `Q6_K` (`d · sc · (n − 32)`, a scale per 16) in blocks of `[1, 16]`
@@ -261,5 +304,39 @@ mod tests {
         assert!(m(8, 12, [4, 4]).col_part(0..6).is_err());
         // The last block may be cut short.
         assert!(m(10, 12, [4, 4]).row_part(8..10).is_ok());
+    }
+
+    /// Joined parts hold every value of the parts in order (one scale row per weight row);
+    /// parts of other elements, inputs, input groups or with multi-row blocks stay apart.
+    #[test]
+    fn stackable_parts_join_with_their_values() {
+        let fp8 = |rows, block| {
+            let mut w = m(rows, 12, block);
+            w.elem = W8Elem::Fp8E4M3;
+            w
+        };
+        // q per channel, k per tensor (one block over everything), v per channel: one matrix.
+        let parts = [fp8(4, [1, 12]), fp8(2, [2, 16]), fp8(3, [1, 12])];
+        let joined = W8Matrix::join_stackable(&parts);
+        assert_eq!(joined.len(), 1);
+        assert_eq!((joined[0].rows(), joined[0].block()), (9, [1, 12]));
+        let want: Vec<f32> = parts.iter().flat_map(W8Matrix::dequantize).collect();
+        assert_eq!(joined[0].dequantize(), want);
+        // Groups of 4 inputs per row join with the same groups only; 2-row blocks never (a
+        // per-tensor part beside them takes the joined part's groups: 12 inputs, not 4).
+        let parts = [fp8(2, [1, 4]), fp8(2, [1, 4]), fp8(4, [2, 4]), fp8(2, [1, 12]), m(2, 12, [1, 12])];
+        let joined = W8Matrix::join_stackable(&parts);
+        let shapes: Vec<_> = joined.iter().map(|w| (w.rows(), w.block(), w.elem())).collect();
+        assert_eq!(
+            shapes,
+            [
+                (4, [1, 4], W8Elem::Fp8E4M3),
+                (4, [2, 4], W8Elem::Fp8E4M3),
+                (2, [1, 12], W8Elem::Fp8E4M3),
+                (2, [1, 12], W8Elem::Int8)
+            ]
+        );
+        let want: Vec<f32> = parts.iter().flat_map(W8Matrix::dequantize).collect();
+        assert_eq!(joined.iter().flat_map(W8Matrix::dequantize).collect::<Vec<_>>(), want);
     }
 }

@@ -328,8 +328,9 @@ impl W8Cuda {
     }
 
     /// Matrices stacked along rows (one projection, or a fused q/k/v, each multiplied into its
-    /// own columns) on the GPU `dev`, multiplied with activations of `dtype`; `Ok(None)` when
-    /// one of them does not fit the kernels, so the caller keeps the weight dense.
+    /// own columns; consecutive ones joined where [`W8Matrix::join_stackable`] can) on the GPU
+    /// `dev`, multiplied with activations of `dtype`; `Ok(None)` when one of them does not fit
+    /// the kernels, so the caller keeps the weight dense.
     /// `w8a8`: batches of an FP8 weight may take the FP8 tensor cores (activations quantized;
     /// see [`W8Policy::W8a8`]), else they stay W8A16.
     pub fn upload(
@@ -347,6 +348,9 @@ impl W8Cuda {
         if parts.is_empty() || !parts.iter().all(W8Cuda::fits) {
             return Ok(None);
         }
+        // One launch for parts that can share it (a checkpoint's separate q, k and v).
+        let joined = W8Matrix::join_stackable(parts);
+        let parts = &joined[..];
         let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
         let scratch = scratch_for(b, dev, dtype, total)?;
         let act = if w8a8 { fp8_lt::w8a8_form(parts) } else { None };
