@@ -191,6 +191,8 @@ if [ "$what" = fused-norm-quant ]; then
   TAIL=70 step w8-check-sweep 400 .device/kiln-check-w8 --lt-sweep
   TAIL=30 step kernels-norm-quant 240 .device/kiln-check-kernels --rows 1,7,512,4096 --widths 576,2048,4096 \
     --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3,rms_norm,add_rms_norm --out "$OUT/kernels-norm-quant.md"
+  # The FP8 / INT8 fixtures' separate q, k, v now join at upload: W8A16 against the CPU.
+  KILN_W8=kernels TAIL=12 step w8-model-kernels 180 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   .device/kiln convert .device/smollm2-2l.gguf /tmp/s-hf > /dev/null
   .device/kiln quantize /tmp/s-hf /tmp/s-fp8 --method fp8-dynamic | tail -1
   f=tests/fixtures/perplexity/founding-documents.txt
