@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fp8-max|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -207,6 +207,15 @@ if [ "$what" = fused-norm-quant ]; then
       KILN_FUSED_NORM_QUANT=$fu TAIL=4 step "bench-fp8-c$c-fused$fu" 150 "${b[@]}" --num-requests $c
     done
   done
+  KILN_FP8_LT_TUNE=8 TAIL=4 step "bench-fp8-c64-tune8" 150 "${b[@]}" --num-requests 64
+fi
+if [ "$what" = fp8-max ]; then
+  # 8B-shaped max load (1,024 requests of 128 / 128 at 256 sequences): FP8 W8A8 with the
+  # heuristic's algorithms, with 8 timed per row-count bucket, and bf16, same call.
+  b=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192 --num-requests 1024)
+  TAIL=4 step bench-fp8-max 200 "${b[@]}" --model synth:llama3-8b+fp8
+  KILN_FP8_LT_TUNE=8 TAIL=4 step bench-fp8-max-tune8 200 "${b[@]}" --model synth:llama3-8b+fp8
+  TAIL=4 step bench-bf16-max 200 "${b[@]}" --model synth:llama3-8b
 fi
 if [ "$what" = attn-variants ]; then
   # Attention kernel experiments: macros set through KILN_NVRTC_DEFINES (ATTN_VARIANTS:

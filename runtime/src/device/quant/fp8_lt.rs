@@ -44,6 +44,9 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+mod tune;
+pub use tune::{time_algorithms, AlgoTiming};
+
 /// cuBLASLt workspace (NVIDIA's recommendation for Hopper).
 const WORKSPACE_BYTES: usize = 32 << 20;
 
@@ -298,6 +301,8 @@ pub(super) struct Lt {
     workspace: Tensor,
     /// Each shape's plan, or `None` when cuBLASLt has no algorithm for it.
     plans: Mutex<HashMap<Shape, Option<Plan>>>,
+    /// The fastest timed algorithm of each shape bucket (`tune`; with `KILN_FP8_LT_TUNE`).
+    tuned: Mutex<HashMap<Shape, lts::cublasLtMatmulAlgo_t>>,
 }
 
 /// How a product's scales are applied (see the module header).
@@ -380,7 +385,7 @@ pub(super) fn lt_for(b: &Arc<CudaBackend>, dev: &Device) -> Result<Option<Arc<Lt
     drv("binding the CUDA context", b.context().bind_to_thread())?;
     let handle = lt::create_handle().map_err(|e| GemmError::Shape(format!("cuBLASLt: {e:?}")))?;
     let workspace = Tensor::uninit(dev, DType::F32, 1, WORKSPACE_BYTES / 4)?;
-    let l = Arc::new(Lt { handle, workspace, plans: Mutex::default() });
+    let l = Arc::new(Lt { handle, workspace, plans: Mutex::default(), tuned: Mutex::default() });
     all.insert(key, Arc::downgrade(&l));
     Ok(Some(l))
 }
@@ -769,7 +774,15 @@ fn gemm(b: &CudaBackend, l: &Lt, form: Form, ab: &Operands, t: Target) -> Result
     let mut plans = l.plans.lock().unwrap_or_else(|e| e.into_inner());
     let plan = match plans.entry(shape) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => e.insert(Plan::new(l, shape)?),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let mut plan = Plan::new(l, shape)?;
+            if let Some(p) = plan.as_mut().filter(|_| tune::candidates() > 1) {
+                // SAFETY: the operands are the caller's, of this shape; the plan is not yet
+                // shared (made under the plans' lock).
+                unsafe { p.tune(b, l, shape, (a, sa), (bm, sb), t.ptr) }?;
+            }
+            e.insert(plan)
+        }
     };
     let Some(p) = plan.as_ref() else { return Ok(false) };
     let stream = b.stream().cu_stream() as lts::cudaStream_t;
@@ -833,90 +846,6 @@ impl Plan {
         }
         .map_err(|e| lt_err("matmul", e))
     }
-}
-
-/// One of cuBLASLt's algorithms for an FP8 product and its median time (see
-/// [`time_algorithms`]).
-#[derive(Clone, Debug)]
-pub struct AlgoTiming {
-    /// Its place in the heuristic's list (0: what a plan takes).
-    pub rank: usize,
-    /// Its configuration: algorithm id, tile, stages, split-k, cluster shape.
-    pub config: String,
-    /// Median µs.
-    pub us: f64,
-}
-
-/// Times each of the first `count` algorithms cuBLASLt's heuristic offers for the
-/// outer-vector FP8 product of an `[n, k]` weight by `m` rows into bf16, on random e4m3
-/// operands (accumulating in the tensor cores' precision when `fast`): the measurement behind
-/// a plan's choice (`kiln-check-w8 --lt-sweep`). Empty when cuBLASLt has no algorithm.
-pub fn time_algorithms(
-    dev: &Device,
-    (n, k, m): (usize, usize, usize),
-    fast: bool,
-    count: usize,
-) -> Result<Vec<AlgoTiming>, GemmError> {
-    let Device::Cuda(b) = dev else { return Ok(vec![]) };
-    let Some(l) = lt_for(b, dev)? else { return Ok(vec![]) };
-    // Random bytes without the e4m3 NaN (no byte has all of its low 7 bits set).
-    let mut seed = 0x9E37_79B9u32;
-    let mut words = |count: usize| -> Vec<i32> {
-        (0..count)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                (seed & 0x7777_7777) as i32
-            })
-            .collect()
-    };
-    let w = Tensor::from_host(dev, &words(n * k / 4), n, k / 4)?;
-    let qx = Tensor::from_host(dev, &words(m * k / 4), m, k / 4)?;
-    let sw = Tensor::from_host(dev, &vec![1f32; n], 1, n)?;
-    let sx = Tensor::from_host(dev, &vec![1f32; m], 1, m)?;
-    let out = Tensor::zeros(dev, DType::BF16, m, n)?;
-    let ptr = |t: &Tensor| t.cuda_ptr().unwrap_or(0);
-    let shape = Shape { n, m, k, form: Form::OuterVec, out: DType::BF16, ldd: n, align: alignment(ptr(&out)) };
-    let plan = Plan::describe(shape, fast)?;
-    let stream = b.stream().cu_stream() as lts::cudaStream_t;
-    let mut timings = vec![];
-    for (rank, h) in plan.offers(&l, shape, count)?.iter().enumerate() {
-        // SAFETY: the operands above have the shapes the plan describes; the plan is this
-        // function's own.
-        let run =
-            |_| unsafe { plan.launch(&l, &h.algo, (ptr(&w), ptr(&sw)), (ptr(&qx), ptr(&sx)), ptr(&out), true, stream) };
-        let us = crate::device::timing::median_us(b, 3, 20, run)?;
-        timings.push(AlgoTiming { rank, config: algo_config(&h.algo), us });
-    }
-    Ok(timings)
-}
-
-/// An algorithm's configuration in words (the attributes that tell two apart).
-fn algo_config(algo: &lts::cublasLtMatmulAlgo_t) -> String {
-    use lts::cublasLtMatmulAlgoConfigAttributes_t as C;
-    let get = |attr: C, size: usize| {
-        let mut v = 0u64;
-        let mut written = 0usize;
-        // SAFETY: `v` has room for `size` (≤ 8) bytes; the algorithm is a live value.
-        let r = unsafe {
-            lts::cublasLtMatmulAlgoConfigGetAttribute(algo, attr, &mut v as *mut u64 as *mut c_void, size, &mut written)
-        };
-        if r == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            v
-        } else {
-            u64::MAX
-        }
-    };
-    format!(
-        "id {} tile {} stages {} split-k {} cluster {} swizzle {}",
-        get(C::CUBLASLT_ALGO_CONFIG_ID, 4),
-        get(C::CUBLASLT_ALGO_CONFIG_TILE_ID, 4),
-        get(C::CUBLASLT_ALGO_CONFIG_STAGES_ID, 4),
-        get(C::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 4),
-        get(C::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2),
-        get(C::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, 4),
-    )
 }
 
 #[cfg(test)]
