@@ -28,6 +28,7 @@ pub mod qwen3;
 pub mod qwen3_moe;
 pub mod registry;
 pub mod safetensors_io;
+pub mod smoothquant;
 pub mod synth;
 pub mod tokenizer;
 pub mod tp;

@@ -1,12 +1,13 @@
-//! `kiln quantize IN_DIR OUT_DIR --method fp8-dynamic|w4a16|int8`: a Hugging Face safetensors
-//! checkpoint to a compressed-tensors directory (the format LLM Compressor writes and vLLM,
-//! SGLang and kiln read), by round-to-nearest with no calibration data:
+//! `kiln quantize IN_DIR OUT_DIR --method fp8-dynamic|w4a16|int8|int8-sq`: a Hugging Face
+//! safetensors checkpoint to a compressed-tensors directory (the format LLM Compressor writes
+//! and vLLM, SGLang and kiln read), by round-to-nearest:
 //!
 //! | method | weights | activations (as declared for engines that quantize them) | format |
 //! |---|---|---|---|
 //! | `fp8-dynamic` | e4m3, one scale per output channel | e4m3 per token, dynamic | `float-quantized` |
 //! | `w4a16` | int4 symmetric, one scale per `group` inputs (128) | unquantized | `pack-quantized` |
 //! | `int8` | int8 symmetric per output channel | int8 per token, dynamic | `int-quantized` |
+//! | `int8-sq` | `int8` after SmoothQuant's smoothing ([`crate::smoothquant`]) | as `int8` | `int-quantized` |
 //!
 //! The arithmetic is compressed-tensors 0.20's own (`calculate_qparams`, `_quantize`), so its
 //! files and kiln's agree byte for byte (`bench/quant/check_kiln_ct.py` checks that with the
@@ -19,8 +20,9 @@
 //! Which tensors: every 2-D `*.weight` inside the decoder blocks (`.layers.N.` / `.h.N.`) that
 //! is not a norm or an MoE router; a projection whose inputs do not split into whole groups
 //! stays as it is and is listed in `ignore`, with `lm_head`. Everything else is copied
-//! unchanged, with the tokenizer and generation files. SmoothQuant (INT8 with activation
-//! statistics) and static FP8 activation scales need a calibration pass and are not written.
+//! unchanged, with the tokenizer and generation files — except, for `int8-sq`, the norms before
+//! smoothed projections, divided by the factors their projections' columns were multiplied by
+//! (a calibration pass on the CPU decides them). Static FP8 activation scales are not written.
 //!
 //! Invariants: the input is never written; the output appears whole or not at all (written to
 //! a temporary directory beside it, then renamed); an existing output is replaced only when
@@ -34,7 +36,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// What `kiln quantize --method` writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CtMethod {
     Fp8Dynamic,
     /// Int4 weights in groups of this many inputs.
@@ -42,6 +44,11 @@ pub enum CtMethod {
         group: usize,
     },
     Int8,
+    /// INT8 as [`CtMethod::Int8`] after SmoothQuant's smoothing with this alpha
+    /// ([`crate::smoothquant`]: a calibration pass on the CPU first).
+    Int8Sq {
+        alpha: f32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +228,7 @@ fn config(method: CtMethod, ignore: &[String]) -> Value {
             Value::Null,
             "pack-quantized",
         ),
-        CtMethod::Int8 => (
+        CtMethod::Int8 | CtMethod::Int8Sq { .. } => (
             json!({"num_bits": 8, "type": "int", "symmetric": true, "strategy": "channel", "dynamic": false, "group_size": null}),
             json!({"num_bits": 8, "type": "int", "symmetric": true, "strategy": "token", "dynamic": true, "group_size": null}),
             "int-quantized",
@@ -267,6 +274,18 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
         return Err(refuse("exists (pass --force to replace it)", output));
     }
     let src = WeightSource::open_safetensors_dir(input)?;
+    let smoothing = match method {
+        CtMethod::Int8Sq { alpha } => {
+            let arch = cfg["architectures"].get(0).and_then(Value::as_str).unwrap_or("(none)").to_owned();
+            let weights = |name: &str| {
+                let t = src.read_part(name, None, &Part::Whole).map_err(|e| e.to_string())?;
+                let cols = t.shape.get(1).copied().ok_or_else(|| format!("{name} is not a matrix"))?;
+                Ok((t.to_f32().map_err(|e| e.to_string())?, cols))
+            };
+            crate::smoothquant::calibrate(input, &arch, alpha, weights).map_err(|why| refuse(&why, input))?
+        }
+        _ => Default::default(),
+    };
     let mut tensors: Vec<(String, Out<'_>)> = vec![];
     let mut summary = CtSummary::default();
     for name in src.names().map(str::to_owned).collect::<Vec<_>>() {
@@ -286,7 +305,10 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
         match dt.filter(|_| is_projection(&name, &t.shape)) {
             Some(dt) if groups_fit => {
                 let (rows, cols) = (t.shape[0], t.shape[1]);
-                let w = t.to_f32()?;
+                let mut w = t.to_f32()?;
+                if let Some(s) = smoothing.weight(&name) {
+                    w.chunks_mut(cols).for_each(|row| row.iter_mut().zip(s).for_each(|(v, s)| *v *= s));
+                }
                 let scale_out = |s: Vec<f32>, shape: Vec<usize>| Out {
                     dtype: dt.safetensors(),
                     shape,
@@ -301,7 +323,7 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
                         ));
                         tensors.push((format!("{base}.weight_scale"), scale_out(s, vec![rows, 1])));
                     }
-                    CtMethod::Int8 => {
+                    CtMethod::Int8 | CtMethod::Int8Sq { .. } => {
                         let (q, s) = int_groups(&w, cols, cols, 8, dt);
                         let bytes = q.iter().map(|&v| v as u8).collect();
                         tensors.push((
@@ -339,7 +361,15 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
                     StoredFormat::Fp8E4M3 => Dtype::F8_E4M3,
                     f => return Err(refuse(&format!("tensor '{name}' is {f}"), input)),
                 };
-                tensors.push((name.clone(), Out { dtype, shape: t.shape.clone(), bytes: t.bytes }));
+                let bytes = match (smoothing.norm(&name), dt) {
+                    // A smoothed norm: divided by the factors its projections' columns took.
+                    (Some(s), Some(dt)) => {
+                        let v: Vec<f32> = t.to_f32()?.iter().zip(s).map(|(w, s)| w / s).collect();
+                        Cow::Owned(dt.bytes(&v))
+                    }
+                    _ => t.bytes,
+                };
+                tensors.push((name.clone(), Out { dtype, shape: t.shape.clone(), bytes }));
             }
         }
     }

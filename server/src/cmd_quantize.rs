@@ -1,7 +1,8 @@
 //! `kiln quantize IN OUT --type T`: a GGUF file with its weight matrices in another block
 //! format (see `kiln_models::quantize_gguf` for which tensors change and why).
 //! `kiln quantize IN_DIR OUT_DIR --method M`: a full-precision Hugging Face checkpoint to a
-//! compressed-tensors one (FP8, W4A16 or INT8; see `kiln_models::quantize_ct`).
+//! compressed-tensors one (FP8, W4A16, INT8, INT8 with SmoothQuant; see
+//! `kiln_models::quantize_ct`).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -22,14 +23,18 @@ pub struct QuantizeArgs {
     /// The file type: the block formats of the weight matrices (llama.cpp's recipe of that name).
     #[arg(long = "type", value_enum, required_unless_present = "method", conflicts_with = "method")]
     ty: Option<QuantType>,
-    /// Write a compressed-tensors checkpoint (round-to-nearest, no calibration):
-    /// fp8-dynamic (e4m3 per channel), w4a16 (int4 in groups of --group-size), int8 (per channel).
+    /// Write a compressed-tensors checkpoint (round-to-nearest): fp8-dynamic (e4m3 per
+    /// channel), w4a16 (int4 in groups of --group-size), int8 (per channel), int8-sq (int8
+    /// after SmoothQuant's smoothing, calibrated on kiln's calibration text on the CPU).
     #[arg(long, value_enum)]
     method: Option<Method>,
     /// Inputs per scale for --method w4a16 (a projection whose inputs it does not divide stays
     /// unquantized and is listed in the config's `ignore`).
     #[arg(long, default_value_t = 128)]
     group_size: usize,
+    /// SmoothQuant's migration strength for --method int8-sq (0: none, 1: all into the weights).
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     force: bool,
@@ -80,6 +85,8 @@ enum Method {
     W4A16,
     #[value(name = "int8")]
     Int8,
+    #[value(name = "int8-sq")]
+    Int8Sq,
 }
 
 impl QuantType {
@@ -111,6 +118,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             Method::Fp8Dynamic => CtMethod::Fp8Dynamic,
             Method::W4A16 => CtMethod::W4A16 { group: args.group_size },
             Method::Int8 => CtMethod::Int8,
+            Method::Int8Sq => CtMethod::Int8Sq { alpha: args.alpha },
         };
         let s = quantize_ct(&args.input, &args.output, method, args.force)
             .with_context(|| format!("quantizing {}", args.input.display()))?;

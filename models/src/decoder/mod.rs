@@ -23,6 +23,7 @@
 mod load;
 mod moe;
 mod normed;
+mod observe;
 mod random;
 mod rope_table;
 mod step;

@@ -254,6 +254,9 @@ impl StepModel for Decoder {
     fn checkpoint_kv_scales(&self) -> Option<&[kv_fp8::KvScale]> {
         self.kv_scales.as_deref()
     }
+    fn observe_norm_inputs(&mut self) -> Result<Vec<kiln_runtime::model::NormInputs>, ModelError> {
+        self.observe_projection_inputs()
+    }
 
     fn workspace(&self, capacity: usize) -> Result<Workspace, ModelError> {
         let s = &self.spec;

@@ -20,6 +20,7 @@ use crate::device::quant::w8_cuda::{
 };
 use crate::device::quant::{QuantFormat, QuantMatrix};
 use crate::{matmul, DType, Device, GemmError, Tensor};
+use std::sync::{Arc, Mutex};
 
 /// A projection's weight, in the form it is stored on its device.
 #[derive(Clone, Debug)]
@@ -53,6 +54,39 @@ pub enum Weight {
     /// the output, in order (on a GPU, a GGUF Q4_K_M's fused q/k/v whose q and k are 4-bit
     /// blocks in the int4 kernels and whose v is Q6_K, loaded dense).
     Rows(Vec<Weight>),
+    /// A weight whose products also record the largest |x| of each input column they see
+    /// (a calibration pass: SmoothQuant's activation statistics), then multiply as the inner
+    /// weight does.
+    Observed(Box<Weight>, Arc<InputStats>),
+}
+
+/// The largest |x| of each input column the products of an [`Weight::Observed`] weight saw.
+#[derive(Debug, Default)]
+pub struct InputStats {
+    max_abs: Mutex<Vec<f32>>,
+}
+
+impl InputStats {
+    /// Per input column, the largest |x| seen so far (empty before any product).
+    pub fn max_abs(&self) -> Vec<f32> {
+        self.max_abs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record(&self, x: &Tensor) -> Result<(), GemmError> {
+        let (rows, cols) = (x.rows(), x.cols());
+        let v = x.to_host_f32()?;
+        let mut m = self.max_abs.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() != cols {
+            *m = vec![0.0; cols];
+        }
+        // `to_host_f32` gathers the rows densely: row r is v[r * cols..].
+        for row in v.chunks_exact(cols.max(1)).take(rows) {
+            for (a, &x) in m.iter_mut().zip(row) {
+                *a = a.max(x.abs());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Weight {
@@ -67,6 +101,7 @@ impl Weight {
             | Weight::W8Cuda(_)
             | Weight::W8a8Cpu(..)
             | Weight::Rows(_) => None,
+            Weight::Observed(w, _) => w.as_dense(),
         }
     }
 
@@ -80,6 +115,7 @@ impl Weight {
             Weight::Int4Cuda(ps) => ps.iter().map(Int4Cuda::rows).sum(),
             Weight::W8Cuda(ps) => ps.iter().map(W8Cuda::rows).sum(),
             Weight::Rows(ws) => ws.iter().map(Weight::out_features).sum(),
+            Weight::Observed(w, _) => w.out_features(),
         }
     }
 }
@@ -101,6 +137,10 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
         Weight::W8Cuda(parts) => linear_w8_cuda(x, parts, out),
         Weight::W8a8Cpu(w, act) => linear_w8a8_cpu(dev, x, w, *act, out),
         Weight::Rows(parts) => linear_rows(dev, x, parts, out),
+        Weight::Observed(w, stats) => {
+            stats.record(x)?;
+            linear(dev, x, w, out)
+        }
     }
 }
 

@@ -58,6 +58,10 @@ pub trait StepModel: Send + Sync {
     fn checkpoint_kv_scales(&self) -> Option<&[super::kv_fp8::KvScale]> {
         None
     }
+    /// See [`super::CausalLm::observe_norm_inputs`].
+    fn observe_norm_inputs(&mut self) -> Result<Vec<super::NormInputs>, ModelError> {
+        Err(ModelError::Unsupported("observing the projections' inputs of this model".into()))
+    }
     /// The step on device-resident inputs, logits into `logits` (`[logits rows, vocab]`):
     /// kernels and GEMMs only, no host copies and no allocations (unless
     /// [`StepModel::captures_graphs`] says otherwise).

@@ -198,6 +198,26 @@ fn store_cuda(b: &CudaBackend, rows: &NewRows<'_>, k_pool: &mut Tensor, v_pool: 
 /// Tokens of the calibration text a layer's scales are taken over, at most.
 pub const CALIBRATION_TOKENS: usize = 1024;
 
+/// One prefill of `tokens` (the first [`CALIBRATION_TOKENS`], at most the model's context) as
+/// one sequence in a cache of its own, which is returned: a calibration pass (FP8 KV scales,
+/// SmoothQuant's activation statistics).
+pub fn calibration_prefill(model: &dyn CausalLm, tokens: &[u32]) -> Result<KvCache, ModelError> {
+    let tokens = &tokens[..tokens.len().min(CALIBRATION_TOKENS).min(model.info().max_model_len)];
+    if tokens.is_empty() {
+        return Err(ModelError::Load("a calibration pass needs at least one token".into()));
+    }
+    let block_size = 16;
+    let blocks = tokens.len().div_ceil(block_size);
+    let mut kv: KvCache = model.new_kv_cache(blocks, block_size)?;
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let positions: Vec<i32> = (0..tokens.len() as i32).collect();
+    let slots: Vec<u32> = (0..tokens.len() as u32).collect();
+    let seqs = [SeqAttn { q_start: 0, q_len: tokens.len(), ctx_len: tokens.len(), block_table: &table }];
+    let batch = ForwardBatch { tokens, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &[0] };
+    model.forward(&batch, &mut kv)?;
+    Ok(kv)
+}
+
 /// Per-KV-layer scales for `model`'s FP8 KV cache from one prefill of `tokens` (the first
 /// [`CALIBRATION_TOKENS`]) with an unquantized cache: each layer's largest |K| and |V| over
 /// the text, through [`scale_for`]. Across tensor-parallel ranks (a cache of `ranks × layers`
@@ -211,15 +231,7 @@ pub fn calibrate(model: &dyn CausalLm, tokens: &[u32]) -> Result<Vec<KvScale>, M
         return Err(ModelError::Load("FP8 KV calibration needs the model's unquantized cache".into()));
     }
     let layers = model.info().kv_layers().count();
-    let block_size = 16;
-    let blocks = tokens.len().div_ceil(block_size);
-    let mut kv: KvCache = model.new_kv_cache(blocks, block_size)?;
-    let table: Vec<u32> = (0..blocks as u32).collect();
-    let positions: Vec<i32> = (0..tokens.len() as i32).collect();
-    let slots: Vec<u32> = (0..tokens.len() as u32).collect();
-    let seqs = [SeqAttn { q_start: 0, q_len: tokens.len(), ctx_len: tokens.len(), block_table: &table }];
-    let batch = ForwardBatch { tokens, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &[0] };
-    model.forward(&batch, &mut kv)?;
+    let kv = calibration_prefill(model, tokens)?;
     let mut amax = vec![[0f32; 2]; layers];
     for (i, (kp, vp)) in kv.k.iter().zip(&kv.v).enumerate() {
         for (j, pool) in [kp, vp].into_iter().enumerate() {

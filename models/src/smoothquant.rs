@@ -1,0 +1,174 @@
+//! SmoothQuant's smoothing (Xiao et al., 2023) for `kiln quantize --method int8-sq`: before
+//! INT8 weights and per-token INT8 activations, move the activations' outlier channels into
+//! the weights. For a norm `n` feeding projections `W₁ … Wₖ` (a layer's q, k, v after its
+//! attention norm; gate and up after its MLP norm), each input channel `j` gets
+//!
+//! `s_j = max|X_j|^α / max_i |W_ij|^(1−α)` (over the stacked `W₁ … Wₖ`),
+//!
+//! and `n_j ← n_j / s_j`, `W_ij ← W_ij · s_j`: the same function in exact arithmetic (the norm's
+//! output column is divided by what the weights' column is multiplied by), with activations
+//! whose channels span a narrower range. `max|X_j|` comes from a calibration pass: the model
+//! (dense f32, on the CPU) runs [`CALIBRATION_TEXT`] (or, without a tokenizer, fixed ids) with
+//! the projections after each norm observed (`CausalLm::observe_norm_inputs`). α = 0.5 is the
+//! paper's default.
+//!
+//! Which models: the norm → projection pairs are Llama's (`input_layernorm` → `self_attn.{q,k,v}
+//! _proj`, `post_attention_layernorm` → `mlp.{gate,up}_proj`), shared by Mistral, Qwen2 and
+//! Qwen3; other architectures (Gemma's `1 + w` and sandwich norms, parallel branches, fused
+//! projections, MoE) are refused by name rather than smoothed wrongly.
+//!
+//! Invariants: a factor is positive and finite (a channel with no activation or no weight keeps
+//! 1); smoothing never changes a tensor's shape or dtype; the weights are smoothed in f32 before
+//! they are quantized, the norm is rounded once to its stored dtype.
+//!
+//! [`CALIBRATION_TEXT`]: crate::kv_fp8::CALIBRATION_TEXT
+
+use crate::arch::WeightMode;
+use crate::kv_fp8::calibration_tokens;
+use crate::loader::load_weights_only_with;
+use crate::tokenizer::Tokenizer;
+use kiln_runtime::model::kv_fp8::calibration_prefill;
+use kiln_runtime::{DType, Device};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Architectures whose norm → projection pairs are Llama's (see the module header).
+pub const SMOOTHABLE: [&str; 4] = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
+
+/// The projections a layer's two norms feed, by the norm's name suffix.
+const PAIRS: [(&str, &[&str]); 2] = [
+    ("input_layernorm", &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+    ("post_attention_layernorm", &["mlp.gate_proj", "mlp.up_proj"]),
+];
+
+/// The factors of a checkpoint: a projection's weight columns are multiplied by
+/// [`Smoothing::weight`], a norm's weight divided by [`Smoothing::norm`] (the same vector).
+#[derive(Debug, Default)]
+pub struct Smoothing {
+    /// Tensor name (`model.layers.N.input_layernorm.weight`, `….q_proj.weight`) → factors.
+    factors: HashMap<String, Vec<f32>>,
+}
+
+impl Smoothing {
+    /// The factors a projection's columns are multiplied by, if it is smoothed.
+    pub fn weight(&self, name: &str) -> Option<&[f32]> {
+        self.factors.get(name).map(Vec::as_slice).filter(|_| !name.contains("norm"))
+    }
+    /// The factors a norm's weight is divided by, if it is smoothed.
+    pub fn norm(&self, name: &str) -> Option<&[f32]> {
+        self.factors.get(name).map(Vec::as_slice).filter(|_| name.contains("norm"))
+    }
+    /// How many norms are smoothed.
+    pub fn norms(&self) -> usize {
+        self.factors.keys().filter(|k| k.contains("norm")).count()
+    }
+}
+
+/// `s_j = a_j^α / w_j^(1−α)`, 1 where either maximum is zero (or the result is not finite),
+/// at least 1e-5 (as the reference implementation clamps).
+pub fn factors(act_max: &[f32], weight_max: &[f32], alpha: f32) -> Vec<f32> {
+    act_max
+        .iter()
+        .zip(weight_max)
+        .map(|(&a, &w)| {
+            if a <= 0.0 || w <= 0.0 {
+                return 1.0;
+            }
+            let s = (a.powf(alpha) / w.powf(1.0 - alpha)).max(1e-5);
+            if s.is_finite() {
+                s
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// Per column, the largest |w| over `[rows, cols]` matrices stacked along rows.
+pub fn column_max(matrices: &[(&[f32], usize)]) -> Vec<f32> {
+    let cols = matrices.first().map_or(0, |m| m.1);
+    let mut m = vec![0f32; cols];
+    for (w, c) in matrices {
+        for row in w.chunks_exact((*c).max(1)) {
+            for (a, &x) in m.iter_mut().zip(row) {
+                *a = a.max(x.abs());
+            }
+        }
+    }
+    m
+}
+
+/// The smoothing of the checkpoint in `dir` (`architecture` from its config), calibrated on
+/// the CPU; `weights(name)` reads a projection's `[rows, cols]` f32 values.
+pub fn calibrate(
+    dir: &Path,
+    architecture: &str,
+    alpha: f32,
+    mut weights: impl FnMut(&str) -> Result<(Vec<f32>, usize), String>,
+) -> Result<Smoothing, String> {
+    if !SMOOTHABLE.contains(&architecture) {
+        return Err(format!(
+            "int8-sq smooths the norm → projection pairs of {} only; this checkpoint is `{architecture}`",
+            SMOOTHABLE.join(", ")
+        ));
+    }
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(format!("SmoothQuant's alpha must be within 0..1, not {alpha}"));
+    }
+    let mut model = load_weights_only_with(dir, &Device::Cpu, DType::F32, WeightMode::Dense)
+        .map_err(|e| format!("loading the model for calibration: {e}"))?;
+    let observed = model.observe_norm_inputs().map_err(|e| e.to_string())?;
+    let tokenizer = Tokenizer::from_hf_dir(dir).ok();
+    let tokens = calibration_tokens(tokenizer.as_ref(), model.info().vocab_size).map_err(|e| e.to_string())?;
+    calibration_prefill(model.as_ref(), &tokens).map_err(|e| format!("the calibration pass: {e}"))?;
+    let mut out = Smoothing::default();
+    for (l, layer) in observed.iter().enumerate() {
+        let stats = [Some(&layer.attention), layer.mlp.as_ref()];
+        for ((norm, projections), stats) in PAIRS.iter().zip(stats) {
+            let Some(stats) = stats else { continue };
+            let act = stats.max_abs();
+            let names: Vec<String> = projections.iter().map(|p| format!("model.layers.{l}.{p}.weight")).collect();
+            let ws = names.iter().map(|n| weights(n)).collect::<Result<Vec<_>, _>>()?;
+            if let Some((n, (_, c))) = names.iter().zip(&ws).find(|(_, (_, c))| *c != act.len()) {
+                return Err(format!("{n} has {c} inputs where its norm's output has {}", act.len()));
+            }
+            let wmax = column_max(&ws.iter().map(|(w, c)| (w.as_slice(), *c)).collect::<Vec<_>>());
+            let s = factors(&act, &wmax, alpha);
+            for n in names {
+                out.factors.insert(n, s.clone());
+            }
+            out.factors.insert(format!("model.layers.{l}.{norm}.weight"), s);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smoothed pair computes the same product: (x / s) · (W · s)ᵀ = x · Wᵀ.
+    #[test]
+    fn smoothing_keeps_the_product_and_narrows_the_activations() {
+        let (rows, cols) = (3, 4);
+        let x = [0.5f32, -40.0, 0.25, 1.0]; // channel 1 is an outlier
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1).collect();
+        let act: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        let s = factors(&act, &column_max(&[(&w, cols)]), 0.5);
+        let xs: Vec<f32> = x.iter().zip(&s).map(|(v, s)| v / s).collect();
+        for r in 0..rows {
+            let row = &w[r * cols..(r + 1) * cols];
+            let want: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let got: f32 = row.iter().zip(&s).zip(&xs).map(|((a, s), b)| a * s * b).sum();
+            assert!((want - got).abs() < 1e-4, "row {r}: {got} against {want}");
+        }
+        let spread = |v: &[f32]| {
+            let a: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+            a.iter().cloned().fold(0f32, f32::max) / a.iter().cloned().fold(f32::MAX, f32::min)
+        };
+        assert!(spread(&xs) < spread(&x) / 4.0, "{xs:?} against {x:?}");
+        // No channel of zero activation or zero weight moves; 4^0.5 / 9^0.5 = 2/3.
+        assert_eq!(factors(&[0.0, 2.0], &[1.0, 0.0], 0.5), vec![1.0, 1.0]);
+        assert_eq!(factors(&[4.0], &[9.0], 0.5), vec![2.0 / 3.0]);
+    }
+}
