@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fp8-max|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fused-norm-quant-lite|fp8-max|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -208,6 +208,21 @@ if [ "$what" = fused-norm-quant ]; then
     done
   done
   KILN_FP8_LT_TUNE=8 TAIL=4 step "bench-fp8-c64-tune8" 150 "${b[@]}" --num-requests 64
+fi
+if [ "$what" = fused-norm-quant-lite ]; then
+  # fused-norm-quant in less device time: GPU perplexity and c64 decode only.
+  TAIL=70 step w8-check-sweep 300 .device/kiln-check-w8 --lt-sweep
+  TAIL=12 step kernels-norm-quant 120 .device/kiln-check-kernels --rows 1,7,512,4096 --widths 576,4096 \
+    --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3 --out "$OUT/kernels-norm-quant.md"
+  .device/kiln convert .device/smollm2-2l.gguf /tmp/s-hf > /dev/null
+  .device/kiln quantize /tmp/s-hf /tmp/s-fp8 --method fp8-dynamic | tail -1
+  for fu in 1 0; do
+    KILN_W8=w8a8 KILN_FUSED_NORM_QUANT=$fu TAIL=4 step "ppl-cuda-fused$fu" 100 .device/kiln perplexity --model /tmp/s-fp8 \
+      --file tests/fixtures/perplexity/founding-documents.txt --kl-base /tmp/s-hf --device cuda
+  done
+  b=(.device/kiln bench --offline --device cuda --model synth:llama3-8b+fp8 --prompt-len 128 --output-len 128 --max-num-seqs 256 --num-requests 64)
+  for fu in 1 0; do KILN_FUSED_NORM_QUANT=$fu TAIL=4 step "bench-fp8-c64-fused$fu" 100 "${b[@]}"; done
+  KILN_FP8_LT_TUNE=8 TAIL=4 step bench-fp8-c64-tune8 100 "${b[@]}"
 fi
 if [ "$what" = fp8-max ]; then
   # 8B-shaped max load (1,024 requests of 128 / 128 at 256 sequences): FP8 W8A8 with the
