@@ -2,6 +2,7 @@
 //! load them: configs, weights (GGUF, safetensors), tokenizers and chat templates.
 
 pub mod arch;
+pub mod calibration;
 pub mod config;
 pub mod convert;
 pub mod decoder;

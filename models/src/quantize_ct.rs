@@ -1,10 +1,11 @@
-//! `kiln quantize IN_DIR OUT_DIR --method fp8-dynamic|w4a16|int8|int8-sq`: a Hugging Face
+//! `kiln quantize IN_DIR OUT_DIR --method fp8-dynamic|fp8|w4a16|int8|int8-sq`: a Hugging Face
 //! safetensors checkpoint to a compressed-tensors directory (the format LLM Compressor writes
 //! and vLLM, SGLang and kiln read), by round-to-nearest:
 //!
 //! | method | weights | activations (as declared for engines that quantize them) | format |
 //! |---|---|---|---|
 //! | `fp8-dynamic` | e4m3, one scale per output channel | e4m3 per token, dynamic | `float-quantized` |
+//! | `fp8` | e4m3, one scale per tensor | e4m3 per tensor, static (`input_scale` = the largest \|x\| over the calibration text / 448) | `float-quantized` |
 //! | `w4a16` | int4 symmetric, one scale per `group` inputs (128) | unquantized | `pack-quantized` |
 //! | `int8` | int8 symmetric per output channel | int8 per token, dynamic | `int-quantized` |
 //! | `int8-sq` | `int8` after SmoothQuant's smoothing ([`crate::smoothquant`]) | as `int8` | `int-quantized` |
@@ -22,7 +23,9 @@
 //! stays as it is and is listed in `ignore`, with `lm_head`. Everything else is copied
 //! unchanged, with the tokenizer and generation files — except, for `int8-sq`, the norms before
 //! smoothed projections, divided by the factors their projections' columns were multiplied by
-//! (a calibration pass on the CPU decides them). Static FP8 activation scales are not written.
+//! (a calibration pass on the CPU decides them, [`crate::calibration`]; it also gives `fp8`'s
+//! activation scales: the largest |x| each projection saw, not LLM Compressor's moving average,
+//! so a scale is never below a value of the calibration text).
 //!
 //! Invariants: the input is never written; the output appears whole or not at all (written to
 //! a temporary directory beside it, then renamed); an existing output is replaced only when
@@ -39,6 +42,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CtMethod {
     Fp8Dynamic,
+    /// e4m3 weights with one scale per tensor and a static activation scale per projection
+    /// (`input_scale`, from a calibration pass on the CPU): LLM Compressor's `FP8` scheme.
+    Fp8Static,
     /// Int4 weights in groups of this many inputs.
     W4A16 {
         group: usize,
@@ -182,6 +188,12 @@ pub fn fp8_channel(w: &[f32], cols: usize, dt: FloatDtype) -> (Vec<u8>, Vec<f32>
     (q, s)
 }
 
+/// FP8 per tensor: e4m3 bytes and the one scale.
+pub fn fp8_tensor(w: &[f32], dt: FloatDtype) -> (Vec<u8>, f32) {
+    let s = scales(w, w.len().max(1), 448.0, dt)[0];
+    (w.iter().map(|&x| f32_to_e4m3(scaled(x, s, dt).clamp(-448.0, 448.0))).collect(), s)
+}
+
 /// Symmetric integers of `bits` (int8: -128..=127, int4: -8..=7), one scale per `group` inputs.
 pub fn int_groups(w: &[f32], cols: usize, group: usize, bits: u32, dt: FloatDtype) -> (Vec<i8>, Vec<f32>) {
     let (lo, hi) = (-(1i32 << (bits - 1)) as f32, ((1i32 << (bits - 1)) - 1) as f32);
@@ -221,6 +233,11 @@ fn config(method: CtMethod, ignore: &[String]) -> Value {
         CtMethod::Fp8Dynamic => (
             json!({"num_bits": 8, "type": "float", "symmetric": true, "strategy": "channel", "dynamic": false, "group_size": null}),
             json!({"num_bits": 8, "type": "float", "symmetric": true, "strategy": "token", "dynamic": true, "group_size": null}),
+            "float-quantized",
+        ),
+        CtMethod::Fp8Static => (
+            json!({"num_bits": 8, "type": "float", "symmetric": true, "strategy": "tensor", "dynamic": false, "group_size": null}),
+            json!({"num_bits": 8, "type": "float", "symmetric": true, "strategy": "tensor", "dynamic": false, "group_size": null}),
             "float-quantized",
         ),
         CtMethod::W4A16 { group } => (
@@ -286,6 +303,14 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
         }
         _ => Default::default(),
     };
+    let ranges = match method {
+        CtMethod::Fp8Static => {
+            let arch = cfg["architectures"].get(0).and_then(Value::as_str).unwrap_or("(none)");
+            crate::calibration::check_layout(arch, "fp8").map_err(|why| refuse(&why, input))?;
+            crate::calibration::input_ranges(input).map_err(|why| refuse(&why, input))?
+        }
+        _ => Default::default(),
+    };
     let mut tensors: Vec<(String, Out<'_>)> = vec![];
     let mut summary = CtSummary::default();
     for name in src.names().map(str::to_owned).collect::<Vec<_>>() {
@@ -322,6 +347,20 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
                             Out { dtype: Dtype::F8_E4M3, shape: vec![rows, cols], bytes: Cow::Owned(q) },
                         ));
                         tensors.push((format!("{base}.weight_scale"), scale_out(s, vec![rows, 1])));
+                    }
+                    CtMethod::Fp8Static => {
+                        let Some(act) = ranges.get(&name) else {
+                            return Err(refuse(&format!("the calibration pass did not reach {name}"), input));
+                        };
+                        let (q, s) = fp8_tensor(&w, dt);
+                        let amax = act.iter().fold(0f32, |m, v| m.max(*v));
+                        let input_scale = scales(&[amax], 1, 448.0, dt);
+                        tensors.push((
+                            name.clone(),
+                            Out { dtype: Dtype::F8_E4M3, shape: vec![rows, cols], bytes: Cow::Owned(q) },
+                        ));
+                        tensors.push((format!("{base}.weight_scale"), scale_out(vec![s], vec![1])));
+                        tensors.push((format!("{base}.input_scale"), scale_out(input_scale, vec![1])));
                     }
                     CtMethod::Int8 | CtMethod::Int8Sq { .. } => {
                         let (q, s) = int_groups(&w, cols, cols, 8, dt);

@@ -7,10 +7,8 @@
 //!
 //! and `n_j ← n_j / s_j`, `W_ij ← W_ij · s_j`: the same function in exact arithmetic (the norm's
 //! output column is divided by what the weights' column is multiplied by), with activations
-//! whose channels span a narrower range. `max|X_j|` comes from a calibration pass: the model
-//! (dense f32, on the CPU) runs [`CALIBRATION_TEXT`] (or, without a tokenizer, fixed ids) with
-//! the projections after each norm observed (`CausalLm::observe_norm_inputs`). α = 0.5 is the
-//! paper's default.
+//! whose channels span a narrower range. `max|X_j|` comes from a calibration pass
+//! ([`crate::calibration`]). α = 0.5 is the paper's default.
 //!
 //! Which models: the norm → projection pairs are Llama's (`input_layernorm` → `self_attn.{q,k,v}
 //! _proj`, `post_attention_layernorm` → `mlp.{gate,up}_proj`), shared by Mistral, Qwen2 and
@@ -20,20 +18,10 @@
 //! Invariants: a factor is positive and finite (a channel with no activation or no weight keeps
 //! 1); smoothing never changes a tensor's shape or dtype; the weights are smoothed in f32 before
 //! they are quantized, the norm is rounded once to its stored dtype.
-//!
-//! [`CALIBRATION_TEXT`]: crate::kv_fp8::CALIBRATION_TEXT
 
-use crate::arch::WeightMode;
-use crate::kv_fp8::calibration_tokens;
-use crate::loader::load_weights_only_with;
-use crate::tokenizer::Tokenizer;
-use kiln_runtime::model::kv_fp8::calibration_prefill;
-use kiln_runtime::{DType, Device};
+use crate::calibration::{check_layout, input_ranges};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Architectures whose norm → projection pairs are Llama's (see the module header).
-pub const SMOOTHABLE: [&str; 4] = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
 
 /// The projections a layer's two norms feed, by the norm's name suffix.
 const PAIRS: [(&str, &[&str]); 2] = [
@@ -99,45 +87,39 @@ pub fn column_max(matrices: &[(&[f32], usize)]) -> Vec<f32> {
 }
 
 /// The smoothing of the checkpoint in `dir` (`architecture` from its config), calibrated on
-/// the CPU; `weights(name)` reads a projection's `[rows, cols]` f32 values.
+/// the CPU ([`crate::calibration`]); `weights(name)` reads a projection's `[rows, cols]` f32
+/// values.
 pub fn calibrate(
     dir: &Path,
     architecture: &str,
     alpha: f32,
     mut weights: impl FnMut(&str) -> Result<(Vec<f32>, usize), String>,
 ) -> Result<Smoothing, String> {
-    if !SMOOTHABLE.contains(&architecture) {
-        return Err(format!(
-            "int8-sq smooths the norm → projection pairs of {} only; this checkpoint is `{architecture}`",
-            SMOOTHABLE.join(", ")
-        ));
-    }
+    check_layout(architecture, "int8-sq")?;
     if !(0.0..=1.0).contains(&alpha) {
         return Err(format!("SmoothQuant's alpha must be within 0..1, not {alpha}"));
     }
-    let mut model = load_weights_only_with(dir, &Device::Cpu, DType::F32, WeightMode::Dense)
-        .map_err(|e| format!("loading the model for calibration: {e}"))?;
-    let observed = model.observe_norm_inputs().map_err(|e| e.to_string())?;
-    let tokenizer = Tokenizer::from_hf_dir(dir).ok();
-    let tokens = calibration_tokens(tokenizer.as_ref(), model.info().vocab_size).map_err(|e| e.to_string())?;
-    calibration_prefill(model.as_ref(), &tokens).map_err(|e| format!("the calibration pass: {e}"))?;
+    let ranges = input_ranges(dir)?;
     let mut out = Smoothing::default();
-    for (l, layer) in observed.iter().enumerate() {
-        let stats = [Some(&layer.attention), layer.mlp.as_ref()];
-        for ((norm, projections), stats) in PAIRS.iter().zip(stats) {
-            let Some(stats) = stats else { continue };
-            let act = stats.max_abs();
+    for l in 0.. {
+        let mut any = false;
+        for (norm, projections) in PAIRS {
             let names: Vec<String> = projections.iter().map(|p| format!("model.layers.{l}.{p}.weight")).collect();
+            let Some(act) = ranges.get(&names[0]) else { continue };
+            any = true;
             let ws = names.iter().map(|n| weights(n)).collect::<Result<Vec<_>, _>>()?;
             if let Some((n, (_, c))) = names.iter().zip(&ws).find(|(_, (_, c))| *c != act.len()) {
                 return Err(format!("{n} has {c} inputs where its norm's output has {}", act.len()));
             }
             let wmax = column_max(&ws.iter().map(|(w, c)| (w.as_slice(), *c)).collect::<Vec<_>>());
-            let s = factors(&act, &wmax, alpha);
+            let s = factors(act, &wmax, alpha);
             for n in names {
                 out.factors.insert(n, s.clone());
             }
             out.factors.insert(format!("model.layers.{l}.{norm}.weight"), s);
+        }
+        if !any {
+            break;
         }
     }
     Ok(out)

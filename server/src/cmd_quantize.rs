@@ -1,7 +1,7 @@
 //! `kiln quantize IN OUT --type T`: a GGUF file with its weight matrices in another block
 //! format (see `kiln_models::quantize_gguf` for which tensors change and why).
 //! `kiln quantize IN_DIR OUT_DIR --method M`: a full-precision Hugging Face checkpoint to a
-//! compressed-tensors one (FP8, W4A16, INT8, INT8 with SmoothQuant; see
+//! compressed-tensors one (FP8 dynamic or static, W4A16, INT8, INT8 with SmoothQuant; see
 //! `kiln_models::quantize_ct`).
 
 use anyhow::{bail, Context, Result};
@@ -24,7 +24,7 @@ pub struct QuantizeArgs {
     #[arg(long = "type", value_enum, required_unless_present = "method", conflicts_with = "method")]
     ty: Option<QuantType>,
     /// Write a compressed-tensors checkpoint (round-to-nearest): fp8-dynamic (e4m3 per
-    /// channel), w4a16 (int4 in groups of --group-size), int8 (per channel), int8-sq (int8
+    /// channel), fp8 (e4m3 per tensor, static activation scales calibrated on the CPU), w4a16 (int4 in groups of --group-size), int8 (per channel), int8-sq (int8
     /// after SmoothQuant's smoothing, calibrated on kiln's calibration text on the CPU).
     #[arg(long, value_enum)]
     method: Option<Method>,
@@ -81,6 +81,8 @@ enum QuantType {
 enum Method {
     #[value(name = "fp8-dynamic")]
     Fp8Dynamic,
+    #[value(name = "fp8")]
+    Fp8,
     #[value(name = "w4a16")]
     W4A16,
     #[value(name = "int8")]
@@ -116,6 +118,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         }
         let method = match m {
             Method::Fp8Dynamic => CtMethod::Fp8Dynamic,
+            Method::Fp8 => CtMethod::Fp8Static,
             Method::W4A16 => CtMethod::W4A16 { group: args.group_size },
             Method::Int8 => CtMethod::Int8,
             Method::Int8Sq => CtMethod::Int8Sq { alpha: args.alpha },

@@ -145,11 +145,18 @@ fn bad_scaled_checkpoints_are_clear_errors() {
 fn kiln_quantize_writes_checkpoints_that_load_near_the_original() {
     use kiln_models::quantize_ct::{quantize_ct, CtMethod};
     // A full-precision checkpoint (not one already on a quantization grid). Measured errors:
-    // fp8 4.1%, int8 1.2%, w4a16 g32 15.8% of the largest logit (a random 2-layer model).
+    // fp8-dynamic 4.1%, fp8 (per tensor, static activation scales) 5.0%, int8 1.2%, w4a16 g32
+    // 15.8% of the largest logit (a random 2-layer model).
     let input = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/arch-tiny/mistral");
     let want = prefill_logits(load(&input, WeightMode::Stored).as_ref(), &prompt()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for (method, tol) in [(CtMethod::Fp8Dynamic, 0.06), (CtMethod::Int8, 0.02), (CtMethod::W4A16 { group: 32 }, 0.25)] {
+    let methods = [
+        (CtMethod::Fp8Dynamic, 0.06),
+        (CtMethod::Fp8Static, 0.07),
+        (CtMethod::Int8, 0.02),
+        (CtMethod::W4A16 { group: 32 }, 0.25),
+    ];
+    for (method, tol) in methods {
         let out = dir.path().join(format!("{method:?}"));
         let s = quantize_ct(&input, &out, method, false).unwrap();
         assert_eq!((s.quantized, s.kept.len()), (14, 0), "{method:?}");
@@ -163,6 +170,16 @@ fn kiln_quantize_writes_checkpoints_that_load_near_the_original() {
         let e = quantize_ct(&out, &dir.path().join("again"), method, false).unwrap_err().to_string();
         assert!(e.contains("already quantized") && !dir.path().join("again").exists(), "{e}");
     }
+    // fp8's static activation scales: one per projection, positive, shared by projections
+    // that read the same input (q, k, v), from the calibration pass.
+    let ct = dir.path().join("Fp8Static");
+    let scale = |name: &str| {
+        use kiln_models::weights::{Part, WeightSource};
+        let src = WeightSource::open_safetensors_dir(&ct).unwrap();
+        src.read_part(&format!("model.layers.1.{name}.input_scale"), None, &Part::Whole).unwrap().to_f32().unwrap()
+    };
+    let (q, k, o) = (scale("self_attn.q_proj"), scale("self_attn.k_proj"), scale("self_attn.o_proj"));
+    assert!(q.len() == 1 && q[0] > 0.0 && q == k && o[0] > 0.0 && o != q, "{q:?} {k:?} {o:?}");
     // Groups that do not divide a projection's inputs: those stay as they are, listed in `ignore`.
     let s = quantize_ct(&input, &dir.path().join("g48"), CtMethod::W4A16 { group: 48 }, false).unwrap();
     assert_eq!((s.quantized, s.kept.len()), (0, 14));

@@ -1,7 +1,7 @@
-//! A calibration pass's view of a decoder: the projections that read a norm's output (each
-//! layer's q/k/v and its dense MLP's first projection) wrapped so that their products record
-//! the largest |x| of each input column ([`Weight::Observed`]); SmoothQuant's activation
-//! statistics (`kiln quantize --method int8-sq`).
+//! A calibration pass's view of a decoder: every dense layer projection (q/k/v, o, a dense
+//! MLP's first and last) wrapped so that its products record the largest |x| of each input
+//! column ([`Weight::Observed`]): SmoothQuant's activation statistics and static FP8
+//! activation scales (`kiln quantize --method int8-sq | fp8`).
 //!
 //! Invariant: observing changes no product (the wrapped weight multiplies as before); wrapping
 //! twice is refused, so a layer's statistics come from one pass.
@@ -9,7 +9,7 @@
 use super::{Decoder, Ffn};
 use crate::model::ModelError;
 use kiln_runtime::device::linear::{InputStats, Weight};
-use kiln_runtime::model::NormInputs;
+use kiln_runtime::model::ProjectionInputs;
 use std::sync::Arc;
 
 /// `w` wrapped to record into a new [`InputStats`], which is returned.
@@ -24,17 +24,17 @@ fn observe(w: &mut Weight) -> Result<Arc<InputStats>, ModelError> {
 }
 
 impl Decoder {
-    /// See [`kiln_runtime::model::CausalLm::observe_norm_inputs`].
-    pub(super) fn observe_projection_inputs(&mut self) -> Result<Vec<NormInputs>, ModelError> {
+    /// See [`kiln_runtime::model::CausalLm::observe_projection_inputs`].
+    pub(super) fn observe_projection_inputs(&mut self) -> Result<Vec<ProjectionInputs>, ModelError> {
         self.layers
             .iter_mut()
             .map(|l| {
-                let attention = observe(&mut l.wqkv)?;
-                let mlp = match &mut l.ffn {
-                    Ffn::Dense(m) => Some(observe(&mut m.w_in)?),
-                    Ffn::Moe { .. } => None,
+                let (qkv, o) = (observe(&mut l.wqkv)?, observe(&mut l.wo)?);
+                let (mlp_in, down) = match &mut l.ffn {
+                    Ffn::Dense(m) => (Some(observe(&mut m.w_in)?), Some(observe(&mut m.w_down)?)),
+                    Ffn::Moe { .. } => (None, None),
                 };
-                Ok(NormInputs { attention, mlp })
+                Ok(ProjectionInputs { qkv, o, mlp_in, down })
             })
             .collect()
     }

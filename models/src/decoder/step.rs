@@ -254,7 +254,7 @@ impl StepModel for Decoder {
     fn checkpoint_kv_scales(&self) -> Option<&[kv_fp8::KvScale]> {
         self.kv_scales.as_deref()
     }
-    fn observe_norm_inputs(&mut self) -> Result<Vec<kiln_runtime::model::NormInputs>, ModelError> {
+    fn observe_projection_inputs(&mut self) -> Result<Vec<kiln_runtime::model::ProjectionInputs>, ModelError> {
         self.observe_projection_inputs()
     }
 

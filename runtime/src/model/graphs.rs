@@ -58,8 +58,8 @@ pub trait StepModel: Send + Sync {
     fn checkpoint_kv_scales(&self) -> Option<&[super::kv_fp8::KvScale]> {
         None
     }
-    /// See [`super::CausalLm::observe_norm_inputs`].
-    fn observe_norm_inputs(&mut self) -> Result<Vec<super::NormInputs>, ModelError> {
+    /// See [`super::CausalLm::observe_projection_inputs`].
+    fn observe_projection_inputs(&mut self) -> Result<Vec<super::ProjectionInputs>, ModelError> {
         Err(ModelError::Unsupported("observing the projections' inputs of this model".into()))
     }
     /// The step on device-resident inputs, logits into `logits` (`[logits rows, vocab]`):

@@ -202,19 +202,21 @@ pub trait CausalLm: Send + Sync {
     fn checkpoint_kv_scales(&self) -> Option<Vec<kv_fp8::KvScale>> {
         None
     }
-    /// From now on, the projections that read a norm's output record the largest |x| of each
-    /// input column of their products (a calibration pass: SmoothQuant's statistics, read
-    /// after running a text through [`CausalLm::forward`]); one entry per layer.
-    fn observe_norm_inputs(&mut self) -> Result<Vec<NormInputs>, ModelError> {
+    /// From now on, every dense layer projection records the largest |x| of each input column
+    /// of its products (a calibration pass: SmoothQuant's statistics, static FP8 activation
+    /// scales; read after running a text through [`CausalLm::forward`]); one entry per layer.
+    fn observe_projection_inputs(&mut self) -> Result<Vec<ProjectionInputs>, ModelError> {
         Err(ModelError::Unsupported(format!("observing the projections' inputs of `{}`", self.info().architecture)))
     }
 }
 
-/// A layer's observed norm outputs ([`CausalLm::observe_norm_inputs`]): the input of its q/k/v
-/// (after the attention norm) and of its MLP's first projection (after the MLP norm; `None`
-/// where another part reads it too, as an MoE router does).
+/// A layer's observed projection inputs ([`CausalLm::observe_projection_inputs`]): its q/k/v
+/// (the attention norm's output), its attention output projection, and its MLP's first and
+/// last projections (`None` for an MoE layer, whose experts are not observed).
 #[derive(Clone, Debug)]
-pub struct NormInputs {
-    pub attention: std::sync::Arc<crate::device::linear::InputStats>,
-    pub mlp: Option<std::sync::Arc<crate::device::linear::InputStats>>,
+pub struct ProjectionInputs {
+    pub qkv: std::sync::Arc<crate::device::linear::InputStats>,
+    pub o: std::sync::Arc<crate::device::linear::InputStats>,
+    pub mlp_in: Option<std::sync::Arc<crate::device::linear::InputStats>>,
+    pub down: Option<std::sync::Arc<crate::device::linear::InputStats>>,
 }

@@ -95,8 +95,8 @@ impl<M: StepModel> CausalLm for Runner<M> {
         self.model.checkpoint_kv_scales().map(<[_]>::to_vec)
     }
 
-    fn observe_norm_inputs(&mut self) -> Result<Vec<super::NormInputs>, ModelError> {
-        self.model.observe_norm_inputs()
+    fn observe_projection_inputs(&mut self) -> Result<Vec<super::ProjectionInputs>, ModelError> {
+        self.model.observe_projection_inputs()
     }
 
     fn forward(&self, batch: &ForwardBatch<'_>, kv: &mut KvCache) -> Result<Tensor, ModelError> {
