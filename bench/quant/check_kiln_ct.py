@@ -48,6 +48,8 @@ def main():
         strategy = args.strategy.value if hasattr(args.strategy, "value") else args.strategy
         if strategy == "channel":
             lo, hi = w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)
+        elif strategy == "tensor":  # --method fp8 (its input_scale comes from kiln's calibration)
+            lo, hi = w.amin().reshape(1), w.amax().reshape(1)
         else:
             g = w.reshape(out, inp // args.group_size, args.group_size)
             lo, hi = g.amin(dim=2), g.amax(dim=2)
