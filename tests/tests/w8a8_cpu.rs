@@ -1,6 +1,7 @@
 //! `KILN_W8=w8a8` on the CPU: FP8 checkpoints whose projections take W8A8 (scales per channel
 //! or tensor) load as the CPU's twin of the GPU's FP8 W8A8 (`Weight::W8a8Cpu`: activations
-//! quantized to e4m3 per token before each product), so their logits move off the W8A16
+//! quantized to e4m3 per token before each product), INT8 ones per channel as INT8 W8A8
+//! (activations quantized to int8 per token), so their logits move off the W8A16
 //! reference by the activations' rounding — and only that far; a checkpoint whose scale blocks
 //! W8A8 does not take (16×16 blocks) keeps the W8A16 reference's logits exactly; the norms
 //! that quantize for their projection give the logits of the projections quantizing
@@ -23,11 +24,12 @@ fn logits(name: &str) -> Vec<Vec<f32>> {
 #[test]
 fn w8a8_quantizes_the_activations_of_the_projections_that_take_it() {
     std::env::set_var("KILN_W8", "w8a8");
-    for name in ["fp8-channel", "fp8-tensor"] {
+    for name in ["fp8-channel", "fp8-tensor", "int8-w8a8"] {
         let (got, want) = (logits(name), logits(&format!("{name}-dequantized")));
         let worst = got.iter().zip(&want).map(|(g, w)| compare_logits(g, w).0).fold(0f64, f64::max);
         eprintln!("{name}: W8A8 logits {worst:.4} off W8A16");
-        // e4m3 keeps 4 significant bits of each activation: a few percent, never nothing.
+        // e4m3 keeps 4 significant bits of each activation, int8 per token about 7: a few
+        // percent or less, never nothing.
         assert!(worst > 1e-4 && worst < 0.25, "{name}: W8A8 logits {worst} off W8A16");
     }
     assert!(logits("fp8-block") == logits("fp8-block-dequantized"), "16×16 blocks stay W8A16");

@@ -6,6 +6,7 @@
 //! Invariant: a `Weight` is `[out_features, in_features]` (HF's layout of `nn.Linear`), and
 //! `linear` takes `x: [rows, in_features]` into `out: [rows, out_features]`.
 
+use crate::device::quant::act_quant::ActQuant;
 use crate::device::quant::activations::{
     activations, quantize_row8_for, quantize_row_for, same_blocks, ActBlock, ActBlock8, Activations,
 };
@@ -46,10 +47,10 @@ pub enum Weight {
     /// (`device::quant::w8_cuda`: a GEMV for decode, dequantize + cuBLAS above), parts stacked
     /// along rows as in `Int4`.
     W8Cuda(Vec<W8Cuda>),
-    /// FP8 W8A8 on the CPU, the twin of `W8Cuda` uploaded as W8A8: the dense f32 values of
-    /// the e4m3 weight, and activations replaced by their e4m3 quantization (per row, or per
-    /// 128 inputs: `fp8_lt::ActScale`) before the product.
-    W8a8Cpu(Tensor, ActScale),
+    /// W8A8 on the CPU: the dense f32 values of an 8-bit weight, and activations replaced by
+    /// their quantization before the product — e4m3 per row or per 128 inputs (the twin of
+    /// `W8Cuda` uploaded as FP8 W8A8), or int8 per row (INT8 W8A8, `act_quant::ActQuant`).
+    W8a8Cpu(Tensor, ActQuant),
     /// Weights of different kinds stacked along rows, each multiplied into its own columns of
     /// the output, in order (on a GPU, a GGUF Q4_K_M's fused q/k/v whose q and k are 4-bit
     /// blocks in the int4 kernels and whose v is Q6_K, loaded dense).
@@ -159,7 +160,7 @@ pub struct E4m3Rows<'a> {
 pub fn takes_e4m3_rows(w: &Weight) -> bool {
     match w {
         Weight::W8Cuda(parts) => w8_takes_e4m3_rows(parts),
-        Weight::W8a8Cpu(_, act) => *act == ActScale::Row,
+        Weight::W8a8Cpu(_, act) => *act == ActQuant::E4m3(ActScale::Row),
         _ => false,
     }
 }
@@ -170,7 +171,7 @@ pub fn takes_e4m3_rows(w: &Weight) -> bool {
 pub fn linear_e4m3(dev: &Device, x: E4m3Rows<'_>, w: &Weight, out: &mut Tensor) -> Result<(), GemmError> {
     match w {
         Weight::W8Cuda(parts) => linear_w8_cuda_e4m3(x.q, x.scales, parts, out),
-        Weight::W8a8Cpu(w, ActScale::Row) => {
+        Weight::W8a8Cpu(w, ActQuant::E4m3(ActScale::Row)) => {
             let (m, k) = (x.q.rows(), x.q.cols());
             if x.q.dtype() != DType::F8E4M3 || x.scales.vector_len() != Some(m) || x.scales.dtype() != DType::F32 {
                 return Err(GemmError::DTypes { a: x.q.dtype(), b: x.scales.dtype(), out: out.dtype() });
@@ -206,9 +207,9 @@ fn linear_rows(dev: &Device, x: &Tensor, parts: &[Weight], out: &mut Tensor) -> 
     Ok(())
 }
 
-/// The CPU's FP8 W8A8: each row of `x` quantized to e4m3 as the GPU's kernels do it (the
-/// values it stands for, in f32), then the dense product.
-fn linear_w8a8_cpu(dev: &Device, x: &Tensor, w: &Tensor, act: ActScale, out: &mut Tensor) -> Result<(), GemmError> {
+/// The CPU's W8A8: each row of `x` quantized as `act` says (e4m3 as the GPU's FP8 kernels do
+/// it, or int8 per row; the values it stands for, in f32), then the dense product.
+fn linear_w8a8_cpu(dev: &Device, x: &Tensor, w: &Tensor, act: ActQuant, out: &mut Tensor) -> Result<(), GemmError> {
     if !dev.is_cpu() || x.dtype() != DType::F32 {
         return Err(GemmError::Unsupported { dtype: x.dtype(), device: format!("{dev:?} for the CPU's FP8 W8A8") });
     }
@@ -427,7 +428,7 @@ mod tests {
             let dense = Tensor::from_host(&Device::Cpu, &w.dequantize(), rows, k).unwrap();
             let mut out = Tensor::zeros(&Device::Cpu, DType::F32, m, rows).unwrap();
             let xt = Tensor::from_host(&Device::Cpu, &x, m, k).unwrap();
-            linear(&Device::Cpu, &xt, &Weight::W8a8Cpu(dense, act), &mut out).unwrap();
+            linear(&Device::Cpu, &xt, &Weight::W8a8Cpu(dense, ActQuant::E4m3(act)), &mut out).unwrap();
             let got = out.to_host_f32().unwrap();
             let want = exact(&x, k, &w, act);
             let top = want.iter().fold(0f64, |a, v| a.max(v.abs()));

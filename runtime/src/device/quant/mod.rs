@@ -14,6 +14,7 @@
 //! `rows * cols / block_len * block_bytes` bytes (checked at construction); it lives in host
 //! memory.
 
+pub mod act_quant;
 pub mod activations;
 #[cfg(target_arch = "x86_64")]
 mod activations_avx2;
