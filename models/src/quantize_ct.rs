@@ -334,6 +334,9 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
                 if let Some(s) = smoothing.weight(&name) {
                     w.chunks_mut(cols).for_each(|row| row.iter_mut().zip(s).for_each(|(v, s)| *v *= s));
                 }
+                if let Some(d) = smoothing.rows(&name) {
+                    w.chunks_mut(cols).zip(d).for_each(|(row, d)| row.iter_mut().for_each(|v| *v /= d));
+                }
                 let scale_out = |s: Vec<f32>, shape: Vec<usize>| Out {
                     dtype: dt.safetensors(),
                     shape,

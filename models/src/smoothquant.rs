@@ -10,6 +10,11 @@
 //! whose channels span a narrower range. `max|X_j|` comes from a calibration pass
 //! ([`crate::calibration`]). α = 0.5 is the paper's default.
 //!
+//! The MLP's last projection is smoothed the same way against `up_proj` (LLM Compressor's third
+//! Llama mapping): its input is `silu(gate) ⊙ up`, linear in each row of `up_proj`, so dividing
+//! `up_proj`'s row `j` by `s_j` divides input channel `j` of `down_proj`, whose column `j` is
+//! multiplied by `s_j`. (Its factors come from the same pass, which saw the unsmoothed `up`.)
+//!
 //! Which models: the norm → projection pairs are Llama's (`input_layernorm` → `self_attn.{q,k,v}
 //! _proj`, `post_attention_layernorm` → `mlp.{gate,up}_proj`), shared by Mistral, Qwen2 and
 //! Qwen3; other architectures (Gemma's `1 + w` and sandwich norms, parallel branches, fused
@@ -30,11 +35,14 @@ const PAIRS: [(&str, &[&str]); 2] = [
 ];
 
 /// The factors of a checkpoint: a projection's weight columns are multiplied by
-/// [`Smoothing::weight`], a norm's weight divided by [`Smoothing::norm`] (the same vector).
+/// [`Smoothing::weight`], a norm's weight divided by [`Smoothing::norm`] (the same vector), and
+/// `up_proj`'s rows divided by [`Smoothing::rows`] (`down_proj`'s column factors).
 #[derive(Debug, Default)]
 pub struct Smoothing {
     /// Tensor name (`model.layers.N.input_layernorm.weight`, `….q_proj.weight`) → factors.
     factors: HashMap<String, Vec<f32>>,
+    /// `model.layers.N.mlp.up_proj.weight` → the divisor of each of its rows.
+    rows: HashMap<String, Vec<f32>>,
 }
 
 impl Smoothing {
@@ -45,6 +53,10 @@ impl Smoothing {
     /// The factors a norm's weight is divided by, if it is smoothed.
     pub fn norm(&self, name: &str) -> Option<&[f32]> {
         self.factors.get(name).map(Vec::as_slice).filter(|_| name.contains("norm"))
+    }
+    /// The divisors of a projection's rows, if they are smoothed (`up_proj`).
+    pub fn rows(&self, name: &str) -> Option<&[f32]> {
+        self.rows.get(name).map(Vec::as_slice)
     }
     /// How many norms are smoothed.
     pub fn norms(&self) -> usize {
@@ -117,6 +129,17 @@ pub fn calibrate(
                 out.factors.insert(n, s.clone());
             }
             out.factors.insert(format!("model.layers.{l}.{norm}.weight"), s);
+        }
+        let (down, up) =
+            (format!("model.layers.{l}.mlp.down_proj.weight"), format!("model.layers.{l}.mlp.up_proj.weight"));
+        if let Some(act) = ranges.get(&down) {
+            let (w, c) = weights(&down)?;
+            if c != act.len() {
+                return Err(format!("{down} has {c} inputs where up_proj writes {}", act.len()));
+            }
+            let s = factors(act, &column_max(&[(&w, c)]), alpha);
+            out.factors.insert(down, s.clone());
+            out.rows.insert(up, s);
         }
         if !any {
             break;
