@@ -58,10 +58,6 @@ impl Smoothing {
     pub fn rows(&self, name: &str) -> Option<&[f32]> {
         self.rows.get(name).map(Vec::as_slice)
     }
-    /// How many norms are smoothed.
-    pub fn norms(&self) -> usize {
-        self.factors.keys().filter(|k| k.contains("norm")).count()
-    }
 }
 
 /// `s_j = a_j^α / w_j^(1−α)`, 1 where either maximum is zero (or the result is not finite),
