@@ -403,11 +403,19 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
                     StoredFormat::Fp8E4M3 => Dtype::F8_E4M3,
                     f => return Err(refuse(&format!("tensor '{name}' is {f}"), input)),
                 };
+                // A tensor the smoothing changes must be written changed (else the function moves).
+                let smoothed = smoothing.weight(&name).is_some() || smoothing.rows(&name).is_some();
                 let bytes = match (smoothing.norm(&name), dt) {
                     // A smoothed norm: divided by the factors its projections' columns took.
                     (Some(s), Some(dt)) => {
                         let v: Vec<f32> = t.to_f32()?.iter().zip(s).map(|(w, s)| w / s).collect();
                         Cow::Owned(dt.bytes(&v))
+                    }
+                    (Some(_), None) => {
+                        return Err(refuse(&format!("the smoothed norm '{name}' is {}", t.format), input))
+                    }
+                    _ if smoothed => {
+                        return Err(refuse(&format!("the smoothed projection '{name}' is {}", t.format), input))
                     }
                     _ => t.bytes,
                 };
