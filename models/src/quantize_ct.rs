@@ -32,6 +32,7 @@
 //! asked.
 
 use crate::gguf::GgmlType;
+use kiln_runtime::device::element::{E4m3, Element};
 use crate::weights::{Part, StoredFormat, WeightSource, WeightsError};
 use safetensors::tensor::{Dtype, View};
 use serde_json::{json, Value};
@@ -140,24 +141,10 @@ impl FloatDtype {
 }
 
 /// The e4m3 byte nearest to `x` (ties to even), `x` first clamped to ±448 (as compressed-tensors
-/// clamps before casting, so nothing becomes NaN); NaN stays NaN.
+/// clamps before casting, so nothing becomes NaN); NaN stays NaN. The runtime's host encoder
+/// (the code generator's arithmetic, NaN kept as the NaN byte).
 pub fn f32_to_e4m3(x: f32) -> u8 {
-    if x.is_nan() {
-        return 0x7F;
-    }
-    let sign = if x.is_sign_negative() { 0x80 } else { 0 };
-    let a = x.abs().min(448.0);
-    // Subnormals and the smallest normal: multiples of 2^-9 (a code of 8 is exponent 1, mantissa 0).
-    if a < 2f32.powi(-6) {
-        return sign | (a * 512.0).round_ties_even() as u8;
-    }
-    let e = a.log2().floor() as i32; // a ≥ 2^-6, so e ≥ -6; the mantissa rounds below
-    let (mut e, mut m) = (e, ((a / 2f32.powi(e) - 1.0) * 8.0).round_ties_even() as i32);
-    if m == 8 {
-        e += 1;
-        m = 0;
-    }
-    sign | (((e + 7) as u8) << 3) | m as u8
+    <E4m3 as Element>::from_f32(x).0
 }
 
 /// Scales (rounded to `dt`) of units of `group` consecutive inputs (`group` divides a row) for
