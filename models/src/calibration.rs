@@ -29,20 +29,15 @@ pub const LLAMA_LAYOUT: [&str; 4] = ["LlamaForCausalLM", "MistralForCausalLM", "
 /// each input column over the calibration text.
 pub type InputRanges = HashMap<String, Vec<f32>>;
 
-/// Refuses an architecture whose tensors do not follow Llama's layout; `method` names the
-/// caller in the message.
-pub fn check_layout(architecture: &str, method: &str) -> Result<(), String> {
-    if LLAMA_LAYOUT.contains(&architecture) {
-        return Ok(());
+/// The calibration pass over the checkpoint in `dir`, whose config names `architecture` (see
+/// the module header); `method` names the caller in a refusal.
+pub fn input_ranges(dir: &Path, architecture: &str, method: &str) -> Result<InputRanges, String> {
+    if !LLAMA_LAYOUT.contains(&architecture) {
+        return Err(format!(
+            "{method} calibrates models with Llama's tensor layout ({}) only; this checkpoint is `{architecture}`",
+            LLAMA_LAYOUT.join(", ")
+        ));
     }
-    Err(format!(
-        "{method} calibrates models with Llama's tensor layout ({}) only; this checkpoint is `{architecture}`",
-        LLAMA_LAYOUT.join(", ")
-    ))
-}
-
-/// The calibration pass over the checkpoint in `dir` (see the module header).
-pub fn input_ranges(dir: &Path) -> Result<InputRanges, String> {
     let mut model = load_weights_only_with(dir, &Device::Cpu, DType::F32, WeightMode::Dense)
         .map_err(|e| format!("loading the model for calibration: {e}"))?;
     let observed = model.observe_projection_inputs().map_err(|e| e.to_string())?;

@@ -32,8 +32,8 @@
 //! asked.
 
 use crate::gguf::GgmlType;
-use kiln_runtime::device::element::{E4m3, Element};
 use crate::weights::{Part, StoredFormat, WeightSource, WeightsError};
+use kiln_runtime::device::element::{E4m3, Element};
 use safetensors::tensor::{Dtype, View};
 use serde_json::{json, Value};
 use std::borrow::Cow;
@@ -278,9 +278,9 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
         return Err(refuse("exists (pass --force to replace it)", output));
     }
     let src = WeightSource::open_safetensors_dir(input)?;
+    let arch = cfg["architectures"].get(0).and_then(Value::as_str).unwrap_or("(none)").to_owned();
     let smoothing = match method {
         CtMethod::Int8Sq { alpha } => {
-            let arch = cfg["architectures"].get(0).and_then(Value::as_str).unwrap_or("(none)").to_owned();
             let weights = |name: &str| {
                 let t = src.read_part(name, None, &Part::Whole).map_err(|e| e.to_string())?;
                 let cols = t.shape.get(1).copied().ok_or_else(|| format!("{name} is not a matrix"))?;
@@ -292,9 +292,7 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
     };
     let ranges = match method {
         CtMethod::Fp8Static => {
-            let arch = cfg["architectures"].get(0).and_then(Value::as_str).unwrap_or("(none)");
-            crate::calibration::check_layout(arch, "fp8").map_err(|why| refuse(&why, input))?;
-            crate::calibration::input_ranges(input).map_err(|why| refuse(&why, input))?
+            crate::calibration::input_ranges(input, &arch, "fp8").map_err(|why| refuse(&why, input))?
         }
         _ => Default::default(),
     };

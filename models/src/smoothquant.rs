@@ -24,7 +24,7 @@
 //! 1); smoothing never changes a tensor's shape or dtype; the weights are smoothed in f32 before
 //! they are quantized, the norm is rounded once to its stored dtype.
 
-use crate::calibration::{check_layout, input_ranges};
+use crate::calibration::input_ranges;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -39,8 +39,10 @@ const PAIRS: [(&str, &[&str]); 2] = [
 /// `up_proj`'s rows divided by [`Smoothing::rows`] (`down_proj`'s column factors).
 #[derive(Debug, Default)]
 pub struct Smoothing {
-    /// Tensor name (`model.layers.N.input_layernorm.weight`, `….q_proj.weight`) → factors.
-    factors: HashMap<String, Vec<f32>>,
+    /// Projection name (`model.layers.N.self_attn.q_proj.weight`, …) → its column factors.
+    columns: HashMap<String, Vec<f32>>,
+    /// Norm name (`model.layers.N.input_layernorm.weight`) → its divisors.
+    norms: HashMap<String, Vec<f32>>,
     /// `model.layers.N.mlp.up_proj.weight` → the divisor of each of its rows.
     rows: HashMap<String, Vec<f32>>,
 }
@@ -48,11 +50,11 @@ pub struct Smoothing {
 impl Smoothing {
     /// The factors a projection's columns are multiplied by, if it is smoothed.
     pub fn weight(&self, name: &str) -> Option<&[f32]> {
-        self.factors.get(name).map(Vec::as_slice).filter(|_| !name.contains("norm"))
+        self.columns.get(name).map(Vec::as_slice)
     }
     /// The factors a norm's weight is divided by, if it is smoothed.
     pub fn norm(&self, name: &str) -> Option<&[f32]> {
-        self.factors.get(name).map(Vec::as_slice).filter(|_| name.contains("norm"))
+        self.norms.get(name).map(Vec::as_slice)
     }
     /// The divisors of a projection's rows, if they are smoothed (`up_proj`).
     pub fn rows(&self, name: &str) -> Option<&[f32]> {
@@ -103,11 +105,10 @@ pub fn calibrate(
     alpha: f32,
     mut weights: impl FnMut(&str) -> Result<(Vec<f32>, usize), String>,
 ) -> Result<Smoothing, String> {
-    check_layout(architecture, "int8-sq")?;
     if !(0.0..=1.0).contains(&alpha) {
         return Err(format!("SmoothQuant's alpha must be within 0..1, not {alpha}"));
     }
-    let ranges = input_ranges(dir)?;
+    let ranges = input_ranges(dir, architecture, "int8-sq")?;
     let mut out = Smoothing::default();
     for l in 0.. {
         let mut any = false;
@@ -122,9 +123,9 @@ pub fn calibrate(
             let wmax = column_max(&ws.iter().map(|(w, c)| (w.as_slice(), *c)).collect::<Vec<_>>());
             let s = factors(act, &wmax, alpha);
             for n in names {
-                out.factors.insert(n, s.clone());
+                out.columns.insert(n, s.clone());
             }
-            out.factors.insert(format!("model.layers.{l}.{norm}.weight"), s);
+            out.norms.insert(format!("model.layers.{l}.{norm}.weight"), s);
         }
         let (down, up) =
             (format!("model.layers.{l}.mlp.down_proj.weight"), format!("model.layers.{l}.mlp.up_proj.weight"));
@@ -134,7 +135,7 @@ pub fn calibrate(
                 return Err(format!("{down} has {c} inputs where up_proj writes {}", act.len()));
             }
             let s = factors(act, &column_max(&[(&w, c)]), alpha);
-            out.factors.insert(down, s.clone());
+            out.columns.insert(down, s.clone());
             out.rows.insert(up, s);
         }
         if !any {

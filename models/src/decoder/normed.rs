@@ -34,8 +34,9 @@ pub(super) fn quant_rows(dev: &Device, capacity: usize, width: usize) -> Result<
     Ok([Tensor::uninit(dev, DType::F8E4M3, capacity, width)?, Tensor::uninit(dev, DType::F32, capacity, 1)?])
 }
 
-/// Read at each norm (not once per process) so that one test can run both forms; a model
-/// whose workspace was made while it was off keeps the dense form.
+/// Read when a workspace is made (not once per process, so that one test can run both forms,
+/// nor at each norm of a step): a workspace made while it was off has no e4m3 rows, and its
+/// steps keep the dense form.
 fn enabled() -> bool {
     std::env::var_os("KILN_FUSED_NORM_QUANT").is_none_or(|v| v != "0")
 }
@@ -48,7 +49,6 @@ impl Decoder {
             && n.b.is_none()
             && !self.spec.parallel_residual
             && w.is_some_and(takes_e4m3_rows)
-            && enabled()
     }
 
     /// The weight that alone reads the MLP norm's output of `layer`, if any (a dense MLP).
@@ -59,12 +59,14 @@ impl Decoder {
         }
     }
 
-    /// Whether any norm of this model writes quantized rows (the workspace then holds them).
+    /// Whether any norm of this model writes quantized rows (the workspace then holds them;
+    /// without them every norm writes the dense form).
     pub(super) fn quantizes_norms(&self) -> bool {
-        self.layers.iter().any(|l| {
-            self.quantizes_for(&l.attn_norm, Some(&l.wqkv))
-                || l.ffn_norm.as_ref().is_some_and(|n| self.quantizes_for(n, Self::mlp_input(l)))
-        })
+        enabled()
+            && self.layers.iter().any(|l| {
+                self.quantizes_for(&l.attn_norm, Some(&l.wqkv))
+                    || l.ffn_norm.as_ref().is_some_and(|n| self.quantizes_for(n, Self::mlp_input(l)))
+            })
     }
 
     /// `norm(x)` for the projection `w`: into `hq` when it takes e4m3 rows, else into `h`.

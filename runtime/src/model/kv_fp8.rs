@@ -199,9 +199,9 @@ fn store_cuda(b: &CudaBackend, rows: &NewRows<'_>, k_pool: &mut Tensor, v_pool: 
 pub const CALIBRATION_TOKENS: usize = 1024;
 
 /// One prefill of `tokens` (the first [`CALIBRATION_TOKENS`], at most the model's context) as
-/// one sequence in a cache of its own, which is returned: a calibration pass (FP8 KV scales,
-/// SmoothQuant's activation statistics).
-pub fn calibration_prefill(model: &dyn CausalLm, tokens: &[u32]) -> Result<KvCache, ModelError> {
+/// one sequence in a cache of its own: a calibration pass (FP8 KV scales, SmoothQuant's
+/// activation statistics). Returns the cache and how many tokens it holds.
+pub fn calibration_prefill(model: &dyn CausalLm, tokens: &[u32]) -> Result<(KvCache, usize), ModelError> {
     let tokens = &tokens[..tokens.len().min(CALIBRATION_TOKENS).min(model.info().max_model_len)];
     if tokens.is_empty() {
         return Err(ModelError::Load("a calibration pass needs at least one token".into()));
@@ -215,7 +215,7 @@ pub fn calibration_prefill(model: &dyn CausalLm, tokens: &[u32]) -> Result<KvCac
     let seqs = [SeqAttn { q_start: 0, q_len: tokens.len(), ctx_len: tokens.len(), block_table: &table }];
     let batch = ForwardBatch { tokens, positions: &positions, slots: &slots, seqs: &seqs, logits_rows: &[0] };
     model.forward(&batch, &mut kv)?;
-    Ok(kv)
+    Ok((kv, tokens.len()))
 }
 
 /// Per-KV-layer scales for `model`'s FP8 KV cache from one prefill of `tokens` (the first
@@ -223,19 +223,15 @@ pub fn calibration_prefill(model: &dyn CausalLm, tokens: &[u32]) -> Result<KvCac
 /// the text, through [`scale_for`]. Across tensor-parallel ranks (a cache of `ranks × layers`
 /// pools) a layer's maximum is taken over every rank's heads.
 pub fn calibrate(model: &dyn CausalLm, tokens: &[u32]) -> Result<Vec<KvScale>, ModelError> {
-    let tokens = &tokens[..tokens.len().min(CALIBRATION_TOKENS).min(model.info().max_model_len)];
-    if tokens.is_empty() {
-        return Err(ModelError::Load("FP8 KV calibration needs at least one token".into()));
-    }
     if model.info().kv_fp8.is_some() {
         return Err(ModelError::Load("FP8 KV calibration needs the model's unquantized cache".into()));
     }
     let layers = model.info().kv_layers().count();
-    let kv = calibration_prefill(model, tokens)?;
+    let (kv, n) = calibration_prefill(model, tokens)?;
     let mut amax = vec![[0f32; 2]; layers];
     for (i, (kp, vp)) in kv.k.iter().zip(&kv.v).enumerate() {
         for (j, pool) in [kp, vp].into_iter().enumerate() {
-            let rows = pool.view_rows(0, tokens.len())?.to_host_f32()?;
+            let rows = pool.view_rows(0, n)?.to_host_f32()?;
             let m = rows.iter().fold(0f32, |m, x| m.max(x.abs()));
             if !m.is_finite() {
                 return Err(ModelError::Load(format!(

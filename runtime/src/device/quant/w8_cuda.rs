@@ -552,11 +552,18 @@ fn w8a8_gemv_all(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor
         // SAFETY: qx and sx lie inside the scratch (checked above), which this lock keeps to
         // this product; the stream orders the GEMVs after the quantization.
         unsafe { fp8_lt::quantize_into(b, &x.view_rows(r0, rows)?, act, qx, sx)? };
-        let mut at = 0;
-        for w in parts {
-            w.gemv_w8a8(b, (qx, sx, rows), &mut out.view_rows(r0, rows)?.view_cols(at, w.rows)?)?;
-            at += w.rows;
-        }
+        gemv_w8a8_parts(b, (qx, sx, rows), parts, &out.view_rows(r0, rows)?)?;
+    }
+    Ok(())
+}
+
+/// The W8A8 GEMV of every part over `rows ≤ 8` quantized rows (`qx`, `sx` as for
+/// [`W8Cuda::gemv_w8a8`]), each part into its own columns of `out` (`rows` rows).
+fn gemv_w8a8_parts(b: &CudaBackend, q: (u64, u64, usize), parts: &[W8Cuda], out: &Tensor) -> Result<(), GemmError> {
+    let mut at = 0;
+    for w in parts {
+        w.gemv_w8a8(b, q, &mut out.view_cols(at, w.rows)?)?;
+        at += w.rows;
     }
     Ok(())
 }
@@ -627,12 +634,8 @@ pub fn linear_w8_cuda_e4m3(q: &Tensor, s: &Tensor, parts: &[W8Cuda], out: &mut T
     let chunk = GEMV_M[3];
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
-        let mut at = 0;
-        for w in parts {
-            let (qx, sx) = (qp + (r0 * k) as u64, sp + 4 * r0 as u64);
-            w.gemv_w8a8(&b, (qx, sx, rows), &mut out.view_rows(r0, rows)?.view_cols(at, w.rows)?)?;
-            at += w.rows;
-        }
+        let (qx, sx) = (qp + (r0 * k) as u64, sp + 4 * r0 as u64);
+        gemv_w8a8_parts(&b, (qx, sx, rows), parts, &out.view_rows(r0, rows)?)?;
     }
     Ok(())
 }
