@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fused-norm-quant-lite|fp8-max|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fused-norm-quant-lite|w8a8-all|fp8-max|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -224,6 +224,36 @@ if [ "$what" = fused-norm-quant-lite ]; then
   for fu in 1 0; do KILN_FUSED_NORM_QUANT=$fu TAIL=4 step "bench-fp8-c64-fused$fu" 100 "${b[@]}"; done
   KILN_FP8_LT_TUNE=8 TAIL=4 step bench-fp8-c64-tune8 100 "${b[@]}"
 fi
+if [ "$what" = w8a8-all ]; then
+  # 8-bit W8A8 in one call (issue 14): the 8-bit kernels against their f64 twins (FP8 with rows
+  # given already quantized, INT8 W8A8 per row × per channel through cuBLASLt IMMA and the W8A8
+  # GEMV) and their speed beside bf16; the e4m3 norm kernels; the tiny 8-bit fixtures, GPU W8A8
+  # against the CPU twin; SmolLM2's first 2 layers as INT8 SmoothQuant and FP8-dynamic (KL from
+  # the unquantized model), GPU and CPU twin; 8B-shaped decode, fp8 (fused norms on / off),
+  # int8 and bf16 at 1 and 64 sequences.
+  TAIL=80 step w8-check 240 .device/kiln-check-w8
+  TAIL=12 step kernels-norm-quant 100 .device/kiln-check-kernels --rows 1,7,512,4096 --widths 576,4096 \
+    --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3 --out "$OUT/kernels-norm-quant.md"
+  KILN_W8=w8a8 TAIL=14 step w8a8-models 120 .device/kiln-check-arch --vs-cpu "${ct[@]}"
+  .device/kiln convert .device/smollm2-2l.gguf /tmp/s-hf > /dev/null
+  .device/kiln quantize /tmp/s-hf /tmp/s-fp8 --method fp8-dynamic | tail -1
+  .device/kiln quantize /tmp/s-hf /tmp/s-int8sq --method int8-sq | tail -1
+  f=tests/fixtures/perplexity/founding-documents.txt
+  for d in cuda cpu; do
+    KILN_W8=w8a8 TAIL=4 step "ppl-$d-int8sq" 100 .device/kiln perplexity --model /tmp/s-int8sq --file "$f" --kl-base /tmp/s-hf --device "$d"
+    for fu in 1 0; do
+      KILN_W8=w8a8 KILN_FUSED_NORM_QUANT=$fu TAIL=4 step "ppl-$d-fp8-fused$fu" 100 .device/kiln perplexity --model /tmp/s-fp8 --file "$f" --kl-base /tmp/s-hf --device "$d"
+    done
+  done
+  b=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-num-seqs 256)
+  for c in 1 64; do
+    for fu in 1 0; do
+      KILN_FUSED_NORM_QUANT=$fu TAIL=4 step "bench-fp8-c$c-fused$fu" 100 "${b[@]}" --num-requests $c --model synth:llama3-8b+fp8
+    done
+    TAIL=4 step "bench-int8-c$c" 100 "${b[@]}" --num-requests $c --model synth:llama3-8b+int8
+    TAIL=4 step "bench-bf16-c$c" 100 "${b[@]}" --num-requests $c --model synth:llama3-8b
+  done
+fi
 if [ "$what" = fp8-max ]; then
   # 8B-shaped max load (1,024 requests of 128 / 128 at 256 sequences): FP8 W8A8 with the
   # heuristic's algorithms, with 8 timed per row-count bucket, and bf16, same call.
@@ -231,6 +261,7 @@ if [ "$what" = fp8-max ]; then
   TAIL=4 step bench-fp8-max 200 "${b[@]}" --model synth:llama3-8b+fp8
   KILN_FP8_LT_TUNE=8 TAIL=4 step bench-fp8-max-tune8 200 "${b[@]}" --model synth:llama3-8b+fp8
   TAIL=4 step bench-bf16-max 200 "${b[@]}" --model synth:llama3-8b
+  [ "${INT8:-0}" = 1 ] && TAIL=4 step bench-int8-max 200 "${b[@]}" --model synth:llama3-8b+int8
 fi
 if [ "$what" = attn-variants ]; then
   # Attention kernel experiments: macros set through KILN_NVRTC_DEFINES (ATTN_VARIANTS:

@@ -6,6 +6,7 @@ use crate::config::{ConfigError, LlamaConfig, RopeScalingKind};
 use crate::decoder::{Decoder, DecoderSpec, Names};
 use crate::model::{ModelError, Runner};
 use crate::weights::GgufNaming;
+use kiln_runtime::device::quant::w8::W8Elem;
 use kiln_runtime::DType;
 use kiln_runtime::Device;
 
@@ -86,10 +87,16 @@ pub fn random_int4(
     Ok(Runner::new(Decoder::random(DecoderSpec::llama(cfg), dev, dtype, seed)?.with_random_int4(group, seed)?))
 }
 
-/// [`random`] with every layer projection as random FP8 weights, a scale per output channel
-/// (see [`Decoder::with_random_fp8`]).
-pub fn random_fp8(cfg: LlamaConfig, dev: &Device, dtype: DType, seed: u64) -> Result<Runner<Decoder>, ModelError> {
-    Ok(Runner::new(Decoder::random(DecoderSpec::llama(cfg), dev, dtype, seed)?.with_random_fp8(seed)?))
+/// [`random`] with every layer projection as random 8-bit weights of `elem` (FP8 or INT8), a
+/// scale per output channel, multiplied as W8A8 (see [`Decoder::with_random_w8`]).
+pub fn random_w8(
+    cfg: LlamaConfig,
+    dev: &Device,
+    dtype: DType,
+    elem: W8Elem,
+    seed: u64,
+) -> Result<Runner<Decoder>, ModelError> {
+    Ok(Runner::new(Decoder::random(DecoderSpec::llama(cfg), dev, dtype, seed)?.with_random_w8(elem, seed)?))
 }
 
 pub(crate) fn load(e: impl std::fmt::Display) -> ModelError {

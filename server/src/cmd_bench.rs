@@ -11,6 +11,7 @@
 use crate::device_arg::{apply_kv_cache, pick_ranks, DeviceArg, KvCacheArg, SamplingArg, WeightsArg};
 use anyhow::{bail, Context, Result};
 use kiln_models::detok_adapter::TokenizerDetokenizer;
+use kiln_runtime::device::quant::w8::W8Elem;
 use kiln_runtime::engine::{Detokenizer, Engine, EngineConfig, EngineEvent, EngineHandle, GenerateRequest};
 use kiln_runtime::model::CausalLm;
 use kiln_runtime::sample::SamplingParams;
@@ -33,8 +34,8 @@ pub struct BenchArgs {
     vocab: u64,
     /// A GGUF file, an HF directory, or `synth:PRESET` (random weights of a real model's
     /// shapes made on the device: `synth:llama3-8b`, `synth:smollm2-135m`; `synth:llama3-8b+int4`
-    /// for 4-bit projections in groups of 128, `+fp8` for FP8 projections); default: the
-    /// default model.
+    /// for 4-bit projections in groups of 128, `+fp8` or `+int8` for FP8 or INT8 W8A8
+    /// projections); default: the default model.
     #[arg(long)]
     model: Option<PathBuf>,
     #[arg(long, default_value_t = 48)]
@@ -162,21 +163,24 @@ fn load_model(
 ) -> Result<(Arc<dyn CausalLm>, Arc<dyn Detokenizer>)> {
     if let Some(name) = path.to_str().and_then(|p| p.strip_prefix("synth:")) {
         // `NAME+int4`: the projections as random 4-bit weights in groups of 128 (W4A16);
-        // `NAME+fp8`: as random FP8 E4M3 weights with a scale per output channel (W8A16).
-        let (name, quant) = match (name.strip_suffix("+int4"), name.strip_suffix("+fp8")) {
-            (Some(n), _) => (n, Some("int4")),
-            (_, Some(n)) => (n, Some("fp8")),
+        // `NAME+fp8` / `NAME+int8`: as random FP8 E4M3 / INT8 weights with a scale per output
+        // channel (W8A8).
+        let (name, quant) = match name.rsplit_once('+') {
+            Some((n, q @ ("int4" | "fp8" | "int8"))) => (n, Some(q)),
             _ => (name, None),
         };
         let cfg = kiln_models::synth::preset(name).with_context(|| {
             format!(
-                "unknown preset `{name}` (presets: {}; add +int4 for W4A16, +fp8 for FP8 weights)",
+                "unknown preset `{name}` (presets: {}; add +int4 for W4A16, +fp8 or +int8 for W8A8)",
                 kiln_models::synth::PRESETS.join(", ")
             )
         })?;
         let mut model: Box<dyn CausalLm> = match (devs, quant) {
             ([dev], Some("int4")) => Box::new(kiln_models::llama::random_int4(cfg, dev, dtype, 0, 128)?),
-            ([dev], Some(_)) => Box::new(kiln_models::llama::random_fp8(cfg, dev, dtype, 0)?),
+            ([dev], Some(q)) => {
+                let elem = if q == "int8" { W8Elem::Int8 } else { W8Elem::Fp8E4M3 };
+                Box::new(kiln_models::llama::random_w8(cfg, dev, dtype, elem, 0)?)
+            }
             ([dev], None) => Box::new(kiln_models::llama::random(cfg, dev, dtype, 0)?),
             (_, Some(q)) => bail!("synth:{name}+{q} runs on one device"),
             (_, None) => Box::new(kiln_models::tp::random_parallel(cfg, devs, dtype, 0)?),

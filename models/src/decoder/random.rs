@@ -173,18 +173,19 @@ impl Decoder {
         })
     }
 
-    /// The same model with every dense layer projection replaced by seeded random FP8 E4M3
-    /// weights of its shape with a scale per output channel (values in about the same range):
-    /// a synthetic FP8 model (`synth:NAME+fp8`: W8A16 GEMV for a few rows, W8A8 tensor cores
-    /// above) for speed work; GPU only (the CPU reads 8-bit checkpoints as f32).
-    pub fn with_random_fp8(self, seed: u64) -> Result<Decoder, ModelError> {
+    /// The same model with every dense layer projection replaced by seeded random 8-bit weights
+    /// of its shape (FP8 E4M3 or INT8) with a scale per output channel (values in about the
+    /// same range), uploaded as W8A8: a synthetic FP8 or SmoothQuant-style INT8 model
+    /// (`synth:NAME+fp8`, `synth:NAME+int8`) for speed work; GPU only (the CPU reads 8-bit
+    /// checkpoints as f32).
+    pub fn with_random_w8(self, elem: W8Elem, seed: u64) -> Result<Decoder, ModelError> {
         let dev = self.dev.clone();
         let dtype = self.dtype;
         if dev.is_cpu() {
-            return Err(ModelError::Unsupported("synthetic FP8 weights run on a GPU".into()));
+            return Err(ModelError::Unsupported("synthetic 8-bit weights run on a GPU".into()));
         }
         self.replace_projections(|(rows, cols), n| {
-            let m = random_fp8((rows, cols), tensor_seed(seed ^ 0xF8, n))?;
+            let m = random_w8(elem, (rows, cols), tensor_seed(seed ^ 0xF8, n))?;
             let on_gpu = W8Cuda::upload(&dev, dtype, &[m], true).map_err(|e| ModelError::Load(e.to_string()))?;
             Ok(on_gpu.map(Weight::W8Cuda))
         })
@@ -217,20 +218,23 @@ impl Decoder {
     }
 }
 
-/// A `[rows, cols]` FP8 E4M3 matrix of SplitMix64 bytes (NaN bytes moved to the largest finite
-/// value) with a scale per row near `1 / (448·√cols)`: values within about ±1/√cols.
-fn random_fp8((rows, cols): (usize, usize), seed: u64) -> Result<W8Matrix, ModelError> {
+/// A `[rows, cols]` 8-bit matrix of SplitMix64 bytes (FP8: NaN bytes moved to the largest
+/// finite value; INT8: -128 moved to -127, as symmetric quantizers write) with a scale per row
+/// near `1 / (top·√cols)` (`top` 448 or 127): values within about ±1/√cols.
+fn random_w8(elem: W8Elem, (rows, cols): (usize, usize), seed: u64) -> Result<W8Matrix, ModelError> {
     use rayon::prelude::*;
     let bytes: Vec<u8> = (0..rows * cols)
         .into_par_iter()
-        .map(|i| match (bits(seed, i as u64) >> 56) as u8 {
-            b if b & 0x7F == 0x7F => b - 1,
-            b => b,
+        .map(|i| match ((bits(seed, i as u64) >> 56) as u8, elem) {
+            (b, W8Elem::Fp8E4M3) if b & 0x7F == 0x7F => b - 1,
+            (0x80, W8Elem::Int8) => 0x81,
+            (b, _) => b,
         })
         .collect();
-    let scale = 1.0 / (448.0 * (cols as f32).sqrt());
+    let top = if elem == W8Elem::Int8 { 127.0 } else { 448.0 };
+    let scale = 1.0 / (top * (cols as f32).sqrt());
     let scales = (0..rows).map(|i| scale * (0.75 + 0.5 * uniform_value(seed ^ 1, i as u64, 0.0, 1.0))).collect();
-    W8Matrix::new((rows, cols), W8Elem::Fp8E4M3, bytes, scales, [1, cols]).map_err(|e| ModelError::Load(e.to_string()))
+    W8Matrix::new((rows, cols), elem, bytes, scales, [1, cols]).map_err(|e| ModelError::Load(e.to_string()))
 }
 
 /// A `[rows, cols]` 4-bit matrix of SplitMix64 words, zero 8 and f16-exact scales near

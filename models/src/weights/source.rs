@@ -27,8 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln_runtime::comm::Communicator;
 use kiln_runtime::device::linear::Weight;
-use kiln_runtime::device::quant::act_quant::{int8_w8a8_form, ActQuant};
-use kiln_runtime::device::quant::fp8_lt;
+use kiln_runtime::device::quant::act_quant::w8a8_act;
 use kiln_runtime::device::quant::int4::Int4Matrix;
 use kiln_runtime::device::quant::int4_cuda::Int4Cuda;
 use kiln_runtime::device::quant::w8::W8Matrix;
@@ -673,9 +672,8 @@ impl WeightSource {
     /// Scaled 8-bit parts (stacked along rows) as one weight, when `KILN_W8` asks for it
     /// (`w8_cuda::policy`, with why not by default) and every part is kept 8-bit: on a GPU in
     /// GPU memory for activations of `dtype` (when the parts fit the kernels), on the CPU as
-    /// W8A8's twin (`w8a8`, when the parts take it: FP8 as on the GPU, or INT8 per channel with
-    /// per-token int8 activations, which the GPU multiplies as W8A16 for now). `None` otherwise: the caller reads
-    /// the weight another way.
+    /// W8A8's twin (`w8a8`, when the parts take it: FP8, or INT8 per channel with per-token int8
+    /// activations, as on the GPU). `None` otherwise: the caller reads the weight another way.
     fn w8_on(&self, parts: &[StackPart<'_>], dev: &Device, dtype: DType) -> Result<Option<Weight>, WeightsError> {
         let w8a8 = match w8_cuda::policy() {
             W8Policy::Dense => return Ok(None),
@@ -694,11 +692,7 @@ impl WeightSource {
         }
         let layout = |reason: String| WeightsError::Layout { tensor: parts[0].0.to_owned(), reason };
         if dev.is_cpu() {
-            let act = match fp8_lt::w8a8_form(&ws) {
-                Some(a) => ActQuant::E4m3(a),
-                None if int8_w8a8_form(&ws) => ActQuant::Int8Row,
-                None => return Ok(None),
-            };
+            let Some(act) = w8a8_act(&ws) else { return Ok(None) };
             let values: Vec<f32> = ws.iter().flat_map(W8Matrix::dequantize).collect();
             let rows = ws.iter().map(W8Matrix::rows).sum();
             let dense = Tensor::from_f32_as(dev, dtype, &values, rows, ws[0].cols())

@@ -7,22 +7,23 @@
 //! output channel, per group of 32 inputs and per 128×128 block (a row count cut inside the
 //! last block), fused weights of two parts; 1 to 130 activation rows, each group of 128 inputs
 //! at its own magnitude; f32 / f16 / bf16 activations; the W8A16 GEMV, dequantize + cuBLAS,
-//! and for weights that take FP8 W8A8 (`fp8_lt::w8a8_form`) the FP8 tensor cores and the W8A8
-//! GEMV against a twin that quantizes the activations per row, or per 128 inputs for 128×128
-//! blocks, as the kernels do (output addresses aligned to 256 bytes and less), and for per-row
-//! forms the product of rows given already quantized (`linear_w8_cuda_e4m3`). The product is
+//! and for weights that take W8A8 (`act_quant::w8a8_act`: FP8, or INT8 per channel or tensor)
+//! the 8-bit tensor cores and the W8A8 GEMV against a twin that quantizes the activations as
+//! the kernels do — e4m3 per row or per 128 inputs for 128×128 blocks, int8 per row — (output
+//! addresses aligned to 256 bytes and less), and for FP8 per-row forms the product of rows
+//! given already quantized (`linear_w8_cuda_e4m3`). The product is
 //! computed from the activations as the GPU sees them (rounded to the dtype); the GPU result
 //! must be within `tol · max |ref|`.
 //!
-//! Speed: Llama-3-8B's projection shapes, FP8 per channel (two also in 128×128 blocks), bf16:
+//! Speed: Llama-3-8B's projection shapes, FP8 per channel (two also in 128×128 blocks, three
+//! as INT8 per channel), bf16:
 //! median of CUDA-event-timed launches. `--lt-sweep` times instead each algorithm cuBLASLt's
 //! heuristic offers for the FP8 tensor-core product of those shapes at 64–2048 rows, with and
 //! without fast accumulation, beside dense bf16 cuBLAS (is its first pick the fastest?).
 
 use kiln_runtime::device::element::E4m3;
-use kiln_runtime::device::quant::fp8_lt::{
-    quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, w8a8_form, ActScale, GROUP,
-};
+use kiln_runtime::device::quant::act_quant::{w8a8_act, ActQuant};
+use kiln_runtime::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, ActScale, GROUP};
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, linear_w8_cuda_e4m3, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
@@ -68,6 +69,7 @@ fn cases(r: &mut Rand) -> Vec<Case> {
         (F, 272, 640, [128, 128], "128×128 blocks"),
         (F, 64, 1024, [1, 32], "groups of 32"),
         (I, 96, 384, [1, 384], "per channel"),
+        (I, 208, 256, [208, 256], "per tensor"),
         (I, 130, 256, [1, 32], "groups of 32"),
     ] {
         let what = format!("{} {rows}x{cols} {how}", elem.name());
@@ -80,6 +82,13 @@ fn cases(r: &mut Rand) -> Vec<Case> {
     c.push(Case { what: "fp8e4m3 fused 48+32 x256 per tensor, per channel".into(), parts });
     let parts = vec![random_matrix(r, F, (256, 384), [128, 128]), random_matrix(r, F, (144, 384), [128, 128])];
     c.push(Case { what: "fp8e4m3 fused 256+144 x384 128×128 blocks".into(), parts });
+    // SmoothQuant's separate q, k, v: per channel and per tensor, joined at upload.
+    let parts = vec![
+        random_matrix(r, I, (128, 256), [1, 256]),
+        random_matrix(r, I, (48, 256), [48, 256]),
+        random_matrix(r, I, (32, 256), [1, 256]),
+    ];
+    c.push(Case { what: "int8 fused 128+48+32 x256 per channel, per tensor".into(), parts });
     c
 }
 
@@ -99,29 +108,44 @@ fn reference(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
     out
 }
 
-/// The FP8 W8A8 product of the stacked parts as the W8A8 kernels compute it: each row of `x`
-/// quantized to e4m3 in `form` (one scale per row, or per 128 inputs), exact products summed
-/// in f64 per scale group, the scales applied.
-fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix], form: ActScale) -> Vec<f32> {
+/// Row `x`'s int8 codes as values and its scale (`ActQuant::Int8Row`'s: `s = max|x| / 127`,
+/// ties to even, ±127).
+fn quantize_row_int8(x: &[f32]) -> (f32, Vec<f64>) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+    (s, x.iter().map(|v| (v / s).round_ties_even().clamp(-127.0, 127.0) as f64).collect())
+}
+
+/// The W8A8 product of the stacked parts as the W8A8 kernels compute it: each row of `x`
+/// quantized in `form` (e4m3 with one scale per row or per 128 inputs; int8 per row), exact
+/// products summed in f64 per scale group, the scales applied.
+fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix], form: ActQuant) -> Vec<f32> {
     let k = parts[0].cols();
+    let e4m3 = |q: Vec<u8>| q.iter().map(|&b| W8Elem::Fp8E4M3.value(b) as f64).collect::<Vec<f64>>();
     let mut out = vec![];
     for i in 0..m {
         let xi = &x[i * k..(i + 1) * k];
         let (sx, qx) = match form {
-            ActScale::Group => quantize_groups_e4m3(xi),
-            ActScale::Row => {
+            ActQuant::E4m3(ActScale::Group) => {
+                let (s, q) = quantize_groups_e4m3(xi);
+                (s, e4m3(q))
+            }
+            ActQuant::E4m3(ActScale::Row) => {
                 let (s, q) = quantize_row_e4m3(xi);
+                (vec![s], e4m3(q))
+            }
+            ActQuant::Int8Row => {
+                let (s, q) = quantize_row_int8(xi);
                 (vec![s], q)
             }
         };
         let g = k / sx.len();
-        let qx: Vec<f64> = qx.iter().map(|&b| W8Elem::Fp8E4M3.value(b) as f64).collect();
         for w in parts {
             let ([bo, bi], sc) = (w.block(), w.scale_cols());
             for (j, row) in w.bytes().chunks(k).enumerate() {
                 let mut d = 0f64;
                 for (gi, (wg, xg)) in row.chunks(g).zip(qx.chunks(g)).enumerate() {
-                    let p: f64 = wg.iter().zip(xg).map(|(&b, &q)| W8Elem::Fp8E4M3.value(b) as f64 * q).sum();
+                    let p: f64 = wg.iter().zip(xg).map(|(&b, &q)| w.elem().value(b) as f64 * q).sum();
                     d += p * sx[gi] as f64 * w.scales()[(j / bo) * sc + (gi * g) / bi] as f64;
                 }
                 out.push(d as f32);
@@ -145,21 +169,21 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                 let x: Vec<f32> = (0..m * k).map(|i| (r.unit() * 2.0 - 1.0) * (1 + (i % k) / 128 % 3) as f32).collect();
                 let x = as_dtype(&x, dtype);
                 let want = reference(&x, m, &case.parts);
-                let form = w8a8_form(&case.parts);
+                let form = w8a8_act(&case.parts);
                 let want_w8a8 = form.map(|f| reference_w8a8(&x, m, &case.parts, f));
                 let xt = Tensor::from_f32_as(dev, dtype, &x, m, k)?;
-                for path in [W8Path::Gemv, W8Path::Dequant, W8Path::Fp8TensorCores, W8Path::Fp8Gemv] {
+                for path in [W8Path::Gemv, W8Path::Dequant, W8Path::TensorCores, W8Path::W8a8Gemv] {
                     // W8A8 where the path computes it (the tensor cores, the W8A8 GEMV), else
                     // W8A16.
-                    let w8a8 = matches!(path, W8Path::Fp8TensorCores | W8Path::Fp8Gemv) && form.is_some();
+                    let w8a8 = matches!(path, W8Path::TensorCores | W8Path::W8a8Gemv) && form.is_some();
                     // cuBLAS in half precision takes the dequantized weight rounded to the
                     // activations' type too; f32 cuBLAS may sum in another order; Hopper's FP8
                     // tensor cores add exact products with fewer bits between promotions.
                     let tol = match (dtype, path) {
-                        (DType::F32, W8Path::Gemv | W8Path::Fp8Gemv) => 2e-5,
-                        (DType::F32, W8Path::Fp8TensorCores) if w8a8 => 2e-3,
+                        (DType::F32, W8Path::Gemv | W8Path::W8a8Gemv) => 2e-5,
+                        (DType::F32, W8Path::TensorCores) if w8a8 => 2e-3,
                         (DType::F32, _) => 1e-4,
-                        (_, W8Path::Gemv | W8Path::Fp8Gemv) => 1e-2,
+                        (_, W8Path::Gemv | W8Path::W8a8Gemv) => 1e-2,
                         _ => 2e-2,
                     };
                     let want = match (w8a8, &want_w8a8) {
@@ -171,7 +195,7 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                     let err = max_rel_err(&out.to_host_f32()?, want);
                     tally.record(err, tol, || format!("{} {dtype} m={m} {path:?}", case.what));
                 }
-                if let (Some(ActScale::Row), Some(want)) = (form, &want_w8a8) {
+                if let (Some(ActQuant::E4m3(ActScale::Row)), Some(want)) = (form, &want_w8a8) {
                     // Rows a norm already quantized (`linear_w8_cuda_e4m3`): the bytes and
                     // scales the reference quantized, uploaded as they are.
                     let (mut s, mut q) = (vec![], vec![]);
@@ -190,9 +214,9 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
             }
         }
         println!(
-            "ok   {} (n {n}, k {k}, W8A8 {:?}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, FP8 tensor cores, W8A8 GEMV, e4m3 rows given",
+            "ok   {} (n {n}, k {k}, W8A8 {:?}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, 8-bit tensor cores, W8A8 GEMV, e4m3 rows given",
             case.what,
-            w8a8_form(&case.parts)
+            w8a8_act(&case.parts)
         );
     }
     Ok((tally.passed, tally.failed))
@@ -207,13 +231,15 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let mut r = Rand(19, 0);
     let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
-    println!("| shape n×k fp8 (per channel unless named) | m | GEMV µs | W8A8 GEMV µs | dequant+cuBLAS µs | FP8 tensor cores µs | dense bf16 cuBLAS µs | best fp8 GB/s (% of copy) | best vs dense |");
+    println!("| shape n×k fp8 (per channel unless named) | m | GEMV µs | W8A8 GEMV µs | dequant+cuBLAS µs | 8-bit tensor cores µs | dense bf16 cuBLAS µs | best 8-bit GB/s (% of copy) | best vs dense |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let shapes = [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")];
     let blocks = [(6144, 4096, "qkv 128×128 blocks"), (4096, 14336, "down 128×128 blocks")];
-    for (n, k, what) in shapes.into_iter().chain(blocks) {
+    let int8 = [(6144, 4096, "qkv int8"), (28672, 4096, "gate_up int8"), (4096, 14336, "down int8")];
+    for (n, k, what) in shapes.into_iter().chain(blocks).chain(int8) {
         let block = if what.contains("blocks") { [GROUP; 2] } else { [1, k] };
-        let w = random_matrix(&mut r, W8Elem::Fp8E4M3, (n, k), block);
+        let elem = if what.contains("int8") { W8Elem::Int8 } else { W8Elem::Fp8E4M3 };
+        let w = random_matrix(&mut r, elem, (n, k), block);
         let g = W8Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w), true)?.ok_or("refused")?;
         let mut dense = Tensor::zeros(dev, DType::BF16, n, k)?;
         g[0].dequantize_into(&mut dense)?;
@@ -226,9 +252,9 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 median_us(b, 5, 30, |_| f(&mut out).map_err(Box::<dyn std::error::Error>::from))
             };
             let gemv = if m <= 16 { time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Gemv))? } else { f64::NAN };
-            let gemv8 = if m <= 16 { time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Fp8Gemv))? } else { f64::NAN };
+            let gemv8 = if m <= 16 { time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::W8a8Gemv))? } else { f64::NAN };
             let deq = time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Dequant))?;
-            let tc = time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::Fp8TensorCores))?;
+            let tc = time(&mut |o| linear_w8_cuda_by(&x, &g, o, W8Path::TensorCores))?;
             let cublas = time(&mut |o| matmul(dev, &x, &dense, o))?;
             let best = gemv.min(deq).min(tc).min(gemv8);
             let gbs = bytes / best / 1e3;

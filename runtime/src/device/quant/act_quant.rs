@@ -41,6 +41,17 @@ pub fn int8_w8a8_form(parts: &[W8Matrix]) -> bool {
     !parts.is_empty() && parts.iter().all(|w| w.elem() == W8Elem::Int8 && w.block()[1] >= w.cols())
 }
 
+/// How weights stacked from `parts` quantize their activations as W8A8 — FP8 as
+/// [`fp8_lt::w8a8_form`](crate::device::quant::fp8_lt::w8a8_form) says, else INT8 per row
+/// ([`int8_w8a8_form`]) — the one verdict the CPU twin and the GPU upload share. `None`: the
+/// parts multiply as W8A16.
+pub fn w8a8_act(parts: &[W8Matrix]) -> Option<ActQuant> {
+    match crate::device::quant::fp8_lt::w8a8_form(parts) {
+        Some(a) => Some(ActQuant::E4m3(a)),
+        None => int8_w8a8_form(parts).then_some(ActQuant::Int8Row),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

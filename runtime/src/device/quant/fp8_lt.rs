@@ -1,13 +1,17 @@
-//! FP8 W8A8 on tensor cores (sm_89+) through cuBLASLt, for the batches of an FP8 [`W8Cuda`]
-//! weight: the activation rows are quantized to e4m3 (dynamic: `s = max|x| / 448` over the
-//! values that share a scale, `q = e4m3(x / s)`, round to nearest even, saturating) and
-//! cuBLASLt multiplies the e4m3 matrices with f32 accumulation. Two scale forms:
+//! 8-bit W8A8 on tensor cores through cuBLASLt, for the batches of a [`W8Cuda`] weight uploaded
+//! as W8A8 — FP8 (sm_89+) and, for SmoothQuant / `int-quantized` checkpoints, INT8 (sm_80+):
+//! the activation rows are quantized (dynamic: `s = max|x| / 448` over the values that share a
+//! scale, `q = e4m3(x / s)`, round to nearest even, saturating; or `s = max|x| / 127` per row,
+//! `q = round(x / s)` ties to even, clamped to ±127 — `act_quant::ActQuant`'s CPU twins) and
+//! cuBLASLt multiplies the 8-bit matrices, FP8 with f32 accumulation, INT8 with exact i32 sums
+//! (IMMA; no scale modes there, so an epilogue kernel applies `s_x[i] · s_w[j]` to the i32
+//! product). FP8's two scale forms:
 //!
-//! - **per output channel or tensor** ([`Fp8Scales::Channel`]): a scale per activation row.
+//! - **per output channel or tensor** ([`W8a8Scales::Channel`]): a scale per activation row.
 //!   Where cuBLASLt has outer-vector scales (Hopper, CUDA 12.9+) it applies `s_x[i] · s_w[j]`
 //!   itself and writes the activations' dtype straight into `out`; elsewhere it writes an f32
 //!   product that an epilogue kernel scales (`out[i, j] = D[i, j] · s_x[i] · s_w[j]`);
-//! - **128×128 weight blocks** ([`Fp8Scales::Block128`], DeepSeek-style `weight_scale_inv`;
+//! - **128×128 weight blocks** ([`W8a8Scales::Block128`], DeepSeek-style `weight_scale_inv`;
 //!   only with `KILN_W8A8_BLOCKS=1`, see [`w8a8_form`]): a scale per activation row and group
 //!   of 128 inputs (cuBLASLt's `VEC128_32F` on the activations, which must then be its first
 //!   operand, × `BLK128x128_32F` on the weight, Hopper), the product written transposed in
@@ -20,11 +24,12 @@
 //!
 //! Row-major to column-major as in `gemm_cuda`: `Dᵀ (n × m) = W (op T of the k × n view) ·
 //! qxᵀ (k × m)`, the "TN" form FP8 cuBLASLt requires; a row-major `out` view with row stride
-//! `ldo` is the column-major `n × m` matrix with leading dimension `ldo`. Scale layouts
+//! `ldo` is the column-major `n × m` matrix with leading dimension `ldo` (INT8 needs the same
+//! "TN" form, with its leading dimensions multiples of 4). Scale layouts
 //! (cuBLASLt's): outer vectors are `[n]` and `[m]`; the weight's block scales `[⌈n / 128⌉,
 //! ld]` row-major with `ld = ⌈k / 128⌉` rounded up to 4 (made at upload); the activations'
 //! group scales `[k / 128, m]` (the row index fastest). Buffers: the quantized rows, their
-//! scales and the f32 product live in the device's dequantization scratch (sized at upload),
+//! scales and the f32 (i32) product live in the device's dequantization scratch (sized at upload),
 //! `x` is taken in chunks of rows that fit it; the cuBLASLt handle and its workspace are made
 //! at upload too, so a CUDA graph capture sees no allocation.
 //!
@@ -34,6 +39,7 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
+use crate::device::quant::act_quant::ActQuant;
 use crate::device::quant::w8::{W8Elem, W8Matrix};
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
@@ -68,14 +74,26 @@ __device__ __forceinline__ uint2 kiln_fp8_pack8(const float (&v)[8], float s) {
 "#;
 
 pub(super) const BODY: &str = r#"
-// ---- FP8 W8A8 (runtime/src/device/quant/fp8_lt.rs) ----
-// One block of 1024 threads per row of x: s = max|x| / 448 (1 for a zero row), q = e4m3(x / s).
-// A thread loads 8 inputs at a time (16-byte loads when vec) and keeps its first two chunks in
-// registers between the two passes, so rows up to 16384 inputs are read once.
+// ---- 8-bit W8A8 (runtime/src/device/quant/fp8_lt.rs) ----
+// Eight int8 bytes of v / s (round to nearest even, clamped to +-127), packed little-endian.
+__device__ __forceinline__ uint2 kiln_int8_pack8(const float (&v)[8], float s) {
+  unsigned w[2] = {0u, 0u};
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const int r = __float2int_rn(v[e] / s), q = r < -127 ? -127 : (r > 127 ? 127 : r);
+    w[e >> 2] |= ((unsigned)q & 0xFFu) << (8 * (e & 3));
+  }
+  return make_uint2(w[0], w[1]);
+}
+
+// One block of 1024 threads per row of x: s = max|x| / TOP (1 for a zero row), q = code(x / s),
+// ELEM 0: e4m3 (TOP 448), 1: int8 (TOP 127). A thread loads 8 inputs at a time (16-byte loads
+// when vec) and keeps its first two chunks in registers between the two passes, so rows up to
+// 16384 inputs are read once.
 #define KILN_FP8_KEEP 2
-template <typename T>
-__device__ __forceinline__ void kiln_fp8_quant_rows(const T* __restrict__ x, long long ldx, int k,
-                                                    unsigned char* __restrict__ q, float* __restrict__ sx, int vec) {
+template <typename T, int ELEM>
+__device__ __forceinline__ void kiln_w8a8_quant_rows(const T* __restrict__ x, long long ldx, int k,
+                                                     unsigned char* __restrict__ q, float* __restrict__ sx, int vec) {
   const int row = blockIdx.x, chunks = k >> 3;
   const T* xr = x + (long long)row * ldx;
   float kept[KILN_FP8_KEEP][8];
@@ -107,17 +125,17 @@ __device__ __forceinline__ void kiln_fp8_quant_rows(const T* __restrict__ x, lon
     if (threadIdx.x == 0) red[0] = a;
   }
   __syncthreads();
-  const float s = red[0] > 0.f ? red[0] / 448.0f : 1.0f;
+  const float s = red[0] > 0.f ? red[0] / (ELEM == 0 ? 448.0f : 127.0f) : 1.0f;
   uint2* qr = reinterpret_cast<uint2*>(q + (long long)row * k);
 #pragma unroll
   for (int j = 0; j < KILN_FP8_KEEP; ++j) {
     const int c = threadIdx.x + j * blockDim.x;
-    if (c < chunks) qr[c] = kiln_fp8_pack8(kept[j], s);
+    if (c < chunks) qr[c] = ELEM == 0 ? kiln_fp8_pack8(kept[j], s) : kiln_int8_pack8(kept[j], s);
   }
   for (int c = threadIdx.x + KILN_FP8_KEEP * blockDim.x; c < chunks; c += blockDim.x) {
     float t[8];
     kiln_i4_x8(xr, (const int*)nullptr, c << 3, vec, t);
-    qr[c] = kiln_fp8_pack8(t, s);
+    qr[c] = ELEM == 0 ? kiln_fp8_pack8(t, s) : kiln_int8_pack8(t, s);
   }
   if (threadIdx.x == 0) sx[row] = s;
 }
@@ -145,16 +163,16 @@ __device__ __forceinline__ void kiln_fp8_quant_groups(const T* __restrict__ x, l
   if (lane == 0) sx[(long long)g * ldsx + row] = s;
 }
 
-// out[i, j] = d[i, j] * sx[i] * sw[j / bo] * wmul, d: [m, n] f32 contiguous.
-template <typename T>
-__device__ __forceinline__ void kiln_fp8_epilogue(const float* __restrict__ d, const float* __restrict__ sx,
+// out[i, j] = d[i, j] * sx[i] * sw[j / bo] * wmul, d: [m, n] contiguous, f32 (FP8) or i32 (INT8).
+template <typename T, typename D>
+__device__ __forceinline__ void kiln_w8a8_epilogue(const D* __restrict__ d, const float* __restrict__ sx,
                                                   const float* __restrict__ sw, int bo, float wmul, T* __restrict__ out,
                                                   long long ldo, int m, int n) {
   const long long total = (long long)m * n;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
        t += (long long)gridDim.x * blockDim.x) {
     const int i = (int)(t / n), j = (int)(t % n);
-    kiln_i4_store(out + (long long)i * ldo + j, d[t] * sx[i] * (sw[j / bo] * wmul));
+    kiln_i4_store(out + (long long)i * ldo + j, (float)d[t] * sx[i] * (sw[j / bo] * wmul));
   }
 }
 
@@ -173,7 +191,11 @@ __device__ __forceinline__ void kiln_fp8_transpose(const kiln_bf16* __restrict__
 #define KILN_FP8_DTYPE(SUFFIX, T)                                                                          \
   extern "C" __global__ void __launch_bounds__(1024) kiln_fp8_quant_rows_##SUFFIX(                         \
       const T* x, long long ldx, int k, unsigned char* q, float* sx, int vec) {                             \
-    kiln_fp8_quant_rows<T>(x, ldx, k, q, sx, vec);                                                          \
+    kiln_w8a8_quant_rows<T, 0>(x, ldx, k, q, sx, vec);                                                      \
+  }                                                                                                         \
+  extern "C" __global__ void __launch_bounds__(1024) kiln_int8_quant_rows_##SUFFIX(                        \
+      const T* x, long long ldx, int k, unsigned char* q, float* sx, int vec) {                             \
+    kiln_w8a8_quant_rows<T, 1>(x, ldx, k, q, sx, vec);                                                      \
   }                                                                                                         \
   extern "C" __global__ void __launch_bounds__(512) kiln_fp8_quant_groups_##SUFFIX(                         \
       const T* x, long long ldx, int k, unsigned char* q, float* sx, int ldsx, int vec) {                   \
@@ -181,7 +203,11 @@ __device__ __forceinline__ void kiln_fp8_transpose(const kiln_bf16* __restrict__
   }                                                                                                         \
   extern "C" __global__ void kiln_fp8_epilogue_##SUFFIX(const float* d, const float* sx, const float* sw, int bo, \
                                                         float wmul, T* out, long long ldo, int m, int n) {  \
-    kiln_fp8_epilogue<T>(d, sx, sw, bo, wmul, out, ldo, m, n);                                              \
+    kiln_w8a8_epilogue<T, float>(d, sx, sw, bo, wmul, out, ldo, m, n);                                      \
+  }                                                                                                         \
+  extern "C" __global__ void kiln_int8_epilogue_##SUFFIX(const int* d, const float* sx, const float* sw, int bo, \
+                                                         float wmul, T* out, long long ldo, int m, int n) { \
+    kiln_w8a8_epilogue<T, int>(d, sx, sw, bo, wmul, out, ldo, m, n);                                        \
   }                                                                                                         \
   extern "C" __global__ void kiln_fp8_transpose_##SUFFIX(const kiln_bf16* d, T* out, long long ldo, int m,   \
                                                          int n) {                                           \
@@ -199,8 +225,10 @@ pub(super) fn entries() -> Vec<String> {
         .flat_map(|d| {
             [
                 format!("kiln_fp8_quant_rows_{d}"),
+                format!("kiln_int8_quant_rows_{d}"),
                 format!("kiln_fp8_quant_groups_{d}"),
                 format!("kiln_fp8_epilogue_{d}"),
+                format!("kiln_int8_epilogue_{d}"),
                 format!("kiln_fp8_transpose_{d}"),
             ]
         })
@@ -308,16 +336,18 @@ pub(super) struct Lt {
 /// How a product's scales are applied (see the module header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Form {
-    /// Unscaled f32 product; an epilogue kernel applies the scales.
+    /// Unscaled FP8 f32 product; an epilogue kernel applies the scales.
     Product,
+    /// Unscaled INT8 i32 product (exact sums); an epilogue kernel applies the scales.
+    Int8,
     /// Outer-vector scales (weight `[n]`, activations `[m]`), output in the activations' dtype.
     OuterVec,
     /// Weight 128×128 blocks, activations 1×128 groups, output in the activations' dtype.
     Block128,
 }
 
-/// One GEMM shape: `D ([m, n] row-major, row stride ldd, dtype out) = qx (e4m3 [m, k]) · W
-/// (e4m3 [n, k])ᵀ` in `form`; `align`: the alignment of D's address (cuBLASLt's heuristic
+/// One GEMM shape: `D ([m, n] row-major, row stride ldd, dtype out) = qx ([m, k]) · W ([n,
+/// k])ᵀ` in `form` (e4m3 operands, or int8 for [`Form::Int8`], whose `out` is ignored: i32); `align`: the alignment of D's address (cuBLASLt's heuristic
 /// assumes 256 bytes unless told).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Shape {
@@ -368,10 +398,15 @@ impl Drop for Lt {
     }
 }
 
-/// The cuBLASLt state of GPU `b` (made once, shared while any FP8 weight holds it), or `None`
-/// before sm_89 (no FP8 tensor cores).
-pub(super) fn lt_for(b: &Arc<CudaBackend>, dev: &Device) -> Result<Option<Arc<Lt>>, GemmError> {
-    if b.compute_capability() < (8, 9) {
+/// The cuBLASLt state of GPU `b` (made once, shared while any 8-bit W8A8 weight holds it), or
+/// `None` where `b` has no tensor cores for `elem` (FP8 before sm_89; INT8 with the plain
+/// row / column layouts this path uses before sm_80).
+pub(super) fn lt_for(b: &Arc<CudaBackend>, dev: &Device, elem: W8Elem) -> Result<Option<Arc<Lt>>, GemmError> {
+    let needs = match elem {
+        W8Elem::Fp8E4M3 => (8, 9),
+        W8Elem::Int8 => (8, 0),
+    };
+    if b.compute_capability() < needs {
         return Ok(None);
     }
     type Registry = Mutex<HashMap<usize, Weak<Lt>>>;
@@ -390,21 +425,35 @@ pub(super) fn lt_for(b: &Arc<CudaBackend>, dev: &Device) -> Result<Option<Arc<Lt
     Ok(Some(l))
 }
 
-/// An FP8 part's scales in the forms this path takes (device addresses).
+/// A W8A8 part's scales in the forms this path takes (device addresses).
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Fp8Scales {
-    /// A scale per block of `bo` output channels (one block: per tensor): `epilogue` holds
-    /// `[⌈rows / bo⌉]` f32 × `1 / wmul` of their value, `outer` the `[rows]` values themselves.
+pub(super) enum W8a8Scales {
+    /// FP8, a scale per block of `bo` output channels (one block: per tensor): `epilogue`
+    /// holds `[⌈rows / bo⌉]` f32 × `1 / wmul` of their value, `outer` the `[rows]` values
+    /// themselves.
     Channel { epilogue: u64, bo: usize, wmul: f32, outer: u64 },
-    /// 128×128 blocks: `[⌈rows / 128⌉, ld]` f32, `ld = ⌈k / 128⌉` rounded up to 4.
+    /// FP8, 128×128 blocks: `[⌈rows / 128⌉, ld]` f32, `ld = ⌈k / 128⌉` rounded up to 4.
     Block128 { scales: u64 },
+    /// INT8, a scale per block of `bo` output channels: `[⌈rows / bo⌉]` f32, applied by the
+    /// epilogue kernel to the i32 product.
+    Int8Channel { scales: u64, bo: usize },
 }
 
-impl Fp8Scales {
+impl W8a8Scales {
     fn form(&self) -> Form {
         match self {
-            Fp8Scales::Channel { .. } => Form::OuterVec,
-            Fp8Scales::Block128 { .. } => Form::Block128,
+            W8a8Scales::Channel { .. } => Form::OuterVec,
+            W8a8Scales::Block128 { .. } => Form::Block128,
+            W8a8Scales::Int8Channel { .. } => Form::Int8,
+        }
+    }
+
+    /// How the activations are quantized for weights of these scales.
+    fn act(&self) -> ActQuant {
+        match self {
+            W8a8Scales::Channel { .. } => ActQuant::E4m3(ActScale::Row),
+            W8a8Scales::Block128 { .. } => ActQuant::E4m3(ActScale::Group),
+            W8a8Scales::Int8Channel { .. } => ActQuant::Int8Row,
         }
     }
 }
@@ -421,12 +470,12 @@ pub(super) fn block128_layout(values: &[f32], rows: usize, k: usize) -> (Vec<f32
     (out, br, ld)
 }
 
-/// One FP8 part as this path needs it.
-pub(super) struct Fp8Part {
+/// One W8A8 part as this path needs it.
+pub(super) struct W8a8Part {
     pub rows: usize,
-    /// Device address of the `[rows, k]` e4m3 bytes.
+    /// Device address of the `[rows, k]` 8-bit codes (e4m3, or int8 for [`W8a8Scales::Int8Channel`]).
     pub bytes: u64,
-    pub scales: Fp8Scales,
+    pub scales: W8a8Scales,
 }
 
 fn lt_err(what: &str, e: impl std::fmt::Debug) -> GemmError {
@@ -456,27 +505,29 @@ impl ActIn<'_> {
     }
 }
 
-/// `out = x · Wᵀ` in FP8 W8A8 for the parts (each into its own columns; all of one scale
+/// `out = x · Wᵀ` in 8-bit W8A8 for the parts (each into its own columns; all of one scale
 /// form), the buffers carved from the scratch at `scratch` (`scratch_bytes` long). `Ok(false)`
-/// when it does not apply (a part's rows not a multiple of 16, block scales and `k % 128 != 0`
-/// or already-quantized rows, no algorithm for the shape): the caller then writes every column
-/// another way.
+/// when it does not apply (a part's rows not a multiple of 16, block scales and `k % 128 != 0`,
+/// already-quantized e4m3 rows for block or INT8 scales, no algorithm for the shape): the
+/// caller then writes every column another way.
 pub(super) fn product(
     b: &CudaBackend,
     l: &Lt,
     x: ActIn<'_>,
-    parts: &[Fp8Part],
+    parts: &[W8a8Part],
     out: &mut Tensor,
     (scratch, scratch_bytes): (u64, usize),
 ) -> Result<bool, GemmError> {
     let (m, k) = x.shape();
     let nmax = parts.iter().map(|p| p.rows).max().unwrap_or(0);
-    let Some(form) = parts.first().map(|p| p.scales.form()) else { return Ok(true) };
+    let Some(first) = parts.first().map(|p| p.scales) else { return Ok(true) };
+    let (form, act) = (first.form(), first.act());
     let groups = if form == Form::Block128 { k / GROUP } else { 1 };
     let given = matches!(x, ActIn::E4m3 { .. });
     if parts.iter().any(|p| !p.rows.is_multiple_of(16) || p.scales.form() != form)
         || !k.is_multiple_of(16)
-        || (form == Form::Block128 && (given || !k.is_multiple_of(GROUP)))
+        || (form == Form::Block128 && !k.is_multiple_of(GROUP))
+        || (given && act != ActQuant::E4m3(ActScale::Row))
     {
         return Ok(false);
     }
@@ -495,8 +546,8 @@ pub(super) fn product(
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
     let dt = out.dtype().name();
     let epi = module.func(&format!("kiln_fp8_epilogue_{dt}"))?;
+    let epi_int8 = module.func(&format!("kiln_int8_epilogue_{dt}"))?;
     let transpose = module.func(&format!("kiln_fp8_transpose_{dt}"))?;
-    let act = if form == Form::Block128 { ActScale::Group } else { ActScale::Row };
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
         let (qx, sx) = match x {
@@ -518,7 +569,7 @@ pub(super) fn product(
             let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
             let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             match p.scales {
-                Fp8Scales::Channel { epilogue: sw, bo, wmul, outer } => {
+                W8a8Scales::Channel { epilogue: sw, bo, wmul, outer } => {
                     let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (outer, sx) };
                     if gemm(b, l, Form::OuterVec, &ab, Target { ptr: op, ld: ldo as usize, dtype: o.dtype() })? {
                         continue;
@@ -533,7 +584,19 @@ pub(super) fn product(
                     // scales ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
                     drv("launching kiln_fp8_epilogue", unsafe { le.launch(cfg) })?;
                 }
-                Fp8Scales::Block128 { scales } => {
+                W8a8Scales::Int8Channel { scales: sw, bo } => {
+                    let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (0, 0) };
+                    if !gemm(b, l, Form::Int8, &ab, Target { ptr: d, ld: p.rows, dtype: DType::F32 })? {
+                        return Ok(false);
+                    }
+                    let (bo, wmul) = (bo as i32, 1.0f32);
+                    let mut le = b.stream().launch_builder(epi_int8);
+                    le.arg(&d).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
+                    // SAFETY: d holds rows × p.rows i32 (written by the GEMM), sx rows, the
+                    // scales ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
+                    drv("launching kiln_int8_epilogue", unsafe { le.launch(cfg) })?;
+                }
+                W8a8Scales::Block128 { scales } => {
                     // cuBLASLt takes 1×128 scales on its first operand and 128×128 ones on its
                     // second, and writes them in 16 bits, so the activations go first and the
                     // product comes out transposed (`[n, m]` bf16); a kernel transposes it.
@@ -555,13 +618,13 @@ pub(super) fn product(
 
 /// Bytes of scratch the quantized activations of `rows` rows of `k` inputs take in `form`:
 /// `(bytes of qx, bytes of sx)`.
-pub(super) fn quantized_bytes(rows: usize, k: usize, form: ActScale) -> (usize, usize) {
-    let groups = if form == ActScale::Group { k / GROUP } else { 1 };
+pub(super) fn quantized_bytes(rows: usize, k: usize, form: ActQuant) -> (usize, usize) {
+    let groups = if form == ActQuant::E4m3(ActScale::Group) { k / GROUP } else { 1 };
     (rows * k, rows * groups * 4)
 }
 
-/// `x`'s rows quantized to e4m3 in `form` on `b`'s stream: bytes into `qx` (`[rows, k]`),
-/// scales into `sx` (`[rows]`, or `[k / 128, rows]` for groups).
+/// `x`'s rows quantized in `form` (e4m3 per row or group, int8 per row) on `b`'s stream: codes
+/// into `qx` (`[rows, k]`), scales into `sx` (`[rows]`, or `[k / 128, rows]` for groups).
 ///
 /// # Safety
 /// `qx` and `sx` are device addresses of at least [`quantized_bytes`] bytes, 16-byte aligned,
@@ -569,33 +632,37 @@ pub(super) fn quantized_bytes(rows: usize, k: usize, form: ActScale) -> (usize, 
 pub(super) unsafe fn quantize_into(
     b: &CudaBackend,
     x: &Tensor,
-    form: ActScale,
+    form: ActQuant,
     qx: u64,
     sx: u64,
 ) -> Result<(), GemmError> {
     let (rows, k) = (x.rows(), x.cols());
-    if form == ActScale::Group && !k.is_multiple_of(GROUP) {
+    let groups = form == ActQuant::E4m3(ActScale::Group);
+    if groups && !k.is_multiple_of(GROUP) {
         return Err(GemmError::Shape(format!("FP8 activation groups of {GROUP} over {k} inputs")));
     }
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
-    let (kind, dt) = (if form == ActScale::Group { "groups" } else { "rows" }, x.dtype().name());
-    let quant = module.func(&format!("kiln_fp8_quant_{kind}_{dt}"))?;
+    let kind = match form {
+        ActQuant::E4m3(ActScale::Row) => "fp8_quant_rows",
+        ActQuant::E4m3(ActScale::Group) => "fp8_quant_groups",
+        ActQuant::Int8Row => "int8_quant_rows",
+    };
+    let quant = module.func(&format!("kiln_{kind}_{}", x.dtype().name()))?;
     let (xp, ldx, k32, ldsx) = (x.cuda_ptr().unwrap_or(0), x.row_stride() as i64, k as i32, rows as i32);
     // 16-byte loads of 8 inputs need x's rows at 16-byte boundaries.
     let elt = x.dtype().size_bytes() as u64;
     let vec = i32::from(xp.is_multiple_of(16) && (ldx as u64 * elt).is_multiple_of(16));
     let mut lq = b.stream().launch_builder(quant);
     lq.arg(&xp).arg(&ldx).arg(&k32).arg(&qx).arg(&sx);
-    if form == ActScale::Group {
+    if groups {
         lq.arg(&ldsx);
     }
     lq.arg(&vec);
-    let cfg = match form {
-        ActScale::Row => LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 },
-        ActScale::Group => {
-            let y = (k / GROUP).div_ceil(32) as u32;
-            LaunchConfig { grid_dim: (rows as u32, y, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 }
-        }
+    let cfg = if groups {
+        let y = (k / GROUP).div_ceil(32) as u32;
+        LaunchConfig { grid_dim: (rows as u32, y, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 }
+    } else {
+        LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 }
     };
     // SAFETY: x covers rows × k at ldx; qx and sx are large enough (the caller's contract).
     let r = unsafe { lq.launch(cfg) };
@@ -646,11 +713,17 @@ impl Plan {
     /// The descriptors of `s` (accumulating in the tensor cores' own precision when `fast`),
     /// with no algorithm chosen yet.
     fn describe(s: Shape, fast: bool) -> Result<Plan, GemmError> {
+        use lts::cublasComputeType_t as Compute;
         use lts::cublasLtMatmulDescAttributes_t as Attr;
         use lts::cublasLtMatmulMatrixScale_t as Mode;
         use lts::cudaDataType_t as Ty;
-        let desc = lt::create_matmul_desc(lts::cublasComputeType_t::CUBLAS_COMPUTE_32F, Ty::CUDA_R_32F)
-            .map_err(|e| lt_err("descriptor", e))?;
+        // INT8: exact i32 sums, i32 alpha / beta and D (cuBLASLt's IMMA combination).
+        let int8 = s.form == Form::Int8;
+        let (compute, scale, input, out) = match int8 {
+            true => (Compute::CUBLAS_COMPUTE_32I, Ty::CUDA_R_32I, Ty::CUDA_R_8I, Ty::CUDA_R_32I),
+            false => (Compute::CUBLAS_COMPUTE_32F, Ty::CUDA_R_32F, Ty::CUDA_R_8F_E4M3, cuda_type(s.out)),
+        };
+        let desc = lt::create_matmul_desc(compute, scale).map_err(|e| lt_err("descriptor", e))?;
         // Owned from here: a later failure drops (destroys) what was made. Layouts are
         // column-major: W as k × n (read transposed), qx as k × m, D as n × m.
         let layout = |ty, rows: usize, cols: usize, ld: usize| {
@@ -664,9 +737,9 @@ impl Plan {
             Form::Block128 => (s.m, s.n),
             _ => (s.n, s.m),
         };
-        plan.a = layout(Ty::CUDA_R_8F_E4M3, s.k, ra, s.k)?;
-        plan.b = layout(Ty::CUDA_R_8F_E4M3, s.k, rb, s.k)?;
-        plan.d = layout(cuda_type(s.out), ra, rb, s.ldd)?;
+        plan.a = layout(input, s.k, ra, s.k)?;
+        plan.b = layout(input, s.k, rb, s.k)?;
+        plan.d = layout(out, ra, rb, s.ldd)?;
         // SAFETY: the descriptor is live (owned by `plan`); each attribute buffer is a live
         // local of the size passed.
         unsafe {
@@ -679,7 +752,7 @@ impl Plan {
             set(Attr::CUBLASLT_MATMUL_DESC_TRANSA, 1)?;
             set(Attr::CUBLASLT_MATMUL_DESC_TRANSB, 0)?;
             let modes = match s.form {
-                Form::Product => None,
+                Form::Product | Form::Int8 => None,
                 Form::OuterVec => Some((
                     Mode::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
                     Mode::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
@@ -693,7 +766,7 @@ impl Plan {
                 set(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, a as i32)?;
                 set(Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, b as i32)?;
             }
-            if s.form != Form::Block128 && fast {
+            if matches!(s.form, Form::Product | Form::OuterVec) && fast {
                 let one = 1i8;
                 let v = &one as *const i8 as *const c_void;
                 lt::set_matmul_desc_attribute(plan.desc, Attr::CUBLASLT_MATMUL_DESC_FAST_ACCUM, v, 1)
@@ -789,13 +862,13 @@ fn gemm(b: &CudaBackend, l: &Lt, form: Form, ab: &Operands, t: Target) -> Result
     // SAFETY: the plan's descriptors describe the matrices at these device addresses (the
     // caller's carving of W, qx, the scales and D); the scale pointers are set under the
     // plans' lock, just before the product that reads them.
-    unsafe { p.launch(l, &p.algo, (a, sa), (bm, sb), t.ptr, form != Form::Product, stream) }?;
+    unsafe { p.launch(l, &p.algo, (a, sa), (bm, sb), t.ptr, form, stream) }?;
     Ok(true)
 }
 
 impl Plan {
-    /// `D = A · B` with `algo` on `stream`, scales `sa`, `sb` set on the descriptor first when
-    /// `scaled`.
+    /// `D = A · B` with `algo` on `stream`, scales `sa`, `sb` set on the descriptor first for
+    /// the forms cuBLASLt scales itself.
     ///
     /// # Safety
     /// `a`, `b`, `d` (and the scales when `scaled`) are device addresses of the matrices this
@@ -808,15 +881,21 @@ impl Plan {
         (a, sa): (u64, u64),
         (bm, sb): (u64, u64),
         d: u64,
-        scaled: bool,
+        form: Form,
         stream: lts::cudaStream_t,
     ) -> Result<(), GemmError> {
         use lts::cublasLtMatmulDescAttributes_t as Attr;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the caller's contract; alpha and beta are f32 host scalars, matching the f32
-        // scale type; the workspace is this handle's, of the size the plan was searched with.
+        // Host scalars of the plan's scale type: i32 for INT8, f32 otherwise.
+        let (alpha, beta, alpha_i, beta_i) = (1.0f32, 0.0f32, 1i32, 0i32);
+        let (alpha, beta) = match form {
+            Form::Int8 => (&alpha_i as *const i32 as *const c_void, &beta_i as *const i32 as *const c_void),
+            _ => (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void),
+        };
+        // SAFETY: the caller's contract; alpha and beta are host scalars of the descriptor's
+        // scale type (see above), live for the call; the workspace is this handle's, of the
+        // size the plan was searched with.
         unsafe {
-            if scaled {
+            if matches!(form, Form::OuterVec | Form::Block128) {
                 for (attr, ptr) in
                     [(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, sa), (Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, sb)]
                 {
@@ -828,8 +907,8 @@ impl Plan {
             lt::matmul(
                 l.handle,
                 self.desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
+                alpha,
+                beta,
                 a as *const c_void,
                 self.a,
                 bm as *const c_void,

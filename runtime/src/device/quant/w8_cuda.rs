@@ -1,18 +1,21 @@
 //! 8-bit weights on the GPU: a weight with block scales ([`W8Matrix`]: FP8 E4M3 or symmetric
 //! INT8) kept in 8 bits in device memory — half the bytes of bf16 — and multiplied without a
-//! dense copy of the model, as W8A16 (activations as they are) or, for an FP8 weight uploaded
-//! as W8A8 (`fp8_lt::w8a8_form`), as FP8 W8A8 at every batch size (activations quantized to
-//! e4m3 per row, or per 128 inputs for 128×128 block scales, by `fp8_lt`'s kernel).
+//! dense copy of the model, as W8A16 (activations as they are) or, for a weight uploaded as
+//! W8A8 (`act_quant::w8a8_act`), as W8A8 at every batch size (activations quantized by
+//! `fp8_lt`'s kernels: to e4m3 per row, or per 128 inputs for 128×128 block scales, for an FP8
+//! weight; to int8 per row for an INT8 weight scaled per channel or tensor — SmoothQuant).
 //!
 //! The paths, chosen by the number of activation rows `m` ([`gemv_max_rows`]: up to 8 rows for
-//! W8A16; none for W8A8 where the FP8 tensor cores run, all where they do not):
+//! W8A16; none for W8A8 where the tensor cores run, all where they do not):
 //! - **GEMV** (decode): each block of 128 threads computes 4 output features for every row of
 //!   `x`; a thread reads 16 bytes (16 inputs) of each of the 4 weight rows at a time, so every
 //!   weight byte is read once, widens them in registers and accumulates `scale · Σ q·x` per 8
-//!   inputs in f32. Its W8A8 instance reads the quantized rows (e4m3 bytes, widened the same
-//!   way) and their scales instead of `x`;
-//! - **FP8 tensor cores** (W8A8, sm_89+; `fp8_lt`): cuBLASLt, scales applied by it; where it
-//!   has no algorithm, the W8A8 GEMV 8 rows at a time;
+//!   inputs in f32. Its W8A8 instance reads the quantized rows (e4m3 or int8 bytes, widened the
+//!   same way as the weight's; int8 · int8 sums of 8 are exact in f32) and their scales instead
+//!   of `x`;
+//! - **8-bit tensor cores** (W8A8; `fp8_lt`): cuBLASLt (FP8 on sm_89+, scales applied by it;
+//!   INT8 on sm_80+, scales applied by an epilogue kernel); where it has no algorithm, the
+//!   W8A8 GEMV 8 rows at a time;
 //! - **dequantize + cuBLAS** (W8A16 batches): the weight is expanded into the device's
 //!   scratch matrix of the activation dtype (shared with the int4 weights, sized at upload)
 //!   and multiplied by the dense GEMM.
@@ -32,7 +35,8 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
-use crate::device::quant::fp8_lt::{self, lt_for, ActIn, ActScale, Fp8Part, Fp8Scales, Lt};
+use crate::device::quant::act_quant::{w8a8_act, ActQuant};
+use crate::device::quant::fp8_lt::{self, lt_for, ActIn, ActScale, Lt, W8a8Part, W8a8Scales};
 use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
 use crate::device::quant::int4_cuda::{scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
@@ -85,8 +89,9 @@ __device__ __forceinline__ void kiln_w8_word(unsigned w, float* f) {
 
 // out[mi, row] = sum_i x[mi, i] * W[row, i] for rows row0 .. row0+4 of this block and mi < m <= M.
 // 128 threads stride over the k/16 chunks of inputs; partial sums meet in one block reduction.
-// AQ (W8A8): x is e4m3 bytes (qx, rows of ldx) whose input i of row mi has the scale
-// sx[(i / gsize) * ldsx + mi] (fp8_lt's quantization of the activations), instead of T values.
+// AQ (W8A8): x is 8-bit codes of the weight's ELEM (qx, rows of ldx) whose input i of row mi has
+// the scale sx[(i / gsize) * ldsx + mi] (fp8_lt's quantization of the activations), instead of T
+// values.
 template <typename T, int M, int ELEM, int AQ>
 __device__ __forceinline__ void kiln_w8_gemv(const T* __restrict__ x, const unsigned char* __restrict__ qx,
                                              const float* __restrict__ sx, int gsize, int ldsx, long long ldx, int m,
@@ -127,11 +132,11 @@ __device__ __forceinline__ void kiln_w8_gemv(const T* __restrict__ x, const unsi
         if (mi >= m) break;
         float xf[8], sxv = 1.f;
         if (AQ) {
-          // e4m3 bytes widen to value / 256, as the weight's do.
+          // Codes widen as the weight's do (e4m3 to value / 256, int8 exactly).
           const uint2 b = __ldg(reinterpret_cast<const uint2*>(qx + (long long)mi * ldx + (v << 4) + 8 * h));
-          kiln_w8_word<0>(b.x, xf);
-          kiln_w8_word<0>(b.y, xf + 4);
-          sxv = __ldg(sx + (long long)((v << 4) / gsize) * ldsx + mi) * 256.0f;
+          kiln_w8_word<ELEM>(b.x, xf);
+          kiln_w8_word<ELEM>(b.y, xf + 4);
+          sxv = __ldg(sx + (long long)((v << 4) / gsize) * ldsx + mi) * (ELEM == 0 ? 256.0f : 1.0f);
         } else {
           kiln_i4_x8(x + (long long)mi * ldx, (const int*)nullptr, (v << 4) + 8 * h, vec, xf);
         }
@@ -206,19 +211,23 @@ __device__ __forceinline__ void kiln_w8_dequant(const unsigned char* __restrict_
                                                          long long ldo, int n, int k, int vec) {               \
     kiln_w8_gemv<T, M, ELEM, 0>(x, nullptr, nullptr, 1, 0, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, vec);  \
   }
-// W8A8: FP8 weights times e4m3 activations (NAME_aq).
-#define KILN_W8_GEMV_AQ(NAME, T, M)                                                                          \
+// W8A8: 8-bit weights times activations quantized to the same ELEM (NAME_aq).
+#define KILN_W8_GEMV_AQ(NAME, T, M, ELEM)                                                                    \
   extern "C" __global__ void __launch_bounds__(128) NAME(const unsigned char* qx, const float* sx, int gsize,  \
                                                          int ldsx, long long ldx, int m, const unsigned char* q, \
                                                          const float* scales, int bo, int bi, int sc, T* out, \
                                                          long long ldo, int n, int k) {                       \
-    kiln_w8_gemv<T, M, 0, 1>(nullptr, qx, sx, gsize, ldsx, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, 0);     \
+    kiln_w8_gemv<T, M, ELEM, 1>(nullptr, qx, sx, gsize, ldsx, ldx, m, q, scales, bo, bi, sc, out, ldo, n, k, 0);  \
   }
 #define KILN_W8_ELEM(E, ELEM, SUFFIX, T)                                                                     \
   KILN_W8_GEMV(kiln_w8_gemv1_##E##_##SUFFIX, T, 1, ELEM)                                                     \
   KILN_W8_GEMV(kiln_w8_gemv2_##E##_##SUFFIX, T, 2, ELEM)                                                     \
   KILN_W8_GEMV(kiln_w8_gemv4_##E##_##SUFFIX, T, 4, ELEM)                                                     \
   KILN_W8_GEMV(kiln_w8_gemv8_##E##_##SUFFIX, T, 8, ELEM)                                                     \
+  KILN_W8_GEMV_AQ(kiln_w8_gemv1_##E##_##SUFFIX##_aq, T, 1, ELEM)                                             \
+  KILN_W8_GEMV_AQ(kiln_w8_gemv2_##E##_##SUFFIX##_aq, T, 2, ELEM)                                             \
+  KILN_W8_GEMV_AQ(kiln_w8_gemv4_##E##_##SUFFIX##_aq, T, 4, ELEM)                                             \
+  KILN_W8_GEMV_AQ(kiln_w8_gemv8_##E##_##SUFFIX##_aq, T, 8, ELEM)                                             \
   extern "C" __global__ void kiln_w8_dequant_##E##_##SUFFIX(const unsigned char* q, const float* scales, int bo, \
                                                             int bi, int sc, T* out, long long ldo, int n, int k, \
                                                             int vec) {                                         \
@@ -226,11 +235,7 @@ __device__ __forceinline__ void kiln_w8_dequant(const unsigned char* __restrict_
   }
 #define KILN_W8_DTYPE(SUFFIX, T)                                                                             \
   KILN_W8_ELEM(fp8e4m3, 0, SUFFIX, T)                                                                        \
-  KILN_W8_ELEM(int8, 1, SUFFIX, T)                                                                           \
-  KILN_W8_GEMV_AQ(kiln_w8_gemv1_fp8e4m3_##SUFFIX##_aq, T, 1)                                                  \
-  KILN_W8_GEMV_AQ(kiln_w8_gemv2_fp8e4m3_##SUFFIX##_aq, T, 2)                                                  \
-  KILN_W8_GEMV_AQ(kiln_w8_gemv4_fp8e4m3_##SUFFIX##_aq, T, 4)                                                  \
-  KILN_W8_GEMV_AQ(kiln_w8_gemv8_fp8e4m3_##SUFFIX##_aq, T, 8)
+  KILN_W8_ELEM(int8, 1, SUFFIX, T)
 KILN_W8_DTYPE(f32, float)
 KILN_W8_DTYPE(f16, kiln_f16)
 KILN_W8_DTYPE(bf16, kiln_bf16)
@@ -242,9 +247,9 @@ pub(super) fn entries() -> Vec<String> {
     for d in ["f32", "f16", "bf16"] {
         for el in [W8Elem::Fp8E4M3, W8Elem::Int8] {
             e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemv{m}_{}_{d}", el.name())));
+            e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemv{m}_{}_{d}_aq", el.name())));
             e.push(format!("kiln_w8_dequant_{}_{d}", el.name()));
         }
-        e.extend(GEMV_M.iter().map(|m| format!("kiln_w8_gemv{m}_fp8e4m3_{d}_aq")));
     }
     e
 }
@@ -270,11 +275,12 @@ pub enum W8Policy {
     /// above 8 rows) — the CPU's arithmetic; half the weight memory, 1.3× dense bf16 for one
     /// sequence, 0.4–0.5× from 16 sequences a step.
     Kernels,
-    /// `w8a8`: FP8 W8A8 wherever a weight takes it (`fp8_lt::w8a8_form`: FP8 with scales per
-    /// channel, per tensor or in 128×128 blocks), as FP8-dynamic checkpoints intend — the
-    /// activations quantized to e4m3 per token (per 128 inputs for block scales) at every batch
-    /// size: on a GPU kept 8-bit, the W8A8 GEMV up to 4 rows and the FP8 tensor cores above;
-    /// on the CPU the twin (`Weight::W8a8Cpu`), so the two devices compute the same thing.
+    /// `w8a8`: W8A8 wherever a weight takes it (`act_quant::w8a8_act`: FP8 with scales per
+    /// channel, per tensor or in 128×128 blocks, as FP8-dynamic checkpoints intend; INT8 per
+    /// channel or tensor, as SmoothQuant's) — the activations quantized per token (e4m3 per 128
+    /// inputs for block scales) at every batch size: on a GPU kept 8-bit, the 8-bit tensor
+    /// cores (the W8A8 GEMV without them); on the CPU the twin (`Weight::W8a8Cpu`), so the two
+    /// devices compute the same thing.
     W8a8,
 }
 
@@ -303,13 +309,14 @@ pub struct W8Cuda {
     /// `[bo, bi]`, with `bi` at most `cols`.
     block: [usize; 2],
     scratch: Scratch,
-    /// FP8 W8A8 (`Some`: every path quantizes the activations so; see [`fp8_lt::w8a8_form`]),
-    /// when the upload allowed it and the stacked weight takes it.
-    act: Option<ActScale>,
-    /// cuBLASLt for the FP8 tensor cores (`fp8_lt`): W8A8 weights on sm_89+.
+    /// W8A8 (`Some`: every path quantizes the activations so; see [`w8a8_act`]), when the
+    /// upload allowed it and the stacked weight takes it.
+    act: Option<ActQuant>,
+    /// cuBLASLt for the 8-bit tensor cores (`fp8_lt`): W8A8 weights on a GPU that has them.
     lt: Option<Arc<Lt>>,
-    /// The scales as cuBLASLt reads them, with `lt`: for [`ActScale::Row`] the `[rows]`
-    /// values, for [`ActScale::Group`] `fp8_lt::block128_layout`.
+    /// An FP8 weight's scales as cuBLASLt reads them, with `lt`: for [`ActScale::Row`] the
+    /// `[rows]` values, for [`ActScale::Group`] `fp8_lt::block128_layout`. (INT8's epilogue
+    /// reads `scales`.)
     lt_scales: Option<Tensor>,
 }
 
@@ -353,8 +360,8 @@ impl W8Cuda {
         let parts = &joined[..];
         let total: usize = parts.iter().map(|w| w.rows() * w.cols()).sum();
         let scratch = scratch_for(b, dev, dtype, total)?;
-        let act = if w8a8 { fp8_lt::w8a8_form(parts) } else { None };
-        let lt = if act.is_some() { lt_for(b, dev)? } else { None };
+        let act = if w8a8 { w8a8_act(parts) } else { None };
+        let lt = if act.is_some() { lt_for(b, dev, parts[0].elem())? } else { None };
         let mut out = Vec::with_capacity(parts.len());
         for w in parts {
             let (rows, cols) = (w.rows(), w.cols());
@@ -367,7 +374,7 @@ impl W8Cuda {
             let scales = Tensor::from_host(dev, &scales, rows.div_ceil(bo), w.scale_cols())?;
             let block = [bo, bi.min(cols)];
             let lt_scales = match (lt.is_some(), act) {
-                (true, Some(a)) => Some(lt_scales(dev, w, a)?),
+                (true, Some(ActQuant::E4m3(a))) => Some(lt_scales(dev, w, a)?),
                 _ => None,
             };
             let (elem, scratch, lt) = (w.elem(), scratch.clone(), lt.clone());
@@ -423,13 +430,14 @@ impl W8Cuda {
     }
 
     /// `out = qx · Wᵀ` by the W8A8 GEMV: `qx` the device address of `m ≤ 8` rows of `cols`
-    /// e4m3 bytes, `sx` their scales in `self.act`'s layout (`fp8_lt::quantize_into`).
+    /// codes of the weight's element type, `sx` their scales in `self.act`'s layout
+    /// (`fp8_lt::quantize_into`).
     fn gemv_w8a8(&self, b: &CudaBackend, (qx, sx, m): (u64, u64, usize), out: &mut Tensor) -> Result<(), GemmError> {
         let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
         let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
-        let f = module.func(&format!("kiln_w8_gemv{mm}_fp8e4m3_{}_aq", out.dtype().name()))?;
+        let f = module.func(&format!("kiln_w8_gemv{mm}_{}_{}_aq", self.elem.name(), out.dtype().name()))?;
         let (q, sp, bo, bi, sc) = self.args();
-        let gsize = if self.act == Some(ActScale::Group) { fp8_lt::GROUP } else { self.cols } as i32;
+        let gsize = if self.act == Some(ActQuant::E4m3(ActScale::Group)) { fp8_lt::GROUP } else { self.cols } as i32;
         let (ldsx, ldx, m32) = (m as i32, self.cols as i64, m as i32);
         let (op, ldo, n, k) =
             (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64, self.rows as i32, self.cols as i32);
@@ -473,7 +481,7 @@ impl W8Cuda {
     }
 }
 
-/// `w`'s scales in the form the FP8 tensor-core path reads for `act` (`w8a8_form`'s verdict
+/// FP8 `w`'s scales in the form the tensor-core path reads for `act` (`w8a8_form`'s verdict
 /// on `w`): a scale per output row (per channel or per tensor), or the 128×128 blocks.
 fn lt_scales(dev: &Device, w: &W8Matrix, act: ActScale) -> Result<Tensor, GemmError> {
     let (bo, rows) = (w.block()[0], w.rows());
@@ -496,14 +504,14 @@ pub enum W8Path {
     Gemv,
     /// Dequantize into the scratch, then cuBLAS.
     Dequant,
-    /// FP8 W8A8 on tensor cores through cuBLASLt (`fp8_lt`; activations quantized per row, or
-    /// per 128 inputs for 128×128 block scales); where it does not apply, the W8A8 GEMV for a
-    /// weight uploaded as W8A8 (a GPU before sm_89, no cuBLASLt algorithm), dequantize +
-    /// cuBLAS for one that is not.
-    Fp8TensorCores,
+    /// W8A8 on the 8-bit tensor cores through cuBLASLt (`fp8_lt`; activations quantized per
+    /// row, or per 128 inputs for 128×128 block scales); where it does not apply, the W8A8
+    /// GEMV for a weight uploaded as W8A8 (a GPU without those tensor cores, no cuBLASLt
+    /// algorithm), dequantize + cuBLAS for one that is not.
+    TensorCores,
     /// The W8A8 GEMV (activations quantized as for the tensor cores), 8 rows per launch;
     /// the W8A16 GEMV for a weight not uploaded as W8A8.
-    Fp8Gemv,
+    W8a8Gemv,
 }
 
 /// `out = x · Wᵀ` for 8-bit weights stacked along rows, each part into its own columns.
@@ -519,13 +527,13 @@ pub fn linear_w8_cuda_by(x: &Tensor, parts: &[W8Cuda], out: &mut Tensor, path: W
     match path {
         W8Path::Gemv => gemv_all(&b, x, parts, out, GEMV_M[3]),
         W8Path::Dequant => dequant_product(x, parts, out),
-        W8Path::Fp8Gemv => w8a8_gemv_all(&b, x, parts, out),
-        W8Path::Fp8TensorCores if fp8_product(&b, x, parts, out)? => Ok(()),
-        W8Path::Fp8TensorCores if act.is_some() => w8a8_gemv_all(&b, x, parts, out),
-        W8Path::Fp8TensorCores => dequant_product(x, parts, out),
+        W8Path::W8a8Gemv => w8a8_gemv_all(&b, x, parts, out),
+        W8Path::TensorCores if w8a8_product(&b, x, parts, out)? => Ok(()),
+        W8Path::TensorCores if act.is_some() => w8a8_gemv_all(&b, x, parts, out),
+        W8Path::TensorCores => dequant_product(x, parts, out),
         // W8A8 stays W8A8 at every batch size: a sequence's numbers do not depend on how many
         // others share its step.
-        W8Path::Auto if act.is_some() && (small || !fp8_product(&b, x, parts, out)?) => {
+        W8Path::Auto if act.is_some() && (small || !w8a8_product(&b, x, parts, out)?) => {
             w8a8_gemv_all(&b, x, parts, out)
         }
         W8Path::Auto if act.is_some() => Ok(()),
@@ -545,7 +553,7 @@ fn w8a8_gemv_all(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor
     let base = scratch.cuda_ptr().unwrap_or(0).div_ceil(256) * 256;
     let (qx, sx) = (base, (base + qx_bytes as u64).div_ceil(256) * 256);
     if (sx - scratch.cuda_ptr().unwrap_or(0)) as usize + sx_bytes > scratch.len() * scratch.dtype().size_bytes() {
-        return Err(GemmError::Shape(format!("dequantization scratch too small for {chunk} rows of {k} e4m3")));
+        return Err(GemmError::Shape(format!("dequantization scratch too small for {chunk} rows of {k} 8-bit codes")));
     }
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
@@ -568,35 +576,38 @@ fn gemv_w8a8_parts(b: &CudaBackend, q: (u64, u64, usize), parts: &[W8Cuda], out:
     Ok(())
 }
 
-/// The FP8 W8A8 product when every part takes it (`false`: nothing was written).
-fn fp8_product(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<bool, GemmError> {
-    fp8_product_of(b, ActIn::Dense(x), parts, out)
+/// The W8A8 tensor-core product when every part takes it (`false`: nothing was written).
+fn w8a8_product(b: &CudaBackend, x: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<bool, GemmError> {
+    w8a8_product_of(b, ActIn::Dense(x), parts, out)
 }
 
-/// [`fp8_product`] of rows to quantize or already quantized.
-fn fp8_product_of(b: &CudaBackend, x: ActIn<'_>, parts: &[W8Cuda], out: &mut Tensor) -> Result<bool, GemmError> {
+/// [`w8a8_product`] of rows to quantize or already quantized.
+fn w8a8_product_of(b: &CudaBackend, x: ActIn<'_>, parts: &[W8Cuda], out: &mut Tensor) -> Result<bool, GemmError> {
     let Some(lt) = parts[0].lt.as_ref() else { return Ok(false) };
-    let mut fp8 = Vec::with_capacity(parts.len());
+    let mut w8a8 = Vec::with_capacity(parts.len());
     for w in parts {
-        let (Some(lts), Some(act)) = (w.lt_scales.as_ref(), w.act) else { return Ok(false) };
         let (bytes, epilogue, bo, ..) = w.args();
-        let at = lts.cuda_ptr().unwrap_or(0);
-        let scales = match act {
+        let at = w.lt_scales.as_ref().map(|t| t.cuda_ptr().unwrap_or(0));
+        let scales = match (w.act, at) {
             // The device scales are × 256 (the GEMV's widening); the tensor cores read e4m3 as is.
-            ActScale::Row => Fp8Scales::Channel { epilogue, bo: bo as usize, wmul: 1.0 / 256.0, outer: at },
-            ActScale::Group => Fp8Scales::Block128 { scales: at },
+            (Some(ActQuant::E4m3(ActScale::Row)), Some(at)) => {
+                W8a8Scales::Channel { epilogue, bo: bo as usize, wmul: 1.0 / 256.0, outer: at }
+            }
+            (Some(ActQuant::E4m3(ActScale::Group)), Some(at)) => W8a8Scales::Block128 { scales: at },
+            (Some(ActQuant::Int8Row), _) => W8a8Scales::Int8Channel { scales: epilogue, bo: bo as usize },
+            _ => return Ok(false),
         };
-        fp8.push(Fp8Part { rows: w.rows, bytes, scales });
+        w8a8.push(W8a8Part { rows: w.rows, bytes, scales });
     }
     let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
     let area = (scratch.cuda_ptr().unwrap_or(0), scratch.len() * scratch.dtype().size_bytes());
-    fp8_lt::product(b, lt, x, &fp8, out, area)
+    fp8_lt::product(b, lt, x, &w8a8, out, area)
 }
 
 /// Whether these parts multiply activations quantized to e4m3 per row (uploaded as FP8 W8A8
 /// with a scale per output channel or tensor): [`linear_w8_cuda_e4m3`] takes them.
 pub fn takes_e4m3_rows(parts: &[W8Cuda]) -> bool {
-    !parts.is_empty() && parts.iter().all(|w| w.act == Some(ActScale::Row))
+    !parts.is_empty() && parts.iter().all(|w| w.act == Some(ActQuant::E4m3(ActScale::Row)))
 }
 
 /// `out = (q · s) · Wᵀ` from activations a kernel before it already quantized to e4m3 per row
@@ -628,7 +639,7 @@ pub fn linear_w8_cuda_e4m3(q: &Tensor, s: &Tensor, parts: &[W8Cuda], out: &mut T
     }
     let (qp, sp) = (q.cuda_ptr().unwrap_or(0), s.cuda_ptr().unwrap_or(0));
     let small = m <= gemv_max_rows(parts[0].lt.is_some());
-    if !small && fp8_product_of(&b, ActIn::E4m3 { q: qp, s: sp, rows: m, k }, parts, out)? {
+    if !small && w8a8_product_of(&b, ActIn::E4m3 { q: qp, s: sp, rows: m, k }, parts, out)? {
         return Ok(());
     }
     let chunk = GEMV_M[3];

@@ -17,6 +17,7 @@
 use super::{alignment, lt_for, Form, Lt, Plan, Shape};
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
+use crate::device::quant::w8::W8Elem;
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
 use cudarc::cublaslt::sys as lts;
@@ -62,14 +63,13 @@ impl Plan {
             }
         }
         let stream = b.stream().cu_stream() as lts::cudaStream_t;
-        let scaled = s.form != Form::Product;
         let ctx = b.context();
         let event = || drv("creating a timing event", ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)));
         let (start, end) = (event()?, event()?);
         let mut best: Option<(f32, lts::cublasLtMatmulAlgo_t)> = None;
         for h in self.offers(l, s, candidates())? {
             // SAFETY: the caller's contract.
-            let run = || unsafe { self.launch(l, &h.algo, (a, sa), (bm, sb), d, scaled, stream) };
+            let run = || unsafe { self.launch(l, &h.algo, (a, sa), (bm, sb), d, s.form, stream) };
             if run().is_err() {
                 continue;
             }
@@ -126,7 +126,7 @@ pub fn time_algorithms(
     count: usize,
 ) -> Result<Vec<AlgoTiming>, GemmError> {
     let Device::Cuda(b) = dev else { return Ok(vec![]) };
-    let Some(l) = lt_for(b, dev)? else { return Ok(vec![]) };
+    let Some(l) = lt_for(b, dev, W8Elem::Fp8E4M3)? else { return Ok(vec![]) };
     // Random bytes without the e4m3 NaN (no byte has all of its low 7 bits set).
     let mut seed = 0x9E37_79B9u32;
     let mut words = |count: usize| -> Vec<i32> {
@@ -152,8 +152,9 @@ pub fn time_algorithms(
     for (rank, h) in plan.offers(&l, shape, count)?.iter().enumerate() {
         // SAFETY: the operands above have the shapes the plan describes; the plan is this
         // function's own.
-        let run =
-            |_| unsafe { plan.launch(&l, &h.algo, (ptr(&w), ptr(&sw)), (ptr(&qx), ptr(&sx)), ptr(&out), true, stream) };
+        let run = |_| unsafe {
+            plan.launch(&l, &h.algo, (ptr(&w), ptr(&sw)), (ptr(&qx), ptr(&sx)), ptr(&out), shape.form, stream)
+        };
         let us = crate::device::timing::median_us(b, 3, 20, run)?;
         timings.push(AlgoTiming { rank, config: algo_config(&h.algo), us });
     }
