@@ -74,6 +74,18 @@ __device__ __forceinline__ kiln_e4m3 kiln_f32_to_e4m3(float x) {
   return r;
 }
 
+// INT8 (symmetric, +-127) is a storage type of quantized activations too (INT8 W8A8).
+struct __align__(1) kiln_i8 { signed char v; };
+__device__ __forceinline__ float kiln_to_f32(kiln_i8 x) { return (float)x.v; }
+// f32 -> int8: round to nearest even (cvt.rni: NaN -> 0), then saturate to +-127, as the CPU
+// backend's `f32_to_i8`.
+__device__ __forceinline__ kiln_i8 kiln_f32_to_i8(float x) {
+  const int q = __float2int_rn(x);
+  kiln_i8 r;
+  r.v = (signed char)(q < -127 ? -127 : (q > 127 ? 127 : q));
+  return r;
+}
+
 // One memory access moves 1, 2, 4, 8 or 16 bytes: N elements of T seen as one raw word.
 template <int BYTES> struct kiln_raw;
 template <> struct kiln_raw<1> { typedef unsigned char type; };

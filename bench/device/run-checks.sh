@@ -232,8 +232,8 @@ if [ "$what" = w8a8-all ]; then
   # the unquantized model), GPU and CPU twin; 8B-shaped decode, fp8 (fused norms on / off),
   # int8 and bf16 at 1 and 64 sequences.
   TAIL=80 step w8-check 240 .device/kiln-check-w8
-  TAIL=12 step kernels-norm-quant 100 .device/kiln-check-kernels --rows 1,7,512,4096 --widths 576,4096 \
-    --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3 --out "$OUT/kernels-norm-quant.md"
+  TAIL=16 step kernels-norm-quant 100 .device/kiln-check-kernels --rows 1,7,512,4096 --widths 576,4096 \
+    --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3,rms_norm_quant_i8,add_rms_norm_quant_i8 --out "$OUT/kernels-norm-quant.md"
   KILN_W8=w8a8 TAIL=14 step w8a8-models 120 .device/kiln-check-arch --vs-cpu "${ct[@]}"
   .device/kiln convert .device/smollm2-2l.gguf /tmp/s-hf > /dev/null
   .device/kiln quantize /tmp/s-hf /tmp/s-fp8 --method fp8-dynamic | tail -1

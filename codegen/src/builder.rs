@@ -125,7 +125,7 @@ impl Builder {
     }
     /// Widen a narrow float (f16, bf16, e4m3) to f32 (arithmetic runs in f32); other dtypes unchanged.
     pub fn widen(&mut self, a: ValueId) -> Result<ValueId, BuildError> {
-        if self.ty(a).dtype.is_narrow_float() {
+        if self.ty(a).dtype.is_narrow() {
             self.cast(a, DType::F32)
         } else {
             Ok(a)

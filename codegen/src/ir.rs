@@ -31,7 +31,10 @@ use std::fmt;
 /// frontend widens on load (`Builder::widen`) and `Builder::output` narrows on store.
 /// `F8E4M3` (OCP FP8 e4m3, a byte) is a storage type of quantized activations: a cast to it
 /// rounds to the nearest e4m3 value (ties to even) and saturates at ±448 (NaN too), so
-/// `x / scale` with `scale = max|x| / 448` never overflows.
+/// `x / scale` with `scale = max|x| / 448` never overflows. `I8` (a signed byte) is the other
+/// one, for INT8 W8A8: a cast to it rounds to the nearest integer (ties to even) and saturates
+/// at ±127 (NaN gives 0), the symmetric range; its codes widen to f32 exactly, so arithmetic
+/// carries them as f32 like every narrow type.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DType {
     F32,
@@ -40,26 +43,28 @@ pub enum DType {
     I32,
     Bool,
     F8E4M3,
+    I8,
 }
 
 impl DType {
+    /// Values that arithmetic carries as f32: the floats, and `I8`'s integer codes.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3)
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8)
     }
     pub fn is_half(self) -> bool {
         matches!(self, DType::F16 | DType::BF16)
     }
-    /// A float stored narrower than f32 (the halves and e4m3): arithmetic never runs in it —
+    /// A storage type narrower than f32 (the halves, e4m3, i8): arithmetic never runs in it —
     /// values are widened to f32 on load and narrowed by a cast on store.
-    pub fn is_narrow_float(self) -> bool {
-        matches!(self, DType::F16 | DType::BF16 | DType::F8E4M3)
+    pub fn is_narrow(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8)
     }
     /// Bytes per element in memory (`Bool` is never stored).
     pub fn size_bytes(self) -> usize {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::Bool | DType::F8E4M3 => 1,
+            DType::Bool | DType::F8E4M3 | DType::I8 => 1,
         }
     }
     /// Lower-case name used in kernel names, file names and the text form.
@@ -71,6 +76,7 @@ impl DType {
             DType::I32 => "i32",
             DType::Bool => "bool",
             DType::F8E4M3 => "e4m3",
+            DType::I8 => "i8",
         }
     }
     /// The storage dtypes a kernel can be specialised for.

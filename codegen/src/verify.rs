@@ -142,7 +142,7 @@ fn check_lowered(k: &Kernel, id: ValueId) -> Result<(), VerifyError> {
     // Operands are in range here: the SSA check ran first.
     let half = std::iter::once(node.ty.dtype)
         .chain(node.op.operands().into_iter().map(|o| k.ty(o).dtype))
-        .find(|d| d.is_narrow_float());
+        .find(|d| d.is_narrow());
     match half {
         Some(dtype) => Err(VerifyError::HalfArithmetic { node: id, text: node_text(k, &node.op), dtype }),
         None => Ok(()),

@@ -576,6 +576,7 @@ fn slice_host(h: &Host, start: usize, n: usize) -> Host {
         Host::BF16(v) => Host::BF16(v[start..start + n].to_vec()),
         Host::I32(v) => Host::I32(v[start..start + n].to_vec()),
         Host::E4M3(v) => Host::E4M3(v[start..start + n].to_vec()),
+        Host::I8(v) => Host::I8(v[start..start + n].to_vec()),
     }
 }
 
@@ -653,6 +654,44 @@ fn e4m3_casts_round_to_nearest_even_and_saturate() {
     // Read back: an e4m3 Row parameter widens exactly.
     let mut b = kiln_codegen::builder::Builder::new("from_e4m3", "test", DType::F32);
     let q = b.param("q", kiln_codegen::ir::ParamKind::Row(DType::F8E4M3)).unwrap();
+    let q = b.widen(q).unwrap();
+    b.output("y", kiln_codegen::ir::OutputKind::Row(DType::F32), q).unwrap();
+    let k = lowered(b.finish().unwrap());
+    let mut back = [OArg::Row(Host::sentinel(DType::F32, n), n)];
+    run(&k, &[PArg::Row(outs[0].host().clone(), n)], &mut back, 1, n).unwrap();
+    assert_eq!(back[0].host().to_f64(), got);
+}
+
+#[test]
+fn i8_casts_round_to_nearest_even_and_saturate() {
+    // y = i8(x) for f32 rows around and past the ±127 range, every half-integer (ties go to the
+    // even neighbour), values a hair either side of them, and NaN (0); then the codes read back
+    // as an i8 Row parameter and widened to f32 must give the same values.
+    let mut b = kiln_codegen::builder::Builder::new("to_i8", "test", DType::F32);
+    let x = b.param("x", kiln_codegen::ir::ParamKind::Row(DType::F32)).unwrap();
+    b.output("y", kiln_codegen::ir::OutputKind::Row(DType::I8), x).unwrap();
+    let k = lowered(b.finish().unwrap());
+    let mut r = rng(23);
+    let mut xs: Vec<f32> = nonzero(&mut r, 600, -140.0, 140.0);
+    for h in -130..130 {
+        let t = h as f32 + 0.5;
+        xs.extend([t, t.next_up(), t.next_down()]);
+    }
+    xs.extend([127.0, 127.5, 128.0, -127.5, -128.0, 1.0e9, -1.0e9, 0.0, -0.0, f32::NAN]);
+    let n = xs.len();
+    let mut outs = [OArg::Row(Host::sentinel(DType::I8, n), n)];
+    run(&k, &[PArg::Row(Host::F32(xs.clone()), n)], &mut outs, 1, n).unwrap();
+    let got = outs[0].host().to_f64();
+    for (g, x) in got.iter().zip(&xs) {
+        // Nearest integer, ties to even (f64 arithmetic, by hand), clamped to ±127; NaN → 0.
+        let x = *x as f64;
+        let (fl, frac) = (x.floor(), x - x.floor());
+        let near = if frac > 0.5 || (frac == 0.5 && fl % 2.0 != 0.0) { fl + 1.0 } else { fl };
+        let want = if x.is_nan() { 0.0 } else { near.clamp(-127.0, 127.0) };
+        assert_eq!(*g, want, "i8 rounding of {x}");
+    }
+    let mut b = kiln_codegen::builder::Builder::new("from_i8", "test", DType::F32);
+    let q = b.param("q", kiln_codegen::ir::ParamKind::Row(DType::I8)).unwrap();
     let q = b.widen(q).unwrap();
     b.output("y", kiln_codegen::ir::OutputKind::Row(DType::F32), q).unwrap();
     let k = lowered(b.finish().unwrap());

@@ -172,6 +172,7 @@ mod cuda {
             DType::I32 => "int",
             DType::Bool => "bool",
             DType::F8E4M3 => "kiln_e4m3",
+            DType::I8 => "kiln_i8",
         }
     }
 

@@ -20,6 +20,7 @@ fn dtype_tokens(d: DType) -> TokenStream {
         DType::I32 => quote!(::kiln_codegen::ir::DType::I32),
         DType::Bool => quote!(::kiln_codegen::ir::DType::Bool),
         DType::F8E4M3 => quote!(::kiln_codegen::ir::DType::F8E4M3),
+        DType::I8 => quote!(::kiln_codegen::ir::DType::I8),
     }
 }
 

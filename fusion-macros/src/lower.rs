@@ -241,7 +241,7 @@ impl Cx<'_> {
             // A parameter widens to f32 when it is half.
             Val::Param { load, .. } => {
                 let d = self.b.ty(load).dtype;
-                Some(if d.is_narrow_float() { DType::F32 } else { d })
+                Some(if d.is_narrow() { DType::F32 } else { d })
             }
             Val::Float(_) => Some(DType::F32),
             Val::Int(_) => None,
@@ -258,7 +258,7 @@ impl Cx<'_> {
     /// Halves are storage only (codegen's lowered verifier rejects arithmetic on them); say so
     /// at the expression rather than at the fn.
     pub fn no_half(&self, ids: &[ValueId], at: impl ToTokens) -> syn::Result<()> {
-        match ids.iter().map(|&v| self.b.ty(v).dtype).find(|d| d.is_narrow_float()) {
+        match ids.iter().map(|&v| self.b.ty(v).dtype).find(|d| d.is_narrow()) {
             Some(d) => Err(err(
                 at,
                 format!("this operates on a {d} value, but halves are storage only and arithmetic runs in f32: `as {d}` rounds, so follow it with `as f32` to compute with the rounded value"),

@@ -1,10 +1,10 @@
 //! The signature of a `#[fused]` fn: what each parameter and output is.
 //!
-//! Parameters: `Row`, `Bcast` (the specialisation's storage dtype T), `Row<f32|f16|bf16|e4m3>`,
-//! `Bcast<f32|f16|bf16|e4m3>` (a fixed dtype), `PerRow<i32|f32>` (one value per row),
+//! Parameters: `Row`, `Bcast` (the specialisation's storage dtype T), `Row<f32|f16|bf16|e4m3|i8>`,
+//! `Bcast<f32|f16|bf16|e4m3|i8>` (a fixed dtype), `PerRow<i32|f32>` (one value per row),
 //! `Gather<idx>` (a storage-dtype Row whose row `r` is tensor row `idx[r]`, `idx` a
 //! `PerRow<i32>` parameter) and `#[comptime] name: f32|i32|bool` (a launch-uniform scalar).
-//! Outputs: `Row`, `Row<f32|f16|bf16|e4m3>`, `PerRow<f32|i32>`, `Scatter<idx>` (row `r` written to
+//! Outputs: `Row`, `Row<f32|f16|bf16|e4m3|i8>`, `PerRow<f32|i32>`, `Scatter<idx>` (row `r` written to
 //! tensor row `idx[r]`; negative skips), or a tuple of them.
 //!
 //! Invariant: a parsed [`Sig`] has at least one output, unique parameter names, and no name
@@ -84,9 +84,9 @@ pub struct Sig {
     pub elementwise: bool,
 }
 
-const PARAM_TYPES: &str = "`Row`, `Bcast`, `Row<f32|f16|bf16|e4m3>`, `Bcast<f32|f16|bf16|e4m3>`, `PerRow<i32|f32>`, `Gather<index_param>`, or `#[comptime] name: f32|i32|bool`";
+const PARAM_TYPES: &str = "`Row`, `Bcast`, `Row<f32|f16|bf16|e4m3|i8>`, `Bcast<f32|f16|bf16|e4m3|i8>`, `PerRow<i32|f32>`, `Gather<index_param>`, or `#[comptime] name: f32|i32|bool`";
 const OUTPUT_TYPES: &str =
-    "`Row`, `Row<f32|f16|bf16|e4m3>`, `PerRow<f32|i32>`, `Scatter<index_param>`, or a tuple of them such as `(Row, Row)`";
+    "`Row`, `Row<f32|f16|bf16|e4m3|i8>`, `PerRow<f32|i32>`, `Scatter<index_param>`, or a tuple of them such as `(Row, Row)`";
 
 fn err<T>(tokens: impl quote::ToTokens, msg: impl std::fmt::Display) -> syn::Result<T> {
     Err(syn::Error::new_spanned(tokens, msg))
@@ -253,7 +253,7 @@ fn parse_output(ty: &Type) -> syn::Result<OKind> {
     }
 }
 
-/// `Row` → storage dtype; `Row<f32|f16|bf16|e4m3>` → that dtype.
+/// `Row` → storage dtype; `Row<f32|f16|bf16|e4m3|i8>` → that dtype.
 fn storage_or(generic: Option<String>, ty: &Type) -> syn::Result<Dt> {
     match generic.as_deref() {
         None => Ok(Dt::Storage),
@@ -261,9 +261,10 @@ fn storage_or(generic: Option<String>, ty: &Type) -> syn::Result<Dt> {
         Some("f16") => Ok(Dt::Fixed(DType::F16)),
         Some("bf16") => Ok(Dt::Fixed(DType::BF16)),
         Some("e4m3") => Ok(Dt::Fixed(DType::F8E4M3)),
+        Some("i8") => Ok(Dt::Fixed(DType::I8)),
         Some(_) => err(
             ty,
-            "a tensor's element type is `f32`, `f16`, `bf16` or `e4m3`; leave it out (`Row`) to use the kernel's storage dtype",
+            "a tensor's element type is `f32`, `f16`, `bf16`, `e4m3` or `i8`; leave it out (`Row`) to use the kernel's storage dtype",
         ),
     }
 }

@@ -184,7 +184,7 @@ fn more_errors_name_the_problem() {
         ("#[inline] fn f(x: Row) -> Row { x }", "only doc comments"),
         ("fn f(x: Row, eps: f32) -> Row { x }", "must be marked `#[comptime]`"),
         ("fn f(x: Row, #[comptime] eps: f64) -> Row { x }", "`f32`, `i32` or `bool`"),
-        ("fn f(x: Row<f64>) -> Row { x }", "`f32`, `f16`, `bf16` or `e4m3`"),
+        ("fn f(x: Row<f64>) -> Row { x }", "`f32`, `f16`, `bf16`, `e4m3` or `i8`"),
         ("fn f(p: PerRow) -> Row { p }", "say what a `PerRow` holds"),
         ("fn f(x: Row) -> Row { x % 2.0 }", "`%` is not in"),
         ("fn f(x: Row) -> Row { max(x, x, x) }", "`max` takes 1 argument (row maximum) or 2"),

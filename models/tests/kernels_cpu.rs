@@ -23,6 +23,8 @@ enum Data {
     I32(Vec<i32>),
     /// OCP FP8 e4m3 bytes.
     E4M3(Vec<u8>),
+    /// int8 codes (-128, which no cast writes, stands for NaN).
+    I8(Vec<i8>),
 }
 
 impl Data {
@@ -53,6 +55,7 @@ impl Data {
     fn poisoned(dtype: DType, n: usize) -> Data {
         match dtype {
             DType::F8E4M3 => Data::E4M3(vec![0x7f; n]),
+            DType::I8 => Data::I8(vec![i8::MIN; n]),
             _ => Data::from_f32(dtype, &vec![f32::NAN; n]),
         }
     }
@@ -63,6 +66,7 @@ impl Data {
             Data::BF16(v) => CpuIn::BF16(v),
             Data::I32(v) => CpuIn::I32(v),
             Data::E4M3(v) => CpuIn::E4M3(v),
+            Data::I8(v) => CpuIn::I8(v),
         }
     }
     fn as_out(&mut self) -> CpuOut<'_> {
@@ -72,6 +76,7 @@ impl Data {
             Data::BF16(v) => CpuOut::BF16(v),
             Data::I32(v) => CpuOut::I32(v),
             Data::E4M3(v) => CpuOut::E4M3(v),
+            Data::I8(v) => CpuOut::I8(v),
         }
     }
     fn to_f64(&self) -> Vec<f64> {
@@ -81,6 +86,7 @@ impl Data {
             Data::BF16(v) => v.iter().map(|&x| x.to_f64()).collect(),
             Data::I32(v) => v.iter().map(|&x| x as f64).collect(),
             Data::E4M3(v) => v.iter().map(|&x| math::e4m3_to_f32(x) as f64).collect(),
+            Data::I8(v) => v.iter().map(|&x| if x == i8::MIN { f64::NAN } else { x as f64 }).collect(),
         }
     }
 }
@@ -194,9 +200,10 @@ fn add_rms_norm_matches_ref() {
     });
 }
 
-/// Per-token e4m3 output `(q, s)` against the reference row `y` and scale: `s` within f32
-/// rounding, every `q · s` within half an e4m3 step of `y` (2^-4 of the value in the normal
-/// range, 2^-10 · s among the subnormals), and no byte a NaN; strided padding untouched.
+/// Per-token 8-bit output `(q, s)` against the reference row `y` and scale: `s` within f32
+/// rounding, every `q · s` within half a step of `y` (e4m3: 2^-4 of the value in the normal
+/// range, 2^-10 · s among the subnormals; int8: s / 2), and no byte a NaN; strided padding
+/// untouched.
 fn check_quant(what: &str, dtype: DType, shape: Shape, q: &Data, s: &[f32], want: &[(Vec<f64>, f64)]) {
     let got = q.to_f64();
     for (r, (g, (y, want_s))) in shape.rows(&got).zip(want).enumerate() {
@@ -206,7 +213,11 @@ fn check_quant(what: &str, dtype: DType, shape: Shape, q: &Data, s: &[f32], want
             "{what} {dtype} {shape:?}: row {r} scale {got_s}, want {want_s}"
         );
         for (c, (g, y)) in g.iter().zip(y).enumerate() {
-            let bound = 1.01 * (y.abs() / 16.0).max(got_s / 1024.0) + 1e-5 * y.abs();
+            let step = match q {
+                Data::I8(_) => got_s / 2.0,
+                _ => (y.abs() / 16.0).max(got_s / 1024.0),
+            };
+            let bound = 1.01 * step + 1e-5 * y.abs();
             assert!(
                 (g * got_s - y).abs() <= bound,
                 "{what} {dtype} {shape:?}: row {r} col {c}: q·s = {}, want {y} (bound {bound})",
@@ -230,7 +241,7 @@ fn rms_norm_quant_e4m3_matches_ref() {
         let outs = &mut [out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
         norm_quant::rms_norm_quant_e4m3::cpu(dt, &params, outs, s.rows, s.width).unwrap();
         let (xs, ws) = (x.to_f64(), w.to_f64());
-        let want: Vec<_> = s.rows(&xs).map(|r| norm_quant::rms_norm_quant_ref(r, &ws, eps as f64)).collect();
+        let want: Vec<_> = s.rows(&xs).map(|r| norm_quant::rms_norm_quant_ref(r, &ws, eps as f64, 448.0)).collect();
         check_quant("rms_norm_quant_e4m3", dt, s, &q, &scale, &want);
     });
 }
@@ -251,8 +262,44 @@ fn add_rms_norm_quant_e4m3_matches_ref() {
             s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| x.iter().zip(r).map(|(a, b)| a + b).collect()).collect();
         // h is written in the storage dtype; the norm reads the f32 sum.
         check("add_rms_norm_quant_e4m3.h", dt, s, &h, &sums, tol(dt));
-        let want: Vec<_> = sums.iter().map(|h| norm_quant::rms_norm_quant_ref(h, &ws, eps as f64)).collect();
+        let want: Vec<_> = sums.iter().map(|h| norm_quant::rms_norm_quant_ref(h, &ws, eps as f64, 448.0)).collect();
         check_quant("add_rms_norm_quant_e4m3", dt, s, &q, &scale, &want);
+    });
+}
+
+#[test]
+fn rms_norm_quant_i8_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let (x, w) = (Data::random(rng, dt, s.len(), 0.1, 2.0), Data::random(rng, dt, s.width, 0.5, 1.5));
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let (mut q, mut scale) = (Data::poisoned(DType::I8, s.len()), vec![f32::NAN; s.rows]);
+        let params = [row(&x, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
+        let outs = &mut [out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
+        norm_quant::rms_norm_quant_i8::cpu(dt, &params, outs, s.rows, s.width).unwrap();
+        let (xs, ws) = (x.to_f64(), w.to_f64());
+        let want: Vec<_> = s.rows(&xs).map(|r| norm_quant::rms_norm_quant_ref(r, &ws, eps as f64, 127.0)).collect();
+        check_quant("rms_norm_quant_i8", dt, s, &q, &scale, &want);
+    });
+}
+
+#[test]
+fn add_rms_norm_quant_i8_matches_ref() {
+    for_each_case(|rng, dt, s| {
+        let [x, res] = [0; 2].map(|_| Data::random(rng, dt, s.len(), 0.1, 2.0));
+        let w = Data::random(rng, dt, s.width, 0.5, 1.5);
+        let eps = rng.random_range(1e-6f32..1e-4);
+        let (mut h, mut q) = (Data::poisoned(dt, s.len()), Data::poisoned(DType::I8, s.len()));
+        let mut scale = vec![f32::NAN; s.rows];
+        let params = [row(&x, s), row(&res, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
+        let outs = &mut [out(&mut h, s), out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
+        norm_quant::add_rms_norm_quant_i8::cpu(dt, &params, outs, s.rows, s.width).unwrap();
+        let (xs, rs, ws) = (x.to_f64(), res.to_f64(), w.to_f64());
+        let sums: Vec<Vec<f64>> =
+            s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| x.iter().zip(r).map(|(a, b)| a + b).collect()).collect();
+        // h is written in the storage dtype; the norm reads the f32 sum.
+        check("add_rms_norm_quant_i8.h", dt, s, &h, &sums, tol(dt));
+        let want: Vec<_> = sums.iter().map(|h| norm_quant::rms_norm_quant_ref(h, &ws, eps as f64, 127.0)).collect();
+        check_quant("add_rms_norm_quant_i8", dt, s, &q, &scale, &want);
     });
 }
 
@@ -276,6 +323,27 @@ fn rms_norm_quant_e4m3_zero_and_large_rows() {
     assert!(q[..width].iter().all(|&b| b == 0), "zero row: {:?}", &q[..width]);
     assert_eq!(q[width + 5], 0x7e, "the row maximum is e4m3's largest value, 448");
     assert!(q[width..].iter().all(|&b| b & 0x7f != 0x7f), "no NaN byte");
+}
+
+/// The same for int8: a zero row gives zero codes and scale 1, the row maximum the code 127.
+#[test]
+fn rms_norm_quant_i8_zero_and_large_rows() {
+    let (width, eps) = (64, 1e-6f32);
+    let mut x = vec![0f32; width];
+    x.extend((0..width).map(|i| if i == 5 { -3.0e4 } else { (i as f32 - 30.0) * 0.01 }));
+    let w = vec![1f32; width];
+    let (mut q, mut scale) = (vec![0x55i8; 2 * width], vec![f32::NAN; 2]);
+    let params = [
+        CpuParam::row(CpuIn::F32(&x), width),
+        CpuParam::bcast(CpuIn::F32(&w)),
+        CpuParam::Comptime(CpuScalar::F32(eps)),
+    ];
+    let outs = &mut [CpuOutArg::row(CpuOut::I8(&mut q), width), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
+    norm_quant::rms_norm_quant_i8::cpu(DType::F32, &params, outs, 2, width).unwrap();
+    assert_eq!(scale[0], 1.0);
+    assert!(q[..width].iter().all(|&b| b == 0), "zero row: {:?}", &q[..width]);
+    assert_eq!(q[width + 5], -127, "the row maximum is the range's end");
+    assert!(q[width..].iter().all(|&b| b != i8::MIN), "no code outside ±127");
 }
 
 #[test]

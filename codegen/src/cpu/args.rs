@@ -21,6 +21,8 @@ pub enum CpuIn<'a> {
     I32(&'a [i32]),
     /// OCP FP8 e4m3 bytes.
     E4M3(&'a [u8]),
+    /// Signed int8 codes.
+    I8(&'a [i8]),
 }
 
 impl CpuIn<'_> {
@@ -31,6 +33,7 @@ impl CpuIn<'_> {
             CpuIn::BF16(_) => DType::BF16,
             CpuIn::I32(_) => DType::I32,
             CpuIn::E4M3(_) => DType::F8E4M3,
+            CpuIn::I8(_) => DType::I8,
         }
     }
     pub fn len(&self) -> usize {
@@ -40,6 +43,7 @@ impl CpuIn<'_> {
             CpuIn::BF16(s) => s.len(),
             CpuIn::I32(s) => s.len(),
             CpuIn::E4M3(s) => s.len(),
+            CpuIn::I8(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -113,6 +117,8 @@ pub enum CpuOut<'a> {
     I32(&'a mut [i32]),
     /// OCP FP8 e4m3 bytes.
     E4M3(&'a mut [u8]),
+    /// Signed int8 codes.
+    I8(&'a mut [i8]),
 }
 
 impl<'a> CpuOut<'a> {
@@ -123,6 +129,7 @@ impl<'a> CpuOut<'a> {
             CpuOut::BF16(_) => DType::BF16,
             CpuOut::I32(_) => DType::I32,
             CpuOut::E4M3(_) => DType::F8E4M3,
+            CpuOut::I8(_) => DType::I8,
         }
     }
     pub fn len(&self) -> usize {
@@ -132,6 +139,7 @@ impl<'a> CpuOut<'a> {
             CpuOut::BF16(s) => s.len(),
             CpuOut::I32(s) => s.len(),
             CpuOut::E4M3(s) => s.len(),
+            CpuOut::I8(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -145,6 +153,7 @@ impl<'a> CpuOut<'a> {
             CpuOut::BF16(s) => CpuOut::BF16(s),
             CpuOut::I32(s) => CpuOut::I32(s),
             CpuOut::E4M3(s) => CpuOut::E4M3(s),
+            CpuOut::I8(s) => CpuOut::I8(s),
         }
     }
     /// Split into consecutive pieces of `n` elements (the last may be shorter).
@@ -155,6 +164,7 @@ impl<'a> CpuOut<'a> {
             CpuOut::BF16(s) => s.chunks_mut(n).map(CpuOut::BF16).collect(),
             CpuOut::I32(s) => s.chunks_mut(n).map(CpuOut::I32).collect(),
             CpuOut::E4M3(s) => s.chunks_mut(n).map(CpuOut::E4M3).collect(),
+            CpuOut::I8(s) => s.chunks_mut(n).map(CpuOut::I8).collect(),
         }
     }
 }
@@ -327,7 +337,7 @@ fn check_indices(
 fn scalar_fits(d: DType, s: CpuScalar) -> bool {
     matches!(
         (d, s),
-        (DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3, CpuScalar::F32(_))
+        (DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8, CpuScalar::F32(_))
             | (DType::I32, CpuScalar::I32(_))
             | (DType::Bool, CpuScalar::Bool(_))
     )

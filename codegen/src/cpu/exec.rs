@@ -22,6 +22,7 @@ pub(crate) enum In<'a> {
     RowF16(&'a [f16], usize),
     RowBF16(&'a [bf16], usize),
     RowE4M3(&'a [u8], usize),
+    RowI8(&'a [i8], usize),
     /// A `Bcast` float tensor, widened to f32 (borrowed as is when it already was f32).
     BcastF32(&'a [f32]),
     BcastI32(&'a [i32]),
@@ -167,6 +168,7 @@ impl<'s> Env<'s> {
                         CpuIn::BF16(d) => d.get(r).map(|x| CpuScalar::F32(x.to_f32())),
                         CpuIn::I32(d) => d.get(r).map(|&x| CpuScalar::I32(x)),
                         CpuIn::E4M3(d) => d.get(r).map(|&x| CpuScalar::F32(math::e4m3_to_f32(x))),
+                        CpuIn::I8(d) => d.get(r).map(|&x| CpuScalar::F32(x as f32)),
                     };
                     got.ok_or_else(|| internal(i, "per-row parameter shorter than rows"))?
                 }
@@ -299,6 +301,7 @@ impl Worker {
                             CpuOut::F16(d) => vector::narrow_f16(d.get_mut(range).ok_or_else(bad)?, v),
                             CpuOut::BF16(d) => vector::narrow_bf16(d.get_mut(range).ok_or_else(bad)?, v),
                             CpuOut::E4M3(d) => vector::narrow_e4m3(d.get_mut(range).ok_or_else(bad)?, v),
+                            CpuOut::I8(d) => vector::narrow_i8(d.get_mut(range).ok_or_else(bad)?, v),
                             CpuOut::I32(_) => return Err(bad()),
                         }
                     }
@@ -309,6 +312,7 @@ impl Worker {
                     (CpuOut::F16(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = f16::from_f32(x),
                     (CpuOut::BF16(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = bf16::from_f32(x),
                     (CpuOut::E4M3(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = math::f32_to_e4m3(x),
+                    (CpuOut::I8(d), CpuScalar::F32(x)) => *d.get_mut(lr).ok_or_else(bad)? = math::f32_to_i8(x),
                     (CpuOut::I32(d), CpuScalar::I32(x)) => *d.get_mut(lr).ok_or_else(bad)? = x,
                     _ => return Err(bad()),
                 }
@@ -345,6 +349,10 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                 let r = env.ctx.src_row(p as usize, env.row);
                 vector::widen_e4m3(dst, row_of(d, *st, r, w).ok_or_else(bad)?)
             }
+            Some(In::RowI8(d, st)) => {
+                let r = env.ctx.src_row(p as usize, env.row);
+                vector::widen_i8(dst, row_of(d, *st, r, w).ok_or_else(bad)?)
+            }
             _ => return Err(bad()),
         },
         Op::Unary(u, a) => vector::unary_f32(u, dst, env.fsrc(a)?),
@@ -353,7 +361,7 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
         Op::Cast(a, to) => {
             let from = env.dtype(a);
             match from {
-                DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => {
+                DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8 => {
                     vector::cast_into_f32(dst, env.fsrc(a)?, |x| x)
                 }
                 DType::I32 => vector::cast_into_f32(dst, env.isrc(a)?, |x| x as f32),
@@ -364,6 +372,7 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                     DType::F16 => vector::round_f16_in_place(dst, s.h16),
                     DType::BF16 => vector::round_bf16_in_place(dst),
                     DType::F8E4M3 => dst.iter_mut().for_each(|v| *v = math::round_e4m3(*v)),
+                    DType::I8 => dst.iter_mut().for_each(|v| *v = math::round_i8(*v)),
                     _ => {}
                 }
             }
@@ -421,7 +430,7 @@ fn eval_i(env: &Env<'_>, i: usize, dst: &mut [i32]) -> Result<(), CpuError> {
         Op::Binary(b, x, y) => vector::binary_i32(b, dst, env.isrc(x)?, env.isrc(y)?),
         Op::Select(c, a, b) => vector::select(dst, env.bsrc(c)?, env.isrc(a)?, env.isrc(b)?),
         Op::Cast(a, _) => match env.dtype(a) {
-            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => {
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8 => {
                 vector::cast_into_i32(dst, env.fsrc(a)?, math::f32_to_i32)
             }
             DType::I32 => vector::cast_into_i32(dst, env.isrc(a)?, |x| x),
@@ -439,7 +448,9 @@ fn eval_b(env: &Env<'_>, i: usize, dst: &mut [bool]) -> Result<(), CpuError> {
         Op::Unary(crate::ir::UnaryOp::Not, a) => vector::not(dst, env.bsrc(a)?),
         Op::Binary(b, x, y) => vector::binary_bool(b, dst, env.bsrc(x)?, env.bsrc(y)?),
         Op::Cmp(c, x, y) => match env.dtype(x) {
-            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => vector::cmp(c, dst, env.fsrc(x)?, env.fsrc(y)?),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8 => {
+                vector::cmp(c, dst, env.fsrc(x)?, env.fsrc(y)?)
+            }
             DType::I32 => vector::cmp(c, dst, env.isrc(x)?, env.isrc(y)?),
             DType::Bool => vector::cmp(c, dst, env.bsrc(x)?, env.bsrc(y)?),
         },

@@ -3,9 +3,9 @@
 //! `const_fold` pass, so a folded constant is exactly what the backend would have computed.
 //! The rules are listed in `cpu/mod.rs`; the CUDA emitter follows the same list.
 //!
-//! Values of dtype `F16`/`BF16`/`F8E4M3` are carried as the `f32` they widen to exactly; a cast
-//! to one rounds to nearest-even (e4m3 also saturating at ±448) and widens back, so every value
-//! of a narrow float dtype is representable in it.
+//! Values of dtype `F16`/`BF16`/`F8E4M3`/`I8` are carried as the `f32` they widen to exactly; a
+//! cast to one rounds to nearest-even (e4m3 also saturating at ±448, i8 at ±127) and widens
+//! back, so every value of a narrow dtype is representable in it.
 
 use super::CpuScalar;
 use crate::ir::{BinaryOp, CmpOp, DType, UnaryOp};
@@ -68,6 +68,19 @@ pub fn e4m3_to_f32(b: u8) -> f32 {
 #[inline]
 pub fn round_e4m3(x: f32) -> f32 {
     e4m3_to_f32(f32_to_e4m3(x))
+}
+
+/// f32 → int8 code: round to nearest even, saturate at ±127 (the symmetric range), NaN → 0
+/// (the prelude's `kiln_f32_to_i8`: `cvt.rni.s32.f32`, then the clamp).
+#[inline]
+pub fn f32_to_i8(x: f32) -> i8 {
+    (x.round_ties_even() as i32).clamp(-127, 127) as i8
+}
+
+/// Round an f32 to the nearest int8 code (ties to even, saturating at ±127) as an f32.
+#[inline]
+pub fn round_i8(x: f32) -> f32 {
+    f32_to_i8(x) as f32
 }
 
 /// f32 → i32: truncate toward zero, saturate out of range, NaN → 0 (Rust `as`; the GPU's
@@ -259,9 +272,11 @@ pub fn cast(a: CpuScalar, from: DType, to: DType) -> Option<CpuScalar> {
         DType::F16 if from == DType::F16 => CpuScalar::F32(as_f32),
         DType::BF16 if from == DType::BF16 => CpuScalar::F32(as_f32),
         DType::F8E4M3 if from == DType::F8E4M3 => CpuScalar::F32(as_f32),
+        DType::I8 if from == DType::I8 => CpuScalar::F32(as_f32),
         DType::F16 => CpuScalar::F32(round_f16(as_f32)),
         DType::BF16 => CpuScalar::F32(round_bf16(as_f32)),
         DType::F8E4M3 => CpuScalar::F32(round_e4m3(as_f32)),
+        DType::I8 => CpuScalar::F32(round_i8(as_f32)),
         DType::I32 => CpuScalar::I32(match a {
             CpuScalar::F32(x) => f32_to_i32(x),
             CpuScalar::I32(x) => x,

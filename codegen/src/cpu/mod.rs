@@ -134,6 +134,11 @@ impl CpuKernel {
                     vector::widen_e4m3(&mut v, d);
                     Some(v)
                 }
+                CpuParam::Bcast(CpuIn::I8(d)) => {
+                    let mut v = vec![0.0; d.len()];
+                    vector::widen_i8(&mut v, d);
+                    Some(v)
+                }
                 _ => None,
             })
             .collect();
@@ -189,6 +194,7 @@ fn to_in<'a>(name: &str, kind: ParamKind, arg: &CpuParam<'a>, wide: Option<&'a [
             CpuIn::BF16(d) => In::RowBF16(d, st),
             CpuIn::I32(d) => In::RowI32(d, st),
             CpuIn::E4M3(d) => In::RowE4M3(d, st),
+            CpuIn::I8(d) => In::RowI8(d, st),
         },
         CpuParam::Bcast(data) => match (data, wide) {
             (CpuIn::I32(d), _) => In::BcastI32(d),
@@ -204,6 +210,7 @@ fn to_in<'a>(name: &str, kind: ParamKind, arg: &CpuParam<'a>, wide: Option<&'a [
             (DType::F16, CpuScalar::F32(x)) => CpuScalar::F32(math::round_f16(x)),
             (DType::BF16, CpuScalar::F32(x)) => CpuScalar::F32(math::round_bf16(x)),
             (DType::F8E4M3, CpuScalar::F32(x)) => CpuScalar::F32(math::round_e4m3(x)),
+            (DType::I8, CpuScalar::F32(x)) => CpuScalar::F32(math::round_i8(x)),
             _ => s,
         }),
     })

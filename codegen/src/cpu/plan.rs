@@ -43,7 +43,7 @@ pub(crate) struct Plan {
 /// Arena index of a dtype's carrier: 0 f32 (all floats), 1 i32, 2 bool.
 fn arena(d: DType) -> usize {
     match d {
-        DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => 0,
+        DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8 => 0,
         DType::I32 => 1,
         DType::Bool => 2,
     }

@@ -203,6 +203,20 @@ pub(crate) fn narrow_e4m3(dst: &mut [u8], src: &[f32]) {
     }
 }
 
+/// Widen int8 codes to f32 (exact).
+pub(crate) fn widen_i8(dst: &mut [f32], src: &[i8]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s as f32;
+    }
+}
+
+/// Narrow an f32 row to int8 codes (nearest-even, saturating at ±127).
+pub(crate) fn narrow_i8(dst: &mut [i8], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = super::math::f32_to_i8(s);
+    }
+}
+
 /// Narrow an f32 row to f16 (nearest-even).
 pub(crate) fn narrow_f16(dst: &mut [f16], src: &[f32]) {
     dst.convert_from_f32_slice(src);

@@ -159,7 +159,7 @@ fn cast(from: DType, to: DType, a: &str) -> String {
     }
     let to_f32 = match from {
         DType::F32 => a.to_string(),
-        DType::F16 | DType::BF16 | DType::F8E4M3 => format!("kiln_to_f32({a})"),
+        DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8 => format!("kiln_to_f32({a})"),
         DType::I32 => format!("(float){a}"),
         DType::Bool => format!("({a} ? 1.0f : 0.0f)"),
     };
@@ -168,6 +168,7 @@ fn cast(from: DType, to: DType, a: &str) -> String {
         DType::F16 => format!("kiln_f32_to_f16({to_f32})"),
         DType::BF16 => format!("kiln_f32_to_bf16({to_f32})"),
         DType::F8E4M3 => format!("kiln_f32_to_e4m3({to_f32})"),
+        DType::I8 => format!("kiln_f32_to_i8({to_f32})"),
         DType::I32 => match from {
             DType::Bool => format!("(int){a}"),
             _ => format!("__float2int_rz({to_f32})"),

@@ -37,6 +37,7 @@ pub fn c_type(d: DType) -> &'static str {
         DType::F16 => "kiln_f16",
         DType::BF16 => "kiln_bf16",
         DType::F8E4M3 => "kiln_e4m3",
+        DType::I8 => "kiln_i8",
     }
 }
 

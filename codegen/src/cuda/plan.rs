@@ -307,7 +307,7 @@ fn check_lowered(k: &Kernel) -> Result<(), String> {
         if ops.iter().any(|o| o.index() >= i) {
             return Err(format!("%{i} uses a value that is not defined before it"));
         }
-        let half_in = ops.iter().any(|o| k.ty(*o).dtype.is_narrow_float());
+        let half_in = ops.iter().any(|o| k.ty(*o).dtype.is_narrow());
         let what = match &node.op {
             Op::Softmax(_) => return Err(format!("%{i}: softmax must be lowered before CUDA emission")),
             Op::Unary(..) | Op::Binary(..) | Op::Cmp(..) | Op::Select(..) => "arithmetic",
@@ -325,7 +325,7 @@ fn check_lowered(k: &Kernel) -> Result<(), String> {
             }
             _ => continue,
         };
-        if half_in || node.ty.dtype.is_narrow_float() {
+        if half_in || node.ty.dtype.is_narrow() {
             return Err(format!(
                 "%{i}: {what} on a half type ({}); lowering widens halves to f32",
                 k.op_text(&node.op)

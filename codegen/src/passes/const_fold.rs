@@ -51,7 +51,7 @@ fn fold(k: &Kernel, i: usize) -> Option<Const> {
         }
         Op::Cmp(c, x, y) => CpuScalar::Bool(math::cmp(c, arg(x)?, arg(y)?)?),
         Op::Select(c, a, b) => math::select(arg(c)?, arg(a)?, arg(b)?)?,
-        Op::Cast(a, to) if !to.is_narrow_float() => {
+        Op::Cast(a, to) if !to.is_narrow() => {
             let from = k.nodes.get(a.index())?.ty.dtype;
             math::cast(arg(a)?, from, to)?
         }

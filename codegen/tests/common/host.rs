@@ -32,6 +32,8 @@ pub enum Host {
     I32(Vec<i32>),
     /// OCP FP8 e4m3 bytes.
     E4M3(Vec<u8>),
+    /// int8 codes; -128, which no cast writes (they saturate at ±127), stands for NaN.
+    I8(Vec<i8>),
 }
 
 impl Host {
@@ -46,6 +48,7 @@ impl Host {
             DType::F8E4M3 => {
                 Host::E4M3(v.iter().map(|&x| if x.is_nan() { 0x7f } else { math::f32_to_e4m3(x) }).collect())
             }
+            DType::I8 => Host::I8(v.iter().map(|&x| if x.is_nan() { i8::MIN } else { math::f32_to_i8(x) }).collect()),
             DType::Bool => panic!("bool is not a storage dtype"),
         }
     }
@@ -63,6 +66,7 @@ impl Host {
             Host::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
             Host::I32(v) => v.iter().map(|&x| x as f64).collect(),
             Host::E4M3(v) => v.iter().map(|&x| math::e4m3_to_f32(x) as f64).collect(),
+            Host::I8(v) => v.iter().map(|&x| if x == i8::MIN { f64::NAN } else { x as f64 }).collect(),
         }
     }
     pub fn as_in(&self) -> CpuIn<'_> {
@@ -72,6 +76,7 @@ impl Host {
             Host::BF16(v) => CpuIn::BF16(v),
             Host::I32(v) => CpuIn::I32(v),
             Host::E4M3(v) => CpuIn::E4M3(v),
+            Host::I8(v) => CpuIn::I8(v),
         }
     }
     pub fn as_out(&mut self) -> CpuOut<'_> {
@@ -81,6 +86,7 @@ impl Host {
             Host::BF16(v) => CpuOut::BF16(v),
             Host::I32(v) => CpuOut::I32(v),
             Host::E4M3(v) => CpuOut::E4M3(v),
+            Host::I8(v) => CpuOut::I8(v),
         }
     }
     pub fn len(&self) -> usize {
@@ -90,6 +96,7 @@ impl Host {
             Host::BF16(v) => v.len(),
             Host::I32(v) => v.len(),
             Host::E4M3(v) => v.len(),
+            Host::I8(v) => v.len(),
         }
     }
 }
@@ -131,6 +138,8 @@ pub fn rtol(d: DType) -> f64 {
         DType::F16 => 2f64.powi(-11) + 2e-5,
         DType::BF16 => 2f64.powi(-8) + 2e-5,
         DType::F8E4M3 => 2f64.powi(-4) + 2e-5,
+        // Plus `atol_floor`'s half a code.
+        DType::I8 => 2e-5,
         DType::I32 | DType::Bool => 0.0,
     }
 }
@@ -141,6 +150,8 @@ pub fn atol_floor(d: DType) -> f64 {
     match d {
         DType::F16 => 2f64.powi(-24),
         DType::F8E4M3 => 2f64.powi(-10),
+        // An integer code: half a step of rounding.
+        DType::I8 => 0.5,
         _ => 1e-30,
     }
 }

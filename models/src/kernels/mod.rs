@@ -30,6 +30,8 @@ pub static ALL: &[&FusedDef] = &[
     &norm::add2_layer_norm::DEF,
     &norm_quant::rms_norm_quant_e4m3::DEF,
     &norm_quant::add_rms_norm_quant_e4m3::DEF,
+    &norm_quant::rms_norm_quant_i8::DEF,
+    &norm_quant::add_rms_norm_quant_i8::DEF,
     &activation::silu_mul::DEF,
     &activation::gelu_tanh_mul::DEF,
     &activation::gelu::DEF,

@@ -193,6 +193,7 @@ fn nccl_dtype(d: DType) -> ncclDataType_t {
         DType::I32 => ncclDataType_t::ncclInt32,
         // Moved as bytes (no collective sums e4m3 values: activations are quantized per rank).
         DType::F8E4M3 => ncclDataType_t::ncclUint8,
+        DType::I8 => ncclDataType_t::ncclInt8,
     }
 }
 

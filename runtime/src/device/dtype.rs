@@ -17,6 +17,9 @@ pub enum DType {
     /// OCP FP8 e4m3, a byte an element: quantized activations written by a `#[fused]` kernel
     /// (values `byte × scale`, the scale kept beside them).
     F8E4M3,
+    /// Signed int8 codes, a byte an element: INT8 W8A8's quantized activations written by a
+    /// `#[fused]` kernel (values `code × scale`, ±127).
+    I8,
 }
 
 impl DType {
@@ -27,12 +30,12 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::F8E4M3 => 1,
+            DType::F8E4M3 | DType::I8 => 1,
         }
     }
 
     pub fn is_float(self) -> bool {
-        self != DType::I32
+        !matches!(self, DType::I32 | DType::I8)
     }
 
     pub fn is_half(self) -> bool {
@@ -51,6 +54,7 @@ impl DType {
             DType::BF16 => ir::DType::BF16,
             DType::I32 => ir::DType::I32,
             DType::F8E4M3 => ir::DType::F8E4M3,
+            DType::I8 => ir::DType::I8,
         }
     }
 
@@ -62,6 +66,7 @@ impl DType {
             ir::DType::BF16 => Some(DType::BF16),
             ir::DType::I32 => Some(DType::I32),
             ir::DType::F8E4M3 => Some(DType::F8E4M3),
+            ir::DType::I8 => Some(DType::I8),
             ir::DType::Bool => None,
         }
     }

@@ -1,5 +1,5 @@
 //! [`Element`]: the Rust types a tensor's elements can be read and written as, one per storage
-//! [`DType`] (`f32`, `half::f16`, `half::bf16`, `i32`, [`E4m3`]). `Bool` is never stored.
+//! [`DType`] (`f32`, `half::f16`, `half::bf16`, `i32`, [`E4m3`], `i8`). `Bool` is never stored.
 
 use crate::DType;
 
@@ -19,6 +19,7 @@ mod sealed {
     impl Sealed for half::f16 {}
     impl Sealed for half::bf16 {}
     impl Sealed for super::E4m3 {}
+    impl Sealed for i8 {}
 }
 
 /// An OCP FP8 e4m3 element: its byte. Conversions are the code generator's (the bits of the
@@ -79,6 +80,17 @@ impl Element for E4m3 {
     }
 }
 
+impl Element for i8 {
+    const DTYPE: DType = DType::I8;
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    /// The kernels' cast: nearest even, saturating at ±127 (NaN → 0).
+    fn from_f32(x: f32) -> i8 {
+        kiln_codegen::cpu::math::f32_to_i8(x)
+    }
+}
+
 /// Convert raw little-endian element bytes of `dtype` to f32 (for `to_host_f32`).
 pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
     match dtype {
@@ -87,6 +99,7 @@ pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
         DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
         DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
         DType::F8E4M3 => out.extend(bytes.iter().map(|&b| kiln_codegen::cpu::math::e4m3_to_f32(b))),
+        DType::I8 => out.extend(bytes.iter().map(|&b| b as i8 as f32)),
     }
 }
 

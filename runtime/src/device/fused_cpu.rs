@@ -154,6 +154,7 @@ fn cpu_in<'a>(t: &Tensor, storage: &'a [u8]) -> Result<CpuIn<'a>, TensorError> {
         DType::BF16 => CpuIn::BF16(t.typed(storage)?),
         DType::I32 => CpuIn::I32(t.typed(storage)?),
         DType::F8E4M3 => CpuIn::E4M3(bytemuck::cast_slice(t.typed::<crate::device::element::E4m3>(storage)?)),
+        DType::I8 => CpuIn::I8(t.typed(storage)?),
         DType::Bool => return Err(TensorError::NotStorable(DType::Bool)),
     })
 }
@@ -168,6 +169,7 @@ fn cpu_out(dtype: DType, bytes: &mut [u8]) -> Result<CpuOut<'_>, TensorError> {
         DType::BF16 => CpuOut::BF16(bytemuck::try_cast_slice_mut(bytes).map_err(mis)?),
         DType::I32 => CpuOut::I32(bytemuck::try_cast_slice_mut(bytes).map_err(mis)?),
         DType::F8E4M3 => CpuOut::E4M3(bytes),
+        DType::I8 => CpuOut::I8(bytemuck::cast_slice_mut(bytes)),
         DType::Bool => return Err(TensorError::NotStorable(DType::Bool)),
     })
 }

@@ -103,6 +103,7 @@ impl Tensor {
             DType::BF16 => Tensor::from_host(dev, &convert::<half::bf16>(data), rows, cols),
             DType::I32 => Tensor::from_host(dev, &convert::<i32>(data), rows, cols),
             DType::F8E4M3 => Tensor::from_host(dev, &convert::<crate::device::element::E4m3>(data), rows, cols),
+            DType::I8 => Tensor::from_host(dev, &convert::<i8>(data), rows, cols),
         }
     }
 

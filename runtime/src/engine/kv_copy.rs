@@ -46,6 +46,7 @@ pub(crate) fn copy_blocks(kv: &mut KvCache, copies: &[CopyBlock]) -> Result<(), 
             // An FP8 cache's pools: e4m3 bytes, four to an i32.
             DType::I32 => copy_rows::<i32>(pool, copies, bs)?,
             DType::F8E4M3 => copy_rows::<crate::device::element::E4m3>(pool, copies, bs)?,
+            DType::I8 => copy_rows::<i8>(pool, copies, bs)?,
         }
     }
     Ok(())

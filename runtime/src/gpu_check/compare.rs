@@ -39,7 +39,7 @@ impl Diff {
 
 /// The default `max_rel` bound for an output dtype: f32 1e-4 (1e-5 × 10, for a different
 /// reduction order and last-ulp differences in exp/rsqrt/sin between the two backends);
-/// f16/bf16 1e-2 (one rounding of the stored result); e4m3 one step; i32 exact.
+/// f16/bf16 1e-2 (one rounding of the stored result); e4m3 one step; i8 one code; i32 exact.
 pub fn tolerance(d: DType) -> f64 {
     match d {
         DType::F32 => 1e-4,
@@ -47,6 +47,8 @@ pub fn tolerance(d: DType) -> f64 {
         // One e4m3 step at the top of the range (416 → 448): both backends encode with the
         // same bits, but an input a last ulp apart can round to the neighbouring value.
         DType::F8E4M3 => 7.2e-2,
+        // One code of the ±127 range: an input a last ulp apart can round to the next integer.
+        DType::I8 => 1.0 / 127.0 + 1e-6,
         DType::I32 | DType::Bool => 0.0,
     }
 }
