@@ -80,14 +80,29 @@ impl Element for E4m3 {
     }
 }
 
+/// An int8 code. -128, which no cast writes (they saturate at ±127), is the NaN poison, as
+/// e4m3's NaN byte is: host NaN becomes it and it reads back as NaN, so a check sees an
+/// element no kernel wrote.
 impl Element for i8 {
     const DTYPE: DType = DType::I8;
     fn to_f32(self) -> f32 {
-        self as f32
+        i8_value(self)
     }
-    /// The kernels' cast: nearest even, saturating at ±127 (NaN → 0).
+    /// The kernels' cast (nearest even, saturating at ±127), except NaN.
     fn from_f32(x: f32) -> i8 {
-        kiln_codegen::cpu::math::f32_to_i8(x)
+        if x.is_nan() {
+            i8::MIN
+        } else {
+            kiln_codegen::cpu::math::f32_to_i8(x)
+        }
+    }
+}
+
+fn i8_value(c: i8) -> f32 {
+    if c == i8::MIN {
+        f32::NAN
+    } else {
+        c as f32
     }
 }
 
@@ -99,7 +114,7 @@ pub(crate) fn bytes_to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
         DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
         DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
         DType::F8E4M3 => out.extend(bytes.iter().map(|&b| kiln_codegen::cpu::math::e4m3_to_f32(b))),
-        DType::I8 => out.extend(bytes.iter().map(|&b| b as i8 as f32)),
+        DType::I8 => out.extend(bytes.iter().map(|&b| i8_value(b as i8))),
     }
 }
 
@@ -121,5 +136,14 @@ mod tests {
         assert_eq!(&back[..want.len()], &want);
         assert!(back[want.len()].is_nan());
         assert_eq!(E4m3::from_f32(f32::NAN).0 & 0x7f, 0x7f);
+    }
+
+    #[test]
+    fn i8_tensors_round_to_even_saturate_and_keep_nan_poison() {
+        let data = [0.0f32, 2.5, 3.5, -2.5, 126.6, 127.5, -300.0, f32::NAN];
+        let t = Tensor::from_f32_as(&Device::Cpu, DType::I8, &data, 1, data.len()).unwrap();
+        let back = t.to_host_f32().unwrap();
+        assert_eq!(&back[..7], &[0.0, 2.0, 4.0, -2.0, 127.0, 127.0, -127.0]);
+        assert!(back[7].is_nan(), "NaN stays the poison code");
     }
 }
