@@ -4,8 +4,8 @@
 //! (activations quantized to int8 per token), so their logits move off the W8A16
 //! reference by the activations' rounding — and only that far; a checkpoint whose scale blocks
 //! W8A8 does not take (16×16 blocks) keeps the W8A16 reference's logits exactly; the norms
-//! that quantize for their projection give the logits of the projections quantizing
-//! themselves. The setting is read once per process, so this file holds one test that sets it
+//! that quantize for their projection (e4m3 or int8) give the logits of the projections
+//! quantizing themselves. The setting is read once per process, so this file holds one test that sets it
 //! first.
 
 use kiln_models::loader::{load_weights_only_with, WeightMode};
@@ -34,13 +34,15 @@ fn w8a8_quantizes_the_activations_of_the_projections_that_take_it() {
     }
     assert!(logits("fp8-block") == logits("fp8-block-dequantized"), "16×16 blocks stay W8A16");
 
-    // The norms before q/k/v and gate/up quantize their own output (`rms_norm_quant_e4m3`):
-    // in f32 the same arithmetic as the projection quantizing the stored norm output, so the
-    // same logits to the bit; and not a path that was skipped (the fused kernel is what ran:
-    // with it off, the fp8 products quantize themselves and must agree).
-    let fused = logits("fp8-channel");
-    std::env::set_var("KILN_FUSED_NORM_QUANT", "0");
-    let unfused = logits("fp8-channel");
-    std::env::remove_var("KILN_FUSED_NORM_QUANT");
-    assert!(fused == unfused, "fused norm + e4m3 quantization changed the W8A8 logits");
+    // The norms before q/k/v and gate/up quantize their own output (`rms_norm_quant_e4m3`,
+    // `rms_norm_quant_i8`): in f32 the same arithmetic as the projection quantizing the stored
+    // norm output, so the same logits to the bit (with the setting off, the 8-bit products
+    // quantize themselves and must agree).
+    for name in ["fp8-channel", "int8-w8a8"] {
+        let fused = logits(name);
+        std::env::set_var("KILN_FUSED_NORM_QUANT", "0");
+        let unfused = logits(name);
+        std::env::remove_var("KILN_FUSED_NORM_QUANT");
+        assert!(fused == unfused, "{name}: fused norm + quantization changed the W8A8 logits");
+    }
 }

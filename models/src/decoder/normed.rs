@@ -1,20 +1,23 @@
 //! The input of the projection after a norm, in the form that projection multiplies: the
-//! normed rows in the storage dtype, or — before an FP8 W8A8 projection with a scale per row
-//! ([`takes_e4m3_rows`]) — their e4m3 bytes and per-row scale, written by the norm's own kernel
-//! (`rms_norm_quant_e4m3`, `add_rms_norm_quant_e4m3`): no copy of the normed row in the storage
-//! dtype is written and read back, and no separate quantization kernel runs.
+//! normed rows in the storage dtype, or — before a W8A8 projection with a scale per row
+//! ([`quantized_rows_for`]: FP8 or INT8) — their e4m3 or int8 codes and per-row scale, written
+//! by the norm's own kernel (`rms_norm_quant_e4m3` / `_i8`, `add_rms_norm_quant_e4m3` / `_i8`):
+//! no copy of the normed row in the storage dtype is written and read back, and no separate
+//! quantization kernel runs.
 //!
 //! Invariant: a norm writes the quantized form only for a projection that is the one reader of
 //! its output (a layer's q/k/v after the attention norm, a dense MLP's gate/up after the MLP
 //! norm, on an RMSNorm model with sequential branches); the final norm (lm_head and the rows
 //! gathered for it), LayerNorm and parallel-branch models and MoE layers (whose router reads the
 //! normed rows too) keep the dense form. `KILN_FUSED_NORM_QUANT=0` keeps the dense form always
-//! (the projection then quantizes its input itself: a measurement switch).
+//! (the projection then quantizes its input itself: a measurement switch). The workspace holds
+//! one code type, that of the model's first layer projection that takes codes; a projection
+//! taking another (a checkpoint mixing FP8 and INT8 layers) gets the dense form.
 
 use super::{Decoder, Ffn, Layer, NormKind, NormW};
 use crate::kernels::norm_quant;
 use crate::model::ModelError;
-use kiln_runtime::device::linear::{linear, linear_e4m3, takes_e4m3_rows, E4m3Rows, Weight};
+use kiln_runtime::device::linear::{linear, linear_quantized, quantized_rows_for, QuantizedRows, Weight};
 use kiln_runtime::{DType, Device, Tensor};
 
 /// Where a norm's output for the next projection lives.
@@ -22,16 +25,16 @@ use kiln_runtime::{DType, Device, Tensor};
 pub(super) enum Normed {
     /// In `h`, the storage dtype.
     Dense,
-    /// In the workspace's e4m3 rows and scales ([`QuantRows`]).
-    E4m3,
+    /// In the workspace's quantized rows and scales ([`QuantRows`]).
+    Quantized,
 }
 
-/// A step's e4m3 rows `[n, hidden]` and their `[n, 1]` f32 scales.
+/// A step's quantized rows `[n, hidden]` (e4m3 or int8 codes) and their `[n, 1]` f32 scales.
 pub(super) type QuantRows = [Tensor; 2];
 
-/// The e4m3 rows and scales of `capacity` tokens of `width` inputs.
-pub(super) fn quant_rows(dev: &Device, capacity: usize, width: usize) -> Result<QuantRows, ModelError> {
-    Ok([Tensor::uninit(dev, DType::F8E4M3, capacity, width)?, Tensor::uninit(dev, DType::F32, capacity, 1)?])
+/// The rows of `codes` (e4m3 or int8) and scales of `capacity` tokens of `width` inputs.
+pub(super) fn quant_rows(dev: &Device, codes: DType, capacity: usize, width: usize) -> Result<QuantRows, ModelError> {
+    Ok([Tensor::uninit(dev, codes, capacity, width)?, Tensor::uninit(dev, DType::F32, capacity, 1)?])
 }
 
 /// Read when a workspace is made (not once per process, so that one test can run both forms,
@@ -42,13 +45,11 @@ fn enabled() -> bool {
 }
 
 impl Decoder {
-    /// Whether the norm before `w` writes its output quantized for it (see the module header);
-    /// `w` is `None` where the output has another reader.
-    fn quantizes_for(&self, n: &NormW, w: Option<&Weight>) -> bool {
-        self.spec.norm == NormKind::Rms
-            && n.b.is_none()
-            && !self.spec.parallel_residual
-            && w.is_some_and(takes_e4m3_rows)
+    /// The code type the norm before `w` would quantize its output to for it (see the module
+    /// header); `w` is `None` where the output has another reader.
+    fn codes_for(&self, n: &NormW, w: Option<&Weight>) -> Option<DType> {
+        let plain = self.spec.norm == NormKind::Rms && n.b.is_none() && !self.spec.parallel_residual;
+        w.filter(|_| plain).and_then(quantized_rows_for)
     }
 
     /// The weight that alone reads the MLP norm's output of `layer`, if any (a dense MLP).
@@ -59,17 +60,29 @@ impl Decoder {
         }
     }
 
-    /// Whether any norm of this model writes quantized rows (the workspace then holds them;
-    /// without them every norm writes the dense form).
-    pub(super) fn quantizes_norms(&self) -> bool {
-        enabled()
-            && self.layers.iter().any(|l| {
-                self.quantizes_for(&l.attn_norm, Some(&l.wqkv))
-                    || l.ffn_norm.as_ref().is_some_and(|n| self.quantizes_for(n, Self::mlp_input(l)))
-            })
+    /// The code type of the rows this model's norms write quantized, if any norm does (the
+    /// workspace then holds them; without them every norm writes the dense form).
+    pub(super) fn norm_codes(&self) -> Option<DType> {
+        if !enabled() {
+            return None;
+        }
+        self.layers.iter().find_map(|l| {
+            self.codes_for(&l.attn_norm, Some(&l.wqkv))
+                .or_else(|| l.ffn_norm.as_ref().and_then(|n| self.codes_for(n, Self::mlp_input(l))))
+        })
     }
 
-    /// `norm(x)` for the projection `w`: into `hq` when it takes e4m3 rows, else into `h`.
+    /// The workspace's quantized rows, when the norm before `w` writes into them.
+    fn quantized_into<'a>(
+        &self,
+        n: &NormW,
+        w: Option<&Weight>,
+        hq: Option<&'a mut QuantRows>,
+    ) -> Option<&'a mut QuantRows> {
+        hq.filter(|[q, _]| self.codes_for(n, w) == Some(q.dtype()))
+    }
+
+    /// `norm(x)` for the projection `w`: into `hq` when it takes quantized rows, else into `h`.
     pub(super) fn norm_for(
         &self,
         x: &Tensor,
@@ -78,10 +91,14 @@ impl Decoder {
         h: &mut Tensor,
         hq: Option<&mut QuantRows>,
     ) -> Result<Normed, ModelError> {
-        match hq.filter(|_| self.quantizes_for(n, w)) {
+        match self.quantized_into(n, w, hq) {
             Some([q, s]) => {
-                norm_quant::rms_norm_quant_e4m3::run(&self.dev, x, &n.w, self.spec.cfg.rms_norm_eps, q, s)?;
-                Ok(Normed::E4m3)
+                let eps = self.spec.cfg.rms_norm_eps;
+                match q.dtype() {
+                    DType::I8 => norm_quant::rms_norm_quant_i8::run(&self.dev, x, &n.w, eps, q, s)?,
+                    _ => norm_quant::rms_norm_quant_e4m3::run(&self.dev, x, &n.w, eps, q, s)?,
+                }
+                Ok(Normed::Quantized)
             }
             None => {
                 self.norm(x, n, h)?;
@@ -91,7 +108,7 @@ impl Decoder {
     }
 
     /// `sum = x + residual; norm(sum)` for the projection `w`: the normed rows into `hq` when it
-    /// takes e4m3 rows, else into `h`.
+    /// takes quantized rows, else into `h`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn add_norm_for(
         &self,
@@ -103,11 +120,14 @@ impl Decoder {
         h: &mut Tensor,
         hq: Option<&mut QuantRows>,
     ) -> Result<Normed, ModelError> {
-        match hq.filter(|_| self.quantizes_for(n, w)) {
+        match self.quantized_into(n, w, hq) {
             Some([q, s]) => {
                 let eps = self.spec.cfg.rms_norm_eps;
-                norm_quant::add_rms_norm_quant_e4m3::run(&self.dev, x, residual, &n.w, eps, sum, q, s)?;
-                Ok(Normed::E4m3)
+                match q.dtype() {
+                    DType::I8 => norm_quant::add_rms_norm_quant_i8::run(&self.dev, x, residual, &n.w, eps, sum, q, s)?,
+                    _ => norm_quant::add_rms_norm_quant_e4m3::run(&self.dev, x, residual, &n.w, eps, sum, q, s)?,
+                }
+                Ok(Normed::Quantized)
             }
             None => {
                 self.add_norm(x, residual, n, sum, h)?;
@@ -127,8 +147,10 @@ impl Decoder {
     ) -> Result<(), ModelError> {
         match (input, hq) {
             (Normed::Dense, _) => linear(&self.dev, h, w, out)?,
-            (Normed::E4m3, Some([q, scales])) => linear_e4m3(&self.dev, E4m3Rows { q, scales }, w, out)?,
-            (Normed::E4m3, None) => return Err(ModelError::Batch("e4m3 rows without their workspace".into())),
+            (Normed::Quantized, Some([q, scales])) => linear_quantized(&self.dev, QuantizedRows { q, scales }, w, out)?,
+            (Normed::Quantized, None) => {
+                return Err(ModelError::Batch("quantized rows without their workspace".into()))
+            }
         }
         Ok(())
     }

@@ -275,7 +275,10 @@ impl StepModel for Decoder {
             proj2: t(c.hidden_size)?,
             gate_up: t(2 * inter)?,
             act: t(inter)?,
-            hq: if self.quantizes_norms() { Some(quant_rows(&self.dev, capacity, c.hidden_size)?) } else { None },
+            hq: match self.norm_codes() {
+                Some(codes) => Some(quant_rows(&self.dev, codes, capacity, c.hidden_size)?),
+                None => None,
+            },
             picked: t(c.hidden_size)?,
             kv_stage: [t(nkv * hd)?, t(nkv * hd)?],
             moe: match s.moe {

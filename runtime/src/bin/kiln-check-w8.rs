@@ -10,8 +10,8 @@
 //! and for weights that take W8A8 (`act_quant::w8a8_act`: FP8, or INT8 per channel or tensor)
 //! the 8-bit tensor cores and the W8A8 GEMV against a twin that quantizes the activations as
 //! the kernels do — e4m3 per row or per 128 inputs for 128×128 blocks, int8 per row — (output
-//! addresses aligned to 256 bytes and less), and for FP8 per-row forms the product of rows
-//! given already quantized (`linear_w8_cuda_e4m3`). The product is
+//! addresses aligned to 256 bytes and less), and for the per-row forms the product of rows
+//! given already quantized (`linear_w8_cuda_quantized`). The product is
 //! computed from the activations as the GPU sees them (rounded to the dtype); the GPU result
 //! must be within `tol · max |ref|`.
 //!
@@ -25,7 +25,7 @@ use kiln_runtime::device::element::E4m3;
 use kiln_runtime::device::quant::act_quant::{w8a8_act, ActQuant};
 use kiln_runtime::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, ActScale, GROUP};
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
-use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, linear_w8_cuda_e4m3, W8Cuda, W8Path};
+use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, linear_w8_cuda_quantized, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
 use kiln_runtime::gpu_check::quant::{as_dtype, copy_gbs, main_with, max_rel_err, max_rows_arg, Rand, Tally};
 use kiln_runtime::{matmul, DType, Device, Tensor};
@@ -195,26 +195,44 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                     let err = max_rel_err(&out.to_host_f32()?, want);
                     tally.record(err, tol, || format!("{} {dtype} m={m} {path:?}", case.what));
                 }
-                if let (Some(ActQuant::E4m3(ActScale::Row)), Some(want)) = (form, &want_w8a8) {
-                    // Rows a norm already quantized (`linear_w8_cuda_e4m3`): the bytes and
+                if let (Some(act), Some(want)) = (form, &want_w8a8) {
+                    // Rows a norm already quantized (`linear_w8_cuda_quantized`): the codes and
                     // scales the reference quantized, uploaded as they are.
-                    let (mut s, mut q) = (vec![], vec![]);
+                    let mut s = vec![];
+                    let (mut q8, mut qi) = (vec![], vec![]);
                     for row in x.chunks(k) {
-                        let (sr, qr) = quantize_row_e4m3(row);
+                        let sr = match act {
+                            ActQuant::E4m3(ActScale::Row) => {
+                                let (sr, qr) = quantize_row_e4m3(row);
+                                q8.extend(qr.into_iter().map(E4m3));
+                                sr
+                            }
+                            ActQuant::Int8Row => {
+                                let (sr, qr) = quantize_row_int8(row);
+                                qi.extend(qr.into_iter().map(|v| v as i8));
+                                sr
+                            }
+                            ActQuant::E4m3(ActScale::Group) => break,
+                        };
                         s.push(sr);
-                        q.extend(qr.into_iter().map(E4m3));
                     }
-                    let (q, s) = (Tensor::from_host(dev, &q, m, k)?, Tensor::from_host(dev, &s, m, 1)?);
-                    let mut out = Tensor::zeros(dev, dtype, m, n)?;
-                    linear_w8_cuda_e4m3(&q, &s, &w, &mut out)?;
-                    let err = max_rel_err(&out.to_host_f32()?, want);
-                    let tol = if dtype == DType::F32 { 2e-3 } else { 2e-2 };
-                    tally.record(err, tol, || format!("{} {dtype} m={m} e4m3 rows given", case.what));
+                    if s.len() == m {
+                        let q = match act {
+                            ActQuant::Int8Row => Tensor::from_host(dev, &qi, m, k)?,
+                            _ => Tensor::from_host(dev, &q8, m, k)?,
+                        };
+                        let s = Tensor::from_host(dev, &s, m, 1)?;
+                        let mut out = Tensor::zeros(dev, dtype, m, n)?;
+                        linear_w8_cuda_quantized(&q, &s, &w, &mut out)?;
+                        let err = max_rel_err(&out.to_host_f32()?, want);
+                        let tol = if dtype == DType::F32 { 2e-3 } else { 2e-2 };
+                        tally.record(err, tol, || format!("{} {dtype} m={m} {act:?} rows given", case.what));
+                    }
                 }
             }
         }
         println!(
-            "ok   {} (n {n}, k {k}, W8A8 {:?}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, 8-bit tensor cores, W8A8 GEMV, e4m3 rows given",
+            "ok   {} (n {n}, k {k}, W8A8 {:?}): f32/f16/bf16 × m 1..130 × GEMV, dequant+cuBLAS, 8-bit tensor cores, W8A8 GEMV, quantized rows given",
             case.what,
             w8a8_act(&case.parts)
         );

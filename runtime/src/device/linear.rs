@@ -16,9 +16,7 @@ use crate::device::quant::cpu::Simd;
 use crate::device::quant::fp8_lt::ActScale;
 use crate::device::quant::int4::Int4Matrix;
 use crate::device::quant::int4_cuda::{linear_int4_cuda, Int4Cuda};
-use crate::device::quant::w8_cuda::{
-    linear_w8_cuda, linear_w8_cuda_e4m3, takes_e4m3_rows as w8_takes_e4m3_rows, W8Cuda,
-};
+use crate::device::quant::w8_cuda::{linear_w8_cuda, linear_w8_cuda_quantized, row_codes, W8Cuda};
 use crate::device::quant::{QuantFormat, QuantMatrix};
 use crate::{matmul, DType, Device, GemmError, Tensor};
 use std::sync::{Arc, Mutex};
@@ -145,35 +143,41 @@ pub fn linear(dev: &Device, x: &Tensor, w: &Weight, out: &mut Tensor) -> Result<
     }
 }
 
-/// Activations already quantized to e4m3 per row by the kernel that made them (a norm fused
-/// with the quantization, `rms_norm_quant_e4m3`): `q` `[rows, k]` e4m3 (rows contiguous),
-/// `scales` the `[rows]` f32 scales; `q · s` stands for the row.
+/// Activations already quantized per row by the kernel that made them (a norm fused with the
+/// quantization, `rms_norm_quant_e4m3` / `rms_norm_quant_i8`): `q` `[rows, k]` e4m3 or int8
+/// codes (rows contiguous), `scales` the `[rows]` f32 scales; `q · s` stands for the row.
 #[derive(Clone, Copy, Debug)]
-pub struct E4m3Rows<'a> {
+pub struct QuantizedRows<'a> {
     pub q: &'a Tensor,
     pub scales: &'a Tensor,
 }
 
-/// Whether `w` multiplies activations quantized to e4m3 per row (FP8 W8A8 with a scale per
-/// output channel or tensor, on the GPU or the CPU's twin): the norm before it may then emit
-/// its output so, and [`linear_e4m3`] takes it instead of [`linear`] quantizing it again.
-pub fn takes_e4m3_rows(w: &Weight) -> bool {
+/// The code type of activation rows `w` multiplies quantized per row with one scale a row —
+/// e4m3 for FP8 W8A8, int8 for INT8 W8A8 (scales per output channel or tensor, on the GPU or
+/// the CPU's twin): the norm before it may then emit its output so, and [`linear_quantized`]
+/// takes it instead of [`linear`] quantizing it again. `None` for every other weight.
+pub fn quantized_rows_for(w: &Weight) -> Option<DType> {
     match w {
-        Weight::W8Cuda(parts) => w8_takes_e4m3_rows(parts),
-        Weight::W8a8Cpu(_, act) => *act == ActQuant::E4m3(ActScale::Row),
-        _ => false,
+        Weight::W8Cuda(parts) => row_codes(parts),
+        Weight::W8a8Cpu(_, ActQuant::E4m3(ActScale::Row)) => Some(DType::F8E4M3),
+        Weight::W8a8Cpu(_, ActQuant::Int8Row) => Some(DType::I8),
+        _ => None,
     }
 }
 
-/// `out = x · Wᵀ` from rows a kernel already quantized ([`E4m3Rows`]), for weights that
-/// [`takes_e4m3_rows`]: the same product [`linear`] computes after its own quantization of the
-/// rows those bytes stand for.
-pub fn linear_e4m3(dev: &Device, x: E4m3Rows<'_>, w: &Weight, out: &mut Tensor) -> Result<(), GemmError> {
+/// `out = x · Wᵀ` from rows a kernel already quantized ([`QuantizedRows`]), for weights whose
+/// [`quantized_rows_for`] is the rows' code type: the same product [`linear`] computes after
+/// its own quantization of the rows those codes stand for.
+pub fn linear_quantized(dev: &Device, x: QuantizedRows<'_>, w: &Weight, out: &mut Tensor) -> Result<(), GemmError> {
+    let refused = || GemmError::Shape(format!("{} rows for a weight that does not take them", x.q.dtype()));
+    if quantized_rows_for(w) != Some(x.q.dtype()) {
+        return Err(refused());
+    }
     match w {
-        Weight::W8Cuda(parts) => linear_w8_cuda_e4m3(x.q, x.scales, parts, out),
-        Weight::W8a8Cpu(w, ActQuant::E4m3(ActScale::Row)) => {
+        Weight::W8Cuda(parts) => linear_w8_cuda_quantized(x.q, x.scales, parts, out),
+        Weight::W8a8Cpu(w, _) => {
             let (m, k) = (x.q.rows(), x.q.cols());
-            if x.q.dtype() != DType::F8E4M3 || x.scales.vector_len() != Some(m) || x.scales.dtype() != DType::F32 {
+            if x.scales.vector_len() != Some(m) || x.scales.dtype() != DType::F32 {
                 return Err(GemmError::DTypes { a: x.q.dtype(), b: x.scales.dtype(), out: out.dtype() });
             }
             let s = x.scales.to_host_f32()?;
@@ -181,7 +185,7 @@ pub fn linear_e4m3(dev: &Device, x: E4m3Rows<'_>, w: &Weight, out: &mut Tensor) 
             v.chunks_mut(k.max(1)).zip(&s).for_each(|(row, s)| row.iter_mut().for_each(|q| *q *= s));
             matmul(dev, &Tensor::from_host(dev, &v, m, k)?, w, out)
         }
-        _ => Err(GemmError::Shape("e4m3 rows for a weight that does not take them".into())),
+        _ => Err(refused()),
     }
 }
 

@@ -482,13 +482,14 @@ fn lt_err(what: &str, e: impl std::fmt::Debug) -> GemmError {
     GemmError::Shape(format!("cuBLASLt {what}: {e:?}"))
 }
 
-/// The activations of an FP8 W8A8 product: rows to quantize here, or rows a kernel before it
-/// (a norm fused with the quantization) already quantized per row.
+/// The activations of a W8A8 product: rows to quantize here, or rows a kernel before it (a
+/// norm fused with the quantization) already quantized per row.
 #[derive(Clone, Copy)]
 pub(super) enum ActIn<'a> {
     Dense(&'a Tensor),
-    /// `[rows, k]` e4m3 bytes at `q` (row stride `k`) and their `[rows]` f32 scales at `s`.
-    E4m3 {
+    /// `[rows, k]` codes (e4m3, or int8 for INT8 weights) at `q` (row stride `k`) and their
+    /// `[rows]` f32 scales at `s`.
+    Quantized {
         q: u64,
         s: u64,
         rows: usize,
@@ -500,7 +501,7 @@ impl ActIn<'_> {
     fn shape(&self) -> (usize, usize) {
         match self {
             ActIn::Dense(x) => (x.rows(), x.cols()),
-            ActIn::E4m3 { rows, k, .. } => (*rows, *k),
+            ActIn::Quantized { rows, k, .. } => (*rows, *k),
         }
     }
 }
@@ -508,8 +509,8 @@ impl ActIn<'_> {
 /// `out = x · Wᵀ` in 8-bit W8A8 for the parts (each into its own columns; all of one scale
 /// form), the buffers carved from the scratch at `scratch` (`scratch_bytes` long). `Ok(false)`
 /// when it does not apply (a part's rows not a multiple of 16, block scales and `k % 128 != 0`,
-/// already-quantized e4m3 rows for block or INT8 scales, no algorithm for the shape): the
-/// caller then writes every column another way.
+/// already-quantized rows for block scales, no algorithm for the shape): the caller then
+/// writes every column another way.
 pub(super) fn product(
     b: &CudaBackend,
     l: &Lt,
@@ -523,11 +524,11 @@ pub(super) fn product(
     let Some(first) = parts.first().map(|p| p.scales) else { return Ok(true) };
     let (form, act) = (first.form(), first.act());
     let groups = if form == Form::Block128 { k / GROUP } else { 1 };
-    let given = matches!(x, ActIn::E4m3 { .. });
+    let given = matches!(x, ActIn::Quantized { .. });
     if parts.iter().any(|p| !p.rows.is_multiple_of(16) || p.scales.form() != form)
         || !k.is_multiple_of(16)
         || (form == Form::Block128 && !k.is_multiple_of(GROUP))
-        || (given && act != ActQuant::E4m3(ActScale::Row))
+        || (given && act == ActQuant::E4m3(ActScale::Group))
     {
         return Ok(false);
     }
@@ -557,7 +558,7 @@ pub(super) fn product(
                 unsafe { quantize_into(b, &x.view_rows(r0, rows)?, act, qx, sx)? };
                 (qx, sx)
             }
-            ActIn::E4m3 { q, s, .. } => (q + (r0 * k) as u64, s + 4 * r0 as u64),
+            ActIn::Quantized { q, s, .. } => (q + (r0 * k) as u64, s + 4 * r0 as u64),
         };
         drv("binding the CUDA context", b.context().bind_to_thread())?;
         let mut at = 0;

@@ -604,34 +604,43 @@ fn w8a8_product_of(b: &CudaBackend, x: ActIn<'_>, parts: &[W8Cuda], out: &mut Te
     fp8_lt::product(b, lt, x, &w8a8, out, area)
 }
 
-/// Whether these parts multiply activations quantized to e4m3 per row (uploaded as FP8 W8A8
-/// with a scale per output channel or tensor): [`linear_w8_cuda_e4m3`] takes them.
-pub fn takes_e4m3_rows(parts: &[W8Cuda]) -> bool {
-    !parts.is_empty() && parts.iter().all(|w| w.act == Some(ActQuant::E4m3(ActScale::Row)))
+/// The code type of the activation rows these parts multiply quantized per row, with one scale
+/// a row (uploaded as W8A8 with a scale per output channel or tensor): e4m3 for FP8, int8 for
+/// INT8; [`linear_w8_cuda_quantized`] takes rows of it. `None`: the parts quantize otherwise
+/// (128×128 blocks) or not at all.
+pub fn row_codes(parts: &[W8Cuda]) -> Option<DType> {
+    let codes = |w: &W8Cuda| match w.act {
+        Some(ActQuant::E4m3(ActScale::Row)) => Some(DType::F8E4M3),
+        Some(ActQuant::Int8Row) => Some(DType::I8),
+        _ => None,
+    };
+    let first = codes(parts.first()?)?;
+    parts.iter().all(|w| codes(w) == Some(first)).then_some(first)
 }
 
-/// `out = (q · s) · Wᵀ` from activations a kernel before it already quantized to e4m3 per row
-/// (a norm fused with the quantization): `q` `[m, k]` e4m3, `s` the `[m]` f32 scales. The
-/// product of [`linear_w8_cuda`] on the rows `q · s` stand for, without its quantization
-/// kernel; parts that do not [`takes_e4m3_rows`] are an error.
-pub fn linear_w8_cuda_e4m3(q: &Tensor, s: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<(), GemmError> {
+/// `out = (q · s) · Wᵀ` from activations a kernel before it already quantized per row (a norm
+/// fused with the quantization): `q` `[m, k]` codes of [`row_codes`]' type, `s` the `[m]` f32
+/// scales. The product of [`linear_w8_cuda`] on the rows `q · s` stand for, without its
+/// quantization kernel; parts that take no such rows, or rows of another code type, are an
+/// error.
+pub fn linear_w8_cuda_quantized(q: &Tensor, s: &Tensor, parts: &[W8Cuda], out: &mut Tensor) -> Result<(), GemmError> {
     let Device::Cuda(b) = q.device().clone() else {
-        return Err(GemmError::Shape("e4m3 activations in host memory for a GPU weight".into()));
+        return Err(GemmError::Shape("quantized activations in host memory for a GPU weight".into()));
     };
     let (m, k, n) = (q.rows(), q.cols(), parts.iter().map(|w| w.rows).sum::<usize>());
-    if !takes_e4m3_rows(parts) {
-        return Err(GemmError::Shape("e4m3 rows for a weight not uploaded as W8A8 per channel".into()));
-    }
+    let Some(codes) = row_codes(parts) else {
+        return Err(GemmError::Shape("quantized rows for a weight not uploaded as W8A8 per channel".into()));
+    };
     if parts.iter().any(|w| w.cols != k) || out.rows() != m || out.cols() != n || s.vector_len() != Some(m) {
         return Err(GemmError::Shape(format!(
-            "e4m3 x {m}×{k} (scales {}×{}) · w8ᵀ ({n} rows) into {}×{}",
+            "{codes} x {m}×{k} (scales {}×{}) · w8ᵀ ({n} rows) into {}×{}",
             s.rows(),
             s.cols(),
             out.rows(),
             out.cols()
         )));
     }
-    if q.dtype() != DType::F8E4M3 || s.dtype() != DType::F32 || !out.dtype().is_float() || q.row_stride() != k {
+    if q.dtype() != codes || s.dtype() != DType::F32 || !out.dtype().is_float() || q.row_stride() != k {
         return Err(GemmError::DTypes { a: q.dtype(), b: s.dtype(), out: out.dtype() });
     }
     if m == 0 {
@@ -639,7 +648,7 @@ pub fn linear_w8_cuda_e4m3(q: &Tensor, s: &Tensor, parts: &[W8Cuda], out: &mut T
     }
     let (qp, sp) = (q.cuda_ptr().unwrap_or(0), s.cuda_ptr().unwrap_or(0));
     let small = m <= gemv_max_rows(parts[0].lt.is_some());
-    if !small && w8a8_product_of(&b, ActIn::E4m3 { q: qp, s: sp, rows: m, k }, parts, out)? {
+    if !small && w8a8_product_of(&b, ActIn::Quantized { q: qp, s: sp, rows: m, k }, parts, out)? {
         return Ok(());
     }
     let chunk = GEMV_M[3];
