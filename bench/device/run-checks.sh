@@ -232,6 +232,7 @@ if [ "$what" = w8a8-all ]; then
   # the unquantized model), GPU and CPU twin; 8B-shaped decode, fp8 (fused norms on / off),
   # int8 and bf16 at 1 and 64 sequences.
   TAIL=80 step w8-check 240 .device/kiln-check-w8
+  PYTHONUNBUFFERED=1 TAIL=26 step torch-8bit-mm 120 python3 bench/peers/torch_fp8_mm.py
   TAIL=16 step kernels-norm-quant 100 .device/kiln-check-kernels --rows 1,7,512,4096 --widths 576,4096 \
     --only rms_norm_quant_e4m3,add_rms_norm_quant_e4m3,rms_norm_quant_i8,add_rms_norm_quant_i8 --out "$OUT/kernels-norm-quant.md"
   KILN_W8=w8a8 TAIL=14 step w8a8-models 120 .device/kiln-check-arch --vs-cpu "${ct[@]}"
