@@ -75,14 +75,12 @@ __device__ __forceinline__ uint2 kiln_fp8_pack8(const float (&v)[8], float s) {
 
 pub(super) const BODY: &str = r#"
 // ---- 8-bit W8A8 (runtime/src/device/quant/fp8_lt.rs) ----
-// Eight int8 bytes of v / s (round to nearest even, clamped to +-127), packed little-endian.
+// Eight int8 codes of v / s (the prelude's kiln_f32_to_i8: nearest even, +-127), packed
+// little-endian.
 __device__ __forceinline__ uint2 kiln_int8_pack8(const float (&v)[8], float s) {
   unsigned w[2] = {0u, 0u};
 #pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const int r = __float2int_rn(v[e] / s), q = r < -127 ? -127 : (r > 127 ? 127 : r);
-    w[e >> 2] |= ((unsigned)q & 0xFFu) << (8 * (e & 3));
-  }
+  for (int e = 0; e < 8; ++e) w[e >> 2] |= ((unsigned)kiln_f32_to_i8(v[e] / s).v & 0xFFu) << (8 * (e & 3));
   return make_uint2(w[0], w[1]);
 }
 

@@ -231,7 +231,7 @@ pub fn source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| {
         format!(
-            "// kiln quantized-weight kernels: W4A16 (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs), W8A16 (w8_cuda.rs), FP8 W8A8 (fp8_lt.rs)\n{}\n{}\n{BODY}\n{}\n{}\n{}",
+            "// kiln quantized-weight kernels: W4A16 (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs), W8A16 (w8_cuda.rs), 8-bit W8A8 (fp8_lt.rs)\n{}\n{}\n{BODY}\n{}\n{}\n{}",
             kiln_codegen::cuda::prelude::CORE,
             super::fp8_lt::E4M3_ENCODE,
             super::int4_mma::BODY,
