@@ -6,9 +6,10 @@
 //! it. The result is, per projection named as Hugging Face's Llama layout names it, the
 //! largest |x| of each input column.
 //!
-//! Which models: those whose tensors follow Llama's layout (`self_attn.{q,k,v,o}_proj`,
-//! `mlp.{gate,up,down}_proj`, `input_layernorm`, `post_attention_layernorm` with their usual
-//! meaning) — Llama, Mistral, Qwen2, Qwen3; others are refused by name rather than calibrated
+//! Which models: those whose projections follow Llama's names (`self_attn.{q,k,v,o}_proj`,
+//! `mlp.{gate,up,down}_proj`) and whose norms are listed in [`LAYOUTS`] — Llama, Mistral,
+//! Qwen2, Qwen3, and Gemma 2 / 3 (sandwich norms: the MLP reads `pre_feedforward_layernorm`,
+//! and every norm multiplies by `1 + w`); others are refused by name rather than calibrated
 //! under the wrong names.
 //!
 //! [`CALIBRATION_TEXT`]: crate::kv_fp8::CALIBRATION_TEXT
@@ -22,8 +23,38 @@ use kiln_runtime::{DType, Device};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Architectures whose tensors follow Llama's layout (see the module header).
-pub const LLAMA_LAYOUT: [&str; 4] = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
+/// Where an architecture's projections read their input: the norm before q/k/v and the one
+/// before gate/up (HF's names, under `model.layers.N.`), and what a norm's stored weight `w`
+/// multiplies by (`w + norm_offset`: 0 for Llama's, 1 for Gemma's `1 + w`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormLayout {
+    pub attn_norm: &'static str,
+    pub mlp_norm: &'static str,
+    pub norm_offset: f32,
+}
+
+const LLAMA: NormLayout =
+    NormLayout { attn_norm: "input_layernorm", mlp_norm: "post_attention_layernorm", norm_offset: 0.0 };
+const GEMMA: NormLayout =
+    NormLayout { attn_norm: "input_layernorm", mlp_norm: "pre_feedforward_layernorm", norm_offset: 1.0 };
+
+/// The architectures the calibration pass reads, with their norms (see the module header).
+pub const LAYOUTS: [(&str, NormLayout); 6] = [
+    ("LlamaForCausalLM", LLAMA),
+    ("MistralForCausalLM", LLAMA),
+    ("Qwen2ForCausalLM", LLAMA),
+    ("Qwen3ForCausalLM", LLAMA),
+    ("Gemma2ForCausalLM", GEMMA),
+    ("Gemma3ForCausalLM", GEMMA),
+];
+
+/// The norm layout of `architecture`; the refusal names `method` and the architectures read.
+pub fn norm_layout(architecture: &str, method: &str) -> Result<NormLayout, String> {
+    LAYOUTS.iter().find(|(a, _)| *a == architecture).map(|(_, l)| *l).ok_or_else(|| {
+        let known: Vec<&str> = LAYOUTS.iter().map(|(a, _)| *a).collect();
+        format!("{method} calibrates {} only; this checkpoint is `{architecture}`", known.join(", "))
+    })
+}
 
 /// Per projection weight name (`model.layers.N.self_attn.q_proj.weight`, …), the largest |x| of
 /// each input column over the calibration text.
@@ -32,12 +63,7 @@ pub type InputRanges = HashMap<String, Vec<f32>>;
 /// The calibration pass over the checkpoint in `dir`, whose config names `architecture` (see
 /// the module header); `method` names the caller in a refusal.
 pub fn input_ranges(dir: &Path, architecture: &str, method: &str) -> Result<InputRanges, String> {
-    if !LLAMA_LAYOUT.contains(&architecture) {
-        return Err(format!(
-            "{method} calibrates models with Llama's tensor layout ({}) only; this checkpoint is `{architecture}`",
-            LLAMA_LAYOUT.join(", ")
-        ));
-    }
+    norm_layout(architecture, method)?;
     let mut model = load_weights_only_with(dir, &Device::Cpu, DType::F32, WeightMode::Dense)
         .map_err(|e| format!("loading the model for calibration: {e}"))?;
     let observed = model.observe_projection_inputs().map_err(|e| e.to_string())?;

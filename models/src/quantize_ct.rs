@@ -392,8 +392,8 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
                 let smoothed = smoothing.weight(&name).is_some() || smoothing.rows(&name).is_some();
                 let bytes = match (smoothing.norm(&name), dt) {
                     // A smoothed norm: divided by the factors its projections' columns took.
-                    (Some(s), Some(dt)) => {
-                        let v: Vec<f32> = t.to_f32()?.iter().zip(s).map(|(w, s)| w / s).collect();
+                    (Some(_), Some(dt)) => {
+                        let v = smoothing.smoothed_norm(&name, &t.to_f32()?).unwrap_or_default();
                         Cow::Owned(dt.bytes(&v))
                     }
                     (Some(_), None) => {

@@ -15,24 +15,20 @@
 //! `up_proj`'s row `j` by `s_j` divides input channel `j` of `down_proj`, whose column `j` is
 //! multiplied by `s_j`. (Its factors come from the same pass, which saw the unsmoothed `up`.)
 //!
-//! Which models: the norm → projection pairs are Llama's (`input_layernorm` → `self_attn.{q,k,v}
-//! _proj`, `post_attention_layernorm` → `mlp.{gate,up}_proj`), shared by Mistral, Qwen2 and
-//! Qwen3; other architectures (Gemma's `1 + w` and sandwich norms, parallel branches, fused
-//! projections, MoE) are refused by name rather than smoothed wrongly.
+//! Which models: the norm → projection pairs of [`crate::calibration::LAYOUTS`]: Llama's
+//! (`input_layernorm` → `self_attn.{q,k,v}_proj`, `post_attention_layernorm` →
+//! `mlp.{gate,up}_proj`), shared by Mistral, Qwen2 and Qwen3, and Gemma 2 / 3's (the MLP's
+//! `pre_feedforward_layernorm`; a norm scales by `1 + w`, so `w ← (1 + w) / s − 1`; GeGLU's
+//! `gelu(gate) ⊙ up` is linear in `up`'s rows as SwiGLU's is). Other architectures (parallel
+//! branches, fused projections, MoE) are refused by name rather than smoothed wrongly.
 //!
 //! Invariants: a factor is positive and finite (a channel with no activation or no weight keeps
 //! 1); smoothing never changes a tensor's shape or dtype; the weights are smoothed in f32 before
 //! they are quantized, the norm is rounded once to its stored dtype.
 
-use crate::calibration::input_ranges;
+use crate::calibration::{input_ranges, norm_layout};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// The projections a layer's two norms feed, by the norm's name suffix.
-const PAIRS: [(&str, &[&str]); 2] = [
-    ("input_layernorm", &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-    ("post_attention_layernorm", &["mlp.gate_proj", "mlp.up_proj"]),
-];
 
 /// The factors of a checkpoint: a projection's weight columns are multiplied by
 /// [`Smoothing::weight`], a norm's weight divided by [`Smoothing::norm`] (the same vector), and
@@ -45,6 +41,8 @@ pub struct Smoothing {
     norms: HashMap<String, Vec<f32>>,
     /// `model.layers.N.mlp.up_proj.weight` → the divisor of each of its rows.
     rows: HashMap<String, Vec<f32>>,
+    /// What a norm's stored weight is offset by before it multiplies (Gemma's `1 + w`).
+    norm_offset: f32,
 }
 
 impl Smoothing {
@@ -55,6 +53,13 @@ impl Smoothing {
     /// The factors a norm's weight is divided by, if it is smoothed.
     pub fn norm(&self, name: &str) -> Option<&[f32]> {
         self.norms.get(name).map(Vec::as_slice)
+    }
+    /// The stored weight `w` of the norm `name` smoothed: `(w + o) / s − o` with the
+    /// architecture's offset `o` (0, or Gemma's 1), so the norm multiplies by `(w + o) / s`;
+    /// `None` if it is not smoothed.
+    pub fn smoothed_norm(&self, name: &str, w: &[f32]) -> Option<Vec<f32>> {
+        let o = self.norm_offset;
+        Some(w.iter().zip(self.norm(name)?).map(|(w, s)| (w + o) / s - o).collect())
     }
     /// The divisors of a projection's rows, if they are smoothed (`up_proj`).
     pub fn rows(&self, name: &str) -> Option<&[f32]> {
@@ -108,11 +113,17 @@ pub fn calibrate(
     if !(0.0..=1.0).contains(&alpha) {
         return Err(format!("SmoothQuant's alpha must be within 0..1, not {alpha}"));
     }
+    let layout = norm_layout(architecture, "int8-sq")?;
     let ranges = input_ranges(dir, architecture, "int8-sq")?;
-    let mut out = Smoothing::default();
+    let mut out = Smoothing { norm_offset: layout.norm_offset, ..Default::default() };
+    // The projections a layer's two norms feed.
+    let pairs: [(&str, &[&str]); 2] = [
+        (layout.attn_norm, &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+        (layout.mlp_norm, &["mlp.gate_proj", "mlp.up_proj"]),
+    ];
     for l in 0.. {
         let mut any = false;
-        for (norm, projections) in PAIRS {
+        for (norm, projections) in pairs {
             let names: Vec<String> = projections.iter().map(|p| format!("model.layers.{l}.{p}.weight")).collect();
             let Some(act) = ranges.get(&names[0]) else { continue };
             any = true;
