@@ -12,6 +12,7 @@ use half::{bf16, f16};
 use kiln_codegen::cpu::{math, CpuIn, CpuOut, CpuOutArg, CpuParam, CpuScalar};
 use kiln_codegen::ir::DType;
 use kiln_models::kernels::{activation, epilogue, gather, norm, norm_quant, qk_norm_rope, rope, softmax};
+use kiln_runtime::device::fused::FusedError;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -231,76 +232,56 @@ fn check_quant(what: &str, dtype: DType, shape: Shape, q: &Data, s: &[f32], want
     }
 }
 
-#[test]
-fn rms_norm_quant_e4m3_matches_ref() {
+/// A generated kernel's CPU entry point (`NAME::cpu`).
+type CpuFn = fn(DType, &[CpuParam<'_>], &mut [CpuOutArg<'_>], usize, usize) -> Result<(), FusedError>;
+
+/// `rms_norm_quant_{e4m3,i8}` (`codes`, range `top`) against the reference on every case.
+fn check_rms_norm_quant(what: &str, cpu: CpuFn, codes: DType, top: f64) {
     for_each_case(|rng, dt, s| {
         let (x, w) = (Data::random(rng, dt, s.len(), 0.1, 2.0), Data::random(rng, dt, s.width, 0.5, 1.5));
         let eps = rng.random_range(1e-6f32..1e-4);
-        let (mut q, mut scale) = (Data::poisoned(DType::F8E4M3, s.len()), vec![f32::NAN; s.rows]);
+        let (mut q, mut scale) = (Data::poisoned(codes, s.len()), vec![f32::NAN; s.rows]);
         let params = [row(&x, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
         let outs = &mut [out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
-        norm_quant::rms_norm_quant_e4m3::cpu(dt, &params, outs, s.rows, s.width).unwrap();
+        cpu(dt, &params, outs, s.rows, s.width).unwrap();
         let (xs, ws) = (x.to_f64(), w.to_f64());
-        let want: Vec<_> = s.rows(&xs).map(|r| norm_quant::rms_norm_quant_ref(r, &ws, eps as f64, 448.0)).collect();
-        check_quant("rms_norm_quant_e4m3", dt, s, &q, &scale, &want);
+        let want: Vec<_> = s.rows(&xs).map(|r| norm_quant::rms_norm_quant_ref(r, &ws, eps as f64, top)).collect();
+        check_quant(what, dt, s, &q, &scale, &want);
     });
 }
 
-#[test]
-fn add_rms_norm_quant_e4m3_matches_ref() {
+/// `add_rms_norm_quant_{e4m3,i8}` against the reference: the sum, then the quantized norm.
+fn check_add_rms_norm_quant(what: &str, cpu: CpuFn, codes: DType, top: f64) {
     for_each_case(|rng, dt, s| {
         let [x, res] = [0; 2].map(|_| Data::random(rng, dt, s.len(), 0.1, 2.0));
         let w = Data::random(rng, dt, s.width, 0.5, 1.5);
         let eps = rng.random_range(1e-6f32..1e-4);
-        let (mut h, mut q) = (Data::poisoned(dt, s.len()), Data::poisoned(DType::F8E4M3, s.len()));
+        let (mut h, mut q) = (Data::poisoned(dt, s.len()), Data::poisoned(codes, s.len()));
         let mut scale = vec![f32::NAN; s.rows];
         let params = [row(&x, s), row(&res, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
         let outs = &mut [out(&mut h, s), out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
-        norm_quant::add_rms_norm_quant_e4m3::cpu(dt, &params, outs, s.rows, s.width).unwrap();
+        cpu(dt, &params, outs, s.rows, s.width).unwrap();
         let (xs, rs, ws) = (x.to_f64(), res.to_f64(), w.to_f64());
         let sums: Vec<Vec<f64>> =
             s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| x.iter().zip(r).map(|(a, b)| a + b).collect()).collect();
         // h is written in the storage dtype; the norm reads the f32 sum.
-        check("add_rms_norm_quant_e4m3.h", dt, s, &h, &sums, tol(dt));
-        let want: Vec<_> = sums.iter().map(|h| norm_quant::rms_norm_quant_ref(h, &ws, eps as f64, 448.0)).collect();
-        check_quant("add_rms_norm_quant_e4m3", dt, s, &q, &scale, &want);
+        check(&format!("{what}.h"), dt, s, &h, &sums, tol(dt));
+        let want: Vec<_> = sums.iter().map(|h| norm_quant::rms_norm_quant_ref(h, &ws, eps as f64, top)).collect();
+        check_quant(what, dt, s, &q, &scale, &want);
     });
 }
 
 #[test]
-fn rms_norm_quant_i8_matches_ref() {
-    for_each_case(|rng, dt, s| {
-        let (x, w) = (Data::random(rng, dt, s.len(), 0.1, 2.0), Data::random(rng, dt, s.width, 0.5, 1.5));
-        let eps = rng.random_range(1e-6f32..1e-4);
-        let (mut q, mut scale) = (Data::poisoned(DType::I8, s.len()), vec![f32::NAN; s.rows]);
-        let params = [row(&x, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
-        let outs = &mut [out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
-        norm_quant::rms_norm_quant_i8::cpu(dt, &params, outs, s.rows, s.width).unwrap();
-        let (xs, ws) = (x.to_f64(), w.to_f64());
-        let want: Vec<_> = s.rows(&xs).map(|r| norm_quant::rms_norm_quant_ref(r, &ws, eps as f64, 127.0)).collect();
-        check_quant("rms_norm_quant_i8", dt, s, &q, &scale, &want);
-    });
+fn rms_norm_quant_matches_ref() {
+    check_rms_norm_quant("rms_norm_quant_e4m3", norm_quant::rms_norm_quant_e4m3::cpu, DType::F8E4M3, 448.0);
+    check_rms_norm_quant("rms_norm_quant_i8", norm_quant::rms_norm_quant_i8::cpu, DType::I8, 127.0);
 }
 
 #[test]
-fn add_rms_norm_quant_i8_matches_ref() {
-    for_each_case(|rng, dt, s| {
-        let [x, res] = [0; 2].map(|_| Data::random(rng, dt, s.len(), 0.1, 2.0));
-        let w = Data::random(rng, dt, s.width, 0.5, 1.5);
-        let eps = rng.random_range(1e-6f32..1e-4);
-        let (mut h, mut q) = (Data::poisoned(dt, s.len()), Data::poisoned(DType::I8, s.len()));
-        let mut scale = vec![f32::NAN; s.rows];
-        let params = [row(&x, s), row(&res, s), CpuParam::bcast(w.as_in()), CpuParam::Comptime(CpuScalar::F32(eps))];
-        let outs = &mut [out(&mut h, s), out(&mut q, s), CpuOutArg::per_row(CpuOut::F32(&mut scale))];
-        norm_quant::add_rms_norm_quant_i8::cpu(dt, &params, outs, s.rows, s.width).unwrap();
-        let (xs, rs, ws) = (x.to_f64(), res.to_f64(), w.to_f64());
-        let sums: Vec<Vec<f64>> =
-            s.rows(&xs).zip(s.rows(&rs)).map(|(x, r)| x.iter().zip(r).map(|(a, b)| a + b).collect()).collect();
-        // h is written in the storage dtype; the norm reads the f32 sum.
-        check("add_rms_norm_quant_i8.h", dt, s, &h, &sums, tol(dt));
-        let want: Vec<_> = sums.iter().map(|h| norm_quant::rms_norm_quant_ref(h, &ws, eps as f64, 127.0)).collect();
-        check_quant("add_rms_norm_quant_i8", dt, s, &q, &scale, &want);
-    });
+fn add_rms_norm_quant_matches_ref() {
+    let (e4m3, i8) = (norm_quant::add_rms_norm_quant_e4m3::cpu, norm_quant::add_rms_norm_quant_i8::cpu);
+    check_add_rms_norm_quant("add_rms_norm_quant_e4m3", e4m3, DType::F8E4M3, 448.0);
+    check_add_rms_norm_quant("add_rms_norm_quant_i8", i8, DType::I8, 127.0);
 }
 
 /// A zero row quantizes to zero bytes with scale 1 (no division by zero, no NaN); a row whose
