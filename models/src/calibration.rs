@@ -6,10 +6,11 @@
 //! it. The result is, per projection named as Hugging Face's Llama layout names it, the
 //! largest |x| of each input column.
 //!
-//! Which models: those whose projections follow Llama's names (`self_attn.{q,k,v,o}_proj`,
-//! `mlp.{gate,up,down}_proj`) and whose norms are listed in [`LAYOUTS`] — Llama, Mistral,
-//! Qwen2, Qwen3, and Gemma 2 / 3 (sandwich norms: the MLP reads `pre_feedforward_layernorm`,
-//! and every norm multiplies by `1 + w`); others are refused by name rather than calibrated
+//! Which models: those listed in [`LAYOUTS`], with the names of their norm-fed projections —
+//! Llama, Mistral, Qwen2, Qwen3 (`self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`), Gemma
+//! 2 / 3 (the same projections; sandwich norms: the MLP reads `pre_feedforward_layernorm`, and
+//! every norm multiplies by `1 + w`) and Phi-3 / Phi-4-mini (fused `self_attn.qkv_proj` and
+//! `mlp.gate_up_proj`, gate rows first); others are refused by name rather than calibrated
 //! under the wrong names.
 //!
 //! [`CALIBRATION_TEXT`]: crate::kv_fp8::CALIBRATION_TEXT
@@ -23,29 +24,44 @@ use kiln_runtime::{DType, Device};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Where an architecture's projections read their input: the norm before q/k/v and the one
-/// before gate/up (HF's names, under `model.layers.N.`), and what a norm's stored weight `w`
-/// multiplies by (`w + norm_offset`: 0 for Llama's, 1 for Gemma's `1 + w`).
+/// Where an architecture's projections read their input (HF's names, under
+/// `model.layers.N.`): the norm before the attention's input projections `qkv` and the one
+/// before the MLP's `mlp_in`; what a norm's stored weight `w` multiplies by (`w +
+/// norm_offset`: 0 for Llama's, 1 for Gemma's `1 + w`); whether `up` is the second half of
+/// the rows of `mlp_in`'s one fused tensor (Phi-3) rather than `mlp.up_proj`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NormLayout {
     pub attn_norm: &'static str,
+    pub qkv: &'static [&'static str],
     pub mlp_norm: &'static str,
+    pub mlp_in: &'static [&'static str],
     pub norm_offset: f32,
+    pub fused_up: bool,
 }
 
-const LLAMA: NormLayout =
-    NormLayout { attn_norm: "input_layernorm", mlp_norm: "post_attention_layernorm", norm_offset: 0.0 };
-const GEMMA: NormLayout =
-    NormLayout { attn_norm: "input_layernorm", mlp_norm: "pre_feedforward_layernorm", norm_offset: 1.0 };
+const QKV: &[&str] = &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"];
+const GATE_UP: &[&str] = &["mlp.gate_proj", "mlp.up_proj"];
+const LLAMA: NormLayout = NormLayout {
+    attn_norm: "input_layernorm",
+    qkv: QKV,
+    mlp_norm: "post_attention_layernorm",
+    mlp_in: GATE_UP,
+    norm_offset: 0.0,
+    fused_up: false,
+};
+const GEMMA: NormLayout = NormLayout { mlp_norm: "pre_feedforward_layernorm", norm_offset: 1.0, ..LLAMA };
+const PHI3: NormLayout =
+    NormLayout { qkv: &["self_attn.qkv_proj"], mlp_in: &["mlp.gate_up_proj"], fused_up: true, ..LLAMA };
 
 /// The architectures the calibration pass reads, with their norms (see the module header).
-pub const LAYOUTS: [(&str, NormLayout); 6] = [
+pub const LAYOUTS: [(&str, NormLayout); 7] = [
     ("LlamaForCausalLM", LLAMA),
     ("MistralForCausalLM", LLAMA),
     ("Qwen2ForCausalLM", LLAMA),
     ("Qwen3ForCausalLM", LLAMA),
     ("Gemma2ForCausalLM", GEMMA),
     ("Gemma3ForCausalLM", GEMMA),
+    ("Phi3ForCausalLM", PHI3),
 ];
 
 /// The norm layout of `architecture`; the refusal names `method` and the architectures read.
@@ -63,7 +79,7 @@ pub type InputRanges = HashMap<String, Vec<f32>>;
 /// The calibration pass over the checkpoint in `dir`, whose config names `architecture` (see
 /// the module header); `method` names the caller in a refusal.
 pub fn input_ranges(dir: &Path, architecture: &str, method: &str) -> Result<InputRanges, String> {
-    norm_layout(architecture, method)?;
+    let layout = norm_layout(architecture, method)?;
     let mut model = load_weights_only_with(dir, &Device::Cpu, DType::F32, WeightMode::Dense)
         .map_err(|e| format!("loading the model for calibration: {e}"))?;
     let observed = model.observe_projection_inputs().map_err(|e| e.to_string())?;
@@ -73,9 +89,9 @@ pub fn input_ranges(dir: &Path, architecture: &str, method: &str) -> Result<Inpu
     let mut out = InputRanges::new();
     for (l, layer) in observed.iter().enumerate() {
         let groups = [
-            (Some(&layer.qkv), &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"][..]),
+            (Some(&layer.qkv), layout.qkv),
             (Some(&layer.o), &["self_attn.o_proj"][..]),
-            (layer.mlp_in.as_ref(), &["mlp.gate_proj", "mlp.up_proj"][..]),
+            (layer.mlp_in.as_ref(), layout.mlp_in),
             (layer.down.as_ref(), &["mlp.down_proj"][..]),
         ];
         for (stats, names) in groups {

@@ -320,6 +320,10 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
                     w.chunks_mut(cols).for_each(|row| row.iter_mut().zip(s).for_each(|(v, s)| *v *= s));
                 }
                 if let Some(d) = smoothing.rows(&name) {
+                    if d.len() * cols != w.len() {
+                        let why = format!("'{name}' has {} rows where the smoothing has {}", w.len() / cols, d.len());
+                        return Err(refuse(&why, input));
+                    }
                     w.chunks_mut(cols).zip(d).for_each(|(row, d)| row.iter_mut().for_each(|v| *v /= d));
                 }
                 let scale_out = |s: Vec<f32>, shape: Vec<usize>| Out {

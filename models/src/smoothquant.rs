@@ -19,8 +19,10 @@
 //! (`input_layernorm` → `self_attn.{q,k,v}_proj`, `post_attention_layernorm` →
 //! `mlp.{gate,up}_proj`), shared by Mistral, Qwen2 and Qwen3, and Gemma 2 / 3's (the MLP's
 //! `pre_feedforward_layernorm`; a norm scales by `1 + w`, so `w ← (1 + w) / s − 1`; GeGLU's
-//! `gelu(gate) ⊙ up` is linear in `up`'s rows as SwiGLU's is). Other architectures (parallel
-//! branches, fused projections, MoE) are refused by name rather than smoothed wrongly.
+//! `gelu(gate) ⊙ up` is linear in `up`'s rows as SwiGLU's is), and Phi-3's fused `qkv_proj` /
+//! `gate_up_proj` (one tensor per mapping; `up` is the second half of `gate_up_proj`'s rows,
+//! whose gate half keeps divisor 1). Other architectures (parallel branches, MoE) are refused
+//! by name rather than smoothed wrongly.
 //!
 //! Invariants: a factor is positive and finite (a channel with no activation or no weight keeps
 //! 1); smoothing never changes a tensor's shape or dtype; the weights are smoothed in f32 before
@@ -117,10 +119,7 @@ pub fn calibrate(
     let ranges = input_ranges(dir, architecture, "int8-sq")?;
     let mut out = Smoothing { norm_offset: layout.norm_offset, ..Default::default() };
     // The projections a layer's two norms feed.
-    let pairs: [(&str, &[&str]); 2] = [
-        (layout.attn_norm, &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-        (layout.mlp_norm, &["mlp.gate_proj", "mlp.up_proj"]),
-    ];
+    let pairs = [(layout.attn_norm, layout.qkv), (layout.mlp_norm, layout.mlp_in)];
     for l in 0.. {
         let mut any = false;
         for (norm, projections) in pairs {
@@ -138,8 +137,11 @@ pub fn calibrate(
             }
             out.norms.insert(format!("model.layers.{l}.{norm}.weight"), s);
         }
-        let (down, up) =
-            (format!("model.layers.{l}.mlp.down_proj.weight"), format!("model.layers.{l}.mlp.up_proj.weight"));
+        let down = format!("model.layers.{l}.mlp.down_proj.weight");
+        let up = match layout.fused_up {
+            true => format!("model.layers.{l}.{}.weight", layout.mlp_in[0]),
+            false => format!("model.layers.{l}.mlp.up_proj.weight"),
+        };
         if let Some(act) = ranges.get(&down) {
             let (w, c) = weights(&down)?;
             if c != act.len() {
@@ -147,7 +149,9 @@ pub fn calibrate(
             }
             let s = factors(act, &column_max(&[(&w, c)]), alpha);
             out.columns.insert(down, s.clone());
-            out.rows.insert(up, s);
+            // A fused gate_up's gate rows (its first half) are not divided.
+            let rows = if layout.fused_up { vec![1.0; s.len()].into_iter().chain(s).collect() } else { s };
+            out.rows.insert(up, rows);
         }
         if !any {
             break;

@@ -192,8 +192,9 @@ fn kiln_quantize_writes_checkpoints_that_load_near_the_original() {
 /// norms before q/k/v and gate/up and multiply their projections' columns — the same function
 /// before rounding, so the INT8 checkpoint's logits stay as near the original's as plain INT8's;
 /// the norms did move (a smoothing in the wrong direction, or applied to one side only, would
-/// put the logits far off). Llama's norms and Gemma 3's (`pre_feedforward_layernorm`, scaling
-/// by `1 + w`, which the smoothing must divide as a whole); other layouts are refused by name.
+/// put the logits far off). Llama's norms, Gemma 3's (`pre_feedforward_layernorm`, scaling by
+/// `1 + w`, which the smoothing must divide as a whole) and Phi-3's (fused projections); other
+/// layouts are refused by name.
 #[test]
 fn int8_smoothquant_moves_the_norms_and_keeps_the_logits() {
     use kiln_models::quantize_ct::{quantize_ct, CtMethod};
@@ -202,15 +203,17 @@ fn int8_smoothquant_moves_the_norms_and_keeps_the_logits() {
         use kiln_models::weights::{Part, WeightSource};
         WeightSource::open_safetensors_dir(dir).unwrap().read_part(name, None, &Part::Whole).unwrap().to_f32().unwrap()
     };
-    for (arch, norms, offset, layers) in [
-        ("mistral", ["input_layernorm", "post_attention_layernorm"], 0.0f32, 2),
-        ("gemma3", ["input_layernorm", "pre_feedforward_layernorm"], 1.0, 4),
+    for (arch, norms, offset, layers, per_layer) in [
+        ("mistral", ["input_layernorm", "post_attention_layernorm"], 0.0f32, 2, 7),
+        ("gemma3", ["input_layernorm", "pre_feedforward_layernorm"], 1.0, 4, 7),
+        // Fused qkv_proj and gate_up_proj (up: the second half of its rows).
+        ("phi3", ["input_layernorm", "post_attention_layernorm"], 0.0, 2, 4),
     ] {
         let input = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/arch-tiny").join(arch);
         let want = prefill_logits(load(&input, WeightMode::Stored).as_ref(), &prompt()).unwrap();
         let out = dir.path().join(arch);
         let s = quantize_ct(&input, &out, CtMethod::Int8Sq { alpha: 0.5 }, false).unwrap();
-        assert_eq!(s.quantized, 7 * layers, "{arch}");
+        assert_eq!(s.quantized, per_layer * layers, "{arch}");
         let got = prefill_logits(load(&out, WeightMode::Stored).as_ref(), &prompt()).unwrap();
         let worst = got.iter().zip(&want).map(|(g, w)| compare_logits(g, w).0).fold(0f64, f64::max);
         assert!(worst > 0.0 && worst <= 0.03, "{arch} int8-sq: relative logit error {worst}");
@@ -226,9 +229,10 @@ fn int8_smoothquant_moves_the_norms_and_keeps_the_logits() {
     }
     let input = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/arch-tiny/mistral");
     // Refusals: another norm layout, an alpha outside 0..1; nothing is written.
-    let phi3 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/arch-tiny/phi3");
-    let e = quantize_ct(&phi3, &dir.path().join("p"), CtMethod::Int8Sq { alpha: 0.5 }, false).unwrap_err().to_string();
-    assert!(e.contains("int8-sq") && e.contains("Phi3ForCausalLM") && !dir.path().join("p").exists(), "{e}");
+    let falcon = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/arch-tiny/falcon");
+    let e =
+        quantize_ct(&falcon, &dir.path().join("f"), CtMethod::Int8Sq { alpha: 0.5 }, false).unwrap_err().to_string();
+    assert!(e.contains("int8-sq") && e.contains("FalconForCausalLM") && !dir.path().join("f").exists(), "{e}");
     let e = quantize_ct(&input, &dir.path().join("a"), CtMethod::Int8Sq { alpha: 1.5 }, false).unwrap_err().to_string();
     assert!(e.contains("alpha") && !dir.path().join("a").exists(), "{e}");
 }
