@@ -23,7 +23,9 @@
 
 use kiln_runtime::device::element::E4m3;
 use kiln_runtime::device::quant::act_quant::{w8a8_act, ActQuant};
-use kiln_runtime::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, ActScale, GROUP};
+use kiln_runtime::device::quant::fp8_lt::{
+    heuristic_answers, quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, ActScale, GROUP,
+};
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, linear_w8_cuda_quantized, W8Cuda, W8Path};
 use kiln_runtime::device::timing::median_us;
@@ -304,7 +306,13 @@ fn lt_sweep(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
             for fast in [false, true] {
                 let t = time_algorithms(dev, (n, k, m), fast, 32)?;
                 let Some(first) = t.first() else {
-                    println!("| {what} {n}×{k} | {m} | {fast} | 0 | – | – | – | – | {bf16:.1} |");
+                    // What the heuristic answered, asked for 1, 4 and 32 algorithms.
+                    let why = heuristic_answers(dev, (n, k, m), fast, &[1, 4, 32])?
+                        .iter()
+                        .map(|(c, st, got, kept)| format!("{c}: {st} {got} ({kept} kept)"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    println!("| {what} {n}×{k} | {m} | {fast} | 0 ({why}) | – | – | – | – | {bf16:.1} |");
                     continue;
                 };
                 let best = t.iter().min_by(|a, b| a.us.total_cmp(&b.us)).unwrap_or(first);

@@ -51,7 +51,7 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 mod tune;
-pub use tune::{time_algorithms, AlgoTiming};
+pub use tune::{heuristic_answers, time_algorithms, AlgoTiming};
 
 /// cuBLASLt workspace (NVIDIA's recommendation for Hopper).
 const WORKSPACE_BYTES: usize = 32 << 20;
@@ -778,6 +778,18 @@ impl Plan {
     /// Up to `count` algorithms cuBLASLt's heuristic offers for this plan's shape `s` on `l`,
     /// its best guess first (none: it has no algorithm for the shape).
     fn offers(&self, l: &Lt, s: Shape, count: usize) -> Result<Vec<lts::cublasLtMatmulHeuristicResult_t>, GemmError> {
+        Ok(self.heuristic(l, s, count)?.2)
+    }
+
+    /// [`Plan::offers`] with the heuristic's status and the count it returned (for the
+    /// sweep's diagnosis).
+    #[allow(clippy::type_complexity)]
+    fn heuristic(
+        &self,
+        l: &Lt,
+        s: Shape,
+        count: usize,
+    ) -> Result<(lts::cublasStatus_t, i32, Vec<lts::cublasLtMatmulHeuristicResult_t>), GemmError> {
         use lts::cublasLtMatmulPreferenceAttributes_t as Pref;
         let ws = l.workspace.len() * 4;
         // SAFETY: the descriptors are live (owned by `self`); each attribute buffer is a live
@@ -811,12 +823,13 @@ impl Plan {
                 });
             let _ = lt::destroy_matmul_pref(pref);
             // A status other than success (NOT_SUPPORTED included) means no algorithm.
-            if r? != lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                return Ok(vec![]);
+            let status = r?;
+            if status != lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Ok((status, n, vec![]));
             }
             found.set_len((n.max(0) as usize).min(count));
             found.retain(|h| h.state == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
-            Ok(found)
+            Ok((status, n, found))
         }
     }
 }

@@ -161,6 +161,27 @@ pub fn time_algorithms(
     Ok(timings)
 }
 
+/// For the FP8 product of `(n, k, m)` (as [`time_algorithms`] describes it): what cuBLASLt's
+/// heuristic answers when asked for each of `counts` algorithms — `(asked, status, returned,
+/// kept)` — the sweep's diagnosis when it finds none.
+pub fn heuristic_answers(
+    dev: &Device,
+    (n, k, m): (usize, usize, usize),
+    fast: bool,
+    counts: &[usize],
+) -> Result<Vec<(usize, String, i32, usize)>, GemmError> {
+    let Device::Cuda(b) = dev else { return Ok(vec![]) };
+    let Some(l) = lt_for(b, dev, W8Elem::Fp8E4M3)? else { return Ok(vec![]) };
+    let out = Tensor::zeros(dev, DType::BF16, m, n)?;
+    let align = alignment(out.cuda_ptr().unwrap_or(0));
+    let shape = Shape { n, m, k, form: Form::OuterVec, out: DType::BF16, ldd: n, align };
+    let plan = Plan::describe(shape, fast)?;
+    counts
+        .iter()
+        .map(|&c| plan.heuristic(&l, shape, c).map(|(st, got, kept)| (c, format!("{st:?}"), got, kept.len())))
+        .collect()
+}
+
 /// An algorithm's configuration in words (the attributes that tell two apart).
 fn algo_config(algo: &lts::cublasLtMatmulAlgo_t) -> String {
     use lts::cublasLtMatmulAlgoConfigAttributes_t as C;
