@@ -76,10 +76,9 @@ pub fn norm_layout(architecture: &str, method: &str) -> Result<NormLayout, Strin
 /// each input column over the calibration text.
 pub type InputRanges = HashMap<String, Vec<f32>>;
 
-/// The calibration pass over the checkpoint in `dir`, whose config names `architecture` (see
-/// the module header); `method` names the caller in a refusal.
-pub fn input_ranges(dir: &Path, architecture: &str, method: &str) -> Result<InputRanges, String> {
-    let layout = norm_layout(architecture, method)?;
+/// The calibration pass over the checkpoint in `dir`, whose projections are named as `layout`
+/// says ([`norm_layout`] of its architecture).
+pub fn input_ranges(dir: &Path, layout: NormLayout) -> Result<InputRanges, String> {
     let mut model = load_weights_only_with(dir, &Device::Cpu, DType::F32, WeightMode::Dense)
         .map_err(|e| format!("loading the model for calibration: {e}"))?;
     let observed = model.observe_projection_inputs().map_err(|e| e.to_string())?;

@@ -292,7 +292,8 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
     };
     let ranges = match method {
         CtMethod::Fp8Static => {
-            crate::calibration::input_ranges(input, &arch, "fp8").map_err(|why| refuse(&why, input))?
+            let layout = crate::calibration::norm_layout(&arch, "fp8").map_err(|why| refuse(&why, input))?;
+            crate::calibration::input_ranges(input, layout).map_err(|why| refuse(&why, input))?
         }
         _ => Default::default(),
     };
@@ -396,10 +397,7 @@ pub fn quantize_ct(input: &Path, output: &Path, method: CtMethod, force: bool) -
                 let smoothed = smoothing.weight(&name).is_some() || smoothing.rows(&name).is_some();
                 let bytes = match (smoothing.norm(&name), dt) {
                     // A smoothed norm: divided by the factors its projections' columns took.
-                    (Some(_), Some(dt)) => {
-                        let v = smoothing.smoothed_norm(&name, &t.to_f32()?).unwrap_or_default();
-                        Cow::Owned(dt.bytes(&v))
-                    }
+                    (Some(s), Some(dt)) => Cow::Owned(dt.bytes(&smoothing.divide_norm(&t.to_f32()?, s))),
                     (Some(_), None) => {
                         return Err(refuse(&format!("the smoothed norm '{name}' is {}", t.format), input))
                     }

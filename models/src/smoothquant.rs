@@ -56,12 +56,12 @@ impl Smoothing {
     pub fn norm(&self, name: &str) -> Option<&[f32]> {
         self.norms.get(name).map(Vec::as_slice)
     }
-    /// The stored weight `w` of the norm `name` smoothed: `(w + o) / s − o` with the
-    /// architecture's offset `o` (0, or Gemma's 1), so the norm multiplies by `(w + o) / s`;
-    /// `None` if it is not smoothed.
-    pub fn smoothed_norm(&self, name: &str, w: &[f32]) -> Option<Vec<f32>> {
+    /// A norm's stored weight `w` divided by its factors `s` ([`Smoothing::norm`]): `(w + o) /
+    /// s − o` with the architecture's offset `o` (0, or Gemma's 1), so the norm multiplies by
+    /// `(w + o) / s`.
+    pub fn divide_norm(&self, w: &[f32], s: &[f32]) -> Vec<f32> {
         let o = self.norm_offset;
-        Some(w.iter().zip(self.norm(name)?).map(|(w, s)| (w + o) / s - o).collect())
+        w.iter().zip(s).map(|(w, s)| (w + o) / s - o).collect()
     }
     /// The divisors of a projection's rows, if they are smoothed (`up_proj`).
     pub fn rows(&self, name: &str) -> Option<&[f32]> {
@@ -116,7 +116,7 @@ pub fn calibrate(
         return Err(format!("SmoothQuant's alpha must be within 0..1, not {alpha}"));
     }
     let layout = norm_layout(architecture, "int8-sq")?;
-    let ranges = input_ranges(dir, architecture, "int8-sq")?;
+    let ranges = input_ranges(dir, layout)?;
     let mut out = Smoothing { norm_offset: layout.norm_offset, ..Default::default() };
     // The projections a layer's two norms feed.
     let pairs = [(layout.attn_norm, layout.qkv), (layout.mlp_norm, layout.mlp_in)];

@@ -22,7 +22,7 @@
 //! without fast accumulation, beside dense bf16 cuBLAS (is its first pick the fastest?).
 
 use kiln_runtime::device::element::E4m3;
-use kiln_runtime::device::quant::act_quant::{w8a8_act, ActQuant};
+use kiln_runtime::device::quant::act_quant::{quantize_row_int8, w8a8_act, ActQuant};
 use kiln_runtime::device::quant::fp8_lt::{
     heuristic_answers, quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, ActScale, GROUP,
 };
@@ -110,14 +110,6 @@ fn reference(x: &[f32], m: usize, parts: &[W8Matrix]) -> Vec<f32> {
     out
 }
 
-/// Row `x`'s int8 codes as values and its scale (`ActQuant::Int8Row`'s: `s = max|x| / 127`,
-/// ties to even, ±127).
-fn quantize_row_int8(x: &[f32]) -> (f32, Vec<f64>) {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-    (s, x.iter().map(|v| (v / s).round_ties_even().clamp(-127.0, 127.0) as f64).collect())
-}
-
 /// The W8A8 product of the stacked parts as the W8A8 kernels compute it: each row of `x`
 /// quantized in `form` (e4m3 with one scale per row or per 128 inputs; int8 per row), exact
 /// products summed in f64 per scale group, the scales applied.
@@ -138,7 +130,7 @@ fn reference_w8a8(x: &[f32], m: usize, parts: &[W8Matrix], form: ActQuant) -> Ve
             }
             ActQuant::Int8Row => {
                 let (s, q) = quantize_row_int8(xi);
-                (vec![s], q)
+                (vec![s], q.into_iter().map(f64::from).collect())
             }
         };
         let g = k / sx.len();

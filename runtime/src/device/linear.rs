@@ -13,7 +13,6 @@ use crate::device::quant::activations::{
 use crate::device::quant::cpu::gemm::{gemm_q16, gemm_q8};
 use crate::device::quant::cpu::gemv::{gemv_q16, gemv_q8, GEMV_MAX_ROWS};
 use crate::device::quant::cpu::Simd;
-use crate::device::quant::fp8_lt::ActScale;
 use crate::device::quant::int4::Int4Matrix;
 use crate::device::quant::int4_cuda::{linear_int4_cuda, Int4Cuda};
 use crate::device::quant::w8_cuda::{linear_w8_cuda, linear_w8_cuda_quantized, row_codes, W8Cuda};
@@ -159,8 +158,7 @@ pub struct QuantizedRows<'a> {
 pub fn quantized_rows_for(w: &Weight) -> Option<DType> {
     match w {
         Weight::W8Cuda(parts) => row_codes(parts),
-        Weight::W8a8Cpu(_, ActQuant::E4m3(ActScale::Row)) => Some(DType::F8E4M3),
-        Weight::W8a8Cpu(_, ActQuant::Int8Row) => Some(DType::I8),
+        Weight::W8a8Cpu(_, act) => act.row_codes(),
         _ => None,
     }
 }
@@ -379,7 +377,7 @@ pub fn gather_rows_quantized(w: &Weight, ids: &Tensor, out: &mut Tensor) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, w8a8_form, GROUP};
+    use crate::device::quant::fp8_lt::{quantize_groups_e4m3, quantize_row_e4m3, w8a8_form, ActScale, GROUP};
     use crate::device::quant::w8::{W8Elem, W8Matrix};
 
     /// The FP8 W8A8 product in the integer domain: `Σ_g s_x,g · s_w · Σ q_w · q_x` in f64.

@@ -9,6 +9,7 @@
 
 use crate::device::quant::fp8_lt::ActScale;
 use crate::device::quant::w8::{W8Elem, W8Matrix};
+use crate::DType;
 
 /// The activations' quantization of a W8A8 product on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,14 +26,29 @@ impl ActQuant {
         match self {
             ActQuant::E4m3(a) => a.fake_quantize(x),
             ActQuant::Int8Row => {
-                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-                for v in x.iter_mut() {
-                    *v = (*v / s).round_ties_even().clamp(-127.0, 127.0) * s;
-                }
+                let (s, codes) = quantize_row_int8(x);
+                x.iter_mut().zip(codes).for_each(|(v, q)| *v = q * s);
             }
         }
     }
+
+    /// The code type of activations quantized per row with one scale a row (what a norm may
+    /// write for such a product): e4m3 or int8; `None` for e4m3 per 128 inputs.
+    pub fn row_codes(self) -> Option<DType> {
+        match self {
+            ActQuant::E4m3(ActScale::Row) => Some(DType::F8E4M3),
+            ActQuant::Int8Row => Some(DType::I8),
+            ActQuant::E4m3(ActScale::Group) => None,
+        }
+    }
+}
+
+/// Row `x` quantized to int8 as [`ActQuant::Int8Row`] does it: its scale `max|x| / 127` (1 for
+/// a zero row) and its codes `round(x / s)` (ties to even, ±127), as f32.
+pub fn quantize_row_int8(x: &[f32]) -> (f32, Vec<f32>) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+    (s, x.iter().map(|v| (v / s).round_ties_even().clamp(-127.0, 127.0)).collect())
 }
 
 /// Whether weights stacked from `parts` take INT8 W8A8 with per-token activations: every part

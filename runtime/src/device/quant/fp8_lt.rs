@@ -345,8 +345,8 @@ enum Form {
 }
 
 /// One GEMM shape: `D ([m, n] row-major, row stride ldd, dtype out) = qx ([m, k]) · W ([n,
-/// k])ᵀ` in `form` (e4m3 operands, or int8 for [`Form::Int8`], whose `out` is ignored: i32); `align`: the alignment of D's address (cuBLASLt's heuristic
-/// assumes 256 bytes unless told).
+/// k])ᵀ` in `form` (e4m3 operands, or int8 for [`Form::Int8`], whose `out` is ignored: i32);
+/// `align`: the alignment of D's address (cuBLASLt's heuristic assumes 256 bytes unless told).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Shape {
     n: usize,
@@ -567,6 +567,15 @@ pub(super) fn product(
             let (m32, n32, ldo) = (rows as i32, p.rows as i32, ldo as i64);
             let blocks = (rows * p.rows).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
             let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // The scales applied to the unscaled product in d (f32 for FP8, i32 for INT8).
+            let epilogue = |f, sw: u64, bo: usize, wmul: f32| {
+                let bo = bo as i32;
+                let mut le = b.stream().launch_builder(f);
+                le.arg(&d).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
+                // SAFETY: d holds rows × p.rows products (written by the GEMM before it on the
+                // stream), sx rows scales, sw ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
+                drv("launching the W8A8 epilogue", unsafe { le.launch(cfg) })
+            };
             match p.scales {
                 W8a8Scales::Channel { epilogue: sw, bo, wmul, outer } => {
                     let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (outer, sx) };
@@ -576,24 +585,14 @@ pub(super) fn product(
                     if !gemm(b, l, Form::Product, &ab, Target { ptr: d, ld: p.rows, dtype: DType::F32 })? {
                         return Ok(false);
                     }
-                    let bo = bo as i32;
-                    let mut le = b.stream().launch_builder(epi);
-                    le.arg(&d).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
-                    // SAFETY: d holds rows × p.rows f32 (written by the GEMM), sx rows, the
-                    // scales ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
-                    drv("launching kiln_fp8_epilogue", unsafe { le.launch(cfg) })?;
+                    epilogue(epi, sw, bo, wmul)?;
                 }
                 W8a8Scales::Int8Channel { scales: sw, bo } => {
                     let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (0, 0) };
                     if !gemm(b, l, Form::Int8, &ab, Target { ptr: d, ld: p.rows, dtype: DType::F32 })? {
                         return Ok(false);
                     }
-                    let (bo, wmul) = (bo as i32, 1.0f32);
-                    let mut le = b.stream().launch_builder(epi_int8);
-                    le.arg(&d).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&op).arg(&ldo).arg(&m32).arg(&n32);
-                    // SAFETY: d holds rows × p.rows i32 (written by the GEMM), sx rows, the
-                    // scales ⌈p.rows / bo⌉; o covers rows × p.rows at ldo.
-                    drv("launching kiln_int8_epilogue", unsafe { le.launch(cfg) })?;
+                    epilogue(epi_int8, sw, bo, 1.0)?;
                 }
                 W8a8Scales::Block128 { scales } => {
                     // cuBLASLt takes 1×128 scales on its first operand and 128×128 ones on its

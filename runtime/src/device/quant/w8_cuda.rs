@@ -609,11 +609,7 @@ fn w8a8_product_of(b: &CudaBackend, x: ActIn<'_>, parts: &[W8Cuda], out: &mut Te
 /// INT8; [`linear_w8_cuda_quantized`] takes rows of it. `None`: the parts quantize otherwise
 /// (128×128 blocks) or not at all.
 pub fn row_codes(parts: &[W8Cuda]) -> Option<DType> {
-    let codes = |w: &W8Cuda| match w.act {
-        Some(ActQuant::E4m3(ActScale::Row)) => Some(DType::F8E4M3),
-        Some(ActQuant::Int8Row) => Some(DType::I8),
-        _ => None,
-    };
+    let codes = |w: &W8Cuda| w.act.and_then(ActQuant::row_codes);
     let first = codes(parts.first()?)?;
     parts.iter().all(|w| codes(w) == Some(first)).then_some(first)
 }

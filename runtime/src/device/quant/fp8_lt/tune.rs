@@ -23,7 +23,7 @@ use crate::{DType, Device, GemmError};
 use cudarc::cublaslt::sys as lts;
 use cudarc::driver::sys::CUevent_flags;
 use std::ffi::c_void;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// How many of the heuristic's algorithms a new plan times (`KILN_FP8_LT_TUNE`; 0 or 1: none,
 /// the first is taken).
@@ -126,7 +126,7 @@ pub fn time_algorithms(
     count: usize,
 ) -> Result<Vec<AlgoTiming>, GemmError> {
     let Device::Cuda(b) = dev else { return Ok(vec![]) };
-    let Some(l) = lt_for(b, dev, W8Elem::Fp8E4M3)? else { return Ok(vec![]) };
+    let Some(SweepPlan { l, out, shape, plan }) = sweep_plan(dev, (n, k, m), fast)? else { return Ok(vec![]) };
     // Random bytes without the e4m3 NaN (no byte has all of its low 7 bits set).
     let mut seed = 0x9E37_79B9u32;
     let mut words = |count: usize| -> Vec<i32> {
@@ -143,10 +143,7 @@ pub fn time_algorithms(
     let qx = Tensor::from_host(dev, &words(m * k / 4), m, k / 4)?;
     let sw = Tensor::from_host(dev, &vec![1f32; n], 1, n)?;
     let sx = Tensor::from_host(dev, &vec![1f32; m], 1, m)?;
-    let out = Tensor::zeros(dev, DType::BF16, m, n)?;
     let ptr = |t: &Tensor| t.cuda_ptr().unwrap_or(0);
-    let shape = Shape { n, m, k, form: Form::OuterVec, out: DType::BF16, ldd: n, align: alignment(ptr(&out)) };
-    let plan = Plan::describe(shape, fast)?;
     let stream = b.stream().cu_stream() as lts::cudaStream_t;
     let mut timings = vec![];
     for (rank, h) in plan.offers(&l, shape, count)?.iter().enumerate() {
@@ -170,16 +167,31 @@ pub fn heuristic_answers(
     fast: bool,
     counts: &[usize],
 ) -> Result<Vec<(usize, String, i32, usize)>, GemmError> {
-    let Device::Cuda(b) = dev else { return Ok(vec![]) };
-    let Some(l) = lt_for(b, dev, W8Elem::Fp8E4M3)? else { return Ok(vec![]) };
-    let out = Tensor::zeros(dev, DType::BF16, m, n)?;
-    let align = alignment(out.cuda_ptr().unwrap_or(0));
-    let shape = Shape { n, m, k, form: Form::OuterVec, out: DType::BF16, ldd: n, align };
-    let plan = Plan::describe(shape, fast)?;
+    let Some(SweepPlan { l, shape, plan, .. }) = sweep_plan(dev, (n, k, m), fast)? else { return Ok(vec![]) };
     counts
         .iter()
         .map(|&c| plan.heuristic(&l, shape, c).map(|(st, got, kept)| (c, format!("{st:?}"), got, kept.len())))
         .collect()
+}
+
+/// The sweep's product of `(n, k, m)`: the cuBLASLt state, the bf16 `[m, n]` output, its
+/// outer-vector shape and plan (no algorithm chosen).
+struct SweepPlan {
+    l: Arc<Lt>,
+    out: Tensor,
+    shape: Shape,
+    plan: Plan,
+}
+
+/// The [`SweepPlan`] of `(n, k, m)`; `None` off a GPU with FP8 tensor cores.
+fn sweep_plan(dev: &Device, (n, k, m): (usize, usize, usize), fast: bool) -> Result<Option<SweepPlan>, GemmError> {
+    let Device::Cuda(b) = dev else { return Ok(None) };
+    let Some(l) = lt_for(b, dev, W8Elem::Fp8E4M3)? else { return Ok(None) };
+    let out = Tensor::zeros(dev, DType::BF16, m, n)?;
+    let align = alignment(out.cuda_ptr().unwrap_or(0));
+    let shape = Shape { n, m, k, form: Form::OuterVec, out: DType::BF16, ldd: n, align };
+    let plan = Plan::describe(shape, fast)?;
+    Ok(Some(SweepPlan { l, out, shape, plan }))
 }
 
 /// An algorithm's configuration in words (the attributes that tell two apart).
