@@ -419,3 +419,25 @@ if [ "$what" = sampling ] || [ "$what" = all ]; then
     TAIL=4 step "bench-8b-b64-sampled-$where" 150 "${b[@]}" --sampling $where --model synth:llama3-8b --num-requests 64 --prompt-len 128 --output-len 128 --max-num-seqs 64 --max-batched-tokens 8192
   done
 fi
+
+# Structured output on the GPU (issue 17): a 64-request json_schema batch against the same batch
+# unconstrained through `kiln serve --device cuda` (SmolLM2 cut to 2 layers: a model step of
+# ~1 ms, so the constraint's share is an upper bound), with the server's per-token mask times.
+if [ "$what" = structured ] || [ "$what" = sweep-int4-structured ]; then
+  .device/kiln serve --device cuda --model .device/smollm2-2l.gguf --port 8011 --max-num-seqs 64 > "$OUT/serve-structured.log" 2>&1 &
+  pid=$!; for _ in $(seq 1 600); do grep -q "ready in" "$OUT/serve-structured.log" && break; sleep 0.1; done
+  tail -3 "$OUT/serve-structured.log"
+  export PYTHONUNBUFFERED=1
+  TAIL=12 step structured-64x64 240 python3 bench/structured_throughput.py --base-url http://127.0.0.1:8011/v1 --batch 64 --tokens 64 --rounds 3
+  TAIL=6 step structured-1x64 120 python3 bench/structured_throughput.py --base-url http://127.0.0.1:8011/v1 --batch 1 --tokens 64 --rounds 3 --repeats 3
+  kill -TERM $pid; wait $pid
+fi
+
+# The cuBLASLt FP8 sweep over scale forms (outer-vector, none, alpha vector), then W4A16 and
+# bf16 at one sequence (8B shapes), then the structured-output batch above.
+if [ "$what" = sweep-int4-structured ]; then
+  TAIL=110 step lt-sweep 300 .device/kiln-check-w8 --lt-sweep
+  b=(.device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --output-len 128)
+  TAIL=4 step bench-int4-c1 150 "${b[@]}" --model synth:llama3-8b+int4
+  TAIL=4 step bench-bf16-c1 150 "${b[@]}" --model synth:llama3-8b
+fi

@@ -18,13 +18,15 @@
 //! Speed: Llama-3-8B's projection shapes, FP8 per channel (two also in 128×128 blocks, three
 //! as INT8 per channel), bf16:
 //! median of CUDA-event-timed launches. `--lt-sweep` times instead each algorithm cuBLASLt's
-//! heuristic offers for the FP8 tensor-core product of those shapes at 64–2048 rows, with and
-//! without fast accumulation, beside dense bf16 cuBLAS (is its first pick the fastest?).
+//! heuristic offers for the FP8 tensor-core product of those shapes at 64–2048 rows — with the
+//! engine's outer-vector scales (with and without fast accumulation), unscaled (what a
+//! per-tensor scale pair costs) and with the weight's scales as an alpha vector — beside dense
+//! bf16 cuBLAS (is its first pick the fastest? is the scale form what costs?).
 
 use kiln_runtime::device::element::E4m3;
 use kiln_runtime::device::quant::act_quant::{quantize_row_int8, w8a8_act, ActQuant};
 use kiln_runtime::device::quant::fp8_lt::{
-    heuristic_answers, quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, ActScale, GROUP,
+    heuristic_answers, quantize_groups_e4m3, quantize_row_e4m3, time_algorithms, ActScale, SweepForm, GROUP,
 };
 use kiln_runtime::device::quant::w8::{W8Elem, W8Matrix};
 use kiln_runtime::device::quant::w8_cuda::{linear_w8_cuda_by, linear_w8_cuda_quantized, W8Cuda, W8Path};
@@ -283,7 +285,7 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
 /// Each FP8 algorithm cuBLASLt offers per shape and row count, timed (see the module header).
 fn lt_sweep(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let Device::Cuda(b) = dev else { return Ok(()) };
-    println!("| shape n×k | m | fast accum | algorithms | first pick µs | best µs (rank) | best config | best TFLOP/s | dense bf16 µs |");
+    println!("| shape n×k | m | scales, fast accum | algorithms | first pick µs | best µs (rank) | best config | best TFLOP/s | dense bf16 µs |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let shapes = [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")];
     let mut r = Rand(23, 0);
@@ -295,11 +297,18 @@ fn lt_sweep(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 Tensor::from_f32_as(dev, DType::BF16, &(0..m * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), m, k)?;
             let mut out = Tensor::zeros(dev, DType::BF16, m, n)?;
             let bf16 = median_us(b, 3, 20, |_| matmul(dev, &x, &dense, &mut out))?;
-            for fast in [false, true] {
-                let t = time_algorithms(dev, (n, k, m), fast, 32)?;
+            let forms = [
+                (SweepForm::OuterVec, false),
+                (SweepForm::OuterVec, true),
+                (SweepForm::Unscaled, false),
+                (SweepForm::AlphaVec, false),
+            ];
+            for form in forms {
+                let t = time_algorithms(dev, (n, k, m), form, 32)?;
+                let fast = format!("{:?}, {}", form.0, form.1);
                 let Some(first) = t.first() else {
                     // What the heuristic answered, asked for 1, 4 and 32 algorithms.
-                    let why = heuristic_answers(dev, (n, k, m), fast, &[1, 4, 32])?
+                    let why = heuristic_answers(dev, (n, k, m), form, &[1, 4, 32])?
                         .iter()
                         .map(|(c, st, got, kept)| format!("{c}: {st} {got} ({kept} kept)"))
                         .collect::<Vec<_>>()

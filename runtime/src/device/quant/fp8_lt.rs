@@ -51,7 +51,7 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 mod tune;
-pub use tune::{heuristic_answers, time_algorithms, AlgoTiming};
+pub use tune::{heuristic_answers, time_algorithms, AlgoTiming, SweepForm};
 
 /// cuBLASLt workspace (NVIDIA's recommendation for Hopper).
 const WORKSPACE_BYTES: usize = 32 << 20;
@@ -342,6 +342,10 @@ enum Form {
     OuterVec,
     /// Weight 128×128 blocks, activations 1×128 groups, output in the activations' dtype.
     Block128,
+    /// Unscaled FP8 product times a per-output-channel alpha vector (cuBLASLt's
+    /// `ALPHA_DEVICE_VECTOR_BETA_ZERO` pointer mode), output in the activations' dtype: the
+    /// weight's scales in the GEMM's own epilogue (timed by the sweep beside the other forms).
+    AlphaVec,
 }
 
 /// One GEMM shape: `D ([m, n] row-major, row stride ldd, dtype out) = qx ([m, k]) · W ([n,
@@ -750,7 +754,7 @@ impl Plan {
             set(Attr::CUBLASLT_MATMUL_DESC_TRANSA, 1)?;
             set(Attr::CUBLASLT_MATMUL_DESC_TRANSB, 0)?;
             let modes = match s.form {
-                Form::Product | Form::Int8 => None,
+                Form::Product | Form::Int8 | Form::AlphaVec => None,
                 Form::OuterVec => Some((
                     Mode::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
                     Mode::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F,
@@ -764,7 +768,11 @@ impl Plan {
                 set(Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, a as i32)?;
                 set(Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, b as i32)?;
             }
-            if matches!(s.form, Form::Product | Form::OuterVec) && fast {
+            if s.form == Form::AlphaVec {
+                let mode = lts::cublasLtPointerMode_t::CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_ZERO as i32;
+                set(Attr::CUBLASLT_MATMUL_DESC_POINTER_MODE, mode)?;
+            }
+            if matches!(s.form, Form::Product | Form::OuterVec | Form::AlphaVec) && fast {
                 let one = 1i8;
                 let v = &one as *const i8 as *const c_void;
                 lt::set_matmul_desc_attribute(plan.desc, Attr::CUBLASLT_MATMUL_DESC_FAST_ACCUM, v, 1)
@@ -900,6 +908,8 @@ impl Plan {
         let (alpha, beta, alpha_i, beta_i) = (1.0f32, 0.0f32, 1i32, 0i32);
         let (alpha, beta) = match form {
             Form::Int8 => (&alpha_i as *const i32 as *const c_void, &beta_i as *const i32 as *const c_void),
+            // The weight's `[n]` scales on the device are alpha (beta is zero by the mode).
+            Form::AlphaVec => (sa as *const c_void, &beta as *const f32 as *const c_void),
             _ => (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void),
         };
         // SAFETY: the caller's contract; alpha and beta are host scalars of the descriptor's

@@ -115,18 +115,42 @@ pub struct AlgoTiming {
     pub us: f64,
 }
 
-/// Times each of the first `count` algorithms cuBLASLt's heuristic offers for the
-/// outer-vector FP8 product of an `[n, k]` weight by `m` rows into bf16, on random e4m3
+/// How the swept FP8 product applies its scales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepForm {
+    /// A vector per operand (weight `[n]`, activations `[m]`): what the engine's plans use.
+    OuterVec,
+    /// No scales at all (a per-tensor product: what a scale pair of one value each costs).
+    Unscaled,
+    /// The weight's `[n]` scales as cuBLASLt's alpha vector, the activations unscaled.
+    AlphaVec,
+}
+
+impl SweepForm {
+    fn form(self) -> Form {
+        match self {
+            SweepForm::OuterVec => Form::OuterVec,
+            SweepForm::Unscaled => Form::Product,
+            SweepForm::AlphaVec => Form::AlphaVec,
+        }
+    }
+}
+
+/// Times each of the first `count` algorithms cuBLASLt's heuristic offers for the FP8 product
+/// (scales applied as `form` says) of an `[n, k]` weight by `m` rows into bf16, on random e4m3
 /// operands (accumulating in the tensor cores' precision when `fast`): the measurement behind
-/// a plan's choice (`kiln-check-w8 --lt-sweep`). Empty when cuBLASLt has no algorithm.
+/// a plan's choice (`kiln-check-w8 --lt-sweep`). Empty when cuBLASLt has no algorithm; an
+/// algorithm that fails to launch is left out.
 pub fn time_algorithms(
     dev: &Device,
     (n, k, m): (usize, usize, usize),
-    fast: bool,
+    (form, fast): (SweepForm, bool),
     count: usize,
 ) -> Result<Vec<AlgoTiming>, GemmError> {
     let Device::Cuda(b) = dev else { return Ok(vec![]) };
-    let Some(SweepPlan { l, out, shape, plan }) = sweep_plan(dev, (n, k, m), fast)? else { return Ok(vec![]) };
+    let Some(SweepPlan { l, out, shape, plan }) = sweep_plan(dev, (n, k, m), (form, fast))? else {
+        return Ok(vec![]);
+    };
     // Random bytes without the e4m3 NaN (no byte has all of its low 7 bits set).
     let mut seed = 0x9E37_79B9u32;
     let mut words = |count: usize| -> Vec<i32> {
@@ -152,8 +176,9 @@ pub fn time_algorithms(
         let run = |_| unsafe {
             plan.launch(&l, &h.algo, (ptr(&w), ptr(&sw)), (ptr(&qx), ptr(&sx)), ptr(&out), shape.form, stream)
         };
-        let us = crate::device::timing::median_us(b, 3, 20, run)?;
-        timings.push(AlgoTiming { rank, config: algo_config(&h.algo), us });
+        if let Ok(us) = crate::device::timing::median_us(b, 3, 20, run) {
+            timings.push(AlgoTiming { rank, config: algo_config(&h.algo), us });
+        }
     }
     Ok(timings)
 }
@@ -164,10 +189,10 @@ pub fn time_algorithms(
 pub fn heuristic_answers(
     dev: &Device,
     (n, k, m): (usize, usize, usize),
-    fast: bool,
+    form: (SweepForm, bool),
     counts: &[usize],
 ) -> Result<Vec<(usize, String, i32, usize)>, GemmError> {
-    let Some(SweepPlan { l, shape, plan, .. }) = sweep_plan(dev, (n, k, m), fast)? else { return Ok(vec![]) };
+    let Some(SweepPlan { l, shape, plan, .. }) = sweep_plan(dev, (n, k, m), form)? else { return Ok(vec![]) };
     counts
         .iter()
         .map(|&c| plan.heuristic(&l, shape, c).map(|(st, got, kept)| (c, format!("{st:?}"), got, kept.len())))
@@ -175,7 +200,7 @@ pub fn heuristic_answers(
 }
 
 /// The sweep's product of `(n, k, m)`: the cuBLASLt state, the bf16 `[m, n]` output, its
-/// outer-vector shape and plan (no algorithm chosen).
+/// shape and plan in the form asked (no algorithm chosen).
 struct SweepPlan {
     l: Arc<Lt>,
     out: Tensor,
@@ -184,12 +209,16 @@ struct SweepPlan {
 }
 
 /// The [`SweepPlan`] of `(n, k, m)`; `None` off a GPU with FP8 tensor cores.
-fn sweep_plan(dev: &Device, (n, k, m): (usize, usize, usize), fast: bool) -> Result<Option<SweepPlan>, GemmError> {
+fn sweep_plan(
+    dev: &Device,
+    (n, k, m): (usize, usize, usize),
+    (form, fast): (SweepForm, bool),
+) -> Result<Option<SweepPlan>, GemmError> {
     let Device::Cuda(b) = dev else { return Ok(None) };
     let Some(l) = lt_for(b, dev, W8Elem::Fp8E4M3)? else { return Ok(None) };
     let out = Tensor::zeros(dev, DType::BF16, m, n)?;
     let align = alignment(out.cuda_ptr().unwrap_or(0));
-    let shape = Shape { n, m, k, form: Form::OuterVec, out: DType::BF16, ldd: n, align };
+    let shape = Shape { n, m, k, form: form.form(), out: DType::BF16, ldd: n, align };
     let plan = Plan::describe(shape, fast)?;
     Ok(Some(SweepPlan { l, out, shape, plan }))
 }
