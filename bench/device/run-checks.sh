@@ -433,10 +433,20 @@ if [ "$what" = structured ] || [ "$what" = sweep-int4-structured ]; then
   kill -TERM $pid; wait $pid
 fi
 
-# The cuBLASLt FP8 sweep over scale forms (outer-vector, none, alpha vector), then W4A16 and
-# bf16 at one sequence (8B shapes), then the structured-output batch above.
+# The cuBLASLt FP8 sweep over scale forms (outer-vector, none, alpha vector); the engine's
+# FP8 forms (`KILN_FP8_FORM`) checked against the twin and timed per product, then at full load
+# beside the default; then W4A16 and bf16 at one sequence (8B shapes). The structured-output
+# batch above runs first.
 if [ "$what" = sweep-int4-structured ]; then
-  TAIL=110 step lt-sweep 300 .device/kiln-check-w8 --lt-sweep
+  TAIL=100 step lt-sweep 200 .device/kiln-check-w8 --lt-sweep
+  for form in alpha unscaled; do
+    KILN_FP8_FORM=$form TAIL=3 step "w8-check-$form" 120 .device/kiln-check-w8 --no-speed
+    KILN_FP8_FORM=$form TAIL=40 step "w8-speed-$form" 120 .device/kiln-check-w8 --no-check
+  done
+  m=(.device/kiln bench --offline --device cuda --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192)
+  for form in outer alpha unscaled; do
+    KILN_W8=w8a8 KILN_FP8_FORM=$form TAIL=5 step "bench-fp8-max-$form" 120 "${m[@]}" --model synth:llama3-8b+fp8
+  done
   b=(.device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --output-len 128)
   TAIL=4 step bench-int4-c1 150 "${b[@]}" --model synth:llama3-8b+int4
   TAIL=4 step bench-bf16-c1 150 "${b[@]}" --model synth:llama3-8b

@@ -174,6 +174,20 @@ __device__ __forceinline__ void kiln_w8a8_epilogue(const D* __restrict__ d, cons
   }
 }
 
+// out[i, j] *= sx[i] * (sw ? sw[j / bo] * wmul : 1): the scales of a product cuBLASLt wrote
+// unscaled (or with the weight's scales as its alpha vector) straight into out.
+template <typename T>
+__device__ __forceinline__ void kiln_w8a8_rescale(T* __restrict__ out, long long ldo, const float* __restrict__ sx,
+                                                  const float* __restrict__ sw, int bo, float wmul, int m, int n) {
+  const long long total = (long long)m * n;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+       t += (long long)gridDim.x * blockDim.x) {
+    const int i = (int)(t / n), j = (int)(t % n);
+    T* o = out + (long long)i * ldo + j;
+    kiln_i4_store(o, kiln_to_f32(*o) * sx[i] * (sw ? sw[j / bo] * wmul : 1.0f));
+  }
+}
+
 // out[i, j] = d[j * m + i]: the block-scaled product, which cuBLASLt writes transposed in bf16.
 template <typename T>
 __device__ __forceinline__ void kiln_fp8_transpose(const kiln_bf16* __restrict__ d, T* __restrict__ out,
@@ -207,6 +221,10 @@ __device__ __forceinline__ void kiln_fp8_transpose(const kiln_bf16* __restrict__
                                                          float wmul, T* out, long long ldo, int m, int n) { \
     kiln_w8a8_epilogue<T, int>(d, sx, sw, bo, wmul, out, ldo, m, n);                                        \
   }                                                                                                         \
+  extern "C" __global__ void kiln_w8a8_rescale_##SUFFIX(T* out, long long ldo, const float* sx, const float* sw, \
+                                                        int bo, float wmul, int m, int n) {                  \
+    kiln_w8a8_rescale<T>(out, ldo, sx, sw, bo, wmul, m, n);                                                 \
+  }                                                                                                         \
   extern "C" __global__ void kiln_fp8_transpose_##SUFFIX(const kiln_bf16* d, T* out, long long ldo, int m,   \
                                                          int n) {                                           \
     kiln_fp8_transpose<T>(d, out, ldo, m, n);                                                               \
@@ -227,6 +245,7 @@ pub(super) fn entries() -> Vec<String> {
                 format!("kiln_fp8_quant_groups_{d}"),
                 format!("kiln_fp8_epilogue_{d}"),
                 format!("kiln_int8_epilogue_{d}"),
+                format!("kiln_w8a8_rescale_{d}"),
                 format!("kiln_fp8_transpose_{d}"),
             ]
         })
@@ -551,6 +570,8 @@ pub(super) fn product(
     let epi = module.func(&format!("kiln_fp8_epilogue_{dt}"))?;
     let epi_int8 = module.func(&format!("kiln_int8_epilogue_{dt}"))?;
     let transpose = module.func(&format!("kiln_fp8_transpose_{dt}"))?;
+    let rescale = module.func(&format!("kiln_w8a8_rescale_{dt}"))?;
+    let channel_form = channel_form();
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
         let (qx, sx) = match x {
@@ -583,7 +604,26 @@ pub(super) fn product(
             match p.scales {
                 W8a8Scales::Channel { epilogue: sw, bo, wmul, outer } => {
                     let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (outer, sx) };
-                    if gemm(b, l, Form::OuterVec, &ab, Target { ptr: op, ld: ldo as usize, dtype: o.dtype() })? {
+                    let straight = Target { ptr: op, ld: ldo as usize, dtype: o.dtype() };
+                    // The forms that write `out` and leave scales to the rescale kernel
+                    // (`KILN_FP8_FORM`): the weight's there already (alpha vector) or not.
+                    let rest = match channel_form {
+                        Form::AlphaVec => Some((0u64, 1usize, 1f32)),
+                        Form::Product => Some((sw, bo, wmul)),
+                        _ => None,
+                    };
+                    if let Some((sw, bo, wmul)) = rest {
+                        if gemm(b, l, channel_form, &ab, straight)? {
+                            let bo = bo as i32;
+                            let mut lr = b.stream().launch_builder(rescale);
+                            lr.arg(&op).arg(&ldo).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&m32).arg(&n32);
+                            // SAFETY: o covers rows × p.rows at ldo (written by the GEMM before it
+                            // on the stream); sx holds rows scales, sw (unless null) ⌈p.rows / bo⌉.
+                            drv("launching the W8A8 rescale", unsafe { lr.launch(cfg) })?;
+                            continue;
+                        }
+                    }
+                    if gemm(b, l, Form::OuterVec, &ab, straight)? {
                         continue;
                     }
                     if !gemm(b, l, Form::Product, &ab, Target { ptr: d, ld: p.rows, dtype: DType::F32 })? {
@@ -839,6 +879,21 @@ impl Plan {
             Ok((status, n, found))
         }
     }
+}
+
+/// How FP8 per-channel / per-tensor products take their scales (`KILN_FP8_FORM`, a measurement
+/// switch): `outer` (default) — cuBLASLt's outer-vector modes, bf16 straight out; `alpha` — the
+/// weight's scales as cuBLASLt's alpha vector, the activations' applied by a rescale kernel
+/// over the output; `unscaled` — a per-tensor (unscaled) product, both applied by that kernel.
+/// Each falls back to the next (outer vectors, then an f32 product) where cuBLASLt has no
+/// algorithm.
+fn channel_form() -> Form {
+    static F: OnceLock<Form> = OnceLock::new();
+    *F.get_or_init(|| match std::env::var("KILN_FP8_FORM").as_deref() {
+        Ok("alpha") => Form::AlphaVec,
+        Ok("unscaled") => Form::Product,
+        _ => Form::OuterVec,
+    })
 }
 
 /// Whether the FP8 products accumulate in the tensor cores' own precision for all of `k`
