@@ -450,4 +450,15 @@ if [ "$what" = sweep-int4-structured ]; then
   b=(.device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --output-len 128)
   TAIL=4 step bench-int4-c1 150 "${b[@]}" --model synth:llama3-8b+int4
   TAIL=4 step bench-bf16-c1 150 "${b[@]}" --model synth:llama3-8b
+  # Where a 256-sequence step's time goes: GPU kernel totals (nsys) of one wave (4 prefill
+  # steps, 128 decode steps at 256 rows), FP8 and bf16.
+  nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  echo "nsys: ${nsys:-none}"
+  if [ -n "$nsys" ]; then
+    w=(.device/kiln bench --offline --device cuda --num-requests 256 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192)
+    for mdl in llama3-8b+fp8 llama3-8b; do
+      "$nsys" profile -q -t cuda --cuda-graph-trace=node -o "/tmp/prof-${mdl/+/-}" -f true "${w[@]}" --model "synth:$mdl" > /dev/null 2>&1
+      TAIL=28 step "nsys-${mdl/+/-}" 120 "$nsys" stats -q -r cuda_gpu_kern_sum -f csv "/tmp/prof-${mdl/+/-}.nsys-rep"
+    done
+  fi
 fi
