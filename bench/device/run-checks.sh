@@ -458,7 +458,8 @@ if [ "$what" = sweep-int4-structured ]; then
     w=(.device/kiln bench --offline --device cuda --num-requests 256 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192)
     for mdl in llama3-8b+fp8 llama3-8b; do
       "$nsys" profile -q -t cuda --cuda-graph-trace=node -o "/tmp/prof-${mdl/+/-}" -f true "${w[@]}" --model "synth:$mdl" > /dev/null 2>&1
-      TAIL=28 step "nsys-${mdl/+/-}" 120 "$nsys" stats -q -r cuda_gpu_kern_sum -f csv "/tmp/prof-${mdl/+/-}.nsys-rep"
+      "$nsys" stats -q -r cuda_gpu_kern_sum -f csv "/tmp/prof-${mdl/+/-}.nsys-rep" > "$OUT/nsys-${mdl/+/-}.csv" 2>&1
+      echo "=== nsys $mdl (top kernels: time %, total ns, instances, ..., name)"; head -22 "$OUT/nsys-${mdl/+/-}.csv" | cut -c1-200
     done
   fi
 fi
