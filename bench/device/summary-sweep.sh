@@ -6,7 +6,7 @@ grep -h "batch 64\|batch 1 \|TTFT\|masks:" structured-*.txt 2>/dev/null
 # The sweep: shape, rows, form, algorithms, first pick µs, best µs, best TFLOP/s, bf16 µs.
 awk -F'|' 'NF > 9 && $3 ~ /[0-9]/ {gsub(/ +/, " "); split($6, f, "("); split($7, b, "("); print $2 "|" $3 "|" $4 "|" $5 "|" f[1] "|" b[1] "|" $9 "|" $10}' lt-sweep.txt 2>/dev/null
 for f in w8-check-*.txt; do echo "$f: $(tail -1 "$f")"; done
-grep -h "gate_up\|down 4096" w8-speed-*.txt 2>/dev/null | cut -c1-160 | head -16
+grep -hE "^\| (qkv|gate_up|down) [^|]*\| (256|512|2048) \|" w8-speed-*.txt 2>/dev/null | cut -c1-160
 for f in bench-*.txt; do echo "$f: $(grep -h "output tok/s\|inter-token\|mean engine step" "$f" | tr -s ' ' | tr '\n' ';')"; done
 for f in *.txt *.log; do echo "##### $f"; cat "$f"; done > all-outputs.md 2>/dev/null
 rm -f -- *.txt *.log
