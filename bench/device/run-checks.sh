@@ -438,7 +438,7 @@ fi
 # beside the default; then W4A16 and bf16 at one sequence (8B shapes). The structured-output
 # batch above runs first.
 if [ "$what" = sweep-int4-structured ]; then
-  TAIL=100 step lt-sweep 200 .device/kiln-check-w8 --lt-sweep
+  KILN_SWEEP_ROWS=256,512,2048 TAIL=40 step lt-sweep 200 .device/kiln-check-w8 --lt-sweep
   for form in alpha unscaled; do
     KILN_FP8_FORM=$form TAIL=3 step "w8-check-$form" 120 .device/kiln-check-w8 --no-speed
     KILN_FP8_FORM=$form TAIL=40 step "w8-speed-$form" 120 .device/kiln-check-w8 --no-check

@@ -288,11 +288,18 @@ fn lt_sweep(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     println!("| shape n×k | m | scales, fast accum | algorithms | first pick µs | best µs (rank) | best config | best TFLOP/s | dense bf16 µs |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let shapes = [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")];
+    // Row counts (`KILN_SWEEP_ROWS`, comma-separated) and whether fast accumulation is swept too
+    // (`KILN_SWEEP_FAST=1`).
+    let rows: Vec<usize> = std::env::var("KILN_SWEEP_ROWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![64, 128, 256, 512, 1024, 2048]);
+    let with_fast = std::env::var("KILN_SWEEP_FAST").is_ok_and(|v| v == "1");
     let mut r = Rand(23, 0);
     for (n, k, what) in shapes {
         let dense =
             Tensor::from_f32_as(dev, DType::BF16, &(0..n * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), n, k)?;
-        for m in [64usize, 128, 256, 512, 1024, 2048] {
+        for &m in &rows {
             let x =
                 Tensor::from_f32_as(dev, DType::BF16, &(0..m * k).map(|_| r.unit() - 0.5).collect::<Vec<_>>(), m, k)?;
             let mut out = Tensor::zeros(dev, DType::BF16, m, n)?;
@@ -303,7 +310,7 @@ fn lt_sweep(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 (SweepForm::Unscaled, false),
                 (SweepForm::AlphaVec, false),
             ];
-            for form in forms {
+            for form in forms.into_iter().filter(|f| with_fast || !f.1) {
                 let t = time_algorithms(dev, (n, k, m), form, 32)?;
                 let fast = format!("{:?}, {}", form.0, form.1);
                 let Some(first) = t.first() else {
