@@ -423,7 +423,7 @@ fi
 # Structured output on the GPU (issue 17): a 64-request json_schema batch against the same batch
 # unconstrained through `kiln serve --device cuda` (SmolLM2 cut to 2 layers: a model step of
 # ~1 ms, so the constraint's share is an upper bound), with the server's per-token mask times.
-if [ "$what" = structured ] || [ "$what" = sweep-int4-structured ]; then
+if [ "$what" = structured ]; then
   .device/kiln serve --device cuda --model .device/smollm2-2l.gguf --port 8011 --max-num-seqs 64 > "$OUT/serve-structured.log" 2>&1 &
   pid=$!; for _ in $(seq 1 600); do grep -q "ready in" "$OUT/serve-structured.log" && break; sleep 0.1; done
   tail -3 "$OUT/serve-structured.log"
@@ -433,12 +433,13 @@ if [ "$what" = structured ] || [ "$what" = sweep-int4-structured ]; then
   kill -TERM $pid; wait $pid
 fi
 
-# The cuBLASLt FP8 sweep over scale forms (outer-vector, none, alpha vector); the engine's
-# FP8 forms (`KILN_FP8_FORM`) checked against the twin and timed per product, then at full load
-# beside the default; then W4A16 and bf16 at one sequence (8B shapes). The structured-output
-# batch above runs first.
-if [ "$what" = sweep-int4-structured ]; then
+# The cuBLASLt FP8 sweep over scale forms (outer-vector, none, alpha vector) at 256-2048 rows.
+if [ "$what" = fp8-sweep ]; then
   KILN_SWEEP_ROWS=256,512,2048 TAIL=40 step lt-sweep 200 .device/kiln-check-w8 --lt-sweep
+fi
+# The engine's FP8 forms (`KILN_FP8_FORM`) checked against the twin and timed per product, then
+# at full load beside the default (8B shapes, 1,024 requests of 128 / 128 at 256 sequences).
+if [ "$what" = fp8-forms ]; then
   for form in alpha unscaled; do
     KILN_FP8_FORM=$form TAIL=3 step "w8-check-$form" 120 .device/kiln-check-w8 --no-speed
     KILN_FP8_FORM=$form TAIL=40 step "w8-speed-$form" 120 .device/kiln-check-w8 --no-check
@@ -447,11 +448,13 @@ if [ "$what" = sweep-int4-structured ]; then
   for form in outer alpha unscaled; do
     KILN_W8=w8a8 KILN_FP8_FORM=$form TAIL=5 step "bench-fp8-max-$form" 120 "${m[@]}" --model synth:llama3-8b+fp8
   done
+fi
+# W4A16 and bf16 at one sequence (8B shapes); where a 256-sequence step's time goes: GPU kernel
+# totals (nsys) of one wave (4 prefill steps, 128 decode steps at 256 rows), FP8 and bf16.
+if [ "$what" = c1-nsys ]; then
   b=(.device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --output-len 128)
   TAIL=4 step bench-int4-c1 150 "${b[@]}" --model synth:llama3-8b+int4
   TAIL=4 step bench-bf16-c1 150 "${b[@]}" --model synth:llama3-8b
-  # Where a 256-sequence step's time goes: GPU kernel totals (nsys) of one wave (4 prefill
-  # steps, 128 decode steps at 256 rows), FP8 and bf16.
   nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
   echo "nsys: ${nsys:-none}"
   if [ -n "$nsys" ]; then
@@ -462,4 +465,19 @@ if [ "$what" = sweep-int4-structured ]; then
       echo "=== nsys $mdl (top kernels: time %, total ns, instances, ..., name)"; head -22 "$OUT/nsys-${mdl/+/-}.csv" | cut -c1-200
     done
   fi
+fi
+
+# Mixture of experts on the GPU (issue 11): the grouped path (default on a GPU) and the
+# per-expert one (KILN_MOE_GROUPED=0) against kiln's CPU run on the Mixtral and Qwen3-MoE
+# fixtures, then decode and prefill speed of both on a random Qwen3-MoE-shaped checkpoint.
+if [ "$what" = moe ]; then
+  moe=(tests/fixtures/arch-tiny/mixtral tests/fixtures/arch-tiny/qwen3_moe)
+  TAIL=12 step moe-check-grouped 150 .device/kiln-check-arch --vs-cpu "${moe[@]}"
+  KILN_MOE_GROUPED=0 TAIL=6 step moe-check-per-expert 150 .device/kiln-check-arch --vs-cpu "${moe[@]}"
+  step make-moe 150 python3 bench/device/make_moe_checkpoint.py /tmp/moe 4
+  b=(.device/kiln bench --offline --device cuda --model /tmp/moe --prompt-len 128 --output-len 64 --max-num-seqs 256)
+  for c in 1 64; do
+    TAIL=5 step "bench-moe-grouped-c$c" 150 "${b[@]}" --num-requests $c
+    KILN_MOE_GROUPED=0 TAIL=5 step "bench-moe-per-expert-c$c" 150 "${b[@]}" --num-requests $c
+  done
 fi

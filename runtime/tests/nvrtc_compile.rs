@@ -205,6 +205,11 @@ fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
             ][..],
         ),
         (
+            "kiln_expert_combine",
+            kiln_runtime::device::expert_combine::source(),
+            &["kiln_expert_combine_f32", "kiln_expert_combine_f16", "kiln_expert_combine_bf16"][..],
+        ),
+        (
             "kiln_kv_fp8",
             kiln_runtime::model::kv_fp8::source(),
             &["kiln_kv_store_fp8_f32", "kiln_kv_store_fp8_f16", "kiln_kv_store_fp8_bf16"][..],

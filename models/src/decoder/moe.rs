@@ -5,27 +5,43 @@
 //! Routing, as HF computes it: `p = softmax(router(x))` in f32 over all experts; the `top_k`
 //! largest (ties: the lower expert index first); with `norm_top_k`, `p / sum(p over the top_k)`.
 //! The router's logits are read on the host and the routing decided there (a `top_k` over a few
-//! experts is a handful of comparisons per token); each expert then runs on a gathered
-//! contiguous batch of its tokens, so its GEMM is one call whatever the batch. The weighted
-//! combine runs on the host in f32 and is written back once per layer.
+//! experts is a handful of comparisons per token). Then one of two paths:
 //!
-//! Not yet: a grouped GEMM over all experts in one launch and device-side routing (the GPU path
-//! works through host copies, so MoE steps are not captured in CUDA graphs).
+//! - **grouped** (on a GPU, when every expert's weights are dense in the activations' dtype;
+//!   `KILN_MOE_GROUPED=0|1` forces it off or on, on any device): the chosen (token, expert)
+//!   pairs sorted by expert ([`sort_by_expert`]), their rows gathered into one buffer, each
+//!   projection of every expert in one grouped GEMM (`device::grouped`), the activation over
+//!   all rows in one launch, and the weighted combine in one kernel (`device::expert_combine`:
+//!   f32, routing order) — a fixed number of launches per layer whatever the experts;
+//! - **per expert** (the CPU, and weights kept quantized): each expert runs its MLP on a
+//!   gathered contiguous batch of its tokens (one call of each projection whatever the batch,
+//!   any weight format), and the weighted combine runs on the host in f32 (expert order),
+//!   written back once per layer.
+//!
+//! Tokens go through in chunks whose sorted rows fit the workspace (`capacity / top_k` tokens).
+//! Not yet: device-side routing (the router's logits come to the host, so MoE steps are not
+//! captured in CUDA graphs).
 
 use super::normed::Normed;
 use super::{Decoder, Mlp, MoeSpec};
 use crate::kernels::gather;
 use crate::model::ModelError;
+use kiln_runtime::device::expert_combine::combine;
+use kiln_runtime::device::grouped::{grouped_matmul, Group};
 use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
+use std::ops::Range;
 
 /// Scratch for one MoE layer's step, sized for `capacity` tokens.
 pub struct Workspace {
     /// `[capacity, experts]`: the router's logits.
     logits: Tensor,
-    /// `[capacity, hidden]`: one expert's tokens, gathered; and that expert's output.
+    /// `[capacity, hidden]`: one expert's tokens, gathered (per expert), or a chunk of the
+    /// sorted rows (grouped).
     x_e: Tensor,
+    /// `[capacity · top_k, hidden]`: one expert's output (per expert), or every sorted row's
+    /// (grouped: the combine reads them all).
     y_e: Tensor,
 }
 
@@ -34,7 +50,7 @@ impl Workspace {
         Ok(Workspace {
             logits: Tensor::uninit(dev, dtype, capacity, m.experts)?,
             x_e: Tensor::uninit(dev, dtype, capacity, hidden)?,
-            y_e: Tensor::uninit(dev, dtype, capacity, hidden)?,
+            y_e: Tensor::uninit(dev, dtype, capacity * m.top_k.clamp(1, m.experts.max(1)), hidden)?,
         })
     }
 }
@@ -76,6 +92,9 @@ pub fn forward(
     let mut logits = ws.logits.view_rows(0, n)?;
     linear(dev, h, router, &mut logits)?;
     let routes = route(&logits.to_host_f32()?, m.experts, m);
+    if let Some(weights) = grouped_weights(dev, experts, d.dtype) {
+        return forward_grouped(d, m, &routes, &weights, h, ws, scratch, out);
+    }
     let (gate_up, act) = scratch;
     // Each expert's token rows (ascending) and their weights, in one pass over the routes.
     let mut by_expert: Vec<(Vec<i32>, Vec<f32>)> = vec![(vec![], vec![]); experts.len()];
@@ -106,6 +125,110 @@ pub fn forward(
     Ok(())
 }
 
+/// Each expert's `(input, down)` projection weights when the grouped path applies (see the
+/// module header): every one dense in the activations' dtype, and a GPU (or
+/// `KILN_MOE_GROUPED=1`; `=0` turns the path off).
+fn grouped_weights<'a>(dev: &Device, experts: &'a [Mlp], dtype: DType) -> Option<Vec<(&'a Tensor, &'a Tensor)>> {
+    let on = match std::env::var("KILN_MOE_GROUPED").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => matches!(dev, Device::Cuda(_)),
+    };
+    let dense = |w: &'a Weight| match w {
+        Weight::Dense(t) if t.dtype() == dtype => Some(t),
+        _ => None,
+    };
+    let inter = experts.first()?.inter;
+    on.then(|| {
+        experts.iter().map(|e| Some((dense(&e.w_in)?, dense(&e.w_down)?)).filter(|_| e.inter == inter)).collect()
+    })
+    .flatten()
+}
+
+/// A chunk of tokens' chosen (token, expert) pairs sorted by expert: `ids[r]` is the token row
+/// of sorted row `r`; `groups` each expert's sorted rows (ascending experts, empty ones left
+/// out); `pos` / `w` the sorted row and weight of each token's choices, token-major in routing
+/// order (what the combine reads).
+#[derive(Debug, PartialEq)]
+pub struct Sorted {
+    pub ids: Vec<i32>,
+    pub groups: Vec<(usize, Range<usize>)>,
+    pub pos: Vec<u32>,
+    pub w: Vec<f32>,
+}
+
+/// [`Sorted`] for `routes` (each token's `k` choices; token `t` is row `first + t`), by
+/// counting: within an expert, its tokens keep their order.
+pub fn sort_by_expert(routes: &[Vec<(usize, f32)>], first: usize, experts: usize) -> Sorted {
+    let mut start = vec![0usize; experts + 1];
+    for &(e, _) in routes.iter().flatten() {
+        start[e + 1] += 1;
+    }
+    for e in 0..experts {
+        start[e + 1] += start[e];
+    }
+    let groups = (0..experts).filter(|&e| start[e + 1] > start[e]).map(|e| (e, start[e]..start[e + 1])).collect();
+    let total = start[experts];
+    let (mut ids, mut pos, mut w) = (vec![0i32; total], Vec::with_capacity(total), Vec::with_capacity(total));
+    let mut next = start;
+    for (t, chosen) in routes.iter().enumerate() {
+        for &(e, wt) in chosen {
+            let r = next[e];
+            next[e] += 1;
+            ids[r] = (first + t) as i32;
+            pos.push(r as u32);
+            w.push(wt);
+        }
+    }
+    Sorted { ids, groups, pos, w }
+}
+
+/// The grouped path (see the module header) over every token of `h`: the sorted rows through
+/// the experts in chunks that fit the scratch (an expert's rows may straddle two chunks), then
+/// one combine over all of them.
+#[allow(clippy::too_many_arguments)]
+fn forward_grouped(
+    d: &Decoder,
+    m: MoeSpec,
+    routes: &[Vec<(usize, f32)>],
+    weights: &[(&Tensor, &Tensor)],
+    h: &Tensor,
+    ws: &mut Workspace,
+    (gate_up, act): (&mut Tensor, &mut Tensor),
+    out: &mut Tensor,
+) -> Result<(), ModelError> {
+    let dev = &d.dev;
+    let k = m.top_k.clamp(1, m.experts.max(1));
+    let sorted = sort_by_expert(routes, 0, m.experts);
+    let total = sorted.ids.len();
+    let chunk = ws.x_e.rows().min(gate_up.rows()).min(act.rows()).max(1);
+    let inter = weights.first().map_or(0, |(_, down)| down.cols());
+    let ids = Tensor::from_host(dev, &sorted.ids, 1, total)?;
+    for r0 in (0..total).step_by(chunk) {
+        let len = (total - r0).min(chunk);
+        let mut xs = ws.x_e.view_rows(0, len)?;
+        gather::gather_rows::run(dev, h, &ids.view_cols(r0, len)?, &mut xs)?;
+        // Each expert's rows inside this chunk, counted from the chunk's first row.
+        let groups = |down: bool| -> Vec<Group<'_>> {
+            let pick = |e: usize| if down { weights[e].1 } else { weights[e].0 };
+            let clip = |r: &Range<usize>| r.start.max(r0) - r0..r.end.min(r0 + len).max(r0) - r0;
+            sorted
+                .groups
+                .iter()
+                .map(|(e, r)| Group { rows: clip(r), w: pick(*e) })
+                .filter(|g| !g.rows.is_empty())
+                .collect()
+        };
+        let mut gu = gate_up.view_rows(0, len)?.view_cols(0, d.mlp_in_cols(inter))?;
+        grouped_matmul(dev, &xs, &groups(false), &mut gu)?;
+        let mut a = act.view_rows(0, len)?.view_cols(0, inter)?;
+        d.activate(&gu, &mut a)?;
+        grouped_matmul(dev, &a, &groups(true), &mut ws.y_e.view_rows(r0, len)?)?;
+    }
+    combine(dev, &ws.y_e.view_rows(0, total)?, &sorted.pos, &sorted.w, k, out)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +244,24 @@ mod tests {
         assert!((a / b - 1f32.exp()).abs() < 1e-5, "ratio of the two weights is e^(2-1)");
         let unnormed = route(&[0.0, 2.0, 1.0, -1.0], 4, MoeSpec { norm_top_k: false, ..M });
         assert!(unnormed[0].iter().map(|x| x.1).sum::<f32>() < 0.95);
+    }
+
+    #[test]
+    fn sorting_groups_each_experts_tokens_in_order_and_keeps_routing_order_for_the_combine() {
+        // Three tokens (rows 10-12 of the step) of two choices each over four experts.
+        let routes = vec![vec![(2, 0.6), (0, 0.4)], vec![(0, 0.7), (3, 0.3)], vec![(2, 0.5), (3, 0.5)]];
+        let s = sort_by_expert(&routes, 10, 4);
+        assert_eq!(s.ids, vec![10, 11, 10, 12, 11, 12]);
+        assert_eq!(s.groups, vec![(0, 0..2), (2, 2..4), (3, 4..6)]);
+        assert_eq!(s.pos, vec![2, 0, 1, 4, 3, 5]);
+        assert_eq!(s.w, vec![0.6, 0.4, 0.7, 0.3, 0.5, 0.5]);
+        for (t, chosen) in routes.iter().enumerate() {
+            for (j, &(e, _)) in chosen.iter().enumerate() {
+                let row = s.pos[t * 2 + j] as usize;
+                assert_eq!(s.ids[row], 10 + t as i32);
+                assert!(s.groups.iter().any(|(g, r)| *g == e && r.contains(&row)));
+            }
+        }
     }
 
     #[test]

@@ -182,25 +182,37 @@ impl Decoder {
         out: &mut Tensor,
     ) -> Result<(), ModelError> {
         let n = x.rows();
-        let inter = m.inter;
-        let mut act = act.view_rows(0, n)?.view_cols(0, inter)?;
+        let mut gu = gate_up.view_rows(0, n)?.view_cols(0, self.mlp_in_cols(m.inter))?;
+        self.project(input, x, hq, &m.w_in, &mut gu)?;
+        let mut act = act.view_rows(0, n)?.view_cols(0, m.inter)?;
+        self.activate(&gu, &mut act)?;
+        linear(&self.dev, &act, &m.w_down, out)?;
+        Ok(())
+    }
+
+    /// Columns of an MLP's input projection of `inter` features: `inter` for a plain GELU MLP,
+    /// `2 · inter` (gate, then up) for the gated ones.
+    pub(super) fn mlp_in_cols(&self, inter: usize) -> usize {
         match self.spec.mlp {
-            MlpKind::Gelu => {
-                let mut up = gate_up.view_rows(0, n)?.view_cols(0, inter)?;
-                self.project(input, x, hq, &m.w_in, &mut up)?;
-                activation::gelu::run(&self.dev, &up, &mut act)?;
-            }
+            MlpKind::Gelu => inter,
+            _ => 2 * inter,
+        }
+    }
+
+    /// The MLP's activation of its input projection `gu` (`[n, mlp_in_cols]`) into `act`
+    /// (`[n, inter]`).
+    pub(super) fn activate(&self, gu: &Tensor, act: &mut Tensor) -> Result<(), ModelError> {
+        let inter = act.cols();
+        match self.spec.mlp {
+            MlpKind::Gelu => activation::gelu::run(&self.dev, gu, act)?,
             kind => {
-                let mut gu = gate_up.view_rows(0, n)?.view_cols(0, 2 * inter)?;
-                self.project(input, x, hq, &m.w_in, &mut gu)?;
                 let (g, u) = (gu.view_cols(0, inter)?, gu.view_cols(inter, inter)?);
                 match kind {
-                    MlpKind::GatedGeluTanh => activation::gelu_tanh_mul::run(&self.dev, &g, &u, &mut act)?,
-                    _ => activation::silu_mul::run(&self.dev, &g, &u, &mut act)?,
+                    MlpKind::GatedGeluTanh => activation::gelu_tanh_mul::run(&self.dev, &g, &u, act)?,
+                    _ => activation::silu_mul::run(&self.dev, &g, &u, act)?,
                 }
             }
         }
-        linear(&self.dev, &act, &m.w_down, out)?;
         Ok(())
     }
 }
