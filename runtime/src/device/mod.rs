@@ -1,8 +1,9 @@
 //! The device layer: everything that knows where memory lives and how a kernel runs — the
 //! [`Device`] itself (this file), tensors and their host/device I/O, host buffers, the CUDA
 //! backend and library loading, NVRTC and the PTX/kernel caches, fused-kernel launch and
-//! argument binding, GEMMs and the one projection seam ([`linear`]), row gathers, CUDA graphs,
-//! event timing and the utility kernels.
+//! argument binding, GEMMs and the one projection seam ([`linear`]), grouped GEMMs and the
+//! experts' combine (mixture-of-experts layers), row gathers, CUDA graphs, event timing and
+//! the utility kernels.
 //!
 //! Layering: this layer imports nothing from the serving core above it (engine, scheduler,
 //! sampling, KV allocator, attention plans, model interface); they build on it. New storage
