@@ -26,7 +26,7 @@ use super::normed::Normed;
 use super::{Decoder, Mlp, MoeSpec};
 use crate::kernels::gather;
 use crate::model::ModelError;
-use kiln_runtime::device::expert_combine::combine;
+use kiln_runtime::device::expert_combine::{combine, Choices};
 use kiln_runtime::device::grouped::{grouped_matmul, Group};
 use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::DType;
@@ -225,7 +225,8 @@ fn forward_grouped(
         d.activate(&gu, &mut a)?;
         grouped_matmul(dev, &a, &groups(true), &mut ws.y_e.view_rows(r0, len)?)?;
     }
-    combine(dev, &ws.y_e.view_rows(0, total)?, &sorted.pos, &sorted.w, k, out)?;
+    let choices = Choices { pos: &sorted.pos, w: &sorted.w, k };
+    combine(dev, &ws.y_e.view_rows(0, total)?, choices, out)?;
     Ok(())
 }
 

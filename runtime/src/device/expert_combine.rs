@@ -63,15 +63,18 @@ pub fn entries() -> Vec<String> {
     ["f32", "f16", "bf16"].iter().map(|d| format!("kiln_expert_combine_{d}")).collect()
 }
 
+/// Each token's `k` choices, token-major in routing order: the row of `y` holding the chosen
+/// expert's output for it, and the expert's weight.
+#[derive(Clone, Copy)]
+pub struct Choices<'a> {
+    pub pos: &'a [u32],
+    pub w: &'a [f32],
+    pub k: usize,
+}
+
 /// `out[t] = Σ_j w[t·k + j] · y[pos[t·k + j]]` (see the module header).
-pub fn combine(
-    dev: &Device,
-    y: &Tensor,
-    pos: &[u32],
-    w: &[f32],
-    k: usize,
-    out: &mut Tensor,
-) -> Result<(), TensorError> {
+pub fn combine(dev: &Device, y: &Tensor, c: Choices<'_>, out: &mut Tensor) -> Result<(), TensorError> {
+    let Choices { pos, w, k } = c;
     let tokens = out.rows();
     if pos.len() != tokens * k || w.len() != tokens * k {
         return Err(TensorError::Shape(format!(
@@ -96,12 +99,12 @@ pub fn combine(
         return Ok(());
     }
     match dev {
-        Device::Cpu => combine_cpu(y, pos, w, k, out),
-        Device::Cuda(b) => combine_cuda(b, dev, y, pos, w, k, out),
+        Device::Cpu => combine_cpu(y, c, out),
+        Device::Cuda(b) => combine_cuda(b, dev, y, c, out),
     }
 }
 
-fn combine_cpu(y: &Tensor, pos: &[u32], w: &[f32], k: usize, out: &mut Tensor) -> Result<(), TensorError> {
+fn combine_cpu(y: &Tensor, Choices { pos, w, k }: Choices<'_>, out: &mut Tensor) -> Result<(), TensorError> {
     let cols = y.cols();
     let ys = y.to_host_f32()?;
     let mut acc = vec![0f32; out.rows() * cols];
@@ -118,9 +121,7 @@ fn combine_cuda(
     b: &CudaBackend,
     dev: &Device,
     y: &Tensor,
-    pos: &[u32],
-    w: &[f32],
-    k: usize,
+    Choices { pos, w, k }: Choices<'_>,
     out: &mut Tensor,
 ) -> Result<(), TensorError> {
     let route: Vec<i32> = pos.iter().map(|&p| p as i32).chain(w.iter().map(|v| v.to_bits() as i32)).collect();
@@ -151,7 +152,8 @@ mod tests {
         // Four expert-output rows of 3 columns; two tokens of two experts each.
         let y = Tensor::from_f32(&dev, &[1., 2., 3., 10., 20., 30., 100., 200., 300., -1., -2., -3.], 4, 3).unwrap();
         let mut out = Tensor::zeros(&dev, crate::DType::F32, 2, 3).unwrap();
-        combine(&dev, &y, &[2, 0, 1, 3], &[0.5, 0.25, 1.0, 2.0], 2, &mut out).unwrap();
+        let c = Choices { pos: &[2, 0, 1, 3], w: &[0.5, 0.25, 1.0, 2.0], k: 2 };
+        combine(&dev, &y, c, &mut out).unwrap();
         assert_eq!(out.to_host_f32().unwrap(), vec![50.25, 100.5, 150.75, 8.0, 16.0, 24.0]);
     }
 
@@ -160,7 +162,7 @@ mod tests {
         let dev = Device::Cpu;
         let y = Tensor::zeros(&dev, crate::DType::F32, 2, 3).unwrap();
         let mut out = Tensor::zeros(&dev, crate::DType::F32, 1, 3).unwrap();
-        assert!(combine(&dev, &y, &[0, 2], &[1.0, 1.0], 2, &mut out).is_err());
-        assert!(combine(&dev, &y, &[0], &[1.0, 1.0], 2, &mut out).is_err());
+        assert!(combine(&dev, &y, Choices { pos: &[0, 2], w: &[1.0, 1.0], k: 2 }, &mut out).is_err());
+        assert!(combine(&dev, &y, Choices { pos: &[0], w: &[1.0, 1.0], k: 2 }, &mut out).is_err());
     }
 }
