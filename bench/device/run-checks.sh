@@ -440,14 +440,17 @@ fi
 # The engine's FP8 forms (`KILN_FP8_FORM`) checked against the twin and timed per product, then
 # at full load beside the default (8B shapes, 1,024 requests of 128 / 128 at 256 sequences).
 if [ "$what" = fp8-forms ]; then
-  for form in alpha unscaled; do
+  for form in unscaled; do
     KILN_FP8_FORM=$form TAIL=3 step "w8-check-$form" 120 .device/kiln-check-w8 --no-speed
     KILN_FP8_FORM=$form TAIL=40 step "w8-speed-$form" 120 .device/kiln-check-w8 --no-check
   done
   m=(.device/kiln bench --offline --device cuda --num-requests 1024 --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192)
-  for form in outer alpha unscaled; do
+  for form in outer unscaled; do
     KILN_W8=w8a8 KILN_FP8_FORM=$form TAIL=5 step "bench-fp8-max-$form" 120 "${m[@]}" --model synth:llama3-8b+fp8
+    KILN_W8=w8a8 KILN_FP8_FORM=$form TAIL=5 step "bench-fp8-c64-$form" 120 "${m[@]:0:5}" --num-requests 64 --prompt-len 128 --output-len 128 --max-num-seqs 256 --model synth:llama3-8b+fp8
+    KILN_W8=w8a8 KILN_FP8_FORM=$form TAIL=5 step "bench-fp8-c1-$form" 120 "${m[@]:0:5}" --num-requests 1 --prompt-len 128 --output-len 128 --model synth:llama3-8b+fp8
   done
+  TAIL=5 step "bench-bf16-max" 120 "${m[@]}" --model synth:llama3-8b
 fi
 # W4A16 and bf16 at one sequence (8B shapes); where a 256-sequence step's time goes: GPU kernel
 # totals (nsys) of one wave (4 prefill steps, 128 decode steps at 256 rows), FP8 and bf16.

@@ -175,16 +175,19 @@ __device__ __forceinline__ void kiln_w8a8_epilogue(const D* __restrict__ d, cons
 }
 
 // out[i, j] *= sx[i] * (sw ? sw[j / bo] * wmul : 1): the scales of a product cuBLASLt wrote
-// unscaled (or with the weight's scales as its alpha vector) straight into out.
+// unscaled (or with the weight's scales as its alpha vector) straight into out. Row i is
+// blockIdx.y and its strides (no index division per element), its columns spread over blockIdx.x and the
+// threads; a scale per channel (bo == 1) is read without a division either.
 template <typename T>
 __device__ __forceinline__ void kiln_w8a8_rescale(T* __restrict__ out, long long ldo, const float* __restrict__ sx,
                                                   const float* __restrict__ sw, int bo, float wmul, int m, int n) {
-  const long long total = (long long)m * n;
-  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
-       t += (long long)gridDim.x * blockDim.x) {
-    const int i = (int)(t / n), j = (int)(t % n);
-    T* o = out + (long long)i * ldo + j;
-    kiln_i4_store(o, kiln_to_f32(*o) * sx[i] * (sw ? sw[j / bo] * wmul : 1.0f));
+  for (int i = blockIdx.y; i < m; i += gridDim.y) {
+    const float si = sx[i];
+    T* row = out + (long long)i * ldo;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
+      const float w = sw ? sw[bo == 1 ? j : j / bo] * wmul : 1.0f;
+      kiln_i4_store(row + j, kiln_to_f32(row[j]) * si * w);
+    }
   }
 }
 
@@ -607,7 +610,9 @@ pub(super) fn product(
                     let straight = Target { ptr: op, ld: ldo as usize, dtype: o.dtype() };
                     // The forms that write `out` and leave scales to the rescale kernel
                     // (`KILN_FP8_FORM`): the weight's there already (alpha vector) or not.
+                    // (Not into f16: an unscaled e4m3 product reaches 448² · k, past f16's range.)
                     let rest = match channel_form {
+                        _ if o.dtype() == DType::F16 => None,
                         Form::AlphaVec => Some((0u64, 1usize, 1f32)),
                         Form::Product => Some((sw, bo, wmul)),
                         _ => None,
@@ -617,9 +622,15 @@ pub(super) fn product(
                             let bo = bo as i32;
                             let mut lr = b.stream().launch_builder(rescale);
                             lr.arg(&op).arg(&ldo).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&m32).arg(&n32);
+                            let x = p.rows.div_ceil(256).min(8) as u32;
+                            let rcfg = LaunchConfig {
+                                grid_dim: (x, rows.min(65_535) as u32, 1),
+                                block_dim: (256, 1, 1),
+                                shared_mem_bytes: 0,
+                            };
                             // SAFETY: o covers rows × p.rows at ldo (written by the GEMM before it
                             // on the stream); sx holds rows scales, sw (unless null) ⌈p.rows / bo⌉.
-                            drv("launching the W8A8 rescale", unsafe { lr.launch(cfg) })?;
+                            drv("launching the W8A8 rescale", unsafe { lr.launch(rcfg) })?;
                             continue;
                         }
                     }
