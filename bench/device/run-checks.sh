@@ -484,3 +484,14 @@ if [ "$what" = moe ]; then
     KILN_MOE_GROUPED=0 TAIL=5 step "bench-moe-per-expert-c$c" 150 "${b[@]}" --num-requests $c
   done
 fi
+
+# FP8 with the default form choice (unscaled from 64 rows): the 8-bit check, then 1 / 64 /
+# full-load sequences beside bf16 at full load (8B shapes).
+if [ "$what" = fp8-default ]; then
+  TAIL=3 step w8-check-default 120 .device/kiln-check-w8 --no-speed
+  m=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-num-seqs 256 --max-batched-tokens 8192)
+  TAIL=5 step bench-fp8-max-default 120 "${m[@]}" --num-requests 1024 --model synth:llama3-8b+fp8
+  TAIL=5 step bench-bf16-max-default 120 "${m[@]}" --num-requests 1024 --model synth:llama3-8b
+  TAIL=5 step bench-fp8-c1-default 120 "${m[@]}" --num-requests 1 --model synth:llama3-8b+fp8
+  TAIL=5 step bench-fp8-c64-default 120 "${m[@]}" --num-requests 64 --model synth:llama3-8b+fp8
+fi

@@ -8,9 +8,11 @@
 //! product). FP8's two scale forms:
 //!
 //! - **per output channel or tensor** ([`W8a8Scales::Channel`]): a scale per activation row.
-//!   Where cuBLASLt has outer-vector scales (Hopper, CUDA 12.9+) it applies `s_x[i] · s_w[j]`
-//!   itself and writes the activations' dtype straight into `out`; elsewhere it writes an f32
-//!   product that an epilogue kernel scales (`out[i, j] = D[i, j] · s_x[i] · s_w[j]`);
+//!   From 64 rows (bf16 / f32 outputs) cuBLASLt writes the unscaled product straight into
+//!   `out` and a rescale kernel applies `s_x[i] · s_w[j]` in place (its unscaled FP8 GEMM is
+//!   ~1.8× its outer-vector one: [`channel_form`]); below, where cuBLASLt has outer-vector
+//!   scales (Hopper, CUDA 12.9+) it applies them itself and writes `out`; elsewhere it writes
+//!   an f32 product that an epilogue kernel scales (`out[i, j] = D[i, j] · s_x[i] · s_w[j]`);
 //! - **128×128 weight blocks** ([`W8a8Scales::Block128`], DeepSeek-style `weight_scale_inv`;
 //!   only with `KILN_W8A8_BLOCKS=1`, see [`w8a8_form`]): a scale per activation row and group
 //!   of 128 inputs (cuBLASLt's `VEC128_32F` on the activations, which must then be its first
@@ -574,7 +576,6 @@ pub(super) fn product(
     let epi_int8 = module.func(&format!("kiln_int8_epilogue_{dt}"))?;
     let transpose = module.func(&format!("kiln_fp8_transpose_{dt}"))?;
     let rescale = module.func(&format!("kiln_w8a8_rescale_{dt}"))?;
-    let channel_form = channel_form();
     for r0 in (0..m).step_by(chunk) {
         let rows = (m - r0).min(chunk);
         let (qx, sx) = match x {
@@ -611,6 +612,7 @@ pub(super) fn product(
                     // The forms that write `out` and leave scales to the rescale kernel
                     // (`KILN_FP8_FORM`): the weight's there already (alpha vector) or not.
                     // (Not into f16: an unscaled e4m3 product reaches 448² · k, past f16's range.)
+                    let channel_form = channel_form(rows);
                     let rest = match channel_form {
                         _ if o.dtype() == DType::F16 => None,
                         Form::AlphaVec => Some((0u64, 1usize, 1f32)),
@@ -892,19 +894,30 @@ impl Plan {
     }
 }
 
-/// How FP8 per-channel / per-tensor products take their scales (`KILN_FP8_FORM`, a measurement
-/// switch): `outer` (default) — cuBLASLt's outer-vector modes, bf16 straight out; `alpha` — the
-/// weight's scales as cuBLASLt's alpha vector, the activations' applied by a rescale kernel
-/// over the output; `unscaled` — a per-tensor (unscaled) product, both applied by that kernel.
-/// Each falls back to the next (outer vectors, then an f32 product) where cuBLASLt has no
-/// algorithm.
-fn channel_form() -> Form {
-    static F: OnceLock<Form> = OnceLock::new();
-    *F.get_or_init(|| match std::env::var("KILN_FP8_FORM").as_deref() {
-        Ok("alpha") => Form::AlphaVec,
-        Ok("unscaled") => Form::Product,
-        _ => Form::OuterVec,
-    })
+/// Rows from which an FP8 per-channel / per-tensor product is unscaled + rescaled by default:
+/// cuBLASLt's unscaled FP8 GEMM runs at 870–1,490 TFLOP/s on an H100 where its outer-vector
+/// form ran near bf16's speed, which at full load (256 rows and prefill chunks) made the engine
+/// 1.18× bf16 against 1.08× (H100, 2026-12-07); at one row the outer-vector form is ahead
+/// (4.51 against 4.73 ms a step), at 64 rows the unscaled one (7.87 against 8.03).
+const UNSCALED_MIN_ROWS: usize = 64;
+
+/// How an FP8 per-channel / per-tensor product of `rows` rows takes its scales: by default
+/// unscaled from [`UNSCALED_MIN_ROWS`] rows — the per-tensor product straight into the output,
+/// then a rescale kernel applying `s_x[i] · s_w[j]` — and cuBLASLt's outer-vector modes below;
+/// `KILN_FP8_FORM` (a measurement switch) forces `outer`, `unscaled`, or `alpha` (the weight's
+/// scales as cuBLASLt's alpha vector, the activations' by the rescale kernel; H100's cuBLASLt
+/// has no algorithm for it). Each falls back to the next (outer vectors, then an f32 product
+/// and an epilogue) where cuBLASLt has no algorithm, and f16 outputs never take the unscaled
+/// product (see `product`).
+fn channel_form(rows: usize) -> Form {
+    static F: OnceLock<Option<Form>> = OnceLock::new();
+    let forced = *F.get_or_init(|| match std::env::var("KILN_FP8_FORM").as_deref() {
+        Ok("alpha") => Some(Form::AlphaVec),
+        Ok("unscaled") => Some(Form::Product),
+        Ok("outer") => Some(Form::OuterVec),
+        _ => None,
+    });
+    forced.unwrap_or(if rows >= UNSCALED_MIN_ROWS { Form::Product } else { Form::OuterVec })
 }
 
 /// Whether the FP8 products accumulate in the tensor cores' own precision for all of `k`
