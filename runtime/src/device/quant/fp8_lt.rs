@@ -177,9 +177,9 @@ __device__ __forceinline__ void kiln_w8a8_epilogue(const D* __restrict__ d, cons
 }
 
 // out[i, j] *= sx[i] * (sw ? sw[j / bo] * wmul : 1): the scales of a product cuBLASLt wrote
-// unscaled (or with the weight's scales as its alpha vector) straight into out. Row i is
-// blockIdx.y and its strides (no index division per element), its columns spread over blockIdx.x and the
-// threads; a scale per channel (bo == 1) is read without a division either.
+// unscaled (or with the weight's scales as its alpha vector) straight into out. Rows go by
+// blockIdx.y (no index division per element), columns over blockIdx.x and the threads; a
+// scale per channel (bo == 1) is read without a division either.
 template <typename T>
 __device__ __forceinline__ void kiln_w8a8_rescale(T* __restrict__ out, long long ldo, const float* __restrict__ sx,
                                                   const float* __restrict__ sw, int bo, float wmul, int m, int n) {
