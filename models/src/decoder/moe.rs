@@ -40,17 +40,19 @@ pub struct Workspace {
     /// `[capacity, hidden]`: one expert's tokens, gathered (per expert), or a chunk of the
     /// sorted rows (grouped).
     x_e: Tensor,
-    /// `[capacity · top_k, hidden]`: one expert's output (per expert), or every sorted row's
-    /// (grouped: the combine reads them all).
+    /// `[capacity · top_k, hidden]` where the grouped path may run (every sorted row's output:
+    /// the combine reads them all), else `[capacity, hidden]` (one expert's output).
     y_e: Tensor,
 }
 
 impl Workspace {
     pub fn new(dev: &Device, dtype: DType, capacity: usize, hidden: usize, m: MoeSpec) -> Result<Self, ModelError> {
+        // Every sorted row's output only where the grouped path may run.
+        let y_rows = if grouped_on(dev) { capacity * m.top_k.clamp(1, m.experts.max(1)) } else { capacity };
         Ok(Workspace {
             logits: Tensor::uninit(dev, dtype, capacity, m.experts)?,
             x_e: Tensor::uninit(dev, dtype, capacity, hidden)?,
-            y_e: Tensor::uninit(dev, dtype, capacity * m.top_k.clamp(1, m.experts.max(1)), hidden)?,
+            y_e: Tensor::uninit(dev, dtype, y_rows, hidden)?,
         })
     }
 }
@@ -125,15 +127,21 @@ pub fn forward(
     Ok(())
 }
 
+/// Whether the grouped path may run on `dev`: on a GPU, unless `KILN_MOE_GROUPED=0`; on the
+/// CPU with `KILN_MOE_GROUPED=1`.
+fn grouped_on(dev: &Device) -> bool {
+    match std::env::var("KILN_MOE_GROUPED").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => matches!(dev, Device::Cuda(_)),
+    }
+}
+
 /// Each expert's `(input, down)` projection weights when the grouped path applies (see the
 /// module header): every one dense in the activations' dtype, and a GPU (or
 /// `KILN_MOE_GROUPED=1`; `=0` turns the path off).
 fn grouped_weights<'a>(dev: &Device, experts: &'a [Mlp], dtype: DType) -> Option<Vec<(&'a Tensor, &'a Tensor)>> {
-    let on = match std::env::var("KILN_MOE_GROUPED").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => matches!(dev, Device::Cuda(_)),
-    };
+    let on = grouped_on(dev);
     let dense = |w: &'a Weight| match w {
         Weight::Dense(t) if t.dtype() == dtype => Some(t),
         _ => None,
