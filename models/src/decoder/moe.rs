@@ -18,7 +18,9 @@
 //!   any weight format), and the weighted combine runs on the host in f32 (expert order),
 //!   written back once per layer.
 //!
-//! Tokens go through in chunks whose sorted rows fit the workspace (`capacity / top_k` tokens).
+//! The grouped path takes the sorted rows through the experts in chunks that fit the
+//! workspace's `capacity` rows (an expert's rows may straddle two chunks), keeping every sorted
+//! row's output (`capacity · top_k` rows) for one combine.
 //! Not yet: device-side routing (the router's logits come to the host, so MoE steps are not
 //! captured in CUDA graphs).
 
