@@ -143,16 +143,15 @@ fn grouped_on(dev: &Device) -> bool {
 /// module header): every one dense in the activations' dtype, and a GPU (or
 /// `KILN_MOE_GROUPED=1`; `=0` turns the path off).
 fn grouped_weights<'a>(dev: &Device, experts: &'a [Mlp], dtype: DType) -> Option<Vec<(&'a Tensor, &'a Tensor)>> {
-    let on = grouped_on(dev);
+    if !grouped_on(dev) {
+        return None;
+    }
     let dense = |w: &'a Weight| match w {
         Weight::Dense(t) if t.dtype() == dtype => Some(t),
         _ => None,
     };
     let inter = experts.first()?.inter;
-    on.then(|| {
-        experts.iter().map(|e| Some((dense(&e.w_in)?, dense(&e.w_down)?)).filter(|_| e.inter == inter)).collect()
-    })
-    .flatten()
+    experts.iter().map(|e| Some((dense(&e.w_in)?, dense(&e.w_down)?)).filter(|_| e.inter == inter)).collect()
 }
 
 /// A chunk of tokens' chosen (token, expert) pairs sorted by expert: `ids[r]` is the token row

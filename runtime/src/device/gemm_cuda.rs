@@ -16,20 +16,25 @@ use crate::DType;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
 use std::ffi::c_void;
 
+/// cuBLAS's element type for a float dtype (`None` for the others).
+pub(crate) fn cublas_type(d: DType) -> Option<cudaDataType_t> {
+    match d {
+        DType::F32 => Some(cudaDataType_t::CUDA_R_32F),
+        DType::F16 => Some(cudaDataType_t::CUDA_R_16F),
+        DType::BF16 => Some(cudaDataType_t::CUDA_R_16BF),
+        _ => None,
+    }
+}
+
 pub(crate) fn matmul(b: &CudaBackend, a: &Tensor, b_t: &Tensor, out: &mut Tensor) -> Result<(), CudaError> {
-    let ty = match a.dtype() {
-        DType::F32 => cudaDataType_t::CUDA_R_32F,
-        DType::F16 => cudaDataType_t::CUDA_R_16F,
-        DType::BF16 => cudaDataType_t::CUDA_R_16BF,
-        // `gemm::matmul` only sends float dtypes here.
-        d => {
-            return Err(CudaError::Blas {
-                op: format!("GEMM in {d}"),
-                source: cudarc::cublas::result::CublasError(
-                    cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
-                ),
-            })
-        }
+    // `gemm::matmul` only sends float dtypes here.
+    let Some(ty) = cublas_type(a.dtype()) else {
+        return Err(CudaError::Blas {
+            op: format!("GEMM in {}", a.dtype()),
+            source: cudarc::cublas::result::CublasError(
+                cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+            ),
+        });
     };
     let int = |what: &str, v: usize| {
         i32::try_from(v).map_err(|_| CudaError::Blas {

@@ -18,9 +18,10 @@
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::{blas, drv};
 use crate::device::gemm::{matmul, GemmError};
+use crate::device::gemm_cuda::cublas_type;
 use crate::device::tensor::Tensor;
-use crate::{DType, Device};
-use cudarc::cublas::sys::{self as bs, cublasComputeType_t, cublasOperation_t, cudaDataType_t};
+use crate::Device;
+use cudarc::cublas::sys::{self as bs, cublasComputeType_t, cublasOperation_t};
 use std::ffi::c_void;
 use std::ops::Range;
 
@@ -48,8 +49,8 @@ pub fn grouped_matmul(dev: &Device, x: &Tensor, groups: &[Group<'_>], out: &mut 
 }
 
 /// The shapes: groups inside `x` and `out`, ascending and apart, every weight `[out.cols(),
-/// x.cols()]` in `x`'s dtype (devices and aliasing are [`matmul`]'s checks, made per group
-/// on the fallback and by the first group on the grouped call).
+/// x.cols()]` in `x`'s dtype (devices and aliasing are checked by [`matmul`] per group on the
+/// fallback, and for every operand by the grouped call).
 fn check(x: &Tensor, groups: &[&Group<'_>], out: &Tensor) -> Result<(), GemmError> {
     if out.rows() != x.rows() {
         return Err(GemmError::Shape(format!("grouped: x has {} rows, out {}", x.rows(), out.rows())));
@@ -89,12 +90,7 @@ fn grouped_cuda(
     groups: &[&Group<'_>],
     out: &mut Tensor,
 ) -> Result<bool, GemmError> {
-    let ty = match x.dtype() {
-        DType::F32 => cudaDataType_t::CUDA_R_32F,
-        DType::F16 => cudaDataType_t::CUDA_R_16F,
-        DType::BF16 => cudaDataType_t::CUDA_R_16BF,
-        _ => return Ok(false),
-    };
+    let Some(ty) = cublas_type(x.dtype()) else { return Ok(false) };
     // `matmul`'s device and aliasing checks, for every operand of the call.
     for (which, t) in [("x", x), ("out", &*out)].into_iter().chain(groups.iter().map(|g| ("w", g.w))) {
         if t.device() != dev {
@@ -169,6 +165,7 @@ fn grouped_cuda(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DType;
 
     fn filled(rows: usize, cols: usize, seed: usize) -> Tensor {
         let v: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 + seed * 13) % 17) as f32 / 8.0 - 1.0).collect();

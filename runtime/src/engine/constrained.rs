@@ -75,7 +75,11 @@ fn compute(inner: &Mutex<State>, vocab: usize, times: &Mutex<MaskTimes>) -> Mask
 
 impl Constrained {
     pub fn new(inner: Box<dyn TokenConstraint>, times: Arc<Mutex<MaskTimes>>, waits: Arc<Mutex<MaskTimes>>) -> Self {
-        let inner = Arc::new(Mutex::new(State { c: inner, pending: None, failed: None }));
+        Self::of(State { c: inner, pending: None, failed: None }, times, waits)
+    }
+
+    fn of(state: State, times: Arc<Mutex<MaskTimes>>, waits: Arc<Mutex<MaskTimes>>) -> Self {
+        let inner = Arc::new(Mutex::new(state));
         Constrained { inner, ahead: None, vocab: None, mask: Vec::new(), masked: Vec::new(), times, waits }
     }
 
@@ -150,8 +154,8 @@ impl Constrained {
         let mut s = lock(&self.inner);
         // A refused token stays with the fork (its masks are errors too).
         let _ = s.settle();
-        let mut c = Constrained::new(s.c.fork(), Arc::clone(&self.times), Arc::clone(&self.waits));
-        lock(&c.inner).failed = s.failed.clone();
+        let state = State { c: s.c.fork(), pending: None, failed: s.failed.clone() };
+        let mut c = Constrained::of(state, Arc::clone(&self.times), Arc::clone(&self.waits));
         c.vocab = self.vocab;
         c
     }

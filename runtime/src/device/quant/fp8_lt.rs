@@ -10,7 +10,7 @@
 //! - **per output channel or tensor** ([`W8a8Scales::Channel`]): a scale per activation row.
 //!   From 64 rows (bf16 / f32 outputs) cuBLASLt writes the unscaled product straight into
 //!   `out` and a rescale kernel applies `s_x[i] · s_w[j]` in place (its unscaled FP8 GEMM is
-//!   ~1.8× its outer-vector one: [`channel_form`]); below, where cuBLASLt has outer-vector
+//!   ~1.8× its outer-vector one: [`unscaled`]); below, where cuBLASLt has outer-vector
 //!   scales (Hopper, CUDA 12.9+) it applies them itself and writes `out`; elsewhere it writes
 //!   an f32 product that an epilogue kernel scales (`out[i, j] = D[i, j] · s_x[i] · s_w[j]`);
 //! - **128×128 weight blocks** ([`W8a8Scales::Block128`], DeepSeek-style `weight_scale_inv`;
@@ -176,10 +176,9 @@ __device__ __forceinline__ void kiln_w8a8_epilogue(const D* __restrict__ d, cons
   }
 }
 
-// out[i, j] *= sx[i] * (sw ? sw[j / bo] * wmul : 1): the scales of a product cuBLASLt wrote
-// unscaled (or with the weight's scales as its alpha vector) straight into out. Rows go by
-// blockIdx.y (no index division per element), columns over blockIdx.x and the threads; a
-// scale per channel (bo == 1) is read without a division either.
+// out[i, j] *= sx[i] * sw[j / bo] * wmul: the scales of a product cuBLASLt wrote unscaled
+// straight into out. Rows go by blockIdx.y (no index division per element), columns over
+// blockIdx.x and the threads; a scale per channel (bo == 1) is read without a division either.
 template <typename T>
 __device__ __forceinline__ void kiln_w8a8_rescale(T* __restrict__ out, long long ldo, const float* __restrict__ sx,
                                                   const float* __restrict__ sw, int bo, float wmul, int m, int n) {
@@ -187,7 +186,7 @@ __device__ __forceinline__ void kiln_w8a8_rescale(T* __restrict__ out, long long
     const float si = sx[i];
     T* row = out + (long long)i * ldo;
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
-      const float w = sw ? sw[bo == 1 ? j : j / bo] * wmul : 1.0f;
+      const float w = sw[bo == 1 ? j : j / bo] * wmul;
       kiln_i4_store(row + j, kiln_to_f32(row[j]) * si * w);
     }
   }
@@ -368,7 +367,7 @@ enum Form {
     Block128,
     /// Unscaled FP8 product times a per-output-channel alpha vector (cuBLASLt's
     /// `ALPHA_DEVICE_VECTOR_BETA_ZERO` pointer mode), output in the activations' dtype: the
-    /// weight's scales in the GEMM's own epilogue (timed by the sweep beside the other forms).
+    /// weight's scales in the GEMM's own epilogue (the sweep's only: no algorithm on an H100).
     AlphaVec,
 }
 
@@ -609,32 +608,23 @@ pub(super) fn product(
                 W8a8Scales::Channel { epilogue: sw, bo, wmul, outer } => {
                     let ab = Operands { w: (p.bytes, p.rows), qx: (qx, rows), k, scales: (outer, sx) };
                     let straight = Target { ptr: op, ld: ldo as usize, dtype: o.dtype() };
-                    // The forms that write `out` and leave scales to the rescale kernel
-                    // (`KILN_FP8_FORM`): the weight's there already (alpha vector) or not.
-                    // (Not into f16: an unscaled e4m3 product reaches 448² · k, past f16's range.)
-                    let channel_form = channel_form(rows);
-                    let rest = match channel_form {
-                        _ if o.dtype() == DType::F16 => None,
-                        Form::AlphaVec => Some((0u64, 1usize, 1f32)),
-                        Form::Product => Some((sw, bo, wmul)),
-                        _ => None,
-                    };
-                    if let Some((sw, bo, wmul)) = rest {
-                        if gemm(b, l, channel_form, &ab, straight)? {
-                            let bo = bo as i32;
-                            let mut lr = b.stream().launch_builder(rescale);
-                            lr.arg(&op).arg(&ldo).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&m32).arg(&n32);
-                            let x = p.rows.div_ceil(256).min(8) as u32;
-                            let rcfg = LaunchConfig {
-                                grid_dim: (x, rows.min(65_535) as u32, 1),
-                                block_dim: (256, 1, 1),
-                                shared_mem_bytes: 0,
-                            };
-                            // SAFETY: o covers rows × p.rows at ldo (written by the GEMM before it
-                            // on the stream); sx holds rows scales, sw (unless null) ⌈p.rows / bo⌉.
-                            drv("launching the W8A8 rescale", unsafe { lr.launch(rcfg) })?;
-                            continue;
-                        }
+                    // The unscaled product straight into `out`, its scales applied there by the
+                    // rescale kernel (not into f16: an unscaled e4m3 product reaches 448² · k,
+                    // past f16's range).
+                    if unscaled(rows) && o.dtype() != DType::F16 && gemm(b, l, Form::Product, &ab, straight)? {
+                        let bo = bo as i32;
+                        let mut lr = b.stream().launch_builder(rescale);
+                        lr.arg(&op).arg(&ldo).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&m32).arg(&n32);
+                        let x = p.rows.div_ceil(256).min(8) as u32;
+                        let rcfg = LaunchConfig {
+                            grid_dim: (x, rows.min(65_535) as u32, 1),
+                            block_dim: (256, 1, 1),
+                            shared_mem_bytes: 0,
+                        };
+                        // SAFETY: o covers rows × p.rows at ldo (written by the GEMM before it
+                        // on the stream); sx holds rows scales, sw ⌈p.rows / bo⌉.
+                        drv("launching the W8A8 rescale", unsafe { lr.launch(rcfg) })?;
+                        continue;
                     }
                     if gemm(b, l, Form::OuterVec, &ab, straight)? {
                         continue;
@@ -901,23 +891,22 @@ impl Plan {
 /// (4.51 against 4.73 ms a step), at 64 rows the unscaled one (7.87 against 8.03).
 const UNSCALED_MIN_ROWS: usize = 64;
 
-/// How an FP8 per-channel / per-tensor product of `rows` rows takes its scales: by default
-/// unscaled from [`UNSCALED_MIN_ROWS`] rows — the per-tensor product straight into the output,
-/// then a rescale kernel applying `s_x[i] · s_w[j]` — and cuBLASLt's outer-vector modes below;
-/// `KILN_FP8_FORM` (a measurement switch) forces `outer`, `unscaled`, or `alpha` (the weight's
-/// scales as cuBLASLt's alpha vector, the activations' by the rescale kernel; H100's cuBLASLt
-/// has no algorithm for it). Each falls back to the next (outer vectors, then an f32 product
-/// and an epilogue) where cuBLASLt has no algorithm, and f16 outputs never take the unscaled
-/// product (see `product`).
-fn channel_form(rows: usize) -> Form {
-    static F: OnceLock<Option<Form>> = OnceLock::new();
+/// Whether an FP8 per-channel / per-tensor product of `rows` rows is unscaled + rescaled: by
+/// default from [`UNSCALED_MIN_ROWS`] rows — the per-tensor product straight into the output,
+/// then a rescale kernel applying `s_x[i] · s_w[j]` — with cuBLASLt's outer-vector modes below;
+/// `KILN_FP8_FORM` (a measurement switch) forces `outer` or `unscaled`. Either falls back to
+/// the next (outer vectors, then an f32 product and an epilogue) where cuBLASLt has no
+/// algorithm, and f16 outputs never take the unscaled product (see `product`). (The weight's
+/// scales as cuBLASLt's alpha vector, `Form::AlphaVec`, have no FP8 algorithm on an H100's
+/// cuBLASLt: only the sweep times that form.)
+fn unscaled(rows: usize) -> bool {
+    static F: OnceLock<Option<bool>> = OnceLock::new();
     let forced = *F.get_or_init(|| match std::env::var("KILN_FP8_FORM").as_deref() {
-        Ok("alpha") => Some(Form::AlphaVec),
-        Ok("unscaled") => Some(Form::Product),
-        Ok("outer") => Some(Form::OuterVec),
+        Ok("unscaled") => Some(true),
+        Ok("outer") => Some(false),
         _ => None,
     });
-    forced.unwrap_or(if rows >= UNSCALED_MIN_ROWS { Form::Product } else { Form::OuterVec })
+    forced.unwrap_or(rows >= UNSCALED_MIN_ROWS)
 }
 
 /// Whether the FP8 products accumulate in the tensor cores' own precision for all of `k`
