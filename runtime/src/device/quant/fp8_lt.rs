@@ -179,15 +179,40 @@ __device__ __forceinline__ void kiln_w8a8_epilogue(const D* __restrict__ d, cons
 // out[i, j] *= sx[i] * sw[j / bo] * wmul: the scales of a product cuBLASLt wrote unscaled
 // straight into out. Rows go by blockIdx.y (no index division per element), columns over
 // blockIdx.x and the threads; a scale per channel (bo == 1) is read without a division either.
+// vec (the host checked out's pointer, ldo and n): 0 one column per step; 1 eight columns per
+// thread in 16-byte accesses (the pass is a read and a write of the whole output, so its speed
+// is its access width); 2 as 1 with the eight channel scales in 16-byte loads too.
 template <typename T>
 __device__ __forceinline__ void kiln_w8a8_rescale(T* __restrict__ out, long long ldo, const float* __restrict__ sx,
-                                                  const float* __restrict__ sw, int bo, float wmul, int m, int n) {
+                                                  const float* __restrict__ sw, int bo, float wmul, int m, int n,
+                                                  int vec) {
+  const int stride = gridDim.x * blockDim.x, first = blockIdx.x * blockDim.x + threadIdx.x;
   for (int i = blockIdx.y; i < m; i += gridDim.y) {
     const float si = sx[i];
     T* row = out + (long long)i * ldo;
-    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x) {
-      const float w = sw[bo == 1 ? j : j / bo] * wmul;
-      kiln_i4_store(row + j, kiln_to_f32(row[j]) * si * w);
+    if (vec == 0) {
+      for (int j = first; j < n; j += stride) {
+        const float w = sw[bo == 1 ? j : j / bo] * wmul;
+        kiln_i4_store(row + j, kiln_to_f32(row[j]) * si * w);
+      }
+      continue;
+    }
+    for (int j = 8 * first; j < n; j += 8 * stride) {
+      float v[8], w[8];
+      kiln_i4_vec8(row + j, v);
+      if (vec == 2) {
+        float a[4], b[4];
+        kiln_load<float, 4>(a, sw + j);
+        kiln_load<float, 4>(b, sw + j + 4);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) { w[e] = a[e]; w[e + 4] = b[e]; }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) w[e] = sw[bo == 1 ? j + e : (j + e) / bo];
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = v[e] * si * (w[e] * wmul);
+      kiln_i4_store8(row + j, v);
     }
   }
 }
@@ -226,8 +251,8 @@ __device__ __forceinline__ void kiln_fp8_transpose(const kiln_bf16* __restrict__
     kiln_w8a8_epilogue<T, int>(d, sx, sw, bo, wmul, out, ldo, m, n);                                        \
   }                                                                                                         \
   extern "C" __global__ void kiln_w8a8_rescale_##SUFFIX(T* out, long long ldo, const float* sx, const float* sw, \
-                                                        int bo, float wmul, int m, int n) {                  \
-    kiln_w8a8_rescale<T>(out, ldo, sx, sw, bo, wmul, m, n);                                                 \
+                                                        int bo, float wmul, int m, int n, int vec) {         \
+    kiln_w8a8_rescale<T>(out, ldo, sx, sw, bo, wmul, m, n, vec);                                            \
   }                                                                                                         \
   extern "C" __global__ void kiln_fp8_transpose_##SUFFIX(const kiln_bf16* d, T* out, long long ldo, int m,   \
                                                          int n) {                                           \
@@ -612,10 +637,12 @@ pub(super) fn product(
                     // rescale kernel (not into f16: an unscaled e4m3 product reaches 448² · k,
                     // past f16's range).
                     if unscaled(rows) && o.dtype() != DType::F16 && gemm(b, l, Form::Product, &ab, straight)? {
-                        let bo = bo as i32;
+                        let vec = rescale_width(op, ldo as usize, p.rows, o.dtype().size_bytes(), sw, bo);
+                        let (bo, vec32) = (bo as i32, vec as i32);
                         let mut lr = b.stream().launch_builder(rescale);
-                        lr.arg(&op).arg(&ldo).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&m32).arg(&n32);
-                        let x = p.rows.div_ceil(256).min(8) as u32;
+                        lr.arg(&op).arg(&ldo).arg(&sx).arg(&sw).arg(&bo).arg(&wmul).arg(&m32).arg(&n32).arg(&vec32);
+                        let per_thread = if vec == 0 { 1 } else { 8 };
+                        let x = p.rows.div_ceil(256 * per_thread).min(8) as u32;
                         let rcfg = LaunchConfig {
                             grid_dim: (x, rows.min(65_535) as u32, 1),
                             block_dim: (256, 1, 1),
@@ -884,6 +911,19 @@ impl Plan {
     }
 }
 
+/// The rescale kernel's access form for an output at `op` (row stride `ldo` elements of `size`
+/// bytes, `n` columns) and weight scales at `sw` (one per `bo` columns): 2 when the output's rows
+/// and the scales can be read eight at a time in 16-byte accesses, 1 when only the output can,
+/// 0 one element at a time.
+fn rescale_width(op: u64, ldo: usize, n: usize, size: usize, sw: u64, bo: usize) -> u32 {
+    let aligned = op % 16 == 0 && (ldo * size) % 16 == 0 && n % 8 == 0;
+    match (aligned, bo == 1 && sw % 16 == 0) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    }
+}
+
 /// Rows from which an FP8 per-channel / per-tensor product is unscaled + rescaled by default:
 /// cuBLASLt's unscaled FP8 GEMM runs at 870–1,490 TFLOP/s on an H100 where its outer-vector
 /// form ran near bf16's speed, which at full load (256 rows and prefill chunks) made the engine
@@ -1055,6 +1095,21 @@ mod tests {
         let (padded, rows, ld) = block128_layout(&values, 300, 640);
         assert_eq!((rows, ld), (3, 8));
         assert_eq!(&padded[8..16], &[6.0, 7.0, 8.0, 9.0, 10.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_rescale_reads_sixteen_bytes_only_where_every_access_is_aligned() {
+        // bf16 rows of 4096 at a 16-byte base, channel scales aligned: output and scales wide.
+        assert_eq!(rescale_width(0x1000, 4096, 4096, 2, 0x2000, 1), 2);
+        // Scales per block of columns (or misaligned): only the output is read wide.
+        assert_eq!(rescale_width(0x1000, 4096, 4096, 2, 0x2000, 128), 1);
+        assert_eq!(rescale_width(0x1000, 4096, 4096, 2, 0x2004, 1), 1);
+        // A part starting mid-row at an odd column, a row stride or a width not of eight: narrow.
+        assert_eq!(rescale_width(0x1002, 4096, 4096, 2, 0x2000, 1), 0);
+        assert_eq!(rescale_width(0x1000, 4100, 4096, 2, 0x2000, 1), 0);
+        assert_eq!(rescale_width(0x1000, 4096, 4092, 2, 0x2000, 1), 0);
+        // f32 rows: a stride of 4 elements is 16 bytes.
+        assert_eq!(rescale_width(0x1000, 4100, 4096, 4, 0x2000, 1), 2);
     }
 
     #[test]
