@@ -421,15 +421,22 @@ if [ "$what" = sampling ] || [ "$what" = all ]; then
 fi
 
 # Structured output on the GPU (issue 17): a 64-request json_schema batch against the same batch
-# unconstrained through `kiln serve --device cuda` (SmolLM2 cut to 2 layers: a model step of
-# ~1 ms, so the constraint's share is an upper bound), with the server's per-token mask times.
-if [ "$what" = structured ]; then
-  .device/kiln serve --device cuda --model .device/smollm2-2l.gguf --port 8011 --max-num-seqs 64 > "$OUT/serve-structured.log" 2>&1 &
-  pid=$!; for _ in $(seq 1 600); do grep -q "ready in" "$OUT/serve-structured.log" && break; sleep 0.1; done
-  tail -3 "$OUT/serve-structured.log"
+# unconstrained through `kiln serve --device cuda`, with the server's per-token mask times.
+# `structured`: SmolLM2 cut to 2 layers (a model step of ~1 ms, so the constraint's share is an
+# upper bound); `structured-8b`: Llama-3-8B's shapes with random weights and SmolLM2's tokenizer
+# (an F16 GGUF written here by the synth_gguf example), the model size the issue's target names.
+if [ "$what" = structured ] || [ "$what" = structured-8b ]; then
+  model=.device/smollm2-2l.gguf
+  if [ "$what" = structured-8b ]; then
+    model=/tmp/synth-8b.gguf
+    step synth-8b 300 .device/synth_gguf .device/smollm2-2l.gguf llama3-8b $model
+  fi
+  .device/kiln serve --device cuda --model $model --port 8011 --max-num-seqs 64 > "$OUT/serve-$what.log" 2>&1 &
+  pid=$!; for _ in $(seq 1 1800); do grep -q "ready in" "$OUT/serve-$what.log" && break; sleep 0.1; done
+  tail -3 "$OUT/serve-$what.log"
   export PYTHONUNBUFFERED=1
-  TAIL=12 step structured-64x64 240 python3 bench/structured_throughput.py --base-url http://127.0.0.1:8011/v1 --batch 64 --tokens 64 --rounds 3
-  TAIL=6 step structured-1x64 120 python3 bench/structured_throughput.py --base-url http://127.0.0.1:8011/v1 --batch 1 --tokens 64 --rounds 3 --repeats 3
+  TAIL=12 step $what-64x64 240 python3 bench/structured_throughput.py --base-url http://127.0.0.1:8011/v1 --batch 64 --tokens 64 --rounds 3
+  TAIL=6 step $what-1x64 120 python3 bench/structured_throughput.py --base-url http://127.0.0.1:8011/v1 --batch 1 --tokens 64 --rounds 3 --repeats 3
   kill -TERM $pid; wait $pid
 fi
 
