@@ -7,7 +7,7 @@ what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export KILN_CACHE_DIR=/tmp/kiln-cache
 for f in .device/*.xz; do xz -d -k -f "$f"; done
-chmod +x .device/kiln .device/kiln-check-* 2>/dev/null
+chmod +x .device/kiln .device/kiln-check-* .device/synth_gguf 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 # The 8-bit fixtures (compressed-tensors and DeepSeek-style) the 8-bit modes run on the GPU.
 ct=(tests/fixtures/ct-tiny/fp8-block tests/fixtures/ct-tiny/fp8-channel tests/fixtures/ct-tiny/fp8-deepseek tests/fixtures/ct-tiny/fp8-tensor tests/fixtures/ct-tiny/int8-w8a8)
