@@ -7,7 +7,8 @@
 //! CPU a worker kept hot by the step picks it up) — the engine thread pays for neither, which
 //! for a batch of constrained rows on a fast model step was most of the step (H100, 64 rows:
 //! constrained throughput 47% of unconstrained with the advance on the engine thread) — and
-//! sampling only waits for what is left of it. Both are measured: each mask's computation
+//! sampling only waits for what is left of it. A sequence's first mask is started when the
+//! engine admits it ([`Constrained::prefetch`]), so it runs beside the prefill. Both are measured: each mask's computation
 //! (`times`) and how long sampling waited for it (`waits`; zero when it was ready). Slow masks
 //! are never skipped.
 //!
@@ -136,18 +137,33 @@ impl Constrained {
             }
         }
         if let Some(vocab) = self.vocab {
-            let (tx, rx) = sync_channel(1);
-            let (inner, times) = (Arc::clone(&self.inner), Arc::clone(&self.times));
-            rayon::spawn(move || {
-                // A panic in the grammar engine must not abort the pool's thread (rayon's default
-                // for a spawned job): it becomes this mask's error.
-                let r = catch_unwind(AssertUnwindSafe(|| compute(&inner, vocab, &times)))
-                    .unwrap_or_else(|_| Err("the token mask computation panicked".into()));
-                let _ = tx.send(r);
-            });
-            self.ahead = Some((vocab, rx));
+            self.compute_ahead(vocab);
         }
         Ok(())
+    }
+
+    /// Starts computing the first mask over `vocab` ids now, so that it runs while the engine
+    /// runs the sequence's prefill: a new grammar's first mask is its slowest (llguidance builds
+    /// its lexer's states as they are reached), and a time to first token waited for it.
+    pub fn prefetch(&mut self, vocab: usize) {
+        if self.vocab.is_none() && self.ahead.is_none() {
+            self.vocab = Some(vocab);
+            self.compute_ahead(vocab);
+        }
+    }
+
+    /// Starts the job computing the current state's mask over `vocab` ids on the pool.
+    fn compute_ahead(&mut self, vocab: usize) {
+        let (tx, rx) = sync_channel(1);
+        let (inner, times) = (Arc::clone(&self.inner), Arc::clone(&self.times));
+        rayon::spawn(move || {
+            // A panic in the grammar engine must not abort the pool's thread (rayon's default
+            // for a spawned job): it becomes this mask's error.
+            let r = catch_unwind(AssertUnwindSafe(|| compute(&inner, vocab, &times)))
+                .unwrap_or_else(|_| Err("the token mask computation panicked".into()));
+            let _ = tx.send(r);
+        });
+        self.ahead = Some((vocab, rx));
     }
 
     pub fn fork(&self) -> Self {
@@ -207,12 +223,18 @@ mod tests {
         c.accept(1).unwrap();
         c.accept(1).unwrap();
         assert_eq!(allowed(c.mask(&logits).unwrap()), [13, 14]);
+        // A first mask computed at admission: the one sampling then uses, timed as a wait.
+        let mut p = Constrained::new(Box::new(Counter(20)), Arc::clone(&times), Arc::clone(&waits));
+        p.prefetch(100);
+        assert!(p.ahead.is_some(), "the first mask is computed ahead");
+        p.prefetch(100); // a second call changes nothing
+        assert_eq!(allowed(p.mask(&logits).unwrap()), [20, 21]);
         // Another vocabulary than the one computed ahead: computed anew.
         c.accept(0).unwrap();
         assert_eq!(allowed(c.mask(&[0f32; 40]).unwrap()), [14, 15]);
         let (t, w) = (lock(&times).summary(), lock(&waits).summary());
-        assert_eq!(w.count, 8, "one wait per mask used");
-        assert!(t.count >= 8, "every mask computed is timed, used or not: {}", t.count);
+        assert_eq!(w.count, 9, "one wait per mask used");
+        assert!(t.count >= 9, "every mask computed is timed, used or not: {}", t.count);
     }
 
     /// Refuses token 13 (and counts every token applied).

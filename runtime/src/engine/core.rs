@@ -187,7 +187,9 @@ impl Core {
                 None => Ok(None),
                 Some(src) => {
                     let c = src.start(&ends).map_err(|e| e.to_string())?;
-                    Ok(Some(Constrained::new(c, Arc::clone(times), Arc::clone(&self.shared.mask_waits))))
+                    let mut c = Constrained::new(c, Arc::clone(times), Arc::clone(&self.shared.mask_waits));
+                    c.prefetch(self.shared.info.vocab_size);
+                    Ok(Some(c))
                 }
             }
         };
