@@ -75,15 +75,8 @@ impl Structured {
         self.check_spellable(spec)?;
         let grammar = spec.grammar().map_err(StructuredError::Invalid)?;
         let parser = self.factory.create_parser(grammar).map_err(|e| StructuredError::Invalid(e.to_string()))?;
-        let mut m = Matcher::new(Ok(parser));
-        // Some problems (an unsatisfiable schema) only show when the first mask is computed.
-        if let Err(e) = m.compute_mask() {
-            return Err(StructuredError::Invalid(e.to_string()));
-        }
-        if let Some(e) = m.get_error() {
-            return Err(StructuredError::Invalid(e));
-        }
-        let src = Arc::new(LlgSource::new(m, self.env_eos));
+        let m = Matcher::new(Ok(parser));
+        let src = Arc::new(LlgSource::new(m, self.env_eos).map_err(StructuredError::Invalid)?);
         let mut c = self.cache();
         if c.map.len() >= CACHE_ENTRIES {
             if let Some(old) = c.order.pop_front() {
