@@ -916,8 +916,8 @@ impl Plan {
 /// and the scales can be read eight at a time in 16-byte accesses, 1 when only the output can,
 /// 0 one element at a time.
 fn rescale_width(op: u64, ldo: usize, n: usize, size: usize, sw: u64, bo: usize) -> u32 {
-    let aligned = op % 16 == 0 && (ldo * size) % 16 == 0 && n % 8 == 0;
-    match (aligned, bo == 1 && sw % 16 == 0) {
+    let aligned = op.is_multiple_of(16) && (ldo * size).is_multiple_of(16) && n.is_multiple_of(8);
+    match (aligned, bo == 1 && sw.is_multiple_of(16)) {
         (false, _) => 0,
         (true, false) => 1,
         (true, true) => 2,
