@@ -224,3 +224,44 @@ fn a_constraint_that_cannot_start_fails_its_request_only() {
     assert!(bad.error.as_deref().is_some_and(|m| m.contains("no grammar today")), "{bad:?}");
     check_grammar(&collect(good));
 }
+
+/// A grammar that arrives after its request was submitted (compiled beside the prefill): the
+/// same outputs as with the grammar given at once, on both sampling paths; one whose compile
+/// failed fails its request only.
+#[test]
+fn a_grammar_compiled_after_submission_gives_the_same_outputs() {
+    use kiln_runtime::sample::deferred::deferred;
+    let reqs = requests();
+    let host = EngineConfig { sampling: SamplingPlacement::Host, ..EngineConfig::default() };
+    let (want, _) = run_all(host, &reqs);
+    for sampling in [SamplingPlacement::Host, SamplingPlacement::Device] {
+        let e = start(EngineConfig { sampling, ..EngineConfig::default() });
+        let mut resolvers = Vec::new();
+        let hs: Vec<_> = reqs
+            .iter()
+            .map(|r| {
+                let (src, resolver) = deferred();
+                resolvers.push(resolver);
+                e.submit_constrained(r.clone(), Some(src as Arc<dyn ConstraintSource>)).expect("submit")
+            })
+            .collect();
+        let late = std::thread::spawn(move || {
+            for r in resolvers {
+                std::thread::sleep(Duration::from_millis(5));
+                r.resolve(Ok(Arc::new(Source { fail: false })));
+            }
+        });
+        let got: Vec<Collected> = hs.into_iter().map(collect).collect();
+        late.join().unwrap();
+        assert_eq!(got, want, "{sampling:?}");
+        let (src, resolver) = deferred();
+        let failing = e.submit_constrained(reqs[0].clone(), Some(src as Arc<dyn ConstraintSource>)).unwrap();
+        let ok = e.submit_constrained(reqs[0].clone(), source()).unwrap();
+        resolver.resolve(Err("the schema did not compile".into()));
+        let failed = collect(failing);
+        assert!(failed.error.as_deref().is_some_and(|m| m.contains("did not compile")), "{failed:?}");
+        assert_eq!(collect(ok), want[0]);
+        assert!(e.wait_idle(Duration::from_secs(30)));
+        assert_eq!(e.stats().kv_blocks_used, 0);
+    }
+}

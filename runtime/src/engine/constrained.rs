@@ -145,8 +145,10 @@ impl Constrained {
     /// Starts computing the first mask over `vocab` ids now, so that it runs while the engine
     /// runs the sequence's prefill: a new grammar's first mask is its slowest (llguidance builds
     /// its lexer's states as they are reached), and a time to first token waited for it.
+    /// Nothing is started for a constraint that is not ready (its grammar still compiling):
+    /// its first mask is computed when sampling needs it.
     pub fn prefetch(&mut self, vocab: usize) {
-        if self.vocab.is_none() && self.ahead.is_none() {
+        if self.vocab.is_none() && self.ahead.is_none() && lock(&self.inner).c.ready() {
             self.vocab = Some(vocab);
             self.compute_ahead(vocab);
         }

@@ -32,6 +32,12 @@ pub trait TokenConstraint: Send {
     fn accept(&mut self, token: u32) -> Result<(), ConstraintError>;
     /// An independent copy in the same state.
     fn fork(&self) -> Box<dyn TokenConstraint>;
+    /// Whether `fill_mask` and `accept` can answer without waiting for something outside the
+    /// constraint (a grammar still compiling, [`super::deferred`]): the engine computes masks
+    /// ahead on its pool only for a ready constraint.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Starts one [`TokenConstraint`] per sequence of a request: a compiled grammar.

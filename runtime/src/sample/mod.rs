@@ -71,6 +71,7 @@
 //! decides when a sequence finishes ([`FinishReason`]); its module header states its rules.
 
 pub mod constraint;
+pub mod deferred;
 pub mod device;
 mod draw;
 pub mod error;
