@@ -3,13 +3,15 @@
 //! Invariants: at most one of `response_format` (other than `text`), `guided_json`,
 //! `guided_regex`, `guided_choice`, `guided_grammar` and a forced tool call may be given; any
 //! problem (a conflict, a malformed field, a schema or grammar that does not compile) is a 400
-//! whose `param` names the field and whose message carries the compiler's reason; nothing
-//! here reaches the engine before the constraint compiled.
+//! whose `param` names the field and whose message carries the compiler's reason. A new
+//! grammar compiles while its request already runs (its sequences wait for it at their first
+//! sample); a request whose grammar fails is dropped, so aborted, before any token is sent.
 
 use crate::codec::Codec;
 use crate::error::ApiError;
 use crate::protocol::guided::GuidedFields;
 use crate::structured::{closed_objects, Spec, StructuredError};
+use kiln_runtime::sample::deferred::deferred;
 use kiln_runtime::sample::ConstraintSource;
 use std::sync::Arc;
 
@@ -86,22 +88,58 @@ pub fn check_ignore_eos(asked: &Asked, ignore_eos: Option<bool>) -> Result<(), A
     }
 }
 
-/// Compiles the asked spec with the model's grammar engine (on the blocking pool: a large
-/// schema takes a while the first time).
-pub async fn compile(codec: &Arc<dyn Codec>, asked: Asked) -> Result<Option<Arc<dyn ConstraintSource>>, ApiError> {
-    let Some((spec, param)) = asked else { return Ok(None) };
-    let c = Arc::clone(codec);
-    let r = tokio::task::spawn_blocking(move || {
-        c.structured()
-            .map(|s| s.compile(&spec))
-            .ok_or_else(|| ApiError::bad_value(param, "structured output is not available for this model's tokenizer"))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the grammar compiler failed: {e}")))??;
-    match r {
-        Ok(src) => Ok(Some(src)),
-        Err(StructuredError::Invalid(m)) => Err(ApiError::bad_value(param, format!("`{param}`: {m}"))),
+/// The compiler's answer on a spec being compiled beside its request (see [`compile`]).
+pub struct Verdict(Option<(tokio::task::JoinHandle<Result<(), StructuredError>>, &'static str)>);
+
+impl Verdict {
+    /// The spec's 400 if it did not compile (the caller then drops the submitted request,
+    /// which aborts it).
+    pub async fn wait(self) -> Result<(), ApiError> {
+        let Some((task, param)) = self.0 else { return Ok(()) };
+        match task.await.map_err(|e| ApiError::internal(format!("the grammar compiler failed: {e}")))? {
+            Ok(()) => Ok(()),
+            Err(StructuredError::Invalid(m)) => Err(ApiError::bad_value(param, format!("`{param}`: {m}"))),
+        }
     }
+}
+
+/// Spec text (bytes) up to which a new grammar compiles beside its request; a longer one is
+/// compiled before the request is submitted. A sequence whose grammar is still compiling at
+/// its first sample holds the engine thread until it is (every other sequence's step waits),
+/// so only specs whose compile is short (about a millisecond on this size) are deferred.
+const DEFER_MAX: usize = 4096;
+
+/// The asked spec's constraint with the model's grammar engine: a grammar compiled before
+/// (cached by spec text) at once; a new one compiles on the blocking pool (a large schema takes
+/// a while) — for a short spec behind a [`deferred`] source, so the request is submitted and
+/// its prompt prefilled meanwhile and its first sample waits for the grammar, not its time to
+/// first token for the compiler. Pass the [`Verdict`] to `submit_all`: it carries the 400 of a
+/// spec that does not compile.
+pub async fn compile(
+    codec: &Arc<dyn Codec>,
+    asked: Asked,
+) -> Result<(Option<Arc<dyn ConstraintSource>>, Verdict), ApiError> {
+    let Some((spec, param)) = asked else { return Ok((None, Verdict(None))) };
+    let Some(st) = codec.structured() else {
+        return Err(ApiError::bad_value(param, "structured output is not available for this model's tokenizer"));
+    };
+    if let Some(src) = st.cached(&spec) {
+        return Ok((Some(src), Verdict(None)));
+    }
+    let defer = spec.key().len() <= DEFER_MAX;
+    let (source, resolver) = deferred();
+    let c = Arc::clone(codec);
+    let task = tokio::task::spawn_blocking(move || {
+        let r = c.structured().expect("checked above").compile(&spec);
+        resolver.resolve(r.clone().map_err(|StructuredError::Invalid(m)| m));
+        r.map(|_| ())
+    });
+    let verdict = Verdict(Some((task, param)));
+    if defer {
+        return Ok((Some(source), verdict));
+    }
+    verdict.wait().await?;
+    Ok((Some(source), Verdict(None)))
 }
 
 #[cfg(test)]

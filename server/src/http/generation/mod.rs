@@ -17,6 +17,7 @@ use crate::backend::{Backend, RequestStream};
 use crate::codec::Codec;
 use crate::engine_api::GenerateRequest;
 use crate::error::ApiError;
+use crate::guided::Verdict;
 use crate::prompt::Prompt;
 use crate::validate::{self, GenPlan};
 use axum::response::{IntoResponse, Response};
@@ -71,16 +72,27 @@ pub fn requests(
 }
 
 /// Submits every request, or none: on a refusal the accepted ones are dropped (aborted).
-/// Every request follows `constraint` when given.
-pub fn submit_all(
+/// Every request follows `constraint` when given; `verdict` is its compiler's answer (the
+/// grammar may still be compiling while the requests start), and a grammar that does not
+/// compile is the error — before a refusal's, as when compiling came first — with every
+/// accepted request dropped.
+pub async fn submit_all(
     backend: &dyn Backend,
     reqs: Vec<GenerateRequest>,
-    constraint: Option<Arc<dyn ConstraintSource>>,
+    (constraint, verdict): (Option<Arc<dyn ConstraintSource>>, Verdict),
 ) -> Result<Vec<Box<dyn RequestStream>>, ApiError> {
     let mut subs = Vec::with_capacity(reqs.len());
     for r in reqs {
-        subs.push(backend.submit_constrained(r, constraint.clone())?);
+        match backend.submit_constrained(r, constraint.clone()) {
+            Ok(s) => subs.push(s),
+            Err(e) => {
+                drop(subs);
+                verdict.wait().await?;
+                return Err(e.into());
+            }
+        }
     }
+    verdict.wait().await?;
     Ok(subs)
 }
 

@@ -54,6 +54,8 @@ pub async fn chat_completions(
     guided::check_ignore_eos(&asked, req.ignore_eos)?;
     let (permit, loaded) = st.admit()?;
     let plan = validate::plan(&req.sampling(), &st.cfg, loaded.codec.vocab_size())?;
+    // A new (short) grammar compiles from here on, beside the prompt's rendering and prefill.
+    let compiling = guided::compile(&loaded.codec, asked).await?;
     let stream = req.stream.unwrap_or(false);
     let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     let messages = prompt::chat_messages(req.messages)?;
@@ -66,8 +68,7 @@ pub async fn chat_completions(
     )
     .await?;
     let reqs = generation::requests(&plan, std::slice::from_ref(&p), loaded.backend.max_model_len(), "messages")?;
-    let constraint = guided::compile(&loaded.codec, asked).await?;
-    let subs = generation::submit_all(loaded.backend.as_ref(), reqs, constraint)?;
+    let subs = generation::submit_all(loaded.backend.as_ref(), reqs, compiling).await?;
     let job = Job {
         flavor: Flavor::Chat,
         id: st.next_id("chatcmpl"),

@@ -43,6 +43,8 @@ pub async fn completions(
     guided::check_ignore_eos(&asked, req.ignore_eos)?;
     let (permit, loaded) = st.admit()?;
     let plan = validate::plan(&req.sampling(), &st.cfg, loaded.codec.vocab_size())?;
+    // A new (short) grammar compiles from here on, beside the prompt's rendering and prefill.
+    let compiling = guided::compile(&loaded.codec, asked).await?;
     let echo = req.echo.unwrap_or(false);
     if echo && plan.logprobs {
         return Err(ApiError::bad_value(
@@ -54,8 +56,7 @@ pub async fn completions(
     let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     let prompts = prompt::completion_prompts(req.prompt, &st.cfg, &loaded.codec, echo).await?;
     let reqs = generation::requests(&plan, &prompts, loaded.backend.max_model_len(), "prompt")?;
-    let constraint = guided::compile(&loaded.codec, asked).await?;
-    let subs = generation::submit_all(loaded.backend.as_ref(), reqs, constraint)?;
+    let subs = generation::submit_all(loaded.backend.as_ref(), reqs, compiling).await?;
     let job = Job {
         flavor: Flavor::Completion,
         id: st.next_id("cmpl"),
