@@ -146,3 +146,26 @@ fn fp8_pools_equal_attention_over_their_values() {
     let mut out = Tensor::from_f32(&dev, &vec![0.0; q.len()], q.rows(), q.cols()).unwrap();
     assert!(kiln_runtime::attention::run(&dev, v.def, &q, &kv, &p.plan().unwrap(), &v.args, &mut out).is_err());
 }
+
+/// A query head's output is the same bits whether its KV head is shared by a group (the CPU
+/// path reads each K / V row once for the group) or is its own: a GQA problem against the same
+/// problem with each KV head copied out for every query head of its group.
+#[test]
+fn a_heads_output_does_not_depend_on_its_group() {
+    for (mi, mix) in [vec![(60, 1), (7, 1), (130, 1)], vec![(70, 13), (5, 5)]].into_iter().enumerate() {
+        let (nh, nkv, hd) = (9, 3, 16);
+        let case = Case { block_size: 16, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: mix, pad_tokens: 1 };
+        let gqa = Problem::random(case, DType::F32, &mut StdRng::seed_from_u64(200 + mi as u64));
+        let widen = |pool: &[f32]| -> Vec<f32> {
+            pool.chunks(nkv * hd)
+                .flat_map(|row| (0..nh).flat_map(move |h| row[(h / (nh / nkv)) * hd..][..hd].iter().copied()))
+                .collect()
+        };
+        let mut mha = gqa.clone();
+        mha.case.n_kv_heads = nh;
+        (mha.k_pool, mha.v_pool) = (widen(&gqa.k_pool), widen(&gqa.v_pool));
+        for v in variants(nh, 0.25) {
+            assert_eq!(run_cpu(&gqa, &v), run_cpu(&mha, &v), "{} mix {mi}", v.name);
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! The attention template on the CPU, in f32: per (sequence, query head) — run in parallel —
-//! each chunk of query rows is scored against its causal keys, the score modifier runs over
+//! The attention template on the CPU, in f32: per (sequence, KV head) — run in parallel, each
+//! K and V row read once for the group's query heads — each chunk of query rows is scored
+//! against its causal keys, the score modifier runs over
 //! those rows through the codegen CPU backend (skipped when it is the identity), then a
 //! numerically stable softmax and the weighted sum of values. The causal mask is applied after
 //! the modifier, so a modifier never un-masks a future key. With a key window (the kernel's
@@ -20,6 +21,7 @@ use kiln_codegen::attention::def::AttnDef;
 use kiln_codegen::cpu::{CpuIn, CpuKernel, CpuOutArg, CpuParam, CpuScalar};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Query rows scored together (one modifier call).
@@ -48,7 +50,7 @@ fn scalar(a: &Arg<'_>) -> CpuScalar {
     }
 }
 
-/// What every (sequence, query head) task of one call shares.
+/// What every (sequence, KV head) task of one call shares.
 struct Shared<'a> {
     def: &'static AttnDef,
     b: &'a Bound<'a>,
@@ -84,31 +86,36 @@ pub(super) fn run(
     let modifier = if b.kernel.mod_is_identity() { None } else { Some(planned_mod(def, b)?) };
     let sh = Shared { def, b, plan, modifier, comptimes: comptimes.iter().map(scalar).collect() };
     let (hd, group, bs) = (b.head_dim, b.n_heads / b.n_kv_heads, plan.block_size);
-    let tasks: Vec<(usize, usize)> = (0..plan.seqs.len()).flat_map(|i| (0..b.n_heads).map(move |h| (i, h))).collect();
     let slot = |i: usize, t: usize| plan.block(i, t) * bs + t % bs;
-    let results: Vec<Result<Vec<f32>, AttnError>> = q.with_host::<f32, _>(|qv| match kv.fp8 {
+    let whole =
+        |i: usize, kvh: usize| Task { i, kvh, heads: kvh * group..(kvh + 1) * group, rows: 0..plan.seqs[i].q_len };
+    let groups = || (0..plan.seqs.len()).flat_map(move |i| (0..b.n_kv_heads).map(move |kvh| (i, kvh)));
+    let results: Vec<Result<Vec<Vec<f32>>, AttnError>>;
+    let tasks: Vec<Task>;
+    (tasks, results) = q.with_host::<f32, _>(|qv| match kv.fp8 {
         None => kv.k.with_host::<f32, _>(|kp| {
             kv.v.with_host::<f32, _>(|vp| {
-                tasks
+                let tasks = f32_tasks(plan, b, group);
+                let results = tasks
                     .par_iter()
-                    .map(|&(i, h)| {
-                        let kvh = h / group;
+                    .map(|task| {
+                        let (i, kvh) = (task.i, task.kvh);
                         let key = |t: usize| &kp.row(slot(i, t))[kvh * hd..(kvh + 1) * hd];
                         let val = |t: usize| &vp.row(slot(i, t))[kvh * hd..(kvh + 1) * hd];
-                        attend_head(&sh, i, h, &qv, &key, &val)
+                        attend(&sh, task, &qv, key, val)
                     })
-                    .collect()
+                    .collect();
+                (tasks, results)
             })
         }),
         Some(scale) => kv.k.with_host::<i32, _>(|kp| {
             kv.v.with_host::<i32, _>(|vp| {
-                // One task per (sequence, KV head): its keys and values widened from e4m3 once,
-                // then every query head of the group over them (in `tasks`' order).
-                let groups: Vec<(usize, usize)> =
-                    (0..plan.seqs.len()).flat_map(|i| (0..b.n_kv_heads).map(move |g| (i, g))).collect();
-                let per_group: Vec<Vec<Result<Vec<f32>, AttnError>>> = groups
+                // One task per (sequence, KV head): its keys and values widened from e4m3 once.
+                let tasks: Vec<Task> = groups().map(|(i, kvh)| whole(i, kvh)).collect();
+                let results = tasks
                     .par_iter()
-                    .map(|&(i, kvh)| {
+                    .map(|task| {
+                        let (i, kvh) = (task.i, task.kvh);
                         let ctx = plan.seqs[i].ctx_len;
                         let widen = |pool: &HostView<'_, i32>, s: f32| -> Vec<f32> {
                             let mut rows = Vec::with_capacity(ctx * hd);
@@ -121,115 +128,178 @@ pub(super) fn run(
                         let (kr, vr) = (widen(&kp, scale.k), widen(&vp, scale.v));
                         let key = |t: usize| &kr[t * hd..(t + 1) * hd];
                         let val = |t: usize| &vr[t * hd..(t + 1) * hd];
-                        (kvh * group..(kvh + 1) * group).map(|h| attend_head(&sh, i, h, &qv, &key, &val)).collect()
+                        attend(&sh, task, &qv, key, val)
                     })
                     .collect();
-                per_group.into_iter().flatten().collect()
+                (tasks, results)
             })
         }),
     })???;
-    let results: Vec<Vec<f32>> = results.into_iter().collect::<Result<_, _>>()?;
+    let results: Vec<Vec<Vec<f32>>> = results.into_iter().collect::<Result<_, _>>()?;
     // Padding rows (past the sequences) are zeros, as on the GPU.
     out.with_host_mut::<f32, _>(|mut ov| {
         let covered = plan.seqs.last().map_or(0, |s| s.q_start + s.q_len);
         for r in covered..ov.rows {
             ov.row_mut(r).fill(0.0);
         }
-        for (&(i, h), res) in tasks.iter().zip(&results) {
-            let seq = plan.seqs[i];
-            for j in 0..seq.q_len {
-                ov.row_mut(seq.q_start + j)[h * hd..(h + 1) * hd].copy_from_slice(&res[j * hd..(j + 1) * hd]);
+        for (task, res) in tasks.iter().zip(&results) {
+            let q_start = plan.seqs[task.i].q_start;
+            for (h, res) in task.heads.clone().zip(res) {
+                for (n, j) in task.rows.clone().enumerate() {
+                    ov.row_mut(q_start + j)[h * hd..(h + 1) * hd].copy_from_slice(&res[n * hd..(n + 1) * hd]);
+                }
             }
         }
     })?;
     Ok(())
 }
 
-/// Query head `h` of sequence `i` over its keys (`key(t)`, `val(t)`: the head's K and V rows
-/// of the sequence's token `t`): the head's output rows, `q_len × head_dim`.
-fn attend_head<'k>(
-    sh: &Shared<'_>,
+/// One unit of the parallel loop: query heads `heads` (within KV head `kvh`'s group) of
+/// sequence `i`, its query rows `rows`.
+struct Task {
     i: usize,
-    h: usize,
+    kvh: usize,
+    heads: Range<usize>,
+    rows: Range<usize>,
+}
+
+/// The tasks of an f32 pool: a whole KV group per chunk of query rows (each K / V row read
+/// once for the group's heads) where that gives the pool's threads enough tasks to share out
+/// evenly (prefills, decode batches); else one task per query head (a decode step of one or
+/// two sequences: a few groups on two threads would leave one idle part of the time).
+fn f32_tasks(plan: &AttnPlan, b: &Bound<'_>, group: usize) -> Vec<Task> {
+    let mut grouped = Vec::new();
+    for (i, seq) in plan.seqs.iter().enumerate() {
+        for kvh in 0..b.n_kv_heads {
+            for c0 in (0..seq.q_len).step_by(CHUNK) {
+                let rows = c0..(c0 + CHUNK).min(seq.q_len);
+                grouped.push(Task { i, kvh, heads: kvh * group..(kvh + 1) * group, rows });
+            }
+        }
+    }
+    if grouped.len() >= 4 * rayon::current_num_threads() {
+        return grouped;
+    }
+    (0..plan.seqs.len())
+        .flat_map(|i| {
+            (0..b.n_heads).map(move |h| Task { i, kvh: h / group, heads: h..h + 1, rows: 0..plan.seqs[i].q_len })
+        })
+        .collect()
+}
+
+/// A task's query heads over their keys (`key(t)`, `val(t)`: the KV head's K and V rows of the
+/// sequence's token `t`, each read once for all the task's heads): each head's output rows
+/// (`rows.len() × head_dim`), in `heads` order. Per head and row the operations and their order
+/// are the same whatever the task's heads and rows, so the output does not depend on the split.
+fn attend<'k>(
+    sh: &Shared<'_>,
+    task: &Task,
     qv: &HostView<'_, f32>,
-    key: &dyn Fn(usize) -> &'k [f32],
-    val: &dyn Fn(usize) -> &'k [f32],
-) -> Result<Vec<f32>, AttnError> {
+    key: impl Fn(usize) -> &'k [f32],
+    val: impl Fn(usize) -> &'k [f32],
+) -> Result<Vec<Vec<f32>>, AttnError> {
     let (b, def) = (sh.b, sh.def);
     let hd = b.head_dim;
-    let seq = sh.plan.seqs[i];
-    let mut res = vec![0f32; seq.q_len * hd];
+    let seq = sh.plan.seqs[task.i];
+    let heads = task.heads.clone();
+    let nh = heads.len();
+    let row0 = task.rows.start;
+    let mut res = vec![vec![0f32; task.rows.len() * hd]; nh];
     let first = seq.ctx_len - seq.q_len; // position of query row 0
     let mut scores = vec![];
     let mut modded = vec![];
+    // Per (head, row): the softmax denominator, `None` where every key is masked.
+    let mut denoms: Vec<Option<f32>> = vec![];
     // The first key a query at `pos` sees: 0, or the start of its window.
     let row_lo = |pos: usize| b.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    for c0 in (0..seq.q_len).step_by(CHUNK) {
-        let rows = CHUNK.min(seq.q_len - c0);
+    for c0 in task.rows.clone().step_by(CHUNK) {
+        let rows = CHUNK.min(task.rows.end - c0);
         // Keys `lo .. end`: from the chunk's first row's first key to its
         // last row's last (scores are indexed from `lo`).
         let (lo, end) = (row_lo(first + c0), first + c0 + rows);
         let width = end - lo;
+        let per_head = rows * width;
         scores.clear();
-        scores.resize(rows * width, 0f32);
-        for r in 0..rows {
-            let qrow = &qv.row(seq.q_start + c0 + r)[h * hd..(h + 1) * hd];
-            for t in lo..end {
-                // 16 partial sums in a fixed order (the CPU GEMM's dot): a
-                // sequential sum was a chain of dependent adds, ~10% of a
-                // 55-token prefill.
-                scores[r * width + t - lo] = dot1(qrow, key(t)) * b.scale;
+        scores.resize(nh * per_head, 0f32);
+        for t in lo..end {
+            let k = key(t);
+            for (g, h) in heads.clone().enumerate() {
+                for r in 0..rows {
+                    let qrow = &qv.row(seq.q_start + c0 + r)[h * hd..(h + 1) * hd];
+                    // 16 partial sums in a fixed order (the CPU GEMM's dot): a
+                    // sequential sum was a chain of dependent adds, ~10% of a
+                    // 55-token prefill.
+                    scores[g * per_head + r * width + t - lo] = dot1(qrow, k) * b.scale;
+                }
             }
         }
         let s: &mut [f32] = match &sh.modifier {
             None => &mut scores,
             Some(m) => {
                 modded.clear();
-                modded.resize(rows * width, 0f32);
+                modded.resize(nh * per_head, 0f32);
                 let q_pos: Vec<i32> = (0..rows).map(|r| (first + c0 + r) as i32).collect();
                 let k_pos: Vec<i32> = (lo as i32..end as i32).collect();
-                let head = vec![h as i32; rows];
-                let mut params = vec![
-                    CpuParam::Row { data: CpuIn::F32(&scores), row_stride: width },
-                    CpuParam::PerRow(CpuIn::I32(&q_pos)),
-                    CpuParam::Bcast(CpuIn::I32(&k_pos)),
-                    CpuParam::PerRow(CpuIn::I32(&head)),
-                ];
-                params.extend(sh.comptimes.iter().map(|&c| CpuParam::Comptime(c)));
-                m.run(&params, &mut [CpuOutArg::row(&mut modded[..], width)], rows, width)
-                    .map_err(|source| AttnError::Cpu { kernel: def.name, source })?;
+                for (g, h) in heads.clone().enumerate() {
+                    let head = vec![h as i32; rows];
+                    let span = g * per_head..(g + 1) * per_head;
+                    let mut params = vec![
+                        CpuParam::Row { data: CpuIn::F32(&scores[span.clone()]), row_stride: width },
+                        CpuParam::PerRow(CpuIn::I32(&q_pos)),
+                        CpuParam::Bcast(CpuIn::I32(&k_pos)),
+                        CpuParam::PerRow(CpuIn::I32(&head)),
+                    ];
+                    params.extend(sh.comptimes.iter().map(|&c| CpuParam::Comptime(c)));
+                    m.run(&params, &mut [CpuOutArg::row(&mut modded[span], width)], rows, width)
+                        .map_err(|source| AttnError::Cpu { kernel: def.name, source })?;
+                }
                 &mut modded
             }
         };
-        for r in 0..rows {
-            // Causal and windowed: keys `first_key ..= last`, at `- lo` in the row.
-            let last = first + c0 + r;
-            let first_key = row_lo(last);
-            let row = &mut s[r * width..(r + 1) * width];
-            let seen = first_key - lo..=last - lo;
-            let mut max = f32::NEG_INFINITY;
-            for x in row[last + 1 - lo..].iter_mut() {
-                *x = f32::NEG_INFINITY;
-            }
-            for &x in row[seen.clone()].iter() {
-                max = max.max(x);
-            }
-            if max == f32::NEG_INFINITY {
-                continue; // every key masked: zeros
-            }
-            let mut denom = 0f32;
-            for x in row[seen.clone()].iter_mut() {
-                *x = (*x - max).exp();
-                denom += *x;
-            }
-            let o = &mut res[(c0 + r) * hd..(c0 + r + 1) * hd];
-            for (i, &p) in row[seen].iter().enumerate() {
-                if p == 0.0 {
+        // Each head's rows: masked, then exponentiated in place (the weights' numerators).
+        denoms.clear();
+        for g in 0..nh {
+            for r in 0..rows {
+                // Causal and windowed: keys `first_key ..= last`, at `- lo` in the row.
+                let last = first + c0 + r;
+                let first_key = row_lo(last);
+                let row = &mut s[g * per_head + r * width..g * per_head + (r + 1) * width];
+                let seen = first_key - lo..=last - lo;
+                let mut max = f32::NEG_INFINITY;
+                for x in row[last + 1 - lo..].iter_mut() {
+                    *x = f32::NEG_INFINITY;
+                }
+                for &x in row[seen.clone()].iter() {
+                    max = max.max(x);
+                }
+                if max == f32::NEG_INFINITY {
+                    denoms.push(None); // every key masked: zeros
                     continue;
                 }
-                let w = p / denom;
-                for (acc, &x) in o.iter_mut().zip(val(first_key + i)) {
-                    *acc += w * x;
+                let mut denom = 0f32;
+                for x in row[seen].iter_mut() {
+                    *x = (*x - max).exp();
+                    denom += *x;
+                }
+                denoms.push(Some(denom));
+            }
+        }
+        // The weighted sum of values, each value row read once for the group's heads.
+        for r in 0..rows {
+            let last = first + c0 + r;
+            let first_key = row_lo(last);
+            for (n, t) in (first_key..=last).enumerate() {
+                let v = val(t);
+                for (g, out) in res.iter_mut().enumerate() {
+                    let Some(denom) = denoms[g * rows + r] else { continue };
+                    let p = s[g * per_head + r * width + first_key - lo + n];
+                    if p == 0.0 {
+                        continue;
+                    }
+                    let w = p / denom;
+                    for (acc, &x) in out[(c0 - row0 + r) * hd..(c0 - row0 + r + 1) * hd].iter_mut().zip(v) {
+                        *acc += w * x;
+                    }
                 }
             }
         }
