@@ -1,9 +1,9 @@
-//! `kiln-check-attention [--quick] [--fp8-only] [--no-check] [--cpu] [--no-speed] [--speed-pools | --speed-4k] [--out FILE]`:
+//! `kiln-check-attention [--quick] [--fp8-only] [--no-check] [--cpu] [--no-speed] [--speed-pools | --speed-4k | --speed-heads] [--out FILE]`:
 //! the attention template on the GPU against the dense reference, then its decode speed next to a copy (see
 //! `kiln_models::kernels::attention_gpu`). `--cpu` runs the checks with the CPU as the device
 //! (a self-test of the harness). Exit status 1 when a case fails.
 
-use kiln_models::kernels::attention_gpu::{check_all, copy_speed, decode_speed, markdown};
+use kiln_models::kernels::attention_gpu::{check_all, copy_speed, decode_speed, markdown, DecodeShape};
 use kiln_runtime::Device;
 
 fn main() -> std::process::ExitCode {
@@ -39,7 +39,12 @@ fn main() -> std::process::ExitCode {
             let pools = [false, true].into_iter();
             pools.flat_map(move |fp8| shapes.clone().into_iter().map(move |(s, c, n)| (s, c, n, None, fp8)))
         };
-        let cases: Vec<_> = if has("--speed-4k") {
+        // Head dims 128 / 96 / 80 (Llama, Phi-3, Phi-2-like) on the same shapes: each row's share
+        // of the copy bandwidth says what the padded rows and idle threads of 80 / 96 cost.
+        let head_dims: &[usize] = if has("--speed-heads") { &[128, 96, 80] } else { &[128] };
+        let cases: Vec<_> = if has("--speed-heads") {
+            [(64, 4096), (256, 1024), (1, 32768)].map(|(s, c)| (s, c, None, None, false)).to_vec()
+        } else if has("--speed-4k") {
             // Only 64 × 4k, default split and 4 splits, over both pools.
             over_both(vec![(64, 4096, None), (64, 4096, Some(4))]).collect()
         } else if has("--speed-pools") {
@@ -49,9 +54,12 @@ fn main() -> std::process::ExitCode {
             bf16.chain(fp8_shapes.map(|(s, c)| (s, c, None, None, true))).collect()
         };
         for (seqs, ctx, splits, window, fp8) in cases {
-            match decode_speed(&dev, seqs, ctx, splits, window, fp8, 20) {
-                Ok(r) => speeds.push(r),
-                Err(e) => eprintln!("decode speed {seqs}x{ctx}: {e}"),
+            for &hd in head_dims {
+                let shape = DecodeShape { seqs, ctx, splits, window, fp8, head_dim: hd };
+                match decode_speed(&dev, &shape, 20) {
+                    Ok(r) => speeds.push(r),
+                    Err(e) => eprintln!("decode speed {seqs}x{ctx}, head dim {hd}: {e}"),
+                }
             }
         }
         copy = copy_speed(&dev, 1 << 30, 20).map_err(|e| eprintln!("copy: {e}")).ok();

@@ -196,21 +196,26 @@ impl SpeedRow {
     }
 }
 
-/// Decode attention (one query token per sequence) over `seqs` sequences of `ctx` tokens,
-/// Llama-3-8B heads (32/8×128), bf16, block 16: median time of the split (+ combine) kernels.
+/// One decode-attention timing case: `seqs` sequences of `ctx` keys (one query each), heads
+/// 32 / 8 × `head_dim`, the default split or `splits`, an optional key window, FP8 or bf16 pools.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeShape {
+    pub seqs: usize,
+    pub ctx: usize,
+    pub splits: Option<usize>,
+    pub window: Option<usize>,
+    pub fp8: bool,
+    pub head_dim: usize,
+}
+
+/// Decode attention (one query token per sequence) of `shape` (Llama-3-8B's heads with head dim
+/// 128), block 16: median time of the split (+ combine) kernels.
 /// With `window`, the sliding-window instance: only the window's keys count as bytes read.
 /// With `fp8`, FP8 (e4m3) pools: a byte a value.
-pub fn decode_speed(
-    gpu: &Device,
-    seqs: usize,
-    ctx: usize,
-    splits: Option<usize>,
-    window: Option<usize>,
-    fp8: bool,
-    reps: usize,
-) -> Result<SpeedRow, ModelError> {
+pub fn decode_speed(gpu: &Device, shape: &DecodeShape, reps: usize) -> Result<SpeedRow, ModelError> {
+    let DecodeShape { seqs, ctx, splits, window, fp8, head_dim: hd } = *shape;
     let b = gpu.cuda_backend().ok_or_else(|| ModelError::Unsupported("decode_speed needs a GPU".into()))?;
-    let (nh, nkv, hd, bs) = (32, 8, 128, 16);
+    let (nh, nkv, bs) = (32, 8, 16);
     let case =
         Case { block_size: bs, n_heads: nh, n_kv_heads: nkv, head_dim: hd, seqs: vec![(ctx, 1); seqs], pad_tokens: 0 };
     let p = Problem::random(case, DType::BF16, &mut StdRng::seed_from_u64(99));
@@ -243,7 +248,7 @@ pub fn decode_speed(
     let win = window.map_or(String::new(), |w| format!(", window {w}"));
     Ok(SpeedRow {
         what: format!(
-            "decode {seqs} seqs × {ctx} ctx{win}, heads 32/8×128 bf16{}{how}",
+            "decode {seqs} seqs × {ctx} ctx{win}, heads 32/8×{hd} bf16{}{how}",
             if fp8.is_some() { ", fp8 KV" } else { "" }
         ),
         splits: plan.n_splits(),
