@@ -86,7 +86,15 @@ pub(super) fn run(
     let modifier = if b.kernel.mod_is_identity() { None } else { Some(planned_mod(def, b)?) };
     let sh = Shared { def, b, plan, modifier, comptimes: comptimes.iter().map(scalar).collect() };
     let (hd, group, bs) = (b.head_dim, b.n_heads / b.n_kv_heads, plan.block_size);
-    let slot = |i: usize, t: usize| plan.block(i, t) * bs + t % bs;
+    // Each sequence's pool row of every token, resolved once per call (not per head and key:
+    // the block lookup's division was most of a decode step's attention time).
+    let slots: Vec<Vec<usize>> = plan
+        .seqs
+        .iter()
+        .enumerate()
+        .map(|(i, seq)| (0..seq.ctx_len).map(|t| plan.block(i, t) * bs + t % bs).collect())
+        .collect();
+    let slot = |i: usize, t: usize| slots[i][t];
     let whole =
         |i: usize, kvh: usize| Task { i, kvh, heads: kvh * group..(kvh + 1) * group, rows: 0..plan.seqs[i].q_len };
     let groups = || (0..plan.seqs.len()).flat_map(move |i| (0..b.n_kv_heads).map(move |kvh| (i, kvh)));
@@ -192,6 +200,37 @@ fn f32_tasks(plan: &AttnPlan, b: &Bound<'_>, group: usize) -> Vec<Task> {
 /// (`rows.len() × head_dim`), in `heads` order. Per head and row the operations and their order
 /// are the same whatever the task's heads and rows, so the output does not depend on the split.
 fn attend<'k>(
+    sh: &Shared<'_>,
+    task: &Task,
+    qv: &HostView<'_, f32>,
+    key: impl Fn(usize) -> &'k [f32],
+    val: impl Fn(usize) -> &'k [f32],
+) -> Result<Vec<Vec<f32>>, AttnError> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { attend_avx2(sh, task, qv, key, val) };
+        }
+    }
+    attend_generic(sh, task, qv, key, val)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2<'k>(
+    sh: &Shared<'_>,
+    task: &Task,
+    qv: &HostView<'_, f32>,
+    key: impl Fn(usize) -> &'k [f32],
+    val: impl Fn(usize) -> &'k [f32],
+) -> Result<Vec<Vec<f32>>, AttnError> {
+    // The same code, compiled with 256-bit vectors (no contraction into FMAs: the same bits).
+    attend_generic(sh, task, qv, key, val)
+}
+
+#[inline(always)]
+fn attend_generic<'k>(
     sh: &Shared<'_>,
     task: &Task,
     qv: &HostView<'_, f32>,
