@@ -110,7 +110,7 @@ pub(super) fn run(
                         let (i, kvh) = (task.i, task.kvh);
                         let key = |t: usize| &kp.row(slot(i, t))[kvh * hd..(kvh + 1) * hd];
                         let val = |t: usize| &vp.row(slot(i, t))[kvh * hd..(kvh + 1) * hd];
-                        attend(&sh, task, &qv, key, val)
+                        attend(Job { sh: &sh, task, qv: &qv, key, val })
                     })
                     .collect();
                 (tasks, results)
@@ -136,7 +136,7 @@ pub(super) fn run(
                         let (kr, vr) = (widen(&kp, scale.k), widen(&vp, scale.v));
                         let key = |t: usize| &kr[t * hd..(t + 1) * hd];
                         let val = |t: usize| &vr[t * hd..(t + 1) * hd];
-                        attend(&sh, task, &qv, key, val)
+                        attend(Job { sh: &sh, task, qv: &qv, key, val })
                     })
                     .collect();
                 (tasks, results)
@@ -195,48 +195,47 @@ fn f32_tasks(plan: &AttnPlan, b: &Bound<'_>, group: usize) -> Vec<Task> {
         .collect()
 }
 
-/// A task's query heads over their keys (`key(t)`, `val(t)`: the KV head's K and V rows of the
-/// sequence's token `t`, each read once for all the task's heads): each head's output rows
-/// (`rows.len() × head_dim`), in `heads` order. Per head and row the operations and their order
-/// are the same whatever the task's heads and rows, so the output does not depend on the split.
+/// One task with what it reads: the call's shared parts, the query rows, and its KV head's K
+/// and V rows of the sequence's token `t` (`key(t)`, `val(t)`).
+struct Job<'a, 'k, K: Fn(usize) -> &'k [f32], V: Fn(usize) -> &'k [f32]> {
+    sh: &'a Shared<'a>,
+    task: &'a Task,
+    qv: &'a HostView<'a, f32>,
+    key: K,
+    val: V,
+}
+
+/// A task's query heads over their keys (each K and V row read once for all the task's heads):
+/// each head's output rows (`rows.len() × head_dim`), in `heads` order. Per head and row the
+/// operations and their order are the same whatever the task's heads and rows, so the output
+/// does not depend on the split.
 fn attend<'k>(
-    sh: &Shared<'_>,
-    task: &Task,
-    qv: &HostView<'_, f32>,
-    key: impl Fn(usize) -> &'k [f32],
-    val: impl Fn(usize) -> &'k [f32],
+    job: Job<'_, 'k, impl Fn(usize) -> &'k [f32], impl Fn(usize) -> &'k [f32]>,
 ) -> Result<Vec<Vec<f32>>, AttnError> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { attend_avx2(sh, task, qv, key, val) };
+            return unsafe { attend_avx2(job) };
         }
     }
-    attend_generic(sh, task, qv, key, val)
+    attend_generic(job)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2<'k>(
-    sh: &Shared<'_>,
-    task: &Task,
-    qv: &HostView<'_, f32>,
-    key: impl Fn(usize) -> &'k [f32],
-    val: impl Fn(usize) -> &'k [f32],
+    job: Job<'_, 'k, impl Fn(usize) -> &'k [f32], impl Fn(usize) -> &'k [f32]>,
 ) -> Result<Vec<Vec<f32>>, AttnError> {
     // The same code, compiled with 256-bit vectors (no contraction into FMAs: the same bits).
-    attend_generic(sh, task, qv, key, val)
+    attend_generic(job)
 }
 
 #[inline(always)]
 fn attend_generic<'k>(
-    sh: &Shared<'_>,
-    task: &Task,
-    qv: &HostView<'_, f32>,
-    key: impl Fn(usize) -> &'k [f32],
-    val: impl Fn(usize) -> &'k [f32],
+    job: Job<'_, 'k, impl Fn(usize) -> &'k [f32], impl Fn(usize) -> &'k [f32]>,
 ) -> Result<Vec<Vec<f32>>, AttnError> {
+    let Job { sh, task, qv, key, val } = job;
     let (b, def) = (sh.b, sh.def);
     let hd = b.head_dim;
     let seq = sh.plan.seqs[task.i];
