@@ -8,9 +8,9 @@
 //! for a batch of constrained rows on a fast model step was most of the step (H100, 64 rows:
 //! constrained throughput 47% of unconstrained with the advance on the engine thread) — and
 //! sampling only waits for what is left of it. A sequence's first mask is started when the
-//! engine admits it ([`Constrained::prefetch`]), so it runs beside the prefill. Both are measured: each mask's computation
-//! (`times`) and how long sampling waited for it (`waits`; zero when it was ready). Slow masks
-//! are never skipped.
+//! engine admits it ([`Constrained::prefetch`]), so it runs beside the prefill. Both are
+//! measured: each mask's computation (`times`) and how long sampling waited for it (`waits`;
+//! zero when it was ready). Slow masks are never skipped.
 //!
 //! Invariants: a mask is always the one of the constraint's current state — computed ahead
 //! from the state right after the pending token, and used only by the first `fill` after it,

@@ -131,7 +131,10 @@ pub async fn compile(
     let (source, resolver) = deferred();
     let c = Arc::clone(codec);
     let task = tokio::task::spawn_blocking(move || {
-        let r = c.structured().expect("checked above").compile(&spec);
+        let r = match c.structured() {
+            Some(st) => st.compile(&spec),
+            None => Err(StructuredError::Invalid("structured output is not available".into())),
+        };
         resolver.resolve(r.clone().map_err(|StructuredError::Invalid(m)| m));
         r.map(|_| ())
     });
