@@ -86,8 +86,7 @@ pub(super) fn run(
     let modifier = if b.kernel.mod_is_identity() { None } else { Some(planned_mod(def, b)?) };
     let sh = Shared { def, b, plan, modifier, comptimes: comptimes.iter().map(scalar).collect() };
     let (hd, group, bs) = (b.head_dim, b.n_heads / b.n_kv_heads, plan.block_size);
-    // Each sequence's pool row of every token, resolved once per call (not per head and key:
-    // the block lookup's division was most of a decode step's attention time).
+    // Each sequence's pool row of every token, resolved once per call (not per head and key).
     let slots: Vec<Vec<usize>> = plan
         .seqs
         .iter()
@@ -95,9 +94,6 @@ pub(super) fn run(
         .map(|(i, seq)| (0..seq.ctx_len).map(|t| plan.block(i, t) * bs + t % bs).collect())
         .collect();
     let slot = |i: usize, t: usize| slots[i][t];
-    let whole =
-        |i: usize, kvh: usize| Task { i, kvh, heads: kvh * group..(kvh + 1) * group, rows: 0..plan.seqs[i].q_len };
-    let groups = || (0..plan.seqs.len()).flat_map(move |i| (0..b.n_kv_heads).map(move |kvh| (i, kvh)));
     let results: Vec<Result<Vec<Vec<f32>>, AttnError>>;
     let tasks: Vec<Task>;
     (tasks, results) = q.with_host::<f32, _>(|qv| match kv.fp8 {
@@ -119,7 +115,17 @@ pub(super) fn run(
         Some(scale) => kv.k.with_host::<i32, _>(|kp| {
             kv.v.with_host::<i32, _>(|vp| {
                 // One task per (sequence, KV head): its keys and values widened from e4m3 once.
-                let tasks: Vec<Task> = groups().map(|(i, kvh)| whole(i, kvh)).collect();
+                let tasks: Vec<Task> = (0..plan.seqs.len())
+                    .flat_map(|i| {
+                        let rows = 0..plan.seqs[i].q_len;
+                        (0..b.n_kv_heads).map(move |kvh| Task {
+                            i,
+                            kvh,
+                            heads: kvh * group..(kvh + 1) * group,
+                            rows: rows.clone(),
+                        })
+                    })
+                    .collect();
                 let results = tasks
                     .par_iter()
                     .map(|task| {
