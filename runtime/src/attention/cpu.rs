@@ -94,9 +94,8 @@ pub(super) fn run(
         .map(|(i, seq)| (0..seq.ctx_len).map(|t| plan.block(i, t) * bs + t % bs).collect())
         .collect();
     let slot = |i: usize, t: usize| slots[i][t];
-    let results: Vec<Result<Vec<Vec<f32>>, AttnError>>;
-    let tasks: Vec<Task>;
-    (tasks, results) = q.with_host::<f32, _>(|qv| match kv.fp8 {
+    type Outcome = (Vec<Task>, Vec<Result<Vec<Vec<f32>>, AttnError>>);
+    let (tasks, results): Outcome = q.with_host::<f32, _>(|qv| match kv.fp8 {
         None => kv.k.with_host::<f32, _>(|kp| {
             kv.v.with_host::<f32, _>(|vp| {
                 let tasks = f32_tasks(plan, b, group);
@@ -182,16 +181,17 @@ struct Task {
 /// evenly (prefills, decode batches); else one task per query head (a decode step of one or
 /// two sequences: a few groups on two threads would leave one idle part of the time).
 fn f32_tasks(plan: &AttnPlan, b: &Bound<'_>, group: usize) -> Vec<Task> {
-    let mut grouped = Vec::new();
-    for (i, seq) in plan.seqs.iter().enumerate() {
-        for kvh in 0..b.n_kv_heads {
-            for c0 in (0..seq.q_len).step_by(CHUNK) {
-                let rows = c0..(c0 + CHUNK).min(seq.q_len);
-                grouped.push(Task { i, kvh, heads: kvh * group..(kvh + 1) * group, rows });
+    let chunks: usize = plan.seqs.iter().map(|s| s.q_len.div_ceil(CHUNK)).sum();
+    if chunks * b.n_kv_heads >= 4 * rayon::current_num_threads() {
+        let mut grouped = Vec::with_capacity(chunks * b.n_kv_heads);
+        for (i, seq) in plan.seqs.iter().enumerate() {
+            for kvh in 0..b.n_kv_heads {
+                for c0 in (0..seq.q_len).step_by(CHUNK) {
+                    let rows = c0..(c0 + CHUNK).min(seq.q_len);
+                    grouped.push(Task { i, kvh, heads: kvh * group..(kvh + 1) * group, rows });
+                }
             }
         }
-    }
-    if grouped.len() >= 4 * rayon::current_num_threads() {
         return grouped;
     }
     (0..plan.seqs.len())

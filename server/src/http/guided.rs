@@ -124,10 +124,11 @@ pub async fn compile(
     let Some(st) = codec.structured() else {
         return Err(ApiError::bad_value(param, "structured output is not available for this model's tokenizer"));
     };
-    if let Some(src) = st.cached(&spec) {
+    let key = spec.key();
+    if let Some(src) = st.cached(&key) {
         return Ok((Some(src), Verdict(None)));
     }
-    let defer = spec.key().len() <= DEFER_MAX;
+    let defer = key.len() <= DEFER_MAX;
     let (source, resolver) = deferred();
     let c = Arc::clone(codec);
     let task = tokio::task::spawn_blocking(move || {

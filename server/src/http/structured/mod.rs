@@ -66,17 +66,18 @@ impl Structured {
         Ok(Structured { factory, env_eos, unspellable, cache: Mutex::default() })
     }
 
-    /// The grammar of `spec` if it was compiled before (and is still cached).
-    pub fn cached(&self, spec: &Spec) -> Option<Arc<dyn ConstraintSource>> {
-        self.cache().map.get(&spec.key()).map(|s| s.clone() as Arc<dyn ConstraintSource>)
+    /// The grammar of the spec whose [`Spec::key`] is `key`, if it was compiled before (and is
+    /// still cached).
+    pub fn cached(&self, key: &str) -> Option<Arc<dyn ConstraintSource>> {
+        self.cache().map.get(key).map(|s| s.clone() as Arc<dyn ConstraintSource>)
     }
 
     /// The compiled grammar of `spec`, from the cache or compiled now.
     pub fn compile(&self, spec: &Spec) -> Result<Arc<dyn ConstraintSource>, StructuredError> {
-        if let Some(s) = self.cached(spec) {
+        let key = spec.key();
+        if let Some(s) = self.cached(&key) {
             return Ok(s);
         }
-        let key = spec.key();
         self.check_spellable(spec)?;
         let grammar = spec.grammar().map_err(StructuredError::Invalid)?;
         let parser = self.factory.create_parser(grammar).map_err(|e| StructuredError::Invalid(e.to_string()))?;
