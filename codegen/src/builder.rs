@@ -116,6 +116,10 @@ impl Builder {
     pub fn softmax(&mut self, a: ValueId) -> Result<ValueId, BuildError> {
         self.push(Op::Softmax(a))
     }
+    /// The column index (`Elem` I32).
+    pub fn column(&mut self) -> ValueId {
+        self.push(Op::Column).expect("the column index always type-checks")
+    }
     /// Cast, skipping the node when `a` already has dtype `d`.
     pub fn cast(&mut self, a: ValueId, d: DType) -> Result<ValueId, BuildError> {
         if self.ty(a).dtype == d {

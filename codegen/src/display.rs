@@ -51,6 +51,7 @@ pub(crate) fn reduce_name(r: ReduceOp) -> &'static str {
         ReduceOp::Sum => "sum",
         ReduceOp::Mean => "mean",
         ReduceOp::Max => "max",
+        ReduceOp::ArgMax => "argmax",
     }
 }
 
@@ -91,6 +92,7 @@ impl Kernel {
             Op::Cast(a, d) => format!("cast {a} to {d}"),
             Op::Reduce(r, a) => format!("reduce.{} {a}", reduce_name(*r)),
             Op::Softmax(a) => format!("softmax {a}"),
+            Op::Column => "column".to_string(),
             Op::Rope { x, pos, theta, head_dim, style, scaling } => {
                 let style = match style {
                     RopeStyle::HalfSplit => "half_split",

@@ -10,7 +10,8 @@
 //! - nodes are in SSA order: an operand always names an earlier node;
 //! - node `i` has id `ValueId(i)`;
 //! - binary ops take operands of the same dtype; an `Elem` op a `Uniform` broadcasts to `Elem`;
-//! - reductions take an `Elem` float operand and produce a `Uniform` value;
+//! - reductions take an `Elem` float operand and produce a `Uniform` value (f32; `ArgMax`
+//!   an i32 column);
 //! - `Rope` / `RopeTable` rotate an `Elem` f32 value that is *column-local*: every `Elem` node
 //!   it is computed from is a `Row`/`Bcast` parameter load, a constant or elementwise
 //!   arithmetic (no rope, no reduction over `Elem` values feeds it), so a backend can evaluate
@@ -262,6 +263,10 @@ pub enum ReduceOp {
     Sum,
     Mean,
     Max,
+    /// The lowest column holding the row's maximum, as `I32` (a NaN counts as `-inf`, so a
+    /// row of NaNs or `-inf`s gives column 0): top-k is `k` of these, each masking the
+    /// column the previous one chose (MoE routing).
+    ArgMax,
 }
 
 /// How RoPE pairs the columns of one head.
@@ -379,13 +384,15 @@ pub enum Op {
     },
     /// Row softmax; the `lower_softmax` pass expands it into max / exp / sum / div.
     Softmax(ValueId),
+    /// The column index, `Elem` I32 (`0..width`): masks a column a reduction chose.
+    Column,
 }
 
 impl Op {
     /// The operands of this op, in order.
     pub fn operands(&self) -> Vec<ValueId> {
         match self {
-            Op::Param(_) | Op::Const(_) => vec![],
+            Op::Param(_) | Op::Const(_) | Op::Column => vec![],
             Op::Unary(_, a) | Op::Cast(a, _) | Op::Reduce(_, a) | Op::Softmax(a) => vec![*a],
             Op::Binary(_, a, b) | Op::Cmp(_, a, b) => vec![*a, *b],
             Op::Select(c, a, b) => vec![*c, *a, *b],
@@ -423,6 +430,7 @@ impl Op {
         match self {
             Op::Param(p) => Op::Param(*p),
             Op::Const(c) => Op::Const(*c),
+            Op::Column => Op::Column,
             Op::Unary(u, a) => Op::Unary(*u, f(*a)),
             Op::Cast(a, d) => Op::Cast(f(*a), *d),
             Op::Reduce(r, a) => Op::Reduce(*r, f(*a)),

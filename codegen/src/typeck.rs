@@ -36,6 +36,7 @@ pub fn infer(params: &[Param], defined: &[Node], op: &Op) -> Result<Ty, TypeErro
     match op {
         Op::Param(p) => params.get(*p as usize).map(|p| p.kind.ty()).ok_or(TypeError::NoSuchParam(*p)),
         Op::Const(c) => Ok(Ty::new(c.dtype(), Shape::Uniform)),
+        Op::Column => Ok(Ty::new(DType::I32, Shape::Elem)),
         Op::Unary(u, a) => {
             let t = ty(*a)?;
             let ok = match u {
@@ -96,11 +97,15 @@ pub fn infer(params: &[Param], defined: &[Node], op: &Op) -> Result<Ty, TypeErro
             let t = ty(*a)?;
             if t.shape != Shape::Elem || !t.dtype.is_float() {
                 let w = match r {
-                    ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max => "a per-column float value",
+                    ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::ArgMax => "a per-column float value",
                 };
                 return Err(want(r, w, t));
             }
-            Ok(Ty::new(t.dtype, Shape::Uniform))
+            let dtype = match r {
+                ReduceOp::ArgMax => DType::I32,
+                ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max => t.dtype,
+            };
+            Ok(Ty::new(dtype, Shape::Uniform))
         }
         Op::Rope { x, pos, theta, head_dim, scaling, .. } => {
             rope_source(defined, *x)?;
@@ -162,6 +167,9 @@ fn rope_source(defined: &[Node], x: ValueId) -> Result<(), TypeError> {
         let what = match &defined[v.index()].op {
             Op::Rope { .. } | Op::RopeTable { .. } => "a rope",
             Op::Softmax(_) => "a softmax",
+            // The backends evaluate a rope's source at other columns by its loads and
+            // arithmetic alone; a column index would need to know which column that is.
+            Op::Column => "the column index",
             _ => continue,
         };
         let at = if v == x { format!("{x} is {what}") } else { format!("{x} depends on {v}, {what}") };

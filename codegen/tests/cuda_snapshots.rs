@@ -39,6 +39,7 @@ mod cuda {
     snap!(rms_norm_rope_bf16, "rms_norm_rope", DType::BF16);
     snap!(logsumexp_bf16, "logsumexp", DType::BF16);
     snap!(softmax_bf16, "softmax", DType::BF16);
+    snap!(top2_f16, "top2", DType::F16);
     snap!(op_zoo_bf16, "op_zoo", DType::BF16);
     snap!(per_row_only_f16, "per_row_only", DType::F16);
     snap!(copy_f32, "copy", DType::F32);

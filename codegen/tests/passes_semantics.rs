@@ -51,7 +51,7 @@ const BINARY: [BinaryOp; 9] = [
     BinaryOp::Or,
 ];
 const CMP: [CmpOp; 6] = [CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge, CmpOp::Eq, CmpOp::Ne];
-const REDUCE: [ReduceOp; 3] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max];
+const REDUCE: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::ArgMax];
 const WIDTHS: [usize; 7] = [1, 2, 3, 7, 8, 16, 24];
 const ROWS: usize = 3;
 
@@ -69,6 +69,8 @@ enum Instr {
     Softmax(usize),
     ConstF(f32),
     ConstI(i32),
+    /// The column index.
+    Column,
     Dup(usize),
     /// Re-push a binary op or comparison with its operands swapped (tests CSE's commutativity).
     Swap(usize),
@@ -89,6 +91,7 @@ fn instr() -> impl Strategy<Value = Instr> {
         1 => i().prop_map(Instr::Softmax),
         2 => (-3.0f32..3.0).prop_map(Instr::ConstF),
         1 => (-4i32..5).prop_map(Instr::ConstI),
+        1 => Just(Instr::Column),
         2 => i().prop_map(Instr::Dup),
         2 => i().prop_map(Instr::Swap),
         1 => (any::<bool>(), any::<bool>(), i()).prop_map(|(s, l, a)| Instr::Rope(s, l, a)),
@@ -208,6 +211,7 @@ fn build(c: &Case) -> Option<Built> {
             },
             Instr::ConstF(v) => Op::Const(Const::F32(v)),
             Instr::ConstI(v) => Op::Const(Const::I32(v)),
+            Instr::Column => Op::Column,
             Instr::Dup(a) => match made.get(&pick(a)) {
                 Some(op) => op.clone(),
                 None => continue,

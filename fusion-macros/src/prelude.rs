@@ -2,7 +2,10 @@
 //!
 //! - elementwise, one argument: `exp log sqrt rsqrt tanh sigmoid erf sin cos abs`;
 //! - elementwise, two arguments: `pow(a, b)`, `min(a, b)`, `max(a, b)`;
-//! - row reductions (one value per row): `sum(x)`, `mean(x)`, `max(x)`;
+//! - row reductions (one value per row): `sum(x)`, `mean(x)`, `max(x)`, `argmax(x)` (the
+//!   lowest column of the largest value, an `i32`);
+//! - `column()`: the column index, an `i32` per column (`select(column() == j, ..)` masks a
+//!   column an `argmax` chose);
 //! - `select(cond, if_true, if_false)`, `softmax(x)`;
 //! - `neg_inf()`: the f32 `-inf` (an attention score modifier returns it to mask a key);
 //! - RoPE: `rope_half(x, pos, theta, head_dim)`, `rope_interleaved(x, pos, theta, head_dim)`,
@@ -32,6 +35,7 @@ enum Prim {
     Select,
     Softmax,
     NegInf,
+    Column,
     Rope(RopeStyle, bool),
     RopeTable(RopeStyle),
 }
@@ -52,6 +56,8 @@ const TABLE: &[(&str, Prim, &str)] = &[
     ("max", Prim::Max, "max(x) (row maximum) or max(a, b)"),
     ("sum", Prim::Reduce(ReduceOp::Sum), "sum(x)"),
     ("mean", Prim::Reduce(ReduceOp::Mean), "mean(x)"),
+    ("argmax", Prim::Reduce(ReduceOp::ArgMax), "argmax(x)"),
+    ("column", Prim::Column, "column()"),
     ("select", Prim::Select, "select(cond, if_true, if_false)"),
     ("softmax", Prim::Softmax, "softmax(x)"),
     ("neg_inf", Prim::NegInf, "neg_inf()"),
@@ -70,7 +76,7 @@ const TABLE: &[(&str, Prim, &str)] = &[
     ),
 ];
 
-pub const NAMES: &str = "exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, abs, pow, min, max, sum, mean, select, softmax, neg_inf, rope_half, rope_interleaved, rope_half_llama3, rope_half_table, rope_interleaved_table";
+pub const NAMES: &str = "exp, log, sqrt, rsqrt, tanh, sigmoid, erf, sin, cos, abs, pow, min, max, sum, mean, argmax, column, select, softmax, neg_inf, rope_half, rope_interleaved, rope_half_llama3, rope_half_table, rope_interleaved_table";
 
 pub fn is_prelude(name: &str) -> bool {
     TABLE.iter().any(|(n, ..)| *n == name)
@@ -96,7 +102,8 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
         return Err(err(&c.func, format!("`{name}` is not in the #[fused] prelude; available: {NAMES}")));
     };
     let args: Vec<&Expr> = c.args.iter().collect();
-    let row_wide = matches!(prim, Prim::Reduce(_) | Prim::Softmax | Prim::Rope(..) | Prim::RopeTable(_))
+    // (A score modifier sees one score, not a row of columns: `column()` means nothing there.)
+    let row_wide = matches!(prim, Prim::Reduce(_) | Prim::Softmax | Prim::Rope(..) | Prim::RopeTable(_) | Prim::Column)
         || (matches!(prim, Prim::Max) && args.len() == 1);
     if cx.elementwise_only() && row_wide {
         return Err(err(
@@ -151,6 +158,10 @@ pub fn call(cx: &mut Cx, c: &ExprCall, e: &Expr) -> syn::Result<Val> {
         Prim::NegInf => {
             arity(0)?;
             Ok(cx.b.f32(f32::NEG_INFINITY))
+        }
+        Prim::Column => {
+            arity(0)?;
+            Ok(cx.b.column())
         }
         Prim::Softmax => {
             arity(1)?;

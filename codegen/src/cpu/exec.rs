@@ -179,8 +179,8 @@ impl<'s> Env<'s> {
             Op::Cmp(c, x, y) => CpuScalar::Bool(math::cmp(c, self.scalar(x)?, self.scalar(y)?).ok_or_else(bad)?),
             Op::Select(c, a, b) => math::select(self.scalar(c)?, self.scalar(a)?, self.scalar(b)?).ok_or_else(bad)?,
             Op::Cast(a, to) => math::cast(self.scalar(a)?, self.dtype(a), to).ok_or_else(bad)?,
-            Op::Reduce(r, a) => CpuScalar::F32(vector::reduce(r, self.fsrc(a)?, self.ctx.width)),
-            Op::Rope { .. } | Op::RopeTable { .. } | Op::Softmax(_) => return Err(bad()),
+            Op::Reduce(r, a) => vector::reduce(r, self.fsrc(a)?, self.ctx.width),
+            Op::Rope { .. } | Op::RopeTable { .. } | Op::Softmax(_) | Op::Column => return Err(bad()),
         };
         Ok(v)
     }
@@ -397,7 +397,7 @@ fn eval_f(env: &Env<'_>, i: usize, dst: &mut [f32], s: Scratch<'_>) -> Result<()
                 RopeArgs { pos: env.i32_of(pos)?, freqs: Freqs::Table(t), head_dim: env.i32_of(head_dim)?, style };
             rope_row(env, s, i, x, &args, dst)?;
         }
-        Op::Cmp(..) | Op::Const(_) | Op::Reduce(..) | Op::Softmax(_) => return Err(bad()),
+        Op::Cmp(..) | Op::Const(_) | Op::Reduce(..) | Op::Softmax(_) | Op::Column => return Err(bad()),
     }
     Ok(())
 }
@@ -426,6 +426,7 @@ fn rope_row(
 fn eval_i(env: &Env<'_>, i: usize, dst: &mut [i32]) -> Result<(), CpuError> {
     let bad = || internal(i, "op does not fit its operand types");
     match env.ctx.k.nodes[i].op {
+        Op::Column => dst.iter_mut().enumerate().for_each(|(c, d)| *d = c as i32),
         Op::Unary(u, a) => vector::unary_i32(u, dst, env.isrc(a)?),
         Op::Binary(b, x, y) => vector::binary_i32(b, dst, env.isrc(x)?, env.isrc(y)?),
         Op::Select(c, a, b) => vector::select(dst, env.bsrc(c)?, env.isrc(a)?, env.isrc(b)?),

@@ -6,6 +6,7 @@
 //! are not reassociated by the compiler); the summation order is therefore unspecified, like
 //! the GPU's tree reduction, and results match to rounding, not bit for bit.
 
+use super::args::CpuScalar;
 use super::math;
 use crate::ir::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use half::slice::HalfFloatSliceExt;
@@ -278,16 +279,31 @@ fn max(x: &[f32]) -> f32 {
     acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// A row reduction. `Mean` is `sum / width` in f32.
-pub(crate) fn reduce(r: ReduceOp, a: Src<'_, f32>, width: usize) -> f32 {
-    match (r, a) {
+/// The lowest column holding the largest value, a NaN counting as `-inf` (a row of NaNs or
+/// `-inf`s gives 0): the order the GPU's block reduction also follows, so both pick the same
+/// column.
+fn argmax(x: &[f32]) -> i32 {
+    let mut best = (f32::NEG_INFINITY, 0usize);
+    for (c, &v) in x.iter().enumerate() {
+        if v > best.0 {
+            best = (v, c);
+        }
+    }
+    best.1 as i32
+}
+
+/// A row reduction. `Mean` is `sum / width` in f32; `ArgMax` is an i32 column.
+pub(crate) fn reduce(r: ReduceOp, a: Src<'_, f32>, width: usize) -> CpuScalar {
+    CpuScalar::F32(match (r, a) {
         (ReduceOp::Sum, Src::V(x)) => sum(x),
         (ReduceOp::Mean, Src::V(x)) => sum(x) / width as f32,
         (ReduceOp::Max, Src::V(x)) => max(x),
+        (ReduceOp::ArgMax, Src::V(x)) => return CpuScalar::I32(argmax(x)),
         // Reductions always read a row (typeck); a scalar would be a value repeated `width` times.
         (ReduceOp::Sum, Src::S(s)) => s * width as f32,
         (ReduceOp::Mean | ReduceOp::Max, Src::S(s)) => s,
-    }
+        (ReduceOp::ArgMax, Src::S(_)) => return CpuScalar::I32(0),
+    })
 }
 
 #[cfg(test)]

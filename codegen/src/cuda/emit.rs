@@ -202,6 +202,9 @@ impl Body<'_> {
         }
         if plan.any_reduction() {
             w.line_c("__shared__ float kiln_red[32];", "one partial per warp, reused by every reduction");
+            if plan.any_argmax() {
+                w.line_c("__shared__ int kiln_red_i[32];", "the column of each warp's partial (argmax)");
+            }
         }
         for &v in &plan.cached {
             let (ty, arr) = (c_type(k.ty(v).dtype), names::cached(k, v));
@@ -314,14 +317,14 @@ impl Body<'_> {
             }
         }
         for &(r, op, _) in &st.reductions {
+            let acc = names::acc(k, r);
             let init = match op {
-                ReduceOp::Max => "-kiln_inf()",
-                ReduceOp::Sum | ReduceOp::Mean => "0.0f",
+                ReduceOp::Max => format!("float {acc} = -kiln_inf();"),
+                ReduceOp::Sum | ReduceOp::Mean => format!("float {acc} = 0.0f;"),
+                // The best value so far and its column (0 when nothing beats -inf).
+                ReduceOp::ArgMax => format!("float {acc}_v = -kiln_inf(); int {acc} = 0;"),
             };
-            w.line_c(
-                &format!("float {} = {init};", names::acc(k, r)),
-                &format!("{}: this thread's part", self.node_comment(r)),
-            );
+            w.line_c(&init, &format!("{}: this thread's part", self.node_comment(r)));
         }
         if self.plan.fixed_loop() {
             w.line("#pragma unroll");
@@ -338,12 +341,13 @@ impl Body<'_> {
         w.close();
         for &(r, op, _) in &st.reductions {
             let acc = names::acc(k, r);
-            let value = match op {
-                ReduceOp::Sum => format!("kiln_block_sum({acc}, kiln_red)"),
-                ReduceOp::Mean => format!("kiln_block_sum({acc}, kiln_red) / (float)width"),
-                ReduceOp::Max => format!("kiln_block_max({acc}, kiln_red)"),
+            let (ty, value) = match op {
+                ReduceOp::Sum => ("float", format!("kiln_block_sum({acc}, kiln_red)")),
+                ReduceOp::Mean => ("float", format!("kiln_block_sum({acc}, kiln_red) / (float)width")),
+                ReduceOp::Max => ("float", format!("kiln_block_max({acc}, kiln_red)")),
+                ReduceOp::ArgMax => ("int", format!("kiln_block_argmax({acc}_v, {acc}, kiln_red, kiln_red_i)")),
             };
-            w.line_c(&format!("const float {} = {value};", names::var(k, r)), &self.node_comment(r));
+            w.line_c(&format!("const {ty} {} = {value};", names::var(k, r)), &self.node_comment(r));
         }
         Ok(())
     }
@@ -403,7 +407,10 @@ impl Body<'_> {
     fn loop_body(&self, w: &mut CWriter, st: &StagePlan) -> Result<(), CompileError> {
         let (k, plan) = (self.k, self.plan);
         let rope = st.elem.iter().any(|v| matches!(k.node(*v).op, Op::Rope { .. } | Op::RopeTable { .. }));
-        if !st.loads.is_empty() || !st.row_outputs.is_empty() || rope {
+        // Columns are also read by a column index and by an argmax's accumulation.
+        let column = st.elem.iter().any(|v| k.node(*v).op == Op::Column)
+            || st.reductions.iter().any(|r| r.1 == ReduceOp::ArgMax);
+        if !st.loads.is_empty() || !st.row_outputs.is_empty() || rope || column {
             w.line_c("const int c0 = v * VEC;", "first column of this vector");
         }
         for &v in &st.loads {
@@ -457,6 +464,9 @@ impl Body<'_> {
                     let code = match r {
                         ReduceOp::Sum | ReduceOp::Mean => format!("{acc} += {x};"),
                         ReduceOp::Max => format!("{acc} = fmaxf({acc}, {x});"),
+                        // Strictly greater: a thread meets its columns in ascending order, so
+                        // it keeps the lowest column of its largest value (a NaN never wins).
+                        ReduceOp::ArgMax => format!("if ({x} > {acc}_v) {{ {acc}_v = {x}; {acc} = c0 + e; }}"),
                     };
                     w.line_c(&code, &format!("{} (accumulate)", self.node_comment(v)));
                 } else if plan.is_cached[v.index()] {

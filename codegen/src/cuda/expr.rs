@@ -33,6 +33,8 @@ pub fn op_expr(op: &Op, arg_dtypes: &[DType], o: &Operands<'_>) -> Option<String
         Op::Const(Const::F32(x)) => f32_lit(*x),
         Op::Const(Const::I32(x)) => i32_lit(*x),
         Op::Const(Const::Bool(x)) => x.to_string(),
+        // Inside the column loop: element `e` of the vector that starts at column `c0`.
+        Op::Column => "c0 + e".to_string(),
         Op::Unary(u, _) => unary(*u, arg_dtypes[0], a(0)),
         Op::Binary(b, _, _) => binary(*b, arg_dtypes[0], a(0), a(1)),
         Op::Cmp(c, _, _) => format!("{} {} {}", a(0), cmp_op(*c), a(1)),

@@ -67,6 +67,9 @@ impl Plan {
     pub fn any_reduction(&self) -> bool {
         self.stages.iter().any(|s| !s.reductions.is_empty())
     }
+    pub fn any_argmax(&self) -> bool {
+        self.sections.argmax
+    }
 }
 
 /// Check the kernel and schedule, and plan the emission. Errors are messages for
@@ -135,7 +138,10 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
     let mut remat = vec![false; n];
     for i in 0..n {
         let node = &k.nodes[i];
-        let cheap = matches!(node.op, Op::Unary(..) | Op::Binary(..) | Op::Cmp(..) | Op::Select(..) | Op::Cast(..));
+        let cheap = matches!(
+            node.op,
+            Op::Unary(..) | Op::Binary(..) | Op::Cmp(..) | Op::Select(..) | Op::Cast(..) | Op::Column
+        );
         if !live[i] || node.ty.shape != Shape::Elem || !cheap {
             continue;
         }
@@ -275,7 +281,9 @@ pub fn plan(k: &Kernel, s: &Schedule) -> Result<Plan, String> {
     row_params.sort();
     row_params.dedup();
     let rope = (0..n).any(|i| live[i] && matches!(k.nodes[i].op, Op::Rope { .. } | Op::RopeTable { .. }));
-    let sections = Sections { reduce: stages.iter().any(|s| !s.reductions.is_empty()), rope };
+    let reductions = || stages.iter().flat_map(|s| &s.reductions);
+    let sections =
+        Sections { reduce: reductions().next().is_some(), argmax: reductions().any(|r| r.1 == ReduceOp::ArgMax), rope };
     Ok(Plan { cached, is_cached, fixed, stages, row_params, sections })
 }
 

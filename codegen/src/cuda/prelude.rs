@@ -22,6 +22,8 @@ use crate::abi::MAX_ITERS;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sections {
     pub reduce: bool,
+    /// The argmax reduction (on top of `reduce`'s shuffles and barriers).
+    pub argmax: bool,
     pub rope: bool,
 }
 
@@ -171,6 +173,37 @@ __device__ __forceinline__ float kiln_block_max(float x, float* red) {
 #endif  // KILN_PRELUDE_REDUCE
 "#;
 
+/// The argmax block reduction (needs [`REDUCE`]).
+pub const ARGMAX: &str = r#"#ifndef KILN_PRELUDE_ARGMAX
+#define KILN_PRELUDE_ARGMAX
+// Argmax: the larger value wins, equal values the lower column. That is a total order on
+// (value, column) pairs (NaNs never enter: the accumulation skips them), so the butterfly
+// gives every lane the same pair. `red_i` is a __shared__ int[32] beside `red`.
+__device__ __forceinline__ void kiln_argmax_pick(float& v, int& c, float ov, int oc) {
+  if (ov > v || (ov == v && oc < c)) { v = ov; c = oc; }
+}
+__device__ __forceinline__ void kiln_warp_argmax(float& v, int& c) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oc = __shfl_xor_sync(0xffffffffu, c, o);
+    kiln_argmax_pick(v, c, ov, oc);
+  }
+}
+__device__ __forceinline__ int kiln_block_argmax(float v, int c, float* red, int* red_i) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  kiln_warp_argmax(v, c);
+  __syncthreads();
+  if (lane == 0) { red[warp] = v; red_i[warp] = c; }
+  __syncthreads();
+  v = lane < nwarps ? red[lane] : -kiln_inf();
+  c = lane < nwarps ? red_i[lane] : 0x7fffffff;
+  kiln_warp_argmax(v, c);
+  return c;
+}
+#endif  // KILN_PRELUDE_ARGMAX
+"#;
+
 /// RoPE: the CPU backend's formulas, with each row's cos/sin tabulated once per pair.
 pub const ROPE: &str = r#"#ifndef KILN_PRELUDE_ROPE
 #define KILN_PRELUDE_ROPE
@@ -303,8 +336,11 @@ pub fn max_iters_define() -> String {
 /// The prelude sections a kernel needs, in order.
 pub fn parts(s: Sections) -> Vec<String> {
     let mut v = vec![CORE.to_string(), max_iters_define()];
-    if s.reduce {
+    if s.reduce || s.argmax {
         v.push(REDUCE.to_string());
+    }
+    if s.argmax {
+        v.push(ARGMAX.to_string());
     }
     if s.rope {
         v.push(ROPE.to_string());
@@ -314,5 +350,5 @@ pub fn parts(s: Sections) -> Vec<String> {
 
 /// Every section: what the NVRTC test compiles to prove the whole prelude is clean.
 pub fn full() -> String {
-    parts(Sections { reduce: true, rope: true }).concat()
+    parts(Sections { reduce: true, argmax: true, rope: true }).concat()
 }

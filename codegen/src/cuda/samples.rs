@@ -17,7 +17,7 @@ use crate::ir::{
 pub type SampleFn = fn(DType) -> Result<Kernel, BuildError>;
 
 /// Every sample, by name.
-pub const SAMPLES: [(&str, SampleFn); 11] = [
+pub const SAMPLES: [(&str, SampleFn); 12] = [
     ("rms_norm", rms_norm),
     ("add_rms_norm", add_rms_norm),
     ("silu_mul", silu_mul),
@@ -28,6 +28,7 @@ pub const SAMPLES: [(&str, SampleFn); 11] = [
     ("rms_norm_rope", rms_norm_rope),
     ("logsumexp", logsumexp),
     ("softmax", softmax),
+    ("top2", top2),
     ("op_zoo", op_zoo),
 ];
 
@@ -243,6 +244,30 @@ pub fn softmax(d: DType) -> Result<Kernel, BuildError> {
     let y = b.binary(BinaryOp::Div, e, s)?;
     let y = named(&mut b, y, "y");
     b.output("y", OutputKind::Row(d), y)?;
+    b.finish()
+}
+
+/// The two largest columns of a row and their values: `argmax`, then `argmax` again with the
+/// chosen column masked through the column index (MoE routing's top-k, by hand).
+pub fn top2(d: DType) -> Result<Kernel, BuildError> {
+    let mut b = Builder::new("top2", &src("top2"), d);
+    let x = b.param("x", ParamKind::Row(d))?;
+    let xf = b.widen(x)?;
+    let i0 = b.reduce(ReduceOp::ArgMax, xf)?;
+    let i0 = named(&mut b, i0, "i0");
+    let v0 = b.reduce(ReduceOp::Max, xf)?;
+    let c = b.column();
+    let hit = b.cmp(CmpOp::Eq, c, i0)?;
+    let low = b.f32(f32::NEG_INFINITY);
+    let rest = b.select(hit, low, xf)?;
+    let rest = named(&mut b, rest, "rest");
+    let i1 = b.reduce(ReduceOp::ArgMax, rest)?;
+    let i1 = named(&mut b, i1, "i1");
+    let v1 = b.reduce(ReduceOp::Max, rest)?;
+    b.output("i0", OutputKind::PerRow(DType::I32), i0)?;
+    b.output("v0", OutputKind::PerRow(DType::F32), v0)?;
+    b.output("i1", OutputKind::PerRow(DType::I32), i1)?;
+    b.output("v1", OutputKind::PerRow(DType::F32), v1)?;
     b.finish()
 }
 

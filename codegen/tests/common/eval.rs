@@ -172,6 +172,21 @@ impl<'k> Eval<'k> {
                     _ => Val::F(as_f),
                 }
             }
+            Op::Reduce(ReduceOp::ArgMax, a) => {
+                // The first column of the largest value; NaNs rank as -inf (none wins then: 0).
+                let x: Vec<f32> = self.f(a).iter().map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v }).collect();
+                let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                Val::I(vec![x.iter().position(|&v| v == m).unwrap_or(0) as i32])
+            }
+            Op::Column => {
+                // As wide as the row's tensors.
+                let w = self.ins.iter().map(|i| match i {
+                    RowIn::F(x) => x.len(),
+                    RowIn::I(x) => x.len(),
+                    _ => 1,
+                });
+                Val::I((0..w.max().unwrap_or(1) as i32).collect())
+            }
             Op::Reduce(r, a) => {
                 let x = self.f(a);
                 let w = x.len() as f32;
@@ -179,6 +194,7 @@ impl<'k> Eval<'k> {
                     ReduceOp::Sum => self.sum(&x),
                     ReduceOp::Mean => self.sum(&x) / w,
                     ReduceOp::Max => self.max(&x),
+                    ReduceOp::ArgMax => unreachable!("matched above"),
                 }])
             }
             Op::Softmax(a) => {

@@ -4,8 +4,11 @@
 //!
 //! Routing, as HF computes it: `p = softmax(router(x))` in f32 over all experts; the `top_k`
 //! largest (ties: the lower expert index first); with `norm_top_k`, `p / sum(p over the top_k)`.
-//! The router's logits are read on the host and the routing decided there (a `top_k` over a few
-//! experts is a handful of comparisons per token). Then one of two paths:
+//! A `#[fused]` row kernel decides it on the device for the `top_k` of the supported models
+//! (`kernels::moe_route`: 2 and 8), and each token's choices (`top_k` ids and weights, not the
+//! router's `experts` logits) come to the host, which sorts them by expert; any other `top_k`
+//! is routed on the host from the logits ([`route`], also the kernels' reference in the tests).
+//! Then one of two paths:
 //!
 //! - **grouped** (on a GPU, when every expert's weights are dense in the activations' dtype;
 //!   `KILN_MOE_GROUPED=0|1` forces it off or on, on any device): the chosen (token, expert)
@@ -21,14 +24,17 @@
 //! The grouped path takes the sorted rows through the experts in chunks that fit the
 //! workspace's `capacity` rows (an expert's rows may straddle two chunks), keeping every sorted
 //! row's output (`capacity · top_k` rows) for one combine.
-//! Not yet: device-side routing (the router's logits come to the host, so MoE steps are not
-//! captured in CUDA graphs).
+//! Not yet: sorting by expert on the device and a grouped GEMM that reads its groups from device
+//! memory (each step's choices come to the host, so MoE steps are not captured in CUDA graphs).
 
 use super::normed::Normed;
 use super::{Decoder, Mlp, MoeSpec};
 use crate::kernels::gather;
+use crate::kernels::moe_route::{moe_route_top2, moe_route_top8};
 use crate::model::ModelError;
+use kiln_codegen::fused::FusedDef;
 use kiln_runtime::device::expert_combine::{combine, Choices};
+use kiln_runtime::device::fused::{launch, Arg};
 use kiln_runtime::device::grouped::{grouped_matmul, Group};
 use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::DType;
@@ -39,6 +45,9 @@ use std::ops::Range;
 pub struct Workspace {
     /// `[capacity, experts]`: the router's logits.
     logits: Tensor,
+    /// `[top_k, capacity]`: each token's chosen experts (`I32`) and their weights (`F32`),
+    /// rank by rank, where a routing kernel serves this `top_k`.
+    chosen: Option<(Tensor, Tensor)>,
     /// `[capacity, hidden]`: one expert's tokens, gathered (per expert), or a chunk of the
     /// sorted rows (grouped).
     x_e: Tensor,
@@ -51,8 +60,16 @@ impl Workspace {
     pub fn new(dev: &Device, dtype: DType, capacity: usize, hidden: usize, m: MoeSpec) -> Result<Self, ModelError> {
         // Every sorted row's output only where the grouped path may run.
         let y_rows = if grouped_on(dev) { capacity * m.top_k.clamp(1, m.experts.max(1)) } else { capacity };
+        let chosen = match route_kernel(m) {
+            Some(_) => Some((
+                Tensor::uninit(dev, DType::I32, m.top_k, capacity)?,
+                Tensor::uninit(dev, DType::F32, m.top_k, capacity)?,
+            )),
+            None => None,
+        };
         Ok(Workspace {
             logits: Tensor::uninit(dev, dtype, capacity, m.experts)?,
+            chosen,
             x_e: Tensor::uninit(dev, dtype, capacity, hidden)?,
             y_e: Tensor::uninit(dev, dtype, y_rows, hidden)?,
         })
@@ -95,7 +112,7 @@ pub fn forward(
     let dev = &d.dev;
     let mut logits = ws.logits.view_rows(0, n)?;
     linear(dev, h, router, &mut logits)?;
-    let routes = route(&logits.to_host_f32()?, m.experts, m);
+    let routes = routes(dev, m, &logits, ws)?;
     if let Some(weights) = grouped_weights(dev, experts, d.dtype) {
         return forward_grouped(d, m, &routes, &weights, h, ws, scratch, out);
     }
@@ -127,6 +144,44 @@ pub fn forward(
     }
     out.copy_from(&Tensor::from_f32_as(dev, out.dtype(), &acc, n, hidden)?)?;
     Ok(())
+}
+
+/// The routing kernel for `m.top_k`, if there is one.
+fn route_kernel(m: MoeSpec) -> Option<&'static FusedDef> {
+    match m.top_k {
+        _ if m.top_k > m.experts => None,
+        2 => Some(&moe_route_top2::DEF),
+        8 => Some(&moe_route_top8::DEF),
+        _ => None,
+    }
+}
+
+/// Each token's `top_k` choices, best first, from the router's `logits` (`[n, experts]`): by
+/// the routing kernel where there is one (the host reads `top_k` ids and weights a token),
+/// else by [`route`] on the host.
+fn routes(dev: &Device, m: MoeSpec, logits: &Tensor, ws: &mut Workspace) -> Result<Vec<Vec<(usize, f32)>>, ModelError> {
+    let (Some(def), Some((ids, gates))) = (route_kernel(m), &ws.chosen) else {
+        return Ok(route(&logits.to_host_f32()?, m.experts, m));
+    };
+    let (n, k) = (logits.rows(), m.top_k);
+    let rank = |t: &Tensor, j: usize| t.view_rows(j, 1)?.view_cols(0, n);
+    let mut outs = vec![];
+    for j in 0..k {
+        outs.push(rank(ids, j)?);
+        outs.push(rank(gates, j)?);
+    }
+    launch(dev, def, &[Arg::Tensor(logits), Arg::Bool(m.norm_top_k)], &mut outs.iter_mut().collect::<Vec<_>>())?;
+    let (ids, gates) = (ids.view_cols(0, n)?.to_host::<i32>()?, gates.view_cols(0, n)?.to_host::<f32>()?);
+    (0..n)
+        .map(|t| {
+            (0..k)
+                .map(|j| match usize::try_from(ids[j * n + t]) {
+                    Ok(e) if e < m.experts => Ok((e, gates[j * n + t])),
+                    _ => Err(ModelError::Batch(format!("routing chose expert {} of {}", ids[j * n + t], m.experts))),
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Whether the grouped path may run on `dev`: on a GPU, unless `KILN_MOE_GROUPED=0`; on the

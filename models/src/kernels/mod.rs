@@ -13,6 +13,7 @@ pub mod attention_gpu;
 pub mod epilogue;
 pub mod gather;
 pub mod generated;
+pub mod moe_route;
 pub mod norm;
 pub mod norm_quant;
 pub mod qk_norm_rope;
@@ -54,6 +55,8 @@ pub static ALL: &[&FusedDef] = &[
     &epilogue::scale::DEF,
     &epilogue::softcap::DEF,
     &gather::gather_rows::DEF,
+    &moe_route::moe_route_top2::DEF,
+    &moe_route::moe_route_top8::DEF,
 ];
 
 /// Every attention template instance of this crate (`kernels-generated/` holds one `.cu` per

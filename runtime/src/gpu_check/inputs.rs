@@ -72,6 +72,8 @@ pub fn comptime_value(name: &str) -> Option<f64> {
         "low_freq_factor" => 1.0,
         "high_freq_factor" => 4.0,
         "original_max_position" | "original_max_position_embeddings" => 8192.0,
+        // MoE routing: renormalise the chosen experts' weights (Mixtral, Qwen3-MoE).
+        "norm" => 1.0,
         _ => return None,
     })
 }

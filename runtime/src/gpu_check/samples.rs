@@ -26,7 +26,7 @@ pub fn all() -> Result<&'static [&'static FusedDef], DefError> {
 type MakeKernel = fn(DType) -> Result<Kernel, BuildError>;
 
 fn build_all() -> Result<Vec<&'static FusedDef>, DefError> {
-    let makers: [(&str, MakeKernel); 7] = [
+    let makers: [(&str, MakeKernel); 8] = [
         ("add_rms_norm", add_rms_norm),
         ("silu_mul", silu_mul),
         ("rope_llama3", rope_llama3),
@@ -35,6 +35,8 @@ fn build_all() -> Result<Vec<&'static FusedDef>, DefError> {
         ("rms_norm_rope", kiln_codegen::cuda::samples::rms_norm_rope),
         ("softmax", softmax),
         ("logsumexp", logsumexp),
+        // Argmax and the column index (top-k by masking).
+        ("top2", kiln_codegen::cuda::samples::top2),
     ];
     let mut defs = vec![];
     for (name, make) in makers {
