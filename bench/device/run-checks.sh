@@ -508,6 +508,21 @@ fi
 if [ "$what" = attn-heads ]; then
   TAIL=14 step attention-heads 200 .device/kiln-check-attention --no-check --speed-heads --out "$OUT/attention-heads.md"
 fi
+# MoE routing by the #[fused] kernels: each against the CPU (GPU check; widths of 8, 60 and 128
+# experts), the MoE fixtures against the CPU, then the Qwen3-30B-A3B-shaped model (4 layers)
+# with the kernel's routing and with the host's (KILN_MOE_ROUTE=host), alternating, twice.
+if [ "$what" = moe-route ]; then
+  TAIL=8 step moe-route-kernels 120 .device/kiln-check-kernels --only moe_route_top2,moe_route_top8 --widths 8,60,128 --rows 1,7,64,512 --no-baselines --out "$OUT/moe-route-kernels.md"
+  TAIL=8 step moe-route-arch 150 .device/kiln-check-arch --vs-cpu tests/fixtures/arch-tiny/mixtral tests/fixtures/arch-tiny/qwen3_moe
+  step make-moe 150 python3 bench/device/make_moe_checkpoint.py /tmp/moe 4
+  b=(.device/kiln bench --offline --device cuda --model /tmp/moe --prompt-len 128 --output-len 64 --max-num-seqs 256)
+  for round in 1 2; do
+    for c in 1 64; do
+      TAIL=5 step "bench-moe-route-kernel-c$c-r$round" 150 "${b[@]}" --num-requests $c
+      KILN_MOE_ROUTE=host TAIL=5 step "bench-moe-route-host-c$c-r$round" 150 "${b[@]}" --num-requests $c
+    done
+  done
+fi
 # The one-row int4 GEMV held to register budgets for more resident blocks (KILN_INT4_GEMV_OCC):
 # each form checked against the CPU, timed at one row, then the 8B int4 model at one sequence.
 if [ "$what" = int4-occ ]; then

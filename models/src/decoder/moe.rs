@@ -146,10 +146,11 @@ pub fn forward(
     Ok(())
 }
 
-/// The routing kernel for `m.top_k`, if there is one.
+/// The routing kernel for `m.top_k`, if there is one (`KILN_MOE_ROUTE=host` routes on the
+/// host anyway, to compare the two).
 fn route_kernel(m: MoeSpec) -> Option<&'static FusedDef> {
     match m.top_k {
-        _ if m.top_k > m.experts => None,
+        _ if m.top_k > m.experts || std::env::var("KILN_MOE_ROUTE").is_ok_and(|v| v == "host") => None,
         2 => Some(&moe_route_top2::DEF),
         8 => Some(&moe_route_top8::DEF),
         _ => None,
