@@ -198,6 +198,25 @@ impl Segment {
     }
 }
 
+/// A [`QuantMatrix`]'s rows, each segment's bytes resolved ([`QuantMatrix::rows_view`]).
+pub struct RowsView<'a> {
+    rb: usize,
+    segments: Vec<(&'a [u8], usize)>,
+}
+
+impl<'a> RowsView<'a> {
+    /// The blocks of row `r`.
+    pub fn row(&self, mut r: usize) -> &'a [u8] {
+        for &(bytes, rows) in &self.segments {
+            if r < rows {
+                return &bytes[r * self.rb..(r + 1) * self.rb];
+            }
+            r -= rows;
+        }
+        panic!("row {r} past the end of the matrix")
+    }
+}
+
 /// A `[rows, cols]` matrix of quantized blocks in host memory; see the module header. Its rows
 /// may lie in several segments (a stacked q/k/v or gate/up borrowed from a file stays where it
 /// is), each a whole number of rows.
@@ -295,6 +314,13 @@ impl QuantMatrix {
             r -= rows;
         }
         panic!("row {r} past the end of a {}-row matrix", self.rows)
+    }
+
+    /// The rows with each segment's bytes looked up once: for loops over many rows (a product
+    /// reads every row once per step; a borrowed segment's bytes are a call into its owner).
+    pub fn rows_view(&self) -> RowsView<'_> {
+        let rb = self.format.row_bytes(self.cols);
+        RowsView { rb, segments: self.segments.iter().map(|(seg, rows)| (seg.bytes(), *rows)).collect() }
     }
 
     /// Row `r`'s 32-value slices in order, each unpacked ([`blocks::unpack`]): `f(s, slice)`,

@@ -63,6 +63,7 @@ fn gemv<X: GemmAct>(xq: &[Vec<X>], w: &QuantMatrix, group: Group<X>) -> Vec<f32>
     }
     let per_task = n.div_ceil(2 * rayon::current_num_threads()).max(MIN_ROWS_PER_TASK).next_multiple_of(NR);
     let cols = Columns::new(&mut out);
+    let w_rows = w.rows_view();
     (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
         let xs: Vec<&[X]> = xq.iter().map(Vec::as_slice).collect();
         let ms: Vec<&[XMeta]> = metas.iter().map(Vec::as_slice).collect();
@@ -72,7 +73,7 @@ fn gemv<X: GemmAct>(xq: &[Vec<X>], w: &QuantMatrix, group: Group<X>) -> Vec<f32>
         let rows_from = |r0: usize| {
             let mut rb: [&[u8]; NR] = [&[]; NR];
             for (r, b) in rb.iter_mut().enumerate().take(end.saturating_sub(r0)) {
-                *b = w.row(r0 + r);
+                *b = w_rows.row(r0 + r);
             }
             rb
         };
