@@ -513,6 +513,7 @@ fi
 # with the kernel's routing and with the host's (KILN_MOE_ROUTE=host), alternating, twice.
 if [ "$what" = moe-route ]; then
   TAIL=8 step moe-route-kernels 120 .device/kiln-check-kernels --only moe_route_top2,moe_route_top8 --widths 8,60,128 --rows 1,7,64,512 --no-baselines --out "$OUT/moe-route-kernels.md"
+  TAIL=8 step top2-sample 120 .device/kiln-gpu-check-samples --only top2 --quick --no-baselines --out "$OUT/top2-sample.md"
   TAIL=8 step moe-route-arch 150 .device/kiln-check-arch --vs-cpu tests/fixtures/arch-tiny/mixtral tests/fixtures/arch-tiny/qwen3_moe
   step make-moe 150 python3 bench/device/make_moe_checkpoint.py /tmp/moe 4
   b=(.device/kiln bench --offline --device cuda --model /tmp/moe --prompt-len 128 --output-len 64 --max-num-seqs 256)
