@@ -71,6 +71,18 @@ fn writes_through_a_view_land_in_the_parent_only_there() {
 }
 
 #[test]
+fn a_bitcast_view_writes_the_parents_bytes() {
+    let dev = Device::Cpu;
+    let parent = Tensor::from_host(&dev, &[0i32; 6], 2, 3).unwrap();
+    let mut f = parent.view_rows(1, 1).unwrap().bitcast(DType::F32).unwrap();
+    f.copy_from_host(&[1.5f32, -2.0, 0.25]).unwrap();
+    let got = parent.to_host::<i32>().unwrap();
+    assert_eq!(&got[..3], &[0, 0, 0]);
+    assert_eq!(got[3..].iter().map(|&b| f32::from_bits(b as u32)).collect::<Vec<_>>(), vec![1.5, -2.0, 0.25]);
+    assert!(parent.bitcast(DType::BF16).is_err(), "element sizes differ");
+}
+
+#[test]
 fn copy_from_and_deep_copy() {
     let dev = Device::Cpu;
     let src = Tensor::from_f32(&dev, &iota(6), 2, 3).unwrap();

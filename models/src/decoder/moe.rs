@@ -5,8 +5,8 @@
 //! Routing, as HF computes it: `p = softmax(router(x))` in f32 over all experts; the `top_k`
 //! largest (ties: the lower expert index first); with `norm_top_k`, `p / sum(p over the top_k)`.
 //! A `#[fused]` row kernel decides it on the device for the `top_k` of the supported models
-//! (`kernels::moe_route`: 2 and 8), and each token's choices (`top_k` ids and weights, not the
-//! router's `experts` logits) come to the host, which sorts them by expert; any other `top_k`
+//! (`kernels::moe_route`: 2 and 8), and each token's choices (`top_k` ids and weights in one
+//! copy, not the router's `experts` logits) come to the host, which sorts them by expert; any other `top_k`
 //! is routed on the host from the logits ([`route`], also the kernels' reference in the tests).
 //! Then one of two paths:
 //!
@@ -45,9 +45,9 @@ use std::ops::Range;
 pub struct Workspace {
     /// `[capacity, experts]`: the router's logits.
     logits: Tensor,
-    /// `[top_k, capacity]`: each token's chosen experts (`I32`) and their weights (`F32`),
-    /// rank by rank, where a routing kernel serves this `top_k`.
-    chosen: Option<(Tensor, Tensor)>,
+    /// `[2 · top_k, capacity]` `I32`, where a routing kernel serves this `top_k`: rank by rank,
+    /// each token's chosen experts, then their weights (`F32` bits), so one copy brings both.
+    chosen: Option<Tensor>,
     /// `[capacity, hidden]`: one expert's tokens, gathered (per expert), or a chunk of the
     /// sorted rows (grouped).
     x_e: Tensor,
@@ -61,10 +61,7 @@ impl Workspace {
         // Every sorted row's output only where the grouped path may run.
         let y_rows = if grouped_on(dev) { capacity * m.top_k.clamp(1, m.experts.max(1)) } else { capacity };
         let chosen = match route_kernel(m) {
-            Some(_) => Some((
-                Tensor::uninit(dev, DType::I32, m.top_k, capacity)?,
-                Tensor::uninit(dev, DType::F32, m.top_k, capacity)?,
-            )),
+            Some(_) => Some(Tensor::uninit(dev, DType::I32, 2 * m.top_k, capacity)?),
             None => None,
         };
         Ok(Workspace {
@@ -161,23 +158,24 @@ fn route_kernel(m: MoeSpec) -> Option<&'static FusedDef> {
 /// the routing kernel where there is one (the host reads `top_k` ids and weights a token),
 /// else by [`route`] on the host.
 fn routes(dev: &Device, m: MoeSpec, logits: &Tensor, ws: &mut Workspace) -> Result<Vec<Vec<(usize, f32)>>, ModelError> {
-    let (Some(def), Some((ids, gates))) = (route_kernel(m), &ws.chosen) else {
+    let (Some(def), Some(chosen)) = (route_kernel(m), &ws.chosen) else {
         return Ok(route(&logits.to_host_f32()?, m.experts, m));
     };
     let (n, k) = (logits.rows(), m.top_k);
-    let rank = |t: &Tensor, j: usize| t.view_rows(j, 1)?.view_cols(0, n);
+    let chosen = chosen.view_cols(0, n)?;
     let mut outs = vec![];
     for j in 0..k {
-        outs.push(rank(ids, j)?);
-        outs.push(rank(gates, j)?);
+        outs.push(chosen.view_rows(j, 1)?);
+        outs.push(chosen.view_rows(k + j, 1)?.bitcast(DType::F32)?);
     }
     launch(dev, def, &[Arg::Tensor(logits), Arg::Bool(m.norm_top_k)], &mut outs.iter_mut().collect::<Vec<_>>())?;
-    let (ids, gates) = (ids.view_cols(0, n)?.to_host::<i32>()?, gates.view_cols(0, n)?.to_host::<f32>()?);
+    let host = chosen.to_host::<i32>()?;
+    let (ids, gates) = host.split_at(k * n);
     (0..n)
         .map(|t| {
             (0..k)
                 .map(|j| match usize::try_from(ids[j * n + t]) {
-                    Ok(e) if e < m.experts => Ok((e, gates[j * n + t])),
+                    Ok(e) if e < m.experts => Ok((e, f32::from_bits(gates[j * n + t] as u32))),
                     _ => Err(ModelError::Batch(format!("routing chose expert {} of {}", ids[j * n + t], m.experts))),
                 })
                 .collect()

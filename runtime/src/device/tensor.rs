@@ -232,6 +232,15 @@ impl Tensor {
         Ok(Tensor { rows: len, offset: self.offset + start * self.row_stride, ..self.clone() })
     }
 
+    /// The same bytes seen as `dtype`, whose elements are as wide as this one's (an `i32`
+    /// buffer holding `f32` values too, so that both come back in one copy).
+    pub fn bitcast(&self, dtype: DType) -> Result<Tensor, TensorError> {
+        if dtype.size_bytes() != self.dtype.size_bytes() {
+            return Err(TensorError::Shape(format!("bitcast of {self:?} to {dtype}: element sizes differ")));
+        }
+        Ok(Tensor { dtype, ..self.clone() })
+    }
+
     /// The same elements as `rows × cols` (row-major): a view of a contiguous tensor only (e.g. a
     /// `[tokens, heads * head_dim]` projection seen as one row per head).
     pub fn reshape(&self, rows: usize, cols: usize) -> Result<Tensor, TensorError> {
