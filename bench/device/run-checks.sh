@@ -524,12 +524,3 @@ if [ "$what" = moe-route ]; then
     done
   done
 fi
-# The one-row int4 GEMV held to register budgets for more resident blocks (KILN_INT4_GEMV_OCC):
-# each form checked against the CPU, timed at one row, then the 8B int4 model at one sequence.
-if [ "$what" = int4-occ ]; then
-  for occ in 0 10 12 16; do
-    KILN_INT4_GEMV_OCC=$occ TAIL=2 step "int4-check-occ$occ" 150 .device/kiln-check-int4 --no-speed --max-rows 1
-    KILN_INT4_GEMV_OCC=$occ TAIL=12 step "int4-speed-occ$occ" 150 .device/kiln-check-int4 --no-check --max-rows 1
-    KILN_INT4_GEMV_OCC=$occ TAIL=4 step "bench-int4-c1-occ$occ" 150 .device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --output-len 128 --model synth:llama3-8b+int4
-  done
-fi

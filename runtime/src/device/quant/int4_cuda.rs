@@ -38,9 +38,6 @@ const ROWS_PER_BLOCK: usize = 4;
 const GEMV_THREADS: u32 = 128;
 /// The row counts the GEMV is instantiated for; `m` rows run in the smallest `M ≥ m`.
 const GEMV_M: [usize; 4] = [1, 2, 4, 8];
-/// Resident blocks an SM the one-row GEMV's register-bounded forms ask for (an experiment:
-/// `KILN_INT4_GEMV_OCC` picks one; unset, the plain form).
-const GEMV_OCC: [usize; 3] = [10, 12, 16];
 
 const BODY: &str = r#"
 // ---- W4A16 (runtime/src/device/quant/int4_cuda.rs) ----
@@ -214,20 +211,8 @@ __device__ __forceinline__ void kiln_i4_dequant(const unsigned* __restrict__ wor
                                                          int n, int k, int group, int vec) {                  \
     kiln_i4_gemv<T, M>(x, ldx, m, words, sb, perm, out, ldo, n, k, group, vec);                               \
   }
-// One row with the compiler held to a register budget for MINB resident blocks an SM (the
-// plain form's 72 registers allow 7): a tuning experiment (`KILN_INT4_GEMV_OCC`).
-#define KILN_I4_GEMV_OCC(NAME, T, MINB)                                                                      \
-  extern "C" __global__ void __launch_bounds__(128, MINB) NAME(const T* x, long long ldx, int m,             \
-                                                               const unsigned* words, const float2* sb,      \
-                                                               const int* perm, T* out, long long ldo, int n, \
-                                                               int k, int group, int vec) {                  \
-    kiln_i4_gemv<T, 1>(x, ldx, m, words, sb, perm, out, ldo, n, k, group, vec);                               \
-  }
 #define KILN_I4_DTYPE(SUFFIX, T)                                                                             \
   KILN_I4_GEMV(kiln_i4_gemv1_##SUFFIX, T, 1)                                                                 \
-  KILN_I4_GEMV_OCC(kiln_i4_gemv1_occ10_##SUFFIX, T, 10)                                                      \
-  KILN_I4_GEMV_OCC(kiln_i4_gemv1_occ12_##SUFFIX, T, 12)                                                      \
-  KILN_I4_GEMV_OCC(kiln_i4_gemv1_occ16_##SUFFIX, T, 16)                                                      \
   KILN_I4_GEMV(kiln_i4_gemv2_##SUFFIX, T, 2)                                                                 \
   KILN_I4_GEMV(kiln_i4_gemv4_##SUFFIX, T, 4)                                                                 \
   KILN_I4_GEMV(kiln_i4_gemv8_##SUFFIX, T, 8)                                                                 \
@@ -264,7 +249,6 @@ pub fn entries() -> &'static [String] {
         let mut e = vec![];
         for d in ["f32", "f16", "bf16"] {
             e.extend(GEMV_M.iter().map(|m| format!("kiln_i4_gemv{m}_{d}")));
-            e.extend(GEMV_OCC.iter().map(|o| format!("kiln_i4_gemv1_occ{o}_{d}")));
             e.push(format!("kiln_i4_dequant_{d}"));
         }
         e.extend(super::int4_mma::entries());
@@ -280,13 +264,6 @@ pub fn entries() -> &'static [String] {
 pub fn gemv_max_rows() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
     *MAX.get_or_init(|| env_usize("KILN_INT4_GEMV_MAX_ROWS", GEMV_M[2]))
-}
-
-/// The one-row GEMV's register-bounded form `KILN_INT4_GEMV_OCC` names (one of [`GEMV_OCC`]),
-/// if any.
-fn gemv_occ() -> Option<usize> {
-    static OCC: OnceLock<Option<usize>> = OnceLock::new();
-    *OCC.get_or_init(|| Some(env_usize("KILN_INT4_GEMV_OCC", 0)).filter(|o| GEMV_OCC.contains(o)))
 }
 
 /// A tuning variable's value, or `default` when it is unset or not a number (read once by
@@ -415,8 +392,7 @@ impl Int4Cuda {
         let m = x.rows();
         let mm = *GEMV_M.iter().find(|&&c| c >= m).ok_or_else(|| GemmError::Shape(format!("GEMV of {m} rows")))?;
         let module = b.module_with(source(), "kiln_int4", entries())?;
-        let occ = gemv_occ().filter(|_| mm == 1).map_or(String::new(), |o| format!("_occ{o}"));
-        let f = module.func(&format!("kiln_i4_gemv{mm}{occ}_{}", x.dtype().name()))?;
+        let f = module.func(&format!("kiln_i4_gemv{mm}_{}", x.dtype().name()))?;
         let (words, sb, perm) = self.ptrs();
         let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
         let elt = x.dtype().size_bytes() as u64;
