@@ -6,9 +6,9 @@
 //! largest (ties: the lower expert index first); with `norm_top_k`, `p / sum(p over the top_k)`.
 //! A `#[fused]` row kernel decides it on the device for the `top_k` of the supported models
 //! (`kernels::moe_route`: 2 and 8) in steps of at least [`KERNEL_MIN_TOKENS`] tokens, and each
-//! token's choices (`top_k` ids and weights in one
-//! copy, not the router's `experts` logits) come to the host, which sorts them by expert; any other `top_k`
-//! is routed on the host from the logits ([`route`], also the kernels' reference in the tests).
+//! token's choices (`top_k` ids and weights in one copy, not the router's `experts` logits)
+//! come to the host, which sorts them by expert; any other `top_k` or step is routed on the
+//! host from the logits ([`route`], also the kernels' reference in the tests).
 //! Then one of two paths:
 //!
 //! - **grouped** (on a GPU, when every expert's weights are dense in the activations' dtype;

@@ -6,7 +6,8 @@
 //! Top-k is `k` row reductions: rank `j` takes the `argmax` of `p` with the columns of ranks
 //! `0..j` masked to `-1` (below every probability), and its weight is the `max` of the same
 //! masked row, i.e. `p` at that column. One kernel per `k` the supported models use (Mixtral
-//! 2, Qwen3-MoE 8); `kiln_models::decoder::moe` routes any other `k` on the host.
+//! 2, Qwen3-MoE 8); `kiln_models::decoder::moe` routes any other `k`, and steps of a few
+//! tokens, on the host.
 //!
 //! Invariant: expert ids are in `0..experts` and distinct within a row for `k <= experts`
 //! (a masked column is `-1`, below every probability, and `argmax` takes the lowest column of
