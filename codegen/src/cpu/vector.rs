@@ -294,16 +294,16 @@ fn argmax(x: &[f32]) -> i32 {
 
 /// A row reduction. `Mean` is `sum / width` in f32; `ArgMax` is an i32 column.
 pub(crate) fn reduce(r: ReduceOp, a: Src<'_, f32>, width: usize) -> CpuScalar {
-    CpuScalar::F32(match (r, a) {
-        (ReduceOp::Sum, Src::V(x)) => sum(x),
-        (ReduceOp::Mean, Src::V(x)) => sum(x) / width as f32,
-        (ReduceOp::Max, Src::V(x)) => max(x),
-        (ReduceOp::ArgMax, Src::V(x)) => return CpuScalar::I32(argmax(x)),
+    match (r, a) {
+        (ReduceOp::Sum, Src::V(x)) => CpuScalar::F32(sum(x)),
+        (ReduceOp::Mean, Src::V(x)) => CpuScalar::F32(sum(x) / width as f32),
+        (ReduceOp::Max, Src::V(x)) => CpuScalar::F32(max(x)),
+        (ReduceOp::ArgMax, Src::V(x)) => CpuScalar::I32(argmax(x)),
         // Reductions always read a row (typeck); a scalar would be a value repeated `width` times.
-        (ReduceOp::Sum, Src::S(s)) => s * width as f32,
-        (ReduceOp::Mean | ReduceOp::Max, Src::S(s)) => s,
-        (ReduceOp::ArgMax, Src::S(_)) => return CpuScalar::I32(0),
-    })
+        (ReduceOp::Sum, Src::S(s)) => CpuScalar::F32(s * width as f32),
+        (ReduceOp::Mean | ReduceOp::Max, Src::S(s)) => CpuScalar::F32(s),
+        (ReduceOp::ArgMax, Src::S(_)) => CpuScalar::I32(0),
+    }
 }
 
 #[cfg(test)]

@@ -202,7 +202,7 @@ impl Body<'_> {
         }
         if plan.any_reduction() {
             w.line_c("__shared__ float kiln_red[32];", "one partial per warp, reused by every reduction");
-            if plan.any_argmax() {
+            if plan.sections.argmax {
                 w.line_c("__shared__ int kiln_red_i[32];", "the column of each warp's partial (argmax)");
             }
         }

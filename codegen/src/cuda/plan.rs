@@ -67,9 +67,6 @@ impl Plan {
     pub fn any_reduction(&self) -> bool {
         self.stages.iter().any(|s| !s.reductions.is_empty())
     }
-    pub fn any_argmax(&self) -> bool {
-        self.sections.argmax
-    }
 }
 
 /// Check the kernel and schedule, and plan the emission. Errors are messages for

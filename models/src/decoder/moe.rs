@@ -41,6 +41,7 @@ use kiln_runtime::device::linear::{linear, Weight};
 use kiln_runtime::DType;
 use kiln_runtime::{Device, Tensor};
 use std::ops::Range;
+use std::sync::OnceLock;
 
 /// Scratch for one MoE layer's step, sized for `capacity` tokens.
 pub struct Workspace {
@@ -147,8 +148,9 @@ pub fn forward(
 /// The routing kernel for `m.top_k`, if there is one (`KILN_MOE_ROUTE=host` routes on the
 /// host anyway, to compare the two).
 fn route_kernel(m: MoeSpec) -> Option<&'static FusedDef> {
+    static ROUTE: OnceLock<Option<String>> = OnceLock::new();
     match m.top_k {
-        _ if m.top_k > m.experts || std::env::var("KILN_MOE_ROUTE").is_ok_and(|v| v == "host") => None,
+        _ if m.top_k > m.experts || knob(&ROUTE, "KILN_MOE_ROUTE") == Some("host") => None,
         2 => Some(&moe_route_top2::DEF),
         8 => Some(&moe_route_top8::DEF),
         _ => None,
@@ -195,11 +197,17 @@ fn routes(dev: &Device, m: MoeSpec, logits: &Tensor, ws: &mut Workspace) -> Resu
 /// Whether the grouped path may run on `dev`: on a GPU, unless `KILN_MOE_GROUPED=0`; on the
 /// CPU with `KILN_MOE_GROUPED=1`.
 fn grouped_on(dev: &Device) -> bool {
-    match std::env::var("KILN_MOE_GROUPED").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
+    static GROUPED: OnceLock<Option<String>> = OnceLock::new();
+    match knob(&GROUPED, "KILN_MOE_GROUPED") {
+        Some("0") => false,
+        Some("1") => true,
         _ => matches!(dev, Device::Cuda(_)),
     }
+}
+
+/// The environment variable `name`, read once into `cell`: every MoE layer of every step asks.
+fn knob(cell: &'static OnceLock<Option<String>>, name: &str) -> Option<&'static str> {
+    cell.get_or_init(|| std::env::var(name).ok()).as_deref()
 }
 
 /// Each expert's `(input, down)` projection weights when the grouped path applies (see the

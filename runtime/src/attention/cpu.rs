@@ -115,15 +115,7 @@ pub(super) fn run(
             kv.v.with_host::<i32, _>(|vp| {
                 // One task per (sequence, KV head): its keys and values widened from e4m3 once.
                 let tasks: Vec<Task> = (0..plan.seqs.len())
-                    .flat_map(|i| {
-                        let rows = 0..plan.seqs[i].q_len;
-                        (0..b.n_kv_heads).map(move |kvh| Task {
-                            i,
-                            kvh,
-                            heads: kvh * group..(kvh + 1) * group,
-                            rows: rows.clone(),
-                        })
-                    })
+                    .flat_map(|i| (0..b.n_kv_heads).map(move |kvh| Task::group(i, kvh, group, 0..plan.seqs[i].q_len)))
                     .collect();
                 let results = tasks
                     .par_iter()
@@ -176,6 +168,13 @@ struct Task {
     rows: Range<usize>,
 }
 
+impl Task {
+    /// All `group` query heads of KV head `kvh`.
+    fn group(i: usize, kvh: usize, group: usize, rows: Range<usize>) -> Task {
+        Task { i, kvh, heads: kvh * group..(kvh + 1) * group, rows }
+    }
+}
+
 /// The tasks of an f32 pool: a whole KV group per chunk of query rows (each K / V row read
 /// once for the group's heads) where that gives the pool's threads enough tasks to share out
 /// evenly (prefills, decode batches); else one task per query head (a decode step of one or
@@ -188,7 +187,7 @@ fn f32_tasks(plan: &AttnPlan, b: &Bound<'_>, group: usize) -> Vec<Task> {
             for kvh in 0..b.n_kv_heads {
                 for c0 in (0..seq.q_len).step_by(CHUNK) {
                     let rows = c0..(c0 + CHUNK).min(seq.q_len);
-                    grouped.push(Task { i, kvh, heads: kvh * group..(kvh + 1) * group, rows });
+                    grouped.push(Task::group(i, kvh, group, rows));
                 }
             }
         }

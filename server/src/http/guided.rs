@@ -133,7 +133,7 @@ pub async fn compile(
     let c = Arc::clone(codec);
     let task = tokio::task::spawn_blocking(move || {
         let r = match c.structured() {
-            Some(st) => st.compile(&spec),
+            Some(st) => st.compile_keyed(&spec, key),
             None => Err(StructuredError::Invalid("structured output is not available".into())),
         };
         resolver.resolve(r.clone().map_err(|StructuredError::Invalid(m)| m));

@@ -206,15 +206,20 @@ pub struct RowsView<'a> {
 
 impl<'a> RowsView<'a> {
     /// The blocks of row `r`.
-    pub fn row(&self, mut r: usize) -> &'a [u8] {
-        for &(bytes, rows) in &self.segments {
-            if r < rows {
-                return &bytes[r * self.rb..(r + 1) * self.rb];
-            }
-            r -= rows;
-        }
-        panic!("row {r} past the end of the matrix")
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        row_in(self.segments.iter().copied(), self.rb, r)
     }
+}
+
+/// Row `r` (of `rb` bytes) of segments `(bytes, rows)` in row order.
+fn row_in<'a>(segments: impl Iterator<Item = (&'a [u8], usize)>, rb: usize, mut r: usize) -> &'a [u8] {
+    for (bytes, rows) in segments {
+        if r < rows {
+            return &bytes[r * rb..(r + 1) * rb];
+        }
+        r -= rows;
+    }
+    panic!("row {r} past the end of the matrix")
 }
 
 /// A `[rows, cols]` matrix of quantized blocks in host memory; see the module header. Its rows
@@ -305,15 +310,9 @@ impl QuantMatrix {
     }
 
     /// The blocks of row `r`.
-    pub fn row(&self, mut r: usize) -> &[u8] {
-        let rb = self.format.row_bytes(self.cols);
-        for (seg, rows) in self.segments.iter() {
-            if r < *rows {
-                return &seg.bytes()[r * rb..(r + 1) * rb];
-            }
-            r -= rows;
-        }
-        panic!("row {r} past the end of a {}-row matrix", self.rows)
+    pub fn row(&self, r: usize) -> &[u8] {
+        // `bytes` only of the segments the walk reaches.
+        row_in(self.segments.iter().map(|(seg, rows)| (seg.bytes(), *rows)), self.format.row_bytes(self.cols), r)
     }
 
     /// The rows with each segment's bytes looked up once: for loops over many rows (a product

@@ -74,7 +74,12 @@ impl Structured {
 
     /// The compiled grammar of `spec`, from the cache or compiled now.
     pub fn compile(&self, spec: &Spec) -> Result<Arc<dyn ConstraintSource>, StructuredError> {
-        let key = spec.key();
+        self.compile_keyed(spec, spec.key())
+    }
+
+    /// [`Structured::compile`] for a caller that already has the spec's [`Spec::key`] (a JSON
+    /// schema's is the whole schema serialised).
+    pub fn compile_keyed(&self, spec: &Spec, key: String) -> Result<Arc<dyn ConstraintSource>, StructuredError> {
         if let Some(s) = self.cached(&key) {
             return Ok(s);
         }
