@@ -524,3 +524,40 @@ if [ "$what" = moe-route ]; then
     done
   done
 fi
+
+# The tensor-core int4 GEMV (issue 14): every int4 kernel against the CPU and timed to 16 rows
+# (8 warps a block; then 4, speed only), the AWQ / GPTQ fixtures, then 8B-shaped decode at 1
+# and 8 sequences with the tensor-core GEMV, with the block GEMV (KILN_INT4_TC_GEMV=0) and in
+# bf16, alternating, twice; NCU=1 adds a profile of the new kernel at one row.
+if [ "$what" = int4-tc ]; then
+  TAIL=40 step int4-kernels 240 .device/kiln-check-int4 --max-rows 16
+  KILN_INT4_TC_WARPS=4 TAIL=20 step int4-speed-w4 120 .device/kiln-check-int4 --no-check --max-rows 8
+  KILN_INT4_GPU=kernels TAIL=14 step int4-model 180 .device/kiln-check-arch --vs-cpu tests/fixtures/int4-tiny/awq tests/fixtures/int4-tiny/gptq
+  b=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-num-seqs 256)
+  for round in 1 2; do
+    for c in 1 8; do
+      TAIL=4 step "bench-int4-tc-c$c-r$round" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests $c
+      KILN_INT4_TC_GEMV=0 TAIL=4 step "bench-int4-block-c$c-r$round" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests $c
+      TAIL=4 step "bench-bf16-c$c-r$round" 150 "${b[@]}" --model synth:llama3-8b --num-requests $c
+    done
+  done
+  KILN_INT4_TC_WARPS=4 TAIL=4 step "bench-int4-tc4-c1" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 1
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ "${NCU:-0}" = 1 ] && [ -n "$ncu" ]; then
+    TAIL=60 step ncu-int4-tcgemv 120 "$ncu" --clock-control none -k regex:kiln_i4_tcgemv -c 4 \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+      .device/kiln-check-int4 --no-check --max-rows 1
+  fi
+fi
+# FP8 at full load (issue 14) as a server would be set for it: 1,024 and 2,048 requests of
+# 128 / 128 at 256 and 512 sequences, FP8 weights with bf16 and with FP8 KV, beside bf16 at
+# the same settings.
+if [ "$what" = fp8-max2 ]; then
+  m=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-batched-tokens 8192)
+  for s in 256 512; do
+    r=$((4 * s))
+    TAIL=5 step "bench-bf16-max-s$s" 150 "${m[@]}" --num-requests $r --max-num-seqs $s --model synth:llama3-8b
+    TAIL=5 step "bench-fp8-max-s$s" 150 "${m[@]}" --num-requests $r --max-num-seqs $s --model synth:llama3-8b+fp8
+    TAIL=5 step "bench-fp8-fp8kv-max-s$s" 150 "${m[@]}" --num-requests $r --max-num-seqs $s --model synth:llama3-8b+fp8 --kv-cache-dtype fp8
+  done
+fi

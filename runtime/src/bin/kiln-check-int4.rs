@@ -5,7 +5,8 @@
 //! Correctness: random 4-bit matrices (contiguous groups of 32/64/128, act-order with a random
 //! permutation, a row count that is not a multiple of the GEMV's 4, a fused weight of parts
 //! with different groupings, q/k/v parts the upload joins into one matrix), 1 to 130 activation
-//! rows, f32/f16/bf16 activations, every path (GEMV, tensor cores — which fall back to
+//! rows, f32/f16/bf16 activations, every path (GEMV, the tensor-core GEMV — the GEMV where it
+//! does not apply —, tensor cores — which fall back to
 //! dequantize + cuBLAS for f32 and for scratch too small for a tiny act-order case — and
 //! dequantize + cuBLAS). The CPU product is computed from the activations as the GPU sees them
 //! (rounded to the dtype); the GPU result must be within `tol · max |ref|`.
@@ -50,9 +51,13 @@ struct Case {
 
 fn cases(r: &mut Rand) -> Vec<Case> {
     let mut c = vec![];
-    for (rows, cols, group, act) in
-        [(256, 512, 128, false), (1003, 256, 32, false), (64, 1024, 64, true), (96, 384, 128, true)]
-    {
+    for (rows, cols, group, act) in [
+        (256, 512, 128, false),
+        (1003, 256, 32, false),
+        (64, 1024, 64, true),
+        (96, 384, 128, true),
+        (1001, 640, 128, false),
+    ] {
         let what = format!("{rows}x{cols} g{group}{}", if act { " act-order" } else { "" });
         c.push(Case { what, parts: vec![random_matrix(r, rows, cols, group, act)] });
     }
@@ -93,10 +98,11 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                     DType::F32 => 2e-5,
                     _ => 1e-2,
                 };
-                for path in [Int4Path::Gemv, Int4Path::Mma, Int4Path::Dequant] {
+                for path in [Int4Path::Gemv, Int4Path::TcGemv, Int4Path::Mma, Int4Path::Dequant] {
                     // Tensor cores (and cuBLAS in half precision) take the dequantized weight
                     // rounded to the activations' type too (f16 has 11 bits).
-                    let tol = if path != Int4Path::Gemv && dtype != DType::F32 { 2e-2 } else { tol };
+                    let gemv = matches!(path, Int4Path::Gemv | Int4Path::TcGemv);
+                    let tol = if !gemv && dtype != DType::F32 { 2e-2 } else { tol };
                     let mut out = Tensor::zeros(dev, dtype, m, n)?;
                     linear_int4_cuda_by(&xt, &w, &mut out, path)?;
                     let got = out.to_host_f32()?;
@@ -105,7 +111,10 @@ fn check(dev: &Device) -> Result<(usize, usize), Box<dyn std::error::Error>> {
                 }
             }
         }
-        println!("ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV, tensor cores and dequant+cuBLAS", case.what);
+        println!(
+            "ok   {} (n {n}, k {k}): f32/f16/bf16 × m 1..130 × GEMV, tensor-core GEMV, tensor cores and dequant+cuBLAS",
+            case.what
+        );
     }
     Ok((tally.passed, tally.failed))
 }
@@ -117,9 +126,9 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let copy_gbs = copy_gbs(dev)?;
     println!("\ndevice copy: {copy_gbs:.0} GB/s (read + write)\n");
     println!(
-        "| shape n×k g128 | m | GEMV µs | tensor cores µs | dequant+cuBLAS µs | dense bf16 cuBLAS µs | best int4 GB/s (% of copy) | best vs dense |"
+        "| shape n×k g128 | m | GEMV µs | tensor-core GEMV µs | tensor cores µs | dequant+cuBLAS µs | dense bf16 cuBLAS µs | best int4 GB/s (% of copy) | best vs dense |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (n, k, what) in [(6144, 4096, "qkv"), (4096, 4096, "o"), (28672, 4096, "gate_up"), (4096, 14336, "down")] {
         let w = random_matrix(&mut r, n, k, 128, false);
         let g = Int4Cuda::upload(dev, DType::BF16, std::slice::from_ref(&w))?.ok_or("refused")?;
@@ -134,13 +143,14 @@ fn speed(dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
                 median_us(b, 5, 30, |_| f(&mut out).map_err(Box::<dyn std::error::Error>::from))
             };
             let gemv = if m <= 16 { time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::Gemv))? } else { f64::NAN };
+            let tc = if m <= 16 { time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::TcGemv))? } else { f64::NAN };
             let mma = time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::Mma))?;
             let deq = time(&mut |o| linear_int4_cuda_by(&x, &g, o, Int4Path::Dequant))?;
             let cublas = time(&mut |o| matmul(dev, &x, &dense, o))?;
-            let best = gemv.min(mma).min(deq);
+            let best = gemv.min(tc).min(mma).min(deq);
             let gbs = bytes / best / 1e3;
             println!(
-                "| {what} {n}×{k} | {m} | {gemv:.1} | {mma:.1} | {deq:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
+                "| {what} {n}×{k} | {m} | {gemv:.1} | {tc:.1} | {mma:.1} | {deq:.1} | {cublas:.1} | {gbs:.0} ({:.0}%) | {:.2}× |",
                 100.0 * gbs / copy_gbs,
                 cublas / best
             );

@@ -59,6 +59,18 @@ pub(super) fn gemv_all<P: GpuPart>(
     out: &mut Tensor,
     chunk: usize,
 ) -> Result<(), GemmError> {
+    per_row_chunk(x, parts, out, chunk, |w, xs, o| w.gemv(b, xs, o))
+}
+
+/// `f(part, rows of x, their block of out)` for every part and every `chunk` rows of `x`: the
+/// launches of a kernel that takes a few rows at a time.
+pub(super) fn per_row_chunk<P: GpuPart>(
+    x: &Tensor,
+    parts: &[P],
+    out: &mut Tensor,
+    chunk: usize,
+    mut f: impl FnMut(&P, &Tensor, &mut Tensor) -> Result<(), GemmError>,
+) -> Result<(), GemmError> {
     let m = x.rows();
     let mut at = 0;
     for w in parts {
@@ -66,7 +78,7 @@ pub(super) fn gemv_all<P: GpuPart>(
             let rows = (m - r0).min(chunk);
             let xs = x.view_rows(r0, rows)?;
             let mut o = out.view_rows(r0, rows)?.view_cols(at, w.rows())?;
-            w.gemv(b, &xs, &mut o)?;
+            f(w, &xs, &mut o)?;
         }
         at += w.rows();
     }

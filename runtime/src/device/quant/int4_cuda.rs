@@ -1,7 +1,10 @@
 //! W4A16 on the GPU: a 4-bit group-quantized weight (AWQ, GPTQ; [`super::int4`]) kept packed in
 //! device memory and multiplied without a dense copy of the model.
 //!
-//! Three kernels, chosen by the number of activation rows `m`:
+//! Four kernels, chosen by the number of activation rows `m`:
+//! - **tensor-core GEMV** (`m ≤ 8`, f16 / bf16, groups of 128k, no act-order;
+//!   `int4_tc_gemv.rs`): the weight as the `A` operand of `mma`, a nibble made an operand by
+//!   one `LOP3`; the decode path wherever it applies (`KILN_INT4_TC_GEMV=0` turns it off);
 //! - **GEMV** (`m ≤` [`gemv_max_rows`], decode): each block of 128 threads computes 4 output
 //!   features for every row of `x`; a thread reads four words (32 inputs of one group) of each
 //!   of the 4 weight rows in 16-byte loads, so every weight byte is read once, unpacks the
@@ -23,9 +26,10 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
-use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
+use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, per_row_chunk, GpuPart};
 use crate::device::quant::int4::{Int4Layout, Int4Matrix};
 use crate::device::quant::int4_mma::mma_product;
+use crate::device::quant::int4_tc_gemv as tc_gemv;
 use crate::device::tensor::Tensor;
 use crate::{DType, Device, GemmError};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -231,10 +235,11 @@ pub fn source() -> &'static str {
     static SRC: OnceLock<String> = OnceLock::new();
     SRC.get_or_init(|| {
         format!(
-            "// kiln quantized-weight kernels: W4A16 (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs), W8A16 (w8_cuda.rs), 8-bit W8A8 (fp8_lt.rs)\n{}\n{}\n{BODY}\n{}\n{}\n{}",
+            "// kiln quantized-weight kernels: W4A16 (runtime/src/device/quant/int4_cuda.rs, int4_mma.rs, int4_tc_gemv.rs), W8A16 (w8_cuda.rs), 8-bit W8A8 (fp8_lt.rs)\n{}\n{}\n{BODY}\n{}\n{}\n{}\n{}",
             kiln_codegen::cuda::prelude::CORE,
             super::fp8_lt::E4M3_ENCODE,
             super::int4_mma::BODY,
+            super::int4_tc_gemv::BODY,
             super::w8_cuda::BODY,
             super::fp8_lt::BODY
         )
@@ -252,6 +257,7 @@ pub fn entries() -> &'static [String] {
             e.push(format!("kiln_i4_dequant_{d}"));
         }
         e.extend(super::int4_mma::entries());
+        e.extend(super::int4_tc_gemv::entries());
         e.extend(super::w8_cuda::entries());
         e.extend(super::fp8_lt::entries());
         e
@@ -483,11 +489,15 @@ pub fn mma_max_rows() -> usize {
 /// Which kernel multiplies an int4 weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int4Path {
-    /// The GEMV up to [`gemv_max_rows`] rows, the tensor-core kernel up to [`mma_max_rows`]
-    /// (f16 / bf16), dequantize + cuBLAS above (and wherever the others do not apply).
+    /// The tensor-core GEMV up to 8 rows where it applies, else the GEMV up to
+    /// [`gemv_max_rows`] rows; the tensor-core kernel up to [`mma_max_rows`] (f16 / bf16),
+    /// dequantize + cuBLAS above (and wherever the others do not apply).
     Auto,
     /// The GEMV, 8 rows of `x` per launch.
     Gemv,
+    /// The tensor-core GEMV (`int4_tc_gemv`), 8 rows of `x` per launch, falling back to the
+    /// GEMV where it does not apply (f32, act-order, groups of 32 or 64, unaligned rows).
+    TcGemv,
     /// The tensor-core kernel (`int4_mma`), falling back to dequantize + cuBLAS where it does
     /// not apply (f32 activations, unaligned rows, a GPU before sm_80).
     Mma,
@@ -496,7 +506,7 @@ pub enum Int4Path {
 }
 
 /// `out = x · Wᵀ` for int4 weights stacked along rows, each part into its own columns of
-/// `out`: the GEMV for few rows, else each part dequantized into the scratch and one dense GEMM.
+/// `out`: a GEMV for few rows (on tensor cores where it applies), else each part dequantized into the scratch and one dense GEMM.
 pub fn linear_int4_cuda(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor) -> Result<(), GemmError> {
     linear_int4_cuda_by(x, parts, out, Int4Path::Auto)
 }
@@ -505,6 +515,19 @@ pub fn linear_int4_cuda(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor) -> Res
 pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, path: Int4Path) -> Result<(), GemmError> {
     let Some(b) = checked(x, parts, out, "int4")? else { return Ok(()) };
     let (m, n) = (x.rows(), out.cols());
+    let tc = path == Int4Path::TcGemv
+        || (path == Int4Path::Auto
+            && m <= tc_gemv::MAX_ROWS
+            && tc_gemv::enabled()
+            && parts.iter().any(|w| tc_gemv::applies(&b, x, w)));
+    if tc {
+        return per_row_chunk(x, parts, out, tc_gemv::MAX_ROWS, |w, xs, o| {
+            if !tc_gemv::tc_gemv_product(&b, xs, w, o)? {
+                w.gemv(&b, xs, o)?;
+            }
+            Ok(())
+        });
+    }
     let gemv = path == Int4Path::Gemv || (path == Int4Path::Auto && m <= gemv_max_rows());
     let mma = path == Int4Path::Mma || (path == Int4Path::Auto && !gemv && m <= mma_max_rows());
     if gemv {

@@ -25,6 +25,7 @@ mod gpu_product;
 pub mod int4;
 pub mod int4_cuda;
 mod int4_mma;
+mod int4_tc_gemv;
 pub mod quantize;
 mod quantize_k;
 pub mod w8;
