@@ -2,7 +2,7 @@
 //! device memory and multiplied without a dense copy of the model.
 //!
 //! Four kernels, chosen by the number of activation rows `m`:
-//! - **tensor-core GEMV** (`m ≤ 8`, f16 / bf16, groups of 128k, no act-order;
+//! - **tensor-core GEMV** (`m ≤ 8`, f16 / bf16, groups of 128k;
 //!   `int4_tc_gemv.rs`): the weight as the `A` operand of `mma`, a nibble made an operand by
 //!   one `LOP3`; the decode path wherever it applies (`KILN_INT4_TC_GEMV=0` turns it off);
 //! - **GEMV** (`m ≤` [`gemv_max_rows`], decode): each block of 128 threads computes 4 output
@@ -496,7 +496,7 @@ pub enum Int4Path {
     /// The GEMV, 8 rows of `x` per launch.
     Gemv,
     /// The tensor-core GEMV (`int4_tc_gemv`), 8 rows of `x` per launch, falling back to the
-    /// GEMV where it does not apply (f32, act-order, groups of 32 or 64, unaligned rows).
+    /// GEMV where it does not apply (f32, groups of 32 or 64, unaligned rows).
     TcGemv,
     /// The tensor-core kernel (`int4_mma`), falling back to dequantize + cuBLAS where it does
     /// not apply (f32 activations, unaligned rows, a GPU before sm_80).
@@ -521,8 +521,10 @@ pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, pat
             && tc_gemv::enabled()
             && parts.iter().any(|w| tc_gemv::applies(&b, x, w)));
     if tc {
+        let scratch = parts[0].scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let sp = (scratch.cuda_ptr().unwrap_or(0), scratch.len() * scratch.dtype().size_bytes());
         return per_row_chunk(x, parts, out, tc_gemv::MAX_ROWS, |w, xs, o| {
-            if !tc_gemv::tc_gemv_product(&b, xs, w, o)? {
+            if !tc_gemv::tc_gemv_product(&b, xs, w, o, sp)? {
                 w.gemv(&b, xs, o)?;
             }
             Ok(())

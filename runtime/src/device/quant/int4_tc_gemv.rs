@@ -24,8 +24,9 @@
 //! `k` by chunks (warp `w` takes chunks `w, w + W, …`, the next one loaded while the current one multiplies); the warps' sums meet in
 //! shared memory in a fixed order (no atomics: the same bits every run).
 //!
-//! Invariants: `k % 128 == 0`, `group % 128 == 0` (a chunk lies in one group), no input
-//! permutation, `x` rows 16-byte aligned, `m ≤ 8`, sm_80 or later; [`tc_gemv_product`] answers
+//! Invariants: `k % 128 == 0`, `group % 128 == 0` (a chunk lies in one group), `x` rows
+//! 16-byte aligned (an act-order weight's inputs are first gathered into stored order, in the
+//! scratch, as the tensor-core GEMM does), `m ≤ 8`, sm_80 or later; [`tc_gemv_product`] answers
 //! `false` otherwise and the caller runs the block GEMV. The CPU product
 //! ([`super::int4::Int4Matrix::matmul`]) is the reference (`kiln-check-int4`).
 
@@ -207,32 +208,55 @@ fn warps() -> usize {
 }
 
 /// Whether this kernel can multiply `w` by `x` (see the module's invariants); the row count
-/// aside (the caller cuts `x` into launches of [`MAX_ROWS`]).
+/// aside (the caller cuts `x` into launches of [`MAX_ROWS`]). An act-order weight's inputs are
+/// gathered into stored order first (into the scratch), so only its groups must fit.
 pub(super) fn applies(b: &CudaBackend, x: &Tensor, w: &Int4Cuda) -> bool {
     let elt = x.dtype().size_bytes();
     let xp = x.cuda_ptr().unwrap_or(0);
+    let aligned = w.ptrs().2 != 0 || (xp.is_multiple_of(16) && (x.row_stride() * elt).is_multiple_of(16));
     matches!(x.dtype(), DType::F16 | DType::BF16)
         && b.compute_capability().0 >= 8
-        && w.ptrs().2 == 0
         && w.cols().is_multiple_of(CHUNK)
         && w.group().is_multiple_of(CHUNK)
-        && xp.is_multiple_of(16)
-        && (x.row_stride() * elt).is_multiple_of(16)
+        && aligned
 }
 
 /// `out = x · Wᵀ` for `x.rows() ≤` [`MAX_ROWS`] by this kernel, `out` a column view of the
-/// product; `Ok(false)` (nothing launched) where it does not apply.
-pub(super) fn tc_gemv_product(b: &CudaBackend, x: &Tensor, w: &Int4Cuda, out: &mut Tensor) -> Result<bool, GemmError> {
-    let m = x.rows();
-    if m == 0 || m > MAX_ROWS || !applies(b, x, w) {
+/// product; `scratch` (device memory, `scratch_bytes` long) takes an act-order weight's
+/// gathered inputs. `Ok(false)` (nothing launched) where it does not apply.
+pub(super) fn tc_gemv_product(
+    b: &CudaBackend,
+    x: &Tensor,
+    w: &Int4Cuda,
+    out: &mut Tensor,
+    (scratch, scratch_bytes): (u64, usize),
+) -> Result<bool, GemmError> {
+    let (m, k) = (x.rows(), w.cols());
+    let elt = x.dtype().size_bytes();
+    let (words, sb, perm) = w.ptrs();
+    if m == 0 || m > MAX_ROWS || !applies(b, x, w) || (perm != 0 && m * k * elt > scratch_bytes) {
         return Ok(false);
     }
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
+    let d = x.dtype().name();
+    let (mut xp, mut ldx) = (x.cuda_ptr().unwrap_or(0), x.row_stride() as i64);
+    let m32 = m as i32;
+    if perm != 0 {
+        let f = module.func(&format!("kiln_i4_gather_{d}"))?;
+        let k32 = k as i32;
+        let mut l = b.stream().launch_builder(f);
+        l.arg(&xp).arg(&ldx).arg(&perm).arg(&m32).arg(&k32).arg(&scratch);
+        let blocks = (m * k).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x covers m rows of k at ldx; perm holds k indices below k; the scratch holds
+        // m·k elements of x's dtype (checked above) and is 256-byte aligned (a device buffer).
+        drv("launching kiln_i4_gather", unsafe { l.launch(cfg) })?;
+        (xp, ldx) = (scratch, k as i64);
+    }
     let warps = warps();
-    let f = module.func(&format!("kiln_i4_tcgemv{warps}_{}", x.dtype().name()))?;
-    let (words, sb, _) = w.ptrs();
-    let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
-    let (ldx, ldo, m32) = (x.row_stride() as i64, out.row_stride() as i64, m as i32);
+    let f = module.func(&format!("kiln_i4_tcgemv{warps}_{d}"))?;
+    let op = out.cuda_ptr().unwrap_or(0);
+    let ldo = out.row_stride() as i64;
     let (n, k, group) = (w.rows() as i32, w.cols() as i32, w.group() as i32);
     let mut l = b.stream().launch_builder(f);
     l.arg(&xp).arg(&ldx).arg(&m32).arg(&words).arg(&sb).arg(&op).arg(&ldo).arg(&n).arg(&k).arg(&group);
@@ -241,7 +265,8 @@ pub(super) fn tc_gemv_product(b: &CudaBackend, x: &Tensor, w: &Int4Cuda, out: &m
         block_dim: (warps as u32 * 32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: x covers m ≤ 8 rows of k elements at ldx, 16-byte aligned (checked by `applies`);
+    // SAFETY: x (or its gathered copy) covers m ≤ 8 rows of k elements at ldx, 16-byte aligned
+    // (checked by `applies`, or the scratch's dense rows of k % 128 == 0 elements);
     // out covers m rows of n at ldo (the caller's `checked`); words and sb are this weight's
     // live device arrays for (n, k, group), read only below row n.
     drv("launching kiln_i4_tcgemv", unsafe { l.launch(cfg) })?;
