@@ -528,7 +528,8 @@ fi
 # The tensor-core int4 GEMV (issue 14): every int4 kernel against the CPU and timed to 16 rows
 # (8 warps a block; then 4, speed only), the AWQ / GPTQ fixtures, then 8B-shaped decode at 1
 # and 8 sequences with the tensor-core GEMV, with the block GEMV (KILN_INT4_TC_GEMV=0) and in
-# bf16, alternating, twice; NCU=1 adds a profile of the new kernel at one row.
+# bf16, alternating, twice; at 16 / 32 sequences the tensor-core GEMV in launches of 8 rows
+# (KILN_INT4_TC_MAX_ROWS) against the default; NCU=1 adds a profile of the new kernel at one row.
 if [ "$what" = int4-tc ]; then
   TAIL=40 step int4-kernels 240 .device/kiln-check-int4 --max-rows 16
   KILN_INT4_TC_WARPS=4 TAIL=20 step int4-speed-w4 120 .device/kiln-check-int4 --no-check --max-rows 8
@@ -542,6 +543,11 @@ if [ "$what" = int4-tc ]; then
     done
   done
   KILN_INT4_TC_WARPS=4 TAIL=4 step "bench-int4-tc4-c1" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 1
+  for c in 16 32; do
+    KILN_INT4_TC_MAX_ROWS=$c TAIL=4 step "bench-int4-tc$c-c$c" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests $c
+    TAIL=4 step "bench-int4-c$c" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests $c
+    TAIL=4 step "bench-bf16-c$c" 150 "${b[@]}" --model synth:llama3-8b --num-requests $c
+  done
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ "${NCU:-0}" = 1 ] && [ -n "$ncu" ]; then
     TAIL=60 step ncu-int4-tcgemv 120 "$ncu" --clock-control none -k regex:kiln_i4_tcgemv -c 4 \

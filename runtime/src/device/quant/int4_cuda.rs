@@ -517,7 +517,7 @@ pub fn linear_int4_cuda_by(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor, pat
     let (m, n) = (x.rows(), out.cols());
     let tc = path == Int4Path::TcGemv
         || (path == Int4Path::Auto
-            && m <= tc_gemv::MAX_ROWS
+            && m <= tc_gemv::max_rows()
             && tc_gemv::enabled()
             && parts.iter().any(|w| tc_gemv::applies(&b, x, w)));
     if tc {

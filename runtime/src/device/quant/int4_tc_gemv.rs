@@ -201,6 +201,13 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_INT4_TC_GEMV").map_or(true, |v| v != "0"))
 }
 
+/// The most activation rows a product takes this kernel for (launches of [`MAX_ROWS`] each,
+/// every launch reading the whole weight): 8, or `KILN_INT4_TC_MAX_ROWS`.
+pub fn max_rows() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| super::int4_cuda::env_usize("KILN_INT4_TC_MAX_ROWS", MAX_ROWS))
+}
+
 /// Warps per block: 8 unless `KILN_INT4_TC_WARPS=4`.
 fn warps() -> usize {
     static W: OnceLock<usize> = OnceLock::new();
