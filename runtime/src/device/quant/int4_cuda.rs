@@ -2,7 +2,7 @@
 //! device memory and multiplied without a dense copy of the model.
 //!
 //! Four kernels, chosen by the number of activation rows `m`:
-//! - **tensor-core GEMV** (`m ≤ 8`, f16 / bf16, groups of 128k;
+//! - **tensor-core GEMV** (`m ≤ 16`, launches of 8 rows; f16 / bf16, groups of 128k;
 //!   `int4_tc_gemv.rs`): the weight as the `A` operand of `mma`, a nibble made an operand by
 //!   one `LOP3`; the decode path wherever it applies (`KILN_INT4_TC_GEMV=0` turns it off);
 //! - **GEMV** (`m ≤` [`gemv_max_rows`], decode): each block of 128 threads computes 4 output
@@ -489,7 +489,7 @@ pub fn mma_max_rows() -> usize {
 /// Which kernel multiplies an int4 weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int4Path {
-    /// The tensor-core GEMV up to 8 rows where it applies, else the GEMV up to
+    /// The tensor-core GEMV up to [`tc_gemv::max_rows`] rows where it applies, else the GEMV up to
     /// [`gemv_max_rows`] rows; the tensor-core kernel up to [`mma_max_rows`] (f16 / bf16),
     /// dequantize + cuBLAS above (and wherever the others do not apply).
     Auto,
