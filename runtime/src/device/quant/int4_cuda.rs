@@ -489,7 +489,7 @@ pub fn mma_max_rows() -> usize {
 /// Which kernel multiplies an int4 weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int4Path {
-    /// The tensor-core GEMV up to [`tc_gemv::max_rows`] rows where it applies, else the GEMV up to
+    /// The tensor-core GEMV up to 16 rows (`KILN_INT4_TC_MAX_ROWS`) where it applies, else the GEMV up to
     /// [`gemv_max_rows`] rows; the tensor-core kernel up to [`mma_max_rows`] (f16 / bf16),
     /// dequantize + cuBLAS above (and wherever the others do not apply).
     Auto,
