@@ -5,10 +5,9 @@
 //! Correctness: random 4-bit matrices (contiguous groups of 32/64/128, act-order with a random
 //! permutation, a row count that is not a multiple of the GEMV's 4, a fused weight of parts
 //! with different groupings, q/k/v parts the upload joins into one matrix), 1 to 130 activation
-//! rows, f32/f16/bf16 activations, every path (GEMV, the tensor-core GEMV — the GEMV where it
-//! does not apply —, tensor cores — which fall back to
-//! dequantize + cuBLAS for f32 and for scratch too small for a tiny act-order case — and
-//! dequantize + cuBLAS). The CPU product is computed from the activations as the GPU sees them
+//! rows, f32/f16/bf16 activations, every path: the GEMV; the tensor-core GEMV (the GEMV where it
+//! does not apply: f32, groups of 32 or 64); the tensor-core GEMM (dequantize + cuBLAS for f32
+//! and for scratch too small for a tiny act-order case); dequantize + cuBLAS. The CPU product is computed from the activations as the GPU sees them
 //! (rounded to the dtype); the GPU result must be within `tol · max |ref|`.
 //!
 //! Speed: Llama-3-8B's projection shapes, g128, bf16: median of CUDA-event-timed launches

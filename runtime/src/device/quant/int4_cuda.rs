@@ -489,9 +489,9 @@ pub fn mma_max_rows() -> usize {
 /// Which kernel multiplies an int4 weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int4Path {
-    /// The tensor-core GEMV up to 16 rows (`KILN_INT4_TC_MAX_ROWS`) where it applies, else the GEMV up to
-    /// [`gemv_max_rows`] rows; the tensor-core kernel up to [`mma_max_rows`] (f16 / bf16),
-    /// dequantize + cuBLAS above (and wherever the others do not apply).
+    /// The tensor-core GEMV up to 16 rows (`KILN_INT4_TC_MAX_ROWS`) where it applies, else the
+    /// GEMV up to [`gemv_max_rows`] rows; the tensor-core kernel up to [`mma_max_rows`] (f16 /
+    /// bf16), dequantize + cuBLAS above (and wherever the others do not apply).
     Auto,
     /// The GEMV, 8 rows of `x` per launch.
     Gemv,
@@ -506,7 +506,8 @@ pub enum Int4Path {
 }
 
 /// `out = x · Wᵀ` for int4 weights stacked along rows, each part into its own columns of
-/// `out`: a GEMV for few rows (on tensor cores where it applies), else each part dequantized into the scratch and one dense GEMM.
+/// `out`: a GEMV for few rows (on tensor cores where it applies), the tensor-core GEMM for a
+/// few dozen, else each part dequantized into the scratch and one dense GEMM.
 pub fn linear_int4_cuda(x: &Tensor, parts: &[Int4Cuda], out: &mut Tensor) -> Result<(), GemmError> {
     linear_int4_cuda_by(x, parts, out, Int4Path::Auto)
 }
