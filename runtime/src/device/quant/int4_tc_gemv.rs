@@ -1,5 +1,5 @@
 //! W4A16 for a few activation rows (decode) on tensor cores: `out = x · Wᵀ` for 1–8 rows of f16 /
-//! bf16 `x` and a 4-bit weight in [`super::int4_cuda`]'s device form, groups a multiple of 128.
+//! bf16 `x` a launch (up to [`max_rows`] in launches of 8) and a 4-bit weight in [`super::int4_cuda`]'s device form, groups a multiple of 128.
 //!
 //! Why a second GEMV: the block GEMV (`kiln_i4_gemv`) spends ~11 instructions per weight byte
 //! (each nibble shifted, masked, turned into a float and multiplied alone), so an H100 cannot
@@ -21,8 +21,11 @@
 //! byte permutes.
 //!
 //! A block is `W` warps (8, or 4 under `KILN_INT4_TC_WARPS=4`) on one 16-feature tile, splitting
-//! `k` by chunks (warp `w` takes chunks `w, w + W, …`, the next one loaded while the current one multiplies); the warps' sums meet in
-//! shared memory in a fixed order (no atomics: the same bits every run).
+//! `k` by chunks (warp `w` takes chunks `w, w + W, …`, `D` at a time: their weight quads are
+//! loaded first, so a lane has `2 D` 16-byte loads in flight — `D` = 4, or 2 under
+//! `KILN_INT4_TC_DEPTH=2` — and the activations one chunk ahead of the multiply); a chunk's 8
+//! steps alternate between two accumulators so consecutive `mma` do not wait on each other.
+//! The warps' sums meet in shared memory in a fixed order (no atomics: the same bits every run).
 //!
 //! Invariants: `k % 128 == 0`, `group % 128 == 0` (a chunk lies in one group), `x` rows
 //! 16-byte aligned (an act-order weight's inputs are first gathered into stored order, in the
@@ -187,8 +190,9 @@ __device__ __forceinline__ void kiln_i4_tc_gemv(const T* __restrict__ x, long lo
 #endif
 }
 
+// At least 16 warps an SM: registers capped at 128 (the D = 4 form fits without spilling).
 #define KILN_I4_TC(SUFFIX, T, W, D)                                                                           \
-  extern "C" __global__ void __launch_bounds__(32 * W, 16 / W) kiln_i4_tcgemv##W##_d##D##_##SUFFIX(                   \
+  extern "C" __global__ void __launch_bounds__(32 * W, 16 / W) kiln_i4_tcgemv##W##_d##D##_##SUFFIX(          \
       const T* x, long long ldx, int m, const unsigned* words, const float2* sb, T* out, long long ldo, int n,    \
       int k, int group) {                                                                                     \
     kiln_i4_tc_gemv<T, W, D>(x, ldx, m, words, sb, out, ldo, n, k, group);                                    \
