@@ -567,20 +567,3 @@ if [ "$what" = fp8-max2 ]; then
     TAIL=5 step "bench-fp8-fp8kv-max-s$s" 150 "${m[@]}" --num-requests $r --max-num-seqs $s --model synth:llama3-8b+fp8 --kv-cache-dtype fp8
   done
 fi
-# The tensor-core int4 GEMV's forms (warps a block × weight quads in flight a lane): the check
-# (default form), the speed of two forms to 8 rows, then 8B-shaped decode at 1 and 8 sequences
-# in the default form and in bf16; the other form at one sequence, and 16 sequences (two
-# launches of 8 rows, the default since the last call).
-if [ "$what" = int4-tc2 ]; then
-  TAIL=3 step int4-kernels 240 .device/kiln-check-int4 --no-speed
-  for f in 8:4 8:2; do
-    KILN_INT4_TC_WARPS=${f%:*} KILN_INT4_TC_DEPTH=${f#*:} TAIL=20 step "int4-speed-w${f%:*}d${f#*:}" 120 .device/kiln-check-int4 --no-check --max-rows 8
-  done
-  b=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-num-seqs 256)
-  for c in 1 8; do
-    TAIL=4 step "bench-int4-tc-c$c" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests $c
-    TAIL=4 step "bench-bf16-c$c" 150 "${b[@]}" --model synth:llama3-8b --num-requests $c
-  done
-  KILN_INT4_TC_DEPTH=2 TAIL=4 step "bench-int4-tc-w8d2-c1" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 1
-  TAIL=4 step "bench-int4-tc-c16" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 16
-fi
