@@ -23,6 +23,13 @@ pub(super) trait GpuPart {
     fn scratch(&self) -> &Scratch;
 }
 
+/// Whether `t`'s rows start at 16-byte boundaries (its pointer and row stride), so kernels may
+/// read them in 16-byte loads.
+pub(super) fn rows_aligned16(t: &Tensor) -> bool {
+    let elt = t.dtype().size_bytes();
+    t.cuda_ptr().unwrap_or(0).is_multiple_of(16) && (t.row_stride() * elt).is_multiple_of(16)
+}
+
 /// The backend of a product of `x` and the stacked `parts` into `out`, after checking their
 /// shapes, dtypes and devices; `None` when `x` has no rows (nothing to do). `what` names the
 /// format in errors.

@@ -26,7 +26,7 @@
 
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
-use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, per_row_chunk, GpuPart};
+use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, per_row_chunk, rows_aligned16, GpuPart};
 use crate::device::quant::int4::{Int4Layout, Int4Matrix};
 use crate::device::quant::int4_mma::mma_product;
 use crate::device::quant::int4_tc_gemv as tc_gemv;
@@ -401,9 +401,8 @@ impl Int4Cuda {
         let f = module.func(&format!("kiln_i4_gemv{mm}_{}", x.dtype().name()))?;
         let (words, sb, perm) = self.ptrs();
         let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
-        let elt = x.dtype().size_bytes() as u64;
         // 16-byte loads of 8 inputs need x's rows at 16-byte boundaries (32 inputs per quad).
-        let vec = i32::from(xp.is_multiple_of(16) && (x.row_stride() as u64 * elt).is_multiple_of(16));
+        let vec = i32::from(rows_aligned16(x));
         let (ldx, ldo, m32) = (x.row_stride() as i64, out.row_stride() as i64, m as i32);
         let (n, k, group) = (self.rows as i32, self.cols as i32, self.group as i32);
         let mut l = b.stream().launch_builder(f);

@@ -28,6 +28,8 @@
 use super::int4_cuda::{env_usize, Int4Cuda};
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
+use crate::device::kernel_cache::LoadedModule;
+use crate::device::quant::gpu_product::rows_aligned16;
 use crate::device::tensor::Tensor;
 use crate::GemmError;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -347,6 +349,36 @@ impl Knobs {
     }
 }
 
+/// `x`'s rows as the kernels read them: `x` itself (its pointer and row stride), or, for an
+/// act-order weight (`perm` not 0), its inputs gathered into stored order into `scratch` (dense
+/// rows of `x.cols()`).
+///
+/// # Safety
+/// Where `perm` is not 0, `scratch` must hold `x.rows() · x.cols()` elements of `x`'s dtype and
+/// `perm` must be `x.cols()` indices below `x.cols()` in device memory.
+pub(super) unsafe fn inputs_in_stored_order(
+    b: &CudaBackend,
+    module: &LoadedModule,
+    x: &Tensor,
+    perm: u64,
+    scratch: u64,
+) -> Result<(u64, i64), GemmError> {
+    let (xp, ldx) = (x.cuda_ptr().unwrap_or(0), x.row_stride() as i64);
+    if perm == 0 {
+        return Ok((xp, ldx));
+    }
+    let (m, k) = (x.rows(), x.cols());
+    let f = module.func(&format!("kiln_i4_gather_{}", x.dtype().name()))?;
+    let (m32, k32) = (m as i32, k as i32);
+    let mut l = b.stream().launch_builder(f);
+    l.arg(&xp).arg(&ldx).arg(&perm).arg(&m32).arg(&k32).arg(&scratch);
+    let blocks = (m * k).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: x covers m rows of k at ldx; perm and the scratch as the caller promises.
+    drv("launching kiln_i4_gather", unsafe { l.launch(cfg) })?;
+    Ok((scratch, k as i64))
+}
+
 /// `out = x · Wᵀ` on tensor cores; `scratch` (device memory, `scratch_bytes` long) takes an
 /// act-order weight's gathered inputs and the split partial sums. `Ok(false)` when the shapes
 /// do not fit this path (unaligned rows, f32, a scratch too small): the caller runs another.
@@ -365,8 +397,7 @@ pub(super) fn mma_product(
         return Ok(false);
     }
     let elt = dtype.size_bytes();
-    let xp = x.cuda_ptr().unwrap_or(0);
-    let aligned = xp.is_multiple_of(16) && (x.row_stride() * elt).is_multiple_of(16);
+    let aligned = rows_aligned16(x);
     let plan = MmaPlan::new(m, n, k, b.sm_count().max(1) as usize);
     let gathered = if perm != 0 { (m * k * elt).next_multiple_of(256) } else { 0 };
     if (!aligned && perm == 0) || gathered + plan.partial_bytes(m, n) > scratch_bytes {
@@ -374,19 +405,10 @@ pub(super) fn mma_product(
     }
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
     let d = dtype.name();
-    let (mut xp, mut ldx) = (xp, x.row_stride() as i64);
     let (m32, n32, k32) = (m as i32, n as i32, k as i32);
     let blocks_for = |elems: usize| elems.div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
-    if perm != 0 {
-        let f = module.func(&format!("kiln_i4_gather_{d}"))?;
-        let mut l = b.stream().launch_builder(f);
-        l.arg(&xp).arg(&ldx).arg(&perm).arg(&m32).arg(&k32).arg(&scratch);
-        let cfg = LaunchConfig { grid_dim: (blocks_for(m * k), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: x covers m rows of k at ldx; perm holds k indices below k; the scratch holds
-        // m·k elements of x's dtype (checked above).
-        drv("launching kiln_i4_gather", unsafe { l.launch(cfg) })?;
-        (xp, ldx) = (scratch, k as i64);
-    }
+    // SAFETY: the scratch holds m·k elements of x's dtype (checked above).
+    let (xp, ldx) = unsafe { inputs_in_stored_order(b, &module, x, perm, scratch)? };
     let partial = if plan.splits > 1 { scratch + gathered as u64 } else { 0 };
     let f = module.func(&format!("kiln_i4_mma{}_q{}_{d}", plan.mt, plan.q))?;
     let (op, ldo) = (out.cuda_ptr().unwrap_or(0), out.row_stride() as i64);

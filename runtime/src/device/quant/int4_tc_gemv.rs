@@ -32,7 +32,9 @@
 //! `false` otherwise and the caller runs the block GEMV. The CPU product
 //! ([`super::int4::Int4Matrix::matmul`]) is the reference (`kiln-check-int4`).
 
+use super::gpu_product::rows_aligned16;
 use super::int4_cuda::Int4Cuda;
+use super::int4_mma::inputs_in_stored_order;
 use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
 use crate::device::tensor::Tensor;
@@ -222,9 +224,7 @@ fn warps() -> usize {
 /// aside (the caller cuts `x` into launches of [`MAX_ROWS`]). An act-order weight's inputs are
 /// gathered into stored order first (into the scratch), so only its groups must fit.
 pub(super) fn applies(b: &CudaBackend, x: &Tensor, w: &Int4Cuda) -> bool {
-    let elt = x.dtype().size_bytes();
-    let xp = x.cuda_ptr().unwrap_or(0);
-    let aligned = w.ptrs().2 != 0 || (xp.is_multiple_of(16) && (x.row_stride() * elt).is_multiple_of(16));
+    let aligned = w.ptrs().2 != 0 || rows_aligned16(x);
     matches!(x.dtype(), DType::F16 | DType::BF16)
         && b.compute_capability().0 >= 8
         && w.cols().is_multiple_of(CHUNK)
@@ -249,23 +249,11 @@ pub(super) fn tc_gemv_product(
         return Ok(false);
     }
     let module = b.module_with(super::int4_cuda::source(), "kiln_int4", super::int4_cuda::entries())?;
-    let d = x.dtype().name();
-    let (mut xp, mut ldx) = (x.cuda_ptr().unwrap_or(0), x.row_stride() as i64);
-    let m32 = m as i32;
-    if perm != 0 {
-        let f = module.func(&format!("kiln_i4_gather_{d}"))?;
-        let k32 = k as i32;
-        let mut l = b.stream().launch_builder(f);
-        l.arg(&xp).arg(&ldx).arg(&perm).arg(&m32).arg(&k32).arg(&scratch);
-        let blocks = (m * k).div_ceil(256).clamp(1, 8 * b.sm_count().max(1) as usize) as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: x covers m rows of k at ldx; perm holds k indices below k; the scratch holds
-        // m·k elements of x's dtype (checked above) and is 256-byte aligned (a device buffer).
-        drv("launching kiln_i4_gather", unsafe { l.launch(cfg) })?;
-        (xp, ldx) = (scratch, k as i64);
-    }
-    let warps = warps();
-    let f = module.func(&format!("kiln_i4_tcgemv{warps}_{d}"))?;
+    // SAFETY: the scratch holds m·k elements of x's dtype (checked above) and is 256-byte
+    // aligned (a device buffer); perm is this weight's permutation of k inputs.
+    let (xp, ldx) = unsafe { inputs_in_stored_order(b, &module, x, perm, scratch)? };
+    let (m32, warps) = (m as i32, warps());
+    let f = module.func(&format!("kiln_i4_tcgemv{warps}_{}", x.dtype().name()))?;
     let op = out.cuda_ptr().unwrap_or(0);
     let ldo = out.row_stride() as i64;
     let (n, k, group) = (w.rows() as i32, w.cols() as i32, w.group() as i32);

@@ -37,7 +37,7 @@ use crate::device::cuda_backend::CudaBackend;
 use crate::device::cuda_error::drv;
 use crate::device::quant::act_quant::{w8a8_act, ActQuant};
 use crate::device::quant::fp8_lt::{self, lt_for, ActIn, ActScale, Lt, W8a8Part, W8a8Scales};
-use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, GpuPart};
+use crate::device::quant::gpu_product::{checked, dequant_product, gemv_all, rows_aligned16, GpuPart};
 use crate::device::quant::int4_cuda::{scratch_for, Scratch};
 use crate::device::quant::w8::{W8Elem, W8Matrix};
 use crate::device::tensor::Tensor;
@@ -410,9 +410,8 @@ impl W8Cuda {
         let f = module.func(&format!("kiln_w8_gemv{mm}_{}_{}", self.elem.name(), x.dtype().name()))?;
         let (q, sp, bo, bi, sc) = self.args();
         let (xp, op) = (x.cuda_ptr().unwrap_or(0), out.cuda_ptr().unwrap_or(0));
-        let elt = x.dtype().size_bytes() as u64;
         // 16-byte loads of 8 inputs need x's rows at 16-byte boundaries.
-        let vec = i32::from(xp.is_multiple_of(16) && (x.row_stride() as u64 * elt).is_multiple_of(16));
+        let vec = i32::from(rows_aligned16(x));
         let (ldx, ldo, m32) = (x.row_stride() as i64, out.row_stride() as i64, m as i32);
         let (n, k) = (self.rows as i32, self.cols as i32);
         let mut l = b.stream().launch_builder(f);
