@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fused-norm-quant-lite|w8a8-all|fp8-max|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fused-norm-quant-lite|w8a8-all|fp8-max|int4-forms|step-profile|forms-profile|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -566,4 +566,49 @@ if [ "$what" = fp8-max2 ]; then
     TAIL=5 step "bench-fp8-max-s$s" 150 "${m[@]}" --num-requests $r --max-num-seqs $s --model synth:llama3-8b+fp8
     TAIL=5 step "bench-fp8-fp8kv-max-s$s" 150 "${m[@]}" --num-requests $r --max-num-seqs $s --model synth:llama3-8b+fp8 --kv-cache-dtype fp8
   done
+fi
+# The tensor-core int4 GEMV's forms (issue 14; warps a block × chunks a warp loads at once,
+# `KILN_INT4_TC_WARPS` / `KILN_INT4_TC_DEPTH`): each checked against the CPU and timed to 8
+# rows, then 8B-shaped decode at one sequence in each form beside bf16 (twice), at 8 sequences
+# in four.
+if [ "$what" = int4-forms ] || [ "$what" = forms-profile ]; then
+  forms="8:1 8:2 8:4 4:1 4:2 4:4"
+  for f in $forms; do
+    w=${f%:*} d=${f#*:}
+    KILN_INT4_TC_WARPS=$w KILN_INT4_TC_DEPTH=$d TAIL=3 step "int4-check-w${w}d$d" 150 .device/kiln-check-int4 --no-speed --max-rows 16
+    KILN_INT4_TC_WARPS=$w KILN_INT4_TC_DEPTH=$d TAIL=20 step "int4-speed-w${w}d$d" 120 .device/kiln-check-int4 --no-check --max-rows 8
+  done
+  b=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-num-seqs 256)
+  for round in 1 2; do
+    for f in $forms; do
+      w=${f%:*} d=${f#*:}
+      KILN_INT4_TC_WARPS=$w KILN_INT4_TC_DEPTH=$d TAIL=4 step "bench-int4-w${w}d$d-c1-r$round" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 1
+    done
+    TAIL=4 step "bench-bf16-c1-r$round" 150 "${b[@]}" --model synth:llama3-8b --num-requests 1
+  done
+  for f in 8:1 8:4 4:1 4:4; do
+    w=${f%:*} d=${f#*:}
+    KILN_INT4_TC_WARPS=$w KILN_INT4_TC_DEPTH=$d TAIL=4 step "bench-int4-w${w}d$d-c8" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 8
+  done
+  TAIL=4 step "bench-bf16-c8" 150 "${b[@]}" --model synth:llama3-8b --num-requests 8
+fi
+# Where a 512-sequence decode step's GPU time goes (issue 14: FP8 at full load), per kernel:
+# Nsight Compute's kernel durations (no cache flush, clocks as they run, eager launches) over
+# two runs that differ only in output length (8 and 20 tokens for 512 requests of 128), so the
+# difference is 12 pure decode steps; FP8 weights + FP8 KV, then bf16.
+if [ "$what" = step-profile ] || [ "$what" = forms-profile ]; then
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  echo "ncu: ${ncu:-none}"
+  if [ -n "$ncu" ]; then
+    p=(.device/kiln bench --offline --device cuda --num-requests 512 --max-num-seqs 512 --prompt-len 128 --max-batched-tokens 8192)
+    for m in "llama3-8b+fp8 --kv-cache-dtype fp8" "llama3-8b"; do
+      tag=${m%% *}; tag=${tag/+/-}
+      for len in 8 20; do
+        KILN_CUDA_GRAPHS=0 TAIL=3 step "ncu-$tag-$len" 300 "$ncu" --metrics gpu__time_duration.sum --cache-control none \
+          --clock-control none -o "/tmp/rep-$tag-$len" -f "${p[@]}" --output-len $len --model synth:$m
+        "$ncu" -i "/tmp/rep-$tag-$len.ncu-rep" --csv --page raw > "$OUT/ncu-$tag-$len.csv" 2>&1
+      done
+      python3 bench/device/kernel_times.py "$OUT/ncu-$tag-20.csv" "$OUT/ncu-$tag-8.csv" --steps 12 | tee "$OUT/profile-$tag.txt"
+    done
+  fi
 fi
