@@ -595,7 +595,7 @@ fi
 # Where a 512-sequence decode step's GPU time goes (issue 14: FP8 at full load), per kernel:
 # Nsight Compute's kernel durations (no cache flush, clocks as they run, eager launches) over
 # two runs that differ only in output length (8 and 20 tokens for 512 requests of 128), so the
-# difference is 12 pure decode steps; FP8 weights + FP8 KV, then bf16.
+# difference is 12 pure decode steps; FP8 weights + FP8 KV, then bf16; then one W4A16 sequence.
 if [ "$what" = step-profile ] || [ "$what" = forms-profile ]; then
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
   echo "ncu: ${ncu:-none}"
@@ -610,5 +610,13 @@ if [ "$what" = step-profile ] || [ "$what" = forms-profile ]; then
       done
       python3 bench/device/kernel_times.py "$OUT/ncu-$tag-20.csv" "$OUT/ncu-$tag-8.csv" --steps 12 | tee "$OUT/profile-$tag.txt"
     done
+    # The same for one sequence of the W4A16 model (the int4 decode step's kernels).
+    p1=(.device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --model synth:llama3-8b+int4)
+    for len in 8 20; do
+      KILN_CUDA_GRAPHS=0 TAIL=3 step "ncu-int4-c1-$len" 200 "$ncu" --metrics gpu__time_duration.sum --cache-control none \
+        --clock-control none -o "/tmp/rep-int4-c1-$len" -f "${p1[@]}" --output-len $len
+      "$ncu" -i "/tmp/rep-int4-c1-$len.ncu-rep" --csv --page raw > "$OUT/ncu-int4-c1-$len.csv" 2>&1
+    done
+    python3 bench/device/kernel_times.py "$OUT/ncu-int4-c1-20.csv" "$OUT/ncu-int4-c1-8.csv" --steps 12 | tee "$OUT/profile-int4-c1.txt"
   fi
 fi
