@@ -102,9 +102,9 @@ __device__ __forceinline__ unsigned kiln_i4_tc_word(const uint4& w, int j) {
 }
 
 // o (this lane's C fragment: rows g, g+8 × activation rows 2c, 2c+1) += the chunk's products.
-// The 8 steps alternate between two accumulators of each kind, so consecutive mma do not wait
-// on each other's result.
-template <typename T>
+// C == 2: the 8 steps alternate between two accumulators of each kind, so consecutive mma do
+// not wait on each other's result; C == 1: one chain (the second stays zero).
+template <typename T, int C>
 __device__ __forceinline__ void kiln_i4_tc_chunk_mma(const kiln_i4_tc_w& cw, const uint4 (&x)[4], float (&o)[4]) {
   const unsigned magic = kiln_i4_tc_magic((const T*)0), one = kiln_i4_tc_ones((const T*)0);
   const unsigned ones[4] = {one, one, one, one};
@@ -122,11 +122,12 @@ __device__ __forceinline__ void kiln_i4_tc_chunk_mma(const kiln_i4_tc_w& cw, con
                              ((wa >> (sh + 4)) & 0x000F000Fu) | magic, ((wb >> (sh + 4)) & 0x000F000Fu) | magic};
       const unsigned lo = h == 0 ? xv.x : xv.y, hi = h == 0 ? xv.z : xv.w;
       const unsigned b[2] = {kiln_i4_prmt(lo, hi, 0x5410u), kiln_i4_prmt(lo, hi, 0x7632u)};
-      kiln_i4_mma((const T*)0, d[h], a, b);
-      kiln_i4_mma((const T*)0, e[h], ones, b);
+      kiln_i4_mma((const T*)0, d[h % C], a, b);
+      kiln_i4_mma((const T*)0, e[h % C], ones, b);
     }
   }
-  // d = Σ (BASE + q) x, e = Σ x over the chunk (one group): scale · Σ q x + bias · Σ x.
+  // d = Σ (BASE + q) x, e = Σ x over the chunk (one group): scale · Σ q x + bias · Σ x (with one
+  // chain, the second's zeros add nothing).
   const float base = kiln_i4_tc_base((const T*)0);
   const float ba = fmaf(-base, cw.sa.x, cw.sa.y), bb = fmaf(-base, cw.sb.x, cw.sb.y);
   o[0] = fmaf(cw.sa.x, d[0][0] + d[1][0], fmaf(ba, e[0][0] + e[1][0], o[0]));
@@ -136,9 +137,10 @@ __device__ __forceinline__ void kiln_i4_tc_chunk_mma(const kiln_i4_tc_w& cw, con
 }
 
 // out[mi, row] for mi < m <= 8 and the 16 rows row0 .. row0+16 of this block, W warps splitting
-// k. D == 1: each warp loads its next chunk (weight and activations) before the current one
-// multiplies. D > 1: it takes its chunks D at a time, the D weight quads all loaded first (D
-// loads a lane in flight), the activations one chunk ahead of the multiply.
+// k. D == 1 (the form checked and measured on an H100): each warp loads its next chunk (weight
+// and activations) before the current one multiplies, one accumulator chain. D > 1: it takes
+// its chunks D at a time, the D weight quads all loaded first (D loads a lane in flight), the
+// activations one chunk ahead of the multiply, two accumulator chains.
 // words: [n, k/8]; sbias: [n, k/group] (scale, bias).
 template <typename T, int W, int D>
 __device__ __forceinline__ void kiln_i4_tc_gemv(const T* __restrict__ x, long long ldx, int m,
@@ -170,13 +172,13 @@ __device__ __forceinline__ void kiln_i4_tc_gemv(const T* __restrict__ x, long lo
         kiln_i4_tc_load_w(qw, c1, wa, wb, sa, sb, c, group);
         kiln_i4_tc_load_x(qx, c1, xrow, c);
       }
-      kiln_i4_tc_chunk_mma<T>(pw, px, o);
+      kiln_i4_tc_chunk_mma<T, 1>(pw, px, o);
       if (c1 < chunks) {
         if (c2 < chunks) {
           kiln_i4_tc_load_w(pw, c2, wa, wb, sa, sb, c, group);
           kiln_i4_tc_load_x(px, c2, xrow, c);
         }
-        kiln_i4_tc_chunk_mma<T>(qw, qx, o);
+        kiln_i4_tc_chunk_mma<T, 1>(qw, qx, o);
       }
     }
   } else {
@@ -192,7 +194,7 @@ __device__ __forceinline__ void kiln_i4_tc_gemv(const T* __restrict__ x, long lo
         const int ch = first + i * W;
         if (ch >= chunks) break;
         if (i + 1 < D && ch + W < chunks) kiln_i4_tc_load_x((i & 1) ? xa : xb, ch + W, xrow, c);
-        kiln_i4_tc_chunk_mma<T>(cw[i], (i & 1) ? xb : xa, o);
+        kiln_i4_tc_chunk_mma<T, 2>(cw[i], (i & 1) ? xb : xa, o);
       }
     }
   }
