@@ -20,7 +20,7 @@ use super::gemm::XMeta;
 use super::kscales_avx2;
 use super::panel::{pack_scales, Ints8, PanelInts, Scales, NR};
 use super::panel_avx2::{block_scales32, slice_bytes};
-use super::x86::{block_halves, widen_signed, widen_unsigned};
+use super::x86::block_halves;
 use super::{ActBlock, ActBlock8};
 use crate::device::quant::{QuantFormat, BLOCK};
 use std::arch::x86_64::*;
@@ -48,6 +48,18 @@ fn reduce_halves(p: &[__m256i; NR]) -> (__m256i, __m256i) {
         let u0 = _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
         let u1 = _mm256_add_epi32(_mm256_unpacklo_epi64(t2, t3), _mm256_unpackhi_epi64(t2, t3));
         (_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31))
+    }
+}
+
+/// A slice's 32 bytes widened to i16 by unpacking within 128-bit lanes (two shuffles, where
+/// widening in value order takes three): values 0..8 and 16..24 in the first vector, 8..16
+/// and 24..32 in the second; sign-extended for Q8_0's signed bytes, else zero-extended.
+#[inline(always)]
+fn unpack_bytes(v: __m256i, signed: bool) -> (__m256i, __m256i) {
+    // Safety: only called from functions with AVX2 enabled.
+    unsafe {
+        let top = if signed { _mm256_cmpgt_epi8(_mm256_setzero_si256(), v) } else { _mm256_setzero_si256() };
+        (_mm256_unpacklo_epi8(v, top), _mm256_unpackhi_epi8(v, top))
     }
 }
 
@@ -214,10 +226,14 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
         unsafe {
             kscales.at_slice::<super::panel::Ints16>(format, rb, rows, s, kq);
             let (scale, coef) = slice_scales::<super::panel::Ints16>(format, rb, rows, s, kq, kscales);
+            // The activations in the order `unpack_bytes` leaves a slice's values in: values
+            // 0..8 and 16..24, then 8..16 and 24..32 (once per slice, not per weight row).
             let mut q = [[_mm256_setzero_si256(); 2]; R];
             for (q, x) in q.iter_mut().zip(xs) {
                 let qs = x.get_unchecked(s).qs.as_ptr();
-                *q = [_mm256_loadu_si256(qs as *const __m256i), _mm256_loadu_si256(qs.add(16) as *const __m256i)];
+                let (q0, q1) =
+                    (_mm256_loadu_si256(qs as *const __m256i), _mm256_loadu_si256(qs.add(16) as *const __m256i));
+                *q = [_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31)];
             }
             let mut p = [[_mm256_setzero_si256(); NR]; R];
             for r in 0..rows {
@@ -230,16 +246,11 @@ unsafe fn rows16<const F: usize, const R: usize, const HALVES: bool, const COEF:
                         _mm_prefetch(next as *const u8 as *const i8, _MM_HINT_T0);
                     }
                 }
-                let v = slice_bytes(format, b, s % per);
-                let (lo, hi) = if signed { widen_signed(v) } else { widen_unsigned(v) };
+                let (lo, hi) = unpack_bytes(slice_bytes(format, b, s % per), signed);
                 for (p, q) in p.iter_mut().zip(&q) {
-                    let (a, c) = (_mm256_madd_epi16(lo, q[0]), _mm256_madd_epi16(hi, q[1]));
-                    // A half per 128-bit lane where the halves have their own scales.
-                    p[r] = if HALVES {
-                        _mm256_add_epi32(_mm256_permute2x128_si256(a, c, 0x20), _mm256_permute2x128_si256(a, c, 0x31))
-                    } else {
-                        _mm256_add_epi32(a, c)
-                    };
+                    // Lanes 0..4 hold the first half's sums, 4..8 the second's (where the
+                    // halves have their own scales, `reduce_halves` keeps them apart).
+                    p[r] = _mm256_add_epi32(_mm256_madd_epi16(lo, q[0]), _mm256_madd_epi16(hi, q[1]));
                 }
             }
             for i in 0..R {

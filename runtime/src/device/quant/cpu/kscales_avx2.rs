@@ -1,21 +1,22 @@
 //! The per-slice scales of eight rows of a k-quant (Q4_K, Q5_K, Q6_K), with AVX2: the same
-//! values, in the same [`Scales`] layout, as the scalar `panel::pack_scales`, built a row at a
-//! time as vectors (lane = the block's 32- or 16-value part) and moved to lane = row by an 8×8
-//! transpose, instead of value by value into scattered lanes. The few-rows product builds them
-//! for every group of eight rows in every decode step (one block at a time, inside its pass
-//! over the weights), and the GEMM for every panel. Built by the scalar form for a group's whole
-//! rows before that pass, they had taken a third of a 1B-shape Q4_K_M decode step (`perf`, one
-//! thread), most of it waiting on the blocks' first lines.
+//! values, in the same [`Scales`] layout, as the scalar `panel::pack_scales`, built with lane =
+//! row from the start. The rows' f16 `d` (and `dmin`) are converted together, and their packed
+//! small scales (Q4_K / Q5_K: the eight 6-bit scales and mins unpacked per row; Q6_K: sixteen
+//! int8) move to lane = row as bytes, by an 8×8 byte transpose, before each slice's vector is
+//! widened and scaled. The few-rows product builds them for every group of eight rows in every
+//! decode step (one block at a time, inside its pass over the weights), and the GEMM for every
+//! panel. (Built per row as f32 vectors and transposed as f32, with a scalar f16 conversion
+//! per value, they took 26–29% of a 1B-shape Q4_K_M decode step, `perf`, one thread; 17–18%
+//! now. Built by the scalar form for a group's whole rows before the pass, a third.)
 //!
 //! Bits: each value is the scalar form's operations on the same operands (`d · sc`,
 //! `−(dmin · mn)`, then `min − scale · offset`, no fused multiply-add), so the result is the same
-//! bits, which the tests of the few-rows product (against the portable GEMM) check. Rows past
-//! `rows` get zero scales and coefficients, as the scalar path's zeroed scratch does.
+//! bits, which the tests of the few-rows product (against the portable GEMM) and of the panels
+//! check. Rows past `rows` get +0 scales and coefficients, as the scalar path's zeroed scratch
+//! does.
 
 use super::super::{QuantFormat, BLOCK};
 use super::panel::{PanelInts, Scales, NR};
-use super::panel_avx2::transpose8;
-use super::x86::half;
 use std::arch::x86_64::*;
 
 /// Whether [`pack`] builds `format`'s scales (Q2_K and Q3_K stay on the scalar form).
@@ -37,37 +38,102 @@ fn k4_scales_mins(q: &[u8]) -> (u64, u64) {
     (u64::from(u0 & low6) | (u64::from(scales_hi) << 32), u64::from(u1 & low6) | (u64::from(mins_hi) << 32))
 }
 
-/// Eight bytes as f32 lanes, unsigned or signed.
+/// `x[r]` byte `j` to byte `r` of slice `j`'s eight: slices `2t` and `2t + 1` are the low and
+/// high halves of the `t`-th vector (an 8×8 byte transpose in three rounds of unpacks).
 #[inline(always)]
-unsafe fn bytes_f32(b: u64, signed: bool) -> __m256 {
+unsafe fn transpose_bytes8(x: &[u64; NR]) -> [__m128i; 4] {
+    // Safety: the caller's AVX2 (SSE2 unpacks).
+    unsafe {
+        let r = x.map(|v| _mm_cvtsi64_si128(v as i64));
+        // Rows interleaved in pairs (r0 b0, r1 b0, r0 b1, …), then in fours (bytes 0..4 and 4..8).
+        let a = [0, 2, 4, 6].map(|k| _mm_unpacklo_epi8(r[k], r[k + 1]));
+        let (lo0, hi0) = (_mm_unpacklo_epi16(a[0], a[1]), _mm_unpackhi_epi16(a[0], a[1]));
+        let (lo1, hi1) = (_mm_unpacklo_epi16(a[2], a[3]), _mm_unpackhi_epi16(a[2], a[3]));
+        [
+            _mm_unpacklo_epi32(lo0, lo1),
+            _mm_unpackhi_epi32(lo0, lo1),
+            _mm_unpacklo_epi32(hi0, hi1),
+            _mm_unpackhi_epi32(hi0, hi1),
+        ]
+    }
+}
+
+/// Slice `j`'s eight bytes of [`transpose_bytes8`]'s result as f32 lanes, unsigned or signed.
+#[inline(always)]
+unsafe fn slice_lanes(t: &[__m128i; 4], j: usize, signed: bool) -> __m256 {
     // Safety: the caller's AVX2.
     unsafe {
-        let v = _mm_cvtsi64_si128(b as i64);
+        let v = if j.is_multiple_of(2) { t[j / 2] } else { _mm_unpackhi_epi64(t[j / 2], t[j / 2]) };
         _mm256_cvtepi32_ps(if signed { _mm256_cvtepi8_epi32(v) } else { _mm256_cvtepu8_epi32(v) })
     }
 }
 
-/// Stores the transposed rows `v` (lane = row) as the scale (or coefficient) of both halves of
-/// slices `first..first + NR` (Q4_K, Q5_K: one scale per 32 values).
+/// Q4_K / Q5_K: the eight 32-value slices' scales and coefficients of the block at byte `at`
+/// of rows `rb[..rows]` (lanes past `rows` zero), built with lane = row from the start: the
+/// rows' `d` / `dmin` words converted together, their 6-bit scales and mins unpacked per row
+/// and moved to lane = row as bytes (fewer shuffles than moving the f32 results).
+///
+/// # Safety
+/// AVX2 and F16C; the block exists in every row `< rows`; `out` holds its eight slices.
 #[inline(always)]
-unsafe fn store_both(v: [__m256; NR], out: &mut [Scales], first: usize, coef: bool) {
-    for (sc, v) in out[first..first + NR].iter_mut().zip(v) {
-        let pair = if coef { &mut sc.coef } else { &mut sc.scale };
-        for dst in pair {
-            // Safety: AVX per the caller; `Scales` is 32-byte aligned.
-            unsafe { _mm256_store_ps(dst.as_mut_ptr(), v) };
+unsafe fn k4_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out: &mut [Scales]) {
+    let word = |r: usize| if r < rows { i32::from_le_bytes(rb[r][at..at + 4].try_into().expect("4 bytes")) } else { 0 };
+    let (mut sc, mut mn) = ([0u64; NR], [0u64; NR]);
+    for r in 0..rows {
+        (sc[r], mn[r]) = k4_scales_mins(&rb[r][at + 4..at + 16]);
+    }
+    // Safety (throughout): the caller's AVX2 / F16C; `Scales` is 32-byte aligned.
+    unsafe {
+        let v = _mm256_setr_epi32(word(0), word(1), word(2), word(3), word(4), word(5), word(6), word(7));
+        // d of rows 0..4, dmin of rows 0..4 | d of rows 4..8, dmin of rows 4..8; then together.
+        let dm = _mm256_packus_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(v, 16));
+        let dm = _mm256_permute4x64_epi64(dm, 0b11_01_10_00);
+        let (d, dmin) = (_mm256_cvtph_ps(_mm256_castsi256_si128(dm)), _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1)));
+        let (st, mt) = (transpose_bytes8(&sc), transpose_bytes8(&mn));
+        let sign = _mm256_set1_ps(-0.0);
+        // Lanes past `rows` are +0 as the scalar form leaves them (−0 would differ in bits).
+        let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(rows as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        ));
+        for (j, slice) in out.iter_mut().enumerate() {
+            let scale = _mm256_mul_ps(slice_lanes(&st, j, false), d);
+            let min = _mm256_xor_ps(_mm256_mul_ps(slice_lanes(&mt, j, false), dmin), sign);
+            let coef = _mm256_and_ps(_mm256_sub_ps(min, _mm256_mul_ps(scale, offset)), keep);
+            for h in 0..2 {
+                _mm256_store_ps(slice.scale[h].as_mut_ptr(), scale);
+                _mm256_store_ps(slice.coef[h].as_mut_ptr(), coef);
+            }
         }
     }
 }
 
-/// `v[r]` lane `j` to lane `r` of `v[j]`.
+/// Q6_K: the sixteen 16-value parts' scales and coefficients (`−scale · offset`) of the block
+/// at byte `at` of rows `rb[..rows]` (lanes past `rows` zero), lane = row as in [`k4_block`]:
+/// part `p` is half `p % 2` of slice `p / 2`.
+///
+/// # Safety
+/// As [`k4_block`].
 #[inline(always)]
-unsafe fn transpose_ps(v: [__m256; NR]) -> [__m256; NR] {
-    // Safety: the caller's AVX2; bit casts.
+unsafe fn k6_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out: &mut [Scales]) {
+    let (mut lo, mut hi, mut dh) = ([0u64; NR], [0u64; NR], [0u16; NR]);
+    for r in 0..rows {
+        let b = &rb[r][at..at + 210];
+        lo[r] = u64::from_le_bytes(b[192..200].try_into().expect("8 bytes"));
+        hi[r] = u64::from_le_bytes(b[200..208].try_into().expect("8 bytes"));
+        dh[r] = u16::from_le_bytes([b[208], b[209]]);
+    }
+    // Safety (throughout): the caller's AVX2 / F16C; `dh` is 16 bytes; `Scales` is 32-byte aligned.
     unsafe {
-        let mut i = v.map(|x| _mm256_castps_si256(x));
-        transpose8(&mut i);
-        i.map(|x| _mm256_castsi256_ps(x))
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(dh.as_ptr() as *const __m128i));
+        let parts = [transpose_bytes8(&lo), transpose_bytes8(&hi)];
+        for p in 0..2 * NR {
+            let scale = _mm256_mul_ps(slice_lanes(&parts[p / NR], p % NR, true), d);
+            let coef = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(scale, offset));
+            let slice = &mut out[p / 2];
+            _mm256_store_ps(slice.scale[p % 2].as_mut_ptr(), scale);
+            _mm256_store_ps(slice.coef[p % 2].as_mut_ptr(), coef);
+        }
     }
 }
 
@@ -88,51 +154,15 @@ pub(super) unsafe fn pack<I: PanelInts>(
     debug_assert!(handles(format));
     let (bb, per) = (format.block_bytes(), format.block_len() / BLOCK);
     let offset = _mm256_set1_ps(I::offset(format) as f32);
-    let (zero, sign) = (_mm256_setzero_ps(), _mm256_set1_ps(-0.0));
     let start = blocks.start;
     for i in blocks {
-        // Row r's values by part `j` of the block: 32-value parts (Q4_K, Q5_K: `[scale, coef]`),
-        // or the first and last eight 16-value parts (Q6_K: `[scale, coef]` of each).
-        let mut parts = [[zero; NR]; 4];
-        for r in 0..rows {
-            let b = &rb[r][i * bb..][..bb];
-            // Safety (throughout): AVX2/F16C per the caller; every offset inside the block.
-            unsafe {
-                if format == QuantFormat::Q6_K {
-                    let d = _mm256_set1_ps(half(b, 208));
-                    for (k, at) in [192, 200].into_iter().enumerate() {
-                        let raw = u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-                        let scale = _mm256_mul_ps(bytes_f32(raw, true), d);
-                        parts[2 * k][r] = scale;
-                        parts[2 * k + 1][r] = _mm256_sub_ps(zero, _mm256_mul_ps(scale, offset));
-                    }
-                } else {
-                    let (d, dmin) = (_mm256_set1_ps(half(b, 0)), _mm256_set1_ps(half(b, 2)));
-                    let (sc, mn) = k4_scales_mins(&b[4..16]);
-                    let scale = _mm256_mul_ps(bytes_f32(sc, false), d);
-                    let min = _mm256_xor_ps(_mm256_mul_ps(bytes_f32(mn, false), dmin), sign);
-                    parts[0][r] = scale;
-                    parts[1][r] = _mm256_sub_ps(min, _mm256_mul_ps(scale, offset));
-                }
-            }
-        }
-        let first = (i - start) * per;
-        // Safety: as above; the slices `first..first + per` exist in `out`.
+        let slices = &mut out[(i - start) * per..][..per];
+        // Safety: the caller's; the block exists in every row `< rows`.
         unsafe {
             if format == QuantFormat::Q6_K {
-                // `parts[2 * k + c]` holds 16-value parts 8k..8k + 8; part p is half p % 2 of
-                // slice p / 2.
-                for (n, p) in parts.into_iter().enumerate() {
-                    let (k, coef) = (n / 2, n % 2 == 1);
-                    for (m, v) in transpose_ps(p).into_iter().enumerate() {
-                        let sc = &mut out[first + (8 * k + m) / 2];
-                        let dst = if coef { &mut sc.coef[m % 2] } else { &mut sc.scale[m % 2] };
-                        _mm256_store_ps(dst.as_mut_ptr(), v);
-                    }
-                }
+                k6_block(rb, rows, i * bb, offset, slices)
             } else {
-                store_both(transpose_ps(parts[0]), out, first, false);
-                store_both(transpose_ps(parts[1]), out, first, true);
+                k4_block(rb, rows, i * bb, offset, slices)
             }
         }
     }
