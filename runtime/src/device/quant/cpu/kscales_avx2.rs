@@ -17,6 +17,7 @@
 
 use super::super::{QuantFormat, BLOCK};
 use super::panel::{PanelInts, Scales, NR};
+use super::panel_avx2::half_pairs;
 use std::arch::x86_64::*;
 
 /// Whether [`pack`] builds `format`'s scales (Q2_K and Q3_K stay on the scalar form).
@@ -77,18 +78,13 @@ unsafe fn slice_lanes(t: &[__m128i; 4], j: usize, signed: bool) -> __m256 {
 /// AVX2 and F16C; the block exists in every row `< rows`; `out` holds its eight slices.
 #[inline(always)]
 unsafe fn k4_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out: &mut [Scales]) {
-    let word = |r: usize| if r < rows { i32::from_le_bytes(rb[r][at..at + 4].try_into().expect("4 bytes")) } else { 0 };
     let (mut sc, mut mn) = ([0u64; NR], [0u64; NR]);
     for r in 0..rows {
         (sc[r], mn[r]) = k4_scales_mins(&rb[r][at + 4..at + 16]);
     }
     // Safety (throughout): the caller's AVX2 / F16C; `Scales` is 32-byte aligned.
     unsafe {
-        let v = _mm256_setr_epi32(word(0), word(1), word(2), word(3), word(4), word(5), word(6), word(7));
-        // d of rows 0..4, dmin of rows 0..4 | d of rows 4..8, dmin of rows 4..8; then together.
-        let dm = _mm256_packus_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(v, 16));
-        let dm = _mm256_permute4x64_epi64(dm, 0b11_01_10_00);
-        let (d, dmin) = (_mm256_cvtph_ps(_mm256_castsi256_si128(dm)), _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1)));
+        let (d, dmin) = half_pairs(rb, rows, at, true);
         let (st, mt) = (transpose_bytes8(&sc), transpose_bytes8(&mn));
         let sign = _mm256_set1_ps(-0.0);
         // Lanes past `rows` are +0 as the scalar form leaves them (−0 would differ in bits).
@@ -118,7 +114,7 @@ unsafe fn k4_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out
 unsafe fn k6_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out: &mut [Scales]) {
     let (mut lo, mut hi, mut dh) = ([0u64; NR], [0u64; NR], [0u16; NR]);
     for r in 0..rows {
-        let b = &rb[r][at..at + 210];
+        let b = &rb[r][at..at + QuantFormat::Q6_K.block_bytes()];
         lo[r] = u64::from_le_bytes(b[192..200].try_into().expect("8 bytes"));
         hi[r] = u64::from_le_bytes(b[200..208].try_into().expect("8 bytes"));
         dh[r] = u16::from_le_bytes([b[208], b[209]]);

@@ -113,10 +113,36 @@ unsafe fn scales32<I: PanelInts>(format: QuantFormat, rb: &[&[u8]; NR], rows: us
     }
 }
 
+/// The two f16 fields of the word at byte `at` of each of the eight rows `rb` (those past
+/// `rows` zero) as f32, lane = row: the rows' words gathered into one vector (no round trip
+/// through memory) and converted together; the second field only when `second` (else zero).
+///
+/// # Safety
+/// AVX2 and F16C; every row `< rows` holds 4 bytes at `at`.
+#[inline(always)]
+pub(super) unsafe fn half_pairs(rb: &[&[u8]; NR], rows: usize, at: usize, second: bool) -> (__m256, __m256) {
+    let word = |r: usize| -> i32 {
+        if r < rows {
+            i32::from_le_bytes(rb[r][at..at + 4].try_into().expect("4 bytes"))
+        } else {
+            0
+        }
+    };
+    let v = _mm256_setr_epi32(word(0), word(1), word(2), word(3), word(4), word(5), word(6), word(7));
+    // Safety: the caller's.
+    unsafe {
+        // Words: first fields of rows 0..4, second of rows 0..4 | the same of rows 4..8; then the
+        // first fields together and the second together.
+        let dm = _mm256_packus_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(v, 16));
+        let dm = _mm256_permute4x64_epi64(dm, 0b11_01_10_00);
+        let d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+        (d, if second { _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1)) } else { _mm256_setzero_ps() })
+    }
+}
+
 /// One block's scale `d` and coefficient `m − d · offset` for the eight rows `rb` (those past
-/// `rows` zero), the block at byte `at` of each row: the rows' first words gathered into one
-/// vector (no round trip through memory) and converted together; the same two roundings as
-/// the scalar form.
+/// `rows` zero), the block at byte `at` of each row ([`half_pairs`]); the same two roundings
+/// as the scalar form.
 ///
 /// # Safety
 /// AVX2 and F16C; `format` has 32-value blocks.
@@ -129,23 +155,9 @@ pub(super) unsafe fn block_scales32(
     offset: __m256,
 ) -> (__m256, __m256) {
     debug_assert_eq!(half_fields(format)[0], 0);
-    let has_m = half_fields(format).len() > 1;
-    let word = |r: usize| -> i32 {
-        if r < rows {
-            i32::from_le_bytes(rb[r][at..at + 4].try_into().expect("4 bytes"))
-        } else {
-            0
-        }
-    };
-    let v = _mm256_setr_epi32(word(0), word(1), word(2), word(3), word(4), word(5), word(6), word(7));
     // Safety: the caller's.
     unsafe {
-        // Words: d of rows 0..4, m of rows 0..4 | d of rows 4..8, m of rows 4..8; then the d
-        // words together and the m words together.
-        let dm = _mm256_packus_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(v, 16));
-        let dm = _mm256_permute4x64_epi64(dm, 0b11_01_10_00);
-        let d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
-        let m = if has_m { _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1)) } else { _mm256_setzero_ps() };
+        let (d, m) = half_pairs(rb, rows, at, half_fields(format).len() > 1);
         (d, _mm256_sub_ps(m, _mm256_mul_ps(d, offset)))
     }
 }
