@@ -5,8 +5,8 @@ gpu__time_duration.sum): `kernel_times.py LONG.csv [SHORT.csv] [--steps N]`.
 With two runs of the same workload that differ only in how many decode steps they take,
 the per-name difference is what those extra steps cost (start-up, prefill and the first
 decode steps cancel out); `--steps N` divides it into a per-step figure."""
+import argparse
 import csv
-import sys
 from collections import defaultdict
 
 SCALE = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}
@@ -31,21 +31,19 @@ def totals(path):
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    steps = 1
-    if "--steps" in sys.argv:
-        steps = int(sys.argv[sys.argv.index("--steps") + 1])
-        args = [a for a in args if a != str(steps)]
-    long = totals(args[0])
-    short = totals(args[1]) if len(args) > 1 else {}
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("long", help="export of the longer run")
+    ap.add_argument("short", nargs="?", help="export of the shorter run, subtracted")
+    ap.add_argument("--steps", type=int, default=1, help="decode steps between the two runs")
+    a = ap.parse_args()
+    long, short, steps = totals(a.long), totals(a.short) if a.short else {}, a.steps
     diff = {k: (v[0] - short.get(k, [0, 0.0])[0], v[1] - short.get(k, [0, 0.0])[1]) for k, v in long.items()}
     total = sum(t for _, t in diff.values())
-    print(f"{args[0]}{' - ' + args[1] if short else ''}: {total / steps:.1f} µs of kernels per step ({steps} steps)")
+    print(f"{a.long}{' - ' + a.short if a.short else ''}: {total / steps:.1f} µs of kernels per step ({steps} steps)")
     print("| kernel | launches / step | µs / step | share |")
     print("|---|---|---|---|")
     for k, (n, t) in sorted(diff.items(), key=lambda kv: -kv[1][1])[:30]:
         print(f"| {k} | {n / steps:.1f} | {t / steps:.1f} | {100 * t / total:.1f}% |")
-
 
 if __name__ == "__main__":
     main()

@@ -572,23 +572,22 @@ fi
 # rows, then 8B-shaped decode at one sequence in each form beside bf16 (twice), at 8 sequences
 # in four.
 if [ "$what" = int4-forms ] || [ "$what" = forms-profile ]; then
+  # `in_form W:D CMD...`: CMD with that form's knobs.
+  in_form() { local f=$1; shift; KILN_INT4_TC_WARPS=${f%:*} KILN_INT4_TC_DEPTH=${f#*:} "$@"; }
   forms="8:1 8:2 8:4 4:1 4:2 4:4"
   for f in $forms; do
-    w=${f%:*} d=${f#*:}
-    KILN_INT4_TC_WARPS=$w KILN_INT4_TC_DEPTH=$d TAIL=3 step "int4-check-w${w}d$d" 150 .device/kiln-check-int4 --no-speed --max-rows 16
-    KILN_INT4_TC_WARPS=$w KILN_INT4_TC_DEPTH=$d TAIL=20 step "int4-speed-w${w}d$d" 120 .device/kiln-check-int4 --no-check --max-rows 8
+    TAIL=3 in_form $f step "int4-check-${f/:/-}" 150 .device/kiln-check-int4 --no-speed --max-rows 16
+    TAIL=20 in_form $f step "int4-speed-${f/:/-}" 120 .device/kiln-check-int4 --no-check --max-rows 8
   done
   b=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-num-seqs 256)
   for round in 1 2; do
     for f in $forms; do
-      w=${f%:*} d=${f#*:}
-      KILN_INT4_TC_WARPS=$w KILN_INT4_TC_DEPTH=$d TAIL=4 step "bench-int4-w${w}d$d-c1-r$round" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 1
+      TAIL=4 in_form $f step "bench-int4-${f/:/-}-c1-r$round" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 1
     done
     TAIL=4 step "bench-bf16-c1-r$round" 150 "${b[@]}" --model synth:llama3-8b --num-requests 1
   done
   for f in 8:1 8:4 4:1 4:4; do
-    w=${f%:*} d=${f#*:}
-    KILN_INT4_TC_WARPS=$w KILN_INT4_TC_DEPTH=$d TAIL=4 step "bench-int4-w${w}d$d-c8" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 8
+    TAIL=4 in_form $f step "bench-int4-${f/:/-}-c8" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 8
   done
   TAIL=4 step "bench-bf16-c8" 150 "${b[@]}" --model synth:llama3-8b --num-requests 8
 fi
@@ -599,24 +598,21 @@ fi
 if [ "$what" = step-profile ] || [ "$what" = forms-profile ]; then
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
   echo "ncu: ${ncu:-none}"
+  # `decode_profile TAG TIMEOUT BENCH...`: BENCH profiled at 8 and 20 output tokens, the 12
+  # steps between summed per kernel into $OUT/profile-TAG.txt.
+  decode_profile() {
+    local tag=$1 limit=$2 len; shift 2
+    for len in 8 20; do
+      KILN_CUDA_GRAPHS=0 TAIL=3 step "ncu-$tag-$len" "$limit" "$ncu" --metrics gpu__time_duration.sum \
+        --cache-control none --clock-control none -o "/tmp/rep-$tag-$len" -f "$@" --output-len $len
+      "$ncu" -i "/tmp/rep-$tag-$len.ncu-rep" --csv --page raw > "$OUT/ncu-$tag-$len.csv" 2>&1
+    done
+    python3 bench/device/kernel_times.py "$OUT/ncu-$tag-20.csv" "$OUT/ncu-$tag-8.csv" --steps 12 | tee "$OUT/profile-$tag.txt"
+  }
   if [ -n "$ncu" ]; then
     p=(.device/kiln bench --offline --device cuda --num-requests 512 --max-num-seqs 512 --prompt-len 128 --max-batched-tokens 8192)
-    for m in "llama3-8b+fp8 --kv-cache-dtype fp8" "llama3-8b"; do
-      tag=${m%% *}; tag=${tag/+/-}
-      for len in 8 20; do
-        KILN_CUDA_GRAPHS=0 TAIL=3 step "ncu-$tag-$len" 300 "$ncu" --metrics gpu__time_duration.sum --cache-control none \
-          --clock-control none -o "/tmp/rep-$tag-$len" -f "${p[@]}" --output-len $len --model synth:$m
-        "$ncu" -i "/tmp/rep-$tag-$len.ncu-rep" --csv --page raw > "$OUT/ncu-$tag-$len.csv" 2>&1
-      done
-      python3 bench/device/kernel_times.py "$OUT/ncu-$tag-20.csv" "$OUT/ncu-$tag-8.csv" --steps 12 | tee "$OUT/profile-$tag.txt"
-    done
-    # The same for one sequence of the W4A16 model (the int4 decode step's kernels).
-    p1=(.device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --model synth:llama3-8b+int4)
-    for len in 8 20; do
-      KILN_CUDA_GRAPHS=0 TAIL=3 step "ncu-int4-c1-$len" 200 "$ncu" --metrics gpu__time_duration.sum --cache-control none \
-        --clock-control none -o "/tmp/rep-int4-c1-$len" -f "${p1[@]}" --output-len $len
-      "$ncu" -i "/tmp/rep-int4-c1-$len.ncu-rep" --csv --page raw > "$OUT/ncu-int4-c1-$len.csv" 2>&1
-    done
-    python3 bench/device/kernel_times.py "$OUT/ncu-int4-c1-20.csv" "$OUT/ncu-int4-c1-8.csv" --steps 12 | tee "$OUT/profile-int4-c1.txt"
+    decode_profile llama3-8b-fp8 300 "${p[@]}" --model synth:llama3-8b+fp8 --kv-cache-dtype fp8
+    decode_profile llama3-8b 300 "${p[@]}" --model synth:llama3-8b
+    decode_profile int4-c1 200 .device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --model synth:llama3-8b+int4
   fi
 fi

@@ -7,8 +7,9 @@
 //! with different groupings, q/k/v parts the upload joins into one matrix), 1 to 130 activation
 //! rows, f32/f16/bf16 activations, every path: the GEMV; the tensor-core GEMV (the GEMV where it
 //! does not apply: f32, groups of 32 or 64); the tensor-core GEMM (dequantize + cuBLAS for f32
-//! and for scratch too small for a tiny act-order case); dequantize + cuBLAS. The CPU product is computed from the activations as the GPU sees them
-//! (rounded to the dtype); the GPU result must be within `tol · max |ref|`.
+//! and for scratch too small for a tiny act-order case); dequantize + cuBLAS. The CPU product
+//! is computed from the activations as the GPU sees them (rounded to the dtype); the GPU
+//! result must be within `tol · max |ref|`.
 //!
 //! Speed: Llama-3-8B's projection shapes, g128, bf16: median of CUDA-event-timed launches
 //! (`--max-rows N` times batches of up to N rows only; `--no-check`, `--no-speed` skip a part).
