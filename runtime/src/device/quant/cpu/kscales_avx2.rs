@@ -1,13 +1,15 @@
 //! The per-slice scales of eight rows of a k-quant (Q4_K, Q5_K, Q6_K), with AVX2: the same
 //! values, in the same [`Scales`] layout, as the scalar `panel::pack_scales`, built with lane =
 //! row from the start. The rows' f16 `d` (and `dmin`) are converted together, and their packed
-//! small scales (Q4_K / Q5_K: the eight 6-bit scales and mins unpacked per row; Q6_K: sixteen
-//! int8) move to lane = row as bytes, by an 8×8 byte transpose, before each slice's vector is
-//! widened and scaled. The few-rows product builds them for every group of eight rows in every
-//! decode step (one block at a time, inside its pass over the weights), and the GEMM for every
-//! panel. (Built per row as f32 vectors and transposed as f32, with a scalar f16 conversion
-//! per value, they took 26–29% of a 1B-shape Q4_K_M decode step, `perf`, one thread; 17–18%
-//! now. Built by the scalar form for a group's whole rows before the pass, a third.)
+//! small scales move to lane = row as bytes before each slice's vector is widened and scaled:
+//! Q4_K / Q5_K's 6-bit scales and mins unpacked two rows a vector by shuffles and masks, then
+//! transposed 8 × 16 bytes; Q6_K's sixteen int8 by an 8×8 byte transpose. The few-rows product
+//! builds them for every group of eight rows in every decode step (one block at a time, inside
+//! its pass over the weights), and the GEMM for every panel. (Built per row as f32 vectors and
+//! transposed as f32, with a scalar f16 conversion per value, they took 26–29% of a 1B-shape
+//! Q4_K_M decode step, `perf`, one thread; with the 6-bit values unpacked per row in scalar
+//! code, 21%; 16.6% now. Built by the scalar form for a group's whole rows before the pass, a
+//! third.)
 //!
 //! Bits: each value is the scalar form's operations on the same operands (`d · sc`,
 //! `−(dmin · mn)`, then `min − scale · offset`, no fused multiply-add), so the result is the same
@@ -25,18 +27,103 @@ pub(super) const fn handles(format: QuantFormat) -> bool {
     matches!(format, QuantFormat::Q4_K | QuantFormat::Q5_K | QuantFormat::Q6_K)
 }
 
-/// Q4_K / Q5_K: the eight 6-bit scales and the eight 6-bit mins of a block's 12 packed bytes
-/// (`blocks::k4_scale_min` for every `j` at once), byte `j` of each word.
+/// Q4_K / Q5_K: the 6-bit scales and mins of the block at byte `at` of the eight rows `rb`
+/// (rows from `rows` on zero), unpacked and moved to lane = row together: the result's vector
+/// `v` holds, as its 64-bit element `e`, the eight rows' bytes of scale `4v + e` (`v` 0, 1) or
+/// of min `4(v − 2) + e` (`v` 2, 3). (`blocks::k4_scale_min` for every `j` and row at once;
+/// unpacked per row in scalar code and transposed as words, they were most of the cost.)
+///
+/// A row's 12 scale bytes `q`: for `j < 4` scale `j` is `q[j] & 63` and min `j` is
+/// `q[j + 4] & 63`; for `j ≥ 4` scale `j` is `q[j + 4] & 15` with the top 2 bits of `q[j − 4]`
+/// above it, and min `j` is `q[j + 4] >> 4` with the top 2 bits of `q[j]` above it.
 #[inline(always)]
-fn k4_scales_mins(q: &[u8]) -> (u64, u64) {
-    let word = |i: usize| u32::from_le_bytes(q[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-    let (u0, u1, u2) = (word(0), word(1), word(2));
-    let (low6, low4, low2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
-    // j < 4: the low 6 bits of bytes j (scales) and j + 4 (mins); j ≥ 4: a nibble of byte
-    // j + 4 with the top 2 bits of byte j − 4 (scales) or j (mins) above it.
-    let scales_hi = (u2 & low4) | (((u0 >> 6) & low2) << 4);
-    let mins_hi = ((u2 >> 4) & low4) | (((u1 >> 6) & low2) << 4);
-    (u64::from(u0 & low6) | (u64::from(scales_hi) << 32), u64::from(u1 & low6) | (u64::from(mins_hi) << 32))
+unsafe fn k4_scales_mins8(rb: &[&[u8]; NR], rows: usize, at: usize) -> [__m256i; 4] {
+    // Safety (throughout): the caller's AVX2 (and its block).
+    unsafe {
+        // (Calls, not a closure over the pairs: see `gemv_avx2`'s header.)
+        let r = [
+            k4_unpack_pair(rb, rows, at, 0),
+            k4_unpack_pair(rb, rows, at, 2),
+            k4_unpack_pair(rb, rows, at, 4),
+            k4_unpack_pair(rb, rows, at, 6),
+        ];
+        // 8 rows × 16 bytes to 16 × 8: rows {0, 4}, {1, 5}, {2, 6}, {3, 7} paired by lane, then
+        // interleaved as bytes and words (per lane: rows 0..4, 4..8 of four columns), then each
+        // column's two 4-byte halves brought together.
+        let p0 = _mm256_permute2x128_si256(r[0], r[2], 0x20);
+        let p1 = _mm256_permute2x128_si256(r[0], r[2], 0x31);
+        let p2 = _mm256_permute2x128_si256(r[1], r[3], 0x20);
+        let p3 = _mm256_permute2x128_si256(r[1], r[3], 0x31);
+        let (u0, u1) = (_mm256_unpacklo_epi8(p0, p1), _mm256_unpackhi_epi8(p0, p1));
+        let (u2, u3) = (_mm256_unpacklo_epi8(p2, p3), _mm256_unpackhi_epi8(p2, p3));
+        let halves = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        [
+            _mm256_permutevar8x32_epi32(_mm256_unpacklo_epi16(u0, u2), halves),
+            _mm256_permutevar8x32_epi32(_mm256_unpackhi_epi16(u0, u2), halves),
+            _mm256_permutevar8x32_epi32(_mm256_unpacklo_epi16(u1, u3), halves),
+            _mm256_permutevar8x32_epi32(_mm256_unpackhi_epi16(u1, u3), halves),
+        ]
+    }
+}
+
+/// Rows `lo` and `lo + 1` of [`k4_scales_mins8`] unpacked, one per 128-bit lane: scales 0..8
+/// in bytes 0..8, mins in 8..16 (a row from `rows` on is zero).
+#[inline(always)]
+unsafe fn k4_unpack_pair(rb: &[&[u8]; NR], rows: usize, at: usize, lo: usize) -> __m256i {
+    // Safety (throughout): the caller's AVX2; each load reads 16 bytes of a block of at least
+    // 144 (the scale bytes and the first values after them).
+    unsafe {
+        let mut q = _mm256_setzero_si256();
+        if lo < rows {
+            let r0 = _mm_loadu_si128(rb[lo][at + 4..at + 20].as_ptr() as *const __m128i);
+            let r1 = if lo + 1 < rows {
+                _mm_loadu_si128(rb[lo + 1][at + 4..at + 20].as_ptr() as *const __m128i)
+            } else {
+                _mm_setzero_si128()
+            };
+            q = _mm256_set_m128i(r1, r0);
+        }
+        const Z: i8 = -128; // a shuffle index that writes zero
+        const S6: i8 = 63;
+        const S4: i8 = 15;
+        const T2: i8 = 0x30;
+        // Per lane: the bytes whose low bits give each output byte, and those whose top 2 bits
+        // give its bits 4..6.
+        let low_of = _mm256_setr_epi8(
+            0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11,
+        );
+        let high_of = _mm256_setr_epi8(
+            Z, Z, Z, Z, 0, 1, 2, 3, Z, Z, Z, Z, 4, 5, 6, 7, Z, Z, Z, Z, 0, 1, 2, 3, Z, Z, Z, Z, 4, 5, 6, 7,
+        );
+        let low_mask = _mm256_setr_epi8(
+            S6, S6, S6, S6, S4, S4, S4, S4, S6, S6, S6, S6, 0, 0, 0, 0, S6, S6, S6, S6, S4, S4, S4, S4, S6, S6, S6, S6,
+            0, 0, 0, 0,
+        );
+        let shifted_mask = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, S4, S4, S4, S4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, S4, S4, S4, S4,
+        );
+        let high_mask = _mm256_setr_epi8(
+            0, 0, 0, 0, T2, T2, T2, T2, 0, 0, 0, 0, T2, T2, T2, T2, 0, 0, 0, 0, T2, T2, T2, T2, 0, 0, 0, 0, T2, T2, T2,
+            T2,
+        );
+        let (a, b) = (_mm256_shuffle_epi8(q, low_of), _mm256_shuffle_epi8(q, high_of));
+        // Word shifts: the bits a neighbouring byte moves in are masked off.
+        let low =
+            _mm256_or_si256(_mm256_and_si256(a, low_mask), _mm256_and_si256(_mm256_srli_epi16(a, 4), shifted_mask));
+        _mm256_or_si256(low, _mm256_and_si256(_mm256_srli_epi16(b, 2), high_mask))
+    }
+}
+
+/// Column `c` (0..16: scales 0..8, then mins) of [`k4_scales_mins8`]'s result as f32 lanes.
+#[inline(always)]
+unsafe fn column_lanes(t: &[__m256i; 4], c: usize) -> __m256 {
+    // Safety: the caller's AVX2.
+    unsafe {
+        let v = t[c / 4];
+        let half = if (c % 4) < 2 { _mm256_castsi256_si128(v) } else { _mm256_extracti128_si256(v, 1) };
+        let bytes = if c.is_multiple_of(2) { half } else { _mm_unpackhi_epi64(half, half) };
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))
+    }
 }
 
 /// `x[r]` byte `j` to byte `r` of slice `j`'s eight: slices `2t` and `2t + 1` are the low and
@@ -78,14 +165,10 @@ unsafe fn slice_lanes(t: &[__m128i; 4], j: usize, signed: bool) -> __m256 {
 /// AVX2 and F16C; the block exists in every row `< rows`; `out` holds its eight slices.
 #[inline(always)]
 unsafe fn k4_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out: &mut [Scales]) {
-    let (mut sc, mut mn) = ([0u64; NR], [0u64; NR]);
-    for r in 0..rows {
-        (sc[r], mn[r]) = k4_scales_mins(&rb[r][at + 4..at + 16]);
-    }
     // Safety (throughout): the caller's AVX2 / F16C; `Scales` is 32-byte aligned.
     unsafe {
         let (d, dmin) = half_pairs(rb, rows, at, true);
-        let (st, mt) = (transpose_bytes8(&sc), transpose_bytes8(&mn));
+        let t = k4_scales_mins8(rb, rows, at);
         let sign = _mm256_set1_ps(-0.0);
         // Lanes past `rows` are +0 as the scalar form leaves them (−0 would differ in bits).
         let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
@@ -93,8 +176,8 @@ unsafe fn k4_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         ));
         for (j, slice) in out.iter_mut().enumerate() {
-            let scale = _mm256_mul_ps(slice_lanes(&st, j, false), d);
-            let min = _mm256_xor_ps(_mm256_mul_ps(slice_lanes(&mt, j, false), dmin), sign);
+            let scale = _mm256_mul_ps(column_lanes(&t, j), d);
+            let min = _mm256_xor_ps(_mm256_mul_ps(column_lanes(&t, NR + j), dmin), sign);
             let coef = _mm256_and_ps(_mm256_sub_ps(min, _mm256_mul_ps(scale, offset)), keep);
             for h in 0..2 {
                 _mm256_store_ps(slice.scale[h].as_mut_ptr(), scale);
