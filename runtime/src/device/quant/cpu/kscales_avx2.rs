@@ -3,7 +3,7 @@
 //! row from the start. The rows' f16 `d` (and `dmin`) are converted together, and their packed
 //! small scales move to lane = row as bytes before each slice's vector is widened and scaled:
 //! Q4_K / Q5_K's 6-bit scales and mins unpacked two rows a vector by shuffles and masks, then
-//! transposed 8 × 16 bytes; Q6_K's sixteen int8 by an 8×8 byte transpose. The few-rows product
+//! transposed 8 × 16 bytes; Q6_K's sixteen int8 by the same transpose. The few-rows product
 //! builds them for every group of eight rows in every decode step (one block at a time, inside
 //! its pass over the weights), and the GEMM for every panel. (Built per row as f32 vectors and
 //! transposed as f32, with a scalar f16 conversion per value, they took 26–29% of a 1B-shape
@@ -38,18 +38,27 @@ pub(super) const fn handles(format: QuantFormat) -> bool {
 /// above it, and min `j` is `q[j + 4] >> 4` with the top 2 bits of `q[j]` above it.
 #[inline(always)]
 unsafe fn k4_scales_mins8(rb: &[&[u8]; NR], rows: usize, at: usize) -> [__m256i; 4] {
-    // Safety (throughout): the caller's AVX2 (and its block).
+    // Safety: the caller's AVX2 (and its block). (Calls, not a closure over the pairs: see
+    // `gemv_avx2`'s header.)
     unsafe {
-        // (Calls, not a closure over the pairs: see `gemv_avx2`'s header.)
-        let r = [
+        transpose_8x16([
             k4_unpack_pair(rb, rows, at, 0),
             k4_unpack_pair(rb, rows, at, 2),
             k4_unpack_pair(rb, rows, at, 4),
             k4_unpack_pair(rb, rows, at, 6),
-        ];
-        // 8 rows × 16 bytes to 16 × 8: rows {0, 4}, {1, 5}, {2, 6}, {3, 7} paired by lane, then
-        // interleaved as bytes and words (per lane: rows 0..4, 4..8 of four columns), then each
-        // column's two 4-byte halves brought together.
+        ])
+    }
+}
+
+/// Eight rows of 16 bytes, rows `2k` and `2k + 1` in the two 128-bit lanes of `r[k]`, to 16
+/// columns of 8: the result's vector `v` holds column `4v + e` as its 64-bit element `e`
+/// (byte `i` of it from row `i`). Rows {0, 4}, {1, 5}, {2, 6}, {3, 7} are paired by lane,
+/// interleaved as bytes and then words (per lane: rows 0..4, 4..8 of four columns), and each
+/// column's two 4-byte halves brought together.
+#[inline(always)]
+unsafe fn transpose_8x16(r: [__m256i; 4]) -> [__m256i; 4] {
+    // Safety: the caller's AVX2.
+    unsafe {
         let p0 = _mm256_permute2x128_si256(r[0], r[2], 0x20);
         let p1 = _mm256_permute2x128_si256(r[0], r[2], 0x31);
         let p2 = _mm256_permute2x128_si256(r[1], r[3], 0x20);
@@ -66,6 +75,23 @@ unsafe fn k4_scales_mins8(rb: &[&[u8]; NR], rows: usize, at: usize) -> [__m256i;
     }
 }
 
+/// Rows `lo` and `lo + 1`'s 16 bytes at byte `at` of their blocks, one row per 128-bit lane (a
+/// row from `rows` on is zero).
+#[inline(always)]
+unsafe fn load_pair(rb: &[&[u8]; NR], rows: usize, at: usize, lo: usize) -> __m256i {
+    // Safety: the caller's AVX2; the 16 bytes lie in each row's block.
+    unsafe {
+        let row = |r: usize| {
+            if r < rows {
+                _mm_loadu_si128(rb[r][at..at + 16].as_ptr() as *const __m128i)
+            } else {
+                _mm_setzero_si128()
+            }
+        };
+        _mm256_set_m128i(row(lo + 1), row(lo))
+    }
+}
+
 /// Rows `lo` and `lo + 1` of [`k4_scales_mins8`] unpacked, one per 128-bit lane: scales 0..8
 /// in bytes 0..8, mins in 8..16 (a row from `rows` on is zero).
 #[inline(always)]
@@ -73,16 +99,7 @@ unsafe fn k4_unpack_pair(rb: &[&[u8]; NR], rows: usize, at: usize, lo: usize) ->
     // Safety (throughout): the caller's AVX2; each load reads 16 bytes of a block of at least
     // 144 (the scale bytes and the first values after them).
     unsafe {
-        let mut q = _mm256_setzero_si256();
-        if lo < rows {
-            let r0 = _mm_loadu_si128(rb[lo][at + 4..at + 20].as_ptr() as *const __m128i);
-            let r1 = if lo + 1 < rows {
-                _mm_loadu_si128(rb[lo + 1][at + 4..at + 20].as_ptr() as *const __m128i)
-            } else {
-                _mm_setzero_si128()
-            };
-            q = _mm256_set_m128i(r1, r0);
-        }
+        let q = load_pair(rb, rows, at + 4, lo);
         const Z: i8 = -128; // a shuffle index that writes zero
         const S6: i8 = 63;
         const S4: i8 = 15;
@@ -114,52 +131,22 @@ unsafe fn k4_unpack_pair(rb: &[&[u8]; NR], rows: usize, at: usize, lo: usize) ->
     }
 }
 
-/// Column `c` (0..16: scales 0..8, then mins) of [`k4_scales_mins8`]'s result as f32 lanes.
+/// Column `c` of [`transpose_8x16`]'s result as f32 lanes, its bytes unsigned or signed.
 #[inline(always)]
-unsafe fn column_lanes(t: &[__m256i; 4], c: usize) -> __m256 {
+unsafe fn column_lanes(t: &[__m256i; 4], c: usize, signed: bool) -> __m256 {
     // Safety: the caller's AVX2.
     unsafe {
         let v = t[c / 4];
         let half = if (c % 4) < 2 { _mm256_castsi256_si128(v) } else { _mm256_extracti128_si256(v, 1) };
         let bytes = if c.is_multiple_of(2) { half } else { _mm_unpackhi_epi64(half, half) };
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))
-    }
-}
-
-/// `x[r]` byte `j` to byte `r` of slice `j`'s eight: slices `2t` and `2t + 1` are the low and
-/// high halves of the `t`-th vector (an 8×8 byte transpose in three rounds of unpacks).
-#[inline(always)]
-unsafe fn transpose_bytes8(x: &[u64; NR]) -> [__m128i; 4] {
-    // Safety: the caller's AVX2 (SSE2 unpacks).
-    unsafe {
-        let r = x.map(|v| _mm_cvtsi64_si128(v as i64));
-        // Rows interleaved in pairs (r0 b0, r1 b0, r0 b1, …), then in fours (bytes 0..4 and 4..8).
-        let a = [0, 2, 4, 6].map(|k| _mm_unpacklo_epi8(r[k], r[k + 1]));
-        let (lo0, hi0) = (_mm_unpacklo_epi16(a[0], a[1]), _mm_unpackhi_epi16(a[0], a[1]));
-        let (lo1, hi1) = (_mm_unpacklo_epi16(a[2], a[3]), _mm_unpackhi_epi16(a[2], a[3]));
-        [
-            _mm_unpacklo_epi32(lo0, lo1),
-            _mm_unpackhi_epi32(lo0, lo1),
-            _mm_unpacklo_epi32(hi0, hi1),
-            _mm_unpackhi_epi32(hi0, hi1),
-        ]
-    }
-}
-
-/// Slice `j`'s eight bytes of [`transpose_bytes8`]'s result as f32 lanes, unsigned or signed.
-#[inline(always)]
-unsafe fn slice_lanes(t: &[__m128i; 4], j: usize, signed: bool) -> __m256 {
-    // Safety: the caller's AVX2.
-    unsafe {
-        let v = if j.is_multiple_of(2) { t[j / 2] } else { _mm_unpackhi_epi64(t[j / 2], t[j / 2]) };
-        _mm256_cvtepi32_ps(if signed { _mm256_cvtepi8_epi32(v) } else { _mm256_cvtepu8_epi32(v) })
+        _mm256_cvtepi32_ps(if signed { _mm256_cvtepi8_epi32(bytes) } else { _mm256_cvtepu8_epi32(bytes) })
     }
 }
 
 /// Q4_K / Q5_K: the eight 32-value slices' scales and coefficients of the block at byte `at`
 /// of rows `rb[..rows]` (lanes past `rows` zero), built with lane = row from the start: the
-/// rows' `d` / `dmin` words converted together, their 6-bit scales and mins unpacked per row
-/// and moved to lane = row as bytes (fewer shuffles than moving the f32 results).
+/// rows' `d` / `dmin` words converted together, their 6-bit scales and mins unpacked and moved
+/// to lane = row as bytes ([`k4_scales_mins8`]; fewer shuffles than moving the f32 results).
 ///
 /// # Safety
 /// AVX2 and F16C; the block exists in every row `< rows`; `out` holds its eight slices.
@@ -176,8 +163,8 @@ unsafe fn k4_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         ));
         for (j, slice) in out.iter_mut().enumerate() {
-            let scale = _mm256_mul_ps(column_lanes(&t, j), d);
-            let min = _mm256_xor_ps(_mm256_mul_ps(column_lanes(&t, NR + j), dmin), sign);
+            let scale = _mm256_mul_ps(column_lanes(&t, j, false), d);
+            let min = _mm256_xor_ps(_mm256_mul_ps(column_lanes(&t, NR + j, false), dmin), sign);
             let coef = _mm256_and_ps(_mm256_sub_ps(min, _mm256_mul_ps(scale, offset)), keep);
             for h in 0..2 {
                 _mm256_store_ps(slice.scale[h].as_mut_ptr(), scale);
@@ -195,19 +182,22 @@ unsafe fn k4_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out
 /// As [`k4_block`].
 #[inline(always)]
 unsafe fn k6_block(rb: &[&[u8]; NR], rows: usize, at: usize, offset: __m256, out: &mut [Scales]) {
-    let (mut lo, mut hi, mut dh) = ([0u64; NR], [0u64; NR], [0u16; NR]);
+    let mut dh = [0u16; NR];
     for r in 0..rows {
-        let b = &rb[r][at..at + QuantFormat::Q6_K.block_bytes()];
-        lo[r] = u64::from_le_bytes(b[192..200].try_into().expect("8 bytes"));
-        hi[r] = u64::from_le_bytes(b[200..208].try_into().expect("8 bytes"));
-        dh[r] = u16::from_le_bytes([b[208], b[209]]);
+        dh[r] = u16::from_le_bytes([rb[r][at + 208], rb[r][at + 209]]);
     }
-    // Safety (throughout): the caller's AVX2 / F16C; `dh` is 16 bytes; `Scales` is 32-byte aligned.
+    // Safety (throughout): the caller's AVX2 / F16C; `dh` is 16 bytes; `Scales` is 32-byte
+    // aligned; the sixteen int8 scales are bytes 192..208 of a 210-byte block.
     unsafe {
         let d = _mm256_cvtph_ps(_mm_loadu_si128(dh.as_ptr() as *const __m128i));
-        let parts = [transpose_bytes8(&lo), transpose_bytes8(&hi)];
+        let t = transpose_8x16([
+            load_pair(rb, rows, at + 192, 0),
+            load_pair(rb, rows, at + 192, 2),
+            load_pair(rb, rows, at + 192, 4),
+            load_pair(rb, rows, at + 192, 6),
+        ]);
         for p in 0..2 * NR {
-            let scale = _mm256_mul_ps(slice_lanes(&parts[p / NR], p % NR, true), d);
+            let scale = _mm256_mul_ps(column_lanes(&t, p, true), d);
             let coef = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(scale, offset));
             let slice = &mut out[p / 2];
             _mm256_store_ps(slice.scale[p % 2].as_mut_ptr(), scale);
