@@ -8,7 +8,7 @@
 //! its pass over the weights), and the GEMM for every panel. (Built per row as f32 vectors and
 //! transposed as f32, with a scalar f16 conversion per value, they took 26–29% of a 1B-shape
 //! Q4_K_M decode step, `perf`, one thread; with the 6-bit values unpacked per row in scalar
-//! code, 21%; 16.6% now. Built by the scalar form for a group's whole rows before the pass, a
+//! code, 21%; 16% now. Built by the scalar form for a group's whole rows before the pass, a
 //! third.)
 //!
 //! Bits: each value is the scalar form's operations on the same operands (`d · sc`,
@@ -31,7 +31,8 @@ pub(super) const fn handles(format: QuantFormat) -> bool {
 /// (rows from `rows` on zero), unpacked and moved to lane = row together: the result's vector
 /// `v` holds, as its 64-bit element `e`, the eight rows' bytes of scale `4v + e` (`v` 0, 1) or
 /// of min `4(v − 2) + e` (`v` 2, 3). (`blocks::k4_scale_min` for every `j` and row at once;
-/// unpacked per row in scalar code and transposed as words, they were most of the cost.)
+/// unpacked per row in scalar code and transposed from general registers, they had been about
+/// half the cost of a block's scales.)
 ///
 /// A row's 12 scale bytes `q`: for `j < 4` scale `j` is `q[j] & 63` and min `j` is
 /// `q[j + 4] & 63`; for `j ≥ 4` scale `j` is `q[j + 4] & 15` with the top 2 bits of `q[j − 4]`
@@ -81,6 +82,8 @@ unsafe fn transpose_8x16(r: [__m256i; 4]) -> [__m256i; 4] {
 unsafe fn load_pair(rb: &[&[u8]; NR], rows: usize, at: usize, lo: usize) -> __m256i {
     // Safety: the caller's AVX2; the 16 bytes lie in each row's block.
     unsafe {
+        // (A closure is compiled without the caller's target features: it holds only SSE2,
+        // which every x86-64 has.)
         let row = |r: usize| {
             if r < rows {
                 _mm_loadu_si128(rb[r][at..at + 16].as_ptr() as *const __m128i)
@@ -105,7 +108,7 @@ unsafe fn k4_unpack_pair(rb: &[&[u8]; NR], rows: usize, at: usize, lo: usize) ->
         const S4: i8 = 15;
         const T2: i8 = 0x30;
         // Per lane: the bytes whose low bits give each output byte, and those whose top 2 bits
-        // give its bits 4..6.
+        // give its bits 4 and 5.
         let low_of = _mm256_setr_epi8(
             0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11,
         );
