@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: unpack the carried binaries (.device/*.xz), then the GPU checks and the
 # first benchmarks. Run from the repository root on the GPU machine; results under $OUT.
-# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fused-norm-quant-lite|w8a8-all|fp8-max|int4-forms|step-profile|forms-profile|...]
+# Usage: bench/device/run-checks.sh [checks|bench|all|sampling|fp8kv|fp8kv-read|int4-gemv|gemv-fp8kv|gguf-gpu|gguf-small|gguf-8b|gguf-rows|attn-variants|norm-quant|lt-sweep|norm-quant-lt|fused-norm-quant|fused-norm-quant-lite|w8a8-all|fp8-max|step-profile|...]
 set -uo pipefail
 what="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -567,35 +567,11 @@ if [ "$what" = fp8-max2 ]; then
     TAIL=5 step "bench-fp8-fp8kv-max-s$s" 150 "${m[@]}" --num-requests $r --max-num-seqs $s --model synth:llama3-8b+fp8 --kv-cache-dtype fp8
   done
 fi
-# The tensor-core int4 GEMV's forms (issue 14; warps a block × chunks a warp loads at once,
-# `KILN_INT4_TC_WARPS` / `KILN_INT4_TC_DEPTH`): each checked against the CPU and timed to 8
-# rows, then 8B-shaped decode at one sequence in each form beside bf16 (twice), at 8 sequences
-# in four.
-if [ "$what" = int4-forms ] || [ "$what" = forms-profile ]; then
-  # `in_form W:D CMD...`: CMD with that form's knobs.
-  in_form() { local f=$1; shift; KILN_INT4_TC_WARPS=${f%:*} KILN_INT4_TC_DEPTH=${f#*:} "$@"; }
-  forms="8:1 8:2 8:4 4:1 4:2 4:4"
-  for f in $forms; do
-    TAIL=3 in_form $f step "int4-check-${f/:/-}" 150 .device/kiln-check-int4 --no-speed --max-rows 16
-    TAIL=20 in_form $f step "int4-speed-${f/:/-}" 120 .device/kiln-check-int4 --no-check --max-rows 8
-  done
-  b=(.device/kiln bench --offline --device cuda --prompt-len 128 --output-len 128 --max-num-seqs 256)
-  for round in 1 2; do
-    for f in $forms; do
-      TAIL=4 in_form $f step "bench-int4-${f/:/-}-c1-r$round" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 1
-    done
-    TAIL=4 step "bench-bf16-c1-r$round" 150 "${b[@]}" --model synth:llama3-8b --num-requests 1
-  done
-  for f in 8:1 8:4 4:1 4:4; do
-    TAIL=4 in_form $f step "bench-int4-${f/:/-}-c8" 150 "${b[@]}" --model synth:llama3-8b+int4 --num-requests 8
-  done
-  TAIL=4 step "bench-bf16-c8" 150 "${b[@]}" --model synth:llama3-8b --num-requests 8
-fi
 # Where a 512-sequence decode step's GPU time goes (issue 14: FP8 at full load), per kernel:
 # Nsight Compute's kernel durations (no cache flush, clocks as they run, eager launches) over
 # two runs that differ only in output length (8 and 20 tokens for 512 requests of 128), so the
 # difference is 12 pure decode steps; FP8 weights + FP8 KV, then bf16; then one W4A16 sequence.
-if [ "$what" = step-profile ] || [ "$what" = forms-profile ]; then
+if [ "$what" = step-profile ]; then
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
   echo "ncu: ${ncu:-none}"
   # `decode_profile TAG TIMEOUT BENCH...`: BENCH profiled at 8 and 20 output tokens, the 12

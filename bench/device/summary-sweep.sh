@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The compact tail of `run-checks.sh` modes moe, structured, fp8-sweep, fp8-forms, c1-nsys, int4-tc, fp8-max2, int4-forms, step-profile (its full outputs stay under $OUT):
+# The compact tail of `run-checks.sh` modes moe, structured, fp8-sweep, fp8-forms, c1-nsys, int4-tc, fp8-max2, step-profile (its full outputs stay under $OUT):
 # each file's key lines, then every output joined into one file (a device call returns few).
 OUT="${OUT:-/tmp/out}"; cd "$OUT" || exit 1
 grep -h "batch 64\|batch 1 \|TTFT\|masks:" structured-*.txt 2>/dev/null

@@ -202,9 +202,8 @@ fn runtime_kernels_compile_cleanly_for_sm80_and_sm90() {
                 "kiln_i4_mma4_q2_bf16",
                 "kiln_i4_reduce_bf16",
                 "kiln_i4_gather_f16",
-                "kiln_i4_tcgemv8_d1_bf16",
-                "kiln_i4_tcgemv8_d4_bf16",
-                "kiln_i4_tcgemv4_d2_f16",
+                "kiln_i4_tcgemv8_bf16",
+                "kiln_i4_tcgemv4_f16",
             ][..],
         ),
         (

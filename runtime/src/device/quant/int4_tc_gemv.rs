@@ -22,11 +22,9 @@
 //! byte permutes.
 //!
 //! A block is `W` warps (8, or 4 under `KILN_INT4_TC_WARPS=4`) on one 16-feature tile, splitting
-//! `k` by chunks (warp `w` takes chunks `w, w + W, …`). How many a warp has in flight is the
-//! form's depth `D`: 1 loads the next chunk while the current one multiplies; 2 or 4
-//! (`KILN_INT4_TC_DEPTH`) load the weight of `D` chunks at once, the activations one chunk
-//! ahead. The warps' sums meet in shared memory in a fixed order (no atomics: the same bits
-//! every run).
+//! `k` by chunks (warp `w` takes chunks `w, w + W, …`, the next one loaded while the current one
+//! multiplies); the warps' sums meet in shared memory in a fixed order (no atomics: the same
+//! bits every run).
 //!
 //! Invariants: `k % 128 == 0`, `group % 128 == 0` (a chunk lies in one group), `x` rows
 //! 16-byte aligned (an act-order weight's inputs are first gathered into stored order, in the
@@ -48,10 +46,8 @@ use std::sync::OnceLock;
 const CHUNK: usize = 128;
 /// Output features per block (one m16 tile).
 const TILE: usize = 16;
-/// The warps per block (splitting `k`) and the chunks a warp loads at once (1: the next one
-/// while the current one multiplies) the kernel is instantiated for.
+/// The warps per block (splitting `k`) the kernel is instantiated for.
 const WARPS: [usize; 2] = [4, 8];
-const DEPTHS: [usize; 3] = [1, 2, 4];
 /// Activation rows per launch (the n8 columns of `B`).
 pub(super) const MAX_ROWS: usize = 8;
 
@@ -70,31 +66,29 @@ __device__ __forceinline__ unsigned kiln_i4_prmt(unsigned a, unsigned b, unsigne
   return r;
 }
 
-// One lane's share of a 128-input chunk's weight: its quad of rows g and g+8 and their group's
-// (scale, bias).
-struct kiln_i4_tc_w {
+// One lane's share of a 128-input chunk: its quad of rows g and g+8, their group's (scale, bias),
+// and the matching 32 inputs of activation row g (zeros past m).
+struct kiln_i4_tc_chunk {
   uint4 wa, wb;
+  uint4 x[4];
   float2 sa, sb;
 };
 
-__device__ __forceinline__ void kiln_i4_tc_load_w(kiln_i4_tc_w& cw, int ch, const uint4* __restrict__ wa,
-                                                  const uint4* __restrict__ wb, const float2* __restrict__ sa,
-                                                  const float2* __restrict__ sb, int c, int group) {
+template <typename T>
+__device__ __forceinline__ void kiln_i4_tc_load(kiln_i4_tc_chunk& ck, int ch, const T* __restrict__ xrow,
+                                                const uint4* __restrict__ wa, const uint4* __restrict__ wb,
+                                                const float2* __restrict__ sa, const float2* __restrict__ sb,
+                                                int c, int group) {
   const uint4 z4 = make_uint4(0u, 0u, 0u, 0u);
   const float2 z2 = make_float2(0.f, 0.f);
-  cw.wa = wa != nullptr ? __ldg(wa + ch * 4 + c) : z4;
-  cw.wb = wb != nullptr ? __ldg(wb + ch * 4 + c) : z4;
+  ck.wa = wa != nullptr ? __ldg(wa + ch * 4 + c) : z4;
+  ck.wb = wb != nullptr ? __ldg(wb + ch * 4 + c) : z4;
   const int gi = (ch * 128) / group;
-  cw.sa = sa != nullptr ? __ldg(sa + gi) : z2;
-  cw.sb = sb != nullptr ? __ldg(sb + gi) : z2;
-}
-
-// The chunk's 32 inputs of activation row g matching the lane's quad (zeros past m).
-template <typename T>
-__device__ __forceinline__ void kiln_i4_tc_load_x(uint4 (&xv)[4], int ch, const T* __restrict__ xrow, int c) {
+  ck.sa = sa != nullptr ? __ldg(sa + gi) : z2;
+  ck.sb = sb != nullptr ? __ldg(sb + gi) : z2;
   const uint4* xp = reinterpret_cast<const uint4*>(xrow + ch * 128 + 32 * c);
 #pragma unroll
-  for (int j = 0; j < 4; ++j) xv[j] = xrow != nullptr ? __ldg(xp + j) : make_uint4(0u, 0u, 0u, 0u);
+  for (int j = 0; j < 4; ++j) ck.x[j] = xrow != nullptr ? __ldg(xp + j) : z4;
 }
 
 __device__ __forceinline__ unsigned kiln_i4_tc_word(const uint4& w, int j) {
@@ -102,17 +96,15 @@ __device__ __forceinline__ unsigned kiln_i4_tc_word(const uint4& w, int j) {
 }
 
 // o (this lane's C fragment: rows g, g+8 × activation rows 2c, 2c+1) += the chunk's products.
-// C == 2: the 8 steps alternate between two accumulators of each kind, so consecutive mma do
-// not wait on each other's result; C == 1: one chain (the second stays zero).
-template <typename T, int C>
-__device__ __forceinline__ void kiln_i4_tc_chunk_mma(const kiln_i4_tc_w& cw, const uint4 (&x)[4], float (&o)[4]) {
+template <typename T>
+__device__ __forceinline__ void kiln_i4_tc_chunk_mma(const kiln_i4_tc_chunk& ck, float (&o)[4]) {
   const unsigned magic = kiln_i4_tc_magic((const T*)0), one = kiln_i4_tc_ones((const T*)0);
   const unsigned ones[4] = {one, one, one, one};
-  float d[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}}, e[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  float d[4] = {0.f, 0.f, 0.f, 0.f}, e[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const unsigned wa = kiln_i4_tc_word(cw.wa, j), wb = kiln_i4_tc_word(cw.wb, j);
-    const uint4 xv = x[j];  // inputs 8j .. 8j+7 of the quad: (x0,x1) (x2,x3) (x4,x5) (x6,x7)
+    const unsigned wa = kiln_i4_tc_word(ck.wa, j), wb = kiln_i4_tc_word(ck.wb, j);
+    const uint4 xv = ck.x[j];  // inputs 8j .. 8j+7 of the quad: (x0,x1) (x2,x3) (x4,x5) (x6,x7)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       // Step 2j+h: k slots (2c, 2c+1) are inputs (2h, 2h+4) of the word, (2c+8, 2c+9) inputs
@@ -122,27 +114,22 @@ __device__ __forceinline__ void kiln_i4_tc_chunk_mma(const kiln_i4_tc_w& cw, con
                              ((wa >> (sh + 4)) & 0x000F000Fu) | magic, ((wb >> (sh + 4)) & 0x000F000Fu) | magic};
       const unsigned lo = h == 0 ? xv.x : xv.y, hi = h == 0 ? xv.z : xv.w;
       const unsigned b[2] = {kiln_i4_prmt(lo, hi, 0x5410u), kiln_i4_prmt(lo, hi, 0x7632u)};
-      kiln_i4_mma((const T*)0, d[h % C], a, b);
-      kiln_i4_mma((const T*)0, e[h % C], ones, b);
+      kiln_i4_mma((const T*)0, d, a, b);
+      kiln_i4_mma((const T*)0, e, ones, b);
     }
   }
-  // d = Σ (BASE + q) x, e = Σ x over the chunk (one group): scale · Σ q x + bias · Σ x (with one
-  // chain, the second's zeros add nothing).
+  // d = Σ (BASE + q) x, e = Σ x over the chunk (one group): scale · Σ q x + bias · Σ x.
   const float base = kiln_i4_tc_base((const T*)0);
-  const float ba = fmaf(-base, cw.sa.x, cw.sa.y), bb = fmaf(-base, cw.sb.x, cw.sb.y);
-  o[0] = fmaf(cw.sa.x, d[0][0] + d[1][0], fmaf(ba, e[0][0] + e[1][0], o[0]));
-  o[1] = fmaf(cw.sa.x, d[0][1] + d[1][1], fmaf(ba, e[0][1] + e[1][1], o[1]));
-  o[2] = fmaf(cw.sb.x, d[0][2] + d[1][2], fmaf(bb, e[0][2] + e[1][2], o[2]));
-  o[3] = fmaf(cw.sb.x, d[0][3] + d[1][3], fmaf(bb, e[0][3] + e[1][3], o[3]));
+  const float ba = fmaf(-base, ck.sa.x, ck.sa.y), bb = fmaf(-base, ck.sb.x, ck.sb.y);
+  o[0] = fmaf(ck.sa.x, d[0], fmaf(ba, e[0], o[0]));
+  o[1] = fmaf(ck.sa.x, d[1], fmaf(ba, e[1], o[1]));
+  o[2] = fmaf(ck.sb.x, d[2], fmaf(bb, e[2], o[2]));
+  o[3] = fmaf(ck.sb.x, d[3], fmaf(bb, e[3], o[3]));
 }
 
-// out[mi, row] for mi < m <= 8 and the 16 rows row0 .. row0+16 of this block, W warps splitting
-// k. D == 1 (the form checked and measured on an H100): each warp loads its next chunk (weight
-// and activations) before the current one multiplies, one accumulator chain. D > 1: it takes
-// its chunks D at a time, the D weight quads all loaded first (D loads a lane in flight), the
-// activations one chunk ahead of the multiply, two accumulator chains.
+// out[mi, row] for mi < m <= 8 and the 16 rows row0 .. row0+16 of this block.
 // words: [n, k/8]; sbias: [n, k/group] (scale, bias).
-template <typename T, int W, int D>
+template <typename T, int W>
 __device__ __forceinline__ void kiln_i4_tc_gemv(const T* __restrict__ x, long long ldx, int m,
                                                 const unsigned* __restrict__ words,
                                                 const float2* __restrict__ sbias, T* __restrict__ out,
@@ -159,43 +146,16 @@ __device__ __forceinline__ void kiln_i4_tc_gemv(const T* __restrict__ x, long lo
   const T* xrow = g < m ? x + g * ldx : nullptr;
 
   float o[4] = {0.f, 0.f, 0.f, 0.f};
-  if (D == 1) {
-    kiln_i4_tc_w pw, qw;
-    uint4 px[4], qx[4];
-    if (warp < chunks) {
-      kiln_i4_tc_load_w(pw, warp, wa, wb, sa, sb, c, group);
-      kiln_i4_tc_load_x(px, warp, xrow, c);
-    }
-    for (int ch = warp; ch < chunks; ch += 2 * W) {
-      const int c1 = ch + W, c2 = ch + 2 * W;
-      if (c1 < chunks) {
-        kiln_i4_tc_load_w(qw, c1, wa, wb, sa, sb, c, group);
-        kiln_i4_tc_load_x(qx, c1, xrow, c);
-      }
-      kiln_i4_tc_chunk_mma<T, 1>(pw, px, o);
-      if (c1 < chunks) {
-        if (c2 < chunks) {
-          kiln_i4_tc_load_w(pw, c2, wa, wb, sa, sb, c, group);
-          kiln_i4_tc_load_x(px, c2, xrow, c);
-        }
-        kiln_i4_tc_chunk_mma<T, 1>(qw, qx, o);
-      }
-    }
-  } else {
-    for (int first = warp; first < chunks; first += D * W) {
-      kiln_i4_tc_w cw[D];
-#pragma unroll
-      for (int i = 0; i < D; ++i)
-        if (first + i * W < chunks) kiln_i4_tc_load_w(cw[i], first + i * W, wa, wb, sa, sb, c, group);
-      uint4 xa[4], xb[4];
-      kiln_i4_tc_load_x(xa, first, xrow, c);
-#pragma unroll
-      for (int i = 0; i < D; ++i) {
-        const int ch = first + i * W;
-        if (ch >= chunks) break;
-        if (i + 1 < D && ch + W < chunks) kiln_i4_tc_load_x((i & 1) ? xa : xb, ch + W, xrow, c);
-        kiln_i4_tc_chunk_mma<T, 2>(cw[i], (i & 1) ? xb : xa, o);
-      }
+  kiln_i4_tc_chunk p, q;
+  // Two chunks in flight a warp: the next is loaded before the current one multiplies.
+  if (warp < chunks) kiln_i4_tc_load(p, warp, xrow, wa, wb, sa, sb, c, group);
+  for (int ch = warp; ch < chunks; ch += 2 * W) {
+    const int c1 = ch + W, c2 = ch + 2 * W;
+    if (c1 < chunks) kiln_i4_tc_load(q, c1, xrow, wa, wb, sa, sb, c, group);
+    kiln_i4_tc_chunk_mma<T>(p, o);
+    if (c1 < chunks) {
+      if (c2 < chunks) kiln_i4_tc_load(p, c2, xrow, wa, wb, sa, sb, c, group);
+      kiln_i4_tc_chunk_mma<T>(q, o);
     }
   }
 
@@ -220,29 +180,21 @@ __device__ __forceinline__ void kiln_i4_tc_gemv(const T* __restrict__ x, long lo
 #endif
 }
 
-// __launch_bounds__' second argument: 16 warps an SM at least (128 registers a thread at most).
-#define KILN_I4_TC(SUFFIX, T, W, D)                                                                           \
-  extern "C" __global__ void __launch_bounds__(32 * W, 16 / W) kiln_i4_tcgemv##W##_d##D##_##SUFFIX(           \
+#define KILN_I4_TC(SUFFIX, T, W)                                                                              \
+  extern "C" __global__ void __launch_bounds__(32 * W) kiln_i4_tcgemv##W##_##SUFFIX(                          \
       const T* x, long long ldx, int m, const unsigned* words, const float2* sb, T* out, long long ldo, int n,    \
       int k, int group) {                                                                                     \
-    kiln_i4_tc_gemv<T, W, D>(x, ldx, m, words, sb, out, ldo, n, k, group);                                    \
+    kiln_i4_tc_gemv<T, W>(x, ldx, m, words, sb, out, ldo, n, k, group);                                       \
   }
-#define KILN_I4_TC_DTYPE(SUFFIX, T)                                                                           \
-  KILN_I4_TC(SUFFIX, T, 4, 1)                                                                                 \
-  KILN_I4_TC(SUFFIX, T, 4, 2)                                                                                 \
-  KILN_I4_TC(SUFFIX, T, 4, 4)                                                                                 \
-  KILN_I4_TC(SUFFIX, T, 8, 1)                                                                                 \
-  KILN_I4_TC(SUFFIX, T, 8, 2)                                                                                 \
-  KILN_I4_TC(SUFFIX, T, 8, 4)
-KILN_I4_TC_DTYPE(f16, kiln_f16)
-KILN_I4_TC_DTYPE(bf16, kiln_bf16)
+KILN_I4_TC(f16, kiln_f16, 4)
+KILN_I4_TC(f16, kiln_f16, 8)
+KILN_I4_TC(bf16, kiln_bf16, 4)
+KILN_I4_TC(bf16, kiln_bf16, 8)
 "#;
 
 /// The entry points of [`BODY`].
 pub(super) fn entries() -> impl Iterator<Item = String> {
-    ["f16", "bf16"].into_iter().flat_map(|d| {
-        WARPS.iter().flat_map(move |w| DEPTHS.iter().map(move |dp| format!("kiln_i4_tcgemv{w}_d{dp}_{d}")))
-    })
+    ["f16", "bf16"].into_iter().flat_map(|d| WARPS.iter().map(move |w| format!("kiln_i4_tcgemv{w}_{d}")))
 }
 
 /// Whether decode-sized products take this kernel where it applies: yes, unless
@@ -262,15 +214,10 @@ pub fn max_rows() -> usize {
     *MAX.get_or_init(|| super::int4_cuda::env_usize("KILN_INT4_TC_MAX_ROWS", 2 * MAX_ROWS))
 }
 
-/// Warps per block and chunks a warp loads at once: 8 and 1, unless `KILN_INT4_TC_WARPS=4` /
-/// `KILN_INT4_TC_DEPTH=2|4` (measurement knobs; other values fall back to the default).
-fn form() -> (usize, usize) {
-    static F: OnceLock<(usize, usize)> = OnceLock::new();
-    *F.get_or_init(|| {
-        let w = super::int4_cuda::env_usize("KILN_INT4_TC_WARPS", 8);
-        let d = super::int4_cuda::env_usize("KILN_INT4_TC_DEPTH", 1);
-        (if WARPS.contains(&w) { w } else { 8 }, if DEPTHS.contains(&d) { d } else { 1 })
-    })
+/// Warps per block: 8 unless `KILN_INT4_TC_WARPS=4`.
+fn warps() -> usize {
+    static W: OnceLock<usize> = OnceLock::new();
+    *W.get_or_init(|| if super::int4_cuda::env_usize("KILN_INT4_TC_WARPS", 8) == 4 { 4 } else { 8 })
 }
 
 /// Whether this kernel can multiply `w` by `x` (see the module's invariants); the row count
@@ -305,8 +252,8 @@ pub(super) fn tc_gemv_product(
     // SAFETY: the scratch holds m·k elements of x's dtype (checked above) and is 256-byte
     // aligned (a device buffer); perm is this weight's permutation of k inputs.
     let (xp, ldx) = unsafe { inputs_in_stored_order(b, &module, x, perm, scratch)? };
-    let (m32, (warps, depth)) = (m as i32, form());
-    let f = module.func(&format!("kiln_i4_tcgemv{warps}_d{depth}_{}", x.dtype().name()))?;
+    let (m32, warps) = (m as i32, warps());
+    let f = module.func(&format!("kiln_i4_tcgemv{warps}_{}", x.dtype().name()))?;
     let op = out.cuda_ptr().unwrap_or(0);
     let ldo = out.row_stride() as i64;
     let (n, k, group) = (w.rows() as i32, w.cols() as i32, w.group() as i32);
