@@ -587,8 +587,14 @@ if [ "$what" = step-profile ]; then
   }
   if [ -n "$ncu" ]; then
     p=(.device/kiln bench --offline --device cuda --num-requests 512 --max-num-seqs 512 --prompt-len 128 --max-batched-tokens 8192)
-    decode_profile llama3-8b-fp8 300 "${p[@]}" --model synth:llama3-8b+fp8 --kv-cache-dtype fp8
-    decode_profile llama3-8b 300 "${p[@]}" --model synth:llama3-8b
-    decode_profile int4-c1 200 .device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --model synth:llama3-8b+int4
+    # PROFILES picks some (one FP8 run of 512 requests under ncu took over 110 s on an H100, so
+    # the three may not fit one 600 s call: e.g. PROFILES=fp8, then PROFILES="bf16 int4").
+    for what_p in ${PROFILES:-fp8 bf16 int4}; do
+      case $what_p in
+        fp8) decode_profile llama3-8b-fp8 280 "${p[@]}" --model synth:llama3-8b+fp8 --kv-cache-dtype fp8 ;;
+        bf16) decode_profile llama3-8b 280 "${p[@]}" --model synth:llama3-8b ;;
+        int4) decode_profile int4-c1 200 .device/kiln bench --offline --device cuda --num-requests 1 --prompt-len 128 --model synth:llama3-8b+int4 ;;
+      esac
+    done
   fi
 fi
