@@ -107,30 +107,28 @@ unsafe fn k4_unpack_pair(rb: &[&[u8]; NR], rows: usize, at: usize, lo: usize) ->
         const S6: i8 = 63;
         const S4: i8 = 15;
         const T2: i8 = 0x30;
-        // Per lane: the bytes whose low bits give each output byte, and those whose top 2 bits
-        // give its bits 4 and 5.
-        let low_of = _mm256_setr_epi8(
-            0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11,
-        );
-        let high_of = _mm256_setr_epi8(
-            Z, Z, Z, Z, 0, 1, 2, 3, Z, Z, Z, Z, 4, 5, 6, 7, Z, Z, Z, Z, 0, 1, 2, 3, Z, Z, Z, Z, 4, 5, 6, 7,
-        );
-        let low_mask = _mm256_setr_epi8(
-            S6, S6, S6, S6, S4, S4, S4, S4, S6, S6, S6, S6, 0, 0, 0, 0, S6, S6, S6, S6, S4, S4, S4, S4, S6, S6, S6, S6,
-            0, 0, 0, 0,
-        );
-        let shifted_mask = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, S4, S4, S4, S4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, S4, S4, S4, S4,
-        );
-        let high_mask = _mm256_setr_epi8(
-            0, 0, 0, 0, T2, T2, T2, T2, 0, 0, 0, 0, T2, T2, T2, T2, 0, 0, 0, 0, T2, T2, T2, T2, 0, 0, 0, 0, T2, T2, T2,
-            T2,
-        );
+        // Per lane (the same pattern in both): the bytes whose low bits give each output byte,
+        // and those whose top 2 bits give its bits 4 and 5.
+        let low_of = per_lane([0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11]);
+        let high_of = per_lane([Z, Z, Z, Z, 0, 1, 2, 3, Z, Z, Z, Z, 4, 5, 6, 7]);
+        let low_mask = per_lane([S6, S6, S6, S6, S4, S4, S4, S4, S6, S6, S6, S6, 0, 0, 0, 0]);
+        let shifted_mask = per_lane([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, S4, S4, S4, S4]);
+        let high_mask = per_lane([0, 0, 0, 0, T2, T2, T2, T2, 0, 0, 0, 0, T2, T2, T2, T2]);
         let (a, b) = (_mm256_shuffle_epi8(q, low_of), _mm256_shuffle_epi8(q, high_of));
         // Word shifts: the bits a neighbouring byte moves in are masked off.
         let low =
             _mm256_or_si256(_mm256_and_si256(a, low_mask), _mm256_and_si256(_mm256_srli_epi16(a, 4), shifted_mask));
         _mm256_or_si256(low, _mm256_and_si256(_mm256_srli_epi16(b, 2), high_mask))
+    }
+}
+
+/// The 16 bytes `p` in both 128-bit lanes (a constant where `p` is one).
+#[inline(always)]
+unsafe fn per_lane(p: [i8; 16]) -> __m256i {
+    // Safety: the caller's AVX2; `p` is 16 bytes.
+    unsafe {
+        let v = _mm_loadu_si128(p.as_ptr() as *const __m128i);
+        _mm256_set_m128i(v, v)
     }
 }
 
