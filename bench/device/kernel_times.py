@@ -45,5 +45,6 @@ def main():
     for k, (n, t) in sorted(diff.items(), key=lambda kv: -kv[1][1])[:30]:
         print(f"| {k} | {n / steps:.1f} | {t / steps:.1f} | {100 * t / total:.1f}% |")
 
+
 if __name__ == "__main__":
     main()
